@@ -1,0 +1,90 @@
+"""slaveshell, the worker's half. The worker owner opts in with one line in `buildbot.tac`, before the
+`Worker` is created::
+
+    import slave_side; slave_side.install()
+
+Only this import happens on the worker: no SQLAlchemy, no prompt_toolkit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
+
+from .server import ShellServer
+from .session import WorkerOptions
+
+__all__ = ["install", "uninstall", "WorkerOptions", "ShellServer"]
+
+_server: ShellServer | None = None
+
+
+def install(
+    enabled: bool = True,
+    shell: str | None = None,
+    max_sessions: int = 8,
+    allowed_dirs: Iterable[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ShellServer | None:
+    """Let this worker's master open shell sessions on it.
+
+    enabled: False leaves the worker exactly as it was (nothing advertised, nothing reachable).
+    shell: the program for login shells and commands (default: the worker user's login shell).
+    max_sessions: sessions at once; more are refused with a message to the operator.
+    allowed_dirs: if given, sessions may only start in these directories or below them.
+    env: extra environment variables for every session.
+    """
+    global _server
+    if not enabled:
+        uninstall()
+        return None
+    if max_sessions < 1:
+        raise ValueError("max_sessions must be at least 1")
+    from buildbot_worker.commands import registry
+    from buildbot_worker.pb import BotPb
+
+    options = WorkerOptions(
+        shell=shell,
+        max_sessions=max_sessions,
+        allowed_dirs=tuple(allowed_dirs) if allowed_dirs is not None else None,
+        extra_env=dict(env or {}),
+    )
+    _server = ShellServer(options)
+    # The master learns what a worker can do from its command list; this entry is how it knows we opted in.
+    registry.commandRegistry[WORKER_COMMAND] = _NotABuildCommand
+    setattr(BotPb, "remote_" + WORKER_OPEN_METHOD, _remote_open)
+    return _server
+
+
+def uninstall() -> None:
+    global _server
+    from buildbot_worker.commands import registry
+    from buildbot_worker.pb import BotPb
+
+    _server = None
+    registry.commandRegistry.pop(WORKER_COMMAND, None)
+    if hasattr(BotPb, "remote_" + WORKER_OPEN_METHOD):
+        delattr(BotPb, "remote_" + WORKER_OPEN_METHOD)
+
+
+def _remote_open(bot: Any, sink: Any, params: Any) -> dict[str, Any]:
+    if _server is None:
+        return {"ok": False, "error": "shell sessions are disabled on this worker"}
+    return _server.open(str(bot.basedir), sink, params)
+
+
+def _not_a_build_command() -> type:
+    from buildbot_worker.commands.base import Command
+
+    class NotABuildCommand(Command):
+        """Advertised so the master knows the worker opted in; a build step cannot run it."""
+
+        def start(self) -> Any:
+            raise RuntimeError("slaveshell sessions are opened with buildbot-shell, not from a build step")
+
+    return NotABuildCommand
+
+
+_NotABuildCommand = _not_a_build_command()

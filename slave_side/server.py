@@ -1,0 +1,123 @@
+"""PB adapters on the worker: the open call the master makes, and the per-session handle it then drives.
+
+`remote_*` methods are the security boundary: they take plain values only, check every one, and answer a bad
+call with a plain error (a `pb.Error` with a message, or an `{"ok": False}` reply), never by dropping the worker's
+connection to its master, which would fail that worker's builds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from slaveshell.protocol import (
+    OpenRequest,
+    ProtocolError,
+    check_bytes,
+    check_int,
+    check_signal,
+    check_size,
+)
+
+from .session import WorkerOptions, WorkerSession
+
+log = Logger()
+
+
+class SessionHandle(pb.Referenceable):
+    """What the master holds for one session."""
+
+    def __init__(self, session: WorkerSession) -> None:
+        self.session = session
+
+    def _guard(self, what: str, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except ProtocolError as e:
+            log.warn("slaveshell session {sid}: refused {what} from master: {e}", sid=self.session.id,
+                     what=what, e=e)
+            raise pb.Error(str(e)) from None
+
+    def remote_input(self, data: object) -> None:
+        self._guard("input", lambda: self.session.input(check_bytes(data, "input")))
+
+    def remote_eof(self) -> None:
+        self.session.eof()
+
+    def remote_resize(self, cols: object, rows: object) -> None:
+        self._guard("resize", lambda: self.session.resize(*check_size(cols, rows)))
+
+    def remote_signal(self, name: object) -> None:
+        self._guard("signal", lambda: self.session.signal(check_signal(name)))
+
+    def remote_ack(self, nbytes: object) -> None:
+        self._guard("ack", lambda: self.session.ack(check_int(nbytes, "ack", 0, 2**40)))
+
+    def remote_close(self) -> None:
+        self.session.close("closed by the master")
+
+
+class ShellServer:
+    """The worker's half of slaveshell: opens sessions for its master within the owner's limits."""
+
+    def __init__(self, options: WorkerOptions, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.options = options
+        self.reactor = reactor
+        self.sessions: dict[str, WorkerSession] = {}
+        self._ids = itertools.count(1)
+
+    def open(self, basedir: str, sink: Any, params: object) -> dict[str, Any]:
+        try:
+            request = OpenRequest.from_wire(params)
+        except ProtocolError as e:
+            return {"ok": False, "error": f"bad request: {e}"}
+        if not isinstance(sink, pb.RemoteReference):
+            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        if len(self.sessions) >= self.options.max_sessions:
+            return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} "
+                                          "shell sessions at once"}
+        session_id = f"w{next(self._ids)}"
+
+        def report(method: str, *args: Any) -> None:
+            d = defer.maybeDeferred(sink.callRemote, method, *args)
+            d.addErrback(_report_failed, session, method)
+
+        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, report,
+                                on_closed=self._closed)
+        try:
+            pid = session.start()
+        except ProtocolError as e:
+            return {"ok": False, "error": str(e)}
+        self.sessions[session_id] = session
+        _set_nodelay(sink)
+        # The master is gone: nobody can see or end this session any more, so end it here.
+        sink.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
+        return {"ok": True, "session": SessionHandle(session), "pid": pid, "id": session_id}
+
+    def _closed(self, session: WorkerSession) -> None:
+        self.sessions.pop(session.id, None)
+
+
+def _report_failed(failure: Any, session: WorkerSession, method: str) -> None:
+    # The master refused or went away; never let this surface as an unhandled error in the worker.
+    if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
+        session.close("the master connection was lost")
+        return
+    log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session.id, method=method,
+             err=failure.getErrorMessage())
+
+
+def _set_nodelay(ref: Any) -> None:
+    # Twisted leaves Nagle on: keystroke echo waits ~40 ms per hop without this.
+    try:
+        ref.broker.transport.setTcpNoDelay(True)
+    except Exception:  # not TCP (tests over UNIX sockets or in memory)
+        pass

@@ -1,0 +1,347 @@
+"""One shell session on the worker: a process in a PTY (or on pipes) and its byte streams.
+
+The session reports through an injected `report(method, *args)` callable and never touches PB (the worker's own
+commands work the same way); `slave_side.server` adapts it to the master's sink.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import error, protocol
+from twisted.internet.interfaces import IPushProducer, IReactorProcess
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from slaveshell.flow import CreditWindow, chunks
+from slaveshell.protocol import (
+    MAX_CHUNK,
+    OUTPUT_WINDOW,
+    STREAM_ERR,
+    STREAM_OUT,
+    OpenRequest,
+    ProtocolError,
+)
+
+from . import pty as ptyutil
+
+log = Logger()
+
+Report = Callable[..., Any]
+
+# After the main process exits, how long output may still drain before the PTY/pipes are closed anyway
+# (a background job can keep the terminal open forever).
+DRAIN_GRACE = 1.0
+# close(): HUP first (what a hangup does), TERM and KILL for what ignores it.
+TERM_AFTER = 2.0
+KILL_AFTER = 5.0
+
+_SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What the worker owner allows, from `slave_side.install(...)`."""
+
+    shell: str | None = None
+    max_sessions: int = 8
+    allowed_dirs: tuple[str, ...] | None = None
+    output_window: int = OUTPUT_WINDOW
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def login_shell(self) -> str:
+        if self.shell:
+            return self.shell
+        try:
+            shell = pwd.getpwuid(os.getuid()).pw_shell
+        except KeyError:
+            shell = ""
+        return shell or os.environ.get("SHELL") or "/bin/sh"
+
+
+def session_environment(request: OpenRequest, options: WorkerOptions, shell: str) -> dict[str, str]:
+    """A login-like environment, as sshd builds one: not the worker daemon's whole environment."""
+    try:
+        pw = pwd.getpwuid(os.getuid())
+        user, home = pw.pw_name, pw.pw_dir
+    except KeyError:
+        user, home = str(os.getuid()), os.environ.get("HOME", "/")
+    env = {
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "SHELL": shell,
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    }
+    for name in ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(options.extra_env)
+    if request.pty:
+        env["TERM"] = request.term
+    env.update(request.env)
+    return env
+
+
+def resolve_cwd(request: OpenRequest, options: WorkerOptions, basedir: str) -> str:
+    path = request.cwd or basedir
+    if not os.path.isabs(path):
+        path = os.path.join(basedir, path)
+    path = os.path.realpath(path)
+    if options.allowed_dirs is not None:
+        allowed = [os.path.realpath(d) for d in options.allowed_dirs]
+        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in allowed):
+            raise ProtocolError(f"working directory {path} is outside the directories this worker allows")
+    if not os.path.isdir(path):
+        raise ProtocolError(f"no such directory on the worker: {path}")
+    return path
+
+
+class _ProcessProtocol(protocol.ProcessProtocol):
+    def __init__(self, session: WorkerSession) -> None:
+        self.session = session
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.session._output(STREAM_ERR if childFD == 2 else STREAM_OUT, data)
+
+    def processExited(self, reason: Failure) -> None:
+        self.session._process_exited()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.session._process_ended(reason)
+
+
+@implementer(IPushProducer)
+class _InputProducer:
+    """Registered on the process's stdin: Twisted pauses it when the child does not read, and we then hold the
+    input credit back, so the operator's side stops sending."""
+
+    def __init__(self, session: WorkerSession) -> None:
+        self.session = session
+
+    def pauseProducing(self) -> None:
+        self.session._input_paused = True
+
+    def resumeProducing(self) -> None:
+        self.session._input_paused = False
+        self.session._release_input_credit()
+
+    def stopProducing(self) -> None:
+        self.session._input_paused = False
+
+
+class WorkerSession:
+    def __init__(
+        self,
+        reactor: Any,
+        session_id: str,
+        request: OpenRequest,
+        options: WorkerOptions,
+        basedir: str,
+        report: Report,
+        on_closed: Callable[[WorkerSession], None] = lambda s: None,
+    ) -> None:
+        self.reactor = reactor
+        self.id = session_id
+        self.request = request
+        self.options = options
+        self.basedir = basedir
+        self.report = report
+        self.on_closed = on_closed
+        self.window = CreditWindow(options.output_window)
+        self.transport: Any = None
+        self.pid: int | None = None
+        self.ended = False
+        self._buffers = {STREAM_OUT: bytearray(), STREAM_ERR: bytearray()}
+        self._flush_call: Any = None
+        self._reading_paused = False
+        self._exited = False
+        self._timers: list[Any] = []
+        self._input_paused = False
+        self._held_input_credit = 0
+        self._pty_fd: int | None = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Spawn the process. Raises ProtocolError with an operator-facing message when it cannot."""
+        req = self.request
+        shell = self.options.login_shell()
+        cwd = resolve_cwd(req, self.options, self.basedir)
+        env = session_environment(req, self.options, shell)
+        name = os.path.basename(shell)
+        if req.command is None:
+            argv = ["-" + name]  # a login shell, as login(1) and sshd start it
+        else:
+            argv = [name, "-c", req.command]  # as ssh: the command line goes through the user's shell
+        proto = _ProcessProtocol(self)
+        reactor: IReactorProcess = self.reactor
+        try:
+            if req.pty:
+                master_fd, slave_fd, ttyname = ptyutil.open_pty(req.cols, req.rows)
+                self._pty_fd = master_fd
+                self.transport = reactor.spawnProcess(
+                    proto, shell, argv, env, cwd,
+                    usePTY=(master_fd, slave_fd, ttyname),
+                )
+            else:
+                # Without a PTY there is no new session: give the command its own process group so signals and
+                # close() reach its children and never the worker itself.
+                setsid = shutil.which("setsid")
+                if setsid:
+                    exe, full = setsid, [setsid, shell] + argv[1:]
+                else:
+                    exe, full = sys.executable, [sys.executable, "-c", _SETSID_TRAMPOLINE, shell] + argv[1:]
+                self.transport = reactor.spawnProcess(
+                    proto, exe, full, env, cwd, childFDs={0: "w", 1: "r", 2: "r"},
+                )
+        except OSError as e:
+            raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
+        self.transport.registerProducer(_InputProducer(self), True)
+        self.pid = self.transport.pid
+        log.info("slaveshell session {sid}: started pid {pid} ({what}) in {cwd}", sid=self.id, pid=self.pid,
+                 what=req.command or "login shell", cwd=cwd)
+        return self.pid or 0
+
+    # -- control from the master -----------------------------------------------------------------
+
+    def input(self, data: bytes) -> None:
+        if self.ended or self._exited:
+            return
+        self.transport.write(data)
+        self._held_input_credit += len(data)
+        if not self._input_paused:
+            self._release_input_credit()
+
+    def eof(self) -> None:
+        if self.ended or self._exited:
+            return
+        if self._pty_fd is not None:
+            self.transport.write(ptyutil.eof_byte(self._pty_fd))
+        else:
+            self.transport.closeStdin()
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._pty_fd is not None and not self.ended:
+            try:
+                ptyutil.set_window_size(self._pty_fd, cols, rows)
+            except OSError as e:
+                log.warn("slaveshell session {sid}: resize failed: {e}", sid=self.id, e=e)
+
+    def signal(self, signum: int) -> None:
+        if self.ended or self.pid is None:
+            return
+        # On a PTY, as a keyboard signal would: to the foreground job; otherwise to the command's group.
+        group = ptyutil.foreground_group(self._pty_fd) if self._pty_fd is not None else None
+        self._kill_groups(signum, [group or self.pid])
+
+    def ack(self, nbytes: int) -> None:
+        self.window.acked(nbytes)
+        if self.window.is_open and self._reading_paused:
+            self._resume_reading()
+
+    def close(self, why: str = "closed by the master") -> None:
+        """End the session: HUP, then TERM, then KILL to its process groups."""
+        if self.ended or self.pid is None:
+            return
+        log.info("slaveshell session {sid}: closing ({why})", sid=self.id, why=why)
+        self._kill_groups(signal.SIGHUP)
+        self._timers.append(self.reactor.callLater(TERM_AFTER, self._kill_groups, signal.SIGTERM))
+        self._timers.append(self.reactor.callLater(KILL_AFTER, self._kill_groups, signal.SIGKILL))
+        # Make sure EOF can be seen, whatever the credit says.
+        self._resume_reading()
+
+    # -- process events ----------------------------------------------------------------------------
+
+    def _output(self, stream: int, data: bytes) -> None:
+        buf = self._buffers[stream]
+        buf += data
+        if len(buf) >= MAX_CHUNK:
+            self._flush()
+        elif self._flush_call is None:
+            # Coalesce the reads of one reactor turn into one message: one PB call per read costs CPU.
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        for stream, buf in self._buffers.items():
+            if not buf:
+                continue
+            data = bytes(buf)
+            buf.clear()
+            for piece in chunks(data, MAX_CHUNK):
+                self.window.sent(len(piece))
+                self.report("output", stream, piece)
+        if not self.window.is_open and not self._exited and not self.ended:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _release_input_credit(self) -> None:
+        if self._held_input_credit and not self.ended:
+            n, self._held_input_credit = self._held_input_credit, 0
+            self.report("input_ack", n)
+
+    def _process_exited(self) -> None:
+        self._exited = True
+        # Pitfall: a paused PTY reader never sees EOF, and processEnded waits for it.
+        self._resume_reading()
+        self._timers.append(self.reactor.callLater(DRAIN_GRACE, self._force_close_streams))
+
+    def _force_close_streams(self) -> None:
+        if not self.ended and self.transport is not None:
+            log.info("slaveshell session {sid}: output still open after exit; closing it", sid=self.id)
+            self._kill_groups(signal.SIGHUP)
+            self.transport.loseConnection()
+
+    def _process_ended(self, reason: Failure) -> None:
+        if self.ended:
+            return
+        self._flush()
+        value = reason.value
+        code = getattr(value, "exitCode", None)
+        sig = getattr(value, "signal", None)
+        if isinstance(value, error.ProcessDone):
+            code, sig = 0, None
+        if sig is not None:
+            code = None
+        self.ended = True
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        log.info("slaveshell session {sid}: ended, code {code} signal {sig}", sid=self.id, code=code, sig=sig)
+        self.report("exit", code, sig, "")
+        self.on_closed(self)
+
+    def _kill_groups(self, signum: int, groups: list[int] | None = None) -> None:
+        """Signal the given process groups; by default the foreground job's and the session leader's
+        (pgid == pid after setsid)."""
+        if self.ended or self.pid is None:
+            return
+        if groups is None:
+            fg = ptyutil.foreground_group(self._pty_fd) if self._pty_fd is not None else None
+            groups = [g for g in (fg, self.pid) if g]
+        for group in dict.fromkeys(groups):
+            try:
+                os.killpg(group, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+

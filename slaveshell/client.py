@@ -1,0 +1,272 @@
+"""The operator's end of a session: connects to the master's socket, opens a session and relays the local
+standard streams to it, with flow control both ways."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.internet import defer, endpoints, process
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.spread import pb
+from zope.interface import implementer
+
+from . import escape as esc
+from .flow import CreditWindow, chunks
+from .protocol import (
+    INPUT_WINDOW,
+    MAX_CHUNK,
+    STREAM_ERR,
+    ExitStatus,
+    OpenRequest,
+    ProtocolError,
+    check_bytes,
+    check_int,
+    check_stream,
+)
+from .terminal import window_size
+
+log = Logger()
+
+
+class ClientError(Exception):
+    """Could not reach the master or open the session; the message is for the operator."""
+
+
+@defer.inlineCallbacks
+def connect(reactor: Any, socket_path: str) -> Any:
+    """The master's root object over its UNIX socket."""
+    factory = pb.PBClientFactory()
+    endpoint = endpoints.UNIXClientEndpoint(reactor, socket_path, timeout=10)
+    try:
+        yield endpoint.connect(factory)
+        root = yield factory.getRootObject()
+    except Exception as e:
+        reason = getattr(e, "osError", None) or e
+        raise ClientError(f"cannot connect to the master at {socket_path}: {_oserror_text(reason)}") from None
+    return root
+
+
+def _oserror_text(error: object) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    return text.rstrip(".") or type(error).__name__
+
+
+class ClientSink(pb.Referenceable):
+    """What the master calls with the session's output and end."""
+
+    def __init__(self, client: ShellClient) -> None:
+        self.client = client
+
+    def remote_output(self, stream: object, data: object) -> None:
+        self.client.output(check_stream(stream), check_bytes(data, "output"))
+
+    def remote_input_ack(self, nbytes: object) -> None:
+        self.client.input_acked(check_int(nbytes, "input ack", 0, 2**40))
+
+    def remote_exit(self, code: object, signal: object, reason: object) -> None:
+        self.client.finish(ExitStatus.from_wire(code, signal, reason))
+
+
+@implementer(IPushProducer)
+class _StdoutProducer:
+    """Registered on our stdout writer: while the terminal or pipe behind stdout cannot keep up, output
+    credit is held back, so the worker pauses the PTY instead of our memory growing."""
+
+    def __init__(self, client: ShellClient) -> None:
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.client._stdout_paused = True
+
+    def resumeProducing(self) -> None:
+        self.client._stdout_paused = False
+        self.client._send_ack()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ShellClient:
+    """One session, driven from the operator's standard streams.
+
+    `interactive` means a PTY session on a local terminal: escapes are active, stdin EOF is a hangup, and
+    window changes are forwarded. Otherwise stdin EOF reaches the remote command as EOF.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        request: OpenRequest,
+        interactive: bool,
+        escape_char: bytes | None = b"~",
+        stdin_fd: int = 0,
+        stdout_fd: int = 1,
+        stderr_fd: int = 2,
+    ) -> None:
+        self.reactor = reactor
+        self.request = request
+        self.interactive = interactive
+        self.escapes = esc.EscapeParser(escape_char if interactive else None)
+        self.fds = {"in": stdin_fd, "out": stdout_fd, "err": stderr_fd}
+        self.done: defer.Deferred[ExitStatus] = defer.Deferred()
+        self.status: ExitStatus | None = None
+        self.session: Any = None
+        self.session_id = ""
+        self.input_window = CreditWindow(INPUT_WINDOW)
+        self._unacked = 0
+        self._stdout_paused = False
+        self._stdin: Any = None
+        self._writers: dict[str, Any] = {}
+        self._size = (request.cols, request.rows)
+        self._old_winch: Any = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def run(self, socket_path: str) -> Any:
+        """Open the session and relay until it ends; fires with its ExitStatus (never fails)."""
+        # Writers first: output may follow the open reply at once.
+        for name in ("out", "err"):
+            self._writers[name] = process.ProcessWriter(self.reactor, self, name, self.fds[name])
+        self._writers["out"].registerProducer(_StdoutProducer(self), True)
+        try:
+            root = yield connect(self.reactor, socket_path)
+            reply = yield root.callRemote("open", ClientSink(self), self.request.to_wire())
+        except ClientError as e:
+            reply = {"ok": False, "error": str(e)}
+        except pb.Error as e:
+            reply = {"ok": False, "error": f"the master refused: {e}"}
+        except Exception as e:
+            reply = {"ok": False, "error": f"lost the master while opening: {_oserror_text(e)}"}
+        if not isinstance(reply, dict) or not reply.get("ok") or not isinstance(reply.get("session"),
+                                                                                pb.RemoteReference):
+            error = reply.get("error") if isinstance(reply, dict) else None
+            self.finish(ExitStatus(reason=str(error or "the master sent a malformed reply")))
+        else:
+            self.session = reply["session"]
+            self.session_id = str(reply.get("id", ""))
+            root.notifyOnDisconnect(
+                lambda _ref: self.finish(ExitStatus(reason="connection to the master lost")))
+            self._start_input()
+        status = yield self.done
+        return status
+
+    def _start_input(self) -> None:
+        if self.status is not None:  # ended before we got here
+            return
+        self._stdin = process.ProcessReader(self.reactor, self, "in", self.fds["in"])
+        if self.interactive:
+            self._old_winch = signal.signal(signal.SIGWINCH, self._on_winch)
+            # The size may have changed between measuring it and the session being open.
+            self._window_changed()
+
+    # -- events from the local side (the Process-like interface ProcessReader/Writer expect) ----------
+
+    def childDataReceived(self, name: str, data: bytes) -> None:
+        for action in self.escapes.feed(data):
+            if isinstance(action, esc.Send):
+                self._send_input(action.data)
+            elif isinstance(action, esc.Help):
+                self.write_err(action.text.encode())
+            elif isinstance(action, esc.Terminate):
+                self._call("close")
+                self.finish(ExitStatus(reason=f"Connection to {self.request.worker} closed."))
+                return
+
+    def childConnectionLost(self, name: str, reason: Any) -> None:
+        if self.status is not None:
+            self._writers.pop(name, None)
+            self._maybe_done()
+            return
+        if name == "in":
+            self._stdin = None
+            if self.interactive:
+                self._call("close")  # the terminal went away: a hangup, not an EOF
+            else:
+                self._call("eof")
+        elif name == "out":
+            # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
+            self._writers.pop(name, None)
+            self._call("close")
+
+    # -- events from the master ----------------------------------------------------------------
+
+    def output(self, stream: int, data: bytes) -> None:
+        writer = self._writers.get("err" if stream == STREAM_ERR else "out")
+        if writer is not None:
+            writer.write(data)
+        self._unacked += len(data)
+        if not self._stdout_paused:
+            self._send_ack()
+
+    def input_acked(self, nbytes: int) -> None:
+        try:
+            self.input_window.acked(nbytes)
+        except ProtocolError as e:
+            log.warn("master sent a bad input ack: {e}", e=e)
+            return
+        if self.input_window.is_open and self._stdin is not None:
+            self._stdin.startReading()
+
+    def finish(self, status: ExitStatus) -> None:
+        """The session is over: flush what we have to write, then fire `done`."""
+        if self.status is not None:
+            return
+        self.status = status
+        if self._old_winch is not None:
+            signal.signal(signal.SIGWINCH, self._old_winch)
+        if self._stdin is not None:
+            self._stdin.stopReading()
+        for writer in list(self._writers.values()):
+            writer.unregisterProducer()
+            writer.loseConnection()  # flushes first; childConnectionLost follows
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.status is not None and not self._writers and not self.done.called:
+            self.done.callback(self.status)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def write_err(self, data: bytes) -> None:
+        writer = self._writers.get("err")
+        if writer is not None:
+            writer.write(data)
+
+    def _send_input(self, data: bytes) -> None:
+        for piece in chunks(data, MAX_CHUNK):
+            self.input_window.sent(len(piece))
+            self._call("input", piece)
+        if not self.input_window.is_open and self._stdin is not None:
+            self._stdin.stopReading()
+
+    def _send_ack(self) -> None:
+        if self._unacked and self.status is None:
+            n, self._unacked = self._unacked, 0
+            self._call("ack", n)
+
+    def _on_winch(self, signum: int, frame: Any) -> None:
+        # Signal handlers run between bytecodes: hand the work to the reactor.
+        self.reactor.callFromThread(self._window_changed)
+
+    def _window_changed(self) -> None:
+        size = window_size(self.fds["in"]) or window_size(self.fds["out"])
+        if size is not None and size != self._size and self.status is None:
+            self._size = size
+            self._call("resize", *size)
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.session is None or self.status is not None:
+            return
+        d = defer.maybeDeferred(self.session.callRemote, method, *args)
+        d.addErrback(self._call_failed, method)
+
+    def _call_failed(self, failure: Any, method: str) -> None:
+        if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
+            self.finish(ExitStatus(reason="connection to the master lost"))
+        else:
+            log.warn("the master refused {method}: {e}", method=method, e=failure.getErrorMessage())

@@ -1,0 +1,233 @@
+"""Wire vocabulary shared by the operator client, the master and the worker.
+
+No I/O here. Both hops (operator client -> master over a UNIX socket, master -> worker over the worker's PB
+connection) carry the same session vocabulary, so the master is a relay and every hop validates with the same code.
+
+Session control (called on the session handle, towards the process):
+    input(data: bytes)            bytes for the PTY / the command's stdin, at most MAX_CHUNK
+    eof()                         end of the command's stdin
+    resize(cols: int, rows: int)  new window size
+    signal(name: str)             a signal name from SIGNALS, delivered to the process group
+    ack(nbytes: int)              output consumed; returns credit to the sender
+    close()                       end the session (HUP, then TERM, then KILL)
+
+Session sink (called on the sink, towards the operator):
+    output(stream: int, data: bytes)   stream 1 (PTY or stdout) or 2 (stderr)
+    input_ack(nbytes: int)             input consumed by the process; returns input credit
+    exit(code, signal, reason)         the end: exit code or terminating signal; both None plus a reason
+                                       when the session was lost or refused
+
+Errors are split as in h11: `ProtocolError` means the peer sent something wrong (answer it with a plain error);
+`LocalProtocolError` means our own code misused the API (a bug).
+"""
+
+from __future__ import annotations
+
+import re
+import signal as _signal
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+# Advertised in the worker's command list; its presence is the worker owner's opt-in.
+WORKER_COMMAND = "slaveshell"
+# The remote method added to the worker's Bot object.
+WORKER_OPEN_METHOD = "slaveshell_open"
+
+# Banana refuses strings over 640 KiB and a receiver drops the whole connection on one: stay far below.
+MAX_CHUNK = 64 * 1024
+# Output credit: bytes a sender may have unacknowledged. Large enough for bandwidth, small enough that a
+# keystroke's echo is not queued behind megabytes.
+OUTPUT_WINDOW = 8 * MAX_CHUNK
+INPUT_WINDOW = 4 * MAX_CHUNK
+
+MAX_TERM = 64
+MAX_COMMAND = 64 * 1024
+MAX_ENV = 128
+MAX_ENV_ITEM = 16 * 1024
+MAX_PATH = 4096
+MAX_DIMENSION = 10_000
+MAX_NAME = 256
+
+STREAM_OUT = 1
+STREAM_ERR = 2
+
+# Signals an operator may send, by name (as `kill -s NAME` spells them).
+SIGNALS: dict[str, int] = {
+    name: int(getattr(_signal, "SIG" + name))
+    for name in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP", "WINCH", "ALRM")
+}
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TERM = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+class ProtocolError(Exception):
+    """The peer sent something we cannot accept. The message is safe to show to that peer."""
+
+
+class LocalProtocolError(Exception):
+    """Our own code used the protocol wrongly: a bug on this side."""
+
+
+def check_bytes(data: object, what: str = "data", limit: int = MAX_CHUNK) -> bytes:
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{what} must be bytes, not {type(data).__name__}")
+    if len(data) > limit:
+        raise ProtocolError(f"{what} is {len(data)} bytes, over the limit of {limit}")
+    return data
+
+
+def check_int(value: object, what: str, low: int, high: int) -> int:
+    # bool is an int subclass; a peer sending True for a size is confused, not clever.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"{what} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ProtocolError(f"{what} must be between {low} and {high}, not {value}")
+    return value
+
+
+def check_str(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise ProtocolError(f"{what} is longer than {limit} characters")
+    if "\0" in value:
+        raise ProtocolError(f"{what} contains a NUL character")
+    return value
+
+
+def check_size(cols: object, rows: object) -> tuple[int, int]:
+    return check_int(cols, "cols", 1, MAX_DIMENSION), check_int(rows, "rows", 1, MAX_DIMENSION)
+
+
+def check_signal(name: object) -> int:
+    name = check_str(name, "signal", 16).upper().removeprefix("SIG")
+    if name not in SIGNALS:
+        raise ProtocolError(f"unknown signal {name!r}; allowed: {', '.join(sorted(SIGNALS))}")
+    return SIGNALS[name]
+
+
+def check_stream(stream: object) -> int:
+    return check_int(stream, "stream", STREAM_OUT, STREAM_ERR)
+
+
+def check_worker_name(name: object) -> str:
+    name = check_str(name, "worker name", MAX_NAME)
+    if not name:
+        raise ProtocolError("worker name is empty")
+    return name
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What an operator asks for. Travels as a plain dict on both hops."""
+
+    worker: str
+    command: str | None = None
+    pty: bool = True
+    term: str = "dumb"
+    cols: int = 80
+    rows: int = 24
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+    def __post_init__(self) -> None:
+        # Our own code builds requests too: the same checks catch our bugs early.
+        try:
+            self.validate()
+        except ProtocolError as e:
+            raise LocalProtocolError(str(e)) from None
+
+    def validate(self) -> None:
+        check_worker_name(self.worker)
+        if self.command is not None:
+            check_str(self.command, "command", MAX_COMMAND)
+        if not isinstance(self.pty, bool):
+            raise ProtocolError("pty must be a boolean")
+        term = check_str(self.term, "TERM", MAX_TERM)
+        if not _TERM.match(term):
+            raise ProtocolError(f"TERM {term!r} has characters a terminal name never has")
+        check_size(self.cols, self.rows)
+        if not isinstance(self.env, dict) or len(self.env) > MAX_ENV:
+            raise ProtocolError(f"env must be a mapping of at most {MAX_ENV} entries")
+        for key, value in self.env.items():
+            check_str(key, "environment name", MAX_NAME)
+            check_str(value, f"environment value of {key}", MAX_ENV_ITEM)
+            if not _ENV_NAME.match(key):
+                raise ProtocolError(f"bad environment variable name {key!r}")
+        if self.cwd is not None:
+            check_str(self.cwd, "working directory", MAX_PATH)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "version": PROTOCOL_VERSION,
+            "worker": self.worker,
+            "command": self.command,
+            "pty": self.pty,
+            "term": self.term,
+            "cols": self.cols,
+            "rows": self.rows,
+            "env": dict(self.env),
+            "cwd": self.cwd,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object) -> OpenRequest:
+        if not isinstance(wire, dict):
+            raise ProtocolError("an open request must be a dict")
+        known = {"version", "worker", "command", "pty", "term", "cols", "rows", "env", "cwd"}
+        unknown = set(wire) - known
+        if unknown:
+            raise ProtocolError(f"unknown request fields: {', '.join(sorted(map(str, unknown)))}")
+        version = wire.get("version")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks "
+                                f"{PROTOCOL_VERSION})")
+        try:
+            return cls(
+                worker=wire.get("worker"),  # type: ignore[arg-type]
+                command=wire.get("command"),
+                pty=wire.get("pty", True),
+                term=wire.get("term", "dumb"),
+                cols=wire.get("cols", 80),
+                rows=wire.get("rows", 24),
+                env=wire.get("env") or {},
+                cwd=wire.get("cwd"),
+            )
+        except LocalProtocolError as e:
+            # From the wire, a failed check is the peer's fault, not ours.
+            raise ProtocolError(str(e)) from None
+        except TypeError as e:
+            raise ProtocolError(f"malformed open request: {e}") from None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a session ended. Exactly one of code/signal is set for a process that ended; neither when the
+    session was lost or refused, and then `reason` says why."""
+
+    code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+
+    @classmethod
+    def from_wire(cls, code: object, signal: object, reason: object) -> ExitStatus:
+        if code is not None:
+            check_int(code, "exit code", -(2**31), 2**31 - 1)
+        if signal is not None:
+            check_int(signal, "exit signal", 1, 255)
+        check_str(reason, "exit reason", 4096)
+        return cls(code, signal, reason)  # type: ignore[arg-type]
+
+    @property
+    def lost(self) -> bool:
+        return self.code is None and self.signal is None
+
+    def cli_status(self) -> int:
+        """The operator tool's exit status, as ssh and shells spell it."""
+        if self.signal is not None:
+            return 128 + self.signal
+        if self.code is not None:
+            return self.code & 0xFF
+        return 255

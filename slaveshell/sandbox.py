@@ -1,0 +1,177 @@
+"""A throwaway Buildbot master with workers on 127.0.0.1, all real processes: for `slaveshell demo` and the
+end-to-end tests. Each worker opts in to slaveshell in its buildbot.tac, as a worker owner would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+
+MASTER_CFG = """\
+# A throwaway master made by slaveshell's sandbox.
+from buildbot.plugins import changes, schedulers, steps, util, worker
+from master_side import ShellService
+
+c = BuildmasterConfig = {{}}
+c['title'] = 'slaveshell sandbox'
+c['buildbotURL'] = 'http://127.0.0.1/'
+c['workers'] = [{workers}]
+c['protocols'] = {{'pb': {{'port': 'tcp:{port}:interface=127.0.0.1'}}}}
+c['change_source'] = [changes.PBChangeSource(user='change', passwd='change')]
+c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', treeStableTimer=None, builderNames=['hello'])]
+c['builders'] = [util.BuilderConfig(
+    name='hello', workernames={builder_workers!r},
+    factory=util.BuildFactory([steps.ShellCommand(command=['sh', '-c', 'sleep {build_seconds}; echo built'])]),
+)]
+c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
+c['buildbotNetUsageData'] = None
+c['services'] = [ShellService()]
+"""
+
+OPT_IN = "import slave_side; slave_side.install()  # slaveshell: let the master open shells here\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tool(name: str, module: str) -> list[str]:
+    path = shutil.which(name)
+    if path:
+        return [path]
+    return [sys.executable, "-c", f"import sys; from {module} import run; sys.argv[0] = {name!r}; run()"]
+
+
+BUILDBOT = _tool("buildbot", "buildbot.scripts.runner")
+BUILDBOT_WORKER = _tool("buildbot-worker", "buildbot_worker.scripts.runner")
+
+
+class SandboxError(Exception):
+    pass
+
+
+class Sandbox:
+    def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
+                 opt_in: Sequence[str] | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.workers = list(workers)
+        # Which workers opt in (default: all); the others run without slave_side.
+        self.opt_in = list(self.workers if opt_in is None else opt_in)
+        self.build_seconds = build_seconds
+        self.master_dir = os.path.join(self.root, "master")
+        self.port = 0
+        self.started: list[str] = []
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.master_dir, "shell.sock")
+
+    def worker_dir(self, name: str) -> str:
+        return os.path.join(self.root, "worker-" + name)
+
+    def _run(self, argv: list[str], timeout: float = 120) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        if proc.returncode != 0:
+            raise SandboxError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def create(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self.port = free_port()
+        self._run(BUILDBOT + ["create-master", "--quiet", self.master_dir])
+        workers = ", ".join(f"worker.Worker({w!r}, 'pass')" for w in self.workers)
+        with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
+            f.write(MASTER_CFG.format(workers=workers, port=self.port, builder_workers=self.workers[:1],
+                                      build_seconds=self.build_seconds))
+        for name in self.workers:
+            wdir = self.worker_dir(name)
+            self._run(BUILDBOT_WORKER + ["create-worker", "--quiet", wdir, f"127.0.0.1:{self.port}", name,
+                                         "pass"])
+            if name in self.opt_in:
+                tac = os.path.join(wdir, "buildbot.tac")
+                with open(tac) as f:
+                    text = f.read()
+                text = text.replace("\ns = Worker(", "\n" + OPT_IN + "s = Worker(", 1)
+                with open(tac, "w") as f:
+                    f.write(text)
+
+    def start(self, timeout: float = 90) -> None:
+        self._run(BUILDBOT + ["start", self.master_dir], timeout=timeout)
+        self.started.append(self.master_dir)
+        for name in self.workers:
+            self.start_worker(name)
+        self.wait_for_workers(self.workers, timeout)
+
+    def start_worker(self, name: str) -> None:
+        self._run(BUILDBOT_WORKER + ["start", self.worker_dir(name)])
+        if self.worker_dir(name) not in self.started:
+            self.started.append(self.worker_dir(name))
+
+    def stop_worker(self, name: str) -> None:
+        self._run(BUILDBOT_WORKER + ["stop", self.worker_dir(name)])
+        self.started.remove(self.worker_dir(name))
+
+    def workers_status(self) -> list[dict[str, object]]:
+        out = self._run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket", self.socket,
+                         "--json"], timeout=30)
+        return list(json.loads(out))
+
+    def wait_for_workers(self, names: Sequence[str], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if os.path.exists(self.socket):
+                try:
+                    status = {w["name"]: w for w in self.workers_status()}
+                    if all(status.get(n, {}).get("connected") for n in names):
+                        return
+                    last = repr(status)
+                except SandboxError as e:
+                    last = str(e)
+            time.sleep(0.3)
+        raise SandboxError(f"workers {list(names)} did not connect within {timeout}s: {last}\n"
+                           + self.log_tail())
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        for d in [self.master_dir] + [self.worker_dir(w) for w in self.workers]:
+            path = os.path.join(d, "twistd.log")
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    tail = f.readlines()[-lines:]
+                out.append(f"--- {path}\n" + "".join(tail))
+        return "\n".join(out)
+
+    def send_change(self) -> None:
+        self._run(BUILDBOT + ["sendchange", "--master", f"127.0.0.1:{self.port}", "--auth", "change:change",
+                              "--who", "slaveshell", "--branch", "main", "README"])
+
+    def builds(self) -> list[tuple[int, int | None]]:
+        """(build number, results) of every build; results None while running, 0 for SUCCESS."""
+        db = sqlite3.connect(os.path.join(self.master_dir, "state.sqlite"), timeout=10)
+        try:
+            return list(db.execute("SELECT number, results FROM builds ORDER BY id"))
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        for d in reversed(self.started):
+            tool = BUILDBOT if d == self.master_dir else BUILDBOT_WORKER
+            subprocess.run(tool + ["stop", d], capture_output=True, timeout=60)
+        self.started.clear()
+
+
+def describe(sandbox: Sandbox) -> str:
+    return textwrap.dedent(f"""\
+        master:  {sandbox.master_dir} (PB on 127.0.0.1:{sandbox.port})
+        socket:  {sandbox.socket}
+        workers: {', '.join(sandbox.workers)}""")

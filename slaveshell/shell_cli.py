@@ -1,0 +1,129 @@
+"""`buildbot-shell`: an ssh-like shell on a Buildbot worker, from the master host.
+
+Exit status: the remote command's; 128+N when it died of signal N; 255 (with a message on stderr) when the
+session was refused, the connection was lost or `~.` ended it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+from .protocol import LocalProtocolError, OpenRequest
+
+DEFAULT_SOCKET_NAME = "shell.sock"
+SOCKET_ENV = "SLAVESHELL_SOCKET"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="buildbot-shell",
+        description="Open a shell (or run a command) on a Buildbot worker through its master.",
+        epilog="Escapes (after a newline, in a terminal session): ~. end, ~? help, ~~ a literal ~.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--master", metavar="DIR", help="the master's basedir (its socket is DIR/shell.sock)")
+    where.add_argument("--socket", metavar="PATH", help="the master's slaveshell socket")
+    tty = p.add_mutually_exclusive_group()
+    tty.add_argument("-t", dest="tty", action="store_const", const=True, help="force a PTY")
+    tty.add_argument("-T", dest="tty", action="store_const", const=False, help="never a PTY")
+    p.add_argument("-e", dest="env", metavar="NAME=VALUE", action="append", default=[],
+                   help="set an environment variable in the session (repeatable)")
+    p.add_argument("-C", dest="cwd", metavar="DIR",
+                   help="working directory on the worker (relative: to the worker's basedir)")
+    p.add_argument("-E", dest="escape", metavar="CHAR", default="~",
+                   help="escape character, or 'none' to disable escapes (default: ~)")
+    p.add_argument("worker", metavar="WORKER")
+    p.add_argument("command", metavar="COMMAND", nargs=argparse.REMAINDER,
+                   help="command to run instead of a login shell (as with ssh, words are joined by spaces)")
+    return p
+
+
+def find_socket(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    if args.master:
+        return os.path.join(args.master, DEFAULT_SOCKET_NAME)
+    return os.environ.get(SOCKET_ENV) or os.path.join(os.getcwd(), DEFAULT_SOCKET_NAME)
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"-e wants NAME=VALUE, not {item!r}")
+        env[name] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command_words = list(args.command)
+    if command_words and command_words[0] == "--":
+        command_words = command_words[1:]
+    command = " ".join(command_words) if command_words else None
+
+    from .terminal import stdin_is_tty, window_size
+
+    local_tty = stdin_is_tty()
+    use_pty = args.tty if args.tty is not None else (command is None and local_tty)
+    if args.escape == "none":
+        escape_char = None
+    elif len(args.escape.encode()) == 1:
+        escape_char = args.escape.encode()
+    else:
+        parser.error("-E takes one character or 'none'")
+    size = window_size(0) or window_size(1) or (80, 24)
+    try:
+        request = OpenRequest(
+            worker=args.worker,
+            command=command,
+            pty=use_pty,
+            term=os.environ.get("TERM", "dumb") or "dumb",
+            cols=size[0],
+            rows=size[1],
+            env=parse_env(args.env),
+            cwd=args.cwd,
+        )
+    except (LocalProtocolError, ValueError) as e:
+        parser.error(str(e))
+    interactive = use_pty and local_tty
+    return run(find_socket(args), request, interactive, escape_char)
+
+
+def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None) -> int:
+    from twisted.internet import reactor
+
+    from .client import ShellClient
+    from .protocol import ExitStatus
+    from .terminal import raw_mode, set_blocking
+
+    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char)
+    result: list[ExitStatus] = []
+
+    def start() -> None:
+        d = client.run(socket_path)
+        d.addCallback(result.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    with raw_mode(0) if interactive else contextlib.nullcontext():
+        reactor.run()
+    set_blocking(0, 1, 2)
+    status = result[0] if result else ExitStatus(reason="interrupted")
+    if status.lost:
+        if status.reason.startswith("Connection to "):
+            print(status.reason, file=sys.stderr)
+        else:
+            print(f"buildbot-shell: {status.reason}", file=sys.stderr)
+    elif interactive:
+        print(f"Connection to {request.worker} closed.", file=sys.stderr)
+    return status.cli_status()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
