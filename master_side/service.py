@@ -247,7 +247,11 @@ class ShellService(BuildbotService):
         operator_lost = lambda _ref: session.operator_lost()  # noqa: E731
         worker_ref.notifyOnDisconnect(worker_lost)
         sink.notifyOnDisconnect(operator_lost)
-        session.cleanup = lambda: (_forget(worker_ref, worker_lost), _forget(sink, operator_lost))
+        def cleanup() -> None:
+            _forget(worker_ref, worker_lost)
+            _forget(sink, operator_lost)
+
+        session.cleanup = cleanup
         log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=who,
                  what=request.command or "a login shell", worker=request.worker)
         return {"ok": True, "session": OperatorHandle(session, self._peer_error), "id": session.id}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import error, protocol
-from twisted.internet.interfaces import IPushProducer, IReactorProcess
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -183,7 +183,7 @@ class WorkerSession:
         else:
             argv = [name, "-c", req.command]  # as ssh: the command line goes through the user's shell
         proto = _ProcessProtocol(self)
-        reactor: IReactorProcess = self.reactor
+        reactor = self.reactor
         try:
             if req.pty:
                 master_fd, slave_fd, ttyname = ptyutil.open_pty(req.cols, req.rows)
@@ -227,6 +227,11 @@ class WorkerSession:
         if self._pty_fd is not None:
             self.transport.write(ptyutil.eof_byte(self._pty_fd))
         else:
+            # Twisted gotcha: a writer whose producer is paused resumes the producer instead of closing once
+            # its buffer drains, so stdin would never close. No more input can come: drop the producer first.
+            self.transport.unregisterProducer()
+            self._input_paused = False
+            self._release_input_credit()
             self.transport.closeStdin()
 
     def resize(self, cols: int, rows: int) -> None:

@@ -24,7 +24,10 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def call_master(socket_path: str, method: str, *args: Any) -> Any:
     """One call on the master's root object, run to completion (for one-shot commands)."""
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     from .client import connect
 

@@ -3,6 +3,7 @@ standard streams to it, with flow control both ways."""
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -37,6 +38,9 @@ class ClientError(Exception):
 @defer.inlineCallbacks
 def connect(reactor: Any, socket_path: str) -> Any:
     """The master's root object over its UNIX socket."""
+    if not os.path.exists(socket_path):
+        raise ClientError(f"no master socket at {socket_path} (is the master running with ShellService? "
+                          "give its basedir with --master DIR, or --socket PATH)")
     factory = pb.PBClientFactory()
     endpoint = endpoints.UNIXClientEndpoint(reactor, socket_path, timeout=10)
     try:
@@ -51,6 +55,8 @@ def connect(reactor: Any, socket_path: str) -> Any:
 def _oserror_text(error: object) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
+    if isinstance(error, int):
+        return os.strerror(error)
     text = str(error)
     return text.rstrip(".") or type(error).__name__
 

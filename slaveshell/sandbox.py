@@ -28,7 +28,9 @@ c['change_source'] = [changes.PBChangeSource(user='change', passwd='change')]
 c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', treeStableTimer=None, builderNames=['hello'])]
 c['builders'] = [util.BuilderConfig(
     name='hello', workernames={builder_workers!r},
-    factory=util.BuildFactory([steps.ShellCommand(command=['sh', '-c', 'sleep {build_seconds}; echo built'])]),
+    factory=util.BuildFactory([
+        steps.ShellCommand(command=['sh', '-c', 'sleep {build_seconds}; echo built']),
+    ]),
 )]
 c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
 c['buildbotNetUsageData'] = None

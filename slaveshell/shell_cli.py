@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+from typing import Any
 
 from .protocol import LocalProtocolError, OpenRequest
 
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None) -> int:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     from .client import ShellClient
     from .protocol import ExitStatus

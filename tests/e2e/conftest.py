@@ -1,0 +1,110 @@
+"""End-to-end tier: one real Buildbot master with real workers on 127.0.0.1 for the whole test session, and
+`buildbot-shell` driven in a real PTY (pexpect) with the screen read by pyte."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+
+import pexpect
+import pyte
+import pytest
+
+from slaveshell.sandbox import Sandbox
+
+PROMPT = "PROMPT> "
+
+
+def shell_argv() -> list[str]:
+    path = shutil.which("buildbot-shell")
+    return [path] if path else [sys.executable, "-m", "slaveshell.shell_cli"]
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    # w1 runs the builds, w2 may be stopped by a test, w3 never opted in.
+    sb = Sandbox(str(tmp_path_factory.mktemp("sandbox")), workers=["w1", "w2", "w3"], opt_in=["w1", "w2"])
+    sb.create()
+    try:
+        sb.start()
+        yield sb
+    finally:
+        sb.stop()
+
+
+class Terminal:
+    """buildbot-shell in a real PTY, with a pyte screen fed from everything it prints."""
+
+    def __init__(self, sandbox: Sandbox, args: list[str], rows: int = 24, cols: int = 80) -> None:
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.ByteStream(self.screen)
+        argv = shell_argv() + ["--socket", sandbox.socket] + args
+        env = dict(os.environ, TERM="xterm")
+        self.child = pexpect.spawn(argv[0], argv[1:], dimensions=(rows, cols), env=env, timeout=15)
+        self.child.logfile_read = self
+
+    # pexpect's logfile interface
+    def write(self, data: bytes) -> None:
+        self.stream.feed(data)
+
+    def flush(self) -> None:
+        pass
+
+    def expect(self, pattern: str, timeout: float = 15) -> re.Match[bytes]:
+        self.child.expect(pattern, timeout=timeout)
+        return self.child.match
+
+    def ready(self) -> Terminal:
+        """Wait for the login shell, then give it a prompt we can recognise."""
+        self.expect(r"[#$] ")
+        # Bracketed paste would wrap every prompt in escape sequences.
+        self.child.sendline(f"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='{PROMPT}'")
+        self.expect("\n(\x1b\\[\\?2004[hl]|\r)*" + PROMPT)
+        return self
+
+    def run(self, command: str, timeout: float = 15) -> str:
+        """Type a command, return what it printed before the next prompt."""
+        self.child.sendline(command)
+        self.expect(re.escape(command) + "\r\n", timeout)
+        self.expect(PROMPT, timeout)
+        return self.child.before.decode("utf-8", "replace")
+
+    def wait(self, timeout: float = 15) -> int:
+        self.child.expect(pexpect.EOF, timeout=timeout)
+        self.child.close()
+        return self.child.exitstatus if self.child.exitstatus is not None else 128 + self.child.signalstatus
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+
+@pytest.fixture
+def terminal(sandbox: Sandbox) -> Iterator:
+    opened: list[Terminal] = []
+
+    def open_terminal(*args: str, rows: int = 24, cols: int = 80) -> Terminal:
+        t = Terminal(sandbox, list(args), rows=rows, cols=cols)
+        opened.append(t)
+        return t
+
+    yield open_terminal
+    for t in opened:
+        t.close()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()

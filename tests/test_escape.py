@@ -1,0 +1,54 @@
+from slaveshell.escape import Detach, EscapeParser, Help, Send, Terminate
+
+
+def sent(actions):
+    return b"".join(a.data for a in actions if isinstance(a, Send))
+
+
+def test_tilde_dot_at_line_start_terminates_and_drops_the_rest():
+    p = EscapeParser()
+    actions = p.feed(b"ls\r~.more")
+    assert sent(actions) == b"ls\r"
+    assert isinstance(actions[-1], Terminate)
+
+
+def test_escape_at_the_very_start():
+    assert isinstance(EscapeParser().feed(b"~.")[-1], Terminate)
+
+
+def test_tilde_in_the_middle_of_a_line_is_plain_data():
+    assert sent(EscapeParser().feed(b"cd ~.x/~.")) == b"cd ~.x/~."
+
+
+def test_double_tilde_sends_one():
+    assert sent(EscapeParser().feed(b"~~/x")) == b"~/x"
+
+
+def test_tilde_and_another_char_sends_both():
+    assert sent(EscapeParser().feed(b"~a")) == b"~a"
+
+
+def test_tilde_held_across_reads_until_the_next_byte_decides():
+    p = EscapeParser()
+    assert p.feed(b"\r~") == [Send(b"\r")]
+    assert isinstance(p.feed(b".")[-1], Terminate)
+
+
+def test_help_lists_the_escapes():
+    actions = EscapeParser().feed(b"~?")
+    assert isinstance(actions[0], Help) and "~." in actions[0].text
+
+
+def test_detach_only_when_enabled():
+    assert sent(EscapeParser().feed(b"~d")) == b"~d"
+    assert isinstance(EscapeParser(detach=True).feed(b"~d")[-1], Detach)
+
+
+def test_disabled_escapes_pass_everything():
+    assert sent(EscapeParser(None).feed(b"~.~?")) == b"~.~?"
+
+
+def test_other_escape_character():
+    p = EscapeParser(b"%")
+    assert sent(p.feed(b"~.")) == b"~."
+    assert isinstance(EscapeParser(b"%").feed(b"%.")[-1], Terminate)

@@ -1,0 +1,190 @@
+"""The worker's session logic, driven with a fake reactor and process transport."""
+
+import os
+import signal
+
+import pytest
+from twisted.internet import error
+from twisted.python.failure import Failure
+
+from slave_side.session import DRAIN_GRACE, KILL_AFTER, TERM_AFTER, WorkerOptions, WorkerSession, resolve_cwd
+from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
+
+from .fakes import ProcessReactor
+
+
+@pytest.fixture
+def kills(monkeypatch):
+    sent = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: sent.append((pgid, sig)))
+    return sent
+
+
+def make(tmp_path, window=4 * MAX_CHUNK, **req):
+    reactor = ProcessReactor()
+    reports = []
+    closed = []
+    request = OpenRequest(worker="w1", pty=False, **req)
+    session = WorkerSession(reactor, "w1", request, WorkerOptions(output_window=window, shell="/bin/sh"),
+                            str(tmp_path), lambda *a: reports.append(a), closed.append)
+    session.start()
+    return session, reactor, reactor.processes[0], reports, closed
+
+
+def outputs(reports):
+    return [r for r in reports if r[0] == "output"]
+
+
+def test_command_runs_through_the_shell_in_its_own_process_group(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path, command="echo hi")
+    assert proc.args[-3:] == ["/bin/sh", "-c", "echo hi"]
+    assert "setsid" in proc.executable or "os.setsid()" in " ".join(proc.args)
+    assert proc.path == os.path.realpath(tmp_path)
+    assert proc.kw["childFDs"] == {0: "w", 1: "r", 2: "r"}
+    assert "TERM" not in proc.env  # no PTY, no terminal type
+
+
+def test_reads_in_one_reactor_turn_become_one_message(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path)
+    proc.proto.childDataReceived(1, b"abc")
+    proc.proto.childDataReceived(1, b"def")
+    proc.proto.childDataReceived(2, b"oops")
+    assert outputs(reports) == []
+    reactor.advance(0)
+    assert outputs(reports) == [("output", 1, b"abcdef"), ("output", 2, b"oops")]
+
+
+def test_large_output_is_sent_at_once_in_bounded_chunks(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path, window=10 * MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"x" * (2 * MAX_CHUNK + 5))
+    sizes = [len(r[2]) for r in outputs(reports)]
+    assert sizes == [MAX_CHUNK, MAX_CHUNK, 5]
+
+
+def test_reader_pauses_when_the_window_is_full_and_resumes_on_ack(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path, window=2 * MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"x" * MAX_CHUNK)
+    assert not proc.paused
+    proc.proto.childDataReceived(1, b"x" * MAX_CHUNK)
+    assert proc.paused
+    session.ack(MAX_CHUNK)
+    assert not proc.paused
+
+
+def test_acknowledging_more_than_was_sent_is_refused(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path)
+    proc.proto.childDataReceived(1, b"abc")
+    reactor.advance(0)
+    with pytest.raises(ProtocolError):
+        session.ack(4)
+
+
+def test_exit_while_paused_resumes_reading_so_eof_can_arrive(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path, window=MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"x" * MAX_CHUNK)
+    assert proc.paused
+    proc.proto.processExited(Failure(error.ProcessDone(0)))
+    assert not proc.paused
+
+
+def test_output_still_open_after_exit_is_closed_after_a_grace(tmp_path, kills):
+    session, reactor, proc, reports, _ = make(tmp_path)
+    proc.proto.processExited(Failure(error.ProcessDone(0)))
+    reactor.advance(DRAIN_GRACE)
+    assert proc.lost
+    assert (4242, signal.SIGHUP) in kills
+
+
+@pytest.mark.parametrize(
+    "reason, expected",
+    [
+        (error.ProcessDone(0), ("exit", 0, None, "")),
+        (error.ProcessTerminated(exitCode=7), ("exit", 7, None, "")),
+        (error.ProcessTerminated(signal=9), ("exit", None, 9, "")),
+    ],
+)
+def test_exit_code_and_signal_are_reported_separately_after_the_output(tmp_path, reason, expected):
+    session, reactor, proc, reports, closed = make(tmp_path)
+    proc.proto.childDataReceived(1, b"last words")
+    proc.proto.processEnded(Failure(reason))
+    assert reports[-2:] == [("output", 1, b"last words"), expected]
+    assert closed == [session]
+
+
+def test_close_escalates_hup_term_kill_until_the_process_ends(tmp_path, kills):
+    session, reactor, proc, reports, _ = make(tmp_path)
+    session.close("test")
+    assert kills == [(4242, signal.SIGHUP)]
+    reactor.advance(TERM_AFTER)
+    assert kills[-1] == (4242, signal.SIGTERM)
+    reactor.advance(KILL_AFTER - TERM_AFTER)
+    assert kills[-1] == (4242, signal.SIGKILL)
+    proc.proto.processEnded(Failure(error.ProcessTerminated(signal=9)))
+    assert not reactor.getDelayedCalls()
+
+
+def test_input_credit_is_held_while_the_process_does_not_read(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path)
+    session.input(b"abc")
+    assert reports[-1] == ("input_ack", 3)
+    proc.producer.pauseProducing()
+    session.input(b"defg")
+    assert reports[-1] == ("input_ack", 3)
+    proc.producer.resumeProducing()
+    assert reports[-1] == ("input_ack", 4)
+    assert proc.written == [b"abc", b"defg"]
+
+
+def test_eof_closes_stdin_without_a_pty(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path)
+    session.eof()
+    assert proc.stdin_closed
+
+
+def test_eof_while_the_child_is_not_reading_still_closes_stdin(tmp_path):
+    # A paused producer on the stdin writer would keep it from ever closing (Twisted resumes the producer
+    # instead): the session must drop it and release the credit it held.
+    session, reactor, proc, reports, _ = make(tmp_path)
+    proc.producer.pauseProducing()
+    session.input(b"abc")
+    session.eof()
+    assert proc.producer is None and proc.stdin_closed
+    assert reports[-1] == ("input_ack", 3)
+
+
+def test_pty_session_gets_a_login_shell_with_term_and_size_before_exec(tmp_path):
+    import fcntl
+    import struct
+    import termios
+
+    reactor = ProcessReactor()
+    request = OpenRequest(worker="w1", pty=True, term="xterm", cols=132, rows=43)
+    session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
+                            lambda *a: None)
+    session.start()
+    proc = reactor.processes[0]
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        assert proc.args == ["-bash"]
+        assert proc.env["TERM"] == "xterm"
+        rows, cols = struct.unpack("HHHH", fcntl.ioctl(slave_fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        assert (cols, rows) == (132, 43)
+        session.resize(100, 30)
+        rows, cols = struct.unpack("HHHH", fcntl.ioctl(slave_fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        assert (cols, rows) == (100, 30)
+        session.eof()
+        assert proc.written == [b"\x04"]
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)
+
+
+def test_working_directory_rules(tmp_path):
+    (tmp_path / "build").mkdir()
+    options = WorkerOptions(allowed_dirs=(str(tmp_path / "build"),))
+    build = str(tmp_path / "build")
+    assert resolve_cwd(OpenRequest(worker="w", cwd="build"), options, str(tmp_path)) == build
+    with pytest.raises(ProtocolError, match="outside the directories"):
+        resolve_cwd(OpenRequest(worker="w", cwd="/etc"), options, str(tmp_path))
+    with pytest.raises(ProtocolError, match="no such directory"):
+        resolve_cwd(OpenRequest(worker="w", cwd="nope"), WorkerOptions(), str(tmp_path))
