@@ -22,6 +22,7 @@ from buildbot.util.service import BuildbotService
 from buildbot.worker.protocols import pb as bbpb
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
@@ -87,6 +88,8 @@ class _RootFactory:
 
 class ShellService(BuildbotService):
     name = "slaveshell"
+    # How long a worker may take to start a session before the operator is told it did not answer.
+    open_timeout = 30.0
 
     def checkConfig(
         self,
@@ -222,8 +225,11 @@ class ShellService(BuildbotService):
         except Exception:
             pass
         try:
-            reply = yield defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink,
-                                              request.to_wire())
+            reply = yield _answer_within(
+                defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, request.to_wire()),
+                self.open_timeout, _close_late_session)
+        except defer.TimeoutError:
+            return {"ok": False, "error": f"worker {request.worker} did not answer within {self.open_timeout:g} s"}
         except Exception as e:
             # Never forward a remote failure across the second hop: translate it to a plain message.
             return {"ok": False, "error": f"worker {request.worker}: {_describe_failure(e)}"}
@@ -237,6 +243,10 @@ class ShellService(BuildbotService):
         if not isinstance(worker_ref, pb.RemoteReference):
             return {"ok": False, "error": f"worker {request.worker} sent a malformed reply"}
 
+        if broker.disconnected:
+            # The operator left while the worker was starting the session: nobody to serve it to.
+            _close_late_session(reply)
+            return None
         session.attach(
             to_operator=remote_sender(sink, lambda f: self._operator_failed(session, f)),
             to_worker=remote_sender(worker_ref, lambda f: self._worker_failed(session, f)),
@@ -279,6 +289,38 @@ class ShellService(BuildbotService):
             return
         log.warn("slaveshell session {sid}: worker refused a call: {e}", sid=session.id,
                  e=failure.getErrorMessage())
+
+
+def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defer.Deferred[Any]:
+    """`d`'s result, or TimeoutError after `seconds`. A PB call's Deferred must not be cancelled (its late
+    answer would then hit an already-fired Deferred inside the broker), so the race happens on a second
+    Deferred and a late answer goes to `on_late`."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    out: defer.Deferred[Any] = defer.Deferred()
+    timer = reactor.callLater(seconds, lambda: out.errback(defer.TimeoutError(f"no answer in {seconds} s")))
+
+    def settle(result: Any) -> None:
+        if out.called:
+            if not isinstance(result, Failure):
+                on_late(result)
+            return None
+        timer.cancel()
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(result)
+        return None
+
+    d.addBoth(settle)
+    return out
+
+
+def _close_late_session(reply: Any) -> None:
+    """A session the worker started for nobody: end it there."""
+    if isinstance(reply, dict) and isinstance(reply.get("session"), pb.RemoteReference):
+        defer.maybeDeferred(reply["session"].callRemote, "close").addErrback(lambda f: None)
 
 
 def _forget(ref: Any, callback: Any) -> None:

@@ -23,7 +23,7 @@ c = BuildmasterConfig = {{}}
 c['title'] = 'slaveshell sandbox'
 c['buildbotURL'] = 'http://127.0.0.1/'
 c['workers'] = [{workers}]
-c['protocols'] = {{'pb': {{'port': 'tcp:{port}:interface=127.0.0.1'}}}}
+c['protocols'] = {{'pb': {{'port': 'tcp:{port}:interface=127.0.0.1'}}, {msgpack}}}
 c['change_source'] = [changes.PBChangeSource(user='change', passwd='change')]
 c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', treeStableTimer=None, builderNames=['hello'])]
 c['builders'] = [util.BuilderConfig(
@@ -63,14 +63,17 @@ class SandboxError(Exception):
 
 class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
-                 opt_in: Sequence[str] | None = None) -> None:
+                 opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = ()) -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
         self.opt_in = list(self.workers if opt_in is None else opt_in)
+        # Workers that speak Buildbot's experimental msgpack protocol instead of PB.
+        self.msgpack = list(msgpack)
         self.build_seconds = build_seconds
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
+        self.msgpack_port = 0
         self.started: list[str] = []
 
     @property
@@ -89,15 +92,22 @@ class Sandbox:
     def create(self) -> None:
         os.makedirs(self.root, exist_ok=True)
         self.port = free_port()
+        self.msgpack_port = free_port()
         self._run(BUILDBOT + ["create-master", "--quiet", self.master_dir])
+        # Buildbot's msgpack listener takes only a port number (it binds every interface): only when asked for.
+        msgpack = f"'msgpack_experimental_v7': {{'port': {self.msgpack_port}}}" if self.msgpack else ""
         workers = ", ".join(f"worker.Worker({w!r}, 'pass')" for w in self.workers)
         with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
-            f.write(MASTER_CFG.format(workers=workers, port=self.port, builder_workers=self.workers[:1],
+            f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
+                                      builder_workers=self.workers[:1],
                                       build_seconds=self.build_seconds))
         for name in self.workers:
             wdir = self.worker_dir(name)
-            self._run(BUILDBOT_WORKER + ["create-worker", "--quiet", wdir, f"127.0.0.1:{self.port}", name,
-                                         "pass"])
+            if name in self.msgpack:
+                where = ["--protocol=msgpack_experimental_v7", wdir, f"127.0.0.1:{self.msgpack_port}"]
+            else:
+                where = [wdir, f"127.0.0.1:{self.port}"]
+            self._run(BUILDBOT_WORKER + ["create-worker", "--quiet", *where, name, "pass"])
             if name in self.opt_in:
                 tac = os.path.join(wdir, "buildbot.tac")
                 with open(tac) as f:

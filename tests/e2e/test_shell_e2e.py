@@ -119,6 +119,7 @@ def test_environment_and_working_directory_options(sandbox):
     [
         ("w9", b"buildbot-shell: no worker named 'w9' on this master\n"),
         ("w3", b"buildbot-shell: worker w3 has not enabled slaveshell"),
+        ("w4", b"buildbot-shell: worker w4 uses the msgpack protocol; slaveshell needs a PB worker\n"),
     ],
 )
 def test_unreachable_workers_are_a_one_line_error_and_255(sandbox, worker, message):
@@ -166,6 +167,18 @@ def test_a_build_on_the_same_worker_succeeds_while_two_shells_are_open(sandbox, 
     for t in shells:
         t.expect("\r\nlooped\r\n", timeout=30)
         assert t.run("echo still here").strip() == "still here"
+
+
+def test_killing_the_client_ends_the_remote_command(sandbox):
+    client = subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "w1", "sleep 301"])
+    try:
+        assert wait_until(lambda: subprocess.run(["pgrep", "-f", "^sleep 301$"], capture_output=True)
+                          .returncode == 0, timeout=10)
+    finally:
+        client.kill()
+        client.wait()
+    assert wait_until(lambda: subprocess.run(["pgrep", "-f", "^sleep 301$"], capture_output=True)
+                      .returncode == 1, timeout=10), "the remote command outlived its operator"
 
 
 def test_slaveshell_workers_lists_the_fleet(sandbox):

@@ -1,0 +1,86 @@
+"""ShellService's socket and operator boundary, in process: a real UNIX socket, real PB, the kernel's peer
+credentials; the master's worker registry is a stand-in (the e2e tier has the real one)."""
+
+import grp
+import os
+import stat
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.spread import pb
+
+from master_side.service import ShellService
+from slaveshell.client import connect
+from slaveshell.policy import Rule
+from slaveshell.protocol import OpenRequest
+
+
+class FakeWorkers:
+    registrations: dict = {}
+    connections: dict = {}
+
+
+class FakeMaster:
+    def __init__(self, basedir):
+        self.basedir = str(basedir)
+        self.workers = FakeWorkers()
+        self.master = self  # what a child service's .master finds by walking up its parents
+
+
+class Sink(pb.Referenceable):
+    pass
+
+
+@pytest_twisted.inlineCallbacks
+def start(tmp_path, **kwargs):
+    service = ShellService(**kwargs)
+    service.parent = FakeMaster(tmp_path)
+    yield service.reconfigService(**kwargs)
+    return service
+
+
+@pytest_twisted.inlineCallbacks
+def test_socket_is_0600_by_default_and_0660_for_a_named_group(tmp_path):
+    service = yield start(tmp_path)
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "shell.sock").st_mode) == 0o600
+    finally:
+        yield service._stop_listening()
+    service = yield start(tmp_path, group="daemon")
+    try:
+        st = os.stat(tmp_path / "shell.sock")
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == grp.getgrnam("daemon").gr_gid
+    finally:
+        yield service._stop_listening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_operator_is_known_by_kernel_credentials_and_policy_applies(tmp_path):
+    service = yield start(tmp_path, policy=[Rule(users=["nobody"])])
+    try:
+        root = yield connect(reactor, str(tmp_path / "shell.sock"))
+        reply = yield root.callRemote("open", Sink(), OpenRequest(worker="w1").to_wire())
+        user = "root" if os.getuid() == 0 else str(os.getuid())
+        assert reply["ok"] is False
+        assert reply["error"].startswith(f"permission denied: {user} (uid {os.getuid()}) may not shell on worker w1")
+        root.broker.transport.loseConnection()
+    finally:
+        yield service._stop_listening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(tmp_path):
+    service = yield start(tmp_path)
+    try:
+        root = yield connect(reactor, str(tmp_path / "shell.sock"))
+        reply = yield root.callRemote("open", Sink(), OpenRequest(worker="nope").to_wire())
+        assert reply == {"ok": False, "error": "no worker named 'nope' on this master"}
+        reply = yield root.callRemote("open", Sink(), {"version": 1, "worker": "w1", "pty": "yes"})
+        assert reply == {"ok": False, "error": "bad request: pty must be a boolean"}
+        reply = yield root.callRemote("open", "not a sink", OpenRequest(worker="w1").to_wire())
+        assert reply["ok"] is False
+        assert (yield root.callRemote("workers")) == []
+        root.broker.transport.loseConnection()
+    finally:
+        yield service._stop_listening()
