@@ -7,11 +7,12 @@ when the operator acknowledges it, so the master holds at most one window of a s
 
 from __future__ import annotations
 
+import collections
 import enum
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -22,6 +23,7 @@ from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
     OUTPUT_WINDOW,
+    STREAM_ERR,
     ExitStatus,
     OpenRequest,
     ProtocolError,
@@ -41,6 +43,33 @@ Send = Callable[..., None]
 WINDOW_TOLERANCE = 4
 
 
+class Recorder(Protocol):
+    """What the relay tells the audit trail (master_side.recorder implements it)."""
+
+    def output(self, data: bytes) -> None: ...
+    def input(self, data: bytes, hidden: bool) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    def marker(self, text: str) -> None: ...
+    def end(self, session: MasterSession) -> None: ...
+
+
+class NullRecorder:
+    def output(self, data: bytes) -> None:
+        pass
+
+    def input(self, data: bytes, hidden: bool) -> None:
+        pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def marker(self, text: str) -> None:
+        pass
+
+    def end(self, session: MasterSession) -> None:
+        pass
+
+
 class State(enum.Enum):
     OPENING = "opening"
     RUNNING = "running"
@@ -52,8 +81,9 @@ def new_session_id() -> str:
 
 
 class MasterSession:
-    def __init__(self, request: OpenRequest, identity: Identity, on_end: Callable[[MasterSession], None]) -> None:
-        self.id = new_session_id()
+    def __init__(self, request: OpenRequest, identity: Identity, on_end: Callable[[MasterSession], None],
+                 session_id: str | None = None) -> None:
+        self.id = session_id or new_session_id()
         self.request = request
         self.worker = request.worker
         self.identity = identity
@@ -67,6 +97,12 @@ class MasterSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self._on_end = on_end
+        self.recorder: Recorder = NullRecorder()
+        # Input sent to the worker and not yet acknowledged: recorded once the worker says whether the
+        # terminal was hiding it.
+        self._pending_input: collections.deque[bytes] = collections.deque()
+        # Bytes the master itself showed the operator (notices): their acks are not the worker's credit.
+        self._own_output = 0
         # Set by whoever wires the session to its peers; undoes that wiring at the end.
         self.cleanup: Callable[[], Any] | None = None
 
@@ -88,6 +124,7 @@ class MasterSession:
             raise ProtocolError("input sent past the flow-control window")
         self.input_window.sent(len(data))
         self.bytes_in += len(data)
+        self._pending_input.append(data)
         self.to_worker("input", data)
 
     def operator_eof(self) -> None:
@@ -97,17 +134,22 @@ class MasterSession:
     def operator_resize(self, cols: object, rows: object) -> None:
         cols, rows = check_size(cols, rows)
         if self.state is State.RUNNING:
+            self.recorder.resize(cols, rows)
             self.to_worker("resize", cols, rows)
 
     def operator_signal(self, name: object) -> None:
         check_signal(name)
         if self.state is State.RUNNING:
+            self.recorder.marker(f"signal {name} sent by {self.identity.user}")
             self.to_worker("signal", str(name))
 
     def operator_ack(self, nbytes: object) -> None:
         nbytes = check_int(nbytes, "ack", 0, 2**40)
+        own = min(nbytes, self._own_output)
+        self._own_output -= own
+        nbytes -= own
         self.output_window.acked(nbytes)
-        if self.state is State.RUNNING:
+        if self.state is State.RUNNING and nbytes:
             self.to_worker("ack", nbytes)
 
     def operator_close(self) -> None:
@@ -133,12 +175,24 @@ class MasterSession:
             raise ProtocolError("output sent past the flow-control window")
         self.output_window.sent(len(data))
         self.bytes_out += len(data)
+        self.recorder.output(data)
         self.to_operator("output", stream, data)
 
-    def worker_input_ack(self, nbytes: object) -> None:
+    def worker_input_ack(self, nbytes: object, hidden: object) -> None:
         nbytes = check_int(nbytes, "input ack", 0, 2**40)
+        if not isinstance(hidden, bool):
+            raise ProtocolError("input ack: hidden must be a boolean")
+        if not self._pending_input or len(self._pending_input[0]) != nbytes:
+            raise ProtocolError("input ack does not match the input sent")
         self.input_window.acked(nbytes)
-        self.to_operator("input_ack", nbytes)
+        self.recorder.input(self._pending_input.popleft(), hidden)
+        self.to_operator("input_ack", nbytes, hidden)
+
+    def notice(self, text: str) -> None:
+        """A line from the master itself to the operator's terminal (stderr), outside the worker's credit."""
+        data = f"\r\nslaveshell: {text}\r\n".encode()
+        self._own_output += len(data)
+        self.to_operator("output", STREAM_ERR, data)
 
     def worker_exit(self, code: object, signal: object, reason: object) -> None:
         self.end(ExitStatus.from_wire(code, signal, reason))
@@ -154,6 +208,7 @@ class MasterSession:
             return
         self.state = State.ENDED
         self.status = status
+        self.recorder.end(self)
         log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
                  sig=status.signal, why=f", {status.reason}" if status.reason else "")
         self.to_operator("exit", status.code, status.signal, status.reason)
@@ -220,8 +275,8 @@ class WorkerSink(_Guarded):
     def remote_output(self, stream: object, data: object) -> None:
         self._call(self.session.worker_output, stream, data)
 
-    def remote_input_ack(self, nbytes: object) -> None:
-        self._call(self.session.worker_input_ack, nbytes)
+    def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
+        self._call(self.session.worker_input_ack, nbytes, hidden)
 
     def remote_exit(self, code: object, signal: object, reason: object) -> None:
         self._call(self.session.worker_exit, code, signal, reason)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import socket as _socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from buildbot.util.service import BuildbotService
@@ -27,9 +28,10 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from slaveshell.policy import Identity, Policy, Rule
-from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
+from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
-from .relay import MasterSession, OperatorHandle, WorkerSink, remote_sender
+from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
+from .relay import MasterSession, OperatorHandle, WorkerSink, new_session_id, remote_sender
 
 log = Logger()
 
@@ -76,6 +78,15 @@ class OperatorRoot(pb.Referenceable):
     def remote_open(self, sink: object, params: object) -> Any:
         return self.service.open_session(self.identity(), self.broker, sink, params)
 
+    def remote_history(self, filters: object) -> Any:
+        return self.service.history(self.identity(), filters)
+
+    def remote_transcript(self, session_id: object, offset: object) -> Any:
+        return self.service.transcript_chunk(self.identity(), session_id, offset)
+
+    def remote_search(self, text: object, filters: object = None) -> Any:
+        return self.service.search(self.identity(), text, filters)
+
 
 @implementer(pb.IPBRoot)
 class _RootFactory:
@@ -96,9 +107,23 @@ class ShellService(BuildbotService):
         socket: str = DEFAULT_SOCKET,
         group: str | int | None = None,
         policy: Any = None,
+        transcripts: str = "transcripts",
+        db_url: str | None = None,
+        record_input: bool = True,
+        redact: Sequence[str] = (),
+        require_recording: bool = True,
+        on_record_error: str = "end",
         name: str = "slaveshell",
     ) -> None:
         from buildbot import config
+
+        if on_record_error not in ON_RECORD_ERROR:
+            config.error(f"ShellService: on_record_error must be one of {ON_RECORD_ERROR}")
+        for pattern in redact:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as e:
+                config.error(f"ShellService: bad redact pattern {pattern!r}: {e}")
 
         if not isinstance(socket, str) or not socket:
             config.error("ShellService: socket must be a path (relative to the master's basedir)")
@@ -118,6 +143,7 @@ class ShellService(BuildbotService):
         self.socket_path: str | None = None
         self._group: str | int | None = None
         self._port: Any = None
+        self.trail: AuditTrail | None = None
         super().__init__(*args, **kwargs)
 
     @defer.inlineCallbacks
@@ -126,9 +152,28 @@ class ShellService(BuildbotService):
         socket: str = DEFAULT_SOCKET,
         group: str | int | None = None,
         policy: Any = None,
+        transcripts: str = "transcripts",
+        db_url: str | None = None,
+        record_input: bool = True,
+        redact: Sequence[str] = (),
+        require_recording: bool = True,
+        on_record_error: str = "end",
         name: str = "slaveshell",
     ) -> Any:
         self.policy = make_policy(policy)
+        trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
+                           transcripts=transcripts, db_url=db_url, record_input=record_input, redact=redact,
+                           require_recording=require_recording, on_record_error=on_record_error)
+        if self.trail is None:
+            self.trail = trail
+            yield self.trail.start()
+        elif (trail.directory, trail.db_url) != (self.trail.directory, self.trail.db_url):
+            log.warn("slaveshell: a new transcript directory or audit database takes effect at the next "
+                     "master restart")
+        else:
+            # Recording options apply to sessions opened from now on.
+            for attr in ("record_input", "redact", "require_recording", "on_record_error"):
+                setattr(self.trail, attr, getattr(trail, attr))
         path = os.path.abspath(os.path.join(self.master.basedir, socket))
         if path != self.socket_path or group != self._group:
             yield self._stop_listening()
@@ -140,6 +185,9 @@ class ShellService(BuildbotService):
             session.operator_close()
             session.abort("the master is shutting down")
         yield self._stop_listening()
+        if self.trail is not None:
+            yield self.trail.stop()
+            self.trail = None
         yield super().stopService()
 
     @defer.inlineCallbacks
@@ -202,6 +250,7 @@ class ShellService(BuildbotService):
 
     @defer.inlineCallbacks
     def open_session(self, who: Identity, broker: pb.Broker, sink: object, params: object) -> Any:
+        assert self.trail is not None
         try:
             request = OpenRequest.from_wire(params)
         except ProtocolError as e:
@@ -212,13 +261,24 @@ class ShellService(BuildbotService):
         if not decision.allowed:
             log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=who, worker=request.worker,
                      why=decision.reason)
+            self.trail.refused(who, request.worker, f"permission denied: {decision.reason}")
             return {"ok": False, "error": f"permission denied: {decision.reason}"}
         try:
             conn = self.route(request.worker)
         except RouteError as e:
+            self.trail.refused(who, request.worker, str(e))
             return {"ok": False, "error": str(e)}
 
-        session = MasterSession(request, who, on_end=self._session_ended)
+        session = MasterSession(request, who, on_end=self._session_ended, session_id=new_session_id())
+        # Recorded before served: the transcript and the index row exist before the worker is asked.
+        try:
+            recorder = yield self.trail.begin(session)
+        except RecordingError as e:
+            return {"ok": False, "error": str(e)}
+        if recorder is not None:
+            session.recorder = recorder
+            recorder.on_error = lambda error: self._recording_failed(session, error)
+
         worker_sink = WorkerSink(session, self._peer_error)
         try:
             conn.mind.broker.transport.setTcpNoDelay(True)
@@ -229,24 +289,27 @@ class ShellService(BuildbotService):
                 defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, request.to_wire()),
                 self.open_timeout, _close_late_session)
         except defer.TimeoutError:
-            return {"ok": False, "error": f"worker {request.worker} did not answer within {self.open_timeout:g} s"}
+            reply = {"ok": False, "error": f"did not answer within {self.open_timeout:g} s"}
         except Exception as e:
             # Never forward a remote failure across the second hop: translate it to a plain message.
-            return {"ok": False, "error": f"worker {request.worker}: {_describe_failure(e)}"}
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            return {"ok": False, "error": f"worker {request.worker} sent a malformed reply"}
+            reply = {"ok": False, "error": _describe_failure(e)}
+        worker_ref = reply.get("session") if isinstance(reply, dict) else None
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
+                reply["ok"] and not isinstance(worker_ref, pb.RemoteReference)):
+            reply = {"ok": False, "error": "sent a malformed reply"}
         if not reply["ok"]:
             error = reply.get("error")
-            return {"ok": False, "error": f"worker {request.worker}: "
-                                          f"{error if isinstance(error, str) else 'refused'}"[:4096]}
-        worker_ref = reply.get("session")
-        if not isinstance(worker_ref, pb.RemoteReference):
-            return {"ok": False, "error": f"worker {request.worker} sent a malformed reply"}
-
+            message = f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096]
+            self.trail.not_opened(session, recorder, message)
+            return {"ok": False, "error": message}
+        assert worker_ref is not None
         if broker.disconnected:
             # The operator left while the worker was starting the session: nobody to serve it to.
             _close_late_session(reply)
+            session.attach(to_operator=lambda *a: None, to_worker=lambda *a: None)
+            session.abort("the operator left before the session started")
             return None
+
         session.attach(
             to_operator=remote_sender(sink, lambda f: self._operator_failed(session, f)),
             to_worker=remote_sender(worker_ref, lambda f: self._worker_failed(session, f)),
@@ -257,17 +320,79 @@ class ShellService(BuildbotService):
         operator_lost = lambda _ref: session.operator_lost()  # noqa: E731
         worker_ref.notifyOnDisconnect(worker_lost)
         sink.notifyOnDisconnect(operator_lost)
+
         def cleanup() -> None:
             _forget(worker_ref, worker_lost)
             _forget(sink, operator_lost)
 
         session.cleanup = cleanup
+        self.trail.opened(session)
+        if recorder is None:
+            session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
         log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=who,
                  what=request.command or "a login shell", worker=request.worker)
         return {"ok": True, "session": OperatorHandle(session, self._peer_error), "id": session.id}
 
+    def _recording_failed(self, session: MasterSession, error: OSError) -> None:
+        assert self.trail is not None
+        reason = f"the transcript cannot be written ({error.strerror or error})"
+        if self.trail.on_record_error == "continue":
+            session.notice(f"WARNING: {reason}; the session continues UNRECORDED")
+        else:
+            session.operator_close()
+            session.abort(f"session ended: {reason}")
+
+    # -- the audit trail, for operators --------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def history(self, who: Identity, filters: object) -> Any:
+        assert self.trail is not None
+        if not isinstance(filters, dict):
+            raise pb.Error("history filters must be a dict")
+        worker = _opt_str(filters.get("worker"), "worker")
+        user = _opt_str(filters.get("user"), "user")
+        session_id = _opt_str(filters.get("session"), "session")
+        since = filters.get("since")
+        if since is not None and not isinstance(since, (int, float)):
+            raise pb.Error("since must be a number of seconds since the epoch")
+        limit = filters.get("limit", 200)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise pb.Error("limit must be between 1 and 10000")
+        try:
+            rows = yield self.trail.store.history(worker=worker, operator=user, since=since,
+                                                  session_id=session_id, limit=limit)
+        except Exception as e:
+            raise pb.Error(f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+        # Who may read which sessions follows the policy ('replay' on the session's worker).
+        return [r for r in rows if self.policy.check(who, "replay", r["worker"]).allowed]
+
+    @defer.inlineCallbacks
+    def transcript_chunk(self, who: Identity, session_id: object, offset: object) -> Any:
+        assert self.trail is not None
+        if not isinstance(session_id, str) or not isinstance(offset, int) or offset < 0:
+            raise pb.Error("transcript needs a session id and an offset")
+        rows = yield self.history(who, {"session": session_id, "limit": 1})
+        if not rows:
+            raise pb.Error(f"no session {session_id} that you may replay")
+        path = self.trail.transcript_path(rows[0])
+        if path is None or not os.path.exists(path):
+            raise pb.Error(f"session {session_id} has no transcript on this master")
+        data = yield self.trail.read_chunk(path, offset, MAX_CHUNK)
+        return {"data": data, "eof": len(data) < MAX_CHUNK}
+
+    @defer.inlineCallbacks
+    def search(self, who: Identity, text: object, filters: object) -> Any:
+        assert self.trail is not None
+        if not isinstance(text, str) or not text or len(text) > 1024:
+            raise pb.Error("search needs a text of 1 to 1024 characters")
+        rows = yield self.history(who, filters if isinstance(filters, dict) else {})
+        hits = yield self.trail.search(rows, text, limit=500)
+        return hits
+
     def _session_ended(self, session: MasterSession) -> None:
         self.sessions.pop(session.id, None)
+        if self.trail is not None:
+            self.trail.ended(session)
         if session.cleanup is not None:
             session.cleanup()
 
@@ -337,6 +462,12 @@ def _describe_failure(error: Exception) -> str:
         return "the connection was lost while opening the session"
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:300]
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > 256):
+        raise pb.Error(f"{what} must be a string")
+    return value
 
 
 def _group_id(group: str | int) -> int:

@@ -166,7 +166,8 @@ class WorkerSession:
         self._exited = False
         self._timers: list[Any] = []
         self._input_paused = False
-        self._held_input_credit = 0
+        # (bytes, hidden) per input message not yet acknowledged, in order.
+        self._held_input: list[tuple[int, bool]] = []
         self._pty_fd: int | None = None
 
     # -- start ---------------------------------------------------------------------------------
@@ -216,8 +217,11 @@ class WorkerSession:
     def input(self, data: bytes) -> None:
         if self.ended or self._exited:
             return
+        # Decided here, at the moment of delivery, where the terminal's modes are known: a password prompt
+        # (canonical mode, echo off) hides what is typed, and so must the transcript.
+        hidden = self._pty_fd is not None and ptyutil.password_mode(self._pty_fd)
         self.transport.write(data)
-        self._held_input_credit += len(data)
+        self._held_input.append((len(data), hidden))
         if not self._input_paused:
             self._release_input_credit()
 
@@ -301,9 +305,11 @@ class WorkerSession:
             self.transport.resumeProducing()
 
     def _release_input_credit(self) -> None:
-        if self._held_input_credit and not self.ended:
-            n, self._held_input_credit = self._held_input_credit, 0
-            self.report("input_ack", n)
+        if self.ended:
+            return
+        held, self._held_input = self._held_input, []
+        for nbytes, hidden in held:
+            self.report("input_ack", nbytes, hidden)
 
     def _process_exited(self) -> None:
         self._exited = True

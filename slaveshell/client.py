@@ -70,7 +70,7 @@ class ClientSink(pb.Referenceable):
     def remote_output(self, stream: object, data: object) -> None:
         self.client.output(check_stream(stream), check_bytes(data, "output"))
 
-    def remote_input_ack(self, nbytes: object) -> None:
+    def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
         self.client.input_acked(check_int(nbytes, "input ack", 0, 2**40))
 
     def remote_exit(self, code: object, signal: object, reason: object) -> None:

@@ -13,7 +13,8 @@ Session control (called on the session handle, towards the process):
 
 Session sink (called on the sink, towards the operator):
     output(stream: int, data: bytes)   stream 1 (PTY or stdout) or 2 (stderr)
-    input_ack(nbytes: int)             input consumed by the process; returns input credit
+    input_ack(nbytes: int, hidden: bool)  one input message delivered to the process, in order; returns its
+                                       credit. hidden: the terminal was reading a password (echo off)
     exit(code, signal, reason)         the end: exit code or terminating signal; both None plus a reason
                                        when the session was lost or refused
 

@@ -20,8 +20,8 @@ class Sink(pb.Referenceable):
     def remote_output(self, stream, data):
         self.calls.append(("output", stream, data))
 
-    def remote_input_ack(self, n):
-        self.calls.append(("input_ack", n))
+    def remote_input_ack(self, n, hidden):
+        self.calls.append(("input_ack", n, hidden))
 
     def remote_exit(self, code, sig, reason):
         self.calls.append(("exit", code, sig, reason))
@@ -90,7 +90,7 @@ def test_bad_session_calls_get_plain_errors_and_the_link_stays(wired):
     assert not broker.disconnected
     call(pump, handle, "input", b"fine")
     assert reactor.processes[0].written == [b"fine"]
-    assert ("input_ack", 4) in sink.calls
+    assert ("input_ack", 4, False) in sink.calls
 
 
 def test_output_reaches_the_master_sink(wired):

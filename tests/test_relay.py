@@ -61,8 +61,10 @@ def test_controls_reach_the_worker(relay):
     session.operator_signal("INT")
     session.operator_eof()
     assert to_w == [("input", b"ls\r"), ("resize", 100, 30), ("signal", "INT"), ("eof",)]
-    session.worker_input_ack(3)
-    assert to_op == [("input_ack", 3)]
+    session.worker_input_ack(3, False)
+    assert to_op == [("input_ack", 3, False)]
+    with pytest.raises(ProtocolError, match="does not match"):
+        session.worker_input_ack(3, False)
 
 
 def test_exit_ends_the_session_once(relay):

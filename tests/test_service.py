@@ -40,19 +40,25 @@ def start(tmp_path, **kwargs):
 
 
 @pytest_twisted.inlineCallbacks
+def stop(service):
+    yield service._stop_listening()
+    yield service.trail.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_socket_is_0600_by_default_and_0660_for_a_named_group(tmp_path):
     service = yield start(tmp_path)
     try:
         assert stat.S_IMODE(os.stat(tmp_path / "shell.sock").st_mode) == 0o600
     finally:
-        yield service._stop_listening()
+        yield stop(service)
     service = yield start(tmp_path, group="daemon")
     try:
         st = os.stat(tmp_path / "shell.sock")
         assert stat.S_IMODE(st.st_mode) == 0o660
         assert st.st_gid == grp.getgrnam("daemon").gr_gid
     finally:
-        yield service._stop_listening()
+        yield stop(service)
 
 
 @pytest_twisted.inlineCallbacks
@@ -66,7 +72,7 @@ def test_operator_is_known_by_kernel_credentials_and_policy_applies(tmp_path):
         assert reply["error"].startswith(f"permission denied: {user} (uid {os.getuid()}) may not shell on worker w1")
         root.broker.transport.loseConnection()
     finally:
-        yield service._stop_listening()
+        yield stop(service)
 
 
 @pytest_twisted.inlineCallbacks
@@ -83,4 +89,4 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
         assert (yield root.callRemote("workers")) == []
         root.broker.transport.loseConnection()
     finally:
-        yield service._stop_listening()
+        yield stop(service)

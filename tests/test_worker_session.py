@@ -126,12 +126,12 @@ def test_close_escalates_hup_term_kill_until_the_process_ends(tmp_path, kills):
 def test_input_credit_is_held_while_the_process_does_not_read(tmp_path):
     session, reactor, proc, reports, _ = make(tmp_path)
     session.input(b"abc")
-    assert reports[-1] == ("input_ack", 3)
+    assert reports[-1] == ("input_ack", 3, False)
     proc.producer.pauseProducing()
     session.input(b"defg")
-    assert reports[-1] == ("input_ack", 3)
+    assert reports[-1] == ("input_ack", 3, False)
     proc.producer.resumeProducing()
-    assert reports[-1] == ("input_ack", 4)
+    assert reports[-1] == ("input_ack", 4, False)
     assert proc.written == [b"abc", b"defg"]
 
 
@@ -149,7 +149,7 @@ def test_eof_while_the_child_is_not_reading_still_closes_stdin(tmp_path):
     session.input(b"abc")
     session.eof()
     assert proc.producer is None and proc.stdin_closed
-    assert reports[-1] == ("input_ack", 3)
+    assert reports[-1] == ("input_ack", 3, False)
 
 
 def test_pty_session_gets_a_login_shell_with_term_and_size_before_exec(tmp_path):

@@ -1,0 +1,289 @@
+"""The audit index: who opened which session where, how it ended, and every refusal, in SQL that outside
+tools can query (SQLite by default; PostgreSQL and MySQL/MariaDB by URL). See docs/audit-schema.md.
+
+SQLAlchemy Core runs in a one-thread pool, so no database call ever blocks the master's reactor and writes keep
+their order. Writes after a session has started are queued: while the database is away they wait and are retried,
+and they land once it is back. The one write that is not queued is a session's first row: a session is served
+only once that row exists (fail-closed).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+SCHEMA_VERSION = 1
+PREFIX = "slaveshell_"
+
+# MySQL's DATETIME drops fractions of a second unless asked.
+_Time = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+metadata = sa.MetaData()
+
+schema_table = sa.Table(
+    PREFIX + "schema", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+sessions = sa.Table(
+    PREFIX + "sessions", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("worker", sa.String(255), nullable=False, index=True),
+    sa.Column("operator", sa.String(255), nullable=False, index=True),
+    sa.Column("uid", sa.Integer, nullable=False),
+    sa.Column("master", sa.String(1024), nullable=False),
+    sa.Column("command", sa.Text, nullable=True),
+    sa.Column("pty", sa.Boolean, nullable=False),
+    sa.Column("term", sa.String(64), nullable=True),
+    sa.Column("width", sa.Integer, nullable=True),
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("started", _Time, nullable=False, index=True),
+    sa.Column("ended", _Time, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("end_reason", sa.Text, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("exit_signal", sa.Integer, nullable=True),
+    sa.Column("bytes_in", sa.BigInteger, nullable=False, default=0),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False, default=0),
+    sa.Column("transcript", sa.Text, nullable=True),
+    sa.Column("transcript_sha256", sa.String(64), nullable=True),
+)
+
+events = sa.Table(
+    PREFIX + "events", metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(32), nullable=True, index=True),
+    sa.Column("time", _Time, nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("worker", sa.String(255), nullable=True),
+    sa.Column("operator", sa.String(255), nullable=True),
+    sa.Column("uid", sa.Integer, nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+
+def _migrate_1(conn: sa.Connection) -> None:
+    for table in (sessions, events):
+        table.create(conn, checkfirst=True)
+
+
+# version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1}
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Bring the schema to SCHEMA_VERSION, one step per transaction. Returns the version found before."""
+    with engine.begin() as conn:
+        schema_table.create(conn, checkfirst=True)
+        found = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar() or 0
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(f"the audit database has schema version {found}, newer than this slaveshell "
+                           f"({SCHEMA_VERSION}): upgrade slaveshell")
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        with engine.begin() as conn:
+            MIGRATIONS[version](conn)
+            conn.execute(schema_table.insert().values(version=version))
+    return found
+
+
+def utc(timestamp: float) -> dt.datetime:
+    """Times are stored as naive UTC (portable across SQLite, PostgreSQL and MySQL)."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(tzinfo=None)
+
+
+def timestamp(value: dt.datetime) -> float:
+    """Back from naive UTC to seconds since the epoch."""
+    return value.replace(tzinfo=dt.UTC).timestamp() if value.tzinfo is None else value.timestamp()
+
+
+def _row(mapping: Any) -> dict[str, Any]:
+    out = dict(mapping)
+    for key, value in out.items():
+        if isinstance(value, dt.datetime):
+            out[key] = value.replace(tzinfo=dt.UTC).isoformat()
+    return out
+
+
+class AuditStore:
+    retry_interval = 2.0
+    max_queue = 100_000
+
+    def __init__(self, url: str, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.url = url
+        self.reactor = reactor
+        self.engine: sa.Engine | None = None
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="slaveshell-audit")
+        self._queue: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+        self._drain_d: defer.Deferred[Any] | None = None
+        self.down_since: float | None = None
+        self.dropped = 0
+
+    # -- life ----------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        if not self.pool.started:
+            self.pool.start()
+            # Its threads are not daemons: an unstopped pool would keep the process from exiting.
+            self._shutdown_trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        try:
+            yield self._run(self._connect)
+        except Exception:
+            # Keep the pool: the service retries when the database comes up.
+            raise
+
+    def _connect(self) -> None:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        engine = sa.create_engine(self.url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            # WAL: outside tools can read while the master writes; a crash never corrupts committed rows.
+            @sa.event.listens_for(engine, "connect")
+            def _wal(dbapi_conn: Any, record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=5000")
+                cur.close()
+
+        migrate(engine)
+        self.engine = engine
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        # Let queued writes land if the database is there; if it is away they are lost with the process
+        # (the crash recovery at the next start closes the rows they would have closed).
+        if self._drain_d is not None and self.down_since is None:
+            yield self._drain_d
+        if self.engine is not None:
+            yield self._run(self.engine.dispose)
+            self.engine = None
+        if self.pool.started:
+            self.pool.stop()
+            self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def open_session(self, row: dict[str, Any]) -> defer.Deferred[Any]:
+        """The session's first row, written now (not queued): it fails if the database is away."""
+        return self._run(self._insert, sessions, row)
+
+    def update_session(self, session_id: str, **values: Any) -> None:
+        self._enqueue(self._update, session_id, values)
+
+    def event(self, kind: str, session_id: str | None = None, worker: str | None = None,
+              operator: str | None = None, uid: int | None = None, detail: str | None = None,
+              when: float | None = None) -> None:
+        import time
+
+        self._enqueue(self._insert, events, {
+            "session_id": session_id, "time": utc(when if when is not None else time.time()), "kind": kind,
+            "worker": worker, "operator": operator, "uid": uid, "detail": detail,
+        })
+
+    def _insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+        assert self.engine is not None
+        with self.engine.begin() as conn:
+            conn.execute(table.insert().values(**row))
+
+    def _update(self, session_id: str, values: dict[str, Any]) -> None:
+        assert self.engine is not None
+        with self.engine.begin() as conn:
+            conn.execute(sessions.update().where(sessions.c.id == session_id).values(**values))
+
+    def _enqueue(self, fn: Callable[..., Any], *args: Any) -> None:
+        if len(self._queue) >= self.max_queue:
+            self._queue.popleft()
+            self.dropped += 1
+            log.error("slaveshell audit: write queue full while the database is away; dropped {n} writes",
+                      n=self.dropped)
+        self._queue.append((fn, args))
+        if self._drain_d is None:
+            d = self._drain()
+            self._drain_d = None if d.called else d
+
+    @defer.inlineCallbacks
+    def _drain(self) -> Any:
+        try:
+            while self._queue:
+                fn, args = self._queue[0]
+                try:
+                    yield self._run(fn, *args)
+                except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError) as e:
+                    if self.down_since is None:
+                        self.down_since = self.reactor.seconds()
+                        log.critical("slaveshell audit: the database is unreachable; {n} writes wait for it: {e}",
+                                     n=len(self._queue), e=str(e).splitlines()[0])
+                    yield task.deferLater(self.reactor, self.retry_interval, lambda: None)
+                    continue
+                except Exception as e:
+                    log.error("slaveshell audit: a write was refused and is dropped: {e}", e=e)
+                self._queue.popleft()
+                if self.down_since is not None:
+                    log.warn("slaveshell audit: the database is back; writing the queued rows")
+                    self.down_since = None
+        finally:
+            self._drain_d = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def history(self, worker: str | None = None, operator: str | None = None, since: float | None = None,
+                session_id: str | None = None, limit: int = 200) -> defer.Deferred[list[dict[str, Any]]]:
+        def query() -> list[dict[str, Any]]:
+            assert self.engine is not None
+            q = sa.select(sessions).order_by(sessions.c.started.desc()).limit(limit)
+            if worker:
+                q = q.where(sessions.c.worker == worker)
+            if operator:
+                q = q.where(sessions.c.operator == operator)
+            if since is not None:
+                q = q.where(sessions.c.started >= utc(since))
+            if session_id:
+                q = q.where(sessions.c.id == session_id)
+            with self.engine.connect() as conn:
+                return [_row(r) for r in conn.execute(q).mappings()]
+
+        return self._run(query)
+
+    def events_of(self, session_id: str | None = None,
+                  kind: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
+        def query() -> list[dict[str, Any]]:
+            assert self.engine is not None
+            q = sa.select(events).order_by(events.c.id)
+            if session_id:
+                q = q.where(events.c.session_id == session_id)
+            if kind:
+                q = q.where(events.c.kind == kind)
+            with self.engine.connect() as conn:
+                return [_row(r) for r in conn.execute(q).mappings()]
+
+        return self._run(query)
+
+    def running_sessions(self, master: str) -> defer.Deferred[list[dict[str, Any]]]:
+        def query() -> list[dict[str, Any]]:
+            assert self.engine is not None
+            q = sa.select(sessions).where(sessions.c.state == "running", sessions.c.master == master)
+            with self.engine.connect() as conn:
+                return [dict(r) for r in conn.execute(q).mappings()]
+
+        return self._run(query)

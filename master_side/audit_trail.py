@@ -1,0 +1,258 @@
+"""The service's audit trail: transcripts on disk plus the SQL index, kept together.
+
+Fail-closed by default: a session is served only once its transcript file (with header) and its index row
+exist. `require_recording=False` serves anyway, with a loud warning to the log and to the operator.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from slaveshell.policy import Identity
+from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
+
+from .audit import AuditStore, timestamp, utc
+from .recorder import SessionRecorder, header_for, session_row
+from .relay import MasterSession
+from .transcripts import recover, transcript_dir, transcript_name
+
+log = Logger()
+
+FLUSH_INTERVAL = 0.5
+ON_RECORD_ERROR = ("end", "continue")
+
+
+class RecordingError(Exception):
+    """The session cannot be recorded; the message is for the operator."""
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        basedir: str,
+        master_name: str,
+        transcripts: str = "transcripts",
+        db_url: str | None = None,
+        record_input: bool = True,
+        redact: Sequence[str] = (),
+        require_recording: bool = True,
+        on_record_error: str = "end",
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if on_record_error not in ON_RECORD_ERROR:
+            raise ValueError(f"on_record_error must be one of {ON_RECORD_ERROR}")
+        self.reactor = reactor
+        self.master_name = master_name
+        self.directory = os.path.abspath(os.path.join(basedir, transcripts))
+        self.db_url = db_url or f"sqlite:///{os.path.join(os.path.abspath(basedir), 'slaveshell.sqlite')}"
+        self.record_input = record_input
+        self.redact = Redactor([re.compile(p) for p in redact])
+        self.require_recording = require_recording
+        self.on_record_error = on_record_error
+        self.store = AuditStore(self.db_url, reactor)
+        self.recorders: dict[str, SessionRecorder] = {}
+        self._started = False
+        self._flusher = task.LoopingCall(self._flush_all)
+        self._flusher.clock = reactor
+
+    # -- life ----------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        transcript_dir(self.directory)
+        self._flusher.start(FLUSH_INTERVAL, now=False)
+        yield self._ensure_store()
+
+    @defer.inlineCallbacks
+    def _ensure_store(self) -> Any:
+        """Connect (and migrate) if not yet done; the database may come up after the master."""
+        if self._started:
+            return True
+        try:
+            yield self.store.start()
+        except Exception as e:
+            log.critical("slaveshell audit: cannot open the audit database {url}: {e}",
+                         url=_safe_url(self.db_url), e=str(e).splitlines()[0] if str(e) else repr(e))
+            return False
+        self._started = True
+        yield self.recover()
+        return True
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        if self._flusher.running:
+            self._flusher.stop()
+        self._flush_all()
+        if self._started:
+            yield self.store.stop()
+            self._started = False
+
+    def _flush_all(self) -> None:
+        for recorder in list(self.recorders.values()):
+            recorder.flush()
+
+    # -- crash recovery ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def recover(self) -> Any:
+        """Sessions this master left 'running' (it was killed): repair their transcripts, close their rows."""
+        rows = yield self.store.running_sessions(self.master_name)
+        for row in rows:
+            path = row.get("transcript")
+            reason = "interrupted: the master stopped while the session was running"
+            last, sha = 0.0, None
+            if path and os.path.exists(path):
+                try:
+                    last, sha = yield threads.deferToThread(recover, path, reason)
+                except Exception as e:
+                    log.error("slaveshell: cannot repair transcript {path}: {e}", path=path, e=e)
+            started = timestamp(row["started"])
+            self.store.update_session(row["id"], state="interrupted", ended=utc(started + last),
+                                      end_reason=reason, transcript_sha256=sha)
+            self.store.event("interrupted", row["id"], row["worker"], row["operator"], row["uid"], detail=reason,
+                             when=started + last)
+            log.warn("slaveshell: session {sid} was interrupted by a master stop; marked and repaired",
+                     sid=row["id"])
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def refused(self, who: Identity, worker: str, reason: str) -> None:
+        self.store.event("refused", None, worker, who.user, who.uid, detail=reason)
+
+    @defer.inlineCallbacks
+    def begin(self, session: MasterSession) -> Any:
+        """Create the transcript and the index row. Raises RecordingError when fail-closed and either fails;
+        returns the recorder (None when serving unrecorded in degraded mode)."""
+        path = os.path.join(self.directory, transcript_name(session.worker, session.id, session.started))
+        encoder = CastEncoder(self.redact, record_input=self.record_input)
+        recorder = SessionRecorder(session.id, path, encoder, self.store, session.started,
+                                   clock=self.reactor.seconds)
+        problem = None
+        try:
+            transcript_dir(self.directory)
+            recorder.create(header_for(session, self.master_name))
+        except OSError as e:
+            problem = f"cannot create the transcript: {e.strerror or e}"
+        if problem is None:
+            ok = yield self._ensure_store()
+            try:
+                if not ok:
+                    raise RuntimeError("the audit database is unreachable")
+                yield self.store.open_session(session_row(session, self.master_name, path))
+            except Exception as e:
+                problem = f"cannot write the audit index: {str(e).splitlines()[0] if str(e) else e!r}"
+                if recorder.file is not None:
+                    recorder.file.abandon()
+                    os.unlink(path)
+                    recorder.file = None
+        if problem is not None:
+            log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=problem)
+            self.store.event("record-error", session.id, session.worker, session.identity.user,
+                             session.identity.uid, detail=problem)
+            if self.require_recording:
+                raise RecordingError(f"session not started: it cannot be recorded ({problem})")
+            return None
+        self.recorders[session.id] = recorder
+        return recorder
+
+    def opened(self, session: MasterSession) -> None:
+        self.store.event("open", session.id, session.worker, session.identity.user, session.identity.uid,
+                         detail=session.request.command or "login shell")
+
+    def not_opened(self, session: MasterSession, recorder: SessionRecorder | None, reason: str) -> None:
+        """The worker refused after recording began: close the transcript and the row as refused."""
+        self.recorders.pop(session.id, None)
+        if recorder is not None:
+            recorder.marker(f"refused: {reason}")
+            if recorder.file is not None:
+                try:
+                    recorder.sha256 = recorder.file.close()
+                except OSError:
+                    recorder.file.abandon()
+            self.store.update_session(session.id, state="refused", ended=utc(self.reactor.seconds()),
+                                      end_reason=reason, transcript_sha256=recorder.sha256)
+        self.store.event("refused", session.id, session.worker, session.identity.user, session.identity.uid,
+                         detail=reason)
+
+    def ended(self, session: MasterSession) -> None:
+        self.recorders.pop(session.id, None)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def transcript_path(self, row: dict[str, Any]) -> str | None:
+        path = row.get("transcript")
+        if not path:
+            return None
+        real = os.path.realpath(path)
+        # Only files in our directory: a row edited by someone else must not become a way to read any file.
+        if os.path.dirname(real) != os.path.realpath(self.directory):
+            return None
+        return real
+
+    def read_chunk(self, path: str, offset: int, size: int) -> defer.Deferred[bytes]:
+        def read() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+
+        return threads.deferToThread(read)
+
+    def search(self, rows: list[dict[str, Any]], text: str, limit: int) -> defer.Deferred[list[dict[str, Any]]]:
+        paths = [(row, self.transcript_path(row)) for row in rows]
+        return threads.deferToThread(_search, paths, text, limit)
+
+
+def _search(paths: list[tuple[dict[str, Any], str | None]], needle: str, limit: int) -> list[dict[str, Any]]:
+    """What was shown ('o') and typed ('i'), escape sequences stripped, case-insensitive."""
+    hits: list[dict[str, Any]] = []
+    lowered = needle.lower()
+    for row, path in paths:
+        if path is None or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            try:
+                cast = parse_lines(f)
+            except ValueError:
+                continue
+        for code in ("o", "i"):
+            # One text per stream, so a word split across reads is still found; each event's start offset
+            # gives the time of a hit.
+            parts: list[str] = []
+            starts: list[int] = []
+            times: list[float] = []
+            offset = 0
+            for event in cast.events:
+                if event.code == code and isinstance(event.data, str):
+                    plain = strip_ansi(event.data)
+                    starts.append(offset)
+                    times.append(event.time)
+                    parts.append(plain)
+                    offset += len(plain)
+            text = "".join(parts)
+            lowered_text = text.lower()
+            index = lowered_text.find(lowered)
+            while index >= 0 and len(hits) < limit:
+                t = times[max(0, bisect.bisect_right(starts, index) - 1)]
+                context = text[max(0, index - 40): index + len(needle) + 40].replace("\n", " ")
+                hits.append({"session": row["id"], "worker": row["worker"], "operator": row["operator"],
+                             "started": row["started"], "time": round(t, 3),
+                             "stream": "output" if code == "o" else "input", "context": context})
+                index = lowered_text.find(lowered, index + len(needle))
+        if len(hits) >= limit:
+            break
+    return hits
+
+
+def _safe_url(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

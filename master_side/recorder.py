@@ -1,0 +1,180 @@
+"""Recording one session: its transcript file, written live, and its row in the audit index."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from slaveshell.transcript import CastEncoder
+
+from .audit import AuditStore, utc
+from .transcripts import TranscriptFile
+
+if TYPE_CHECKING:
+    from .relay import MasterSession
+
+log = Logger()
+
+# Flush when this much is buffered, whatever the timer says.
+FLUSH_BYTES = 64 * 1024
+
+
+class SessionRecorder:
+    """Implements the relay's Recorder. A write error (a full disk) is reported once through `on_error`;
+    after it, events are dropped and what was already written stays valid."""
+
+    def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: AuditStore | None,
+                 started: float, clock: Callable[[], float] = time.time) -> None:
+        self.session_id = session_id
+        self.path = path
+        self.encoder = encoder
+        self.audit = audit
+        self.started = started
+        self.clock = clock
+        self.file: TranscriptFile | None = None
+        self.failed: OSError | None = None
+        self.on_error: Callable[[OSError], None] = lambda e: None
+        self.sha256: str | None = None
+
+    def create(self, header: str) -> None:
+        """Create the file with its header on disk, before anything is served. Raises OSError."""
+        self.file = TranscriptFile(self.path)
+        self.file.add([header])
+        try:
+            self.file.flush()
+        except OSError:
+            self.file.abandon()
+            self.file = None
+            os.unlink(self.path)
+            raise
+
+    def _t(self) -> float:
+        return max(0.0, self.clock() - self.started)
+
+    def _add(self, lines: list[str]) -> None:
+        if self.file is None or self.failed is not None or not lines:
+            return
+        self.file.add(lines)
+        if self.file.pending >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.file is None or self.failed is not None:
+            return
+        try:
+            self.file.flush()
+        except OSError as e:
+            self._fail(e)
+
+    def _fail(self, error: OSError) -> None:
+        self.failed = error
+        log.critical("session {sid}: transcript {path} cannot be written: {e}", sid=self.session_id,
+                     path=self.path, e=error)
+        if self.audit is not None:
+            self.audit.event("record-error", self.session_id, detail=f"transcript: {error}")
+        self.on_error(error)
+
+    # -- the relay's Recorder interface ----------------------------------------------------------
+
+    def output(self, data: bytes) -> None:
+        self._add(self.encoder.output(self._t(), data))
+
+    def input(self, data: bytes, hidden: bool) -> None:
+        self._add(self.encoder.input(self._t(), data, hidden))
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._add(self.encoder.resize(self._t(), cols, rows))
+
+    def marker(self, text: str) -> None:
+        self._add(self.encoder.marker(self._t(), text))
+
+    def end(self, session: MasterSession) -> None:
+        status = session.status
+        t = self._t()
+        if status is not None:
+            if status.signal is not None:
+                text = f"exit: killed by signal {status.signal}"
+            elif status.code is not None:
+                text = f"exit: code {status.code}"
+            else:
+                text = f"ended: {status.reason}"
+            self._add(self.encoder.flush(t) + self.encoder.marker(t, text))
+        if self.file is not None:
+            try:
+                if self.failed is None:
+                    self.sha256 = self.file.close()
+                else:
+                    self.file.abandon()
+            except OSError as e:
+                self.file.abandon()
+                self._fail(e)
+        if self.audit is not None:
+            ended = self.clock()
+            self.audit.update_session(
+                session.id,
+                state="ended",
+                ended=utc(ended),
+                end_reason=_end_reason(session),
+                exit_code=status.code if status else None,
+                exit_signal=status.signal if status else None,
+                bytes_in=session.bytes_in,
+                bytes_out=session.bytes_out,
+                transcript_sha256=self.sha256,
+            )
+            self.audit.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
+                             detail=_end_reason(session), when=ended)
+
+
+def _end_reason(session: MasterSession) -> str:
+    status = session.status
+    if status is None:
+        return "unknown"
+    if status.signal is not None:
+        return f"signal {status.signal}"
+    if status.code is not None:
+        return f"exit {status.code}"
+    return status.reason or "lost"
+
+
+def header_for(session: MasterSession, master_name: str) -> str:
+    req = session.request
+    return CastEncoder.header(
+        req.cols, req.rows, session.started,
+        command=req.command,
+        title=f"{session.identity.user}@{req.worker}" + (f": {req.command}" if req.command else ""),
+        env={"TERM": req.term} if req.pty else None,
+        slaveshell={
+            "session": session.id,
+            "worker": req.worker,
+            "operator": session.identity.user,
+            "uid": session.identity.uid,
+            "master": master_name,
+            "pty": req.pty,
+            "started": utc(session.started).isoformat() + "Z",
+        },
+    )
+
+
+def session_row(session: MasterSession, master_name: str, transcript: str | None) -> dict[str, Any]:
+    req = session.request
+    return {
+        "id": session.id,
+        "worker": req.worker,
+        "operator": session.identity.user,
+        "uid": session.identity.uid,
+        "master": master_name,
+        "command": req.command,
+        "pty": req.pty,
+        "term": req.term if req.pty else None,
+        "width": req.cols,
+        "height": req.rows,
+        "started": utc(session.started),
+        "state": "running",
+        "transcript": transcript,
+        "bytes_in": 0,
+        "bytes_out": 0,
+    }

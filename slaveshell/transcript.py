@@ -1,0 +1,186 @@
+"""Session transcripts in asciicast v2, without I/O: encoding events to lines and reading them back.
+
+A transcript is newline-delimited JSON: a header object, then `[seconds, code, data]` events. Codes:
+
+    o   output, as the operator's terminal showed it (stderr of a command is merged in, as a terminal would)
+    i   input the operator sent; REDACTED in place of keystrokes typed while the remote terminal hid them
+    r   resize, "COLSxROWS"
+    m   marker: joins, signals, exit, interruption (free text)
+    ob  exact bytes of the preceding `o` event, base64, only when that output was not valid UTF-8
+    ib  the same for `i`
+
+Players (asciinema) skip codes they do not know, so `ob`/`ib` cost nothing there; to get the exact bytes of a
+stream back, take each `o` event's text as UTF-8, unless an `ob` event follows it: then take the `ob` bytes.
+Each stream has its own incremental UTF-8 decoder, so a character split across reads comes out whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+REDACTED = "[REDACTED]"
+VERSION = 2
+
+
+class Redactor:
+    """Configurable regular expressions whose matches never reach the transcript."""
+
+    def __init__(self, patterns: Sequence[str | re.Pattern[str]] = ()) -> None:
+        self.patterns = [re.compile(p) if isinstance(p, str) else p for p in patterns]
+
+    def __call__(self, text: str) -> str:
+        for pattern in self.patterns:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+
+class StreamDecoder:
+    """Bytes to text for one stream. Invalid bytes become surrogates (surrogateescape), which keeps them
+    recoverable exactly; `encode_event` turns them into U+FFFD for players plus an exact-bytes event."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        return self._decoder.decode(data, final)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def encode_event(t: float, code: str, text: str) -> list[str]:
+    """Lines for one text event; a second `<code>b` line when the text holds bytes that were not UTF-8."""
+    t = round(t, 6)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        exact = text.encode("utf-8", "surrogateescape")
+        shown = exact.decode("utf-8", "replace")
+        return [_dumps([t, code, shown]), _dumps([t, code + "b", base64.b64encode(exact).decode("ascii")])]
+    return [_dumps([t, code, text])]
+
+
+class CastEncoder:
+    """Turns a session's events into asciicast lines. Time is seconds since the session started."""
+
+    def __init__(self, redact: Redactor | None = None, record_input: bool = True) -> None:
+        self.redact = redact or Redactor()
+        self.record_input = record_input
+        self._output = StreamDecoder()
+        self._input = StreamDecoder()
+
+    @staticmethod
+    def header(width: int, height: int, timestamp: float, **extra: Any) -> str:
+        header = {"version": VERSION, "width": width, "height": height, "timestamp": int(timestamp)}
+        header.update({k: v for k, v in extra.items() if v is not None})
+        return _dumps(header)
+
+    def output(self, t: float, data: bytes) -> list[str]:
+        text = self._output.decode(data)
+        return encode_event(t, "o", self.redact(text)) if text else []
+
+    def input(self, t: float, data: bytes, hidden: bool) -> list[str]:
+        if not self.record_input:
+            return []
+        if hidden:
+            # Typed while the terminal hid it (a password prompt): record that something was typed, not what.
+            # Drop the decoder's state too, so no part of it leaks into the next event.
+            self._input = StreamDecoder()
+            return [_dumps([round(t, 6), "i", REDACTED])]
+        text = self._input.decode(data)
+        return encode_event(t, "i", self.redact(text)) if text else []
+
+    def resize(self, t: float, cols: int, rows: int) -> list[str]:
+        return [_dumps([round(t, 6), "r", f"{cols}x{rows}"])]
+
+    def marker(self, t: float, text: str) -> list[str]:
+        return [_dumps([round(t, 6), "m", text])]
+
+    def flush(self, t: float) -> list[str]:
+        """What the decoders still hold (an incomplete character at the very end)."""
+        lines = []
+        tail = self._output.decode(b"", final=True)
+        if tail:
+            lines += encode_event(t, "o", self.redact(tail))
+        if self.record_input:
+            tail = self._input.decode(b"", final=True)
+            if tail:
+                lines += encode_event(t, "i", self.redact(tail))
+        return lines
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    code: str
+    data: str
+
+
+@dataclass
+class Cast:
+    header: dict[str, Any]
+    events: list[Event]
+    # True when the last line was cut short (a crash mid-write); it is not in `events`.
+    truncated: bool = False
+
+
+def parse_lines(lines: Iterable[str]) -> Cast:
+    """Read a transcript, tolerating a partial last line (what a crash mid-write leaves)."""
+    it = iter(lines)
+    try:
+        header = json.loads(next(it))
+    except (StopIteration, json.JSONDecodeError) as e:
+        raise ValueError(f"not an asciicast v2 transcript: {e}") from None
+    if not isinstance(header, dict) or header.get("version") != VERSION:
+        raise ValueError("not an asciicast v2 transcript")
+    events = []
+    truncated = False
+    for line in it:
+        if truncated:
+            raise ValueError("a transcript line is malformed before its end")
+        if not line.strip():
+            continue
+        try:
+            t, code, data = json.loads(line)
+            events.append(Event(float(t), str(code), data))
+        except (json.JSONDecodeError, ValueError, TypeError):
+            # Only the last line may be broken (cut short by a crash); anything earlier is corruption.
+            truncated = True
+    return Cast(header, events, truncated)
+
+
+def exact_output(events: Iterable[Event], code: str = "o") -> Iterator[bytes]:
+    """The exact bytes of a stream: each `o` as UTF-8 unless an `ob` event follows with the true bytes."""
+    previous: Event | None = None
+    for event in events:
+        if event.code == code + "b" and previous is not None:
+            yield base64.b64decode(event.data)
+            previous = None
+            continue
+        if previous is not None:
+            yield previous.data.encode("utf-8")
+            previous = None
+        if event.code == code:
+            previous = event
+    if previous is not None:
+        yield previous.data.encode("utf-8")
+
+
+_ANSI = re.compile(
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: window titles
+    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
+    r"|[\x00-\x08\x0b-\x1f\x7f]"  # control characters but tab and newline
+)
+
+
+def strip_ansi(text: str) -> str:
+    """Text without terminal control sequences, for searching what was shown."""
+    return _ANSI.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
