@@ -108,10 +108,14 @@ def timestamp(value: dt.datetime) -> float:
 
 
 def _row(mapping: Any) -> dict[str, Any]:
-    out = dict(mapping)
-    for key, value in out.items():
+    """Plain values only: rows cross PB, whose jelly refuses str subclasses (SQLAlchemy's quoted_name keys)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
         if isinstance(value, dt.datetime):
-            out[key] = value.replace(tzinfo=dt.UTC).isoformat()
+            value = value.replace(tzinfo=dt.UTC).isoformat()
+        elif isinstance(value, str):
+            value = str(value)
+        out[str(key)] = value
     return out
 
 

@@ -198,7 +198,14 @@ class ShellService(BuildbotService):
         mode = 0o660 if group is not None else 0o600
         endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True)
         factory = pb.PBServerFactory(_RootFactory(self), unsafeTracebacks=False)
-        self._port = yield endpoint.listen(factory)
+        _break_dead_lock(path + ".lock")
+        try:
+            self._port = yield endpoint.listen(factory)
+        except Exception as e:
+            # The shell must never cost the master its start: log loudly and go on without the socket.
+            log.critical("slaveshell: cannot listen on {path}: {e}; shells are unavailable until the next "
+                         "reconfig or restart", path=path, e=e)
+            return
         if group is not None:
             os.chown(path, -1, _group_id(group))
         self.socket_path, self._group = path, group
@@ -468,6 +475,27 @@ def _opt_str(value: object, what: str) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) > 256):
         raise pb.Error(f"{what} must be a string")
     return value
+
+
+def _break_dead_lock(lock: str) -> None:
+    """Twisted's socket lock names the pid that holds it and counts a zombie as alive; a master killed with
+    SIGKILL can stay a zombie for a while. A lock whose process is dead or a zombie is stale: remove it."""
+    try:
+        pid = int(os.readlink(lock))
+    except (OSError, ValueError):
+        return
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = "gone" if not os.path.exists(f"/proc/{pid}") else "?"
+    if state in ("Z", "X", "gone"):
+        log.warn("slaveshell: removing the stale socket lock of dead process {pid}", pid=pid)
+        for stale in (lock, lock[: -len(".lock")]):
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
 
 
 def _group_id(group: str | int) -> int:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from .shell_cli import DEFAULT_SOCKET_NAME, SOCKET_ENV
@@ -24,6 +25,12 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def call_master(socket_path: str, method: str, *args: Any) -> Any:
     """One call on the master's root object, run to completion (for one-shot commands)."""
+    return with_master(socket_path, lambda root: root.callRemote(method, *args))
+
+
+def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
+    """Run `work(root)` (returning a Deferred) against the master and return its result. The reactor runs
+    once per process, so one command does all its calls inside one `work`."""
     from twisted.internet import defer
     from twisted.internet import reactor as _reactor
 
@@ -37,7 +44,7 @@ def call_master(socket_path: str, method: str, *args: Any) -> Any:
     def go() -> Any:
         try:
             root = yield connect(reactor, socket_path)
-            outcome.append((True, (yield root.callRemote(method, *args))))
+            outcome.append((True, (yield work(root))))
         except Exception as e:
             outcome.append((False, e))
         finally:
@@ -66,6 +73,118 @@ def cmd_workers(args: argparse.Namespace) -> int:
         print(f"{w['name']:20} {state:12} {'yes' if w['shell'] else 'no':6} "
               f"{'may' if w['allowed'] else 'denied':6} {w['sessions']:<8} {w['system']}")
     return 0
+
+
+def _fail(error: Exception) -> int:
+    text = str(error)
+    if hasattr(error, "remoteType"):  # a pb.Error raised by the master: its message is for us
+        text = str(error.args[0]) if error.args else text
+    print(f"slaveshell: {text}", file=sys.stderr)
+    return 255
+
+
+def _parse_since(text: str | None) -> float | None:
+    """An ISO date/time (UTC unless it says otherwise) or a duration back from now: 30m, 12h, 7d."""
+    if text is None:
+        return None
+    import datetime as dt
+    import re
+    import time
+
+    m = re.fullmatch(r"(\d+)([smhd])", text)
+    if m:
+        return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"slaveshell: --since wants an ISO date/time or a duration like 12h, not {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _duration(row: dict[str, Any]) -> str:
+    import datetime as dt
+
+    if not row.get("ended"):
+        return "-"
+    seconds = (dt.datetime.fromisoformat(row["ended"]) - dt.datetime.fromisoformat(row["started"])).total_seconds()
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit}
+    try:
+        rows = call_master(_socket_path(args), "history", filters)
+    except Exception as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'SESSION':13} {'STARTED (UTC)':20} {'DURATION':9} {'OPERATOR':12} {'WORKER':16} {'END':14} COMMAND")
+    for r in rows:
+        end = r["end_reason"] or r["state"]
+        print(f"{r['id']:13} {r['started'][:19].replace('T', ' '):20} {_duration(r):9} {r['operator'][:12]:12} "
+              f"{r['worker'][:16]:16} {end[:14]:14} {r['command'] or '(login shell)'}")
+    return 0
+
+
+def fetch_transcript(socket_path: str, session_id: str) -> bytes:
+    from twisted.internet import defer
+
+    @defer.inlineCallbacks
+    def fetch(root: Any) -> Any:
+        parts, offset = [], 0
+        while True:
+            chunk = yield root.callRemote("transcript", session_id, offset)
+            parts.append(chunk["data"])
+            offset += len(chunk["data"])
+            if chunk["eof"]:
+                return b"".join(parts)
+
+    return bytes(with_master(socket_path, fetch))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        data = fetch_transcript(_socket_path(args), args.session)
+    except Exception as e:
+        return _fail(e)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import play
+    from .transcript import parse_lines
+
+    try:
+        data = fetch_transcript(_socket_path(args), args.session)
+    except Exception as e:
+        return _fail(e)
+    cast = parse_lines(data.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    try:
+        play(cast, sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
+    except KeyboardInterrupt:
+        sys.stdout.buffer.write(b"\r\n")
+        return 130
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": 10_000}
+    try:
+        hits = call_master(_socket_path(args), "search", args.text, filters)
+    except Exception as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(hits, indent=1))
+        return 0 if hits else 1
+    for h in hits:
+        print(f"{h['session']}  {h['started'][:19].replace('T', ' ')} +{h['time']:.1f}s  "
+              f"{h['operator']}@{h['worker']}  {h['stream']}: {h['context']}")
+    return 0 if hits else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -117,6 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     w = with_socket(sub.add_parser("workers", help="list the master's workers and who may shell into them"))
     w.add_argument("--json", action="store_true")
     w.set_defaults(func=cmd_workers)
+
+    def with_filters(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--worker", help="only sessions on this worker")
+        sp.add_argument("--user", help="only sessions of this operator")
+        sp.add_argument("--since", help="only sessions started since: ISO date/time (UTC) or 30m, 12h, 7d")
+        sp.add_argument("--json", action="store_true")
+        return sp
+
+    h = with_filters(with_socket(sub.add_parser("history", help="past and live sessions from the audit index")))
+    h.add_argument("--limit", type=int, default=200)
+    h.set_defaults(func=cmd_history)
+
+    e = with_socket(sub.add_parser("export", help="a session's transcript (asciicast v2) to stdout"))
+    e.add_argument("session", metavar="ID")
+    e.set_defaults(func=cmd_export)
+
+    r = with_socket(sub.add_parser("replay", help="play a session's transcript in real time (Ctrl-C stops)"))
+    r.add_argument("session", metavar="ID")
+    r.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1)")
+    r.add_argument("--idle-limit", type=float, default=None, metavar="S",
+                   help="compress pauses longer than S seconds to S")
+    r.set_defaults(func=cmd_replay)
+
+    s = with_filters(with_socket(sub.add_parser("search", help="find text shown or typed in transcripts")))
+    s.add_argument("text")
+    s.set_defaults(func=cmd_search)
 
     d = sub.add_parser("demo", help="a throwaway master and worker, and a shell on the worker")
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory afterwards")

@@ -34,7 +34,7 @@ c['builders'] = [util.BuilderConfig(
 )]
 c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
 c['buildbotNetUsageData'] = None
-c['services'] = [ShellService()]
+c['services'] = [ShellService({service_kwargs})]
 """
 
 OPT_IN = "import slave_side; slave_side.install()  # slaveshell: let the master open shells here\n"
@@ -63,7 +63,8 @@ class SandboxError(Exception):
 
 class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
-                 opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = ()) -> None:
+                 opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
+                 service_kwargs: str = "") -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -71,6 +72,8 @@ class Sandbox:
         # Workers that speak Buildbot's experimental msgpack protocol instead of PB.
         self.msgpack = list(msgpack)
         self.build_seconds = build_seconds
+        # Python source for ShellService's keyword arguments in master.cfg.
+        self.service_kwargs = service_kwargs
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
         self.msgpack_port = 0
@@ -100,7 +103,7 @@ class Sandbox:
         with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
             f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
                                       builder_workers=self.workers[:1],
-                                      build_seconds=self.build_seconds))
+                                      build_seconds=self.build_seconds, service_kwargs=self.service_kwargs))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:
@@ -174,6 +177,15 @@ class Sandbox:
             return list(db.execute("SELECT number, results FROM builds ORDER BY id"))
         finally:
             db.close()
+
+    def master_pid(self) -> int:
+        with open(os.path.join(self.master_dir, "twistd.pid")) as f:
+            return int(f.read().strip())
+
+    def start_master(self, timeout: float = 90) -> None:
+        self._run(BUILDBOT + ["start", self.master_dir], timeout=timeout)
+        if self.master_dir not in self.started:
+            self.started.insert(0, self.master_dir)
 
     def stop(self) -> None:
         for d in reversed(self.started):

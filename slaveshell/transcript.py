@@ -156,21 +156,20 @@ def parse_lines(lines: Iterable[str]) -> Cast:
     return Cast(header, events, truncated)
 
 
-def exact_output(events: Iterable[Event], code: str = "o") -> Iterator[bytes]:
-    """The exact bytes of a stream: each `o` as UTF-8 unless an `ob` event follows with the true bytes."""
-    previous: Event | None = None
-    for event in events:
-        if event.code == code + "b" and previous is not None:
-            yield base64.b64decode(event.data)
-            previous = None
-            continue
-        if previous is not None:
-            yield previous.data.encode("utf-8")
-            previous = None
+def event_bytes(events: Sequence[Event], index: int) -> bytes:
+    """The exact bytes of the text event at `index`: from the `<code>b` event right after it, if there is one."""
+    event = events[index]
+    after = events[index + 1] if index + 1 < len(events) else None
+    if after is not None and after.code == event.code + "b":
+        return base64.b64decode(after.data)
+    return event.data.encode("utf-8")
+
+
+def exact_output(events: Sequence[Event], code: str = "o") -> Iterator[bytes]:
+    """The exact bytes of a stream ("o" or "i"), event by event."""
+    for index, event in enumerate(events):
         if event.code == code:
-            previous = event
-    if previous is not None:
-        yield previous.data.encode("utf-8")
+            yield event_bytes(events, index)
 
 
 _ANSI = re.compile(

@@ -1,0 +1,32 @@
+"""Real-time playback of a transcript to a terminal, as `asciinema play` does it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+from .transcript import Cast, event_bytes
+
+
+def play(cast: Cast, out: BinaryIO, speed: float = 1.0, idle_limit: float | None = None,
+         sleep: Callable[[float], None] = time.sleep) -> None:
+    """Write the output events with their original pauses (divided by `speed`, each capped at `idle_limit`)."""
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    if idle_limit is None:
+        idle_limit = cast.header.get("idle_time_limit")
+    last = 0.0
+    events = cast.events
+    for i, event in enumerate(events):
+        if event.code != "o":
+            continue
+        pause = event.time - last
+        last = event.time
+        if idle_limit is not None:
+            pause = min(pause, idle_limit)
+        if pause > 0:
+            sleep(pause / speed)
+        # The exact bytes when the transcript has them (output that was not UTF-8).
+        out.write(event_bytes(events, i))
+        out.flush()

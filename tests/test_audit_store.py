@@ -1,0 +1,128 @@
+"""The audit index against real databases: SQLite, and the PostgreSQL and MariaDB servers on this machine.
+A server that cannot be reached is skipped with the reason (set SLAVESHELL_PG_URL / SLAVESHELL_MYSQL_URL to
+point elsewhere)."""
+
+import os
+import time
+
+import pytest
+import pytest_twisted
+import sqlalchemy as sa
+
+from master_side import audit
+from master_side.audit import SCHEMA_VERSION, AuditStore, migrate, utc
+
+PG_URL = os.environ.get("SLAVESHELL_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1/test")
+MYSQL_URL = os.environ.get("SLAVESHELL_MYSQL_URL", "mysql+pymysql://root@127.0.0.1/test")
+
+
+def _reachable(url):
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as e:
+        return str(e).splitlines()[0]
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.sqlite'}"
+        return
+    url = PG_URL if request.param == "postgresql" else MYSQL_URL
+    problem = _reachable(url)
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"{request.param} at {url} is unreachable in CI: {problem}")
+        pytest.skip(f"{request.param} at {url} is unreachable: {problem}")
+    engine = sa.create_engine(url)
+    audit.metadata.drop_all(engine)
+    engine.dispose()
+    yield url
+    engine = sa.create_engine(url)
+    audit.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def row(session_id="s1", worker="w1", operator="alice", started=None):
+    return {"id": session_id, "worker": worker, "operator": operator, "uid": 1000, "master": "m:/srv",
+            "command": None, "pty": True, "term": "xterm", "width": 80, "height": 24,
+            "started": utc(started or time.time()), "state": "running", "transcript": "/t/s1.cast",
+            "bytes_in": 0, "bytes_out": 0}
+
+
+def test_schema_is_versioned_and_migrations_are_idempotent(db_url):
+    engine = sa.create_engine(db_url)
+    try:
+        assert migrate(engine) == 0
+        assert migrate(engine) == SCHEMA_VERSION
+        names = set(sa.inspect(engine).get_table_names())
+        assert {"slaveshell_schema", "slaveshell_sessions", "slaveshell_events"} <= names
+        with engine.begin() as conn:
+            conn.execute(audit.schema_table.insert().values(version=SCHEMA_VERSION + 1))
+        with pytest.raises(RuntimeError, match="newer than this slaveshell"):
+            migrate(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sessions_and_events_round_trip(db_url):
+    store = AuditStore(db_url)
+    yield store.start()
+    try:
+        started = 1_790_000_000.123456
+        yield store.open_session(row(started=started))
+        store.event("open", "s1", "w1", "alice", 1000, "login shell")
+        store.update_session("s1", state="ended", ended=utc(started + 2.5), exit_code=None, exit_signal=9,
+                             end_reason="signal 9", bytes_in=10, bytes_out=2**40, transcript_sha256="ab" * 32)
+        store.event("refused", None, "w2", "bob", 1001, "permission denied")
+        yield store._drain_d
+        rows = yield store.history(worker="w1")
+        assert len(rows) == 1
+        r = rows[0]
+        assert (r["state"], r["exit_signal"], r["bytes_out"], r["pty"]) == ("ended", 9, 2**40, True)
+        assert r["started"] == "2026-09-21T14:13:20.123456+00:00"  # microseconds kept on every backend
+        assert (yield store.history(operator="bob")) == []
+        assert (yield store.history(since=started + 1)) == []
+        kinds = [e["kind"] for e in (yield store.events_of())]
+        assert kinds == ["open", "refused"]
+        refused = yield store.events_of(kind="refused")
+        assert refused[0]["session_id"] is None and refused[0]["detail"] == "permission denied"
+    finally:
+        yield store.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_writes_wait_while_the_database_is_away_and_land_when_it_is_back(db_url):
+    store = AuditStore(db_url)
+    store.retry_interval = 0.05
+    yield store.start()
+    try:
+        yield store.open_session(row())
+        good = store.engine
+        # The database goes away: every connection attempt now fails.
+        store.engine = sa.create_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none")
+        store.update_session("s1", state="ended", end_reason="exit 0")
+        store.event("end", "s1", detail="exit 0")
+        yield _sleep(0.3)
+        assert store.down_since is not None and store.queued == 2
+        with pytest.raises(sa.exc.OperationalError):
+            yield store.open_session(row("s2"))  # fail-closed: a new session's first row is not queued
+        store.engine.dispose()
+        store.engine = good
+        yield _sleep(0.3)
+        assert store.queued == 0 and store.down_since is None
+        rows = yield store.history()
+        assert [(r["id"], r["state"]) for r in rows] == [("s1", "ended")]
+    finally:
+        yield store.stop()
+
+
+def _sleep(seconds):
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, seconds, lambda: None)

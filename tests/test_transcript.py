@@ -1,0 +1,124 @@
+"""Transcript encoding, files, crash repair; checked with asciinema itself where it matters."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from master_side.recorder import SessionRecorder
+from master_side.transcripts import TranscriptFile, recover
+from slaveshell.transcript import REDACTED, CastEncoder, Redactor, exact_output, parse_lines, strip_ansi
+
+
+def events_of(lines):
+    return [json.loads(line) for line in lines]
+
+
+def test_a_character_split_across_reads_comes_out_whole():
+    enc = CastEncoder()
+    first = enc.output(0.1, "€".encode()[:2])
+    second = enc.output(0.2, "€".encode()[2:] + b"!")
+    assert first == []
+    assert events_of(second) == [[0.2, "o", "€!"]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=20))
+def test_any_bytes_split_anyhow_are_recoverable_exactly(pieces):
+    enc = CastEncoder()
+    lines = []
+    for i, piece in enumerate(pieces):
+        lines += enc.output(float(i), piece)
+    lines += enc.flush(99.0)
+    cast = parse_lines(["{\"version\": 2, \"width\": 80, \"height\": 24}\n"] + [line + "\n" for line in lines])
+    assert b"".join(exact_output(cast.events)) == b"".join(pieces)
+    for event in cast.events:  # what players see is always valid text
+        event.data.encode("utf-8")
+
+
+def test_hidden_input_is_redacted_and_visible_input_kept():
+    enc = CastEncoder()
+    assert events_of(enc.input(1.0, b"hunter2\r", hidden=True)) == [[1.0, "i", REDACTED]]
+    assert events_of(enc.input(2.0, b"ls\r", hidden=False)) == [[2.0, "i", "ls\r"]]
+    assert CastEncoder(record_input=False).input(1.0, b"ls\r", hidden=False) == []
+
+
+def test_configured_patterns_never_reach_the_file():
+    enc = CastEncoder(Redactor([r"SECRET-\w+"]))
+    assert events_of(enc.output(0.0, b"token SECRET-abc123 ok")) == [[0.0, "o", f"token {REDACTED} ok"]]
+    assert events_of(enc.input(0.0, b"export T=SECRET-xyz\r", hidden=False)) == [[0.0, "i", f"export T={REDACTED}\r"]]
+
+
+def test_parse_tolerates_a_partial_last_line_only():
+    header = '{"version": 2, "width": 80, "height": 24}\n'
+    cast = parse_lines([header, '[0.5, "o", "a"]\n', '[0.7, "o", "b'])
+    assert [e.data for e in cast.events] == ["a"] and cast.truncated
+    with pytest.raises(ValueError):
+        parse_lines([header, '[0.5, "o", "a\n', '[0.7, "o", "b"]\n'])
+
+
+def test_strip_ansi():
+    assert strip_ansi("\x1b[1;31mred\x1b[0m\r\nx\x1b]0;t\x07y\x07") == "red\nxy"
+
+
+def test_transcript_file_is_private_exclusive_and_hashed(tmp_path):
+    path = str(tmp_path / "s.cast")
+    f = TranscriptFile(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        TranscriptFile(path)
+    f.add(['{"version": 2, "width": 80, "height": 24}', '[0.1, "o", "hi"]'])
+    sha = f.close()
+    assert sha == hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_full_disk_keeps_what_was_written_and_reports_once(tmp_path):
+    path = str(tmp_path / "s.cast")
+    errors = []
+    rec = SessionRecorder("s1", path, CastEncoder(), None, started=0.0, clock=lambda: 1.0)
+    rec.on_error = errors.append
+    rec.create('{"version": 2, "width": 80, "height": 24}')
+    rec.output(b"before\n")
+    rec.flush()
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.file._fd)  # the disk is now full
+    os.close(full)
+    rec.output(b"after\n")
+    rec.flush()
+    rec.output(b"more\n")
+    rec.flush()
+    assert len(errors) == 1 and "No space left" in str(errors[0])
+    cast = parse_lines(open(path).readlines())
+    assert [e.data for e in cast.events] == ["before\n"] and not cast.truncated
+
+
+def test_recover_cuts_a_partial_line_and_marks_the_interruption(tmp_path):
+    path = tmp_path / "s.cast"
+    path.write_text('{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "a"]\n[1.25, "o", "b"]\n[1.5, "o", "cut sh')
+    last, sha = recover(str(path), "interrupted: test")
+    assert last == 1.25
+    cast = parse_lines(path.read_text().splitlines(keepends=True))
+    assert not cast.truncated
+    assert (cast.events[-1].code, cast.events[-1].data) == ("m", "interrupted: test")
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(shutil.which("asciinema") is None, reason="asciinema is not installed (pip install '.[test]')")
+def test_asciinema_plays_our_transcripts(tmp_path):
+    enc = CastEncoder()
+    lines = [CastEncoder.header(80, 24, 0, title="t")]
+    lines += enc.output(0.1, "héllo ".encode()[:2]) + enc.output(0.2, "héllo ".encode()[2:])
+    lines += enc.output(0.3, b"\xff bytes\r\n") + enc.input(0.4, b"x", hidden=True) + enc.resize(0.5, 100, 30)
+    lines += enc.marker(0.6, "exit: code 0")
+    path = tmp_path / "t.cast"
+    path.write_text("".join(line + "\n" for line in lines))
+    done = subprocess.run([sys.executable, "-m", "asciinema", "cat", str(path)], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "héllo \ufffd bytes\r\n".encode()
