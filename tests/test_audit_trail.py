@@ -1,0 +1,88 @@
+"""Fail-closed recording: a session that cannot be recorded is refused, or served with a warning when the
+master is configured to allow it; a transcript that fails mid-session ends it (or warns)."""
+
+import os
+
+import pytest
+import pytest_twisted
+
+from master_side.audit_trail import AuditTrail, RecordingError
+from master_side.relay import MasterSession
+from master_side.service import ShellService
+from slaveshell.policy import Identity
+from slaveshell.protocol import OpenRequest
+
+ROOT = Identity(0, 0, 1, "root", frozenset({"root"}))
+DEAD_DB = "postgresql+psycopg2://nobody@127.0.0.1:1/none"
+
+
+def session():
+    return MasterSession(OpenRequest(worker="w1"), ROOT, on_end=lambda s: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_database_means_no_session(tmp_path):
+    trail = AuditTrail(str(tmp_path), "m", db_url=DEAD_DB)
+    yield trail.start()
+    try:
+        with pytest.raises(RecordingError, match="cannot write the audit index"):
+            yield trail.begin(session())
+        assert os.listdir(tmp_path / "transcripts") == []  # no orphan transcript either
+    finally:
+        yield trail.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unwritable_transcript_directory_means_no_session(tmp_path):
+    (tmp_path / "transcripts").write_text("a file where the directory should be")
+    trail = AuditTrail(str(tmp_path), "m")
+    trail.directory = str(tmp_path / "transcripts" / "sub")
+    yield trail._ensure_store()
+    try:
+        with pytest.raises(RecordingError, match="cannot create the transcript"):
+            yield trail.begin(session())
+    finally:
+        yield trail.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_degraded_mode_serves_unrecorded_when_allowed(tmp_path):
+    trail = AuditTrail(str(tmp_path), "m", db_url=DEAD_DB, require_recording=False)
+    yield trail.start()
+    try:
+        assert (yield trail.begin(session())) is None
+    finally:
+        yield trail.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_recorded_session_has_its_file_and_row_before_it_is_served(tmp_path):
+    trail = AuditTrail(str(tmp_path), "m")
+    yield trail.start()
+    try:
+        s = session()
+        recorder = yield trail.begin(s)
+        assert os.path.getsize(recorder.path) > 0  # the header is on disk already
+        rows = yield trail.store.history(session_id=s.id)
+        assert rows[0]["state"] == "running"
+    finally:
+        yield trail.stop()
+
+
+@pytest.mark.parametrize("mode", ["end", "continue"])
+def test_transcript_failure_mid_session_ends_it_or_warns(mode):
+    service = ShellService()
+    service.trail = AuditTrail("/tmp", "m", on_record_error=mode)
+    s = session()
+    to_op, to_w = [], []
+    s.attach(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
+    service._recording_failed(s, OSError(28, "No space left on device"))
+    if mode == "end":
+        assert to_w == [("close",)]
+        assert to_op[-1][0] == "exit" and "No space left on device" in to_op[-1][3]
+    else:
+        assert to_w == []
+        assert b"continues UNRECORDED" in to_op[-1][2]
+        # The warning's bytes are the master's own: their ack must not be passed to the worker.
+        s.operator_ack(len(to_op[-1][2]))
+        assert to_w == []
