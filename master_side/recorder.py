@@ -118,7 +118,7 @@ class SessionRecorder:
                 session.id,
                 state="ended",
                 ended=utc(ended),
-                end_reason=_end_reason(session),
+                end_reason=session.end_reason,
                 exit_code=status.code if status else None,
                 exit_signal=status.signal if status else None,
                 bytes_in=session.bytes_in,
@@ -126,18 +126,7 @@ class SessionRecorder:
                 transcript_sha256=self.sha256,
             )
             self.audit.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
-                             detail=_end_reason(session), when=ended)
-
-
-def _end_reason(session: MasterSession) -> str:
-    status = session.status
-    if status is None:
-        return "unknown"
-    if status.signal is not None:
-        return f"signal {status.signal}"
-    if status.code is not None:
-        return f"exit {status.code}"
-    return status.reason or "lost"
+                             detail=session.end_reason, when=ended)
 
 
 def header_for(session: MasterSession, master_name: str) -> str:

@@ -1,8 +1,14 @@
-"""One session as the master sees it: a relay between an operator and a worker session.
+"""One session as the master sees it: a relay between a worker session and the operators viewing it.
 
-The logic class validates what each side sends and talks to both through injected callables; the PB adapters
-(`OperatorHandle`, `WorkerSink`) are thin. Credit passes through: the master acknowledges the worker's output only
-when the operator acknowledges it, so the master holds at most one window of a session's output.
+The logic class validates what every peer sends and talks to them through injected callables; the PB adapters
+(`ViewerHandle`, `WorkerSink`) are thin.
+
+Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
+*joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master
+acknowledges the worker's output only as the owner acknowledges it, so the master holds at most one window of
+it. Other viewers get a bounded buffer each and are dropped with a notice when they fall behind: a slow viewer
+never slows the session. With no owner (detached) the master acknowledges at once and keeps a short buffer of
+recent output, which every new viewer sees first.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ Send = Callable[..., None]
 # A well-behaved peer overshoots its window by at most one read (and, after exit, what the kernel still held).
 # Past this much, it is not overshoot but a peer that ignores flow control.
 WINDOW_TOLERANCE = 4
+# What a viewer other than the owner may have unacknowledged before it is dropped as too slow.
+VIEWER_BUFFER = 2 * 1024 * 1024
+# Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
+RECENT_BYTES = 64 * 1024
 
 
 class Recorder(Protocol):
@@ -72,127 +82,244 @@ class NullRecorder:
 
 class State(enum.Enum):
     OPENING = "opening"
-    RUNNING = "running"
+    ATTACHED = "attached"
+    DETACHED = "detached"
     ENDED = "ended"
+
+
+class Role(enum.Enum):
+    OWNER = "owner"
+    JOIN = "join"
+    WATCH = "watch"
 
 
 def new_session_id() -> str:
     return secrets.token_hex(6)
 
 
+class Viewer:
+    def __init__(self, identity: Identity, role: Role, send: Send) -> None:
+        self.identity = identity
+        self.role = role
+        self.send = send
+        self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
+        self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
+        self.input_window = CreditWindow(INPUT_WINDOW)
+        self.joined = time.time()
+
+    def __repr__(self) -> str:
+        return f"<Viewer {self.identity.user} {self.role.value}>"
+
+
 class MasterSession:
     def __init__(self, request: OpenRequest, identity: Identity, on_end: Callable[[MasterSession], None],
-                 session_id: str | None = None) -> None:
+                 session_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.id = session_id or new_session_id()
         self.request = request
         self.worker = request.worker
         self.identity = identity
-        self.started = time.time()
+        self.clock = clock
+        self.started = clock()
+        self.last_activity = self.started
         self.state = State.OPENING
         self.status: ExitStatus | None = None
-        self.to_operator: Send = _nowhere
         self.to_worker: Send = _nowhere
-        self.output_window = CreditWindow(OUTPUT_WINDOW)
-        self.input_window = CreditWindow(INPUT_WINDOW)
+        self.viewers: list[Viewer] = []
+        self.owner: Viewer | None = None
+        self.output_window = CreditWindow(OUTPUT_WINDOW)  # the worker's output the master has not acked
         self.bytes_in = 0
         self.bytes_out = 0
+        self.recent = bytearray()
+        self.size = (request.cols, request.rows)
+        self.detached_at: float | None = None
+        # Why the master is ending the session (timeouts, kill): kept for the audit trail.
+        self.close_reason: str | None = None
         self._on_end = on_end
         self.recorder: Recorder = NullRecorder()
-        # Input sent to the worker and not yet acknowledged: recorded once the worker says whether the
-        # terminal was hiding it.
-        self._pending_input: collections.deque[bytes] = collections.deque()
-        # Bytes the master itself showed the operator (notices): their acks are not the worker's credit.
-        self._own_output = 0
+        # Observers of joins, leaves and detaches (the audit index): called with (kind, viewer, detail).
+        self.on_event: Callable[[str, Viewer, str], None] = lambda kind, viewer, detail: None
+        # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
+        # whether the terminal was hiding it, and acknowledged to its sender.
+        self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
         # Set by whoever wires the session to its peers; undoes that wiring at the end.
         self.cleanup: Callable[[], Any] | None = None
 
     def __repr__(self) -> str:
         return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"
 
-    def attach(self, to_operator: Send, to_worker: Send) -> None:
-        self.to_operator = to_operator
+    @property
+    def live(self) -> bool:
+        return self.state in (State.ATTACHED, State.DETACHED)
+
+    def start(self, to_owner: Send, to_worker: Send) -> Viewer:
         self.to_worker = to_worker
-        self.state = State.RUNNING
+        owner = Viewer(self.identity, Role.OWNER, to_owner)
+        self.viewers.append(owner)
+        self.owner = owner
+        self.state = State.ATTACHED
+        return owner
 
-    # -- from the operator ---------------------------------------------------------------------
+    # -- viewers -------------------------------------------------------------------------------
 
-    def operator_input(self, data: object) -> None:
-        data = check_bytes(data, "input")
-        if self.state is not State.RUNNING:
+    def add_viewer(self, identity: Identity, role: Role, send: Send) -> Viewer:
+        """A new viewer: it first sees the recent output (the current screen, as far as it goes), then the
+        live stream. An OWNER can only attach to a detached session."""
+        if not self.live:
+            raise ProtocolError(f"session {self.id} has ended")
+        if role is Role.OWNER and self.owner is not None:
+            raise ProtocolError(f"session {self.id} is attached by {self.owner.identity.user}; "
+                                "join or watch it instead")
+        viewer = Viewer(identity, role, send)
+        self.viewers.append(viewer)
+        if role is Role.OWNER:
+            self.owner = viewer
+            self.state = State.ATTACHED
+            self.detached_at = None
+            self.recorder.marker(f"attach: {identity.user}")
+            self.on_event("attach", viewer, "")
+        else:
+            self.recorder.marker(f"join: {identity.user} ({role.value})")
+            self.on_event("join", viewer, role.value)
+            self._notice_all(f"{identity.user} is now {'watching' if role is Role.WATCH else 'sharing'} "
+                             "this session", but=viewer)
+        if self.recent:
+            self._send_own(viewer, "output", 1, bytes(self.recent))
+        return viewer
+
+    def remove_viewer(self, viewer: Viewer, why: str) -> None:
+        if viewer not in self.viewers:
             return
-        if self.input_window.in_flight > INPUT_WINDOW * WINDOW_TOLERANCE:
+        self.viewers.remove(viewer)
+        if viewer is self.owner:
+            self._detach(why)
+        elif self.live:
+            self.recorder.marker(f"leave: {viewer.identity.user} ({why})")
+            self.on_event("leave", viewer, why)
+
+    def _detach(self, why: str) -> None:
+        owner = self.owner
+        assert owner is not None
+        self.owner = None
+        # Nobody will acknowledge what the owner had in flight: return that credit to the worker now.
+        if owner.window.in_flight and self.live:
+            self._ack_worker(owner.window.in_flight)
+        if self.live:
+            self.state = State.DETACHED
+            self.detached_at = self.clock()
+            self.recorder.marker(f"detach: {owner.identity.user} ({why})")
+            self.on_event("detach", owner, why)
+            log.info("session {sid}: detached ({why})", sid=self.id, why=why)
+
+    # -- from a viewer -------------------------------------------------------------------------
+
+    def _writer(self, viewer: Viewer, what: str) -> None:
+        if viewer.role is Role.WATCH:
+            raise ProtocolError(f"watchers cannot {what}: this view is read-only")
+
+    def viewer_input(self, viewer: Viewer, data: object) -> None:
+        data = check_bytes(data, "input")
+        self._writer(viewer, "type")
+        if not self.live or viewer not in self.viewers:
+            return
+        if viewer.input_window.in_flight > INPUT_WINDOW * WINDOW_TOLERANCE:
             raise ProtocolError("input sent past the flow-control window")
-        self.input_window.sent(len(data))
+        viewer.input_window.sent(len(data))
         self.bytes_in += len(data)
-        self._pending_input.append(data)
+        self.last_activity = self.clock()
+        self._pending_input.append((viewer, data))
         self.to_worker("input", data)
 
-    def operator_eof(self) -> None:
-        if self.state is State.RUNNING:
+    def viewer_eof(self, viewer: Viewer) -> None:
+        self._writer(viewer, "send EOF")
+        if self.live:
             self.to_worker("eof")
 
-    def operator_resize(self, cols: object, rows: object) -> None:
+    def viewer_resize(self, viewer: Viewer, cols: object, rows: object) -> None:
         cols, rows = check_size(cols, rows)
-        if self.state is State.RUNNING:
+        # The owner's terminal sets the size; the others see it as it is.
+        if self.live and viewer is self.owner and (cols, rows) != self.size:
+            self.size = (cols, rows)
             self.recorder.resize(cols, rows)
             self.to_worker("resize", cols, rows)
 
-    def operator_signal(self, name: object) -> None:
+    def viewer_signal(self, viewer: Viewer, name: object) -> None:
         check_signal(name)
-        if self.state is State.RUNNING:
-            self.recorder.marker(f"signal {name} sent by {self.identity.user}")
+        self._writer(viewer, "send signals")
+        if self.live:
+            self.recorder.marker(f"signal {name} sent by {viewer.identity.user}")
             self.to_worker("signal", str(name))
 
-    def operator_ack(self, nbytes: object) -> None:
+    def viewer_ack(self, viewer: Viewer, nbytes: object) -> None:
         nbytes = check_int(nbytes, "ack", 0, 2**40)
-        own = min(nbytes, self._own_output)
-        self._own_output -= own
+        own = min(nbytes, viewer.own)
+        viewer.own -= own
         nbytes -= own
-        self.output_window.acked(nbytes)
-        if self.state is State.RUNNING and nbytes:
-            self.to_worker("ack", nbytes)
+        viewer.window.acked(nbytes)
+        if viewer is self.owner and nbytes and self.live:
+            self._ack_worker(nbytes)
 
-    def operator_close(self) -> None:
-        if self.state is State.RUNNING:
-            log.info("session {sid}: closed by {who}", sid=self.id, who=self.identity)
-            self.to_worker("close")
+    def viewer_close(self, viewer: Viewer) -> None:
+        """`~.`: the owner ends the session (as ssh does); anyone else leaves it."""
+        if viewer is self.owner and self.live:
+            log.info("session {sid}: closed by {who}", sid=self.id, who=viewer.identity)
+            self.close(f"closed by {viewer.identity.user}")
+        else:
+            self.remove_viewer(viewer, "left")
 
-    def operator_lost(self) -> None:
-        """The operator's client went away: nobody is at the keyboard, so end the session on the worker."""
-        if self.state is State.RUNNING:
-            log.info("session {sid}: operator connection lost; closing", sid=self.id)
-            self.to_worker("close")
-            self.to_operator = _nowhere
+    def viewer_detach(self, viewer: Viewer) -> None:
+        if viewer is not self.owner:
+            self.remove_viewer(viewer, "left")
+            return
+        self.remove_viewer(viewer, "detached by the operator")
+
+    def viewer_lost(self, viewer: Viewer) -> None:
+        """A viewer's connection went away (terminal closed, SSH to the master host dropped)."""
+        self.remove_viewer(viewer, "connection lost")
+
+    def close(self, reason: str) -> None:
+        """End the session on the worker (HUP, then TERM, then KILL); its exit follows from there."""
+        if not self.live:
+            return
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.to_worker("close")
 
     # -- from the worker -----------------------------------------------------------------------
 
     def worker_output(self, stream: object, data: object) -> None:
         stream = check_stream(stream)
         data = check_bytes(data, "output")
-        if self.state is not State.RUNNING:
+        if not self.live:
             return
         if self.output_window.in_flight > OUTPUT_WINDOW * WINDOW_TOLERANCE:
             raise ProtocolError("output sent past the flow-control window")
         self.output_window.sent(len(data))
         self.bytes_out += len(data)
+        self.last_activity = self.clock()
         self.recorder.output(data)
-        self.to_operator("output", stream, data)
+        self.recent += data
+        if len(self.recent) > RECENT_BYTES:
+            del self.recent[: len(self.recent) - RECENT_BYTES]
+        for viewer in list(self.viewers):
+            if viewer is not self.owner and viewer.window.in_flight + viewer.own + len(data) > VIEWER_BUFFER:
+                self._drop_slow(viewer)
+                continue
+            viewer.window.sent(len(data))
+            viewer.send("output", stream, data)
+        if self.owner is None:
+            self._ack_worker(len(data))
 
     def worker_input_ack(self, nbytes: object, hidden: object) -> None:
         nbytes = check_int(nbytes, "input ack", 0, 2**40)
         if not isinstance(hidden, bool):
             raise ProtocolError("input ack: hidden must be a boolean")
-        if not self._pending_input or len(self._pending_input[0]) != nbytes:
+        if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
             raise ProtocolError("input ack does not match the input sent")
-        self.input_window.acked(nbytes)
-        self.recorder.input(self._pending_input.popleft(), hidden)
-        self.to_operator("input_ack", nbytes, hidden)
-
-    def notice(self, text: str) -> None:
-        """A line from the master itself to the operator's terminal (stderr), outside the worker's credit."""
-        data = f"\r\nslaveshell: {text}\r\n".encode()
-        self._own_output += len(data)
-        self.to_operator("output", STREAM_ERR, data)
+        viewer, data = self._pending_input.popleft()
+        self.recorder.input(data, hidden)
+        viewer.input_window.acked(nbytes)
+        if viewer in self.viewers:
+            viewer.send("input_ack", nbytes, hidden)
 
     def worker_exit(self, code: object, signal: object, reason: object) -> None:
         self.end(ExitStatus.from_wire(code, signal, reason))
@@ -200,6 +327,31 @@ class MasterSession:
     def abort(self, reason: str) -> None:
         """The session is over without an exit status (worker lost, protocol error, shutdown)."""
         self.end(ExitStatus(reason=reason))
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def tick(self, now: float, detach_grace: float | None, idle_timeout: float | None,
+             max_duration: float | None, warn_before: float = 60.0) -> None:
+        """Called about once a second: the detach grace, the idle timeout and the maximum duration."""
+        if not self.live or self.close_reason is not None:
+            return
+        if self.detached_at is not None and detach_grace is not None and now - self.detached_at >= detach_grace:
+            self.close(f"detached for longer than {detach_grace:g} s")
+            return
+        for limit, since, what in ((idle_timeout, self.last_activity, "idle"),
+                                   (max_duration, self.started, "running")):
+            if limit is None:
+                continue
+            left = limit - (now - since)
+            if left <= 0:
+                self._notice_all(f"session ends: {what} for {limit:g} s")
+                self.close(f"{what} for {limit:g} s")
+                return
+            warning = f"_warned_{what}"
+            if left <= min(warn_before, limit / 2) and getattr(self, warning, None) != since:
+                setattr(self, warning, since)
+                self._notice_all(f"this session ends in {left:.0f} s ({what} limit {limit:g} s)"
+                                 + (" unless you type" if what == "idle" else ""))
 
     # -- end -----------------------------------------------------------------------------------
 
@@ -211,9 +363,53 @@ class MasterSession:
         self.recorder.end(self)
         log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
                  sig=status.signal, why=f", {status.reason}" if status.reason else "")
-        self.to_operator("exit", status.code, status.signal, status.reason)
+        for viewer in self.viewers:
+            viewer.send("exit", status.code, status.signal, status.reason)
+        self.viewers.clear()
+        self.owner = None
         self.to_worker = _nowhere
         self._on_end(self)
+
+    @property
+    def end_reason(self) -> str:
+        status = self.status
+        if status is None:
+            return "unknown"
+        if status.signal is not None:
+            text = f"signal {status.signal}"
+        elif status.code is not None:
+            text = f"exit {status.code}"
+        else:
+            return status.reason or "lost"
+        return f"{self.close_reason} ({text})" if self.close_reason else text
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _ack_worker(self, nbytes: int) -> None:
+        nbytes = min(nbytes, self.output_window.in_flight)
+        if nbytes:
+            self.output_window.acked(nbytes)
+            self.to_worker("ack", nbytes)
+
+    def _send_own(self, viewer: Viewer, method: str, stream: int, data: bytes) -> None:
+        viewer.own += len(data)
+        viewer.send(method, stream, data)
+
+    def notice(self, text: str, viewer: Viewer | None = None) -> None:
+        """A line from the master itself on the viewers' terminals (stderr), outside the worker's credit."""
+        data = f"\r\nslaveshell: {text}\r\n".encode()
+        for v in [viewer] if viewer is not None else list(self.viewers):
+            self._send_own(v, "output", STREAM_ERR, data)
+
+    def _notice_all(self, text: str, but: Viewer | None = None) -> None:
+        for viewer in list(self.viewers):
+            if viewer is not but:
+                self.notice(text, viewer)
+
+    def _drop_slow(self, viewer: Viewer) -> None:
+        self.notice("you fell too far behind this session and were dropped from it", viewer)
+        viewer.send("exit", None, None, f"dropped from session {self.id}: too slow to follow it")
+        self.remove_viewer(viewer, "too slow")
 
 
 def _nowhere(*args: Any) -> None:
@@ -247,26 +443,46 @@ class _Guarded(pb.Referenceable):
             raise pb.Error(str(e)) from None
 
 
-class OperatorHandle(_Guarded):
-    """What the operator's client holds for its session."""
+class ViewerHandle(_Guarded):
+    """What an operator's client holds for its view of a session."""
+
+    def __init__(self, session: MasterSession, viewer: Viewer,
+                 on_error: Callable[[MasterSession, ProtocolError], None]) -> None:
+        super().__init__(session, on_error)
+        self.viewer = viewer
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(self.viewer, *args)
+        except ProtocolError as e:
+            # A misbehaving owner costs its session; anyone else is refused (a watcher trying to type) or, for
+            # a real protocol error, only loses its own view.
+            if self.viewer is self.session.owner:
+                self.on_error(self.session, e)
+            elif self.viewer.role is not Role.WATCH or "read-only" not in str(e):
+                self.session.remove_viewer(self.viewer, f"protocol error: {e}")
+            raise pb.Error(str(e)) from None
 
     def remote_input(self, data: object) -> None:
-        self._call(self.session.operator_input, data)
+        self._call(self.session.viewer_input, data)
 
     def remote_eof(self) -> None:
-        self._call(self.session.operator_eof)
+        self._call(self.session.viewer_eof)
 
     def remote_resize(self, cols: object, rows: object) -> None:
-        self._call(self.session.operator_resize, cols, rows)
+        self._call(self.session.viewer_resize, cols, rows)
 
     def remote_signal(self, name: object) -> None:
-        self._call(self.session.operator_signal, name)
+        self._call(self.session.viewer_signal, name)
 
     def remote_ack(self, nbytes: object) -> None:
-        self._call(self.session.operator_ack, nbytes)
+        self._call(self.session.viewer_ack, nbytes)
 
     def remote_close(self) -> None:
-        self._call(self.session.operator_close)
+        self._call(self.session.viewer_close)
+
+    def remote_detach(self) -> None:
+        self._call(self.session.viewer_detach)
 
 
 class WorkerSink(_Guarded):

@@ -17,11 +17,12 @@ import re
 import socket as _socket
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from buildbot.util.service import BuildbotService
 from buildbot.worker.protocols import pb as bbpb
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
@@ -31,11 +32,20 @@ from slaveshell.policy import Identity, Policy, Rule
 from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
 from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
-from .relay import MasterSession, OperatorHandle, WorkerSink, new_session_id, remote_sender
+from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
 
 log = Logger()
 
 DEFAULT_SOCKET = "shell.sock"
+
+
+@dataclass(frozen=True)
+class Limits:
+    detach_grace: float | None = 300.0
+    idle_timeout: float | None = None
+    max_duration: float | None = None
+    per_worker: int | None = None
+    per_operator: int | None = None
 
 
 class RouteError(Exception):
@@ -78,6 +88,15 @@ class OperatorRoot(pb.Referenceable):
     def remote_open(self, sink: object, params: object) -> Any:
         return self.service.open_session(self.identity(), self.broker, sink, params)
 
+    def remote_attach(self, sink: object, session_id: object, mode: object) -> Any:
+        return self.service.attach_session(self.identity(), self.broker, sink, session_id, mode)
+
+    def remote_sessions(self) -> list[dict[str, Any]]:
+        return self.service.list_sessions(self.identity())
+
+    def remote_kill(self, session_id: object) -> str:
+        return self.service.kill_session(self.identity(), session_id)
+
     def remote_history(self, filters: object) -> Any:
         return self.service.history(self.identity(), filters)
 
@@ -113,10 +132,20 @@ class ShellService(BuildbotService):
         redact: Sequence[str] = (),
         require_recording: bool = True,
         on_record_error: str = "end",
+        detach_grace: float | None = 300.0,
+        idle_timeout: float | None = None,
+        max_duration: float | None = None,
+        max_sessions_per_worker: int | None = None,
+        max_sessions_per_operator: int | None = None,
         name: str = "slaveshell",
     ) -> None:
         from buildbot import config
 
+        for what, value in (("detach_grace", detach_grace), ("idle_timeout", idle_timeout),
+                            ("max_duration", max_duration), ("max_sessions_per_worker", max_sessions_per_worker),
+                            ("max_sessions_per_operator", max_sessions_per_operator)):
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                config.error(f"ShellService: {what} must be a non-negative number or None")
         if on_record_error not in ON_RECORD_ERROR:
             config.error(f"ShellService: on_record_error must be one of {ON_RECORD_ERROR}")
         for pattern in redact:
@@ -144,6 +173,12 @@ class ShellService(BuildbotService):
         self._group: str | int | None = None
         self._port: Any = None
         self.trail: AuditTrail | None = None
+        self.limits = Limits()
+        self._ticker = task.LoopingCall(self._tick)
+        # Disconnect notifications to undo when a session ends, by session id.
+        self._hooks: dict[str, list[tuple[Any, Any]]] = {}
+        # Sessions holding each worker paused, and whether we paused it (never unpause someone else's pause).
+        self._pausing: dict[str, set[str]] = {}
         super().__init__(*args, **kwargs)
 
     @defer.inlineCallbacks
@@ -158,9 +193,18 @@ class ShellService(BuildbotService):
         redact: Sequence[str] = (),
         require_recording: bool = True,
         on_record_error: str = "end",
+        detach_grace: float | None = 300.0,
+        idle_timeout: float | None = None,
+        max_duration: float | None = None,
+        max_sessions_per_worker: int | None = None,
+        max_sessions_per_operator: int | None = None,
         name: str = "slaveshell",
     ) -> Any:
         self.policy = make_policy(policy)
+        self.limits = Limits(detach_grace, idle_timeout, max_duration, max_sessions_per_worker,
+                             max_sessions_per_operator)
+        if not self._ticker.running:
+            self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=transcripts, db_url=db_url, record_input=record_input, redact=redact,
                            require_recording=require_recording, on_record_error=on_record_error)
@@ -181,8 +225,10 @@ class ShellService(BuildbotService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        if self._ticker.running:
+            self._ticker.stop()
         for session in list(self.sessions.values()):
-            session.operator_close()
+            session.close("the master is shutting down")
             session.abort("the master is shutting down")
         yield self._stop_listening()
         if self.trail is not None:
@@ -255,6 +301,28 @@ class ShellService(BuildbotService):
 
     # -- sessions ------------------------------------------------------------------------------
 
+    def _check_limits(self, who: Identity, worker: str) -> str | None:
+        live = [s for s in self.sessions.values() if s.live]
+        if self.limits.per_worker is not None and \
+                sum(1 for s in live if s.worker == worker) >= self.limits.per_worker:
+            return f"worker {worker} already has {self.limits.per_worker} sessions (the master's limit)"
+        if self.limits.per_operator is not None and \
+                sum(1 for s in live if s.identity.uid == who.uid) >= self.limits.per_operator:
+            return f"{who.user} already has {self.limits.per_operator} sessions (the master's limit)"
+        return None
+
+    def _workdir_for(self, request: OpenRequest) -> OpenRequest:
+        """`--builder NAME`: the builder's build directory on the worker, relative to the worker's basedir."""
+        if request.builder is None:
+            return request
+        builders = getattr(self.master.botmaster, "builders", {})
+        builder = builders.get(request.builder)
+        if builder is None:
+            raise RouteError(f"no builder named {request.builder!r} on this master")
+        if request.worker not in builder.config.workernames:
+            raise RouteError(f"builder {request.builder} does not run on worker {request.worker}")
+        return replace(request, cwd=os.path.join(builder.config.workerbuilddir, "build"))
+
     @defer.inlineCallbacks
     def open_session(self, who: Identity, broker: pb.Broker, sink: object, params: object) -> Any:
         assert self.trail is not None
@@ -264,6 +332,8 @@ class ShellService(BuildbotService):
             return {"ok": False, "error": f"bad request: {e}"}
         if not isinstance(sink, pb.RemoteReference):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        # Who the session is for comes from the kernel, never from the client.
+        request = replace(request, operator=who.user)
         decision = self.policy.check(who, "shell", request.worker)
         if not decision.allowed:
             log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=who, worker=request.worker,
@@ -272,9 +342,14 @@ class ShellService(BuildbotService):
             return {"ok": False, "error": f"permission denied: {decision.reason}"}
         try:
             conn = self.route(request.worker)
+            request = self._workdir_for(request)
         except RouteError as e:
             self.trail.refused(who, request.worker, str(e))
             return {"ok": False, "error": str(e)}
+        too_many = self._check_limits(who, request.worker)
+        if too_many:
+            self.trail.refused(who, request.worker, too_many)
+            return {"ok": False, "error": too_many}
 
         session = MasterSession(request, who, on_end=self._session_ended, session_id=new_session_id())
         # Recorded before served: the transcript and the index row exist before the worker is asked.
@@ -285,15 +360,19 @@ class ShellService(BuildbotService):
         if recorder is not None:
             session.recorder = recorder
             recorder.on_error = lambda error: self._recording_failed(session, error)
+        session.on_event = lambda kind, viewer, detail: self.trail.store.event(
+            kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail) \
+            if self.trail is not None else None
 
         worker_sink = WorkerSink(session, self._peer_error)
         try:
             conn.mind.broker.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        to_worker = replace(request, pause=False, builder=None)
         try:
             reply = yield _answer_within(
-                defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, request.to_wire()),
+                defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, to_worker.to_wire()),
                 self.open_timeout, _close_late_session)
         except defer.TimeoutError:
             reply = {"ok": False, "error": f"did not answer within {self.open_timeout:g} s"}
@@ -310,35 +389,135 @@ class ShellService(BuildbotService):
             self.trail.not_opened(session, recorder, message)
             return {"ok": False, "error": message}
         assert worker_ref is not None
-        if broker.disconnected:
-            # The operator left while the worker was starting the session: nobody to serve it to.
-            _close_late_session(reply)
-            session.attach(to_operator=lambda *a: None, to_worker=lambda *a: None)
-            session.abort("the operator left before the session started")
-            return None
-
-        session.attach(
-            to_operator=remote_sender(sink, lambda f: self._operator_failed(session, f)),
-            to_worker=remote_sender(worker_ref, lambda f: self._worker_failed(session, f)),
-        )
         self.sessions[session.id] = session
-        worker_lost = lambda _ref: session.abort(  # noqa: E731
-            f"connection to worker {request.worker} lost")
-        operator_lost = lambda _ref: session.operator_lost()  # noqa: E731
-        worker_ref.notifyOnDisconnect(worker_lost)
-        sink.notifyOnDisconnect(operator_lost)
-
-        def cleanup() -> None:
-            _forget(worker_ref, worker_lost)
-            _forget(sink, operator_lost)
-
-        session.cleanup = cleanup
+        send, bind = self._viewer_sender(session, sink)
+        owner = session.start(to_owner=send, to_worker=remote_sender(
+            worker_ref, lambda f: self._worker_failed(session, f)))
+        self._hook(session, worker_ref, lambda _ref: session.abort(f"connection to worker {request.worker} lost"))
+        if request.pause:
+            self._pause(session)
         self.trail.opened(session)
-        if recorder is None:
-            session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
         log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=who,
                  what=request.command or "a login shell", worker=request.worker)
-        return {"ok": True, "session": OperatorHandle(session, self._peer_error), "id": session.id}
+        if broker.disconnected:
+            # The operator left while the worker was starting the session: it starts detached.
+            session.remove_viewer(owner, "connection lost")
+            return None
+        bind(owner)
+        if recorder is None:
+            session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
+        return {"ok": True, "session": ViewerHandle(session, owner, self._peer_error), "id": session.id}
+
+    def _viewer_sender(self, session: MasterSession, sink: Any) -> tuple[Any, Any]:
+        """The send function for a viewer's sink, and `bind(viewer)` to tie the sink's failures and
+        disconnection to that viewer once it exists."""
+        bound: list[Viewer] = []
+
+        def on_failure(failure: Any) -> None:
+            if bound:
+                self._viewer_failed(session, bound[0], failure)
+
+        def bind(viewer: Viewer) -> None:
+            bound.append(viewer)
+            self._hook(session, sink, lambda _ref: session.viewer_lost(viewer))
+
+        return remote_sender(sink, on_failure), bind
+
+    def _hook(self, session: MasterSession, ref: Any, callback: Any) -> None:
+        ref.notifyOnDisconnect(callback)
+        self._hooks.setdefault(session.id, []).append((ref, callback))
+
+    @defer.inlineCallbacks
+    def attach_session(self, who: Identity, broker: pb.Broker, sink: object, session_id: object,
+                       mode: object) -> Any:
+        """`slaveshell attach` (join, or resume a detached session) and `slaveshell watch`."""
+        if not isinstance(sink, pb.RemoteReference) or not isinstance(session_id, str) or \
+                mode not in ("attach", "watch"):
+            return {"ok": False, "error": "bad request: attach needs a sink, a session id and a mode"}
+        session = self.sessions.get(session_id)
+        if session is None or not session.live:
+            return {"ok": False, "error": f"no live session {session_id}"}
+        mine = who.uid == session.identity.uid
+        if mode == "watch":
+            role, right = Role.WATCH, "watch"
+        elif session.owner is None:
+            # Resuming a detached session: its own operator may (with the shell right), others need join.
+            role, right = Role.OWNER, "shell" if mine else "join"
+        else:
+            role, right = Role.JOIN, "join"
+        decision = self.policy.check(who, right, session.worker)
+        if not decision.allowed:
+            assert self.trail is not None
+            self.trail.refused(who, session.worker, f"permission denied ({mode} {session_id}): {decision.reason}")
+            return {"ok": False, "error": f"permission denied: {decision.reason}"}
+        send, bind = self._viewer_sender(session, sink)
+        try:
+            viewer = session.add_viewer(who, role, send)
+        except ProtocolError as e:
+            return {"ok": False, "error": str(e)}
+        bind(viewer)
+        yield defer.succeed(None)
+        return {"ok": True, "session": ViewerHandle(session, viewer, self._peer_error), "id": session.id,
+                "role": role.value, "worker": session.worker, "size": list(session.size)}
+
+    def list_sessions(self, who: Identity) -> list[dict[str, Any]]:
+        out = []
+        for s in self.sessions.values():
+            if not s.live:
+                continue
+            if who.uid != s.identity.uid and not self.policy.check(who, "watch", s.worker).allowed:
+                continue
+            out.append({
+                "id": s.id, "worker": s.worker, "operator": s.identity.user, "uid": s.identity.uid,
+                "started": s.started, "state": s.state.value, "command": s.request.command,
+                "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
+                "idle": round(self.trail.reactor.seconds() - s.last_activity, 1) if self.trail else 0.0,
+            })
+        return sorted(out, key=lambda r: r["started"])
+
+    def kill_session(self, who: Identity, session_id: object) -> str:
+        if not isinstance(session_id, str):
+            raise pb.Error("kill needs a session id")
+        session = self.sessions.get(session_id)
+        if session is None or not session.live:
+            raise pb.Error(f"no live session {session_id}")
+        if who.uid != session.identity.uid and not self.policy.check(who, "kill", session.worker).allowed:
+            raise pb.Error(f"permission denied: {who} may not kill sessions on worker {session.worker}")
+        session.notice(f"session killed by {who.user}")
+        session.close(f"killed by {who.user}")
+        if self.trail is not None:
+            self.trail.store.event("kill", session.id, session.worker, who.user, who.uid, "")
+        return f"session {session_id} on {session.worker}: hangup sent (then TERM, then KILL)"
+
+    def _tick(self) -> None:
+        now = self.trail.reactor.seconds() if self.trail is not None else 0.0
+        for session in list(self.sessions.values()):
+            session.tick(now, self.limits.detach_grace, self.limits.idle_timeout, self.limits.max_duration)
+
+    # -- pausing the worker for a session's life -------------------------------------------------
+
+    def _pause(self, session: MasterSession) -> None:
+        worker = self.master.workers.getWorkerByName(session.worker)
+        holders = self._pausing.setdefault(session.worker, set())
+        if not holders:
+            if getattr(worker, "_paused", False):
+                # Somebody else paused it: leave their pause alone, now and at the end.
+                self._pausing.pop(session.worker)
+                return
+            worker.pause(f"slaveshell session {session.id} by {session.identity.user}")
+        holders.add(session.id)
+        session.recorder.marker("worker paused in Buildbot for this session")
+
+    def _unpause(self, session: MasterSession) -> None:
+        holders = self._pausing.get(session.worker)
+        if not holders or session.id not in holders:
+            return
+        holders.discard(session.id)
+        if not holders:
+            self._pausing.pop(session.worker, None)
+            worker = self.master.workers.getWorkerByName(session.worker)
+            if worker is not None:
+                worker.unpause()
 
     def _recording_failed(self, session: MasterSession, error: OSError) -> None:
         assert self.trail is not None
@@ -346,7 +525,7 @@ class ShellService(BuildbotService):
         if self.trail.on_record_error == "continue":
             session.notice(f"WARNING: {reason}; the session continues UNRECORDED")
         else:
-            session.operator_close()
+            session.close(f"session ended: {reason}")
             session.abort(f"session ended: {reason}")
 
     # -- the audit trail, for operators --------------------------------------------------------
@@ -398,22 +577,23 @@ class ShellService(BuildbotService):
 
     def _session_ended(self, session: MasterSession) -> None:
         self.sessions.pop(session.id, None)
+        for ref, callback in self._hooks.pop(session.id, []):
+            _forget(ref, callback)
+        self._unpause(session)
         if self.trail is not None:
             self.trail.ended(session)
-        if session.cleanup is not None:
-            session.cleanup()
 
     def _peer_error(self, session: MasterSession, error: ProtocolError) -> None:
         # A peer broke the protocol: end its session with the reason, keep every connection up.
         log.warn("slaveshell session {sid}: protocol error: {e}", sid=session.id, e=error)
-        session.operator_close()
+        session.close(f"protocol error: {error}")
         session.abort(f"protocol error: {error}")
 
-    def _operator_failed(self, session: MasterSession, failure: Any) -> None:
+    def _viewer_failed(self, session: MasterSession, viewer: Viewer, failure: Any) -> None:
         if not failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
-            log.warn("slaveshell session {sid}: operator refused a call: {e}", sid=session.id,
+            log.warn("slaveshell session {sid}: a viewer refused a call: {e}", sid=session.id,
                      e=failure.getErrorMessage())
-        session.operator_lost()
+        session.viewer_lost(viewer)
 
     def _worker_failed(self, session: MasterSession, failure: Any) -> None:
         if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
@@ -421,6 +601,10 @@ class ShellService(BuildbotService):
             return
         log.warn("slaveshell session {sid}: worker refused a call: {e}", sid=session.id,
                  e=failure.getErrorMessage())
+
+
+def _nowhere(*args: Any) -> None:
+    pass
 
 
 def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defer.Deferred[Any]:

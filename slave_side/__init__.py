@@ -27,6 +27,7 @@ def install(
     max_sessions: int = 8,
     allowed_dirs: Iterable[str] | None = None,
     env: Mapping[str, str] | None = None,
+    allowed_users: Iterable[str] | None = None,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -35,6 +36,8 @@ def install(
     max_sessions: sessions at once; more are refused with a message to the operator.
     allowed_dirs: if given, sessions may only start in these directories or below them.
     env: extra environment variables for every session.
+    allowed_users: if given, only these operators (user names on the master host, as the master reports them)
+        may open sessions here, whatever the master's policy says.
     """
     global _server
     if not enabled:
@@ -50,6 +53,7 @@ def install(
         max_sessions=max_sessions,
         allowed_dirs=tuple(allowed_dirs) if allowed_dirs is not None else None,
         extra_env=dict(env or {}),
+        allowed_users=frozenset(allowed_users) if allowed_users is not None else None,
     )
     _server = ShellServer(options)
     # The master learns what a worker can do from its command list; this entry is how it knows we opted in.

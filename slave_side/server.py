@@ -81,6 +81,10 @@ class ShellServer:
             return {"ok": False, "error": f"bad request: {e}"}
         if not isinstance(sink, pb.RemoteReference):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        allowed = self.options.allowed_users
+        if allowed is not None and request.operator not in allowed:
+            return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
+                                          "to open shells here"}
         if len(self.sessions) >= self.options.max_sessions:
             return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} "
                                           "shell sessions at once"}

@@ -56,6 +56,8 @@ class WorkerOptions:
     allowed_dirs: tuple[str, ...] | None = None
     output_window: int = OUTPUT_WINDOW
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Operators (as the master names them) this worker accepts; None: whoever the master allows.
+    allowed_users: frozenset[str] | None = None
 
     def login_shell(self) -> str:
         if self.shell:

@@ -187,6 +187,49 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if hits else 1
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    import time
+
+    try:
+        sessions = call_master(_socket_path(args), "sessions")
+    except Exception as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(sessions, indent=1))
+        return 0
+    print(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'IDLE':>6}  VIEWERS")
+    for s in sessions:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["started"]))
+        viewers = ", ".join(f"{v['user']}({v['role']})" for v in s["viewers"]) or "-"
+        print(f"{s['id']:13} {s['worker'][:16]:16} {s['operator'][:12]:12} {started:20} {s['state']:9} "
+              f"{s['idle']:>5.0f}s  {viewers}")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    try:
+        print(call_master(_socket_path(args), "kill", args.session))
+    except Exception as e:
+        return _fail(e)
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from .protocol import OpenRequest
+    from .shell_cli import run
+    from .terminal import stdin_is_tty
+
+    interactive = stdin_is_tty()
+    mode = "watch" if args.cmd == "watch" else "attach"
+    # The session's own parameters live on the master; this request only carries our terminal's size.
+    from .terminal import window_size
+
+    cols, rows = window_size(0) or (80, 24)
+    request = OpenRequest(worker="session", cols=cols, rows=rows)
+    return run(_socket_path(args), request, interactive, None if args.escape == "none" else args.escape.encode(),
+               attach=(args.session, mode))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .sandbox import Sandbox, SandboxError, describe
 
@@ -262,6 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_filters(with_socket(sub.add_parser("search", help="find text shown or typed in transcripts")))
     s.add_argument("text")
     s.set_defaults(func=cmd_search)
+
+    ss = with_socket(sub.add_parser("sessions", help="live and detached sessions"))
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(func=cmd_sessions)
+
+    k = with_socket(sub.add_parser("kill", help="end a live session (HUP, then TERM, then KILL)"))
+    k.add_argument("session", metavar="ID")
+    k.set_defaults(func=cmd_kill)
+
+    for name, text in (("attach", "join a live session, or resume a detached one"),
+                       ("watch", "watch a live session, read-only")):
+        a = with_socket(sub.add_parser(name, help=text))
+        a.add_argument("-E", dest="escape", metavar="CHAR", default="~", help="escape character or 'none'")
+        a.add_argument("session", metavar="ID")
+        a.set_defaults(func=cmd_attach)
 
     d = sub.add_parser("demo", help="a throwaway master and worker, and a shell on the worker")
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory afterwards")

@@ -112,11 +112,18 @@ class ShellClient:
         stdin_fd: int = 0,
         stdout_fd: int = 1,
         stderr_fd: int = 2,
+        attach: tuple[str, str] | None = None,
     ) -> None:
         self.reactor = reactor
         self.request = request
         self.interactive = interactive
-        self.escapes = esc.EscapeParser(escape_char if interactive else None)
+        # (session id, "attach" | "watch") to join a live session instead of opening one.
+        self.attach = attach
+        self.worker = request.worker
+        self.role = "owner"
+        # What to tell the operator at the end instead of the usual line (detached, left).
+        self.farewell: str | None = None
+        self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True)
         self.fds = {"in": stdin_fd, "out": stdout_fd, "err": stderr_fd}
         self.done: defer.Deferred[ExitStatus] = defer.Deferred()
         self.status: ExitStatus | None = None
@@ -141,7 +148,10 @@ class ShellClient:
         self._writers["out"].registerProducer(_StdoutProducer(self), True)
         try:
             root = yield connect(self.reactor, socket_path)
-            reply = yield root.callRemote("open", ClientSink(self), self.request.to_wire())
+            if self.attach is None:
+                reply = yield root.callRemote("open", ClientSink(self), self.request.to_wire())
+            else:
+                reply = yield root.callRemote("attach", ClientSink(self), *self.attach)
         except ClientError as e:
             reply = {"ok": False, "error": str(e)}
         except pb.Error as e:
@@ -155,6 +165,11 @@ class ShellClient:
         else:
             self.session = reply["session"]
             self.session_id = str(reply.get("id", ""))
+            self.worker = str(reply.get("worker", self.worker))
+            self.role = str(reply.get("role", "owner"))
+            size = reply.get("size")
+            if isinstance(size, list) and len(size) == 2:
+                self._size = (int(size[0]), int(size[1]))
             root.notifyOnDisconnect(
                 lambda _ref: self.finish(ExitStatus(reason="connection to the master lost")))
             self._start_input()
@@ -175,12 +190,23 @@ class ShellClient:
     def childDataReceived(self, name: str, data: bytes) -> None:
         for action in self.escapes.feed(data):
             if isinstance(action, esc.Send):
-                self._send_input(action.data)
+                # A watcher's keystrokes go nowhere (the master would refuse them anyway).
+                if self.role != "watch":
+                    self._send_input(action.data)
             elif isinstance(action, esc.Help):
                 self.write_err(action.text.encode())
             elif isinstance(action, esc.Terminate):
-                self._call("close")
-                self.finish(ExitStatus(reason=f"Connection to {self.request.worker} closed."))
+                if self.role == "owner":
+                    self._last_call("close", ExitStatus(reason=f"Connection to {self.worker} closed."))
+                else:
+                    self.farewell = f"Left session {self.session_id} on {self.worker}."
+                    self._last_call("close", ExitStatus(code=0))
+                return
+            elif isinstance(action, esc.Detach):
+                self.farewell = (f"Detached from session {self.session_id} on {self.worker}; resume it with: "
+                                 f"slaveshell attach {self.session_id}" if self.role == "owner" else
+                                 f"Left session {self.session_id} on {self.worker}.")
+                self._last_call("detach", ExitStatus(code=0))
                 return
 
     def childConnectionLost(self, name: str, reason: Any) -> None:
@@ -261,9 +287,22 @@ class ShellClient:
 
     def _window_changed(self) -> None:
         size = window_size(self.fds["in"]) or window_size(self.fds["out"])
-        if size is not None and size != self._size and self.status is None:
+        if size is not None and size != self._size and self.status is None and self.role == "owner":
             self._size = size
             self._call("resize", *size)
+
+    def _last_call(self, method: str, status: ExitStatus) -> None:
+        """Make a call that must reach the master (it decides the session's fate), then finish. Without the
+        wait, the process could exit with the call still in a buffer, and the master would see only a lost
+        connection (a detach) instead of, say, `~.`."""
+        if self._stdin is not None:
+            self._stdin.stopReading()
+        if self.session is None or self.status is not None:
+            self.finish(status)
+            return
+        d = defer.maybeDeferred(self.session.callRemote, method)
+        d.addTimeout(5, self.reactor)
+        d.addBoth(lambda _: self.finish(status))
 
     def _call(self, method: str, *args: Any) -> None:
         if self.session is None or self.status is not None:

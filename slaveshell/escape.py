@@ -12,6 +12,7 @@ from dataclasses import dataclass
 HELP = (
     "Supported escape sequences:\r\n"
     " {c}.   - terminate session\r\n"
+    "{detach}"
     " {c}?   - this message\r\n"
     " {c}{c}   - send the escape character by typing it twice\r\n"
     "(Note that escapes are only recognized immediately after newline.)\r\n"
@@ -73,7 +74,9 @@ class EscapeParser:
                     return actions  # nothing after ~. is sent
                 if byte == b"?":
                     flush()
-                    actions.append(Help(HELP.format(c=self.escape.decode("latin-1"))))
+                    c = self.escape.decode("latin-1")
+                    detach = f" {c}d   - detach (the session keeps running; slaveshell attach resumes it)\r\n"
+                    actions.append(Help(HELP.format(c=c, detach=detach if self.detach else "")))
                     self._at_line_start = True  # ssh accepts another escape right after help
                     continue
                 if byte == b"d" and self.detach:

@@ -132,6 +132,11 @@ class OpenRequest:
     rows: int = 24
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    # For the master only: pause the worker in Buildbot for the session's life; start in a builder's directory.
+    pause: bool = False
+    builder: str | None = None
+    # Set by the master (never taken from the operator's client): who the worker is opening the session for.
+    operator: str | None = None
 
     def __post_init__(self) -> None:
         # Our own code builds requests too: the same checks catch our bugs early.
@@ -159,6 +164,12 @@ class OpenRequest:
                 raise ProtocolError(f"bad environment variable name {key!r}")
         if self.cwd is not None:
             check_str(self.cwd, "working directory", MAX_PATH)
+        if not isinstance(self.pause, bool):
+            raise ProtocolError("pause must be a boolean")
+        if self.builder is not None:
+            check_str(self.builder, "builder", MAX_NAME)
+        if self.operator is not None:
+            check_str(self.operator, "operator", MAX_NAME)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -171,13 +182,17 @@ class OpenRequest:
             "rows": self.rows,
             "env": dict(self.env),
             "cwd": self.cwd,
+            "pause": self.pause,
+            "builder": self.builder,
+            "operator": self.operator,
         }
 
     @classmethod
     def from_wire(cls, wire: object) -> OpenRequest:
         if not isinstance(wire, dict):
             raise ProtocolError("an open request must be a dict")
-        known = {"version", "worker", "command", "pty", "term", "cols", "rows", "env", "cwd"}
+        known = {"version", "worker", "command", "pty", "term", "cols", "rows", "env", "cwd", "pause", "builder",
+                 "operator"}
         unknown = set(wire) - known
         if unknown:
             raise ProtocolError(f"unknown request fields: {', '.join(sorted(map(str, unknown)))}")
@@ -195,6 +210,9 @@ class OpenRequest:
                 rows=wire.get("rows", 24),
                 env=wire.get("env") or {},
                 cwd=wire.get("cwd"),
+                pause=wire.get("pause", False),
+                builder=wire.get("builder"),
+                operator=wire.get("operator"),
             )
         except LocalProtocolError as e:
             # From the wire, a failed check is the peer's fault, not ours.

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set an environment variable in the session (repeatable)")
     p.add_argument("-C", dest="cwd", metavar="DIR",
                    help="working directory on the worker (relative: to the worker's basedir)")
+    p.add_argument("--pause", action="store_true",
+                   help="pause the worker in Buildbot (no new builds) while the session lasts")
+    p.add_argument("--builder", metavar="NAME", help="start in this builder's build directory on the worker")
     p.add_argument("-E", dest="escape", metavar="CHAR", default="~",
                    help="escape character, or 'none' to disable escapes (default: ~)")
     p.add_argument("worker", metavar="WORKER")
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             rows=size[1],
             env=parse_env(args.env),
             cwd=args.cwd,
+            pause=args.pause,
+            builder=args.builder,
         )
     except (LocalProtocolError, ValueError) as e:
         parser.error(str(e))
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     return run(find_socket(args), request, interactive, escape_char)
 
 
-def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None) -> int:
+def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None,
+        attach: tuple[str, str] | None = None) -> int:
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
@@ -105,7 +111,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     from .protocol import ExitStatus
     from .terminal import raw_mode, set_blocking
 
-    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char)
+    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach)
     result: list[ExitStatus] = []
 
     def start() -> None:
@@ -118,13 +124,16 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
         reactor.run()
     set_blocking(0, 1, 2)
     status = result[0] if result else ExitStatus(reason="interrupted")
-    if status.lost:
+    prog = "slaveshell" if attach else "buildbot-shell"
+    if client.farewell:
+        print(client.farewell, file=sys.stderr)
+    elif status.lost:
         if status.reason.startswith("Connection to "):
             print(status.reason, file=sys.stderr)
         else:
-            print(f"buildbot-shell: {status.reason}", file=sys.stderr)
+            print(f"{prog}: {status.reason}", file=sys.stderr)
     elif interactive:
-        print(f"Connection to {request.worker} closed.", file=sys.stderr)
+        print(f"Connection to {client.worker} closed.", file=sys.stderr)
     return status.cli_status()
 
 

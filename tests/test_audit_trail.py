@@ -75,7 +75,7 @@ def test_transcript_failure_mid_session_ends_it_or_warns(mode):
     service.trail = AuditTrail("/tmp", "m", on_record_error=mode)
     s = session()
     to_op, to_w = [], []
-    s.attach(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
+    owner = s.start(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
     service._recording_failed(s, OSError(28, "No space left on device"))
     if mode == "end":
         assert to_w == [("close",)]
@@ -84,5 +84,5 @@ def test_transcript_failure_mid_session_ends_it_or_warns(mode):
         assert to_w == []
         assert b"continues UNRECORDED" in to_op[-1][2]
         # The warning's bytes are the master's own: their ack must not be passed to the worker.
-        s.operator_ack(len(to_op[-1][2]))
+        s.viewer_ack(owner, len(to_op[-1][2]))
         assert to_w == []

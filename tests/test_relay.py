@@ -1,38 +1,50 @@
-"""The master's relay logic: validation of both peers and credit pass-through."""
+"""The master's relay logic: validation of every peer, credit pass-through, viewers, detach and limits."""
 
 import pytest
 
-from master_side.relay import WINDOW_TOLERANCE, MasterSession, State
+from master_side.relay import RECENT_BYTES, VIEWER_BUFFER, WINDOW_TOLERANCE, MasterSession, Role, State
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, ExitStatus, OpenRequest, ProtocolError
+
+ALICE = Identity(1000, 1000, 1, "alice", frozenset())
+BOB = Identity(1001, 1001, 2, "bob", frozenset())
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
 
 
 @pytest.fixture
 def relay():
     ended = []
-    session = MasterSession(OpenRequest(worker="w1"), Identity(0, 0, 1, "root", frozenset()), ended.append)
+    clock = Clock()
+    session = MasterSession(OpenRequest(worker="w1"), ALICE, ended.append, clock=clock)
     to_op, to_w = [], []
-    session.attach(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
-    return session, to_op, to_w, ended
+    owner = session.start(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
+    return session, owner, to_op, to_w, ended, clock
 
 
-def test_output_and_credit_pass_through(relay):
-    session, to_op, to_w, _ = relay
+def test_output_and_credit_pass_through_the_owner(relay):
+    session, owner, to_op, to_w, _, _ = relay
     session.worker_output(1, b"hello")
     assert to_op == [("output", 1, b"hello")]
-    session.operator_ack(5)
+    session.viewer_ack(owner, 5)
     assert to_w == [("ack", 5)]
 
 
-def test_operator_cannot_acknowledge_what_it_never_got(relay):
-    session, to_op, to_w, _ = relay
+def test_an_operator_cannot_acknowledge_what_it_never_got(relay):
+    session, owner, to_op, to_w, _, _ = relay
     with pytest.raises(ProtocolError):
-        session.operator_ack(1)
+        session.viewer_ack(owner, 1)
     assert to_w == []
 
 
 def test_a_worker_ignoring_flow_control_is_stopped(relay):
-    session, to_op, to_w, _ = relay
+    session, owner, to_op, to_w, _, _ = relay
     for _ in range(OUTPUT_WINDOW * WINDOW_TOLERANCE // MAX_CHUNK + 1):
         session.worker_output(1, b"x" * MAX_CHUNK)
     with pytest.raises(ProtocolError, match="past the flow-control window"):
@@ -40,13 +52,13 @@ def test_a_worker_ignoring_flow_control_is_stopped(relay):
 
 
 def test_bad_values_from_either_side_are_refused(relay):
-    session, to_op, to_w, _ = relay
+    session, owner, to_op, to_w, _, _ = relay
     with pytest.raises(ProtocolError):
-        session.operator_input("not bytes")
+        session.viewer_input(owner, "not bytes")
     with pytest.raises(ProtocolError):
-        session.operator_resize(0, 24)
+        session.viewer_resize(owner, 0, 24)
     with pytest.raises(ProtocolError):
-        session.operator_signal("SEGV")
+        session.viewer_signal(owner, "SEGV")
     with pytest.raises(ProtocolError):
         session.worker_output(3, b"x")
     with pytest.raises(ProtocolError):
@@ -54,12 +66,12 @@ def test_bad_values_from_either_side_are_refused(relay):
     assert to_w == [] and to_op == []
 
 
-def test_controls_reach_the_worker(relay):
-    session, to_op, to_w, _ = relay
-    session.operator_input(b"ls\r")
-    session.operator_resize(100, 30)
-    session.operator_signal("INT")
-    session.operator_eof()
+def test_controls_reach_the_worker_and_input_acks_go_back_with_the_echo_decision(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    session.viewer_input(owner, b"ls\r")
+    session.viewer_resize(owner, 100, 30)
+    session.viewer_signal(owner, "INT")
+    session.viewer_eof(owner)
     assert to_w == [("input", b"ls\r"), ("resize", 100, 30), ("signal", "INT"), ("eof",)]
     session.worker_input_ack(3, False)
     assert to_op == [("input_ack", 3, False)]
@@ -67,19 +79,118 @@ def test_controls_reach_the_worker(relay):
         session.worker_input_ack(3, False)
 
 
-def test_exit_ends_the_session_once(relay):
-    session, to_op, to_w, ended = relay
+def test_exit_ends_the_session_once_for_every_viewer(relay):
+    session, owner, to_op, to_w, ended, _ = relay
+    seen = []
+    session.add_viewer(BOB, Role.WATCH, lambda *a: seen.append(a))
     session.worker_exit(None, 9, "")
     session.abort("late")
     session.worker_output(1, b"late output")
-    assert to_op == [("exit", None, 9, "")]
+    assert to_op[-1] == ("exit", None, 9, "") and seen[-1] == ("exit", None, 9, "")
     assert session.state is State.ENDED and session.status == ExitStatus(signal=9)
     assert ended == [session]
 
 
-def test_operator_gone_closes_the_worker_side(relay):
-    session, to_op, to_w, _ = relay
-    session.operator_lost()
+def test_watchers_cannot_type_and_joiners_can(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    watcher = session.add_viewer(BOB, Role.WATCH, lambda *a: None)
+    for call in (lambda: session.viewer_input(watcher, b"rm -rf /\r"), lambda: session.viewer_signal(watcher, "INT"),
+                 lambda: session.viewer_eof(watcher)):
+        with pytest.raises(ProtocolError, match="read-only"):
+            call()
+    assert to_w == []
+    joiner = session.add_viewer(BOB, Role.JOIN, lambda *a: None)
+    session.viewer_input(joiner, b"ls\r")
+    assert to_w == [("input", b"ls\r")]
+
+
+def test_a_new_viewer_first_sees_recent_output_then_the_live_stream(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    session.worker_output(1, b"x" * MAX_CHUNK)
+    session.viewer_ack(owner, MAX_CHUNK)
+    session.worker_output(1, b"x" * 100)
+    session.worker_output(1, b"$ ")
+    assert RECENT_BYTES < MAX_CHUNK + 102
+    seen = []
+    viewer = session.add_viewer(BOB, Role.WATCH, lambda *a: seen.append(a))
+    assert seen[0][0] == "output" and len(seen[0][2]) == RECENT_BYTES and seen[0][2].endswith(b"$ ")
+    session.worker_output(1, b"live")
+    assert seen[-1] == ("output", 1, b"live")
+    # Acknowledging the replay is fine, and it is not the worker's credit.
+    before = list(to_w)
+    session.viewer_ack(viewer, RECENT_BYTES)
+    assert to_w == before
+
+
+def test_a_slow_watcher_is_dropped_without_slowing_the_session(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    seen = []
+    session.add_viewer(BOB, Role.WATCH, lambda *a: seen.append(a))
+    for _ in range(VIEWER_BUFFER // MAX_CHUNK + 1):
+        session.worker_output(1, b"y" * MAX_CHUNK)
+        session.viewer_ack(owner, MAX_CHUNK)  # the owner keeps up
+    assert seen[-1][0] == "exit" and "too slow" in seen[-1][3]
+    assert [v.identity.user for v in session.viewers] == ["alice"]
+    assert session.state is State.ATTACHED
+
+
+def test_losing_the_owner_detaches_and_the_grace_then_closes(relay):
+    session, owner, to_op, to_w, _, clock = relay
+    session.worker_output(1, b"unacked")
+    session.viewer_lost(owner)
+    assert session.state is State.DETACHED
+    assert to_w == [("ack", 7)]  # nobody else will acknowledge it
+    session.worker_output(1, b"while detached")
+    assert to_w[-1] == ("ack", 14)  # the session keeps running at full speed
+    clock.now += 299
+    session.tick(clock.now, detach_grace=300, idle_timeout=None, max_duration=None)
+    assert to_w[-1] == ("ack", 14)
+    clock.now += 1
+    session.tick(clock.now, detach_grace=300, idle_timeout=None, max_duration=None)
+    assert to_w[-1] == ("close",)
+    session.worker_exit(None, 1, "")
+    assert session.end_reason == "detached for longer than 300 s (signal 1)"
+
+
+def test_reattach_makes_a_new_owner(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    session.viewer_detach(owner)
+    seen = []
+    again = session.add_viewer(ALICE, Role.OWNER, lambda *a: seen.append(a))
+    assert session.owner is again and session.state is State.ATTACHED
+    with pytest.raises(ProtocolError, match="is attached by alice"):
+        session.add_viewer(BOB, Role.OWNER, lambda *a: None)
+    session.worker_output(1, b"abc")
+    session.viewer_ack(again, 3)
+    assert to_w[-1] == ("ack", 3)
+
+
+def test_idle_timeout_warns_then_ends(relay):
+    session, owner, to_op, to_w, _, clock = relay
+    clock.now += 550
+    session.tick(clock.now, detach_grace=None, idle_timeout=600, max_duration=None)
+    assert b"ends in 50 s" in to_op[-1][2] and b"unless you type" in to_op[-1][2]
+    session.viewer_input(owner, b"x")  # activity resets the clock
+    clock.now += 100
+    session.tick(clock.now, detach_grace=None, idle_timeout=600, max_duration=None)
+    assert ("close",) not in to_w
+    clock.now += 500
+    session.tick(clock.now, detach_grace=None, idle_timeout=600, max_duration=None)
+    assert to_w[-1] == ("close",)
+    assert b"session ends: idle for 600 s" in to_op[-1][2]
+
+
+def test_maximum_duration(relay):
+    session, owner, to_op, to_w, _, clock = relay
+    clock.now += 3600
+    session.tick(clock.now, detach_grace=None, idle_timeout=None, max_duration=3600)
+    assert to_w[-1] == ("close",)
+
+
+def test_owner_close_ends_the_session_and_others_just_leave(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    joiner = session.add_viewer(BOB, Role.JOIN, lambda *a: None)
+    session.viewer_close(joiner)
+    assert to_w == [] and [v.identity.user for v in session.viewers] == ["alice"]
+    session.viewer_close(owner)
     assert to_w == [("close",)]
-    session.worker_exit(0, None, "")
-    assert to_op == []  # nobody left to tell

@@ -28,7 +28,7 @@ def shell_argv() -> list[str]:
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     # w1 runs the builds, w2 may be stopped by a test, w3 never opted in, w4 speaks msgpack.
     sb = Sandbox(str(tmp_path_factory.mktemp("sandbox")), workers=["w1", "w2", "w3", "w4"],
-                 opt_in=["w1", "w2", "w4"], msgpack=["w4"], service_kwargs="redact=[r'SECRET-\\w+']")
+                 opt_in=["w1", "w2", "w4"], msgpack=["w4"], service_kwargs="redact=[r'SECRET-\\w+'], detach_grace=4")
     sb.create()
     try:
         sb.start()
