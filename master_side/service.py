@@ -293,7 +293,8 @@ class ShellService(BuildbotService):
                 "connected": conn is not None,
                 "shell": WORKER_COMMAND in (worker.worker_commands or {}) if conn is not None else False,
                 "paused": bool(getattr(worker, "_paused", False)),
-                "system": str(worker.worker_system or ""),
+                "system": str(getattr(worker, "worker_system", None) or ""),
+                "info": _worker_info(worker),
                 "allowed": self.policy.check(who, "shell", name).allowed,
                 "sessions": sum(1 for s in self.sessions.values() if s.worker == name),
             })
@@ -653,6 +654,20 @@ def _describe_failure(error: Exception) -> str:
         return "the connection was lost while opening the session"
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:300]
+
+
+def _worker_info(worker: Any) -> str:
+    """A short line about the worker's machine, from what it reported when it connected."""
+    info = getattr(worker, "info", None)
+    if info is None:
+        return ""
+    parts = []
+    for key in ("os_pretty_name", "version", "host"):
+        if info.hasProperty(key):
+            value = str(info.getProperty(key)).strip().splitlines()
+            if value:
+                parts.append(("buildbot-worker " if key == "version" else "") + value[0][:60])
+    return ", ".join(parts)
 
 
 def _opt_str(value: object, what: str) -> str | None:

@@ -230,6 +230,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
                attach=(args.session, mode))
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from .console import CliBackend, Console
+
+    return Console(CliBackend(_socket_path(args))).run()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .sandbox import Sandbox, SandboxError, describe
 
@@ -268,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slaveshell", description="Shells into Buildbot workers, recorded.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd")
 
     def with_socket(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         where = sp.add_mutually_exclusive_group()
@@ -306,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text")
     s.set_defaults(func=cmd_search)
 
+    c = with_socket(sub.add_parser("console", help="the interactive console (the default on a terminal)"))
+    c.set_defaults(func=cmd_console)
+
     ss = with_socket(sub.add_parser("sessions", help="live and detached sessions"))
     ss.add_argument("--json", action="store_true")
     ss.set_defaults(func=cmd_sessions)
@@ -329,7 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        from .terminal import stdin_is_tty
+
+        if not stdin_is_tty():
+            parser.error("a subcommand is needed (the console is the default only on a terminal)")
+        # With no subcommand on a terminal: the console, with the socket found the usual way.
+        args = parser.parse_args(["console"])
     return int(args.func(args))
 
 

@@ -27,6 +27,10 @@ class FakeMaster:
         self.master = self  # what a child service's .master finds by walking up its parents
 
 
+class NeverConnected:
+    worker_commands = None
+
+
 class Sink(pb.Referenceable):
     pass
 
@@ -87,6 +91,14 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
         reply = yield root.callRemote("open", "not a sink", OpenRequest(worker="w1").to_wire())
         assert reply["ok"] is False
         assert (yield root.callRemote("workers")) == []
+        # A configured worker that never connected has no system or command list yet: still listed.
+        service.master.workers.registrations = {"w1": object()}
+        service.master.workers.getWorkerByName = lambda name: NeverConnected()
+        listed = yield root.callRemote("workers")
+        assert listed[0]["name"] == "w1" and listed[0]["connected"] is False and listed[0]["shell"] is False
+        reply = yield root.callRemote("open", Sink(), OpenRequest(worker="w1").to_wire())
+        assert reply == {"ok": False, "error": "worker w1 is not connected to the master"}
+        service.master.workers.registrations = {}
         root.broker.transport.loseConnection()
     finally:
         yield stop(service)

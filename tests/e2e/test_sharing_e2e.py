@@ -145,3 +145,23 @@ def test_builder_option_starts_in_the_build_directory(sandbox):
     done = subprocess.run([sys.executable, "-m", "slaveshell.shell_cli", "--socket", sandbox.socket,
                            "--builder", "nope", "w1", "pwd"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 255 and "no builder named 'nope'" in done.stderr
+
+
+def test_console_lists_workers_opens_a_shell_and_comes_back(sandbox):
+    c = SlaveshellTerminal(sandbox, ["console"], rows=30, cols=100)
+    try:
+        c.expect("slaveshell>")
+        assert "w1" in c.child.before.decode() and "connected" in c.child.before.decode()
+        c.child.send("shell w1\r")
+        c.expect(r"[#$] ")
+        c.child.send("echo inside-$((2*21))\r")
+        c.expect("inside-42")
+        c.child.send("exit 3\r")
+        c.expect(r"\[buildbot-shell w1: exit 3\]")
+        c.expect("slaveshell>")
+        c.child.send("sessions\r")
+        c.expect("slaveshell>")
+        c.child.send("quit\r")
+        assert c.wait() == 0
+    finally:
+        c.close()

@@ -1,0 +1,227 @@
+"""`slaveshell console`: the operator's console, a prompt_toolkit REPL over the master's socket.
+
+It shows the fleet, completes worker names and session ids, and hands the terminal to `buildbot-shell` (or
+`slaveshell attach/watch/replay`) for a session: when that ends or is detached, the console comes back as it was.
+Talking to the master goes through a `Backend` (the CLI's JSON output by default), so tests can drive the console
+with a pipe input, a dummy output and a fake backend.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+
+COMMANDS = {
+    "workers": "the fleet: connection, shell, pause, live sessions",
+    "sessions": "live and detached sessions",
+    "shell": "shell WORKER [COMMAND...]: a shell (or a command) on a worker",
+    "attach": "attach ID: join a live session, or resume a detached one",
+    "watch": "watch ID: watch a live session, read-only",
+    "kill": "kill ID: end a live session",
+    "history": "history [WORKER]: past sessions",
+    "replay": "replay ID: play a session back (Ctrl-C stops)",
+    "help": "this list",
+    "quit": "leave the console (or Ctrl-D)",
+}
+SESSION_COMMANDS = ("attach", "watch", "kill", "replay")
+
+
+class Backend(Protocol):
+    def workers(self) -> list[dict[str, Any]]: ...
+    def sessions(self) -> list[dict[str, Any]]: ...
+    def history(self, worker: str | None) -> list[dict[str, Any]]: ...
+    def kill(self, session_id: str) -> str: ...
+    def run_interactive(self, argv: list[str]) -> int: ...
+
+
+class BackendError(Exception):
+    pass
+
+
+class CliBackend:
+    """Talks to the master through our own CLI (one process per call: Twisted's reactor runs once per
+    process, and the console must outlive many sessions)."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket = socket_path
+
+    def _json(self, *args: str) -> Any:
+        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", args[0], "--socket", self.socket,
+                               *args[1:], "--json"], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BackendError(done.stderr.strip().removeprefix("slaveshell: ") or "the master did not answer")
+        return json.loads(done.stdout)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return list(self._json("workers"))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self._json("sessions"))
+
+    def history(self, worker: str | None) -> list[dict[str, Any]]:
+        return list(self._json("history", *(["--worker", worker] if worker else []), "--limit", "20"))
+
+    def kill(self, session_id: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "kill", "--socket", self.socket, session_id],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BackendError(done.stderr.strip().removeprefix("slaveshell: "))
+        return done.stdout.strip()
+
+    def run_interactive(self, argv: list[str]) -> int:
+        """Hand the terminal over: the child owns it until it exits."""
+        if argv[0] == "buildbot-shell":
+            full = ["slaveshell.shell_cli", "--socket", self.socket, *argv[1:]]
+        else:  # slaveshell SUBCOMMAND ARGS...
+            full = ["slaveshell.cli", argv[1], "--socket", self.socket, *argv[2:]]
+        return subprocess.call([sys.executable, "-m", *full])
+
+
+class ConsoleCompleter(Completer):
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        words = document.text_before_cursor.split(" ")
+        current = words[-1]
+        if len(words) == 1:
+            candidates: Iterable[str] = COMMANDS
+        elif len(words) == 2 and words[0] in ("shell", "history"):
+            candidates = [w["name"] for w in self.console.cached_workers]
+        elif len(words) == 2 and words[0] in SESSION_COMMANDS:
+            candidates = [s["id"] for s in self.console.cached_sessions]
+            if words[0] == "replay":
+                candidates = list(candidates) + [r["id"] for r in self.console.cached_history]
+        else:
+            candidates = []
+        for candidate in candidates:
+            if candidate.startswith(current):
+                yield Completion(candidate, start_position=-len(current))
+
+
+class Console:
+    def __init__(self, backend: Backend, input: Input | None = None, output: Output | None = None,
+                 write: Callable[[str], None] | None = None) -> None:
+        self.backend = backend
+        self.write = write or (lambda text: print(text, end="", flush=True))
+        self.cached_workers: list[dict[str, Any]] = []
+        self.cached_sessions: list[dict[str, Any]] = []
+        self.cached_history: list[dict[str, Any]] = []
+        self.prompt: PromptSession[str] = PromptSession(
+            "slaveshell> ", completer=ConsoleCompleter(self), history=InMemoryHistory(), input=input,
+            output=output, complete_while_typing=False,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.show_workers()
+        while True:
+            try:
+                line = self.prompt.prompt()
+            except EOFError:
+                return 0
+            except KeyboardInterrupt:
+                continue
+            try:
+                if not self.execute(line):
+                    return 0
+            except BackendError as e:
+                self.write(f"error: {e}\n")
+
+    def execute(self, line: str) -> bool:
+        """Run one command line; False means leave."""
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            self.write(f"error: {e}\n")
+            return True
+        if not words:
+            return True
+        command, args = words[0], words[1:]
+        if command in ("quit", "exit"):
+            return False
+        if command == "help":
+            for name, text in COMMANDS.items():
+                self.write(f"  {name:9} {text}\n")
+        elif command in ("workers", "ls"):
+            self.show_workers()
+        elif command == "sessions":
+            self.show_sessions()
+        elif command == "shell":
+            if not args:
+                self.write("usage: shell WORKER [COMMAND...]\n")
+            else:
+                self._hand_over(["buildbot-shell", *args])
+        elif command in ("attach", "watch", "replay"):
+            if len(args) != 1:
+                self.write(f"usage: {command} ID\n")
+            else:
+                self._hand_over(["slaveshell", command, args[0]])
+        elif command == "kill":
+            if len(args) != 1:
+                self.write("usage: kill ID\n")
+            else:
+                self.write(self.backend.kill(args[0]) + "\n")
+        elif command == "history":
+            self.show_history(args[0] if args else None)
+        else:
+            self.write(f"unknown command {command!r}; 'help' lists them\n")
+        return True
+
+    def _hand_over(self, argv: list[str]) -> None:
+        status = self.backend.run_interactive(argv)
+        self.write(f"[{' '.join(argv)}: exit {status}]\n")
+        self.refresh()
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        try:
+            self.cached_workers = self.backend.workers()
+            self.cached_sessions = self.backend.sessions()
+        except BackendError as e:
+            self.write(f"error: {e}\n")
+
+    def show_workers(self) -> None:
+        self.refresh()
+        self.write(f"{'WORKER':18} {'STATE':10} {'SHELL':6} {'SESSIONS':8} INFO\n")
+        for w in self.cached_workers:
+            state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
+            shell = ("yes" if w["allowed"] else "denied") if w["shell"] else "no"
+            info = w.get("info") or w.get("system") or ""
+            self.write(f"{w['name'][:18]:18} {state:10} {shell:6} {w['sessions']:<8} {info}\n")
+
+    def show_sessions(self) -> None:
+        self.refresh()
+        if not self.cached_sessions:
+            self.write("no live sessions\n")
+            return
+        self.write(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} VIEWERS\n")
+        for s in self.cached_sessions:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["started"]))
+            viewers = ", ".join(f"{v['user']}({v['role']})" for v in s["viewers"]) or "-"
+            self.write(f"{s['id']:13} {s['worker'][:16]:16} {s['operator'][:12]:12} {started:20} "
+                       f"{s['state']:9} {viewers}\n")
+
+    def show_history(self, worker: str | None) -> None:
+        self.cached_history = self.backend.history(worker)
+        if not self.cached_history:
+            self.write("no sessions recorded\n")
+            return
+        for r in self.cached_history:
+            self.write(f"{r['id']:13} {r['started'][:19].replace('T', ' ')} {r['operator'][:12]:12} "
+                       f"{r['worker'][:16]:16} {(r['end_reason'] or r['state'])[:16]:16} "
+                       f"{r['command'] or '(login shell)'}\n")

@@ -1,0 +1,104 @@
+"""The console, driven as prompt_toolkit's own tests do: pipe input, dummy output, a fake backend."""
+
+from typing import Any
+
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.document import Document
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from slaveshell.console import BackendError, Console, ConsoleCompleter
+
+
+class FakeBackend:
+    def __init__(self):
+        self.ran: list[list[str]] = []
+        self.killed: list[str] = []
+        self.sessions_live = [{"id": "abc123def456", "worker": "w1", "operator": "alice", "started": 0.0,
+                               "state": "detached", "viewers": [], "command": None, "idle": 3.0}]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "linux-1", "connected": True, "shell": True, "paused": False, "allowed": True,
+             "sessions": 1, "system": "posix", "info": "Debian GNU/Linux 12"},
+            {"name": "win-1", "connected": False, "shell": False, "paused": False, "allowed": False,
+             "sessions": 0, "system": "", "info": ""},
+        ]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return self.sessions_live
+
+    def history(self, worker):
+        return [{"id": "0123456789ab", "started": "2026-11-29T05:00:00+00:00", "operator": "alice",
+                 "worker": worker or "linux-1", "end_reason": "exit 0", "state": "ended", "command": None}]
+
+    def kill(self, session_id):
+        if session_id != "abc123def456":
+            raise BackendError(f"no live session {session_id}")
+        self.killed.append(session_id)
+        return "hangup sent"
+
+    def run_interactive(self, argv):
+        self.ran.append(argv)
+        return 7
+
+
+@pytest.fixture
+def drive():
+    def run(keys: str):
+        backend = FakeBackend()
+        out: list[str] = []
+        with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+            inp.send_text(keys)
+            console = Console(backend, input=inp, output=DummyOutput(), write=out.append)
+            status = console.run()
+        return status, "".join(out), backend
+
+    return run
+
+
+def test_console_shows_the_fleet_and_leaves_on_quit(drive):
+    status, out, _ = drive("quit\r")
+    assert status == 0
+    assert "linux-1" in out and "connected" in out and "Debian GNU/Linux 12" in out
+    assert "win-1" in out and "offline" in out
+
+
+def test_ctrl_d_leaves(drive):
+    status, out, _ = drive("\x04")
+    assert status == 0
+
+
+def test_shell_hands_the_terminal_over_and_comes_back(drive):
+    status, out, backend = drive("shell linux-1 uname -a\rsessions\rquit\r")
+    assert backend.ran == [["buildbot-shell", "linux-1", "uname", "-a"]]
+    assert "[buildbot-shell linux-1 uname -a: exit 7]" in out
+    assert "abc123def456" in out  # the console carried on after the session
+
+
+def test_attach_watch_replay_kill_history(drive):
+    status, out, backend = drive("attach abc123def456\rwatch abc123def456\rreplay 0123456789ab\r"
+                                 "kill abc123def456\rkill nope\rhistory linux-1\rbogus\rquit\r")
+    assert backend.ran == [["slaveshell", "attach", "abc123def456"], ["slaveshell", "watch", "abc123def456"],
+                           ["slaveshell", "replay", "0123456789ab"]]
+    assert backend.killed == ["abc123def456"]
+    assert "error: no live session nope" in out
+    assert "0123456789ab" in out and "exit 0" in out
+    assert "unknown command 'bogus'" in out
+
+
+def test_completion_of_commands_workers_and_sessions():
+    backend = FakeBackend()
+    with create_pipe_input() as inp:
+        console = Console(backend, input=inp, output=DummyOutput(), write=lambda s: None)
+        console.refresh()
+        completer = ConsoleCompleter(console)
+
+        def complete(text):
+            return [c.text for c in completer.get_completions(Document(text), None)]
+
+        assert complete("sh") == ["shell"]
+        assert complete("shell li") == ["linux-1"]
+        assert complete("attach ab") == ["abc123def456"]
+        assert complete("kill x") == []
