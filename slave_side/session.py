@@ -44,6 +44,12 @@ DRAIN_GRACE = 1.0
 TERM_AFTER = 2.0
 KILL_AFTER = 5.0
 
+# Output coalescing: a flush of at least BULK_BYTES less than BULK_GAP ago means output is streaming, and the
+# next message may wait COALESCE_DELAY to grow towards MAX_CHUNK.
+BULK_BYTES = 4096
+BULK_GAP = 0.01
+COALESCE_DELAY = 0.002
+
 _SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
@@ -164,6 +170,8 @@ class WorkerSession:
         self.ended = False
         self._buffers = {STREAM_OUT: bytearray(), STREAM_ERR: bytearray()}
         self._flush_call: Any = None
+        self._last_flush_size = 0
+        self._last_flush_at = 0.0
         self._reading_paused = False
         self._exited = False
         self._timers: list[Any] = []
@@ -278,13 +286,19 @@ class WorkerSession:
         if len(buf) >= MAX_CHUNK:
             self._flush()
         elif self._flush_call is None:
-            # Coalesce the reads of one reactor turn into one message: one PB call per read costs CPU.
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            # One PB call per 8 KiB read costs CPU all along the chain: coalesce. Interactive output (echo, a
+            # prompt) goes at the end of this reactor turn; a stream that is flowing in bulk waits a moment to
+            # fill a larger message.
+            now = self.reactor.seconds()
+            bulk = self._last_flush_size >= BULK_BYTES and now - self._last_flush_at < BULK_GAP
+            self._flush_call = self.reactor.callLater(COALESCE_DELAY if bulk else 0, self._flush)
 
     def _flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self._last_flush_size = sum(len(b) for b in self._buffers.values())
+        self._last_flush_at = self.reactor.seconds()
         for stream, buf in self._buffers.items():
             if not buf:
                 continue
