@@ -28,6 +28,7 @@ from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
+    NO_ANSWER,
     OUTPUT_WINDOW,
     STREAM_ERR,
     ExitStatus,
@@ -421,7 +422,8 @@ def remote_sender(ref: Any, on_failure: Callable[[Any], None]) -> Send:
     string over Banana's limit): both become a failure handed to `on_failure`, never an exception here."""
 
     def send(method: str, *args: Any) -> None:
-        d = defer.maybeDeferred(ref.callRemote, method, *args)
+        kw = {"pbanswer": False} if method in NO_ANSWER else {}
+        d = defer.maybeDeferred(ref.callRemote, method, *args, **kw)
         d.addErrback(on_failure)
 
     return send

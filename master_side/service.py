@@ -228,12 +228,18 @@ class ShellService(BuildbotService):
         if self._ticker.running:
             self._ticker.stop()
         for session in list(self.sessions.values()):
-            session.close("the master is shutting down")
-            session.abort("the master is shutting down")
+            try:
+                session.close("the master is shutting down")
+                session.abort("the master is shutting down")
+            except Exception:
+                log.failure("slaveshell session {sid}: error while ending it at shutdown", sid=session.id)
+        log.info("slaveshell: stopping (sessions ended)")
         yield self._stop_listening()
+        log.info("slaveshell: stopping (socket closed)")
         if self.trail is not None:
             yield self.trail.stop()
             self.trail = None
+        log.info("slaveshell: stopped")
         yield super().stopService()
 
     @defer.inlineCallbacks
@@ -493,7 +499,11 @@ class ShellService(BuildbotService):
     def _tick(self) -> None:
         now = self.trail.reactor.seconds() if self.trail is not None else 0.0
         for session in list(self.sessions.values()):
-            session.tick(now, self.limits.detach_grace, self.limits.idle_timeout, self.limits.max_duration)
+            try:
+                session.tick(now, self.limits.detach_grace, self.limits.idle_timeout, self.limits.max_duration)
+            except Exception:
+                # One session's trouble must not stop the clock for the others (a LoopingCall dies on errors).
+                log.failure("slaveshell session {sid}: error in its timers", sid=session.id)
 
     # -- pausing the worker for a session's life -------------------------------------------------
 
@@ -641,9 +651,10 @@ def _close_late_session(reply: Any) -> None:
 
 
 def _forget(ref: Any, callback: Any) -> None:
+    # A reference whose broker is already gone has no callback list left (AttributeError in Twisted).
     try:
         ref.dontNotifyOnDisconnect(callback)
-    except ValueError:
+    except (ValueError, AttributeError):
         pass
 
 

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from slaveshell.protocol import (
+    NO_ANSWER,
     OpenRequest,
     ProtocolError,
     check_bytes,
@@ -91,7 +92,8 @@ class ShellServer:
         session_id = f"w{next(self._ids)}"
 
         def report(method: str, *args: Any) -> None:
-            d = defer.maybeDeferred(sink.callRemote, method, *args)
+            kw = {"pbanswer": False} if method in NO_ANSWER else {}
+            d = defer.maybeDeferred(sink.callRemote, method, *args, **kw)
             d.addErrback(_report_failed, session, method)
 
         session = WorkerSession(self.reactor, session_id, request, self.options, basedir, report,

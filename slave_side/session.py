@@ -286,12 +286,13 @@ class WorkerSession:
         if len(buf) >= MAX_CHUNK:
             self._flush()
         elif self._flush_call is None:
-            # One PB call per 8 KiB read costs CPU all along the chain: coalesce. Interactive output (echo, a
-            # prompt) goes at the end of this reactor turn; a stream that is flowing in bulk waits a moment to
-            # fill a larger message.
+            # One PB call per 8 KiB read costs CPU all along the chain: coalesce. Interactive output (an echo,
+            # a prompt) goes at once; a stream that is flowing in bulk waits a moment to fill a larger message.
             now = self.reactor.seconds()
-            bulk = self._last_flush_size >= BULK_BYTES and now - self._last_flush_at < BULK_GAP
-            self._flush_call = self.reactor.callLater(COALESCE_DELAY if bulk else 0, self._flush)
+            if self._last_flush_size >= BULK_BYTES and now - self._last_flush_at < BULK_GAP:
+                self._flush_call = self.reactor.callLater(COALESCE_DELAY, self._flush)
+            else:
+                self._flush()
 
     def _flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():

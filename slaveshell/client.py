@@ -18,6 +18,7 @@ from .flow import CreditWindow, chunks
 from .protocol import (
     INPUT_WINDOW,
     MAX_CHUNK,
+    NO_ANSWER,
     STREAM_ERR,
     ExitStatus,
     OpenRequest,
@@ -307,7 +308,8 @@ class ShellClient:
     def _call(self, method: str, *args: Any) -> None:
         if self.session is None or self.status is not None:
             return
-        d = defer.maybeDeferred(self.session.callRemote, method, *args)
+        kw = {"pbanswer": False} if method in NO_ANSWER else {}
+        d = defer.maybeDeferred(self.session.callRemote, method, *args, **kw)
         d.addErrback(self._call_failed, method)
 
     def _call_failed(self, failure: Any, method: str) -> None:

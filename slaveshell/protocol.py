@@ -42,6 +42,11 @@ MAX_CHUNK = 64 * 1024
 OUTPUT_WINDOW = 8 * MAX_CHUNK
 INPUT_WINDOW = 4 * MAX_CHUNK
 
+# The streaming calls go without PB's answer message: it would double the traffic on every keystroke and chunk.
+# A peer's refusal of one of them is handled on its side (it ends the session); a lost connection still
+# surfaces, as DeadReferenceError or the disconnect notification.
+NO_ANSWER = frozenset({"output", "input", "ack", "input_ack"})
+
 MAX_TERM = 64
 MAX_COMMAND = 64 * 1024
 MAX_ENV = 128

@@ -29,7 +29,7 @@ c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', treeStableTimer=Non
 c['builders'] = [util.BuilderConfig(
     name='hello', workernames={builder_workers!r},
     factory=util.BuildFactory([
-        steps.ShellCommand(command=['sh', '-c', 'sleep {build_seconds}; echo built']),
+        steps.ShellCommand(command=['sh', '-c', {build_command!r}]),
     ]),
 )]
 c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
@@ -37,7 +37,7 @@ c['buildbotNetUsageData'] = None
 c['services'] = [ShellService({service_kwargs})]
 """
 
-OPT_IN = "import slave_side; slave_side.install()  # slaveshell: let the master open shells here\n"
+OPT_IN = "import slave_side; slave_side.install({args})  # slaveshell: let the master open shells here\n"
 
 
 def free_port() -> int:
@@ -64,7 +64,7 @@ class SandboxError(Exception):
 class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
-                 service_kwargs: str = "") -> None:
+                 service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None) -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -74,6 +74,9 @@ class Sandbox:
         self.build_seconds = build_seconds
         # Python source for ShellService's keyword arguments in master.cfg.
         self.service_kwargs = service_kwargs
+        # Python source for slave_side.install()'s arguments in each opted-in worker's buildbot.tac.
+        self.opt_in_args = opt_in_args
+        self.build_command = build_command or f"sleep {build_seconds}; echo built"
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
         self.msgpack_port = 0
@@ -103,7 +106,7 @@ class Sandbox:
         with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
             f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
                                       builder_workers=self.workers[:1],
-                                      build_seconds=self.build_seconds, service_kwargs=self.service_kwargs))
+                                      build_command=self.build_command, service_kwargs=self.service_kwargs))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:
@@ -115,7 +118,7 @@ class Sandbox:
                 tac = os.path.join(wdir, "buildbot.tac")
                 with open(tac) as f:
                     text = f.read()
-                text = text.replace("\ns = Worker(", "\n" + OPT_IN + "s = Worker(", 1)
+                text = text.replace("\ns = Worker(", "\n" + OPT_IN.format(args=self.opt_in_args) + "s = Worker(", 1)
                 with open(tac, "w") as f:
                     f.write(text)
 

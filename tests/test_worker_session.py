@@ -7,7 +7,15 @@ import pytest
 from twisted.internet import error
 from twisted.python.failure import Failure
 
-from slave_side.session import DRAIN_GRACE, KILL_AFTER, TERM_AFTER, WorkerOptions, WorkerSession, resolve_cwd
+from slave_side.session import (
+    COALESCE_DELAY,
+    DRAIN_GRACE,
+    KILL_AFTER,
+    TERM_AFTER,
+    WorkerOptions,
+    WorkerSession,
+    resolve_cwd,
+)
 from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
 from .fakes import ProcessReactor
@@ -44,14 +52,18 @@ def test_command_runs_through_the_shell_in_its_own_process_group(tmp_path):
     assert "TERM" not in proc.env  # no PTY, no terminal type
 
 
-def test_reads_in_one_reactor_turn_become_one_message(tmp_path):
-    session, reactor, proc, reports, _ = make(tmp_path)
-    proc.proto.childDataReceived(1, b"abc")
-    proc.proto.childDataReceived(1, b"def")
+def test_interactive_output_goes_at_once_and_bulk_output_is_coalesced(tmp_path):
+    session, reactor, proc, reports, _ = make(tmp_path, window=10 * MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"$ ")
+    assert outputs(reports) == [("output", 1, b"$ ")]  # an echo or a prompt is not held back
+    proc.proto.childDataReceived(1, b"x" * 8192)  # a full read: output is streaming now
+    reactor.advance(0.001)
+    proc.proto.childDataReceived(1, b"a" * 8192)
+    proc.proto.childDataReceived(1, b"b" * 8192)
     proc.proto.childDataReceived(2, b"oops")
-    assert outputs(reports) == []
-    reactor.advance(0)
-    assert outputs(reports) == [("output", 1, b"abcdef"), ("output", 2, b"oops")]
+    assert len(outputs(reports)) == 2
+    reactor.advance(COALESCE_DELAY)
+    assert outputs(reports)[2:] == [("output", 1, b"a" * 8192 + b"b" * 8192), ("output", 2, b"oops")]
 
 
 def test_large_output_is_sent_at_once_in_bounded_chunks(tmp_path):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.sandbox import BUILDBOT, Sandbox
 
 from .conftest import Terminal, shell_argv, wait_until
 
@@ -141,6 +141,16 @@ def test_master_killed_mid_session_leaves_a_valid_transcript_and_a_closed_row(tm
         played = subprocess.run([sys.executable, "-m", "asciinema", "cat", cast], capture_output=True,
                                 stdin=subprocess.DEVNULL, timeout=60)
         assert played.returncode == 0 and b"before-the-crash" in played.stdout
+        # A clean stop with a detached session (its operator's connection gone) ends it and stops in time.
+        client = subprocess.Popen(shell_argv() + ["--socket", sb.socket, "c1", "sleep 302"])
+        assert wait_until(lambda: subprocess.run(["pgrep", "-f", "^sleep 302$"]).returncode == 0, timeout=10)
+        client.kill()
+        client.wait()
+        time.sleep(0.5)
+        stopped = subprocess.run(BUILDBOT + ["stop", sb.master_dir], capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stdout
+        sb.started.remove(sb.master_dir)
+        assert wait_until(lambda: subprocess.run(["pgrep", "-f", "^sleep 302$"]).returncode == 1, timeout=10)
     finally:
         sb.stop()
 

@@ -1,0 +1,443 @@
+"""slaveshell against OpenSSH on loopback, side by side in one run.
+
+    python3 bench/run.py                 # the full run (about 3 minutes); writes bench/RESULTS.md
+    python3 bench/run.py --smoke         # tiny sizes, one round: keeps the benchmark from rotting
+
+It starts a throwaway sshd on 127.0.0.1 (installing openssh-server with apt-get if it is missing; a generated
+host key and client key) and a throwaway Buildbot master and worker, then measures both the same way. Absolute
+figures drift between machines and runs: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pexpect  # noqa: E402
+
+from slaveshell.sandbox import Sandbox, free_port  # noqa: E402
+
+MB = 1024 * 1024
+
+
+# -- the two systems under test ------------------------------------------------------------------
+
+class OpenSSH:
+    name = "OpenSSH"
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "ssh"
+        self.dir.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not os.path.exists(sshd):
+            print("bench: installing openssh-server ...", file=sys.stderr)
+            subprocess.run(["apt-get", "install", "-y", "-q", "openssh-server"], check=True,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), capture_output=True)
+        d = self.dir
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True)
+        shutil.copy(d / "client.pub", d / "authorized_keys")
+        os.chmod(d / "authorized_keys", 0o600)
+        self.port = free_port()
+        (d / "sshd_config").write_text(textwrap.dedent(f"""\
+            Port {self.port}
+            ListenAddress 127.0.0.1
+            HostKey {d / 'host'}
+            AuthorizedKeysFile {d / 'authorized_keys'}
+            PermitRootLogin prohibit-password
+            PasswordAuthentication no
+            StrictModes no
+            UsePAM no
+            PidFile {d / 'sshd.pid'}
+            MaxStartups 200
+            MaxSessions 200
+            """))
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if subprocess.run(self.argv("true", tty=False), capture_output=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("sshd did not come up")
+
+    def argv(self, command: str | None, tty: bool) -> list[str]:
+        argv = ["ssh", "-p", str(self.port), "-i", str(self.dir / "client"), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+                "-tt" if tty else "-T", "root@127.0.0.1"]
+        return argv + ([command] if command else [])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+class Slaveshell:
+    name = "slaveshell"
+
+    def __init__(self, workdir: Path, build_marker: Path) -> None:
+        # A CPU-bound build step that records its own duration: contention shows in it.
+        step = (f"python3 -c \"import time; t=time.perf_counter(); sum(range(3 * 10**7)); "
+                f"open('{build_marker}', 'w').write(str(time.perf_counter() - t))\"")
+        self.sandbox = Sandbox(str(workdir / "bb"), workers=["w1"], opt_in_args="max_sessions=200",
+                               build_command=step)
+
+    def start(self) -> None:
+        self.sandbox.create()
+        self.sandbox.start()
+
+    def argv(self, command: str | None, tty: bool) -> list[str]:
+        tool = shutil.which("buildbot-shell")
+        argv = [tool] if tool else [sys.executable, "-m", "slaveshell.shell_cli"]
+        argv += ["--socket", self.sandbox.socket, "-t" if tty else "-T", "w1"]
+        return argv + (["--", command] if command else [])
+
+    def pids(self) -> dict[str, int]:
+        out = {}
+        for name, d in (("master", self.sandbox.master_dir), ("worker", self.sandbox.worker_dir("w1"))):
+            out[name] = int(Path(d, "twistd.pid").read_text().strip())
+        return out
+
+    def stop(self) -> None:
+        self.sandbox.stop()
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    metric: str
+    unit: str
+    ours: list[float] = field(default_factory=list)
+    ssh: list[float] = field(default_factory=list)
+    target: str = ""
+    better: str = "higher"  # or "lower"
+    # How the target is judged: a function of (ours median, ssh median) -> bool, or None for "see note".
+    met: Callable[[float, float | None], bool] | None = None
+    note: str = ""
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
+
+
+def throughput(system: OpenSSH | Slaveshell, path: Path, size: int, tty: bool) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(system.argv(f"cat {path}", tty), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=600)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{system.name}: cat failed: {done.stderr!r}")
+    return size / MB / elapsed
+
+
+def spawn_shell(system: OpenSSH | Slaveshell) -> pexpect.spawn:
+    argv = system.argv(None, tty=True)
+    child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(os.environ, TERM="xterm"), timeout=30)
+    child.expect(r"[#$] ")
+    child.sendline("bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='P''> '")
+    child.expect("P> ")
+    return child
+
+
+def echo_rtts(system: OpenSSH | Slaveshell, count: int) -> list[float]:
+    child = spawn_shell(system)
+    child.sendline("stty -icanon; cat > /dev/null")
+    time.sleep(0.5)
+    fd = child.child_fd
+    rtts = []
+    for i in range(count):
+        ch = bytes([ord("a") + i % 26])
+        start = time.perf_counter()
+        os.write(fd, ch)
+        got = b""
+        while ch not in got:
+            got += os.read(fd, 1024)
+        rtts.append((time.perf_counter() - start) * 1000)
+        time.sleep(0.002)
+    child.sendcontrol("c")
+    child.terminate(force=True)
+    return rtts
+
+
+def time_to_true(system: OpenSSH | Slaveshell) -> float:
+    start = time.perf_counter()
+    subprocess.run(system.argv("true", tty=False), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    return (time.perf_counter() - start) * 1000
+
+
+def time_to_prompt(system: OpenSSH | Slaveshell) -> float:
+    argv = system.argv(None, tty=True)
+    start = time.perf_counter()
+    child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(os.environ, TERM="xterm"), timeout=30)
+    child.expect(r"[#$] ")
+    elapsed = (time.perf_counter() - start) * 1000
+    child.terminate(force=True)
+    return elapsed
+
+
+def ctrl_c_latency(system: OpenSSH | Slaveshell) -> float:
+    child = spawn_shell(system)
+    child.sendline("yes")
+    time.sleep(0.7)
+    start = time.perf_counter()
+    child.sendcontrol("c")
+    child.expect("P> ", timeout=30)
+    elapsed = (time.perf_counter() - start) * 1000
+    child.terminate(force=True)
+    return elapsed
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def slow_reader_rss(system: Slaveshell, total: int) -> dict[str, float]:
+    """RSS growth of master and worker while a reader consumes `total` bytes at a fraction of the rate."""
+    pids = system.pids()
+    base = {name: rss_kb(pid) for name, pid in pids.items()}
+    peak = dict(base)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for name, pid in pids.items():
+                peak[name] = max(peak[name], rss_kb(pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    proc = subprocess.Popen(system.argv(f"head -c {total} /dev/zero", tty=False), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    got = 0
+    while True:
+        chunk = proc.stdout.read(256 * 1024)
+        if not chunk:
+            break
+        got += len(chunk)
+        time.sleep(0.004)  # a slow terminal: ~60 MB/s at most
+    proc.wait()
+    stop.set()
+    sampler.join()
+    if got != total:
+        raise RuntimeError(f"slow reader got {got} of {total} bytes")
+    return {name: (peak[name] - base[name]) / 1024 for name in pids}
+
+
+def concurrent_sessions(system: Slaveshell, count: int, rounds: int) -> tuple[int, list[float]]:
+    procs = [subprocess.Popen(system.argv("cat", tty=False), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+             for _ in range(count)]
+    try:
+        rtts: list[float] = []
+        alive = 0
+        for r in range(rounds):
+            alive = 0
+            for p in procs:
+                assert p.stdin is not None and p.stdout is not None
+                start = time.perf_counter()
+                p.stdin.write(b"ping\n")
+                p.stdin.flush()
+                line = p.stdout.readline()
+                if line == b"ping\n":
+                    alive += 1
+                    if r:  # the first round includes the sessions' start
+                        rtts.append((time.perf_counter() - start) * 1000)
+        return alive, rtts
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def build_step_seconds(system: Slaveshell, marker: Path, flood: list[str] | None) -> float:
+    flooder = None
+    if flood:
+        flooder = subprocess.Popen(flood, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    try:
+        marker.unlink(missing_ok=True)
+        before = len(system.sandbox.builds())
+        system.sandbox.send_change()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            done = [b for b in system.sandbox.builds()[before:] if b[1] is not None]
+            if done and marker.exists():
+                return float(marker.read_text())
+            time.sleep(0.2)
+        raise RuntimeError("the build did not finish")
+    finally:
+        if flooder is not None:
+            flooder.send_signal(signal.SIGTERM)
+            flooder.wait()
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round (for the test suite)")
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-ssh", action="store_true", help="measure slaveshell only")
+    ap.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = ap.parse_args()
+    if args.smoke:
+        args.size_mb, args.rounds = 2, 1
+    size = args.size_mb * MB
+    keys = 20 if args.smoke else 1000
+    flood_total = 8 * MB if args.smoke else 1024 * MB
+    sessions = 5 if args.smoke else 100
+
+    work = Path(tempfile.mkdtemp(prefix="slaveshell-bench-"))
+    data = work / "data.txt"
+    with open(data, "wb") as f:  # text, like a build log: base64 lines of 76 characters
+        subprocess.run(f"base64 /dev/urandom | head -c {size}", shell=True, stdout=f, check=True)
+    marker = work / "step-time"
+    ours = Slaveshell(work, marker)
+    ssh = None if args.no_ssh else OpenSSH(work)
+    rows: list[Row] = []
+    try:
+        ours.start()
+        if ssh:
+            ssh.start()
+        systems: list[tuple[str, OpenSSH | Slaveshell]] = [("ours", ours)] + ([("ssh", ssh)] if ssh else [])
+
+        def both(row: Row, fn: Callable[[OpenSSH | Slaveshell], float], rounds: int) -> Row:
+            for _ in range(rounds):
+                for key, system in systems:
+                    getattr(row, key).append(fn(system))
+            rows.append(row)
+            return row
+
+        def ratio_at_least(x: float) -> Callable[[float, float | None], bool]:
+            return lambda o, s: s is not None and o >= x * s
+
+        print("bench: throughput ...", file=sys.stderr)
+        both(Row(f"throughput, PTY (`cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
+                 met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=True), args.rounds)
+        both(Row(f"throughput, command mode (`-T`, `cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
+                 met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=False), args.rounds)
+
+        print("bench: keystroke echo ...", file=sys.stderr)
+        echo = {key: echo_rtts(system, keys) for key, system in systems}
+        rows.append(Row(f"keystroke echo, median ({keys} keys)", "ms", [med(echo["ours"])],
+                        [med(echo["ssh"])] if ssh else [], ">= 1.0x faster", "lower",
+                        lambda o, s: s is not None and o <= s))
+        rows.append(Row(f"keystroke echo, p99 ({keys} keys)", "ms", [p99(echo["ours"])],
+                        [p99(echo["ssh"])] if ssh else [], "<= 2 ms", "lower", lambda o, s: o <= 2.0))
+
+        print("bench: session open ...", file=sys.stderr)
+        both(Row("open a session and run `true`", "ms", target="<= 1.0x", better="lower",
+                 met=lambda o, s: s is not None and o <= s), time_to_true, max(3, args.rounds))
+        both(Row("time to the first prompt", "ms", target="<= 1.0x", better="lower",
+                 met=lambda o, s: s is not None and o <= s), time_to_prompt, max(3, args.rounds))
+
+        print("bench: Ctrl-C under flood ...", file=sys.stderr)
+        both(Row("Ctrl-C to prompt while `yes` floods", "ms", target="< 100 ms", better="lower",
+                 met=lambda o, s: o < 100), ctrl_c_latency, args.rounds)
+
+        print("bench: memory under a slow reader ...", file=sys.stderr)
+        growth = slow_reader_rss(ours, flood_total)
+        rows.append(Row(f"RSS growth, master, slow reader of {flood_total // MB} MB", "MB", [growth["master"]],
+                        [], "< 32 MB", "lower", lambda o, s: o < 32))
+        rows.append(Row(f"RSS growth, worker, slow reader of {flood_total // MB} MB", "MB", [growth["worker"]],
+                        [], "bounded", "lower", lambda o, s: o < 32))
+
+        print(f"bench: {sessions} concurrent sessions ...", file=sys.stderr)
+        alive, rtts = concurrent_sessions(ours, sessions, 3 if args.smoke else 6)
+        rows.append(Row(f"{sessions} concurrent sessions alive", "sessions", [alive], [], f"all {sessions}",
+                        "higher", lambda o, s: o == sessions))
+        rows.append(Row(f"echo p99 across {sessions} concurrent sessions", "ms", [p99(rtts)], [], "< 10 ms",
+                        "lower", lambda o, s: o < 10))
+
+        print("bench: a build during a flood ...", file=sys.stderr)
+        quiet = [build_step_seconds(ours, marker, None) for _ in range(max(1, args.rounds))]
+        flooded = [build_step_seconds(ours, marker, ours.argv("yes", tty=False)) for _ in range(max(1, args.rounds))]
+        ssh_flooded = [build_step_seconds(ours, marker, ssh.argv("yes", tty=False))
+                       for _ in range(max(1, args.rounds))] if ssh else []
+        slow = med(flooded) / med(quiet) - 1
+        rows.append(Row("build step slowdown while a shell floods (`yes`)", "%", [slow * 100],
+                        [(med(ssh_flooded) / med(quiet) - 1) * 100] if ssh else [], "< 10 %", "lower",
+                        lambda o, s: o < 10,
+                        note=f"step alone {med(quiet):.2f} s; with our flood {med(flooded):.2f} s"
+                             + (f"; with an ssh flood {med(ssh_flooded):.2f} s" if ssh else "")))
+    finally:
+        ours.stop()
+        if ssh:
+            ssh.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report = render(rows, args)
+    print(report)
+    if not args.smoke:
+        Path(args.output).write_text(report)
+    return 0
+
+
+def render(rows: list[Row], args: argparse.Namespace) -> str:
+    lines = [
+        "# slaveshell vs OpenSSH on loopback",
+        "",
+        f"One run of `python3 bench/run.py` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores"
+        f"{', smoke sizes' if args.smoke else ''}); {args.rounds} round(s) each, median (min-max).",
+        "",
+        "| metric | slaveshell | OpenSSH | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        o = med(row.ours)
+        s = med(row.ssh) if row.ssh else None
+
+        def fmt(values: list[float]) -> str:
+            if not values:
+                return "-"
+            m = med(values)
+            text = f"{m:.1f}" if abs(m) >= 1 or m == 0 else f"{m:.2f}"
+            if len(values) > 1:
+                text += f" ({min(values):.1f}-{max(values):.1f})"
+            return text
+
+        ratio = f"{o / s:.2f}x" if s not in (None, 0) else "-"
+        met = "?" if row.met is None else ("yes" if row.met(o, s) else "**no**")
+        lines.append(f"| {row.metric} ({row.unit}) | {fmt(row.ours)} | {fmt(row.ssh)} | {ratio} | {row.target} "
+                     f"| {met} |")
+    notes = [f"- {row.metric}: {row.note}" for row in rows if row.note]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
