@@ -22,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 log = Logger()
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PREFIX = "slaveshell_"
 
 # MySQL's DATETIME drops fractions of a second unless asked.
@@ -58,6 +58,10 @@ sessions = sa.Table(
     sa.Column("bytes_out", sa.BigInteger, nullable=False, default=0),
     sa.Column("transcript", sa.Text, nullable=True),
     sa.Column("transcript_sha256", sa.String(64), nullable=True),
+    # Schema 2: sessions opened into a build held by HoldForShell.
+    sa.Column("build_id", sa.Integer, nullable=True, index=True),
+    sa.Column("builder", sa.String(255), nullable=True),
+    sa.Column("build_number", sa.Integer, nullable=True),
 )
 
 events = sa.Table(
@@ -78,8 +82,22 @@ def _migrate_1(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migrate_2(conn: sa.Connection) -> None:
+    # A database made at version 1 lacks the build columns; one made since has them from _migrate_1.
+    present = {c["name"] for c in sa.inspect(conn).get_columns(sessions.name)}
+    for name in ("build_id", "builder", "build_number"):
+        if name not in present:
+            column = sessions.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {name} {kind}"))
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes(sessions.name)}
+    for index in sessions.indexes:
+        if index.name not in indexes:
+            index.create(conn)
+
+
 # version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1}
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
 
 
 def migrate(engine: sa.Engine) -> int:
@@ -252,7 +270,8 @@ class AuditStore:
     # -- reads ---------------------------------------------------------------------------------
 
     def history(self, worker: str | None = None, operator: str | None = None, since: float | None = None,
-                session_id: str | None = None, limit: int = 200) -> defer.Deferred[list[dict[str, Any]]]:
+                session_id: str | None = None, build_id: int | None = None,
+                limit: int = 200) -> defer.Deferred[list[dict[str, Any]]]:
         def query() -> list[dict[str, Any]]:
             assert self.engine is not None
             q = sa.select(sessions).order_by(sessions.c.started.desc()).limit(limit)
@@ -264,6 +283,8 @@ class AuditStore:
                 q = q.where(sessions.c.started >= utc(since))
             if session_id:
                 q = q.where(sessions.c.id == session_id)
+            if build_id is not None:
+                q = q.where(sessions.c.build_id == build_id)
             with self.engine.connect() as conn:
                 return [_row(r) for r in conn.execute(q).mappings()]
 

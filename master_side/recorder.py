@@ -144,6 +144,7 @@ def header_for(session: MasterSession, master_name: str) -> str:
             "master": master_name,
             "pty": req.pty,
             "started": utc(session.started).isoformat() + "Z",
+            **(session.build or {}),
         },
     )
 
@@ -166,4 +167,5 @@ def session_row(session: MasterSession, master_name: str, transcript: str | None
         "transcript": transcript,
         "bytes_in": 0,
         "bytes_out": 0,
+        **(session.build or {}),
     }

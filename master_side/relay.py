@@ -135,6 +135,8 @@ class MasterSession:
         self.detached_at: float | None = None
         # Why the master is ending the session (timeouts, kill): kept for the audit trail.
         self.close_reason: str | None = None
+        # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
+        self.build: dict[str, Any] | None = None
         self._on_end = on_end
         self.recorder: Recorder = NullRecorder()
         # Observers of joins, leaves and detaches (the audit index): called with (kind, viewer, detail).

@@ -32,6 +32,7 @@ from slaveshell.policy import Identity, Policy, Rule
 from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
 from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
+from .hold import HOLDS
 from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
 
 log = Logger()
@@ -96,6 +97,9 @@ class OperatorRoot(pb.Referenceable):
 
     def remote_kill(self, session_id: object) -> str:
         return self.service.kill_session(self.identity(), session_id)
+
+    def remote_release(self, build_id: object) -> str:
+        return self.service.release_build(self.identity(), build_id)
 
     def remote_history(self, filters: object) -> Any:
         return self.service.history(self.identity(), filters)
@@ -319,7 +323,16 @@ class ShellService(BuildbotService):
         return None
 
     def _workdir_for(self, request: OpenRequest) -> OpenRequest:
-        """`--builder NAME`: the builder's build directory on the worker, relative to the worker's basedir."""
+        """`--build ID`: the held build's directory and environment; `--builder NAME`: the builder's build
+        directory. Both relative to the worker's basedir."""
+        if request.build is not None:
+            hold = HOLDS.get(request.build)
+            if hold is None:
+                raise RouteError(f"build {request.build} is not held for a shell (not a HoldForShell build, or "
+                                 "already released)")
+            if hold.worker != request.worker:
+                raise RouteError(f"build {request.build} is held on worker {hold.worker}, not {request.worker}")
+            return replace(request, cwd=hold.workdir, env={**hold.env, **request.env})
         if request.builder is None:
             return request
         builders = getattr(self.master.botmaster, "builders", {})
@@ -359,6 +372,9 @@ class ShellService(BuildbotService):
             return {"ok": False, "error": too_many}
 
         session = MasterSession(request, who, on_end=self._session_ended, session_id=new_session_id())
+        if request.build is not None and request.build in HOLDS:
+            hold = HOLDS[request.build]
+            session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
         # Recorded before served: the transcript and the index row exist before the worker is asked.
         try:
             recorder = yield self.trail.begin(session)
@@ -376,7 +392,7 @@ class ShellService(BuildbotService):
             conn.mind.broker.transport.setTcpNoDelay(True)
         except Exception:
             pass
-        to_worker = replace(request, pause=False, builder=None)
+        to_worker = replace(request, pause=False, builder=None, build=None)
         try:
             reply = yield _answer_within(
                 defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, to_worker.to_wire()),
@@ -482,6 +498,20 @@ class ShellService(BuildbotService):
             })
         return sorted(out, key=lambda r: r["started"])
 
+    def release_build(self, who: Identity, build_id: object) -> str:
+        if not isinstance(build_id, int) or isinstance(build_id, bool):
+            raise pb.Error("release needs a build id")
+        hold = HOLDS.get(build_id)
+        if hold is None:
+            raise pb.Error(f"build {build_id} is not held")
+        if not self.policy.check(who, "shell", hold.worker).allowed:
+            raise pb.Error(f"permission denied: {who} may not release builds on worker {hold.worker}")
+        hold.release(f"released by {who.user}")
+        if self.trail is not None:
+            self.trail.store.event("release", None, hold.worker, who.user, who.uid,
+                                   f"build {hold.builder} #{hold.build_number} (id {build_id})")
+        return f"build {hold.builder} #{hold.build_number} (id {build_id}) released; it finishes now"
+
     def kill_session(self, who: Identity, session_id: object) -> str:
         if not isinstance(session_id, str):
             raise pb.Error("kill needs a session id")
@@ -549,6 +579,9 @@ class ShellService(BuildbotService):
         worker = _opt_str(filters.get("worker"), "worker")
         user = _opt_str(filters.get("user"), "user")
         session_id = _opt_str(filters.get("session"), "session")
+        build_id = filters.get("build")
+        if build_id is not None and (not isinstance(build_id, int) or isinstance(build_id, bool)):
+            raise pb.Error("build must be a build id")
         since = filters.get("since")
         if since is not None and not isinstance(since, (int, float)):
             raise pb.Error("since must be a number of seconds since the epoch")
@@ -557,7 +590,7 @@ class ShellService(BuildbotService):
             raise pb.Error("limit must be between 1 and 10000")
         try:
             rows = yield self.trail.store.history(worker=worker, operator=user, since=since,
-                                                  session_id=session_id, limit=limit)
+                                                  session_id=session_id, build_id=build_id, limit=limit)
         except Exception as e:
             raise pb.Error(f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
         # Who may read which sessions follows the policy ('replay' on the session's worker).

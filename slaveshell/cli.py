@@ -113,7 +113,8 @@ def _duration(row: dict[str, Any]) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit}
+    filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit,
+               "build": args.build}
     try:
         rows = call_master(_socket_path(args), "history", filters)
     except Exception as e:
@@ -206,6 +207,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    try:
+        print(call_master(_socket_path(args), "release", args.build))
+    except Exception as e:
+        return _fail(e)
+    return 0
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     try:
         print(call_master(_socket_path(args), "kill", args.session))
@@ -295,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = with_filters(with_socket(sub.add_parser("history", help="past and live sessions from the audit index")))
     h.add_argument("--limit", type=int, default=200)
+    h.add_argument("--build", type=int, metavar="BUILDID", help="only sessions that stepped into this build")
     h.set_defaults(func=cmd_history)
 
     e = with_socket(sub.add_parser("export", help="a session's transcript (asciicast v2) to stdout"))
@@ -318,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     ss = with_socket(sub.add_parser("sessions", help="live and detached sessions"))
     ss.add_argument("--json", action="store_true")
     ss.set_defaults(func=cmd_sessions)
+
+    rl = with_socket(sub.add_parser("release", help="release a build held by HoldForShell"))
+    rl.add_argument("build", metavar="BUILDID", type=int)
+    rl.set_defaults(func=cmd_release)
 
     k = with_socket(sub.add_parser("kill", help="end a live session (HUP, then TERM, then KILL)"))
     k.add_argument("session", metavar="ID")

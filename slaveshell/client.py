@@ -124,7 +124,9 @@ class ShellClient:
         self.role = "owner"
         # What to tell the operator at the end instead of the usual line (detached, left).
         self.farewell: str | None = None
-        self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True)
+        self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True,
+                                        release=request.build is not None)
+        self.root: Any = None
         self.fds = {"in": stdin_fd, "out": stdout_fd, "err": stderr_fd}
         self.done: defer.Deferred[ExitStatus] = defer.Deferred()
         self.status: ExitStatus | None = None
@@ -149,6 +151,7 @@ class ShellClient:
         self._writers["out"].registerProducer(_StdoutProducer(self), True)
         try:
             root = yield connect(self.reactor, socket_path)
+            self.root = root
             if self.attach is None:
                 reply = yield root.callRemote("open", ClientSink(self), self.request.to_wire())
             else:
@@ -203,6 +206,8 @@ class ShellClient:
                     self.farewell = f"Left session {self.session_id} on {self.worker}."
                     self._last_call("close", ExitStatus(code=0))
                 return
+            elif isinstance(action, esc.Release):
+                self._release_build()
             elif isinstance(action, esc.Detach):
                 self.farewell = (f"Detached from session {self.session_id} on {self.worker}; resume it with: "
                                  f"slaveshell attach {self.session_id}" if self.role == "owner" else
@@ -291,6 +296,17 @@ class ShellClient:
         if size is not None and size != self._size and self.status is None and self.role == "owner":
             self._size = size
             self._call("resize", *size)
+
+    def _release_build(self) -> None:
+        if self.root is None or self.request.build is None:
+            return
+
+        def told(result: Any) -> None:
+            text = result if isinstance(result, str) else f"release failed: {getattr(result, 'value', result)}"
+            self.write_err(f"\r\n[{text}]\r\n".encode())
+
+        d = defer.maybeDeferred(self.root.callRemote, "release", self.request.build)
+        d.addBoth(told)
 
     def _last_call(self, method: str, status: ExitStatus) -> None:
         """Make a call that must reach the master (it decides the session's fate), then finish. Without the

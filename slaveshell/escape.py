@@ -35,21 +35,27 @@ class Detach:
 
 
 @dataclass(frozen=True)
+class Release:
+    pass
+
+
+@dataclass(frozen=True)
 class Help:
     text: str
 
 
-Action = Send | Terminate | Detach | Help
+Action = Send | Terminate | Detach | Release | Help
 
 _NEWLINES = (b"\r", b"\n")
 
 
 class EscapeParser:
-    def __init__(self, escape_char: bytes | None = b"~", detach: bool = False) -> None:
+    def __init__(self, escape_char: bytes | None = b"~", detach: bool = False, release: bool = False) -> None:
         if escape_char is not None and len(escape_char) != 1:
             raise ValueError("the escape character must be one byte")
         self.escape = escape_char
         self.detach = detach
+        self.release = release
         self._at_line_start = True
         self._pending = False
 
@@ -75,14 +81,22 @@ class EscapeParser:
                 if byte == b"?":
                     flush()
                     c = self.escape.decode("latin-1")
-                    detach = f" {c}d   - detach (the session keeps running; slaveshell attach resumes it)\r\n"
-                    actions.append(Help(HELP.format(c=c, detach=detach if self.detach else "")))
+                    extra = f" {c}d   - detach (the session keeps running; slaveshell attach resumes it)\r\n" \
+                        if self.detach else ""
+                    if self.release:
+                        extra += f" {c}r   - release the held build (it finishes; this shell stays)\r\n"
+                    actions.append(Help(HELP.format(c=c, detach=extra)))
                     self._at_line_start = True  # ssh accepts another escape right after help
                     continue
                 if byte == b"d" and self.detach:
                     flush()
                     actions.append(Detach())
                     return actions
+                if byte == b"r" and self.release:
+                    flush()
+                    actions.append(Release())
+                    self._at_line_start = True
+                    continue
                 if byte == self.escape:
                     out += byte
                     self._at_line_start = False

@@ -140,6 +140,7 @@ class OpenRequest:
     # For the master only: pause the worker in Buildbot for the session's life; start in a builder's directory.
     pause: bool = False
     builder: str | None = None
+    build: int | None = None  # step into a build held by HoldForShell
     # Set by the master (never taken from the operator's client): who the worker is opening the session for.
     operator: str | None = None
 
@@ -173,6 +174,8 @@ class OpenRequest:
             raise ProtocolError("pause must be a boolean")
         if self.builder is not None:
             check_str(self.builder, "builder", MAX_NAME)
+        if self.build is not None:
+            check_int(self.build, "build id", 1, 2**62)
         if self.operator is not None:
             check_str(self.operator, "operator", MAX_NAME)
 
@@ -189,6 +192,7 @@ class OpenRequest:
             "cwd": self.cwd,
             "pause": self.pause,
             "builder": self.builder,
+            "build": self.build,
             "operator": self.operator,
         }
 
@@ -197,7 +201,7 @@ class OpenRequest:
         if not isinstance(wire, dict):
             raise ProtocolError("an open request must be a dict")
         known = {"version", "worker", "command", "pty", "term", "cols", "rows", "env", "cwd", "pause", "builder",
-                 "operator"}
+                 "build", "operator"}
         unknown = set(wire) - known
         if unknown:
             raise ProtocolError(f"unknown request fields: {', '.join(sorted(map(str, unknown)))}")
@@ -217,6 +221,7 @@ class OpenRequest:
                 cwd=wire.get("cwd"),
                 pause=wire.get("pause", False),
                 builder=wire.get("builder"),
+                build=wire.get("build"),
                 operator=wire.get("operator"),
             )
         except LocalProtocolError as e:

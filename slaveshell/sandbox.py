@@ -17,7 +17,7 @@ from collections.abc import Sequence
 MASTER_CFG = """\
 # A throwaway master made by slaveshell's sandbox.
 from buildbot.plugins import changes, schedulers, steps, util, worker
-from master_side import ShellService
+from master_side import HoldForShell, ShellService
 
 c = BuildmasterConfig = {{}}
 c['title'] = 'slaveshell sandbox'
@@ -25,13 +25,29 @@ c['buildbotURL'] = 'http://127.0.0.1/'
 c['workers'] = [{workers}]
 c['protocols'] = {{'pb': {{'port': 'tcp:{port}:interface=127.0.0.1'}}, {msgpack}}}
 c['change_source'] = [changes.PBChangeSource(user='change', passwd='change')]
-c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', treeStableTimer=None, builderNames=['hello'])]
-c['builders'] = [util.BuilderConfig(
-    name='hello', workernames={builder_workers!r},
-    factory=util.BuildFactory([
-        steps.ShellCommand(command=['sh', '-c', {build_command!r}]),
-    ]),
-)]
+c['schedulers'] = [
+    schedulers.AnyBranchScheduler(name='all', treeStableTimer=None, builderNames=['hello'],
+                                  change_filter=util.ChangeFilter(branch='main')),
+    # A build that fails and is held for a shell (HoldForShell), on the 'hold' branch.
+    schedulers.AnyBranchScheduler(name='hold', treeStableTimer=None, builderNames=['holder'],
+                                  change_filter=util.ChangeFilter(branch='hold')),
+]
+c['builders'] = [
+    util.BuilderConfig(
+        name='hello', workernames={builder_workers!r},
+        factory=util.BuildFactory([
+            steps.ShellCommand(command=['sh', '-c', {build_command!r}]),
+        ]),
+    ),
+    util.BuilderConfig(
+        name='holder', workernames={builder_workers!r}, env={{'BUILDER_ENV': 'from-builder'}},
+        factory=util.BuildFactory([
+            steps.ShellCommand(command=['sh', '-c', 'echo evidence > failed.txt; exit 1'],
+                               env={{'STEP_ENV': 'from-step'}}),
+            HoldForShell(when='failure', timeout={hold_timeout}),
+        ]),
+    ),
+]
 c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
 c['buildbotNetUsageData'] = None
 c['services'] = [ShellService({service_kwargs})]
@@ -64,7 +80,8 @@ class SandboxError(Exception):
 class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
-                 service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None) -> None:
+                 service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
+                 hold_timeout: float = 600) -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -77,6 +94,7 @@ class Sandbox:
         # Python source for slave_side.install()'s arguments in each opted-in worker's buildbot.tac.
         self.opt_in_args = opt_in_args
         self.build_command = build_command or f"sleep {build_seconds}; echo built"
+        self.hold_timeout = hold_timeout
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
         self.msgpack_port = 0
@@ -106,7 +124,8 @@ class Sandbox:
         with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
             f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
                                       builder_workers=self.workers[:1],
-                                      build_command=self.build_command, service_kwargs=self.service_kwargs))
+                                      build_command=self.build_command, service_kwargs=self.service_kwargs,
+                                      hold_timeout=self.hold_timeout))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:
@@ -169,15 +188,21 @@ class Sandbox:
                 out.append(f"--- {path}\n" + "".join(tail))
         return "\n".join(out)
 
-    def send_change(self) -> None:
+    def send_change(self, branch: str = "main") -> None:
         self._run(BUILDBOT + ["sendchange", "--master", f"127.0.0.1:{self.port}", "--auth", "change:change",
-                              "--who", "slaveshell", "--branch", "main", "README"])
+                              "--who", "slaveshell", "--branch", branch, "README"])
 
-    def builds(self) -> list[tuple[int, int | None]]:
-        """(build number, results) of every build; results None while running, 0 for SUCCESS."""
+    def builds(self, builder: str = "hello") -> list[tuple[int, int | None]]:
+        """(build number, results) of every build of a builder; results None while running, 0 for SUCCESS."""
+        return [(number, results) for _, number, results in self.build_rows(builder)]
+
+    def build_rows(self, builder: str) -> list[tuple[int, int, int | None]]:
+        """(build id, build number, results) of every build of a builder."""
         db = sqlite3.connect(os.path.join(self.master_dir, "state.sqlite"), timeout=10)
         try:
-            return list(db.execute("SELECT number, results FROM builds ORDER BY id"))
+            return list(db.execute(
+                "SELECT b.id, b.number, b.results FROM builds b JOIN builders r ON b.builderid = r.id "
+                "WHERE r.name = ? ORDER BY b.id", (builder,)))
         finally:
             db.close()
 

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="buildbot-shell",
         description="Open a shell (or run a command) on a Buildbot worker through its master.",
-        epilog="Escapes (after a newline, in a terminal session): ~. end, ~? help, ~~ a literal ~.",
+        epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~r release the held build "
+           "(with --build), ~? help, ~~ a literal ~.",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--master", metavar="DIR", help="the master's basedir (its socket is DIR/shell.sock)")
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pause", action="store_true",
                    help="pause the worker in Buildbot (no new builds) while the session lasts")
     p.add_argument("--builder", metavar="NAME", help="start in this builder's build directory on the worker")
+    p.add_argument("--build", metavar="ID", type=int,
+                   help="step into a build held by HoldForShell: its directory and environment (~r releases it)")
     p.add_argument("-E", dest="escape", metavar="CHAR", default="~",
                    help="escape character, or 'none' to disable escapes (default: ~)")
     p.add_argument("worker", metavar="WORKER")
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             cwd=args.cwd,
             pause=args.pause,
             builder=args.builder,
+            build=args.build,
         )
     except (LocalProtocolError, ValueError) as e:
         parser.error(str(e))

@@ -126,3 +126,25 @@ def _sleep(seconds):
     from twisted.internet import reactor, task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+def test_a_version_1_database_is_upgraded_in_place(db_url):
+    engine = sa.create_engine(db_url)
+    try:
+        # Schema 1 as it was released: sessions without the build columns.
+        old = sa.MetaData()
+        v1_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
+                                                           if c.name not in ("build_id", "builder", "build_number")])
+        with engine.begin() as conn:
+            audit.schema_table.create(conn)
+            v1_sessions.create(conn)
+            audit.events.create(conn)
+            conn.execute(audit.schema_table.insert().values(version=1))
+            conn.execute(v1_sessions.insert().values(**{k: v for k, v in row().items()}))
+        assert migrate(engine) == 1
+        columns = {c["name"] for c in sa.inspect(engine).get_columns(audit.sessions.name)}
+        assert {"build_id", "builder", "build_number"} <= columns
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(audit.sessions.c.id, audit.sessions.c.build_id)).all() == [("s1", None)]
+    finally:
+        engine.dispose()

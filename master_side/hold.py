@@ -1,0 +1,128 @@
+"""`HoldForShell`: a build step that keeps a failed build (and its worker slot) held so an operator can step
+into it with `buildbot-shell --build BUILDID WORKER`, until released, timed out, or stopped.
+
+In a factory::
+
+    from master_side import HoldForShell
+    factory.addStep(HoldForShell(when='failure', timeout=1800))
+
+The step holds the build as a normal running step; its log and summary carry the command to step in. The build
+then finishes with the result it had before the hold.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from buildbot.process import buildstep
+from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, SKIPPED, SUCCESS
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+WHEN = ("failure", "always", "never")
+
+
+@dataclass
+class Hold:
+    """A build held for a shell: where it ran and with what environment."""
+
+    build_id: int
+    builder: str
+    build_number: int
+    worker: str
+    workdir: str  # relative to the worker's basedir
+    env: dict[str, str] = field(default_factory=dict)
+    released: defer.Deferred[str] = field(default_factory=defer.Deferred)
+
+    def release(self, why: str) -> bool:
+        if self.released.called:
+            return False
+        self.released.callback(why)
+        return True
+
+
+# Held builds by build id. The step and the ShellService live in the same master process.
+HOLDS: dict[int, Hold] = {}
+
+
+class HoldForShell(buildstep.BuildStep):
+    name = "hold for shell"
+    renderables = ["when", "timeout"]
+
+    def __init__(self, when: str = "failure", timeout: float = 1800, property: str = "hold_for_shell",
+                 **kwargs: Any) -> None:
+        if when not in WHEN:
+            from buildbot import config
+
+            config.error(f"HoldForShell: when must be one of {WHEN}")
+        # It must run after a failure: that is when it is wanted.
+        kwargs.setdefault("alwaysRun", True)
+        super().__init__(**kwargs)
+        self.when = when
+        self.timeout = timeout
+        self.property = property
+        self._hold: Hold | None = None
+
+    def _wanted(self) -> bool:
+        if self.getProperty(self.property):
+            return True
+        if self.when == "always":
+            return True
+        return self.when == "failure" and self.build.results in (FAILURE, EXCEPTION)
+
+    def _environment(self) -> dict[str, str]:
+        """The builder's env and what the build's steps added, as the steps ran with them."""
+        env: dict[str, str] = {}
+        for source in [getattr(self.build, "env", None)] + [getattr(s, "env", None) for s in self.build.executedSteps]:
+            if isinstance(source, dict):
+                env.update({str(k): str(v) for k, v in source.items() if isinstance(v, (str, int, float))})
+        return env
+
+    @defer.inlineCallbacks
+    def run(self) -> Any:
+        if not self._wanted():
+            self.descriptionDone = ["not held"]
+            return SKIPPED
+        build = self.build
+        builder = build.builder.name
+        worker = build.getWorkerName()
+        workdir = os.path.join(build.builder.config.workerbuilddir, self.workdir or build.workdir)
+        hold = Hold(build.buildid, builder, build.number, worker, workdir, self._environment())
+        self._hold = hold
+        HOLDS[hold.build_id] = hold
+        command = f"buildbot-shell --build {hold.build_id} {worker}"
+        self.descriptionDone = [f"held for a shell: {command}"]
+        self.description = [f"held for a shell: {command}"]
+        self.updateSummary()
+        stdio = yield self.addLog("hold")
+        yield stdio.addStdout(
+            f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
+            f"Step in from the master host:\n\n    {command}\n\n"
+            f"The shell starts in {workdir} with the build's environment.\n"
+            f"Release it with `slaveshell release {hold.build_id}` or `~r` in the shell; it is released by\n"
+            f"itself after {self.timeout:g} s, or when the build is stopped.\n")
+        from twisted.internet import reactor as _reactor
+
+        reactor: Any = _reactor
+        timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s")
+        try:
+            why = yield hold.released
+        finally:
+            if timer.active():
+                timer.cancel()
+            HOLDS.pop(hold.build_id, None)
+        yield stdio.addStdout(f"\nReleased: {why}\n")
+        yield stdio.finish()
+        self.descriptionDone = [f"held for a shell; released: {why}"]
+        log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=why)
+        return CANCELLED if why.startswith("build stopped") else SUCCESS
+
+    def interrupt(self, reason: Any) -> defer.Deferred[None]:
+        d = super().interrupt(reason)
+        if self._hold is not None:
+            self._hold.release(f"build stopped: {reason}")
+        return d
