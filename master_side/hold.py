@@ -13,6 +13,7 @@ then finishes with the result it had before the hold.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +38,17 @@ class Hold:
     workdir: str  # relative to the worker's basedir
     env: dict[str, str] = field(default_factory=dict)
     released: defer.Deferred[str] = field(default_factory=defer.Deferred)
+    # Told why the hold ended (the shell service ends the build's sessions when the build is stopped).
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     def release(self, why: str) -> bool:
         if self.released.called:
             return False
+        for listener in self.listeners:
+            try:
+                listener(why)
+            except Exception:
+                log.failure("build {bid}: error telling a listener about the release", bid=self.build_id)
         self.released.callback(why)
         return True
 

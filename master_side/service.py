@@ -419,6 +419,8 @@ class ShellService(BuildbotService):
         self._hook(session, worker_ref, lambda _ref: session.abort(f"connection to worker {request.worker} lost"))
         if request.pause:
             self._pause(session)
+        if request.build is not None and request.build in HOLDS:
+            HOLDS[request.build].listeners.append(lambda why: self._build_released(session, why))
         self.trail.opened(session)
         log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=who,
                  what=request.command or "a login shell", worker=request.worker)
@@ -497,6 +499,12 @@ class ShellService(BuildbotService):
                 "idle": round(self.trail.reactor.seconds() - s.last_activity, 1) if self.trail else 0.0,
             })
         return sorted(out, key=lambda r: r["started"])
+
+    def _build_released(self, session: MasterSession, why: str) -> None:
+        # A stopped build takes its shells with it; a release or a timeout leaves them open.
+        if why.startswith("build stopped") and session.live:
+            session.notice("the build was stopped; this session ends")
+            session.close("the held build was stopped")
 
     def release_build(self, who: Identity, build_id: object) -> str:
         if not isinstance(build_id, int) or isinstance(build_id, bool):

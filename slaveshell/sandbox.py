@@ -49,6 +49,7 @@ c['builders'] = [
     ),
 ]
 c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
+{www}
 c['buildbotNetUsageData'] = None
 c['services'] = [ShellService({service_kwargs})]
 """
@@ -81,7 +82,7 @@ class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
                  service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
-                 hold_timeout: float = 600) -> None:
+                 hold_timeout: float = 600, www: bool = False) -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -95,6 +96,8 @@ class Sandbox:
         self.opt_in_args = opt_in_args
         self.build_command = build_command or f"sleep {build_seconds}; echo built"
         self.hold_timeout = hold_timeout
+        self.www = www
+        self.www_port = 0
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
         self.msgpack_port = 0
@@ -120,12 +123,16 @@ class Sandbox:
         self._run(BUILDBOT + ["create-master", "--quiet", self.master_dir])
         # Buildbot's msgpack listener takes only a port number (it binds every interface): only when asked for.
         msgpack = f"'msgpack_experimental_v7': {{'port': {self.msgpack_port}}}" if self.msgpack else ""
+        # The web server (REST API), when asked for: it needs the buildbot-www package.
+        self.www_port = free_port() if self.www else 0
+        www = (f"c['www'] = {{'port': 'tcp:{self.www_port}:interface=127.0.0.1', 'plugins': {{}}}}"
+               if self.www else "")
         workers = ", ".join(f"worker.Worker({w!r}, 'pass')" for w in self.workers)
         with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
             f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
                                       builder_workers=self.workers[:1],
                                       build_command=self.build_command, service_kwargs=self.service_kwargs,
-                                      hold_timeout=self.hold_timeout))
+                                      hold_timeout=self.hold_timeout, www=www))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:

@@ -120,3 +120,21 @@ def test_install_registers_the_opt_in_and_uninstall_removes_it():
     assert not hasattr(BotPb, "remote_slaveshell_open")
     assert slave_side.install(enabled=False) is None
     assert "slaveshell" not in registry.getAllCommandNames()
+
+
+def test_the_worker_owner_can_refuse_operators_whatever_the_master_allows(tmp_path):
+    reactor = ProcessReactor()
+    server = ShellServer(WorkerOptions(shell="/bin/sh", allowed_users=frozenset({"alice"})), reactor=reactor)
+
+    class FakeSink(pb.RemoteReference):
+        def __init__(self):
+            self.doRefCount = False  # never registered with a broker: nothing to release
+
+        def notifyOnDisconnect(self, callback):
+            pass
+
+    assert server.open(str(tmp_path), FakeSink(), OpenRequest(worker="w1", operator="alice").to_wire())["ok"]
+    reply = server.open(str(tmp_path), FakeSink(), OpenRequest(worker="w1", operator="mallory").to_wire())
+    assert reply == {"ok": False, "error": "this worker's owner does not allow mallory to open shells here"}
+    reply = server.open(str(tmp_path), FakeSink(), OpenRequest(worker="w1").to_wire())
+    assert reply["ok"] is False

@@ -97,3 +97,34 @@ def test_a_hold_times_out_by_itself(tmp_path_factory):
         assert any("timed out after 3 s" in s for s in step_summary(sb, build_id)), step_summary(sb, build_id)
     finally:
         sb.stop()
+
+
+def test_stopping_the_build_through_the_data_api_ends_the_hold_and_the_shell(tmp_path_factory):
+    pytest.importorskip("buildbot_www", reason="the REST API needs buildbot-www (in the test extra)")
+    import urllib.request
+
+    sb = Sandbox(str(tmp_path_factory.mktemp("hold-stop")), workers=["s1"], www=True)
+    sb.create()
+    try:
+        sb.start()
+        sb.send_change("hold")
+        build_id = held_build(sb)
+        assert build_id
+        t = Terminal(sb, ["--build", str(build_id), "s1"]).ready()
+        try:
+            t.run("echo inside-the-held-build")
+            body = json.dumps({"jsonrpc": "2.0", "method": "stop", "id": 1,
+                               "params": {"reason": "stopped by the test"}}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{sb.www_port}/api/v2/builds/{build_id}",
+                                             data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200, answer.read()
+            assert t.wait(timeout=20) == 129  # the shell was hung up
+            assert "the build was stopped" in t.child.before.decode()
+        finally:
+            t.close()
+        assert wait_until(lambda: dict((r[0], r[2]) for r in sb.build_rows("holder")).get(build_id) is not None,
+                          timeout=30)
+        assert any("build stopped" in s for s in step_summary(sb, build_id)), step_summary(sb, build_id)
+    finally:
+        sb.stop()
