@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,15 +11,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from .shell_cli import DEFAULT_SOCKET_NAME, SOCKET_ENV
+from .shell_cli import find_socket
 
 
 def _socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    if args.master:
-        return os.path.join(args.master, DEFAULT_SOCKET_NAME)
-    return os.environ.get(SOCKET_ENV) or os.path.join(os.getcwd(), DEFAULT_SOCKET_NAME)
+    return find_socket(args)
 
 
 def call_master(socket_path: str, method: str, *args: Any) -> Any:

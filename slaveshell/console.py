@@ -201,7 +201,7 @@ class Console:
         for w in self.cached_workers:
             state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
             shell = ("yes" if w["allowed"] else "denied") if w["shell"] else "no"
-            info = w.get("info") or w.get("system") or ""
+            info = (w.get("info") or w.get("system") or "")[:60]
             self.write(f"{w['name'][:18]:18} {state:10} {shell:6} {w['sessions']:<8} {info}\n")
 
     def show_sessions(self) -> None:

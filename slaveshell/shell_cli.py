@@ -130,7 +130,8 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     status = result[0] if result else ExitStatus(reason="interrupted")
     prog = "slaveshell" if attach else "buildbot-shell"
     if client.farewell:
-        print(client.farewell, file=sys.stderr)
+        # The cursor is wherever the remote prompt left it.
+        print(("\n" if interactive else "") + client.farewell, file=sys.stderr)
     elif status.lost:
         if status.reason.startswith("Connection to "):
             print(status.reason, file=sys.stderr)

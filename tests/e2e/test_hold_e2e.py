@@ -42,6 +42,21 @@ def step_summary(sb, build_id):
         db.close()
 
 
+def hold_log(sb, build_id):
+    import sqlite3
+    import zlib
+
+    db = sqlite3.connect(f"{sb.master_dir}/state.sqlite", timeout=10)
+    try:
+        rows = db.execute("SELECT c.content, c.compressed FROM logchunks c JOIN logs l ON l.id = c.logid "
+                          "JOIN steps s ON s.id = l.stepid WHERE s.buildid = ? AND l.name = 'hold' "
+                          "ORDER BY c.first_line", (build_id,)).fetchall()
+    finally:
+        db.close()
+    return "".join((zlib.decompress(c) if z == 1 else c).decode() if isinstance(c, bytes) else c
+                   for c, z in rows)
+
+
 def test_step_into_a_held_failed_build_then_release_it(sandbox):
     sandbox.send_change("hold")
     build_id = held_build(sandbox)
@@ -74,6 +89,8 @@ def test_step_into_a_held_failed_build_then_release_it(sandbox):
     finally:
         t.close()
     assert any("released by" in s for s in step_summary(sandbox, build_id)), step_summary(sandbox, build_id)
+    text = hold_log(sandbox, build_id)  # the hold's log, intact, tells how to step in and how it ended
+    assert command in text and "Released: released by" in text
     # The audit index links the sessions to the build.
     rows = wait_until(lambda: [r for r in json.loads(cli(sandbox, "history", "--json", "--build",
                                                          str(build_id)).stdout) if r["state"] == "ended"],
