@@ -39,7 +39,7 @@ WORKER_OPEN_METHOD = "slaveshell_open"
 MAX_CHUNK = 64 * 1024
 # Output credit: bytes a sender may have unacknowledged. Large enough for bandwidth, small enough that a
 # keystroke's echo is not queued behind megabytes.
-OUTPUT_WINDOW = 8 * MAX_CHUNK
+OUTPUT_WINDOW = 4 * MAX_CHUNK
 INPUT_WINDOW = 4 * MAX_CHUNK
 
 # The streaming calls go without PB's answer message: it would double the traffic on every keystroke and chunk.

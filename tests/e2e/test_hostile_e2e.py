@@ -1,0 +1,65 @@
+"""A rogue operator client against the real master: a message over PB's size limit costs that client its own
+connection, and nothing else (not the worker's connection, not other sessions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import Terminal
+
+pytestmark = pytest.mark.e2e
+
+ROGUE = textwrap.dedent("""
+    import sys
+    from twisted.internet import defer, reactor
+    from twisted.spread import banana, pb
+    from slaveshell.client import connect
+    from slaveshell.protocol import OpenRequest
+
+    banana.SIZE_LIMIT = 2 ** 30  # this client ignores the limit every honest peer keeps
+
+    class Sink(pb.Referenceable):
+        def remote_output(self, *a): pass
+        def remote_input_ack(self, *a): pass
+        def remote_exit(self, *a): pass
+
+    @defer.inlineCallbacks
+    def go():
+        root = yield connect(reactor, sys.argv[1])
+        request = OpenRequest(worker="w1", command="sleep 303", pty=False)
+        reply = yield root.callRemote("open", Sink(), request.to_wire())
+        print("opened", reply["ok"], flush=True)
+        lost = defer.Deferred()
+        root.notifyOnDisconnect(lambda _: lost.callback(None))
+        reply["session"].callRemote("input", b"x" * (700 * 1024), pbanswer=False)
+        yield lost
+        print("dropped", flush=True)
+        reactor.stop()
+
+    reactor.callWhenRunning(go)
+    reactor.callLater(30, reactor.stop)
+    reactor.run()
+""")
+
+
+def test_an_oversized_message_costs_the_rogue_client_its_connection_only(sandbox, tmp_path):
+    other = Terminal(sandbox, ["w1"]).ready()
+    try:
+        script = tmp_path / "rogue.py"
+        script.write_text(ROGUE)
+        done = subprocess.run([sys.executable, str(script), sandbox.socket], capture_output=True, text=True,
+                              timeout=60)
+        assert done.stdout.split() == ["opened", "True", "dropped"], done.stdout + done.stderr
+        # The worker's connection (and so its builds) is untouched, and so is the other session.
+        workers = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket",
+                                             sandbox.socket, "--json"], capture_output=True, text=True).stdout)
+        assert next(w for w in workers if w["name"] == "w1")["connected"]
+        assert other.run("echo still-serving").strip() == "still-serving"
+    finally:
+        other.child.sendline("exit")
+        other.wait()

@@ -1,0 +1,148 @@
+"""Hostile peers at the remote_* boundaries (the start of the hardening work): whatever a rogue master sends
+a worker, or a rogue worker or operator sends the master, the answer is a plain error or an ended session,
+never an exception into the broker, and the connection that carries a worker's builds stays up."""
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.spread import pb
+from twisted.test import iosim
+
+from master_side.relay import MasterSession, Role, ViewerHandle, WorkerSink
+from slave_side.server import ShellServer
+from slave_side.session import WorkerOptions
+from slaveshell.policy import Identity
+from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
+
+from .fakes import ProcessReactor
+
+ROOT = Identity(0, 0, 1, "root", frozenset())
+
+# Anything jelly can carry, including the sizes around our own chunk limit.
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=True)
+    | st.text(max_size=50) | st.binary(max_size=50)
+    | st.sampled_from([b"x" * MAX_CHUNK, b"x" * (MAX_CHUNK + 1), "INT", "KILL", 0, -1, 2**40 + 1]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+session_methods = st.sampled_from(["input", "eof", "resize", "signal", "ack", "close", "nosuch", "detach"])
+
+
+class Sink(pb.Referenceable):
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def remote_output(self, *args: Any) -> None:
+        self.calls.append(("output", *args))
+
+    def remote_input_ack(self, *args: Any) -> None:
+        self.calls.append(("input_ack", *args))
+
+    def remote_exit(self, *args: Any) -> None:
+        self.calls.append(("exit", *args))
+
+
+class Bot(pb.Root):
+    def __init__(self, server: ShellServer, basedir: str) -> None:
+        self.server, self.basedir = server, basedir
+
+    def remote_slaveshell_open(self, sink: Any, params: Any) -> Any:
+        return self.server.open(self.basedir, sink, params)
+
+
+def connected(root: pb.Root) -> tuple[Any, iosim.IOPump, Any]:
+    server_factory = pb.PBServerFactory(root)
+    client_factory = pb.PBClientFactory()
+    server_broker = server_factory.buildProtocol(None)
+    client_broker = client_factory.buildProtocol(None)
+    pump = iosim.connect(server_broker, iosim.makeFakeServer(server_broker),
+                         client_broker, iosim.makeFakeClient(client_broker))
+    roots: list[Any] = []
+    client_factory.getRootObject().addCallback(roots.append)
+    pump.flush()
+    return roots[0], pump, server_broker
+
+
+def call(pump: iosim.IOPump, ref: Any, method: str, *args: Any) -> Any:
+    results: list[Any] = []
+    try:
+        d = ref.callRemote(method, *args)
+    except Exception as e:  # our side refused to send it (over Banana's limit): not the peer's concern
+        return e
+    d.addBoth(results.append)
+    pump.flush()
+    return results[0] if results else None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=plain, calls=st.lists(st.tuples(session_methods, st.lists(plain, max_size=3)), max_size=8))
+def test_a_rogue_master_cannot_break_the_worker(tmp_path, params, calls):
+    reactor = ProcessReactor()
+    server = ShellServer(WorkerOptions(shell="/bin/sh", max_sessions=2), reactor=reactor)
+    root, pump, worker_broker = connected(Bot(server, str(tmp_path)))
+    reply = call(pump, root, "slaveshell_open", Sink(), params)
+    assert isinstance(reply, dict) and reply["ok"] is False or isinstance(params, dict)
+    good = call(pump, root, "slaveshell_open", Sink(), OpenRequest(worker="w1", pty=False).to_wire())
+    handle = good["session"]
+    for method, args in calls:
+        call(pump, handle, method, *args)
+        assert not worker_broker.disconnected
+    # The worker still serves its master: a fresh well-formed call works.
+    assert call(pump, root, "slaveshell_open", Sink(), {"bad": 1})["ok"] is False
+    assert not worker_broker.disconnected
+
+
+class Host(pb.Root):
+    """Stands in for the master: hands a peer a WorkerSink or a ViewerHandle for one session."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.ended: list[MasterSession] = []
+        self.to_worker: list[tuple[Any, ...]] = []
+        self.to_owner: list[tuple[Any, ...]] = []
+        self.session = MasterSession(OpenRequest(worker="w1"), ROOT, self.ended.append)
+        self.owner = self.session.start(lambda *a: self.to_owner.append(a), lambda *a: self.to_worker.append(a))
+
+    def _error(self, session: MasterSession, error: ProtocolError) -> None:
+        self.errors.append(str(error))
+        session.abort(f"protocol error: {error}")
+
+    def remote_sink(self) -> WorkerSink:
+        return WorkerSink(self.session, self._error)
+
+    def remote_view(self, role: str) -> ViewerHandle:
+        viewer = self.owner if role == "owner" else self.session.add_viewer(ROOT, Role(role), lambda *a: None)
+        return ViewerHandle(self.session, viewer, self._error)
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(st.tuples(st.sampled_from(["output", "input_ack", "exit", "nosuch"]),
+                                st.lists(plain, max_size=4)), max_size=10))
+def test_a_rogue_worker_cannot_break_the_master(calls):
+    host = Host()
+    root, pump, master_broker = connected(host)
+    sink = call(pump, root, "sink")
+    for method, args in calls:
+        call(pump, sink, method, *args)
+        assert not master_broker.disconnected
+    # Whatever it sent, the session either runs or ended once, with the operator told.
+    exits = [c for c in host.to_owner if c[0] == "exit"]
+    assert len(exits) <= 1 and len(host.ended) == len(exits)
+
+
+@settings(max_examples=150, deadline=None)
+@given(role=st.sampled_from(["owner", "join", "watch"]),
+       calls=st.lists(st.tuples(session_methods, st.lists(plain, max_size=3)), max_size=10))
+def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(role, calls):
+    host = Host()
+    root, pump, master_broker = connected(host)
+    view = call(pump, root, "view", role)
+    for method, args in calls:
+        call(pump, view, method, *args)
+        assert not master_broker.disconnected
+    if role == "watch":
+        assert not [c for c in host.to_worker if c[0] in ("input", "signal", "eof")]
+    if role != "owner":  # only the owner may end the session; others can only leave it
+        assert host.ended == []
