@@ -122,6 +122,8 @@ class MasterSession:
         self.clock = clock
         self.started = clock()
         self.last_activity = self.started
+        # When the worker last said anything about this session (output, acks, a heartbeat answer).
+        self.worker_seen = self.started
         self.state = State.OPENING
         self.status: ExitStatus | None = None
         self.to_worker: Send = _nowhere
@@ -298,7 +300,7 @@ class MasterSession:
             raise ProtocolError("output sent past the flow-control window")
         self.output_window.sent(len(data))
         self.bytes_out += len(data)
-        self.last_activity = self.clock()
+        self.last_activity = self.worker_seen = self.clock()
         self.recorder.output(data)
         self.recent += data
         if len(self.recent) > RECENT_BYTES:
@@ -318,6 +320,7 @@ class MasterSession:
             raise ProtocolError("input ack: hidden must be a boolean")
         if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
             raise ProtocolError("input ack does not match the input sent")
+        self.worker_seen = self.clock()
         viewer, data = self._pending_input.popleft()
         self.recorder.input(data, hidden)
         viewer.input_window.acked(nbytes)
@@ -332,6 +335,17 @@ class MasterSession:
         self.end(ExitStatus(reason=reason))
 
     # -- time ----------------------------------------------------------------------------------
+
+    def worker_stalled(self, now: float, stall_timeout: float | None) -> bool:
+        """True when the worker has not answered for longer than the timeout (heartbeats included): a stopped
+        or wedged worker process keeps its TCP connection up, so nothing else would notice."""
+        if not self.live or stall_timeout is None or now - self.worker_seen < stall_timeout:
+            return False
+        reason = f"worker {self.worker} stopped answering for {stall_timeout:g} s (stalled or stopped?)"
+        self._notice_all(f"session ends: {reason}")
+        self.close(reason)
+        self.abort(reason)
+        return True
 
     def tick(self, now: float, detach_grace: float | None, idle_timeout: float | None,
              max_duration: float | None, warn_before: float = 60.0) -> None:

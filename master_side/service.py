@@ -47,6 +47,7 @@ class Limits:
     max_duration: float | None = None
     per_worker: int | None = None
     per_operator: int | None = None
+    stall_timeout: float | None = 60.0
 
 
 class RouteError(Exception):
@@ -124,6 +125,8 @@ class ShellService(BuildbotService):
     name = "slaveshell"
     # How long a worker may take to start a session before the operator is told it did not answer.
     open_timeout = 30.0
+    # Heartbeats on quiet sessions, and how long a worker may stay silent before its sessions are ended.
+    heartbeat = 15.0
 
     def checkConfig(
         self,
@@ -141,13 +144,15 @@ class ShellService(BuildbotService):
         max_duration: float | None = None,
         max_sessions_per_worker: int | None = None,
         max_sessions_per_operator: int | None = None,
+        stall_timeout: float | None = 60.0,
         name: str = "slaveshell",
     ) -> None:
         from buildbot import config
 
         for what, value in (("detach_grace", detach_grace), ("idle_timeout", idle_timeout),
                             ("max_duration", max_duration), ("max_sessions_per_worker", max_sessions_per_worker),
-                            ("max_sessions_per_operator", max_sessions_per_operator)):
+                            ("max_sessions_per_operator", max_sessions_per_operator),
+                            ("stall_timeout", stall_timeout)):
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 config.error(f"ShellService: {what} must be a non-negative number or None")
         if on_record_error not in ON_RECORD_ERROR:
@@ -181,6 +186,9 @@ class ShellService(BuildbotService):
         self._ticker = task.LoopingCall(self._tick)
         # Disconnect notifications to undo when a session ends, by session id.
         self._hooks: dict[str, list[tuple[Any, Any]]] = {}
+        # Each live session's handle on its worker, for heartbeats.
+        self._worker_refs: dict[str, Any] = {}
+        self._pinging: set[str] = set()
         # Sessions holding each worker paused, and whether we paused it (never unpause someone else's pause).
         self._pausing: dict[str, set[str]] = {}
         super().__init__(*args, **kwargs)
@@ -202,11 +210,12 @@ class ShellService(BuildbotService):
         max_duration: float | None = None,
         max_sessions_per_worker: int | None = None,
         max_sessions_per_operator: int | None = None,
+        stall_timeout: float | None = 60.0,
         name: str = "slaveshell",
     ) -> Any:
         self.policy = make_policy(policy)
         self.limits = Limits(detach_grace, idle_timeout, max_duration, max_sessions_per_worker,
-                             max_sessions_per_operator)
+                             max_sessions_per_operator, stall_timeout)
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
@@ -417,6 +426,7 @@ class ShellService(BuildbotService):
         owner = session.start(to_owner=send, to_worker=remote_sender(
             worker_ref, lambda f: self._worker_failed(session, f)))
         self._hook(session, worker_ref, lambda _ref: session.abort(f"connection to worker {request.worker} lost"))
+        self._worker_refs[session.id] = worker_ref
         if request.pause:
             self._pause(session)
         if request.build is not None and request.build in HOLDS:
@@ -538,10 +548,29 @@ class ShellService(BuildbotService):
         now = self.trail.reactor.seconds() if self.trail is not None else 0.0
         for session in list(self.sessions.values()):
             try:
+                if session.worker_stalled(now, self.limits.stall_timeout):
+                    continue
+                self._heartbeat(session, now)
                 session.tick(now, self.limits.detach_grace, self.limits.idle_timeout, self.limits.max_duration)
             except Exception:
                 # One session's trouble must not stop the clock for the others (a LoopingCall dies on errors).
                 log.failure("slaveshell session {sid}: error in its timers", sid=session.id)
+
+    def _heartbeat(self, session: MasterSession, now: float) -> None:
+        ref = self._worker_refs.get(session.id)
+        # Ping well within the stall timeout, so only a worker that really stopped answering trips it.
+        interval = min(self.heartbeat, self.limits.stall_timeout / 3) if self.limits.stall_timeout else self.heartbeat
+        if ref is None or session.id in self._pinging or now - session.worker_seen < interval:
+            return
+        self._pinging.add(session.id)
+
+        def answered(result: Any) -> None:
+            # Any answer, even an error from a worker without remote_ping, shows the worker is alive.
+            self._pinging.discard(session.id)
+            if not (isinstance(result, Failure) and result.check(pb.DeadReferenceError, pb.PBConnectionLost)):
+                session.worker_seen = self.trail.reactor.seconds() if self.trail else now
+
+        defer.maybeDeferred(ref.callRemote, "ping").addBoth(answered)
 
     # -- pausing the worker for a session's life -------------------------------------------------
 
@@ -629,6 +658,8 @@ class ShellService(BuildbotService):
 
     def _session_ended(self, session: MasterSession) -> None:
         self.sessions.pop(session.id, None)
+        self._worker_refs.pop(session.id, None)
+        self._pinging.discard(session.id)
         for ref, callback in self._hooks.pop(session.id, []):
             _forget(ref, callback)
         self._unpause(session)

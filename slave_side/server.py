@@ -61,6 +61,10 @@ class SessionHandle(pb.Referenceable):
     def remote_close(self) -> None:
         self.session.close("closed by the master")
 
+    def remote_ping(self) -> bool:
+        """The master's heartbeat: answering it is the point."""
+        return not self.session.ended
+
 
 class ShellServer:
     """The worker's half of slaveshell: opens sessions for its master within the owner's limits."""

@@ -194,3 +194,17 @@ def test_owner_close_ends_the_session_and_others_just_leave(relay):
     assert to_w == [] and [v.identity.user for v in session.viewers] == ["alice"]
     session.viewer_close(owner)
     assert to_w == [("close",)]
+
+
+def test_a_silent_worker_is_declared_stalled_after_the_timeout(relay):
+    session, owner, to_op, to_w, ended, clock = relay
+    session.worker_output(1, b"still here")
+    clock.now += 59
+    assert not session.worker_stalled(clock.now, 60)
+    session.worker_output(1, b"x")  # anything from the worker counts
+    clock.now += 59
+    assert not session.worker_stalled(clock.now, 60)
+    clock.now += 1
+    assert session.worker_stalled(clock.now, 60)
+    assert to_w[-1] == ("close",) and ended == [session]
+    assert to_op[-1][0] == "exit" and "stopped answering for 60 s" in to_op[-1][3]

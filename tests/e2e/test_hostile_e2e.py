@@ -63,3 +63,37 @@ def test_an_oversized_message_costs_the_rogue_client_its_connection_only(sandbox
     finally:
         other.child.sendline("exit")
         other.wait()
+
+
+def test_a_stopped_worker_is_detected_and_the_session_ended_with_the_reason(tmp_path_factory):
+    import os
+    import signal
+    import time
+
+    from slaveshell.sandbox import Sandbox
+
+    from .conftest import wait_until
+
+    sb = Sandbox(str(tmp_path_factory.mktemp("stall")), workers=["st1"], service_kwargs="stall_timeout=4")
+    sb.create()
+    try:
+        sb.start()
+        t = Terminal(sb, ["st1"]).ready()
+        worker_pid = int(open(os.path.join(sb.worker_dir("st1"), "twistd.pid")).read())
+        try:
+            t.run("echo before-the-stop")
+            time.sleep(3)  # quiet longer than a heartbeat interval: answered pings keep the session alive
+            assert t.run("echo alive-after-quiet").strip() == "alive-after-quiet"
+            os.kill(worker_pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            assert t.wait(timeout=20) == 255
+            assert time.monotonic() - stopped < 12
+            assert "worker st1 stopped answering for 4 s" in t.child.before.decode()
+        finally:
+            os.kill(worker_pid, signal.SIGCONT)
+            t.close()
+        # Once it runs again, the worker gets the close and ends the shell.
+        assert wait_until(lambda: subprocess.run(["pgrep", "-P", str(worker_pid), "bash"],
+                                                 capture_output=True).returncode == 1, timeout=15)
+    finally:
+        sb.stop()
