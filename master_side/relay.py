@@ -137,6 +137,8 @@ class MasterSession:
         self.detached_at: float | None = None
         # Why the master is ending the session (timeouts, kill): kept for the audit trail.
         self.close_reason: str | None = None
+        # For each limit ("idle", "running"), the start of the period already warned about.
+        self._warned: dict[str, float] = {}
         # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
         self.build: dict[str, Any] | None = None
         self._on_end = on_end
@@ -364,9 +366,8 @@ class MasterSession:
                 self._notice_all(f"session ends: {what} for {limit:g} s")
                 self.close(f"{what} for {limit:g} s")
                 return
-            warning = f"_warned_{what}"
-            if left <= min(warn_before, limit / 2) and getattr(self, warning, None) != since:
-                setattr(self, warning, since)
+            if left <= min(warn_before, limit / 2) and self._warned.get(what) != since:
+                self._warned[what] = since
                 self._notice_all(f"this session ends in {left:.0f} s ({what} limit {limit:g} s)"
                                  + (" unless you type" if what == "idle" else ""))
 

@@ -462,9 +462,8 @@ class ShellService(BuildbotService):
         ref.notifyOnDisconnect(callback)
         self._hooks.setdefault(session.id, []).append((ref, callback))
 
-    @defer.inlineCallbacks
     def attach_session(self, who: Identity, broker: pb.Broker, sink: object, session_id: object,
-                       mode: object) -> Any:
+                       mode: object) -> dict[str, Any]:
         """`slaveshell attach` (join, or resume a detached session) and `slaveshell watch`."""
         if not isinstance(sink, pb.RemoteReference) or not isinstance(session_id, str) or \
                 mode not in ("attach", "watch"):
@@ -491,7 +490,6 @@ class ShellService(BuildbotService):
         except ProtocolError as e:
             return {"ok": False, "error": str(e)}
         bind(viewer)
-        yield defer.succeed(None)
         return {"ok": True, "session": ViewerHandle(session, viewer, self._peer_error), "id": session.id,
                 "role": role.value, "worker": session.worker, "size": list(session.size)}
 

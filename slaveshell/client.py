@@ -202,7 +202,9 @@ class ShellClient:
                 self.write_err(action.text.encode())
             elif isinstance(action, esc.Terminate):
                 if self.role == "owner":
-                    self._last_call("close", ExitStatus(reason=f"Connection to {self.worker} closed."))
+                    # As ssh: `~.` ends the session, says so, and exits 255.
+                    self.farewell = f"Connection to {self.worker} closed."
+                    self._last_call("close", ExitStatus(reason="ended with ~."))
                 else:
                     self.farewell = f"Left session {self.session_id} on {self.worker}."
                     self._last_call("close", ExitStatus(code=0))

@@ -131,12 +131,9 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     prog = "slaveshell" if attach else "buildbot-shell"
     if client.farewell:
         # The cursor is wherever the remote prompt left it.
-        print(("\n" if interactive else "") + client.farewell, file=sys.stderr)
+        print(("\r\n" if interactive else "") + client.farewell, file=sys.stderr)
     elif status.lost:
-        if status.reason.startswith("Connection to "):
-            print(status.reason, file=sys.stderr)
-        else:
-            print(f"{prog}: {status.reason}", file=sys.stderr)
+        print(f"{prog}: {status.reason}", file=sys.stderr)
     elif interactive:
         print(f"Connection to {client.worker} closed.", file=sys.stderr)
     return status.cli_status()
