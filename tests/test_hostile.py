@@ -146,3 +146,55 @@ def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(role
         assert not [c for c in host.to_worker if c[0] in ("input", "signal", "eof")]
     if role != "owner":  # only the owner may end the session; others can only leave it
         assert host.ended == []
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.lists(st.tuples(st.sampled_from(["open", "attach", "kill", "history", "transcript", "search",
+                                                 "release", "sessions", "workers", "nosuch"]),
+                                st.lists(plain | st.just("SINK"), max_size=4)), max_size=8))
+def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
+    """Every root method (open, attach, kill, history, transcript, search, release, ...) with garbage, with
+    and without a real sink among the arguments."""
+    from master_side.audit_trail import AuditTrail
+    from master_side.service import OperatorRoot, ShellService
+
+    class Workers:
+        registrations: dict = {}
+        connections: dict = {}
+
+    class Master:
+        basedir = str(tmp_path)
+        workers = Workers()
+        name = "m"
+
+    class Parent:
+        master = Master()
+
+    service = ShellService()
+    service.parent = Parent()
+    service.trail = AuditTrail(str(tmp_path), "m")  # not started: reads fail plainly
+
+    class Root(OperatorRoot):
+        def identity(self):  # in memory there is no socket to ask the kernel
+            return ROOT
+
+    server_factory = pb.PBServerFactory(pb.Root())
+    server_factory.root = type("R", (), {"rootObject": lambda self, broker: Root(service, broker)})()
+    from zope.interface import directlyProvides
+
+    directlyProvides(server_factory.root, pb.IPBRoot)
+    client_factory = pb.PBClientFactory()
+    server_broker = server_factory.buildProtocol(None)
+    client_broker = client_factory.buildProtocol(None)
+    pump = iosim.connect(server_broker, iosim.makeFakeServer(server_broker),
+                         client_broker, iosim.makeFakeClient(client_broker))
+    roots: list[Any] = []
+    client_factory.getRootObject().addCallback(roots.append)
+    pump.flush()
+    root = roots[0]
+    for method, args in calls:
+        args = [Sink() if a == "SINK" else a for a in args]
+        call(pump, root, method, *args)
+        assert not server_broker.disconnected
+    assert call(pump, root, "workers") == []
+    assert call(pump, root, "sessions") == []
