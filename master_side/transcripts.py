@@ -54,15 +54,25 @@ class TranscriptFile:
         if self._fd is None or not self._buffer:
             return
         data = b"".join(self._buffer)
+        size_before, sha_before = self.size, self._sha.copy()
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            self._sha.update(view[:written])
-            self.size += written
-            view = view[written:]
-            # Keep what is still unwritten buffered, so a retry after ENOSPC loses nothing.
-            self._buffer = [bytes(view)] if view else []
-            self._buffered = len(view)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                self._sha.update(view[:written])
+                self.size += written
+                view = view[written:]
+        except OSError:
+            # A full disk may take part of a line: cut back to the last whole line, so the file stays valid
+            # and playable, and keep everything buffered for a retry.
+            try:
+                os.ftruncate(self._fd, size_before)
+            except OSError:
+                pass
+            self.size, self._sha = size_before, sha_before
+            raise
+        self._buffer = []
+        self._buffered = 0
 
     def close(self) -> str:
         """Flush, fsync, close; returns the sha256 of the file's contents."""

@@ -4,13 +4,14 @@ connection, and nothing else (not the worker's connection, not other sessions)."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from .conftest import Terminal
+from .conftest import Terminal, shell_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +67,6 @@ def test_an_oversized_message_costs_the_rogue_client_its_connection_only(sandbox
 
 
 def test_a_stopped_worker_is_detected_and_the_session_ended_with_the_reason(tmp_path_factory):
-    import os
     import signal
     import time
 
@@ -97,3 +97,34 @@ def test_a_stopped_worker_is_detected_and_the_session_ended_with_the_reason(tmp_
                                                  capture_output=True).returncode == 1, timeout=15)
     finally:
         sb.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_transcript_disk_ends_the_session_and_keeps_the_transcript_valid(tmp_path_factory):
+    import json
+
+    from slaveshell.sandbox import Sandbox
+    from slaveshell.transcript import parse_lines
+
+    sb = Sandbox(str(tmp_path_factory.mktemp("diskfull")), workers=["d1"])
+    sb.create()
+    transcripts = os.path.join(sb.master_dir, "transcripts")
+    os.makedirs(transcripts, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", transcripts], check=True)
+    try:
+        sb.start()
+        done = subprocess.run(shell_argv() + ["--socket", sb.socket, "d1", "head -c 3000000 /dev/zero | base64"],
+                              capture_output=True, timeout=120)
+        assert done.returncode == 255, done.stderr
+        assert b"the transcript cannot be written (No space left on device)" in done.stderr
+        files = os.listdir(transcripts)
+        assert len(files) == 1
+        with open(os.path.join(transcripts, files[0]), encoding="utf-8") as f:
+            cast = parse_lines(f)
+        assert not cast.truncated and cast.events  # whole lines only: what was written stays playable
+        history = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket",
+                                             sb.socket, "--json"], capture_output=True, text=True).stdout)
+        assert "transcript cannot be written" in history[0]["end_reason"]
+    finally:
+        sb.stop()
+        subprocess.run(["umount", "-l", transcripts])
