@@ -102,3 +102,41 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
         root.broker.transport.loseConnection()
     finally:
         yield stop(service)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_operator_cannot_claim_another_identity_to_the_worker(tmp_path):
+    from buildbot.worker.protocols import pb as bbpb
+    from twisted.internet import defer
+
+    seen = []
+
+    class Mind:
+        broker = None
+
+        def callRemote(self, method, sink, params):
+            seen.append(params)
+            return defer.succeed({"ok": False, "error": "stop here"})
+
+    conn = bbpb.Connection.__new__(bbpb.Connection)
+    conn.mind = Mind()
+
+    class Worker:
+        worker_commands = {"slaveshell": "3.3"}
+
+    service = yield start(tmp_path)
+    try:
+        service.master.workers.registrations = {"w1": object()}
+        service.master.workers.connections = {"w1": conn}
+        service.master.workers.getWorkerByName = lambda name: Worker()
+        root = yield connect(reactor, str(tmp_path / "shell.sock"))
+        claim = OpenRequest(worker="w1", operator="alice").to_wire()
+        reply = yield root.callRemote("open", Sink(), claim)
+        assert reply == {"ok": False, "error": "worker w1: stop here"}
+        user = "root" if os.getuid() == 0 else str(os.getuid())
+        assert seen[0]["operator"] == user  # from the kernel's credentials, not from the request
+        root.broker.transport.loseConnection()
+    finally:
+        service.master.workers.registrations = {}
+        service.master.workers.connections = {}
+        yield stop(service)

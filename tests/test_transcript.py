@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from master_side.recorder import SessionRecorder
@@ -28,7 +28,6 @@ def test_a_character_split_across_reads_comes_out_whole():
     assert events_of(second) == [[0.2, "o", "€!"]]
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=40), max_size=20))
 def test_any_bytes_split_anyhow_are_recoverable_exactly(pieces):
     enc = CastEncoder()

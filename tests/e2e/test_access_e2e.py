@@ -93,3 +93,34 @@ def test_a_flood_to_a_slow_reader_keeps_master_and_worker_memory_bounded(sandbox
     assert got == total
     growth = {name: (peak[name] - base[name]) / 1024 for name in pids}
     assert growth["master"] < 32 and growth["worker"] < 32, growth
+
+
+def test_ctrl_c_stops_a_flood_and_the_shell_answers_again(terminal):
+    from .conftest import PROMPT
+
+    t = terminal("w1").ready()
+    t.child.sendline("yes")
+    t.expect("y\r\ny\r\n")
+    time.sleep(1)
+    t.child.sendcontrol("c")
+    t.expect(PROMPT, timeout=15)  # not a timing assertion: bench/ measures how fast (~45 ms)
+    assert t.run("echo after-the-flood").strip() == "after-the-flood"
+
+
+def test_a_burst_of_opens_gets_sessions_or_clear_refusals_and_the_master_carries_on(sandbox):
+    # 30 at once against a worker that allows 8 (the default): each either runs or is told why, plainly.
+    procs = [subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "sleep 2; echo ran"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(30)]
+    outcomes = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        outcomes.append((p.returncode, out, err))
+    ran = [o for o in outcomes if o[0] == 0 and o[1] == b"ran\n"]
+    refused = [o for o in outcomes if o[0] == 255]
+    assert len(ran) + len(refused) == 30, outcomes
+    assert ran, "none of the sessions ran"
+    for _, _, err in refused:
+        assert err.startswith(b"buildbot-shell: worker w1: the worker allows at most 8 shell sessions at once"), err
+    done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "echo fine"],
+                          capture_output=True, timeout=60)
+    assert done.stdout == b"fine\n"

@@ -1,5 +1,5 @@
-"""The audit database stopped for real in the middle of a session (PostgreSQL): the session goes on, a new one
-is refused (fail-closed), and the index rows land once the server is back."""
+"""The audit database stopped for real in the middle of a session (PostgreSQL, MariaDB): the session goes on, a
+new one is refused (fail-closed), and the index rows land once the server is back."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .conftest import Terminal, shell_argv, wait_until
 pytestmark = pytest.mark.e2e
 
 DB = "slaveshell_e2e"
+MARIADB = "/usr/sbin/mariadbd"
 
 
 def _pg(action: str) -> None:
@@ -76,4 +77,55 @@ def test_postgresql_stopped_mid_session(tmp_path_factory):
             _pg("start")
         sb.stop()
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {DB}"],
+                       capture_output=True)
+
+
+def _mariadb_ready() -> bool:
+    return subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-e", "select 1"],
+                          capture_output=True).returncode == 0
+
+
+def _mariadb_start() -> None:
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADB], check=True)
+    assert wait_until(_mariadb_ready, timeout=60)
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not os.path.exists(MARIADB) or not shutil.which("start-stop-daemon")
+                    or not _mariadb_ready(), reason="needs root and the local MariaDB server")
+def test_mariadb_stopped_mid_session(tmp_path_factory):
+    subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-e",
+                    f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}"], check=True, capture_output=True)
+    sb = Sandbox(str(tmp_path_factory.mktemp("mariadbdown")), workers=["m1"],
+                 service_kwargs=f"db_url='mysql+pymysql://root@127.0.0.1/{DB}'")
+    sb.create()
+    try:
+        sb.start()
+        t = Terminal(sb, ["m1"]).ready()
+        try:
+            t.run("echo before-the-outage")
+            subprocess.run(["start-stop-daemon", "--stop", "--retry", "30", "--exec", MARIADB], check=True,
+                           capture_output=True)
+            assert t.run("echo during-the-outage").strip() == "during-the-outage"
+            refused = subprocess.run(shell_argv() + ["--socket", sb.socket, "m1", "true"], capture_output=True,
+                                     text=True, timeout=60)
+            assert refused.returncode == 255 and "it cannot be recorded" in refused.stderr
+            t.child.sendline("exit 5")
+            assert t.wait() == 5
+        finally:
+            if not _mariadb_ready():
+                _mariadb_start()
+            t.close()
+
+        def ended() -> list:
+            done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", sb.socket,
+                                   "--json"], capture_output=True, text=True)
+            rows = json.loads(done.stdout) if done.returncode == 0 else []
+            return [r for r in rows if r["state"] == "ended" and r["exit_code"] == 5]
+
+        assert wait_until(ended, timeout=30)
+    finally:
+        if not _mariadb_ready():
+            _mariadb_start()
+        sb.stop()
+        subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-e", f"DROP DATABASE IF EXISTS {DB}"],
                        capture_output=True)

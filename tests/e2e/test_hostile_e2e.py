@@ -128,3 +128,35 @@ def test_a_full_transcript_disk_ends_the_session_and_keeps_the_transcript_valid(
     finally:
         sb.stop()
         subprocess.run(["umount", "-l", transcripts])
+
+
+def test_killing_the_worker_ends_the_client_with_255(tmp_path_factory):
+    import signal
+    import time
+
+    from slaveshell.sandbox import Sandbox
+
+    sb = Sandbox(str(tmp_path_factory.mktemp("workerkill")), workers=["k1"])
+    sb.create()
+    try:
+        sb.start()
+        t = Terminal(sb, ["k1"]).ready()
+        try:
+            t.child.sendline("sleep 304")
+            t.expect("sleep 304\r\n")
+            worker_pid = int(open(os.path.join(sb.worker_dir("k1"), "twistd.pid")).read())
+            os.kill(worker_pid, signal.SIGKILL)
+            killed = time.monotonic()
+            assert t.wait(timeout=15) == 255
+            assert time.monotonic() - killed < 10
+            assert "connection to worker k1 lost" in t.child.before.decode()
+            # The dead worker's PTY master closed: the kernel hung up the shell and its job.
+            from .conftest import wait_until
+
+            assert wait_until(lambda: subprocess.run(["pgrep", "-f", "^sleep 304$"]).returncode == 1, timeout=10)
+        finally:
+            t.close()
+        sb.started.remove(sb.worker_dir("k1"))
+    finally:
+        sb.stop()
+        subprocess.run(["pkill", "-f", "^sleep 304$"])
