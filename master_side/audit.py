@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -172,6 +173,12 @@ class AuditStore:
     def _connect(self) -> None:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         engine = sa.create_engine(self.url, **kwargs)
+        path = engine.url.database if engine.dialect.name == "sqlite" else None
+        if path and path != ":memory:":
+            # SQLite would create it world-readable (umask); the index is as private as the transcripts.
+            # Its -wal and -shm files take the same mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(path, 0o600)
         if engine.dialect.name == "sqlite":
             # WAL: outside tools can read while the master writes; a crash never corrupts committed rows.
             @sa.event.listens_for(engine, "connect")

@@ -124,3 +124,114 @@ def test_a_burst_of_opens_gets_sessions_or_clear_refusals_and_the_master_carries
     done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "echo fine"],
                           capture_output=True, timeout=60)
     assert done.stdout == b"fine\n"
+
+
+def _as_user_over_pb(uid: int, gid: int, groups: list[int], socket_path: str, worker: str) -> str:
+    """In a forked child running as another user: connect to the master's socket and ask for a shell, driving
+    PB by hand over a blocking socket (that user cannot read this interpreter's files to start a client)."""
+    import select
+
+    from twisted.internet.testing import StringTransport
+    from twisted.spread import pb
+
+    from slaveshell.protocol import OpenRequest
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        answer = "?"
+        try:
+            os.close(read_fd)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            sock = socket.socket(socket.AF_UNIX)
+            try:
+                sock.connect(socket_path)
+            except PermissionError:
+                answer = "EACCES"
+                raise SystemExit from None
+            factory = pb.PBClientFactory()
+            broker = factory.buildProtocol(None)
+            transport = StringTransport()
+            broker.makeConnection(transport)
+            results: list = []
+
+            def pump(until) -> None:
+                while not until():
+                    out = transport.value()
+                    transport.clear()
+                    if out:
+                        sock.sendall(out)
+                    if select.select([sock], [], [], 10)[0]:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        broker.dataReceived(data)
+                    else:
+                        return
+
+            roots: list = []
+            factory.getRootObject().addCallback(roots.append)
+            pump(lambda: roots)
+            d = roots[0].callRemote("open", pb.Referenceable(), OpenRequest(worker=worker).to_wire())
+            d.addBoth(results.append)
+            pump(lambda: results)
+            reply = results[0] if results else None
+            answer = reply.get("error", "opened") if isinstance(reply, dict) else repr(reply)
+        except SystemExit:
+            pass
+        except BaseException as e:
+            answer = f"error: {e!r}"
+        finally:
+            os.write(write_fd, answer.encode()[:4000])
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd, "rb") as f:
+        return f.read().decode()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="creating a second local user needs root")
+def test_a_group_lets_another_user_reach_the_socket_and_the_policy_still_decides():
+    import grp
+    import shutil
+    import tempfile
+
+    from slaveshell.sandbox import Sandbox
+
+    group = "slaveshell-ops"
+    if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
+        subprocess.run(["groupadd", group], check=True)
+    try:
+        pwd.getpwnam(OTHER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER], check=True)
+    other = pwd.getpwnam(OTHER)
+    gid = grp.getgrnam(group).gr_gid
+    # The socket is open to the group; the policy lets the group watch only, and shell on no worker.
+    # The other user must be able to reach the socket's directory: not under pytest's 0700 temporary tree.
+    root = tempfile.mkdtemp(prefix="slaveshell-group-")
+    os.chmod(root, 0o755)
+    sb = Sandbox(root, workers=["g1"], service_kwargs=(
+        f"group={group!r}, policy=[dict(users=[0]), dict(groups=[{group!r}], rights=['watch'])]"))
+    sb.create()
+    os.chmod(sb.master_dir, 0o755)
+    try:
+        sb.start()
+        outsider = _as_user_over_pb(other.pw_uid, other.pw_gid, [], sb.socket, "g1")
+        assert outsider == "EACCES"
+        member = _as_user_over_pb(other.pw_uid, other.pw_gid, [gid], sb.socket, "g1")
+        assert member.startswith(f"permission denied: {OTHER} (uid {other.pw_uid}) may not shell on worker g1"), \
+            member
+        index = os.path.join(sb.master_dir, "slaveshell.sqlite")
+        for path in [index] + [index + suffix for suffix in ("-wal", "-shm") if os.path.exists(index + suffix)]:
+            assert os.stat(path).st_mode & 0o777 == 0o600, path
+        assert os.stat(os.path.join(sb.master_dir, "transcripts")).st_mode & 0o777 == 0o700
+        events = subprocess.run(["sqlite3", os.path.join(sb.master_dir, "slaveshell.sqlite"),
+                                 "SELECT kind, operator FROM slaveshell_events"], capture_output=True, text=True)
+        if events.returncode == 0:  # the sqlite3 tool is optional here
+            assert f"refused|{OTHER}" in events.stdout
+    finally:
+        sb.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -160,3 +160,46 @@ def test_killing_the_worker_ends_the_client_with_255(tmp_path_factory):
     finally:
         sb.stop()
         subprocess.run(["pkill", "-f", "^sleep 304$"])
+
+
+ROGUE_WORKER = '''
+# A rogue worker for the test: it opted in, then breaks every rule of the session protocol.
+from slave_side import session as _session
+_flush = _session.WorkerSession._flush
+def _rogue_flush(self):
+    self.report("output", 7, b"no such stream")
+    self.report("output", 1, b"x" * 70000)
+    for _ in range(40):
+        self.report("output", 1, b"y" * 65536)
+    _flush(self)
+_session.WorkerSession._flush = _rogue_flush
+'''
+
+
+def test_a_rogue_worker_loses_its_session_and_keeps_its_connection_and_builds(tmp_path_factory):
+    import json
+
+    from slaveshell.sandbox import Sandbox
+
+    from .conftest import wait_until
+
+    sb = Sandbox(str(tmp_path_factory.mktemp("rogueworker")), workers=["r1"])
+    sb.create()
+    tac = os.path.join(sb.worker_dir("r1"), "buildbot.tac")
+    text = open(tac).read().replace("\ns = Worker(", "\n" + ROGUE_WORKER + "\ns = Worker(", 1)
+    open(tac, "w").write(text)
+    try:
+        sb.start()
+        done = subprocess.run(shell_argv() + ["--socket", sb.socket, "r1", "echo hi"], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 255
+        assert "protocol error: stream must be between 1 and 2" in done.stderr
+        workers = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket",
+                                             sb.socket, "--json"], capture_output=True, text=True).stdout)
+        assert workers[0]["connected"]
+        # Its builds are not affected: the master kept the worker's connection.
+        sb.send_change()
+        assert wait_until(lambda: [b for b in sb.builds() if b[1] is not None], timeout=60)
+        assert sb.builds()[-1][1] == 0
+    finally:
+        sb.stop()
