@@ -289,6 +289,10 @@ class ShellService(BuildbotService):
         """The live PB connection to worker `name`, or a RouteError that says why not."""
         workers = self.master.workers
         if name not in workers.registrations:
+            if not workers.registrations:
+                # Right after a (re)start the socket can answer before the workers are configured.
+                raise RouteError(f"no worker named {name!r} on this master (it has no workers configured yet: "
+                                 "still starting?)")
             raise RouteError(f"no worker named {name!r} on this master")
         worker = workers.getWorkerByName(name)
         conn = workers.connections.get(name)

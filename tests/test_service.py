@@ -85,7 +85,8 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
     try:
         root = yield connect(reactor, str(tmp_path / "shell.sock"))
         reply = yield root.callRemote("open", Sink(), OpenRequest(worker="nope").to_wire())
-        assert reply == {"ok": False, "error": "no worker named 'nope' on this master"}
+        assert reply == {"ok": False, "error": "no worker named 'nope' on this master (it has no workers "
+                                               "configured yet: still starting?)"}
         reply = yield root.callRemote("open", Sink(), {"version": 1, "worker": "w1", "pty": "yes"})
         assert reply == {"ok": False, "error": "bad request: pty must be a boolean"}
         reply = yield root.callRemote("open", "not a sink", OpenRequest(worker="w1").to_wire())
