@@ -106,7 +106,6 @@ class Viewer:
         self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
         self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
         self.input_window = CreditWindow(INPUT_WINDOW)
-        self.joined = time.time()
 
     def __repr__(self) -> str:
         return f"<Viewer {self.identity.user} {self.role.value}>"
@@ -148,8 +147,6 @@ class MasterSession:
         # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
         # whether the terminal was hiding it, and acknowledged to its sender.
         self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
-        # Set by whoever wires the session to its peers; undoes that wiring at the end.
-        self.cleanup: Callable[[], Any] | None = None
 
     def __repr__(self) -> str:
         return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"

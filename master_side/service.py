@@ -688,10 +688,6 @@ class ShellService(BuildbotService):
                  e=failure.getErrorMessage())
 
 
-def _nowhere(*args: Any) -> None:
-    pass
-
-
 def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defer.Deferred[Any]:
     """`d`'s result, or TimeoutError after `seconds`. A PB call's Deferred must not be cancelled (its late
     answer would then hit an already-fired Deferred inside the broker), so the race happens on a second

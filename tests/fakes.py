@@ -4,6 +4,8 @@ transports."""
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.spread import pb
+from twisted.test import iosim
 
 
 class FakeProcessTransport:
@@ -50,3 +52,57 @@ class ProcessReactor(MemoryReactorClock):
         proto.makeConnection(t)
         self.processes.append(t)
         return t
+
+
+class Sink(pb.Referenceable):
+    """A session sink that records what it is told, as ("output", stream, data) and so on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def remote_output(self, *args: Any) -> None:
+        self.calls.append(("output", *args))
+
+    def remote_input_ack(self, *args: Any) -> None:
+        self.calls.append(("input_ack", *args))
+
+    def remote_exit(self, *args: Any) -> None:
+        self.calls.append(("exit", *args))
+
+
+class Bot(pb.Root):
+    """Stands in for the worker's BotPb: the same remote method slave_side.install() adds."""
+
+    def __init__(self, server: Any, basedir: str) -> None:
+        self.server, self.basedir = server, basedir
+
+    def remote_slaveshell_open(self, sink: Any, params: Any) -> Any:
+        return self.server.open(self.basedir, sink, params)
+
+
+def connected(root: Any) -> tuple[Any, iosim.IOPump, Any]:
+    """Two real PB brokers joined in memory: (the remote root, the pump, the serving broker). `root` is a
+    pb.Root or anything providing IPBRoot."""
+    server_factory = pb.PBServerFactory(root)
+    client_factory = pb.PBClientFactory()
+    server_broker = server_factory.buildProtocol(None)
+    client_broker = client_factory.buildProtocol(None)
+    pump = iosim.connect(server_broker, iosim.makeFakeServer(server_broker),
+                         client_broker, iosim.makeFakeClient(client_broker))
+    roots: list[Any] = []
+    client_factory.getRootObject().addCallback(roots.append)
+    pump.flush()
+    return roots[0], pump, server_broker
+
+
+def call(pump: iosim.IOPump, ref: Any, method: str, *args: Any) -> Any:
+    """A remote call run to its answer: the result, the failure, or the exception our side raised instead of
+    sending (over Banana's limit)."""
+    results: list[Any] = []
+    try:
+        d = ref.callRemote(method, *args)
+    except Exception as e:
+        return e
+    d.addBoth(results.append)
+    pump.flush()
+    return results[0] if results else None

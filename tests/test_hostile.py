@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.spread import pb
-from twisted.test import iosim
+from zope.interface import implementer
 
 from master_side.relay import MasterSession, Role, ViewerHandle, WorkerSink
 from slave_side.server import ShellServer
@@ -15,7 +15,7 @@ from slave_side.session import WorkerOptions
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
-from .fakes import ProcessReactor
+from .fakes import Bot, ProcessReactor, Sink, call, connected
 
 ROOT = Identity(0, 0, 1, "root", frozenset())
 
@@ -28,52 +28,6 @@ plain = st.recursive(
     max_leaves=10,
 )
 session_methods = st.sampled_from(["input", "eof", "resize", "signal", "ack", "close", "nosuch", "detach"])
-
-
-class Sink(pb.Referenceable):
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def remote_output(self, *args: Any) -> None:
-        self.calls.append(("output", *args))
-
-    def remote_input_ack(self, *args: Any) -> None:
-        self.calls.append(("input_ack", *args))
-
-    def remote_exit(self, *args: Any) -> None:
-        self.calls.append(("exit", *args))
-
-
-class Bot(pb.Root):
-    def __init__(self, server: ShellServer, basedir: str) -> None:
-        self.server, self.basedir = server, basedir
-
-    def remote_slaveshell_open(self, sink: Any, params: Any) -> Any:
-        return self.server.open(self.basedir, sink, params)
-
-
-def connected(root: pb.Root) -> tuple[Any, iosim.IOPump, Any]:
-    server_factory = pb.PBServerFactory(root)
-    client_factory = pb.PBClientFactory()
-    server_broker = server_factory.buildProtocol(None)
-    client_broker = client_factory.buildProtocol(None)
-    pump = iosim.connect(server_broker, iosim.makeFakeServer(server_broker),
-                         client_broker, iosim.makeFakeClient(client_broker))
-    roots: list[Any] = []
-    client_factory.getRootObject().addCallback(roots.append)
-    pump.flush()
-    return roots[0], pump, server_broker
-
-
-def call(pump: iosim.IOPump, ref: Any, method: str, *args: Any) -> Any:
-    results: list[Any] = []
-    try:
-        d = ref.callRemote(method, *args)
-    except Exception as e:  # our side refused to send it (over Banana's limit): not the peer's concern
-        return e
-    d.addBoth(results.append)
-    pump.flush()
-    return results[0] if results else None
 
 
 @given(params=plain, calls=st.lists(st.tuples(session_methods, st.lists(plain, max_size=3)), max_size=8))
@@ -174,20 +128,12 @@ def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
         def identity(self):  # in memory there is no socket to ask the kernel
             return ROOT
 
-    server_factory = pb.PBServerFactory(pb.Root())
-    server_factory.root = type("R", (), {"rootObject": lambda self, broker: Root(service, broker)})()
-    from zope.interface import directlyProvides
+    @implementer(pb.IPBRoot)
+    class RootFactory:
+        def rootObject(self, broker):
+            return Root(service, broker)
 
-    directlyProvides(server_factory.root, pb.IPBRoot)
-    client_factory = pb.PBClientFactory()
-    server_broker = server_factory.buildProtocol(None)
-    client_broker = client_factory.buildProtocol(None)
-    pump = iosim.connect(server_broker, iosim.makeFakeServer(server_broker),
-                         client_broker, iosim.makeFakeClient(client_broker))
-    roots: list[Any] = []
-    client_factory.getRootObject().addCallback(roots.append)
-    pump.flush()
-    root = roots[0]
+    root, pump, server_broker = connected(RootFactory())
     for method, args in calls:
         args = [Sink() if a == "SINK" else a for a in args]
         call(pump, root, method, *args)

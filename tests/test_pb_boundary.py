@@ -3,62 +3,21 @@
 
 import pytest
 from twisted.spread import pb
-from twisted.test import iosim
 
 import slave_side
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.protocol import OpenRequest
 
-from .fakes import ProcessReactor
-
-
-class Sink(pb.Referenceable):
-    def __init__(self):
-        self.calls = []
-
-    def remote_output(self, stream, data):
-        self.calls.append(("output", stream, data))
-
-    def remote_input_ack(self, n, hidden):
-        self.calls.append(("input_ack", n, hidden))
-
-    def remote_exit(self, code, sig, reason):
-        self.calls.append(("exit", code, sig, reason))
-
-
-class Bot(pb.Root):
-    """Stands in for the worker's BotPb: the same remote method install() adds."""
-
-    def __init__(self, server, basedir):
-        self.server = server
-        self.basedir = basedir
-
-    def remote_slaveshell_open(self, sink, params):
-        return self.server.open(self.basedir, sink, params)
+from .fakes import Bot, ProcessReactor, Sink, call, connected
 
 
 @pytest.fixture
 def wired(tmp_path):
     reactor = ProcessReactor()
     server = ShellServer(WorkerOptions(shell="/bin/sh", max_sessions=2), reactor=reactor)
-    server_factory = pb.PBServerFactory(Bot(server, str(tmp_path)))
-    client_factory = pb.PBClientFactory()
-    server_broker = server_factory.buildProtocol(None)
-    client_broker = client_factory.buildProtocol(None)
-    pump = iosim.connect(server_broker, iosim.makeFakeServer(server_broker),
-                         client_broker, iosim.makeFakeClient(client_broker))
-    roots = []
-    client_factory.getRootObject().addCallback(roots.append)
-    pump.flush()
-    return roots[0], pump, server, reactor, client_broker
-
-
-def call(pump, ref, method, *args):
-    results = []
-    ref.callRemote(method, *args).addBoth(results.append)
-    pump.flush()
-    return results[0]
+    root, pump, worker_broker = connected(Bot(server, str(tmp_path)))
+    return root, pump, server, reactor, worker_broker
 
 
 def test_open_refuses_bad_requests_with_a_message(wired):

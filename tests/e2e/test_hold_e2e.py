@@ -32,6 +32,11 @@ def held_build(sb):
     return wait_until(running, timeout=60)
 
 
+def result_of(sb, build_id):
+    """The build's results (None while it runs)."""
+    return dict((r[0], r[2]) for r in sb.build_rows("holder")).get(build_id)
+
+
 def step_summary(sb, build_id):
     import sqlite3
     db = sqlite3.connect(f"{sb.master_dir}/state.sqlite", timeout=10)
@@ -81,7 +86,7 @@ def test_step_into_a_held_failed_build_then_release_it(sandbox):
         t.run("ls failed.txt")
         t.child.send("\r~r")
         t.expect(r"released; it finishes now")
-        assert wait_until(lambda: dict((r[0], r[2]) for r in sandbox.build_rows("holder")).get(build_id)
+        assert wait_until(lambda: result_of(sandbox, build_id)
                           == FAILURE, timeout=30)
         assert t.run("echo still-in-the-shell").strip() == "still-in-the-shell"
         t.child.sendline("exit")
@@ -108,7 +113,7 @@ def test_a_hold_times_out_by_itself(tmp_path_factory):
         build_id = held_build(sb)
         assert build_id
         started = time.monotonic()
-        assert wait_until(lambda: dict((r[0], r[2]) for r in sb.build_rows("holder")).get(build_id) == FAILURE,
+        assert wait_until(lambda: result_of(sb, build_id) == FAILURE,
                           timeout=30)
         assert time.monotonic() - started < 20
         assert any("timed out after 3 s" in s for s in step_summary(sb, build_id)), step_summary(sb, build_id)
@@ -140,7 +145,7 @@ def test_stopping_the_build_through_the_data_api_ends_the_hold_and_the_shell(tmp
             assert "the build was stopped" in t.child.before.decode()
         finally:
             t.close()
-        assert wait_until(lambda: dict((r[0], r[2]) for r in sb.build_rows("holder")).get(build_id) is not None,
+        assert wait_until(lambda: result_of(sb, build_id) is not None,
                           timeout=30)
         assert any("build stopped" in s for s in step_summary(sb, build_id)), step_summary(sb, build_id)
     finally:
