@@ -48,6 +48,36 @@ _CONTROL_SEQUENCE = re.compile(
 )
 
 
+# A whole control sequence at the start of a string, terminator required: what is not one yet, after the last ESC
+# of a read, is held back until the next read completes it (reads cut sequences anywhere).
+_WHOLE_SEQUENCE = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]"
+    rb"|\x1b[\]P_^X][^\x07\x1b]*(?:\x07|\x1b\\)"
+    rb"|\x1bO."
+    rb"|\x1b[ -/]*[0-9:;<=>?@A-NQ-WYZ\\`a-~]",  # not [ ] P X ^ _ O: those introduce the longer ones above
+    re.DOTALL)
+MAX_HELD = 4096
+
+
+def split_incomplete(data: bytes) -> tuple[bytes, bytes]:
+    """(what can be read as text now, a tail that may be the start of a control sequence or of a UTF-8
+    character)."""
+    esc = data.rfind(b"\x1b", max(0, len(data) - MAX_HELD))
+    if esc >= 0 and not _WHOLE_SEQUENCE.match(data, esc):
+        return data[:esc], data[esc:]
+    for back in (1, 2, 3):  # a UTF-8 lead byte whose continuation bytes have not come yet
+        if len(data) < back:
+            break
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        if need > back:
+            return data[:-back], data[-back:]
+        break
+    return data, b""
+
+
 def printable_text(data: bytes) -> str:
     """The text a terminal would print for `data`, control sequences and characters removed."""
     return _CONTROL_SEQUENCE.sub("", data.decode("utf-8", "replace"))
@@ -84,6 +114,7 @@ class HiddenInputJudge:
         self.window = window
         self.pending: deque[Keystrokes] = deque()
         self._echo = ""
+        self._held = b""
         # The modes a hidden stretch began with, while one is going on.
         self._hiding: list[Any] | None = None
 
@@ -101,7 +132,8 @@ class HiddenInputJudge:
         if not self.pending:
             return
         if len(self._echo) < MAX_ECHO_TEXT:
-            self._echo += printable_text(data)
+            text, self._held = split_incomplete(self._held + data)
+            self._echo += printable_text(text)
         self._decide()
 
     def close(self) -> None:
@@ -137,7 +169,7 @@ class HiddenInputJudge:
             if item.line_end or (item.modes is not None and item.modes[3] & termios.ECHO):
                 self._hiding = None
             if not self.pending:
-                self._echo = ""
+                self._echo, self._held = "", b""
         if decided:
             self.on_decided()
 
@@ -162,5 +194,5 @@ class HiddenInputJudge:
             return False
         if item.text.startswith(self._echo) and not item.expired:
             return None  # the echo so far is the start of what was typed: more may come
-        self._echo = ""
+        self._echo, self._held = "", b""
         return True

@@ -132,6 +132,17 @@ def test_the_hidden_stretch_ends_when_the_modes_change_or_a_line_ends(pty):
     assert pty.acks()[2:] == [(1, True), (1, True), (1, False)]
 
 
+def test_an_echo_cut_inside_a_character_or_a_control_sequence_still_counts(pty):
+    pty.modes("readline")
+    pty.type("é".encode())
+    pty.show("é".encode()[:1])
+    pty.show("é".encode()[1:])
+    pty.type(b"x")
+    pty.show(b"\x1b]0;ti")  # a window title cut in two reads, then the echo
+    pty.show(b"tle\x07x")
+    assert pty.acks() == [(2, False), (1, False)]
+
+
 def test_output_that_is_not_the_echo_hides_at_once(pty):
     pty.modes("vim")
     pty.type(b"dd")
@@ -166,3 +177,43 @@ def test_unreadable_modes_hide():
 
 def test_printable_text_drops_every_control_sequence():
     assert printable_text(b"\x1b[?2004h\x1b]0;title\x07a\x1bOAb\r\n\x07\xc2\x9b31mc\x1b[1;31md") == "abcd"
+
+
+# -- properties over the whole class -----------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_COOKED = [termios.ICRNL, termios.OPOST, 0, termios.ICANON | termios.ECHO | termios.ISIG, 0, 0, [b"\0"] * 32]
+READ_S_N = _COOKED[:3] + [termios.ISIG] + _COOKED[4:]
+READLINE = [0] + _COOKED[1:3] + [termios.ISIG] + _COOKED[4:]
+keys = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=4)
+controls = st.sampled_from(["", "\x1b[K", "\x1b[?25l", "\x1b]0;t\x07", "\r", "\x1b[7m", "\x07", "\x1b[2;5H"])
+
+
+@given(first=keys, rest=st.lists(st.tuples(keys, st.text(max_size=12)), max_size=12))
+def test_once_a_stretch_is_hidden_nothing_more_typed_in_it_is_recorded(first, rest):
+    reactor = ProcessReactor()
+    judge = HiddenInputJudge(reactor, lambda: None)
+    items = [judge.delivered(first.encode(), READ_S_N)]
+    reactor.advance(ECHO_WINDOW)  # the prompt did not echo the first key
+    for typed, shown in rest:
+        items.append(judge.delivered(typed.encode(), READ_S_N))
+        judge.output(shown.encode())  # whatever the program prints, even the very key typed
+        judge.output(typed.encode())
+    reactor.advance(ECHO_WINDOW)
+    assert [i.hidden for i in items] == [True] * len(items)
+
+
+@given(typed=st.lists(st.tuples(keys, controls, controls, st.integers(0, 4)), min_size=1, max_size=10))
+def test_what_the_program_echoes_is_recorded_however_its_echo_is_cut_or_decorated(typed):
+    reactor = ProcessReactor()
+    judge = HiddenInputJudge(reactor, lambda: None)
+    items = []
+    for text, before, after, cut in typed:
+        items.append(judge.delivered(text.encode(), READLINE))
+        echo = (before + text + after).encode()
+        judge.output(echo[:cut])
+        judge.output(echo[cut:])
+    assert [i.hidden for i in items] == [False] * len(items)
+    assert not reactor.getDelayedCalls()

@@ -175,3 +175,30 @@ def test_seal_to_takes_a_key_a_list_or_a_recipients_file(tmp_path):
 
 def test_revealed_text_is_shown_escaped():
     assert hidden.escaped(b"pw\r\x1b]0;x\x07\xe2\x80\xae\xff\\") == "pw\\r\\x1b]0;x\\x07\\u202e\\xff\\\\"
+
+
+# -- property: no hidden byte is ever written ---------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_hidden = st.binary(min_size=1, max_size=40).map(
+    lambda b: bytes(0x41 + c % 26 for c in b) + (b"\r" if b[0] % 3 == 0 else b""))
+_visible = st.binary(min_size=1, max_size=20).map(lambda b: bytes(0x61 + c % 26 for c in b))
+
+
+@given(inputs=st.lists(st.one_of(_hidden.map(lambda d: (d, True)), _visible.map(lambda d: (d, False))), max_size=30),
+       idle=st.lists(st.booleans(), max_size=30))
+def test_hidden_bytes_never_reach_the_transcript_and_every_one_is_counted(tmp_path_factory, inputs, idle):
+    rec, clock, audit = recorder(tmp_path_factory.mktemp("p"))
+    for (data, is_hidden), pause in zip(inputs, idle + [False] * len(inputs), strict=False):
+        rec.input(data, is_hidden)
+        if pause:
+            clock.now += SPAN_IDLE
+            rec.flush()
+    evs = finish(rec)
+    typed = "".join(e[2] for e in evs if e[1] == "i" and not e[2].startswith("[hidden input"))
+    assert not any(c.isupper() for c in typed)  # hidden input was upper case, visible lower case
+    total = sum(len(d) for d, h in inputs if h)
+    assert sum(int(e[2]) for e in evs if e[1] == "ih") == total == rec.hidden_bytes
+    assert rec.hidden_spans == len([e for e in evs if e[1] == "ih"])
