@@ -32,7 +32,7 @@ from typing import Any
 
 # How long a program in non-canonical mode may take to echo a keystroke before it counts as hidden. Readline
 # echoes within milliseconds; the margin is for a loaded worker. Only the input_ack waits, never the operator.
-ECHO_WINDOW = 0.5
+ECHO_WINDOW = 1.0
 # Output kept for matching echoes: far more than any keystroke message's echo needs.
 MAX_ECHO_TEXT = 256 * 1024
 
