@@ -23,7 +23,7 @@ from twisted.python.threadpool import ThreadPool
 
 log = Logger()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PREFIX = "slaveshell_"
 
 # MySQL's DATETIME drops fractions of a second unless asked.
@@ -63,6 +63,11 @@ sessions = sa.Table(
     sa.Column("build_id", sa.Integer, nullable=True, index=True),
     sa.Column("builder", sa.String(255), nullable=True),
     sa.Column("build_number", sa.Integer, nullable=True),
+    # Schema 3: input the remote terminal did not display (slaveshell.hidden): bytes, spans, and whether it was
+    # more than a password.
+    sa.Column("hidden_bytes", sa.BigInteger, nullable=False, default=0, server_default=sa.text("0")),
+    sa.Column("hidden_spans", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
+    sa.Column("hidden_flag", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 events = sa.Table(
@@ -97,8 +102,17 @@ def _migrate_2(conn: sa.Connection) -> None:
             index.create(conn)
 
 
+def _migrate_3(conn: sa.Connection) -> None:
+    # The hidden-input counts; rows of earlier sessions get 0 and false (nothing was counted then).
+    present = {c["name"] for c in sa.inspect(conn).get_columns(sessions.name)}
+    for name in ("hidden_bytes", "hidden_spans", "hidden_flag"):
+        if name not in present:
+            ddl = sa.schema.CreateColumn(sessions.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {ddl}"))
+
+
 # version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 def migrate(engine: sa.Engine) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from slaveshell import hidden as hidden_input
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
@@ -44,6 +45,7 @@ class AuditTrail:
         redact: Sequence[str] = (),
         require_recording: bool = True,
         on_record_error: str = "end",
+        seal_to: str | Sequence[str] | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -60,6 +62,8 @@ class AuditTrail:
         self.redact = Redactor([re.compile(p) for p in redact])
         self.require_recording = require_recording
         self.on_record_error = on_record_error
+        # Hidden keystrokes are sealed to these age recipients (auditors' public keys); None: lengths only.
+        self.seal_recipients = hidden_input.load_recipients(seal_to) if seal_to else None
         self.store = AuditStore(self.db_url, reactor)
         self.recorders: dict[str, SessionRecorder] = {}
         self._started = False
@@ -136,8 +140,10 @@ class AuditTrail:
         returns the recorder (None when serving unrecorded in degraded mode)."""
         path = os.path.join(self.directory, transcript_name(session.worker, session.id, session.started))
         encoder = CastEncoder(self.redact, record_input=self.record_input)
+        recipients = self.seal_recipients
         recorder = SessionRecorder(session.id, path, encoder, self.store, session.started,
-                                   clock=self.reactor.seconds)
+                                   clock=self.reactor.seconds,
+                                   seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None)
         problem = None
         try:
             transcript_dir(self.directory)
@@ -247,6 +253,7 @@ def _search(paths: list[tuple[dict[str, Any], str | None]], needle: str, limit: 
                 context = text[max(0, index - 40): index + len(needle) + 40].replace("\n", " ")
                 hits.append({"session": row["id"], "worker": row["worker"], "operator": row["operator"],
                              "started": row["started"], "time": round(t, 3),
+                             "hidden": hidden_input.summary(row), "hidden_flag": bool(row.get("hidden_flag")),
                              "stream": "output" if code == "o" else "input", "context": context})
                 index = lowered_text.find(lowered, index + len(needle))
         if len(hits) >= limit:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from slaveshell import hidden as hidden_input
 from slaveshell.transcript import CastEncoder
 
 from .audit import AuditStore, utc
@@ -21,6 +22,10 @@ log = Logger()
 
 # Flush when this much is buffered, whatever the timer says.
 FLUSH_BYTES = 64 * 1024
+# A span of hidden input with no new keystroke for this long is ended (and marked) at the next flush.
+SPAN_IDLE = 1.0
+
+Seal = Callable[[bytes], str]
 
 
 class SessionRecorder:
@@ -28,7 +33,7 @@ class SessionRecorder:
     after it, events are dropped and what was already written stays valid."""
 
     def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: AuditStore | None,
-                 started: float, clock: Callable[[], float] = time.time) -> None:
+                 started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None) -> None:
         self.session_id = session_id
         self.path = path
         self.encoder = encoder
@@ -39,6 +44,14 @@ class SessionRecorder:
         self.failed: OSError | None = None
         self.on_error: Callable[[OSError], None] = lambda e: None
         self.sha256: str | None = None
+        # Hidden input: `seal` encrypts a span's bytes to the auditors (None: only lengths are kept).
+        self.seal = seal
+        self.hidden_bytes = 0
+        self.hidden_spans = 0
+        self.hidden_flag = False
+        self._span = bytearray()
+        self._span_last = 0.0
+        self._after_hidden_line = False
 
     def create(self, header: str) -> None:
         """Create the file with its header on disk, before anything is served. Raises OSError."""
@@ -63,6 +76,8 @@ class SessionRecorder:
             self.flush()
 
     def flush(self) -> None:
+        if self._span and self.clock() - self._span_last >= SPAN_IDLE:
+            self._end_span()
         if self.file is None or self.failed is not None:
             return
         try:
@@ -84,15 +99,65 @@ class SessionRecorder:
         self._add(self.encoder.output(self._t(), data))
 
     def input(self, data: bytes, hidden: bool) -> None:
+        if hidden:
+            self._hidden(data)
+            return
+        self._end_span()
+        self._after_hidden_line = False
         self._add(self.encoder.input(self._t(), data, hidden))
+
+    # -- hidden input (slaveshell.hidden) ---------------------------------------------------------
+
+    def _hidden(self, data: bytes) -> None:
+        """Keystrokes the remote terminal did not display: gathered into a span that ends at a line end, at
+        visible input, after SPAN_IDLE without keystrokes, at MAX_SPAN bytes or at the session's end; the
+        transcript gets the span's marker then. Only `seal` ever sees the bytes."""
+        self.encoder.input(self._t(), data, True)  # drops the input decoder's state
+        if not self._span and self._after_hidden_line:
+            self.hidden_flag = True  # typing went on, hidden, after a hidden line: not a password
+        self._span += data
+        self._span_last = self.clock()
+        self.hidden_bytes += len(data)
+        if self.hidden_bytes > hidden_input.HIDDEN_FLAG_BYTES:
+            self.hidden_flag = True
+        if b"\r" in data or b"\n" in data:
+            self._end_span()
+            self._after_hidden_line = True
+        elif len(self._span) >= hidden_input.MAX_SPAN:
+            self._end_span()
+
+    def _end_span(self) -> None:
+        if not self._span:
+            return
+        data, self._span = bytes(self._span), bytearray()
+        sealed = None
+        if self.seal is not None and self.encoder.record_input:
+            try:
+                sealed = self.seal(data)
+            except Exception as e:
+                # Never the bytes, nor the library's message (it could quote them): the kind of failure only.
+                log.error("session {sid}: hidden input could not be sealed ({kind})", sid=self.session_id,
+                          kind=type(e).__name__)
+        nbytes = len(data)
+        del data
+        self.hidden_spans += 1
+        self._add(self.encoder.hidden_span(self._t(), nbytes, sealed))
+        if self.audit is not None:
+            self.audit.update_session(self.session_id, **self.hidden_counts())
+
+    def hidden_counts(self) -> dict[str, Any]:
+        return {"hidden_bytes": self.hidden_bytes, "hidden_spans": self.hidden_spans,
+                "hidden_flag": self.hidden_flag}
 
     def resize(self, cols: int, rows: int) -> None:
         self._add(self.encoder.resize(self._t(), cols, rows))
 
     def marker(self, text: str) -> None:
+        self._end_span()
         self._add(self.encoder.marker(self._t(), text))
 
     def end(self, session: MasterSession) -> None:
+        self._end_span()
         status = session.status
         t = self._t()
         if status is not None:
@@ -124,6 +189,7 @@ class SessionRecorder:
                 bytes_in=session.bytes_in,
                 bytes_out=session.bytes_out,
                 transcript_sha256=self.sha256,
+                **self.hidden_counts(),
             )
             self.audit.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
                              detail=session.end_reason, when=ended)

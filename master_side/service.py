@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
+from slaveshell import hidden as hidden_input
 from slaveshell.policy import Identity, Policy, Rule
 from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
@@ -139,6 +140,7 @@ class ShellService(BuildbotService):
         redact: Sequence[str] = (),
         require_recording: bool = True,
         on_record_error: str = "end",
+        seal_to: str | Sequence[str] | None = None,
         detach_grace: float | None = 300.0,
         idle_timeout: float | None = None,
         max_duration: float | None = None,
@@ -162,6 +164,11 @@ class ShellService(BuildbotService):
                 re.compile(pattern)
             except (re.error, TypeError) as e:
                 config.error(f"ShellService: bad redact pattern {pattern!r}: {e}")
+        if seal_to is not None:
+            try:
+                hidden_input.load_recipients(seal_to)
+            except ValueError as e:
+                config.error(f"ShellService: {e}")
 
         if not isinstance(socket, str) or not socket:
             config.error("ShellService: socket must be a path (relative to the master's basedir)")
@@ -205,6 +212,7 @@ class ShellService(BuildbotService):
         redact: Sequence[str] = (),
         require_recording: bool = True,
         on_record_error: str = "end",
+        seal_to: str | Sequence[str] | None = None,
         detach_grace: float | None = 300.0,
         idle_timeout: float | None = None,
         max_duration: float | None = None,
@@ -220,7 +228,8 @@ class ShellService(BuildbotService):
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=transcripts, db_url=db_url, record_input=record_input, redact=redact,
-                           require_recording=require_recording, on_record_error=on_record_error)
+                           require_recording=require_recording, on_record_error=on_record_error,
+                           seal_to=seal_to)
         if self.trail is None:
             self.trail = trail
             yield self.trail.start()
@@ -229,7 +238,7 @@ class ShellService(BuildbotService):
                      "master restart")
         else:
             # Recording options apply to sessions opened from now on.
-            for attr in ("record_input", "redact", "require_recording", "on_record_error"):
+            for attr in ("record_input", "redact", "require_recording", "on_record_error", "seal_recipients"):
                 setattr(self.trail, attr, getattr(trail, attr))
         path = os.path.abspath(os.path.join(self.master.basedir, socket))
         if path != self.socket_path or group != self._group:

@@ -37,16 +37,6 @@ def eof_byte(fd: int) -> bytes:
         return b"\x04"
 
 
-def password_mode(fd: int) -> bool:
-    """True while the terminal reads a line without echoing it: how getpass, sudo and `read -s` read.
-    Readline and full-screen programs also turn echo off, but in non-canonical mode, and echo themselves."""
-    try:
-        lflag = termios.tcgetattr(fd)[3]
-    except (termios.error, OSError):
-        return False
-    return bool(lflag & termios.ICANON) and not lflag & termios.ECHO
-
-
 def foreground_group(fd: int) -> int | None:
     """The PTY's foreground process group (the job a Ctrl-C would reach), if the kernel tells us."""
     try:

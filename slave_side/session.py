@@ -32,6 +32,7 @@ from slaveshell.protocol import (
 )
 
 from . import pty as ptyutil
+from .echo import HiddenInputJudge, Keystrokes, terminal_modes
 
 log = Logger()
 
@@ -176,9 +177,10 @@ class WorkerSession:
         self._exited = False
         self._timers: list[Any] = []
         self._input_paused = False
-        # (bytes, hidden) per input message not yet acknowledged, in order.
-        self._held_input: list[tuple[int, bool]] = []
+        # Input messages not yet acknowledged, in order; on a PTY, each waits for the hidden-input decision.
+        self._held_input: list[Keystrokes] = []
         self._pty_fd: int | None = None
+        self._judge = HiddenInputJudge(reactor, self._input_decided)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -227,11 +229,20 @@ class WorkerSession:
     def input(self, data: bytes) -> None:
         if self.ended or self._exited:
             return
-        # Decided here, at the moment of delivery, where the terminal's modes are known: a password prompt
-        # (canonical mode, echo off) hides what is typed, and so must the transcript.
-        hidden = self._pty_fd is not None and ptyutil.password_mode(self._pty_fd)
-        self.transport.write(data)
-        self._held_input.append((len(data), hidden))
+        # Decided here, where the terminal's modes and the program's echo are seen (slave_side.echo): what a
+        # prompt does not display is hidden, and the transcript keeps only its length.
+        if self._pty_fd is not None:
+            modes = terminal_modes(self._pty_fd)
+            self.transport.write(data)
+            item = self._judge.delivered(data, modes)
+        else:
+            self.transport.write(data)
+            item = Keystrokes(len(data), hidden=False)
+        self._held_input.append(item)
+        if not self._input_paused:
+            self._release_input_credit()
+
+    def _input_decided(self) -> None:
         if not self._input_paused:
             self._release_input_credit()
 
@@ -281,6 +292,8 @@ class WorkerSession:
     # -- process events ----------------------------------------------------------------------------
 
     def _output(self, stream: int, data: bytes) -> None:
+        if self._pty_fd is not None:
+            self._judge.output(data)
         buf = self._buffers[stream]
         buf += data
         if len(buf) >= MAX_CHUNK:
@@ -324,9 +337,10 @@ class WorkerSession:
     def _release_input_credit(self) -> None:
         if self.ended:
             return
-        held, self._held_input = self._held_input, []
-        for nbytes, hidden in held:
-            self.report("input_ack", nbytes, hidden)
+        # In order, up to the first message whose hidden-input decision is still pending.
+        while self._held_input and self._held_input[0].hidden is not None:
+            item = self._held_input.pop(0)
+            self.report("input_ack", item.nbytes, item.hidden)
 
     def _process_exited(self) -> None:
         self._exited = True
@@ -352,6 +366,7 @@ class WorkerSession:
         if sig is not None:
             code = None
         self.ended = True
+        self._judge.close()
         for timer in self._timers:
             if timer.active():
                 timer.cancel()

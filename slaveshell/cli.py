@@ -117,11 +117,17 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'SESSION':13} {'STARTED (UTC)':20} {'DURATION':9} {'OPERATOR':12} {'WORKER':16} {'END':14} COMMAND")
+    from .hidden import summary
+
+    print(f"{'SESSION':13} {'STARTED (UTC)':20} {'DURATION':9} {'OPERATOR':12} {'WORKER':16} {'END':14} "
+          f"{'HIDDEN':9} COMMAND")
     for r in rows:
         end = r["end_reason"] or r["state"]
         print(f"{r['id']:13} {r['started'][:19].replace('T', ' '):20} {_duration(r):9} {r['operator'][:12]:12} "
-              f"{r['worker'][:16]:16} {end[:14]:14} {r['command'] or '(login shell)'}")
+              f"{r['worker'][:16]:16} {end[:14]:14} {summary(r):9} {r['command'] or '(login shell)'}")
+    if any(r.get("hidden_flag") for r in rows):
+        print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
+              "'slaveshell reveal ID --identity KEY' shows it to the holder of the auditors' key", file=sys.stderr)
     return 0
 
 
@@ -168,6 +174,58 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reveal(args: argparse.Namespace) -> int:
+    """The hidden input of a session, opened with the auditors' age identity. The transcript comes through the
+    master (the `replay` right), or from a file (`--file`, e.g. root reading the transcripts directory); the
+    identity never leaves this process."""
+    from . import hidden
+    from .transcript import parse_lines
+
+    try:
+        identities = hidden.load_identities(args.identity)
+    except ValueError as e:
+        print(f"slaveshell: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.file:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        elif args.session:
+            data = fetch_transcript(_socket_path(args), args.session)
+        else:
+            print("slaveshell: reveal needs a session ID or --file", file=sys.stderr)
+            return 2
+        cast = parse_lines(data.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    except OSError as e:
+        print(f"slaveshell: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
+        return 255
+    except ValueError as e:
+        print(f"slaveshell: {e}", file=sys.stderr)
+        return 255
+    except Exception as e:
+        return _fail(e)
+    spans = hidden.spans(cast.events)
+    if not spans:
+        print("slaveshell: this session has no hidden input", file=sys.stderr)
+        return 1
+    status = 0
+    for span in spans:
+        head = f"+{span.time:.1f}s  {hidden.marker(span.nbytes)}"
+        if span.sealed is None:
+            print(f"{head}  not sealed (the master had no seal_to key then)")
+            status = 1
+            continue
+        try:
+            text = hidden.unseal(span.sealed, identities)
+        except ValueError as e:
+            print(f"{head}  {e}")
+            status = 1
+            continue
+        # What was typed is untrusted text: shown escaped, never interpreted by this terminal.
+        print(f"{head}  {hidden.escaped(text)}")
+    return status
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": 10_000}
     try:
@@ -178,8 +236,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(hits, indent=1))
         return 0 if hits else 1
     for h in hits:
+        flag = "  [hidden input flagged]" if h.get("hidden_flag") else ""
         print(f"{h['session']}  {h['started'][:19].replace('T', ' ')} +{h['time']:.1f}s  "
-              f"{h['operator']}@{h['worker']}  {h['stream']}: {h['context']}")
+              f"{h['operator']}@{h['worker']}{flag}  {h['stream']}: {h['context']}")
     return 0 if hits else 1
 
 
@@ -316,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_filters(with_socket(sub.add_parser("search", help="find text shown or typed in transcripts")))
     s.add_argument("text")
     s.set_defaults(func=cmd_search)
+
+    rv = with_socket(sub.add_parser("reveal", help="show a session's sealed hidden input (auditors' age key)"))
+    rv.add_argument("session", metavar="ID", nargs="?")
+    rv.add_argument("--identity", "-i", required=True, metavar="KEY",
+                    help="age identity file (AGE-SECRET-KEY-1..., as age-keygen writes it)")
+    rv.add_argument("--file", metavar="CAST", help="read this transcript file instead of asking the master")
+    rv.set_defaults(func=cmd_reveal)
 
     c = with_socket(sub.add_parser("console", help="the interactive console (the default on a terminal)"))
     c.set_defaults(func=cmd_console)

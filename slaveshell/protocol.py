@@ -14,7 +14,9 @@ Session control (called on the session handle, towards the process):
 Session sink (called on the sink, towards the operator):
     output(stream: int, data: bytes)   stream 1 (PTY or stdout) or 2 (stderr)
     input_ack(nbytes: int, hidden: bool)  one input message delivered to the process, in order; returns its
-                                       credit. hidden: the terminal was reading a password (echo off)
+                                       credit. hidden: the terminal did not display it (echo off, and the
+                                       program did not echo it either: slave_side.echo); the transcript keeps
+                                       only its length (slaveshell.hidden)
     exit(code, signal, reason)         the end: exit code or terminating signal; both None plus a reason
                                        when the session was lost or refused
 

@@ -3,7 +3,9 @@
 A transcript is newline-delimited JSON: a header object, then `[seconds, code, data]` events. Codes:
 
     o   output, as the operator's terminal showed it (stderr of a command is merged in, as a terminal would)
-    i   input the operator sent; REDACTED in place of keystrokes typed while the remote terminal hid them
+    i   input the operator sent; for keystrokes the remote terminal hid, only a marker of their length
+    ih  the length in bytes of the hidden span marked by the `i` event before it (slaveshell.hidden)
+    is  that span's keystrokes sealed to the auditors' age key, when one is configured (slaveshell.hidden)
     r   resize, "COLSxROWS"
     m   marker: joins, signals, exit, interruption (free text)
     ob  exact bytes of the preceding `o` event, base64, only when that output was not valid UTF-8
@@ -23,6 +25,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from . import hidden as hidden_input
 
 REDACTED = "[REDACTED]"
 VERSION = 2
@@ -90,12 +94,20 @@ class CastEncoder:
         if not self.record_input:
             return []
         if hidden:
-            # Typed while the terminal hid it (a password prompt): record that something was typed, not what.
-            # Drop the decoder's state too, so no part of it leaks into the next event.
+            # Typed while the terminal hid it: never written here (the recorder marks the span with
+            # `hidden_span`). Drop the decoder's state too, so no part of it leaks into the next event.
             self._input = StreamDecoder()
-            return [_dumps([round(t, 6), "i", REDACTED])]
+            return []
         text = self._input.decode(data)
         return encode_event(t, "i", self.redact(text)) if text else []
+
+    def hidden_span(self, t: float, nbytes: int, sealed: str | None = None) -> list[str]:
+        """The marker of a span of hidden input: its length, and its bytes sealed to the auditors if given."""
+        t = round(t, 6)
+        lines = [_dumps([t, "i", hidden_input.marker(nbytes)]), _dumps([t, "ih", str(nbytes)])]
+        if sealed is not None:
+            lines.append(_dumps([t, "is", sealed]))
+        return lines
 
     def resize(self, t: float, cols: int, rows: int) -> list[str]:
         return [_dumps([round(t, 6), "r", f"{cols}x{rows}"])]

@@ -134,7 +134,8 @@ def test_a_version_1_database_is_upgraded_in_place(db_url):
         # Schema 1 as it was released: sessions without the build columns.
         old = sa.MetaData()
         v1_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
-                                                           if c.name not in ("build_id", "builder", "build_number")])
+                                                           if c.name not in ("build_id", "builder", "build_number")
+                                                           and not c.name.startswith("hidden_")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v1_sessions.create(conn)
@@ -146,5 +147,37 @@ def test_a_version_1_database_is_upgraded_in_place(db_url):
         assert {"build_id", "builder", "build_number"} <= columns
         with engine.connect() as conn:
             assert conn.execute(sa.select(audit.sessions.c.id, audit.sessions.c.build_id)).all() == [("s1", None)]
+    finally:
+        engine.dispose()
+
+
+def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
+    engine = sa.create_engine(db_url)
+    try:
+        # Schema 2 as it was released: sessions without the hidden-input columns, with a session in it.
+        old = sa.MetaData()
+        v2_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
+                                                           if not c.name.startswith("hidden_")])
+        with engine.begin() as conn:
+            audit.schema_table.create(conn)
+            v2_sessions.create(conn)
+            audit.events.create(conn)
+            conn.execute(audit.schema_table.insert().values(version=1))
+            conn.execute(audit.schema_table.insert().values(version=2))
+            conn.execute(v2_sessions.insert().values(**row()))
+        assert migrate(engine) == 2
+        assert migrate(engine) == SCHEMA_VERSION == 3
+        columns = {c["name"] for c in sa.inspect(engine).get_columns(audit.sessions.name)}
+        assert {"hidden_bytes", "hidden_spans", "hidden_flag"} <= columns
+        s = audit.sessions.c
+        with engine.begin() as conn:
+            # The old row reads as "nothing hidden"; new rows get the same defaults and take counts.
+            assert conn.execute(sa.select(s.id, s.hidden_bytes, s.hidden_spans, s.hidden_flag)).all() == [
+                ("s1", 0, 0, False)]
+            conn.execute(audit.sessions.insert().values(**row("s2")))
+            conn.execute(audit.sessions.update().where(s.id == "s2").values(hidden_bytes=130, hidden_spans=5,
+                                                                            hidden_flag=True))
+            flagged = conn.execute(sa.select(s.id).where(s.hidden_flag == sa.true())).scalars().all()
+        assert flagged == ["s2"]
     finally:
         engine.dispose()

@@ -41,10 +41,15 @@ def test_any_bytes_split_anyhow_are_recoverable_exactly(pieces):
         event.data.encode("utf-8")
 
 
-def test_hidden_input_is_redacted_and_visible_input_kept():
+def test_hidden_input_is_never_written_only_its_span_marker_and_visible_input_kept():
     enc = CastEncoder()
-    assert events_of(enc.input(1.0, b"hunter2\r", hidden=True)) == [[1.0, "i", REDACTED]]
+    assert enc.input(1.0, b"hunter2\r", hidden=True) == []
+    assert events_of(enc.hidden_span(1.5, 8)) == [[1.5, "i", "[hidden input: 8 bytes]"], [1.5, "ih", "8"]]
     assert events_of(enc.input(2.0, b"ls\r", hidden=False)) == [[2.0, "i", "ls\r"]]
+    # A character split across a hidden and a visible message never completes into the visible one.
+    enc.input(3.0, "é".encode()[:1], hidden=False)
+    enc.input(3.1, "é".encode()[1:], hidden=True)
+    assert events_of(enc.input(3.2, b"x", hidden=False)) == [[3.2, "i", "x"]]
     assert CastEncoder(record_input=False).input(1.0, b"ls\r", hidden=False) == []
 
 
