@@ -66,26 +66,42 @@ def buffered_bytes(transport: Any) -> int:
 
 
 class RefusalAudit:
-    """Audit events and log lines for refusals and drops, at most one per (uid, kind) per interval."""
+    """Audit events and log lines for refusals and drops: at most one per uid and kind of refusal per
+    interval; the ones left out are counted and reported with the next one, or by `flush()` once the interval
+    has passed."""
 
     def __init__(self, event: Callable[[str, Identity, str, str | None], None], clock: Callable[[], float],
                  interval: float = AUDIT_INTERVAL) -> None:
         self.event = event
         self.clock = clock
         self.interval = interval
-        self._last: dict[tuple[int, str], float] = {}
-        self._left_out: dict[tuple[int, str], int] = {}
+        self._last: dict[tuple[int, str, str], float] = {}
+        # Left out since the last event: (count, who, the latest reason, worker).
+        self._left_out: dict[tuple[int, str, str], tuple[int, Identity, str, str | None]] = {}
 
     def __call__(self, who: Identity, kind: str, reason: str, worker: str | None = None) -> None:
-        """`kind` is "refused" or "dropped"; `reason` says what and which bound; `worker`, if it concerns one."""
-        key = (who.uid, kind)
-        now = self.clock()
-        if now - self._last.get(key, -self.interval) < self.interval:
-            self._left_out[key] = self._left_out.get(key, 0) + 1
+        """`kind` is "refused" or "dropped"; `reason` says what and which bound, its part before the first
+        colon naming the kind of refusal; `worker`, if it concerns one."""
+        key = (who.uid, kind, reason.split(":", 1)[0])
+        if self.clock() - self._last.get(key, -self.interval) < self.interval:
+            count = self._left_out.get(key, (0,))[0]
+            self._left_out[key] = (count + 1, who, reason, worker)
             return
-        self._last[key] = now
-        more = self._left_out.pop(key, 0)
-        detail = reason + (f" (and {more} more {kind} in the last {self.interval:g} s)" if more else "")
+        self._emit(key, who, kind, reason, worker)
+
+    def flush(self) -> None:
+        """Report what was left out once its interval has passed (called about once a second)."""
+        now = self.clock()
+        for key, (count, who, reason, worker) in list(self._left_out.items()):
+            if now - self._last.get(key, -self.interval) >= self.interval:
+                del self._left_out[key]
+                self._emit(key, who, key[1], f"{count} more: {reason}", worker, count_left_out=False)
+
+    def _emit(self, key: tuple[int, str, str], who: Identity, kind: str, reason: str, worker: str | None,
+              count_left_out: bool = True) -> None:
+        self._last[key] = self.clock()
+        more = self._left_out.pop(key, (0,))[0] if count_left_out else 0
+        detail = reason + (f" (and {more} more in the last {self.interval:g} s)" if more else "")
         log.warn("slaveshell: {kind} {who}: {detail}", kind=kind, who=who, detail=detail)
         self.event(kind, who, detail, worker)
 
@@ -188,6 +204,7 @@ class ConnectionGate:
     def tick(self) -> None:
         """About once a second: drop connections over the buffer bound, or whose buffer has not drained for
         `write_stall` seconds (a peer that stopped reading, even if nothing new is sent to it)."""
+        self.audit.flush()
         now = self.clock()
         stall = self.bounds.write_stall
         for conn in list(self.connections.values()):
