@@ -14,7 +14,9 @@ process that also runs Buildbot (its database, its workers' connections, its bui
 The buffered size is read from Twisted's `abstract.FileDescriptor` (``dataBuffer``, ``offset``,
 ``_tempDataLen``), the same figure its `write` compares with ``bufferSize`` before pausing a producer. A
 registered producer would be the public interface, but a streaming producer on a PB transport changes how
-`loseConnection` completes, so the figure is read instead; transports without it count as empty.
+`loseConnection` completes, and its pause/resume says nothing about a peer that reads slowly but steadily; so
+the figure is read instead (transports without it count as empty), and the broker counts what it writes, so
+that what the kernel took (written less buffered) shows whether the peer reads at all.
 
 Every refusal and drop is audited (an event of kind ``refused`` or ``dropped``) and logged, at most once per
 uid and kind per `AUDIT_INTERVAL` seconds, with the number of the others left out.
@@ -95,7 +97,8 @@ class RefusalAudit:
         for key, (count, who, reason, worker) in list(self._left_out.items()):
             if now - self._last.get(key, -self.interval) >= self.interval:
                 del self._left_out[key]
-                self._emit(key, who, key[1], f"{count} more: {reason}", worker, count_left_out=False)
+                self._emit(key, who, key[1], f"{count} more: {reason}" if count > 1 else reason, worker,
+                           count_left_out=False)
 
     def _emit(self, key: tuple[int, str, str], who: Identity, kind: str, reason: str, worker: str | None,
               count_left_out: bool = True) -> None:
@@ -132,8 +135,8 @@ class _Connection:
         self.identity = identity
         self.broker = broker
         self.calls = 0
-        # The write buffer's low mark since it last drained, and since when (the write-stall clock).
-        self.level = 0
+        # Bytes the kernel had taken from the write buffer when the write-stall clock last started.
+        self.taken = 0
         self.since: float | None = None
 
 
@@ -211,10 +214,12 @@ class ConnectionGate:
             if self.check(conn.broker):
                 continue
             held = buffered_bytes(conn.broker.transport)
+            taken = getattr(conn.broker, "written", 0) - held
             if held == 0:
                 conn.since = None
-            elif conn.since is None or held < conn.level:
-                conn.since, conn.level = now, held
+            elif conn.since is None or taken > conn.taken:
+                # Waiting output, but the peer read some since the last look: it is slow, not stalled.
+                conn.since, conn.taken = now, taken
             elif stall is not None and now - conn.since >= stall:
                 self.drop(conn.broker, f"it has not read its output for {stall:g} s ({held} bytes waiting)")
 
@@ -268,6 +273,8 @@ class GatedBroker(pb.Broker):
     """A PB broker that asks its factory's gate before speaking PB at all."""
 
     admitted = False
+    # Bytes written to the transport so far (what the kernel took is this less what is still buffered).
+    written = 0
 
     @property
     def gate(self) -> ConnectionGate:
@@ -288,6 +295,12 @@ class GatedBroker(pb.Broker):
     def dataReceived(self, data: bytes) -> None:
         if self.admitted:
             super().dataReceived(data)
+
+    def sendEncoded(self, obj: Any) -> None:
+        # Banana's one write: FileDescriptor.write always buffers, so the buffer grows by what was written.
+        before = buffered_bytes(self.transport)
+        super().sendEncoded(obj)
+        self.written += buffered_bytes(self.transport) - before
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.admitted:
