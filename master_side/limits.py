@@ -9,6 +9,7 @@ process that also runs Buildbot (its database, its workers' connections, its bui
 - calls in progress on one connection (open, history, transcript, search wait on a worker or a database);
 - output buffered for one connection in the master's user-space write buffer: a peer that does not read is
   dropped when the buffer passes a bound, or when it has not drained for a while even if nothing new is sent;
+  and in total, checked about once a second (the connections holding most go first);
 - notices to a session's viewers about others joining (a count per minute, the rest summed up).
 
 The buffered size is read from Twisted's `abstract.FileDescriptor` (``dataBuffer``, ``offset``,
@@ -55,6 +56,7 @@ class Bounds:
     viewers_per_session: int = 16
     viewers_per_operator: int = 32
     connection_buffer: int = 4 * 1024 * 1024
+    buffered_total: int = 64 * 1024 * 1024
     write_stall: float | None = 60.0
     calls_in_progress: int = 4
 
@@ -210,6 +212,15 @@ class ConnectionGate:
         self.audit.flush()
         now = self.clock()
         stall = self.bounds.write_stall
+        # In total: while all connections together hold more than the bound, the one holding most goes.
+        held_by = {b: buffered_bytes(b.transport) for b in self.connections}
+        total = sum(held_by.values())
+        for broker in sorted(held_by, key=held_by.__getitem__, reverse=True):
+            if total <= self.bounds.buffered_total:
+                break
+            total -= held_by[broker]
+            self.drop(broker, f"{held_by[broker]} bytes of output it did not read, while all connections held "
+                              f"more than the master's limit of {self.bounds.buffered_total}")
         for conn in list(self.connections.values()):
             if self.check(conn.broker):
                 continue

@@ -156,6 +156,7 @@ class ShellService(BuildbotService):
         max_viewers_per_session: int = Bounds.viewers_per_session,
         max_viewers_per_operator: int = Bounds.viewers_per_operator,
         max_connection_buffer: int = Bounds.connection_buffer,
+        max_buffered_total: int = Bounds.buffered_total,
         write_stall_timeout: float | None = Bounds.write_stall,
         max_calls_in_progress: int = Bounds.calls_in_progress,
         name: str = "slaveshell",
@@ -175,6 +176,7 @@ class ShellService(BuildbotService):
                             ("max_viewers_per_session", max_viewers_per_session),
                             ("max_viewers_per_operator", max_viewers_per_operator),
                             ("max_connection_buffer", max_connection_buffer),
+                            ("max_buffered_total", max_buffered_total),
                             ("max_calls_in_progress", max_calls_in_progress)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 config.error(f"ShellService: {what} must be a whole number of at least 1")
@@ -241,6 +243,7 @@ class ShellService(BuildbotService):
         max_viewers_per_session: int = Bounds.viewers_per_session,
         max_viewers_per_operator: int = Bounds.viewers_per_operator,
         max_connection_buffer: int = Bounds.connection_buffer,
+        max_buffered_total: int = Bounds.buffered_total,
         write_stall_timeout: float | None = Bounds.write_stall,
         max_calls_in_progress: int = Bounds.calls_in_progress,
         name: str = "slaveshell",
@@ -249,8 +252,8 @@ class ShellService(BuildbotService):
         self.limits = Limits(detach_grace, idle_timeout, max_duration, max_sessions_per_worker,
                              max_sessions_per_operator, stall_timeout, close_deadline)
         self.gate.bounds = Bounds(max_connections_per_uid, max_connections, max_viewers_per_session,
-                                  max_viewers_per_operator, max_connection_buffer, write_stall_timeout,
-                                  max_calls_in_progress)
+                                  max_viewers_per_operator, max_connection_buffer, max_buffered_total,
+                                  write_stall_timeout, max_calls_in_progress)
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),

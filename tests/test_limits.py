@@ -281,3 +281,16 @@ def test_the_broker_counts_what_it_writes_so_the_gate_sees_whether_the_peer_read
     assert broker.written == transport._tempDataLen > 0
     broker.sendEncoded([b"x" * 1000])
     assert broker.written == transport._tempDataLen > 1000
+
+
+def test_output_held_for_all_connections_together_is_bounded_the_largest_go_first():
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connection_buffer=1000, buffered_total=2000)
+    factory = GatedFactory(Root(), gate)
+    peers = [connect(factory, who) for who in (ALICE, BOB, ROOT)]
+    for (_, t), held in zip(peers, (900, 1000, 500), strict=True):
+        t._tempDataLen = held
+    gate.tick()
+    assert [t.aborted for _, t in peers] == [False, True, False]
+    assert audited == [("dropped", "bob", "connection dropped: 1000 bytes of output it did not read, while all "
+                                          "connections held more than the master's limit of 2000")]
