@@ -41,6 +41,8 @@ from slaveshell.protocol import (
     check_stream,
 )
 
+from .limits import NoticeBudget
+
 log = Logger()
 
 Send = Callable[..., None]
@@ -106,6 +108,8 @@ class Viewer:
         self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
         self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
         self.input_window = CreditWindow(INPUT_WINDOW)
+        # The operator connection (PB broker) this view is on, for the per-connection bounds (master_side.limits).
+        self.connection: object = None
 
     def __repr__(self) -> str:
         return f"<Viewer {self.identity.user} {self.role.value}>"
@@ -136,6 +140,10 @@ class MasterSession:
         self.detached_at: float | None = None
         # Why the master is ending the session (timeouts, kill): kept for the audit trail.
         self.close_reason: str | None = None
+        # When the master first asked the worker to end the session (close_overdue's clock).
+        self.closing_since: float | None = None
+        # Notices about viewers joining, bounded per minute (a flood of watchers must not flood the owner).
+        self.join_notices = NoticeBudget(clock)
         # For each limit ("idle", "running"), the start of the period already warned about.
         self._warned: dict[str, float] = {}
         # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
@@ -184,8 +192,11 @@ class MasterSession:
         else:
             self.recorder.marker(f"join: {identity.user} ({role.value})")
             self.on_event("join", viewer, role.value)
-            self._notice_all(f"{identity.user} is now {'watching' if role is Role.WATCH else 'sharing'} "
-                             "this session", but=viewer)
+            may, left_out = self.join_notices.take()
+            if may:
+                self._notice_all(f"{identity.user} is now {'watching' if role is Role.WATCH else 'sharing'} "
+                                 "this session" + (f" ({left_out} more joins not shown)" if left_out else ""),
+                                 but=viewer)
         if self.recent:
             self._send_own(viewer, "output", 1, bytes(self.recent))
         return viewer
@@ -286,6 +297,8 @@ class MasterSession:
             return
         if self.close_reason is None:
             self.close_reason = reason
+        if self.closing_since is None:
+            self.closing_since = self.clock()
         self.to_worker("close")
 
     # -- from the worker -----------------------------------------------------------------------
@@ -344,6 +357,17 @@ class MasterSession:
         self._notice_all(f"session ends: {reason}")
         self.close(reason)
         self.abort(reason)
+        return True
+
+    def close_overdue(self, now: float, deadline: float | None) -> bool:
+        """True (and the session ended on the master's side) when the worker has not confirmed the end within
+        `deadline` seconds of the master's close: a worker that ignores close must not hold the session, its
+        slot and its open audit row."""
+        if not self.live or self.closing_since is None or deadline is None or now - self.closing_since < deadline:
+            return False
+        reason = f"worker {self.worker} did not confirm the end within {deadline:g} s"
+        self._notice_all(f"session ends: {reason}")
+        self.abort(f"{self.close_reason}; {reason}" if self.close_reason else reason)
         return True
 
     def tick(self, now: float, detach_grace: float | None, idle_timeout: float | None,

@@ -34,6 +34,7 @@ from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, O
 
 from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
 from .hold import HOLDS
+from .limits import Bounds, ConnectionGate, GatedFactory, RefusalAudit
 from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
 
 log = Logger()
@@ -49,6 +50,7 @@ class Limits:
     per_worker: int | None = None
     per_operator: int | None = None
     stall_timeout: float | None = 60.0
+    close_deadline: float | None = 10.0
 
 
 class RouteError(Exception):
@@ -89,10 +91,12 @@ class OperatorRoot(pb.Referenceable):
         return self.service.list_workers(self.identity())
 
     def remote_open(self, sink: object, params: object) -> Any:
-        return self.service.open_session(self.identity(), self.broker, sink, params)
+        return self.service.gate.limited(self.broker, self.service.open_session, self.identity(), self.broker,
+                                         sink, params)
 
     def remote_attach(self, sink: object, session_id: object, mode: object) -> Any:
-        return self.service.attach_session(self.identity(), self.broker, sink, session_id, mode)
+        return self.service.gate.limited(self.broker, self.service.attach_session, self.identity(), self.broker,
+                                         sink, session_id, mode)
 
     def remote_sessions(self) -> list[dict[str, Any]]:
         return self.service.list_sessions(self.identity())
@@ -104,13 +108,14 @@ class OperatorRoot(pb.Referenceable):
         return self.service.release_build(self.identity(), build_id)
 
     def remote_history(self, filters: object) -> Any:
-        return self.service.history(self.identity(), filters)
+        return self.service.gate.limited(self.broker, self.service.history, self.identity(), filters)
 
     def remote_transcript(self, session_id: object, offset: object) -> Any:
-        return self.service.transcript_chunk(self.identity(), session_id, offset)
+        return self.service.gate.limited(self.broker, self.service.transcript_chunk, self.identity(), session_id,
+                                         offset)
 
     def remote_search(self, text: object, filters: object = None) -> Any:
-        return self.service.search(self.identity(), text, filters)
+        return self.service.gate.limited(self.broker, self.service.search, self.identity(), text, filters)
 
 
 @implementer(pb.IPBRoot)
@@ -147,6 +152,15 @@ class ShellService(BuildbotService):
         max_sessions_per_worker: int | None = None,
         max_sessions_per_operator: int | None = None,
         stall_timeout: float | None = 60.0,
+        close_deadline: float | None = 10.0,
+        max_connections_per_uid: int = Bounds.connections_per_uid,
+        max_connections: int = Bounds.connections,
+        max_viewers_per_session: int = Bounds.viewers_per_session,
+        max_viewers_per_operator: int = Bounds.viewers_per_operator,
+        max_connection_buffer: int = Bounds.connection_buffer,
+        max_buffered_total: int = Bounds.buffered_total,
+        write_stall_timeout: float | None = Bounds.write_stall,
+        max_calls_in_progress: int = Bounds.calls_in_progress,
         name: str = "slaveshell",
     ) -> None:
         from buildbot import config
@@ -154,9 +168,20 @@ class ShellService(BuildbotService):
         for what, value in (("detach_grace", detach_grace), ("idle_timeout", idle_timeout),
                             ("max_duration", max_duration), ("max_sessions_per_worker", max_sessions_per_worker),
                             ("max_sessions_per_operator", max_sessions_per_operator),
-                            ("stall_timeout", stall_timeout)):
+                            ("stall_timeout", stall_timeout), ("close_deadline", close_deadline),
+                            ("write_stall_timeout", write_stall_timeout)):
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 config.error(f"ShellService: {what} must be a non-negative number or None")
+        # Resource bounds (master_side.limits): always on, whole numbers of at least 1.
+        for what, value in (("max_connections_per_uid", max_connections_per_uid),
+                            ("max_connections", max_connections),
+                            ("max_viewers_per_session", max_viewers_per_session),
+                            ("max_viewers_per_operator", max_viewers_per_operator),
+                            ("max_connection_buffer", max_connection_buffer),
+                            ("max_buffered_total", max_buffered_total),
+                            ("max_calls_in_progress", max_calls_in_progress)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                config.error(f"ShellService: {what} must be a whole number of at least 1")
         if on_record_error not in ON_RECORD_ERROR:
             config.error(f"ShellService: on_record_error must be one of {ON_RECORD_ERROR}")
         for pattern in redact:
@@ -190,6 +215,7 @@ class ShellService(BuildbotService):
         self._port: Any = None
         self.trail: AuditTrail | None = None
         self.limits = Limits()
+        self.gate = ConnectionGate(peer_identity, RefusalAudit(self._audit_refusal, _seconds), _seconds)
         self._ticker = task.LoopingCall(self._tick)
         # Disconnect notifications to undo when a session ends, by session id.
         self._hooks: dict[str, list[tuple[Any, Any]]] = {}
@@ -219,11 +245,23 @@ class ShellService(BuildbotService):
         max_sessions_per_worker: int | None = None,
         max_sessions_per_operator: int | None = None,
         stall_timeout: float | None = 60.0,
+        close_deadline: float | None = 10.0,
+        max_connections_per_uid: int = Bounds.connections_per_uid,
+        max_connections: int = Bounds.connections,
+        max_viewers_per_session: int = Bounds.viewers_per_session,
+        max_viewers_per_operator: int = Bounds.viewers_per_operator,
+        max_connection_buffer: int = Bounds.connection_buffer,
+        max_buffered_total: int = Bounds.buffered_total,
+        write_stall_timeout: float | None = Bounds.write_stall,
+        max_calls_in_progress: int = Bounds.calls_in_progress,
         name: str = "slaveshell",
     ) -> Any:
         self.policy = make_policy(policy)
         self.limits = Limits(detach_grace, idle_timeout, max_duration, max_sessions_per_worker,
-                             max_sessions_per_operator, stall_timeout)
+                             max_sessions_per_operator, stall_timeout, close_deadline)
+        self.gate.bounds = Bounds(max_connections_per_uid, max_connections, max_viewers_per_session,
+                                  max_viewers_per_operator, max_connection_buffer, max_buffered_total,
+                                  write_stall_timeout, max_calls_in_progress)
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
@@ -271,7 +309,8 @@ class ShellService(BuildbotService):
         # 0600 unless a group is named: the socket is the door to every worker.
         mode = 0o660 if group is not None else 0o600
         endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True)
-        factory = pb.PBServerFactory(_RootFactory(self), unsafeTracebacks=False)
+        # Connections are counted and bounded per uid as they are accepted, before PB is spoken.
+        factory = GatedFactory(_RootFactory(self), self.gate)
         _break_dead_lock(path + ".lock")
         try:
             self._port = yield endpoint.listen(factory)
@@ -451,6 +490,7 @@ class ShellService(BuildbotService):
             # The operator left while the worker was starting the session: it starts detached.
             session.remove_viewer(owner, "connection lost")
             return None
+        owner.connection = broker
         bind(owner)
         if recorder is None:
             session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
@@ -469,7 +509,14 @@ class ShellService(BuildbotService):
             bound.append(viewer)
             self._hook(session, sink, lambda _ref: session.viewer_lost(viewer))
 
-        return remote_sender(sink, on_failure), bind
+        raw = remote_sender(sink, on_failure)
+
+        def send(method: str, *args: Any) -> None:
+            raw(method, *args)
+            # A peer that does not read is dropped once its buffered output passes the bound.
+            self.gate.check(sink.broker)
+
+        return send, bind
 
     def _hook(self, session: MasterSession, ref: Any, callback: Any) -> None:
         ref.notifyOnDisconnect(callback)
@@ -497,11 +544,16 @@ class ShellService(BuildbotService):
             assert self.trail is not None
             self.trail.refused(who, session.worker, f"permission denied ({mode} {session_id}): {decision.reason}")
             return {"ok": False, "error": f"permission denied: {decision.reason}"}
+        too_many = self.gate.viewer_refusal(who, broker, session, self.sessions.values())
+        if too_many:
+            self.gate.audit(who, "refused", f"view refused ({mode} {session_id}): {too_many}", session.worker)
+            return {"ok": False, "error": too_many}
         send, bind = self._viewer_sender(session, sink)
         try:
             viewer = session.add_viewer(who, role, send)
         except ProtocolError as e:
             return {"ok": False, "error": str(e)}
+        viewer.connection = broker
         bind(viewer)
         return {"ok": True, "session": ViewerHandle(session, viewer, self._peer_error), "id": session.id,
                 "role": role.value, "worker": session.worker, "size": list(session.size)}
@@ -557,8 +609,14 @@ class ShellService(BuildbotService):
 
     def _tick(self) -> None:
         now = self.trail.reactor.seconds() if self.trail is not None else 0.0
+        try:
+            self.gate.tick()
+        except Exception:
+            log.failure("slaveshell: error checking the operator connections")
         for session in list(self.sessions.values()):
             try:
+                if session.close_overdue(now, self.limits.close_deadline):
+                    continue
                 if session.worker_stalled(now, self.limits.stall_timeout):
                     continue
                 self._heartbeat(session, now)
@@ -677,6 +735,10 @@ class ShellService(BuildbotService):
         if self.trail is not None:
             self.trail.ended(session)
 
+    def _audit_refusal(self, kind: str, who: Identity, detail: str, worker: str | None) -> None:
+        if self.trail is not None:
+            self.trail.store.event(kind, None, worker, who.user, who.uid, detail)
+
     def _peer_error(self, session: MasterSession, error: ProtocolError) -> None:
         # A peer broke the protocol: end its session with the reason, keep every connection up.
         log.warn("slaveshell session {sid}: protocol error: {e}", sid=session.id, e=error)
@@ -695,6 +757,13 @@ class ShellService(BuildbotService):
             return
         log.warn("slaveshell session {sid}: worker refused a call: {e}", sid=session.id,
                  e=failure.getErrorMessage())
+
+
+def _seconds() -> float:
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    return float(reactor.seconds())
 
 
 def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defer.Deferred[Any]:

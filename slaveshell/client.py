@@ -19,6 +19,7 @@ from .protocol import (
     INPUT_WINDOW,
     MAX_CHUNK,
     NO_ANSWER,
+    REFUSED_PREFIX,
     STREAM_ERR,
     ExitStatus,
     OpenRequest,
@@ -42,16 +43,47 @@ def connect(reactor: Any, socket_path: str) -> Any:
     if not os.path.exists(socket_path):
         raise ClientError(f"no master socket at {socket_path} (is the master running with ShellService? "
                           "give its basedir with --master DIR, or --socket PATH)")
-    factory = pb.PBClientFactory()
+    factory = _ClientFactory()
     # reactor.connectUNIX rather than an endpoint: twisted.internet.endpoints imports TLS and asyncio, a
     # third of the client's start-up, for nothing on a local socket.
     reactor.connectUNIX(socket_path, factory, timeout=10)
     try:
         root = yield factory.getRootObject()
     except Exception as e:
+        if factory.refusal is not None:
+            raise ClientError(f"the master refused the connection: {factory.refusal}") from None
         reason = getattr(e, "osError", None) or e
         raise ClientError(f"cannot connect to the master at {socket_path}: {_oserror_text(reason)}") from None
     return root
+
+
+class _RefusalAwareBroker(pb.Broker):
+    """A client broker that recognises the master's refusal line (REFUSED_PREFIX) in place of PB."""
+
+    _head: bytes | None = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is None:
+            super().dataReceived(data)
+            return
+        head = self._head + data
+        if not (head.startswith(REFUSED_PREFIX) or REFUSED_PREFIX.startswith(head)):
+            self._head = None
+            super().dataReceived(head)
+            return
+        self._head = head[:1024]
+        if b"\n" in head or len(head) >= 1024:
+            line = head[len(REFUSED_PREFIX):].split(b"\n", 1)[0][:500]
+            # Shown on the operator's terminal: printable ASCII only.
+            factory: Any = self.factory
+            factory.refusal = "".join(c if " " <= c <= "~" else "?" for c in line.decode("ascii", "replace"))
+            transport: Any = self.transport
+            transport.loseConnection()
+
+
+class _ClientFactory(pb.PBClientFactory):
+    protocol = _RefusalAwareBroker
+    refusal: str | None = None
 
 
 def _oserror_text(error: object) -> str:

@@ -1,0 +1,327 @@
+"""What one local user can make the master hold, bounded per uid and in total.
+
+The shell socket is open to a group of local users; each of them must not be able to exhaust the master
+process that also runs Buildbot (its database, its workers' connections, its builds). Bounded here:
+
+- connections on the socket, per uid and in total, counted at accept time from the kernel's peer credentials
+  (SO_PEERCRED, unix(7)) before any PB is spoken: a refused connection gets one line,
+  ``slaveshell: refused: <reason>``, and is closed;
+- calls in progress on one connection (open, history, transcript, search wait on a worker or a database);
+- output buffered for one connection in the master's user-space write buffer: a peer that does not read is
+  dropped when the buffer passes a bound, or when it has not drained for a while even if nothing new is sent;
+  and in total, checked about once a second (the connections holding most go first);
+- notices to a session's viewers about others joining (a count per minute, the rest summed up).
+
+The buffered size is read from Twisted's `abstract.FileDescriptor` (``dataBuffer``, ``offset``,
+``_tempDataLen``), the same figure its `write` compares with ``bufferSize`` before pausing a producer. A
+registered producer would be the public interface, but a streaming producer on a PB transport changes how
+`loseConnection` completes, and its pause/resume says nothing about a peer that reads slowly but steadily; so
+the figure is read instead (transports without it count as empty), and the broker counts what it writes, so
+that what the kernel took (written less buffered) shows whether the peer reads at all.
+
+Every refusal and drop is audited (an event of kind ``refused`` or ``dropped``) and logged, at most once per
+uid and kind per `AUDIT_INTERVAL` seconds, with the number of the others left out.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from slaveshell.policy import Identity
+from slaveshell.protocol import REFUSED_PREFIX
+
+log = Logger()
+
+# At most one audit event and log line per uid and kind of refusal in this many seconds; the rest are counted.
+AUDIT_INTERVAL = 10.0
+# Notices about viewers joining, per session: at most this many per minute.
+JOIN_NOTICES_PER_MINUTE = 5
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The bounds, as ShellService options. Counts are connections or viewers; bytes; seconds."""
+
+    connections_per_uid: int = 32
+    connections: int = 256
+    viewers_per_session: int = 16
+    viewers_per_operator: int = 32
+    connection_buffer: int = 4 * 1024 * 1024
+    buffered_total: int = 64 * 1024 * 1024
+    write_stall: float | None = 60.0
+    calls_in_progress: int = 4
+
+
+def buffered_bytes(transport: Any) -> int:
+    """Bytes written to `transport` and not yet taken by the kernel (0 when the transport does not say)."""
+    try:
+        return len(transport.dataBuffer) - int(transport.offset) + int(transport._tempDataLen)
+    except (AttributeError, TypeError):
+        return 0
+
+
+class RefusalAudit:
+    """Audit events and log lines for refusals and drops: at most one per uid and kind of refusal per
+    interval; the ones left out are counted and reported with the next one, or by `flush()` once the interval
+    has passed."""
+
+    def __init__(self, event: Callable[[str, Identity, str, str | None], None], clock: Callable[[], float],
+                 interval: float = AUDIT_INTERVAL) -> None:
+        self.event = event
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[tuple[int, str, str], float] = {}
+        # Left out since the last event: (count, who, the latest reason, worker).
+        self._left_out: dict[tuple[int, str, str], tuple[int, Identity, str, str | None]] = {}
+
+    def __call__(self, who: Identity, kind: str, reason: str, worker: str | None = None) -> None:
+        """`kind` is "refused" or "dropped"; `reason` says what and which bound, its part before the first
+        colon naming the kind of refusal; `worker`, if it concerns one."""
+        key = (who.uid, kind, reason.split(":", 1)[0])
+        if self.clock() - self._last.get(key, -self.interval) < self.interval:
+            count = self._left_out.get(key, (0,))[0]
+            self._left_out[key] = (count + 1, who, reason, worker)
+            return
+        self._emit(key, who, kind, reason, worker)
+
+    def flush(self) -> None:
+        """Report what was left out once its interval has passed (called about once a second)."""
+        now = self.clock()
+        for key, (count, who, reason, worker) in list(self._left_out.items()):
+            if now - self._last.get(key, -self.interval) >= self.interval:
+                del self._left_out[key]
+                self._emit(key, who, key[1], f"{count} more: {reason}" if count > 1 else reason, worker,
+                           count_left_out=False)
+
+    def _emit(self, key: tuple[int, str, str], who: Identity, kind: str, reason: str, worker: str | None,
+              count_left_out: bool = True) -> None:
+        self._last[key] = self.clock()
+        more = self._left_out.pop(key, (0,))[0] if count_left_out else 0
+        detail = reason + (f" (and {more} more in the last {self.interval:g} s)" if more else "")
+        log.warn("slaveshell: {kind} {who}: {detail}", kind=kind, who=who, detail=detail)
+        self.event(kind, who, detail, worker)
+
+
+class NoticeBudget:
+    """At most `per_minute` notices in any minute; `take()` says whether one may go now and how many were
+    left out since the last that went."""
+
+    def __init__(self, clock: Callable[[], float], per_minute: int = JOIN_NOTICES_PER_MINUTE) -> None:
+        self.clock = clock
+        self.per_minute = per_minute
+        self._sent: list[float] = []
+        self.left_out = 0
+
+    def take(self) -> tuple[bool, int]:
+        now = self.clock()
+        self._sent = [t for t in self._sent if now - t < 60.0]
+        if len(self._sent) >= self.per_minute:
+            self.left_out += 1
+            return False, 0
+        self._sent.append(now)
+        left_out, self.left_out = self.left_out, 0
+        return True, left_out
+
+
+class _Connection:
+    def __init__(self, identity: Identity, broker: pb.Broker) -> None:
+        self.identity = identity
+        self.broker = broker
+        self.calls = 0
+        # Bytes the kernel had taken from the write buffer when the write-stall clock last started.
+        self.taken = 0
+        self.since: float | None = None
+
+
+class ConnectionGate:
+    """Admits operator connections within the bounds and watches what each one holds."""
+
+    def __init__(self, identify: Callable[[Any], Identity], audit: RefusalAudit, clock: Callable[[], float],
+                 bounds: Bounds | None = None) -> None:
+        self.identify = identify
+        self.audit = audit
+        self.clock = clock
+        self.bounds = bounds or Bounds()
+        self.connections: dict[pb.Broker, _Connection] = {}
+        # Calls in progress on connections the gate did not admit (in-memory brokers in tests).
+        self._other_calls: weakref.WeakKeyDictionary[pb.Broker, int] = weakref.WeakKeyDictionary()
+
+    def count(self, uid: int | None = None) -> int:
+        if uid is None:
+            return len(self.connections)
+        return sum(1 for c in self.connections.values() if c.identity.uid == uid)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def admit(self, broker: pb.Broker, transport: Any) -> str | None:
+        """Called as the connection is made: None to serve it, or why it is refused."""
+        try:
+            who = self.identify(transport)
+        except OSError as e:
+            return f"the master cannot tell who you are ({e.strerror or e})"
+        bounds = self.bounds
+        reason = None
+        if self.count(who.uid) >= bounds.connections_per_uid:
+            reason = (f"{who.user} already has {bounds.connections_per_uid} connections to the shell socket "
+                      "(the master's limit per user)")
+        elif self.count() >= bounds.connections:
+            reason = (f"the shell socket already has {bounds.connections} connections (the master's limit); "
+                      "try again later")
+        if reason is not None:
+            self.audit(who, "refused", f"connection refused: {reason}")
+            return reason
+        self.connections[broker] = _Connection(who, broker)
+        return None
+
+    def release(self, broker: pb.Broker) -> None:
+        self.connections.pop(broker, None)
+
+    def drop(self, broker: pb.Broker, reason: str) -> None:
+        """Close a connection at once (its buffered output is discarded): `reason` goes to the audit."""
+        conn = self.connections.pop(broker, None)
+        if conn is not None:
+            self.audit(conn.identity, "dropped", f"connection dropped: {reason}")
+        transport: Any = broker.transport
+        if transport is not None and not broker.disconnected:
+            abort = getattr(transport, "abortConnection", None)
+            (abort or transport.loseConnection)()
+
+    def check(self, broker: pb.Broker) -> bool:
+        """Drop the connection if its write buffer passed the bound. True when it was dropped."""
+        if broker.disconnected:
+            return True
+        held = buffered_bytes(broker.transport)
+        if held > self.bounds.connection_buffer:
+            self.drop(broker, f"{held} bytes of output it did not read (the master's limit is "
+                              f"{self.bounds.connection_buffer})")
+            return True
+        return False
+
+    def tick(self) -> None:
+        """About once a second: drop connections over the buffer bound, or whose buffer has not drained for
+        `write_stall` seconds (a peer that stopped reading, even if nothing new is sent to it)."""
+        self.audit.flush()
+        now = self.clock()
+        stall = self.bounds.write_stall
+        # In total: while all connections together hold more than the bound, the one holding most goes.
+        held_by = {b: buffered_bytes(b.transport) for b in self.connections}
+        total = sum(held_by.values())
+        for broker in sorted(held_by, key=held_by.__getitem__, reverse=True):
+            if total <= self.bounds.buffered_total:
+                break
+            total -= held_by[broker]
+            self.drop(broker, f"{held_by[broker]} bytes of output it did not read, while all connections held "
+                              f"more than the master's limit of {self.bounds.buffered_total}")
+        for conn in list(self.connections.values()):
+            if self.check(conn.broker):
+                continue
+            held = buffered_bytes(conn.broker.transport)
+            taken = getattr(conn.broker, "written", 0) - held
+            if held == 0:
+                conn.since = None
+            elif conn.since is None or taken > conn.taken:
+                # Waiting output, but the peer read some since the last look: it is slow, not stalled.
+                conn.since, conn.taken = now, taken
+            elif stall is not None and now - conn.since >= stall:
+                self.drop(conn.broker, f"it has not read its output for {stall:g} s ({held} bytes waiting)")
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def limited(self, broker: pb.Broker, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a remote call's work, at most `calls_in_progress` at once per connection."""
+        if self.check(broker):
+            raise pb.Error("this connection was dropped")
+        conn = self.connections.get(broker)
+        busy = conn.calls if conn is not None else self._other_calls.get(broker, 0)
+        if busy >= self.bounds.calls_in_progress:
+            raise pb.Error(f"too many calls in progress on this connection (at most "
+                           f"{self.bounds.calls_in_progress}); wait for their answers")
+        result = fn(*args)
+        if not isinstance(result, defer.Deferred) or result.called:
+            return result
+        self._count(broker, conn, 1)
+
+        def done(value: Any) -> Any:
+            self._count(broker, conn, -1)
+            return value
+
+        return result.addBoth(done)
+
+    def _count(self, broker: pb.Broker, conn: _Connection | None, delta: int) -> None:
+        if conn is not None:
+            conn.calls += delta
+        else:
+            self._other_calls[broker] = self._other_calls.get(broker, 0) + delta
+
+    # -- viewers -------------------------------------------------------------------------------
+
+    def viewer_refusal(self, who: Identity, broker: pb.Broker, session: Any, sessions: Any) -> str | None:
+        """Why `who` may not add a view of `session` on this connection, or None. `sessions` are the live
+        sessions (each with `.viewers`, `.owner`, `.live`); a view other than a session's owner counts against
+        its operator."""
+        bounds = self.bounds
+        if any(getattr(v, "connection", None) is broker for v in session.viewers):
+            return f"this connection already views session {session.id}"
+        if len(session.viewers) >= bounds.viewers_per_session:
+            return f"session {session.id} already has {bounds.viewers_per_session} viewers (the master's limit)"
+        views = sum(1 for s in sessions if s.live for v in s.viewers
+                    if v is not s.owner and v.identity.uid == who.uid)
+        if views >= bounds.viewers_per_operator:
+            return f"{who.user} already has {bounds.viewers_per_operator} views of sessions (the master's limit)"
+        return None
+
+
+class GatedBroker(pb.Broker):
+    """A PB broker that asks its factory's gate before speaking PB at all."""
+
+    admitted = False
+    # Bytes written to the transport so far (what the kernel took is this less what is still buffered).
+    written = 0
+
+    @property
+    def gate(self) -> ConnectionGate:
+        factory: Any = self.factory
+        return factory.gate  # type: ignore[no-any-return]
+
+    def makeConnection(self, transport: Any) -> None:
+        reason = self.gate.admit(self, transport)
+        if reason is None:
+            self.admitted = True
+            super().makeConnection(transport)
+            return
+        self.transport = transport
+        line = " ".join(reason.split())[:500]
+        transport.write(REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
+        transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.admitted:
+            super().dataReceived(data)
+
+    def sendEncoded(self, obj: Any) -> None:
+        # Banana's one write: FileDescriptor.write always buffers, so the buffer grows by what was written.
+        before = buffered_bytes(self.transport)
+        super().sendEncoded(obj)
+        self.written += buffered_bytes(self.transport) - before
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.admitted:
+            self.gate.release(self)
+            super().connectionLost(reason)
+
+
+class GatedFactory(pb.PBServerFactory):
+    protocol = GatedBroker
+
+    def __init__(self, root: Any, gate: ConnectionGate) -> None:
+        super().__init__(root, unsafeTracebacks=False)
+        self.gate = gate

@@ -1,0 +1,316 @@
+"""Issue 10, parts 2 and 4, against a real master with small bounds: one local user cannot exhaust the master
+(connections, views, output it does not read, notices), and a worker that ignores `close` cannot keep its
+session alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+
+from slaveshell.sandbox import Sandbox
+
+from .conftest import Terminal, shell_argv, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PER_UID = 6
+CLOSE_DEADLINE = 4
+
+# Worker 'r1' opted in, then ignores the master's close: its sessions run on, and it still answers pings.
+IGNORES_CLOSE = '''
+# A rogue worker for the test: it never ends a session when the master asks.
+from slave_side import session as _session
+_session.WorkerSession.close = lambda self, why="": None
+'''
+
+# A watch-only flood (issue 10): 1,500 attach(watch) calls on one connection by a client that never reads.
+FLOOD = textwrap.dedent("""
+    import sys
+    from twisted.internet import defer, reactor
+    from twisted.spread import pb
+    from slaveshell.client import connect
+
+    class Sink(pb.Referenceable):
+        def remote_output(self, *a): pass
+        def remote_input_ack(self, *a): pass
+        def remote_exit(self, *a): pass
+
+    @defer.inlineCallbacks
+    def go():
+        root = yield connect(reactor, sys.argv[1])
+        transport = root.broker.transport
+        transport.stopReading()  # from now on, this client never reads
+        sink = Sink()  # one sink for every call: PB caps the references one peer may hold (MAX_BROKER_REFS)
+        for _ in range(int(sys.argv[3])):
+            root.callRemote("attach", sink, sys.argv[2], "watch").addErrback(lambda f: None)
+        print("sent", flush=True)
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+""")
+
+# A viewer that watches, then stops reading; it says when its connection is lost.
+SLOW_WATCHER = textwrap.dedent("""
+    import sys
+    from twisted.internet import defer, reactor
+    from twisted.spread import pb
+    from slaveshell.client import connect
+
+    class Sink(pb.Referenceable):
+        def remote_output(self, *a): pass
+        def remote_input_ack(self, *a): pass
+        def remote_exit(self, *a): pass
+
+    @defer.inlineCallbacks
+    def go():
+        root = yield connect(reactor, sys.argv[1])
+        reply = yield root.callRemote("attach", Sink(), sys.argv[2], "watch")
+        print("watching", reply["ok"], flush=True)
+        transport = root.broker.transport
+        transport.stopReading()
+        # Read again after a while: a connection the master dropped then shows as lost.
+        reactor.callLater(float(sys.argv[3]), transport.startReading)
+        lost = defer.Deferred()
+        root.notifyOnDisconnect(lambda _: lost.callback(None))
+        yield lost
+        print("dropped", flush=True)
+        reactor.stop()
+
+    reactor.callWhenRunning(go)
+    reactor.callLater(120, reactor.stop)
+    reactor.run()
+""")
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sb = Sandbox(str(tmp_path_factory.mktemp("bounds")), workers=["b1", "r1"],
+                 service_kwargs=(f"max_connections_per_uid={PER_UID}, max_connections=12, "
+                                 "max_viewers_per_session=4, max_viewers_per_operator=6, "
+                                 f"max_connection_buffer=512 * 1024, write_stall_timeout=5, "
+                                 f"close_deadline={CLOSE_DEADLINE}"))
+    sb.create()
+    tac = os.path.join(sb.worker_dir("r1"), "buildbot.tac")
+    with open(tac) as f:
+        text = f.read().replace("\ns = Worker(", "\n" + IGNORES_CLOSE + "\ns = Worker(", 1)
+    with open(tac, "w") as f:
+        f.write(text)
+    try:
+        sb.start()
+        yield sb
+    finally:
+        sb.stop()
+
+
+def cli(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slaveshell.cli", *args, "--socket", sb.socket],
+                          capture_output=True, text=True, timeout=60)
+
+
+def events(sb: Sandbox, kind: str) -> list[tuple[str, str]]:
+    db = sqlite3.connect(os.path.join(sb.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        return list(db.execute("SELECT operator, detail FROM slaveshell_events WHERE kind = ? ORDER BY id",
+                               (kind,)))
+    finally:
+        db.close()
+
+
+class RecordingTerminal(Terminal):
+    """A Terminal that also keeps everything it was sent, to count notices over a whole test."""
+
+    seen = b""
+
+    def write(self, data: bytes) -> None:
+        self.seen += data
+        super().write(data)
+
+
+def read_until_quiet(s: socket.socket) -> tuple[bytes, bool]:
+    """What the master sent on `s` until the close (True) or a second of silence (False)."""
+    s.settimeout(1.0)
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except TimeoutError:
+            return data, False
+        if not chunk:
+            return data, True
+        data += chunk
+
+
+def view_refusals(sb: Sandbox) -> tuple[str, int]:
+    """The session the audited view refusals name, and how many there were, the counted ones included:
+    "<reason>" is one, "<reason> (and N more in the last 10 s)" is 1 + N, "N more: <reason>" is N."""
+    sids, total = set(), 0
+    for _, detail in events(sb, "refused"):
+        named = re.search(r"this connection already views session ([0-9a-f]+)", detail)
+        if not named:
+            continue
+        sids.add(named.group(1))
+        counted = re.match(r"(\d+) more: ", detail)
+        more = re.search(r"\(and (\d+) more in the last", detail)
+        total += int(counted.group(1)) if counted else 1 + (int(more.group(1)) if more else 0)
+    return (sids.pop() if len(sids) == 1 else repr(sids)), total
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def session_id(sb: Sandbox, worker: str) -> str:
+    found = wait_until(lambda: [s["id"] for s in json.loads(cli(sb, "sessions", "--json").stdout or "[]")
+                                if s["worker"] == worker], timeout=30)
+    assert found, cli(sb, "sessions", "--json")
+    return str(found[0])
+
+
+def test_idle_connections_beyond_the_bound_per_uid_are_refused_and_the_master_keeps_serving(bounded):
+    sb = bounded
+    pid = sb.master_pid()
+    before = open_fds(pid)
+    idle: list[socket.socket] = []
+    try:
+        # A user with no rights at all opens many idle connections (the issue's 1,100, scaled to the bound).
+        for _ in range(40):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sb.socket)
+            idle.append(s)
+        # The refused ones get one line and the close; the first PER_UID are served (PB starts).
+        answers = [read_until_quiet(s) for s in idle]
+        refused = [data for data, closed in answers if data.startswith(b"slaveshell: refused: ")]
+        assert len(refused) == 40 - PER_UID
+        assert all(closed for data, closed in answers if data in refused)
+        assert all(r.startswith(b"slaveshell: refused: root already has 6 connections to the shell socket")
+                   and r.endswith(b"\n") for r in refused), refused[:2]
+        # The master holds a bounded number of descriptors for them, not one per connection.
+        assert open_fds(pid) - before <= PER_UID + 4
+        # A client of the same user is refused with the reason, and says it.
+        done = cli(sb, "workers")
+        assert done.returncode != 0
+        assert "the master refused the connection: root already has 6 connections to the shell socket" \
+            in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        # Audited, at a bounded rate (one event per user and kind per interval, the rest counted).
+        audited = wait_until(lambda: events(sb, "refused"), timeout=15)
+        assert audited and audited[0][0] == "root" and "connection refused: root already has 6" in audited[0][1]
+        assert len(audited) <= 3
+    finally:
+        for s in idle:
+            s.close()
+    # Once they are closed, the user is served again.
+    assert wait_until(lambda: cli(sb, "workers", "--json").returncode == 0, timeout=15)
+    # The master's own work goes on: a worker reconnects and a build runs.
+    sb.stop_worker("b1")
+    sb.start_worker("b1")
+    sb.wait_for_workers(["b1"], timeout=60)
+    sb.send_change()
+    assert wait_until(lambda: [b for b in sb.builds() if b[1] is not None], timeout=90), sb.log_tail()
+    assert sb.builds()[-1][1] == 0
+
+
+def test_an_attach_flood_by_a_client_that_never_reads_is_bounded(bounded, tmp_path):
+    sb = bounded
+    owner = RecordingTerminal(sb, ["b1"]).ready()
+    flood = None
+    try:
+        # Enough output that every new viewer is first sent the recent screen (64 KiB).
+        owner.run("seq 1 30000 | tail -n 1")
+        owner.child.sendline("seq 1 20000 >/dev/null; seq 1 20000")
+        owner.expect("\r\n20000\r\n")
+        sid = session_id(sb, "b1")
+        pid = sb.master_pid()
+        rss_before = rss_kib(pid)
+        script = tmp_path / "flood.py"
+        script.write_text(FLOOD)
+        flood = subprocess.Popen([sys.executable, str(script), sb.socket, sid, "1500"], stdout=subprocess.PIPE,
+                                 text=True)
+        assert flood.stdout is not None and flood.stdout.readline().strip() == "sent"
+        # One view, and 1,499 refusals with the reason, audited at a bounded rate (the first, then a count).
+        assert wait_until(lambda: view_refusals(sb) == (sid, 1499), timeout=90), events(sb, "refused")
+        assert len(events(sb, "refused")) <= 4
+        growth_mib = (rss_kib(pid) - rss_before) / 1024
+        assert growth_mib < 32, growth_mib
+        # The owner was told of one watcher, not of 1,500; the session still serves its owner.
+        assert owner.run("echo still-here").strip() == "still-here"
+        assert owner.seen.count(b"is now watching") == 1
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+        owner.child.sendline("exit")
+        owner.wait()
+
+
+def test_a_viewer_that_stops_reading_is_dropped(bounded, tmp_path):
+    sb = bounded
+    owner = Terminal(sb, ["b1"]).ready()
+    try:
+        sid = session_id(sb, "b1")
+        script = tmp_path / "slow.py"
+        script.write_text(SLOW_WATCHER)
+        watcher = subprocess.Popen([sys.executable, str(script), sb.socket, sid, "20"], stdout=subprocess.PIPE,
+                                   text=True)
+        assert watcher.stdout is not None and watcher.stdout.readline().split() == ["watching", "True"]
+        # The session produces more than the watcher's connection may hold unread.
+        owner.run("head -c 1100000 /dev/zero | base64", timeout=120)
+        assert watcher.stdout.readline().strip() == "dropped"
+        watcher.wait(timeout=30)
+        # The owner kept its session throughout.
+        assert owner.run("echo owner-fine").strip() == "owner-fine"
+    finally:
+        owner.child.sendline("exit")
+        owner.wait()
+
+
+def test_a_worker_that_ignores_close_loses_the_session_within_the_deadline(bounded):
+    sb = bounded
+    shell = subprocess.Popen(shell_argv() + ["--socket", sb.socket, "r1", "sleep 307"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker_pid = int(open(os.path.join(sb.worker_dir("r1"), "twistd.pid")).read())
+    try:
+        sid = session_id(sb, "r1")
+        done = cli(sb, "kill", sid)
+        assert done.returncode == 0, done.stderr
+        # Gone from the live sessions once the deadline passes, though the worker never confirmed.
+        assert wait_until(lambda: sid not in cli(sb, "sessions", "--json").stdout, timeout=60)
+        out, err = shell.communicate(timeout=30)
+        assert shell.returncode == 255
+        reason = f"worker r1 did not confirm the end within {CLOSE_DEADLINE} s"
+        assert reason in err, err
+        # The audit row is closed with the reason.
+        rows = json.loads(cli(sb, "history", "--json", "--worker", "r1").stdout)
+        row = next(r for r in rows if r["id"] == sid)
+        assert row["state"] != "running"
+        assert row["end_reason"] == f"killed by root; {reason}", row
+        # The slot is free: the same operator opens another session on that worker.
+        again = subprocess.run(shell_argv() + ["--socket", sb.socket, "b1", "echo slot-free"],
+                               capture_output=True, text=True, timeout=60)
+        assert again.stdout.strip() == "slot-free", again.stderr
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+        # The rogue worker's own process is ours to end (by pid).
+        children = subprocess.run(["pgrep", "-P", str(worker_pid)], capture_output=True, text=True).stdout.split()
+        for child in children:
+            try:
+                os.killpg(int(child), signal.SIGKILL)
+            except OSError:
+                pass

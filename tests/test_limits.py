@@ -1,0 +1,296 @@
+"""Issue 10, parts 2 and 4, at unit level: the bounds of master_side.limits (connections, calls, views,
+unread output, notices, the refusal audit) and the close deadline, with fake transports and a fake clock."""
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.spread import pb
+
+from master_side.limits import Bounds, ConnectionGate, GatedFactory, NoticeBudget, RefusalAudit, buffered_bytes
+from master_side.relay import MasterSession, Role
+from slaveshell.client import _ClientFactory
+from slaveshell.policy import Identity
+from slaveshell.protocol import REFUSED_PREFIX, OpenRequest
+
+ALICE = Identity(1000, 1000, 1, "alice", frozenset())
+BOB = Identity(1001, 1001, 2, "bob", frozenset())
+ROOT = Identity(0, 0, 1, "root", frozenset())
+
+
+class Peer(StringTransport):
+    """A transport whose peer is `who`, with Twisted's FileDescriptor write-buffer fields."""
+
+    def __init__(self, who: Identity) -> None:
+        super().__init__()
+        self.who = who
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def make_gate(clock: MemoryReactorClock, **bounds: Any) -> tuple[ConnectionGate, list[tuple[str, str, str]]]:
+    audited: list[tuple[str, str, str]] = []
+    audit = RefusalAudit(lambda kind, who, detail, worker: audited.append((kind, who.user, detail)), clock.seconds)
+    gate = ConnectionGate(lambda transport: transport.who, audit, clock.seconds, Bounds(**bounds))
+    return gate, audited
+
+
+class Root(pb.Root):
+    pass
+
+
+def connect(factory: GatedFactory, who: Identity) -> tuple[Any, Peer]:
+    broker = factory.buildProtocol(None)
+    transport = Peer(who)
+    broker.makeConnection(transport)
+    return broker, transport
+
+
+# -- connections ---------------------------------------------------------------------------------------------
+
+
+def test_connections_beyond_the_bound_per_uid_get_a_line_and_the_close_and_are_audited_once():
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connections_per_uid=2, connections=3)
+    factory = GatedFactory(Root(), gate)
+    served = [connect(factory, ALICE) for _ in range(2)]
+    assert all(t.value().startswith(b"\x02\x80") and not t.disconnecting for _, t in served)  # PB speaks
+    refused = [connect(factory, ALICE) for _ in range(5)]
+    for broker, t in refused:
+        assert t.value() == REFUSED_PREFIX + b"alice already has 2 connections to the shell socket (the master's " \
+                                              b"limit per user)\n"
+        assert t.disconnecting
+        broker.dataReceived(b"anything")  # ignored: no PB for a refused peer
+    assert gate.count(ALICE.uid) == 2
+    # One audit event for the burst; the rest are counted and reported once the interval has passed.
+    assert audited == [("refused", "alice", "connection refused: alice already has 2 connections to the shell "
+                                            "socket (the master's limit per user)")]
+    clock.advance(10)
+    gate.tick()
+    assert audited[-1][2].startswith("4 more: connection refused: alice already has 2 connections")
+    # Another user still gets in, up to the total.
+    bob, t = connect(factory, BOB)
+    assert not t.disconnecting
+    _, t = connect(factory, BOB)
+    assert t.value().startswith(REFUSED_PREFIX + b"the shell socket already has 3 connections")
+    # A closed connection frees its place.
+    served[0][0].connectionLost(None)
+    _, t = connect(factory, ALICE)
+    assert not t.disconnecting and gate.count() == 3
+
+
+def test_the_client_prints_the_refusal_line_whole_and_only_printable():
+    factory = _ClientFactory()
+    broker = factory.buildProtocol(None)
+    broker.makeConnection(StringTransport())
+    line = REFUSED_PREFIX + b"alice already has 2 connections \x1b]0;title\x07(the limit)\n"
+    for i in range(len(line)):  # byte by byte: the line may arrive in pieces
+        broker.dataReceived(line[i:i + 1])
+    assert factory.refusal == "alice already has 2 connections ?]0;title?(the limit)"
+    assert broker.transport.disconnecting
+
+
+def test_the_client_passes_pb_through_untouched():
+    factory = _ClientFactory()
+    broker = factory.buildProtocol(None)
+    transport = StringTransport()
+    broker.makeConnection(transport)
+    broker.dataReceived(b"\x02\x80\x02\x82pb\x04\x82none")
+    assert factory.refusal is None and not transport.disconnecting
+
+
+# -- output a peer does not read -----------------------------------------------------------------------------
+
+
+def test_a_connection_whose_buffer_passes_the_bound_is_dropped_and_audited():
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connection_buffer=1000)
+    broker, t = connect(GatedFactory(Root(), gate), ALICE)
+    t.dataBuffer, t.offset, t._tempDataLen = b"x" * 800, 100, 300
+    assert buffered_bytes(t) == 1000
+    assert not gate.check(broker) and not t.aborted
+    t._tempDataLen = 301
+    assert gate.check(broker) and t.aborted
+    assert audited == [("dropped", "alice", "connection dropped: 1001 bytes of output it did not read (the "
+                                            "master's limit is 1000)")]
+    assert gate.count() == 0
+
+
+def test_a_connection_that_stops_reading_is_dropped_even_when_nothing_new_is_sent():
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, write_stall=5.0)
+    reader, r = connect(GatedFactory(Root(), gate), ALICE)
+    stalled, s = connect(GatedFactory(Root(), gate), BOB)
+    s._tempDataLen = r._tempDataLen = 5000
+    stalled.written = reader.written = 5000
+    for _ in range(12):
+        # More output comes to both as fast as the reader reads: its buffer stays as full, but the kernel takes
+        # from it; the stalled peer takes nothing.
+        reader.written += 100
+        gate.tick()
+        clock.advance(1)
+    assert s.aborted and not r.aborted
+    assert audited == [("dropped", "bob", "connection dropped: it has not read its output for 5 s (5000 bytes "
+                                          "waiting)")]
+
+
+def test_transports_without_a_buffer_figure_count_as_empty():
+    assert buffered_bytes(object()) == 0
+
+
+# -- calls in progress ---------------------------------------------------------------------------------------
+
+
+def test_calls_in_progress_are_bounded_per_connection():
+    clock = MemoryReactorClock()
+    gate, _ = make_gate(clock, calls_in_progress=2)
+    broker, _ = connect(GatedFactory(Root(), gate), ALICE)
+    assert gate.limited(broker, lambda: "sync answers are not held") == "sync answers are not held"
+    waiting = [defer.Deferred() for _ in range(2)]
+    for d in waiting:
+        gate.limited(broker, lambda d=d: d)
+    with pytest.raises(pb.Error, match=r"too many calls in progress on this connection \(at most 2\)"):
+        gate.limited(broker, lambda: defer.Deferred())
+    waiting[0].callback("done")
+    results: list[Any] = []
+    gate.limited(broker, lambda: defer.succeed("now it runs")).addCallback(results.append)
+    assert results == ["now it runs"]
+
+
+# -- views ---------------------------------------------------------------------------------------------------
+
+
+def session_with_owner(clock: MemoryReactorClock) -> tuple[MasterSession, list[tuple[Any, ...]]]:
+    session = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=clock.seconds)
+    to_owner: list[tuple[Any, ...]] = []
+    owner = session.start(lambda *a: to_owner.append(a), lambda *a: None)
+    owner.connection = "alice's connection"
+    return session, to_owner
+
+
+def test_views_are_bounded_per_connection_per_session_and_per_operator():
+    clock = MemoryReactorClock()
+    gate, _ = make_gate(clock, viewers_per_session=3, viewers_per_operator=2)
+    s1, _ = session_with_owner(clock)
+    s2, _ = session_with_owner(clock)
+    sessions = [s1, s2]
+    assert gate.viewer_refusal(BOB, "bob-1", s1, sessions) is None
+    s1.add_viewer(BOB, Role.WATCH, lambda *a: None).connection = "bob-1"
+    assert gate.viewer_refusal(BOB, "bob-1", s1, sessions) == f"this connection already views session {s1.id}"
+    s1.add_viewer(BOB, Role.WATCH, lambda *a: None).connection = "bob-2"
+    assert gate.viewer_refusal(ROOT, "root-1", s1, sessions) == (f"session {s1.id} already has 3 viewers (the "
+                                                                 "master's limit)")
+    assert gate.viewer_refusal(BOB, "bob-3", s2, sessions) == ("bob already has 2 views of sessions (the "
+                                                               "master's limit)")
+    # The owner's own view does not count against its operator.
+    assert gate.viewer_refusal(ALICE, "alice-2", s2, sessions) is None
+
+
+def test_join_notices_to_the_owner_are_bounded_per_minute():
+    clock = MemoryReactorClock()
+    session, to_owner = session_with_owner(clock)
+    for _ in range(40):
+        viewer = session.add_viewer(BOB, Role.WATCH, lambda *a: None)
+        session.remove_viewer(viewer, "left")
+    notices = [a[2] for a in to_owner if b"is now watching" in a[2]]
+    assert len(notices) == 5
+    clock.advance(60)
+    session.add_viewer(BOB, Role.WATCH, lambda *a: None)
+    assert b"bob is now watching this session (35 more joins not shown)" in to_owner[-1][2]
+
+
+def test_notice_budget_counts_what_it_leaves_out():
+    clock = MemoryReactorClock()
+    budget = NoticeBudget(clock.seconds, per_minute=1)
+    assert budget.take() == (True, 0)
+    assert budget.take() == (False, 0)
+    assert budget.take() == (False, 0)
+    clock.advance(60)
+    assert budget.take() == (True, 2)
+
+
+# -- part 4: the close deadline ------------------------------------------------------------------------------
+
+
+def test_a_close_the_worker_does_not_confirm_ends_the_session_on_the_master_within_the_deadline():
+    clock = MemoryReactorClock()
+    ended: list[MasterSession] = []
+    session = MasterSession(OpenRequest(worker="w1"), ALICE, ended.append, clock=clock.seconds)
+    to_owner: list[tuple[Any, ...]] = []
+    to_worker: list[tuple[Any, ...]] = []
+    session.start(lambda *a: to_owner.append(a), lambda *a: to_worker.append(a))
+    session.close("killed by root")
+    assert to_worker == [("close",)]
+    clock.advance(4.9)
+    # The worker answers heartbeats, but never the close.
+    session.worker_seen = clock.seconds()
+    assert not session.close_overdue(clock.seconds(), 5.0) and session.live
+    clock.advance(0.1)
+    assert session.close_overdue(clock.seconds(), 5.0)
+    assert ended == [session] and not session.live
+    assert session.end_reason == "killed by root; worker w1 did not confirm the end within 5 s"
+    assert to_owner[-1] == ("exit", None, None, "killed by root; worker w1 did not confirm the end within 5 s")
+    assert b"session ends: worker w1 did not confirm the end within 5 s" in to_owner[-2][2]
+
+
+def test_a_worker_that_confirms_in_time_ends_the_session_with_its_own_status():
+    clock = MemoryReactorClock()
+    session = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=clock.seconds)
+    session.start(lambda *a: None, lambda *a: None)
+    session.close("detached for longer than 300 s")
+    clock.advance(3)
+    session.worker_exit(None, 1, "")
+    clock.advance(10)
+    assert not session.close_overdue(clock.seconds(), 5.0)
+    assert session.end_reason == "detached for longer than 300 s (signal 1)"
+    # No close, no deadline.
+    other = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=clock.seconds)
+    other.start(lambda *a: None, lambda *a: None)
+    clock.advance(100)
+    assert not other.close_overdue(clock.seconds(), 5.0) and other.live
+
+
+def test_the_bounds_are_checked_in_the_master_config():
+    from buildbot.config.errors import ConfigErrors
+
+    from master_side.service import ShellService
+
+    for bad in ({"max_connections_per_uid": 0}, {"max_connections": "many"}, {"max_viewers_per_session": True},
+                {"max_connection_buffer": -1}, {"close_deadline": -1}, {"write_stall_timeout": "soon"}):
+        with pytest.raises(ConfigErrors):
+            ShellService(**bad)
+    ShellService(max_connections_per_uid=4, close_deadline=None, write_stall_timeout=None)
+
+
+def test_the_broker_counts_what_it_writes_so_the_gate_sees_whether_the_peer_reads():
+    class Buffering(Peer):
+        def write(self, data: bytes) -> None:  # as FileDescriptor.write: everything waits in the buffer first
+            self._tempDataLen += len(data)
+
+    clock = MemoryReactorClock()
+    gate, _ = make_gate(clock, write_stall=5.0)
+    broker = GatedFactory(Root(), gate).buildProtocol(None)
+    transport = Buffering(ALICE)
+    broker.makeConnection(transport)  # PB's dialect list
+    assert broker.written == transport._tempDataLen > 0
+    broker.sendEncoded([b"x" * 1000])
+    assert broker.written == transport._tempDataLen > 1000
+
+
+def test_output_held_for_all_connections_together_is_bounded_the_largest_go_first():
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connection_buffer=1000, buffered_total=2000)
+    factory = GatedFactory(Root(), gate)
+    peers = [connect(factory, who) for who in (ALICE, BOB, ROOT)]
+    for (_, t), held in zip(peers, (900, 1000, 500), strict=True):
+        t._tempDataLen = held
+    gate.tick()
+    assert [t.aborted for _, t in peers] == [False, True, False]
+    assert audited == [("dropped", "bob", "connection dropped: 1000 bytes of output it did not read, while all "
+                                          "connections held more than the master's limit of 2000")]
