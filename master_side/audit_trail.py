@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
@@ -157,7 +158,7 @@ class AuditTrail:
                     os.unlink(path)
                     recorder.file = None
         if problem is not None:
-            log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=problem)
+            log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=visible(problem))
             self.store.event("record-error", session.id, session.worker, session.identity.user,
                              session.identity.uid, detail=problem)
             if self.require_recording:
