@@ -10,7 +10,9 @@ that is not printable (``str.isprintable``) apart from spaces (Zs) and private-u
 controls and DEL (Cc, ECMA-48 section 5), format characters (Cf: the bidirectional embeddings, overrides and
 isolates U+202A-202E and U+2066-2069, the marks U+200E, U+200F and U+061C of Unicode UAX #9, zero-width
 characters, the soft hyphen), line and paragraph separators (Zl, Zp), lone surrogates (Cs: bytes that were not
-UTF-8, decoded with surrogateescape) and unassigned code points (Cn, whose width no terminal agrees on).
+UTF-8, decoded with surrogateescape) and unassigned code points (Cn, whose width no terminal agrees on); and a
+combining mark (M*) with no character of its own before it (first, or after an escape), which a terminal would
+put on the column or line before.
 Backslashes are left alone, so the rule is idempotent (``visible(visible(s)) == visible(s)``) and paths and
 commands read naturally; a literal ``\\x1b`` typed by someone is therefore shown like an escaped ESC, which
 reads the same and does nothing. Machine output (``--json``) is exact instead: JSON escapes every control and
@@ -28,21 +30,44 @@ import unicodedata
 _SHOWN_AS_IS = frozenset({"Zs", "Co"})
 
 ELLIPSIS = "\u2026"
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
-def _escape(char: str) -> str:
-    if char.isprintable() or unicodedata.category(char) in _SHOWN_AS_IS:
-        return char
-    return repr(char)[1:-1]
+def _escaped(char: str) -> str:
+    """One character as Python's repr() spells a character it does not print."""
+    code = ord(char)
+    if char in _SHORT:
+        return _SHORT[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def visible(value: object) -> str:
     """`value` as text with every control, format and unassigned character escaped (see the module's rule).
     Safe to print on a terminal and to write to a log line; at most 10 characters per input character."""
     text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
+    if text.isprintable() and not (text and unicodedata.category(text[0])[0] == "M"):
         return text
-    return "".join(_escape(char) for char in text)
+    out: list[str] = []
+    # Whether the last character shown can carry a combining mark: a mark with nothing of its own to combine
+    # with would sit on the neighbouring column or line on screen, so it is escaped too.
+    base = False
+    for char in text:
+        category = unicodedata.category(char)
+        if char.isprintable() or category in _SHOWN_AS_IS:
+            if category[0] != "M":
+                out.append(char)
+                base = True
+                continue
+            if base:
+                out.append(char)
+                continue
+        out.append(_escaped(char))
+        base = False
+    return "".join(out)
 
 
 def width(value: object) -> int:
