@@ -260,7 +260,7 @@ class AuditStore:
                     if self.down_since is None:
                         self.down_since = self.reactor.seconds()
                         log.critical("slaveshell audit: the database is unreachable; {n} writes wait for it: {e}",
-                                     n=len(self._queue), e=str(e).splitlines()[0])
+                                     n=len(self._queue), e=visible(str(e).splitlines()[0]))
                     yield task.deferLater(self.reactor, self.retry_interval, lambda: None)
                     continue
                 except Exception as e:

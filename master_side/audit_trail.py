@@ -84,7 +84,7 @@ class AuditTrail:
             yield self.store.start()
         except Exception as e:
             log.critical("slaveshell audit: cannot open the audit database {url}: {e}",
-                         url=_safe_url(self.db_url), e=str(e).splitlines()[0] if str(e) else repr(e))
+                         url=_safe_url(self.db_url), e=visible(str(e).splitlines()[0] if str(e) else repr(e)))
             return False
         self._started = True
         yield self.recover()
@@ -117,7 +117,7 @@ class AuditTrail:
                 try:
                     last, sha = yield threads.deferToThread(recover, path, reason)
                 except Exception as e:
-                    log.error("slaveshell: cannot repair transcript {path}: {e}", path=path, e=e)
+                    log.error("slaveshell: cannot repair transcript {path}: {e}", path=visible(path), e=visible(e))
             started = timestamp(row["started"])
             self.store.update_session(row["id"], state="interrupted", ended=utc(started + last),
                                       end_reason=reason, transcript_sha256=sha)
