@@ -13,12 +13,14 @@ characters, the soft hyphen), line and paragraph separators (Zl, Zp), lone surro
 UTF-8, decoded with surrogateescape) and unassigned code points (Cn, whose width no terminal agrees on); and a
 combining mark (M*) with no character of its own before it (first, or after an escape), which a terminal would
 put on the column or line before.
+
 Backslashes are left alone, so the rule is idempotent (``visible(visible(s)) == visible(s)``) and paths and
 commands read naturally; a literal ``\\x1b`` typed by someone is therefore shown like an escaped ESC, which
 reads the same and does nothing. Machine output (``--json``) is exact instead: JSON escapes every control and
 non-ASCII character.
 
-Widths are terminal columns of what is shown (wcwidth, as terminals and pyte count them), so tables align
+Widths are terminal columns of what is shown (wcwidth: Unicode's East Asian Width, UAX #11, and zero-width
+marks, as terminals and pyte count them), so tables align
 whatever the text holds: wide CJK counts 2, combining marks 0.
 """
 

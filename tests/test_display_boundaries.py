@@ -49,3 +49,9 @@ def test_an_exit_reason_from_the_worker_is_logged_inertly(logged):
     (line,) = [text for text in logged if "ended" in text]
     assert line.endswith("ended (code None, signal None, gone \\x1b[2J\\x1b]0;T\\x07\\x9b2J)")
     assert "hunter2" not in "".join(logged)
+
+
+def test_search_strips_8_bit_sequences_as_well_as_7_bit_ones():
+    from slaveshell.transcript import strip_ansi
+
+    assert strip_ansi("a\u009b2Jb\u009d0;T\u0007c\u009d0;U\u009cd\x1b[1me\x1b]0;V\x07f\u0085g") == "abcdefg"
