@@ -73,12 +73,11 @@ def visible(value: object) -> str:
 
 
 def width(value: object) -> int:
-    """Terminal columns `visible(value)` takes."""
-    from wcwidth import wcswidth, wcwidth  # here, not at import: logging on a worker needs only `visible`
+    """Terminal columns `visible(value)` takes, counted per character as pyte and most terminals do (an emoji
+    modifier or a variation selector is not merged into its emoji: terminals disagree on those sequences)."""
+    from wcwidth import wcwidth  # here, not at import: logging on a worker needs only `visible`
 
-    shown = visible(value)
-    columns = wcswidth(shown)
-    return columns if columns >= 0 else sum(max(0, wcwidth(char)) for char in shown)
+    return sum(max(0, wcwidth(char)) for char in visible(value))
 
 
 def cell(value: object, columns: int) -> str:

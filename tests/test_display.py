@@ -31,7 +31,8 @@ NASTY = [
     "\x1b[2J\x1b[H", "\x1b]0;X\x07", "\x1b]52;c;aGVsbG8=\x07", "\u009b2J", "\u009d0;T\u009c", "\x7f", "\r",
     "\n", "\t", "\x08", "\u202e", "\u2066", "\u2069", "\u200e", "\u200f", "\u061c", "\u2028", "\u2029",
     "\ufeff", "\u00ad", "\udc9b", "\ud800", "\U000e0001", "\U0010fffd", "\ue000", "\uffff", "\u0378",
-    "\u4e2d\u6587", "\uff21", "\U0001f600", "e\u0301", "\u0301", "\u20dd", "\u3000", "\u00a0", "a\\x1b",
+    "\u4e2d\u6587", "\uff21", "\U0001f600", "\U0001f600\U0001f3fb", "\u263a\ufe0f",
+    "e\u0301", "\u0301", "\u20dd", "\u3000", "\u00a0", "a\\x1b",
 ]
 code_points = st.one_of(
     st.characters(codec=None, categories=["Cc", "Cf", "Zl", "Zp", "Co", "Cn", "Mn", "Me", "Mc", "Zs"]),
