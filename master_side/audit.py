@@ -21,6 +21,8 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from slaveshell.display import visible
+
 log = Logger()
 
 SCHEMA_VERSION = 3
@@ -272,11 +274,14 @@ class AuditStore:
                     if self.down_since is None:
                         self.down_since = self.reactor.seconds()
                         log.critical("slaveshell audit: the database is unreachable; {n} writes wait for it: {e}",
-                                     n=len(self._queue), e=str(e).splitlines()[0])
+                                     n=len(self._queue), e=visible(str(e).splitlines()[0]))
                     yield task.deferLater(self.reactor, self.retry_interval, lambda: None)
                     continue
                 except Exception as e:
-                    log.error("slaveshell audit: a write was refused and is dropped: {e}", e=e)
+                    # The first line only: SQLAlchemy's next lines quote the statement's parameters, which
+                    # hold session content (the command), and logs must not.
+                    log.error("slaveshell audit: a write was refused and is dropped: {e}",
+                              e=visible(str(e).splitlines()[0] if str(e) else repr(e)))
                 self._queue.popleft()
                 if self.down_since is not None:
                     log.warn("slaveshell audit: the database is back; writing the queued rows")

@@ -16,6 +16,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from slaveshell import hidden as hidden_input
+from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
@@ -87,7 +88,7 @@ class AuditTrail:
             yield self.store.start()
         except Exception as e:
             log.critical("slaveshell audit: cannot open the audit database {url}: {e}",
-                         url=_safe_url(self.db_url), e=str(e).splitlines()[0] if str(e) else repr(e))
+                         url=_safe_url(self.db_url), e=visible(str(e).splitlines()[0] if str(e) else repr(e)))
             return False
         self._started = True
         yield self.recover()
@@ -120,7 +121,7 @@ class AuditTrail:
                 try:
                     last, sha = yield threads.deferToThread(recover, path, reason)
                 except Exception as e:
-                    log.error("slaveshell: cannot repair transcript {path}: {e}", path=path, e=e)
+                    log.error("slaveshell: cannot repair transcript {path}: {e}", path=visible(path), e=visible(e))
             started = timestamp(row["started"])
             self.store.update_session(row["id"], state="interrupted", ended=utc(started + last),
                                       end_reason=reason, transcript_sha256=sha)
@@ -163,7 +164,7 @@ class AuditTrail:
                     os.unlink(path)
                     recorder.file = None
         if problem is not None:
-            log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=problem)
+            log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=visible(problem))
             self.store.event("record-error", session.id, session.worker, session.identity.user,
                              session.identity.uid, detail=problem)
             if self.require_recording:

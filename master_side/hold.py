@@ -22,6 +22,8 @@ from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, SKIPPED, SUC
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from slaveshell.display import visible
+
 log = Logger()
 
 WHEN = ("failure", "always", "never")
@@ -126,7 +128,7 @@ class HoldForShell(buildstep.BuildStep):
         yield stdio.addStdout(f"\nReleased: {why}\n")
         yield stdio.finish()
         self.descriptionDone = [f"held for a shell; released: {why}"]
-        log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=why)
+        log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=visible(why))
         return CANCELLED if why.startswith("build stopped") else SUCCESS
 
     def interrupt(self, reason: Any) -> defer.Deferred[None]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from slaveshell import hidden as hidden_input
+from slaveshell.display import visible
 from slaveshell.transcript import CastEncoder
 
 from .audit import AuditStore, utc
@@ -88,7 +89,7 @@ class SessionRecorder:
     def _fail(self, error: OSError) -> None:
         self.failed = error
         log.critical("session {sid}: transcript {path} cannot be written: {e}", sid=self.session_id,
-                     path=self.path, e=error)
+                     path=visible(self.path), e=visible(error))
         if self.audit is not None:
             self.audit.event("record-error", self.session_id, detail=f"transcript: {error}")
         self.on_error(error)

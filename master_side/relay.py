@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
+from slaveshell.display import visible
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
@@ -223,7 +224,7 @@ class MasterSession:
             self.detached_at = self.clock()
             self.recorder.marker(f"detach: {owner.identity.user} ({why})")
             self.on_event("detach", owner, why)
-            log.info("session {sid}: detached ({why})", sid=self.id, why=why)
+            log.info("session {sid}: detached ({why})", sid=self.id, why=visible(why))
 
     # -- from a viewer -------------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class MasterSession:
     def viewer_close(self, viewer: Viewer) -> None:
         """`~.`: the owner ends the session (as ssh does); anyone else leaves it."""
         if viewer is self.owner and self.live:
-            log.info("session {sid}: closed by {who}", sid=self.id, who=viewer.identity)
+            log.info("session {sid}: closed by {who}", sid=self.id, who=visible(viewer.identity))
             self.close(f"closed by {viewer.identity.user}")
         else:
             self.remove_viewer(viewer, "left")
@@ -401,7 +402,7 @@ class MasterSession:
         self.status = status
         self.recorder.end(self)
         log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
-                 sig=status.signal, why=f", {status.reason}" if status.reason else "")
+                 sig=status.signal, why=f", {visible(status.reason)}" if status.reason else "")
         for viewer in self.viewers:
             viewer.send("exit", status.code, status.signal, status.reason)
         self.viewers.clear()
@@ -436,7 +437,8 @@ class MasterSession:
 
     def notice(self, text: str, viewer: Viewer | None = None) -> None:
         """A line from the master itself on the viewers' terminals (stderr), outside the worker's credit."""
-        data = f"\r\nslaveshell: {text}\r\n".encode()
+        # Notices name users and workers and quote peers: shown on the viewers' terminals, never interpreted.
+        data = f"\r\nslaveshell: {visible(text)}\r\n".encode()
         for v in [viewer] if viewer is not None else list(self.viewers):
             self._send_own(v, "output", STREAM_ERR, data)
 

@@ -29,7 +29,8 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from slaveshell import hidden as hidden_input
-from slaveshell.policy import Identity, Policy, Rule
+from slaveshell.display import visible
+from slaveshell.policy import RIGHTS, Identity, Policy, Rule
 from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
 from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
@@ -357,6 +358,9 @@ class ShellService(BuildbotService):
         workers = self.master.workers
         result = []
         for name in sorted(workers.registrations):
+            # Only the workers this operator has some right on (as history shows only what they may replay).
+            if not any(self.policy.check(who, right, name).allowed for right in sorted(RIGHTS)):
+                continue
             worker = workers.getWorkerByName(name)
             conn = workers.connections.get(name)
             result.append({
@@ -417,8 +421,8 @@ class ShellService(BuildbotService):
         request = replace(request, operator=who.user)
         decision = self.policy.check(who, "shell", request.worker)
         if not decision.allowed:
-            log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=who, worker=request.worker,
-                     why=decision.reason)
+            log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=visible(who),
+                     worker=visible(request.worker), why=visible(decision.reason))
             self.trail.refused(who, request.worker, f"permission denied: {decision.reason}")
             return {"ok": False, "error": f"permission denied: {decision.reason}"}
         try:
@@ -484,8 +488,9 @@ class ShellService(BuildbotService):
         if request.build is not None and request.build in HOLDS:
             HOLDS[request.build].listeners.append(lambda why: self._build_released(session, why))
         self.trail.opened(session)
-        log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=who,
-                 what=request.command or "a login shell", worker=request.worker)
+        # Never the command: logs are world-readable, session content belongs in the audit store only.
+        log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=visible(who),
+                 what="a command" if request.command else "a login shell", worker=visible(request.worker))
         if broker.disconnected:
             # The operator left while the worker was starting the session: it starts detached.
             session.remove_viewer(owner, "connection lost")
@@ -741,14 +746,14 @@ class ShellService(BuildbotService):
 
     def _peer_error(self, session: MasterSession, error: ProtocolError) -> None:
         # A peer broke the protocol: end its session with the reason, keep every connection up.
-        log.warn("slaveshell session {sid}: protocol error: {e}", sid=session.id, e=error)
+        log.warn("slaveshell session {sid}: protocol error: {e}", sid=session.id, e=visible(error))
         session.close(f"protocol error: {error}")
         session.abort(f"protocol error: {error}")
 
     def _viewer_failed(self, session: MasterSession, viewer: Viewer, failure: Any) -> None:
         if not failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
             log.warn("slaveshell session {sid}: a viewer refused a call: {e}", sid=session.id,
-                     e=failure.getErrorMessage())
+                     e=visible(failure.getErrorMessage()))
         session.viewer_lost(viewer)
 
     def _worker_failed(self, session: MasterSession, failure: Any) -> None:
@@ -756,7 +761,7 @@ class ShellService(BuildbotService):
             session.abort(f"connection to worker {session.worker} lost")
             return
         log.warn("slaveshell session {sid}: worker refused a call: {e}", sid=session.id,
-                 e=failure.getErrorMessage())
+                 e=visible(failure.getErrorMessage()))
 
 
 def _seconds() -> float:

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
+from slaveshell.display import visible
 from slaveshell.protocol import (
     NO_ANSWER,
     OpenRequest,
@@ -40,7 +41,7 @@ class SessionHandle(pb.Referenceable):
             fn(*args)
         except ProtocolError as e:
             log.warn("slaveshell session {sid}: refused {what} from master: {e}", sid=self.session.id,
-                     what=what, e=e)
+                     what=what, e=visible(e))
             raise pb.Error(str(e)) from None
 
     def remote_input(self, data: object) -> None:
@@ -122,7 +123,7 @@ def _report_failed(failure: Any, session: WorkerSession, method: str) -> None:
         session.close("the master connection was lost")
         return
     log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session.id, method=method,
-             err=failure.getErrorMessage())
+             err=visible(failure.getErrorMessage()))
 
 
 def _set_nodelay(ref: Any) -> None:

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from slaveshell.display import visible
 from slaveshell.flow import CreditWindow, chunks
 from slaveshell.protocol import (
     MAX_CHUNK,
@@ -220,8 +221,11 @@ class WorkerSession:
             raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
-        log.info("slaveshell session {sid}: started pid {pid} ({what}) in {cwd}", sid=self.id, pid=self.pid,
-                 what=req.command or "login shell", cwd=cwd)
+        # Never the command (logs are world-readable; it may hold a password). The directory stays: it says
+        # where the session ran, and the owner's own paths are not what operators type.
+        log.info("slaveshell session {sid}: started pid {pid} ({what}) for {who} in {cwd}", sid=self.id,
+                 pid=self.pid, what="a command" if req.command else "a login shell",
+                 who=visible(req.operator or "?"), cwd=visible(cwd))
         return self.pid or 0
 
     # -- control from the master -----------------------------------------------------------------

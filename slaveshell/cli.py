@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from .display import cell, visible
 from .shell_cli import find_socket
 
 
@@ -57,7 +58,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     try:
         workers = call_master(_socket_path(args), "workers")
     except Exception as e:
-        print(f"slaveshell: {e}", file=sys.stderr)
+        print(f"slaveshell: {visible(e)}", file=sys.stderr)
         return 255
     if args.json:
         print(json.dumps(workers, indent=1))
@@ -65,8 +66,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
     print(f"{'WORKER':20} {'STATE':12} {'SHELL':6} {'YOU':6} {'SESSIONS':8} SYSTEM")
     for w in workers:
         state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
-        print(f"{w['name']:20} {state:12} {'yes' if w['shell'] else 'no':6} "
-              f"{'may' if w['allowed'] else 'denied':6} {w['sessions']:<8} {w['system']}")
+        print(f"{cell(w['name'], 20)} {state:12} {'yes' if w['shell'] else 'no':6} "
+              f"{'may' if w['allowed'] else 'denied':6} {w['sessions']:<8} {visible(w['system'])}")
     return 0
 
 
@@ -74,7 +75,7 @@ def _fail(error: Exception) -> int:
     text = str(error)
     if hasattr(error, "remoteType"):  # a pb.Error raised by the master: its message is for us
         text = str(error.args[0]) if error.args else text
-    print(f"slaveshell: {text}", file=sys.stderr)
+    print(f"slaveshell: {visible(text)}", file=sys.stderr)
     return 255
 
 
@@ -123,8 +124,9 @@ def cmd_history(args: argparse.Namespace) -> int:
           f"{'HIDDEN':9} COMMAND")
     for r in rows:
         end = r["end_reason"] or r["state"]
-        print(f"{r['id']:13} {r['started'][:19].replace('T', ' '):20} {_duration(r):9} {r['operator'][:12]:12} "
-              f"{r['worker'][:16]:16} {end[:14]:14} {summary(r):9} {r['command'] or '(login shell)'}")
+        print(f"{cell(r['id'], 13)} {r['started'][:19].replace('T', ' '):20} {_duration(r):9} "
+              f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(end, 14)} {summary(r):9} "
+              f"{visible(r['command'] or '(login shell)')}")
     if any(r.get("hidden_flag") for r in rows):
         print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
               "'slaveshell reveal ID --identity KEY' shows it to the holder of the auditors' key", file=sys.stderr)
@@ -237,8 +239,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0 if hits else 1
     for h in hits:
         flag = "  [hidden input flagged]" if h.get("hidden_flag") else ""
-        print(f"{h['session']}  {h['started'][:19].replace('T', ' ')} +{h['time']:.1f}s  "
-              f"{h['operator']}@{h['worker']}{flag}  {h['stream']}: {h['context']}")
+        print(f"{visible(h['session'])}  {h['started'][:19].replace('T', ' ')} +{h['time']:.1f}s  "
+              f"{visible(h['operator'])}@{visible(h['worker'])}{flag}  {h['stream']}: {visible(h['context'])}")
     return 0 if hits else 1
 
 
@@ -256,14 +258,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     for s in sessions:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["started"]))
         viewers = ", ".join(f"{v['user']}({v['role']})" for v in s["viewers"]) or "-"
-        print(f"{s['id']:13} {s['worker'][:16]:16} {s['operator'][:12]:12} {started:20} {s['state']:9} "
-              f"{s['idle']:>5.0f}s  {viewers}")
+        print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
+              f"{s['state']:9} {s['idle']:>5.0f}s  {visible(viewers)}")
     return 0
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     try:
-        print(call_master(_socket_path(args), "release", args.build))
+        print(visible(call_master(_socket_path(args), "release", args.build)))
     except Exception as e:
         return _fail(e)
     return 0
@@ -271,7 +273,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_kill(args: argparse.Namespace) -> int:
     try:
-        print(call_master(_socket_path(args), "kill", args.session))
+        print(visible(call_master(_socket_path(args), "kill", args.session)))
     except Exception as e:
         return _fail(e)
     return 0
@@ -415,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        # A table of names the locale's encoding cannot spell is shown escaped, not a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.cmd is None:
         from .terminal import stdin_is_tty
 

@@ -14,6 +14,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from . import escape as esc
+from .display import visible
 from .flow import CreditWindow, chunks
 from .protocol import (
     INPUT_WINDOW,
@@ -280,7 +281,7 @@ class ShellClient:
         try:
             self.input_window.acked(nbytes)
         except ProtocolError as e:
-            log.warn("master sent a bad input ack: {e}", e=e)
+            log.warn("master sent a bad input ack: {e}", e=visible(e))
             return
         if self.input_window.is_open and self._stdin is not None:
             self._stdin.startReading()
@@ -338,7 +339,7 @@ class ShellClient:
 
         def told(result: Any) -> None:
             text = result if isinstance(result, str) else f"release failed: {getattr(result, 'value', result)}"
-            self.write_err(f"\r\n[{text}]\r\n".encode())
+            self.write_err(f"\r\n[{visible(text)}]\r\n".encode())
 
         d = defer.maybeDeferred(self.root.callRemote, "release", self.request.build)
         d.addBoth(told)
@@ -367,4 +368,4 @@ class ShellClient:
         if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
             self.finish(ExitStatus(reason="connection to the master lost"))
         else:
-            log.warn("the master refused {method}: {e}", method=method, e=failure.getErrorMessage())
+            log.warn("the master refused {method}: {e}", method=method, e=visible(failure.getErrorMessage()))

@@ -23,6 +23,8 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
+from .display import cell, visible
+
 COMMANDS = {
     "workers": "the fleet: connection, shell, pause, live sessions",
     "sessions": "live and detached sessions",
@@ -108,7 +110,7 @@ class ConsoleCompleter(Completer):
             candidates = []
         for candidate in candidates:
             if candidate.startswith(current):
-                yield Completion(candidate, start_position=-len(current))
+                yield Completion(candidate, start_position=-len(current), display=visible(candidate))
 
 
 class Console:
@@ -139,14 +141,14 @@ class Console:
                 if not self.execute(line):
                     return 0
             except BackendError as e:
-                self.write(f"error: {e}\n")
+                self.write(f"error: {visible(e)}\n")
 
     def execute(self, line: str) -> bool:
         """Run one command line; False means leave."""
         try:
             words = shlex.split(line)
         except ValueError as e:
-            self.write(f"error: {e}\n")
+            self.write(f"error: {visible(e)}\n")
             return True
         if not words:
             return True
@@ -174,16 +176,16 @@ class Console:
             if len(args) != 1:
                 self.write("usage: kill ID\n")
             else:
-                self.write(self.backend.kill(args[0]) + "\n")
+                self.write(visible(self.backend.kill(args[0])) + "\n")
         elif command == "history":
             self.show_history(args[0] if args else None)
         else:
-            self.write(f"unknown command {command!r}; 'help' lists them\n")
+            self.write(f"unknown command {visible(repr(command))}; 'help' lists them\n")
         return True
 
     def _hand_over(self, argv: list[str]) -> None:
         status = self.backend.run_interactive(argv)
-        self.write(f"[{' '.join(argv)}: exit {status}]\n")
+        self.write(f"[{visible(' '.join(argv))}: exit {status}]\n")
         self.refresh()
 
     # -- views ---------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class Console:
             self.cached_workers = self.backend.workers()
             self.cached_sessions = self.backend.sessions()
         except BackendError as e:
-            self.write(f"error: {e}\n")
+            self.write(f"error: {visible(e)}\n")
 
     def show_workers(self) -> None:
         self.refresh()
@@ -201,8 +203,8 @@ class Console:
         for w in self.cached_workers:
             state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
             shell = ("yes" if w["allowed"] else "denied") if w["shell"] else "no"
-            info = (w.get("info") or w.get("system") or "")[:60]
-            self.write(f"{w['name'][:18]:18} {state:10} {shell:6} {w['sessions']:<8} {info}\n")
+            info = cell(w.get("info") or w.get("system") or "", 60).rstrip()
+            self.write(f"{cell(w['name'], 18)} {state:10} {shell:6} {w['sessions']:<8} {info}\n")
 
     def show_sessions(self) -> None:
         self.refresh()
@@ -213,8 +215,8 @@ class Console:
         for s in self.cached_sessions:
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["started"]))
             viewers = ", ".join(f"{v['user']}({v['role']})" for v in s["viewers"]) or "-"
-            self.write(f"{s['id']:13} {s['worker'][:16]:16} {s['operator'][:12]:12} {started:20} "
-                       f"{s['state']:9} {viewers}\n")
+            self.write(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
+                       f"{cell(s['state'], 9)} {visible(viewers)}\n")
 
     def show_history(self, worker: str | None) -> None:
         self.cached_history = self.backend.history(worker)
@@ -222,6 +224,6 @@ class Console:
             self.write("no sessions recorded\n")
             return
         for r in self.cached_history:
-            self.write(f"{r['id']:13} {r['started'][:19].replace('T', ' ')} {r['operator'][:12]:12} "
-                       f"{r['worker'][:16]:16} {(r['end_reason'] or r['state'])[:16]:16} "
-                       f"{r['command'] or '(login shell)'}\n")
+            self.write(f"{cell(r['id'], 13)} {visible(r['started'][:19].replace('T', ' '))} "
+                       f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(r['end_reason'] or r['state'], 16)} "
+                       f"{visible(r['command'] or '(login shell)')}\n")

@@ -112,6 +112,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     reactor: Any = _reactor
 
     from .client import ShellClient
+    from .display import visible
     from .protocol import ExitStatus
     from .terminal import raw_mode, set_blocking
 
@@ -129,13 +130,14 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     set_blocking(0, 1, 2)
     status = result[0] if result else ExitStatus(reason="interrupted")
     prog = "slaveshell" if attach else "buildbot-shell"
+    # What the master or the worker says (reasons, names) is shown, never interpreted.
     if client.farewell:
         # The cursor is wherever the remote prompt left it.
-        print(("\r\n" if interactive else "") + client.farewell, file=sys.stderr)
+        print(("\r\n" if interactive else "") + visible(client.farewell), file=sys.stderr)
     elif status.lost:
-        print(f"{prog}: {status.reason}", file=sys.stderr)
+        print(f"{prog}: {visible(status.reason)}", file=sys.stderr)
     elif interactive:
-        print(f"Connection to {client.worker} closed.", file=sys.stderr)
+        print(f"Connection to {visible(client.worker)} closed.", file=sys.stderr)
     return status.cli_status()
 
 

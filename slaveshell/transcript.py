@@ -185,10 +185,10 @@ def exact_output(events: Sequence[Event], code: str = "o") -> Iterator[bytes]:
 
 
 _ANSI = re.compile(
-    r"\x1b\[[0-9;?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: window titles
+    r"(?:\x1b\[|\x9b)[0-9;?]*[ -/]*[@-~]"  # CSI (7- or 8-bit, ECMA-48 5.4): colours, cursor moves
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"  # OSC: window titles, the clipboard
     r"|\x1b[@-Z\\-_]"  # other two-byte escapes
-    r"|[\x00-\x08\x0b-\x1f\x7f]"  # control characters but tab and newline
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # C0 and C1 control characters but tab and newline, and DEL
 )
 
 
