@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.protocol import REFUSED_PREFIX
 
@@ -107,7 +108,7 @@ class RefusalAudit:
         self._last[key] = self.clock()
         more = self._left_out.pop(key, (0,))[0] if count_left_out else 0
         detail = reason + (f" (and {more} more in the last {self.interval:g} s)" if more else "")
-        log.warn("slaveshell: {kind} {who}: {detail}", kind=kind, who=who, detail=detail)
+        log.warn("slaveshell: {kind} {who}: {detail}", kind=kind, who=visible(str(who)), detail=visible(detail))
         self.event(kind, who, detail, worker)
 
 
