@@ -179,6 +179,8 @@ class WorkerSession:
         # (bytes, hidden) per input message not yet acknowledged, in order.
         self._held_input: list[tuple[int, bool]] = []
         self._pty_fd: int | None = None
+        # The last byte written to the PTY: whether a line is pending in the line discipline at EOF.
+        self._last_input: bytes | None = None
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -231,6 +233,8 @@ class WorkerSession:
         # (canonical mode, echo off) hides what is typed, and so must the transcript.
         hidden = self._pty_fd is not None and ptyutil.password_mode(self._pty_fd)
         self.transport.write(data)
+        if data:
+            self._last_input = data[-1:]
         self._held_input.append((len(data), hidden))
         if not self._input_paused:
             self._release_input_credit()
@@ -239,7 +243,9 @@ class WorkerSession:
         if self.ended or self._exited:
             return
         if self._pty_fd is not None:
-            self.transport.write(ptyutil.eof_byte(self._pty_fd))
+            # A PTY has no half-close: end of input is VEOF, twice after a partial line (see eof_bytes).
+            self.transport.write(ptyutil.eof_bytes(self._pty_fd, self._last_input))
+            self._last_input = None
         else:
             # Twisted gotcha: a writer whose producer is paused resumes the producer instead of closing once
             # its buffer drains, so stdin would never close. No more input can come: drop the producer first.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -67,6 +68,14 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before our own handler is installed, or after it is gone
+        print("buildbot-shell: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command_words = list(args.command)
@@ -107,25 +116,46 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None,
         attach: tuple[str, str] | None = None) -> int:
+    from twisted.internet import error
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
 
     from .client import ShellClient
     from .protocol import ExitStatus
-    from .terminal import raw_mode, set_blocking
+    from .terminal import RawTerminal, raw_mode, set_blocking
 
-    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach)
+    terminal = RawTerminal(0) if interactive else None
+    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach,
+                         suspend=terminal.suspend if terminal else None)
     result: list[ExitStatus] = []
 
-    def start() -> None:
-        d = client.run(socket_path)
-        d.addCallback(result.append)
-        d.addBoth(lambda _: reactor.stop())
+    def stop(_: object) -> None:
+        with contextlib.suppress(error.ReactorNotRunning):
+            reactor.stop()
 
+    def start() -> None:
+        client.run(socket_path)
+        client.done.addCallback(result.append)
+        client.done.addBoth(stop)
+
+    # Our own handlers instead of Twisted's (which stop the reactor, dropping the session as if the master
+    # were lost): the client forwards these signals to the remote command (ShellClient.signalled).
+    handlers: dict[int, Any] = {
+        signum: (lambda signum, frame: reactor.callFromThread(client.signalled, signum))
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    if terminal is not None:
+        handlers[signal.SIGTSTP] = lambda signum, frame: _suspend(terminal, reactor, client)
+        handlers[signal.SIGCONT] = lambda signum, frame: _continued(terminal, reactor, client)
     reactor.callWhenRunning(start)
-    with raw_mode(0) if interactive else contextlib.nullcontext():
-        reactor.run()
+    with raw_mode(terminal) if terminal else contextlib.nullcontext():
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     set_blocking(0, 1, 2)
     status = result[0] if result else ExitStatus(reason="interrupted")
     prog = "slaveshell" if attach else "buildbot-shell"
@@ -137,6 +167,17 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     elif interactive:
         print(f"Connection to {client.worker} closed.", file=sys.stderr)
     return status.cli_status()
+
+
+def _suspend(terminal: Any, reactor: Any, client: Any) -> None:
+    """SIGTSTP (kill -TSTP; Ctrl-Z is a byte in raw mode): stop now, with the terminal given back."""
+    terminal.suspend()
+    reactor.callFromThread(client.resumed)
+
+
+def _continued(terminal: Any, reactor: Any, client: Any) -> None:
+    terminal.resume()
+    reactor.callFromThread(client.resumed)
 
 
 if __name__ == "__main__":
