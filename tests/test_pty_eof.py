@@ -24,6 +24,7 @@ def pty_session(tmp_path):
     proc = reactor.processes[0]
     master_fd, slave_fd, _ = proc.kw["usePTY"]
     yield session, proc, slave_fd
+    session._release_slave()
     os.close(master_fd)
     os.close(slave_fd)
 
@@ -83,3 +84,11 @@ def test_the_kernel_delivers_the_partial_line_then_end_of_file():
     finally:
         os.close(master_fd)
         os.close(slave_fd)
+
+
+def test_the_worker_holds_the_terminal_until_the_process_has_exited(pty_session):
+    # Else a process that closes its descriptors before exiting (cat) is hung up while still alive (SIGHUP).
+    session, proc, slave_fd = pty_session
+    assert session._slave_hold is not None and os.ttyname(session._slave_hold) == os.ttyname(slave_fd)
+    proc.proto.processExited(None)
+    assert session._slave_hold is None
