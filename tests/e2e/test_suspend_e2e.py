@@ -8,12 +8,13 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import pexpect
 import pytest
 
-from .conftest import shell_argv
+from .conftest import shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +79,62 @@ def test_suspended_client_gives_the_terminal_back_and_takes_it_again_on_fg(sandb
     bash.expect_exact(LOCAL)
     assert "Traceback" not in bash.before.decode()
     assert {"icanon", "echo"} <= local_stty(bash)
+
+
+@pytest.fixture
+def console(sandbox):
+    env = dict(os.environ, TERM="xterm")
+    child = pexpect.spawn(sys.executable, ["-m", "slaveshell.cli", "console", "--socket", sandbox.socket], env=env,
+                          dimensions=(24, 80), timeout=20)
+    child.expect_exact("slaveshell>")
+    yield child
+    child.terminate(force=True)
+
+
+def test_the_console_keeps_a_suspended_session_as_a_job(sandbox, console):
+    c = console
+    c.sendline("shell w1")
+    c.expect(r"[#$] ")
+    c.sendline(f"PS1='{REMOTE}'")
+    c.expect_exact(REMOTE)
+    c.expect_exact(REMOTE)
+    c.send("\r")
+    c.expect_exact(REMOTE)
+    c.send("~\x1a")
+    c.expect_exact("[1] stopped  buildbot-shell w1")
+    c.expect_exact("slaveshell>")  # the console has the terminal again, not a hang
+    c.setwinsize(28, 90)
+    c.sendline("fg")
+    c.expect_exact("buildbot-shell w1\r\n")
+    c.expect_exact(REMOTE)  # redrawn by the remote shell: the new window size reached it (SIGWINCH)
+    c.sendline("stty size")
+    c.expect_exact("28 90")
+    c.expect_exact(REMOTE)
+    c.sendline("sleep 60")
+    c.expect_exact("sleep 60\r\n")
+    time.sleep(0.5)
+    c.sendcontrol("c")
+    c.expect_exact(REMOTE)
+    c.send("\r~\x1a")
+    c.expect_exact("[1] stopped  buildbot-shell w1")
+    # Leaving the console hangs the stopped session up: buildbot-shell detaches it, resumable.
+    c.sendline("quit")
+    c.expect(r"resume it with: slaveshell attach (\w+)")
+    session_id = c.match.group(1).decode()
+    c.expect(pexpect.EOF)
+    assert "Traceback" not in c.before.decode()
+    subprocess.run([sys.executable, "-m", "slaveshell.cli", "kill", "--socket", sandbox.socket, session_id],
+                   capture_output=True, timeout=60)
+
+
+def test_ctrl_c_in_a_command_run_from_the_console_reaches_the_command_not_the_console(console):
+    c = console
+    c.sendline("shell w1 sleep 3311")
+    assert wait_until(lambda: subprocess.run(["pgrep", "-f", "^sleep 3311$"], capture_output=True).returncode == 0,
+                      timeout=20)
+    c.sendcontrol("c")
+    c.expect_exact("[buildbot-shell w1 sleep 3311: exit 130]")
+    c.expect_exact("slaveshell>")
+    c.sendline("quit")
+    c.expect(pexpect.EOF)
+    assert "Traceback" not in c.before.decode()
