@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="buildbot-shell",
         description="Open a shell (or run a command) on a Buildbot worker through its master.",
-        epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~r release the held build "
-           "(with --build), ~? help, ~~ a literal ~.",
+        epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~^Z suspend, ~r release the "
+           "held build (with --build), ~? help, ~~ a literal ~.",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--master", metavar="DIR", help="the master's basedir (its socket is DIR/shell.sock)")
