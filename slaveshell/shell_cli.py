@@ -128,15 +128,16 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     terminal = RawTerminal(0) if interactive else None
     client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach,
                          suspend=terminal.suspend if terminal else None)
-    result: list[ExitStatus] = []
 
     def stop(_: object) -> None:
         with contextlib.suppress(error.ReactorNotRunning):
             reactor.stop()
 
     def start() -> None:
-        client.run(socket_path)
-        client.done.addCallback(result.append)
+        # The client's `done` fires when the session is over, even while an open is still in flight (a signal
+        # can end it then); a bug in run() still ends the client, with one line rather than a traceback.
+        client.run(socket_path).addErrback(
+            lambda f: client.finish(ExitStatus(reason=f"internal error: {f.getErrorMessage()}")))
         client.done.addBoth(stop)
 
     # Our own handlers instead of Twisted's (which stop the reactor, dropping the session as if the master
@@ -157,7 +158,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     set_blocking(0, 1, 2)
-    status = result[0] if result else ExitStatus(reason="interrupted")
+    status = client.status or ExitStatus(reason="interrupted")
     prog = "slaveshell" if attach else "buildbot-shell"
     if client.farewell:
         # The cursor is wherever the remote prompt left it.

@@ -53,7 +53,8 @@ class Terminal:
 
     # pexpect's logfile interface
     def write(self, data: bytes) -> None:
-        self.printed += data
+        # (setdefault: subclasses with their own __init__ get it too)
+        self.__dict__.setdefault("printed", bytearray()).extend(data)
         self.stream.feed(data)
 
     def flush(self) -> None:
@@ -83,7 +84,7 @@ class Terminal:
         traceback on the way: no path may show one to a user."""
         self.child.expect(pexpect.EOF, timeout=timeout)
         self.child.close()
-        assert_no_traceback(self.printed)
+        assert_no_traceback(self.__dict__.get("printed"))
         return self.child.exitstatus if self.child.exitstatus is not None else 128 + self.child.signalstatus
 
     def close(self) -> None:
@@ -134,7 +135,7 @@ def terminal(sandbox: Sandbox) -> Iterator:
     for t in opened:
         t.close()
     for t in opened:
-        assert_no_traceback(t.printed)
+        assert_no_traceback(t.__dict__.get("printed"))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
