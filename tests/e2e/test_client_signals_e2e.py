@@ -48,8 +48,9 @@ def test_a_signal_to_the_client_in_command_mode_reaches_the_remote_command(sandb
     assert t.wait(timeout=20) == status
     printed = t.printed.decode()
     assert "lost" not in printed and "not-reached" not in printed
-    assert wait_until(lambda: not running("^sleep 3301$"), timeout=10), "the remote command is still running"
+    # Ended, not detached (a detached session would end only after the master's detach grace).
     assert sessions(sandbox, since) == []
+    assert wait_until(lambda: not running("^sleep 3301$"), timeout=10), "the remote command is still running"
 
 
 def test_a_second_ctrl_c_within_a_second_gives_up_at_once(sandbox, terminal):
