@@ -35,6 +35,9 @@ log = Logger()
 
 # A second SIGINT/SIGTERM/SIGHUP this soon after the first (seconds) gives up on the remote command at once.
 GIVE_UP_WITHIN = 1.0
+# The same signal again this soon (seconds) is the same request delivered twice, not a second one: timeout(1)
+# signals its child and then the child's process group.
+DUPLICATE_WITHIN = 0.1
 # After forwarding SIGTERM or SIGHUP, how long the remote command has to end (seconds) before the client closes
 # the session and exits anyway: whoever sent the signal wants this process gone, not waiting forever.
 SIGNAL_GRACE = 5.0
@@ -154,6 +157,7 @@ class ShellClient:
         self._size = (request.cols, request.rows)
         self._old_winch: Any = None
         self._signalled_at: float | None = None
+        self._last_signal: int | None = None
         self._signal_timer: Any = None
 
     @property
@@ -279,8 +283,11 @@ class ShellClient:
         """
         name = _FORWARDED.get(signum, str(signum))
         now = self.reactor.seconds()
-        again = self._signalled_at is not None and now - self._signalled_at < GIVE_UP_WITHIN
-        self._signalled_at = now
+        since = now - self._signalled_at if self._signalled_at is not None else None
+        if since is not None and since < DUPLICATE_WITHIN and signum == self._last_signal:
+            return
+        again = since is not None and since < GIVE_UP_WITHIN
+        self._signalled_at, self._last_signal = now, signum
         if self.status is not None:
             if again:  # still flushing output nobody reads: stop waiting
                 self._writers.clear()

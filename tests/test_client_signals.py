@@ -7,7 +7,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from slaveshell.client import GIVE_UP_WITHIN, SIGNAL_GRACE, ShellClient
+from slaveshell.client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, ShellClient
 from slaveshell.protocol import ExitStatus, OpenRequest
 
 
@@ -51,6 +51,16 @@ def test_a_second_signal_within_a_second_gives_up_at_once():
     assert client.done.called
     assert client.status.cli_status() == 255
     assert client.status.reason == "second SIGINT: closed the session without waiting for the remote command"
+
+
+def test_the_same_signal_delivered_twice_at_once_counts_once():
+    # timeout(1) sends SIGTERM to its child and then to the child's process group.
+    client = make()
+    client.signalled(signal.SIGTERM)
+    client.reactor.advance(DUPLICATE_WITHIN / 10)
+    client.signalled(signal.SIGTERM)
+    assert client.session.calls == [("signal", "TERM")]
+    assert client.status is None
 
 
 def test_a_later_second_sigint_is_forwarded_again():
