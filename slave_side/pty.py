@@ -27,14 +27,34 @@ def set_window_size(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def eof_byte(fd: int) -> bytes:
-    """The terminal's VEOF character: on a PTY, end of input is a byte, not a close."""
+def eof_bytes(fd: int, last_byte: bytes | None) -> bytes:
+    """What to write to the PTY so that the program reading it sees the end of input.
+
+    In canonical mode (termios(3), "Canonical and noncanonical mode") one VEOF character delivers the pending
+    partial line, and only a VEOF at the start of a line makes read(2) return 0. So: VEOF, and a second one when
+    `last_byte` (the last byte written to the PTY, None for none) left a partial line, that is, was not one of
+    the line delimiters NL, VEOL, VEOL2, VEOF, or CR turned into NL by ICRNL. In non-canonical mode there is no
+    end of input on a terminal at all: the program (readline, an editor, a REPL) reads VEOF as a key, and one
+    is what a user would type, so one is sent.
+    """
     try:
-        cc = termios.tcgetattr(fd)[6]
-        value = cc[termios.VEOF]
-        return value if isinstance(value, bytes) else bytes([value])
+        attrs = termios.tcgetattr(fd)
     except (termios.error, OSError):
         return b"\x04"
+    iflag, lflag, cc = attrs[0], attrs[3], attrs[6]
+    veof = _cc_byte(cc[termios.VEOF]) or b"\x04"
+    if not lflag & termios.ICANON or last_byte is None:
+        return veof
+    ends = {b"\n", veof} | {c for c in (_cc_byte(cc[termios.VEOL]), _cc_byte(cc[termios.VEOL2])) if c}
+    if iflag & termios.ICRNL and not iflag & termios.IGNCR:
+        ends.add(b"\r")
+    return veof if last_byte in ends else veof + veof
+
+
+def _cc_byte(value: bytes | int) -> bytes | None:
+    """A control character from termios' cc list; None when disabled (_POSIX_VDISABLE, 0 on Linux)."""
+    b = value if isinstance(value, bytes) else bytes([value])
+    return None if b == b"\0" else b
 
 
 def foreground_group(fd: int) -> int | None:

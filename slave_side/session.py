@@ -182,6 +182,10 @@ class WorkerSession:
         self._held_input: list[Keystrokes] = []
         self._pty_fd: int | None = None
         self._judge = HiddenInputJudge(reactor, self._input_decided)
+        # The last byte written to the PTY: whether a line is pending in the line discipline at EOF.
+        self._last_input: bytes | None = None
+        # Our own descriptor of the PTY's slave side, held until the process has exited (see start()).
+        self._slave_hold: int | None = None
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -202,6 +206,11 @@ class WorkerSession:
             if req.pty:
                 master_fd, slave_fd, ttyname = ptyutil.open_pty(req.cols, req.rows)
                 self._pty_fd = master_fd
+                # A process that closes its standard descriptors before exiting (cat, as coreutils do) would
+                # otherwise let the master read EIO first: Twisted then closes the master, and the kernel hangs
+                # up the terminal, killing the still-living process with SIGHUP (exit 129 instead of 0). sshd
+                # likewise keeps the PTY until the child has been reaped.
+                self._slave_hold = os.dup(slave_fd)
                 self.transport = reactor.spawnProcess(
                     proto, shell, argv, env, cwd,
                     usePTY=(master_fd, slave_fd, ttyname),
@@ -218,6 +227,7 @@ class WorkerSession:
                     proto, exe, full, env, cwd, childFDs={0: "w", 1: "r", 2: "r"},
                 )
         except OSError as e:
+            self._release_slave()
             raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
@@ -242,6 +252,8 @@ class WorkerSession:
         else:
             self.transport.write(data)
             item = Keystrokes(len(data), hidden=False)
+        if data:
+            self._last_input = data[-1:]
         self._held_input.append(item)
         if not self._input_paused:
             self._release_input_credit()
@@ -254,7 +266,9 @@ class WorkerSession:
         if self.ended or self._exited:
             return
         if self._pty_fd is not None:
-            self.transport.write(ptyutil.eof_byte(self._pty_fd))
+            # A PTY has no half-close: end of input is VEOF, twice after a partial line (see eof_bytes).
+            self.transport.write(ptyutil.eof_bytes(self._pty_fd, self._last_input))
+            self._last_input = None
         else:
             # Twisted gotcha: a writer whose producer is paused resumes the producer instead of closing once
             # its buffer drains, so stdin would never close. No more input can come: drop the producer first.
@@ -346,8 +360,15 @@ class WorkerSession:
             item = self._held_input.pop(0)
             self.report("input_ack", item.nbytes, item.hidden)
 
+    def _release_slave(self) -> None:
+        hold, self._slave_hold = self._slave_hold, None
+        if hold is not None:
+            os.close(hold)
+
     def _process_exited(self) -> None:
         self._exited = True
+        # Now the master may see the end of the terminal (once background jobs let go of it too).
+        self._release_slave()
         # Pitfall: a paused PTY reader never sees EOF, and processEnded waits for it.
         self._resume_reading()
         self._timers.append(self.reactor.callLater(DRAIN_GRACE, self._force_close_streams))
@@ -359,6 +380,7 @@ class WorkerSession:
             self.transport.loseConnection()
 
     def _process_ended(self, reason: Failure) -> None:
+        self._release_slave()
         if self.ended:
             return
         self._flush()

@@ -3,8 +3,10 @@ standard streams to it, with flow control both ways."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, process
@@ -32,6 +34,16 @@ from .protocol import (
 from .terminal import window_size
 
 log = Logger()
+
+# A second SIGINT/SIGTERM/SIGHUP this soon after the first (seconds) gives up on the remote command at once.
+GIVE_UP_WITHIN = 1.0
+# The same signal again this soon (seconds) is the same request delivered twice, not a second one: timeout(1)
+# signals its child and then the child's process group.
+DUPLICATE_WITHIN = 0.1
+# After forwarding SIGTERM or SIGHUP, how long the remote command has to end (seconds) before the client closes
+# the session and exits anyway: whoever sent the signal wants this process gone, not waiting forever.
+SIGNAL_GRACE = 5.0
+_FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
 
 
 class ClientError(Exception):
@@ -148,6 +160,7 @@ class ShellClient:
         stdout_fd: int = 1,
         stderr_fd: int = 2,
         attach: tuple[str, str] | None = None,
+        suspend: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.request = request
@@ -158,8 +171,11 @@ class ShellClient:
         self.role = "owner"
         # What to tell the operator at the end instead of the usual line (detached, left).
         self.farewell: str | None = None
+        # Stops this process with the local terminal restored; returns once continued (RawTerminal.suspend).
+        self.suspend = suspend
         self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True,
-                                        release=request.build is not None)
+                                        release=request.build is not None,
+                                        suspend=self.program if suspend is not None else None)
         self.root: Any = None
         self.fds = {"in": stdin_fd, "out": stdout_fd, "err": stderr_fd}
         self.done: defer.Deferred[ExitStatus] = defer.Deferred()
@@ -173,6 +189,13 @@ class ShellClient:
         self._writers: dict[str, Any] = {}
         self._size = (request.cols, request.rows)
         self._old_winch: Any = None
+        self._signalled_at: float | None = None
+        self._last_signal: int | None = None
+        self._signal_timer: Any = None
+
+    @property
+    def program(self) -> str:
+        return "slaveshell" if self.attach else "buildbot-shell"
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -244,6 +267,13 @@ class ShellClient:
                 return
             elif isinstance(action, esc.Release):
                 self._release_build()
+            elif isinstance(action, esc.Suspend) and self.suspend is not None:
+                # Written at once (not through the writer): the process stops before the reactor runs again.
+                with contextlib.suppress(OSError):
+                    os.write(self.fds["err"], (self.escapes.escape or b"") +
+                             f"^Z [suspend {self.program}]\r\n".encode())
+                self.suspend()
+                self.resumed()
             elif isinstance(action, esc.Detach):
                 self.farewell = (f"Detached from session {self.session_id} on {self.worker}; resume it with: "
                                  f"slaveshell attach {self.session_id}" if self.role == "owner" else
@@ -266,6 +296,67 @@ class ShellClient:
             # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
             self._writers.pop(name, None)
             self._call("close")
+
+    def resumed(self) -> None:
+        """Continued after a stop (SIGCONT): the window may have changed meanwhile, and SIGWINCH is not
+        delivered to a stopped process, so the size is sent again whatever we last sent."""
+        if self.interactive:
+            self._window_changed(force=True)
+
+    def signalled(self, signum: int) -> None:
+        """SIGINT, SIGTERM or SIGHUP reached this process (called in the reactor thread).
+
+        Command mode, and SIGINT in any mode: forwarded to the remote command (on a PTY, its foreground job, as
+        Ctrl-C there would), and the client then ends with the remote status; after SIGTERM or SIGHUP the
+        remote side has SIGNAL_GRACE seconds. With the local terminal in raw mode (the signal came from
+        kill(1), not the keyboard), as ssh exits there: SIGTERM ends the session (the remote terminal hangs
+        up, as sshd does when ssh goes) and SIGHUP detaches it (the operator's terminal is gone; the session
+        waits for `slaveshell attach` for the master's detach grace). A second signal within GIVE_UP_WITHIN
+        seconds closes the session and exits at once. Never raises.
+        """
+        name = _FORWARDED.get(signum, str(signum))
+        now = self.reactor.seconds()
+        since = now - self._signalled_at if self._signalled_at is not None else None
+        if since is not None and since < DUPLICATE_WITHIN and signum == self._last_signal:
+            return
+        again = since is not None and since < GIVE_UP_WITHIN
+        self._signalled_at, self._last_signal = now, signum
+        if self.status is not None:
+            if again:  # still flushing output nobody reads: stop waiting
+                self._writers.clear()
+                self._maybe_done()
+            return
+        if self.session is None:
+            self.finish(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
+            return
+        if again:
+            self._give_up(f"second SIG{name}: closed the session without waiting for the remote command")
+            return
+        if self.interactive and signum == signal.SIGTERM and self.role == "owner":
+            self.farewell = f"Connection to {self.worker} closed (SIGTERM)."
+            self._last_call("close", ExitStatus(reason="ended by SIGTERM"))
+        elif self.interactive and signum != signal.SIGINT:
+            self.farewell = (f"Detached from session {self.session_id} on {self.worker} (SIG{name}); resume it "
+                             f"with: slaveshell attach {self.session_id}" if self.role == "owner" else
+                             f"Left session {self.session_id} on {self.worker} (SIG{name}).")
+            self._last_call("detach", ExitStatus(reason=f"detached by SIG{name}"))
+        elif self.role != "owner":
+            # A watcher's or co-operator's signal is its own business: it leaves, the session goes on.
+            self.farewell = f"Left session {self.session_id} on {self.worker}."
+            self._last_call("close", ExitStatus(code=128 + signum))
+        else:
+            self._call("signal", name)
+            if signum != signal.SIGINT and self._signal_timer is None:
+                self._signal_timer = self.reactor.callLater(
+                    SIGNAL_GRACE, self._give_up,
+                    f"the remote command did not end within {SIGNAL_GRACE:g} s of SIG{name}; session closed")
+
+    def _give_up(self, why: str) -> None:
+        """Close the session without waiting for the remote command, and end with 255 and `why`."""
+        self._signal_timer = None
+        if self.status is not None:
+            return
+        self._last_call("close", ExitStatus(reason=why), timeout=1)
 
     # -- events from the master ----------------------------------------------------------------
 
@@ -291,6 +382,9 @@ class ShellClient:
         if self.status is not None:
             return
         self.status = status
+        if self._signal_timer is not None and self._signal_timer.active():
+            self._signal_timer.cancel()
+        self._signal_timer = None
         if self._old_winch is not None:
             signal.signal(signal.SIGWINCH, self._old_winch)
         if self._stdin is not None:
@@ -327,9 +421,9 @@ class ShellClient:
         # Signal handlers run between bytecodes: hand the work to the reactor.
         self.reactor.callFromThread(self._window_changed)
 
-    def _window_changed(self) -> None:
+    def _window_changed(self, force: bool = False) -> None:
         size = window_size(self.fds["in"]) or window_size(self.fds["out"])
-        if size is not None and size != self._size and self.status is None and self.role == "owner":
+        if size is not None and (force or size != self._size) and self.status is None and self.role == "owner":
             self._size = size
             self._call("resize", *size)
 
@@ -344,7 +438,7 @@ class ShellClient:
         d = defer.maybeDeferred(self.root.callRemote, "release", self.request.build)
         d.addBoth(told)
 
-    def _last_call(self, method: str, status: ExitStatus) -> None:
+    def _last_call(self, method: str, status: ExitStatus, timeout: float = 5) -> None:
         """Make a call that must reach the master (it decides the session's fate), then finish. Without the
         wait, the process could exit with the call still in a buffer, and the master would see only a lost
         connection (a detach) instead of, say, `~.`."""
@@ -354,7 +448,7 @@ class ShellClient:
             self.finish(status)
             return
         d = defer.maybeDeferred(self.session.callRemote, method)
-        d.addTimeout(5, self.reactor)
+        d.addTimeout(timeout, self.reactor)
         d.addBoth(lambda _: self.finish(status))
 
     def _call(self, method: str, *args: Any) -> None:

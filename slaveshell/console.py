@@ -24,6 +24,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
 from .display import cell, visible
+from .jobcontrol import Foreground, Job
 
 COMMANDS = {
     "workers": "the fleet: connection, shell, pause, live sessions",
@@ -34,6 +35,8 @@ COMMANDS = {
     "kill": "kill ID: end a live session",
     "history": "history [WORKER]: past sessions",
     "replay": "replay ID: play a session back (Ctrl-C stops)",
+    "jobs": "sessions stopped with ~^Z (or Ctrl-Z in a command)",
+    "fg": "fg [N]: continue a stopped session (the last one by default)",
     "help": "this list",
     "quit": "leave the console (or Ctrl-D)",
 }
@@ -45,7 +48,9 @@ class Backend(Protocol):
     def sessions(self) -> list[dict[str, Any]]: ...
     def history(self, worker: str | None) -> list[dict[str, Any]]: ...
     def kill(self, session_id: str) -> str: ...
-    def run_interactive(self, argv: list[str]) -> int: ...
+    def run_interactive(self, argv: list[str]) -> int | Job: ...
+    def resume(self, job: Job) -> int | Job: ...
+    def hang_up(self, job: Job) -> int: ...
 
 
 class BackendError(Exception):
@@ -58,6 +63,7 @@ class CliBackend:
 
     def __init__(self, socket_path: str) -> None:
         self.socket = socket_path
+        self.foreground = Foreground(0)
 
     def _json(self, *args: str) -> Any:
         done = subprocess.run([sys.executable, "-m", "slaveshell.cli", args[0], "--socket", self.socket,
@@ -82,13 +88,19 @@ class CliBackend:
             raise BackendError(done.stderr.strip().removeprefix("slaveshell: "))
         return done.stdout.strip()
 
-    def run_interactive(self, argv: list[str]) -> int:
-        """Hand the terminal over: the child owns it until it exits."""
+    def run_interactive(self, argv: list[str]) -> int | Job:
+        """Hand the terminal over: the child owns it until it exits (its status) or stops (a Job)."""
         if argv[0] == "buildbot-shell":
             full = ["slaveshell.shell_cli", "--socket", self.socket, *argv[1:]]
         else:  # slaveshell SUBCOMMAND ARGS...
             full = ["slaveshell.cli", argv[1], "--socket", self.socket, *argv[2:]]
-        return subprocess.call([sys.executable, "-m", *full])
+        return self.foreground.run(argv, [sys.executable, "-m", *full])
+
+    def resume(self, job: Job) -> int | Job:
+        return self.foreground.resume(job)
+
+    def hang_up(self, job: Job) -> int:
+        return self.foreground.hang_up(job)
 
 
 class ConsoleCompleter(Completer):
@@ -121,6 +133,8 @@ class Console:
         self.cached_workers: list[dict[str, Any]] = []
         self.cached_sessions: list[dict[str, Any]] = []
         self.cached_history: list[dict[str, Any]] = []
+        # Sessions handed over that stopped (~^Z), oldest first.
+        self.jobs: list[Job] = []
         self.prompt: PromptSession[str] = PromptSession(
             "slaveshell> ", completer=ConsoleCompleter(self), history=InMemoryHistory(), input=input,
             output=output, complete_while_typing=False,
@@ -134,6 +148,7 @@ class Console:
             try:
                 line = self.prompt.prompt()
             except EOFError:
+                self.hang_up_jobs()
                 return 0
             except KeyboardInterrupt:
                 continue
@@ -154,6 +169,7 @@ class Console:
             return True
         command, args = words[0], words[1:]
         if command in ("quit", "exit"):
+            self.hang_up_jobs()
             return False
         if command == "help":
             for name, text in COMMANDS.items():
@@ -177,6 +193,11 @@ class Console:
                 self.write("usage: kill ID\n")
             else:
                 self.write(visible(self.backend.kill(args[0])) + "\n")
+        elif command == "jobs":
+            for n, job in enumerate(self.jobs, 1):
+                self.write(f"[{n}] stopped  {visible(' '.join(job.argv))}\n")
+        elif command == "fg":
+            self._resume(args)
         elif command == "history":
             self.show_history(args[0] if args else None)
         else:
@@ -184,9 +205,39 @@ class Console:
         return True
 
     def _hand_over(self, argv: list[str]) -> None:
-        status = self.backend.run_interactive(argv)
-        self.write(f"[{visible(' '.join(argv))}: exit {status}]\n")
+        self._handed_back(argv, self.backend.run_interactive(argv))
+
+    def _handed_back(self, argv: list[str], result: int | Job) -> None:
+        if isinstance(result, Job):
+            self.jobs.append(result)
+            self.write(f"[{len(self.jobs)}] stopped  {visible(' '.join(argv))}  ('fg' continues it)\n")
+            return
+        self.write(f"[{visible(' '.join(argv))}: exit {result}]\n")
         self.refresh()
+
+    def _resume(self, args: list[str]) -> None:
+        if not self.jobs:
+            self.write("no stopped sessions\n")
+            return
+        try:
+            n = int(args[0].lstrip("%")) if args else len(self.jobs)
+            job = self.jobs[n - 1]
+            if n < 1:
+                raise IndexError
+        except (ValueError, IndexError):
+            self.write(f"fg: no job {args[0]!r}; 'jobs' lists them\n")
+            return
+        self.jobs.remove(job)
+        self.write(f"{visible(' '.join(job.argv))}\n")
+        self._handed_back(job.argv, self.backend.resume(job))
+
+    def hang_up_jobs(self) -> None:
+        """Leaving: stopped sessions get SIGHUP, as a shell's jobs do when it exits (buildbot-shell then detaches
+        its session, which `slaveshell attach` resumes)."""
+        for job in self.jobs:
+            status = self.backend.hang_up(job)
+            self.write(f"[{visible(' '.join(job.argv))}: hung up, exit {status}]\n")
+        self.jobs.clear()
 
     # -- views ---------------------------------------------------------------------------------
 

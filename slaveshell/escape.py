@@ -1,8 +1,8 @@
 """ssh-style escape sequences on the operator's keyboard input, without I/O.
 
 As in OpenSSH, the escape character is recognised only right after a newline (or at the very start):
-`~.` ends the session, `~d` detaches, `~?` shows help, `~~` sends one `~`; any other character after `~` sends
-both. The `~` is held back until the next byte decides.
+`~.` ends the session, `~d` detaches, `~^Z` suspends the client (as a shell's job), `~?` shows help, `~~` sends
+one `~`; any other character after `~` sends both. The `~` is held back until the next byte decides.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ HELP = (
     "Supported escape sequences:\r\n"
     " {c}.   - terminate session\r\n"
     "{detach}"
+    "{suspend}"
     " {c}?   - this message\r\n"
     " {c}{c}   - send the escape character by typing it twice\r\n"
     "(Note that escapes are only recognized immediately after newline.)\r\n"
@@ -40,22 +41,31 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Suspend:
+    """Stop the client as Ctrl-Z stops a local job (ssh: `~^Z`)."""
+
+
+@dataclass(frozen=True)
 class Help:
     text: str
 
 
-Action = Send | Terminate | Detach | Release | Help
+Action = Send | Terminate | Detach | Release | Suspend | Help
 
 _NEWLINES = (b"\r", b"\n")
+CTRL_Z = b"\x1a"
 
 
 class EscapeParser:
-    def __init__(self, escape_char: bytes | None = b"~", detach: bool = False, release: bool = False) -> None:
+    def __init__(self, escape_char: bytes | None = b"~", detach: bool = False, release: bool = False,
+                 suspend: str | None = None) -> None:
+        """`suspend`: the program's name for `~^Z` and its help line; None leaves Ctrl-Z after `~` as data."""
         if escape_char is not None and len(escape_char) != 1:
             raise ValueError("the escape character must be one byte")
         self.escape = escape_char
         self.detach = detach
         self.release = release
+        self.suspend = suspend
         self._at_line_start = True
         self._pending = False
 
@@ -85,7 +95,8 @@ class EscapeParser:
                         if self.detach else ""
                     if self.release:
                         extra += f" {c}r   - release the held build (it finishes; this shell stays)\r\n"
-                    actions.append(Help(HELP.format(c=c, detach=extra)))
+                    stop = f" {c}^Z  - suspend {self.suspend}\r\n" if self.suspend else ""
+                    actions.append(Help(HELP.format(c=c, detach=extra, suspend=stop)))
                     self._at_line_start = True  # ssh accepts another escape right after help
                     continue
                 if byte == b"d" and self.detach:
@@ -96,6 +107,11 @@ class EscapeParser:
                     flush()
                     actions.append(Release())
                     self._at_line_start = True
+                    continue
+                if byte == CTRL_Z and self.suspend:
+                    flush()
+                    actions.append(Suspend())
+                    self._at_line_start = True  # as ssh: another escape may follow at once
                     continue
                 if byte == self.escape:
                     out += byte

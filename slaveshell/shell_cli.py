@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -22,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="buildbot-shell",
         description="Open a shell (or run a command) on a Buildbot worker through its master.",
-        epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~r release the held build "
-           "(with --build), ~? help, ~~ a literal ~.",
+        epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~^Z suspend, ~r release the "
+           "held build (with --build), ~? help, ~~ a literal ~.",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--master", metavar="DIR", help="the master's basedir (its socket is DIR/shell.sock)")
@@ -67,6 +68,14 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before our own handler is installed, or after it is gone
+        print("buildbot-shell: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command_words = list(args.command)
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None,
         attach: tuple[str, str] | None = None) -> int:
+    from twisted.internet import error
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
@@ -114,21 +124,42 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     from .client import ShellClient
     from .display import visible
     from .protocol import ExitStatus
-    from .terminal import raw_mode, set_blocking
+    from .terminal import RawTerminal, raw_mode, set_blocking
 
-    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach)
-    result: list[ExitStatus] = []
+    terminal = RawTerminal(0) if interactive else None
+    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach,
+                         suspend=terminal.suspend if terminal else None)
+
+    def stop(_: object) -> None:
+        with contextlib.suppress(error.ReactorNotRunning):
+            reactor.stop()
 
     def start() -> None:
-        d = client.run(socket_path)
-        d.addCallback(result.append)
-        d.addBoth(lambda _: reactor.stop())
+        # The client's `done` fires when the session is over, even while an open is still in flight (a signal
+        # can end it then); a bug in run() still ends the client, with one line rather than a traceback.
+        client.run(socket_path).addErrback(
+            lambda f: client.finish(ExitStatus(reason=f"internal error: {f.getErrorMessage()}")))
+        client.done.addBoth(stop)
 
+    # Our own handlers instead of Twisted's (which stop the reactor, dropping the session as if the master
+    # were lost): the client forwards these signals to the remote command (ShellClient.signalled).
+    handlers: dict[int, Any] = {
+        signum: (lambda signum, frame: reactor.callFromThread(client.signalled, signum))
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    if terminal is not None:
+        handlers[signal.SIGTSTP] = lambda signum, frame: _suspend(terminal, reactor, client)
+        handlers[signal.SIGCONT] = lambda signum, frame: _continued(terminal, reactor, client)
     reactor.callWhenRunning(start)
-    with raw_mode(0) if interactive else contextlib.nullcontext():
-        reactor.run()
+    with raw_mode(terminal) if terminal else contextlib.nullcontext():
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     set_blocking(0, 1, 2)
-    status = result[0] if result else ExitStatus(reason="interrupted")
+    status = client.status or ExitStatus(reason="interrupted")
     prog = "slaveshell" if attach else "buildbot-shell"
     # What the master or the worker says (reasons, names) is shown, never interpreted.
     if client.farewell:
@@ -139,6 +170,17 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     elif interactive:
         print(f"Connection to {visible(client.worker)} closed.", file=sys.stderr)
     return status.cli_status()
+
+
+def _suspend(terminal: Any, reactor: Any, client: Any) -> None:
+    """SIGTSTP (kill -TSTP; Ctrl-Z is a byte in raw mode): stop now, with the terminal given back."""
+    terminal.suspend()
+    reactor.callFromThread(client.resumed)
+
+
+def _continued(terminal: Any, reactor: Any, client: Any) -> None:
+    terminal.resume()
+    reactor.callFromThread(client.resumed)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from slaveshell.console import BackendError, Console, ConsoleCompleter
+from slaveshell.jobcontrol import Job
 
 
 class FakeBackend:
@@ -102,3 +103,52 @@ def test_completion_of_commands_workers_and_sessions():
         assert complete("shell li") == ["linux-1"]
         assert complete("attach ab") == ["abc123def456"]
         assert complete("kill x") == []
+
+
+class StoppingBackend(FakeBackend):
+    """Sessions that stop when handed the terminal (~^Z), and end when continued."""
+
+    def __init__(self):
+        super().__init__()
+        self.resumed = []
+        self.hung_up = []
+
+    def run_interactive(self, argv):
+        self.ran.append(argv)
+        return Job(argv, None)
+
+    def resume(self, job):
+        self.resumed.append(job.argv)
+        return 0
+
+    def hang_up(self, job):
+        self.hung_up.append(job.argv)
+        return 255
+
+
+def drive_with(backend, keys):
+    out: list[str] = []
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        inp.send_text(keys)
+        status = Console(backend, input=inp, output=DummyOutput(), write=out.append).run()
+    return status, "".join(out)
+
+
+def test_a_stopped_session_is_a_job_that_fg_continues():
+    backend = StoppingBackend()
+    status, out = drive_with(backend, "shell w1\rshell w2 top\rjobs\rfg 1\rfg 9\rfg\rfg\rquit\r")
+    assert "[1] stopped  buildbot-shell w1  ('fg' continues it)" in out
+    assert "[2] stopped  buildbot-shell w2 top" in out
+    assert "[1] stopped  buildbot-shell w1\n[2] stopped  buildbot-shell w2 top\n" in out
+    assert "fg: no job '9'" in out
+    assert backend.resumed == [["buildbot-shell", "w1"], ["buildbot-shell", "w2", "top"]]
+    assert "no stopped sessions" in out
+    assert backend.hung_up == []
+
+
+def test_leaving_hangs_up_stopped_sessions():
+    backend = StoppingBackend()
+    status, out = drive_with(backend, "shell w1\r\x04")
+    assert status == 0
+    assert backend.hung_up == [["buildbot-shell", "w1"]]
+    assert "[buildbot-shell w1: hung up, exit 255]" in out

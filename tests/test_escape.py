@@ -1,4 +1,4 @@
-from slaveshell.escape import Detach, EscapeParser, Help, Send, Terminate
+from slaveshell.escape import Detach, EscapeParser, Help, Send, Suspend, Terminate
 
 
 def sent(actions):
@@ -52,3 +52,23 @@ def test_other_escape_character():
     p = EscapeParser(b"%")
     assert sent(p.feed(b"~.")) == b"~."
     assert isinstance(EscapeParser(b"%").feed(b"%.")[-1], Terminate)
+
+
+def test_tilde_ctrl_z_after_a_newline_suspends_and_keeps_what_follows():
+    p = EscapeParser(suspend="buildbot-shell")
+    actions = p.feed(b"ls\r~\x1a~.")
+    assert actions[0] == Send(b"ls\r")
+    assert actions[1] == Suspend()
+    assert isinstance(actions[2], Terminate)  # another escape is recognised right after the suspend
+
+
+def test_tilde_ctrl_z_is_data_without_suspend_or_mid_line():
+    assert sent(EscapeParser().feed(b"~\x1a")) == b"~\x1a"
+    assert sent(EscapeParser(suspend="x").feed(b"a~\x1a")) == b"a~\x1a"
+
+
+def test_help_lists_suspend_when_offered():
+    (help_action,) = EscapeParser(suspend="buildbot-shell").feed(b"~?")
+    assert isinstance(help_action, Help) and " ~^Z  - suspend buildbot-shell\r\n" in help_action.text
+    (plain,) = EscapeParser().feed(b"~?")
+    assert isinstance(plain, Help) and "^Z" not in plain.text

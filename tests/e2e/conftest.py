@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -47,9 +48,13 @@ class Terminal:
         env = dict(os.environ, TERM="xterm")
         self.child = pexpect.spawn(argv[0], argv[1:], dimensions=(rows, cols), env=env, timeout=15)
         self.child.logfile_read = self
+        # Everything the child printed, for assert_no_traceback.
+        self.printed = bytearray()
 
     # pexpect's logfile interface
     def write(self, data: bytes) -> None:
+        # (setdefault: subclasses with their own __init__ get it too)
+        self.__dict__.setdefault("printed", bytearray()).extend(data)
         self.stream.feed(data)
 
     def flush(self) -> None:
@@ -75,8 +80,11 @@ class Terminal:
         return self.child.before.decode("utf-8", "replace")
 
     def wait(self, timeout: float = 15) -> int:
+        """Wait for the client to exit; its exit status (128+N for a signal). Asserts that it printed no Python
+        traceback on the way: no path may show one to a user."""
         self.child.expect(pexpect.EOF, timeout=timeout)
         self.child.close()
+        assert_no_traceback(self.__dict__.get("printed"))
         return self.child.exitstatus if self.child.exitstatus is not None else 128 + self.child.signalstatus
 
     def close(self) -> None:
@@ -85,6 +93,33 @@ class Terminal:
 
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen.display]
+
+
+def assert_no_traceback(output: bytes | str | None) -> None:
+    """No Python traceback reached the user (standard error, or a terminal)."""
+    text = output.decode("utf-8", "replace") if isinstance(output, bytes | bytearray) else output or ""
+    assert "Traceback (most recent call last)" not in text, f"a traceback reached the user:\n{text[-3000:]}"
+
+
+def _ours(argv: object) -> bool:
+    words = [argv] if isinstance(argv, str) else list(argv) if isinstance(argv, list | tuple) else []
+    return any("slaveshell" in str(w) or "buildbot-shell" in str(w) for w in words[:4])
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_from_our_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `subprocess.run` of buildbot-shell or the slaveshell CLI in this tier whose standard error is captured
+    asserts that no traceback is in it, success or failure (a test that wants one can look at the process
+    itself: Popen is left alone)."""
+    real_run = subprocess.run
+
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        done = real_run(*args, **kwargs)
+        if _ours(args[0] if args else kwargs.get("args")):
+            assert_no_traceback(done.stderr)
+        return done
+
+    monkeypatch.setattr(subprocess, "run", run)
 
 
 @pytest.fixture
@@ -99,6 +134,8 @@ def terminal(sandbox: Sandbox) -> Iterator:
     yield open_terminal
     for t in opened:
         t.close()
+    for t in opened:
+        assert_no_traceback(t.__dict__.get("printed"))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
