@@ -11,13 +11,10 @@ It listens on a UNIX socket in the master's basedir, identifies each operator by
 
 from __future__ import annotations
 
-import grp
 import os
-import re
 import socket as _socket
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from buildbot.util.service import BuildbotService
@@ -28,30 +25,17 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
-from slaveshell import hidden as hidden_input
 from slaveshell.display import visible
-from slaveshell.policy import RIGHTS, Identity, Policy, Rule
+from slaveshell.policy import RIGHTS, Identity, Policy
 from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
-from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
+from .audit_trail import AuditTrail, RecordingError
+from .config import Limits, ShellConfig, group_id
 from .hold import HOLDS
-from .limits import Bounds, ConnectionGate, GatedFactory, RefusalAudit
+from .limits import ConnectionGate, GatedFactory, RefusalAudit
 from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
 
 log = Logger()
-
-DEFAULT_SOCKET = "shell.sock"
-
-
-@dataclass(frozen=True)
-class Limits:
-    detach_grace: float | None = 300.0
-    idle_timeout: float | None = None
-    max_duration: float | None = None
-    per_worker: int | None = None
-    per_operator: int | None = None
-    stall_timeout: float | None = 60.0
-    close_deadline: float | None = 10.0
 
 
 class RouteError(Exception):
@@ -64,14 +48,6 @@ def peer_identity(transport: Any) -> Identity:
     creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     return Identity.from_credentials(pid, uid, gid)
-
-
-def make_policy(policy: Policy | Iterable[Rule | dict[str, Any]] | None) -> Policy:
-    if policy is None:
-        return Policy.default()
-    if isinstance(policy, Policy):
-        return policy
-    return Policy(rule if isinstance(rule, Rule) else Rule(**rule) for rule in policy)
 
 
 class OperatorRoot(pb.Referenceable):
@@ -135,78 +111,16 @@ class ShellService(BuildbotService):
     # Heartbeats on quiet sessions, and how long a worker may stay silent before its sessions are ended.
     heartbeat = 15.0
 
-    def checkConfig(
-        self,
-        socket: str = DEFAULT_SOCKET,
-        group: str | int | None = None,
-        policy: Any = None,
-        transcripts: str = "transcripts",
-        db_url: str | None = None,
-        record_input: bool = True,
-        redact: Sequence[str] = (),
-        require_recording: bool = True,
-        on_record_error: str = "end",
-        seal_to: str | Sequence[str] | None = None,
-        detach_grace: float | None = 300.0,
-        idle_timeout: float | None = None,
-        max_duration: float | None = None,
-        max_sessions_per_worker: int | None = None,
-        max_sessions_per_operator: int | None = None,
-        stall_timeout: float | None = 60.0,
-        close_deadline: float | None = 10.0,
-        max_connections_per_uid: int = Bounds.connections_per_uid,
-        max_connections: int = Bounds.connections,
-        max_viewers_per_session: int = Bounds.viewers_per_session,
-        max_viewers_per_operator: int = Bounds.viewers_per_operator,
-        max_connection_buffer: int = Bounds.connection_buffer,
-        max_buffered_total: int = Bounds.buffered_total,
-        write_stall_timeout: float | None = Bounds.write_stall,
-        max_calls_in_progress: int = Bounds.calls_in_progress,
-        name: str = "slaveshell",
-    ) -> None:
+    def checkConfig(self, *args: Any, **kwargs: Any) -> None:
         from buildbot import config
 
-        for what, value in (("detach_grace", detach_grace), ("idle_timeout", idle_timeout),
-                            ("max_duration", max_duration), ("max_sessions_per_worker", max_sessions_per_worker),
-                            ("max_sessions_per_operator", max_sessions_per_operator),
-                            ("stall_timeout", stall_timeout), ("close_deadline", close_deadline),
-                            ("write_stall_timeout", write_stall_timeout)):
-            if value is not None and (not isinstance(value, (int, float)) or value < 0):
-                config.error(f"ShellService: {what} must be a non-negative number or None")
-        # Resource bounds (master_side.limits): always on, whole numbers of at least 1.
-        for what, value in (("max_connections_per_uid", max_connections_per_uid),
-                            ("max_connections", max_connections),
-                            ("max_viewers_per_session", max_viewers_per_session),
-                            ("max_viewers_per_operator", max_viewers_per_operator),
-                            ("max_connection_buffer", max_connection_buffer),
-                            ("max_buffered_total", max_buffered_total),
-                            ("max_calls_in_progress", max_calls_in_progress)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                config.error(f"ShellService: {what} must be a whole number of at least 1")
-        if on_record_error not in ON_RECORD_ERROR:
-            config.error(f"ShellService: on_record_error must be one of {ON_RECORD_ERROR}")
-        for pattern in redact:
-            try:
-                re.compile(pattern)
-            except (re.error, TypeError) as e:
-                config.error(f"ShellService: bad redact pattern {pattern!r}: {e}")
-        if seal_to is not None:
-            try:
-                hidden_input.load_recipients(seal_to)
-            except ValueError as e:
-                config.error(f"ShellService: {e}")
-
-        if not isinstance(socket, str) or not socket:
-            config.error("ShellService: socket must be a path (relative to the master's basedir)")
-        if group is not None:
-            try:
-                _group_id(group)
-            except KeyError:
-                config.error(f"ShellService: no such group {group!r}")
         try:
-            make_policy(policy)
-        except (TypeError, ValueError) as e:
-            config.error(f"ShellService: bad policy: {e}")
+            options = ShellConfig(*args, **kwargs)
+        except TypeError as e:
+            config.error(f"ShellService: {e}")
+            return
+        for error in options.errors():
+            config.error(f"ShellService: {error}")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.sessions: dict[str, MasterSession] = {}
@@ -216,6 +130,7 @@ class ShellService(BuildbotService):
         self._port: Any = None
         self.trail: AuditTrail | None = None
         self.limits = Limits()
+        self.config = ShellConfig()
         self.gate = ConnectionGate(peer_identity, RefusalAudit(self._audit_refusal, _seconds), _seconds)
         self._ticker = task.LoopingCall(self._tick)
         # Disconnect notifications to undo when a session ends, by session id.
@@ -228,47 +143,19 @@ class ShellService(BuildbotService):
         super().__init__(*args, **kwargs)
 
     @defer.inlineCallbacks
-    def reconfigService(
-        self,
-        socket: str = DEFAULT_SOCKET,
-        group: str | int | None = None,
-        policy: Any = None,
-        transcripts: str = "transcripts",
-        db_url: str | None = None,
-        record_input: bool = True,
-        redact: Sequence[str] = (),
-        require_recording: bool = True,
-        on_record_error: str = "end",
-        seal_to: str | Sequence[str] | None = None,
-        detach_grace: float | None = 300.0,
-        idle_timeout: float | None = None,
-        max_duration: float | None = None,
-        max_sessions_per_worker: int | None = None,
-        max_sessions_per_operator: int | None = None,
-        stall_timeout: float | None = 60.0,
-        close_deadline: float | None = 10.0,
-        max_connections_per_uid: int = Bounds.connections_per_uid,
-        max_connections: int = Bounds.connections,
-        max_viewers_per_session: int = Bounds.viewers_per_session,
-        max_viewers_per_operator: int = Bounds.viewers_per_operator,
-        max_connection_buffer: int = Bounds.connection_buffer,
-        max_buffered_total: int = Bounds.buffered_total,
-        write_stall_timeout: float | None = Bounds.write_stall,
-        max_calls_in_progress: int = Bounds.calls_in_progress,
-        name: str = "slaveshell",
-    ) -> Any:
-        self.policy = make_policy(policy)
-        self.limits = Limits(detach_grace, idle_timeout, max_duration, max_sessions_per_worker,
-                             max_sessions_per_operator, stall_timeout, close_deadline)
-        self.gate.bounds = Bounds(max_connections_per_uid, max_connections, max_viewers_per_session,
-                                  max_viewers_per_operator, max_connection_buffer, max_buffered_total,
-                                  write_stall_timeout, max_calls_in_progress)
+    def reconfigService(self, *args: Any, **kwargs: Any) -> Any:
+        options = ShellConfig(*args, **kwargs)
+        self.config = options
+        self.policy = options.rules()
+        self.limits = options.limits()
+        self.gate.bounds = options.bounds()
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
-                           transcripts=transcripts, db_url=db_url, record_input=record_input, redact=redact,
-                           require_recording=require_recording, on_record_error=on_record_error,
-                           seal_to=seal_to)
+                           transcripts=options.transcripts, db_url=options.db_url,
+                           record_input=options.record_input, redact=options.redact,
+                           require_recording=options.require_recording, on_record_error=options.on_record_error,
+                           seal_to=options.seal_to)
         if self.trail is None:
             self.trail = trail
             yield self.trail.start()
@@ -279,10 +166,10 @@ class ShellService(BuildbotService):
             # Recording options apply to sessions opened from now on.
             for attr in ("record_input", "redact", "require_recording", "on_record_error", "seal_recipients"):
                 setattr(self.trail, attr, getattr(trail, attr))
-        path = os.path.abspath(os.path.join(self.master.basedir, socket))
-        if path != self.socket_path or group != self._group:
+        path = os.path.abspath(os.path.join(self.master.basedir, options.socket))
+        if path != self.socket_path or options.group != self._group:
             yield self._stop_listening()
-            yield self._listen(path, group)
+            yield self._listen(path, options.group)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -321,7 +208,7 @@ class ShellService(BuildbotService):
                          "reconfig or restart", path=path, e=e)
             return
         if group is not None:
-            os.chown(path, -1, _group_id(group))
+            os.chown(path, -1, group_id(group))
         self.socket_path, self._group = path, group
         log.info("slaveshell: listening on {path} (mode {mode:o})", path=path, mode=mode)
 
@@ -859,7 +746,3 @@ def _break_dead_lock(lock: str) -> None:
                 os.unlink(stale)
             except OSError:
                 pass
-
-
-def _group_id(group: str | int) -> int:
-    return group if isinstance(group, int) else grp.getgrnam(group).gr_gid
