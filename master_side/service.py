@@ -18,7 +18,6 @@ from dataclasses import replace
 from typing import Any
 
 from buildbot.util.service import BuildbotService
-from buildbot.worker.protocols import pb as bbpb
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,19 +26,16 @@ from zope.interface import implementer
 
 from slaveshell.display import visible
 from slaveshell.policy import RIGHTS, Identity, Policy
-from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
+from slaveshell.protocol import MAX_CHUNK, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
 from .audit_trail import AuditTrail, RecordingError
+from .buildbot_glue import BuildbotGlue, RouteError
 from .config import Limits, ShellConfig, group_id
 from .hold import HOLDS
 from .limits import ConnectionGate, GatedFactory, RefusalAudit
 from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
 
 log = Logger()
-
-
-class RouteError(Exception):
-    """The worker cannot be reached for a shell; the message names it and is meant for the operator."""
 
 
 def peer_identity(transport: Any) -> Identity:
@@ -138,8 +134,7 @@ class ShellService(BuildbotService):
         # Each live session's handle on its worker, for heartbeats.
         self._worker_refs: dict[str, Any] = {}
         self._pinging: set[str] = set()
-        # Sessions holding each worker paused, and whether we paused it (never unpause someone else's pause).
-        self._pausing: dict[str, set[str]] = {}
+        self.glue = BuildbotGlue(lambda: self.master)
         super().__init__(*args, **kwargs)
 
     @defer.inlineCallbacks
@@ -223,40 +218,22 @@ class ShellService(BuildbotService):
 
     def route(self, name: str) -> Any:
         """The live PB connection to worker `name`, or a RouteError that says why not."""
-        workers = self.master.workers
-        if name not in workers.registrations:
-            if not workers.registrations:
-                # Right after a (re)start the socket can answer before the workers are configured.
-                raise RouteError(f"no worker named {name!r} on this master (it has no workers configured yet: "
-                                 "still starting?)")
-            raise RouteError(f"no worker named {name!r} on this master")
-        worker = workers.getWorkerByName(name)
-        conn = workers.connections.get(name)
-        if conn is None:
-            raise RouteError(f"worker {name} is not connected to the master")
-        if not isinstance(conn, bbpb.Connection):
-            raise RouteError(f"worker {name} uses the msgpack protocol; slaveshell needs a PB worker")
-        if WORKER_COMMAND not in (worker.worker_commands or {}):
-            raise RouteError(f"worker {name} has not enabled slaveshell (its owner adds "
-                             "'import slave_side; slave_side.install()' to buildbot.tac)")
-        return conn
+        return self.glue.route(name)
 
     def list_workers(self, who: Identity) -> list[dict[str, Any]]:
-        workers = self.master.workers
         result = []
-        for name in sorted(workers.registrations):
+        for facts in self.glue.workers():
+            name = facts.name
             # Only the workers this operator has some right on (as history shows only what they may replay).
             if not any(self.policy.check(who, right, name).allowed for right in sorted(RIGHTS)):
                 continue
-            worker = workers.getWorkerByName(name)
-            conn = workers.connections.get(name)
             result.append({
                 "name": name,
-                "connected": conn is not None,
-                "shell": WORKER_COMMAND in (worker.worker_commands or {}) if conn is not None else False,
-                "paused": bool(getattr(worker, "_paused", False)),
-                "system": str(getattr(worker, "worker_system", None) or ""),
-                "info": _worker_info(worker),
+                "connected": facts.connected,
+                "shell": facts.shell,
+                "paused": facts.paused,
+                "system": facts.system,
+                "info": facts.info,
                 "allowed": self.policy.check(who, "shell", name).allowed,
                 "sessions": sum(1 for s in self.sessions.values() if s.worker == name),
             })
@@ -273,27 +250,6 @@ class ShellService(BuildbotService):
                 sum(1 for s in live if s.identity.uid == who.uid) >= self.limits.per_operator:
             return f"{who.user} already has {self.limits.per_operator} sessions (the master's limit)"
         return None
-
-    def _workdir_for(self, request: OpenRequest) -> OpenRequest:
-        """`--build ID`: the held build's directory and environment; `--builder NAME`: the builder's build
-        directory. Both relative to the worker's basedir."""
-        if request.build is not None:
-            hold = HOLDS.get(request.build)
-            if hold is None:
-                raise RouteError(f"build {request.build} is not held for a shell (not a HoldForShell build, or "
-                                 "already released)")
-            if hold.worker != request.worker:
-                raise RouteError(f"build {request.build} is held on worker {hold.worker}, not {request.worker}")
-            return replace(request, cwd=hold.workdir, env={**hold.env, **request.env})
-        if request.builder is None:
-            return request
-        builders = getattr(self.master.botmaster, "builders", {})
-        builder = builders.get(request.builder)
-        if builder is None:
-            raise RouteError(f"no builder named {request.builder!r} on this master")
-        if request.worker not in builder.config.workernames:
-            raise RouteError(f"builder {request.builder} does not run on worker {request.worker}")
-        return replace(request, cwd=os.path.join(builder.config.workerbuilddir, "build"))
 
     @defer.inlineCallbacks
     def open_session(self, who: Identity, broker: pb.Broker, sink: object, params: object) -> Any:
@@ -314,7 +270,7 @@ class ShellService(BuildbotService):
             return {"ok": False, "error": f"permission denied: {decision.reason}"}
         try:
             conn = self.route(request.worker)
-            request = self._workdir_for(request)
+            request = self.glue.workdir_for(request, HOLDS)
         except RouteError as e:
             self.trail.refused(who, request.worker, str(e))
             return {"ok": False, "error": str(e)}
@@ -536,27 +492,11 @@ class ShellService(BuildbotService):
     # -- pausing the worker for a session's life -------------------------------------------------
 
     def _pause(self, session: MasterSession) -> None:
-        worker = self.master.workers.getWorkerByName(session.worker)
-        holders = self._pausing.setdefault(session.worker, set())
-        if not holders:
-            if getattr(worker, "_paused", False):
-                # Somebody else paused it: leave their pause alone, now and at the end.
-                self._pausing.pop(session.worker)
-                return
-            worker.pause(f"slaveshell session {session.id} by {session.identity.user}")
-        holders.add(session.id)
-        session.recorder.marker("worker paused in Buildbot for this session")
+        if self.glue.pause(session.worker, session.id, f"slaveshell session {session.id} by {session.identity.user}"):
+            session.recorder.marker("worker paused in Buildbot for this session")
 
     def _unpause(self, session: MasterSession) -> None:
-        holders = self._pausing.get(session.worker)
-        if not holders or session.id not in holders:
-            return
-        holders.discard(session.id)
-        if not holders:
-            self._pausing.pop(session.worker, None)
-            worker = self.master.workers.getWorkerByName(session.worker)
-            if worker is not None:
-                worker.unpause()
+        self.glue.unpause(session.worker, session.id)
 
     def _recording_failed(self, session: MasterSession, error: OSError) -> None:
         assert self.trail is not None
@@ -705,20 +645,6 @@ def _describe_failure(error: Exception) -> str:
         return "the connection was lost while opening the session"
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:300]
-
-
-def _worker_info(worker: Any) -> str:
-    """A short line about the worker's machine, from what it reported when it connected."""
-    info = getattr(worker, "info", None)
-    if info is None:
-        return ""
-    parts = []
-    for key in ("os_pretty_name", "version", "host"):
-        if info.hasProperty(key):
-            value = str(info.getProperty(key)).strip().splitlines()
-            if value:
-                parts.append(("buildbot-worker " if key == "version" else "") + value[0][:60])
-    return ", ".join(parts)
 
 
 def _opt_str(value: object, what: str) -> str | None:
