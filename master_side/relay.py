@@ -1,7 +1,8 @@
 """One session as the master sees it: a relay between a worker session and the operators viewing it.
 
-The logic class validates what every peer sends and talks to them through injected callables; the PB adapters
-(`ViewerHandle`, `WorkerSink`) are thin.
+The logic class validates what every peer sends and talks to them through injected callables; it imports
+nothing from twisted.spread: the PB adapters (`ViewerHandle`, `WorkerSink`, `remote_sender`) are in
+master_side/session_pb.py.
 
 Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
 *joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master
@@ -20,16 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
-    NO_ANSWER,
     OUTPUT_WINDOW,
     STREAM_ERR,
     ExitStatus,
@@ -82,6 +80,10 @@ class NullRecorder:
 
     def end(self, session: MasterSession) -> None:
         pass
+
+
+class ReadOnly(ProtocolError):
+    """A watcher tried to type, resize or signal: refused to it, its view stays."""
 
 
 class State(enum.Enum):
@@ -230,7 +232,7 @@ class MasterSession:
 
     def _writer(self, viewer: Viewer, what: str) -> None:
         if viewer.role is Role.WATCH:
-            raise ProtocolError(f"watchers cannot {what}: this view is read-only")
+            raise ReadOnly(f"watchers cannot {what}: this view is read-only")
 
     def viewer_input(self, viewer: Viewer, data: object) -> None:
         data = check_bytes(data, "input")
@@ -455,86 +457,3 @@ class MasterSession:
 
 def _nowhere(*args: Any) -> None:
     pass
-
-
-def remote_sender(ref: Any, on_failure: Callable[[Any], None]) -> Send:
-    """Fire-and-forget calls on a remote reference. callRemote can raise synchronously (a dead reference, a
-    string over Banana's limit): both become a failure handed to `on_failure`, never an exception here."""
-
-    def send(method: str, *args: Any) -> None:
-        kw = {"pbanswer": False} if method in NO_ANSWER else {}
-        d = defer.maybeDeferred(ref.callRemote, method, *args, **kw)
-        d.addErrback(on_failure)
-
-    return send
-
-
-class _Guarded(pb.Referenceable):
-    """A peer's bad call becomes a plain pb.Error for that peer and a report to the service, which decides
-    what the session's fate is; it never raises into the broker's connection handling."""
-
-    def __init__(self, session: MasterSession, on_error: Callable[[MasterSession, ProtocolError], None]) -> None:
-        self.session = session
-        self.on_error = on_error
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except ProtocolError as e:
-            self.on_error(self.session, e)
-            raise pb.Error(str(e)) from None
-
-
-class ViewerHandle(_Guarded):
-    """What an operator's client holds for its view of a session."""
-
-    def __init__(self, session: MasterSession, viewer: Viewer,
-                 on_error: Callable[[MasterSession, ProtocolError], None]) -> None:
-        super().__init__(session, on_error)
-        self.viewer = viewer
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(self.viewer, *args)
-        except ProtocolError as e:
-            # A misbehaving owner costs its session; anyone else is refused (a watcher trying to type) or, for
-            # a real protocol error, only loses its own view.
-            if self.viewer is self.session.owner:
-                self.on_error(self.session, e)
-            elif self.viewer.role is not Role.WATCH or "read-only" not in str(e):
-                self.session.remove_viewer(self.viewer, f"protocol error: {e}")
-            raise pb.Error(str(e)) from None
-
-    def remote_input(self, data: object) -> None:
-        self._call(self.session.viewer_input, data)
-
-    def remote_eof(self) -> None:
-        self._call(self.session.viewer_eof)
-
-    def remote_resize(self, cols: object, rows: object) -> None:
-        self._call(self.session.viewer_resize, cols, rows)
-
-    def remote_signal(self, name: object) -> None:
-        self._call(self.session.viewer_signal, name)
-
-    def remote_ack(self, nbytes: object) -> None:
-        self._call(self.session.viewer_ack, nbytes)
-
-    def remote_close(self) -> None:
-        self._call(self.session.viewer_close)
-
-    def remote_detach(self) -> None:
-        self._call(self.session.viewer_detach)
-
-
-class WorkerSink(_Guarded):
-    """What the worker holds for the session: where its output goes."""
-
-    def remote_output(self, stream: object, data: object) -> None:
-        self._call(self.session.worker_output, stream, data)
-
-    def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
-        self._call(self.session.worker_input_ack, nbytes, hidden)
-
-    def remote_exit(self, code: object, signal: object, reason: object) -> None:
-        self._call(self.session.worker_exit, code, signal, reason)

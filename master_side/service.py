@@ -33,7 +33,8 @@ from .buildbot_glue import BuildbotGlue, RouteError
 from .config import Limits, ShellConfig, group_id
 from .hold import HOLDS
 from .limits import ConnectionGate, GatedFactory, RefusalAudit
-from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
+from .relay import MasterSession, Role, Viewer, new_session_id
+from .session_pb import ViewerHandle, WorkerSink, remote_sender
 
 log = Logger()
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from twisted.spread import pb
 from zope.interface import implementer
 
-from master_side.relay import MasterSession, Role, ViewerHandle, WorkerSink
+from master_side.relay import MasterSession, Role
+from master_side.session_pb import ViewerHandle, WorkerSink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.policy import Identity
