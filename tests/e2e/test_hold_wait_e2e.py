@@ -97,7 +97,7 @@ def test_build_opened_before_it_is_held_waits_says_so_and_enters(sb):
         t.child.send("echo typed-while-waiting\r")  # kept, and typed into the shell once it is open
         assert command.poll() is None  # still waiting
         open_gate(sb, "holder", "gate")
-        t.expect("typed-while-waiting\r\n", timeout=60)
+        t.expect("[\r\n]typed-while-waiting\r\n", timeout=60)  # its output, not its echo
         t.ready()
         assert t.run("cat failed.txt").strip() == "evidence"
         out, err = command.communicate(timeout=60)
