@@ -31,6 +31,8 @@ from .terminal import window_size
 
 log = Logger()
 
+_NOT_SAVED = object()
+
 
 class ClientError(Exception):
     """Could not reach the master or open the session; the message is for the operator."""
@@ -149,7 +151,7 @@ class ShellClient:
         # Typed while the master waits before opening (a build not held yet): sent once the session is open.
         self._typed_ahead = b""
         self._opening: defer.Deferred[Any] | None = None
-        self._old_sigint: Any = None
+        self._old_sigint: Any = _NOT_SAVED
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -278,7 +280,7 @@ class ShellClient:
         self.write_err((text + ("\r\n" if self.interactive else "\n")).encode())
         if self.interactive and self._stdin is None:
             self._stdin = process.ProcessReader(self.reactor, self, "in", self.fds["in"])
-        elif not self.interactive and self._old_sigint is None:
+        elif not self.interactive and self._old_sigint is _NOT_SAVED:
             self._old_sigint = signal.signal(
                 signal.SIGINT, lambda signum, frame: self.reactor.callFromThread(self._stop_waiting))
 
@@ -287,9 +289,10 @@ class ShellClient:
         self._give_up(ExitStatus(reason=f"stopped waiting for {what}"))
 
     def _restore_sigint(self) -> None:
-        if self._old_sigint is not None:
-            signal.signal(signal.SIGINT, self._old_sigint)
-            self._old_sigint = None
+        if self._old_sigint is not _NOT_SAVED:
+            # None: a handler not set from Python, which cannot be put back; the default is the nearest.
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._old_sigint is None else self._old_sigint)
+            self._old_sigint = _NOT_SAVED
 
     def _typed_while_waiting(self, data: bytes) -> None:
         if b"\x03" in data:
