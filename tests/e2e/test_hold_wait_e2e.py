@@ -73,7 +73,20 @@ def waiting_line(build_id):
     return f"build {build_id} is still running; waiting for it to be held (Ctrl-C stops waiting)"
 
 
+def held(sb, build_id):
+    """True once the build's HoldForShell step holds it (its summary gives the command to step in)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"{sb.master_dir}/state.sqlite", timeout=10)
+    try:
+        return any("held for a shell: buildbot-shell" in (r[0] or "") for r in db.execute(
+            "SELECT state_string FROM steps WHERE buildid = ?", (build_id,)))
+    finally:
+        db.close()
+
+
 def release(sb, build_id):
+    assert wait_until(lambda: held(sb, build_id), timeout=60)
     done = cli(sb, "release", str(build_id))
     assert done.returncode == 0, done.stderr
     assert wait_until(lambda: result_of(sb, "holder", build_id) == FAILURE, timeout=60)

@@ -166,6 +166,7 @@ def test_a_build_on_the_same_worker_succeeds_while_two_shells_are_open(sandbox, 
     assert builds and builds[0][1] == 0, (sandbox.builds(), sandbox.log_tail())
     for t in shells:
         t.expect("\r\nlooped\r\n", timeout=30)
+        t.expect(PROMPT)  # typed before the prompt, the line's echo would come before it and fool run()
         assert t.run("echo still here").strip() == "still here"
 
 
