@@ -199,14 +199,14 @@ class ShellClient:
         self._signalled_at: float | None = None
         self._last_signal: int | None = None
         self._signal_timer: Any = None
-
-    @property
-    def program(self) -> str:
-        return "slaveshell" if self.attach else "buildbot-shell"
         # Typed while the master waits before opening (a build not held yet): sent once the session is open.
         self._typed_ahead: bytes = b""
         self._opening: defer.Deferred[Any] | None = None
         self._old_sigint: Any = _NOT_SAVED
+
+    @property
+    def program(self) -> str:
+        return "slaveshell" if self.attach else "buildbot-shell"
 
     # -- start ---------------------------------------------------------------------------------
 
