@@ -21,8 +21,9 @@ from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
 from .audit import AuditStore, timestamp, utc
+from .hold import Hold
 from .recorder import SessionRecorder, header_for, session_row
-from .relay import MasterSession
+from .relay import MasterSession, Viewer
 from .transcripts import recover, transcript_dir, transcript_name
 
 log = Logger()
@@ -121,8 +122,20 @@ class AuditTrail:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def refused(self, who: Identity, worker: str, reason: str) -> None:
-        self.store.event("refused", None, worker, who.user, who.uid, detail=reason)
+    def refused(self, who: Identity, worker: str | None, reason: str, kind: str = "refused") -> None:
+        """A refusal before any session (`kind` "refused"), or a connection dropped by the bounds ("dropped")."""
+        self.store.event(kind, None, worker, who.user, who.uid, detail=reason)
+
+    def viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
+        """A viewer joined, left, attached or detached (kind "join", "leave", "attach", "detach")."""
+        self.store.event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
+
+    def killed(self, session: MasterSession, who: Identity) -> None:
+        self.store.event("kill", session.id, session.worker, who.user, who.uid, "")
+
+    def released(self, hold: Hold, who: Identity) -> None:
+        self.store.event("release", None, hold.worker, who.user, who.uid,
+                         f"build {hold.builder} #{hold.build_number} (id {hold.build_id})")
 
     @defer.inlineCallbacks
     def begin(self, session: MasterSession) -> Any:

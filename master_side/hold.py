@@ -12,6 +12,7 @@ then finishes with the result it had before the hold.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ log = Logger()
 WHEN = ("failure", "always", "never")
 
 
+class StopReason(enum.Enum):
+    """Why a hold ended."""
+
+    RELEASED = "released"  # by an operator
+    TIMED_OUT = "timed out"
+    STOPPED = "stopped"  # the build was stopped (interrupted): its shells end with it
+
+
 @dataclass
 class Hold:
     """A build held for a shell: where it ran and with what environment."""
@@ -41,14 +50,18 @@ class Hold:
     env: dict[str, str] = field(default_factory=dict)
     released: defer.Deferred[str] = field(default_factory=defer.Deferred)
     # Told why the hold ended (the shell service ends the build's sessions when the build is stopped).
-    listeners: list[Callable[[str], None]] = field(default_factory=list)
+    listeners: list[Callable[[StopReason], None]] = field(default_factory=list)
+    reason: StopReason | None = None
 
-    def release(self, why: str) -> bool:
+    def release(self, why: str, reason: StopReason = StopReason.RELEASED) -> bool:
+        """End the hold; `why` is shown in the build's log, `reason` tells the listeners. False when it had
+        ended already."""
         if self.released.called:
             return False
+        self.reason = reason
         for listener in self.listeners:
             try:
-                listener(why)
+                listener(reason)
             except Exception:
                 log.failure("build {bid}: error telling a listener about the release", bid=self.build_id)
         self.released.callback(why)
@@ -204,7 +217,8 @@ class HoldForShell(buildstep.BuildStep):
         from twisted.internet import reactor as _reactor
 
         reactor: Any = _reactor
-        timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s")
+        timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s",
+                                  StopReason.TIMED_OUT)
         try:
             why = yield hold.released
         finally:
@@ -215,10 +229,10 @@ class HoldForShell(buildstep.BuildStep):
         yield stdio.finish()
         self.descriptionDone = [f"held for a shell; released: {why}"]
         log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=visible(why))
-        return CANCELLED if why.startswith("build stopped") else SUCCESS
+        return CANCELLED if hold.reason is StopReason.STOPPED else SUCCESS
 
     def interrupt(self, reason: Any) -> defer.Deferred[None]:
         d = super().interrupt(reason)
         if self._hold is not None:
-            self._hold.release(f"build stopped: {reason}")
+            self._hold.release(f"build stopped: {reason}", StopReason.STOPPED)
         return d

@@ -107,7 +107,8 @@ def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
     """Every root method (open, attach, kill, history, transcript, search, release, ...) with garbage, with
     and without a real sink among the arguments."""
     from master_side.audit_trail import AuditTrail
-    from master_side.service import OperatorRoot, ShellService
+    from master_side.operator_pb import OperatorRoot
+    from master_side.service import ShellService
 
     class Workers:
         registrations: dict = {}
