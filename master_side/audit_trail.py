@@ -23,7 +23,8 @@ from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 from .audit import AuditStore, timestamp, utc
 from .hold import Hold
 from .recorder import SessionRecorder, header_for, session_row
-from .relay import MasterSession, Viewer
+from .relay import MasterSession
+from .session_model import Viewer
 from .transcripts import recover, transcript_dir, transcript_name
 
 log = Logger()

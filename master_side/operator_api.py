@@ -29,7 +29,8 @@ from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
 from .hold import HOLDS, MAX_WAITING, WAITING, Hold, NotHeld, hold_ahead, wait_for_hold
 from .registry import SessionRegistry
-from .relay import MasterSession, Role, Viewer, new_session_id
+from .relay import MasterSession
+from .session_model import Role, Viewer, new_session_id
 from .worker_pb import Undo, WorkerPeer, open_on_worker
 
 if TYPE_CHECKING:
@@ -167,7 +168,8 @@ class OperatorAPI:
         if quota:
             raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
 
-        session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id())
+        session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
+                                clock=self.registry.clock)
         hold = HOLDS.get(request.build) if request.build is not None else None
         if hold is not None:
             session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}

@@ -17,7 +17,8 @@ from slaveshell.protocol import ProtocolError
 from .buildbot_glue import BuildbotGlue
 from .config import Limits
 from .hold import StopReason
-from .relay import MasterSession, Viewer
+from .relay import MasterSession
+from .session_model import Viewer
 from .worker_pb import Undo, WorkerPeer
 
 if TYPE_CHECKING:

@@ -15,11 +15,9 @@ recent output, which every new viewer sees first.
 from __future__ import annotations
 
 import collections
-import enum
-import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -41,10 +39,23 @@ from slaveshell.protocol import (
 )
 
 from .limits import NoticeBudget
+from .session_model import (
+    TRANSITIONS,
+    IllegalTransition,
+    NullRecorder,
+    ReadOnly,
+    Recorder,
+    Role,
+    Send,
+    State,
+    Viewer,
+    new_session_id,
+)
+
+# Role and State are the session's vocabulary too (tests and the service import them from here).
+__all__ = ["MasterSession", "Role", "State", "Viewer", "new_session_id"]
 
 log = Logger()
-
-Send = Callable[..., None]
 
 # A well-behaved peer overshoots its window by at most one read (and, after exit, what the kernel still held).
 # Past this much, it is not overshoot but a peer that ignores flow control.
@@ -53,73 +64,6 @@ WINDOW_TOLERANCE = 4
 VIEWER_BUFFER = 2 * 1024 * 1024
 # Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
 RECENT_BYTES = 64 * 1024
-
-
-class Recorder(Protocol):
-    """What the relay tells the audit trail (master_side.recorder implements it)."""
-
-    def output(self, data: bytes) -> None: ...
-    def input(self, data: bytes, hidden: bool) -> None: ...
-    def resize(self, cols: int, rows: int) -> None: ...
-    def marker(self, text: str) -> None: ...
-    def flush(self) -> None: ...
-    def end(self, session: MasterSession) -> None: ...
-
-
-class NullRecorder:
-    def flush(self) -> None:
-        pass
-
-    def output(self, data: bytes) -> None:
-        pass
-
-    def input(self, data: bytes, hidden: bool) -> None:
-        pass
-
-    def resize(self, cols: int, rows: int) -> None:
-        pass
-
-    def marker(self, text: str) -> None:
-        pass
-
-    def end(self, session: MasterSession) -> None:
-        pass
-
-
-class ReadOnly(ProtocolError):
-    """A watcher tried to type, resize or signal: refused to it, its view stays."""
-
-
-class State(enum.Enum):
-    OPENING = "opening"
-    ATTACHED = "attached"
-    DETACHED = "detached"
-    ENDED = "ended"
-
-
-class Role(enum.Enum):
-    OWNER = "owner"
-    JOIN = "join"
-    WATCH = "watch"
-
-
-def new_session_id() -> str:
-    return secrets.token_hex(6)
-
-
-class Viewer:
-    def __init__(self, identity: Identity, role: Role, send: Send) -> None:
-        self.identity = identity
-        self.role = role
-        self.send = send
-        self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
-        self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
-        self.input_window = CreditWindow(INPUT_WINDOW)
-        # The operator connection (PB broker) this view is on, for the per-connection bounds (master_side.limits).
-        self.connection: object = None
-
-    def __repr__(self) -> str:
-        return f"<Viewer {self.identity.user} {self.role.value}>"
 
 
 class MasterSession:
@@ -166,6 +110,11 @@ class MasterSession:
     def __repr__(self) -> str:
         return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"
 
+    def _enter(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"session {self.id}: {self.state.value} -> {state.value}")
+        self.state = state
+
     @property
     def live(self) -> bool:
         return self.state in (State.ATTACHED, State.DETACHED)
@@ -175,7 +124,7 @@ class MasterSession:
         owner = Viewer(self.identity, Role.OWNER, to_owner)
         self.viewers.append(owner)
         self.owner = owner
-        self.state = State.ATTACHED
+        self._enter(State.ATTACHED)
         return owner
 
     # -- viewers -------------------------------------------------------------------------------
@@ -192,7 +141,7 @@ class MasterSession:
         self.viewers.append(viewer)
         if role is Role.OWNER:
             self.owner = viewer
-            self.state = State.ATTACHED
+            self._enter(State.ATTACHED)
             self.detached_at = None
             self.recorder.marker(f"attach: {identity.user}")
             self.on_event("attach", viewer, "")
@@ -226,7 +175,7 @@ class MasterSession:
         if owner.window.in_flight and self.live:
             self._ack_worker(owner.window.in_flight)
         if self.live:
-            self.state = State.DETACHED
+            self._enter(State.DETACHED)
             self.detached_at = self.clock()
             self.recorder.marker(f"detach: {owner.identity.user} ({why})")
             self.on_event("detach", owner, why)
@@ -403,8 +352,8 @@ class MasterSession:
 
     def end(self, status: ExitStatus) -> None:
         if self.state is State.ENDED:
-            return
-        self.state = State.ENDED
+            return  # ending is idempotent: a close, a stall and the worker's exit may all end it
+        self._enter(State.ENDED)
         self.status = status
         self.recorder.end(self)
         log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,

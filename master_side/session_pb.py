@@ -14,7 +14,8 @@ from twisted.spread import pb
 
 from slaveshell.protocol import NO_ANSWER, ProtocolError
 
-from .relay import MasterSession, ReadOnly, Send, Viewer
+from .relay import MasterSession
+from .session_model import ReadOnly, Send, Viewer
 
 
 def remote_sender(ref: Any, on_failure: Callable[[Any], None]) -> Send:
