@@ -57,7 +57,7 @@ class PBViewerSink:
         if self._failed is not None:
             self._failed(None if connection_lost(failure) else failure.getErrorMessage())
 
-    def send(self, method: str, *args: Any) -> None:
+    def send(self, method: str, *args: object) -> None:
         self._send(method, *args)
         # A peer that does not read is dropped once its buffered output passes the bound.
         self._check(self._broker)

@@ -7,9 +7,9 @@ service; the session logic (master_side.relay) validates every value it is hande
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell.protocol import NO_ANSWER, ProtocolError
@@ -18,11 +18,11 @@ from .relay import MasterSession
 from .session_model import ReadOnly, Send, Viewer
 
 
-def remote_sender(ref: Any, on_failure: Callable[[Any], None]) -> Send:
+def remote_sender(ref: pb.RemoteReference, on_failure: Callable[[Failure], None]) -> Send:
     """Fire-and-forget calls on a remote reference. callRemote can raise synchronously (a dead reference, a
     string over Banana's limit): both become a failure handed to `on_failure`, never an exception here."""
 
-    def send(method: str, *args: Any) -> None:
+    def send(method: str, *args: object) -> None:
         kw = {"pbanswer": False} if method in NO_ANSWER else {}
         d = defer.maybeDeferred(ref.callRemote, method, *args, **kw)
         d.addErrback(on_failure)
@@ -38,7 +38,7 @@ class _Guarded(pb.Referenceable):
         self.session = session
         self.on_error = on_error
 
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
         except ProtocolError as e:
@@ -54,7 +54,7 @@ class ViewerHandle(_Guarded):
         super().__init__(session, on_error)
         self.viewer = viewer
 
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(self.viewer, *args)
         except ProtocolError as e:

@@ -26,10 +26,10 @@ def connection_lost(failure: Failure) -> bool:
     return bool(failure.check(pb.DeadReferenceError, pb.PBConnectionLost))
 
 
-def on_disconnect(ref: Any, callback: Callable[[], None]) -> Undo:
+def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo:
     """Call `callback()` when `ref`'s connection is lost; the returned function undoes that."""
 
-    def fire(_ref: Any) -> None:
+    def fire(_ref: object) -> None:
         callback()
 
     ref.notifyOnDisconnect(fire)
@@ -63,7 +63,7 @@ class WorkerPeer:
         """Fires True on any answer (even an error from a worker without remote_ping shows it is alive),
         False when the connection is gone."""
 
-        def answered(result: Any) -> bool:
+        def answered(result: object) -> bool:
             return not (isinstance(result, Failure) and connection_lost(result))
 
         return defer.maybeDeferred(self.ref.callRemote, "ping").addBoth(answered)
@@ -110,7 +110,7 @@ def open_on_worker(conn: Any, session: MasterSession, request: OpenRequest, time
     return OpenReply(worker_ref)
 
 
-def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defer.Deferred[Any]:
+def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Callable[[object], None]) -> defer.Deferred[Any]:
     """`d`'s result, or TimeoutError after `seconds`. A PB call's Deferred must not be cancelled (its late
     answer would then hit an already-fired Deferred inside the broker), so the race happens on a second
     Deferred and a late answer goes to `on_late`."""
@@ -120,7 +120,7 @@ def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defe
     out: defer.Deferred[Any] = defer.Deferred()
     timer = reactor.callLater(seconds, lambda: out.errback(defer.TimeoutError(f"no answer in {seconds} s")))
 
-    def settle(result: Any) -> None:
+    def settle(result: object) -> None:
         if out.called:
             if not isinstance(result, Failure):
                 on_late(result)
@@ -136,7 +136,7 @@ def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Any) -> defe
     return out
 
 
-def _close_late_session(reply: Any) -> None:
+def _close_late_session(reply: object) -> None:
     """A session the worker started for nobody: end it there."""
     if isinstance(reply, dict) and isinstance(reply.get("session"), pb.RemoteReference):
         defer.maybeDeferred(reply["session"].callRemote, "close").addErrback(lambda f: None)
