@@ -82,6 +82,9 @@ class ShellConfig:
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
+        return self._number_errors() + self._recording_errors() + self._access_errors()
+
+    def _number_errors(self) -> list[str]:
         out = []
         for what in ("detach_grace", "idle_timeout", "max_duration", "max_sessions_per_worker",
                      "max_sessions_per_operator", "stall_timeout", "close_deadline", "write_stall_timeout"):
@@ -95,6 +98,10 @@ class ShellConfig:
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")
+        return out
+
+    def _recording_errors(self) -> list[str]:
+        out = []
         if self.on_record_error not in ON_RECORD_ERROR:
             out.append(f"on_record_error must be one of {ON_RECORD_ERROR}")
         for pattern in self.redact:
@@ -107,6 +114,10 @@ class ShellConfig:
                 hidden_input.load_recipients(self.seal_to)
             except ValueError as e:
                 out.append(str(e))
+        return out
+
+    def _access_errors(self) -> list[str]:
+        out = []
         if not isinstance(self.socket, str) or not self.socket:
             out.append("socket must be a path (relative to the master's basedir)")
         if self.group is not None:

@@ -148,26 +148,7 @@ class OperatorAPI:
         then starts detached). Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
-        request = replace(request, operator=who.user)
-        decision = self.policy.may(who, Action.SHELL, request.worker)
-        if not decision.allowed:
-            log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=visible(who),
-                     worker=visible(request.worker), why=visible(decision.reason))
-            raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
-        try:
-            conn = self.glue.route(request.worker)
-            if request.build is not None and request.build not in HOLDS:
-                if not (yield self._wait_for_hold(request.build, sink)):
-                    raise OperatorError(ErrorKind.STOPPED, "stopped waiting for the build to be held")
-                conn = self.glue.route(request.worker)
-            request = self.glue.workdir_for(request, HOLDS)
-        except RouteError as e:
-            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
-        quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
-                                  self.registry.limits.per_operator)
-        if quota:
-            raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
-
+        conn, request = yield self._admit(who, replace(request, operator=who.user), sink)
         session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
                                 clock=self.registry.clock)
         hold = HOLDS.get(request.build) if request.build is not None else None
@@ -207,6 +188,31 @@ class OperatorAPI:
         if recorder is None:
             session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
         return View(session, owner)
+
+    @defer.inlineCallbacks
+    def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> Any:
+        """The policy, the route to the worker (waiting for a build's hold if need be), the workdir and the
+        quotas: fires (the worker's connection, the request with its workdir), or raises OperatorError (audited
+        as a refusal)."""
+        decision = self.policy.may(who, Action.SHELL, request.worker)
+        if not decision.allowed:
+            log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=visible(who),
+                     worker=visible(request.worker), why=visible(decision.reason))
+            raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
+        try:
+            conn = self.glue.route(request.worker)
+            if request.build is not None and request.build not in HOLDS:
+                if not (yield self._wait_for_hold(request.build, sink)):
+                    raise OperatorError(ErrorKind.STOPPED, "stopped waiting for the build to be held")
+                conn = self.glue.route(request.worker)
+            request = self.glue.workdir_for(request, HOLDS)
+        except RouteError as e:
+            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
+        quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
+                                  self.registry.limits.per_operator)
+        if quota:
+            raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
+        return conn, request
 
     def _viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
         trail = self._trail()
