@@ -27,7 +27,7 @@ from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
 from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
-from .hold import HOLDS, MAX_WAITING, WAITING, Hold, NotHeld, hold_ahead, wait_for_hold
+from .hold import MAX_WAITING, Hold, Holds, NotHeld, hold_ahead
 from .registry import SessionRegistry
 from .relay import MasterSession
 from .session_model import Role, Viewer, new_session_id
@@ -83,8 +83,9 @@ class View:
 
 class OperatorAPI:
     def __init__(self, registry: SessionRegistry, glue: BuildbotGlue, gate: ConnectionGate,
-                 trail: Callable[[], AuditTrail | None], botmaster: Callable[[], Any]) -> None:
+                 trail: Callable[[], AuditTrail | None], botmaster: Callable[[], Any], holds: Holds) -> None:
         self.registry = registry
+        self.holds = holds
         self.glue = glue
         self.gate = gate
         self._trail = trail
@@ -151,7 +152,7 @@ class OperatorAPI:
         conn, request = yield self._admit(who, replace(request, operator=who.user), sink)
         session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
                                 clock=self.registry.clock)
-        hold = HOLDS.get(request.build) if request.build is not None else None
+        hold = self.holds.get(request.build)
         if hold is not None:
             session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
         # Recorded before served: the transcript and the index row exist before the worker is asked.
@@ -201,11 +202,11 @@ class OperatorAPI:
             raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
             conn = self.glue.route(request.worker)
-            if request.build is not None and request.build not in HOLDS:
+            if request.build is not None and request.build not in self.holds.held:
                 if not (yield self._wait_for_hold(request.build, sink)):
                     raise OperatorError(ErrorKind.STOPPED, "stopped waiting for the build to be held")
                 conn = self.glue.route(request.worker)
-            request = self.glue.workdir_for(request, HOLDS)
+            request = self.glue.workdir_for(request, self.holds.held)
         except RouteError as e:
             raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
         quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
@@ -236,11 +237,11 @@ class OperatorAPI:
         botmaster = self._botmaster()
         if not hold_ahead(botmaster, build_id):
             return True
-        if sum(len(waiters) for waiters in WAITING.values()) >= MAX_WAITING:
+        if self.holds.waiters() >= MAX_WAITING:
             raise RouteError(f"build {build_id} is not held yet, and {MAX_WAITING} operators already wait for "
                              "builds to be held (the master's limit): try again once it is held")
         sink.waiting(f"build {build_id} is still running; waiting for it to be held (Ctrl-C stops waiting)")
-        waited: defer.Deferred[Hold] = wait_for_hold(botmaster, build_id, self.hold_wait, reactor)
+        waited: defer.Deferred[Hold] = self.holds.wait_for(botmaster, build_id, self.hold_wait, reactor)
         undo = sink.on_disconnect(waited.cancel)
         try:
             yield waited
@@ -304,7 +305,7 @@ class OperatorAPI:
     def release(self, who: Identity, build_id: object) -> str:
         if not isinstance(build_id, int) or isinstance(build_id, bool):
             raise OperatorError(ErrorKind.BAD_REQUEST, "release needs a build id")
-        hold = HOLDS.get(build_id)
+        hold = self.holds.get(build_id)
         if hold is None:
             raise OperatorError(ErrorKind.NOT_FOUND, f"build {build_id} is not held")
         if not self.policy.may(who, Action.RELEASE, hold.worker).allowed:

@@ -23,6 +23,7 @@ from slaveshell.policy import Identity, Policy
 from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
 from .config import Limits, ShellConfig, group_id
+from .hold import Holds
 from .limits import ConnectionGate, GatedFactory, RefusalAudit
 from .operator_api import OperatorAPI
 from .operator_pb import OperatorRoot, RootFactory, peer_identity
@@ -61,8 +62,10 @@ class ShellService(BuildbotService):
         self._ticker = task.LoopingCall(self._tick)
         self.glue = BuildbotGlue(lambda: self.master)
         self.registry = SessionRegistry(self.glue, lambda: self.trail, _seconds)
+        # Builds held for a shell: the HoldForShell step finds them here (master_side.hold.holds_of).
+        self.holds = Holds()
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
-                               lambda: self.master.botmaster)
+                               lambda: self.master.botmaster, self.holds)
         super().__init__(*args, **kwargs)
 
     @property

@@ -10,7 +10,7 @@ import pathlib
 import pytest
 
 from master_side.config import ShellConfig
-from master_side.hold import Hold, StopReason
+from master_side.hold import Hold, Holds, StopReason
 from master_side.operator_api import ErrorKind, OperatorAPI, OperatorError
 from master_side.relay import MasterSession
 from master_side.session_model import TRANSITIONS, IllegalTransition, State
@@ -86,7 +86,7 @@ def test_the_operator_api_refuses_with_one_error_type():
         def get(self, session_id):
             return None
 
-    api = OperatorAPI(Registry(), None, None, lambda: None, lambda: None)  # type: ignore[arg-type]
+    api = OperatorAPI(Registry(), None, None, lambda: None, lambda: None, Holds())  # type: ignore[arg-type]
     with pytest.raises(OperatorError) as e:
         api.kill(ALICE, 42)
     assert e.value.kind is ErrorKind.BAD_REQUEST and str(e.value) == "kill needs a session id"
