@@ -42,6 +42,7 @@ from .limits import NoticeBudget
 from .session_model import (
     TRANSITIONS,
     IllegalTransition,
+    LateEvent,
     NullRecorder,
     ReadOnly,
     Recorder,
@@ -191,7 +192,7 @@ class MasterSession:
         data = check_bytes(data, "input")
         self._writer(viewer, "type")
         if not self.live or viewer not in self.viewers:
-            return
+            raise LateEvent(f"input for session {self.id} after the view ended")
         if viewer.input_window.in_flight > INPUT_WINDOW * WINDOW_TOLERANCE:
             raise ProtocolError("input sent past the flow-control window")
         viewer.input_window.sent(len(data))
@@ -202,8 +203,9 @@ class MasterSession:
 
     def viewer_eof(self, viewer: Viewer) -> None:
         self._writer(viewer, "send EOF")
-        if self.live:
-            self.to_worker("eof")
+        if not self.live:
+            raise LateEvent(f"EOF for session {self.id} after it ended")
+        self.to_worker("eof")
 
     def viewer_resize(self, viewer: Viewer, cols: object, rows: object) -> None:
         cols, rows = check_size(cols, rows)
@@ -216,9 +218,10 @@ class MasterSession:
     def viewer_signal(self, viewer: Viewer, name: object) -> None:
         check_signal(name)
         self._writer(viewer, "send signals")
-        if self.live:
-            self.recorder.marker(f"signal {name} sent by {viewer.identity.user}")
-            self.to_worker("signal", str(name))
+        if not self.live:
+            raise LateEvent(f"signal for session {self.id} after it ended")
+        self.recorder.marker(f"signal {name} sent by {viewer.identity.user}")
+        self.to_worker("signal", str(name))
 
     def viewer_ack(self, viewer: Viewer, nbytes: object) -> None:
         nbytes = check_int(nbytes, "ack", 0, 2**40)
@@ -263,7 +266,7 @@ class MasterSession:
         stream = check_stream(stream)
         data = check_bytes(data, "output")
         if not self.live:
-            return
+            raise LateEvent(f"output for session {self.id} after it ended")
         if self.output_window.in_flight > OUTPUT_WINDOW * WINDOW_TOLERANCE:
             raise ProtocolError("output sent past the flow-control window")
         self.output_window.sent(len(data))

@@ -50,6 +50,11 @@ class NullRecorder:
         pass
 
 
+class LateEvent(ProtocolError):
+    """A peer's event for a session, or a view, that has already ended: a race with the end, not misbehaviour.
+    The PB adapters drop it without an answer to the peer, as for any answer-less call."""
+
+
 class ReadOnly(ProtocolError):
     """A watcher tried to type, resize or signal: refused to it, its view stays."""
 

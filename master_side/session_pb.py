@@ -15,7 +15,7 @@ from twisted.spread import pb
 from slaveshell.protocol import NO_ANSWER, ProtocolError
 
 from .relay import MasterSession
-from .session_model import ReadOnly, Send, Viewer
+from .session_model import LateEvent, ReadOnly, Send, Viewer
 
 
 def remote_sender(ref: pb.RemoteReference, on_failure: Callable[[Failure], None]) -> Send:
@@ -41,6 +41,8 @@ class _Guarded(pb.Referenceable):
     def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
+        except LateEvent:
+            return  # the session ended while this call was on its way: nothing to do, nobody to blame
         except ProtocolError as e:
             self.on_error(self.session, e)
             raise pb.Error(str(e)) from None
@@ -57,6 +59,8 @@ class ViewerHandle(_Guarded):
     def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(self.viewer, *args)
+        except LateEvent:
+            return  # the session, or this view, ended while the call was on its way
         except ProtocolError as e:
             # A misbehaving owner costs its session; anyone else is refused (a watcher trying to type) or, for
             # a real protocol error, only loses its own view.

@@ -111,3 +111,19 @@ def test_the_session_logic_imports_nothing_from_pb(module):
 def test_no_master_module_is_over_400_lines():
     for path in (ROOT / "master_side").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 420, path.name
+
+
+def test_a_late_event_is_told_apart_and_dropped_by_the_adapter_without_blame():
+    from master_side.session_model import LateEvent
+    from master_side.session_pb import ViewerHandle, WorkerSink
+
+    errors: list[object] = []
+    s = MasterSession(OpenRequest(worker="w1"), ALICE, lambda _s: None)
+    owner = s.start(lambda *a: None, lambda *a: None)
+    s.abort("worker lost")
+    with pytest.raises(LateEvent):
+        s.worker_output(1, b"late")
+    # Through the PB adapters: no error for the peer, no protocol error reported for the session.
+    assert WorkerSink(s, lambda *a: errors.append(a)).remote_output(1, b"late") is None
+    assert ViewerHandle(s, owner, lambda *a: errors.append(a)).remote_input(b"late") is None
+    assert errors == [] and s.state is State.ENDED
