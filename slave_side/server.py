@@ -10,13 +10,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.protocol import (
-    NO_ANSWER,
     OpenRequest,
     ProtocolError,
     check_bytes,
@@ -24,6 +22,7 @@ from slaveshell.protocol import (
     check_signal,
     check_size,
 )
+from slaveshell.remote import RemotePeer, set_nodelay
 
 from .session import WorkerOptions, WorkerSession
 
@@ -96,19 +95,20 @@ class ShellServer:
                                           "shell sessions at once"}
         session_id = f"w{next(self._ids)}"
 
-        def report(method: str, *args: Any) -> None:
-            kw = {"pbanswer": False} if method in NO_ANSWER else {}
-            d = defer.maybeDeferred(sink.callRemote, method, *args, **kw)
-            d.addErrback(_report_failed, session, method)
+        def refused(method: str, message: str) -> None:
+            log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session_id, method=method,
+                     err=visible(message))
 
-        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, report,
+        # The master refused or went away: never let this surface as an unhandled error in the worker.
+        peer = RemotePeer(sink, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
+        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, peer.send,
                                 on_closed=self._closed)
         try:
             pid = session.start()
         except ProtocolError as e:
             return {"ok": False, "error": str(e)}
         self.sessions[session_id] = session
-        _set_nodelay(sink)
+        set_nodelay(sink)
         # The master is gone: nobody can see or end this session any more, so end it here.
         sink.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
         return {"ok": True, "session": SessionHandle(session), "pid": pid, "id": session_id}
@@ -116,19 +116,3 @@ class ShellServer:
     def _closed(self, session: WorkerSession) -> None:
         self.sessions.pop(session.id, None)
 
-
-def _report_failed(failure: Any, session: WorkerSession, method: str) -> None:
-    # The master refused or went away; never let this surface as an unhandled error in the worker.
-    if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
-        session.close("the master connection was lost")
-        return
-    log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session.id, method=method,
-             err=visible(failure.getErrorMessage()))
-
-
-def _set_nodelay(ref: Any) -> None:
-    # Twisted leaves Nagle on: keystroke echo waits ~40 ms per hop without this.
-    try:
-        ref.broker.transport.setTcpNoDelay(True)
-    except Exception:  # not TCP (tests over UNIX sockets or in memory)
-        pass

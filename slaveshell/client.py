@@ -21,7 +21,6 @@ from .flow import CreditWindow, chunks
 from .protocol import (
     INPUT_WINDOW,
     MAX_CHUNK,
-    NO_ANSWER,
     REFUSED_PREFIX,
     STREAM_ERR,
     ExitStatus,
@@ -31,6 +30,7 @@ from .protocol import (
     check_int,
     check_stream,
 )
+from .remote import RemotePeer
 from .terminal import window_size
 
 log = Logger()
@@ -181,6 +181,7 @@ class ShellClient:
         self.done: defer.Deferred[ExitStatus] = defer.Deferred()
         self.status: ExitStatus | None = None
         self.session: Any = None
+        self._remote: RemotePeer | None = None
         self.session_id = ""
         self.input_window = CreditWindow(INPUT_WINDOW)
         self._unacked = 0
@@ -435,7 +436,8 @@ class ShellClient:
             text = result if isinstance(result, str) else f"release failed: {getattr(result, 'value', result)}"
             self.write_err(f"\r\n[{visible(text)}]\r\n".encode())
 
-        d = defer.maybeDeferred(self.root.callRemote, "release", self.request.build)
+        d = RemotePeer(self.root, on_lost=self._master_lost, on_refused=self._call_refused).call(
+            "release", self.request.build)
         d.addBoth(told)
 
     def _last_call(self, method: str, status: ExitStatus, timeout: float = 5) -> None:
@@ -447,19 +449,22 @@ class ShellClient:
         if self.session is None or self.status is not None:
             self.finish(status)
             return
-        d = defer.maybeDeferred(self.session.callRemote, method)
+        d = self._peer(self.session).call(method)
         d.addTimeout(timeout, self.reactor)
         d.addBoth(lambda _: self.finish(status))
 
     def _call(self, method: str, *args: Any) -> None:
         if self.session is None or self.status is not None:
             return
-        kw = {"pbanswer": False} if method in NO_ANSWER else {}
-        d = defer.maybeDeferred(self.session.callRemote, method, *args, **kw)
-        d.addErrback(self._call_failed, method)
+        self._peer(self.session).send(method, *args)
 
-    def _call_failed(self, failure: Any, method: str) -> None:
-        if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
-            self.finish(ExitStatus(reason="connection to the master lost"))
-        else:
-            log.warn("the master refused {method}: {e}", method=method, e=visible(failure.getErrorMessage()))
+    def _peer(self, ref: pb.RemoteReference) -> RemotePeer:
+        if self._remote is None or self._remote.ref is not ref:
+            self._remote = RemotePeer(ref, on_lost=self._master_lost, on_refused=self._call_refused)
+        return self._remote
+
+    def _master_lost(self) -> None:
+        self.finish(ExitStatus(reason="connection to the master lost"))
+
+    def _call_refused(self, method: str, message: str) -> None:
+        log.warn("the master refused {method}: {e}", method=method, e=visible(message))
