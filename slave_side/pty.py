@@ -7,6 +7,10 @@ import os
 import pty
 import struct
 import termios
+from typing import Any
+
+# termios.tcgetattr's attribute list [iflag, oflag, cflag, lflag, ispeed, ospeed, cc], as typeshed types it.
+TermModes = list[Any]
 
 
 def open_pty(cols: int, rows: int) -> tuple[int, int, str]:

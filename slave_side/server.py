@@ -1,4 +1,7 @@
-"""PB adapters on the worker: the open call the master makes, and the per-session handle it then drives.
+"""PB adapters on the worker: the open call the master makes, and the per-session handle it then drives. The
+only slave_side module that knows PB: the session (slave_side.session) and the owner's limits (slave_side.host)
+take checked, typed values (slaveshell.protocol's vocabulary) and report through a `WireSink` over a
+`slaveshell.remote.RemotePeer`.
 
 `remote_*` methods are the security boundary: they take plain values only, check every one, and answer a bad
 call with a plain error (a `pb.Error` with a message, or an `{"ok": False}` reply), never by dropping the worker's
@@ -7,8 +10,8 @@ connection to its master, which would fail that worker's builds.
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
 from twisted.logger import Logger
 from twisted.spread import pb
@@ -17,6 +20,7 @@ from slaveshell.display import visible
 from slaveshell.protocol import (
     OpenRequest,
     ProtocolError,
+    WireSink,
     check_bytes,
     check_int,
     check_signal,
@@ -24,7 +28,8 @@ from slaveshell.protocol import (
 )
 from slaveshell.remote import RemotePeer, set_nodelay
 
-from .session import WorkerOptions, WorkerSession
+from .host import Admission, ProcessReactor, WorkerOptions
+from .session import WorkerSession
 
 log = Logger()
 
@@ -35,9 +40,9 @@ class SessionHandle(pb.Referenceable):
     def __init__(self, session: WorkerSession) -> None:
         self.session = session
 
-    def _guard(self, what: str, fn: Any, *args: Any) -> None:
+    def _guard(self, what: str, fn: Callable[[], None]) -> None:
         try:
-            fn(*args)
+            fn()
         except ProtocolError as e:
             log.warn("slaveshell session {sid}: refused {what} from master: {e}", sid=self.session.id,
                      what=what, e=visible(e))
@@ -69,31 +74,29 @@ class SessionHandle(pb.Referenceable):
 class ShellServer:
     """The worker's half of slaveshell: opens sessions for its master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions, reactor: Any = None) -> None:
+    def __init__(self, options: WorkerOptions, reactor: ProcessReactor | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor
+            reactor = cast(ProcessReactor, default_reactor)
         self.options = options
-        self.reactor = reactor
+        self.reactor: ProcessReactor = reactor
         self.sessions: dict[str, WorkerSession] = {}
-        self._ids = itertools.count(1)
+        self.admission = Admission(options)
 
-    def open(self, basedir: str, sink: Any, params: object) -> dict[str, Any]:
+    def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
+        """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id"}`` or ``{"ok": False, "error": text}``."""
         try:
             request = OpenRequest.from_wire(params)
         except ProtocolError as e:
             return {"ok": False, "error": f"bad request: {e}"}
         if not isinstance(sink, pb.RemoteReference):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
-        allowed = self.options.allowed_users
-        if allowed is not None and request.operator not in allowed:
-            return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
-                                          "to open shells here"}
-        if len(self.sessions) >= self.options.max_sessions:
-            return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} "
-                                          "shell sessions at once"}
-        session_id = f"w{next(self._ids)}"
+        try:
+            session_id = self.admission.admit(request, len(self.sessions))
+        except ProtocolError as e:
+            return {"ok": False, "error": str(e)}
 
         def refused(method: str, message: str) -> None:
             log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session_id, method=method,
@@ -101,7 +104,7 @@ class ShellServer:
 
         # The master refused or went away: never let this surface as an unhandled error in the worker.
         peer = RemotePeer(sink, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
-        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, peer.send,
+        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, WireSink(peer.send),
                                 on_closed=self._closed)
         try:
             pid = session.start()

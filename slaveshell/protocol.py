@@ -41,7 +41,7 @@ import enum
 import re
 import signal as _signal
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from .display import visible
 
@@ -200,7 +200,7 @@ class OpenRequest:
         if self.operator is not None:
             check_str(self.operator, "operator", MAX_NAME)
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> dict[str, object]:
         return {
             "version": PROTOCOL_VERSION,
             "worker": self.worker,

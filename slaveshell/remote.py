@@ -34,7 +34,7 @@ LOST = (pb.DeadReferenceError, pb.PBConnectionLost)
 
 def is_lost(failure: Failure) -> bool:
     """True when `failure` means the connection to the peer is gone (a dead reference, a lost connection)."""
-    return failure.check(*LOST) is not None
+    return isinstance(failure.value, LOST)
 
 
 class RemotePeer:

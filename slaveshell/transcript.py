@@ -55,7 +55,7 @@ class StreamDecoder:
         return self._decoder.decode(data, final)
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
@@ -81,8 +81,8 @@ class CastEncoder:
         self._input = StreamDecoder()
 
     @staticmethod
-    def header(width: int, height: int, timestamp: float, **extra: Any) -> str:
-        header = {"version": VERSION, "width": width, "height": height, "timestamp": int(timestamp)}
+    def header(width: int, height: int, timestamp: float, **extra: object) -> str:
+        header: dict[str, object] = {"version": VERSION, "width": width, "height": height, "timestamp": int(timestamp)}
         header.update({k: v for k, v in extra.items() if v is not None})
         return _dumps(header)
 
