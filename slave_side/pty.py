@@ -7,10 +7,10 @@ import os
 import pty
 import struct
 import termios
-from typing import Any
 
-# termios.tcgetattr's attribute list [iflag, oflag, cflag, lflag, ispeed, ospeed, cc], as typeshed types it.
-TermModes = list[Any]
+from slaveshell.terminal import TermModes
+
+__all__ = ["TermModes", "open_pty", "set_window_size", "eof_bytes", "foreground_group"]
 
 
 def open_pty(cols: int, rows: int) -> tuple[int, int, str]:

@@ -24,7 +24,6 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from . import hidden as hidden_input
 
@@ -137,7 +136,7 @@ class Event:
 
 @dataclass
 class Cast:
-    header: dict[str, Any]
+    header: dict[str, object]
     events: list[Event]
     # True when the last line was cut short (a crash mid-write); it is not in `events`.
     truncated: bool = False
