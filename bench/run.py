@@ -2,6 +2,7 @@
 
     python3 bench/run.py                 # the full run (about 3 minutes); writes bench/RESULTS.md
     python3 bench/run.py --smoke         # tiny sizes, one round: keeps the benchmark from rotting
+    python3 bench/run.py --only throughput,echo,record --no-ssh   # some parts only (prints, writes nothing)
 
 It starts a throwaway sshd on 127.0.0.1 (installing openssh-server with apt-get if it is missing; a generated
 host key and client key) and a throwaway Buildbot master and worker, then measures both the same way. Absolute
@@ -303,7 +304,34 @@ def build_step_seconds(system: Slaveshell, marker: Path, flood: list[str] | None
             flooder.wait()
 
 
+def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
+    """Microseconds of the master's recording work per output chunk (encode and write to a real transcript
+    file): write-through (each chunk reaches the kernel before it is relayed, as the master does) or batched
+    (written per 64 KiB, as before write-through)."""
+    from master_side.recorder import SessionRecorder
+    from slaveshell.transcript import CastEncoder
+
+    with tempfile.TemporaryDirectory(prefix="slaveshell-record-") as d:
+        rec = SessionRecorder("bench", os.path.join(d, "s.cast"), CastEncoder(), None, started=0.0)
+        rec.create(CastEncoder.header(80, 24, 0))
+        assert rec.file is not None
+        start = time.perf_counter()
+        for _ in range(count):
+            if write_through:
+                rec.output(chunk)
+            else:
+                rec.file.add(rec.encoder.output(rec._t(), chunk))
+                if rec.file.pending >= 64 * 1024:
+                    rec.file.flush()
+        rec.file.flush()
+        elapsed = time.perf_counter() - start
+        rec.file.close()
+    return elapsed / count * 1e6
+
+
 # -- the run --------------------------------------------------------------------------------------
+
+PARTS = ("record", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -312,7 +340,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-ssh", action="store_true", help="measure slaveshell only")
     ap.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--only", metavar="PARTS",
+                    help=f"comma-separated parts to run, of: {','.join(PARTS)} (then nothing is written)")
     args = ap.parse_args()
+    parts = set(PARTS if not args.only else args.only.split(","))
+    if parts - set(PARTS):
+        ap.error(f"unknown part(s): {','.join(sorted(parts - set(PARTS)))}")
     if args.smoke:
         args.size_mb, args.rounds = 2, 1
     size = args.size_mb * MB
@@ -344,55 +377,77 @@ def main() -> int:
         def ratio_at_least(x: float) -> Callable[[float, float | None], bool]:
             return lambda o, s: s is not None and o >= x * s
 
-        print("bench: throughput ...", file=sys.stderr)
-        both(Row(f"throughput, PTY (`cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
-                 met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=True), args.rounds)
-        both(Row(f"throughput, command mode (`-T`, `cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
-                 met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=False), args.rounds)
+        if "record" in parts:
+            print("bench: recording cost ...", file=sys.stderr)
+            text = data.read_bytes()
+            for label, chunk, count in (("a 64 KiB output chunk", text[:64 * 1024], 1000),
+                                        ("a 4 KiB output chunk", text[:4096], 10000),
+                                        ("a 1-byte echo", b"a", 20000)):
+                n = max(1, count // 10) if args.smoke else count
+                through, batched = [], []
+                for _ in range(args.rounds):  # interleaved: a loaded machine drifts
+                    through.append(record_cost(chunk, n, True))
+                    batched.append(record_cost(chunk, n, False))
+                rows.append(Row(f"recording {label}, write-through", "us", through, [], "see note", "lower",
+                                note=f"batched per 64 KiB as before: {med(batched):.1f} us in the same run"))
 
-        print("bench: keystroke echo ...", file=sys.stderr)
-        echo = {key: echo_rtts(system, keys) for key, system in systems}
-        rows.append(Row(f"keystroke echo, median ({keys} keys)", "ms", [med(echo["ours"])],
-                        [med(echo["ssh"])] if ssh else [], ">= 1.0x faster", "lower",
-                        lambda o, s: s is not None and o <= s))
-        rows.append(Row(f"keystroke echo, p99 ({keys} keys)", "ms", [p99(echo["ours"])],
-                        [p99(echo["ssh"])] if ssh else [], "<= 2 ms", "lower", lambda o, s: o <= 2.0))
+        if "throughput" in parts:
+            print("bench: throughput ...", file=sys.stderr)
+            both(Row(f"throughput, PTY (`cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
+                     met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=True), args.rounds)
+            both(Row(f"throughput, command mode (`-T`, `cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
+                     met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=False), args.rounds)
 
-        print("bench: session open ...", file=sys.stderr)
-        both(Row("open a session and run `true`", "ms", target="<= 1.0x", better="lower",
-                 met=lambda o, s: s is not None and o <= s), time_to_true, max(3, args.rounds))
-        both(Row("time to the first prompt", "ms", target="<= 1.0x", better="lower",
-                 met=lambda o, s: s is not None and o <= s), time_to_prompt, max(3, args.rounds))
+        if "echo" in parts:
+            print("bench: keystroke echo ...", file=sys.stderr)
+            echo = {key: echo_rtts(system, keys) for key, system in systems}
+            rows.append(Row(f"keystroke echo, median ({keys} keys)", "ms", [med(echo["ours"])],
+                            [med(echo["ssh"])] if ssh else [], ">= 1.0x faster", "lower",
+                            lambda o, s: s is not None and o <= s))
+            rows.append(Row(f"keystroke echo, p99 ({keys} keys)", "ms", [p99(echo["ours"])],
+                            [p99(echo["ssh"])] if ssh else [], "<= 2 ms", "lower", lambda o, s: o <= 2.0))
 
-        print("bench: Ctrl-C under flood ...", file=sys.stderr)
-        both(Row("Ctrl-C to prompt while `yes` floods", "ms", target="< 100 ms", better="lower",
-                 met=lambda o, s: o < 100), ctrl_c_latency, args.rounds)
+        if "open" in parts:
+            print("bench: session open ...", file=sys.stderr)
+            both(Row("open a session and run `true`", "ms", target="<= 1.0x", better="lower",
+                     met=lambda o, s: s is not None and o <= s), time_to_true, max(3, args.rounds))
+            both(Row("time to the first prompt", "ms", target="<= 1.0x", better="lower",
+                     met=lambda o, s: s is not None and o <= s), time_to_prompt, max(3, args.rounds))
 
-        print("bench: memory under a slow reader ...", file=sys.stderr)
-        growth = slow_reader_rss(ours, flood_total)
-        rows.append(Row(f"RSS growth, master, slow reader of {flood_total // MB} MB", "MB", [growth["master"]],
-                        [], "< 32 MB", "lower", lambda o, s: o < 32))
-        rows.append(Row(f"RSS growth, worker, slow reader of {flood_total // MB} MB", "MB", [growth["worker"]],
-                        [], "bounded", "lower", lambda o, s: o < 32))
+        if "ctrlc" in parts:
+            print("bench: Ctrl-C under flood ...", file=sys.stderr)
+            both(Row("Ctrl-C to prompt while `yes` floods", "ms", target="< 100 ms", better="lower",
+                     met=lambda o, s: o < 100), ctrl_c_latency, args.rounds)
 
-        print(f"bench: {sessions} concurrent sessions ...", file=sys.stderr)
-        alive, rtts = concurrent_sessions(ours, sessions, 3 if args.smoke else 6)
-        rows.append(Row(f"{sessions} concurrent sessions alive", "sessions", [alive], [], f"all {sessions}",
-                        "higher", lambda o, s: o == sessions))
-        rows.append(Row(f"echo p99 across {sessions} concurrent sessions", "ms", [p99(rtts)], [], "< 10 ms",
-                        "lower", lambda o, s: o < 10))
+        if "memory" in parts:
+            print("bench: memory under a slow reader ...", file=sys.stderr)
+            growth = slow_reader_rss(ours, flood_total)
+            rows.append(Row(f"RSS growth, master, slow reader of {flood_total // MB} MB", "MB", [growth["master"]],
+                            [], "< 32 MB", "lower", lambda o, s: o < 32))
+            rows.append(Row(f"RSS growth, worker, slow reader of {flood_total // MB} MB", "MB", [growth["worker"]],
+                            [], "bounded", "lower", lambda o, s: o < 32))
 
-        print("bench: a build during a flood ...", file=sys.stderr)
-        quiet = [build_step_seconds(ours, marker, None) for _ in range(max(1, args.rounds))]
-        flooded = [build_step_seconds(ours, marker, ours.argv("yes", tty=False)) for _ in range(max(1, args.rounds))]
-        ssh_flooded = [build_step_seconds(ours, marker, ssh.argv("yes", tty=False))
-                       for _ in range(max(1, args.rounds))] if ssh else []
-        slow = med(flooded) / med(quiet) - 1
-        rows.append(Row("build step slowdown while a shell floods (`yes`)", "%", [slow * 100],
-                        [(med(ssh_flooded) / med(quiet) - 1) * 100] if ssh else [], "< 10 %", "lower",
-                        lambda o, s: o < 10,
-                        note=f"step alone {med(quiet):.2f} s; with our flood {med(flooded):.2f} s"
-                             + (f"; with an ssh flood {med(ssh_flooded):.2f} s" if ssh else "")))
+        if "concurrent" in parts:
+            print(f"bench: {sessions} concurrent sessions ...", file=sys.stderr)
+            alive, rtts = concurrent_sessions(ours, sessions, 3 if args.smoke else 6)
+            rows.append(Row(f"{sessions} concurrent sessions alive", "sessions", [alive], [], f"all {sessions}",
+                            "higher", lambda o, s: o == sessions))
+            rows.append(Row(f"echo p99 across {sessions} concurrent sessions", "ms", [p99(rtts)], [], "< 10 ms",
+                            "lower", lambda o, s: o < 10))
+
+        if "build" in parts:
+            print("bench: a build during a flood ...", file=sys.stderr)
+            quiet = [build_step_seconds(ours, marker, None) for _ in range(max(1, args.rounds))]
+            flooded = [build_step_seconds(ours, marker, ours.argv("yes", tty=False))
+                       for _ in range(max(1, args.rounds))]
+            ssh_flooded = [build_step_seconds(ours, marker, ssh.argv("yes", tty=False))
+                           for _ in range(max(1, args.rounds))] if ssh else []
+            slow = med(flooded) / med(quiet) - 1
+            rows.append(Row("build step slowdown while a shell floods (`yes`)", "%", [slow * 100],
+                            [(med(ssh_flooded) / med(quiet) - 1) * 100] if ssh else [], "< 10 %", "lower",
+                            lambda o, s: o < 10,
+                            note=f"step alone {med(quiet):.2f} s; with our flood {med(flooded):.2f} s"
+                                 + (f"; with an ssh flood {med(ssh_flooded):.2f} s" if ssh else "")))
     finally:
         ours.stop()
         if ssh:
@@ -401,7 +456,7 @@ def main() -> int:
 
     report = render(rows, args)
     print(report)
-    if not args.smoke:
+    if not args.smoke and not args.only:
         Path(args.output).write_text(report)
     return 0
 

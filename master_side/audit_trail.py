@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from slaveshell import hidden as hidden_input
@@ -27,7 +27,6 @@ from .transcripts import recover, transcript_dir, transcript_name
 
 log = Logger()
 
-FLUSH_INTERVAL = 0.5
 ON_RECORD_ERROR = ("end", "continue")
 
 
@@ -68,15 +67,12 @@ class AuditTrail:
         self.store = AuditStore(self.db_url, reactor)
         self.recorders: dict[str, SessionRecorder] = {}
         self._started = False
-        self._flusher = task.LoopingCall(self._flush_all)
-        self._flusher.clock = reactor
 
     # -- life ----------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def start(self) -> Any:
         transcript_dir(self.directory)
-        self._flusher.start(FLUSH_INTERVAL, now=False)
         yield self._ensure_store()
 
     @defer.inlineCallbacks
@@ -96,16 +92,9 @@ class AuditTrail:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        if self._flusher.running:
-            self._flusher.stop()
-        self._flush_all()
         if self._started:
             yield self.store.stop()
             self._started = False
-
-    def _flush_all(self) -> None:
-        for recorder in list(self.recorders.values()):
-            recorder.flush()
 
     # -- crash recovery ------------------------------------------------------------------------
 

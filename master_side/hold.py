@@ -19,7 +19,7 @@ from typing import Any
 
 from buildbot.process import buildstep
 from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, SKIPPED, SUCCESS
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from slaveshell.display import visible
@@ -57,6 +57,90 @@ class Hold:
 
 # Held builds by build id. The step and the ShellService live in the same master process.
 HOLDS: dict[int, Hold] = {}
+# Operators waiting for a running build to be held (`--build` a little early), by build id.
+WAITING: dict[int, list[defer.Deferred[Hold]]] = {}
+# At most this many waiters at once, over all builds and operators (each holds a timer and a poll).
+MAX_WAITING = 64
+# How often a waiter looks whether its build went on without a hold (finished, stopped, lost its worker).
+WAIT_POLL = 0.5
+
+
+class NotHeld(Exception):
+    """The build will not be held for a shell; the message is for the operator."""
+
+
+def hold_ahead(botmaster: Any, build_id: int) -> bool:
+    """Whether build `build_id` is running on this master with a HoldForShell step still to run (or starting).
+    Looks at the botmaster's builders' `building` lists and each Build's `steps` (the steps still to run, made
+    by `Build.setupBuild`), `stepFactories` before that, and `currentStep` (buildbot/process/build.py)."""
+    for builder in list(getattr(botmaster, "builders", {}).values()):
+        for build in list(getattr(builder, "building", ())):
+            if getattr(build, "buildid", None) != build_id:
+                continue
+            if getattr(build, "finished", False):
+                return False
+            current = getattr(build, "currentStep", None)
+            if isinstance(current, HoldForShell) and current.results is None:
+                return True
+            if hasattr(build, "steps"):
+                return any(isinstance(step, HoldForShell) for step in build.steps)
+            return any(isinstance(f, type) and issubclass(f, HoldForShell) for f in
+                       (getattr(f, "step_class", type(f)) for f in getattr(build, "stepFactories", ())))
+    return False
+
+
+def wait_for_hold(botmaster: Any, build_id: int, timeout: float, reactor: Any) -> defer.Deferred[Hold]:
+    """Fires with the build's Hold once HoldForShell holds it. Fails with NotHeld when the build goes on without
+    one (finished, its HoldForShell step did not hold it, stopped) or after `timeout` seconds. Cancel it when the
+    operator stops waiting: nothing of the wait stays behind."""
+    if build_id in HOLDS:
+        return defer.succeed(HOLDS[build_id])
+    d: defer.Deferred[Hold] = defer.Deferred()
+    WAITING.setdefault(build_id, []).append(d)
+
+    def fail(why: str) -> None:
+        if not d.called:
+            d.errback(NotHeld(why))
+
+    def check() -> None:
+        if d.called:
+            return
+        if build_id in HOLDS:
+            d.callback(HOLDS[build_id])
+        elif not hold_ahead(botmaster, build_id):
+            fail(f"build {build_id} went on without being held for a shell (finished, or its HoldForShell step "
+                 "did not hold it)")
+
+    poller = task.LoopingCall(check)
+    poller.clock = reactor
+    poller.start(WAIT_POLL, now=False)
+    timer = reactor.callLater(timeout, fail, f"build {build_id} was not held within {timeout:g} s")
+
+    def done(result: Any) -> Any:
+        if poller.running:
+            poller.stop()
+        if timer.active():
+            timer.cancel()
+        waiters = WAITING.get(build_id, [])
+        if d in waiters:
+            waiters.remove(d)
+        if not waiters:
+            WAITING.pop(build_id, None)
+        return result
+
+    d.addBoth(done)
+    return d
+
+
+def _tell_waiters(build_id: int, hold: Hold | None) -> None:
+    for waiter in WAITING.pop(build_id, []):
+        if waiter.called:
+            continue
+        if hold is not None:
+            waiter.callback(hold)
+        else:
+            waiter.errback(NotHeld(f"build {build_id} was not held for a shell (its HoldForShell step did not "
+                                   "hold it)"))
 
 
 class HoldForShell(buildstep.BuildStep):
@@ -96,6 +180,7 @@ class HoldForShell(buildstep.BuildStep):
     def run(self) -> Any:
         if not self._wanted():
             self.descriptionDone = ["not held"]
+            _tell_waiters(self.build.buildid, None)
             return SKIPPED
         build = self.build
         builder = build.builder.name
@@ -108,6 +193,7 @@ class HoldForShell(buildstep.BuildStep):
         self.descriptionDone = [f"held for a shell: {command}"]
         self.description = [f"held for a shell: {command}"]
         self.updateSummary()
+        _tell_waiters(hold.build_id, hold)
         stdio = yield self.addLog("hold")
         yield stdio.addStdout(
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"

@@ -21,17 +21,21 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-# Flush when this much is buffered, whatever the timer says.
-FLUSH_BYTES = 64 * 1024
-# A span of hidden input with no new keystroke for this long is ended (and marked) at the next flush.
+# A span of hidden input with no new keystroke for this long is ended (and marked) before the next event, or
+# at the next tick of the audit trail.
 SPAN_IDLE = 1.0
 
 Seal = Callable[[bytes], str]
 
 
 class SessionRecorder:
-    """Implements the relay's Recorder. A write error (a full disk) is reported once through `on_error`;
-    after it, events are dropped and what was already written stays valid."""
+    """Implements the relay's Recorder. Write-through: each event is in the transcript file (handed to the
+    kernel with os.write) when its method returns, and the relay calls it before it relays the event to any
+    viewer, so what anyone saw survives a kill -9 of the master (the kernel keeps what was written; only a
+    crash of the machine itself can lose what is not yet fsynced, which happens when the session ends).
+
+    A write error (a full disk) is reported once through `on_error`; after it, events are dropped and what was
+    already written stays valid (a partial line is cut back)."""
 
     def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: AuditStore | None,
                  started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None) -> None:
@@ -70,11 +74,12 @@ class SessionRecorder:
         return max(0.0, self.clock() - self.started)
 
     def _add(self, lines: list[str]) -> None:
+        if self._span and self.clock() - self._span_last >= SPAN_IDLE:
+            self._end_span()  # its marker goes before the event that comes after the idle time
         if self.file is None or self.failed is not None or not lines:
             return
         self.file.add(lines)
-        if self.file.pending >= FLUSH_BYTES:
-            self.flush()
+        self.flush()
 
     def flush(self) -> None:
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:

@@ -34,7 +34,7 @@ from slaveshell.policy import RIGHTS, Identity, Policy, Rule
 from slaveshell.protocol import MAX_CHUNK, WORKER_COMMAND, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
 from .audit_trail import ON_RECORD_ERROR, AuditTrail, RecordingError
-from .hold import HOLDS
+from .hold import HOLDS, MAX_WAITING, WAITING, NotHeld, hold_ahead, wait_for_hold
 from .limits import Bounds, ConnectionGate, GatedFactory, RefusalAudit
 from .relay import MasterSession, Role, Viewer, ViewerHandle, WorkerSink, new_session_id, remote_sender
 
@@ -134,6 +134,9 @@ class ShellService(BuildbotService):
     open_timeout = 30.0
     # Heartbeats on quiet sessions, and how long a worker may stay silent before its sessions are ended.
     heartbeat = 15.0
+    # How long `--build ID` waits for a running build to reach its HoldForShell step (a user, or a test, a little
+    # early): after it, the open is refused. Ctrl-C of the client stops waiting sooner.
+    hold_wait = 600.0
 
     def checkConfig(
         self,
@@ -409,6 +412,36 @@ class ShellService(BuildbotService):
         return replace(request, cwd=os.path.join(builder.config.workerbuilddir, "build"))
 
     @defer.inlineCallbacks
+    def _wait_for_hold(self, build_id: int, broker: pb.Broker, sink: Any) -> Any:
+        """`--build` on a running build whose HoldForShell step is still ahead: tell the operator, then wait for
+        the hold, up to `hold_wait` s. True once held (or when there is nothing to wait for: `_workdir_for`
+        refuses a hold-less or finished build at once); False when the operator left while waiting; raises
+        RouteError when the build will not be held."""
+        from twisted.internet import reactor
+
+        if not hold_ahead(self.master.botmaster, build_id):
+            return True
+        if sum(len(waiters) for waiters in WAITING.values()) >= MAX_WAITING:
+            raise RouteError(f"build {build_id} is not held yet, and {MAX_WAITING} operators already wait for "
+                             "builds to be held (the master's limit): try again once it is held")
+        text = f"build {build_id} is still running; waiting for it to be held (Ctrl-C stops waiting)"
+        defer.maybeDeferred(sink.callRemote, "waiting", text).addErrback(lambda _: None)
+        waited = wait_for_hold(self.master.botmaster, build_id, self.hold_wait, reactor)
+        broker.notifyOnDisconnect(waited.cancel)
+        try:
+            yield waited
+        except defer.CancelledError:
+            return False
+        except NotHeld as e:
+            raise RouteError(str(e)) from None
+        finally:
+            try:
+                broker.dontNotifyOnDisconnect(waited.cancel)
+            except ValueError:
+                pass
+        return not broker.disconnected
+
+    @defer.inlineCallbacks
     def open_session(self, who: Identity, broker: pb.Broker, sink: object, params: object) -> Any:
         assert self.trail is not None
         try:
@@ -427,6 +460,10 @@ class ShellService(BuildbotService):
             return {"ok": False, "error": f"permission denied: {decision.reason}"}
         try:
             conn = self.route(request.worker)
+            if request.build is not None and request.build not in HOLDS:
+                if not (yield self._wait_for_hold(request.build, broker, sink)):
+                    return {"ok": False, "error": "stopped waiting for the build to be held"}
+                conn = self.route(request.worker)
             request = self._workdir_for(request)
         except RouteError as e:
             self.trail.refused(who, request.worker, str(e))
@@ -625,6 +662,7 @@ class ShellService(BuildbotService):
                 if session.worker_stalled(now, self.limits.stall_timeout):
                     continue
                 self._heartbeat(session, now)
+                session.recorder.flush()  # ends a span of hidden input gone idle, with its marker
                 session.tick(now, self.limits.detach_grace, self.limits.idle_timeout, self.limits.max_duration)
             except Exception:
                 # One session's trouble must not stop the clock for the others (a LoopingCall dies on errors).

@@ -48,6 +48,7 @@ DUPLICATE_WITHIN = 0.1
 SIGNAL_GRACE = 5.0
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
 _ROLES = frozenset(role.value for role in Role)
+_NOT_SAVED = object()
 
 
 class ClientError(Exception):
@@ -128,6 +129,12 @@ class ClientSink(pb.Referenceable):
     def remote_exit(self, code: object, signal: object, reason: object) -> None:
         self.client.exit(ExitStatus.from_wire(code, signal, reason))
 
+    def remote_waiting(self, text: object) -> None:
+        if not isinstance(text, str):
+            raise ProtocolError("waiting: the text must be a string")
+        # One line from the master, shown outside the session's stream: printable characters only.
+        self.client.waiting("".join(c for c in text[:300] if c.isprintable()))
+
 
 @implementer(IPushProducer)
 class _StdoutProducer:
@@ -200,6 +207,10 @@ class ShellClient:
         self._signalled_at: float | None = None
         self._last_signal: int | None = None
         self._signal_timer: DelayedCall | None = None
+        # Typed while the master waits before opening (a build not held yet): sent once the session is open.
+        self._typed_ahead: bytes = b""
+        self._opening: defer.Deferred[Any] | None = None
+        self._old_sigint: Any = _NOT_SAVED
 
     @property
     def program(self) -> str:
@@ -218,7 +229,8 @@ class ShellClient:
             root = yield connect(self.reactor, socket_path)
             self.root = root
             if self.attach is None:
-                reply = yield root.callRemote("open", ClientSink(self), self.request.to_wire())
+                self._opening = root.callRemote("open", ClientSink(self), self.request.to_wire())
+                reply = yield self._opening
             else:
                 reply = yield root.callRemote("attach", ClientSink(self), *self.attach)
         except ClientError as e:
@@ -246,9 +258,16 @@ class ShellClient:
         return status
 
     def _start_input(self) -> None:
+        self._restore_sigint()
         if self.status is not None:  # ended before we got here
             return
-        self._stdin = process.ProcessReader(self.reactor, self, "in", self.fds["in"])
+        if self._stdin is None:
+            self._stdin = process.ProcessReader(self.reactor, self, "in", self.fds["in"])
+        if self._typed_ahead:
+            typed, self._typed_ahead = self._typed_ahead, b""
+            self.childDataReceived("in", typed)
+            if self.input_window.is_open and self._stdin is not None:
+                self._stdin.startReading()
         if self.interactive:
             self._old_winch = signal.signal(signal.SIGWINCH, self._on_winch)
             # The size may have changed between measuring it and the session being open.
@@ -257,6 +276,9 @@ class ShellClient:
     # -- events from the local side (the Process-like interface ProcessReader/Writer expect) ----------
 
     def childDataReceived(self, name: str, data: bytes) -> None:
+        if self.session is None:
+            self._typed_while_waiting(data)
+            return
         for action in self.escapes.feed(data):
             if isinstance(action, esc.Send):
                 # A watcher's keystrokes go nowhere (the master would refuse them anyway).
@@ -293,6 +315,10 @@ class ShellClient:
         if self.status is not None:
             self._writers.pop(name, None)
             self._maybe_done()
+            return
+        if name == "in" and self.session is None:
+            self._stdin = None
+            self._stop_opening(ExitStatus(reason="the terminal went away while waiting for the session to open"))
             return
         if name == "in":
             self._stdin = None
@@ -335,7 +361,7 @@ class ShellClient:
                 self._maybe_done()
             return
         if self.session is None:
-            self.finish(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
+            self._stop_opening(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
             return
         if again:
             self._give_up(f"second SIG{name}: closed the session without waiting for the remote command")
@@ -375,6 +401,44 @@ class ShellClient:
         self._unacked += len(data)
         if not self._stdout_paused:
             self._send_ack()
+
+    def waiting(self, text: str) -> None:
+        """The master waits before it opens the session (`--build` on a build not held yet) and says why: show
+        the line; in a raw terminal, read the keyboard meanwhile, so Ctrl-C (a byte there) stops waiting.
+        Elsewhere Ctrl-C is SIGINT, which stops the client."""
+        if self.session is not None or self.status is not None:
+            return
+        self.write_err((text + ("\r\n" if self.interactive else "\n")).encode())
+        if self.interactive and self._stdin is None:
+            self._stdin = process.ProcessReader(self.reactor, self, "in", self.fds["in"])
+        elif not self.interactive and self._old_sigint is _NOT_SAVED:
+            self._old_sigint = signal.signal(
+                signal.SIGINT, lambda signum, frame: self.reactor.callFromThread(self._stop_waiting))
+
+    def _stop_waiting(self) -> None:
+        what = f"build {self.request.build} to be held" if self.request.build is not None else "the session"
+        self._stop_opening(ExitStatus(reason=f"stopped waiting for {what}"))
+
+    def _restore_sigint(self) -> None:
+        if self._old_sigint is not _NOT_SAVED:
+            # None: a handler not set from Python, which cannot be put back; the default is the nearest.
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._old_sigint is None else self._old_sigint)
+            self._old_sigint = _NOT_SAVED
+
+    def _typed_while_waiting(self, data: bytes) -> None:
+        if b"\x03" in data:
+            self._stop_waiting()
+            return
+        self._typed_ahead += data
+        if len(self._typed_ahead) >= INPUT_WINDOW and self._stdin is not None:
+            self._stdin.stopReading()  # the rest waits in the terminal's own buffer
+
+    def _stop_opening(self, status: ExitStatus) -> None:
+        """Stop waiting for the open reply: the master sees the connection go and forgets the request."""
+        self._restore_sigint()
+        self.finish(status)
+        if self._opening is not None and not self._opening.called:
+            self._opening.cancel()
 
     def input_ack(self, nbytes: int, hidden: bool = False) -> None:
         try:

@@ -11,7 +11,7 @@ Session control (called on the session handle, towards the process):
     ack(nbytes: int)              output consumed; returns credit to the sender
     close()                       end the session (HUP, then TERM, then KILL)
 
-Session sink (called on the sink, towards the operator):
+Session sink (called on the sink, towards the operator; `waiting(text)` on the operator's sink only):
     output(stream: int, data: bytes)   stream 1 (PTY or stdout) or 2 (stderr)
     input_ack(nbytes: int, hidden: bool)  one input message delivered to the process, in order; returns its
                                        credit. hidden: the terminal did not display it (echo off, and the
@@ -25,11 +25,11 @@ Roles (`Role`): the owner opened the session and drives it; `join` shares the ke
 The typed vocabulary: `SessionControl` (towards the process: what the master sends a worker's session),
 `OperatorControl` (what an operator sends the master: the same, plus `detach`), `SessionSink` (towards the
 operator: what a worker's session sends the master) and `OperatorSink` (what the master sends an operator: the
-same, plus `notice`). The receiving logic implements them and receives only checked values: the PB adapters
-(`slave_side.server`, `slaveshell.client`, the master's handles) validate with the `check_*` functions below
-first. Senders use `WireControl` / `WireSink`, which encode each message as one `(method, *args)` wire call.
-`ping` (master to worker) is a call with an answer, not a message: the worker answers whether the session is
-still alive.
+same, plus `notice` and `waiting`). The receiving logic implements them and receives only checked values: the
+PB adapters (`slave_side.server`, `slaveshell.client`, the master's handles) validate with the `check_*`
+functions below first. Senders use `WireControl` / `WireSink`, which encode each message as one
+`(method, *args)` wire call. `ping` (master to worker) is a call with an answer, not a message: the worker answers
+whether the session is still alive.
 
 Errors are split as in h11: `ProtocolError` means the peer sent something wrong (answer it with a plain error);
 `LocalProtocolError` means our own code misused the API (a bug).
@@ -353,6 +353,9 @@ class OperatorSink(SessionSink, Protocol):
     def notice(self, text: str) -> None:
         """A line from the master itself (a join, a limit, the end's reason), shown on the operator's terminal."""
 
+    def waiting(self, text: str) -> None:
+        """Before the open's answer: the master waits (a build not held yet) and says why, in one line."""
+
 
 class WireSend(Protocol):
     """One call on the peer: a method name from the vocabulary and its wire arguments (plain values)."""
@@ -405,3 +408,6 @@ class WireSink:
 
     def notice(self, text: str) -> None:
         self.output(STREAM_ERR, notice_bytes(text))
+
+    def waiting(self, text: str) -> None:
+        self.send("waiting", text)

@@ -42,7 +42,7 @@ c['builders'] = [
     util.BuilderConfig(
         name='holder', workernames={builder_workers!r}, env={{'BUILDER_ENV': 'from-builder'}},
         factory=util.BuildFactory([
-            steps.ShellCommand(command=['sh', '-c', 'echo evidence > failed.txt; exit 1'],
+            steps.ShellCommand(command=['sh', '-c', {hold_command!r}],
                                env={{'STEP_ENV': 'from-step'}}),
             HoldForShell(when='failure', timeout={hold_timeout}),
         ]),
@@ -82,7 +82,8 @@ class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
                  service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
-                 hold_timeout: float = 600, www: bool = False) -> None:
+                 hold_timeout: float = 600, www: bool = False,
+                 hold_command: str = "echo evidence > failed.txt; exit 1") -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -96,6 +97,8 @@ class Sandbox:
         self.opt_in_args = opt_in_args
         self.build_command = build_command or f"sleep {build_seconds}; echo built"
         self.hold_timeout = hold_timeout
+        # The holder builder's failing step (shell), before its HoldForShell step.
+        self.hold_command = hold_command
         self.www = www
         self.www_port = 0
         self.master_dir = os.path.join(self.root, "master")
@@ -132,7 +135,8 @@ class Sandbox:
             f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
                                       builder_workers=self.workers[:1],
                                       build_command=self.build_command, service_kwargs=self.service_kwargs,
-                                      hold_timeout=self.hold_timeout, www=www))
+                                      hold_timeout=self.hold_timeout, www=www,
+                                      hold_command=self.hold_command))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:

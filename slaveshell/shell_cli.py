@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pause the worker in Buildbot (no new builds) while the session lasts")
     p.add_argument("--builder", metavar="NAME", help="start in this builder's build directory on the worker")
     p.add_argument("--build", metavar="ID", type=int,
-                   help="step into a build held by HoldForShell: its directory and environment (~r releases it)")
+                   help="step into a build held by HoldForShell: its directory and environment (~r releases it); "
+                        "on a build still running toward its hold, wait for the hold")
     p.add_argument("-E", dest="escape", metavar="CHAR", default="~",
                    help="escape character, or 'none' to disable escapes (default: ~)")
     p.add_argument("worker", metavar="WORKER")

@@ -102,6 +102,22 @@ def test_full_disk_keeps_what_was_written_and_reports_once(tmp_path):
     assert [e.data for e in cast.events] == ["before\n"] and not cast.truncated
 
 
+def test_each_event_is_in_the_file_when_the_recorder_returns(tmp_path):
+    # Write-through: the relay records a chunk before relaying it, so a kill -9 of the master right after a
+    # viewer saw it still leaves it in the file (the kernel keeps what was written).
+    path = str(tmp_path / "s.cast")
+    rec = SessionRecorder("s1", path, CastEncoder(), None, started=0.0, clock=lambda: 1.0)
+    rec.create('{"version": 2, "width": 80, "height": 24}')
+    for data in (b"first\r\n", "\u00e9".encode()[:1], "\u00e9".encode()[1:] + b"\r\n"):
+        rec.output(data)
+    rec.input(b"typed", hidden=False)
+    rec.marker("join: alice (watch)")
+    assert rec.file is not None and rec.file.pending == 0
+    cast = parse_lines(open(path, encoding="utf-8").readlines())
+    assert [(e.code, e.data) for e in cast.events] == [
+        ("o", "first\r\n"), ("o", "\u00e9\r\n"), ("i", "typed"), ("m", "join: alice (watch)")]
+
+
 def test_recover_cuts_a_partial_line_and_marks_the_interruption(tmp_path):
     path = tmp_path / "s.cast"
     path.write_text('{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "a"]\n[1.25, "o", "b"]\n[1.5, "o", "cut sh')

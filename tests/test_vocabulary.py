@@ -54,8 +54,10 @@ def test_sink_messages_become_the_wire_calls_the_receivers_check():
     sink.input_ack(3, True)
     sink.exit(ExitStatus(signal=9))
     sink.exit(ExitStatus(reason="connection to worker w1 lost"))
+    sink.waiting("waiting for build 7 to be held")
     assert calls == [("output", 1, b"hello"), ("input_ack", 3, True), ("exit", None, 9, ""),
-                     ("exit", None, None, "connection to worker w1 lost")]
+                     ("exit", None, None, "connection to worker w1 lost"),
+                     ("waiting", "waiting for build 7 to be held")]
     assert ExitStatus.from_wire(*calls[2][1:]) == ExitStatus(signal=9)
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import shell_argv
+from .conftest import shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -228,10 +228,13 @@ def test_a_group_lets_another_user_reach_the_socket_and_the_policy_still_decides
         for path in [index] + [index + suffix for suffix in ("-wal", "-shm") if os.path.exists(index + suffix)]:
             assert os.stat(path).st_mode & 0o777 == 0o600, path
         assert os.stat(os.path.join(sb.master_dir, "transcripts")).st_mode & 0o777 == 0o700
-        events = subprocess.run(["sqlite3", os.path.join(sb.master_dir, "slaveshell.sqlite"),
-                                 "SELECT kind, operator FROM slaveshell_events"], capture_output=True, text=True)
-        if events.returncode == 0:  # the sqlite3 tool is optional here
-            assert f"refused|{OTHER}" in events.stdout
+        def events():
+            return subprocess.run(["sqlite3", os.path.join(sb.master_dir, "slaveshell.sqlite"),
+                                   "SELECT kind, operator FROM slaveshell_events"], capture_output=True, text=True)
+
+        if events().returncode == 0:  # the sqlite3 tool is optional here
+            # Written by the database's thread: it may land just after the refusal was answered.
+            assert wait_until(lambda: f"refused|{OTHER}" in events().stdout, timeout=30), events().stdout
     finally:
         sb.stop()
         shutil.rmtree(root, ignore_errors=True)
