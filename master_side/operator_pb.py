@@ -21,10 +21,11 @@ from zope.interface import implementer
 
 from slaveshell.policy import Identity
 from slaveshell.protocol import OpenRequest, ProtocolError
+from slaveshell.remote import RemotePeer
 
 from .operator_api import OperatorError, View
-from .session_pb import ViewerHandle, remote_sender
-from .worker_pb import Undo, connection_lost, on_disconnect
+from .session_pb import ViewerHandle
+from .worker_pb import Undo, on_disconnect
 
 if TYPE_CHECKING:
     from .service import ShellService
@@ -47,18 +48,19 @@ class PBViewerSink:
         self._broker = broker
         self._check = check
         self._failed: Callable[[str | None], None] | None = None
-        self._send = remote_sender(ref, self._failure)
+        self._peer = RemotePeer(ref, on_lost=lambda: self._failure(None),
+                                on_refused=lambda _method, message: self._failure(message))
 
     @property
     def gone(self) -> bool:
         return bool(self._broker.disconnected)
 
-    def _failure(self, failure: Failure) -> None:
+    def _failure(self, refusal: str | None) -> None:
         if self._failed is not None:
-            self._failed(None if connection_lost(failure) else failure.getErrorMessage())
+            self._failed(refusal)
 
     def send(self, method: str, *args: object) -> None:
-        self._send(method, *args)
+        self._peer.send(method, *args)
         # A peer that does not read is dropped once its buffered output passes the bound.
         self._check(self._broker)
 

@@ -1,8 +1,8 @@
 """One session as the master sees it: a relay between a worker session and the operators viewing it.
 
 The logic class validates what every peer sends and talks to them through injected callables; it imports
-nothing from twisted.spread: the PB adapters (`ViewerHandle`, `WorkerSink`, `remote_sender`) are in
-master_side/session_pb.py.
+nothing from twisted.spread: the PB adapters (`ViewerHandle`, `WorkerSink`) are in master_side/session_pb.py,
+and calls to the peers go through slaveshell.remote.RemotePeer (worker_pb.WorkerPeer, operator_pb.PBViewerSink).
 
 Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
 *joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master

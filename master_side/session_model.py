@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
-from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, ProtocolError
+from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, ProtocolError, Role
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -78,11 +78,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 class IllegalTransition(RuntimeError):
     """The master tried to move a session between states that TRANSITIONS does not join."""
 
-
-class Role(enum.Enum):
-    OWNER = "owner"
-    JOIN = "join"
-    WATCH = "watch"
 
 
 def new_session_id() -> str:

@@ -1,33 +1,20 @@
-"""The PB adapters of one session: what an operator's client holds for its view (`ViewerHandle`), what the
-worker holds for the session's output (`WorkerSink`), and answer-less calls on the peers' references
-(`remote_sender`). Each turns a peer's bad call into a plain pb.Error for that peer and a report to the
-service; the session logic (master_side.relay) validates every value it is handed.
+"""The PB adapters of one session: what an operator's client holds for its view (`ViewerHandle`) and what the
+worker holds for the session's output (`WorkerSink`). Each turns a peer's bad call into a plain pb.Error for
+that peer and a report to the service, and drops a late event (`LateEvent`); the session logic
+(master_side.relay) validates every value it is handed. Calls the other way go through
+slaveshell.remote.RemotePeer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet import defer
-from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from slaveshell.protocol import NO_ANSWER, ProtocolError
+from slaveshell.protocol import ProtocolError
 
 from .relay import MasterSession
-from .session_model import LateEvent, ReadOnly, Send, Viewer
-
-
-def remote_sender(ref: pb.RemoteReference, on_failure: Callable[[Failure], None]) -> Send:
-    """Fire-and-forget calls on a remote reference. callRemote can raise synchronously (a dead reference, a
-    string over Banana's limit): both become a failure handed to `on_failure`, never an exception here."""
-
-    def send(method: str, *args: object) -> None:
-        kw = {"pbanswer": False} if method in NO_ANSWER else {}
-        d = defer.maybeDeferred(ref.callRemote, method, *args, **kw)
-        d.addErrback(on_failure)
-
-    return send
+from .session_model import LateEvent, ReadOnly, Viewer
 
 
 class _Guarded(pb.Referenceable):

@@ -14,16 +14,12 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell.protocol import WORKER_OPEN_METHOD, OpenRequest, ProtocolError
+from slaveshell.remote import RemotePeer, is_lost, set_nodelay
 
 from .relay import MasterSession
-from .session_pb import WorkerSink, remote_sender
+from .session_pb import WorkerSink
 
 Undo = Callable[[], None]
-
-
-def connection_lost(failure: Failure) -> bool:
-    """Whether a failed PB call failed because the peer's connection is gone (rather than the peer refusing)."""
-    return bool(failure.check(pb.DeadReferenceError, pb.PBConnectionLost))
 
 
 def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo:
@@ -50,21 +46,14 @@ class WorkerPeer:
 
     def __init__(self, ref: pb.RemoteReference, lost: Callable[[], None], refused: Callable[[str], None]) -> None:
         self.ref = ref
-
-        def failed(failure: Failure) -> None:
-            if connection_lost(failure):
-                lost()
-            else:
-                refused(failure.getErrorMessage())
-
-        self.send = remote_sender(ref, failed)
+        self.send = RemotePeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message)).send
 
     def ping(self) -> defer.Deferred[bool]:
         """Fires True on any answer (even an error from a worker without remote_ping shows it is alive),
         False when the connection is gone."""
 
         def answered(result: object) -> bool:
-            return not (isinstance(result, Failure) and connection_lost(result))
+            return not (isinstance(result, Failure) and is_lost(result))
 
         return defer.maybeDeferred(self.ref.callRemote, "ping").addBoth(answered)
 
@@ -86,10 +75,7 @@ def open_on_worker(conn: Any, session: MasterSession, request: OpenRequest, time
     """Ask the worker behind `conn` (buildbot.worker.protocols.pb.Connection) to start `request`'s session,
     its output going to `session`. Fires an OpenReply; never fails."""
     worker_sink = WorkerSink(session, on_peer_error)
-    try:
-        conn.mind.broker.transport.setTcpNoDelay(True)
-    except Exception:
-        pass
+    set_nodelay(conn.mind)
     to_worker = replace(request, pause=False, builder=None, build=None)
     try:
         reply = yield _answer_within(
