@@ -9,7 +9,7 @@ Only this import happens on the worker: no SQLAlchemy, no prompt_toolkit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Protocol
 
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
@@ -73,7 +73,13 @@ def uninstall() -> None:
         delattr(BotPb, "remote_" + WORKER_OPEN_METHOD)
 
 
-def _remote_open(bot: Any, sink: Any, params: Any) -> dict[str, Any]:
+class _Bot(Protocol):
+    """buildbot_worker's Bot (BotPb), as far as opening a session needs it."""
+
+    basedir: str
+
+
+def _remote_open(bot: _Bot, sink: object, params: object) -> dict[str, object]:
     if _server is None:
         return {"ok": False, "error": "shell sessions are disabled on this worker"}
     return _server.open(str(bot.basedir), sink, params)
@@ -85,7 +91,7 @@ def _not_a_build_command() -> type:
     class NotABuildCommand(Command):
         """Advertised so the master knows the worker opted in; a build step cannot run it."""
 
-        def start(self) -> Any:
+        def start(self) -> None:
             raise RuntimeError("slaveshell sessions are opened with buildbot-shell, not from a build step")
 
     return NotABuildCommand

@@ -28,7 +28,10 @@ import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from slaveshell.clock import Clock, DelayedCall
+
+from .pty import TermModes
 
 # How long a program in non-canonical mode may take to echo a keystroke before it counts as hidden. Readline
 # echoes within milliseconds; the margin is for a loaded worker. Only the input_ack waits, never the operator.
@@ -90,13 +93,13 @@ class Keystrokes:
     nbytes: int
     text: str = ""
     line_end: bool = False
-    modes: list[Any] | None = None
+    modes: TermModes | None = None
     hidden: bool | None = None
     expired: bool = False
-    timer: Any = None
+    timer: DelayedCall | None = None
 
 
-def terminal_modes(fd: int) -> list[Any] | None:
+def terminal_modes(fd: int) -> TermModes | None:
     """The PTY's termios attributes (tcgetattr), or None when they cannot be read."""
     try:
         return termios.tcgetattr(fd)
@@ -108,7 +111,7 @@ class HiddenInputJudge:
     """Applies the rule above to one PTY session's input, in order. `on_decided` is called whenever messages
     at the front of the queue have been decided (the session then acknowledges them)."""
 
-    def __init__(self, reactor: Any, on_decided: Callable[[], None], window: float = ECHO_WINDOW) -> None:
+    def __init__(self, reactor: Clock, on_decided: Callable[[], None], window: float = ECHO_WINDOW) -> None:
         self.reactor = reactor
         self.on_decided = on_decided
         self.window = window
@@ -116,9 +119,9 @@ class HiddenInputJudge:
         self._echo = ""
         self._held = b""
         # The modes a hidden stretch began with, while one is going on.
-        self._hiding: list[Any] | None = None
+        self._hiding: TermModes | None = None
 
-    def delivered(self, data: bytes, modes: list[Any] | None) -> Keystrokes:
+    def delivered(self, data: bytes, modes: TermModes | None) -> Keystrokes:
         """`data` was written to the PTY while its modes were `modes` (read just before the write)."""
         item = Keystrokes(len(data), printable_text(data), b"\r" in data or b"\n" in data, modes)
         if self._needs_echo(item):

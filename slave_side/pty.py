@@ -8,6 +8,10 @@ import pty
 import struct
 import termios
 
+from slaveshell.terminal import TermModes
+
+__all__ = ["TermModes", "open_pty", "set_window_size", "eof_bytes", "foreground_group"]
+
 
 def open_pty(cols: int, rows: int) -> tuple[int, int, str]:
     """A new PTY pair with its window size set before any process sees it (so `stty size` is right at once)."""

@@ -1,4 +1,7 @@
-"""PB adapters on the worker: the open call the master makes, and the per-session handle it then drives.
+"""PB adapters on the worker: the open call the master makes, and the per-session handle it then drives. The
+only slave_side module that knows PB: the session (slave_side.session) and the owner's limits (slave_side.host)
+take checked, typed values (slaveshell.protocol's vocabulary) and report through a `WireSink` over a
+`slaveshell.remote.RemotePeer`.
 
 `remote_*` methods are the security boundary: they take plain values only, check every one, and answer a bad
 call with a plain error (a `pb.Error` with a message, or an `{"ok": False}` reply), never by dropping the worker's
@@ -7,25 +10,26 @@ connection to its master, which would fail that worker's builds.
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.protocol import (
-    NO_ANSWER,
     OpenRequest,
     ProtocolError,
+    WireSink,
     check_bytes,
     check_int,
     check_signal,
     check_size,
 )
+from slaveshell.remote import RemotePeer, set_nodelay
 
-from .session import WorkerOptions, WorkerSession
+from .host import Admission, ProcessReactor, WorkerOptions
+from .session import WorkerSession
 
 log = Logger()
 
@@ -36,9 +40,9 @@ class SessionHandle(pb.Referenceable):
     def __init__(self, session: WorkerSession) -> None:
         self.session = session
 
-    def _guard(self, what: str, fn: Any, *args: Any) -> None:
+    def _guard(self, what: str, fn: Callable[[], None]) -> None:
         try:
-            fn(*args)
+            fn()
         except ProtocolError as e:
             log.warn("slaveshell session {sid}: refused {what} from master: {e}", sid=self.session.id,
                      what=what, e=visible(e))
@@ -70,45 +74,44 @@ class SessionHandle(pb.Referenceable):
 class ShellServer:
     """The worker's half of slaveshell: opens sessions for its master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions, reactor: Any = None) -> None:
+    def __init__(self, options: WorkerOptions, reactor: ProcessReactor | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor
+            reactor = cast(ProcessReactor, default_reactor)
         self.options = options
-        self.reactor = reactor
+        self.reactor: ProcessReactor = reactor
         self.sessions: dict[str, WorkerSession] = {}
-        self._ids = itertools.count(1)
+        self.admission = Admission(options)
 
-    def open(self, basedir: str, sink: Any, params: object) -> dict[str, Any]:
+    def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
+        """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id"}`` or ``{"ok": False, "error": text}``."""
         try:
             request = OpenRequest.from_wire(params)
         except ProtocolError as e:
             return {"ok": False, "error": f"bad request: {e}"}
         if not isinstance(sink, pb.RemoteReference):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
-        allowed = self.options.allowed_users
-        if allowed is not None and request.operator not in allowed:
-            return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
-                                          "to open shells here"}
-        if len(self.sessions) >= self.options.max_sessions:
-            return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} "
-                                          "shell sessions at once"}
-        session_id = f"w{next(self._ids)}"
+        try:
+            session_id = self.admission.admit(request, len(self.sessions))
+        except ProtocolError as e:
+            return {"ok": False, "error": str(e)}
 
-        def report(method: str, *args: Any) -> None:
-            kw = {"pbanswer": False} if method in NO_ANSWER else {}
-            d = defer.maybeDeferred(sink.callRemote, method, *args, **kw)
-            d.addErrback(_report_failed, session, method)
+        def refused(method: str, message: str) -> None:
+            log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session_id, method=method,
+                     err=visible(message))
 
-        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, report,
+        # The master refused or went away: never let this surface as an unhandled error in the worker.
+        peer = RemotePeer(sink, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
+        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, WireSink(peer.send),
                                 on_closed=self._closed)
         try:
             pid = session.start()
         except ProtocolError as e:
             return {"ok": False, "error": str(e)}
         self.sessions[session_id] = session
-        _set_nodelay(sink)
+        set_nodelay(sink)
         # The master is gone: nobody can see or end this session any more, so end it here.
         sink.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
         return {"ok": True, "session": SessionHandle(session), "pid": pid, "id": session_id}
@@ -116,19 +119,3 @@ class ShellServer:
     def _closed(self, session: WorkerSession) -> None:
         self.sessions.pop(session.id, None)
 
-
-def _report_failed(failure: Any, session: WorkerSession, method: str) -> None:
-    # The master refused or went away; never let this surface as an unhandled error in the worker.
-    if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
-        session.close("the master connection was lost")
-        return
-    log.warn("slaveshell session {sid}: master refused {method}: {err}", sid=session.id, method=method,
-             err=visible(failure.getErrorMessage()))
-
-
-def _set_nodelay(ref: Any) -> None:
-    # Twisted leaves Nagle on: keystroke echo waits ~40 ms per hop without this.
-    try:
-        ref.broker.transport.setTcpNoDelay(True)
-    except Exception:  # not TCP (tests over UNIX sockets or in memory)
-        pass

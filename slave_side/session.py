@@ -1,19 +1,17 @@
 """One shell session on the worker: a process in a PTY (or on pipes) and its byte streams.
 
-The session reports through an injected `report(method, *args)` callable and never touches PB (the worker's own
-commands work the same way); `slave_side.server` adapts it to the master's sink.
+The session receives the master's messages as a `slaveshell.protocol.SessionControl` (values already checked by
+`slave_side.server`, the PB adapter), reports through an injected `SessionSink`, and never touches PB.
 """
 
 from __future__ import annotations
 
+import enum
 import os
-import pwd
 import shutil
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet import error, protocol
 from twisted.internet.interfaces import IPushProducer
@@ -21,23 +19,27 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from slaveshell.clock import DelayedCall
 from slaveshell.display import visible
 from slaveshell.flow import CreditWindow, chunks
 from slaveshell.protocol import (
     MAX_CHUNK,
-    OUTPUT_WINDOW,
     STREAM_ERR,
     STREAM_OUT,
+    ExitStatus,
+    LocalProtocolError,
     OpenRequest,
     ProtocolError,
+    SessionSink,
 )
 
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
+from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
+
+__all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
 log = Logger()
-
-Report = Callable[..., Any]
 
 # After the main process exits, how long output may still drain before the PTY/pipes are closed anyway
 # (a background job can keep the terminal open forever).
@@ -55,64 +57,22 @@ COALESCE_DELAY = 0.002
 _SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What the worker owner allows, from `slave_side.install(...)`."""
+class Phase(enum.Enum):
+    """Where a worker session is in its life. Transitions only as in `_NEXT`; anything else is our own bug
+    (LocalProtocolError), while a message that arrives too late for the phase (input after the exit) is ignored."""
 
-    shell: str | None = None
-    max_sessions: int = 8
-    allowed_dirs: tuple[str, ...] | None = None
-    output_window: int = OUTPUT_WINDOW
-    extra_env: dict[str, str] = field(default_factory=dict)
-    # Operators (as the master names them) this worker accepts; None: whoever the master allows.
-    allowed_users: frozenset[str] | None = None
-
-    def login_shell(self) -> str:
-        if self.shell:
-            return self.shell
-        try:
-            shell = pwd.getpwuid(os.getuid()).pw_shell
-        except KeyError:
-            shell = ""
-        return shell or os.environ.get("SHELL") or "/bin/sh"
+    NEW = "new"  # built, no process yet
+    RUNNING = "running"  # the process runs: input, signals and resizes reach it
+    EXITED = "exited"  # the main process exited; its output drains for up to DRAIN_GRACE
+    ENDED = "ended"  # the exit was reported: nothing more is sent or done
 
 
-def session_environment(request: OpenRequest, options: WorkerOptions, shell: str) -> dict[str, str]:
-    """A login-like environment, as sshd builds one: not the worker daemon's whole environment."""
-    try:
-        pw = pwd.getpwuid(os.getuid())
-        user, home = pw.pw_name, pw.pw_dir
-    except KeyError:
-        user, home = str(os.getuid()), os.environ.get("HOME", "/")
-    env = {
-        "HOME": home,
-        "USER": user,
-        "LOGNAME": user,
-        "SHELL": shell,
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-    }
-    for name in ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env.update(options.extra_env)
-    if request.pty:
-        env["TERM"] = request.term
-    env.update(request.env)
-    return env
-
-
-def resolve_cwd(request: OpenRequest, options: WorkerOptions, basedir: str) -> str:
-    path = request.cwd or basedir
-    if not os.path.isabs(path):
-        path = os.path.join(basedir, path)
-    path = os.path.realpath(path)
-    if options.allowed_dirs is not None:
-        allowed = [os.path.realpath(d) for d in options.allowed_dirs]
-        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in allowed):
-            raise ProtocolError(f"working directory {path} is outside the directories this worker allows")
-    if not os.path.isdir(path):
-        raise ProtocolError(f"no such directory on the worker: {path}")
-    return path
+_NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.NEW: frozenset({Phase.RUNNING}),
+    Phase.RUNNING: frozenset({Phase.EXITED, Phase.ENDED}),
+    Phase.EXITED: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
 
 
 class _ProcessProtocol(protocol.ProcessProtocol):
@@ -151,12 +111,12 @@ class _InputProducer:
 class WorkerSession:
     def __init__(
         self,
-        reactor: Any,
+        reactor: ProcessReactor,
         session_id: str,
         request: OpenRequest,
         options: WorkerOptions,
         basedir: str,
-        report: Report,
+        sink: SessionSink,
         on_closed: Callable[[WorkerSession], None] = lambda s: None,
     ) -> None:
         self.reactor = reactor
@@ -164,19 +124,18 @@ class WorkerSession:
         self.request = request
         self.options = options
         self.basedir = basedir
-        self.report = report
+        self.sink = sink
         self.on_closed = on_closed
         self.window = CreditWindow(options.output_window)
-        self.transport: Any = None
+        self.transport: ProcessTransport | None = None
         self.pid: int | None = None
-        self.ended = False
+        self.phase = Phase.NEW
         self._buffers = {STREAM_OUT: bytearray(), STREAM_ERR: bytearray()}
-        self._flush_call: Any = None
+        self._flush_call: DelayedCall | None = None
         self._last_flush_size = 0
         self._last_flush_at = 0.0
         self._reading_paused = False
-        self._exited = False
-        self._timers: list[Any] = []
+        self._timers: list[DelayedCall] = []
         self._input_paused = False
         # Input messages not yet acknowledged, in order; on a PTY, each waits for the hidden-input decision.
         self._held_input: list[Keystrokes] = []
@@ -229,6 +188,7 @@ class WorkerSession:
         except OSError as e:
             self._release_slave()
             raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
+        self._to(Phase.RUNNING)
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
         # Never the command (logs are world-readable; it may hold a password). The directory stays: it says
@@ -240,17 +200,38 @@ class WorkerSession:
 
     # -- control from the master -----------------------------------------------------------------
 
+    @property
+    def ended(self) -> bool:
+        """The exit was reported (the master's heartbeat asks this)."""
+        return self.phase is Phase.ENDED
+
+    @property
+    def running(self) -> bool:
+        """The main process still runs, so input and EOF still mean something."""
+        return self.phase is Phase.RUNNING
+
+    def _to(self, phase: Phase) -> None:
+        if phase not in _NEXT[self.phase]:
+            raise LocalProtocolError(f"worker session {self.id}: no transition from {self.phase.value} to "
+                                     f"{phase.value}")
+        self.phase = phase
+
+    def _running_process(self) -> ProcessTransport:
+        if self.transport is None:
+            raise LocalProtocolError(f"worker session {self.id} has no process in phase {self.phase.value}")
+        return self.transport
+
     def input(self, data: bytes) -> None:
-        if self.ended or self._exited:
+        if not self.running:
             return
         # Decided here, where the terminal's modes and the program's echo are seen (slave_side.echo): what a
         # prompt does not display is hidden, and the transcript keeps only its length.
         if self._pty_fd is not None:
             modes = terminal_modes(self._pty_fd)
-            self.transport.write(data)
+            self._running_process().write(data)
             item = self._judge.delivered(data, modes)
         else:
-            self.transport.write(data)
+            self._running_process().write(data)
             item = Keystrokes(len(data), hidden=False)
         if data:
             self._last_input = data[-1:]
@@ -263,19 +244,19 @@ class WorkerSession:
             self._release_input_credit()
 
     def eof(self) -> None:
-        if self.ended or self._exited:
+        if not self.running:
             return
         if self._pty_fd is not None:
             # A PTY has no half-close: end of input is VEOF, twice after a partial line (see eof_bytes).
-            self.transport.write(ptyutil.eof_bytes(self._pty_fd, self._last_input))
+            self._running_process().write(ptyutil.eof_bytes(self._pty_fd, self._last_input))
             self._last_input = None
         else:
             # Twisted gotcha: a writer whose producer is paused resumes the producer instead of closing once
             # its buffer drains, so stdin would never close. No more input can come: drop the producer first.
-            self.transport.unregisterProducer()
+            self._running_process().unregisterProducer()
             self._input_paused = False
             self._release_input_credit()
-            self.transport.closeStdin()
+            self._running_process().closeStdin()
 
     def resize(self, cols: int, rows: int) -> None:
         if self._pty_fd is not None and not self.ended:
@@ -338,8 +319,8 @@ class WorkerSession:
             buf.clear()
             for piece in chunks(data, MAX_CHUNK):
                 self.window.sent(len(piece))
-                self.report("output", stream, piece)
-        if not self.window.is_open and not self._exited and not self.ended:
+                self.sink.output(stream, piece)
+        if not self.window.is_open and self.running:
             self._pause_reading()
 
     def _pause_reading(self) -> None:
@@ -358,7 +339,7 @@ class WorkerSession:
         # In order, up to the first message whose hidden-input decision is still pending.
         while self._held_input and self._held_input[0].hidden is not None:
             item = self._held_input.pop(0)
-            self.report("input_ack", item.nbytes, item.hidden)
+            self.sink.input_ack(item.nbytes, item.hidden is True)
 
     def _release_slave(self) -> None:
         hold, self._slave_hold = self._slave_hold, None
@@ -366,7 +347,9 @@ class WorkerSession:
             os.close(hold)
 
     def _process_exited(self) -> None:
-        self._exited = True
+        if self.phase is not Phase.RUNNING:
+            return  # processEnded came first (a test double, or a process that was never seen exiting)
+        self._to(Phase.EXITED)
         # Now the master may see the end of the terminal (once background jobs let go of it too).
         self._release_slave()
         # Pitfall: a paused PTY reader never sees EOF, and processEnded waits for it.
@@ -391,13 +374,13 @@ class WorkerSession:
             code, sig = 0, None
         if sig is not None:
             code = None
-        self.ended = True
+        self._to(Phase.ENDED)
         self._judge.close()
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
         log.info("slaveshell session {sid}: ended, code {code} signal {sig}", sid=self.id, code=code, sig=sig)
-        self.report("exit", code, sig, "")
+        self.sink.exit(ExitStatus(code, sig, ""))
         self.on_closed(self)
 
     def _kill_groups(self, signum: int, groups: list[int] | None = None) -> None:

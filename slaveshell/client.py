@@ -16,21 +16,24 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from . import escape as esc
+from .clock import DelayedCall
 from .display import visible
 from .flow import CreditWindow, chunks
 from .protocol import (
     INPUT_WINDOW,
     MAX_CHUNK,
-    NO_ANSWER,
     REFUSED_PREFIX,
     STREAM_ERR,
     ExitStatus,
     OpenRequest,
     ProtocolError,
+    Role,
+    WireControl,
     check_bytes,
     check_int,
     check_stream,
 )
+from .remote import RemotePeer
 from .terminal import window_size
 
 log = Logger()
@@ -44,6 +47,7 @@ DUPLICATE_WITHIN = 0.1
 # the session and exits anyway: whoever sent the signal wants this process gone, not waiting forever.
 SIGNAL_GRACE = 5.0
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
+_ROLES = frozenset(role.value for role in Role)
 _NOT_SAVED = object()
 
 
@@ -89,8 +93,9 @@ class _RefusalAwareBroker(pb.Broker):
         if b"\n" in head or len(head) >= 1024:
             line = head[len(REFUSED_PREFIX):].split(b"\n", 1)[0][:500]
             # Shown on the operator's terminal: printable ASCII only.
-            factory: Any = self.factory
-            factory.refusal = "".join(c if " " <= c <= "~" else "?" for c in line.decode("ascii", "replace"))
+            refusal = "".join(c if " " <= c <= "~" else "?" for c in line.decode("ascii", "replace"))
+            if isinstance(self.factory, _ClientFactory):
+                self.factory.refusal = refusal
             transport: Any = self.transport
             transport.loseConnection()
 
@@ -119,10 +124,10 @@ class ClientSink(pb.Referenceable):
         self.client.output(check_stream(stream), check_bytes(data, "output"))
 
     def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
-        self.client.input_acked(check_int(nbytes, "input ack", 0, 2**40))
+        self.client.input_ack(check_int(nbytes, "input ack", 0, 2**40))
 
     def remote_exit(self, code: object, signal: object, reason: object) -> None:
-        self.client.finish(ExitStatus.from_wire(code, signal, reason))
+        self.client.exit(ExitStatus.from_wire(code, signal, reason))
 
     def remote_waiting(self, text: object) -> None:
         if not isinstance(text, str):
@@ -175,7 +180,7 @@ class ShellClient:
         # (session id, "attach" | "watch") to join a live session instead of opening one.
         self.attach = attach
         self.worker = request.worker
-        self.role = "owner"
+        self.role = Role.OWNER
         # What to tell the operator at the end instead of the usual line (detached, left).
         self.farewell: str | None = None
         # Stops this process with the local terminal restored; returns once continued (RawTerminal.suspend).
@@ -183,22 +188,25 @@ class ShellClient:
         self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True,
                                         release=request.build is not None,
                                         suspend=self.program if suspend is not None else None)
-        self.root: Any = None
+        self.root: pb.RemoteReference | None = None
         self.fds = {"in": stdin_fd, "out": stdout_fd, "err": stderr_fd}
         self.done: defer.Deferred[ExitStatus] = defer.Deferred()
         self.status: ExitStatus | None = None
-        self.session: Any = None
+        self.session: pb.RemoteReference | None = None
+        self._remote: RemotePeer | None = None
+        # The session's messages towards the master, as typed calls (slaveshell.protocol.OperatorControl).
+        self.control = WireControl(self._call)
         self.session_id = ""
         self.input_window = CreditWindow(INPUT_WINDOW)
         self._unacked = 0
         self._stdout_paused = False
-        self._stdin: Any = None
+        self._stdin: process.ProcessReader | None = None
         self._writers: dict[str, Any] = {}
         self._size = (request.cols, request.rows)
         self._old_winch: Any = None
         self._signalled_at: float | None = None
         self._last_signal: int | None = None
-        self._signal_timer: Any = None
+        self._signal_timer: DelayedCall | None = None
         # Typed while the master waits before opening (a build not held yet): sent once the session is open.
         self._typed_ahead: bytes = b""
         self._opening: defer.Deferred[Any] | None = None
@@ -231,15 +239,15 @@ class ShellClient:
             reply = {"ok": False, "error": f"the master refused: {e}"}
         except Exception as e:
             reply = {"ok": False, "error": f"lost the master while opening: {_oserror_text(e)}"}
-        if not isinstance(reply, dict) or not reply.get("ok") or not isinstance(reply.get("session"),
-                                                                                pb.RemoteReference):
+        if not isinstance(reply, dict) or not reply.get("ok") or not isinstance(
+                reply.get("session"), pb.RemoteReference) or reply.get("role", "owner") not in _ROLES:
             error = reply.get("error") if isinstance(reply, dict) else None
             self.finish(ExitStatus(reason=str(error or "the master sent a malformed reply")))
         else:
             self.session = reply["session"]
             self.session_id = str(reply.get("id", ""))
             self.worker = str(reply.get("worker", self.worker))
-            self.role = str(reply.get("role", "owner"))
+            self.role = Role.from_wire(reply.get("role", "owner"))
             size = reply.get("size")
             if isinstance(size, list) and len(size) == 2:
                 self._size = (int(size[0]), int(size[1]))
@@ -274,12 +282,12 @@ class ShellClient:
         for action in self.escapes.feed(data):
             if isinstance(action, esc.Send):
                 # A watcher's keystrokes go nowhere (the master would refuse them anyway).
-                if self.role != "watch":
+                if self.role is not Role.WATCH:
                     self._send_input(action.data)
             elif isinstance(action, esc.Help):
                 self.write_err(action.text.encode())
             elif isinstance(action, esc.Terminate):
-                if self.role == "owner":
+                if self.role is Role.OWNER:
                     # As ssh: `~.` ends the session, says so, and exits 255.
                     self.farewell = f"Connection to {self.worker} closed."
                     self._last_call("close", ExitStatus(reason="ended with ~."))
@@ -298,12 +306,12 @@ class ShellClient:
                 self.resumed()
             elif isinstance(action, esc.Detach):
                 self.farewell = (f"Detached from session {self.session_id} on {self.worker}; resume it with: "
-                                 f"slaveshell attach {self.session_id}" if self.role == "owner" else
+                                 f"slaveshell attach {self.session_id}" if self.role is Role.OWNER else
                                  f"Left session {self.session_id} on {self.worker}.")
                 self._last_call("detach", ExitStatus(code=0))
                 return
 
-    def childConnectionLost(self, name: str, reason: Any) -> None:
+    def childConnectionLost(self, name: str, reason: object) -> None:
         if self.status is not None:
             self._writers.pop(name, None)
             self._maybe_done()
@@ -315,13 +323,13 @@ class ShellClient:
         if name == "in":
             self._stdin = None
             if self.interactive:
-                self._call("close")  # the terminal went away: a hangup, not an EOF
+                self.control.close()  # the terminal went away: a hangup, not an EOF
             else:
-                self._call("eof")
+                self.control.eof()
         elif name == "out":
             # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
             self._writers.pop(name, None)
-            self._call("close")
+            self.control.close()
 
     def resumed(self) -> None:
         """Continued after a stop (SIGCONT): the window may have changed meanwhile, and SIGWINCH is not
@@ -358,20 +366,20 @@ class ShellClient:
         if again:
             self._give_up(f"second SIG{name}: closed the session without waiting for the remote command")
             return
-        if self.interactive and signum == signal.SIGTERM and self.role == "owner":
+        if self.interactive and signum == signal.SIGTERM and self.role is Role.OWNER:
             self.farewell = f"Connection to {self.worker} closed (SIGTERM)."
             self._last_call("close", ExitStatus(reason="ended by SIGTERM"))
         elif self.interactive and signum != signal.SIGINT:
             self.farewell = (f"Detached from session {self.session_id} on {self.worker} (SIG{name}); resume it "
-                             f"with: slaveshell attach {self.session_id}" if self.role == "owner" else
+                             f"with: slaveshell attach {self.session_id}" if self.role is Role.OWNER else
                              f"Left session {self.session_id} on {self.worker} (SIG{name}).")
             self._last_call("detach", ExitStatus(reason=f"detached by SIG{name}"))
-        elif self.role != "owner":
+        elif self.role is not Role.OWNER:
             # A watcher's or co-operator's signal is its own business: it leaves, the session goes on.
             self.farewell = f"Left session {self.session_id} on {self.worker}."
             self._last_call("close", ExitStatus(code=128 + signum))
         else:
-            self._call("signal", name)
+            self.control.signal(signum)
             if signum != signal.SIGINT and self._signal_timer is None:
                 self._signal_timer = self.reactor.callLater(
                     SIGNAL_GRACE, self._give_up,
@@ -432,7 +440,7 @@ class ShellClient:
         if self._opening is not None and not self._opening.called:
             self._opening.cancel()
 
-    def input_acked(self, nbytes: int) -> None:
+    def input_ack(self, nbytes: int, hidden: bool = False) -> None:
         try:
             self.input_window.acked(nbytes)
         except ProtocolError as e:
@@ -440,6 +448,10 @@ class ShellClient:
             return
         if self.input_window.is_open and self._stdin is not None:
             self._stdin.startReading()
+
+    def exit(self, status: ExitStatus) -> None:
+        """The master's last message (slaveshell.protocol.SessionSink.exit)."""
+        self.finish(status)
 
     def finish(self, status: ExitStatus) -> None:
         """The session is over: flush what we have to write, then fire `done`."""
@@ -472,34 +484,35 @@ class ShellClient:
     def _send_input(self, data: bytes) -> None:
         for piece in chunks(data, MAX_CHUNK):
             self.input_window.sent(len(piece))
-            self._call("input", piece)
+            self.control.input(piece)
         if not self.input_window.is_open and self._stdin is not None:
             self._stdin.stopReading()
 
     def _send_ack(self) -> None:
         if self._unacked and self.status is None:
             n, self._unacked = self._unacked, 0
-            self._call("ack", n)
+            self.control.ack(n)
 
-    def _on_winch(self, signum: int, frame: Any) -> None:
+    def _on_winch(self, signum: int, frame: object) -> None:
         # Signal handlers run between bytecodes: hand the work to the reactor.
         self.reactor.callFromThread(self._window_changed)
 
     def _window_changed(self, force: bool = False) -> None:
         size = window_size(self.fds["in"]) or window_size(self.fds["out"])
-        if size is not None and (force or size != self._size) and self.status is None and self.role == "owner":
+        if size is not None and (force or size != self._size) and self.status is None and self.role is Role.OWNER:
             self._size = size
-            self._call("resize", *size)
+            self.control.resize(*size)
 
     def _release_build(self) -> None:
         if self.root is None or self.request.build is None:
             return
 
-        def told(result: Any) -> None:
+        def told(result: object) -> None:
             text = result if isinstance(result, str) else f"release failed: {getattr(result, 'value', result)}"
             self.write_err(f"\r\n[{visible(text)}]\r\n".encode())
 
-        d = defer.maybeDeferred(self.root.callRemote, "release", self.request.build)
+        d = RemotePeer(self.root, on_lost=self._master_lost, on_refused=self._call_refused).call(
+            "release", self.request.build)
         d.addBoth(told)
 
     def _last_call(self, method: str, status: ExitStatus, timeout: float = 5) -> None:
@@ -511,19 +524,22 @@ class ShellClient:
         if self.session is None or self.status is not None:
             self.finish(status)
             return
-        d = defer.maybeDeferred(self.session.callRemote, method)
+        d = self._peer(self.session).call(method)
         d.addTimeout(timeout, self.reactor)
         d.addBoth(lambda _: self.finish(status))
 
-    def _call(self, method: str, *args: Any) -> None:
+    def _call(self, method: str, *args: object) -> None:
         if self.session is None or self.status is not None:
             return
-        kw = {"pbanswer": False} if method in NO_ANSWER else {}
-        d = defer.maybeDeferred(self.session.callRemote, method, *args, **kw)
-        d.addErrback(self._call_failed, method)
+        self._peer(self.session).send(method, *args)
 
-    def _call_failed(self, failure: Any, method: str) -> None:
-        if failure.check(pb.DeadReferenceError, pb.PBConnectionLost):
-            self.finish(ExitStatus(reason="connection to the master lost"))
-        else:
-            log.warn("the master refused {method}: {e}", method=method, e=visible(failure.getErrorMessage()))
+    def _peer(self, ref: pb.RemoteReference) -> RemotePeer:
+        if self._remote is None or self._remote.ref is not ref:
+            self._remote = RemotePeer(ref, on_lost=self._master_lost, on_refused=self._call_refused)
+        return self._remote
+
+    def _master_lost(self) -> None:
+        self.finish(ExitStatus(reason="connection to the master lost"))
+
+    def _call_refused(self, method: str, message: str) -> None:
+        log.warn("the master refused {method}: {e}", method=method, e=visible(message))

@@ -18,12 +18,15 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyrage
 from pyrage import x25519
+
+if TYPE_CHECKING:
+    from .transcript import Event
 
 # More hidden input than a password: over this many bytes in a session, or hidden input going on after a
 # hidden line ended (a second line typed while the terminal still hides: `stty -echo`, or a retried password).
@@ -42,7 +45,7 @@ def flagged(hidden_bytes: int, went_on_after_a_line: bool) -> bool:
     return hidden_bytes > HIDDEN_FLAG_BYTES or went_on_after_a_line
 
 
-def summary(row: dict[str, Any]) -> str:
+def summary(row: Mapping[str, object]) -> str:
     """For tables: '-' without hidden input, '20B/1' (bytes/spans), with a leading '!' when flagged."""
     nbytes, spans = row.get("hidden_bytes") or 0, row.get("hidden_spans") or 0
     if not nbytes and not spans:
@@ -139,7 +142,7 @@ class Span:
     sealed: str | None = None
 
 
-def spans(events: Iterable[Any]) -> list[Span]:
+def spans(events: Iterable[Event]) -> list[Span]:
     """The hidden spans of a parsed transcript (slaveshell.transcript.Event items), from `ih`/`is` events."""
     found: list[Span] = []
     for event in events:

@@ -16,7 +16,8 @@ import subprocess
 import termios
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+
+from .terminal import TermModes
 
 # How long a stopped job has to leave after SIGHUP before it is killed (seconds).
 HANGUP_WAIT = 10.0
@@ -97,7 +98,7 @@ class Foreground:
         # SIGTTOU: taking the terminal back is a tcsetpgrp from a background group.
         ignored = (signal.SIGINT, signal.SIGQUIT, signal.SIGTTOU)
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
-        modes: Any = None
+        modes: TermModes | None = None
         if tty:
             with contextlib.suppress(termios.error, OSError):
                 modes = termios.tcgetattr(self.fd)

@@ -11,7 +11,7 @@ Session control (called on the session handle, towards the process):
     ack(nbytes: int)              output consumed; returns credit to the sender
     close()                       end the session (HUP, then TERM, then KILL)
 
-Session sink (called on the sink, towards the operator):
+Session sink (called on the sink, towards the operator; `waiting(text)` on the operator's sink only):
     output(stream: int, data: bytes)   stream 1 (PTY or stdout) or 2 (stderr)
     input_ack(nbytes: int, hidden: bool)  one input message delivered to the process, in order; returns its
                                        credit. hidden: the terminal did not display it (echo off, and the
@@ -20,16 +20,30 @@ Session sink (called on the sink, towards the operator):
     exit(code, signal, reason)         the end: exit code or terminating signal; both None plus a reason
                                        when the session was lost or refused
 
+Roles (`Role`): the owner opened the session and drives it; `join` shares the keyboard; `watch` only sees output.
+
+The typed vocabulary: `SessionControl` (towards the process: what the master sends a worker's session),
+`OperatorControl` (what an operator sends the master: the same, plus `detach`), `SessionSink` (towards the
+operator: what a worker's session sends the master) and `OperatorSink` (what the master sends an operator: the
+same, plus `notice` and `waiting`). The receiving logic implements them and receives only checked values: the
+PB adapters (`slave_side.server`, `slaveshell.client`, the master's handles) validate with the `check_*`
+functions below first. Senders use `WireControl` / `WireSink`, which encode each message as one
+`(method, *args)` wire call. `ping` (master to worker) is a call with an answer, not a message: the worker answers
+whether the session is still alive.
+
 Errors are split as in h11: `ProtocolError` means the peer sent something wrong (answer it with a plain error);
 `LocalProtocolError` means our own code misused the API (a bug).
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import signal as _signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
+
+from .display import visible
 
 PROTOCOL_VERSION = 1
 # Advertised in the worker's command list; its presence is the worker owner's opt-in.
@@ -68,6 +82,8 @@ SIGNALS: dict[str, int] = {
     name: int(getattr(_signal, "SIG" + name))
     for name in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP", "WINCH", "ALRM")
 }
+# The wire's name for each of those signal numbers.
+SIGNAL_NAMES: dict[int, str] = {number: name for name, number in SIGNALS.items()}
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TERM = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -184,7 +200,7 @@ class OpenRequest:
         if self.operator is not None:
             check_str(self.operator, "operator", MAX_NAME)
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> dict[str, object]:
         return {
             "version": PROTOCOL_VERSION,
             "worker": self.worker,
@@ -265,3 +281,133 @@ class ExitStatus:
         if self.code is not None:
             return self.code & 0xFF
         return 255
+
+
+class Role(enum.Enum):
+    """How a viewer takes part in a session; the value is the wire's and the command line's spelling."""
+
+    OWNER = "owner"  # opened it (or took it over by attaching); types, resizes, signals; its leaving detaches
+    JOIN = "join"  # shares the keyboard (input and signals); its leaving does not end the session
+    WATCH = "watch"  # sees the output only
+
+    @classmethod
+    def from_wire(cls, value: object) -> Role:
+        """The role a peer named; ProtocolError for anything else."""
+        for role in cls:
+            if role.value == value:
+                return role
+        raise ProtocolError(f"unknown role {value!r}; allowed: {', '.join(r.value for r in cls)}")
+
+
+def notice_bytes(text: str) -> bytes:
+    """How a notice (a line from the master itself) travels to an operator: as output on STREAM_ERR, on a line of
+    its own. Notices name users and workers and quote peers, so `text` is shown through `visible` (idempotent)."""
+    return f"\r\nslaveshell: {visible(text)}\r\n".encode()
+
+
+class SessionControl(Protocol):
+    """Messages towards a session's process (master to worker session; operator to master), values checked."""
+
+    def input(self, data: bytes) -> None:
+        """Bytes for the PTY or the command's stdin, at most MAX_CHUNK; answered later by an input_ack."""
+
+    def eof(self) -> None:
+        """End of input: the stdin pipe closed, or VEOF on a PTY."""
+
+    def resize(self, cols: int, rows: int) -> None:
+        """A new window size in character cells (1..MAX_DIMENSION each)."""
+
+    def signal(self, signum: int) -> None:
+        """A signal (one of SIGNALS' numbers) for the foreground process group."""
+
+    def ack(self, nbytes: int) -> None:
+        """`nbytes` of output consumed: credit back to the output's sender (slaveshell.flow)."""
+
+    def close(self) -> None:
+        """End the session: the process gets SIGHUP, then SIGTERM, then SIGKILL."""
+
+
+class OperatorControl(SessionControl, Protocol):
+    """What an operator sends the master about its view of a session."""
+
+    def detach(self) -> None:
+        """Leave the session running (the owner) or leave it (anyone else)."""
+
+
+class SessionSink(Protocol):
+    """Messages towards the operator (worker session to master; master to each viewer), values checked."""
+
+    def output(self, stream: int, data: bytes) -> None:
+        """Output of STREAM_OUT (the PTY, or stdout) or STREAM_ERR, at most MAX_CHUNK; counts against credit."""
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        """One input message of `nbytes` delivered to the process, in order; `hidden`: not displayed."""
+
+    def exit(self, status: ExitStatus) -> None:
+        """The end of the session; nothing follows it."""
+
+
+class OperatorSink(SessionSink, Protocol):
+    """What the master sends an operator."""
+
+    def notice(self, text: str) -> None:
+        """A line from the master itself (a join, a limit, the end's reason), shown on the operator's terminal."""
+
+    def waiting(self, text: str) -> None:
+        """Before the open's answer: the master waits (a build not held yet) and says why, in one line."""
+
+
+class WireSend(Protocol):
+    """One call on the peer: a method name from the vocabulary and its wire arguments (plain values)."""
+
+    def __call__(self, method: str, *args: object) -> None: ...
+
+
+class WireControl:
+    """An `OperatorControl` (and so a `SessionControl`) that encodes each message as a wire call."""
+
+    def __init__(self, send: WireSend) -> None:
+        self.send = send
+
+    def input(self, data: bytes) -> None:
+        self.send("input", data)
+
+    def eof(self) -> None:
+        self.send("eof")
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.send("resize", cols, rows)
+
+    def signal(self, signum: int) -> None:
+        self.send("signal", SIGNAL_NAMES[signum])
+
+    def ack(self, nbytes: int) -> None:
+        self.send("ack", nbytes)
+
+    def close(self) -> None:
+        self.send("close")
+
+    def detach(self) -> None:
+        self.send("detach")
+
+
+class WireSink:
+    """An `OperatorSink` (and so a `SessionSink`) that encodes each message as a wire call."""
+
+    def __init__(self, send: WireSend) -> None:
+        self.send = send
+
+    def output(self, stream: int, data: bytes) -> None:
+        self.send("output", stream, data)
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        self.send("input_ack", nbytes, hidden)
+
+    def exit(self, status: ExitStatus) -> None:
+        self.send("exit", status.code, status.signal, status.reason)
+
+    def notice(self, text: str) -> None:
+        self.output(STREAM_ERR, notice_bytes(text))
+
+    def waiting(self, text: str) -> None:
+        self.send("waiting", text)

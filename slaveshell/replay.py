@@ -15,7 +15,8 @@ def play(cast: Cast, out: BinaryIO, speed: float = 1.0, idle_limit: float | None
     if speed <= 0:
         raise ValueError("speed must be positive")
     if idle_limit is None:
-        idle_limit = cast.header.get("idle_time_limit")
+        limit = cast.header.get("idle_time_limit")
+        idle_limit = float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) else None
     last = 0.0
     events = cast.events
     for i, event in enumerate(events):

@@ -11,9 +11,21 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .protocol import LocalProtocolError, OpenRequest
+
+if TYPE_CHECKING:
+    from .client import ShellClient
+    from .terminal import RawTerminal
+
+
+class _ThreadCaller(Protocol):
+    """The reactor's callFromThread (IReactorFromThreads): what a signal handler may do."""
+
+    def callFromThread(self, callable: Callable[..., object], *args: object) -> None: ...
 
 DEFAULT_SOCKET_NAME = "shell.sock"
 SOCKET_ENV = "SLAVESHELL_SOCKET"
@@ -144,7 +156,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
 
     # Our own handlers instead of Twisted's (which stop the reactor, dropping the session as if the master
     # were lost): the client forwards these signals to the remote command (ShellClient.signalled).
-    handlers: dict[int, Any] = {
+    handlers: dict[int, Callable[[int, FrameType | None], None]] = {
         signum: (lambda signum, frame: reactor.callFromThread(client.signalled, signum))
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
@@ -173,13 +185,13 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     return status.cli_status()
 
 
-def _suspend(terminal: Any, reactor: Any, client: Any) -> None:
+def _suspend(terminal: RawTerminal, reactor: _ThreadCaller, client: ShellClient) -> None:
     """SIGTSTP (kill -TSTP; Ctrl-Z is a byte in raw mode): stop now, with the terminal given back."""
     terminal.suspend()
     reactor.callFromThread(client.resumed)
 
 
-def _continued(terminal: Any, reactor: Any, client: Any) -> None:
+def _continued(terminal: RawTerminal, reactor: _ThreadCaller, client: ShellClient) -> None:
     terminal.resume()
     reactor.callFromThread(client.resumed)
 

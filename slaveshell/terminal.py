@@ -13,6 +13,9 @@ import tty
 from collections.abc import Iterator
 from typing import Any
 
+# termios.tcgetattr's attribute list [iflag, oflag, cflag, lflag, ispeed, ospeed, cc], as typeshed types it.
+TermModes = list[Any]
+
 
 def window_size(fd: int) -> tuple[int, int] | None:
     """(cols, rows) of the terminal on fd, or None when fd is not a terminal or the size is unset."""
@@ -37,7 +40,7 @@ class RawTerminal:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.active = False
-        self._saved: list[Any] | None = None
+        self._saved: TermModes | None = None
         self._nonblocking: list[int] = []
 
     def enter(self) -> None:

@@ -24,7 +24,6 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from . import hidden as hidden_input
 
@@ -55,7 +54,7 @@ class StreamDecoder:
         return self._decoder.decode(data, final)
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
@@ -81,8 +80,8 @@ class CastEncoder:
         self._input = StreamDecoder()
 
     @staticmethod
-    def header(width: int, height: int, timestamp: float, **extra: Any) -> str:
-        header = {"version": VERSION, "width": width, "height": height, "timestamp": int(timestamp)}
+    def header(width: int, height: int, timestamp: float, **extra: object) -> str:
+        header: dict[str, object] = {"version": VERSION, "width": width, "height": height, "timestamp": int(timestamp)}
         header.update({k: v for k, v in extra.items() if v is not None})
         return _dumps(header)
 
@@ -137,7 +136,7 @@ class Event:
 
 @dataclass
 class Cast:
-    header: dict[str, Any]
+    header: dict[str, object]
     events: list[Event]
     # True when the last line was cut short (a crash mid-write); it is not in `events`.
     truncated: bool = False

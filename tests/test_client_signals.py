@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from slaveshell.client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, ShellClient
-from slaveshell.protocol import ExitStatus, OpenRequest
+from slaveshell.protocol import ExitStatus, OpenRequest, Role
 
 
 class FakeSession:
@@ -25,7 +25,7 @@ def make(interactive=False, role="owner", suspend=None):
                          suspend=suspend)
     client.session = FakeSession()
     client.session_id = "s1"
-    client.role = role
+    client.role = Role(role)
     return client
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from slave_side.echo import ECHO_WINDOW, HiddenInputJudge, printable_text
 from slave_side.session import WorkerOptions, WorkerSession
-from slaveshell.protocol import OpenRequest
+from slaveshell.protocol import OpenRequest, WireSink
 
 from .fakes import ProcessReactor
 
@@ -21,7 +21,7 @@ class Pty:
         self.reports: list[tuple] = []
         request = OpenRequest(worker="w1", pty=True, term="xterm")
         self.session = WorkerSession(self.reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
-                                     lambda *a: self.reports.append(a))
+                                     WireSink(lambda *a: self.reports.append(a)))
         self.session.start()
         self.proc = self.reactor.processes[0]
         self.master_fd, self.slave_fd, _ = self.proc.kw["usePTY"]

@@ -10,7 +10,7 @@ import pytest
 
 from slave_side.pty import eof_bytes, open_pty
 from slave_side.session import WorkerOptions, WorkerSession
-from slaveshell.protocol import OpenRequest
+from slaveshell.protocol import OpenRequest, WireSink
 
 from .fakes import ProcessReactor
 
@@ -19,7 +19,8 @@ from .fakes import ProcessReactor
 def pty_session(tmp_path):
     reactor = ProcessReactor()
     request = OpenRequest(worker="w1", pty=True, term="xterm", command="cat")
-    session = WorkerSession(reactor, "s1", request, WorkerOptions(shell="/bin/sh"), str(tmp_path), lambda *a: None)
+    session = WorkerSession(reactor, "s1", request, WorkerOptions(shell="/bin/sh"), str(tmp_path),
+                            WireSink(lambda *a: None))
     session.start()
     proc = reactor.processes[0]
     master_fd, slave_fd, _ = proc.kw["usePTY"]

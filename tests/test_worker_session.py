@@ -16,7 +16,7 @@ from slave_side.session import (
     WorkerSession,
     resolve_cwd,
 )
-from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
+from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError, WireSink
 
 from .fakes import ProcessReactor
 
@@ -34,7 +34,7 @@ def make(tmp_path, window=4 * MAX_CHUNK, **req):
     closed = []
     request = OpenRequest(worker="w1", pty=False, **req)
     session = WorkerSession(reactor, "w1", request, WorkerOptions(output_window=window, shell="/bin/sh"),
-                            str(tmp_path), lambda *a: reports.append(a), closed.append)
+                            str(tmp_path), WireSink(lambda *a: reports.append(a)), closed.append)
     session.start()
     return session, reactor, reactor.processes[0], reports, closed
 
@@ -172,7 +172,7 @@ def test_pty_session_gets_a_login_shell_with_term_and_size_before_exec(tmp_path)
     reactor = ProcessReactor()
     request = OpenRequest(worker="w1", pty=True, term="xterm", cols=132, rows=43)
     session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
-                            lambda *a: None)
+                            WireSink(lambda *a: None))
     session.start()
     proc = reactor.processes[0]
     master_fd, slave_fd, _ = proc.kw["usePTY"]

@@ -36,14 +36,15 @@ def _hostile_info(self):
     return files
 _base.BotBase.remote_getWorkerInfo = _hostile_info
 _init = _session.WorkerSession.__init__
-def _hostile_init(self, reactor, sid, request, options, basedir, report, **kw):
+def _hostile_init(self, reactor, sid, request, options, basedir, sink, **kw):
     if request.command and 'hostile-exit' in request.command:
-        honest = report
+        honest = sink.send
         def report(method, *args):
             if method == 'exit':
                 args = (None, None, 'worker gone \x1b[2J\x1b[H\x1b]0;PWNED\x07')
             honest(method, *args)
-    _init(self, reactor, sid, request, options, basedir, report, **kw)
+        sink = type(sink)(report)
+    _init(self, reactor, sid, request, options, basedir, sink, **kw)
 _session.WorkerSession.__init__ = _hostile_init
 '''
 HOSTILE_HOST = "\x1b[2J\x1b[Hhost-evil"

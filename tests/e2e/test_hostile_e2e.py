@@ -167,10 +167,10 @@ ROGUE_WORKER = '''
 from slave_side import session as _session
 _flush = _session.WorkerSession._flush
 def _rogue_flush(self):
-    self.report("output", 7, b"no such stream")
-    self.report("output", 1, b"x" * 70000)
+    self.sink.send("output", 7, b"no such stream")
+    self.sink.send("output", 1, b"x" * 70000)
     for _ in range(40):
-        self.report("output", 1, b"y" * 65536)
+        self.sink.send("output", 1, b"y" * 65536)
     _flush(self)
 _session.WorkerSession._flush = _rogue_flush
 '''

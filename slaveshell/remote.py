@@ -1,0 +1,79 @@
+"""The one adapter for calling a remote peer over PB: answer-less calls, dead references, lost connections.
+
+Every hop of a session (master to worker, worker to master, master to operator, operator to master) sends its
+events this way. A PB `callRemote` can fail in three places, and each ends in exactly one of the two callables
+the caller injects, never as an exception in the caller or an unhandled error in the reactor's log:
+
+- synchronously (a `DeadReferenceError` once the broker is gone, a Banana size limit on an argument): turned into
+  a failed Deferred by `maybeDeferred`;
+- the connection is lost before the answer (`PBConnectionLost`), or the reference was dead: ``on_lost()``;
+- the peer raised (a `pb.Error` from its validation, a `RemoteError`): ``on_refused(method, message)``. The
+  message is the peer's text: untrusted, to be shown only through `slaveshell.display.visible`.
+
+Methods in `slaveshell.protocol.NO_ANSWER` are sent with ``pbanswer=False`` (PB sends no answer, so nothing is
+held per call: the flow-control windows bound them instead). Their failures can then only be local (a dead
+reference, an argument over Banana's limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from .protocol import NO_ANSWER
+
+OnLost = Callable[[], None]
+OnRefused = Callable[[str, str], None]
+
+#: Failures meaning the peer can no longer be reached (rather than that it refused one call).
+LOST = (pb.DeadReferenceError, pb.PBConnectionLost)
+
+
+def is_lost(failure: Failure) -> bool:
+    """True when `failure` means the connection to the peer is gone (a dead reference, a lost connection)."""
+    return isinstance(failure.value, LOST)
+
+
+class RemotePeer:
+    """Calls on one `pb.RemoteReference`, with failures routed to `on_lost` or `on_refused`.
+
+    `send` is for events (no answer awaited); `call` is for the few calls whose answer or completion the caller
+    waits for (a last `close` before exiting, `release`). Neither ever raises.
+    """
+
+    def __init__(self, ref: pb.RemoteReference, on_lost: OnLost, on_refused: OnRefused) -> None:
+        self.ref = ref
+        self.on_lost = on_lost
+        self.on_refused = on_refused
+
+    def send(self, method: str, *args: object) -> None:
+        """Call `method` and forget it. Methods in NO_ANSWER go out with ``pbanswer=False``."""
+        kw = {"pbanswer": False} if method in NO_ANSWER else {}
+        d = defer.maybeDeferred(self.ref.callRemote, method, *args, **kw)
+        d.addErrback(self._failed, method)
+
+    __call__ = send
+
+    def call(self, method: str, *args: object) -> defer.Deferred[object]:
+        """Call `method` and return a Deferred of its answer. A synchronous failure (a dead reference) arrives
+        as a failed Deferred, not an exception. The failure is the caller's to handle (`is_lost` tells a lost
+        connection from a refusal); it is not routed to `on_lost`/`on_refused`."""
+        return defer.maybeDeferred(self.ref.callRemote, method, *args)
+
+    def _failed(self, failure: Failure, method: str) -> None:
+        if is_lost(failure):
+            self.on_lost()
+        else:
+            self.on_refused(method, failure.getErrorMessage())
+
+
+def set_nodelay(ref: pb.RemoteReference) -> None:
+    """Turn off Nagle's algorithm on `ref`'s TCP connection (Twisted leaves it on: keystroke echo would wait
+    ~40 ms per hop). A connection that is not TCP (a UNIX socket, an in-memory test pump) is left as it is."""
+    try:
+        ref.broker.transport.setTcpNoDelay(True)
+    except Exception:  # not TCP
+        pass
