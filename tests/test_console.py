@@ -156,8 +156,13 @@ def test_leaving_hangs_up_stopped_sessions():
 
 def test_ctrl_c_while_a_command_waits_for_the_master_stops_that_command_only():
     class Interrupting(FakeBackend):
+        calls = 0
+
         def sessions(self):
-            raise KeyboardInterrupt
+            self.calls += 1
+            if self.calls == 2:  # the first is the console's own refresh at start
+                raise KeyboardInterrupt
+            return super().sessions()
 
     backend = Interrupting()
     out: list[str] = []
