@@ -9,11 +9,12 @@ from __future__ import annotations
 import bisect
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from slaveshell import hidden as hidden_input
 from slaveshell.display import visible
@@ -21,8 +22,10 @@ from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
 from .audit import AuditStore, timestamp, utc
+from .hold import Hold
 from .recorder import SessionRecorder, header_for, session_row
 from .relay import MasterSession
+from .session_model import Viewer
 from .transcripts import recover, transcript_dir, transcript_name
 
 log = Logger()
@@ -32,6 +35,37 @@ ON_RECORD_ERROR = ("end", "continue")
 
 class RecordingError(Exception):
     """The session cannot be recorded; the message is for the operator."""
+
+
+class IndexWriter:
+    """A recording's writes to the audit index (the recorder's `RecordIndex`): hidden-input counts as they
+    change, a transcript that cannot be written, and the session's end."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    def hidden_input(self, session_id: str, counts: dict[str, Any]) -> None:
+        self.store.update_session(session_id, **counts)
+
+    def record_error(self, session_id: str, error: OSError) -> None:
+        self.store.event("record-error", session_id, detail=f"transcript: {error}")
+
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: dict[str, Any]) -> None:
+        status = session.status
+        self.store.update_session(
+            session.id,
+            state="ended",
+            ended=utc(ended),
+            end_reason=session.end_reason,
+            exit_code=status.code if status else None,
+            exit_signal=status.signal if status else None,
+            bytes_in=session.bytes_in,
+            bytes_out=session.bytes_out,
+            transcript_sha256=sha256,
+            **hidden,
+        )
+        self.store.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
+                         detail=session.end_reason, when=ended)
 
 
 class AuditTrail:
@@ -67,6 +101,7 @@ class AuditTrail:
         self.store = AuditStore(self.db_url, reactor)
         self.recorders: dict[str, SessionRecorder] = {}
         self._started = False
+        self._closing: set[defer.Deferred[None]] = set()
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -92,9 +127,23 @@ class AuditTrail:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        # Transcripts still being fsynced and closed: they finish before the trail stops.
+        yield defer.DeferredList(list(self._closing))
         if self._started:
             yield self.store.stop()
             self._started = False
+
+    def _in_thread(self, work: Callable[[], None]) -> None:
+        """Run blocking file work (a transcript's fsync and close) in a thread; an error is logged."""
+        d: defer.Deferred[None] = threads.deferToThread(work)
+        self._closing.add(d)
+
+        def done(result: object) -> None:
+            self._closing.discard(d)
+            if isinstance(result, Failure):
+                log.failure("slaveshell: a transcript could not be synced to disk", result)
+
+        d.addBoth(done)
 
     # -- crash recovery ------------------------------------------------------------------------
 
@@ -121,8 +170,20 @@ class AuditTrail:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def refused(self, who: Identity, worker: str, reason: str) -> None:
-        self.store.event("refused", None, worker, who.user, who.uid, detail=reason)
+    def refused(self, who: Identity, worker: str | None, reason: str, kind: str = "refused") -> None:
+        """A refusal before any session (`kind` "refused"), or a connection dropped by the bounds ("dropped")."""
+        self.store.event(kind, None, worker, who.user, who.uid, detail=reason)
+
+    def viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
+        """A viewer joined, left, attached or detached (kind "join", "leave", "attach", "detach")."""
+        self.store.event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
+
+    def killed(self, session: MasterSession, who: Identity) -> None:
+        self.store.event("kill", session.id, session.worker, who.user, who.uid, "")
+
+    def released(self, hold: Hold, who: Identity) -> None:
+        self.store.event("release", None, hold.worker, who.user, who.uid,
+                         f"build {hold.builder} #{hold.build_number} (id {hold.build_id})")
 
     @defer.inlineCallbacks
     def begin(self, session: MasterSession) -> Any:
@@ -131,9 +192,10 @@ class AuditTrail:
         path = os.path.join(self.directory, transcript_name(session.worker, session.id, session.started))
         encoder = CastEncoder(self.redact, record_input=self.record_input)
         recipients = self.seal_recipients
-        recorder = SessionRecorder(session.id, path, encoder, self.store, session.started,
+        recorder = SessionRecorder(session.id, path, encoder, IndexWriter(self.store), session.started,
                                    clock=self.reactor.seconds,
                                    seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None)
+        recorder.run_blocking = self._in_thread
         problem = None
         try:
             transcript_dir(self.directory)
@@ -173,7 +235,7 @@ class AuditTrail:
             recorder.marker(f"refused: {reason}")
             if recorder.file is not None:
                 try:
-                    recorder.sha256 = recorder.file.close()
+                    recorder.sha256 = recorder.file.close(self._in_thread)
                 except OSError:
                     recorder.file.abandon()
             self.store.update_session(session.id, state="refused", ended=utc(self.reactor.seconds()),

@@ -12,6 +12,7 @@ then finishes with the result it had before the hold.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ log = Logger()
 WHEN = ("failure", "always", "never")
 
 
+class StopReason(enum.Enum):
+    """Why a hold ended."""
+
+    RELEASED = "released"  # by an operator
+    TIMED_OUT = "timed out"
+    STOPPED = "stopped"  # the build was stopped (interrupted): its shells end with it
+
+
 @dataclass
 class Hold:
     """A build held for a shell: where it ran and with what environment."""
@@ -41,24 +50,24 @@ class Hold:
     env: dict[str, str] = field(default_factory=dict)
     released: defer.Deferred[str] = field(default_factory=defer.Deferred)
     # Told why the hold ended (the shell service ends the build's sessions when the build is stopped).
-    listeners: list[Callable[[str], None]] = field(default_factory=list)
+    listeners: list[Callable[[StopReason], None]] = field(default_factory=list)
+    reason: StopReason | None = None
 
-    def release(self, why: str) -> bool:
+    def release(self, why: str, reason: StopReason = StopReason.RELEASED) -> bool:
+        """End the hold; `why` is shown in the build's log, `reason` tells the listeners. False when it had
+        ended already."""
         if self.released.called:
             return False
+        self.reason = reason
         for listener in self.listeners:
             try:
-                listener(why)
+                listener(reason)
             except Exception:
                 log.failure("build {bid}: error telling a listener about the release", bid=self.build_id)
         self.released.callback(why)
         return True
 
 
-# Held builds by build id. The step and the ShellService live in the same master process.
-HOLDS: dict[int, Hold] = {}
-# Operators waiting for a running build to be held (`--build` a little early), by build id.
-WAITING: dict[int, list[defer.Deferred[Hold]]] = {}
 # At most this many waiters at once, over all builds and operators (each holds a timer and a poll).
 MAX_WAITING = 64
 # How often a waiter looks whether its build went on without a hold (finished, stopped, lost its worker).
@@ -89,58 +98,92 @@ def hold_ahead(botmaster: Any, build_id: int) -> bool:
     return False
 
 
-def wait_for_hold(botmaster: Any, build_id: int, timeout: float, reactor: Any) -> defer.Deferred[Hold]:
-    """Fires with the build's Hold once HoldForShell holds it. Fails with NotHeld when the build goes on without
-    one (finished, its HoldForShell step did not hold it, stopped) or after `timeout` seconds. Cancel it when the
-    operator stops waiting: nothing of the wait stays behind."""
-    if build_id in HOLDS:
-        return defer.succeed(HOLDS[build_id])
-    d: defer.Deferred[Hold] = defer.Deferred()
-    WAITING.setdefault(build_id, []).append(d)
+class Holds:
+    """The builds held for a shell (`held`) and the operators waiting for a running build to be held
+    (`waiting`: `--build` a little early), by build id. ShellService owns one; the HoldForShell step finds it
+    through the master (`holds_of`)."""
 
-    def fail(why: str) -> None:
-        if not d.called:
-            d.errback(NotHeld(why))
+    def __init__(self) -> None:
+        self.held: dict[int, Hold] = {}
+        self.waiting: dict[int, list[defer.Deferred[Hold]]] = {}
 
-    def check() -> None:
-        if d.called:
-            return
-        if build_id in HOLDS:
-            d.callback(HOLDS[build_id])
-        elif not hold_ahead(botmaster, build_id):
-            fail(f"build {build_id} went on without being held for a shell (finished, or its HoldForShell step "
-                 "did not hold it)")
+    def get(self, build_id: int | None) -> Hold | None:
+        return self.held.get(build_id) if build_id is not None else None
 
-    poller = task.LoopingCall(check)
-    poller.clock = reactor
-    poller.start(WAIT_POLL, now=False)
-    timer = reactor.callLater(timeout, fail, f"build {build_id} was not held within {timeout:g} s")
+    def waiters(self) -> int:
+        return sum(len(waiters) for waiters in self.waiting.values())
 
-    def done(result: Any) -> Any:
-        if poller.running:
-            poller.stop()
-        if timer.active():
-            timer.cancel()
-        waiters = WAITING.get(build_id, [])
-        if d in waiters:
-            waiters.remove(d)
-        if not waiters:
-            WAITING.pop(build_id, None)
-        return result
+    def add(self, hold: Hold) -> None:
+        self.held[hold.build_id] = hold
+        self.tell_waiters(hold.build_id, hold)
 
-    d.addBoth(done)
-    return d
+    def remove(self, build_id: int) -> None:
+        self.held.pop(build_id, None)
+
+    def wait_for(self, botmaster: Any, build_id: int, timeout: float, reactor: Any) -> defer.Deferred[Hold]:
+        """Fires with the build's Hold once HoldForShell holds it. Fails with NotHeld when the build goes on
+        without one (finished, its HoldForShell step did not hold it, stopped) or after `timeout` seconds. Cancel
+        it when the operator stops waiting: nothing of the wait stays behind."""
+        if build_id in self.held:
+            return defer.succeed(self.held[build_id])
+        d: defer.Deferred[Hold] = defer.Deferred()
+        self.waiting.setdefault(build_id, []).append(d)
+
+        def fail(why: str) -> None:
+            if not d.called:
+                d.errback(NotHeld(why))
+
+        def check() -> None:
+            if d.called:
+                return
+            if build_id in self.held:
+                d.callback(self.held[build_id])
+            elif not hold_ahead(botmaster, build_id):
+                fail(f"build {build_id} went on without being held for a shell (finished, or its HoldForShell "
+                     "step did not hold it)")
+
+        poller = task.LoopingCall(check)
+        poller.clock = reactor
+        poller.start(WAIT_POLL, now=False)
+        timer = reactor.callLater(timeout, fail, f"build {build_id} was not held within {timeout:g} s")
+
+        def done(result: Any) -> Any:
+            if poller.running:
+                poller.stop()
+            if timer.active():
+                timer.cancel()
+            waiters = self.waiting.get(build_id, [])
+            if d in waiters:
+                waiters.remove(d)
+            if not waiters:
+                self.waiting.pop(build_id, None)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def tell_waiters(self, build_id: int, hold: Hold | None) -> None:
+        """The build is held (`hold`), or its HoldForShell step decided not to hold it (None)."""
+        for waiter in self.waiting.pop(build_id, []):
+            if waiter.called:
+                continue
+            if hold is not None:
+                waiter.callback(hold)
+            else:
+                waiter.errback(NotHeld(f"build {build_id} was not held for a shell (its HoldForShell step did "
+                                       "not hold it)"))
 
 
-def _tell_waiters(build_id: int, hold: Hold | None) -> None:
-    for waiter in WAITING.pop(build_id, []):
-        if waiter.called:
-            continue
-        if hold is not None:
-            waiter.callback(hold)
-        else:
-            waiter.errback(NotHeld(f"build {build_id} was not held for a shell (its HoldForShell step did not "
-                                   "hold it)"))
+def holds_of(master: Any) -> Holds:
+    """The Holds of the master's ShellService: Buildbot keeps the services of c['services'] as children of
+    `master.service_manager` (buildbot/util/service.py, BuildbotServiceManager), by name in `namedServices`.
+    Without a ShellService, a Holds of the step's own (nobody can step in then, and the hold times out)."""
+    manager = getattr(master, "service_manager", None)
+    for service in list(getattr(manager, "namedServices", {}).values()):
+        holds = getattr(service, "holds", None)
+        if isinstance(holds, Holds):
+            return holds
+    return Holds()
 
 
 class HoldForShell(buildstep.BuildStep):
@@ -180,7 +223,7 @@ class HoldForShell(buildstep.BuildStep):
     def run(self) -> Any:
         if not self._wanted():
             self.descriptionDone = ["not held"]
-            _tell_waiters(self.build.buildid, None)
+            holds_of(self.master).tell_waiters(self.build.buildid, None)
             return SKIPPED
         build = self.build
         builder = build.builder.name
@@ -188,12 +231,12 @@ class HoldForShell(buildstep.BuildStep):
         workdir = os.path.join(build.builder.config.workerbuilddir, self.workdir or build.workdir)
         hold = Hold(build.buildid, builder, build.number, worker, workdir, self._environment())
         self._hold = hold
-        HOLDS[hold.build_id] = hold
+        holds = holds_of(self.master)
         command = f"buildbot-shell --build {hold.build_id} {worker}"
         self.descriptionDone = [f"held for a shell: {command}"]
         self.description = [f"held for a shell: {command}"]
         self.updateSummary()
-        _tell_waiters(hold.build_id, hold)
+        holds.add(hold)
         stdio = yield self.addLog("hold")
         yield stdio.addStdout(
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
@@ -204,21 +247,22 @@ class HoldForShell(buildstep.BuildStep):
         from twisted.internet import reactor as _reactor
 
         reactor: Any = _reactor
-        timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s")
+        timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s",
+                                  StopReason.TIMED_OUT)
         try:
             why = yield hold.released
         finally:
             if timer.active():
                 timer.cancel()
-            HOLDS.pop(hold.build_id, None)
+            holds.remove(hold.build_id)
         yield stdio.addStdout(f"\nReleased: {why}\n")
         yield stdio.finish()
         self.descriptionDone = [f"held for a shell; released: {why}"]
         log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=visible(why))
-        return CANCELLED if why.startswith("build stopped") else SUCCESS
+        return CANCELLED if hold.reason is StopReason.STOPPED else SUCCESS
 
     def interrupt(self, reason: Any) -> defer.Deferred[None]:
         d = super().interrupt(reason)
         if self._hold is not None:
-            self._hold.release(f"build stopped: {reason}")
+            self._hold.release(f"build stopped: {reason}", StopReason.STOPPED)
         return d

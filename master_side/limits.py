@@ -265,8 +265,9 @@ class ConnectionGate:
 
     # -- viewers -------------------------------------------------------------------------------
 
-    def viewer_refusal(self, who: Identity, broker: pb.Broker, session: Any, sessions: Any) -> str | None:
-        """Why `who` may not add a view of `session` on this connection, or None. `sessions` are the live
+    def viewer_refusal(self, who: Identity, broker: object, session: Any, sessions: Any) -> str | None:
+        """Why `who` may not add a view of `session` on connection `broker` (any object that identifies the
+        operator's connection, as `Viewer.connection` holds it), or None. `sessions` are the live
         sessions (each with `.viewers`, `.owner`, `.live`); a view other than a session's owner counts against
         its operator."""
         bounds = self.bounds

@@ -1,7 +1,8 @@
 """One session as the master sees it: a relay between a worker session and the operators viewing it.
 
-The logic class validates what every peer sends and talks to them through injected callables; the PB adapters
-(`ViewerHandle`, `WorkerSink`) are thin.
+The logic class validates what every peer sends and talks to them through injected callables; it imports
+nothing from twisted.spread: the PB adapters (`ViewerHandle`, `WorkerSink`) are in master_side/session_pb.py,
+and calls to the peers go through slaveshell.remote.RemotePeer (worker_pb.WorkerPeer, operator_pb.PBViewerSink).
 
 Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
 *joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master
@@ -14,22 +15,17 @@ recent output, which every new viewer sees first.
 from __future__ import annotations
 
 import collections
-import enum
-import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
-    NO_ANSWER,
     OUTPUT_WINDOW,
     STREAM_ERR,
     ExitStatus,
@@ -43,10 +39,24 @@ from slaveshell.protocol import (
 )
 
 from .limits import NoticeBudget
+from .session_model import (
+    TRANSITIONS,
+    IllegalTransition,
+    LateEvent,
+    NullRecorder,
+    ReadOnly,
+    Recorder,
+    Role,
+    Send,
+    State,
+    Viewer,
+    new_session_id,
+)
+
+# Role and State are the session's vocabulary too (tests and the service import them from here).
+__all__ = ["MasterSession", "Role", "State", "Viewer", "new_session_id"]
 
 log = Logger()
-
-Send = Callable[..., None]
 
 # A well-behaved peer overshoots its window by at most one read (and, after exit, what the kernel still held).
 # Past this much, it is not overshoot but a peer that ignores flow control.
@@ -55,69 +65,6 @@ WINDOW_TOLERANCE = 4
 VIEWER_BUFFER = 2 * 1024 * 1024
 # Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
 RECENT_BYTES = 64 * 1024
-
-
-class Recorder(Protocol):
-    """What the relay tells the audit trail (master_side.recorder implements it)."""
-
-    def output(self, data: bytes) -> None: ...
-    def input(self, data: bytes, hidden: bool) -> None: ...
-    def resize(self, cols: int, rows: int) -> None: ...
-    def marker(self, text: str) -> None: ...
-    def flush(self) -> None: ...
-    def end(self, session: MasterSession) -> None: ...
-
-
-class NullRecorder:
-    def flush(self) -> None:
-        pass
-
-    def output(self, data: bytes) -> None:
-        pass
-
-    def input(self, data: bytes, hidden: bool) -> None:
-        pass
-
-    def resize(self, cols: int, rows: int) -> None:
-        pass
-
-    def marker(self, text: str) -> None:
-        pass
-
-    def end(self, session: MasterSession) -> None:
-        pass
-
-
-class State(enum.Enum):
-    OPENING = "opening"
-    ATTACHED = "attached"
-    DETACHED = "detached"
-    ENDED = "ended"
-
-
-class Role(enum.Enum):
-    OWNER = "owner"
-    JOIN = "join"
-    WATCH = "watch"
-
-
-def new_session_id() -> str:
-    return secrets.token_hex(6)
-
-
-class Viewer:
-    def __init__(self, identity: Identity, role: Role, send: Send) -> None:
-        self.identity = identity
-        self.role = role
-        self.send = send
-        self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
-        self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
-        self.input_window = CreditWindow(INPUT_WINDOW)
-        # The operator connection (PB broker) this view is on, for the per-connection bounds (master_side.limits).
-        self.connection: object = None
-
-    def __repr__(self) -> str:
-        return f"<Viewer {self.identity.user} {self.role.value}>"
 
 
 class MasterSession:
@@ -164,6 +111,11 @@ class MasterSession:
     def __repr__(self) -> str:
         return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"
 
+    def _enter(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"session {self.id}: {self.state.value} -> {state.value}")
+        self.state = state
+
     @property
     def live(self) -> bool:
         return self.state in (State.ATTACHED, State.DETACHED)
@@ -173,7 +125,7 @@ class MasterSession:
         owner = Viewer(self.identity, Role.OWNER, to_owner)
         self.viewers.append(owner)
         self.owner = owner
-        self.state = State.ATTACHED
+        self._enter(State.ATTACHED)
         return owner
 
     # -- viewers -------------------------------------------------------------------------------
@@ -190,7 +142,7 @@ class MasterSession:
         self.viewers.append(viewer)
         if role is Role.OWNER:
             self.owner = viewer
-            self.state = State.ATTACHED
+            self._enter(State.ATTACHED)
             self.detached_at = None
             self.recorder.marker(f"attach: {identity.user}")
             self.on_event("attach", viewer, "")
@@ -224,7 +176,7 @@ class MasterSession:
         if owner.window.in_flight and self.live:
             self._ack_worker(owner.window.in_flight)
         if self.live:
-            self.state = State.DETACHED
+            self._enter(State.DETACHED)
             self.detached_at = self.clock()
             self.recorder.marker(f"detach: {owner.identity.user} ({why})")
             self.on_event("detach", owner, why)
@@ -234,13 +186,13 @@ class MasterSession:
 
     def _writer(self, viewer: Viewer, what: str) -> None:
         if viewer.role is Role.WATCH:
-            raise ProtocolError(f"watchers cannot {what}: this view is read-only")
+            raise ReadOnly(f"watchers cannot {what}: this view is read-only")
 
     def viewer_input(self, viewer: Viewer, data: object) -> None:
         data = check_bytes(data, "input")
         self._writer(viewer, "type")
         if not self.live or viewer not in self.viewers:
-            return
+            raise LateEvent(f"input for session {self.id} after the view ended")
         if viewer.input_window.in_flight > INPUT_WINDOW * WINDOW_TOLERANCE:
             raise ProtocolError("input sent past the flow-control window")
         viewer.input_window.sent(len(data))
@@ -251,8 +203,9 @@ class MasterSession:
 
     def viewer_eof(self, viewer: Viewer) -> None:
         self._writer(viewer, "send EOF")
-        if self.live:
-            self.to_worker("eof")
+        if not self.live:
+            raise LateEvent(f"EOF for session {self.id} after it ended")
+        self.to_worker("eof")
 
     def viewer_resize(self, viewer: Viewer, cols: object, rows: object) -> None:
         cols, rows = check_size(cols, rows)
@@ -265,9 +218,10 @@ class MasterSession:
     def viewer_signal(self, viewer: Viewer, name: object) -> None:
         check_signal(name)
         self._writer(viewer, "send signals")
-        if self.live:
-            self.recorder.marker(f"signal {name} sent by {viewer.identity.user}")
-            self.to_worker("signal", str(name))
+        if not self.live:
+            raise LateEvent(f"signal for session {self.id} after it ended")
+        self.recorder.marker(f"signal {name} sent by {viewer.identity.user}")
+        self.to_worker("signal", str(name))
 
     def viewer_ack(self, viewer: Viewer, nbytes: object) -> None:
         nbytes = check_int(nbytes, "ack", 0, 2**40)
@@ -312,7 +266,7 @@ class MasterSession:
         stream = check_stream(stream)
         data = check_bytes(data, "output")
         if not self.live:
-            return
+            raise LateEvent(f"output for session {self.id} after it ended")
         if self.output_window.in_flight > OUTPUT_WINDOW * WINDOW_TOLERANCE:
             raise ProtocolError("output sent past the flow-control window")
         self.output_window.sent(len(data))
@@ -401,8 +355,8 @@ class MasterSession:
 
     def end(self, status: ExitStatus) -> None:
         if self.state is State.ENDED:
-            return
-        self.state = State.ENDED
+            return  # ending is idempotent: a close, a stall and the worker's exit may all end it
+        self._enter(State.ENDED)
         self.status = status
         self.recorder.end(self)
         log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
@@ -459,86 +413,3 @@ class MasterSession:
 
 def _nowhere(*args: Any) -> None:
     pass
-
-
-def remote_sender(ref: Any, on_failure: Callable[[Any], None]) -> Send:
-    """Fire-and-forget calls on a remote reference. callRemote can raise synchronously (a dead reference, a
-    string over Banana's limit): both become a failure handed to `on_failure`, never an exception here."""
-
-    def send(method: str, *args: Any) -> None:
-        kw = {"pbanswer": False} if method in NO_ANSWER else {}
-        d = defer.maybeDeferred(ref.callRemote, method, *args, **kw)
-        d.addErrback(on_failure)
-
-    return send
-
-
-class _Guarded(pb.Referenceable):
-    """A peer's bad call becomes a plain pb.Error for that peer and a report to the service, which decides
-    what the session's fate is; it never raises into the broker's connection handling."""
-
-    def __init__(self, session: MasterSession, on_error: Callable[[MasterSession, ProtocolError], None]) -> None:
-        self.session = session
-        self.on_error = on_error
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except ProtocolError as e:
-            self.on_error(self.session, e)
-            raise pb.Error(str(e)) from None
-
-
-class ViewerHandle(_Guarded):
-    """What an operator's client holds for its view of a session."""
-
-    def __init__(self, session: MasterSession, viewer: Viewer,
-                 on_error: Callable[[MasterSession, ProtocolError], None]) -> None:
-        super().__init__(session, on_error)
-        self.viewer = viewer
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(self.viewer, *args)
-        except ProtocolError as e:
-            # A misbehaving owner costs its session; anyone else is refused (a watcher trying to type) or, for
-            # a real protocol error, only loses its own view.
-            if self.viewer is self.session.owner:
-                self.on_error(self.session, e)
-            elif self.viewer.role is not Role.WATCH or "read-only" not in str(e):
-                self.session.remove_viewer(self.viewer, f"protocol error: {e}")
-            raise pb.Error(str(e)) from None
-
-    def remote_input(self, data: object) -> None:
-        self._call(self.session.viewer_input, data)
-
-    def remote_eof(self) -> None:
-        self._call(self.session.viewer_eof)
-
-    def remote_resize(self, cols: object, rows: object) -> None:
-        self._call(self.session.viewer_resize, cols, rows)
-
-    def remote_signal(self, name: object) -> None:
-        self._call(self.session.viewer_signal, name)
-
-    def remote_ack(self, nbytes: object) -> None:
-        self._call(self.session.viewer_ack, nbytes)
-
-    def remote_close(self) -> None:
-        self._call(self.session.viewer_close)
-
-    def remote_detach(self) -> None:
-        self._call(self.session.viewer_detach)
-
-
-class WorkerSink(_Guarded):
-    """What the worker holds for the session: where its output goes."""
-
-    def remote_output(self, stream: object, data: object) -> None:
-        self._call(self.session.worker_output, stream, data)
-
-    def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
-        self._call(self.session.worker_input_ack, nbytes, hidden)
-
-    def remote_exit(self, code: object, signal: object, reason: object) -> None:
-        self._call(self.session.worker_exit, code, signal, reason)

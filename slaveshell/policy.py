@@ -6,14 +6,52 @@ Rules are checked in order; the first rule that matches the operator and the wor
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import grp
 import os
 import pwd
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 RIGHTS = frozenset({"shell", "watch", "join", "kill", "replay"})
+
+
+class Action(enum.Enum):
+    """What an operator asks to do, and the right each needs (`Policy.may`)."""
+
+    SHELL = "shell"  # open a session
+    WATCH = "watch"  # watch a session (its own operator always may)
+    JOIN = "join"  # type into someone else's session, or resume someone else's detached session
+    RESUME = "resume"  # resume a detached session: its own operator with 'shell', anybody else with 'join'
+    KILL = "kill"  # end a session (its own operator always may)
+    RELEASE = "release"  # release a held build: 'shell' on its worker
+    REPLAY = "replay"  # read a session's record and transcript
+
+
+class Operator(Protocol):
+    """Who asks, as far as the policy looks: a name, a uid and groups. `Identity` (a local user from the
+    kernel's credentials) is one; a door with other users (e.g. Buildbot web roles mapped to groups) brings
+    its own."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def groups(self) -> frozenset[str]: ...
+
+
+class SessionView(Protocol):
+    """What the quotas count of a live session: its worker and its operator."""
+
+    @property
+    def worker(self) -> str: ...
+    @property
+    def identity(self) -> Operator: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +106,7 @@ class Rule:
         if not self.users and not self.groups:
             raise ValueError("a rule needs users or groups")
 
-    def matches_identity(self, who: Identity) -> bool:
+    def matches_identity(self, who: Operator) -> bool:
         for user in self.users:
             if user == "*" or user == who.user or user == who.uid or str(user) == str(who.uid):
                 return True
@@ -97,7 +135,31 @@ class Policy:
         uid = os.getuid() if master_uid is None else master_uid
         return cls([Rule(users=tuple(sorted({0, uid})))])
 
-    def check(self, who: Identity, right: str, worker: str) -> Decision:
+    def may(self, who: Operator, action: Action, worker: str, owner: Operator | None = None) -> Decision:
+        """Whether `who` may do `action` on `worker` (on a session of `owner`, when it is about one). An
+        operator may always watch and kill their own sessions; resuming one's own detached session needs
+        'shell', anybody else's 'join'; releasing a held build needs 'shell' on its worker."""
+        mine = owner is not None and owner.uid == who.uid
+        if mine and action in (Action.WATCH, Action.KILL):
+            return Decision(True, "their own session")
+        if action is Action.RESUME:
+            return self.check(who, "shell" if mine else "join", worker)
+        if action is Action.RELEASE:
+            return self.check(who, "shell", worker)
+        return self.check(who, action.value, worker)
+
+    def quota(self, who: Operator, worker: str, live: Iterable[SessionView], per_worker: int | None,
+              per_operator: int | None) -> str | None:
+        """Why one more session for `who` on `worker` would pass the master's quotas (max_sessions_per_worker,
+        max_sessions_per_operator: None for none), given the `live` sessions; None when it would not."""
+        sessions = list(live)
+        if per_worker is not None and sum(1 for s in sessions if s.worker == worker) >= per_worker:
+            return f"worker {worker} already has {per_worker} sessions (the master's limit)"
+        if per_operator is not None and sum(1 for s in sessions if s.identity.uid == who.uid) >= per_operator:
+            return f"{who.user} already has {per_operator} sessions (the master's limit)"
+        return None
+
+    def check(self, who: Operator, right: str, worker: str) -> Decision:
         if right not in RIGHTS:
             raise ValueError(f"unknown right {right!r}")
         for rule in self.rules:

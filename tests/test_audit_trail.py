@@ -76,7 +76,7 @@ def test_transcript_failure_mid_session_ends_it_or_warns(mode):
     s = session()
     to_op, to_w = [], []
     owner = s.start(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
-    service._recording_failed(s, OSError(28, "No space left on device"))
+    service.registry.recording_failed(s, OSError(28, "No space left on device"))
     if mode == "end":
         assert to_w == [("close",)]
         assert to_op[-1][0] == "exit" and "No space left on device" in to_op[-1][3]

@@ -1,4 +1,4 @@
-"""Waiting for a running build to be held (`--build` a little early): master_side.hold.wait_for_hold."""
+"""Waiting for a running build to be held (`--build` a little early): master_side.hold.Holds.wait_for."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from buildbot.process.buildstep import get_factory_from_step_or_factory
 from twisted.internet import defer, task
 
 from master_side import hold as H
-from master_side.hold import HOLDS, WAITING, Hold, HoldForShell, NotHeld, hold_ahead, wait_for_hold
+from master_side.hold import Hold, HoldForShell, Holds, NotHeld, hold_ahead
 
 
 def botmaster(*builds):
@@ -20,11 +20,10 @@ def running_build(build_id, steps):
     return SimpleNamespace(buildid=build_id, finished=False, currentStep=None, steps=list(steps))
 
 
-@pytest.fixture(autouse=True)
-def clean():
-    yield
-    HOLDS.clear()
-    WAITING.clear()
+@pytest.fixture
+def holds():
+    # The service's holds (master_side.hold.Holds): HOLDS and WAITING before they moved off the module.
+    return Holds()
 
 
 def result(d):
@@ -43,37 +42,37 @@ def test_hold_ahead_looks_at_the_steps_still_to_run_and_the_factories_before_the
     assert not hold_ahead(bm, 7)
 
 
-def test_a_waiter_gets_the_hold_once_registered_and_leaves_nothing_behind():
+def test_a_waiter_gets_the_hold_once_registered_and_leaves_nothing_behind(holds):
     clock = task.Clock()
     bm = botmaster(running_build(7, [HoldForShell()]))
-    got = result(wait_for_hold(bm, 7, 600, clock))
-    assert got == [] and len(WAITING[7]) == 1
+    got = result(holds.wait_for(bm, 7, 600, clock))
+    assert got == [] and len(holds.waiting[7]) == 1
     hold = Hold(7, "b", 1, "w1", "b/build")
-    HOLDS[7] = hold
-    H._tell_waiters(7, hold)
-    assert got == [hold] and WAITING == {} and clock.getDelayedCalls() == []
+    holds.held[7] = hold
+    holds.tell_waiters(7, hold)
+    assert got == [hold] and holds.waiting == {} and clock.getDelayedCalls() == []
 
 
-def test_a_build_that_goes_on_without_a_hold_or_takes_too_long_is_refused():
+def test_a_build_that_goes_on_without_a_hold_or_takes_too_long_is_refused(holds):
     clock = task.Clock()
     build = running_build(7, [HoldForShell()])
     bm = botmaster(build)
-    gone = result(wait_for_hold(bm, 7, 600, clock))
-    late = result(wait_for_hold(botmaster(running_build(8, [HoldForShell()])), 8, 5, clock))
+    gone = result(holds.wait_for(bm, 7, 600, clock))
+    late = result(holds.wait_for(botmaster(running_build(8, [HoldForShell()])), 8, 5, clock))
     bm.builders["b"].building.clear()  # finished (or stopped, or its worker lost) without holding
     clock.advance(H.WAIT_POLL)
     assert isinstance(gone[0].value, NotHeld) and "without being held" in str(gone[0].value)
     clock.advance(5)
     assert isinstance(late[0].value, NotHeld) and str(late[0].value) == "build 8 was not held within 5 s"
-    assert WAITING == {} and clock.getDelayedCalls() == []
+    assert holds.waiting == {} and clock.getDelayedCalls() == []
 
 
-def test_cancelling_a_wait_the_operator_gave_up_leaves_nothing_behind():
+def test_cancelling_a_wait_the_operator_gave_up_leaves_nothing_behind(holds):
     clock = task.Clock()
-    d = wait_for_hold(botmaster(running_build(7, [HoldForShell()])), 7, 600, clock)
+    d = holds.wait_for(botmaster(running_build(7, [HoldForShell()])), 7, 600, clock)
     got = result(d)
     d.cancel()
-    assert got[0].check(defer.CancelledError) and WAITING == {} and clock.getDelayedCalls() == []
+    assert got[0].check(defer.CancelledError) and holds.waiting == {} and clock.getDelayedCalls() == []
 
 
 def test_the_clients_waiting_line_is_checked_and_shown_once_without_controls():

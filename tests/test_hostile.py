@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from twisted.spread import pb
 from zope.interface import implementer
 
-from master_side.relay import MasterSession, Role, ViewerHandle, WorkerSink
+from master_side.relay import MasterSession, Role
+from master_side.session_pb import ViewerHandle, WorkerSink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.policy import Identity
@@ -106,7 +107,8 @@ def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
     """Every root method (open, attach, kill, history, transcript, search, release, ...) with garbage, with
     and without a real sink among the arguments."""
     from master_side.audit_trail import AuditTrail
-    from master_side.service import OperatorRoot, ShellService
+    from master_side.operator_pb import OperatorRoot
+    from master_side.service import ShellService
 
     class Workers:
         registrations: dict = {}

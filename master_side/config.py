@@ -1,0 +1,144 @@
+"""`ShellConfig`: the options of `ShellService(...)` in master.cfg, as one frozen object validated once.
+
+Buildbot calls a service's `checkConfig` when master.cfg is loaded and `reconfigService` when it is applied, both
+with the same arguments (buildbot/util/service.py, `BuildbotService`): both build a `ShellConfig` from them.
+"""
+
+from __future__ import annotations
+
+import grp
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slaveshell import hidden as hidden_input
+from slaveshell.policy import Policy, Rule
+
+from .audit_trail import ON_RECORD_ERROR
+from .limits import Bounds
+
+DEFAULT_SOCKET = "shell.sock"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Session time limits (seconds, None for none) and session quotas (counts, None for none)."""
+
+    detach_grace: float | None = 300.0
+    idle_timeout: float | None = None
+    max_duration: float | None = None
+    per_worker: int | None = None
+    per_operator: int | None = None
+    stall_timeout: float | None = 60.0
+    close_deadline: float | None = 10.0
+
+
+def make_policy(policy: Policy | Iterable[Rule | dict[str, Any]] | None) -> Policy:
+    """The policy from master.cfg's `policy=`: None for the default, a Policy, or rules (Rule or dicts of
+    Rule's fields). Raises TypeError or ValueError on a bad rule."""
+    if policy is None:
+        return Policy.default()
+    if isinstance(policy, Policy):
+        return policy
+    return Policy(rule if isinstance(rule, Rule) else Rule(**rule) for rule in policy)
+
+
+def group_id(group: str | int) -> int:
+    """The gid of a group given by name or number; KeyError when there is no such group."""
+    return group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+
+
+@dataclass(frozen=True)
+class ShellConfig:
+    """Every `ShellService` option, with its default. Times are seconds, buffers bytes."""
+
+    socket: str = DEFAULT_SOCKET
+    group: str | int | None = None
+    policy: Any = None
+    transcripts: str = "transcripts"
+    db_url: str | None = None
+    record_input: bool = True
+    redact: Sequence[str] = ()
+    require_recording: bool = True
+    on_record_error: str = "end"
+    seal_to: str | Sequence[str] | None = None
+    detach_grace: float | None = 300.0
+    idle_timeout: float | None = None
+    max_duration: float | None = None
+    max_sessions_per_worker: int | None = None
+    max_sessions_per_operator: int | None = None
+    stall_timeout: float | None = 60.0
+    close_deadline: float | None = 10.0
+    max_connections_per_uid: int = Bounds.connections_per_uid
+    max_connections: int = Bounds.connections
+    max_viewers_per_session: int = Bounds.viewers_per_session
+    max_viewers_per_operator: int = Bounds.viewers_per_operator
+    max_connection_buffer: int = Bounds.connection_buffer
+    max_buffered_total: int = Bounds.buffered_total
+    write_stall_timeout: float | None = Bounds.write_stall
+    max_calls_in_progress: int = Bounds.calls_in_progress
+    name: str = "slaveshell"
+
+    def errors(self) -> list[str]:
+        """What is wrong with these options, one sentence each (empty when they are good)."""
+        return self._number_errors() + self._recording_errors() + self._access_errors()
+
+    def _number_errors(self) -> list[str]:
+        out = []
+        for what in ("detach_grace", "idle_timeout", "max_duration", "max_sessions_per_worker",
+                     "max_sessions_per_operator", "stall_timeout", "close_deadline", "write_stall_timeout"):
+            value = getattr(self, what)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                out.append(f"{what} must be a non-negative number or None")
+        # Resource bounds (master_side.limits): always on, whole numbers of at least 1.
+        for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
+                     "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
+                     "max_calls_in_progress"):
+            value = getattr(self, what)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                out.append(f"{what} must be a whole number of at least 1")
+        return out
+
+    def _recording_errors(self) -> list[str]:
+        out = []
+        if self.on_record_error not in ON_RECORD_ERROR:
+            out.append(f"on_record_error must be one of {ON_RECORD_ERROR}")
+        for pattern in self.redact:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as e:
+                out.append(f"bad redact pattern {pattern!r}: {e}")
+        if self.seal_to is not None:
+            try:
+                hidden_input.load_recipients(self.seal_to)
+            except ValueError as e:
+                out.append(str(e))
+        return out
+
+    def _access_errors(self) -> list[str]:
+        out = []
+        if not isinstance(self.socket, str) or not self.socket:
+            out.append("socket must be a path (relative to the master's basedir)")
+        if self.group is not None:
+            try:
+                group_id(self.group)
+            except KeyError:
+                out.append(f"no such group {self.group!r}")
+        try:
+            make_policy(self.policy)
+        except (TypeError, ValueError) as e:
+            out.append(f"bad policy: {e}")
+        return out
+
+    def rules(self) -> Policy:
+        return make_policy(self.policy)
+
+    def limits(self) -> Limits:
+        return Limits(self.detach_grace, self.idle_timeout, self.max_duration, self.max_sessions_per_worker,
+                      self.max_sessions_per_operator, self.stall_timeout, self.close_deadline)
+
+    def bounds(self) -> Bounds:
+        return Bounds(self.max_connections_per_uid, self.max_connections, self.max_viewers_per_session,
+                      self.max_viewers_per_operator, self.max_connection_buffer, self.max_buffered_total,
+                      self.write_stall_timeout, self.max_calls_in_progress)

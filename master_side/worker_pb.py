@@ -1,0 +1,137 @@
+"""The master's PB calls to a worker: opening a session on it (`open_on_worker`), and the worker's session
+reference as a peer (`WorkerPeer`: answer-less calls, heartbeats, disconnection). Every reply is checked
+here; nothing from a worker's failure crosses to the operator but a plain message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from slaveshell.protocol import WORKER_OPEN_METHOD, OpenRequest, ProtocolError
+from slaveshell.remote import RemotePeer, is_lost, set_nodelay
+
+from .relay import MasterSession
+from .session_pb import WorkerSink
+
+Undo = Callable[[], None]
+
+
+def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo:
+    """Call `callback()` when `ref`'s connection is lost; the returned function undoes that."""
+
+    def fire(_ref: object) -> None:
+        callback()
+
+    ref.notifyOnDisconnect(fire)
+
+    def undo() -> None:
+        # A reference whose broker is already gone has no callback list left (AttributeError in Twisted).
+        try:
+            ref.dontNotifyOnDisconnect(fire)
+        except (ValueError, AttributeError):
+            pass
+
+    return undo
+
+
+class WorkerPeer:
+    """A worker's session, seen from the master: `send(method, *args)` without answers, `ping()`, and
+    `on_disconnect(callback)`. A refused call is logged by `refused(message)`; a lost connection calls `lost()`."""
+
+    def __init__(self, ref: pb.RemoteReference, lost: Callable[[], None], refused: Callable[[str], None]) -> None:
+        self.ref = ref
+        self.send = RemotePeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message)).send
+
+    def ping(self) -> defer.Deferred[bool]:
+        """Fires True on any answer (even an error from a worker without remote_ping shows it is alive),
+        False when the connection is gone."""
+
+        def answered(result: object) -> bool:
+            return not (isinstance(result, Failure) and is_lost(result))
+
+        return defer.maybeDeferred(self.ref.callRemote, "ping").addBoth(answered)
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        return on_disconnect(self.ref, callback)
+
+
+@dataclass(frozen=True)
+class OpenReply:
+    """The worker's answer to an open: its session reference, or a message for the operator."""
+
+    ref: pb.RemoteReference | None
+    error: str = ""
+
+
+@defer.inlineCallbacks
+def open_on_worker(conn: Any, session: MasterSession, request: OpenRequest, timeout: float,
+                   on_peer_error: Callable[[MasterSession, ProtocolError], None]) -> Any:
+    """Ask the worker behind `conn` (buildbot.worker.protocols.pb.Connection) to start `request`'s session,
+    its output going to `session`. Fires an OpenReply; never fails."""
+    worker_sink = WorkerSink(session, on_peer_error)
+    set_nodelay(conn.mind)
+    to_worker = replace(request, pause=False, builder=None, build=None)
+    try:
+        reply = yield _answer_within(
+            defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, to_worker.to_wire()),
+            timeout, _close_late_session)
+    except defer.TimeoutError:
+        reply = {"ok": False, "error": f"did not answer within {timeout:g} s"}
+    except Exception as e:
+        # Never forward a remote failure across the second hop: translate it to a plain message.
+        reply = {"ok": False, "error": _describe_failure(e)}
+    worker_ref = reply.get("session") if isinstance(reply, dict) else None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
+            reply["ok"] and not isinstance(worker_ref, pb.RemoteReference)):
+        reply = {"ok": False, "error": "sent a malformed reply"}
+    if not reply["ok"]:
+        error = reply.get("error")
+        return OpenReply(None, f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
+    return OpenReply(worker_ref)
+
+
+def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Callable[[object], None]) -> defer.Deferred[Any]:
+    """`d`'s result, or TimeoutError after `seconds`. A PB call's Deferred must not be cancelled (its late
+    answer would then hit an already-fired Deferred inside the broker), so the race happens on a second
+    Deferred and a late answer goes to `on_late`."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    out: defer.Deferred[Any] = defer.Deferred()
+    timer = reactor.callLater(seconds, lambda: out.errback(defer.TimeoutError(f"no answer in {seconds} s")))
+
+    def settle(result: object) -> None:
+        if out.called:
+            if not isinstance(result, Failure):
+                on_late(result)
+            return None
+        timer.cancel()
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(result)
+        return None
+
+    d.addBoth(settle)
+    return out
+
+
+def _close_late_session(reply: object) -> None:
+    """A session the worker started for nobody: end it there."""
+    if isinstance(reply, dict) and isinstance(reply.get("session"), pb.RemoteReference):
+        defer.maybeDeferred(reply["session"].callRemote, "close").addErrback(lambda f: None)
+
+
+def _describe_failure(error: Exception) -> str:
+    if isinstance(error, pb.RemoteError) and "NoSuchMethod" in str(getattr(error, "remoteType", "")):
+        return "has not enabled slaveshell"
+    if isinstance(error, (pb.DeadReferenceError, pb.PBConnectionLost)):
+        return "the connection was lost while opening the session"
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0][:300]

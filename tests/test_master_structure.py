@@ -1,0 +1,145 @@
+"""The master side's structure (issue 12): the session's transition table, the one authorization question
+(`Policy.may`), the config object, the operator API's error convention, and the relay's independence from
+PB."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from master_side.config import ShellConfig
+from master_side.hold import Hold, Holds, StopReason
+from master_side.operator_api import ErrorKind, OperatorAPI, OperatorError
+from master_side.relay import MasterSession
+from master_side.session_model import TRANSITIONS, IllegalTransition, State
+from slaveshell.policy import Action, Identity, Policy, Rule
+from slaveshell.protocol import OpenRequest
+
+ALICE = Identity(1000, 1000, 1, "alice", frozenset())
+BOB = Identity(1001, 1001, 2, "bob", frozenset({"ops"}))
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_a_session_moves_only_along_its_transition_table():
+    s = MasterSession(OpenRequest(worker="w1"), ALICE, lambda _s: None)
+    assert s.state is State.OPENING
+    owner = s.start(lambda *a: None, lambda *a: None)
+    s.remove_viewer(owner, "gone")
+    assert s.state is State.DETACHED and State.DETACHED in TRANSITIONS[State.ATTACHED]
+    s.abort("lost")
+    assert s.state is State.ENDED and not TRANSITIONS[State.ENDED]
+    s.abort("again")  # ending twice is not a transition: the first end stands
+    assert s.status is not None and s.status.reason == "lost"
+    with pytest.raises(IllegalTransition):
+        s.start(lambda *a: None, lambda *a: None)
+
+
+def test_may_gives_operators_their_own_sessions_and_asks_the_rules_for_the_rest():
+    policy = Policy([Rule(users=("bob",), rights=("join",)), Rule(groups=("nobody",), rights=("shell",))])
+    # Bob has only 'join': he may watch and kill his own sessions, not Alice's.
+    assert policy.may(BOB, Action.WATCH, "w1", owner=BOB).allowed
+    assert policy.may(BOB, Action.KILL, "w1", owner=BOB).allowed
+    assert not policy.may(BOB, Action.KILL, "w1", owner=ALICE).allowed
+    assert not policy.may(BOB, Action.WATCH, "w1", owner=ALICE).allowed
+    # Resuming: one's own needs 'shell', anybody else's 'join'; releasing a build needs 'shell'.
+    assert not policy.may(BOB, Action.RESUME, "w1", owner=BOB).allowed
+    assert policy.may(BOB, Action.RESUME, "w1", owner=ALICE).allowed
+    assert not policy.may(BOB, Action.RELEASE, "w1").allowed
+    assert "bob (uid 1001) may not shell on worker w1" in policy.may(BOB, Action.SHELL, "w1").reason
+
+
+def test_quotas_count_live_sessions_per_worker_and_per_operator():
+    policy = Policy.default()
+    live = [MasterSession(OpenRequest(worker="w1"), ALICE, lambda _s: None) for _ in range(2)]
+    assert policy.quota(ALICE, "w2", live, per_worker=2, per_operator=None) is None
+    assert policy.quota(BOB, "w1", live, per_worker=2, per_operator=None) == \
+        "worker w1 already has 2 sessions (the master's limit)"
+    assert policy.quota(ALICE, "w2", live, per_worker=None, per_operator=2) == \
+        "alice already has 2 sessions (the master's limit)"
+
+
+def test_the_config_is_one_object_checked_once():
+    assert ShellConfig().errors() == []
+    errors = ShellConfig(max_connections=0, idle_timeout=-1, on_record_error="maybe").errors()
+    assert "max_connections must be a whole number of at least 1" in errors
+    assert "idle_timeout must be a non-negative number or None" in errors
+    assert any(e.startswith("on_record_error must be one of") for e in errors)
+    options = ShellConfig(max_sessions_per_worker=3, max_viewers_per_session=5)
+    assert options.limits().per_worker == 3 and options.bounds().viewers_per_session == 5
+
+
+def test_a_hold_tells_its_listeners_why_it_ended_by_an_enum():
+    hold = Hold(1, "b", 1, "w1", "build")
+    heard: list[StopReason] = []
+    hold.listeners.append(heard.append)
+    assert hold.release("build stopped: by a user", StopReason.STOPPED)
+    assert not hold.release("released by alice")
+    assert heard == [StopReason.STOPPED] and hold.reason is StopReason.STOPPED
+
+
+def test_the_operator_api_refuses_with_one_error_type():
+    class Registry:
+        limits = None
+
+        def get(self, session_id):
+            return None
+
+    api = OperatorAPI(Registry(), None, None, lambda: None, lambda: None, Holds())  # type: ignore[arg-type]
+    with pytest.raises(OperatorError) as e:
+        api.kill(ALICE, 42)
+    assert e.value.kind is ErrorKind.BAD_REQUEST and str(e.value) == "kill needs a session id"
+    with pytest.raises(OperatorError) as e:
+        api.kill(ALICE, "abc")
+    assert e.value.kind is ErrorKind.NOT_FOUND and str(e.value) == "no live session abc"
+    with pytest.raises(OperatorError) as e:
+        api.release(ALICE, 999)
+    assert e.value.kind is ErrorKind.NOT_FOUND and str(e.value) == "build 999 is not held"
+
+
+@pytest.mark.parametrize("module", ["relay.py", "operator_api.py", "registry.py"])
+def test_the_session_logic_imports_nothing_from_pb(module):
+    tree = ast.parse((ROOT / "master_side" / module).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(name.startswith("twisted.spread") for name in imported)
+    assert not any("twisted.spread" in line for line in (ROOT / "master_side" / module).read_text().splitlines()
+                   if line.startswith(("from", "import")))
+
+
+def test_no_master_module_is_over_400_lines():
+    for path in (ROOT / "master_side").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 420, path.name
+
+
+def test_a_late_event_is_told_apart_and_dropped_by_the_adapter_without_blame():
+    from master_side.session_model import LateEvent
+    from master_side.session_pb import ViewerHandle, WorkerSink
+
+    errors: list[object] = []
+    s = MasterSession(OpenRequest(worker="w1"), ALICE, lambda _s: None)
+    owner = s.start(lambda *a: None, lambda *a: None)
+    s.abort("worker lost")
+    with pytest.raises(LateEvent):
+        s.worker_output(1, b"late")
+    # Through the PB adapters: no error for the peer, no protocol error reported for the session.
+    assert WorkerSink(s, lambda *a: errors.append(a)).remote_output(1, b"late") is None
+    assert ViewerHandle(s, owner, lambda *a: errors.append(a)).remote_input(b"late") is None
+    assert errors == [] and s.state is State.ENDED
+
+
+def test_a_transcripts_fsync_and_close_can_run_off_the_reactor_thread(tmp_path):
+    import hashlib
+
+    from master_side.transcripts import TranscriptFile
+
+    f = TranscriptFile(str(tmp_path / "t.cast"))
+    f.add(['{"version": 2}', '[0.1, "o", "hi"]'])
+    later: list = []
+    sha = f.close(later.append)
+    # Written (os.write) and hashed at once; the fsync and the close wait for whoever runs them.
+    data = (tmp_path / "t.cast").read_bytes()
+    assert sha == hashlib.sha256(data).hexdigest() and f.closed and len(later) == 1
+    later[0]()
+    assert (tmp_path / "t.cast").read_bytes() == data
