@@ -70,6 +70,8 @@ class Hold:
 
 # At most this many waiters at once, over all builds and operators (each holds a timer and a poll).
 MAX_WAITING = 64
+# ... and at most this many for one operator, so one operator cannot take every place.
+MAX_WAITING_PER_OPERATOR = 8
 # How often a waiter looks whether its build went on without a hold (finished, stopped, lost its worker).
 WAIT_POLL = 0.5
 
@@ -78,8 +80,9 @@ class NotHeld(Exception):
     """The build will not be held for a shell; the message is for the operator."""
 
 
-def hold_ahead(botmaster: Any, build_id: int) -> bool:
-    """Whether build `build_id` is running on this master with a HoldForShell step still to run (or starting).
+def hold_ahead(botmaster: Any, build_id: int, worker: str | None = None) -> bool:
+    """Whether build `build_id` is running on this master (on `worker`, when given) with a HoldForShell step still
+    to run (or starting).
     Looks at the botmaster's builders' `building` lists and each Build's `steps` (the steps still to run, made
     by `Build.setupBuild`), `stepFactories` before that, and `currentStep` (buildbot/process/build.py)."""
     for builder in list(getattr(botmaster, "builders", {}).values()):
@@ -88,6 +91,8 @@ def hold_ahead(botmaster: Any, build_id: int) -> bool:
                 continue
             if getattr(build, "finished", False):
                 return False
+            if worker is not None and _worker_of(build) != worker:
+                return False  # refused at once, as a build held elsewhere is: nothing to learn by waiting
             current = getattr(build, "currentStep", None)
             if isinstance(current, HoldForShell) and current.results is None:
                 return True
@@ -96,6 +101,14 @@ def hold_ahead(botmaster: Any, build_id: int) -> bool:
             return any(isinstance(f, type) and issubclass(f, HoldForShell) for f in
                        (getattr(f, "step_class", type(f)) for f in getattr(build, "stepFactories", ())))
     return False
+
+
+def _worker_of(build: Any) -> str | None:
+    try:
+        name = build.getWorkerName()
+    except Exception:  # no worker yet (still being set up): not ours to wait for
+        return None
+    return name if isinstance(name, str) else None
 
 
 class Holds:

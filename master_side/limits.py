@@ -102,6 +102,10 @@ class RefusalAudit:
                 del self._left_out[key]
                 self._emit(key, who, key[1], f"{count} more: {reason}" if count > 1 else reason, worker,
                            count_left_out=False)
+        # Forget the times of refusals past their interval: the table stays as small as the recent refusals.
+        for key, last in list(self._last.items()):
+            if now - last >= self.interval and key not in self._left_out:
+                del self._last[key]
 
     def _emit(self, key: tuple[int, str, str], who: Identity, kind: str, reason: str, worker: str | None,
               count_left_out: bool = True) -> None:

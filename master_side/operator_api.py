@@ -27,7 +27,7 @@ from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
 from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
-from .hold import MAX_WAITING, Hold, Holds, NotHeld, hold_ahead
+from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from .registry import SessionRegistry
 from .relay import MasterSession
 from .session_model import Role, Viewer, new_session_id
@@ -95,6 +95,7 @@ class OperatorAPI:
         self.open_timeout = 30.0
         # How long `--build ID` waits for a running build to reach its HoldForShell step.
         self.hold_wait = 600.0
+        self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
 
     @property
     def trail(self) -> AuditTrail:
@@ -140,7 +141,14 @@ class OperatorAPI:
     # -- open --------------------------------------------------------------------------------------
 
     def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
-        self.trail.refused(who, worker, message)
+        """The operator gets `message` every time; the audit index and the log get it at most once per uid and
+        kind of refusal per interval, with a count of the others (limits.RefusalAudit): a user with no rights
+        cannot flood the index, the log, or the write queue that holds real sessions' rows while the database
+        is away."""
+        if self.gate is not None:
+            self.gate.audit(who, "refused", message, worker)
+        else:
+            self.trail.refused(who, worker, message)
         return OperatorError(kind, message)
 
     @defer.inlineCallbacks
@@ -150,6 +158,9 @@ class OperatorAPI:
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
         conn, request = yield self._admit(who, replace(request, operator=who.user), sink)
+        if sink.gone:
+            # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
+            raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
         session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
                                 clock=self.registry.clock)
         hold = self.holds.get(request.build)
@@ -182,8 +193,11 @@ class OperatorAPI:
         log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=visible(who),
                  what="a command" if request.command else "a login shell", worker=visible(request.worker))
         if sink.gone:
-            # The operator left while the worker was starting the session: it starts detached.
+            # The operator left while the worker was starting the session. A login shell starts detached, to be
+            # resumed; a command ends (its operator was interrupted, or is gone: nobody waits for its output).
             session.remove_viewer(owner, "connection lost")
+            if not request.pty:
+                session.close("the operator left before the session opened")
             return None
         self._bind(session, owner, sink)
         if recorder is None:
@@ -197,13 +211,11 @@ class OperatorAPI:
         as a refusal)."""
         decision = self.policy.may(who, Action.SHELL, request.worker)
         if not decision.allowed:
-            log.info("slaveshell: denied {who} a shell on {worker}: {why}", who=visible(who),
-                     worker=visible(request.worker), why=visible(decision.reason))
             raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
             conn = self.glue.route(request.worker)
             if request.build is not None and request.build not in self.holds.held:
-                if not (yield self._wait_for_hold(request.build, sink)):
+                if not (yield self._wait_for_hold(who, request.worker, request.build, sink)):
                     raise OperatorError(ErrorKind.STOPPED, "stopped waiting for the build to be held")
                 conn = self.glue.route(request.worker)
             request = self.glue.workdir_for(request, self.holds.held)
@@ -227,7 +239,7 @@ class OperatorAPI:
         self.registry.hook(session, sink.on_disconnect(lambda: session.viewer_lost(viewer)))
 
     @defer.inlineCallbacks
-    def _wait_for_hold(self, build_id: int, sink: ViewerSink) -> Any:
+    def _wait_for_hold(self, who: Identity, worker: str, build_id: int, sink: ViewerSink) -> Any:
         """`--build` on a running build whose HoldForShell step is still ahead: tell the operator, then wait for
         the hold, up to `hold_wait` s. True once held (or when there is nothing to wait for:
         `BuildbotGlue.workdir_for` refuses a hold-less or finished build at once); False when the operator left
@@ -235,11 +247,15 @@ class OperatorAPI:
         from twisted.internet import reactor
 
         botmaster = self._botmaster()
-        if not hold_ahead(botmaster, build_id):
+        if not hold_ahead(botmaster, build_id, worker):
             return True
         if self.holds.waiters() >= MAX_WAITING:
             raise RouteError(f"build {build_id} is not held yet, and {MAX_WAITING} operators already wait for "
                              "builds to be held (the master's limit): try again once it is held")
+        if self._waiting_by_uid.get(who.uid, 0) >= MAX_WAITING_PER_OPERATOR:
+            raise RouteError(f"build {build_id} is not held yet, and {who.user} already waits for "
+                             f"{MAX_WAITING_PER_OPERATOR} builds (the master's limit per operator)")
+        self._waiting_by_uid[who.uid] = self._waiting_by_uid.get(who.uid, 0) + 1
         sink.waiting(f"build {build_id} is still running; waiting for it to be held (Ctrl-C stops waiting)")
         waited: defer.Deferred[Hold] = self.holds.wait_for(botmaster, build_id, self.hold_wait, reactor)
         undo = sink.on_disconnect(waited.cancel)
@@ -251,6 +267,9 @@ class OperatorAPI:
             raise RouteError(str(e)) from None
         finally:
             undo()
+            left = self._waiting_by_uid.pop(who.uid, 1) - 1
+            if left:
+                self._waiting_by_uid[who.uid] = left
         return not sink.gone
 
     # -- attach ------------------------------------------------------------------------------------
@@ -271,11 +290,13 @@ class OperatorAPI:
             role, action = Role.JOIN, Action.JOIN
         decision = self.policy.may(who, action, session.worker, owner=session.identity)
         if not decision.allowed:
-            self.trail.refused(who, session.worker, f"permission denied ({mode} {session_id}): {decision.reason}")
+            # Rate-limited like every refusal; the key is the text before the first colon, so no session id there.
+            self.gate.audit(who, "refused", f"permission denied: {mode} {session_id}: {decision.reason}",
+                            session.worker)
             raise OperatorError(ErrorKind.DENIED, f"permission denied: {decision.reason}")
         too_many = self.gate.viewer_refusal(who, sink.connection, session, self.registry.live())
         if too_many:
-            self.gate.audit(who, "refused", f"view refused ({mode} {session_id}): {too_many}", session.worker)
+            self.gate.audit(who, "refused", f"view refused: {mode} {session_id}: {too_many}", session.worker)
             raise OperatorError(ErrorKind.LIMIT, too_many)
         try:
             viewer = session.add_viewer(who, role, sink.send)
