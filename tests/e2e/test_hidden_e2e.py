@@ -67,8 +67,11 @@ def assert_nothing_of(secret: str, blob: str) -> None:
 
 
 def assert_not_in_transcript(secret: str, path: str) -> None:
-    """Neither in the file as it is, nor in what was typed taken together (one keystroke per event)."""
-    assert_nothing_of(secret, open(path, encoding="utf-8").read())
+    """Neither in the file as it is, nor in what was typed taken together (one keystroke per event). Sealed
+    events (`is`, an armored age file) are left out: their base64 holds any 3 characters now and then."""
+    lines = open(path, encoding="utf-8").read().splitlines()
+    assert_nothing_of(secret, "\n".join(line for line in lines if not line.startswith("[") or
+                                        json.loads(line)[1] != "is"))
     assert_nothing_of(secret, "".join(e[2] for e in events(path) if e[1] == "i"))
 
 
