@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 # A span of hidden input with no new keystroke for this long is ended (and marked) before the next event, or
-# at the next tick of the audit trail.
+# at the service's next one-second tick (SessionRegistry.tick).
 SPAN_IDLE = 1.0
 
 Seal = Callable[[bytes], str]
