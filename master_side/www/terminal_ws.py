@@ -82,7 +82,7 @@ class WebViewerSink:
             self.protocol.send_json({"type": "exit", "code": code, "signal": signal, "reason": reason})
         # A page that does not read is dropped (its session detaches, as for a lost connection).
         if buffered_bytes(self.protocol.transport) > MAX_BUFFERED:
-            self.protocol.dropTransport()  # type: ignore[no-untyped-call]
+            self.protocol.dropConnection(abort=True)
 
     def waiting(self, text: str) -> None:
         self.protocol.send_json({"type": "waiting", "text": text})
@@ -265,7 +265,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
 
 class TerminalFactory(WebSocketServerFactory):
-    protocol = TerminalProtocol
+    protocol = TerminalProtocol  # type: ignore[assignment]
 
     def __init__(self, master: Any) -> None:
         super().__init__()
