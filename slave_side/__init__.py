@@ -9,6 +9,7 @@ Only this import happens on the worker: no SQLAlchemy, no prompt_toolkit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
@@ -72,10 +73,16 @@ def uninstall() -> None:
         delattr(BotPb, "remote_" + WORKER_OPEN_METHOD)
 
 
-def _remote_open(bot: object, sink: object, params: object) -> dict[str, object]:
+class _Bot(Protocol):
+    """buildbot_worker's Bot (BotPb), as far as opening a session needs it."""
+
+    basedir: str
+
+
+def _remote_open(bot: _Bot, sink: object, params: object) -> dict[str, object]:
     if _server is None:
         return {"ok": False, "error": "shell sessions are disabled on this worker"}
-    return _server.open(str(getattr(bot, "basedir", "")), sink, params)
+    return _server.open(str(bot.basedir), sink, params)
 
 
 def _not_a_build_command() -> type:
