@@ -132,7 +132,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         try:
             access.check_origin(headers.get("origin"), self.master.config.buildbotURL)
         except access.Refused as e:
-            self._audit(None, f"web shell refused: {e}")
+            self._audit(None, f"web origin refused: {e}")
             raise ConnectionDeny(403, "Forbidden") from None
         if self.refusal is None:
             try:
@@ -146,7 +146,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         if self.refusal is not None:
-            self._audit(None, f"web shell refused: {self.refusal}")
+            self._audit(None, f"web login refused: {self.refusal}")
             self.refuse(self.refusal)
 
     def send_json(self, message: dict[str, Any]) -> None:
@@ -158,13 +158,15 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.sendClose(code=1000)
 
     def _audit(self, worker: str | None, reason: str) -> None:
+        """A refusal in the audit index under the web user's name (``web:anonymous`` without a login), at most
+        one per user and kind of refusal per interval (master_side.limits.RefusalAudit)."""
         service = shell_service(self.master)
         who = self.identity
         if who is None:
             name = self.info.get("username") if not self.info.get("anonymous") else None
             who = WebIdentity.from_web(name if isinstance(name, str) and name else "anonymous", ())
-        if service is not None and service.trail is not None:
-            service.trail.refused(who, worker, reason)
+        if service is not None:
+            service.gate.audit(who, "refused", reason, worker)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
@@ -245,7 +247,7 @@ class TerminalProtocol(WebSocketServerProtocol):
     def _not_opened(self, failure: Any, worker: str) -> None:
         if failure.check(access.Refused):
             # Refused by Buildbot's authz: audited here; the API audits its own refusals.
-            self._audit(worker, f"web shell refused: {failure.value}")
+            self._audit(worker, f"web authz refused: {failure.value}")
             self.refuse(str(failure.value))
         elif failure.check(OperatorError):
             self.refuse(failure.value.message)
@@ -259,6 +261,13 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.closed = True
         if self.counted and self.identity is not None:
             self.factory.release(self.identity)
+        # The page cannot reattach yet (nor can anybody else resume a web user's session): leaving the page
+        # ends its session, as `~.` does, rather than leaving it detached.
+        if self.handle is not None and self.handle.viewer is self.handle.session.owner:
+            try:
+                self.handle.remote_close()
+            except pb.Error:
+                pass  # the relay has dealt with it
         callbacks, self.lost_callbacks = self.lost_callbacks, []
         for callback in callbacks:
             callback()

@@ -180,6 +180,13 @@ def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site:
     # Recorded as a web user.
     opened = [e for e in events(site, "web:alice") if e[0] == "open"]
     assert opened and all(uid == -1 for _, uid, _ in opened)
+    # Leaving the page ends its session (the page cannot reattach yet).
+    page.reload()
+    wait_status(page, "^connected$")
+    run(page, "echo $((3*5))-left", "15-left")
+    ends = len([e for e in events(site, "web:alice") if e[0] == "end"])
+    page.close()
+    wait_for(lambda: len([e for e in events(site, "web:alice") if e[0] == "end"]) > ends, "the session to end")
     context.close()
 
 
