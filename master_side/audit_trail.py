@@ -9,11 +9,12 @@ from __future__ import annotations
 import bisect
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from slaveshell import hidden as hidden_input
 from slaveshell.display import visible
@@ -69,6 +70,7 @@ class AuditTrail:
         self.store = AuditStore(self.db_url, reactor)
         self.recorders: dict[str, SessionRecorder] = {}
         self._started = False
+        self._closing: set[defer.Deferred[None]] = set()
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -94,9 +96,23 @@ class AuditTrail:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        # Transcripts still being fsynced and closed: they finish before the trail stops.
+        yield defer.DeferredList(list(self._closing))
         if self._started:
             yield self.store.stop()
             self._started = False
+
+    def _in_thread(self, work: Callable[[], None]) -> None:
+        """Run blocking file work (a transcript's fsync and close) in a thread; an error is logged."""
+        d: defer.Deferred[None] = threads.deferToThread(work)
+        self._closing.add(d)
+
+        def done(result: object) -> None:
+            self._closing.discard(d)
+            if isinstance(result, Failure):
+                log.failure("slaveshell: a transcript could not be synced to disk", result)
+
+        d.addBoth(done)
 
     # -- crash recovery ------------------------------------------------------------------------
 
@@ -148,6 +164,7 @@ class AuditTrail:
         recorder = SessionRecorder(session.id, path, encoder, self.store, session.started,
                                    clock=self.reactor.seconds,
                                    seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None)
+        recorder.run_blocking = self._in_thread
         problem = None
         try:
             transcript_dir(self.directory)
@@ -187,7 +204,7 @@ class AuditTrail:
             recorder.marker(f"refused: {reason}")
             if recorder.file is not None:
                 try:
-                    recorder.sha256 = recorder.file.close()
+                    recorder.sha256 = recorder.file.close(self._in_thread)
                 except OSError:
                     recorder.file.abandon()
             self.store.update_session(session.id, state="refused", ended=utc(self.reactor.seconds()),

@@ -49,6 +49,8 @@ class SessionRecorder:
         self.failed: OSError | None = None
         self.on_error: Callable[[OSError], None] = lambda e: None
         self.sha256: str | None = None
+        # Runs blocking file work (the final fsync and close) off the reactor thread; None: here.
+        self.run_blocking: Callable[[Callable[[], None]], object] | None = None
         # Hidden input: `seal` encrypts a span's bytes to the auditors (None: only lengths are kept).
         self.seal = seal
         self.hidden_bytes = 0
@@ -177,7 +179,7 @@ class SessionRecorder:
         if self.file is not None:
             try:
                 if self.failed is None:
-                    self.sha256 = self.file.close()
+                    self.sha256 = self.file.close(self.run_blocking)
                 else:
                     self.file.abandon()
             except OSError as e:

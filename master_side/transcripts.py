@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 
 from slaveshell.transcript import parse_lines
 
@@ -74,15 +75,30 @@ class TranscriptFile:
         self._buffer = []
         self._buffered = 0
 
-    def close(self) -> str:
-        """Flush, fsync, close; returns the sha256 of the file's contents."""
+    def close(self, run: Callable[[Callable[[], None]], object] | None = None) -> str:
+        """Flush (os.write, here), then fsync and close; returns the sha256 of the file's contents (known once
+        flushed). `run(work)` runs the fsync and the close elsewhere (a slow disk can block for seconds: the
+        audit trail runs them in a thread); by default they run here, and an error is raised here."""
         if self._fd is not None:
+            fd = self._fd
             try:
                 self.flush()
-                os.fsync(self._fd)
-            finally:
-                os.close(self._fd)
+            except OSError:
+                os.close(fd)
                 self._fd = None
+                raise
+            self._fd = None
+
+            def sync() -> None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            if run is None:
+                sync()
+            else:
+                run(sync)
         return self._sha.hexdigest()
 
     def abandon(self) -> None:

@@ -127,3 +127,19 @@ def test_a_late_event_is_told_apart_and_dropped_by_the_adapter_without_blame():
     assert WorkerSink(s, lambda *a: errors.append(a)).remote_output(1, b"late") is None
     assert ViewerHandle(s, owner, lambda *a: errors.append(a)).remote_input(b"late") is None
     assert errors == [] and s.state is State.ENDED
+
+
+def test_a_transcripts_fsync_and_close_can_run_off_the_reactor_thread(tmp_path):
+    import hashlib
+
+    from master_side.transcripts import TranscriptFile
+
+    f = TranscriptFile(str(tmp_path / "t.cast"))
+    f.add(['{"version": 2}', '[0.1, "o", "hi"]'])
+    later: list = []
+    sha = f.close(later.append)
+    # Written (os.write) and hashed at once; the fsync and the close wait for whoever runs them.
+    data = (tmp_path / "t.cast").read_bytes()
+    assert sha == hashlib.sha256(data).hexdigest() and f.closed and len(later) == 1
+    later[0]()
+    assert (tmp_path / "t.cast").read_bytes() == data
