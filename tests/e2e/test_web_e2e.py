@@ -262,3 +262,34 @@ def test_static_assets_are_served(site: Sandbox) -> None:
     for name in ("scripts.js", "xterm.js", "addon-fit.js", "xterm.css", "LICENSE.xterm"):
         with urllib.request.urlopen(f"{site.url}plugins/slaveshell/{name}", timeout=30) as r:
             assert r.status == 200 and r.read()
+
+
+def test_bad_messages_from_a_page_are_refused_and_the_master_serves_on(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    page.locator("tr[data-worker='w1']").wait_for()
+    answers = page.evaluate("""async (url) => {
+        const attempt = (send) => new Promise((resolve) => {
+            const ws = new WebSocket(url), got = [];
+            ws.onopen = () => send(ws);
+            ws.onmessage = (e) => got.push(typeof e.data === "string" ? e.data : "binary");
+            ws.onclose = (e) => resolve(got.join(" ") + " close:" + e.code);
+        });
+        return [
+            await attempt((ws) => ws.send("not json")),
+            await attempt((ws) => ws.send(JSON.stringify({type: "resize", cols: 80, rows: 24}))),
+            await attempt((ws) => ws.send(new Uint8Array([104, 105]))),
+            await attempt((ws) => ws.send(JSON.stringify({type: "open", worker: "w1", cols: -5, rows: 1e9}))),
+            await attempt((ws) => ws.send(new Uint8Array(200000))),
+        ];
+    }""", f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws")
+    for answer in answers[:4]:
+        assert '"type": "error"' in answer and "bad message" in answer, answers
+    # Past the message bound, autobahn fails the connection (1009, or 1006 as the browser sees a dropped one).
+    assert re.fullmatch(r" close:(1006|1009)", answers[4]), answers
+    # The master serves on: a session opens and works.
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    run(page, "echo still-$((2+2))", "still-4")
+    context.close()
