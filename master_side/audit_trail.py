@@ -37,6 +37,37 @@ class RecordingError(Exception):
     """The session cannot be recorded; the message is for the operator."""
 
 
+class IndexWriter:
+    """A recording's writes to the audit index (the recorder's `RecordIndex`): hidden-input counts as they
+    change, a transcript that cannot be written, and the session's end."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    def hidden_input(self, session_id: str, counts: dict[str, Any]) -> None:
+        self.store.update_session(session_id, **counts)
+
+    def record_error(self, session_id: str, error: OSError) -> None:
+        self.store.event("record-error", session_id, detail=f"transcript: {error}")
+
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: dict[str, Any]) -> None:
+        status = session.status
+        self.store.update_session(
+            session.id,
+            state="ended",
+            ended=utc(ended),
+            end_reason=session.end_reason,
+            exit_code=status.code if status else None,
+            exit_signal=status.signal if status else None,
+            bytes_in=session.bytes_in,
+            bytes_out=session.bytes_out,
+            transcript_sha256=sha256,
+            **hidden,
+        )
+        self.store.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
+                         detail=session.end_reason, when=ended)
+
+
 class AuditTrail:
     def __init__(
         self,
@@ -161,7 +192,7 @@ class AuditTrail:
         path = os.path.join(self.directory, transcript_name(session.worker, session.id, session.started))
         encoder = CastEncoder(self.redact, record_input=self.record_input)
         recipients = self.seal_recipients
-        recorder = SessionRecorder(session.id, path, encoder, self.store, session.started,
+        recorder = SessionRecorder(session.id, path, encoder, IndexWriter(self.store), session.started,
                                    clock=self.reactor.seconds,
                                    seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None)
         recorder.run_blocking = self._in_thread

@@ -1,11 +1,12 @@
-"""Recording one session: its transcript file, written live, and its row in the audit index."""
+"""Recording one session: its transcript file, written live; what the audit index learns of it goes through a
+`RecordIndex` (master_side.audit_trail.IndexWriter)."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
@@ -13,7 +14,7 @@ from slaveshell import hidden as hidden_input
 from slaveshell.display import visible
 from slaveshell.transcript import CastEncoder
 
-from .audit import AuditStore, utc
+from .audit import utc
 from .transcripts import TranscriptFile
 
 if TYPE_CHECKING:
@@ -28,6 +29,15 @@ SPAN_IDLE = 1.0
 Seal = Callable[[bytes], str]
 
 
+class RecordIndex(Protocol):
+    """What a recording tells the audit index (master_side.audit_trail.IndexWriter, the index's one writer)."""
+
+    def hidden_input(self, session_id: str, counts: dict[str, Any]) -> None: ...
+    def record_error(self, session_id: str, error: OSError) -> None: ...
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None,
+                 hidden: dict[str, Any]) -> None: ...
+
+
 class SessionRecorder:
     """Implements the relay's Recorder. Write-through: each event is in the transcript file (handed to the
     kernel with os.write) when its method returns, and the relay calls it before it relays the event to any
@@ -37,7 +47,7 @@ class SessionRecorder:
     A write error (a full disk) is reported once through `on_error`; after it, events are dropped and what was
     already written stays valid (a partial line is cut back)."""
 
-    def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: AuditStore | None,
+    def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: RecordIndex | None,
                  started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None) -> None:
         self.session_id = session_id
         self.path = path
@@ -98,7 +108,7 @@ class SessionRecorder:
         log.critical("session {sid}: transcript {path} cannot be written: {e}", sid=self.session_id,
                      path=visible(self.path), e=visible(error))
         if self.audit is not None:
-            self.audit.event("record-error", self.session_id, detail=f"transcript: {error}")
+            self.audit.record_error(self.session_id, error)
         self.on_error(error)
 
     # -- the relay's Recorder interface ----------------------------------------------------------
@@ -151,7 +161,7 @@ class SessionRecorder:
         self.hidden_spans += 1
         self._add(self.encoder.hidden_span(self._t(), nbytes, sealed))
         if self.audit is not None:
-            self.audit.update_session(self.session_id, **self.hidden_counts())
+            self.audit.hidden_input(self.session_id, self.hidden_counts())
 
     def hidden_counts(self) -> dict[str, Any]:
         return {"hidden_bytes": self.hidden_bytes, "hidden_spans": self.hidden_spans,
@@ -186,21 +196,7 @@ class SessionRecorder:
                 self.file.abandon()
                 self._fail(e)
         if self.audit is not None:
-            ended = self.clock()
-            self.audit.update_session(
-                session.id,
-                state="ended",
-                ended=utc(ended),
-                end_reason=session.end_reason,
-                exit_code=status.code if status else None,
-                exit_signal=status.signal if status else None,
-                bytes_in=session.bytes_in,
-                bytes_out=session.bytes_out,
-                transcript_sha256=self.sha256,
-                **self.hidden_counts(),
-            )
-            self.audit.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
-                             detail=session.end_reason, when=ended)
+            self.audit.recorded(session, self.clock(), self.sha256, self.hidden_counts())
 
 
 def header_for(session: MasterSession, master_name: str) -> str:

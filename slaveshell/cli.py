@@ -24,9 +24,16 @@ def call_master(socket_path: str, method: str, *args: Any) -> Any:
     return with_master(socket_path, lambda root: root.callRemote(method, *args))
 
 
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C) while waiting for the master: the command stops with 130 and one line."""
+
+
 def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
     """Run `work(root)` (returning a Deferred) against the master and return its result. The reactor runs
-    once per process, so one command does all its calls inside one `work`."""
+    once per process, so one command does all its calls inside one `work`. Raises `Interrupted` on SIGINT
+    (the reactor runs without Twisted's signal handlers, so a KeyboardInterrupt would land inside its loop)."""
+    import signal
+
     from twisted.internet import defer
     from twisted.internet import reactor as _reactor
 
@@ -36,6 +43,11 @@ def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
 
     outcome: list[Any] = []
 
+    def interrupted(signum: int, frame: object) -> None:
+        if not outcome:
+            outcome.append((False, Interrupted()))
+        reactor.callFromThread(_stop, reactor)
+
     @defer.inlineCallbacks
     def go() -> Any:
         try:
@@ -44,14 +56,23 @@ def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
         except Exception as e:
             outcome.append((False, e))
         finally:
-            reactor.stop()
+            _stop(reactor)
 
-    reactor.callWhenRunning(go)
-    reactor.run(installSignalHandlers=False)
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        reactor.callWhenRunning(go)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     ok, value = outcome[0]
     if not ok:
         raise value
     return value
+
+
+def _stop(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -72,6 +93,9 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def _fail(error: Exception) -> int:
+    if isinstance(error, Interrupted):
+        print("slaveshell: interrupted", file=sys.stderr)
+        return 130
     text = str(error)
     if hasattr(error, "remoteType"):  # a pb.Error raised by the master: its message is for us
         text = str(error.args[0]) if error.args else text
@@ -427,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("a subcommand is needed (the console is the default only on a terminal)")
         # With no subcommand on a terminal: the console, with the socket found the usual way.
         args = parser.parse_args(["console"])
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (Interrupted, KeyboardInterrupt):
+        print("slaveshell: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

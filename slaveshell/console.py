@@ -65,9 +65,15 @@ class CliBackend:
         self.socket = socket_path
         self.foreground = Foreground(0)
 
+    def _cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([sys.executable, "-m", "slaveshell.cli", *args], capture_output=True, text=True,
+                                  timeout=60)
+        except subprocess.TimeoutExpired:
+            raise BackendError("the master did not answer within 60 s") from None
+
     def _json(self, *args: str) -> Any:
-        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", args[0], "--socket", self.socket,
-                               *args[1:], "--json"], capture_output=True, text=True, timeout=60)
+        done = self._cli(args[0], "--socket", self.socket, *args[1:], "--json")
         if done.returncode != 0:
             raise BackendError(done.stderr.strip().removeprefix("slaveshell: ") or "the master did not answer")
         return json.loads(done.stdout)
@@ -82,8 +88,7 @@ class CliBackend:
         return list(self._json("history", *(["--worker", worker] if worker else []), "--limit", "20"))
 
     def kill(self, session_id: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "kill", "--socket", self.socket, session_id],
-                              capture_output=True, text=True, timeout=60)
+        done = self._cli("kill", "--socket", self.socket, session_id)
         if done.returncode != 0:
             raise BackendError(done.stderr.strip().removeprefix("slaveshell: "))
         return done.stdout.strip()
@@ -157,6 +162,9 @@ class Console:
                     return 0
             except BackendError as e:
                 self.write(f"error: {visible(e)}\n")
+            except KeyboardInterrupt:
+                # Ctrl-C while a command waits for the master: that command stops, the console stays.
+                self.write("interrupted\n")
 
     def execute(self, line: str) -> bool:
         """Run one command line; False means leave."""

@@ -152,3 +152,24 @@ def test_leaving_hangs_up_stopped_sessions():
     assert status == 0
     assert backend.hung_up == [["buildbot-shell", "w1"]]
     assert "[buildbot-shell w1: hung up, exit 255]" in out
+
+
+def test_ctrl_c_while_a_command_waits_for_the_master_stops_that_command_only():
+    class Interrupting(FakeBackend):
+        calls = 0
+
+        def sessions(self):
+            self.calls += 1
+            if self.calls == 2:  # the first is the console's own refresh at start
+                raise KeyboardInterrupt
+            return super().sessions()
+
+    backend = Interrupting()
+    out: list[str] = []
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        inp.send_text("sessions\rworkers\rquit\r")
+        status = Console(backend, input=inp, output=DummyOutput(), write=out.append).run()
+    text = "".join(out)
+    assert status == 0
+    assert "interrupted" in text
+    assert text.count("linux-1") >= 2  # the fleet at start, and again after the interrupted command

@@ -10,6 +10,7 @@ import pytest
 from buildbot import config
 from pyrage import x25519
 
+from master_side.audit_trail import IndexWriter
 from master_side.recorder import SPAN_IDLE, SessionRecorder
 from master_side.relay import MasterSession
 from master_side.service import ShellService
@@ -43,7 +44,8 @@ def recorder(tmp_path, seal=None, record_input=True):
     tmp_path.mkdir(exist_ok=True)
     clock = Clock()
     audit = Audit()
-    rec = SessionRecorder("s1", str(tmp_path / "s1.cast"), CastEncoder(record_input=record_input), audit,  # type: ignore[arg-type]
+    rec = SessionRecorder("s1", str(tmp_path / "s1.cast"), CastEncoder(record_input=record_input),
+                          IndexWriter(audit),  # type: ignore[arg-type]
                           started=100.0, clock=clock, seal=seal)
     rec.create(CastEncoder.header(80, 24, 100.0))
     return rec, clock, audit
