@@ -293,3 +293,20 @@ def test_bad_messages_from_a_page_are_refused_and_the_master_serves_on(browser: 
     wait_status(page, "^connected$")
     run(page, "echo still-$((2+2))", "still-4")
     context.close()
+
+
+def test_ctrl_c_stops_a_flood(browser: Any, site: Sandbox) -> None:
+    """`yes` floods the page; the output credit window (acknowledged as xterm.js renders) keeps it paced, so
+    Ctrl-C gets through and the shell answers."""
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    page.keyboard.type("yes flood")
+    page.keyboard.press("Enter")
+    wait_for(lambda: screen(page).count("flood") > 20, "the flood")
+    page.keyboard.press("Control+C")
+    page.keyboard.type("echo after-$((20+22))")
+    page.keyboard.press("Enter")
+    wait_for(lambda: "after-42" in screen(page), "the shell after Ctrl-C", timeout=90)
+    context.close()
