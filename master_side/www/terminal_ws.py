@@ -198,6 +198,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         except pb.Error as e:
             # The ViewerHandle's answer to a bad call: the relay has already dealt with the session.
             self.refuse(str(e))
+        except Exception:
+            log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
+            self.refuse("the master could not handle that message (see its log)")
 
     def _open(self, message: dict[str, Any]) -> None:
         if self.opening or self.identity is None or self.refusal is not None:
