@@ -80,7 +80,13 @@ def parse_env(items: list[str]) -> dict[str, str]:
     return env
 
 
+# SIGINTs that arrived before the client's own handlers: a KeyboardInterrupt raised inside an import (Twisted's are
+# slow) can leave an import lock held and hang the interpreter, so until then a SIGINT is only noted.
+_EARLY_SIGINT: list[int] = []
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, lambda signum, frame: _EARLY_SIGINT.append(signum))
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C before our own handler is installed, or after it is gone
@@ -166,6 +172,8 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     reactor.callWhenRunning(start)
     with raw_mode(terminal) if terminal else contextlib.nullcontext():
         previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+        if _EARLY_SIGINT:  # Ctrl-C while starting: handled now, as if it came now
+            reactor.callWhenRunning(client.signalled, signal.SIGINT)
         try:
             reactor.run(installSignalHandlers=False)
         finally:
