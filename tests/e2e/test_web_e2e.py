@@ -78,6 +78,28 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
             os.environ["PYTHONPATH"] = old
 
 
+@pytest.fixture(autouse=True)
+def master_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When a browser test fails, whether the web master still runs and the end of its log (the browser only
+    says that a connection was reset or that a wait timed out)."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed or "site" not in request.fixturenames:
+        return
+    sb = request.getfixturevalue("site")
+    try:
+        os.kill(sb.master_pid(), 0)
+        alive = "running"
+    except (OSError, ValueError) as e:
+        alive = f"not running ({e})"
+    try:
+        with open(os.path.join(sb.master_dir, "twistd.log"), errors="replace") as f:
+            tail = f.read()[-6000:]
+    except OSError as e:
+        tail = str(e)
+    print(f"--- the web master is {alive}; the end of its twistd.log:\n{tail}")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
