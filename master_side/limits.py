@@ -80,14 +80,14 @@ class RefusalAudit:
         self.event = event
         self.clock = clock
         self.interval = interval
-        self._last: dict[tuple[int, str, str], float] = {}
+        self._last: dict[tuple[object, str, str], float] = {}
         # Left out since the last event: (count, who, the latest reason, worker).
-        self._left_out: dict[tuple[int, str, str], tuple[int, Identity, str, str | None]] = {}
+        self._left_out: dict[tuple[object, str, str], tuple[int, Identity, str, str | None]] = {}
 
     def __call__(self, who: Identity, kind: str, reason: str, worker: str | None = None) -> None:
         """`kind` is "refused" or "dropped"; `reason` says what and which bound, its part before the first
         colon naming the kind of refusal; `worker`, if it concerns one."""
-        key = (who.uid, kind, reason.split(":", 1)[0])
+        key = (who.key, kind, reason.split(":", 1)[0])  # the uid, or a web user's name (policy.WebIdentity)
         if self.clock() - self._last.get(key, -self.interval) < self.interval:
             count = self._left_out.get(key, (0,))[0]
             self._left_out[key] = (count + 1, who, reason, worker)
@@ -107,7 +107,7 @@ class RefusalAudit:
             if now - last >= self.interval and key not in self._left_out:
                 del self._last[key]
 
-    def _emit(self, key: tuple[int, str, str], who: Identity, kind: str, reason: str, worker: str | None,
+    def _emit(self, key: tuple[object, str, str], who: Identity, kind: str, reason: str, worker: str | None,
               count_left_out: bool = True) -> None:
         self._last[key] = self.clock()
         more = self._left_out.pop(key, (0,))[0] if count_left_out else 0

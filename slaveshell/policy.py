@@ -79,14 +79,52 @@ class Identity:
                 groups.add(str(g))
         return cls(uid=uid, gid=gid, pid=pid, user=user, groups=frozenset(groups))
 
+    @property
+    def key(self) -> tuple[str, object]:
+        """What tells two operators apart (sessions of one's own, quotas): the uid for a local user."""
+        return ("uid", self.uid)
+
     def __str__(self) -> str:
         return f"{self.user} (uid {self.uid})"
+
+
+# A web user's name and roles as the policy sees them: `web:<name>` and `web:<role>`. Local user and group
+# names cannot contain ':' (it separates the fields of passwd(5) and group(5)), so these never collide.
+WEB_PREFIX = "web:"
+
+
+@dataclass(frozen=True)
+class WebIdentity(Identity):
+    """A Buildbot web user (from the web UI's session cookie, master_side.www): `user` is ``web:<name>``,
+    `groups` are ``web:<role>`` for each of its Buildbot roles; uid, gid and pid are -1 (no local user).
+    Policy rules name them as ``Rule(users=["web:alice"], groups=["web:admins"])``; numeric uids and gids in
+    rules never match them."""
+
+    @classmethod
+    def from_web(cls, name: str, roles: Iterable[str]) -> WebIdentity:
+        return cls(uid=-1, gid=-1, pid=-1, user=WEB_PREFIX + name,
+                   groups=frozenset(WEB_PREFIX + r for r in roles))
+
+    @property
+    def key(self) -> tuple[str, object]:
+        return ("web", self.user)
+
+    def __str__(self) -> str:
+        return f"{self.user} (web user)"
+
+
+def same_operator(a: Operator, b: Operator) -> bool:
+    """Whether two identities are the same operator: the same uid for local users, the same name for web
+    users (who all have uid -1)."""
+    return getattr(a, "key", ("uid", a.uid)) == getattr(b, "key", ("uid", b.uid))
 
 
 @dataclass(frozen=True)
 class Rule:
     """Grants `rights` on workers matching any of `workers` (glob patterns) to the listed users and groups.
-    Users and groups may be given by name or number; `"*"` in users matches everybody."""
+    Users and groups may be given by name or number; `"*"` in users matches everybody, web users included.
+    Web users and their Buildbot roles are named ``"web:<name>"`` in users and ``"web:<role>"`` in groups
+    (`WebIdentity`)."""
 
     users: tuple[str | int, ...] = ()
     groups: tuple[str | int, ...] = ()
@@ -107,11 +145,12 @@ class Rule:
             raise ValueError("a rule needs users or groups")
 
     def matches_identity(self, who: Operator) -> bool:
+        local = who.uid >= 0  # web users (WebIdentity) have no uid or gid: only their names match them
         for user in self.users:
-            if user == "*" or user == who.user or user == who.uid or str(user) == str(who.uid):
+            if user == "*" or user == who.user or (local and (user == who.uid or str(user) == str(who.uid))):
                 return True
         for group in self.groups:
-            if group in who.groups or (isinstance(group, int) and group == who.gid):
+            if group in who.groups or (local and isinstance(group, int) and group == who.gid):
                 return True
         return False
 
@@ -139,7 +178,7 @@ class Policy:
         """Whether `who` may do `action` on `worker` (on a session of `owner`, when it is about one). An
         operator may always watch and kill their own sessions; resuming one's own detached session needs
         'shell', anybody else's 'join'; releasing a held build needs 'shell' on its worker."""
-        mine = owner is not None and owner.uid == who.uid
+        mine = owner is not None and same_operator(owner, who)
         if mine and action in (Action.WATCH, Action.KILL):
             return Decision(True, "their own session")
         if action is Action.RESUME:
@@ -155,7 +194,7 @@ class Policy:
         sessions = list(live)
         if per_worker is not None and sum(1 for s in sessions if s.worker == worker) >= per_worker:
             return f"worker {worker} already has {per_worker} sessions (the master's limit)"
-        if per_operator is not None and sum(1 for s in sessions if s.identity.uid == who.uid) >= per_operator:
+        if per_operator is not None and sum(1 for s in sessions if same_operator(s.identity, who)) >= per_operator:
             return f"{who.user} already has {per_operator} sessions (the master's limit)"
         return None
 

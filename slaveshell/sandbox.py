@@ -21,7 +21,7 @@ from master_side import HoldForShell, ShellService
 
 c = BuildmasterConfig = {{}}
 c['title'] = 'slaveshell sandbox'
-c['buildbotURL'] = 'http://127.0.0.1/'
+c['buildbotURL'] = {buildbot_url!r}
 c['workers'] = [{workers}]
 c['protocols'] = {{'pb': {{'port': 'tcp:{port}:interface=127.0.0.1'}}, {msgpack}}}
 c['change_source'] = [changes.PBChangeSource(user='change', passwd='change')]
@@ -82,7 +82,7 @@ class Sandbox:
     def __init__(self, root: str, workers: Sequence[str] = ("w1",), build_seconds: float = 1.0,
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
                  service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
-                 hold_timeout: float = 600, www: bool = False,
+                 hold_timeout: float = 600, www: bool = False, www_config: str = "",
                  hold_command: str = "echo evidence > failed.txt; exit 1") -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
@@ -100,6 +100,8 @@ class Sandbox:
         # The holder builder's failing step (shell), before its HoldForShell step.
         self.hold_command = hold_command
         self.www = www
+        # Python source run after c['www'] is set (a login, an authz, plugins), when www is on.
+        self.www_config = www_config
         self.www_port = 0
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
@@ -109,6 +111,11 @@ class Sandbox:
     @property
     def socket(self) -> str:
         return os.path.join(self.master_dir, "shell.sock")
+
+    @property
+    def url(self) -> str:
+        """The site's address (c['buildbotURL']): the web server's when www is on."""
+        return f"http://127.0.0.1:{self.www_port}/" if self.www else "http://127.0.0.1/"
 
     def worker_dir(self, name: str) -> str:
         return os.path.join(self.root, "worker-" + name)
@@ -128,14 +135,14 @@ class Sandbox:
         msgpack = f"'msgpack_experimental_v7': {{'port': {self.msgpack_port}}}" if self.msgpack else ""
         # The web server (REST API), when asked for: it needs the buildbot-www package.
         self.www_port = free_port() if self.www else 0
-        www = (f"c['www'] = {{'port': 'tcp:{self.www_port}:interface=127.0.0.1', 'plugins': {{}}}}"
-               if self.www else "")
+        www = (f"c['www'] = {{'port': 'tcp:{self.www_port}:interface=127.0.0.1', 'plugins': {{}}}}\n"
+               + self.www_config if self.www else "")
         workers = ", ".join(f"worker.Worker({w!r}, 'pass')" for w in self.workers)
         with open(os.path.join(self.master_dir, "master.cfg"), "w") as f:
             f.write(MASTER_CFG.format(workers=workers, port=self.port, msgpack=msgpack,
                                       builder_workers=self.workers[:1],
                                       build_command=self.build_command, service_kwargs=self.service_kwargs,
-                                      hold_timeout=self.hold_timeout, www=www,
+                                      hold_timeout=self.hold_timeout, www=www, buildbot_url=self.url,
                                       hold_command=self.hold_command))
         for name in self.workers:
             wdir = self.worker_dir(name)

@@ -25,6 +25,15 @@ def shell_argv() -> list[str]:
     return [path] if path else [sys.executable, "-m", "slaveshell.shell_cli"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each phase's report on the test item (item.rep_setup, item.rep_call), for fixtures that add
+    diagnostics to a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     # w1 runs the builds, w2 may be stopped by a test, w3 never opted in, w4 speaks msgpack.

@@ -1,0 +1,306 @@
+"""The web door to the operator API: a WebSocket at ``<site>/plugins/slaveshell/ws``, one session per socket.
+
+Autobahn over Twisted, as Buildbot's own ``buildbot/www/ws.py``. The handshake is refused (403) when the
+Origin is not the site's own; everything else is checked once the socket is open (master_side.www.access), so
+the page can say why. The identity is a `WebIdentity` from the session cookie; the session is opened, fed and
+ended through the same `OperatorAPI` and `ViewerHandle` as the UNIX socket's (master_side.operator_pb), so
+policy, quotas, recording, audit and the credit windows are theirs.
+
+Messages (RFC 6455 frames):
+
+- page -> master, text (JSON): ``{"type": "open", "worker": str, "cols": int, "rows": int}`` (first, once),
+  ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered);
+  binary: input bytes (at most MAX_CHUNK each, within the input credit window).
+- master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
+  "worker"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit", "code",
+  "signal", "reason"}``, ``{"type": "error", "message"}`` (then the master closes the socket).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from slaveshell.display import visible
+from slaveshell.policy import WebIdentity
+from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
+
+from ..limits import buffered_bytes
+from ..operator_api import OperatorError
+from ..session_pb import ViewerHandle
+from . import access
+
+log = Logger()
+
+# Bounds: sockets in total and per web user; a control message's size; what may wait unsent to one page.
+MAX_SOCKETS = 64
+MAX_SOCKETS_PER_USER = 8
+MAX_CONTROL = 1024
+MAX_BUFFERED = 4 * 1024 * 1024
+
+
+def shell_service(master: Any) -> Any:
+    """The master's ShellService (c['services']), or None."""
+    from ..service import ShellService
+
+    for service in list(getattr(master.service_manager, "namedServices", {}).values()):
+        if isinstance(service, ShellService):
+            return service
+    return None
+
+
+class WebViewerSink:
+    """A `ViewerSink` (master_side.operator_api) over one page's WebSocket."""
+
+    def __init__(self, protocol: TerminalProtocol) -> None:
+        self.protocol = protocol
+        self.connection: object = protocol
+
+    @property
+    def gone(self) -> bool:
+        return self.protocol.closed
+
+    def send(self, method: str, *args: object) -> None:
+        if self.gone:
+            return
+        if method == "output":
+            data = args[1]
+            assert isinstance(data, bytes)
+            self.protocol.sendMessage(data, isBinary=True)
+        elif method == "input_ack":
+            self.protocol.send_json({"type": "input_ack", "bytes": args[0]})
+        elif method == "exit":
+            code, signal, reason = args
+            self.protocol.send_json({"type": "exit", "code": code, "signal": signal, "reason": reason})
+        # A page that does not read is dropped (its session detaches, as for a lost connection).
+        if buffered_bytes(self.protocol.transport) > MAX_BUFFERED:
+            self.protocol.dropConnection(abort=True)
+
+    def waiting(self, text: str) -> None:
+        self.protocol.send_json({"type": "waiting", "text": text})
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self.protocol.lost_callbacks.append(callback)
+
+        def undo() -> None:
+            if callback in self.protocol.lost_callbacks:
+                self.protocol.lost_callbacks.remove(callback)
+
+        return undo
+
+    def on_failure(self, callback: Callable[[str | None], None]) -> None:
+        pass  # its only failure is a lost connection: on_disconnect
+
+
+class TerminalProtocol(WebSocketServerProtocol):
+    factory: TerminalFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.lost_callbacks: list[Callable[[], None]] = []
+        self.info: dict[str, Any] = {}
+        self.identity: WebIdentity | None = None
+        self.refusal: str | None = None
+        self.handle: ViewerHandle | None = None
+        self.opening = False
+        self.counted = False
+
+    @property
+    def master(self) -> Any:
+        return self.factory.master
+
+    def _secure(self) -> bool:
+        from twisted.internet.interfaces import ISSLTransport
+
+        return ISSLTransport.providedBy(self.transport)
+
+    def onConnect(self, request: Any) -> None:
+        headers = request.headers
+        try:
+            self.info = access.user_info(self.master, headers.get("cookie", ""), request.path, self._secure())
+        except access.Refused as e:
+            self.refusal = str(e)
+        try:
+            access.check_origin(headers.get("origin"), self.master.config.buildbotURL)
+        except access.Refused as e:
+            self._audit(None, f"web origin refused: {e}")
+            raise ConnectionDeny(403, "Forbidden") from None
+        if self.refusal is None:
+            try:
+                access.check_auth_configured(self.master)
+                self.identity = access.web_identity(self.master, self.info)
+            except access.Refused as e:
+                self.refusal = str(e)
+        if self.refusal is None and self.identity is not None:
+            self.refusal = self.factory.admit(self.identity)
+            self.counted = self.refusal is None
+
+    def onOpen(self) -> None:
+        if self.refusal is not None:
+            self._audit(None, f"web login refused: {self.refusal}")
+            self.refuse(self.refusal)
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        if not self.closed:
+            self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
+
+    def refuse(self, message: str) -> None:
+        self.send_json({"type": "error", "message": message})
+        self.sendClose(code=1000)
+
+    def _audit(self, worker: str | None, reason: str) -> None:
+        """A refusal in the audit index under the web user's name (``web:anonymous`` without a login), at most
+        one per user and kind of refusal per interval (master_side.limits.RefusalAudit)."""
+        service = shell_service(self.master)
+        who = self.identity
+        if who is None:
+            name = self.info.get("username") if not self.info.get("anonymous") else None
+            who = WebIdentity.from_web(name if isinstance(name, str) and name else "anonymous", ())
+        if service is not None:
+            service.gate.audit(who, "refused", reason, worker)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            if isBinary:
+                if self.handle is None:
+                    raise ProtocolError("input before the session is open")
+                self.handle.remote_input(payload)
+                return
+            if len(payload) > MAX_CONTROL:
+                raise ProtocolError("control message too long")
+            message = json.loads(payload.decode("utf-8"))
+            if not isinstance(message, dict):
+                raise ProtocolError("a control message must be a JSON object")
+            kind = message.get("type")
+            if kind == "open":
+                self._open(message)
+            elif kind == "workers":
+                self._workers()
+            elif self.handle is None:
+                raise ProtocolError(f"{kind!r} before the session is open")
+            elif kind == "resize":
+                self.handle.remote_resize(message.get("cols"), message.get("rows"))
+            elif kind == "ack":
+                self.handle.remote_ack(message.get("bytes"))
+            else:
+                raise ProtocolError(f"unknown message type {kind!r}")
+        except (ProtocolError, ValueError) as e:
+            self.refuse(f"bad message from the page: {e}")
+        except pb.Error as e:
+            # The ViewerHandle's answer to a bad call: the relay has already dealt with the session.
+            self.refuse(str(e))
+        except Exception:
+            log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
+            self.refuse("the master could not handle that message (see its log)")
+
+    def _open(self, message: dict[str, Any]) -> None:
+        if self.opening or self.identity is None or self.refusal is not None:
+            raise ProtocolError("open sent twice")
+        self.opening = True
+        worker = message.get("worker")
+        if not isinstance(worker, str) or not worker or len(worker) > 256:
+            raise ProtocolError("open needs a worker name")
+        request = OpenRequest.from_wire({"version": PROTOCOL_VERSION, "worker": worker, "term": "xterm-256color",
+                                         "cols": message.get("cols"), "rows": message.get("rows")})
+        service = shell_service(self.master)
+        if service is None:
+            raise ProtocolError("this master has no ShellService")
+        d = access.check_authz_shell(self.master, worker, self.info)
+        d.addCallback(lambda _: service.api.open(self.identity, request, WebViewerSink(self)))
+        d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _workers(self) -> None:
+        """The fleet for the page: the workers this web user has some right on (the operator API's list),
+        each with whether both Buildbot's authz and the policy let them open a shell there."""
+        service = shell_service(self.master)
+        if self.identity is None or self.refusal is not None or service is None:
+            raise ProtocolError("no fleet for this socket")
+        workers = service.api.workers(self.identity)
+
+        @defer.inlineCallbacks
+        def answer() -> Any:
+            for w in workers:
+                if w["allowed"]:
+                    try:
+                        yield access.check_authz_shell(self.master, w["name"], self.info)
+                    except access.Refused:
+                        w["allowed"] = False
+            self.send_json({"type": "workers", "workers": [
+                {k: w[k] for k in ("name", "connected", "shell", "paused", "allowed", "sessions")}
+                for w in workers]})
+
+        answer().addErrback(lambda f: log.failure("slaveshell: listing workers for the web", f))
+
+    def _opened(self, view: Any) -> None:
+        if view is None:
+            return  # the page left while the worker started the session: it runs detached
+        service = shell_service(self.master)
+        self.handle = ViewerHandle(view.session, view.viewer, service.registry.peer_error)
+        self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker})
+
+    def _not_opened(self, failure: Any, worker: str) -> None:
+        if failure.check(access.Refused):
+            # Refused by Buildbot's authz: audited here; the API audits its own refusals.
+            self._audit(worker, f"web authz refused: {failure.value}")
+            self.refuse(str(failure.value))
+        elif failure.check(OperatorError):
+            self.refuse(failure.value.message)
+        else:
+            log.failure("slaveshell: opening a web shell for {who}", failure, who=visible(self.identity))
+            self.refuse("the master could not open the session (see its log)")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.counted and self.identity is not None:
+            self.factory.release(self.identity)
+        # The page cannot reattach yet (nor can anybody else resume a web user's session): leaving the page
+        # ends its session, as `~.` does, rather than leaving it detached.
+        if self.handle is not None and self.handle.viewer is self.handle.session.owner:
+            try:
+                self.handle.remote_close()
+            except pb.Error:
+                pass  # the relay has dealt with it
+        callbacks, self.lost_callbacks = self.lost_callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+class TerminalFactory(WebSocketServerFactory):
+    protocol = TerminalProtocol  # type: ignore[assignment]
+
+    def __init__(self, master: Any) -> None:
+        super().__init__()
+        self.master = master
+        self.sockets: dict[str, int] = {}
+        self.setProtocolOptions(webStatus=False, maxMessagePayloadSize=MAX_CHUNK, maxFramePayloadSize=MAX_CHUNK,
+                                autoPingInterval=30, autoPingTimeout=60)
+
+    def admit(self, who: WebIdentity) -> str | None:
+        if sum(self.sockets.values()) >= MAX_SOCKETS:
+            return f"the master already serves {MAX_SOCKETS} web terminals (its limit); try again later"
+        if self.sockets.get(who.user, 0) >= MAX_SOCKETS_PER_USER:
+            return f"you already have {MAX_SOCKETS_PER_USER} web terminals open (the master's limit)"
+        self.sockets[who.user] = self.sockets.get(who.user, 0) + 1
+        return None
+
+    def release(self, who: WebIdentity) -> None:
+        left = self.sockets.get(who.user, 1) - 1
+        if left > 0:
+            self.sockets[who.user] = left
+        else:
+            self.sockets.pop(who.user, None)
+
+
+def terminal_resource(master: Any) -> WebSocketResource:
+    return WebSocketResource(TerminalFactory(master))

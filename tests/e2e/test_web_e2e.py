@@ -1,0 +1,334 @@
+"""The web terminal (master_side.www) in a real browser: Debian's chromium driven by playwright, against a real
+master with Buildbot's web login (UserPasswordAuth, an authz granting the `shell` action to a role) and a real
+worker. One browser and one master for the module."""
+
+from __future__ import annotations
+
+import http.server
+import importlib.metadata
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from slaveshell.sandbox import Sandbox
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+sync_api = pytest.importorskip("playwright.sync_api")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no {CHROMIUM} (apt-get install chromium; .ci/run does)", allow_module_level=True)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMEOUT_MS = 60_000
+
+# alice has the role that Buildbot's authz gives the shell action to, bob does not; slaveshell's policy lets
+# that role open shells (and bob too, so that his refusal is Buildbot's authz's).
+WWW_CONFIG = """\
+from buildbot.plugins import util as _util
+from master_side.www.access import ShellEndpointMatcher
+c['www']['plugins']['slaveshell'] = {}
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw'})
+c['www']['authz'] = _util.Authz(
+    allowRules=[ShellEndpointMatcher(role='shellers')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice'])])
+"""
+# The local user running the tests may too: the sandbox waits for its workers through the UNIX socket.
+SERVICE_KWARGS = f"policy=[dict(groups=['web:shellers']), dict(users=['web:bob']), dict(users=[{os.getuid()}])]"
+
+
+def _entry_point_dir(tmp: str) -> str | None:
+    """On a machine where the installed slaveshell predates the plugin (an editable install of another tree),
+    a dist-info declaring only the `buildbot.www` entry point, for the master's PYTHONPATH; None when the
+    installed metadata has it already (pip install -e . / the wheel)."""
+    if any(e.value == "master_side.www:ep" for e in importlib.metadata.entry_points(group="buildbot.www")):
+        return None
+    info = os.path.join(tmp, "slaveshell_www_plugin-0.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: slaveshell-www-plugin\nVersion: 0\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write("[buildbot.www]\nslaveshell = master_side.www:ep\n")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    root = str(tmp_path_factory.mktemp("web"))
+    old = os.environ.get("PYTHONPATH")
+    extra = _entry_point_dir(os.path.join(root, "entry-points"))
+    if extra:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, extra) if p)
+    sb = Sandbox(root, workers=["w1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
+    try:
+        sb.create()
+        sb.start()
+        yield sb
+    finally:
+        sb.stop()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(autouse=True)
+def master_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When a browser test fails, whether the web master still runs and the end of its log (the browser only
+    says that a connection was reset or that a wait timed out)."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed or "site" not in request.fixturenames:
+        return
+    sb = request.getfixturevalue("site")
+    try:
+        os.kill(sb.master_pid(), 0)
+        alive = "running"
+    except (OSError, ValueError) as e:
+        alive = f"not running ({e})"
+    try:
+        with open(os.path.join(sb.master_dir, "twistd.log"), errors="replace") as f:
+            tail = f.read()[-6000:]
+    except OSError as e:
+        tail = str(e)
+    print(f"--- the web master is {alive}; the end of its twistd.log:\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def login(browser: Any, site: Sandbox, user: str | None) -> Any:
+    """A browser context logged in as `user` (Buildbot's /auth/login with HTTP basic auth sets the session
+    cookie), or anonymous."""
+    creds = {"username": user, "password": f"{user}-pw"} if user else None
+    context = browser.new_context(http_credentials=creds, viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    if user:
+        page = context.new_page()
+        page.goto(site.url + "auth/login")
+        wait_for(lambda: any(c["name"] == "TWISTED_SESSION" for c in context.cookies()), "the session cookie")
+        page.close()
+    return context
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def screen(page: Any) -> str:
+    return str(page.evaluate("""() => {
+        const b = window.slaveshellTerminal.buffer.active, out = [];
+        for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+        return out.join("\\n");
+    }"""))
+
+
+def status(page: Any) -> str:
+    return str(page.locator(".slaveshell-status").get_attribute("data-status") or "")
+
+
+def wait_status(page: Any, pattern: str) -> str:
+    page.wait_for_function(
+        "p => { const e = document.querySelector('.slaveshell-status');"
+        " return e && new RegExp(p).test(e.getAttribute('data-status')); }", arg=pattern, timeout=TIMEOUT_MS)
+    return status(page)
+
+
+def run(page: Any, command: str, expect: str) -> re.Match[str]:
+    page.keyboard.type(command)
+    page.keyboard.press("Enter")
+    found = wait_for(lambda: re.search(expect, screen(page)), f"{expect!r} on the screen")
+    assert isinstance(found, re.Match)
+    return found
+
+
+def term_size(page: Any) -> tuple[int, int]:
+    rows, cols = page.evaluate("() => [window.slaveshellTerminal.rows, window.slaveshellTerminal.cols]")
+    return int(rows), int(cols)
+
+
+def events(site: Sandbox, operator: str) -> list[tuple[str, int, str]]:
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        return list(db.execute("SELECT kind, uid, detail FROM slaveshell_events WHERE operator = ?", (operator,)))
+    finally:
+        db.close()
+
+
+def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    # The fleet: w1, with its button.
+    page.locator("tr[data-worker='w1'] button.slaveshell-open").click()
+    wait_status(page, "^connected$")
+    rows, cols = term_size(page)
+    run(page, "echo web-$((6*7)) é", r"web-42 é")
+    found = run(page, "stty size; echo sized", r"(\d+) (\d+)\s*\nsized")
+    assert (int(found.group(1)), int(found.group(2))) == (rows, cols)
+    # Live resize: a smaller window, the terminal fits it, the PTY follows.
+    page.set_viewport_size({"width": 800, "height": 500})
+    wait_for(lambda: term_size(page) != (rows, cols) and term_size(page), "the terminal to fit the window")
+    time.sleep(0.5)  # let the fit addon settle on its last size
+    new_rows, new_cols = term_size(page)
+    assert new_cols < cols and new_rows < rows
+    page.keyboard.type("clear")
+    page.keyboard.press("Enter")
+    found = run(page, "stty size; echo resized", r"(\d+) (\d+)\s*\nresized")
+    assert (int(found.group(1)), int(found.group(2))) == term_size(page)
+    page.keyboard.type("exit 3")
+    page.keyboard.press("Enter")
+    assert "exit status 3" in wait_status(page, "session ended")
+    wait_for(lambda: "[session ended: exit status 3]" in screen(page), "the end-of-session line")
+    # Recorded as a web user.
+    opened = [e for e in events(site, "web:alice") if e[0] == "open"]
+    assert opened and all(uid == -1 for _, uid, _ in opened)
+    # Leaving the page ends its session (the page cannot reattach yet).
+    page.reload()
+    wait_status(page, "^connected$")
+    run(page, "echo $((3*5))-left", "15-left")
+    ends = len([e for e in events(site, "web:alice") if e[0] == "end"])
+    page.close()
+    wait_for(lambda: len([e for e in events(site, "web:alice") if e[0] == "end"]) > ends, "the session to end")
+    context.close()
+
+
+def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "bob")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    text = wait_status(page, "^refused")
+    assert "shellers" in text, text
+    assert page.locator(".xterm-rows").inner_text().strip() == ""
+    wait_for(lambda: any(k == "refused" and "shellers" in d for k, _, d in events(site, "web:bob")),
+             "bob's refusal in the audit index")
+    context.close()
+
+
+def test_anonymous_is_refused(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, None)
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    page.locator(".slaveshell-refused").wait_for()
+    assert "log in" in page.locator(".slaveshell-refused").inner_text()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    assert "log in" in wait_status(page, "^refused")
+    context.close()
+
+
+class _OtherSite(http.server.BaseHTTPRequestHandler):
+    """A page from another origin (another port of the same host: the browser sends the master's cookie to
+    it too) that opens the master's shell socket and reports what happened in its title."""
+
+    target = ""
+
+    def do_GET(self) -> None:
+        body = f"""<html><body><script>
+            const events = [];
+            const ws = new WebSocket({self.target!r});
+            ws.onopen = () => {{ events.push("open"); ws.send(JSON.stringify({{type: "workers"}})); }};
+            ws.onmessage = (e) => events.push("message:" + e.data);
+            ws.onclose = (e) => {{ events.push("close:" + e.code); document.title = events.join(" | "); }};
+        </script></body></html>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_page_from_another_origin_with_a_valid_cookie_is_refused(browser: Any, site: Sandbox) -> None:
+    handler = type("Handler", (_OtherSite,), {"target": f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        context = login(browser, site, "alice")
+        assert any(c["name"] == "TWISTED_SESSION" and c["domain"] == "127.0.0.1" for c in context.cookies())
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("() => document.title.includes('close:')", timeout=TIMEOUT_MS)
+        title = page.title()
+        assert "open" not in title.split(" | ") and "message" not in title, title
+        wait_for(lambda: any(k == "refused" and "Origin" in d for k, _, d in events(site, "web:alice")),
+                 "the cross-origin refusal in the audit index, with alice's name")
+        context.close()
+    finally:
+        server.shutdown()
+
+
+def test_static_assets_are_served(site: Sandbox) -> None:
+    import urllib.request
+
+    for name in ("scripts.js", "xterm.js", "addon-fit.js", "xterm.css", "LICENSE.xterm"):
+        with urllib.request.urlopen(f"{site.url}plugins/slaveshell/{name}", timeout=30) as r:
+            assert r.status == 200 and r.read()
+
+
+def test_bad_messages_from_a_page_are_refused_and_the_master_serves_on(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    page.locator("tr[data-worker='w1']").wait_for()
+    answers = page.evaluate("""async (url) => {
+        const attempt = (send) => new Promise((resolve) => {
+            const ws = new WebSocket(url), got = [];
+            ws.onopen = () => send(ws);
+            ws.onmessage = (e) => got.push(typeof e.data === "string" ? e.data : "binary");
+            ws.onclose = (e) => resolve(got.join(" ") + " close:" + e.code);
+        });
+        return [
+            await attempt((ws) => ws.send("not json")),
+            await attempt((ws) => ws.send(JSON.stringify({type: "resize", cols: 80, rows: 24}))),
+            await attempt((ws) => ws.send(new Uint8Array([104, 105]))),
+            await attempt((ws) => ws.send(JSON.stringify({type: "open", worker: "w1", cols: -5, rows: 1e9}))),
+            await attempt((ws) => ws.send(new Uint8Array(200000))),
+        ];
+    }""", f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws")
+    for answer in answers[:4]:
+        assert '"type": "error"' in answer and "bad message" in answer, answers
+    # Past the message bound, autobahn fails the connection (1009, or 1006 as the browser sees a dropped one).
+    assert re.fullmatch(r" close:(1006|1009)", answers[4]), answers
+    # The master serves on: a session opens and works.
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    run(page, "echo still-$((2+2))", "still-4")
+    context.close()
+
+
+def test_ctrl_c_stops_a_flood(browser: Any, site: Sandbox) -> None:
+    """`yes` floods the page; the output credit window (acknowledged as xterm.js renders) keeps it paced, so
+    Ctrl-C gets through and the shell answers."""
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    page.keyboard.type("yes flood")
+    page.keyboard.press("Enter")
+    wait_for(lambda: screen(page).count("flood") > 20, "the flood")
+    page.keyboard.press("Control+C")
+    page.keyboard.type("echo after-$((20+22))")
+    page.keyboard.press("Enter")
+    wait_for(lambda: "after-42" in screen(page), "the shell after Ctrl-C", timeout=90)
+    context.close()
