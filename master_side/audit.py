@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 class StoreReactor(Clock, Protocol):
     """The reactor's parts the store uses: time and timers (the retry), shutdown triggers (IReactorCore) and
-    calls from its thread (IReactorFromThreads). Any Twisted reactor fits; a MemoryReactorClock in tests."""
+    calls from its thread (IReactorFromThreads). Every Twisted reactor fits; a MemoryReactorClock in tests."""
 
     def addSystemEventTrigger(self, phase: str, eventType: str, callable: Callable[[], object]) -> object: ...
     def removeSystemEventTrigger(self, triggerID: object) -> None: ...

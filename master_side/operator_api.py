@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.policy import Action, Identity, Policy
-from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
+from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
 
 from .audit import SessionRow
 from .audit_trail import RecordingError, SearchHit
@@ -32,7 +32,7 @@ from .buildbot_glue import BuildbotGlue, RouteError
 from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from .registry import SessionRegistry
 from .relay import MasterSession
-from .session_model import Role, Viewer, new_session_id
+from .session_model import Viewer, new_session_id
 from .worker_pb import Undo, WorkerPeer, open_on_worker
 
 if TYPE_CHECKING:
