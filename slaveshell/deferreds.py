@@ -1,6 +1,6 @@
 """`deferred`: write Twisted code as `async def` (typed `await`s) and still hand callers a `Deferred`.
 
-`@defer.inlineCallbacks` types what each `yield` gives back as `Any`; in an `async def`, `await d` on a
+`@defer.inlineCallbacks` leaves what each `yield` gives back untyped; in an `async def`, `await d` on a
 `Deferred[T]` is a `T`. Decorated with `deferred`, the coroutine function returns `Deferred[T]` as an
 inlineCallbacks function does, through Twisted's own `Deferred.fromCoroutine` (the same machinery: it runs at
 once up to its first wait on an unfired Deferred, an exception fails the returned Deferred, and cancelling that
