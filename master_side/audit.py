@@ -13,7 +13,7 @@ import collections
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping
-from typing import Protocol, TypedDict, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -26,6 +26,8 @@ from twisted.python.threadpool import ThreadPool
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
+
+from .rows import EventRow, RunningRow, SessionRow
 
 log = Logger()
 
@@ -155,62 +157,6 @@ def utc(timestamp: float) -> dt.datetime:
 def timestamp(value: dt.datetime) -> float:
     """Back from naive UTC to seconds since the epoch."""
     return value.replace(tzinfo=dt.UTC).timestamp() if value.tzinfo is None else value.timestamp()
-
-
-class SessionRow(TypedDict):
-    """A row of the sessions table as `history` reads it (see docs/audit-schema.md for each column). Times are
-    ISO 8601 strings in UTC (`started`, `ended`): rows cross PB as plain values."""
-
-    id: str
-    worker: str
-    operator: str
-    uid: int
-    master: str
-    command: str | None
-    pty: bool
-    term: str | None
-    width: int | None
-    height: int | None
-    started: str
-    ended: str | None
-    state: str  # running, ended, refused, interrupted
-    end_reason: str | None
-    exit_code: int | None
-    exit_signal: int | None
-    bytes_in: int
-    bytes_out: int
-    transcript: str | None  # the asciicast file's absolute path
-    transcript_sha256: str | None
-    build_id: int | None
-    builder: str | None
-    build_number: int | None
-    hidden_bytes: int
-    hidden_spans: int
-    hidden_flag: bool
-
-
-class EventRow(TypedDict):
-    """A row of the events table as `events_of` reads it; `time` as ISO 8601 in UTC."""
-
-    id: int
-    session_id: str | None
-    time: str
-    kind: str  # open, end, join, leave, attach, detach, kill, release, refused, dropped, record-error, ...
-    worker: str | None
-    operator: str | None
-    uid: int | None
-    detail: str | None
-
-
-class RunningRow(TypedDict):
-    """The columns crash recovery reads of a session left 'running' (`running_sessions`), as stored."""
-
-    id: str
-    worker: str
-    operator: str
-    uid: int
-    started: dt.datetime  # naive UTC
-    transcript: str | None
 
 
 def _row(mapping: sa.RowMapping) -> dict[str, object]:

@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -23,10 +22,11 @@ from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
-from .audit import AuditStore, SessionRow, StoreReactor, timestamp, utc
+from .audit import AuditStore, StoreReactor, timestamp, utc
 from .hold import Hold
 from .recorder import SessionRecorder, header_for, session_row
 from .relay import MasterSession
+from .rows import SearchHit, SessionRow
 from .session_model import Viewer
 from .transcripts import recover, transcript_dir, transcript_name
 
@@ -37,20 +37,6 @@ ON_RECORD_ERROR = ("end", "continue")
 
 class RecordingError(Exception):
     """The session cannot be recorded; the message is for the operator."""
-
-
-class SearchHit(TypedDict):
-    """One place a searched text was found in a transcript (`AuditTrail.search`)."""
-
-    session: str
-    worker: str
-    operator: str
-    started: str  # the session's start, ISO 8601 in UTC
-    time: float  # seconds into the session, to the millisecond
-    hidden: str  # the session's hidden input, as slaveshell.hidden.summary spells it
-    hidden_flag: bool
-    stream: str  # "output" or "input"
-    context: str  # the text found, with up to 40 characters either side
 
 
 class IndexWriter:

@@ -12,11 +12,10 @@ here, bounds per connection by the door.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -26,14 +25,15 @@ from slaveshell.display import visible
 from slaveshell.policy import Action, Identity, Policy
 from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
 
-from .audit import SessionRow
-from .audit_trail import RecordingError, SearchHit
+from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
 from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
+from .operator_types import ErrorKind, OperatorError, View, ViewerSink
 from .registry import SessionRegistry
 from .relay import MasterSession
+from .rows import SearchHit, SessionRow, TranscriptChunk
 from .session_model import Viewer, new_session_id
-from .worker_pb import Undo, WorkerPeer, open_on_worker
+from .worker_pb import WorkerPeer, open_on_worker
 
 if TYPE_CHECKING:
     from buildbot.process.botmaster import BotMaster
@@ -44,54 +44,8 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-
-class ErrorKind(enum.Enum):
-    BAD_REQUEST = "bad request"
-    DENIED = "permission denied"
-    NOT_FOUND = "not found"
-    LIMIT = "limit"  # a quota or bound of the master's
-    UNAVAILABLE = "unavailable"  # the worker, the build or the audit database cannot serve it
-    STOPPED = "stopped"  # the operator stopped waiting
-
-
-class OperatorError(Exception):
-    """An operation refused; `message` is for the operator (already as the wire shows it)."""
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class ViewerSink(Protocol):
-    """A viewer's end of a session, as the door provides it. `send` makes answer-less calls (output, exit,
-    notice; see slaveshell.client.ClientSink); `connection` identifies the operator's connection for the
-    per-connection bounds."""
-
-    connection: object
-
-    @property
-    def gone(self) -> bool: ...  # the operator's connection is closed
-    def send(self, method: str, *args: object) -> None: ...
-    def waiting(self, text: str) -> None: ...
-    def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
-    def on_failure(self, callback: Callable[[str | None], None]) -> None: ...  # None: connection lost
-
-
-class TranscriptChunk(TypedDict):
-    """A piece of a transcript file (`OperatorAPI.transcript`): at most MAX_CHUNK bytes; `eof` when it is the
-    last."""
-
-    data: bytes
-    eof: bool
-
-
-@dataclass(frozen=True)
-class View:
-    """An operator's view of a session, as open and attach return it."""
-
-    session: MasterSession
-    viewer: Viewer
+# The API's vocabulary (master_side.operator_types) is importable from here too.
+__all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
 
 
 class OperatorAPI:
@@ -120,8 +74,7 @@ class OperatorAPI:
     # -- workers and sessions ----------------------------------------------------------------------
 
     def workers(self, who: Identity) -> list[dict[str, object]]:
-        """The workers `who` has some right on, with whether they may open a shell there: name, connected,
-        shell, paused, system, info (strings and booleans, as `WorkerFacts`), allowed (bool), sessions (count)."""
+        """The workers `who` has some right on (`WorkerFacts`), with whether they may open a shell there."""
         result: list[dict[str, object]] = []
         sessions = list(self.registry)
         for facts in self.glue.workers():
@@ -138,21 +91,19 @@ class OperatorAPI:
         return result
 
     def sessions(self, who: Identity) -> list[dict[str, object]]:
-        """The live sessions `who` may watch (their own, and others' on workers where they have 'watch'), by
-        start: id, worker, operator, uid, started (s since the epoch), state, command (None: a login shell),
-        viewers ([{user, role}]), idle (s)."""
-        out: list[tuple[float, dict[str, object]]] = []
+        """The live sessions `who` may watch (their own, and others' on workers where they have 'watch')."""
+        out: list[dict[str, object]] = []
         trail = self._trail()
-        for s in self.registry.live():
+        for s in sorted(self.registry.live(), key=lambda s: s.started):
             if not self.policy.may(who, Action.WATCH, s.worker, owner=s.identity).allowed:
                 continue
-            out.append((s.started, {
+            out.append({
                 "id": s.id, "worker": s.worker, "operator": s.identity.user, "uid": s.identity.uid,
                 "started": s.started, "state": s.state.value, "command": s.request.command,
                 "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
                 "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
-            }))
-        return [row for _, row in sorted(out, key=lambda pair: pair[0])]
+            })
+        return out
 
     # -- open --------------------------------------------------------------------------------------
 

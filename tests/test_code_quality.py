@@ -45,6 +45,8 @@ STRICT = [
     "master_side/buildbot_glue.py",
     "master_side/config.py",
     "master_side/operator_api.py",
+    "master_side/operator_types.py",
+    "master_side/rows.py",
     "master_side/session_model.py",
     "slave_side/echo.py",
     "slave_side/host.py",
