@@ -12,18 +12,35 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from twisted.internet import defer, task, threads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from slaveshell.clock import Clock
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 
+from .rows import EventRow, RunningRow, SessionRow
+
 log = Logger()
+
+T = TypeVar("T")
+
+
+class StoreReactor(Clock, Protocol):
+    """The reactor's parts the store uses: time and timers (the retry), shutdown triggers (IReactorCore) and
+    calls from its thread (IReactorFromThreads). Every Twisted reactor fits; a MemoryReactorClock in tests."""
+
+    def addSystemEventTrigger(self, phase: str, eventType: str, callable: Callable[[], object]) -> object: ...
+    def removeSystemEventTrigger(self, triggerID: object) -> None: ...
+    def callFromThread(self, callable: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
 SCHEMA_VERSION = 3
 PREFIX = "slaveshell_"
@@ -142,9 +159,9 @@ def timestamp(value: dt.datetime) -> float:
     return value.replace(tzinfo=dt.UTC).timestamp() if value.tzinfo is None else value.timestamp()
 
 
-def _row(mapping: Any) -> dict[str, Any]:
+def _row(mapping: sa.RowMapping) -> dict[str, object]:
     """Plain values only: rows cross PB, whose jelly refuses str subclasses (SQLAlchemy's quoted_name keys)."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key, value in mapping.items():
         if isinstance(value, dt.datetime):
             value = value.replace(tzinfo=dt.UTC).isoformat()
@@ -158,37 +175,35 @@ class AuditStore:
     retry_interval = 2.0
     max_queue = 100_000
 
-    def __init__(self, url: str, reactor: Any = None) -> None:
+    def __init__(self, url: str, reactor: StoreReactor | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.url = url
-        self.reactor = reactor
+        self.reactor: StoreReactor = reactor
         self.engine: sa.Engine | None = None
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="slaveshell-audit")
-        self._queue: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
-        self._drain_d: defer.Deferred[Any] | None = None
+        # Writes waiting for the database, in order: each runs in the pool's thread.
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._drain_d: defer.Deferred[None] | None = None
         self.down_since: float | None = None
         self.dropped = 0
 
     # -- life ----------------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def start(self) -> Any:
+    @deferred
+    async def start(self) -> None:
+        """Start the thread pool, connect and migrate. Fails when the database cannot be reached or migrated
+        (the pool is kept: the service retries when the database comes up)."""
         if not self.pool.started:
             self.pool.start()
             # Its threads are not daemons: an unstopped pool would keep the process from exiting.
             self._shutdown_trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
-        try:
-            yield self._run(self._connect)
-        except Exception:
-            # Keep the pool: the service retries when the database comes up.
-            raise
+        await self._run(self._connect)
 
     def _connect(self) -> None:
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        engine = sa.create_engine(self.url, **kwargs)
+        engine = sa.create_engine(self.url, pool_pre_ping=True)
         path = engine.url.database if engine.dialect.name == "sqlite" else None
         if path and path != ":memory:":
             # SQLite would create it world-readable (umask); the index is as private as the transcripts.
@@ -198,7 +213,7 @@ class AuditStore:
         if engine.dialect.name == "sqlite":
             # WAL: outside tools can read while the master writes; a crash never corrupts committed rows.
             @sa.event.listens_for(engine, "connect")
-            def _wal(dbapi_conn: Any, record: Any) -> None:
+            def _wal(dbapi_conn: DBAPIConnection, record: object) -> None:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=5000")
@@ -207,75 +222,79 @@ class AuditStore:
         migrate(engine)
         self.engine = engine
 
-    @defer.inlineCallbacks
-    def stop(self) -> Any:
+    @deferred
+    async def stop(self) -> None:
         # Let queued writes land if the database is there; if it is away they are lost with the process
         # (the crash recovery at the next start closes the rows they would have closed).
         if self._drain_d is not None and self.down_since is None:
-            yield self._drain_d
+            await self._drain_d
         if self.engine is not None:
-            yield self._run(self.engine.dispose)
+            await self._run(self.engine.dispose)
             self.engine = None
         if self.pool.started:
             self.pool.stop()
             self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
+    def _run(self, fn: Callable[[], T]) -> defer.Deferred[T]:
+        """`fn()` in the pool's one thread."""
+        # Twisted types its reactor parameters with zope interfaces, which mypy cannot match structurally.
+        return threads.deferToThreadPool(cast(IReactorFromThreads, self.reactor), self.pool, fn)
 
     # -- writes --------------------------------------------------------------------------------
 
-    def open_session(self, row: dict[str, Any]) -> defer.Deferred[Any]:
-        """The session's first row, written now (not queued): it fails if the database is away."""
-        return self._run(self._insert, sessions, row)
+    def open_session(self, row: Mapping[str, object]) -> defer.Deferred[None]:
+        """The session's first row (column -> value, times as naive UTC datetimes), written now (not queued): it
+        fails if the database is away."""
+        return self._run(lambda: self._insert(sessions, row))
 
-    def update_session(self, session_id: str, **values: Any) -> None:
-        self._enqueue(self._update, session_id, values)
+    def update_session(self, session_id: str, **values: object) -> None:
+        """Set columns of a session's row (queued)."""
+        self._enqueue(lambda: self._update(session_id, values))
 
     def event(self, kind: str, session_id: str | None = None, worker: str | None = None,
               operator: str | None = None, uid: int | None = None, detail: str | None = None,
               when: float | None = None) -> None:
         import time
 
-        self._enqueue(self._insert, events, {
+        row = {
             "session_id": session_id, "time": utc(when if when is not None else time.time()), "kind": kind,
             "worker": worker, "operator": operator, "uid": uid, "detail": detail,
-        })
+        }
+        self._enqueue(lambda: self._insert(events, row))
 
-    def _insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+    def _insert(self, table: sa.Table, row: Mapping[str, object]) -> None:
         assert self.engine is not None
         with self.engine.begin() as conn:
             conn.execute(table.insert().values(**row))
 
-    def _update(self, session_id: str, values: dict[str, Any]) -> None:
+    def _update(self, session_id: str, values: Mapping[str, object]) -> None:
         assert self.engine is not None
         with self.engine.begin() as conn:
             conn.execute(sessions.update().where(sessions.c.id == session_id).values(**values))
 
-    def _enqueue(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _enqueue(self, write: Callable[[], None]) -> None:
         if len(self._queue) >= self.max_queue:
             self._queue.popleft()
             self.dropped += 1
             log.error("slaveshell audit: write queue full while the database is away; dropped {n} writes",
                       n=self.dropped)
-        self._queue.append((fn, args))
+        self._queue.append(write)
         if self._drain_d is None:
             d = self._drain()
             self._drain_d = None if d.called else d
 
-    @defer.inlineCallbacks
-    def _drain(self) -> Any:
+    @deferred
+    async def _drain(self) -> None:
         try:
             while self._queue:
-                fn, args = self._queue[0]
                 try:
-                    yield self._run(fn, *args)
+                    await self._run(self._queue[0])
                 except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError) as e:
                     if self.down_since is None:
                         self.down_since = self.reactor.seconds()
                         log.critical("slaveshell audit: the database is unreachable; {n} writes wait for it: {e}",
                                      n=len(self._queue), e=visible(str(e).splitlines()[0]))
-                    yield task.deferLater(self.reactor, self.retry_interval, lambda: None)
+                    await task.deferLater(cast(IReactorTime, self.reactor), self.retry_interval, lambda: None)
                     continue
                 except Exception as e:
                     # The first line only: SQLAlchemy's next lines quote the statement's parameters, which
@@ -297,8 +316,8 @@ class AuditStore:
 
     def history(self, worker: str | None = None, operator: str | None = None, since: float | None = None,
                 session_id: str | None = None, build_id: int | None = None,
-                limit: int = 200) -> defer.Deferred[list[dict[str, Any]]]:
-        def query() -> list[dict[str, Any]]:
+                limit: int = 200) -> defer.Deferred[list[SessionRow]]:
+        def query() -> list[SessionRow]:
             assert self.engine is not None
             q = sa.select(sessions).order_by(sessions.c.started.desc()).limit(limit)
             if worker:
@@ -312,13 +331,13 @@ class AuditStore:
             if build_id is not None:
                 q = q.where(sessions.c.build_id == build_id)
             with self.engine.connect() as conn:
-                return [_row(r) for r in conn.execute(q).mappings()]
+                return [cast(SessionRow, _row(r)) for r in conn.execute(q).mappings()]
 
         return self._run(query)
 
     def events_of(self, session_id: str | None = None,
-                  kind: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
-        def query() -> list[dict[str, Any]]:
+                  kind: str | None = None) -> defer.Deferred[list[EventRow]]:
+        def query() -> list[EventRow]:
             assert self.engine is not None
             q = sa.select(events).order_by(events.c.id)
             if session_id:
@@ -326,15 +345,15 @@ class AuditStore:
             if kind:
                 q = q.where(events.c.kind == kind)
             with self.engine.connect() as conn:
-                return [_row(r) for r in conn.execute(q).mappings()]
+                return [cast(EventRow, _row(r)) for r in conn.execute(q).mappings()]
 
         return self._run(query)
 
-    def running_sessions(self, master: str) -> defer.Deferred[list[dict[str, Any]]]:
-        def query() -> list[dict[str, Any]]:
+    def running_sessions(self, master: str) -> defer.Deferred[list[RunningRow]]:
+        def query() -> list[RunningRow]:
             assert self.engine is not None
             q = sa.select(sessions).where(sessions.c.state == "running", sessions.c.master == master)
             with self.engine.connect() as conn:
-                return [dict(r) for r in conn.execute(q).mappings()]
+                return [cast(RunningRow, dict(r)) for r in conn.execute(q).mappings()]
 
         return self._run(query)

@@ -9,22 +9,24 @@ from __future__ import annotations
 import bisect
 import os
 import re
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from slaveshell import hidden as hidden_input
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
 
-from .audit import AuditStore, timestamp, utc
+from .audit import AuditStore, StoreReactor, timestamp, utc
 from .hold import Hold
 from .recorder import SessionRecorder, header_for, session_row
 from .relay import MasterSession
+from .rows import SearchHit, SessionRow
 from .session_model import Viewer
 from .transcripts import recover, transcript_dir, transcript_name
 
@@ -38,19 +40,30 @@ class RecordingError(Exception):
 
 
 class IndexWriter:
-    """A recording's writes to the audit index (the recorder's `RecordIndex`): hidden-input counts as they
-    change, a transcript that cannot be written, and the session's end."""
+    """One recording's writes to the audit index (the recorder's `RecordIndex`): hidden-input counts as they
+    change, a transcript that cannot be written, and the session's end: as ended, or as refused once
+    `refuse` was called (the worker refused the session after recording began)."""
 
     def __init__(self, store: AuditStore) -> None:
         self.store = store
+        self.refusal: str | None = None
 
-    def hidden_input(self, session_id: str, counts: dict[str, Any]) -> None:
+    def refuse(self, reason: str) -> None:
+        """The session was not opened: its end closes the row as refused, for `reason`."""
+        self.refusal = reason
+
+    def hidden_input(self, session_id: str, counts: Mapping[str, object]) -> None:
         self.store.update_session(session_id, **counts)
 
     def record_error(self, session_id: str, error: OSError) -> None:
         self.store.event("record-error", session_id, detail=f"transcript: {error}")
 
-    def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: dict[str, Any]) -> None:
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None,
+                 hidden: Mapping[str, object]) -> None:
+        if self.refusal is not None:
+            self.store.update_session(session.id, state="refused", ended=utc(ended), end_reason=self.refusal,
+                                      transcript_sha256=sha256)
+            return
         status = session.status
         self.store.update_session(
             session.id,
@@ -68,6 +81,14 @@ class IndexWriter:
                          detail=session.end_reason, when=ended)
 
 
+@dataclass(frozen=True)
+class Recording:
+    """A session's recording as the trail keeps it: its transcript's recorder and its index writer."""
+
+    recorder: SessionRecorder
+    index: IndexWriter
+
+
 class AuditTrail:
     def __init__(
         self,
@@ -80,7 +101,7 @@ class AuditTrail:
         require_recording: bool = True,
         on_record_error: str = "end",
         seal_to: str | Sequence[str] | None = None,
-        reactor: Any = None,
+        reactor: StoreReactor | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -88,7 +109,7 @@ class AuditTrail:
             reactor = default_reactor
         if on_record_error not in ON_RECORD_ERROR:
             raise ValueError(f"on_record_error must be one of {ON_RECORD_ERROR}")
-        self.reactor = reactor
+        self.reactor: StoreReactor = reactor
         self.master_name = master_name
         self.directory = os.path.abspath(os.path.join(basedir, transcripts))
         self.db_url = db_url or f"sqlite:///{os.path.join(os.path.abspath(basedir), 'slaveshell.sqlite')}"
@@ -99,38 +120,38 @@ class AuditTrail:
         # Hidden keystrokes are sealed to these age recipients (auditors' public keys); None: lengths only.
         self.seal_recipients = hidden_input.load_recipients(seal_to) if seal_to else None
         self.store = AuditStore(self.db_url, reactor)
-        self.recorders: dict[str, SessionRecorder] = {}
+        self.recordings: dict[str, Recording] = {}  # by session id, until the session ends
         self._started = False
         self._closing: set[defer.Deferred[None]] = set()
 
     # -- life ----------------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def start(self) -> Any:
+    @deferred
+    async def start(self) -> None:
         transcript_dir(self.directory)
-        yield self._ensure_store()
+        await self._ensure_store()
 
-    @defer.inlineCallbacks
-    def _ensure_store(self) -> Any:
+    @deferred
+    async def _ensure_store(self) -> bool:
         """Connect (and migrate) if not yet done; the database may come up after the master."""
         if self._started:
             return True
         try:
-            yield self.store.start()
+            await self.store.start()
         except Exception as e:
             log.critical("slaveshell audit: cannot open the audit database {url}: {e}",
                          url=_safe_url(self.db_url), e=visible(str(e).splitlines()[0] if str(e) else repr(e)))
             return False
         self._started = True
-        yield self.recover()
+        await self.recover()
         return True
 
-    @defer.inlineCallbacks
-    def stop(self) -> Any:
+    @deferred
+    async def stop(self) -> None:
         # Transcripts still being fsynced and closed: they finish before the trail stops.
-        yield defer.DeferredList(list(self._closing))
+        await defer.DeferredList(list(self._closing))
         if self._started:
-            yield self.store.stop()
+            await self.store.stop()
             self._started = False
 
     def _in_thread(self, work: Callable[[], None]) -> None:
@@ -147,17 +168,17 @@ class AuditTrail:
 
     # -- crash recovery ------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def recover(self) -> Any:
+    @deferred
+    async def recover(self) -> None:
         """Sessions this master left 'running' (it was killed): repair their transcripts, close their rows."""
-        rows = yield self.store.running_sessions(self.master_name)
+        rows = await self.store.running_sessions(self.master_name)
         for row in rows:
             path = row.get("transcript")
             reason = "interrupted: the master stopped while the session was running"
             last, sha = 0.0, None
             if path and os.path.exists(path):
                 try:
-                    last, sha = yield threads.deferToThread(recover, path, reason)
+                    last, sha = await threads.deferToThread(recover, path, reason)
                 except Exception as e:
                     log.error("slaveshell: cannot repair transcript {path}: {e}", path=visible(path), e=visible(e))
             started = timestamp(row["started"])
@@ -185,14 +206,15 @@ class AuditTrail:
         self.store.event("release", None, hold.worker, who.user, who.uid,
                          f"build {hold.builder} #{hold.build_number} (id {hold.build_id})")
 
-    @defer.inlineCallbacks
-    def begin(self, session: MasterSession) -> Any:
+    @deferred
+    async def begin(self, session: MasterSession) -> SessionRecorder | None:
         """Create the transcript and the index row. Raises RecordingError when fail-closed and either fails;
         returns the recorder (None when serving unrecorded in degraded mode)."""
         path = os.path.join(self.directory, transcript_name(session.worker, session.id, session.started))
         encoder = CastEncoder(self.redact, record_input=self.record_input)
         recipients = self.seal_recipients
-        recorder = SessionRecorder(session.id, path, encoder, IndexWriter(self.store), session.started,
+        index = IndexWriter(self.store)
+        recorder = SessionRecorder(session.id, path, encoder, index, session.started,
                                    clock=self.reactor.seconds,
                                    seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None)
         recorder.run_blocking = self._in_thread
@@ -203,11 +225,11 @@ class AuditTrail:
         except OSError as e:
             problem = f"cannot create the transcript: {e.strerror or e}"
         if problem is None:
-            ok = yield self._ensure_store()
+            ok = await self._ensure_store()
             try:
                 if not ok:
                     raise RuntimeError("the audit database is unreachable")
-                yield self.store.open_session(session_row(session, self.master_name, path))
+                await self.store.open_session(session_row(session, self.master_name, path))
             except Exception as e:
                 problem = f"cannot write the audit index: {str(e).splitlines()[0] if str(e) else e!r}"
                 if recorder.file is not None:
@@ -221,34 +243,32 @@ class AuditTrail:
             if self.require_recording:
                 raise RecordingError(f"session not started: it cannot be recorded ({problem})")
             return None
-        self.recorders[session.id] = recorder
+        self.recordings[session.id] = Recording(recorder, index)
         return recorder
 
     def opened(self, session: MasterSession) -> None:
         self.store.event("open", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.request.command or "login shell")
 
-    def not_opened(self, session: MasterSession, recorder: SessionRecorder | None, reason: str) -> None:
-        """The worker refused after recording began: close the transcript and the row as refused."""
-        self.recorders.pop(session.id, None)
-        if recorder is not None:
-            recorder.marker(f"refused: {reason}")
-            if recorder.file is not None:
-                try:
-                    recorder.sha256 = recorder.file.close(self._in_thread)
-                except OSError:
-                    recorder.file.abandon()
-            self.store.update_session(session.id, state="refused", ended=utc(self.reactor.seconds()),
-                                      end_reason=reason, transcript_sha256=recorder.sha256)
+    def not_opened(self, session: MasterSession, reason: str) -> None:
+        """The worker refused after recording began: the transcript gets a refusal marker and is closed, and
+        its row is closed as refused (through the recording's index writer); the refusal is an event."""
+        recording = self.recordings.pop(session.id, None)
+        if recording is not None:
+            recording.index.refuse(reason)
+            # The session was never served: a transcript that fails to close now ends nothing but is logged.
+            recording.recorder.on_error = lambda error: None
+            recording.recorder.marker(f"refused: {reason}")
+            recording.recorder.end(session)
         self.store.event("refused", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=reason)
 
     def ended(self, session: MasterSession) -> None:
-        self.recorders.pop(session.id, None)
+        self.recordings.pop(session.id, None)
 
     # -- reading -------------------------------------------------------------------------------
 
-    def transcript_path(self, row: dict[str, Any]) -> str | None:
+    def transcript_path(self, row: SessionRow) -> str | None:
         path = row.get("transcript")
         if not path:
             return None
@@ -266,14 +286,14 @@ class AuditTrail:
 
         return threads.deferToThread(read)
 
-    def search(self, rows: list[dict[str, Any]], text: str, limit: int) -> defer.Deferred[list[dict[str, Any]]]:
+    def search(self, rows: list[SessionRow], text: str, limit: int) -> defer.Deferred[list[SearchHit]]:
         paths = [(row, self.transcript_path(row)) for row in rows]
         return threads.deferToThread(_search, paths, text, limit)
 
 
-def _search(paths: list[tuple[dict[str, Any], str | None]], needle: str, limit: int) -> list[dict[str, Any]]:
+def _search(paths: list[tuple[SessionRow, str | None]], needle: str, limit: int) -> list[SearchHit]:
     """What was shown ('o') and typed ('i'), escape sequences stripped, case-insensitive."""
-    hits: list[dict[str, Any]] = []
+    hits: list[SearchHit] = []
     lowered = needle.lower()
     for row, path in paths:
         if path is None or not os.path.exists(path):

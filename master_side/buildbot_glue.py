@@ -12,13 +12,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from buildbot.worker.protocols import pb as bbpb
 
 from slaveshell.protocol import WORKER_COMMAND, OpenRequest
 
 from .hold import Hold
+
+if TYPE_CHECKING:
+    from buildbot.master import BuildMaster
+    from buildbot.worker.base import AbstractWorker
 
 
 class RouteError(Exception):
@@ -41,12 +45,12 @@ class BuildbotGlue:
     """Reads and pauses Buildbot's workers and builders. `master` gives the current BuildMaster (a service
     learns its master only once it has a parent)."""
 
-    def __init__(self, master: Callable[[], Any]) -> None:
+    def __init__(self, master: Callable[[], BuildMaster]) -> None:
         self._master = master
         # Sessions holding each worker paused, and whether we paused it (never unpause someone else's pause).
         self._pausing: dict[str, set[str]] = {}
 
-    def route(self, name: str) -> Any:
+    def route(self, name: str) -> bbpb.Connection:
         """The live PB connection (buildbot.worker.protocols.pb.Connection) to worker `name`, or a RouteError
         that says why not."""
         workers = self._master().workers
@@ -131,7 +135,7 @@ class BuildbotGlue:
                 worker.unpause()
 
 
-def worker_info(worker: Any) -> str:
+def worker_info(worker: AbstractWorker) -> str:
     """A short line about the worker's machine, from what it reported when it connected."""
     info = getattr(worker, "info", None)
     if info is None:

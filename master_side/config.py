@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import grp
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from slaveshell import hidden as hidden_input
 from slaveshell.policy import Policy, Rule
@@ -34,14 +33,25 @@ class Limits:
     close_deadline: float | None = 10.0
 
 
-def make_policy(policy: Policy | Iterable[Rule | dict[str, Any]] | None) -> Policy:
+# master.cfg's `policy=`: a Policy, or rules (each a Rule, or a mapping of Rule's fields), or None.
+PolicyOption = Policy | Iterable[Rule | Mapping[str, object]] | None
+
+
+def make_policy(policy: PolicyOption) -> Policy:
     """The policy from master.cfg's `policy=`: None for the default, a Policy, or rules (Rule or dicts of
     Rule's fields). Raises TypeError or ValueError on a bad rule."""
     if policy is None:
         return Policy.default()
     if isinstance(policy, Policy):
         return policy
-    return Policy(rule if isinstance(rule, Rule) else Rule(**rule) for rule in policy)
+    return Policy(rule if isinstance(rule, Rule) else _rule(rule) for rule in policy)
+
+
+def _rule(fields: Mapping[str, object]) -> Rule:
+    """A Rule from a mapping of its fields, as master.cfg writes them (lists, single names): its values are
+    unchecked here, and Rule normalizes and checks them (TypeError on an unknown field, ValueError on a bad
+    right)."""
+    return Rule(**fields)  # type: ignore[arg-type]
 
 
 def group_id(group: str | int) -> int:
@@ -55,7 +65,7 @@ class ShellConfig:
 
     socket: str = DEFAULT_SOCKET
     group: str | int | None = None
-    policy: Any = None
+    policy: PolicyOption = None
     transcripts: str = "transcripts"
     db_url: str | None = None
     record_input: bool = True
@@ -142,3 +152,9 @@ class ShellConfig:
         return Bounds(self.max_connections_per_uid, self.max_connections, self.max_viewers_per_session,
                       self.max_viewers_per_operator, self.max_connection_buffer, self.max_buffered_total,
                       self.write_stall_timeout, self.max_calls_in_progress)
+
+
+def shell_config(*args: object, **kwargs: object) -> ShellConfig:
+    """The ShellConfig of `ShellService(...)`'s arguments, as master.cfg gave them: unchecked here (`errors()`
+    checks them); TypeError on an unknown option or too many arguments."""
+    return ShellConfig(*args, **kwargs)  # type: ignore[arg-type]

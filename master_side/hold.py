@@ -16,14 +16,23 @@ import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from buildbot.process import buildstep
 from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, SKIPPED, SUCCESS
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from slaveshell.clock import Clock
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
+
+if TYPE_CHECKING:
+    from buildbot.master import BuildMaster
+    from buildbot.process.botmaster import BotMaster
+    from buildbot.process.build import Build
 
 log = Logger()
 
@@ -80,7 +89,7 @@ class NotHeld(Exception):
     """The build will not be held for a shell; the message is for the operator."""
 
 
-def hold_ahead(botmaster: Any, build_id: int, worker: str | None = None) -> bool:
+def hold_ahead(botmaster: BotMaster, build_id: int, worker: str | None = None) -> bool:
     """Whether build `build_id` is running on this master (on `worker`, when given) with a HoldForShell step still
     to run (or starting).
     Looks at the botmaster's builders' `building` lists and each Build's `steps` (the steps still to run, made
@@ -103,7 +112,7 @@ def hold_ahead(botmaster: Any, build_id: int, worker: str | None = None) -> bool
     return False
 
 
-def _worker_of(build: Any) -> str | None:
+def _worker_of(build: Build) -> str | None:
     try:
         name = build.getWorkerName()
     except Exception:  # no worker yet (still being set up): not ours to wait for
@@ -133,7 +142,7 @@ class Holds:
     def remove(self, build_id: int) -> None:
         self.held.pop(build_id, None)
 
-    def wait_for(self, botmaster: Any, build_id: int, timeout: float, reactor: Any) -> defer.Deferred[Hold]:
+    def wait_for(self, botmaster: BotMaster, build_id: int, timeout: float, reactor: Clock) -> defer.Deferred[Hold]:
         """Fires with the build's Hold once HoldForShell holds it. Fails with NotHeld when the build goes on
         without one (finished, its HoldForShell step did not hold it, stopped) or after `timeout` seconds. Cancel
         it when the operator stops waiting: nothing of the wait stays behind."""
@@ -156,11 +165,11 @@ class Holds:
                      "step did not hold it)")
 
         poller = task.LoopingCall(check)
-        poller.clock = reactor
+        poller.clock = cast(IReactorTime, reactor)  # a zope interface: mypy cannot match it structurally
         poller.start(WAIT_POLL, now=False)
         timer = reactor.callLater(timeout, fail, f"build {build_id} was not held within {timeout:g} s")
 
-        def done(result: Any) -> Any:
+        def done(result: Hold | Failure) -> Hold | Failure:
             if poller.running:
                 poller.stop()
             if timer.active():
@@ -187,7 +196,7 @@ class Holds:
                                        "not hold it)"))
 
 
-def holds_of(master: Any) -> Holds:
+def holds_of(master: BuildMaster) -> Holds:
     """The Holds of the master's ShellService: Buildbot keeps the services of c['services'] as children of
     `master.service_manager` (buildbot/util/service.py, BuildbotServiceManager), by name in `namedServices`.
     Without a ShellService, a Holds of the step's own (nobody can step in then, and the hold times out)."""
@@ -204,7 +213,7 @@ class HoldForShell(buildstep.BuildStep):
     renderables = ["when", "timeout"]
 
     def __init__(self, when: str = "failure", timeout: float = 1800, property: str = "hold_for_shell",
-                 **kwargs: Any) -> None:
+                 **kwargs: object) -> None:
         if when not in WHEN:
             from buildbot import config
 
@@ -232,8 +241,10 @@ class HoldForShell(buildstep.BuildStep):
                 env.update({str(k): str(v) for k, v in source.items() if isinstance(v, (str, int, float))})
         return env
 
-    @defer.inlineCallbacks
-    def run(self) -> Any:
+    @deferred
+    async def run(self) -> int:
+        """Hold the build until released, timed out or stopped (see the module); the step's result: SUCCESS,
+        CANCELLED when the build was stopped, SKIPPED when not wanted."""
         if not self._wanted():
             self.descriptionDone = ["not held"]
             holds_of(self.master).tell_waiters(self.build.buildid, None)
@@ -250,8 +261,8 @@ class HoldForShell(buildstep.BuildStep):
         self.description = [f"held for a shell: {command}"]
         self.updateSummary()
         holds.add(hold)
-        stdio = yield self.addLog("hold")
-        yield stdio.addStdout(
+        stdio = await self.addLog("hold")
+        await stdio.addStdout(
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
             f"Step in from the master host:\n\n    {command}\n\n"
             f"The shell starts in {workdir} with the build's environment.\n"
@@ -259,22 +270,22 @@ class HoldForShell(buildstep.BuildStep):
             f"itself after {self.timeout:g} s, or when the build is stopped.\n")
         from twisted.internet import reactor as _reactor
 
-        reactor: Any = _reactor
+        reactor: Clock = _reactor
         timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s",
                                   StopReason.TIMED_OUT)
         try:
-            why = yield hold.released
+            why = await hold.released
         finally:
             if timer.active():
                 timer.cancel()
             holds.remove(hold.build_id)
-        yield stdio.addStdout(f"\nReleased: {why}\n")
-        yield stdio.finish()
+        await stdio.addStdout(f"\nReleased: {why}\n")
+        await stdio.finish()
         self.descriptionDone = [f"held for a shell; released: {why}"]
         log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=visible(why))
         return CANCELLED if hold.reason is StopReason.STOPPED else SUCCESS
 
-    def interrupt(self, reason: Any) -> defer.Deferred[None]:
+    def interrupt(self, reason: str | Failure) -> defer.Deferred[None]:
         d = super().interrupt(reason)
         if self._hold is not None:
             self._hold.release(f"build stopped: {reason}", StopReason.STOPPED)

@@ -26,11 +26,12 @@ uid and kind per `AUDIT_INTERVAL` seconds, with the number of the others left ou
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,7 +41,13 @@ from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.protocol import REFUSED_PREFIX
 
+if TYPE_CHECKING:
+    from .relay import MasterSession
+
 log = Logger()
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # At most one audit event and log line per uid and kind of refusal in this many seconds; the rest are counted.
 AUDIT_INTERVAL = 10.0
@@ -62,10 +69,27 @@ class Bounds:
     calls_in_progress: int = 4
 
 
-def buffered_bytes(transport: Any) -> int:
+class Transport(Protocol):
+    """What the gate uses of a connection's transport (ITransport; `abortConnection` when it has it)."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+
+
+class _WriteBuffer(Protocol):
+    """Twisted's `abstract.FileDescriptor` write buffer: `dataBuffer` (bytes waiting, from `offset` on) and
+    `_tempDataLen` (bytes written since, not yet joined to it)."""
+
+    dataBuffer: bytes
+    offset: int
+    _tempDataLen: int
+
+
+def buffered_bytes(transport: object) -> int:
     """Bytes written to `transport` and not yet taken by the kernel (0 when the transport does not say)."""
+    buffer = cast(_WriteBuffer, transport)  # checked here: a transport without these attributes counts as empty
     try:
-        return len(transport.dataBuffer) - int(transport.offset) + int(transport._tempDataLen)
+        return len(buffer.dataBuffer) - int(buffer.offset) + int(buffer._tempDataLen)
     except (AttributeError, TypeError):
         return 0
 
@@ -150,7 +174,7 @@ class _Connection:
 class ConnectionGate:
     """Admits operator connections within the bounds and watches what each one holds."""
 
-    def __init__(self, identify: Callable[[Any], Identity], audit: RefusalAudit, clock: Callable[[], float],
+    def __init__(self, identify: Callable[[Transport], Identity], audit: RefusalAudit, clock: Callable[[], float],
                  bounds: Bounds | None = None) -> None:
         self.identify = identify
         self.audit = audit
@@ -167,7 +191,7 @@ class ConnectionGate:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def admit(self, broker: pb.Broker, transport: Any) -> str | None:
+    def admit(self, broker: pb.Broker, transport: Transport) -> str | None:
         """Called as the connection is made: None to serve it, or why it is refused."""
         try:
             who = self.identify(transport)
@@ -195,7 +219,7 @@ class ConnectionGate:
         conn = self.connections.pop(broker, None)
         if conn is not None:
             self.audit(conn.identity, "dropped", f"connection dropped: {reason}")
-        transport: Any = broker.transport
+        transport = cast("Transport | None", broker.transport)
         if transport is not None and not broker.disconnected:
             abort = getattr(transport, "abortConnection", None)
             (abort or transport.loseConnection)()
@@ -241,8 +265,9 @@ class ConnectionGate:
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def limited(self, broker: pb.Broker, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a remote call's work, at most `calls_in_progress` at once per connection."""
+    def limited(self, broker: pb.Broker, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a remote call's work, `fn(*args, **kwargs)`, at most `calls_in_progress` at once per connection
+        (a call is in progress until the Deferred it returns fires). Raises pb.Error when refused."""
         if self.check(broker):
             raise pb.Error("this connection was dropped")
         conn = self.connections.get(broker)
@@ -250,16 +275,17 @@ class ConnectionGate:
         if busy >= self.bounds.calls_in_progress:
             raise pb.Error(f"too many calls in progress on this connection (at most "
                            f"{self.bounds.calls_in_progress}); wait for their answers")
-        result = fn(*args)
+        result = fn(*args, **kwargs)
         if not isinstance(result, defer.Deferred) or result.called:
             return result
         self._count(broker, conn, 1)
 
-        def done(value: Any) -> Any:
+        def done(value: object) -> object:
             self._count(broker, conn, -1)
             return value
 
-        return result.addBoth(done)
+        result.addBoth(done)
+        return result
 
     def _count(self, broker: pb.Broker, conn: _Connection | None, delta: int) -> None:
         if conn is not None:
@@ -269,7 +295,8 @@ class ConnectionGate:
 
     # -- viewers -------------------------------------------------------------------------------
 
-    def viewer_refusal(self, who: Identity, broker: object, session: Any, sessions: Any) -> str | None:
+    def viewer_refusal(self, who: Identity, broker: object, session: MasterSession,
+                       sessions: Iterable[MasterSession]) -> str | None:
         """Why `who` may not add a view of `session` on connection `broker` (any object that identifies the
         operator's connection, as `Viewer.connection` holds it), or None. `sessions` are the live
         sessions (each with `.viewers`, `.owner`, `.live`); a view other than a session's owner counts against
@@ -295,16 +322,16 @@ class GatedBroker(pb.Broker):
 
     @property
     def gate(self) -> ConnectionGate:
-        factory: Any = self.factory
-        return factory.gate  # type: ignore[no-any-return]
+        return cast(GatedFactory, self.factory).gate
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: Transport) -> None:
         reason = self.gate.admit(self, transport)
         if reason is None:
             self.admitted = True
             super().makeConnection(transport)
             return
-        self.transport = transport
+        # Twisted types it with the zope interface, which mypy cannot match structurally.
+        self.transport = cast(ITransport, transport)
         line = " ".join(reason.split())[:500]
         transport.write(REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
         transport.loseConnection()
@@ -313,7 +340,7 @@ class GatedBroker(pb.Broker):
         if self.admitted:
             super().dataReceived(data)
 
-    def sendEncoded(self, obj: Any) -> None:
+    def sendEncoded(self, obj: object) -> None:
         # Banana's one write: FileDescriptor.write always buffers, so the buffer grows by what was written.
         before = buffered_bytes(self.transport)
         super().sendEncoded(obj)
@@ -328,6 +355,6 @@ class GatedBroker(pb.Broker):
 class GatedFactory(pb.PBServerFactory):
     protocol = GatedBroker
 
-    def __init__(self, root: Any, gate: ConnectionGate) -> None:
+    def __init__(self, root: object, gate: ConnectionGate) -> None:
         super().__init__(root, unsafeTracebacks=False)
         self.gate = gate

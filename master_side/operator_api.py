@@ -12,78 +12,45 @@ here, bounds per connection by the door.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.policy import Action, Identity, Policy
-from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
+from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
 
 from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
 from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
+from .operator_types import ErrorKind, OperatorError, View, ViewerSink
 from .registry import SessionRegistry
 from .relay import MasterSession
-from .session_model import Role, Viewer, new_session_id
-from .worker_pb import Undo, WorkerPeer, open_on_worker
+from .rows import SearchHit, SessionRow, TranscriptChunk
+from .session_model import Viewer, new_session_id
+from .worker_pb import WorkerPeer, open_on_worker
 
 if TYPE_CHECKING:
+    from buildbot.process.botmaster import BotMaster
+    from buildbot.worker.protocols.pb import Connection as WorkerConnection
+
     from .audit_trail import AuditTrail
     from .limits import ConnectionGate
 
 log = Logger()
 
-
-class ErrorKind(enum.Enum):
-    BAD_REQUEST = "bad request"
-    DENIED = "permission denied"
-    NOT_FOUND = "not found"
-    LIMIT = "limit"  # a quota or bound of the master's
-    UNAVAILABLE = "unavailable"  # the worker, the build or the audit database cannot serve it
-    STOPPED = "stopped"  # the operator stopped waiting
-
-
-class OperatorError(Exception):
-    """An operation refused; `message` is for the operator (already as the wire shows it)."""
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class ViewerSink(Protocol):
-    """A viewer's end of a session, as the door provides it. `send` makes answer-less calls (output, exit,
-    notice; see slaveshell.client.ClientSink); `connection` identifies the operator's connection for the
-    per-connection bounds."""
-
-    connection: object
-
-    @property
-    def gone(self) -> bool: ...  # the operator's connection is closed
-    def send(self, method: str, *args: object) -> None: ...
-    def waiting(self, text: str) -> None: ...
-    def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
-    def on_failure(self, callback: Callable[[str | None], None]) -> None: ...  # None: connection lost
-
-
-@dataclass(frozen=True)
-class View:
-    """An operator's view of a session, as open and attach return it."""
-
-    session: MasterSession
-    viewer: Viewer
+# The API's vocabulary (master_side.operator_types) is importable from here too.
+__all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
 
 
 class OperatorAPI:
     def __init__(self, registry: SessionRegistry, glue: BuildbotGlue, gate: ConnectionGate,
-                 trail: Callable[[], AuditTrail | None], botmaster: Callable[[], Any], holds: Holds) -> None:
+                 trail: Callable[[], AuditTrail | None], botmaster: Callable[[], BotMaster], holds: Holds) -> None:
         self.registry = registry
         self.holds = holds
         self.glue = glue
@@ -106,9 +73,9 @@ class OperatorAPI:
 
     # -- workers and sessions ----------------------------------------------------------------------
 
-    def workers(self, who: Identity) -> list[dict[str, Any]]:
-        """The workers `who` has some right on, with whether they may open a shell there."""
-        result = []
+    def workers(self, who: Identity) -> list[dict[str, object]]:
+        """The workers `who` has some right on (`WorkerFacts`), with whether they may open a shell there."""
+        result: list[dict[str, object]] = []
         sessions = list(self.registry)
         for facts in self.glue.workers():
             name = facts.name
@@ -123,11 +90,11 @@ class OperatorAPI:
             })
         return result
 
-    def sessions(self, who: Identity) -> list[dict[str, Any]]:
+    def sessions(self, who: Identity) -> list[dict[str, object]]:
         """The live sessions `who` may watch (their own, and others' on workers where they have 'watch')."""
-        out = []
+        out: list[dict[str, object]] = []
         trail = self._trail()
-        for s in self.registry.live():
+        for s in sorted(self.registry.live(), key=lambda s: s.started):
             if not self.policy.may(who, Action.WATCH, s.worker, owner=s.identity).allowed:
                 continue
             out.append({
@@ -136,7 +103,7 @@ class OperatorAPI:
                 "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
                 "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
             })
-        return sorted(out, key=lambda r: r["started"])
+        return out
 
     # -- open --------------------------------------------------------------------------------------
 
@@ -151,13 +118,13 @@ class OperatorAPI:
             self.trail.refused(who, worker, message)
         return OperatorError(kind, message)
 
-    @defer.inlineCallbacks
-    def open(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> Any:
+    @deferred
+    async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
         """Open a session for `who` (fires a View, or None when the operator left while it started: the session
         then starts detached). Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
-        conn, request = yield self._admit(who, replace(request, operator=who.user), sink)
+        conn, request = await self._admit(who, replace(request, operator=who.user), sink)
         if sink.gone:
             # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
             raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
@@ -168,7 +135,7 @@ class OperatorAPI:
             session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
         # Recorded before served: the transcript and the index row exist before the worker is asked.
         try:
-            recorder = yield trail.begin(session)
+            recorder = await trail.begin(session)
         except RecordingError as e:
             raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
         if recorder is not None:
@@ -176,9 +143,9 @@ class OperatorAPI:
             recorder.on_error = lambda error: self.registry.recording_failed(session, error)
         session.on_event = lambda kind, viewer, detail: self._viewer_event(session, kind, viewer, detail)
 
-        reply = yield open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
+        reply = await open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
         if reply.ref is None:
-            trail.not_opened(session, recorder, reply.error)
+            trail.not_opened(session, reply.error)
             raise OperatorError(ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text))
@@ -204,8 +171,9 @@ class OperatorAPI:
             session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
         return View(session, owner)
 
-    @defer.inlineCallbacks
-    def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> Any:
+    @deferred
+    async def _admit(self, who: Identity, request: OpenRequest,
+                     sink: ViewerSink) -> tuple[WorkerConnection, OpenRequest]:
         """The policy, the route to the worker (waiting for a build's hold if need be), the workdir and the
         quotas: fires (the worker's connection, the request with its workdir), or raises OperatorError (audited
         as a refusal)."""
@@ -215,7 +183,7 @@ class OperatorAPI:
         try:
             conn = self.glue.route(request.worker)
             if request.build is not None and request.build not in self.holds.held:
-                if not (yield self._wait_for_hold(who, request.worker, request.build, sink)):
+                if not (await self._wait_for_hold(who, request.worker, request.build, sink)):
                     raise OperatorError(ErrorKind.STOPPED, "stopped waiting for the build to be held")
                 conn = self.glue.route(request.worker)
             request = self.glue.workdir_for(request, self.holds.held)
@@ -238,8 +206,8 @@ class OperatorAPI:
         sink.on_failure(lambda refusal: self.registry.viewer_failed(session, viewer, refusal))
         self.registry.hook(session, sink.on_disconnect(lambda: session.viewer_lost(viewer)))
 
-    @defer.inlineCallbacks
-    def _wait_for_hold(self, who: Identity, worker: str, build_id: int, sink: ViewerSink) -> Any:
+    @deferred
+    async def _wait_for_hold(self, who: Identity, worker: str, build_id: int, sink: ViewerSink) -> bool:
         """`--build` on a running build whose HoldForShell step is still ahead: tell the operator, then wait for
         the hold, up to `hold_wait` s. True once held (or when there is nothing to wait for:
         `BuildbotGlue.workdir_for` refuses a hold-less or finished build at once); False when the operator left
@@ -260,7 +228,7 @@ class OperatorAPI:
         waited: defer.Deferred[Hold] = self.holds.wait_for(botmaster, build_id, self.hold_wait, reactor)
         undo = sink.on_disconnect(waited.cancel)
         try:
-            yield waited
+            await waited
         except defer.CancelledError:
             return False
         except NotHeld as e:
@@ -340,8 +308,8 @@ class OperatorAPI:
 
     # -- the audit trail -----------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def history(self, who: Identity, filters: object) -> Any:
+    @deferred
+    async def history(self, who: Identity, filters: object) -> list[SessionRow]:
         """Index rows (newest first) matching `filters` that `who` may replay."""
         trail = self.trail
         if not isinstance(filters, dict):
@@ -359,37 +327,36 @@ class OperatorAPI:
         if not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise OperatorError(ErrorKind.BAD_REQUEST, "limit must be between 1 and 10000")
         try:
-            rows = yield trail.store.history(worker=worker, operator=user, since=since,
+            rows = await trail.store.history(worker=worker, operator=user, since=since,
                                              session_id=session_id, build_id=build_id, limit=limit)
         except Exception as e:
             raise OperatorError(ErrorKind.UNAVAILABLE,
                                 f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
         return [r for r in rows if self.policy.may(who, Action.REPLAY, r["worker"]).allowed]
 
-    @defer.inlineCallbacks
-    def transcript(self, who: Identity, session_id: object, offset: object) -> Any:
+    @deferred
+    async def transcript(self, who: Identity, session_id: object, offset: object) -> TranscriptChunk:
         """Up to MAX_CHUNK bytes of a session's transcript from `offset`: {"data": bytes, "eof": bool}."""
         trail = self.trail
         if not isinstance(session_id, str) or not isinstance(offset, int) or offset < 0:
             raise OperatorError(ErrorKind.BAD_REQUEST, "transcript needs a session id and an offset")
-        rows = yield self.history(who, {"session": session_id, "limit": 1})
+        rows = await self.history(who, {"session": session_id, "limit": 1})
         if not rows:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no session {session_id} that you may replay")
         path = trail.transcript_path(rows[0])
         if path is None or not os.path.exists(path):
             raise OperatorError(ErrorKind.NOT_FOUND, f"session {session_id} has no transcript on this master")
-        data = yield trail.read_chunk(path, offset, MAX_CHUNK)
+        data = await trail.read_chunk(path, offset, MAX_CHUNK)
         return {"data": data, "eof": len(data) < MAX_CHUNK}
 
-    @defer.inlineCallbacks
-    def search(self, who: Identity, text: object, filters: object) -> Any:
+    @deferred
+    async def search(self, who: Identity, text: object, filters: object) -> list[SearchHit]:
         """Transcript lines containing `text`, in the sessions matching `filters` that `who` may replay."""
         trail = self.trail
         if not isinstance(text, str) or not text or len(text) > 1024:
             raise OperatorError(ErrorKind.BAD_REQUEST, "search needs a text of 1 to 1024 characters")
-        rows = yield self.history(who, filters if isinstance(filters, dict) else {})
-        hits = yield trail.search(rows, text, limit=500)
-        return hits
+        rows = await self.history(who, filters if isinstance(filters, dict) else {})
+        return await trail.search(rows, text, limit=500)
 
 
 def _opt_str(value: object, what: str) -> str | None:

@@ -12,17 +12,19 @@ It listens on a UNIX socket in the master's basedir, identifies each operator by
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Protocol
 
 from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
+from slaveshell.clock import Clock
+from slaveshell.deferreds import deferred
 from slaveshell.policy import Identity, Policy
 
 from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
-from .config import Limits, ShellConfig, group_id
+from .config import Limits, ShellConfig, group_id, shell_config
 from .hold import Holds
 from .limits import ConnectionGate, GatedFactory, RefusalAudit
 from .operator_api import OperatorAPI
@@ -35,27 +37,33 @@ log = Logger()
 __all__ = ["OperatorRoot", "ShellService"]
 
 
+class ListeningPort(Protocol):
+    """The socket's listening port (IListeningPort): `stopListening` may return a Deferred."""
+
+    def stopListening(self) -> defer.Deferred[None] | None: ...
+
+
 class ShellService(BuildbotService):
     """Configuration, the socket, the life of the service and its clock; the operations are OperatorAPI's
     (master_side.operator_api), the live sessions SessionRegistry's (master_side.registry)."""
 
     name = "slaveshell"
 
-    def checkConfig(self, *args: Any, **kwargs: Any) -> None:
+    def checkConfig(self, *args: object, **kwargs: object) -> None:
         from buildbot import config
 
         try:
-            options = ShellConfig(*args, **kwargs)
+            options = shell_config(*args, **kwargs)
         except TypeError as e:
             config.error(f"ShellService: {e}")
             return
         for error in options.errors():
             config.error(f"ShellService: {error}")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         self.socket_path: str | None = None
         self._group: str | int | None = None
-        self._port: Any = None
+        self._port: ListeningPort | None = None
         self.trail: AuditTrail | None = None
         self.config = ShellConfig()
         self.gate = ConnectionGate(peer_identity, RefusalAudit(self._audit_refusal, _seconds), _seconds)
@@ -80,9 +88,9 @@ class ShellService(BuildbotService):
     def limits(self) -> Limits:
         return self.registry.limits
 
-    @defer.inlineCallbacks
-    def reconfigService(self, *args: Any, **kwargs: Any) -> Any:
-        options = ShellConfig(*args, **kwargs)
+    @deferred
+    async def reconfigService(self, *args: object, **kwargs: object) -> None:
+        options = shell_config(*args, **kwargs)
         self.config = options
         self.api.policy = options.rules()
         self.registry.limits = options.limits()
@@ -96,7 +104,7 @@ class ShellService(BuildbotService):
                            seal_to=options.seal_to)
         if self.trail is None:
             self.trail = trail
-            yield self.trail.start()
+            await self.trail.start()
         elif (trail.directory, trail.db_url) != (self.trail.directory, self.trail.db_url):
             log.warn("slaveshell: a new transcript directory or audit database takes effect at the next "
                      "master restart")
@@ -106,25 +114,25 @@ class ShellService(BuildbotService):
                 setattr(self.trail, attr, getattr(trail, attr))
         path = os.path.abspath(os.path.join(self.master.basedir, options.socket))
         if path != self.socket_path or options.group != self._group:
-            yield self._stop_listening()
-            yield self._listen(path, options.group)
+            await self._stop_listening()
+            await self._listen(path, options.group)
 
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
+    @deferred
+    async def stopService(self) -> None:
         if self._ticker.running:
             self._ticker.stop()
         self.registry.end_all("the master is shutting down")
         log.info("slaveshell: stopping (sessions ended)")
-        yield self._stop_listening()
+        await self._stop_listening()
         log.info("slaveshell: stopping (socket closed)")
         if self.trail is not None:
-            yield self.trail.stop()
+            await self.trail.stop()
             self.trail = None
         log.info("slaveshell: stopped")
-        yield super().stopService()
+        await super().stopService()
 
-    @defer.inlineCallbacks
-    def _listen(self, path: str, group: str | int | None) -> Any:
+    @deferred
+    async def _listen(self, path: str, group: str | int | None) -> None:
         from twisted.internet import reactor
 
         # 0600 unless a group is named: the socket is the door to every worker.
@@ -134,7 +142,7 @@ class ShellService(BuildbotService):
         factory = GatedFactory(RootFactory(self), self.gate)
         _break_dead_lock(path + ".lock")
         try:
-            self._port = yield endpoint.listen(factory)
+            self._port = await endpoint.listen(factory)
         except Exception as e:
             # The shell must never cost the master its start: log loudly and go on without the socket.
             log.critical("slaveshell: cannot listen on {path}: {e}; shells are unavailable until the next "
@@ -145,11 +153,11 @@ class ShellService(BuildbotService):
         self.socket_path, self._group = path, group
         log.info("slaveshell: listening on {path} (mode {mode:o})", path=path, mode=mode)
 
-    @defer.inlineCallbacks
-    def _stop_listening(self) -> Any:
+    @deferred
+    async def _stop_listening(self) -> None:
         if self._port is not None:
             port, self._port = self._port, None
-            yield port.stopListening()
+            await defer.maybeDeferred(port.stopListening)
             self.socket_path = None
 
     def _tick(self) -> None:
@@ -168,8 +176,8 @@ class ShellService(BuildbotService):
 def _seconds() -> float:
     from twisted.internet import reactor as _reactor
 
-    reactor: Any = _reactor
-    return float(reactor.seconds())
+    reactor: Clock = _reactor
+    return reactor.seconds()
 
 
 def _break_dead_lock(lock: str) -> None:

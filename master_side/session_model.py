@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
-from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, ProtocolError, Role
+from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, ProtocolError
+from slaveshell.protocol import Role as Role  # re-exported: the relay names roles from here
 
 if TYPE_CHECKING:
     from .relay import MasterSession

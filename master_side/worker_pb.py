@@ -7,19 +7,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from slaveshell.clock import Clock
+from slaveshell.deferreds import deferred
 from slaveshell.protocol import WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 from slaveshell.remote import RemotePeer, is_lost, set_nodelay
 
 from .relay import MasterSession
 from .session_pb import WorkerSink
 
+if TYPE_CHECKING:
+    from buildbot.worker.protocols.pb import Connection as WorkerConnection
+
 Undo = Callable[[], None]
+T = TypeVar("T")
 
 
 def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo:
@@ -69,16 +75,17 @@ class OpenReply:
     error: str = ""
 
 
-@defer.inlineCallbacks
-def open_on_worker(conn: Any, session: MasterSession, request: OpenRequest, timeout: float,
-                   on_peer_error: Callable[[MasterSession, ProtocolError], None]) -> Any:
+@deferred
+async def open_on_worker(conn: WorkerConnection, session: MasterSession, request: OpenRequest, timeout: float,
+                         on_peer_error: Callable[[MasterSession, ProtocolError], None]) -> OpenReply:
     """Ask the worker behind `conn` (buildbot.worker.protocols.pb.Connection) to start `request`'s session,
     its output going to `session`. Fires an OpenReply; never fails."""
     worker_sink = WorkerSink(session, on_peer_error)
     set_nodelay(conn.mind)
     to_worker = replace(request, pause=False, builder=None, build=None)
+    reply: object
     try:
-        reply = yield _answer_within(
+        reply = await _answer_within(
             defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, to_worker.to_wire()),
             timeout, _close_late_session)
     except defer.TimeoutError:
@@ -90,23 +97,23 @@ def open_on_worker(conn: Any, session: MasterSession, request: OpenRequest, time
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
             reply["ok"] and not isinstance(worker_ref, pb.RemoteReference)):
         reply = {"ok": False, "error": "sent a malformed reply"}
-    if not reply["ok"]:
+    if not reply["ok"] or not isinstance(worker_ref, pb.RemoteReference):
         error = reply.get("error")
         return OpenReply(None, f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
     return OpenReply(worker_ref)
 
 
-def _answer_within(d: defer.Deferred[Any], seconds: float, on_late: Callable[[object], None]) -> defer.Deferred[Any]:
+def _answer_within(d: defer.Deferred[T], seconds: float, on_late: Callable[[T], None]) -> defer.Deferred[T]:
     """`d`'s result, or TimeoutError after `seconds`. A PB call's Deferred must not be cancelled (its late
     answer would then hit an already-fired Deferred inside the broker), so the race happens on a second
     Deferred and a late answer goes to `on_late`."""
     from twisted.internet import reactor as _reactor
 
-    reactor: Any = _reactor
-    out: defer.Deferred[Any] = defer.Deferred()
+    reactor: Clock = _reactor
+    out: defer.Deferred[T] = defer.Deferred()
     timer = reactor.callLater(seconds, lambda: out.errback(defer.TimeoutError(f"no answer in {seconds} s")))
 
-    def settle(result: object) -> None:
+    def settle(result: T | Failure) -> None:
         if out.called:
             if not isinstance(result, Failure):
                 on_late(result)

@@ -99,6 +99,14 @@ class Keystrokes:
     timer: DelayedCall | None = None
 
 
+def local_modes(modes: TermModes) -> int:
+    """The local modes (c_lflag: ECHO, ICANON, ...) of a tcgetattr attribute list."""
+    lflag = modes[3]
+    if not isinstance(lflag, int):
+        raise TypeError(f"c_lflag must be an int, not {type(lflag).__name__}")
+    return lflag
+
+
 def terminal_modes(fd: int) -> TermModes | None:
     """The PTY's termios attributes (tcgetattr), or None when they cannot be read."""
     try:
@@ -148,7 +156,7 @@ class HiddenInputJudge:
 
     @staticmethod
     def _needs_echo(item: Keystrokes) -> bool:
-        lflag = item.modes[3] if item.modes is not None else termios.ECHO
+        lflag = local_modes(item.modes) if item.modes is not None else termios.ECHO
         return bool(item.text) and not lflag & (termios.ECHO | termios.ICANON)
 
     def _expire(self, item: Keystrokes) -> None:
@@ -169,7 +177,7 @@ class HiddenInputJudge:
             decided = True
             if hidden and self._hiding is None:
                 self._hiding = item.modes
-            if item.line_end or (item.modes is not None and item.modes[3] & termios.ECHO):
+            if item.line_end or (item.modes is not None and local_modes(item.modes) & termios.ECHO):
                 self._hiding = None
             if not self.pending:
                 self._echo, self._held = "", b""
@@ -181,7 +189,7 @@ class HiddenInputJudge:
         modes = item.modes
         if modes is None:
             return True  # the modes cannot be read: hide
-        lflag = modes[3]
+        lflag = local_modes(modes)
         if lflag & termios.ECHO:
             return False
         if lflag & termios.ICANON:

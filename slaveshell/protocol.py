@@ -27,124 +27,64 @@ The typed vocabulary: `SessionControl` (towards the process: what the master sen
 operator: what a worker's session sends the master) and `OperatorSink` (what the master sends an operator: the
 same, plus `notice` and `waiting`). The receiving logic implements them and receives only checked values: the
 PB adapters (`slave_side.server`, `slaveshell.client`, the master's handles) validate with the `check_*`
-functions below first. Senders use `WireControl` / `WireSink`, which encode each message as one
+functions of `slaveshell.wire` first. Senders use `WireControl` / `WireSink`, which encode each message as one
 `(method, *args)` wire call. `ping` (master to worker) is a call with an answer, not a message: the worker answers
 whether the session is still alive.
 
-Errors are split as in h11: `ProtocolError` means the peer sent something wrong (answer it with a plain error);
-`LocalProtocolError` means our own code misused the API (a bug).
+The wire's constants, errors and value checks live in `slaveshell.wire` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-import signal as _signal
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .display import visible
+from .wire import (
+    INPUT_WINDOW,
+    MAX_CHUNK,
+    MAX_COMMAND,
+    MAX_DIMENSION,
+    MAX_ENV,
+    MAX_ENV_ITEM,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_TERM,
+    NO_ANSWER,
+    OUTPUT_WINDOW,
+    PROTOCOL_VERSION,
+    REFUSED_PREFIX,
+    SIGNAL_NAMES,
+    SIGNALS,
+    STREAM_ERR,
+    STREAM_OUT,
+    WORKER_COMMAND,
+    WORKER_OPEN_METHOD,
+    LocalProtocolError,
+    ProtocolError,
+    check_bytes,
+    check_int,
+    check_signal,
+    check_size,
+    check_str,
+    check_stream,
+    check_worker_name,
+)
 
-PROTOCOL_VERSION = 1
-# Advertised in the worker's command list; its presence is the worker owner's opt-in.
-WORKER_COMMAND = "slaveshell"
-# The remote method added to the worker's Bot object.
-WORKER_OPEN_METHOD = "slaveshell_open"
-# The master's whole answer to a connection it refuses before speaking PB (over its bounds): this prefix, a
-# line of ASCII text, a newline, then the close. A PB stream never starts so (its first byte is a list length).
-REFUSED_PREFIX = b"slaveshell: refused: "
-
-# Banana refuses strings over 640 KiB and a receiver drops the whole connection on one: stay far below.
-MAX_CHUNK = 64 * 1024
-# Output credit: bytes a sender may have unacknowledged. Large enough for bandwidth, small enough that a
-# keystroke's echo is not queued behind megabytes.
-OUTPUT_WINDOW = 4 * MAX_CHUNK
-INPUT_WINDOW = 4 * MAX_CHUNK
-
-# The streaming calls go without PB's answer message: it would double the traffic on every keystroke and chunk.
-# A peer's refusal of one of them is handled on its side (it ends the session); a lost connection still
-# surfaces, as DeadReferenceError or the disconnect notification.
-NO_ANSWER = frozenset({"output", "input", "ack", "input_ack"})
-
-MAX_TERM = 64
-MAX_COMMAND = 64 * 1024
-MAX_ENV = 128
-MAX_ENV_ITEM = 16 * 1024
-MAX_PATH = 4096
-MAX_DIMENSION = 10_000
-MAX_NAME = 256
-
-STREAM_OUT = 1
-STREAM_ERR = 2
-
-# Signals an operator may send, by name (as `kill -s NAME` spells them).
-SIGNALS: dict[str, int] = {
-    name: int(getattr(_signal, "SIG" + name))
-    for name in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP", "WINCH", "ALRM")
-}
-# The wire's name for each of those signal numbers.
-SIGNAL_NAMES: dict[int, str] = {number: name for name, number in SIGNALS.items()}
+# The vocabulary's own names and slaveshell.wire's, so that importing any of them from here keeps working.
+__all__ = [
+    "ExitStatus", "INPUT_WINDOW", "LocalProtocolError", "MAX_CHUNK", "MAX_COMMAND", "MAX_DIMENSION", "MAX_ENV",
+    "MAX_ENV_ITEM", "MAX_NAME", "MAX_PATH", "MAX_TERM", "NO_ANSWER", "OUTPUT_WINDOW", "OpenRequest",
+    "OperatorControl", "OperatorSink", "PROTOCOL_VERSION", "ProtocolError", "REFUSED_PREFIX", "Role", "SIGNALS",
+    "SIGNAL_NAMES", "STREAM_ERR", "STREAM_OUT", "SessionControl", "SessionSink", "WORKER_COMMAND",
+    "WORKER_OPEN_METHOD", "WireControl", "WireSend", "WireSink", "check_bytes", "check_int", "check_signal",
+    "check_size", "check_str", "check_stream", "check_worker_name", "notice_bytes"
+]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TERM = re.compile(r"^[A-Za-z0-9._+-]+$")
-
-
-class ProtocolError(Exception):
-    """The peer sent something we cannot accept. The message is safe to show to that peer."""
-
-
-class LocalProtocolError(Exception):
-    """Our own code used the protocol wrongly: a bug on this side."""
-
-
-def check_bytes(data: object, what: str = "data", limit: int = MAX_CHUNK) -> bytes:
-    if not isinstance(data, bytes):
-        raise ProtocolError(f"{what} must be bytes, not {type(data).__name__}")
-    if len(data) > limit:
-        raise ProtocolError(f"{what} is {len(data)} bytes, over the limit of {limit}")
-    return data
-
-
-def check_int(value: object, what: str, low: int, high: int) -> int:
-    # bool is an int subclass; a peer sending True for a size is confused, not clever.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(f"{what} must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ProtocolError(f"{what} must be between {low} and {high}, not {value}")
-    return value
-
-
-def check_str(value: object, what: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError(f"{what} must be a string, not {type(value).__name__}")
-    if len(value) > limit:
-        raise ProtocolError(f"{what} is longer than {limit} characters")
-    if "\0" in value:
-        raise ProtocolError(f"{what} contains a NUL character")
-    return value
-
-
-def check_size(cols: object, rows: object) -> tuple[int, int]:
-    return check_int(cols, "cols", 1, MAX_DIMENSION), check_int(rows, "rows", 1, MAX_DIMENSION)
-
-
-def check_signal(name: object) -> int:
-    name = check_str(name, "signal", 16).upper().removeprefix("SIG")
-    if name not in SIGNALS:
-        raise ProtocolError(f"unknown signal {name!r}; allowed: {', '.join(sorted(SIGNALS))}")
-    return SIGNALS[name]
-
-
-def check_stream(stream: object) -> int:
-    return check_int(stream, "stream", STREAM_OUT, STREAM_ERR)
-
-
-def check_worker_name(name: object) -> str:
-    name = check_str(name, "worker name", MAX_NAME)
-    if not name:
-        raise ProtocolError("worker name is empty")
-    return name
-
 
 @dataclass(frozen=True)
 class OpenRequest:

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .protocol import LocalProtocolError, OpenRequest
 
@@ -26,6 +26,15 @@ class _ThreadCaller(Protocol):
     """The reactor's callFromThread (IReactorFromThreads): what a signal handler may do."""
 
     def callFromThread(self, callable: Callable[..., object], *args: object) -> None: ...
+
+
+class _Reactor(_ThreadCaller, Protocol):
+    """What `run` does with the reactor (IReactorCore, IReactorFromThreads; `run`'s keyword is the posix
+    reactors' own)."""
+
+    def run(self, installSignalHandlers: bool = True) -> None: ...
+    def stop(self) -> None: ...
+    def callWhenRunning(self, callable: Callable[..., object], *args: object) -> object: ...
 
 DEFAULT_SOCKET_NAME = "shell.sock"
 SOCKET_ENV = "SLAVESHELL_SOCKET"
@@ -138,7 +147,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     from twisted.internet import error
     from twisted.internet import reactor as _reactor
 
-    reactor: Any = _reactor
+    reactor: _Reactor = _reactor
 
     from .client import ShellClient
     from .display import visible
@@ -146,7 +155,8 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     from .terminal import RawTerminal, raw_mode, set_blocking
 
     terminal = RawTerminal(0) if interactive else None
-    client = ShellClient(reactor, request, interactive=interactive, escape_char=escape_char, attach=attach,
+    # The whole reactor for the client (it connects, and reads stdin): `reactor` is the part used here.
+    client = ShellClient(_reactor, request, interactive=interactive, escape_char=escape_char, attach=attach,
                          suspend=terminal.suspend if terminal else None)
 
     def stop(_: object) -> None:

@@ -11,10 +11,10 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
-from typing import Any
 
-# termios.tcgetattr's attribute list [iflag, oflag, cflag, lflag, ispeed, ospeed, cc], as typeshed types it.
-TermModes = list[Any]
+# termios.tcgetattr's attribute list [iflag, oflag, cflag, lflag, ispeed, ospeed, cc]: six ints, then the
+# control characters (bytes of length 1, or ints for VMIN and VTIME in non-canonical mode); as tcsetattr takes it.
+TermModes = list[int | list[bytes | int]]
 
 
 def window_size(fd: int) -> tuple[int, int] | None:

@@ -1,10 +1,12 @@
 """Fail-closed recording: a session that cannot be recorded is refused, or served with a warning when the
 master is configured to allow it; a transcript that fails mid-session ends it (or warns)."""
 
+import hashlib
 import os
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from master_side.audit_trail import AuditTrail, RecordingError
 from master_side.relay import MasterSession
@@ -86,3 +88,26 @@ def test_transcript_failure_mid_session_ends_it_or_warns(mode):
         # The warning's bytes are the master's own: their ack must not be passed to the worker.
         s.viewer_ack(owner, len(to_op[-1][2]))
         assert to_w == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_session_the_worker_refuses_after_recording_began_is_closed_as_refused(tmp_path):
+    trail = AuditTrail(str(tmp_path), "m")
+    yield trail.start()
+    try:
+        s = session()
+        recorder = yield trail.begin(s)
+        trail.not_opened(s, "worker w1: has not enabled slaveshell")
+        yield defer.DeferredList(list(trail._closing))
+        if trail.store._drain_d is not None:
+            yield trail.store._drain_d
+        with open(recorder.path, "rb") as f:
+            data = f.read()
+        assert b"refused: worker w1: has not enabled slaveshell" in data.splitlines()[-1]
+        row = (yield trail.store.history(session_id=s.id))[0]
+        assert (row["state"], row["end_reason"]) == ("refused", "worker w1: has not enabled slaveshell")
+        assert row["ended"] is not None and row["transcript_sha256"] == hashlib.sha256(data).hexdigest()
+        events = yield trail.store.events_of(session_id=s.id)
+        assert [(e["kind"], e["detail"]) for e in events] == [("refused", "worker w1: has not enabled slaveshell")]
+    finally:
+        yield trail.stop()
