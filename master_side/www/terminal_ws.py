@@ -8,12 +8,17 @@ policy, quotas, recording, audit and the credit windows are theirs.
 
 Messages (RFC 6455 frames):
 
-- page -> master, text (JSON): ``{"type": "open", "worker": str, "cols": int, "rows": int}`` (first, once),
-  ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered);
-  binary: input bytes (at most MAX_CHUNK each, within the input credit window).
+- page -> master, text (JSON): first and once, ``{"type": "open", "worker": str, "cols": int, "rows": int}``
+  (a new session) or ``{"type": "attach", "id": str, "mode": "attach" | "watch"}`` (resume one's own detached
+  session or join another's, per `OperatorAPI.attach`; watch is read-only); or, on a socket of its own,
+  ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page). Then
+  ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
+  ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
+  input credit window). Closing the socket detaches: the session waits ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
-  "worker"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit", "code",
-  "signal", "reason"}``, ``{"type": "error", "message"}`` (then the master closes the socket).
+  "worker", "role"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit",
+  "code", "signal", "reason"}``, ``{"type": "workers", "workers": [...]}``, ``{"type": "sessions", "sessions":
+  [...]}``, ``{"type": "error", "message"}`` (then the master closes the socket).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from slaveshell.display import visible
-from slaveshell.policy import WebIdentity
+from slaveshell.policy import Action, WebIdentity
 from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
 
 from ..limits import buffered_bytes
@@ -183,14 +188,20 @@ class TerminalProtocol(WebSocketServerProtocol):
             kind = message.get("type")
             if kind == "open":
                 self._open(message)
+            elif kind == "attach":
+                self._attach(message)
             elif kind == "workers":
                 self._workers()
+            elif kind == "sessions":
+                self._sessions()
             elif self.handle is None:
                 raise ProtocolError(f"{kind!r} before the session is open")
             elif kind == "resize":
                 self.handle.remote_resize(message.get("cols"), message.get("rows"))
             elif kind == "ack":
                 self.handle.remote_ack(message.get("bytes"))
+            elif kind == "close":
+                self.handle.remote_close()
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except (ProtocolError, ValueError) as e:
@@ -202,21 +213,74 @@ class TerminalProtocol(WebSocketServerProtocol):
             log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
             self.refuse("the master could not handle that message (see its log)")
 
-    def _open(self, message: dict[str, Any]) -> None:
+    def _start(self) -> Any:
+        """The ShellService, once per socket: a socket carries one session."""
         if self.opening or self.identity is None or self.refusal is not None:
-            raise ProtocolError("open sent twice")
+            raise ProtocolError("a socket carries one session: open or attach sent twice")
         self.opening = True
+        service = shell_service(self.master)
+        if service is None:
+            raise ProtocolError("this master has no ShellService")
+        return service
+
+    def _open(self, message: dict[str, Any]) -> None:
+        service = self._start()
         worker = message.get("worker")
         if not isinstance(worker, str) or not worker or len(worker) > 256:
             raise ProtocolError("open needs a worker name")
         request = OpenRequest.from_wire({"version": PROTOCOL_VERSION, "worker": worker, "term": "xterm-256color",
                                          "cols": message.get("cols"), "rows": message.get("rows")})
-        service = shell_service(self.master)
-        if service is None:
-            raise ProtocolError("this master has no ShellService")
         d = access.check_authz_shell(self.master, worker, self.info)
         d.addCallback(lambda _: service.api.open(self.identity, request, WebViewerSink(self)))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _attach(self, message: dict[str, Any]) -> None:
+        """Resume or join (mode "attach") or watch a live session: Buildbot's authz on its worker first, then
+        the operator API (policy, viewer bounds, audit)."""
+        service = self._start()
+        session_id, mode = message.get("id"), message.get("mode")
+        if not isinstance(session_id, str) or len(session_id) > 256 or mode not in ("attach", "watch"):
+            raise ProtocolError("attach needs a session id and a mode (attach or watch)")
+        session = service.registry.get(session_id)
+        if session is None:
+            self.refuse(f"no live session {session_id}")
+            return
+        worker = session.worker
+        d = access.check_authz_shell(self.master, worker, self.info)
+        d.addCallback(lambda _: service.api.attach(self.identity, WebViewerSink(self), session_id, mode))
+        d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _sessions(self) -> None:
+        """The live sessions this web user may watch (the operator API's list), each with whether they may
+        also type into it (resume their own detached session, or join), for the fleet page."""
+        service = shell_service(self.master)
+        if self.identity is None or self.refusal is not None or service is None:
+            raise ProtocolError("no sessions for this socket")
+        who = self.identity
+        sessions = service.api.sessions(who)
+
+        @defer.inlineCallbacks
+        def answer() -> Any:
+            shown = []
+            for s in sessions:
+                try:
+                    yield access.check_authz_shell(self.master, s["worker"], self.info)
+                except access.Refused:
+                    continue
+                live = service.registry.get(s["id"])
+                if live is None:
+                    continue
+                own = live.identity.key == who.key
+                action = Action.RESUME if live.owner is None else Action.JOIN
+                may_type = (not own or live.owner is None) and service.policy.may(
+                    who, action, live.worker, owner=live.identity).allowed
+                shown.append({
+                    "id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
+                    "command": s["command"], "started": s["started"], "own": own, "may_type": may_type,
+                    "viewers": [v["user"] for v in s["viewers"]]})
+            self.send_json({"type": "sessions", "sessions": shown})
+
+        answer().addErrback(lambda f: log.failure("slaveshell: listing sessions for the web", f))
 
     def _workers(self) -> None:
         """The fleet for the page: the workers this web user has some right on (the operator API's list),
@@ -245,7 +309,8 @@ class TerminalProtocol(WebSocketServerProtocol):
             return  # the page left while the worker started the session: it runs detached
         service = shell_service(self.master)
         self.handle = ViewerHandle(view.session, view.viewer, service.registry.peer_error)
-        self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker})
+        self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
+                        "role": view.viewer.role.value})
 
     def _not_opened(self, failure: Any, worker: str) -> None:
         if failure.check(access.Refused):
@@ -264,13 +329,8 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.closed = True
         if self.counted and self.identity is not None:
             self.factory.release(self.identity)
-        # The page cannot reattach yet (nor can anybody else resume a web user's session): leaving the page
-        # ends its session, as `~.` does, rather than leaving it detached.
-        if self.handle is not None and self.handle.viewer is self.handle.session.owner:
-            try:
-                self.handle.remote_close()
-            except pb.Error:
-                pass  # the relay has dealt with it
+        # As a lost connection on the UNIX socket: the owner's session detaches (and waits detach_grace for a
+        # reattach, e.g. the page reloaded or the network came back); a viewer leaves.
         callbacks, self.lost_callbacks = self.lost_callbacks, []
         for callback in callbacks:
             callback()

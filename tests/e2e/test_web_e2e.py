@@ -34,13 +34,16 @@ WWW_CONFIG = """\
 from buildbot.plugins import util as _util
 from master_side.www.access import ShellEndpointMatcher
 c['www']['plugins']['slaveshell'] = {}
-c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw'})
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'carol': 'carol-pw'})
 c['www']['authz'] = _util.Authz(
-    allowRules=[ShellEndpointMatcher(role='shellers')],
-    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice'])])
+    allowRules=[ShellEndpointMatcher(role='watchers', defaultDeny=False), ShellEndpointMatcher(role='shellers')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice']),
+                  _util.RolesFromUsername(roles=['watchers'], usernames=['carol'])])
 """
-# The local user running the tests may too: the sandbox waits for its workers through the UNIX socket.
-SERVICE_KWARGS = f"policy=[dict(groups=['web:shellers']), dict(users=['web:bob']), dict(users=[{os.getuid()}])]"
+# The local user running the tests may too: the sandbox waits for its workers through the UNIX socket. carol's
+# role may only watch.
+SERVICE_KWARGS = (f"policy=[dict(groups=['web:shellers']), dict(users=['web:bob']), "
+                  f"dict(groups=['web:watchers'], rights=['watch']), dict(users=[{os.getuid()}])]")
 
 
 def _entry_point_dir(tmp: str) -> str | None:
@@ -202,14 +205,76 @@ def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site:
     # Recorded as a web user.
     opened = [e for e in events(site, "web:alice") if e[0] == "open"]
     assert opened and all(uid == -1 for _, uid, _ in opened)
-    # Leaving the page ends its session (the page cannot reattach yet).
+    context.close()
+
+
+def shell_pid(page: Any, tag: str) -> str:
+    return run(page, f"echo {tag}-$$", rf"{tag}-(\d+)").group(1)
+
+
+def test_reload_and_a_dropped_socket_reattach_and_leaving_detaches(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    pid = shell_pid(page, "pid")
+    run(page, "echo mark-$((6*7))", "mark-42")
+    # The address now names the session: a reload reattaches to it, with the recent output redrawn.
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
     page.reload()
     wait_status(page, "^connected$")
-    run(page, "echo $((3*5))-left", "15-left")
-    ends = len([e for e in events(site, "web:alice") if e[0] == "end"])
+    wait_for(lambda: "mark-42" in screen(page), "the recent output after the reload")
+    assert shell_pid(page, "again") == pid
+    # A socket lost without an end (the network) is reattached by the page.
+    page.evaluate("() => window.slaveshellSocket.close()")
+    wait_for(lambda: status(page) == "connected" and page.evaluate(
+        "() => window.slaveshellSocket.readyState === 1"), "the page to reattach")
+    assert shell_pid(page, "after-drop") == pid
+    # Leaving the page detaches: the fleet page lists the session, detached, with a Resume button.
     page.close()
-    wait_for(lambda: len([e for e in events(site, "web:alice") if e[0] == "end"]) > ends, "the session to end")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    row = page.locator(f"tr[data-session='{session_id}'][data-state='detached']")
+    wait_for(lambda: row.count() == 1 or page.reload() and False, "the detached session in the list", 60)
+    row.locator("button.slaveshell-attach").click()
+    wait_status(page, "^connected$")
+    assert shell_pid(page, "resumed") == pid
+    kinds = [k for k, _, d in events(site, "web:alice")]
+    assert "detach" in kinds and "attach" in kinds, kinds
+    page.locator("button.slaveshell-end").click()
+    assert "session ended" in wait_status(page, "session ended")
     context.close()
+
+
+def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox) -> None:
+    alice = login(browser, site, "alice").new_page()
+    alice.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(alice, "^connected$")
+    run(alice, "echo shared-$((1+1))", "shared-2")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", alice.url).group(1)  # type: ignore[union-attr]
+    carol_context = login(browser, site, "carol")
+    carol = carol_context.new_page()
+    carol.goto(site.url + "#/slaveshell")
+    row = carol.locator(f"tr[data-session='{session_id}']")
+    row.wait_for()
+    assert row.locator("button.slaveshell-attach").count() == 0  # watch only: no Join
+    row.locator("button.slaveshell-watch").click()
+    wait_status(carol, "^watching")
+    wait_for(lambda: "shared-2" in screen(carol), "the recent output for the watcher")
+    run(alice, "echo live-$((2+3))", "live-5")
+    wait_for(lambda: "live-5" in screen(carol), "the live output for the watcher")
+    carol.keyboard.type("echo intruder\n")
+    run(alice, "echo after-$((3+4))", "after-7")
+    assert "intruder" not in screen(alice)
+    # Asking to type (by address) is refused by the policy, and audited.
+    carol.goto(site.url + f"#/slaveshell/session/{session_id}/attach")
+    assert "permission denied" in wait_status(carol, "^refused")
+    wait_for(lambda: any(k == "refused" and "permission denied" in d for k, _, d in events(site, "web:carol")),
+             "carol's refusal in the audit index")
+    carol_context.close()
+    alice.locator("button.slaveshell-end").click()
+    wait_status(alice, "session ended")
+    alice.context.close()
 
 
 def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:
