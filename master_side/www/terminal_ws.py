@@ -30,18 +30,17 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
 from slaveshell.display import visible
-from slaveshell.policy import Action, WebIdentity
+from slaveshell.policy import WebIdentity
 from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
 
 from ..limits import buffered_bytes
 from ..operator_api import OperatorError
 from ..session_pb import ViewerHandle
-from . import access
+from . import access, lists
 
 log = Logger()
 
@@ -50,6 +49,8 @@ MAX_SOCKETS = 64
 MAX_SOCKETS_PER_USER = 8
 MAX_CONTROL = 1024
 MAX_BUFFERED = 4 * 1024 * 1024
+# Questions (lists, history, transcript chunks) in progress on one socket.
+MAX_QUERIES = 4
 
 
 def shell_service(master: Any) -> Any:
@@ -118,6 +119,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.handle: ViewerHandle | None = None
         self.opening = False
         self.counted = False
+        self.queries = 0
 
     @property
     def master(self) -> Any:
@@ -190,10 +192,8 @@ class TerminalProtocol(WebSocketServerProtocol):
                 self._open(message)
             elif kind == "attach":
                 self._attach(message)
-            elif kind == "workers":
-                self._workers()
-            elif kind == "sessions":
-                self._sessions()
+            elif kind in lists.QUERIES:
+                self._query(kind, message)
             elif self.handle is None:
                 raise ProtocolError(f"{kind!r} before the session is open")
             elif kind == "resize":
@@ -250,59 +250,38 @@ class TerminalProtocol(WebSocketServerProtocol):
         d.addCallback(lambda _: service.api.attach(self.identity, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
 
-    def _sessions(self) -> None:
-        """The live sessions this web user may watch (the operator API's list), each with whether they may
-        also type into it (resume their own detached session, or join), for the fleet page."""
+    def _query(self, kind: str, message: dict[str, Any]) -> None:
+        """The fleet page's lists and the replay page's reads (master_side.www.lists), answered on this socket;
+        a refusal of the operator API is an error message, the socket stays open."""
         service = shell_service(self.master)
-        if self.identity is None or self.refusal is not None or service is None:
-            raise ProtocolError("no sessions for this socket")
-        who = self.identity
-        sessions = service.api.sessions(who)
+        if self.identity is None or self.refusal is not None or service is None or self.opening:
+            raise ProtocolError(f"no {kind} for this socket")
+        if self.queries >= MAX_QUERIES:
+            raise ProtocolError(f"more than {MAX_QUERIES} questions in progress on one socket")
+        self.queries += 1
+        d = lists.answer(kind, message, service, self.master, self.identity, self.info)
 
-        @defer.inlineCallbacks
-        def answer() -> Any:
-            shown = []
-            for s in sessions:
-                try:
-                    yield access.check_authz_shell(self.master, s["worker"], self.info)
-                except access.Refused:
-                    continue
-                live = service.registry.get(s["id"])
-                if live is None:
-                    continue
-                own = live.identity.key == who.key
-                action = Action.RESUME if live.owner is None else Action.JOIN
-                may_type = (not own or live.owner is None) and service.policy.may(
-                    who, action, live.worker, owner=live.identity).allowed
-                shown.append({
-                    "id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
-                    "command": s["command"], "started": s["started"], "own": own, "may_type": may_type,
-                    "viewers": [v["user"] for v in s["viewers"]]})
-            self.send_json({"type": "sessions", "sessions": shown})
+        @d.addBoth
+        def done(result: Any) -> Any:
+            self.queries -= 1
+            return result
 
-        answer().addErrback(lambda f: log.failure("slaveshell: listing sessions for the web", f))
+        def failed(failure: Any) -> None:
+            if failure.check(OperatorError):
+                self.send_json({"type": "error", "message": failure.value.message, "fatal": False})
+            elif failure.check(ProtocolError):
+                self.refuse(f"bad message from the page: {failure.value}")
+            else:
+                log.failure("slaveshell: {kind} for the web", failure, kind=kind)
+                self.refuse("the master could not answer (see its log)")
 
-    def _workers(self) -> None:
-        """The fleet for the page: the workers this web user has some right on (the operator API's list),
-        each with whether both Buildbot's authz and the policy let them open a shell there."""
-        service = shell_service(self.master)
-        if self.identity is None or self.refusal is not None or service is None:
-            raise ProtocolError("no fleet for this socket")
-        workers = service.api.workers(self.identity)
+        d.addCallbacks(self._answer, failed)
 
-        @defer.inlineCallbacks
-        def answer() -> Any:
-            for w in workers:
-                if w["allowed"]:
-                    try:
-                        yield access.check_authz_shell(self.master, w["name"], self.info)
-                    except access.Refused:
-                        w["allowed"] = False
-            self.send_json({"type": "workers", "workers": [
-                {k: w[k] for k in ("name", "connected", "shell", "paused", "allowed", "sessions")}
-                for w in workers]})
-
-        answer().addErrback(lambda f: log.failure("slaveshell: listing workers for the web", f))
+    def _answer(self, answer: tuple[dict[str, Any], bytes | None]) -> None:
+        message, data = answer
+        if data is not None and not self.closed:
+            self.sendMessage(data, isBinary=True)
+        self.send_json(message)
 
     def _opened(self, view: Any) -> None:
         if view is None:

@@ -27,6 +27,8 @@ if not os.path.exists(CHROMIUM):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_MS = 60_000
+# Screenshots of the pages, for the README and the closing notes (kept by the suite).
+SHOTS = os.path.join(ROOT, "docs", "screenshots")
 
 # alice has the role that Buildbot's authz gives the shell action to, bob does not; slaveshell's policy lets
 # that role open shells (and bob too, so that his refusal is Buildbot's authz's).
@@ -177,6 +179,11 @@ def events(site: Sandbox, operator: str) -> list[tuple[str, int, str]]:
         db.close()
 
 
+def shot(page: Any, name: str) -> None:
+    os.makedirs(SHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SHOTS, name))
+
+
 def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "alice")
     page = context.new_page()
@@ -198,6 +205,8 @@ def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site:
     page.keyboard.press("Enter")
     found = run(page, "stty size; echo resized", r"(\d+) (\d+)\s*\nresized")
     assert (int(found.group(1)), int(found.group(2))) == term_size(page)
+    run(page, "uname -s; echo $((6*7)) | sed 's/^/answer: /'", "answer: 42")
+    shot(page, "terminal.png")
     page.keyboard.type("exit 3")
     page.keyboard.press("Enter")
     assert "exit status 3" in wait_status(page, "session ended")
@@ -258,6 +267,7 @@ def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox)
     row = carol.locator(f"tr[data-session='{session_id}']")
     row.wait_for()
     assert row.locator("button.slaveshell-attach").count() == 0  # watch only: no Join
+    shot(carol, "sessions.png")
     row.locator("button.slaveshell-watch").click()
     wait_status(carol, "^watching")
     wait_for(lambda: "shared-2" in screen(carol), "the recent output for the watcher")
@@ -275,6 +285,34 @@ def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox)
     alice.locator("button.slaveshell-end").click()
     wait_status(alice, "session ended")
     alice.context.close()
+
+
+def test_history_lists_a_session_and_replays_its_transcript(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    run(page, "echo replayed-$((40+2))", "replayed-42")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    page.goto(site.url + "#/slaveshell")
+    page.locator("button.slaveshell-history-link").click()
+    row = page.locator(f"table.slaveshell-history tr[data-session='{session_id}']")
+    row.wait_for()
+    assert "web:alice" in row.inner_text()
+    row.locator("button.slaveshell-replay").click()
+    wait_status(page, "^ready$")
+    page.wait_for_function("() => window.slaveshellReplay && window.slaveshellReplay.player.getDuration() > 0")
+    page.evaluate("() => window.slaveshellReplay.player.seek(window.slaveshellReplay.player.getDuration())")
+    wait_for(lambda: "replayed-42" in page.locator(".ap-term").inner_text(), "the replayed output in the player")
+    shot(page, "replay.png")
+    # Another web user's page cannot read it without the replay right (carol may only watch).
+    carol = login(browser, site, "carol").new_page()
+    carol.goto(site.url + f"#/slaveshell/replay/{session_id}")
+    assert "no session" in wait_status(carol, "^refused")
+    carol.context.close()
+    context.close()
 
 
 def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:

@@ -119,7 +119,8 @@
     });
     var sessions = state.lists.sessions;
     return h("div", { className: "slaveshell-page" },
-      h("h4", null, "Shells"),
+      h("h4", null, "Shells ", h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
+        onClick: function () { go("#/slaveshell/history"); } }, "History and replay")),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
       h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
@@ -300,6 +301,136 @@
     return h(TerminalView, { sessionId: id, mode: mode, key: "s:" + id + "/" + mode });
   }
 
+  // A socket for questions (master_side/www/lists.py): onReady(send) once open; each JSON answer, with the
+  // binary frame that came before it (a transcript chunk), to onAnswer; a refusal or a lost socket to onFail.
+  function questions(onReady, onAnswer, onFail) {
+    var ws = new WebSocket(socketUrl()), data = null, over = false;
+    ws.binaryType = "arraybuffer";
+    function send(m) { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(m)); }
+    ws.onopen = function () { onReady(send); };
+    ws.onmessage = function (ev) {
+      if (typeof ev.data !== "string") { data = new Uint8Array(ev.data); return; }
+      var m = JSON.parse(ev.data);
+      if (m.type === "error") { over = true; onFail(printable(m.message)); ws.close(); return; }
+      var d = data;
+      data = null;
+      onAnswer(m, d, send);
+    };
+    ws.onclose = function () { if (!over) onFail("the master closed the connection"); over = true; };
+    return function () { over = true; ws.close(); };
+  }
+
+  function when(iso) { return iso ? String(iso).replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : ""; }
+
+  function outcome(r) {
+    if (r.state === "running") return "running";
+    if (r.exit_code !== null && r.exit_code !== undefined) return "exit " + r.exit_code;
+    if (r.exit_signal) return "signal " + r.exit_signal;
+    return printable(r.end_reason || r.state || "");
+  }
+
+  function HistoryPage() {
+    var st = React.useState({ rows: null, error: null, worker: "", user: "" });
+    var state = st[0], setState = st[1];
+    var filters = React.useRef({ worker: "", user: "" });
+    var ask = React.useCallback(function () {
+      return questions(function (send) {
+        send({ type: "history", worker: filters.current.worker, user: filters.current.user, limit: 200 });
+      }, function (m) {
+        if (m.type === "history") setState(function (old) { return Object.assign({}, old, { rows: m.sessions, error: null }); });
+      }, function (why) {
+        setState(function (old) { return old.rows && why.indexOf("closed") >= 0 ? old : Object.assign({}, old, { error: why }); });
+      });
+    }, []);
+    React.useEffect(function () { return ask(); }, [ask]);
+    function field(name, label) {
+      return h("input", { className: "form-control form-control-sm slaveshell-filter-" + name, placeholder: label,
+        style: { display: "inline-block", width: "14em", marginRight: "0.5em" },
+        onChange: function (e) { filters.current[name] = e.target.value; } });
+    }
+    var body;
+    if (state.error) body = h("div", { className: "alert alert-danger slaveshell-refused" }, "History: " + state.error);
+    else if (!state.rows) body = h("p", null, "Loading the audit index...");
+    else body = h("table", { className: "table table-sm slaveshell-history" },
+      h("thead", null, h("tr", null, ["Session", "Worker", "Operator", "Command", "Started", "Ended", "Outcome",
+        "Hidden input", ""].map(function (t) { return h("th", { key: t }, t); }))),
+      h("tbody", null, state.rows.map(function (r) {
+        return h("tr", { key: r.id, "data-session": r.id },
+          h("td", null, r.id), h("td", null, r.worker), h("td", null, r.operator),
+          h("td", null, r.command || (r.build_id ? "(build " + r.build_id + ")" : "(login shell)")),
+          h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", null, outcome(r)),
+          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""),
+          h("td", null, h("button", { className: "btn btn-secondary btn-sm slaveshell-replay",
+            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")));
+      })));
+    return h("div", { className: "slaveshell-page" },
+      h("h4", null, "Shell sessions: history"),
+      h("div", { style: { marginBottom: "0.5em" } }, field("worker", "worker"), field("user", "operator (web:name)"),
+        h("button", { className: "btn btn-primary btn-sm slaveshell-filter",
+          onClick: function () { setState(Object.assign({}, state, { rows: null })); ask(); } }, "Filter")),
+      body);
+  }
+
+  var playerLoaded = null;
+  function loadPlayer() {
+    if (playerLoaded) return playerLoaded;
+    var css = document.createElement("link");
+    css.rel = "stylesheet";
+    css.href = assetUrl("asciinema-player.css");
+    document.head.appendChild(css);
+    playerLoaded = new Promise(function (resolve, reject) {
+      var s = document.createElement("script");
+      s.src = assetUrl("asciinema-player.min.js");
+      s.onload = resolve;
+      s.onerror = function () { reject(new Error("cannot load the player")); };
+      document.head.appendChild(s);
+    });
+    return playerLoaded;
+  }
+
+  // A transcript played in the page (asciinema-player): output only; typed input is not shown, hidden input is
+  // only its marker in the transcript.
+  function ReplayPage() {
+    useHash();
+    var match = /\/slaveshell\/replay\/([^/?]+)/.exec(window.location.hash);
+    var id = match ? decodeURIComponent(match[1]) : "";
+    var box = React.useRef(null);
+    var st = React.useState("loading");
+    var status = st[0], setStatus = st[1];
+    React.useEffect(function () {
+      var parts = [], player = null, disposed = false;
+      var cancel = questions(function (send) { send({ type: "transcript", id: id, offset: 0 }); }, function (m, data, send) {
+        if (m.type !== "transcript") return;
+        if (data) parts.push(data);
+        if (!m.eof) { send({ type: "transcript", id: id, offset: m.offset }); return; }
+        cancel();
+        var text = new TextDecoder().decode(concat(parts));
+        loadPlayer().then(function () {
+          if (disposed) return;
+          player = AsciinemaPlayer.create({ data: text }, box.current, { fit: "width", preload: true });
+          window.slaveshellReplay = { player: player, text: text };
+          setStatus("ready");
+        }, function (e) { setStatus("refused: " + e.message); });
+      }, function (why) { if (!disposed && !player) setStatus("refused: " + why); });
+      function concat(list) {
+        var n = 0, i, out;
+        for (i = 0; i < list.length; i++) n += list[i].length;
+        out = new Uint8Array(n);
+        n = 0;
+        for (i = 0; i < list.length; i++) { out.set(list[i], n); n += list[i].length; }
+        return out;
+      }
+      return function () { disposed = true; cancel(); if (player) player.dispose(); };
+    }, [id]);
+    return h("div", { className: "slaveshell-page" },
+      h("h4", null, "Replay of session " + id, " ",
+        h("button", { className: "btn btn-outline-secondary btn-sm", onClick: function () { go("#/slaveshell/history"); } },
+          "History")),
+      h("div", { className: status.indexOf("refused") === 0 ? "alert alert-danger slaveshell-status" : "slaveshell-status",
+                 "data-status": status }, status === "ready" ? "" : status),
+      h("div", { ref: box, className: "slaveshell-replay" }));
+  }
+
   BuildbotPluginSupport.buildbotSetupPlugin(function (reg) {
     reg.registerMenuGroup({
       name: "slaveshell", caption: "Shells", icon: h("span", { className: "slaveshell-icon" }, ">_"),
@@ -309,6 +440,14 @@
     reg.registerRoute({
       route: "slaveshell/terminal/:worker", group: "slaveshell",
       element: function () { return h(TerminalPage); },
+    });
+    reg.registerRoute({
+      route: "slaveshell/history", group: "slaveshell",
+      element: function () { return h(HistoryPage); },
+    });
+    reg.registerRoute({
+      route: "slaveshell/replay/:id", group: "slaveshell",
+      element: function () { return h(ReplayPage); },
     });
     reg.registerRoute({
       route: "slaveshell/session/:id/:mode", group: "slaveshell",
