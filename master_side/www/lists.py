@@ -14,7 +14,10 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   the audit index, docs/audit-schema.md, newest first);
 - ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
   transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
-  MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound).
+  MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
+- ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
+  (a build held by HoldForShell, if the web user may act on its worker);
+- ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from slaveshell.protocol import ProtocolError
 from ..operator_api import ErrorKind, OperatorError
 from . import access
 
-QUERIES = ("workers", "sessions", "history", "transcript")
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
@@ -114,4 +117,19 @@ def answer(kind: str, message: dict[str, Any], service: Any, master: Any, who: W
             raise OperatorError(ErrorKind.LIMIT, f"this transcript is larger than {MAX_REPLAY >> 20} MiB: "
                                 "replay it with `slaveshell replay` on the master")
         return {"type": "transcript", "offset": offset + len(data), "eof": bool(chunk["eof"])}, data
+    if kind in ("hold", "release"):
+        build_id = message.get("build")
+        if not isinstance(build_id, int) or isinstance(build_id, bool):
+            raise ProtocolError(f"{kind} needs a build id")
+        hold = service.holds.get(build_id)
+        allowed = yield _allowed(master, info, {hold.worker} if hold is not None else set())
+        if hold is None or hold.worker not in allowed:
+            if kind == "hold":
+                return {"type": "hold", "hold": None}, None
+            raise OperatorError(ErrorKind.NOT_FOUND, f"build {build_id} is not held")
+        if kind == "hold":
+            return {"type": "hold", "hold": {"build": hold.build_id, "builder": hold.builder,
+                                             "number": hold.build_number, "worker": hold.worker,
+                                             "workdir": hold.workdir}}, None
+        return {"type": "release", "message": api.release(who, build_id)}, None
     raise ProtocolError(f"unknown query {kind!r}")

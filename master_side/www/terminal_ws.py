@@ -8,8 +8,9 @@ policy, quotas, recording, audit and the credit windows are theirs.
 
 Messages (RFC 6455 frames):
 
-- page -> master, text (JSON): first and once, ``{"type": "open", "worker": str, "cols": int, "rows": int}``
-  (a new session) or ``{"type": "attach", "id": str, "mode": "attach" | "watch"}`` (resume one's own detached
+- page -> master, text (JSON): first and once, ``{"type": "open", "worker": str, "cols": int, "rows": int,
+  "build": int?}`` (a new session; with ``build``, in a build held by HoldForShell, as ``buildbot-shell
+  --build``) or ``{"type": "attach", "id": str, "mode": "attach" | "watch"}`` (resume one's own detached
   session or join another's, per `OperatorAPI.attach`; watch is read-only); or, on a socket of its own,
   ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page). Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
@@ -228,8 +229,11 @@ class TerminalProtocol(WebSocketServerProtocol):
         worker = message.get("worker")
         if not isinstance(worker, str) or not worker or len(worker) > 256:
             raise ProtocolError("open needs a worker name")
-        request = OpenRequest.from_wire({"version": PROTOCOL_VERSION, "worker": worker, "term": "xterm-256color",
-                                         "cols": message.get("cols"), "rows": message.get("rows")})
+        wire: dict[str, object] = {"version": PROTOCOL_VERSION, "worker": worker, "term": "xterm-256color",
+                                   "cols": message.get("cols"), "rows": message.get("rows")}
+        if message.get("build") is not None:
+            wire["build"] = message["build"]  # into a build held by HoldForShell: checked by from_wire
+        request = OpenRequest.from_wire(wire)
         d = access.check_authz_shell(self.master, worker, self.info)
         d.addCallback(lambda _: service.api.open(self.identity, request, WebViewerSink(self)))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))

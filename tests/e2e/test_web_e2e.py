@@ -315,6 +315,40 @@ def test_history_lists_a_session_and_replays_its_transcript(browser: Any, site: 
     context.close()
 
 
+def step_urls(site: Sandbox, build_id: int) -> list[str]:
+    db = sqlite3.connect(os.path.join(site.master_dir, "state.sqlite"), timeout=10)
+    try:
+        rows = db.execute("SELECT urls_json FROM steps WHERE buildid = ?", (build_id,)).fetchall()
+    finally:
+        db.close()
+    return re.findall(r'"url": "([^"]+)"', " ".join(r[0] or "" for r in rows))
+
+
+def test_a_held_build_is_entered_and_released_from_the_page(browser: Any, site: Sandbox) -> None:
+    site.send_change("hold")
+    build_id = wait_for(lambda: next((r[0] for r in site.build_rows("holder") if r[2] is None), None),
+                        "the holder build")
+    # The HoldForShell step links to the build's page in the web UI.
+    url = wait_for(lambda: next((u for u in step_urls(site, build_id) if "/slaveshell/build/" in u), None),
+                   "the step's link to the web terminal")
+    assert url == f"{site.url}#/slaveshell/build/{build_id}"
+    page = login(browser, site, "alice").new_page()
+    page.goto(url)
+    assert f"id {build_id}" in page.locator(".slaveshell-hold").inner_text()
+    page.locator("button.slaveshell-open").click()
+    wait_status(page, "^connected$")
+    run(page, "cat failed.txt; echo in-$((1+1))", "evidence\\s+in-2")
+    shot(page, "held-build.png")
+    page.locator("button.slaveshell-release").click()
+    assert "released" in page.locator(".slaveshell-released").inner_text()
+    wait_for(lambda: dict((r[0], r[2]) for r in site.build_rows("holder")).get(build_id) is not None,
+             "the build to finish")
+    # (as with `slaveshell release`, the shell goes on after the build: its operator ends it)
+    page.locator("button.slaveshell-end").click()
+    assert "session ended" in wait_status(page, "session ended")
+    page.context.close()
+
+
 def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "bob")
     page = context.new_page()

@@ -187,7 +187,9 @@
               term.reset(); // the master sends the session's recent output first
               ws.send(JSON.stringify({ type: "attach", id: target.id, mode: target.mode }));
             } else {
-              ws.send(JSON.stringify({ type: "open", worker: props.worker, cols: term.cols, rows: term.rows }));
+              var open = { type: "open", worker: props.worker, cols: term.cols, rows: term.rows };
+              if (props.build) open.build = props.build;
+              ws.send(JSON.stringify(open));
             }
           };
           ws.onmessage = onMessage;
@@ -258,10 +260,11 @@
         if (ws) ws.close();
         if (term) term.dispose();
       };
-    }, [props.worker, props.sessionId, props.mode]);
+    }, [props.worker, props.sessionId, props.mode, props.build]);
     var refused = status.indexOf("refused") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
-    var title = props.worker ? "Shell on " + props.worker : "Session " + props.sessionId;
+    var title = props.worker ? "Shell on " + props.worker + (props.build ? " in build " + props.build : "")
+      : "Session " + props.sessionId;
     return h("div", { className: "slaveshell-page" },
       h("h4", null, title, " ",
         live && props.mode !== "watch" ? h("button", {
@@ -431,6 +434,44 @@
       h("div", { ref: box, className: "slaveshell-replay" }));
   }
 
+  // A build held by HoldForShell (its step links here): what is held, a terminal in the build and a release
+  // button.
+  function BuildPage() {
+    // The build this page was opened for (its terminal then names its session in the address).
+    var build = React.useState(function () {
+      var match = /\/slaveshell\/build\/(\d+)/.exec(window.location.hash);
+      return match ? parseInt(match[1], 10) : 0;
+    })[0];
+    var st = React.useState({ hold: undefined, error: null, released: null, shell: false });
+    var state = st[0], setState = st[1];
+    function update(change) { setState(function (old) { return Object.assign({}, old, change); }); }
+    React.useEffect(function () {
+      return questions(function (send) { send({ type: "hold", build: build }); },
+        function (m) { if (m.type === "hold") update({ hold: m.hold }); },
+        function (why) { update({ error: why }); });
+    }, [build]);
+    function release() {
+      questions(function (send) { send({ type: "release", build: build }); },
+        function (m) { if (m.type === "release") update({ released: printable(m.message) }); },
+        function (why) { if (why.indexOf("closed") < 0) update({ released: "refused: " + why }); });
+    }
+    var hold = state.hold;
+    if (state.error) return h("div", { className: "slaveshell-page" },
+      h("div", { className: "alert alert-danger slaveshell-refused" }, "Build " + build + ": " + state.error));
+    if (hold === undefined) return h("div", { className: "slaveshell-page" }, "Loading build " + build + "...");
+    if (hold === null && !state.released) return h("div", { className: "slaveshell-page" },
+      h("p", { className: "slaveshell-not-held" }, "Build " + build + " is not held for a shell (or not on a worker you may act on)."));
+    return h("div", { className: "slaveshell-page" },
+      hold ? h("p", { className: "slaveshell-hold" }, "Build " + hold.builder + " #" + hold.number + " (id " + hold.build +
+        ") is held on worker " + hold.worker + ", in " + hold.workdir + ". ",
+        state.released ? null : h("button", { className: "btn btn-warning btn-sm slaveshell-release", onClick: release },
+          "Release the build")) : null,
+      state.released ? h("div", { className: "alert alert-info slaveshell-released" }, state.released) : null,
+      hold && !state.shell ? h("button", { className: "btn btn-primary btn-sm slaveshell-open",
+        onClick: function () { update({ shell: true }); } }, "Open a shell in this build") : null,
+      hold && state.shell ? h(TerminalView, { worker: hold.worker, build: hold.build, key: "b:" + hold.build }) : null);
+  }
+
   BuildbotPluginSupport.buildbotSetupPlugin(function (reg) {
     reg.registerMenuGroup({
       name: "slaveshell", caption: "Shells", icon: h("span", { className: "slaveshell-icon" }, ">_"),
@@ -440,6 +481,10 @@
     reg.registerRoute({
       route: "slaveshell/terminal/:worker", group: "slaveshell",
       element: function () { return h(TerminalPage); },
+    });
+    reg.registerRoute({
+      route: "slaveshell/build/:build", group: "slaveshell",
+      element: function () { return h(BuildPage); },
     });
     reg.registerRoute({
       route: "slaveshell/history", group: "slaveshell",
