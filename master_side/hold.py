@@ -241,6 +241,13 @@ class HoldForShell(buildstep.BuildStep):
                 env.update({str(k): str(v) for k, v in source.items() if isinstance(v, (str, int, float))})
         return env
 
+    def _web_page(self, build_id: int) -> str | None:
+        """The web terminal's page for this build (master_side.www), when the master serves that plugin."""
+        www = getattr(self.master.config, "www", None) or {}
+        if "slaveshell" not in (www.get("plugins") or {}):
+            return None
+        return f"{self.master.config.buildbotURL}#/slaveshell/build/{build_id}"
+
     @deferred
     async def run(self) -> int:
         """Hold the build until released, timed out or stopped (see the module); the step's result: SUCCESS,
@@ -262,9 +269,14 @@ class HoldForShell(buildstep.BuildStep):
         self.updateSummary()
         holds.add(hold)
         stdio = await self.addLog("hold")
+        page = self._web_page(hold.build_id)
+        if page is not None:
+            await self.addURL("shell in the browser", page)
+        browser = (f"or in the browser (a terminal in this build, and a release button):\n\n    {page}\n\n"
+                   if page else "")
         await stdio.addStdout(
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
-            f"Step in from the master host:\n\n    {command}\n\n"
+            f"Step in from the master host:\n\n    {command}\n\n{browser}"
             f"The shell starts in {workdir} with the build's environment.\n"
             f"Release it with `slaveshell release {hold.build_id}` or `~r` in the shell; it is released by\n"
             f"itself after {self.timeout:g} s, or when the build is stopped.\n")

@@ -307,7 +307,7 @@ class ConnectionGate:
         if len(session.viewers) >= bounds.viewers_per_session:
             return f"session {session.id} already has {bounds.viewers_per_session} viewers (the master's limit)"
         views = sum(1 for s in sessions if s.live for v in s.viewers
-                    if v is not s.owner and v.identity.uid == who.uid)
+                    if v is not s.owner and v.identity.key == who.key)
         if views >= bounds.viewers_per_operator:
             return f"{who.user} already has {bounds.viewers_per_operator} views of sessions (the master's limit)"
         return None

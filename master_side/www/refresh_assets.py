@@ -39,6 +39,10 @@ ASSETS = (
     Asset("@xterm/addon-fit", "0.11.0", "https://registry.npmjs.org/@xterm/addon-fit/-/addon-fit-0.11.0.tgz",
           "26003b4517a132b64e4ff228fd88a5fda3fff5e606c76093f6dcff772e9ecec0",
           {"package/lib/addon-fit.js": "addon-fit.js"}),
+    Asset("asciinema-player", "3.17.0", "https://registry.npmjs.org/asciinema-player/-/asciinema-player-3.17.0.tgz",
+          "d03ef67fc2f32a7aa5177c0b64650c7c8fd234ef2d3e4b34886632bb3dd58c5c",
+          {"package/dist/bundle/asciinema-player.min.js": "asciinema-player.min.js",
+           "package/dist/bundle/asciinema-player.css": "asciinema-player.css"}),
 )
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")

@@ -8,12 +8,18 @@ policy, quotas, recording, audit and the credit windows are theirs.
 
 Messages (RFC 6455 frames):
 
-- page -> master, text (JSON): ``{"type": "open", "worker": str, "cols": int, "rows": int}`` (first, once),
-  ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered);
-  binary: input bytes (at most MAX_CHUNK each, within the input credit window).
+- page -> master, text (JSON): first and once, ``{"type": "open", "worker": str, "cols": int, "rows": int,
+  "build": int?}`` (a new session; with ``build``, in a build held by HoldForShell, as ``buildbot-shell
+  --build``) or ``{"type": "attach", "id": str, "mode": "attach" | "watch"}`` (resume one's own detached
+  session or join another's, per `OperatorAPI.attach`; watch is read-only); or, on a socket of its own,
+  ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page). Then
+  ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
+  ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
+  input credit window). Closing the socket detaches: the session waits ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
-  "worker"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit", "code",
-  "signal", "reason"}``, ``{"type": "error", "message"}`` (then the master closes the socket).
+  "worker", "role"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit",
+  "code", "signal", "reason"}``, ``{"type": "workers", "workers": [...]}``, ``{"type": "sessions", "sessions":
+  [...]}``, ``{"type": "error", "message"}`` (then the master closes the socket).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
@@ -36,7 +41,7 @@ from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, Protoc
 from ..limits import buffered_bytes
 from ..operator_api import OperatorError
 from ..session_pb import ViewerHandle
-from . import access
+from . import access, lists
 
 log = Logger()
 
@@ -45,6 +50,8 @@ MAX_SOCKETS = 64
 MAX_SOCKETS_PER_USER = 8
 MAX_CONTROL = 1024
 MAX_BUFFERED = 4 * 1024 * 1024
+# Questions (lists, history, transcript chunks) in progress on one socket.
+MAX_QUERIES = 4
 
 
 def shell_service(master: Any) -> Any:
@@ -113,6 +120,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.handle: ViewerHandle | None = None
         self.opening = False
         self.counted = False
+        self.queries = 0
 
     @property
     def master(self) -> Any:
@@ -183,14 +191,18 @@ class TerminalProtocol(WebSocketServerProtocol):
             kind = message.get("type")
             if kind == "open":
                 self._open(message)
-            elif kind == "workers":
-                self._workers()
+            elif kind == "attach":
+                self._attach(message)
+            elif kind in lists.QUERIES:
+                self._query(kind, message)
             elif self.handle is None:
                 raise ProtocolError(f"{kind!r} before the session is open")
             elif kind == "resize":
                 self.handle.remote_resize(message.get("cols"), message.get("rows"))
             elif kind == "ack":
                 self.handle.remote_ack(message.get("bytes"))
+            elif kind == "close":
+                self.handle.remote_close()
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except (ProtocolError, ValueError) as e:
@@ -202,50 +214,86 @@ class TerminalProtocol(WebSocketServerProtocol):
             log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
             self.refuse("the master could not handle that message (see its log)")
 
-    def _open(self, message: dict[str, Any]) -> None:
+    def _start(self) -> Any:
+        """The ShellService, once per socket: a socket carries one session."""
         if self.opening or self.identity is None or self.refusal is not None:
-            raise ProtocolError("open sent twice")
+            raise ProtocolError("a socket carries one session: open or attach sent twice")
         self.opening = True
-        worker = message.get("worker")
-        if not isinstance(worker, str) or not worker or len(worker) > 256:
-            raise ProtocolError("open needs a worker name")
-        request = OpenRequest.from_wire({"version": PROTOCOL_VERSION, "worker": worker, "term": "xterm-256color",
-                                         "cols": message.get("cols"), "rows": message.get("rows")})
         service = shell_service(self.master)
         if service is None:
             raise ProtocolError("this master has no ShellService")
+        return service
+
+    def _open(self, message: dict[str, Any]) -> None:
+        service = self._start()
+        worker = message.get("worker")
+        if not isinstance(worker, str) or not worker or len(worker) > 256:
+            raise ProtocolError("open needs a worker name")
+        wire: dict[str, object] = {"version": PROTOCOL_VERSION, "worker": worker, "term": "xterm-256color",
+                                   "cols": message.get("cols"), "rows": message.get("rows")}
+        if message.get("build") is not None:
+            wire["build"] = message["build"]  # into a build held by HoldForShell: checked by from_wire
+        request = OpenRequest.from_wire(wire)
         d = access.check_authz_shell(self.master, worker, self.info)
         d.addCallback(lambda _: service.api.open(self.identity, request, WebViewerSink(self)))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
 
-    def _workers(self) -> None:
-        """The fleet for the page: the workers this web user has some right on (the operator API's list),
-        each with whether both Buildbot's authz and the policy let them open a shell there."""
+    def _attach(self, message: dict[str, Any]) -> None:
+        """Resume or join (mode "attach") or watch a live session: Buildbot's authz on its worker first, then
+        the operator API (policy, viewer bounds, audit)."""
+        service = self._start()
+        session_id, mode = message.get("id"), message.get("mode")
+        if not isinstance(session_id, str) or len(session_id) > 256 or mode not in ("attach", "watch"):
+            raise ProtocolError("attach needs a session id and a mode (attach or watch)")
+        session = service.registry.get(session_id)
+        if session is None:
+            self.refuse(f"no live session {session_id}")
+            return
+        worker = session.worker
+        d = access.check_authz_shell(self.master, worker, self.info)
+        d.addCallback(lambda _: service.api.attach(self.identity, WebViewerSink(self), session_id, mode))
+        d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _query(self, kind: str, message: dict[str, Any]) -> None:
+        """The fleet page's lists and the replay page's reads (master_side.www.lists), answered on this socket;
+        a refusal of the operator API is an error message, the socket stays open."""
         service = shell_service(self.master)
-        if self.identity is None or self.refusal is not None or service is None:
-            raise ProtocolError("no fleet for this socket")
-        workers = service.api.workers(self.identity)
+        if self.identity is None or self.refusal is not None or service is None or self.opening:
+            raise ProtocolError(f"no {kind} for this socket")
+        if self.queries >= MAX_QUERIES:
+            raise ProtocolError(f"more than {MAX_QUERIES} questions in progress on one socket")
+        self.queries += 1
+        d = lists.answer(kind, message, service, self.master, self.identity, self.info)
 
-        @defer.inlineCallbacks
-        def answer() -> Any:
-            for w in workers:
-                if w["allowed"]:
-                    try:
-                        yield access.check_authz_shell(self.master, w["name"], self.info)
-                    except access.Refused:
-                        w["allowed"] = False
-            self.send_json({"type": "workers", "workers": [
-                {k: w[k] for k in ("name", "connected", "shell", "paused", "allowed", "sessions")}
-                for w in workers]})
+        @d.addBoth
+        def done(result: Any) -> Any:
+            self.queries -= 1
+            return result
 
-        answer().addErrback(lambda f: log.failure("slaveshell: listing workers for the web", f))
+        def failed(failure: Any) -> None:
+            if failure.check(OperatorError):
+                self.send_json({"type": "error", "message": failure.value.message, "fatal": False})
+            elif failure.check(ProtocolError):
+                self.refuse(f"bad message from the page: {failure.value}")
+            else:
+                log.failure("slaveshell: {kind} for the web", failure, kind=kind)
+                self.refuse("the master could not answer (see its log)")
+
+        d.addCallbacks(self._answer, failed)
+
+    def _answer(self, answer: tuple[dict[str, Any], bytes | None]) -> None:
+        message, data = answer
+        if data is not None and not self.closed:
+            self.sendMessage(data, isBinary=True)
+        self.send_json(message)
 
     def _opened(self, view: Any) -> None:
         if view is None:
             return  # the page left while the worker started the session: it runs detached
         service = shell_service(self.master)
         self.handle = ViewerHandle(view.session, view.viewer, service.registry.peer_error)
-        self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker})
+        self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
+                        "role": view.viewer.role.value})
 
     def _not_opened(self, failure: Any, worker: str) -> None:
         if failure.check(access.Refused):
@@ -264,13 +312,8 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.closed = True
         if self.counted and self.identity is not None:
             self.factory.release(self.identity)
-        # The page cannot reattach yet (nor can anybody else resume a web user's session): leaving the page
-        # ends its session, as `~.` does, rather than leaving it detached.
-        if self.handle is not None and self.handle.viewer is self.handle.session.owner:
-            try:
-                self.handle.remote_close()
-            except pb.Error:
-                pass  # the relay has dealt with it
+        # As a lost connection on the UNIX socket: the owner's session detaches (and waits detach_grace for a
+        # reattach, e.g. the page reloaded or the network came back); a viewer leaves.
         callbacks, self.lost_callbacks = self.lost_callbacks, []
         for callback in callbacks:
             callback()

@@ -27,6 +27,8 @@ if not os.path.exists(CHROMIUM):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_MS = 60_000
+# Screenshots of the pages, for the README and the closing notes (kept by the suite).
+SHOTS = os.path.join(ROOT, "docs", "screenshots")
 
 # alice has the role that Buildbot's authz gives the shell action to, bob does not; slaveshell's policy lets
 # that role open shells (and bob too, so that his refusal is Buildbot's authz's).
@@ -34,13 +36,16 @@ WWW_CONFIG = """\
 from buildbot.plugins import util as _util
 from master_side.www.access import ShellEndpointMatcher
 c['www']['plugins']['slaveshell'] = {}
-c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw'})
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'carol': 'carol-pw'})
 c['www']['authz'] = _util.Authz(
-    allowRules=[ShellEndpointMatcher(role='shellers')],
-    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice'])])
+    allowRules=[ShellEndpointMatcher(role='watchers', defaultDeny=False), ShellEndpointMatcher(role='shellers')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice']),
+                  _util.RolesFromUsername(roles=['watchers'], usernames=['carol'])])
 """
-# The local user running the tests may too: the sandbox waits for its workers through the UNIX socket.
-SERVICE_KWARGS = f"policy=[dict(groups=['web:shellers']), dict(users=['web:bob']), dict(users=[{os.getuid()}])]"
+# The local user running the tests may too: the sandbox waits for its workers through the UNIX socket. carol's
+# role may only watch.
+SERVICE_KWARGS = (f"policy=[dict(groups=['web:shellers']), dict(users=['web:bob']), "
+                  f"dict(groups=['web:watchers'], rights=['watch']), dict(users=[{os.getuid()}])]")
 
 
 def _entry_point_dir(tmp: str) -> str | None:
@@ -174,6 +179,11 @@ def events(site: Sandbox, operator: str) -> list[tuple[str, int, str]]:
         db.close()
 
 
+def shot(page: Any, name: str) -> None:
+    os.makedirs(SHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SHOTS, name))
+
+
 def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "alice")
     page = context.new_page()
@@ -195,6 +205,8 @@ def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site:
     page.keyboard.press("Enter")
     found = run(page, "stty size; echo resized", r"(\d+) (\d+)\s*\nresized")
     assert (int(found.group(1)), int(found.group(2))) == term_size(page)
+    run(page, "uname -s; echo $((6*7)) | sed 's/^/answer: /'", "answer: 42")
+    shot(page, "terminal.png")
     page.keyboard.type("exit 3")
     page.keyboard.press("Enter")
     assert "exit status 3" in wait_status(page, "session ended")
@@ -202,14 +214,139 @@ def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site:
     # Recorded as a web user.
     opened = [e for e in events(site, "web:alice") if e[0] == "open"]
     assert opened and all(uid == -1 for _, uid, _ in opened)
-    # Leaving the page ends its session (the page cannot reattach yet).
+    context.close()
+
+
+def shell_pid(page: Any, tag: str) -> str:
+    return run(page, f"echo {tag}-$$", rf"{tag}-(\d+)").group(1)
+
+
+def test_reload_and_a_dropped_socket_reattach_and_leaving_detaches(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    pid = shell_pid(page, "pid")
+    run(page, "echo mark-$((6*7))", "mark-42")
+    # The address now names the session: a reload reattaches to it, with the recent output redrawn.
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
     page.reload()
     wait_status(page, "^connected$")
-    run(page, "echo $((3*5))-left", "15-left")
-    ends = len([e for e in events(site, "web:alice") if e[0] == "end"])
+    wait_for(lambda: "mark-42" in screen(page), "the recent output after the reload")
+    assert shell_pid(page, "again") == pid
+    # A socket lost without an end (the network) is reattached by the page.
+    page.evaluate("() => window.slaveshellSocket.close()")
+    wait_for(lambda: status(page) == "connected" and page.evaluate(
+        "() => window.slaveshellSocket.readyState === 1"), "the page to reattach")
+    assert shell_pid(page, "after-drop") == pid
+    # Leaving the page detaches: the fleet page lists the session, detached, with a Resume button.
     page.close()
-    wait_for(lambda: len([e for e in events(site, "web:alice") if e[0] == "end"]) > ends, "the session to end")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    row = page.locator(f"tr[data-session='{session_id}'][data-state='detached']")
+    wait_for(lambda: row.count() == 1 or page.reload() and False, "the detached session in the list", 60)
+    row.locator("button.slaveshell-attach").click()
+    wait_status(page, "^connected$")
+    assert shell_pid(page, "resumed") == pid
+    kinds = [k for k, _, d in events(site, "web:alice")]
+    assert "detach" in kinds and "attach" in kinds, kinds
+    page.locator("button.slaveshell-end").click()
+    assert "session ended" in wait_status(page, "session ended")
     context.close()
+
+
+def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox) -> None:
+    alice = login(browser, site, "alice").new_page()
+    alice.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(alice, "^connected$")
+    run(alice, "echo shared-$((1+1))", "shared-2")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", alice.url).group(1)  # type: ignore[union-attr]
+    carol_context = login(browser, site, "carol")
+    carol = carol_context.new_page()
+    carol.goto(site.url + "#/slaveshell")
+    row = carol.locator(f"tr[data-session='{session_id}']")
+    row.wait_for()
+    assert row.locator("button.slaveshell-attach").count() == 0  # watch only: no Join
+    shot(carol, "sessions.png")
+    row.locator("button.slaveshell-watch").click()
+    wait_status(carol, "^watching")
+    wait_for(lambda: "shared-2" in screen(carol), "the recent output for the watcher")
+    run(alice, "echo live-$((2+3))", "live-5")
+    wait_for(lambda: "live-5" in screen(carol), "the live output for the watcher")
+    carol.keyboard.type("echo intruder\n")
+    run(alice, "echo after-$((3+4))", "after-7")
+    assert "intruder" not in screen(alice)
+    # Asking to type (by address) is refused by the policy, and audited.
+    carol.goto(site.url + f"#/slaveshell/session/{session_id}/attach")
+    assert "permission denied" in wait_status(carol, "^refused")
+    wait_for(lambda: any(k == "refused" and "permission denied" in d for k, _, d in events(site, "web:carol")),
+             "carol's refusal in the audit index")
+    carol_context.close()
+    alice.locator("button.slaveshell-end").click()
+    wait_status(alice, "session ended")
+    alice.context.close()
+
+
+def test_history_lists_a_session_and_replays_its_transcript(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    run(page, "echo replayed-$((40+2))", "replayed-42")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    page.goto(site.url + "#/slaveshell")
+    page.locator("button.slaveshell-history-link").click()
+    row = page.locator(f"table.slaveshell-history tr[data-session='{session_id}']")
+    row.wait_for()
+    assert "web:alice" in row.inner_text()
+    row.locator("button.slaveshell-replay").click()
+    wait_status(page, "^ready$")
+    page.wait_for_function("() => window.slaveshellReplay && window.slaveshellReplay.player.getDuration() > 0")
+    page.evaluate("() => window.slaveshellReplay.player.seek(window.slaveshellReplay.player.getDuration())")
+    wait_for(lambda: "replayed-42" in page.locator(".ap-term").inner_text(), "the replayed output in the player")
+    shot(page, "replay.png")
+    # Another web user's page cannot read it without the replay right (carol may only watch).
+    carol = login(browser, site, "carol").new_page()
+    carol.goto(site.url + f"#/slaveshell/replay/{session_id}")
+    assert "no session" in wait_status(carol, "^refused")
+    carol.context.close()
+    context.close()
+
+
+def step_urls(site: Sandbox, build_id: int) -> list[str]:
+    db = sqlite3.connect(os.path.join(site.master_dir, "state.sqlite"), timeout=10)
+    try:
+        rows = db.execute("SELECT urls_json FROM steps WHERE buildid = ?", (build_id,)).fetchall()
+    finally:
+        db.close()
+    return re.findall(r'"url": "([^"]+)"', " ".join(r[0] or "" for r in rows))
+
+
+def test_a_held_build_is_entered_and_released_from_the_page(browser: Any, site: Sandbox) -> None:
+    site.send_change("hold")
+    build_id = wait_for(lambda: next((r[0] for r in site.build_rows("holder") if r[2] is None), None),
+                        "the holder build")
+    # The HoldForShell step links to the build's page in the web UI.
+    url = wait_for(lambda: next((u for u in step_urls(site, build_id) if "/slaveshell/build/" in u), None),
+                   "the step's link to the web terminal")
+    assert url == f"{site.url}#/slaveshell/build/{build_id}"
+    page = login(browser, site, "alice").new_page()
+    page.goto(url)
+    assert f"id {build_id}" in page.locator(".slaveshell-hold").inner_text()
+    page.locator("button.slaveshell-open").click()
+    wait_status(page, "^connected$")
+    run(page, "cat failed.txt; echo in-$((1+1))", "evidence\\s+in-2")
+    shot(page, "held-build.png")
+    page.locator("button.slaveshell-release").click()
+    assert "released" in page.locator(".slaveshell-released").inner_text()
+    wait_for(lambda: dict((r[0], r[2]) for r in site.build_rows("holder")).get(build_id) is not None,
+             "the build to finish")
+    # (as with `slaveshell release`, the shell goes on after the build: its operator ends it)
+    page.locator("button.slaveshell-end").click()
+    assert "session ended" in wait_status(page, "session ended")
+    page.context.close()
 
 
 def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:

@@ -1,0 +1,135 @@
+"""What the web pages read besides a session: the fleet, the live sessions, the audit index and transcripts.
+
+Each answer goes through the master's `OperatorAPI` (the policy filters what a web user sees, as for a local
+operator) and, per worker, through Buildbot's authz (`access.check_authz_shell`, failing closed): a worker the
+web user has no ``shell`` action on is left out of every list.
+
+`answer(kind, message, ...)` gives a Deferred of ``(json_message, binary_or_None)``; the binary part (a
+transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
+
+- ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions"}]}``;
+- ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "started",
+  "own", "may_type", "viewers"}]}``;
+- ``{"type": "history", "worker": str?, "user": str?, "limit": int?}`` -> ``{"sessions": [row, ...]}`` (rows of
+  the audit index, docs/audit-schema.md, newest first);
+- ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
+  transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
+  MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
+- ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
+  (a build held by HoldForShell, if the web user may act on its worker);
+- ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+from slaveshell.policy import Action, WebIdentity
+from slaveshell.protocol import ProtocolError
+
+from ..operator_api import ErrorKind, OperatorError
+from . import access
+
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release")
+# The largest transcript a page replays (bytes): the page holds it whole.
+MAX_REPLAY = 64 * 1024 * 1024
+# History rows' fields shown to the page.
+HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ended", "state", "end_reason",
+                  "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
+                  "hidden_spans", "hidden_flag")
+
+Answer = tuple[dict[str, Any], bytes | None]
+
+
+def _opt_str(message: dict[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or len(value) > 256:
+        raise ProtocolError(f"{key} must be a string")
+    return value
+
+
+@defer.inlineCallbacks
+def _allowed(master: Any, info: dict[str, Any], workers: set[str]) -> Any:
+    """The subset of `workers` on which Buildbot's authz grants this web user the shell action."""
+    out = set()
+    for name in sorted(workers):
+        try:
+            yield access.check_authz_shell(master, name, info)
+        except access.Refused:
+            continue
+        out.add(name)
+    return out
+
+
+@defer.inlineCallbacks
+def answer(kind: str, message: dict[str, Any], service: Any, master: Any, who: WebIdentity,
+           info: dict[str, Any]) -> Any:
+    api = service.api
+    if kind == "workers":
+        workers = api.workers(who)
+        allowed = yield _allowed(master, info, {w["name"] for w in workers if w["allowed"]})
+        return {"type": "workers", "workers": [
+            {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions")},
+             "allowed": w["name"] in allowed} for w in workers]}, None
+    if kind == "sessions":
+        sessions = api.sessions(who)
+        allowed = yield _allowed(master, info, {s["worker"] for s in sessions})
+        shown = []
+        for s in sessions:
+            live = service.registry.get(s["id"])
+            if live is None or s["worker"] not in allowed:
+                continue
+            own = live.identity.key == who.key
+            action = Action.RESUME if live.owner is None else Action.JOIN
+            may_type = (not own or live.owner is None) and service.policy.may(
+                who, action, live.worker, owner=live.identity).allowed
+            shown.append({
+                "id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
+                "command": s["command"], "started": s["started"], "own": own, "may_type": may_type,
+                "viewers": [v["user"] for v in s["viewers"]]})
+        return {"type": "sessions", "sessions": shown}, None
+    if kind == "history":
+        limit = message.get("limit", 200)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            raise ProtocolError("limit must be between 1 and 1000")
+        rows = yield api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
+                                       "limit": limit})
+        allowed = yield _allowed(master, info, {r["worker"] for r in rows})
+        return {"type": "history", "sessions": [
+            {k: r.get(k) for k in HISTORY_FIELDS} for r in rows if r["worker"] in allowed]}, None
+    if kind == "transcript":
+        session_id, offset = message.get("id"), message.get("offset", 0)
+        if not isinstance(session_id, str) or len(session_id) > 256:
+            raise ProtocolError("transcript needs a session id")
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_REPLAY:
+            raise ProtocolError("transcript needs an offset")
+        rows = yield api.history(who, {"session": session_id, "limit": 1})
+        allowed = yield _allowed(master, info, {r["worker"] for r in rows})
+        if not rows or rows[0]["worker"] not in allowed:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no session {session_id} that you may replay")
+        chunk = yield api.transcript(who, session_id, offset)
+        data = bytes(chunk["data"])
+        if offset + len(data) >= MAX_REPLAY and not chunk["eof"]:
+            raise OperatorError(ErrorKind.LIMIT, f"this transcript is larger than {MAX_REPLAY >> 20} MiB: "
+                                "replay it with `slaveshell replay` on the master")
+        return {"type": "transcript", "offset": offset + len(data), "eof": bool(chunk["eof"])}, data
+    if kind in ("hold", "release"):
+        build_id = message.get("build")
+        if not isinstance(build_id, int) or isinstance(build_id, bool):
+            raise ProtocolError(f"{kind} needs a build id")
+        hold = service.holds.get(build_id)
+        allowed = yield _allowed(master, info, {hold.worker} if hold is not None else set())
+        if hold is None or hold.worker not in allowed:
+            if kind == "hold":
+                return {"type": "hold", "hold": None}, None
+            raise OperatorError(ErrorKind.NOT_FOUND, f"build {build_id} is not held")
+        if kind == "hold":
+            return {"type": "hold", "hold": {"build": hold.build_id, "builder": hold.builder,
+                                             "number": hold.build_number, "worker": hold.worker,
+                                             "workdir": hold.workdir}}, None
+        return {"type": "release", "message": api.release(who, build_id)}, None
+    raise ProtocolError(f"unknown query {kind!r}")
