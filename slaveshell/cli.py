@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -326,39 +323,9 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sandbox import Sandbox, SandboxError, describe
+    from .demo import cmd_demo as demo
 
-    root = tempfile.mkdtemp(prefix="slaveshell-demo-")
-    sandbox = Sandbox(root, workers=["demo-worker"])
-    try:
-        print("slaveshell demo: creating a throwaway Buildbot master and worker ...", file=sys.stderr)
-        sandbox.create()
-        print("slaveshell demo: starting them (real buildbot processes on 127.0.0.1) ...", file=sys.stderr)
-        sandbox.start()
-        print(describe(sandbox), file=sys.stderr)
-        command = list(args.command)
-        if command and command[0] == "--":
-            command = command[1:]
-        shell = shutil.which("buildbot-shell")
-        argv = ([shell] if shell else [sys.executable, "-m", "slaveshell.shell_cli"])
-        argv += ["--socket", sandbox.socket, "demo-worker"] + command
-        print(f"slaveshell demo: {' '.join(argv[-len(command) - 3:])}", file=sys.stderr)
-        if not command:
-            print("slaveshell demo: you are now in a shell on the worker; 'exit' (or ~.) ends the demo.",
-                  file=sys.stderr)
-        return subprocess.call(argv)
-    except SandboxError as e:
-        print(f"slaveshell demo: {e}", file=sys.stderr)
-        return 255
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        print("slaveshell demo: stopping and removing the sandbox ...", file=sys.stderr)
-        sandbox.stop()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"slaveshell demo: kept {root}", file=sys.stderr)
+    return demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a throwaway master and worker, and a shell on the worker")
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory afterwards")
+    d.add_argument("--web", action="store_true",
+                   help="serve Buildbot's web UI with a login and the Shells page instead (until Ctrl-C)")
     d.add_argument("command", nargs=argparse.REMAINDER, help="run this instead of a login shell")
     d.set_defaults(func=cmd_demo)
     return p

@@ -469,3 +469,40 @@ def test_ctrl_c_stops_a_flood(browser: Any, site: Sandbox) -> None:
     page.keyboard.press("Enter")
     wait_for(lambda: "after-42" in screen(page), "the shell after Ctrl-C", timeout=90)
     context.close()
+
+
+def test_the_web_demo_prints_its_address_and_login_and_serves_a_shell(browser: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    demo = subprocess.Popen([sys.executable, "-m", "slaveshell.cli", "demo", "--web"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        assert demo.stderr is not None
+        for line in demo.stderr:
+            said.append(line)
+            if "Ctrl-C ends the demo" in line:
+                break
+        text = "".join(said)
+        url = re.search(r"the web UI is at (http://127\.0\.0\.1:\d+/)#/slaveshell", text)
+        password = re.search(r"log in as 'demo' with password '([^']+)'", text)
+        master = re.search(r"master: +(\S+)", text)
+        assert url and password and master, text
+        context = browser.new_context(http_credentials={"username": "demo", "password": password.group(1)})
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        page.goto(url.group(1) + "auth/login")
+        page.goto(url.group(1) + "#/slaveshell")
+        page.locator("tr[data-worker='demo-worker'] button.slaveshell-open").click()
+        wait_status(page, "^connected$")
+        run(page, "echo demo-$((6*7))", "demo-42")
+        context.close()
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=120) == 0
+        assert not os.path.exists(master.group(1)), "the demo's directory is removed"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
