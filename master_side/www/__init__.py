@@ -10,16 +10,19 @@ configuration is secret-bearing: Buildbot sends ``c['www']`` to the browser.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from buildbot.www.plugin import Application
+
+if TYPE_CHECKING:
+    from buildbot.master import BuildMaster
 
 
 class ShellApplication(Application):
     """Buildbot's plugin Application with the terminal socket as a child of its static resource. Buildbot
     calls setMaster at every (re)configuration: the socket is put once."""
 
-    def setMaster(self, master: Any) -> None:
+    def setMaster(self, master: BuildMaster) -> None:
         super().setMaster(master)
         from .terminal_ws import terminal_resource
 

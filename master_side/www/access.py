@@ -25,14 +25,21 @@ Fail closed, in this order (each refusal has a message for the page):
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from buildbot.www import auth
 from buildbot.www.authz.endpointmatchers import EndpointMatcherBase, Match
 from twisted.internet import defer
 
+from slaveshell.deferreds import deferred
 from slaveshell.policy import WebIdentity
+
+if TYPE_CHECKING:
+    from buildbot.master import BuildMaster
+
+# Buildbot's user info (``auth.parse_user_info_from_token``): username, email, groups, anonymous...
+UserInfo = dict[str, object]
 
 # The plugin's name in c['www']['plugins'] and the path of its socket under the site.
 PLUGIN = "slaveshell"
@@ -52,7 +59,8 @@ class ShellEndpointMatcher(EndpointMatcherBase):
         super().__init__(role=role, defaultDeny=defaultDeny)
         self.worker = worker
 
-    def match_WorkerEndpoint_shell(self, epobject: Any, epdict: dict[str, Any], options: dict[str, Any]) -> Any:
+    def match_WorkerEndpoint_shell(self, epobject: object, epdict: dict[str, object],
+                                   options: dict[str, object]) -> defer.Deferred[Match | None]:
         name = epdict.get("name")
         if isinstance(name, str) and fnmatch.fnmatchcase(name, self.worker):
             return defer.succeed(Match(self.master))
@@ -77,7 +85,7 @@ def check_origin(origin: str | None, buildbot_url: str) -> None:
         raise Refused("the page is not from this Buildbot's site (Origin does not match c['buildbotURL'])")
 
 
-def check_auth_configured(master: Any) -> None:
+def check_auth_configured(master: BuildMaster) -> None:
     from buildbot.www.auth import NoAuth
 
     configured = master.config.www.get("auth")
@@ -104,7 +112,7 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
-def user_info(master: Any, cookie_header: str, path: str, secure: bool) -> dict[str, Any]:
+def user_info(master: BuildMaster, cookie_header: str, path: str, secure: bool) -> UserInfo:
     """The logged-in user's info from Buildbot's session cookie (anonymous without one). Raises Refused."""
     name = auth.build_cookie_name(secure, site_path(path)).decode("utf-8")
     token = parse_cookies(cookie_header).get(name)
@@ -116,23 +124,24 @@ def user_info(master: Any, cookie_header: str, path: str, secure: bool) -> dict[
         raise Refused("your web session is not valid (expired or from another master): log in again") from None
 
 
-def web_identity(master: Any, info: dict[str, Any]) -> WebIdentity:
+def web_identity(master: BuildMaster, info: UserInfo) -> WebIdentity:
     """The WebIdentity of a logged-in user, with the roles Buildbot's authz gives them. Raises Refused."""
-    if info.get("anonymous") or not isinstance(info.get("username"), str) or not info["username"]:
+    name = info.get("username")
+    if info.get("anonymous") or not isinstance(name, str) or not name:
         raise Refused("log in to Buildbot first: anonymous visitors get no shell")
     roles = master.www.authz.getRolesFromUser(info)
-    return WebIdentity.from_web(info["username"], sorted(str(r) for r in roles))
+    return WebIdentity.from_web(name, sorted(str(r) for r in roles))
 
 
-@defer.inlineCallbacks
-def check_authz_shell(master: Any, worker: str, info: dict[str, Any]) -> Any:
+@deferred
+async def check_authz_shell(master: BuildMaster, worker: str, info: UserInfo) -> None:
     """Buildbot's authz, failing closed: the first rule that matches the ``shell`` action on the worker
     decides. Raises Refused."""
     authz = master.www.authz
     roles = authz.getRolesFromUser(info)
     ep = ("workers", worker)
     for rule in authz.allowRules:
-        match = yield rule.match(ep, "shell", {})
+        match = await rule.match(ep, "shell", {})
         if match is None:
             continue
         if any(authz.match(role, rule.role) for role in roles):

@@ -22,15 +22,20 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from twisted.internet import defer
-
+from slaveshell.deferreds import deferred
 from slaveshell.policy import Action, WebIdentity
 from slaveshell.protocol import ProtocolError
 
 from ..operator_api import ErrorKind, OperatorError
 from . import access
+from .access import UserInfo
+
+if TYPE_CHECKING:
+    from buildbot.master import BuildMaster
+
+    from ..service import ShellService
 
 QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release")
 # The largest transcript a page replays (bytes): the page holds it whole.
@@ -40,10 +45,12 @@ HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ende
                   "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
                   "hidden_spans", "hidden_flag")
 
-Answer = tuple[dict[str, Any], bytes | None]
+# A JSON message for the page, and the binary frame sent before it (a transcript chunk) or None.
+Message = dict[str, object]
+Answer = tuple[Message, bytes | None]
 
 
-def _opt_str(message: dict[str, Any], key: str) -> str | None:
+def _opt_str(message: Message, key: str) -> str | None:
     value = message.get(key)
     if value in (None, ""):
         return None
@@ -52,35 +59,34 @@ def _opt_str(message: dict[str, Any], key: str) -> str | None:
     return value
 
 
-@defer.inlineCallbacks
-def _allowed(master: Any, info: dict[str, Any], workers: set[str]) -> Any:
+async def _allowed(master: BuildMaster, info: UserInfo, workers: set[str]) -> set[str]:
     """The subset of `workers` on which Buildbot's authz grants this web user the shell action."""
     out = set()
     for name in sorted(workers):
         try:
-            yield access.check_authz_shell(master, name, info)
+            await access.check_authz_shell(master, name, info)
         except access.Refused:
             continue
         out.add(name)
     return out
 
 
-@defer.inlineCallbacks
-def answer(kind: str, message: dict[str, Any], service: Any, master: Any, who: WebIdentity,
-           info: dict[str, Any]) -> Any:
+@deferred
+async def answer(kind: str, message: Message, service: ShellService, master: BuildMaster, who: WebIdentity,
+                 info: UserInfo) -> Answer:
     api = service.api
     if kind == "workers":
         workers = api.workers(who)
-        allowed = yield _allowed(master, info, {w["name"] for w in workers if w["allowed"]})
+        allowed = await _allowed(master, info, {str(w["name"]) for w in workers if w["allowed"]})
         return {"type": "workers", "workers": [
             {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions")},
              "allowed": w["name"] in allowed} for w in workers]}, None
     if kind == "sessions":
         sessions = api.sessions(who)
-        allowed = yield _allowed(master, info, {s["worker"] for s in sessions})
+        allowed = await _allowed(master, info, {str(s["worker"]) for s in sessions})
         shown = []
         for s in sessions:
-            live = service.registry.get(s["id"])
+            live = service.registry.get(str(s["id"]))
             if live is None or s["worker"] not in allowed:
                 continue
             own = live.identity.key == who.key
@@ -90,15 +96,15 @@ def answer(kind: str, message: dict[str, Any], service: Any, master: Any, who: W
             shown.append({
                 "id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
                 "command": s["command"], "started": s["started"], "own": own, "may_type": may_type,
-                "viewers": [v["user"] for v in s["viewers"]]})
+                "viewers": [v.identity.user for v in live.viewers]})
         return {"type": "sessions", "sessions": shown}, None
     if kind == "history":
         limit = message.get("limit", 200)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ProtocolError("limit must be between 1 and 1000")
-        rows = yield api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
+        rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
                                        "limit": limit})
-        allowed = yield _allowed(master, info, {r["worker"] for r in rows})
+        allowed = await _allowed(master, info, {r["worker"] for r in rows})
         return {"type": "history", "sessions": [
             {k: r.get(k) for k in HISTORY_FIELDS} for r in rows if r["worker"] in allowed]}, None
     if kind == "transcript":
@@ -107,11 +113,11 @@ def answer(kind: str, message: dict[str, Any], service: Any, master: Any, who: W
             raise ProtocolError("transcript needs a session id")
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_REPLAY:
             raise ProtocolError("transcript needs an offset")
-        rows = yield api.history(who, {"session": session_id, "limit": 1})
-        allowed = yield _allowed(master, info, {r["worker"] for r in rows})
+        rows = await api.history(who, {"session": session_id, "limit": 1})
+        allowed = await _allowed(master, info, {r["worker"] for r in rows})
         if not rows or rows[0]["worker"] not in allowed:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no session {session_id} that you may replay")
-        chunk = yield api.transcript(who, session_id, offset)
+        chunk = await api.transcript(who, session_id, offset)
         data = bytes(chunk["data"])
         if offset + len(data) >= MAX_REPLAY and not chunk["eof"]:
             raise OperatorError(ErrorKind.LIMIT, f"this transcript is larger than {MAX_REPLAY >> 20} MiB: "
@@ -122,7 +128,7 @@ def answer(kind: str, message: dict[str, Any], service: Any, master: Any, who: W
         if not isinstance(build_id, int) or isinstance(build_id, bool):
             raise ProtocolError(f"{kind} needs a build id")
         hold = service.holds.get(build_id)
-        allowed = yield _allowed(master, info, {hold.worker} if hold is not None else set())
+        allowed = await _allowed(master, info, {hold.worker} if hold is not None else set())
         if hold is None or hold.worker not in allowed:
             if kind == "hold":
                 return {"type": "hold", "hold": None}, None

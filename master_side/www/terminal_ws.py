@@ -26,22 +26,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.policy import WebIdentity
 from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
 
 from ..limits import buffered_bytes
-from ..operator_api import OperatorError
+from ..operator_api import OperatorError, View
 from ..session_pb import ViewerHandle
 from . import access, lists
+from .access import UserInfo
+from .lists import Answer, Message
+
+if TYPE_CHECKING:
+    from autobahn.websocket.types import ConnectionRequest
+    from buildbot.master import BuildMaster
+
+    from ..service import ShellService
 
 log = Logger()
 
@@ -54,7 +65,7 @@ MAX_BUFFERED = 4 * 1024 * 1024
 MAX_QUERIES = 4
 
 
-def shell_service(master: Any) -> Any:
+def shell_service(master: BuildMaster) -> ShellService | None:
     """The master's ShellService (c['services']), or None."""
     from ..service import ShellService
 
@@ -114,7 +125,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         super().__init__()
         self.closed = False
         self.lost_callbacks: list[Callable[[], None]] = []
-        self.info: dict[str, Any] = {}
+        self.info: UserInfo = {}
         self.identity: WebIdentity | None = None
         self.refusal: str | None = None
         self.handle: ViewerHandle | None = None
@@ -123,7 +134,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.queries = 0
 
     @property
-    def master(self) -> Any:
+    def master(self) -> BuildMaster:
         return self.factory.master
 
     def _secure(self) -> bool:
@@ -131,7 +142,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
         return ISSLTransport.providedBy(self.transport)
 
-    def onConnect(self, request: Any) -> None:
+    def onConnect(self, request: ConnectionRequest) -> None:
         headers = request.headers
         try:
             self.info = access.user_info(self.master, headers.get("cookie", ""), request.path, self._secure())
@@ -157,7 +168,7 @@ class TerminalProtocol(WebSocketServerProtocol):
             self._audit(None, f"web login refused: {self.refusal}")
             self.refuse(self.refusal)
 
-    def send_json(self, message: dict[str, Any]) -> None:
+    def send_json(self, message: Message) -> None:
         if not self.closed:
             self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
 
@@ -214,18 +225,25 @@ class TerminalProtocol(WebSocketServerProtocol):
             log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
             self.refuse("the master could not handle that message (see its log)")
 
-    def _start(self) -> Any:
-        """The ShellService, once per socket: a socket carries one session."""
+    def _start(self) -> tuple[ShellService, WebIdentity]:
+        """The ShellService and who asks, once per socket: a socket carries one session."""
         if self.opening or self.identity is None or self.refusal is not None:
             raise ProtocolError("a socket carries one session: open or attach sent twice")
         self.opening = True
         service = shell_service(self.master)
         if service is None:
             raise ProtocolError("this master has no ShellService")
-        return service
+        return service, self.identity
 
-    def _open(self, message: dict[str, Any]) -> None:
-        service = self._start()
+    @deferred
+    async def _authorized(self, worker: str, then: Callable[[], Deferred[View | None] | View]) -> View | None:
+        """Buildbot's authz on `worker` (access.Refused), then `then` (the operator API)."""
+        await access.check_authz_shell(self.master, worker, self.info)
+        view = then()
+        return (await view) if isinstance(view, Deferred) else view
+
+    def _open(self, message: Message) -> None:
+        service, who = self._start()
         worker = message.get("worker")
         if not isinstance(worker, str) or not worker or len(worker) > 256:
             raise ProtocolError("open needs a worker name")
@@ -234,14 +252,13 @@ class TerminalProtocol(WebSocketServerProtocol):
         if message.get("build") is not None:
             wire["build"] = message["build"]  # into a build held by HoldForShell: checked by from_wire
         request = OpenRequest.from_wire(wire)
-        d = access.check_authz_shell(self.master, worker, self.info)
-        d.addCallback(lambda _: service.api.open(self.identity, request, WebViewerSink(self)))
+        d = self._authorized(worker, lambda: service.api.open(who, request, WebViewerSink(self)))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
 
-    def _attach(self, message: dict[str, Any]) -> None:
+    def _attach(self, message: Message) -> None:
         """Resume or join (mode "attach") or watch a live session: Buildbot's authz on its worker first, then
         the operator API (policy, viewer bounds, audit)."""
-        service = self._start()
+        service, who = self._start()
         session_id, mode = message.get("id"), message.get("mode")
         if not isinstance(session_id, str) or len(session_id) > 256 or mode not in ("attach", "watch"):
             raise ProtocolError("attach needs a session id and a mode (attach or watch)")
@@ -250,11 +267,10 @@ class TerminalProtocol(WebSocketServerProtocol):
             self.refuse(f"no live session {session_id}")
             return
         worker = session.worker
-        d = access.check_authz_shell(self.master, worker, self.info)
-        d.addCallback(lambda _: service.api.attach(self.identity, WebViewerSink(self), session_id, mode))
+        d = self._authorized(worker, lambda: service.api.attach(who, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
 
-    def _query(self, kind: str, message: dict[str, Any]) -> None:
+    def _query(self, kind: str, message: Message) -> None:
         """The fleet page's lists and the replay page's reads (master_side.www.lists), answered on this socket;
         a refusal of the operator API is an error message, the socket stays open."""
         service = shell_service(self.master)
@@ -266,13 +282,14 @@ class TerminalProtocol(WebSocketServerProtocol):
         d = lists.answer(kind, message, service, self.master, self.identity, self.info)
 
         @d.addBoth
-        def done(result: Any) -> Any:
+        def done(result: object) -> object:
             self.queries -= 1
             return result
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if failure.check(OperatorError):
-                self.send_json({"type": "error", "message": failure.value.message, "fatal": False})
+                message = cast(OperatorError, failure.value).message
+                self.send_json({"type": "error", "message": message, "fatal": False})
             elif failure.check(ProtocolError):
                 self.refuse(f"bad message from the page: {failure.value}")
             else:
@@ -281,27 +298,29 @@ class TerminalProtocol(WebSocketServerProtocol):
 
         d.addCallbacks(self._answer, failed)
 
-    def _answer(self, answer: tuple[dict[str, Any], bytes | None]) -> None:
+    def _answer(self, answer: Answer) -> None:
         message, data = answer
         if data is not None and not self.closed:
             self.sendMessage(data, isBinary=True)
         self.send_json(message)
 
-    def _opened(self, view: Any) -> None:
+    def _opened(self, view: View | None) -> None:
         if view is None:
             return  # the page left while the worker started the session: it runs detached
         service = shell_service(self.master)
+        if service is None:
+            return  # the service went with a reconfiguration: its sessions ended with it
         self.handle = ViewerHandle(view.session, view.viewer, service.registry.peer_error)
         self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
                         "role": view.viewer.role.value})
 
-    def _not_opened(self, failure: Any, worker: str) -> None:
+    def _not_opened(self, failure: Failure, worker: str) -> None:
         if failure.check(access.Refused):
             # Refused by Buildbot's authz: audited here; the API audits its own refusals.
             self._audit(worker, f"web authz refused: {failure.value}")
             self.refuse(str(failure.value))
         elif failure.check(OperatorError):
-            self.refuse(failure.value.message)
+            self.refuse(cast(OperatorError, failure.value).message)
         else:
             log.failure("slaveshell: opening a web shell for {who}", failure, who=visible(self.identity))
             self.refuse("the master could not open the session (see its log)")
@@ -322,7 +341,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 class TerminalFactory(WebSocketServerFactory):
     protocol = TerminalProtocol  # type: ignore[assignment]
 
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: BuildMaster) -> None:
         super().__init__()
         self.master = master
         self.sockets: dict[str, int] = {}
@@ -345,5 +364,5 @@ class TerminalFactory(WebSocketServerFactory):
             self.sockets.pop(who.user, None)
 
 
-def terminal_resource(master: Any) -> WebSocketResource:
+def terminal_resource(master: BuildMaster) -> WebSocketResource:
     return WebSocketResource(TerminalFactory(master))

@@ -227,6 +227,24 @@ def test_reload_and_a_dropped_socket_reattach_and_leaving_detaches(browser: Any,
     page.goto(site.url + "#/slaveshell/terminal/w1")
     wait_status(page, "^connected$")
     pid = shell_pid(page, "pid")
+    # A full-screen program takes the alternate screen and gives it back.
+    page.keyboard.type("less /etc/passwd")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.slaveshellTerminal.buffer.active.type === 'alternate'")
+    page.keyboard.press("q")
+    page.wait_for_function("() => window.slaveshellTerminal.buffer.active.type === 'normal'")
+    # Paste (a clipboard event on the terminal, as the browser sends it) is typed into the session.
+    page.evaluate("""() => {
+        const data = new DataTransfer();
+        data.setData("text/plain", "echo pasted-$((5*5))");
+        document.querySelector(".xterm-helper-textarea").dispatchEvent(
+            new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true}));
+    }""")
+    page.keyboard.press("Enter")
+    wait_for(lambda: "pasted-25" in screen(page), "the pasted command's output")
+    # Copy: the selection holds the screen's text.
+    page.evaluate("() => window.slaveshellTerminal.selectAll()")
+    assert "pasted-25" in page.evaluate("() => window.slaveshellTerminal.getSelection()")
     run(page, "echo mark-$((6*7))", "mark-42")
     # The address now names the session: a reload reattaches to it, with the recent output redrawn.
     session_id = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
