@@ -140,9 +140,10 @@ def parse_control(payload: bytes, allowed: frozenset[Op] = frozenset(Op)) -> Con
         raise WireError(f"a control message that is not JSON ({type(e).__name__})") from None
     if not isinstance(body, dict):
         raise WireError("a control message must be a JSON object")
-    op = _OPS.get(body.pop("op", None)) if isinstance(body.get("op"), str) else None
+    name = body.pop("op", None)
+    op = _OPS.get(name) if isinstance(name, str) else None
     if op is None or op not in allowed:
-        raise WireError(f"unknown control message {str(body.get('op', ''))[:40]!r}")
+        raise WireError(f"unknown control message {str(name)[:40]!r}")
     return Control(op, body)
 
 
