@@ -175,7 +175,9 @@ class HopShell:
                 # One line from the master, shown outside the session's stream: printable characters only.
                 self.waiting("".join(c for c in text[:300] if c.isprintable()))
         elif op is Op.ERROR:
-            self.finish(ExitStatus(reason=visible(str(message.get("text", "")))[:500]))
+            text = message.get("text")
+            self.finish(ExitStatus(reason=visible(text)[:500] if isinstance(text, str) and text else
+                                   "the master closed the connection (protocol error)"))
         # Op.REFUSED: the master refused a session message (and acts on it); nothing to show.
 
     def lost(self, error: HopError) -> None:
@@ -183,10 +185,7 @@ class HopShell:
         for callback in list(self._answers.values()):
             callback(None)
         self._answers.clear()
-        if self.session_open:
-            self.finish(ExitStatus(reason="connection to the master lost"))
-        else:
-            self.finish(ExitStatus(reason=str(error)))
+        self.finish(ExitStatus(reason=str(error)))
 
     def output(self, ftype: FrameType, data: bytes) -> None:
         name = "err" if ftype is FrameType.STDERR else "out"

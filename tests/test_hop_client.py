@@ -11,8 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slaveshell import wire
+from slaveshell.hop import HopError
 from slaveshell.hop_client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
 from slaveshell.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
 from slaveshell.wire import FrameType, Op
@@ -259,3 +262,61 @@ def test_the_client_modules_import_no_twisted():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert done.stdout.strip() == "[]"
+
+
+def test_the_waiting_line_is_checked_and_shown_once_without_controls_and_ctrl_c_stops_waiting():
+    r, w = os.pipe()
+    try:
+        link = FakeLink()
+        client = HopShell(FakeLoop(), link, OpenRequest(worker="w1", pty=True, build=3), interactive=True,
+                          fds=(0, w, w))
+        for bad in (None, 3, ["x"]):
+            client.frame(wire.Decoder().feed(wire.control(Op.WAITING, text=bad))[0])
+        client.frame(wire.Decoder().feed(wire.control(Op.WAITING, text="build 3 is still running\x1b[2J\x07; "
+                                                                        "waiting"))[0])
+        assert os.read(r, 1000) == b"build 3 is still running[2J; waiting\r\n"
+        assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]  # the keyboard is read meanwhile
+        client.typed(b"ls\x03")  # Ctrl-C in a raw terminal: stop waiting
+        assert client.status == ExitStatus(reason="stopped waiting for build 3 to be held")
+        assert client.status.cli_status() == 255
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+_plain = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text(max_size=20),
+                   st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(lambda op, f: ("control", op, f), st.sampled_from(sorted(wire.FROM_MASTER, key=lambda o: o.value)),
+              st.dictionaries(st.sampled_from(["id", "ok", "n", "hidden", "code", "signal", "reason", "text",
+                                               "error", "session", "role", "size"]), _plain)),
+    st.builds(lambda t, b: ("data", t, b), st.sampled_from([FrameType.STDOUT, FrameType.STDERR]),
+              st.binary(max_size=30))), max_size=10))
+def test_a_rogue_master_cannot_crash_the_operators_client(frames):
+    """Any sequence of the master's messages with any values: the client never raises (a broken frame, such as
+    an answer whose id is not an integer, ends the hop with one line), and a well-formed exit
+    is still understood (unless an end came first): it ends exactly once."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        client = make(fds=(0, null, null))
+        client.session_open = False
+        client.start()
+        for kind, what, value in frames:
+            payload = wire.control(what, **value) if kind == "control" else wire.encode(what, value)
+            try:
+                client.frame(wire.Decoder().feed(payload)[0])
+            except wire.WireError as e:  # as the loop does (slaveshell.shell_cli._session): the hop is over
+                ended = client.status
+                client.lost(HopError(f"the master broke the protocol: {e}"))
+                assert client.status == (ended or ExitStatus(reason=f"the master broke the protocol: {e}"))
+                break
+            assert client.status is None or client.status.reason or not client.status.lost
+        ended_before = client.status
+        client.frame(wire.Decoder().feed(wire.control(Op.EXIT, code=7, signal=None, reason=""))[0])
+        assert client.done
+        assert client.status == ended_before if ended_before is not None else client.status.cli_status() == 7
+    finally:
+        os.close(null)
