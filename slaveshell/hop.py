@@ -18,13 +18,37 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import wire
 from .wire import Control, Frame, FrameType
 
 # Bytes read from the socket at once.
 READ_SIZE = 256 * 1024
+
+
+class Cancellable(Protocol):
+    """A timer, as `EventLoop.call_later` returns it."""
+
+    def cancel(self) -> None: ...
+    def active(self) -> bool: ...
+
+
+class EventLoop(Protocol):
+    """What the client needs of `Loop` (tests give a fake one, with a fake clock)."""
+
+    def seconds(self) -> float: ...
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancellable: ...
+    def watch(self, fd: int, event: int, callback: Callable[[], None] | None) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Link(Protocol):
+    """What the client needs of `Connection`."""
+
+    def next_id(self) -> int: ...
+    def send(self, frame: bytes) -> None: ...
+    def control(self, op: wire.Op, **fields: Any) -> None: ...
 
 
 class HopError(Exception):
@@ -134,6 +158,17 @@ class Connection:
 
 def parse(frame: Frame) -> Control:
     return wire.parse_control(frame.payload, wire.FROM_MASTER)
+
+
+_SESSION_FIELDS = {"eof": (), "resize": ("cols", "rows"), "signal": ("name",), "ack": ("n",)}
+
+
+def session_frame(method: str, *args: Any) -> bytes:
+    """An answer-less session message (slaveshell.protocol.WireControl's input, eof, resize, signal, ack) as
+    a frame: input as raw bytes, the others as control messages."""
+    if method == "input":
+        return wire.encode(FrameType.INPUT, args[0])
+    return wire.control(wire.Op(method), **dict(zip(_SESSION_FIELDS[method], args, strict=True)))
 
 
 def _refusal(head: bytes) -> str:
@@ -258,6 +293,52 @@ class Loop:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class Outputs:
+    """The client's stdout ("out") and stderr ("err"): buffered, written when the descriptor takes it, so the
+    loop never blocks on a slow terminal or pipe. `on_gone(name)` when a reader went away (EPIPE, EIO; that
+    stream is then dropped), `on_written(name)` after each write."""
+
+    def __init__(self, loop: EventLoop, fds: dict[str, int], on_gone: Callable[[str], None],
+                 on_written: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.fds = fds
+        self.buffers: dict[str, bytearray] = {name: bytearray() for name in fds}
+        self.on_gone = on_gone
+        self.on_written = on_written
+
+    def pending(self, name: str) -> int:
+        """Bytes waiting for `name` (0 once it was dropped)."""
+        return len(self.buffers.get(name, b""))
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.buffers.values())
+
+    def write(self, name: str, data: bytes) -> None:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            return
+        was_empty = not buffer
+        buffer += data
+        if was_empty:
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            return
+        if not write_some(self.fds[name], buffer):
+            self.drop(name)
+            self.on_gone(name)
+            return
+        self.loop.watch(self.fds[name], selectors.EVENT_WRITE, (lambda: self.flush(name)) if buffer else None)
+        self.on_written(name)
+
+    def drop(self, name: str) -> None:
+        if self.buffers.pop(name, None) is not None:
+            self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)
 
 
 def write_some(fd: int, buffer: bytearray) -> bool:

@@ -13,23 +13,14 @@ import os
 import selectors
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from . import escape as esc
 from . import wire
 from .display import visible
 from .flow import CreditWindow, chunks
-from .hop import HopError, parse, write_some
-from .protocol import (
-    INPUT_WINDOW,
-    MAX_CHUNK,
-    ExitStatus,
-    OpenRequest,
-    ProtocolError,
-    Role,
-    WireControl,
-    check_int,
-)
+from .hop import Cancellable, EventLoop, HopError, Link, Outputs, parse, session_frame
+from .protocol import INPUT_WINDOW, MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError, Role, WireControl, check_int
 from .terminal import window_size
 from .wire import FrameType, Op
 
@@ -44,29 +35,6 @@ SIGNAL_GRACE = 5.0
 # Output waiting for stdout beyond this many bytes holds the output credit back (the worker then pauses).
 STDOUT_HIGH = 64 * 1024
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
-_SESSION_OPS = {"eof": Op.EOF, "resize": Op.RESIZE, "signal": Op.SIGNAL, "ack": Op.ACK}
-
-
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-    def active(self) -> bool: ...
-
-
-class EventLoop(Protocol):
-    """What the client needs of slaveshell.hop.Loop (tests give a fake clock)."""
-
-    def seconds(self) -> float: ...
-    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer: ...
-    def watch(self, fd: int, event: int, callback: Callable[[], None] | None) -> None: ...
-    def stop(self) -> None: ...
-
-
-class Link(Protocol):
-    """What the client needs of slaveshell.hop.Connection."""
-
-    def next_id(self) -> int: ...
-    def send(self, frame: bytes) -> None: ...
-    def control(self, op: Op, **fields: Any) -> None: ...
 
 
 class HopShell:
@@ -97,13 +65,13 @@ class HopShell:
         self.control = WireControl(self._send)
         self.input_window = CreditWindow(INPUT_WINDOW)
         self._unacked = 0
-        self._buffers: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}
+        self.outputs = Outputs(loop, {"out": fds[1], "err": fds[2]}, self._output_gone, self._written)
         self._reading = False
         self._stdin_open = True
         self._size = (request.cols, request.rows)
         self._signalled_at: float | None = None
         self._last_signal: int | None = None
-        self._signal_timer: Timer | None = None
+        self._signal_timer: Cancellable | None = None
         self._typed_ahead = b""
         self._waiting = False
         self._answers: dict[int, Callable[[wire.Control | None], None]] = {}
@@ -189,8 +157,7 @@ class HopShell:
 
     def output(self, ftype: FrameType, data: bytes) -> None:
         name = "err" if ftype is FrameType.STDERR else "out"
-        if name in self._buffers:
-            self._write(name, data)
+        self.outputs.write(name, data)
         self._unacked += len(data)
         self._send_ack()
 
@@ -227,7 +194,7 @@ class HopShell:
         if self.status is not None:
             return
         if not self.session_open:
-            self._stop_opening(ExitStatus(reason="the terminal went away while waiting for the session to open"))
+            self.finish(ExitStatus(reason="the terminal went away while waiting for the session to open"))
         elif self.interactive:
             self.control.close()  # the terminal went away: a hangup, not an EOF
         else:
@@ -298,14 +265,15 @@ class HopShell:
         self._signalled_at, self._last_signal = now, signum
         if self.status is not None:
             if again:  # still flushing output nobody reads: stop waiting
-                for name_ in list(self._buffers):
-                    self._drop_writer(name_)
+                self.outputs.drop("out")
+                self.outputs.drop("err")
+                self._maybe_done()
             return
         if not self.session_open:
             if self._waiting and signum == signal.SIGINT:
                 self._stop_waiting()
             else:
-                self._stop_opening(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
+                self.finish(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
             return
         if again:
             self._give_up(f"second SIG{name}: closed the session without waiting for the remote command")
@@ -334,11 +302,7 @@ class HopShell:
 
     def _stop_waiting(self) -> None:
         what = f"build {self.request.build} to be held" if self.request.build is not None else "the session"
-        self._stop_opening(ExitStatus(reason=f"stopped waiting for {what}"))
-
-    def _stop_opening(self, status: ExitStatus) -> None:
-        """Stop waiting for the open's answer: the master sees the connection go and forgets the request."""
-        self.finish(status)
+        self.finish(ExitStatus(reason=f"stopped waiting for {what}"))
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -354,41 +318,24 @@ class HopShell:
         self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if self.status is not None and not any(self._buffers.values()) and not self.done:
+        if self.status is not None and self.outputs.empty and not self.done:
             self.done = True
             self.loop.stop()
 
     # -- helpers -------------------------------------------------------------------------------
 
     def write_err(self, data: bytes) -> None:
-        if "err" in self._buffers:
-            self._write("err", data)
+        self.outputs.write("err", data)
 
-    def _write(self, name: str, data: bytes) -> None:
-        buffer = self._buffers[name]
-        was_empty = not buffer
-        buffer += data
-        if was_empty:
-            self._flush(name)
-
-    def _flush(self, name: str) -> None:
-        buffer = self._buffers.get(name)
-        if buffer is None:
-            return
-        if not write_some(self.fds[name], buffer):
-            self._drop_writer(name)
-            if name == "out" and self.status is None:
-                # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
-                self.control.close()
-            return
-        self.loop.watch(self.fds[name], selectors.EVENT_WRITE, (lambda: self._flush(name)) if buffer else None)
-        if name == "out" and len(buffer) <= STDOUT_HIGH:
+    def _written(self, name: str) -> None:
+        if name == "out":
             self._send_ack()
         self._maybe_done()
 
-    def _drop_writer(self, name: str) -> None:
-        if self._buffers.pop(name, None) is not None:
-            self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)
+    def _output_gone(self, name: str) -> None:
+        if name == "out" and self.status is None:
+            # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
+            self.control.close()
         self._maybe_done()
 
     def _update_reading(self) -> None:
@@ -406,27 +353,18 @@ class HopShell:
         self._update_reading()
 
     def _send_ack(self) -> None:
-        out = self._buffers.get("out")
-        if self._unacked and self.status is None and (out is None or len(out) <= STDOUT_HIGH):
+        if self._unacked and self.status is None and self.outputs.pending("out") <= STDOUT_HIGH:
             n, self._unacked = self._unacked, 0
             self.control.ack(n)
 
     def _send(self, method: str, *args: Any) -> None:
-        """A session message (slaveshell.protocol.WireControl's calls) as a frame."""
+        """A session message (slaveshell.protocol.WireControl's calls) as a frame; close and detach are calls."""
         if not self.session_open or self.status is not None:
             return
-        if method == "input":
-            self.link.send(wire.encode(FrameType.INPUT, args[0]))
-        elif method == "resize":
-            self.link.control(Op.RESIZE, cols=args[0], rows=args[1])
-        elif method == "signal":
-            self.link.control(Op.SIGNAL, name=args[0])
-        elif method == "ack":
-            self.link.control(Op.ACK, n=args[0])
-        elif method in ("close", "detach"):
+        if method in ("close", "detach"):
             self._call(Op(method), lambda reply: None)
         else:
-            self.link.control(_SESSION_OPS[method])
+            self.link.send(session_frame(method, *args))
 
     def _call(self, op: Op, on_answer: Callable[[wire.Control | None], None], **fields: Any) -> None:
         call_id = self.link.next_id()

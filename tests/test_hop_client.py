@@ -232,11 +232,11 @@ def test_output_credit_is_held_back_while_stdout_does_not_keep_up():
         acked = sum(c[1] for c in calls(client) if c[0] == "ack")
         assert acked < 4 * len(big)
         while os.read(r, 1 << 20):  # the reader catches up
-            client._flush("out")
-            if not client._buffers["out"]:
+            client.outputs.flush("out")
+            if not client.outputs.pending("out"):
                 break
-        client._flush("out")
-        assert len(client._buffers["out"]) <= STDOUT_HIGH
+        client.outputs.flush("out")
+        assert client.outputs.pending("out") <= STDOUT_HIGH
         assert sum(c[1] for c in calls(client) if c[0] == "ack") == 4 * len(big)
     finally:
         os.close(r)
