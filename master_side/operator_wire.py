@@ -194,8 +194,14 @@ class WireDoor(Protocol):
         return True
 
     def _answer(self, call_id: int, ok: bool, **fields: Any) -> None:
-        if not self.disconnected:
-            self.write(wire.control(Op.ANSWER, id=call_id, ok=ok, **fields))
+        if self.disconnected:
+            return
+        try:
+            frame = wire.control(Op.ANSWER, id=call_id, ok=ok, **fields)
+        except (TypeError, ValueError) as e:  # a value JSON cannot hold, or over MAX_CONTROL
+            log.warn("slaveshell: an answer does not fit the framed hop: {e}", e=str(e)[:200])
+            frame = wire.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
+        self.write(frame)
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op

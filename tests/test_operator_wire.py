@@ -203,3 +203,13 @@ def test_a_rogue_client_cannot_break_the_door(tmp_path_factory, pieces):
     if not transport.disconnecting:
         for item in frames(transport):
             assert item.op in (Op.ANSWER, Op.REFUSED)
+
+
+def test_an_answer_json_cannot_hold_is_an_error_answer_not_a_broken_connection(service, monkeypatch):
+    monkeypatch.setattr(service.api, "sessions", lambda who: [{"started": object()}])
+    door, transport = connect(service)
+    door.dataReceived(wire.control(Op.SESSIONS, id=4) + wire.control(Op.WORKERS, id=5))
+    assert frames(transport) == [
+        wire.Control(Op.ANSWER, {"id": 4, "ok": False, "error": "the answer is too large for this client"}),
+        wire.Control(Op.ANSWER, {"id": 5, "ok": True, "rows": []}),
+    ]
