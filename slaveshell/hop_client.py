@@ -1,9 +1,7 @@
 """The operator's end of a session over the framed hop (slaveshell.wire, slaveshell.hop), standard library only:
-opens (or attaches to) a session and relays the local standard streams to it, with flow control both ways.
-
-The behaviour is the PB client's (slaveshell.client, kept for the other tools): escapes (slaveshell.escape), the
-input credit window (slaveshell.flow), output credit held back while stdout cannot keep up, signals as ssh
-treats them (`signalled`), detach, and the exit status of slaveshell.protocol.ExitStatus.
+opens (or attaches to) a session and relays the local standard streams to it, with flow control both ways: escapes
+(slaveshell.escape), the input credit window (slaveshell.flow), output credit held back while stdout cannot keep
+up, signals as ssh treats them (`signalled`), detach, and the exit status of slaveshell.protocol.ExitStatus.
 """
 
 from __future__ import annotations
@@ -110,6 +108,7 @@ class HopShell:
             return
         self.session_open = True
         self._waiting = False
+        self._send_ack()  # output that came with the view (a session's recent output, on attach)
         if self._typed_ahead:
             typed, self._typed_ahead = self._typed_ahead, b""
             self.typed(typed)
@@ -353,7 +352,7 @@ class HopShell:
         self._update_reading()
 
     def _send_ack(self) -> None:
-        if self._unacked and self.status is None and self.outputs.pending("out") <= STDOUT_HIGH:
+        if self._unacked and self.session_open and self.status is None and self.outputs.pending("out") <= STDOUT_HIGH:
             n, self._unacked = self._unacked, 0
             self.control.ack(n)
 

@@ -320,3 +320,20 @@ def test_a_rogue_master_cannot_crash_the_operators_client(frames):
         assert client.status == ended_before if ended_before is not None else client.status.cli_status() == 7
     finally:
         os.close(null)
+
+
+def test_output_that_comes_before_the_attach_answer_is_shown_and_acknowledged_once_attached():
+    r, w = os.pipe()
+    try:
+        client = make(fds=(0, w, w))
+        client.session_open = False
+        client.attach = ("s1", "attach")
+        client.link.answer_calls = False  # type: ignore[attr-defined]
+        client.start()
+        client.frame(wire.Decoder().feed(wire.encode(FrameType.STDOUT, b"recent output"))[0])
+        assert os.read(r, 100) == b"recent output" and calls(client) == []
+        client._opened(wire.Control(Op.ANSWER, {"id": 1, "ok": True, "session": "s1", "role": "owner"}))
+        assert calls(client) == [("ack", len(b"recent output"))]
+    finally:
+        os.close(r)
+        os.close(w)
