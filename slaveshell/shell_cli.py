@@ -162,9 +162,12 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
             for fd in (1, 2):  # writes never block the loop (signals and the master keep being served)
                 with contextlib.suppress(OSError):
                     os.set_blocking(fd, False)
-            client.start()
-            if not client.done:
-                loop.run()
+            try:
+                client.start()
+                if not client.done:
+                    loop.run()
+            except Exception as e:  # a bug of ours still ends the client with one line, not a traceback
+                client.finish(ExitStatus(reason=f"internal error: {type(e).__name__}: {e}"))
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
