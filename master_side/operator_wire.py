@@ -1,7 +1,7 @@
-"""The framed door to the operator API (slaveshell.wire): what `buildbot-shell` speaks, without PB.
+"""The framed door to the operator API (slaveshell.framing): what `buildbot-shell` speaks, without PB.
 
 One socket (shell.sock) serves both doors. `SniffingBroker` is the PB door's broker (admitted by the
-connection gate as it always was, master_side.limits); a client whose first bytes are `wire.MAGIC` is handed to
+connection gate as it always was, master_side.limits); a client whose first bytes are `framing.MAGIC` is handed to
 a `WireDoor` instead, anything else stays PB. A `WireDoor` is a thin adapter over `OperatorAPI`, as the PB door
 (master_side.operator_pb) is: the identity comes from the kernel (SO_PEERCRED, operator_pb.peer_identity,
 through the gate); it is admitted by the same gate (connections per uid and in total, calls in progress,
@@ -26,10 +26,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from slaveshell import wire
+from slaveshell import framing
+from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import STREAM_ERR, OpenRequest, ProtocolError
-from slaveshell.wire import Control, FrameType, Op, WireError
 
 from .limits import ConnectionGate, GatedBroker, GatedFactory, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
@@ -60,12 +60,12 @@ class WireViewerSink:
             return
         if method == "output":
             stream, data = args
-            door.write(wire.encode(FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT, data))
+            door.write(framing.encode(FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT, data))
         elif method == "input_ack":
-            door.write(wire.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
+            door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
         elif method == "exit":
             code, signal, reason = args
-            door.write(wire.control(Op.EXIT, code=code, signal=signal, reason=reason))
+            door.write(framing.control(Op.EXIT, code=code, signal=signal, reason=reason))
         else:
             raise ValueError(f"no such message to a viewer: {method}")
         # A peer that does not read is dropped once its buffered output passes the bound.
@@ -73,7 +73,7 @@ class WireViewerSink:
 
     def waiting(self, text: str) -> None:
         if not self.door.disconnected:
-            self.door.write(wire.control(Op.WAITING, text=text))
+            self.door.write(framing.control(Op.WAITING, text=text))
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         self.door.disconnects.append(callback)
@@ -90,12 +90,12 @@ class WireViewerSink:
 
 
 class WireDoor(Protocol):
-    """One operator connection speaking slaveshell.wire."""
+    """One operator connection speaking slaveshell.framing."""
 
     def __init__(self, service: ShellService) -> None:
         self.service = service
         self.gate: ConnectionGate = service.gate
-        self.decoder = wire.Decoder(refused=frozenset({FrameType.STDOUT, FrameType.STDERR}))
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.STDOUT, FrameType.STDERR}))
         self.admitted = False
         self.disconnected = False
         # Bytes written to the transport so far (the gate compares it with what is still buffered).
@@ -112,11 +112,11 @@ class WireDoor(Protocol):
         if reason is not None:
             line = " ".join(reason.split())[:500]
             transport: Any = self.transport
-            transport.write(wire.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
+            transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
             transport.loseConnection()
             return
         self.admitted = True
-        self.write(wire.MAGIC)
+        self.write(framing.MAGIC)
 
     def identity(self) -> Identity:
         if self._identity is None:
@@ -154,19 +154,19 @@ class WireDoor(Protocol):
         and dropping it if it stops reading, until it is gone)."""
         self.decoder.broken = True
         self.gate.audit(self.identity(), "dropped", f"connection dropped: protocol error: {why}")
-        self.write(wire.control(Op.ERROR, text=f"protocol error: {why}"))
+        self.write(framing.control(Op.ERROR, text=f"protocol error: {why}"))
         transport: Any = self.transport
         transport.loseConnection()
 
     # -- frames --------------------------------------------------------------------------------
 
-    def _frame(self, frame: wire.Frame) -> None:
+    def _frame(self, frame: framing.Frame) -> None:
         if frame.type is FrameType.INPUT:
             self._session("input", frame.payload)
             return
-        message = wire.parse_control(frame.payload, wire.FROM_CLIENT)
+        message = framing.parse_control(frame.payload, framing.FROM_CLIENT)
         op = message.op
-        if op in wire.CALLS:
+        if op in framing.CALLS:
             call_id = message.call_id
             if call_id is None:
                 raise WireError(f"{op.value}: a call needs an id")
@@ -183,13 +183,13 @@ class WireDoor(Protocol):
     def _session(self, method: str, *args: object) -> bool:
         """A session message, through the view's handle (which checks it as for PB). False when refused."""
         if self.handle is None:
-            self.write(wire.control(Op.REFUSED, method=method, error="no session on this connection"))
+            self.write(framing.control(Op.REFUSED, method=method, error="no session on this connection"))
             return False
         try:
             getattr(self.handle, "remote_" + method)(*args)
         except pb.Error as e:
             if not self.disconnected:
-                self.write(wire.control(Op.REFUSED, method=method, error=str(e)))
+                self.write(framing.control(Op.REFUSED, method=method, error=str(e)))
             return False
         return True
 
@@ -197,10 +197,10 @@ class WireDoor(Protocol):
         if self.disconnected:
             return
         try:
-            frame = wire.control(Op.ANSWER, id=call_id, ok=ok, **fields)
+            frame = framing.control(Op.ANSWER, id=call_id, ok=ok, **fields)
         except (TypeError, ValueError) as e:  # a value JSON cannot hold, or over MAX_CONTROL
             log.warn("slaveshell: an answer does not fit the framed hop: {e}", e=str(e)[:200])
-            frame = wire.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
+            frame = framing.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
         self.write(frame)
 
     def _call(self, call_id: int, message: Control) -> None:
@@ -276,10 +276,10 @@ class WireDoor(Protocol):
 
 
 class SniffingBroker(GatedBroker):
-    """The PB door's broker, which hands a connection whose first bytes are `wire.MAGIC` to a `WireDoor`.
+    """The PB door's broker, which hands a connection whose first bytes are `framing.MAGIC` to a `WireDoor`.
 
     PB's server speaks first (its dialect list) and a PB client's first byte is a Banana length, never the
-    magic's; so PB clients are served as before, and the framed client skips the dialect list (wire.MAX_SKIP)."""
+    magic's; so PB clients are served as before, and the framed client skips the dialect list (framing.MAX_SKIP)."""
 
     _head: bytes | None = b""
 
@@ -288,10 +288,10 @@ class SniffingBroker(GatedBroker):
             super().dataReceived(data)
             return
         head = self._head + data
-        if head.startswith(wire.MAGIC):
+        if head.startswith(framing.MAGIC):
             self._head = None
-            self._hand_over(head[len(wire.MAGIC):])
-        elif wire.MAGIC.startswith(head):
+            self._hand_over(head[len(framing.MAGIC):])
+        elif framing.MAGIC.startswith(head):
             self._head = head  # at most len(MAGIC) - 1 bytes
         else:
             self._head = None

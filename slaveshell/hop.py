@@ -1,4 +1,4 @@
-"""The operator's end of the framed hop (slaveshell.wire), standard library only: the connection to the master's
+"""The operator's end of the framed hop (slaveshell.framing), standard library only: the connection to the master's
 socket and the one-thread event loop the client runs on (selectors, timers on one clock, signals through a
 wake-up pipe).
 
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import wire
-from .wire import Control, Frame, FrameType
+from . import framing
+from .framing import Control, Frame, FrameType
 
 # Bytes read from the socket at once.
 READ_SIZE = 256 * 1024
@@ -48,7 +48,7 @@ class Link(Protocol):
 
     def next_id(self) -> int: ...
     def send(self, frame: bytes) -> None: ...
-    def control(self, op: wire.Op, **fields: Any) -> None: ...
+    def control(self, op: framing.Op, **fields: Any) -> None: ...
 
 
 class HopError(Exception):
@@ -71,7 +71,7 @@ def connect(path: str, timeout: float = 10.0) -> socket.socket:
     try:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(wire.MAGIC)
+        sock.sendall(framing.MAGIC)
         sock.setblocking(False)
     except OSError as e:
         sock.close()
@@ -87,7 +87,7 @@ class Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.out = bytearray()
-        self.decoder = wire.Decoder(refused=frozenset({FrameType.INPUT}))
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}))
         self.greeted = False
         self.closed = False
         self._head = b""
@@ -101,8 +101,8 @@ class Connection:
             self.out += frame
             self.flush()
 
-    def control(self, op: wire.Op, **fields: Any) -> None:
-        self.send(wire.control(op, **fields))
+    def control(self, op: framing.Op, **fields: Any) -> None:
+        self.send(framing.control(op, **fields))
 
     def flush(self) -> None:
         while self.out and not self.closed:
@@ -125,27 +125,27 @@ class Connection:
             raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
         if not data:
             self.closed = True
-            if self._head.startswith(wire.REFUSED_PREFIX):
+            if self._head.startswith(framing.REFUSED_PREFIX):
                 raise HopError(f"the master refused the connection: {_refusal(self._head)}")
             raise HopError("connection to the master lost")
         if not self.greeted:
             data = self._greeting(data)
         try:
             return self.decoder.feed(data)
-        except wire.WireError as e:
+        except framing.WireError as e:
             self.closed = True
             raise HopError(f"the master broke the protocol: {e}") from None
 
     def _greeting(self, data: bytes) -> bytes:
         """Skip PB's dialect list up to the master's magic; a refusal line is kept to be shown at the close."""
         head = self._head + data
-        found = head.find(wire.MAGIC)
-        if found >= 0 and not head.startswith(wire.REFUSED_PREFIX):
+        found = head.find(framing.MAGIC)
+        if found >= 0 and not head.startswith(framing.REFUSED_PREFIX):
             self.greeted, self._head = True, b""
-            return head[found + len(wire.MAGIC):]
+            return head[found + len(framing.MAGIC):]
         self._head = head[:1024]
-        if not (head.startswith(wire.REFUSED_PREFIX) or wire.REFUSED_PREFIX.startswith(head)) and \
-                len(head) > wire.MAX_SKIP + len(wire.MAGIC):
+        if not (head.startswith(framing.REFUSED_PREFIX) or framing.REFUSED_PREFIX.startswith(head)) and \
+                len(head) > framing.MAX_SKIP + len(framing.MAGIC):
             self.closed = True
             raise HopError("the master did not answer as a slaveshell master (is it older than this client?)")
         return b""
@@ -157,7 +157,7 @@ class Connection:
 
 
 def parse(frame: Frame) -> Control:
-    return wire.parse_control(frame.payload, wire.FROM_MASTER)
+    return framing.parse_control(frame.payload, framing.FROM_MASTER)
 
 
 _SESSION_FIELDS = {"eof": (), "resize": ("cols", "rows"), "signal": ("name",), "ack": ("n",)}
@@ -167,12 +167,12 @@ def session_frame(method: str, *args: Any) -> bytes:
     """An answer-less session message (slaveshell.protocol.WireControl's input, eof, resize, signal, ack) as
     a frame: input as raw bytes, the others as control messages."""
     if method == "input":
-        return wire.encode(FrameType.INPUT, args[0])
-    return wire.control(wire.Op(method), **dict(zip(_SESSION_FIELDS[method], args, strict=True)))
+        return framing.encode(FrameType.INPUT, args[0])
+    return framing.control(framing.Op(method), **dict(zip(_SESSION_FIELDS[method], args, strict=True)))
 
 
 def _refusal(head: bytes) -> str:
-    line = head[len(wire.REFUSED_PREFIX):].split(b"\n", 1)[0][:500]
+    line = head[len(framing.REFUSED_PREFIX):].split(b"\n", 1)[0][:500]
     # Shown on the operator's terminal: printable ASCII only.
     return "".join(c if " " <= c <= "~" else "?" for c in line.decode("ascii", "replace"))
 

@@ -1,4 +1,4 @@
-"""The operator's end of a session over the framed hop (slaveshell.wire, slaveshell.hop), standard library only:
+"""The operator's end of a session over the framed hop (slaveshell.framing, slaveshell.hop), standard library only:
 opens (or attaches to) a session and relays the local standard streams to it, with flow control both ways: escapes
 (slaveshell.escape), the input credit window (slaveshell.flow), output credit held back while stdout cannot keep
 up, signals as ssh treats them (`signalled`), detach, and the exit status of slaveshell.protocol.ExitStatus.
@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import escape as esc
-from . import wire
+from . import framing
 from .display import visible
 from .flow import CreditWindow, chunks
+from .framing import FrameType, Op
 from .hop import Cancellable, EventLoop, HopError, Link, Outputs, parse, session_frame
 from .protocol import INPUT_WINDOW, MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError, Role, WireControl, check_int
 from .terminal import window_size
-from .wire import FrameType, Op
 
 # A second SIGINT/SIGTERM/SIGHUP this soon after the first (seconds) gives up on the remote command at once.
 GIVE_UP_WITHIN = 1.0
@@ -72,7 +72,7 @@ class HopShell:
         self._signal_timer: Cancellable | None = None
         self._typed_ahead = b""
         self._waiting = False
-        self._answers: dict[int, Callable[[wire.Control | None], None]] = {}
+        self._answers: dict[int, Callable[[framing.Control | None], None]] = {}
 
     @property
     def program(self) -> str:
@@ -87,10 +87,10 @@ class HopShell:
                 self._call(Op.OPEN, self._opened, request=self.request.to_wire())
             else:
                 self._call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1])
-        except ValueError:  # over wire.MAX_CONTROL
-            self.finish(ExitStatus(reason=f"the request is too large (at most {wire.MAX_CONTROL} bytes)"))
+        except ValueError:  # over framing.MAX_CONTROL
+            self.finish(ExitStatus(reason=f"the request is too large (at most {framing.MAX_CONTROL} bytes)"))
 
-    def _opened(self, reply: wire.Control | None) -> None:
+    def _opened(self, reply: framing.Control | None) -> None:
         if reply is None or self.status is not None:
             return
         if not reply.get("ok"):
@@ -118,7 +118,7 @@ class HopShell:
 
     # -- the master's frames -------------------------------------------------------------------
 
-    def frame(self, frame: wire.Frame) -> None:
+    def frame(self, frame: framing.Frame) -> None:
         if frame.type is not FrameType.CONTROL:
             self.output(frame.type, frame.payload)
             return
@@ -365,9 +365,9 @@ class HopShell:
         else:
             self.link.send(session_frame(method, *args))
 
-    def _call(self, op: Op, on_answer: Callable[[wire.Control | None], None], **fields: Any) -> None:
+    def _call(self, op: Op, on_answer: Callable[[framing.Control | None], None], **fields: Any) -> None:
         call_id = self.link.next_id()
-        frame = wire.control(op, id=call_id, **fields)
+        frame = framing.control(op, id=call_id, **fields)
         self._answers[call_id] = on_answer
         self.link.send(frame)
 
@@ -375,7 +375,7 @@ class HopShell:
         if self.request.build is None:
             return
 
-        def told(reply: wire.Control | None) -> None:
+        def told(reply: framing.Control | None) -> None:
             if reply is None:
                 return
             text = reply.get("text") if reply.get("ok") else f"release failed: {reply.get('error')}"
@@ -393,7 +393,7 @@ class HopShell:
             return
         timer = self.loop.call_later(timeout, lambda: self.finish(status))
 
-        def answered(reply: wire.Control | None) -> None:
+        def answered(reply: framing.Control | None) -> None:
             timer.cancel()
             self.finish(status)
 

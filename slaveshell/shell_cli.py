@@ -189,9 +189,9 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
 def _session(loop: Loop, sock: socket.socket, request: OpenRequest, interactive: bool,
              escape_char: bytes | None, attach: tuple[str, str] | None, terminal: RawTerminal | None) -> HopShell:
     """The client on `loop`, with the socket's events wired to it."""
+    from .framing import WireError
     from .hop import Connection, HopError
     from .hop_client import HopShell
-    from .wire import WireError
 
     conn = Connection(sock)
     client = HopShell(loop, conn, request, interactive=interactive, escape_char=escape_char, attach=attach,

@@ -1,6 +1,6 @@
 """What buildbot-shell (slaveshell.hop_client, the framed hop's client) does with SIGINT, SIGTERM and SIGHUP of its
 own, with `~^Z`, with the credit windows and with what the master sends: driven with a fake link and a fake
-clock (the same cases as tests/test_client_signals.py for the PB client)."""
+clock (the cases the PB client had in tests/test_client_signals.py, and more)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell import wire
+from slaveshell import framing
+from slaveshell.framing import FrameType, Op
 from slaveshell.hop import HopError
 from slaveshell.hop_client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
 from slaveshell.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
-from slaveshell.wire import FrameType, Op
 
 
 class FakeTimer:
@@ -78,19 +78,19 @@ class FakeLink:
         return self._id
 
     def control(self, op: Op, **fields: Any) -> None:
-        self.send(wire.control(op, **fields))
+        self.send(framing.control(op, **fields))
 
     def send(self, frame: bytes) -> None:
-        [f] = wire.Decoder().feed(frame)
+        [f] = framing.Decoder().feed(frame)
         if f.type is FrameType.INPUT:
             self.calls.append(("input", f.payload))
             return
-        message = wire.parse_control(f.payload)
+        message = framing.parse_control(f.payload)
         args = {Op.RESIZE: ("cols", "rows"), Op.SIGNAL: ("name",), Op.ACK: ("n",)}.get(message.op, ())
         if message.op not in (Op.OPEN, Op.ATTACH):
             self.calls.append((message.op.value, *(message.get(a) for a in args)))
-        if message.op in wire.CALLS and self.answer_calls and self.client is not None:
-            self.client.frame(wire.Decoder().feed(wire.control(Op.ANSWER, id=message.call_id, ok=True))[0])
+        if message.op in framing.CALLS and self.answer_calls and self.client is not None:
+            self.client.frame(framing.Decoder().feed(framing.control(Op.ANSWER, id=message.call_id, ok=True))[0])
 
 
 def make(interactive: bool = False, role: str = "owner", suspend: Any = None,
@@ -217,7 +217,7 @@ def test_input_stops_being_read_while_the_window_is_full_and_resumes_on_the_ack(
     assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]
     client.typed(b"x" * INPUT_WINDOW)
     assert (0, 1) not in client.loop.watched  # type: ignore[attr-defined]
-    client.frame(wire.Decoder().feed(wire.control(Op.INPUT_ACK, n=INPUT_WINDOW, hidden=False))[0])
+    client.frame(framing.Decoder().feed(framing.control(Op.INPUT_ACK, n=INPUT_WINDOW, hidden=False))[0])
     assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]
 
 
@@ -228,7 +228,7 @@ def test_output_credit_is_held_back_while_stdout_does_not_keep_up():
         client = make(fds=(0, w, w))
         big = b"y" * 65536
         for _ in range(4):  # more than the pipe takes
-            client.frame(wire.Decoder().feed(wire.encode(FrameType.STDOUT, big))[0])
+            client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, big))[0])
         acked = sum(c[1] for c in calls(client) if c[0] == "ack")
         assert acked < 4 * len(big)
         while os.read(r, 1 << 20):  # the reader catches up
@@ -245,11 +245,11 @@ def test_output_credit_is_held_back_while_stdout_does_not_keep_up():
 
 def test_a_malformed_exit_or_answer_from_the_master_ends_the_client_with_one_line():
     client = make()
-    client.frame(wire.Decoder().feed(wire.control(Op.EXIT, code="zero", signal=None, reason=""))[0])
+    client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code="zero", signal=None, reason=""))[0])
     assert client.status == ExitStatus(reason="the master sent a malformed exit")
     opening = make()
     opening.session_open = False
-    opening._opened(wire.Control(Op.ANSWER, {"id": 1, "ok": True, "role": "king"}))
+    opening._opened(framing.Control(Op.ANSWER, {"id": 1, "ok": True, "role": "king"}))
     assert opening.status == ExitStatus(reason="the master sent a malformed reply")
 
 
@@ -271,8 +271,8 @@ def test_the_waiting_line_is_checked_and_shown_once_without_controls_and_ctrl_c_
         client = HopShell(FakeLoop(), link, OpenRequest(worker="w1", pty=True, build=3), interactive=True,
                           fds=(0, w, w))
         for bad in (None, 3, ["x"]):
-            client.frame(wire.Decoder().feed(wire.control(Op.WAITING, text=bad))[0])
-        client.frame(wire.Decoder().feed(wire.control(Op.WAITING, text="build 3 is still running\x1b[2J\x07; "
+            client.frame(framing.Decoder().feed(framing.control(Op.WAITING, text=bad))[0])
+        client.frame(framing.Decoder().feed(framing.control(Op.WAITING, text="build 3 is still running\x1b[2J\x07; "
                                                                         "waiting"))[0])
         assert os.read(r, 1000) == b"build 3 is still running[2J; waiting\r\n"
         assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]  # the keyboard is read meanwhile
@@ -290,7 +290,7 @@ _plain = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(
-    st.builds(lambda op, f: ("control", op, f), st.sampled_from(sorted(wire.FROM_MASTER, key=lambda o: o.value)),
+    st.builds(lambda op, f: ("control", op, f), st.sampled_from(sorted(framing.FROM_MASTER, key=lambda o: o.value)),
               st.dictionaries(st.sampled_from(["id", "ok", "n", "hidden", "code", "signal", "reason", "text",
                                                "error", "session", "role", "size"]), _plain)),
     st.builds(lambda t, b: ("data", t, b), st.sampled_from([FrameType.STDOUT, FrameType.STDERR]),
@@ -305,17 +305,17 @@ def test_a_rogue_master_cannot_crash_the_operators_client(frames):
         client.session_open = False
         client.start()
         for kind, what, value in frames:
-            payload = wire.control(what, **value) if kind == "control" else wire.encode(what, value)
+            payload = framing.control(what, **value) if kind == "control" else framing.encode(what, value)
             try:
-                client.frame(wire.Decoder().feed(payload)[0])
-            except wire.WireError as e:  # as the loop does (slaveshell.shell_cli._session): the hop is over
+                client.frame(framing.Decoder().feed(payload)[0])
+            except framing.WireError as e:  # as the loop does (slaveshell.shell_cli._session): the hop is over
                 ended = client.status
                 client.lost(HopError(f"the master broke the protocol: {e}"))
                 assert client.status == (ended or ExitStatus(reason=f"the master broke the protocol: {e}"))
                 break
             assert client.status is None or client.status.reason or not client.status.lost
         ended_before = client.status
-        client.frame(wire.Decoder().feed(wire.control(Op.EXIT, code=7, signal=None, reason=""))[0])
+        client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code=7, signal=None, reason=""))[0])
         assert client.done
         assert client.status == ended_before if ended_before is not None else client.status.cli_status() == 7
     finally:
@@ -330,9 +330,9 @@ def test_output_that_comes_before_the_attach_answer_is_shown_and_acknowledged_on
         client.attach = ("s1", "attach")
         client.link.answer_calls = False  # type: ignore[attr-defined]
         client.start()
-        client.frame(wire.Decoder().feed(wire.encode(FrameType.STDOUT, b"recent output"))[0])
+        client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, b"recent output"))[0])
         assert os.read(r, 100) == b"recent output" and calls(client) == []
-        client._opened(wire.Control(Op.ANSWER, {"id": 1, "ok": True, "session": "s1", "role": "owner"}))
+        client._opened(framing.Control(Op.ANSWER, {"id": 1, "ok": True, "session": "s1", "role": "owner"}))
         assert calls(client) == [("ack", len(b"recent output"))]
     finally:
         os.close(r)

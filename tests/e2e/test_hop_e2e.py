@@ -1,4 +1,4 @@
-"""Issue 14, item 1, end to end: buildbot-shell speaks the framed hop (slaveshell.wire) to a real master, without
+"""Issue 14, item 1, end to end: buildbot-shell speaks the framed hop (slaveshell.framing) to a real master, without
 Twisted in the client, and a client that breaks the framing costs only its own connection."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import struct
 import subprocess
 import sys
 
-from slaveshell import wire
-from slaveshell.wire import FrameType, Op
+from slaveshell import framing
+from slaveshell.framing import FrameType, Op
 
 from .conftest import shell_argv
 
@@ -43,22 +43,22 @@ def test_a_client_that_breaks_the_framing_loses_its_connection_and_the_master_se
     rogue = socket.socket(socket.AF_UNIX)
     rogue.connect(sandbox.socket)
     # The magic, then a frame header announcing a gigabyte.
-    rogue.sendall(wire.MAGIC + struct.pack("!BI", FrameType.CONTROL, 1 << 30))
+    rogue.sendall(framing.MAGIC + struct.pack("!BI", FrameType.CONTROL, 1 << 30))
     data = read_all(rogue)
     rogue.close()
-    assert wire.MAGIC in data
-    [error] = wire.Decoder().feed(data[data.index(wire.MAGIC) + len(wire.MAGIC):])
-    message = wire.parse_control(error.payload)
+    assert framing.MAGIC in data
+    [error] = framing.Decoder().feed(data[data.index(framing.MAGIC) + len(framing.MAGIC):])
+    message = framing.parse_control(error.payload)
     assert message.op is Op.ERROR
-    assert message.get("text") == f"protocol error: a CONTROL frame of {1 << 30} bytes (at most {wire.MAX_CONTROL})"
+    assert message.get("text") == f"protocol error: a CONTROL frame of {1 << 30} bytes (at most {framing.MAX_CONTROL})"
     # An unknown frame type, then a well-formed call after it: nothing after the break is served.
     rogue = socket.socket(socket.AF_UNIX)
     rogue.connect(sandbox.socket)
-    rogue.sendall(wire.MAGIC + struct.pack("!BI", 77, 0) + wire.control(Op.WORKERS, id=1))
+    rogue.sendall(framing.MAGIC + struct.pack("!BI", 77, 0) + framing.control(Op.WORKERS, id=1))
     data = read_all(rogue)
     rogue.close()
-    [error] = wire.Decoder().feed(data[data.index(wire.MAGIC) + len(wire.MAGIC):])
-    assert wire.parse_control(error.payload).get("text") == "protocol error: a frame of unknown type 77"
+    [error] = framing.Decoder().feed(data[data.index(framing.MAGIC) + len(framing.MAGIC):])
+    assert framing.parse_control(error.payload).get("text") == "protocol error: a frame of unknown type 77"
     # The framed door and the PB door both still serve.
     done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "echo still here"],
                           capture_output=True, text=True, timeout=60)
