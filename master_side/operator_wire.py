@@ -108,10 +108,10 @@ class WireDoor(Protocol):
     # -- the connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        reason = self.gate.admit(cast(pb.Broker, self), self.transport)
+        transport: Any = self.transport
+        reason = self.gate.admit(cast(pb.Broker, self), transport)
         if reason is not None:
             line = " ".join(reason.split())[:500]
-            transport: Any = self.transport
             transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
             transport.loseConnection()
             return
@@ -121,7 +121,8 @@ class WireDoor(Protocol):
     def identity(self) -> Identity:
         if self._identity is None:
             # The gate's identify is peer_identity (SO_PEERCRED) in the service.
-            self._identity = self.gate.identify(self.transport)
+            transport: Any = self.transport
+            self._identity = self.gate.identify(transport)
         return self._identity
 
     def write(self, data: bytes) -> None:
