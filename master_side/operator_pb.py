@@ -2,9 +2,10 @@
 
 It establishes who is calling (the kernel's peer credentials, SO_PEERCRED, unix(7)), checks the wire values'
 types, applies the per-connection bounds (calls in progress, buffered output: master_side.limits), adapts
-the operator's sink (a pb.RemoteReference to slaveshell.client.ClientSink) to a `ViewerSink`, and maps
+the operator's sink (a pb.RemoteReference with output, input_ack, exit and waiting) to a `ViewerSink`, and maps
 `OperatorError` to the answers the client expects: ``{"ok": False, "error": ...}`` for open and attach, a
-pb.Error for the other calls.
+pb.Error for the other calls. The `slaveshell` tools use it; `buildbot-shell` and `slaveshell attach/watch`
+come in by the framed door on the same socket (master_side.operator_wire).
 """
 
 from __future__ import annotations

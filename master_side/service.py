@@ -26,9 +26,10 @@ from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
 from .config import Limits, ShellConfig, group_id, shell_config
 from .hold import Holds
-from .limits import ConnectionGate, GatedFactory, RefusalAudit
+from .limits import ConnectionGate, RefusalAudit
 from .operator_api import OperatorAPI
-from .operator_pb import OperatorRoot, RootFactory, peer_identity
+from .operator_pb import OperatorRoot, peer_identity
+from .operator_wire import DoorFactory
 from .registry import SessionRegistry
 from .relay import MasterSession
 
@@ -138,8 +139,9 @@ class ShellService(BuildbotService):
         # 0600 unless a group is named: the socket is the door to every worker.
         mode = 0o660 if group is not None else 0o600
         endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True)
-        # Connections are counted and bounded per uid as they are accepted, before PB is spoken.
-        factory = GatedFactory(RootFactory(self), self.gate)
+        # Connections are counted and bounded per uid as they are accepted, before PB is spoken; a client that
+        # opens with the framed door's magic is served by master_side.operator_wire, anything else by PB.
+        factory = DoorFactory(self, self.gate)
         _break_dead_lock(path + ".lock")
         try:
             self._port = await endpoint.listen(factory)

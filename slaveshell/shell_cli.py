@@ -9,32 +9,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import selectors
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .protocol import LocalProtocolError, OpenRequest
 
 if TYPE_CHECKING:
-    from .client import ShellClient
+    from .hop import Loop
+    from .hop_client import HopShell
     from .terminal import RawTerminal
-
-
-class _ThreadCaller(Protocol):
-    """The reactor's callFromThread (IReactorFromThreads): what a signal handler may do."""
-
-    def callFromThread(self, callable: Callable[..., object], *args: object) -> None: ...
-
-
-class _Reactor(_ThreadCaller, Protocol):
-    """What `run` does with the reactor (IReactorCore, IReactorFromThreads; `run`'s keyword is the posix
-    reactors' own)."""
-
-    def run(self, installSignalHandlers: bool = True) -> None: ...
-    def stop(self) -> None: ...
-    def callWhenRunning(self, callable: Callable[..., object], *args: object) -> object: ...
 
 DEFAULT_SOCKET_NAME = "shell.sock"
 SOCKET_ENV = "SLAVESHELL_SOCKET"
@@ -144,54 +132,49 @@ def _main(argv: list[str] | None) -> int:
 
 def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None,
         attach: tuple[str, str] | None = None) -> int:
-    from twisted.internet import error
-    from twisted.internet import reactor as _reactor
-
-    reactor: _Reactor = _reactor
-
-    from .client import ShellClient
+    """One session over the framed hop (slaveshell.hop_client): standard library only, no Twisted."""
     from .display import visible
+    from .hop import HopError, Loop, connect
     from .protocol import ExitStatus
     from .terminal import RawTerminal, raw_mode, set_blocking
 
+    prog = "slaveshell" if attach else "buildbot-shell"
+    try:
+        sock = connect(socket_path)
+    except HopError as e:
+        print(f"{prog}: {visible(str(e))}", file=sys.stderr)
+        return 255
     terminal = RawTerminal(0) if interactive else None
-    # The whole reactor for the client (it connects, and reads stdin): `reactor` is the part used here.
-    client = ShellClient(_reactor, request, interactive=interactive, escape_char=escape_char, attach=attach,
-                         suspend=terminal.suspend if terminal else None)
-
-    def stop(_: object) -> None:
-        with contextlib.suppress(error.ReactorNotRunning):
-            reactor.stop()
-
-    def start() -> None:
-        # The client's `done` fires when the session is over, even while an open is still in flight (a signal
-        # can end it then); a bug in run() still ends the client, with one line rather than a traceback.
-        client.run(socket_path).addErrback(
-            lambda f: client.finish(ExitStatus(reason=f"internal error: {f.getErrorMessage()}")))
-        client.done.addBoth(stop)
-
-    # Our own handlers instead of Twisted's (which stop the reactor, dropping the session as if the master
-    # were lost): the client forwards these signals to the remote command (ShellClient.signalled).
+    loop = Loop()
+    client = _session(loop, sock, request, interactive, escape_char, attach, terminal)
+    # Our own handlers: each only notes the signal, and the loop hands it to the client (HopShell.signalled).
     handlers: dict[int, Callable[[int, FrameType | None], None]] = {
-        signum: (lambda signum, frame: reactor.callFromThread(client.signalled, signum))
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        signum: loop.note_signal for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
     }
     if terminal is not None:
-        handlers[signal.SIGTSTP] = lambda signum, frame: _suspend(terminal, reactor, client)
-        handlers[signal.SIGCONT] = lambda signum, frame: _continued(terminal, reactor, client)
-    reactor.callWhenRunning(start)
+        handlers[signal.SIGTSTP] = lambda signum, frame: _suspend(terminal, loop)
+        handlers[signal.SIGCONT] = lambda signum, frame: _continued(terminal, loop)
     with raw_mode(terminal) if terminal else contextlib.nullcontext():
         previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
         if _EARLY_SIGINT:  # Ctrl-C while starting: handled now, as if it came now
-            reactor.callWhenRunning(client.signalled, signal.SIGINT)
+            loop.note_signal(signal.SIGINT)
         try:
-            reactor.run(installSignalHandlers=False)
+            for fd in (1, 2):  # writes never block the loop (signals and the master keep being served)
+                with contextlib.suppress(OSError):
+                    os.set_blocking(fd, False)
+            try:
+                client.start()
+                if not client.done:
+                    loop.run()
+            except Exception as e:  # a bug of ours still ends the client with one line, not a traceback
+                client.finish(ExitStatus(reason=f"internal error: {type(e).__name__}: {e}"))
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    set_blocking(0, 1, 2)
+            set_blocking(0, 1, 2)
+            sock.close()
+            loop.close()
     status = client.status or ExitStatus(reason="interrupted")
-    prog = "slaveshell" if attach else "buildbot-shell"
     # What the master or the worker says (reasons, names) is shown, never interpreted.
     if client.farewell:
         # The cursor is wherever the remote prompt left it.
@@ -203,15 +186,63 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     return status.cli_status()
 
 
-def _suspend(terminal: RawTerminal, reactor: _ThreadCaller, client: ShellClient) -> None:
+def _session(loop: Loop, sock: socket.socket, request: OpenRequest, interactive: bool,
+             escape_char: bytes | None, attach: tuple[str, str] | None, terminal: RawTerminal | None) -> HopShell:
+    """The client on `loop`, with the socket's events wired to it."""
+    from .framing import WireError
+    from .hop import Connection, HopError
+    from .hop_client import HopShell
+
+    conn = Connection(sock)
+    client = HopShell(loop, conn, request, interactive=interactive, escape_char=escape_char, attach=attach,
+                      suspend=terminal.suspend if terminal else None)
+    fd = sock.fileno()
+
+    def lost(error: HopError) -> None:
+        loop.watch(fd, selectors.EVENT_READ, None)
+        loop.watch(fd, selectors.EVENT_WRITE, None)
+        client.lost(error)
+
+    def readable() -> None:
+        try:
+            frames = conn.receive()
+            for frame in frames:
+                client.frame(frame)
+        except HopError as e:
+            lost(e)
+        except WireError as e:
+            conn.close()
+            lost(HopError(f"the master broke the protocol: {e}"))
+
+    def before_wait() -> None:
+        if conn.closed:
+            return
+        conn.flush()
+        loop.watch(fd, selectors.EVENT_WRITE, conn.flush if conn.out else None)
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGWINCH:
+            client.window_changed()
+        elif signum == signal.SIGCONT:
+            client.resumed()
+        else:
+            client.signalled(signum)
+
+    loop.watch(fd, selectors.EVENT_READ, readable)
+    loop.before_wait = before_wait
+    loop.on_signal = on_signal
+    return client
+
+
+def _suspend(terminal: RawTerminal, loop: Loop) -> None:
     """SIGTSTP (kill -TSTP; Ctrl-Z is a byte in raw mode): stop now, with the terminal given back."""
     terminal.suspend()
-    reactor.callFromThread(client.resumed)
+    loop.note_signal(signal.SIGCONT)
 
 
-def _continued(terminal: RawTerminal, reactor: _ThreadCaller, client: ShellClient) -> None:
+def _continued(terminal: RawTerminal, loop: Loop) -> None:
     terminal.resume()
-    reactor.callFromThread(client.resumed)
+    loop.note_signal(signal.SIGCONT)
 
 
 if __name__ == "__main__":

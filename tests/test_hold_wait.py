@@ -75,54 +75,5 @@ def test_cancelling_a_wait_the_operator_gave_up_leaves_nothing_behind(holds):
     assert got[0].check(defer.CancelledError) and holds.waiting == {} and clock.getDelayedCalls() == []
 
 
-def test_the_clients_waiting_line_is_checked_and_shown_once_without_controls():
-    import os
-    import signal
-
-    from twisted.internet.testing import MemoryReactorClock
-    from twisted.spread import pb
-
-    from slaveshell.client import ClientSink, ShellClient
-    from slaveshell.protocol import OpenRequest
-
-    from .fakes import call, connected
-
-    read_end, write_end = os.pipe()
-    client = ShellClient(MemoryReactorClock(), OpenRequest(worker="w1", build=3), interactive=True,
-                         stderr_fd=write_end)
-    written = []
-
-    class Writer:
-        def write(self, data):
-            written.append(data)
-
-        def unregisterProducer(self):
-            pass
-
-        def loseConnection(self):
-            client.childConnectionLost("err", None)
-
-    client._writers["err"] = Writer()
-
-    class Master(pb.Root):
-        def remote_sink(self):
-            return ClientSink(client)
-
-    root, pump, client_broker = connected(Master())
-    sink = call(pump, root, "sink")
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        for bad in (None, 3, b"bytes", ["x"]):
-            call(pump, sink, "waiting", bad)
-            assert not client_broker.disconnected
-        call(pump, sink, "waiting", "build 3 is still running\x1b[2J\x07; waiting")
-        assert written == [b"build 3 is still running[2J; waiting\r\n"]
-        client.childDataReceived("in", b"ls\x03")  # Ctrl-C in a raw terminal: stop waiting
-        assert client.status is not None and client.status.reason == "stopped waiting for build 3 to be held"
-        assert client.status.cli_status() == 255
-    finally:
-        if client._stdin is not None:
-            client._stdin.stopReading()
-        os.close(read_end)
-        os.close(write_end)
-        assert signal.getsignal(signal.SIGINT) == before
+# The client's side of the waiting line: tests/test_hop_client.py::
+# test_the_waiting_line_is_checked_and_shown_once_without_controls_and_ctrl_c_stops_waiting

@@ -1,0 +1,321 @@
+"""The framed door to the operator API (slaveshell.framing): what `buildbot-shell` speaks, without PB.
+
+One socket (shell.sock) serves both doors. `SniffingBroker` is the PB door's broker (admitted by the
+connection gate as it always was, master_side.limits); a client whose first bytes are `framing.MAGIC` is handed to
+a `WireDoor` instead, anything else stays PB. A `WireDoor` is a thin adapter over `OperatorAPI`, as the PB door
+(master_side.operator_pb) is: the identity comes from the kernel (SO_PEERCRED, operator_pb.peer_identity,
+through the gate); it is admitted by the same gate (connections per uid and in total, calls in progress,
+buffered output and write stall: the door has the `transport`, `disconnected` and `written` the gate reads of a
+broker); the client's end of a view is a `WireViewerSink`; the session's messages go through the same
+`session_pb.ViewerHandle` (types, 64 KiB input, the credit window, read-only watchers, the owner's protocol
+errors ending its session) and `OperatorError` becomes an answer with the operator's line.
+
+Bounds of the framing itself: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes) bytes, one view per
+connection, and a frame the door cannot take (unknown type, oversized, wrong direction, not JSON, unknown op)
+costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from slaveshell import framing
+from slaveshell.framing import Control, FrameType, Op, WireError
+from slaveshell.policy import Identity
+from slaveshell.protocol import STREAM_ERR, OpenRequest, ProtocolError
+
+from .limits import ConnectionGate, GatedBroker, GatedFactory, buffered_bytes
+from .operator_api import ErrorKind, OperatorError, View
+from .operator_pb import RootFactory
+from .session_pb import ViewerHandle
+from .worker_pb import Undo
+
+if TYPE_CHECKING:
+    from .service import ShellService
+
+log = Logger()
+
+
+class WireViewerSink:
+    """A `ViewerSink` over a `WireDoor`: the session's output as data frames, the rest as control frames."""
+
+    def __init__(self, door: WireDoor) -> None:
+        self.door = door
+        self.connection: object = door
+
+    @property
+    def gone(self) -> bool:
+        return self.door.disconnected
+
+    def send(self, method: str, *args: Any) -> None:
+        door = self.door
+        if door.disconnected:
+            return
+        if method == "output":
+            stream, data = args
+            door.write(framing.encode(FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT, data))
+        elif method == "input_ack":
+            door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
+        elif method == "exit":
+            code, signal, reason = args
+            door.write(framing.control(Op.EXIT, code=code, signal=signal, reason=reason))
+        else:
+            raise ValueError(f"no such message to a viewer: {method}")
+        # A peer that does not read is dropped once its buffered output passes the bound.
+        door.gate.check(cast(pb.Broker, door))
+
+    def waiting(self, text: str) -> None:
+        if not self.door.disconnected:
+            self.door.write(framing.control(Op.WAITING, text=text))
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        self.door.disconnects.append(callback)
+
+        def undo() -> None:
+            if callback in self.door.disconnects:
+                self.door.disconnects.remove(callback)
+
+        return undo
+
+    def on_failure(self, callback: Callable[[str | None], None]) -> None:
+        # Writes on a local socket do not fail one by one: a lost connection is on_disconnect's.
+        pass
+
+
+class WireDoor(Protocol):
+    """One operator connection speaking slaveshell.framing."""
+
+    def __init__(self, service: ShellService) -> None:
+        self.service = service
+        self.gate: ConnectionGate = service.gate
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.STDOUT, FrameType.STDERR}))
+        self.admitted = False
+        self.disconnected = False
+        # Bytes written to the transport so far (the gate compares it with what is still buffered).
+        self.written = 0
+        self.disconnects: list[Callable[[], None]] = []
+        self.handle: ViewerHandle | None = None
+        self._viewing = False  # an open or attach was asked on this connection (one view per connection)
+        self._identity: Identity | None = None
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        reason = self.gate.admit(cast(pb.Broker, self), transport)
+        if reason is not None:
+            line = " ".join(reason.split())[:500]
+            transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
+            transport.loseConnection()
+            return
+        self.admitted = True
+        self.write(framing.MAGIC)
+
+    def identity(self) -> Identity:
+        if self._identity is None:
+            # The gate's identify is peer_identity (SO_PEERCRED) in the service.
+            transport: Any = self.transport
+            self._identity = self.gate.identify(transport)
+        return self._identity
+
+    def write(self, data: bytes) -> None:
+        transport: Any = self.transport
+        before = buffered_bytes(transport)
+        transport.write(data)
+        self.written += max(buffered_bytes(transport) - before, 0)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.disconnected = True
+        if self.admitted:
+            self.gate.release(cast(pb.Broker, self))
+        callbacks, self.disconnects = self.disconnects, []
+        for callback in callbacks:
+            callback()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.admitted or self.disconnected or self.decoder.broken:
+            return
+        try:
+            for frame in self.decoder.feed(data):
+                if self.disconnected:
+                    return
+                self._frame(frame)
+        except WireError as e:
+            self._broken(str(e))
+
+    def _broken(self, why: str) -> None:
+        """The framing is broken: say so, close, and audit the drop (the gate keeps counting the connection,
+        and dropping it if it stops reading, until it is gone)."""
+        self.decoder.broken = True
+        self.gate.audit(self.identity(), "dropped", f"connection dropped: protocol error: {why}")
+        self.write(framing.control(Op.ERROR, text=f"protocol error: {why}"))
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def _frame(self, frame: framing.Frame) -> None:
+        if frame.type is FrameType.INPUT:
+            self._session("input", frame.payload)
+            return
+        message = framing.parse_control(frame.payload, framing.FROM_CLIENT)
+        op = message.op
+        if op in framing.CALLS:
+            call_id = message.call_id
+            if call_id is None:
+                raise WireError(f"{op.value}: a call needs an id")
+            self._call(call_id, message)
+        elif op is Op.RESIZE:
+            self._session("resize", message.get("cols"), message.get("rows"))
+        elif op is Op.SIGNAL:
+            self._session("signal", message.get("name"))
+        elif op is Op.ACK:
+            self._session("ack", message.get("n"))
+        else:  # Op.EOF
+            self._session("eof")
+
+    def _session(self, method: str, *args: object) -> bool:
+        """A session message, through the view's handle (which checks it as for PB). False when refused."""
+        if self.handle is None:
+            self.write(framing.control(Op.REFUSED, method=method, error="no session on this connection"))
+            return False
+        try:
+            getattr(self.handle, "remote_" + method)(*args)
+        except pb.Error as e:
+            if not self.disconnected:
+                self.write(framing.control(Op.REFUSED, method=method, error=str(e)))
+            return False
+        return True
+
+    def _answer(self, call_id: int, ok: bool, **fields: Any) -> None:
+        if self.disconnected:
+            return
+        try:
+            frame = framing.control(Op.ANSWER, id=call_id, ok=ok, **fields)
+        except (TypeError, ValueError) as e:  # a value JSON cannot hold, or over MAX_CONTROL
+            log.warn("slaveshell: an answer does not fit the framed hop: {e}", e=str(e)[:200])
+            frame = framing.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
+        self.write(frame)
+
+    def _call(self, call_id: int, message: Control) -> None:
+        op = message.op
+        if op in (Op.CLOSE, Op.DETACH):
+            ok = self._session(op.value)
+            self._answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
+            return
+        api = self.service.api
+        who = self.identity()
+        try:
+            if op is Op.OPEN:
+                result = self._limited(self._open, who, message.get("request"))
+            elif op is Op.ATTACH:
+                result = self._limited(self._attach, who, message.get("session"), message.get("mode"))
+            elif op is Op.RELEASE:
+                result = {"text": api.release(who, message.get("build"))}
+            elif op is Op.KILL:
+                result = {"text": api.kill(who, message.get("session"))}
+            elif op is Op.WORKERS:
+                result = {"rows": api.workers(who)}
+            else:  # Op.SESSIONS
+                result = {"rows": api.sessions(who)}
+        except OperatorError as e:
+            self._answer(call_id, False, error=e.message)
+            return
+        except pb.Error as e:  # the gate's refusals (calls in progress, a dropped connection)
+            self._answer(call_id, False, error=str(e))
+            return
+        d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
+        d.addCallbacks(lambda fields: None if fields is None else self._answer(call_id, True, **fields),
+                       lambda failure: self._failed(call_id, failure))
+
+    def _failed(self, call_id: int, failure: Failure) -> None:
+        if isinstance(failure.value, OperatorError):
+            self._answer(call_id, False, error=failure.value.message)
+        else:
+            log.failure("slaveshell: a call on the framed door failed", failure)
+            self._answer(call_id, False, error="the master could not serve the call (see its log)")
+
+    def _limited(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.gate.limited(cast(pb.Broker, self), fn, *args)
+
+    def _open(self, who: Identity, params: object) -> Any:
+        if self._viewing:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
+        try:
+            request = OpenRequest.from_wire(params)
+        except ProtocolError as e:
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
+        self._viewing = True
+
+        def answer(view: View | None) -> dict[str, Any] | None:
+            if view is None:
+                return None
+            self.handle = self._handle(view)
+            return {"session": view.session.id}
+
+        d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self))
+        return d.addCallback(answer)
+
+    def _attach(self, who: Identity, session_id: object, mode: object) -> dict[str, Any]:
+        if self._viewing:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
+        view = self.service.api.attach(who, WireViewerSink(self), session_id, mode)
+        self._viewing = True
+        self.handle = self._handle(view)
+        return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
+                "size": list(view.session.size)}
+
+    def _handle(self, view: View) -> ViewerHandle:
+        return ViewerHandle(view.session, view.viewer, self.service.registry.peer_error)
+
+
+class SniffingBroker(GatedBroker):
+    """The PB door's broker, which hands a connection whose first bytes are `framing.MAGIC` to a `WireDoor`.
+
+    PB's server speaks first (its dialect list) and a PB client's first byte is a Banana length, never the
+    magic's; so PB clients are served as before, and the framed client skips the dialect list (framing.MAX_SKIP)."""
+
+    _head: bytes | None = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.admitted or self._head is None:
+            super().dataReceived(data)
+            return
+        head = self._head + data
+        if head.startswith(framing.MAGIC):
+            self._head = None
+            self._hand_over(head[len(framing.MAGIC):])
+        elif framing.MAGIC.startswith(head):
+            self._head = head  # at most len(MAGIC) - 1 bytes
+        else:
+            self._head = None
+            super().dataReceived(head)
+
+    def _hand_over(self, rest: bytes) -> None:
+        factory: Any = self.factory
+        transport: Any = self.transport
+        # The gate counted this connection as the broker: it counts it as the door from now on.
+        self.gate.release(self)
+        self.admitted = False
+        door = WireDoor(factory.service)
+        transport.protocol = door
+        door.makeConnection(transport)
+        if rest and door.admitted:
+            door.dataReceived(rest)
+
+
+class DoorFactory(GatedFactory):
+    """The factory of the shell socket: both doors behind the connection gate."""
+
+    protocol = SniffingBroker
+
+    def __init__(self, service: ShellService, gate: ConnectionGate) -> None:
+        super().__init__(RootFactory(service), gate)
+        self.service = service

@@ -1,0 +1,188 @@
+"""The operator hop's framing: between `buildbot-shell` and the master's UNIX socket, without PB.
+
+Standard library only (the client must start without Twisted), no I/O: the master uses it from a Twisted
+protocol (master_side.operator_wire), the client from a selectors loop (slaveshell.hop).
+
+The exchange:
+
+1. The client sends `MAGIC`. The master's socket speaks PB to anything else, and PB's server speaks first
+   (Banana's dialect list, a dozen bytes), so the client skips at most `MAX_SKIP` bytes before the master's own
+   `MAGIC`, which says the master took the connection for this door. A connection the master refuses (over its
+   bounds, master_side.limits) gets instead one line starting with `REFUSED_PREFIX`, then the close.
+2. Then frames both ways: a 5-byte header, the frame's type (1 byte, `FrameType`) and its payload's length in
+   bytes (4 bytes, big-endian), then the payload. Byte streams travel raw: `INPUT` (client to master, keystrokes
+   or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes. Everything else is a
+   `CONTROL` frame: one JSON object of at most `MAX_CONTROL` bytes with an ``"op"`` from `Op` and that op's
+   fields (`Control`).
+
+Calls that expect an answer carry an ``"id"`` (an integer the caller chooses); the answer is an ``answer``
+control with the same id, ``"ok"`` and either ``"error"`` (a line for the operator) or the result's fields.
+Session messages (eof, resize, signal, ack; input_ack, exit, waiting) are answer-less, as on PB; the master
+answers a session message it refuses with a ``refused`` control. A frame of an unknown type, an oversized frame,
+JSON that is not an object, an unknown op, or a frame in the wrong direction is a `WireError`: the receiver
+closes the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import MAX_CHUNK, REFUSED_PREFIX, ProtocolError
+
+__all__ = ["MAGIC", "MAX_CHUNK", "MAX_CONTROL", "MAX_SKIP", "REFUSED_PREFIX", "Control", "Decoder", "Frame",
+           "FrameType", "Op", "WireError", "control", "encode", "parse_control"]
+
+MAGIC = b"SLAVESHELL/1\n"
+# Bytes the client may see before the master's MAGIC (PB's dialect list is 12): more is not this master.
+MAX_SKIP = 256
+# A control message's JSON, in bytes. An open request's own bounds (slaveshell.protocol) are far larger in
+# theory (128 variables of 16 KiB); a request over this is refused on the client, with the reason.
+MAX_CONTROL = 256 * 1024
+HEADER = struct.Struct("!BI")
+MAX_ID = 2**31 - 1
+
+
+class WireError(ProtocolError):
+    """The peer broke the framing; the connection cannot go on."""
+
+
+class FrameType(enum.IntEnum):
+    CONTROL = 1  # a JSON object: Control
+    INPUT = 2  # client to master: bytes for the session
+    STDOUT = 3  # master to client: the session's stream 1 (the PTY, or stdout)
+    STDERR = 4  # master to client: stream 2, and the master's notices
+
+
+class Op(enum.Enum):
+    """Every control message, by its wire spelling."""
+
+    # client to master: calls (with an "id", answered)
+    OPEN = "open"  # request: OpenRequest.to_wire(); answer: id (the session's)
+    ATTACH = "attach"  # session, mode ("attach" | "watch"); answer: id, role, worker, size
+    RELEASE = "release"  # build; answer: text
+    KILL = "kill"  # session; answer: text
+    WORKERS = "workers"  # answer: rows
+    SESSIONS = "sessions"  # answer: rows
+    CLOSE = "close"  # end the session (answered once the master has it)
+    DETACH = "detach"  # leave it running (answered once the master has it)
+    # client to master: session messages (answer-less)
+    EOF = "eof"
+    RESIZE = "resize"  # cols, rows
+    SIGNAL = "signal"  # name (slaveshell.protocol.SIGNALS)
+    ACK = "ack"  # n: output bytes consumed
+    # master to client
+    ANSWER = "answer"  # id, ok, error | the call's fields
+    REFUSED = "refused"  # method, error: a session message the master refused
+    INPUT_ACK = "input_ack"  # n, hidden
+    EXIT = "exit"  # code, signal, reason
+    WAITING = "waiting"  # text: the master waits before it opens (a build not held yet)
+    ERROR = "error"  # text: the framing was broken; the master closes the connection
+
+
+CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.CLOSE, Op.DETACH})
+FROM_CLIENT = CALLS | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ACK}
+FROM_MASTER = frozenset(Op) - FROM_CLIENT
+_OPS = {op.value: op for op in Op}
+_LIMITS = {FrameType.CONTROL: MAX_CONTROL, FrameType.INPUT: MAX_CHUNK, FrameType.STDOUT: MAX_CHUNK,
+           FrameType.STDERR: MAX_CHUNK}
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: FrameType
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control message: its op and its fields (plain JSON values, unchecked: the receiver checks them as
+    it would a PB call's arguments)."""
+
+    op: Op
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+    @property
+    def call_id(self) -> int | None:
+        """The call's id: an int in 0..MAX_ID, or None when absent. WireError for anything else."""
+        value = self.fields.get("id")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+            raise WireError(f"{self.op.value}: the id must be an integer from 0 to {MAX_ID}")
+        return value
+
+
+def encode(ftype: FrameType, payload: bytes) -> bytes:
+    """One frame. ValueError (our bug, not the peer's) when the payload is over its type's limit."""
+    if len(payload) > _LIMITS[ftype]:
+        raise ValueError(f"a {ftype.name} frame of {len(payload)} bytes (at most {_LIMITS[ftype]})")
+    return HEADER.pack(ftype, len(payload)) + payload
+
+
+def control(op: Op, **fields: Any) -> bytes:
+    """A CONTROL frame. ValueError when the JSON is over MAX_CONTROL; TypeError for a value JSON cannot hold."""
+    body = dict(fields, op=op.value)
+    return encode(FrameType.CONTROL, json.dumps(body, separators=(",", ":")).encode())
+
+
+def parse_control(payload: bytes, allowed: frozenset[Op] = frozenset(Op)) -> Control:
+    """A CONTROL frame's payload as a Control; WireError for bad JSON, a non-object, an op not in `allowed`."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise WireError(f"a control message that is not JSON ({type(e).__name__})") from None
+    if not isinstance(body, dict):
+        raise WireError("a control message must be a JSON object")
+    name = body.pop("op", None)
+    op = _OPS.get(name) if isinstance(name, str) else None
+    if op is None or op not in allowed:
+        raise WireError(f"unknown control message {str(name)[:40]!r}")
+    return Control(op, body)
+
+
+class Decoder:
+    """Frames out of a byte stream, incrementally. Holds at most one frame's header and payload (5 bytes +
+    MAX_CONTROL); `feed` raises WireError on an unknown type, a frame over its type's limit, or a type in
+    `refused` (the other direction's), as soon as the header is in."""
+
+    def __init__(self, refused: frozenset[FrameType] = frozenset()) -> None:
+        self._buffer = bytearray()
+        self._refused = refused
+        self.broken = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held towards the next frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self.broken:
+            return []
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= HEADER.size:
+            code, length = HEADER.unpack_from(self._buffer)
+            try:
+                ftype = FrameType(code)
+            except ValueError:
+                self.broken = True
+                raise WireError(f"a frame of unknown type {code}") from None
+            if ftype in self._refused:
+                self.broken = True
+                raise WireError(f"a {ftype.name} frame in the wrong direction")
+            if length > _LIMITS[ftype]:
+                self.broken = True
+                raise WireError(f"a {ftype.name} frame of {length} bytes (at most {_LIMITS[ftype]})")
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            frames.append(Frame(ftype, bytes(self._buffer[HEADER.size:end])))
+            del self._buffer[:end]
+        return frames

@@ -1,0 +1,355 @@
+"""The operator's end of the framed hop (slaveshell.framing), standard library only: the connection to the master's
+socket and the one-thread event loop the client runs on (selectors, timers on one clock, signals through a
+wake-up pipe).
+
+Nothing here imports Twisted: `buildbot-shell` starts, connects and sends its first byte in about the time
+Python itself takes to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import framing
+from .framing import Control, Frame, FrameType
+
+# Bytes read from the socket at once.
+READ_SIZE = 256 * 1024
+
+
+class Cancellable(Protocol):
+    """A timer, as `EventLoop.call_later` returns it."""
+
+    def cancel(self) -> None: ...
+    def active(self) -> bool: ...
+
+
+class EventLoop(Protocol):
+    """What the client needs of `Loop` (tests give a fake one, with a fake clock)."""
+
+    def seconds(self) -> float: ...
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancellable: ...
+    def watch(self, fd: int, event: int, callback: Callable[[], None] | None) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Link(Protocol):
+    """What the client needs of `Connection`."""
+
+    def next_id(self) -> int: ...
+    def send(self, frame: bytes) -> None: ...
+    def control(self, op: framing.Op, **fields: Any) -> None: ...
+
+
+class HopError(Exception):
+    """Could not reach the master, or it broke the hop; the message is for the operator."""
+
+
+def os_error_text(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error).rstrip(".") or type(error).__name__
+
+
+def connect(path: str, timeout: float = 10.0) -> socket.socket:
+    """A connected socket to the master at `path` (blocking, with `timeout` s for the connect), the magic
+    already sent. HopError with the operator's line when that fails."""
+    if not os.path.exists(path):
+        raise HopError(f"no master socket at {path} (is the master running with ShellService? give its basedir "
+                       "with --master DIR, or --socket PATH)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(framing.MAGIC)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise HopError(f"cannot connect to the master at {path}: {os_error_text(e)}") from None
+    return sock
+
+
+class Connection:
+    """The framed connection, non-blocking: `send` queues a frame, `flush` writes what the socket takes,
+    `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
+    it, or broke the framing)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.out = bytearray()
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}))
+        self.greeted = False
+        self.closed = False
+        self._head = b""
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self.out += frame
+            self.flush()
+
+    def control(self, op: framing.Op, **fields: Any) -> None:
+        self.send(framing.control(op, **fields))
+
+    def flush(self) -> None:
+        while self.out and not self.closed:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.closed = True  # receive() reports it
+                return
+            del self.out[:sent]
+
+    def receive(self) -> list[Frame]:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as e:
+            self.closed = True
+            raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
+        if not data:
+            self.closed = True
+            if self._head.startswith(framing.REFUSED_PREFIX):
+                raise HopError(f"the master refused the connection: {_refusal(self._head)}")
+            raise HopError("connection to the master lost")
+        if not self.greeted:
+            data = self._greeting(data)
+        try:
+            return self.decoder.feed(data)
+        except framing.WireError as e:
+            self.closed = True
+            raise HopError(f"the master broke the protocol: {e}") from None
+
+    def _greeting(self, data: bytes) -> bytes:
+        """Skip PB's dialect list up to the master's magic; a refusal line is kept to be shown at the close."""
+        head = self._head + data
+        found = head.find(framing.MAGIC)
+        if found >= 0 and not head.startswith(framing.REFUSED_PREFIX):
+            self.greeted, self._head = True, b""
+            return head[found + len(framing.MAGIC):]
+        self._head = head[:1024]
+        if not (head.startswith(framing.REFUSED_PREFIX) or framing.REFUSED_PREFIX.startswith(head)) and \
+                len(head) > framing.MAX_SKIP + len(framing.MAGIC):
+            self.closed = True
+            raise HopError("the master did not answer as a slaveshell master (is it older than this client?)")
+        return b""
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def parse(frame: Frame) -> Control:
+    return framing.parse_control(frame.payload, framing.FROM_MASTER)
+
+
+_SESSION_FIELDS = {"eof": (), "resize": ("cols", "rows"), "signal": ("name",), "ack": ("n",)}
+
+
+def session_frame(method: str, *args: Any) -> bytes:
+    """An answer-less session message (slaveshell.protocol.WireControl's input, eof, resize, signal, ack) as
+    a frame: input as raw bytes, the others as control messages."""
+    if method == "input":
+        return framing.encode(FrameType.INPUT, args[0])
+    return framing.control(framing.Op(method), **dict(zip(_SESSION_FIELDS[method], args, strict=True)))
+
+
+def _refusal(head: bytes) -> str:
+    line = head[len(framing.REFUSED_PREFIX):].split(b"\n", 1)[0][:500]
+    # Shown on the operator's terminal: printable ASCII only.
+    return "".join(c if " " <= c <= "~" else "?" for c in line.decode("ascii", "replace"))
+
+
+class Timer:
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def active(self) -> bool:
+        return not (self.cancelled or self.fired)
+
+
+class Loop:
+    """One thread's event loop: file descriptors (selectors), timers on `clock` (seconds, monotonic) and
+    signals, whose handlers only note the number (the wake-up fd ends the wait); `run` calls `on_signal` for each
+    in the loop, then the ready callbacks, until `stop`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # poll(2), not epoll: stdin may be a regular file or /dev/null, which epoll refuses (EPERM).
+        self.selector = selectors.PollSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._stopped = False
+        self.pending_signals: list[int] = []
+        self.on_signal: Callable[[int], None] = lambda signum: None
+        # Called before each wait (the connection's pending output decides whether to watch for writing).
+        self.before_wait: Callable[[], None] = lambda: None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._watched: dict[int, tuple[int, dict[int, Callable[[], None]]]] = {}
+
+    def seconds(self) -> float:
+        return self.clock()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        timer = Timer(self.clock() + delay, fn)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def watch(self, fd: int, event: int, callback: Callable[[], None] | None) -> None:
+        """Call `callback` when `fd` is ready for `event` (EVENT_READ or EVENT_WRITE); None stops watching."""
+        mask, callbacks = self._watched.get(fd, (0, {}))
+        if callbacks.get(event) is callback and (callback is not None) == bool(mask & event):
+            return
+        if callback is None:
+            callbacks.pop(event, None)
+            mask &= ~event
+        else:
+            callbacks[event] = callback
+            mask |= event
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(fd)
+        if mask:
+            self._watched[fd] = (mask, callbacks)
+            self.selector.register(fd, mask, None)
+        else:
+            self._watched.pop(fd, None)
+
+    def note_signal(self, signum: int, frame: object = None) -> None:
+        """A signal handler: note it; `run` hands it to `on_signal`."""
+        self.pending_signals.append(signum)
+
+    def wakeup_fd(self) -> int:
+        return self._wake_w
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def run(self) -> None:
+        previous = signal.set_wakeup_fd(self._wake_w)
+        try:
+            while not self._stopped:
+                self._once()
+        finally:
+            signal.set_wakeup_fd(previous)
+
+    def _once(self) -> None:
+        while self.pending_signals:
+            self.on_signal(self.pending_signals.pop(0))
+            if self._stopped:
+                return
+        now = self.clock()
+        while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
+            timer = heapq.heappop(self._timers)[2]
+            if not timer.cancelled:
+                timer.fired = True
+                timer.fn()
+                if self._stopped:
+                    return
+        self.before_wait()
+        timeout = max(0.0, self._timers[0][0] - now) if self._timers else None
+        if self.pending_signals:
+            timeout = 0.0
+        for key, events in self.selector.select(timeout):
+            fd = key.fd
+            if fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+                continue
+            for event in (selectors.EVENT_READ, selectors.EVENT_WRITE):
+                callback = self._watched.get(fd, (0, {}))[1].get(event)
+                if events & event and callback is not None:
+                    callback()
+                    if self._stopped:
+                        return
+
+    def close(self) -> None:
+        self.selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Outputs:
+    """The client's stdout ("out") and stderr ("err"): buffered, written when the descriptor takes it, so the
+    loop never blocks on a slow terminal or pipe. `on_gone(name)` when a reader went away (EPIPE, EIO; that
+    stream is then dropped), `on_written(name)` after each write."""
+
+    def __init__(self, loop: EventLoop, fds: dict[str, int], on_gone: Callable[[str], None],
+                 on_written: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.fds = fds
+        self.buffers: dict[str, bytearray] = {name: bytearray() for name in fds}
+        self.on_gone = on_gone
+        self.on_written = on_written
+
+    def pending(self, name: str) -> int:
+        """Bytes waiting for `name` (0 once it was dropped)."""
+        return len(self.buffers.get(name, b""))
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.buffers.values())
+
+    def write(self, name: str, data: bytes) -> None:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            return
+        was_empty = not buffer
+        buffer += data
+        if was_empty:
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            return
+        if not write_some(self.fds[name], buffer):
+            self.drop(name)
+            self.on_gone(name)
+            return
+        self.loop.watch(self.fds[name], selectors.EVENT_WRITE, (lambda: self.flush(name)) if buffer else None)
+        self.on_written(name)
+
+    def drop(self, name: str) -> None:
+        if self.buffers.pop(name, None) is not None:
+            self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)
+
+
+def write_some(fd: int, buffer: bytearray) -> bool:
+    """Write what `fd` takes of `buffer` (removing it). False when the reader is gone (EPIPE, EIO)."""
+    try:
+        written = os.write(fd, buffer)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EINTR):
+            return True
+        return False
+    del buffer[:written]
+    return True

@@ -1,0 +1,339 @@
+"""What buildbot-shell (slaveshell.hop_client, the framed hop's client) does with SIGINT, SIGTERM and SIGHUP of its
+own, with `~^Z`, with the credit windows and with what the master sends: driven with a fake link and a fake
+clock (the cases the PB client had in tests/test_client_signals.py, and more)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slaveshell import framing
+from slaveshell.framing import FrameType, Op
+from slaveshell.hop import HopError
+from slaveshell.hop_client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
+from slaveshell.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
+
+
+class FakeTimer:
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when, self.fn, self.cancelled, self.fired = when, fn, False, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def active(self) -> bool:
+        return not (self.cancelled or self.fired)
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []
+        self.watched: dict[tuple[int, int], Any] = {}
+        self.stopped = False
+
+    def seconds(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(self.now + delay, fn)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, delay: float) -> None:
+        self.now += delay
+        for timer in list(self.timers):
+            if timer.active() and timer.when <= self.now:
+                timer.fired = True
+                timer.fn()
+
+    def watch(self, fd: int, event: int, callback: Any) -> None:
+        if callback is None:
+            self.watched.pop((fd, event), None)
+        else:
+            self.watched[(fd, event)] = callback
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeLink:
+    """Records what the client sends as (method, *args); answers calls at once, as a master would."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.client: HopShell | None = None
+        self._id = 0
+        self.answer_calls = True
+
+    def next_id(self) -> int:
+        self._id += 1
+        return self._id
+
+    def control(self, op: Op, **fields: Any) -> None:
+        self.send(framing.control(op, **fields))
+
+    def send(self, frame: bytes) -> None:
+        [f] = framing.Decoder().feed(frame)
+        if f.type is FrameType.INPUT:
+            self.calls.append(("input", f.payload))
+            return
+        message = framing.parse_control(f.payload)
+        args = {Op.RESIZE: ("cols", "rows"), Op.SIGNAL: ("name",), Op.ACK: ("n",)}.get(message.op, ())
+        if message.op not in (Op.OPEN, Op.ATTACH):
+            self.calls.append((message.op.value, *(message.get(a) for a in args)))
+        if message.op in framing.CALLS and self.answer_calls and self.client is not None:
+            self.client.frame(framing.Decoder().feed(framing.control(Op.ANSWER, id=message.call_id, ok=True))[0])
+
+
+def make(interactive: bool = False, role: str = "owner", suspend: Any = None,
+         fds: tuple[int, int, int] = (0, 1, 2)) -> HopShell:
+    link = FakeLink()
+    client = HopShell(FakeLoop(), link, OpenRequest(worker="w1", pty=interactive), interactive=interactive,
+                      suspend=suspend, fds=fds)
+    link.client = client
+    client.session_open = True
+    client.session_id = "s1"
+    client.role = Role(role)
+    return client
+
+
+def calls(client: HopShell) -> list[tuple[Any, ...]]:
+    link: Any = client.link
+    return link.calls  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("signum", "name"), [(signal.SIGINT, "INT"), (signal.SIGTERM, "TERM"),
+                                              (signal.SIGHUP, "HUP")])
+def test_command_mode_forwards_the_signal_and_waits_for_the_remote_status(signum, name):
+    client = make()
+    client.signalled(signum)
+    assert calls(client) == [("signal", name)]
+    assert client.status is None
+    client.finish(ExitStatus(signal=signum))
+    assert client.status.cli_status() == 128 + signum
+    client.loop.advance(SIGNAL_GRACE * 2)  # type: ignore[attr-defined]
+    assert calls(client) == [("signal", name)]
+
+
+def test_a_second_signal_within_a_second_gives_up_at_once():
+    client = make()
+    client.signalled(signal.SIGINT)
+    client.loop.advance(GIVE_UP_WITHIN / 2)  # type: ignore[attr-defined]
+    client.signalled(signal.SIGINT)
+    assert calls(client) == [("signal", "INT"), ("close",)]
+    assert client.done
+    assert client.status is not None and client.status.cli_status() == 255
+    assert client.status.reason == "second SIGINT: closed the session without waiting for the remote command"
+
+
+def test_the_same_signal_delivered_twice_at_once_counts_once():
+    client = make()
+    client.signalled(signal.SIGTERM)
+    client.loop.advance(DUPLICATE_WITHIN / 10)  # type: ignore[attr-defined]
+    client.signalled(signal.SIGTERM)
+    assert calls(client) == [("signal", "TERM")]
+    assert client.status is None
+
+
+def test_a_later_second_sigint_is_forwarded_again():
+    client = make()
+    client.signalled(signal.SIGINT)
+    client.loop.advance(GIVE_UP_WITHIN * 2)  # type: ignore[attr-defined]
+    client.signalled(signal.SIGINT)
+    assert calls(client) == [("signal", "INT"), ("signal", "INT")]
+    assert client.status is None
+
+
+def test_sigterm_ignored_remotely_closes_the_session_after_the_grace():
+    client = make()
+    client.signalled(signal.SIGTERM)
+    client.loop.advance(SIGNAL_GRACE + 0.1)  # type: ignore[attr-defined]
+    assert calls(client) == [("signal", "TERM"), ("close",)]
+    assert client.status is not None and client.status.cli_status() == 255
+    assert "within 5 s of SIGTERM" in client.status.reason
+
+
+def test_pty_mode_sigterm_ends_the_session_and_sighup_detaches_it():
+    term = make(interactive=True)
+    term.signalled(signal.SIGTERM)
+    assert calls(term) == [("close",)]
+    assert term.farewell == "Connection to w1 closed (SIGTERM)."
+    hup = make(interactive=True)
+    hup.signalled(signal.SIGHUP)
+    assert calls(hup) == [("detach",)]
+    assert hup.farewell is not None and "slaveshell attach s1" in hup.farewell
+    intr = make(interactive=True)
+    intr.signalled(signal.SIGINT)
+    assert calls(intr) == [("signal", "INT")]
+
+
+def test_a_last_call_the_master_does_not_answer_ends_the_client_after_its_timeout():
+    client = make(interactive=True)
+    client.link.answer_calls = False  # type: ignore[attr-defined]
+    client.signalled(signal.SIGHUP)
+    assert calls(client) == [("detach",)] and client.status is None
+    client.loop.advance(5.1)  # type: ignore[attr-defined]
+    assert client.status is not None and client.status.reason == "detached by SIGHUP"
+
+
+def test_a_watcher_leaves_instead_of_signalling_someone_elses_session():
+    client = make(role="watch")
+    client.signalled(signal.SIGINT)
+    assert calls(client) == [("close",)]
+    assert client.farewell == "Left session s1 on w1." and client.status is not None
+    assert client.status.cli_status() == 130
+
+
+def test_a_signal_before_the_session_is_open_ends_the_client():
+    client = make()
+    client.session_open = False
+    client.signalled(signal.SIGTERM)
+    assert client.status is not None and client.status.cli_status() == 255
+    assert "before the session opened" in client.status.reason
+
+
+def test_tilde_ctrl_z_suspends_then_sends_the_window_size_again(monkeypatch):
+    stops = []
+    client = make(interactive=True, suspend=lambda: stops.append("stopped"), fds=(0, 1, os.open(os.devnull,
+                                                                                                os.O_WRONLY)))
+    monkeypatch.setattr("slaveshell.hop_client.window_size", lambda fd: (100, 30))
+    client._size = (100, 30)  # unchanged: sent anyway, the remote may have missed a change while we were stopped
+    client.typed(b"\r~\x1a")
+    assert stops == ["stopped"]
+    assert calls(client) == [("input", b"\r"), ("resize", 100, 30)]
+
+
+def test_input_stops_being_read_while_the_window_is_full_and_resumes_on_the_ack():
+    client = make()
+    client._update_reading()
+    assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]
+    client.typed(b"x" * INPUT_WINDOW)
+    assert (0, 1) not in client.loop.watched  # type: ignore[attr-defined]
+    client.frame(framing.Decoder().feed(framing.control(Op.INPUT_ACK, n=INPUT_WINDOW, hidden=False))[0])
+    assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]
+
+
+def test_output_credit_is_held_back_while_stdout_does_not_keep_up():
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        client = make(fds=(0, w, w))
+        big = b"y" * 65536
+        for _ in range(4):  # more than the pipe takes
+            client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, big))[0])
+        acked = sum(c[1] for c in calls(client) if c[0] == "ack")
+        assert acked < 4 * len(big)
+        while os.read(r, 1 << 20):  # the reader catches up
+            client.outputs.flush("out")
+            if not client.outputs.pending("out"):
+                break
+        client.outputs.flush("out")
+        assert client.outputs.pending("out") <= STDOUT_HIGH
+        assert sum(c[1] for c in calls(client) if c[0] == "ack") == 4 * len(big)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_malformed_exit_or_answer_from_the_master_ends_the_client_with_one_line():
+    client = make()
+    client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code="zero", signal=None, reason=""))[0])
+    assert client.status == ExitStatus(reason="the master sent a malformed exit")
+    opening = make()
+    opening.session_open = False
+    opening._opened(framing.Control(Op.ANSWER, {"id": 1, "ok": True, "role": "king"}))
+    assert opening.status == ExitStatus(reason="the master sent a malformed reply")
+
+
+def test_the_client_modules_import_no_twisted():
+    import subprocess
+
+    code = ("import sys; import slaveshell.shell_cli, slaveshell.hop, slaveshell.hop_client, slaveshell.escape, "
+            "slaveshell.flow, slaveshell.terminal; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('twisted', 'zope')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_waiting_line_is_checked_and_shown_once_without_controls_and_ctrl_c_stops_waiting():
+    r, w = os.pipe()
+    try:
+        link = FakeLink()
+        client = HopShell(FakeLoop(), link, OpenRequest(worker="w1", pty=True, build=3), interactive=True,
+                          fds=(0, w, w))
+        for bad in (None, 3, ["x"]):
+            client.frame(framing.Decoder().feed(framing.control(Op.WAITING, text=bad))[0])
+        client.frame(framing.Decoder().feed(framing.control(Op.WAITING, text="build 3 is still running\x1b[2J\x07; "
+                                                                        "waiting"))[0])
+        assert os.read(r, 1000) == b"build 3 is still running[2J; waiting\r\n"
+        assert (0, 1) in client.loop.watched  # type: ignore[attr-defined]  # the keyboard is read meanwhile
+        client.typed(b"ls\x03")  # Ctrl-C in a raw terminal: stop waiting
+        assert client.status == ExitStatus(reason="stopped waiting for build 3 to be held")
+        assert client.status.cli_status() == 255
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+_plain = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text(max_size=20),
+                   st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(lambda op, f: ("control", op, f), st.sampled_from(sorted(framing.FROM_MASTER, key=lambda o: o.value)),
+              st.dictionaries(st.sampled_from(["id", "ok", "n", "hidden", "code", "signal", "reason", "text",
+                                               "error", "session", "role", "size"]), _plain)),
+    st.builds(lambda t, b: ("data", t, b), st.sampled_from([FrameType.STDOUT, FrameType.STDERR]),
+              st.binary(max_size=30))), max_size=10))
+def test_a_rogue_master_cannot_crash_the_operators_client(frames):
+    """Any sequence of the master's messages with any values: the client never raises (a broken frame, such as
+    an answer whose id is not an integer, ends the hop with one line), and a well-formed exit
+    is still understood (unless an end came first): it ends exactly once."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        client = make(fds=(0, null, null))
+        client.session_open = False
+        client.start()
+        for kind, what, value in frames:
+            payload = framing.control(what, **value) if kind == "control" else framing.encode(what, value)
+            try:
+                client.frame(framing.Decoder().feed(payload)[0])
+            except framing.WireError as e:  # as the loop does (slaveshell.shell_cli._session): the hop is over
+                ended = client.status
+                client.lost(HopError(f"the master broke the protocol: {e}"))
+                assert client.status == (ended or ExitStatus(reason=f"the master broke the protocol: {e}"))
+                break
+            assert client.status is None or client.status.reason or not client.status.lost
+        ended_before = client.status
+        client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code=7, signal=None, reason=""))[0])
+        assert client.done
+        assert client.status == ended_before if ended_before is not None else client.status.cli_status() == 7
+    finally:
+        os.close(null)
+
+
+def test_output_that_comes_before_the_attach_answer_is_shown_and_acknowledged_once_attached():
+    r, w = os.pipe()
+    try:
+        client = make(fds=(0, w, w))
+        client.session_open = False
+        client.attach = ("s1", "attach")
+        client.link.answer_calls = False  # type: ignore[attr-defined]
+        client.start()
+        client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, b"recent output"))[0])
+        assert os.read(r, 100) == b"recent output" and calls(client) == []
+        client._opened(framing.Control(Op.ANSWER, {"id": 1, "ok": True, "session": "s1", "role": "owner"}))
+        assert calls(client) == [("ack", len(b"recent output"))]
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,0 +1,215 @@
+"""Issue 14, item 1, at unit level: the framing (slaveshell.framing) and the master's framed door
+(master_side.operator_wire) with Twisted's in-memory transports: one socket for both doors, the gate's bounds,
+and hostile clients (oversized frame, unknown type, bad JSON, unknown op, wrong direction, slowloris, a flood
+without reading)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
+
+from master_side.limits import Bounds, ConnectionGate, RefusalAudit
+from master_side.operator_wire import DoorFactory, SniffingBroker, WireDoor
+from slaveshell import framing
+from slaveshell.framing import FrameType, Op
+from slaveshell.policy import Identity
+from tests.test_limits import ALICE, Peer
+
+ROOT = Identity(0, 0, 0, "root", frozenset())
+
+
+@pytest.fixture
+def service(tmp_path: Any) -> Any:
+    return make_service(tmp_path)
+
+
+def make_service(tmp_path: Any) -> Any:
+    from master_side.audit_trail import AuditTrail
+    from master_side.service import ShellService
+
+    class Workers:
+        registrations: dict = {}
+        connections: dict = {}
+
+    class Master:
+        basedir = str(tmp_path)
+        workers = Workers()
+        name = "m"
+
+    class Parent:
+        master = Master()
+
+    svc = ShellService()
+    svc.parent = Parent()
+    svc.trail = AuditTrail(str(tmp_path), "m")  # not started: reads fail plainly
+    svc.clock = MemoryReactorClock()
+    svc.audited = []
+    audit = RefusalAudit(lambda kind, who, detail, worker: svc.audited.append((kind, who.user, detail)),
+                         svc.clock.seconds)
+    svc.gate = ConnectionGate(lambda transport: transport.who, audit, svc.clock.seconds,
+                              Bounds(connections_per_uid=3, connection_buffer=1000))
+    svc.api.gate = svc.gate
+    return svc
+
+
+def connect(service: Any, who: Identity = ROOT, first: bytes = framing.MAGIC) -> tuple[Any, Peer]:
+    """A connection on the shell socket; `first` is what the client sends first. Returns its protocol (the
+    door once the magic is in) and the transport."""
+    broker = DoorFactory(service, service.gate).buildProtocol(None)
+    transport = Peer(who)
+    transport.protocol = broker
+    broker.makeConnection(transport)
+    broker.dataReceived(first)
+    return transport.protocol, transport
+
+
+def frames(transport: Peer) -> list[Any]:
+    """What the master sent, after its magic, as (type, payload or Control)."""
+    data = transport.value()
+    assert framing.MAGIC in data
+    out = []
+    for frame in framing.Decoder().feed(data[data.index(framing.MAGIC) + len(framing.MAGIC):]):
+        out.append(framing.parse_control(frame.payload) if frame.type is FrameType.CONTROL else frame)
+    return out
+
+
+def test_the_framing_round_trips_and_decodes_byte_by_byte():
+    stream = framing.control(Op.OPEN, id=1, request={"worker": "w1"}) + framing.encode(FrameType.INPUT, b"\x00\xffab")
+    decoder = framing.Decoder()
+    got = [f for i in range(len(stream)) for f in decoder.feed(stream[i:i + 1])]
+    assert [f.type for f in got] == [FrameType.CONTROL, FrameType.INPUT]
+    assert framing.parse_control(got[0].payload) == framing.Control(Op.OPEN, {"id": 1, "request": {"worker": "w1"}})
+    assert got[1].payload == b"\x00\xffab" and decoder.pending == 0
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (struct.pack("!BI", FrameType.INPUT, framing.MAX_CHUNK + 1), "INPUT frame of 65537 bytes"),
+    (struct.pack("!BI", FrameType.CONTROL, framing.MAX_CONTROL + 1), "CONTROL frame of 262145 bytes"),
+    (struct.pack("!BI", 99, 0), "unknown type 99"),
+    (struct.pack("!BI", FrameType.STDOUT, 1) + b"x", "STDOUT frame in the wrong direction"),
+])
+def test_the_decoder_refuses_a_bad_header_before_the_payload(data, error):
+    decoder = framing.Decoder(refused=frozenset({FrameType.STDOUT}))
+    with pytest.raises(framing.WireError, match=error):
+        decoder.feed(data)
+    assert decoder.broken and decoder.feed(b"more") == []
+
+
+def test_a_pb_client_is_served_by_pb_and_the_framed_client_by_the_door(service):
+    pb_side, _ = connect(service, first=b"\x02\x82pb")
+    assert isinstance(pb_side, SniffingBroker) and pb_side.admitted
+    door, transport = connect(service)
+    assert isinstance(door, WireDoor) and door.admitted
+    assert service.gate.count() == 2  # each counted once
+    door.dataReceived(framing.control(Op.SESSIONS, id=7))
+    assert frames(transport) == [framing.Control(Op.ANSWER, {"id": 7, "ok": True, "rows": []})]
+
+
+def test_a_magic_in_pieces_still_reaches_the_door(service):
+    broker, transport = connect(service, first=framing.MAGIC[:3])
+    assert isinstance(transport.protocol, SniffingBroker)
+    broker.dataReceived(framing.MAGIC[3:] + framing.control(Op.WORKERS, id=1))
+    assert isinstance(transport.protocol, WireDoor)
+    assert frames(transport) == [framing.Control(Op.ANSWER, {"id": 1, "ok": True, "rows": []})]
+
+
+def test_operator_errors_are_answers_and_session_messages_without_a_session_are_refused(service):
+    door, transport = connect(service)
+    door.dataReceived(framing.control(Op.KILL, id=1, session="nosuch") + framing.control(Op.ATTACH, id=2, session=5,
+                                                                                    mode="x")
+                      + framing.encode(FrameType.INPUT, b"ls\r") + framing.control(Op.RESIZE, cols=1, rows=1))
+    assert frames(transport) == [
+        framing.Control(Op.ANSWER, {"id": 1, "ok": False, "error": "no live session nosuch"}),
+        framing.Control(Op.ANSWER, {"id": 2, "ok": False,
+                                 "error": "bad request: attach needs a sink, a session id and a mode"}),
+        framing.Control(Op.REFUSED, {"method": "input", "error": "no session on this connection"}),
+        framing.Control(Op.REFUSED, {"method": "resize", "error": "no session on this connection"}),
+    ]
+    assert not transport.disconnecting
+
+
+def test_a_bad_open_request_is_a_bad_request_answer(service):
+    door, transport = connect(service)
+    door.dataReceived(framing.control(Op.OPEN, id=3, request={"worker": "w1", "cols": "wide"}))
+    [answer] = frames(transport)
+    assert answer.get("ok") is False and answer.get("error").startswith("bad request: ")
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (struct.pack("!BI", FrameType.CONTROL, 10**9), "a CONTROL frame of 1000000000 bytes (at most 262144)"),
+    (struct.pack("!BI", 200, 3) + b"abc", "a frame of unknown type 200"),
+    (framing.encode(FrameType.CONTROL, b"{not json"), "a control message that is not JSON (JSONDecodeError)"),
+    (framing.encode(FrameType.CONTROL, b"[1, 2]"), "a control message must be a JSON object"),
+    (framing.encode(FrameType.CONTROL, b'{"op": "rm -rf"}'), "unknown control message 'rm -rf'"),
+    (framing.encode(FrameType.CONTROL, json.dumps({"op": "exit", "code": 0}).encode()), "unknown control message"),
+    (framing.encode(FrameType.STDOUT, b"x"), "a STDOUT frame in the wrong direction"),
+    (framing.control(Op.OPEN, request={}), "open: a call needs an id"),
+    (framing.control(Op.KILL, id=-1, session="x"), "kill: the id must be an integer"),
+])
+def test_a_broken_frame_costs_the_connection_with_an_error_frame_and_an_audit(service, data, why):
+    door, transport = connect(service)
+    door.dataReceived(data + framing.control(Op.SESSIONS, id=9))  # nothing after the break is served
+    [error] = frames(transport)
+    assert error.op is Op.ERROR and error.get("text").startswith(f"protocol error: {why}")
+    assert transport.disconnecting
+    assert service.audited == [("dropped", "root", f"connection dropped: {error.get('text')}")]
+
+
+def test_slowloris_partial_frames_are_bounded_per_uid_and_hold_at_most_one_frame(service):
+    doors = []
+    for _ in range(3):  # the gate's bound per uid in this fixture
+        door, transport = connect(service, who=ALICE, first=framing.MAGIC + struct.pack("!BI", FrameType.CONTROL,
+                                                                                      framing.MAX_CONTROL))
+        door.dataReceived(b"{" * 1000)  # and never the rest
+        doors.append(door)
+        assert door.decoder.pending <= framing.HEADER.size + framing.MAX_CONTROL
+    _, refused = connect(service, who=ALICE)
+    assert refused.value().startswith(framing.REFUSED_PREFIX) and refused.disconnecting
+    assert b"alice already has 3 connections" in refused.value()
+
+
+def test_a_flood_of_calls_without_reading_is_dropped_by_the_gate(service):
+    door, transport = connect(service)
+    for i in range(50):
+        door.dataReceived(framing.control(Op.SESSIONS, id=i))
+    transport.dataBuffer = transport.value()  # nothing of it taken by the peer
+    assert len(transport.dataBuffer) > 1000
+    service.gate.tick()
+    assert transport.aborted
+    assert service.audited[0][0] == "dropped" and "did not read" in service.audited[0][2]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40),
+                          st.builds(lambda op, f: framing.control(op, **f), st.sampled_from(list(framing.FROM_CLIENT)),
+                                    st.dictionaries(st.sampled_from(["id", "session", "mode", "n", "cols", "rows",
+                                                                     "name", "build", "request"]),
+                                                    st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=5),
+                                                              st.lists(st.integers(), max_size=2)))),
+                          st.builds(lambda b: framing.encode(FrameType.INPUT, b), st.binary(max_size=20))),
+                max_size=8))
+def test_a_rogue_client_cannot_break_the_door(tmp_path_factory, pieces):
+    """Garbage and well-formed frames with garbage values: the door answers, refuses or closes, never raises."""
+    svc = make_service(tmp_path_factory.mktemp("rogue"))
+    door, transport = connect(svc)
+    for piece in pieces:
+        door.dataReceived(piece)
+    if not transport.disconnecting:
+        for item in frames(transport):
+            assert item.op in (Op.ANSWER, Op.REFUSED)
+
+
+def test_an_answer_json_cannot_hold_is_an_error_answer_not_a_broken_connection(service, monkeypatch):
+    monkeypatch.setattr(service.api, "sessions", lambda who: [{"started": object()}])
+    door, transport = connect(service)
+    door.dataReceived(framing.control(Op.SESSIONS, id=4) + framing.control(Op.WORKERS, id=5))
+    assert frames(transport) == [
+        framing.Control(Op.ANSWER, {"id": 4, "ok": False, "error": "the answer is too large for this client"}),
+        framing.Control(Op.ANSWER, {"id": 5, "ok": True, "rows": []}),
+    ]
