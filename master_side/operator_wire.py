@@ -18,7 +18,8 @@ costs the connection: an ``error`` frame, the close, and a ``dropped`` audit eve
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol, connectionDone
@@ -31,7 +32,7 @@ from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import STREAM_ERR, OpenRequest, ProtocolError
 
-from .limits import ConnectionGate, GatedBroker, GatedFactory, buffered_bytes
+from .limits import ConnectionGate, GatedBroker, GatedFactory, Transport, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
 from .operator_pb import RootFactory
 from .session_pb import ViewerHandle
@@ -54,12 +55,13 @@ class WireViewerSink:
     def gone(self) -> bool:
         return self.door.disconnected
 
-    def send(self, method: str, *args: Any) -> None:
+    def send(self, method: str, *args: object) -> None:
         door = self.door
         if door.disconnected:
             return
         if method == "output":
             stream, data = args
+            assert isinstance(data, bytes), "the relay sends output as bytes"
             door.write(framing.encode(FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT, data))
         elif method == "input_ack":
             door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
@@ -108,7 +110,7 @@ class WireDoor(Protocol):
     # -- the connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        transport: Any = self.transport
+        transport = cast(Transport, self.transport)
         reason = self.gate.admit(cast(pb.Broker, self), transport)
         if reason is not None:
             line = " ".join(reason.split())[:500]
@@ -121,12 +123,11 @@ class WireDoor(Protocol):
     def identity(self) -> Identity:
         if self._identity is None:
             # The gate's identify is peer_identity (SO_PEERCRED) in the service.
-            transport: Any = self.transport
-            self._identity = self.gate.identify(transport)
+            self._identity = self.gate.identify(cast(Transport, self.transport))
         return self._identity
 
     def write(self, data: bytes) -> None:
-        transport: Any = self.transport
+        transport = cast(Transport, self.transport)
         before = buffered_bytes(transport)
         transport.write(data)
         self.written += max(buffered_bytes(transport) - before, 0)
@@ -156,8 +157,7 @@ class WireDoor(Protocol):
         self.decoder.broken = True
         self.gate.audit(self.identity(), "dropped", f"connection dropped: protocol error: {why}")
         self.write(framing.control(Op.ERROR, text=f"protocol error: {why}"))
-        transport: Any = self.transport
-        transport.loseConnection()
+        cast(Transport, self.transport).loseConnection()
 
     # -- frames --------------------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ class WireDoor(Protocol):
             return False
         return True
 
-    def _answer(self, call_id: int, ok: bool, **fields: Any) -> None:
+    def _answer(self, call_id: int, ok: bool, **fields: object) -> None:
         if self.disconnected:
             return
         try:
@@ -242,10 +242,10 @@ class WireDoor(Protocol):
             log.failure("slaveshell: a call on the framed door failed", failure)
             self._answer(call_id, False, error="the master could not serve the call (see its log)")
 
-    def _limited(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _limited(self, fn: Callable[..., object], *args: object) -> object:
         return self.gate.limited(cast(pb.Broker, self), fn, *args)
 
-    def _open(self, who: Identity, params: object) -> Any:
+    def _open(self, who: Identity, params: object) -> defer.Deferred[dict[str, object] | None]:
         if self._viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
@@ -254,7 +254,7 @@ class WireDoor(Protocol):
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
         self._viewing = True
 
-        def answer(view: View | None) -> dict[str, Any] | None:
+        def answer(view: View | None) -> dict[str, object] | None:
             if view is None:
                 return None
             self.handle = self._handle(view)
@@ -263,7 +263,7 @@ class WireDoor(Protocol):
         d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self))
         return d.addCallback(answer)
 
-    def _attach(self, who: Identity, session_id: object, mode: object) -> dict[str, Any]:
+    def _attach(self, who: Identity, session_id: object, mode: object) -> dict[str, object]:
         if self._viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         view = self.service.api.attach(who, WireViewerSink(self), session_id, mode)
@@ -274,6 +274,12 @@ class WireDoor(Protocol):
 
     def _handle(self, view: View) -> ViewerHandle:
         return ViewerHandle(view.session, view.viewer, self.service.registry.peer_error)
+
+
+class _Swappable(Transport, TypingProtocol):
+    """A connection's transport whose protocol can be replaced (abstract.FileDescriptor's `protocol`)."""
+
+    protocol: object
 
 
 class SniffingBroker(GatedBroker):
@@ -299,8 +305,8 @@ class SniffingBroker(GatedBroker):
             super().dataReceived(head)
 
     def _hand_over(self, rest: bytes) -> None:
-        factory: Any = self.factory
-        transport: Any = self.transport
+        factory = cast(DoorFactory, self.factory)
+        transport = cast(_Swappable, self.transport)
         # The gate counted this connection as the broker: it counts it as the door from now on.
         self.gate.release(self)
         self.admitted = False

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -41,12 +41,14 @@ COMMANDS = {
     "quit": "leave the console (or Ctrl-D)",
 }
 SESSION_COMMANDS = ("attach", "watch", "kill", "replay")
+# One row of `slaveshell workers/sessions/history --json`: what the master answered, as JSON decodes it.
+Row = dict[str, object]
 
 
 class Backend(Protocol):
-    def workers(self) -> list[dict[str, Any]]: ...
-    def sessions(self) -> list[dict[str, Any]]: ...
-    def history(self, worker: str | None) -> list[dict[str, Any]]: ...
+    def workers(self) -> list[Row]: ...
+    def sessions(self) -> list[Row]: ...
+    def history(self, worker: str | None) -> list[Row]: ...
     def kill(self, session_id: str) -> str: ...
     def run_interactive(self, argv: list[str]) -> int | Job: ...
     def resume(self, job: Job) -> int | Job: ...
@@ -72,19 +74,19 @@ class CliBackend:
         except subprocess.TimeoutExpired:
             raise BackendError("the master did not answer within 60 s") from None
 
-    def _json(self, *args: str) -> Any:
+    def _json(self, *args: str) -> list[Row]:
         done = self._cli(args[0], "--socket", self.socket, *args[1:], "--json")
         if done.returncode != 0:
             raise BackendError(done.stderr.strip().removeprefix("slaveshell: ") or "the master did not answer")
         return json.loads(done.stdout)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[Row]:
         return list(self._json("workers"))
 
-    def sessions(self) -> list[dict[str, Any]]:
+    def sessions(self) -> list[Row]:
         return list(self._json("sessions"))
 
-    def history(self, worker: str | None) -> list[dict[str, Any]]:
+    def history(self, worker: str | None) -> list[Row]:
         return list(self._json("history", *(["--worker", worker] if worker else []), "--limit", "20"))
 
     def kill(self, session_id: str) -> str:
@@ -118,11 +120,11 @@ class ConsoleCompleter(Completer):
         if len(words) == 1:
             candidates: Iterable[str] = COMMANDS
         elif len(words) == 2 and words[0] in ("shell", "history"):
-            candidates = [w["name"] for w in self.console.cached_workers]
+            candidates = [str(w["name"]) for w in self.console.cached_workers]
         elif len(words) == 2 and words[0] in SESSION_COMMANDS:
-            candidates = [s["id"] for s in self.console.cached_sessions]
+            candidates = [str(s["id"]) for s in self.console.cached_sessions]
             if words[0] == "replay":
-                candidates = list(candidates) + [r["id"] for r in self.console.cached_history]
+                candidates = list(candidates) + [str(r["id"]) for r in self.console.cached_history]
         else:
             candidates = []
         for candidate in candidates:
@@ -135,9 +137,9 @@ class Console:
                  write: Callable[[str], None] | None = None) -> None:
         self.backend = backend
         self.write = write or (lambda text: print(text, end="", flush=True))
-        self.cached_workers: list[dict[str, Any]] = []
-        self.cached_sessions: list[dict[str, Any]] = []
-        self.cached_history: list[dict[str, Any]] = []
+        self.cached_workers: list[Row] = []
+        self.cached_sessions: list[Row] = []
+        self.cached_history: list[Row] = []
         # Sessions handed over that stopped (~^Z), oldest first.
         self.jobs: list[Job] = []
         self.prompt: PromptSession[str] = PromptSession(
@@ -272,8 +274,12 @@ class Console:
             return
         self.write(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} VIEWERS\n")
         for s in self.cached_sessions:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["started"]))
-            viewers = ", ".join(f"{v['user']}({v['role']})" for v in s["viewers"]) or "-"
+            when = s["started"]
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
+            listed = s["viewers"]
+            viewers = ", ".join(f"{v['user']}({v['role']})" for v in listed
+                                if isinstance(v, dict)) if isinstance(listed, list) else ""
+            viewers = viewers or "-"
             self.write(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
                        f"{cell(s['state'], 9)} {visible(viewers)}\n")
 
@@ -283,6 +289,6 @@ class Console:
             self.write("no sessions recorded\n")
             return
         for r in self.cached_history:
-            self.write(f"{cell(r['id'], 13)} {visible(r['started'][:19].replace('T', ' '))} "
+            self.write(f"{cell(r['id'], 13)} {visible(str(r['started'])[:19].replace('T', ' '))} "
                        f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(r['end_reason'] or r['state'], 16)} "
                        f"{visible(r['command'] or '(login shell)')}\n")

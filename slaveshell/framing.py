@@ -29,7 +29,6 @@ import enum
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any
 
 from .protocol import MAX_CHUNK, REFUSED_PREFIX, ProtocolError
 
@@ -103,9 +102,9 @@ class Control:
     it would a PB call's arguments)."""
 
     op: Op
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, object] = field(default_factory=dict)
 
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, name: str, default: object = None) -> object:
         return self.fields.get(name, default)
 
     @property
@@ -126,7 +125,7 @@ def encode(ftype: FrameType, payload: bytes) -> bytes:
     return HEADER.pack(ftype, len(payload)) + payload
 
 
-def control(op: Op, **fields: Any) -> bytes:
+def control(op: Op, **fields: object) -> bytes:
     """A CONTROL frame. ValueError when the JSON is over MAX_CONTROL; TypeError for a value JSON cannot hold."""
     body = dict(fields, op=op.value)
     return encode(FrameType.CONTROL, json.dumps(body, separators=(",", ":")).encode())

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import framing
 from .framing import Control, Frame, FrameType
@@ -48,7 +48,7 @@ class Link(Protocol):
 
     def next_id(self) -> int: ...
     def send(self, frame: bytes) -> None: ...
-    def control(self, op: framing.Op, **fields: Any) -> None: ...
+    def control(self, op: framing.Op, **fields: object) -> None: ...
 
 
 class HopError(Exception):
@@ -101,7 +101,7 @@ class Connection:
             self.out += frame
             self.flush()
 
-    def control(self, op: framing.Op, **fields: Any) -> None:
+    def control(self, op: framing.Op, **fields: object) -> None:
         self.send(framing.control(op, **fields))
 
     def flush(self) -> None:
@@ -163,11 +163,14 @@ def parse(frame: Frame) -> Control:
 _SESSION_FIELDS = {"eof": (), "resize": ("cols", "rows"), "signal": ("name",), "ack": ("n",)}
 
 
-def session_frame(method: str, *args: Any) -> bytes:
+def session_frame(method: str, *args: object) -> bytes:
     """An answer-less session message (slaveshell.protocol.WireControl's input, eof, resize, signal, ack) as
     a frame: input as raw bytes, the others as control messages."""
     if method == "input":
-        return framing.encode(FrameType.INPUT, args[0])
+        data = args[0]
+        if not isinstance(data, bytes):
+            raise TypeError("input is bytes")
+        return framing.encode(FrameType.INPUT, data)
     return framing.control(framing.Op(method), **dict(zip(_SESSION_FIELDS[method], args, strict=True)))
 
 

@@ -11,7 +11,6 @@ import os
 import selectors
 import signal
 from collections.abc import Callable
-from typing import Any
 
 from . import escape as esc
 from . import framing
@@ -356,7 +355,7 @@ class HopShell:
             n, self._unacked = self._unacked, 0
             self.control.ack(n)
 
-    def _send(self, method: str, *args: Any) -> None:
+    def _send(self, method: str, *args: object) -> None:
         """A session message (slaveshell.protocol.WireControl's calls) as a frame; close and detach are calls."""
         if not self.session_open or self.status is not None:
             return
@@ -365,7 +364,7 @@ class HopShell:
         else:
             self.link.send(session_frame(method, *args))
 
-    def _call(self, op: Op, on_answer: Callable[[framing.Control | None], None], **fields: Any) -> None:
+    def _call(self, op: Op, on_answer: Callable[[framing.Control | None], None], **fields: object) -> None:
         call_id = self.link.next_id()
         frame = framing.control(op, id=call_id, **fields)
         self._answers[call_id] = on_answer
