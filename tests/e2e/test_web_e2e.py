@@ -27,8 +27,9 @@ if not os.path.exists(CHROMIUM):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_MS = 60_000
-# Screenshots of the pages, for the README and the closing notes (kept by the suite).
-SHOTS = os.path.join(ROOT, "docs", "screenshots")
+# Screenshots of the pages: into this directory when set (SLAVESHELL_SCREENSHOTS=docs/screenshots refreshes the
+# README's), else into the test's temporary directory.
+SHOTS = os.environ.get("SLAVESHELL_SCREENSHOTS", "")
 
 # alice has the role that Buildbot's authz gives the shell action to, bob does not; slaveshell's policy lets
 # that role open shells (and bob too, so that his refusal is Buildbot's authz's).
@@ -180,8 +181,9 @@ def events(site: Sandbox, operator: str) -> list[tuple[str, int, str]]:
 
 
 def shot(page: Any, name: str) -> None:
-    os.makedirs(SHOTS, exist_ok=True)
-    page.screenshot(path=os.path.join(SHOTS, name))
+    where = SHOTS or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"slaveshell-screenshots-{os.getpid()}")
+    os.makedirs(where, exist_ok=True)
+    page.screenshot(path=os.path.join(where, name))
 
 
 def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site: Sandbox) -> None:
