@@ -223,6 +223,8 @@ class WireDoor(Protocol):
                 result = {"text": api.kill(who, message.get("session"))}
             elif op is Op.WORKERS:
                 result = {"rows": api.workers(who)}
+            elif op is Op.HISTORY:
+                result = api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
             else:  # Op.SESSIONS
                 result = {"rows": api.sessions(who)}
         except OperatorError as e:

@@ -317,9 +317,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from .console import CliBackend, Console
+    from .console import Console, MasterBackend
 
-    return Console(CliBackend(_socket_path(args))).run()
+    return Console(MasterBackend(_socket_path(args))).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -8,9 +8,7 @@ with a pipe input, a dummy output and a fake backend.
 
 from __future__ import annotations
 
-import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +21,9 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
+from .calls import CALL_TIMEOUT, CallError, MasterCalls, rows
 from .display import cell, visible
+from .framing import Op
 from .jobcontrol import Foreground, Job
 
 COMMANDS = {
@@ -59,41 +59,38 @@ class BackendError(Exception):
     pass
 
 
-class CliBackend:
-    """Talks to the master through our own CLI (one process per call: Twisted's reactor runs once per
-    process, and the console must outlive many sessions)."""
+class MasterBackend:
+    """Talks to the master over one framed connection, kept for the console's life (slaveshell.calls); the
+    sessions themselves are child processes (`buildbot-shell`, `slaveshell attach`) that own the terminal."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, timeout: float = CALL_TIMEOUT) -> None:
         self.socket = socket_path
+        self.calls = MasterCalls(socket_path, timeout)
         self.foreground = Foreground(0)
 
-    def _cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def _call(self, op: Op, **fields: object) -> dict[str, object]:
         try:
-            return subprocess.run([sys.executable, "-m", "slaveshell.cli", *args], capture_output=True, text=True,
-                                  timeout=60)
-        except subprocess.TimeoutExpired:
-            raise BackendError("the master did not answer within 60 s") from None
+            return self.calls.call(op, **fields)
+        except CallError as e:
+            raise BackendError(str(e)) from None
 
-    def _json(self, *args: str) -> list[Row]:
-        done = self._cli(args[0], "--socket", self.socket, *args[1:], "--json")
-        if done.returncode != 0:
-            raise BackendError(done.stderr.strip().removeprefix("slaveshell: ") or "the master did not answer")
-        return json.loads(done.stdout)
+    def _rows(self, op: Op, **fields: object) -> list[Row]:
+        try:
+            return rows(self._call(op, **fields))
+        except CallError as e:
+            raise BackendError(str(e)) from None
 
     def workers(self) -> list[Row]:
-        return list(self._json("workers"))
+        return self._rows(Op.WORKERS)
 
     def sessions(self) -> list[Row]:
-        return list(self._json("sessions"))
+        return self._rows(Op.SESSIONS)
 
     def history(self, worker: str | None) -> list[Row]:
-        return list(self._json("history", *(["--worker", worker] if worker else []), "--limit", "20"))
+        return self._rows(Op.HISTORY, filters={"worker": worker, "limit": 20} if worker else {"limit": 20})
 
     def kill(self, session_id: str) -> str:
-        done = self._cli("kill", "--socket", self.socket, session_id)
-        if done.returncode != 0:
-            raise BackendError(done.stderr.strip().removeprefix("slaveshell: "))
-        return done.stdout.strip()
+        return str(self._call(Op.KILL, session=session_id).get("text", ""))
 
     def run_interactive(self, argv: list[str]) -> int | Job:
         """Hand the terminal over: the child owns it until it exits (its status) or stops (a Job)."""

@@ -66,6 +66,7 @@ class Op(enum.Enum):
     KILL = "kill"  # session; answer: text
     WORKERS = "workers"  # answer: rows
     SESSIONS = "sessions"  # answer: rows
+    HISTORY = "history"  # filters (OperatorAPI.history's); answer: rows
     CLOSE = "close"  # end the session (answered once the master has it)
     DETACH = "detach"  # leave it running (answered once the master has it)
     # client to master: session messages (answer-less)
@@ -82,7 +83,8 @@ class Op(enum.Enum):
     ERROR = "error"  # text: the framing was broken; the master closes the connection
 
 
-CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.CLOSE, Op.DETACH})
+CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.CLOSE,
+                   Op.DETACH})
 FROM_CLIENT = CALLS | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ACK}
 FROM_MASTER = frozenset(Op) - FROM_CLIENT
 _OPS = {op.value: op for op in Op}

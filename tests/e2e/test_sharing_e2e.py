@@ -161,7 +161,20 @@ def test_console_lists_workers_opens_a_shell_and_comes_back(sandbox):
         c.expect("slaveshell>")
         c.child.send("sessions\r")
         c.expect("slaveshell>")
+        c.child.send("history w1\r")
+        c.expect("exit 3|code 3|w1")
+        c.expect("slaveshell>")
+        # Every question went over the console's one connection to the master: no process per command.
+        assert _sockets_to(c.child.pid, sandbox.socket) == 1
         c.child.send("quit\r")
         assert c.wait() == 0
     finally:
         c.close()
+
+
+def _sockets_to(pid, path):
+    """How many of process `pid`'s sockets are connected to the UNIX socket at `path`: ss lists the master's
+    accepted end with the path and the peer's inode, and the process's own end with that inode."""
+    lines = [line.split() for line in subprocess.run(["ss", "-xp"], capture_output=True, text=True).stdout.splitlines()]
+    mine = {f[5] for f in lines if len(f) > 7 and f"pid={pid}," in f[-1]}
+    return sum(1 for f in lines if len(f) > 7 and f[4] == path and f[7] in mine)
