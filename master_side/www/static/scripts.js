@@ -122,16 +122,16 @@
       h("h4", null, "Shells ", h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
         onClick: function () { go("#/slaveshell/history"); } }, "History and replay")),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
-      h("table", { className: "table table-sm slaveshell-fleet" },
+      h("div", { className: "table-responsive" }, h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
           h("th", null, "Sessions"), h("th", null, ""))),
-        h("tbody", null, rows)),
+        h("tbody", null, rows))),
       h("h5", null, "Live sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
-      h("table", { className: "table table-sm slaveshell-sessions" },
+      h("div", { className: "table-responsive" }, h("table", { className: "table table-sm slaveshell-sessions" },
         h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"), h("th", null, "Operator"),
           h("th", null, "Command"), h("th", null, "State"), h("th", null, "Viewers"), h("th", null, ""))),
-        h("tbody", null, h(SessionRows, { sessions: sessions }))));
+        h("tbody", null, h(SessionRows, { sessions: sessions })))));
   }
 
   function describeExit(m) {
@@ -354,7 +354,7 @@
     var body;
     if (state.error) body = h("div", { className: "alert alert-danger slaveshell-refused" }, "History: " + state.error);
     else if (!state.rows) body = h("p", null, "Loading the audit index...");
-    else body = h("table", { className: "table table-sm slaveshell-history" },
+    else body = h("div", { className: "table-responsive" }, h("table", { className: "table table-sm slaveshell-history" },
       h("thead", null, h("tr", null, ["Session", "Worker", "Operator", "Command", "Started", "Ended", "Outcome",
         "Hidden input", ""].map(function (t) { return h("th", { key: t }, t); }))),
       h("tbody", null, state.rows.map(function (r) {
@@ -365,7 +365,7 @@
           h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""),
           h("td", null, h("button", { className: "btn btn-secondary btn-sm slaveshell-replay",
             onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")));
-      })));
+      }))));
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shell sessions: history"),
       h("div", { style: { marginBottom: "0.5em" } }, field("worker", "worker"), field("user", "operator (web:name)"),
