@@ -17,6 +17,7 @@ costs the connection: an ``error`` frame, the close, and a ``dropped`` audit eve
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from typing import Protocol as TypingProtocol
@@ -198,8 +199,8 @@ class WireDoor(Protocol):
         if self.disconnected:
             return
         try:
-            frame = framing.control(Op.ANSWER, id=call_id, ok=ok, **fields)
-        except (TypeError, ValueError) as e:  # a value JSON cannot hold, or over MAX_CONTROL
+            frame = framing.answer(id=call_id, ok=ok, **fields)
+        except (TypeError, ValueError) as e:  # a value JSON cannot hold, or over MAX_ANSWER
             log.warn("slaveshell: an answer does not fit the framed hop: {e}", e=str(e)[:200])
             frame = framing.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
         self.write(frame)
@@ -225,6 +226,12 @@ class WireDoor(Protocol):
                 result = {"rows": api.workers(who)}
             elif op is Op.HISTORY:
                 result = api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+            elif op is Op.SEARCH:
+                result = api.search(who, message.get("text"), message.get("filters")).addCallback(
+                    lambda rows: {"rows": rows})
+            elif op is Op.TRANSCRIPT:
+                result = api.transcript(who, message.get("session"), message.get("offset")).addCallback(
+                    lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
             else:  # Op.SESSIONS
                 result = {"rows": api.sessions(who)}
         except OperatorError as e:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from .calls import CallError, MasterCalls
+from .calls import rows as answer_rows
 from .display import cell, visible
+from .framing import Op
 from .shell_cli import find_socket
 
 
@@ -16,68 +20,34 @@ def _socket_path(args: argparse.Namespace) -> str:
     return find_socket(args)
 
 
-def call_master(socket_path: str, method: str, *args: Any) -> Any:
-    """One call on the master's root object, run to completion (for one-shot commands)."""
-    return with_master(socket_path, lambda root: root.callRemote(method, *args))
-
-
 class Interrupted(Exception):
     """SIGINT (Ctrl-C) while waiting for the master: the command stops with 130 and one line."""
 
 
-def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
-    """Run `work(root)` (returning a Deferred) against the master and return its result. The reactor runs
-    once per process, so one command does all its calls inside one `work`. Raises `Interrupted` on SIGINT
-    (the reactor runs without Twisted's signal handlers, so a KeyboardInterrupt would land inside its loop)."""
-    import signal
-
-    from twisted.internet import defer
-    from twisted.internet import reactor as _reactor
-
-    reactor: Any = _reactor
-
-    from .client import connect
-
-    outcome: list[Any] = []
-
-    def interrupted(signum: int, frame: object) -> None:
-        if not outcome:
-            outcome.append((False, Interrupted()))
-        reactor.callFromThread(_stop, reactor)
-
-    @defer.inlineCallbacks
-    def go() -> Any:
-        try:
-            root = yield connect(reactor, socket_path)
-            outcome.append((True, (yield work(root))))
-        except Exception as e:
-            outcome.append((False, e))
-        finally:
-            _stop(reactor)
-
-    previous = signal.signal(signal.SIGINT, interrupted)
+def call_master(socket_path: str, op: Op, **fields: object) -> dict[str, object]:
+    """One call to the master over the framed hop (slaveshell.calls), for one-shot commands: the answer's
+    fields. CallError with the master's line; Interrupted on Ctrl-C."""
+    calls = MasterCalls(socket_path)
     try:
-        reactor.callWhenRunning(go)
-        reactor.run(installSignalHandlers=False)
+        return calls.call(op, **fields)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
     finally:
-        signal.signal(signal.SIGINT, previous)
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+        calls.close()
 
 
-def _stop(reactor: Any) -> None:
-    if reactor.running:
-        reactor.stop()
+def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
+    """`slaveshell.client.with_master` (PB, for `slaveshell cp`), imported when used."""
+    from .client import with_master as over_pb
+
+    return over_pb(socket_path, work)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
     try:
-        workers = call_master(_socket_path(args), "workers")
-    except Exception as e:
-        print(f"slaveshell: {visible(e)}", file=sys.stderr)
-        return 255
+        workers = answer_rows(call_master(_socket_path(args), Op.WORKERS))
+    except (CallError, Interrupted) as e:
+        return _fail(e)
     if args.json:
         print(json.dumps(workers, indent=1))
         return 0
@@ -93,10 +63,7 @@ def _fail(error: Exception) -> int:
     if isinstance(error, Interrupted):
         print("slaveshell: interrupted", file=sys.stderr)
         return 130
-    text = str(error)
-    if hasattr(error, "remoteType"):  # a pb.Error raised by the master: its message is for us
-        text = str(error.args[0]) if error.args else text
-    print(f"slaveshell: {visible(text)}", file=sys.stderr)
+    print(f"slaveshell: {visible(str(error))}", file=sys.stderr)
     return 255
 
 
@@ -120,12 +87,13 @@ def _parse_since(text: str | None) -> float | None:
     return when.timestamp()
 
 
-def _duration(row: dict[str, Any]) -> str:
+def _duration(row: dict[str, object]) -> str:
     import datetime as dt
 
     if not row.get("ended"):
         return "-"
-    seconds = (dt.datetime.fromisoformat(row["ended"]) - dt.datetime.fromisoformat(row["started"])).total_seconds()
+    ended, started = dt.datetime.fromisoformat(str(row["ended"])), dt.datetime.fromisoformat(str(row["started"]))
+    seconds = (ended - started).total_seconds()
     return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
@@ -133,8 +101,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit,
                "build": args.build}
     try:
-        rows = call_master(_socket_path(args), "history", filters)
-    except Exception as e:
+        rows = answer_rows(call_master(_socket_path(args), Op.HISTORY, filters=filters))
+    except (CallError, Interrupted) as e:
         return _fail(e)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -145,7 +113,7 @@ def cmd_history(args: argparse.Namespace) -> int:
           f"{'HIDDEN':9} COMMAND")
     for r in rows:
         end = r["end_reason"] or r["state"]
-        print(f"{cell(r['id'], 13)} {r['started'][:19].replace('T', ' '):20} {_duration(r):9} "
+        print(f"{cell(r['id'], 13)} {str(r['started'])[:19].replace('T', ' '):20} {_duration(r):9} "
               f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(end, 14)} {summary(r):9} "
               f"{visible(r['command'] or '(login shell)')}")
     if any(r.get("hidden_flag") for r in rows):
@@ -155,25 +123,30 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def fetch_transcript(socket_path: str, session_id: str) -> bytes:
-    from twisted.internet import defer
-
-    @defer.inlineCallbacks
-    def fetch(root: Any) -> Any:
-        parts, offset = [], 0
+    """A session's whole transcript, chunk by chunk over one connection. CallError, Interrupted."""
+    calls = MasterCalls(socket_path)
+    parts, offset = [], 0
+    try:
         while True:
-            chunk = yield root.callRemote("transcript", session_id, offset)
-            parts.append(chunk["data"])
-            offset += len(chunk["data"])
-            if chunk["eof"]:
+            chunk = calls.call(Op.TRANSCRIPT, session=session_id, offset=offset)
+            encoded = chunk.get("data")
+            if not isinstance(encoded, str):
+                raise CallError("the master's transcript answer has no data")
+            data = base64.b64decode(encoded)
+            parts.append(data)
+            offset += len(data)
+            if chunk.get("eof") is not False:
                 return b"".join(parts)
-
-    return bytes(with_master(socket_path, fetch))
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+    finally:
+        calls.close()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     try:
         data = fetch_transcript(_socket_path(args), args.session)
-    except Exception as e:
+    except (CallError, Interrupted) as e:
         return _fail(e)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
@@ -186,7 +159,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         data = fetch_transcript(_socket_path(args), args.session)
-    except Exception as e:
+    except (CallError, Interrupted) as e:
         return _fail(e)
     cast = parse_lines(data.decode("utf-8", "surrogateescape").splitlines(keepends=True))
     try:
@@ -225,7 +198,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"slaveshell: {e}", file=sys.stderr)
         return 255
-    except Exception as e:
+    except (CallError, Interrupted) as e:
         return _fail(e)
     spans = hidden.spans(cast.events)
     if not spans:
@@ -252,15 +225,15 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": 10_000}
     try:
-        hits = call_master(_socket_path(args), "search", args.text, filters)
-    except Exception as e:
+        hits = answer_rows(call_master(_socket_path(args), Op.SEARCH, text=args.text, filters=filters))
+    except (CallError, Interrupted) as e:
         return _fail(e)
     if args.json:
         print(json.dumps(hits, indent=1))
         return 0 if hits else 1
     for h in hits:
         flag = "  [hidden input flagged]" if h.get("hidden_flag") else ""
-        print(f"{visible(h['session'])}  {h['started'][:19].replace('T', ' ')} +{h['time']:.1f}s  "
+        print(f"{visible(h['session'])}  {str(h['started'])[:19].replace('T', ' ')} +{h['time']:.1f}s  "
               f"{visible(h['operator'])}@{visible(h['worker'])}{flag}  {h['stream']}: {visible(h['context'])}")
     return 0 if hits else 1
 
@@ -269,16 +242,19 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     import time
 
     try:
-        sessions = call_master(_socket_path(args), "sessions")
-    except Exception as e:
+        sessions = answer_rows(call_master(_socket_path(args), Op.SESSIONS))
+    except (CallError, Interrupted) as e:
         return _fail(e)
     if args.json:
         print(json.dumps(sessions, indent=1))
         return 0
     print(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'IDLE':>6}  VIEWERS")
     for s in sessions:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["started"]))
-        viewers = ", ".join(f"{v['user']}({v['role']})" for v in s["viewers"]) or "-"
+        when, listed = s["started"], s["viewers"]
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
+        viewers = ", ".join(f"{v['user']}({v['role']})" for v in listed if isinstance(v, dict)) \
+            if isinstance(listed, list) else ""
+        viewers = viewers or "-"
         print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
               f"{s['state']:9} {s['idle']:>5.0f}s  {visible(viewers)}")
     return 0
@@ -286,16 +262,16 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     try:
-        print(visible(call_master(_socket_path(args), "release", args.build)))
-    except Exception as e:
+        print(visible(call_master(_socket_path(args), Op.RELEASE, build=args.build).get("text", "")))
+    except (CallError, Interrupted) as e:
         return _fail(e)
     return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     try:
-        print(visible(call_master(_socket_path(args), "kill", args.session)))
-    except Exception as e:
+        print(visible(call_master(_socket_path(args), Op.KILL, session=args.session).get("text", "")))
+    except (CallError, Interrupted) as e:
         return _fail(e)
     return 0
 

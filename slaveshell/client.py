@@ -1,13 +1,14 @@
-"""The slaveshell tools' PB connection to the master's socket (`slaveshell sessions`, `history`, `kill`...).
+"""`slaveshell cp`'s PB connection to the master's socket.
 
-`buildbot-shell` and `slaveshell attach/watch` no longer use it: they speak the framed hop (slaveshell.hop,
-slaveshell.hop_client), without Twisted. The master tells the two apart by the first bytes
+Every other tool (`buildbot-shell`, `slaveshell attach/watch/sessions/history/kill...`, the console) speaks the
+framed hop (slaveshell.hop, slaveshell.calls), without Twisted. The master tells the two apart by the first bytes
 (master_side.operator_wire.SniffingBroker).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -77,3 +78,50 @@ def _oserror_text(error: object) -> str:
         return os.strerror(error)
     text = str(error)
     return text.rstrip(".") or type(error).__name__
+
+
+def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
+    """Run `work(root)` (returning a Deferred) against the master and return its result. The reactor runs
+    once per process, so one command does all its calls inside one `work`. Raises `Interrupted` on SIGINT
+    (the reactor runs without Twisted's signal handlers, so a KeyboardInterrupt would land inside its loop)."""
+    import signal
+
+    from twisted.internet import defer
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+
+    outcome: list[Any] = []
+
+    def interrupted(signum: int, frame: object) -> None:
+        if not outcome:
+            from .cli import Interrupted
+
+            outcome.append((False, Interrupted()))
+        reactor.callFromThread(_stop, reactor)
+
+    @defer.inlineCallbacks
+    def go() -> Any:
+        try:
+            root = yield connect(reactor, socket_path)
+            outcome.append((True, (yield work(root))))
+        except Exception as e:
+            outcome.append((False, e))
+        finally:
+            _stop(reactor)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        reactor.callWhenRunning(go)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _stop(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()

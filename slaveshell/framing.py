@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 from .protocol import MAX_CHUNK, REFUSED_PREFIX, ProtocolError
 
-__all__ = ["MAGIC", "MAX_CHUNK", "MAX_CONTROL", "MAX_SKIP", "REFUSED_PREFIX", "Control", "Decoder", "Frame",
-           "FrameType", "Op", "WireError", "control", "encode", "parse_control"]
+__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_SKIP", "REFUSED_PREFIX", "Control", "Decoder",
+           "Frame", "FrameType", "Op", "WireError", "answer", "control", "encode", "parse_control"]
 
 MAGIC = b"SLAVESHELL/1\n"
 # Bytes the client may see before the master's MAGIC (PB's dialect list is 12): more is not this master.
@@ -41,6 +41,8 @@ MAX_SKIP = 256
 # A control message's JSON, in bytes. An open request's own bounds (slaveshell.protocol) are far larger in
 # theory (128 variables of 16 KiB); a request over this is refused on the client, with the reason.
 MAX_CONTROL = 256 * 1024
+# An answer's JSON from the master (rows of history or search, a transcript chunk): the client holds one at a time.
+MAX_ANSWER = 16 * 1024 * 1024
 HEADER = struct.Struct("!BI")
 MAX_ID = 2**31 - 1
 
@@ -67,6 +69,8 @@ class Op(enum.Enum):
     WORKERS = "workers"  # answer: rows
     SESSIONS = "sessions"  # answer: rows
     HISTORY = "history"  # filters (OperatorAPI.history's); answer: rows
+    SEARCH = "search"  # text, filters; answer: rows
+    TRANSCRIPT = "transcript"  # session, offset; answer: data (base64 of up to MAX_CHUNK bytes), eof
     CLOSE = "close"  # end the session (answered once the master has it)
     DETACH = "detach"  # leave it running (answered once the master has it)
     # client to master: session messages (answer-less)
@@ -83,8 +87,8 @@ class Op(enum.Enum):
     ERROR = "error"  # text: the framing was broken; the master closes the connection
 
 
-CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.CLOSE,
-                   Op.DETACH})
+CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.SEARCH,
+                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH})
 FROM_CLIENT = CALLS | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ACK}
 FROM_MASTER = frozenset(Op) - FROM_CLIENT
 _OPS = {op.value: op for op in Op}
@@ -120,10 +124,11 @@ class Control:
         return value
 
 
-def encode(ftype: FrameType, payload: bytes) -> bytes:
-    """One frame. ValueError (our bug, not the peer's) when the payload is over its type's limit."""
-    if len(payload) > _LIMITS[ftype]:
-        raise ValueError(f"a {ftype.name} frame of {len(payload)} bytes (at most {_LIMITS[ftype]})")
+def encode(ftype: FrameType, payload: bytes, limit: int | None = None) -> bytes:
+    """One frame. ValueError (our bug, not the peer's) when the payload is over its type's limit (or `limit`)."""
+    most = _LIMITS[ftype] if limit is None else limit
+    if len(payload) > most:
+        raise ValueError(f"a {ftype.name} frame of {len(payload)} bytes (at most {most})")
     return HEADER.pack(ftype, len(payload)) + payload
 
 
@@ -131,6 +136,13 @@ def control(op: Op, **fields: object) -> bytes:
     """A CONTROL frame. ValueError when the JSON is over MAX_CONTROL; TypeError for a value JSON cannot hold."""
     body = dict(fields, op=op.value)
     return encode(FrameType.CONTROL, json.dumps(body, separators=(",", ":")).encode())
+
+
+def answer(**fields: object) -> bytes:
+    """The master's ANSWER to a call, up to MAX_ANSWER (ValueError over it; TypeError for a value JSON cannot
+    hold)."""
+    body = dict(fields, op=Op.ANSWER.value)
+    return encode(FrameType.CONTROL, json.dumps(body, separators=(",", ":")).encode(), MAX_ANSWER)
 
 
 def parse_control(payload: bytes, allowed: frozenset[Op] = frozenset(Op)) -> Control:
@@ -150,12 +162,14 @@ def parse_control(payload: bytes, allowed: frozenset[Op] = frozenset(Op)) -> Con
 
 class Decoder:
     """Frames out of a byte stream, incrementally. Holds at most one frame's header and payload (5 bytes +
-    MAX_CONTROL); `feed` raises WireError on an unknown type, a frame over its type's limit, or a type in
-    `refused` (the other direction's), as soon as the header is in."""
+    `max_control`: MAX_CONTROL from a client, MAX_ANSWER from the master); `feed` raises WireError on an
+    unknown type, a frame over its type's limit, or a type in `refused` (the other direction's), as soon as the
+    header is in."""
 
-    def __init__(self, refused: frozenset[FrameType] = frozenset()) -> None:
+    def __init__(self, refused: frozenset[FrameType] = frozenset(), max_control: int = MAX_CONTROL) -> None:
         self._buffer = bytearray()
         self._refused = refused
+        self._limits = {**_LIMITS, FrameType.CONTROL: max_control}
         self.broken = False
 
     @property
@@ -178,9 +192,9 @@ class Decoder:
             if ftype in self._refused:
                 self.broken = True
                 raise WireError(f"a {ftype.name} frame in the wrong direction")
-            if length > _LIMITS[ftype]:
+            if length > self._limits[ftype]:
                 self.broken = True
-                raise WireError(f"a {ftype.name} frame of {length} bytes (at most {_LIMITS[ftype]})")
+                raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
             end = HEADER.size + length
             if len(self._buffer) < end:
                 break

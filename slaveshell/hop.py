@@ -87,7 +87,7 @@ class Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.out = bytearray()
-        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}))
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER)
         self.greeted = False
         self.closed = False
         self._head = b""

@@ -127,7 +127,7 @@ def test_visible_is_inert_idempotent_and_cells_have_their_width(text):
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, answer: Any, command: Callable[[argparse.Namespace], int],
             **args: Any) -> str:
-    monkeypatch.setattr(cli, "call_master", lambda *a: answer)
+    monkeypatch.setattr(cli, "call_master", lambda *a, **k: {"rows": answer})
     out = io.StringIO()
     namespace = argparse.Namespace(socket="/nonexistent", master=None, json=False, **args)
     with contextlib.redirect_stdout(out):
@@ -185,14 +185,15 @@ def test_search_hits_are_shown_inert(monkeypatch, rows):
     assert len([line for line in screen.display if line.strip()]) == len(rows)
 
 
-# What PB can carry: strings travel as UTF-8, so no lone surrogates (JSON would read a pair of them as one).
+# What the framed hop can carry: strings travel as UTF-8 JSON, so no lone surrogates (JSON would read a pair of
+# them as one).
 wire_text = st.lists(st.one_of(st.characters(codec="utf-8"), st.sampled_from(NASTY[:20])), max_size=12).map("".join)
 
 
 @given(st.lists(st.tuples(wire_text, wire_text, wire_text), min_size=1, max_size=3))
 def test_json_output_is_exact_and_inert(monkeypatch, rows):
     workers = [worker_row(*r) for r in rows]
-    monkeypatch.setattr(cli, "call_master", lambda *a: workers)
+    monkeypatch.setattr(cli, "call_master", lambda *a, **k: {"rows": workers})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         cli.cmd_workers(argparse.Namespace(socket="/x", master=None, json=True))
@@ -202,10 +203,10 @@ def test_json_output_is_exact_and_inert(monkeypatch, rows):
 
 
 def test_master_errors_are_shown_inert(monkeypatch, capsys):
-    from twisted.spread import pb
+    from slaveshell.calls import CallError
 
-    def refuse(*args: Any) -> Any:
-        raise pb.Error("no worker named 'x\x1b]0;T\x07' \x1b[2J")
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise CallError("no worker named 'x\x1b]0;T\x07' \x1b[2J")
 
     monkeypatch.setattr(cli, "call_master", refuse)
     assert cli.cmd_kill(argparse.Namespace(socket="/x", master=None, session="s")) == 255
