@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
-from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, ProtocolError, Role
+from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, STREAM_OUT, ProtocolError, Role
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -22,7 +22,7 @@ Send = Callable[..., None]
 class Recorder(Protocol):
     """What the relay tells the audit trail (master_side.recorder implements it)."""
 
-    def output(self, data: bytes) -> None: ...
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
     def input(self, data: bytes, hidden: bool) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
     def marker(self, text: str) -> None: ...
@@ -34,7 +34,7 @@ class NullRecorder:
     def flush(self) -> None:
         pass
 
-    def output(self, data: bytes) -> None:
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         pass
 
     def input(self, data: bytes, hidden: bool) -> None:
