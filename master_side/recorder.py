@@ -124,9 +124,14 @@ class SessionRecorder:
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         if self.attachment is None:
             self._add(self.encoder.output(self._t(), data))
-            return
+        else:
+            self._bulk(data, stream)
+
+    def _bulk(self, data: bytes, stream: int) -> None:
+        """A bulk chunk (stream 0: input): inline when short text, else raw in the attachment, then its event."""
+        assert self.attachment is not None
         t = self._t()
-        lines = self.encoder.bulk(t, data)
+        lines = self.encoder.bulk(t, data, "i" if stream == 0 else "o")
         if lines is None:
             if self.file is None or self.failed is not None:
                 return
@@ -145,6 +150,9 @@ class SessionRecorder:
             return
         self._end_span()
         self._after_hidden_line = False
+        if self.attachment is not None and self.encoder.record_input:
+            self._bulk(data, 0)  # an upload through a pipe: as cheap as output
+            return
         self._add(self.encoder.input(self._t(), data, hidden))
 
     # -- hidden input (slaveshell.hidden) ---------------------------------------------------------

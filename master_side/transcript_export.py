@@ -107,7 +107,7 @@ class _Layout:
             return None  # an `a` line that cannot be expanded is served as it is
 
     def _expand(self, t: float, data: str) -> bytes:
-        lines = expand_event(t, read_attached(self.read_bin, data))
+        lines = expand_event(t, data, read_attached(self.read_bin, data))
         return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
     def read(self, offset: int, size: int) -> bytes:
@@ -117,6 +117,8 @@ class _Layout:
             part, start = self.parts[index], self.starts[index]
             skip = offset + len(out) - start
             want = size - len(out)
+            if skip >= part.length:
+                break  # past the end
             if not part.ref:
                 with open(self.path, "rb") as f:
                     f.seek(part.offset + skip)
@@ -154,10 +156,11 @@ class ExportReader:
 
 
 def read_cast(path: str) -> Cast:
-    """The expanded transcript, parsed (search reads this). ValueError when it is not a transcript."""
+    """The expanded transcript, parsed, text only (search reads this: attached bytes that are not UTF-8 are
+    U+FFFD, without their exact base64 copy). ValueError when it is not a transcript."""
     bin_path = attachment_path(path)
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return parse_lines(expand_lines(f, _reader(bin_path) if os.path.exists(bin_path) else None))
+        return parse_lines(expand_lines(f, _reader(bin_path) if os.path.exists(bin_path) else None, exact=False))
 
 
 exports = ExportReader()

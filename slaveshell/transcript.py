@@ -10,8 +10,9 @@ A transcript is newline-delimited JSON: a header object, then `[seconds, code, d
     m   marker: joins, signals, exit, interruption (free text)
     ob  exact bytes of the preceding `o` event, base64, only when that output was not valid UTF-8
     ib  the same for `i`
-    a   output of a bulk stream kept in the transcript's attachment, "STREAM OFFSET LENGTH": the bytes
-        [OFFSET, OFFSET + LENGTH) of `<name>.bin` next to `<name>.cast`, from stream 1 (stdout) or 2 (stderr)
+    a   a bulk stream's bytes kept in the transcript's attachment, "STREAM OFFSET LENGTH": the bytes
+        [OFFSET, OFFSET + LENGTH) of `<name>.bin` next to `<name>.cast`; stream 1 (stdout) or 2 (stderr) is
+        output, as an `o` event, stream 0 is input (the command's stdin), as an `i` event
 
 Players (asciinema) skip codes they do not know, so `ob`/`ib`/`a` cost nothing there; to get the exact bytes of
 a stream back, take each `o` event's text as UTF-8, unless an `ob` event follows it: then take the `ob` bytes;
@@ -123,8 +124,8 @@ class CastEncoder:
         text = self._input.decode(data)
         return encode_event(t, "i", self.redact(text)) if text else []
 
-    def bulk(self, t: float, data: bytes) -> list[str] | None:
-        """The `o` event of a bulk chunk short enough and valid UTF-8 by itself; None: it goes to the
+    def bulk(self, t: float, data: bytes, code: str = "o") -> list[str] | None:
+        """The `o` (or `i`) event of a bulk chunk short enough and valid UTF-8 by itself; None: it goes to the
         attachment (`attached`), after `redact.raw`."""
         if len(data) > BULK_INLINE:
             return None
@@ -132,7 +133,7 @@ class CastEncoder:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        return encode_event(t, "o", self.redact(text)) if text else []
+        return encode_event(t, code, self.redact(text)) if text else []
 
     @staticmethod
     def attached(t: float, stream: int, offset: int, length: int) -> list[str]:
@@ -222,7 +223,7 @@ AttachmentReader = Callable[[int, int], bytes]
 def attachment_ref(data: object) -> tuple[int, int, int]:
     """(stream, offset, length) of an `a` event's data; ValueError when it is not "STREAM OFFSET LENGTH"."""
     parts = data.split(" ") if isinstance(data, str) else []
-    if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] not in ("1", "2"):
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] not in ("0", "1", "2"):
         raise ValueError(f"malformed attachment event {data!r}")
     stream, offset, length = (int(p) for p in parts)
     return stream, offset, length
@@ -239,32 +240,41 @@ def read_attached(read: AttachmentReader, data: object) -> bytes:
 
 def exact_output(events: Sequence[Event], code: str = "o",
                  attachment: AttachmentReader | None = None) -> Iterator[bytes]:
-    """The exact bytes of a stream ("o" or "i"), event by event; for "o", `a` events read through
+    """The exact bytes of a stream ("o" or "i"), event by event; `a` events of that stream read through
     `attachment` (ValueError without one: the bytes would be missing)."""
     for index, event in enumerate(events):
         if event.code == code:
             yield event_bytes(events, index)
-        elif code == "o" and event.code == ATTACHED:
+        elif event.code == ATTACHED and attached_code(event.data) == code:
             if attachment is None:
                 raise ValueError("this transcript has an attachment: its bytes need a reader")
             yield read_attached(attachment, event.data)
 
 
-def expand_event(t: float, data: bytes) -> list[str]:
-    """An attached chunk as self-contained lines: an `o` event (and `ob` when it is not UTF-8)."""
-    return encode_event(t, "o", data.decode("utf-8", "surrogateescape"))
+def attached_code(data: object) -> str:
+    """The code an `a` event stands for: "i" for stream 0 (input), "o" for output."""
+    return "i" if attachment_ref(data)[0] == 0 else "o"
 
 
-def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None) -> Iterator[str]:
+def expand_event(t: float, ref: str, data: bytes, exact: bool = True) -> list[str]:
+    """An attached chunk as self-contained lines: an `o` (or `i`) event, and its `ob` (`ib`) when it is not
+    UTF-8; with `exact` False, the text event only, invalid bytes as U+FFFD (for search)."""
+    code = attached_code(ref)
+    if not exact:
+        return [_dumps([round(t, 6), code, data.decode("utf-8", "replace")])]
+    return encode_event(t, code, data.decode("utf-8", "surrogateescape"))
+
+
+def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None, exact: bool = True) -> Iterator[str]:
     """A transcript as one self-contained asciicast v2 stream, lines with their newline: each `a` event
-    replaced by the `o`/`ob` events of its bytes (what `slaveshell export` and search read). Without an
+    replaced by the events of its bytes (`expand_event`: what `slaveshell export` and search read). Without an
     attachment, or past its end, `a` lines are left as they are (players skip them)."""
     for line in lines:
         if attachment is not None and f'"{ATTACHED}", ' in line:
             try:
                 t, code, data = json.loads(line)
                 if code == ATTACHED:
-                    for out in expand_event(float(t), read_attached(attachment, data)):
+                    for out in expand_event(float(t), data, read_attached(attachment, data), exact):
                         yield out + "\n"
                     continue
             except (ValueError, TypeError):

@@ -246,3 +246,21 @@ def test_a_watcher_as_fast_as_the_owner_keeps_up_with_a_bulk_stream():
     assert watcher in s.viewers and not [m for m in seen if m[0] == "exit"]
     assert json.dumps(len(seen))  # got every piece
     assert sum(len(m[2]) for m in seen if m[0] == "output") == BULK_WINDOW
+
+
+def test_bulk_input_an_upload_is_kept_raw_too_and_comes_back_as_input(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    upload = os.urandom(300_000)
+    rec.input(b"ls\n", hidden=False)
+    rec.input(upload, hidden=False)
+    rec.output(b"ok\n")
+    rec.end(Ended())
+    evs = events(rec.path)
+    assert [(e.code, e.data) for e in evs[:3]] == [("i", "ls\n"), ("a", "0 0 300000"), ("o", "ok\n")]
+    read = lambda o, n: _read(rec.path, o, n)  # noqa: E731
+    assert b"".join(exact_output(evs, "i", attachment=read)) == b"ls\n" + upload
+    assert b"".join(exact_output(evs, "o", attachment=read)) == b"ok\n"
+    exported = ExportReader().read(rec.path, 0, 10 * MB)
+    cast = parse_lines(exported.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    assert b"".join(exact_output(cast.events, "i")) == b"ls\n" + upload
+    assert os.path.getsize(attachment_path(rec.path)) == len(upload)

@@ -67,6 +67,20 @@ def test_20_mb_through_dash_T_costs_at_most_5_percent_more_on_the_masters_disk(s
     assert os.stat(attached).st_mode & 0o777 == 0o600
 
 
+def test_an_upload_through_dash_T_costs_its_own_size_and_is_recorded_exactly(sandbox, tmp_path):
+    payload = os.urandom(8 * MB)
+    done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--",
+                                          "sha256sum # storage-upload"], input=payload, capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+    row = ended_row(sandbox, "storage-upload")
+    on_disk = os.path.getsize(row["transcript"]) + os.path.getsize(attachment_path(row["transcript"]))
+    assert on_disk / len(payload) <= 1.05, (on_disk, len(payload))
+    exported = slaveshell(sandbox, "export", row["id"])
+    cast = parse_lines(exported.stdout.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    assert b"".join(exact_output(cast.events, "i")) == payload
+
+
 def test_export_of_a_bulk_session_is_a_self_contained_cast_with_the_exact_bytes(sandbox, tmp_path):
     payload = os.urandom(MB) + "bulk-export-needle \u00e9\n".encode() + os.urandom(3000)
     src = tmp_path / "payload"
