@@ -4,6 +4,8 @@ fsynced at the end, and repaired after a crash. A session with bulk output has a
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -117,16 +119,25 @@ class TranscriptFile:
         return self._sha.hexdigest()
 
 
+# The attachments' sha256 is computed on this one thread (in order: one queue), not on the reactor's: hashing
+# cost the master's main thread more than the writes themselves (py-spy, `-T cat 300 MB`). hashlib releases
+# the GIL on large updates, so it runs beside the reactor on another core.
+_HASHING = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slaveshell-sha256")
+# Chunks queued for hashing per attachment before a write waits for the oldest (bounds the memory they hold).
+MAX_HASH_QUEUE = 16
+
+
 class Attachment:
     """A transcript's attachment: raw bytes appended as they come (os.write, before the chunk is relayed),
-    created (0600, exclusively) at the first write, its sha256 kept as it goes. Errors are OSError; a failed
-    write is cut back, so every `a` event written after it still matches the file."""
+    created (0600, exclusively) at the first write, its sha256 kept as it goes (on a hashing thread). Errors
+    are OSError; a failed write is cut back, so every `a` event written after it still matches the file."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
         self.size = 0
         self._sha = hashlib.sha256()
+        self._hashing: collections.deque[concurrent.futures.Future[None]] = collections.deque()
 
     @property
     def created(self) -> bool:
@@ -149,14 +160,21 @@ class Attachment:
                 pass
             raise
         self.size += len(data)
-        self._sha.update(data)
+        while self._hashing and (self._hashing[0].done() or len(self._hashing) >= MAX_HASH_QUEUE):
+            self._hashing.popleft().result()
+        self._hashing.append(_HASHING.submit(self._sha.update, data))
         return offset
+
+    def sha256(self) -> str:
+        """The sha256 of everything written (waits for the hashing thread to catch up)."""
+        return _HASHING.submit(self._sha.hexdigest).result()
 
     def close(self, run: Callable[[Callable[[], None]], object] | None = None) -> str | None:
         """Fsync and close (through `run`, as TranscriptFile.close); the sha256, None when never created."""
         if self._fd is None:
-            return self._sha.hexdigest() if self.size else None
+            return self.sha256() if self.size else None
         fd, self._fd = self._fd, None
+        digest = self.sha256()
 
         def sync() -> None:
             try:
@@ -168,7 +186,7 @@ class Attachment:
             sync()
         else:
             run(sync)
-        return self._sha.hexdigest()
+        return digest
 
     def abandon(self) -> None:
         if self._fd is not None:
