@@ -8,9 +8,11 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -121,5 +123,45 @@ def test_transcripts_past_the_retention_are_pruned_and_their_rows_kept(tmp_path_
                                 (row["id"],)).fetchall()
         [(kind, detail)] = [e for e in events if e[0] == "prune"]
         assert "transcript removed after" in detail and "bytes" in detail
+    finally:
+        sb.stop()
+
+
+def test_bulk_output_seen_before_a_kill_9_of_the_master_is_kept_and_repaired(tmp_path_factory):
+    sb = Sandbox(str(tmp_path_factory.mktemp("bulkcrash")), workers=["k1"])
+    sb.create()
+    try:
+        sb.start()
+        client = subprocess.Popen(shell_argv() + ["--socket", sb.socket, "-T", "k1", "--",
+                                                  "head -c 300000 /dev/zero | tr '\\0' x; echo; echo BULK-SEEN; "
+                                                  "sleep 60"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        try:
+            seen = b""
+            while b"BULK-SEEN" not in seen:
+                line = client.stdout.readline()
+                assert line, "the client ended before the output came"
+                seen += line
+            time.sleep(0.1)
+            os.kill(sb.master_pid(), signal.SIGKILL)
+            assert client.wait(timeout=30) == 255
+        finally:
+            client.kill()
+            client.wait()
+        directory = os.path.join(sb.master_dir, "transcripts")
+        [cast] = [os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".cast")]
+        # As the killed master left them: the bytes an operator saw are in the attachment and named by the cast.
+        with open(cast, encoding="utf-8", errors="surrogateescape") as f:
+            events = parse_lines(f).events
+        attached = open(attachment_path(cast), "rb").read()
+        shown = b"".join(exact_output(events, attachment=lambda o, n: attached[o:o + n]))
+        assert shown == b"x" * 300000 + b"\nBULK-SEEN\n"
+        os.unlink(os.path.join(sb.master_dir, "twistd.pid"))
+        sb.start_master()
+        row = wait_until(lambda: next((r for r in history(sb) if r["state"] == "interrupted"), None), timeout=30)
+        exported = slaveshell(sb, "export", row["id"])
+        cast_events = parse_lines(exported.stdout.decode("utf-8", "surrogateescape").splitlines(keepends=True)).events
+        assert b"".join(exact_output(cast_events)) == shown
+        assert cast_events[-1].data == "interrupted: the master stopped while the session was running"
+        assert cast_events[-2].data.startswith("attachment: ") and f"{len(attached)} bytes" in cast_events[-2].data
     finally:
         sb.stop()
