@@ -264,3 +264,13 @@ def test_bulk_input_an_upload_is_kept_raw_too_and_comes_back_as_input(tmp_path):
     cast = parse_lines(exported.decode("utf-8", "surrogateescape").splitlines(keepends=True))
     assert b"".join(exact_output(cast.events, "i")) == b"ls\n" + upload
     assert os.path.getsize(attachment_path(rec.path)) == len(upload)
+
+
+def test_the_retention_setting_is_checked_with_the_other_numbers():
+    from master_side.config import ShellConfig
+
+    assert ShellConfig(transcript_retention_days=30).errors() == []
+    assert ShellConfig(transcript_retention_days=None).errors() == []
+    assert ShellConfig(transcript_retention_days=-1).errors() == [
+        "transcript_retention_days must be a non-negative number or None"]
+    assert ShellConfig(transcript_retention_days="30").errors()
