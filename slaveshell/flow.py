@@ -16,6 +16,8 @@ from .protocol import MAX_CHUNK, OUTPUT_WINDOW, ProtocolError
 # stays at 512 KiB, a fifth below it. PB's cost is per message (docs: 4 KiB -> 25 MB/s, 64-256 KiB ->
 # ~250 MB/s), so a bulk stream sends fewer, larger ones. Its window holds four of them: throughput, while a
 # terminal's window stays small so that a keystroke's echo is never queued behind megabytes.
+# Mixed versions: a master from before bulk streams refuses output messages over 64 KiB (the session ends with
+# a protocol error), so upgrade masters before their workers.
 BULK_CHUNK = 512 * 1024
 BULK_WINDOW = 4 * BULK_CHUNK
 
