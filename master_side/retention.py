@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from slaveshell.display import visible
 
@@ -55,6 +56,9 @@ class Retention:
 
         def done(result: object) -> object:
             self._running = None
+            if isinstance(result, Failure):
+                log.failure("slaveshell: transcript retention failed; next try in {s:g} s", result, s=self.interval)
+                return None
             return result
 
         return d.addBoth(done)
