@@ -331,7 +331,23 @@ def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
 
 # -- the run --------------------------------------------------------------------------------------
 
-PARTS = ("record", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build")
+PARTS = ("record", "storage", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build")
+
+def storage_ratio(system: Slaveshell, payload: Path) -> float:
+    """`-T cat` of `payload`: what the master's transcripts directory grew by, over the payload's size."""
+    directory = Path(system.sandbox.master_dir, "transcripts")
+
+    def used() -> int:
+        return sum(p.stat().st_size for p in directory.iterdir()) if directory.exists() else 0
+
+    before = used()
+    done = subprocess.run(system.argv(f"cat {payload}", tty=False), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"cat failed: {done.stderr!r}")
+    time.sleep(0.5)  # the end's markers
+    return (used() - before) / payload.stat().st_size
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -390,6 +406,19 @@ def main() -> int:
                     batched.append(record_cost(chunk, n, False))
                 rows.append(Row(f"recording {label}, write-through", "us", through, [], "see note", "lower",
                                 note=f"batched per 64 KiB as before: {med(batched):.1f} us in the same run"))
+
+        if "storage" in parts:
+            print("bench: transcript storage ...", file=sys.stderr)
+            binary, text = work / "storage.bin", work / "storage.txt"
+            storage_size = (2 if args.smoke else 20) * MB
+            binary.write_bytes(os.urandom(storage_size))
+            text.write_bytes(data.read_bytes()[:storage_size])
+            for label, payload in (("binary", binary), ("text", text)):
+                ratio = storage_ratio(ours, payload)
+                rows.append(Row(f"transcript storage, {storage_size // MB} MB of {label} through `-T`", "x",
+                                [ratio], [], "<= 1.05x", "lower", lambda o, s: o <= 1.05,
+                                note=f"{ratio:.4f}x: bytes the transcripts directory grew by, over the bytes "
+                                     "printed"))
 
         if "throughput" in parts:
             print("bench: throughput ...", file=sys.stderr)

@@ -42,7 +42,7 @@ class StoreReactor(Clock, Protocol):
     def removeSystemEventTrigger(self, triggerID: object) -> None: ...
     def callFromThread(self, callable: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PREFIX = "slaveshell_"
 
 # MySQL's DATETIME drops fractions of a second unless asked.
@@ -87,6 +87,10 @@ sessions = sa.Table(
     sa.Column("hidden_bytes", sa.BigInteger, nullable=False, default=0, server_default=sa.text("0")),
     sa.Column("hidden_spans", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
     sa.Column("hidden_flag", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # Schema 4 (storage, issue 14): the sha256 of the transcript's attachment (bulk output kept raw,
+    # docs/audit-schema.md), and when the retention setting removed the transcript's files from disk.
+    sa.Column("attachment_sha256", sa.String(64), nullable=True),
+    sa.Column("pruned", _Time, nullable=True),
 )
 
 events = sa.Table(
@@ -130,8 +134,18 @@ def _migrate_3(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {ddl}"))
 
 
+def _migrate_4(conn: sa.Connection) -> None:
+    # Storage (issue 14): the attachment's sha256 and the prune time; earlier rows get NULL (none, not pruned).
+    present = {c["name"] for c in sa.inspect(conn).get_columns(sessions.name)}
+    for name in ("attachment_sha256", "pruned"):
+        if name not in present:
+            ddl = sa.schema.CreateColumn(sessions.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {ddl}"))
+
+
 # version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3,
+                                                          4: _migrate_4}
 
 
 def migrate(engine: sa.Engine) -> int:
@@ -346,6 +360,20 @@ class AuditStore:
                 q = q.where(events.c.kind == kind)
             with self.engine.connect() as conn:
                 return [cast(EventRow, _row(r)) for r in conn.execute(q).mappings()]
+
+        return self._run(query)
+
+    def prunable(self, master: str, ended_before: float, limit: int = 100) -> defer.Deferred[list[SessionRow]]:
+        """Storage (issue 14): this master's sessions that ended before `ended_before` (seconds since the
+        epoch) and still have their transcript on disk (not pruned), oldest first, at most `limit`."""
+        def query() -> list[SessionRow]:
+            assert self.engine is not None
+            q = (sa.select(sessions)
+                 .where(sessions.c.master == master, sessions.c.state != "running", sessions.c.pruned.is_(None),
+                        sessions.c.transcript.is_not(None), sessions.c.ended < utc(ended_before))
+                 .order_by(sessions.c.ended).limit(limit))
+            with self.engine.connect() as conn:
+                return [cast(SessionRow, _row(r)) for r in conn.execute(q).mappings()]
 
         return self._run(query)
 

@@ -20,7 +20,7 @@ from slaveshell import hidden as hidden_input
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.policy import Identity
-from slaveshell.transcript import CastEncoder, Redactor, parse_lines, strip_ansi
+from slaveshell.transcript import CastEncoder, Redactor, strip_ansi
 
 from .audit import AuditStore, StoreReactor, timestamp, utc
 from .hold import Hold
@@ -28,6 +28,7 @@ from .recorder import SessionRecorder, header_for, session_row
 from .relay import MasterSession
 from .rows import SearchHit, SessionRow
 from .session_model import Viewer
+from .transcript_export import exports, read_cast
 from .transcripts import recover, transcript_dir, transcript_name
 
 log = Logger()
@@ -59,10 +60,10 @@ class IndexWriter:
         self.store.event("record-error", session_id, detail=f"transcript: {error}")
 
     def recorded(self, session: MasterSession, ended: float, sha256: str | None,
-                 hidden: Mapping[str, object]) -> None:
+                 hidden: Mapping[str, object], attachment_sha256: str | None = None) -> None:
         if self.refusal is not None:
             self.store.update_session(session.id, state="refused", ended=utc(ended), end_reason=self.refusal,
-                                      transcript_sha256=sha256)
+                                      transcript_sha256=sha256, attachment_sha256=attachment_sha256)
             return
         status = session.status
         self.store.update_session(
@@ -75,6 +76,7 @@ class IndexWriter:
             bytes_in=session.bytes_in,
             bytes_out=session.bytes_out,
             transcript_sha256=sha256,
+            attachment_sha256=attachment_sha256,  # storage (issue 14): the bulk output's raw attachment
             **hidden,
         )
         self.store.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
@@ -216,7 +218,8 @@ class AuditTrail:
         index = IndexWriter(self.store)
         recorder = SessionRecorder(session.id, path, encoder, index, session.started,
                                    clock=self.reactor.seconds,
-                                   seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None)
+                                   seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None,
+                                   bulk=not session.request.pty)
         recorder.run_blocking = self._in_thread
         problem = None
         try:
@@ -279,12 +282,8 @@ class AuditTrail:
         return real
 
     def read_chunk(self, path: str, offset: int, size: int) -> defer.Deferred[bytes]:
-        def read() -> bytes:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(size)
-
-        return threads.deferToThread(read)
+        # The self-contained transcript: attached bulk output expanded (master_side.transcript_export).
+        return threads.deferToThread(exports.read, path, offset, size)
 
     def search(self, rows: list[SessionRow], text: str, limit: int) -> defer.Deferred[list[SearchHit]]:
         paths = [(row, self.transcript_path(row)) for row in rows]
@@ -298,11 +297,10 @@ def _search(paths: list[tuple[SessionRow, str | None]], needle: str, limit: int)
     for row, path in paths:
         if path is None or not os.path.exists(path):
             continue
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            try:
-                cast = parse_lines(f)
-            except ValueError:
-                continue
+        try:
+            cast = read_cast(path)  # attached bulk output included
+        except ValueError:
+            continue
         for code in ("o", "i"):
             # One text per stream, so a word split across reads is still found; each event's start offset
             # gives the time of a hit.

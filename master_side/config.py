@@ -73,6 +73,7 @@ class ShellConfig:
     require_recording: bool = True
     on_record_error: str = "end"
     seal_to: str | Sequence[str] | None = None
+    transcript_retention_days: float | None = None  # storage (issue 14): master_side.retention
     detach_grace: float | None = 300.0
     idle_timeout: float | None = None
     max_duration: float | None = None
@@ -97,7 +98,8 @@ class ShellConfig:
     def _number_errors(self) -> list[str]:
         out = []
         for what in ("detach_grace", "idle_timeout", "max_duration", "max_sessions_per_worker",
-                     "max_sessions_per_operator", "stall_timeout", "close_deadline", "write_stall_timeout"):
+                     "max_sessions_per_operator", "stall_timeout", "close_deadline", "write_stall_timeout",
+                     "transcript_retention_days"):
             value = getattr(self, what)
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 out.append(f"{what} must be a non-negative number or None")

@@ -12,10 +12,11 @@ from twisted.logger import Logger
 
 from slaveshell import hidden as hidden_input
 from slaveshell.display import visible
+from slaveshell.protocol import STREAM_OUT
 from slaveshell.transcript import CastEncoder
 
 from .audit import utc
-from .transcripts import TranscriptFile
+from .transcripts import Attachment, TranscriptFile, attachment_marker, attachment_path
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -35,7 +36,7 @@ class RecordIndex(Protocol):
     def hidden_input(self, session_id: str, counts: dict[str, Any]) -> None: ...
     def record_error(self, session_id: str, error: OSError) -> None: ...
     def recorded(self, session: MasterSession, ended: float, sha256: str | None,
-                 hidden: dict[str, Any]) -> None: ...
+                 hidden: dict[str, Any], attachment_sha256: str | None = None) -> None: ...
 
 
 class SessionRecorder:
@@ -45,10 +46,15 @@ class SessionRecorder:
     crash of the machine itself can lose what is not yet fsynced, which happens when the session ends).
 
     A write error (a full disk) is reported once through `on_error`; after it, events are dropped and what was
-    already written stays valid (a partial line is cut back)."""
+    already written stays valid (a partial line is cut back).
+
+    `bulk` (a session without a terminal): output chunks are written raw to the attachment
+    (master_side.transcripts.Attachment), the transcript gets a short `a` event per chunk: no JSON encoding of
+    the bytes, storage about 1.0x of the output instead of 1.5x (text) to 3.7x (binary)."""
 
     def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: RecordIndex | None,
-                 started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None) -> None:
+                 started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None,
+                 bulk: bool = False) -> None:
         self.session_id = session_id
         self.path = path
         self.encoder = encoder
@@ -59,6 +65,8 @@ class SessionRecorder:
         self.failed: OSError | None = None
         self.on_error: Callable[[OSError], None] = lambda e: None
         self.sha256: str | None = None
+        self.attachment = Attachment(attachment_path(path)) if bulk else None
+        self.attachment_sha256: str | None = None
         # Runs blocking file work (the final fsync and close) off the reactor thread; None: here.
         self.run_blocking: Callable[[Callable[[], None]], object] | None = None
         # Hidden input: `seal` encrypts a span's bytes to the auditors (None: only lengths are kept).
@@ -113,8 +121,28 @@ class SessionRecorder:
 
     # -- the relay's Recorder interface ----------------------------------------------------------
 
-    def output(self, data: bytes) -> None:
-        self._add(self.encoder.output(self._t(), data))
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
+        if self.attachment is None:
+            self._add(self.encoder.output(self._t(), data))
+        else:
+            self._bulk(data, stream)
+
+    def _bulk(self, data: bytes, stream: int) -> None:
+        """A bulk chunk (stream 0: input): inline when short text, else raw in the attachment, then its event."""
+        assert self.attachment is not None
+        t = self._t()
+        lines = self.encoder.bulk(t, data, "i" if stream == 0 else "o")
+        if lines is None:
+            if self.file is None or self.failed is not None:
+                return
+            data = self.encoder.redact.raw(data)
+            try:
+                offset = self.attachment.write(data)
+            except OSError as e:
+                self._fail(e)
+                return
+            lines = self.encoder.attached(t, stream, offset, len(data))
+        self._add(lines)
 
     def input(self, data: bytes, hidden: bool) -> None:
         if hidden:
@@ -122,6 +150,9 @@ class SessionRecorder:
             return
         self._end_span()
         self._after_hidden_line = False
+        if self.attachment is not None and self.encoder.record_input:
+            self._bulk(data, 0)  # an upload through a pipe: as cheap as output
+            return
         self._add(self.encoder.input(self._t(), data, hidden))
 
     # -- hidden input (slaveshell.hidden) ---------------------------------------------------------
@@ -178,14 +209,17 @@ class SessionRecorder:
         self._end_span()
         status = session.status
         t = self._t()
-        if status is not None:
+        closing = self._close_attachment(t)
+        if status is None:
+            self._add(closing)
+        else:
             if status.signal is not None:
                 text = f"exit: killed by signal {status.signal}"
             elif status.code is not None:
                 text = f"exit: code {status.code}"
             else:
                 text = f"ended: {status.reason}"
-            self._add(self.encoder.flush(t) + self.encoder.marker(t, text))
+            self._add(self.encoder.flush(t) + closing + self.encoder.marker(t, text))
         if self.file is not None:
             try:
                 if self.failed is None:
@@ -196,7 +230,21 @@ class SessionRecorder:
                 self.file.abandon()
                 self._fail(e)
         if self.audit is not None:
-            self.audit.recorded(session, self.clock(), self.sha256, self.hidden_counts())
+            self.audit.recorded(session, self.clock(), self.sha256, self.hidden_counts(), self.attachment_sha256)
+
+    def _close_attachment(self, t: float) -> list[str]:
+        """Close the attachment (fsync off the reactor thread); its closing marker, if there is one."""
+        attachment = self.attachment
+        if attachment is None or not attachment.created:
+            return []
+        try:
+            self.attachment_sha256 = attachment.close(self.run_blocking)
+        except OSError as e:
+            attachment.abandon()
+            self._fail(e)
+            return []
+        return self.encoder.marker(t, attachment_marker(attachment.path, attachment.size,
+                                                         self.attachment_sha256 or ""))
 
 
 def header_for(session: MasterSession, master_name: str) -> str:

@@ -22,11 +22,11 @@ from typing import Any
 from twisted.logger import Logger
 
 from slaveshell.display import visible
-from slaveshell.flow import CreditWindow
+from slaveshell.flow import CreditWindow, chunks, output_limits
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
-    OUTPUT_WINDOW,
+    MAX_CHUNK,
     STREAM_ERR,
     ExitStatus,
     OpenRequest,
@@ -39,6 +39,7 @@ from slaveshell.protocol import (
 )
 
 from .limits import NoticeBudget
+from .relay_time import WINDOW_TOLERANCE, SessionTimers
 from .session_model import (
     TRANSITIONS,
     IllegalTransition,
@@ -58,16 +59,14 @@ __all__ = ["MasterSession", "Role", "State", "Viewer", "new_session_id"]
 
 log = Logger()
 
-# A well-behaved peer overshoots its window by at most one read (and, after exit, what the kernel still held).
-# Past this much, it is not overshoot but a peer that ignores flow control.
-WINDOW_TOLERANCE = 4
-# What a viewer other than the owner may have unacknowledged before it is dropped as too slow.
+# What a viewer other than the owner may have unacknowledged before it is dropped as too slow (at least twice
+# the session's output window, so that a watcher as fast as the owner keeps up with a bulk stream).
 VIEWER_BUFFER = 2 * 1024 * 1024
 # Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
 RECENT_BYTES = 64 * 1024
 
 
-class MasterSession:
+class MasterSession(SessionTimers):
     def __init__(self, request: OpenRequest, identity: Identity, on_end: Callable[[MasterSession], None],
                  session_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.id = session_id or new_session_id()
@@ -84,7 +83,10 @@ class MasterSession:
         self.to_worker: Send = _nowhere
         self.viewers: list[Viewer] = []
         self.owner: Viewer | None = None
-        self.output_window = CreditWindow(OUTPUT_WINDOW)  # the worker's output the master has not acked
+        # The worker's largest message and window (slaveshell.flow): larger for a bulk stream (no terminal).
+        self.limits = output_limits(request.pty)
+        self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
+        self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
         self.bytes_in = 0
         self.bytes_out = 0
         self.recent = bytearray()
@@ -264,24 +266,27 @@ class MasterSession:
 
     def worker_output(self, stream: object, data: object) -> None:
         stream = check_stream(stream)
-        data = check_bytes(data, "output")
+        data = check_bytes(data, "output", self.limits.chunk)
         if not self.live:
             raise LateEvent(f"output for session {self.id} after it ended")
-        if self.output_window.in_flight > OUTPUT_WINDOW * WINDOW_TOLERANCE:
+        if self.output_window.in_flight > self.limits.window * WINDOW_TOLERANCE:
             raise ProtocolError("output sent past the flow-control window")
         self.output_window.sent(len(data))
         self.bytes_out += len(data)
         self.last_activity = self.worker_seen = self.clock()
-        self.recorder.output(data)
-        self.recent += data
+        self.recorder.output(data, stream)  # in the file before anyone sees it
+        self.recent += data[-RECENT_BYTES:]
         if len(self.recent) > RECENT_BYTES:
             del self.recent[: len(self.recent) - RECENT_BYTES]
+        # Operators' clients take MAX_CHUNK per message: a bulk chunk goes to them in pieces.
+        pieces = chunks(data, MAX_CHUNK) if len(data) > MAX_CHUNK else [data]
         for viewer in list(self.viewers):
-            if viewer is not self.owner and viewer.window.in_flight + viewer.own + len(data) > VIEWER_BUFFER:
+            if viewer is not self.owner and viewer.window.in_flight + viewer.own + len(data) > self.viewer_buffer:
                 self._drop_slow(viewer)
                 continue
             viewer.window.sent(len(data))
-            viewer.send("output", stream, data)
+            for piece in pieces:
+                viewer.send("output", stream, piece)
         if self.owner is None:
             self._ack_worker(len(data))
 
@@ -304,52 +309,6 @@ class MasterSession:
     def abort(self, reason: str) -> None:
         """The session is over without an exit status (worker lost, protocol error, shutdown)."""
         self.end(ExitStatus(reason=reason))
-
-    # -- time ----------------------------------------------------------------------------------
-
-    def worker_stalled(self, now: float, stall_timeout: float | None) -> bool:
-        """True when the worker has not answered for longer than the timeout (heartbeats included): a stopped
-        or wedged worker process keeps its TCP connection up, so nothing else would notice."""
-        if not self.live or stall_timeout is None or now - self.worker_seen < stall_timeout:
-            return False
-        reason = f"worker {self.worker} stopped answering for {stall_timeout:g} s (stalled or stopped?)"
-        self._notice_all(f"session ends: {reason}")
-        self.close(reason)
-        self.abort(reason)
-        return True
-
-    def close_overdue(self, now: float, deadline: float | None) -> bool:
-        """True (and the session ended on the master's side) when the worker has not confirmed the end within
-        `deadline` seconds of the master's close: a worker that ignores close must not hold the session, its
-        slot and its open audit row."""
-        if not self.live or self.closing_since is None or deadline is None or now - self.closing_since < deadline:
-            return False
-        reason = f"worker {self.worker} did not confirm the end within {deadline:g} s"
-        self._notice_all(f"session ends: {reason}")
-        self.abort(f"{self.close_reason}; {reason}" if self.close_reason else reason)
-        return True
-
-    def tick(self, now: float, detach_grace: float | None, idle_timeout: float | None,
-             max_duration: float | None, warn_before: float = 60.0) -> None:
-        """Called about once a second: the detach grace, the idle timeout and the maximum duration."""
-        if not self.live or self.close_reason is not None:
-            return
-        if self.detached_at is not None and detach_grace is not None and now - self.detached_at >= detach_grace:
-            self.close(f"detached for longer than {detach_grace:g} s")
-            return
-        for limit, since, what in ((idle_timeout, self.last_activity, "idle"),
-                                   (max_duration, self.started, "running")):
-            if limit is None:
-                continue
-            left = limit - (now - since)
-            if left <= 0:
-                self._notice_all(f"session ends: {what} for {limit:g} s")
-                self.close(f"{what} for {limit:g} s")
-                return
-            if left <= min(warn_before, limit / 2) and self._warned.get(what) != since:
-                self._warned[what] = since
-                self._notice_all(f"this session ends in {left:.0f} s ({what} limit {limit:g} s)"
-                                 + (" unless you type" if what == "idle" else ""))
 
     # -- end -----------------------------------------------------------------------------------
 

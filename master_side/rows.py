@@ -39,6 +39,8 @@ class SessionRow(TypedDict):
     hidden_bytes: int
     hidden_spans: int
     hidden_flag: bool
+    attachment_sha256: str | None  # storage (issue 14): the sha256 of the bulk output's raw attachment
+    pruned: str | None  # when retention removed the transcript (the row is kept)
 
 
 class EventRow(TypedDict):

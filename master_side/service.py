@@ -32,6 +32,7 @@ from .operator_pb import OperatorRoot, peer_identity
 from .operator_wire import DoorFactory
 from .registry import SessionRegistry
 from .relay import MasterSession
+from .retention import Retention
 
 log = Logger()
 
@@ -73,6 +74,7 @@ class ShellService(BuildbotService):
         self.registry = SessionRegistry(self.glue, lambda: self.trail, _seconds)
         # Builds held for a shell: the HoldForShell step finds them here (master_side.hold.holds_of).
         self.holds = Holds()
+        self.retention = Retention(lambda: self.trail)  # transcript_retention_days (master_side.retention)
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
                                lambda: self.master.botmaster, self.holds)
         super().__init__(*args, **kwargs)
@@ -96,6 +98,7 @@ class ShellService(BuildbotService):
         self.api.policy = options.rules()
         self.registry.limits = options.limits()
         self.gate.bounds = options.bounds()
+        self.retention.days = options.transcript_retention_days
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
@@ -169,6 +172,7 @@ class ShellService(BuildbotService):
             log.failure("slaveshell: error checking the operator connections")
         now = self.trail.reactor.seconds() if self.trail is not None else 0.0
         self.registry.tick(now)
+        self.retention.tick(now)
 
     def _audit_refusal(self, kind: str, who: Identity, detail: str, worker: str | None) -> None:
         if self.trail is not None:

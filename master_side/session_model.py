@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
-from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, ProtocolError
+from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, STREAM_OUT, ProtocolError
 from slaveshell.protocol import Role as Role  # re-exported: the relay names roles from here
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ Send = Callable[..., None]
 class Recorder(Protocol):
     """What the relay tells the audit trail (master_side.recorder implements it)."""
 
-    def output(self, data: bytes) -> None: ...
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
     def input(self, data: bytes, hidden: bool) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
     def marker(self, text: str) -> None: ...
@@ -35,7 +35,7 @@ class NullRecorder:
     def flush(self) -> None:
         pass
 
-    def output(self, data: bytes) -> None:
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         pass
 
     def input(self, data: bytes, hidden: bool) -> None:

@@ -1,8 +1,11 @@
 """Transcript files on the master: created exclusively with mode 0600 in a 0700 directory, appended live,
-fsynced at the end, and repaired after a crash."""
+fsynced at the end, and repaired after a crash. A session with bulk output has an attachment next to its
+`.cast`: `<name>.bin`, the raw bytes its `a` events refer to (slaveshell.transcript, docs/audit-schema.md)."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -10,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 
-from slaveshell.transcript import parse_lines
+from slaveshell.transcript import ATTACHED, attachment_ref, parse_lines
 
 
 def transcript_dir(path: str) -> str:
@@ -22,6 +25,11 @@ def transcript_dir(path: str) -> str:
 def transcript_name(worker: str, session_id: str, started: float) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", worker)[:64]
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-{safe}-{session_id}.cast"
+
+
+def attachment_path(path: str) -> str:
+    """The attachment of the transcript at `path` (which may not exist: only bulk output makes one)."""
+    return (path[: -len(".cast")] if path.endswith(".cast") else path) + ".bin"
 
 
 class TranscriptFile:
@@ -111,22 +119,146 @@ class TranscriptFile:
         return self._sha.hexdigest()
 
 
+# The attachments' sha256 is computed on this one thread (in order: one queue), not on the reactor's: hashing
+# cost the master's main thread more than the writes themselves (py-spy, `-T cat 300 MB`). hashlib releases
+# the GIL on large updates, so it runs beside the reactor on another core.
+_HASHING = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slaveshell-sha256")
+# Chunks queued for hashing per attachment before a write waits for the oldest (bounds the memory they hold).
+MAX_HASH_QUEUE = 16
+
+
+class Attachment:
+    """A transcript's attachment: raw bytes appended as they come (os.write, before the chunk is relayed),
+    created (0600, exclusively) at the first write, its sha256 kept as it goes (on a hashing thread). Errors
+    are OSError; a failed write is cut back, so every `a` event written after it still matches the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._hashing: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+
+    @property
+    def created(self) -> bool:
+        return self._fd is not None or self.size > 0
+
+    def write(self, data: bytes) -> int:
+        """Append `data`; returns its offset in the file."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                               0o600)
+        offset = self.size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, offset)
+            except OSError:
+                pass
+            raise
+        self.size += len(data)
+        while self._hashing and (self._hashing[0].done() or len(self._hashing) >= MAX_HASH_QUEUE):
+            self._hashing.popleft().result()
+        self._hashing.append(_HASHING.submit(self._sha.update, data))
+        return offset
+
+    def sha256(self) -> str:
+        """The sha256 of everything written (waits for the hashing thread to catch up)."""
+        return _HASHING.submit(self._sha.hexdigest).result()
+
+    def close(self, run: Callable[[Callable[[], None]], object] | None = None) -> str | None:
+        """Fsync and close (through `run`, as TranscriptFile.close); the sha256, None when never created."""
+        if self._fd is None:
+            return self.sha256() if self.size else None
+        fd, self._fd = self._fd, None
+        digest = self.sha256()
+
+        def sync() -> None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        if run is None:
+            sync()
+        else:
+            run(sync)
+        return digest
+
+    def abandon(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _sha256_of(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _attached_end(events: list[object]) -> int:
+    end = 0
+    for event in events:
+        if getattr(event, "code", None) == ATTACHED:
+            try:
+                _, offset, length = attachment_ref(getattr(event, "data", None))
+            except ValueError:
+                continue
+            end = max(end, offset + length)
+    return end
+
+
 def recover(path: str, reason: str) -> tuple[float, str]:
-    """Make a transcript left by a crash playable: cut a partial last line, append a marker saying why it
-    stopped. Returns (time of the last event, sha256 of the repaired file)."""
+    """Make a transcript left by a crash playable: cut a partial last line, cut its attachment back to what
+    the transcript refers to (and mark it with its size and sha256), append a marker saying why it stopped.
+    Returns (time of the last event, sha256 of the repaired file)."""
     with open(path, "rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
         if end < len(data):
             f.truncate(end)
             data = data[:end]
-        text = data.decode("utf-8", "surrogateescape")
-        cast = parse_lines(text.splitlines(keepends=True))
+        # Split at "\n" only: str.splitlines would also split at U+2028 or NEL inside an event's text.
+        cast = parse_lines(line.decode("utf-8", "surrogateescape") for line in data.split(b"\n") if line)
         last = cast.events[-1].time if cast.events else 0.0
-        marker = json.dumps([last, "m", reason], ensure_ascii=False) + "\n"
+        markers = []
+        bin_path = attachment_path(path)
+        if os.path.exists(bin_path):
+            with open(bin_path, "rb+") as b:
+                b.truncate(_attached_end(list(cast.events)))
+                os.fsync(b.fileno())
+            markers.append(attachment_marker(bin_path, os.path.getsize(bin_path), _sha256_of(bin_path)))
+        markers.append(reason)
         f.seek(0, os.SEEK_END)
-        f.write(marker.encode("utf-8"))
+        for marker in markers:
+            f.write((json.dumps([last, "m", marker], ensure_ascii=False) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
     with open(path, "rb") as f:
         return last, hashlib.sha256(f.read()).hexdigest()
+
+
+def attachment_marker(path: str, size: int, sha256: str) -> str:
+    """The `m` event that closes a transcript with an attachment: its name, size and sha256 (so the
+    transcript's own sha256 vouches for the attachment too)."""
+    return f"attachment: {os.path.basename(path)}, {size} bytes, sha256 {sha256}"
+
+
+def remove_transcript(path: str) -> int:
+    """Delete a transcript and its attachment (retention); returns the bytes freed (0 for files already gone).
+    Blocking: run it in a thread."""
+    freed = 0
+    for name in (path, attachment_path(path)):
+        try:
+            size = os.path.getsize(name)
+            os.unlink(name)
+        except FileNotFoundError:
+            continue
+        freed += size
+    return freed

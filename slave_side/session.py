@@ -21,9 +21,9 @@ from zope.interface import implementer
 
 from slaveshell.clock import DelayedCall
 from slaveshell.display import visible
-from slaveshell.flow import CreditWindow, chunks
+from slaveshell.flow import CreditWindow, chunks, output_limits
 from slaveshell.protocol import (
-    MAX_CHUNK,
+    OUTPUT_WINDOW,
     STREAM_ERR,
     STREAM_OUT,
     ExitStatus,
@@ -49,7 +49,8 @@ TERM_AFTER = 2.0
 KILL_AFTER = 5.0
 
 # Output coalescing: a flush of at least BULK_BYTES less than BULK_GAP ago means output is streaming, and the
-# next message may wait COALESCE_DELAY to grow towards MAX_CHUNK.
+# next message may wait COALESCE_DELAY to grow towards the session's largest message (slaveshell.flow: 64 KiB
+# with a terminal, 512 KiB for a bulk stream without one).
 BULK_BYTES = 4096
 BULK_GAP = 0.01
 COALESCE_DELAY = 0.002
@@ -126,7 +127,10 @@ class WorkerSession:
         self.basedir = basedir
         self.sink = sink
         self.on_closed = on_closed
-        self.window = CreditWindow(options.output_window)
+        # A terminal keeps the owner's window; a bulk stream's window scales with it (slaveshell.flow).
+        self.limits = output_limits(request.pty)
+        self.window = CreditWindow(options.output_window if request.pty else
+                                   max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
         self.transport: ProcessTransport | None = None
         self.pid: int | None = None
         self.phase = Phase.NEW
@@ -295,7 +299,7 @@ class WorkerSession:
             self._judge.output(data)
         buf = self._buffers[stream]
         buf += data
-        if len(buf) >= MAX_CHUNK:
+        if len(buf) >= self.limits.chunk:
             self._flush()
         elif self._flush_call is None:
             # One PB call per 8 KiB read costs CPU all along the chain: coalesce. Interactive output (an echo,
@@ -317,7 +321,7 @@ class WorkerSession:
                 continue
             data = bytes(buf)
             buf.clear()
-            for piece in chunks(data, MAX_CHUNK):
+            for piece in chunks(data, self.limits.chunk):
                 self.window.sent(len(piece))
                 self.sink.output(stream, piece)
         if not self.window.is_open and self.running:

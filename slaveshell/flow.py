@@ -7,7 +7,37 @@ its source (the PTY reader, the operator's stdin) while the window is full.
 
 from __future__ import annotations
 
-from .protocol import ProtocolError
+from dataclasses import dataclass
+
+from .protocol import MAX_CHUNK, OUTPUT_WINDOW, ProtocolError
+
+# Bulk streams (no terminal: pipes, `-T`): larger messages and a larger window. Banana refuses any string over
+# twisted.spread.banana.SIZE_LIMIT (640 KiB; a receiver drops the whole connection on one), so a bulk message
+# stays at 512 KiB, a fifth below it. PB's cost is per message (docs: 4 KiB -> 25 MB/s, 64-256 KiB ->
+# ~250 MB/s), so a bulk stream sends fewer, larger ones. Its window holds four of them: throughput, while a
+# terminal's window stays small so that a keystroke's echo is never queued behind megabytes.
+# Mixed versions: a master from before bulk streams refuses output messages over 64 KiB (the session ends with
+# a protocol error), so upgrade masters before their workers.
+BULK_CHUNK = 512 * 1024
+BULK_WINDOW = 4 * BULK_CHUNK
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """The output of one session: its largest message and its credit window, in bytes."""
+
+    chunk: int
+    window: int
+
+
+INTERACTIVE = StreamLimits(MAX_CHUNK, OUTPUT_WINDOW)
+BULK = StreamLimits(BULK_CHUNK, BULK_WINDOW)
+
+
+def output_limits(pty: bool) -> StreamLimits:
+    """The worker's output limits for a session: interactive with a terminal, bulk without one. The worker
+    sends within them and the master holds it to them (with its tolerance for one read of overshoot)."""
+    return INTERACTIVE if pty else BULK
 
 
 class CreditWindow:

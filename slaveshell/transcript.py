@@ -10,10 +10,19 @@ A transcript is newline-delimited JSON: a header object, then `[seconds, code, d
     m   marker: joins, signals, exit, interruption (free text)
     ob  exact bytes of the preceding `o` event, base64, only when that output was not valid UTF-8
     ib  the same for `i`
+    a   a bulk stream's bytes kept in the transcript's attachment, "STREAM OFFSET LENGTH": the bytes
+        [OFFSET, OFFSET + LENGTH) of `<name>.bin` next to `<name>.cast`; stream 1 (stdout) or 2 (stderr) is
+        output, as an `o` event, stream 0 is input (the command's stdin), as an `i` event
 
-Players (asciinema) skip codes they do not know, so `ob`/`ib` cost nothing there; to get the exact bytes of a
-stream back, take each `o` event's text as UTF-8, unless an `ob` event follows it: then take the `ob` bytes.
-Each stream has its own incremental UTF-8 decoder, so a character split across reads comes out whole.
+Players (asciinema) skip codes they do not know, so `ob`/`ib`/`a` cost nothing there; to get the exact bytes of
+a stream back, take each `o` event's text as UTF-8, unless an `ob` event follows it: then take the `ob` bytes;
+an `a` event's bytes are in the attachment (`exact_output` with a reader, or `expand_lines`). Each stream has
+its own incremental UTF-8 decoder, so a character split across reads comes out whole.
+
+Bulk streams (sessions without a terminal: pipes, `-T`) are recorded raw: a JSON event per chunk would cost 1.5x
+the bytes for text and 3.7x for binary (U+FFFD plus base64); a chunk of at most BULK_INLINE bytes that is valid
+UTF-8 on its own is still an `o` event, so `asciinema cat` shows a short command's output. docs/audit-schema.md
+documents the attachment.
 """
 
 from __future__ import annotations
@@ -22,13 +31,16 @@ import base64
 import codecs
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import hidden as hidden_input
 
 REDACTED = "[REDACTED]"
 VERSION = 2
+ATTACHED = "a"
+# A bulk chunk up to this size that is valid UTF-8 by itself stays inline as an `o` event.
+BULK_INLINE = 4096
 
 
 class Redactor:
@@ -42,6 +54,13 @@ class Redactor:
             text = pattern.sub(REDACTED, text)
         return text
 
+    def raw(self, data: bytes) -> bytes:
+        """The same on raw bytes (a bulk stream): read as UTF-8 with surrogateescape, so bytes that match no
+        pattern come back exactly, whatever they are."""
+        if not self.patterns:
+            return data
+        return self(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
 
 class StreamDecoder:
     """Bytes to text for one stream. Invalid bytes become surrogates (surrogateescape), which keeps them
@@ -54,8 +73,13 @@ class StreamDecoder:
         return self._decoder.decode(data, final)
 
 
+# Characters Python's str.splitlines() (and some editors) take as line ends, which JSON leaves raw: escaped, so
+# that a transcript's lines are its "\n"-separated lines however it is split.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).translate(_LINE_BREAKS)
 
 
 def encode_event(t: float, code: str, text: str) -> list[str]:
@@ -99,6 +123,22 @@ class CastEncoder:
             return []
         text = self._input.decode(data)
         return encode_event(t, "i", self.redact(text)) if text else []
+
+    def bulk(self, t: float, data: bytes, code: str = "o") -> list[str] | None:
+        """The `o` (or `i`) event of a bulk chunk short enough and valid UTF-8 by itself; None: it goes to the
+        attachment (`attached`), after `redact.raw`."""
+        if len(data) > BULK_INLINE:
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return encode_event(t, code, self.redact(text)) if text else []
+
+    @staticmethod
+    def attached(t: float, stream: int, offset: int, length: int) -> list[str]:
+        """The `a` event of a bulk chunk written to the attachment at `offset`."""
+        return [_dumps([round(t, 6), ATTACHED, f"{stream} {offset} {length}"])]
 
     def hidden_span(self, t: float, nbytes: int, sealed: str | None = None) -> list[str]:
         """The marker of a span of hidden input: its length, and its bytes sealed to the auditors if given."""
@@ -176,11 +216,70 @@ def event_bytes(events: Sequence[Event], index: int) -> bytes:
     return event.data.encode("utf-8")
 
 
-def exact_output(events: Sequence[Event], code: str = "o") -> Iterator[bytes]:
-    """The exact bytes of a stream ("o" or "i"), event by event."""
+# Reads `length` bytes at `offset` of a transcript's attachment.
+AttachmentReader = Callable[[int, int], bytes]
+
+
+def attachment_ref(data: object) -> tuple[int, int, int]:
+    """(stream, offset, length) of an `a` event's data; ValueError when it is not "STREAM OFFSET LENGTH"."""
+    parts = data.split(" ") if isinstance(data, str) else []
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] not in ("0", "1", "2"):
+        raise ValueError(f"malformed attachment event {data!r}")
+    stream, offset, length = (int(p) for p in parts)
+    return stream, offset, length
+
+
+def read_attached(read: AttachmentReader, data: object) -> bytes:
+    """The bytes an `a` event refers to; ValueError when the attachment is shorter (cut by a crash)."""
+    _, offset, length = attachment_ref(data)
+    chunk = read(offset, length)
+    if len(chunk) != length:
+        raise ValueError(f"the attachment ends before {offset + length}")
+    return chunk
+
+
+def exact_output(events: Sequence[Event], code: str = "o",
+                 attachment: AttachmentReader | None = None) -> Iterator[bytes]:
+    """The exact bytes of a stream ("o" or "i"), event by event; `a` events of that stream read through
+    `attachment` (ValueError without one: the bytes would be missing)."""
     for index, event in enumerate(events):
         if event.code == code:
             yield event_bytes(events, index)
+        elif event.code == ATTACHED and attached_code(event.data) == code:
+            if attachment is None:
+                raise ValueError("this transcript has an attachment: its bytes need a reader")
+            yield read_attached(attachment, event.data)
+
+
+def attached_code(data: object) -> str:
+    """The code an `a` event stands for: "i" for stream 0 (input), "o" for output."""
+    return "i" if attachment_ref(data)[0] == 0 else "o"
+
+
+def expand_event(t: float, ref: str, data: bytes, exact: bool = True) -> list[str]:
+    """An attached chunk as self-contained lines: an `o` (or `i`) event, and its `ob` (`ib`) when it is not
+    UTF-8; with `exact` False, the text event only, invalid bytes as U+FFFD (for search)."""
+    code = attached_code(ref)
+    if not exact:
+        return [_dumps([round(t, 6), code, data.decode("utf-8", "replace")])]
+    return encode_event(t, code, data.decode("utf-8", "surrogateescape"))
+
+
+def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None, exact: bool = True) -> Iterator[str]:
+    """A transcript as one self-contained asciicast v2 stream, lines with their newline: each `a` event
+    replaced by the events of its bytes (`expand_event`: what `slaveshell export` and search read). Without an
+    attachment, or past its end, `a` lines are left as they are (players skip them)."""
+    for line in lines:
+        if attachment is not None and f'"{ATTACHED}", ' in line:
+            try:
+                t, code, data = json.loads(line)
+                if code == ATTACHED:
+                    for out in expand_event(float(t), data, read_attached(attachment, data), exact):
+                        yield out + "\n"
+                    continue
+            except (ValueError, TypeError):
+                pass
+        yield line
 
 
 _ANSI = re.compile(

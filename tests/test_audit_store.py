@@ -157,7 +157,8 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
         # Schema 2 as it was released: sessions without the hidden-input columns, with a session in it.
         old = sa.MetaData()
         v2_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
-                                                           if not c.name.startswith("hidden_")])
+                                                           if not c.name.startswith("hidden_")
+                                                           and c.name not in ("attachment_sha256", "pruned")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v2_sessions.create(conn)
@@ -166,9 +167,9 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
             conn.execute(audit.schema_table.insert().values(version=2))
             conn.execute(v2_sessions.insert().values(**row()))
         assert migrate(engine) == 2
-        assert migrate(engine) == SCHEMA_VERSION == 3
+        assert migrate(engine) == SCHEMA_VERSION == 4
         columns = {c["name"] for c in sa.inspect(engine).get_columns(audit.sessions.name)}
-        assert {"hidden_bytes", "hidden_spans", "hidden_flag"} <= columns
+        assert {"hidden_bytes", "hidden_spans", "hidden_flag", "attachment_sha256", "pruned"} <= columns
         s = audit.sessions.c
         with engine.begin() as conn:
             # The old row reads as "nothing hidden"; new rows get the same defaults and take counts.

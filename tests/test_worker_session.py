@@ -16,7 +16,8 @@ from slave_side.session import (
     WorkerSession,
     resolve_cwd,
 )
-from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError, WireSink
+from slaveshell.flow import BULK, BULK_CHUNK, BULK_WINDOW, INTERACTIVE, StreamLimits, output_limits
+from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError, WireSink
 
 from .fakes import ProcessReactor
 
@@ -67,19 +68,29 @@ def test_interactive_output_goes_at_once_and_bulk_output_is_coalesced(tmp_path):
 
 
 def test_large_output_is_sent_at_once_in_bounded_chunks(tmp_path):
+    # Without a terminal the stream is bulk: messages of BULK_CHUNK (512 KiB, within Banana's 640 KiB).
     session, reactor, proc, reports, _ = make(tmp_path, window=10 * MAX_CHUNK)
-    proc.proto.childDataReceived(1, b"x" * (2 * MAX_CHUNK + 5))
+    proc.proto.childDataReceived(1, b"x" * (2 * BULK_CHUNK + 5))
     sizes = [len(r[2]) for r in outputs(reports)]
-    assert sizes == [MAX_CHUNK, MAX_CHUNK, 5]
+    assert sizes == [BULK_CHUNK, BULK_CHUNK, 5]
+
+
+def test_a_bulk_stream_has_a_bulk_window_scaled_by_the_owners_setting(tmp_path):
+    session, *_ = make(tmp_path)
+    assert (session.limits, session.window.size) == (BULK, BULK_WINDOW)
+    session, *_ = make(tmp_path, window=2 * MAX_CHUNK)  # the owner halved the window: so is the bulk one
+    assert session.window.size == BULK_WINDOW // 2
+    assert output_limits(True) == INTERACTIVE == StreamLimits(MAX_CHUNK, OUTPUT_WINDOW)
 
 
 def test_reader_pauses_when_the_window_is_full_and_resumes_on_ack(tmp_path):
     session, reactor, proc, reports, _ = make(tmp_path, window=2 * MAX_CHUNK)
-    proc.proto.childDataReceived(1, b"x" * MAX_CHUNK)
+    half = session.window.size // 2
+    proc.proto.childDataReceived(1, b"x" * half)
     assert not proc.paused
-    proc.proto.childDataReceived(1, b"x" * MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"x" * half)
     assert proc.paused
-    session.ack(MAX_CHUNK)
+    session.ack(half)
     assert not proc.paused
 
 
@@ -93,7 +104,7 @@ def test_acknowledging_more_than_was_sent_is_refused(tmp_path):
 
 def test_exit_while_paused_resumes_reading_so_eof_can_arrive(tmp_path):
     session, reactor, proc, reports, _ = make(tmp_path, window=MAX_CHUNK)
-    proc.proto.childDataReceived(1, b"x" * MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"x" * session.window.size)
     assert proc.paused
     proc.proto.processExited(Failure(error.ProcessDone(0)))
     assert not proc.paused

@@ -1,0 +1,276 @@
+"""Bulk streams (sessions without a terminal) on the master: recorded raw in the transcript's attachment, read
+back self-contained by export and search, repaired after a crash; larger messages and windows in the relay."""
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from master_side.audit_trail import _search
+from master_side.recorder import SessionRecorder
+from master_side.relay import WINDOW_TOLERANCE, MasterSession
+from master_side.transcript_export import ExportReader, read_cast
+from master_side.transcripts import attachment_path, recover
+from slaveshell.flow import BULK_CHUNK, BULK_WINDOW
+from slaveshell.policy import Identity
+from slaveshell.protocol import MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError
+from slaveshell.transcript import CastEncoder, Redactor, exact_output, expand_lines, parse_lines
+
+HEADER = '{"version": 2, "width": 80, "height": 24}'
+ALICE = Identity(1000, 1000, 1, "alice", frozenset())
+MB = 1024 * 1024
+
+
+class Index:
+    def __init__(self):
+        self.ends = []
+        self.errors = []
+
+    def hidden_input(self, session_id, counts):
+        pass
+
+    def record_error(self, session_id, error):
+        self.errors.append(error)
+
+    def recorded(self, session, ended, sha256, hidden, attachment_sha256=None):
+        self.ends.append((sha256, attachment_sha256))
+
+
+class Ended:
+    status = ExitStatus(code=0)
+
+
+def bulk_recorder(tmp_path, redact=()):
+    index = Index()
+    rec = SessionRecorder("s1", str(tmp_path / "s1.cast"), CastEncoder(Redactor(redact)), index, started=0.0,
+                          clock=lambda: 1.5, bulk=True)
+    rec.create(HEADER)
+    return rec, index
+
+
+def events(path):
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return parse_lines(f).events
+
+
+def sizes_on_disk(tmp_path):
+    return sum(os.path.getsize(tmp_path / name) for name in os.listdir(tmp_path))
+
+
+def test_bulk_chunks_are_on_disk_raw_when_output_returns_and_short_text_stays_playable(tmp_path):
+    rec, index = bulk_recorder(tmp_path)
+    binary = os.urandom(100_000)
+    rec.output(b"short text\n")
+    rec.output(binary)
+    rec.output(b"\xff\xfe oops", 2)
+    # Write-through, before the relay shows the chunk to anyone: the raw bytes and the event that names them.
+    bin_path = attachment_path(rec.path)
+    with open(bin_path, "rb") as f:
+        assert f.read() == binary + b"\xff\xfe oops"
+    assert [(e.code, e.data) for e in events(rec.path)] == [
+        ("o", "short text\n"), ("a", "1 0 100000"), ("a", "2 100000 7")]
+    assert os.stat(bin_path).st_mode & 0o777 == 0o600
+    rec.end(Ended())
+    sha = hashlib.sha256(open(bin_path, "rb").read()).hexdigest()
+    cast_sha = hashlib.sha256(open(rec.path, "rb").read()).hexdigest()
+    assert index.ends == [(cast_sha, sha)]
+    last = events(rec.path)[-2:]
+    assert [(e.code, e.data) for e in last] == [
+        ("m", f"attachment: s1.bin, 100007 bytes, sha256 {sha}"), ("m", "exit: code 0")]
+
+
+@pytest.mark.parametrize("kind", ["binary", "text"])
+def test_storage_of_20_mb_of_bulk_output_is_within_5_percent_of_the_output(tmp_path, kind):
+    # What a user sees on the master's disk: the transcript's files against the bytes the command printed.
+    if kind == "binary":
+        payload = os.urandom(20 * MB)
+    else:
+        payload = base64.encodebytes(os.urandom(15 * MB))[: 20 * MB]
+    rec, _ = bulk_recorder(tmp_path)
+    empty = sizes_on_disk(tmp_path)
+    for i in range(0, len(payload), BULK_CHUNK):
+        rec.output(payload[i: i + BULK_CHUNK])
+    rec.end(Ended())
+    assert (sizes_on_disk(tmp_path) - empty) / len(payload) <= 1.05
+    # ... and the exact bytes come back.
+    reader = ExportReader()
+    assert b"".join(exact_output(events(rec.path), attachment=lambda o, n: _read(rec.path, o, n))) == payload
+    assert reader.read(rec.path, 0, 10)  # readable
+
+
+def _read(cast, offset, length):
+    with open(attachment_path(cast), "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def test_export_is_a_self_contained_cast_read_page_by_page(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    payload = [b"hello \xc3", b"\xa9 world\n", os.urandom(70_000), b"x" * 5000, b"done\n"]
+    for chunk in payload:
+        rec.output(chunk)
+    rec.end(Ended())
+    with open(rec.path, encoding="utf-8", errors="surrogateescape") as f:
+        whole = "".join(expand_lines(f, lambda o, n: _read(rec.path, o, n))).encode("utf-8", "surrogateescape")
+    reader = ExportReader()
+    pages, offset = [], 0
+    while True:  # as `slaveshell export` asks for it: MAX_CHUNK at a time
+        page = reader.read(rec.path, offset, MAX_CHUNK)
+        pages.append(page)
+        offset += len(page)
+        if len(page) < MAX_CHUNK:
+            break
+    exported = b"".join(pages)
+    assert exported == whole
+    # An old reader (no attachment) gets every byte back from the export alone; nothing refers to a file.
+    cast = parse_lines(exported.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    assert b"".join(exact_output(cast.events)) == b"".join(payload)
+    assert "a" not in {e.code for e in cast.events}
+    # A transcript without an attachment is served byte for byte.
+    plain = tmp_path / "plain.cast"
+    plain.write_text(HEADER + '\n[0.1, "o", "hi"]\n')
+    assert reader.read(str(plain), 0, MAX_CHUNK) == plain.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("asciinema") is None, reason="asciinema is not installed (pip install '.[test]')")
+def test_asciinema_plays_the_export_and_skips_attachment_events_in_the_file(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    rec.output(b"inline\n")
+    rec.output(b"bulk line\n" * 1000)
+    rec.end(Ended())
+    played = subprocess.run([sys.executable, "-m", "asciinema", "cat", rec.path], capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    assert played.returncode == 0 and played.stdout == b"inline\n"  # the file itself: valid, `a` skipped
+    export = tmp_path / "export.cast"
+    export.write_bytes(ExportReader().read(rec.path, 0, 10 * MB))
+    played = subprocess.run([sys.executable, "-m", "asciinema", "cat", str(export)], capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    assert played.stdout == b"inline\n" + b"bulk line\n" * 1000
+
+
+def test_search_finds_text_in_attached_output(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    rec.output(b"noise " * 2000 + b"NEEDLE-42 in the haystack")
+    rec.end(Ended())
+    assert "NEEDLE-42" in "".join(e.data for e in read_cast(rec.path).events if e.code == "o")
+    row = {"id": "s1", "worker": "w1", "operator": "alice", "started": "2026-01-01T00:00:00",
+           "hidden_bytes": 0, "hidden_spans": 0, "hidden_flag": False}
+    [hit] = _search([(row, rec.path)], "needle-42", 10)
+    assert hit["stream"] == "output" and "NEEDLE-42" in hit["context"]
+
+
+def test_redaction_applies_to_bulk_output_too(tmp_path):
+    rec, _ = bulk_recorder(tmp_path, redact=[r"SECRET-\w+"])
+    rec.output(b"\xff" * 5000 + b" token SECRET-abc123 end")
+    rec.end(Ended())
+    data = open(attachment_path(rec.path), "rb").read()
+    assert b"SECRET-abc123" not in data and data == b"\xff" * 5000 + b" token [REDACTED] end"
+
+
+def test_a_full_disk_keeps_the_attachment_consistent_with_the_transcript(tmp_path):
+    rec, index = bulk_recorder(tmp_path)
+    rec.output(b"a" * 5000)
+    rec.attachment.write(b"")  # opened
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    rec.output(b"b" * 5000)
+    rec.output(b"c" * 5000)
+    assert len(index.errors) == 1 and "No space left" in str(index.errors[0])
+    assert [(e.code, e.data) for e in events(rec.path)] == [("a", "1 0 5000")]
+
+
+def test_recover_cuts_the_attachment_back_to_what_the_transcript_names(tmp_path):
+    path = tmp_path / "s.cast"
+    path.write_text(HEADER + '\n[0.5, "a", "1 0 4"]\n[1.25, "a", "2 4 3"]\n[1.5, "a", "1 7 ')
+    # A crash after the bytes were written and before (or while) their event was.
+    (tmp_path / "s.bin").write_bytes(b"abcdefg" + b"unreferenced tail")
+    last, sha = recover(str(path), "interrupted: test")
+    assert last == 1.25
+    assert (tmp_path / "s.bin").read_bytes() == b"abcdefg"
+    evs = events(str(path))
+    assert [(e.code, e.data) for e in evs[-2:]] == [
+        ("m", f"attachment: s.bin, 7 bytes, sha256 {hashlib.sha256(b'abcdefg').hexdigest()}"),
+        ("m", "interrupted: test")]
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert b"".join(exact_output(evs, attachment=lambda o, n: _read(str(path), o, n))) == b"abcdefg"
+
+
+# -- the relay ----------------------------------------------------------------------------------------
+
+
+def session(pty):
+    s = MasterSession(OpenRequest(worker="w1", pty=pty), ALICE, lambda s: None)
+    to_op, to_w = [], []
+    owner = s.start(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
+    return s, owner, to_op, to_w
+
+
+def test_a_bulk_stream_takes_large_messages_and_gives_them_to_clients_in_client_sized_pieces():
+    s, owner, to_op, to_w = session(pty=False)
+    data = os.urandom(BULK_CHUNK)
+    s.worker_output(1, data)
+    assert [len(m[2]) for m in to_op] == [MAX_CHUNK] * (BULK_CHUNK // MAX_CHUNK)
+    assert b"".join(m[2] for m in to_op) == data
+    s.viewer_ack(owner, BULK_CHUNK)
+    assert to_w == [("ack", BULK_CHUNK)]
+    with pytest.raises(ProtocolError, match="over the limit"):
+        s.worker_output(1, b"x" * (BULK_CHUNK + 1))
+
+
+def test_a_terminal_keeps_its_small_messages_and_window():
+    s, *_ = session(pty=True)
+    with pytest.raises(ProtocolError, match="over the limit"):
+        s.worker_output(1, b"x" * (MAX_CHUNK + 1))
+    b, *_ = session(pty=False)
+    assert b.output_window.size == BULK_WINDOW and s.output_window.size < BULK_WINDOW
+    for _ in range(BULK_WINDOW * WINDOW_TOLERANCE // BULK_CHUNK + 1):
+        b.worker_output(1, b"x" * BULK_CHUNK)
+    with pytest.raises(ProtocolError, match="past the flow-control window"):
+        b.worker_output(1, b"x")
+
+
+def test_a_watcher_as_fast_as_the_owner_keeps_up_with_a_bulk_stream():
+    s, owner, to_op, _ = session(pty=False)
+    seen = []
+    from master_side.relay import Role
+
+    watcher = s.add_viewer(ALICE, Role.WATCH, lambda *a: seen.append(a))
+    for _ in range(BULK_WINDOW // BULK_CHUNK):
+        s.worker_output(1, b"y" * BULK_CHUNK)
+    assert watcher in s.viewers and not [m for m in seen if m[0] == "exit"]
+    assert json.dumps(len(seen))  # got every piece
+    assert sum(len(m[2]) for m in seen if m[0] == "output") == BULK_WINDOW
+
+
+def test_bulk_input_an_upload_is_kept_raw_too_and_comes_back_as_input(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    upload = os.urandom(300_000)
+    rec.input(b"ls\n", hidden=False)
+    rec.input(upload, hidden=False)
+    rec.output(b"ok\n")
+    rec.end(Ended())
+    evs = events(rec.path)
+    assert [(e.code, e.data) for e in evs[:3]] == [("i", "ls\n"), ("a", "0 0 300000"), ("o", "ok\n")]
+    read = lambda o, n: _read(rec.path, o, n)  # noqa: E731
+    assert b"".join(exact_output(evs, "i", attachment=read)) == b"ls\n" + upload
+    assert b"".join(exact_output(evs, "o", attachment=read)) == b"ok\n"
+    exported = ExportReader().read(rec.path, 0, 10 * MB)
+    cast = parse_lines(exported.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    assert b"".join(exact_output(cast.events, "i")) == b"ls\n" + upload
+    assert os.path.getsize(attachment_path(rec.path)) == len(upload)
+
+
+def test_the_retention_setting_is_checked_with_the_other_numbers():
+    from master_side.config import ShellConfig
+
+    assert ShellConfig(transcript_retention_days=30).errors() == []
+    assert ShellConfig(transcript_retention_days=None).errors() == []
+    assert ShellConfig(transcript_retention_days=-1).errors() == [
+        "transcript_retention_days must be a non-negative number or None"]
+    assert ShellConfig(transcript_retention_days="30").errors()
