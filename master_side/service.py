@@ -87,6 +87,7 @@ class ShellService(BuildbotService):
         self.api.policy = options.rules()
         self.registry.limits = options.limits()
         self.gate.bounds = options.bounds()
+        self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
