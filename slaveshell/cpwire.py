@@ -133,7 +133,7 @@ class TransferRequest:
         sources = wire.get("sources")
         if not isinstance(sources, (list, tuple)):
             raise ProtocolError("sources must be a list of paths")
-        request = cls(direction=wire.get("direction"), worker=wire.get("worker"),
+        request = cls(direction=wire.get("direction", ""), worker=wire.get("worker", ""),
                       sources=tuple(sources), dest=wire.get("dest", ""),
                       recursive=wire.get("recursive", False), preserve=wire.get("preserve", False),
                       build=wire.get("build"), operator=wire.get("operator"),
