@@ -13,6 +13,7 @@ file is in place, 1 with a one-line reason otherwise (as scp), 130 after Ctrl-C,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -37,15 +38,18 @@ class Progress:
     def __init__(self, title: str, total: int, enabled: bool) -> None:
         self.bar: Any = None
         self.counter: Any = None
+        self._stack = contextlib.ExitStack()
         if not enabled:
             return
-        from prompt_toolkit.input import DummyInput
+        from prompt_toolkit.input import create_pipe_input
         from prompt_toolkit.output import create_output
         from prompt_toolkit.shortcuts import ProgressBar
 
-        # DummyInput: the bar never puts the terminal in raw mode, so Ctrl-C stays a SIGINT.
-        self.bar = ProgressBar(title=title, output=create_output(stdout=sys.stderr), input=DummyInput())
-        self.bar.__enter__()
+        # An input of its own that never sends anything: the bar never puts the terminal in raw mode (Ctrl-C
+        # stays a SIGINT), and it does not end at once as with a closed input.
+        keys = self._stack.enter_context(create_pipe_input())
+        self.bar = self._stack.enter_context(ProgressBar(title=title, output=create_output(stdout=sys.stderr),
+                                                         input=keys))
         self.counter = self.bar(label="bytes", total=max(total, 1))
 
     def add(self, n: int) -> None:
@@ -59,8 +63,8 @@ class Progress:
                 self.counter.done = True
             else:
                 self.counter.stopped = True
-            self.bar.__exit__(None, None, None)
             self.bar = None
+        self._stack.close()
 
 
 class CopyClient:
@@ -157,9 +161,12 @@ class CopyClient:
 
     def finish(self) -> None:
         def commit() -> None:
+            from twisted.internet import defer
+
             self._receiving().commit()
-            self.send("result", True, "")
-            self._finish(True, "")
+            # The files are in place; the audit row learns it before this process goes (the master's answer).
+            d = defer.maybeDeferred(self.handle.callRemote, "result", True, "")
+            d.addBoth(lambda _: self._finish(True, ""))
 
         self.guard(commit)
 
