@@ -26,12 +26,12 @@ NO_COPY = "['shell', 'watch', 'join', 'kill', 'replay']"
 
 @pytest.fixture(scope="module")
 def cpbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """cw1 and cw2 may be copied to and from by root; on nocopy root has every right but 'copy'; lost is killed
+    """cw1 may be copied to and from by root; on nocopy root has every right but 'copy'; lost is killed
     by a test. Every worker allows only <root>/allowed. Transfers keep a copy of their bytes."""
     root = str(tmp_path_factory.mktemp("cp"))
     allowed = os.path.join(root, "allowed")
     os.makedirs(allowed)
-    sb = Sandbox(root, workers=["cw1", "cw2", "nocopy", "lost"],
+    sb = Sandbox(root, workers=["cw1", "nocopy", "lost"],
                  opt_in_args=f"allowed_dirs=[{allowed!r}]",
                  service_kwargs=f"policy=[{{'users': [0, {os.getuid()}], 'workers': ['nocopy'], 'rights': {NO_COPY}}},"
                                 f" {{'users': [0, {os.getuid()}]}}], keep_transfer_bytes=True")
@@ -119,10 +119,10 @@ def test_binary_file_and_tree_round_trips_are_byte_exact_and_audited(cpbox, tmp_
     (tree / "sub" / "a.bin").write_bytes(os.urandom(700_000))
     (tree / "b.txt").write_text("hello\n")
     (tree / "sub" / "deeper" / "zero").write_bytes(b"")
-    up = cp(cpbox, "-r", str(tree), f"cw2:{allowed(cpbox)}")
+    up = cp(cpbox, "-r", str(tree), f"cw1:{allowed(cpbox)}")
     assert up.returncode == 0, up.stderr
     assert tree_digest(allowed(cpbox, "tree")) == tree_digest(str(tree))
-    down = cp(cpbox, "-r", f"cw2:{allowed(cpbox, 'tree')}", str(tmp_path / "tree2"))
+    down = cp(cpbox, "-r", f"cw1:{allowed(cpbox, 'tree')}", str(tmp_path / "tree2"))
     assert down.returncode == 0, down.stderr
     assert tree_digest(str(tmp_path / "tree2")) == tree_digest(str(tree))
     assert transfer_row(cpbox, "tree -> ")["state"] == "ended"
@@ -221,7 +221,7 @@ def test_ctrl_c_mid_upload_leaves_nothing_partial_and_closes_the_row(cpbox, tmp_
     _sparse(src)
     dest_dir = allowed(cpbox, "ctrlc")
     os.makedirs(dest_dir, exist_ok=True)
-    proc = subprocess.Popen(cp_argv(cpbox, src, f"cw2:{dest_dir}/huge"), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cp_argv(cpbox, src, f"cw1:{dest_dir}/huge"), stderr=subprocess.PIPE, text=True)
     try:
         assert wait_until(lambda: any(os.path.getsize(os.path.join(dest_dir, n)) > 0 for n in staged(dest_dir)),
                           20, 0.02), "the transfer never started"
