@@ -27,11 +27,11 @@ from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
 from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
+from .copy_api import CopyOperations, Transfers
 from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from .registry import SessionRegistry
 from .relay import MasterSession
 from .session_model import Role, Viewer, new_session_id
-from .transfer import MAX_TRANSFERS, TransferRefused, Transfers
 from .worker_pb import Undo, WorkerPeer, open_on_worker
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class View:
     viewer: Viewer
 
 
-class OperatorAPI:
+class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_api)
     def __init__(self, registry: SessionRegistry, glue: BuildbotGlue, gate: ConnectionGate,
                  trail: Callable[[], AuditTrail | None], botmaster: Callable[[], Any], holds: Holds) -> None:
         self.registry = registry
@@ -97,7 +97,7 @@ class OperatorAPI:
         # How long `--build ID` waits for a running build to reach its HoldForShell step.
         self.hold_wait = 600.0
         self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
-        self.transfers = Transfers(registry.clock)  # `slaveshell cp` (master_side.transfer)
+        self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.copy_api)
 
     @property
     def trail(self) -> AuditTrail:
@@ -392,47 +392,6 @@ class OperatorAPI:
         rows = yield self.history(who, filters if isinstance(filters, dict) else {})
         hits = yield trail.search(rows, text, limit=500)
         return hits
-
-
-    # -- copy (`slaveshell cp`, issue 14; master_side.transfer) ------------------------------------
-
-    @defer.inlineCallbacks
-    def copy(self, who: Identity, request: Any, operator: Any, check: Callable[[], object]) -> Any:
-        """Start a transfer (`request`: a slaveshell.cpwire.TransferRequest) for `who`, whose end of it is the
-        remote reference `operator`. Needs the 'copy' right; the session quotas (max_sessions_per_worker and
-        _per_operator) count transfers apart from sessions, and MAX_TRANSFERS bounds them all. Fires
-        (transfer, the operator's TransferEnd, {"total", "entries"}); raises OperatorError (refusals audited)."""
-        trail = self.trail
-        worker = request.worker
-        decision = self.policy.may(who, Action.COPY, worker)
-        if not decision.allowed:
-            raise self._refuse(who, worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
-        build: dict[str, Any] = {}
-        try:
-            conn = self.glue.route(worker)
-            if request.build is not None:
-                opened = self.glue.workdir_for(OpenRequest(worker=worker, build=request.build), self.holds.held)
-                hold = self.holds.get(request.build)
-                if hold is not None:
-                    build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
-                request = replace(request, cwd=opened.cwd)
-        except RouteError as e:
-            raise self._refuse(who, worker, ErrorKind.UNAVAILABLE, str(e)) from None
-        live = list(self.transfers.live.values())
-        limits = self.registry.limits
-        quota = self.policy.quota(who, worker, live, limits.per_worker, limits.per_operator)
-        if quota is None and len(live) >= MAX_TRANSFERS:
-            quota = f"the master already runs {MAX_TRANSFERS} transfers (its limit)"
-        if quota:
-            raise self._refuse(who, worker, ErrorKind.LIMIT, quota.replace("sessions", "transfers"))
-        request = replace(request, operator=who.user)
-        try:
-            started = yield self.transfers.start(conn, who, request, trail, operator, check, build)
-        except RecordingError as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
-        except TransferRefused as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
-        return started
 
 
 def _opt_str(value: object, what: str) -> str | None:

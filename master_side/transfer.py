@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -32,8 +33,8 @@ from slaveshell.cpwire import (
     check_sha,
 )
 from slaveshell.display import visible
-from slaveshell.policy import Identity
-from slaveshell.protocol import MAX_NAME, ProtocolError, check_bytes, check_str
+from slaveshell.policy import Identity, Policy
+from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
 from slaveshell.remote import set_nodelay
 
 from .session_model import new_session_id
@@ -42,6 +43,8 @@ from .worker_pb import _answer_within, on_disconnect
 
 if TYPE_CHECKING:
     from .audit_trail import AuditTrail
+    from .buildbot_glue import BuildbotGlue
+    from .hold import Holds
 
 log = Logger()
 
@@ -224,6 +227,29 @@ class Transfers:
 
     def _ended(self, transfer: MasterTransfer) -> None:
         self.live.pop(transfer.id, None)
+
+    @staticmethod
+    def route(glue: BuildbotGlue, holds: Holds, request: TransferRequest) -> tuple[Any, TransferRequest,
+                                                                                    dict[str, Any]]:
+        """The worker's connection, the request with the held build's directory (`--build`), and the build's
+        columns for the index row. Raises RouteError (glue.route, glue.workdir_for: a build must be held)."""
+        conn = glue.route(request.worker)
+        if request.build is None:
+            return conn, request, {}
+        opened = glue.workdir_for(OpenRequest(worker=request.worker, build=request.build), holds.held)
+        hold = holds.get(request.build)
+        build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number} if hold else {}
+        return conn, replace(request, cwd=opened.cwd), build
+
+    def quota(self, policy: Policy, who: Identity, worker: str, limits: Any) -> str | None:
+        """Why one more transfer would pass the quotas: the session quotas (max_sessions_per_worker and
+        _per_operator of `limits`, registry.Limits) counting transfers apart from sessions, and MAX_TRANSFERS
+        on the master. None when it would not."""
+        live = list(self.live.values())
+        quota = policy.quota(who, worker, live, limits.per_worker, limits.per_operator)
+        if quota is None and len(live) >= MAX_TRANSFERS:
+            quota = f"the master already runs {MAX_TRANSFERS} transfers (its limit)"
+        return quota.replace("sessions", "transfers") if quota else None
 
     @defer.inlineCallbacks
     def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
