@@ -27,6 +27,7 @@ from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
+from slaveshell.remote import set_nodelay
 
 from .host import WorkerOptions
 
@@ -215,6 +216,7 @@ class TransferServer:
         except TransferError as e:
             return {"ok": False, "error": str(e)}
         self.live[transfer_id] = transfer
+        set_nodelay(sink)  # the tail of each chunk would otherwise wait for the master's delayed ACK
         sink.notifyOnDisconnect(lambda _ref: transfer.lost())
         log.info("slaveshell transfer {tid}: {op} copies {what}", tid=transfer_id,
                  op=visible(request.operator or "?"), what="to this worker" if request.direction == UP else
