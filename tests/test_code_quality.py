@@ -26,7 +26,8 @@ def test_mypy_is_clean():
 # The sans-I/O core, checked with `mypy --strict` (issue 12 part 6).
 STRICT = ["slaveshell/protocol.py", "slaveshell/flow.py", "slaveshell/escape.py", "slaveshell/transcript.py",
           "slaveshell/display.py", "slaveshell/remote.py", "slaveshell/clock.py", "slaveshell/hidden.py",
-          "slaveshell/replay.py", "slaveshell/terminal.py", "slaveshell/policy.py"]
+          "slaveshell/replay.py", "slaveshell/terminal.py", "slaveshell/policy.py", "slaveshell/cpwire.py",
+          "slaveshell/cpfiles.py"]
 
 
 def test_mypy_strict_is_clean_on_the_core():
