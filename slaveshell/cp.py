@@ -7,13 +7,15 @@ transfer: `slaveshell history` lists it) over PB; files arrive in temporary file
 are renamed once complete and fsynced, so a failure, a Ctrl-C or a lost worker leaves nothing partial.
 
 A progress bar (prompt_toolkit's) on a terminal's standard error; nothing in a pipe. Exit status: 0 when every
-file is in place, 1 with a one-line reason otherwise (as scp), 130 after Ctrl-C, 2 for bad arguments.
+file is in place, 1 with a one-line reason otherwise (as scp), 130 after Ctrl-C (or SIGTERM, SIGHUP), 2 for bad
+arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +97,9 @@ class CopyClient:
             self.receiver.abort()
         if not self.done.called:
             self.done.callback((ok, reason))
+
+    def lost(self) -> None:
+        self._finish(False, "the connection to the master was lost during the transfer")
 
     def _local_failure(self, reason: str) -> None:
         """Our side failed (a write, a read, a bad message): clean up, tell the master, stop."""
@@ -272,12 +277,17 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
             if request.direction == DOWN:
                 total[0] = int(reply.get("total") or 0)
             client.started(reply["transfer"], total[0])
+            # The master gone (stopped, or it dropped this connection): the transfer cannot finish.
+            root.notifyOnDisconnect(lambda _ref: client.lost())
             outcome = yield client.done
             return outcome
 
         return go()
 
     ok, reason = False, ""
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) stops a copy as Ctrl-C does: what was staged is removed.
+    previous = {sig: signal.signal(sig, lambda _n, _f: signal.raise_signal(signal.SIGINT))
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         ok, reason = with_master(socket_path, work)
     except Interrupted:
@@ -293,6 +303,9 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
         text = str(e.args[0]) if hasattr(e, "remoteType") and e.args else str(e)
         print(f"slaveshell: {visible(text.splitlines()[0] if text else type(e).__name__)}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _close(client, ok)
     if not ok:
         print(f"slaveshell: {visible(reason.splitlines()[0] if reason else 'the transfer failed')}",

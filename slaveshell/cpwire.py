@@ -30,9 +30,10 @@ from .protocol import MAX_NAME, MAX_PATH, ProtocolError, check_int, check_str, c
 WORKER_TRANSFER_METHOD = "slaveshell_transfer"
 # Banana refuses strings over 640 KiB and drops the connection on one: a chunk stays well below.
 CHUNK = 256 * 1024
-# Credit a sender may hold unacknowledged: 8 chunks. It also bounds what each hop buffers per transfer, and it
-# stays below the master's per-connection output bound (limits.Bounds.connection_buffer, 4 MiB).
-WINDOW = 8 * CHUNK
+# Credit a sender may hold unacknowledged: 12 chunks, 3 MiB (2 MiB measured ~25 % slower on loopback). It also
+# bounds what each hop buffers per transfer, and it stays below the master's per-connection output bound
+# (limits.Bounds.connection_buffer, 4 MiB: a larger window gets the operator's connection dropped).
+WINDOW = 12 * CHUNK
 # The credit one entry or done_file costs (bounds a flood of empty files like a flood of bytes).
 ENTRY_COST = 1024
 MAX_SOURCES = 1024
