@@ -86,6 +86,8 @@ class WorkerTransfer(pb.Referenceable):
 
     def _end(self) -> None:
         self.ended = True
+        if self.sender is not None:
+            self.sender.close()
         if self.receiver is not None and not self.committing:
             self.receiver.abort()
         self.on_end(self)

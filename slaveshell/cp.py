@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -95,6 +96,8 @@ class CopyClient:
     def _finish(self, ok: bool, reason: str) -> None:
         if self.receiver is not None and not ok:
             self.receiver.abort()
+        if self.sender is not None:
+            self.sender.close()
         if not self.done.called:
             self.done.callback((ok, reason))
 
@@ -256,6 +259,8 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
                                                                  if "/" not in p.entry.path),
                                       request.dest, request.recursive, request.preserve, request.build)
         else:
+            if len(request.sources) > 1 and not os.path.isdir(request.dest):
+                raise TransferError(f"{request.dest}: target is not a directory")
             receiver = Receiver(request.dest, request.preserve)
     except TransferError as e:
         print(f"slaveshell: {visible(str(e))}", file=sys.stderr)

@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from .cpwire import CHUNK, ENTRY_COST, WINDOW, Credit, Entry, StreamOrder
@@ -118,7 +118,12 @@ class Sender:
             if method == "finish":
                 self.done = True
 
-    def _generate(self, planned: list[Planned]) -> Iterator[tuple[str, tuple[object, ...], int]]:
+    def close(self) -> None:
+        """Stop: the file being read is closed (idempotent)."""
+        self.done = True
+        self._messages.close()
+
+    def _generate(self, planned: list[Planned]) -> Generator[tuple[str, tuple[object, ...], int], None, None]:
         for item in planned:
             entry = item.entry
             yield "entry", entry.to_wire(), ENTRY_COST

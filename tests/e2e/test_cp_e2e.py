@@ -27,12 +27,14 @@ NO_COPY = "['shell', 'watch', 'join', 'kill', 'replay']"
 @pytest.fixture(scope="module")
 def cpbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """cw1 may be copied to and from by root; on nocopy root has every right but 'copy'; lost is killed
-    by a test. Every worker allows only <root>/allowed. Transfers keep a copy of their bytes."""
+    by a test. Every worker allows only <root>/allowed (and cw1 its own directory, for its builds). Transfers
+    keep a copy of their bytes."""
     root = str(tmp_path_factory.mktemp("cp"))
     allowed = os.path.join(root, "allowed")
     os.makedirs(allowed)
+    # cw1 runs the builds: its build directories are allowed too (cp --build).
     sb = Sandbox(root, workers=["cw1", "nocopy", "lost"],
-                 opt_in_args=f"allowed_dirs=[{allowed!r}]",
+                 opt_in_args=f"allowed_dirs=[{allowed!r}, {os.path.join(root, 'worker-cw1')!r}]",
                  service_kwargs=f"policy=[{{'users': [0, {os.getuid()}], 'workers': ['nocopy'], 'rights': {NO_COPY}}},"
                                 f" {{'users': [0, {os.getuid()}]}}], keep_transfer_bytes=True")
     sb.create()
@@ -253,3 +255,26 @@ def test_a_worker_lost_mid_download_leaves_nothing_partial_and_closes_the_row(cp
     assert staged(str(tmp_path)) == [] and not (tmp_path / "got").exists()
     row = transfer_row(cpbox, "huge-down")
     assert row["state"] == "failed" and "lost" in str(row["end_reason"])
+
+
+def test_build_copies_from_and_to_a_held_builds_directory(cpbox, tmp_path):
+    cpbox.send_change("hold")
+
+    def held() -> int | None:
+        rows = [r for r in cpbox.build_rows("holder") if r[2] is None]
+        if not rows:
+            return None
+        got = cp(cpbox, "--build", str(rows[-1][0]), "cw1:failed.txt", str(tmp_path / "evidence"))
+        return rows[-1][0] if got.returncode == 0 else None
+
+    build_id = wait_until(held, 60, 0.5)
+    assert build_id, "the build was never held"
+    assert (tmp_path / "evidence").read_text() == "evidence\n"
+    (tmp_path / "fix").write_text("patched\n")
+    assert cp(cpbox, "--build", str(build_id), str(tmp_path / "fix"), "cw1:fix").returncode == 0
+    builddir = os.path.join(cpbox.worker_dir("cw1"), "holder", "build")
+    assert open(os.path.join(builddir, "fix")).read() == "patched\n"
+    rows = [r for r in history(cpbox) if r["term"] == "transfer" and r.get("build_id") == build_id]
+    assert len(rows) == 2
+    subprocess.run([sys.executable, "-m", "slaveshell.cli", "release", "--socket", cpbox.socket, str(build_id)],
+                   capture_output=True, text=True, timeout=30)
