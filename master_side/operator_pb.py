@@ -173,8 +173,8 @@ class OperatorRoot(pb.Referenceable):
 
     def remote_copy(self, sink: object, params: object) -> Any:
         """Start a transfer: `params` is slaveshell.cpwire.TransferRequest.to_wire(), `sink` the client's end.
-        Answers ``{"ok": True, "transfer": TransferEnd, "id", "total", "entries"}`` or ``{"ok": False,
-        "error"}``."""
+        Answers ``{"ok": True, "transfer": TransferEnd, "id", "total", "entries", "recorded"}`` or ``{"ok":
+        False, "error"}``."""
         return self._limited(self._copy, self.identity(), sink, params)
 
     def _copy(self, who: Identity, sink: object, params: object) -> Any:
@@ -188,7 +188,7 @@ class OperatorRoot(pb.Referenceable):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
         broker = self.broker
 
-        def answer(started: tuple[Any, Any, dict[str, int]]) -> dict[str, Any]:
+        def answer(started: tuple[Any, Any, dict[str, Any]]) -> dict[str, Any]:
             transfer, end, sizes = started
             return {"ok": True, "transfer": end, "id": transfer.id, **sizes}
 

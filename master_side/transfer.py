@@ -292,7 +292,8 @@ class Transfers:
             transfer.parties[WORKER].send("start")
         total, entries = reply.get("total", 0), reply.get("entries", 0)
         return transfer, TransferEnd(transfer, OPERATOR), {
-            "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0}
+            "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0,
+            "recorded": record is not None}
 
 
 class TransferRefused(Exception):

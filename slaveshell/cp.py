@@ -279,6 +279,9 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
             if not isinstance(reply, dict) or reply.get("ok") is not True:
                 error = reply.get("error") if isinstance(reply, dict) else None
                 return False, error if isinstance(error, str) else "the master refused the transfer"
+            if reply.get("recorded") is False:
+                print("slaveshell: WARNING: this transfer is NOT being recorded (the audit trail is unavailable)",
+                      file=sys.stderr)
             if request.direction == DOWN:
                 total[0] = int(reply.get("total") or 0)
             client.started(reply["transfer"], total[0])

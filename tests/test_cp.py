@@ -8,13 +8,18 @@ import os
 from typing import Any
 
 import pytest
+from twisted.spread import pb
 
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
+from slave_side.host import WorkerOptions
+from slave_side.transfer import TransferServer
 from slaveshell.cp import request_of, split_remote
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Entry, TransferRequest, check_relpath
 from slaveshell.policy import Identity
 from slaveshell.protocol import ProtocolError
+
+from .fakes import call, connected
 
 
 @pytest.mark.parametrize("path", ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a/", "a\0b"])
@@ -167,3 +172,43 @@ def test_the_master_checks_the_senders_sha256_and_declared_size():
     transfer, _, _ = _relay()
     transfer.received(WORKER, "data", (b"abc",))  # the receiver may not send data
     assert transfer.ended and "sender" in transfer.outcome[1]  # type: ignore[index]
+
+
+class TransferBot(pb.Root):
+    """The worker's BotPb as far as transfers go: the method slave_side.install() adds."""
+
+    def __init__(self, server: TransferServer, basedir: str) -> None:
+        self.server, self.basedir = server, basedir
+
+    def remote_slaveshell_transfer(self, sink: Any, params: Any) -> Any:
+        return self.server.open(self.basedir, sink, params)
+
+
+class TransferSink(pb.Referenceable):
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def remote_ack(self, *args: Any) -> None:
+        self.calls.append(("ack", *args))
+
+    def remote_result(self, *args: Any) -> None:
+        self.calls.append(("result", *args))
+
+
+def test_the_workers_transfer_door_refuses_with_plain_answers_and_keeps_the_link(tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server = TransferServer(WorkerOptions(allowed_dirs=(str(allowed),), allowed_users=frozenset({"root"})))
+    root, pump, broker = connected(TransferBot(server, str(tmp_path)))
+    up = TransferRequest(UP, "w1", ("f",), str(allowed), operator="root").to_wire()
+    assert call(pump, root, "slaveshell_transfer", TransferSink(), {**up, "evil": 1})["ok"] is False
+    assert "does not allow mallory" in call(pump, root, "slaveshell_transfer", TransferSink(),
+                                            {**up, "operator": "mallory"})["error"]
+    reply = call(pump, root, "slaveshell_transfer", TransferSink(), {**up, "dest": str(tmp_path)})
+    assert reply["ok"] is False and "outside the directories this worker allows" in reply["error"]
+    sink = TransferSink()
+    reply = call(pump, root, "slaveshell_transfer", sink, up)
+    assert reply["ok"] is True
+    call(pump, reply["transfer"], "entry", "file", "../escape", 0o644, 1, 0.0)
+    assert sink.calls and sink.calls[-1][:2] == ("result", False) and "unsafe path" in sink.calls[-1][2]
+    assert os.listdir(allowed) == [] and not broker.disconnected and server.live == {}
