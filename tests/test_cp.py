@@ -8,6 +8,8 @@ import os
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.spread import pb
 
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
@@ -212,3 +214,24 @@ def test_the_workers_transfer_door_refuses_with_plain_answers_and_keeps_the_link
     call(pump, reply["transfer"], "entry", "file", "../escape", 0o644, 1, 0.0)
     assert sink.calls and sink.calls[-1][:2] == ("result", False) and "unsafe path" in sink.calls[-1][2]
     assert os.listdir(allowed) == [] and not broker.disconnected and server.live == {}
+
+
+_wire = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20) \
+    | st.binary(max_size=20) | st.sampled_from(["file", "dir", "f", "a/b", "../x", b"x" * CHUNK, b"x" * (CHUNK + 1),
+                                                 hashlib.sha256(b"").hexdigest(), 0o644, 0, 1024, True])
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(st.tuples(st.sampled_from([OPERATOR, WORKER]),
+                                st.sampled_from(["entry", "data", "done_file", "finish", "abort", "ack", "result",
+                                                 "cancel", "nosuch"]),
+                                st.lists(_wire, max_size=5)), max_size=12))
+def test_rogue_parties_cannot_break_the_masters_relay(calls):
+    """Anything PB can carry, from either party: the relay never raises, ends at most once, and tells the
+    operator the outcome exactly once (unless the operator reported it)."""
+    transfer, operator, worker = _relay()
+    for side, method, args in calls:
+        transfer.received(side, method, tuple(args))
+    results = [c for c in operator.calls if c[0] == "result"]
+    assert len(results) == (1 if transfer.ended else 0)
+    assert len([c for c in worker.calls if c[0] == "cancel"]) <= 1
