@@ -235,3 +235,26 @@ def test_rogue_parties_cannot_break_the_masters_relay(calls):
     results = [c for c in operator.calls if c[0] == "result"]
     assert len(results) == (1 if transfer.ended else 0)
     assert len([c for c in worker.calls if c[0] == "cancel"]) <= 1
+
+
+def test_transfers_are_counted_per_worker_and_operator_apart_from_sessions():
+    from master_side.transfer import MAX_TRANSFERS, Transfers
+    from slaveshell.policy import Policy
+
+    class Limits:
+        per_worker, per_operator = 2, 1
+
+    transfers = Transfers(lambda: 0.0)
+    policy = Policy.default(master_uid=0)
+    who = Identity(uid=0, gid=0, pid=1, user="root", groups=frozenset())
+    assert transfers.quota(policy, who, "w1", Limits) is None
+    transfers.live["t1"], _, _ = _relay()
+    assert transfers.quota(policy, who, "w1", Limits) == "root already has 1 transfers (the master's limit)"
+    Limits.per_operator = 5
+    transfers.live["t2"], _, _ = _relay()
+    assert transfers.quota(policy, who, "w1", Limits) == "worker w1 already has 2 transfers (the master's limit)"
+    assert transfers.quota(policy, who, "w2", Limits) is None
+    Limits.per_worker = Limits.per_operator = None  # type: ignore[assignment]
+    for n in range(MAX_TRANSFERS):
+        transfers.live[f"x{n}"], _, _ = _relay()
+    assert "64 transfers" in str(transfers.quota(policy, who, "w2", Limits))
