@@ -149,6 +149,7 @@ class CopyClient:
             if len(args) != 5:
                 raise ProtocolError("an entry has a kind, a path, a mode, a size and a time")
             self._receiving().entry(Entry.from_wire(*args))
+            self.send("ack", ENTRY_COST)
 
         self.guard(take)
 

@@ -258,3 +258,25 @@ def test_transfers_are_counted_per_worker_and_operator_apart_from_sessions():
     for n in range(MAX_TRANSFERS):
         transfers.live[f"x{n}"], _, _ = _relay()
     assert "64 transfers" in str(transfers.quota(policy, who, "w2", Limits))
+
+
+def test_the_clients_receiver_returns_all_credit_even_for_thousands_of_entries(tmp_path):
+    """A download of many small entries must not run the sender's window dry (entries cost credit too)."""
+    from slaveshell.cp import CopyClient
+
+    handle = FakeRef()
+    client = CopyClient(TransferRequest("down", "w1", ("tree",), str(tmp_path)), None,
+                        Receiver(str(tmp_path), preserve=False), lambda: None)  # type: ignore[arg-type,return-value]
+    client.handle = handle
+    sender_credit = Credit()
+    client.entry("dir", "tree", 0o755, 0, 0.0)
+    sender_credit.spend(1024)
+    for n in range(3 * WINDOW // 1024):
+        client.entry("file", f"tree/f{n}", 0o644, 0, 0.0)
+        client.done_file(hashlib.sha256(b"").hexdigest())
+        sender_credit.spend(2048)
+        for method, args in handle.calls:
+            if method == "ack":
+                sender_credit.ack(args[0])
+        handle.calls.clear()
+    assert sender_credit.outstanding == 0 and not client.done.called
