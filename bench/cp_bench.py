@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--files", type=int, default=0, help="also a tree of this many 1 KiB files (scp -r, cp -r)")
     args = p.parse_args()
+    # A timeout's SIGTERM still stops the sandbox and sshd (the finally below).
+    signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))
     size, rounds = (4, 1) if args.smoke else (args.size, args.rounds)
     with tempfile.TemporaryDirectory(prefix="slaveshell-cp-bench-") as tmp:
         work = Path(tmp)
