@@ -90,6 +90,8 @@ class ShellConfig:
     write_stall_timeout: float | None = Bounds.write_stall
     max_calls_in_progress: int = Bounds.calls_in_progress
     name: str = "slaveshell"
+    # `slaveshell cp`: keep a copy of every transfer's bytes next to its transcript (master_side.transfer_record).
+    keep_transfer_bytes: bool = False
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""

@@ -27,6 +27,7 @@ from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
 
 from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
+from .copy_api import CopyOperations, Transfers
 from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from .operator_types import ErrorKind, OperatorError, View, ViewerSink
 from .registry import SessionRegistry
@@ -48,7 +49,7 @@ log = Logger()
 __all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
 
 
-class OperatorAPI:
+class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_api)
     def __init__(self, registry: SessionRegistry, glue: BuildbotGlue, gate: ConnectionGate,
                  trail: Callable[[], AuditTrail | None], botmaster: Callable[[], BotMaster], holds: Holds) -> None:
         self.registry = registry
@@ -63,6 +64,7 @@ class OperatorAPI:
         # How long `--build ID` waits for a running build to reach its HoldForShell step.
         self.hold_wait = 600.0
         self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
+        self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.copy_api)
 
     @property
     def trail(self) -> AuditTrail:

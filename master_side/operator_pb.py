@@ -170,6 +170,32 @@ class OperatorRoot(pb.Referenceable):
     def remote_search(self, text: object, filters: object = None) -> Any:
         return self._limited(self._asked, self.service.api.search, self.identity(), text, filters)
 
+    # -- `slaveshell cp` (master_side.transfer) ------------------------------------------------------
+
+    def remote_copy(self, sink: object, params: object) -> Any:
+        """Start a transfer: `params` is slaveshell.cpwire.TransferRequest.to_wire(), `sink` the client's end.
+        Answers ``{"ok": True, "transfer": TransferEnd, "id", "total", "entries", "recorded"}`` or ``{"ok":
+        False, "error"}``."""
+        return self._limited(self._copy, self.identity(), sink, params)
+
+    def _copy(self, who: Identity, sink: object, params: object) -> Any:
+        from slaveshell.cpwire import TransferRequest
+
+        try:
+            request = TransferRequest.from_wire(params)
+        except ProtocolError as e:
+            return {"ok": False, "error": f"bad request: {e}"}
+        if not isinstance(sink, pb.RemoteReference):
+            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        broker = self.broker
+
+        def answer(started: tuple[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+            transfer, end, sizes = started
+            return {"ok": True, "transfer": end, "id": transfer.id, **sizes}
+
+        d = defer.maybeDeferred(self.service.api.copy, who, request, sink, lambda: self.service.gate.check(broker))
+        return d.addCallbacks(answer, _as_answer)
+
 
 @implementer(pb.IPBRoot)
 class RootFactory:

@@ -99,6 +99,7 @@ class ShellService(BuildbotService):
         self.registry.limits = options.limits()
         self.gate.bounds = options.bounds()
         self.retention.days = options.transcript_retention_days
+        self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),

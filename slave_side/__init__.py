@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from slaveshell.cpwire import WORKER_TRANSFER_METHOD
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
 from .server import ShellServer
 from .session import WorkerOptions
+from .transfer import TransferServer
 
 __all__ = ["install", "uninstall", "WorkerOptions", "ShellServer"]
 
 _server: ShellServer | None = None
+_transfers: TransferServer | None = None
 
 
 def install(
@@ -39,7 +42,7 @@ def install(
     allowed_users: if given, only these operators (user names on the master host, as the master reports them)
         may open sessions here, whatever the master's policy says.
     """
-    global _server
+    global _server, _transfers
     if not enabled:
         uninstall()
         return None
@@ -56,21 +59,26 @@ def install(
         allowed_users=frozenset(allowed_users) if allowed_users is not None else None,
     )
     _server = ShellServer(options)
+    # `slaveshell cp`: the same opt-in, the same limits (slave_side.transfer).
+    _transfers = TransferServer(options)
     # The master learns what a worker can do from its command list; this entry is how it knows we opted in.
     registry.commandRegistry[WORKER_COMMAND] = _NotABuildCommand
     setattr(BotPb, "remote_" + WORKER_OPEN_METHOD, _remote_open)
+    setattr(BotPb, "remote_" + WORKER_TRANSFER_METHOD, _remote_transfer)
     return _server
 
 
 def uninstall() -> None:
-    global _server
+    global _server, _transfers
     from buildbot_worker.commands import registry
     from buildbot_worker.pb import BotPb
 
     _server = None
+    _transfers = None
     registry.commandRegistry.pop(WORKER_COMMAND, None)
-    if hasattr(BotPb, "remote_" + WORKER_OPEN_METHOD):
-        delattr(BotPb, "remote_" + WORKER_OPEN_METHOD)
+    for method in (WORKER_OPEN_METHOD, WORKER_TRANSFER_METHOD):
+        if hasattr(BotPb, "remote_" + method):
+            delattr(BotPb, "remote_" + method)
 
 
 class _Bot(Protocol):
@@ -83,6 +91,12 @@ def _remote_open(bot: _Bot, sink: object, params: object) -> dict[str, object]:
     if _server is None:
         return {"ok": False, "error": "shell sessions are disabled on this worker"}
     return _server.open(str(bot.basedir), sink, params)
+
+
+def _remote_transfer(bot: _Bot, sink: object, params: object) -> dict[str, object]:
+    if _transfers is None:
+        return {"ok": False, "error": "slaveshell is disabled on this worker"}
+    return _transfers.open(str(bot.basedir), sink, params)
 
 
 def _not_a_build_command() -> type:

@@ -292,6 +292,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
                attach=(args.session, mode))
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    from .cp import cmd_cp as copy
+
+    return copy(args, _socket_path(args))
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     from .console import Console, MasterBackend
 
@@ -373,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("-E", dest="escape", metavar="CHAR", default="~", help="escape character or 'none'")
         a.add_argument("session", metavar="ID")
         a.set_defaults(func=cmd_attach)
+
+    cp = with_socket(sub.add_parser("cp", help="copy files to or from a worker, as scp: cp [-r] [-p] SRC... DST"))
+    from .cp import add_arguments as cp_arguments
+
+    cp_arguments(cp)
+    cp.set_defaults(func=cmd_cp)
 
     d = sub.add_parser("demo", help="a throwaway master and worker, and a shell on the worker")
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory afterwards")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-RIGHTS = frozenset({"shell", "watch", "join", "kill", "replay"})
+RIGHTS = frozenset({"shell", "watch", "join", "kill", "replay", "copy"})
 
 
 class Action(enum.Enum):
@@ -28,6 +28,7 @@ class Action(enum.Enum):
     KILL = "kill"  # end a session (its own operator always may)
     RELEASE = "release"  # release a held build: 'shell' on its worker
     REPLAY = "replay"  # read a session's record and transcript
+    COPY = "copy"  # copy files to or from a worker (`slaveshell cp`)
 
 
 class Operator(Protocol):

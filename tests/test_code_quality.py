@@ -43,6 +43,8 @@ STRICT = [
     "slaveshell/framing.py",
     "slaveshell/hop.py",
     "slaveshell/hop_client.py",
+    "slaveshell/cpwire.py",
+    "slaveshell/cpfiles.py",
     "master_side/audit.py",
     "master_side/audit_trail.py",
     "master_side/buildbot_glue.py",

@@ -101,7 +101,7 @@ def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(role
 
 
 @given(calls=st.lists(st.tuples(st.sampled_from(["open", "attach", "kill", "history", "transcript", "search",
-                                                 "release", "sessions", "workers", "nosuch"]),
+                                                 "release", "sessions", "workers", "copy", "nosuch"]),
                                 st.lists(plain | st.just("SINK"), max_size=4)), max_size=8))
 def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
     """Every root method (open, attach, kill, history, transcript, search, release, ...) with garbage, with

@@ -1,0 +1,72 @@
+"""`OperatorAPI.copy`: the operator operation of `slaveshell cp` (issue 14), apart from the session operations
+(master_side.operator_api mixes `CopyOperations` in; the transfers themselves are master_side.transfer's).
+
+Authorization asks the policy for the 'copy' right on the worker; the route is the session's (a connected,
+opted-in PB worker; `--build ID` needs the build held now); the quotas are the session quotas counted over
+transfers, and MAX_TRANSFERS in all. Every refusal is audited (`OperatorAPI._refuse`) and raised as
+`OperatorError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+
+from slaveshell.policy import Action, Identity
+
+from .audit_trail import RecordingError
+from .buildbot_glue import RouteError
+from .transfer import TransferRefused, Transfers
+
+if TYPE_CHECKING:
+    from slaveshell.cpwire import TransferRequest
+    from slaveshell.policy import Policy
+
+    from .audit_trail import AuditTrail
+    from .buildbot_glue import BuildbotGlue
+    from .hold import Holds
+    from .operator_api import ErrorKind, OperatorError
+    from .registry import SessionRegistry
+
+__all__ = ["CopyOperations", "Transfers"]
+
+
+class CopyOperations:
+    if TYPE_CHECKING:  # what OperatorAPI provides
+        policy: Policy
+        glue: BuildbotGlue
+        holds: Holds
+        registry: SessionRegistry
+        transfers: Transfers
+
+        @property
+        def trail(self) -> AuditTrail: ...
+        def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError: ...
+
+    @defer.inlineCallbacks
+    def copy(self, who: Identity, request: TransferRequest, operator: Any,
+             check: Callable[[], object]) -> Any:
+        """Start a transfer for `who`, whose end of it is the remote reference `operator` (`check()` applies
+        that connection's output bound). Fires (MasterTransfer, the operator's TransferEnd, {"total",
+        "entries"}); raises OperatorError."""
+        from .operator_api import ErrorKind, OperatorError  # noqa: F811 (at run time: operator_api imports us)
+
+        decision = self.policy.may(who, Action.COPY, request.worker)
+        if not decision.allowed:
+            raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
+        try:
+            conn, request, build = self.transfers.route(self.glue, self.holds, request)
+        except RouteError as e:
+            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
+        quota = self.transfers.quota(self.policy, who, request.worker, self.registry.limits)
+        if quota:
+            raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
+        try:
+            started = yield self.transfers.start(conn, who, replace(request, operator=who.user), self.trail,
+                                                 operator, check, build)
+        except (RecordingError, TransferRefused) as e:
+            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+        return started

@@ -1,0 +1,313 @@
+"""`slaveshell cp` on the master: one transfer relayed between the operator's client and the worker, checked,
+counted and recorded (`MasterTransfer`), the PB handles both parties call (`TransferEnd`), and the live
+transfers with their start (`Transfers`). Wire vocabulary: slaveshell.cpwire.
+
+The sender (the operator for an upload, the worker for a download) streams entries, data, done_file and
+finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file and
+compares the sender's sha256, writes the record (master_side.transfer_record) before it forwards, and passes
+the receiver's acks back as credit: what it holds per transfer is bounded by the window. The receiver's
+`result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection, the operator's
+`cancel` (Ctrl-C) and a record that cannot be written. The operator always gets `result(ok, reason)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from slaveshell.cpwire import (
+    CHUNK,
+    ENTRY_COST,
+    UP,
+    WORKER_TRANSFER_METHOD,
+    Credit,
+    Entry,
+    StreamOrder,
+    TransferRequest,
+    check_sha,
+)
+from slaveshell.display import visible
+from slaveshell.policy import Identity, Policy
+from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
+from slaveshell.remote import set_nodelay
+
+from .session_model import new_session_id
+from .transfer_record import TransferRecord, describe
+from .worker_pb import _answer_within, on_disconnect
+
+if TYPE_CHECKING:
+    from .audit_trail import AuditTrail
+    from .buildbot_glue import BuildbotGlue
+    from .hold import Holds
+
+log = Logger()
+
+OPERATOR = "operator"
+WORKER = "worker"
+SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
+_ANSWERLESS = frozenset({"entry", "data", "done_file", "ack"})
+# Transfers at once on this master, whatever the per-worker and per-operator quotas say.
+MAX_TRANSFERS = 64
+
+
+class Party:
+    """One party's end as the master calls it: answer-less sends on a remote reference; `check()` after each
+    send applies the connection's output bound (the operator's: limits.ConnectionGate.check)."""
+
+    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None) -> None:
+        self.ref = ref
+        self.check = check
+
+    def send(self, method: str, *args: object) -> None:
+        kw = {"pbanswer": False} if method in _ANSWERLESS else {}
+        defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
+        self.check()
+
+
+class MasterTransfer:
+    """One transfer's relay. `received(side, method, args)` takes each party's call (from `TransferEnd`)."""
+
+    def __init__(self, transfer_id: str, who: Identity, request: TransferRequest, record: TransferRecord | None,
+                 on_end: Callable[[MasterTransfer], None]) -> None:
+        self.id = transfer_id
+        self.identity = who
+        self.request = request
+        self.worker = request.worker
+        self.record = record
+        self.on_end = on_end
+        self.sender_side = OPERATOR if request.direction == UP else WORKER
+        self.parties: dict[str, Party] = {}
+        self.order = StreamOrder()
+        self.credit = Credit()
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+        self.files = 0
+        self.ended = False
+        self.outcome: tuple[bool, str] | None = None
+        self.undo: list[Callable[[], None]] = []
+
+    def _other(self, side: str) -> str:
+        return WORKER if side == OPERATOR else OPERATOR
+
+    def received(self, side: str, method: str, args: tuple[object, ...]) -> None:
+        if self.ended:
+            return  # late: racing the end
+        try:
+            self._dispatch(side, method, args)
+        except ProtocolError as e:
+            self.end(False, f"the {side} sent a bad message: {e}")
+        except OSError as e:
+            self.end(False, f"the master cannot record the transfer: {e.strerror or e}")
+
+    def _dispatch(self, side: str, method: str, args: tuple[object, ...]) -> None:
+        receiver = self._other(self.sender_side)
+        if method in SENDER_METHODS and side != self.sender_side:
+            raise ProtocolError(f"{method} comes from the sender")
+        if method == "entry":
+            if len(args) != 5:
+                raise ProtocolError("entry takes kind, path, mode, size and mtime")
+            entry = Entry.from_wire(*args)
+            self.order.entry(entry)
+            self.credit.spend(ENTRY_COST)
+            self.sha = hashlib.sha256()
+            if self.record is not None:
+                self.record.entry(entry)
+            self.parties[receiver].send("entry", *entry.to_wire())
+        elif method == "data":
+            chunk = check_bytes(args[0] if len(args) == 1 else None, "data", CHUNK)
+            self.order.data(chunk)
+            self.credit.spend(len(chunk))
+            self.sha.update(chunk)
+            self.bytes += len(chunk)
+            if self.record is not None:
+                self.record.data(chunk)
+            self.parties[receiver].send("data", chunk)
+        elif method == "done_file":
+            claimed = check_sha(args[0] if len(args) == 1 else None)
+            entry = self.order.done_file()
+            self.credit.spend(ENTRY_COST)
+            if claimed != self.sha.hexdigest():
+                raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
+            self.files += 1
+            if self.record is not None:
+                self.record.file_done(entry, claimed)
+            self.parties[receiver].send("done_file", claimed)
+        elif method == "finish":
+            self.order.finish()
+            self.parties[receiver].send("finish")
+        elif method == "abort":
+            reason = args[0] if len(args) == 1 and isinstance(args[0], str) else ""
+            self.end(False, f"the {side} gave up: {reason[:1000]}")
+        elif method == "ack":
+            if side != receiver or len(args) != 1:
+                raise ProtocolError("ack comes from the receiver, with a credit")
+            self.parties[self.sender_side].send("ack", self.credit.ack(args[0]))
+        elif method == "result":
+            if side != receiver or len(args) != 2 or not isinstance(args[0], bool):
+                raise ProtocolError("result comes from the receiver: ok and a reason")
+            if args[0] and not self.order.finished:
+                raise ProtocolError("a transfer succeeded before it finished")
+            self.end(args[0], check_str(args[1], "reason", 4096), reported_by=side)
+        elif method == "cancel" and side == OPERATOR:
+            self.end(False, "stopped by the operator")
+        else:
+            raise ProtocolError(f"unknown transfer call {method}")
+
+    def end(self, ok: bool, reason: str, reported_by: str | None = None) -> None:
+        """End once: the record closed, the operator told `result(ok, reason)`, the worker told `cancel`."""
+        if self.ended:
+            return
+        self.ended = True
+        self.outcome = (ok, reason)
+        for undo in self.undo:
+            undo()
+        if self.record is not None:
+            self.record.end(ok, reason, self.bytes, self.files)
+        if OPERATOR in self.parties and reported_by != OPERATOR:
+            self.parties[OPERATOR].send("result", ok, reason)
+        if WORKER in self.parties and reported_by != WORKER:
+            self.parties[WORKER].send("cancel", reason)
+        log.info("slaveshell transfer {tid}: {who} {what}: {outcome}", tid=self.id, who=visible(self.identity),
+                 what=visible(describe(self.request)), outcome="done" if ok else visible(f"failed: {reason}"))
+        self.on_end(self)
+
+
+class TransferEnd(pb.Referenceable):
+    """A party's handle on a transfer (the operator's client, or the worker, holds one). Every call is checked
+    by the transfer; a bad one ends it, never the connection."""
+
+    def __init__(self, transfer: MasterTransfer, side: str) -> None:
+        self.transfer = transfer
+        self.side = side
+
+    def _call(self, method: str, *args: object) -> None:
+        self.transfer.received(self.side, method, args)
+
+    def remote_entry(self, *args: object) -> None:
+        self._call("entry", *args)
+
+    def remote_data(self, *args: object) -> None:
+        self._call("data", *args)
+
+    def remote_done_file(self, *args: object) -> None:
+        self._call("done_file", *args)
+
+    def remote_finish(self) -> None:
+        self._call("finish")
+
+    def remote_abort(self, *args: object) -> None:
+        self._call("abort", *args)
+
+    def remote_ack(self, *args: object) -> None:
+        self._call("ack", *args)
+
+    def remote_result(self, *args: object) -> bool:
+        self._call("result", *args)
+        return True
+
+    def remote_cancel(self) -> bool:
+        self._call("cancel")
+        return True
+
+
+class Transfers:
+    """The master's live transfers. `keep_bytes`: the service's keep_transfer_bytes option."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.live: dict[str, MasterTransfer] = {}
+        self.keep_bytes = False
+        self.open_timeout = 30.0
+
+    def _ended(self, transfer: MasterTransfer) -> None:
+        self.live.pop(transfer.id, None)
+
+    @staticmethod
+    def route(glue: BuildbotGlue, holds: Holds, request: TransferRequest) -> tuple[Any, TransferRequest,
+                                                                                    dict[str, Any]]:
+        """The worker's connection, the request with the held build's directory (`--build`), and the build's
+        columns for the index row. Raises RouteError (glue.route, glue.workdir_for: a build must be held)."""
+        conn = glue.route(request.worker)
+        if request.build is None:
+            return conn, request, {}
+        opened = glue.workdir_for(OpenRequest(worker=request.worker, build=request.build), holds.held)
+        hold = holds.get(request.build)
+        build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number} if hold else {}
+        return conn, replace(request, cwd=opened.cwd), build
+
+    def quota(self, policy: Policy, who: Identity, worker: str, limits: Any) -> str | None:
+        """Why one more transfer would pass the quotas: the session quotas (max_sessions_per_worker and
+        _per_operator of `limits`, registry.Limits) counting transfers apart from sessions, and MAX_TRANSFERS
+        on the master. None when it would not."""
+        live = list(self.live.values())
+        quota = policy.quota(who, worker, live, limits.per_worker, limits.per_operator)
+        if quota is None and len(live) >= MAX_TRANSFERS:
+            quota = f"the master already runs {MAX_TRANSFERS} transfers (its limit)"
+        return quota.replace("sessions", "transfers") if quota else None
+
+    @defer.inlineCallbacks
+    def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
+              operator: pb.RemoteReference, check: Callable[[], object], build: dict[str, Any]) -> Any:
+        """Record, then ask the worker (`conn`: its buildbot PB Connection). Fires (transfer, the operator's
+        TransferEnd, the worker's reply) or raises TransferRefused (the worker's or the recording's refusal,
+        for the operator) or RecordingError."""
+        transfer_id = new_session_id()
+        record: TransferRecord | None = TransferRecord(trail, transfer_id, who, request, self.clock(),
+                                                       self.keep_bytes)
+        assert record is not None
+        record.build = build
+        if not (yield record.begin()):
+            record = None
+        transfer = MasterTransfer(transfer_id, who, request, record, self._ended)
+        transfer.parties[OPERATOR] = Party(operator, check)
+        set_nodelay(conn.mind)
+        try:
+            reply = yield _answer_within(defer.maybeDeferred(
+                conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_wire()),
+                self.open_timeout, _cancel_late)
+        except defer.TimeoutError:
+            reply = {"ok": False, "error": f"did not answer within {self.open_timeout:g} s"}
+        except Exception as e:
+            reply = {"ok": False, "error": _worker_failure(e)}
+        ref = reply.get("transfer") if isinstance(reply, dict) else None
+        if not isinstance(reply, dict) or reply.get("ok") is not True or not isinstance(ref, pb.RemoteReference):
+            error = reply.get("error") if isinstance(reply, dict) else None
+            text = f"worker {request.worker}: {error if isinstance(error, str) else 'sent a malformed reply'}"
+            transfer.parties.clear()
+            transfer.end(False, text[:4096])
+            raise TransferRefused(text[:4096])
+        transfer.parties[WORKER] = Party(ref)
+        self.live[transfer_id] = transfer
+        transfer.undo.append(on_disconnect(ref, lambda: transfer.end(False, f"the worker {request.worker} was "
+                                                                            "lost during the transfer")))
+        transfer.undo.append(on_disconnect(operator, lambda: transfer.end(
+            False, "the operator's connection was lost during the transfer")))
+        if request.direction != UP:
+            transfer.parties[WORKER].send("start")
+        total, entries = reply.get("total", 0), reply.get("entries", 0)
+        return transfer, TransferEnd(transfer, OPERATOR), {
+            "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0,
+            "recorded": record is not None}
+
+
+class TransferRefused(Exception):
+    """The worker refused the transfer; the message is for the operator."""
+
+
+def _cancel_late(reply: object) -> None:
+    if isinstance(reply, dict) and isinstance(reply.get("transfer"), pb.RemoteReference):
+        defer.maybeDeferred(reply["transfer"].callRemote, "cancel", "too late").addErrback(lambda _f: None)
+
+
+def _worker_failure(error: Exception) -> str:
+    if isinstance(error, pb.RemoteError) and "NoSuchMethod" in str(getattr(error, "remoteType", "")):
+        return "its slaveshell does not support cp (upgrade slaveshell on the worker)"
+    if isinstance(error, (pb.DeadReferenceError, pb.PBConnectionLost)):
+        return "the connection was lost while starting the transfer"
+    return check_str((str(error) or type(error).__name__).splitlines()[0][:300], "error", MAX_NAME * 2)

@@ -1,0 +1,229 @@
+"""`slaveshell cp` on the worker: the master's transfer call and the per-transfer handles (wire vocabulary:
+slaveshell.cpwire; file work: slaveshell.cpfiles).
+
+`remote_*` methods are the security boundary, as in buildbot-worker's commands: they take plain values, check
+every one, and answer a bad call with a plain refusal (``{"ok": False, "error": text}`` or a `result(False,
+reason)` to the master), never by dropping the worker's connection. Every path the master names must resolve
+(symlinks included) inside the owner's `allowed_dirs`, when given. The owner's `allowed_users` applies, and
+`max_sessions` bounds the transfers at once (counted apart from the sessions).
+
+Downloads (DOWN) read files in CHUNK pieces while the master's credit allows (`Sender`); uploads (UP) are
+written to temporary files next to their destination and renamed once complete, after an fsync run in a thread
+(`Receiver.commit`). A lost master connection, a `cancel` or any error removes what was staged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
+from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
+from slaveshell.display import visible
+from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
+from slaveshell.remote import set_nodelay
+
+from .host import WorkerOptions
+
+log = Logger()
+
+_ANSWERLESS = frozenset({"data", "ack", "entry", "done_file"})
+
+
+def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
+    """A check that a real path lies in the owner's allowed directories (None when all are allowed)."""
+    if options.allowed_dirs is None:
+        return None
+    allowed = [os.path.realpath(d).rstrip("/") for d in options.allowed_dirs]
+
+    def check(real: str) -> None:
+        if not any(real == d or real.startswith(d + "/") for d in allowed):
+            raise TransferError(f"{real}: outside the directories this worker allows")
+
+    return check
+
+
+class _Peer:
+    """The master's end of one transfer: answer-less sends; a failure of the connection is noticed by the
+    disconnect notification, so errors of single sends are dropped."""
+
+    def __init__(self, ref: pb.RemoteReference) -> None:
+        self.ref = ref
+
+    def send(self, method: str, *args: object) -> None:
+        kw = {"pbanswer": False} if method in _ANSWERLESS else {}
+        defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
+
+
+class WorkerTransfer(pb.Referenceable):
+    """What the master holds for one transfer: the sending (DOWN) or the receiving (UP) end."""
+
+    def __init__(self, transfer_id: str, request: TransferRequest, peer: _Peer, sender: Sender | None,
+                 receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None]) -> None:
+        self.id = transfer_id
+        self.request = request
+        self.peer = peer
+        self.sender = sender
+        self.receiver = receiver
+        self.on_end = on_end
+        self.ended = False
+        self.committing = False
+
+    def _fail(self, reason: str) -> None:
+        """Give up: remove what was staged, tell the master (as the receiver's result, or as the sender's
+        abort)."""
+        if self.ended:
+            return
+        self._end()
+        self.peer.send("result" if self.receiver is not None else "abort", *(
+            (False, reason) if self.receiver is not None else (reason,)))
+
+    def _end(self) -> None:
+        self.ended = True
+        if self.sender is not None:
+            self.sender.close()
+        if self.receiver is not None and not self.committing:
+            self.receiver.abort()
+        self.on_end(self)
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        if self.ended:
+            return
+        try:
+            fn()
+        except (TransferError, ProtocolError) as e:
+            self._fail(str(e))
+
+    # -- sending (DOWN) ----------------------------------------------------------------------------
+
+    def _send(self, step: Callable[[Sender], None]) -> None:
+        sender = self.sender
+        if sender is None:
+            return
+        self._guard(lambda: step(sender))
+        if sender.done and not self.ended:
+            self._end()  # everything sent: the master and the operator's client do the rest
+
+    def remote_start(self) -> None:
+        self._send(lambda sender: sender.pump())
+
+    def remote_ack(self, credit: object) -> None:
+        self._send(lambda sender: sender.ack(credit))
+
+    # -- receiving (UP) ----------------------------------------------------------------------------
+
+    def _receiving(self) -> Receiver:
+        if self.receiver is None:
+            raise ProtocolError("this transfer sends; it receives nothing")
+        return self.receiver
+
+    def remote_entry(self, kind: object, path: object, mode: object, size: object, mtime: object) -> None:
+        self._guard(lambda: self._receiving().entry(Entry.from_wire(kind, path, mode, size, mtime)))
+        self._guard(lambda: self.peer.send("ack", ENTRY_COST))
+
+    def remote_data(self, chunk: object) -> None:
+        def write() -> None:
+            data = check_bytes(chunk, "data", CHUNK)
+            self._receiving().data(data)
+            self.peer.send("ack", len(data))
+
+        self._guard(write)
+
+    def remote_done_file(self, sha256: object) -> None:
+        self._guard(lambda: self._receiving().done_file(check_sha(sha256)))
+        self._guard(lambda: self.peer.send("ack", ENTRY_COST))
+
+    def remote_finish(self) -> None:
+        if self.ended or self.receiver is None or self.committing:
+            return
+        receiver = self.receiver
+        self.committing = True
+
+        def committed(_: object) -> None:
+            self.committing = False
+            if not self.ended:
+                self._end()
+                self.peer.send("result", True, "")
+
+        def failed(failure: Any) -> None:
+            self.committing = False
+            receiver.abort()
+            error = failure.value
+            self._fail(str(error) if isinstance(error, (TransferError, ProtocolError)) else
+                       f"cannot put the files in place: {visible(str(error))}")
+
+        threads.deferToThread(receiver.commit).addCallbacks(committed, failed)
+
+    def remote_cancel(self, reason: object = "") -> None:
+        """The master ends the transfer (the operator left or stopped, the audit failed)."""
+        if not self.ended:
+            log.info("slaveshell transfer {tid}: cancelled by the master: {why}", tid=self.id,
+                     why=visible(reason if isinstance(reason, str) else ""))
+            self._end()
+
+    def lost(self) -> None:
+        if not self.ended:
+            log.warn("slaveshell transfer {tid}: the master connection was lost", tid=self.id)
+            self._end()
+
+
+class TransferServer:
+    """The worker's transfers: opens them for the master within the owner's limits."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.live: dict[str, WorkerTransfer] = {}
+        self._ids = itertools.count(1)
+
+    def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
+        """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
+        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n}`` (total
+        and entries are what a download will send) or ``{"ok": False, "error": text}``."""
+        try:
+            request = TransferRequest.from_wire(params)
+        except ProtocolError as e:
+            return {"ok": False, "error": f"bad request: {e}"}
+        if not isinstance(sink, pb.RemoteReference):
+            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        allowed = self.options.allowed_users
+        if allowed is not None and request.operator not in allowed:
+            return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
+                                          "to copy files here"}
+        if len(self.live) >= self.options.max_sessions:
+            return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} transfers at once"}
+        base = request.cwd or basedir
+        if not os.path.isabs(base):
+            base = os.path.join(basedir, base)
+        check = inside_allowed(self.options)
+        peer = _Peer(sink)
+        transfer_id = f"t{next(self._ids)}"
+        try:
+            if request.direction == UP:
+                dest = check_str(request.dest, "destination", MAX_PATH)
+                receiver = Receiver(dest if os.path.isabs(dest) else os.path.join(base, dest), request.preserve,
+                                    check)
+                transfer = WorkerTransfer(transfer_id, request, peer, None, receiver, self._ended)
+                total, entries = 0, 0
+            else:
+                planned = plan(list(request.sources), request.recursive, check, base)
+                sender = Sender(planned, peer.send)
+                transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended)
+                total, entries = sender.total, len(planned)
+        except TransferError as e:
+            return {"ok": False, "error": str(e)}
+        self.live[transfer_id] = transfer
+        set_nodelay(sink)  # the tail of each chunk would otherwise wait for the master's delayed ACK
+        sink.notifyOnDisconnect(lambda _ref: transfer.lost())
+        log.info("slaveshell transfer {tid}: {op} copies {what}", tid=transfer_id,
+                 op=visible(request.operator or "?"), what="to this worker" if request.direction == UP else
+                 "from this worker")
+        return {"ok": True, "transfer": transfer, "total": total, "entries": entries}
+
+    def _ended(self, transfer: WorkerTransfer) -> None:
+        self.live.pop(transfer.id, None)

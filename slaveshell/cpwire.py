@@ -1,0 +1,206 @@
+"""The wire vocabulary of `slaveshell cp` (a transfer), shared by the client, the master and the worker. No I/O.
+
+A transfer is one stream of entries from a sender to a receiver, through the master, over PB on both hops (the
+operator's socket and the worker's own connection). The sender's calls, all answer-less:
+
+    entry(kind: str, path: str, mode: int, size: int, mtime: float)
+                                   a directory ("dir") or a regular file ("file") to create, at `path` relative to
+                                   the destination ("/"-separated, no "..", no empty or absolute part); a file's
+                                   bytes follow as `data` calls, `size` of them in all, then `done_file`
+    data(chunk: bytes)             at most CHUNK bytes of the current file
+    done_file(sha256: str)         the current file is complete; its sha256 (64 hex digits) as its sender read it
+    finish()                       no more entries: the receiver commits (renames into place) and answers
+    abort(reason: str)             the sender gave up: the receiver removes everything it staged
+
+The receiver's call back is `ack(credit: int)`: credit returned. Each entry costs ENTRY_COST and each data call
+its length; a sender may have at most WINDOW unacknowledged (checked by every hop: `Credit`). The receiver's end,
+`result(ok: bool, reason: str)`, says whether the files are in place.
+
+Requests (`TransferRequest`) travel as plain dicts. Every check here raises `ProtocolError` (the peer's fault).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .protocol import MAX_NAME, MAX_PATH, ProtocolError, check_int, check_str, check_worker_name
+
+# The remote method added to the worker's Bot object for transfers.
+WORKER_TRANSFER_METHOD = "slaveshell_transfer"
+# Banana refuses strings over 640 KiB and drops the connection on one: a chunk stays well below.
+CHUNK = 256 * 1024
+# Credit a sender may hold unacknowledged: 12 chunks, 3 MiB (2 MiB measured ~25 % slower on loopback). It also
+# bounds what each hop buffers per transfer, and it stays below the master's per-connection output bound
+# (limits.Bounds.connection_buffer, 4 MiB: a larger window gets the operator's connection dropped).
+WINDOW = 12 * CHUNK
+# The credit one entry or done_file costs (bounds a flood of empty files like a flood of bytes).
+ENTRY_COST = 1024
+MAX_SOURCES = 1024
+MAX_FILE = 2**50
+MODE_MASK = 0o7777
+UP = "up"  # the operator's files to the worker
+DOWN = "down"  # the worker's files to the operator
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_relpath(path: object) -> str:
+    """A relative path inside a destination: "/"-separated, no empty, "." or ".." part, no NUL."""
+    text = check_str(path, "path", MAX_PATH)
+    parts = text.split("/")
+    if not text or "\0" in text or any(p in ("", ".", "..") for p in parts):
+        raise ProtocolError(f"unsafe path in a transfer: {text!r}")
+    return text
+
+
+def check_sha(value: object) -> str:
+    text = check_str(value, "sha256", 64)
+    if not _SHA.match(text):
+        raise ProtocolError("sha256 must be 64 lowercase hex digits")
+    return text
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory or regular file of a transfer."""
+
+    kind: str  # "dir" or "file"
+    path: str
+    mode: int
+    size: int = 0
+    mtime: float = 0.0
+
+    @classmethod
+    def from_wire(cls, kind: object, path: object, mode: object, size: object, mtime: object) -> Entry:
+        if kind not in ("dir", "file"):
+            raise ProtocolError("an entry is a 'dir' or a 'file'")
+        if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not 0 <= mtime < 2**40:
+            raise ProtocolError("mtime must be seconds since the epoch")
+        return cls(str(kind), check_relpath(path), check_int(mode, "mode", 0, MODE_MASK),
+                   check_int(size, "size", 0, MAX_FILE), float(mtime))
+
+    def to_wire(self) -> tuple[str, str, int, int, float]:
+        return (self.kind, self.path, self.mode, self.size, self.mtime)
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """What an operator asks: `direction` UP (local `sources` to the worker's `dest`; `sources` then holds the
+    top-level names the stream will carry) or DOWN (the worker's `sources` to a local destination). Worker
+    paths are absolute or relative to the worker's basedir (to the held build's directory with `build`)."""
+
+    direction: str
+    worker: str
+    sources: tuple[str, ...]
+    dest: str = ""
+    recursive: bool = False
+    preserve: bool = False
+    build: int | None = None
+    operator: str | None = None  # set by the master, never taken from the client
+    cwd: str | None = None  # set by the master (the held build's directory)
+
+    def validate(self) -> None:
+        if self.direction not in (UP, DOWN):
+            raise ProtocolError("direction must be 'up' or 'down'")
+        check_worker_name(self.worker)
+        if not 1 <= len(self.sources) <= MAX_SOURCES:
+            raise ProtocolError(f"a transfer has 1 to {MAX_SOURCES} sources")
+        for source in self.sources:
+            if not check_str(source, "source", MAX_PATH) or "\0" in source:
+                raise ProtocolError("a source must be a non-empty path")
+        if "\0" in check_str(self.dest, "destination", MAX_PATH):
+            raise ProtocolError("bad destination")
+        if self.direction == UP and not self.dest:
+            raise ProtocolError("an upload needs a destination on the worker")
+        if not isinstance(self.recursive, bool) or not isinstance(self.preserve, bool):
+            raise ProtocolError("recursive and preserve must be booleans")
+        if self.build is not None:
+            check_int(self.build, "build id", 1, 2**62)
+        if self.operator is not None:
+            check_str(self.operator, "operator", MAX_NAME)
+        if self.cwd is not None:
+            check_str(self.cwd, "working directory", MAX_PATH)
+
+    def to_wire(self) -> dict[str, object]:
+        return {"direction": self.direction, "worker": self.worker, "sources": list(self.sources),
+                "dest": self.dest, "recursive": self.recursive, "preserve": self.preserve, "build": self.build,
+                "operator": self.operator, "cwd": self.cwd}
+
+    @classmethod
+    def from_wire(cls, wire: object) -> TransferRequest:
+        if not isinstance(wire, dict) or set(wire) - {"direction", "worker", "sources", "dest", "recursive",
+                                                      "preserve", "build", "operator", "cwd"}:
+            raise ProtocolError("a transfer request must be a dict of known fields")
+        sources = wire.get("sources")
+        if not isinstance(sources, (list, tuple)):
+            raise ProtocolError("sources must be a list of paths")
+        request = cls(direction=wire.get("direction", ""), worker=wire.get("worker", ""),
+                      sources=tuple(sources), dest=wire.get("dest", ""),
+                      recursive=wire.get("recursive", False), preserve=wire.get("preserve", False),
+                      build=wire.get("build"), operator=wire.get("operator"),
+                      cwd=wire.get("cwd"))
+        request.validate()
+        return request
+
+
+class Credit:
+    """The sender's unacknowledged credit as one hop sees it (bytes of data plus ENTRY_COST per entry and
+    done_file). `spend` raises ProtocolError past WINDOW (a sender ignoring the window); `ack` one past what
+    was spent."""
+
+    def __init__(self, window: int = WINDOW) -> None:
+        self.window = window
+        self.outstanding = 0
+
+    @property
+    def available(self) -> int:
+        return self.window - self.outstanding
+
+    def spend(self, n: int) -> None:
+        if self.outstanding + n > self.window:
+            raise ProtocolError(f"the sender passed its window of {self.window} bytes")
+        self.outstanding += n
+
+    def ack(self, n: object) -> int:
+        credit = check_int(n, "ack", 1, self.window)
+        if credit > self.outstanding:
+            raise ProtocolError("acknowledged more than was sent")
+        self.outstanding -= credit
+        return credit
+
+
+class StreamOrder:
+    """Checks a stream's order: data only inside a file, the declared size respected, done_file only after
+    exactly `size` bytes, nothing after finish."""
+
+    def __init__(self) -> None:
+        self.current: Entry | None = None
+        self.received = 0
+        self.finished = False
+        self.entries = 0
+
+    def entry(self, entry: Entry) -> None:
+        if self.finished or self.current is not None:
+            raise ProtocolError("an entry came inside a file or after the end")
+        self.entries += 1
+        if entry.kind == "file":
+            self.current, self.received = entry, 0
+
+    def data(self, chunk: bytes) -> Entry:
+        if self.current is None:
+            raise ProtocolError("data came outside a file")
+        if self.received + len(chunk) > self.current.size:
+            raise ProtocolError(f"{self.current.path}: more bytes than its declared size")
+        self.received += len(chunk)
+        return self.current
+
+    def done_file(self) -> Entry:
+        if self.current is None or self.received != self.current.size:
+            raise ProtocolError("a file ended before its declared size")
+        done, self.current = self.current, None
+        return done
+
+    def finish(self) -> None:
+        if self.current is not None or self.finished:
+            raise ProtocolError("the transfer ended inside a file")
+        self.finished = True

@@ -1,0 +1,280 @@
+"""`slaveshell cp` against a real master and real workers (issue 14 item 3): byte-exact round trips both ways,
+-p, the worker owner's allowed_dirs (symlinks included), the 'copy' right, a full disk, Ctrl-C and a lost worker
+mid-transfer (nothing partial, a closed audit row), and the kept copy of the bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from slaveshell.sandbox import Sandbox
+
+from .conftest import assert_no_traceback, wait_until
+
+pytestmark = pytest.mark.e2e
+
+NO_COPY = "['shell', 'watch', 'join', 'kill', 'replay']"
+
+
+@pytest.fixture(scope="module")
+def cpbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """cw1 may be copied to and from by root; on nocopy root has every right but 'copy'; lost is killed
+    by a test. Every worker allows only <root>/allowed (and cw1 its own directory, for its builds). Transfers
+    keep a copy of their bytes."""
+    root = str(tmp_path_factory.mktemp("cp"))
+    allowed = os.path.join(root, "allowed")
+    os.makedirs(allowed)
+    # cw1 runs the builds: its build directories are allowed too (cp --build).
+    sb = Sandbox(root, workers=["cw1", "nocopy", "lost"],
+                 opt_in_args=f"allowed_dirs=[{allowed!r}, {os.path.join(root, 'worker-cw1')!r}]",
+                 service_kwargs=f"policy=[{{'users': [0, {os.getuid()}], 'workers': ['nocopy'], 'rights': {NO_COPY}}},"
+                                f" {{'users': [0, {os.getuid()}]}}], keep_transfer_bytes=True")
+    sb.create()
+    try:
+        sb.start()
+        yield sb
+    finally:
+        sb.stop()
+
+
+def allowed(sb: Sandbox, *parts: str) -> str:
+    return os.path.join(sb.root, "allowed", *parts)
+
+
+def cp_argv(sb: Sandbox, *args: str) -> list[str]:
+    return [sys.executable, "-m", "slaveshell.cli", "cp", "--socket", sb.socket, *args]
+
+
+def cp(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cp_argv(sb, *args), capture_output=True, text=True, timeout=60)
+
+
+def sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tree_digest(top: str) -> dict[str, str]:
+    """Every directory ('dir') and file (its sha256) under `top`, by relative path."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), top)] = "dir"
+        for f in filenames:
+            out[os.path.relpath(os.path.join(dirpath, f), top)] = sha(os.path.join(dirpath, f))
+    return out
+
+
+def staged(directory: str) -> list[str]:
+    return [n for n in os.listdir(directory) if n.startswith(".slaveshell-cp-")]
+
+
+def history(sb: Sandbox) -> list[dict[str, object]]:
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", sb.socket, "--json"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return list(json.loads(done.stdout))
+
+
+def transfer_row(sb: Sandbox, needle: str) -> dict[str, object]:
+    """The newest transfer row whose command mentions `needle`, once it is closed (state not 'running')."""
+
+    def closed() -> dict[str, object] | None:
+        rows = [r for r in history(sb) if r["term"] == "transfer" and needle in str(r["command"])]
+        return rows[0] if rows and rows[0]["state"] != "running" else None
+
+    row = wait_until(closed, 15)
+    assert row, f"no closed transfer row for {needle}"
+    return row
+
+
+def test_binary_file_and_tree_round_trips_are_byte_exact_and_audited(cpbox, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 12345)  # several chunks and a partial one
+    local = tmp_path / "blob.bin"
+    local.write_bytes(data)
+    up = cp(cpbox, str(local), f"cw1:{allowed(cpbox, 'blob.bin')}")
+    assert up.returncode == 0, up.stderr
+    assert up.stdout == "" and up.stderr == ""  # quiet in a pipe, as scp
+    assert sha(allowed(cpbox, "blob.bin")) == hashlib.sha256(data).hexdigest()
+    down = cp(cpbox, f"cw1:{allowed(cpbox, 'blob.bin')}", str(tmp_path / "back.bin"))
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+    row = transfer_row(cpbox, "blob.bin -> ")
+    assert row["state"] == "ended" and row["bytes_out"] == len(data) and row["operator"]
+    cast = open(str(row["transcript"]), encoding="utf-8").read()
+    assert hashlib.sha256(data).hexdigest() in cast and '"kind": "transfer"' in cast
+    # keep_transfer_bytes: the bytes next to the transcript.
+    kept = str(row["transcript"])[: -len(".cast")] + ".bytes"
+    assert open(kept, "rb").read() == data
+
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "sub" / "a.bin").write_bytes(os.urandom(700_000))
+    (tree / "b.txt").write_text("hello\n")
+    (tree / "sub" / "deeper" / "zero").write_bytes(b"")
+    up = cp(cpbox, "-r", str(tree), f"cw1:{allowed(cpbox)}")
+    assert up.returncode == 0, up.stderr
+    assert tree_digest(allowed(cpbox, "tree")) == tree_digest(str(tree))
+    down = cp(cpbox, "-r", f"cw1:{allowed(cpbox, 'tree')}", str(tmp_path / "tree2"))
+    assert down.returncode == 0, down.stderr
+    assert tree_digest(str(tmp_path / "tree2")) == tree_digest(str(tree))
+    assert transfer_row(cpbox, "tree -> ")["state"] == "ended"
+
+
+def test_p_preserves_modes_and_times_both_ways(cpbox, tmp_path):
+    src = tmp_path / "tool.sh"
+    src.write_text("#!/bin/sh\necho hi\n")
+    os.chmod(src, 0o751)
+    os.utime(src, (1_600_000_000, 1_600_000_000))
+    assert cp(cpbox, "-p", str(src), f"cw1:{allowed(cpbox, 'tool.sh')}").returncode == 0
+    st = os.stat(allowed(cpbox, "tool.sh"))
+    assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o751, 1_600_000_000)
+    assert cp(cpbox, "-p", f"cw1:{allowed(cpbox, 'tool.sh')}", str(tmp_path / "again.sh")).returncode == 0
+    st = os.stat(tmp_path / "again.sh")
+    assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o751, 1_600_000_000)
+
+
+def test_allowed_dirs_refuse_paths_outside_and_symlinks_escaping(cpbox, tmp_path):
+    outside = os.path.join(cpbox.root, "outside")
+    os.makedirs(outside, exist_ok=True)
+    with open(os.path.join(outside, "secret"), "w") as f:
+        f.write("not yours\n")
+    if not os.path.lexists(allowed(cpbox, "escape")):
+        os.symlink(outside, allowed(cpbox, "escape"))
+    local = tmp_path / "x"
+    local.write_text("x\n")
+    cases = [
+        (str(local), f"cw1:{outside}/x"),  # an upload outside
+        (f"cw1:{outside}/secret", str(tmp_path / "s1")),  # a download from outside
+        (f"cw1:{allowed(cpbox, 'escape', 'secret')}", str(tmp_path / "s2")),  # through a symlink
+        (str(local), f"cw1:{allowed(cpbox, 'escape')}/"),  # an upload through a symlink
+        (f"cw1:{allowed(cpbox, '..', 'outside', 'secret')}", str(tmp_path / "s3")),  # through ..
+    ]
+    for src, dst in cases:
+        done = cp(cpbox, src, dst)
+        assert done.returncode == 1, (src, dst, done.stderr)
+        assert "outside the directories this worker allows" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    os.makedirs(allowed(cpbox, "withlink"), exist_ok=True)
+    if not os.path.lexists(allowed(cpbox, "withlink", "link")):
+        os.symlink(os.path.join(outside, "secret"), allowed(cpbox, "withlink", "link"))
+    done = cp(cpbox, "-r", f"cw1:{allowed(cpbox, 'withlink')}", str(tmp_path / "wl"))
+    assert done.returncode == 1 and "outside the directories this worker allows" in done.stderr
+    assert not os.path.exists(outside + "/x") and not (tmp_path / "s2").exists() and not (tmp_path / "wl").exists()
+
+
+def test_a_copy_without_the_copy_right_is_refused_and_audited(cpbox, tmp_path):
+    local = tmp_path / "f"
+    local.write_text("f\n")
+    done = cp(cpbox, str(local), f"nocopy:{allowed(cpbox, 'nope')}")
+    assert done.returncode == 1
+    assert "permission denied" in done.stderr and "copy" in done.stderr
+    assert not os.path.exists(allowed(cpbox, "nope"))
+
+    def refusal() -> list[tuple[str, str]]:
+        db = sqlite3.connect(os.path.join(cpbox.master_dir, "slaveshell.sqlite"), timeout=10)
+        try:
+            return list(db.execute("SELECT kind, detail FROM slaveshell_events WHERE worker = 'nocopy'"))
+        finally:
+            db.close()
+
+    events = wait_until(refusal, 10)
+    assert any(kind == "refused" and "may not copy" in detail for kind, detail in events), events
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_a_full_disk_on_either_side_leaves_nothing_and_says_so(cpbox, tmp_path):
+    data = os.urandom(3 * 1024 * 1024)
+    big = tmp_path / "big"
+    big.write_bytes(data)
+    for where in (allowed(cpbox, "tiny"), str(tmp_path / "tiny")):
+        os.makedirs(where, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", where], check=True)
+    try:
+        up = cp(cpbox, str(big), f"cw1:{allowed(cpbox, 'tiny', 'big')}")
+        assert up.returncode == 1 and "No space left on device" in up.stderr, up.stderr
+        assert wait_until(lambda: os.listdir(allowed(cpbox, "tiny")) == [], 10)
+        assert cp(cpbox, str(big), f"cw1:{allowed(cpbox, 'big')}").returncode == 0
+        down = cp(cpbox, f"cw1:{allowed(cpbox, 'big')}", str(tmp_path / "tiny" / "big"))
+        assert down.returncode == 1 and "No space left on device" in down.stderr, down.stderr
+        assert os.listdir(tmp_path / "tiny") == []
+        assert transfer_row(cpbox, "tiny/big")["state"] == "failed"
+    finally:
+        for where in (allowed(cpbox, "tiny"), str(tmp_path / "tiny")):
+            subprocess.run(["umount", where], check=False)
+
+
+def _sparse(path: str, size: int = 4 * 1024**3) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def test_ctrl_c_mid_upload_leaves_nothing_partial_and_closes_the_row(cpbox, tmp_path):
+    src = str(tmp_path / "huge")
+    _sparse(src)
+    dest_dir = allowed(cpbox, "ctrlc")
+    os.makedirs(dest_dir, exist_ok=True)
+    proc = subprocess.Popen(cp_argv(cpbox, src, f"cw1:{dest_dir}/huge"), stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: any(os.path.getsize(os.path.join(dest_dir, n)) > 0 for n in staged(dest_dir)),
+                          20, 0.02), "the transfer never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip() == "slaveshell: interrupted", err
+    assert_no_traceback(err)
+    assert wait_until(lambda: os.listdir(dest_dir) == [], 10), os.listdir(dest_dir)
+    assert transfer_row(cpbox, "ctrlc/huge")["state"] == "failed"
+
+
+def test_a_worker_lost_mid_download_leaves_nothing_partial_and_closes_the_row(cpbox, tmp_path):
+    _sparse(allowed(cpbox, "huge-down"))
+    proc = subprocess.Popen(cp_argv(cpbox, f"lost:{allowed(cpbox, 'huge-down')}", str(tmp_path / "got")),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: any(os.path.getsize(tmp_path / n) > 0 for n in staged(str(tmp_path))), 20, 0.02)
+        with open(os.path.join(cpbox.worker_dir("lost"), "twistd.pid")) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+        cpbox.started.remove(cpbox.worker_dir("lost"))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        os.unlink(allowed(cpbox, "huge-down"))
+    assert proc.returncode == 1 and "lost" in err and len(err.strip().splitlines()) == 1, err
+    assert_no_traceback(err)
+    assert staged(str(tmp_path)) == [] and not (tmp_path / "got").exists()
+    row = transfer_row(cpbox, "huge-down")
+    assert row["state"] == "failed" and "lost" in str(row["end_reason"])
+
+
+def test_build_copies_from_and_to_a_held_builds_directory(cpbox, tmp_path):
+    cpbox.send_change("hold")
+
+    def held() -> int | None:
+        rows = [r for r in cpbox.build_rows("holder") if r[2] is None]
+        if not rows:
+            return None
+        got = cp(cpbox, "--build", str(rows[-1][0]), "cw1:failed.txt", str(tmp_path / "evidence"))
+        return rows[-1][0] if got.returncode == 0 else None
+
+    build_id = wait_until(held, 60, 0.5)
+    assert build_id, "the build was never held"
+    assert (tmp_path / "evidence").read_text() == "evidence\n"
+    (tmp_path / "fix").write_text("patched\n")
+    assert cp(cpbox, "--build", str(build_id), str(tmp_path / "fix"), "cw1:fix").returncode == 0
+    builddir = os.path.join(cpbox.worker_dir("cw1"), "holder", "build")
+    assert open(os.path.join(builddir, "fix")).read() == "patched\n"
+    rows = [r for r in history(cpbox) if r["term"] == "transfer" and r.get("build_id") == build_id]
+    assert len(rows) == 2
+    subprocess.run([sys.executable, "-m", "slaveshell.cli", "release", "--socket", cpbox.socket, str(build_id)],
+                   capture_output=True, text=True, timeout=30)

@@ -1,0 +1,282 @@
+"""`slaveshell cp` in process: the wire checks (slaveshell.cpwire), a sender and a receiver on real files
+(slaveshell.cpfiles), and the master's relay refusing a sender that breaks the rules (master_side.transfer)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.spread import pb
+
+from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
+from slave_side.host import WorkerOptions
+from slave_side.transfer import TransferServer
+from slaveshell.cp import request_of, split_remote
+from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
+from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Entry, TransferRequest, check_relpath
+from slaveshell.policy import Identity
+from slaveshell.protocol import ProtocolError
+
+from .fakes import call, connected
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a/", "a\0b"])
+def test_unsafe_relative_paths_are_refused(path):
+    with pytest.raises(ProtocolError):
+        check_relpath(path)
+
+
+def test_the_window_is_enforced_and_acks_are_checked():
+    credit = Credit()
+    credit.spend(WINDOW)
+    with pytest.raises(ProtocolError):
+        credit.spend(1)
+    with pytest.raises(ProtocolError):
+        credit.ack(WINDOW + 1)
+    assert credit.ack(CHUNK) == CHUNK and credit.available == CHUNK
+
+
+def test_unknown_request_fields_and_bad_directions_are_refused():
+    good = TransferRequest(UP, "w1", ("a",), "/tmp/x").to_wire()
+    assert TransferRequest.from_wire(good).dest == "/tmp/x"
+    with pytest.raises(ProtocolError):
+        TransferRequest.from_wire({**good, "evil": 1})
+    with pytest.raises(ProtocolError):
+        TransferRequest.from_wire({**good, "direction": "sideways"})
+
+
+def test_the_command_line_names_one_remote_side():
+    class Args:
+        recursive = preserve = False
+        build = None
+        paths: list[str] = []
+
+    assert split_remote("w1:/tmp/x") == ("w1", "/tmp/x") and split_remote("./a:b") is None
+    args = Args()
+    args.paths = ["a", "b", "w1:/dest"]
+    assert request_of(args).direction == UP  # type: ignore[arg-type]
+    args.paths = ["w1:a", "w2:b", "here"]
+    with pytest.raises(ValueError, match="same worker"):
+        request_of(args)  # type: ignore[arg-type]
+    args.paths = ["a", "b"]
+    with pytest.raises(ValueError, match="exactly one side"):
+        request_of(args)  # type: ignore[arg-type]
+
+
+def _pipe(planned: Any, receiver: Receiver) -> None:
+    """A sender straight into a receiver, acks straight back (what the master relays)."""
+    sender: Sender
+
+    def send(method: str, *args: Any) -> None:
+        if method == "entry":
+            receiver.entry(Entry(*args))
+            sender.ack(1024)
+        elif method == "data":
+            receiver.data(args[0])
+            sender.ack(len(args[0]))
+        elif method == "done_file":
+            receiver.done_file(args[0])
+            sender.ack(1024)
+        elif method == "finish":
+            receiver.commit()
+
+    sender = Sender(planned, send)
+    sender.pump()
+
+
+def test_a_tree_arrives_byte_exact_and_only_at_the_commit(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    blob = os.urandom(3 * CHUNK + 7)
+    (src / "sub" / "blob").write_bytes(blob)
+    (src / "empty").write_bytes(b"")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    _pipe(plan([str(src)], recursive=True), Receiver(str(dest), preserve=False))
+    assert (dest / "src" / "sub" / "blob").read_bytes() == blob
+    assert (dest / "src" / "empty").read_bytes() == b""
+    assert [n for n in os.listdir(dest) if n.startswith(".")] == []
+
+
+def test_an_abort_removes_everything_staged_and_a_bad_sha_is_refused(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    receiver = Receiver(str(dest), preserve=False)
+    receiver.entry(Entry("file", "f", 0o644, 4))
+    receiver.data(b"abcd")
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        receiver.done_file(hashlib.sha256(b"abce").hexdigest())
+    receiver.abort()
+    assert os.listdir(dest) == []
+
+
+def test_two_sources_into_a_file_name_are_refused(tmp_path):
+    receiver = Receiver(str(tmp_path / "newname"), preserve=False)
+    receiver.entry(Entry("dir", "a", 0o755))
+    with pytest.raises(TransferError, match="not a directory"):
+        receiver.entry(Entry("dir", "b", 0o755))
+    receiver.abort()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_directory_needs_r_and_a_missing_source_is_named(tmp_path):
+    with pytest.raises(TransferError, match="use -r"):
+        plan([str(tmp_path)], recursive=False)
+    with pytest.raises(TransferError, match="No such file"):
+        plan([str(tmp_path / "nope")], recursive=False)
+
+
+class FakeRef:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def callRemote(self, method: str, *args: object, **kw: object) -> None:
+        self.calls.append((method, args))
+
+
+def _relay() -> tuple[MasterTransfer, FakeRef, FakeRef]:
+    ended: list[MasterTransfer] = []
+    who = Identity(uid=0, gid=0, pid=1, user="root", groups=frozenset())
+    transfer = MasterTransfer("t1", who, TransferRequest(UP, "w1", ("f",), "/d"), None, ended.append)
+    operator, worker = FakeRef(), FakeRef()
+    transfer.parties[OPERATOR] = Party(operator)  # type: ignore[arg-type]
+    transfer.parties[WORKER] = Party(worker)  # type: ignore[arg-type]
+    return transfer, operator, worker
+
+
+def test_the_master_ends_a_transfer_whose_sender_passes_its_window():
+    transfer, operator, worker = _relay()
+    transfer.received(OPERATOR, "entry", ("file", "f", 0o644, 10 * WINDOW, 0.0))
+    chunk = b"x" * CHUNK
+    for _ in range(WINDOW // CHUNK - 1):  # the entry took 1024 of the window: one chunk less fits
+        transfer.received(OPERATOR, "data", (chunk,))
+    assert not transfer.ended
+    transfer.received(OPERATOR, "data", (chunk,))
+    assert transfer.ended and "window" in transfer.outcome[1]  # type: ignore[index]
+    assert ("result", (False, transfer.outcome[1])) in operator.calls  # type: ignore[index]
+    assert worker.calls[-1][0] == "cancel"
+
+
+def test_the_master_checks_the_senders_sha256_and_declared_size():
+    transfer, operator, _ = _relay()
+    transfer.received(OPERATOR, "entry", ("file", "f", 0o644, 3, 0.0))
+    transfer.received(OPERATOR, "data", (b"abc",))
+    transfer.received(OPERATOR, "done_file", (hashlib.sha256(b"abd").hexdigest(),))
+    assert transfer.ended and "does not match" in transfer.outcome[1]  # type: ignore[index]
+    transfer, _, _ = _relay()
+    transfer.received(OPERATOR, "entry", ("file", "f", 0o644, 2, 0.0))
+    transfer.received(OPERATOR, "data", (b"abc",))
+    assert transfer.ended and "declared size" in transfer.outcome[1]  # type: ignore[index]
+    transfer, _, _ = _relay()
+    transfer.received(WORKER, "data", (b"abc",))  # the receiver may not send data
+    assert transfer.ended and "sender" in transfer.outcome[1]  # type: ignore[index]
+
+
+class TransferBot(pb.Root):
+    """The worker's BotPb as far as transfers go: the method slave_side.install() adds."""
+
+    def __init__(self, server: TransferServer, basedir: str) -> None:
+        self.server, self.basedir = server, basedir
+
+    def remote_slaveshell_transfer(self, sink: Any, params: Any) -> Any:
+        return self.server.open(self.basedir, sink, params)
+
+
+class TransferSink(pb.Referenceable):
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def remote_ack(self, *args: Any) -> None:
+        self.calls.append(("ack", *args))
+
+    def remote_result(self, *args: Any) -> None:
+        self.calls.append(("result", *args))
+
+
+def test_the_workers_transfer_door_refuses_with_plain_answers_and_keeps_the_link(tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server = TransferServer(WorkerOptions(allowed_dirs=(str(allowed),), allowed_users=frozenset({"root"})))
+    root, pump, broker = connected(TransferBot(server, str(tmp_path)))
+    up = TransferRequest(UP, "w1", ("f",), str(allowed), operator="root").to_wire()
+    assert call(pump, root, "slaveshell_transfer", TransferSink(), {**up, "evil": 1})["ok"] is False
+    assert "does not allow mallory" in call(pump, root, "slaveshell_transfer", TransferSink(),
+                                            {**up, "operator": "mallory"})["error"]
+    reply = call(pump, root, "slaveshell_transfer", TransferSink(), {**up, "dest": str(tmp_path)})
+    assert reply["ok"] is False and "outside the directories this worker allows" in reply["error"]
+    sink = TransferSink()
+    reply = call(pump, root, "slaveshell_transfer", sink, up)
+    assert reply["ok"] is True
+    call(pump, reply["transfer"], "entry", "file", "../escape", 0o644, 1, 0.0)
+    assert sink.calls and sink.calls[-1][:2] == ("result", False) and "unsafe path" in sink.calls[-1][2]
+    assert os.listdir(allowed) == [] and not broker.disconnected and server.live == {}
+
+
+_wire = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20) \
+    | st.binary(max_size=20) | st.sampled_from(["file", "dir", "f", "a/b", "../x", b"x" * CHUNK, b"x" * (CHUNK + 1),
+                                                 hashlib.sha256(b"").hexdigest(), 0o644, 0, 1024, True])
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(st.tuples(st.sampled_from([OPERATOR, WORKER]),
+                                st.sampled_from(["entry", "data", "done_file", "finish", "abort", "ack", "result",
+                                                 "cancel", "nosuch"]),
+                                st.lists(_wire, max_size=5)), max_size=12))
+def test_rogue_parties_cannot_break_the_masters_relay(calls):
+    """Anything PB can carry, from either party: the relay never raises, ends at most once, and tells the
+    operator the outcome exactly once (unless the operator reported it)."""
+    transfer, operator, worker = _relay()
+    for side, method, args in calls:
+        transfer.received(side, method, tuple(args))
+    results = [c for c in operator.calls if c[0] == "result"]
+    assert len(results) == (1 if transfer.ended else 0)
+    assert len([c for c in worker.calls if c[0] == "cancel"]) <= 1
+
+
+def test_transfers_are_counted_per_worker_and_operator_apart_from_sessions():
+    from master_side.transfer import MAX_TRANSFERS, Transfers
+    from slaveshell.policy import Policy
+
+    class Limits:
+        per_worker, per_operator = 2, 1
+
+    transfers = Transfers(lambda: 0.0)
+    policy = Policy.default(master_uid=0)
+    who = Identity(uid=0, gid=0, pid=1, user="root", groups=frozenset())
+    assert transfers.quota(policy, who, "w1", Limits) is None
+    transfers.live["t1"], _, _ = _relay()
+    assert transfers.quota(policy, who, "w1", Limits) == "root already has 1 transfers (the master's limit)"
+    Limits.per_operator = 5
+    transfers.live["t2"], _, _ = _relay()
+    assert transfers.quota(policy, who, "w1", Limits) == "worker w1 already has 2 transfers (the master's limit)"
+    assert transfers.quota(policy, who, "w2", Limits) is None
+    Limits.per_worker = Limits.per_operator = None  # type: ignore[assignment]
+    for n in range(MAX_TRANSFERS):
+        transfers.live[f"x{n}"], _, _ = _relay()
+    assert "64 transfers" in str(transfers.quota(policy, who, "w2", Limits))
+
+
+def test_the_clients_receiver_returns_all_credit_even_for_thousands_of_entries(tmp_path):
+    """A download of many small entries must not run the sender's window dry (entries cost credit too)."""
+    from slaveshell.cp import CopyClient
+
+    handle = FakeRef()
+    client = CopyClient(TransferRequest("down", "w1", ("tree",), str(tmp_path)), None,
+                        Receiver(str(tmp_path), preserve=False), lambda: None)  # type: ignore[arg-type,return-value]
+    client.handle = handle
+    sender_credit = Credit()
+    client.entry("dir", "tree", 0o755, 0, 0.0)
+    sender_credit.spend(1024)
+    for n in range(3 * WINDOW // 1024):
+        client.entry("file", f"tree/f{n}", 0o644, 0, 0.0)
+        client.done_file(hashlib.sha256(b"").hexdigest())
+        sender_credit.spend(2048)
+        for method, args in handle.calls:
+            if method == "ack":
+                sender_credit.ack(args[0])
+        handle.calls.clear()
+    assert sender_credit.outstanding == 0 and not client.done.called
