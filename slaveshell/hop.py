@@ -122,6 +122,10 @@ class Connection:
             return []
         except OSError as e:
             self.closed = True
+            if self._head.startswith(framing.REFUSED_PREFIX):
+                # The master refused the connection and closed it with our first bytes unread: a reset, after
+                # the refusal line.
+                raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
             raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
         if not data:
             self.closed = True

@@ -117,9 +117,11 @@ def test_a_full_transcript_disk_ends_the_session_and_keeps_the_transcript_valid(
                               capture_output=True, timeout=120)
         assert done.returncode == 255, done.stderr
         assert b"the transcript cannot be written (No space left on device)" in done.stderr
+        # The cast, and the raw attachment of its bulk output (no terminal: docs/audit-schema.md, Attachments).
         files = os.listdir(transcripts)
-        assert len(files) == 1
-        with open(os.path.join(transcripts, files[0]), encoding="utf-8") as f:
+        casts = [name for name in files if name.endswith(".cast")]
+        assert len(casts) == 1 and set(files) <= {casts[0], casts[0].removesuffix(".cast") + ".bin"}, files
+        with open(os.path.join(transcripts, casts[0]), encoding="utf-8") as f:
             cast = parse_lines(f)
         assert not cast.truncated and cast.events  # whole lines only: what was written stays playable
         history = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket",
