@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket as _socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -32,9 +32,15 @@ if TYPE_CHECKING:
     from .service import ShellService
 
 
-def peer_identity(transport: Any) -> Identity:
+class _Handled(Protocol):
+    """A connected transport's socket (ITCPTransport.getHandle, which UNIX transports have too)."""
+
+    def getHandle(self) -> _socket.socket: ...
+
+
+def peer_identity(transport: object) -> Identity:
     """Who is at the other end of a UNIX socket, as the kernel says (SO_PEERCRED): never what they claim."""
-    sock = transport.getHandle()
+    sock = cast(_Handled, transport).getHandle()
     creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     return Identity.from_credentials(pid, uid, gid)
@@ -80,7 +86,7 @@ def _as_pb_error(failure: Failure) -> None:
     raise pb.Error(str(failure.value))
 
 
-def _as_answer(failure: Failure) -> dict[str, Any]:
+def _as_answer(failure: Failure) -> dict[str, object]:
     failure.trap(OperatorError)
     return {"ok": False, "error": str(failure.value)}
 
@@ -99,7 +105,7 @@ class OperatorRoot(pb.Referenceable):
             self._identity = peer_identity(self.broker.transport)
         return self._identity
 
-    def _limited(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _limited(self, fn: Callable[..., object], *args: object) -> object:
         return self.service.gate.limited(self.broker, fn, *args)
 
     def _sink(self, ref: pb.RemoteReference) -> PBViewerSink:
@@ -108,13 +114,13 @@ class OperatorRoot(pb.Referenceable):
     def _handle(self, view: View) -> ViewerHandle:
         return ViewerHandle(view.session, view.viewer, self.service.registry.peer_error)
 
-    def remote_workers(self) -> list[dict[str, Any]]:
+    def remote_workers(self) -> object:
         return self.service.api.workers(self.identity())
 
-    def remote_open(self, sink: object, params: object) -> Any:
+    def remote_open(self, sink: object, params: object) -> object:
         return self._limited(self._open, self.identity(), sink, params)
 
-    def _open(self, who: Identity, sink: object, params: object) -> Any:
+    def _open(self, who: Identity, sink: object, params: object) -> object:
         try:
             request = OpenRequest.from_wire(params)
         except ProtocolError as e:
@@ -122,7 +128,7 @@ class OperatorRoot(pb.Referenceable):
         if not isinstance(sink, pb.RemoteReference):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
 
-        def answer(view: View | None) -> dict[str, Any] | None:
+        def answer(view: View | None) -> dict[str, object] | None:
             if view is None:
                 return None
             return {"ok": True, "session": self._handle(view), "id": view.session.id}
@@ -130,10 +136,10 @@ class OperatorRoot(pb.Referenceable):
         d = defer.maybeDeferred(self.service.api.open, who, request, self._sink(sink))
         return d.addCallbacks(answer, _as_answer)
 
-    def remote_attach(self, sink: object, session_id: object, mode: object) -> Any:
+    def remote_attach(self, sink: object, session_id: object, mode: object) -> object:
         return self._limited(self._attach, self.identity(), sink, session_id, mode)
 
-    def _attach(self, who: Identity, sink: object, session_id: object, mode: object) -> dict[str, Any]:
+    def _attach(self, who: Identity, sink: object, session_id: object, mode: object) -> dict[str, object]:
         if not isinstance(sink, pb.RemoteReference):
             return {"ok": False, "error": "bad request: attach needs a sink, a session id and a mode"}
         try:
@@ -143,7 +149,7 @@ class OperatorRoot(pb.Referenceable):
         return {"ok": True, "session": self._handle(view), "id": view.session.id, "role": view.viewer.role.value,
                 "worker": view.session.worker, "size": list(view.session.size)}
 
-    def remote_sessions(self) -> list[dict[str, Any]]:
+    def remote_sessions(self) -> object:
         return self.service.api.sessions(self.identity())
 
     def remote_kill(self, session_id: object) -> str:
@@ -158,27 +164,27 @@ class OperatorRoot(pb.Referenceable):
         except OperatorError as e:
             raise pb.Error(e.message) from None
 
-    def _asked(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _asked(self, fn: Callable[..., object], *args: object) -> object:
         return defer.maybeDeferred(fn, *args).addErrback(_as_pb_error)
 
-    def remote_history(self, filters: object) -> Any:
+    def remote_history(self, filters: object) -> object:
         return self._limited(self._asked, self.service.api.history, self.identity(), filters)
 
-    def remote_transcript(self, session_id: object, offset: object) -> Any:
+    def remote_transcript(self, session_id: object, offset: object) -> object:
         return self._limited(self._asked, self.service.api.transcript, self.identity(), session_id, offset)
 
-    def remote_search(self, text: object, filters: object = None) -> Any:
+    def remote_search(self, text: object, filters: object = None) -> object:
         return self._limited(self._asked, self.service.api.search, self.identity(), text, filters)
 
     # -- `slaveshell cp` (master_side.transfer) ------------------------------------------------------
 
-    def remote_copy(self, sink: object, params: object) -> Any:
+    def remote_copy(self, sink: object, params: object) -> object:
         """Start a transfer: `params` is slaveshell.cpwire.TransferRequest.to_wire(), `sink` the client's end.
         Answers ``{"ok": True, "transfer": TransferEnd, "id", "total", "entries", "recorded"}`` or ``{"ok":
         False, "error"}``."""
         return self._limited(self._copy, self.identity(), sink, params)
 
-    def _copy(self, who: Identity, sink: object, params: object) -> Any:
+    def _copy(self, who: Identity, sink: object, params: object) -> object:
         from slaveshell.cpwire import TransferRequest
 
         try:
@@ -189,7 +195,7 @@ class OperatorRoot(pb.Referenceable):
             return {"ok": False, "error": "bad request: the sink must be a remote reference"}
         broker = self.broker
 
-        def answer(started: tuple[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+        def answer(started: tuple[Any, object, dict[str, object]]) -> dict[str, object]:
             transfer, end, sizes = started
             return {"ok": True, "transfer": end, "id": transfer.id, **sizes}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 
@@ -33,10 +33,10 @@ Seal = Callable[[bytes], str]
 class RecordIndex(Protocol):
     """What a recording tells the audit index (master_side.audit_trail.IndexWriter, the index's one writer)."""
 
-    def hidden_input(self, session_id: str, counts: dict[str, Any]) -> None: ...
+    def hidden_input(self, session_id: str, counts: Mapping[str, object]) -> None: ...
     def record_error(self, session_id: str, error: OSError) -> None: ...
     def recorded(self, session: MasterSession, ended: float, sha256: str | None,
-                 hidden: dict[str, Any], attachment_sha256: str | None = None) -> None: ...
+                 hidden: Mapping[str, object], attachment_sha256: str | None = None) -> None: ...
 
 
 class SessionRecorder:
@@ -194,7 +194,7 @@ class SessionRecorder:
         if self.audit is not None:
             self.audit.hidden_input(self.session_id, self.hidden_counts())
 
-    def hidden_counts(self) -> dict[str, Any]:
+    def hidden_counts(self) -> dict[str, object]:
         return {"hidden_bytes": self.hidden_bytes, "hidden_spans": self.hidden_spans,
                 "hidden_flag": self.hidden_flag}
 
@@ -267,7 +267,7 @@ def header_for(session: MasterSession, master_name: str) -> str:
     )
 
 
-def session_row(session: MasterSession, master_name: str, transcript: str | None) -> dict[str, Any]:
+def session_row(session: MasterSession, master_name: str, transcript: str | None) -> dict[str, object]:
     req = session.request
     return {
         "id": session.id,

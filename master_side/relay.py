@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -101,7 +100,7 @@ class MasterSession(SessionTimers):
         # For each limit ("idle", "running"), the start of the period already warned about.
         self._warned: dict[str, float] = {}
         # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
-        self.build: dict[str, Any] | None = None
+        self.build: dict[str, object] | None = None
         self._on_end = on_end
         self.recorder: Recorder = NullRecorder()
         # Observers of joins, leaves and detaches (the audit index): called with (kind, viewer, detail).
@@ -370,5 +369,5 @@ class MasterSession(SessionTimers):
         self.remove_viewer(viewer, "too slow")
 
 
-def _nowhere(*args: Any) -> None:
+def _nowhere(*args: object) -> None:
     pass

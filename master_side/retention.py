@@ -39,14 +39,14 @@ class Retention:
         self.trail = trail
         self.days: float | None = None
         self._next = 0.0
-        self._running: defer.Deferred[Any] | None = None
+        self._running: defer.Deferred[object] | None = None
 
     @property
     def interval(self) -> float:
         """Seconds between runs."""
         return min(3600.0, max(1.0, (self.days or 0.0) * DAY / 10))
 
-    def tick(self, now: float) -> defer.Deferred[Any] | None:
+    def tick(self, now: float) -> defer.Deferred[object] | None:
         """Start a run when one is due (and none is going on); its Deferred, or None."""
         trail = self.trail()
         if self.days is None or trail is None or self._running is not None or now < self._next:

@@ -230,7 +230,7 @@ class Transfers:
 
     @staticmethod
     def route(glue: BuildbotGlue, holds: Holds, request: TransferRequest) -> tuple[Any, TransferRequest,
-                                                                                    dict[str, Any]]:
+                                                                                    dict[str, object]]:
         """The worker's connection, the request with the held build's directory (`--build`), and the build's
         columns for the index row. Raises RouteError (glue.route, glue.workdir_for: a build must be held)."""
         conn = glue.route(request.worker)
@@ -253,7 +253,7 @@ class Transfers:
 
     @defer.inlineCallbacks
     def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
-              operator: pb.RemoteReference, check: Callable[[], object], build: dict[str, Any]) -> Any:
+              operator: pb.RemoteReference, check: Callable[[], object], build: dict[str, object]) -> Any:
         """Record, then ask the worker (`conn`: its buildbot PB Connection). Fires (transfer, the operator's
         TransferEnd, the worker's reply) or raises TransferRefused (the worker's or the recording's refusal,
         for the operator) or RecordingError."""

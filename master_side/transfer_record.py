@@ -61,7 +61,7 @@ class TransferRecord:
         self.copy_fd: int | None = None
         self.copied = 0
         self.encoder = CastEncoder()
-        self.build: dict[str, Any] = {}
+        self.build: dict[str, object] = {}
 
     def _t(self) -> float:
         return max(0.0, self.trail.reactor.seconds() - self.started)
@@ -101,7 +101,7 @@ class TransferRecord:
             raise RecordingError(f"transfer not started: it cannot be recorded ({problem})")
         return False
 
-    def _row(self) -> dict[str, Any]:
+    def _row(self) -> dict[str, object]:
         return {"id": self.id, "worker": self.request.worker, "operator": self.who.user, "uid": self.who.uid,
                 "master": self.trail.master_name, "command": describe(self.request), "pty": False,
                 "term": "transfer", "width": 80, "height": 24, "started": utc(self.started), "state": "running",

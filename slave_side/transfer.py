@@ -17,10 +17,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
@@ -151,7 +151,7 @@ class WorkerTransfer(pb.Referenceable):
                 self._end()
                 self.peer.send("result", True, "")
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self.committing = False
             receiver.abort()
             error = failure.value
