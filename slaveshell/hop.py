@@ -74,9 +74,22 @@ def connect(path: str, timeout: float = 10.0) -> socket.socket:
         sock.sendall(framing.MAGIC)
         sock.setblocking(False)
     except OSError as e:
+        # A master that refused the connection (its bounds) wrote one line and closed before our first bytes.
+        head = _queued(sock)
         sock.close()
+        if head.startswith(framing.REFUSED_PREFIX):
+            raise HopError(f"the master refused the connection: {_refusal(head)}") from None
         raise HopError(f"cannot connect to the master at {path}: {os_error_text(e)}") from None
     return sock
+
+
+def _queued(sock: socket.socket) -> bytes:
+    """What the master sent before it closed, as far as the kernel still holds it (b"" when nothing)."""
+    try:
+        sock.setblocking(False)
+        return sock.recv(1024)
+    except OSError:
+        return b""
 
 
 class Connection:
