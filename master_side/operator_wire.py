@@ -106,6 +106,7 @@ class WireDoor(Protocol):
         self.disconnects: list[Callable[[], None]] = []
         self.handle: ViewerHandle | None = None
         self._viewing = False  # an open or attach was asked on this connection (one view per connection)
+        self._leaving = False  # the operator closed while its open was in progress
         self._identity: Identity | None = None
 
     # -- the connection ------------------------------------------------------------------------
@@ -207,6 +208,12 @@ class WireDoor(Protocol):
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op
+        if op is Op.CLOSE and self.handle is None and self._viewing and not self._leaving:
+            # The operator gave up (Ctrl-C) while its session opens: it ends as soon as it has opened, rather
+            # than waiting out its detach grace for an operator who is gone.
+            self._leaving = True
+            self._answer(call_id, True)
+            return
         if op in (Op.CLOSE, Op.DETACH):
             ok = self._session(op.value)
             self._answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
@@ -265,6 +272,9 @@ class WireDoor(Protocol):
 
         def answer(view: View | None) -> dict[str, object] | None:
             if view is None:
+                return None
+            if self._leaving:
+                view.session.viewer_close(view.viewer)  # the owner closes: the session ends
                 return None
             self.handle = self._handle(view)
             return {"session": view.session.id}

@@ -271,6 +271,8 @@ class HopShell:
             if self._waiting and signum == signal.SIGINT:
                 self._stop_waiting()
             else:
+                # The master may be starting the session: it ends it once started (master_side.operator_wire).
+                self._call(Op.CLOSE, lambda reply: None)
                 self.finish(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
             return
         if again:
