@@ -20,291 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import select
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from echo_parts import (  # noqa: E402  (echo_parts puts the tree first on sys.path and PYTHONPATH)
+    STDLIB_PARTS,
+    TWISTED_PARTS,
+    framing_python,
+    master_python,
+    pty_rtts,
+    run_part,
+    worker_python,
+)
 
-KEY = b"k"
 DEFAULT_CLIENT = f"{shlex.quote(sys.executable)} -m slaveshell.shell_cli --socket {{socket}} -t w1"
-TWISTED_PARTS = ("pty", "unix", "tcp", "pb-unix", "pb-tcp", "pb1-unix", "pb1-tcp")
-
-
-def gap(spacing: float) -> float:
-    return random.uniform(spacing, 2 * spacing)  # keystrokes are not a metronome
-
-
-# -- parts measured between Twisted reactors (each in its own processes) ------------------------------------
-
-def serve(kind: str, addr: str) -> None:
-    """A peer for `measure_twisted`: echoes raw bytes, or PB calls (`echo` answers; `ping` answers with an
-    answer-less `pong` on the registered reference), or relays its raw-mode stdin to its stdout."""
-    from twisted.internet import protocol, reactor, stdio
-    from twisted.spread import pb
-
-    class Echo(protocol.Protocol):
-        def connectionMade(self) -> None:
-            if hasattr(self.transport, "setTcpNoDelay"):
-                self.transport.setTcpNoDelay(True)
-        def dataReceived(self, data: bytes) -> None:
-            self.transport.write(data)
-
-    if kind == "relay":
-        import tty
-        tty.setraw(0)
-        stdio.StandardIO(Echo())
-        os.write(1, b"R")
-        reactor.run()
-        return
-
-    class Root(pb.Root):
-        ref = None
-        def remote_echo(self, data: bytes) -> bytes:
-            return data
-        def remote_register(self, ref: pb.RemoteReference) -> None:
-            self.ref = ref
-        def remote_ping(self, data: bytes) -> None:
-            self.ref.callRemote("pong", data, pbanswer=False)
-
-    if kind in ("unix", "tcp"):
-        factory = protocol.Factory.forProtocol(Echo)
-    else:
-        factory = pb.PBServerFactory(Root())
-        factory.protocol = NoDelayBroker
-    port = reactor.listenUNIX(addr, factory) if kind.endswith("unix") else reactor.listenTCP(
-        0, factory, interface="127.0.0.1")
-    print("READY", getattr(port.getHost(), "port", 0), flush=True)
-    reactor.run()
-
-
-def _no_delay_broker() -> type:
-    from twisted.spread import pb
-
-    class Broker(pb.Broker):
-        """TCP_NODELAY, as slaveshell.remote.set_nodelay does on both ends of the worker's link."""
-        def connectionMade(self) -> None:
-            super().connectionMade()
-            if hasattr(self.transport, "setTcpNoDelay"):
-                self.transport.setTcpNoDelay(True)
-
-    return Broker
-
-
-NoDelayBroker: type = object  # replaced in the processes that import Twisted (serve, measure_twisted)
-
-
-def measure_twisted(kind: str, keys: int, spacing: float) -> list[int]:
-    """Round trips (ns) of `keys` one-byte messages of `kind`, driven from a Twisted epoll reactor."""
-    from twisted.internet import protocol, reactor
-    from twisted.spread import pb
-
-    samples: list[int] = []
-    state = {"t0": 0}
-    tmp = tempfile.mkdtemp(prefix="echo-bd-")
-    server = None
-
-    def fire(send) -> None:
-        state["t0"] = time.perf_counter_ns()
-        send()
-
-    def got() -> None:
-        samples.append(time.perf_counter_ns() - state["t0"])
-        if len(samples) >= keys:
-            reactor.stop()
-        else:
-            reactor.callLater(gap(spacing), fire, state["send"])
-
-    def start(send) -> None:
-        state["send"] = send
-        reactor.callLater(0.3, fire, send)
-
-    if kind == "pty":
-        class Shell(protocol.ProcessProtocol):
-            ready = False
-            def childDataReceived(self, fd: int, data: bytes) -> None:
-                if not self.ready and b"R" in data:
-                    self.ready = True
-                    start(lambda: os.write(self.transport.fd, KEY))
-                elif self.ready and KEY in data:
-                    got()
-
-        reactor.spawnProcess(Shell(), "/bin/sh", ["sh", "-c", "stty -icanon echo; echo R; exec cat > /dev/null"],
-                             env=dict(os.environ), usePTY=True)
-    else:
-        addr = os.path.join(tmp, "s")
-        base = kind.split("-")[-1]
-        server = subprocess.Popen([sys.executable, __file__, "--serve", kind, addr], stdout=subprocess.PIPE)
-        assert server.stdout is not None
-        port = int(server.stdout.readline().split()[1])
-
-        def connect(factory: protocol.ClientFactory) -> None:
-            if base == "unix":
-                reactor.connectUNIX(addr, factory)
-            else:
-                reactor.connectTCP("127.0.0.1", port, factory)
-
-        if kind in ("unix", "tcp"):
-            class Client(protocol.Protocol):
-                def connectionMade(self) -> None:
-                    if base == "tcp":
-                        self.transport.setTcpNoDelay(True)
-                    start(lambda: self.transport.write(KEY))
-                def dataReceived(self, data: bytes) -> None:
-                    got()
-
-            connect(protocol.ClientFactory.forProtocol(Client))
-        else:
-            factory = pb.PBClientFactory()
-            factory.protocol = NoDelayBroker
-            connect(factory)
-
-            class Pong(pb.Referenceable):
-                def remote_pong(self, data: bytes) -> None:
-                    got()
-
-            def ready(root: pb.RemoteReference) -> None:
-                if kind.startswith("pb1"):
-                    root.callRemote("register", Pong()).addCallback(
-                        lambda _: start(lambda: root.callRemote("ping", KEY, pbanswer=False)))
-                else:
-                    start(lambda: root.callRemote("echo", KEY).addCallback(lambda _: got()))
-
-            factory.getRootObject().addCallback(ready)
-    reactor.callLater(60 + keys * spacing * 3, reactor.stop)
-    reactor.run()
-    if server is not None:
-        server.terminate()
-        server.wait()
-    return samples
-
-
-def run_part(kind: str, keys: int, spacing: float) -> list[int]:
-    out = subprocess.run([sys.executable, __file__, "--part", kind, "--keys", str(keys), "--spacing", str(spacing)],
-                         capture_output=True, text=True, timeout=120 + keys * spacing * 3)
-    if out.returncode != 0:
-        raise RuntimeError(f"part {kind} failed: {out.stderr[-2000:]}")
-    return [int(x) for x in json.loads(out.stdout.strip().splitlines()[-1])]
-
-
-# -- parts measured in process: the master's and the worker's Python per keystroke ---------------------------
-
-def master_python(keys: int, spacing: float) -> dict[str, list[int]]:
-    """ns per call of the master's per-keystroke work: ViewerHandle.remote_input, WorkerSink.remote_input_ack
-    and remote_output (with a real transcript file, written through as the master does) and remote_ack. The
-    sends to the peers are no-ops: their PB cost is measured by the pb1 parts."""
-    from master_side.recorder import SessionRecorder
-    from master_side.relay import MasterSession
-    from master_side.session_pb import ViewerHandle, WorkerSink
-    from slaveshell.policy import Identity
-    from slaveshell.protocol import OpenRequest
-    from slaveshell.transcript import CastEncoder
-
-    out: dict[str, list[int]] = {"input": [], "input_ack": [], "output": [], "ack": []}
-    with tempfile.TemporaryDirectory(prefix="echo-bd-") as d:
-        session = MasterSession(OpenRequest(worker="w1"), Identity(1000, 1000, 1, "op", frozenset()),
-                                lambda s: None)
-        rec = SessionRecorder(session.id, os.path.join(d, "s.cast"), CastEncoder(), None, started=time.time())
-        rec.create(CastEncoder.header(80, 24, 0))
-        session.recorder = rec
-        owner = session.start(lambda *a: None, lambda *a: None)
-        viewer, worker = ViewerHandle(session, owner, lambda *a: None), WorkerSink(session, lambda *a: None)
-        steps = (("input", lambda: viewer.remote_input(KEY)), ("input_ack", lambda: worker.remote_input_ack(1, False)),
-                 ("output", lambda: worker.remote_output(1, KEY)), ("ack", lambda: viewer.remote_ack(1)))
-        for _ in range(keys):
-            for name, step in steps:
-                t0 = time.perf_counter_ns()
-                step()
-                out[name].append(time.perf_counter_ns() - t0)
-            time.sleep(gap(spacing))  # cold caches, as between keystrokes
-        rec.file.close()
-    return out
-
-
-def worker_python(keys: int, spacing: float) -> dict[str, list[int]]:
-    """ns per keystroke of the worker's work: SessionHandle.remote_input (the terminal's modes, the write, the
-    hidden-input decision, the input_ack) and the echo's read handler (hidden-input matching, the flush to the
-    sink), on a real PTY in `stty -icanon echo` modes; tests/fakes' reactor stands in for Twisted's."""
-    import termios
-
-    from slave_side.server import SessionHandle
-    from slave_side.session import WorkerOptions, WorkerSession, _ProcessProtocol
-    from slaveshell.protocol import OpenRequest, WireSink
-    from tests.fakes import ProcessReactor
-
-    out: dict[str, list[int]] = {"input": [], "output": []}
-    with tempfile.TemporaryDirectory(prefix="echo-bd-") as d:
-        session = WorkerSession(ProcessReactor(), "s1", OpenRequest(worker="w1", cwd=d), WorkerOptions(), d,
-                                WireSink(lambda *a: None))
-        session.start()
-        assert session._slave_hold is not None
-        modes = termios.tcgetattr(session._slave_hold)
-        modes[3] = (modes[3] & ~termios.ICANON) | termios.ECHO
-        termios.tcsetattr(session._slave_hold, termios.TCSANOW, modes)
-        handle, proto = SessionHandle(session), _ProcessProtocol(session)
-        for _ in range(keys):
-            t0 = time.perf_counter_ns()
-            handle.remote_input(KEY)
-            t1 = time.perf_counter_ns()
-            proto.childDataReceived(1, KEY)
-            t2 = time.perf_counter_ns()
-            out["input"].append(t1 - t0)
-            out["output"].append(t2 - t1)
-            session.ack(1)
-            time.sleep(gap(spacing))
-        session._release_slave()
-        if session._pty_fd is not None:
-            os.close(session._pty_fd)
-    return out
-
-
-# -- totals (and the terminal relay) from a blocking reader, as bench/run.py measures echo ---------------------
-
-def blocking_rtts(fd: int, keys: int, spacing: float) -> list[int]:
-    rtts = []
-    for _ in range(keys):
-        t0 = time.perf_counter_ns()
-        os.write(fd, KEY)
-        got = b""
-        while KEY not in got:
-            if not select.select([fd], [], [], 10)[0]:
-                raise RuntimeError("no echo within 10 s")
-            got += os.read(fd, 1024)
-        rtts.append(time.perf_counter_ns() - t0)
-        time.sleep(gap(spacing))
-    return rtts
-
-
-def pty_rtts(argv: list[str], keys: int, spacing: float, shell: bool = True) -> list[int]:
-    """Echo round trips (ns) in a local PTY running `argv`: a remote shell (bench/run.py's spawn_shell, then
-    `stty -icanon; cat > /dev/null`), or (shell=False) a peer that writes "R" when it echoes."""
-    import pexpect
-    from run import spawn_shell
-
-    class Cmd:  # bench/run.py's spawn_shell takes a system with argv(None, tty=True)
-        def argv(self, command: None, tty: bool) -> list[str]:
-            return argv
-
-    if shell:
-        child: pexpect.spawn = spawn_shell(Cmd())  # type: ignore[arg-type]
-        child.sendline("stty -icanon; cat > /dev/null")
-        time.sleep(0.5)
-    else:
-        child = pexpect.spawn(argv[0], argv[1:], timeout=30)
-        child.expect("R")
-    try:
-        return blocking_rtts(child.child_fd, keys, spacing)
-    finally:
-        child.sendcontrol("c")
-        child.terminate(force=True)
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = str(ROOT / "bench" / "echo_parts.py")
 
 
 # -- the model --------------------------------------------------------------------------------------------------
@@ -317,44 +52,63 @@ def us(values: list[int], q: float = 0.5) -> float:
 Row = tuple[str, int, int, float, float, bool]  # part, hops (slaveshell), hops (ssh), unit median, p99, summed
 
 
-def model(pool: dict[str, list[int]]) -> tuple[list[Row], dict[str, float]]:
+def model(pool: dict[str, list[int]], link: str) -> tuple[list[Row], dict[str, float]]:
     """(rows, units in us). Counted from the keystroke's path (docs/architecture.md, "A keystroke", "An output
     chunk"; slaveshell/client.py, master_side/relay.py, slave_side/session.py): terminal -> client -(UNIX)->
     master -(TCP)-> worker -> PTY echo -> worker -(TCP)-> master -(UNIX)-> client -> terminal. The worker sends
-    input_ack as it writes the PTY, so it crosses both links ahead of the echo; the client's `ack` of the echo
-    (client -> master -> worker) follows it. ssh: terminal -> ssh -(TCP)-> sshd -> PTY echo -> sshd -(TCP)-> ssh
-    -> terminal (its TCP hops priced at Twisted's, an upper bound for C)."""
+    input_ack as it writes the PTY, so it crosses both links ahead of the echo (the master's part of it may
+    overlap the worker's PTY echo when a core is free). The PB client encodes its `ack` of the echo before
+    Twisted writes the echo to the terminal (writes wait for the next reactor turn); the rest of the ack (client
+    -> master -> worker) follows the echo. `link` is the operator hop: "pb" (Twisted client, PB) or "framed"
+    (a standard-library selectors client, slaveshell.framing). ssh: terminal -> ssh -(TCP)-> sshd -> PTY echo
+    -> sshd -(TCP)-> ssh -> terminal, priced with the selectors relay and Twisted's TCP hop (upper bounds for C)."""
     def u(name: str, q: float) -> float:
         return us(pool[name], q)
 
+    # A difference of two p99s means nothing: derived units have a median only (p99 NaN).
+    nan = float("nan")
     units = {}
     for q, tag in ((0.5, "med"), (0.99, "p99")):
-        for link in ("unix", "tcp"):
-            units[f"{link}_{tag}"] = u(link, q) / 2
-            units[f"pb_{link}_{tag}"] = (u(f"pb1-{link}", q) - u(link, q)) / 2
+        for link_ in ("unix", "tcp"):
+            units[f"{link_}_{tag}"] = u(link_, q) / 2
+            units[f"pb_{link_}_{tag}"] = (u(f"pb1-{link_}", q) - u(link_, q)) / 2 if q == 0.5 else nan
         units[f"ack_pb_{tag}"] = units[f"pb_unix_{tag}"] + units[f"pb_tcp_{tag}"]
+        units[f"half_pb_unix_{tag}"] = units[f"pb_unix_{tag}"] / 2
+        if link == "framed":
+            units[f"unix_stdlib_{tag}"] = u("unix-stdlib", q) / 2
+    pb = link == "pb"
+    table = [
+        ("your terminal <-> client: Twisted stdio relay (2 PTY crossings, a wake-up)", int(pb), 0, "relay", True),
+        ("your terminal <-> client: selectors relay (2 PTY crossings, a wake-up)", int(not pb), 1, "relay-stdlib",
+         True),
+        ("client <-> master: UNIX hop + wake-up (input, echo)", 2 * pb, 0, "unix", True),
+        ("client <-> master: UNIX hop + wake-up, selectors client (input, echo)", 2 * (not pb), 0, "unix_stdlib",
+         True),
+        ("master <-> worker: TCP hop + wake-up (input, echo)", 2, 2, "tcp", True),
+        ("PB message on the UNIX link (Banana + jelly): input, echo", 2 * pb, 0, "pb_unix", True),
+        ("frame on the UNIX link, encode + decode: input", int(not pb), 0, "f.input", True),
+        ("frame on the UNIX link, encode + decode: echo", int(not pb), 0, "f.output", True),
+        ("PB message on the TCP link: input, echo", 2, 0, "pb_tcp", True),
+        ("worker PTY echo (kernel + one wake-up)", 1, 1, "pty", True),
+        ("worker Python: input (modes, write, hidden-input decision)", 1, 0, "w.input", True),
+        ("worker Python: the echo's read and flush", 1, 0, "w.output", True),
+        ("master Python: ViewerHandle.input", 1, 0, "m.input", True),
+        ("master Python: WorkerSink.output (transcript write)", 1, 0, "m.output", True),
+        ("input_ack ahead of the echo: PB message, TCP link", 1, 0, "pb_tcp", True),
+        ("input_ack ahead of the echo: PB message, UNIX link", int(pb), 0, "pb_unix", True),
+        ("input_ack ahead of the echo: control frame (JSON), UNIX link", int(not pb), 0, "f.input_ack", True),
+        ("input_ack ahead of the echo: master Python (transcript write)", 1, 0, "m.input_ack", True),
+        ("ack of the echo, encoded before the echo is written out: 1/2 PB message", int(pb), 0, "half_pb_unix",
+         True),
+        ("ack after the echo: PB messages, UNIX + TCP link (not summed)", int(pb), 0, "ack_pb", False),
+        ("ack after the echo: PB message, TCP link (not summed)", int(not pb), 0, "pb_tcp", False),
+        ("ack after the echo: master Python (not summed)", 1, 0, "m.ack", False)]
     rows: list[Row] = []
-    for name, count, ssh, key, summed in (
-            ("your terminal <-> client (2 PTY crossings, the client's wake-up)", 1, 1, "relay", True),
-            ("client <-> master: UNIX hop + wake-up (input, echo)", 2, 0, "unix", True),
-            ("master <-> worker: TCP hop + wake-up (input, echo)", 2, 2, "tcp", True),
-            ("PB message on the UNIX link (Banana + jelly): input, echo", 2, 0, "pb_unix", True),
-            ("PB message on the TCP link: input, echo", 2, 0, "pb_tcp", True),
-            ("worker PTY echo (kernel + one wake-up)", 1, 1, "pty", True),
-            ("worker Python: input (modes, write, hidden-input decision)", 1, 0, "w.input", True),
-            ("worker Python: the echo's read and flush", 1, 0, "w.output", True),
-            ("master Python: ViewerHandle.input", 1, 0, "m.input", True),
-            ("master Python: WorkerSink.output (transcript write)", 1, 0, "m.output", True),
-            ("input_ack ahead of the echo: PB message, TCP link", 1, 0, "pb_tcp", True),
-            ("input_ack ahead of the echo: PB message, UNIX link", 1, 0, "pb_unix", True),
-            ("input_ack ahead of the echo: master Python (transcript write)", 1, 0, "m.input_ack", True),
-            ("ack after the echo: 2 PB messages (not summed)", 1, 0, "ack_pb", False),
-            ("ack after the echo: master Python (not summed)", 1, 0, "m.ack", False)):
-        if f"{key}_med" in units:
-            med, p99 = units[f"{key}_med"], units[f"{key}_p99"]
-        else:
-            med, p99 = u(key, 0.5), u(key, 0.99)
-        rows.append((name, count, ssh, med, p99, summed))
+    for name, count, ssh, key, summed in table:
+        if count or ssh:
+            unit = f"{key}_med" in units
+            med, p99 = (units[f"{key}_med"], units[f"{key}_p99"]) if unit else (u(key, 0.5), u(key, 0.99))
+            rows.append((name, count, ssh, med, p99, summed))
     return rows, units
 
 
@@ -362,33 +116,34 @@ def bar(value: float) -> str:
     return "█" * int(value // 100) + ("▌" if value % 100 >= 50 else "") if value > 0 else ""
 
 
+def fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.0f}"  # NaN: a derived unit has no p99
+
+
 def render(pool: dict[str, list[int]], rounds: list[dict[str, list[int]]], args: argparse.Namespace) -> str:
-    rows, units = model(pool)
+    rows, units = model(pool, args.operator_link)
+    total, total99 = us(pool["slaveshell"]), us(pool["slaveshell"], 0.99)
+    ssh_total = us(pool["ssh"]) if pool.get("ssh") else float("nan")
     lines = [f"## Keystroke echo, where each 100 us goes ({len(rounds)} round(s) x {args.keys} keys, "
              f"{args.spacing * 1000:.0f}-{args.spacing * 2000:.0f} ms apart, {os.cpu_count()} cores, "
              f"{time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"Client: `{args.client_cmd}`. Each █ is 100 us of the slaveshell median; p99 columns add the parts' "
-             "p99s (not the p99 of a sum).", "",
-             "| part of the round trip | hops | unit us (median) | slaveshell us median | p99 | ssh hops "
-             "| ssh us median | p99 | 100 us blocks |", "|---|---|---|---|---|---|---|---|---|"]
-    ours, ssh = [0.0, 0.0], [0.0, 0.0]
+             f"Client: `{args.client_cmd}`; operator link: {args.operator_link}. Medians in us; each █ is 100 us. "
+             "A part's unit is its own median (p99: its own p99, none for differences of two measurements).", "",
+             "| part of the round trip | hops | unit us | unit p99 | slaveshell us | share | ssh hops | ssh us "
+             "| 100 us blocks |", "|---|---|---|---|---|---|---|---|---|"]
+    ours = theirs = 0.0
     for name, count, ssh_count, med, p99, summed in rows:
-        if summed:
-            ours[0] += med * count
-            ours[1] += p99 * count
-        ssh[0] += med * ssh_count
-        ssh[1] += p99 * ssh_count
-        ssh_txt = f"{ssh_count} | {med * ssh_count:.0f} | {p99 * ssh_count:.0f}" if ssh_count else "- | - | -"
-        lines.append(f"| {name} | {count} | {med:.0f} | {med * count:.0f} | {p99 * count:.0f} | {ssh_txt} "
-                     f"| {bar(med * count) if summed else ''} |")
-    total = (us(pool["slaveshell"]), us(pool["slaveshell"], 0.99))
-    stotal = (us(pool["ssh"]), us(pool["ssh"], 0.99)) if pool.get("ssh") else None
-    sres = f"{stotal[0] - ssh[0]:.0f} | {stotal[1] - ssh[1]:.0f}" if stotal else "- | -"
-    lines += [f"| **sum of the parts** | | | {ours[0]:.0f} | {ours[1]:.0f} | | {ssh[0]:.0f} | {ssh[1]:.0f} | |",
-              f"| **other Python work** (total - sum; for ssh: its own work) | | | {total[0] - ours[0]:.0f} "
-              f"| {total[1] - ours[1]:.0f} | | {sres} | {bar(total[0] - ours[0])} |",
-              f"| **measured round trip** | | | {total[0]:.0f} | {total[1]:.0f} | | "
-              + (f"{stotal[0]:.0f} | {stotal[1]:.0f}" if stotal else "- | -") + f" | {bar(total[0])} |",
+        ours += med * count if summed else 0.0
+        theirs += med * ssh_count
+        theirs_txt = f"{ssh_count} | {med * ssh_count:.0f}" if ssh_count else "- | -"
+        lines.append(f"| {name} | {count} | {med:.0f} | {fmt(p99)} | {med * count:.0f} "
+                     f"| {100 * med * count / total:.0f} % | {theirs_txt} | {bar(med * count) if summed else ''} |")
+    rest, ssh_rest = total - ours, ssh_total - theirs
+    lines += [f"| **sum of the parts** | | | | {ours:.0f} | {100 * ours / total:.0f} % | | {theirs:.0f} | |",
+              f"| **other Python work** (round trip - sum; ssh: its own work) | | | | {rest:.0f} "
+              f"| {100 * rest / total:.0f} % | | {fmt(ssh_rest)} | {bar(rest)} |",
+              f"| **measured round trip** (p99: {total99:.0f}; ssh {fmt(us(pool.get('ssh', []), 0.99))}) | | | "
+              f"| {total:.0f} | 100 % | | {fmt(ssh_total)} | {bar(total)} |",
               "", "Each measurement (us): median and p99 of all rounds, and each round's median:", "",
               "| measurement | median | p99 | per-round medians |", "|---|---|---|---|"]
     for name in pool:
@@ -404,24 +159,17 @@ def main() -> int:
     ap.add_argument("--spacing", type=float, default=0.05, help="seconds between keys: uniform in [s, 2s]")
     ap.add_argument("--client-cmd", default=DEFAULT_CLIENT,
                     help="the interactive client ({socket}: the sandbox master's socket); default: %(default)s")
+    ap.add_argument("--operator-link", choices=("auto", "pb", "framed"), default="auto",
+                    help="how the model prices the client's hop; auto: framed when the tree has slaveshell.framing")
     ap.add_argument("--no-ssh", action="store_true")
     ap.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "echo_breakdown.json"))
     ap.add_argument("--smoke", action="store_true", help="10 keys, one round, 10 ms apart")
-    ap.add_argument("--part", help=argparse.SUPPRESS)
-    ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve or args.part:
-        from twisted.internet import epollreactor
-        epollreactor.install()  # Linux's default, said out loud: the parts must run on the product's reactor
-        global NoDelayBroker
-        NoDelayBroker = _no_delay_broker()
-        if args.serve:
-            serve(*args.serve)
-        else:
-            print(json.dumps(measure_twisted(args.part, args.keys, args.spacing)))
-        return 0
     if args.smoke:
         args.keys, args.rounds, args.spacing = 10, 1, 0.01
+    if args.operator_link == "auto":
+        # The tree's own file: an editable install elsewhere may resolve a module this tree does not have.
+        args.operator_link = "framed" if (ROOT / "slaveshell" / "framing.py").exists() else "pb"
 
     from run import OpenSSH, Slaveshell
 
@@ -441,12 +189,15 @@ def main() -> int:
             got["slaveshell"] = pty_rtts(client, args.keys, args.spacing)
             if ssh:
                 got["ssh"] = pty_rtts(ssh.argv(None, tty=True), args.keys, args.spacing)
-            got["relay"] = pty_rtts([sys.executable, __file__, "--serve", "relay", "-"], args.keys, args.spacing,
-                                    shell=False)
-            for part in TWISTED_PARTS:
+            for relay in ("relay", "relay-stdlib"):
+                got[relay] = pty_rtts([sys.executable, PARTS, "--serve", relay, "-"], args.keys, args.spacing,
+                                      shell=False)
+            for part in TWISTED_PARTS + (STDLIB_PARTS if args.operator_link == "framed" else ()):
                 got[part] = run_part(part, args.keys, args.spacing)
             got.update({f"m.{k}": v for k, v in master_python(args.keys, args.spacing).items()})
             got.update({f"w.{k}": v for k, v in worker_python(args.keys, args.spacing).items()})
+            if args.operator_link == "framed":
+                got.update({f"f.{k}": v for k, v in framing_python(args.keys, args.spacing).items()})
             rounds.append(got)
     finally:
         ours.stop()
@@ -455,9 +206,9 @@ def main() -> int:
     pool = {name: [v for r in rounds for v in r.get(name, [])] for name in rounds[0]} if rounds else {}
     report = render(pool, rounds, args)
     print(report)
-    rows, units = model(pool)
+    rows, units = model(pool, args.operator_link)
     Path(args.json).write_text(json.dumps({
-        "args": {k: v for k, v in vars(args).items() if k not in ("part", "serve")}, "unit": "ns",
+        "args": vars(args), "unit": "ns",
         "rounds": rounds, "units_us": units,
         "model_us": [dict(zip(("part", "hops", "ssh_hops", "median", "p99", "summed"), r, strict=True)) for r in rows]},
         indent=1))
