@@ -178,7 +178,8 @@ def main() -> int:
     ssh = None if args.no_ssh else OpenSSH(work)
     rounds: list[dict[str, list[int]]] = []
     try:
-        print("echo_breakdown: starting the sandbox master and worker (and sshd) ...", file=sys.stderr)
+        print(f"echo_breakdown: starting a sandbox master and worker{' and sshd' if ssh else ''} ...",
+              file=sys.stderr)
         ours.start()
         if ssh:
             ssh.start()
