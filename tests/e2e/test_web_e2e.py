@@ -37,15 +37,18 @@ WWW_CONFIG = """\
 from buildbot.plugins import util as _util
 from master_side.www.access import ShellEndpointMatcher
 c['www']['plugins']['slaveshell'] = {}
-c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'carol': 'carol-pw'})
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'carol': 'carol-pw',
+                                            'dave': 'dave-pw'})
 c['www']['authz'] = _util.Authz(
     allowRules=[ShellEndpointMatcher(role='watchers', defaultDeny=False), ShellEndpointMatcher(role='shellers')],
-    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice']),
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'dave']),
                   _util.RolesFromUsername(roles=['watchers'], usernames=['carol'])])
 """
 # The local user running the tests may too: the sandbox waits for its workers through the UNIX socket. carol's
 # role may only watch.
-SERVICE_KWARGS = (f"policy=[dict(groups=['web:shellers']), dict(users=['web:bob']), "
+SERVICE_KWARGS = (f"policy=[dict(users=['web:dave'], rights=['shell', 'watch', 'join']), "
+                  f"dict(groups=['web:shellers'], rights=['shell', 'watch', 'kill', 'replay', 'copy']), "
+                  f"dict(users=['web:bob']), "
                   f"dict(groups=['web:watchers'], rights=['watch']), dict(users=[{os.getuid()}])]")
 
 
@@ -302,6 +305,19 @@ def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox)
     wait_for(lambda: any(k == "refused" and "permission denied" in d for k, _, d in events(site, "web:carol")),
              "carol's refusal in the audit index")
     carol_context.close()
+    # dave may join (the `join` right): he types into alice's session and both see it.
+    dave_context = login(browser, site, "dave")
+    dave = dave_context.new_page()
+    dave.goto(site.url + "#/slaveshell")
+    row = dave.locator(f"tr[data-session='{session_id}']")
+    row.wait_for()
+    assert row.locator("button.slaveshell-attach").inner_text() == "Join"
+    row.locator("button.slaveshell-attach").click()
+    wait_status(dave, "^connected$")
+    run(dave, "echo joined-$((4+4))", "joined-8")
+    wait_for(lambda: "joined-8" in screen(alice), "the joiner's command on the owner's screen")
+    assert any(k == "join" for k, _, d in events(site, "web:dave"))
+    dave_context.close()
     alice.locator("button.slaveshell-end").click()
     wait_status(alice, "session ended")
     alice.context.close()
