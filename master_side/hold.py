@@ -197,15 +197,12 @@ class Holds:
 
 
 def holds_of(master: BuildMaster) -> Holds:
-    """The Holds of the master's ShellService: Buildbot keeps the services of c['services'] as children of
-    `master.service_manager` (buildbot/util/service.py, BuildbotServiceManager), by name in `namedServices`.
-    Without a ShellService, a Holds of the step's own (nobody can step in then, and the hold times out)."""
-    manager = getattr(master, "service_manager", None)
-    for service in list(getattr(manager, "namedServices", {}).values()):
-        holds = getattr(service, "holds", None)
-        if isinstance(holds, Holds):
-            return holds
-    return Holds()
+    """The Holds of the master's ShellService (`service.shell_service`). Without a ShellService, a Holds of the
+    step's own (nobody can step in then, and the hold times out)."""
+    from .service import shell_service  # service.py imports this module
+
+    service = shell_service(master)
+    return service.holds if service is not None else Holds()
 
 
 class HoldForShell(buildstep.BuildStep):

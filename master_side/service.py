@@ -206,3 +206,13 @@ def _break_dead_lock(lock: str) -> None:
                 os.unlink(stale)
             except OSError:
                 pass
+
+
+def shell_service(master: object) -> ShellService | None:
+    """The master's ShellService, or None: Buildbot keeps the services of c['services'] as children of
+    `master.service_manager` (buildbot/util/service.py, BuildbotServiceManager), by name in `namedServices`."""
+    manager = getattr(master, "service_manager", None)
+    for service in list(getattr(manager, "namedServices", {}).values()):
+        if isinstance(service, ShellService):
+            return service
+    return None

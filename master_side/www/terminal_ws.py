@@ -43,6 +43,7 @@ from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, Protoc
 
 from ..limits import buffered_bytes
 from ..operator_api import OperatorError, View
+from ..service import shell_service
 from ..session_pb import ViewerHandle
 from . import access, lists
 from .access import UserInfo
@@ -63,16 +64,6 @@ MAX_CONTROL = 1024
 MAX_BUFFERED = 4 * 1024 * 1024
 # Questions (lists, history, transcript chunks) in progress on one socket.
 MAX_QUERIES = 4
-
-
-def shell_service(master: BuildMaster) -> ShellService | None:
-    """The master's ShellService (c['services']), or None."""
-    from ..service import ShellService
-
-    for service in list(getattr(master.service_manager, "namedServices", {}).values()):
-        if isinstance(service, ShellService):
-            return service
-    return None
 
 
 class WebViewerSink:
