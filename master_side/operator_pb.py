@@ -21,8 +21,8 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest, ProtocolError
-from slaveshell.remote import RemotePeer
+from slaveshell.protocol import OpenRequest
+from slaveshell.remote import RemotePeer, opening
 
 from .operator_api import OperatorError, View
 from .session_pb import ViewerHandle
@@ -121,19 +121,17 @@ class OperatorRoot(pb.Referenceable):
         return self._limited(self._open, self.identity(), sink, params)
 
     def _open(self, who: Identity, sink: object, params: object) -> object:
-        try:
-            request = OpenRequest.from_wire(params)
-        except ProtocolError as e:
-            return {"ok": False, "error": f"bad request: {e}"}
-        if not isinstance(sink, pb.RemoteReference):
-            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        opened = opening(OpenRequest.from_wire, params, sink)
+        if isinstance(opened, str):
+            return {"ok": False, "error": opened}
+        request, ref = opened
 
         def answer(view: View | None) -> dict[str, object] | None:
             if view is None:
                 return None
             return {"ok": True, "session": self._handle(view), "id": view.session.id}
 
-        d = defer.maybeDeferred(self.service.api.open, who, request, self._sink(sink))
+        d = defer.maybeDeferred(self.service.api.open, who, request, self._sink(ref))
         return d.addCallbacks(answer, _as_answer)
 
     def remote_attach(self, sink: object, session_id: object, mode: object) -> object:
@@ -187,19 +185,17 @@ class OperatorRoot(pb.Referenceable):
     def _copy(self, who: Identity, sink: object, params: object) -> object:
         from slaveshell.cpwire import TransferRequest
 
-        try:
-            request = TransferRequest.from_wire(params)
-        except ProtocolError as e:
-            return {"ok": False, "error": f"bad request: {e}"}
-        if not isinstance(sink, pb.RemoteReference):
-            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        opened = opening(TransferRequest.from_wire, params, sink)
+        if isinstance(opened, str):
+            return {"ok": False, "error": opened}
+        request, ref = opened
         broker = self.broker
 
         def answer(started: tuple[Any, object, dict[str, object]]) -> dict[str, object]:
             transfer, end, sizes = started
             return {"ok": True, "transfer": end, "id": transfer.id, **sizes}
 
-        d = defer.maybeDeferred(self.service.api.copy, who, request, sink, lambda: self.service.gate.check(broker))
+        d = defer.maybeDeferred(self.service.api.copy, who, request, ref, lambda: self.service.gate.check(broker))
         return d.addCallbacks(answer, _as_answer)
 
 

@@ -26,7 +26,7 @@ from slaveshell.protocol import (
     check_signal,
     check_size,
 )
-from slaveshell.remote import RemotePeer, set_nodelay
+from slaveshell.remote import RemotePeer, opening, set_nodelay
 
 from .host import Admission, ProcessReactor, WorkerOptions
 from .session import WorkerSession
@@ -87,12 +87,10 @@ class ShellServer:
     def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
         Answers ``{"ok": True, "session": SessionHandle, "pid", "id"}`` or ``{"ok": False, "error": text}``."""
-        try:
-            request = OpenRequest.from_wire(params)
-        except ProtocolError as e:
-            return {"ok": False, "error": f"bad request: {e}"}
-        if not isinstance(sink, pb.RemoteReference):
-            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        opened = opening(OpenRequest.from_wire, params, sink)
+        if isinstance(opened, str):
+            return {"ok": False, "error": opened}
+        request, ref = opened
         try:
             session_id = self.admission.admit(request, len(self.sessions))
         except ProtocolError as e:
@@ -103,7 +101,7 @@ class ShellServer:
                      err=visible(message))
 
         # The master refused or went away: never let this surface as an unhandled error in the worker.
-        peer = RemotePeer(sink, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
+        peer = RemotePeer(ref, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
         session = WorkerSession(self.reactor, session_id, request, self.options, basedir, WireSink(peer.send),
                                 on_closed=self._closed)
         try:
@@ -111,9 +109,9 @@ class ShellServer:
         except ProtocolError as e:
             return {"ok": False, "error": str(e)}
         self.sessions[session_id] = session
-        set_nodelay(sink)
+        set_nodelay(ref)
         # The master is gone: nobody can see or end this session any more, so end it here.
-        sink.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
+        ref.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
         return {"ok": True, "session": SessionHandle(session), "pid": pid, "id": session_id}
 
     def _closed(self, session: WorkerSession) -> None:

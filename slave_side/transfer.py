@@ -27,7 +27,7 @@ from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
-from slaveshell.remote import set_nodelay
+from slaveshell.remote import opening, set_nodelay
 
 from .host import WorkerOptions
 
@@ -185,12 +185,10 @@ class TransferServer:
         """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
         transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n}`` (total
         and entries are what a download will send) or ``{"ok": False, "error": text}``."""
-        try:
-            request = TransferRequest.from_wire(params)
-        except ProtocolError as e:
-            return {"ok": False, "error": f"bad request: {e}"}
-        if not isinstance(sink, pb.RemoteReference):
-            return {"ok": False, "error": "bad request: the sink must be a remote reference"}
+        opened = opening(TransferRequest.from_wire, params, sink)
+        if isinstance(opened, str):
+            return {"ok": False, "error": opened}
+        request, ref = opened
         allowed = self.options.allowed_users
         if allowed is not None and request.operator not in allowed:
             return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
@@ -201,7 +199,7 @@ class TransferServer:
         if not os.path.isabs(base):
             base = os.path.join(basedir, base)
         check = inside_allowed(self.options)
-        peer = _Peer(sink)
+        peer = _Peer(ref)
         transfer_id = f"t{next(self._ids)}"
         try:
             if request.direction == UP:
@@ -218,8 +216,8 @@ class TransferServer:
         except TransferError as e:
             return {"ok": False, "error": str(e)}
         self.live[transfer_id] = transfer
-        set_nodelay(sink)  # the tail of each chunk would otherwise wait for the master's delayed ACK
-        sink.notifyOnDisconnect(lambda _ref: transfer.lost())
+        set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK
+        ref.notifyOnDisconnect(lambda _ref: transfer.lost())
         log.info("slaveshell transfer {tid}: {op} copies {what}", tid=transfer_id,
                  op=visible(request.operator or "?"), what="to this worker" if request.direction == UP else
                  "from this worker")

@@ -18,15 +18,33 @@ reference, an argument over Banana's limit).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from .protocol import NO_ANSWER
+from .protocol import NO_ANSWER, ProtocolError
 
 OnLost = Callable[[], None]
 OnRefused = Callable[[str, str], None]
+
+R = TypeVar("R")
+
+
+def opening(parse: Callable[[object], R], params: object, sink: object) -> tuple[R, pb.RemoteReference] | str:
+    """What a `remote_*` open method (a session's or a transfer's, on the master or the worker) checks first:
+    the request `parse`d from `params` (e.g. `OpenRequest.from_wire`, raising ProtocolError) and a `sink` that
+    is a PB reference. The request and the sink, or the refusal's text ("bad request: ...") for an ``{"ok":
+    False}`` answer."""
+    try:
+        request = parse(params)
+    except ProtocolError as e:
+        return f"bad request: {e}"
+    if not isinstance(sink, pb.RemoteReference):
+        return "bad request: the sink must be a remote reference"
+    return request, sink
+
 
 #: Failures meaning the peer can no longer be reached (rather than that it refused one call).
 LOST = (pb.DeadReferenceError, pb.PBConnectionLost)
