@@ -32,6 +32,21 @@ def attachment_path(path: str) -> str:
     return (path[: -len(".cast")] if path.endswith(".cast") else path) + ".bin"
 
 
+def _sync_and_close(fd: int, run: Callable[[Callable[[], None]], object] | None) -> None:
+    """fsync and close `fd`, here (errors raised here) or through `run(work)` (e.g. in a thread)."""
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if run is None:
+        sync()
+    else:
+        run(sync)
+
+
 class TranscriptFile:
     """Append-only: lines are buffered and written by `flush()`; the sha256 of what was written is kept as it
     goes. Every error is an OSError for the caller to act on (full disk, a vanished directory)."""
@@ -96,17 +111,7 @@ class TranscriptFile:
                 self._fd = None
                 raise
             self._fd = None
-
-            def sync() -> None:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-
-            if run is None:
-                sync()
-            else:
-                run(sync)
+            _sync_and_close(fd, run)
         return self._sha.hexdigest()
 
     def abandon(self) -> None:
@@ -175,17 +180,7 @@ class Attachment:
             return self.sha256() if self.size else None
         fd, self._fd = self._fd, None
         digest = self.sha256()
-
-        def sync() -> None:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        if run is None:
-            sync()
-        else:
-            run(sync)
+        _sync_and_close(fd, run)
         return digest
 
     def abandon(self) -> None:
