@@ -106,3 +106,27 @@ def call(pump: iosim.IOPump, ref: Any, method: str, *args: Any) -> Any:
     d.addBoth(results.append)
     pump.flush()
     return results[0] if results else None
+
+
+def offline_service(root: str) -> Any:
+    """A ShellService on a fake master with no workers (basedir `root`, name "m"), whose audit trail is not
+    started (reads fail plainly): for the doors' unit tests."""
+    from master_side.audit_trail import AuditTrail
+    from master_side.service import ShellService
+
+    class Workers:
+        registrations: dict = {}
+        connections: dict = {}
+
+    class Master:
+        basedir = root
+        workers = Workers()
+        name = "m"
+
+    class Parent:
+        master = Master()
+
+    service = ShellService()
+    service.parent = Parent()
+    service.trail = AuditTrail(root, "m")
+    return service

@@ -106,25 +106,10 @@ def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(role
 def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
     """Every root method (open, attach, kill, history, transcript, search, release, ...) with garbage, with
     and without a real sink among the arguments."""
-    from master_side.audit_trail import AuditTrail
     from master_side.operator_pb import OperatorRoot
-    from master_side.service import ShellService
+    from tests.fakes import offline_service
 
-    class Workers:
-        registrations: dict = {}
-        connections: dict = {}
-
-    class Master:
-        basedir = str(tmp_path)
-        workers = Workers()
-        name = "m"
-
-    class Parent:
-        master = Master()
-
-    service = ShellService()
-    service.parent = Parent()
-    service.trail = AuditTrail(str(tmp_path), "m")  # not started: reads fail plainly
+    service = offline_service(str(tmp_path))
 
     class Root(OperatorRoot):
         def identity(self):  # in memory there is no socket to ask the kernel

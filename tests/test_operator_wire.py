@@ -19,6 +19,7 @@ from master_side.operator_wire import DoorFactory, SniffingBroker, WireDoor
 from slaveshell import framing
 from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
+from tests.fakes import offline_service
 from tests.test_limits import ALICE, Peer
 
 ROOT = Identity(0, 0, 0, "root", frozenset())
@@ -30,24 +31,7 @@ def service(tmp_path: Any) -> Any:
 
 
 def make_service(tmp_path: Any) -> Any:
-    from master_side.audit_trail import AuditTrail
-    from master_side.service import ShellService
-
-    class Workers:
-        registrations: dict = {}
-        connections: dict = {}
-
-    class Master:
-        basedir = str(tmp_path)
-        workers = Workers()
-        name = "m"
-
-    class Parent:
-        master = Master()
-
-    svc = ShellService()
-    svc.parent = Parent()
-    svc.trail = AuditTrail(str(tmp_path), "m")  # not started: reads fail plainly
+    svc = offline_service(str(tmp_path))
     svc.clock = MemoryReactorClock()
     svc.audited = []
     audit = RefusalAudit(lambda kind, who, detail, worker: svc.audited.append((kind, who.user, detail)),
