@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .calls import CallError, MasterCalls
@@ -24,16 +25,24 @@ class Interrupted(Exception):
     """SIGINT (Ctrl-C) while waiting for the master: the command stops with 130 and one line."""
 
 
-def call_master(socket_path: str, op: Op, **fields: object) -> dict[str, object]:
-    """One call to the master over the framed hop (slaveshell.calls), for one-shot commands: the answer's
-    fields. CallError with the master's line; Interrupted on Ctrl-C."""
+@contextlib.contextmanager
+def master_calls(socket_path: str) -> Iterator[MasterCalls]:
+    """A connection to the master over the framed hop (slaveshell.calls) for one command's calls, closed after;
+    Ctrl-C while it waits becomes Interrupted."""
     calls = MasterCalls(socket_path)
     try:
-        return calls.call(op, **fields)
+        yield calls
     except KeyboardInterrupt:
         raise Interrupted() from None
     finally:
         calls.close()
+
+
+def call_master(socket_path: str, op: Op, **fields: object) -> dict[str, object]:
+    """One call to the master, for one-shot commands: the answer's fields. CallError with the master's line;
+    Interrupted on Ctrl-C."""
+    with master_calls(socket_path) as calls:
+        return calls.call(op, **fields)
 
 
 def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
@@ -124,9 +133,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def fetch_transcript(socket_path: str, session_id: str) -> bytes:
     """A session's whole transcript, chunk by chunk over one connection. CallError, Interrupted."""
-    calls = MasterCalls(socket_path)
     parts, offset = [], 0
-    try:
+    with master_calls(socket_path) as calls:
         while True:
             chunk = calls.call(Op.TRANSCRIPT, session=session_id, offset=offset)
             encoded = chunk.get("data")
@@ -137,10 +145,6 @@ def fetch_transcript(socket_path: str, session_id: str) -> bytes:
             offset += len(data)
             if chunk.get("eof") is not False:
                 return b"".join(parts)
-    except KeyboardInterrupt:
-        raise Interrupted() from None
-    finally:
-        calls.close()
 
 
 def cmd_export(args: argparse.Namespace) -> int:

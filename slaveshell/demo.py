@@ -36,7 +36,7 @@ def _say(text: str) -> None:
     print(f"slaveshell demo: {text}", file=sys.stderr, flush=True)
 
 
-def _shell(sandbox: object, socket: str, command: list[str]) -> int:
+def _shell(socket: str, command: list[str]) -> int:
     shell = shutil.which("buildbot-shell")
     argv = ([shell] if shell else [sys.executable, "-m", "slaveshell.shell_cli"])
     argv += ["--socket", socket, "demo-worker"] + command
@@ -84,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         command = list(args.command)
         if command and command[0] == "--":
             command = command[1:]
-        return _shell(sandbox, sandbox.socket, command)
+        return _shell(sandbox.socket, command)
     except SandboxError as e:
         _say(str(e))
         return 255
