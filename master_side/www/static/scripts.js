@@ -45,21 +45,16 @@
 
   // One socket that asks for the lists of the fleet page (workers, live sessions), then closes.
   function askLists(onAnswer) {
-    var got = {}, done = false;
-    var ws = new WebSocket(socketUrl());
-    ws.onopen = function () {
-      ws.send(JSON.stringify({ type: "workers" }));
-      ws.send(JSON.stringify({ type: "sessions" }));
-    };
-    ws.onmessage = function (ev) {
-      var m = JSON.parse(ev.data);
-      if (m.type === "workers" || m.type === "sessions") {
-        got[m.type] = m[m.type];
-        if (got.workers && got.sessions) { done = true; onAnswer(got, null); ws.close(); }
-      } else if (m.type === "error") { done = true; onAnswer(null, m.message); }
-    };
-    ws.onclose = function () { if (!done) onAnswer(null, "the master refused the connection"); };
-    return function () { done = true; ws.close(); };
+    var got = {}, cancel = null;
+    cancel = questions(function (send) {
+      send({ type: "workers" });
+      send({ type: "sessions" });
+    }, function (m) {
+      if (m.type !== "workers" && m.type !== "sessions") return;
+      got[m.type] = m[m.type];
+      if (got.workers && got.sessions) { cancel(); onAnswer(got, null); }
+    }, function (why) { onAnswer(null, why); });
+    return cancel;
   }
 
   function go(hash) { window.location.hash = hash; }
