@@ -33,6 +33,7 @@ from .operator_wire import DoorFactory
 from .registry import SessionRegistry
 from .relay import MasterSession
 from .retention import Retention
+from . import rest_write_fix
 
 log = Logger()
 
@@ -102,6 +103,9 @@ class ShellService(BuildbotService):
         self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
+        # Buildbot 4.3 writes REST answers from a thread, which can break the reactor's accepting of every
+        # connection (ours too) when browsers drop requests: master_side.rest_write_fix.
+        rest_write_fix.install()
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=options.transcripts, db_url=options.db_url,
                            record_input=options.record_input, redact=options.redact,

@@ -1,0 +1,65 @@
+"""Buildbot 4.3's REST answers written from the reactor thread, as Twisted requires.
+
+Buildbot 4.3 encodes each REST answer in a thread (``buildbot/www/rest.py``, ``V2RootResource.renderRest`` calls
+``threads.deferToThread(V2RootResource._write_json_data, ...)``, since buildbot PR #8224) and that thread also
+calls ``request.write``. Twisted's transports are not thread-safe: when a browser drops a connection while its
+answer is being written (a tab closed, a page left), the thread's write can register the closed descriptor in
+the reactor's epoll writer set. From then on every connection the master accepts on that descriptor number fails
+in ``epoll.modify`` (ENOENT): web pages, workers' PB attaches and slaveshell's own socket alike. Reproduced here
+with a few hundred clients resetting their REST requests: a third of the master's later requests failed.
+
+`install()` replaces ``_write_json_data`` with one that still encodes in the thread (upstream's reason for the
+thread: a large answer must not block the reactor) and hands the encoded body to the reactor thread with
+``reactor.callFromThread``, which runs before the thread's result is delivered (both go through the reactor's
+one FIFO queue of thread calls), so the request is finished after its body is written, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+# Encoding stops early when the client has gone (upstream checks at every chunk; this, every so many chunks).
+_CHECK_EVERY = 256
+
+
+def _answer(request: Any, body: bytes, finished: Any) -> None:
+    """On the reactor thread: the content length and the body, unless the client has gone."""
+    if finished(request):
+        return
+    request.setHeader(b"content-length", str(len(body)).encode())
+    if request.method != b"HEAD":
+        request.write(body)
+
+
+def install() -> bool:
+    """Patch Buildbot's REST writer once per process; True when it is (or was already) patched, False when this
+    Buildbot's rest module does not have the shape this fix was written for (then nothing is changed)."""
+    try:
+        from buildbot.www import rest
+    except ImportError:
+        return False
+    root = getattr(rest, "V2RootResource", None)
+    finished = getattr(rest, "_is_request_finished", None)
+    if root is None or finished is None or not hasattr(root, "_write_json_data"):
+        return False
+    if getattr(root._write_json_data, "_slaveshell_fix", False):
+        return True
+    from twisted.internet import reactor
+
+    def _write_json_data(request: Any, encoder: json.JSONEncoder, data: Any) -> None:
+        chunks: list[bytes] = []
+        for i, chunk in enumerate(encoder.iterencode(data)):
+            if i % _CHECK_EVERY == 0 and finished(request):
+                return
+            chunks.append(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+        reactor.callFromThread(_answer, request, b"".join(chunks), finished)  # type: ignore[attr-defined]
+
+    _write_json_data._slaveshell_fix = True  # type: ignore[attr-defined]
+    root._write_json_data = staticmethod(_write_json_data)
+    log.info("slaveshell: Buildbot's REST answers are written from the reactor thread (master_side.rest_write_fix)")
+    return True
