@@ -197,8 +197,10 @@ def test_slaveshell_workers_lists_the_fleet(sandbox):
 
 def test_stopping_the_worker_ends_the_client_with_255(sandbox, terminal):
     t = terminal("w2").ready()
-    t.child.sendline("sleep 300")
-    t.expect("sleep 300\r\n")
+    # A duration no other test (or a parallel run) uses, so that the check below sees only this one.
+    sleep = f"sleep {300 + os.getpid() % 997}.{time.time_ns() % 1000:03d}"
+    t.child.sendline(sleep)
+    t.expect(sleep + "\r\n")
     stopped = time.monotonic()
     sandbox.stop_worker("w2")
     try:
@@ -209,7 +211,7 @@ def test_stopping_the_worker_ends_the_client_with_255(sandbox, terminal):
         sandbox.start_worker("w2")
         sandbox.wait_for_workers(["w2"])
     # Nothing left behind on the worker.
-    assert subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", f"^{sleep}$"], capture_output=True).returncode == 1
 
 
 def test_demo_runs_a_command_on_a_throwaway_worker_and_cleans_up():
