@@ -6,7 +6,7 @@ calls ``request.write``. Twisted's transports are not thread-safe: when a browse
 answer is being written (a tab closed, a page left), the thread's write can register the closed descriptor in
 the reactor's epoll writer set. From then on every connection the master accepts on that descriptor number fails
 in ``epoll.modify`` (ENOENT): web pages, workers' PB attaches and slaveshell's own socket alike. Reproduced here
-with a few hundred clients resetting their REST requests: a third of the master's later requests failed.
+with 120 clients resetting their REST requests as the answer began: every later request to the master failed.
 
 `install()` replaces ``_write_json_data`` with one that still encodes in the thread (upstream's reason for the
 thread: a large answer must not block the reactor) and hands the encoded body to the reactor thread with
