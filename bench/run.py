@@ -496,11 +496,11 @@ def main() -> int:
     return 0
 
 
-def render(rows: list[Row], args: argparse.Namespace) -> str:
+def render(rows: list[Row], args: argparse.Namespace, command: str = "python3 bench/run.py") -> str:
     lines = [
         "# slaveshell vs OpenSSH on loopback",
         "",
-        f"One run of `python3 bench/run.py` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores"
+        f"One run of `{command}` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores"
         f"{', smoke sizes' if args.smoke else ''}); {args.rounds} round(s) each, median (min-max).",
         "",
         "| metric | slaveshell | OpenSSH | ratio | target | met |",
