@@ -143,9 +143,9 @@ def run_timed(argv: list[str]) -> tuple[float, float]:
 class Tools:
     """The command lines of both systems."""
 
-    def __init__(self, sandbox: Sandbox, ssh: OpenSSH, worker: str = "w1") -> None:
+    def __init__(self, sandbox: Sandbox, ssh: OpenSSH | None, worker: str = "w1") -> None:
         self.sandbox, self.ssh, self.worker = sandbox, ssh, worker
-        self.scp = ["scp", "-O", "-q", "-P", str(ssh.port), "-i", str(ssh.dir / "client"), "-o",
+        self.scp = [] if ssh is None else ["scp", "-O", "-q", "-P", str(ssh.port), "-i", str(ssh.dir / "client"), "-o",
                     "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                     "-o", "BatchMode=yes"]
         self.cp = [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sandbox.socket]
@@ -158,6 +158,7 @@ class Tools:
 
     def cat(self, system: str, path: Path) -> list[str]:
         if system == "ssh":
+            assert self.ssh is not None
             return self.ssh.argv(f"cat {path}", tty=False)
         return [sys.executable, "-m", "slaveshell.shell_cli", "--socket", self.sandbox.socket, "-T", self.worker,
                 "--", "cat", str(path)]
@@ -253,7 +254,7 @@ def buildbot_rows(tools: Tools, places: Places, size_mb: int, rounds: int) -> li
     here = places.worker.parent / "cp-here"
     here.mkdir(exist_ok=True)
     steps: dict[str, list[float]] = {"upload": [], "download": []}
-    db: dict[str, list[int]] = {"upload": [], "download": []}
+    db: dict[str, list[float]] = {"upload": [], "download": []}
     cps: dict[str, list[float]] = {"upload": [], "download": []}
     for _ in range(rounds):
         for name, (seconds, whole) in transfer_build(tools.sandbox, places).items():
@@ -269,17 +270,17 @@ def buildbot_rows(tools: Tools, places: Places, size_mb: int, rounds: int) -> li
             cps[name].append(run_timed(argv)[0])
             if sha(out) != digest:
                 raise RuntimeError(f"cp for {name}: the copy differs")
-    out = []
+    rows = []
     for name, step, direction, block in (("upload", "FileUpload", "worker -> master", "256 KiB"),
                                          ("download", "FileDownload", "master -> worker", "16 KiB")):
         ratios = [s / c for s, c in zip(steps[name], cps[name], strict=True)]
-        out.append(Row(f"`slaveshell cp` against Buildbot's {step} ({direction}), {size_mb} MB", "x", ratios, [],
-                       ">= 5x", "higher", lambda o, s: o >= 5,
-                       note=f"{step} step (defaults: {block} blocks, one answered PB call each) "
-                            f"{med(steps[name]):.2f} s ({size_mb / med(steps[name]):.0f} MB/s; steps table "
-                            f"{med(db[name]):.0f} s), `slaveshell cp` {med(cps[name]):.2f} s "
-                            f"({size_mb / med(cps[name]):.0f} MB/s); ratio = step time / cp time"))
-    return out
+        rows.append(Row(f"`slaveshell cp` against Buildbot's {step} ({direction}), {size_mb} MB", "x", ratios, [],
+                        ">= 5x", "higher", lambda o, s: o >= 5,
+                        note=f"{step} step (defaults: {block} blocks, one answered PB call each) "
+                             f"{med(steps[name]):.2f} s ({size_mb / med(steps[name]):.0f} MB/s; steps table "
+                             f"{med(db[name]):.0f} s), `slaveshell cp` {med(cps[name]):.2f} s "
+                             f"({size_mb / med(cps[name]):.0f} MB/s); ratio = step time / cp time"))
+    return rows
 
 
 def cpu_rows(tools: Tools, work: Path, size_mb: int, rounds: int) -> list[Row]:
@@ -289,7 +290,7 @@ def cpu_rows(tools: Tools, work: Path, size_mb: int, rounds: int) -> list[Row]:
     digest = random_file(src, size_mb)
     master, worker = tools.sandbox.master_pid(), int(Path(tools.sandbox.worker_dir(tools.worker),
                                                           "twistd.pid").read_text())
-    assert tools.ssh.proc is not None
+    assert tools.ssh is not None and tools.ssh.proc is not None
     sshd = tools.ssh.proc.pid
     cases: dict[str, Callable[[str], list[str]]] = {
         f"`-T cat` of {size_mb} MB": lambda system: tools.cat(system, src),
@@ -329,10 +330,10 @@ def cpu_rows(tools: Tools, work: Path, size_mb: int, rounds: int) -> list[Row]:
     return rows
 
 
-def measure(sandbox: Sandbox, ssh: OpenSSH, work: Path, places: Places | None, parts: set[str], size_mb: int,
+def measure(sandbox: Sandbox, ssh: OpenSSH | None, work: Path, places: Places | None, parts: set[str], size_mb: int,
             file_mb: int, files: int, rounds: int) -> list[Row]:
     """The rows of `parts` on a started sandbox (with add_transfer_builder's builder, for 'buildbot') and
-    sshd; scratch files go under `work`."""
+    sshd (every part but 'buildbot' needs it); scratch files go under `work`."""
     tools = Tools(sandbox, ssh)
     rows: list[Row] = []
     if "file" in parts:
