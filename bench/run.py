@@ -342,7 +342,7 @@ def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
 # -- the run --------------------------------------------------------------------------------------
 
 PARTS = ("record", "storage", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build", "transfer")
-# Not in the full run (bench/transfer_bench.py, ~5 minutes on its own): asked for with --only, and in --smoke.
+# Not in the full run (bench/transfer_bench.py, ~6 minutes on its own): asked for with --only, and in --smoke.
 OPT_IN_PARTS = {"transfer"}
 
 def storage_ratio(system: Slaveshell, payload: Path) -> float:

@@ -1,18 +1,21 @@
 """File transfer rows (issue 14): `slaveshell cp` against `scp` and against Buildbot's own transfer steps, and
 the CPU each side spends per GB moved, all in one run on this machine.
 
-    python3 bench/transfer_bench.py            # all rows below, 2 interleaved rounds (~5 minutes on 2 cores)
+    python3 bench/transfer_bench.py            # all rows below (5-7 minutes on 2 cores shared with other jobs)
     python3 bench/transfer_bench.py --smoke    # tiny sizes, one round
     python3 bench/transfer_bench.py --only buildbot,cpu --size 200 --rounds 3
     python3 bench/run.py --only transfer       # the same rows at run.py's --size-mb, in its table
 
 Parts (each timed whole, from the client's start to its exit, and checked: sha256 for files, count and bytes
 for trees):
-- file:     one random file of --file-size MB (default 1024), `scp -O` against `slaveshell cp`, up and down.
-- tree:     --files files of 1 KiB (default 10,000) in directories of 1000, `scp -O -r` against `cp -r`.
+- file:     one random file of --file-size MB (default 1024), `scp -O` against `slaveshell cp`, up and down;
+            --big-rounds rounds (default 1: each copy takes 10-30 s).
+- tree:     --files files of 1 KiB (default 10,000) in directories of 1000, `scp -O -r` against `cp -r`;
+            --big-rounds rounds.
 - buildbot: a real build on the sandbox's master: FileUpload (worker -> master) then FileDownload (master ->
             worker) of a random file of --size MB (default 200), Buildbot's defaults (4.3: FileUpload 256 KiB
-            blocks, FileDownload 16 KiB blocks, each block one PB call answered before the next). Each step's
+            blocks, FileDownload 16 KiB blocks, each block one PB call answered before the next); --rounds
+            rounds (default 3), as for cpu. Each step's
             run() is timed inside the master (a subclass that only adds the clock), and the steps table's
             started_at/complete_at (whole seconds) are read as a check. Against `slaveshell cp` of the same
             file between the same two directories: down (worker -> here) for FileUpload, up for FileDownload.
@@ -29,6 +32,7 @@ Nothing here is a timed assertion in a test.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import resource
 import shutil
@@ -132,7 +136,9 @@ def run_timed(argv: list[str]) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=900)
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))),
+                          timeout=900)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -249,6 +255,13 @@ def transfer_build(sandbox: Sandbox, places: Places, timeout: float = 900) -> di
     return {name: (timed[name], db_times[name]) for name in ("upload", "download")}
 
 
+def default_blocksize(step: str) -> int:
+    """The blocksize (bytes) a Buildbot transfer step class uses by default, from its signature."""
+    from buildbot.steps import transfer
+
+    return int(inspect.signature(getattr(transfer, step).__init__).parameters["blocksize"].default)
+
+
 def buildbot_rows(tools: Tools, places: Places, size_mb: int, rounds: int) -> list[Row]:
     digest = random_file(places.src, size_mb)
     here = places.worker.parent / "cp-here"
@@ -271,12 +284,13 @@ def buildbot_rows(tools: Tools, places: Places, size_mb: int, rounds: int) -> li
             if sha(out) != digest:
                 raise RuntimeError(f"cp for {name}: the copy differs")
     rows = []
-    for name, step, direction, block in (("upload", "FileUpload", "worker -> master", "256 KiB"),
-                                         ("download", "FileDownload", "master -> worker", "16 KiB")):
+    for name, step, direction in (("upload", "FileUpload", "worker -> master"),
+                                  ("download", "FileDownload", "master -> worker")):
+        block = default_blocksize(step) // 1024
         ratios = [s / c for s, c in zip(steps[name], cps[name], strict=True)]
         rows.append(Row(f"`slaveshell cp` against Buildbot's {step} ({direction}), {size_mb} MB", "x", ratios, [],
                         ">= 5x", "higher", lambda o, s: o >= 5,
-                        note=f"{step} step (defaults: {block} blocks, one answered PB call each) "
+                        note=f"{step} step (defaults: {block} KiB blocks, one answered PB call each) "
                              f"{med(steps[name]):.2f} s ({size_mb / med(steps[name]):.0f} MB/s; steps table "
                              f"{med(db[name]):.0f} s), `slaveshell cp` {med(cps[name]):.2f} s "
                              f"({size_mb / med(cps[name]):.0f} MB/s); ratio = step time / cp time"))
@@ -331,17 +345,17 @@ def cpu_rows(tools: Tools, work: Path, size_mb: int, rounds: int) -> list[Row]:
 
 
 def measure(sandbox: Sandbox, ssh: OpenSSH | None, work: Path, places: Places | None, parts: set[str], size_mb: int,
-            file_mb: int, files: int, rounds: int) -> list[Row]:
+            file_mb: int, files: int, rounds: int, big_rounds: int = 1) -> list[Row]:
     """The rows of `parts` on a started sandbox (with add_transfer_builder's builder, for 'buildbot') and
     sshd (every part but 'buildbot' needs it); scratch files go under `work`."""
     tools = Tools(sandbox, ssh)
     rows: list[Row] = []
     if "file" in parts:
         print(f"bench: cp against scp, {file_mb} MB ...", file=sys.stderr)
-        rows += file_rows(tools, work, file_mb, rounds)
+        rows += file_rows(tools, work, file_mb, big_rounds)
     if "tree" in parts:
         print(f"bench: cp -r against scp -r, {files} files ...", file=sys.stderr)
-        rows += tree_rows(tools, work, files, rounds)
+        rows += tree_rows(tools, work, files, big_rounds)
     if "buildbot" in parts:
         assert places is not None, "the sandbox needs add_transfer_builder for 'buildbot'"
         print(f"bench: cp against Buildbot's FileUpload/FileDownload, {size_mb} MB ...", file=sys.stderr)
@@ -357,7 +371,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=200, help="MB, for the Buildbot and CPU parts (default 200)")
     ap.add_argument("--file-size", type=int, default=1024, help="MB, for the file part (default 1024)")
     ap.add_argument("--files", type=int, default=10000, help="files of 1 KiB, for the tree part (default 10000)")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="for the buildbot and cpu parts (default 3)")
+    ap.add_argument("--big-rounds", type=int, default=1, help="for the file and tree parts (default 1)")
     ap.add_argument("--only", metavar="PARTS", help=f"comma-separated, of: {','.join(PARTS)}")
     ap.add_argument("--smoke", action="store_true", help="2 MB, 20 files, one round")
     args = ap.parse_args()
@@ -365,7 +380,7 @@ def main() -> int:
     if parts - set(PARTS):
         ap.error(f"unknown part(s): {','.join(sorted(parts - set(PARTS)))}")
     if args.smoke:
-        args.size, args.file_size, args.files, args.rounds = 2, 2, 20, 1
+        args.size, args.file_size, args.files, args.rounds, args.big_rounds = 2, 2, 20, 1, 1
     signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox and sshd
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slaveshell-transfer-bench-") as tmp:
@@ -377,11 +392,13 @@ def main() -> int:
             sandbox.create()
             places = add_transfer_builder(sandbox, work)
             sandbox.start()
-            rows = measure(sandbox, ssh, work, places, parts, args.size, args.file_size, args.files, args.rounds)
+            rows = measure(sandbox, ssh, work, places, parts, args.size, args.file_size, args.files, args.rounds,
+                           args.big_rounds)
         finally:
             sandbox.stop()
             ssh.stop()
-    print(render(rows, args, "python3 bench/transfer_bench.py" + " ".join([""] + sys.argv[1:])))
+    report = render(rows, args, "python3 bench/transfer_bench.py" + " ".join([""] + sys.argv[1:]))
+    print(report.replace("round(s) each,", f"round(s) each ({args.big_rounds} for the file and tree parts),", 1))
     print(f"({time.monotonic() - started:.0f} s)")
     return 0
 
