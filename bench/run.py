@@ -3,6 +3,7 @@
     python3 bench/run.py                 # the full run (about 3 minutes); writes bench/RESULTS.md
     python3 bench/run.py --smoke         # tiny sizes, one round: keeps the benchmark from rotting
     python3 bench/run.py --only throughput,echo,record --no-ssh   # some parts only (prints, writes nothing)
+    python3 bench/run.py --only transfer  # bench/transfer_bench.py's rows (not in the full run; in --smoke)
 
 It starts a throwaway sshd on 127.0.0.1 (installing openssh-server with apt-get if it is missing; a generated
 host key and client key) and a throwaway Buildbot master and worker, then measures both the same way. Absolute
@@ -106,8 +107,11 @@ class Slaveshell:
                                service_kwargs="max_connections_per_uid=256, max_sessions_per_operator=200, "
                                               "max_sessions_per_worker=200")
 
-    def start(self) -> None:
+    def start(self, configure: Callable[[Sandbox], None] | None = None) -> None:
+        """Create and start the sandbox; `configure` runs in between (it may add to master.cfg)."""
         self.sandbox.create()
+        if configure is not None:
+            configure(self.sandbox)
         self.sandbox.start()
 
     def argv(self, command: str | None, tty: bool) -> list[str]:
@@ -337,7 +341,9 @@ def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
 
 # -- the run --------------------------------------------------------------------------------------
 
-PARTS = ("record", "storage", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build")
+PARTS = ("record", "storage", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build", "transfer")
+# Not in the full run (bench/transfer_bench.py, ~6 minutes on its own): asked for with --only, and in --smoke.
+OPT_IN_PARTS = {"transfer"}
 
 def storage_ratio(system: Slaveshell, payload: Path) -> float:
     """`-T cat` of `payload`: what the master's transcripts directory grew by, over the payload's size."""
@@ -365,15 +371,19 @@ def main() -> int:
     ap.add_argument("--only", metavar="PARTS",
                     help=f"comma-separated parts to run, of: {','.join(PARTS)} (then nothing is written)")
     args = ap.parse_args()
-    parts = set(PARTS if not args.only else args.only.split(","))
+    parts = set(PARTS) - OPT_IN_PARTS if not args.only else set(args.only.split(","))
     if parts - set(PARTS):
         ap.error(f"unknown part(s): {','.join(sorted(parts - set(PARTS)))}")
     if args.smoke:
         args.size_mb, args.rounds = 2, 1
+        if not args.only:
+            parts = set(PARTS)
     size = args.size_mb * MB
     keys = 20 if args.smoke else 1000
     flood_total = 8 * MB if args.smoke else 1024 * MB
     sessions = 5 if args.smoke else 100
+
+    import transfer_bench  # here: it imports this module's OpenSSH and Row
 
     work = Path(tempfile.mkdtemp(prefix="slaveshell-bench-"))
     data = work / "data.txt"
@@ -383,8 +393,14 @@ def main() -> int:
     ours = Slaveshell(work, marker)
     ssh = None if args.no_ssh else OpenSSH(work)
     rows: list[Row] = []
+    places: list[transfer_bench.Places] = []  # the transfer builder's files, when that part runs
+
+    def configure(sandbox: Sandbox) -> None:
+        if "transfer" in parts:
+            places.append(transfer_bench.add_transfer_builder(sandbox, work))
+
     try:
-        ours.start()
+        ours.start(configure)
         if ssh:
             ssh.start()
         systems: list[tuple[str, OpenSSH | Slaveshell]] = [("ours", ours)] + ([("ssh", ssh)] if ssh else [])
@@ -483,6 +499,12 @@ def main() -> int:
                             lambda o, s: o < 10,
                             note=f"step alone {med(quiet):.2f} s; with our flood {med(flooded):.2f} s"
                                  + (f"; with an ssh flood {med(ssh_flooded):.2f} s" if ssh else "")))
+
+        if "transfer" in parts:  # bench/transfer_bench.py's rows (without ssh: Buildbot's steps only)
+            rows += transfer_bench.measure(
+                ours.sandbox, ssh, work, places[0], set(transfer_bench.PARTS) if ssh else {"buildbot"},
+                size_mb=args.size_mb, file_mb=2 if args.smoke else 1024, files=20 if args.smoke else 10000,
+                rounds=args.rounds)
     finally:
         ours.stop()
         if ssh:
@@ -496,11 +518,11 @@ def main() -> int:
     return 0
 
 
-def render(rows: list[Row], args: argparse.Namespace) -> str:
+def render(rows: list[Row], args: argparse.Namespace, command: str = "python3 bench/run.py") -> str:
     lines = [
         "# slaveshell vs OpenSSH on loopback",
         "",
-        f"One run of `python3 bench/run.py` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores"
+        f"One run of `{command}` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores"
         f"{', smoke sizes' if args.smoke else ''}); {args.rounds} round(s) each, median (min-max).",
         "",
         "| metric | slaveshell | OpenSSH | ratio | target | met |",

@@ -22,6 +22,7 @@ def test_benchmark_runs_at_a_tiny_size():
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout
     for metric in ("throughput, PTY", "keystroke echo, median", "open a session", "Ctrl-C to prompt",
-                   "RSS growth, master", "concurrent sessions alive", "build step slowdown"):
+                   "RSS growth, master", "concurrent sessions alive", "build step slowdown",
+                   "Buildbot's FileUpload (worker -> master)", "Buildbot's FileDownload (master -> worker)"):
         assert metric in table, table
     assert "| 5 concurrent sessions alive (sessions) | 5.0 |" in table
