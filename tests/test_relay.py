@@ -80,6 +80,37 @@ def test_controls_reach_the_worker_and_input_acks_go_back_with_the_echo_decision
         session.worker_input_ack(3, False)
 
 
+class Recording:
+    def __init__(self):
+        self.events = []
+
+    def input(self, data, hidden):
+        self.events.append(("i", data, hidden))
+
+    def output(self, data, stream=1):
+        self.events.append(("o", data))
+
+
+def test_an_input_ack_riding_on_the_echo_is_recorded_first_and_acknowledged_after_it(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    session.recorder = recording = Recording()
+    session.viewer_input(owner, b"a")
+    session.viewer_input(owner, b"b")
+    session.worker_output(1, b"ab", [[1, False], [1, False]])
+    # The transcript keeps the keystrokes before their echo; the operator gets the echo first.
+    assert recording.events == [("i", b"a", False), ("i", b"b", False), ("o", b"ab")]
+    assert to_op == [("output", 1, b"ab"), ("input_ack", 1, False), ("input_ack", 1, False)]
+
+
+@pytest.mark.parametrize("acks", [[[2, False]], [[1, "no"]], [(1, False)], "x", [[1, False], [1, False]]])
+def test_input_acks_riding_on_output_are_checked_like_lone_ones(relay, acks):
+    session, owner, to_op, to_w, _, _ = relay
+    session.viewer_input(owner, b"a")
+    with pytest.raises(ProtocolError):
+        session.worker_output(1, b"a", acks)
+    assert to_op == []
+
+
 def test_exit_ends_the_session_once_for_every_viewer(relay):
     session, owner, to_op, to_w, ended, _ = relay
     seen = []
