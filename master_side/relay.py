@@ -86,6 +86,7 @@ class MasterSession(SessionTimers):
         self.limits = output_limits(request.pty)
         self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
+        self._owed = 0  # credit the owner returned that the master has not yet passed to the worker
         self.bytes_in = 0
         self.bytes_out = 0
         self.recent = bytearray()
@@ -231,7 +232,7 @@ class MasterSession(SessionTimers):
         nbytes -= own
         viewer.window.acked(nbytes)
         if viewer is self.owner and nbytes and self.live:
-            self._ack_worker(nbytes)
+            self._ack_worker(nbytes, held=True)
 
     def viewer_close(self, viewer: Viewer) -> None:
         """`~.`: the owner ends the session (as ssh does); anyone else leaves it."""
@@ -368,8 +369,16 @@ class MasterSession(SessionTimers):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _ack_worker(self, nbytes: int) -> None:
-        nbytes = min(nbytes, self.output_window.in_flight)
+    def _ack_worker(self, nbytes: int, held: bool = False) -> None:
+        """Return `nbytes` of output credit to the worker. `held` (the owner's acknowledgements): gathered until
+        they make one of the worker's largest messages, or until the owner has caught up with everything it was
+        sent, so a bulk stream costs one `ack` per message on the worker's link rather than one per piece the
+        client acknowledges (the credit stays within the worker's window either way: nothing can wait on it)."""
+        self._owed = min(self._owed + nbytes, self.output_window.in_flight)
+        owner = self.owner
+        if held and owner is not None and self._owed < self.limits.chunk and owner.window.in_flight:
+            return
+        nbytes, self._owed = self._owed, 0
         if nbytes:
             self.output_window.acked(nbytes)
             self.to_worker("ack", nbytes)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from twisted.internet import error, protocol
+from twisted.internet import process as twisted_process
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +38,7 @@ from slaveshell.protocol import (
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
 from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
+from .reading import read_more, widen_pipe
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -204,6 +206,7 @@ class WorkerSession:
             self._release_slave()
             raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
         self._to(Phase.RUNNING)
+        self._read_in_larger_pieces(proto)
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
         # Never the command (logs are world-readable; it may hold a password). The directory stays: it says
@@ -212,6 +215,19 @@ class WorkerSession:
                  pid=self.pid, what="a command" if req.command else "a login shell",
                  who=visible(req.operator or "?"), cwd=visible(cwd))
         return self.pid or 0
+
+    def _read_in_larger_pieces(self, proto: _ProcessProtocol) -> None:
+        """Up to one message's worth of output per wake-up instead of Twisted's 8 KiB (slave_side.reading);
+        only Twisted's own process transports are changed (not a test's stand-in)."""
+        transport = self.transport
+        limit = self.limits.chunk
+        if isinstance(transport, twisted_process.PTYProcess):
+            read_more(transport, lambda data: proto.childDataReceived(1, data), limit)
+        elif isinstance(transport, twisted_process.Process):
+            for reader in transport.pipes.values():
+                if isinstance(reader, twisted_process.ProcessReader):
+                    widen_pipe(reader.fileno())
+                    read_more(reader, reader.dataReceived, limit)
 
     # -- control from the master -----------------------------------------------------------------
 

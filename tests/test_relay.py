@@ -37,6 +37,23 @@ def test_output_and_credit_pass_through_the_owner(relay):
     assert to_w == [("ack", 5)]
 
 
+def test_a_bulk_streams_credit_goes_back_to_the_worker_per_message_or_once_the_owner_caught_up():
+    session = MasterSession(OpenRequest(worker="w1", pty=False), ALICE, lambda s: None, clock=Clock())
+    to_w: list[tuple] = []
+    owner = session.start(lambda *a: None, lambda *a: to_w.append(a))
+    chunk = session.limits.chunk
+    session.worker_output(1, b"x" * chunk)
+    session.worker_output(1, b"x" * chunk)
+    for _ in range(chunk // MAX_CHUNK):  # the client acknowledges one 64 KiB piece at a time
+        session.viewer_ack(owner, MAX_CHUNK)
+    assert to_w == [("ack", chunk)]  # one ack for the worker's message, not one per piece
+    session.viewer_ack(owner, chunk - MAX_CHUNK)
+    assert to_w == [("ack", chunk)]  # still behind: held
+    session.viewer_ack(owner, MAX_CHUNK)
+    assert to_w == [("ack", chunk), ("ack", chunk)]  # caught up: everything goes back
+    assert session.output_window.in_flight == 0
+
+
 def test_an_operator_cannot_acknowledge_what_it_never_got(relay):
     session, owner, to_op, to_w, _, _ = relay
     with pytest.raises(ProtocolError):
