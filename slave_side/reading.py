@@ -33,11 +33,14 @@ class Readable(Protocol):
     def fileno(self) -> int: ...
 
 
-def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int) -> None:
+def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int, pipe: bool = False) -> None:
     """Replace `reader.doRead` (a Twisted reader's, called when its descriptor is readable) by one that reads
     up to `limit` bytes per wake-up and calls `deliver` once with them. End of file and errors are reported as
-    Twisted's own doRead reports them (CONNECTION_DONE, CONNECTION_LOST), after the bytes read before them."""
+    Twisted's own doRead reports them (CONNECTION_DONE, CONNECTION_LOST), after the bytes read before them.
+    `pipe`: the descriptor is a pipe, widened first (`widen_pipe`)."""
     fd = reader.fileno()
+    if pipe:
+        widen_pipe(fd)
 
     def do_read() -> object:
         parts: list[bytes] = []

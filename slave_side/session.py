@@ -38,7 +38,7 @@ from slaveshell.protocol import (
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
 from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
-from .reading import read_more, widen_pipe
+from .reading import read_more
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -226,8 +226,7 @@ class WorkerSession:
         elif isinstance(transport, twisted_process.Process):
             for reader in transport.pipes.values():
                 if isinstance(reader, twisted_process.ProcessReader):
-                    widen_pipe(reader.fileno())
-                    read_more(reader, reader.dataReceived, limit)
+                    read_more(reader, reader.dataReceived, limit, pipe=True)
 
     # -- control from the master -----------------------------------------------------------------
 
