@@ -86,6 +86,7 @@ class MasterSession(SessionTimers):
         self.limits = output_limits(request.pty)
         self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
+        self._owed = 0  # credit the owner returned that the master has not yet passed to the worker
         self.bytes_in = 0
         self.bytes_out = 0
         self.recent = bytearray()
@@ -231,7 +232,7 @@ class MasterSession(SessionTimers):
         nbytes -= own
         viewer.window.acked(nbytes)
         if viewer is self.owner and nbytes and self.live:
-            self._ack_worker(nbytes)
+            self._ack_worker(nbytes, held=True)
 
     def viewer_close(self, viewer: Viewer) -> None:
         """`~.`: the owner ends the session (as ssh does); anyone else leaves it."""
@@ -263,13 +264,18 @@ class MasterSession(SessionTimers):
 
     # -- from the worker -----------------------------------------------------------------------
 
-    def worker_output(self, stream: object, data: object) -> None:
+    def worker_output(self, stream: object, data: object, acks: object = ()) -> None:
+        """The worker's output, with the input_acks (`acks`: [nbytes, hidden] pairs) that precede it: they are
+        handled first (their input recorded before this output), and acknowledged to the viewers after it, so
+        that a keystroke's echo reaches the operator first."""
         stream = check_stream(stream)
         data = check_bytes(data, "output", self.limits.chunk)
+        checked = self._check_acks(acks)
         if not self.live:
             raise LateEvent(f"output for session {self.id} after it ended")
         if self.output_window.in_flight > self.limits.window * WINDOW_TOLERANCE:
             raise ProtocolError("output sent past the flow-control window")
+        typed = [self._input_acked(nbytes, hidden) for nbytes, hidden in checked]
         self.output_window.sent(len(data))
         self.bytes_out += len(data)
         self.last_activity = self.worker_seen = self.clock()
@@ -288,19 +294,41 @@ class MasterSession(SessionTimers):
                 viewer.send("output", stream, piece)
         if self.owner is None:
             self._ack_worker(len(data))
+        for viewer, nbytes, hidden in typed:
+            if viewer in self.viewers:
+                viewer.send("input_ack", nbytes, hidden)
 
     def worker_input_ack(self, nbytes: object, hidden: object) -> None:
         nbytes = check_int(nbytes, "input ack", 0, 2**40)
         if not isinstance(hidden, bool):
             raise ProtocolError("input ack: hidden must be a boolean")
+        viewer, nbytes, hidden = self._input_acked(nbytes, hidden)
+        if viewer in self.viewers:
+            viewer.send("input_ack", nbytes, hidden)
+
+    def _check_acks(self, acks: object) -> list[tuple[int, bool]]:
+        """The input_acks carried by an output message, checked (at most one per input message pending)."""
+        if acks == ():
+            return []
+        if not isinstance(acks, list) or len(acks) > len(self._pending_input):
+            raise ProtocolError("output: acks must be a list of [nbytes, hidden], one per input message sent")
+        checked = []
+        for ack in acks:
+            if not isinstance(ack, list) or len(ack) != 2 or not isinstance(ack[1], bool):
+                raise ProtocolError("output: each ack must be [nbytes, hidden]")
+            checked.append((check_int(ack[0], "input ack", 0, 2**40), ack[1]))
+        return checked
+
+    def _input_acked(self, nbytes: int, hidden: bool) -> tuple[Viewer, int, bool]:
+        """The worker delivered the oldest pending input message: record it (redacted when hidden) and return
+        its sender's credit; the caller acknowledges it to that viewer."""
         if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
             raise ProtocolError("input ack does not match the input sent")
         self.worker_seen = self.clock()
         viewer, data = self._pending_input.popleft()
         self.recorder.input(data, hidden)
         viewer.input_window.acked(nbytes)
-        if viewer in self.viewers:
-            viewer.send("input_ack", nbytes, hidden)
+        return viewer, nbytes, hidden
 
     def worker_exit(self, code: object, signal: object, reason: object) -> None:
         self.end(ExitStatus.from_wire(code, signal, reason))
@@ -341,8 +369,16 @@ class MasterSession(SessionTimers):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _ack_worker(self, nbytes: int) -> None:
-        nbytes = min(nbytes, self.output_window.in_flight)
+    def _ack_worker(self, nbytes: int, held: bool = False) -> None:
+        """Return `nbytes` of output credit to the worker. `held` (the owner's acknowledgements): gathered until
+        they make one of the worker's largest messages, or until the owner has caught up with everything it was
+        sent, so a bulk stream costs one `ack` per message on the worker's link rather than one per piece the
+        client acknowledges (the credit stays within the worker's window either way: nothing can wait on it)."""
+        self._owed = min(self._owed + nbytes, self.output_window.in_flight)
+        owner = self.owner
+        if held and owner is not None and self._owed < self.limits.chunk and owner.window.in_flight:
+            return
+        nbytes, self._owed = self._owed, 0
         if nbytes:
             self.output_window.acked(nbytes)
             self.to_worker("ack", nbytes)

@@ -82,8 +82,8 @@ class ViewerHandle(_Guarded):
 class WorkerSink(_Guarded):
     """What the worker holds for the session: where its output goes."""
 
-    def remote_output(self, stream: object, data: object) -> None:
-        self._call(self.session.worker_output, stream, data)
+    def remote_output(self, stream: object, data: object, acks: object = ()) -> None:
+        self._call(self.session.worker_output, stream, data, acks)
 
     def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
         self._call(self.session.worker_input_ack, nbytes, hidden)

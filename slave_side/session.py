@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from twisted.internet import error, protocol
+from twisted.internet import process as twisted_process
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +24,7 @@ from slaveshell.clock import DelayedCall
 from slaveshell.display import visible
 from slaveshell.flow import CreditWindow, chunks, output_limits
 from slaveshell.protocol import (
+    MAX_CHUNK,
     OUTPUT_WINDOW,
     STREAM_ERR,
     STREAM_OUT,
@@ -36,6 +38,7 @@ from slaveshell.protocol import (
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
 from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
+from .reading import read_more
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -54,6 +57,13 @@ KILL_AFTER = 5.0
 BULK_BYTES = 4096
 BULK_GAP = 0.01
 COALESCE_DELAY = 0.002
+
+# A keystroke's input_ack on a terminal that echoes it (ECHO set, or a program's own echo seen) waits for the
+# echo's output message and rides in it (one message on the worker's link instead of two, the acknowledgement
+# no longer ahead of the echo); if no output comes within ACK_DELAY seconds it goes alone. Acks of hidden input
+# and of pipes (no echo to wait for) go at once, as do held ones once HELD_ACKS_MAX bytes are waiting.
+ACK_DELAY = 0.01
+HELD_ACKS_MAX = MAX_CHUNK
 
 _SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
@@ -143,6 +153,9 @@ class WorkerSession:
         self._input_paused = False
         # Input messages not yet acknowledged, in order; on a PTY, each waits for the hidden-input decision.
         self._held_input: list[Keystrokes] = []
+        # Decided input_acks (nbytes, hidden) waiting to ride on the next output message (ACK_DELAY at most).
+        self._ready_acks: list[tuple[int, bool]] = []
+        self._ack_call: DelayedCall | None = None
         self._pty_fd: int | None = None
         self._judge = HiddenInputJudge(reactor, self._input_decided)
         # The last byte written to the PTY: whether a line is pending in the line discipline at EOF.
@@ -193,6 +206,7 @@ class WorkerSession:
             self._release_slave()
             raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
         self._to(Phase.RUNNING)
+        self._read_in_larger_pieces(proto)
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
         # Never the command (logs are world-readable; it may hold a password). The directory stays: it says
@@ -201,6 +215,18 @@ class WorkerSession:
                  pid=self.pid, what="a command" if req.command else "a login shell",
                  who=visible(req.operator or "?"), cwd=visible(cwd))
         return self.pid or 0
+
+    def _read_in_larger_pieces(self, proto: _ProcessProtocol) -> None:
+        """Up to one message's worth of output per wake-up instead of Twisted's 8 KiB (slave_side.reading);
+        only Twisted's own process transports are changed (not a test's stand-in)."""
+        transport = self.transport
+        limit = self.limits.chunk
+        if isinstance(transport, twisted_process.PTYProcess):
+            read_more(transport, lambda data: proto.childDataReceived(1, data), limit)
+        elif isinstance(transport, twisted_process.Process):
+            for reader in transport.pipes.values():
+                if isinstance(reader, twisted_process.ProcessReader):
+                    read_more(reader, reader.dataReceived, limit, pipe=True)
 
     # -- control from the master -----------------------------------------------------------------
 
@@ -323,7 +349,8 @@ class WorkerSession:
             buf.clear()
             for piece in chunks(data, self.limits.chunk):
                 self.window.sent(len(piece))
-                self.sink.output(stream, piece)
+                self.sink.output(stream, piece, self._take_acks())
+        self._send_acks()  # no output to ride on (an empty flush at the end)
         if not self.window.is_open and self.running:
             self._pause_reading()
 
@@ -341,9 +368,32 @@ class WorkerSession:
         if self.ended:
             return
         # In order, up to the first message whose hidden-input decision is still pending.
+        at_once = self._pty_fd is None
         while self._held_input and self._held_input[0].hidden is not None:
             item = self._held_input.pop(0)
-            self.sink.input_ack(item.nbytes, item.hidden is True)
+            self._ready_acks.append((item.nbytes, item.hidden is True))
+            # Hidden input has no echo to wait for.
+            at_once = at_once or item.hidden is True
+        if not self._ready_acks:
+            return
+        if at_once or sum(n for n, _ in self._ready_acks) >= HELD_ACKS_MAX:
+            self._send_acks()
+        elif self._ack_call is None:
+            self._ack_call = self.reactor.callLater(ACK_DELAY, self._send_acks)
+
+    def _take_acks(self) -> list[tuple[int, bool]]:
+        """The decided input_acks, taken to ride on an output message."""
+        acks, self._ready_acks = self._ready_acks, []
+        if self._ack_call is not None:
+            if self._ack_call.active():
+                self._ack_call.cancel()
+            self._ack_call = None
+        return acks
+
+    def _send_acks(self) -> None:
+        """The decided input_acks, each as its own message (no output came to carry them)."""
+        for nbytes, hidden in self._take_acks():
+            self.sink.input_ack(nbytes, hidden)
 
     def _release_slave(self) -> None:
         hold, self._slave_hold = self._slave_hold, None
@@ -380,6 +430,7 @@ class WorkerSession:
             code = None
         self._to(Phase.ENDED)
         self._judge.close()
+        self._take_acks()
         for timer in self._timers:
             if timer.active():
                 timer.cancel()

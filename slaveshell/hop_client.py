@@ -31,6 +31,8 @@ DUPLICATE_WITHIN = 0.1
 SIGNAL_GRACE = 5.0
 # Output waiting for stdout beyond this many bytes holds the output credit back (the worker then pauses).
 STDOUT_HIGH = 64 * 1024
+# Output acknowledged at once when this much is unacknowledged; less waits for the end of the loop's turn.
+ACK_BATCH = 4 * MAX_CHUNK
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
 
 
@@ -62,6 +64,7 @@ class HopShell:
         self.control = WireControl(self._send)
         self.input_window = CreditWindow(INPUT_WINDOW)
         self._unacked = 0
+        self._ack_timer: Cancellable | None = None
         self.outputs = Outputs(loop, {"out": fds[1], "err": fds[2]}, self._output_gone, self._written)
         self._reading = False
         self._stdin_open = True
@@ -134,6 +137,8 @@ class HopShell:
                 status = ExitStatus.from_wire(message.get("code"), message.get("signal"), message.get("reason"))
             except ProtocolError:
                 status = ExitStatus(reason="the master sent a malformed exit")
+            if status.lost and not status.reason:  # neither a code nor a signal: the reason must say why
+                status = ExitStatus(reason="the master ended the session without saying why")
             self.finish(status)
         elif op is Op.WAITING:
             text = message.get("text")
@@ -157,7 +162,15 @@ class HopShell:
         name = "err" if ftype is FrameType.STDERR else "out"
         self.outputs.write(name, data)
         self._unacked += len(data)
-        self._send_ack()
+        self._ack_soon()
+
+    def _ack_soon(self) -> None:
+        """Acknowledge output at the end of the loop's turn: one ack for all the frames of one read (four to a
+        read in a bulk stream), not one each; at once past ACK_BATCH."""
+        if self._unacked >= ACK_BATCH:
+            self._send_ack()
+        elif self._unacked and (self._ack_timer is None or not self._ack_timer.active()):
+            self._ack_timer = self.loop.call_later(0, self._send_ack)
 
     def input_ack(self, nbytes: object) -> None:
         try:
@@ -329,7 +342,7 @@ class HopShell:
 
     def _written(self, name: str) -> None:
         if name == "out":
-            self._send_ack()
+            self._ack_soon()
         self._maybe_done()
 
     def _output_gone(self, name: str) -> None:

@@ -12,7 +12,10 @@ Session control (called on the session handle, towards the process):
     close()                       end the session (HUP, then TERM, then KILL)
 
 Session sink (called on the sink, towards the operator; `waiting(text)` on the operator's sink only):
-    output(stream: int, data: bytes)   stream 1 (PTY or stdout) or 2 (stderr)
+    output(stream: int, data: bytes[, acks])   stream 1 (PTY or stdout) or 2 (stderr); from a worker, `acks`
+                                       (optional, a list of [nbytes, hidden] pairs) are input_acks that
+                                       precede this output, carried in the same message (a keystroke's
+                                       acknowledgement rides on its echo: one message, not two)
     input_ack(nbytes: int, hidden: bool)  one input message delivered to the process, in order; returns its
                                        credit. hidden: the terminal did not display it (echo off, and the
                                        program did not echo it either: slave_side.echo); the transcript keeps
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -277,8 +281,9 @@ class OperatorControl(SessionControl, Protocol):
 class SessionSink(Protocol):
     """Messages towards the operator (worker session to master; master to each viewer), values checked."""
 
-    def output(self, stream: int, data: bytes) -> None:
-        """Output of STREAM_OUT (the PTY, or stdout) or STREAM_ERR, at most MAX_CHUNK; counts against credit."""
+    def output(self, stream: int, data: bytes, acks: Sequence[tuple[int, bool]] = ()) -> None:
+        """Output of STREAM_OUT (the PTY, or stdout) or STREAM_ERR, at most MAX_CHUNK; counts against credit.
+        `acks`: input_acks (nbytes, hidden), in order, that come before this output (a worker's only)."""
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         """One input message of `nbytes` delivered to the process, in order; `hidden`: not displayed."""
@@ -337,8 +342,11 @@ class WireSink:
     def __init__(self, send: WireSend) -> None:
         self.send = send
 
-    def output(self, stream: int, data: bytes) -> None:
-        self.send("output", stream, data)
+    def output(self, stream: int, data: bytes, acks: Sequence[tuple[int, bool]] = ()) -> None:
+        if acks:
+            self.send("output", stream, data, [[nbytes, hidden] for nbytes, hidden in acks])
+        else:
+            self.send("output", stream, data)
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         self.send("input_ack", nbytes, hidden)

@@ -78,6 +78,24 @@ class StreamDecoder:
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+# ASCII that JSON writes as \uXXXX or as \b, \f: control characters but TAB, LF and CR, and DEL (which
+# ensure_ascii escapes and `_dumps` does not). Text without them is escaped with str.replace (C, memchr-fast)
+# instead of JSON's escaper, which goes character by character: ~3x faster on a terminal's output.
+_RARE_ASCII = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+_SIMPLE_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+
+
+def _ascii_event(t: float, code: str, text: str) -> str | None:
+    """`_dumps([t, code, text])` for ASCII `text` without _RARE_ASCII (None otherwise), byte for byte."""
+    raw = text.encode("ascii")
+    if len(raw.translate(None, _RARE_ASCII)) != len(raw) or not code.isalnum():
+        return None
+    for plain, escaped in _SIMPLE_ESCAPES:
+        if plain in text:
+            text = text.replace(plain, escaped)
+    return f'[{float.__repr__(t)}, "{code}", "{text}"]'
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).translate(_LINE_BREAKS)
 
@@ -85,6 +103,10 @@ def _dumps(value: object) -> str:
 def encode_event(t: float, code: str, text: str) -> list[str]:
     """Lines for one text event; a second `<code>b` line when the text holds bytes that were not UTF-8."""
     t = round(t, 6)
+    if text.isascii() and isinstance(t, float):
+        line = _ascii_event(t, code, text)
+        if line is not None:
+            return [line]
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

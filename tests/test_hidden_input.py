@@ -53,7 +53,14 @@ class Pty:
         self.proc.proto.childDataReceived(1, data)
 
     def acks(self) -> list[tuple[int, bool]]:
-        return [(r[1], r[2]) for r in self.reports if r[0] == "input_ack"]
+        """The input_acks sent so far: alone, or riding on an output message (its optional last argument)."""
+        found: list[tuple[int, bool]] = []
+        for r in self.reports:
+            if r[0] == "input_ack":
+                found.append((r[1], r[2]))
+            elif r[0] == "output" and len(r) > 3:
+                found.extend((n, hidden) for n, hidden in r[3])
+        return found
 
     def close(self) -> None:
         os.close(self.master_fd)

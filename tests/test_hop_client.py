@@ -337,3 +337,18 @@ def test_output_that_comes_before_the_attach_answer_is_shown_and_acknowledged_on
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_frames_of_one_read_are_acknowledged_together_at_the_end_of_the_loops_turn():
+    r, w = os.pipe()
+    try:
+        client = make(fds=(0, w, w))
+        for piece in (b"one ", b"two ", b"three"):
+            client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, piece))[0])
+        assert [c for c in calls(client) if c[0] == "ack"] == []
+        client.loop.advance(0)  # type: ignore[attr-defined]
+        assert [c for c in calls(client) if c[0] == "ack"] == [("ack", 13)]
+        assert os.read(r, 100) == b"one two three"
+    finally:
+        os.close(r)
+        os.close(w)

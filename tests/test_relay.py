@@ -37,6 +37,23 @@ def test_output_and_credit_pass_through_the_owner(relay):
     assert to_w == [("ack", 5)]
 
 
+def test_a_bulk_streams_credit_goes_back_to_the_worker_per_message_or_once_the_owner_caught_up():
+    session = MasterSession(OpenRequest(worker="w1", pty=False), ALICE, lambda s: None, clock=Clock())
+    to_w: list[tuple] = []
+    owner = session.start(lambda *a: None, lambda *a: to_w.append(a))
+    chunk = session.limits.chunk
+    session.worker_output(1, b"x" * chunk)
+    session.worker_output(1, b"x" * chunk)
+    for _ in range(chunk // MAX_CHUNK):  # the client acknowledges one 64 KiB piece at a time
+        session.viewer_ack(owner, MAX_CHUNK)
+    assert to_w == [("ack", chunk)]  # one ack for the worker's message, not one per piece
+    session.viewer_ack(owner, chunk - MAX_CHUNK)
+    assert to_w == [("ack", chunk)]  # still behind: held
+    session.viewer_ack(owner, MAX_CHUNK)
+    assert to_w == [("ack", chunk), ("ack", chunk)]  # caught up: everything goes back
+    assert session.output_window.in_flight == 0
+
+
 def test_an_operator_cannot_acknowledge_what_it_never_got(relay):
     session, owner, to_op, to_w, _, _ = relay
     with pytest.raises(ProtocolError):
@@ -78,6 +95,37 @@ def test_controls_reach_the_worker_and_input_acks_go_back_with_the_echo_decision
     assert to_op == [("input_ack", 3, False)]
     with pytest.raises(ProtocolError, match="does not match"):
         session.worker_input_ack(3, False)
+
+
+class Recording:
+    def __init__(self):
+        self.events = []
+
+    def input(self, data, hidden):
+        self.events.append(("i", data, hidden))
+
+    def output(self, data, stream=1):
+        self.events.append(("o", data))
+
+
+def test_an_input_ack_riding_on_the_echo_is_recorded_first_and_acknowledged_after_it(relay):
+    session, owner, to_op, to_w, _, _ = relay
+    session.recorder = recording = Recording()
+    session.viewer_input(owner, b"a")
+    session.viewer_input(owner, b"b")
+    session.worker_output(1, b"ab", [[1, False], [1, False]])
+    # The transcript keeps the keystrokes before their echo; the operator gets the echo first.
+    assert recording.events == [("i", b"a", False), ("i", b"b", False), ("o", b"ab")]
+    assert to_op == [("output", 1, b"ab"), ("input_ack", 1, False), ("input_ack", 1, False)]
+
+
+@pytest.mark.parametrize("acks", [[[2, False]], [[1, "no"]], [(1, False)], "x", [[1, False], [1, False]]])
+def test_input_acks_riding_on_output_are_checked_like_lone_ones(relay, acks):
+    session, owner, to_op, to_w, _, _ = relay
+    session.viewer_input(owner, b"a")
+    with pytest.raises(ProtocolError):
+        session.worker_output(1, b"a", acks)
+    assert to_op == []
 
 
 def test_exit_ends_the_session_once_for_every_viewer(relay):

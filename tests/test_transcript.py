@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 from master_side.recorder import SessionRecorder
 from master_side.transcripts import TranscriptFile, recover
-from slaveshell.transcript import REDACTED, CastEncoder, Redactor, exact_output, parse_lines, strip_ansi
+from slaveshell.transcript import (
+    REDACTED,
+    CastEncoder,
+    Redactor,
+    encode_event,
+    exact_output,
+    parse_lines,
+    strip_ansi,
+)
 
 
 def events_of(lines):
@@ -142,3 +150,12 @@ def test_asciinema_plays_our_transcripts(tmp_path):
                           stdin=subprocess.DEVNULL, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "héllo \ufffd bytes\r\n".encode()
+
+
+@given(text=st.text(alphabet=st.characters(max_codepoint=127)) |
+       st.sampled_from(["a\r\nb", 'say "hi"\\', "\x7f\x1b[0m"]), t=st.floats(min_value=0, max_value=1e7))
+def test_ascii_output_events_are_the_same_lines_as_json_writes(text, t):
+    # The fast path for ASCII text must write what json.dumps (ensure_ascii=False) writes, byte for byte.
+    [line] = encode_event(t, "o", text)
+    assert line == json.dumps([round(t, 6), "o", text], ensure_ascii=False)
+    assert json.loads(line) == [round(t, 6), "o", text]

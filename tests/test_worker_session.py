@@ -8,6 +8,7 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 
 from slave_side.session import (
+    ACK_DELAY,
     COALESCE_DELAY,
     DRAIN_GRACE,
     KILL_AFTER,
@@ -211,3 +212,27 @@ def test_working_directory_rules(tmp_path):
         resolve_cwd(OpenRequest(worker="w", cwd="/etc"), options, str(tmp_path))
     with pytest.raises(ProtocolError, match="no such directory"):
         resolve_cwd(OpenRequest(worker="w", cwd="nope"), WorkerOptions(), str(tmp_path))
+
+
+def test_on_a_terminal_a_keystrokes_ack_rides_on_its_echo_or_goes_alone_after_a_moment(tmp_path):
+    reactor = ProcessReactor()
+    reports: list[tuple] = []
+    request = OpenRequest(worker="w1", pty=True, term="xterm")
+    session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
+                            WireSink(lambda *a: reports.append(a)))
+    session.start()
+    proc = reactor.processes[0]
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        session.input(b"a")  # the terminal echoes (ECHO set): the ack waits for the echo
+        assert reports == []
+        proc.proto.childDataReceived(1, b"a")
+        assert reports == [("output", 1, b"a", [[1, False]])]
+        session.input(b"b")  # no output follows: the ack goes alone
+        reactor.advance(ACK_DELAY)
+        assert reports[-1] == ("input_ack", 1, False)
+        proc.proto.childDataReceived(1, b"b")
+        assert reports[-1] == ("output", 1, b"b")
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)

@@ -113,7 +113,10 @@ def test_a_full_transcript_disk_ends_the_session_and_keeps_the_transcript_valid(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", transcripts], check=True)
     try:
         sb.start()
-        done = subprocess.run(shell_argv() + ["--socket", sb.socket, "d1", "head -c 3000000 /dev/zero | base64"],
+        # A first line recorded before the flood (the worker reads up to a 512 KiB message at once: a flood from
+        # the start could fill the 256 KiB disk with its first write, leaving nothing to check).
+        done = subprocess.run(shell_argv() + ["--socket", sb.socket, "d1",
+                                              "echo start; sleep 0.5; head -c 3000000 /dev/zero | base64"],
                               capture_output=True, timeout=120)
         assert done.returncode == 255, done.stderr
         assert b"the transcript cannot be written (No space left on device)" in done.stderr

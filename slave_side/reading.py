@@ -1,0 +1,74 @@
+"""Reading a session's process output in larger pieces than Twisted does.
+
+Twisted reads a process's pipes and its PTY 8 KiB per reactor wake-up (`twisted.internet.fdesc.readFromFD`), and
+a PTY's master side gives at most 4 KiB per read (the line discipline's read buffer, N_TTY_BUF_SIZE), so a bulk
+stream cost the worker one wake-up and one chain of Python calls per 4-8 KiB (py-spy, `-T cat` and `-t cat` of
+200 MB). Here each wake-up reads until the descriptor has nothing more (EAGAIN) or `limit` bytes were read, and
+hands them on in one call; a pipe's kernel buffer is raised to PIPE_SIZE so that a writer like `cat` (128 KiB
+writes) fills more of it between wake-ups. Flow control is unchanged: a paused reader is not read, and one
+wake-up reads at most `limit` bytes (the session's largest message) past the window, which the master tolerates
+(master_side.relay_time.WINDOW_TOLERANCE).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+
+# Linux's F_SETPIPE_SZ (fcntl(2)); 1 MiB is /proc/sys/fs/pipe-max-size's default for unprivileged processes.
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE = 1024 * 1024
+# One read's size: a PTY gives at most 4 KiB per read anyway; a pipe gives what it holds.
+READ_SIZE = 256 * 1024
+
+
+class Readable(Protocol):
+    """What Twisted's readers (`ProcessReader` for a pipe, `PTYProcess` for a terminal) have that we use."""
+
+    def fileno(self) -> int: ...
+
+
+def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int, pipe: bool = False) -> None:
+    """Replace `reader.doRead` (a Twisted reader's, called when its descriptor is readable) by one that reads
+    up to `limit` bytes per wake-up and calls `deliver` once with them. End of file and errors are reported as
+    Twisted's own doRead reports them (CONNECTION_DONE, CONNECTION_LOST), after the bytes read before them.
+    `pipe`: the descriptor is a pipe, widened first (`widen_pipe`)."""
+    fd = reader.fileno()
+    if pipe:
+        widen_pipe(fd)
+
+    def do_read() -> object:
+        parts: list[bytes] = []
+        got = 0
+        result: object = None
+        while got < limit:
+            try:
+                data = os.read(fd, min(READ_SIZE, limit - got))
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EINTR):
+                    result = CONNECTION_LOST
+                break
+            if not data:
+                result = CONNECTION_DONE
+                break
+            parts.append(data)
+            got += len(data)
+        if parts:
+            deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+        return result
+
+    reader.doRead = do_read  # type: ignore[attr-defined]
+
+
+def widen_pipe(fd: int) -> None:
+    """Raise a pipe's kernel buffer to PIPE_SIZE; left as it is where the system refuses (a lower
+    pipe-max-size, the user's pipe buffer quota)."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
