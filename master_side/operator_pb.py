@@ -4,8 +4,8 @@ It establishes who is calling (the kernel's peer credentials, SO_PEERCRED, unix(
 types, applies the per-connection bounds (calls in progress, buffered output: master_side.limits), adapts
 the operator's sink (a pb.RemoteReference with output, input_ack, exit and waiting) to a `ViewerSink`, and maps
 `OperatorError` to the answers the client expects: ``{"ok": False, "error": ...}`` for open and attach, a
-pb.Error for the other calls. The `slaveshell` tools use it; `buildbot-shell` and `slaveshell attach/watch`
-come in by the framed door on the same socket (master_side.operator_wire).
+pb.Error for the other calls. No tool of this version uses it: they all come in by the framed door on the same
+socket (master_side.operator_wire).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket as _socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -173,30 +173,6 @@ class OperatorRoot(pb.Referenceable):
 
     def remote_search(self, text: object, filters: object = None) -> object:
         return self._limited(self._asked, self.service.api.search, self.identity(), text, filters)
-
-    # -- `slaveshell cp` (master_side.transfer) ------------------------------------------------------
-
-    def remote_copy(self, sink: object, params: object) -> object:
-        """Start a transfer: `params` is slaveshell.cpwire.TransferRequest.to_wire(), `sink` the client's end.
-        Answers ``{"ok": True, "transfer": TransferEnd, "id", "total", "entries", "recorded"}`` or ``{"ok":
-        False, "error"}``."""
-        return self._limited(self._copy, self.identity(), sink, params)
-
-    def _copy(self, who: Identity, sink: object, params: object) -> object:
-        from slaveshell.cpwire import TransferRequest
-
-        opened = opening(TransferRequest.from_wire, params, sink)
-        if isinstance(opened, str):
-            return {"ok": False, "error": opened}
-        request, ref = opened
-        broker = self.broker
-
-        def answer(started: tuple[Any, object, dict[str, object]]) -> dict[str, object]:
-            transfer, end, sizes = started
-            return {"ok": True, "transfer": end, "id": transfer.id, **sizes}
-
-        d = defer.maybeDeferred(self.service.api.copy, who, request, ref, lambda: self.service.gate.check(broker))
-        return d.addCallbacks(answer, _as_answer)
 
 
 @implementer(pb.IPBRoot)

@@ -33,6 +33,7 @@ from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import STREAM_ERR, OpenRequest, ProtocolError
 
+from .copy_wire import CopyDoor
 from .limits import ConnectionGate, GatedBroker, GatedFactory, Transport, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
 from .operator_pb import RootFactory
@@ -105,7 +106,9 @@ class WireDoor(Protocol):
         self.written = 0
         self.disconnects: list[Callable[[], None]] = []
         self.handle: ViewerHandle | None = None
-        self._viewing = False  # an open or attach was asked on this connection (one view per connection)
+        # An open, attach or copy was asked on this connection (one view or transfer per connection).
+        self.viewing = False
+        self.copying = CopyDoor(self)
         self._leaving = False  # the operator closed while its open was in progress
         self._identity: Identity | None = None
 
@@ -167,8 +170,18 @@ class WireDoor(Protocol):
         if frame.type is FrameType.INPUT:
             self._session("input", frame.payload)
             return
+        if frame.type is FrameType.DATA:
+            if not self.copying.frame(frame):
+                self.write(framing.control(Op.REFUSED, method="data", error="no transfer on this connection"))
+            return
         message = framing.parse_control(frame.payload, framing.FROM_CLIENT)
         op = message.op
+        if op in framing.TRANSFER or op is Op.ABORT:
+            if self.copying.frame(message):
+                return
+            if op is not Op.ACK:
+                self.write(framing.control(Op.REFUSED, method=op.value, error="no transfer on this connection"))
+                return
         if op in framing.CALLS:
             call_id = message.call_id
             if call_id is None:
@@ -196,7 +209,7 @@ class WireDoor(Protocol):
             return False
         return True
 
-    def _answer(self, call_id: int, ok: bool, **fields: object) -> None:
+    def answer(self, call_id: int, ok: bool, **fields: object) -> None:
         if self.disconnected:
             return
         try:
@@ -208,15 +221,15 @@ class WireDoor(Protocol):
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op
-        if op is Op.CLOSE and self.handle is None and self._viewing and not self._leaving:
+        if op is Op.CLOSE and self.handle is None and self.viewing and not self._leaving:
             # The operator gave up (Ctrl-C) while its session opens: it ends as soon as it has opened, rather
             # than waiting out its detach grace for an operator who is gone.
             self._leaving = True
-            self._answer(call_id, True)
+            self.answer(call_id, True)
             return
         if op in (Op.CLOSE, Op.DETACH):
             ok = self._session(op.value)
-            self._answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
+            self.answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
             return
         api = self.service.api
         who = self.identity()
@@ -225,6 +238,8 @@ class WireDoor(Protocol):
                 result = self._limited(self._open, who, message.get("request"))
             elif op is Op.ATTACH:
                 result = self._limited(self._attach, who, message.get("session"), message.get("mode"))
+            elif op is Op.COPY:
+                result = self._limited(self.copying.call, who, message.get("request"))
             elif op is Op.RELEASE:
                 result = {"text": api.release(who, message.get("build"))}
             elif op is Op.KILL:
@@ -242,33 +257,33 @@ class WireDoor(Protocol):
             else:  # Op.SESSIONS
                 result = {"rows": api.sessions(who)}
         except OperatorError as e:
-            self._answer(call_id, False, error=e.message)
+            self.answer(call_id, False, error=e.message)
             return
         except pb.Error as e:  # the gate's refusals (calls in progress, a dropped connection)
-            self._answer(call_id, False, error=str(e))
+            self.answer(call_id, False, error=str(e))
             return
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
-        d.addCallbacks(lambda fields: None if fields is None else self._answer(call_id, True, **fields),
+        d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
                        lambda failure: self._failed(call_id, failure))
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):
-            self._answer(call_id, False, error=failure.value.message)
+            self.answer(call_id, False, error=failure.value.message)
         else:
             log.failure("slaveshell: a call on the framed door failed", failure)
-            self._answer(call_id, False, error="the master could not serve the call (see its log)")
+            self.answer(call_id, False, error="the master could not serve the call (see its log)")
 
     def _limited(self, fn: Callable[..., object], *args: object) -> object:
         return self.gate.limited(cast(pb.Broker, self), fn, *args)
 
     def _open(self, who: Identity, params: object) -> defer.Deferred[dict[str, object] | None]:
-        if self._viewing:
+        if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             request = OpenRequest.from_wire(params)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
-        self._viewing = True
+        self.viewing = True
 
         def answer(view: View | None) -> dict[str, object] | None:
             if view is None:
@@ -283,10 +298,10 @@ class WireDoor(Protocol):
         return d.addCallback(answer)
 
     def _attach(self, who: Identity, session_id: object, mode: object) -> dict[str, object]:
-        if self._viewing:
+        if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         view = self.service.api.attach(who, WireViewerSink(self), session_id, mode)
-        self._viewing = True
+        self.viewing = True
         self.handle = self._handle(view)
         return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
                 "size": list(view.session.size)}

@@ -22,6 +22,7 @@ from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.policy import Identity, Policy
 
+from . import rest_write_fix
 from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
 from .config import Limits, ShellConfig, group_id, shell_config
@@ -33,7 +34,6 @@ from .operator_wire import DoorFactory
 from .registry import SessionRegistry
 from .relay import MasterSession
 from .retention import Retention
-from . import rest_write_fix
 
 log = Logger()
 
