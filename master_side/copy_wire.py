@@ -12,7 +12,7 @@ audit row knows. A transfer message on a connection without a transfer is refuse
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.internet import defer
 from twisted.spread import pb
@@ -33,6 +33,26 @@ if TYPE_CHECKING:
 # How each transfer op's fields become the relay's arguments (slaveshell.cpwire's calls).
 _ARGS: dict[Op, tuple[str, ...]] = {Op.ENTRY: ("kind", "path", "mode", "size", "mtime"), Op.DONE_FILE: ("sha256",),
                                     Op.FINISH: (), Op.ABORT: ("reason",), Op.ACK: ("n",), Op.RESULT: ("ok", "reason")}
+
+
+# What the door reads at once while it carries a transfer (Twisted reads 64 KiB by default): several DATA frames,
+# which slaveshell.framing.Decoder cuts in one pass. (Not for PB: Banana copies what it holds at every item it
+# parses, so a PB connection reading a megabyte at once spends several times longer in Banana; 64 KiB is its best.)
+TRANSFER_READ_SIZE = 1024 * 1024
+
+
+class _Buffered(Protocol):
+    bufferSize: int  # Twisted's FileDescriptor: what its TCP and UNIX transports read at once
+
+
+def set_read_size(transport: object, size: int) -> int | None:
+    """Make a Twisted transport read up to `size` bytes at once; returns the previous size, or None (and
+    nothing changes) when the transport has no `bufferSize` (a test's)."""
+    previous = getattr(transport, "bufferSize", None)
+    if not isinstance(previous, int) or isinstance(previous, bool):
+        return None
+    cast(_Buffered, transport).bufferSize = size
+    return previous
 
 
 class WireParty:
@@ -101,6 +121,10 @@ class CopyDoor:
         def started(result: tuple[MasterTransfer, dict[str, object]]) -> dict[str, object]:
             transfer, sizes = result
             self.transfer = transfer
+            transport = door.transport
+            previous = set_read_size(transport, TRANSFER_READ_SIZE)
+            if previous is not None:
+                transfer.undo.append(lambda: set_read_size(transport, previous))
             return {"transfer": transfer.id, **sizes}
 
         d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))

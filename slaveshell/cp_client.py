@@ -30,6 +30,8 @@ from .protocol import ProtocolError, check_bytes, check_int
 # Seconds the client waits, after a download is in place, for the master to acknowledge its result (the audit
 # row learns it before this process goes); the files are in place either way.
 RESULT_WAIT = 10.0
+# Bytes read from the socket at once: several of the master's DATA frames.
+READ_SIZE = 1024 * 1024
 # Seconds the last frames (an abort, a failed result) may take to leave at the end.
 LAST_WORDS = 2.0
 
@@ -106,6 +108,7 @@ class CopyClient:
         self.outcome: tuple[bool, str] | None = None
         self.interrupted = False
         self.committed = False
+        self._unacked = 0  # credit to return, sent by flush_acks once a read's frames are handled
         self._answers: dict[int, Callable[[Control | None], None]] = {}
 
     # -- start ---------------------------------------------------------------------------------
@@ -182,17 +185,24 @@ class CopyClient:
     def _entry(self, message: Control) -> None:
         self._receiving().entry(Entry.from_wire(*(message.get(k) for k in ("kind", "path", "mode", "size",
                                                                           "mtime"))))
-        self.send("ack", ENTRY_COST)
+        self._unacked += ENTRY_COST
 
     def _data(self, chunk: bytes) -> None:
         self._receiving().data(check_bytes(chunk, "data", framing.MAX_DATA))
-        self.send("ack", len(chunk))
+        self._unacked += len(chunk)
 
     def _done_file(self, sha256: object) -> None:
         self._receiving().done_file(check_sha(sha256))
-        self.send("ack", ENTRY_COST)
+        self._unacked += ENTRY_COST
+
+    def flush_acks(self) -> None:
+        """Return the credit of what was received since the last call (one ack per read, not per chunk)."""
+        if self._unacked and self.outcome is None:
+            n, self._unacked = self._unacked, 0
+            self.send("ack", n)
 
     def _commit(self) -> None:
+        self.flush_acks()
         self._receiving().commit()
         self.committed = True
         # The files are in place; the audit row learns it before this process goes (the master's answer).
@@ -279,7 +289,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
     """Connect, run the transfer `make(loop, link)` builds to its outcome. HopError when the master cannot be
     reached; Interrupted after a signal."""
     sock = hop.connect(socket_path)
-    connection = hop.Connection(sock)
+    connection = hop.Connection(sock, READ_SIZE)
     loop = hop.Loop()
     client = make(loop, connection)
     fd = sock.fileno()
@@ -289,6 +299,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
             frames = connection.receive()
             for frame in frames:
                 client.frame(frame)
+            client.flush_acks()
         except HopError as e:
             client.lost(e)
 

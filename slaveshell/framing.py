@@ -201,24 +201,35 @@ class Decoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self.broken:
             return []
-        self._buffer += data
+        # Frames are cut from `data` itself when nothing is held (no copy into the buffer first), and each
+        # payload is copied once, through a memoryview; what was consumed leaves the buffer once, at the end.
+        source: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            source = self._buffer
         frames = []
-        while len(self._buffer) >= HEADER.size:
-            code, length = HEADER.unpack_from(self._buffer)
-            try:
-                ftype = FrameType(code)
-            except ValueError:
-                self.broken = True
-                raise WireError(f"a frame of unknown type {code}") from None
-            if ftype in self._refused:
-                self.broken = True
-                raise WireError(f"a {ftype.name} frame in the wrong direction")
-            if length > self._limits[ftype]:
-                self.broken = True
-                raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
-            end = HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            frames.append(Frame(ftype, bytes(self._buffer[HEADER.size:end])))
-            del self._buffer[:end]
+        pos, size = 0, len(source)
+        with memoryview(source) as view:
+            while size - pos >= HEADER.size:
+                code, length = HEADER.unpack_from(source, pos)
+                try:
+                    ftype = FrameType(code)
+                except ValueError:
+                    self.broken = True
+                    raise WireError(f"a frame of unknown type {code}") from None
+                if ftype in self._refused:
+                    self.broken = True
+                    raise WireError(f"a {ftype.name} frame in the wrong direction")
+                if length > self._limits[ftype]:
+                    self.broken = True
+                    raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
+                end = pos + HEADER.size + length
+                if size < end:
+                    break
+                frames.append(Frame(ftype, bytes(view[pos + HEADER.size:end])))
+                pos = end
+            if source is not self._buffer and pos < size:
+                self._buffer += view[pos:]
+        if source is self._buffer:
+            del self._buffer[:pos]
         return frames
