@@ -35,6 +35,13 @@ def pid_of(directory: str) -> int:
         return int(f.read())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat's utime and stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(raw: Path, top: int) -> list[str]:
     """The functions with the most samples of their own (the innermost frame), and the process's total."""
     own: collections.Counter[str] = collections.Counter()
@@ -60,6 +67,9 @@ def main() -> int:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--keep", help="a directory for the raw stacks")
+    p.add_argument("--cpu", type=int, default=0, metavar="ROUNDS",
+                   help="no py-spy: each process's CPU seconds per copy (user + system), ROUNDS times; the sum is "
+                        "what a loaded machine's noise hides least")
     args = p.parse_args()
     spy = shutil.which("py-spy") or os.path.join(site.getuserbase(), "bin", "py-spy")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -81,6 +91,25 @@ def main() -> int:
                     f.write(os.urandom(MB))
             cp = [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sandbox.socket]
             pids = {"master": pid_of(sandbox.master_dir), "worker": pid_of(sandbox.worker_dir("w1"))}
+            if args.cpu:
+                cases = (("up", cp + [str(src), f"w1:{remote}/up.bin"]),
+                         ("down", cp + [f"w1:{remote}/up.bin", str(local / "down.bin")]))
+                print(f"| {args.size} MB | wall s | client CPU s | master CPU s | worker CPU s | total CPU s |")
+                print("|---|---|---|---|---|---|")
+                for _ in range(args.cpu):
+                    for name, argv in cases:
+                        before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+                        children = os.times()
+                        start = time.perf_counter()
+                        subprocess.run(argv, check=True, env=env)
+                        took = time.perf_counter() - start
+                        after = os.times()
+                        client = (after.children_user - children.children_user
+                                  + after.children_system - children.children_system)
+                        used = {who: cpu_seconds(pid) - before[who] for who, pid in pids.items()}
+                        print(f"| {name} | {took:.2f} | {client:.2f} | {used['master']:.2f} | {used['worker']:.2f} |"
+                              f" {client + sum(used.values()):.2f} |")
+                return 0
             for name, argv in (("up", cp + [str(src), f"w1:{remote}/up.bin"]),
                                ("down", cp + [f"w1:{remote}/up.bin", str(local / "down.bin")])):
                 spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-r", str(args.rate), "-f", "raw", "-o",
