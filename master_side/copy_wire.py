@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.internet import defer
-from twisted.spread import pb
 
 from slaveshell import framing
 from slaveshell.cpwire import TransferRequest
@@ -84,7 +83,7 @@ class WireParty:
             door.write(framing.control(Op.RESULT, ok=args[0], reason=args[1]))
         else:
             raise ValueError(f"no such transfer message to an operator: {method}")
-        door.gate.check(cast(pb.Broker, door))
+        door.gate.check(door)
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         if self.door.disconnected:
@@ -124,7 +123,11 @@ class CopyDoor:
             transport = door.transport
             previous = set_read_size(transport, TRANSFER_READ_SIZE)
             if previous is not None:
-                transfer.undo.append(lambda: set_read_size(transport, previous))
+
+                def restore() -> None:
+                    set_read_size(transport, previous)
+
+                transfer.undo.append(restore)
             return {"transfer": transfer.id, **sizes}
 
         d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))

@@ -17,12 +17,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
+from typing import cast
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from slaveshell.clock import Clock
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
@@ -61,7 +63,9 @@ class _Peer:
     def send(self, method: str, *args: object) -> None:
         if method == "ack" and len(args) == 1 and isinstance(args[0], int):
             if not self._acks:
-                reactor.callLater(0, self._send_acks)
+                from twisted.internet import reactor
+
+                cast(Clock, reactor).callLater(0, self._send_acks)
             self._acks += args[0]
             return
         self._call(method, *args)

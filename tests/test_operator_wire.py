@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from master_side.limits import Bounds, ConnectionGate, RefusalAudit
-from master_side.operator_wire import DoorFactory, SniffingBroker, WireDoor
+from master_side.operator_wire import DoorFactory, Sniffer, WireDoor
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
 from slaveshell import framing
 from slaveshell.cpwire import UP, TransferRequest
@@ -50,7 +50,7 @@ def make_service(tmp_path: Any) -> Any:
 def connect(service: Any, who: Identity = ROOT, first: bytes = framing.MAGIC) -> tuple[Any, Peer]:
     """A connection on the shell socket; `first` is what the client sends first. Returns its protocol (the
     door once the magic is in) and the transport."""
-    broker = DoorFactory(service, service.gate).buildProtocol(None)
+    broker = DoorFactory(service, service.gate, service.clock).buildProtocol(None)
     transport = Peer(who)
     transport.protocol = broker
     broker.makeConnection(transport)
@@ -90,19 +90,34 @@ def test_the_decoder_refuses_a_bad_header_before_the_payload(data, error):
     assert decoder.broken and decoder.feed(b"more") == []
 
 
-def test_a_pb_client_is_served_by_pb_and_the_framed_client_by_the_door(service):
-    pb_side, _ = connect(service, first=b"\x02\x82pb")
-    assert isinstance(pb_side, SniffingBroker) and pb_side.admitted
+REFUSAL = (b"slaveshell: refused: this master serves slaveshell's framed protocol only, and this client does not "
+           b"speak it (a slaveshell older than the master? upgrade it)\n")
+
+
+def test_a_client_that_does_not_speak_the_framing_gets_one_line_and_the_close_and_is_audited(service):
+    pb_side, pb_transport = connect(service, first=b"\x02\x82pb")  # a client speaking PB (Banana) first
+    assert pb_transport.value() == REFUSAL and pb_transport.disconnecting
+    silent, silent_transport = connect(service, first=b"")  # a PB client waits for the server to speak
+    assert isinstance(silent, Sniffer) and not silent_transport.disconnecting
+    service.clock.advance(Sniffer.SILENCE)
+    assert silent_transport.value() == REFUSAL and silent_transport.disconnecting
+    # Audited (the second within the audit interval is counted, and reported with the next).
+    assert [a[2] for a in service.audited] == [
+        "connection refused (not slaveshell's framed protocol): it began with b'\\x02\\x82pb'"]
+    for protocol in (pb_side, silent):
+        protocol.connectionLost(None)
     door, transport = connect(service)
     assert isinstance(door, WireDoor) and door.admitted
-    assert service.gate.count() == 2  # each counted once
+    assert service.gate.count() == 1  # counted once
+    service.clock.advance(Sniffer.SILENCE)  # the sniffer's timer went with the hand-over
+    assert not transport.disconnecting
     door.dataReceived(framing.control(Op.SESSIONS, id=7))
     assert frames(transport) == [framing.Control(Op.ANSWER, {"id": 7, "ok": True, "rows": []})]
 
 
 def test_a_magic_in_pieces_still_reaches_the_door(service):
     broker, transport = connect(service, first=framing.MAGIC[:3])
-    assert isinstance(transport.protocol, SniffingBroker)
+    assert isinstance(transport.protocol, Sniffer)
     broker.dataReceived(framing.MAGIC[3:] + framing.control(Op.WORKERS, id=1))
     assert isinstance(transport.protocol, WireDoor)
     assert frames(transport) == [framing.Control(Op.ANSWER, {"id": 1, "ok": True, "rows": []})]
