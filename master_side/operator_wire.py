@@ -12,9 +12,9 @@ through `session_pb.ViewerHandle` (types, 64 KiB input, the credit window, read-
 protocol errors ending its session), a transfer's through master_side.copy_wire, and `OperatorError` becomes an
 answer with the operator's line.
 
-Bounds of the framing itself: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes) bytes, one view per
-connection, and a frame the door cannot take (unknown type, oversized, wrong direction, not JSON, unknown op)
-costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
+Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
+one view or transfer per connection; a frame the door cannot take (unknown type, oversized, wrong direction, not
+JSON, unknown op) costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
 """
 
 from __future__ import annotations
@@ -313,9 +313,7 @@ class WireDoor(Protocol):
 
 
 class _Swappable(Transport, TypingProtocol):
-    """A connection's transport whose protocol can be replaced (abstract.FileDescriptor's `protocol`)."""
-
-    protocol: object
+    protocol: object  # abstract.FileDescriptor's: the connection's protocol, which can be replaced
 
 
 class Sniffer(Protocol):
@@ -350,7 +348,6 @@ class Sniffer(Protocol):
         self._timer = cast(DoorFactory, self.factory).clock.callLater(self.SILENCE, self._silent)
 
     def _silent(self) -> None:
-        self._timer = None
         if self._head is not None and not self.disconnected:
             self._not_framed("it sent nothing (a PB client of an older slaveshell?)")
 
