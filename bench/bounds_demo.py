@@ -27,24 +27,14 @@ from slaveshell.sandbox import Sandbox
 
 IGNORES_CLOSE = '\nfrom slave_side import session as _s\n_s.WorkerSession.close = lambda self, why="": None\n'
 FLOOD = textwrap.dedent("""
-    import sys
-    from twisted.internet import defer, reactor
-    from twisted.spread import pb
-    from slaveshell.client import connect
-    class Sink(pb.Referenceable):
-        def remote_output(self, *a): pass
-        def remote_input_ack(self, *a): pass
-        def remote_exit(self, *a): pass
-    @defer.inlineCallbacks
-    def go():
-        root = yield connect(reactor, sys.argv[1])
-        root.broker.transport.stopReading()
-        sink = Sink()
-        for _ in range(1500):
-            root.callRemote("attach", sink, sys.argv[2], "watch").addErrback(lambda f: None)
-        print("sent", flush=True)
-    reactor.callWhenRunning(go)
-    reactor.run()
+    import sys, time
+    from slaveshell import framing, hop
+    sock = hop.connect(sys.argv[1])
+    sock.setblocking(True)
+    sock.sendall(b"".join(framing.control(framing.Op.ATTACH, id=i, session=sys.argv[2], mode="watch")
+                          for i in range(1, 1501)))
+    print("sent", flush=True)
+    time.sleep(600)  # never reads
 """)
 
 

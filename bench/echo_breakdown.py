@@ -54,7 +54,7 @@ Row = tuple[str, int, int, float, float, bool]  # part, hops (slaveshell), hops 
 
 def model(pool: dict[str, list[int]], link: str) -> tuple[list[Row], dict[str, float]]:
     """(rows, units in us). Counted from the keystroke's path (docs/architecture.md, "A keystroke", "An output
-    chunk"; slaveshell/client.py, master_side/relay.py, slave_side/session.py): terminal -> client -(UNIX)->
+    chunk"; slaveshell/hop_client.py, master_side/relay.py, slave_side/session.py): terminal -> client -(UNIX)->
     master -(TCP)-> worker -> PTY echo -> worker -(TCP)-> master -(UNIX)-> client -> terminal. The worker sends
     input_ack as it writes the PTY, so it crosses both links ahead of the echo (the master's part of it may
     overlap the worker's PTY echo when a core is free). The PB client encodes its `ack` of the echo before

@@ -9,7 +9,6 @@ transfers, and MAX_TRANSFERS in all. Every refusal is audited (`OperatorAPI._ref
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from slaveshell.policy import Action, Identity
 
 from .audit_trail import RecordingError
 from .buildbot_glue import RouteError
-from .transfer import TransferRefused, Transfers
+from .transfer import PartyEnd, TransferRefused, Transfers
 
 if TYPE_CHECKING:
     from slaveshell.cpwire import TransferRequest
@@ -47,11 +46,10 @@ class CopyOperations:
         def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError: ...
 
     @defer.inlineCallbacks
-    def copy(self, who: Identity, request: TransferRequest, operator: Any,
-             check: Callable[[], object]) -> Any:
-        """Start a transfer for `who`, whose end of it is the remote reference `operator` (`check()` applies
-        that connection's output bound). Fires (MasterTransfer, the operator's TransferEnd, {"total",
-        "entries"}); raises OperatorError."""
+    def copy(self, who: Identity, request: TransferRequest, operator: PartyEnd) -> Any:
+        """Start a transfer for `who`, whose end of it is `operator` (its door's, which applies that
+        connection's output bound). Fires (MasterTransfer, {"total", "entries", "recorded"}); raises
+        OperatorError."""
         from .operator_api import ErrorKind, OperatorError  # noqa: F811 (at run time: operator_api imports us)
 
         decision = self.policy.may(who, Action.COPY, request.worker)
@@ -66,7 +64,7 @@ class CopyOperations:
             raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
         try:
             started = yield self.transfers.start(conn, who, replace(request, operator=who.user), self.trail,
-                                                 operator, check, build)
+                                                 operator, build)
         except (RecordingError, TransferRefused) as e:
             raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
         return started

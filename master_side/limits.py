@@ -4,7 +4,7 @@ The shell socket is open to a group of local users; each of them must not be abl
 process that also runs Buildbot (its database, its workers' connections, its builds). Bounded here:
 
 - connections on the socket, per uid and in total, counted at accept time from the kernel's peer credentials
-  (SO_PEERCRED, unix(7)) before any PB is spoken: a refused connection gets one line,
+  (SO_PEERCRED, unix(7), `peer_identity`) before any byte is read: a refused connection gets one line,
   ``slaveshell: refused: <reason>``, and is closed;
 - calls in progress on one connection (open, history, transcript, search wait on a worker or a database);
 - output buffered for one connection in the master's user-space write buffer: a peer that does not read is
@@ -16,7 +16,7 @@ The buffered size is read from Twisted's `abstract.FileDescriptor` (``dataBuffer
 ``_tempDataLen``), the same figure its `write` compares with ``bufferSize`` before pausing a producer. A
 registered producer would be the public interface, but a streaming producer on a PB transport changes how
 `loseConnection` completes, and its pause/resume says nothing about a peer that reads slowly but steadily; so
-the figure is read instead (transports without it count as empty), and the broker counts what it writes, so
+the figure is read instead (transports without it count as empty), and the door counts what it writes, so
 that what the kernel took (written less buffered) shows whether the peer reads at all.
 
 Every refusal and drop is audited (an event of kind ``refused`` or ``dropped``) and logged, at most once per
@@ -25,21 +25,19 @@ uid and kind per `AUDIT_INTERVAL` seconds, with the number of the others left ou
 
 from __future__ import annotations
 
+import socket as _socket
+import struct
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ITransport
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.policy import Identity
-from slaveshell.protocol import REFUSED_PREFIX
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -67,6 +65,32 @@ class Bounds:
     buffered_total: int = 64 * 1024 * 1024
     write_stall: float | None = 60.0
     calls_in_progress: int = 4
+
+
+class Gated(Protocol):
+    """A connection as the gate sees it (master_side.operator_wire's sniffer and door): its transport and
+    whether it is gone; and `written`, when it has it, the bytes it wrote so far (what the kernel took is that
+    less what is still buffered)."""
+
+    @property
+    def transport(self) -> object: ...
+    @property
+    def disconnected(self) -> bool: ...
+
+
+def peer_identity(transport: object) -> Identity:
+    """Who is at the other end of a UNIX socket, as the kernel says (SO_PEERCRED, unix(7)): never what they
+    claim. OSError when the kernel cannot say."""
+    sock = cast(_Handled, transport).getHandle()
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return Identity.from_credentials(pid, uid, gid)
+
+
+class _Handled(Protocol):
+    """A connected transport's socket (ITCPTransport.getHandle, which UNIX transports have too)."""
+
+    def getHandle(self) -> _socket.socket: ...
 
 
 class Transport(Protocol):
@@ -162,9 +186,9 @@ class NoticeBudget:
 
 
 class _Connection:
-    def __init__(self, identity: Identity, broker: pb.Broker) -> None:
+    def __init__(self, identity: Identity, peer: Gated) -> None:
         self.identity = identity
-        self.broker = broker
+        self.peer = peer
         self.calls = 0
         # Bytes the kernel had taken from the write buffer when the write-stall clock last started.
         self.taken = 0
@@ -180,9 +204,9 @@ class ConnectionGate:
         self.audit = audit
         self.clock = clock
         self.bounds = bounds or Bounds()
-        self.connections: dict[pb.Broker, _Connection] = {}
+        self.connections: dict[Gated, _Connection] = {}
         # Calls in progress on connections the gate did not admit (in-memory brokers in tests).
-        self._other_calls: weakref.WeakKeyDictionary[pb.Broker, int] = weakref.WeakKeyDictionary()
+        self._other_calls: weakref.WeakKeyDictionary[Gated, int] = weakref.WeakKeyDictionary()
 
     def count(self, uid: int | None = None) -> int:
         if uid is None:
@@ -191,7 +215,7 @@ class ConnectionGate:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def admit(self, broker: pb.Broker, transport: Transport) -> str | None:
+    def admit(self, peer: Gated, transport: Transport) -> str | None:
         """Called as the connection is made: None to serve it, or why it is refused."""
         try:
             who = self.identify(transport)
@@ -208,29 +232,29 @@ class ConnectionGate:
         if reason is not None:
             self.audit(who, "refused", f"connection refused: {reason}")
             return reason
-        self.connections[broker] = _Connection(who, broker)
+        self.connections[peer] = _Connection(who, peer)
         return None
 
-    def release(self, broker: pb.Broker) -> None:
-        self.connections.pop(broker, None)
+    def release(self, peer: Gated) -> None:
+        self.connections.pop(peer, None)
 
-    def drop(self, broker: pb.Broker, reason: str) -> None:
+    def drop(self, peer: Gated, reason: str) -> None:
         """Close a connection at once (its buffered output is discarded): `reason` goes to the audit."""
-        conn = self.connections.pop(broker, None)
+        conn = self.connections.pop(peer, None)
         if conn is not None:
             self.audit(conn.identity, "dropped", f"connection dropped: {reason}")
-        transport = cast("Transport | None", broker.transport)
-        if transport is not None and not broker.disconnected:
+        transport = cast("Transport | None", peer.transport)
+        if transport is not None and not peer.disconnected:
             abort = getattr(transport, "abortConnection", None)
             (abort or transport.loseConnection)()
 
-    def check(self, broker: pb.Broker) -> bool:
+    def check(self, peer: Gated) -> bool:
         """Drop the connection if its write buffer passed the bound. True when it was dropped."""
-        if broker.disconnected:
+        if peer.disconnected:
             return True
-        held = buffered_bytes(broker.transport)
+        held = buffered_bytes(peer.transport)
         if held > self.bounds.connection_buffer:
-            self.drop(broker, f"{held} bytes of output it did not read (the master's limit is "
+            self.drop(peer, f"{held} bytes of output it did not read (the master's limit is "
                               f"{self.bounds.connection_buffer})")
             return True
         return False
@@ -244,65 +268,65 @@ class ConnectionGate:
         # In total: while all connections together hold more than the bound, the one holding most goes.
         held_by = {b: buffered_bytes(b.transport) for b in self.connections}
         total = sum(held_by.values())
-        for broker in sorted(held_by, key=held_by.__getitem__, reverse=True):
+        for peer in sorted(held_by, key=held_by.__getitem__, reverse=True):
             if total <= self.bounds.buffered_total:
                 break
-            total -= held_by[broker]
-            self.drop(broker, f"{held_by[broker]} bytes of output it did not read, while all connections held "
+            total -= held_by[peer]
+            self.drop(peer, f"{held_by[peer]} bytes of output it did not read, while all connections held "
                               f"more than the master's limit of {self.bounds.buffered_total}")
         for conn in list(self.connections.values()):
-            if self.check(conn.broker):
+            if self.check(conn.peer):
                 continue
-            held = buffered_bytes(conn.broker.transport)
-            taken = getattr(conn.broker, "written", 0) - held
+            held = buffered_bytes(conn.peer.transport)
+            taken = getattr(conn.peer, "written", 0) - held
             if held == 0:
                 conn.since = None
             elif conn.since is None or taken > conn.taken:
                 # Waiting output, but the peer read some since the last look: it is slow, not stalled.
                 conn.since, conn.taken = now, taken
             elif stall is not None and now - conn.since >= stall:
-                self.drop(conn.broker, f"it has not read its output for {stall:g} s ({held} bytes waiting)")
+                self.drop(conn.peer, f"it has not read its output for {stall:g} s ({held} bytes waiting)")
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def limited(self, broker: pb.Broker, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def limited(self, peer: Gated, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a remote call's work, `fn(*args, **kwargs)`, at most `calls_in_progress` at once per connection
         (a call is in progress until the Deferred it returns fires). Raises pb.Error when refused."""
-        if self.check(broker):
+        if self.check(peer):
             raise pb.Error("this connection was dropped")
-        conn = self.connections.get(broker)
-        busy = conn.calls if conn is not None else self._other_calls.get(broker, 0)
+        conn = self.connections.get(peer)
+        busy = conn.calls if conn is not None else self._other_calls.get(peer, 0)
         if busy >= self.bounds.calls_in_progress:
             raise pb.Error(f"too many calls in progress on this connection (at most "
                            f"{self.bounds.calls_in_progress}); wait for their answers")
         result = fn(*args, **kwargs)
         if not isinstance(result, defer.Deferred) or result.called:
             return result
-        self._count(broker, conn, 1)
+        self._count(peer, conn, 1)
 
         def done(value: object) -> object:
-            self._count(broker, conn, -1)
+            self._count(peer, conn, -1)
             return value
 
         result.addBoth(done)
         return result
 
-    def _count(self, broker: pb.Broker, conn: _Connection | None, delta: int) -> None:
+    def _count(self, peer: Gated, conn: _Connection | None, delta: int) -> None:
         if conn is not None:
             conn.calls += delta
         else:
-            self._other_calls[broker] = self._other_calls.get(broker, 0) + delta
+            self._other_calls[peer] = self._other_calls.get(peer, 0) + delta
 
     # -- viewers -------------------------------------------------------------------------------
 
-    def viewer_refusal(self, who: Identity, broker: object, session: MasterSession,
+    def viewer_refusal(self, who: Identity, peer: object, session: MasterSession,
                        sessions: Iterable[MasterSession]) -> str | None:
-        """Why `who` may not add a view of `session` on connection `broker` (any object that identifies the
+        """Why `who` may not add a view of `session` on connection `peer` (any object that identifies the
         operator's connection, as `Viewer.connection` holds it), or None. `sessions` are the live
         sessions (each with `.viewers`, `.owner`, `.live`); a view other than a session's owner counts against
         its operator."""
         bounds = self.bounds
-        if any(getattr(v, "connection", None) is broker for v in session.viewers):
+        if any(getattr(v, "connection", None) is peer for v in session.viewers):
             return f"this connection already views session {session.id}"
         if len(session.viewers) >= bounds.viewers_per_session:
             return f"session {session.id} already has {bounds.viewers_per_session} viewers (the master's limit)"
@@ -311,50 +335,3 @@ class ConnectionGate:
         if views >= bounds.viewers_per_operator:
             return f"{who.user} already has {bounds.viewers_per_operator} views of sessions (the master's limit)"
         return None
-
-
-class GatedBroker(pb.Broker):
-    """A PB broker that asks its factory's gate before speaking PB at all."""
-
-    admitted = False
-    # Bytes written to the transport so far (what the kernel took is this less what is still buffered).
-    written = 0
-
-    @property
-    def gate(self) -> ConnectionGate:
-        return cast(GatedFactory, self.factory).gate
-
-    def makeConnection(self, transport: Transport) -> None:
-        reason = self.gate.admit(self, transport)
-        if reason is None:
-            self.admitted = True
-            super().makeConnection(transport)
-            return
-        # Twisted types it with the zope interface, which mypy cannot match structurally.
-        self.transport = cast(ITransport, transport)
-        line = " ".join(reason.split())[:500]
-        transport.write(REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
-        transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.admitted:
-            super().dataReceived(data)
-
-    def sendEncoded(self, obj: object) -> None:
-        # Banana's one write: FileDescriptor.write always buffers, so the buffer grows by what was written.
-        before = buffered_bytes(self.transport)
-        super().sendEncoded(obj)
-        self.written += buffered_bytes(self.transport) - before
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.admitted:
-            self.gate.release(self)
-            super().connectionLost(reason)
-
-
-class GatedFactory(pb.PBServerFactory):
-    protocol = GatedBroker
-
-    def __init__(self, root: object, gate: ConnectionGate) -> None:
-        super().__init__(root, unsafeTracebacks=False)
-        self.gate = gate

@@ -3,8 +3,9 @@
 Operations: workers, open, attach (join, resume, watch), sessions, kill, release, history, transcript,
 search. Each takes the operator's `Identity` (who they are, established by the door: the kernel's peer
 credentials on the UNIX socket) and fails only with `OperatorError`, whose message is meant for the operator
-and whose `kind` says what went wrong. A viewer's end of a session is a `ViewerSink`; the PB door
-(master_side.operator_pb) adapts a remote reference to it, and maps errors to its wire answers.
+and whose `kind` says what went wrong. A viewer's end of a session is a `ViewerSink`; each door (the
+framed door, master_side.operator_wire; the web door, master_side.www) provides its own and maps errors to its
+wire answers.
 
 Authorization is asked of the policy (slaveshell.policy); bounds per operator and per session are checked
 here, bounds per connection by the door.

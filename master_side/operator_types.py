@@ -35,7 +35,7 @@ class OperatorError(Exception):
 
 class ViewerSink(Protocol):
     """A viewer's end of a session, as the door provides it. `send` makes answer-less calls (output, exit,
-    notice; see slaveshell.client.ClientSink); `connection` identifies the operator's connection for the
+    notice, waiting: slaveshell.protocol.OperatorSink); `connection` identifies the operator's connection for the
     per-connection bounds."""
 
     connection: object

@@ -1,18 +1,20 @@
-"""The framed door to the operator API (slaveshell.framing): what `buildbot-shell` speaks, without PB.
+"""The operator's door to the master (slaveshell.framing): what `buildbot-shell` and every `slaveshell` tool
+speak, without PB.
 
-One socket (shell.sock) serves both doors. `SniffingBroker` is the PB door's broker (admitted by the
-connection gate as it always was, master_side.limits); a client whose first bytes are `framing.MAGIC` is handed to
-a `WireDoor` instead, anything else stays PB. A `WireDoor` is a thin adapter over `OperatorAPI`, as the PB door
-(master_side.operator_pb) is: the identity comes from the kernel (SO_PEERCRED, operator_pb.peer_identity,
-through the gate); it is admitted by the same gate (connections per uid and in total, calls in progress,
-buffered output and write stall: the door has the `transport`, `disconnected` and `written` the gate reads of a
-broker); the client's end of a view is a `WireViewerSink`; the session's messages go through the same
-`session_pb.ViewerHandle` (types, 64 KiB input, the credit window, read-only watchers, the owner's protocol
-errors ending its session) and `OperatorError` becomes an answer with the operator's line.
+One socket (shell.sock). A connection is first a `Sniffer`: admitted by the connection gate as it is made
+(master_side.limits), handed to a `WireDoor` once its first bytes are `framing.MAGIC`, refused with one line
+otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a thin adapter over
+`OperatorAPI` (as the web door, master_side.www, is): the identity comes from the kernel (SO_PEERCRED,
+limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
+calls in progress, buffered output and write stall: the door has the `transport`, `disconnected` and `written`
+the gate reads, limits.Gated); the client's end of a view is a `WireViewerSink`; the session's messages go
+through `session_pb.ViewerHandle` (types, 64 KiB input, the credit window, read-only watchers, the owner's
+protocol errors ending its session), a transfer's through master_side.copy_wire, and `OperatorError` becomes an
+answer with the operator's line.
 
-Bounds of the framing itself: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes) bytes, one view per
-connection, and a frame the door cannot take (unknown type, oversized, wrong direction, not JSON, unknown op)
-costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
+Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
+one view or transfer per connection; a frame the door cannot take (unknown type, oversized, wrong direction, not
+JSON, unknown op) costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
 """
 
 from __future__ import annotations
@@ -23,19 +25,20 @@ from typing import TYPE_CHECKING, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell import framing
+from slaveshell.clock import Clock, DelayedCall
 from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import STREAM_ERR, OpenRequest, ProtocolError
 
-from .limits import ConnectionGate, GatedBroker, GatedFactory, Transport, buffered_bytes
+from .copy_wire import CopyDoor
+from .limits import ConnectionGate, Transport, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
-from .operator_pb import RootFactory
 from .session_pb import ViewerHandle
 from .worker_pb import Undo
 
@@ -72,7 +75,7 @@ class WireViewerSink:
         else:
             raise ValueError(f"no such message to a viewer: {method}")
         # A peer that does not read is dropped once its buffered output passes the bound.
-        door.gate.check(cast(pb.Broker, door))
+        door.gate.check(door)
 
     def waiting(self, text: str) -> None:
         if not self.door.disconnected:
@@ -105,7 +108,9 @@ class WireDoor(Protocol):
         self.written = 0
         self.disconnects: list[Callable[[], None]] = []
         self.handle: ViewerHandle | None = None
-        self._viewing = False  # an open or attach was asked on this connection (one view per connection)
+        # An open, attach or copy was asked on this connection (one view or transfer per connection).
+        self.viewing = False
+        self.copying = CopyDoor(self)
         self._leaving = False  # the operator closed while its open was in progress
         self._identity: Identity | None = None
 
@@ -113,7 +118,7 @@ class WireDoor(Protocol):
 
     def connectionMade(self) -> None:
         transport = cast(Transport, self.transport)
-        reason = self.gate.admit(cast(pb.Broker, self), transport)
+        reason = self.gate.admit(self, transport)
         if reason is not None:
             line = " ".join(reason.split())[:500]
             transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
@@ -137,7 +142,7 @@ class WireDoor(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.disconnected = True
         if self.admitted:
-            self.gate.release(cast(pb.Broker, self))
+            self.gate.release(self)
         callbacks, self.disconnects = self.disconnects, []
         for callback in callbacks:
             callback()
@@ -167,8 +172,18 @@ class WireDoor(Protocol):
         if frame.type is FrameType.INPUT:
             self._session("input", frame.payload)
             return
+        if frame.type is FrameType.DATA:
+            if not self.copying.frame(frame):
+                self.write(framing.control(Op.REFUSED, method="data", error="no transfer on this connection"))
+            return
         message = framing.parse_control(frame.payload, framing.FROM_CLIENT)
         op = message.op
+        if op in framing.TRANSFER or op is Op.ABORT:
+            if self.copying.frame(message):
+                return
+            if op is not Op.ACK:
+                self.write(framing.control(Op.REFUSED, method=op.value, error="no transfer on this connection"))
+                return
         if op in framing.CALLS:
             call_id = message.call_id
             if call_id is None:
@@ -196,7 +211,7 @@ class WireDoor(Protocol):
             return False
         return True
 
-    def _answer(self, call_id: int, ok: bool, **fields: object) -> None:
+    def answer(self, call_id: int, ok: bool, **fields: object) -> None:
         if self.disconnected:
             return
         try:
@@ -208,15 +223,15 @@ class WireDoor(Protocol):
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op
-        if op is Op.CLOSE and self.handle is None and self._viewing and not self._leaving:
+        if op is Op.CLOSE and self.handle is None and self.viewing and not self._leaving:
             # The operator gave up (Ctrl-C) while its session opens: it ends as soon as it has opened, rather
             # than waiting out its detach grace for an operator who is gone.
             self._leaving = True
-            self._answer(call_id, True)
+            self.answer(call_id, True)
             return
         if op in (Op.CLOSE, Op.DETACH):
             ok = self._session(op.value)
-            self._answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
+            self.answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
             return
         api = self.service.api
         who = self.identity()
@@ -225,6 +240,8 @@ class WireDoor(Protocol):
                 result = self._limited(self._open, who, message.get("request"))
             elif op is Op.ATTACH:
                 result = self._limited(self._attach, who, message.get("session"), message.get("mode"))
+            elif op is Op.COPY:
+                result = self._limited(self.copying.call, who, message.get("request"))
             elif op is Op.RELEASE:
                 result = {"text": api.release(who, message.get("build"))}
             elif op is Op.KILL:
@@ -242,33 +259,33 @@ class WireDoor(Protocol):
             else:  # Op.SESSIONS
                 result = {"rows": api.sessions(who)}
         except OperatorError as e:
-            self._answer(call_id, False, error=e.message)
+            self.answer(call_id, False, error=e.message)
             return
         except pb.Error as e:  # the gate's refusals (calls in progress, a dropped connection)
-            self._answer(call_id, False, error=str(e))
+            self.answer(call_id, False, error=str(e))
             return
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
-        d.addCallbacks(lambda fields: None if fields is None else self._answer(call_id, True, **fields),
+        d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
                        lambda failure: self._failed(call_id, failure))
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):
-            self._answer(call_id, False, error=failure.value.message)
+            self.answer(call_id, False, error=failure.value.message)
         else:
             log.failure("slaveshell: a call on the framed door failed", failure)
-            self._answer(call_id, False, error="the master could not serve the call (see its log)")
+            self.answer(call_id, False, error="the master could not serve the call (see its log)")
 
     def _limited(self, fn: Callable[..., object], *args: object) -> object:
-        return self.gate.limited(cast(pb.Broker, self), fn, *args)
+        return self.gate.limited(self, fn, *args)
 
     def _open(self, who: Identity, params: object) -> defer.Deferred[dict[str, object] | None]:
-        if self._viewing:
+        if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             request = OpenRequest.from_wire(params)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
-        self._viewing = True
+        self.viewing = True
 
         def answer(view: View | None) -> dict[str, object] | None:
             if view is None:
@@ -283,10 +300,10 @@ class WireDoor(Protocol):
         return d.addCallback(answer)
 
     def _attach(self, who: Identity, session_id: object, mode: object) -> dict[str, object]:
-        if self._viewing:
+        if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         view = self.service.api.attach(who, WireViewerSink(self), session_id, mode)
-        self._viewing = True
+        self.viewing = True
         self.handle = self._handle(view)
         return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
                 "size": list(view.session.size)}
@@ -296,22 +313,61 @@ class WireDoor(Protocol):
 
 
 class _Swappable(Transport, TypingProtocol):
-    """A connection's transport whose protocol can be replaced (abstract.FileDescriptor's `protocol`)."""
-
-    protocol: object
+    protocol: object  # abstract.FileDescriptor's: the connection's protocol, which can be replaced
 
 
-class SniffingBroker(GatedBroker):
-    """The PB door's broker, which hands a connection whose first bytes are `framing.MAGIC` to a `WireDoor`.
+class Sniffer(Protocol):
+    """A connection on the shell socket until its first bytes say what it speaks.
 
-    PB's server speaks first (its dialect list) and a PB client's first byte is a Banana length, never the
-    magic's; so PB clients are served as before, and the framed client skips the dialect list (framing.MAX_SKIP)."""
+    Admitted by the connection gate as it is made (a refused one gets its line and the close); handed to a
+    `WireDoor` once its first bytes are `framing.MAGIC` (the framed client sends them at once). Anything else
+    is refused with one line (`framing.REFUSED_PREFIX`, which an older PB client of slaveshell shows as "the
+    master refused the connection: ...") and the close, audited: bytes that are not the magic at once, or
+    silence for `SILENCE` seconds (a PB client waits for the server to speak first)."""
 
-    _head: bytes | None = b""
+    SILENCE = 3.0
+
+    def __init__(self) -> None:
+        self.admitted = False
+        self.disconnected = False
+        self.written = 0
+        self._head: bytes | None = b""
+        self._timer: DelayedCall | None = None
+
+    @property
+    def gate(self) -> ConnectionGate:
+        return cast(DoorFactory, self.factory).gate
+
+    def connectionMade(self) -> None:
+        transport = cast(Transport, self.transport)
+        reason = self.gate.admit(self, transport)
+        if reason is not None:
+            self._refuse(reason)
+            return
+        self.admitted = True
+        self._timer = cast(DoorFactory, self.factory).clock.callLater(self.SILENCE, self._silent)
+
+    def _silent(self) -> None:
+        if self._head is not None and not self.disconnected:
+            self._not_framed("it sent nothing (a PB client of an older slaveshell?)")
+
+    def _not_framed(self, what: str) -> None:
+        self._head = None
+        conn = self.gate.connections.get(self)
+        if conn is not None:
+            self.gate.audit(conn.identity, "refused", f"connection refused (not slaveshell's framed protocol): "
+                                                      f"{what}")
+        self._refuse("this master serves slaveshell's framed protocol only, and this client does not speak it "
+                     "(a slaveshell older than the master? upgrade it)")
+
+    def _refuse(self, reason: str) -> None:
+        transport = cast(Transport, self.transport)
+        line = " ".join(reason.split())[:500]
+        transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
+        transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if not self.admitted or self._head is None:
-            super().dataReceived(data)
             return
         head = self._head + data
         if head.startswith(framing.MAGIC):
@@ -320,13 +376,23 @@ class SniffingBroker(GatedBroker):
         elif framing.MAGIC.startswith(head):
             self._head = head  # at most len(MAGIC) - 1 bytes
         else:
-            self._head = None
-            super().dataReceived(head)
+            self._not_framed(f"it began with {head[:16]!r}")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.disconnected = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.admitted:
+            self.gate.release(self)
 
     def _hand_over(self, rest: bytes) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         factory = cast(DoorFactory, self.factory)
         transport = cast(_Swappable, self.transport)
-        # The gate counted this connection as the broker: it counts it as the door from now on.
+        # The gate counted this connection as the sniffer: it counts it as the door from now on.
         self.gate.release(self)
         self.admitted = False
         door = WireDoor(factory.service)
@@ -336,11 +402,17 @@ class SniffingBroker(GatedBroker):
             door.dataReceived(rest)
 
 
-class DoorFactory(GatedFactory):
-    """The factory of the shell socket: both doors behind the connection gate."""
+class DoorFactory(ServerFactory):
+    """The factory of the shell socket: every connection behind the connection gate, then the framed door.
+    `clock`: the reactor (a fake one in tests)."""
 
-    protocol = SniffingBroker
+    protocol = Sniffer
 
-    def __init__(self, service: ShellService, gate: ConnectionGate) -> None:
-        super().__init__(RootFactory(service), gate)
+    def __init__(self, service: ShellService, gate: ConnectionGate, clock: Clock | None = None) -> None:
         self.service = service
+        self.gate = gate
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(Clock, reactor)
+        self.clock: Clock = clock

@@ -2,7 +2,7 @@
 
 The logic class validates what every peer sends and talks to them through injected callables; it imports
 nothing from twisted.spread: the PB adapters (`ViewerHandle`, `WorkerSink`) are in master_side/session_pb.py,
-and calls to the peers go through slaveshell.remote.RemotePeer (worker_pb.WorkerPeer, operator_pb.PBViewerSink).
+and calls to the peers go through slaveshell.remote.RemotePeer (worker_pb.WorkerPeer) or a door's ViewerSink.
 
 Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
 *joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master

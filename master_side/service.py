@@ -27,9 +27,8 @@ from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
 from .config import Limits, ShellConfig, group_id, shell_config
 from .hold import Holds
-from .limits import ConnectionGate, RefusalAudit
+from .limits import ConnectionGate, RefusalAudit, peer_identity
 from .operator_api import OperatorAPI
-from .operator_pb import OperatorRoot, peer_identity
 from .operator_wire import DoorFactory
 from .registry import SessionRegistry
 from .relay import MasterSession
@@ -37,7 +36,7 @@ from .retention import Retention
 
 log = Logger()
 
-__all__ = ["OperatorRoot", "ShellService"]
+__all__ = ["ShellService"]
 
 
 class ListeningPort(Protocol):
@@ -149,8 +148,8 @@ class ShellService(BuildbotService):
         # 0600 unless a group is named: the socket is the door to every worker.
         mode = 0o660 if group is not None else 0o600
         endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True)
-        # Connections are counted and bounded per uid as they are accepted, before PB is spoken; a client that
-        # opens with the framed door's magic is served by master_side.operator_wire, anything else by PB.
+        # Connections are counted and bounded per uid as they are accepted, before a byte is read; a client
+        # that opens with the framed door's magic is served by master_side.operator_wire, anything else refused.
         factory = DoorFactory(self, self.gate)
         _break_dead_lock(path + ".lock")
         try:

@@ -6,8 +6,10 @@ The sender (the operator for an upload, the worker for a download) streams entri
 finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file and
 compares the sender's sha256, writes the record (master_side.transfer_record) before it forwards, and passes
 the receiver's acks back as credit: what it holds per transfer is bounded by the window. The receiver's
-`result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection, the operator's
-`cancel` (Ctrl-C) and a record that cannot be written. The operator always gets `result(ok, reason)`.
+`result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection (the operator's
+Ctrl-C closes its connection) and a record that cannot be written. The operator always gets `result(ok,
+reason)`, unless it reported it. The worker's end is PB (`Party`, `TransferEnd`); the operator's is the framed
+door's (master_side.copy_wire).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -39,7 +42,7 @@ from slaveshell.remote import set_nodelay
 
 from .session_model import new_session_id
 from .transfer_record import TransferRecord, describe
-from .worker_pb import _answer_within, on_disconnect
+from .worker_pb import Undo, _answer_within, on_disconnect
 
 if TYPE_CHECKING:
     from .audit_trail import AuditTrail
@@ -56,9 +59,18 @@ _ANSWERLESS = frozenset({"entry", "data", "done_file", "ack"})
 MAX_TRANSFERS = 64
 
 
+class PartyEnd(TypingProtocol):
+    """A party's end as the master calls it: answer-less `send(method, *args)` (slaveshell.cpwire's calls) and
+    `on_disconnect(callback)` (returns its undo). `Party` is the worker's (PB); the operator's is its door's
+    (master_side.copy_wire.WireParty)."""
+
+    def send(self, method: str, *args: object) -> None: ...
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
+
+
 class Party:
-    """One party's end as the master calls it: answer-less sends on a remote reference; `check()` after each
-    send applies the connection's output bound (the operator's: limits.ConnectionGate.check)."""
+    """A party's end over PB: answer-less sends on a remote reference; `check()` after each send applies the
+    connection's output bound."""
 
     def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None) -> None:
         self.ref = ref
@@ -68,6 +80,9 @@ class Party:
         kw = {"pbanswer": False} if method in _ANSWERLESS else {}
         defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
         self.check()
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        return on_disconnect(self.ref, callback)
 
 
 class MasterTransfer:
@@ -82,7 +97,7 @@ class MasterTransfer:
         self.record = record
         self.on_end = on_end
         self.sender_side = OPERATOR if request.direction == UP else WORKER
-        self.parties: dict[str, Party] = {}
+        self.parties: dict[str, PartyEnd] = {}
         self.order = StreamOrder()
         self.credit = Credit()
         self.sha = hashlib.sha256()
@@ -253,10 +268,11 @@ class Transfers:
 
     @defer.inlineCallbacks
     def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
-              operator: pb.RemoteReference, check: Callable[[], object], build: dict[str, object]) -> Any:
-        """Record, then ask the worker (`conn`: its buildbot PB Connection). Fires (transfer, the operator's
-        TransferEnd, the worker's reply) or raises TransferRefused (the worker's or the recording's refusal,
-        for the operator) or RecordingError."""
+              operator: PartyEnd, build: dict[str, object]) -> Any:
+        """Record, then ask the worker (`conn`: its buildbot PB Connection). Fires (transfer, {"total",
+        "entries", "recorded"}: what a download will send, and whether it is recorded) or raises
+        TransferRefused (the worker's or the recording's refusal, for the operator) or RecordingError. The
+        operator's calls reach the transfer as `received(OPERATOR, ...)` from its door."""
         transfer_id = new_session_id()
         record: TransferRecord | None = TransferRecord(trail, transfer_id, who, request, self.clock(),
                                                        self.keep_bytes)
@@ -265,7 +281,7 @@ class Transfers:
         if not (yield record.begin()):
             record = None
         transfer = MasterTransfer(transfer_id, who, request, record, self._ended)
-        transfer.parties[OPERATOR] = Party(operator, check)
+        transfer.parties[OPERATOR] = operator
         set_nodelay(conn.mind)
         try:
             reply = yield _answer_within(defer.maybeDeferred(
@@ -286,12 +302,12 @@ class Transfers:
         self.live[transfer_id] = transfer
         transfer.undo.append(on_disconnect(ref, lambda: transfer.end(False, f"the worker {request.worker} was "
                                                                             "lost during the transfer")))
-        transfer.undo.append(on_disconnect(operator, lambda: transfer.end(
+        transfer.undo.append(operator.on_disconnect(lambda: transfer.end(
             False, "the operator's connection was lost during the transfer")))
         if request.direction != UP:
             transfer.parties[WORKER].send("start")
         total, entries = reply.get("total", 0), reply.get("entries", 0)
-        return transfer, TransferEnd(transfer, OPERATOR), {
+        return transfer, {
             "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0,
             "recorded": record is not None}
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
+from typing import cast
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from slaveshell.clock import Clock
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
@@ -51,12 +53,31 @@ def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
 
 class _Peer:
     """The master's end of one transfer: answer-less sends; a failure of the connection is noticed by the
-    disconnect notification, so errors of single sends are dropped."""
+    disconnect notification, so errors of single sends are dropped. Acks are summed and go once the reactor
+    has handled what it read (one message for the several chunks of one read, not one each)."""
 
     def __init__(self, ref: pb.RemoteReference) -> None:
         self.ref = ref
+        self._acks = 0
 
     def send(self, method: str, *args: object) -> None:
+        if method == "ack" and len(args) == 1 and isinstance(args[0], int):
+            if not self._acks:
+                from twisted.internet import reactor
+
+                cast(Clock, reactor).callLater(0, self._send_acks)
+            self._acks += args[0]
+            return
+        self._call(method, *args)
+
+    def _send_acks(self) -> None:
+        n, self._acks = self._acks, 0
+        if n:
+            self._call("ack", n)
+
+    def _call(self, method: str, *args: object) -> None:
+        if method == "result" and self._acks:
+            self._send_acks()  # the credit before the outcome, in order
         kw = {"pbanswer": False} if method in _ANSWERLESS else {}
         defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
 

@@ -7,8 +7,7 @@ import base64
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from .calls import CallError, MasterCalls
 from .calls import rows as answer_rows
@@ -43,13 +42,6 @@ def call_master(socket_path: str, op: Op, **fields: object) -> dict[str, object]
     Interrupted on Ctrl-C."""
     with master_calls(socket_path) as calls:
         return calls.call(op, **fields)
-
-
-def with_master(socket_path: str, work: Callable[[Any], Any]) -> Any:
-    """`slaveshell.client.with_master` (PB, for `slaveshell cp`), imported when used."""
-    from .client import with_master as over_pb
-
-    return over_pb(socket_path, work)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:

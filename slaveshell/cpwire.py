@@ -1,7 +1,8 @@
 """The wire vocabulary of `slaveshell cp` (a transfer), shared by the client, the master and the worker. No I/O.
 
-A transfer is one stream of entries from a sender to a receiver, through the master, over PB on both hops (the
-operator's socket and the worker's own connection). The sender's calls, all answer-less:
+A transfer is one stream of entries from a sender to a receiver, through the master: over the framed hop between
+the operator and the master (slaveshell.framing: these calls as controls, `data` as DATA frames) and over PB on the
+worker's own connection. The sender's calls, all answer-less:
 
     entry(kind: str, path: str, mode: int, size: int, mtime: float)
                                    a directory ("dir") or a regular file ("file") to create, at `path` relative to

@@ -13,7 +13,9 @@ The exchange:
    bytes (4 bytes, big-endian), then the payload. Byte streams travel raw: `INPUT` (client to master, keystrokes
    or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes. Everything else is a
    `CONTROL` frame: one JSON object of at most `MAX_CONTROL` bytes with an ``"op"`` from `Op` and that op's
-   fields (`Control`).
+   fields (`Control`). `slaveshell cp`'s file bytes travel raw too, as `DATA` frames (both ways, at most
+   `MAX_DATA` bytes: slaveshell.cpwire.CHUNK), its other messages as controls (entry, done_file, finish, abort,
+   ack, result: slaveshell.cpwire's vocabulary, the same both ways).
 
 Calls that expect an answer carry an ``"id"`` (an integer the caller chooses); the answer is an ``answer``
 control with the same id, ``"ok"`` and either ``"error"`` (a line for the operator) or the result's fields.
@@ -30,10 +32,11 @@ import json
 import struct
 from dataclasses import dataclass, field
 
+from .cpwire import CHUNK as MAX_DATA
 from .protocol import MAX_CHUNK, REFUSED_PREFIX, ProtocolError
 
-__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_SKIP", "REFUSED_PREFIX", "Control", "Decoder",
-           "Frame", "FrameType", "Op", "WireError", "answer", "control", "encode", "parse_control"]
+__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_SKIP", "REFUSED_PREFIX", "Control",
+           "Decoder", "Frame", "FrameType", "Op", "WireError", "answer", "control", "encode", "header", "parse_control"]
 
 MAGIC = b"SLAVESHELL/1\n"
 # Bytes the client may see before the master's MAGIC (PB's dialect list is 12): more is not this master.
@@ -56,6 +59,7 @@ class FrameType(enum.IntEnum):
     INPUT = 2  # client to master: bytes for the session
     STDOUT = 3  # master to client: the session's stream 1 (the PTY, or stdout)
     STDERR = 4  # master to client: stream 2, and the master's notices
+    DATA = 5  # both ways: a transfer's file bytes (slaveshell cp), at most MAX_DATA
 
 
 class Op(enum.Enum):
@@ -73,11 +77,18 @@ class Op(enum.Enum):
     TRANSCRIPT = "transcript"  # session, offset; answer: data (base64 of up to MAX_CHUNK bytes), eof
     CLOSE = "close"  # end the session (answered once the master has it)
     DETACH = "detach"  # leave it running (answered once the master has it)
+    COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded
     # client to master: session messages (answer-less)
     EOF = "eof"
     RESIZE = "resize"  # cols, rows
     SIGNAL = "signal"  # name (slaveshell.protocol.SIGNALS)
-    ACK = "ack"  # n: output bytes consumed
+    ACK = "ack"  # n: output bytes consumed; on a transfer (both ways): credit returned (slaveshell.cpwire)
+    # a transfer's stream (slaveshell.cpwire), both ways: from its sender, and to its receiver
+    ENTRY = "entry"  # kind, path, mode, size, mtime
+    DONE_FILE = "done_file"  # sha256
+    FINISH = "finish"
+    ABORT = "abort"  # reason: the client's sender gave up (client to master)
+    RESULT = "result"  # ok, reason: the receiver's outcome; from the client it is a call (with an id)
     # master to client
     ANSWER = "answer"  # id, ok, error | the call's fields
     REFUSED = "refused"  # method, error: a session message the master refused
@@ -88,12 +99,14 @@ class Op(enum.Enum):
 
 
 CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.SEARCH,
-                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH})
-FROM_CLIENT = CALLS | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ACK}
-FROM_MASTER = frozenset(Op) - FROM_CLIENT
+                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH, Op.COPY})
+# A transfer's messages (besides DATA frames), in either direction.
+TRANSFER = frozenset({Op.ENTRY, Op.DONE_FILE, Op.FINISH, Op.ACK, Op.RESULT})
+FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ABORT}
+FROM_MASTER = (frozenset(Op) - FROM_CLIENT) | TRANSFER
 _OPS = {op.value: op for op in Op}
 _LIMITS = {FrameType.CONTROL: MAX_CONTROL, FrameType.INPUT: MAX_CHUNK, FrameType.STDOUT: MAX_CHUNK,
-           FrameType.STDERR: MAX_CHUNK}
+           FrameType.STDERR: MAX_CHUNK, FrameType.DATA: MAX_DATA}
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,14 @@ def encode(ftype: FrameType, payload: bytes, limit: int | None = None) -> bytes:
     if len(payload) > most:
         raise ValueError(f"a {ftype.name} frame of {len(payload)} bytes (at most {most})")
     return HEADER.pack(ftype, len(payload)) + payload
+
+
+def header(ftype: FrameType, length: int) -> bytes:
+    """A frame's header alone, for a payload written after it (no copy of a large payload). ValueError over
+    the type's limit."""
+    if length > _LIMITS[ftype]:
+        raise ValueError(f"a {ftype.name} frame of {length} bytes (at most {_LIMITS[ftype]})")
+    return HEADER.pack(ftype, length)
 
 
 def control(op: Op, **fields: object) -> bytes:
@@ -180,24 +201,35 @@ class Decoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self.broken:
             return []
-        self._buffer += data
+        # Frames are cut from `data` itself when nothing is held (no copy into the buffer first), and each
+        # payload is copied once, through a memoryview; what was consumed leaves the buffer once, at the end.
+        source: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            source = self._buffer
         frames = []
-        while len(self._buffer) >= HEADER.size:
-            code, length = HEADER.unpack_from(self._buffer)
-            try:
-                ftype = FrameType(code)
-            except ValueError:
-                self.broken = True
-                raise WireError(f"a frame of unknown type {code}") from None
-            if ftype in self._refused:
-                self.broken = True
-                raise WireError(f"a {ftype.name} frame in the wrong direction")
-            if length > self._limits[ftype]:
-                self.broken = True
-                raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
-            end = HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            frames.append(Frame(ftype, bytes(self._buffer[HEADER.size:end])))
-            del self._buffer[:end]
+        pos, size = 0, len(source)
+        with memoryview(source) as view:
+            while size - pos >= HEADER.size:
+                code, length = HEADER.unpack_from(source, pos)
+                try:
+                    ftype = FrameType(code)
+                except ValueError:
+                    self.broken = True
+                    raise WireError(f"a frame of unknown type {code}") from None
+                if ftype in self._refused:
+                    self.broken = True
+                    raise WireError(f"a {ftype.name} frame in the wrong direction")
+                if length > self._limits[ftype]:
+                    self.broken = True
+                    raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
+                end = pos + HEADER.size + length
+                if size < end:
+                    break
+                frames.append(Frame(ftype, bytes(view[pos + HEADER.size:end])))
+                pos = end
+            if source is not self._buffer and pos < size:
+                self._buffer += view[pos:]
+        if source is self._buffer:
+            del self._buffer[:pos]
         return frames

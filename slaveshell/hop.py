@@ -97,8 +97,9 @@ class Connection:
     `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
     it, or broke the framing)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, read_size: int = READ_SIZE) -> None:
         self.sock = sock
+        self.read_size = read_size
         self.out = bytearray()
         self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER)
         self.greeted = False
@@ -130,7 +131,7 @@ class Connection:
 
     def receive(self) -> list[Frame]:
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as e:

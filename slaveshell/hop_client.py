@@ -263,7 +263,7 @@ class HopShell:
     def signalled(self, signum: int) -> None:
         """SIGINT, SIGTERM or SIGHUP reached this process (called from the loop, never from the handler).
 
-        As the PB client (slaveshell.client.ShellClient.signalled): in command mode, and SIGINT in any mode,
+        As ssh does: in command mode, and SIGINT in any mode,
         forwarded to the remote command, then the client ends with the remote status (SIGNAL_GRACE s after
         SIGTERM or SIGHUP). In raw mode (kill(1), not the keyboard) SIGTERM ends the session and SIGHUP detaches
         it. A second signal within GIVE_UP_WITHIN s closes the session and exits at once."""

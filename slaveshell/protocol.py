@@ -29,7 +29,7 @@ The typed vocabulary: `SessionControl` (towards the process: what the master sen
 `OperatorControl` (what an operator sends the master: the same, plus `detach`), `SessionSink` (towards the
 operator: what a worker's session sends the master) and `OperatorSink` (what the master sends an operator: the
 same, plus `notice` and `waiting`). The receiving logic implements them and receives only checked values: the
-PB adapters (`slave_side.server`, `slaveshell.client`, the master's handles) validate with the `check_*`
+adapters (`slave_side.server`, the master's PB handles and framed door) validate with the `check_*`
 functions of `slaveshell.wire` first. Senders use `WireControl` / `WireSink`, which encode each message as one
 `(method, *args)` wire call. `ping` (master to worker) is a call with an answer, not a message: the worker answers
 whether the session is still alive.

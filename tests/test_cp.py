@@ -15,9 +15,11 @@ from twisted.spread import pb
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
 from slave_side.host import WorkerOptions
 from slave_side.transfer import TransferServer
+from slaveshell import framing
 from slaveshell.cp import request_of, split_remote
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Entry, TransferRequest, check_relpath
+from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
 from slaveshell.protocol import ProtocolError
 
@@ -260,23 +262,110 @@ def test_transfers_are_counted_per_worker_and_operator_apart_from_sessions():
     assert "64 transfers" in str(transfers.quota(policy, who, "w2", Limits))
 
 
+class CpLink:
+    """What the cp client sends, decoded: ("data", bytes) or (op, fields)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.decoder = framing.Decoder()
+        self._id = 0
+
+    def next_id(self) -> int:
+        self._id += 1
+        return self._id
+
+    def control(self, op: Op, **fields: Any) -> None:
+        self.send(framing.control(op, **fields))
+
+    def send(self, frame: bytes) -> None:
+        for f in self.decoder.feed(frame):
+            if f.type is FrameType.DATA:
+                self.sent.append(("data", f.payload))
+            else:
+                message = framing.parse_control(f.payload)
+                self.sent.append((message.op.value, message.fields))
+
+
+def _client(tmp_path: Any, direction: str = "down", planned: Any = None) -> tuple[Any, CpLink, Any]:
+    from slaveshell.cp_client import CopyClient, Progress
+    from tests.test_hop_client import FakeLoop
+
+    loop, link = FakeLoop(), CpLink()
+    receiver = Receiver(str(tmp_path), preserve=False) if direction == "down" else None
+    client = CopyClient(loop, link, TransferRequest(direction, "w1", ("tree",), str(tmp_path)), planned, receiver,
+                        lambda total: Progress("t", total, None), warn=lambda line: None)
+    client.start()
+    [(op, fields)] = link.sent
+    assert op == "copy" and fields["request"]["direction"] == direction
+    link.sent.clear()
+    return client, link, loop
+
+
+def _from_master(client: Any, frame: bytes) -> None:
+    for f in framing.Decoder(max_control=framing.MAX_ANSWER).feed(frame):
+        client.frame(f)
+    client.flush_acks()  # as after each read
+
+
 def test_the_clients_receiver_returns_all_credit_even_for_thousands_of_entries(tmp_path):
     """A download of many small entries must not run the sender's window dry (entries cost credit too)."""
-    from slaveshell.cp import CopyClient
-
-    handle = FakeRef()
-    client = CopyClient(TransferRequest("down", "w1", ("tree",), str(tmp_path)), None,
-                        Receiver(str(tmp_path), preserve=False), lambda: None)  # type: ignore[arg-type,return-value]
-    client.handle = handle
+    client, link, _ = _client(tmp_path)
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=0, entries=1, recorded=True))
     sender_credit = Credit()
-    client.entry("dir", "tree", 0o755, 0, 0.0)
+    _from_master(client, framing.control(Op.ENTRY, kind="dir", path="tree", mode=0o755, size=0, mtime=0.0))
     sender_credit.spend(1024)
     for n in range(3 * WINDOW // 1024):
-        client.entry("file", f"tree/f{n}", 0o644, 0, 0.0)
-        client.done_file(hashlib.sha256(b"").hexdigest())
+        _from_master(client, framing.control(Op.ENTRY, kind="file", path=f"tree/f{n}", mode=0o644, size=0,
+                                             mtime=0.0))
+        _from_master(client, framing.control(Op.DONE_FILE, sha256=hashlib.sha256(b"").hexdigest()))
         sender_credit.spend(2048)
-        for method, args in handle.calls:
-            if method == "ack":
-                sender_credit.ack(args[0])
-        handle.calls.clear()
-    assert sender_credit.outstanding == 0 and not client.done.called
+        for op, fields in link.sent:
+            if op == "ack":
+                sender_credit.ack(fields["n"])
+        link.sent.clear()
+    assert sender_credit.outstanding == 0 and client.outcome is None
+
+
+def test_the_client_puts_a_download_in_place_at_finish_and_tells_the_master(tmp_path):
+    client, link, loop = _client(tmp_path)
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=5, entries=1, recorded=True))
+    _from_master(client, framing.control(Op.ENTRY, kind="file", path="f", mode=0o644, size=5, mtime=0.0))
+    _from_master(client, framing.encode(FrameType.DATA, b"hello"))
+    assert not (tmp_path / "f").exists()
+    _from_master(client, framing.control(Op.DONE_FILE, sha256=hashlib.sha256(b"hello").hexdigest()))
+    _from_master(client, framing.control(Op.FINISH))
+    assert (tmp_path / "f").read_bytes() == b"hello"
+    assert [op for op, _ in link.sent] == ["ack", "ack", "ack", "result"] and link.sent[-1][1]["ok"] is True
+    assert client.outcome is None  # until the master has the result
+    _from_master(client, framing.answer(id=link.sent[-1][1]["id"], ok=True))
+    assert client.outcome == (True, "") and loop.stopped
+
+
+def test_the_client_refuses_a_bad_stream_and_leaves_nothing(tmp_path):
+    client, link, _ = _client(tmp_path)
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=5, entries=1, recorded=True))
+    _from_master(client, framing.control(Op.ENTRY, kind="file", path="f", mode=0o644, size=2, mtime=0.0))
+    _from_master(client, framing.encode(FrameType.DATA, b"abc"))  # over the declared size
+    assert client.outcome[0] is False and "declared size" in client.outcome[1]
+    assert link.sent[-1][0] == "result" and link.sent[-1][1]["ok"] is False
+    assert os.listdir(tmp_path) == []
+    client, link, _ = _client(tmp_path)
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=5, entries=1, recorded=True))
+    _from_master(client, framing.control(Op.ENTRY, kind="file", path="../x", mode=0o644, size=2, mtime=0.0))
+    assert client.outcome[0] is False and "unsafe path" in client.outcome[1]
+
+
+def test_the_clients_upload_keeps_to_the_window_and_ends_with_the_masters_result(tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(2 * WINDOW))
+    client, link, loop = _client(tmp_path / "nowhere", "up", plan([str(src)], recursive=False))
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=0, entries=0, recorded=False))
+    credit = Credit()
+    for op, fields in link.sent:
+        credit.spend(len(fields) if op == "data" else 1024)
+    assert credit.available < CHUNK  # it filled the window, and stopped
+    sent = len(link.sent)
+    _from_master(client, framing.control(Op.ACK, n=CHUNK))
+    assert len(link.sent) == sent + 1 and link.sent[-1][0] == "data"
+    _from_master(client, framing.control(Op.RESULT, ok=False, reason="worker w1: disk full"))
+    assert client.outcome == (False, "worker w1: disk full") and loop.stopped

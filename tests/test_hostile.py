@@ -1,22 +1,24 @@
 """Hostile peers at the remote_* boundaries (the start of the hardening work): whatever a rogue master sends
-a worker, or a rogue worker or operator sends the master, the answer is a plain error or an ended session,
-never an exception into the broker, and the connection that carries a worker's builds stays up."""
+a worker, or a rogue worker or operator sends the master (or its socket), the answer is a plain error or an
+ended session, never an exception into the broker, and the connection that carries a worker's builds stays up."""
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.spread import pb
-from zope.interface import implementer
 
+from master_side.operator_wire import Sniffer, WireDoor
 from master_side.relay import MasterSession, Role
 from master_side.session_pb import ViewerHandle, WorkerSink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
+from slaveshell import framing
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
+from .test_operator_wire import connect, make_service
 
 ROOT = Identity(0, 0, 1, "root", frozenset())
 
@@ -100,33 +102,28 @@ def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(role
         assert host.ended == []
 
 
-@given(calls=st.lists(st.tuples(st.sampled_from(["open", "attach", "kill", "history", "transcript", "search",
-                                                 "release", "sessions", "workers", "copy", "nosuch"]),
-                                st.lists(plain | st.just("SINK"), max_size=4)), max_size=8))
-def test_a_rogue_operator_cannot_break_the_masters_root(tmp_path, calls):
-    """Every root method (open, attach, kill, history, transcript, search, release, ...) with garbage, with
-    and without a real sink among the arguments."""
-    from master_side.operator_pb import OperatorRoot
-    from tests.fakes import offline_service
-
-    service = offline_service(str(tmp_path))
-
-    class Root(OperatorRoot):
-        def identity(self):  # in memory there is no socket to ask the kernel
-            return ROOT
-
-    @implementer(pb.IPBRoot)
-    class RootFactory:
-        def rootObject(self, broker):
-            return Root(service, broker)
-
-    root, pump, server_broker = connected(RootFactory())
-    for method, args in calls:
-        args = [Sink() if a == "SINK" else a for a in args]
-        call(pump, root, method, *args)
-        assert not server_broker.disconnected
-    assert call(pump, root, "workers") == []
-    assert call(pump, root, "sessions") == []
+@settings(max_examples=150, deadline=None)
+@given(first=st.lists(st.binary(max_size=30) | st.sampled_from([b"\x02\x80\x02\x82pb\x04\x82none", b"SLAVESHELL/",
+                                                                 b"SLAVESHELL/1\n", b"GET / HTTP/1.1\r\n"]),
+                      max_size=4),
+       silent=st.booleans())
+def test_whatever_a_client_sends_first_the_socket_refuses_it_or_hands_it_to_the_door(tmp_path_factory, first,
+                                                                                         silent):
+    """PB (the operator-side PB door is gone), HTTP, garbage, the magic in pieces, silence: the sniffer never
+    raises; a connection ends up either refused with one line and the close, or served by the framed door."""
+    service = make_service(tmp_path_factory.mktemp("first"))
+    protocol, transport = connect(service, first=b"")
+    for piece in first:
+        transport.protocol.dataReceived(piece)
+    if silent:
+        service.clock.advance(Sniffer.SILENCE)
+    refused = transport.value().startswith(framing.REFUSED_PREFIX)
+    if refused:
+        assert transport.value().count(b"\n") == 1 and transport.disconnecting
+    elif isinstance(transport.protocol, WireDoor):
+        assert transport.value().startswith(framing.MAGIC)
+    else:  # still within its first bytes: a prefix of the magic, not yet silent for long
+        assert isinstance(transport.protocol, Sniffer) and not silent and not transport.disconnecting
 
 
 # The operator's client against a rogue master:

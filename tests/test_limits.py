@@ -1,16 +1,16 @@
 """Issue 10, parts 2 and 4, at unit level: the bounds of master_side.limits (connections, calls, views,
 unread output, notices, the refusal audit) and the close deadline, with fake transports and a fake clock."""
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.spread import pb
 
-from master_side.limits import Bounds, ConnectionGate, GatedFactory, NoticeBudget, RefusalAudit, buffered_bytes
+from master_side.limits import Bounds, ConnectionGate, NoticeBudget, RefusalAudit, buffered_bytes
+from master_side.operator_wire import DoorFactory, WireDoor
 from master_side.relay import MasterSession, Role
-from slaveshell.client import _ClientFactory
 from slaveshell.policy import Identity
 from slaveshell.protocol import REFUSED_PREFIX, OpenRequest
 
@@ -41,11 +41,20 @@ def make_gate(clock: MemoryReactorClock, **bounds: Any) -> tuple[ConnectionGate,
     return gate, audited
 
 
-class Root(pb.Root):
-    pass
+def doors(gate: ConnectionGate, clock: MemoryReactorClock) -> DoorFactory:
+    """The shell socket's factory, for connections that stay at the gate (no service behind it)."""
+    return DoorFactory(cast(Any, None), gate, clock)
 
 
-def connect(factory: GatedFactory, who: Identity) -> tuple[Any, Peer]:
+def door(gate: ConnectionGate, who: Identity) -> tuple[WireDoor, Peer]:
+    """A framed door admitted by `gate` (its service only lends the gate), on a transport whose peer is `who`."""
+    served = WireDoor(cast(Any, type("Service", (), {"gate": gate})))
+    transport = Peer(who)
+    served.makeConnection(transport)
+    return served, transport
+
+
+def connect(factory: DoorFactory, who: Identity) -> tuple[Any, Peer]:
     broker = factory.buildProtocol(None)
     transport = Peer(who)
     broker.makeConnection(transport)
@@ -58,15 +67,15 @@ def connect(factory: GatedFactory, who: Identity) -> tuple[Any, Peer]:
 def test_connections_beyond_the_bound_per_uid_get_a_line_and_the_close_and_are_audited_once():
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, connections_per_uid=2, connections=3)
-    factory = GatedFactory(Root(), gate)
+    factory = doors(gate, clock)
     served = [connect(factory, ALICE) for _ in range(2)]
-    assert all(t.value().startswith(b"\x02\x80") and not t.disconnecting for _, t in served)  # PB speaks
+    assert all(t.value() == b"" and not t.disconnecting for _, t in served)  # waiting for the client's magic
     refused = [connect(factory, ALICE) for _ in range(5)]
     for broker, t in refused:
         assert t.value() == REFUSED_PREFIX + b"alice already has 2 connections to the shell socket (the master's " \
                                               b"limit per user)\n"
         assert t.disconnecting
-        broker.dataReceived(b"anything")  # ignored: no PB for a refused peer
+        broker.dataReceived(b"anything")  # ignored: nothing is read from a refused peer
     assert gate.count(ALICE.uid) == 2
     # One audit event for the burst; the rest are counted and reported once the interval has passed.
     assert audited == [("refused", "alice", "connection refused: alice already has 2 connections to the shell "
@@ -85,33 +94,13 @@ def test_connections_beyond_the_bound_per_uid_get_a_line_and_the_close_and_are_a
     assert not t.disconnecting and gate.count() == 3
 
 
-def test_the_client_prints_the_refusal_line_whole_and_only_printable():
-    factory = _ClientFactory()
-    broker = factory.buildProtocol(None)
-    broker.makeConnection(StringTransport())
-    line = REFUSED_PREFIX + b"alice already has 2 connections \x1b]0;title\x07(the limit)\n"
-    for i in range(len(line)):  # byte by byte: the line may arrive in pieces
-        broker.dataReceived(line[i:i + 1])
-    assert factory.refusal == "alice already has 2 connections ?]0;title?(the limit)"
-    assert broker.transport.disconnecting
-
-
-def test_the_client_passes_pb_through_untouched():
-    factory = _ClientFactory()
-    broker = factory.buildProtocol(None)
-    transport = StringTransport()
-    broker.makeConnection(transport)
-    broker.dataReceived(b"\x02\x80\x02\x82pb\x04\x82none")
-    assert factory.refusal is None and not transport.disconnecting
-
-
 # -- output a peer does not read -----------------------------------------------------------------------------
 
 
 def test_a_connection_whose_buffer_passes_the_bound_is_dropped_and_audited():
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, connection_buffer=1000)
-    broker, t = connect(GatedFactory(Root(), gate), ALICE)
+    broker, t = door(gate, ALICE)
     t.dataBuffer, t.offset, t._tempDataLen = b"x" * 800, 100, 300
     assert buffered_bytes(t) == 1000
     assert not gate.check(broker) and not t.aborted
@@ -125,8 +114,8 @@ def test_a_connection_whose_buffer_passes_the_bound_is_dropped_and_audited():
 def test_a_connection_that_stops_reading_is_dropped_even_when_nothing_new_is_sent():
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, write_stall=5.0)
-    reader, r = connect(GatedFactory(Root(), gate), ALICE)
-    stalled, s = connect(GatedFactory(Root(), gate), BOB)
+    reader, r = door(gate, ALICE)
+    stalled, s = door(gate, BOB)
     s._tempDataLen = r._tempDataLen = 5000
     stalled.written = reader.written = 5000
     for _ in range(12):
@@ -150,7 +139,7 @@ def test_transports_without_a_buffer_figure_count_as_empty():
 def test_calls_in_progress_are_bounded_per_connection():
     clock = MemoryReactorClock()
     gate, _ = make_gate(clock, calls_in_progress=2)
-    broker, _ = connect(GatedFactory(Root(), gate), ALICE)
+    broker, _ = door(gate, ALICE)
     assert gate.limited(broker, lambda: "sync answers are not held") == "sync answers are not held"
     waiting = [defer.Deferred() for _ in range(2)]
     for d in waiting:
@@ -268,26 +257,25 @@ def test_the_bounds_are_checked_in_the_master_config():
     ShellService(max_connections_per_uid=4, close_deadline=None, write_stall_timeout=None)
 
 
-def test_the_broker_counts_what_it_writes_so_the_gate_sees_whether_the_peer_reads():
+def test_the_door_counts_what_it_writes_so_the_gate_sees_whether_the_peer_reads():
     class Buffering(Peer):
         def write(self, data: bytes) -> None:  # as FileDescriptor.write: everything waits in the buffer first
             self._tempDataLen += len(data)
 
     clock = MemoryReactorClock()
     gate, _ = make_gate(clock, write_stall=5.0)
-    broker = GatedFactory(Root(), gate).buildProtocol(None)
+    served = WireDoor(cast(Any, type("Service", (), {"gate": gate})))
     transport = Buffering(ALICE)
-    broker.makeConnection(transport)  # PB's dialect list
-    assert broker.written == transport._tempDataLen > 0
-    broker.sendEncoded([b"x" * 1000])
-    assert broker.written == transport._tempDataLen > 1000
+    served.makeConnection(transport)  # the master's magic
+    assert served.written == transport._tempDataLen > 0
+    served.write(b"x" * 1000)
+    assert served.written == transport._tempDataLen > 1000
 
 
 def test_output_held_for_all_connections_together_is_bounded_the_largest_go_first():
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, connection_buffer=1000, buffered_total=2000)
-    factory = GatedFactory(Root(), gate)
-    peers = [connect(factory, who) for who in (ALICE, BOB, ROOT)]
+    peers = [door(gate, who) for who in (ALICE, BOB, ROOT)]
     for (_, t), held in zip(peers, (900, 1000, 500), strict=True):
         t._tempDataLen = held
     gate.tick()

@@ -5,6 +5,7 @@ without reading)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from typing import Any
@@ -12,14 +13,18 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from master_side.limits import Bounds, ConnectionGate, RefusalAudit
-from master_side.operator_wire import DoorFactory, SniffingBroker, WireDoor
+from master_side.operator_wire import DoorFactory, Sniffer, WireDoor
+from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
 from slaveshell import framing
+from slaveshell.cpwire import UP, TransferRequest
 from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
 from tests.fakes import offline_service
+from tests.test_cp import FakeRef
 from tests.test_limits import ALICE, Peer
 
 ROOT = Identity(0, 0, 0, "root", frozenset())
@@ -45,7 +50,7 @@ def make_service(tmp_path: Any) -> Any:
 def connect(service: Any, who: Identity = ROOT, first: bytes = framing.MAGIC) -> tuple[Any, Peer]:
     """A connection on the shell socket; `first` is what the client sends first. Returns its protocol (the
     door once the magic is in) and the transport."""
-    broker = DoorFactory(service, service.gate).buildProtocol(None)
+    broker = DoorFactory(service, service.gate, service.clock).buildProtocol(None)
     transport = Peer(who)
     transport.protocol = broker
     broker.makeConnection(transport)
@@ -85,19 +90,34 @@ def test_the_decoder_refuses_a_bad_header_before_the_payload(data, error):
     assert decoder.broken and decoder.feed(b"more") == []
 
 
-def test_a_pb_client_is_served_by_pb_and_the_framed_client_by_the_door(service):
-    pb_side, _ = connect(service, first=b"\x02\x82pb")
-    assert isinstance(pb_side, SniffingBroker) and pb_side.admitted
+REFUSAL = (b"slaveshell: refused: this master serves slaveshell's framed protocol only, and this client does not "
+           b"speak it (a slaveshell older than the master? upgrade it)\n")
+
+
+def test_a_client_that_does_not_speak_the_framing_gets_one_line_and_the_close_and_is_audited(service):
+    pb_side, pb_transport = connect(service, first=b"\x02\x82pb")  # a client speaking PB (Banana) first
+    assert pb_transport.value() == REFUSAL and pb_transport.disconnecting
+    silent, silent_transport = connect(service, first=b"")  # a PB client waits for the server to speak
+    assert isinstance(silent, Sniffer) and not silent_transport.disconnecting
+    service.clock.advance(Sniffer.SILENCE)
+    assert silent_transport.value() == REFUSAL and silent_transport.disconnecting
+    # Audited (the second within the audit interval is counted, and reported with the next).
+    assert [a[2] for a in service.audited] == [
+        "connection refused (not slaveshell's framed protocol): it began with b'\\x02\\x82pb'"]
+    for protocol in (pb_side, silent):
+        protocol.connectionLost(None)
     door, transport = connect(service)
     assert isinstance(door, WireDoor) and door.admitted
-    assert service.gate.count() == 2  # each counted once
+    assert service.gate.count() == 1  # counted once
+    service.clock.advance(Sniffer.SILENCE)  # the sniffer's timer went with the hand-over
+    assert not transport.disconnecting
     door.dataReceived(framing.control(Op.SESSIONS, id=7))
     assert frames(transport) == [framing.Control(Op.ANSWER, {"id": 7, "ok": True, "rows": []})]
 
 
 def test_a_magic_in_pieces_still_reaches_the_door(service):
     broker, transport = connect(service, first=framing.MAGIC[:3])
-    assert isinstance(transport.protocol, SniffingBroker)
+    assert isinstance(transport.protocol, Sniffer)
     broker.dataReceived(framing.MAGIC[3:] + framing.control(Op.WORKERS, id=1))
     assert isinstance(transport.protocol, WireDoor)
     assert frames(transport) == [framing.Control(Op.ANSWER, {"id": 1, "ok": True, "rows": []})]
@@ -173,10 +193,11 @@ def test_a_flood_of_calls_without_reading_is_dropped_by_the_gate(service):
 @given(st.lists(st.one_of(st.binary(max_size=40),
                           st.builds(lambda op, f: framing.control(op, **f), st.sampled_from(list(framing.FROM_CLIENT)),
                                     st.dictionaries(st.sampled_from(["id", "session", "mode", "n", "cols", "rows",
-                                                                     "name", "build", "request"]),
+                                                                     "name", "build", "request", "path", "ok"]),
                                                     st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=5),
                                                               st.lists(st.integers(), max_size=2)))),
-                          st.builds(lambda b: framing.encode(FrameType.INPUT, b), st.binary(max_size=20))),
+                          st.builds(lambda b: framing.encode(FrameType.INPUT, b), st.binary(max_size=20)),
+                          st.builds(lambda b: framing.encode(FrameType.DATA, b), st.binary(max_size=20))),
                 max_size=8))
 def test_a_rogue_client_cannot_break_the_door(tmp_path_factory, pieces):
     """Garbage and well-formed frames with garbage values: the door answers, refuses or closes, never raises."""
@@ -187,6 +208,74 @@ def test_a_rogue_client_cannot_break_the_door(tmp_path_factory, pieces):
     if not transport.disconnecting:
         for item in frames(transport):
             assert item.op in (Op.ANSWER, Op.REFUSED)
+
+
+def test_transfer_messages_without_a_transfer_are_refused_and_a_bad_copy_is_a_bad_request(service):
+    door, transport = connect(service)
+    door.dataReceived(framing.encode(FrameType.DATA, b"abc") + framing.control(Op.FINISH)
+                      + framing.control(Op.COPY, id=1, request={"direction": "sideways"})
+                      + framing.control(Op.COPY, id=2, request=TransferRequest(UP, "w1", ("f",), "/d").to_wire()))
+    assert frames(transport) == [
+        framing.Control(Op.REFUSED, {"method": "data", "error": "no transfer on this connection"}),
+        framing.Control(Op.REFUSED, {"method": "finish", "error": "no transfer on this connection"}),
+        framing.Control(Op.ANSWER, {"id": 1, "ok": False, "error": "bad request: sources must be a list of paths"}),
+        framing.Control(Op.ANSWER, {"id": 2, "ok": False, "error": "no worker named 'w1' on this master (it has "
+                                                                   "no workers configured yet: still starting?)"}),
+    ]
+    assert not transport.disconnecting
+
+
+def test_a_transfer_through_the_door_is_relayed_and_checked_by_the_masters_transfer(service, monkeypatch):
+    """The client's frames reach MasterTransfer as slaveshell.cpwire's calls, and its calls back come out as
+    frames; a bad message ends the transfer, not the connection."""
+    made: dict[str, Any] = {}
+
+    def copy(who, request, operator):
+        transfer = MasterTransfer("t1", who, request, None, lambda t: None)
+        transfer.parties[OPERATOR] = operator
+        made["worker"] = FakeRef()
+        transfer.parties[WORKER] = Party(made["worker"])
+        made["transfer"] = transfer
+        return defer.succeed((transfer, {"total": 0, "entries": 0, "recorded": False}))
+
+    monkeypatch.setattr(service.api, "copy", copy)
+    door, transport = connect(service)
+    door.dataReceived(framing.control(Op.COPY, id=1, request=TransferRequest(UP, "w1", ("f",), "/d").to_wire()))
+    door.dataReceived(framing.control(Op.ENTRY, kind="file", path="f", mode=0o644, size=3, mtime=0.0)
+                      + framing.encode(FrameType.DATA, b"abc")
+                      + framing.control(Op.DONE_FILE, sha256=hashlib.sha256(b"abc").hexdigest())
+                      + framing.control(Op.FINISH))
+    assert [c[0] for c in made["worker"].calls] == ["entry", "data", "done_file", "finish"]
+    assert made["worker"].calls[1] == ("data", (b"abc",))
+    made["transfer"].received(WORKER, "ack", (1024,))
+    made["transfer"].received(WORKER, "result", (True, ""))
+    assert frames(transport) == [
+        framing.Control(Op.ANSWER, {"id": 1, "ok": True, "transfer": "t1", "total": 0, "entries": 0,
+                                    "recorded": False}),
+        framing.Control(Op.ACK, {"n": 1024}),
+        framing.Control(Op.RESULT, {"ok": True, "reason": ""}),
+    ]
+    door.dataReceived(framing.control(Op.COPY, id=2, request=TransferRequest(UP, "w1", ("f",), "/d").to_wire()))
+    assert frames(transport)[-1].get("error") == "bad request: this connection already has a session or a transfer"
+    assert not transport.disconnecting
+
+
+def test_a_bad_message_from_the_client_ends_its_transfer_not_its_connection(service, monkeypatch):
+    made: dict[str, Any] = {}
+
+    def copy(who, request, operator):
+        transfer = made["transfer"] = MasterTransfer("t1", who, request, None, lambda t: None)
+        transfer.parties[OPERATOR] = operator
+        transfer.parties[WORKER] = Party(made.setdefault("worker", FakeRef()))
+        return defer.succeed((transfer, {"total": 0, "entries": 0, "recorded": True}))
+
+    monkeypatch.setattr(service.api, "copy", copy)
+    door, transport = connect(service)
+    door.dataReceived(framing.control(Op.COPY, id=1, request=TransferRequest(UP, "w1", ("f",), "/d").to_wire())
+                      + framing.encode(FrameType.DATA, b"no entry first"))
+    last = frames(transport)[-1]
+    assert last.op is Op.RESULT and last.get("ok") is False and "data came outside a file" in last.get("reason")
+    assert made["worker"].calls[-1][0] == "cancel" and not transport.disconnecting
 
 
 def test_an_answer_json_cannot_hold_is_an_error_answer_not_a_broken_connection(service, monkeypatch):

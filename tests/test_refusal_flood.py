@@ -8,10 +8,10 @@ import os
 import pytest_twisted
 from twisted.internet import reactor
 
-from slaveshell.client import connect
+from slaveshell.framing import Op
 from slaveshell.policy import Rule
 from slaveshell.protocol import OpenRequest
-from tests.fakes import Sink
+from tests.framed import connect
 from tests.test_service import start, stop
 
 
@@ -28,13 +28,14 @@ def test_a_flood_of_denied_opens_is_refused_each_time_and_audited_once_per_inter
 
     service.trail.store.event = counting
     try:
-        root = yield connect(reactor, str(tmp_path / "shell.sock"))
-        for _ in range(300):
-            reply = yield root.callRemote("open", Sink(), OpenRequest(worker="w1").to_wire())
+        for _ in range(300):  # one connection each: a connection holds one session request
+            root = yield connect(reactor, str(tmp_path / "shell.sock"))
+            reply = yield root.call(Op.OPEN, request=OpenRequest(worker="w1").to_wire())
             assert not reply["ok"] and reply["error"].startswith("permission denied"), reply
+            root.close()
+            yield root.lost
         refused = [detail for kind, detail in events if kind == "refused"]
         assert len(refused) == 1, refused
         assert "may not shell on worker w1" in refused[0]
-        root.broker.transport.loseConnection()
     finally:
         yield stop(service)

@@ -1,18 +1,19 @@
-"""ShellService's socket and operator boundary, in process: a real UNIX socket, real PB, the kernel's peer
-credentials; the master's worker registry is a stand-in (the e2e tier has the real one)."""
+"""ShellService's socket and operator boundary, in process: a real UNIX socket, the framed door, the kernel's
+peer credentials; the master's worker registry is a stand-in (the e2e tier has the real one)."""
 
 import grp
 import os
 import stat
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.spread import pb
 
 from master_side.service import ShellService
-from slaveshell.client import connect
+from slaveshell.framing import Op
 from slaveshell.policy import Rule
 from slaveshell.protocol import OpenRequest
+from tests.framed import connect
 
 
 class FakeWorkers:
@@ -29,10 +30,6 @@ class FakeMaster:
 
 class NeverConnected:
     worker_commands = None
-
-
-class Sink(pb.Referenceable):
-    pass
 
 
 @pytest_twisted.inlineCallbacks
@@ -70,11 +67,11 @@ def test_operator_is_known_by_kernel_credentials_and_policy_applies(tmp_path):
     service = yield start(tmp_path, policy=[Rule(users=["nobody"])])
     try:
         root = yield connect(reactor, str(tmp_path / "shell.sock"))
-        reply = yield root.callRemote("open", Sink(), OpenRequest(worker="w1").to_wire())
+        reply = yield root.call(Op.OPEN, request=OpenRequest(worker="w1").to_wire())
         user = "root" if os.getuid() == 0 else str(os.getuid())
         assert reply["ok"] is False
         assert reply["error"].startswith(f"permission denied: {user} (uid {os.getuid()}) may not shell on worker w1")
-        root.broker.transport.loseConnection()
+        root.close()
     finally:
         yield stop(service)
 
@@ -84,23 +81,26 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
     service = yield start(tmp_path)
     try:
         root = yield connect(reactor, str(tmp_path / "shell.sock"))
-        reply = yield root.callRemote("open", Sink(), OpenRequest(worker="nope").to_wire())
+        reply = yield root.call(Op.OPEN, request=OpenRequest(worker="nope").to_wire())
         assert reply == {"ok": False, "error": "no worker named 'nope' on this master (it has no workers "
                                                "configured yet: still starting?)"}
-        reply = yield root.callRemote("open", Sink(), {"version": 1, "worker": "w1", "pty": "yes"})
+        # One connection holds one session request: each bad request on a connection of its own.
+        other = yield connect(reactor, str(tmp_path / "shell.sock"))
+        reply = yield other.call(Op.OPEN, request={"version": 1, "worker": "w1", "pty": "yes"})
         assert reply == {"ok": False, "error": "bad request: pty must be a boolean"}
-        reply = yield root.callRemote("open", "not a sink", OpenRequest(worker="w1").to_wire())
-        assert reply["ok"] is False
-        assert (yield root.callRemote("workers")) == []
+        other.close()
+        assert (yield root.call(Op.WORKERS)) == {"ok": True, "rows": []}
         # A configured worker that never connected has no system or command list yet: still listed.
         service.master.workers.registrations = {"w1": object()}
         service.master.workers.getWorkerByName = lambda name: NeverConnected()
-        listed = yield root.callRemote("workers")
+        listed = (yield root.call(Op.WORKERS))["rows"]
         assert listed[0]["name"] == "w1" and listed[0]["connected"] is False and listed[0]["shell"] is False
-        reply = yield root.callRemote("open", Sink(), OpenRequest(worker="w1").to_wire())
+        other = yield connect(reactor, str(tmp_path / "shell.sock"))
+        reply = yield other.call(Op.OPEN, request=OpenRequest(worker="w1").to_wire())
         assert reply == {"ok": False, "error": "worker w1 is not connected to the master"}
+        other.close()
         service.master.workers.registrations = {}
-        root.broker.transport.loseConnection()
+        root.close()
     finally:
         yield stop(service)
 
@@ -132,12 +132,52 @@ def test_an_operator_cannot_claim_another_identity_to_the_worker(tmp_path):
         service.master.workers.getWorkerByName = lambda name: Worker()
         root = yield connect(reactor, str(tmp_path / "shell.sock"))
         claim = OpenRequest(worker="w1", operator="alice").to_wire()
-        reply = yield root.callRemote("open", Sink(), claim)
+        reply = yield root.call(Op.OPEN, request=claim)
         assert reply == {"ok": False, "error": "worker w1: stop here"}
         user = "root" if os.getuid() == 0 else str(os.getuid())
         assert seen[0]["operator"] == user  # from the kernel's credentials, not from the request
-        root.broker.transport.loseConnection()
+        root.close()
     finally:
         service.master.workers.registrations = {}
         service.master.workers.connections = {}
+        yield stop(service)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_pb_client_gets_a_refusal_line_and_the_socket_serves_on(tmp_path):
+    """The socket speaks only the framed protocol: a PB client (which waits for the server to speak first), or
+    one that sends anything but the magic, gets one refusal line and the close; audited; others are served."""
+    from twisted.internet import defer, protocol
+    from twisted.spread import pb
+
+    service = yield start(tmp_path)
+    path = str(tmp_path / "shell.sock")
+    try:
+        factory = pb.PBClientFactory()
+        reactor.connectUNIX(path, factory)
+        with pytest.raises(Exception):  # noqa: B017 (PB reports the close in its own words)
+            yield factory.getRootObject()
+
+        class Raw(protocol.Protocol):
+            def __init__(self):
+                self.got, self.lost = b"", defer.Deferred()
+
+            def connectionMade(self):
+                self.transport.write(b"\x02\x80\x02\x82pb")  # Banana, as a client that speaks first
+
+            def dataReceived(self, data):
+                self.got += data
+
+            def connectionLost(self, reason=None):
+                self.lost.callback(self.got)
+
+        raw = yield protocol.ClientCreator(reactor, Raw).connectUNIX(path)
+        got = yield raw.lost
+        assert got == (b"slaveshell: refused: this master serves slaveshell's framed protocol only, and this "
+                       b"client does not speak it (a slaveshell older than the master? upgrade it)\n")
+        client = yield connect(reactor, path)
+        assert (yield client.call(Op.WORKERS)) == {"ok": True, "rows": []}
+        client.close()
+        assert service.gate.count() <= 1
+    finally:
         yield stop(service)

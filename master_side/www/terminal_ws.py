@@ -3,7 +3,7 @@
 Autobahn over Twisted, as Buildbot's own ``buildbot/www/ws.py``. The handshake is refused (403) when the
 Origin is not the site's own; everything else is checked once the socket is open (master_side.www.access), so
 the page can say why. The identity is a `WebIdentity` from the session cookie; the session is opened, fed and
-ended through the same `OperatorAPI` and `ViewerHandle` as the UNIX socket's (master_side.operator_pb), so
+ended through the same `OperatorAPI` and `ViewerHandle` as the UNIX socket's (master_side.operator_wire), so
 policy, quotas, recording, audit and the credit windows are theirs.
 
 Messages (RFC 6455 frames):

@@ -126,14 +126,11 @@ def test_a_burst_of_opens_gets_sessions_or_clear_refusals_and_the_master_carries
     assert done.stdout == b"fine\n"
 
 
-def _as_user_over_pb(uid: int, gid: int, groups: list[int], socket_path: str, worker: str) -> str:
+def _as_user(uid: int, gid: int, groups: list[int], socket_path: str, worker: str) -> str:
     """In a forked child running as another user: connect to the master's socket and ask for a shell, driving
-    PB by hand over a blocking socket (that user cannot read this interpreter's files to start a client)."""
-    import select
-
-    from twisted.internet.testing import StringTransport
-    from twisted.spread import pb
-
+    the framed hop by hand over a blocking socket (that user cannot read this interpreter's files to start a
+    client, so everything is imported before the fork)."""
+    from slaveshell import framing
     from slaveshell.protocol import OpenRequest
 
     read_fd, write_fd = os.pipe()
@@ -151,34 +148,26 @@ def _as_user_over_pb(uid: int, gid: int, groups: list[int], socket_path: str, wo
             except PermissionError:
                 answer = "EACCES"
                 raise SystemExit from None
-            factory = pb.PBClientFactory()
-            broker = factory.buildProtocol(None)
-            transport = StringTransport()
-            broker.makeConnection(transport)
-            results: list = []
-
-            def pump(until) -> None:
-                while not until():
-                    out = transport.value()
-                    transport.clear()
-                    if out:
-                        sock.sendall(out)
-                    if select.select([sock], [], [], 10)[0]:
-                        data = sock.recv(65536)
-                        if not data:
-                            return
-                        broker.dataReceived(data)
-                    else:
-                        return
-
-            roots: list = []
-            factory.getRootObject().addCallback(roots.append)
-            pump(lambda: roots)
-            d = roots[0].callRemote("open", pb.Referenceable(), OpenRequest(worker=worker).to_wire())
-            d.addBoth(results.append)
-            pump(lambda: results)
-            reply = results[0] if results else None
-            answer = reply.get("error", "opened") if isinstance(reply, dict) else repr(reply)
+            sock.settimeout(10)
+            sock.sendall(framing.MAGIC + framing.control(framing.Op.OPEN, id=1,
+                                                         request=OpenRequest(worker=worker).to_wire()))
+            data, decoder = b"", framing.Decoder(max_control=framing.MAX_ANSWER)
+            while framing.MAGIC not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SystemExit
+                data += chunk
+            pending = data[data.index(framing.MAGIC) + len(framing.MAGIC):]
+            while answer == "?":
+                for frame in decoder.feed(pending):
+                    message = framing.parse_control(frame.payload) if frame.type is framing.FrameType.CONTROL \
+                        else None
+                    if message is not None and message.op is framing.Op.ANSWER:
+                        answer = str(message.get("error") or "opened")
+                if answer == "?":
+                    pending = sock.recv(65536)
+                    if not pending:
+                        break
         except SystemExit:
             pass
         except BaseException as e:
@@ -219,9 +208,9 @@ def test_a_group_lets_another_user_reach_the_socket_and_the_policy_still_decides
     os.chmod(sb.master_dir, 0o755)
     try:
         sb.start()
-        outsider = _as_user_over_pb(other.pw_uid, other.pw_gid, [], sb.socket, "g1")
+        outsider = _as_user(other.pw_uid, other.pw_gid, [], sb.socket, "g1")
         assert outsider == "EACCES"
-        member = _as_user_over_pb(other.pw_uid, other.pw_gid, [gid], sb.socket, "g1")
+        member = _as_user(other.pw_uid, other.pw_gid, [gid], sb.socket, "g1")
         assert member.startswith(f"permission denied: {OTHER} (uid {other.pw_uid}) may not shell on worker g1"), \
             member
         index = os.path.join(sb.master_dir, "slaveshell.sqlite")

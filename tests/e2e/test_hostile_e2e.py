@@ -1,5 +1,6 @@
-"""A rogue operator client against the real master: a message over PB's size limit costs that client its own
-connection, and nothing else (not the worker's connection, not other sessions)."""
+"""A rogue operator client against the real master: PB spoken to the socket is refused with a line, and a frame
+over the framing's limit costs that client its own connection, and nothing else (not the worker's connection,
+not other sessions)."""
 
 from __future__ import annotations
 
@@ -16,46 +17,63 @@ from .conftest import Terminal, shell_argv
 pytestmark = pytest.mark.e2e
 
 ROGUE = textwrap.dedent("""
-    import sys
-    from twisted.internet import defer, reactor
-    from twisted.spread import banana, pb
-    from slaveshell.client import connect
+    import socket, sys
+    from slaveshell import framing, hop
     from slaveshell.protocol import OpenRequest
 
-    banana.SIZE_LIMIT = 2 ** 30  # this client ignores the limit every honest peer keeps
+    def refusal(first):
+        # A client that is not the framed one: PB (its client waits for the server to speak), or Banana first.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sys.argv[1])
+        s.settimeout(20)
+        if first:
+            s.sendall(first)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+        print(got.decode("ascii", "replace").strip(), flush=True)
 
-    class Sink(pb.Referenceable):
-        def remote_output(self, *a): pass
-        def remote_input_ack(self, *a): pass
-        def remote_exit(self, *a): pass
-
-    @defer.inlineCallbacks
-    def go():
-        root = yield connect(reactor, sys.argv[1])
-        request = OpenRequest(worker="w1", command="sleep 303", pty=False)
-        reply = yield root.callRemote("open", Sink(), request.to_wire())
-        print("opened", reply["ok"], flush=True)
-        lost = defer.Deferred()
-        root.notifyOnDisconnect(lambda _: lost.callback(None))
-        reply["session"].callRemote("input", b"x" * (700 * 1024), pbanswer=False)
-        yield lost
-        print("dropped", flush=True)
-        reactor.stop()
-
-    reactor.callWhenRunning(go)
-    reactor.callLater(30, reactor.stop)
-    reactor.run()
+    refusal(b"")
+    refusal(b"\\x02\\x80\\x02\\x82pb\\x04\\x82none")
+    # A framed client that opens a session, then sends a frame over the framing's limit.
+    sock = hop.connect(sys.argv[1])
+    sock.setblocking(True)
+    connection = hop.Connection(sock)
+    request = OpenRequest(worker="w1", command="sleep 303", pty=False)
+    sock.sendall(framing.control(framing.Op.OPEN, id=1, request=request.to_wire()))
+    opened = None
+    while opened is None:
+        for frame in connection.receive():
+            if frame.type is framing.FrameType.CONTROL and hop.parse(frame).op is framing.Op.ANSWER:
+                opened = hop.parse(frame).get("ok")
+    print("opened", opened, flush=True)
+    sock.sendall(framing.HEADER.pack(framing.FrameType.INPUT, 700 * 1024) + b"x" * 1000)  # refused at the header
+    errors = []
+    try:
+        while True:
+            for frame in connection.receive():
+                if frame.type is framing.FrameType.CONTROL and hop.parse(frame).op is framing.Op.ERROR:
+                    errors.append(hop.parse(frame).get("text"))
+    except hop.HopError:
+        print("dropped", errors, flush=True)
 """)
 
 
-def test_an_oversized_message_costs_the_rogue_client_its_connection_only(sandbox, tmp_path):
+def test_non_framed_clients_are_refused_and_an_oversized_frame_costs_the_rogue_its_connection_only(sandbox,
+                                                                                                   tmp_path):
+    """PB spoken to the socket (the operator-side PB door is gone) gets one refusal line; a frame over the
+    framing's limit costs its sender the connection; the master serves on (the worker, another session)."""
     other = Terminal(sandbox, ["w1"]).ready()
     try:
         script = tmp_path / "rogue.py"
         script.write_text(ROGUE)
         done = subprocess.run([sys.executable, str(script), sandbox.socket], capture_output=True, text=True,
-                              timeout=60)
-        assert done.stdout.split() == ["opened", "True", "dropped"], done.stdout + done.stderr
+                              timeout=90)
+        lines = done.stdout.splitlines()
+        refusal = ("slaveshell: refused: this master serves slaveshell's framed protocol only, and this client "
+                   "does not speak it (a slaveshell older than the master? upgrade it)")
+        assert lines[:3] == [refusal, refusal, "opened True"], done.stdout + done.stderr
+        assert lines[3] == "dropped ['protocol error: a INPUT frame of 716800 bytes (at most 65536)']", lines
         # The worker's connection (and so its builds) is untouched, and so is the other session.
         workers = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket",
                                              sandbox.socket, "--json"], capture_output=True, text=True).stdout)

@@ -1,0 +1,150 @@
+"""`slaveshell cp` on the framed door (master_side.operator_wire): the operator's end of a transfer as the relay
+sees it (`WireParty`) and the door's part of it (`CopyDoor`: the ``copy`` call, then the transfer's frames).
+
+One transfer per connection, and not beside a session. The client's messages are slaveshell.cpwire's calls,
+spelled as framing controls (``entry``, ``done_file``, ``finish``, ``abort``, ``ack``, ``result``) and `DATA`
+frames; each goes to `MasterTransfer.received` unchanged, which checks it as it checks the worker's (types,
+order, sizes, window, sha256): a bad one ends the transfer, never the connection. The client's ``result`` (a
+download's outcome) is a call: answered once the master has closed the record, so the client exits after the
+audit row knows. A transfer message on a connection without a transfer is refused (a ``refused`` control).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
+
+from twisted.internet import defer
+
+from slaveshell import framing
+from slaveshell.cpwire import TransferRequest
+from slaveshell.framing import Control, FrameType, Op
+from slaveshell.policy import Identity
+from slaveshell.protocol import ProtocolError
+
+from .operator_types import ErrorKind, OperatorError
+from .transfer import OPERATOR, MasterTransfer
+from .worker_pb import Undo
+
+if TYPE_CHECKING:
+    from .operator_wire import WireDoor
+
+# How each transfer op's fields become the relay's arguments (slaveshell.cpwire's calls).
+_ARGS: dict[Op, tuple[str, ...]] = {Op.ENTRY: ("kind", "path", "mode", "size", "mtime"), Op.DONE_FILE: ("sha256",),
+                                    Op.FINISH: (), Op.ABORT: ("reason",), Op.ACK: ("n",), Op.RESULT: ("ok", "reason")}
+
+
+# What the door reads at once while it carries a transfer (Twisted reads 64 KiB by default): several DATA frames,
+# which slaveshell.framing.Decoder cuts in one pass. (Not for PB: Banana copies what it holds at every item it
+# parses, so a PB connection reading a megabyte at once spends several times longer in Banana; 64 KiB is its best.)
+TRANSFER_READ_SIZE = 1024 * 1024
+
+
+class _Buffered(Protocol):
+    bufferSize: int  # Twisted's FileDescriptor: what its TCP and UNIX transports read at once
+
+
+def set_read_size(transport: object, size: int) -> int | None:
+    """Make a Twisted transport read up to `size` bytes at once; returns the previous size, or None (and
+    nothing changes) when the transport has no `bufferSize` (a test's)."""
+    previous = getattr(transport, "bufferSize", None)
+    if not isinstance(previous, int) or isinstance(previous, bool):
+        return None
+    cast(_Buffered, transport).bufferSize = size
+    return previous
+
+
+class WireParty:
+    """The operator's end of a transfer over a `WireDoor` (`transfer.PartyEnd`): each call as a frame, then
+    the connection's output bound (limits.ConnectionGate.check)."""
+
+    def __init__(self, door: WireDoor) -> None:
+        self.door = door
+
+    def send(self, method: str, *args: object) -> None:
+        door = self.door
+        if door.disconnected:
+            return
+        if method == "data":
+            chunk = args[0]
+            assert isinstance(chunk, bytes), "the relay checked the chunk"
+            # Header and bytes as two writes: the transport keeps both, no copy of the chunk.
+            door.write(framing.header(FrameType.DATA, len(chunk)))
+            door.write(chunk)
+        elif method == "entry":
+            door.write(framing.control(Op.ENTRY, **dict(zip(_ARGS[Op.ENTRY], args, strict=True))))
+        elif method == "done_file":
+            door.write(framing.control(Op.DONE_FILE, sha256=args[0]))
+        elif method == "finish":
+            door.write(framing.control(Op.FINISH))
+        elif method == "ack":
+            door.write(framing.control(Op.ACK, n=args[0]))
+        elif method == "result":
+            door.write(framing.control(Op.RESULT, ok=args[0], reason=args[1]))
+        else:
+            raise ValueError(f"no such transfer message to an operator: {method}")
+        door.gate.check(door)
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        if self.door.disconnected:
+            callback()  # gone while the transfer started
+            return lambda: None
+        self.door.disconnects.append(callback)
+
+        def undo() -> None:
+            if callback in self.door.disconnects:
+                self.door.disconnects.remove(callback)
+
+        return undo
+
+
+class CopyDoor:
+    """A `WireDoor`'s transfer: `call` starts it (the ``copy`` call), `frame` takes its messages."""
+
+    def __init__(self, door: WireDoor) -> None:
+        self.door = door
+        self.transfer: MasterTransfer | None = None
+
+    def call(self, who: Identity, params: object) -> defer.Deferred[dict[str, object]]:
+        """The ``copy`` call: fires the answer's fields, or fails with OperatorError."""
+        door = self.door
+        if door.viewing:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session or a "
+                                                       "transfer")
+        try:
+            request = TransferRequest.from_wire(params)
+        except ProtocolError as e:
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
+        door.viewing = True
+
+        def started(result: tuple[MasterTransfer, dict[str, object]]) -> dict[str, object]:
+            transfer, sizes = result
+            self.transfer = transfer
+            transport = door.transport
+            previous = set_read_size(transport, TRANSFER_READ_SIZE)
+            if previous is not None:
+
+                def restore() -> None:
+                    set_read_size(transport, previous)
+
+                transfer.undo.append(restore)
+            return {"transfer": transfer.id, **sizes}
+
+        d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))
+        return d.addCallback(started)
+
+    def frame(self, frame: framing.Frame | Control) -> bool:
+        """A DATA frame or a transfer control: to the transfer. False when this connection has none."""
+        transfer = self.transfer
+        if transfer is None:
+            return False
+        if isinstance(frame, framing.Frame):
+            transfer.received(OPERATOR, "data", (frame.payload,))
+            return True
+        args = tuple(frame.get(name) for name in _ARGS[frame.op])
+        transfer.received(OPERATOR, frame.op.value, args)
+        if frame.op is Op.RESULT:
+            call_id = frame.call_id
+            if call_id is not None:
+                self.door.answer(call_id, True)
+        return True

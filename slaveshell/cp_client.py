@@ -1,0 +1,343 @@
+"""The operator's end of one `slaveshell cp` transfer over the framed hop (slaveshell.framing, slaveshell.hop),
+standard library only: the ``copy`` call, then the local `Sender` (an upload) or `Receiver` (a download) of
+slaveshell.cpfiles driven by the transfer's frames, within the credit window (slaveshell.cpwire), and a progress
+line on a terminal.
+
+`run(socket_path, client)` connects, runs the client's loop to its outcome and returns ``(ok, reason)``; it
+raises `Interrupted` after SIGINT, SIGTERM or SIGHUP (what was staged is removed first) and `HopError` when the
+master cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from . import framing, hop
+from .cpfiles import Planned, Receiver, Sender, TransferError
+from .cpwire import DOWN, ENTRY_COST, MAX_FILE, Entry, TransferRequest, check_sha
+from .framing import Control, FrameType, Op
+from .hop import HopError, Link
+from .protocol import ProtocolError, check_bytes, check_int
+
+# Seconds the client waits, after a download is in place, for the master to acknowledge its result (the audit
+# row learns it before this process goes); the files are in place either way.
+RESULT_WAIT = 10.0
+# Bytes read from the socket at once: several of the master's DATA frames.
+READ_SIZE = 1024 * 1024
+# Seconds the last frames (an abort, a failed result) may take to leave at the end.
+LAST_WORDS = 2.0
+
+
+class Interrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP stopped the transfer."""
+
+
+class Progress:
+    """Bytes done out of `total`, as one line redrawn on `stream` (a terminal's standard error) at most ten times
+    a second: percent, bytes, rate. Nothing without a stream."""
+
+    def __init__(self, title: str, total: int, stream: TextIO | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.title = title
+        self.total = max(total, 1)
+        self.stream = stream
+        self.clock = clock
+        self.done = 0
+        self.start = clock()
+        self._drawn = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.stream is not None and self.clock() - self._drawn >= 0.1:
+            self._draw()
+
+    def _draw(self) -> None:
+        assert self.stream is not None
+        now = self.clock()
+        self._drawn = now
+        rate = self.done / max(now - self.start, 1e-6)
+        text = (f"{self.title} {min(100, 100 * self.done // self.total):3d}% {_size(self.done)}/"
+                f"{_size(self.total)} {_size(int(rate))}/s")
+        width = shutil.get_terminal_size((80, 24)).columns
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write("\r" + text[: max(width - 1, 10)] + "\x1b[K")
+            self.stream.flush()
+
+    def close(self, ok: bool) -> None:
+        if self.stream is not None:
+            self._draw()
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.write("\n")
+                self.stream.flush()
+            self.stream = None
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class CopyClient:
+    """One transfer: `start` asks the master, `frame` takes each of its frames, `lost` the connection's end,
+    `interrupt` a signal. `outcome` is set once: (ok, reason); then the loop stops."""
+
+    def __init__(self, loop: hop.EventLoop, link: Link, request: TransferRequest, planned: list[Planned] | None,
+                 receiver: Receiver | None, make_progress: Callable[[int], Progress],
+                 warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+        self.loop = loop
+        self.link = link
+        self.request = request
+        self.plan = planned
+        self.receiver = receiver
+        self.make_progress = make_progress
+        self.warn = warn
+        self.progress: Progress | None = None
+        self.sender: Sender | None = None
+        self.outcome: tuple[bool, str] | None = None
+        self.interrupted = False
+        self.committed = False
+        self._unacked = 0  # credit to return, sent by flush_acks once a read's frames are handled
+        self._answers: dict[int, Callable[[Control | None], None]] = {}
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._call(Op.COPY, self._started, request=self.request.to_wire())
+
+    def _started(self, reply: Control | None) -> None:
+        if reply is None or self.outcome is not None:
+            return
+        if reply.get("ok") is not True:
+            error = reply.get("error")
+            self._finish(False, error if isinstance(error, str) else "the master refused the transfer")
+            return
+        if reply.get("recorded") is False:
+            self.warn("slaveshell: WARNING: this transfer is NOT being recorded (the audit trail is unavailable)")
+        total = sum(p.entry.size for p in self.plan) if self.plan is not None else 0
+        if self.request.direction == DOWN:
+            try:
+                total = check_int(reply.get("total", 0), "total", 0, MAX_FILE)
+            except ProtocolError:
+                total = 0
+        self.progress = self.make_progress(total)
+        if self.plan is not None:
+            self.sender = Sender(self.plan, self.send, on_bytes=self.progress.add)
+            self._guard(self.sender.pump)
+        elif self.receiver is not None:
+            self.receiver.on_bytes = self.progress.add
+
+    # -- the master's frames -------------------------------------------------------------------
+
+    def frame(self, frame: framing.Frame) -> None:
+        """One frame from the master. HopError when it broke the framing (the caller ends the transfer)."""
+        if self.outcome is not None:
+            return
+        if frame.type is FrameType.DATA:
+            self._guard(lambda: self._data(frame.payload))
+            return
+        if frame.type is not FrameType.CONTROL:
+            return  # no session on this connection: nothing else is expected
+        try:
+            message = hop.parse(frame)
+        except framing.WireError as e:
+            raise HopError(f"the master broke the protocol: {e}") from None
+        op = message.op
+        if op is Op.ANSWER:
+            callback = self._answers.pop(message.call_id or 0, None)
+            if callback is not None:
+                callback(message)
+        elif op is Op.ENTRY:
+            self._guard(lambda: self._entry(message))
+        elif op is Op.DONE_FILE:
+            self._guard(lambda: self._done_file(message.get("sha256")))
+        elif op is Op.FINISH:
+            self._guard(self._commit)
+        elif op is Op.ACK:
+            sender = self.sender
+            if sender is not None:
+                self._guard(lambda: sender.ack(message.get("n")))
+        elif op is Op.RESULT:
+            reason = message.get("reason")
+            self._finish(message.get("ok") is True,
+                         reason if isinstance(reason, str) else "the master ended the transfer")
+        elif op is Op.ERROR:
+            text = message.get("text")
+            self._finish(False, text if isinstance(text, str) and text else
+                         "the master closed the connection (protocol error)")
+
+    def _receiving(self) -> Receiver:
+        if self.receiver is None:
+            raise ProtocolError("the master sent files to an upload")
+        return self.receiver
+
+    def _entry(self, message: Control) -> None:
+        self._receiving().entry(Entry.from_wire(*(message.get(k) for k in ("kind", "path", "mode", "size",
+                                                                          "mtime"))))
+        self._unacked += ENTRY_COST
+
+    def _data(self, chunk: bytes) -> None:
+        self._receiving().data(check_bytes(chunk, "data", framing.MAX_DATA))
+        self._unacked += len(chunk)
+
+    def _done_file(self, sha256: object) -> None:
+        self._receiving().done_file(check_sha(sha256))
+        self._unacked += ENTRY_COST
+
+    def flush_acks(self) -> None:
+        """Return the credit of what was received since the last call (one ack per read, not per chunk)."""
+        if self._unacked and self.outcome is None:
+            n, self._unacked = self._unacked, 0
+            self.send("ack", n)
+
+    def _commit(self) -> None:
+        self.flush_acks()
+        self._receiving().commit()
+        self.committed = True
+        # The files are in place; the audit row learns it before this process goes (the master's answer).
+        timer = self.loop.call_later(RESULT_WAIT, lambda: self._finish(True, ""))
+
+        def answered(_reply: Control | None) -> None:
+            timer.cancel()
+            self._finish(True, "")
+
+        self._call(Op.RESULT, answered, ok=True, reason="")
+
+    def lost(self, error: HopError) -> None:
+        """The connection ended (or was refused, or broken)."""
+        for callback in list(self._answers.values()):
+            callback(None)
+        self._answers.clear()
+        if self.committed:
+            self._finish(True, "")
+        elif self.progress is not None:
+            self._finish(False, "the connection to the master was lost during the transfer")
+        else:
+            self._finish(False, str(error))
+
+    # -- our side ------------------------------------------------------------------------------
+
+    def send(self, method: str, *args: object) -> None:
+        """One of slaveshell.cpwire's calls to the master (the Sender's, and the acks)."""
+        if method == "data":
+            chunk = args[0]
+            assert isinstance(chunk, bytes)
+            self.link.send(framing.header(FrameType.DATA, len(chunk)))
+            self.link.send(chunk)
+        elif method == "entry":
+            self.link.control(Op.ENTRY, **dict(zip(("kind", "path", "mode", "size", "mtime"), args, strict=True)))
+        elif method == "done_file":
+            self.link.control(Op.DONE_FILE, sha256=args[0])
+        elif method == "ack":
+            self.link.control(Op.ACK, n=args[0])
+        else:
+            self.link.control(Op(method))  # finish
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        if self.outcome is not None:
+            return
+        try:
+            fn()
+        except (TransferError, ProtocolError) as e:
+            self._local_failure(str(e))
+
+    def _local_failure(self, reason: str) -> None:
+        """Our side failed (a write, a read, a bad message): clean up, tell the master, stop."""
+        if self.receiver is not None:
+            self.receiver.abort()
+            self._call(Op.RESULT, lambda _reply: None, ok=False, reason=reason[:4000])
+        else:
+            self.link.control(Op.ABORT, reason=reason[:4000])
+        self._finish(False, reason)
+
+    def interrupt(self) -> None:
+        """A signal: what was staged is removed and the loop stops (the master sees the connection close)."""
+        if self.outcome is None:
+            self.interrupted = True
+            self._finish(False, "interrupted")
+
+    def _finish(self, ok: bool, reason: str) -> None:
+        if self.outcome is not None:
+            return
+        if self.receiver is not None and not ok:
+            self.receiver.abort()
+        if self.sender is not None:
+            self.sender.close()
+        self.outcome = (ok, reason)
+        if self.progress is not None:
+            self.progress.close(ok)
+        self.loop.stop()
+
+    def _call(self, op: Op, on_answer: Callable[[Control | None], None], **fields: object) -> None:
+        call_id = self.link.next_id()
+        self._answers[call_id] = on_answer
+        self.link.send(framing.control(op, id=call_id, **fields))
+
+
+def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> tuple[bool, str]:
+    """Connect, run the transfer `make(loop, link)` builds to its outcome. HopError when the master cannot be
+    reached; Interrupted after a signal."""
+    sock = hop.connect(socket_path)
+    connection = hop.Connection(sock, READ_SIZE)
+    loop = hop.Loop()
+    client = make(loop, connection)
+    fd = sock.fileno()
+
+    def readable() -> None:
+        try:
+            frames = connection.receive()
+            for frame in frames:
+                client.frame(frame)
+            client.flush_acks()
+        except HopError as e:
+            client.lost(e)
+
+    def before_wait() -> None:
+        loop.watch(fd, selectors.EVENT_WRITE, connection.flush if connection.out and not connection.closed
+                   else None)
+
+    loop.watch(fd, selectors.EVENT_READ, readable)
+    loop.before_wait = before_wait
+    loop.on_signal = lambda _signum: client.interrupt()
+    previous = {sig: signal.signal(sig, loop.note_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        client.start()
+        loop.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if client.outcome is None:  # an error in our own code: what was staged goes all the same
+            client.interrupt()
+        if not client.interrupted:
+            _last_words(connection)
+        connection.close()
+        loop.close()
+    if client.interrupted:
+        raise Interrupted()
+    assert client.outcome is not None
+    return client.outcome
+
+
+def _last_words(connection: hop.Connection) -> None:
+    """What is still queued for the master (an abort, a result), within LAST_WORDS seconds."""
+    if connection.closed or not connection.out:
+        return
+    with contextlib.suppress(OSError):
+        connection.sock.settimeout(LAST_WORDS)
+        connection.sock.sendall(connection.out)
+        connection.out.clear()
+        connection.sock.shutdown(socket.SHUT_WR)
+
+
+__all__ = ["CopyClient", "Interrupted", "Progress", "run"]
