@@ -18,11 +18,12 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
+from slaveshell import banana_buffer
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.policy import Identity, Policy
 
-from . import banana_buffer, rest_write_fix
+from . import rest_write_fix
 from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
 from .config import Limits, ShellConfig, group_id, shell_config
@@ -105,7 +106,7 @@ class ShellService(BuildbotService):
         # Buildbot 4.3 writes REST answers from a thread, which can break the reactor's accepting of every
         # connection (ours too) when browsers drop requests: master_side.rest_write_fix.
         rest_write_fix.install()
-        # A worker's bulk output message without Banana's buffer rebuilt on each read: master_side.banana_buffer.
+        # A worker's bulk output message without Banana's buffer rebuilt on each read: slaveshell.banana_buffer.
         banana_buffer.install()
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=options.transcripts, db_url=options.db_url,

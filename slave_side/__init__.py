@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from slaveshell import banana_buffer
 from slaveshell.cpwire import WORKER_TRANSFER_METHOD
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
@@ -59,6 +60,8 @@ def install(
         allowed_users=frozenset(allowed_users) if allowed_users is not None else None,
     )
     _server = ShellServer(options)
+    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer).
+    banana_buffer.install()
     # `slaveshell cp`: the same opt-in, the same limits (slave_side.transfer).
     _transfers = TransferServer(options)
     # The master learns what a worker can do from its command list; this entry is how it knows we opted in.

@@ -1,11 +1,11 @@
-"""master_side.banana_buffer: Banana gathers a large string's reads, and decodes exactly what it did before."""
+"""slaveshell.banana_buffer: Banana gathers a large string's reads, and decodes exactly what it did before."""
 
 import os
 
 import pytest
 from twisted.spread import banana
 
-from master_side import banana_buffer
+from slaveshell import banana_buffer
 
 
 def decoded(stream: bytes, read: int) -> tuple[list[object], bool]:

@@ -4,7 +4,9 @@
 string whose bytes have not all come yet, slices the buffer again (``rest = buffer[pos + 1:]``) before it finds
 that it must wait. A worker's bulk output message (512 KiB, slaveshell.flow.BULK_CHUNK) arrives in eight or more
 reads of 64 KiB, so the master copied about nine bytes per byte received: a fifth of its main thread during a
-`-T cat` (py-spy, twisted 26.10, banana.py lines 181 and 204).
+`-T cat` (py-spy, twisted 26.10, banana.py lines 181 and 204); likewise the worker receiving an upload's 256 KiB
+chunks from `slaveshell cp` (half of its time in Banana). Installed by the master's service and by the worker's
+`slave_side.install`.
 
 `install()` wraps ``dataReceived``: when what Banana holds is the start of a string item whose header is complete
 (its length read, within Banana's own SIZE_LIMIT and prefix limit), later reads are gathered in a list until the
