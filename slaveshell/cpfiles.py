@@ -16,6 +16,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cpwire import CHUNK, ENTRY_COST, WINDOW, Credit, Entry, StreamOrder
@@ -255,15 +256,10 @@ class Receiver:
         """After finish: fsync, modes, times, renames into place, fsync of the directories. Blocking (the
         worker runs it in a thread)."""
         self.order.finish()
+        _fsync_files([(path, entry.path) for path, entry in self.staged if entry.kind == "file"])
         dirs: set[str] = set()
         for path, entry in reversed(self.staged):  # children before their directory (its mode may forbid)
             try:
-                if entry.kind == "file":
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
                 mode = entry.mode if self.preserve else entry.mode & 0o777 & ~self._umask
                 os.chmod(path, mode | (0o700 if entry.kind == "dir" else 0))
                 if self.preserve:
@@ -338,6 +334,39 @@ class Receiver:
                 pass
         self.tops.clear()
         self.staged.clear()
+
+
+# fsyncs at once: a filesystem commits concurrent fsyncs together (ext4's journal), so a tree of small files is
+# made durable faster than one file after another (1000 files of 1 KiB on this machine's ext4: 0.3 s -> 0.12-0.22 s
+# with the disk idle, 2.4 s -> 0.33 s while other tests used it).
+FSYNC_THREADS = 8
+
+
+def _fsync_one(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(files: list[tuple[str, str]]) -> None:
+    """fsync each staged file (staged path, path as sent), FSYNC_THREADS at once; the first failure as a
+    TransferError naming the file as sent."""
+    if len(files) <= 1:
+        for path, shown in files:
+            try:
+                _fsync_one(path)
+            except OSError as e:
+                raise _os_error(shown, e) from None
+        return
+    with ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="slaveshell-fsync") as pool:
+        futures = [(pool.submit(_fsync_one, path), shown) for path, shown in files]
+        for future, shown in futures:
+            try:
+                future.result()
+            except OSError as e:
+                raise _os_error(shown, e) from None
 
 
 def _fsync_dir(path: str) -> None:
