@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cp_bench import sha  # noqa: E402
+from delay_proxy import DelayProxy  # noqa: E402
 from run import MB, OpenSSH, Row, med, render  # noqa: E402
 
 from slaveshell.sandbox import Sandbox  # noqa: E402
@@ -255,6 +256,20 @@ def transfer_build(sandbox: Sandbox, places: Places, timeout: float = 900) -> di
     return {name: (timed[name], db_times[name]) for name in ("upload", "download")}
 
 
+# How the worker reaches the master in this run (--rtt-ms), for the rows' names.
+LINK = ""
+
+
+def through_proxy(sandbox: Sandbox, port: int, worker: str = "w1") -> None:
+    """Point `worker` (created, not started) at `port` on 127.0.0.1 instead of the master's PB port."""
+    tac = Path(sandbox.worker_dir(worker)) / "buildbot.tac"
+    text = tac.read_text()
+    old = f"port = {sandbox.port}\n"
+    if old not in text:
+        raise RuntimeError(f"{tac}: no '{old.strip()}' line")
+    tac.write_text(text.replace(old, f"port = {port}\n", 1))
+
+
 def default_blocksize(step: str) -> int:
     """The blocksize (bytes) a Buildbot transfer step class uses by default, from its signature."""
     from buildbot.steps import transfer
@@ -288,7 +303,7 @@ def buildbot_rows(tools: Tools, places: Places, size_mb: int, rounds: int) -> li
                                   ("download", "FileDownload", "master -> worker")):
         block = default_blocksize(step) // 1024
         ratios = [s / c for s, c in zip(steps[name], cps[name], strict=True)]
-        rows.append(Row(f"`slaveshell cp` against Buildbot's {step} ({direction}), {size_mb} MB", "x", ratios, [],
+        rows.append(Row(f"`slaveshell cp` against Buildbot's {step} ({direction}), {size_mb} MB{LINK}", "x", ratios, [],
                         ">= 5x", "higher", lambda o, s: o >= 5,
                         note=f"{step} step (defaults: {block} KiB blocks, one answered PB call each) "
                              f"{med(steps[name]):.2f} s ({size_mb / med(steps[name]):.0f} MB/s; steps table "
@@ -375,6 +390,9 @@ def main() -> int:
     ap.add_argument("--big-rounds", type=int, default=1, help="for the file and tree parts (default 1)")
     ap.add_argument("--only", metavar="PARTS", help=f"comma-separated, of: {','.join(PARTS)}")
     ap.add_argument("--smoke", action="store_true", help="2 MB, 20 files, one round")
+    ap.add_argument("--rtt-ms", type=float, default=0,
+                    help="the worker's link to the master through a proxy adding this round trip (delay_proxy.py; "
+                         "the operator's side stays local, as on a master whose workers are far away)")
     args = ap.parse_args()
     parts = set(args.only.split(",") if args.only else PARTS)
     if parts - set(PARTS):
@@ -382,6 +400,8 @@ def main() -> int:
     if args.smoke:
         args.size, args.file_size, args.files, args.rounds, args.big_rounds = 2, 2, 20, 1, 1
     signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox and sshd
+    global LINK
+    LINK = f", worker link RTT {args.rtt_ms:g} ms" if args.rtt_ms else ""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slaveshell-transfer-bench-") as tmp:
         work = Path(tmp)
@@ -391,6 +411,10 @@ def main() -> int:
             ssh.start()
             sandbox.create()
             places = add_transfer_builder(sandbox, work)
+            if args.rtt_ms:
+                proxy = DelayProxy(sandbox.port, args.rtt_ms / 2000)
+                proxy.start()
+                through_proxy(sandbox, proxy.port)
             sandbox.start()
             rows = measure(sandbox, ssh, work, places, parts, args.size, args.file_size, args.files, args.rounds,
                            args.big_rounds)
