@@ -7,7 +7,7 @@ transfer: `slaveshell history` lists it) over the framed hop (slaveshell.cp_clie
 files next to their destination and are renamed once complete and fsynced, so a failure, a Ctrl-C or a lost
 worker leaves nothing partial.
 
-A progress line on a terminal's standard error; nothing in a pipe. Exit status: 0 when every
+A progress bar (prompt_toolkit's) on a terminal's standard error; nothing in a pipe. Exit status: 0 when every
 file is in place, 1 with a one-line reason otherwise (as scp), 130 after Ctrl-C (or SIGTERM, SIGHUP), 2 for bad
 arguments.
 """

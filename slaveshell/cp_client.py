@@ -1,7 +1,7 @@
 """The operator's end of one `slaveshell cp` transfer over the framed hop (slaveshell.framing, slaveshell.hop),
-standard library only: the ``copy`` call, then the local `Sender` (an upload) or `Receiver` (a download) of
-slaveshell.cpfiles driven by the transfer's frames, within the credit window (slaveshell.cpwire), and a progress
-line on a terminal.
+standard library only but for the bar: the ``copy`` call, then the local `Sender` (an upload) or `Receiver` (a
+download) of slaveshell.cpfiles driven by the transfer's frames, within the credit window (slaveshell.cpwire),
+and prompt_toolkit's progress bar on a terminal (imported only then).
 
 `run(socket_path, client)` connects, runs the client's loop to its outcome and returns ``(ok, reason)``; it
 raises `Interrupted` after SIGINT, SIGTERM or SIGHUP (what was staged is removed first) and `HopError` when the
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import selectors
-import shutil
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import framing, hop
 from .cpfiles import Planned, Receiver, Sender, TransferError
@@ -41,52 +39,40 @@ class Interrupted(Exception):
 
 
 class Progress:
-    """Bytes done out of `total`, as one line redrawn on `stream` (a terminal's standard error) at most ten times
-    a second: percent, bytes, rate. Nothing without a stream."""
+    """Bytes done out of `total`: prompt_toolkit's ProgressBar on `stream` (a terminal's standard error), nothing
+    without a stream. prompt_toolkit is imported only then, so a copy in a pipe stays standard library only. The
+    bar reads its keys from a pipe of its own that never sends any: it never puts the terminal in raw mode, and
+    Ctrl-C stays a SIGINT for `run`. `close` must be called (the bar draws from a thread of its own): the
+    client's `_finish` does, on every path."""
 
-    def __init__(self, title: str, total: int, stream: TextIO | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.title = title
-        self.total = max(total, 1)
-        self.stream = stream
-        self.clock = clock
-        self.done = 0
-        self.start = clock()
-        self._drawn = 0.0
+    def __init__(self, title: str, total: int, stream: TextIO | None) -> None:
+        self._stack = contextlib.ExitStack()
+        self._bar: Any = None
+        self._counter: Any = None
+        if stream is None:
+            return
+        from prompt_toolkit.input import create_pipe_input
+        from prompt_toolkit.output import create_output
+        from prompt_toolkit.shortcuts import ProgressBar
+
+        keys = self._stack.enter_context(create_pipe_input())
+        self._bar = self._stack.enter_context(ProgressBar(title=title, output=create_output(stdout=stream),
+                                                          input=keys))
+        self._counter = self._bar(label="bytes", total=max(total, 1))
 
     def add(self, n: int) -> None:
-        self.done += n
-        if self.stream is not None and self.clock() - self._drawn >= 0.1:
-            self._draw()
-
-    def _draw(self) -> None:
-        assert self.stream is not None
-        now = self.clock()
-        self._drawn = now
-        rate = self.done / max(now - self.start, 1e-6)
-        text = (f"{self.title} {min(100, 100 * self.done // self.total):3d}% {_size(self.done)}/"
-                f"{_size(self.total)} {_size(int(rate))}/s")
-        width = shutil.get_terminal_size((80, 24)).columns
-        with contextlib.suppress(OSError, ValueError):
-            self.stream.write("\r" + text[: max(width - 1, 10)] + "\x1b[K")
-            self.stream.flush()
+        if self._counter is not None:
+            self._counter.items_completed += n
+            self._bar.invalidate()
 
     def close(self, ok: bool) -> None:
-        if self.stream is not None:
-            self._draw()
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.write("\n")
-                self.stream.flush()
-            self.stream = None
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+        if self._counter is not None:
+            if ok:
+                self._counter.done = True
+            else:
+                self._counter.stopped = True
+            self._counter = self._bar = None
+        self._stack.close()
 
 
 class CopyClient:

@@ -278,3 +278,41 @@ def test_build_copies_from_and_to_a_held_builds_directory(cpbox, tmp_path):
     assert len(rows) == 2
     subprocess.run([sys.executable, "-m", "slaveshell.cli", "release", "--socket", cpbox.socket, str(build_id)],
                    capture_output=True, text=True, timeout=30)
+
+
+def test_on_a_terminal_a_progress_bar_runs_and_ctrl_c_still_stops_the_copy(cpbox, tmp_path):
+    """prompt_toolkit's bar on the terminal's stderr: drawn during a copy that then ends with 0, and a Ctrl-C
+    typed on the terminal (SIGINT from its line discipline) still stops a copy with 130, nothing partial."""
+    import pexpect
+
+    src = str(tmp_path / "five")
+    with open(src, "wb") as f:
+        f.write(os.urandom(5 * 1024 * 1024))
+    dest_dir = allowed(cpbox, "bar")
+    os.makedirs(dest_dir, exist_ok=True)
+    argv = cp_argv(cpbox, src, f"cw1:{dest_dir}/five")
+    child = pexpect.spawn(argv[0], argv[1:], timeout=60, dimensions=(24, 100))
+    child.expect(pexpect.EOF)
+    child.close()
+    shown = child.before.decode(errors="replace")
+    assert child.exitstatus == 0, shown
+    assert "bytes" in shown and "%" in shown, shown
+    assert_no_traceback(shown)
+    assert sha(os.path.join(dest_dir, "five")) == sha(src)
+
+    huge = str(tmp_path / "huge-bar")
+    _sparse(huge)
+    argv = cp_argv(cpbox, huge, f"cw1:{dest_dir}/huge-bar")
+    child = pexpect.spawn(argv[0], argv[1:], timeout=60, dimensions=(24, 100))
+    try:
+        assert wait_until(lambda: any(os.path.getsize(os.path.join(dest_dir, n)) > 0 for n in staged(dest_dir)),
+                          20, 0.02), "the transfer never started"
+        child.sendcontrol("c")
+        child.expect(pexpect.EOF, timeout=20)
+    finally:
+        child.close(force=True)
+    shown = child.before.decode(errors="replace")
+    assert child.exitstatus == 130, shown
+    assert "slaveshell: interrupted" in shown, shown
+    assert_no_traceback(shown)
+    assert wait_until(lambda: sorted(os.listdir(dest_dir)) == ["five"], 10), os.listdir(dest_dir)
