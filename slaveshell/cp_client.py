@@ -95,12 +95,12 @@ class CopyClient:
         self.interrupted = False
         self.committed = False
         self._unacked = 0  # credit to return, sent by flush_acks once a read's frames are handled
-        self._answers: dict[int, Callable[[Control | None], None]] = {}
+        self.calls = hop.PendingCalls(link)
 
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._call(Op.COPY, self._started, request=self.request.to_wire())
+        self.calls.call(Op.COPY, self._started, request=self.request.to_wire())
 
     def _started(self, reply: Control | None) -> None:
         if reply is None or self.outcome is not None:
@@ -141,9 +141,7 @@ class CopyClient:
             raise HopError(f"the master broke the protocol: {e}") from None
         op = message.op
         if op is Op.ANSWER:
-            callback = self._answers.pop(message.call_id or 0, None)
-            if callback is not None:
-                callback(message)
+            self.calls.answered(message)
         elif op is Op.ENTRY:
             self._guard(lambda: self._entry(message))
         elif op is Op.DONE_FILE:
@@ -198,13 +196,11 @@ class CopyClient:
             timer.cancel()
             self._finish(True, "")
 
-        self._call(Op.RESULT, answered, ok=True, reason="")
+        self.calls.call(Op.RESULT, answered, ok=True, reason="")
 
     def lost(self, error: HopError) -> None:
         """The connection ended (or was refused, or broken)."""
-        for callback in list(self._answers.values()):
-            callback(None)
-        self._answers.clear()
+        self.calls.lost()
         if self.committed:
             self._finish(True, "")
         elif self.progress is not None:
@@ -242,7 +238,7 @@ class CopyClient:
         """Our side failed (a write, a read, a bad message): clean up, tell the master, stop."""
         if self.receiver is not None:
             self.receiver.abort()
-            self._call(Op.RESULT, lambda _reply: None, ok=False, reason=reason[:4000])
+            self.calls.call(Op.RESULT, lambda _reply: None, ok=False, reason=reason[:4000])
         else:
             self.link.control(Op.ABORT, reason=reason[:4000])
         self._finish(False, reason)
@@ -265,10 +261,6 @@ class CopyClient:
             self.progress.close(ok)
         self.loop.stop()
 
-    def _call(self, op: Op, on_answer: Callable[[Control | None], None], **fields: object) -> None:
-        call_id = self.link.next_id()
-        self._answers[call_id] = on_answer
-        self.link.send(framing.control(op, id=call_id, **fields))
 
 
 def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> tuple[bool, str]:

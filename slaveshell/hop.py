@@ -51,6 +51,31 @@ class Link(Protocol):
     def control(self, op: framing.Op, **fields: object) -> None: ...
 
 
+class PendingCalls:
+    """A client's calls in flight on `link`: `call` sends one with a fresh id and keeps its callback,
+    `answered` runs it with the master's ANSWER (an answer to no call is ignored), `lost` runs every one left with
+    None (the connection is gone)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._waiting: dict[int, Callable[[framing.Control | None], None]] = {}
+
+    def call(self, op: framing.Op, on_answer: Callable[[framing.Control | None], None], **fields: object) -> None:
+        call_id = self.link.next_id()
+        self._waiting[call_id] = on_answer
+        self.link.send(framing.control(op, id=call_id, **fields))
+
+    def answered(self, message: framing.Control) -> None:
+        callback = self._waiting.pop(message.call_id or 0, None)
+        if callback is not None:
+            callback(message)
+
+    def lost(self) -> None:
+        for callback in list(self._waiting.values()):
+            callback(None)
+        self._waiting.clear()
+
+
 class HopError(Exception):
     """Could not reach the master, or it broke the hop; the message is for the operator."""
 

@@ -17,7 +17,7 @@ from . import framing
 from .display import visible
 from .flow import CreditWindow, chunks
 from .framing import FrameType, Op
-from .hop import Cancellable, EventLoop, HopError, Link, Outputs, parse, session_frame
+from .hop import Cancellable, EventLoop, HopError, Link, Outputs, PendingCalls, parse, session_frame
 from .protocol import INPUT_WINDOW, MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError, Role, WireControl, check_int
 from .terminal import window_size
 
@@ -74,7 +74,7 @@ class HopShell:
         self._signal_timer: Cancellable | None = None
         self._typed_ahead = b""
         self._waiting = False
-        self._answers: dict[int, Callable[[framing.Control | None], None]] = {}
+        self.calls = PendingCalls(link)
 
     @property
     def program(self) -> str:
@@ -86,9 +86,9 @@ class HopShell:
         """Ask for the session (the answer comes through `frame`)."""
         try:
             if self.attach is None:
-                self._call(Op.OPEN, self._opened, request=self.request.to_wire())
+                self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire())
             else:
-                self._call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1])
+                self.calls.call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1])
         except ValueError:  # over framing.MAX_CONTROL
             self.finish(ExitStatus(reason=f"the request is too large (at most {framing.MAX_CONTROL} bytes)"))
 
@@ -127,9 +127,7 @@ class HopShell:
         message = parse(frame)
         op = message.op
         if op is Op.ANSWER:
-            callback = self._answers.pop(message.call_id or 0, None)
-            if callback is not None:
-                callback(message)
+            self.calls.answered(message)
         elif op is Op.INPUT_ACK:
             self.input_ack(message.get("n"))
         elif op is Op.EXIT:
@@ -153,9 +151,7 @@ class HopShell:
 
     def lost(self, error: HopError) -> None:
         """The connection is gone (or was refused, or broken)."""
-        for callback in list(self._answers.values()):
-            callback(None)
-        self._answers.clear()
+        self.calls.lost()
         self.finish(ExitStatus(reason=str(error)))
 
     def output(self, ftype: FrameType, data: bytes) -> None:
@@ -285,7 +281,7 @@ class HopShell:
                 self._stop_waiting()
             else:
                 # The master may be starting the session: it ends it once started (master_side.operator_wire).
-                self._call(Op.CLOSE, lambda reply: None)
+                self.calls.call(Op.CLOSE, lambda reply: None)
                 self.finish(ExitStatus(reason=f"interrupted by SIG{name} before the session opened"))
             return
         if again:
@@ -375,15 +371,9 @@ class HopShell:
         if not self.session_open or self.status is not None:
             return
         if method in ("close", "detach"):
-            self._call(Op(method), lambda reply: None)
+            self.calls.call(Op(method), lambda reply: None)
         else:
             self.link.send(session_frame(method, *args))
-
-    def _call(self, op: Op, on_answer: Callable[[framing.Control | None], None], **fields: object) -> None:
-        call_id = self.link.next_id()
-        frame = framing.control(op, id=call_id, **fields)
-        self._answers[call_id] = on_answer
-        self.link.send(frame)
 
     def _release_build(self) -> None:
         if self.request.build is None:
@@ -395,7 +385,7 @@ class HopShell:
             text = reply.get("text") if reply.get("ok") else f"release failed: {reply.get('error')}"
             self.write_err(f"\r\n[{visible(str(text))}]\r\n".encode())
 
-        self._call(Op.RELEASE, told, build=self.request.build)
+        self.calls.call(Op.RELEASE, told, build=self.request.build)
 
     def _last_call(self, op: Op, status: ExitStatus, timeout: float = 5) -> None:
         """A call that must reach the master (it decides the session's fate), then the end: without the wait,
@@ -411,4 +401,4 @@ class HopShell:
             timer.cancel()
             self.finish(status)
 
-        self._call(op, answered)
+        self.calls.call(op, answered)
