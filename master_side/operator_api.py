@@ -151,7 +151,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             trail.not_opened(session, reply.error)
             raise OperatorError(ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
-                            refused=lambda text: self.registry.worker_refused(session, text))
+                            refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
         owner = session.start(to_owner=sink.send, to_worker=worker.send)
         self.registry.add(session, worker)
         if request.pause:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from twisted.spread import pb
 
+from slaveshell.lean_calls import LeanReceiver
 from slaveshell.protocol import ProtocolError
 
 from .relay import MasterSession
@@ -79,8 +80,14 @@ class ViewerHandle(_Guarded):
         self._call(self.session.viewer_detach)
 
 
-class WorkerSink(_Guarded):
-    """What the worker holds for the session: where its output goes."""
+class WorkerSink(_Guarded, LeanReceiver):
+    """What the worker holds for the session: where its output goes. Output and input_acks may also come as
+    lean calls (slaveshell.lean_calls), checked by the same methods."""
+
+    lean_methods = frozenset({"output", "input_ack"})
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        self.on_error(self.session, error)
 
     def remote_output(self, stream: object, data: object, acks: object = ()) -> None:
         self._call(self.session.worker_output, stream, data, acks)

@@ -15,8 +15,9 @@ from twisted.spread import pb
 
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
+from slaveshell.lean_calls import LeanPeer, accept
 from slaveshell.protocol import WORKER_OPEN_METHOD, OpenRequest, ProtocolError
-from slaveshell.remote import RemotePeer, is_lost, set_nodelay
+from slaveshell.remote import is_lost, set_nodelay
 
 from .relay import MasterSession
 from .session_pb import WorkerSink
@@ -48,11 +49,18 @@ def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo
 
 class WorkerPeer:
     """A worker's session, seen from the master: `send(method, *args)` without answers, `ping()`, and
-    `on_disconnect(callback)`. A refused call is logged by `refused(message)`; a lost connection calls `lost()`."""
+    `on_disconnect(callback)`. A refused call is logged by `refused(message)`; a lost connection calls `lost()`.
+    With `lean` (the worker's open reply said so), stream events go as slaveshell.lean_calls, and the worker is
+    told to send its own that way."""
 
-    def __init__(self, ref: pb.RemoteReference, lost: Callable[[], None], refused: Callable[[str], None]) -> None:
+    def __init__(self, ref: pb.RemoteReference, lost: Callable[[], None], refused: Callable[[str], None],
+                 lean: bool = False) -> None:
         self.ref = ref
-        self.send = RemotePeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message)).send
+        peer = LeanPeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message))
+        self.send = peer.send
+        if lean:
+            peer.lean = True
+            self.send("lean")
 
     def ping(self) -> defer.Deferred[bool]:
         """Fires True on any answer (even an error from a worker without remote_ping shows it is alive),
@@ -73,6 +81,7 @@ class OpenReply:
 
     ref: pb.RemoteReference | None
     error: str = ""
+    lean: bool = False  # the worker takes slaveshell.lean_calls on this connection
 
 
 @deferred
@@ -82,6 +91,8 @@ async def open_on_worker(conn: WorkerConnection, session: MasterSession, request
     its output going to `session`. Fires an OpenReply; never fails."""
     worker_sink = WorkerSink(session, on_peer_error)
     set_nodelay(conn.mind)
+    if isinstance(getattr(conn.mind, "broker", None), pb.Broker):
+        accept(conn.mind.broker)  # before the open: the worker may send lean output as soon as it is told
     to_worker = replace(request, pause=False, builder=None, build=None)
     reply: object
     try:
@@ -100,7 +111,7 @@ async def open_on_worker(conn: WorkerConnection, session: MasterSession, request
     if not reply["ok"] or not isinstance(worker_ref, pb.RemoteReference):
         error = reply.get("error")
         return OpenReply(None, f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
-    return OpenReply(worker_ref)
+    return OpenReply(worker_ref, lean=reply.get("lean") is True)
 
 
 def _answer_within(d: defer.Deferred[T], seconds: float, on_late: Callable[[T], None]) -> defer.Deferred[T]:

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from slaveshell.display import visible
+from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.protocol import (
     OpenRequest,
     ProtocolError,
@@ -26,7 +27,7 @@ from slaveshell.protocol import (
     check_signal,
     check_size,
 )
-from slaveshell.remote import RemotePeer, opening, set_nodelay
+from slaveshell.remote import opening, set_nodelay
 
 from .host import Admission, ProcessReactor, WorkerOptions
 from .session import WorkerSession
@@ -34,11 +35,19 @@ from .session import WorkerSession
 log = Logger()
 
 
-class SessionHandle(pb.Referenceable):
-    """What the master holds for one session."""
+class SessionHandle(LeanReceiver):
+    """What the master holds for one session. Its input and acks may also come as lean calls
+    (slaveshell.lean_calls), checked here the same way."""
 
-    def __init__(self, session: WorkerSession) -> None:
+    lean_methods = frozenset({"input", "ack"})
+
+    def __init__(self, session: WorkerSession, peer: LeanPeer) -> None:
         self.session = session
+        self.peer = peer
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        log.warn("slaveshell session {sid}: refused a lean {method} from master: {e}", sid=self.session.id,
+                 method=visible(method), e=visible(error))
 
     def _guard(self, what: str, fn: Callable[[], None]) -> None:
         try:
@@ -66,6 +75,10 @@ class SessionHandle(pb.Referenceable):
     def remote_close(self) -> None:
         self.session.close("closed by the master")
 
+    def remote_lean(self) -> None:
+        """The master takes lean calls on this connection: the session's output and input_acks go that way."""
+        self.peer.lean = True
+
     def remote_ping(self) -> bool:
         """The master's heartbeat: answering it is the point."""
         return not self.session.ended
@@ -86,7 +99,8 @@ class ShellServer:
 
     def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
-        Answers ``{"ok": True, "session": SessionHandle, "pid", "id"}`` or ``{"ok": False, "error": text}``."""
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True}`` (lean: this connection
+        takes slaveshell.lean_calls) or ``{"ok": False, "error": text}``."""
         opened = opening(OpenRequest.from_wire, params, sink)
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
@@ -101,7 +115,7 @@ class ShellServer:
                      err=visible(message))
 
         # The master refused or went away: never let this surface as an unhandled error in the worker.
-        peer = RemotePeer(ref, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
+        peer = LeanPeer(ref, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
         session = WorkerSession(self.reactor, session_id, request, self.options, basedir, WireSink(peer.send),
                                 on_closed=self._closed)
         try:
@@ -110,9 +124,12 @@ class ShellServer:
             return {"ok": False, "error": str(e)}
         self.sessions[session_id] = session
         set_nodelay(ref)
+        lean = isinstance(getattr(ref, "broker", None), pb.Broker)
+        if lean:
+            accept(ref.broker)
         # The master is gone: nobody can see or end this session any more, so end it here.
         ref.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
-        return {"ok": True, "session": SessionHandle(session), "pid": pid, "id": session_id}
+        return {"ok": True, "session": SessionHandle(session, peer), "pid": pid, "id": session_id, "lean": lean}
 
     def _closed(self, session: WorkerSession) -> None:
         self.sessions.pop(session.id, None)

@@ -13,7 +13,7 @@ from master_side.relay import MasterSession, Role
 from master_side.session_pb import ViewerHandle, WorkerSink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
-from slaveshell import framing
+from slaveshell import framing, lean_calls
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
@@ -85,6 +85,30 @@ def test_a_rogue_worker_cannot_break_the_master(calls):
     # Whatever it sent, the session either runs or ended once, with the operator told.
     exits = [c for c in host.to_owner if c[0] == "exit"]
     assert len(exits) <= 1 and len(host.ended) == len(exits)
+
+
+banana_items = st.recursive(
+    st.integers(min_value=-(2**40), max_value=2**40) | st.binary(max_size=40) | st.floats(allow_nan=False)
+    | st.sampled_from([b"x" * MAX_CHUNK, b"x" * (MAX_CHUNK + 1), 0, 1, 2]),
+    lambda children: st.lists(children, max_size=4), max_leaves=8)
+
+
+@given(calls=st.lists(st.tuples(st.sampled_from(["sink", 0, 7, b"root", -1]),
+                                st.sampled_from([b"output", b"input_ack", b"exit", b"input", b"", b"\xfe"]),
+                                st.lists(banana_items, max_size=4)), max_size=10))
+def test_a_rogue_worker_sending_lean_calls_cannot_break_the_master(calls):
+    host = Host()
+    root, pump, master_broker = connected(host)
+    lean_calls.accept(master_broker)
+    sink = call(pump, root, "sink")
+    for luid, method, items in calls:
+        root.broker.sendEncoded([b"slaveshell", sink.luid if luid == "sink" else luid, method, *items])
+        pump.flush()
+        assert not master_broker.disconnected
+    exits = [c for c in host.to_owner if c[0] == "exit"]
+    assert len(exits) <= 1 and len(host.ended) == len(exits)
+    # A malformed lean call costs the session, as the same PB call would.
+    assert bool(host.errors) == bool(host.ended)
 
 
 @given(role=st.sampled_from(["owner", "join", "watch"]),
