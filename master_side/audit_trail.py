@@ -222,9 +222,15 @@ class AuditTrail:
                                    bulk=not session.request.pty)
         recorder.run_blocking = self._in_thread
         problem = None
-        try:
+        header = header_for(session, self.master_name)
+
+        def create() -> None:
             transcript_dir(self.directory)
-            recorder.create(header_for(session, self.master_name))
+            recorder.create(header)
+
+        try:
+            # Disk work off the reactor thread: a slow disk must not stall every other session and the master.
+            await threads.deferToThread(create)
         except OSError as e:
             problem = f"cannot create the transcript: {e.strerror or e}"
         if problem is None:

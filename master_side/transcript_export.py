@@ -23,8 +23,9 @@ from slaveshell.transcript import (
     ATTACHED,
     AttachmentReader,
     Cast,
+    Event,
+    attached_code,
     expand_event,
-    expand_lines,
     parse_lines,
     read_attached,
 )
@@ -160,7 +161,22 @@ def read_cast(path: str) -> Cast:
     U+FFFD, without their exact base64 copy). ValueError when it is not a transcript."""
     bin_path = attachment_path(path)
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return parse_lines(expand_lines(f, _reader(bin_path) if os.path.exists(bin_path) else None, exact=False))
+        cast = parse_lines(f)
+    if not os.path.exists(bin_path):
+        return cast
+    # The `o`/`i` event each `a` event stands for (expand_event with exact=False), built directly: through
+    # JSON, 64 MB of attached NUL bytes were 384 MB of "\u0000" to encode and parse again.
+    read = _reader(bin_path)
+    events: list[Event] = []
+    for event in cast.events:
+        if event.code == ATTACHED:
+            try:
+                text = read_attached(read, event.data).decode("utf-8", "replace")
+                event = Event(round(event.time, 6), attached_code(event.data), text)
+            except (ValueError, TypeError):
+                pass  # an `a` event that cannot be expanded stays as it is (as in expand_lines)
+        events.append(event)
+    return Cast(cast.header, events, cast.truncated)
 
 
 exports = ExportReader()

@@ -116,7 +116,8 @@ class LeanReceiver(pb.Referenceable):
     def lean_refused(self, method: str, error: ProtocolError) -> None:
         """A lean call whose shape was wrong (`error` says how). Receivers report it as they report a bad PB
         call; this default only logs it."""
-        log.warn("slaveshell: a malformed lean {method} call was dropped: {e}", method=visible(method), e=visible(error))
+        log.warn("slaveshell: a malformed lean {method} call was dropped: {e}", method=visible(method),
+                 e=visible(error))
 
 
 def accept(broker: pb.Broker) -> None:

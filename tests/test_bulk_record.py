@@ -164,6 +164,17 @@ def test_search_finds_text_in_attached_output(tmp_path):
     assert hit["stream"] == "output" and "NEEDLE-42" in hit["context"]
 
 
+def test_search_reads_attached_output_as_the_expanded_transcript_would_show_it(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    rec.output(b"inline \x1b[31mred\x1b[0m\n")
+    rec.output(b"\x00" * 70000 + "caf\u00e9 ".encode() * 900 + b"\xff\xfe half \xe2\x82" + b"x" * 5000)
+    rec.output(b"\xac and on")
+    rec.end(Ended())
+    with open(rec.path, encoding="utf-8", errors="surrogateescape") as f:
+        expanded = parse_lines(expand_lines(f, lambda o, n: _read(rec.path, o, n), exact=False))
+    assert read_cast(rec.path).events == expanded.events
+
+
 def test_redaction_applies_to_bulk_output_too(tmp_path):
     rec, _ = bulk_recorder(tmp_path, redact=[r"SECRET-\w+"])
     rec.output(b"\xff" * 5000 + b" token SECRET-abc123 end")

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,19 @@ def test_parse_tolerates_a_partial_last_line_only():
 
 def test_strip_ansi():
     assert strip_ansi("\x1b[1;31mred\x1b[0m\r\nx\x1b]0;t\x07y\x07") == "red\nxy"
+
+
+# The single pass strip_ansi made before sequences and controls were taken in two passes (same result).
+_ONE_PASS = re.compile(
+    r"(?:\x1b\[|\x9b)[0-9;?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)|\x1b[@-Z\\-_]"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@given(st.lists(st.sampled_from(["\x1b", "[", "]", "\x9b", "\x9d", "\x9c", "\x07", "\\", "\x00", "\r", "\n", "\t",
+                                 "1", ";", "?", " ", "m", "A", "@", "~", "\x7f", "\x85", "é", "x"]), max_size=40))
+def test_strip_ansi_in_two_passes_removes_what_one_pass_did(parts):
+    text = "".join(parts)
+    assert strip_ansi(text) == _ONE_PASS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def test_transcript_file_is_private_exclusive_and_hashed(tmp_path):
