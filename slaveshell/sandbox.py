@@ -3,13 +3,16 @@ end-to-end tests. Each worker opts in to slaveshell in its buildbot.tac, as a wo
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
@@ -74,6 +77,21 @@ BUILDBOT = _tool("buildbot", "buildbot.scripts.runner")
 BUILDBOT_WORKER = _tool("buildbot-worker", "buildbot_worker.scripts.runner")
 
 
+# A master directory made by `buildbot create-master --relocatable`, copied by every Sandbox of this process.
+_master_template: str | None = None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a daemonized twistd is not our child: no zombie to reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class SandboxError(Exception):
     pass
 
@@ -126,11 +144,23 @@ class Sandbox:
             raise SandboxError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc.stdout
 
+    def _create_master(self) -> None:
+        """`buildbot create-master` (its database made by running every migration: ~3.5 s) once per process,
+        into a relocatable template (basedir '.') that each sandbox copies."""
+        global _master_template
+        if _master_template is None or not os.path.isdir(_master_template):
+            parent = tempfile.mkdtemp(prefix="slaveshell-master-")
+            atexit.register(shutil.rmtree, parent, True)
+            template = os.path.join(parent, "master")
+            self._run(BUILDBOT + ["create-master", "--quiet", "--relocatable", template])
+            _master_template = template
+        shutil.copytree(_master_template, self.master_dir)
+
     def create(self) -> None:
         os.makedirs(self.root, exist_ok=True)
         self.port = free_port()
         self.msgpack_port = free_port()
-        self._run(BUILDBOT + ["create-master", "--quiet", self.master_dir])
+        self._create_master()
         # Buildbot's msgpack listener takes only a port number (it binds every interface): only when asked for.
         msgpack = f"'msgpack_experimental_v7': {{'port': {self.msgpack_port}}}" if self.msgpack else ""
         # The web server (REST API), when asked for: it needs the buildbot-www package.
@@ -162,8 +192,15 @@ class Sandbox:
     def start(self, timeout: float = 90) -> None:
         self._run(BUILDBOT + ["start", self.master_dir], timeout=timeout)
         self.started.append(self.master_dir)
-        for name in self.workers:
-            self.start_worker(name)
+        # All workers at once: each `start` waits until its worker process runs.
+        starting = [(name, subprocess.Popen(BUILDBOT_WORKER + ["start", self.worker_dir(name)], cwd=self.root,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                    for name in self.workers]
+        for name, proc in starting:
+            out, _ = proc.communicate(timeout=120)
+            self.started.append(self.worker_dir(name))
+            if proc.returncode != 0:
+                raise SandboxError(f"buildbot-worker start {name} failed ({proc.returncode}):\n{out}")
         self.wait_for_workers(self.workers, timeout)
 
     def start_worker(self, name: str) -> None:
@@ -233,10 +270,27 @@ class Sandbox:
         if self.master_dir not in self.started:
             self.started.insert(0, self.master_dir)
 
-    def stop(self) -> None:
-        for d in reversed(self.started):
-            tool = BUILDBOT if d == self.master_dir else BUILDBOT_WORKER
-            subprocess.run(tool + ["stop", d], capture_output=True, timeout=60)
+    def stop(self, timeout: float = 60) -> None:
+        """Stop every process started here at once (SIGTERM, as `buildbot stop` sends it), polling every 0.1 s
+        for them to go (`buildbot stop` polls once a second, one directory at a time); SIGKILL after `timeout`."""
+        pids = []
+        for d in self.started:
+            try:
+                with open(os.path.join(d, "twistd.pid")) as f:
+                    pid = int(f.read().strip())
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
+            except (OSError, ValueError):
+                pass  # not running (any more)
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [pid for pid in pids if _alive(pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         self.started.clear()
 
 
