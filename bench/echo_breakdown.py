@@ -5,6 +5,7 @@
     python3 bench/echo_breakdown.py --client-cmd 'buildbot-shell --socket {socket} -t w1'   # another client
     python3 bench/echo_breakdown.py --smoke    # 10 keys, one round
     python3 bench/echo_breakdown.py --worker-link pb-ack-ahead   # price the path as older code ran it
+    python3 bench/echo_breakdown.py --summarize before=a.json,b.json after=c.json,d.json   # grouped, medians
 
 Totals as bench/run.py measures echo (one byte into a local PTY running the client, remote `stty -icanon; cat >
 /dev/null`, until its echo is read back) but 50-100 ms apart: the client against a sandbox master and worker,
@@ -183,6 +184,50 @@ def render(pool: dict[str, list[int]], rounds: list[dict[str, list[int]]], args:
     return "\n".join(lines) + "\n"
 
 
+GROUPS = (("wake-ups and hops: terminal relay, 2 UNIX + 2 TCP hops, the worker's PTY echo",
+           ("your terminal", "client <-> master", "master <-> worker", "worker PTY")),
+          ("PB / lean calls / framing: the messages' encode + decode on the path", ("PB message", "lean call",
+                                                                                    "frame", "1/2 PB")),
+          ("the master's and worker's Python (relay, transcript writes, hidden-input decision, held acks)",
+           ("master Python", "worker Python")))
+
+
+def grouped(run: dict[str, object]) -> dict[str, float]:
+    """One run's JSON (as main writes it) -> us per group of GROUPS, the residue, the medians, the ratio and the
+    p99s. A row is in the first group one of whose prefixes its name contains (input_ack rows by their wire)."""
+    rows = run["model_us"]
+    pool = {name: [v for r in run["rounds"] for v in r.get(name, [])] for name in run["rounds"][0]}  # type: ignore
+    out: dict[str, float] = {}
+    for title, marks in GROUPS:
+        out[title] = sum(r["median"] * r["hops"] for r in rows if r["summed"]  # type: ignore
+                         and any(m in r["part"] for m in marks)
+                         and not any(m in r["part"] for _, ms in GROUPS[:GROUPS.index((title, marks))] for m in ms))
+    total, ssh = us(pool["slaveshell"]), us(pool.get("ssh", []))
+    out.update({"residue": total - sum(out.values()), "median": total, "ssh": ssh, "ratio": total / ssh,
+                "p99": us(pool["slaveshell"], 0.99), "ssh p99": us(pool.get("ssh", []), 0.99)})
+    return out
+
+
+def summarize(columns: list[tuple[str, list[str]]]) -> str:
+    """A Markdown table, one column per (label, JSON files of its runs): each group's median over the runs
+    (range)."""
+    per = [(label, [grouped(json.loads(Path(f).read_text())) for f in files]) for label, files in columns]
+    titles = [t for t, _ in GROUPS] + ["other Python work (the residue)", "**measured round trip, median**",
+                                       "`ssh -tt` in the same runs", "ratio to ssh", "p99", "ssh's p99"]
+    keys = [t for t, _ in GROUPS] + ["residue", "median", "ssh", "ratio", "p99", "ssh p99"]
+    lines = ["| where the echo's round trip goes (us) | " + " | ".join(label for label, _ in per) + " |",
+             "|---|" + "---|" * len(per)]
+    for title, key in zip(titles, keys, strict=True):
+        cells = []
+        for _, runs in per:
+            vals = sorted(r[key] for r in runs)
+            mid = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+            f = (lambda v: f"{v:.1f}x") if key == "ratio" else (lambda v: f"{v:.0f}")
+            cells.append(f"{f(mid)} ({f(vals[0])}-{f(vals[-1])})" if len(vals) > 1 else f(mid))
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=150, help="keys per measurement per round")
@@ -198,7 +243,13 @@ def main() -> int:
     ap.add_argument("--no-ssh", action="store_true")
     ap.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "echo_breakdown.json"))
     ap.add_argument("--smoke", action="store_true", help="10 keys, one round, 10 ms apart")
+    ap.add_argument("--summarize", nargs="+", metavar="LABEL=JSON[,JSON...]",
+                    help="measure nothing: group earlier runs' JSON files into one table, a column per label")
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize([(label, files.split(",")) for label, files in
+                         (c.split("=", 1) for c in args.summarize)]))
+        return 0
     if args.smoke:
         args.keys, args.rounds, args.spacing = 10, 1, 0.01
     if args.operator_link == "auto":
