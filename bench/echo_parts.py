@@ -6,10 +6,12 @@ puts them together). Round trips in ns (time.perf_counter_ns), one list per part
 
 Between processes, on Twisted's epoll reactor as the product runs: `pty` (a PTY echo: kernel + one wake-up),
 `unix`/`tcp` (raw ping-pong between two reactors), `pb-unix`/`pb-tcp` (a PB callRemote of one byte and its
-answer), `pb1-unix`/`pb1-tcp` (answer-less PB calls one way and back, as the product sends). For the framed
-operator hop (a standard-library client): `unix-stdlib` (a selectors client against a Twisted peer) and the
-terminal relays (`relay`: Twisted stdio; `relay-stdlib`: a selectors loop). In process: the master's, the
-worker's and the framing's Python per keystroke.
+answer), `pb1-unix`/`pb1-tcp` (answer-less PB calls one way and back, as the product sends: `input` of one
+byte, and back the echo's `output` with what the tree's worker puts in it, echo_python.echo_args), `lean-tcp`
+(the same two events as lean calls, slaveshell.lean_calls's LeanPeer and receivers, on a tree that has them).
+For the framed operator hop (a standard-library client): `unix-stdlib` (a selectors client against a Twisted
+peer) and the terminal relays (`relay`: Twisted stdio; `relay-stdlib`: a selectors loop). The in-process parts
+(the master's, the worker's and the framing's Python) are in bench/echo_python.py.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import select
 import selectors
 import socket
@@ -28,26 +29,27 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
+from echo_python import KEY, echo_args, gap, worker_link
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
-KEY = b"k"
 T = TypeVar("T")
 TWISTED_PARTS = ("pty", "unix", "tcp", "pb-unix", "pb-tcp", "pb1-unix", "pb1-tcp")
+LEAN_PARTS = ("lean-tcp",)  # on a tree with slaveshell/lean_calls.py only
 STDLIB_PARTS = ("unix-stdlib",)
-
-
-def gap(spacing: float) -> float:
-    return random.uniform(spacing, 2 * spacing)  # keystrokes are not a metronome
+# The echo's output message as this tree's worker sends it (or as echo_breakdown --worker-link prices it).
+ECHO = echo_args(os.environ.get("ECHO_BD_WORKER_LINK") or worker_link())
 
 
 # -- parts measured between Twisted reactors (each in its own processes) ------------------------------------
 
 def serve(kind: str, addr: str) -> None:
     """A peer for `measure_twisted`: echoes raw bytes, or PB calls (`echo` answers; `ping` answers with an
-    answer-less `pong` on the registered reference), or relays its raw-mode stdin to its stdout."""
+    answer-less `pong` on the registered reference; `lean`: the registered reference's lean `output` for each
+    lean `input`), or relays its raw-mode stdin to its stdout."""
     from twisted.internet import protocol, reactor, stdio
     from twisted.spread import pb
 
@@ -80,7 +82,18 @@ def serve(kind: str, addr: str) -> None:
         def remote_register(self, ref: pb.RemoteReference) -> None:
             self.ref = ref
         def remote_ping(self, data: bytes) -> None:
-            self.ref.callRemote("pong", data, pbanswer=False)
+            self.ref.callRemote("pong", *ECHO, pbanswer=False)
+        def remote_lean(self, ref: pb.RemoteReference) -> pb.Referenceable:
+            from slaveshell import lean_calls  # type: ignore[attr-defined]
+            lean_calls.accept(ref.broker)
+            peer = lean_calls.LeanPeer(ref, on_lost=lambda: None, on_refused=lambda *a: None)
+            peer.lean = True
+
+            class Input(lean_calls.LeanReceiver):  # as the worker's SessionHandle takes input
+                lean_methods = frozenset({"input"})
+                def remote_input(self, data: object) -> None:
+                    peer.send("output", *ECHO)
+            return Input()
 
     if kind in ("unix", "tcp"):
         factory = protocol.Factory.forProtocol(Echo)
@@ -197,11 +210,29 @@ def measure_twisted(kind: str, keys: int, spacing: float) -> list[int]:
             connect(factory)
 
             class Pong(pb.Referenceable):
-                def remote_pong(self, data: bytes) -> None:
+                def remote_pong(self, *args: object) -> None:
                     got()
 
+            def lean(root: pb.RemoteReference) -> None:
+                from slaveshell import lean_calls  # type: ignore[attr-defined]
+                lean_calls.accept(root.broker)
+
+                class Output(lean_calls.LeanReceiver):  # as the master's WorkerSink takes output
+                    lean_methods = frozenset({"output"})
+                    def remote_output(self, stream: object, data: object, acks: object = ()) -> None:
+                        got()
+
+                def opened(ref: pb.RemoteReference) -> None:
+                    peer = lean_calls.LeanPeer(ref, on_lost=lambda: None, on_refused=lambda *a: None)
+                    peer.lean = True
+                    start(lambda: peer.send("input", KEY))
+
+                root.callRemote("lean", Output()).addCallback(opened)
+
             def ready(root: pb.RemoteReference) -> None:
-                if kind.startswith("pb1"):
+                if kind.startswith("lean"):
+                    lean(root)
+                elif kind.startswith("pb1"):
                     root.callRemote("register", Pong()).addCallback(
                         lambda _: start(lambda: root.callRemote("ping", KEY, pbanswer=False)))
                 else:
@@ -222,97 +253,6 @@ def run_part(kind: str, keys: int, spacing: float) -> list[int]:
     if out.returncode != 0:
         raise RuntimeError(f"part {kind} failed: {out.stderr[-2000:]}")
     return [int(x) for x in json.loads(out.stdout.strip().splitlines()[-1])]
-
-
-# -- parts measured in process: the master's and the worker's Python per keystroke ---------------------------
-
-def master_python(keys: int, spacing: float) -> dict[str, list[int]]:
-    """ns per call of the master's per-keystroke work: ViewerHandle.remote_input, WorkerSink.remote_input_ack
-    and remote_output (with a real transcript file, written through as the master does) and remote_ack. The
-    sends to the peers are no-ops: their PB cost is measured by the pb1 parts."""
-    from master_side.recorder import SessionRecorder
-    from master_side.relay import MasterSession
-    from master_side.session_pb import ViewerHandle, WorkerSink
-    from slaveshell.policy import Identity
-    from slaveshell.protocol import OpenRequest
-    from slaveshell.transcript import CastEncoder
-
-    out: dict[str, list[int]] = {"input": [], "input_ack": [], "output": [], "ack": []}
-    with tempfile.TemporaryDirectory(prefix="echo-bd-") as d:
-        session = MasterSession(OpenRequest(worker="w1"), Identity(1000, 1000, 1, "op", frozenset()),
-                                lambda s: None)
-        rec = SessionRecorder(session.id, os.path.join(d, "s.cast"), CastEncoder(), None, started=time.time())
-        rec.create(CastEncoder.header(80, 24, 0))
-        session.recorder = rec
-        owner = session.start(lambda *a: None, lambda *a: None)
-        viewer, worker = ViewerHandle(session, owner, lambda *a: None), WorkerSink(session, lambda *a: None)
-        steps = (("input", lambda: viewer.remote_input(KEY)), ("input_ack", lambda: worker.remote_input_ack(1, False)),
-                 ("output", lambda: worker.remote_output(1, KEY)), ("ack", lambda: viewer.remote_ack(1)))
-        for _ in range(keys):
-            for name, step in steps:
-                t0 = time.perf_counter_ns()
-                step()
-                out[name].append(time.perf_counter_ns() - t0)
-            time.sleep(gap(spacing))  # cold caches, as between keystrokes
-        rec.file.close()
-    return out
-
-
-def worker_python(keys: int, spacing: float) -> dict[str, list[int]]:
-    """ns per keystroke of the worker's work: SessionHandle.remote_input (the terminal's modes, the write, the
-    hidden-input decision, the input_ack) and the echo's read handler (hidden-input matching, the flush to the
-    sink), on a real PTY in `stty -icanon echo` modes; tests/fakes' reactor stands in for Twisted's."""
-    import termios
-
-    from slave_side.server import SessionHandle
-    from slave_side.session import WorkerOptions, WorkerSession, _ProcessProtocol
-    from slaveshell.protocol import OpenRequest, WireSink
-    from tests.fakes import ProcessReactor
-
-    out: dict[str, list[int]] = {"input": [], "output": []}
-    with tempfile.TemporaryDirectory(prefix="echo-bd-") as d:
-        session = WorkerSession(ProcessReactor(), "s1", OpenRequest(worker="w1", cwd=d), WorkerOptions(), d,
-                                WireSink(lambda *a: None))
-        session.start()
-        assert session._slave_hold is not None
-        modes = termios.tcgetattr(session._slave_hold)
-        modes[3] = (modes[3] & ~termios.ICANON) | termios.ECHO
-        termios.tcsetattr(session._slave_hold, termios.TCSANOW, modes)
-        handle, proto = SessionHandle(session), _ProcessProtocol(session)
-        for _ in range(keys):
-            t0 = time.perf_counter_ns()
-            handle.remote_input(KEY)
-            t1 = time.perf_counter_ns()
-            proto.childDataReceived(1, KEY)
-            t2 = time.perf_counter_ns()
-            out["input"].append(t1 - t0)
-            out["output"].append(t2 - t1)
-            session.ack(1)
-            time.sleep(gap(spacing))
-        session._release_slave()
-        if session._pty_fd is not None:
-            os.close(session._pty_fd)
-    return out
-
-
-def framing_python(keys: int, spacing: float) -> dict[str, list[int]]:
-    """ns per message of the framed operator hop's encode + decode (slaveshell.framing, when the tree has it):
-    an INPUT frame, a STDOUT frame, and an input_ack CONTROL frame (JSON)."""
-    from slaveshell import framing as f  # type: ignore[attr-defined]
-
-    to_master, to_client = f.Decoder(), f.Decoder()
-    steps = (("input", lambda: to_master.feed(f.encode(f.FrameType.INPUT, KEY))),
-             ("output", lambda: to_client.feed(f.encode(f.FrameType.STDOUT, KEY))),
-             ("input_ack", lambda: f.parse_control(to_client.feed(f.control(f.Op.INPUT_ACK, n=1, hidden=False))[0]
-                                                   .payload)))
-    out: dict[str, list[int]] = {name: [] for name, _ in steps}
-    for _ in range(keys):
-        for name, step in steps:
-            t0 = time.perf_counter_ns()
-            step()
-            out[name].append(time.perf_counter_ns() - t0)
-        time.sleep(gap(spacing))
-    return out
 
 
 # -- totals (and the terminal relay) from a blocking reader, as bench/run.py measures echo ---------------------
@@ -358,7 +298,7 @@ def pty_rtts(argv: list[str], keys: int, spacing: float, shell: bool = True) -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=TWISTED_PARTS + STDLIB_PARTS)
+    ap.add_argument("--part", choices=TWISTED_PARTS + LEAN_PARTS + STDLIB_PARTS)
     ap.add_argument("--serve", nargs=2, metavar=("KIND", "ADDR"))
     ap.add_argument("--keys", type=int, default=100)
     ap.add_argument("--spacing", type=float, default=0.05)
