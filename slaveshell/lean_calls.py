@@ -2,10 +2,11 @@
 each sent as one Banana list instead of a PB message.
 
 Why: an answer-less `callRemote` is jelly-serialized, Banana-encoded, then on the other side Banana-decoded,
-unjellied and dispatched by PB's broker, and costs ~150 µs of Python for a one-byte keystroke on this kind of
-machine (sender ~55 µs, receiver ~98 µs); the same event as a Banana list dispatched here costs ~50 µs
-(bench/echo_parts.py, parts ``pb1-*`` and ``lean-*``). A keystroke's echo is two such
-events on the worker's link. A bulk output message is also written without Banana's two copies of its payload
+unjellied and dispatched by PB's broker. For a one-byte keystroke in a hot loop that is ~150 µs of Python on this
+kind of machine (sender ~55, receiver ~98) against ~50 µs for the same event as a Banana list dispatched here; at
+keystroke spacing between two processes (cold caches, bench/echo_parts.py parts ``pb1-tcp`` and ``lean-tcp``,
+over a raw TCP ping-pong) 316-333 µs against 128-162 µs a message. A keystroke's echo is two such events on the
+worker's link. A bulk output message is also written without Banana's two copies of its payload
 (``transport.writeSequence`` of the header and the bytes).
 
 The wire (Twisted's Banana, the PB dialect; twisted/spread/banana.py and pb.py ``Broker.expressionReceived``)::
