@@ -9,7 +9,6 @@ Python itself takes to start.
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import itertools
 import os
@@ -23,8 +22,9 @@ from typing import Protocol
 from . import framing
 from .framing import Control, Frame, FrameType
 
-# Bytes read from the socket at once.
-READ_SIZE = 256 * 1024
+# Bytes read from the socket at once: two of a bulk stream's frames (framing.MAX_OUTPUT), so that a frame
+# seldom spans two reads (its bytes would be gathered in the decoder first: a copy more).
+READ_SIZE = 2 * framing.MAX_OUTPUT
 
 
 class Cancellable(Protocol):
@@ -126,7 +126,8 @@ class Connection:
         self.sock = sock
         self.read_size = read_size
         self.out = bytearray()
-        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER)
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER,
+                                       max_output=framing.MAX_OUTPUT)
         self.greeted = False
         self.closed = False
         self._head = b""
@@ -339,63 +340,3 @@ class Loop:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-class Outputs:
-    """The client's stdout ("out") and stderr ("err"): buffered, written when the descriptor takes it, so the
-    loop never blocks on a slow terminal or pipe. `on_gone(name)` when a reader went away (EPIPE, EIO; that
-    stream is then dropped), `on_written(name)` after each write."""
-
-    def __init__(self, loop: EventLoop, fds: dict[str, int], on_gone: Callable[[str], None],
-                 on_written: Callable[[str], None]) -> None:
-        self.loop = loop
-        self.fds = fds
-        self.buffers: dict[str, bytearray] = {name: bytearray() for name in fds}
-        self.on_gone = on_gone
-        self.on_written = on_written
-
-    def pending(self, name: str) -> int:
-        """Bytes waiting for `name` (0 once it was dropped)."""
-        return len(self.buffers.get(name, b""))
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.buffers.values())
-
-    def write(self, name: str, data: bytes) -> None:
-        buffer = self.buffers.get(name)
-        if buffer is None:
-            return
-        was_empty = not buffer
-        buffer += data
-        if was_empty:
-            self.flush(name)
-
-    def flush(self, name: str) -> None:
-        buffer = self.buffers.get(name)
-        if buffer is None:
-            return
-        if not write_some(self.fds[name], buffer):
-            self.drop(name)
-            self.on_gone(name)
-            return
-        self.loop.watch(self.fds[name], selectors.EVENT_WRITE, (lambda: self.flush(name)) if buffer else None)
-        self.on_written(name)
-
-    def drop(self, name: str) -> None:
-        if self.buffers.pop(name, None) is not None:
-            self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)
-
-
-def write_some(fd: int, buffer: bytearray) -> bool:
-    """Write what `fd` takes of `buffer` (removing it). False when the reader is gone (EPIPE, EIO)."""
-    try:
-        written = os.write(fd, buffer)
-    except (BlockingIOError, InterruptedError):
-        return True
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EINTR):
-            return True
-        return False
-    del buffer[:written]
-    return True
