@@ -84,7 +84,7 @@ class HopShell:
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Ask for the session (the answer comes through `frame`)."""
+        """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes."""
         try:
             if self.attach is None:
                 self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire(), max_output=framing.MAX_OUTPUT)
