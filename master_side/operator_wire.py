@@ -92,10 +92,11 @@ class WireDoor(Protocol):
         transport.write(data)
         self.written += max(buffered_bytes(transport) - before, 0)
 
-    def write_frame(self, head: bytes, payload: bytes) -> None:
-        """A frame's header and payload, unjoined (wire_sink.write_frame: to the kernel at once when nothing
-        waits)."""
-        write_frame(self.transport, (head, payload))
+    def write_frame(self, head: bytes, payload: bytes, at_once: bool = False) -> None:
+        """A frame's header and payload, unjoined. `at_once` (a bulk stream's large message): to the kernel now
+        when nothing waits before it (wire_sink.write_frame); else it waits for the reactor's turn, which sends what
+        was written in it together (a terminal's many small frames)."""
+        write_frame(self.transport, (head, payload), at_once)
         self.written += len(head) + len(payload)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

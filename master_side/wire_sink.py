@@ -4,9 +4,11 @@ messages as frames (`WireViewerSink`), and a frame's header and payload written 
 
 A session without a terminal sends 512 KiB messages (slaveshell.flow.BULK_CHUNK); a client that declared it takes
 them (``max_output`` in its open or attach, slaveshell.framing) gets each one as one frame, any other client in
-pieces of MAX_CHUNK. A frame goes to the kernel at once, header and payload in one sendmsg(2), when the
-connection holds nothing unsent: no copy of the payload in Python, no wait for the reactor's next turn. What
-the kernel does not take waits in Twisted's buffer, which the connection gate bounds (limits.ConnectionGate).
+pieces of MAX_CHUNK. A bulk message's frames go to the kernel at once, header and payload in one sendmsg(2),
+when the connection holds nothing unsent: no copy of the payload in Python, no wait for the reactor's next turn.
+What the kernel does not take waits in Twisted's buffer, which the connection gate bounds
+(limits.ConnectionGate). Smaller frames (a terminal's) wait for the reactor's turn, which sends all of them in
+one write: sent one by one, they cost a terminal's stream a fifth of its throughput.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ if TYPE_CHECKING:
 SEND_BUFFER = 2 * BULK_CHUNK
 
 
-def write_frame(transport: object, parts: Sequence[bytes]) -> None:
-    """Write `parts` (a frame: its header, its payload) to a Twisted transport, in order. When the transport
-    holds nothing unsent and has a socket, they go to the kernel at once in one sendmsg(2) (scatter-gather: no
+def write_frame(transport: object, parts: Sequence[bytes], at_once: bool = True) -> None:
+    """Write `parts` (a frame: its header, its payload) to a Twisted transport, in order. `at_once`, when the
+    transport holds nothing unsent and has a socket: to the kernel now in one sendmsg(2) (scatter-gather: no
     join); the rest, or all of them otherwise, through `transport.writeSequence`. A socket error leaves everything
     to the transport, which meets the same error on its own write and closes the connection."""
     rest = list(parts)
     sock = getattr(transport, "socket", None)
-    if (isinstance(sock, socket.socket) and getattr(transport, "connected", False)
+    if (at_once and isinstance(sock, socket.socket) and getattr(transport, "connected", False)
             and not getattr(transport, "disconnecting", True) and not buffered_bytes(transport)):
         try:
             sent = sock.sendmsg(rest)
@@ -92,7 +94,7 @@ class WireViewerSink:
                 widen(door.transport)
             most = self.max_output
             for piece in chunks(data, most) if len(data) > most else [data]:
-                door.write_frame(framing.header(ftype, len(piece), most), piece)
+                door.write_frame(framing.header(ftype, len(piece), most), piece, at_once=len(data) > MAX_CHUNK)
         elif method == "input_ack":
             door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
         elif method == "exit":

@@ -219,7 +219,8 @@ class Decoder:
         """Bytes held towards the next frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """The frames `data` completes (nothing of `data` is kept after the call: what is held is copied)."""
         if self.broken:
             return []
         # The frame held from earlier reads is completed with the bytes it lacks, and only those; the frames
@@ -263,7 +264,7 @@ class Decoder:
             self._buffer = bytearray()
         return taken
 
-    def _header(self, source: bytes | bytearray, pos: int) -> tuple[FrameType, int]:
+    def _header(self, source: bytes | bytearray | memoryview, pos: int) -> tuple[FrameType, int]:
         """The frame header at `pos`, checked: WireError (and the decoder broken) for an unknown type, a type
         refused here, or a length over the type's limit."""
         code, length = HEADER.unpack_from(source, pos)

@@ -122,12 +122,15 @@ class Connection:
     `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
     it, or broke the framing)."""
 
-    def __init__(self, sock: socket.socket, read_size: int = READ_SIZE) -> None:
+    def __init__(self, sock: socket.socket, read_size: int = READ_SIZE, max_output: int = framing.MAX_CHUNK) -> None:
         self.sock = sock
-        self.read_size = read_size
+        # Reads land in this one buffer (recv_into): no allocation of read_size bytes per read, which a PTY
+        # session's many small reads paid for; the decoder copies out what it keeps.
+        self._inbox = bytearray(read_size)
         self.out = bytearray()
+        # `max_output`: the largest STDOUT/STDERR frame taken, as declared to the master (framing.max_output).
         self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER,
-                                       max_output=framing.MAX_OUTPUT)
+                                       max_output=max_output)
         self.greeted = False
         self.closed = False
         self._head = b""
@@ -157,7 +160,7 @@ class Connection:
 
     def receive(self) -> list[Frame]:
         try:
-            data = self.sock.recv(self.read_size)
+            got = self.sock.recv_into(self._inbox)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as e:
@@ -167,13 +170,14 @@ class Connection:
                 # the refusal line.
                 raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
             raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
-        if not data:
+        if not got:
             self.closed = True
             if self._head.startswith(framing.REFUSED_PREFIX):
                 raise HopError(f"the master refused the connection: {_refusal(self._head)}")
             raise HopError("connection to the master lost")
+        data: bytes | memoryview = memoryview(self._inbox)[:got]
         if not self.greeted:
-            data = self._greeting(data)
+            data = self._greeting(bytes(data))
         try:
             return self.decoder.feed(data)
         except framing.WireError as e:

@@ -5,6 +5,7 @@ writes output straight from the frame and keeps only what stdout does not take (
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from master_side.wire_sink import WireViewerSink, write_frame
 from master_side.www.terminal_ws import WebViewerSink
-from slaveshell import framing
+from slaveshell import framing, hop
 from slaveshell.flow import BULK_CHUNK
 from slaveshell.framing import MAX_CHUNK, MAX_OUTPUT, FrameType, Op
 from slaveshell.outputs import Outputs
@@ -162,3 +163,27 @@ def test_the_client_writes_output_straight_from_the_frame_and_keeps_only_what_st
     outputs.write("out", b"nobody reads")
     assert gone == ["out"] and outputs.pending("out") == 0
     os.close(w)
+
+
+def test_only_a_client_connection_that_declared_bulk_frames_takes_them():
+    big = framing.header(FrameType.STDOUT, MAX_OUTPUT, MAX_OUTPUT) + os.urandom(MAX_OUTPUT)
+    for declared in (MAX_CHUNK, MAX_OUTPUT):
+        ours, master = socket.socketpair()
+        ours.setblocking(False)
+        connection = hop.Connection(ours, max_output=declared)
+        master.sendall(framing.MAGIC)
+        assert connection.receive() == [] and connection.greeted
+        master.sendall(big[:100_000])  # a frame over the limit is refused as soon as its header is in
+        if declared == MAX_CHUNK:
+            with pytest.raises(hop.HopError, match=f"broke the protocol: a STDOUT frame of {MAX_OUTPUT} bytes"):
+                connection.receive()
+            continue
+        rest, got = memoryview(big)[100_000:], connection.receive()
+        master.setblocking(False)
+        while not got:  # what the socket takes, then what the client reads of it
+            with contextlib.suppress(BlockingIOError):
+                rest = rest[master.send(rest):]
+            got = connection.receive()
+        assert not rest and [f.payload for f in got] == [big[5:]]
+        ours.close()
+        master.close()
