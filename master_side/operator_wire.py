@@ -7,7 +7,7 @@ otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a
 `OperatorAPI` (as the web door, master_side.www, is): the identity comes from the kernel (SO_PEERCRED,
 limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
 calls in progress, buffered output and write stall: the door has the `transport`, `disconnected` and `written`
-the gate reads, limits.Gated); the client's end of a view is a `WireViewerSink`; the session's messages go
+the gate reads, limits.Gated); the client's end of a view is a `wire_sink.WireViewerSink`; the session's messages go
 through `session_pb.ViewerHandle` (types, 64 KiB input, the credit window, read-only watchers, the owner's
 protocol errors ending its session), a transfer's through master_side.copy_wire, and `OperatorError` becomes an
 answer with the operator's line.
@@ -34,65 +34,18 @@ from slaveshell import framing
 from slaveshell.clock import Clock, DelayedCall
 from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
-from slaveshell.protocol import STREAM_ERR, OpenRequest, ProtocolError
+from slaveshell.protocol import OpenRequest, ProtocolError
 
 from .copy_wire import CopyDoor
 from .limits import ConnectionGate, Transport, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
 from .session_pb import ViewerHandle
-from .worker_pb import Undo
+from .wire_sink import WireViewerSink, write_frame
 
 if TYPE_CHECKING:
     from .service import ShellService
 
 log = Logger()
-
-
-class WireViewerSink:
-    """A `ViewerSink` over a `WireDoor`: the session's output as data frames, the rest as control frames."""
-
-    def __init__(self, door: WireDoor) -> None:
-        self.door = door
-        self.connection: object = door
-
-    @property
-    def gone(self) -> bool:
-        return self.door.disconnected
-
-    def send(self, method: str, *args: object) -> None:
-        door = self.door
-        if door.disconnected:
-            return
-        if method == "output":
-            stream, data = args
-            assert isinstance(data, bytes), "the relay sends output as bytes"
-            door.write(framing.encode(FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT, data))
-        elif method == "input_ack":
-            door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
-        elif method == "exit":
-            code, signal, reason = args
-            door.write(framing.control(Op.EXIT, code=code, signal=signal, reason=reason))
-        else:
-            raise ValueError(f"no such message to a viewer: {method}")
-        # A peer that does not read is dropped once its buffered output passes the bound.
-        door.gate.check(door)
-
-    def waiting(self, text: str) -> None:
-        if not self.door.disconnected:
-            self.door.write(framing.control(Op.WAITING, text=text))
-
-    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
-        self.door.disconnects.append(callback)
-
-        def undo() -> None:
-            if callback in self.door.disconnects:
-                self.door.disconnects.remove(callback)
-
-        return undo
-
-    def on_failure(self, callback: Callable[[str | None], None]) -> None:
-        # Writes on a local socket do not fail one by one: a lost connection is on_disconnect's.
-        pass
 
 
 class WireDoor(Protocol):
@@ -138,6 +91,13 @@ class WireDoor(Protocol):
         before = buffered_bytes(transport)
         transport.write(data)
         self.written += max(buffered_bytes(transport) - before, 0)
+
+    def write_frame(self, head: bytes, payload: bytes, at_once: bool = False) -> None:
+        """A frame's header and payload, unjoined. `at_once` (a bulk stream's large message): to the kernel now
+        when nothing waits before it (wire_sink.write_frame); else it waits for the reactor's turn, which sends what
+        was written in it together (a terminal's many small frames)."""
+        write_frame(self.transport, (head, payload), at_once)
+        self.written += len(head) + len(payload)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.disconnected = True
@@ -237,9 +197,10 @@ class WireDoor(Protocol):
         who = self.identity()
         try:
             if op is Op.OPEN:
-                result = self._limited(self._open, who, message.get("request"))
+                result = self._limited(self._open, who, message.get("request"), message.get("max_output"))
             elif op is Op.ATTACH:
-                result = self._limited(self._attach, who, message.get("session"), message.get("mode"))
+                result = self._limited(self._attach, who, message.get("session"), message.get("mode"),
+                                       message.get("max_output"))
             elif op is Op.COPY:
                 result = self._limited(self.copying.call, who, message.get("request"))
             elif op is Op.RELEASE:
@@ -278,11 +239,12 @@ class WireDoor(Protocol):
     def _limited(self, fn: Callable[..., object], *args: object) -> object:
         return self.gate.limited(self, fn, *args)
 
-    def _open(self, who: Identity, params: object) -> defer.Deferred[dict[str, object] | None]:
+    def _open(self, who: Identity, params: object, most: object) -> defer.Deferred[dict[str, object] | None]:
         if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             request = OpenRequest.from_wire(params)
+            max_output = framing.max_output(most)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
         self.viewing = True
@@ -296,13 +258,17 @@ class WireDoor(Protocol):
             self.handle = self._handle(view)
             return {"session": view.session.id}
 
-        d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self))
+        d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self, max_output))
         return d.addCallback(answer)
 
-    def _attach(self, who: Identity, session_id: object, mode: object) -> dict[str, object]:
+    def _attach(self, who: Identity, session_id: object, mode: object, most: object) -> dict[str, object]:
         if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
-        view = self.service.api.attach(who, WireViewerSink(self), session_id, mode)
+        try:
+            max_output = framing.max_output(most)
+        except ProtocolError as e:
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
+        view = self.service.api.attach(who, WireViewerSink(self, max_output), session_id, mode)
         self.viewing = True
         self.handle = self._handle(view)
         return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from slaveshell.display import visible
-from slaveshell.flow import CreditWindow, chunks, output_limits
+from slaveshell.flow import CreditWindow, output_limits
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
-    MAX_CHUNK,
     STREAM_ERR,
     ExitStatus,
     OpenRequest,
@@ -283,15 +282,14 @@ class MasterSession(SessionTimers):
         self.recent += data[-RECENT_BYTES:]
         if len(self.recent) > RECENT_BYTES:
             del self.recent[: len(self.recent) - RECENT_BYTES]
-        # Operators' clients take MAX_CHUNK per message: a bulk chunk goes to them in pieces.
-        pieces = chunks(data, MAX_CHUNK) if len(data) > MAX_CHUNK else [data]
+        # Whole, as the worker sent it: each viewer's sink cuts it to what its client takes (a framed client
+        # that declared max_output takes a bulk message as one frame).
         for viewer in list(self.viewers):
             if viewer is not self.owner and viewer.window.in_flight + viewer.own + len(data) > self.viewer_buffer:
                 self._drop_slow(viewer)
                 continue
             viewer.window.sent(len(data))
-            for piece in pieces:
-                viewer.send("output", stream, piece)
+            viewer.send("output", stream, data)
         if self.owner is None:
             self._ack_worker(len(data))
         for viewer, nbytes, hidden in typed:

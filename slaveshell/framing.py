@@ -11,7 +11,9 @@ The exchange:
    bounds, master_side.limits) gets instead one line starting with `REFUSED_PREFIX`, then the close.
 2. Then frames both ways: a 5-byte header, the frame's type (1 byte, `FrameType`) and its payload's length in
    bytes (4 bytes, big-endian), then the payload. Byte streams travel raw: `INPUT` (client to master, keystrokes
-   or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes. Everything else is a
+   or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes (`STDOUT` and `STDERR`: up
+   to what the client declared with its ``open`` or ``attach``, `max_output`, at most `MAX_OUTPUT`: a bulk stream's
+   512 KiB messages then reach it whole). Everything else is a
    `CONTROL` frame: one JSON object of at most `MAX_CONTROL` bytes with an ``"op"`` from `Op` and that op's
    fields (`Control`). `slaveshell cp`'s file bytes travel raw too, as `DATA` frames (both ways, at most
    `MAX_DATA` bytes: slaveshell.cpwire.CHUNK), its other messages as controls (entry, done_file, finish, abort,
@@ -33,10 +35,12 @@ import struct
 from dataclasses import dataclass, field
 
 from .cpwire import CHUNK as MAX_DATA
+from .flow import BULK_CHUNK
 from .protocol import MAX_CHUNK, REFUSED_PREFIX, ProtocolError
 
-__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_SKIP", "REFUSED_PREFIX", "Control",
-           "Decoder", "Frame", "FrameType", "Op", "WireError", "answer", "control", "encode", "header", "parse_control"]
+__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_OUTPUT", "MAX_SKIP", "REFUSED_PREFIX",
+           "Control", "Decoder", "Frame", "FrameType", "Op", "WireError", "answer", "control", "encode", "header",
+           "max_output", "parse_control"]
 
 MAGIC = b"SLAVESHELL/1\n"
 # Bytes the client may see before the master's MAGIC (PB's dialect list is 12): more is not this master.
@@ -46,6 +50,10 @@ MAX_SKIP = 256
 MAX_CONTROL = 256 * 1024
 # An answer's JSON from the master (rows of history or search, a transcript chunk): the client holds one at a time.
 MAX_ANSWER = 16 * 1024 * 1024
+# The largest STDOUT/STDERR frame a client may declare it takes (``max_output`` in its open or attach): a bulk
+# stream's largest message (slaveshell.flow.BULK_CHUNK), so that the master relays each one as one frame. A client
+# that declares nothing gets MAX_CHUNK.
+MAX_OUTPUT = BULK_CHUNK
 HEADER = struct.Struct("!BI")
 MAX_ID = 2**31 - 1
 
@@ -66,8 +74,8 @@ class Op(enum.Enum):
     """Every control message, by its wire spelling."""
 
     # client to master: calls (with an "id", answered)
-    OPEN = "open"  # request: OpenRequest.to_wire(); answer: id (the session's)
-    ATTACH = "attach"  # session, mode ("attach" | "watch"); answer: id, role, worker, size
+    OPEN = "open"  # request: OpenRequest.to_wire(), max_output (optional: max_output()); answer: id (the session's)
+    ATTACH = "attach"  # session, mode ("attach" | "watch"), max_output (optional); answer: id, role, worker, size
     RELEASE = "release"  # build; answer: text
     KILL = "kill"  # session; answer: text
     WORKERS = "workers"  # answer: rows
@@ -145,12 +153,23 @@ def encode(ftype: FrameType, payload: bytes, limit: int | None = None) -> bytes:
     return HEADER.pack(ftype, len(payload)) + payload
 
 
-def header(ftype: FrameType, length: int) -> bytes:
+def header(ftype: FrameType, length: int, limit: int | None = None) -> bytes:
     """A frame's header alone, for a payload written after it (no copy of a large payload). ValueError over
-    the type's limit."""
-    if length > _LIMITS[ftype]:
-        raise ValueError(f"a {ftype.name} frame of {length} bytes (at most {_LIMITS[ftype]})")
+    the type's limit (or `limit`: a client's max_output)."""
+    most = _LIMITS[ftype] if limit is None else limit
+    if length > most:
+        raise ValueError(f"a {ftype.name} frame of {length} bytes (at most {most})")
     return HEADER.pack(ftype, length)
+
+
+def max_output(value: object) -> int:
+    """The ``max_output`` of an open or attach: the largest STDOUT/STDERR frame the client takes, in bytes.
+    Absent (None): MAX_CHUNK. ProtocolError for anything but an integer from MAX_CHUNK to MAX_OUTPUT."""
+    if value is None:
+        return MAX_CHUNK
+    if isinstance(value, bool) or not isinstance(value, int) or not MAX_CHUNK <= value <= MAX_OUTPUT:
+        raise ProtocolError(f"max_output must be an integer from {MAX_CHUNK} to {MAX_OUTPUT}")
+    return value
 
 
 def control(op: Op, **fields: object) -> bytes:
@@ -183,14 +202,16 @@ def parse_control(payload: bytes, allowed: frozenset[Op] = frozenset(Op)) -> Con
 
 class Decoder:
     """Frames out of a byte stream, incrementally. Holds at most one frame's header and payload (5 bytes +
-    `max_control`: MAX_CONTROL from a client, MAX_ANSWER from the master); `feed` raises WireError on an
-    unknown type, a frame over its type's limit, or a type in `refused` (the other direction's), as soon as the
-    header is in."""
+    `max_control`: MAX_CONTROL from a client, MAX_ANSWER from the master; `max_output` for STDOUT and STDERR:
+    what a client declared it takes); `feed` raises WireError on an unknown type, a frame over its type's limit,
+    or a type in `refused` (the other direction's), as soon as the header is in."""
 
-    def __init__(self, refused: frozenset[FrameType] = frozenset(), max_control: int = MAX_CONTROL) -> None:
+    def __init__(self, refused: frozenset[FrameType] = frozenset(), max_control: int = MAX_CONTROL,
+                 max_output: int = MAX_CHUNK) -> None:
         self._buffer = bytearray()
         self._refused = refused
-        self._limits = {**_LIMITS, FrameType.CONTROL: max_control}
+        self._limits = {**_LIMITS, FrameType.CONTROL: max_control, FrameType.STDOUT: max_output,
+                        FrameType.STDERR: max_output}
         self.broken = False
 
     @property
@@ -198,38 +219,64 @@ class Decoder:
         """Bytes held towards the next frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """The frames `data` completes (nothing of `data` is kept after the call: what is held is copied)."""
         if self.broken:
             return []
-        # Frames are cut from `data` itself when nothing is held (no copy into the buffer first), and each
-        # payload is copied once, through a memoryview; what was consumed leaves the buffer once, at the end.
-        source: bytes | bytearray = data
-        if self._buffer:
-            self._buffer += data
-            source = self._buffer
-        frames = []
-        pos, size = 0, len(source)
-        with memoryview(source) as view:
+        # The frame held from earlier reads is completed with the bytes it lacks, and only those; the frames
+        # after it are cut from `data` itself. Each payload is copied once, through a memoryview; only the bytes
+        # of a frame that spans reads are copied twice (into the buffer, then out of it).
+        frames: list[Frame] = []
+        pos = 0
+        with memoryview(data) as view:
+            if self._buffer:
+                pos = self._complete(view, frames)
+                if not frames:
+                    return frames
+            size = len(data)
             while size - pos >= HEADER.size:
-                code, length = HEADER.unpack_from(source, pos)
-                try:
-                    ftype = FrameType(code)
-                except ValueError:
-                    self.broken = True
-                    raise WireError(f"a frame of unknown type {code}") from None
-                if ftype in self._refused:
-                    self.broken = True
-                    raise WireError(f"a {ftype.name} frame in the wrong direction")
-                if length > self._limits[ftype]:
-                    self.broken = True
-                    raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
+                ftype, length = self._header(data, pos)
                 end = pos + HEADER.size + length
                 if size < end:
                     break
                 frames.append(Frame(ftype, bytes(view[pos + HEADER.size:end])))
                 pos = end
-            if source is not self._buffer and pos < size:
-                self._buffer += view[pos:]
-        if source is self._buffer:
-            del self._buffer[:pos]
+            self._buffer += view[pos:]
         return frames
+
+    def _complete(self, view: memoryview, frames: list[Frame]) -> int:
+        """Add to the held frame what it lacks of `view` (its header first, checked as soon as it is in); append
+        it to `frames` when whole. Returns the bytes of `view` taken."""
+        buffer = self._buffer
+        taken = 0
+        if len(buffer) < HEADER.size:
+            taken = min(HEADER.size - len(buffer), len(view))
+            buffer += view[:taken]
+            if len(buffer) < HEADER.size:
+                return taken
+        ftype, length = self._header(buffer, 0)
+        more = min(HEADER.size + length - len(buffer), len(view) - taken)
+        buffer += view[taken:taken + more]
+        taken += more
+        if len(buffer) == HEADER.size + length:
+            with memoryview(buffer) as held:
+                frames.append(Frame(ftype, bytes(held[HEADER.size:])))
+            self._buffer = bytearray()
+        return taken
+
+    def _header(self, source: bytes | bytearray | memoryview, pos: int) -> tuple[FrameType, int]:
+        """The frame header at `pos`, checked: WireError (and the decoder broken) for an unknown type, a type
+        refused here, or a length over the type's limit."""
+        code, length = HEADER.unpack_from(source, pos)
+        try:
+            ftype = FrameType(code)
+        except ValueError:
+            self.broken = True
+            raise WireError(f"a frame of unknown type {code}") from None
+        if ftype in self._refused:
+            self.broken = True
+            raise WireError(f"a {ftype.name} frame in the wrong direction")
+        if length > self._limits[ftype]:
+            self.broken = True
+            raise WireError(f"a {ftype.name} frame of {length} bytes (at most {self._limits[ftype]})")
+        return ftype, length

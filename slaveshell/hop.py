@@ -9,7 +9,6 @@ Python itself takes to start.
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import itertools
 import os
@@ -23,8 +22,9 @@ from typing import Protocol
 from . import framing
 from .framing import Control, Frame, FrameType
 
-# Bytes read from the socket at once.
-READ_SIZE = 256 * 1024
+# Bytes read from the socket at once: two of a bulk stream's frames (framing.MAX_OUTPUT), so that a frame
+# seldom spans two reads (its bytes would be gathered in the decoder first: a copy more).
+READ_SIZE = 2 * framing.MAX_OUTPUT
 
 
 class Cancellable(Protocol):
@@ -122,11 +122,15 @@ class Connection:
     `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
     it, or broke the framing)."""
 
-    def __init__(self, sock: socket.socket, read_size: int = READ_SIZE) -> None:
+    def __init__(self, sock: socket.socket, read_size: int = READ_SIZE, max_output: int = framing.MAX_CHUNK) -> None:
         self.sock = sock
-        self.read_size = read_size
+        # Reads land in this one buffer (recv_into): no allocation of read_size bytes per read, which a PTY
+        # session's many small reads paid for; the decoder copies out what it keeps.
+        self._inbox = bytearray(read_size)
         self.out = bytearray()
-        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER)
+        # `max_output`: the largest STDOUT/STDERR frame taken, as declared to the master (framing.max_output).
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER,
+                                       max_output=max_output)
         self.greeted = False
         self.closed = False
         self._head = b""
@@ -156,7 +160,7 @@ class Connection:
 
     def receive(self) -> list[Frame]:
         try:
-            data = self.sock.recv(self.read_size)
+            got = self.sock.recv_into(self._inbox)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as e:
@@ -166,13 +170,14 @@ class Connection:
                 # the refusal line.
                 raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
             raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
-        if not data:
+        if not got:
             self.closed = True
             if self._head.startswith(framing.REFUSED_PREFIX):
                 raise HopError(f"the master refused the connection: {_refusal(self._head)}")
             raise HopError("connection to the master lost")
+        data: bytes | memoryview = memoryview(self._inbox)[:got]
         if not self.greeted:
-            data = self._greeting(data)
+            data = self._greeting(bytes(data))
         try:
             return self.decoder.feed(data)
         except framing.WireError as e:
@@ -339,63 +344,3 @@ class Loop:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-class Outputs:
-    """The client's stdout ("out") and stderr ("err"): buffered, written when the descriptor takes it, so the
-    loop never blocks on a slow terminal or pipe. `on_gone(name)` when a reader went away (EPIPE, EIO; that
-    stream is then dropped), `on_written(name)` after each write."""
-
-    def __init__(self, loop: EventLoop, fds: dict[str, int], on_gone: Callable[[str], None],
-                 on_written: Callable[[str], None]) -> None:
-        self.loop = loop
-        self.fds = fds
-        self.buffers: dict[str, bytearray] = {name: bytearray() for name in fds}
-        self.on_gone = on_gone
-        self.on_written = on_written
-
-    def pending(self, name: str) -> int:
-        """Bytes waiting for `name` (0 once it was dropped)."""
-        return len(self.buffers.get(name, b""))
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.buffers.values())
-
-    def write(self, name: str, data: bytes) -> None:
-        buffer = self.buffers.get(name)
-        if buffer is None:
-            return
-        was_empty = not buffer
-        buffer += data
-        if was_empty:
-            self.flush(name)
-
-    def flush(self, name: str) -> None:
-        buffer = self.buffers.get(name)
-        if buffer is None:
-            return
-        if not write_some(self.fds[name], buffer):
-            self.drop(name)
-            self.on_gone(name)
-            return
-        self.loop.watch(self.fds[name], selectors.EVENT_WRITE, (lambda: self.flush(name)) if buffer else None)
-        self.on_written(name)
-
-    def drop(self, name: str) -> None:
-        if self.buffers.pop(name, None) is not None:
-            self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)
-
-
-def write_some(fd: int, buffer: bytearray) -> bool:
-    """Write what `fd` takes of `buffer` (removing it). False when the reader is gone (EPIPE, EIO)."""
-    try:
-        written = os.write(fd, buffer)
-    except (BlockingIOError, InterruptedError):
-        return True
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EINTR):
-            return True
-        return False
-    del buffer[:written]
-    return True

@@ -17,7 +17,8 @@ from . import framing
 from .display import visible
 from .flow import CreditWindow, chunks
 from .framing import FrameType, Op
-from .hop import Cancellable, EventLoop, HopError, Link, Outputs, PendingCalls, parse, session_frame
+from .hop import Cancellable, EventLoop, HopError, Link, PendingCalls, parse, session_frame
+from .outputs import Outputs
 from .protocol import INPUT_WINDOW, MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError, Role, WireControl, check_int
 from .terminal import window_size
 
@@ -83,12 +84,13 @@ class HopShell:
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Ask for the session (the answer comes through `frame`)."""
+        """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes."""
         try:
             if self.attach is None:
-                self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire())
+                self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire(), max_output=framing.MAX_OUTPUT)
             else:
-                self.calls.call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1])
+                self.calls.call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1],
+                                max_output=framing.MAX_OUTPUT)
         except ValueError:  # over framing.MAX_CONTROL
             self.finish(ExitStatus(reason=f"the request is too large (at most {framing.MAX_CONTROL} bytes)"))
 

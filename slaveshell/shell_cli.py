@@ -189,11 +189,11 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
 def _session(loop: Loop, sock: socket.socket, request: OpenRequest, interactive: bool,
              escape_char: bytes | None, attach: tuple[str, str] | None, terminal: RawTerminal | None) -> HopShell:
     """The client on `loop`, with the socket's events wired to it."""
-    from .framing import WireError
+    from .framing import MAX_OUTPUT, WireError
     from .hop import Connection, HopError
     from .hop_client import HopShell
 
-    conn = Connection(sock)
+    conn = Connection(sock, max_output=MAX_OUTPUT)  # as HopShell declares it
     client = HopShell(loop, conn, request, interactive=interactive, escape_char=escape_char, attach=attach,
                       suspend=terminal.suspend if terminal else None)
     fd = sock.fileno()

@@ -15,7 +15,7 @@ from master_side.audit_trail import _search
 from master_side.recorder import SessionRecorder
 from master_side.relay import WINDOW_TOLERANCE, MasterSession
 from master_side.transcript_export import ExportReader, read_cast
-from master_side.transcripts import attachment_path, recover
+from master_side.transcripts import HASH_BATCH, MAX_HASH_BATCHES, Attachment, attachment_path, recover
 from slaveshell.flow import BULK_CHUNK, BULK_WINDOW
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError
@@ -222,12 +222,12 @@ def session(pty):
     return s, owner, to_op, to_w
 
 
-def test_a_bulk_stream_takes_large_messages_and_gives_them_to_clients_in_client_sized_pieces():
+def test_a_bulk_stream_takes_large_messages_and_hands_each_to_its_viewers_whole():
+    # Each viewer's sink cuts it to what its client takes (tests/test_operator_wire.py, tests/test_web_access.py).
     s, owner, to_op, to_w = session(pty=False)
     data = os.urandom(BULK_CHUNK)
     s.worker_output(1, data)
-    assert [len(m[2]) for m in to_op] == [MAX_CHUNK] * (BULK_CHUNK // MAX_CHUNK)
-    assert b"".join(m[2] for m in to_op) == data
+    assert to_op == [("output", 1, data)]
     s.viewer_ack(owner, BULK_CHUNK)
     assert to_w == [("ack", BULK_CHUNK)]
     with pytest.raises(ProtocolError, match="over the limit"):
@@ -285,3 +285,17 @@ def test_the_retention_setting_is_checked_with_the_other_numbers():
     assert ShellConfig(transcript_retention_days=-1).errors() == [
         "transcript_retention_days must be a non-negative number or None"]
     assert ShellConfig(transcript_retention_days="30").errors()
+
+
+def test_an_attachments_sha256_covers_every_chunk_across_hashing_batches(tmp_path):
+    # Chunks go to the hashing thread HASH_BATCH bytes at a time, with at most MAX_HASH_BATCHES waiting: a stream
+    # of odd-sized chunks over many batches, and a digest asked in the middle of one, still cover every byte.
+    attachment = Attachment(str(tmp_path / "s.bin"))
+    sha = hashlib.sha256()
+    for i in range((MAX_HASH_BATCHES + 3) * HASH_BATCH // 300_001 + 1):
+        chunk = os.urandom(300_001 - i)
+        attachment.write(chunk)
+        sha.update(chunk)
+        if i == 9:
+            assert attachment.sha256() == sha.hexdigest()
+    assert attachment.close() == sha.hexdigest() == hashlib.sha256((tmp_path / "s.bin").read_bytes()).hexdigest()

@@ -38,6 +38,7 @@ from twisted.spread import pb
 
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
+from slaveshell.flow import chunks
 from slaveshell.policy import WebIdentity
 from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
 
@@ -83,7 +84,9 @@ class WebViewerSink:
         if method == "output":
             data = args[1]
             assert isinstance(data, bytes)
-            self.protocol.sendMessage(data, isBinary=True)
+            # A bulk stream's message (up to 512 KiB, slaveshell.flow) reaches the page in MAX_CHUNK pieces.
+            for piece in chunks(data, MAX_CHUNK) if len(data) > MAX_CHUNK else [data]:
+                self.protocol.sendMessage(piece, isBinary=True)
         elif method == "input_ack":
             self.protocol.send_json({"type": "input_ack", "bytes": args[0]})
         elif method == "exit":

@@ -1,0 +1,123 @@
+"""What the master sends an operator's client on the framed door (master_side.operator_wire): a session's
+messages as frames (`WireViewerSink`), and a frame's header and payload written without joining them
+(`write_frame`).
+
+A session without a terminal sends 512 KiB messages (slaveshell.flow.BULK_CHUNK); a client that declared it takes
+them (``max_output`` in its open or attach, slaveshell.framing) gets each one as one frame, any other client in
+pieces of MAX_CHUNK. A bulk message's frames go to the kernel at once, header and payload in one sendmsg(2),
+when the connection holds nothing unsent: no copy of the payload in Python, no wait for the reactor's next turn.
+What the kernel does not take waits in Twisted's buffer, which the connection gate bounds
+(limits.ConnectionGate). Smaller frames (a terminal's) wait for the reactor's turn, which sends all of them in
+one write: sent one by one, they cost a terminal's stream a fifth of its throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from slaveshell import framing
+from slaveshell.flow import BULK_CHUNK, chunks
+from slaveshell.framing import FrameType, Op
+from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
+
+from .limits import buffered_bytes
+from .worker_pb import Undo
+
+if TYPE_CHECKING:
+    from .operator_wire import WireDoor
+
+# The kernel's send buffer asked for a connection that carries a bulk stream (Linux doubles it for its own
+# accounting; the default, net.core.wmem_default, is about 208 KiB): two of the worker's bulk messages.
+SEND_BUFFER = 2 * BULK_CHUNK
+
+
+def write_frame(transport: object, parts: Sequence[bytes], at_once: bool = True) -> None:
+    """Write `parts` (a frame: its header, its payload) to a Twisted transport, in order. `at_once`, when the
+    transport holds nothing unsent and has a socket: to the kernel now in one sendmsg(2) (scatter-gather: no
+    join); the rest, or all of them otherwise, through `transport.writeSequence`. A socket error leaves everything
+    to the transport, which meets the same error on its own write and closes the connection."""
+    rest = list(parts)
+    sock = getattr(transport, "socket", None)
+    if (at_once and isinstance(sock, socket.socket) and getattr(transport, "connected", False)
+            and not getattr(transport, "disconnecting", True) and not buffered_bytes(transport)):
+        try:
+            sent = sock.sendmsg(rest)
+        except OSError:  # EAGAIN: nothing taken; anything else: the transport's to find
+            sent = 0
+        while rest and sent >= len(rest[0]):
+            sent -= len(rest.pop(0))
+        if rest and sent:
+            rest[0] = rest[0][sent:]
+    if rest:
+        transport.writeSequence(rest)  # type: ignore[attr-defined]
+
+
+def widen(transport: object) -> None:
+    """Let the kernel hold SEND_BUFFER bytes of the connection's output (SO_SNDBUF), for a bulk stream: each of
+    its messages then goes to the kernel whole, at once (write_frame), while the client reads the one before. The
+    credit windows still bound what the master sends (slaveshell.flow). Nothing happens when the transport has no
+    socket, or the kernel refuses (its net.core.wmem_max caps the size anyway)."""
+    sock = getattr(transport, "socket", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
+class WireViewerSink:
+    """A `ViewerSink` over a `WireDoor`: the session's output as STDOUT/STDERR frames of at most `max_output`
+    bytes (what the client declared: framing.max_output), the rest as control frames."""
+
+    def __init__(self, door: WireDoor, max_output: int = MAX_CHUNK) -> None:
+        self.door = door
+        self.connection: object = door
+        self.max_output = max_output
+        self._widened = False
+
+    @property
+    def gone(self) -> bool:
+        return self.door.disconnected
+
+    def send(self, method: str, *args: object) -> None:
+        door = self.door
+        if door.disconnected:
+            return
+        if method == "output":
+            stream, data = args
+            assert isinstance(data, bytes), "the relay sends output as bytes"
+            ftype = FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT
+            if len(data) > MAX_CHUNK and not self._widened:  # a bulk stream's message: the first one
+                self._widened = True
+                widen(door.transport)
+            most = self.max_output
+            for piece in chunks(data, most) if len(data) > most else [data]:
+                door.write_frame(framing.header(ftype, len(piece), most), piece, at_once=len(data) > MAX_CHUNK)
+        elif method == "input_ack":
+            door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
+        elif method == "exit":
+            code, signal, reason = args
+            door.write(framing.control(Op.EXIT, code=code, signal=signal, reason=reason))
+        else:
+            raise ValueError(f"no such message to a viewer: {method}")
+        # A peer that does not read is dropped once its buffered output passes the bound.
+        door.gate.check(door)
+
+    def waiting(self, text: str) -> None:
+        if not self.door.disconnected:
+            self.door.write(framing.control(Op.WAITING, text=text))
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        self.door.disconnects.append(callback)
+
+        def undo() -> None:
+            if callback in self.door.disconnects:
+                self.door.disconnects.remove(callback)
+
+        return undo
+
+    def on_failure(self, callback: Callable[[str | None], None]) -> None:
+        # Writes on a local socket do not fail one by one: a lost connection is on_disconnect's.
+        pass
