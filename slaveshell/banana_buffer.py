@@ -10,10 +10,12 @@ chunks from `slaveshell cp` (half of its time in Banana). Installed by the maste
 
 `install()` wraps ``dataReceived``: when what Banana holds is the start of a string item whose header is complete
 (its length read, within Banana's own SIZE_LIMIT and prefix limit), later reads are gathered in a list until the
-string is whole, and then handed to the original ``dataReceived`` in one piece. Banana's state between reads is
-then what it would have been (``self.buffer`` holds the item's start); everything else (list headers, small
-items, the checks and errors) still goes through the original code, which sees the same bytes in the same order.
-Memory: the gathered bytes are those Banana would have held (at most one string of SIZE_LIMIT, plus one read).
+string is whole; the string is then made in one copy (a join of memoryviews of the reads) and handed to Banana's
+own ``gotItem``, and the lists it completes are closed, as the end of Banana's loop does; what follows it goes to
+the original ``dataReceived``. Banana's state between reads is what it would have been; everything else (list
+headers, small items, the checks and errors) still goes through the original code, which sees the same bytes in
+the same order. Memory: the gathered bytes are those Banana would have held (at most one string of SIZE_LIMIT,
+plus one read).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ _HIGH_BIT = 0x80
 _STRING = banana.STRING[0]
 
 
-def string_needs(buffer: bytes, prefix_limit: int) -> int | None:
-    """The length `buffer` must reach before Banana can take the string item it starts with, or None when it
-    does not start with a complete string header (or the header is one Banana would refuse: it must see it)."""
+def string_header(buffer: bytes, prefix_limit: int) -> tuple[int, int] | None:
+    """(header length, string length) when `buffer` starts with a complete string header, or None when it does
+    not (or the header is one Banana would refuse: it must see it)."""
     pos = 0
     for byte in buffer[: prefix_limit + 1]:
         if byte >= _HIGH_BIT:
@@ -44,7 +46,7 @@ def string_needs(buffer: bytes, prefix_limit: int) -> int | None:
     length = banana.b1282int(buffer[:pos])
     if length > banana.SIZE_LIMIT:
         return None
-    return pos + 1 + length
+    return pos + 1, length
 
 
 def install() -> bool:
@@ -54,22 +56,36 @@ def install() -> bool:
         return True
 
     def dataReceived(self: banana.Banana, chunk: bytes) -> None:
-        gathering: tuple[list[bytes], int, int] | None = self.__dict__.get("_slaveshell_gathering")
+        gathering: tuple[list[bytes], int, int, int] | None = self.__dict__.get("_slaveshell_gathering")
         if gathering is not None:
-            parts, have, need = gathering
+            parts, have, need, skip = gathering
             parts.append(chunk)
             have += len(chunk)
             if have < need:
-                self.__dict__["_slaveshell_gathering"] = (parts, have, need)
+                self.__dict__["_slaveshell_gathering"] = (parts, have, need, skip)
                 return
             self.__dict__["_slaveshell_gathering"] = None
-            chunk = b"".join(parts)
+            # The string in one copy (memoryviews of the reads joined), handed to Banana's own gotItem as its
+            # loop would; what follows it goes through the original code.
+            cut = len(chunk) - (have - need)
+            views = [memoryview(p) for p in parts]
+            views[0] = views[0][skip:]
+            views[-1] = views[-1][:cut]
+            item = b"".join(views)
+            rest = chunk[cut:]
             self.buffer = b""
+            self.gotItem(item)
+            stack = self.listStack  # the lists this item completes, as the end of Banana's loop does
+            while stack and len(stack[-1][1]) == stack[-1][0]:
+                self.gotItem(stack.pop()[1])
+            if not rest:
+                return
+            chunk = rest
         original(self, chunk)
         held = self.buffer
-        needed = string_needs(held, int(self.prefixLimit or 0)) if held else None
-        if needed is not None and needed - len(held) >= GATHER_FROM:
-            self.__dict__["_slaveshell_gathering"] = ([held], len(held), needed)
+        header = string_header(held, int(self.prefixLimit or 0)) if held else None
+        if header is not None and header[0] + header[1] - len(held) >= GATHER_FROM:
+            self.__dict__["_slaveshell_gathering"] = ([held], len(held), header[0] + header[1], header[0])
             self.buffer = b""
 
     dataReceived.slaveshell_gathers = True  # type: ignore[attr-defined]

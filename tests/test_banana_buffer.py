@@ -34,7 +34,10 @@ def test_large_and_small_items_in_any_reads_decode_as_before(original):
     big = os.urandom(512 * 1024)
     items = [[b"output", 1, big], [b"ack", 4096], [b"output", 2, b"x"], [b"output", 1, big[:300_000]], [b"", [1, [2]]]]
     stream = b"".join(banana.encode(item) for item in items)
-    before = {read: decoded(stream, read) for read in (1000, 65536, 65537, 300_000, len(stream))}
+    # Reads that end exactly where the first big string ends, and one byte either side.
+    edge = stream.index(big) + len(big)
+    reads = (1000, 65536, 65537, 300_000, len(stream), edge, edge - 1, edge + 1, edge // 3)
+    before = {read: decoded(stream, read) for read in reads}
     assert banana_buffer.install() and banana_buffer.install()  # once per process
     for read, result in before.items():
         assert decoded(stream, read) == result
