@@ -32,6 +32,7 @@ def install(
     allowed_dirs: Iterable[str] | None = None,
     env: Mapping[str, str] | None = None,
     allowed_users: Iterable[str] | None = None,
+    busy_rate: int = WorkerOptions.busy_rate,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -42,6 +43,8 @@ def install(
     env: extra environment variables for every session.
     allowed_users: if given, only these operators (user names on the master host, as the master reports them)
         may open sessions here, whatever the master's policy says.
+    busy_rate: while a build step runs on this worker, each session's output is paced to this many bytes per
+        second once a 1 MiB burst is spent, so that a flood in a shell does not take the build's CPU; 0: never.
     """
     global _server, _transfers
     if not enabled:
@@ -58,6 +61,7 @@ def install(
         allowed_dirs=tuple(allowed_dirs) if allowed_dirs is not None else None,
         extra_env=dict(env or {}),
         allowed_users=frozenset(allowed_users) if allowed_users is not None else None,
+        busy_rate=max(0, int(busy_rate)),
     )
     _server = ShellServer(options)
     # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer).
@@ -93,7 +97,15 @@ class _Bot(Protocol):
 def _remote_open(bot: _Bot, sink: object, params: object) -> dict[str, object]:
     if _server is None:
         return {"ok": False, "error": "shell sessions are disabled on this worker"}
-    return _server.open(str(bot.basedir), sink, params)
+    return _server.open(str(bot.basedir), sink, params, build_running=lambda: _step_running(bot))
+
+
+def _step_running(bot: object) -> bool:
+    """Whether one of the bot's builders runs a step command now (buildbot_worker.pb.WorkerForBuilderPbLike
+    sets `protocol_command` for the command's life)."""
+    builders = getattr(bot, "builders", None)
+    return isinstance(builders, dict) and any(getattr(b, "protocol_command", None) is not None
+                                              for b in builders.values())
 
 
 def _remote_transfer(bot: _Bot, sink: object, params: object) -> dict[str, object]:

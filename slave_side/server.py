@@ -97,10 +97,12 @@ class ShellServer:
         self.sessions: dict[str, WorkerSession] = {}
         self.admission = Admission(options)
 
-    def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
+    def open(self, basedir: str, sink: object, params: object,
+             build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
         Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True}`` (lean: this connection
-        takes slaveshell.lean_calls) or ``{"ok": False, "error": text}``."""
+        takes slaveshell.lean_calls) or ``{"ok": False, "error": text}``. `build_running()` tells whether a build
+        step runs on this worker now (its output is then paced: WorkerOptions.busy_rate)."""
         opened = opening(OpenRequest.from_wire, params, sink)
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
@@ -117,7 +119,7 @@ class ShellServer:
         # The master refused or went away: never let this surface as an unhandled error in the worker.
         peer = LeanPeer(ref, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
         session = WorkerSession(self.reactor, session_id, request, self.options, basedir, WireSink(peer.send),
-                                on_closed=self._closed)
+                                on_closed=self._closed, build_running=build_running)
         try:
             pid = session.start()
         except ProtocolError as e:

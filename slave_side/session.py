@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from slaveshell.clock import DelayedCall
 from slaveshell.display import visible
-from slaveshell.flow import CreditWindow, chunks, output_limits
+from slaveshell.flow import CreditWindow, Pacer, chunks, output_limits
 from slaveshell.protocol import (
     MAX_CHUNK,
     OUTPUT_WINDOW,
@@ -64,6 +64,10 @@ COALESCE_DELAY = 0.002
 # and of pipes (no echo to wait for) go at once, as do held ones once HELD_ACKS_MAX bytes are waiting.
 ACK_DELAY = 0.01
 HELD_ACKS_MAX = MAX_CHUNK
+
+# The burst a session's output may send at once while a build step runs, before WorkerOptions.busy_rate paces it:
+# a screenful, a prompt, an echo are never held.
+BUSY_BURST = 1024 * 1024
 
 _SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
@@ -129,6 +133,7 @@ class WorkerSession:
         basedir: str,
         sink: SessionSink,
         on_closed: Callable[[WorkerSession], None] = lambda s: None,
+        build_running: Callable[[], bool] = lambda: False,
     ) -> None:
         self.reactor = reactor
         self.id = session_id
@@ -137,6 +142,10 @@ class WorkerSession:
         self.basedir = basedir
         self.sink = sink
         self.on_closed = on_closed
+        # Whether a build step runs on this worker now: then output is paced (WorkerOptions.busy_rate).
+        self.build_running = build_running
+        self._pacer = Pacer(options.busy_rate, BUSY_BURST) if options.busy_rate > 0 else None
+        self._paced: DelayedCall | None = None
         # A terminal keeps the owner's window; a bulk stream's window scales with it (slaveshell.flow).
         self.limits = output_limits(request.pty)
         self.window = CreditWindow(options.output_window if request.pty else
@@ -315,7 +324,8 @@ class WorkerSession:
         self._kill_groups(signal.SIGHUP)
         self._timers.append(self.reactor.callLater(TERM_AFTER, self._kill_groups, signal.SIGTERM))
         self._timers.append(self.reactor.callLater(KILL_AFTER, self._kill_groups, signal.SIGKILL))
-        # Make sure EOF can be seen, whatever the credit says.
+        # Make sure EOF can be seen, whatever the credit or the pacing says.
+        self._stop_pacing()
         self._resume_reading()
 
     # -- process events ----------------------------------------------------------------------------
@@ -353,6 +363,26 @@ class WorkerSession:
         self._send_acks()  # no output to ride on (an empty flush at the end)
         if not self.window.is_open and self.running:
             self._pause_reading()
+        self._pace(self._last_flush_size)
+
+    def _pace(self, nbytes: int) -> None:
+        """While a build step runs here, hold reading once the burst is spent, until the rate allows more."""
+        if self._pacer is None or not nbytes or not self.running or not self.build_running():
+            return
+        wait = self._pacer.spend(nbytes, self.reactor.seconds())
+        if wait > 0 and self._paced is None:
+            self._pause_reading()
+            self._paced = self.reactor.callLater(wait, self._pace_over)
+
+    def _stop_pacing(self) -> None:
+        paced, self._paced = self._paced, None
+        if paced is not None and paced.active():
+            paced.cancel()
+
+    def _pace_over(self) -> None:
+        self._paced = None
+        if self.window.is_open:
+            self._resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -360,6 +390,8 @@ class WorkerSession:
             self.transport.pauseProducing()
 
     def _resume_reading(self) -> None:
+        if self._paced is not None and self.running:
+            return  # _pace_over resumes it
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -431,6 +463,7 @@ class WorkerSession:
         self._to(Phase.ENDED)
         self._judge.close()
         self._take_acks()
+        self._stop_pacing()
         for timer in self._timers:
             if timer.active():
                 timer.cancel()

@@ -68,3 +68,24 @@ class CreditWindow:
 def chunks(data: bytes, size: int) -> list[bytes]:
     """Split into pieces of at most `size` bytes (an empty input gives no pieces)."""
     return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+class Pacer:
+    """A token bucket over bytes: at most `burst` at once, then `rate` bytes per second. Times are the caller's
+    clock in seconds. Used by the worker to pace a session's output while a build step runs on it."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at: float | None = None
+
+    def spend(self, nbytes: int, now: float) -> float:
+        """Take `nbytes` at `now`; the seconds to wait before sending more (0.0: none)."""
+        if self.at is not None:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= nbytes
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

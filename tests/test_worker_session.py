@@ -236,3 +236,39 @@ def test_on_a_terminal_a_keystrokes_ack_rides_on_its_echo_or_goes_alone_after_a_
     finally:
         os.close(master_fd)
         os.close(slave_fd)
+
+
+def test_while_a_build_step_runs_output_past_a_burst_is_paced_and_otherwise_not(tmp_path):
+    from slave_side.session import BUSY_BURST
+    from slaveshell.flow import Pacer
+
+    building = [True]
+    reactor = ProcessReactor()
+    reports: list[tuple] = []
+    options = WorkerOptions(shell="/bin/sh", busy_rate=1024 * 1024)
+    session = WorkerSession(reactor, "w1", OpenRequest(worker="w1", pty=False), options, str(tmp_path),
+                            WireSink(lambda *a: reports.append(a)), build_running=lambda: building[0])
+    session.start()
+    proc = reactor.processes[0]
+    piece = b"y" * BULK_CHUNK
+    sent = 0
+    while not proc.paused:  # the burst (1 MiB) goes at once, then reading stops
+        proc.proto.childDataReceived(1, piece)
+        reactor.advance(COALESCE_DELAY)
+        sent += len(piece)
+        session.ack(len(piece))
+    assert sent == BUSY_BURST + BULK_CHUNK and not session.window.in_flight
+    reactor.advance(0.4)
+    assert proc.paused  # 512 KiB over the burst at 1 MiB/s: half a second
+    reactor.advance(0.11)
+    assert not proc.paused
+    # No build: the same stream is never held by the pacing (only by the credit window).
+    building[0] = False
+    for _ in range(8):
+        proc.proto.childDataReceived(1, piece)
+        reactor.advance(COALESCE_DELAY)
+        session.ack(len(piece))
+        assert not proc.paused
+    # The bucket itself: a burst, then the rate.
+    pacer = Pacer(rate=100, burst=50)
+    assert pacer.spend(50, 0.0) == 0.0 and pacer.spend(20, 0.0) == 0.2 and pacer.spend(0, 0.5) == 0.0
