@@ -18,12 +18,25 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"k"
 WORKER_LINKS = ("pb-ack-ahead", "pb", "lean")
 
+
+
+def timed(steps: list[tuple[str, Callable[[], object]]], keys: int, spacing: float) -> dict[str, list[int]]:
+    """Each step's time (ns) for `keys` keystrokes, a keystroke's gap apart (cold caches, as between keys)."""
+    out: dict[str, list[int]] = {name: [] for name, _ in steps}
+    for _ in range(keys):
+        for name, step in steps:
+            t0 = time.perf_counter_ns()
+            step()
+            out[name].append(time.perf_counter_ns() - t0)
+        time.sleep(gap(spacing))
+    return out
 
 def gap(spacing: float) -> float:
     return random.uniform(spacing, 2 * spacing)  # keystrokes are not a metronome
@@ -69,13 +82,7 @@ def master_python(keys: int, spacing: float, link: str) -> dict[str, list[int]]:
         if link == "pb-ack-ahead":
             steps.append(("input_ack", lambda: worker.remote_input_ack(1, False)))
         steps += [("output", lambda: worker.remote_output(*echo_args(link))), ("ack", lambda: viewer.remote_ack(1))]
-        out: dict[str, list[int]] = {name: [] for name, _ in steps}
-        for _ in range(keys):
-            for name, step in steps:
-                t0 = time.perf_counter_ns()
-                step()
-                out[name].append(time.perf_counter_ns() - t0)
-            time.sleep(gap(spacing))  # cold caches, as between keystrokes
+        out = timed(steps, keys, spacing)
         rec.file.close()
     return out
 
@@ -133,11 +140,4 @@ def framing_python(keys: int, spacing: float) -> dict[str, list[int]]:
              ("input_ack_encode", lambda: f.control(f.Op.INPUT_ACK, n=1, hidden=False)),
              ("input_ack", lambda: f.parse_control(to_client.feed(f.control(f.Op.INPUT_ACK, n=1, hidden=False))[0]
                                                    .payload)))
-    out: dict[str, list[int]] = {name: [] for name, _ in steps}
-    for _ in range(keys):
-        for name, step in steps:
-            t0 = time.perf_counter_ns()
-            step()
-            out[name].append(time.perf_counter_ns() - t0)
-        time.sleep(gap(spacing))
-    return out
+    return timed(steps, keys, spacing)

@@ -2,8 +2,6 @@
 master switches, a session's stream events then travel as Banana lists with the same values and order as PB
 calls, and whatever a peer sends that way gets a report and leaves the connection up."""
 
-from typing import Any
-
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.spread import banana
@@ -14,26 +12,17 @@ from slaveshell import lean_calls
 from slaveshell.lean_calls import LeanPeer, LeanReceiver
 from slaveshell.protocol import OpenRequest, ProtocolError
 
-from .fakes import Bot, ProcessReactor, call, connected
+from .fakes import Bot, ProcessReactor, Sink, call, connected
 
 
-class LeanSink(LeanReceiver):
-    """The master's side of a session, as far as these tests need: what arrived, and by which path."""
+class LeanSink(Sink, LeanReceiver):
+    """The master's side of a session, as far as these tests need: what arrived (fakes.Sink), and the refusals."""
 
     lean_methods = frozenset({"output", "input_ack"})
 
     def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
+        super().__init__()
         self.refused: list[str] = []
-
-    def remote_output(self, *args: Any) -> None:
-        self.calls.append(("output", *args))
-
-    def remote_input_ack(self, *args: Any) -> None:
-        self.calls.append(("input_ack", *args))
-
-    def remote_exit(self, *args: Any) -> None:
-        self.calls.append(("exit", *args))
 
     def lean_refused(self, method: str, error: ProtocolError) -> None:
         self.refused.append(f"{method}: {error}")
