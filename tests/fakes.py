@@ -7,6 +7,26 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.spread import pb
 from twisted.test import iosim
 
+from slaveshell import framing
+
+
+class FramedLink:
+    """What a framed-hop client's link needs from a test's stand-in: fresh call ids and control frames, each
+    handed as bytes to the subclass's `send(frame)`, which decodes and records them."""
+
+    def __init__(self) -> None:
+        self._id = 0
+
+    def next_id(self) -> int:
+        self._id += 1
+        return self._id
+
+    def control(self, op: Any, **fields: Any) -> None:
+        self.send(framing.control(op, **fields))
+
+    def send(self, frame: bytes) -> None:
+        raise NotImplementedError
+
 
 class FakeProcessTransport:
     def __init__(self, proto: Any, executable: str, args: list, env: dict, path: str, kw: dict) -> None:

@@ -23,7 +23,7 @@ from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
 from slaveshell.protocol import ProtocolError
 
-from .fakes import call, connected
+from .fakes import FramedLink, call, connected
 
 
 @pytest.mark.parametrize("path", ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a/", "a\0b"])
@@ -262,20 +262,13 @@ def test_transfers_are_counted_per_worker_and_operator_apart_from_sessions():
     assert "64 transfers" in str(transfers.quota(policy, who, "w2", Limits))
 
 
-class CpLink:
+class CpLink(FramedLink):
     """What the cp client sends, decoded: ("data", bytes) or (op, fields)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sent: list[tuple[str, Any]] = []
         self.decoder = framing.Decoder()
-        self._id = 0
-
-    def next_id(self) -> int:
-        self._id += 1
-        return self._id
-
-    def control(self, op: Op, **fields: Any) -> None:
-        self.send(framing.control(op, **fields))
 
     def send(self, frame: bytes) -> None:
         for f in self.decoder.feed(frame):

@@ -20,6 +20,8 @@ from slaveshell.hop import HopError
 from slaveshell.hop_client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
 from slaveshell.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
 
+from .fakes import FramedLink
+
 
 class FakeTimer:
     def __init__(self, when: float, fn: Callable[[], None]) -> None:
@@ -64,21 +66,14 @@ class FakeLoop:
         self.stopped = True
 
 
-class FakeLink:
+class FakeLink(FramedLink):
     """Records what the client sends as (method, *args); answers calls at once, as a master would."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[Any, ...]] = []
         self.client: HopShell | None = None
-        self._id = 0
         self.answer_calls = True
-
-    def next_id(self) -> int:
-        self._id += 1
-        return self._id
-
-    def control(self, op: Op, **fields: Any) -> None:
-        self.send(framing.control(op, **fields))
 
     def send(self, frame: bytes) -> None:
         [f] = framing.Decoder().feed(frame)
