@@ -38,6 +38,19 @@ from slaveshell.sandbox import Sandbox  # noqa: E402
 MB = 1024 * 1024
 
 
+def copy_source(work: Path, size_mb: int) -> tuple[Path, Path, Path]:
+    """Under `work`: a local and a "remote" directory, and a file of `size_mb` MB of random bytes in the local
+    one: (local, remote, file)."""
+    local, remote = work / "local", work / "remote"
+    local.mkdir()
+    remote.mkdir()
+    src = local / "file.bin"
+    with open(src, "wb") as f:
+        for _ in range(size_mb):
+            f.write(os.urandom(MB))
+    return local, remote, src
+
+
 def sha(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -70,13 +83,7 @@ def main() -> int:
         sandbox.create()
         sandbox.start()
         try:
-            local, remote = work / "local", work / "remote"
-            local.mkdir()
-            remote.mkdir()
-            src = local / "file.bin"
-            with open(src, "wb") as f:
-                for _ in range(size):
-                    f.write(os.urandom(MB))
+            local, remote, src = copy_source(work, size)
             digest = sha(src)
             scp = ["scp", "-O", "-q", "-P", str(ssh.port), "-i", str(ssh.dir / "client"), "-o",
                    "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o",

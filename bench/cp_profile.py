@@ -24,10 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cp_bench import copy_source  # noqa: E402
 
 from slaveshell.sandbox import Sandbox  # noqa: E402
-
-MB = 1024 * 1024
 
 
 def pid_of(directory: str) -> int:
@@ -82,13 +83,7 @@ def main() -> int:
         sandbox.create()
         sandbox.start()
         try:
-            local, remote = work / "local", work / "remote"
-            local.mkdir()
-            remote.mkdir()
-            src = local / "file.bin"
-            with open(src, "wb") as f:
-                for _ in range(args.size):
-                    f.write(os.urandom(MB))
+            local, remote, src = copy_source(work, args.size)
             cp = [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sandbox.socket]
             pids = {"master": pid_of(sandbox.master_dir), "worker": pid_of(sandbox.worker_dir("w1"))}
             if args.cpu:
