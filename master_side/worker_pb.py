@@ -91,8 +91,7 @@ async def open_on_worker(conn: WorkerConnection, session: MasterSession, request
     its output going to `session`. Fires an OpenReply; never fails."""
     worker_sink = WorkerSink(session, on_peer_error)
     set_nodelay(conn.mind)
-    if isinstance(getattr(conn.mind, "broker", None), pb.Broker):
-        accept(conn.mind.broker)  # before the open: the worker may send lean output as soon as it is told
+    accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean output once told
     to_worker = replace(request, pause=False, builder=None, build=None)
     reply: object
     try:

@@ -126,9 +126,7 @@ class ShellServer:
             return {"ok": False, "error": str(e)}
         self.sessions[session_id] = session
         set_nodelay(ref)
-        lean = isinstance(getattr(ref, "broker", None), pb.Broker)
-        if lean:
-            accept(ref.broker)
+        lean = accept(getattr(ref, "broker", None))
         # The master is gone: nobody can see or end this session any more, so end it here.
         ref.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
         return {"ok": True, "session": SessionHandle(session, peer), "pid": pid, "id": session_id, "lean": lean}

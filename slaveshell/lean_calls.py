@@ -121,10 +121,14 @@ class LeanReceiver(pb.Referenceable):
                  e=visible(error))
 
 
-def accept(broker: pb.Broker) -> None:
-    """Let `broker` (one PB connection) receive lean calls. Idempotent."""
+def accept(broker: object) -> bool:
+    """Let `broker` (one PB connection) receive lean calls. Idempotent. False, and nothing done, when it is not a
+    `pb.Broker` (a test's stand-in reference, a connection that is not PB): then no lean call may be asked for."""
+    if not isinstance(broker, pb.Broker):
+        return False
     if "proto_slaveshell" not in broker.__dict__:
         broker.proto_slaveshell = functools.partial(_received, broker)  # type: ignore[attr-defined]
+    return True
 
 
 def _received(broker: pb.Broker, luid: object = None, method: object = None, *items: object) -> None:
