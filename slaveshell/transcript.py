@@ -304,9 +304,14 @@ def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None, exac
         yield line
 
 
+# No sequence's body may hold the start of a sequence of its own kind (ESC, or the 8-bit OSC U+009D, which also
+# starts a new string in a terminal's parser: vt100.net/emu/dec_ansi_parser, "anywhere"): each attempt then
+# stops at the next start, so one pass is linear. With U+009D allowed in an OSC's body, a worker's run of them
+# without an end made every start scan the rest: quadratic, 512 KiB of output held the GIL (the master's
+# reactor) for minutes in search.
 _ANSI = re.compile(
     r"(?:\x1b\[|\x9b)[0-9;?]*[ -/]*[@-~]"  # CSI (7- or 8-bit, ECMA-48 5.4): colours, cursor moves
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"  # OSC: window titles, the clipboard
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\x9d]*(?:\x07|\x1b\\|\x9c)"  # OSC: window titles, the clipboard
     r"|\x1b[@-Z\\-_]"  # other two-byte escapes
 )
 # C0 and C1 control characters but tab and newline, and DEL: what is left of them once sequences are gone.
