@@ -6,7 +6,6 @@ exist. `require_recording=False` serves anyway, with a loud warning to the log a
 
 from __future__ import annotations
 
-import bisect
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,15 +19,16 @@ from slaveshell import hidden as hidden_input
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.policy import Identity
-from slaveshell.transcript import CastEncoder, Redactor, strip_ansi
+from slaveshell.transcript import CastEncoder, Redactor
 
+from . import transcript_search
 from .audit import AuditStore, StoreReactor, timestamp, utc
 from .hold import Hold
 from .recorder import SessionRecorder, header_for, session_row
 from .relay import MasterSession
 from .rows import SearchHit, SessionRow
 from .session_model import Viewer
-from .transcript_export import exports, read_cast
+from .transcript_export import exports
 from .transcripts import recover, transcript_dir, transcript_name
 
 log = Logger()
@@ -293,48 +293,7 @@ class AuditTrail:
 
     def search(self, rows: list[SessionRow], text: str, limit: int) -> defer.Deferred[list[SearchHit]]:
         paths = [(row, self.transcript_path(row)) for row in rows]
-        return threads.deferToThread(_search, paths, text, limit)
-
-
-def _search(paths: list[tuple[SessionRow, str | None]], needle: str, limit: int) -> list[SearchHit]:
-    """What was shown ('o') and typed ('i'), escape sequences stripped, case-insensitive."""
-    hits: list[SearchHit] = []
-    lowered = needle.lower()
-    for row, path in paths:
-        if path is None or not os.path.exists(path):
-            continue
-        try:
-            cast = read_cast(path)  # attached bulk output included
-        except ValueError:
-            continue
-        for code in ("o", "i"):
-            # One text per stream, so a word split across reads is still found; each event's start offset
-            # gives the time of a hit.
-            parts: list[str] = []
-            starts: list[int] = []
-            times: list[float] = []
-            offset = 0
-            for event in cast.events:
-                if event.code == code and isinstance(event.data, str):
-                    plain = strip_ansi(event.data)
-                    starts.append(offset)
-                    times.append(event.time)
-                    parts.append(plain)
-                    offset += len(plain)
-            text = "".join(parts)
-            lowered_text = text.lower()
-            index = lowered_text.find(lowered)
-            while index >= 0 and len(hits) < limit:
-                t = times[max(0, bisect.bisect_right(starts, index) - 1)]
-                context = text[max(0, index - 40): index + len(needle) + 40].replace("\n", " ")
-                hits.append({"session": row["id"], "worker": row["worker"], "operator": row["operator"],
-                             "started": row["started"], "time": round(t, 3),
-                             "hidden": hidden_input.summary(row), "hidden_flag": bool(row.get("hidden_flag")),
-                             "stream": "output" if code == "o" else "input", "context": context})
-                index = lowered_text.find(lowered, index + len(needle))
-        if len(hits) >= limit:
-            break
-    return hits
+        return threads.deferToThread(transcript_search.search, paths, text, limit)
 
 
 def _safe_url(url: str) -> str:

@@ -17,6 +17,7 @@ import collections
 import json
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from slaveshell.transcript import (
@@ -26,6 +27,8 @@ from slaveshell.transcript import (
     Event,
     attached_code,
     expand_event,
+    iter_events,
+    parse_header,
     parse_lines,
     read_attached,
 )
@@ -157,26 +160,39 @@ class ExportReader:
 
 
 def read_cast(path: str) -> Cast:
-    """The expanded transcript, parsed, text only (search reads this: attached bytes that are not UTF-8 are
-    U+FFFD, without their exact base64 copy). ValueError when it is not a transcript."""
-    bin_path = attachment_path(path)
+    """The expanded transcript, parsed, text only (attached bytes that are not UTF-8 are U+FFFD, without their
+    exact base64 copy). ValueError when it is not a transcript. All of it in memory: `iter_cast` streams it."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         cast = parse_lines(f)
+    return Cast(cast.header, list(_expanded(cast.events, path)), cast.truncated)
+
+
+def iter_cast(path: str) -> Iterator[Event]:
+    """`read_cast`'s events one at a time (search reads this): memory is one line of the transcript and one
+    attached chunk, whatever the transcript's size. ValueError when it is not a transcript, or a line before its
+    end is broken (raised when that line is reached: the events before it have been yielded)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        parse_header(f)
+        yield from _expanded(iter_events(f), path)
+
+
+def _expanded(events: Iterable[Event], path: str) -> Iterator[Event]:
+    """`events` with each `a` event replaced by the `o`/`i` event it stands for (expand_event with exact=False),
+    built directly: through JSON, 64 MB of attached NUL bytes were 384 MB of "\\u0000" to encode and parse again.
+    An `a` event that cannot be expanded stays as it is (as in expand_lines)."""
+    bin_path = attachment_path(path)
     if not os.path.exists(bin_path):
-        return cast
-    # The `o`/`i` event each `a` event stands for (expand_event with exact=False), built directly: through
-    # JSON, 64 MB of attached NUL bytes were 384 MB of "\u0000" to encode and parse again.
+        yield from events
+        return
     read = _reader(bin_path)
-    events: list[Event] = []
-    for event in cast.events:
+    for event in events:
         if event.code == ATTACHED:
             try:
                 text = read_attached(read, event.data).decode("utf-8", "replace")
                 event = Event(round(event.time, 6), attached_code(event.data), text)
             except (ValueError, TypeError):
-                pass  # an `a` event that cannot be expanded stays as it is (as in expand_lines)
-        events.append(event)
-    return Cast(cast.header, events, cast.truncated)
+                pass
+        yield event
 
 
 exports = ExportReader()

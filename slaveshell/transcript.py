@@ -207,26 +207,42 @@ class Cast:
 def parse_lines(lines: Iterable[str]) -> Cast:
     """Read a transcript, tolerating a partial last line (what a crash mid-write leaves)."""
     it = iter(lines)
+    header = parse_header(it)
+    broken: list[str] = []
+    events = list(iter_events(it, broken.append))
+    return Cast(header, events, bool(broken))
+
+
+def parse_header(lines: Iterator[str]) -> dict[str, object]:
+    """The header of a transcript, its first line taken from `lines`; ValueError when it is not asciicast v2."""
     try:
-        header = json.loads(next(it))
+        header = json.loads(next(lines))
     except (StopIteration, json.JSONDecodeError) as e:
         raise ValueError(f"not an asciicast v2 transcript: {e}") from None
     if not isinstance(header, dict) or header.get("version") != VERSION:
         raise ValueError("not an asciicast v2 transcript")
-    events = []
-    truncated = False
-    for line in it:
-        if truncated:
+    return header
+
+
+def iter_events(lines: Iterable[str], truncated: Callable[[str], None] | None = None) -> Iterator[Event]:
+    """The events of a transcript's lines after its header, one at a time (memory: one line). A broken last
+    line (cut short by a crash) is handed to `truncated`; ValueError when a broken line has lines after it."""
+    broken = None
+    for line in lines:
+        if broken is not None:
             raise ValueError("a transcript line is malformed before its end")
         if not line.strip():
             continue
         try:
             t, code, data = json.loads(line)
-            events.append(Event(float(t), str(code), data))
+            event = Event(float(t), str(code), data)
         except (json.JSONDecodeError, ValueError, TypeError):
             # Only the last line may be broken (cut short by a crash); anything earlier is corruption.
-            truncated = True
-    return Cast(header, events, truncated)
+            broken = line
+            continue
+        yield event
+    if broken is not None and truncated is not None:
+        truncated(broken)
 
 
 def event_bytes(events: Sequence[Event], index: int) -> bytes:

@@ -74,6 +74,7 @@ STRICT = [
     "master_side/operator_types.py",
     "master_side/rows.py",
     "master_side/session_model.py",
+    "master_side/transcript_search.py",
     "master_side/wire_sink.py",
     "slave_side/echo.py",
     "slave_side/host.py",
