@@ -83,9 +83,11 @@ class Pacer:
         self.at: float | None = None
 
     def spend(self, nbytes: int, now: float) -> float:
-        """Take `nbytes` at `now`; the seconds to wait before sending more (0.0: none)."""
+        """Take `nbytes` at `now`; the seconds to wait before sending more (0.0: none). A clock that went back
+        (a reactor's seconds() is the wall clock, which an administrator or NTP may step) adds nothing and takes
+        nothing: counted as negative time, a step back of an hour held a session's output for an hour."""
         if self.at is not None:
-            self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+            self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.at) * self.rate)
         self.at = now
         self.tokens -= nbytes
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

@@ -272,3 +272,6 @@ def test_while_a_build_step_runs_output_past_a_burst_is_paced_and_otherwise_not(
     # The bucket itself: a burst, then the rate.
     pacer = Pacer(rate=100, burst=50)
     assert pacer.spend(50, 0.0) == 0.0 and pacer.spend(20, 0.0) == 0.2 and pacer.spend(0, 0.5) == 0.0
+    # The wall clock stepped back an hour (reactor.seconds() is time.time()): the wait is the rate's, not an hour.
+    pacer = Pacer(rate=100, burst=50)
+    assert pacer.spend(50, 3600.0) == 0.0 and pacer.spend(10, 0.0) == 0.1
