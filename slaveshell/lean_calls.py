@@ -136,7 +136,13 @@ def _received(broker: pb.Broker, luid: object = None, method: object = None, *it
     target = broker.localObjectForID(luid) if isinstance(luid, int) else None
     name = method.decode("ascii", "replace") if isinstance(method, bytes) else ""
     if not isinstance(target, LeanReceiver):
-        log.warn("slaveshell: a lean call to an object that takes none was dropped")
+        # Counted per connection and logged at the 1st, 2nd, 4th, 8th... drop: a peer's flood of them (each
+        # ~15 bytes) is a few lines of the log, not one line per call.
+        dropped = broker.__dict__.get("slaveshell_lean_dropped", 0) + 1
+        broker.slaveshell_lean_dropped = dropped  # type: ignore[attr-defined]
+        if dropped & (dropped - 1) == 0:
+            log.warn("slaveshell: {n} lean call(s) to an object that takes none dropped on this connection",
+                     n=dropped)
         return
     try:
         if name not in target.lean_methods:
