@@ -18,7 +18,7 @@ from .buildbot_glue import BuildbotGlue
 from .config import Limits
 from .hold import StopReason
 from .relay import MasterSession
-from .session_model import Viewer
+from .session_model import State, Viewer
 from .worker_pb import Undo, WorkerPeer
 
 if TYPE_CHECKING:
@@ -130,7 +130,11 @@ class SessionRegistry:
     # -- failures ------------------------------------------------------------------------------
 
     def peer_error(self, session: MasterSession, error: ProtocolError) -> None:
-        """A peer broke the protocol: end its session with the reason, keep every connection up."""
+        """A peer broke the protocol: end its session with the reason, keep every connection up. Once the session
+        has ended, a peer's further bad calls on it are dropped unlogged: logged, each ~20-byte call a rogue worker
+        sends would be a line of the master's log, and a flood of them would rotate its history away."""
+        if session.state is State.ENDED:
+            return
         log.warn("slaveshell session {sid}: protocol error: {e}", sid=session.id, e=visible(error))
         session.close(f"protocol error: {error}")
         session.abort(f"protocol error: {error}")

@@ -6,9 +6,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.spread import pb
 
 from master_side.operator_wire import Sniffer, WireDoor
+from master_side.registry import SessionRegistry
 from master_side.relay import MasterSession, Role
 from master_side.session_pb import ViewerHandle, WorkerSink
 from slave_side.server import ShellServer
@@ -109,6 +111,39 @@ def test_a_rogue_worker_sending_lean_calls_cannot_break_the_master(calls):
     assert len(exits) <= 1 and len(host.ended) == len(exits)
     # A malformed lean call costs the session, as the same PB call would.
     assert bool(host.errors) == bool(host.ended)
+
+
+def test_a_rogue_workers_flood_of_bad_calls_is_a_few_lines_of_the_masters_log():
+    """2,000 lean calls to an object the master never exported, 2,000 malformed lean outputs and 2,000 bad PB
+    outputs on its session's sink: one line per call before (6,000 lines; a flood would rotate the master's log
+    history away), now the session ends once with its reason logged and the drops are counted."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    host = Host()
+    registry = SessionRegistry(None, lambda: None, lambda: 0.0)  # type: ignore[arg-type]
+    host._error = registry.peer_error  # type: ignore[method-assign]
+    root, pump, master_broker = connected(host)
+    lean_calls.accept(master_broker)
+    sink = call(pump, root, "sink")
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(2000):
+            root.broker.sendEncoded([b"slaveshell", 999, b"output", 1, [], b"x"])
+            root.broker.sendEncoded([b"slaveshell", sink.luid, b"output", b"not a stream"])
+            sink.callRemote("output", 9, b"x").addErrback(lambda f: None)
+            pump.flush()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not master_broker.disconnected and len(host.ended) == 1
+    errors = [line for line in lines if line.startswith("slaveshell session")]
+    assert errors == [f"slaveshell session {host.session.id}: protocol error: output: expected stream, "
+                      "[nbytes, hidden, ...], data"]
+    drops = [line for line in lines if "takes none" in line]
+    assert len(drops) == 11 and drops[-1].startswith("slaveshell: 1024 lean call(s) to an object that takes none")
+    assert len(lines) < 20
 
 
 @given(role=st.sampled_from(["owner", "join", "watch"]),
