@@ -89,5 +89,6 @@ def install() -> bool:
             self.buffer = b""
 
     dataReceived.slaveshell_gathers = True  # type: ignore[attr-defined]
+    dataReceived.slaveshell_original = original  # type: ignore[attr-defined]  # Twisted's, for tests to compare
     banana.Banana.dataReceived = dataReceived  # type: ignore[method-assign]
     return True

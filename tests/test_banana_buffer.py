@@ -3,6 +3,8 @@
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.spread import banana
 
 from slaveshell import banana_buffer
@@ -25,8 +27,11 @@ def decoded(stream: bytes, read: int) -> tuple[list[object], bool]:
 
 @pytest.fixture
 def original():
+    """Twisted's own dataReceived, in place for the test (whatever installed the gathering before it)."""
     before = banana.Banana.dataReceived
-    yield before
+    twisted = getattr(before, "slaveshell_original", before)
+    banana.Banana.dataReceived = twisted  # type: ignore[method-assign]
+    yield twisted
     banana.Banana.dataReceived = before  # type: ignore[method-assign]
 
 
@@ -50,3 +55,53 @@ def test_a_string_over_the_limit_is_still_refused(original):
     stream = bytes(header) + banana.STRING + b"x" * 200_000
     banana_buffer.install()
     assert decoded(stream, 65536) == ([], True)
+
+
+def wire(item: object) -> bytes:
+    """Banana's encoding of `item`, strings over SIZE_LIMIT included (a rogue peer's, which Banana never sends)."""
+    head = bytearray()
+    if isinstance(item, list):
+        banana.int2b128(len(item), head.extend)
+        return bytes(head) + banana.LIST + b"".join(wire(x) for x in item)
+    if isinstance(item, bytes):
+        banana.int2b128(len(item), head.extend)
+        return bytes(head) + banana.STRING + item
+    return banana.encode(item)
+
+
+# Strings around where gathering starts and around Banana's limit.
+SIZES = [0, 5, banana_buffer.GATHER_FROM - 1, banana_buffer.GATHER_FROM + 1, 200_000, banana.SIZE_LIMIT,
+         banana.SIZE_LIMIT + 1]
+items = st.recursive(st.sampled_from(SIZES).map(lambda n: b"s" * n) | st.integers(-(2**70), 2**70)
+                     | st.floats(allow_nan=False), lambda children: st.lists(children, max_size=3), max_leaves=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sent=st.lists(items, min_size=1, max_size=3), cuts=st.lists(st.integers(0, 2_000_000), max_size=12),
+       spoil=st.none() | st.tuples(st.integers(0, 2_000_000), st.integers(0, 255)))
+def test_whatever_a_peer_sends_in_whatever_reads_decodes_and_fails_as_twisted_does(original, sent, cuts, spoil):
+    """A rogue worker's stream (items, strings over the limit, a byte changed anywhere) cut into arbitrary reads:
+    the same items, the same refusal, the same lists left open, with and without the gathering."""
+    stream = b"".join(wire(item) for item in sent)
+    if spoil is not None:
+        at = spoil[0] % (len(stream) + 1)
+        stream = stream[:at] + bytes([spoil[1]]) + stream[at:]
+    reads = sorted({cut % (len(stream) + 1) for cut in cuts} | {0, len(stream)})
+
+    def run() -> tuple[object, ...]:
+        got: list[object] = []
+        b = banana.Banana()
+        b.setPrefixLimit(64)
+        b._selectDialect(b"none")
+        b.expressionReceived = got.append  # type: ignore[method-assign]
+        try:
+            for start, end in zip(reads, reads[1:], strict=False):
+                b.dataReceived(stream[start:end])
+        except Exception as e:  # BananaError, and what Banana raises on a bad type byte or vocabulary number
+            return got, type(e), str(e)
+        return got, [(n, len(held)) for n, held in b.listStack]
+
+    banana.Banana.dataReceived = original  # Twisted's (the fixture runs once for all examples)
+    before = run()
+    banana_buffer.install()
+    assert run() == before
