@@ -10,10 +10,13 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from slaveshell import hidden as hidden_input
 from slaveshell.deferreds import deferred
@@ -91,6 +94,12 @@ class Recording:
     index: IndexWriter
 
 
+T = TypeVar("T")
+
+# Threads for auditors' reads (search, export): two, so one long search does not hold up every other read.
+READ_THREADS = 2
+
+
 class AuditTrail:
     def __init__(
         self,
@@ -125,6 +134,11 @@ class AuditTrail:
         self.recordings: dict[str, Recording] = {}  # by session id, until the session ends
         self._started = False
         self._closing: set[defer.Deferred[None]] = set()
+        # What auditors ask to read (search, export chunks) runs in its own pool, not the reactor's shared one:
+        # it takes time in proportion to the transcripts read, and a user's few connections could otherwise
+        # hold every shared thread, delaying Buildbot's own threaded work (its REST answers) and our
+        # transcripts' creation and fsyncs. Further reads wait their turn (ConnectionGate bounds how many).
+        self._reads: ThreadPool | None = None
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -152,9 +166,22 @@ class AuditTrail:
     async def stop(self) -> None:
         # Transcripts still being fsynced and closed: they finish before the trail stops.
         await defer.DeferredList(list(self._closing))
+        if self._reads is not None:
+            pool, self._reads = self._reads, None
+            pool.stop()
+            self.reactor.removeSystemEventTrigger(self._reads_trigger)
         if self._started:
             await self.store.stop()
             self._started = False
+
+    def _read(self, fn: Callable[[], T]) -> defer.Deferred[T]:
+        """`fn()` in the read pool (READ_THREADS threads, started at first use)."""
+        if self._reads is None:
+            self._reads = ThreadPool(minthreads=0, maxthreads=READ_THREADS, name="slaveshell-reads")
+            self._reads.start()
+            # Its threads are not daemons: an unstopped pool would keep the process from exiting.
+            self._reads_trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._reads.stop)
+        return threads.deferToThreadPool(cast(IReactorFromThreads, self.reactor), self._reads, fn)
 
     def _in_thread(self, work: Callable[[], None]) -> None:
         """Run blocking file work (a transcript's fsync and close) in a thread; an error is logged."""
@@ -289,11 +316,11 @@ class AuditTrail:
 
     def read_chunk(self, path: str, offset: int, size: int) -> defer.Deferred[bytes]:
         # The self-contained transcript: attached bulk output expanded (master_side.transcript_export).
-        return threads.deferToThread(exports.read, path, offset, size)
+        return self._read(lambda: exports.read(path, offset, size))
 
     def search(self, rows: list[SessionRow], text: str, limit: int) -> defer.Deferred[list[SearchHit]]:
         paths = [(row, self.transcript_path(row)) for row in rows]
-        return threads.deferToThread(transcript_search.search, paths, text, limit)
+        return self._read(lambda: transcript_search.search(paths, text, limit))
 
 
 def _safe_url(url: str) -> str:

@@ -3,6 +3,7 @@ master is configured to allow it; a transcript that fails mid-session ends it (o
 
 import hashlib
 import os
+import threading
 
 import pytest
 import pytest_twisted
@@ -111,3 +112,39 @@ def test_a_session_the_worker_refuses_after_recording_began_is_closed_as_refused
         assert [(e["kind"], e["detail"]) for e in events] == [("refused", "worker w1: has not enabled slaveshell")]
     finally:
         yield trail.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_searches_that_take_long_leave_the_masters_shared_threads_free(tmp_path, monkeypatch):
+    """Auditors' searches run in the trail's own pool: while more of them than it has threads are in progress,
+    the reactor's shared pool (Buildbot's REST answers, our transcripts' fsyncs) still answers at once, and the
+    searches all finish, in turn, once they can."""
+    from twisted.internet import reactor, task, threads
+
+    from master_side import audit_trail
+    release = threading.Event()
+    started = []
+
+    def slow_search(paths, text, limit):
+        started.append(text)
+        release.wait(30)
+        return [text]
+
+    monkeypatch.setattr(audit_trail.transcript_search, "search", slow_search)
+    trail = AuditTrail(str(tmp_path), "m")
+    searches = [trail.search([], f"q{i}", 10) for i in range(audit_trail.READ_THREADS + 3)]
+    try:
+        for _ in range(400):  # the read threads pick their first searches up
+            if len(started) >= audit_trail.READ_THREADS:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        shared = yield threads.deferToThread(lambda: "shared pool answers")
+        assert shared == "shared pool answers"
+        assert len(started) == audit_trail.READ_THREADS  # the others wait for a read thread
+        assert not any(d.called for d in searches)
+    finally:
+        release.set()
+        results = yield defer.gatherResults(searches)
+        yield trail.stop()
+    assert results == [[f"q{i}"] for i in range(audit_trail.READ_THREADS + 3)]
+    assert reactor.getThreadPool().started
