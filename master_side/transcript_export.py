@@ -18,7 +18,6 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from slaveshell.transcript import (
     ATTACHED,
@@ -48,91 +47,103 @@ def _reader(bin_path: str) -> AttachmentReader:
     return read
 
 
-@dataclass
-class _Part:
-    """`length` bytes of the expanded stream: lines of the file from `offset` (`ref` empty), or the expansion
-    of the attached chunk of the `a` event (`t`, `ref`)."""
-
-    offset: int
-    length: int
-    t: float = 0.0
-    ref: str = ""
+# The expanded stream is indexed by a checkpoint every CHECKPOINT of its bytes: a layout's memory is two ints per
+# CHECKPOINT, whatever the number of events (a worker's 300,000 one-byte chunks, each an `a` event, were 300,000
+# objects and ~81 MiB per layout before). A read re-expands at most CHECKPOINT bytes before its offset, and
+# none when it continues where the last read ended (export reads in order).
+CHECKPOINT = 1 << 20
+# The transcript is read this much at a time; a run of lines without an `a` event is one unit of at most this.
+READ_BLOCK = 64 * 1024
+_MARK = f'"{ATTACHED}", '.encode()
 
 
 class _Layout:
-    """Where each part of the expanded stream comes from: a run of the transcript's own lines (a byte range
-    of the file) or an attached chunk (expanded again when read; its expanded length is measured once).
-    Extended as a live transcript grows (only whole lines are taken)."""
+    """Where the expanded stream's bytes come from: the transcript's own lines, with each `a` event's line
+    replaced by the expansion of its attached chunk (measured once, expanded again when read). Extended as a
+    live transcript grows (only whole lines are taken)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.bin_path = attachment_path(path)
-        self.read_bin = _reader(self.bin_path)
-        self.starts: list[int] = []
-        self.parts: list[_Part] = []
-        self.size = 0
-        self.parsed = 0
-        self._last: tuple[int, bytes] | None = None
+        self.read_bin = _reader(attachment_path(path))
+        self.starts: list[int] = []  # expanded offset of each checkpoint ...
+        self.lines: list[int] = []  # ... and the file offset of the line there
+        self.size = 0  # expanded bytes of the lines taken
+        self.parsed = 0  # file bytes taken: whole lines
+        self._cursor: tuple[int, int] | None = None  # (expanded, file) offsets where the last read stopped
+        self._last: tuple[int, bytes] | None = None  # the last `a` line expanded: (file offset, bytes)
 
     def extend(self) -> None:
-        with open(self.path, "rb") as f:
-            f.seek(self.parsed)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        pos = 0
-        while pos < end:
-            nl = data.index(b"\n", pos) + 1
-            line = data[pos:nl]
-            part = self._attached(line)
-            if part is not None:
-                self._add(part)
-            elif self.parts and not self.parts[-1].ref:
-                self.parts[-1].length += len(line)
-                self.size += len(line)
-            else:
-                self._add(_Part(self.parsed + pos, len(line)))
-            pos = nl
-        self.parsed += end
-
-    def _add(self, part: _Part) -> None:
-        self.starts.append(self.size)
-        self.parts.append(part)
-        self.size += part.length
-
-    def _attached(self, line: bytes) -> _Part | None:
-        if f'"{ATTACHED}", '.encode() not in line:
-            return None
-        try:
-            t, code, data = json.loads(line)
-            if code != ATTACHED or not isinstance(data, str):
-                return None
-            return _Part(0, len(self._expand(float(t), data)), float(t), data)
-        except (ValueError, TypeError):
-            return None  # an `a` line that cannot be expanded is served as it is
-
-    def _expand(self, t: float, data: str) -> bytes:
-        lines = expand_event(t, data, read_attached(self.read_bin, data))
-        return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+        end = os.path.getsize(self.path)
+        for at, unit in self._units(self.parsed, end):
+            if not self.starts or self.size - self.starts[-1] >= CHECKPOINT:
+                self.starts.append(self.size)
+                self.lines.append(at)
+            self.size += len(self._piece(at, unit))
+            self.parsed = at + len(unit)
 
     def read(self, offset: int, size: int) -> bytes:
-        out = bytearray()
+        if offset >= self.size or size <= 0:
+            return b""
         index = bisect.bisect_right(self.starts, offset) - 1
-        while index < len(self.parts) and len(out) < size and index >= 0:
-            part, start = self.parts[index], self.starts[index]
-            skip = offset + len(out) - start
-            want = size - len(out)
-            if skip >= part.length:
-                break  # past the end
-            if not part.ref:
-                with open(self.path, "rb") as f:
-                    f.seek(part.offset + skip)
-                    out += f.read(min(want, part.length - skip))
-            else:
-                if self._last is None or self._last[0] != index:
-                    self._last = (index, self._expand(part.t, part.ref))
-                out += self._last[1][skip: skip + want]
-            index += 1
+        pos, line = self.starts[index], self.lines[index]
+        if self._cursor is not None and pos <= self._cursor[0] <= offset:
+            pos, line = self._cursor
+        out = bytearray()
+        for at, unit in self._units(line, self.parsed):
+            piece = self._piece(at, unit)
+            if pos + len(piece) > offset:
+                skip = max(0, offset - pos)
+                out += piece[skip: skip + size - len(out)]
+                if len(out) >= size:
+                    self._cursor = (pos, at)
+                    break
+            pos += len(piece)
+            self._cursor = (pos, at + len(unit))
         return bytes(out)
+
+    def _units(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """(file offset, bytes) of the whole lines in [start, end) (`start` a line's start): a run of lines
+        without an `a` event (at most about READ_BLOCK), or one line with one."""
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            pos, rest = start, b""
+            while pos + len(rest) < end:
+                block = f.read(min(READ_BLOCK, end - pos - len(rest)))
+                if not block:
+                    return
+                data = rest + block if rest else block
+                whole = data.rfind(b"\n") + 1
+                i = 0
+                while i < whole:
+                    mark = data.find(_MARK, i, whole)
+                    if mark < 0:
+                        yield pos + i, data[i:whole]
+                        break
+                    first = data.rfind(b"\n", i, mark) + 1 or i
+                    last = data.index(b"\n", mark) + 1
+                    if first > i:
+                        yield pos + i, data[i:first]
+                    yield pos + first, data[first:last]
+                    i = last
+                rest = data[whole:]
+                pos += whole
+
+    def _piece(self, at: int, unit: bytes) -> bytes:
+        """What the unit at file offset `at` is in the expanded stream: itself, or its `a` event's expansion."""
+        if _MARK not in unit:
+            return unit
+        if self._last is not None and self._last[0] == at:
+            return self._last[1]
+        try:
+            t, code, data = json.loads(unit)
+            if code != ATTACHED or not isinstance(data, str):
+                return unit
+            lines = expand_event(float(t), data, read_attached(self.read_bin, data))
+        except (ValueError, TypeError):
+            return unit  # an `a` line that cannot be expanded is served as it is
+        piece = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+        self._last = (at, piece)
+        return piece
 
 
 class ExportReader:
