@@ -36,6 +36,7 @@ from slaveshell.cpwire import (
     check_sha,
 )
 from slaveshell.display import visible
+from slaveshell.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.policy import Identity, Policy
 from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
 from slaveshell.remote import set_nodelay
@@ -55,6 +56,8 @@ OPERATOR = "operator"
 WORKER = "worker"
 SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
 _ANSWERLESS = frozenset({"entry", "data", "done_file", "ack"})
+# The calls that travel as slaveshell.lean_calls on a worker's connection that takes them (both ways).
+LEAN = _ANSWERLESS
 # Transfers at once on this master, whatever the per-worker and per-operator quotas say.
 MAX_TRANSFERS = 64
 
@@ -70,15 +73,26 @@ class PartyEnd(TypingProtocol):
 
 class Party:
     """A party's end over PB: answer-less sends on a remote reference; `check()` after each send applies the
-    connection's output bound."""
+    connection's output bound. With `lean` (the worker's open reply said it takes slaveshell.lean_calls on this
+    connection), the worker is told so by a `lean` call, and the stream's calls (LEAN) then go as lean calls;
+    the worker sends its own that way once told."""
 
-    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None) -> None:
+    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None,
+                 lean: bool = False) -> None:
         self.ref = ref
         self.check = check
+        self.lean = False
+        if lean:
+            self.send("lean")
+            self.lean = True
 
     def send(self, method: str, *args: object) -> None:
-        kw = {"pbanswer": False} if method in _ANSWERLESS else {}
-        defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
+        if self.lean and method in LEAN:
+            if not self.ref.broker.disconnected:  # else the disconnect notification ends the transfer
+                send_lean(self.ref, method, *args)  # the relay checked the values: no BananaError
+        else:
+            kw = {"pbanswer": False} if method in _ANSWERLESS else {}
+            defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
         self.check()
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
@@ -193,13 +207,19 @@ class MasterTransfer:
         self.on_end(self)
 
 
-class TransferEnd(pb.Referenceable):
-    """A party's handle on a transfer (the operator's client, or the worker, holds one). Every call is checked
-    by the transfer; a bad one ends it, never the connection."""
+class TransferEnd(LeanReceiver):
+    """A party's handle on a transfer (the worker holds one). Every call is checked by the transfer; a bad one
+    ends it, never the connection. The stream's calls may also come as lean calls (LEAN), checked the same way;
+    a malformed one ends the transfer too."""
+
+    lean_methods = LEAN
 
     def __init__(self, transfer: MasterTransfer, side: str) -> None:
         self.transfer = transfer
         self.side = side
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        self.transfer.end(False, f"the {self.side} sent a bad message: {error}")
 
     def _call(self, method: str, *args: object) -> None:
         self.transfer.received(self.side, method, args)
@@ -283,6 +303,7 @@ class Transfers:
         transfer = MasterTransfer(transfer_id, who, request, record, self._ended)
         transfer.parties[OPERATOR] = operator
         set_nodelay(conn.mind)
+        accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told
         try:
             reply = yield _answer_within(defer.maybeDeferred(
                 conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_wire()),
@@ -298,7 +319,7 @@ class Transfers:
             transfer.parties.clear()
             transfer.end(False, text[:4096])
             raise TransferRefused(text[:4096])
-        transfer.parties[WORKER] = Party(ref)
+        transfer.parties[WORKER] = Party(ref, lean=reply.get("lean") is True)
         self.live[transfer_id] = transfer
         transfer.undo.append(on_disconnect(ref, lambda: transfer.end(False, f"the worker {request.worker} was "
                                                                             "lost during the transfer")))

@@ -28,6 +28,7 @@ from slaveshell.clock import Clock
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
+from slaveshell.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import opening, set_nodelay
 
@@ -54,11 +55,13 @@ def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
 class _Peer:
     """The master's end of one transfer: answer-less sends; a failure of the connection is noticed by the
     disconnect notification, so errors of single sends are dropped. Acks are summed and go once the reactor
-    has handled what it read (one message for the several chunks of one read, not one each)."""
+    has handled what it read (one message for the several chunks of one read, not one each). Once the master
+    says it takes them (`lean`), the stream's calls (entry, data, done_file, ack) go as slaveshell.lean_calls."""
 
     def __init__(self, ref: pb.RemoteReference) -> None:
         self.ref = ref
         self._acks = 0
+        self.lean = False
 
     def send(self, method: str, *args: object) -> None:
         if method == "ack" and len(args) == 1 and isinstance(args[0], int):
@@ -78,12 +81,20 @@ class _Peer:
     def _call(self, method: str, *args: object) -> None:
         if method == "result" and self._acks:
             self._send_acks()  # the credit before the outcome, in order
+        if self.lean and method in _ANSWERLESS:
+            if not self.ref.broker.disconnected:
+                send_lean(self.ref, method, *args)  # chunks are at most CHUNK: no BananaError
+            return
         kw = {"pbanswer": False} if method in _ANSWERLESS else {}
         defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
 
 
-class WorkerTransfer(pb.Referenceable):
-    """What the master holds for one transfer: the sending (DOWN) or the receiving (UP) end."""
+class WorkerTransfer(LeanReceiver):
+    """What the master holds for one transfer: the sending (DOWN) or the receiving (UP) end. The stream's calls
+    may also come as lean calls (slaveshell.lean_calls), checked by the same methods; a malformed one fails
+    the transfer, never the connection."""
+
+    lean_methods = _ANSWERLESS
 
     def __init__(self, transfer_id: str, request: TransferRequest, peer: _Peer, sender: Sender | None,
                  receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None]) -> None:
@@ -95,6 +106,13 @@ class WorkerTransfer(pb.Referenceable):
         self.on_end = on_end
         self.ended = False
         self.committing = False
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        self._fail(f"the master sent a bad {method}: {error}")
+
+    def remote_lean(self) -> None:
+        """The master takes lean calls on this connection: the stream's calls to it go that way."""
+        self.peer.lean = True
 
     def _fail(self, reason: str) -> None:
         """Give up: remove what was staged, tell the master (as the receiver's result, or as the sender's
@@ -204,8 +222,9 @@ class TransferServer:
 
     def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
         """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
-        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n}`` (total
-        and entries are what a download will send) or ``{"ok": False, "error": text}``."""
+        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n, "lean": bool}``
+        (total and entries are what a download will send; lean: this connection takes slaveshell.lean_calls)
+        or ``{"ok": False, "error": text}``."""
         opened = opening(TransferRequest.from_wire, params, sink)
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
@@ -237,12 +256,13 @@ class TransferServer:
         except TransferError as e:
             return {"ok": False, "error": str(e)}
         self.live[transfer_id] = transfer
+        lean = accept(getattr(ref, "broker", None))
         set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK
         ref.notifyOnDisconnect(lambda _ref: transfer.lost())
         log.info("slaveshell transfer {tid}: {op} copies {what}", tid=transfer_id,
                  op=visible(request.operator or "?"), what="to this worker" if request.direction == UP else
                  "from this worker")
-        return {"ok": True, "transfer": transfer, "total": total, "entries": entries}
+        return {"ok": True, "transfer": transfer, "total": total, "entries": entries, "lean": lean}
 
     def _ended(self, transfer: WorkerTransfer) -> None:
         self.live.pop(transfer.id, None)
