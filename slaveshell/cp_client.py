@@ -215,8 +215,7 @@ class CopyClient:
         if method == "data":
             chunk = args[0]
             assert isinstance(chunk, bytes)
-            self.link.send(framing.header(FrameType.DATA, len(chunk)))
-            self.link.send(chunk)
+            self.link.send(framing.header(FrameType.DATA, len(chunk)), chunk)
         elif method == "entry":
             self.link.control(Op.ENTRY, **dict(zip(("kind", "path", "mode", "size", "mtime"), args, strict=True)))
         elif method == "done_file":

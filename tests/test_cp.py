@@ -270,8 +270,8 @@ class CpLink(FramedLink):
         self.sent: list[tuple[str, Any]] = []
         self.decoder = framing.Decoder()
 
-    def send(self, frame: bytes) -> None:
-        for f in self.decoder.feed(frame):
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
+        for f in self.decoder.feed(frame + payload):
             if f.type is FrameType.DATA:
                 self.sent.append(("data", f.payload))
             else:
