@@ -133,7 +133,8 @@ class CopyDoor:
                     set_read_size(transport, previous)
 
                 transfer.undo.append(restore)
-            return {"transfer": transfer.id, **sizes}
+            # unclaimed: the client's done_file may come without its sha256 (cpwire.NO_CLAIM); the relay hashes.
+            return {"transfer": transfer.id, "unclaimed": True, **sizes}
 
         d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))
         return d.addCallback(started)

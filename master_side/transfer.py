@@ -3,9 +3,10 @@ counted and recorded (`MasterTransfer`), the PB handles both parties call (`Tran
 transfers with their start (`Transfers`). Wire vocabulary: slaveshell.cpwire.
 
 The sender (the operator for an upload, the worker for a download) streams entries, data, done_file and
-finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file and
-compares the sender's sha256, writes the record (master_side.transfer_record) before it forwards, and passes
-the receiver's acks back as credit: what it holds per transfer is bounded by the window. The receiver's
+finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file
+(its sha256 is the record's and the receiver's) and compares the sender's when it sends one, writes the record
+(master_side.transfer_record) before it forwards, and passes the receiver's acks back as credit: what it holds
+per transfer is bounded by the window. The receiver's
 `result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection (the operator's
 Ctrl-C closes its connection) and a record that cannot be written. The operator always gets `result(ok,
 reason)`, unless it reported it. The worker's end is PB (`Party`, `TransferEnd`); the operator's is the framed
@@ -27,13 +28,14 @@ from twisted.spread import pb
 from slaveshell.cpwire import (
     CHUNK,
     ENTRY_COST,
+    NO_CLAIM,
     UP,
     WORKER_TRANSFER_METHOD,
     Credit,
     Entry,
     StreamOrder,
     TransferRequest,
-    check_sha,
+    check_claim,
 )
 from slaveshell.display import visible
 from slaveshell.lean_calls import LeanReceiver, accept, send_lean
@@ -158,15 +160,16 @@ class MasterTransfer:
                 self.record.data(chunk)
             self.parties[receiver].send("data", chunk)
         elif method == "done_file":
-            claimed = check_sha(args[0] if len(args) == 1 else None)
+            claimed = check_claim(args[0] if len(args) == 1 else None)
             entry = self.order.done_file()
             self.credit.spend(ENTRY_COST)
-            if claimed != self.sha.hexdigest():
+            mine = self.sha.hexdigest()
+            if claimed != NO_CLAIM and claimed != mine:
                 raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
             self.files += 1
             if self.record is not None:
-                self.record.file_done(entry, claimed)
-            self.parties[receiver].send("done_file", claimed)
+                self.record.file_done(entry, mine)
+            self.parties[receiver].send("done_file", mine)
         elif method == "finish":
             self.order.finish()
             self.parties[receiver].send("finish")

@@ -111,8 +111,12 @@ class WorkerTransfer(LeanReceiver):
         self._fail(f"the master sent a bad {method}: {error}")
 
     def remote_lean(self) -> None:
-        """The master takes lean calls on this connection: the stream's calls to it go that way."""
+        """The master takes lean calls on this connection: the stream's calls to it go that way. A master that
+        sends this also takes done_file without the sender's sha256 (cpwire.NO_CLAIM): a download's files are
+        not hashed here (the master hashes what it relays)."""
         self.peer.lean = True
+        if self.sender is not None:
+            self.sender.claim = False
 
     def _fail(self, reason: str) -> None:
         """Give up: remove what was staged, tell the master (as the receiver's result, or as the sender's

@@ -119,7 +119,9 @@ class CopyClient:
                 total = 0
         self.progress = self.make_progress(total)
         if self.plan is not None:
-            self.sender = Sender(self.plan, self.send, on_bytes=self.progress.add)
+            # A master that says "unclaimed" hashes the files itself and takes done_file without ours (cpwire).
+            self.sender = Sender(self.plan, self.send, on_bytes=self.progress.add,
+                                 claim=reply.get("unclaimed") is not True)
             self._guard(self.sender.pump)
         elif self.receiver is not None:
             self.receiver.on_bytes = self.progress.add
