@@ -7,7 +7,8 @@ kind of machine (sender ~55, receiver ~98) against ~50 µs for the same event as
 keystroke spacing between two processes (cold caches, bench/echo_parts.py parts ``pb1-tcp`` and ``lean-tcp``,
 over a raw TCP ping-pong) 316-333 µs against 128-162 µs a message. A keystroke's echo is two such events on the
 worker's link. A bulk output message is also written without Banana's two copies of its payload
-(``transport.writeSequence`` of the header and the bytes).
+(the header and the bytes to the kernel in one sendmsg when the connection holds nothing unsent, else
+``transport.writeSequence``: slaveshell.writes).
 
 The wire (Twisted's Banana, the PB dialect; twisted/spread/banana.py and pb.py ``Broker.expressionReceived``)::
 
@@ -50,6 +51,7 @@ from twisted.spread import banana, pb
 from .display import visible
 from .protocol import ProtocolError
 from .remote import RemotePeer
+from .writes import write_frame
 
 log = Logger()
 
@@ -232,7 +234,7 @@ def _write(broker: pb.Broker, items: Wire) -> None:
             broker._encode(item, parts.append)
         banana.int2b128(len(last), parts.append)
         parts.append(banana.STRING)
-        transport.writeSequence([b"".join(parts), last])
+        write_frame(transport, [b"".join(parts), last])  # to the kernel now when nothing waits: no join
         return
     for item in items:
         broker._encode(item, parts.append)
