@@ -15,7 +15,6 @@ door's (master_side.copy_wire).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from slaveshell.policy import Identity, Policy
 from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
 from slaveshell.remote import set_nodelay
 
+from .hashing import BatchedSha256
 from .session_model import new_session_id
 from .transfer_record import TransferRecord, describe
 from .worker_pb import Undo, _answer_within, on_disconnect
@@ -60,6 +60,9 @@ SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
 _ANSWERLESS = frozenset({"entry", "data", "done_file", "ack"})
 # The calls that travel as slaveshell.lean_calls on a worker's connection that takes them (both ways).
 LEAN = _ANSWERLESS
+# A file's bytes are hashed on the hashing thread this many at a time (master_side.hashing): a transfer holds at
+# most three times this for hashing, the size of its window (cpwire.WINDOW); a smaller file on the reactor thread.
+TRANSFER_HASH_BATCH = 1024 * 1024
 # Transfers at once on this master, whatever the per-worker and per-operator quotas say.
 MAX_TRANSFERS = 64
 
@@ -116,7 +119,7 @@ class MasterTransfer:
         self.parties: dict[str, PartyEnd] = {}
         self.order = StreamOrder()
         self.credit = Credit()
-        self.sha = hashlib.sha256()
+        self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
         self.bytes = 0
         self.files = 0
         self.ended = False
@@ -146,7 +149,7 @@ class MasterTransfer:
             entry = Entry.from_wire(*args)
             self.order.entry(entry)
             self.credit.spend(ENTRY_COST)
-            self.sha = hashlib.sha256()
+            self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
             if self.record is not None:
                 self.record.entry(entry)
             self.parties[receiver].send("entry", *entry.to_wire())

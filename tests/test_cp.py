@@ -195,6 +195,18 @@ def test_the_master_hashes_what_it_relays_and_a_sender_may_leave_the_sha256_to_i
     assert transfer.ended and "sha256" in transfer.outcome[1]  # type: ignore[index]
 
 
+def test_the_masters_sha256_covers_every_chunk_of_a_file_hashed_on_its_hashing_thread():
+    transfer, _, worker = _relay()
+    body = os.urandom(5 * 1024 * 1024 + 333)  # several of the relay's hashing batches, and an odd tail
+    transfer.received(OPERATOR, "entry", ("file", "big", 0o644, len(body), 0.0))
+    for at in range(0, len(body), CHUNK):
+        transfer.received(OPERATOR, "data", (body[at:at + CHUNK],))
+        transfer.received(WORKER, "ack", (len(body[at:at + CHUNK]),))
+    transfer.received(OPERATOR, "done_file", (hashlib.sha256(body).hexdigest(),))
+    assert not transfer.ended
+    assert worker.calls[-1] == ("done_file", (hashlib.sha256(body).hexdigest(),))
+
+
 def test_a_sender_without_a_claim_reads_the_same_bytes_and_sends_no_sha256(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * (CHUNK + 5))
     sent: list[tuple[str, tuple[object, ...]]] = []
