@@ -117,6 +117,10 @@ def _queued(sock: socket.socket) -> bytes:
         return b""
 
 
+# Bytes a corked connection queues before it writes them without waiting for its loop.
+CORK = 64 * 1024
+
+
 class Connection:
     """The framed connection, non-blocking: `send` queues a frame, `flush` writes what the socket takes,
     `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
@@ -133,6 +137,10 @@ class Connection:
                                        max_output=max_output)
         self.greeted = False
         self.closed = False
+        # `corked`: a frame without a payload (a control) only waits in the queue, up to CORK bytes, for the
+        # caller's loop to flush (its before_wait), so that a burst of small frames (a tree's entries) goes in one
+        # write, not one each. The session client leaves it off: a keystroke goes at once.
+        self.corked = False
         self._head = b""
         self._ids = itertools.count(1)
 
@@ -145,11 +153,17 @@ class Connection:
         it does not take is copied into the queue (a file's chunk is not copied in Python)."""
         if self.closed:
             return
-        if self.out:
+        if self.corked and not payload:
             self.out += frame
-            self.out += payload
-            self.flush()
+            if len(self.out) >= CORK:
+                self.flush()
             return
+        if self.out:
+            self.flush()  # what waits goes first
+            if self.out:
+                self.out += frame
+                self.out += payload
+                return
         try:
             sent = self.sock.sendmsg([frame, payload]) if payload else self.sock.send(frame)
         except (BlockingIOError, InterruptedError):

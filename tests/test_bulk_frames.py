@@ -165,6 +165,30 @@ def test_a_frame_goes_to_the_kernel_unjoined_and_what_it_does_not_take_waits_in_
     theirs.close()
 
 
+def test_the_clients_connection_sends_a_chunk_unjoined_and_corked_controls_in_one_write_in_order():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    connection = hop.Connection(ours)
+    connection.corked = True
+    controls = [framing.control(Op.ACK, n=n) for n in range(3)]
+    for frame in controls:
+        connection.send(frame)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # corked: they wait for the loop's flush (or CORK bytes)
+    chunk = os.urandom(100_000)
+    head = framing.header(FrameType.DATA, len(chunk))
+    connection.send(head, chunk)  # what waits goes first, then the chunk
+    got = b""
+    while len(got) < sum(map(len, controls)) + len(head) + len(chunk):
+        with contextlib.suppress(BlockingIOError):
+            got += theirs.recv(1 << 20)
+        connection.flush()
+    assert got == b"".join(controls) + head + chunk and not connection.out
+    ours.close()
+    theirs.close()
+
+
 def test_the_client_writes_output_straight_from_the_frame_and_keeps_only_what_stdout_did_not_take():
     r, w = os.pipe()
     fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: a pipe of one page
