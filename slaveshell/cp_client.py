@@ -271,7 +271,6 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
     reached; Interrupted after a signal."""
     sock = hop.connect(socket_path)
     connection = hop.Connection(sock, READ_SIZE)
-    connection.corked = True  # a tree's entries go a write at a time, not one each: before_wait flushes
     with contextlib.suppress(OSError):  # whole chunks at once to the kernel (the master widens its side too)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     loop = hop.Loop()

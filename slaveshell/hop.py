@@ -117,10 +117,6 @@ def _queued(sock: socket.socket) -> bytes:
         return b""
 
 
-# Bytes a corked connection queues before it writes them without waiting for its loop.
-CORK = 64 * 1024
-
-
 class Connection:
     """The framed connection, non-blocking: `send` queues a frame, `flush` writes what the socket takes,
     `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
@@ -137,10 +133,6 @@ class Connection:
                                        max_output=max_output)
         self.greeted = False
         self.closed = False
-        # `corked`: a frame without a payload (a control) only waits in the queue, up to CORK bytes, for the
-        # caller's loop to flush (its before_wait), so that a burst of small frames (a tree's entries) goes in one
-        # write, not one each. The session client leaves it off: a keystroke goes at once.
-        self.corked = False
         self._head = b""
         self._ids = itertools.count(1)
 
@@ -152,11 +144,6 @@ class Connection:
         takes. When nothing waits before it, header and payload go to the kernel in one sendmsg(2), and only what
         it does not take is copied into the queue (a file's chunk is not copied in Python)."""
         if self.closed:
-            return
-        if self.corked and not payload:
-            self.out += frame
-            if len(self.out) >= CORK:
-                self.flush()
             return
         if self.out:
             self.flush()  # what waits goes first
