@@ -2,7 +2,8 @@
 
 A transfer is one stream of entries from a sender to a receiver, through the master: over the framed hop between
 the operator and the master (slaveshell.framing: these calls as controls, `data` as DATA frames) and over PB on the
-worker's own connection. The sender's calls, all answer-less:
+worker's own connection (entry, data, done_file and ack as slaveshell.lean_calls once the master's ``lean`` call
+said so). The sender's calls, all answer-less:
 
     entry(kind: str, path: str, mode: int, size: int, mtime: float)
                                    a directory ("dir") or a regular file ("file") to create, at `path` relative to

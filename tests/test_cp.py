@@ -104,6 +104,21 @@ def test_a_tree_arrives_byte_exact_and_only_at_the_commit(tmp_path):
     assert [n for n in os.listdir(dest) if n.startswith(".")] == []
 
 
+def test_a_large_files_writeback_is_started_as_it_arrives_and_its_bytes_are_unchanged(tmp_path, monkeypatch):
+    from slaveshell import cpfiles
+
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(cpfiles, "WRITEBACK", CHUNK)
+    real = cpfiles._start_writeback
+    monkeypatch.setattr(cpfiles, "_start_writeback", lambda fd, at, n: (started.append((at, n)), real(fd, at, n)))
+    blob = os.urandom(3 * CHUNK + 7)
+    (tmp_path / "blob").write_bytes(blob)
+    (tmp_path / "dest").mkdir()
+    _pipe(plan([str(tmp_path / "blob")], recursive=False), Receiver(str(tmp_path / "dest"), preserve=False))
+    assert (tmp_path / "dest" / "blob").read_bytes() == blob
+    assert started == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK)]
+
+
 def test_an_abort_removes_everything_staged(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
