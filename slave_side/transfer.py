@@ -24,15 +24,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from slaveshell.clock import Clock
+from slaveshell.clock import Clock, DelayedCall
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
+from slaveshell.flow import Pacer
 from slaveshell.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import opening, set_nodelay
 
 from .host import WorkerOptions
+from .session import BUSY_BURST
 
 log = Logger()
 
@@ -58,17 +60,16 @@ class _Peer:
     has handled what it read (one message for the several chunks of one read, not one each). Once the master
     says it takes them (`lean`), the stream's calls (entry, data, done_file, ack) go as slaveshell.lean_calls."""
 
-    def __init__(self, ref: pb.RemoteReference) -> None:
+    def __init__(self, ref: pb.RemoteReference, clock: Clock) -> None:
         self.ref = ref
+        self.clock = clock
         self._acks = 0
         self.lean = False
 
     def send(self, method: str, *args: object) -> None:
         if method == "ack" and len(args) == 1 and isinstance(args[0], int):
             if not self._acks:
-                from twisted.internet import reactor
-
-                cast(Clock, reactor).callLater(0, self._send_acks)
+                self.clock.callLater(0, self._send_acks)
             self._acks += args[0]
             return
         self._call(method, *args)
@@ -97,7 +98,8 @@ class WorkerTransfer(LeanReceiver):
     lean_methods = _ANSWERLESS
 
     def __init__(self, transfer_id: str, request: TransferRequest, peer: _Peer, sender: Sender | None,
-                 receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None]) -> None:
+                 receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None],
+                 pacer: Pacer | None = None, build_running: Callable[[], bool] = lambda: False) -> None:
         self.id = transfer_id
         self.request = request
         self.peer = peer
@@ -106,6 +108,11 @@ class WorkerTransfer(LeanReceiver):
         self.on_end = on_end
         self.ended = False
         self.committing = False
+        # While a build step runs here, what a download sends is paced (WorkerOptions.busy_rate, as a session's
+        # output): past the burst, the sender waits for `_paced` before it uses the credit it has.
+        self.pacer = pacer
+        self.build_running = build_running
+        self._paced: DelayedCall | None = None
 
     def lean_refused(self, method: str, error: ProtocolError) -> None:
         self._fail(f"the master sent a bad {method}: {error}")
@@ -129,6 +136,9 @@ class WorkerTransfer(LeanReceiver):
 
     def _end(self) -> None:
         self.ended = True
+        paced, self._paced = self._paced, None
+        if paced is not None and paced.active():
+            paced.cancel()
         if self.sender is not None:
             self.sender.close()
         if self.receiver is not None and not self.committing:
@@ -149,14 +159,32 @@ class WorkerTransfer(LeanReceiver):
         sender = self.sender
         if sender is None:
             return
+        before = sender.sent
         self._guard(lambda: step(sender))
         if sender.done and not self.ended:
             self._end()  # everything sent: the master and the operator's client do the rest
+        elif not self.ended:
+            self._pace(sender.sent - before)
+
+    def _pace(self, nbytes: int) -> None:
+        if self.pacer is None or not nbytes or self._paced is not None or not self.build_running():
+            return
+        wait = self.pacer.spend(nbytes, self.peer.clock.seconds())
+        if wait > 0:
+            self._paced = self.peer.clock.callLater(wait, self._pace_over)
+
+    def _pace_over(self) -> None:
+        self._paced = None
+        self._send(lambda sender: sender.pump())
 
     def remote_start(self) -> None:
         self._send(lambda sender: sender.pump())
 
     def remote_ack(self, credit: object) -> None:
+        if self._paced is not None and self.sender is not None:
+            sender = self.sender  # paced: the credit is kept for _pace_over
+            self._guard(lambda: sender.credit.ack(credit))
+            return
         self._send(lambda sender: sender.ack(credit))
 
     # -- receiving (UP) ----------------------------------------------------------------------------
@@ -219,16 +247,23 @@ class WorkerTransfer(LeanReceiver):
 class TransferServer:
     """The worker's transfers: opens them for the master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, clock: Clock | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(Clock, reactor)
+        self.clock = clock
         self.options = options
         self.live: dict[str, WorkerTransfer] = {}
         self._ids = itertools.count(1)
 
-    def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
+    def open(self, basedir: str, sink: object, params: object,
+             build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
         transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n, "lean": bool}``
         (total and entries are what a download will send; lean: this connection takes slaveshell.lean_calls)
-        or ``{"ok": False, "error": text}``."""
+        or ``{"ok": False, "error": text}``. `build_running()` tells whether a build step runs on this worker
+        now (what a download sends is then paced: WorkerOptions.busy_rate)."""
         opened = opening(TransferRequest.from_wire, params, sink)
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
@@ -243,7 +278,7 @@ class TransferServer:
         if not os.path.isabs(base):
             base = os.path.join(basedir, base)
         check = inside_allowed(self.options)
-        peer = _Peer(ref)
+        peer = _Peer(ref, self.clock)
         transfer_id = f"t{next(self._ids)}"
         try:
             if request.direction == UP:
@@ -255,7 +290,8 @@ class TransferServer:
             else:
                 planned = plan(list(request.sources), request.recursive, check, base)
                 sender = Sender(planned, peer.send)
-                transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended)
+                pacer = Pacer(self.options.busy_rate, BUSY_BURST) if self.options.busy_rate > 0 else None
+                transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
         except TransferError as e:
             return {"ok": False, "error": str(e)}

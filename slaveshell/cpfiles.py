@@ -98,6 +98,7 @@ class Sender:
         self.credit = Credit(window)
         self.on_bytes = on_bytes
         self.total = sum(p.entry.size for p in planned)
+        self.sent = 0  # bytes of data sent so far
         self.done = False
         self._messages = self._generate(planned)
         self._next: tuple[str, tuple[object, ...], int] | None = None
@@ -116,8 +117,10 @@ class Sender:
             self._next = None
             self.credit.spend(cost)
             self.send(method, *args)
-            if method == "data" and self.on_bytes is not None:
-                self.on_bytes(cost)
+            if method == "data":
+                self.sent += cost
+                if self.on_bytes is not None:
+                    self.on_bytes(cost)
             if method == "finish":
                 self.done = True
 

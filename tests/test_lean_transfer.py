@@ -1,6 +1,7 @@
 """A transfer's stream as lean calls (slaveshell.lean_calls) between real PB brokers in memory: the worker says it
 takes them, the master tells it so, entry/data/done_file/ack then travel as Banana lists both ways and the files
-arrive byte-exact; a malformed lean call from either side ends the transfer, never the connection."""
+arrive byte-exact; a malformed lean call from either side ends the transfer, never the connection. And a download
+from a worker running a build step is paced (WorkerOptions.busy_rate)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.spread import pb
 
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party, TransferEnd
 from slave_side.host import WorkerOptions
@@ -136,3 +138,58 @@ def test_a_rogue_worker_sending_lean_calls_cannot_break_the_masters_relay(tmp_pa
     assert len(results) == (1 if transfer.ended else 0)
     if transfer.ended:
         assert transfer.outcome is not None and transfer.outcome[0] is False
+
+
+class DownloadSink(pb.Referenceable):
+    """The master's end of a download as far as pacing goes: the bytes that arrived."""
+
+    def __init__(self) -> None:
+        self.data = 0
+
+    def remote_entry(self, *args: object) -> None:
+        pass
+
+    def remote_data(self, chunk: bytes) -> None:
+        self.data += len(chunk)
+
+    def remote_done_file(self, *args: object) -> None:
+        pass
+
+    def remote_finish(self) -> None:
+        pass
+
+
+def test_a_download_is_paced_to_busy_rate_while_a_build_step_runs(tmp_path):
+    from twisted.internet import task
+
+    (tmp_path / "f").write_bytes(b"x" * (6 * 1024 * 1024))
+    clock = task.Clock()
+    building = [True]
+    server = TransferServer(WorkerOptions(busy_rate=1024 * 1024), clock=clock)
+    bot = TransferBot(server, str(tmp_path))
+    bot.remote_slaveshell_transfer = lambda sink, params: server.open(  # type: ignore[method-assign]
+        bot.basedir, sink, params, build_running=lambda: building[0])
+    root, pump, _ = connected(bot)
+    sink = DownloadSink()
+    request = TransferRequest(DOWN, "w1", ("f",), operator="root").to_wire()
+    reply = call(pump, root, "slaveshell_transfer", sink, request)
+    ref = reply["transfer"]
+    ref.callRemote("start")
+    pump.flush()
+    first = sink.data
+    assert 0 < first <= 3 * 1024 * 1024  # the window, sent at once; past the 1 MiB burst: paced from here
+    ref.callRemote("ack", first + 1024)  # all the credit back...
+    pump.flush()
+    assert sink.data == first  # ...but nothing more until the rate allows
+    clock.advance(2.5)
+    pump.flush()
+    assert sink.data > first
+    building[0] = False  # the build is over: no more pacing
+    while sink.data < 6 * 1024 * 1024:
+        before = sink.data
+        ref.callRemote("ack", before - first)
+        first = before
+        pump.flush()
+        clock.advance(10)  # a timer set while the build ran
+        pump.flush()
+        assert sink.data > before
