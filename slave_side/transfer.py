@@ -183,7 +183,11 @@ class WorkerTransfer(LeanReceiver):
     def remote_ack(self, credit: object) -> None:
         if self._paced is not None and self.sender is not None:
             sender = self.sender  # paced: the credit is kept for _pace_over
-            self._guard(lambda: sender.credit.ack(credit))
+
+            def keep() -> None:
+                sender.credit.ack(credit)
+
+            self._guard(keep)
             return
         self._send(lambda sender: sender.ack(credit))
 
