@@ -3,6 +3,7 @@ client, the master and the worker at once (issue 14 part 3's profile). Not a ben
 
     python3 bench/cp_profile.py                 # 200 MB; prints each process's top functions, by own time
     python3 bench/cp_profile.py --size 50 --top 25 --keep /tmp/prof   # keeps the raw (collapsed) stacks
+    python3 bench/cp_profile.py --files 3000 --cpu 3   # a tree of 3000 files of 1 KiB (-r); CPU seconds only
 
 Needs py-spy (pip install py-spy) and permission to attach to the processes (root, or ptrace_scope 0). The
 processes run with PYTHONPATH set to this checkout. Each copy's wall time is printed with its profile: py-spy's
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
 import shutil
 import site
@@ -62,9 +64,26 @@ def summary(raw: Path, top: int) -> list[str]:
     return lines
 
 
+def tree_source(local: Path, files: int) -> Path:
+    """`files` files of 1 KiB of random bytes under local/tree, 1000 to a directory."""
+    tree = local / "tree"
+    for n in range(files):
+        d = tree / f"d{n // 1000}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{n}").write_bytes(os.urandom(1024))
+    return tree
+
+
+def cases(cp: list[str], src: Path, local: Path, remote: Path, n: int) -> list[tuple[str, list[str]]]:
+    """The upload then the download (of what was uploaded), each to a fresh name (round `n`)."""
+    return [("up", cp + [str(src), f"w1:{remote}/up{n}"]),
+            ("down", cp + [f"w1:{remote}/up{n}", str(local / f"down{n}")])]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=200, help="MB")
+    p.add_argument("--files", type=int, default=0, help="a tree of this many 1 KiB files (cp -r) instead of a file")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--keep", help="a directory for the raw stacks")
@@ -83,16 +102,19 @@ def main() -> int:
         sandbox.create()
         sandbox.start()
         try:
-            local, remote, src = copy_source(work, args.size)
+            local, remote, src = copy_source(work, 0 if args.files else args.size)
             cp = [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sandbox.socket]
+            if args.files:
+                src = tree_source(local, args.files)
+                cp.append("-r")
+            rounds = itertools.count()
             pids = {"master": pid_of(sandbox.master_dir), "worker": pid_of(sandbox.worker_dir("w1"))}
             if args.cpu:
-                cases = (("up", cp + [str(src), f"w1:{remote}/up.bin"]),
-                         ("down", cp + [f"w1:{remote}/up.bin", str(local / "down.bin")]))
-                print(f"| {args.size} MB | wall s | client CPU s | master CPU s | worker CPU s | total CPU s |")
+                what = f"{args.files} files" if args.files else f"{args.size} MB"
+                print(f"| {what} | wall s | client CPU s | master CPU s | worker CPU s | total CPU s |")
                 print("|---|---|---|---|---|---|")
                 for _ in range(args.cpu):
-                    for name, argv in cases:
+                    for name, argv in cases(cp, src, local, remote, next(rounds)):
                         before = {who: cpu_seconds(pid) for who, pid in pids.items()}
                         children = os.times()
                         start = time.perf_counter()
@@ -105,8 +127,7 @@ def main() -> int:
                         print(f"| {name} | {took:.2f} | {client:.2f} | {used['master']:.2f} | {used['worker']:.2f} |"
                               f" {client + sum(used.values()):.2f} |")
                 return 0
-            for name, argv in (("up", cp + [str(src), f"w1:{remote}/up.bin"]),
-                               ("down", cp + [f"w1:{remote}/up.bin", str(local / "down.bin")])):
+            for name, argv in cases(cp, src, local, remote, next(rounds)):
                 spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-r", str(args.rate), "-f", "raw", "-o",
                                            str(out / f"{name}-{who}.txt"), "--nonblocking"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -121,7 +142,8 @@ def main() -> int:
                     s.send_signal(2)  # py-spy writes its file on SIGINT
                 for s in spies:
                     s.wait(30)
-                print(f"== {name}: {args.size} MB in {took:.2f} s ({args.size / took:.0f} MB/s, under py-spy)")
+                print(f"== {name}: {args.files} files in {took:.2f} s (under py-spy)" if args.files else
+                      f"== {name}: {args.size} MB in {took:.2f} s ({args.size / took:.0f} MB/s, under py-spy)")
                 for who in ("client", "master", "worker"):
                     raw = out / f"{name}-{who}.txt"
                     print(f" {who}:")

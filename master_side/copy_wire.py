@@ -24,6 +24,7 @@ from slaveshell.protocol import ProtocolError
 
 from .operator_types import ErrorKind, OperatorError
 from .transfer import OPERATOR, MasterTransfer
+from .wire_sink import widen
 from .worker_pb import Undo
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class WireParty:
 
     def __init__(self, door: WireDoor) -> None:
         self.door = door
+        self._widened = False
 
     def send(self, method: str, *args: object) -> None:
         door = self.door
@@ -68,9 +70,12 @@ class WireParty:
         if method == "data":
             chunk = args[0]
             assert isinstance(chunk, bytes), "the relay checked the chunk"
-            # Header and bytes as two writes: the transport keeps both, no copy of the chunk.
-            door.write(framing.header(FrameType.DATA, len(chunk)))
-            door.write(chunk)
+            # Header and bytes unjoined, to the kernel at once in one sendmsg when nothing waits before them
+            # (no copy of the chunk in Twisted's buffer); the socket's buffer widened once to take whole chunks.
+            if not self._widened:
+                widen(door.transport)
+                self._widened = True
+            door.write_frame(framing.header(FrameType.DATA, len(chunk)), chunk, at_once=True)
         elif method == "entry":
             door.write(framing.control(Op.ENTRY, **dict(zip(_ARGS[Op.ENTRY], args, strict=True))))
         elif method == "done_file":
@@ -128,7 +133,8 @@ class CopyDoor:
                     set_read_size(transport, previous)
 
                 transfer.undo.append(restore)
-            return {"transfer": transfer.id, **sizes}
+            # unclaimed: the client's done_file may come without its sha256 (cpwire.NO_CLAIM); the relay hashes.
+            return {"transfer": transfer.id, "unclaimed": True, **sizes}
 
         d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))
         return d.addCallback(started)

@@ -35,12 +35,13 @@ from slaveshell.clock import Clock, DelayedCall
 from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import OpenRequest, ProtocolError
+from slaveshell.writes import write_frame
 
 from .copy_wire import CopyDoor
 from .limits import ConnectionGate, Transport, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
 from .session_pb import ViewerHandle
-from .wire_sink import WireViewerSink, write_frame
+from .wire_sink import WireViewerSink
 
 if TYPE_CHECKING:
     from .service import ShellService

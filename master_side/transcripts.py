@@ -4,8 +4,6 @@ fsynced at the end, and repaired after a crash. A session with bulk output has a
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -14,6 +12,8 @@ import time
 from collections.abc import Callable
 
 from slaveshell.transcript import ATTACHED, attachment_ref, parse_lines
+
+from .hashing import BatchedSha256
 
 
 def transcript_dir(path: str) -> str:
@@ -124,20 +124,6 @@ class TranscriptFile:
         return self._sha.hexdigest()
 
 
-# The attachments' sha256 is computed on this one thread (in order: one queue), not on the reactor's: hashing
-# cost the master's main thread more than the writes themselves (py-spy, `-T cat 300 MB`). hashlib releases
-# the GIL on large updates, so it runs beside the reactor on another core.
-_HASHING = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slaveshell-sha256")
-# Chunks go to the hashing thread HASH_BATCH bytes at a time (four of a bulk stream's messages), not one by one:
-# handing each chunk over (a submit, a wake-up of the thread, the GIL passed back and forth) cost the main thread
-# more than hashing it there saved (an interleaved A/B of `-T cat 200 MB`, 8 rounds: the master's main thread
-# 5.7 -> 5.2 CPU s/GB, the whole master 7.0 -> 6.3; hashing on the main thread: 6.5 and 6.6).
-HASH_BATCH = 2 * 1024 * 1024
-# Batches handed over per attachment before a write waits for the oldest: with the batch being gathered, an
-# attachment holds at most (MAX_HASH_BATCHES + 1) * HASH_BATCH bytes for hashing.
-MAX_HASH_BATCHES = 2
-
-
 class Attachment:
     """A transcript's attachment: raw bytes appended as they come (os.write, before the chunk is relayed),
     created (0600, exclusively) at the first write, its sha256 kept as it goes (on a hashing thread, HASH_BATCH
@@ -148,10 +134,7 @@ class Attachment:
         self.path = path
         self._fd: int | None = None
         self.size = 0
-        self._sha = hashlib.sha256()
-        self._hashing: collections.deque[concurrent.futures.Future[None]] = collections.deque()
-        self._batch: list[bytes] = []  # written, not yet handed to the hashing thread
-        self._batched = 0
+        self._sha = BatchedSha256()
 
     @property
     def created(self) -> bool:
@@ -174,25 +157,12 @@ class Attachment:
                 pass
             raise
         self.size += len(data)
-        self._batch.append(data)
-        self._batched += len(data)
-        if self._batched >= HASH_BATCH:
-            self._hand_over()
+        self._sha.update(data)
         return offset
-
-    def _hand_over(self) -> None:
-        """Hand the gathered chunks to the hashing thread (after the oldest batch, when MAX_HASH_BATCHES wait)."""
-        batch, self._batch, self._batched = self._batch, [], 0
-        if not batch:
-            return
-        while self._hashing and (self._hashing[0].done() or len(self._hashing) >= MAX_HASH_BATCHES):
-            self._hashing.popleft().result()
-        self._hashing.append(_HASHING.submit(_update, self._sha, batch))
 
     def sha256(self) -> str:
         """The sha256 of everything written (waits for the hashing thread to catch up)."""
-        self._hand_over()
-        return _HASHING.submit(self._sha.hexdigest).result()
+        return self._sha.hexdigest()
 
     def close(self, run: Callable[[Callable[[], None]], object] | None = None) -> str | None:
         """Fsync and close (through `run`, as TranscriptFile.close); the sha256, None when never created."""
@@ -207,11 +177,6 @@ class Attachment:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _update(sha: hashlib._Hash, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        sha.update(chunk)
 
 
 def _sha256_of(path: str) -> str:

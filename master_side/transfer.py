@@ -3,9 +3,10 @@ counted and recorded (`MasterTransfer`), the PB handles both parties call (`Tran
 transfers with their start (`Transfers`). Wire vocabulary: slaveshell.cpwire.
 
 The sender (the operator for an upload, the worker for a download) streams entries, data, done_file and
-finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file and
-compares the sender's sha256, writes the record (master_side.transfer_record) before it forwards, and passes
-the receiver's acks back as credit: what it holds per transfer is bounded by the window. The receiver's
+finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file
+(its sha256 is the record's and the receiver's) and compares the sender's when it sends one, writes the record
+(master_side.transfer_record) before it forwards, and passes the receiver's acks back as credit: what it holds
+per transfer is bounded by the window. The receiver's
 `result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection (the operator's
 Ctrl-C closes its connection) and a record that cannot be written. The operator always gets `result(ok,
 reason)`, unless it reported it. The worker's end is PB (`Party`, `TransferEnd`); the operator's is the framed
@@ -14,7 +15,6 @@ door's (master_side.copy_wire).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -27,19 +27,22 @@ from twisted.spread import pb
 from slaveshell.cpwire import (
     CHUNK,
     ENTRY_COST,
+    NO_CLAIM,
     UP,
     WORKER_TRANSFER_METHOD,
     Credit,
     Entry,
     StreamOrder,
     TransferRequest,
-    check_sha,
+    check_claim,
 )
 from slaveshell.display import visible
+from slaveshell.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.policy import Identity, Policy
 from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
 from slaveshell.remote import set_nodelay
 
+from .hashing import BatchedSha256
 from .session_model import new_session_id
 from .transfer_record import TransferRecord, describe
 from .worker_pb import Undo, _answer_within, on_disconnect
@@ -55,6 +58,11 @@ OPERATOR = "operator"
 WORKER = "worker"
 SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
 _ANSWERLESS = frozenset({"entry", "data", "done_file", "ack"})
+# The calls that travel as slaveshell.lean_calls on a worker's connection that takes them (both ways).
+LEAN = _ANSWERLESS
+# A file's bytes are hashed on the hashing thread this many at a time (master_side.hashing): a transfer holds at
+# most three times this for hashing, the size of its window (cpwire.WINDOW); a smaller file on the reactor thread.
+TRANSFER_HASH_BATCH = 1024 * 1024
 # Transfers at once on this master, whatever the per-worker and per-operator quotas say.
 MAX_TRANSFERS = 64
 
@@ -70,15 +78,26 @@ class PartyEnd(TypingProtocol):
 
 class Party:
     """A party's end over PB: answer-less sends on a remote reference; `check()` after each send applies the
-    connection's output bound."""
+    connection's output bound. With `lean` (the worker's open reply said it takes slaveshell.lean_calls on this
+    connection), the worker is told so by a `lean` call, and the stream's calls (LEAN) then go as lean calls;
+    the worker sends its own that way once told."""
 
-    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None) -> None:
+    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None,
+                 lean: bool = False) -> None:
         self.ref = ref
         self.check = check
+        self.lean = False
+        if lean:
+            self.send("lean")
+            self.lean = True
 
     def send(self, method: str, *args: object) -> None:
-        kw = {"pbanswer": False} if method in _ANSWERLESS else {}
-        defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
+        if self.lean and method in LEAN:
+            if not self.ref.broker.disconnected:  # else the disconnect notification ends the transfer
+                send_lean(self.ref, method, *args)  # the relay checked the values: no BananaError
+        else:
+            kw = {"pbanswer": False} if method in _ANSWERLESS else {}
+            defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
         self.check()
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
@@ -100,7 +119,7 @@ class MasterTransfer:
         self.parties: dict[str, PartyEnd] = {}
         self.order = StreamOrder()
         self.credit = Credit()
-        self.sha = hashlib.sha256()
+        self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
         self.bytes = 0
         self.files = 0
         self.ended = False
@@ -130,7 +149,7 @@ class MasterTransfer:
             entry = Entry.from_wire(*args)
             self.order.entry(entry)
             self.credit.spend(ENTRY_COST)
-            self.sha = hashlib.sha256()
+            self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
             if self.record is not None:
                 self.record.entry(entry)
             self.parties[receiver].send("entry", *entry.to_wire())
@@ -144,15 +163,16 @@ class MasterTransfer:
                 self.record.data(chunk)
             self.parties[receiver].send("data", chunk)
         elif method == "done_file":
-            claimed = check_sha(args[0] if len(args) == 1 else None)
+            claimed = check_claim(args[0] if len(args) == 1 else None)
             entry = self.order.done_file()
             self.credit.spend(ENTRY_COST)
-            if claimed != self.sha.hexdigest():
+            mine = self.sha.hexdigest()
+            if claimed != NO_CLAIM and claimed != mine:
                 raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
             self.files += 1
             if self.record is not None:
-                self.record.file_done(entry, claimed)
-            self.parties[receiver].send("done_file", claimed)
+                self.record.file_done(entry, mine)
+            self.parties[receiver].send("done_file", mine)
         elif method == "finish":
             self.order.finish()
             self.parties[receiver].send("finish")
@@ -193,13 +213,19 @@ class MasterTransfer:
         self.on_end(self)
 
 
-class TransferEnd(pb.Referenceable):
-    """A party's handle on a transfer (the operator's client, or the worker, holds one). Every call is checked
-    by the transfer; a bad one ends it, never the connection."""
+class TransferEnd(LeanReceiver):
+    """A party's handle on a transfer (the worker holds one). Every call is checked by the transfer; a bad one
+    ends it, never the connection. The stream's calls may also come as lean calls (LEAN), checked the same way;
+    a malformed one ends the transfer too."""
+
+    lean_methods = LEAN
 
     def __init__(self, transfer: MasterTransfer, side: str) -> None:
         self.transfer = transfer
         self.side = side
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        self.transfer.end(False, f"the {self.side} sent a bad message: {error}")
 
     def _call(self, method: str, *args: object) -> None:
         self.transfer.received(self.side, method, args)
@@ -283,6 +309,7 @@ class Transfers:
         transfer = MasterTransfer(transfer_id, who, request, record, self._ended)
         transfer.parties[OPERATOR] = operator
         set_nodelay(conn.mind)
+        accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told
         try:
             reply = yield _answer_within(defer.maybeDeferred(
                 conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_wire()),
@@ -298,7 +325,7 @@ class Transfers:
             transfer.parties.clear()
             transfer.end(False, text[:4096])
             raise TransferRefused(text[:4096])
-        transfer.parties[WORKER] = Party(ref)
+        transfer.parties[WORKER] = Party(ref, lean=reply.get("lean") is True)
         self.live[transfer_id] = transfer
         transfer.undo.append(on_disconnect(ref, lambda: transfer.end(False, f"the worker {request.worker} was "
                                                                             "lost during the transfer")))

@@ -1,6 +1,6 @@
 """What the master sends an operator's client on the framed door (master_side.operator_wire): a session's
-messages as frames (`WireViewerSink`), and a frame's header and payload written without joining them
-(`write_frame`).
+messages as frames (`WireViewerSink`); a frame's header and payload are written without joining them
+(slaveshell.writes.write_frame).
 
 A session without a terminal sends 512 KiB messages (slaveshell.flow.BULK_CHUNK); a client that declared it takes
 them (``max_output`` in its open or attach, slaveshell.framing) gets each one as one frame, any other client in
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from slaveshell import framing
@@ -23,7 +23,6 @@ from slaveshell.flow import BULK_CHUNK, chunks
 from slaveshell.framing import FrameType, Op
 from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
 
-from .limits import buffered_bytes
 from .worker_pb import Undo
 
 if TYPE_CHECKING:
@@ -32,27 +31,6 @@ if TYPE_CHECKING:
 # The kernel's send buffer asked for a connection that carries a bulk stream (Linux doubles it for its own
 # accounting; the default, net.core.wmem_default, is about 208 KiB): two of the worker's bulk messages.
 SEND_BUFFER = 2 * BULK_CHUNK
-
-
-def write_frame(transport: object, parts: Sequence[bytes], at_once: bool = True) -> None:
-    """Write `parts` (a frame: its header, its payload) to a Twisted transport, in order. `at_once`, when the
-    transport holds nothing unsent and has a socket: to the kernel now in one sendmsg(2) (scatter-gather: no
-    join); the rest, or all of them otherwise, through `transport.writeSequence`. A socket error leaves everything
-    to the transport, which meets the same error on its own write and closes the connection."""
-    rest = list(parts)
-    sock = getattr(transport, "socket", None)
-    if (at_once and isinstance(sock, socket.socket) and getattr(transport, "connected", False)
-            and not getattr(transport, "disconnecting", True) and not buffered_bytes(transport)):
-        try:
-            sent = sock.sendmsg(rest)
-        except OSError:  # EAGAIN: nothing taken; anything else: the transport's to find
-            sent = 0
-        while rest and sent >= len(rest[0]):
-            sent -= len(rest.pop(0))
-        if rest and sent:
-            rest[0] = rest[0][sent:]
-    if rest:
-        transport.writeSequence(rest)  # type: ignore[attr-defined]
 
 
 def widen(transport: object) -> None:

@@ -43,8 +43,9 @@ def install(
     env: extra environment variables for every session.
     allowed_users: if given, only these operators (user names on the master host, as the master reports them)
         may open sessions here, whatever the master's policy says.
-    busy_rate: while a build step runs on this worker, each session's output is paced to this many bytes per
-        second once a 1 MiB burst is spent, so that a flood in a shell does not take the build's CPU; 0: never.
+    busy_rate: while a build step runs on this worker, each session's output, and what each `slaveshell cp`
+        from this worker sends, is paced to this many bytes per second once a 1 MiB burst is spent, so that a
+        flood in a shell or a large download does not take the build's CPU; 0: never.
     """
     global _server, _transfers
     if not enabled:
@@ -111,7 +112,7 @@ def _step_running(bot: object) -> bool:
 def _remote_transfer(bot: _Bot, sink: object, params: object) -> dict[str, object]:
     if _transfers is None:
         return {"ok": False, "error": "slaveshell is disabled on this worker"}
-    return _transfers.open(str(bot.basedir), sink, params)
+    return _transfers.open(str(bot.basedir), sink, params, build_running=lambda: _step_running(bot))
 
 
 def _not_a_build_command() -> type:

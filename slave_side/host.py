@@ -56,8 +56,9 @@ class WorkerOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Operators (as the master names them) this worker accepts; None: whoever the master allows.
     allowed_users: frozenset[str] | None = None
-    # While a build step runs on this worker, a session's output is paced to this many bytes per second after a
-    # burst of BUSY_BURST (a `yes` flood otherwise takes the build's CPU: bench/run.py's build row); 0: never.
+    # While a build step runs on this worker, a session's output (and what a `slaveshell cp` from it sends) is paced
+    # to this many bytes per second after a burst of BUSY_BURST (a `yes` flood otherwise takes the build's CPU:
+    # bench/run.py's build row); 0: never.
     busy_rate: int = 8 * 1024 * 1024
 
     def login_shell(self) -> str:

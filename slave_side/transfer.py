@@ -24,14 +24,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from slaveshell.clock import Clock
+from slaveshell.clock import Clock, DelayedCall
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
 from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
+from slaveshell.flow import Pacer
+from slaveshell.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import opening, set_nodelay
 
 from .host import WorkerOptions
+from .session import BUSY_BURST
 
 log = Logger()
 
@@ -54,18 +57,19 @@ def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
 class _Peer:
     """The master's end of one transfer: answer-less sends; a failure of the connection is noticed by the
     disconnect notification, so errors of single sends are dropped. Acks are summed and go once the reactor
-    has handled what it read (one message for the several chunks of one read, not one each)."""
+    has handled what it read (one message for the several chunks of one read, not one each). Once the master
+    says it takes them (`lean`), the stream's calls (entry, data, done_file, ack) go as slaveshell.lean_calls."""
 
-    def __init__(self, ref: pb.RemoteReference) -> None:
+    def __init__(self, ref: pb.RemoteReference, clock: Clock) -> None:
         self.ref = ref
+        self.clock = clock
         self._acks = 0
+        self.lean = False
 
     def send(self, method: str, *args: object) -> None:
         if method == "ack" and len(args) == 1 and isinstance(args[0], int):
             if not self._acks:
-                from twisted.internet import reactor
-
-                cast(Clock, reactor).callLater(0, self._send_acks)
+                self.clock.callLater(0, self._send_acks)
             self._acks += args[0]
             return
         self._call(method, *args)
@@ -78,15 +82,24 @@ class _Peer:
     def _call(self, method: str, *args: object) -> None:
         if method == "result" and self._acks:
             self._send_acks()  # the credit before the outcome, in order
+        if self.lean and method in _ANSWERLESS:
+            if not self.ref.broker.disconnected:
+                send_lean(self.ref, method, *args)  # chunks are at most CHUNK: no BananaError
+            return
         kw = {"pbanswer": False} if method in _ANSWERLESS else {}
         defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
 
 
-class WorkerTransfer(pb.Referenceable):
-    """What the master holds for one transfer: the sending (DOWN) or the receiving (UP) end."""
+class WorkerTransfer(LeanReceiver):
+    """What the master holds for one transfer: the sending (DOWN) or the receiving (UP) end. The stream's calls
+    may also come as lean calls (slaveshell.lean_calls), checked by the same methods; a malformed one fails
+    the transfer, never the connection."""
+
+    lean_methods = _ANSWERLESS
 
     def __init__(self, transfer_id: str, request: TransferRequest, peer: _Peer, sender: Sender | None,
-                 receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None]) -> None:
+                 receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None],
+                 pacer: Pacer | None = None, build_running: Callable[[], bool] = lambda: False) -> None:
         self.id = transfer_id
         self.request = request
         self.peer = peer
@@ -95,6 +108,22 @@ class WorkerTransfer(pb.Referenceable):
         self.on_end = on_end
         self.ended = False
         self.committing = False
+        # While a build step runs here, what a download sends is paced (WorkerOptions.busy_rate, as a session's
+        # output): past the burst, the sender waits for `_paced` before it uses the credit it has.
+        self.pacer = pacer
+        self.build_running = build_running
+        self._paced: DelayedCall | None = None
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        self._fail(f"the master sent a bad {method}: {error}")
+
+    def remote_lean(self) -> None:
+        """The master takes lean calls on this connection: the stream's calls to it go that way. A master that
+        sends this also takes done_file without the sender's sha256 (cpwire.NO_CLAIM): a download's files are
+        not hashed here (the master hashes what it relays)."""
+        self.peer.lean = True
+        if self.sender is not None:
+            self.sender.claim = False
 
     def _fail(self, reason: str) -> None:
         """Give up: remove what was staged, tell the master (as the receiver's result, or as the sender's
@@ -107,6 +136,9 @@ class WorkerTransfer(pb.Referenceable):
 
     def _end(self) -> None:
         self.ended = True
+        paced, self._paced = self._paced, None
+        if paced is not None and paced.active():
+            paced.cancel()
         if self.sender is not None:
             self.sender.close()
         if self.receiver is not None and not self.committing:
@@ -127,14 +159,36 @@ class WorkerTransfer(pb.Referenceable):
         sender = self.sender
         if sender is None:
             return
+        before = sender.sent
         self._guard(lambda: step(sender))
         if sender.done and not self.ended:
             self._end()  # everything sent: the master and the operator's client do the rest
+        elif not self.ended:
+            self._pace(sender.sent - before)
+
+    def _pace(self, nbytes: int) -> None:
+        if self.pacer is None or not nbytes or self._paced is not None or not self.build_running():
+            return
+        wait = self.pacer.spend(nbytes, self.peer.clock.seconds())
+        if wait > 0:
+            self._paced = self.peer.clock.callLater(wait, self._pace_over)
+
+    def _pace_over(self) -> None:
+        self._paced = None
+        self._send(lambda sender: sender.pump())
 
     def remote_start(self) -> None:
         self._send(lambda sender: sender.pump())
 
     def remote_ack(self, credit: object) -> None:
+        if self._paced is not None and self.sender is not None:
+            sender = self.sender  # paced: the credit is kept for _pace_over
+
+            def keep() -> None:
+                sender.credit.ack(credit)
+
+            self._guard(keep)
+            return
         self._send(lambda sender: sender.ack(credit))
 
     # -- receiving (UP) ----------------------------------------------------------------------------
@@ -197,15 +251,23 @@ class WorkerTransfer(pb.Referenceable):
 class TransferServer:
     """The worker's transfers: opens them for the master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, clock: Clock | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(Clock, reactor)
+        self.clock = clock
         self.options = options
         self.live: dict[str, WorkerTransfer] = {}
         self._ids = itertools.count(1)
 
-    def open(self, basedir: str, sink: object, params: object) -> dict[str, object]:
+    def open(self, basedir: str, sink: object, params: object,
+             build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
-        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n}`` (total
-        and entries are what a download will send) or ``{"ok": False, "error": text}``."""
+        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n, "lean": bool}``
+        (total and entries are what a download will send; lean: this connection takes slaveshell.lean_calls)
+        or ``{"ok": False, "error": text}``. `build_running()` tells whether a build step runs on this worker
+        now (what a download sends is then paced: WorkerOptions.busy_rate)."""
         opened = opening(TransferRequest.from_wire, params, sink)
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
@@ -220,7 +282,7 @@ class TransferServer:
         if not os.path.isabs(base):
             base = os.path.join(basedir, base)
         check = inside_allowed(self.options)
-        peer = _Peer(ref)
+        peer = _Peer(ref, self.clock)
         transfer_id = f"t{next(self._ids)}"
         try:
             if request.direction == UP:
@@ -232,17 +294,19 @@ class TransferServer:
             else:
                 planned = plan(list(request.sources), request.recursive, check, base)
                 sender = Sender(planned, peer.send)
-                transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended)
+                pacer = Pacer(self.options.busy_rate, BUSY_BURST) if self.options.busy_rate > 0 else None
+                transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
         except TransferError as e:
             return {"ok": False, "error": str(e)}
         self.live[transfer_id] = transfer
+        lean = accept(getattr(ref, "broker", None))
         set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK
         ref.notifyOnDisconnect(lambda _ref: transfer.lost())
         log.info("slaveshell transfer {tid}: {op} copies {what}", tid=transfer_id,
                  op=visible(request.operator or "?"), what="to this worker" if request.direction == UP else
                  "from this worker")
-        return {"ok": True, "transfer": transfer, "total": total, "entries": entries}
+        return {"ok": True, "transfer": transfer, "total": total, "entries": entries, "lean": lean}
 
     def _ended(self, transfer: WorkerTransfer) -> None:
         self.live.pop(transfer.id, None)

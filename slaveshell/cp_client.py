@@ -30,6 +30,8 @@ from .protocol import ProtocolError, check_bytes, check_int
 RESULT_WAIT = 10.0
 # Bytes read from the socket at once: several of the master's DATA frames.
 READ_SIZE = 1024 * 1024
+# The kernel's send buffer asked for the connection (its default, about 208 KiB, is less than a chunk).
+SEND_BUFFER = 1024 * 1024
 # Seconds the last frames (an abort, a failed result) may take to leave at the end.
 LAST_WORDS = 2.0
 
@@ -119,7 +121,9 @@ class CopyClient:
                 total = 0
         self.progress = self.make_progress(total)
         if self.plan is not None:
-            self.sender = Sender(self.plan, self.send, on_bytes=self.progress.add)
+            # A master that says "unclaimed" hashes the files itself and takes done_file without ours (cpwire).
+            self.sender = Sender(self.plan, self.send, on_bytes=self.progress.add,
+                                 claim=reply.get("unclaimed") is not True)
             self._guard(self.sender.pump)
         elif self.receiver is not None:
             self.receiver.on_bytes = self.progress.add
@@ -215,8 +219,7 @@ class CopyClient:
         if method == "data":
             chunk = args[0]
             assert isinstance(chunk, bytes)
-            self.link.send(framing.header(FrameType.DATA, len(chunk)))
-            self.link.send(chunk)
+            self.link.send(framing.header(FrameType.DATA, len(chunk)), chunk)
         elif method == "entry":
             self.link.control(Op.ENTRY, **dict(zip(("kind", "path", "mode", "size", "mtime"), args, strict=True)))
         elif method == "done_file":
@@ -268,6 +271,8 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
     reached; Interrupted after a signal."""
     sock = hop.connect(socket_path)
     connection = hop.Connection(sock, READ_SIZE)
+    with contextlib.suppress(OSError):  # whole chunks at once to the kernel (the master widens its side too)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     loop = hop.Loop()
     client = make(loop, connection)
     fd = sock.fileno()

@@ -2,20 +2,29 @@
 
 A transfer is one stream of entries from a sender to a receiver, through the master: over the framed hop between
 the operator and the master (slaveshell.framing: these calls as controls, `data` as DATA frames) and over PB on the
-worker's own connection. The sender's calls, all answer-less:
+worker's own connection (entry, data, done_file and ack as slaveshell.lean_calls once the master's ``lean`` call
+said so). The sender's calls, all answer-less:
 
     entry(kind: str, path: str, mode: int, size: int, mtime: float)
                                    a directory ("dir") or a regular file ("file") to create, at `path` relative to
                                    the destination ("/"-separated, no "..", no empty or absolute part); a file's
                                    bytes follow as `data` calls, `size` of them in all, then `done_file`
     data(chunk: bytes)             at most CHUNK bytes of the current file
-    done_file(sha256: str)         the current file is complete; its sha256 (64 hex digits) as its sender read it
+    done_file(sha256: str)         the current file is complete; from a sender, its sha256 (64 hex digits) as it
+                                   read it, or "" (NO_CLAIM: the master's own hash stands, see below); from the
+                                   master to the receiver, always the master's sha256 of the bytes it relayed
     finish()                       no more entries: the receiver commits (renames into place) and answers
     abort(reason: str)             the sender gave up: the receiver removes everything it staged
 
 The receiver's call back is `ack(credit: int)`: credit returned. Each entry costs ENTRY_COST and each data call
 its length; a sender may have at most WINDOW unacknowledged (checked by every hop: `Credit`). The receiver's end,
 `result(ok: bool, reason: str)`, says whether the files are in place.
+
+The master hashes every file it relays: its sha256 is the audit record's and the receiver's, whoever sent the
+bytes (the worker is not trusted). A sender's own sha256 adds nothing over reliable sockets (it hashes what it
+read, as the master does), so a sender skips it where the master said it takes NO_CLAIM: the operator's client
+when the ``copy`` answer says ``"unclaimed": true``, the worker once the master's ``lean`` call came (both came
+with the same version). A claim that is made is still checked. Receivers do not hash.
 
 Requests (`TransferRequest`) travel as plain dicts. Every check here raises `ProtocolError` (the peer's fault).
 """
@@ -42,6 +51,7 @@ MAX_FILE = 2**50
 MODE_MASK = 0o7777
 UP = "up"  # the operator's files to the worker
 DOWN = "down"  # the worker's files to the operator
+NO_CLAIM = ""  # a sender's done_file without its own sha256
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -52,6 +62,11 @@ def check_relpath(path: object) -> str:
     if not text or "\0" in text or any(p in ("", ".", "..") for p in parts):
         raise ProtocolError(f"unsafe path in a transfer: {text!r}")
     return text
+
+
+def check_claim(value: object) -> str:
+    """A sender's done_file argument: NO_CLAIM or a sha256 (check_sha)."""
+    return NO_CLAIM if value == NO_CLAIM else check_sha(value)
 
 
 def check_sha(value: object) -> str:

@@ -85,7 +85,8 @@ class Op(enum.Enum):
     TRANSCRIPT = "transcript"  # session, offset; answer: data (base64 of up to MAX_CHUNK bytes), eof
     CLOSE = "close"  # end the session (answered once the master has it)
     DETACH = "detach"  # leave it running (answered once the master has it)
-    COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded
+    COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded,
+    # unclaimed (true: done_file may carry "" for the sender's sha256, slaveshell.cpwire.NO_CLAIM)
     # client to master: session messages (answer-less)
     EOF = "eof"
     RESIZE = "resize"  # cols, rows

@@ -47,7 +47,7 @@ class Link(Protocol):
     """What the client needs of `Connection`."""
 
     def next_id(self) -> int: ...
-    def send(self, frame: bytes) -> None: ...
+    def send(self, frame: bytes, payload: bytes = b"") -> None: ...
     def control(self, op: framing.Op, **fields: object) -> None: ...
 
 
@@ -139,10 +139,30 @@ class Connection:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def send(self, frame: bytes) -> None:
-        if not self.closed:
-            self.out += frame
-            self.flush()
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
+        """Queue `frame` (with `payload`: a frame's header, then its payload, unjoined) and write what the socket
+        takes. When nothing waits before it, header and payload go to the kernel in one sendmsg(2), and only what
+        it does not take is copied into the queue (a file's chunk is not copied in Python)."""
+        if self.closed:
+            return
+        if self.out:
+            self.flush()  # what waits goes first
+            if self.out:
+                self.out += frame
+                self.out += payload
+                return
+        try:
+            sent = self.sock.sendmsg([frame, payload]) if payload else self.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.closed = True  # receive() reports it
+            return
+        if sent < len(frame):
+            self.out += memoryview(frame)[sent:]
+            self.out += payload
+        elif sent < len(frame) + len(payload):
+            self.out += memoryview(payload)[sent - len(frame):]
 
     def control(self, op: framing.Op, **fields: object) -> None:
         self.send(framing.control(op, **fields))

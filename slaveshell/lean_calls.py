@@ -7,7 +7,8 @@ kind of machine (sender ~55, receiver ~98) against ~50 µs for the same event as
 keystroke spacing between two processes (cold caches, bench/echo_parts.py parts ``pb1-tcp`` and ``lean-tcp``,
 over a raw TCP ping-pong) 316-333 µs against 128-162 µs a message. A keystroke's echo is two such events on the
 worker's link. A bulk output message is also written without Banana's two copies of its payload
-(``transport.writeSequence`` of the header and the bytes).
+(the header and the bytes to the kernel in one sendmsg when the connection holds nothing unsent, else
+``transport.writeSequence``: slaveshell.writes).
 
 The wire (Twisted's Banana, the PB dialect; twisted/spread/banana.py and pb.py ``Broker.expressionReceived``)::
 
@@ -22,6 +23,10 @@ a lean call is only sent to a peer that said it takes them:
 - the worker says ``"lean": True`` in its answer to the master's open (it has called `accept` on that broker);
 - the master (which called `accept` before opening) then sends its input and acks leanly and makes one ``lean``
   call on the session, after which the worker sends its output and input_acks leanly.
+
+A transfer (`slaveshell cp`, slave_side.transfer and master_side.transfer) negotiates the same way, per transfer:
+its stream's entry, data, done_file and ack go leanly both ways once the master's ``lean`` call has told the
+worker's transfer object.
 
 Old workers never see a lean call; an old master ignores the reply's key and never asks. Both kinds of message
 travel in order on the same connection, so a session's events keep their order across the switch.
@@ -46,6 +51,7 @@ from twisted.spread import banana, pb
 from .display import visible
 from .protocol import ProtocolError
 from .remote import RemotePeer
+from .writes import write_frame
 
 log = Logger()
 
@@ -100,12 +106,43 @@ def _decode_input_ack(items: Sequence[object]) -> tuple[object, ...]:
     return (items[0], items[1] == 1)
 
 
+def _text(item: object, what: str, encoding: str) -> str:
+    if not isinstance(item, bytes):
+        raise ProtocolError(f"{what}: expected bytes")
+    try:
+        return item.decode(encoding)
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what}: not {encoding}") from None
+
+
+def _encode_entry(kind: str, path: str, mode: int, size: int, mtime: float) -> Wire:
+    # A path that is not UTF-8 (a surrogate-escaped name) is sent as it is and refused by the receiver's decode.
+    return [kind.encode("ascii"), path.encode("utf-8", "surrogatepass"), mode, size, float(mtime)]
+
+
+def _decode_entry(items: Sequence[object]) -> tuple[object, ...]:
+    """-> (kind, path, mode, size, mtime) as `remote_entry` takes them (it checks the values: cpwire.Entry)."""
+    if len(items) != 5:
+        raise ProtocolError("entry: expected kind, path, mode, size, mtime")
+    return (_text(items[0], "entry kind", "ascii"), _text(items[1], "entry path", "utf-8"), *items[2:])
+
+
+def _decode_done_file(items: Sequence[object]) -> tuple[object, ...]:
+    if len(items) != 1:
+        raise ProtocolError("done_file: expected one sha256")
+    return (_text(items[0], "done_file", "ascii"),)
+
+
 #: The methods that may travel leanly, and their layouts. Values are checked by the receiving ``remote_*``.
+#: A session's: input, ack, output, input_ack; a transfer's (slaveshell.cpwire): entry, data, done_file, ack.
 CODECS: dict[str, Codec] = {
     "input": Codec(lambda data: [data], _one(bytes, "input")),
     "ack": Codec(lambda nbytes: [nbytes], _one(int, "ack")),
     "output": Codec(_encode_output, _decode_output),
     "input_ack": Codec(lambda nbytes, hidden: [nbytes, 1 if hidden else 0], _decode_input_ack),
+    "entry": Codec(_encode_entry, _decode_entry),
+    "data": Codec(lambda chunk: [chunk], _one(bytes, "data")),
+    "done_file": Codec(lambda sha256: [sha256.encode("ascii")], _decode_done_file),
 }
 
 
@@ -171,16 +208,21 @@ class LeanPeer(RemotePeer):
         if codec is None:
             super().send(method, *args)
             return
-        broker = self.ref.broker
-        if broker.disconnected:
+        if self.ref.broker.disconnected:
             self.on_lost()
             return
         try:
-            _write(broker, [COMMAND, self.ref.luid, method.encode("ascii"), *codec.encode(*args)])
+            send_lean(self.ref, method, *args)
         except banana.BananaError as e:
             self.on_refused(method, str(e))
 
     __call__ = send
+
+
+def send_lean(ref: pb.RemoteReference, method: str, *args: object) -> None:
+    """`method` (one of CODECS) on `ref` as a lean call: the peer must have said it takes them. Raises BananaError
+    (an item Banana cannot send, a byte string over its SIZE_LIMIT); nothing is written then."""
+    _write(ref.broker, [COMMAND, ref.luid, method.encode("ascii"), *CODECS[method].encode(*args)])
 
 
 def _write(broker: pb.Broker, items: Wire) -> None:
@@ -198,7 +240,7 @@ def _write(broker: pb.Broker, items: Wire) -> None:
             broker._encode(item, parts.append)
         banana.int2b128(len(last), parts.append)
         parts.append(banana.STRING)
-        transport.writeSequence([b"".join(parts), last])
+        write_frame(transport, [b"".join(parts), last])  # to the kernel now when nothing waits: no join
         return
     for item in items:
         broker._encode(item, parts.append)

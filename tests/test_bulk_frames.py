@@ -1,6 +1,6 @@
 """A bulk stream's output on the framed hop: clients that declare ``max_output`` get each of the worker's 512 KiB
 messages as one frame, others (and web pages) in 64 KiB pieces; the decoder gives the same frames however the
-stream is cut; a frame goes to the kernel unjoined and in order (master_side.wire_sink.write_frame); the client
+stream is cut; a frame goes to the kernel unjoined and in order (slaveshell.writes.write_frame); the client
 writes output straight from the frame and keeps only what stdout does not take (slaveshell.outputs)."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from master_side.wire_sink import WireViewerSink, write_frame
+from master_side.wire_sink import WireViewerSink
 from master_side.www.terminal_ws import WebViewerSink
 from slaveshell import framing, hop
 from slaveshell.flow import BULK_CHUNK
 from slaveshell.framing import MAX_CHUNK, MAX_OUTPUT, FrameType, Op
 from slaveshell.outputs import Outputs
 from slaveshell.protocol import OpenRequest
+from slaveshell.writes import write_frame
 from tests.test_hop_client import FakeLoop
 from tests.test_operator_wire import connect, service  # noqa: F401  (a fixture)
 
@@ -139,6 +140,50 @@ def test_a_frame_goes_to_the_kernel_unjoined_and_what_it_does_not_take_waits_in_
     assert b"".join([sent_at_once, *transport.queued]) == b"".join(first + second)
     write_frame(Transport(ours), second)  # a fresh transport that holds nothing sends at once
     assert theirs.recv(100) == b"".join(second)
+    tls = Transport(ours)
+    tls.TLS = True  # type: ignore[attr-defined]  # TLS started on the connection (a worker's link may have it)
+    write_frame(tls, second)  # never raw past TLS: the transport encrypts it
+    assert tls.queued == list(second)
+    wrapped = Transport(ours)
+
+    class Wrapper:  # as policies.ProtocolWrapper (TLSMemoryBIOProtocol): the wrapped transport's attributes
+        queued: list[bytes] = []
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(wrapped, name)
+
+        def writeSequence(self, parts: list[bytes]) -> None:  # noqa: N802 (Twisted's name)
+            self.queued += parts
+
+    wrapper = Wrapper()
+    write_frame(wrapper, second)
+    assert wrapper.queued == list(second)
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)
+    ours.close()
+    theirs.close()
+
+
+def test_the_clients_connection_sends_a_chunk_unjoined_behind_what_waits_in_order():
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    connection = hop.Connection(ours)
+    controls = [framing.control(Op.ACK, n=n) for n in range(3)] + [framing.encode(FrameType.DATA, b"x" * 60_000)]
+    for frame in controls:
+        connection.send(frame)
+    assert connection.out  # the kernel took part of it; the rest waits
+    chunk = os.urandom(100_000)
+    head = framing.header(FrameType.DATA, len(chunk))
+    connection.send(head, chunk)  # what waits goes first, then the chunk
+    got = b""
+    while len(got) < sum(map(len, controls)) + len(head) + len(chunk):
+        with contextlib.suppress(BlockingIOError):
+            got += theirs.recv(1 << 20)
+        connection.flush()
+    assert got == b"".join(controls) + head + chunk and not connection.out
     ours.close()
     theirs.close()
 

@@ -11,11 +11,12 @@ import sys
 
 import pytest
 
+from master_side.hashing import HASH_BATCH, MAX_HASH_BATCHES
 from master_side.recorder import SessionRecorder
 from master_side.relay import WINDOW_TOLERANCE, MasterSession
 from master_side.transcript_export import ExportReader, read_cast
 from master_side.transcript_search import search as _search
-from master_side.transcripts import HASH_BATCH, MAX_HASH_BATCHES, Attachment, attachment_path, recover
+from master_side.transcripts import Attachment, attachment_path, recover
 from slaveshell.flow import BULK_CHUNK, BULK_WINDOW
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError

@@ -104,14 +104,30 @@ def test_a_tree_arrives_byte_exact_and_only_at_the_commit(tmp_path):
     assert [n for n in os.listdir(dest) if n.startswith(".")] == []
 
 
-def test_an_abort_removes_everything_staged_and_a_bad_sha_is_refused(tmp_path):
+def test_a_large_files_writeback_is_started_as_it_arrives_and_its_bytes_are_unchanged(tmp_path, monkeypatch):
+    from slaveshell import cpfiles
+
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(cpfiles, "WRITEBACK", CHUNK)
+    real = cpfiles._start_writeback
+    monkeypatch.setattr(cpfiles, "_start_writeback", lambda fd, at, n: (started.append((at, n)), real(fd, at, n)))
+    blob = os.urandom(3 * CHUNK + 7)
+    (tmp_path / "blob").write_bytes(blob)
+    (tmp_path / "dest").mkdir()
+    _pipe(plan([str(tmp_path / "blob")], recursive=False), Receiver(str(tmp_path / "dest"), preserve=False))
+    assert (tmp_path / "dest" / "blob").read_bytes() == blob
+    assert started == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK)]
+
+
+def test_an_abort_removes_everything_staged(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     receiver = Receiver(str(dest), preserve=False)
     receiver.entry(Entry("file", "f", 0o644, 4))
     receiver.data(b"abcd")
-    with pytest.raises(TransferError, match="sha256 mismatch"):
-        receiver.done_file(hashlib.sha256(b"abce").hexdigest())
+    receiver.done_file(hashlib.sha256(b"abcd").hexdigest())
+    receiver.entry(Entry("file", "g", 0o644, 4))
+    receiver.data(b"ab")
     receiver.abort()
     assert os.listdir(dest) == []
 
@@ -176,6 +192,44 @@ def test_the_master_checks_the_senders_sha256_and_declared_size():
     transfer, _, _ = _relay()
     transfer.received(WORKER, "data", (b"abc",))  # the receiver may not send data
     assert transfer.ended and "sender" in transfer.outcome[1]  # type: ignore[index]
+
+
+def test_the_master_hashes_what_it_relays_and_a_sender_may_leave_the_sha256_to_it():
+    transfer, _, worker = _relay()
+    for name, claim in (("f", ""), ("g", hashlib.sha256(b"abc").hexdigest())):  # an unclaimed file, an old sender's
+        transfer.received(OPERATOR, "entry", ("file", name, 0o644, 3, 0.0))
+        transfer.received(OPERATOR, "data", (b"abc",))
+        transfer.received(OPERATOR, "done_file", (claim,))
+    assert not transfer.ended
+    # The receiver gets the master's own sha256 either way (the audit record's).
+    mine = hashlib.sha256(b"abc").hexdigest()
+    assert [c for c in worker.calls if c[0] == "done_file"] == [("done_file", (mine,))] * 2
+    transfer.received(OPERATOR, "entry", ("file", "h", 0o644, 3, 0.0))
+    transfer.received(OPERATOR, "data", (b"abc",))
+    transfer.received(OPERATOR, "done_file", ("not a sha",))
+    assert transfer.ended and "sha256" in transfer.outcome[1]  # type: ignore[index]
+
+
+def test_the_masters_sha256_covers_every_chunk_of_a_file_hashed_on_its_hashing_thread():
+    transfer, _, worker = _relay()
+    body = os.urandom(5 * 1024 * 1024 + 333)  # several of the relay's hashing batches, and an odd tail
+    transfer.received(OPERATOR, "entry", ("file", "big", 0o644, len(body), 0.0))
+    for at in range(0, len(body), CHUNK):
+        transfer.received(OPERATOR, "data", (body[at:at + CHUNK],))
+        transfer.received(WORKER, "ack", (len(body[at:at + CHUNK]),))
+    transfer.received(OPERATOR, "done_file", (hashlib.sha256(body).hexdigest(),))
+    assert not transfer.ended
+    assert worker.calls[-1] == ("done_file", (hashlib.sha256(body).hexdigest(),))
+
+
+def test_a_sender_without_a_claim_reads_the_same_bytes_and_sends_no_sha256(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * (CHUNK + 5))
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    sender = Sender(plan([str(tmp_path / "f")], recursive=False), lambda m, *a: sent.append((m, a)), claim=False)
+    sender.pump()
+    assert [m for m, _ in sent] == ["entry", "data", "data", "done_file", "finish"]
+    assert b"".join(a[0] for m, a in sent if m == "data") == b"x" * (CHUNK + 5)  # type: ignore[misc]
+    assert ("done_file", ("",)) in sent
 
 
 class TransferBot(pb.Root):
@@ -270,8 +324,8 @@ class CpLink(FramedLink):
         self.sent: list[tuple[str, Any]] = []
         self.decoder = framing.Decoder()
 
-    def send(self, frame: bytes) -> None:
-        for f in self.decoder.feed(frame):
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
+        for f in self.decoder.feed(frame + payload):
             if f.type is FrameType.DATA:
                 self.sent.append(("data", f.payload))
             else:

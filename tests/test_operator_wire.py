@@ -250,7 +250,7 @@ def test_a_transfer_through_the_door_is_relayed_and_checked_by_the_masters_trans
     made["transfer"].received(WORKER, "ack", (1024,))
     made["transfer"].received(WORKER, "result", (True, ""))
     assert frames(transport) == [
-        framing.Control(Op.ANSWER, {"id": 1, "ok": True, "transfer": "t1", "total": 0, "entries": 0,
+        framing.Control(Op.ANSWER, {"id": 1, "ok": True, "transfer": "t1", "unclaimed": True, "total": 0, "entries": 0,
                                     "recorded": False}),
         framing.Control(Op.ACK, {"n": 1024}),
         framing.Control(Op.RESULT, {"ok": True, "reason": ""}),
