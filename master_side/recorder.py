@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
@@ -93,7 +93,7 @@ class SessionRecorder:
     def _t(self) -> float:
         return max(0.0, self.clock() - self.started)
 
-    def _add(self, lines: list[str]) -> None:
+    def _add(self, lines: Sequence[str | bytes]) -> None:
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:
             self._end_span()  # its marker goes before the event that comes after the idle time
         if self.file is None or self.failed is not None or not lines:
@@ -123,7 +123,7 @@ class SessionRecorder:
 
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         if self.attachment is None:
-            self._add(self.encoder.output(self._t(), data))
+            self._add(self.encoder.output_encoded(self._t(), data))
         else:
             self._bulk(data, stream)
 
