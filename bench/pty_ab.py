@@ -37,10 +37,11 @@ def cpu(pid: int, children: bool = False) -> float:
 
 
 class Tree:
-    def __init__(self, label: str, path: Path, work: Path) -> None:
+    def __init__(self, label: str, spec: str, work: Path) -> None:
+        path, *assignments = spec.split(":")
         self.label = label
-        self.path = path.resolve()
-        self.env = dict(os.environ, PYTHONPATH=str(self.path))
+        self.path = Path(path).resolve()
+        self.env = dict(os.environ, PYTHONPATH=str(self.path), **dict(a.split("=", 1) for a in assignments))
         self.root = work / label
         self.results: list[dict[str, float]] = []
 
@@ -84,7 +85,8 @@ class Tree:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tree", action="append", required=True, metavar="LABEL=PATH")
+    ap.add_argument("--tree", action="append", required=True, metavar="LABEL=PATH[:VAR=VALUE...]",
+                    help="a source tree (its processes get the environment variables after it)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--keep", action="store_true", help="wait for Enter before stopping (to attach py-spy)")
@@ -94,7 +96,7 @@ def main() -> int:
     size = args.size_mb * MB
     with open(data, "wb") as f:  # as bench/run.py: base64 lines of 76 characters
         subprocess.run(f"base64 /dev/urandom | head -c {size}", shell=True, stdout=f, check=True)
-    trees = [Tree(label, Path(path), work) for label, path in (t.split("=", 1) for t in args.tree)]
+    trees = [Tree(label, spec, work) for label, spec in (t.split("=", 1) for t in args.tree)]
     try:
         for tree in trees:
             tree.start()
