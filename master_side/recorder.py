@@ -93,13 +93,17 @@ class SessionRecorder:
     def _t(self) -> float:
         return max(0.0, self.clock() - self.started)
 
-    def _add(self, lines: Sequence[str | bytes]) -> None:
+    def _add(self, lines: Sequence[str | bytes], flush: bool = True) -> None:
+        """Add `lines` to the file and, with `flush`, write everything added so far (an input added without it
+        goes with the next event's write)."""
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:
             self._end_span()  # its marker goes before the event that comes after the idle time
-        if self.file is None or self.failed is not None or not lines:
+        if self.file is None or self.failed is not None:
             return
-        self.file.add(lines)
-        self.flush()
+        if lines:
+            self.file.add(lines)
+        if flush and self.file.pending:
+            self.flush()
 
     def flush(self) -> None:
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:
@@ -144,7 +148,10 @@ class SessionRecorder:
             lines = self.encoder.attached(t, stream, offset, len(data))
         self._add(lines)
 
-    def input(self, data: bytes, hidden: bool) -> None:
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
+        """`flush` False: the event is written with the next event's (the relay records a keystroke's echo right
+        after it, before relaying either): one write instead of two. Hidden input and a bulk stream's are written
+        as they always are."""
         if hidden:
             self._hidden(data)
             return
@@ -153,7 +160,7 @@ class SessionRecorder:
         if self.attachment is not None and self.encoder.record_input:
             self._bulk(data, 0)  # an upload through a pipe: as cheap as output
             return
-        self._add(self.encoder.input(self._t(), data, hidden))
+        self._add(self.encoder.input(self._t(), data, hidden), flush)
 
     # -- hidden input (slaveshell.hidden) ---------------------------------------------------------
 
