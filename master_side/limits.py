@@ -38,6 +38,7 @@ from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.policy import Identity
+from slaveshell.write_now import buffered_bytes
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -98,24 +99,6 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def loseConnection(self) -> None: ...
-
-
-class _WriteBuffer(Protocol):
-    """Twisted's `abstract.FileDescriptor` write buffer: `dataBuffer` (bytes waiting, from `offset` on) and
-    `_tempDataLen` (bytes written since, not yet joined to it)."""
-
-    dataBuffer: bytes
-    offset: int
-    _tempDataLen: int
-
-
-def buffered_bytes(transport: object) -> int:
-    """Bytes written to `transport` and not yet taken by the kernel (0 when the transport does not say)."""
-    buffer = cast(_WriteBuffer, transport)  # checked here: a transport without these attributes counts as empty
-    try:
-        return len(buffer.dataBuffer) - int(buffer.offset) + int(buffer._tempDataLen)
-    except (AttributeError, TypeError):
-        return 0
 
 
 class RefusalAudit:

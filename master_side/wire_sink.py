@@ -22,8 +22,8 @@ from slaveshell import framing
 from slaveshell.flow import BULK_CHUNK, chunks
 from slaveshell.framing import FrameType, Op
 from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
+from slaveshell.write_now import write_now
 
-from .limits import buffered_bytes
 from .worker_pb import Undo
 
 if TYPE_CHECKING:
@@ -35,24 +35,13 @@ SEND_BUFFER = 2 * BULK_CHUNK
 
 
 def write_frame(transport: object, parts: Sequence[bytes], at_once: bool = True) -> None:
-    """Write `parts` (a frame: its header, its payload) to a Twisted transport, in order. `at_once`, when the
-    transport holds nothing unsent and has a socket: to the kernel now in one sendmsg(2) (scatter-gather: no
-    join); the rest, or all of them otherwise, through `transport.writeSequence`. A socket error leaves everything
-    to the transport, which meets the same error on its own write and closes the connection."""
-    rest = list(parts)
-    sock = getattr(transport, "socket", None)
-    if (at_once and isinstance(sock, socket.socket) and getattr(transport, "connected", False)
-            and not getattr(transport, "disconnecting", True) and not buffered_bytes(transport)):
-        try:
-            sent = sock.sendmsg(rest)
-        except OSError:  # EAGAIN: nothing taken; anything else: the transport's to find
-            sent = 0
-        while rest and sent >= len(rest[0]):
-            sent -= len(rest.pop(0))
-        if rest and sent:
-            rest[0] = rest[0][sent:]
-    if rest:
-        transport.writeSequence(rest)  # type: ignore[attr-defined]
+    """Write `parts` (a frame: its header, its payload) to a Twisted transport, in order. `at_once`: to the kernel
+    now when the transport holds nothing unsent (slaveshell.write_now: one sendmsg(2), no join), the rest through
+    `transport.writeSequence`; otherwise all of it through `transport.writeSequence`."""
+    if at_once:
+        write_now(transport, parts)
+    else:
+        transport.writeSequence(list(parts))  # type: ignore[attr-defined]
 
 
 def widen(transport: object) -> None:

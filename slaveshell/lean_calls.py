@@ -46,6 +46,7 @@ from twisted.spread import banana, pb
 from .display import visible
 from .protocol import ProtocolError
 from .remote import RemotePeer
+from .write_now import write_now
 
 log = Logger()
 
@@ -179,7 +180,9 @@ class LeanPeer(RemotePeer):
 
 def _write(broker: pb.Broker, items: Wire) -> None:
     """Banana-encode the list `items` (as ``Banana.sendEncoded`` would, but a long last byte string is written
-    after its header rather than copied into one buffer with it). Raises BananaError as Banana does."""
+    after its header rather than copied into one buffer with it), to the kernel at once when nothing waits
+    before it (slaveshell.write_now: a keystroke and its echo a reactor turn sooner on each side). Raises
+    BananaError as Banana does."""
     transport: Any = broker.transport  # a TCP transport (ITransport's stubs lack self)
     parts: list[bytes] = []
     banana.int2b128(len(items), parts.append)
@@ -192,8 +195,8 @@ def _write(broker: pb.Broker, items: Wire) -> None:
             broker._encode(item, parts.append)
         banana.int2b128(len(last), parts.append)
         parts.append(banana.STRING)
-        transport.writeSequence([b"".join(parts), last])
+        write_now(transport, [b"".join(parts), last])
         return
     for item in items:
         broker._encode(item, parts.append)
-    transport.write(b"".join(parts))
+    write_now(transport, [b"".join(parts)])
