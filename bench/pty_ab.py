@@ -1,7 +1,9 @@
-"""PTY throughput of `buildbot-shell -t w1 -- cat FILE`, A/B between source trees, with each process's CPU.
+"""PTY throughput of `buildbot-shell -t w1 -- cat FILE`, A/B between source trees, with each process's CPU; and
+keystroke echo, measured as bench/run.py measures it.
 
     python3 bench/pty_ab.py --tree base=/work/wt/x-base --tree new=. --rounds 5 --size-mb 200
     python3 bench/pty_ab.py --tree new=. --rounds 1 --keep   # one tree; prints the sandbox to attach py-spy
+    python3 bench/pty_ab.py --tree base=../x-base --tree new=. --echo 1000 --rounds 4   # echo instead: us
 
 One throwaway master and worker per tree (each started with PYTHONPATH at its tree, so its master, worker and
 client run that tree's code), alternated round by round (a, b, a, b...: the machine's load drifts). Each round
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pexpect
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -65,6 +69,28 @@ class Tree:
         head = [tool] if tool else [sys.executable, "-m", "slaveshell.shell_cli"]
         return head + ["--socket", self.socket, "-t", "w1", "--", command]
 
+    def echo(self, keys: int) -> None:
+        """`keys` keystrokes 2 ms apart, as bench/run.py's echo_rtts: median and p99 round trip (us)."""
+        argv = self.argv("stty -icanon; exec cat > /dev/null")
+        child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(self.env, TERM="xterm"), timeout=30)
+        time.sleep(1.0)
+        fd = child.child_fd
+        rtts = []
+        for i in range(keys):
+            ch = bytes([ord("a") + i % 26])
+            start = time.perf_counter()
+            os.write(fd, ch)
+            got = b""
+            while ch not in got:
+                got += os.read(fd, 1024)
+            rtts.append((time.perf_counter() - start) * 1e6)
+            time.sleep(0.002)
+        child.sendcontrol("c")
+        child.terminate(force=True)
+        rtts.sort()
+        self.results.append({"echo median us": statistics.median(rtts),
+                             "echo p99 us": rtts[min(len(rtts) - 1, round(0.99 * (len(rtts) - 1)))]})
+
     def round(self, path: Path, size: int) -> None:
         m0, w0, k0 = cpu(self.master), cpu(self.worker), cpu(self.worker, True)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -89,13 +115,15 @@ def main() -> int:
                     help="a source tree (its processes get the environment variables after it)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--echo", type=int, default=0, metavar="KEYS", help="measure echo (KEYS keystrokes) instead")
     ap.add_argument("--keep", action="store_true", help="wait for Enter before stopping (to attach py-spy)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pty-ab-"))
     data = work / "data.txt"
     size = args.size_mb * MB
-    with open(data, "wb") as f:  # as bench/run.py: base64 lines of 76 characters
-        subprocess.run(f"base64 /dev/urandom | head -c {size}", shell=True, stdout=f, check=True)
+    if not args.echo:
+        with open(data, "wb") as f:  # as bench/run.py: base64 lines of 76 characters
+            subprocess.run(f"base64 /dev/urandom | head -c {size}", shell=True, stdout=f, check=True)
     trees = [Tree(label, spec, work) for label, spec in (t.split("=", 1) for t in args.tree)]
     try:
         for tree in trees:
@@ -105,7 +133,7 @@ def main() -> int:
             input("Enter to start ")
         for i in range(args.rounds):
             for tree in trees if i % 2 == 0 else trees[::-1]:
-                tree.round(data, size)
+                tree.echo(args.echo) if args.echo else tree.round(data, size)
                 r = tree.results[-1]
                 print(f"round {i} {tree.label}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()),
                       file=sys.stderr, flush=True)
