@@ -4,6 +4,7 @@ keystroke echo, measured as bench/run.py measures it.
     python3 bench/pty_ab.py --tree base=/work/wt/x-base --tree new=. --rounds 5 --size-mb 200
     python3 bench/pty_ab.py --tree new=. --rounds 1 --keep   # one tree; prints the sandbox to attach py-spy
     python3 bench/pty_ab.py --tree base=../x-base --tree new=. --echo 1000 --rounds 4   # echo instead: us
+    python3 bench/pty_ab.py --tree base=../x-base --tree new=. --tree ssh= --rounds 8   # and `ssh -tt` (run.py's sshd)
 
 One throwaway master and worker per tree (each started with PYTHONPATH at its tree, so its master, worker and
 client run that tree's code), alternated round by round (a, b, a, b...: the machine's load drifts). Each round
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pexpect
 
@@ -48,8 +50,19 @@ class Tree:
         self.env = dict(os.environ, PYTHONPATH=str(self.path), **dict(a.split("=", 1) for a in assignments))
         self.root = work / label
         self.results: list[dict[str, float]] = []
+        self.ssh: Any = None  # bench/run.py's OpenSSH, for the label "ssh"
 
     def start(self) -> None:
+        if self.label == "ssh":
+            sys.path.insert(0, str(ROOT / "bench"))
+            from run import OpenSSH
+
+            self.root.mkdir(parents=True)
+            self.ssh = OpenSSH(self.root)
+            self.ssh.start()
+            self.master = self.worker = 0
+            self.socket = ""
+            return
         code = (f"import sys; sys.path.insert(0, {str(self.path)!r}); import slaveshell.sandbox as s; "
                 f"b = s.Sandbox({str(self.root)!r}, workers=['w1']); b.create(); b.start(); "
                 "print(b.socket, b.master_pid(), open(b.worker_dir('w1') + '/twistd.pid').read().strip())")
@@ -58,6 +71,9 @@ class Tree:
         self.socket, self.master, self.worker = out[0], int(out[1]), int(out[2])
 
     def stop(self) -> None:
+        if self.ssh is not None:
+            self.ssh.stop()
+            return
         for pid in (self.worker, self.master):
             try:
                 os.kill(pid, 15)
@@ -65,6 +81,8 @@ class Tree:
                 pass
 
     def argv(self, command: str) -> list[str]:
+        if self.ssh is not None:
+            return list(self.ssh.argv(command, tty=True))
         tool = shutil.which("buildbot-shell")
         head = [tool] if tool else [sys.executable, "-m", "slaveshell.shell_cli"]
         return head + ["--socket", self.socket, "-t", "w1", "--", command]
@@ -92,6 +110,19 @@ class Tree:
                              "echo p99 us": rtts[min(len(rtts) - 1, round(0.99 * (len(rtts) - 1)))]})
 
     def round(self, path: Path, size: int) -> None:
+        if self.ssh is not None:
+            # sshd's per-connection processes and the remote `cat` end up in the listener's reaped children.
+            s0, c0 = cpu(self.ssh.proc.pid, True), resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(self.ssh.argv(f"cat {path}", tty=True), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=True)
+            wall = time.perf_counter() - start
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            time.sleep(0.3)
+            gb = size / 1024**3
+            self.results.append({"MB/s": size / MB / wall, "sshd+cat s/GB": (cpu(self.ssh.proc.pid, True) - s0) / gb,
+                                 "client s/GB": (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / gb})
+            return
         m0, w0, k0 = cpu(self.master), cpu(self.worker), cpu(self.worker, True)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
