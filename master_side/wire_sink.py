@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from slaveshell import framing
-from slaveshell.flow import BULK_CHUNK, chunks
+from slaveshell.flow import BULK_CHUNK, TERMINAL_CHUNK, chunks
 from slaveshell.framing import FrameType, Op
 from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
 from slaveshell.write_now import write_now
@@ -80,7 +80,9 @@ class WireViewerSink:
             stream, data = args
             assert isinstance(data, bytes), "the relay sends output as bytes"
             ftype = FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT
-            if len(data) > MAX_CHUNK and not self._widened:  # a bulk stream's message: the first one
+            # A bulk stream's message, the first one (a terminal's are at most TERMINAL_CHUNK: their flow control
+            # is the window, and a watcher that stops reading must fill the master's buffer, not the kernel's).
+            if len(data) > TERMINAL_CHUNK and not self._widened:
                 self._widened = True
                 widen(door.transport)
             most = self.max_output
