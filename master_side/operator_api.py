@@ -152,9 +152,6 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             raise OperatorError(ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
-        if reply.output_chunk and request.pty:
-            # Taken before the worker hears of it (the same connection keeps the order of what follows).
-            worker.send("output_chunk", session.take_larger_output())
         owner = session.start(to_owner=sink.send, to_worker=worker.send)
         self.registry.add(session, worker)
         if request.pause:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from slaveshell.display import visible
-from slaveshell.flow import TERMINAL_CHUNK, CreditWindow, output_limits, terminal_limits
+from slaveshell.flow import CreditWindow, output_limits
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
@@ -120,12 +120,6 @@ class MasterSession(SessionTimers):
     @property
     def live(self) -> bool:
         return self.state in (State.ATTACHED, State.DETACHED)
-
-    def take_larger_output(self) -> int:
-        """Take a terminal's output in messages of up to slaveshell.flow.TERMINAL_CHUNK from now on (told to a
-        worker that offered it, before it sends any); returns that size."""
-        self.limits = terminal_limits(TERMINAL_CHUNK, self.limits.window)
-        return self.limits.chunk
 
     def start(self, to_owner: Send, to_worker: Send) -> Viewer:
         self.to_worker = to_worker

@@ -7,7 +7,7 @@ them (``max_output`` in its open or attach, slaveshell.framing) gets each one as
 pieces of MAX_CHUNK. Output frames go to the kernel at once, header and payload in one sendmsg(2), when the
 connection holds nothing unsent (slaveshell.write_now): no copy of the payload in Python, no wait for the
 reactor's next turn, and a keystroke's echo leaves before its input_ack is even encoded (echo median 0.80 ->
-0.72 ms in an alternated A/B, bench/pty_ab.py --echo; a terminal's 256 KiB messages are no slower for it).
+0.72 ms in an alternated A/B, bench/pty_ab.py --echo; PTY `cat` no slower for it).
 What the kernel does not take waits in Twisted's buffer, which the connection gate bounds
 (limits.ConnectionGate). Control frames wait for the reactor's turn. (Before the client read into one buffer,
 terminal frames sent one by one cost a terminal's stream a fifth of its throughput: de3be7e.)
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from slaveshell import framing
-from slaveshell.flow import BULK_CHUNK, TERMINAL_CHUNK, chunks
+from slaveshell.flow import BULK_CHUNK, chunks
 from slaveshell.framing import FrameType, Op
 from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
 from slaveshell.write_now import write_now
@@ -80,9 +80,7 @@ class WireViewerSink:
             stream, data = args
             assert isinstance(data, bytes), "the relay sends output as bytes"
             ftype = FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT
-            # A bulk stream's message, the first one (a terminal's are at most TERMINAL_CHUNK: their flow control
-            # is the window, and a watcher that stops reading must fill the master's buffer, not the kernel's).
-            if len(data) > TERMINAL_CHUNK and not self._widened:
+            if len(data) > MAX_CHUNK and not self._widened:  # a bulk stream's message: the first one
                 self._widened = True
                 widen(door.transport)
             most = self.max_output

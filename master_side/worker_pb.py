@@ -82,8 +82,6 @@ class OpenReply:
     ref: pb.RemoteReference | None
     error: str = ""
     lean: bool = False  # the worker takes slaveshell.lean_calls on this connection
-    # The worker's terminal output may come in larger messages once the master says it takes them (output_chunk).
-    output_chunk: bool = False
 
 
 @deferred
@@ -112,7 +110,7 @@ async def open_on_worker(conn: WorkerConnection, session: MasterSession, request
     if not reply["ok"] or not isinstance(worker_ref, pb.RemoteReference):
         error = reply.get("error")
         return OpenReply(None, f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
-    return OpenReply(worker_ref, lean=reply.get("lean") is True, output_chunk=reply.get("output_chunk") is True)
+    return OpenReply(worker_ref, lean=reply.get("lean") is True)
 
 
 def _answer_within(d: defer.Deferred[T], seconds: float, on_late: Callable[[T], None]) -> defer.Deferred[T]:

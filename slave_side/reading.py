@@ -23,11 +23,8 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 # Linux's F_SETPIPE_SZ (fcntl(2)); 1 MiB is /proc/sys/fs/pipe-max-size's default for unprivileged processes.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
-# One read's size: a pipe gives what it holds. A PTY gives at most 4 KiB per read (its line discipline's buffer),
-# so its reads ask for PTY_READ_SIZE: each os.read allocates the size it asks for, and glibc serves 128 KiB or
-# more with mmap and munmap (~10 us a read here, against ~0.6 us for 64 KiB: 250,000 reads per GB).
+# One read's size: a PTY gives at most 4 KiB per read anyway; a pipe gives what it holds.
 READ_SIZE = 256 * 1024
-PTY_READ_SIZE = 64 * 1024
 
 
 class Readable(Protocol):
@@ -36,27 +33,22 @@ class Readable(Protocol):
     def fileno(self) -> int: ...
 
 
-def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int | Callable[[], int],
-              pipe: bool = False, read_size: int = READ_SIZE) -> None:
+def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int, pipe: bool = False) -> None:
     """Replace `reader.doRead` (a Twisted reader's, called when its descriptor is readable) by one that reads
-    up to `limit` bytes per wake-up (or `limit()`, asked at each wake-up: a session's message size may grow)
-    and calls `deliver` once with them. End of file and errors are reported as Twisted's own doRead reports
-    them (CONNECTION_DONE, CONNECTION_LOST), after the bytes read before them. `pipe`: the descriptor is a
-    pipe, widened first (`widen_pipe`). `read_size`: the most one os.read asks for (PTY_READ_SIZE for a PTY)."""
+    up to `limit` bytes per wake-up and calls `deliver` once with them. End of file and errors are reported as
+    Twisted's own doRead reports them (CONNECTION_DONE, CONNECTION_LOST), after the bytes read before them.
+    `pipe`: the descriptor is a pipe, widened first (`widen_pipe`)."""
     fd = reader.fileno()
     if pipe:
         widen_pipe(fd)
-    fixed = limit if isinstance(limit, int) else 0
-    most: Callable[[], int] = (lambda: fixed) if isinstance(limit, int) else limit
 
     def do_read() -> object:
         parts: list[bytes] = []
         got = 0
         result: object = None
-        size = most()
-        while got < size:
+        while got < limit:
             try:
-                data = os.read(fd, min(read_size, size - got))
+                data = os.read(fd, min(READ_SIZE, limit - got))
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EINTR):
                     result = CONNECTION_LOST

@@ -79,11 +79,6 @@ class SessionHandle(LeanReceiver):
         """The master takes lean calls on this connection: the session's output and input_acks go that way."""
         self.peer.lean = True
 
-    def remote_output_chunk(self, nbytes: object) -> None:
-        """The master takes terminal output in messages of up to `nbytes` (it says so only after this worker's
-        open reply offered it: ``"output_chunk": True``)."""
-        self._guard("output_chunk", lambda: self.session.output_chunk(check_int(nbytes, "output chunk", 1, 2**40)))
-
     def remote_ping(self) -> bool:
         """The master's heartbeat: answering it is the point."""
         return not self.session.ended
@@ -105,10 +100,8 @@ class ShellServer:
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
-        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "output_chunk": True}`` (lean:
-        this connection takes slaveshell.lean_calls; output_chunk: the session's terminal output may come in
-        larger messages once the master says it takes them, `SessionHandle.remote_output_chunk`) or
-        ``{"ok": False, "error": text}``. `build_running()` tells whether a build
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True}`` (lean: this connection
+        takes slaveshell.lean_calls) or ``{"ok": False, "error": text}``. `build_running()` tells whether a build
         step runs on this worker now (its output is then paced: WorkerOptions.busy_rate)."""
         opened = opening(OpenRequest.from_wire, params, sink)
         if isinstance(opened, str):
@@ -136,8 +129,7 @@ class ShellServer:
         lean = accept(getattr(ref, "broker", None))
         # The master is gone: nobody can see or end this session any more, so end it here.
         ref.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
-        return {"ok": True, "session": SessionHandle(session, peer), "pid": pid, "id": session_id, "lean": lean,
-                "output_chunk": True}
+        return {"ok": True, "session": SessionHandle(session, peer), "pid": pid, "id": session_id, "lean": lean}
 
     def _closed(self, session: WorkerSession) -> None:
         self.sessions.pop(session.id, None)

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from slaveshell.clock import DelayedCall
 from slaveshell.display import visible
-from slaveshell.flow import CreditWindow, Pacer, chunks, output_limits, terminal_limits
+from slaveshell.flow import CreditWindow, Pacer, chunks, output_limits
 from slaveshell.protocol import (
     MAX_CHUNK,
     OUTPUT_WINDOW,
@@ -39,7 +39,7 @@ from slaveshell.write_now import write_now
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
 from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
-from .reading import PTY_READ_SIZE, read_more
+from .reading import read_more
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -232,8 +232,7 @@ class WorkerSession:
         transport = self.transport
         limit = self.limits.chunk
         if isinstance(transport, twisted_process.PTYProcess):
-            read_more(transport, lambda data: proto.childDataReceived(1, data), lambda: self.limits.chunk,
-                      read_size=PTY_READ_SIZE)
+            read_more(transport, lambda data: proto.childDataReceived(1, data), limit)
         elif isinstance(transport, twisted_process.Process):
             for reader in transport.pipes.values():
                 if isinstance(reader, twisted_process.ProcessReader):
@@ -322,13 +321,6 @@ class WorkerSession:
         # On a PTY, as a keyboard signal would: to the foreground job; otherwise to the command's group.
         group = ptyutil.foreground_group(self._pty_fd) if self._pty_fd is not None else None
         self._kill_groups(signum, [group or self.pid])
-
-    def output_chunk(self, nbytes: int) -> None:
-        """The master takes this session's terminal output in messages of up to `nbytes`: they grow to that, within
-        slaveshell.flow.TERMINAL_CHUNK and the session's window (flow.terminal_limits). Without a terminal
-        nothing changes (its messages are a bulk stream's already)."""
-        if self.request.pty:
-            self.limits = terminal_limits(nbytes, self.window.size)
 
     def ack(self, nbytes: int) -> None:
         self.window.acked(nbytes)

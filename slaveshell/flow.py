@@ -22,15 +22,6 @@ BULK_CHUNK = 512 * 1024
 BULK_WINDOW = 4 * BULK_CHUNK
 
 
-# A terminal's output messages, once the master said it takes them (the worker's `output_chunk` call): up to
-# TERMINAL_CHUNK, within the session's window. Each message costs every process on the way a wake-up and a chain
-# of Python calls, whatever its size: a `cat` of a log through `-t` took 4.8 instead of 8.2 CPU s/GB on the master
-# and 1.3 instead of 2.0 in the client with 256 KiB messages rather than 64 KiB ones (bench/pty_ab.py, 10
-# alternated rounds on 2 cores). An echo or a prompt still goes at once, in a message of its own size; the
-# window, which bounds what a keystroke's echo can queue behind, is the owner's as before.
-TERMINAL_CHUNK = 4 * MAX_CHUNK
-
-
 @dataclass(frozen=True)
 class StreamLimits:
     """The output of one session: its largest message and its credit window, in bytes."""
@@ -47,12 +38,6 @@ def output_limits(pty: bool) -> StreamLimits:
     """The worker's output limits for a session: interactive with a terminal, bulk without one. The worker
     sends within them and the master holds it to them (with its tolerance for one read of overshoot)."""
     return INTERACTIVE if pty else BULK
-
-
-def terminal_limits(chunk: int, window: int) -> StreamLimits:
-    """A terminal's limits once the master takes messages of up to `chunk` bytes: at most TERMINAL_CHUNK, and
-    never more than the `window`; at least the interactive MAX_CHUNK."""
-    return StreamLimits(max(MAX_CHUNK, min(chunk, TERMINAL_CHUNK, window)), window)
 
 
 class CreditWindow:

@@ -15,11 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from master_side import wire_sink
 from master_side.wire_sink import WireViewerSink, write_frame
 from master_side.www.terminal_ws import WebViewerSink
 from slaveshell import framing, hop
-from slaveshell.flow import BULK_CHUNK, TERMINAL_CHUNK
+from slaveshell.flow import BULK_CHUNK
 from slaveshell.framing import MAX_CHUNK, MAX_OUTPUT, FrameType, Op
 from slaveshell.outputs import Outputs
 from slaveshell.protocol import OpenRequest
@@ -188,18 +187,3 @@ def test_only_a_client_connection_that_declared_bulk_frames_takes_them():
         assert not rest and [f.payload for f in got] == [big[5:]]
         ours.close()
         master.close()
-
-
-def test_only_a_bulk_stream_widens_the_connection_s_kernel_buffer(service, monkeypatch):  # noqa: F811
-    # A terminal's messages (up to TERMINAL_CHUNK) leave the kernel's buffer as it is: what a watcher does not
-    # read then fills the master's buffer, which the connection gate bounds.
-    widened = []
-    monkeypatch.setattr(wire_sink, "widen", widened.append)
-    door, transport = connect(service)
-    sink = WireViewerSink(door, MAX_OUTPUT)
-    sink.send("output", 1, os.urandom(TERMINAL_CHUNK))
-    assert widened == []
-    sink.send("output", 1, os.urandom(BULK_CHUNK))
-    sink.send("output", 1, os.urandom(BULK_CHUNK))
-    assert widened == [door.transport]
-    assert [len(f.payload) for f in client_frames(transport.value())] == [TERMINAL_CHUNK, BULK_CHUNK, BULK_CHUNK]

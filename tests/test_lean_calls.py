@@ -9,9 +9,8 @@ from twisted.spread import banana
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell import lean_calls
-from slaveshell.flow import BULK_CHUNK, TERMINAL_CHUNK, StreamLimits, terminal_limits
 from slaveshell.lean_calls import LeanPeer, LeanReceiver
-from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError
+from slaveshell.protocol import OpenRequest, ProtocolError
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
 
@@ -105,41 +104,3 @@ def test_a_rogue_master_sending_lean_calls_cannot_break_the_worker(tmp_path_fact
         assert not broker.disconnected
     # The worker still serves its master.
     assert call(pump, peer.ref, "ping") is True
-
-
-def output_sizes(sink: LeanSink) -> list[int]:
-    return [len(c[2]) for c in sink.calls if c[0] == "output"]
-
-
-def test_a_terminal_s_output_comes_in_larger_messages_once_the_master_says_it_takes_them(tmp_path):
-    reply, peer, sink, seen, reactor, pump, broker, lost = opened(tmp_path, pty=True)
-    assert reply["output_chunk"] is True  # offered; an older master ignores the key and never asks
-    proc = reactor.processes[0]
-    peer.lean = True
-    peer.send("lean")
-    flood = bytes(range(256)) * 768  # 192 KiB, less than the window
-    proc.proto.childDataReceived(1, flood)
-    pump.flush()
-    assert output_sizes(sink) == [MAX_CHUNK] * 3  # as an older master takes them
-    peer.send("ack", len(flood))
-    peer.send("output_chunk", TERMINAL_CHUNK)
-    pump.flush()
-    proc.proto.childDataReceived(1, flood)
-    reactor.advance(1)  # a stream: coalesced for a moment
-    pump.flush()
-    assert output_sizes(sink) == [MAX_CHUNK] * 3 + [len(flood)]
-    assert b"".join(c[2] for c in sink.calls if c[0] == "output") == flood * 2
-    assert sink.refused == [] and lost == [] and not broker.disconnected
-
-
-def test_terminal_messages_stay_within_the_window_and_a_pipe_s_are_left_alone(tmp_path):
-    assert terminal_limits(TERMINAL_CHUNK, OUTPUT_WINDOW) == StreamLimits(TERMINAL_CHUNK, OUTPUT_WINDOW)
-    assert terminal_limits(10**9, 2 * MAX_CHUNK).chunk == 2 * MAX_CHUNK  # never more than the owner's window
-    assert terminal_limits(1, OUTPUT_WINDOW).chunk == MAX_CHUNK  # never less than before
-    reply, peer, sink, seen, reactor, pump, broker, lost = opened(tmp_path, pty=False)
-    peer.send("output_chunk", TERMINAL_CHUNK)
-    pump.flush()
-    reactor.processes[0].proto.childDataReceived(1, b"x" * (2 * BULK_CHUNK))
-    pump.flush()
-    assert output_sizes(sink) == [BULK_CHUNK, BULK_CHUNK]  # a bulk stream's, as before
-    assert lost == []

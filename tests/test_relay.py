@@ -7,7 +7,6 @@ import pytest
 from master_side.recorder import SessionRecorder
 from master_side.relay import RECENT_BYTES, VIEWER_BUFFER, WINDOW_TOLERANCE, MasterSession, Role, State
 from master_side.session_model import LateEvent
-from slaveshell.flow import TERMINAL_CHUNK
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, ExitStatus, OpenRequest, ProtocolError
 from slaveshell.transcript import CastEncoder
@@ -263,18 +262,6 @@ def test_a_silent_worker_is_declared_stalled_after_the_timeout(relay):
     assert session.worker_stalled(clock.now, 60)
     assert to_w[-1] == ("close",) and ended == [session]
     assert to_op[-1][0] == "exit" and "stopped answering for 60 s" in to_op[-1][3]
-
-
-def test_a_terminal_s_larger_messages_are_taken_only_once_the_worker_was_told(relay):
-    session, owner, to_op, to_w, ended, clock = relay
-    big = b"x" * TERMINAL_CHUNK
-    with pytest.raises(ProtocolError):
-        session.worker_output(1, big)  # an older master's limit, and this one's until it says otherwise
-    assert session.take_larger_output() == TERMINAL_CHUNK
-    session.worker_output(1, big)
-    assert to_op[-1] == ("output", 1, big)  # whole: each viewer's sink cuts it to what its client takes
-    with pytest.raises(ProtocolError):
-        session.worker_output(1, big + b"x")
 
 
 def test_a_keystroke_and_its_echo_are_in_the_transcript_before_the_operator_sees_the_echo(tmp_path):
