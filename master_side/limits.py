@@ -38,7 +38,7 @@ from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.policy import Identity
-from slaveshell.writes import buffered_bytes
+from slaveshell.write_now import buffered_bytes
 
 if TYPE_CHECKING:
     from .relay import MasterSession

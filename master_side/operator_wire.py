@@ -35,7 +35,7 @@ from slaveshell.clock import Clock, DelayedCall
 from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import OpenRequest, ProtocolError
-from slaveshell.writes import write_frame
+from slaveshell.write_now import write_frame
 
 from .copy_wire import CopyDoor
 from .limits import ConnectionGate, Transport, buffered_bytes
@@ -94,9 +94,9 @@ class WireDoor(Protocol):
         self.written += max(buffered_bytes(transport) - before, 0)
 
     def write_frame(self, head: bytes, payload: bytes, at_once: bool = False) -> None:
-        """A frame's header and payload, unjoined. `at_once` (a bulk stream's large message): to the kernel now
+        """A frame's header and payload, unjoined. `at_once` (an output frame): to the kernel now
         when nothing waits before it (wire_sink.write_frame); else it waits for the reactor's turn, which sends what
-        was written in it together (a terminal's many small frames)."""
+        was written in it together."""
         write_frame(self.transport, (head, payload), at_once)
         self.written += len(head) + len(payload)
 

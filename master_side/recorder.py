@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
@@ -93,13 +93,17 @@ class SessionRecorder:
     def _t(self) -> float:
         return max(0.0, self.clock() - self.started)
 
-    def _add(self, lines: list[str]) -> None:
+    def _add(self, lines: Sequence[str | bytes], flush: bool = True) -> None:
+        """Add `lines` to the file and, with `flush`, write everything added so far (an input added without it
+        goes with the next event's write)."""
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:
             self._end_span()  # its marker goes before the event that comes after the idle time
-        if self.file is None or self.failed is not None or not lines:
+        if self.file is None or self.failed is not None:
             return
-        self.file.add(lines)
-        self.flush()
+        if lines:
+            self.file.add(lines)
+        if flush and self.file.pending:
+            self.flush()
 
     def flush(self) -> None:
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:
@@ -123,7 +127,7 @@ class SessionRecorder:
 
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         if self.attachment is None:
-            self._add(self.encoder.output(self._t(), data))
+            self._add(self.encoder.output_encoded(self._t(), data))
         else:
             self._bulk(data, stream)
 
@@ -144,7 +148,10 @@ class SessionRecorder:
             lines = self.encoder.attached(t, stream, offset, len(data))
         self._add(lines)
 
-    def input(self, data: bytes, hidden: bool) -> None:
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
+        """`flush` False: the event is written with the next event's (the relay records a keystroke's echo right
+        after it, before relaying either): one write instead of two. Hidden input and a bulk stream's are written
+        as they always are."""
         if hidden:
             self._hidden(data)
             return
@@ -153,7 +160,7 @@ class SessionRecorder:
         if self.attachment is not None and self.encoder.record_input:
             self._bulk(data, 0)  # an upload through a pipe: as cheap as output
             return
-        self._add(self.encoder.input(self._t(), data, hidden))
+        self._add(self.encoder.input(self._t(), data, hidden), flush)
 
     # -- hidden input (slaveshell.hidden) ---------------------------------------------------------
 

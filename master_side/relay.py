@@ -274,7 +274,8 @@ class MasterSession(SessionTimers):
             raise LateEvent(f"output for session {self.id} after it ended")
         if self.output_window.in_flight > self.limits.window * WINDOW_TOLERANCE:
             raise ProtocolError("output sent past the flow-control window")
-        typed = [self._input_acked(nbytes, hidden) for nbytes, hidden in checked]
+        # The keystrokes' events go into the file with the output's, in one write (Recorder.input's flush).
+        typed = [self._input_acked(nbytes, hidden, flush=False) for nbytes, hidden in checked]
         self.output_window.sent(len(data))
         self.bytes_out += len(data)
         self.last_activity = self.worker_seen = self.clock()
@@ -317,14 +318,14 @@ class MasterSession(SessionTimers):
             checked.append((check_int(ack[0], "input ack", 0, 2**40), ack[1]))
         return checked
 
-    def _input_acked(self, nbytes: int, hidden: bool) -> tuple[Viewer, int, bool]:
-        """The worker delivered the oldest pending input message: record it (redacted when hidden) and return
-        its sender's credit; the caller acknowledges it to that viewer."""
+    def _input_acked(self, nbytes: int, hidden: bool, flush: bool = True) -> tuple[Viewer, int, bool]:
+        """The worker delivered the oldest pending input message: record it (redacted when hidden; `flush` as
+        Recorder.input's) and return its sender's credit; the caller acknowledges it to that viewer."""
         if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
             raise ProtocolError("input ack does not match the input sent")
         self.worker_seen = self.clock()
         viewer, data = self._pending_input.popleft()
-        self.recorder.input(data, hidden)
+        self.recorder.input(data, hidden, flush)
         viewer.input_window.acked(nbytes)
         return viewer, nbytes, hidden
 

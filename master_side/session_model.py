@@ -24,7 +24,9 @@ class Recorder(Protocol):
     """What the relay tells the audit trail (master_side.recorder implements it)."""
 
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
-    def input(self, data: bytes, hidden: bool) -> None: ...
+    # flush False: the caller records an output right after, which writes this input's event with its own (one
+    # write for a keystroke and its echo), still before anything is relayed.
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
     def marker(self, text: str) -> None: ...
     def flush(self) -> None: ...
@@ -38,7 +40,7 @@ class NullRecorder:
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         pass
 
-    def input(self, data: bytes, hidden: bool) -> None:
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
         pass
 
     def resize(self, cols: int, rows: int) -> None:

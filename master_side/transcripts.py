@@ -9,7 +9,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from slaveshell.transcript import ATTACHED, attachment_ref, parse_lines
 
@@ -68,11 +68,16 @@ class TranscriptFile:
     def pending(self) -> int:
         return self._buffered
 
-    def add(self, lines: list[str]) -> None:
+    def add(self, lines: Sequence[str | bytes]) -> None:
+        """Lines without their newline: text, or bytes already encoded (CastEncoder.output_encoded)."""
         for line in lines:
-            data = (line + "\n").encode("utf-8", "surrogateescape")
-            self._buffer.append(data)
-            self._buffered += len(data)
+            if isinstance(line, str):
+                data = (line + "\n").encode("utf-8", "surrogateescape")
+                self._buffer.append(data)
+                self._buffered += len(data)
+            else:
+                self._buffer += (line, b"\n")
+                self._buffered += len(line) + 1
 
     def flush(self) -> None:
         if self._fd is None or not self._buffer:

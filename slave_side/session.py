@@ -34,6 +34,7 @@ from slaveshell.protocol import (
     ProtocolError,
     SessionSink,
 )
+from slaveshell.write_now import write_now
 
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
@@ -267,7 +268,7 @@ class WorkerSession:
         # prompt does not display is hidden, and the transcript keeps only its length.
         if self._pty_fd is not None:
             modes = terminal_modes(self._pty_fd)
-            self._running_process().write(data)
+            self._write_to_pty(data)
             item = self._judge.delivered(data, modes)
         else:
             self._running_process().write(data)
@@ -277,6 +278,16 @@ class WorkerSession:
         self._held_input.append(item)
         if not self._input_paused:
             self._release_input_credit()
+
+    def _write_to_pty(self, data: bytes) -> None:
+        """Into the PTY in this reactor turn when nothing waits before it (slaveshell.write_now: the keystroke
+        reaches the program a reactor turn sooner); through Twisted's buffer otherwise, and for a test's
+        stand-in transport."""
+        transport = self._running_process()
+        if isinstance(transport, twisted_process.PTYProcess):
+            write_now(transport, [data], fd=self._pty_fd)
+        else:
+            transport.write(data)
 
     def _input_decided(self) -> None:
         if not self._input_paused:

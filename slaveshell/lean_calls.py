@@ -8,7 +8,7 @@ keystroke spacing between two processes (cold caches, bench/echo_parts.py parts 
 over a raw TCP ping-pong) 316-333 µs against 128-162 µs a message. A keystroke's echo is two such events on the
 worker's link. A bulk output message is also written without Banana's two copies of its payload
 (the header and the bytes to the kernel in one sendmsg when the connection holds nothing unsent, else
-``transport.writeSequence``: slaveshell.writes).
+``transport.writeSequence``: slaveshell.write_now).
 
 The wire (Twisted's Banana, the PB dialect; twisted/spread/banana.py and pb.py ``Broker.expressionReceived``)::
 
@@ -51,7 +51,7 @@ from twisted.spread import banana, pb
 from .display import visible
 from .protocol import ProtocolError
 from .remote import RemotePeer
-from .writes import write_frame
+from .write_now import write_now
 
 log = Logger()
 
@@ -227,7 +227,9 @@ def send_lean(ref: pb.RemoteReference, method: str, *args: object) -> None:
 
 def _write(broker: pb.Broker, items: Wire) -> None:
     """Banana-encode the list `items` (as ``Banana.sendEncoded`` would, but a long last byte string is written
-    after its header rather than copied into one buffer with it). Raises BananaError as Banana does."""
+    after its header rather than copied into one buffer with it), to the kernel at once when nothing waits
+    before it (slaveshell.write_now: a keystroke and its echo a reactor turn sooner on each side). Raises
+    BananaError as Banana does."""
     transport: Any = broker.transport  # a TCP transport (ITransport's stubs lack self)
     parts: list[bytes] = []
     banana.int2b128(len(items), parts.append)
@@ -240,8 +242,8 @@ def _write(broker: pb.Broker, items: Wire) -> None:
             broker._encode(item, parts.append)
         banana.int2b128(len(last), parts.append)
         parts.append(banana.STRING)
-        write_frame(transport, [b"".join(parts), last])  # to the kernel now when nothing waits: no join
+        write_now(transport, [b"".join(parts), last])  # to the kernel now when nothing waits: no join
         return
     for item in items:
         broker._encode(item, parts.append)
-    transport.write(b"".join(parts))
+    write_now(transport, [b"".join(parts)])

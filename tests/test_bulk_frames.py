@@ -1,6 +1,6 @@
 """A bulk stream's output on the framed hop: clients that declare ``max_output`` get each of the worker's 512 KiB
 messages as one frame, others (and web pages) in 64 KiB pieces; the decoder gives the same frames however the
-stream is cut; a frame goes to the kernel unjoined and in order (slaveshell.writes.write_frame); the client
+stream is cut; a frame goes to the kernel unjoined and in order (slaveshell.write_now.write_frame); the client
 writes output straight from the frame and keeps only what stdout does not take (slaveshell.outputs)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from slaveshell.flow import BULK_CHUNK
 from slaveshell.framing import MAX_CHUNK, MAX_OUTPUT, FrameType, Op
 from slaveshell.outputs import Outputs
 from slaveshell.protocol import OpenRequest
-from slaveshell.writes import write_frame
+from slaveshell.write_now import write_frame
 from tests.test_hop_client import FakeLoop
 from tests.test_operator_wire import connect, service  # noqa: F401  (a fixture)
 

@@ -61,6 +61,7 @@ STRICT = [
     "slaveshell/hop.py",
     "slaveshell/hop_client.py",
     "slaveshell/outputs.py",
+    "slaveshell/write_now.py",
     "slaveshell/cpwire.py",
     "slaveshell/cpfiles.py",
     "slaveshell/cp.py",

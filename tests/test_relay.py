@@ -1,11 +1,15 @@
 """The master's relay logic: validation of every peer, credit pass-through, viewers, detach and limits."""
 
+import json
+
 import pytest
 
+from master_side.recorder import SessionRecorder
 from master_side.relay import RECENT_BYTES, VIEWER_BUFFER, WINDOW_TOLERANCE, MasterSession, Role, State
 from master_side.session_model import LateEvent
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, ExitStatus, OpenRequest, ProtocolError
+from slaveshell.transcript import CastEncoder
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
 BOB = Identity(1001, 1001, 2, "bob", frozenset())
@@ -101,7 +105,7 @@ class Recording:
     def __init__(self):
         self.events = []
 
-    def input(self, data, hidden):
+    def input(self, data, hidden, flush=True):
         self.events.append(("i", data, hidden))
 
     def output(self, data, stream=1):
@@ -258,3 +262,21 @@ def test_a_silent_worker_is_declared_stalled_after_the_timeout(relay):
     assert session.worker_stalled(clock.now, 60)
     assert to_w[-1] == ("close",) and ended == [session]
     assert to_op[-1][0] == "exit" and "stopped answering for 60 s" in to_op[-1][3]
+
+
+def test_a_keystroke_and_its_echo_are_in_the_transcript_before_the_operator_sees_the_echo(tmp_path):
+    path = str(tmp_path / "s.cast")
+    session = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=Clock())
+    session.recorder = rec = SessionRecorder(session.id, path, CastEncoder(), None, started=999.0, clock=Clock())
+    rec.create(CastEncoder.header(80, 24, 0))
+    seen = []
+
+    def to_owner(*message):
+        # Whatever the operator is sent, the file already holds it (record before relay).
+        seen.append((message, [json.loads(line)[1:] for line in open(path).read().splitlines()[1:]]))
+
+    owner = session.start(to_owner, lambda *a: None)
+    session.viewer_input(owner, b"l")
+    session.worker_output(1, b"l", [[1, False]])
+    both = [["i", "l"], ["o", "l"]]
+    assert seen == [(("output", 1, b"l"), both), (("input_ack", 1, False), both)]

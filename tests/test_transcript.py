@@ -174,3 +174,32 @@ def test_ascii_output_events_are_the_same_lines_as_json_writes(text, t):
     [line] = encode_event(t, "o", text)
     assert line == json.dumps([round(t, 6), "o", text], ensure_ascii=False)
     assert json.loads(line) == [round(t, 6), "o", text]
+
+
+_ASCII = st.text(alphabet=st.characters(max_codepoint=127)).map(str.encode)
+_TRICKY = st.sampled_from([b"a\r\nb\r\n", b'say "hi"\\', b"\x7f\x1b[0m\t\x00\x08\x0c", "é".encode()[:1]])
+
+
+@given(pieces=st.lists(st.binary(max_size=60) | _ASCII | _TRICKY, max_size=12),
+       t=st.floats(min_value=0, max_value=1e7))
+def test_output_lines_as_bytes_are_the_text_lines_encoded(pieces, t):
+    # The recorder's bytes path (ASCII never becomes a str) writes what the text path writes, byte for byte,
+    # whatever came before (a character split across chunks, bytes that are not UTF-8).
+    as_text, as_bytes = CastEncoder(), CastEncoder()
+    for i, piece in enumerate(pieces):
+        expected = [line.encode("utf-8") for line in as_text.output(t + i, piece)]
+        assert as_bytes.output_encoded(t + i, piece) == expected
+
+
+def test_a_terminal_s_output_as_bytes_plays_back_exactly(tmp_path):
+    path = str(tmp_path / "s.cast")
+    rec = SessionRecorder("s1", path, CastEncoder(), None, started=0.0, clock=lambda: 1.5)
+    rec.create('{"version": 2, "width": 80, "height": 24}')
+    chunks = [b"$ ls\r\n\x1b[01;34mdir\x1b[0m  \"q\" back\\slash\ttab\r\n", "é".encode()[:1],
+              "é".encode()[1:] + b"\r\n", b"\x00\x7f plain"]
+    for chunk in chunks:
+        rec.output(chunk)
+    lines = open(path, encoding="utf-8").read().splitlines()
+    cast = parse_lines(lines)
+    assert b"".join(exact_output(cast.events)) == b"".join(chunks)
+    assert lines[1] == '[1.5, "o", "$ ls\\r\\n\\u001b[01;34mdir\\u001b[0m  \\"q\\" back\\\\slash\\ttab\\r\\n"]'
