@@ -92,17 +92,9 @@ class Tree:
         argv = self.argv("stty -icanon; exec cat > /dev/null")
         child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(self.env, TERM="xterm"), timeout=30)
         time.sleep(1.0)
-        fd = child.child_fd
-        rtts = []
-        for i in range(keys):
-            ch = bytes([ord("a") + i % 26])
-            start = time.perf_counter()
-            os.write(fd, ch)
-            got = b""
-            while ch not in got:
-                got += os.read(fd, 1024)
-            rtts.append((time.perf_counter() - start) * 1e6)
-            time.sleep(0.002)
+        from run import key_rtts
+
+        rtts = [seconds * 1e6 for seconds in key_rtts(child.child_fd, keys)]
         child.sendcontrol("c")
         child.terminate(force=True)
         rtts.sort()

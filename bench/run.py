@@ -179,7 +179,14 @@ def echo_rtts(system: OpenSSH | Slaveshell, count: int) -> list[float]:
     child = spawn_shell(system)
     child.sendline("stty -icanon; cat > /dev/null")
     time.sleep(0.5)
-    fd = child.child_fd
+    rtts = [seconds * 1000 for seconds in key_rtts(child.child_fd, count)]
+    child.sendcontrol("c")
+    child.terminate(force=True)
+    return rtts
+
+
+def key_rtts(fd: int, count: int) -> list[float]:
+    """`count` keystrokes written to the terminal `fd` 2 ms apart: seconds until each one's echo is read back."""
     rtts = []
     for i in range(count):
         ch = bytes([ord("a") + i % 26])
@@ -188,10 +195,8 @@ def echo_rtts(system: OpenSSH | Slaveshell, count: int) -> list[float]:
         got = b""
         while ch not in got:
             got += os.read(fd, 1024)
-        rtts.append((time.perf_counter() - start) * 1000)
+        rtts.append(time.perf_counter() - start)
         time.sleep(0.002)
-    child.sendcontrol("c")
-    child.terminate(force=True)
     return rtts
 
 
