@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
+from twisted.internet import process as twisted_process
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 # Linux's F_SETPIPE_SZ (fcntl(2)); 1 MiB is /proc/sys/fs/pipe-max-size's default for unprivileged processes.
@@ -72,3 +73,15 @@ def widen_pipe(fd: int) -> None:
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass
+
+
+def read_in_larger_pieces(transport: object, pty_output: Callable[[bytes], None], limit: int) -> None:
+    """Make a spawned process's transport read up to `limit` bytes per wake-up (`read_more`): a PTY's output
+    handed to `pty_output`, each pipe's to its own reader. Only Twisted's own process transports are changed (a
+    test's stand-in is left as it is)."""
+    if isinstance(transport, twisted_process.PTYProcess):
+        read_more(transport, pty_output, limit)
+    elif isinstance(transport, twisted_process.Process):
+        for reader in transport.pipes.values():
+            if isinstance(reader, twisted_process.ProcessReader):
+                read_more(reader, reader.dataReceived, limit, pipe=True)

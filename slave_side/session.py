@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
-import shutil
 import signal
-import sys
 from collections.abc import Callable
 
 from twisted.internet import error, protocol
@@ -31,7 +29,6 @@ from slaveshell.protocol import (
     ExitStatus,
     LocalProtocolError,
     OpenRequest,
-    ProtocolError,
     SessionSink,
 )
 from slaveshell.write_now import write_now
@@ -39,7 +36,8 @@ from slaveshell.write_now import write_now
 from . import pty as ptyutil
 from .echo import HiddenInputJudge, Keystrokes, terminal_modes
 from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
-from .reading import read_more
+from .reading import read_in_larger_pieces
+from .spawn import spawn
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -69,9 +67,6 @@ HELD_ACKS_MAX = MAX_CHUNK
 # The burst a session's output may send at once while a build step runs, before WorkerOptions.busy_rate paces it:
 # a screenful, a prompt, an echo are never held.
 BUSY_BURST = 1024 * 1024
-
-_SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
-
 
 class Phase(enum.Enum):
     """Where a worker session is in its life. Transitions only as in `_NEXT`; anything else is our own bug
@@ -176,47 +171,15 @@ class WorkerSession:
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> int:
-        """Spawn the process. Raises ProtocolError with an operator-facing message when it cannot."""
-        req = self.request
-        shell = self.options.login_shell()
-        cwd = resolve_cwd(req, self.options, self.basedir)
-        env = session_environment(req, self.options, shell)
-        name = os.path.basename(shell)
-        if req.command is None:
-            argv = ["-" + name]  # a login shell, as login(1) and sshd start it
-        else:
-            argv = [name, "-c", req.command]  # as ssh: the command line goes through the user's shell
+        """Spawn the process (slave_side.spawn). Raises ProtocolError with an operator-facing message when it
+        cannot."""
         proto = _ProcessProtocol(self)
-        reactor = self.reactor
-        try:
-            if req.pty:
-                master_fd, slave_fd, ttyname = ptyutil.open_pty(req.cols, req.rows)
-                self._pty_fd = master_fd
-                # A process that closes its standard descriptors before exiting (cat, as coreutils do) would
-                # otherwise let the master read EIO first: Twisted then closes the master, and the kernel hangs
-                # up the terminal, killing the still-living process with SIGHUP (exit 129 instead of 0). sshd
-                # likewise keeps the PTY until the child has been reaped.
-                self._slave_hold = os.dup(slave_fd)
-                self.transport = reactor.spawnProcess(
-                    proto, shell, argv, env, cwd,
-                    usePTY=(master_fd, slave_fd, ttyname),
-                )
-            else:
-                # Without a PTY there is no new session: give the command its own process group so signals and
-                # close() reach its children and never the worker itself.
-                setsid = shutil.which("setsid")
-                if setsid:
-                    exe, full = setsid, [setsid, shell] + argv[1:]
-                else:
-                    exe, full = sys.executable, [sys.executable, "-c", _SETSID_TRAMPOLINE, shell] + argv[1:]
-                self.transport = reactor.spawnProcess(
-                    proto, exe, full, env, cwd, childFDs={0: "w", 1: "r", 2: "r"},
-                )
-        except OSError as e:
-            self._release_slave()
-            raise ProtocolError(f"cannot start {shell} on the worker: {e.strerror or e}") from None
+        spawned = spawn(self.reactor, proto, self.request, self.options, self.basedir)
+        self.transport, self._pty_fd, self._slave_hold = spawned.transport, spawned.pty_fd, spawned.slave_hold
+        req, cwd = self.request, spawned.cwd
         self._to(Phase.RUNNING)
-        self._read_in_larger_pieces(proto)
+        # Up to one message's worth of output per wake-up instead of Twisted's 8 KiB (slave_side.reading).
+        read_in_larger_pieces(self.transport, lambda data: proto.childDataReceived(1, data), self.limits.chunk)
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
         # Never the command (logs are world-readable; it may hold a password). The directory stays: it says
@@ -225,18 +188,6 @@ class WorkerSession:
                  pid=self.pid, what="a command" if req.command else "a login shell",
                  who=visible(req.operator or "?"), cwd=visible(cwd))
         return self.pid or 0
-
-    def _read_in_larger_pieces(self, proto: _ProcessProtocol) -> None:
-        """Up to one message's worth of output per wake-up instead of Twisted's 8 KiB (slave_side.reading);
-        only Twisted's own process transports are changed (not a test's stand-in)."""
-        transport = self.transport
-        limit = self.limits.chunk
-        if isinstance(transport, twisted_process.PTYProcess):
-            read_more(transport, lambda data: proto.childDataReceived(1, data), limit)
-        elif isinstance(transport, twisted_process.Process):
-            for reader in transport.pipes.values():
-                if isinstance(reader, twisted_process.ProcessReader):
-                    read_more(reader, reader.dataReceived, limit, pipe=True)
 
     # -- control from the master -----------------------------------------------------------------
 
