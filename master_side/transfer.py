@@ -28,6 +28,7 @@ from slaveshell.cpwire import (
     CHUNK,
     ENTRY_COST,
     NO_CLAIM,
+    STREAM_CALLS,
     UP,
     WORKER_TRANSFER_METHOD,
     Credit,
@@ -37,7 +38,7 @@ from slaveshell.cpwire import (
     check_claim,
 )
 from slaveshell.display import visible
-from slaveshell.lean_calls import LeanReceiver, accept, send_lean
+from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.policy import Identity, Policy
 from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
 from slaveshell.remote import set_nodelay
@@ -57,9 +58,6 @@ log = Logger()
 OPERATOR = "operator"
 WORKER = "worker"
 SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
-_ANSWERLESS = frozenset({"entry", "data", "done_file", "ack"})
-# The calls that travel as slaveshell.lean_calls on a worker's connection that takes them (both ways).
-LEAN = _ANSWERLESS
 # A file's bytes are hashed on the hashing thread this many at a time (master_side.hashing): a transfer holds at
 # most three times this for hashing, the size of its window (cpwire.WINDOW); a smaller file on the reactor thread.
 TRANSFER_HASH_BATCH = 1024 * 1024
@@ -76,28 +74,29 @@ class PartyEnd(TypingProtocol):
     def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
 
 
-class Party:
-    """A party's end over PB: answer-less sends on a remote reference; `check()` after each send applies the
-    connection's output bound. With `lean` (the worker's open reply said it takes slaveshell.lean_calls on this
-    connection), the worker is told so by a `lean` call, and the stream's calls (LEAN) then go as lean calls;
-    the worker sends its own that way once told."""
+def _dropped(*_args: object) -> None:
+    """A single send's failure: dropped (the disconnect notification ends the transfer; the relay checked the
+    values, so Banana refuses none)."""
+
+
+class Party(LeanPeer):
+    """A party's end over PB: answer-less sends of the stream's calls (cpwire.STREAM_CALLS) on a remote reference;
+    `check()` after each send applies the connection's output bound. With `lean` (the worker's open reply said it
+    takes slaveshell.lean_calls on this connection), the worker is told so by a `lean` call, and the stream's
+    calls then go as lean calls; the worker sends its own that way once told."""
+
+    answerless = STREAM_CALLS
 
     def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None,
                  lean: bool = False) -> None:
-        self.ref = ref
+        super().__init__(ref, _dropped, _dropped)
         self.check = check
-        self.lean = False
         if lean:
             self.send("lean")
             self.lean = True
 
     def send(self, method: str, *args: object) -> None:
-        if self.lean and method in LEAN:
-            if not self.ref.broker.disconnected:  # else the disconnect notification ends the transfer
-                send_lean(self.ref, method, *args)  # the relay checked the values: no BananaError
-        else:
-            kw = {"pbanswer": False} if method in _ANSWERLESS else {}
-            defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
+        super().send(method, *args)
         self.check()
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
@@ -215,10 +214,10 @@ class MasterTransfer:
 
 class TransferEnd(LeanReceiver):
     """A party's handle on a transfer (the worker holds one). Every call is checked by the transfer; a bad one
-    ends it, never the connection. The stream's calls may also come as lean calls (LEAN), checked the same way;
+    ends it, never the connection. The stream's calls may also come as lean calls (STREAM_CALLS), checked the same way;
     a malformed one ends the transfer too."""
 
-    lean_methods = LEAN
+    lean_methods = STREAM_CALLS
 
     def __init__(self, transfer: MasterTransfer, side: str) -> None:
         self.transfer = transfer

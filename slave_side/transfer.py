@@ -19,17 +19,17 @@ import os
 from collections.abc import Callable
 from typing import cast
 
-from twisted.internet import defer, threads
+from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell.clock import Clock, DelayedCall
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
-from slaveshell.cpwire import CHUNK, ENTRY_COST, UP, Entry, TransferRequest, check_sha
+from slaveshell.cpwire import CHUNK, ENTRY_COST, STREAM_CALLS, UP, Entry, TransferRequest, check_sha
 from slaveshell.display import visible
 from slaveshell.flow import Pacer
-from slaveshell.lean_calls import LeanReceiver, accept, send_lean
+from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import opening, set_nodelay
 
@@ -38,7 +38,6 @@ from .session import BUSY_BURST
 
 log = Logger()
 
-_ANSWERLESS = frozenset({"data", "ack", "entry", "done_file"})
 
 
 def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
@@ -54,17 +53,23 @@ def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
     return check
 
 
-class _Peer:
-    """The master's end of one transfer: answer-less sends; a failure of the connection is noticed by the
-    disconnect notification, so errors of single sends are dropped. Acks are summed and go once the reactor
-    has handled what it read (one message for the several chunks of one read, not one each). Once the master
-    says it takes them (`lean`), the stream's calls (entry, data, done_file, ack) go as slaveshell.lean_calls."""
+def _dropped(*_args: object) -> None:
+    """A single send's failure: dropped (the disconnect notification ends the transfer; chunks are at most CHUNK,
+    so Banana refuses none)."""
+
+
+class _Peer(LeanPeer):
+    """The master's end of one transfer: answer-less sends of the stream's calls (cpwire.STREAM_CALLS); a failure
+    of the connection is noticed by the disconnect notification, so errors of single sends are dropped. Acks are
+    summed and go once the reactor has handled what it read (one message for the several chunks of one read, not
+    one each). Once the master says it takes them (`lean`), the stream's calls go as slaveshell.lean_calls."""
+
+    answerless = STREAM_CALLS
 
     def __init__(self, ref: pb.RemoteReference, clock: Clock) -> None:
-        self.ref = ref
+        super().__init__(ref, _dropped, _dropped)
         self.clock = clock
         self._acks = 0
-        self.lean = False
 
     def send(self, method: str, *args: object) -> None:
         if method == "ack" and len(args) == 1 and isinstance(args[0], int):
@@ -82,12 +87,7 @@ class _Peer:
     def _call(self, method: str, *args: object) -> None:
         if method == "result" and self._acks:
             self._send_acks()  # the credit before the outcome, in order
-        if self.lean and method in _ANSWERLESS:
-            if not self.ref.broker.disconnected:
-                send_lean(self.ref, method, *args)  # chunks are at most CHUNK: no BananaError
-            return
-        kw = {"pbanswer": False} if method in _ANSWERLESS else {}
-        defer.maybeDeferred(self.ref.callRemote, method, *args, **kw).addErrback(lambda _f: None)
+        super().send(method, *args)
 
 
 class WorkerTransfer(LeanReceiver):
@@ -95,7 +95,7 @@ class WorkerTransfer(LeanReceiver):
     may also come as lean calls (slaveshell.lean_calls), checked by the same methods; a malformed one fails
     the transfer, never the connection."""
 
-    lean_methods = _ANSWERLESS
+    lean_methods = STREAM_CALLS
 
     def __init__(self, transfer_id: str, request: TransferRequest, peer: _Peer, sender: Sender | None,
                  receiver: Receiver | None, on_end: Callable[[WorkerTransfer], None],

@@ -52,6 +52,8 @@ MODE_MASK = 0o7777
 UP = "up"  # the operator's files to the worker
 DOWN = "down"  # the worker's files to the operator
 NO_CLAIM = ""  # a sender's done_file without its own sha256
+# The stream's calls, both ways: answer-less (PB's pbanswer=False), and slaveshell.lean_calls once negotiated.
+STREAM_CALLS = frozenset({"entry", "data", "done_file", "ack"})
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 

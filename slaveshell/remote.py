@@ -62,14 +62,17 @@ class RemotePeer:
     waits for (a last `close` before exiting, `release`). Neither ever raises.
     """
 
+    #: The methods sent with ``pbanswer=False`` (a session's events; a transfer's peers say theirs).
+    answerless: frozenset[str] = NO_ANSWER
+
     def __init__(self, ref: pb.RemoteReference, on_lost: OnLost, on_refused: OnRefused) -> None:
         self.ref = ref
         self.on_lost = on_lost
         self.on_refused = on_refused
 
     def send(self, method: str, *args: object) -> None:
-        """Call `method` and forget it. Methods in NO_ANSWER go out with ``pbanswer=False``."""
-        kw = {"pbanswer": False} if method in NO_ANSWER else {}
+        """Call `method` and forget it. Methods in `answerless` go out with ``pbanswer=False``."""
+        kw = {"pbanswer": False} if method in self.answerless else {}
         d = defer.maybeDeferred(self.ref.callRemote, method, *args, **kw)
         d.addErrback(self._failed, method)
 
