@@ -25,7 +25,7 @@ from slaveshell.protocol import ProtocolError
 from .operator_types import ErrorKind, OperatorError
 from .transfer import OPERATOR, MasterTransfer
 from .wire_sink import widen
-from .worker_pb import Undo
+from .worker_pb import Undo, subscribe
 
 if TYPE_CHECKING:
     from .operator_wire import WireDoor
@@ -94,13 +94,7 @@ class WireParty:
         if self.door.disconnected:
             callback()  # gone while the transfer started
             return lambda: None
-        self.door.disconnects.append(callback)
-
-        def undo() -> None:
-            if callback in self.door.disconnects:
-                self.door.disconnects.remove(callback)
-
-        return undo
+        return subscribe(self.door.disconnects, callback)
 
 
 class CopyDoor:

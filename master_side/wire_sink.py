@@ -25,7 +25,7 @@ from slaveshell.flow import BULK_CHUNK, chunks
 from slaveshell.framing import FrameType, Op
 from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
 
-from .worker_pb import Undo
+from .worker_pb import Undo, subscribe
 
 if TYPE_CHECKING:
     from .operator_wire import WireDoor
@@ -90,13 +90,7 @@ class WireViewerSink:
             self.door.write(framing.control(Op.WAITING, text=text))
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
-        self.door.disconnects.append(callback)
-
-        def undo() -> None:
-            if callback in self.door.disconnects:
-                self.door.disconnects.remove(callback)
-
-        return undo
+        return subscribe(self.door.disconnects, callback)
 
     def on_failure(self, callback: Callable[[str | None], None]) -> None:
         # Writes on a local socket do not fail one by one: a lost connection is on_disconnect's.

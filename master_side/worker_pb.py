@@ -47,6 +47,18 @@ def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo
     return undo
 
 
+def subscribe(callbacks: list[Callable[[], None]], callback: Callable[[], None]) -> Undo:
+    """Add `callback` to a door's own list of disconnect callbacks (the framed door's, a web terminal's); the
+    returned function removes it (harmless once it is gone)."""
+    callbacks.append(callback)
+
+    def undo() -> None:
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+    return undo
+
+
 class WorkerPeer:
     """A worker's session, seen from the master: `send(method, *args)` without answers, `ping()`, and
     `on_disconnect(callback)`. A refused call is logged by `refused(message)`; a lost connection calls `lost()`.

@@ -46,6 +46,7 @@ from ..limits import buffered_bytes
 from ..operator_api import OperatorError, View
 from ..service import shell_service
 from ..session_pb import ViewerHandle
+from ..worker_pb import subscribe
 from . import access, lists
 from .access import UserInfo
 from .lists import Answer, Message
@@ -100,13 +101,7 @@ class WebViewerSink:
         self.protocol.send_json({"type": "waiting", "text": text})
 
     def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self.protocol.lost_callbacks.append(callback)
-
-        def undo() -> None:
-            if callback in self.protocol.lost_callbacks:
-                self.protocol.lost_callbacks.remove(callback)
-
-        return undo
+        return subscribe(self.protocol.lost_callbacks, callback)
 
     def on_failure(self, callback: Callable[[str | None], None]) -> None:
         pass  # its only failure is a lost connection: on_disconnect
