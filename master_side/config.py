@@ -92,6 +92,8 @@ class ShellConfig:
     name: str = "slaveshell"
     # `slaveshell cp`: keep a copy of every transfer's bytes next to its transcript (master_side.transfer_record).
     keep_transfer_bytes: bool = False
+    # `slaveshell cp`: a transfer with no call from either party for this long ends (master_side.transfer).
+    transfer_stall_timeout: float | None = 60.0
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
@@ -101,7 +103,7 @@ class ShellConfig:
         out = []
         for what in ("detach_grace", "idle_timeout", "max_duration", "max_sessions_per_worker",
                      "max_sessions_per_operator", "stall_timeout", "close_deadline", "write_stall_timeout",
-                     "transcript_retention_days"):
+                     "transcript_retention_days", "transfer_stall_timeout"):
             value = getattr(self, what)
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 out.append(f"{what} must be a non-negative number or None")

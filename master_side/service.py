@@ -101,6 +101,7 @@ class ShellService(BuildbotService):
         self.gate.bounds = options.bounds()
         self.retention.days = options.transcript_retention_days
         self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
+        self.api.transfers.stall_timeout = options.transfer_stall_timeout
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         # Buildbot 4.3 writes REST answers from a thread, which can break the reactor's accepting of every
@@ -179,6 +180,7 @@ class ShellService(BuildbotService):
             log.failure("slaveshell: error checking the operator connections")
         now = self.trail.reactor.seconds() if self.trail is not None else 0.0
         self.registry.tick(now)
+        self.api.transfers.tick()
         self.retention.tick(now)
 
     def _audit_refusal(self, kind: str, who: Identity, detail: str, worker: str | None) -> None:

@@ -15,6 +15,7 @@ door's (master_side.copy_wire).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,10 @@ SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
 TRANSFER_HASH_BATCH = 1024 * 1024
 # Transfers at once on this master, whatever the per-worker and per-operator quotas say.
 MAX_TRANSFERS = 64
+# Seconds a transfer may go without a call from either party before it ends (ShellService's
+# transfer_stall_timeout): a worker that stops sending half-way must not keep the operator waiting forever. A
+# receiver's commit (fsyncs, renames) sends nothing either: a minute covers a large tree on a busy disk.
+TRANSFER_STALL_TIMEOUT = 60.0
 
 
 class PartyEnd(TypingProtocol):
@@ -107,7 +112,7 @@ class MasterTransfer:
     """One transfer's relay. `received(side, method, args)` takes each party's call (from `TransferEnd`)."""
 
     def __init__(self, transfer_id: str, who: Identity, request: TransferRequest, record: TransferRecord | None,
-                 on_end: Callable[[MasterTransfer], None]) -> None:
+                 on_end: Callable[[MasterTransfer], None], clock: Callable[[], float] = time.monotonic) -> None:
         self.id = transfer_id
         self.identity = who
         self.request = request
@@ -117,6 +122,7 @@ class MasterTransfer:
         self.sender_side = OPERATOR if request.direction == UP else WORKER
         self.parties: dict[str, PartyEnd] = {}
         self.order = StreamOrder()
+        self.asked = request.asked()  # what the receiver takes: the stream is held to it here already
         self.credit = Credit()
         self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
         self.bytes = 0
@@ -124,6 +130,27 @@ class MasterTransfer:
         self.ended = False
         self.outcome: tuple[bool, str] | None = None
         self.undo: list[Callable[[], None]] = []
+        self.clock = clock
+        self.progressed = clock()  # when either party last sent a call (`stalled`)
+
+    def stalled(self, now: float, timeout: float | None) -> bool:
+        """End the transfer when neither party sent anything for `timeout` seconds (a worker that stopped
+        sending half-way, a receiver that stopped acknowledging or never puts the files in place). True when it
+        ended it."""
+        if self.ended or timeout is None or now - self.progressed < timeout:
+            return False
+        receiver = self._other(self.sender_side)
+        if self.order.finished:
+            waiting = f"the {self._party(receiver)} did not put the files in place"
+        elif self.credit.available < CHUNK:
+            waiting = f"the {self._party(receiver)} stopped taking what was sent"
+        else:
+            waiting = f"the {self._party(self.sender_side)} stopped sending"
+        self.end(False, f"no progress for {timeout:g} s: {waiting}")
+        return True
+
+    def _party(self, side: str) -> str:
+        return f"worker {self.worker}" if side == WORKER else "operator"
 
     def _other(self, side: str) -> str:
         return WORKER if side == OPERATOR else OPERATOR
@@ -131,6 +158,7 @@ class MasterTransfer:
     def received(self, side: str, method: str, args: tuple[object, ...]) -> None:
         if self.ended:
             return  # late: racing the end
+        self.progressed = self.clock()
         try:
             self._dispatch(side, method, args)
         except ProtocolError as e:
@@ -147,6 +175,7 @@ class MasterTransfer:
                 raise ProtocolError("entry takes kind, path, mode, size and mtime")
             entry = Entry.from_wire(*args)
             self.order.entry(entry)
+            self.asked.entry(entry)
             self.credit.spend(ENTRY_COST)
             self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
             if self.record is not None:
@@ -264,6 +293,16 @@ class Transfers:
         self.live: dict[str, MasterTransfer] = {}
         self.keep_bytes = False
         self.open_timeout = 30.0
+        self.stall_timeout: float | None = TRANSFER_STALL_TIMEOUT  # the service's transfer_stall_timeout
+
+    def tick(self) -> None:
+        """Once a second: transfers that made no progress for `stall_timeout` end (MasterTransfer.stalled)."""
+        now = self.clock()
+        for transfer in list(self.live.values()):
+            try:
+                transfer.stalled(now, self.stall_timeout)
+            except Exception:
+                log.failure("slaveshell transfer {tid}: error ending it", tid=transfer.id)
 
     def _ended(self, transfer: MasterTransfer) -> None:
         self.live.pop(transfer.id, None)
@@ -305,7 +344,7 @@ class Transfers:
         record.build = build
         if not (yield record.begin()):
             record = None
-        transfer = MasterTransfer(transfer_id, who, request, record, self._ended)
+        transfer = MasterTransfer(transfer_id, who, request, record, self._ended, self.clock)
         transfer.parties[OPERATOR] = operator
         set_nodelay(conn.mind)
         accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told

@@ -288,7 +288,7 @@ class TransferServer:
             if request.direction == UP:
                 dest = check_str(request.dest, "destination", MAX_PATH)
                 receiver = Receiver(dest if os.path.isabs(dest) else os.path.join(base, dest), request.preserve,
-                                    check)
+                                    check, asked=request.asked())
                 transfer = WorkerTransfer(transfer_id, request, peer, None, receiver, self._ended)
                 total, entries = 0, 0
             else:

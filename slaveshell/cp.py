@@ -86,7 +86,7 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
         else:
             if len(request.sources) > 1 and not os.path.isdir(request.dest):
                 raise TransferError(f"{request.dest}: target is not a directory")
-            receiver = Receiver(request.dest, request.preserve)
+            receiver = Receiver(request.dest, request.preserve, asked=request.asked())
     except TransferError as e:
         print(f"slaveshell: {visible(str(e))}", file=sys.stderr)
         return 1

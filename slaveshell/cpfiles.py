@@ -2,24 +2,25 @@
 writes, for `slaveshell cp` (wire vocabulary: slaveshell.cpwire). Blocking file I/O, nothing from PB.
 
 `plan` lists a sender's entries (walking trees with -r, following symlinks as scp does, each path checked by the
-caller's `check`); `Sender` turns them into messages while credit allows; `Receiver` stages what arrives next
-to its destination (a temporary file or directory in the same directory, mode 0600/0700) and `commit` fsyncs,
-applies the modes (and times with -p) and renames into place; `abort` removes whatever was staged, so a failure,
-a Ctrl-C or a lost peer leaves nothing partial. Errors are `TransferError`, one line for the operator.
+caller's `check`); `Sender` turns them into messages while credit allows; `Receiver` takes only what was asked
+(cpwire.Asked) and stages it in a directory of its own next to its destination (mode 0700), never following a
+symlink below the destination the operator named; `commit` fsyncs and renames into place; `abort` removes
+whatever was staged, so a failure, a Ctrl-C or a lost peer leaves nothing partial. Errors are `TransferError`,
+one line for the operator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .cpwire import CHUNK, ENTRY_COST, NO_CLAIM, WINDOW, Credit, Entry, StreamOrder
+from .cpwire import CHUNK, ENTRY_COST, NO_CLAIM, WINDOW, Asked, Credit, Entry, StreamOrder
 
 Check = Callable[[str], None]  # raises TransferError when a real path is not allowed
 Send = Callable[..., None]  # send(method, *args): one answer-less wire call
@@ -164,75 +165,163 @@ def _umask() -> int:
     return 0o022
 
 
+# Opening a directory of a received tree: never through a symlink.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def received_mode(mode: int, preserve: bool, umask: int) -> int:
+    """The mode a received file or directory gets: never set-uid or set-gid (as scp without root and GNU cp
+    without --preserve=all); with -p the sender's otherwise, else its permission bits less the umask."""
+    mode &= 0o7777 & ~_SETID
+    return mode if preserve else mode & 0o777 & ~umask
+
+
+class _Dirs:
+    """Directories below `root` (a descriptor) opened component by component, never through a symlink. The
+    last path opened stays open with its ancestors (a stream comes depth first); `close` closes them, never
+    `root`."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self._chain: list[tuple[str, int]] = []
+
+    def open(self, rel: str) -> int:
+        """The descriptor of `rel` ("/"-separated, "" for the root)."""
+        while self._chain and not (rel == self._chain[-1][0] or rel.startswith(self._chain[-1][0] + "/")):
+            os.close(self._chain.pop()[1])
+        current, fd = self._chain[-1] if self._chain else ("", self.root)
+        rest = rel[len(current):].lstrip("/")
+        for part in rest.split("/") if rest else []:
+            fd = os.open(part, _DIR, dir_fd=fd)
+            current = f"{current}/{part}" if current else part
+            self._chain.append((current, fd))
+        return fd
+
+    def close(self) -> None:
+        while self._chain:
+            os.close(self._chain.pop()[1])
+
+
 @dataclass
 class _Top:
-    final: str  # where it goes
-    stage: str  # where it is written until the commit
+    name: str  # its name in the destination directory
     kind: str
+    in_place: bool = False  # an existing file the operator named: written into (as scp), not replaced
 
 
 class Receiver:
     """Writes a stream into `dest`: into it when it is a directory, else as it (one top-level entry only).
-    `check(real_dir)` (the worker's allowed directories) is asked of every directory written into. Every
-    method raises TransferError (or ProtocolError from the stream's checks); the caller then calls `abort`."""
+
+    `dest` is the destination the operator named: it is followed when it is a symlink, as scp does, and an
+    existing file there is written into (its inode and mode kept). Nothing below it is ever followed: every path
+    of the received tree is created and opened relative to directory descriptors with O_NOFOLLOW, a staged
+    directory `.slaveshell-cp-*` (mode 0700) holds the tree until the commit, and what exists in the destination
+    is replaced by rename (a symlink is replaced, not written through). `asked` (the request's `Asked`) refuses
+    what was not asked for; modes never keep set-uid or set-gid. `check(real_dir)` (the worker's allowed
+    directories) is asked of the directory written into. Every method raises TransferError (or ProtocolError
+    from the stream's checks); the caller then calls `abort`."""
 
     def __init__(self, dest: str, preserve: bool, check: Check | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None, asked: Asked | None = None) -> None:
         self.dest = dest
         self.preserve = preserve
         self.check = check
         self.on_bytes = on_bytes
+        self.asked = asked
         self.order = StreamOrder()
-        self.into = os.path.isdir(dest)
-        parent = dest if self.into else os.path.dirname(os.path.abspath(dest))
-        if not os.path.isdir(parent):
-            raise TransferError(f"{dest}: No such file or directory")
+        real = os.path.realpath(dest)  # the named destination, followed as scp does
+        self.into = os.path.isdir(real)
+        parent = real if self.into else os.path.dirname(real)
+        self.final_name = None if self.into else os.path.basename(real)
+        try:
+            self.parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise _os_error(dest, e) from None
         if check is not None:
-            check(os.path.realpath(parent))
+            try:
+                check(_opened_path(self.parent_fd, parent))
+            except TransferError:
+                os.close(self.parent_fd)
+                raise
+        self.stage_name = f".slaveshell-cp-{secrets.token_hex(6)}"
+        self.stage_fd: int | None = None
+        self._dirs: _Dirs | None = None
         self.tops: dict[str, _Top] = {}
-        self.staged: list[tuple[str, Entry]] = []  # staged path, entry (files and directories)
+        self.received_dirs: set[str] = set()
+        self.staged: list[Entry] = []  # files and directories, as they came
         self._fd: int | None = None
         self._written_back = 0  # bytes of the current file whose writeback was started (WRITEBACK)
         self._umask = _umask()
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
 
-    def _top(self, entry: Entry) -> _Top:
-        name, _, rest = entry.path.partition("/")
-        top = self.tops.get(name)
-        if top is not None:
-            if not rest:
-                raise TransferError(f"{name}: sent twice")
-            return top
-        if rest:
-            raise TransferError(f"{entry.path}: its directory was not sent first")
+    def _shown(self, path: str) -> str:
+        """A received path as the operator knows it: under the destination named."""
+        top, _, rest = path.partition("/")
+        base = self.dest if not self.into else os.path.join(self.dest, top)
+        return os.path.join(base, rest) if rest else base
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=self.parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _os_error(self._shown(name), e) from None
+
+    def _top(self, entry: Entry) -> None:
+        name = entry.path
         if self.tops and not self.into:
             raise TransferError(f"{self.dest}: target is not a directory")
-        final = os.path.join(self.dest, name) if self.into else self.dest
-        if os.path.isdir(final) and entry.kind == "file":
-            raise TransferError(f"{final}: is a directory")
-        if os.path.lexists(final) and not os.path.isdir(final) and entry.kind == "dir":
-            raise TransferError(f"{final}: not a directory")
-        stage = os.path.join(os.path.dirname(final),
-                             f".slaveshell-cp-{secrets.token_hex(4)}-{os.path.basename(final)}"[:255])
-        top = _Top(final, stage, entry.kind)
-        self.tops[name] = top
-        return top
+        final = name if self.into else str(self.final_name)
+        existing = self._lstat(final)
+        shown = self._shown(name)
+        if existing is not None and stat.S_ISDIR(existing.st_mode) and entry.kind == "file":
+            raise TransferError(f"{shown}: is a directory")
+        if existing is not None and not stat.S_ISDIR(existing.st_mode) and entry.kind == "dir":
+            raise TransferError(f"{shown}: cannot overwrite non-directory with directory")
+        in_place = (not self.into and existing is not None and stat.S_ISREG(existing.st_mode))
+        self.tops[name] = _Top(final, entry.kind, in_place)
+
+    def _stage(self) -> _Dirs:
+        if self._dirs is None:
+            try:
+                os.mkdir(self.stage_name, 0o700, dir_fd=self.parent_fd)
+                self.stage_fd = os.open(self.stage_name, _DIR, dir_fd=self.parent_fd)
+            except OSError as e:
+                raise _os_error(self.dest, e) from None
+            self._dirs = _Dirs(self.stage_fd)
+        return self._dirs
 
     def entry(self, entry: Entry) -> None:
         self.order.entry(entry)
-        top = self._top(entry)
-        rest = entry.path.partition("/")[2]
-        path = os.path.join(top.stage, rest) if rest else top.stage
+        if self.asked is not None:
+            self.asked.entry(entry)
+        parent, _, name = entry.path.rpartition("/")
+        if not parent:
+            if entry.path in self.tops:
+                raise TransferError(f"{entry.path}: sent twice")
+            self._top(entry)
+        elif parent not in self.received_dirs:
+            raise TransferError(f"{entry.path}: its directory was not sent first")
+        dirs = self._stage()
         try:
+            at = dirs.open(parent)
             if entry.kind == "dir":
-                os.mkdir(path, 0o700)
+                os.mkdir(name, 0o700, dir_fd=at)
+                self.received_dirs.add(entry.path)
+                if not self.preserve:  # its mode now; it stays writable by its owner (-p: after the commit)
+                    os.fchmod(dirs.open(entry.path), received_mode(entry.mode, False, self._umask) | 0o700)
             else:
-                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                                   dir_fd=at)
                 self._written_back = 0
+        except FileExistsError:
+            raise TransferError(f"{self._shown(entry.path)}: sent twice") from None
         except OSError as e:
-            raise _os_error(os.path.join(top.final, rest) if rest else top.final, e) from None
-        self.staged.append((path, entry))
+            raise _os_error(self._shown(entry.path), e) from None
+        self.staged.append(entry)
 
     def data(self, chunk: bytes) -> None:
         entry = self.order.data(chunk)
@@ -242,7 +331,7 @@ class Receiver:
             while view:
                 view = view[os.write(self._fd, view):]
         except OSError as e:
-            raise _os_error(entry.path, e) from None
+            raise _os_error(self._shown(entry.path), e) from None
         self.bytes += len(chunk)
         if self.order.received - self._written_back >= WRITEBACK:
             _start_writeback(self._fd, self._written_back, self.order.received - self._written_back)
@@ -252,95 +341,245 @@ class Receiver:
 
     def done_file(self, sha256: str) -> None:
         """The current file is complete; `sha256` is the master's hash of the bytes it relayed (the audit
-        record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them."""
+        record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them.
+        Its mode (and times, with -p) are set on the descriptor written."""
         entry = self.order.done_file()
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)
+            try:
+                os.fchmod(fd, received_mode(entry.mode, self.preserve, self._umask))
+                if self.preserve:
+                    os.utime(fd, (entry.mtime, entry.mtime))
+            except OSError as e:
+                raise _os_error(self._shown(entry.path), e) from None
+            finally:
+                os.close(fd)
         self.files.append((entry, sha256))
 
     def commit(self) -> None:
-        """After finish: fsync, modes, times, renames into place, fsync of the directories. Blocking (the
-        worker runs it in a thread)."""
+        """After finish: fsync, renames into place (an existing file the operator named is written into), the
+        directories' modes and times with -p, fsync of the directories. Blocking (the worker runs it in a
+        thread)."""
         self.order.finish()
-        _fsync_files([(path, entry.path) for path, entry in self.staged if entry.kind == "file"])
-        dirs: set[str] = set()
-        for path, entry in reversed(self.staged):  # children before their directory (its mode may forbid)
-            try:
-                mode = entry.mode if self.preserve else entry.mode & 0o777 & ~self._umask
-                os.chmod(path, mode | (0o700 if entry.kind == "dir" else 0))
-                if self.preserve:
-                    os.utime(path, (entry.mtime, entry.mtime))
-            except OSError as e:
-                raise _os_error(entry.path, e) from None
-        for top in self.tops.values():
-            parent = os.path.dirname(top.final)
-            if self.check is not None:
-                self.check(os.path.realpath(parent))
-            try:
-                if top.kind == "dir" and os.path.isdir(top.final):
-                    self._merge(top.stage, top.final, dirs)
-                else:
-                    os.replace(top.stage, top.final)
-            except OSError as e:
-                raise _os_error(top.final, e) from None
-            dirs.add(parent)
-        # With -p, the directories' own modes once nothing more is written into them (a 0500 directory);
-        # without, a copied directory stays writable by its owner.
-        if self.preserve:
-            for top in self.tops.values():
-                self._dir_modes(top)
-        for d in dirs:
-            _fsync_dir(d)
-        self.tops.clear()
-        self.staged.clear()
+        dirs = self._stage() if self.staged else None
+        if dirs is not None:
+            dirs.close()
+            self._fsync_staged()
+            for name, top in self.tops.items():
+                if top.kind == "dir":
+                    self._merge_checked(name, top)
+            for name, top in self.tops.items():
+                self._put(name, top)
+            if self.preserve:
+                self._dir_modes()
+            _fsync_fd(self.parent_fd)
+        self._clean()
 
-    def _dir_modes(self, top: _Top) -> None:
-        for path, entry in self.staged:
-            if entry.kind == "dir" and path.startswith(top.stage):
-                final = top.final + path[len(top.stage):]
+    def _fsync_staged(self) -> None:
+        assert self._dirs is not None
+        dirs = self._dirs
+
+        def opened(entry: Entry) -> int:
+            parent, _, name = entry.path.rpartition("/")
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirs.open(parent))
+
+        try:
+            _fsync_files([(e, self._shown(e.path)) for e in self.staged if e.kind == "file"], opened)
+        finally:
+            dirs.close()
+
+    def _merge_checked(self, name: str, top: _Top) -> None:
+        """A directory going into an existing one: every clash found before anything is moved."""
+        existing = self._lstat(top.name)
+        if existing is None or not stat.S_ISDIR(existing.st_mode):
+            return
+        assert self.stage_fd is not None
+        src = os.open(name, _DIR, dir_fd=self.stage_fd)
+        try:
+            dst = os.open(top.name, _DIR, dir_fd=self.parent_fd)
+        except OSError as e:
+            os.close(src)
+            raise _os_error(self._shown(name), e) from None
+        try:
+            _merge(src, dst, self._shown(name), move=False)
+        finally:
+            os.close(src)
+            os.close(dst)
+
+    def _put(self, name: str, top: _Top) -> None:
+        assert self.stage_fd is not None
+        shown = self._shown(name)
+        try:
+            if top.in_place:
+                self._write_in_place(name, top)
+                return
+            existing = self._lstat(top.name)
+            if top.kind == "dir" and existing is not None and stat.S_ISDIR(existing.st_mode):
+                src = os.open(name, _DIR, dir_fd=self.stage_fd)
                 try:
-                    os.chmod(final, entry.mode)
-                    os.utime(final, (entry.mtime, entry.mtime))
+                    dst = os.open(top.name, _DIR, dir_fd=self.parent_fd)
+                    try:
+                        _merge(src, dst, shown, move=True)
+                    finally:
+                        os.close(dst)
+                finally:
+                    os.close(src)
+                return
+            # rename(2) never follows: a symlink there is replaced, a directory onto a non-directory refused.
+            os.rename(name, top.name, src_dir_fd=self.stage_fd, dst_dir_fd=self.parent_fd)
+        except NotADirectoryError:
+            raise TransferError(f"{shown}: cannot overwrite non-directory with directory") from None
+        except IsADirectoryError:
+            raise TransferError(f"{shown}: is a directory") from None
+        except OSError as e:
+            raise _os_error(shown, e) from None
+
+    def _write_in_place(self, name: str, top: _Top) -> None:
+        """The existing file the operator named gets the staged bytes written into it (its inode, links and
+        mode kept, as scp does; with -p its mode and times set as the sender's)."""
+        assert self.stage_fd is not None
+        entry = next(e for e in self.staged if e.path == name)
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.stage_fd)
+        try:
+            dst = os.open(top.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent_fd)
+            try:
+                _copy(src, dst, entry.size)
+                os.ftruncate(dst, entry.size)
+                if self.preserve:
+                    os.fchmod(dst, received_mode(entry.mode, True, self._umask))
+                    os.utime(dst, (entry.mtime, entry.mtime))
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+
+    def _dir_modes(self) -> None:
+        """With -p, each received directory's mode and times once nothing more is written into it (a 0500
+        directory), deepest first, opened from the destination without following symlinks."""
+        dirs = _Dirs(self.parent_fd)
+        try:
+            for entry in reversed(self.staged):
+                if entry.kind != "dir":
+                    continue
+                top, _, rest = entry.path.partition("/")
+                final = self.tops[top].name + (f"/{rest}" if rest else "")
+                try:
+                    fd = dirs.open(final)
+                    os.fchmod(fd, received_mode(entry.mode, True, self._umask))
+                    os.utime(fd, (entry.mtime, entry.mtime))
                 except OSError:
                     pass
+        finally:
+            dirs.close()
 
-    def _merge(self, stage: str, final: str, dirs: set[str]) -> None:
-        """A staged directory into an existing one: each file renamed over its target (each one atomic)."""
-        for name in sorted(os.listdir(stage)):
-            src, dst = os.path.join(stage, name), os.path.join(final, name)
-            if self.check is not None:
-                self.check(os.path.realpath(final))
-            if os.path.isdir(src) and not os.path.islink(src):
-                if os.path.islink(dst) or (os.path.lexists(dst) and not os.path.isdir(dst)):
-                    raise TransferError(f"{dst}: not a directory")
-                if os.path.isdir(dst):
-                    self._merge(src, dst, dirs)
-                    continue
-            elif os.path.isdir(dst) and not os.path.islink(dst):
-                raise TransferError(f"{dst}: is a directory")
-            os.replace(src, dst)
-            dirs.add(final)
-        os.rmdir(stage)
-
-    def abort(self) -> None:
-        """Remove everything staged (idempotent, never raises)."""
+    def _clean(self) -> None:
+        """Close what is open and remove the staged directory with what is left in it (never raises); the
+        receiver takes nothing more."""
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = None
-        for top in self.tops.values():
-            try:
-                if os.path.isdir(top.stage) and not os.path.islink(top.stage):
-                    shutil.rmtree(top.stage, ignore_errors=True)
-                elif os.path.lexists(top.stage):
-                    os.unlink(top.stage)
-            except OSError:
-                pass
+        if self._dirs is not None:
+            with contextlib.suppress(OSError):
+                self._dirs.close()
+            self._dirs = None
+        if self.stage_fd is not None:
+            with contextlib.suppress(OSError):
+                _empty(self.stage_fd)
+            with contextlib.suppress(OSError):
+                os.close(self.stage_fd)
+            self.stage_fd = None
+            with contextlib.suppress(OSError):
+                os.rmdir(self.stage_name, dir_fd=self.parent_fd)
         self.tops.clear()
         self.staged.clear()
+        if self.parent_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.parent_fd)
+            self.parent_fd = -1
+
+    def abort(self) -> None:
+        """Remove everything staged (idempotent, never raises); the receiver is done."""
+        self._clean()
+
+
+def _opened_path(fd: int, fallback: str) -> str:
+    """The real path of an opened directory (what was opened, not what its name says now)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(fallback)
+
+
+def _merge(src: int, dst: int, shown: str, move: bool) -> None:
+    """A staged directory into an existing one, by descriptors: a directory into a directory, each file renamed
+    over what is there (a symlink replaced, never followed). Without `move`, only the clashes are looked for."""
+    for name in sorted(os.listdir(src)):
+        here = f"{shown}/{name}"
+        theirs = None
+        with contextlib.suppress(FileNotFoundError):
+            theirs = os.stat(name, dir_fd=dst, follow_symlinks=False)
+        mine = os.stat(name, dir_fd=src, follow_symlinks=False)
+        if stat.S_ISDIR(mine.st_mode):
+            if theirs is not None and not stat.S_ISDIR(theirs.st_mode):
+                raise TransferError(f"{here}: cannot overwrite non-directory with directory")
+            if theirs is not None:
+                sub_src = os.open(name, _DIR, dir_fd=src)
+                try:
+                    sub_dst = os.open(name, _DIR, dir_fd=dst)
+                    try:
+                        _merge(sub_src, sub_dst, here, move)
+                    finally:
+                        os.close(sub_dst)
+                finally:
+                    os.close(sub_src)
+                continue
+        elif theirs is not None and stat.S_ISDIR(theirs.st_mode):
+            raise TransferError(f"{here}: is a directory")
+        if move:
+            os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+    if move:
+        _fsync_fd(dst)
+
+
+def _empty(fd: int) -> None:
+    """Remove everything inside the directory `fd` (never following symlinks)."""
+    for name in os.listdir(fd):
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, _DIR, dir_fd=fd)
+            try:
+                os.fchmod(sub, 0o700)
+                _empty(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+
+def _copy(src: int, dst: int, size: int) -> None:
+    """`size` bytes from the start of `src` to the start of `dst`."""
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if n <= 0:
+                break
+            offset += n
+    except OSError:
+        pass
+    while offset < size:
+        chunk = os.pread(src, min(CHUNK, size - offset), offset)
+        if not chunk:
+            raise TransferError("the staged file shrank")
+        view = memoryview(chunk)
+        at = offset
+        while view:
+            n = os.pwrite(dst, view, at)
+            view, at = view[n:], at + n
+        offset += len(chunk)
 
 
 # A large file's writeback is started every WRITEBACK bytes as it arrives (not waited for), so that the fsync
@@ -365,41 +604,48 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 FSYNC_THREADS = 8
 
 
-def _fsync_one(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _fsync_opened(fd: int) -> None:
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _fsync_files(files: list[tuple[str, str]]) -> None:
-    """fsync each staged file (staged path, path as sent), FSYNC_THREADS at once; the first failure as a
-    TransferError naming the file as sent."""
-    if len(files) <= 1:
-        for path, shown in files:
+def _fsync_files(files: list[tuple[Entry, str]], opened: Callable[[Entry], int]) -> None:
+    """fsync each staged file (its entry, its path as shown), FSYNC_THREADS at once; `opened(entry)` opens it
+    (on this thread, at most FSYNC_THREADS * 4 open at once). The first failure as a TransferError naming the
+    file as shown."""
+    if len(files) <= 1:  # no thread for one file
+        for entry, shown in files:
             try:
-                _fsync_one(path)
+                _fsync_opened(opened(entry))
             except OSError as e:
                 raise _os_error(shown, e) from None
         return
     with ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="slaveshell-fsync") as pool:
-        futures = [(pool.submit(_fsync_one, path), shown) for path, shown in files]
-        for future, shown in futures:
+        pending: list[tuple[Future[None], str]] = []
+        for entry, shown in files:
+            if len(pending) >= FSYNC_THREADS * 4:
+                _fsync_wait(pending.pop(0))
             try:
-                future.result()
+                fd = opened(entry)
             except OSError as e:
                 raise _os_error(shown, e) from None
+            pending.append((pool.submit(_fsync_opened, fd), shown))
+        for item in pending:
+            _fsync_wait(item)
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync_wait(item: tuple[Future[None], str]) -> None:
+    future, shown = item
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
+        future.result()
+    except OSError as e:
+        raise _os_error(shown, e) from None
+
+
+def _fsync_fd(fd: int) -> None:
     try:
         os.fsync(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)

@@ -31,7 +31,9 @@ Requests (`TransferRequest`) travel as plain dicts. Every check here raises `Pro
 
 from __future__ import annotations
 
+import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .protocol import MAX_NAME, MAX_PATH, ProtocolError, check_int, check_str, check_worker_name
@@ -101,6 +103,41 @@ class Entry:
         return (self.kind, self.path, self.mode, self.size, self.mtime)
 
 
+def top_name(source: str) -> str | None:
+    """The name a source's entries carry at the top of the stream (its base name, as `cpfiles.plan` names it);
+    None when the sender names it by what it resolves to (".", "..", "/", "dir/.."): any one name then."""
+    name = posixpath.basename(posixpath.normpath(source))
+    return None if name in ("", ".", "..") else name
+
+
+class Asked:
+    """What a receiver takes of a stream: for each source of the request, one top-level entry under that
+    source's name (`top_name`); a directory only with `recursive`, and the entries below a top-level directory
+    only. `entry` raises ProtocolError on anything else (scp's check against CVE-2019-6111)."""
+
+    def __init__(self, sources: Iterable[str], recursive: bool) -> None:
+        names = [top_name(s) for s in sources]
+        self.names = {n for n in names if n is not None}
+        self.unnamed = sum(1 for n in names if n is None)  # sources any one name may answer
+        self.recursive = recursive
+        self.tops: dict[str, str] = {}  # name -> kind, as received
+
+    def entry(self, entry: Entry) -> None:
+        top, _, rest = entry.path.partition("/")
+        if rest:
+            if self.tops.get(top) != "dir":
+                raise ProtocolError(f"{entry.path}: not inside a directory that was asked for")
+            return
+        if top in self.tops:
+            raise ProtocolError(f"{top}: sent twice")
+        if top not in self.names:
+            if self.unnamed <= sum(1 for n in self.tops if n not in self.names):
+                raise ProtocolError(f"{top}: not asked for")
+        if entry.kind == "dir" and not self.recursive:
+            raise ProtocolError(f"{top}: a directory, and -r was not asked for")
+        self.tops[top] = entry.kind
+
+
 @dataclass(frozen=True)
 class TransferRequest:
     """What an operator asks: `direction` UP (local `sources` to the worker's `dest`; `sources` then holds the
@@ -138,6 +175,10 @@ class TransferRequest:
             check_str(self.operator, "operator", MAX_NAME)
         if self.cwd is not None:
             check_str(self.cwd, "working directory", MAX_PATH)
+
+    def asked(self) -> Asked:
+        """What a receiver of this transfer takes (for an upload, `sources` are the top-level names)."""
+        return Asked(self.sources, self.recursive)
 
     def to_wire(self) -> dict[str, object]:
         return {"direction": self.direction, "worker": self.worker, "sources": list(self.sources),

@@ -156,10 +156,10 @@ class FakeRef:
         self.calls.append((method, args))
 
 
-def _relay() -> tuple[MasterTransfer, FakeRef, FakeRef]:
+def _relay(sources: tuple[str, ...] = ("f", "g", "h", "big")) -> tuple[MasterTransfer, FakeRef, FakeRef]:
     ended: list[MasterTransfer] = []
     who = Identity(uid=0, gid=0, pid=1, user="root", groups=frozenset())
-    transfer = MasterTransfer("t1", who, TransferRequest(UP, "w1", ("f",), "/d"), None, ended.append)
+    transfer = MasterTransfer("t1", who, TransferRequest(UP, "w1", sources, "/d"), None, ended.append)
     operator, worker = FakeRef(), FakeRef()
     transfer.parties[OPERATOR] = Party(operator)  # type: ignore[arg-type]
     transfer.parties[WORKER] = Party(worker)  # type: ignore[arg-type]

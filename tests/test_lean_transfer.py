@@ -78,7 +78,7 @@ def test_an_upload_travels_as_lean_calls_and_is_staged_byte_exact(tmp_path):
     assert seen and set(seen) == {"ack"}
     assert sum(c[1] for c in operator.calls if c[0] == "ack") == len(body) + 2 * 1024
     staged = [name for name in os.listdir(tmp_path / "dest") if name.startswith(".slaveshell-cp-")]
-    assert len(staged) == 1 and (tmp_path / "dest" / staged[0]).read_bytes() == body
+    assert len(staged) == 1 and (tmp_path / "dest" / staged[0] / "f").read_bytes() == body
     assert not transfer.ended and not broker.disconnected
     transfer.end(False, "stopped by the operator")  # the worker is told to cancel: nothing is left
     pump.flush()
