@@ -77,6 +77,15 @@ def staged(directory: str) -> list[str]:
     return [n for n in os.listdir(directory) if n.startswith(".slaveshell-cp-")]
 
 
+def staged_bytes(directory: str) -> int:
+    """Bytes already written into the files staged in `directory` (inside its .slaveshell-cp-* directory)."""
+    total = 0
+    for name in staged(directory):
+        for dirpath, _dirs, files in os.walk(os.path.join(directory, name)):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    return total
+
+
 def history(sb: Sandbox) -> list[dict[str, object]]:
     done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", sb.socket, "--json"],
                           capture_output=True, text=True, timeout=30, check=True)
@@ -225,7 +234,7 @@ def test_ctrl_c_mid_upload_leaves_nothing_partial_and_closes_the_row(cpbox, tmp_
     os.makedirs(dest_dir, exist_ok=True)
     proc = subprocess.Popen(cp_argv(cpbox, src, f"cw1:{dest_dir}/huge"), stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(lambda: any(os.path.getsize(os.path.join(dest_dir, n)) > 0 for n in staged(dest_dir)),
+        assert wait_until(lambda: staged_bytes(dest_dir) > 0,
                           20, 0.02), "the transfer never started"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
@@ -242,7 +251,7 @@ def test_a_worker_lost_mid_download_leaves_nothing_partial_and_closes_the_row(cp
     proc = subprocess.Popen(cp_argv(cpbox, f"lost:{allowed(cpbox, 'huge-down')}", str(tmp_path / "got")),
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(lambda: any(os.path.getsize(tmp_path / n) > 0 for n in staged(str(tmp_path))), 20, 0.02)
+        assert wait_until(lambda: staged_bytes(str(tmp_path)) > 0, 20, 0.02)
         with open(os.path.join(cpbox.worker_dir("lost"), "twistd.pid")) as f:
             os.kill(int(f.read()), signal.SIGKILL)
         cpbox.started.remove(cpbox.worker_dir("lost"))
@@ -305,7 +314,7 @@ def test_on_a_terminal_a_progress_bar_runs_and_ctrl_c_still_stops_the_copy(cpbox
     argv = cp_argv(cpbox, huge, f"cw1:{dest_dir}/huge-bar")
     child = pexpect.spawn(argv[0], argv[1:], timeout=60, dimensions=(24, 100))
     try:
-        assert wait_until(lambda: any(os.path.getsize(os.path.join(dest_dir, n)) > 0 for n in staged(dest_dir)),
+        assert wait_until(lambda: staged_bytes(dest_dir) > 0,
                           20, 0.02), "the transfer never started"
         child.sendcontrol("c")
         child.expect(pexpect.EOF, timeout=20)
