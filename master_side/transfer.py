@@ -350,7 +350,7 @@ class Transfers:
         accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told
         try:
             reply = yield _answer_within(defer.maybeDeferred(
-                conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_wire()),
+                conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_pb()),
                 self.open_timeout, _cancel_late)
         except defer.TimeoutError:
             reply = {"ok": False, "error": f"did not answer within {self.open_timeout:g} s"}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
-from slaveshell.cpwire import UP, Entry, TransferRequest
+from slaveshell.cpwire import UP, Entry, TransferRequest, path_text
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder
 
@@ -36,12 +36,13 @@ if TYPE_CHECKING:
 
 
 def describe(request: TransferRequest) -> str:
-    """One line for the index and the log: ``cp up: a b -> w1:/dest`` / ``cp down: w1:a -> .``."""
+    """One line for the index and the log: ``cp up: a b -> w1:/dest`` / ``cp down: w1:a -> .``.
+    Paths that are not UTF-8 are spelled with \\xNN escapes (cpwire.path_text)."""
     flags = ("-r " if request.recursive else "") + ("-p " if request.preserve else "")
     sources = " ".join(request.sources)
     if request.direction == UP:
-        return f"cp {flags}up: {sources} -> {request.worker}:{request.dest}"[:4000]
-    return f"cp {flags}down: {request.worker}:{sources} -> {request.dest or '.'}"[:4000]
+        return path_text(f"cp {flags}up: {sources} -> {request.worker}:{request.dest}")[:4000]
+    return path_text(f"cp {flags}down: {request.worker}:{sources} -> {request.dest or '.'}")[:4000]
 
 
 class TransferRecord:
@@ -124,7 +125,7 @@ class TransferRecord:
 
     def _marker(self, text: str) -> None:
         if self.file is not None:
-            self.file.add(self.encoder.marker(self._t(), text))
+            self.file.add(self.encoder.marker(self._t(), path_text(text)))
             self.file.flush()
 
     def entry(self, entry: Entry) -> None:
@@ -145,7 +146,7 @@ class TransferRecord:
     def end(self, ok: bool, reason: str, nbytes: int, files: int) -> None:
         """The outcome; the transcript is fsynced and closed in a thread; the row and an "end" event are
         queued. Never raises."""
-        text = (f"ok: {files} files, {nbytes} bytes" if ok else f"failed: {reason}")
+        text = path_text(f"ok: {files} files, {nbytes} bytes" if ok else f"failed: {reason}")
         sha = None
         try:
             self._marker(text)

@@ -26,7 +26,7 @@ from twisted.spread import pb
 
 from slaveshell.clock import Clock, DelayedCall
 from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
-from slaveshell.cpwire import CHUNK, ENTRY_COST, STREAM_CALLS, UP, Entry, TransferRequest, check_sha
+from slaveshell.cpwire import CHUNK, ENTRY_COST, STREAM_CALLS, UP, Entry, TransferRequest, check_sha, path_text
 from slaveshell.display import visible
 from slaveshell.flow import Pacer
 from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
@@ -131,6 +131,7 @@ class WorkerTransfer(LeanReceiver):
         if self.ended:
             return
         self._end()
+        reason = path_text(reason)  # PB's text is UTF-8: a name that is not is spelled with \\xNN escapes
         self.peer.send("result" if self.receiver is not None else "abort", *(
             (False, reason) if self.receiver is not None else (reason,)))
 
@@ -298,7 +299,7 @@ class TransferServer:
                 transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
         except TransferError as e:
-            return {"ok": False, "error": str(e)}
+            return {"ok": False, "error": path_text(str(e))}
         self.live[transfer_id] = transfer
         lean = accept(getattr(ref, "broker", None))
         set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK

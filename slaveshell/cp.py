@@ -20,7 +20,7 @@ import sys
 
 from .cp_client import CopyClient, Interrupted, Progress, run
 from .cpfiles import Receiver, TransferError, plan
-from .cpwire import DOWN, UP, TransferRequest
+from .cpwire import DOWN, UP, TransferRequest, path_text
 from .display import visible
 from .hop import EventLoop, HopError, Link
 from .protocol import ProtocolError
@@ -88,7 +88,7 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
                 raise TransferError(f"{request.dest}: target is not a directory")
             receiver = Receiver(request.dest, request.preserve, asked=request.asked())
     except TransferError as e:
-        print(f"slaveshell: {visible(str(e))}", file=sys.stderr)
+        print(f"slaveshell: {visible(path_text(str(e)))}", file=sys.stderr)
         return 1
     show = not args.quiet and sys.stderr.isatty()
     title = visible(" ".join(args.paths[:-1]))[:40]
@@ -108,7 +108,7 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
         print(f"slaveshell: {visible(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
         return 1
     if not ok:
-        print(f"slaveshell: {visible(reason.splitlines()[0] if reason else 'the transfer failed')}",
+        print(f"slaveshell: {visible(path_text(reason.splitlines()[0]) if reason else 'the transfer failed')}",
               file=sys.stderr)
         return 1
     return 0

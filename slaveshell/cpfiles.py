@@ -281,6 +281,9 @@ class Receiver:
             raise TransferError(f"{shown}: is a directory")
         if existing is not None and not stat.S_ISDIR(existing.st_mode) and entry.kind == "dir":
             raise TransferError(f"{shown}: cannot overwrite non-directory with directory")
+        if (not self.into and existing is not None and not stat.S_ISREG(existing.st_mode)
+                and not stat.S_ISDIR(existing.st_mode)):
+            raise TransferError(f"{shown}: not a regular file")  # a device or a FIFO is neither written nor replaced
         in_place = (not self.into and existing is not None and stat.S_ISREG(existing.st_mode))
         self.tops[name] = _Top(final, entry.kind, in_place)
 

@@ -60,12 +60,54 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_relpath(path: object) -> str:
-    """A relative path inside a destination: "/"-separated, no empty, "." or ".." part, no NUL."""
-    text = check_str(path, "path", MAX_PATH)
+    """A relative path inside a destination: "/"-separated, no empty, "." or ".." part, no NUL, a file name
+    (check_file_name)."""
+    text = check_file_name(check_str(path, "path", MAX_PATH), "path")
     parts = text.split("/")
     if not text or "\0" in text or any(p in ("", ".", "..") for p in parts):
         raise ProtocolError(f"unsafe path in a transfer: {text!r}")
     return text
+
+
+def check_file_name(text: str, what: str) -> str:
+    """A path as Python's os functions take it: POSIX names are bytes, and those that are not UTF-8 travel as
+    text with each such byte decoded to a lone surrogate U+DC80-U+DCFF (surrogateescape), the one spelling of
+    those bytes. Any other lone surrogate, or bytes that are UTF-8 spelled as surrogates, is refused."""
+    if text.isascii():
+        return text
+    try:
+        if text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape") == text:
+            return text
+    except UnicodeEncodeError:
+        pass
+    raise ProtocolError(f"{what} is not a file name (a lone surrogate that stands for no byte)")
+
+
+def path_text(text: str) -> str:
+    """`text` as UTF-8 text for a record, an index or a PB answer: each byte that was not UTF-8 (a surrogate of
+    check_file_name) spelled \\xNN, any other lone surrogate \\udNNN; the rest as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else
+                   f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def path_bytes(value: object) -> object:
+    """A path as PB carries it: text, or bytes when it is not UTF-8 (Banana's text is UTF-8 only)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def _path_from_wire(value: object) -> object:
+    """The inverse of path_bytes: bytes back to text (surrogateescape); anything else as it is."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def check_claim(value: object) -> str:
@@ -161,9 +203,9 @@ class TransferRequest:
         if not 1 <= len(self.sources) <= MAX_SOURCES:
             raise ProtocolError(f"a transfer has 1 to {MAX_SOURCES} sources")
         for source in self.sources:
-            if not check_str(source, "source", MAX_PATH) or "\0" in source:
+            if not check_file_name(check_str(source, "source", MAX_PATH), "a source") or "\0" in source:
                 raise ProtocolError("a source must be a non-empty path")
-        if "\0" in check_str(self.dest, "destination", MAX_PATH):
+        if "\0" in check_file_name(check_str(self.dest, "destination", MAX_PATH), "the destination"):
             raise ProtocolError("bad destination")
         if self.direction == UP and not self.dest:
             raise ProtocolError("an upload needs a destination on the worker")
@@ -174,7 +216,7 @@ class TransferRequest:
         if self.operator is not None:
             check_str(self.operator, "operator", MAX_NAME)
         if self.cwd is not None:
-            check_str(self.cwd, "working directory", MAX_PATH)
+            check_file_name(check_str(self.cwd, "working directory", MAX_PATH), "the working directory")
 
     def asked(self) -> Asked:
         """What a receiver of this transfer takes (for an upload, `sources` are the top-level names)."""
@@ -185,6 +227,13 @@ class TransferRequest:
                 "dest": self.dest, "recursive": self.recursive, "preserve": self.preserve, "build": self.build,
                 "operator": self.operator, "cwd": self.cwd}
 
+    def to_pb(self) -> dict[str, object]:
+        """to_wire() for PB: a path that is not UTF-8 as bytes (path_bytes); from_wire takes both."""
+        wire = self.to_wire()
+        wire["sources"] = [path_bytes(s) for s in self.sources]
+        wire["dest"], wire["cwd"] = path_bytes(self.dest), path_bytes(self.cwd)
+        return wire
+
     @classmethod
     def from_wire(cls, wire: object) -> TransferRequest:
         if not isinstance(wire, dict) or set(wire) - {"direction", "worker", "sources", "dest", "recursive",
@@ -194,10 +243,11 @@ class TransferRequest:
         if not isinstance(sources, (list, tuple)):
             raise ProtocolError("sources must be a list of paths")
         request = cls(direction=wire.get("direction", ""), worker=wire.get("worker", ""),
-                      sources=tuple(sources), dest=wire.get("dest", ""),
+                      sources=tuple(_path_from_wire(s) for s in sources),  # type: ignore[misc]
+                      dest=_path_from_wire(wire.get("dest", "")),  # type: ignore[arg-type]
                       recursive=wire.get("recursive", False), preserve=wire.get("preserve", False),
                       build=wire.get("build"), operator=wire.get("operator"),
-                      cwd=wire.get("cwd"))
+                      cwd=_path_from_wire(wire.get("cwd")))  # type: ignore[arg-type]
         request.validate()
         return request
 

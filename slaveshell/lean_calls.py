@@ -106,17 +106,18 @@ def _decode_input_ack(items: Sequence[object]) -> tuple[object, ...]:
     return (items[0], items[1] == 1)
 
 
-def _text(item: object, what: str, encoding: str) -> str:
+def _text(item: object, what: str, encoding: str, errors: str = "strict") -> str:
     if not isinstance(item, bytes):
         raise ProtocolError(f"{what}: expected bytes")
     try:
-        return item.decode(encoding)
+        return item.decode(encoding, errors)
     except UnicodeDecodeError:
         raise ProtocolError(f"{what}: not {encoding}") from None
 
 
 def _encode_entry(kind: str, path: str, mode: int, size: int, mtime: float) -> Wire:
-    # A path that is not UTF-8 (a surrogate-escaped name) is sent as it is and refused by the receiver's decode.
+    # A path that is not UTF-8 (a surrogate-escaped name) travels with its surrogates (surrogatepass); the receiver
+    # decodes them back and checks the path (cpwire.check_relpath: surrogates that stand for bytes only).
     return [kind.encode("ascii"), path.encode("utf-8", "surrogatepass"), mode, size, float(mtime)]
 
 
@@ -124,7 +125,7 @@ def _decode_entry(items: Sequence[object]) -> tuple[object, ...]:
     """-> (kind, path, mode, size, mtime) as `remote_entry` takes them (it checks the values: cpwire.Entry)."""
     if len(items) != 5:
         raise ProtocolError("entry: expected kind, path, mode, size, mtime")
-    return (_text(items[0], "entry kind", "ascii"), _text(items[1], "entry path", "utf-8"), *items[2:])
+    return (_text(items[0], "entry kind", "ascii"), _text(items[1], "entry path", "utf-8", "surrogatepass"), *items[2:])
 
 
 def _decode_done_file(items: Sequence[object]) -> tuple[object, ...]:

@@ -285,3 +285,61 @@ def test_existing_files_inside_a_named_directory_are_replaced_not_written_into(t
     os.link(victim, tmp_path / "dir" / "f")
     feed(Receiver(str(tmp_path / "dir"), preserve=False, asked=Asked(["f"], False)), [("file", "f", 0o644, b"new\n")])
     assert victim.read_text() == "keep\n" and (tmp_path / "dir" / "f").read_text() == "new\n"
+
+
+def test_a_named_destination_that_is_a_fifo_is_neither_written_nor_replaced(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    receiver = Receiver(str(tmp_path / "fifo"), preserve=False, asked=Asked(["f"], False))
+    with pytest.raises(TransferError, match="fifo: not a regular file"):
+        feed(receiver, [("file", "f", 0o644, b"x")])
+    receiver.abort()
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode) and os.listdir(tmp_path) == ["fifo"]
+
+
+# -- names that are not UTF-8: bytes, copied byte-exact and recorded escaped --------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b
+                                                       and b not in (b".", b"..")))
+def test_any_posix_name_crosses_every_hop_and_comes_back_the_same_bytes(name):
+    from slaveshell.cpwire import TransferRequest, check_relpath, path_bytes, path_text
+    from slaveshell.lean_calls import CODECS
+
+    text = os.fsdecode(name)
+    assert check_relpath(text) == text
+    wire = CODECS["entry"].encode("file", text, 0o644, 1, 0.0)
+    assert os.fsencode(CODECS["entry"].decode(wire)[1]) == name  # the lean call (worker <-> master)
+    request = TransferRequest("down", "w1", (text,), text, cwd=text)
+    back = TransferRequest.from_wire(request.to_pb())  # PB's open call: bytes for what is not UTF-8
+    assert (back.sources, back.dest, back.cwd) == ((text,), text, text)
+    assert isinstance(path_bytes(text), bytes) == (not _utf8(name))
+    shown = path_text(text)
+    shown.encode("utf-8")  # the index and the transcript take it
+    assert shown == text if _utf8(name) else "\\x" in shown
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\udcc3\udca9"])  # no byte / UTF-8 spelled as escapes
+def test_a_surrogate_that_stands_for_no_byte_is_refused_at_the_wire(text):
+    from slaveshell.cpwire import TransferRequest, check_relpath
+
+    with pytest.raises(ProtocolError):
+        check_relpath(text)
+    with pytest.raises(ProtocolError):
+        TransferRequest("down", "w1", (text,), "d").validate()
+
+
+def test_a_tree_with_a_name_that_is_not_utf8_arrives_byte_exact(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    name = os.fsdecode(b"latin\xe9.txt")
+    feed(Receiver(str(dest), preserve=False, asked=Asked(["tree"], True)),
+         [("dir", "tree", 0o755, b""), ("file", f"tree/{name}", 0o644, b"x"), ("file", "tree/ok", 0o644, b"y")])
+    assert sorted(os.listdir(os.fsencode(dest / "tree"))) == [b"latin\xe9.txt", b"ok"]

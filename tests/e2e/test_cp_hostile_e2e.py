@@ -222,3 +222,31 @@ def test_a_worker_that_stops_sending_half_way_ends_the_copy_with_exit_1_and_a_cl
     assert os.listdir(dest) == []
     row = transfer_row(box, str(src))
     assert row["state"] == "failed" and f"no progress for {STALL} s" in str(row["end_reason"])
+
+
+def test_names_that_are_not_utf8_are_copied_byte_exact_both_ways_and_recorded_escaped(box, tmp_path):
+    """POSIX names are bytes: `latin\\xe9.txt` goes up and down byte-exact, alone and inside a -r with other
+    files; the index records it escaped (before: `cannot write the audit index: 'utf-8' codec can't encode`, and
+    the whole -r failed)."""
+    root = os.fsencode(tmp_path)
+    src = os.path.join(root, b"src")
+    os.makedirs(os.path.join(src, b"sub\xff"))
+    for path, body in ((b"latin\xe9.txt", b"one\n"), (b"plain.txt", b"two\n"), (b"sub\xff/x\x80y", b"three\n")):
+        with open(os.path.join(src, path), "wb") as f:
+            f.write(body)
+    up, down = os.path.join(root, b"up"), os.path.join(root, b"down")
+    os.makedirs(up)
+    os.makedirs(down)
+    one = os.fsdecode(os.path.join(src, b"latin\xe9.txt"))
+    for args in ([one, f"honest:{os.fsdecode(up)}"], [f"honest:{one}", os.fsdecode(down)],
+                 ["-r", os.fsdecode(src), f"honest:{os.fsdecode(up)}"],
+                 ["-r", f"honest:{os.fsdecode(src)}", os.fsdecode(down)]):
+        done = cp(box, *args)
+        assert done.returncode == 0, (args, done.stderr)
+    for top in (up, down):
+        assert sorted(os.listdir(top)) == [b"latin\xe9.txt", b"src"]
+        with open(os.path.join(top, b"src", b"sub\xff", b"x\x80y"), "rb") as f:
+            assert f.read() == b"three\n"
+        assert sorted(os.listdir(os.path.join(top, b"src"))) == [b"latin\xe9.txt", b"plain.txt", b"sub\xff"]
+    row = transfer_row(box, "latin\\xe9.txt -> honest:")
+    assert row["state"] == "ended" and str(row["command"]).startswith("cp up: latin\\xe9.txt -> honest:")
