@@ -291,8 +291,13 @@ class Receiver:
         if self._dirs is None:
             try:
                 os.mkdir(self.stage_name, 0o700, dir_fd=self.parent_fd)
+            except OSError as e:
+                raise _os_error(self.dest, e) from None
+            try:
                 self.stage_fd = os.open(self.stage_name, _DIR, dir_fd=self.parent_fd)
             except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.stage_name, dir_fd=self.parent_fd)
                 raise _os_error(self.dest, e) from None
             self._dirs = _Dirs(self.stage_fd)
         return self._dirs
@@ -344,19 +349,11 @@ class Receiver:
 
     def done_file(self, sha256: str) -> None:
         """The current file is complete; `sha256` is the master's hash of the bytes it relayed (the audit
-        record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them.
-        Its mode (and times, with -p) are set on the descriptor written."""
+        record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them."""
         entry = self.order.done_file()
         fd, self._fd = self._fd, None
         if fd is not None:
-            try:
-                os.fchmod(fd, received_mode(entry.mode, self.preserve, self._umask))
-                if self.preserve:
-                    os.utime(fd, (entry.mtime, entry.mtime))
-            except OSError as e:
-                raise _os_error(self._shown(entry.path), e) from None
-            finally:
-                os.close(fd)
+            os.close(fd)
         self.files.append((entry, sha256))
 
     def commit(self) -> None:
@@ -379,12 +376,19 @@ class Receiver:
         self._clean()
 
     def _fsync_staged(self) -> None:
+        """Each staged file fsynced, then given its mode (and times, with -p) on the same descriptor: a mode
+        without read permission (-p of a 0200 file) would keep a later open from reading it. The staged copy of
+        a file written in place keeps 0600 (it is read back)."""
         assert self._dirs is not None
         dirs = self._dirs
 
-        def opened(entry: Entry) -> int:
+        def opened(entry: Entry) -> tuple[int, int | None, float | None]:
             parent, _, name = entry.path.rpartition("/")
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirs.open(parent))
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirs.open(parent))
+            if not parent and self.tops[entry.path].in_place:
+                return fd, None, None
+            return (fd, received_mode(entry.mode, self.preserve, self._umask),
+                    entry.mtime if self.preserve else None)
 
         try:
             _fsync_files([(e, self._shown(e.path)) for e in self.staged if e.kind == "file"], opened)
@@ -607,17 +611,24 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 FSYNC_THREADS = 8
 
 
-def _fsync_opened(fd: int) -> None:
+def _fsync_opened(opened: tuple[int, int | None, float | None]) -> None:
+    """fsync an opened file, then set its mode and times when given; it is closed."""
+    fd, mode, mtime = opened
     try:
         os.fsync(fd)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
     finally:
         os.close(fd)
 
 
-def _fsync_files(files: list[tuple[Entry, str]], opened: Callable[[Entry], int]) -> None:
-    """fsync each staged file (its entry, its path as shown), FSYNC_THREADS at once; `opened(entry)` opens it
-    (on this thread, at most FSYNC_THREADS * 4 open at once). The first failure as a TransferError naming the
-    file as shown."""
+def _fsync_files(files: list[tuple[Entry, str]],
+                 opened: Callable[[Entry], tuple[int, int | None, float | None]]) -> None:
+    """fsync each staged file (its entry, its path as shown), FSYNC_THREADS at once, then its mode and times;
+    `opened(entry)` opens it (on this thread, at most FSYNC_THREADS * 4 open at once) and says them. The first
+    failure as a TransferError naming the file as shown."""
     if len(files) <= 1:  # no thread for one file
         for entry, shown in files:
             try:
@@ -631,12 +642,12 @@ def _fsync_files(files: list[tuple[Entry, str]], opened: Callable[[Entry], int])
             if len(pending) >= FSYNC_THREADS * 4:
                 _fsync_wait(pending.pop(0))
             try:
-                fd = opened(entry)
+                item = opened(entry)
             except OSError as e:
                 raise _os_error(shown, e) from None
-            pending.append((pool.submit(_fsync_opened, fd), shown))
-        for item in pending:
-            _fsync_wait(item)
+            pending.append((pool.submit(_fsync_opened, item), shown))
+        for waiting in pending:
+            _fsync_wait(waiting)
 
 
 def _fsync_wait(item: tuple[Future[None], str]) -> None:
