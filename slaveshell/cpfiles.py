@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .cpwire import CHUNK, ENTRY_COST, NO_CLAIM, WINDOW, Asked, Credit, Entry, StreamOrder
+from .cpwire import CHUNK, ENTRY_COST, MAX_ENTRIES, NO_CLAIM, WINDOW, Asked, Credit, Entry, StreamOrder
 
 Check = Callable[[str], None]  # raises TransferError when a real path is not allowed
 Send = Callable[..., None]  # send(method, *args): one answer-less wire call
@@ -41,7 +41,7 @@ class Planned:
 
 
 def plan(sources: list[str], recursive: bool, check: Check | None = None, base: str | None = None,
-         max_entries: int = 1_000_000) -> list[Planned]:
+         max_entries: int = MAX_ENTRIES) -> list[Planned]:
     """The entries of `sources` (relative ones under `base`), each named by its base name at the top.
     Directories need `recursive`. Raises TransferError."""
     out: list[Planned] = []
@@ -178,29 +178,43 @@ def received_mode(mode: int, preserve: bool, umask: int) -> int:
 
 
 class _Dirs:
-    """Directories below `root` (a descriptor) opened component by component, never through a symlink. The
-    last path opened stays open with its ancestors (a stream comes depth first); `close` closes them, never
-    `root`."""
+    """Directories below `root` (a descriptor) opened component by component, never through a symlink. Only the
+    last one opened stays open (a stream comes depth first: its next entries are in it or below it), so a deep
+    tree holds one descriptor; `close` closes it, never `root`."""
 
     def __init__(self, root: int) -> None:
         self.root = root
-        self._chain: list[tuple[str, int]] = []
+        self._path = ""
+        self._fd: int | None = None
 
     def open(self, rel: str) -> int:
-        """The descriptor of `rel` ("/"-separated, "" for the root)."""
-        while self._chain and not (rel == self._chain[-1][0] or rel.startswith(self._chain[-1][0] + "/")):
-            os.close(self._chain.pop()[1])
-        current, fd = self._chain[-1] if self._chain else ("", self.root)
-        rest = rel[len(current):].lstrip("/")
-        for part in rest.split("/") if rest else []:
-            fd = os.open(part, _DIR, dir_fd=fd)
-            current = f"{current}/{part}" if current else part
-            self._chain.append((current, fd))
-        return fd
+        """The descriptor of `rel` ("/"-separated, "" for the root); valid until the next call."""
+        if self._fd is not None and rel == self._path:
+            return self._fd
+        if self._fd is not None and rel.startswith(self._path + "/"):
+            at, rest = self._fd, rel[len(self._path) + 1:]
+        else:
+            self.close()
+            at, rest = self.root, rel
+        self._fd = None
+        try:
+            for part in rest.split("/") if rest else []:
+                below = os.open(part, _DIR, dir_fd=at)
+                if at != self.root:
+                    os.close(at)
+                at = below
+        except OSError:
+            if at != self.root:
+                os.close(at)
+            raise
+        if at != self.root:
+            self._fd, self._path = at, rel
+        return at
 
     def close(self) -> None:
-        while self._chain:
-            os.close(self._chain.pop()[1])
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 @dataclass

@@ -49,6 +49,10 @@ WINDOW = 12 * CHUNK
 # The credit one entry or done_file costs (bounds a flood of empty files like a flood of bytes).
 ENTRY_COST = 1024
 MAX_SOURCES = 1024
+# Entries in one transfer, and parts in one entry's path: what a receiver keeps per entry (its path, to commit)
+# and the depth its walks go to stay bounded, whatever a hostile sender streams.
+MAX_ENTRIES = 1_000_000
+MAX_DEPTH = 256
 MAX_FILE = 2**50
 MODE_MASK = 0o7777
 UP = "up"  # the operator's files to the worker
@@ -66,6 +70,8 @@ def check_relpath(path: object) -> str:
     parts = text.split("/")
     if not text or "\0" in text or any(p in ("", ".", "..") for p in parts):
         raise ProtocolError(f"unsafe path in a transfer: {text!r}")
+    if len(parts) > MAX_DEPTH:
+        raise ProtocolError(f"a path deeper than {MAX_DEPTH} directories in a transfer")
     return text
 
 
@@ -291,6 +297,8 @@ class StreamOrder:
     def entry(self, entry: Entry) -> None:
         if self.finished or self.current is not None:
             raise ProtocolError("an entry came inside a file or after the end")
+        if self.entries >= MAX_ENTRIES:
+            raise ProtocolError(f"more than {MAX_ENTRIES} entries in a transfer")
         self.entries += 1
         if entry.kind == "file":
             self.current, self.received = entry, 0

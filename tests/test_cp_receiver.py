@@ -343,3 +343,31 @@ def test_a_tree_with_a_name_that_is_not_utf8_arrives_byte_exact(tmp_path):
     feed(Receiver(str(dest), preserve=False, asked=Asked(["tree"], True)),
          [("dir", "tree", 0o755, b""), ("file", f"tree/{name}", 0o644, b"x"), ("file", "tree/ok", 0o644, b"y")])
     assert sorted(os.listdir(os.fsencode(dest / "tree"))) == [b"latin\xe9.txt", b"ok"]
+
+
+def test_a_deep_tree_holds_one_descriptor_and_too_deep_or_too_many_entries_are_refused(tmp_path):
+    from slaveshell.cpwire import MAX_DEPTH, MAX_ENTRIES, StreamOrder, check_relpath
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    depth = 200
+    entries = [("dir", "/".join(["t"] + ["d"] * i), 0o755, b"") for i in range(depth)]
+    entries.append(("file", "/".join(["t"] + ["d"] * (depth - 1) + ["f"]), 0o644, b"deep"))
+    before = len(os.listdir("/proc/self/fd"))
+    receiver = Receiver(str(dest), preserve=True, asked=Asked(["t"], True))
+    for kind, path, mode, body in entries:
+        receiver.entry(Entry(kind, path, mode, len(body), 0.0))
+        assert len(os.listdir("/proc/self/fd")) <= before + 4  # the destination, the staging, one directory, a file
+        if body:
+            receiver.data(body)
+            receiver.done_file(hashlib.sha256(body).hexdigest())
+    receiver.commit()
+    assert len(os.listdir("/proc/self/fd")) == before and staged(str(dest)) == []
+    with open(os.path.join(dest, *entries[-1][1].split("/")), "rb") as f:
+        assert f.read() == b"deep"
+    with pytest.raises(ProtocolError, match="deeper than"):
+        check_relpath("/".join(["d"] * (MAX_DEPTH + 1)))
+    order = StreamOrder()
+    order.entries = MAX_ENTRIES
+    with pytest.raises(ProtocolError, match="more than"):
+        order.entry(Entry("dir", "x", 0o755))
