@@ -246,6 +246,9 @@ class Receiver:
         self.order = StreamOrder()
         real = os.path.realpath(dest)  # the named destination, followed as scp does
         self.into = os.path.isdir(real)
+        if dest.endswith("/") and not self.into:
+            raise TransferError(f"{dest}: not a directory" if os.path.lexists(real) else
+                                f"{dest}: No such file or directory")
         parent = real if self.into else os.path.dirname(real)
         self.final_name = None if self.into else os.path.basename(real)
         try:

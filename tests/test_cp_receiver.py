@@ -371,3 +371,12 @@ def test_a_deep_tree_holds_one_descriptor_and_too_deep_or_too_many_entries_are_r
     order.entries = MAX_ENTRIES
     with pytest.raises(ProtocolError, match="more than"):
         order.entry(Entry("dir", "x", 0o755))
+
+
+def test_a_destination_written_as_a_directory_must_be_one(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TransferError, match="new/: No such file or directory"):
+        Receiver(str(tmp_path / "new") + "/", preserve=False, asked=Asked(["f"], False))
+    with pytest.raises(TransferError, match="file/: not a directory"):
+        Receiver(str(tmp_path / "file") + "/", preserve=False, asked=Asked(["f"], False))
+    assert sorted(os.listdir(tmp_path)) == ["file"]
