@@ -244,23 +244,27 @@ class Receiver:
         self.on_bytes = on_bytes
         self.asked = asked
         self.order = StreamOrder()
-        real = os.path.realpath(dest)  # the named destination, followed as scp does
-        self.into = os.path.isdir(real)
+        # The named destination is opened by the kernel, following symlinks as scp does (and as the kernel's
+        # protected_symlinks allows), never resolved here.
+        self.into = os.path.isdir(dest)
         if dest.endswith("/") and not self.into:
-            raise TransferError(f"{dest}: not a directory" if os.path.lexists(real) else
+            raise TransferError(f"{dest}: not a directory" if os.path.lexists(dest.rstrip("/")) else
                                 f"{dest}: No such file or directory")
-        parent = real if self.into else os.path.dirname(real)
-        self.final_name = None if self.into else os.path.basename(real)
+        parent = dest if self.into else os.path.dirname(os.path.abspath(dest))
+        self.final_name = None if self.into else os.path.basename(os.path.abspath(dest))
+        self.target_fd: int | None = None  # an existing file the operator named: written into at the commit
         try:
             self.parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise _os_error(dest, e) from None
-        if check is not None:
-            try:
+        try:
+            if check is not None:
                 check(_opened_path(self.parent_fd, parent))
-            except TransferError:
-                os.close(self.parent_fd)
-                raise
+            if self.final_name is not None:
+                self.target_fd = self._named_file(self.final_name, check)
+        except TransferError:
+            self._close_named()
+            raise
         self.stage_name = f".slaveshell-cp-{secrets.token_hex(6)}"
         self.stage_fd: int | None = None
         self._dirs: _Dirs | None = None
@@ -272,6 +276,45 @@ class Receiver:
         self._umask = _umask()
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
+
+    def _named_file(self, name: str, check: Check | None) -> int | None:
+        """The existing file the operator named, opened for writing in place (following a symlink there, as scp
+        does); None when there is none. A dangling symlink is not written through (GNU cp); a device, a FIFO or
+        a socket is neither written nor replaced."""
+        existing = self._lstat(name)
+        if existing is None or stat.S_ISDIR(existing.st_mode):
+            return None
+        if stat.S_ISLNK(existing.st_mode):
+            try:
+                existing = os.stat(name, dir_fd=self.parent_fd)
+            except FileNotFoundError:
+                raise TransferError(f"{self.dest}: not writing through dangling symlink") from None
+            except OSError as e:
+                raise _os_error(self.dest, e) from None
+            if stat.S_ISDIR(existing.st_mode):
+                return None  # became a directory since: the entry's kind decides (_top)
+        if not stat.S_ISREG(existing.st_mode):
+            raise TransferError(f"{self.dest}: not a regular file")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=self.parent_fd)
+        except OSError as e:
+            raise _os_error(self.dest, e) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TransferError(f"{self.dest}: not a regular file")
+            if check is not None:
+                check(_opened_path(fd, self.dest))
+        except TransferError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _close_named(self) -> None:
+        for fd in (self.target_fd, self.parent_fd):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.target_fd, self.parent_fd = None, -1
 
     def _shown(self, path: str) -> str:
         """A received path as the operator knows it: under the destination named."""
@@ -298,11 +341,7 @@ class Receiver:
             raise TransferError(f"{shown}: is a directory")
         if existing is not None and not stat.S_ISDIR(existing.st_mode) and entry.kind == "dir":
             raise TransferError(f"{shown}: cannot overwrite non-directory with directory")
-        if (not self.into and existing is not None and not stat.S_ISREG(existing.st_mode)
-                and not stat.S_ISDIR(existing.st_mode)):
-            raise TransferError(f"{shown}: not a regular file")  # a device or a FIFO is neither written nor replaced
-        in_place = (not self.into and existing is not None and stat.S_ISREG(existing.st_mode))
-        self.tops[name] = _Top(final, entry.kind, in_place)
+        self.tops[name] = _Top(final, entry.kind, self.target_fd is not None)
 
     def _stage(self) -> _Dirs:
         if self._dirs is None:
@@ -463,18 +502,16 @@ class Receiver:
         mode kept, as scp does; with -p its mode and times set as the sender's)."""
         assert self.stage_fd is not None
         entry = next(e for e in self.staged if e.path == name)
+        dst = self.target_fd
+        assert dst is not None
         src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.stage_fd)
         try:
-            dst = os.open(top.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent_fd)
-            try:
-                _copy(src, dst, entry.size)
-                os.ftruncate(dst, entry.size)
-                if self.preserve:
-                    os.fchmod(dst, received_mode(entry.mode, True, self._umask))
-                    os.utime(dst, (entry.mtime, entry.mtime))
-                os.fsync(dst)
-            finally:
-                os.close(dst)
+            _copy(src, dst, entry.size)
+            os.ftruncate(dst, entry.size)
+            if self.preserve:
+                os.fchmod(dst, received_mode(entry.mode, True, self._umask))
+                os.utime(dst, (entry.mtime, entry.mtime))
+            os.fsync(dst)
         finally:
             os.close(src)
 
@@ -518,10 +555,7 @@ class Receiver:
                 os.rmdir(self.stage_name, dir_fd=self.parent_fd)
         self.tops.clear()
         self.staged.clear()
-        if self.parent_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.parent_fd)
-            self.parent_fd = -1
+        self._close_named()
 
     def abort(self) -> None:
         """Remove everything staged (idempotent, never raises); the receiver is done."""

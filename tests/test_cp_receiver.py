@@ -289,10 +289,12 @@ def test_existing_files_inside_a_named_directory_are_replaced_not_written_into(t
 
 def test_a_named_destination_that_is_a_fifo_is_neither_written_nor_replaced(tmp_path):
     os.mkfifo(tmp_path / "fifo")
-    receiver = Receiver(str(tmp_path / "fifo"), preserve=False, asked=Asked(["f"], False))
     with pytest.raises(TransferError, match="fifo: not a regular file"):
-        feed(receiver, [("file", "f", 0o644, b"x")])
-    receiver.abort()
+        Receiver(str(tmp_path / "fifo"), preserve=False, asked=Asked(["f"], False))
+    (tmp_path / "link").symlink_to(tmp_path / "fifo")
+    with pytest.raises(TransferError, match="link: not a regular file"):
+        Receiver(str(tmp_path / "link"), preserve=False, asked=Asked(["f"], False))
+    os.unlink(tmp_path / "link")
     assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode) and os.listdir(tmp_path) == ["fifo"]
 
 
@@ -380,3 +382,28 @@ def test_a_destination_written_as_a_directory_must_be_one(tmp_path):
     with pytest.raises(TransferError, match="file/: not a directory"):
         Receiver(str(tmp_path / "file") + "/", preserve=False, asked=Asked(["f"], False))
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_a_named_dangling_symlink_is_not_written_through_as_gnu_cp_does(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(TransferError, match="dangling: not writing through dangling symlink"):
+        Receiver(str(tmp_path / "dangling"), preserve=False, asked=Asked(["f"], False))
+    assert sorted(os.listdir(tmp_path)) == ["dangling"]
+
+
+def test_a_named_symlink_to_a_file_outside_the_allowed_directories_is_refused(tmp_path):
+    """On the worker, the file a named symlink leads to must lie in allowed_dirs too (what was opened is
+    checked, not its name)."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    (allowed / "link").symlink_to(outside / "passwd")
+
+    def check(real: str) -> None:
+        if not (real == str(allowed) or real.startswith(str(allowed) + "/")):
+            raise TransferError(f"{real}: outside the directories this worker allows")
+
+    with pytest.raises(TransferError, match="outside the directories"):
+        Receiver(str(allowed / "link"), preserve=False, check=check, asked=Asked(["f"], False))
+    assert (outside / "passwd").read_text() == "root:x:0:0\n"
