@@ -135,11 +135,14 @@ class MasterTransfer:
 
     def stalled(self, now: float, timeout: float | None) -> bool:
         """End the transfer when neither party sent anything for `timeout` seconds (a worker that stopped
-        sending half-way, a receiver that stopped acknowledging or never puts the files in place). True when it
-        ended it."""
+        sending half-way, a receiver that stopped acknowledging, a worker that never puts the files in place).
+        True when it ended it. An operator's client putting a download in place is not timed: that is its own
+        disk's time, and its connection's end ends the transfer."""
         if self.ended or timeout is None or now - self.progressed < timeout:
             return False
         receiver = self._other(self.sender_side)
+        if self.order.finished and receiver == OPERATOR:
+            return False  # the operator's client commits a download (its fsyncs may take long): its own time
         if self.order.finished:
             waiting = f"the {self._party(receiver)} did not put the files in place"
         elif self.credit.available < CHUNK:

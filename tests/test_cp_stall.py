@@ -81,3 +81,13 @@ def test_the_option_is_checked():
     assert ShellConfig(transfer_stall_timeout=None).errors() == []
     assert ShellConfig(transfer_stall_timeout=-1).errors() == [
         "transfer_stall_timeout must be a non-negative number or None"]
+
+
+def test_an_operator_putting_a_download_in_place_is_not_timed():
+    now = [0.0]
+    t, _, _ = transfer(DOWN, now)
+    t.received(WORKER, "entry", ("file", "f", 0o644, 3, 0.0))
+    t.received(WORKER, "data", (b"abc",))
+    t.received(WORKER, "done_file", ("",))
+    t.received(WORKER, "finish", ())
+    assert not t.stalled(1000.0, 5.0) and not t.ended
