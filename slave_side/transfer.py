@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell.clock import Clock, DelayedCall
-from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
+from slaveshell.cpfiles import Sender, TransferError, plan
+from slaveshell.cpreceiver import Receiver
 from slaveshell.cpwire import CHUNK, ENTRY_COST, STREAM_CALLS, UP, Entry, TransferRequest, check_sha, path_text
 from slaveshell.display import visible
 from slaveshell.flow import Pacer

@@ -19,7 +19,8 @@ import os
 import sys
 
 from .cp_client import CopyClient, Interrupted, Progress, run
-from .cpfiles import Receiver, TransferError, plan
+from .cpfiles import TransferError, plan
+from .cpreceiver import Receiver
 from .cpwire import DOWN, UP, TransferRequest, path_text
 from .display import visible
 from .hop import EventLoop, HopError, Link

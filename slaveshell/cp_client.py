@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from . import framing, hop
-from .cpfiles import Planned, Receiver, Sender, TransferError
+from .cpfiles import Planned, Sender, TransferError
+from .cpreceiver import Receiver
 from .cpwire import DOWN, ENTRY_COST, MAX_FILE, Entry, TransferRequest, check_sha
 from .framing import Control, FrameType, Op
 from .hop import HopError, Link

@@ -64,6 +64,7 @@ STRICT = [
     "slaveshell/write_now.py",
     "slaveshell/cpwire.py",
     "slaveshell/cpfiles.py",
+    "slaveshell/cpreceiver.py",
     "slaveshell/cp.py",
     "slaveshell/cp_client.py",
     "master_side/copy_wire.py",

@@ -17,7 +17,8 @@ from slave_side.host import WorkerOptions
 from slave_side.transfer import TransferServer
 from slaveshell import framing
 from slaveshell.cp import request_of, split_remote
-from slaveshell.cpfiles import Receiver, Sender, TransferError, plan
+from slaveshell.cpfiles import Sender, TransferError, plan
+from slaveshell.cpreceiver import Receiver
 from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Entry, TransferRequest, check_relpath
 from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
@@ -105,7 +106,7 @@ def test_a_tree_arrives_byte_exact_and_only_at_the_commit(tmp_path):
 
 
 def test_a_large_files_writeback_is_started_as_it_arrives_and_its_bytes_are_unchanged(tmp_path, monkeypatch):
-    from slaveshell import cpfiles
+    from slaveshell import cpreceiver as cpfiles
 
     started: list[tuple[int, int]] = []
     monkeypatch.setattr(cpfiles, "WRITEBACK", CHUNK)

@@ -1,4 +1,4 @@
-"""The receiving end of `slaveshell cp` (slaveshell.cpfiles.Receiver, the operator's and the worker's) against a
+"""The receiving end of `slaveshell cp` (slaveshell.cpreceiver.Receiver, the operator's and the worker's) against a
 hostile sender and a hostile local user: only what was asked is taken (cpwire.Asked), never a set-uid or set-gid
 bit, nothing below the named destination followed, and an existing destination the operator named written into
 as scp does. The master holds the stream to the same `Asked` (master_side.transfer)."""
@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from slaveshell.cpfiles import Receiver, TransferError, received_mode
+from slaveshell.cpfiles import TransferError
+from slaveshell.cpreceiver import Receiver, received_mode
 from slaveshell.cpwire import Asked, Entry, top_name
 from slaveshell.protocol import ProtocolError
 
