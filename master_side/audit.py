@@ -208,7 +208,7 @@ class AuditStore:
         self._drain_d: defer.Deferred[None] | None = None
         self.down_since: float | None = None
         self.dropped = 0
-        self.reads = Reads(reactor, lambda: self.engine, self._run)
+        self.reads = Reads(reactor, lambda: self.engine, self._run, away=lambda: self.down_since is not None)
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -315,6 +315,7 @@ class AuditStore:
                 except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError) as e:
                     if self.down_since is None:
                         self.down_since = self.reactor.seconds()
+                        self.reads.database_away()
                         log.critical("slaveshell audit: the database is unreachable; {n} writes wait for it: {e}",
                                      n=len(self._queue), e=visible(str(e).splitlines()[0]))
                     await task.deferLater(cast(IReactorTime, self.reactor), self.retry_interval, lambda: None)

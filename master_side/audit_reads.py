@@ -2,7 +2,9 @@
 own, apart from the store's one writes thread: however many reads wait, a session's own rows (the first one,
 which it needs before it is served, and the later updates) never queue behind them.
 
-A read first waits for the writes queued before it was asked (it sees them), never for writes queued after it.
+A read first waits for the writes queued before it was asked (it sees them), never for writes queued after it,
+and not at all while the database is away (the writes wait for it to come back; the read fails or succeeds on
+its own, as before).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ class Reads:
     sees). The store says when a write is queued and when it is done with (landed or dropped)."""
 
     def __init__(self, reactor: StoreReactor, engine: Callable[[], sa.Engine | None],
-                 in_writes_thread: InThread) -> None:
+                 in_writes_thread: InThread, away: Callable[[], bool]) -> None:
         self.reactor = reactor
         self.engine = engine
         self.in_writes_thread = in_writes_thread
+        self.away = away
         self.pool: ThreadPool | None = None
         # Writes queued so far, and writes done with: a read waits for those queued before it.
         self._queued = 0
@@ -58,9 +61,15 @@ class Reads:
         for d in ready:
             d.callback(None)
 
+    def database_away(self) -> None:
+        """The writes wait for the database: the reads waiting for them go on without."""
+        ready, self._waiting = self._waiting, []
+        for _, d in ready:
+            d.callback(None)
+
     @deferred
     async def run(self, fn: Callable[[], T]) -> T:
-        if self._done < self._queued:
+        if self._done < self._queued and not self.away():
             d: defer.Deferred[None] = defer.Deferred()
             self._waiting.append((self._queued, d))
             await d

@@ -64,3 +64,36 @@ def test_a_read_sees_the_writes_queued_before_it(tmp_path):
             assert (yield store.history(session_id="s1"))[0]["bytes_in"] == i
     finally:
         yield store.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_read_does_not_wait_for_writes_while_the_database_is_away(tmp_path):
+    """While queued writes wait for the database, a read goes on without them: it fails (or succeeds) at once,
+    as the operator's `slaveshell history` must say the database is unavailable rather than hang."""
+    import sqlalchemy as sa
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    yield store.start()
+    store.retry_interval = 0.05
+    failing = [True]
+
+    def away() -> None:
+        if failing[0]:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("the database is away"))
+
+    try:
+        store._enqueue(away)  # a write that waits for the database
+        for _ in range(200):
+            if store.down_since is not None:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert store.down_since is not None
+        rows = yield store.history()
+        assert rows == []
+    finally:
+        failing[0] = False
+        for _ in range(200):
+            if store.down_since is None:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield store.stop()
