@@ -1,10 +1,14 @@
 """The audit index: who opened which session where, how it ended, and every refusal, in SQL that outside
 tools can query (SQLite by default; PostgreSQL and MySQL/MariaDB by URL). See docs/audit-schema.md.
 
-SQLAlchemy Core runs in a one-thread pool, so no database call ever blocks the master's reactor and writes keep
-their order. Writes after a session has started are queued: while the database is away they wait and are retried,
-and they land once it is back. The one write that is not queued is a session's first row: a session is served
-only once that row exists (fail-closed).
+SQLAlchemy Core runs in a one-thread pool for writes, so no database call ever blocks the master's reactor and
+writes keep their order. Writes after a session has started are queued: while the database is away they wait and
+are retried, and they land once it is back. The one write that is not queued is a session's first row: a session
+is served only once that row exists (fail-closed).
+
+What operators and auditors ask to read (history, and through `read` the trail's searches and transcript
+chunks) runs in a pool of its own (master_side.audit_reads): reads never hold up the writes thread, so a flood
+of reads cannot delay the row every session needs before it is served.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 
+from .audit_reads import Reads
 from .rows import EventRow, RunningRow, SessionRow
 
 log = Logger()
@@ -203,6 +208,7 @@ class AuditStore:
         self._drain_d: defer.Deferred[None] | None = None
         self.down_since: float | None = None
         self.dropped = 0
+        self.reads = Reads(reactor, lambda: self.engine, self._run, away=lambda: self.down_since is not None)
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -248,6 +254,7 @@ class AuditStore:
         if self.pool.started:
             self.pool.stop()
             self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+        self.reads.stop()
 
     def _run(self, fn: Callable[[], T]) -> defer.Deferred[T]:
         """`fn()` in the pool's one thread."""
@@ -287,8 +294,10 @@ class AuditStore:
             conn.execute(sessions.update().where(sessions.c.id == session_id).values(**values))
 
     def _enqueue(self, write: Callable[[], None]) -> None:
+        self.reads.write_queued()
         if len(self._queue) >= self.max_queue:
             self._queue.popleft()
+            self.reads.write_done()
             self.dropped += 1
             log.error("slaveshell audit: write queue full while the database is away; dropped {n} writes",
                       n=self.dropped)
@@ -306,6 +315,7 @@ class AuditStore:
                 except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError) as e:
                     if self.down_since is None:
                         self.down_since = self.reactor.seconds()
+                        self.reads.database_away()
                         log.critical("slaveshell audit: the database is unreachable; {n} writes wait for it: {e}",
                                      n=len(self._queue), e=visible(str(e).splitlines()[0]))
                     await task.deferLater(cast(IReactorTime, self.reactor), self.retry_interval, lambda: None)
@@ -316,6 +326,7 @@ class AuditStore:
                     log.error("slaveshell audit: a write was refused and is dropped: {e}",
                               e=visible(str(e).splitlines()[0] if str(e) else repr(e)))
                 self._queue.popleft()
+                self.reads.write_done()
                 if self.down_since is not None:
                     log.warn("slaveshell audit: the database is back; writing the queued rows")
                     self.down_since = None
@@ -327,6 +338,10 @@ class AuditStore:
         return len(self._queue)
 
     # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, fn: Callable[[], T]) -> defer.Deferred[T]:
+        """`fn()` in the read pool (master_side.audit_reads), once the writes queued before it are done with."""
+        return self.reads.run(fn)
 
     def history(self, worker: str | None = None, operator: str | None = None, since: float | None = None,
                 session_id: str | None = None, build_id: int | None = None,
@@ -347,7 +362,7 @@ class AuditStore:
             with self.engine.connect() as conn:
                 return [cast(SessionRow, _row(r)) for r in conn.execute(q).mappings()]
 
-        return self._run(query)
+        return self.read(query)
 
     def events_of(self, session_id: str | None = None,
                   kind: str | None = None) -> defer.Deferred[list[EventRow]]:
@@ -361,7 +376,7 @@ class AuditStore:
             with self.engine.connect() as conn:
                 return [cast(EventRow, _row(r)) for r in conn.execute(q).mappings()]
 
-        return self._run(query)
+        return self.read(query)
 
     def prunable(self, master: str, ended_before: float, limit: int = 100) -> defer.Deferred[list[SessionRow]]:
         """Storage (issue 14): this master's sessions that ended before `ended_before` (seconds since the
@@ -375,7 +390,7 @@ class AuditStore:
             with self.engine.connect() as conn:
                 return [cast(SessionRow, _row(r)) for r in conn.execute(q).mappings()]
 
-        return self._run(query)
+        return self.read(query)
 
     def running_sessions(self, master: str) -> defer.Deferred[list[RunningRow]]:
         def query() -> list[RunningRow]:

@@ -10,13 +10,11 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from slaveshell import hidden as hidden_input
 from slaveshell.deferreds import deferred
@@ -96,9 +94,6 @@ class Recording:
 
 T = TypeVar("T")
 
-# Threads for auditors' reads (search, export): two, so one long search does not hold up every other read.
-READ_THREADS = 2
-
 
 class AuditTrail:
     def __init__(
@@ -134,11 +129,11 @@ class AuditTrail:
         self.recordings: dict[str, Recording] = {}  # by session id, until the session ends
         self._started = False
         self._closing: set[defer.Deferred[None]] = set()
-        # What auditors ask to read (search, export chunks) runs in its own pool, not the reactor's shared one:
-        # it takes time in proportion to the transcripts read, and a user's few connections could otherwise
-        # hold every shared thread, delaying Buildbot's own threaded work (its REST answers) and our
-        # transcripts' creation and fsyncs. Further reads wait their turn (ConnectionGate bounds how many).
-        self._reads: ThreadPool | None = None
+        # What auditors ask to read (search, export chunks) runs in the store's read pool (audit.READ_THREADS),
+        # neither in the reactor's shared one nor in the store's writes thread: it takes time in proportion to the
+        # transcripts read, and a user's few connections could otherwise hold every shared thread, delaying
+        # Buildbot's own threaded work (its REST answers), our transcripts' creation and fsyncs, and the row every
+        # session needs before it is served. Further reads wait their turn (the doors bound how many).
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -166,22 +161,14 @@ class AuditTrail:
     async def stop(self) -> None:
         # Transcripts still being fsynced and closed: they finish before the trail stops.
         await defer.DeferredList(list(self._closing))
-        if self._reads is not None:
-            pool, self._reads = self._reads, None
-            pool.stop()
-            self.reactor.removeSystemEventTrigger(self._reads_trigger)
+        self.store.reads.stop()
         if self._started:
             await self.store.stop()
             self._started = False
 
     def _read(self, fn: Callable[[], T]) -> defer.Deferred[T]:
-        """`fn()` in the read pool (READ_THREADS threads, started at first use)."""
-        if self._reads is None:
-            self._reads = ThreadPool(minthreads=0, maxthreads=READ_THREADS, name="slaveshell-reads")
-            self._reads.start()
-            # Its threads are not daemons: an unstopped pool would keep the process from exiting.
-            self._reads_trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._reads.stop)
-        return threads.deferToThreadPool(cast(IReactorFromThreads, self.reactor), self._reads, fn)
+        """`fn()` in the store's read pool."""
+        return self.store.read(fn)
 
     def _in_thread(self, work: Callable[[], None]) -> None:
         """Run blocking file work (a transcript's fsync and close) in a thread; an error is logged."""

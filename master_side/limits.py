@@ -6,10 +6,14 @@ process that also runs Buildbot (its database, its workers' connections, its bui
 - connections on the socket, per uid and in total, counted at accept time from the kernel's peer credentials
   (SO_PEERCRED, unix(7), `peer_identity`) before any byte is read: a refused connection gets one line,
   ``slaveshell: refused: <reason>``, and is closed;
-- calls in progress on one connection (open, history, transcript, search wait on a worker or a database);
-- output buffered for one connection in the master's user-space write buffer: a peer that does not read is
-  dropped when the buffer passes a bound, or when it has not drained for a while even if nothing new is sent;
-  and in total, checked about once a second (the connections holding most go first);
+- calls in progress on one connection, every kind of call (open, attach, copy, history, transcript, search wait
+  on a worker or a database; the others are answered at once): one past the bound is refused and audited;
+- output buffered for one connection in the master's user-space write buffer, answers to calls included: a peer
+  that does not read is dropped when the buffer passes a bound, or when it has not drained for a while even if
+  nothing new is sent; and in total, checked about once a second (the connections holding most go first). The
+  web terminal's sockets are watched the same way (`ConnectionGate.watch`), though admitted by their own door;
+- sockets of the web door, by `Quota` (a count per key and in total): a door keeps one quota for what
+  authorization admitted and tighter ones for the rest, so that those never take the places of the others;
 - notices to a session's viewers about others joining (a count per minute, the rest summed up).
 
 The buffered size is read from Twisted's `abstract.FileDescriptor` (``dataBuffer``, ``offset``,
@@ -168,10 +172,46 @@ class NoticeBudget:
         return True, left_out
 
 
+class Quota:
+    """At most `per_key` places per key and `total` in all: `take(key)` gives one (True) or refuses (False);
+    `give_back(key)` returns one."""
+
+    def __init__(self, per_key: int, total: int) -> None:
+        self.per_key = per_key
+        self.total = total
+        self.held: dict[object, int] = {}
+
+    def __len__(self) -> int:
+        return sum(self.held.values())
+
+    def refusal(self, key: object) -> str | None:
+        """Why no place is left for `key` ("per_key" or "total"), or None."""
+        if self.held.get(key, 0) >= self.per_key:
+            return "per_key"
+        if len(self) >= self.total:
+            return "total"
+        return None
+
+    def take(self, key: object) -> bool:
+        if self.refusal(key) is not None:
+            return False
+        self.held[key] = self.held.get(key, 0) + 1
+        return True
+
+    def give_back(self, key: object) -> None:
+        left = self.held.get(key, 0) - 1
+        if left > 0:
+            self.held[key] = left
+        else:
+            self.held.pop(key, None)
+
+
 class _Connection:
-    def __init__(self, identity: Identity, peer: Gated) -> None:
+    def __init__(self, identity: Identity, peer: Gated, socket: bool = True) -> None:
         self.identity = identity
         self.peer = peer
+        # A connection on the shell socket (counted by `admit`), or one another door admitted (`watch`).
+        self.socket = socket
         self.calls = 0
         # Bytes the kernel had taken from the write buffer when the write-stall clock last started.
         self.taken = 0
@@ -192,9 +232,8 @@ class ConnectionGate:
         self._other_calls: weakref.WeakKeyDictionary[Gated, int] = weakref.WeakKeyDictionary()
 
     def count(self, uid: int | None = None) -> int:
-        if uid is None:
-            return len(self.connections)
-        return sum(1 for c in self.connections.values() if c.identity.uid == uid)
+        """Connections on the shell socket (of `uid`)."""
+        return sum(1 for c in self.connections.values() if c.socket and (uid is None or c.identity.uid == uid))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -217,6 +256,12 @@ class ConnectionGate:
             return reason
         self.connections[peer] = _Connection(who, peer)
         return None
+
+    def watch(self, peer: Gated, who: Identity) -> None:
+        """Watch a connection another door admitted (a web terminal's socket): its buffered output counts
+        against the same bounds, per connection and in total, and it is dropped the same way; it does not count
+        against the shell socket's connections."""
+        self.connections[peer] = _Connection(who, peer, socket=False)
 
     def release(self, peer: Gated) -> None:
         self.connections.pop(peer, None)
@@ -280,8 +325,11 @@ class ConnectionGate:
         conn = self.connections.get(peer)
         busy = conn.calls if conn is not None else self._other_calls.get(peer, 0)
         if busy >= self.bounds.calls_in_progress:
-            raise pb.Error(f"too many calls in progress on this connection (at most "
-                           f"{self.bounds.calls_in_progress}); wait for their answers")
+            reason = (f"too many calls in progress on this connection (at most {self.bounds.calls_in_progress}); "
+                      "wait for their answers")
+            if conn is not None:
+                self.audit(conn.identity, "refused", f"call refused: {reason}")
+            raise pb.Error(reason)
         result = fn(*args, **kwargs)
         if not isinstance(result, defer.Deferred) or result.called:
             return result

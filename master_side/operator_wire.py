@@ -6,11 +6,11 @@ One socket (shell.sock). A connection is first a `Sniffer`: admitted by the conn
 otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a thin adapter over
 `OperatorAPI` (as the web door, master_side.www, is): the identity comes from the kernel (SO_PEERCRED,
 limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
-calls in progress, buffered output and write stall: the door has the `transport`, `disconnected` and `written`
-the gate reads, limits.Gated); the client's end of a view is a `wire_sink.WireViewerSink`; the session's messages go
-through `session_pb.ViewerHandle` (types, 64 KiB input, the credit window, read-only watchers, the owner's
-protocol errors ending its session), a transfer's through master_side.copy_wire, and `OperatorError` becomes an
-answer with the operator's line.
+calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
+`transport`, `disconnected` and `written` the gate reads, limits.Gated); the client's end of a view is a
+`wire_sink.WireViewerSink`; the session's messages go through `session_pb.ViewerHandle` (types, 64 KiB input,
+the credit window, read-only watchers, the owner's protocol errors ending its session), a transfer's through
+master_side.copy_wire, and `OperatorError` becomes an answer with the operator's line.
 
 Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
 one view or transfer per connection; a frame the door cannot take (unknown type, oversized, wrong direction, not
@@ -181,6 +181,9 @@ class WireDoor(Protocol):
             log.warn("slaveshell: an answer does not fit the framed hop: {e}", e=str(e)[:200])
             frame = framing.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
         self.write(frame)
+        # An answer counts against the buffered bound like a session's output: a peer that asks and does not
+        # read is dropped once it passes it.
+        self.gate.check(self)
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op
@@ -205,21 +208,23 @@ class WireDoor(Protocol):
             elif op is Op.COPY:
                 result = self._limited(self.copying.call, who, message.get("request"))
             elif op is Op.RELEASE:
-                result = {"text": api.release(who, message.get("build"))}
+                result = self._limited(lambda: {"text": api.release(who, message.get("build"))})
             elif op is Op.KILL:
-                result = {"text": api.kill(who, message.get("session"))}
+                result = self._limited(lambda: {"text": api.kill(who, message.get("session"))})
             elif op is Op.WORKERS:
-                result = {"rows": api.workers(who)}
+                result = self._limited(lambda: {"rows": api.workers(who)})
             elif op is Op.HISTORY:
-                result = api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+                result = self._limited(lambda: api.history(who, message.get("filters")).addCallback(
+                    lambda rows: {"rows": rows}))
             elif op is Op.SEARCH:
-                result = api.search(who, message.get("text"), message.get("filters")).addCallback(
-                    lambda rows: {"rows": rows})
+                result = self._limited(lambda: api.search(who, message.get("text"), message.get("filters"))
+                                       .addCallback(lambda rows: {"rows": rows}))
             elif op is Op.TRANSCRIPT:
-                result = api.transcript(who, message.get("session"), message.get("offset")).addCallback(
-                    lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
+                result = self._limited(lambda: api.transcript(who, message.get("session"), message.get("offset"))
+                                       .addCallback(lambda chunk: {"data": base64.b64encode(chunk["data"])
+                                                                   .decode("ascii"), "eof": chunk["eof"]}))
             else:  # Op.SESSIONS
-                result = {"rows": api.sessions(who)}
+                result = self._limited(lambda: {"rows": api.sessions(who)})
         except OperatorError as e:
             self.answer(call_id, False, error=e.message)
             return

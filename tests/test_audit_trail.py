@@ -121,7 +121,7 @@ def test_searches_that_take_long_leave_the_masters_shared_threads_free(tmp_path,
     searches all finish, in turn, once they can."""
     from twisted.internet import reactor, task, threads
 
-    from master_side import audit_trail
+    from master_side import audit_reads, audit_trail
     release = threading.Event()
     started = []
 
@@ -132,19 +132,19 @@ def test_searches_that_take_long_leave_the_masters_shared_threads_free(tmp_path,
 
     monkeypatch.setattr(audit_trail.transcript_search, "search", slow_search)
     trail = AuditTrail(str(tmp_path), "m")
-    searches = [trail.search([], f"q{i}", 10) for i in range(audit_trail.READ_THREADS + 3)]
+    searches = [trail.search([], f"q{i}", 10) for i in range(audit_reads.READ_THREADS + 3)]
     try:
         for _ in range(400):  # the read threads pick their first searches up
-            if len(started) >= audit_trail.READ_THREADS:
+            if len(started) >= audit_reads.READ_THREADS:
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
         shared = yield threads.deferToThread(lambda: "shared pool answers")
         assert shared == "shared pool answers"
-        assert len(started) == audit_trail.READ_THREADS  # the others wait for a read thread
+        assert len(started) == audit_reads.READ_THREADS  # the others wait for a read thread
         assert not any(d.called for d in searches)
     finally:
         release.set()
         results = yield defer.gatherResults(searches)
         yield trail.stop()
-    assert results == [[f"q{i}"] for i in range(audit_trail.READ_THREADS + 3)]
+    assert results == [[f"q{i}"] for i in range(audit_reads.READ_THREADS + 3)]
     assert reactor.getThreadPool().started

@@ -95,6 +95,7 @@ class Page:
     """A web page's socket, as WebViewerSink uses it."""
 
     closed = False
+    sending = True
     transport = None
 
     def __init__(self) -> None:
@@ -103,6 +104,9 @@ class Page:
     def sendMessage(self, data: bytes, isBinary: bool) -> None:  # noqa: N802 (autobahn's name)
         assert isBinary
         self.messages.append(data)
+
+    def check_buffer(self) -> None:
+        """The connection gate's buffered bound (a page that reads everything here)."""
 
 
 def test_a_web_page_gets_a_bulk_message_in_pieces_it_always_took():

@@ -282,3 +282,173 @@ def test_output_held_for_all_connections_together_is_bounded_the_largest_go_firs
     assert [t.aborted for _, t in peers] == [False, True, False]
     assert audited == [("dropped", "bob", "connection dropped: 1000 bytes of output it did not read, while all "
                                           "connections held more than the master's limit of 2000")]
+
+
+# -- every call kind, answers, watched connections, quotas ------------------------------------------------------
+
+
+class PendingAPI:
+    """An operator API whose reads wait until the test fires them, and whose other calls answer at once."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred[Any]] = []
+
+    def _wait(self, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    history = search = _wait
+
+    def transcript(self, *args: Any) -> defer.Deferred[Any]:
+        return self._wait().addCallback(lambda _: {"data": b"", "eof": True})
+
+    def workers(self, who: Identity) -> list[Any]:
+        return [{"name": "w1"}]
+
+    def sessions(self, who: Identity) -> list[Any]:
+        return []
+
+    def release(self, who: Identity, build: object) -> str:
+        return "released"
+
+    def kill(self, who: Identity, session: object) -> str:
+        return "killed"
+
+
+def answers(transport: Peer) -> list[dict[str, Any]]:
+    from slaveshell import framing
+
+    decoder = framing.Decoder(max_control=framing.MAX_ANSWER)
+    data = transport.value()
+    data = data[data.index(framing.MAGIC) + len(framing.MAGIC):]
+    return [dict(framing.parse_control(f.payload).fields) for f in decoder.feed(data)
+            if f.type is framing.FrameType.CONTROL]
+
+
+CALLS = {"history": {"filters": {}}, "search": {"text": "x", "filters": {}},
+         "transcript": {"session": "s", "offset": 0}, "workers": {}, "sessions": {}, "release": {"build": 1},
+         "kill": {"session": "s"}}
+
+
+@pytest.mark.parametrize("kind", sorted(CALLS))
+def test_every_call_kind_is_refused_past_calls_in_progress_and_audited(kind):
+    """A sweep over the framed door's calls: with max_calls_in_progress reads in progress on a connection, a call
+    of any kind is refused with the reason (and audited); once one read is answered, it is served."""
+    from slaveshell import framing
+
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, calls_in_progress=4)
+    api = PendingAPI()
+    served = WireDoor(cast(Any, type("Service", (), {"gate": gate, "api": api})))
+    transport = Peer(ALICE)
+    served.makeConnection(transport)
+    served.dataReceived(b"".join(framing.control(framing.Op.HISTORY, id=i, filters={}) for i in range(1, 5)))
+    assert len(api.pending) == 4
+    served.dataReceived(framing.control(framing.Op(kind), id=5, **CALLS[kind]))
+    refused = answers(transport)[-1]
+    assert refused["id"] == 5 and refused["ok"] is False
+    assert "too many calls in progress on this connection (at most 4)" in refused["error"]
+    assert audited == [("refused", "alice", "call refused: too many calls in progress on this connection (at most "
+                                            "4); wait for their answers")]
+    api.pending[0].callback([])
+    served.dataReceived(framing.control(framing.Op(kind), id=6, **CALLS[kind]))
+    if kind in ("history", "search", "transcript"):
+        api.pending[-1].callback([])
+    last = answers(transport)[-1]
+    assert last["id"] == 6 and last["ok"] is True, last
+
+
+def test_an_answer_the_peer_does_not_read_counts_against_the_buffered_bound():
+    from slaveshell import framing
+
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connection_buffer=1000)
+    served = WireDoor(cast(Any, type("Service", (), {"gate": gate, "api": PendingAPI()})))
+    transport = Peer(ALICE)
+    served.makeConnection(transport)
+    transport._tempDataLen = 1001  # what it has not read
+    served.dataReceived(framing.control(framing.Op.WORKERS, id=1))
+    assert transport.aborted
+    assert audited and audited[0][0] == "dropped" and "1001 bytes of output it did not read" in audited[0][2]
+
+
+class WebPage:
+    """A web terminal's socket as the gate sees it (master_side.www.terminal_ws.TerminalProtocol)."""
+
+    def __init__(self) -> None:
+        self.transport = Peer(ALICE)
+        self.disconnected = False
+        self.written = 0
+
+
+def test_watched_web_sockets_are_dropped_by_the_buffer_bounds_and_do_not_count_as_socket_connections():
+    from slaveshell.policy import WebIdentity
+
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connections_per_uid=2, connections=2, connection_buffer=1000,
+                              buffered_total=1500, write_stall=5.0)
+    alice = WebIdentity.from_web("alice", ())
+    pages = [WebPage() for _ in range(20)]
+    for page in pages:
+        gate.watch(page, alice)
+    # They do not take the shell socket's places.
+    from slaveshell import framing
+
+    assert [t.value() for _, t in (door(gate, ROOT), door(gate, ROOT))] == [framing.MAGIC] * 2
+    assert gate.count() == 2
+    # Over the bound per connection: dropped at the next check.
+    pages[0].transport._tempDataLen = 1001
+    assert gate.check(pages[0]) and pages[0].transport.aborted
+    # In total: the largest goes.
+    pages[1].transport._tempDataLen, pages[2].transport._tempDataLen = 900, 700
+    gate.tick()
+    assert pages[1].transport.aborted and not pages[2].transport.aborted
+    # Not read for write_stall seconds: dropped.
+    for _ in range(6):
+        clock.advance(1.0)
+        gate.tick()
+    assert pages[2].transport.aborted
+    assert all(kind == "dropped" and who == "web:alice" for kind, who, _ in audited), audited
+    assert len(audited) == 1  # one per user and kind per interval; the others counted for the next
+
+
+def test_quota_property_per_key_and_total_and_give_back():
+    """Random takes and give-backs against a model: a place is given exactly when the key has fewer than per_key
+    and all keys fewer than total; what is given back can be taken again."""
+    import random
+
+    from master_side.limits import Quota
+
+    for seed in range(50):
+        rng = random.Random(seed)
+        per_key, total = rng.randint(1, 4), rng.randint(1, 10)
+        quota, model = Quota(per_key, total), {}  # type: ignore[var-annotated]
+        for _ in range(300):
+            key = rng.choice("abcdef")
+            if rng.random() < 0.6:
+                room = model.get(key, 0) < per_key and sum(model.values()) < total
+                assert quota.take(key) is room
+                if room:
+                    model[key] = model.get(key, 0) + 1
+            elif model.get(key):
+                quota.give_back(key)
+                model[key] -= 1
+            assert len(quota) == sum(model.values()) <= total
+            assert all(quota.held.get(k, 0) == n for k, n in model.items())
+
+
+def test_places_of_users_without_a_right_never_take_those_of_users_with_one():
+    """A sweep over how many sockets users without a right hold: the web door's quota for users with a right is
+    untouched by any number of them (master_side.www.terminal_ws keeps one Quota per kind)."""
+    from master_side.www import terminal_ws
+
+    for flood in (0, 1, 8, 64, 1000):
+        factory = terminal_ws.TerminalFactory(cast(Any, None))
+        for i in range(flood):
+            factory.no_right.take(f"web:u{i % 8}")
+            factory.refused.take(f"tcp4:10.0.0.{i % 250}")
+        assert len(factory.no_right) <= terminal_ws.MAX_SOCKETS_NO_RIGHT
+        assert len(factory.refused) <= terminal_ws.MAX_SOCKETS_REFUSED
+        assert all(factory.sockets.take("web:alice") for _ in range(terminal_ws.MAX_SOCKETS_PER_USER))
+        assert not factory.sockets.take("web:alice")

@@ -20,6 +20,18 @@ Messages (RFC 6455 frames):
   "worker", "role"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit",
   "code", "signal", "reason"}``, ``{"type": "workers", "workers": [...]}``, ``{"type": "sessions", "sessions":
   [...]}``, ``{"type": "error", "message"}`` (then the master closes the socket).
+
+Admission counts what authorization admitted: a logged-in user with some right on some worker (slaveshell's
+policy and Buildbot's authz's ``shell`` action on the same worker) takes one of MAX_SOCKETS places (at most
+MAX_SOCKETS_PER_USER); a logged-in user with no right at all takes one of the far fewer places for them
+(MAX_SOCKETS_NO_RIGHT, MAX_SOCKETS_NO_RIGHT_PER_USER), and a socket without a login, from another site, or with a
+session that is not valid one of the places for those (MAX_SOCKETS_REFUSED, MAX_SOCKETS_REFUSED_PER_HOST), held
+only until its refusal is sent: users without a right never take an operator's place. A refusal is an error
+message (or, past the bound for sockets without a login, a 503 to the handshake) and an audit event.
+
+What the master queues for a page, a session's output and the answers to its questions alike, counts against
+the connection gate's bounds (master_side.limits: ``max_connection_buffer``, ``max_buffered_total``,
+``write_stall_timeout``), on the gate's tick: a page that does not read is dropped, and audited.
 """
 
 from __future__ import annotations
@@ -39,10 +51,10 @@ from twisted.spread import pb
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.flow import chunks
-from slaveshell.policy import WebIdentity
+from slaveshell.policy import Action, WebIdentity
 from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
 
-from ..limits import buffered_bytes
+from ..limits import Quota
 from ..operator_api import OperatorError, View
 from ..service import shell_service
 from ..session_pb import ViewerHandle
@@ -59,11 +71,15 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-# Bounds: sockets in total and per web user; a control message's size; what may wait unsent to one page.
+# Bounds: sockets of users with a right, in total and per web user; of logged-in users with no right; of
+# sockets refused before any user is known, in total and per remote host; a control message's size.
 MAX_SOCKETS = 64
 MAX_SOCKETS_PER_USER = 8
+MAX_SOCKETS_NO_RIGHT = 8
+MAX_SOCKETS_NO_RIGHT_PER_USER = 1
+MAX_SOCKETS_REFUSED = 16
+MAX_SOCKETS_REFUSED_PER_HOST = 4
 MAX_CONTROL = 1024
-MAX_BUFFERED = 4 * 1024 * 1024
 # Questions (lists, history, transcript chunks) in progress on one socket.
 MAX_QUERIES = 4
 
@@ -77,7 +93,7 @@ class WebViewerSink:
 
     @property
     def gone(self) -> bool:
-        return self.protocol.closed
+        return not self.protocol.sending
 
     def send(self, method: str, *args: object) -> None:
         if self.gone:
@@ -94,8 +110,7 @@ class WebViewerSink:
             code, signal, reason = args
             self.protocol.send_json({"type": "exit", "code": code, "signal": signal, "reason": reason})
         # A page that does not read is dropped (its session detaches, as for a lost connection).
-        if buffered_bytes(self.protocol.transport) > MAX_BUFFERED:
-            self.protocol.dropConnection(abort=True)
+        self.protocol.check_buffer()
 
     def waiting(self, text: str) -> None:
         self.protocol.send_json({"type": "waiting", "text": text})
@@ -119,8 +134,25 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.refusal: str | None = None
         self.handle: ViewerHandle | None = None
         self.opening = False
-        self.counted = False
+        # The quota this socket holds a place of, and under which key (TerminalFactory).
+        self.place: tuple[Quota, object] | None = None
         self.queries = 0
+        # Bytes written to the transport so far (the connection gate compares it with what is still buffered).
+        self.written = 0
+
+    @property
+    def disconnected(self) -> bool:
+        return self.closed
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        self.written += len(data)
+        super().sendData(data, sync, chopsize)
+
+    def check_buffer(self) -> None:
+        """Drop the socket if what waits unsent to the page passed the gate's bound (and audit it)."""
+        service = shell_service(self.master)
+        if service is not None and not self.closed:
+            service.gate.check(self)
 
     @property
     def master(self) -> BuildMaster:
@@ -131,7 +163,8 @@ class TerminalProtocol(WebSocketServerProtocol):
 
         return ISSLTransport.providedBy(self.transport)
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    # Autobahn takes a Deferred from onConnect too (it waits for it: txaio.as_future), which its types do not say.
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
         headers = request.headers
         try:
             self.info = access.user_info(self.master, headers.get("cookie", ""), request.path, self._secure())
@@ -149,21 +182,72 @@ class TerminalProtocol(WebSocketServerProtocol):
             except access.Refused as e:
                 self.refusal = str(e)
         if self.refusal is None and self.identity is not None:
-            self.refusal = self.factory.admit(self.identity)
-            self.counted = self.refusal is None
+            return self._admit(self.identity)
+        self._hold_refused()
+        return None
+
+    def _hold_refused(self) -> None:
+        """A place among the sockets refused (held until the refusal is sent and the socket closed), by remote
+        host; past that bound the handshake itself is refused (503)."""
+        # Autobahn's peer, "tcp4:<address>:<port>": the address without the port.
+        host = str(self.peer).rsplit(":", 1)[0]
+        if not self._take(self.factory.refused, host):
+            why = "too many refused web terminal sockets at once (the master's limit)"
+            self._audit(None, f"web socket refused: {why}")
+            raise ConnectionDeny(503, why)
+
+    def _take(self, quota: Quota, key: object) -> bool:
+        if not quota.take(key):
+            return False
+        self.place = (quota, key)
+        return True
+
+    @deferred
+    async def _admit(self, who: WebIdentity) -> None:
+        """A place among the sockets of users with a right when `who` has one, else among the few for users
+        without: the refusal is the socket's message."""
+        factory = self.factory
+        right = await factory.has_right(who, self.info)
+        if self.closed:
+            return  # gone during the question: it takes no place
+        quota, per = ((factory.sockets, MAX_SOCKETS_PER_USER) if right
+                      else (factory.no_right, MAX_SOCKETS_NO_RIGHT_PER_USER))
+        full = quota.refusal(who.user)
+        if full == "per_key":
+            self.refusal = (f"you already have {per} web terminals open (the master's limit)" if right else
+                            f"you have no right on any worker here, and already {per} web terminal socket open "
+                            "(the master's limit for users without a right)")
+        elif full == "total":
+            self.refusal = (f"the master already serves {MAX_SOCKETS} web terminals (its limit); try again later"
+                            if right else f"the master already holds {MAX_SOCKETS_NO_RIGHT} web terminal sockets "
+                            "of users without a right on any worker (its limit); try again later")
+        else:
+            self._take(quota, who.user)
+            service = shell_service(self.master)
+            if service is not None:
+                service.gate.watch(self, who)
+            return
+        self._hold_refused()
 
     def onOpen(self) -> None:
         if self.refusal is not None:
             self._audit(None, f"web login refused: {self.refusal}")
             self.refuse(self.refusal)
 
+    @property
+    def sending(self) -> bool:
+        """Whether messages may still be sent: open, and no close sent (autobahn raises then)."""
+        return not self.closed and self.state == self.STATE_OPEN
+
     def send_json(self, message: Message) -> None:
-        if not self.closed:
+        if self.sending:
             self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
+            self.check_buffer()
 
     def refuse(self, message: str) -> None:
-        self.send_json({"type": "error", "message": message})
-        self.sendClose(code=1000)
+        if self.sending:
+            self.send_json({"type": "error", "message": message})
+            self.sendClose(code=1000)
 
     def _audit(self, worker: str | None, reason: str) -> None:
         """A refusal in the audit index under the web user's name (``web:anonymous`` without a login), at most
@@ -289,9 +373,9 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def _answer(self, answer: Answer) -> None:
         message, data = answer
-        if data is not None and not self.closed:
+        if data is not None and self.sending:
             self.sendMessage(data, isBinary=True)
-        self.send_json(message)
+        self.send_json(message)  # then the buffered bound is checked, the answer's bytes counted
 
     def _opened(self, view: View | None) -> None:
         if view is None:
@@ -318,8 +402,13 @@ class TerminalProtocol(WebSocketServerProtocol):
         if self.closed:
             return
         self.closed = True
-        if self.counted and self.identity is not None:
-            self.factory.release(self.identity)
+        if self.place is not None:
+            quota, key = self.place
+            self.place = None
+            quota.give_back(key)
+        service = shell_service(self.master)
+        if service is not None:
+            service.gate.release(self)
         # As a lost connection on the UNIX socket: the owner's session detaches (and waits detach_grace for a
         # reattach, e.g. the page reloaded or the network came back); a viewer leaves.
         callbacks, self.lost_callbacks = self.lost_callbacks, []
@@ -333,24 +422,31 @@ class TerminalFactory(WebSocketServerFactory):
     def __init__(self, master: BuildMaster) -> None:
         super().__init__()
         self.master = master
-        self.sockets: dict[str, int] = {}
+        # Places of sockets (master_side.limits.Quota): of users with a right, of logged-in users without one, and
+        # of sockets refused before a user is known (by remote host).
+        self.sockets = Quota(MAX_SOCKETS_PER_USER, MAX_SOCKETS)
+        self.no_right = Quota(MAX_SOCKETS_NO_RIGHT_PER_USER, MAX_SOCKETS_NO_RIGHT)
+        self.refused = Quota(MAX_SOCKETS_REFUSED_PER_HOST, MAX_SOCKETS_REFUSED)
         self.setProtocolOptions(webStatus=False, maxMessagePayloadSize=MAX_CHUNK, maxFramePayloadSize=MAX_CHUNK,
                                 autoPingInterval=30, autoPingTimeout=60)
 
-    def admit(self, who: WebIdentity) -> str | None:
-        if sum(self.sockets.values()) >= MAX_SOCKETS:
-            return f"the master already serves {MAX_SOCKETS} web terminals (its limit); try again later"
-        if self.sockets.get(who.user, 0) >= MAX_SOCKETS_PER_USER:
-            return f"you already have {MAX_SOCKETS_PER_USER} web terminals open (the master's limit)"
-        self.sockets[who.user] = self.sockets.get(who.user, 0) + 1
-        return None
-
-    def release(self, who: WebIdentity) -> None:
-        left = self.sockets.get(who.user, 1) - 1
-        if left > 0:
-            self.sockets[who.user] = left
-        else:
-            self.sockets.pop(who.user, None)
+    @deferred
+    async def has_right(self, who: WebIdentity, info: UserInfo) -> bool:
+        """Whether `who` has some right on some worker of this master: slaveshell's policy grants it one, and
+        Buildbot's authz the shell action on that same worker."""
+        service = shell_service(self.master)
+        if service is None:
+            return False
+        policy = service.policy
+        for facts in service.glue.workers():
+            if not any(policy.may(who, action, facts.name).allowed for action in Action):
+                continue
+            try:
+                await access.check_authz_shell(self.master, facts.name, info)
+            except access.Refused:
+                continue
+            return True
+        return False
 
 
 def terminal_resource(master: BuildMaster) -> WebSocketResource:

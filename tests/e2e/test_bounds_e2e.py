@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -301,3 +302,84 @@ def test_a_worker_that_ignores_close_loses_the_session_within_the_deadline(bound
                 os.killpg(int(child), signal.SIGKILL)
             except OSError:
                 pass
+
+
+# 40,000 pipelined `history` calls on one connection (sent by one thread, all at once), while the main thread
+# reads the answers; it prints how many were answered, how many refused and the refusals' texts.
+HISTORY_FLOOD = textwrap.dedent("""
+    import sys, threading, time
+    from slaveshell import framing, hop
+
+    sock = hop.connect(sys.argv[1])
+    sock.setblocking(True)
+    n = int(sys.argv[2])
+    frames = b"".join(framing.control(framing.Op.HISTORY, id=i, filters={"limit": 200}) for i in range(1, n + 1))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    threading.Thread(target=sock.sendall, args=(frames,), daemon=True).start()
+    connection = hop.Connection(sock)
+    sock.settimeout(60)
+    answers, ok, refusals = 0, 0, set()
+    try:
+        while answers < n:
+            for frame in connection.receive():
+                if frame.type is framing.FrameType.CONTROL:
+                    message = hop.parse(frame)
+                    if message.op is framing.Op.ANSWER:
+                        answers += 1
+                        if message.get("ok") is True:
+                            ok += 1
+                        else:
+                            refusals.add(str(message.get("error")))
+    except hop.HopError:
+        print("lost", flush=True)
+    print("answers", answers, "ok", ok, "refused", "|".join(sorted(refusals)), flush=True)
+""")
+
+
+def timed_echo(sb: Sandbox, text: str) -> float:
+    started = time.monotonic()
+    done = subprocess.run(shell_argv() + ["--socket", sb.socket, "b1", "--", "echo", text], capture_output=True,
+                          text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0 and done.stdout.strip() == text, (done.returncode, done.stdout, done.stderr)
+    return elapsed
+
+
+def test_pipelined_history_calls_are_bounded_and_do_not_delay_a_session(bounded, tmp_path):
+    """A local user sends 40,000 pipelined `history` calls on one connection: at most max_calls_in_progress
+    of them are worked on at once, the others are refused with the reason (audited, at a bounded rate), and
+    root's `buildbot-shell b1 -- echo` opens as fast as without the flood: the session's own index row never
+    waits behind the reads."""
+    sb = bounded
+    for _ in range(3):  # some rows to read, and the echo's time without a flood
+        quiet = timed_echo(sb, "quiet")
+    script = tmp_path / "history_flood.py"
+    script.write_text(HISTORY_FLOOD)
+    flood = subprocess.Popen([sys.executable, str(script), sb.socket, "40000"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout is not None and flood.stdin is not None
+        assert flood.stdout.readline().strip() == "ready"
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
+        time.sleep(0.5)  # the master is reading the calls
+        during = [timed_echo(sb, f"during-{i}") for i in range(3)]
+        assert max(during) < quiet + 3.0, (quiet, during)
+        # Either every call was answered, most of them with the refusal, or the client, which asks faster than
+        # it reads, was dropped once the answers waiting for it passed max_connection_buffer.
+        lost = flood.stdout.readline()
+        out = (lost if not lost.startswith("lost") else flood.stdout.readline()).strip().split(" ", 5)
+        assert out[0] == "answers" and out[2] == "ok" and out[4] == "refused", out
+        answers, ok, refusals = int(out[1]), int(out[3]), out[5] if len(out) > 5 else ""
+        assert ok <= answers < 40000 if lost.startswith("lost") else ok < answers == 40000, out
+        if lost.startswith("lost"):
+            dropped = [detail for operator, detail in events(sb, "dropped") if operator == "root"]
+            assert any("of output it did not read" in d for d in dropped), dropped
+        if answers > 4:
+            assert "too many calls in progress on this connection (at most 4)" in refusals, out
+        audited = [detail for operator, detail in events(sb, "refused") if "call refused" in detail]
+        assert audited and len(audited) <= 3, audited
+    finally:
+        flood.kill()
+        flood.wait()
