@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from buildbot.worker.protocols import pb as bbpb
 
 from slaveshell.protocol import WORKER_COMMAND, OpenRequest
+from slaveshell.remote import tables
 
 from .hold import Hold
 
@@ -39,6 +40,9 @@ class WorkerFacts:
     paused: bool
     system: str
     info: str  # a short line: OS, buildbot-worker version, host
+    # The PB reference tables of its connection (slaveshell.remote.tables), for debugging: the objects the master
+    # exports to it now, and those it said it exported at its last slaveshell answer (None before one).
+    pb_references: dict[str, int | None] | None = None
 
 
 class BuildbotGlue:
@@ -85,6 +89,7 @@ class BuildbotGlue:
                 paused=bool(getattr(worker, "_paused", False)),
                 system=str(getattr(worker, "worker_system", None) or ""),
                 info=worker_info(worker),
+                pb_references=_references(conn),
             ))
         return result
 
@@ -147,3 +152,8 @@ def worker_info(worker: AbstractWorker) -> str:
             if value:
                 parts.append(("buildbot-worker " if key == "version" else "") + value[0][:60])
     return ", ".join(parts)
+
+
+def _references(conn: object) -> dict[str, int | None] | None:
+    counts = tables(getattr(getattr(conn, "mind", None), "broker", None))
+    return None if counts is None else {"master": counts[0], "worker": counts[1]}

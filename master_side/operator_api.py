@@ -90,6 +90,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
                 "system": facts.system, "info": facts.info,
                 "allowed": self.policy.may(who, Action.SHELL, name).allowed,
                 "sessions": sum(1 for s in sessions if s.worker == name),
+                "pb_references": facts.pb_references,
             })
         return result
 

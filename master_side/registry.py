@@ -74,12 +74,15 @@ class SessionRegistry:
             session.recorder.marker("worker paused in Buildbot for this session")
 
     def ended(self, session: MasterSession) -> None:
-        """The session's `on_end`: forget it, undo its hooks, unpause its worker, close its audit record."""
+        """The session's `on_end`: forget it, undo its hooks, give the worker's reference back, unpause its worker,
+        close its audit record."""
         self.sessions.pop(session.id, None)
-        self._workers.pop(session.id, None)
+        worker = self._workers.pop(session.id, None)
         self._pinging.discard(session.id)
         for undo in self._hooks.pop(session.id, []):
             undo()
+        if worker is not None:
+            worker.release()  # the worker's end of the session leaves its PB table now (slaveshell.remote)
         self.glue.unpause(session.worker, session.id)
         trail = self.trail()
         if trail is not None:

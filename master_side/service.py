@@ -18,7 +18,7 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from slaveshell import banana_buffer
+from slaveshell import banana_bounds
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.policy import Identity, Policy
@@ -107,8 +107,9 @@ class ShellService(BuildbotService):
         # Buildbot 4.3 writes REST answers from a thread, which can break the reactor's accepting of every
         # connection (ours too) when browsers drop requests: master_side.rest_write_fix.
         rest_write_fix.install()
-        # A worker's bulk output message without Banana's buffer rebuilt on each read: slaveshell.banana_buffer.
-        banana_buffer.install()
+        # A worker's bulk output message without Banana's buffer rebuilt on each read (slaveshell.banana_buffer),
+        # and what anyone on the PB port may make Banana hold, before login and after (slaveshell.banana_bounds).
+        banana_bounds.install()
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=options.transcripts, db_url=options.db_url,
                            record_input=options.record_input, redact=options.redact,

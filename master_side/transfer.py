@@ -42,7 +42,7 @@ from slaveshell.display import visible
 from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.policy import Identity, Policy
 from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
-from slaveshell.remote import set_nodelay
+from slaveshell.remote import note_peer_exported, set_nodelay
 
 from .hashing import BatchedSha256
 from .session_model import new_session_id
@@ -309,6 +309,9 @@ class Transfers:
 
     def _ended(self, transfer: MasterTransfer) -> None:
         self.live.pop(transfer.id, None)
+        worker = transfer.parties.get(WORKER)
+        if isinstance(worker, Party):
+            worker.release()  # after the transfer's last call to it: the worker's end leaves its PB table now
 
     @staticmethod
     def route(glue: BuildbotGlue, holds: Holds, request: TransferRequest) -> tuple[Any, TransferRequest,
@@ -360,6 +363,8 @@ class Transfers:
         except Exception as e:
             reply = {"ok": False, "error": _worker_failure(e)}
         ref = reply.get("transfer") if isinstance(reply, dict) else None
+        if isinstance(reply, dict):
+            note_peer_exported(getattr(conn.mind, "broker", None), reply.get("exported"))
         if not isinstance(reply, dict) or reply.get("ok") is not True or not isinstance(ref, pb.RemoteReference):
             error = reply.get("error") if isinstance(reply, dict) else None
             text = f"worker {request.worker}: {error if isinstance(error, str) else 'sent a malformed reply'}"

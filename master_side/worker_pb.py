@@ -17,7 +17,7 @@ from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.lean_calls import LeanPeer, accept
 from slaveshell.protocol import WORKER_OPEN_METHOD, OpenRequest, ProtocolError
-from slaveshell.remote import is_lost, set_nodelay
+from slaveshell.remote import Undo, is_lost, note_peer_exported, on_disconnect, set_nodelay
 
 from .relay import MasterSession
 from .session_pb import WorkerSink
@@ -25,26 +25,8 @@ from .session_pb import WorkerSink
 if TYPE_CHECKING:
     from buildbot.worker.protocols.pb import Connection as WorkerConnection
 
-Undo = Callable[[], None]
 T = TypeVar("T")
-
-
-def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo:
-    """Call `callback()` when `ref`'s connection is lost; the returned function undoes that."""
-
-    def fire(_ref: object) -> None:
-        callback()
-
-    ref.notifyOnDisconnect(fire)
-
-    def undo() -> None:
-        # A reference whose broker is already gone has no callback list left (AttributeError in Twisted).
-        try:
-            ref.dontNotifyOnDisconnect(fire)
-        except (ValueError, AttributeError):
-            pass
-
-    return undo
+__all__ = ["Undo", "on_disconnect", "subscribe", "WorkerPeer", "OpenReply", "open_on_worker"]
 
 
 def subscribe(callbacks: list[Callable[[], None]], callback: Callable[[], None]) -> Undo:
@@ -70,6 +52,8 @@ class WorkerPeer:
         self.ref = ref
         peer = LeanPeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message))
         self.send = peer.send
+        # The session has ended (after its last call to the worker): the worker drops its end of it at once.
+        self.release = peer.release
         if lean:
             peer.lean = True
             self.send("lean")
@@ -119,6 +103,7 @@ async def open_on_worker(conn: WorkerConnection, session: MasterSession, request
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
             reply["ok"] and not isinstance(worker_ref, pb.RemoteReference)):
         reply = {"ok": False, "error": "sent a malformed reply"}
+    note_peer_exported(getattr(conn.mind, "broker", None), reply.get("exported"))
     if not reply["ok"] or not isinstance(worker_ref, pb.RemoteReference):
         error = reply.get("error")
         return OpenReply(None, f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from slaveshell import banana_buffer
+from slaveshell import banana_bounds
 from slaveshell.cpwire import WORKER_TRANSFER_METHOD
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
@@ -65,8 +65,9 @@ def install(
         busy_rate=max(0, int(busy_rate)),
     )
     _server = ShellServer(options)
-    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer).
-    banana_buffer.install()
+    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer), and
+    # what the master's connection may make Banana hold bounded (slaveshell.banana_bounds).
+    banana_bounds.install()
     # `slaveshell cp`: the same opt-in, the same limits (slave_side.transfer).
     _transfers = TransferServer(options)
     # The master learns what a worker can do from its command list; this entry is how it knows we opted in.

@@ -27,7 +27,7 @@ from slaveshell.protocol import (
     check_signal,
     check_size,
 )
-from slaveshell.remote import opening, set_nodelay
+from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
 
 from .host import Admission, ProcessReactor, WorkerOptions
 from .session import WorkerSession
@@ -96,13 +96,17 @@ class ShellServer:
         self.reactor: ProcessReactor = reactor
         self.sessions: dict[str, WorkerSession] = {}
         self.admission = Admission(options)
+        # Each live session's disconnect notification (its undoing) and peer, to give back when it ends.
+        self._links: dict[str, tuple[Undo, LeanPeer]] = {}
 
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
-        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True}`` (lean: this connection
-        takes slaveshell.lean_calls) or ``{"ok": False, "error": text}``. `build_running()` tells whether a build
-        step runs on this worker now (its output is then paced: WorkerOptions.busy_rate)."""
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "exported": n}`` (lean: this
+        connection takes slaveshell.lean_calls; exported: how many objects this connection's broker exported
+        before this answer, for the master's `workers` listing) or ``{"ok": False, "error": text}``.
+        `build_running()` tells whether a build step runs on this worker now (its output is then paced:
+        WorkerOptions.busy_rate)."""
         opened = opening(OpenRequest.from_wire, params, sink)
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
@@ -123,14 +127,25 @@ class ShellServer:
         try:
             pid = session.start()
         except ProtocolError as e:
+            peer.release()
             return {"ok": False, "error": str(e)}
         self.sessions[session_id] = session
         set_nodelay(ref)
-        lean = accept(getattr(ref, "broker", None))
-        # The master is gone: nobody can see or end this session any more, so end it here.
-        ref.notifyOnDisconnect(lambda _ref: session.close("the master connection was lost"))
-        return {"ok": True, "session": SessionHandle(session, peer), "pid": pid, "id": session_id, "lean": lean}
+        broker = getattr(ref, "broker", None)
+        lean = accept(broker)
+        # The master is gone: nobody can see or end this session any more, so end it here. Undone, and the
+        # master's sink given back, when the session ends (`_closed`).
+        self._links[session_id] = (on_disconnect(ref, lambda: session.close("the master connection was lost")),
+                                   peer)
+        handle = SessionHandle(session, peer)
+        return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean,
+                "exported": exported(broker)}
 
     def _closed(self, session: WorkerSession) -> None:
+        """The session ended (its exit is sent): drop it, and the master's sink it held."""
         self.sessions.pop(session.id, None)
+        undo, peer = self._links.pop(session.id, (None, None))
+        if undo is not None and peer is not None:
+            undo()
+            peer.release()
 

@@ -32,7 +32,7 @@ from slaveshell.display import visible
 from slaveshell.flow import Pacer
 from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
-from slaveshell.remote import opening, set_nodelay
+from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
 
 from .host import WorkerOptions
 from .session import BUSY_BURST
@@ -131,12 +131,12 @@ class WorkerTransfer(LeanReceiver):
         abort)."""
         if self.ended:
             return
-        self._end()
         reason = path_text(reason)  # PB's text is UTF-8: a name that is not is spelled with \\xNN escapes
-        self.peer.send("result" if self.receiver is not None else "abort", *(
-            (False, reason) if self.receiver is not None else (reason,)))
+        self._end(*(("result", False, reason) if self.receiver is not None else ("abort", reason)))
 
-    def _end(self) -> None:
+    def _end(self, *last: object) -> None:
+        """End once; `last`, when given, is the last call to the master (method and arguments), sent before the
+        master's end of the transfer is given back (`on_end`)."""
         self.ended = True
         paced, self._paced = self._paced, None
         if paced is not None and paced.active():
@@ -145,6 +145,9 @@ class WorkerTransfer(LeanReceiver):
             self.sender.close()
         if self.receiver is not None and not self.committing:
             self.receiver.abort()
+        if last:
+            method, *args = last
+            self.peer.send(str(method), *args)
         self.on_end(self)
 
     def _guard(self, fn: Callable[[], None]) -> None:
@@ -225,8 +228,7 @@ class WorkerTransfer(LeanReceiver):
         def committed(_: object) -> None:
             self.committing = False
             if not self.ended:
-                self._end()
-                self.peer.send("result", True, "")
+                self._end("result", True, "")
 
         def failed(failure: Failure) -> None:
             self.committing = False
@@ -261,13 +263,16 @@ class TransferServer:
         self.clock = clock
         self.options = options
         self.live: dict[str, WorkerTransfer] = {}
+        # Each live transfer's disconnect notification, undone when it ends.
+        self._undo: dict[str, Undo] = {}
         self._ids = itertools.count(1)
 
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
-        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n, "lean": bool}``
-        (total and entries are what a download will send; lean: this connection takes slaveshell.lean_calls)
+        transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n, "lean": bool,
+        "exported": n}`` (total and entries are what a download will send; lean: this connection takes
+        slaveshell.lean_calls; exported: as a session's open answers it, slave_side.server)
         or ``{"ok": False, "error": text}``. `build_running()` tells whether a build step runs on this worker
         now (what a download sends is then paced: WorkerOptions.busy_rate)."""
         opened = opening(TransferRequest.from_wire, params, sink)
@@ -300,15 +305,24 @@ class TransferServer:
                 transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
         except TransferError as e:
+            peer.release()
             return {"ok": False, "error": path_text(str(e))}
         self.live[transfer_id] = transfer
-        lean = accept(getattr(ref, "broker", None))
+        broker = getattr(ref, "broker", None)
+        lean = accept(broker)
         set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK
-        ref.notifyOnDisconnect(lambda _ref: transfer.lost())
+        # Undone, and the master's end given back, when the transfer ends (`_ended`).
+        self._undo[transfer_id] = on_disconnect(ref, transfer.lost)
         log.info("slaveshell transfer {tid}: {op} copies {what}", tid=transfer_id,
                  op=visible(request.operator or "?"), what="to this worker" if request.direction == UP else
                  "from this worker")
-        return {"ok": True, "transfer": transfer, "total": total, "entries": entries, "lean": lean}
+        return {"ok": True, "transfer": transfer, "total": total, "entries": entries, "lean": lean,
+                "exported": exported(broker)}
 
     def _ended(self, transfer: WorkerTransfer) -> None:
+        """The transfer ended (its last call to the master is sent): drop it, and the master's end it held."""
         self.live.pop(transfer.id, None)
+        undo = self._undo.pop(transfer.id, None)
+        if undo is not None:
+            undo()
+        transfer.peer.release()

@@ -205,6 +205,8 @@ class LeanPeer(RemotePeer):
     lean = False
 
     def send(self, method: str, *args: object) -> None:
+        if self.released:
+            return
         codec = CODECS.get(method) if self.lean else None
         if codec is None:
             super().send(method, *args)

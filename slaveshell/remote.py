@@ -13,6 +13,13 @@ the caller injects, never as an exception in the caller or an unhandled error in
 Methods in `slaveshell.protocol.NO_ANSWER` are sent with ``pbanswer=False`` (PB sends no answer, so nothing is
 held per call: the flow-control windows bound them instead). Their failures can then only be local (a dead
 reference, an argument over Banana's limit).
+
+References are given back when what they served ends (`release`, `RemotePeer.release`), not when the garbage
+collector finds them: each `pb.Referenceable` one side sends stays in its broker's table (``Broker.localObjects``)
+until the peer's `RemoteReference` is finalized and PB sends ``decref``, and a broker refuses to export more than
+``pb.MAX_BROKER_REFS`` (1024) objects per connection. One reference kept alive per session (by a disconnect
+notification, a cycle the collector has not reached yet) is a worker that stops serving after about a thousand
+sessions until it reconnects.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from .protocol import NO_ANSWER, ProtocolError
 
 OnLost = Callable[[], None]
 OnRefused = Callable[[str, str], None]
+Undo = Callable[[], None]
 
 R = TypeVar("R")
 
@@ -55,6 +63,69 @@ def is_lost(failure: Failure) -> bool:
     return isinstance(failure.value, LOST)
 
 
+def release(ref: pb.RemoteReference) -> None:
+    """Give `ref` back to its peer now: the ``decref`` PB would send when `ref` is finalized
+    (``RemoteReference.__del__``), so the peer's broker drops the object from its table at once, whatever here
+    still holds `ref` and whenever the collector runs. `ref` must not be called after this. Idempotent; nothing is
+    sent on a connection that is gone (the peer's table went with it)."""
+    if not getattr(ref, "doRefCount", False):
+        return
+    ref.doRefCount = False
+    broker = ref.broker
+    if not broker.disconnected:
+        broker.sendDecRef(ref.luid)
+
+
+def exported(broker: object) -> int | None:
+    """How many objects `broker` (one PB connection) exports to its peer now (its ``localObjects``: the root
+    object, Buildbot's own, each live session's and transfer's end), or None when it is not a live PB broker."""
+    table = getattr(broker, "localObjects", None) if isinstance(broker, pb.Broker) else None
+    return len(table) if isinstance(table, dict) else None
+
+
+def note_peer_exported(broker: object, count: object) -> None:
+    """Keep, on `broker`, how many objects its peer said it exported (the ``exported`` of a worker's open
+    answer), for `tables`. Anything but a count is ignored."""
+    if isinstance(broker, pb.Broker) and isinstance(count, int) and not isinstance(count, bool):
+        broker.__dict__[_PEER_EXPORTED] = count
+
+
+def tables(broker: object) -> tuple[int, int | None] | None:
+    """The reference tables of one PB connection, for a debugging listing: how many objects this side exports
+    now, and how many the peer said it exported at its last answer that told (None before one). None when
+    `broker` is not a live PB broker."""
+    here = exported(broker)
+    if here is None:
+        return None
+    peer = getattr(broker, "__dict__", {}).get(_PEER_EXPORTED)
+    return here, peer if isinstance(peer, int) else None
+
+
+_PEER_EXPORTED = "slaveshell_peer_exported"
+
+
+def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo:
+    """Call `callback()` when `ref`'s connection is lost; the returned function undoes that. It must be undone
+    when what `ref` serves ends: the broker's list of disconnect callbacks holds `ref` (and so the peer's object
+    in the peer's table) until then."""
+
+    def fire(_ref: object) -> None:
+        callback()
+
+    ref.notifyOnDisconnect(fire)  # type: ignore[no-untyped-call]
+
+    def undo() -> None:
+        if getattr(getattr(ref, "broker", None), "disconnected", False):
+            return  # the notifications are running (or ran): the list goes with the broker
+        # A reference whose broker is already gone has no callback list left (AttributeError in Twisted).
+        try:
+            ref.dontNotifyOnDisconnect(fire)  # type: ignore[no-untyped-call]
+        except (ValueError, AttributeError):
+            pass
+
+    return undo
+
+
 class RemotePeer:
     """Calls on one `pb.RemoteReference`, with failures routed to `on_lost` or `on_refused`.
 
@@ -69,9 +140,19 @@ class RemotePeer:
         self.ref = ref
         self.on_lost = on_lost
         self.on_refused = on_refused
+        self.released = False
+
+    def release(self) -> None:
+        """What this peer served has ended: give its reference back (`release`). Later sends are dropped; a later
+        `call` fails with DeadReferenceError."""
+        self.released = True
+        release(self.ref)
 
     def send(self, method: str, *args: object) -> None:
-        """Call `method` and forget it. Methods in `answerless` go out with ``pbanswer=False``."""
+        """Call `method` and forget it. Methods in `answerless` go out with ``pbanswer=False``. Nothing once
+        released."""
+        if self.released:
+            return
         kw = {"pbanswer": False} if method in self.answerless else {}
         d = defer.maybeDeferred(self.ref.callRemote, method, *args, **kw)
         d.addErrback(self._failed, method)
@@ -82,6 +163,8 @@ class RemotePeer:
         """Call `method` and return a Deferred of its answer. A synchronous failure (a dead reference) arrives
         as a failed Deferred, not an exception. The failure is the caller's to handle (`is_lost` tells a lost
         connection from a refusal); it is not routed to `on_lost`/`on_refused`."""
+        if self.released:
+            return defer.fail(pb.DeadReferenceError("released"))
         return defer.maybeDeferred(self.ref.callRemote, method, *args)
 
     def _failed(self, failure: Failure, method: str) -> None:

@@ -1,0 +1,94 @@
+"""Anyone on the master's PB port (the port every worker reaches, often over the internet), before logging in:
+an unfinished Banana list of 600,000 items on one connection and 400 strings of 512 KiB on another no longer
+make the master hold what they send (they grew it by 400 MB and stayed open): each connection is closed once it
+passes what Banana may hold before login (slaveshell.banana_bounds), with one log line and nothing of what it
+sent; real workers still attach and build."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+from twisted.spread import banana
+
+from slaveshell.banana_bounds import PRE_LOGIN
+from slaveshell.sandbox import Sandbox
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def list_header(n: int) -> bytes:
+    out = bytearray()
+    banana.int2b128(n, out.extend)
+    return bytes(out) + banana.LIST
+
+
+def attack(port: int, pieces: list[bytes], outcome: dict[str, object], name: str) -> None:
+    """Send `pieces` on a new connection to the PB port until the master closes it; note how much went, and
+    whether the master closed it (a reset or the end of its stream), within 30 s."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            for piece in pieces:
+                sock.sendall(piece)
+                sent += len(piece)
+            # Everything went (the kernel took it): the master must close it all the same.
+            while sock.recv(65536):
+                pass
+            outcome[name] = ("closed", sent)
+        except (ConnectionResetError, BrokenPipeError):
+            outcome[name] = ("closed", sent)
+        except TimeoutError:
+            outcome[name] = ("open", sent)
+
+
+def test_what_anyone_on_the_pb_port_may_make_the_master_hold_before_login_is_bounded(sandbox: Sandbox):
+    sb = sandbox
+    pid = sb.master_pid()
+    before = rss_mib(pid)
+    log = os.path.join(sb.master_dir, "twistd.log")
+    with open(log, "rb") as f:
+        start = len(f.read())
+    big = os.urandom(512 * 1024)
+    # What the issue's attacker sent: 600,000 small items of an unfinished list; 400 strings of 512 KiB of one.
+    items = [list_header(600_001)] + [banana.encode(1) * 10_000] * 60
+    strings = [list_header(401)] + [banana.encode(big)] * 400
+    outcome: dict[str, object] = {}
+    threads = [threading.Thread(target=attack, args=(sb.port, items, outcome, "items")),
+               threading.Thread(target=attack, args=(sb.port, strings, outcome, "strings"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    grown = rss_mib(pid) - before
+    print(f"PB port before login: {outcome}; the master grew by {grown:.1f} MiB")
+    # Both closed by the master, long before they were through (the kernel's buffers take a few MiB at most).
+    assert outcome["items"][0] == "closed" and outcome["strings"][0] == "closed", outcome
+    assert outcome["strings"][1] < 64 * 1024 * 1024, outcome
+    assert grown < 16, f"the master grew by {grown:.1f} MiB"
+    # One line each: who, and which bound; nothing of what they sent.
+    with open(log, "rb") as f:
+        f.seek(start)
+        added = f.read().decode("utf-8", "replace")
+    lines = [line for line in added.splitlines() if "Banana may hold" in line]
+    assert len(lines) == 2, lines
+    assert all("127.0.0.1:" in line and "before logging in" in line and f"{PRE_LOGIN.bytes} bytes" in line
+               for line in lines), lines
+    assert "Traceback" not in added and big[:8].hex() not in added
+    # Workers still attach (one reconnects) and build.
+    sb.stop_worker("w2")
+    sb.start_worker("w2")
+    sb.wait_for_workers(["w1", "w2"], timeout=90)
+    done = len([b for b in sb.builds() if b[1] is not None])
+    sb.send_change()
+    assert wait_until(lambda: len([b for b in sb.builds() if b[1] is not None]) > done, timeout=90), sb.log_tail()
+    assert sb.builds()[-1][1] == 0
