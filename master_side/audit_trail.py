@@ -285,6 +285,8 @@ class AuditTrail:
     def opened(self, session: MasterSession) -> None:
         self.store.event("open", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.request.command or "login shell")
+        if session.request.command:
+            self.store.link_uploads(session.id, session.worker, session.request.command, session.started)
 
     def not_opened(self, session: MasterSession, reason: str) -> None:
         """The worker refused after recording began: the transcript gets a refusal marker and is closed, and

@@ -111,8 +111,8 @@ def test_binary_file_and_tree_round_trips_are_byte_exact_and_audited(cpbox, tmp_
     assert row["state"] == "ended" and row["bytes_out"] == len(data) and row["operator"]
     cast = open(str(row["transcript"]), encoding="utf-8").read()
     assert hashlib.sha256(data).hexdigest() in cast and '"kind": "transfer"' in cast
-    # keep_transfer_bytes: the bytes next to the transcript.
-    kept = str(row["transcript"])[: -len(".cast")] + ".bytes"
+    # keep_transfer_bytes: the bytes next to the transcript, in its attachment.
+    kept = str(row["transcript"])[: -len(".cast")] + ".bin"
     assert open(kept, "rb").read() == data
 
     tree = tmp_path / "tree"
