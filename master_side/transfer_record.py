@@ -10,9 +10,10 @@ of the bytes.
   what went to the worker, ``bytes_out`` what came from it, ``state`` ends as "ended" or "failed" with the
   reason in ``end_reason``. Events: "transfer" at the start, "end" at the end (its detail: the outcome).
 - An uploaded file of at most ``keep_uploaded_text`` bytes (a service option, 64 KiB by default, 0 for none) that
-  is text (UTF-8 without NUL) is kept in the transcript: an `o` event with its text (after the service's
-  `redact` patterns) right before the file's marker, which then ends with ``text kept``. `slaveshell search`
-  finds it and `slaveshell export` shows it, like a session's output.
+  is text (no NUL byte; bytes that are not UTF-8 are kept exactly in an `ob` event) is kept in the transcript:
+  an `o` event with its text (after the service's `redact` patterns) right before the file's marker, which then
+  ends with ``text kept`` (else ``not kept (binary)`` or ``not kept (larger than keep_uploaded_text)``).
+  `slaveshell search` finds it and `slaveshell export` shows it, like a session's output.
 - With the service's ``keep_transfer_bytes=True``, every file's bytes (both directions, any size, unredacted)
   in the transcript's attachment (``<transcript>.bin``, mode 0600, as a session's bulk output:
   master_side.transcripts), each chunk referred to by an `a` event before the file's marker, which gives the
@@ -174,6 +175,9 @@ class TransferRecord:
         if text is not None and self.file is not None:
             self.file.add(encode_event(self._t(), "o", self.trail.redact(text)))
             kept = " text kept"
+        elif self.keep_text and entry.size:
+            kept = " not kept (binary)" if entry.size <= self.keep_text else \
+                " not kept (larger than keep_uploaded_text)"
         if len(self.files) < 100_000:
             self.files.append(entry.path)
         self._marker(f"file {entry.path} {entry.size} bytes mode {entry.mode:04o} sha256 {sha256}{kept}")
@@ -209,10 +213,9 @@ class TransferRecord:
 
 
 def _text(data: bytearray | None) -> str | None:
-    """A file's bytes as text when they are: UTF-8 without NUL (None otherwise)."""
+    """A file's bytes as text when they are: without a NUL byte (None otherwise). Bytes that are not UTF-8 (a
+    Latin-1 script) stay, as surrogates: the transcript's event shows them as U+FFFD and keeps them exactly in
+    its `ob` event (slaveshell.transcript.encode_event)."""
     if not data or b"\0" in data:
         return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return data.decode("utf-8", "surrogateescape")

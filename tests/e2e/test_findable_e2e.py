@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from slaveshell.sandbox import Sandbox
+from slaveshell.transcript import Event, exact_output
 
 from .conftest import shell_argv, wait_until
 
@@ -140,14 +141,23 @@ def test_only_small_text_uploads_are_kept_by_default(box, tmp_path):
     large.write_text("zq-large-needle\n" + "x" * TEXT_BOUND)
     binary = tmp_path / "blob.dat"
     binary.write_bytes(b"zq-binary-needle\0\1\2")
-    for f in (small, large, binary):
+    latin1 = tmp_path / "latin1.sh"
+    latin1.write_bytes("echo 'zq-latin1-needle caf\u00e9'\n".encode("latin-1"))
+    for f in (small, large, binary, latin1):
         assert cli(box, "cp", str(f), "f1:").returncode == 0
-    for f in (small, large, binary):
-        closed_row(box, f"{f.name} -> f1:")
+    rows = {f.name: closed_row(box, f"{f.name} -> f1:") for f in (small, large, binary, latin1)}
     assert cli(box, "search", "zq-small-needle").returncode == 0
-    # Past the bound or not text: the record has their size and sha256, not their bytes.
+    # Text that is not UTF-8 is kept too, its bytes exactly.
+    assert cli(box, "search", "zq-latin1-needle").returncode == 0
+    exported = [json.loads(line) for line in cli(box, "export", str(rows["latin1.sh"]["id"])).stdout.splitlines()]
+    events = [Event(e[0], e[1], e[2]) for e in exported[1:]]
+    assert b"".join(exact_output(events)) == latin1.read_bytes()
+    # Past the bound or not text: the record has their size and sha256 and says why not their bytes.
     assert cli(box, "search", "zq-large-needle").returncode == 1
     assert cli(box, "search", "zq-binary-needle").returncode == 1
+    for name, why in (("large.txt", "larger than keep_uploaded_text"), ("blob.dat", "binary")):
+        exported = cli(box, "export", str(rows[name]["id"])).stdout
+        assert f"not kept ({why})" in exported and "zq-" not in exported.replace(f"{name}", "")
     # Downloads are not kept: the worker's files are not what the operator did.
     assert cli(box, "cp", "f1:small.txt", str(tmp_path / "back.txt")).returncode == 0
     down = closed_row(box, "f1:small.txt ->")
