@@ -23,14 +23,14 @@ _WORD_SEPARATORS = re.compile(r"[\s;&|<>()`$'\"=,{}]+")
 
 def upload_names(dest: str, single_file: bool, files: Iterable[str]) -> str:
     """The `files` column of an upload: where each file may be on the worker, one per line (DEST/PATH, or PATH
-    when the destination is the default), and DEST itself when one file was copied to a name (it may be the
+    when the destination is the default, `.`), and DEST itself when one file was copied to a name (it may be the
     file's new name)."""
     names: list[str] = []
-    base = dest.rstrip("/")
+    base = dest.rstrip("/") or dest
     if single_file and base and not dest.endswith("/") and base not in (".", ".."):
         names.append(base)
     for path in files:
-        names.append(posixpath.join(base, path) if base else path)
+        names.append(posixpath.join(base, path) if base not in ("", ".") else path)
     out: list[str] = []
     size = 0
     for name in dict.fromkeys(n for n in names if "\n" not in n):

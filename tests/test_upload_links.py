@@ -10,6 +10,8 @@ from master_side.upload_links import MAX_NAMES, named_uploads, upload_names
 
 def test_an_upload_keeps_each_file_under_its_destination_and_a_single_file_its_new_name():
     assert upload_names("", True, ["x.sh"]) == "x.sh"
+    assert upload_names(".", True, ["x.sh"]) == upload_names("./", True, ["x.sh"]) == "x.sh"
+    assert upload_names("/", True, ["x.sh"]) == "/x.sh"
     assert upload_names("/tmp/", True, ["x.sh"]) == "/tmp/x.sh"
     assert upload_names("notes.txt", True, ["x.sh"]) == "notes.txt\nnotes.txt/x.sh"
     assert upload_names("d", False, ["tools/bin/go.sh", "tools/README"]) == "d/tools/bin/go.sh\nd/tools/README"
