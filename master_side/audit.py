@@ -290,13 +290,14 @@ class AuditStore:
         }
         self._enqueue(lambda: self._insert(events, row))
 
-    def link_uploads(self, session_id: str, worker: str, command: str, started: float) -> None:
+    def link_uploads(self, session_id: str, worker: str, command: str, before: float) -> None:
         """Queued after the writes before it (an upload's names land first): the session's `uploads`, the
-        recent uploads to `worker` before `started` that `command` names (master_side.upload_links)."""
+        recent uploads to `worker` started before `before` that `command` names (master_side.upload_links); a
+        link found later (at the session's end, with what was typed) replaces one found at its start."""
         def link() -> None:
             assert self.engine is not None
             q = (sa.select(sessions.c.id, sessions.c.files)
-                 .where(sessions.c.worker == worker, sessions.c.files.is_not(None), sessions.c.started <= utc(started))
+                 .where(sessions.c.worker == worker, sessions.c.files.is_not(None), sessions.c.started <= utc(before))
                  .order_by(sessions.c.started.desc()).limit(UPLOADS_LOOKED_AT))
             with self.engine.begin() as conn:
                 named = named_uploads(command, [(str(r.id), r.files) for r in conn.execute(q)])

@@ -302,7 +302,12 @@ class AuditTrail:
                          detail=reason)
 
     def ended(self, session: MasterSession) -> None:
-        self.recordings.pop(session.id, None)
+        recording = self.recordings.pop(session.id, None)
+        typed = recording.recorder.typed if recording is not None else None
+        if typed is not None and typed.text():
+            # What was typed or piped may name uploads too, some made while the session ran.
+            command = f"{session.request.command or ''} {typed.text()}"
+            self.store.link_uploads(session.id, session.worker, command, self.reactor.seconds())
 
     # -- reading -------------------------------------------------------------------------------
 

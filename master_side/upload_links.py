@@ -8,6 +8,7 @@ search either way.
 
 from __future__ import annotations
 
+import codecs
 import posixpath
 import re
 from collections.abc import Iterable
@@ -55,3 +56,67 @@ def named_uploads(command: str, uploads: Iterable[tuple[str, str | None]]) -> li
         if files and any(_base(name) in words for name in files.split("\n")):
             out.append(upload_id)
     return out
+
+
+# What a session's typed input (or piped stdin) may add to its links: the distinct words of at most this many
+# bytes of it, at most this many characters of words in all (a session that types more is linked by what came
+# first: its transcript has the rest).
+TYPED_EXAMINED = 1024 * 1024
+TYPED_KEPT = 16 * 1024
+_ERASE = ("\x7f", "\b")
+# A word of typed input: a run of characters that are neither the command's separators nor control characters.
+_KEY_SEQUENCE = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|.)?")
+_TYPED_WORD = re.compile(r"[^\s;&|<>()`$'\"=,{}\x00-\x1f\x7f-\x9f]+")
+
+
+class TypedWords:
+    """The words a session's operator typed (or piped), gathered as the input passes, for `named_uploads` at the
+    session's end: `sh x.sh` typed at a prompt names x.sh. A backspace erases the character before it in the
+    word being typed (in keystroke-sized pieces); escape sequences and control characters separate words."""
+
+    def __init__(self) -> None:
+        self.words: dict[str, None] = {}
+        self.size = 0
+        self.examined = 0
+        self._word = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, data: bytes) -> None:
+        if self.examined >= TYPED_EXAMINED or self.size >= TYPED_KEPT:
+            return
+        data = data[: TYPED_EXAMINED - self.examined]
+        self.examined += len(data)
+        text = self._word + self._decoder.decode(data)
+        if len(text) <= 4096 and ("\x7f" in text or "\b" in text):
+            text = _erased(text)  # keystrokes; in a longer piece (piped), a backspace only separates words
+        if "\x1b" in text:
+            text = _KEY_SEQUENCE.sub(" ", text)  # an arrow or a function key separates words
+        words = _TYPED_WORD.findall(text)
+        # A word running to the end of the input may go on in the next keystrokes.
+        self._word = words.pop()[-4096:] if words and _TYPED_WORD.fullmatch(text[-1]) else ""
+        for word in words:
+            self._add(word)
+
+    def _add(self, word: str) -> None:
+        if word not in self.words and self.size + len(word) + 1 <= TYPED_KEPT:
+            self.words[word] = None
+            self.size += len(word) + 1
+
+    def text(self) -> str:
+        """The words, space-separated (the word being typed at the end included)."""
+        if self._word:
+            self._add(self._word)
+            self._word = ""
+        return " ".join(self.words)
+
+
+def _erased(text: str) -> str:
+    """`text` with each backspace (DEL or BS) and the character before it removed, as a line editor shows it."""
+    out: list[str] = []
+    for char in text:
+        if char in _ERASE:
+            if out:
+                out.pop()
+        else:
+            out.append(char)
+    return "".join(out)

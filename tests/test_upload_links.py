@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from master_side.upload_links import MAX_NAMES, named_uploads, upload_names
+from master_side.upload_links import (
+    MAX_NAMES,
+    TYPED_EXAMINED,
+    TYPED_KEPT,
+    TypedWords,
+    named_uploads,
+    upload_names,
+)
 
 
 def test_an_upload_keeps_each_file_under_its_destination_and_a_single_file_its_new_name():
@@ -38,3 +45,29 @@ def test_a_command_that_does_not_name_it_is_not(command):
 def test_every_upload_a_command_names_is_linked_most_recent_first():
     uploads = [("u3", "d/tools/bin/go.sh"), ("u2", "x.sh"), ("u1", "x.sh\nlib.sh")]
     assert named_uploads("cd d/tools && sh bin/go.sh x.sh", uploads) == ["u3", "u2", "u1"]
+
+
+def typed(*pieces: bytes) -> str:
+    words = TypedWords()
+    for piece in pieces:
+        words.feed(piece)
+    return words.text()
+
+
+def test_words_typed_at_a_prompt_one_key_at_a_time_name_the_upload():
+    keys = [bytes([b]) for b in b"sh x.sj\x7fh\r"]
+    assert typed(*keys) == "sh x.sh"
+    assert named_uploads(typed(*keys), [("u1", "x.sh")]) == ["u1"]
+    assert typed(b"ls\r", b"\x1b[A", b"cat x.", b"sh | sh\r") == "ls cat x.sh sh"
+    assert typed("caf\u00e9".encode()[:4], "caf\u00e9".encode()[4:], b" y") == "caf\u00e9 y"
+
+
+def test_typed_words_are_bounded_in_what_is_examined_and_kept():
+    words = TypedWords()
+    words.feed(b" ".join(b"w%d" % i for i in range(100_000)))
+    assert words.size <= TYPED_KEPT and len(words.text()) <= TYPED_KEPT
+    words.feed(b" late.sh ")
+    assert "late.sh" not in words.text()
+    big = TypedWords()
+    big.feed(b"x" * (TYPED_EXAMINED + 10) + b" after.sh ")
+    assert big.examined == TYPED_EXAMINED and "after.sh" not in big.text()

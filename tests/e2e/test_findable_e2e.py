@@ -17,7 +17,7 @@ import pytest
 from slaveshell.sandbox import Sandbox
 from slaveshell.transcript import Event, exact_output
 
-from .conftest import shell_argv, wait_until
+from .conftest import Terminal, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -132,6 +132,31 @@ def test_a_renamed_upload_a_tree_and_a_script_through_stdin_stay_findable(box, t
     session = closed_row(box, "sh")
     hits = json.loads(cli(box, "search", "--json", "zq-stdin-needle").stdout)
     assert [(h["session"], h["stream"]) for h in hits] == [(session["id"], "input")]
+
+
+def test_a_script_uploaded_while_a_login_shell_runs_and_typed_there_is_linked(box, tmp_path):
+    term = Terminal(box, ["f1"])
+    try:
+        term.ready()
+        script = tmp_path / "typed-zq.sh"
+        script.write_text("echo zq-typed-run\n")
+        assert cli(box, "cp", str(script), "f1:").returncode == 0
+        upload = closed_row(box, "typed-zq.sh -> f1:")
+        term.child.send("sh typed-zq.sj")
+        term.child.send("\x7f")  # a typo, erased
+        assert "zq-typed-run" in term.run("h")
+        term.child.sendline("exit")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    shell_row = wait_until(lambda: next((r for r in history(box) if r["command"] is None and r["uploads"]), None), 15)
+    assert shell_row and shell_row["uploads"] == upload["id"]
+    assert f"(login shell)  [names upload {upload['id']}]" in cli(box, "history").stdout
+    # Piped into a shell's stdin, with no command naming it: linked by what was piped.
+    piped = shell(box, "-T", "f1", "--", "sh", input_text="sh typed-zq.sh\n")
+    assert piped.stdout == "zq-typed-run\n"
+    row = wait_until(lambda: next((r for r in history(box) if r["command"] == "sh" and r["uploads"]), None), 15)
+    assert row and row["uploads"] == upload["id"]
 
 
 def test_only_small_text_uploads_are_kept_by_default(box, tmp_path):
