@@ -19,7 +19,7 @@ of the bytes.
   master_side.transcripts), each chunk referred to by an `a` event before the file's marker, which gives the
   file's offset in it (``kept at N``). Search and export read them as `o` events (master_side.transcript_export).
 - An upload's row keeps the names its files may have on the worker (``files``, master_side.upload_links): a
-  later session whose command names one is linked to it.
+  session whose command, or what is typed or piped into it, names one is linked to it.
 
 Fail-closed like sessions: a transfer starts only once its transcript and its row exist, unless the service
 serves unrecorded (`require_recording=False`).
@@ -47,7 +47,7 @@ from .transcripts import (
     transcript_dir,
     transcript_name,
 )
-from .upload_links import upload_names
+from .upload_links import MAX_NAMES, MAX_NAMES_CHARS, upload_names
 
 # `keep_uploaded_text`: uploaded text files of at most this many bytes are kept in the transcript by default, and
 # the option may not exceed the maximum (a transfer holds one such file in memory while it passes).
@@ -87,7 +87,8 @@ class TransferRecord:
         self.copy: Attachment | None = None
         self.text: bytearray | None = None  # the current file's bytes while it may still be kept as text
         self.offset = 0  # where the current file starts in the kept copy
-        self.files: list[str] = []  # the files received, for the `files` column of an upload
+        self.files: list[str] = []  # an upload's first files, for its `files` column (as upload_names bounds it)
+        self.names_size = 0
         self.encoder = CastEncoder()
         self.build: dict[str, object] = {}
 
@@ -178,8 +179,9 @@ class TransferRecord:
         elif self.keep_text and entry.size:
             kept = " not kept (binary)" if entry.size <= self.keep_text else \
                 " not kept (larger than keep_uploaded_text)"
-        if len(self.files) < 100_000:
+        if self.request.direction == UP and len(self.files) < MAX_NAMES and self.names_size < MAX_NAMES_CHARS:
             self.files.append(entry.path)
+            self.names_size += len(entry.path) + 1
         self._marker(f"file {entry.path} {entry.size} bytes mode {entry.mode:04o} sha256 {sha256}{kept}")
 
     def end(self, ok: bool, reason: str, nbytes: int, files: int) -> None:
