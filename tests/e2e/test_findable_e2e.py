@@ -39,7 +39,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     os.symlink(outside, os.path.join(allowed, "escape"))
     sb = Sandbox(root, workers=["f1"],
                  opt_in_args=f"allowed_dirs=[{allowed!r}, {os.path.join(root, 'worker-f1')!r}]",
-                 service_kwargs=f"keep_uploaded_text={TEXT_BOUND}")
+                 service_kwargs=f"keep_uploaded_text={TEXT_BOUND}, redact=[r'SECRET-\\w+']")
     sb.create()
     try:
         sb.start()
@@ -177,6 +177,13 @@ def test_only_small_text_uploads_are_kept_by_default(box, tmp_path):
     exported = [json.loads(line) for line in cli(box, "export", str(rows["latin1.sh"]["id"])).stdout.splitlines()]
     events = [Event(e[0], e[1], e[2]) for e in exported[1:]]
     assert b"".join(exact_output(events)) == latin1.read_bytes()
+    # The service's redact patterns apply to kept text as to a session's output.
+    secret = tmp_path / "deploy.sh"
+    secret.write_text("curl -H 'token: SECRET-zq777' https://example.invalid/ # zq-redact-needle\n")
+    assert cli(box, "cp", str(secret), "f1:").returncode == 0
+    kept = cli(box, "export", str(closed_row(box, "deploy.sh -> f1:")["id"])).stdout
+    assert "zq-redact-needle" in kept and "SECRET-zq777" not in kept and "[REDACTED]" in kept
+    assert cli(box, "search", "SECRET-zq777").returncode == 1
     # Past the bound or not text: the record has their size and sha256 and says why not their bytes.
     assert cli(box, "search", "zq-large-needle").returncode == 1
     assert cli(box, "search", "zq-binary-needle").returncode == 1
