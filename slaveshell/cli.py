@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compress pauses longer than S seconds to S")
     r.set_defaults(func=cmd_replay)
 
-    s = with_filters(with_socket(sub.add_parser("search", help="find text shown or typed in transcripts")))
+    s = with_filters(with_socket(sub.add_parser(
+        "search", help="find text shown, typed or uploaded (the files kept) in transcripts")))
     s.add_argument("text")
     s.set_defaults(func=cmd_search)
 
