@@ -33,6 +33,7 @@ from slaveshell.display import visible
 
 from .audit_reads import Reads
 from .rows import EventRow, RunningRow, SessionRow
+from .upload_links import UPLOADS_LOOKED_AT, named_uploads
 
 log = Logger()
 
@@ -47,7 +48,7 @@ class StoreReactor(Clock, Protocol):
     def removeSystemEventTrigger(self, triggerID: object) -> None: ...
     def callFromThread(self, callable: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PREFIX = "slaveshell_"
 
 # MySQL's DATETIME drops fractions of a second unless asked.
@@ -96,6 +97,10 @@ sessions = sa.Table(
     # docs/audit-schema.md), and when the retention setting removed the transcript's files from disk.
     sa.Column("attachment_sha256", sa.String(64), nullable=True),
     sa.Column("pruned", _Time, nullable=True),
+    # Schema 5: an upload's file names on the worker, one per line, and the uploads a session's command names
+    # (their ids, space-separated): master_side.upload_links.
+    sa.Column("files", sa.Text, nullable=True),
+    sa.Column("uploads", sa.Text, nullable=True),
 )
 
 events = sa.Table(
@@ -148,9 +153,18 @@ def _migrate_4(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {ddl}"))
 
 
+def _migrate_5(conn: sa.Connection) -> None:
+    # Links from sessions to uploads; earlier rows get NULL (no names kept, no link).
+    present = {c["name"] for c in sa.inspect(conn).get_columns(sessions.name)}
+    for name in ("files", "uploads"):
+        if name not in present:
+            ddl = sa.schema.CreateColumn(sessions.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {ddl}"))
+
+
 # version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3,
-                                                          4: _migrate_4}
+                                                          4: _migrate_4, 5: _migrate_5}
 
 
 def migrate(engine: sa.Engine) -> int:
@@ -282,6 +296,22 @@ class AuditStore:
             "worker": worker, "operator": operator, "uid": uid, "detail": detail,
         }
         self._enqueue(lambda: self._insert(events, row))
+
+    def link_uploads(self, session_id: str, worker: str, command: str, before: float) -> None:
+        """Queued after the writes before it (an upload's names land first): the session's `uploads`, the
+        recent uploads to `worker` started before `before` that `command` names (master_side.upload_links); a
+        link found later (at the session's end, with what was typed) replaces one found at its start."""
+        def link() -> None:
+            assert self.engine is not None
+            q = (sa.select(sessions.c.id, sessions.c.files)
+                 .where(sessions.c.worker == worker, sessions.c.files.is_not(None), sessions.c.started <= utc(before))
+                 .order_by(sessions.c.started.desc()).limit(UPLOADS_LOOKED_AT))
+            with self.engine.begin() as conn:
+                named = named_uploads(command, [(str(r.id), r.files) for r in conn.execute(q)])
+                if named:
+                    conn.execute(sessions.update().where(sessions.c.id == session_id).values(uploads=" ".join(named)))
+
+        self._enqueue(link)
 
     def _insert(self, table: sa.Table, row: Mapping[str, object]) -> None:
         assert self.engine is not None

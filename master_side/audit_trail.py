@@ -272,6 +272,8 @@ class AuditTrail:
     def opened(self, session: MasterSession) -> None:
         self.store.event("open", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.request.command or "login shell")
+        if session.request.command:
+            self.store.link_uploads(session.id, session.worker, session.request.command, session.started)
 
     def not_opened(self, session: MasterSession, reason: str) -> None:
         """The worker refused after recording began: the transcript gets a refusal marker and is closed, and
@@ -287,7 +289,12 @@ class AuditTrail:
                          detail=reason)
 
     def ended(self, session: MasterSession) -> None:
-        self.recordings.pop(session.id, None)
+        recording = self.recordings.pop(session.id, None)
+        typed = recording.recorder.typed if recording is not None else None
+        if typed is not None and typed.text():
+            # What was typed or piped may name uploads too, some made while the session ran.
+            command = f"{session.request.command or ''} {typed.text()}"
+            self.store.link_uploads(session.id, session.worker, command, self.reactor.seconds())
 
     # -- reading -------------------------------------------------------------------------------
 

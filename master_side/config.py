@@ -16,6 +16,7 @@ from slaveshell.policy import Policy, Rule
 
 from .audit_trail import ON_RECORD_ERROR
 from .limits import Bounds
+from .transfer_record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
 
 DEFAULT_SOCKET = "shell.sock"
 
@@ -94,6 +95,9 @@ class ShellConfig:
     keep_transfer_bytes: bool = False
     # `slaveshell cp`: a transfer with no call from either party for this long ends (master_side.transfer).
     transfer_stall_timeout: float | None = 60.0
+    # `slaveshell cp`: uploaded text files of at most this many bytes are kept in the transfer's transcript, where
+    # search and export reach them (0: none; at most KEEP_UPLOADED_TEXT_MAX).
+    keep_uploaded_text: int = KEEP_UPLOADED_TEXT
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
@@ -114,6 +118,9 @@ class ShellConfig:
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")
+        text = self.keep_uploaded_text
+        if not isinstance(text, int) or isinstance(text, bool) or not 0 <= text <= KEEP_UPLOADED_TEXT_MAX:
+            out.append(f"keep_uploaded_text must be a whole number of bytes from 0 to {KEEP_UPLOADED_TEXT_MAX}")
         return out
 
     def _recording_errors(self) -> list[str]:

@@ -17,6 +17,7 @@ from slaveshell.transcript import CastEncoder
 
 from .audit import utc
 from .transcripts import Attachment, TranscriptFile, attachment_marker, attachment_path
+from .upload_links import TypedWords
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -77,6 +78,9 @@ class SessionRecorder:
         self._span = bytearray()
         self._span_last = 0.0
         self._after_hidden_line = False
+        # The words typed or piped (not hidden, and only when input is recorded): what a session names besides its
+        # command (master_side.upload_links, read by the audit trail at the end).
+        self.typed = TypedWords() if encoder.record_input else None
 
     def create(self, header: str) -> None:
         """Create the file with its header on disk, before anything is served. Raises OSError."""
@@ -157,6 +161,8 @@ class SessionRecorder:
             return
         self._end_span()
         self._after_hidden_line = False
+        if self.typed is not None:
+            self.typed.feed(data)
         if self.attachment is not None and self.encoder.record_input:
             self._bulk(data, 0)  # an upload through a pipe: as cheap as output
             return

@@ -41,6 +41,8 @@ class SessionRow(TypedDict):
     hidden_flag: bool
     attachment_sha256: str | None  # storage (issue 14): the sha256 of the bulk output's raw attachment
     pruned: str | None  # when retention removed the transcript (the row is kept)
+    files: str | None  # an upload's file names on the worker, one per line (master_side.upload_links)
+    uploads: str | None  # the ids of the uploads the session's command names, space-separated
 
 
 class EventRow(TypedDict):
@@ -77,7 +79,7 @@ class SearchHit(TypedDict):
     time: float  # seconds into the session, to the millisecond
     hidden: str  # the session's hidden input, as slaveshell.hidden.summary spells it
     hidden_flag: bool
-    stream: str  # "output" or "input"
+    stream: str  # "output" or "input"; "file" for a file a transfer kept
     context: str  # the text found, with up to 40 characters either side
 
 

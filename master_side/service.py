@@ -102,6 +102,7 @@ class ShellService(BuildbotService):
         self.retention.days = options.transcript_retention_days
         self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         self.api.transfers.stall_timeout = options.transfer_stall_timeout
+        self.api.transfers.keep_text = options.keep_uploaded_text
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
         # Buildbot 4.3 writes REST answers from a thread, which can break the reactor's accepting of every

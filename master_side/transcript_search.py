@@ -1,5 +1,6 @@
-"""`slaveshell search` on the master: what was shown ('o') and typed ('i') in transcripts, escape sequences
-stripped, case-insensitive, read one event at a time.
+"""`slaveshell search` on the master: what was shown ('o') and typed ('i') in transcripts, and the files a transfer
+kept (its 'o' events and attached bytes, master_side.transfer_record), escape sequences stripped,
+case-insensitive, read one event at a time.
 
 Memory is bounded whatever a session held: one line of the transcript, one attached chunk (at most a bulk
 message, slaveshell.flow.BULK_CHUNK) and, per stream, the last ``len(needle) - 1 + CONTEXT`` characters (a
@@ -113,8 +114,14 @@ def search(paths: list[tuple[SessionRow, str | None]], needle: str, limit: int) 
                 hits.append({"session": row["id"], "worker": row["worker"], "operator": row["operator"],
                              "started": row["started"], "time": round(hit.time, 3),
                              "hidden": hidden_input.summary(row), "hidden_flag": bool(row.get("hidden_flag")),
-                             "stream": STREAMS[code], "context": (hit.before + hit.after).replace("\n", " ")})
+                             "stream": _stream_name(row, code),
+                             "context": (hit.before + hit.after).replace("\n", " ")})
     return hits[:limit]
+
+
+def _stream_name(row: SessionRow, code: str) -> str:
+    """"output" or "input"; a transfer's `o` events are the files it kept (master_side.transfer_record): "file"."""
+    return "file" if code == "o" and row.get("term") == "transfer" else STREAMS[code]
 
 
 def _search_one(path: str, needle: str, limit: int) -> dict[str, list[_Hit]]:

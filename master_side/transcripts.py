@@ -240,11 +240,18 @@ def attachment_marker(path: str, size: int, sha256: str) -> str:
     return f"attachment: {os.path.basename(path)}, {size} bytes, sha256 {sha256}"
 
 
+def owned_files(path: str) -> tuple[str, ...]:
+    """Every file a record with the transcript at `path` may own: the transcript, its attachment, and a copy of
+    a transfer's bytes as earlier versions kept it (`<name>.bytes`, before kept bytes became the attachment)."""
+    stem = path[: -len(".cast")] if path.endswith(".cast") else path
+    return path, attachment_path(path), stem + ".bytes"
+
+
 def remove_transcript(path: str) -> int:
-    """Delete a transcript and its attachment (retention); returns the bytes freed (0 for files already gone).
-    Blocking: run it in a thread."""
+    """Delete a transcript and every file it owns (`owned_files`: retention); returns the bytes freed (0 for
+    files already gone). Blocking: run it in a thread."""
     freed = 0
-    for name in (path, attachment_path(path)):
+    for name in owned_files(path):
         try:
             size = os.path.getsize(name)
             os.unlink(name)

@@ -46,7 +46,7 @@ from slaveshell.remote import note_peer_exported, set_nodelay
 
 from .hashing import BatchedSha256
 from .session_model import new_session_id
-from .transfer_record import TransferRecord, describe
+from .transfer_record import KEEP_UPLOADED_TEXT, TransferRecord
 from .worker_pb import Undo, _answer_within, on_disconnect
 
 if TYPE_CHECKING:
@@ -239,8 +239,13 @@ class MasterTransfer:
             self.parties[OPERATOR].send("result", ok, reason)
         if WORKER in self.parties and reported_by != WORKER:
             self.parties[WORKER].send("cancel", reason)
-        log.info("slaveshell transfer {tid}: {who} {what}: {outcome}", tid=self.id, who=visible(self.identity),
-                 what=visible(describe(self.request)), outcome="done" if ok else visible(f"failed: {reason}"))
+        # Who, where, which way, how it ended and how much: never a path or a reason (which may name one); the
+        # audit record has them.
+        log.info("slaveshell transfer {tid}: {who} {direction} {worker}: {outcome}, {files} files, {nbytes} bytes",
+                 tid=self.id, who=visible(self.identity), worker=visible(self.worker),
+                 direction="copied to" if self.request.direction == UP else "copied from",
+                 outcome="done" if ok else "failed (the reason is in the audit record)", files=self.files,
+                 nbytes=self.bytes)
         self.on_end(self)
 
 
@@ -289,12 +294,14 @@ class TransferEnd(LeanReceiver):
 
 
 class Transfers:
-    """The master's live transfers. `keep_bytes`: the service's keep_transfer_bytes option."""
+    """The master's live transfers. `keep_bytes` and `keep_text`: the service's keep_transfer_bytes and
+    keep_uploaded_text options (master_side.transfer_record)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.live: dict[str, MasterTransfer] = {}
         self.keep_bytes = False
+        self.keep_text = KEEP_UPLOADED_TEXT  # the service's keep_uploaded_text option
         self.open_timeout = 30.0
         self.stall_timeout: float | None = TRANSFER_STALL_TIMEOUT  # the service's transfer_stall_timeout
 
@@ -345,7 +352,7 @@ class Transfers:
         operator's calls reach the transfer as `received(OPERATOR, ...)` from its door."""
         transfer_id = new_session_id()
         record: TransferRecord | None = TransferRecord(trail, transfer_id, who, request, self.clock(),
-                                                       self.keep_bytes)
+                                                       self.keep_bytes, self.keep_text)
         assert record is not None
         record.build = build
         if not (yield record.begin()):

@@ -9,8 +9,17 @@ of the bytes.
   session's is its TERM or NULL), ``command`` describes it (``cp up: SRC... -> WORKER:DEST``), ``bytes_in`` counts
   what went to the worker, ``bytes_out`` what came from it, ``state`` ends as "ended" or "failed" with the
   reason in ``end_reason``. Events: "transfer" at the start, "end" at the end (its detail: the outcome).
-- With the service's ``keep_transfer_bytes=True``, every file's bytes in stream order, in ``<transcript>.bytes``
-  (mode 0600) next to the transcript; the markers give each file's offset and size in it.
+- An uploaded file of at most ``keep_uploaded_text`` bytes (a service option, 64 KiB by default, 0 for none) that
+  is text (no NUL byte; bytes that are not UTF-8 are kept exactly in an `ob` event) is kept in the transcript:
+  an `o` event with its text (after the service's `redact` patterns) right before the file's marker, which then
+  ends with ``text kept`` (else ``not kept (binary)`` or ``not kept (larger than keep_uploaded_text)``).
+  `slaveshell search` finds it and `slaveshell export` shows it, like a session's output.
+- With the service's ``keep_transfer_bytes=True``, every file's bytes (both directions, any size, unredacted)
+  in the transcript's attachment (``<transcript>.bin``, mode 0600, as a session's bulk output:
+  master_side.transcripts), each chunk referred to by an `a` event before the file's marker, which gives the
+  file's offset in it (``kept at N``). Search and export read them as `o` events (master_side.transcript_export).
+- An upload's row keeps the names its files may have on the worker (``files``, master_side.upload_links): a
+  session whose command, or what is typed or piped into it, names one is linked to it.
 
 Fail-closed like sessions: a transfer starts only once its transcript and its row exist, unless the service
 serves unrecorded (`require_recording=False`).
@@ -25,11 +34,27 @@ from twisted.internet import defer
 
 from slaveshell.cpwire import UP, Entry, TransferRequest, path_text
 from slaveshell.policy import Identity
-from slaveshell.transcript import CastEncoder
+from slaveshell.transcript import CastEncoder, encode_event
 
 from .audit import utc
 from .audit_trail import RecordingError
-from .transcripts import TranscriptFile, transcript_dir, transcript_name
+from .transcripts import (
+    Attachment,
+    TranscriptFile,
+    attachment_marker,
+    attachment_path,
+    remove_transcript,
+    transcript_dir,
+    transcript_name,
+)
+from .upload_links import MAX_NAMES, MAX_NAMES_CHARS, upload_names
+
+# `keep_uploaded_text`: uploaded text files of at most this many bytes are kept in the transcript by default, and
+# the option may not exceed the maximum (a transfer holds one such file in memory while it passes).
+KEEP_UPLOADED_TEXT = 64 * 1024
+KEEP_UPLOADED_TEXT_MAX = 1024 * 1024
+# The stream an `a` event of a kept file names (slaveshell.transcript.attachment_ref): 1, read as output.
+_KEPT_STREAM = 1
 
 if TYPE_CHECKING:
     from .audit_trail import AuditTrail
@@ -50,17 +75,21 @@ class TransferRecord:
     (the transfer then ends: it is not served unrecorded once started)."""
 
     def __init__(self, trail: AuditTrail, transfer_id: str, who: Identity, request: TransferRequest,
-                 started: float, keep_bytes: bool) -> None:
+                 started: float, keep_bytes: bool, keep_text: int = KEEP_UPLOADED_TEXT) -> None:
         self.trail = trail
         self.id = transfer_id
         self.who = who
         self.request = request
         self.started = started
         self.keep_bytes = keep_bytes
+        self.keep_text = keep_text if request.direction == UP and not keep_bytes else 0
         self.path = os.path.join(trail.directory, transcript_name(request.worker, transfer_id, started))
         self.file: TranscriptFile | None = None
-        self.copy_fd: int | None = None
-        self.copied = 0
+        self.copy: Attachment | None = None
+        self.text: bytearray | None = None  # the current file's bytes while it may still be kept as text
+        self.offset = 0  # where the current file starts in the kept copy
+        self.files: list[str] = []  # an upload's first files, for its `files` column (as upload_names bounds it)
+        self.names_size = 0
         self.encoder = CastEncoder()
         self.build: dict[str, object] = {}
 
@@ -82,8 +111,7 @@ class TransferRecord:
                 "recursive": self.request.recursive, "preserve": self.request.preserve, **self.build})])
             self.file.flush()
             if self.keep_bytes:
-                self.copy_fd = os.open(self.path[: -len(".cast")] + ".bytes",
-                                       os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                self.copy = Attachment(attachment_path(self.path))
         except OSError as e:
             problem = f"cannot create the transcript: {e.strerror or e}"
         if problem is None:
@@ -110,18 +138,14 @@ class TransferRecord:
                 **self.build}
 
     def _discard(self) -> None:
-        for fd_owner in (self.file,):
-            if fd_owner is not None:
-                fd_owner.abandon()
-        self.file = None
-        for path in (self.path, self.path[: -len(".cast")] + ".bytes"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        if self.copy_fd is not None:
-            os.close(self.copy_fd)
-            self.copy_fd = None
+        for owner in (self.file, self.copy):
+            if owner is not None:
+                owner.abandon()
+        self.file = self.copy = None
+        try:
+            remove_transcript(self.path)
+        except OSError:
+            pass
 
     def _marker(self, text: str) -> None:
         if self.file is not None:
@@ -131,23 +155,48 @@ class TransferRecord:
     def entry(self, entry: Entry) -> None:
         if entry.kind == "dir":
             self._marker(f"dir {entry.path} mode {entry.mode:04o}")
+        else:
+            self.text = bytearray() if 0 < entry.size <= self.keep_text else None
+            self.offset = self.copy.size if self.copy is not None else 0
 
     def data(self, chunk: bytes) -> None:
-        if self.copy_fd is not None:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self.copy_fd, view):]
+        if self.copy is not None and self.file is not None:
+            offset = self.copy.write(chunk)
+            self.file.add(CastEncoder.attached(self._t(), _KEPT_STREAM, offset, len(chunk)))
+            self.file.flush()
+        if self.text is not None:
+            if len(self.text) + len(chunk) > self.keep_text:
+                self.text = None
+            else:
+                self.text += chunk
 
     def file_done(self, entry: Entry, sha256: str) -> None:
-        kept = f" kept at {self.copied}" if self.copy_fd is not None else ""
-        self.copied += entry.size
+        kept = f" kept at {self.offset}" if self.copy is not None else ""
+        text = _text(self.text)
+        self.text = None
+        if text is not None and self.file is not None:
+            self.file.add(encode_event(self._t(), "o", self.trail.redact(text)))
+            kept = " text kept"
+        elif self.keep_text and entry.size:
+            kept = " not kept (binary)" if entry.size <= self.keep_text else \
+                " not kept (larger than keep_uploaded_text)"
+        if self.request.direction == UP and len(self.files) < MAX_NAMES and self.names_size < MAX_NAMES_CHARS:
+            self.files.append(entry.path)
+            self.names_size += len(entry.path) + 1
         self._marker(f"file {entry.path} {entry.size} bytes mode {entry.mode:04o} sha256 {sha256}{kept}")
 
     def end(self, ok: bool, reason: str, nbytes: int, files: int) -> None:
-        """The outcome; the transcript is fsynced and closed in a thread; the row and an "end" event are
-        queued. Never raises."""
+        """The outcome; the transcript (and a kept copy) is fsynced and closed in a thread; the row and an "end"
+        event are queued. Never raises."""
         text = path_text(f"ok: {files} files, {nbytes} bytes" if ok else f"failed: {reason}")
-        sha = None
+        sha = kept = None
+        copy, self.copy = self.copy, None
+        if copy is not None and copy.created:
+            try:
+                kept = copy.close(self.trail._in_thread)
+                self._marker(attachment_marker(copy.path, copy.size, kept or ""))
+            except OSError:
+                copy.abandon()
         try:
             self._marker(text)
             if self.file is not None:
@@ -156,19 +205,20 @@ class TransferRecord:
             if self.file is not None:
                 self.file.abandon()
         self.file = None
-        if self.copy_fd is not None:
-            fd, self.copy_fd = self.copy_fd, None
-
-            def sync() -> None:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-
-            self.trail._in_thread(sync)
         up = self.request.direction == UP
+        names = upload_names(self.request.dest, len(self.request.sources) == 1 and not self.request.recursive,
+                             self.files) if up and self.files else None
         self.trail.store.update_session(self.id, state="ended" if ok else "failed",
                                         ended=utc(self.trail.reactor.seconds()), end_reason=text,
                                         bytes_in=nbytes if up else 0, bytes_out=0 if up else nbytes,
-                                        transcript_sha256=sha)
+                                        transcript_sha256=sha, attachment_sha256=kept, files=names)
         self.trail.store.event("end", self.id, self.request.worker, self.who.user, self.who.uid, detail=text)
+
+
+def _text(data: bytearray | None) -> str | None:
+    """A file's bytes as text when they are: without a NUL byte (None otherwise). Bytes that are not UTF-8 (a
+    Latin-1 script) stay, as surrogates: the transcript's event shows them as U+FFFD and keeps them exactly in
+    its `ob` event (slaveshell.transcript.encode_event)."""
+    if not data or b"\0" in data:
+        return None
+    return data.decode("utf-8", "surrogateescape")

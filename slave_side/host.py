@@ -99,13 +99,15 @@ def resolve_cwd(request: OpenRequest, options: WorkerOptions, basedir: str) -> s
     path = request.cwd or basedir
     if not os.path.isabs(path):
         path = os.path.join(basedir, path)
+    given = request.cwd or "(the worker's base directory)"
     path = os.path.realpath(path)
+    # The refusals name the directory as it was asked for, never where it resolves (a symlink's target).
     if options.allowed_dirs is not None:
         allowed = [os.path.realpath(d) for d in options.allowed_dirs]
         if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in allowed):
-            raise ProtocolError(f"working directory {path} is outside the directories this worker allows")
+            raise ProtocolError(f"working directory {given} is outside the directories this worker allows")
     if not os.path.isdir(path):
-        raise ProtocolError(f"no such directory on the worker: {path}")
+        raise ProtocolError(f"no such directory on the worker: {given}")
     return path
 
 

@@ -176,17 +176,17 @@ class WorkerSession:
         proto = _ProcessProtocol(self)
         spawned = spawn(self.reactor, proto, self.request, self.options, self.basedir)
         self.transport, self._pty_fd, self._slave_hold = spawned.transport, spawned.pty_fd, spawned.slave_hold
-        req, cwd = self.request, spawned.cwd
+        req = self.request
         self._to(Phase.RUNNING)
         # Up to one message's worth of output per wake-up instead of Twisted's 8 KiB (slave_side.reading).
         read_in_larger_pieces(self.transport, lambda data: proto.childDataReceived(1, data), self.limits.chunk)
         self.transport.registerProducer(_InputProducer(self), True)
         self.pid = self.transport.pid
-        # Never the command (logs are world-readable; it may hold a password). The directory stays: it says
-        # where the session ran, and the owner's own paths are not what operators type.
-        log.info("slaveshell session {sid}: started pid {pid} ({what}) for {who} in {cwd}", sid=self.id,
+        # Never the command (logs are world-readable; it may hold a password) nor the directory (an operator's
+        # `-C DIR` is a path they typed): the master's audit record has both.
+        log.info("slaveshell session {sid}: started pid {pid} ({what}) for {who}", sid=self.id,
                  pid=self.pid, what="a command" if req.command else "a login shell",
-                 who=visible(req.operator or "?"), cwd=visible(cwd))
+                 who=visible(req.operator or "?"))
         return self.pid or 0
 
     # -- control from the master -----------------------------------------------------------------

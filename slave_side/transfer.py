@@ -41,17 +41,36 @@ log = Logger()
 
 
 
+class OutsideAllowed(TransferError):
+    """A path resolves outside the owner's allowed directories. It names no path: the resolved one (a symlink's
+    target) is not what the operator gave; `refusal` words it with what they gave."""
+
+    def __init__(self) -> None:
+        super().__init__("outside the directories this worker allows")
+
+
 def inside_allowed(options: WorkerOptions) -> Callable[[str], None] | None:
-    """A check that a real path lies in the owner's allowed directories (None when all are allowed)."""
+    """A check that a real path lies in the owner's allowed directories (None when all are allowed); it raises
+    OutsideAllowed."""
     if options.allowed_dirs is None:
         return None
     allowed = [os.path.realpath(d).rstrip("/") for d in options.allowed_dirs]
 
     def check(real: str) -> None:
         if not any(real == d or real.startswith(d + "/") for d in allowed):
-            raise TransferError(f"{real}: outside the directories this worker allows")
+            raise OutsideAllowed()
 
     return check
+
+
+def refusal(error: Exception, request: TransferRequest, source: str | None = None) -> str:
+    """What the operator is told of a refused path: an OutsideAllowed names the path as they gave it (the
+    destination of an upload, the source of a download), never where it resolves on the worker."""
+    if isinstance(error, OutsideAllowed):
+        given = source if source is not None else (request.dest or ".") if request.direction == UP else \
+            " ".join(request.sources)
+        return f"{given}: {error}"
+    return str(error)
 
 
 def _dropped(*_args: object) -> None:
@@ -156,7 +175,7 @@ class WorkerTransfer(LeanReceiver):
         try:
             fn()
         except (TransferError, ProtocolError) as e:
-            self._fail(str(e))
+            self._fail(refusal(e, self.request))
 
     # -- sending (DOWN) ----------------------------------------------------------------------------
 
@@ -234,7 +253,7 @@ class WorkerTransfer(LeanReceiver):
             self.committing = False
             receiver.abort()
             error = failure.value
-            self._fail(str(error) if isinstance(error, (TransferError, ProtocolError)) else
+            self._fail(refusal(error, self.request) if isinstance(error, (TransferError, ProtocolError)) else
                        f"cannot put the files in place: {visible(str(error))}")
 
         threads.deferToThread(receiver.commit).addCallbacks(committed, failed)
@@ -242,8 +261,8 @@ class WorkerTransfer(LeanReceiver):
     def remote_cancel(self, reason: object = "") -> None:
         """The master ends the transfer (the operator left or stopped, the audit failed)."""
         if not self.ended:
-            log.info("slaveshell transfer {tid}: cancelled by the master: {why}", tid=self.id,
-                     why=visible(reason if isinstance(reason, str) else ""))
+            # Not the reason: it may name a path (the master's audit record has it).
+            log.info("slaveshell transfer {tid}: cancelled by the master", tid=self.id)
             self._end()
 
     def lost(self) -> None:
@@ -304,6 +323,8 @@ class TransferServer:
                 pacer = Pacer(self.options.busy_rate, BUSY_BURST) if self.options.busy_rate > 0 else None
                 transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
+        except OutsideAllowed as e:
+            return {"ok": False, "error": refusal(e, request, _outside_source(request, check, base))}
         except TransferError as e:
             peer.release()
             return {"ok": False, "error": path_text(str(e))}
@@ -326,3 +347,18 @@ class TransferServer:
         if undo is not None:
             undo()
         transfer.peer.release()
+
+
+def _outside_source(request: TransferRequest, check: Callable[[str], None] | None, base: str) -> str | None:
+    """Which source of a refused download leads outside the allowed directories, as the operator gave it (None
+    for an upload, or when none does on its own)."""
+    if request.direction == UP:
+        return None
+    for source in request.sources:
+        try:
+            plan([source], request.recursive, check, base)
+        except OutsideAllowed:
+            return source
+        except TransferError:
+            continue
+    return None

@@ -98,6 +98,12 @@ def _duration(row: dict[str, object]) -> str:
     return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
+def _linked(row: dict[str, object]) -> str:
+    """The uploads a session's command names (`uploads`: docs/audit-schema.md), after its command."""
+    uploads = row.get("uploads")
+    return f"  [names upload {visible(uploads)}]" if isinstance(uploads, str) and uploads else ""
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit,
                "build": args.build}
@@ -116,7 +122,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         end = r["end_reason"] or r["state"]
         print(f"{cell(r['id'], 13)} {str(r['started'])[:19].replace('T', ' '):20} {_duration(r):9} "
               f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(end, 14)} {summary(r):9} "
-              f"{visible(r['command'] or '(login shell)')}")
+              f"{visible(r['command'] or '(login shell)')}{_linked(r)}")
     if any(r.get("hidden_flag") for r in rows):
         print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
               "'slaveshell reveal ID --identity KEY' shows it to the holder of the auditors' key", file=sys.stderr)
@@ -297,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compress pauses longer than S seconds to S")
     r.set_defaults(func=cmd_replay)
 
-    s = with_filters(with_socket(sub.add_parser("search", help="find text shown or typed in transcripts")))
+    s = with_filters(with_socket(sub.add_parser(
+        "search", help="find text shown, typed or uploaded (the files kept) in transcripts")))
     s.add_argument("text")
     s.set_defaults(func=cmd_search)
 

@@ -151,6 +151,31 @@ def test_a_version_1_database_is_upgraded_in_place(db_url):
         engine.dispose()
 
 
+def test_a_version_4_database_gets_the_upload_links(db_url):
+    engine = sa.create_engine(db_url)
+    try:
+        # Schema 4 as it was released: sessions without `files` and `uploads`, with an upload and a session.
+        old = sa.MetaData()
+        v4_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
+                                                           if c.name not in ("files", "uploads")])
+        with engine.begin() as conn:
+            audit.schema_table.create(conn)
+            v4_sessions.create(conn)
+            audit.events.create(conn)
+            for version in range(1, 5):
+                conn.execute(audit.schema_table.insert().values(version=version))
+            conn.execute(v4_sessions.insert().values(**row("up1")))
+        assert migrate(engine) == 4
+        assert migrate(engine) == SCHEMA_VERSION == 5
+        s = audit.sessions.c
+        with engine.begin() as conn:
+            assert conn.execute(sa.select(s.id, s.files, s.uploads)).all() == [("up1", None, None)]
+            conn.execute(audit.sessions.update().where(s.id == "up1").values(files="tools/x.sh\nx.sh"))
+            assert conn.execute(sa.select(s.files)).scalar() == "tools/x.sh\nx.sh"
+    finally:
+        engine.dispose()
+
+
 def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
     engine = sa.create_engine(db_url)
     try:
@@ -158,7 +183,8 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
         old = sa.MetaData()
         v2_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
                                                            if not c.name.startswith("hidden_")
-                                                           and c.name not in ("attachment_sha256", "pruned")])
+                                                           and c.name not in ("attachment_sha256", "pruned", "files",
+                                                                              "uploads")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v2_sessions.create(conn)
@@ -167,7 +193,7 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
             conn.execute(audit.schema_table.insert().values(version=2))
             conn.execute(v2_sessions.insert().values(**row()))
         assert migrate(engine) == 2
-        assert migrate(engine) == SCHEMA_VERSION == 4
+        assert migrate(engine) == SCHEMA_VERSION == 5
         columns = {c["name"] for c in sa.inspect(engine).get_columns(audit.sessions.name)}
         assert {"hidden_bytes", "hidden_spans", "hidden_flag", "attachment_sha256", "pruned"} <= columns
         s = audit.sessions.c

@@ -273,6 +273,38 @@ def test_the_workers_transfer_door_refuses_with_plain_answers_and_keeps_the_link
     assert os.listdir(allowed) == [] and not broker.disconnected and server.live == {}
 
 
+def test_an_allowed_dirs_refusal_names_the_path_as_given_never_where_it_resolves(tmp_path):
+    allowed = tmp_path / "allowed"
+    (allowed / "tree").mkdir(parents=True)
+    target = tmp_path / "resolved-target-xq"
+    target.mkdir()
+    (target / "secret").write_text("s")
+    (allowed / "ok").write_text("ok")
+    os.symlink(target, allowed / "link")
+    os.symlink(target / "secret", allowed / "tree" / "inner")
+    server = TransferServer(WorkerOptions(allowed_dirs=(str(allowed),)))
+    root, pump, _broker = connected(TransferBot(server, str(allowed)))
+    DOWN = "down"
+    cases = [  # (direction, sources, dest, recursive, the path the refusal names)
+        (UP, ("f",), "link", False, "link"),
+        (UP, ("f",), "link/", False, "link/"),
+        (UP, ("f",), f"{allowed}/link/new", False, f"{allowed}/link/new"),
+        (UP, ("f",), ".", False, "."),  # into the master's --build directory, which is outside
+        (DOWN, ("link/secret",), ".", False, "link/secret"),
+        (DOWN, ("ok", "link"), ".", True, "link"),
+        (DOWN, ("tree",), ".", True, "tree"),
+    ]
+    for direction, sources, dest, recursive, named in cases:
+        request = TransferRequest(direction, "w1", sources, dest, recursive=recursive, operator="root")
+        wire = request.to_wire()
+        if dest == "." and direction == UP:
+            wire["cwd"] = str(target)
+        reply = call(pump, root, "slaveshell_transfer", TransferSink(), wire)
+        assert reply["ok"] is False, (sources, dest)
+        assert reply["error"] == f"{named}: outside the directories this worker allows", reply["error"]
+        assert "resolved-target-xq" not in reply["error"]
+
+
 _wire = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20) \
     | st.binary(max_size=20) | st.sampled_from(["file", "dir", "f", "a/b", "../x", b"x" * CHUNK, b"x" * (CHUNK + 1),
                                                  hashlib.sha256(b"").hexdigest(), 0o644, 0, 1024, True])

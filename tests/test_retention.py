@@ -80,3 +80,18 @@ def test_a_row_naming_a_file_outside_the_transcript_directory_is_marked_and_the_
         assert "not removed" in event["detail"]
     finally:
         yield trail.stop()
+
+
+def test_removing_a_transcript_removes_every_file_its_record_owns(tmp_path):
+    from master_side.transcripts import owned_files, remove_transcript
+
+    path = str(tmp_path / "20260101-000000-w1-abc.cast")
+    owned = owned_files(path)
+    assert owned == (path, str(tmp_path / "20260101-000000-w1-abc.bin"), str(tmp_path / "20260101-000000-w1-abc.bytes"))
+    for i, name in enumerate(owned):
+        with open(name, "w") as f:
+            f.write("x" * (i + 1))
+    other = tmp_path / "20260101-000000-w1-abd.bytes"
+    other.write_text("another record's")
+    assert remove_transcript(path) == 6
+    assert os.listdir(tmp_path) == [other.name]

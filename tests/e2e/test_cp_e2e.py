@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from slaveshell.sandbox import Sandbox
+from slaveshell.transcript import exact_output, parse_lines
 
 from .conftest import assert_no_traceback, wait_until
 
@@ -120,8 +121,8 @@ def test_binary_file_and_tree_round_trips_are_byte_exact_and_audited(cpbox, tmp_
     assert row["state"] == "ended" and row["bytes_out"] == len(data) and row["operator"]
     cast = open(str(row["transcript"]), encoding="utf-8").read()
     assert hashlib.sha256(data).hexdigest() in cast and '"kind": "transfer"' in cast
-    # keep_transfer_bytes: the bytes next to the transcript.
-    kept = str(row["transcript"])[: -len(".cast")] + ".bytes"
+    # keep_transfer_bytes: the bytes next to the transcript, in its attachment.
+    kept = str(row["transcript"])[: -len(".cast")] + ".bin"
     assert open(kept, "rb").read() == data
 
     tree = tmp_path / "tree"
@@ -137,6 +138,23 @@ def test_binary_file_and_tree_round_trips_are_byte_exact_and_audited(cpbox, tmp_
     assert down.returncode == 0, down.stderr
     assert tree_digest(str(tmp_path / "tree2")) == tree_digest(str(tree))
     assert transfer_row(cpbox, "tree -> ")["state"] == "ended"
+
+
+def test_kept_bytes_are_reached_by_search_and_export(cpbox, tmp_path):
+    # keep_transfer_bytes: any size, binary too, in the attachment; search and export read it as the transcript's.
+    data = os.urandom(300_000) + b"\nzq-kept-needle\n" + os.urandom(300_000)
+    local = tmp_path / "big.dat"
+    local.write_bytes(data)
+    assert cp(cpbox, str(local), f"cw1:{allowed(cpbox, 'big.dat')}").returncode == 0
+    row = transfer_row(cpbox, "big.dat -> ")
+    found = subprocess.run([sys.executable, "-m", "slaveshell.cli", "search", "--socket", cpbox.socket, "--json",
+                            "zq-kept-needle"], capture_output=True, text=True, timeout=60)
+    assert [(h["session"], h["stream"]) for h in json.loads(found.stdout)] == [(row["id"], "file")]
+    exported = subprocess.run([sys.executable, "-m", "slaveshell.cli", "export", "--socket", cpbox.socket,
+                               str(row["id"])], capture_output=True, timeout=60)
+    cast = parse_lines(exported.stdout.decode("utf-8", "surrogateescape").splitlines())
+    assert b"".join(exact_output(cast.events)) == data
+    assert row["attachment_sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_p_preserves_modes_and_times_both_ways(cpbox, tmp_path):
