@@ -778,11 +778,14 @@ def test_an_ended_session_reloaded_links_to_its_replay_and_fits_the_window(brows
     assert "closed by web:alice (signal 1)" in row_locator.locator(".slaveshell-outcome").inner_text()
     page.set_viewport_size({"width": 760, "height": 700})
     time.sleep(0.5)
-    right = page.evaluate("""() => Math.max(...Array.from(
-        document.querySelectorAll('table.slaveshell-history th, table.slaveshell-history .slaveshell-replay'))
-        .map(e => e.getBoundingClientRect().right))""")
-    assert right <= 760, right
     shot(page, "history-760.png")
+    # What does not fit scrolls inside the page (not under the window's edge): the last column comes into view.
+    assert page.evaluate("() => document.querySelector('.slaveshell-scroll').getBoundingClientRect().right") <= 760
+    replay = row_locator.locator("button.slaveshell-replay")
+    replay.scroll_into_view_if_needed()
+    box = replay.bounding_box()
+    assert box and 0 <= box["x"] and box["x"] + box["width"] <= 760, box
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 760
     # A user who may watch but not replay: no link, and the history says why it is empty.
     carol = login(browser, site, "carol").new_page()
     carol.goto(site.url + f"#/slaveshell/session/{session_id}/attach")
@@ -794,3 +797,37 @@ def test_an_ended_session_reloaded_links_to_its_replay_and_fits_the_window(brows
     shot(carol, "history-watcher.png")
     carol.context.close()
     context.close()
+
+
+def test_untrusted_text_in_the_pages_is_shown_escaped(browser: Any, site: Sandbox) -> None:
+    """A command with a bidirectional override and an escape sequence (a local operator's session): the history
+    page shows them spelled out, as `slaveshell history` does (slaveshell.display.visible)."""
+    import subprocess
+    import sys
+
+    from slaveshell.display import visible
+
+    command = "echo 'pay\u202egnp.exe' \x1b[31mred"
+    shell = shutil_which_shell()
+    done = subprocess.run([*shell, "--socket", site.socket, "-T", "w1", "--", command], capture_output=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/history")
+    cells = page.locator("table.slaveshell-history .slaveshell-command")
+    wait_for(lambda: any("pay" in t for t in cells.all_inner_texts()), "the session in the history")
+    shown = next(t for t in cells.all_inner_texts() if "pay" in t)
+    assert shown == visible(command) and "\u202e" not in shown and "\x1b" not in shown, shown
+    cli = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", site.socket],
+                         capture_output=True, text=True, check=True).stdout
+    assert visible(command) in cli
+    context.close()
+
+
+def shutil_which_shell() -> list[str]:
+    import shutil
+    import sys
+
+    path = shutil.which("buildbot-shell")
+    return [path] if path else [sys.executable, "-m", "slaveshell.shell_cli"]

@@ -18,9 +18,29 @@
     return u.href;
   }
 
-  // Text from the master or a worker shown in the terminal: printable characters only.
+  // Text that a worker, a session or another user controls (names, commands, reasons, messages), shown in the
+  // page: slaveshell/display.py's rule (`visible`), so that the page shows what a terminal table shows. Controls,
+  // format characters (the bidirectional overrides among them), line and paragraph separators, lone surrogates
+  // and unassigned code points are spelled as Python's repr() spells them, and so is a combining mark with no
+  // character of its own before it. React escapes HTML; this makes the invisible visible.
+  var HIDDEN_CHAR = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\p{Cn}]/u, MARK = /\p{M}/u;
+  var SHORT = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+  function escapedChar(c) {
+    var code = c.codePointAt(0), hex = code.toString(16);
+    if (SHORT[c]) return SHORT[c];
+    if (code < 0x100) return "\\x" + ("0" + hex).slice(-2);
+    if (code < 0x10000) return "\\u" + ("000" + hex).slice(-4);
+    return "\\U" + ("0000000" + hex).slice(-8);
+  }
   function printable(text) {
-    return String(text).replace(/[\u0000-\u001f\u007f-\u009f]/g, "?");
+    var out = "", base = false;
+    // Lone surrogates stay single code units in this iteration (for...of splits only well-formed pairs).
+    for (var c of String(text === null || text === undefined ? "" : text)) {
+      if (HIDDEN_CHAR.test(c) || (MARK.test(c) && !base)) { out += escapedChar(c); base = false; continue; }
+      out += c;
+      if (!MARK.test(c)) base = true;
+    }
+    return out;
   }
 
   // Buildbot's frontend configuration (its index page sets it): c['buildbotURL'] and the logged-in user.
@@ -94,7 +114,7 @@
 
   // How a session row is labelled, as `slaveshell history` does (slaveshell/labels.py).
   function commandLabel(r) {
-    if (r.command) return r.command;
+    if (r.command) return printable(r.command);
     return r.build_id ? "(login shell in build " + r.build_id + ")" : "(login shell)";
   }
 
@@ -122,7 +142,7 @@
     }, [props.id]);
     if (!row) return null;
     return h("span", { className: "slaveshell-replay-link" },
-      row.state === "running" ? "" : "Session " + row.id + " on " + row.worker + " (" + row.operator + ") ended " +
+      row.state === "running" ? "" : printable("Session " + row.id + " on " + row.worker + " (" + row.operator + ")") + " ended " +
         when(row.ended) + ": " + outcome(row) + ". ",
       h("a", { href: "#/slaveshell/replay/" + encodeURIComponent(row.id) }, "Replay it"));
   }
@@ -176,9 +196,9 @@
         }, s.own ? "Resume" : "Join"));
       }
       return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state },
-        h("td", null, s.id), h("td", null, s.worker), h("td", null, s.operator),
-        h("td", null, commandLabel(s)), h("td", null, s.state),
-        h("td", null, s.viewers.join(", ")), h("td", null, buttons));
+        h("td", null, printable(s.id)), h("td", null, printable(s.worker)), h("td", null, printable(s.operator)),
+        h("td", null, commandLabel(s)), h("td", null, printable(s.state)),
+        h("td", null, printable(s.viewers.join(", "))), h("td", null, buttons));
     });
   }
 
@@ -210,7 +230,7 @@
       var ready = w.allowed && w.connected && w.shell;
       var why = !w.allowed ? "not allowed" : !w.connected ? "not connected" : !w.shell ? "no slaveshell" : "";
       return h("tr", { key: w.name, "data-worker": w.name },
-        h("td", null, w.name),
+        h("td", null, printable(w.name)),
         h("td", null, w.connected ? "connected" : "disconnected"),
         h("td", null, String(w.sessions)),
         h("td", null, ready
@@ -363,7 +383,7 @@
             finished = true;
             note({ over: true });
             if (target && !everOpened && /^no live session/.test(String(m.message))) {
-              setStatus("ended: session " + printable(target.id) + " is not live any more");
+              setStatus(printable("ended: session " + target.id + " is not live any more"));
             } else {
               setStatus("refused: " + printable(m.message));
             }
@@ -394,13 +414,13 @@
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
     var where = session.worker ? (props.build ? " in build " + props.build : "") : "";
-    var title = session.worker ? "Shell on " + session.worker + where : "Session " + session.id;
-    var titleWithId = session.worker && session.id ? title + " (session " + session.id + ")" : title;
+    var title = printable(session.worker ? "Shell on " + session.worker + where : "Session " + session.id);
+    var titleWithId = session.worker && session.id ? title + printable(" (session " + session.id + ")") : title;
     React.useEffect(function () { setTitle(titleWithId); }, [titleWithId]);
     if (blocked) return h("div", { className: "slaveshell-page" }, h("h4", null, title), blocked);
     return h("div", { className: "slaveshell-page" },
       h("h4", null, title, session.worker && session.id
-          ? h("small", { className: "text-muted slaveshell-session-id" }, " session " + session.id) : null, " ",
+          ? h("small", { className: "text-muted slaveshell-session-id" }, printable(" session " + session.id)) : null, " ",
         live && props.mode !== "watch" ? h("button", {
           className: "btn btn-outline-danger btn-sm slaveshell-end",
           onClick: function () { if (ctl.current.end) ctl.current.end(); },
@@ -491,15 +511,17 @@
         "watch live sessions; the history and replays need the replay right).");
     else body = h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
       h("thead", null, h("tr", null, ["Session", "Worker", "Operator", "Command", "Started", "Ended", "Outcome",
-        "Hidden input", ""].map(function (t) { return h("th", { key: t }, t); }))),
+        "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
       h("tbody", null, state.rows.map(function (r) {
+        // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
         return h("tr", { key: r.id, "data-session": r.id },
-          h("td", null, r.id), h("td", null, r.worker), h("td", null, r.operator),
+          h("td", { className: "slaveshell-session" }, printable(r.id), h("br"), h("button", {
+            className: "btn btn-secondary btn-sm slaveshell-replay",
+            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")),
+          h("td", null, printable(r.worker)), h("td", null, printable(r.operator)),
           h("td", { className: "slaveshell-command" }, commandLabel(r)),
           h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", { className: "slaveshell-outcome" }, outcome(r)),
-          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""),
-          h("td", null, h("button", { className: "btn btn-secondary btn-sm slaveshell-replay",
-            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")));
+          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""));
       }))));
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shell sessions: history"),
@@ -569,11 +591,11 @@
       }
       return function () { disposed = true; cancel(); if (player) player.dispose(); };
     }, [id]);
-    var title = row ? "Replay: " + row.operator + " on " + row.worker + ", " + when(row.started) : "Replay of session " + id;
-    React.useEffect(function () { setTitle(row ? "Replay: " + row.worker + ", session " + id : "Replay of session " + id); },
+    var title = printable(row ? "Replay: " + row.operator + " on " + row.worker + ", " + when(row.started) : "Replay of session " + id);
+    React.useEffect(function () { setTitle(printable(row ? "Replay: " + row.worker + ", session " + id : "Replay of session " + id)); },
       [row, id]);
     return h("div", { className: "slaveshell-page" },
-      h("h4", null, title, row ? h("small", { className: "text-muted slaveshell-session-id" }, " session " + id) : null, " ",
+      h("h4", null, title, row ? h("small", { className: "text-muted slaveshell-session-id" }, " session " + printable(id)) : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm", onClick: function () { go("#/slaveshell/history"); } },
           "History")),
       blocked,
@@ -604,7 +626,7 @@
         function (why) { update({ error: why }); });
     }, [build]);
     React.useEffect(function () {
-      if (state.hold) setTitle("Build " + state.hold.builder + " #" + state.hold.number + " on " + state.hold.worker);
+      if (state.hold) setTitle(printable("Build " + state.hold.builder + " #" + state.hold.number + " on " + state.hold.worker));
     }, [state.hold]);
     React.useEffect(function () {
       if (!state.released) return;
@@ -626,8 +648,8 @@
       h("p", { className: "slaveshell-not-held" }, "Build " + build + " is not held for a shell (or not on a worker you may act on)."));
     var released = state.released && state.released.indexOf("refused") !== 0;
     return h("div", { className: "slaveshell-page", ref: page },
-      hold ? h("p", { className: "slaveshell-hold" }, "Build " + hold.builder + " #" + hold.number + " (id " + hold.build +
-        ") " + (released ? "was held" : "is held") + " on worker " + hold.worker + ", in " + hold.workdir + ". ",
+      hold ? h("p", { className: "slaveshell-hold" }, printable("Build " + hold.builder + " #" + hold.number + " (id " + hold.build +
+        ") " + (released ? "was held" : "is held") + " on worker " + hold.worker + ", in " + hold.workdir + ". "),
         released ? "It is released: it finishes with its original result; a shell open in it goes on until you end it." : null,
         state.released ? null : h("button", { className: "btn btn-warning btn-sm slaveshell-release", onClick: release },
           "Release the build")) : null,
