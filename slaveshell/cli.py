@@ -13,6 +13,7 @@ from .calls import CallError, MasterCalls
 from .calls import rows as answer_rows
 from .display import cell, visible
 from .framing import Op
+from .labels import command_label
 from .shell_cli import find_socket
 
 
@@ -122,7 +123,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         end = r["end_reason"] or r["state"]
         print(f"{cell(r['id'], 13)} {str(r['started'])[:19].replace('T', ' '):20} {_duration(r):9} "
               f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(end, 14)} {summary(r):9} "
-              f"{visible(r['command'] or '(login shell)')}{_linked(r)}")
+              f"{visible(command_label(r))}{_linked(r)}")
     if any(r.get("hidden_flag") for r in rows):
         print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
               "'slaveshell reveal ID --identity KEY' shows it to the holder of the auditors' key", file=sys.stderr)

@@ -25,6 +25,7 @@ from .calls import CALL_TIMEOUT, CallError, MasterCalls, rows
 from .display import cell, visible
 from .framing import Op
 from .jobcontrol import Foreground, Job
+from .labels import command_label
 
 COMMANDS = {
     "workers": "the fleet: connection, shell, pause, live sessions",
@@ -288,4 +289,4 @@ class Console:
         for r in self.cached_history:
             self.write(f"{cell(r['id'], 13)} {visible(str(r['started'])[:19].replace('T', ' '))} "
                        f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(r['end_reason'] or r['state'], 16)} "
-                       f"{visible(r['command'] or '(login shell)')}\n")
+                       f"{visible(command_label(r))}\n")

@@ -10,8 +10,10 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions"}]}``;
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "started",
   "own", "may_type", "viewers"}]}``;
-- ``{"type": "history", "worker": str?, "user": str?, "limit": int?}`` -> ``{"sessions": [row, ...]}`` (rows of
-  the audit index, docs/audit-schema.md, newest first);
+- ``{"type": "history", "worker": str?, "user": str?, "session": str?, "limit": int?}`` -> ``{"sessions":
+  [row, ...], "may_replay": bool}`` (rows of the audit index, docs/audit-schema.md, newest first; ``may_replay``:
+  whether the policy gives this web user the ``replay`` right on any worker it knows, so that the page can say
+  why the list is empty);
 - ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
   transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
   MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
@@ -103,9 +105,10 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ProtocolError("limit must be between 1 and 1000")
         rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
-                                       "limit": limit})
+                                       "session": _opt_str(message, "session"), "limit": limit})
         allowed = await _allowed(master, info, {r["worker"] for r in rows})
-        return {"type": "history", "sessions": [
+        may_replay = any(service.policy.may(who, Action.REPLAY, str(w["name"])).allowed for w in api.workers(who))
+        return {"type": "history", "may_replay": may_replay, "sessions": [
             {k: r.get(k) for k in HISTORY_FIELDS} for r in rows if r["worker"] in allowed]}, None
     if kind == "transcript":
         session_id, offset = message.get("id"), message.get("offset", 0)

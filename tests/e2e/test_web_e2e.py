@@ -375,10 +375,36 @@ def test_a_held_build_is_entered_and_released_from_the_page(browser: Any, site: 
     wait_status(page, "^connected$")
     run(page, "cat failed.txt; echo in-$((1+1))", "evidence\\s+in-2")
     shot(page, "held-build.png")
+    # The terminal fits the window under the hold's lines.
+    box = page.locator(".slaveshell-terminal").bounding_box()
+    assert box and box["y"] + box["height"] <= 800, box
+    assert f"build {build_id}" in page.title() or "holder #" in page.title(), page.title()
     page.locator("button.slaveshell-release").click()
     assert "released" in page.locator(".slaveshell-released").inner_text()
+    # The page says the build is released (no "is held" any more) and the keyboard goes back to the terminal.
+    hold_text = page.locator(".slaveshell-hold").inner_text()
+    assert "is held" not in hold_text and "released" in hold_text, hold_text
+    page.wait_for_function("() => document.activeElement && "
+                           "document.activeElement.classList.contains('xterm-helper-textarea')")
+    run(page, "echo focused-$((2+2))", "focused-4")
+    shot(page, "held-build-released.png")
     wait_for(lambda: dict((r[0], r[2]) for r in site.build_rows("holder")).get(build_id) is not None,
              "the build to finish")
+    # The session is labelled alike in the history page and by `slaveshell history`.
+    import subprocess
+    import sys
+
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+    label = f"(login shell in build {build_id})"
+    out = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", site.socket, "--build",
+                          str(build_id)], capture_output=True, text=True, check=True).stdout
+    assert any(line.startswith(session_id) and line.endswith(label) for line in out.splitlines()), out
+    history = page.context.new_page()
+    history.goto(site.url + "#/slaveshell/history")
+    cell = history.locator(f"table.slaveshell-history tr[data-session='{session_id}'] .slaveshell-command")
+    cell.wait_for()
+    assert cell.inner_text() == label
+    history.close()
     # (as with `slaveshell release`, the shell goes on after the build: its operator ends it)
     page.locator("button.slaveshell-end").click()
     assert "session ended" in wait_status(page, "session ended")
@@ -397,14 +423,30 @@ def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:
     context.close()
 
 
-def test_anonymous_is_refused(browser: Any, site: Sandbox) -> None:
-    context = login(browser, site, None)
+def test_anonymous_gets_a_login_prompt_and_the_master_still_refuses_them(browser: Any, site: Sandbox) -> None:
+    """Without a login the pages show a login prompt (no refusal over an empty terminal); its link logs in and
+    comes back to the page. The master refuses an anonymous socket whatever the page shows."""
+    context = browser.new_context(http_credentials={"username": "alice", "password": "alice-pw"},
+                                  viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto(site.url + "#/slaveshell")
-    page.locator(".slaveshell-refused").wait_for()
-    assert "log in" in page.locator(".slaveshell-refused").inner_text()
+    assert "Log in" in page.locator(".slaveshell-login").inner_text()
     page.goto(site.url + "#/slaveshell/terminal/w1")
-    assert "log in" in wait_status(page, "^refused")
+    page.locator(".slaveshell-login").wait_for()
+    assert page.locator(".slaveshell-terminal").count() == 0 and page.locator(".slaveshell-refused").count() == 0
+    shot(page, "anonymous.png")
+    refused = page.evaluate("""(url) => new Promise((resolve) => {
+        const ws = new WebSocket(url), got = [];
+        ws.onmessage = (e) => got.push(e.data);
+        ws.onclose = () => resolve(got.join(" "));
+    })""", f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws")
+    assert '"type": "error"' in refused and "log in" in refused, refused
+    page.locator("a.slaveshell-login-link").click()
+    wait_status(page, "^connected$")
+    assert page.url.endswith("/attach") and "#/slaveshell/session/" in page.url, page.url
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
     context.close()
 
 
@@ -577,3 +619,215 @@ def test_the_web_demo_prints_its_address_and_login_and_serves_a_shell(browser: A
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+def _png_rows(png: bytes) -> tuple[int, int, list[bytes], int]:
+    """(width, height, rows of pixels, bytes per pixel) of an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium's
+    screenshots are)."""
+    import struct
+    import zlib
+
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, data, width, height, bpp = 8, b"", 0, 0, 0
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        body = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and color in (2, 6) and interlace == 0, (depth, color, interlace)
+            bpp = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            data += body
+        pos += 12 + length
+    raw, stride, rows, previous = zlib.decompress(data), width * bpp, [], bytearray(width * bpp)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = previous[i], previous[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return width, height, rows, bpp
+
+
+def test_underscores_are_drawn_at_device_scale_1(browser: Any, site: Sandbox) -> None:
+    """A row of underscores at a device scale of 1: every cell has lit pixels (the glyph is drawn inside its row,
+    not clipped below it)."""
+    context = browser.new_context(http_credentials={"username": "alice", "password": "alice-pw"},
+                                  viewport={"width": 1200, "height": 800}, device_scale_factor=1)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(site.url + "auth/login?redirect=/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    n = 32
+    run(page, f"printf '%0{n}d\\n' 0 | tr 0 _; echo under-$((2*3))", "under-6")
+    where = page.evaluate("""(n) => {
+        const t = window.slaveshellTerminal, b = t.buffer.active;
+        const box = document.querySelector(".xterm-screen").getBoundingClientRect();
+        let row = -1;
+        for (let i = 0; i < t.rows; i++) {
+            if (b.getLine(b.viewportY + i).translateToString(true) === "_".repeat(n)) row = i;
+        }
+        return {row: row, left: box.left, top: box.top, w: box.width / t.cols, h: box.height / t.rows};
+    }""", n)
+    assert where["row"] >= 0, screen(page)
+    clip = {"x": where["left"], "y": where["top"] + where["row"] * where["h"], "width": n * where["w"],
+            "height": where["h"]}
+    time.sleep(0.3)  # the row is rendered
+    width, height, rows, bpp = _png_rows(page.screenshot(clip=clip))
+    assert page.evaluate("() => window.devicePixelRatio") == 1
+
+    def lit(x: int, y: int) -> bool:
+        return max(rows[y][x * bpp:x * bpp + 3]) > 100
+
+    cells = [[x for x in range(width) if int(x // where["w"]) == i] for i in range(n)]
+    dark = [i for i, xs in enumerate(cells) if not any(lit(x, y) for x in xs for y in range(height))]
+    assert not dark, f"underscores not drawn in cells {dark} of a {width}x{height} row at device scale 1"
+    shot(page, "underscores.png")
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    context.close()
+
+
+def test_a_page_at_another_host_name_says_which_address_to_use(browser: Any, site: Sandbox) -> None:
+    """c['buildbotURL'] is http://127.0.0.1:PORT/: the page opened at localhost says why it cannot open shells and
+    links to the right address; the master's Origin check still refuses a socket from localhost."""
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    other = site.url.replace("127.0.0.1", "localhost")
+    page.goto(other + "#/slaveshell/terminal/w1")
+    notice = page.locator(".slaveshell-wrong-site")
+    notice.wait_for()
+    text = notice.inner_text()
+    assert "c['buildbotURL']" in text and f"http://localhost:{site.www_port}" in text, text
+    assert page.locator(".slaveshell-terminal").count() == 0
+    link = page.locator("a.slaveshell-site-link")
+    assert link.get_attribute("href") == site.url + "#/slaveshell/terminal/w1"
+    refused = page.evaluate("""(url) => new Promise((resolve) => {
+        const ws = new WebSocket(url), got = [];
+        ws.onopen = () => got.push("open");
+        ws.onclose = (e) => resolve(got.concat(["close:" + e.code]).join(" "));
+    })""", f"ws://localhost:{site.www_port}/plugins/slaveshell/ws")
+    assert "open" not in refused.split(), refused
+    link.click()
+    wait_status(page, "^connected$")
+    run(page, "echo right-$((3*3))", "right-9")
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    context.close()
+
+
+def test_an_ended_session_reloaded_links_to_its_replay_and_fits_the_window(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.set_viewport_size({"width": 1200, "height": 700})
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    wait_status(page, "^connected$")
+    run(page, "echo ended-$((5*5))", "ended-25")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+    # The page's title names the worker and the session.
+    assert "w1" in page.title() and session_id in page.title(), page.title()
+    box = page.locator(".slaveshell-terminal").bounding_box()
+    assert box and box["y"] + box["height"] <= 700, box
+    page.locator("button.slaveshell-end").click()
+    ended = wait_status(page, "session ended")
+    # One wording for End session, here, in the history page and in `slaveshell history`.
+    assert ended == "session ended: closed by web:alice (signal 1)", ended
+    import json
+    import subprocess
+    import sys
+
+    rows = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", site.socket,
+                                      "--json", "--user", "web:alice"], capture_output=True, text=True,
+                                     check=True).stdout)
+    row = next(r for r in rows if r["id"] == session_id)
+    assert row["end_reason"] == "closed by web:alice (signal 1)", row
+    # A reload: the session is not live any more; no refusal over an empty terminal, a link to its replay.
+    page.reload()
+    state = wait_status(page, "^ended")
+    assert "not live" in state and "refused" not in state, state
+    assert not page.locator(".slaveshell-terminal").is_visible()
+    link = page.locator(".slaveshell-replay-link a")
+    link.wait_for()
+    assert "closed by web:alice (signal 1)" in page.locator(".slaveshell-replay-link").inner_text()
+    shot(page, "ended-reloaded.png")
+    link.click()
+    wait_status(page, "^ready$")
+    assert "w1" in page.title() and "w1" in page.locator("h4").inner_text()
+    # The player fits the window: its controls are in view without scrolling.
+    page.wait_for_function("() => document.querySelector('.ap-control-bar')")
+    bottom = page.evaluate("""() => Math.max(
+        document.querySelector('.ap-control-bar').getBoundingClientRect().bottom,
+        document.querySelector('.slaveshell-replay').getBoundingClientRect().bottom)""")
+    assert bottom <= 700, bottom
+    shot(page, "replay.png")
+    # The history page at 760 px (the sidebar pinned from the wider window): every column in view.
+    page.goto(site.url + "#/slaveshell/history")
+    row_locator = page.locator(f"table.slaveshell-history tr[data-session='{session_id}']")
+    row_locator.wait_for()
+    assert "closed by web:alice (signal 1)" in row_locator.locator(".slaveshell-outcome").inner_text()
+    page.set_viewport_size({"width": 760, "height": 700})
+    time.sleep(0.5)
+    shot(page, "history-760.png")
+    # What does not fit scrolls inside the page (not under the window's edge): the last column comes into view.
+    assert page.evaluate("() => document.querySelector('.slaveshell-scroll').getBoundingClientRect().right") <= 760
+    replay = row_locator.locator("button.slaveshell-replay")
+    replay.scroll_into_view_if_needed()
+    box = replay.bounding_box()
+    assert box and 0 <= box["x"] and box["x"] + box["width"] <= 760, box
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 760
+    # A user who may watch but not replay: no link, and the history says why it is empty.
+    carol = login(browser, site, "carol").new_page()
+    carol.goto(site.url + f"#/slaveshell/session/{session_id}/attach")
+    assert "not live" in wait_status(carol, "^ended")
+    time.sleep(2)  # the page asked whether she may replay it
+    assert carol.locator(".slaveshell-replay-link").count() == 0
+    carol.goto(site.url + "#/slaveshell/history")
+    assert "replay right" in carol.locator(".slaveshell-no-history").inner_text()
+    shot(carol, "history-watcher.png")
+    carol.context.close()
+    context.close()
+
+
+def test_untrusted_text_in_the_pages_is_shown_escaped(browser: Any, site: Sandbox) -> None:
+    """A command with a bidirectional override and an escape sequence (a local operator's session): the history
+    page shows them spelled out, as `slaveshell history` does (slaveshell.display.visible)."""
+    import subprocess
+    import sys
+
+    from slaveshell.display import visible
+
+    command = "echo 'pay\u202egnp.exe' \x1b[31mred"
+    shell = shutil_which_shell()
+    done = subprocess.run([*shell, "--socket", site.socket, "-T", "w1", "--", command], capture_output=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/history")
+    cells = page.locator("table.slaveshell-history .slaveshell-command")
+    wait_for(lambda: any("pay" in t for t in cells.all_inner_texts()), "the session in the history")
+    shown = next(t for t in cells.all_inner_texts() if "pay" in t)
+    assert shown == visible(command) and "\u202e" not in shown and "\x1b" not in shown, shown
+    cli = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", site.socket],
+                         capture_output=True, text=True, check=True).stdout
+    assert visible(command) in cli
+    context.close()
+
+
+def shutil_which_shell() -> list[str]:
+    import shutil
+    import sys
+
+    path = shutil.which("buildbot-shell")
+    return [path] if path else [sys.executable, "-m", "slaveshell.shell_cli"]

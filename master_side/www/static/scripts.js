@@ -18,9 +18,133 @@
     return u.href;
   }
 
-  // Text from the master or a worker shown in the terminal: printable characters only.
+  // Text that a worker, a session or another user controls (names, commands, reasons, messages), shown in the
+  // page: slaveshell/display.py's rule (`visible`), so that the page shows what a terminal table shows. Controls,
+  // format characters (the bidirectional overrides among them), line and paragraph separators, lone surrogates
+  // and unassigned code points are spelled as Python's repr() spells them, and so is a combining mark with no
+  // character of its own before it. React escapes HTML; this makes the invisible visible.
+  var HIDDEN_CHAR = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\p{Cn}]/u, MARK = /\p{M}/u;
+  var SHORT = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+  function escapedChar(c) {
+    var code = c.codePointAt(0), hex = code.toString(16);
+    if (SHORT[c]) return SHORT[c];
+    if (code < 0x100) return "\\x" + ("0" + hex).slice(-2);
+    if (code < 0x10000) return "\\u" + ("000" + hex).slice(-4);
+    return "\\U" + ("0000000" + hex).slice(-8);
+  }
   function printable(text) {
-    return String(text).replace(/[\u0000-\u001f\u007f-\u009f]/g, "?");
+    var out = "", base = false;
+    // Lone surrogates stay single code units in this iteration (for...of splits only well-formed pairs).
+    for (var c of String(text === null || text === undefined ? "" : text)) {
+      if (HIDDEN_CHAR.test(c) || (MARK.test(c) && !base)) { out += escapedChar(c); base = false; continue; }
+      out += c;
+      if (!MARK.test(c)) base = true;
+    }
+    return out;
+  }
+
+  // Buildbot's frontend configuration (its index page sets it): c['buildbotURL'] and the logged-in user.
+  function frontend() { return window.buildbotFrontendConfig || {}; }
+
+  // The site c['buildbotURL'] names, when this page was opened at another address (localhost for 127.0.0.1, a
+  // name for its IP address...): the master refuses every socket from such a page (the Origin check), so the
+  // page says so before trying, with the address to use. Null when the page is at the right site.
+  function wrongSite() {
+    var configured = frontend().buildbotURL;
+    if (typeof configured !== "string" || !configured) return null;
+    var site;
+    try { site = new URL(configured); } catch (e) { return null; }
+    if (site.protocol !== "http:" && site.protocol !== "https:") return null;
+    if (site.origin === window.location.origin) return null;
+    return { here: window.location.origin, site: site.origin,
+             url: site.href.replace(/#.*$/, "") + window.location.hash };
+  }
+
+  function anonymous() {
+    var user = frontend().user;
+    return !!(user && user.anonymous);
+  }
+
+  // What the pages show instead of their content when no socket can serve them: the wrong site (see wrongSite)
+  // or no login. Null when neither (the page then asks the master, which checks both again).
+  function blockedNotice() {
+    var wrong = wrongSite();
+    if (wrong) {
+      return h("div", { className: "alert alert-warning slaveshell-wrong-site" },
+        "This page is at " + wrong.here + ", but c['buildbotURL'] is " + wrong.site + ": the master takes " +
+        "shells only from pages at that address (their Origin must match c['buildbotURL']). Open ",
+        h("a", { href: wrong.url, className: "slaveshell-site-link" }, wrong.url), ".");
+    }
+    if (anonymous()) {
+      var back = window.location.hash.replace(/^#/, "") || "/slaveshell";
+      return h("div", { className: "alert alert-info slaveshell-login" },
+        "Shells need a login. ",
+        h("a", { href: "auth/login?redirect=" + encodeURIComponent(back), className: "slaveshell-login-link" },
+          "Log in"),
+        " (or use the login menu at the top right), then come back to this page.");
+    }
+    return null;
+  }
+
+  // Why a socket closed without a word from the master.
+  function closedWhy() {
+    var wrong = wrongSite();
+    if (wrong) return "the master refuses pages at " + wrong.here + " (their Origin does not match c['buildbotURL'], " + wrong.site + ")";
+    return "the master closed the connection";
+  }
+
+  function setTitle(text) { document.title = text + " - Shells"; }
+
+  // Makes the element fill the window's height below where it starts (the terminal, the player), and follow the
+  // window's resizes.
+  function useFillWindow(ref, bottomMargin) {
+    React.useEffect(function () {
+      function fill() {
+        var el = ref.current;
+        if (!el) return;
+        var top = el.getBoundingClientRect().top + window.scrollY;
+        el.style.height = Math.max(120, window.innerHeight - top - bottomMargin) + "px";
+      }
+      fill();
+      var again = setTimeout(fill, 200); // after the layout above it (a notice, the header) settled
+      window.addEventListener("resize", fill);
+      return function () { clearTimeout(again); window.removeEventListener("resize", fill); };
+    });
+  }
+
+  // How a session row is labelled, as `slaveshell history` does (slaveshell/labels.py).
+  function commandLabel(r) {
+    if (r.command) return printable(r.command);
+    return r.build_id ? "(login shell in build " + r.build_id + ")" : "(login shell)";
+  }
+
+  function outcome(r) {
+    if (r.state === "running") return "running";
+    return printable(r.end_reason || r.state || "");
+  }
+
+  function when(iso) { return iso ? String(iso).replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : ""; }
+
+  // A link to a session's replay when this web user may replay it (its row is in the history they may read),
+  // with what the audit index says of it; nothing otherwise.
+  function ReplayLink(props) {
+    var st = React.useState(null);
+    var row = st[0], setRow = st[1];
+    React.useEffect(function () {
+      var cancel = questions(function (send) {
+        send({ type: "history", session: props.id, limit: 1 });
+      }, function (m) {
+        if (m.type !== "history") return;
+        cancel();
+        if (m.sessions.length) setRow(m.sessions[0]);
+      }, function () { /* no link */ });
+      return cancel;
+    }, [props.id]);
+    if (!row) return null;
+    return h("span", { className: "slaveshell-replay-link" },
+      row.state === "running" ? "" : printable("Session " + row.id + " on " + row.worker + " (" + row.operator + ")") + " ended " +
+        when(row.ended) + ": " + outcome(row) + ". ",
+      h("a", { href: "#/slaveshell/replay/" + encodeURIComponent(row.id) }, "Replay it"));
   }
 
   var xtermLoaded = null;
@@ -72,9 +196,9 @@
         }, s.own ? "Resume" : "Join"));
       }
       return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state },
-        h("td", null, s.id), h("td", null, s.worker), h("td", null, s.operator),
-        h("td", null, s.command || "(login shell)"), h("td", null, s.state),
-        h("td", null, s.viewers.join(", ")), h("td", null, buttons));
+        h("td", null, printable(s.id)), h("td", null, printable(s.worker)), h("td", null, printable(s.operator)),
+        h("td", null, commandLabel(s)), h("td", null, printable(s.state)),
+        h("td", null, printable(s.viewers.join(", "))), h("td", null, buttons));
     });
   }
 
@@ -83,6 +207,8 @@
     var state = st[0], setState = st[1];
     React.useEffect(function () {
       var cancel = null, timer = null, live = true;
+      setTitle("Workers");
+      if (blockedNotice()) return undefined;
       function load() {
         cancel = askLists(function (lists, error) {
           if (!live) return;
@@ -93,6 +219,8 @@
       load();
       return function () { live = false; clearTimeout(timer); if (cancel) cancel(); };
     }, []);
+    var blocked = blockedNotice();
+    if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) {
       return h("div", { className: "slaveshell-page" },
         h("div", { className: "alert alert-danger slaveshell-refused" }, "Shells: " + state.error));
@@ -102,7 +230,7 @@
       var ready = w.allowed && w.connected && w.shell;
       var why = !w.allowed ? "not allowed" : !w.connected ? "not connected" : !w.shell ? "no slaveshell" : "";
       return h("tr", { key: w.name, "data-worker": w.name },
-        h("td", null, w.name),
+        h("td", null, printable(w.name)),
         h("td", null, w.connected ? "connected" : "disconnected"),
         h("td", null, String(w.sessions)),
         h("td", null, ready
@@ -117,39 +245,56 @@
       h("h4", null, "Shells ", h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
         onClick: function () { go("#/slaveshell/history"); } }, "History and replay")),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
-      h("div", { className: "table-responsive" }, h("table", { className: "table table-sm slaveshell-fleet" },
+      h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
           h("th", null, "Sessions"), h("th", null, ""))),
         h("tbody", null, rows))),
       h("h5", null, "Live sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
-      h("div", { className: "table-responsive" }, h("table", { className: "table table-sm slaveshell-sessions" },
+      h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
         h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"), h("th", null, "Operator"),
           h("th", null, "Command"), h("th", null, "State"), h("th", null, "Viewers"), h("th", null, ""))),
         h("tbody", null, h(SessionRows, { sessions: sessions })))));
   }
 
-  function describeExit(m) {
-    if (m.code !== null && m.code !== undefined) return "exit status " + m.code;
-    if (m.signal !== null && m.signal !== undefined) return "killed by signal " + m.signal;
+  // The end of a session. One this page ended says so in the audit index's words (its `end_reason`, as
+  // `slaveshell history` and the history page show it): "closed by web:<name> (signal 1)".
+  function describeExit(m, closedHere) {
+    var signal = m.signal !== null && m.signal !== undefined, code = m.code !== null && m.code !== undefined;
+    if (closedHere) {
+      var user = frontend().user, name = user && user.username ? "web:" + user.username : "this page";
+      var status = signal ? "signal " + m.signal : code ? "exit " + m.code : "";
+      return printable("closed by " + name + (status ? " (" + status + ")" : ""));
+    }
+    if (code) return "exit status " + m.code;
+    if (signal) return "killed by signal " + m.signal;
     return printable(m.reason || "ended");
   }
 
   // A terminal on one session: a new one on props.worker, or props.sessionId attached in props.mode ("attach":
   // resume one's own detached session or join another's; "watch": read-only). Once a session is open the address
   // names it, so that a reload reattaches; a socket lost without an end is reattached too (the master keeps the
-  // session detached for its detach grace).
+  // session detached for its detach grace). A session that has ended, or that the master refuses, leaves no
+  // terminal: the reason, and a link to its replay when this web user may replay it.
   function TerminalView(props) {
     var box = React.useRef(null);
     var st = React.useState("connecting");
     var status = st[0], setStatus = st[1];
+    var shown = React.useState({ worker: props.worker || "", id: props.sessionId || "", opened: false, over: false });
+    var session = shown[0], setSession = shown[1];
     var ctl = React.useRef({});
+    var blocked = blockedNotice();
+    useFillWindow(box, 12);
     React.useEffect(function () {
-      var disposed = false, ws = null, term = null, observer = null, finished = false, retries = 0;
+      if (blockedNotice()) return undefined;
+      var disposed = false, ws = null, term = null, observer = null, finished = false, retries = 0, closing = false;
+      var everOpened = false;
       var target = props.sessionId ? { id: props.sessionId, mode: props.mode } : null;
+      function note(change) { setSession(function (old) { return Object.assign({}, old, change); }); }
       loadXterm().then(function () {
         if (disposed) return;
-        term = new Terminal({ scrollback: 5000, fontSize: 14, disableStdin: props.mode === "watch" });
+        // lineHeight: at 1.0 the underscore is drawn below the row's box and clipped at a device scale of 1.
+        term = new Terminal({ scrollback: 5000, fontSize: 14, lineHeight: 1.2, disableStdin: props.mode === "watch" });
         var fit = new FitAddon.FitAddon();
         term.loadAddon(fit);
         term.open(box.current);
@@ -168,7 +313,7 @@
           if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
         }
         ctl.current = {
-          end: function () { send({ type: "close" }); },
+          end: function () { closing = true; send({ type: "close" }); },
           // For tests: drop the socket as a lost network would.
           drop: function () { ws.close(); },
         };
@@ -198,7 +343,7 @@
               retries += 1;
               setTimeout(function () { if (!disposed && !finished) connect(); }, 500 * retries);
             } else {
-              setStatus("connection closed");
+              setStatus("connection closed: " + closedWhy());
             }
           };
         }
@@ -212,6 +357,7 @@
           var m = JSON.parse(ev.data);
           if (m.type === "opened") {
             opened = true;
+            everOpened = true;
             retries = 0;
             typing = m.role !== "watch";
             target = { id: m.id, mode: typing ? "attach" : "watch" };
@@ -219,6 +365,7 @@
             if (window.location.hash !== here) window.history.replaceState(window.history.state, "", here);
             // A resumed session takes this page's size.
             if (m.role === "owner") send({ type: "resize", cols: term.cols, rows: term.rows });
+            note({ worker: String(m.worker), id: String(m.id), opened: true });
             setStatus(typing ? "connected" : "watching (read-only)");
             term.focus();
           } else if (m.type === "input_ack") {
@@ -228,12 +375,18 @@
             setStatus(printable(m.text));
           } else if (m.type === "exit") {
             finished = true;
-            var line = "session ended: " + describeExit(m);
+            var line = "session ended: " + describeExit(m, closing);
             term.write("\r\n\x1b[1m[" + line + "]\x1b[0m\r\n");
+            note({ over: true });
             setStatus(line);
           } else if (m.type === "error") {
             finished = true;
-            setStatus("refused: " + printable(m.message));
+            note({ over: true });
+            if (target && !everOpened && /^no live session/.test(String(m.message))) {
+              setStatus(printable("ended: session " + target.id + " is not live any more"));
+            } else {
+              setStatus("refused: " + printable(m.message));
+            }
           }
         }
         term.onData(function (text) {
@@ -256,12 +409,18 @@
         if (term) term.dispose();
       };
     }, [props.worker, props.sessionId, props.mode, props.build]);
-    var refused = status.indexOf("refused") === 0;
+    var refused = status.indexOf("refused") === 0 || status.indexOf("connection closed") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
-    var title = props.worker ? "Shell on " + props.worker + (props.build ? " in build " + props.build : "")
-      : "Session " + props.sessionId;
+    // Nothing to show in a terminal that never opened: no black box under the refusal.
+    var empty = !session.opened && (session.over || refused);
+    var where = session.worker ? (props.build ? " in build " + props.build : "") : "";
+    var title = printable(session.worker ? "Shell on " + session.worker + where : "Session " + session.id);
+    var titleWithId = session.worker && session.id ? title + printable(" (session " + session.id + ")") : title;
+    React.useEffect(function () { setTitle(titleWithId); }, [titleWithId]);
+    if (blocked) return h("div", { className: "slaveshell-page" }, h("h4", null, title), blocked);
     return h("div", { className: "slaveshell-page" },
-      h("h4", null, title, " ",
+      h("h4", null, title, session.worker && session.id
+          ? h("small", { className: "text-muted slaveshell-session-id" }, printable(" session " + session.id)) : null, " ",
         live && props.mode !== "watch" ? h("button", {
           className: "btn btn-outline-danger btn-sm slaveshell-end",
           onClick: function () { if (ctl.current.end) ctl.current.end(); },
@@ -269,8 +428,9 @@
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
           onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back")),
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
-                 "data-status": status }, status),
-      h("div", { ref: box, className: "slaveshell-terminal" }));
+                 "data-status": status }, status,
+        session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
+      h("div", { ref: box, className: "slaveshell-terminal", style: empty ? { display: "none" } : null }));
   }
 
   // The route's element is made once: follow the address ourselves, so that going from one session's address
@@ -314,56 +474,58 @@
       data = null;
       onAnswer(m, d, send);
     };
-    ws.onclose = function () { if (!over) onFail("the master closed the connection"); over = true; };
+    ws.onclose = function () { if (!over) onFail(closedWhy()); over = true; };
     return function () { over = true; ws.close(); };
   }
 
-  function when(iso) { return iso ? String(iso).replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : ""; }
-
-  function outcome(r) {
-    if (r.state === "running") return "running";
-    if (r.exit_code !== null && r.exit_code !== undefined) return "exit " + r.exit_code;
-    if (r.exit_signal) return "signal " + r.exit_signal;
-    return printable(r.end_reason || r.state || "");
-  }
-
   function HistoryPage() {
-    var st = React.useState({ rows: null, error: null, worker: "", user: "" });
+    var st = React.useState({ rows: null, error: null, mayReplay: true });
     var state = st[0], setState = st[1];
     var filters = React.useRef({ worker: "", user: "" });
+    var blocked = blockedNotice();
     var ask = React.useCallback(function () {
+      if (blockedNotice()) return undefined;
       return questions(function (send) {
         send({ type: "history", worker: filters.current.worker, user: filters.current.user, limit: 200 });
       }, function (m) {
-        if (m.type === "history") setState(function (old) { return Object.assign({}, old, { rows: m.sessions, error: null }); });
+        if (m.type === "history") setState(function (old) {
+          return Object.assign({}, old, { rows: m.sessions, error: null, mayReplay: m.may_replay !== false });
+        });
       }, function (why) {
         setState(function (old) { return old.rows && why.indexOf("closed") >= 0 ? old : Object.assign({}, old, { error: why }); });
       });
     }, []);
-    React.useEffect(function () { return ask(); }, [ask]);
+    React.useEffect(function () { setTitle("History"); return ask(); }, [ask]);
     function field(name, label) {
       return h("input", { className: "form-control form-control-sm slaveshell-filter-" + name, placeholder: label,
-        style: { display: "inline-block", width: "14em", marginRight: "0.5em" },
+        style: { display: "inline-block", width: "14em", maxWidth: "100%", marginRight: "0.5em" },
         onChange: function (e) { filters.current[name] = e.target.value; } });
     }
     var body;
-    if (state.error) body = h("div", { className: "alert alert-danger slaveshell-refused" }, "History: " + state.error);
+    if (blocked) body = blocked;
+    else if (state.error) body = h("div", { className: "alert alert-danger slaveshell-refused" }, "History: " + state.error);
     else if (!state.rows) body = h("p", null, "Loading the audit index...");
-    else body = h("div", { className: "table-responsive" }, h("table", { className: "table table-sm slaveshell-history" },
+    else if (!state.rows.length) body = h("p", { className: "slaveshell-no-history" }, state.mayReplay
+      ? "No session matches (the history lists the sessions on workers where you have the replay right)."
+      : "No history to show: the master's policy does not give you the replay right on any worker (you may " +
+        "watch live sessions; the history and replays need the replay right).");
+    else body = h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
       h("thead", null, h("tr", null, ["Session", "Worker", "Operator", "Command", "Started", "Ended", "Outcome",
-        "Hidden input", ""].map(function (t) { return h("th", { key: t }, t); }))),
+        "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
       h("tbody", null, state.rows.map(function (r) {
+        // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
         return h("tr", { key: r.id, "data-session": r.id },
-          h("td", null, r.id), h("td", null, r.worker), h("td", null, r.operator),
-          h("td", null, r.command || (r.build_id ? "(build " + r.build_id + ")" : "(login shell)")),
-          h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", null, outcome(r)),
-          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""),
-          h("td", null, h("button", { className: "btn btn-secondary btn-sm slaveshell-replay",
-            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")));
+          h("td", { className: "slaveshell-session" }, printable(r.id), h("br"), h("button", {
+            className: "btn btn-secondary btn-sm slaveshell-replay",
+            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")),
+          h("td", null, printable(r.worker)), h("td", null, printable(r.operator)),
+          h("td", { className: "slaveshell-command" }, commandLabel(r)),
+          h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", { className: "slaveshell-outcome" }, outcome(r)),
+          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""));
       }))));
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shell sessions: history"),
-      h("div", { style: { marginBottom: "0.5em" } }, field("worker", "worker"), field("user", "operator (web:name)"),
+      blocked ? null : h("div", { style: { marginBottom: "0.5em" } }, field("worker", "worker"), field("user", "operator (web:name)"),
         h("button", { className: "btn btn-primary btn-sm slaveshell-filter",
           onClick: function () { setState(Object.assign({}, state, { rows: null })); ask(); } }, "Filter")),
       body);
@@ -387,7 +549,7 @@
   }
 
   // A transcript played in the page (asciinema-player): output only; typed input is not shown, hidden input is
-  // only its marker in the transcript.
+  // only its marker in the transcript. The player fits the window (its controls in view).
   function ReplayPage() {
     useHash();
     var match = /\/slaveshell\/replay\/([^/?]+)/.exec(window.location.hash);
@@ -395,9 +557,18 @@
     var box = React.useRef(null);
     var st = React.useState("loading");
     var status = st[0], setStatus = st[1];
+    var rowState = React.useState(null);
+    var row = rowState[0], setRow = rowState[1];
+    var blocked = blockedNotice();
+    useFillWindow(box, 12);
     React.useEffect(function () {
+      if (blockedNotice()) return undefined;
       var parts = [], player = null, disposed = false;
-      var cancel = questions(function (send) { send({ type: "transcript", id: id, offset: 0 }); }, function (m, data, send) {
+      var cancel = questions(function (send) {
+        send({ type: "history", session: id, limit: 1 });
+        send({ type: "transcript", id: id, offset: 0 });
+      }, function (m, data, send) {
+        if (m.type === "history") { if (m.sessions.length) setRow(m.sessions[0]); return; }
         if (m.type !== "transcript") return;
         if (data) parts.push(data);
         if (!m.eof) { send({ type: "transcript", id: id, offset: m.offset }); return; }
@@ -405,7 +576,7 @@
         var text = new TextDecoder().decode(concat(parts));
         loadPlayer().then(function () {
           if (disposed) return;
-          player = AsciinemaPlayer.create({ data: text }, box.current, { fit: "width", preload: true });
+          player = AsciinemaPlayer.create({ data: text }, box.current, { fit: "both", preload: true });
           window.slaveshellReplay = { player: player, text: text };
           setStatus("ready");
         }, function (e) { setStatus("refused: " + e.message); });
@@ -420,17 +591,22 @@
       }
       return function () { disposed = true; cancel(); if (player) player.dispose(); };
     }, [id]);
+    var title = printable(row ? "Replay: " + row.operator + " on " + row.worker + ", " + when(row.started) : "Replay of session " + id);
+    React.useEffect(function () { setTitle(printable(row ? "Replay: " + row.worker + ", session " + id : "Replay of session " + id)); },
+      [row, id]);
     return h("div", { className: "slaveshell-page" },
-      h("h4", null, "Replay of session " + id, " ",
+      h("h4", null, title, row ? h("small", { className: "text-muted slaveshell-session-id" }, " session " + printable(id)) : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm", onClick: function () { go("#/slaveshell/history"); } },
           "History")),
+      blocked,
       h("div", { className: status.indexOf("refused") === 0 ? "alert alert-danger slaveshell-status" : "slaveshell-status",
-                 "data-status": status }, status === "ready" ? "" : status),
-      h("div", { ref: box, className: "slaveshell-replay" }));
+                 "data-status": status }, status === "ready" ? (row ? commandLabel(row) + ": " + outcome(row) : "") : status),
+      h("div", { ref: box, className: "slaveshell-replay", style: blocked ? { display: "none" } : null }));
   }
 
   // A build held by HoldForShell (its step links here): what is held, a terminal in the build and a release
-  // button.
+  // button. After the release the page says so (the build then finishes with its original result), the focus goes
+  // back to the terminal (or to the notice when no shell is open).
   function BuildPage() {
     // The build this page was opened for (its terminal then names its session in the address).
     var build = React.useState(function () {
@@ -439,30 +615,47 @@
     })[0];
     var st = React.useState({ hold: undefined, error: null, released: null, shell: false });
     var state = st[0], setState = st[1];
+    var notice = React.useRef(null), page = React.useRef(null);
+    var blocked = blockedNotice();
     function update(change) { setState(function (old) { return Object.assign({}, old, change); }); }
     React.useEffect(function () {
+      setTitle("Build " + build);
+      if (blockedNotice()) return undefined;
       return questions(function (send) { send({ type: "hold", build: build }); },
         function (m) { if (m.type === "hold") update({ hold: m.hold }); },
         function (why) { update({ error: why }); });
     }, [build]);
+    React.useEffect(function () {
+      if (state.hold) setTitle(printable("Build " + state.hold.builder + " #" + state.hold.number + " on " + state.hold.worker));
+    }, [state.hold]);
+    React.useEffect(function () {
+      if (!state.released) return;
+      var input = page.current && page.current.querySelector(".xterm-helper-textarea");
+      if (input && window.slaveshellTerminal) window.slaveshellTerminal.focus();
+      else if (notice.current) notice.current.focus();
+    }, [state.released]);
     function release() {
       questions(function (send) { send({ type: "release", build: build }); },
         function (m) { if (m.type === "release") update({ released: printable(m.message) }); },
         function (why) { if (why.indexOf("closed") < 0) update({ released: "refused: " + why }); });
     }
     var hold = state.hold;
+    if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) return h("div", { className: "slaveshell-page" },
       h("div", { className: "alert alert-danger slaveshell-refused" }, "Build " + build + ": " + state.error));
     if (hold === undefined) return h("div", { className: "slaveshell-page" }, "Loading build " + build + "...");
     if (hold === null && !state.released) return h("div", { className: "slaveshell-page" },
       h("p", { className: "slaveshell-not-held" }, "Build " + build + " is not held for a shell (or not on a worker you may act on)."));
-    return h("div", { className: "slaveshell-page" },
-      hold ? h("p", { className: "slaveshell-hold" }, "Build " + hold.builder + " #" + hold.number + " (id " + hold.build +
-        ") is held on worker " + hold.worker + ", in " + hold.workdir + ". ",
+    var released = state.released && state.released.indexOf("refused") !== 0;
+    return h("div", { className: "slaveshell-page", ref: page },
+      hold ? h("p", { className: "slaveshell-hold" }, printable("Build " + hold.builder + " #" + hold.number + " (id " + hold.build +
+        ") " + (released ? "was held" : "is held") + " on worker " + hold.worker + ", in " + hold.workdir + ". "),
+        released ? "It is released: it finishes with its original result; a shell open in it goes on until you end it." : null,
         state.released ? null : h("button", { className: "btn btn-warning btn-sm slaveshell-release", onClick: release },
           "Release the build")) : null,
-      state.released ? h("div", { className: "alert alert-info slaveshell-released" }, state.released) : null,
-      hold && !state.shell ? h("button", { className: "btn btn-primary btn-sm slaveshell-open",
+      state.released ? h("div", { className: "alert alert-info slaveshell-released", ref: notice, tabIndex: -1 },
+        state.released) : null,
+      hold && !state.shell && !released ? h("button", { className: "btn btn-primary btn-sm slaveshell-open",
         onClick: function () { update({ shell: true }); } }, "Open a shell in this build") : null,
       hold && state.shell ? h(TerminalView, { worker: hold.worker, build: hold.build, key: "b:" + hold.build }) : null);
   }

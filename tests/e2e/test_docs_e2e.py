@@ -1,0 +1,209 @@
+"""The configuration snippets of README.md and docs/*.md, run as written: every ```python block is a fragment of a
+worker's buildbot.tac (it calls slave_side.install) or of a master's master.cfg (it uses c[...] or factory), and is
+loaded into real processes: the tac fragment goes above the `s = Worker(...)` line of a worker made by
+`buildbot-worker create-worker`, a file's master.cfg fragments go, in order, into one master.cfg that defines
+only what every master.cfg has (`c`, its workers, protocols, database, c['services'] = [] and, for the web
+fragments, c['www'] with an empty plugins dict) and `factory`, the BuildFactory that README's HoldForShell fragment
+adds its step to. A fragment that stops loading, or that no longer does what the text around it says, fails here."""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from slaveshell.sandbox import BUILDBOT, Sandbox
+
+pytestmark = pytest.mark.e2e
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOCS = ["README.md"] + sorted(os.path.join("docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
+                              if n.endswith(".md"))
+
+MASTER_CFG = """\
+# A master.cfg with only what every master.cfg has; the documented fragments follow.
+from buildbot.plugins import schedulers as _schedulers, util as _util, worker as _worker
+c = BuildmasterConfig = {{}}
+c['buildbotURL'] = {url!r}
+c['workers'] = [_worker.Worker('w1', 'pass')]
+c['protocols'] = {{'pb': {{'port': 'tcp:{port}:interface=127.0.0.1'}}}}
+c['builders'] = []
+c['schedulers'] = []
+c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
+c['buildbotNetUsageData'] = None
+c['services'] = []
+{www}factory = _util.BuildFactory()
+# ---- the fragments of {doc}
+{fragments}
+# ---- end of the fragments
+c['builders'].append(_util.BuilderConfig(name='documented', workernames=['w1'], factory=factory))
+c['schedulers'].append(_schedulers.ForceScheduler(name='documented', builderNames=['documented']))
+"""
+
+
+def python_blocks(doc: str) -> list[str]:
+    with open(os.path.join(ROOT, doc)) as f:
+        return re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)
+
+
+def kind(block: str) -> str:
+    if "slave_side.install(" in block:
+        return "tac"
+    if re.search(r"\bc\[|\bfactory\.", block):
+        return "master.cfg"
+    raise AssertionError(f"a python block that is neither a buildbot.tac nor a master.cfg fragment:\n{block}")
+
+
+def fragments(doc: str, which: str) -> list[str]:
+    return [b for b in python_blocks(doc) if kind(b) == which]
+
+
+def test_every_python_block_is_a_fragment_this_module_loads() -> None:
+    blocks = {doc: [kind(b) for b in python_blocks(doc)] for doc in DOCS}
+    assert blocks["README.md"] == ["tac", "master.cfg", "master.cfg"], blocks
+    assert blocks[os.path.join("docs", "web.md")] == ["master.cfg"], blocks
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCS if fragments(d, "master.cfg")])
+def test_every_documents_master_cfg_fragments_pass_checkconfig(tmp_path: Any, doc: str,
+                                                               request: pytest.FixtureRequest) -> None:
+    """Every file's master.cfg fragments load (`buildbot checkconfig`); README's and docs/web.md's are also run
+    in a real master below."""
+    if any("buildbot-ops" in b for b in fragments(doc, "master.cfg")):
+        request.getfixturevalue("ops_group")
+    www = any("c['www']" in b for b in fragments(doc, "master.cfg"))
+    sb = documented_sandbox(str(tmp_path), doc, www=www)
+    checked = checkconfig(sb)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def documented_sandbox(root: str, doc: str, www: bool) -> Sandbox:
+    """A sandbox whose master.cfg is MASTER_CFG with `doc`'s master.cfg fragments and whose worker's buildbot.tac
+    has README's tac fragment above its `s = Worker(` line (the sandbox's own opt-in line left out)."""
+    sb = Sandbox(root, workers=["w1"], opt_in=[], www=www)
+    sb.create()
+    www_cfg = f"c['www'] = {{'port': 'tcp:{sb.www_port}:interface=127.0.0.1', 'plugins': {{}}}}\n" if www else ""
+    with open(os.path.join(sb.master_dir, "master.cfg"), "w") as f:
+        f.write(MASTER_CFG.format(url=sb.url, port=sb.port, www=www_cfg, doc=doc,
+                                  fragments="\n".join(fragments(doc, "master.cfg"))))
+    (tac_fragment,) = fragments("README.md", "tac")
+    tac = os.path.join(sb.worker_dir("w1"), "buildbot.tac")
+    with open(tac) as f:
+        text = f.read()
+    assert text.count("\ns = Worker(") == 1
+    with_fragment = text.replace("\ns = Worker(", "\n" + tac_fragment + "s = Worker(", 1)
+    # The fragment is what to add, whole: it makes no Worker of its own (the file has its one).
+    assert with_fragment.count("Worker(") == text.count("Worker("), tac_fragment
+    with open(tac, "w") as f:
+        f.write(with_fragment)
+    return sb
+
+
+def checkconfig(sb: Sandbox) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(BUILDBOT + ["checkconfig", sb.master_dir], capture_output=True, text=True, timeout=120,
+                          cwd=sb.master_dir)
+
+
+@pytest.fixture
+def ops_group() -> Iterator[str]:
+    """README's group, made for the test when this machine has none (as root; elsewhere the test is skipped)."""
+    name = "buildbot-ops"
+    try:
+        grp.getgrnam(name)
+        yield name
+        return
+    except KeyError:
+        pass
+    if os.geteuid() != 0 or shutil.which("groupadd") is None:
+        pytest.skip(f"README's master.cfg needs a group {name!r}: make it (groupadd {name}) or run as root")
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+def test_readme_fragments_run_as_written(tmp_path: Any, ops_group: str) -> None:
+    sb = documented_sandbox(str(tmp_path), "README.md", www=False)
+    checked = checkconfig(sb)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    try:
+        sb.start_master()
+        sb.start_worker("w1")
+        # The worker opted in by README's line; the socket is the group's, mode 0660.
+        sb.wait_for_workers(["w1"])
+        (w1,) = sb.workers_status()
+        assert w1["shell"] is True, w1
+        st = os.stat(sb.socket)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o660, grp.getgrnam(ops_group).gr_gid)
+        # As README says: with this policy root and the master's user (this test's) may only watch.
+        with open(os.path.join(ROOT, "README.md")) as f:
+            assert "with this policy root and the master's user may only\nwatch" in f.read()
+        if os.geteuid() == 0 or os.getuid() == os.stat(sb.master_dir).st_uid:
+            opened = subprocess.run([sys.executable, "-m", "slaveshell.shell_cli", "--socket", sb.socket, "w1", "--",
+                                     "true"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert opened.returncode == 255 and "permission denied" in opened.stderr, opened
+    finally:
+        sb.stop()
+
+
+def test_readme_says_what_a_missing_group_does(tmp_path: Any) -> None:
+    """README: 'the master refuses to start with no such group ...' (checked with a group no machine has)."""
+    sb = documented_sandbox(str(tmp_path), "README.md", www=False)
+    cfg = os.path.join(sb.master_dir, "master.cfg")
+    with open(cfg) as f:
+        text = f.read()
+    with open(cfg, "w") as f:
+        f.write(text.replace("group='buildbot-ops'", "group='slaveshell-no-such-group'"))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert "the master refuses to start with `no such group 'buildbot-ops'`" in f.read()
+    checked = checkconfig(sb)
+    assert checked.returncode != 0 and "no such group 'slaveshell-no-such-group'" in checked.stdout + checked.stderr
+
+
+def test_web_doc_fragment_lets_its_user_open_a_shell(tmp_path: Any) -> None:
+    """docs/web.md's master.cfg as written: alice logs in with the password it gives her and opens a shell."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.e2e.test_web_e2e import CHROMIUM, TIMEOUT_MS, _entry_point_dir, run, wait_status
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}")
+    (fragment,) = fragments(os.path.join("docs", "web.md"), "master.cfg")
+    user, password = re.search(r"UserPasswordAuth\(\{'(\w+)': '([^']+)'\}\)", fragment).groups()  # type: ignore[union-attr]
+    old = os.environ.get("PYTHONPATH")
+    extra = _entry_point_dir(str(tmp_path / "entry-points"))
+    if extra:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, extra) if p)
+    sb = documented_sandbox(str(tmp_path / "site"), os.path.join("docs", "web.md"), www=True)
+    try:
+        checked = checkconfig(sb)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        sb.start_master()
+        sb.start_worker("w1")
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                context = browser.new_context(http_credentials={"username": user, "password": password})
+                context.set_default_timeout(TIMEOUT_MS)
+                page = context.new_page()
+                page.goto(sb.url + "auth/login?redirect=/slaveshell")
+                button = page.locator("tr[data-worker='w1'] button.slaveshell-open")
+                button.wait_for()
+                button.click()
+                wait_status(page, "^connected$")
+                run(page, "echo documented-$((6*7))", "documented-42")
+            finally:
+                browser.close()
+    finally:
+        sb.stop()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
