@@ -75,6 +75,7 @@ class HopShell:
         self._signal_timer: Cancellable | None = None
         self._typed_ahead = b""
         self._waiting = False
+        self._told_read_only = False
         self.calls = PendingCalls(link)
 
     @property
@@ -112,6 +113,7 @@ class HopShell:
             return
         self.session_open = True
         self._waiting = False
+        self.escapes.leave_only = self.role is not Role.OWNER
         self._send_ack()  # output that came with the view (a session's recent output, on attach)
         if self._typed_ahead:
             typed, self._typed_ahead = self._typed_ahead, b""
@@ -219,8 +221,12 @@ class HopShell:
             return
         for action in self.escapes.feed(data):
             if isinstance(action, esc.Send):
-                if self.role is not Role.WATCH:  # a watcher's keystrokes go nowhere
+                if self.role is not Role.WATCH:
                     self._send_input(action.data)
+                elif not self._told_read_only:  # a watcher's keystrokes go nowhere: said once
+                    self._told_read_only = True
+                    self.write_err(f"\r\n[watching {self.session_id} read-only: what you type is not sent; "
+                                   f"{self._leave_keys()}]\r\n".encode())
             elif isinstance(action, esc.Help):
                 self.write_err(action.text.encode())
             elif isinstance(action, esc.Terminate):
@@ -245,6 +251,13 @@ class HopShell:
                                  f"Left session {self.session_id} on {self.worker}.")
                 self._last_call(Op.DETACH, ExitStatus(code=0))
                 return
+
+    def _leave_keys(self) -> str:
+        """How a watcher leaves, for the read-only notice."""
+        if not self.interactive:
+            return "Ctrl-C leaves"
+        c = self.escapes.escape
+        return f"{c.decode('latin-1')}. leaves" if c is not None else "escapes are off: SIGTERM or SIGHUP leaves"
 
     def resumed(self) -> None:
         """Continued after a stop: SIGWINCH is not delivered to a stopped process, so the size goes again."""
