@@ -53,6 +53,8 @@ class HopShell:
         self.worker = request.worker
         self.role = Role.OWNER
         self.farewell: str | None = None
+        # The options a resume command needs to reach this master (shell_cli.socket_words): " --socket PATH".
+        self.reach = ""
         self.suspend = suspend
         self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True,
                                         release=request.build is not None,
@@ -247,7 +249,7 @@ class HopShell:
                 self.resumed()
             elif isinstance(action, esc.Detach):
                 self.farewell = (f"Detached from session {self.session_id} on {self.worker}; resume it with: "
-                                 f"slaveshell attach {self.session_id}" if self.role is Role.OWNER else
+                                 f"slaveshell attach {self.session_id}{self.reach}" if self.role is Role.OWNER else
                                  f"Left session {self.session_id} on {self.worker}.")
                 self._last_call(Op.DETACH, ExitStatus(code=0))
                 return
@@ -307,7 +309,7 @@ class HopShell:
             self._last_call(Op.CLOSE, ExitStatus(reason="ended by SIGTERM"))
         elif self.interactive and signum != signal.SIGINT:
             self.farewell = (f"Detached from session {self.session_id} on {self.worker} (SIG{name}); resume it "
-                             f"with: slaveshell attach {self.session_id}" if self.role is Role.OWNER else
+                             f"with: slaveshell attach {self.session_id}{self.reach}" if self.role is Role.OWNER else
                              f"Left session {self.session_id} on {self.worker} (SIG{name}).")
             self._last_call(Op.DETACH, ExitStatus(reason=f"detached by SIG{name}"))
         elif self.role is not Role.OWNER:
