@@ -33,6 +33,7 @@ def install(
     env: Mapping[str, str] | None = None,
     allowed_users: Iterable[str] | None = None,
     busy_rate: int = WorkerOptions.busy_rate,
+    umask: int | None = WorkerOptions.umask,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -46,6 +47,9 @@ def install(
     busy_rate: while a build step runs on this worker, each session's output, and what each `slaveshell cp`
         from this worker sends, is paced to this many bytes per second once a 1 MiB burst is spent, so that a
         flood in a shell or a large download does not take the build's CPU; 0: never.
+    umask: the file mode creation mask sessions start with and copies to this worker apply to new files'
+        modes (without -p), as a login's: 0o022 by default, not the worker daemon's (twistd's 0o077); None keeps
+        the daemon's.
     """
     global _server, _transfers
     if not enabled:
@@ -53,6 +57,8 @@ def install(
         return None
     if max_sessions < 1:
         raise ValueError("max_sessions must be at least 1")
+    if umask is not None and not 0 <= umask <= 0o777:
+        raise ValueError("umask must be between 0 and 0o777")
     from buildbot_worker.commands import registry
     from buildbot_worker.pb import BotPb
 
@@ -63,6 +69,7 @@ def install(
         extra_env=dict(env or {}),
         allowed_users=frozenset(allowed_users) if allowed_users is not None else None,
         busy_rate=max(0, int(busy_rate)),
+        umask=umask,
     )
     _server = ShellServer(options)
     # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer), and

@@ -9,10 +9,11 @@ as typing Protocols.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,6 +61,9 @@ class WorkerOptions:
     # to this many bytes per second after a burst of BUSY_BURST (a `yes` flood otherwise takes the build's CPU:
     # bench/run.py's build row); 0: never.
     busy_rate: int = 8 * 1024 * 1024
+    # The file mode creation mask a session's process starts with and a copy's new files get their modes by, as
+    # a login's (022, as login(1) and sshd leave it); None: the worker daemon's own (twistd's 077).
+    umask: int | None = 0o022
 
     def login_shell(self) -> str:
         if self.shell:
@@ -69,6 +73,22 @@ class WorkerOptions:
         except KeyError:
             shell = ""
         return shell or os.environ.get("SHELL") or "/bin/sh"
+
+
+@contextlib.contextmanager
+def login_umask(options: WorkerOptions) -> Iterator[None]:
+    """The owner's `umask` (WorkerOptions.umask) in force in the `with` body, the daemon's again after: around
+    starting a session's process (the child inherits it at the fork) and making a copy's receiver (which takes
+    the mask in force then). The mask is the process's: the body is short and runs in the reactor's thread, and
+    this worker creates files in other threads only with explicit modes (a copy's commit)."""
+    if options.umask is None:
+        yield
+        return
+    previous = os.umask(options.umask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def session_environment(request: OpenRequest, options: WorkerOptions, shell: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from twisted.internet.protocol import ProcessProtocol
 from slaveshell.protocol import OpenRequest, ProtocolError
 
 from . import pty as ptyutil
-from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
+from .host import ProcessReactor, ProcessTransport, WorkerOptions, login_umask, resolve_cwd, session_environment
 
 _SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
@@ -56,14 +56,16 @@ def spawn(reactor: ProcessReactor, proto: ProcessProtocol, request: OpenRequest,
             # killing the still-living process with SIGHUP (exit 129 instead of 0). sshd likewise keeps the PTY
             # until the child has been reaped.
             hold = os.dup(slave_fd)
-            transport = reactor.spawnProcess(proto, shell, argv, env, cwd, usePTY=(master_fd, slave_fd, ttyname))
+            with login_umask(options):
+                transport = reactor.spawnProcess(proto, shell, argv, env, cwd, usePTY=(master_fd, slave_fd, ttyname))
             return Spawned(transport, master_fd, hold, cwd)
         setsid = shutil.which("setsid")
         if setsid:
             exe, full = setsid, [setsid, shell] + argv[1:]
         else:
             exe, full = sys.executable, [sys.executable, "-c", _SETSID_TRAMPOLINE, shell] + argv[1:]
-        transport = reactor.spawnProcess(proto, exe, full, env, cwd, childFDs={0: "w", 1: "r", 2: "r"})
+        with login_umask(options):
+            transport = reactor.spawnProcess(proto, exe, full, env, cwd, childFDs={0: "w", 1: "r", 2: "r"})
         return Spawned(transport, None, None, cwd)
     except OSError as e:
         if hold is not None:

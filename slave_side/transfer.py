@@ -34,7 +34,7 @@ from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
 
-from .host import WorkerOptions
+from .host import WorkerOptions, login_umask
 from .session import BUSY_BURST
 
 log = Logger()
@@ -313,8 +313,9 @@ class TransferServer:
         try:
             if request.direction == UP:
                 dest = check_str(request.dest, "destination", MAX_PATH)
-                receiver = Receiver(dest if os.path.isabs(dest) else os.path.join(base, dest), request.preserve,
-                                    check, asked=request.asked())
+                with login_umask(self.options):  # new files' modes, without -p, as a login's umask gives them
+                    receiver = Receiver(dest if os.path.isabs(dest) else os.path.join(base, dest), request.preserve,
+                                        check, asked=request.asked())
                 transfer = WorkerTransfer(transfer_id, request, peer, None, receiver, self._ended)
                 total, entries = 0, 0
             else:

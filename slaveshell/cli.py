@@ -7,7 +7,7 @@ import base64
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 from .calls import CallError, MasterCalls
 from .calls import rows as answer_rows
@@ -130,9 +130,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def fetch_transcript(socket_path: str, session_id: str) -> bytes:
-    """A session's whole transcript, chunk by chunk over one connection. CallError, Interrupted."""
-    parts, offset = [], 0
+def transcript_chunks(socket_path: str, session_id: str) -> Generator[bytes, None, None]:
+    """A session's transcript as the master serves it, chunk by chunk from an offset over one connection: memory
+    is one chunk whatever the transcript's size. CallError, Interrupted (while waiting for the master)."""
+    offset = 0
     with master_calls(socket_path) as calls:
         while True:
             chunk = calls.call(Op.TRANSCRIPT, session=session_id, offset=offset)
@@ -140,36 +141,79 @@ def fetch_transcript(socket_path: str, session_id: str) -> bytes:
             if not isinstance(encoded, str):
                 raise CallError("the master's transcript answer has no data")
             data = base64.b64decode(encoded)
-            parts.append(data)
             offset += len(data)
+            yield data
             if chunk.get("eof") is not False:
-                return b"".join(parts)
+                return
+
+
+def fetch_transcript(socket_path: str, session_id: str) -> bytes:
+    """A session's whole transcript at once (for what needs all of it). CallError, Interrupted."""
+    return b"".join(transcript_chunks(socket_path, session_id))
+
+
+def transcript_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a transcript arriving in chunks, each with its newline (a last one without), as text with
+    surrogateescape: one line at a time. (A transcript's JSON escapes every other line break.)"""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        end = pending.rfind(b"\n") + 1
+        if end:
+            for line in bytes(pending[:end]).split(b"\n")[:-1]:
+                yield line.decode("utf-8", "surrogateescape") + "\n"
+            del pending[:end]
+    if pending:
+        yield bytes(pending).decode("utf-8", "surrogateescape")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """The transcript to stdout as it arrives; 255 after an error part-way (what came is written)."""
+    out = sys.stdout.buffer
+    chunks = transcript_chunks(_socket_path(args), args.session)
     try:
-        data = fetch_transcript(_socket_path(args), args.session)
+        with contextlib.closing(chunks):
+            for data in chunks:
+                out.write(data)
+            out.flush()
     except (CallError, Interrupted) as e:
+        with contextlib.suppress(OSError):
+            out.flush()
         return _fail(e)
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import play
-    from .transcript import parse_lines
+def _reader_gone() -> int:
+    """Whoever read our stdout left (`| head`): stop quietly, as cat(1) does on SIGPIPE."""
+    import os
 
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Played as it arrives: one event held at a time (slaveshell.replay), whatever the transcript's size."""
+    from .replay import play
+    from .transcript import iter_events, parse_header
+
+    chunks = transcript_chunks(_socket_path(args), args.session)
     try:
-        data = fetch_transcript(_socket_path(args), args.session)
-    except (CallError, Interrupted) as e:
+        with contextlib.closing(chunks):
+            lines = transcript_lines(chunks)
+            header = parse_header(lines)
+            play(header, iter_events(lines), sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
+    except (CallError, ValueError) as e:
         return _fail(e)
-    cast = parse_lines(data.decode("utf-8", "surrogateescape").splitlines(keepends=True))
-    try:
-        play(cast, sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
-    except KeyboardInterrupt:
-        sys.stdout.buffer.write(b"\r\n")
+    except (KeyboardInterrupt, Interrupted):
+        with contextlib.suppress(OSError):
+            sys.stdout.buffer.write(b"\r\n")
+            sys.stdout.buffer.flush()
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     return 0
 
 

@@ -249,15 +249,20 @@ class Console:
 
     # -- views ---------------------------------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """The fleet and the live sessions again; False (the error shown) when the master did not answer: what
+        was known before is kept for completion, never shown as if current."""
         try:
             self.cached_workers = self.backend.workers()
             self.cached_sessions = self.backend.sessions()
         except BackendError as e:
             self.write(f"error: {visible(e)}\n")
+            return False
+        return True
 
     def show_workers(self) -> None:
-        self.refresh()
+        if not self.refresh():
+            return
         self.write(f"{'WORKER':18} {'STATE':10} {'SHELL':6} {'SESSIONS':8} INFO\n")
         for w in self.cached_workers:
             state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
@@ -266,7 +271,8 @@ class Console:
             self.write(f"{cell(w['name'], 18)} {state:10} {shell:6} {w['sessions']:<8} {info}\n")
 
     def show_sessions(self) -> None:
-        self.refresh()
+        if not self.refresh():
+            return
         if not self.cached_sessions:
             self.write("no live sessions\n")
             return

@@ -45,8 +45,10 @@ class Progress:
     """Bytes done out of `total`: prompt_toolkit's ProgressBar on `stream` (a terminal's standard error), nothing
     without a stream. prompt_toolkit is imported only then, so a copy in a pipe stays standard library only. The
     bar reads its keys from a pipe of its own that never sends any: it never puts the terminal in raw mode, and
-    Ctrl-C stays a SIGINT for `run`. `close` must be called (the bar draws from a thread of its own): the
-    client's `_finish` does, on every path."""
+    Ctrl-C stays a SIGINT for `run`. Nor does it ask the terminal where its cursor is (a cursor position
+    request, ESC[6n): the terminal's reply would go to the terminal's input, which the bar does not read, for
+    the next program there (a shell) to read as typed, and the bar would wait for it on every close. `close`
+    must be called (the bar draws from a thread of its own): the client's `_finish` does, on every path."""
 
     def __init__(self, title: str, total: int, stream: TextIO | None) -> None:
         self._stack = contextlib.ExitStack()
@@ -56,11 +58,14 @@ class Progress:
             return
         from prompt_toolkit.input import create_pipe_input
         from prompt_toolkit.output import create_output
+        from prompt_toolkit.output.vt100 import Vt100_Output
         from prompt_toolkit.shortcuts import ProgressBar
 
         keys = self._stack.enter_context(create_pipe_input())
-        self._bar = self._stack.enter_context(ProgressBar(title=title, output=create_output(stdout=stream),
-                                                          input=keys))
+        output = create_output(stdout=stream)
+        if isinstance(output, Vt100_Output):
+            output.enable_cpr = False
+        self._bar = self._stack.enter_context(ProgressBar(title=title, output=output, input=keys))
         self._counter = self._bar(label="bytes", total=max(total, 1))
 
     def add(self, n: int) -> None:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 HELP = (
     "Supported escape sequences:\r\n"
-    " {c}.   - terminate session\r\n"
-    "{detach}"
+    "{end}"
     "{suspend}"
     " {c}?   - this message\r\n"
     " {c}{c}   - send the escape character by typing it twice\r\n"
@@ -59,13 +58,16 @@ CTRL_Z = b"\x1a"
 class EscapeParser:
     def __init__(self, escape_char: bytes | None = b"~", detach: bool = False, release: bool = False,
                  suspend: str | None = None) -> None:
-        """`suspend`: the program's name for `~^Z` and its help line; None leaves Ctrl-Z after `~` as data."""
+        """`suspend`: the program's name for `~^Z` and its help line; None leaves Ctrl-Z after `~` as data.
+        `leave_only` (set once known: a watcher or someone else's joiner): `~.` and `~d` only leave the session,
+        and the help says so."""
         if escape_char is not None and len(escape_char) != 1:
             raise ValueError("the escape character must be one byte")
         self.escape = escape_char
         self.detach = detach
         self.release = release
         self.suspend = suspend
+        self.leave_only = False
         self._at_line_start = True
         self._pending = False
 
@@ -91,12 +93,16 @@ class EscapeParser:
                 if byte == b"?":
                     flush()
                     c = self.escape.decode("latin-1")
-                    extra = f" {c}d   - detach (the session keeps running; slaveshell attach resumes it)\r\n" \
-                        if self.detach else ""
+                    if self.leave_only:
+                        extra = f" {c}.   - leave the session (it keeps running for its owner)\r\n"
+                    else:
+                        extra = f" {c}.   - terminate session\r\n"
+                        if self.detach:
+                            extra += f" {c}d   - detach (the session keeps running; slaveshell attach resumes it)\r\n"
                     if self.release:
                         extra += f" {c}r   - release the held build (it finishes; this shell stays)\r\n"
                     stop = f" {c}^Z  - suspend {self.suspend}\r\n" if self.suspend else ""
-                    actions.append(Help(HELP.format(c=c, detach=extra, suspend=stop)))
+                    actions.append(Help(HELP.format(c=c, end=extra, suspend=stop)))
                     self._at_line_start = True  # ssh accepts another escape right after help
                     continue
                 if byte == b"d" and self.detach:

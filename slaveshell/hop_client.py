@@ -53,6 +53,8 @@ class HopShell:
         self.worker = request.worker
         self.role = Role.OWNER
         self.farewell: str | None = None
+        # The options a resume command needs to reach this master (shell_cli.socket_words): " --socket PATH".
+        self.reach = ""
         self.suspend = suspend
         self.escapes = esc.EscapeParser(escape_char if interactive else None, detach=True,
                                         release=request.build is not None,
@@ -75,6 +77,7 @@ class HopShell:
         self._signal_timer: Cancellable | None = None
         self._typed_ahead = b""
         self._waiting = False
+        self._told_read_only = False
         self.calls = PendingCalls(link)
 
     @property
@@ -112,6 +115,7 @@ class HopShell:
             return
         self.session_open = True
         self._waiting = False
+        self.escapes.leave_only = self.role is not Role.OWNER
         self._send_ack()  # output that came with the view (a session's recent output, on attach)
         if self._typed_ahead:
             typed, self._typed_ahead = self._typed_ahead, b""
@@ -219,8 +223,12 @@ class HopShell:
             return
         for action in self.escapes.feed(data):
             if isinstance(action, esc.Send):
-                if self.role is not Role.WATCH:  # a watcher's keystrokes go nowhere
+                if self.role is not Role.WATCH:
                     self._send_input(action.data)
+                elif not self._told_read_only:  # a watcher's keystrokes go nowhere: said once
+                    self._told_read_only = True
+                    self.write_err(f"\r\n[watching {self.session_id} read-only: what you type is not sent; "
+                                   f"{self._leave_keys()}]\r\n".encode())
             elif isinstance(action, esc.Help):
                 self.write_err(action.text.encode())
             elif isinstance(action, esc.Terminate):
@@ -241,10 +249,17 @@ class HopShell:
                 self.resumed()
             elif isinstance(action, esc.Detach):
                 self.farewell = (f"Detached from session {self.session_id} on {self.worker}; resume it with: "
-                                 f"slaveshell attach {self.session_id}" if self.role is Role.OWNER else
+                                 f"slaveshell attach {self.session_id}{self.reach}" if self.role is Role.OWNER else
                                  f"Left session {self.session_id} on {self.worker}.")
                 self._last_call(Op.DETACH, ExitStatus(code=0))
                 return
+
+    def _leave_keys(self) -> str:
+        """How a watcher leaves, for the read-only notice."""
+        if not self.interactive:
+            return "Ctrl-C leaves"
+        c = self.escapes.escape
+        return f"{c.decode('latin-1')}. leaves" if c is not None else "escapes are off: SIGTERM or SIGHUP leaves"
 
     def resumed(self) -> None:
         """Continued after a stop: SIGWINCH is not delivered to a stopped process, so the size goes again."""
@@ -294,7 +309,7 @@ class HopShell:
             self._last_call(Op.CLOSE, ExitStatus(reason="ended by SIGTERM"))
         elif self.interactive and signum != signal.SIGINT:
             self.farewell = (f"Detached from session {self.session_id} on {self.worker} (SIG{name}); resume it "
-                             f"with: slaveshell attach {self.session_id}" if self.role is Role.OWNER else
+                             f"with: slaveshell attach {self.session_id}{self.reach}" if self.role is Role.OWNER else
                              f"Left session {self.session_id} on {self.worker} (SIG{name}).")
             self._last_call(Op.DETACH, ExitStatus(reason=f"detached by SIG{name}"))
         elif self.role is not Role.OWNER:

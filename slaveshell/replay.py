@@ -1,25 +1,37 @@
-"""Real-time playback of a transcript to a terminal, as `asciinema play` does it."""
+"""Real-time playback of a transcript to a terminal, as `asciinema play` does it, event by event as they come
+(memory: one event, whatever the transcript's size)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO
 
-from .transcript import Cast, event_bytes
+from .transcript import Event, event_bytes
 
 
-def play(cast: Cast, out: BinaryIO, speed: float = 1.0, idle_limit: float | None = None,
-         sleep: Callable[[float], None] = time.sleep) -> None:
-    """Write the output events with their original pauses (divided by `speed`, each capped at `idle_limit`)."""
+def play(header: Mapping[str, object], events: Iterable[Event], out: BinaryIO, speed: float = 1.0,
+         idle_limit: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Write the output events with their original pauses (divided by `speed`, each capped at `idle_limit`, by
+    default the header's `idle_time_limit`). An output event is written once the next event is read: that one
+    may hold its exact bytes (an `ob` event, slaveshell.transcript)."""
     if speed <= 0:
         raise ValueError("speed must be positive")
     if idle_limit is None:
-        limit = cast.header.get("idle_time_limit")
+        limit = header.get("idle_time_limit")
         idle_limit = float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) else None
     last = 0.0
-    events = cast.events
-    for i, event in enumerate(events):
+    held: Event | None = None
+
+    def write(after: Event | None) -> None:
+        assert held is not None
+        out.write(event_bytes([held, after] if after is not None else [held], 0))
+        out.flush()
+
+    for event in events:
+        if held is not None:
+            write(event)
+            held = None
         if event.code != "o":
             continue
         pause = event.time - last
@@ -28,6 +40,6 @@ def play(cast: Cast, out: BinaryIO, speed: float = 1.0, idle_limit: float | None
             pause = min(pause, idle_limit)
         if pause > 0:
             sleep(pause / speed)
-        # The exact bytes when the transcript has them (output that was not UTF-8).
-        out.write(event_bytes(events, i))
-        out.flush()
+        held = event
+    if held is not None:
+        write(None)

@@ -64,7 +64,22 @@ def find_socket(args: argparse.Namespace) -> str:
         return str(args.socket)
     if args.master:
         return os.path.join(args.master, DEFAULT_SOCKET_NAME)
+    return default_socket()
+
+
+def default_socket() -> str:
+    """The socket found without --socket or --master: $SLAVESHELL_SOCKET, else ./shell.sock."""
     return os.environ.get(SOCKET_ENV) or os.path.join(os.getcwd(), DEFAULT_SOCKET_NAME)
+
+
+def socket_words(socket_path: str) -> str:
+    """What a command printed for the operator to run later needs to reach this master: ``--socket PATH``,
+    nothing when the socket is the one found without it."""
+    import shlex
+
+    if os.path.abspath(socket_path) == os.path.abspath(default_socket()):
+        return ""
+    return " --socket " + shlex.quote(os.path.abspath(socket_path))
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
@@ -147,6 +162,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     terminal = RawTerminal(0) if interactive else None
     loop = Loop()
     client = _session(loop, sock, request, interactive, escape_char, attach, terminal)
+    client.reach = socket_words(socket_path)
     # Our own handlers: each only notes the signal, and the loop hands it to the client (HopShell.signalled).
     handlers: dict[int, Callable[[int, FrameType | None], None]] = {
         signum: loop.note_signal for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)

@@ -173,3 +173,33 @@ def test_ctrl_c_while_a_command_waits_for_the_master_stops_that_command_only():
     assert status == 0
     assert "interrupted" in text
     assert text.count("linux-1") >= 2  # the fleet at start, and again after the interrupted command
+
+
+def test_after_the_master_went_away_sessions_and_workers_show_the_error_and_no_stale_table():
+    class Gone(FakeBackend):
+        gone = False
+
+        def workers(self):
+            if self.gone:
+                raise BackendError("cannot reach the master: connection refused")
+            return super().workers()
+
+        def sessions(self):
+            if self.gone:
+                raise BackendError("cannot reach the master: connection refused")
+            return super().sessions()
+
+    backend = Gone()
+    out: list[str] = []
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        console = Console(backend, input=inp, output=DummyOutput(), write=out.append)
+        console.show_sessions()
+        assert "abc123def456" in "".join(out)  # the table, while the master answers
+        backend.gone = True
+        out.clear()
+        inp.send_text("sessions\rworkers\rquit\r")
+        assert console.run() == 0
+    text = "".join(out)
+    assert text.count("error: cannot reach the master: connection refused") == 3  # at start, and each command
+    for stale in ("abc123def456", "linux-1", "SESSION", "WORKER"):
+        assert stale not in text, text

@@ -72,3 +72,16 @@ def test_help_lists_suspend_when_offered():
     assert isinstance(help_action, Help) and " ~^Z  - suspend buildbot-shell\r\n" in help_action.text
     (plain,) = EscapeParser().feed(b"~?")
     assert isinstance(plain, Help) and "^Z" not in plain.text
+
+
+def test_help_for_someone_who_only_leaves_offers_leaving_not_terminating():
+    owner = EscapeParser(detach=True)
+    [shown] = owner.feed(b"~?")
+    assert isinstance(shown, Help) and " ~.   - terminate session\r\n" in shown.text and "~d" in shown.text
+    watcher = EscapeParser(detach=True, suspend="slaveshell")
+    watcher.leave_only = True
+    [shown] = watcher.feed(b"~?")
+    assert isinstance(shown, Help)
+    assert "terminate" not in shown.text and "~d" not in shown.text
+    assert " ~.   - leave the session (it keeps running for its owner)\r\n" in shown.text
+    assert " ~^Z  - suspend slaveshell\r\n" in shown.text

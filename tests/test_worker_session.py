@@ -275,3 +275,32 @@ def test_while_a_build_step_runs_output_past_a_burst_is_paced_and_otherwise_not(
     # The wall clock stepped back an hour (reactor.seconds() is time.time()): the wait is the rate's, not an hour.
     pacer = Pacer(rate=100, burst=50)
     assert pacer.spend(50, 3600.0) == 0.0 and pacer.spend(10, 0.0) == 0.1
+
+
+@pytest.mark.parametrize("pty", [False, True])
+@pytest.mark.parametrize(("configured", "expected"), [(WorkerOptions.umask, 0o022), (0o027, 0o027), (None, 0o077)])
+def test_the_process_starts_with_the_owners_umask_and_the_daemons_comes_back(tmp_path, pty, configured, expected):
+    """A login's mask (022) by default, the owner's when set, the daemon's own with None; the daemon's mask is
+    in force again once the process is started."""
+    reactor = ProcessReactor()
+    seen = []
+    spawn = reactor.spawnProcess
+
+    def spawn_noting_the_mask(*args, **kw):
+        mask = os.umask(0)
+        os.umask(mask)
+        seen.append(mask)
+        return spawn(*args, **kw)
+
+    reactor.spawnProcess = spawn_noting_the_mask
+    daemon = os.umask(0o077)
+    try:
+        request = OpenRequest(worker="w1", pty=pty, command=None if pty else "true")
+        session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/sh", umask=configured),
+                                str(tmp_path), WireSink(lambda *a: None), lambda *a: None)
+        session.start()
+        after = os.umask(0o077)
+    finally:
+        os.umask(daemon)
+    assert seen == [expected]
+    assert after == 0o077

@@ -343,3 +343,80 @@ def test_on_a_terminal_a_progress_bar_runs_and_ctrl_c_still_stops_the_copy(cpbox
     assert "slaveshell: interrupted" in shown, shown
     assert_no_traceback(shown)
     assert wait_until(lambda: sorted(os.listdir(dest_dir)) == ["five"], 10), os.listdir(dest_dir)
+
+
+def test_on_a_terminal_the_bar_asks_the_terminal_nothing_and_the_next_program_reads_nothing(cpbox, tmp_path):
+    """The bar never sends a cursor position request (ESC[6n): a terminal's reply to one would wait in the
+    terminal's input for the shell run after the copy. The test plays the terminal: it answers every request as
+    xterm does, then what the next program finds in the terminal's input is shown."""
+    import shlex
+
+    import pexpect
+
+    src = str(tmp_path / "tiny")
+    with open(src, "wb") as f:
+        f.write(b"tiny\n")
+    dest_dir = allowed(cpbox, "cpr")
+    os.makedirs(dest_dir, exist_ok=True)
+    copy = shlex.join(cp_argv(cpbox, src, f"cw1:{dest_dir}/tiny"))
+    # After the copy: whatever the terminal's input holds within half a second, as `od -c` spells it.
+    script = (f"{copy}; echo \"CP-EXIT:$?\"; stty -icanon -echo min 0 time 5; "
+              "stray=$(head -c 64 | od -An -c | tr -d ' \\n'); echo \"AFTER:[$stray]\"")
+    child = pexpect.spawn("sh", ["-c", script], timeout=60, dimensions=(24, 100), env=dict(os.environ, TERM="xterm"))
+    requests = 0
+    try:
+        while child.expect([b"\x1b\\[6n", rb"AFTER:\[([^\]]*)\]"]) == 0:
+            requests += 1
+            child.send(b"\x1b[24;1R")  # what xterm answers
+        stray = child.match.group(1).decode()
+        shown = child.before.decode(errors="replace")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert "CP-EXIT:0" in shown, shown
+    assert requests == 0, f"the bar asked for the cursor position {requests} time(s)"
+    assert stray == "", f"the program after the copy read {stray!r} from the terminal"
+    assert sha(os.path.join(dest_dir, "tiny")) == sha(src)
+
+
+def _umask_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+
+
+def test_sessions_and_copies_start_with_a_logins_umask_not_the_daemons(cpbox, tmp_path):
+    """The worker daemon runs with twistd's umask 077; an upload without -p gets the modes scp gives (0755 for an
+    executable, 0644, directories 0755) and a session, with or without a terminal, starts with umask 0022."""
+    import pexpect
+
+    with open(os.path.join(cpbox.worker_dir("cw1"), "twistd.pid")) as f:
+        assert _umask_of(int(f.read())) == 0o077, "the worker daemon is expected to run with twistd's 077"
+    tree = tmp_path / "modes"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "sub" / "data.txt").write_text("data\n")
+    os.chmod(tree / "run.sh", 0o755)
+    os.chmod(tree / "sub" / "data.txt", 0o644)
+    done = cp(cpbox, "-r", str(tree), f"cw1:{allowed(cpbox, 'modes')}")
+    assert done.returncode == 0, done.stderr
+
+    def mode(*parts: str) -> int:
+        return os.stat(allowed(cpbox, "modes", *parts)).st_mode & 0o7777
+
+    assert (mode(), mode("sub"), mode("run.sh"), mode("sub", "data.txt")) == (0o755, 0o755, 0o755, 0o644)
+
+    shell = [sys.executable, "-m", "slaveshell.shell_cli", "--socket", cpbox.socket]
+    done = subprocess.run([*shell, "-T", "cw1", "umask"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "0022"), done.stderr
+    child = pexpect.spawn(shell[0], [*shell[1:], "cw1"], timeout=30, dimensions=(24, 80),
+                          env=dict(os.environ, TERM="xterm"))
+    try:
+        child.expect(r"[#$] ")
+        child.sendline("echo \"mask=$(umask)\"")
+        child.expect(r"mask=(\d+)\r\n")
+        interactive = child.match.group(1).decode()
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert interactive == "0022"

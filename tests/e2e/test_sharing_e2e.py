@@ -77,6 +77,29 @@ def test_watchers_see_the_screen_and_cannot_type(sandbox):
         t.wait()
 
 
+def test_a_watcher_is_told_once_that_typing_is_not_sent_and_its_help_offers_only_leaving(sandbox):
+    t, sid = open_session(sandbox, "watch-me-2")
+    w = SlaveshellTerminal(sandbox, ["watch", sid])
+    try:
+        w.expect("watch-me-2")
+        w.child.send("ls")
+        w.expect(f"watching {sid} read-only: what you type is not sent; ~. leaves")
+        w.child.send("more keys\r")
+        w.child.send("~?")
+        w.expect("this message")
+        shown = bytes(w.printed).decode(errors="replace")
+        assert shown.count("read-only: what you type is not sent") == 1, shown
+        assert "~.   - leave the session (it keeps running for its owner)" in shown
+        assert "terminate session" not in shown and "~d" not in shown
+        w.child.send("\r~.")
+        assert w.wait() == 0
+        assert t.run("echo owner-still-here-2").strip() == "owner-still-here-2"
+    finally:
+        w.close()
+        t.child.sendline("exit")
+        t.wait()
+
+
 def test_a_joiner_types_into_the_shared_session(sandbox):
     t, sid = open_session(sandbox, "join-me-1")
     j = SlaveshellTerminal(sandbox, ["attach", sid])

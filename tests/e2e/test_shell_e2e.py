@@ -222,3 +222,87 @@ def test_demo_runs_a_command_on_a_throwaway_worker_and_cleans_up():
     assert "worker-demo-worker" in done.stdout
     sandbox_dir = done.stdout.split()[-1].rsplit("/worker-demo-worker", 1)[0]
     assert not os.path.exists(sandbox_dir)
+
+
+def _local(printed: str) -> list[str]:
+    """A command the demo printed, with its `slaveshell`/`buildbot-shell` run from this tree's Python."""
+    import shlex
+
+    words = shlex.split(printed)
+    module = {"slaveshell": "slaveshell.cli", "buildbot-shell": "slaveshell.shell_cli"}.get(os.path.basename(words[0]))
+    return [sys.executable, "-m", module, *words[1:]] if module else words
+
+
+def test_demo_in_a_job_control_shell_suspends_with_its_shell_and_keeps_a_detached_session(tmp_path):
+    """`slaveshell demo` typed at an interactive bash: ~^Z stops the demo with buildbot-shell (bash reports the
+    job stopped) and `fg` continues both; the printed held-build commands work; ~d prints a resume command (with
+    --socket) that works from another terminal, the sandbox stays while the session is detached, Enter resumes
+    it, and once the session ends the demo removes the sandbox."""
+    import re
+    import shlex
+
+    import pexpect
+
+    env = dict(os.environ, TERM="xterm", PS1="BASH$ ", HOME=str(tmp_path))
+    bash = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], env=env, dimensions=(24, 120), timeout=120,
+                         cwd=str(tmp_path))
+    printed = bytearray()
+    bash.logfile_read = type("Log", (), {"write": lambda self, b: printed.extend(b), "flush": lambda self: None})()
+    other = None
+    try:
+        bash.expect(r"BASH\$ ")
+        bash.sendline(f"{shlex.quote(sys.executable)} -m slaveshell.cli demo")
+        bash.expect(r"master: +(\S+)")
+        master_dir = bash.match.group(1).decode()
+        bash.expect(r"run in another terminal\r\n +(.+?)\r\n")
+        hold = bash.match.group(1).decode()
+        bash.expect(r"releases it\) with\r\n +(.+?)\r\n")
+        step_in = bash.match.group(1).decode()
+        bash.expect("you are now in a shell on the worker")
+        bash.expect(r"[#$] ")
+        bash.sendline("PS1='W> '")
+        bash.expect("W> ")
+
+        # The held build, as printed.
+        subprocess.run(_local(hold), check=True, capture_output=True, timeout=60)
+        held = subprocess.run([*_local(step_in), "cat", "failed.txt"], capture_output=True, text=True, timeout=120)
+        assert (held.returncode, held.stdout.strip()) == (0, "evidence"), held.stderr
+
+        # ~^Z: bash sees its job stopped and gets the terminal back; fg continues the demo and its shell.
+        bash.send("\r~\x1a")
+        bash.expect(r"Stopped")
+        bash.expect(r"BASH\$ ")
+        bash.sendline("fg")
+        bash.send("echo back-$((1+1))\r")
+        bash.expect("back-2")
+        bash.expect("W> ")
+
+        # ~d: a resume command that works, and the sandbox kept meanwhile.
+        bash.send("\r~d")
+        bash.expect(r"resume it with: (slaveshell attach \w+ --socket \S+)\r\n")
+        resume = bash.match.group(1).decode()
+        bash.expect("Enter resumes it here")
+        assert os.path.exists(os.path.join(master_dir, "shell.sock"))
+        argv = _local(resume)
+        other = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(24, 80), timeout=60)
+        other.send("\recho resumed-$((2+1))\r")
+        other.expect("resumed-3")
+        other.send("\r~d")
+        other.expect(pexpect.EOF)
+        other.close()
+        assert other.exitstatus == 0
+        bash.send("\r")  # Enter, in the demo: it is detached again, and resumed here
+        bash.send("\recho again-$((3+1))\r")
+        bash.expect("again-4")
+        bash.send("exit\r")
+        bash.expect("removing the sandbox")
+        bash.expect(r"BASH\$ ")
+        bash.sendline("echo demo-exit-$?")
+        bash.expect(r"demo-exit-(\d+)")
+        assert bash.match.group(1) == b"0"
+        assert wait_until(lambda: not os.path.exists(master_dir), 30), "the sandbox is removed at the end"
+    finally:
+        if other is not None:
+            other.close(force=True)
+        bash.close(force=True)
+    assert "Traceback" not in printed.decode(errors="replace")

@@ -165,3 +165,47 @@ def test_bulk_output_seen_before_a_kill_9_of_the_master_is_kept_and_repaired(tmp
         assert cast_events[-2].data.startswith("attachment: ") and f"{len(attached)} bytes" in cast_events[-2].data
     finally:
         sb.stop()
+
+
+# The slaveshell CLI, telling its peak resident memory (VmHWM: this program's own, from its exec; getrusage's
+# ru_maxrss would count the forked test process before the exec) as its last line on stderr.
+_MEASURED = ("import atexit, sys\n"
+             "def peak():\n"
+             "    with open('/proc/self/status') as f:\n"
+             "        print(next(l for l in f if l.startswith('VmHWM:')).split()[1], file=sys.stderr)\n"
+             "atexit.register(peak)\n"
+             "from slaveshell.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _peak_rss_mb(args: list[str]) -> tuple[int, float]:
+    """Run the CLI with `args`, its output thrown away: (exit status, its peak resident memory in MiB)."""
+    done = subprocess.run([sys.executable, "-c", _MEASURED, *args], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    return done.returncode, int(done.stderr.split()[-1]) / 1024
+
+
+def test_export_and_replay_stream_a_large_transcript_in_bounded_memory(sandbox, tmp_path):
+    """A 48 MB transcript is exported and replayed as it arrives from the master: each client's peak memory is
+    about that of a tiny transcript's, not the transcript's size (joined, then parsed whole, it was 2-3 times
+    it)."""
+    size = 48 * MB
+    for marker, command in (("stream-tiny", "echo tiny"),
+                            ("stream-large", f"head -c {size} /dev/zero | tr '\\0' a")):
+        done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", f"{command} # {marker}"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    tiny, large = ended_row(sandbox, "stream-tiny"), ended_row(sandbox, "stream-large")
+    cli = [sys.executable, "-m", "slaveshell.cli"]
+    exported = tmp_path / "large.cast"
+    with open(exported, "wb") as f:
+        assert subprocess.run([*cli, "export", "--socket", sandbox.socket, large["id"]], stdout=f,
+                              timeout=300).returncode == 0
+    assert os.path.getsize(exported) > size
+    for command in (["export"], ["replay", "--speed", "1000", "--idle-limit", "0"]):
+        base_status, base = _peak_rss_mb([command[0], "--socket", sandbox.socket, tiny["id"], *command[1:]])
+        status, peak = _peak_rss_mb([command[0], "--socket", sandbox.socket, large["id"], *command[1:]])
+        assert (base_status, status) == (0, 0)
+        print(f"{command[0]}: peak {peak:.1f} MiB, tiny {base:.1f} MiB")
+        assert peak - base < 16, f"{command[0]}: {peak:.0f} MiB for a {size // MB} MB transcript, {base:.0f} tiny"

@@ -611,6 +611,25 @@ def test_the_web_demo_prints_its_address_and_login_and_serves_a_shell(browser: A
         page.locator("tr[data-worker='demo-worker'] button.slaveshell-open").click()
         wait_status(page, "^connected$")
         run(page, "echo demo-$((6*7))", "demo-42")
+        session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+        # The second login may only watch: no shell of its own, no Join; it watches demo's session.
+        watcher = re.search(r"or as 'watcher' with password '([^']+)' \(may only watch", text)
+        assert watcher and re.search(r"a held build .*: .*sendchange .*--branch hold", text), text
+        watching = browser.new_context(http_credentials={"username": "watcher", "password": watcher.group(1)})
+        watching.set_default_timeout(TIMEOUT_MS)
+        other = watching.new_page()
+        other.goto(url.group(1) + "auth/login")
+        other.goto(url.group(1) + "#/slaveshell")
+        row = other.locator(f"tr[data-session='{session_id}']")
+        row.wait_for()
+        assert "not allowed" in other.locator("tr[data-worker='demo-worker']").inner_text()
+        assert row.locator("button.slaveshell-attach").count() == 0
+        row.locator("button.slaveshell-watch").click()
+        wait_status(other, "^watching")
+        wait_for(lambda: "demo-42" in screen(other), "demo's session, for the watcher")
+        run(page, "echo seen-$((6*8))", "seen-48")
+        wait_for(lambda: "seen-48" in screen(other), "the live output, for the watcher")
+        watching.close()
         context.close()
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=120) == 0
