@@ -39,6 +39,10 @@ def _hostile_plan(sources, recursive, check=None, base=None, **kw):
                                     body.local)
         planned += [extra('file', '.bashrc', 0o644), extra('dir', '.ssh', 0o700),
                     extra('file', '.ssh/authorized_keys', 0o600), extra('file', 'rootshell', 0o4755)]
+    if any('hostile-escape' in s for s in sources):
+        body = planned[0]
+        planned.append(_cpfiles.Planned(_Entry('file', '\x1b[2J\x1b]0;PWNED\x07evil', 0o644, body.entry.size, 0.0),
+                                        body.local))
     return planned
 _transfer.plan = _hostile_plan
 class _StallingSender(_cpfiles.Sender):
@@ -282,3 +286,15 @@ def test_an_operator_streaming_more_than_it_asked_is_refused_by_the_master(box, 
                            str(tmp_path / ".bashrc")], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False the operator sent a bad message: .bashrc: not asked for", done
     assert snapshot(str(dest)) == before
+
+
+def test_a_name_not_asked_for_is_reported_escaped(box, tmp_path):
+    src = tmp_path / "hostile-escape.log"
+    src.write_text("log\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    line = one_line(cp(box, f"evil:{src}", str(dest)))
+    assert line == "slaveshell: the worker sent a bad message: \\x1b[2J\\x1b]0;PWNED\\x07evil: not asked for", line
+    assert os.listdir(dest) == []
+    row = transfer_row(box, str(src))
+    assert row["state"] == "failed" and "not asked for" in str(row["end_reason"])
