@@ -156,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import play
+    from .replay import is_transfer, play, show_transfer
     from .transcript import parse_lines
 
     try:
@@ -164,6 +164,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except (CallError, Interrupted) as e:
         return _fail(e)
     cast = parse_lines(data.decode("utf-8", "surrogateescape").splitlines(keepends=True))
+    if is_transfer(cast):
+        show_transfer(cast, sys.stdout.buffer)
+        return 0
     try:
         play(cast, sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
     except KeyboardInterrupt:

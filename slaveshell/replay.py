@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
+from .display import visible
 from .transcript import Cast, event_bytes
 
 
@@ -31,3 +32,24 @@ def play(cast: Cast, out: BinaryIO, speed: float = 1.0, idle_limit: float | None
         # The exact bytes when the transcript has them (output that was not UTF-8).
         out.write(event_bytes(events, i))
         out.flush()
+
+
+def is_transfer(cast: Cast) -> bool:
+    """A `slaveshell cp` transfer's record (its header's "slaveshell" object says ``"kind": "transfer"``)."""
+    meta = cast.header.get("slaveshell")
+    return isinstance(meta, dict) and meta.get("kind") == "transfer"
+
+
+def show_transfer(cast: Cast, out: BinaryIO) -> None:
+    """A transfer's record as text: its markers and the text of the files it kept, line by line, every control
+    character escaped (slaveshell.display.visible): a file is not terminal output, and an uploaded file's escape
+    sequences or bytes must not act on the auditor's terminal."""
+    for event in cast.events:
+        if event.code == "m":
+            out.write(f"# {visible(event.data)}\n".encode())
+        elif event.code == "o":
+            lines = event.data.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            out.write("".join(f"{visible(line)}\n" for line in lines).encode())
+    out.flush()
