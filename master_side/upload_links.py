@@ -1,9 +1,9 @@
-"""Links from a session to the uploads its command names: `slaveshell cp x.sh w1:` then `buildbot-shell w1 --
-sh x.sh`. The upload's row keeps the names its files may have on the worker (`upload_names`, the `files` column);
-a later session on that worker whose command names one of them (`named_uploads`) gets the upload's id in its
-`uploads` column (docs/audit-schema.md). A link is a pointer for the auditor, not a proof: a command that builds
-the name at run time (a glob, a variable, a rename first) names no upload; the upload's bytes stay findable by
-search either way.
+"""Links from a session to the uploads it names: `slaveshell cp x.sh w1:` then `buildbot-shell w1 -- sh x.sh`.
+The upload's row keeps the names its files may have on the worker (`upload_names`, the `files` column); a session
+on that worker whose command, or what was typed or piped into it (`TypedWords`), names one of them
+(`named_uploads`) gets the upload's id in its `uploads` column (docs/audit-schema.md). A link is a pointer for the
+auditor, not a proof: a command that builds the name at run time (a glob, a variable, a rename first) names no
+upload; the upload's kept text stays findable by search either way.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def _reader_gone() -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Played as it arrives: one event held at a time (slaveshell.replay), whatever the transcript's size."""
-    from .replay import play
+    from .replay import is_transfer, play, show_transfer
     from .transcript import iter_events, parse_header
 
     chunks = transcript_chunks(_socket_path(args), args.session)
@@ -204,7 +204,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with contextlib.closing(chunks):
             lines = transcript_lines(chunks)
             header = parse_header(lines)
-            play(header, iter_events(lines), sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
+            if is_transfer(header):
+                show_transfer(iter_events(lines), sys.stdout.buffer)
+            else:
+                play(header, iter_events(lines), sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
     except (CallError, ValueError) as e:
         return _fail(e)
     except (KeyboardInterrupt, Interrupted):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO
 
+from .display import visible
 from .transcript import Event, event_bytes
 
 
@@ -43,3 +44,24 @@ def play(header: Mapping[str, object], events: Iterable[Event], out: BinaryIO, s
         held = event
     if held is not None:
         write(None)
+
+
+def is_transfer(header: Mapping[str, object]) -> bool:
+    """A `slaveshell cp` transfer's record (its header's "slaveshell" object says ``"kind": "transfer"``)."""
+    meta = header.get("slaveshell")
+    return isinstance(meta, dict) and meta.get("kind") == "transfer"
+
+
+def show_transfer(events: Iterable[Event], out: BinaryIO) -> None:
+    """A transfer's record as text: its markers and the text of the files it kept, line by line, every control
+    character escaped (slaveshell.display.visible): a file is not terminal output, and an uploaded file's escape
+    sequences or bytes must not act on the auditor's terminal."""
+    for event in events:
+        if event.code == "m":
+            out.write(f"# {visible(event.data)}\n".encode())
+        elif event.code == "o":
+            lines = event.data.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            out.write("".join(f"{visible(line)}\n" for line in lines).encode())
+    out.flush()

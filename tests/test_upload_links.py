@@ -71,3 +71,15 @@ def test_typed_words_are_bounded_in_what_is_examined_and_kept():
     big = TypedWords()
     big.feed(b"x" * (TYPED_EXAMINED + 10) + b" after.sh ")
     assert big.examined == TYPED_EXAMINED and "after.sh" not in big.text()
+
+
+def test_keep_uploaded_text_is_a_bounded_number_of_bytes():
+    from master_side.config import ShellConfig
+    from master_side.transfer_record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
+
+    assert ShellConfig().keep_uploaded_text == KEEP_UPLOADED_TEXT == 64 * 1024
+    for good in (0, 1, KEEP_UPLOADED_TEXT_MAX):
+        assert ShellConfig(keep_uploaded_text=good).errors() == []
+    for bad in (-1, KEEP_UPLOADED_TEXT_MAX + 1, True, 1.5, "64k", None):
+        assert ShellConfig(keep_uploaded_text=bad).errors() == [  # type: ignore[arg-type]
+            f"keep_uploaded_text must be a whole number of bytes from 0 to {KEEP_UPLOADED_TEXT_MAX}"]

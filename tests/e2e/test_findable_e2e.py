@@ -184,6 +184,15 @@ def test_only_small_text_uploads_are_kept_by_default(box, tmp_path):
     kept = cli(box, "export", str(closed_row(box, "deploy.sh -> f1:")["id"])).stdout
     assert "zq-redact-needle" in kept and "SECRET-zq777" not in kept and "[REDACTED]" in kept
     assert cli(box, "search", "SECRET-zq777").returncode == 1
+    # Replayed, a transfer's record is a listing, every control character escaped: an uploaded file's escape
+    # sequences never act on the auditor's terminal.
+    hostile = tmp_path / "title.sh"
+    hostile.write_text("echo zq-replay\x1b]0;PWNED\x07\x1b[2J\n")
+    assert cli(box, "cp", str(hostile), "f1:").returncode == 0
+    replayed = cli(box, "replay", str(closed_row(box, "title.sh -> f1:")["id"]))
+    assert replayed.returncode == 0 and "\x1b" not in replayed.stdout and "\x07" not in replayed.stdout
+    assert "echo zq-replay\\x1b]0;PWNED\\x07\\x1b[2J\n" in replayed.stdout
+    assert "# file title.sh " in replayed.stdout and " text kept\n" in replayed.stdout
     # Past the bound or not text: the record has their size and sha256 and says why not their bytes.
     assert cli(box, "search", "zq-large-needle").returncode == 1
     assert cli(box, "search", "zq-binary-needle").returncode == 1
