@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -113,6 +114,23 @@ def assert_no_traceback(output: bytes | str | None) -> None:
 def _ours(argv: object) -> bool:
     words = [argv] if isinstance(argv, str) else list(argv) if isinstance(argv, list | tuple) else []
     return any("slaveshell" in str(w) or "buildbot-shell" in str(w) for w in words[:4])
+
+
+@pytest.fixture(autouse=True)
+def no_stale_rehash_lock() -> None:
+    """The workers' login shells are root's, whose .bashrc on this kind of machine runs `pyenv init -`: its
+    rehash takes a lock file and waits up to 60 s for it, and a login shell that a test ends while it starts can
+    leave the file behind, so every later shell would wait a minute before its prompt. A lock older than any
+    rehash takes, with no rehash running, is removed before each test."""
+    lock = os.path.join(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "shims", ".pyenv-shim")
+    try:
+        age = time.time() - os.stat(lock).st_mtime
+    except OSError:
+        return
+    rehashing = subprocess.run(["pgrep", "-f", "pyenv-rehash"], capture_output=True).returncode == 0
+    if age > 10 and not rehashing:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
 
 
 @pytest.fixture(autouse=True)
