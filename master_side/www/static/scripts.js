@@ -383,7 +383,7 @@
             finished = true;
             note({ over: true });
             if (target && !everOpened && /^no live session/.test(String(m.message))) {
-              setStatus(printable("ended: session " + target.id + " is not live any more"));
+              setStatus(printable("ended: session " + target.id + " is not live (it ended, or there is no such session)"));
             } else {
               setStatus("refused: " + printable(m.message));
             }
