@@ -60,8 +60,11 @@
              url: site.href.replace(/#.*$/, "") + window.location.hash };
   }
 
+  // Not logged in on a site with a web login (on a site without one, c['www']['auth'] unset, there is nothing to
+  // log in to: the master's refusal says what is missing).
   function anonymous() {
-    var user = frontend().user;
+    var config = frontend(), user = config.user, auth = config.auth;
+    if (auth && auth.name === "NoAuth") return false;
     return !!(user && user.anonymous);
   }
 
