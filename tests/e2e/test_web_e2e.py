@@ -850,3 +850,26 @@ def shutil_which_shell() -> list[str]:
 
     path = shutil.which("buildbot-shell")
     return [path] if path else [sys.executable, "-m", "slaveshell.shell_cli"]
+
+
+def test_a_build_released_elsewhere_is_shown_released(browser: Any, site: Sandbox) -> None:
+    """The held-build page follows a release made elsewhere (here `slaveshell release`): it stops saying "is
+    held" and offers no release or new shell."""
+    import subprocess
+    import sys
+
+    known = {r[0] for r in site.build_rows("holder")}
+    site.send_change("hold")
+    build_id = wait_for(lambda: next((r[0] for r in site.build_rows("holder") if r[0] not in known), None),
+                        "a new holder build")
+    wait_for(lambda: any("/slaveshell/build/" in u for u in step_urls(site, build_id)), "the build to be held")
+    page = login(browser, site, "alice").new_page()
+    page.goto(site.url + f"#/slaveshell/build/{build_id}")
+    assert "is held" in page.locator(".slaveshell-hold").inner_text()
+    subprocess.run([sys.executable, "-m", "slaveshell.cli", "release", "--socket", site.socket, str(build_id)],
+                   capture_output=True, text=True, check=True, timeout=60)
+    wait_for(lambda: "not held any more" in page.locator(".slaveshell-hold").inner_text(), "the page to follow", 30)
+    assert "is held" not in page.locator(".slaveshell-hold").inner_text()
+    assert page.locator("button.slaveshell-release").count() == 0
+    assert page.locator("button.slaveshell-open").count() == 0
+    page.context.close()

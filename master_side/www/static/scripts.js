@@ -60,8 +60,11 @@
              url: site.href.replace(/#.*$/, "") + window.location.hash };
   }
 
+  // Not logged in on a site with a web login (on a site without one, c['www']['auth'] unset, there is nothing to
+  // log in to: the master's refusal says what is missing).
   function anonymous() {
-    var user = frontend().user;
+    var config = frontend(), user = config.user, auth = config.auth;
+    if (auth && auth.name === "NoAuth") return false;
     return !!(user && user.anonymous);
   }
 
@@ -383,7 +386,7 @@
             finished = true;
             note({ over: true });
             if (target && !everOpened && /^no live session/.test(String(m.message))) {
-              setStatus(printable("ended: session " + target.id + " is not live any more"));
+              setStatus(printable("ended: session " + target.id + " is not live (it ended, or there is no such session)"));
             } else {
               setStatus("refused: " + printable(m.message));
             }
@@ -613,7 +616,7 @@
       var match = /\/slaveshell\/build\/(\d+)/.exec(window.location.hash);
       return match ? parseInt(match[1], 10) : 0;
     })[0];
-    var st = React.useState({ hold: undefined, error: null, released: null, shell: false });
+    var st = React.useState({ hold: undefined, error: null, released: null, shell: false, gone: false });
     var state = st[0], setState = st[1];
     var notice = React.useRef(null), page = React.useRef(null);
     var blocked = blockedNotice();
@@ -628,12 +631,25 @@
     React.useEffect(function () {
       if (state.hold) setTitle(printable("Build " + state.hold.builder + " #" + state.hold.number + " on " + state.hold.worker));
     }, [state.hold]);
+    // Released elsewhere (`slaveshell release`, ~r, another page), timed out or stopped: asked again every 10 s
+    // while the page shows a hold.
+    var watching = !!state.hold && !state.released && !state.gone;
     React.useEffect(function () {
-      if (!state.released) return;
+      if (!watching) return undefined;
+      var cancel = null;
+      var timer = setInterval(function () {
+        if (cancel) cancel();
+        cancel = questions(function (send) { send({ type: "hold", build: build }); },
+          function (m) { if (m.type === "hold" && m.hold === null) update({ gone: true }); }, function () { /* next time */ });
+      }, 10000);
+      return function () { clearInterval(timer); if (cancel) cancel(); };
+    }, [watching, build]);
+    React.useEffect(function () {
+      if (!state.released && !state.gone) return;
       var input = page.current && page.current.querySelector(".xterm-helper-textarea");
       if (input && window.slaveshellTerminal) window.slaveshellTerminal.focus();
       else if (notice.current) notice.current.focus();
-    }, [state.released]);
+    }, [state.released, state.gone]);
     function release() {
       questions(function (send) { send({ type: "release", build: build }); },
         function (m) { if (m.type === "release") update({ released: printable(m.message) }); },
@@ -646,12 +662,13 @@
     if (hold === undefined) return h("div", { className: "slaveshell-page" }, "Loading build " + build + "...");
     if (hold === null && !state.released) return h("div", { className: "slaveshell-page" },
       h("p", { className: "slaveshell-not-held" }, "Build " + build + " is not held for a shell (or not on a worker you may act on)."));
-    var released = state.released && state.released.indexOf("refused") !== 0;
+    var released = (state.released && state.released.indexOf("refused") !== 0) || state.gone;
     return h("div", { className: "slaveshell-page", ref: page },
       hold ? h("p", { className: "slaveshell-hold" }, printable("Build " + hold.builder + " #" + hold.number + " (id " + hold.build +
         ") " + (released ? "was held" : "is held") + " on worker " + hold.worker + ", in " + hold.workdir + ". "),
-        released ? "It is released: it finishes with its original result; a shell open in it goes on until you end it." : null,
-        state.released ? null : h("button", { className: "btn btn-warning btn-sm slaveshell-release", onClick: release },
+        released ? (state.gone ? "It is not held any more (released, timed out or stopped): it finishes with its original result; "
+          : "It is released: it finishes with its original result; ") + "a shell open in it goes on until you end it." : null,
+        released ? null : h("button", { className: "btn btn-warning btn-sm slaveshell-release", onClick: release },
           "Release the build")) : null,
       state.released ? h("div", { className: "alert alert-info slaveshell-released", ref: notice, tabIndex: -1 },
         state.released) : null,
