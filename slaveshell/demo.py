@@ -40,7 +40,8 @@ def web_config(users: dict[str, str], role: str = "shellers") -> str:
 
 
 def _say(text: str) -> None:
-    print(f"slaveshell demo: {text}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # a terminal hung up: the sandbox is still to be removed
+        print(f"slaveshell demo: {text}", file=sys.stderr, flush=True)
 
 
 def _client(name: str, module: str) -> list[str]:
@@ -132,6 +133,10 @@ def _serve_web(sandbox: Sandbox, passwords: dict[str, str]) -> int:
     return 0
 
 
+def _end(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .sandbox import SandboxError, describe
 
@@ -150,6 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                          f"dict(users=[{os.getuid()}])]")
     else:
         sandbox = Sandbox(root, workers=["demo-worker"])
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal, kill: the sandbox goes all the same
+        signal.signal(signum, _end)
     try:
         _say("creating a throwaway Buildbot master and worker ...")
         sandbox.create()
@@ -168,6 +175,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # nothing cuts the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         _say("stopping and removing the sandbox ...")
         sandbox.stop()
         if not args.keep:
