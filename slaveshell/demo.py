@@ -17,11 +17,12 @@ import sys
 import tempfile
 import threading
 
+from .display import visible
 from .framing import Op
 from .sandbox import BUILDBOT, Sandbox
 
 WEB_USER = "demo"
-# The web demo's second login: may watch the sessions of others, nothing else (watch and join between two people).
+# The web demo's second login: may watch the sessions of others, nothing else (two people can try watching).
 WEB_WATCHER = "watcher"
 
 
@@ -40,7 +41,8 @@ def web_config(users: dict[str, str], role: str = "shellers") -> str:
 
 
 def _say(text: str) -> None:
-    print(f"slaveshell demo: {text}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # a terminal hung up: the sandbox is still to be removed
+        print(f"slaveshell demo: {text}", file=sys.stderr, flush=True)
 
 
 def _client(name: str, module: str) -> list[str]:
@@ -50,8 +52,9 @@ def _client(name: str, module: str) -> list[str]:
 
 def _shell(sandbox: Sandbox, command: list[str]) -> int:
     socket = sandbox.socket
-    argv = _client("buildbot-shell", "slaveshell.shell_cli") + ["--socket", socket, "demo-worker"] + command
-    _say(" ".join(argv[-len(command) - 3:]))
+    args = ["--socket", socket, "demo-worker"] + command
+    argv = _client("buildbot-shell", "slaveshell.shell_cli") + args
+    _say(shlex.join(["buildbot-shell", *args]))
     if command:
         return _foreground(argv)
     step_in = _client("buildbot-shell", "slaveshell.shell_cli") + ["--socket", socket, "--build", "1", "demo-worker"]
@@ -65,9 +68,9 @@ def _shell(sandbox: Sandbox, command: list[str]) -> int:
     status = _foreground(argv)
     while (session := _detached_session(socket)) is not None:
         resume = _client("slaveshell", "slaveshell.cli") + ["attach", session, "--socket", socket]
-        _say(f"session {session} is detached and keeps running, and so does the sandbox: Enter resumes it here "
-             f"(or run '{shlex.join(resume)}' in another terminal); Ctrl-D ends the demo and removes the sandbox, "
-             "the session with it.")
+        _say(f"session {visible(session)} is detached and keeps running, and so does the sandbox: Enter resumes "
+             f"it here (or, in another terminal: {visible(shlex.join(resume))}); Ctrl-D ends the demo and removes "
+             "the sandbox, the session with it.")
         if not sys.stdin.readline():
             break
         status = _foreground(resume)
@@ -132,6 +135,10 @@ def _serve_web(sandbox: Sandbox, passwords: dict[str, str]) -> int:
     return 0
 
 
+def _end(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .sandbox import SandboxError, describe
 
@@ -150,6 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                          f"dict(users=[{os.getuid()}])]")
     else:
         sandbox = Sandbox(root, workers=["demo-worker"])
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal, kill: the sandbox goes all the same
+        signal.signal(signum, _end)
     try:
         _say("creating a throwaway Buildbot master and worker ...")
         sandbox.create()
@@ -168,6 +177,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # nothing cuts the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         _say("stopping and removing the sandbox ...")
         sandbox.stop()
         if not args.keep:

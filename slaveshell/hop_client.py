@@ -227,7 +227,7 @@ class HopShell:
                     self._send_input(action.data)
                 elif not self._told_read_only:  # a watcher's keystrokes go nowhere: said once
                     self._told_read_only = True
-                    self.write_err(f"\r\n[watching {self.session_id} read-only: what you type is not sent; "
+                    self.write_err(f"\r\n[watching {visible(self.session_id)} read-only: what you type is not sent; "
                                    f"{self._leave_keys()}]\r\n".encode())
             elif isinstance(action, esc.Help):
                 self.write_err(action.text.encode())

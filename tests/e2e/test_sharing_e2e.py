@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -201,3 +202,36 @@ def _sockets_to(pid, path):
     lines = [line.split() for line in subprocess.run(["ss", "-xp"], capture_output=True, text=True).stdout.splitlines()]
     mine = {f[5] for f in lines if len(f) > 7 and f"pid={pid}," in f[-1]}
     return sum(1 for f in lines if len(f) > 7 and f[4] == path and f[7] in mine)
+
+
+def test_console_sessions_after_the_master_went_away_shows_the_error_and_no_stale_table(tmp_path):
+    from slaveshell.sandbox import Sandbox
+
+    sb = Sandbox(str(tmp_path / "gone"), workers=["g1"])
+    sb.create()
+    sb.start()
+    t = c = None
+    try:
+        t = Terminal(sb, ["g1"]).ready()
+        c = SlaveshellTerminal(sb, ["console"], rows=30, cols=120)
+        c.expect("slaveshell>")
+        c.child.send("sessions\r")
+        c.expect(r"([0-9a-f]{12}) +g1 ")
+        sid = c.child.match.group(1).decode()
+        c.expect("slaveshell>")
+        pid = sb.master_pid()
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10)
+        before = len(c.printed)
+        c.child.send("sessions\r")
+        c.expect(r"error: [^\r\n]+")
+        c.expect("slaveshell>")
+        after = bytes(c.printed[before:]).decode(errors="replace")
+        assert sid not in after and "SESSION" not in after, after
+        c.child.send("quit\r")
+        assert c.wait() == 0
+    finally:
+        for term in (c, t):
+            if term is not None:
+                term.close()
+        sb.stop()

@@ -238,7 +238,6 @@ def test_demo_in_a_job_control_shell_suspends_with_its_shell_and_keeps_a_detache
     job stopped) and `fg` continues both; the printed held-build commands work; ~d prints a resume command (with
     --socket) that works from another terminal, the sandbox stays while the session is detached, Enter resumes
     it, and once the session ends the demo removes the sandbox."""
-    import re
     import shlex
 
     import pexpect
@@ -249,6 +248,7 @@ def test_demo_in_a_job_control_shell_suspends_with_its_shell_and_keeps_a_detache
     printed = bytearray()
     bash.logfile_read = type("Log", (), {"write": lambda self, b: printed.extend(b), "flush": lambda self: None})()
     other = None
+    master_dir = ""
     try:
         bash.expect(r"BASH\$ ")
         bash.sendline(f"{shlex.quote(sys.executable)} -m slaveshell.cli demo")
@@ -265,6 +265,10 @@ def test_demo_in_a_job_control_shell_suspends_with_its_shell_and_keeps_a_detache
 
         # The held build, as printed.
         subprocess.run(_local(hold), check=True, capture_output=True, timeout=60)
+        from slaveshell.sandbox import Sandbox
+
+        # A person types the next command seconds later; here, once the scheduler has made the build.
+        assert wait_until(lambda: Sandbox(os.path.dirname(master_dir)).builds("holder"), 60)
         held = subprocess.run([*_local(step_in), "cat", "failed.txt"], capture_output=True, text=True, timeout=120)
         assert (held.returncode, held.stdout.strip()) == (0, "evidence"), held.stderr
 
@@ -305,4 +309,44 @@ def test_demo_in_a_job_control_shell_suspends_with_its_shell_and_keeps_a_detache
         if other is not None:
             other.close(force=True)
         bash.close(force=True)
+        _stop_leftover_sandbox(master_dir)
     assert "Traceback" not in printed.decode(errors="replace")
+
+
+def _stop_leftover_sandbox(master_dir: str) -> None:
+    """After a failure: the demo's master and worker, if still running (the demo stops them on its way out)."""
+    if not master_dir:
+        return
+    root = os.path.dirname(master_dir)
+    if os.path.isdir(root) and wait_until(lambda: not os.path.exists(root), 15) is False:
+        from slaveshell.sandbox import Sandbox
+
+        sandbox = Sandbox(root, workers=["demo-worker"])
+        sandbox.started = [sandbox.master_dir, sandbox.worker_dir("demo-worker")]
+        sandbox.stop()
+
+
+def test_closing_the_demos_terminal_stops_and_removes_its_sandbox():
+    import contextlib
+
+    import pexpect
+
+    demo = pexpect.spawn(sys.executable, ["-m", "slaveshell.cli", "demo"], env=dict(os.environ, TERM="xterm"),
+                         dimensions=(24, 100), timeout=120)
+    master_dir = ""
+    try:
+        demo.expect(r"master: +(\S+)")
+        master_dir = demo.match.group(1).decode()
+        demo.expect("you are now in a shell on the worker")
+        demo.expect(r"[#$] ")
+        os.close(demo.child_fd)  # the terminal goes away: SIGHUP to the demo and its shell
+        demo.child_fd = -1
+        assert wait_until(lambda: not os.path.exists(os.path.dirname(master_dir)), 60), "the sandbox is left"
+    finally:
+        if demo.child_fd != -1:
+            demo.close(force=True)
+        elif demo.isalive():
+            demo.kill(9)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(demo.pid, 0)
+        _stop_leftover_sandbox(master_dir)

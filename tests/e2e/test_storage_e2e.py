@@ -187,8 +187,7 @@ def _peak_rss_mb(args: list[str]) -> tuple[int, float]:
 
 def test_export_and_replay_stream_a_large_transcript_in_bounded_memory(sandbox, tmp_path):
     """A 48 MB transcript is exported and replayed as it arrives from the master: each client's peak memory is
-    about that of a tiny transcript's, not the transcript's size (joined, then parsed whole, it was 2-3 times
-    it)."""
+    about that of a tiny transcript's, not in proportion to the transcript's size."""
     size = 48 * MB
     for marker, command in (("stream-tiny", "echo tiny"),
                             ("stream-large", f"head -c {size} /dev/zero | tr '\\0' a")):
