@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -16,7 +17,7 @@ from twisted.spread import banana
 from slaveshell.banana_bounds import PRE_LOGIN
 from slaveshell.sandbox import Sandbox
 
-from .conftest import wait_until
+from .conftest import shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +85,10 @@ def test_what_anyone_on_the_pb_port_may_make_the_master_hold_before_login_is_bou
     assert all("127.0.0.1:" in line and "before logging in" in line and f"{PRE_LOGIN.bytes} bytes" in line
                for line in lines), lines
     assert "Traceback" not in added and big[:8].hex() not in added
+    # A logged-in worker's messages are not bounded as before login: a session's 512 KiB output messages pass.
+    done = subprocess.run(shell_argv() + ["--socket", sb.socket, "-T", "w1", "--",
+                                          "head -c 4000000 /dev/zero | tr '\\0' x"], capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == b"x" * 4_000_000, done.stderr
     # Workers still attach (one reconnects) and build.
     sb.stop_worker("w2")
     sb.start_worker("w2")
