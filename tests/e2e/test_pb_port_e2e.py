@@ -8,17 +8,68 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 from twisted.spread import banana
 
-from slaveshell.banana_bounds import PRE_LOGIN
+from slaveshell.banana_bounds import LOGGED_IN, PRE_LOGIN
 from slaveshell.sandbox import Sandbox
 
-from .conftest import wait_until
+from .conftest import shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
+
+# A hostile worker: it logs in with a configured worker's name and password, then sends one message that never
+# ends (40 strings of 512 KiB of a list of 41; or 1,200,000 small items in two lists of a list of 3).
+ROGUE_WORKER = """import sys
+from twisted.cred import credentials
+from twisted.internet import reactor
+from twisted.spread import banana, pb
+
+port, name, kind = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+class Mind(pb.Referenceable):
+    def remote_print(self, *a, **kw): pass
+    def remote_getWorkerInfo(self, *a, **kw): return {}
+    def remote_getCommands(self, *a, **kw): return {}
+    def remote_setBuilderList(self, *a, **kw): return {}
+    def remote_getVersion(self, *a, **kw): return "4.3.0"
+
+def header(n):
+    out = bytearray(); banana.int2b128(n, out.extend); return bytes(out) + banana.LIST
+
+f = pb.PBClientFactory()
+reactor.connectTCP("127.0.0.1", port, f)
+
+def logged(perspective):
+    print("logged in", flush=True)
+    t = perspective.broker.transport
+    if kind == "strings":
+        big = b"s" * (512 * 1024)
+        for _ in range(40):
+            t.write(header(41) if _ == 0 else b"")
+            t.write(banana.encode(big))
+    else:
+        t.write(header(3) + header(600_000) + banana.encode(1) * 600_000 + header(600_000)
+                + banana.encode(2) * 600_000)
+    print("written", flush=True)
+
+def lost(*_):
+    print("closed", flush=True)
+    reactor.stop()
+
+def failed(failure):
+    print("login failed", failure.getErrorMessage(), flush=True)
+    reactor.stop()
+
+f.login(credentials.UsernamePassword(name.encode(), b"pass"), client=Mind()).addCallbacks(
+    lambda p: (p.notifyOnDisconnect(lost), logged(p)), failed)
+reactor.callLater(60, lambda: (print("still open", flush=True), reactor.stop()))
+reactor.run()
+"""
 
 
 def rss_mib(pid: int) -> float:
@@ -84,6 +135,10 @@ def test_what_anyone_on_the_pb_port_may_make_the_master_hold_before_login_is_bou
     assert all("127.0.0.1:" in line and "before logging in" in line and f"{PRE_LOGIN.bytes} bytes" in line
                for line in lines), lines
     assert "Traceback" not in added and big[:8].hex() not in added
+    # A logged-in worker's messages are not bounded as before login: a session's 512 KiB output messages pass.
+    done = subprocess.run(shell_argv() + ["--socket", sb.socket, "-T", "w1", "--",
+                                          "head -c 4000000 /dev/zero | tr '\\0' x"], capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == b"x" * 4_000_000, done.stderr
     # Workers still attach (one reconnects) and build.
     sb.stop_worker("w2")
     sb.start_worker("w2")
@@ -91,4 +146,38 @@ def test_what_anyone_on_the_pb_port_may_make_the_master_hold_before_login_is_bou
     done = len([b for b in sb.builds() if b[1] is not None])
     sb.send_change()
     assert wait_until(lambda: len([b for b in sb.builds() if b[1] is not None]) > done, timeout=90), sb.log_tail()
+    assert sb.builds()[-1][1] == 0
+
+
+def test_a_hostile_worker_cannot_make_the_master_hold_more_than_its_connections_bound(sandbox: Sandbox, tmp_path):
+    sb = sandbox
+    pid = sb.master_pid()
+    script = tmp_path / "rogue_worker.py"
+    script.write_text(ROGUE_WORKER)
+    log = os.path.join(sb.master_dir, "twistd.log")
+    with open(log, "rb") as f:
+        start = len(f.read())
+    sb.stop_worker("w2")
+    try:
+        before = rss_mib(pid)
+        for kind in ("strings", "items"):
+            done = subprocess.run([sys.executable, str(script), str(sb.port), "w2", kind], capture_output=True,
+                                  text=True, timeout=120)
+            assert done.stdout.split() == ["logged", "in", "written", "closed"], (kind, done.stdout, done.stderr)
+        grown = rss_mib(pid) - before
+        print(f"hostile worker: the master grew by {grown:.1f} MiB")
+        assert grown < 48, grown
+        with open(log, "rb") as f:
+            f.seek(start)
+            added = f.read().decode("utf-8", "replace")
+        lines = [line for line in added.splitlines() if "Banana may hold" in line]
+        assert len(lines) == 2 and all("after login" in line for line in lines), lines
+        assert f"{LOGGED_IN.items} items" in lines[0] and "Traceback" not in added
+    finally:
+        sb.start_worker("w2")
+    # The real worker logs in again, and w1 still builds.
+    sb.wait_for_workers(["w1", "w2"], timeout=90)
+    done_builds = len([b for b in sb.builds() if b[1] is not None])
+    sb.send_change()
+    assert wait_until(lambda: len([b for b in sb.builds() if b[1] is not None]) > done_builds, timeout=90)
     assert sb.builds()[-1][1] == 0
