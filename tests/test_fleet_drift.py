@@ -77,3 +77,24 @@ def test_every_worker_is_in_exactly_one_group_and_the_view_is_safe(items):
         assert sorted(grouped) == sorted(name for name, _ in items)
     shown = render(reports, now=NOW)
     assert all(visible(part) == part for part in shown.split("\n"))
+
+
+def test_the_json_shape_of_the_facts():
+    from slaveshell.fleet.drift import as_json
+
+    got = as_json([Report("w10", {"os": "Linux"}, NOW - 10), Report("w2", {"gcc": "1", "os": "x"}, NOW - 2e5)], NOW)
+    assert got == [{"worker": "w2", "facts": {"gcc": "1", "os": "x"}, "taken": NOW - 2e5, "age": 2e5, "stale": True},
+                   {"worker": "w10", "facts": {"os": "Linux"}, "taken": NOW - 10, "age": 10.0, "stale": False}]
+
+
+def test_the_fleet_modules_import_only_the_standard_library_and_slaveshell():
+    import subprocess
+    import sys
+
+    code = ("import sys; base = set(sys.modules)\n"
+            "import slaveshell.fleet.nodeset, slaveshell.fleet.outcome, slaveshell.fleet.targets\n"
+            "import slaveshell.fleet.batch, slaveshell.fleet.gather, slaveshell.fleet.probe, slaveshell.fleet.drift\n"
+            "new = {m.split('.')[0] for m in set(sys.modules) - base}\n"
+            "print(sorted(new - set(sys.stdlib_module_names) - {'slaveshell'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

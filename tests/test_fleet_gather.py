@@ -132,3 +132,31 @@ def test_any_worker_names_and_outputs_render_safely_and_each_worker_is_shown_onc
     gathered = [w for ws, _ in groups(outcomes) for w in ws]
     assert sorted(gathered) == sorted(name for name, _, _ in items)
     json.dumps(as_json(outcomes))
+
+
+def test_a_plain_line_as_each_worker_ends_for_a_pipe():
+    from slaveshell.fleet.gather import ended_line
+
+    assert ended_line(ran("w7", 2, b"checking\ngcc: not found\n")) == "w7: failed, exit status 2, 1.2 s: gcc: not found"
+    assert ended_line(ran("w1", 0, b"")) == "w1: ok, 1.2 s"
+    assert ended_line(Outcome("w3", State.NOT_CONNECTED)) == "w3: not connected"
+    assert ended_line(Outcome("w5", State.REFUSED, reason="bob may not run on worker w5")) == \
+        "w5: refused: bob may not run on worker w5"
+    assert ended_line(ran("w\x1b", 1, b"\x1b]52;c;x\x07\r\n")) == \
+        "w\\x1b: failed, exit status 1, 1.2 s: \\x1b]52;c;x\\x07"
+
+
+def test_a_terminal_shows_the_hostile_result_exactly_as_written():
+    """What a user sees: the render fed to a terminal emulator (pyte) shows each line as it is, no escape acted
+    on (no clear screen, no title, no cursor moves, no reversed text)."""
+    import pyte
+
+    outcomes = [ran("w1", 1, b"ok\x1b[2J\x1b[H\x1b]0;title\x07\x1b[1A\x08\x08XX\r\xe2\x80\xaeabc\n"),
+                ran("w2\x1b[31m", 0, b"\x9b2J\x1bc\n"), Outcome("w3", State.REFUSED, reason="\x1b[8mhidden")]
+    shown = render(outcomes)
+    screen = pyte.Screen(120, 40)
+    stream = pyte.Stream(screen)
+    stream.feed(shown.replace("\n", "\r\n"))
+    expected = shown.split("\n")[:-1]
+    assert [row.rstrip() for row in screen.display[:len(expected)]] == expected
+    assert screen.title == ""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ..display import cell, visible, width
+from ..display import visible
 from .nodeset import natural_key
 from .probe import BUILTIN
 
@@ -94,13 +95,21 @@ def line(fact: str, reports: Sequence[Report]) -> str:
     return "  |  ".join(parts)
 
 
+def as_json(reports: Sequence[Report], now: float, stale_after: float = STALE_AFTER) -> list[dict[str, Any]]:
+    """The ``--json`` answer of the facts: per worker its facts (exact: json escapes them), when they were
+    taken (seconds since the epoch), their age in seconds and whether they are older than `stale_after`."""
+    return [{"worker": r.worker, "facts": dict(sorted(r.values.items())), "taken": r.taken,
+             "age": round(max(0.0, now - r.taken), 3), "stale": now - r.taken > stale_after}
+            for r in sorted(reports, key=lambda r: natural_key(r.worker))]
+
+
 def render(reports: Sequence[Report], probes: Iterable[str] = (), now: float = 0.0,
            stale_after: float = STALE_AFTER, without: Iterable[str] = ()) -> str:
     """The fleet's facts: one line per fact (names aligned), then the reports older than `stale_after` with
     their age, and the workers (`without`) that never reported facts."""
     names = fact_names(reports, probes)
-    column = max(width(n) for n in names) + 2
-    lines = [cell(name, column) + line(name, reports) for name in names] if reports else []
+    column = max(len(visible(n)) for n in names) + 2  # fact names are ASCII (FACT_NAME), so are escapes
+    lines = [visible(name).ljust(column) + line(name, reports) for name in names] if reports else []
     stale = sorted((r for r in reports if now - r.taken > stale_after), key=lambda r: r.taken)
     if stale:
         shown = ", ".join(f"{visible(r.worker)} ({age(now - r.taken)})" for r in stale[:NAMES_SHOWN])

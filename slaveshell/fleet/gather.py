@@ -68,6 +68,23 @@ def render(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ended_line(outcome: Outcome) -> str:
+    """One plain line as a worker ends (for a pipe, where there is no live table): its name, state, exit
+    status and duration when it ran, and its output's last line or the reason."""
+    parts = [f"{visible(outcome.worker)}: {outcome.state.value}"]
+    if outcome.exit_status is not None and outcome.state is not State.OK:
+        parts.append(f"exit status {outcome.exit_status}")
+    if outcome.duration is not None:
+        parts.append(f"{outcome.duration:.1f} s")
+    text = ", ".join(parts)
+    last = outcome.output.last_line if outcome.output is not None else b""
+    if last:
+        text += ": " + shown_lines(last)[0]
+    elif outcome.reason:
+        text += ": " + visible(outcome.reason)
+    return text
+
+
 def _by_exit(outcomes: Iterable[Outcome]) -> list[tuple[int, list[str]]]:
     statuses: dict[int, list[str]] = {}
     for o in outcomes:
