@@ -98,3 +98,10 @@ def test_the_fleet_modules_import_only_the_standard_library_and_slaveshell():
             "print(sorted(new - set(sys.stdlib_module_names) - {'slaveshell'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_old_facts_a_run_decided_on_are_named_oldest_first():
+    from slaveshell.fleet.drift import aged
+
+    assert aged({"w1": 7200.0, "w10": float("inf"), "w2": 3 * 86400.0}) == "w10 (never), w2 (3 days), w1 (2 h)"
+    assert aged({f"w{i}": 100.0 * i for i in range(1, 11)}).endswith("w3 (5 min), ...")

@@ -122,3 +122,14 @@ def test_every_named_worker_is_a_target_or_listed_unless_its_facts_do_not_match(
             assert w.connected and w.opted_in and w.allowed
         elif w.name not in got.listed:  # left out: a fact it has does not match
             assert any(not x.matches((w.facts or {})[x.fact]) for x in selection.where)
+
+
+def test_workers_chosen_or_left_out_by_old_facts_are_flagged_with_their_age():
+    fleet = [Worker("w1", True, facts=GCC12, facts_taken=1000.0), Worker("w2", True, facts=GCC12, facts_taken=9000.0),
+             Worker("w3", False, facts=GCC12, facts_taken=10.0), Worker("w4", True, facts=GCC11, facts_taken=10.0),
+             Worker("w5", True, facts=GCC12)]
+    got = resolve(Selection.parse([], ["gcc=12*"]), fleet, now=10_000.0, stale_after=3600)
+    assert got.targets == ["w1", "w2", "w5"]
+    # w4 was left out by old facts: flagged too (it may match today); an unknown age is infinite.
+    assert got.stale == {"w1": 9000.0, "w3": 9990.0, "w4": 9990.0, "w5": float("inf")}
+    assert resolve(Selection.parse(["w*"]), fleet, now=10_000.0, stale_after=3600).stale == {}

@@ -44,6 +44,16 @@ def age(seconds: float) -> str:
     return f"{days:.0f} day" + ("s" if days != 1 else "")
 
 
+def aged(ages: Mapping[str, float]) -> str:
+    """Workers with the age of their facts, oldest first: ``w3 (3 days), w9 (2 h)`` (``never`` for facts
+    never taken), at most NAMES_SHOWN of them. For the reports `render` flags, and for the workers a run's
+    ``--where`` decided on by old facts (`slaveshell.fleet.targets.Resolution.stale`)."""
+    oldest = sorted(ages.items(), key=lambda item: (-item[1], natural_key(item[0])))
+    shown = ", ".join(f"{visible(name)} ({'never' if seconds == float('inf') else age(seconds)})"
+                      for name, seconds in oldest[:NAMES_SHOWN])
+    return shown + (", ..." if len(oldest) > NAMES_SHOWN else "")
+
+
 def shown_value(fact: str, value: str) -> str:
     """A value as grouped and shown: sizes in whole GiB (machines of one kind differ by a few pages), the rest
     as reported."""
@@ -110,11 +120,9 @@ def render(reports: Sequence[Report], probes: Iterable[str] = (), now: float = 0
     names = fact_names(reports, probes)
     column = max(len(visible(n)) for n in names) + 2  # fact names are ASCII (FACT_NAME), so are escapes
     lines = [visible(name).ljust(column) + line(name, reports) for name in names] if reports else []
-    stale = sorted((r for r in reports if now - r.taken > stale_after), key=lambda r: r.taken)
+    stale = {r.worker: now - r.taken for r in reports if now - r.taken > stale_after}
     if stale:
-        shown = ", ".join(f"{visible(r.worker)} ({age(now - r.taken)})" for r in stale[:NAMES_SHOWN])
-        more = ", ..." if len(stale) > NAMES_SHOWN else ""
-        lines.append(f"older than {age(stale_after)}: {shown}{more}")
+        lines.append(f"older than {age(stale_after)}: {aged(stale)}")
     never = sorted(without, key=natural_key)
     if never:
         lines.append("no facts yet: " + " ".join(visible(n) for n in never[:NAMES_SHOWN]) +

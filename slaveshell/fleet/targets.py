@@ -93,7 +93,8 @@ class Selection:
 class Worker:
     """A worker as the master knows it: whether it is connected, whether its owner opted in to shells,
     whether the operator may run on it (the policy's `run` right and the owner's allowed_users, with the
-    reason when not) and its last facts (None when it never reported any)."""
+    reason when not), its last facts (None when it never reported any) and when they were taken (seconds
+    since the epoch)."""
 
     name: str
     connected: bool
@@ -101,14 +102,18 @@ class Worker:
     allowed: bool = True
     refusal: str = ""
     facts: Mapping[str, str] | None = None
+    facts_taken: float | None = None
 
 
 @dataclass
 class Resolution:
-    """The targets (names, in order), and every other worker the expression named, with its state and why."""
+    """The targets (names, in order), every other worker the expression named, with its state and why, and
+    the workers a --where chose or left out by facts older than the caller's limit, with their age in seconds
+    (to refresh first, or to flag)."""
 
     targets: list[str] = field(default_factory=list)
     listed: dict[str, tuple[State, str]] = field(default_factory=dict)
+    stale: dict[str, float] = field(default_factory=dict)
 
     def of(self, state: State) -> list[str]:
         return [name for name, (s, _) in self.listed.items() if s is state]
@@ -126,11 +131,14 @@ def known_facts(fleet: Iterable[Worker], names: Iterable[str] = ()) -> set[str]:
     return known
 
 
-def resolve(selection: Selection, fleet: Sequence[Worker], fact_names: Iterable[str] = ()) -> Resolution:
+def resolve(selection: Selection, fleet: Sequence[Worker], fact_names: Iterable[str] = (), now: float = 0.0,
+            stale_after: float | None = None) -> Resolution:
     """`selection` against `fleet`. A worker the patterns name is left out only when its facts do not match;
     one that lacks a fact a --where names is listed as missing it (its value is unknown), then the others as
     not connected, not opted in or refused, in that order; the rest are the targets. Raises `TargetError` for
-    a fact no worker has and no probe gives, and when the selection names no worker."""
+    a fact no worker has and no probe gives, and when the selection names no worker. With `stale_after`,
+    the workers a --where chose or left out by facts taken more than that many seconds before `now` are in
+    `stale`."""
     known = known_facts(fleet, fact_names)
     for where in selection.where:
         if where.fact not in known:
@@ -145,6 +153,9 @@ def resolve(selection: Selection, fleet: Sequence[Worker], fact_names: Iterable[
         if missing:
             result.listed[worker.name] = (State.MISSING_FACT, "no " + ", ".join(sorted(set(missing))))
             continue
+        taken = worker.facts_taken
+        if selection.where and stale_after is not None and (taken is None or now - taken > stale_after):
+            result.stale[worker.name] = now - taken if taken is not None else float("inf")
         if not all(w.matches(facts[w.fact]) for w in selection.where):
             continue
         if not worker.connected:
