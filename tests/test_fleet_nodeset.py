@@ -89,3 +89,11 @@ def test_folding_loses_no_worker_and_adds_none(names):
 def test_three_hundred_workers_fold_to_a_few_characters():
     names = [f"w{i}" for i in range(1, 301) if i not in (7, 9)] + [f"build-{i:02d}" for i in range(1, 6)]
     assert fold(names) == "build-[01-05],w[1-6,8,10-300]"
+
+
+def test_absurd_names_are_shown_not_refused():
+    long_run = "w" + "9" * 5000
+    assert fold([long_run, "w1"]) == f"w1,{long_run}"
+    assert fold(["", "w1"]) == ",w1"
+    assert sorted([long_run, "w2"], key=natural_key) == ["w2", long_run]
+    assert fold([f"n{i}x" * 50 for i in range(3)]) == ",".join(f"n{i}x" * 50 for i in range(3))

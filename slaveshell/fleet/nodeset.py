@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 _DIGITS = re.compile(r"(\d+)")
+MAX_DIGITS = 100
 
 Pattern = tuple[str, ...]  # the texts around the digit runs: one more than the axes
 Ranges = frozenset[str]  # one axis's indexes, as written
@@ -31,9 +32,17 @@ Vector = tuple[Ranges, ...]
 
 
 def split(name: str) -> tuple[Pattern, tuple[str, ...]]:
-    """`name`'s pattern (the texts between its digit runs) and its indexes (the digit runs)."""
-    parts = _DIGITS.split(name)
-    return tuple(parts[0::2]), tuple(parts[1::2])
+    """`name`'s pattern (the texts between its digit runs) and its indexes (the digit runs). A run longer than
+    MAX_DIGITS is text, not an index (ClusterShell refuses such indexes; a name is never refused here)."""
+    texts = [""]
+    indexes: list[str] = []
+    for i, part in enumerate(_DIGITS.split(name)):
+        if i % 2 and len(part) <= MAX_DIGITS:
+            indexes.append(part)
+            texts.append("")
+        else:
+            texts[-1] += part
+    return tuple(texts), tuple(indexes)
 
 
 def _index_key(index: str) -> tuple[int, str]:
