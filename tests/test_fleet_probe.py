@@ -109,3 +109,11 @@ def test_any_bytes_a_worker_sends_parse_to_bounded_clean_facts(junk, names, valu
     for v in facts.values.values():
         assert 0 < len(v) <= MAX_VALUE and v.isprintable() and v == v.strip()
     assert len(facts.problems) <= 300
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_worker_with_no_tools_on_path_reports_what_it_can_and_no_errors(shell, tmp_path):
+    done = run(shell, script({"gcc": "gcc -dumpfullversion"}), tmp_path, {"PATH": str(tmp_path / "empty")})
+    assert done.returncode == 0 and done.stderr == b""
+    facts = parse(done.stdout, {"gcc": "gcc -dumpfullversion"})
+    assert facts.problems == [] and set(facts.values) <= {"distribution"}  # read by the shell itself

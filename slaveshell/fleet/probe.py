@@ -63,10 +63,10 @@ else
   m=$(sysctl -n hw.memsize 2>/dev/null || sysctl -n hw.physmem 2>/dev/null)
 fi
 fact memory "$m"
-fact disk_free "$(df -Pk . 2>/dev/null | awk 'NR == 2 { printf "%.0f", $4 * 1024 }')"
+fact disk_free "$(df -Pk . 2>/dev/null | awk 'NR == 2 { printf "%.0f", $4 * 1024 }' 2>/dev/null)"
 """
 
-_PROBE_LINE = "o=$( ({command}) </dev/null 2>&1 ) && fact {name} \"$(printf '%s\\n' \"$o\" | sed -n 1p)\"\n"
+_PROBE_LINE = "o=$( ({command}) </dev/null 2>&1 ) && fact {name} \"$o\"\n"
 
 
 class ProbeError(ValueError):
