@@ -99,6 +99,11 @@ def test_worker_controlled_text_is_escaped_names_outputs_and_reasons():
     assert "(w\\x1b]0;pwned\\x07)" in summary(outcomes)
 
 
+def test_workers_with_no_output_are_gathered_under_a_marker():
+    assert render([ran("w1", 0, b""), ran("w2", 0, b"")]) == \
+        "---------------\nw[1-2] (2)\n---------------\n[no output]\n2 ok\n"
+
+
 def test_shown_lines_keep_the_line_structure_and_escape_the_rest():
     assert shown_lines(b"a\r\nb\n") == ["a", "b"]
     assert shown_lines(b"no newline") == ["no newline"]

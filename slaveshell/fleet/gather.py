@@ -52,8 +52,7 @@ def render(outcomes: Sequence[Outcome]) -> str:
         output = outcome.output
         assert output is not None
         lines += [SEPARATOR, visible(count(workers)), SEPARATOR]
-        if output.kept:
-            lines += shown_lines(bytes(output.kept))
+        lines += shown_lines(bytes(output.kept)) if output.size else ["[no output]"]
         if output.cut:
             lines.append(f"[output cut: {len(output.kept)} of {output.size} bytes shown; the transcripts hold all]")
     for status, workers in _by_exit(outcomes):
