@@ -15,7 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-RIGHTS = frozenset({"shell", "watch", "join", "kill", "replay", "copy"})
+RIGHTS = frozenset({"shell", "watch", "join", "kill", "replay", "copy", "run"})
+
+# Rights that another right grants unless the rule withholds them (`Rule.withhold`): 'run', one
+# non-interactive session per worker of a fleet run, is less than 'shell'.
+IMPLIED = {"run": "shell"}
 
 
 class Action(enum.Enum):
@@ -29,6 +33,7 @@ class Action(enum.Enum):
     RELEASE = "release"  # release a held build: 'shell' on its worker
     REPLAY = "replay"  # read a session's record and transcript
     COPY = "copy"  # copy files to or from a worker (`slaveshell cp`)
+    RUN = "run"  # run a command on a worker as part of a fleet run (what 'shell' implies unless withheld)
 
 
 class Operator(Protocol):
@@ -125,23 +130,28 @@ class Rule:
     """Grants `rights` on workers matching any of `workers` (glob patterns) to the listed users and groups.
     Users and groups may be given by name or number; `"*"` in users matches everybody, web users included.
     Web users and their Buildbot roles are named ``"web:<name>"`` in users and ``"web:<role>"`` in groups
-    (`WebIdentity`)."""
+    (`WebIdentity`). A right another implies (`IMPLIED`: 'shell' implies 'run') is granted with it unless
+    listed in `withhold`."""
 
     users: tuple[str | int, ...] = ()
     groups: tuple[str | int, ...] = ()
     workers: tuple[str, ...] = ("*",)
     rights: tuple[str, ...] = tuple(sorted(RIGHTS))
+    withhold: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("users", "groups", "workers", "rights"):
+        for name in ("users", "groups", "workers", "rights", "withhold"):
             value = getattr(self, name)
             if isinstance(value, (str, int)):
                 object.__setattr__(self, name, (value,))
             else:
                 object.__setattr__(self, name, tuple(value))
-        unknown = set(self.rights) - RIGHTS
+        unknown = (set(self.rights) | set(self.withhold)) - RIGHTS
         if unknown:
             raise ValueError(f"unknown rights {sorted(unknown)}; known: {sorted(RIGHTS)}")
+        both = set(self.rights) & set(self.withhold)
+        if both:
+            raise ValueError(f"a rule both grants and withholds {sorted(both)}")
         if not self.users and not self.groups:
             raise ValueError("a rule needs users or groups")
 
@@ -157,6 +167,13 @@ class Rule:
 
     def matches_worker(self, worker: str) -> bool:
         return any(fnmatch.fnmatchcase(worker, pattern) for pattern in self.workers)
+
+    def grants(self, right: str) -> bool:
+        """Whether the rule gives `right`: listed, or implied by a listed right and not withheld."""
+        if right in self.rights:
+            return True
+        implied_by = IMPLIED.get(right)
+        return implied_by is not None and implied_by in self.rights and right not in self.withhold
 
 
 @dataclass(frozen=True)
@@ -204,7 +221,7 @@ class Policy:
             raise ValueError(f"unknown right {right!r}")
         for rule in self.rules:
             if rule.matches_identity(who) and rule.matches_worker(worker):
-                if right in rule.rights:
+                if rule.grants(right):
                     return Decision(True, "allowed")
                 return Decision(False, f"{who} may not {right} on worker {worker}")
         return Decision(False, f"{who} may not {right} on worker {worker}: no policy rule allows it")

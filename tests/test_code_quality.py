@@ -67,6 +67,7 @@ STRICT = [
     "slaveshell/cpreceiver.py",
     "slaveshell/cp.py",
     "slaveshell/cp_client.py",
+    "slaveshell/fleet",
     "master_side/copy_wire.py",
     "master_side/audit.py",
     "master_side/audit_trail.py",
