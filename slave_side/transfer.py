@@ -34,6 +34,7 @@ from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import opening, set_nodelay
 
 from .host import WorkerOptions
+from .owner_log import OwnerLog
 from .session import BUSY_BURST
 
 log = Logger()
@@ -108,6 +109,8 @@ class WorkerTransfer(LeanReceiver):
         self.on_end = on_end
         self.ended = False
         self.committing = False
+        # How it ended, for the owner's log (slave_side.owner_log).
+        self.outcome = ""
         # While a build step runs here, what a download sends is paced (WorkerOptions.busy_rate, as a session's
         # output): past the burst, the sender waits for `_paced` before it uses the credit it has.
         self.pacer = pacer
@@ -130,12 +133,13 @@ class WorkerTransfer(LeanReceiver):
         abort)."""
         if self.ended:
             return
-        self._end()
+        self._end(f"failed: {reason}")
         self.peer.send("result" if self.receiver is not None else "abort", *(
             (False, reason) if self.receiver is not None else (reason,)))
 
-    def _end(self) -> None:
+    def _end(self, outcome: str) -> None:
         self.ended = True
+        self.outcome = outcome
         paced, self._paced = self._paced, None
         if paced is not None and paced.active():
             paced.cancel()
@@ -162,7 +166,7 @@ class WorkerTransfer(LeanReceiver):
         before = sender.sent
         self._guard(lambda: step(sender))
         if sender.done and not self.ended:
-            self._end()  # everything sent: the master and the operator's client do the rest
+            self._end("sent")  # everything sent: the master and the operator's client do the rest
         elif not self.ended:
             self._pace(sender.sent - before)
 
@@ -223,7 +227,7 @@ class WorkerTransfer(LeanReceiver):
         def committed(_: object) -> None:
             self.committing = False
             if not self.ended:
-                self._end()
+                self._end("received and put in place")
                 self.peer.send("result", True, "")
 
         def failed(failure: Failure) -> None:
@@ -240,18 +244,18 @@ class WorkerTransfer(LeanReceiver):
         if not self.ended:
             log.info("slaveshell transfer {tid}: cancelled by the master: {why}", tid=self.id,
                      why=visible(reason if isinstance(reason, str) else ""))
-            self._end()
+            self._end("cancelled by the master")
 
     def lost(self) -> None:
         if not self.ended:
             log.warn("slaveshell transfer {tid}: the master connection was lost", tid=self.id)
-            self._end()
+            self._end("the master connection was lost")
 
 
 class TransferServer:
     """The worker's transfers: opens them for the master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions, clock: Clock | None = None) -> None:
+    def __init__(self, options: WorkerOptions, clock: Clock | None = None, owner_log: OwnerLog | None = None) -> None:
         if clock is None:
             from twisted.internet import reactor
 
@@ -259,6 +263,7 @@ class TransferServer:
         self.clock = clock
         self.options = options
         self.live: dict[str, WorkerTransfer] = {}
+        self.owner_log = owner_log
         self._ids = itertools.count(1)
 
     def open(self, basedir: str, sink: object, params: object,
@@ -272,12 +277,9 @@ class TransferServer:
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
         request, ref = opened
-        allowed = self.options.allowed_users
-        if allowed is not None and request.operator not in allowed:
-            return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
-                                          "to copy files here"}
-        if len(self.live) >= self.options.max_sessions:
-            return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} transfers at once"}
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return self._refused(request, refusal)
         base = request.cwd or basedir
         if not os.path.isabs(base):
             base = os.path.join(basedir, base)
@@ -298,8 +300,11 @@ class TransferServer:
                 transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
         except TransferError as e:
-            return {"ok": False, "error": str(e)}
+            return self._refused(request, str(e))
         self.live[transfer_id] = transfer
+        if self.owner_log is not None:
+            self.owner_log.transfer_started(transfer_id, request.operator, request.direction, request.sources,
+                                            request.dest)
         lean = accept(getattr(ref, "broker", None))
         set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK
         ref.notifyOnDisconnect(lambda _ref: transfer.lost())
@@ -308,5 +313,22 @@ class TransferServer:
                  "from this worker")
         return {"ok": True, "transfer": transfer, "total": total, "entries": entries, "lean": lean}
 
+    def _refusal(self, request: TransferRequest) -> str | None:
+        allowed = self.options.allowed_users
+        if allowed is not None and request.operator not in allowed:
+            return f"this worker's owner does not allow {request.operator or 'anonymous'} to copy files here"
+        if len(self.live) >= self.options.max_sessions:
+            return f"the worker allows at most {self.options.max_sessions} transfers at once"
+        return None
+
+    def _refused(self, request: TransferRequest, error: str) -> dict[str, object]:
+        if self.owner_log is not None:
+            self.owner_log.transfer_refused(request.operator, error)
+        return {"ok": False, "error": error}
+
     def _ended(self, transfer: WorkerTransfer) -> None:
         self.live.pop(transfer.id, None)
+        if self.owner_log is not None:
+            moved = transfer.sender.sent if transfer.sender is not None else getattr(transfer.receiver, "bytes", 0)
+            self.owner_log.transfer_ended(transfer.id, transfer.request.operator, transfer.outcome,
+                                          moved if isinstance(moved, int) else 0)
