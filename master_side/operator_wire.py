@@ -206,6 +206,10 @@ class WireDoor(Protocol):
                 result = self._limited(self.copying.call, who, message.get("request"))
             elif op is Op.RELEASE:
                 result = {"text": api.release(who, message.get("build"))}
+            elif op is Op.HOLDS:
+                result = {"rows": api.held(who)}
+            elif op is Op.EXTEND:
+                result = api.extend(who, message.get("build"), message.get("seconds"))
             elif op is Op.KILL:
                 result = {"text": api.kill(who, message.get("session"))}
             elif op is Op.WORKERS:
