@@ -74,6 +74,13 @@ class Hold:
         if self.times is not None:
             self.times.active(now)
 
+    def deadline_notice(self) -> str | None:
+        """For an operator stepping in: when the hold ends and how to extend it."""
+        if self.times is None:
+            return None
+        return (f"build {self.builder} #{self.build_number} is held {self.times.summary()}; "
+                f"`slaveshell hold extend {self.build_id} 2h` extends it (up to its max_hold)")
+
     def release(self, why: str, reason: StopReason = StopReason.RELEASED) -> bool:
         """End the hold; `why` is shown in the build's log, `reason` tells the listeners. False when it had
         ended already."""

@@ -172,6 +172,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
                 session.close("the operator left before the session opened")
             return None
         self._bind(session, owner, sink)
+        told = hold.deadline_notice() if hold is not None and request.command is None else None
+        if told is not None:
+            session.notice(told)
         if recorder is None:
             session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
         return View(session, owner)

@@ -61,6 +61,16 @@ def outcome_of(status: ExitStatus) -> str:
     return f"lost: {status.reason}" if status.reason else "lost"
 
 
+def write_whole(fd: int, data: bytes) -> None:
+    """Append all of `data` or nothing: a short write (the disk filled up in the middle) is cut off again, so
+    the file never holds half a line for the next one to be glued to."""
+    size = os.fstat(fd).st_size
+    written = os.write(fd, data)
+    if written != len(data):
+        os.ftruncate(fd, size)
+        raise OSError(errno.ENOSPC, "short write")
+
+
 def _open(path: str, flags: int, mode: int) -> int:
     """A descriptor of the regular file at `path`, never through a symlink; OSError otherwise."""
     fd = os.open(path, flags | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode)
@@ -112,11 +122,13 @@ class OwnerLog:
     def line(self, kind: str, ident: str, event: str, fields: Iterable[str]) -> None:
         text = "\t".join([stamp(self.clock()), kind, visible(ident), event, *fields]) + "\n"
         data = text.encode("utf-8", "backslashreplace")
+        if len(data) > self.max_bytes:  # never one line longer than a whole log
+            data = data[:self.max_bytes - 4].decode("utf-8", "ignore").encode("utf-8") + ELLIPSIS.encode() + b"\n"
         try:
             self._rotate_for(len(data))
             fd = _open(self.path, os.O_APPEND | os.O_CREAT, self.mode)
             try:
-                os.write(fd, data)
+                write_whole(fd, data)
             finally:
                 os.close(fd)
         except OSError as e:
@@ -248,11 +260,14 @@ class LocalCast:
         if self.fd is None:
             return
         try:
-            os.write(self.fd, data)
+            write_whole(self.fd, data)
             self.written += len(data)
         except OSError as e:
             self.owner.failed(e)
-            self.close()
+            if self.written:
+                self.close()
+            else:
+                self.discard()  # not even its header: no file that no player could read
 
     def output(self, data: bytes) -> None:
         if self.fd is not None:

@@ -118,6 +118,9 @@ def test_stepping_in_and_typing_keep_the_hold_then_idle_ends_it(sb: Sandbox) -> 
     started = float(row["started"])  # type: ignore[arg-type]
     t = Terminal(sb, ["--build", str(build_id), "hx"]).ready()
     try:
+        # Stepping in tells when the hold ends and how to extend it.
+        told = bytes(t.printed).decode("utf-8", "replace")
+        assert "is held until" in told and f"({IDLE} s idle)" in told and f"hold extend {build_id} 2h" in told
         attached = next(h for h in holds(sb) if h["build_id"] == build_id)
         assert attached["limit"] == "idle_after_attach" and attached["attached"] is True
         # Typing past the wait deadline keeps it held.

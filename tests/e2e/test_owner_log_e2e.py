@@ -29,16 +29,22 @@ ARGS = ("local_log=os.path.join(basedir, 'owner', 'owner.log'), local_transcript
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sb = Sandbox(str(tmp_path_factory.mktemp("owner")), workers=["ow", "refuser"], opt_in_args=ARGS,
+    sb = Sandbox(str(tmp_path_factory.mktemp("owner")), workers=["ow", "refuser", "full"], opt_in_args=ARGS,
                  service_kwargs=f"policy=[{{'users': [0, {os.getuid()}]}}]")
     sb.create()
     for name in sb.workers:
         os.makedirs(os.path.join(sb.worker_dir(name), "owner"))
+    # "full" keeps its log on a small file system of its own (root only: a tmpfs), filled by a test.
+    small = os.path.join(sb.worker_dir("full"), "owner")
+    mounted = os.getuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small],
+                                                  capture_output=True).returncode == 0
     try:
         sb.start()
         yield sb
     finally:
         sb.stop()
+        if mounted:
+            subprocess.run(["umount", small], capture_output=True)
 
 
 def log_path(sb: Sandbox, worker: str) -> str:
@@ -175,3 +181,38 @@ def test_symlink_at_the_log_path_is_not_followed(box: Sandbox, tmp_path: object)
     assert run(box, "refuser", "echo after").returncode != 0
     assert fields(lines(path)[-1])["command"] == "echo after"
     assert not os.path.islink(path)
+
+
+def test_a_full_disk_never_fails_the_session(box: Sandbox) -> None:
+    folder = os.path.dirname(log_path(box, "full"))
+    if not os.path.ismount(folder):
+        pytest.skip("needs root to mount a small file system")
+    assert run(box, "full", "echo before").returncode == 0
+    assert fields(lines(log_path(box, "full"))[-1])["outcome"] == "exit 0"
+    filler = os.path.join(folder, "filler")
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError:
+            pass
+    try:
+        done = run(box, "full", "echo still-works; echo SECRET-content >&2")
+        assert done.returncode == 0 and "still-works" in done.stdout
+        wait_until(lambda: "owner log: cannot write (ENOSPC)" in twistd(box, "full"), 10)
+        assert twistd(box, "full").count("owner log: cannot write") == 1  # once, not per event
+        assert "still-works" not in twistd(box, "full") and "SECRET-content" not in twistd(box, "full")
+        # What could still be written (the file's last block had room) is whole lines; nothing is half written.
+        with open(log_path(box, "full"), "rb") as raw:
+            text = raw.read()
+        assert text.endswith(b"\n") and all(len(line.split(b"\t")) >= 5 for line in text.splitlines())
+        for cast in casts(box, "full"):
+            with open(cast, encoding="utf-8") as f:
+                transcript.parse_lines(f)
+    finally:
+        os.unlink(filler)
+    # Space again: the next event is written.
+    assert run(box, "full", "echo after-space").returncode == 0
+    assert fields([line for line in lines(log_path(box, "full")) if line[3] == "started"][-1])["command"] \
+        == "echo after-space"
+    assert "owner log: writing again" in twistd(box, "full")
