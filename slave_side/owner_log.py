@@ -39,6 +39,10 @@ MAX_PATHS = 16
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 DEFAULT_KEEP_TRANSCRIPTS = 50
+# Refusals (a master can ask for them as fast as it likes) are written at most this many per REFUSAL_WINDOW
+# seconds; the others are counted, and the count is written with the next one that is.
+REFUSALS_PER_WINDOW = 30
+REFUSAL_WINDOW = 60.0
 CAST_SUFFIX = ".cast"
 
 
@@ -102,6 +106,9 @@ class OwnerLog:
         self.clock = clock
         self._failing = False
         self._casts = 0
+        self._refusal_window = 0.0
+        self._refusals = 0
+        self._unwritten_refusals = 0
 
     # -- failures ----------------------------------------------------------------------------------
 
@@ -169,13 +176,29 @@ class OwnerLog:
         self.line("session", sid, "ended", [field("operator", request.operator or "?"),
                                             field("outcome", outcome_of(status)), f"seconds={seconds:.1f}"])
 
+    def _refusal_fields(self) -> list[str] | None:
+        """None when this refusal is not to be written (over REFUSALS_PER_WINDOW); else the fields that count
+        those that were not."""
+        now = self.clock()
+        if now - self._refusal_window >= REFUSAL_WINDOW:
+            self._refusal_window, self._refusals = now, 0
+        self._refusals += 1
+        if self._refusals > REFUSALS_PER_WINDOW:
+            self._unwritten_refusals += 1
+            return None
+        skipped, self._unwritten_refusals = self._unwritten_refusals, 0
+        return [f"refusals_not_written={skipped}"] if skipped else []
+
     def session_refused(self, request: object, reason: str) -> None:
+        extra = self._refusal_fields()
+        if extra is None:
+            return
         operator = getattr(request, "operator", None)
         command = getattr(request, "command", None)
         fields = [field("operator", operator or "?")]
         if isinstance(command, str):
             fields.append(field("command", command))
-        self.line("session", "-", "refused", fields + [field("outcome", reason)])
+        self.line("session", "-", "refused", fields + [field("outcome", reason)] + extra)
 
     # -- transfers ---------------------------------------------------------------------------------
 
@@ -195,7 +218,10 @@ class OwnerLog:
                                              f"bytes={nbytes}"])
 
     def transfer_refused(self, operator: str | None, reason: str) -> None:
-        self.line("transfer", "-", "refused", [field("operator", operator or "?"), field("outcome", reason)])
+        extra = self._refusal_fields()
+        if extra is not None:
+            self.line("transfer", "-", "refused", [field("operator", operator or "?"), field("outcome", reason)]
+                      + extra)
 
     # -- transcripts -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from slave_side.owner_log import OwnerLog, RecordingSink
+from slave_side.owner_log import REFUSAL_WINDOW, REFUSALS_PER_WINDOW, OwnerLog, RecordingSink
 from slaveshell import transcript
 from slaveshell.protocol import ExitStatus, OpenRequest
 
@@ -49,7 +49,7 @@ def test_rotation_keeps_a_count_and_a_bound(tmp_path: os.PathLike[str]) -> None:
     path = os.path.join(tmp_path, "owner.log")
     owner = OwnerLog(path, max_bytes=1024, backups=2)
     for n in range(100):
-        owner.transfer_refused(f"op{n}", "y" * 100)
+        owner.transfer_ended(f"t{n}", f"op{n}", "y" * 100, n)
     assert sorted(os.listdir(tmp_path)) == ["owner.log", "owner.log.1", "owner.log.2"]
     assert all(os.path.getsize(os.path.join(tmp_path, n)) <= 1024 for n in os.listdir(tmp_path))
     assert read_lines(path)[-1][4] == "operator=op99"
@@ -110,3 +110,45 @@ def test_transcripts_play_and_are_bounded(tmp_path: os.PathLike[str]) -> None:
     assert os.path.getsize(names[3]) <= 2048 + 100 and cut.events[-1].data == "transcript cut: size bound"
     ended = [line for line in read_lines(path) if line[3] == "ended"]
     assert len(ended) == 4 and ended[0][5] == "outcome=exit 0"
+
+
+def test_a_flood_of_refusals_is_counted_not_written(tmp_path: os.PathLike[str]) -> None:
+    now = [0.0]
+    path = os.path.join(tmp_path, "owner.log")
+    owner = OwnerLog(path, clock=lambda: now[0])
+    for n in range(1000):
+        owner.session_refused(OpenRequest(worker="w", operator=f"op{n}"), "no")
+    assert len(read_lines(path)) == REFUSALS_PER_WINDOW
+    now[0] = REFUSAL_WINDOW
+    owner.transfer_refused("late", "no")
+    last = read_lines(path)[-1]
+    assert last[4] == "operator=late" and last[-1] == f"refusals_not_written={1000 - REFUSALS_PER_WINDOW}"
+
+
+def test_a_hostile_master_over_pb_cannot_split_or_forge_lines(tmp_path: os.PathLike[str]) -> None:
+    """The master's open call as a hostile master sends it, over real PB brokers in memory, to the worker's
+    ShellServer: whatever it names the operator and the command, each event is one line with its own fields."""
+    from slave_side.server import ShellServer
+    from slave_side.session import WorkerOptions
+
+    from .fakes import Bot, ProcessReactor, Sink, call, connected
+
+    path = os.path.join(tmp_path, "owner.log")
+    reactor = ProcessReactor()
+    owner = OwnerLog(path, transcripts=True)
+    server = ShellServer(WorkerOptions(shell="/bin/sh", max_sessions=1), reactor=reactor, owner_log=owner)
+    root, pump, broker = connected(Bot(server, str(tmp_path)))
+    forged = "root\tcommand=true\toutcome=exit 0\n1970-01-01T00:00:00Z\tsession\tw9\tended"
+    request = OpenRequest(worker="w1", operator=forged, command="id\r\x1b]0;owned\x07" + "#" * 60000,
+                          pty=False).to_wire()
+    assert call(pump, root, "slaveshell_open", Sink(), request)["ok"]
+    assert not call(pump, root, "slaveshell_open", Sink(), request)["ok"]  # over max_sessions: refused
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert text.count("\n") == 2 and "\x1b" not in text and "\x07" not in text and "\r" not in text
+    started, refused = (line.split("\t") for line in text.splitlines())
+    assert started[1:4] == ["session", "w1", "started"] and refused[1:4] == ["session", "-", "refused"]
+    assert started[4] == "operator=root\\tcommand=true\\toutcome=exit 0\\n1970-01-01T00:00:00Z\\tsession" \
+                         "\\tw9\\tended"
+    assert started[5].startswith("command=id\\r\\x1b]0;owned\\x07###") and len(started[5]) < 600
+    assert not broker.disconnected
