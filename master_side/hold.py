@@ -239,11 +239,27 @@ def _limits(timeout: float | None, wait_for_operator: float | None, idle_after_a
         max_hold = DEFAULT_TIMEOUT if wait_for_operator is None and idle_after_attach is None else DEFAULT_MAX_HOLD
     for name, value in (("max_hold", max_hold), ("wait_for_operator", wait_for_operator),
                         ("idle_after_attach", idle_after_attach)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0
+                                  or value == float("inf")):
             return max_hold, f"HoldForShell: {name} must be a positive number of seconds"
     if wait_for_operator is not None and wait_for_operator > max_hold:
         return max_hold, "HoldForShell: wait_for_operator cannot be longer than max_hold"
     return float(max_hold), None
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, (int, float))
+
+
+def _number(value: object) -> float | None:
+    """A rendered timeout: a number, or text that spells one (a build property); None when absent; NaN when it
+    is neither (refused by _limits)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    try:
+        return float(str(value))
+    except ValueError:
+        return float("nan")
 
 
 class HoldForShell(buildstep.BuildStep):
@@ -267,7 +283,9 @@ class HoldForShell(buildstep.BuildStep):
             from buildbot import config
 
             config.error(f"HoldForShell: when must be one of {WHEN}")
-        _, problem = _limits(timeout, wait_for_operator, idle_after_attach, max_hold)
+        values = (timeout, wait_for_operator, idle_after_attach, max_hold)
+        # A renderable (a build property) is checked once rendered, when the step runs.
+        _, problem = _limits(*values) if all(_plain(v) for v in values) else (0.0, None)
         if problem is not None:
             from buildbot import config
 
@@ -326,8 +344,14 @@ class HoldForShell(buildstep.BuildStep):
         from twisted.internet import reactor as _reactor
 
         reactor: Clock = _reactor
-        max_hold, _ = _limits(self.timeout, self.wait_for_operator, self.idle_after_attach, self.max_hold)
-        times = hold.times = HoldTimes(reactor.seconds(), max_hold, self.wait_for_operator, self.idle_after_attach)
+        max_hold, problem = _limits(_number(self.timeout), self.wait_for_operator, self.idle_after_attach,
+                                    self.max_hold)
+        wait, idle = self.wait_for_operator, self.idle_after_attach
+        if problem is not None:  # a rendered timeout that is no number of seconds: the default hold
+            log.warn("build {bid}: {problem}; holding for {s:g} s", bid=hold.build_id, problem=problem,
+                     s=DEFAULT_TIMEOUT)
+            max_hold, wait, idle = DEFAULT_TIMEOUT, None, None
+        times = hold.times = HoldTimes(reactor.seconds(), max_hold, wait, idle)
         command = f"buildbot-shell --build {hold.build_id} {worker}"
         self._describe(command, times)
         holds.add(hold)

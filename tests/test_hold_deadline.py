@@ -49,3 +49,17 @@ def test_the_cli_reads_durations() -> None:
     for bad in ("soon", "2h later", "h", "-5m", ""):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_the_step_checks_its_limits_when_configured() -> None:
+    from buildbot.config.errors import ConfigErrors
+    from buildbot.process.properties import Property
+
+    from master_side.hold import HoldForShell
+
+    for bad in (dict(wait_for_operator=-1), dict(idle_after_attach=0), dict(max_hold=60, wait_for_operator=120),
+                dict(timeout=float("inf"))):
+        with pytest.raises(ConfigErrors):
+            HoldForShell(**bad)  # type: ignore[arg-type]
+    HoldForShell(timeout=Property("hold_seconds"))  # type: ignore[arg-type]  # rendered when the step runs
+    HoldForShell(wait_for_operator=3600, idle_after_attach=600)
