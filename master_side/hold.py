@@ -32,7 +32,7 @@ from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 
-from .hold_deadline import HoldTimes
+from .hold_deadline import HoldTimes, Limit
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
@@ -104,6 +104,8 @@ MAX_WAITING_PER_OPERATOR = 8
 WAIT_POLL = 0.5
 # How often a hold looks at its build's sessions (someone stepped in, typed) and at its deadline.
 HOLD_TICK = 0.5
+# The step's text follows a moving deadline at most this often (seconds).
+SUMMARY_EVERY = 10.0
 # max_hold when wait_for_operator or idle_after_attach is given and neither max_hold nor timeout is.
 DEFAULT_MAX_HOLD = 24 * 3600.0
 # timeout's default when none of the limits is given.
@@ -302,7 +304,9 @@ class HoldForShell(buildstep.BuildStep):
         self._hold: Hold | None = None
         # The build's sessions at the last look: input bytes and viewers, by session id (_activity).
         self._seen: dict[str, tuple[int, int]] = {}
-        self._shown = ""  # the step's text as last set (_describe)
+        self._shown = ""  # the step's text as last set (_describe), the limit it named, and when
+        self._shown_limit: Limit | None = None
+        self._shown_at = 0.0
 
     def _wanted(self) -> bool:
         if self.getProperty(self.property):
@@ -353,7 +357,7 @@ class HoldForShell(buildstep.BuildStep):
             max_hold, wait, idle = DEFAULT_TIMEOUT, None, None
         times = hold.times = HoldTimes(reactor.seconds(), max_hold, wait, idle)
         command = f"buildbot-shell --build {hold.build_id} {worker}"
-        self._describe(command, times)
+        self._describe(command, times, reactor.seconds())
         holds.add(hold)
         stdio = await self.addLog("hold")
         page = self._web_page(hold.build_id)
@@ -385,10 +389,13 @@ class HoldForShell(buildstep.BuildStep):
         log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=visible(why))
         return CANCELLED if hold.reason is StopReason.STOPPED else SUCCESS
 
-    def _describe(self, command: str, times: HoldTimes) -> None:
+    def _describe(self, command: str, times: HoldTimes, now: float) -> None:
+        """The step's text with the hold's deadline: at once when the limit changes, else at most every
+        SUMMARY_EVERY seconds (typing moves an idle deadline on every tick; each text is a database write)."""
         text = f"held for a shell: {command}; {times.summary()}"
-        if text != self._shown:
-            self._shown = text
+        _, limit = times.deadline()
+        if text != self._shown and (limit is not self._shown_limit or now - self._shown_at >= SUMMARY_EVERY):
+            self._shown, self._shown_limit, self._shown_at = text, limit, now
             self.description = self.descriptionDone = [text]
             self.updateSummary()
 
@@ -404,7 +411,7 @@ class HoldForShell(buildstep.BuildStep):
         if now >= when:
             hold.release(times.ended(limit), StopReason.TIMED_OUT)
             return
-        self._describe(command, times)
+        self._describe(command, times, now)
 
     def _activity(self, build_id: int) -> bool:
         """Whether, since the last look, someone stepped into the build (a new session, a viewer more) or typed
