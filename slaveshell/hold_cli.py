@@ -66,7 +66,7 @@ def cmd_holds(args: argparse.Namespace) -> int:
     if not holds:
         print("no builds are held")
         return 0
-    print(f"{'BUILD':>7} {'BUILDER':16} {'#':>5} {'WORKER':16} {'ENDS (UTC)':20} {'LEFT':>7}  {'BY':18} MAX (UTC)")
+    print(f"{'BUILD':>7} {'BUILDER':16} {'#':>5} {'WORKER':16} {'ENDS (UTC)':20} {'LEFT':>7}  {'LIMIT':18} MAX (UTC)")
     for h in holds:
         limit = h.get("limit")
         reason = {"wait_for_operator": "nobody steps in", "idle_after_attach": "idle", "max_hold": "max_hold",
