@@ -32,7 +32,7 @@ from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 
-from .hold_deadline import HoldTimes, Limit
+from .hold_deadline import DEFAULT_TIMEOUT, HoldTimes, Limit, limits, number, plain
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
@@ -106,10 +106,6 @@ WAIT_POLL = 0.5
 HOLD_TICK = 0.5
 # The step's text follows a moving deadline at most this often (seconds).
 SUMMARY_EVERY = 10.0
-# max_hold when wait_for_operator or idle_after_attach is given and neither max_hold nor timeout is.
-DEFAULT_MAX_HOLD = 24 * 3600.0
-# timeout's default when none of the limits is given.
-DEFAULT_TIMEOUT = 1800.0
 
 
 class NotHeld(Exception):
@@ -232,38 +228,6 @@ def holds_of(master: BuildMaster) -> Holds:
     return service.holds if service is not None else Holds()
 
 
-def _limits(timeout: float | None, wait_for_operator: float | None, idle_after_attach: float | None,
-            max_hold: float | None) -> tuple[float, str | None]:
-    """max_hold as the step uses it, and what is wrong with the limits (None: nothing)."""
-    if max_hold is None:
-        max_hold = timeout
-    if max_hold is None:
-        max_hold = DEFAULT_TIMEOUT if wait_for_operator is None and idle_after_attach is None else DEFAULT_MAX_HOLD
-    for name, value in (("max_hold", max_hold), ("wait_for_operator", wait_for_operator),
-                        ("idle_after_attach", idle_after_attach)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0
-                                  or value == float("inf")):
-            return max_hold, f"HoldForShell: {name} must be a positive number of seconds"
-    if wait_for_operator is not None and wait_for_operator > max_hold:
-        return max_hold, "HoldForShell: wait_for_operator cannot be longer than max_hold"
-    return float(max_hold), None
-
-
-def _plain(value: object) -> bool:
-    return value is None or isinstance(value, (int, float))
-
-
-def _number(value: object) -> float | None:
-    """A rendered timeout: a number, or text that spells one (a build property); None when absent; NaN when it
-    is neither (refused by _limits)."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    try:
-        return float(str(value))
-    except ValueError:
-        return float("nan")
-
-
 class HoldForShell(buildstep.BuildStep):
     """Holds the build until released, stopped, or its deadline (master_side.hold_deadline):
 
@@ -287,7 +251,7 @@ class HoldForShell(buildstep.BuildStep):
             config.error(f"HoldForShell: when must be one of {WHEN}")
         values = (timeout, wait_for_operator, idle_after_attach, max_hold)
         # A renderable (a build property) is checked once rendered, when the step runs.
-        _, problem = _limits(*values) if all(_plain(v) for v in values) else (0.0, None)
+        _, problem = limits(*values) if all(plain(v) for v in values) else (0.0, None)
         if problem is not None:
             from buildbot import config
 
@@ -348,7 +312,7 @@ class HoldForShell(buildstep.BuildStep):
         from twisted.internet import reactor as _reactor
 
         reactor: Clock = _reactor
-        max_hold, problem = _limits(_number(self.timeout), self.wait_for_operator, self.idle_after_attach,
+        max_hold, problem = limits(number(self.timeout), self.wait_for_operator, self.idle_after_attach,
                                     self.max_hold)
         wait, idle = self.wait_for_operator, self.idle_after_attach
         if problem is not None:  # a rendered timeout that is no number of seconds: the default hold
@@ -365,13 +329,13 @@ class HoldForShell(buildstep.BuildStep):
             await self.addURL("shell in the browser", page)
         browser = (f"or in the browser (a terminal in this build, and a release button):\n\n    {page}\n\n"
                    if page else "")
-        limits = "".join(f"  - {line},\n" for line in times.explained())
+        ends = "".join(f"  - {line},\n" for line in times.explained())
         await stdio.addStdout(
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
             f"Step in from the master host:\n\n    {command}\n\n{browser}"
             f"The shell starts in {workdir} with the build's environment.\n"
             f"Release it with `slaveshell release {hold.build_id}` or `~r` in the shell. It is released by "
-            f"itself\n{limits}  - or when the build is stopped.\n"
+            f"itself\n{ends}  - or when the build is stopped.\n"
             f"Operators with the 'shell' right on {worker} may extend it, up to max_hold:\n\n"
             f"    slaveshell hold extend {hold.build_id} 2h\n")
         ticker = task.LoopingCall(self._tick, hold, times, command, reactor)

@@ -19,6 +19,43 @@ import enum
 import time
 from dataclasses import dataclass
 
+# max_hold when wait_for_operator or idle_after_attach is given and neither max_hold nor timeout is.
+DEFAULT_MAX_HOLD = 24 * 3600.0
+# timeout's default when none of the limits is given.
+DEFAULT_TIMEOUT = 1800.0
+
+
+def limits(timeout: float | None, wait_for_operator: float | None, idle_after_attach: float | None,
+           max_hold: float | None) -> tuple[float, str | None]:
+    """max_hold as the step uses it, and what is wrong with the limits (None: nothing)."""
+    if max_hold is None:
+        max_hold = timeout
+    if max_hold is None:
+        max_hold = DEFAULT_TIMEOUT if wait_for_operator is None and idle_after_attach is None else DEFAULT_MAX_HOLD
+    for name, value in (("max_hold", max_hold), ("wait_for_operator", wait_for_operator),
+                        ("idle_after_attach", idle_after_attach)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0
+                                  or value == float("inf")):
+            return max_hold, f"HoldForShell: {name} must be a positive number of seconds"
+    if wait_for_operator is not None and wait_for_operator > max_hold:
+        return max_hold, "HoldForShell: wait_for_operator cannot be longer than max_hold"
+    return float(max_hold), None
+
+
+def plain(value: object) -> bool:
+    return value is None or isinstance(value, (int, float))
+
+
+def number(value: object) -> float | None:
+    """A rendered timeout: a number, or text that spells one (a build property); None when absent; NaN when it
+    is neither (refused by limits)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    try:
+        return float(str(value))
+    except ValueError:
+        return float("nan")
+
 
 class Limit(enum.Enum):
     """Which limit the current deadline is."""
