@@ -209,6 +209,10 @@ class WireDoor(Protocol):
                 result = self._limited(self.copying.call, who, message.get("request"))
             elif op is Op.RELEASE:
                 result = self._limited(lambda: {"text": api.release(who, message.get("build"))})
+            elif op is Op.HOLDS:
+                result = self._limited(lambda: {"rows": api.held(who)})
+            elif op is Op.EXTEND:
+                result = self._limited(lambda: api.extend(who, message.get("build"), message.get("seconds")))
             elif op is Op.KILL:
                 result = self._limited(lambda: {"text": api.kill(who, message.get("session"))})
             elif op is Op.WORKERS:
