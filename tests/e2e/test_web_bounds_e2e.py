@@ -320,3 +320,17 @@ def test_sockets_without_a_login_are_refused_within_their_own_bound(site: Sandbo
         for ws in held:
             ws.close()
     assert wait_until(lambda: len(os.listdir(f"/proc/{pid}/fd")) - before <= 8, timeout=30)
+
+
+def test_questions_past_the_bound_per_socket_close_it_with_the_reason_and_are_audited(site: Sandbox) -> None:
+    ws = RawSocket(site, cookie(site, "alice"))
+    try:
+        for _ in range(12):
+            ws.send_json({"type": "history", "limit": 1000})
+        errors = [m for m in ws.messages() if isinstance(m, dict) and m.get("type") == "error"]
+        assert errors and "more than 4 questions in progress on one socket" in str(errors[0]["message"]), errors
+    finally:
+        ws.close()
+    audited = wait_until(lambda: [d for op, d in events(site, "refused")
+                                  if op == "web:alice" and "web question refused" in d], timeout=15)
+    assert audited, events(site, "refused")
