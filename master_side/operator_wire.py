@@ -20,6 +20,7 @@ JSON, unknown op) costs the connection: an ``error`` frame, the close, and a ``d
 from __future__ import annotations
 
 import base64
+import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from typing import Protocol as TypingProtocol
@@ -66,6 +67,9 @@ class WireDoor(Protocol):
         self.viewing = False
         self.copying = CopyDoor(self)
         self._leaving = False  # the operator closed while its open was in progress
+        # Frames read and not yet served, and whether reading is paused for them (`_serve`).
+        self._held: collections.deque[framing.Frame] = collections.deque()
+        self._serving = self._paused = False
         self._identity: Identity | None = None
 
     # -- the connection ------------------------------------------------------------------------
@@ -112,12 +116,34 @@ class WireDoor(Protocol):
         if not self.admitted or self.disconnected or self.decoder.broken:
             return
         try:
-            for frame in self.decoder.feed(data):
-                if self.disconnected:
-                    return
-                self._frame(frame)
+            self._held.extend(self.decoder.feed(data))
         except WireError as e:
             self._broken(str(e))
+            return
+        self._serve()
+
+    def _serve(self) -> None:
+        """Serve the frames read, in order. A call past max_calls_in_progress waits, with the frames after it,
+        and the connection is not read meanwhile (at most one read's frames held): pipelined calls are served
+        as earlier ones are answered, costing the master no more than that."""
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            while self._held and not self.disconnected and not self.decoder.broken:
+                if self.gate.busy(self) and _limited_call(self._held[0]):
+                    if not self._paused:
+                        self._paused = True
+                        cast(Transport, self.transport).pauseProducing()
+                    return
+                self._frame(self._held.popleft())
+            if self._paused and not self.disconnected:
+                self._paused = False
+                cast(Transport, self.transport).resumeProducing()
+        except WireError as e:
+            self._broken(str(e))
+        finally:
+            self._serving = False
 
     def _broken(self, why: str) -> None:
         """The framing is broken: say so, close, and audit the drop (the gate keeps counting the connection,
@@ -197,34 +223,8 @@ class WireDoor(Protocol):
             ok = self._session(op.value)
             self.answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
             return
-        api = self.service.api
-        who = self.identity()
         try:
-            if op is Op.OPEN:
-                result = self._limited(self._open, who, message.get("request"), message.get("max_output"))
-            elif op is Op.ATTACH:
-                result = self._limited(self._attach, who, message.get("session"), message.get("mode"),
-                                       message.get("max_output"))
-            elif op is Op.COPY:
-                result = self._limited(self.copying.call, who, message.get("request"))
-            elif op is Op.RELEASE:
-                result = self._limited(lambda: {"text": api.release(who, message.get("build"))})
-            elif op is Op.KILL:
-                result = self._limited(lambda: {"text": api.kill(who, message.get("session"))})
-            elif op is Op.WORKERS:
-                result = self._limited(lambda: {"rows": api.workers(who)})
-            elif op is Op.HISTORY:
-                result = self._limited(lambda: api.history(who, message.get("filters")).addCallback(
-                    lambda rows: {"rows": rows}))
-            elif op is Op.SEARCH:
-                result = self._limited(lambda: api.search(who, message.get("text"), message.get("filters"))
-                                       .addCallback(lambda rows: {"rows": rows}))
-            elif op is Op.TRANSCRIPT:
-                result = self._limited(lambda: api.transcript(who, message.get("session"), message.get("offset"))
-                                       .addCallback(lambda chunk: {"data": base64.b64encode(chunk["data"])
-                                                                   .decode("ascii"), "eof": chunk["eof"]}))
-            else:  # Op.SESSIONS
-                result = self._limited(lambda: {"rows": api.sessions(who)})
+            result = self.gate.limited(self, self._work, op, self.identity(), message)
         except OperatorError as e:
             self.answer(call_id, False, error=e.message)
             return
@@ -234,6 +234,32 @@ class WireDoor(Protocol):
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
         d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
                        lambda failure: self._failed(call_id, failure))
+        d.addBoth(lambda _: self._serve())  # the calls waiting for this one's place
+
+    def _work(self, op: Op, who: Identity, message: Control) -> object:
+        """What call `op` does (through the gate, `_call`): its answer's fields, or a Deferred of them."""
+        api = self.service.api
+        if op is Op.OPEN:
+            return self._open(who, message.get("request"), message.get("max_output"))
+        if op is Op.ATTACH:
+            return self._attach(who, message.get("session"), message.get("mode"), message.get("max_output"))
+        if op is Op.COPY:
+            return self.copying.call(who, message.get("request"))
+        if op is Op.RELEASE:
+            return {"text": api.release(who, message.get("build"))}
+        if op is Op.KILL:
+            return {"text": api.kill(who, message.get("session"))}
+        if op is Op.WORKERS:
+            return {"rows": api.workers(who)}
+        if op is Op.HISTORY:
+            return api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+        if op is Op.SEARCH:
+            return api.search(who, message.get("text"), message.get("filters")).addCallback(
+                lambda rows: {"rows": rows})
+        if op is Op.TRANSCRIPT:
+            return api.transcript(who, message.get("session"), message.get("offset")).addCallback(
+                lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
+        return {"rows": api.sessions(who)}  # Op.SESSIONS
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):
@@ -241,9 +267,6 @@ class WireDoor(Protocol):
         else:
             log.failure("slaveshell: a call on the framed door failed", failure)
             self.answer(call_id, False, error="the master could not serve the call (see its log)")
-
-    def _limited(self, fn: Callable[..., object], *args: object) -> object:
-        return self.gate.limited(self, fn, *args)
 
     def _open(self, who: Identity, params: object, most: object) -> defer.Deferred[dict[str, object] | None]:
         if self.viewing:
@@ -282,6 +305,12 @@ class WireDoor(Protocol):
 
     def _handle(self, view: View) -> ViewerHandle:
         return ViewerHandle(view.session, view.viewer, self.service.registry.peer_error)
+
+
+def _limited_call(frame: framing.Frame) -> bool:
+    """A call max_calls_in_progress bounds: all but a session's close and detach."""
+    return (frame.type is FrameType.CONTROL and framing.parse_control(frame.payload, framing.FROM_CLIENT).op
+            in framing.CALLS - {Op.CLOSE, Op.DETACH})
 
 
 class _Swappable(Transport, TypingProtocol):
