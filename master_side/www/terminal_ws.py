@@ -350,6 +350,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         if self.identity is None or self.refusal is not None or service is None or self.opening:
             raise ProtocolError(f"no {kind} for this socket")
         if self.queries >= MAX_QUERIES:
+            self._audit(None, f"web question refused: more than {MAX_QUERIES} questions in progress on one socket")
             raise ProtocolError(f"more than {MAX_QUERIES} questions in progress on one socket")
         self.queries += 1
         d = lists.answer(kind, message, service, self.master, self.identity, self.info)
