@@ -195,3 +195,22 @@ def test_the_plugins_files_refuse_framing(tmp_path: Any) -> None:
     child.render(request)
     for name, value in framing.HEADERS:
         assert request.responseHeaders.getRawHeaders(name) == [value]
+
+
+def test_a_new_login_of_the_same_user_moves_the_grant_and_another_users_revokes_it() -> None:
+    master = _master({"alice": "pw", "bob": "pw"}, ["alice"])
+    registry = grants.registry(master, create=True)
+    assert registry is not None
+    login = _request({}, b"tok-1")
+    session_hook.after_update(SimpleNamespace(site=_Site(master), user_info={"username": "alice"}), login, None)
+    secret = next(c for c in login.cookies if c.startswith(b"SLAVESHELL_GRANT=")).split(b";")[0].split(b"=", 1)[1]
+    # The same user again (RemoteUserAuth re-issues at every page): the browser's grant follows the new cookie.
+    again = _request({b"TWISTED_SESSION": b"tok-1"}, b"tok-2")
+    session_hook.after_update(SimpleNamespace(site=_Site(master), user_info={"username": "alice"}), again, "tok-1")
+    assert not any(c.startswith(b"SLAVESHELL_GRANT=") for c in again.cookies)
+    assert isinstance(registry.find(secret.decode(), "tok-2", "alice"), grants.Grant)
+    assert isinstance(registry.find(secret.decode(), "tok-1", "alice"), str)
+    # Another user logs in over it: revoked.
+    other = _request({b"TWISTED_SESSION": b"tok-2"}, b"tok-3")
+    session_hook.after_update(SimpleNamespace(site=_Site(master), user_info={"username": "bob"}), other, "tok-2")
+    assert isinstance(registry.find(secret.decode(), "tok-2", "alice"), str)

@@ -10,7 +10,8 @@ worth more than Buildbot's pages, so the socket also needs a grant:
   cookie (the sha256 of its token), and handed to the browser as the cookie ``SLAVESHELL_GRANT``: HttpOnly (no
   script, so no cross-site scripting, can read it), SameSite=Strict, path the plugin's, secure on https. Only the
   secret's sha256 is kept;
-- revoked when Buildbot issues another cookie on a request carrying the bound one (the logout, a new login), when
+- moved to the new cookie when Buildbot issues one for the same user on a request carrying the bound one (a new
+  login over it); revoked when that new cookie is anonymous or another user's (the logout), when
   the user's credentials (their password in ``UserPasswordAuth`` or ``HTPasswdAuth``) or Buildbot roles differ from
   those at login (checked at every reconfiguration and at every socket), after ``IDLE`` seconds with no socket
   using it, and ``LIFETIME`` seconds after the login. A revoked grant's open sockets are closed (their sessions
@@ -92,7 +93,8 @@ class Grants:
         now = self.clock()
         self.prune()
         user = str(info.get("username"))
-        mine = sorted((g for g in self.by_key.values() if g.user == user), key=lambda g: g.created)
+        # The oldest go first, those without an open socket before those with one.
+        mine = sorted((g for g in self.by_key.values() if g.user == user), key=lambda g: (bool(g.sockets), g.created))
         for old in mine[: max(0, len(mine) - MAX_PER_USER + 1)]:
             self.revoke(old, "you logged in again elsewhere (the master keeps your newest web logins)")
         if len(self.by_key) >= MAX_GRANTS:
@@ -102,6 +104,19 @@ class Grants:
         grant = Grant(digest(secret), user, digest(token), dict(info), credentials, roles, now, now)
         self.by_key[grant.key] = grant
         return secret
+
+    def rebind(self, old: str, new: str, info: UserInfo, credentials: str, roles: tuple[str, ...]) -> bool:
+        """A new session cookie `new` for the same user issued on a request carrying `old` (Buildbot logs the user in
+        again, e.g. ``RemoteUserAuth`` at every page): `old`'s valid grants move to `new`, as fresh logins; the
+        browser keeps its grant cookie. True when there was one."""
+        now, bound, user = self.clock(), digest(old), str(info.get("username"))
+        moved = False
+        for grant in list(self.by_key.values()):
+            if grant.token == bound and grant.user == user and grant.alive(now) is None:
+                grant.token, grant.info, grant.credentials, grant.roles = digest(new), dict(info), credentials, roles
+                grant.created = grant.last_used = now
+                moved = True
+        return moved
 
     def find(self, secret: str | None, token: str | None, user: str) -> Grant | str:
         """The valid grant of `secret` bound to `token` and `user`, or why there is none."""

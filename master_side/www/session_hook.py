@@ -8,9 +8,10 @@ Buildbot 4.3 issues its session cookie in one place, ``BuildbotSession.updateSes
 ``updateSession``, which sends an anonymous cookie). `install()` wraps it once per process: Buildbot's own runs
 first and unchanged, then, on a master with the plugin,
 
-- the grants bound to the session cookie the request came with are revoked (a logout, or a new login over an
-  old one);
-- if the new cookie is a logged-in user's, a grant is minted for it and its cookie added to the answer; else
+- if the new cookie is the same user's (a new login over the old one; ``RemoteUserAuth`` does it at every page),
+  the grants bound to the cookie the request came with move to the new one;
+- else those grants are revoked (a logout: the new cookie is anonymous; or another user's login) and, for a
+  logged-in user, a grant is minted for the new cookie and its cookie added to the answer; for an anonymous one
   the grant cookie is cleared.
 
 Shape check: `install` patches nothing unless ``BuildbotSession.updateSession(self, request)`` and
@@ -60,15 +61,17 @@ def after_update(session: Any, request: Any, old: str | None) -> None:
     user = info.get("username")
     logged_in = not info.get("anonymous") and isinstance(user, str) and bool(user)
     new = _issued(request, auth.build_cookie_name(request.isSecure(), request.sitepath))
-    if old and old != new:
-        registry.revoke_token(old, "you logged in again" if logged_in else "you logged out of Buildbot")
-    path = grants.cookie_path(master)
     if logged_in and new is None:
         _warn_once("Buildbot's session cookie was not found in its login answer")
+    fresh = (grants.credentials(master, str(user)), grants.roles(master, info)) if logged_in else None
+    if old and new and old != new and fresh is not None and registry.rebind(old, new, info, *fresh):
+        return
+    if old and old != new:
+        registry.revoke_token(old, "you logged out of Buildbot" if not logged_in else "another user logged in")
+    path = grants.cookie_path(master)
     secret = None
-    if logged_in and new is not None:
-        assert isinstance(user, str)
-        secret = registry.mint(new, info, grants.credentials(master, user), grants.roles(master, info))
+    if fresh is not None and new is not None:
+        secret = registry.mint(new, info, *fresh)
     if secret is not None:
         request.addCookie(grants.COOKIE, secret, path=path, httpOnly=True, sameSite="strict",
                           secure=request.isSecure(), max_age=str(int(grants.LIFETIME)))
