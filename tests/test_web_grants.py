@@ -214,3 +214,23 @@ def test_a_new_login_of_the_same_user_moves_the_grant_and_another_users_revokes_
     other = _request({b"TWISTED_SESSION": b"tok-2"}, b"tok-3")
     session_hook.after_update(SimpleNamespace(site=_Site(master), user_info={"username": "bob"}), other, "tok-2")
     assert isinstance(registry.find(secret.decode(), "tok-2", "alice"), str)
+
+
+def test_buildbots_index_is_wrapped_once_and_answers_as_before_with_the_headers() -> None:
+    from twisted.web import resource
+
+    class Index(resource.Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            return b"index"
+
+    root = resource.Resource()
+    assert not framing.wrap_index(root)  # no index yet (start-up: Buildbot adds it after the plugins)
+    root.putChild(b"", Index())
+    assert framing.wrap_index(root) and framing.wrap_index(root)
+    index = root.children[b""]
+    assert isinstance(index, framing.UnframedIndex) and not isinstance(index.index, framing.UnframedIndex)
+    request = DummyRequest([b""])
+    assert index.render(request) == b"index"
+    assert request.responseHeaders.getRawHeaders(b"x-frame-options") == [b"DENY"]
