@@ -26,11 +26,27 @@ def refuse_framing(request: Any) -> None:
 
 
 class UnframedFile(static.File):
-    """The plugin's static files (and their children: `createSimilarFile` keeps the class), unframeable."""
+    """The plugin's static files (and their children: `createSimilarFile` keeps the class), unframeable; no
+    directory listing."""
 
     def render(self, request: Any) -> Any:
         refuse_framing(request)
         return super().render(request)
+
+    def directoryListing(self) -> resource.Resource:
+        return NoListing()
+
+
+class NoListing(resource.Resource):
+    """404 for the plugin's directory, unframeable."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        refuse_framing(request)
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Not found\n"
 
 
 class UnframedIndex(resource.Resource):

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -237,9 +238,16 @@ class _Framing(http.server.BaseHTTPRequestHandler):
 
 
 def test_framed_pages_are_refused_and_open_no_shell(browser: Any, site: Sandbox) -> None:
-    # The headers, on Buildbot's index and on the plugin's files.
-    for path in ("", "plugins/slaveshell/scripts.js"):
-        with urllib.request.urlopen(site.url + path, timeout=30) as r:
+    # The headers, on Buildbot's index and on every file the plugin serves.
+    static = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "master_side", "www", "static")
+    for path in ["", "plugins/slaveshell/", *(f"plugins/slaveshell/{n}" for n in sorted(os.listdir(static)))]:
+        try:
+            r = urllib.request.urlopen(site.url + path, timeout=30)
+        except urllib.error.HTTPError as e:  # the plugin's directory: no listing
+            assert e.code == 404 and path.endswith("/"), path
+            r = e
+        with r:
             assert r.headers["X-Frame-Options"] == "DENY", path
             assert r.headers["Content-Security-Policy"] == "frame-ancestors 'none'", path
     handler = type("Handler", (_Framing,), {"target": site.url + "#/slaveshell/terminal/w1"})
@@ -284,4 +292,14 @@ def test_a_user_without_a_right_sees_no_worker(browser: Any, site: Sandbox) -> N
     page.goto(site.url + "#/slaveshell")
     page.get_by_text("No worker you may act on.").wait_for()
     assert page.locator("tr[data-worker]").count() == 0
+    # Every list the socket answers, asked directly, is empty for him.
+    answers = page.evaluate("""(url) => new Promise((resolve) => {
+        const ws = new WebSocket(url), got = {};
+        const asks = [{type: "workers"}, {type: "sessions"}, {type: "history"}, {type: "hold", build: 1}];
+        ws.onopen = () => asks.forEach((m) => ws.send(JSON.stringify(m)));
+        ws.onmessage = (e) => { const m = JSON.parse(e.data); got[m.type] = m;
+                                if (Object.keys(got).length === asks.length) { ws.close(); resolve(got); } };
+    })""", f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws")
+    assert answers["workers"]["workers"] == [] and answers["sessions"]["sessions"] == []
+    assert answers["history"]["sessions"] == [] and answers["hold"]["hold"] is None
     context.close()
