@@ -25,14 +25,16 @@ from .test_web_e2e import (
     browser,
     events,
     login,
+    master_log_on_failure,
     run,
     status,
+    sync_api,
     wait_for,
     wait_status,
 )
 
 pytestmark = pytest.mark.e2e
-__all__ = ["browser"]  # the module's browser fixture
+__all__ = ["browser", "master_log_on_failure"]  # the module's fixtures
 
 # erin's password and role are changed by the tests (erin_config).
 ERIN = {"password": "erin-pw", "role": "shellers"}
@@ -130,7 +132,10 @@ def attempt(context: Any, site: Sandbox) -> tuple[Any, str]:
                            "{getAttribute: () => ''}).getAttribute('data-status'))")
     if page.locator("button.slaveshell-start").count():
         page.locator("button.slaveshell-start").click()
-    found = wait_status(page, "^(connected|refused)")
+    try:
+        found = wait_status(page, "^(connected|refused)")
+    except sync_api.TimeoutError:
+        raise AssertionError(f"the page's status stayed {status(page)!r}") from None
     if found == "connected":
         run(page, "echo replayed-$((6*7))", "replayed-42")
     return page, found
