@@ -62,20 +62,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 def cookie(site: Sandbox, user: str) -> str:
-    """Buildbot's session cookie for `user` (its /auth/login with HTTP basic auth)."""
+    """The cookies a browser keeps from `user`'s login (its /auth/login with HTTP basic auth): Buildbot's
+    session and slaveshell's shell grant, as a Cookie header's value."""
     conn = http.client.HTTPConnection("127.0.0.1", site.www_port, timeout=30)
     try:
         auth = base64.b64encode(f"{user}:{user}-pw".encode()).decode()
         conn.request("GET", "/auth/login", headers={"Authorization": f"Basic {auth}"})
         answer = conn.getresponse()
         answer.read()
-        # The last one: the session as it is once logged in.
-        found = [value.split(";", 1)[0].split("=", 1)[1] for name, value in answer.getheaders()
-                 if name.lower() == "set-cookie" and value.startswith("TWISTED_SESSION=")]
+        # The last of each: the session as it is once logged in, and the grant minted with it.
+        found = dict(value.split(";", 1)[0].split("=", 1) for name, value in answer.getheaders()
+                     if name.lower() == "set-cookie")
     finally:
         conn.close()
-    assert found, f"no session cookie for {user}"
-    return found[-1]
+    assert "TWISTED_SESSION" in found and "SLAVESHELL_GRANT" in found, f"no session or grant for {user}: {found}"
+    return "; ".join(f"{name}={found[name]}" for name in ("TWISTED_SESSION", "SLAVESHELL_GRANT"))
 
 
 class RawSocket:
@@ -92,7 +93,7 @@ class RawSocket:
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
                  f"Origin: http://127.0.0.1:{site.www_port}"]
         if session is not None:
-            lines.append(f"Cookie: TWISTED_SESSION={session}")
+            lines.append(f"Cookie: {session}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -305,7 +306,7 @@ def test_sockets_without_a_login_are_refused_within_their_own_bound(site: Sandbo
     handshake; the master's descriptors stay bounded and alice still gets a terminal."""
     pid = site.master_pid()
     before = len(os.listdir(f"/proc/{pid}/fd"))
-    held = [RawSocket(site, None) for _ in range(40)] + [RawSocket(site, "not-a-session") for _ in range(40)]
+    held = [RawSocket(site, None) for _ in range(40)] + [RawSocket(site, "TWISTED_SESSION=not-a-session") for _ in range(40)]
     try:
         time.sleep(1.0)
         outcomes = [outcome(ws) for ws in held]
