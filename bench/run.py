@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import shutil
 import signal
 import statistics
@@ -47,6 +48,7 @@ class OpenSSH:
         self.dir.mkdir()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.client_port = 0  # where clients connect: the port, or a delay proxy's in front of it
 
     def start(self) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -59,7 +61,7 @@ class OpenSSH:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True)
         shutil.copy(d / "client.pub", d / "authorized_keys")
         os.chmod(d / "authorized_keys", 0o600)
-        self.port = free_port()
+        self.port = self.client_port = free_port()
         (d / "sshd_config").write_text(textwrap.dedent(f"""\
             Port {self.port}
             ListenAddress 127.0.0.1
@@ -83,7 +85,7 @@ class OpenSSH:
         raise RuntimeError("sshd did not come up")
 
     def argv(self, command: str | None, tty: bool) -> list[str]:
-        argv = ["ssh", "-p", str(self.port), "-i", str(self.dir / "client"), "-o", "StrictHostKeyChecking=no",
+        argv = ["ssh", "-p", str(self.client_port), "-i", str(self.dir / "client"), "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
                 "-tt" if tty else "-T", "root@127.0.0.1"]
         return argv + ([command] if command else [])
@@ -175,18 +177,21 @@ def spawn_shell(system: OpenSSH | Slaveshell) -> pexpect.spawn:
     return child
 
 
-def echo_rtts(system: OpenSSH | Slaveshell, count: int) -> list[float]:
+def echo_rtts(system: OpenSSH | Slaveshell, count: int, spacing: float = 0.002) -> list[float]:
+    """Milliseconds from each of `count` keystrokes to its echo, in `stty -icanon; cat` (see key_rtts)."""
     child = spawn_shell(system)
     child.sendline("stty -icanon; cat > /dev/null")
     time.sleep(0.5)
-    rtts = [seconds * 1000 for seconds in key_rtts(child.child_fd, count)]
+    drain(child.child_fd, 0.3)  # the command line's own echo holds the first keys' letters
+    rtts = [seconds * 1000 for seconds in key_rtts(child.child_fd, count, spacing)]
     child.sendcontrol("c")
     child.terminate(force=True)
     return rtts
 
 
-def key_rtts(fd: int, count: int) -> list[float]:
-    """`count` keystrokes written to the terminal `fd` 2 ms apart: seconds until each one's echo is read back."""
+def key_rtts(fd: int, count: int, spacing: float = 0.002) -> list[float]:
+    """`count` keystrokes written to the terminal `fd`, each `spacing` seconds after the previous one's echo:
+    seconds until each one's echo is read back."""
     rtts = []
     for i in range(count):
         ch = bytes([ord("a") + i % 26])
@@ -196,7 +201,7 @@ def key_rtts(fd: int, count: int) -> list[float]:
         while ch not in got:
             got += os.read(fd, 1024)
         rtts.append(time.perf_counter() - start)
-        time.sleep(0.002)
+        time.sleep(spacing)
     return rtts
 
 
@@ -216,16 +221,40 @@ def time_to_prompt(system: OpenSSH | Slaveshell) -> float:
     return elapsed
 
 
-def ctrl_c_latency(system: OpenSSH | Slaveshell) -> float:
+def drain(fd: int, quiet: float) -> int:
+    """Read `fd` until nothing has come for `quiet` seconds: the bytes read."""
+    got = 0
+    while select.select([fd], [], [], quiet)[0]:
+        try:
+            got += len(os.read(fd, 65536))
+        except OSError:  # the terminal's other end is gone
+            break
+    return got
+
+
+def ctrl_c_latency(system: OpenSSH | Slaveshell, flood: float = 0.7) -> tuple[float, int]:
+    """`yes` in the remote terminal, read as fast as it arrives for `flood` seconds, then Ctrl-C: (milliseconds
+    until the prompt is back, bytes that arrived after the ^C)."""
     child = spawn_shell(system)
+    fd = child.child_fd
     child.sendline("yes")
-    time.sleep(0.7)
+    end = time.monotonic() + flood
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 0.05)[0]:
+            os.read(fd, 65536)
     start = time.perf_counter()
     child.sendcontrol("c")
-    child.expect("P> ", timeout=30)
+    got, tail = 0, b""
+    while b"P> " not in tail:
+        if time.perf_counter() - start > 60:
+            raise RuntimeError(f"{system.name}: no prompt 60 s after Ctrl-C")
+        if select.select([fd], [], [], 1)[0]:
+            chunk = os.read(fd, 65536)
+            got += len(chunk)
+            tail = tail[-2:] + chunk
     elapsed = (time.perf_counter() - start) * 1000
     child.terminate(force=True)
-    return elapsed
+    return elapsed, got
 
 
 def rss_kb(pid: int) -> int:
@@ -473,7 +502,7 @@ def main() -> int:
         if "ctrlc" in parts:
             print("bench: Ctrl-C under flood ...", file=sys.stderr)
             both(Row("Ctrl-C to prompt while `yes` floods", "ms", target="< 100 ms", better="lower",
-                     met=lambda o, s: o < 100), ctrl_c_latency, args.rounds)
+                     met=lambda o, s: o < 100), lambda s: ctrl_c_latency(s)[0], args.rounds)
 
         if "memory" in parts:
             print("bench: memory under a slow reader ...", file=sys.stderr)

@@ -152,9 +152,9 @@ class Tools:
 
     def __init__(self, sandbox: Sandbox, ssh: OpenSSH | None, worker: str = "w1") -> None:
         self.sandbox, self.ssh, self.worker = sandbox, ssh, worker
-        self.scp = [] if ssh is None else ["scp", "-O", "-q", "-P", str(ssh.port), "-i", str(ssh.dir / "client"), "-o",
-                    "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                    "-o", "BatchMode=yes"]
+        self.scp = [] if ssh is None else ["scp", "-O", "-q", "-P", str(ssh.client_port), "-i",
+                    str(ssh.dir / "client"), "-o", "StrictHostKeyChecking=no", "-o",
+                    "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
         self.cp = [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sandbox.socket]
 
     def copy(self, system: str, src: str, dst: str, recursive: bool = False) -> list[str]:
