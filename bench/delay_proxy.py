@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -44,6 +43,7 @@ class DelayProxy:
                  queue_s: float | None = None) -> None:
         self.target_port = target_port
         self.port = 0
+        self._server: asyncio.Server | None = None
         self.configure(one_way_s, rate_mbit, jitter_s, queue_s)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -64,12 +64,23 @@ class DelayProxy:
             raise RuntimeError("the delay proxy did not start")
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        """Close the listener and every open link, then end the proxy's thread."""
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
         self._thread.join(10)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self._server = server
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -80,7 +91,11 @@ class DelayProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except asyncio.CancelledError:  # stop(): end quietly (asyncio reports a cancelled connection task)
+            writer.close()
+            up_writer.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -195,7 +210,6 @@ def main() -> None:
         else:
             print("error: RTT_MS RATE_MBIT JITTER_MS [QUEUE_MS]", flush=True)
     proxy.stop()
-    os._exit(0)  # the links still open end with the process (no teardown of their pending tasks)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,8 @@ class Side:
 
     def __init__(self, key: str, system: OpenSSH | Slaveshell, tools: Tools) -> None:
         self.key, self.system, self.tools = key, system, tools
-        if isinstance(system, Slaveshell):
+        if isinstance(system, Slaveshell) or system.name == "slaveshell":  # run.py's own, run as __main__
+            assert not isinstance(system, OpenSSH)
             pids = system.pids()
             self.servers = {"master": (pids["master"], False), "worker": (pids["worker"], True)}
             self.client = "client"

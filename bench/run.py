@@ -158,16 +158,6 @@ def p99(values: list[float]) -> float:
     return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
 
 
-def throughput(system: OpenSSH | Slaveshell, path: Path, size: int, tty: bool) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(system.argv(f"cat {path}", tty), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=600)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{system.name}: cat failed: {done.stderr!r}")
-    return size / MB / elapsed
-
-
 def spawn_shell(system: OpenSSH | Slaveshell) -> pexpect.spawn:
     argv = system.argv(None, tty=True)
     child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(os.environ, TERM="xterm"), timeout=30)
@@ -376,6 +366,8 @@ def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
 # -- the run --------------------------------------------------------------------------------------
 
 PARTS = ("record", "storage", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build", "transfer")
+# Measured by bench/fair.py's code (throughput: PTY and -T output, and piped input, per content kind).
+COMPARED = ("throughput", "echo", "open", "ctrlc")
 # Not in the full run (bench/transfer_bench.py, ~6 minutes on its own): asked for with --only, and in --smoke.
 OPT_IN_PARTS = {"transfer"}
 
@@ -427,6 +419,7 @@ def main() -> int:
     ours = Slaveshell(work, marker)
     ssh = None if args.no_ssh else OpenSSH(work)
     rows: list[Row] = []
+    compared_table = ""
     places: list[transfer_bench.Places] = []  # the transfer builder's files, when that part runs
 
     def configure(sandbox: Sandbox) -> None:
@@ -437,18 +430,6 @@ def main() -> int:
         ours.start(configure)
         if ssh:
             ssh.start()
-        systems: list[tuple[str, OpenSSH | Slaveshell]] = [("ours", ours)] + ([("ssh", ssh)] if ssh else [])
-
-        def both(row: Row, fn: Callable[[OpenSSH | Slaveshell], float], rounds: int) -> Row:
-            for _ in range(rounds):
-                for key, system in systems:
-                    getattr(row, key).append(fn(system))
-            rows.append(row)
-            return row
-
-        def ratio_at_least(x: float) -> Callable[[float, float | None], bool]:
-            return lambda o, s: s is not None and o >= x * s
-
         if "record" in parts:
             print("bench: recording cost ...", file=sys.stderr)
             text = data.read_bytes()
@@ -476,33 +457,24 @@ def main() -> int:
                                 note=f"{ratio:.4f}x: bytes the transcripts directory grew by, over the bytes "
                                      "printed"))
 
-        if "throughput" in parts:
-            print("bench: throughput ...", file=sys.stderr)
-            both(Row(f"throughput, PTY (`cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
-                     met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=True), args.rounds)
-            both(Row(f"throughput, command mode (`-T`, `cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
-                     met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=False), args.rounds)
+        compared = parts & set(COMPARED)
+        if compared and ssh:  # bench/fair.py's rows: alternated rounds, per-round ratios, the 20 % rule
+            import fair
+            from transfer_bench import Tools
 
-        if "echo" in parts:
-            print("bench: keystroke echo ...", file=sys.stderr)
-            echo = {key: echo_rtts(system, keys) for key, system in systems}
-            rows.append(Row(f"keystroke echo, median ({keys} keys)", "ms", [med(echo["ours"])],
-                            [med(echo["ssh"])] if ssh else [], "<= 2.0x", "lower",
-                            lambda o, s: s is not None and o <= 2.0 * s))
-            rows.append(Row(f"keystroke echo, p99 ({keys} keys)", "ms", [p99(echo["ours"])],
-                            [p99(echo["ssh"])] if ssh else [], "<= 2 ms", "lower", lambda o, s: o <= 2.0))
-
-        if "open" in parts:
-            print("bench: session open ...", file=sys.stderr)
-            both(Row("open a session and run `true`", "ms", target="<= 1.0x", better="lower",
-                     met=lambda o, s: s is not None and o <= s), time_to_true, max(3, args.rounds))
-            both(Row("time to the first prompt", "ms", target="<= 1.0x", better="lower",
-                     met=lambda o, s: s is not None and o <= s), time_to_prompt, max(3, args.rounds))
-
-        if "ctrlc" in parts:
-            print("bench: Ctrl-C under flood ...", file=sys.stderr)
-            both(Row("Ctrl-C to prompt while `yes` floods", "ms", target="< 100 ms", better="lower",
-                     met=lambda o, s: o < 100), lambda s: ctrl_c_latency(s)[0], args.rounds)
+            kinds = ["text"] if args.smoke else list(fair.KINDS)
+            fair_parts = {"throughput", "input"} & ({"throughput"} if "throughput" in compared else set())
+            fair_parts |= compared - {"throughput"}
+            sizes = fair.Sizes(args.size_mb, 0, 0, keys, 3 if args.smoke else 50)
+            files = fair.prepare(work, kinds, fair_parts, sizes)
+            tools = Tools(ours.sandbox, ssh)
+            steps = fair.steps(fair.Link(None), fair_parts, kinds, sizes, files, work)
+            fair.run_rounds([fair.Side("ours", ours, tools), fair.Side("ssh", ssh, tools)], steps,
+                            max(2, args.rounds))
+            compared_table = fair.render([p for step in steps for p in step.pairs],
+                                         "## Against OpenSSH, alternated (bench/fair.py's rows)")
+        elif compared:
+            print("bench: the comparison rows need OpenSSH (bench/fair.py): left out with --no-ssh", file=sys.stderr)
 
         if "memory" in parts:
             print("bench: memory under a slow reader ...", file=sys.stderr)
@@ -545,7 +517,7 @@ def main() -> int:
             ssh.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    report = render(rows, args)
+    report = render(rows, args) + ("\n" + compared_table if compared_table else "")
     print(report)
     if not args.smoke and not args.only:
         Path(args.output).write_text(report)
