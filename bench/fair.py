@@ -40,6 +40,7 @@ Nothing here is a timed assertion in a test; --output writes the table to a file
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import resource
@@ -285,6 +286,12 @@ class Sizes:
     slow_keys: int  # at 100 ms spacing
 
 
+def _one(measure: Callable[..., float], *args: object) -> list[float]:
+    """A Step's run for a measurement of one figure: partial(_one, measure, args...)(side)."""
+    *head, side = args
+    return [measure(side, *head)]
+
+
 def steps(link: Link, parts: set[str], kinds: list[str], sizes: Sizes, files: dict[str, Path],
           work: Path) -> list[Step]:
     at = link.label()
@@ -297,13 +304,13 @@ def steps(link: Link, parts: set[str], kinds: list[str], sizes: Sizes, files: di
         for kind in kinds:
             path = files[kind]
             out.append(Step([Pair(f"PTY `cat`, {kind}{at}", "MB/s", "higher", 1.0)],
-                            lambda s, p=path: [output_rate(s, p, size, tty=True)], gb))
+                            functools.partial(_one, output_rate, path, size, True), gb))
             out.append(Step([Pair(f"`-T cat`, {kind}{at}", "MB/s", "higher", 1.0)],
-                            lambda s, p=path: [output_rate(s, p, size, tty=False)], gb))
+                            functools.partial(_one, output_rate, path, size, False), gb))
     if "input" in parts:
         for kind in kinds:
             out.append(Step([Pair(f"piped into `-T wc -c`, {kind}{at}", "MB/s", "higher", 1.0)],
-                            lambda s, p=files[kind]: [input_rate(s, p, size)], gb))
+                            functools.partial(_one, input_rate, files[kind], size), gb))
     if "echo" in parts:
         for spacing, keys in ((() if wan else ((2, sizes.keys),)) + ((100, sizes.slow_keys),)):
             def echo(s: Side, spacing: int = spacing, keys: int = keys) -> list[float]:

@@ -446,11 +446,11 @@ def main() -> int:
 
         if "storage" in parts:
             print("bench: transcript storage ...", file=sys.stderr)
-            binary, text = work / "storage.bin", work / "storage.txt"
+            binary, lines = work / "storage.bin", work / "storage.txt"
             storage_size = (2 if args.smoke else 20) * MB
             binary.write_bytes(os.urandom(storage_size))
-            text.write_bytes(data.read_bytes()[:storage_size])
-            for label, payload in (("binary", binary), ("text", text)):
+            lines.write_bytes(data.read_bytes()[:storage_size])
+            for label, payload in (("binary", binary), ("text", lines)):
                 ratio = storage_ratio(ours, payload)
                 rows.append(Row(f"transcript storage, {storage_size // MB} MB of {label} through `-T`", "x",
                                 [ratio], [], "<= 1.05x", "lower", lambda o, s: o <= 1.05,
@@ -463,8 +463,7 @@ def main() -> int:
             from transfer_bench import Tools
 
             kinds = ["text"] if args.smoke else list(fair.KINDS)
-            fair_parts = {"throughput", "input"} & ({"throughput"} if "throughput" in compared else set())
-            fair_parts |= compared - {"throughput"}
+            fair_parts = (compared - {"throughput"}) | ({"throughput", "input"} if "throughput" in compared else set())
             sizes = fair.Sizes(args.size_mb, 0, 0, keys, 3 if args.smoke else 50)
             files = fair.prepare(work, kinds, fair_parts, sizes)
             tools = Tools(ours.sandbox, ssh)
