@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import pexpect  # noqa: E402
 from cp_bench import sha  # noqa: E402
 from delay_proxy import ProxyProcess  # noqa: E402
 from run import (  # noqa: E402
@@ -102,6 +104,7 @@ class Pair:
     ours: list[float] = field(default_factory=list)
     ssh: list[float] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # process -> CPU s/GB, one per round
+    retried: list[str] = field(default_factory=list)  # measurements that failed once and were taken again
 
     def ratios(self) -> list[float]:
         return [o / s for o, s in zip(self.ours, self.ssh, strict=False) if s]
@@ -191,12 +194,24 @@ class Side:
         return result, cpu
 
 
+def watchdog(proc: subprocess.Popen[bytes], seconds: float = 900) -> None:
+    """Kill `proc` if it is still running after `seconds` (a stalled measurement then fails instead of hanging)."""
+    def expire() -> None:
+        if proc.poll() is None:
+            proc.kill()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
 def output_rate(side: Side, path: Path, size: int, tty: bool) -> float:
     """MB/s of `cat path` from the first byte read to the end of the output."""
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(side.argv(f"cat {path}", tty), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err)
         assert proc.stdout is not None
+        watchdog(proc)
         fd, first, got, start = proc.stdout.fileno(), 0, 0, 0.0
         while chunk := os.read(fd, MB):
             if not first:
@@ -215,6 +230,7 @@ def input_rate(side: Side, path: Path, size: int) -> float:
         proc = subprocess.Popen(side.argv("echo go; exec wc -c", False), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err)
         assert proc.stdin is not None and proc.stdout is not None
+        watchdog(proc)
         if proc.stdout.readline() != b"go\n":
             proc.kill()
             raise RuntimeError(f"{side.key}: no 'go' from the remote command")
@@ -375,7 +391,14 @@ def run_rounds(sides: list[Side], rows: list[Step], rounds: int) -> None:
     for r in range(rounds):
         for i, step in enumerate(rows):
             for side in sides if (r + i) % 2 == 0 else sides[::-1]:
-                step.once(side)
+                try:
+                    step.once(side)
+                except (RuntimeError, pexpect.ExceptionPexpect) as e:
+                    # Once more, and said under the table; a second failure ends the run.
+                    print(f"bench: round {r + 1}: {step.pairs[0].metric}: {side.key} failed, once more: {e}",
+                          file=sys.stderr, flush=True)
+                    step.pairs[0].retried.append(f"round {r + 1}, {side.system.name}: {str(e)[:160]}")
+                    step.once(side)
             p = step.pairs[0]
             print(f"bench: round {r + 1}/{rounds}: {p.metric}: slaveshell {p.ours[-1]:.2f}, OpenSSH "
                   f"{p.ssh[-1]:.2f} {p.unit}", file=sys.stderr, flush=True)
@@ -411,6 +434,9 @@ def render(pairs: list[Pair], title: str) -> str:
         ratio = f"{med(r):.2f}x ({min(r):.2f}-{max(r):.2f})" if r else "-"
         lines.append(f"| {p.metric} ({p.unit}) | {_fmt(p.ours)} | {_fmt(p.ssh)} | {ratio} | {p.target()} | "
                      f"{p.verdict()} | {_cpu(p)} |")
+    retried = [f"- {p.metric}: measured again after a failure ({r})" for p in pairs for r in p.retried]
+    if retried:
+        lines += ["", *retried]
     met = sum(p.verdict() == "met" for p in pairs)
     judged = sum(p.limit is not None for p in pairs)
     return "\n".join(lines + ["", f"{met} of {judged} targets met (median meets it, worst round within "
@@ -505,8 +531,10 @@ def main() -> int:
             rows = steps(link, parts, kinds, sizes, files, work)
             run_rounds(sides, rows, args.rounds)
             where = ("loopback" if link.rtt_ms is None else
-                     f"both links through bench/delay_proxy.py:{link.label().removeprefix(' @')} round trip, "
-                     f"queue {args.queue_ms if args.queue_ms is not None else max(link.rtt_ms, 20):g} ms")
+                     f"both links through bench/delay_proxy.py: {link.rtt_ms:g} ms round trip, "
+                     + (f"{link.rate_mbit:g} Mbit/s each way, " if link.rate_mbit else "no rate cap, ")
+                     + (f"jitter 0-{link.jitter_ms:g} ms, " if link.jitter_ms else "")
+                     + f"queue {args.queue_ms if args.queue_ms is not None else max(link.rtt_ms, 20):g} ms")
             tables.append(render([p for step in rows for p in step.pairs],
                                  f"## slaveshell against OpenSSH, {where}\n\n`python3 bench/fair.py "
                                  f"{' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} "

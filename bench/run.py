@@ -162,9 +162,14 @@ def p99(values: list[float]) -> float:
 def spawn_shell(system: OpenSSH | Slaveshell) -> pexpect.spawn:
     argv = system.argv(None, tty=True)
     child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(os.environ, TERM="xterm"), timeout=30)
-    child.expect(r"[#$] ")
-    child.sendline("bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='P''> '")
-    child.expect("P> ")
+    try:
+        child.expect(r"[#$] ")
+        child.sendline("bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='P''> '")
+        child.expect("P> ")
+    except pexpect.ExceptionPexpect:
+        child.terminate(force=True)
+        raise RuntimeError(f"{system.name}: no shell prompt within 30 s; last output "
+                           f"{bytes(child.before or b'')[-200:]!r}") from None
     return child
 
 
@@ -190,6 +195,8 @@ def key_rtts(fd: int, count: int, spacing: float = 0.002) -> list[float]:
         os.write(fd, ch)
         got = b""
         while ch not in got:
+            if not select.select([fd], [], [], 30)[0]:
+                raise RuntimeError(f"no echo of keystroke {i} within 30 s")
             got += os.read(fd, 1024)
         rtts.append(time.perf_counter() - start)
         time.sleep(spacing)
@@ -398,6 +405,7 @@ def main() -> int:
     ap.add_argument("--only", metavar="PARTS",
                     help=f"comma-separated parts to run, of: {','.join(PARTS)} (then nothing is written)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox and sshd
     parts = set(PARTS) - OPT_IN_PARTS if not args.only else set(args.only.split(","))
     if parts - set(PARTS):
         ap.error(f"unknown part(s): {','.join(sorted(parts - set(PARTS)))}")
