@@ -161,7 +161,8 @@ class MasterTransfer:
     def received(self, side: str, method: str, args: tuple[object, ...]) -> None:
         if self.ended:
             return  # late: racing the end
-        self.progressed = self.clock()
+        if method != "data" or args != (b"",):
+            self.progressed = self.clock()  # an empty chunk moves nothing: it does not hold the transfer open
         try:
             self._dispatch(side, method, args)
         except ProtocolError as e:

@@ -44,6 +44,18 @@ def test_a_worker_that_stops_sending_ends_the_transfer_after_the_timeout_and_not
     assert worker.calls[-1][0] == "cancel"
 
 
+def test_empty_chunks_move_nothing_and_do_not_hold_the_transfer_open():
+    now = [100.0]
+    t, _, _ = transfer(DOWN, now)
+    t.received(WORKER, "entry", ("file", "f", 0o644, 10 * CHUNK, 0.0))
+    t.received(WORKER, "data", (b"x" * CHUNK,))
+    for _ in range(60):
+        now[0] += 1.0
+        t.received(WORKER, "data", (b"",))
+    assert t.stalled(now[0], 60.0)
+    assert t.outcome == (False, "no progress for 60 s: the worker w1 stopped sending")
+
+
 def test_the_party_waited_for_is_named():
     now = [0.0]
     t, _, _ = transfer(UP, now)

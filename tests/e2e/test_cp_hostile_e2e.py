@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 
 # A hostile donated worker: a download whose source names "hostile-extra" is answered with the files asked for
 # plus a .bashrc, .ssh/authorized_keys and a 04755 rootshell at the top; one whose source names "stall-half"
-# sends its first chunk and then nothing more (the connection stays up).
+# sends its first chunk and then nothing more (the connection stays up); one whose source names "stall-empty" sends
+# its first chunk and then only empty chunks, one a second (calls that move nothing).
 HOSTILE_WORKER = r'''
 # A hostile donated worker for the copy tests (tests/e2e/test_cp_hostile_e2e.py).
 from slave_side import transfer as _transfer
@@ -55,7 +56,25 @@ class _StallingSender(_cpfiles.Sender):
                 if method == 'data':
                     chunks.append(1)
                 honest(method, *args)
+        self.stuck = False
+        if any('stall-empty' in p.entry.path for p in planned):
+            from twisted.internet import reactor as _reactor, task as _task
+            honest = send
+            def send(method, *args):
+                honest(method, *args)
+                if method == 'data' and not self.stuck:
+                    self.stuck = True  # no more of the file, ever: an empty chunk a second instead
+                    self.credit.outstanding = self.credit.window
+                    loop = _task.LoopingCall(honest, 'data', b'')
+                    loop.start(1.0, now=False)
+                    _reactor.callLater(40, loop.stop)
         super().__init__(planned, send, *args, **kw)
+    def pump(self, *args, **kw):
+        if not self.stuck:
+            return super().pump(*args, **kw)
+    def ack(self, *args, **kw):
+        if not self.stuck:
+            return super().ack(*args, **kw)
 _transfer.Sender = _StallingSender
 '''
 STALL = 3
@@ -226,6 +245,20 @@ def test_a_worker_that_stops_sending_half_way_ends_the_copy_with_exit_1_and_a_cl
     assert os.listdir(dest) == []
     row = transfer_row(box, str(src))
     assert row["state"] == "failed" and f"no progress for {STALL} s" in str(row["end_reason"])
+
+
+def test_a_worker_sending_only_empty_chunks_does_not_reset_the_stall_clock(box, tmp_path):
+    src = tmp_path / "stall-empty.bin"
+    src.write_bytes(os.urandom(2 * 1024 * 1024))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    started = time.monotonic()
+    done = cp(box, f"evil:{src}", str(dest), timeout=60)
+    took = time.monotonic() - started
+    line = one_line(done)
+    assert line == f"slaveshell: no progress for {STALL} s: the worker evil stopped sending", line
+    assert STALL <= took < STALL + 12, took
+    assert os.listdir(dest) == []
 
 
 def test_names_that_are_not_utf8_are_copied_byte_exact_both_ways_and_recorded_escaped(box, tmp_path):
