@@ -164,3 +164,16 @@ def test_anything_within_the_bounds_decodes_as_twisted_does(items, read):
     broker.setPrefixLimit(64)
     broker.feed(b"".join(banana.encode(i) for i in items), read)
     assert not broker.closed and broker.got == items
+
+
+@pytest.mark.parametrize("login", [True, False])
+def test_a_long_stream_of_small_messages_read_across_their_boundaries_passes(login):
+    """A busy connection's reads rarely end where a message does (a worker streaming a build's log, a copy's
+    chunks): what earlier, finished messages took is not held for the one in progress."""
+    broker = Received(login=login)
+    message = [b"update", b"x" * 1000]
+    one = banana.encode(jelly.jelly(message))
+    count = (LOGGED_IN.bytes if login else PRE_LOGIN.bytes) * 4 // len(one)
+    broker.feed(one * count)  # full 64 KiB reads, as from a saturated socket: one in 1,019 ends on a message
+    assert not broker.closed
+    assert len(broker.got) == count

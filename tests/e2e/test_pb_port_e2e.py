@@ -181,3 +181,28 @@ def test_a_hostile_worker_cannot_make_the_master_hold_more_than_its_connections_
     sb.send_change()
     assert wait_until(lambda: len([b for b in sb.builds() if b[1] is not None]) > done_builds, timeout=90)
     assert sb.builds()[-1][1] == 0
+
+
+def test_a_large_download_from_an_honest_worker_keeps_its_connection(sandbox: Sandbox, tmp_path):
+    """A copy's chunks come back to back: the master's reads seldom end where a message does, and the finished
+    messages before the one in progress are not counted against the connection's bound (a 96 MiB download closed
+    the worker's connection at 16 MiB)."""
+    sb = sandbox
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(4 * 1024 * 1024))
+    log = os.path.join(sb.master_dir, "twistd.log")
+    with open(log, "rb") as f:
+        start = len(f.read())
+    for i in range(2):
+        dest = tmp_path / f"dest{i}"
+        dest.mkdir()
+        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sb.socket,
+                               f"w2:{src}", str(dest)], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert (dest / "big.bin").stat().st_size == src.stat().st_size
+    with open(log, "rb") as f:
+        f.seek(start)
+        added = f.read().decode("utf-8", "replace")
+    assert "Banana may hold" not in added and "Traceback" not in added
