@@ -5,7 +5,9 @@ process that also runs Buildbot (its database, its workers' connections, its bui
 
 - connections on the socket, per uid and in total, counted at accept time from the kernel's peer credentials
   (SO_PEERCRED, unix(7), `peer_identity`) before any byte is read: a refused connection gets one line,
-  ``slaveshell: refused: <reason>``, and is closed;
+  ``slaveshell: refused: <reason>``, and is closed. A uid no policy rule grants anything (`has_right`) takes one
+  of the far fewer places for those (NO_RIGHT_CONNECTIONS, NO_RIGHT_CONNECTIONS_PER_UID): users of the socket's
+  group without a right never take an operator's place;
 - calls in progress on one connection, every kind of call (open, attach, copy, history, transcript, search wait
   on a worker or a database; the others are answered at once): the framed door does not start one past the bound
   (it waits, and the connection is not read meanwhile: `busy`); one made past it is refused and audited;
@@ -57,6 +59,9 @@ T = TypeVar("T")
 AUDIT_INTERVAL = 10.0
 # Notices about viewers joining, per session: at most this many per minute.
 JOIN_NOTICES_PER_MINUTE = 5
+# Connections on the shell socket of uids without a right (ConnectionGate.has_right), in all and per uid.
+NO_RIGHT_CONNECTIONS = 8
+NO_RIGHT_CONNECTIONS_PER_UID = 2
 
 
 @dataclass(frozen=True)
@@ -211,9 +216,10 @@ class Quota:
 
 
 class _Connection:
-    def __init__(self, identity: Identity, peer: Gated, socket: bool = True) -> None:
+    def __init__(self, identity: Identity, peer: Gated, socket: bool = True, right: bool = True) -> None:
         self.identity = identity
         self.peer = peer
+        self.right = right  # counted among the connections of uids with a right (else among the few places)
         # A connection on the shell socket (counted by `admit`), or one another door admitted (`watch`).
         self.socket = socket
         self.calls = 0
@@ -232,12 +238,16 @@ class ConnectionGate:
         self.clock = clock
         self.bounds = bounds or Bounds()
         self.connections: dict[Gated, _Connection] = {}
+        # Whether a uid has some right (the service asks its policy); connections of those without one are
+        # counted apart, within NO_RIGHT_CONNECTIONS.
+        self.has_right: Callable[[Identity], bool] = lambda who: True
         # Calls in progress on connections the gate did not admit (in-memory brokers in tests).
         self._other_calls: weakref.WeakKeyDictionary[Gated, int] = weakref.WeakKeyDictionary()
 
-    def count(self, uid: int | None = None) -> int:
-        """Connections on the shell socket (of `uid`)."""
-        return sum(1 for c in self.connections.values() if c.socket and (uid is None or c.identity.uid == uid))
+    def count(self, uid: int | None = None, right: bool | None = None) -> int:
+        """Connections on the shell socket (of `uid`; of uids with a right, or without one)."""
+        return sum(1 for c in self.connections.values()
+                   if c.socket and (uid is None or c.identity.uid == uid) and (right is None or c.right == right))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -248,17 +258,23 @@ class ConnectionGate:
         except OSError as e:
             return f"the master cannot tell who you are ({e.strerror or e})"
         bounds = self.bounds
+        right = self.has_right(who)
+        per_uid, total = ((bounds.connections_per_uid, bounds.connections) if right
+                          else (min(NO_RIGHT_CONNECTIONS_PER_UID, bounds.connections_per_uid),
+                                min(NO_RIGHT_CONNECTIONS, bounds.connections)))
         reason = None
-        if self.count(who.uid) >= bounds.connections_per_uid:
-            reason = (f"{who.user} already has {bounds.connections_per_uid} connections to the shell socket "
-                      "(the master's limit per user)")
-        elif self.count() >= bounds.connections:
-            reason = (f"the shell socket already has {bounds.connections} connections (the master's limit); "
-                      "try again later")
+        if self.count(who.uid, right) >= per_uid:
+            reason = (f"{who.user} already has {per_uid} connections to the shell socket (the master's limit per "
+                      "user)" if right else f"{who.user} has no right on any worker here, and already {per_uid} "
+                      "connections to the shell socket (the master's limit for users without a right)")
+        elif self.count(None, right) >= total:
+            reason = (f"the shell socket already has {total} connections (the master's limit); try again later"
+                      if right else f"the shell socket already has {total} connections of users without a right "
+                      "on any worker (the master's limit); try again later")
         if reason is not None:
             self.audit(who, "refused", f"connection refused: {reason}")
             return reason
-        self.connections[peer] = _Connection(who, peer)
+        self.connections[peer] = _Connection(who, peer, right=right)
         return None
 
     def watch(self, peer: Gated, who: Identity) -> None:

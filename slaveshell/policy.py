@@ -218,6 +218,10 @@ class Policy:
             return f"{who.user} already has {per_operator} sessions (the master's limit)"
         return None
 
+    def grants_some_right(self, who: Operator) -> bool:
+        """Whether some rule names `who` and grants a right (on some worker): who may be an operator here."""
+        return any(rule.matches_identity(who) and rule.rights for rule in self.rules)
+
     def check(self, who: Operator, right: str, worker: str) -> Decision:
         if right not in RIGHTS:
             raise ValueError(f"unknown right {right!r}")

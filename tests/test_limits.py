@@ -460,3 +460,29 @@ def test_places_of_users_without_a_right_never_take_those_of_users_with_one():
         assert len(factory.refused) <= terminal_ws.MAX_SOCKETS_REFUSED
         assert all(factory.sockets.take("web:alice") for _ in range(terminal_ws.MAX_SOCKETS_PER_USER))
         assert not factory.sockets.take("web:alice")
+
+
+def test_connections_of_uids_without_a_right_never_take_those_of_operators():
+    """Users of the socket's group whom no policy rule names held every place (8 uids x 32 idle connections
+    locked root out): they are counted apart, within NO_RIGHT_CONNECTIONS."""
+    from master_side.limits import NO_RIGHT_CONNECTIONS, NO_RIGHT_CONNECTIONS_PER_UID
+    from slaveshell.policy import Policy, Rule
+
+    clock = MemoryReactorClock()
+    gate, audited = make_gate(clock, connections_per_uid=32, connections=256)
+    gate.has_right = Policy([Rule(users=(0,))]).grants_some_right
+    factory = doors(gate, clock)
+    nobody = [Identity(60000 + i, 60000 + i, 60000 + i, f"u{i}", frozenset()) for i in range(40)]
+    held = [connect(factory, who) for who in nobody for _ in range(32)]
+    kept = [t for _, t in held if not t.disconnecting]
+    assert len(kept) == NO_RIGHT_CONNECTIONS
+    _, t = connect(factory, nobody[0])
+    assert t.value().startswith(REFUSED_PREFIX + f"u0 has no right on any worker here, and already "
+                                                  f"{NO_RIGHT_CONNECTIONS_PER_UID} connections".encode())
+    _, t = connect(factory, nobody[-1])
+    assert t.value().startswith(REFUSED_PREFIX + b"the shell socket already has 8 connections of users without")
+    # Root, who has a right, gets in, up to the bounds of operators.
+    served = [connect(factory, ROOT) for _ in range(32)]
+    assert not any(t.disconnecting for _, t in served)
+    assert gate.count(right=True) == 32 and gate.count(right=False) == NO_RIGHT_CONNECTIONS
+    assert audited and all(kind == "refused" for kind, _, _ in audited)

@@ -400,3 +400,68 @@ def test_pipelined_calls_are_served_a_few_at_a_time_and_do_not_delay_a_session(b
     assert timed_echo(sb, "after") < quiet + 3.0
 
 
+
+
+def _hold_connections(path: str, uid: int, count: int, report: int) -> None:
+    """In a forked child: become `uid`, open `count` framed connections to the socket and keep them; write how
+    many the master kept open to the pipe `report`."""
+    try:
+        os.setgid(uid)
+        os.setuid(uid)
+        held = []
+        for _ in range(count):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.sendall(MAGIC)
+            held.append(s)
+        time.sleep(1.0)
+        kept = 0
+        for s in held:
+            s.setblocking(False)
+            try:
+                data = s.recv(4096)
+                kept += 0 if data == b"" or b"refused" in data else 1
+            except BlockingIOError:
+                kept += 1
+        os.write(report, f"{kept}\n".encode())
+        time.sleep(120)
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as eight other local users")
+def test_local_users_without_a_right_cannot_take_the_places_of_operators(tmp_path):
+    """The socket open to a group: 8 of its users whom no policy rule names each held 32 idle framed connections,
+    all 256 places, and root got `the shell socket already has 256 connections`."""
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="slaveshell-noright-")  # pytest's tmp_path is behind a 0700 directory
+    os.chmod(top, 0o755)
+    sb = Sandbox(os.path.join(top, "sb"), workers=["w1"], service_kwargs="policy=[{'users': [0]}]")
+    sb.create()
+    sb.start()
+    children: list[tuple[int, int]] = []
+    try:
+        os.chmod(os.path.dirname(sb.socket), 0o755)
+        os.chmod(sb.socket, 0o666)
+        for i in range(8):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                _hold_connections(sb.socket, 61000 + i, 32, w)
+            os.close(w)
+            children.append((pid, r))
+        kept = [int(os.read(r, 100).decode().strip() or -1) for _, r in children]
+        assert all(0 <= k <= 2 for k in kept) and sum(kept) <= 8, kept
+        done = subprocess.run([*shell_argv(), "--socket", sb.socket, "-T", "w1", "--", "echo", "operator-in"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "operator-in", done.stderr
+    finally:
+        for pid, r in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+        sb.stop()
+        shutil.rmtree(top, ignore_errors=True)
