@@ -13,6 +13,8 @@ import posixpath
 import re
 from collections.abc import Iterable
 
+from slaveshell.cpwire import path_text
+
 # What an upload's row keeps of its names: at most this many, in at most this many characters.
 MAX_NAMES = 1000
 MAX_NAMES_CHARS = 64 * 1024
@@ -25,7 +27,7 @@ _WORD_SEPARATORS = re.compile(r"[\s;&|<>()`$'\"=,{}]+")
 def upload_names(dest: str, single_file: bool, files: Iterable[str]) -> str:
     """The `files` column of an upload: where each file may be on the worker, one per line (DEST/PATH, or PATH
     when the destination is the default, `.`), and DEST itself when one file was copied to a name (it may be the
-    file's new name)."""
+    file's new name). Names that are not UTF-8 are spelled with \\xNN escapes."""
     names: list[str] = []
     base = dest.rstrip("/") or dest
     if single_file and base and not dest.endswith("/") and base not in (".", ".."):
@@ -34,7 +36,9 @@ def upload_names(dest: str, single_file: bool, files: Iterable[str]) -> str:
         names.append(posixpath.join(base, path) if base not in ("", ".") else path)
     out: list[str] = []
     size = 0
-    for name in dict.fromkeys(n for n in names if "\n" not in n):
+    # A name that is not UTF-8 is spelled with \xNN escapes, as the row's command (cpwire.path_text): the index
+    # takes text only, and the row's end would not be written.
+    for name in dict.fromkeys(path_text(n) for n in names if "\n" not in n):
         if len(out) >= MAX_NAMES or size + len(name) + 1 > MAX_NAMES_CHARS:
             break
         out.append(name)

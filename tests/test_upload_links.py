@@ -83,3 +83,10 @@ def test_keep_uploaded_text_is_a_bounded_number_of_bytes():
     for bad in (-1, KEEP_UPLOADED_TEXT_MAX + 1, True, 1.5, "64k", None):
         assert ShellConfig(keep_uploaded_text=bad).errors() == [  # type: ignore[arg-type]
             f"keep_uploaded_text must be a whole number of bytes from 0 to {KEEP_UPLOADED_TEXT_MAX}"]
+
+
+def test_names_that_are_not_utf8_are_spelled_with_escapes_so_the_row_can_be_written():
+    """An upload of `latin\\xe9.txt` left its row `running`: the index refused the surrogate in its names."""
+    names = upload_names("/d\udcff/", False, ["latin\udce9.txt", "plain.txt"])
+    names.encode("utf-8")
+    assert names.splitlines() == ["/d\\xff/latin\\xe9.txt", "/d\\xff/plain.txt"]
