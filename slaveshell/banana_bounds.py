@@ -5,9 +5,9 @@ a peer that sends the header of a long list, then items and never the rest, make
 sends (Twisted bounds one string, or one list's length, to ``SIZE_LIMIT``, 640 KiB, and nothing else: a list of
 600,000 small items, or of 400 strings of 512 KiB, are each one expression it accepts). On the master's PB port,
 which every worker reaches, anyone can do that before logging in. `install()` counts, per connection, what Banana
-holds for the expression it has not finished (the bytes read since it last held nothing, and the items it made of
-them) and closes the connection once either passes the connection's bound, with one log line (who, and which bound:
-never what was sent):
+holds for the expression it has not finished (the bytes read since the last one ended, counted by whole reads, and
+the items it made of them) and closes the connection once either passes the connection's bound, with one log line
+(who, and which bound: never what was sent):
 
 - before login (`PRE_LOGIN`): a PB login is a few small messages (the root object, ``login``, ``respond`` with
   the worker's mind), well under 1 KiB and 20 items each; 64 KiB and 2,048 items leave room for any user name.
@@ -67,12 +67,13 @@ class _Refused(Exception):
 class _Held:
     """One connection's count: bytes and items of its unfinished expression, and its share of the total."""
 
-    __slots__ = ("bytes", "items", "counted")
+    __slots__ = ("bytes", "items", "counted", "ended")
 
     def __init__(self) -> None:
         self.bytes = 0
         self.items = 0
         self.counted = 0  # what this connection adds to `_pre_login` now
+        self.ended = False  # an expression ended during the read being decoded
 
 
 _pre_login = 0  # what connections not logged in hold together (bytes + items * ITEM_COST)
@@ -158,10 +159,13 @@ def install() -> bool:
             return
         pre_login = not logged_in(self)
         held = _held(self)
+        held.ended = False
         try:
             inner(self, chunk)
             if _holds_nothing(self):
                 held.bytes = held.items = 0
+            elif held.ended:  # the unfinished expression began in this read: at most its bytes
+                held.bytes = len(chunk)
             else:
                 held.bytes += len(chunk)
             _count(self, held, pre_login)
@@ -179,6 +183,7 @@ def install() -> bool:
         held = self.__dict__.get("_slaveshell_held")
         if held is not None:
             held.items = 0  # a whole expression: Banana holds none of its items any more
+            held.ended = True
         got_item(self, item)
 
     dataReceived.slaveshell_bounded = True  # type: ignore[attr-defined]

@@ -164,3 +164,17 @@ def test_anything_within_the_bounds_decodes_as_twisted_does(items, read):
     broker.setPrefixLimit(64)
     broker.feed(b"".join(banana.encode(i) for i in items), read)
     assert not broker.closed and broker.got == items
+
+
+@pytest.mark.parametrize("login", [True, False])
+def test_a_stream_of_whole_messages_read_across_their_boundaries_is_never_refused(login):
+    """A session's output is an endless stream of messages, each well within the bounds, whose reads almost never
+    end where a message ends: only the message not yet finished counts, not everything read since the last read
+    that happened to end on a boundary."""
+    broker = Received(login=login)
+    one = banana.encode([b"output", b"x" * (200 if not login else 60_000)])
+    per = LOGGED_IN.bytes if login else PRE_LOGIN.bytes
+    count = 2 * per // len(one) + 2
+    broker.feed(one * count, read=len(one) + 7)  # every read ends inside a message
+    assert not broker.closed
+    assert len(broker.got) == count

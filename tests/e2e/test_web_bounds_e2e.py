@@ -306,7 +306,8 @@ def test_sockets_without_a_login_are_refused_within_their_own_bound(site: Sandbo
     handshake; the master's descriptors stay bounded and alice still gets a terminal."""
     pid = site.master_pid()
     before = len(os.listdir(f"/proc/{pid}/fd"))
-    held = [RawSocket(site, None) for _ in range(40)] + [RawSocket(site, "TWISTED_SESSION=not-a-session") for _ in range(40)]
+    held = [RawSocket(site, None) for _ in range(40)] + [RawSocket(site, "TWISTED_SESSION=not-a-session")
+                                                         for _ in range(40)]
     try:
         time.sleep(1.0)
         outcomes = [outcome(ws) for ws in held]
