@@ -24,10 +24,10 @@ class ShellApplication(Application):
 
     def setMaster(self, master: BuildMaster) -> None:
         super().setMaster(master)
-        from .. import rest_write_fix
+        from .. import upstream
         from .terminal_ws import terminal_resource
 
-        rest_write_fix.install()
+        upstream.install_web()
 
         if getattr(self, "_socket_master", None) is not master:
             self._socket_master = master
