@@ -61,7 +61,8 @@ def _on_calling_thread() -> bool:
     thread."""
     from twisted.python import threadable
 
-    return threadable.isInIOThread() or threading.current_thread() is threading.main_thread()
+    in_io_thread = bool(threadable.isInIOThread())  # type: ignore[no-untyped-call]
+    return in_io_thread or threading.current_thread() is threading.main_thread()
 
 
 def install() -> bool:

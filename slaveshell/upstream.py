@@ -37,7 +37,7 @@ installed: dict[str, bool] = {}
 def shape(func: object, params: Iterable[str], uses: Iterable[str] = ()) -> str | None:
     """None when `func` is a function taking `params` (by name, in order) whose code names everything in `uses`
     (the attributes and globals it reads); else what differs, in words."""
-    code = getattr(inspect.unwrap(func), "__code__", None) if callable(func) else None  # type: ignore[arg-type]
+    code = getattr(inspect.unwrap(func), "__code__", None) if callable(func) else None
     if code is None:
         return "not a function"
     try:
