@@ -50,7 +50,10 @@ def test_a_master_whose_banana_differs_serves_no_socket_and_builds(tmp_path):
     sandbox = Sandbox(str(tmp_path / "sb"), workers=["w1"], service_kwargs=OTHER_BANANA)
     sandbox.create()
     try:
-        sandbox.start()
+        sandbox.start_master()
+        sandbox.start_worker("w1")  # (Sandbox.start waits for workers through the shell's socket)
+        assert wait_until(lambda: "worker is ready" in log_of(sandbox.worker_dir("w1")), timeout=60), \
+            sandbox.log_tail()
         log = log_of(sandbox.master_dir)
         assert "slaveshell: banana not changed" in log
         assert "shells are unavailable" in log
