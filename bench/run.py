@@ -7,13 +7,15 @@
 
 It starts a throwaway sshd on 127.0.0.1 (installing openssh-server with apt-get if it is missing; a generated
 host key and client key) and a throwaway Buildbot master and worker, then measures both the same way. Absolute
-figures drift between machines and runs: read the ratios.
+figures drift between machines and runs: read the ratios. The rows against OpenSSH (throughput, echo, open,
+ctrlc) are bench/fair.py's: alternated round by round, judged on the per-round ratios' median and worst round.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import shutil
 import signal
 import statistics
@@ -47,6 +49,7 @@ class OpenSSH:
         self.dir.mkdir()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.client_port = 0  # where clients connect: the port, or a delay proxy's in front of it
 
     def start(self) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -59,7 +62,7 @@ class OpenSSH:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True)
         shutil.copy(d / "client.pub", d / "authorized_keys")
         os.chmod(d / "authorized_keys", 0o600)
-        self.port = free_port()
+        self.port = self.client_port = free_port()
         (d / "sshd_config").write_text(textwrap.dedent(f"""\
             Port {self.port}
             ListenAddress 127.0.0.1
@@ -83,7 +86,7 @@ class OpenSSH:
         raise RuntimeError("sshd did not come up")
 
     def argv(self, command: str | None, tty: bool) -> list[str]:
-        argv = ["ssh", "-p", str(self.port), "-i", str(self.dir / "client"), "-o", "StrictHostKeyChecking=no",
+        argv = ["ssh", "-p", str(self.client_port), "-i", str(self.dir / "client"), "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
                 "-tt" if tty else "-T", "root@127.0.0.1"]
         return argv + ([command] if command else [])
@@ -156,37 +159,35 @@ def p99(values: list[float]) -> float:
     return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
 
 
-def throughput(system: OpenSSH | Slaveshell, path: Path, size: int, tty: bool) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(system.argv(f"cat {path}", tty), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=600)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{system.name}: cat failed: {done.stderr!r}")
-    return size / MB / elapsed
-
-
 def spawn_shell(system: OpenSSH | Slaveshell) -> pexpect.spawn:
     argv = system.argv(None, tty=True)
     child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), env=dict(os.environ, TERM="xterm"), timeout=30)
-    child.expect(r"[#$] ")
-    child.sendline("bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='P''> '")
-    child.expect("P> ")
+    try:
+        child.expect(r"[#$] ")
+        child.sendline("bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='P''> '")
+        child.expect("P> ")
+    except pexpect.ExceptionPexpect:
+        child.terminate(force=True)
+        raise RuntimeError(f"{system.name}: no shell prompt within 30 s; last output "
+                           f"{bytes(child.before or b'')[-200:]!r}") from None
     return child
 
 
-def echo_rtts(system: OpenSSH | Slaveshell, count: int) -> list[float]:
+def echo_rtts(system: OpenSSH | Slaveshell, count: int, spacing: float = 0.002) -> list[float]:
+    """Milliseconds from each of `count` keystrokes to its echo, in `stty -icanon; cat` (see key_rtts)."""
     child = spawn_shell(system)
     child.sendline("stty -icanon; cat > /dev/null")
     time.sleep(0.5)
-    rtts = [seconds * 1000 for seconds in key_rtts(child.child_fd, count)]
+    drain(child.child_fd, 0.3)  # the command line's own echo holds the first keys' letters
+    rtts = [seconds * 1000 for seconds in key_rtts(child.child_fd, count, spacing)]
     child.sendcontrol("c")
     child.terminate(force=True)
     return rtts
 
 
-def key_rtts(fd: int, count: int) -> list[float]:
-    """`count` keystrokes written to the terminal `fd` 2 ms apart: seconds until each one's echo is read back."""
+def key_rtts(fd: int, count: int, spacing: float = 0.002) -> list[float]:
+    """`count` keystrokes written to the terminal `fd`, each `spacing` seconds after the previous one's echo:
+    seconds until each one's echo is read back."""
     rtts = []
     for i in range(count):
         ch = bytes([ord("a") + i % 26])
@@ -194,9 +195,11 @@ def key_rtts(fd: int, count: int) -> list[float]:
         os.write(fd, ch)
         got = b""
         while ch not in got:
+            if not select.select([fd], [], [], 30)[0]:
+                raise RuntimeError(f"no echo of keystroke {i} within 30 s")
             got += os.read(fd, 1024)
         rtts.append(time.perf_counter() - start)
-        time.sleep(0.002)
+        time.sleep(spacing)
     return rtts
 
 
@@ -216,16 +219,40 @@ def time_to_prompt(system: OpenSSH | Slaveshell) -> float:
     return elapsed
 
 
-def ctrl_c_latency(system: OpenSSH | Slaveshell) -> float:
+def drain(fd: int, quiet: float) -> int:
+    """Read `fd` until nothing has come for `quiet` seconds: the bytes read."""
+    got = 0
+    while select.select([fd], [], [], quiet)[0]:
+        try:
+            got += len(os.read(fd, 65536))
+        except OSError:  # the terminal's other end is gone
+            break
+    return got
+
+
+def ctrl_c_latency(system: OpenSSH | Slaveshell, flood: float = 0.7) -> tuple[float, int]:
+    """`yes` in the remote terminal, read as fast as it arrives for `flood` seconds, then Ctrl-C: (milliseconds
+    until the prompt is back, bytes that arrived after the ^C)."""
     child = spawn_shell(system)
+    fd = child.child_fd
     child.sendline("yes")
-    time.sleep(0.7)
+    end = time.monotonic() + flood
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 0.05)[0]:
+            os.read(fd, 65536)
     start = time.perf_counter()
     child.sendcontrol("c")
-    child.expect("P> ", timeout=30)
+    got, tail = 0, b""
+    while b"P> " not in tail:
+        if time.perf_counter() - start > 60:
+            raise RuntimeError(f"{system.name}: no prompt 60 s after Ctrl-C")
+        if select.select([fd], [], [], 1)[0]:
+            chunk = os.read(fd, 65536)
+            got += len(chunk)
+            tail = tail[-2:] + chunk
     elapsed = (time.perf_counter() - start) * 1000
     child.terminate(force=True)
-    return elapsed
+    return elapsed, got
 
 
 def rss_kb(pid: int) -> int:
@@ -347,6 +374,8 @@ def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
 # -- the run --------------------------------------------------------------------------------------
 
 PARTS = ("record", "storage", "throughput", "echo", "open", "ctrlc", "memory", "concurrent", "build", "transfer")
+# Measured by bench/fair.py's code (throughput: PTY and -T output, and piped input, per content kind).
+COMPARED = ("throughput", "echo", "open", "ctrlc")
 # Not in the full run (bench/transfer_bench.py, ~6 minutes on its own): asked for with --only, and in --smoke.
 OPT_IN_PARTS = {"transfer"}
 
@@ -376,6 +405,7 @@ def main() -> int:
     ap.add_argument("--only", metavar="PARTS",
                     help=f"comma-separated parts to run, of: {','.join(PARTS)} (then nothing is written)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox and sshd
     parts = set(PARTS) - OPT_IN_PARTS if not args.only else set(args.only.split(","))
     if parts - set(PARTS):
         ap.error(f"unknown part(s): {','.join(sorted(parts - set(PARTS)))}")
@@ -398,6 +428,7 @@ def main() -> int:
     ours = Slaveshell(work, marker)
     ssh = None if args.no_ssh else OpenSSH(work)
     rows: list[Row] = []
+    compared_table = ""
     places: list[transfer_bench.Places] = []  # the transfer builder's files, when that part runs
 
     def configure(sandbox: Sandbox) -> None:
@@ -408,18 +439,6 @@ def main() -> int:
         ours.start(configure)
         if ssh:
             ssh.start()
-        systems: list[tuple[str, OpenSSH | Slaveshell]] = [("ours", ours)] + ([("ssh", ssh)] if ssh else [])
-
-        def both(row: Row, fn: Callable[[OpenSSH | Slaveshell], float], rounds: int) -> Row:
-            for _ in range(rounds):
-                for key, system in systems:
-                    getattr(row, key).append(fn(system))
-            rows.append(row)
-            return row
-
-        def ratio_at_least(x: float) -> Callable[[float, float | None], bool]:
-            return lambda o, s: s is not None and o >= x * s
-
         if "record" in parts:
             print("bench: recording cost ...", file=sys.stderr)
             text = data.read_bytes()
@@ -436,44 +455,34 @@ def main() -> int:
 
         if "storage" in parts:
             print("bench: transcript storage ...", file=sys.stderr)
-            binary, text = work / "storage.bin", work / "storage.txt"
+            binary, lines = work / "storage.bin", work / "storage.txt"
             storage_size = (2 if args.smoke else 20) * MB
             binary.write_bytes(os.urandom(storage_size))
-            text.write_bytes(data.read_bytes()[:storage_size])
-            for label, payload in (("binary", binary), ("text", text)):
+            lines.write_bytes(data.read_bytes()[:storage_size])
+            for label, payload in (("binary", binary), ("text", lines)):
                 ratio = storage_ratio(ours, payload)
                 rows.append(Row(f"transcript storage, {storage_size // MB} MB of {label} through `-T`", "x",
                                 [ratio], [], "<= 1.05x", "lower", lambda o, s: o <= 1.05,
                                 note=f"{ratio:.4f}x: bytes the transcripts directory grew by, over the bytes "
                                      "printed"))
 
-        if "throughput" in parts:
-            print("bench: throughput ...", file=sys.stderr)
-            both(Row(f"throughput, PTY (`cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
-                     met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=True), args.rounds)
-            both(Row(f"throughput, command mode (`-T`, `cat` {args.size_mb} MB)", "MB/s", target=">= 1.0x",
-                     met=ratio_at_least(1.0)), lambda s: throughput(s, data, size, tty=False), args.rounds)
+        compared = parts & set(COMPARED)
+        if compared and ssh:  # bench/fair.py's rows: alternated rounds, per-round ratios, the 20 % rule
+            import fair
+            from transfer_bench import Tools
 
-        if "echo" in parts:
-            print("bench: keystroke echo ...", file=sys.stderr)
-            echo = {key: echo_rtts(system, keys) for key, system in systems}
-            rows.append(Row(f"keystroke echo, median ({keys} keys)", "ms", [med(echo["ours"])],
-                            [med(echo["ssh"])] if ssh else [], "<= 2.0x", "lower",
-                            lambda o, s: s is not None and o <= 2.0 * s))
-            rows.append(Row(f"keystroke echo, p99 ({keys} keys)", "ms", [p99(echo["ours"])],
-                            [p99(echo["ssh"])] if ssh else [], "<= 2 ms", "lower", lambda o, s: o <= 2.0))
-
-        if "open" in parts:
-            print("bench: session open ...", file=sys.stderr)
-            both(Row("open a session and run `true`", "ms", target="<= 1.0x", better="lower",
-                     met=lambda o, s: s is not None and o <= s), time_to_true, max(3, args.rounds))
-            both(Row("time to the first prompt", "ms", target="<= 1.0x", better="lower",
-                     met=lambda o, s: s is not None and o <= s), time_to_prompt, max(3, args.rounds))
-
-        if "ctrlc" in parts:
-            print("bench: Ctrl-C under flood ...", file=sys.stderr)
-            both(Row("Ctrl-C to prompt while `yes` floods", "ms", target="< 100 ms", better="lower",
-                     met=lambda o, s: o < 100), ctrl_c_latency, args.rounds)
+            kinds = ["text"] if args.smoke else list(fair.KINDS)
+            fair_parts = (compared - {"throughput"}) | ({"throughput", "input"} if "throughput" in compared else set())
+            sizes = fair.Sizes(args.size_mb, 0, 0, keys, 3 if args.smoke else 50)
+            files = fair.prepare(work, kinds, fair_parts, sizes)
+            tools = Tools(ours.sandbox, ssh)
+            steps = fair.steps(fair.Link(None), fair_parts, kinds, sizes, files, work)
+            fair.run_rounds([fair.Side("ours", ours, tools), fair.Side("ssh", ssh, tools)], steps,
+                            max(2, args.rounds))
+            compared_table = fair.render([p for step in steps for p in step.pairs],
+                                         "## Against OpenSSH, alternated (bench/fair.py's rows)")
+        elif compared:
+            print("bench: the comparison rows need OpenSSH (bench/fair.py): left out with --no-ssh", file=sys.stderr)
 
         if "memory" in parts:
             print("bench: memory under a slow reader ...", file=sys.stderr)
@@ -516,7 +525,7 @@ def main() -> int:
             ssh.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    report = render(rows, args)
+    report = render(rows, args) + ("\n" + compared_table if compared_table else "")
     print(report)
     if not args.smoke and not args.only:
         Path(args.output).write_text(report)

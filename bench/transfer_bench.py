@@ -152,9 +152,9 @@ class Tools:
 
     def __init__(self, sandbox: Sandbox, ssh: OpenSSH | None, worker: str = "w1") -> None:
         self.sandbox, self.ssh, self.worker = sandbox, ssh, worker
-        self.scp = [] if ssh is None else ["scp", "-O", "-q", "-P", str(ssh.port), "-i", str(ssh.dir / "client"), "-o",
-                    "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                    "-o", "BatchMode=yes"]
+        self.scp = [] if ssh is None else ["scp", "-O", "-q", "-P", str(ssh.client_port), "-i",
+                    str(ssh.dir / "client"), "-o", "StrictHostKeyChecking=no", "-o",
+                    "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
         self.cp = [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sandbox.socket]
 
     def copy(self, system: str, src: str, dst: str, recursive: bool = False) -> list[str]:
@@ -393,6 +393,7 @@ def main() -> int:
     ap.add_argument("--rtt-ms", type=float, default=0,
                     help="the worker's link to the master through a proxy adding this round trip (delay_proxy.py; "
                          "the operator's side stays local, as on a master whose workers are far away)")
+    ap.add_argument("--rate-mbit", type=float, default=0, help="with --rtt-ms: the link's cap each way (0: none)")
     args = ap.parse_args()
     parts = set(args.only.split(",") if args.only else PARTS)
     if parts - set(PARTS):
@@ -401,7 +402,8 @@ def main() -> int:
         args.size, args.file_size, args.files, args.rounds, args.big_rounds = 2, 2, 20, 1, 1
     signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox and sshd
     global LINK
-    LINK = f", worker link RTT {args.rtt_ms:g} ms" if args.rtt_ms else ""
+    LINK = (f", worker link RTT {args.rtt_ms:g} ms" + (f" {args.rate_mbit:g} Mbit/s" if args.rate_mbit else "")
+            if args.rtt_ms else "")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slaveshell-transfer-bench-") as tmp:
         work = Path(tmp)
@@ -412,7 +414,7 @@ def main() -> int:
             sandbox.create()
             places = add_transfer_builder(sandbox, work)
             if args.rtt_ms:
-                proxy = DelayProxy(sandbox.port, args.rtt_ms / 2000)
+                proxy = DelayProxy(sandbox.port, args.rtt_ms / 2000, args.rate_mbit)
                 proxy.start()
                 through_proxy(sandbox, proxy.port)
             sandbox.start()

@@ -25,6 +25,7 @@ from slaveshell.transcript import CastEncoder, Redactor
 from . import transcript_search
 from .audit import AuditStore, StoreReactor, timestamp, utc
 from .hold import Hold
+from .hold_deadline import clock_time
 from .recorder import SessionRecorder, header_for, session_row
 from .relay import MasterSession
 from .rows import SearchHit, SessionRow
@@ -221,6 +222,11 @@ class AuditTrail:
     def released(self, hold: Hold, who: Identity) -> None:
         self.store.event("release", None, hold.worker, who.user, who.uid,
                          f"build {hold.builder} #{hold.build_number} (id {hold.build_id})")
+
+    def hold_extended(self, hold: Hold, who: Identity, until: float) -> None:
+        self.store.event("hold extended", None, hold.worker, who.user, who.uid,
+                         f"build {hold.builder} #{hold.build_number} (id {hold.build_id}) held until "
+                         f"{clock_time(until)}")
 
     @deferred
     async def begin(self, session: MasterSession) -> SessionRecorder | None:

@@ -5,9 +5,12 @@ In a factory::
 
     from master_side import HoldForShell
     factory.addStep(HoldForShell(when='failure', timeout=1800))
+    # or: wait for a person, not for the clock (master_side.hold_deadline)
+    factory.addStep(HoldForShell(when='failure', wait_for_operator=12 * 3600, idle_after_attach=1800,
+                                 max_hold=24 * 3600))
 
-The step holds the build as a normal running step; its log and summary carry the command to step in. The build
-then finishes with the result it had before the hold.
+The step holds the build as a normal running step; its log and summary carry the command to step in and the
+hold's deadline. The build then finishes with the result it had before the hold.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from twisted.python.failure import Failure
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
+
+from .hold_deadline import DEFAULT_TIMEOUT, HoldTimes, Limit, limits, number, plain
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
@@ -61,6 +66,20 @@ class Hold:
     # Told why the hold ended (the shell service ends the build's sessions when the build is stopped).
     listeners: list[Callable[[StopReason], None]] = field(default_factory=list)
     reason: StopReason | None = None
+    # The hold's deadlines (master_side.hold_deadline); the step sets them when it starts holding.
+    times: HoldTimes | None = None
+
+    def stepped_in(self, now: float) -> None:
+        """An operator opened a session into the build: the hold's deadline moves (master_side.hold_deadline)."""
+        if self.times is not None:
+            self.times.active(now)
+
+    def deadline_notice(self) -> str | None:
+        """For an operator stepping in: when the hold ends and how to extend it."""
+        if self.times is None:
+            return None
+        return (f"build {self.builder} #{self.build_number} is held {self.times.summary()}; "
+                f"`slaveshell hold extend {self.build_id} 2h` extends it (up to its max_hold)")
 
     def release(self, why: str, reason: StopReason = StopReason.RELEASED) -> bool:
         """End the hold; `why` is shown in the build's log, `reason` tells the listeners. False when it had
@@ -83,6 +102,10 @@ MAX_WAITING = 64
 MAX_WAITING_PER_OPERATOR = 8
 # How often a waiter looks whether its build went on without a hold (finished, stopped, lost its worker).
 WAIT_POLL = 0.5
+# How often a hold looks at its build's sessions (someone stepped in, typed) and at its deadline.
+HOLD_TICK = 0.5
+# The step's text follows a moving deadline at most this often (seconds).
+SUMMARY_EVERY = 10.0
 
 
 class NotHeld(Exception):
@@ -206,22 +229,48 @@ def holds_of(master: BuildMaster) -> Holds:
 
 
 class HoldForShell(buildstep.BuildStep):
+    """Holds the build until released, stopped, or its deadline (master_side.hold_deadline):
+
+    wait_for_operator: seconds to the first operator stepping in (None: only max_hold counts before that).
+    idle_after_attach: once someone has stepped in, seconds with nothing typed or nobody connected (None: only
+        max_hold counts after that).
+    max_hold: the hard maximum from the hold's start; extensions never pass it.
+    timeout: the same as max_hold (its older name; max_hold wins when both are given). Without any of these the
+        hold lasts 1800 s; with wait_for_operator or idle_after_attach alone, at most 24 h.
+    """
+
     name = "hold for shell"
     renderables = ["when", "timeout"]
 
-    def __init__(self, when: str = "failure", timeout: float = 1800, property: str = "hold_for_shell",
-                 **kwargs: object) -> None:
+    def __init__(self, when: str = "failure", timeout: float | None = None, property: str = "hold_for_shell",
+                 wait_for_operator: float | None = None, idle_after_attach: float | None = None,
+                 max_hold: float | None = None, **kwargs: object) -> None:
         if when not in WHEN:
             from buildbot import config
 
             config.error(f"HoldForShell: when must be one of {WHEN}")
+        values = (timeout, wait_for_operator, idle_after_attach, max_hold)
+        # A renderable (a build property) is checked once rendered, when the step runs.
+        _, problem = limits(*values) if all(plain(v) for v in values) else (0.0, None)
+        if problem is not None:
+            from buildbot import config
+
+            config.error(problem)
         # It must run after a failure: that is when it is wanted.
         kwargs.setdefault("alwaysRun", True)
         super().__init__(**kwargs)
         self.when = when
         self.timeout = timeout
+        self.wait_for_operator = wait_for_operator
+        self.idle_after_attach = idle_after_attach
+        self.max_hold = max_hold
         self.property = property
         self._hold: Hold | None = None
+        # The build's sessions at the last look: input bytes and viewers, by session id (_activity).
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._shown = ""  # the step's text as last set (_describe), the limit it named, and when
+        self._shown_limit: Limit | None = None
+        self._shown_at = 0.0
 
     def _wanted(self) -> bool:
         if self.getProperty(self.property):
@@ -260,10 +309,19 @@ class HoldForShell(buildstep.BuildStep):
         hold = Hold(build.buildid, builder, build.number, worker, workdir, self._environment())
         self._hold = hold
         holds = holds_of(self.master)
+        from twisted.internet import reactor as _reactor
+
+        reactor: Clock = _reactor
+        max_hold, problem = limits(number(self.timeout), self.wait_for_operator, self.idle_after_attach,
+                                    self.max_hold)
+        wait, idle = self.wait_for_operator, self.idle_after_attach
+        if problem is not None:  # a rendered timeout that is no number of seconds: the default hold
+            log.warn("build {bid}: {problem}; holding for {s:g} s", bid=hold.build_id, problem=problem,
+                     s=DEFAULT_TIMEOUT)
+            max_hold, wait, idle = DEFAULT_TIMEOUT, None, None
+        times = hold.times = HoldTimes(reactor.seconds(), max_hold, wait, idle)
         command = f"buildbot-shell --build {hold.build_id} {worker}"
-        self.descriptionDone = [f"held for a shell: {command}"]
-        self.description = [f"held for a shell: {command}"]
-        self.updateSummary()
+        self._describe(command, times, reactor.seconds())
         holds.add(hold)
         stdio = await self.addLog("hold")
         page = self._web_page(hold.build_id)
@@ -271,28 +329,70 @@ class HoldForShell(buildstep.BuildStep):
             await self.addURL("shell in the browser", page)
         browser = (f"or in the browser (a terminal in this build, and a release button):\n\n    {page}\n\n"
                    if page else "")
+        ends = "".join(f"  - {line},\n" for line in times.explained())
         await stdio.addStdout(
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
             f"Step in from the master host:\n\n    {command}\n\n{browser}"
             f"The shell starts in {workdir} with the build's environment.\n"
-            f"Release it with `slaveshell release {hold.build_id}` or `~r` in the shell; it is released by\n"
-            f"itself after {self.timeout:g} s, or when the build is stopped.\n")
-        from twisted.internet import reactor as _reactor
-
-        reactor: Clock = _reactor
-        timer = reactor.callLater(self.timeout, hold.release, f"timed out after {self.timeout:g} s",
-                                  StopReason.TIMED_OUT)
+            f"Release it with `slaveshell release {hold.build_id}` or `~r` in the shell. It is released by "
+            f"itself\n{ends}  - or when the build is stopped.\n"
+            f"Operators with the 'shell' right on {worker} may extend it, up to max_hold:\n\n"
+            f"    slaveshell hold extend {hold.build_id} 2h\n")
+        ticker = task.LoopingCall(self._tick, hold, times, command, reactor)
+        ticker.clock = cast(IReactorTime, reactor)
+        ticker.start(HOLD_TICK, now=False)
         try:
             why = await hold.released
         finally:
-            if timer.active():
-                timer.cancel()
+            if ticker.running:
+                ticker.stop()
             holds.remove(hold.build_id)
         await stdio.addStdout(f"\nReleased: {why}\n")
         await stdio.finish()
         self.descriptionDone = [f"held for a shell; released: {why}"]
         log.info("build {bid}: hold released ({why})", bid=hold.build_id, why=visible(why))
         return CANCELLED if hold.reason is StopReason.STOPPED else SUCCESS
+
+    def _describe(self, command: str, times: HoldTimes, now: float) -> None:
+        """The step's text with the hold's deadline: at once when the limit changes, else at most every
+        SUMMARY_EVERY seconds (typing moves an idle deadline on every tick; each text is a database write)."""
+        text = f"held for a shell: {command}; {times.summary()}"
+        _, limit = times.deadline()
+        if text != self._shown and (limit is not self._shown_limit or now - self._shown_at >= SUMMARY_EVERY):
+            self._shown, self._shown_limit, self._shown_at = text, limit, now
+            self.description = self.descriptionDone = [text]
+            self.updateSummary()
+
+    def _tick(self, hold: Hold, times: HoldTimes, command: str, reactor: Clock) -> None:
+        """Note who stepped in or typed since the last tick; release the hold at its deadline."""
+        now = reactor.seconds()
+        try:
+            if self._activity(hold.build_id):
+                times.active(now)
+        except Exception:
+            log.failure("build {bid}: cannot look at the hold's sessions", bid=hold.build_id)
+        when, limit = times.deadline()
+        if now >= when:
+            hold.release(times.ended(limit), StopReason.TIMED_OUT)
+            return
+        self._describe(command, times, now)
+
+    def _activity(self, build_id: int) -> bool:
+        """Whether, since the last look, someone stepped into the build (a new session, a viewer more) or typed
+        into one of its sessions (their input bytes grew)."""
+        from .service import shell_service  # service.py imports this module
+
+        service = shell_service(self.master)
+        if service is None:
+            return False
+        seen: dict[str, tuple[int, int]] = {}
+        for session in service.registry.live():
+            build = session.build
+            if build is not None and build.get("build_id") == build_id:
+                seen[session.id] = (session.bytes_in, len(session.viewers))
+        before, self._seen = self._seen, seen
+        return any(sid not in before or bytes_in > before[sid][0] or viewers > before[sid][1]
+                   for sid, (bytes_in, viewers) in seen.items())
 
     def interrupt(self, reason: str | Failure) -> defer.Deferred[None]:
         d = super().interrupt(reason)

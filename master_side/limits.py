@@ -7,7 +7,8 @@ process that also runs Buildbot (its database, its workers' connections, its bui
   (SO_PEERCRED, unix(7), `peer_identity`) before any byte is read: a refused connection gets one line,
   ``slaveshell: refused: <reason>``, and is closed;
 - calls in progress on one connection, every kind of call (open, attach, copy, history, transcript, search wait
-  on a worker or a database; the others are answered at once): one past the bound is refused and audited;
+  on a worker or a database; the others are answered at once): the framed door does not start one past the bound
+  (it waits, and the connection is not read meanwhile: `busy`); one made past it is refused and audited;
 - output buffered for one connection in the master's user-space write buffer, answers to calls included: a peer
   that does not read is dropped when the buffer passes a bound, or when it has not drained for a while even if
   nothing new is sent; and in total, checked about once a second (the connections holding most go first). The
@@ -99,10 +100,13 @@ class _Handled(Protocol):
 
 
 class Transport(Protocol):
-    """What the gate uses of a connection's transport (ITransport; `abortConnection` when it has it)."""
+    """What the gate and the doors use of a connection's transport (ITransport, IPushProducer;
+    `abortConnection` when it has it)."""
 
     def write(self, data: bytes) -> None: ...
     def loseConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
 
 
 class RefusalAudit:
@@ -316,6 +320,11 @@ class ConnectionGate:
                 self.drop(conn.peer, f"it has not read its output for {stall:g} s ({held} bytes waiting)")
 
     # -- calls ---------------------------------------------------------------------------------
+
+    def busy(self, peer: Gated) -> bool:
+        """Whether the connection has `calls_in_progress` calls in progress (one more would be refused)."""
+        conn = self.connections.get(peer)
+        return (conn.calls if conn is not None else self._other_calls.get(peer, 0)) >= self.bounds.calls_in_progress
 
     def limited(self, peer: Gated, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a remote call's work, `fn(*args, **kwargs)`, at most `calls_in_progress` at once per connection

@@ -30,6 +30,7 @@ from .audit_trail import RecordingError
 from .buildbot_glue import BuildbotGlue, RouteError
 from .copy_api import CopyOperations, Transfers
 from .hold import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
+from .hold_ops import extend_hold, list_holds
 from .operator_types import ErrorKind, OperatorError, View, ViewerSink
 from .registry import SessionRegistry
 from .relay import MasterSession
@@ -159,6 +160,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             self.registry.pause(session)
         if hold is not None:
             hold.listeners.append(lambda why: self.registry.build_released(session, why))
+            hold.stepped_in(self.registry.clock())
         trail.opened(session)
         # Never the command: logs are world-readable, session content belongs in the audit store only.
         log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=visible(who),
@@ -171,6 +173,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
                 session.close("the operator left before the session opened")
             return None
         self._bind(session, owner, sink)
+        told = hold.deadline_notice() if hold is not None and request.command is None else None
+        if told is not None:
+            session.notice(told)
         if recorder is None:
             session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
         return View(session, owner)
@@ -309,6 +314,15 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
         if trail is not None:
             trail.released(hold, who)
         return f"build {hold.builder} #{hold.build_number} (id {build_id}) released; it finishes now"
+
+    def held(self, who: Identity) -> list[dict[str, object]]:
+        """The held builds `who` may step into or watch, with their deadlines (master_side.hold_ops)."""
+        return list_holds(self.holds, self.policy, who, self.registry.clock())
+
+    def extend(self, who: Identity, build_id: object, seconds: object) -> dict[str, object]:
+        """Extend a build's hold (master_side.hold_ops): text and the new deadline."""
+        return extend_hold(self.holds, self.policy, self._trail(), who, build_id, seconds, self.registry.clock(),
+                           self._refuse)
 
     # -- the audit trail -----------------------------------------------------------------------------
 

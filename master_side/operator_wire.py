@@ -1,9 +1,9 @@
 """The operator's door to the master (slaveshell.framing): what `buildbot-shell` and every `slaveshell` tool
 speak, without PB.
 
-One socket (shell.sock). A connection is first a `Sniffer`: admitted by the connection gate as it is made
-(master_side.limits), handed to a `WireDoor` once its first bytes are `framing.MAGIC`, refused with one line
-otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a thin adapter over
+One socket (shell.sock). A connection is first a `Sniffer` (master_side.socket_door): admitted by the connection
+gate as it is made (master_side.limits), handed to a `WireDoor` once its first bytes are `framing.MAGIC`, refused
+with one line otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a thin adapter over
 `OperatorAPI` (as the web door, master_side.www, is): the identity comes from the kernel (SO_PEERCRED,
 limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
 calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
@@ -20,18 +20,17 @@ JSON, unknown op) costs the connection: an ``error`` frame, the close, and a ``d
 from __future__ import annotations
 
 import base64
+import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
-from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from slaveshell import framing
-from slaveshell.clock import Clock, DelayedCall
 from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
 from slaveshell.protocol import OpenRequest, ProtocolError
@@ -66,6 +65,9 @@ class WireDoor(Protocol):
         self.viewing = False
         self.copying = CopyDoor(self)
         self._leaving = False  # the operator closed while its open was in progress
+        # Frames read and not yet served, and whether reading is paused for them (`_serve`).
+        self._held: collections.deque[framing.Frame] = collections.deque()
+        self._serving = self._paused = False
         self._identity: Identity | None = None
 
     # -- the connection ------------------------------------------------------------------------
@@ -112,12 +114,34 @@ class WireDoor(Protocol):
         if not self.admitted or self.disconnected or self.decoder.broken:
             return
         try:
-            for frame in self.decoder.feed(data):
-                if self.disconnected:
-                    return
-                self._frame(frame)
+            self._held.extend(self.decoder.feed(data))
         except WireError as e:
             self._broken(str(e))
+            return
+        self._serve()
+
+    def _serve(self) -> None:
+        """Serve the frames read, in order. A call past max_calls_in_progress waits, with the frames after it,
+        and the connection is not read meanwhile (at most one read's frames held): pipelined calls are served
+        as earlier ones are answered, costing the master no more than that."""
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            while self._held and not self.disconnected and not self.decoder.broken:
+                if self.gate.busy(self) and _limited_call(self._held[0]):
+                    if not self._paused:
+                        self._paused = True
+                        cast(Transport, self.transport).pauseProducing()
+                    return
+                self._frame(self._held.popleft())
+            if self._paused and not self.disconnected:
+                self._paused = False
+                cast(Transport, self.transport).resumeProducing()
+        except WireError as e:
+            self._broken(str(e))
+        finally:
+            self._serving = False
 
     def _broken(self, why: str) -> None:
         """The framing is broken: say so, close, and audit the drop (the gate keeps counting the connection,
@@ -197,34 +221,8 @@ class WireDoor(Protocol):
             ok = self._session(op.value)
             self.answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
             return
-        api = self.service.api
-        who = self.identity()
         try:
-            if op is Op.OPEN:
-                result = self._limited(self._open, who, message.get("request"), message.get("max_output"))
-            elif op is Op.ATTACH:
-                result = self._limited(self._attach, who, message.get("session"), message.get("mode"),
-                                       message.get("max_output"))
-            elif op is Op.COPY:
-                result = self._limited(self.copying.call, who, message.get("request"))
-            elif op is Op.RELEASE:
-                result = self._limited(lambda: {"text": api.release(who, message.get("build"))})
-            elif op is Op.KILL:
-                result = self._limited(lambda: {"text": api.kill(who, message.get("session"))})
-            elif op is Op.WORKERS:
-                result = self._limited(lambda: {"rows": api.workers(who)})
-            elif op is Op.HISTORY:
-                result = self._limited(lambda: api.history(who, message.get("filters")).addCallback(
-                    lambda rows: {"rows": rows}))
-            elif op is Op.SEARCH:
-                result = self._limited(lambda: api.search(who, message.get("text"), message.get("filters"))
-                                       .addCallback(lambda rows: {"rows": rows}))
-            elif op is Op.TRANSCRIPT:
-                result = self._limited(lambda: api.transcript(who, message.get("session"), message.get("offset"))
-                                       .addCallback(lambda chunk: {"data": base64.b64encode(chunk["data"])
-                                                                   .decode("ascii"), "eof": chunk["eof"]}))
-            else:  # Op.SESSIONS
-                result = self._limited(lambda: {"rows": api.sessions(who)})
+            result = self.gate.limited(self, self._work, op, self.identity(), message)
         except OperatorError as e:
             self.answer(call_id, False, error=e.message)
             return
@@ -234,6 +232,36 @@ class WireDoor(Protocol):
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
         d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
                        lambda failure: self._failed(call_id, failure))
+        d.addBoth(lambda _: self._serve())  # the calls waiting for this one's place
+
+    def _work(self, op: Op, who: Identity, message: Control) -> object:
+        """What call `op` does (through the gate, `_call`): its answer's fields, or a Deferred of them."""
+        api = self.service.api
+        if op is Op.OPEN:
+            return self._open(who, message.get("request"), message.get("max_output"))
+        if op is Op.ATTACH:
+            return self._attach(who, message.get("session"), message.get("mode"), message.get("max_output"))
+        if op is Op.COPY:
+            return self.copying.call(who, message.get("request"))
+        if op is Op.RELEASE:
+            return {"text": api.release(who, message.get("build"))}
+        if op is Op.HOLDS:
+            return {"rows": api.held(who)}
+        if op is Op.EXTEND:
+            return api.extend(who, message.get("build"), message.get("seconds"))
+        if op is Op.KILL:
+            return {"text": api.kill(who, message.get("session"))}
+        if op is Op.WORKERS:
+            return {"rows": api.workers(who)}
+        if op is Op.HISTORY:
+            return api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+        if op is Op.SEARCH:
+            return api.search(who, message.get("text"), message.get("filters")).addCallback(
+                lambda rows: {"rows": rows})
+        if op is Op.TRANSCRIPT:
+            return api.transcript(who, message.get("session"), message.get("offset")).addCallback(
+                lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
+        return {"rows": api.sessions(who)}  # Op.SESSIONS
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):
@@ -241,9 +269,6 @@ class WireDoor(Protocol):
         else:
             log.failure("slaveshell: a call on the framed door failed", failure)
             self.answer(call_id, False, error="the master could not serve the call (see its log)")
-
-    def _limited(self, fn: Callable[..., object], *args: object) -> object:
-        return self.gate.limited(self, fn, *args)
 
     def _open(self, who: Identity, params: object, most: object) -> defer.Deferred[dict[str, object] | None]:
         if self.viewing:
@@ -284,107 +309,7 @@ class WireDoor(Protocol):
         return ViewerHandle(view.session, view.viewer, self.service.registry.peer_error)
 
 
-class _Swappable(Transport, TypingProtocol):
-    protocol: object  # abstract.FileDescriptor's: the connection's protocol, which can be replaced
-
-
-class Sniffer(Protocol):
-    """A connection on the shell socket until its first bytes say what it speaks.
-
-    Admitted by the connection gate as it is made (a refused one gets its line and the close); handed to a
-    `WireDoor` once its first bytes are `framing.MAGIC` (the framed client sends them at once). Anything else
-    is refused with one line (`framing.REFUSED_PREFIX`, which an older PB client of slaveshell shows as "the
-    master refused the connection: ...") and the close, audited: bytes that are not the magic at once, or
-    silence for `SILENCE` seconds (a PB client waits for the server to speak first)."""
-
-    SILENCE = 3.0
-
-    def __init__(self) -> None:
-        self.admitted = False
-        self.disconnected = False
-        self.written = 0
-        self._head: bytes | None = b""
-        self._timer: DelayedCall | None = None
-
-    @property
-    def gate(self) -> ConnectionGate:
-        return cast(DoorFactory, self.factory).gate
-
-    def connectionMade(self) -> None:
-        transport = cast(Transport, self.transport)
-        reason = self.gate.admit(self, transport)
-        if reason is not None:
-            self._refuse(reason)
-            return
-        self.admitted = True
-        self._timer = cast(DoorFactory, self.factory).clock.callLater(self.SILENCE, self._silent)
-
-    def _silent(self) -> None:
-        if self._head is not None and not self.disconnected:
-            self._not_framed("it sent nothing (a PB client of an older slaveshell?)")
-
-    def _not_framed(self, what: str) -> None:
-        self._head = None
-        conn = self.gate.connections.get(self)
-        if conn is not None:
-            self.gate.audit(conn.identity, "refused", f"connection refused (not slaveshell's framed protocol): "
-                                                      f"{what}")
-        self._refuse("this master serves slaveshell's framed protocol only, and this client does not speak it "
-                     "(a slaveshell older than the master? upgrade it)")
-
-    def _refuse(self, reason: str) -> None:
-        transport = cast(Transport, self.transport)
-        line = " ".join(reason.split())[:500]
-        transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
-        transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.admitted or self._head is None:
-            return
-        head = self._head + data
-        if head.startswith(framing.MAGIC):
-            self._head = None
-            self._hand_over(head[len(framing.MAGIC):])
-        elif framing.MAGIC.startswith(head):
-            self._head = head  # at most len(MAGIC) - 1 bytes
-        else:
-            self._not_framed(f"it began with {head[:16]!r}")
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.disconnected = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.admitted:
-            self.gate.release(self)
-
-    def _hand_over(self, rest: bytes) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        factory = cast(DoorFactory, self.factory)
-        transport = cast(_Swappable, self.transport)
-        # The gate counted this connection as the sniffer: it counts it as the door from now on.
-        self.gate.release(self)
-        self.admitted = False
-        door = WireDoor(factory.service)
-        transport.protocol = door
-        door.makeConnection(transport)
-        if rest and door.admitted:
-            door.dataReceived(rest)
-
-
-class DoorFactory(ServerFactory):
-    """The factory of the shell socket: every connection behind the connection gate, then the framed door.
-    `clock`: the reactor (a fake one in tests)."""
-
-    protocol = Sniffer
-
-    def __init__(self, service: ShellService, gate: ConnectionGate, clock: Clock | None = None) -> None:
-        self.service = service
-        self.gate = gate
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(Clock, reactor)
-        self.clock: Clock = clock
+def _limited_call(frame: framing.Frame) -> bool:
+    """A call max_calls_in_progress bounds: all but a session's close and detach."""
+    return (frame.type is FrameType.CONTROL and framing.parse_control(frame.payload, framing.FROM_CLIENT).op
+            in framing.CALLS - {Op.CLOSE, Op.DETACH})

@@ -29,10 +29,10 @@ from .config import Limits, ShellConfig, group_id, shell_config
 from .hold import Holds
 from .limits import ConnectionGate, RefusalAudit, peer_identity
 from .operator_api import OperatorAPI
-from .operator_wire import DoorFactory
 from .registry import SessionRegistry
 from .relay import MasterSession
 from .retention import Retention
+from .socket_door import DoorFactory
 
 log = Logger()
 

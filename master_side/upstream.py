@@ -4,6 +4,7 @@
   write buffer read by slaveshell.write_now and the flood bounds, the broker's ``proto_slaveshell``. When the
   bounds cannot be installed, `install` returns False and the shell service stays off (no socket, no sessions:
   master_side.service), Buildbot serving builds and pages as without slaveshell.
+- Buildbot's session cookie (master_side.www.session_hook: the web shell grants), checked by the hook itself.
 - Buildbot's REST writer (master_side.rest_write_fix): ``V2RootResource._write_json_data``, which
   ``renderRest`` runs in a thread. When Buildbot's code is not the shape it was written for, Buildbot's own
   writer stays (logged once).
@@ -44,9 +45,16 @@ def rest_writer_shape() -> str | None:
 
 
 def install_web() -> bool:
-    """The change Buildbot's web server needs (the www plugin installs it): the REST writer."""
-    return attempt("Buildbot's REST writer", rest_writer_shape, rest_write_fix.install,
+    """The changes Buildbot's web server needs (the www plugin installs them): the REST writer, and the hook on
+    Buildbot's session cookie that mints and revokes the web shell grants (master_side.www.session_hook, which
+    checks ``BuildbotSession.updateSession``'s shape itself and fails closed: without the hook no grant is
+    minted, so web shells are refused)."""
+    from .www import session_hook
+
+    rest = attempt("Buildbot's REST writer", rest_writer_shape, rest_write_fix.install,
                    "Buildbot's own writer stays (answers written from a thread)")
+    hook = session_hook.install()
+    return rest and hook
 
 
 def install() -> bool:

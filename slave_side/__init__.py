@@ -15,6 +15,7 @@ from slaveshell.cpwire import WORKER_TRANSFER_METHOD
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
 from . import upstream
+from .owner_log import DEFAULT_BACKUPS, DEFAULT_KEEP_TRANSCRIPTS, DEFAULT_MAX_BYTES, OwnerLog
 from .server import ShellServer
 from .session import WorkerOptions
 from .transfer import TransferServer
@@ -34,6 +35,12 @@ def install(
     allowed_users: Iterable[str] | None = None,
     busy_rate: int = WorkerOptions.busy_rate,
     umask: int | None = WorkerOptions.umask,
+    local_log: str | None = None,
+    local_transcripts: bool = False,
+    local_log_max_bytes: int = DEFAULT_MAX_BYTES,
+    local_log_backups: int = DEFAULT_BACKUPS,
+    local_transcripts_keep: int = DEFAULT_KEEP_TRANSCRIPTS,
+    local_log_mode: int = 0o600,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -50,6 +57,14 @@ def install(
     umask: the file mode creation mask sessions start with and copies to this worker apply to new files'
         modes (without -p), as a login's: 0o022 by default, not the worker daemon's (twistd's 0o077); None keeps
         the daemon's.
+    local_log: the owner's own record (slave_side.owner_log): a file on this worker's disk where the worker writes
+        a line per session and transfer (when, operator, command or paths, outcome, session id), whatever the
+        master logs. None: no such file.
+    local_transcripts: with local_log, each session's output is also kept beside it as an asciicast v2 file.
+    local_log_max_bytes: the log is rotated past this size, and a transcript is cut at it.
+    local_log_backups: rotated logs kept (`PATH.1` ... `PATH.N`).
+    local_transcripts_keep: transcripts kept; the oldest are removed.
+    local_log_mode: the permissions the log and the transcripts are created with.
     """
     global _server, _transfers
     if not enabled:
@@ -76,9 +91,14 @@ def install(
     if not upstream.install():
         uninstall()
         return None
-    _server = ShellServer(options)
+    owner_log = None
+    if local_log is not None:
+        owner_log = OwnerLog(local_log, max_bytes=local_log_max_bytes, backups=local_log_backups,
+                             transcripts=local_transcripts, keep_transcripts=local_transcripts_keep,
+                             mode=local_log_mode)
+    _server = ShellServer(options, owner_log=owner_log)
     # `slaveshell cp`: the same opt-in, the same limits (slave_side.transfer).
-    _transfers = TransferServer(options)
+    _transfers = TransferServer(options, owner_log=owner_log)
     # The master learns what a worker can do from its command list; this entry is how it knows we opted in.
     registry.commandRegistry[WORKER_COMMAND] = _NotABuildCommand
     upstream.add_bot_methods({WORKER_OPEN_METHOD: _remote_open, WORKER_TRANSFER_METHOD: _remote_transfer})

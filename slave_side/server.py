@@ -30,6 +30,7 @@ from slaveshell.protocol import (
 from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
 
 from .host import Admission, ProcessReactor, WorkerOptions
+from .owner_log import OwnerLog, RecordingSink
 from .session import WorkerSession
 
 log = Logger()
@@ -87,7 +88,8 @@ class SessionHandle(LeanReceiver):
 class ShellServer:
     """The worker's half of slaveshell: opens sessions for its master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions, reactor: ProcessReactor | None = None) -> None:
+    def __init__(self, options: WorkerOptions, reactor: ProcessReactor | None = None,
+                 owner_log: OwnerLog | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -98,6 +100,8 @@ class ShellServer:
         self.admission = Admission(options)
         # Each live session's disconnect notification (its undoing) and peer, to give back when it ends.
         self._links: dict[str, tuple[Undo, LeanPeer]] = {}
+        # The owner's own record (slave_side.owner_log), when install() was given local_log.
+        self.owner_log = owner_log
 
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
@@ -114,6 +118,8 @@ class ShellServer:
         try:
             session_id = self.admission.admit(request, len(self.sessions))
         except ProtocolError as e:
+            if self.owner_log is not None:
+                self.owner_log.session_refused(request, str(e))
             return {"ok": False, "error": str(e)}
 
         def refused(method: str, message: str) -> None:
@@ -122,13 +128,25 @@ class ShellServer:
 
         # The master refused or went away: never let this surface as an unhandled error in the worker.
         peer = LeanPeer(ref, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
-        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, WireSink(peer.send),
+        sink = WireSink(peer.send)
+        recording: RecordingSink | None = None
+        if self.owner_log is not None:
+            recording = RecordingSink(sink, self.owner_log, session_id, request,
+                                      self.owner_log.open_cast(session_id, request))
+        session = WorkerSession(self.reactor, session_id, request, self.options, basedir, recording or sink,
                                 on_closed=self._closed, build_running=build_running)
         try:
             pid = session.start()
         except ProtocolError as e:
             peer.release()
+            if recording is not None and self.owner_log is not None:
+                if recording.cast is not None:
+                    recording.cast.discard()
+                self.owner_log.session_refused(request, str(e))
             return {"ok": False, "error": str(e)}
+        if recording is not None and self.owner_log is not None:
+            self.owner_log.session_started(session_id, request, session.cwd or "?",
+                                           recording.cast.path if recording.cast is not None else None)
         self.sessions[session_id] = session
         set_nodelay(ref)
         broker = getattr(ref, "broker", None)

@@ -148,6 +148,7 @@ class WorkerSession:
                                    max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
         self.transport: ProcessTransport | None = None
         self.pid: int | None = None
+        self.cwd: str | None = None  # where the process started, once it has
         self.phase = Phase.NEW
         self._buffers = {STREAM_OUT: bytearray(), STREAM_ERR: bytearray()}
         self._flush_call: DelayedCall | None = None
@@ -176,7 +177,8 @@ class WorkerSession:
         proto = _ProcessProtocol(self)
         spawned = spawn(self.reactor, proto, self.request, self.options, self.basedir)
         self.transport, self._pty_fd, self._slave_hold = spawned.transport, spawned.pty_fd, spawned.slave_hold
-        req = self.request
+        req, cwd = self.request, spawned.cwd
+        self.cwd = cwd
         self._to(Phase.RUNNING)
         # Up to one message's worth of output per wake-up instead of Twisted's 8 KiB (slave_side.reading).
         read_in_larger_pieces(self.transport, lambda data: proto.childDataReceived(1, data), self.limits.chunk)

@@ -35,6 +35,7 @@ from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
 from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
 
 from .host import WorkerOptions, login_umask
+from .owner_log import OwnerLog
 from .session import BUSY_BURST
 
 log = Logger()
@@ -128,6 +129,8 @@ class WorkerTransfer(LeanReceiver):
         self.on_end = on_end
         self.ended = False
         self.committing = False
+        # How it ended, for the owner's log (slave_side.owner_log).
+        self.outcome = ""
         # While a build step runs here, what a download sends is paced (WorkerOptions.busy_rate, as a session's
         # output): past the burst, the sender waits for `_paced` before it uses the credit it has.
         self.pacer = pacer
@@ -151,12 +154,14 @@ class WorkerTransfer(LeanReceiver):
         if self.ended:
             return
         reason = path_text(reason)  # PB's text is UTF-8: a name that is not is spelled with \\xNN escapes
-        self._end(*(("result", False, reason) if self.receiver is not None else ("abort", reason)))
+        self._end(f"failed: {reason}",
+                  *(("result", False, reason) if self.receiver is not None else ("abort", reason)))
 
-    def _end(self, *last: object) -> None:
-        """End once; `last`, when given, is the last call to the master (method and arguments), sent before the
-        master's end of the transfer is given back (`on_end`)."""
+    def _end(self, outcome: str, *last: object) -> None:
+        """End once with `outcome` (for the owner's log); `last`, when given, is the last call to the master
+        (method and arguments), sent before the master's end of the transfer is given back (`on_end`)."""
         self.ended = True
+        self.outcome = outcome
         paced, self._paced = self._paced, None
         if paced is not None and paced.active():
             paced.cancel()
@@ -186,7 +191,7 @@ class WorkerTransfer(LeanReceiver):
         before = sender.sent
         self._guard(lambda: step(sender))
         if sender.done and not self.ended:
-            self._end()  # everything sent: the master and the operator's client do the rest
+            self._end("sent")  # everything sent: the master and the operator's client do the rest
         elif not self.ended:
             self._pace(sender.sent - before)
 
@@ -247,7 +252,7 @@ class WorkerTransfer(LeanReceiver):
         def committed(_: object) -> None:
             self.committing = False
             if not self.ended:
-                self._end("result", True, "")
+                self._end("received and put in place", "result", True, "")
 
         def failed(failure: Failure) -> None:
             self.committing = False
@@ -263,18 +268,18 @@ class WorkerTransfer(LeanReceiver):
         if not self.ended:
             # Not the reason: it may name a path (the master's audit record has it).
             log.info("slaveshell transfer {tid}: cancelled by the master", tid=self.id)
-            self._end()
+            self._end("cancelled by the master")
 
     def lost(self) -> None:
         if not self.ended:
             log.warn("slaveshell transfer {tid}: the master connection was lost", tid=self.id)
-            self._end()
+            self._end("the master connection was lost")
 
 
 class TransferServer:
     """The worker's transfers: opens them for the master within the owner's limits."""
 
-    def __init__(self, options: WorkerOptions, clock: Clock | None = None) -> None:
+    def __init__(self, options: WorkerOptions, clock: Clock | None = None, owner_log: OwnerLog | None = None) -> None:
         if clock is None:
             from twisted.internet import reactor
 
@@ -284,6 +289,7 @@ class TransferServer:
         self.live: dict[str, WorkerTransfer] = {}
         # Each live transfer's disconnect notification, undone when it ends.
         self._undo: dict[str, Undo] = {}
+        self.owner_log = owner_log
         self._ids = itertools.count(1)
 
     def open(self, basedir: str, sink: object, params: object,
@@ -298,12 +304,9 @@ class TransferServer:
         if isinstance(opened, str):
             return {"ok": False, "error": opened}
         request, ref = opened
-        allowed = self.options.allowed_users
-        if allowed is not None and request.operator not in allowed:
-            return {"ok": False, "error": f"this worker's owner does not allow {request.operator or 'anonymous'} "
-                                          "to copy files here"}
-        if len(self.live) >= self.options.max_sessions:
-            return {"ok": False, "error": f"the worker allows at most {self.options.max_sessions} transfers at once"}
+        refused = self._refusal(request)
+        if refused is not None:
+            return self._refused(request, refused)
         base = request.cwd or basedir
         if not os.path.isabs(base):
             base = os.path.join(basedir, base)
@@ -325,11 +328,15 @@ class TransferServer:
                 transfer = WorkerTransfer(transfer_id, request, peer, sender, None, self._ended, pacer, build_running)
                 total, entries = sender.total, len(planned)
         except OutsideAllowed as e:
-            return {"ok": False, "error": refusal(e, request, _outside_source(request, check, base))}
+            peer.release()
+            return self._refused(request, refusal(e, request, _outside_source(request, check, base)))
         except TransferError as e:
             peer.release()
-            return {"ok": False, "error": path_text(str(e))}
+            return self._refused(request, path_text(str(e)))
         self.live[transfer_id] = transfer
+        if self.owner_log is not None:
+            self.owner_log.transfer_started(transfer_id, request.operator, request.direction, request.sources,
+                                            request.dest)
         broker = getattr(ref, "broker", None)
         lean = accept(broker)
         set_nodelay(ref)  # the tail of each chunk would otherwise wait for the master's delayed ACK
@@ -341,6 +348,19 @@ class TransferServer:
         return {"ok": True, "transfer": transfer, "total": total, "entries": entries, "lean": lean,
                 "exported": exported(broker)}
 
+    def _refusal(self, request: TransferRequest) -> str | None:
+        allowed = self.options.allowed_users
+        if allowed is not None and request.operator not in allowed:
+            return f"this worker's owner does not allow {request.operator or 'anonymous'} to copy files here"
+        if len(self.live) >= self.options.max_sessions:
+            return f"the worker allows at most {self.options.max_sessions} transfers at once"
+        return None
+
+    def _refused(self, request: TransferRequest, error: str) -> dict[str, object]:
+        if self.owner_log is not None:
+            self.owner_log.transfer_refused(request.operator, error)
+        return {"ok": False, "error": error}
+
     def _ended(self, transfer: WorkerTransfer) -> None:
         """The transfer ended (its last call to the master is sent): drop it, and the master's end it held."""
         self.live.pop(transfer.id, None)
@@ -348,6 +368,10 @@ class TransferServer:
         if undo is not None:
             undo()
         transfer.peer.release()
+        if self.owner_log is not None:
+            moved = transfer.sender.sent if transfer.sender is not None else getattr(transfer.receiver, "bytes", 0)
+            self.owner_log.transfer_ended(transfer.id, transfer.request.operator, transfer.outcome,
+                                          moved if isinstance(moved, int) else 0)
 
 
 def _outside_source(request: TransferRequest, check: Callable[[str], None] | None, base: str) -> str | None:

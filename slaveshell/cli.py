@@ -374,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("build", metavar="BUILDID", type=int)
     rl.set_defaults(func=cmd_release)
 
+    from .hold_cli import add_parsers as hold_parsers
+
+    hold_parsers(sub, with_socket)
+
     k = with_socket(sub.add_parser("kill", help="end a live session (HUP, then TERM, then KILL)"))
     k.add_argument("session", metavar="ID")
     k.set_defaults(func=cmd_kill)

@@ -77,6 +77,8 @@ class Op(enum.Enum):
     OPEN = "open"  # request: OpenRequest.to_wire(), max_output (optional: max_output()); answer: id (the session's)
     ATTACH = "attach"  # session, mode ("attach" | "watch"), max_output (optional); answer: id, role, worker, size
     RELEASE = "release"  # build; answer: text
+    HOLDS = "holds"  # answer: rows (the held builds, with their deadlines)
+    EXTEND = "extend"  # build, seconds; answer: text, deadline
     KILL = "kill"  # session; answer: text
     WORKERS = "workers"  # answer: rows
     SESSIONS = "sessions"  # answer: rows
@@ -108,7 +110,7 @@ class Op(enum.Enum):
 
 
 CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.SEARCH,
-                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH, Op.COPY})
+                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH, Op.COPY, Op.HOLDS, Op.EXTEND})
 # A transfer's messages (besides DATA frames), in either direction.
 TRANSFER = frozenset({Op.ENTRY, Op.DONE_FILE, Op.FINISH, Op.ACK, Op.RESULT})
 FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ABORT}

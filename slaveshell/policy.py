@@ -31,6 +31,7 @@ class Action(enum.Enum):
     RESUME = "resume"  # resume a detached session: its own operator with 'shell', anybody else with 'join'
     KILL = "kill"  # end a session (its own operator always may)
     RELEASE = "release"  # release a held build: 'shell' on its worker
+    EXTEND = "extend"  # extend a held build's deadline: 'shell' on its worker
     REPLAY = "replay"  # read a session's record and transcript
     COPY = "copy"  # copy files to or from a worker (`slaveshell cp`)
     RUN = "run"  # run a command on a worker as part of a fleet run (what 'shell' implies unless withheld)
@@ -195,13 +196,14 @@ class Policy:
     def may(self, who: Operator, action: Action, worker: str, owner: Operator | None = None) -> Decision:
         """Whether `who` may do `action` on `worker` (on a session of `owner`, when it is about one). An
         operator may always watch and kill their own sessions; resuming one's own detached session needs
-        'shell', anybody else's 'join'; releasing a held build needs 'shell' on its worker."""
+        'shell', anybody else's 'join'; releasing a held build or extending its hold needs 'shell' on its
+        worker."""
         mine = owner is not None and same_operator(owner, who)
         if mine and action in (Action.WATCH, Action.KILL):
             return Decision(True, "their own session")
         if action is Action.RESUME:
             return self.check(who, "shell" if mine else "join", worker)
-        if action is Action.RELEASE:
+        if action in (Action.RELEASE, Action.EXTEND):
             return self.check(who, "shell", worker)
         return self.check(who, action.value, worker)
 

@@ -47,7 +47,7 @@ c['builders'] = [
         factory=util.BuildFactory([
             steps.ShellCommand(command=['sh', '-c', {hold_command!r}],
                                env={{'STEP_ENV': 'from-step'}}),
-            HoldForShell(when='failure', timeout={hold_timeout}),
+            HoldForShell(when='failure', timeout={hold_timeout}{hold_args}),
         ]),
     ),
 ]
@@ -101,7 +101,7 @@ class Sandbox:
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
                  service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
                  hold_timeout: float = 600, www: bool = False, www_config: str = "",
-                 hold_command: str = "echo evidence > failed.txt; exit 1") -> None:
+                 hold_command: str = "echo evidence > failed.txt; exit 1", hold_args: str = "") -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -115,6 +115,8 @@ class Sandbox:
         self.opt_in_args = opt_in_args
         self.build_command = build_command or f"sleep {build_seconds}; echo built"
         self.hold_timeout = hold_timeout
+        # Python source for more of HoldForShell's keyword arguments (wait_for_operator=..., ...), after timeout.
+        self.hold_args = f", {hold_args}" if hold_args else ""
         # The holder builder's failing step (shell), before its HoldForShell step.
         self.hold_command = hold_command
         self.www = www
@@ -173,7 +175,7 @@ class Sandbox:
                                       builder_workers=self.workers[:1],
                                       build_command=self.build_command, service_kwargs=self.service_kwargs,
                                       hold_timeout=self.hold_timeout, www=www, buildbot_url=self.url,
-                                      hold_command=self.hold_command))
+                                      hold_command=self.hold_command, hold_args=self.hold_args))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:

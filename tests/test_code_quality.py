@@ -70,6 +70,7 @@ STRICT = [
     "slaveshell/fleet",
     "master_side/copy_wire.py",
     "master_side/audit.py",
+    "master_side/audit_schema.py",
     "master_side/audit_trail.py",
     "master_side/buildbot_glue.py",
     "master_side/config.py",
@@ -79,10 +80,15 @@ STRICT = [
     "master_side/session_model.py",
     "master_side/transcript_search.py",
     "master_side/wire_sink.py",
+    "master_side/www/grants.py",
     "slave_side/echo.py",
     "slave_side/host.py",
     "slave_side/pty.py",
     "slave_side/session.py",
+    "slave_side/owner_log.py",
+    "master_side/hold_deadline.py",
+    "master_side/hold_ops.py",
+    "slaveshell/hold_cli.py",
 ]
 
 

@@ -66,6 +66,11 @@ def test_worker_controlled_values_and_names_are_escaped():
     assert "12\\u202e.2  1 worker: w\\x1b[2J" in shown
 
 
+def test_a_size_in_digits_that_are_not_ascii_is_shown_as_given():
+    shown = render([Report("w1", {"memory": "\u00b2"}, NOW), Report("w2", {"memory": "\u0663"}, NOW)], now=NOW)
+    assert "\u00b2" in shown and "\u0663" in shown
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.text(min_size=1, max_size=6), st.dictionaries(
     st.sampled_from(["os", "gcc", "memory"]), st.text(min_size=1, max_size=10), max_size=3)),

@@ -97,3 +97,7 @@ def test_absurd_names_are_shown_not_refused():
     assert fold(["", "w1"]) == ",w1"
     assert sorted([long_run, "w2"], key=natural_key) == ["w2", long_run]
     assert fold([f"n{i}x" * 50 for i in range(3)]) == ",".join(f"n{i}x" * 50 for i in range(3))
+
+
+def test_digits_that_are_not_ascii_are_part_of_the_name_never_folded():
+    assert fold(["w\u0663", "w3", "w4"]) == "w[3-4],w\u0663"

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.spread import pb
 
-from master_side.operator_wire import Sniffer, WireDoor
+from master_side.operator_wire import WireDoor
 from master_side.registry import SessionRegistry
 from master_side.relay import MasterSession, Role
 from master_side.session_pb import ViewerHandle, WorkerSink
+from master_side.socket_door import Sniffer
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell import framing, lean_calls

@@ -9,8 +9,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.spread import pb
 
 from master_side.limits import Bounds, ConnectionGate, NoticeBudget, RefusalAudit, buffered_bytes
-from master_side.operator_wire import DoorFactory, WireDoor
+from master_side.operator_wire import WireDoor
 from master_side.relay import MasterSession, Role
+from master_side.socket_door import DoorFactory
 from slaveshell.policy import Identity
 from slaveshell.protocol import REFUSED_PREFIX, OpenRequest
 
@@ -332,9 +333,10 @@ CALLS = {"history": {"filters": {}}, "search": {"text": "x", "filters": {}},
 
 
 @pytest.mark.parametrize("kind", sorted(CALLS))
-def test_every_call_kind_is_refused_past_calls_in_progress_and_audited(kind):
+def test_every_call_kind_waits_past_calls_in_progress_and_the_connection_is_not_read_meanwhile(kind):
     """A sweep over the framed door's calls: with max_calls_in_progress reads in progress on a connection, a call
-    of any kind is refused with the reason (and audited); once one read is answered, it is served."""
+    of any kind waits, with what follows it, and the connection is paused (nothing more is read from it); once
+    one read is answered, the waiting call is served, in order, and reading resumes."""
     from slaveshell import framing
 
     clock = MemoryReactorClock()
@@ -343,20 +345,26 @@ def test_every_call_kind_is_refused_past_calls_in_progress_and_audited(kind):
     served = WireDoor(cast(Any, type("Service", (), {"gate": gate, "api": api})))
     transport = Peer(ALICE)
     served.makeConnection(transport)
-    served.dataReceived(b"".join(framing.control(framing.Op.HISTORY, id=i, filters={}) for i in range(1, 5)))
-    assert len(api.pending) == 4
-    served.dataReceived(framing.control(framing.Op(kind), id=5, **CALLS[kind]))
-    refused = answers(transport)[-1]
-    assert refused["id"] == 5 and refused["ok"] is False
-    assert "too many calls in progress on this connection (at most 4)" in refused["error"]
-    assert audited == [("refused", "alice", "call refused: too many calls in progress on this connection (at most "
-                                            "4); wait for their answers")]
+    served.dataReceived(b"".join(framing.control(framing.Op.HISTORY, id=i, filters={}) for i in range(1, 5))
+                        + framing.control(framing.Op(kind), id=5, **CALLS[kind])
+                        + framing.control(framing.Op.WORKERS, id=6))
+    assert len(api.pending) == 4 and answers(transport) == []
+    assert transport.producerState == "paused"
     api.pending[0].callback([])
-    served.dataReceived(framing.control(framing.Op(kind), id=6, **CALLS[kind]))
     if kind in ("history", "search", "transcript"):
+        assert len(api.pending) == 5
         api.pending[-1].callback([])
-    last = answers(transport)[-1]
-    assert last["id"] == 6 and last["ok"] is True, last
+    assert [a["id"] for a in answers(transport)] == [1, 5, 6]
+    assert all(a["ok"] is True for a in answers(transport))
+    assert transport.producerState == "producing"
+    assert audited == []  # nothing refused
+    # The gate's own bound still refuses a call made past it (and audits it), as a safety net.
+    for d in api.pending[1:4]:
+        assert not d.called
+    with pytest.raises(pb.Error, match="too many calls in progress"):
+        gate.limited(served, lambda: defer.Deferred())
+        gate.limited(served, lambda: defer.Deferred())
+    assert audited and audited[0][2].startswith("call refused: too many calls in progress")
 
 
 def test_an_answer_the_peer_does_not_read_counts_against_the_buffered_bound():

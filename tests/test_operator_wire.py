@@ -17,7 +17,8 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from master_side.limits import Bounds, ConnectionGate, RefusalAudit
-from master_side.operator_wire import DoorFactory, Sniffer, WireDoor
+from master_side.operator_wire import WireDoor
+from master_side.socket_door import DoorFactory, Sniffer
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
 from slaveshell import framing
 from slaveshell.cpwire import UP, TransferRequest

@@ -112,10 +112,14 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
+def session_cookie_name(path: str, secure: bool) -> str:
+    """The name of Buildbot's session cookie for a request to `path`."""
+    return auth.build_cookie_name(secure, site_path(path)).decode("utf-8")
+
+
 def user_info(master: BuildMaster, cookie_header: str, path: str, secure: bool) -> UserInfo:
     """The logged-in user's info from Buildbot's session cookie (anonymous without one). Raises Refused."""
-    name = auth.build_cookie_name(secure, site_path(path)).decode("utf-8")
-    token = parse_cookies(cookie_header).get(name)
+    token = parse_cookies(cookie_header).get(session_cookie_name(path, secure))
     if token is None:
         return auth.build_anonymous_user_info()
     try:

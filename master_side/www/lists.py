@@ -2,7 +2,8 @@
 
 Each answer goes through the master's `OperatorAPI` (the policy filters what a web user sees, as for a local
 operator) and, per worker, through Buildbot's authz (`access.check_authz_shell`, failing closed): a worker the
-web user has no ``shell`` action on is left out of every list.
+web user has no ``shell`` action on is left out of every list. A held build is shown only to whom the policy
+gives the ``shell`` right on its worker (who may open a shell in it or release it).
 
 `answer(kind, message, ...)` gives a Deferred of ``(json_message, binary_or_None)``; the binary part (a
 transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
@@ -18,7 +19,7 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
   MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
 - ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
-  (a build held by HoldForShell, if the web user may act on its worker);
+  (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit).
 """
 
@@ -79,10 +80,10 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
     api = service.api
     if kind == "workers":
         workers = api.workers(who)
-        allowed = await _allowed(master, info, {str(w["name"]) for w in workers if w["allowed"]})
+        gate = await _allowed(master, info, {str(w["name"]) for w in workers})
         return {"type": "workers", "workers": [
-            {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions")},
-             "allowed": w["name"] in allowed} for w in workers]}, None
+            {k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")}
+            for w in workers if w["name"] in gate]}, None
     if kind == "sessions":
         sessions = api.sessions(who)
         allowed = await _allowed(master, info, {str(s["worker"]) for s in sessions})
@@ -132,7 +133,8 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
             raise ProtocolError(f"{kind} needs a build id")
         hold = service.holds.get(build_id)
         allowed = await _allowed(master, info, {hold.worker} if hold is not None else set())
-        if hold is None or hold.worker not in allowed:
+        if hold is None or hold.worker not in allowed or not service.policy.may(who, Action.SHELL,
+                                                                                hold.worker).allowed:
             if kind == "hold":
                 return {"type": "hold", "hold": None}, None
             raise OperatorError(ErrorKind.NOT_FOUND, f"build {build_id} is not held")

@@ -2,7 +2,9 @@
 
 Autobahn over Twisted, as Buildbot's own ``buildbot/www/ws.py``. The handshake is refused (403) when the
 Origin is not the site's own; everything else is checked once the socket is open (master_side.www.access), so
-the page can say why. The identity is a `WebIdentity` from the session cookie; the session is opened, fed and
+the page can say why. The identity is a `WebIdentity` from the session cookie, which must come with a valid shell
+grant (master_side.www.grants: revoked at logout, credential or role changes, idle expiry; a revoked grant
+closes its sockets); the session is opened, fed and
 ended through the same `OperatorAPI` and `ViewerHandle` as the UNIX socket's (master_side.operator_wire), so
 policy, quotas, recording, audit and the credit windows are theirs.
 
@@ -10,16 +12,19 @@ Messages (RFC 6455 frames):
 
 - page -> master, text (JSON): first and once, ``{"type": "open", "worker": str, "cols": int, "rows": int,
   "build": int?}`` (a new session; with ``build``, in a build held by HoldForShell, as ``buildbot-shell
-  --build``) or ``{"type": "attach", "id": str, "mode": "attach" | "watch"}`` (resume one's own detached
-  session or join another's, per `OperatorAPI.attach`; watch is read-only); or, on a socket of its own,
-  ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page). Then
+  --build``) or ``{"type": "attach", "id": str, "mode": "attach" | "watch", "reattach": bool?}`` (resume one's
+  own detached session or join another's, per `OperatorAPI.attach`; watch is read-only; with ``reattach``, sent
+  when the page attaches without a click (a reload), another's session is refused with ``"confirm": true``);
+  or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page).
+  Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
   ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
   input credit window). Closing the socket detaches: the session waits ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
   "worker", "role"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit",
   "code", "signal", "reason"}``, ``{"type": "workers", "workers": [...]}``, ``{"type": "sessions", "sessions":
-  [...]}``, ``{"type": "error", "message"}`` (then the master closes the socket).
+  [...]}``, ``{"type": "error", "message", "login": true?, "confirm": true?}`` (then the master closes the
+  socket; ``login``: log in again for a new shell grant; ``confirm``: ask the user before attaching).
 
 Admission counts what authorization admitted: a logged-in user with some right on some worker (slaveshell's
 policy and Buildbot's authz's ``shell`` action on the same worker) takes one of MAX_SOCKETS places (at most
@@ -59,7 +64,7 @@ from ..operator_api import OperatorError, View
 from ..service import shell_service
 from ..session_pb import ViewerHandle
 from ..worker_pb import subscribe
-from . import access, lists
+from . import access, grants, lists
 from .access import UserInfo
 from .lists import Answer, Message
 
@@ -132,6 +137,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.info: UserInfo = {}
         self.identity: WebIdentity | None = None
         self.refusal: str | None = None
+        self.relogin = False
+        self.grant: grants.Grant | None = None
+        self.release_grant: Callable[[], None] | None = None
         self.handle: ViewerHandle | None = None
         self.opening = False
         # The quota this socket holds a place of, and under which key (TerminalFactory).
@@ -181,6 +189,12 @@ class TerminalProtocol(WebSocketServerProtocol):
                 self.identity = access.web_identity(self.master, self.info)
             except access.Refused as e:
                 self.refusal = str(e)
+        if self.refusal is None:
+            try:
+                self.grant = grants.check(self.master, headers.get("cookie", ""), request.path, self._secure(),
+                                          self.info)
+            except access.Refused as e:
+                self.refusal, self.relogin = str(e), True
         if self.refusal is None and self.identity is not None:
             return self._admit(self.identity)
         self._hold_refused()
@@ -232,7 +246,13 @@ class TerminalProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         if self.refusal is not None:
             self._audit(None, f"web login refused: {self.refusal}")
-            self.refuse(self.refusal)
+            self.refuse(self.refusal, login=self.relogin)
+        elif self.grant is not None and (registry := grants.registry(self.master)) is not None:
+            self.release_grant = registry.use(self.grant, self._grant_revoked)
+
+    def _grant_revoked(self, reason: str) -> None:
+        self._audit(None, f"web shell grant revoked: {reason}")
+        self.refuse(f"{reason}: {grants.LOG_IN_AGAIN}", login=True)
 
     @property
     def sending(self) -> bool:
@@ -244,9 +264,9 @@ class TerminalProtocol(WebSocketServerProtocol):
             self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
             self.check_buffer()
 
-    def refuse(self, message: str) -> None:
+    def refuse(self, message: str, **extra: object) -> None:
         if self.sending:
-            self.send_json({"type": "error", "message": message})
+            self.send_json({"type": "error", "message": message, **{k: v for k, v in extra.items() if v}})
             self.sendClose(code=1000)
 
     def _audit(self, worker: str | None, reason: str) -> None:
@@ -339,6 +359,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         if session is None:
             self.refuse(f"no live session {session_id}")
             return
+        if message.get("reattach") is True and mode == "attach" and session.identity.key != who.key:
+            self.refuse(f"session {session_id} is not yours: join it with the button", confirm=True)
+            return
         worker = session.worker
         d = self._authorized(worker, lambda: service.api.attach(who, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
@@ -350,6 +373,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         if self.identity is None or self.refusal is not None or service is None or self.opening:
             raise ProtocolError(f"no {kind} for this socket")
         if self.queries >= MAX_QUERIES:
+            self._audit(None, f"web question refused: more than {MAX_QUERIES} questions in progress on one socket")
             raise ProtocolError(f"more than {MAX_QUERIES} questions in progress on one socket")
         self.queries += 1
         d = lists.answer(kind, message, service, self.master, self.identity, self.info)
@@ -402,6 +426,8 @@ class TerminalProtocol(WebSocketServerProtocol):
         if self.closed:
             return
         self.closed = True
+        if self.release_grant is not None:
+            self.release_grant()
         if self.place is not None:
             quota, key = self.place
             self.place = None

@@ -57,7 +57,7 @@ def aged(ages: Mapping[str, float]) -> str:
 def shown_value(fact: str, value: str) -> str:
     """A value as grouped and shown: sizes in whole GiB (machines of one kind differ by a few pages), the rest
     as reported."""
-    if fact in _SIZES and value.isdigit():
+    if fact in _SIZES and value.isascii() and value.isdigit():
         return f"{round(int(value) / 2**30)} GiB"
     return value
 

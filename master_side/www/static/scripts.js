@@ -180,22 +180,42 @@
       if (m.type !== "workers" && m.type !== "sessions") return;
       got[m.type] = m[m.type];
       if (got.workers && got.sessions) { cancel(); onAnswer(got, null); }
-    }, function (why) { onAnswer(null, why); });
+    }, function (why, m) { onAnswer(null, why, m && m.login); });
     return cancel;
   }
 
   function go(hash) { window.location.hash = hash; }
 
+  // A shell opens only on a deliberate click in a top-level page (master_side/www/framing.py, docs/web.md): the
+  // click that led to a terminal (the fleet's buttons) is remembered for the page it opens, for a few seconds; a
+  // terminal loaded from its address (a link, a reload, a frame) shows a button instead, except a reload of one's
+  // own session (the master refuses an automatic attach to another's: "reattach").
+  var clicked = null;
+  function goClicked(key, hash) { clicked = { key: key, at: Date.now() }; go(hash); }
+  function tookClick(key) { return !!clicked && clicked.key === key && Date.now() - clicked.at < 10000; }
+  function framed() { try { return window.top !== window.self; } catch (e) { return true; } }
+  function loginUrl() {
+    return new URL("auth/login?redirect=" + encodeURIComponent(window.location.hash.replace(/^#/, "")),
+      document.baseURI).href;
+  }
+  function LoginAgain() {
+    return h("a", { className: "btn btn-primary btn-sm slaveshell-login", href: loginUrl() }, "Log in again");
+  }
+
   function SessionRows(props) {
     return props.sessions.map(function (s) {
       var buttons = [h("button", {
         key: "watch", className: "btn btn-secondary btn-sm slaveshell-watch",
-        onClick: function () { go("#/slaveshell/session/" + encodeURIComponent(s.id) + "/watch"); },
+        onClick: function () {
+          goClicked("session:" + s.id + "/watch", "#/slaveshell/session/" + encodeURIComponent(s.id) + "/watch");
+        },
       }, "Watch")];
       if (s.may_type) {
         buttons.push(" ", h("button", {
           key: "type", className: "btn btn-primary btn-sm slaveshell-attach",
-          onClick: function () { go("#/slaveshell/session/" + encodeURIComponent(s.id) + "/attach"); },
+          onClick: function () {
+            goClicked("session:" + s.id + "/attach", "#/slaveshell/session/" + encodeURIComponent(s.id) + "/attach");
+          },
         }, s.own ? "Resume" : "Join"));
       }
       return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state },
@@ -206,16 +226,16 @@
   }
 
   function Fleet() {
-    var st = React.useState({ lists: null, error: null });
+    var st = React.useState({ lists: null, error: null, login: false });
     var state = st[0], setState = st[1];
     React.useEffect(function () {
       var cancel = null, timer = null, live = true;
       setTitle("Workers");
       if (blockedNotice()) return undefined;
       function load() {
-        cancel = askLists(function (lists, error) {
+        cancel = askLists(function (lists, error, login) {
           if (!live) return;
-          setState({ lists: lists, error: error });
+          setState({ lists: lists, error: error, login: !!login });
           if (!error) timer = setTimeout(load, 5000);
         });
       }
@@ -226,7 +246,8 @@
     if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) {
       return h("div", { className: "slaveshell-page" },
-        h("div", { className: "alert alert-danger slaveshell-refused" }, "Shells: " + state.error));
+        h("div", { className: "alert alert-danger slaveshell-refused" }, "Shells: " + state.error, " ",
+          state.login ? h(LoginAgain) : null));
     }
     if (!state.lists) return h("div", { className: "slaveshell-page" }, "Loading the workers...");
     var rows = state.lists.workers.map(function (w) {
@@ -239,7 +260,9 @@
         h("td", null, ready
           ? h("button", {
               className: "btn btn-primary btn-sm slaveshell-open",
-              onClick: function () { go("#/slaveshell/terminal/" + encodeURIComponent(w.name)); },
+              onClick: function () {
+                goClicked("new:" + w.name, "#/slaveshell/terminal/" + encodeURIComponent(w.name));
+              },
             }, "Open shell")
           : h("span", { className: "text-muted" }, why)));
     });
@@ -285,7 +308,14 @@
     var status = st[0], setStatus = st[1];
     var shown = React.useState({ worker: props.worker || "", id: props.sessionId || "", opened: false, over: false });
     var session = shown[0], setSession = shown[1];
+    // The button to press before a socket opens (its label), and whether the grant is gone (log in again).
+    var asking = React.useState(null), ask = asking[0], setAsk = asking[1];
+    var relogin = React.useState(false), login = relogin[0], setLogin = relogin[1];
     var ctl = React.useRef({});
+    var deliberate = React.useState(function () {
+      return !!props.armed || tookClick(props.sessionId ? "session:" + props.sessionId + "/" + props.mode
+        : "new:" + props.worker);
+    })[0];
     var blocked = blockedNotice();
     useFillWindow(box, 12);
     React.useEffect(function () {
@@ -294,6 +324,13 @@
       var everOpened = false;
       var target = props.sessionId ? { id: props.sessionId, mode: props.mode } : null;
       function note(change) { setSession(function (old) { return Object.assign({}, old, change); }); }
+      var clickedHere = deliberate;
+      clicked = null;
+      if (framed()) {
+        setStatus("refused: this page is shown inside another page (a frame): open Buildbot in its own tab " +
+          "to use shells");
+        return function () { disposed = true; };
+      }
       loadXterm().then(function () {
         if (disposed) return;
         // lineHeight: at 1.0 the underscore is drawn below the row's box and clipped at a device scale of 1.
@@ -319,6 +356,7 @@
           end: function () { closing = true; send({ type: "close" }); },
           // For tests: drop the socket as a lost network would.
           drop: function () { ws.close(); },
+          start: function () { clickedHere = true; finished = false; setAsk(null); connect(); },
         };
         function connect() {
           opened = false; pending = []; inFlight = 0;
@@ -328,7 +366,7 @@
           ws.onopen = function () {
             if (target) {
               term.reset(); // the master sends the session's recent output first
-              ws.send(JSON.stringify({ type: "attach", id: target.id, mode: target.mode }));
+              ws.send(JSON.stringify({ type: "attach", id: target.id, mode: target.mode, reattach: !clickedHere }));
             } else {
               var open = { type: "open", worker: props.worker, cols: term.cols, rows: term.rows };
               if (props.build) open.build = props.build;
@@ -384,11 +422,17 @@
             setStatus(line);
           } else if (m.type === "error") {
             finished = true;
+            if (m.confirm) {
+              setStatus("click the button to join this session");
+              setAsk(printable("Join session " + target.id));
+              return;
+            }
             note({ over: true });
             if (target && !everOpened && /^no live session/.test(String(m.message))) {
               setStatus(printable("ended: session " + target.id + " is not live (it ended, or there is no such session)"));
             } else {
               setStatus("refused: " + printable(m.message));
+              if (m.login) setLogin(true);
             }
           }
         }
@@ -403,7 +447,12 @@
         });
         observer = new ResizeObserver(function () { try { fit.fit(); } catch (e) { /* hidden */ } });
         observer.observe(box.current);
-        connect();
+        if (target || clickedHere) {
+          connect();
+        } else {
+          setStatus("click the button to open a shell");
+          setAsk("Open a shell on " + props.worker);
+        }
       }, function (e) { setStatus("cannot load the terminal: " + e.message); });
       return function () {
         disposed = true;
@@ -431,8 +480,10 @@
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
           onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back")),
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
-                 "data-status": status }, status,
+                 "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
+      ask ? h("button", { className: "btn btn-primary slaveshell-start",
+        onClick: function () { if (ctl.current.start) ctl.current.start(); } }, ask) : null,
       h("div", { ref: box, className: "slaveshell-terminal", style: empty ? { display: "none" } : null }));
   }
 
@@ -472,7 +523,7 @@
     ws.onmessage = function (ev) {
       if (typeof ev.data !== "string") { data = new Uint8Array(ev.data); return; }
       var m = JSON.parse(ev.data);
-      if (m.type === "error") { over = true; onFail(printable(m.message)); ws.close(); return; }
+      if (m.type === "error") { over = true; onFail(printable(m.message), m); ws.close(); return; }
       var d = data;
       data = null;
       onAnswer(m, d, send);
@@ -674,7 +725,8 @@
         state.released) : null,
       hold && !state.shell && !released ? h("button", { className: "btn btn-primary btn-sm slaveshell-open",
         onClick: function () { update({ shell: true }); } }, "Open a shell in this build") : null,
-      hold && state.shell ? h(TerminalView, { worker: hold.worker, build: hold.build, key: "b:" + hold.build }) : null);
+      hold && state.shell ? h(TerminalView, { worker: hold.worker, build: hold.build, armed: true,
+        key: "b:" + hold.build }) : null);
   }
 
   BuildbotPluginSupport.buildbotSetupPlugin(function (reg) {
