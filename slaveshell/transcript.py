@@ -123,6 +123,10 @@ def _ascii_event(t: float, code: str, text: str) -> str | None:
     return f'[{float.__repr__(t)}, "{code}", "{text}"]'
 
 
+# A str as JSON writes it in `_dumps` (ensure_ascii off), quotes included: the same function json.dumps calls.
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
 def _dumps(value: object) -> str:
     line = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     if not line.isascii():
@@ -145,11 +149,12 @@ _NOT_ESCAPED = bytes(c for c in range(256) if c not in _BYTE_ESCAPES)
 _MANY_ESCAPES = 8
 
 
-def _escaped(data: bytes) -> bytes:
-    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs, one replace
-    each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8 an ASCII byte is never part
-    of another character."""
-    found = data.translate(None, _NOT_ESCAPED)
+def _escaped(data: bytes, found: bytes | None = None) -> bytes:
+    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs (`found`, when
+    already known), one replace each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8
+    an ASCII byte is never part of another character."""
+    if found is None:
+        found = data.translate(None, _NOT_ESCAPED)
     if found:
         for byte in _ESCAPE_ORDER:
             if byte in found:
@@ -172,10 +177,13 @@ def utf8_event_line(t: float, code: str, data: bytes) -> bytes:
     """`encode_event(t, code, data.decode("utf-8"))[0]`, UTF-8 encoded, for valid UTF-8 `data` (`t` and `code`
     as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; JSON's
     encoder instead when the chunk needs many kinds of escape."""
-    if len(set(data.translate(None, _NOT_ESCAPED))) > _MANY_ESCAPES:
+    found = data.translate(None, _NOT_ESCAPED)
+    if len(found) > _MANY_ESCAPES and len(set(found)) > _MANY_ESCAPES:
         return _dumps([t, code, data.decode("utf-8")]).encode("utf-8")
-    escaped = _escaped(data)
-    if not data.isascii():
+    escaped = _escaped(data, found)
+    # Their last bytes, looked for first: one memchr each, where a search for the whole sequence is slowed by
+    # every other character of the same lead bytes (the quotes U+2018, U+2019 that gcc prints).
+    if not data.isascii() and (b"\x85" in data or b"\xa8" in data or b"\xa9" in data):
         for raw, line_break in _UTF8_LINE_BREAKS:
             if raw in escaped:
                 escaped = escaped.replace(raw, line_break)
@@ -188,9 +196,14 @@ def _bytes_event(t: float, code: str, data: bytes) -> list[bytes]:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
-        shown = _dumps([t, code, data.decode("utf-8", "replace")]).encode("utf-8")
-        exact = _line(t, code + "b", base64.b64encode(data))
-        return [shown, exact]
+        shown = _encode_string(data.decode("utf-8", "replace"))
+        if not shown.isascii():
+            for char, escaped in _LINE_BREAKS:
+                if char in shown:
+                    shown = shown.replace(char, escaped)
+        return [b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ',
+                          shown.encode("utf-8"), b"]")),
+                _line(t, code + "b", base64.b64encode(data))]
     return [utf8_event_line(t, code, data)]
 
 
