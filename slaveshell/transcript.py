@@ -124,7 +124,7 @@ def _ascii_event(t: float, code: str, text: str) -> str | None:
 
 
 # A str as JSON writes it in `_dumps` (ensure_ascii off), quotes included: the same function json.dumps calls.
-_encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _dumps(value: object) -> str:
