@@ -243,8 +243,9 @@ class CastEncoder:
         return encode_event(t, "o", self.redact(text)) if text else []
 
     def output_encoded(self, t: float, data: bytes) -> list[bytes]:
-        """`output`'s lines as the transcript file holds them (UTF-8, no newline). Plain ASCII with nothing held
-        by the decoder and no redaction patterns, a terminal's usual output, never becomes a str."""
+        """`output`'s lines as the transcript file holds them (UTF-8, no newline). Without redaction patterns the
+        lines are built on the bytes: ASCII, escape-heavy UTF-8 and bytes that are not UTF-8 cost about the same
+        per byte written (a str is made only for JSON's encoder, of the U+FFFD text of invalid bytes)."""
         rounded = round(t, 6)
         if not data or not isinstance(rounded, float) or not math.isfinite(rounded) or self.redact.patterns:
             return [line.encode("utf-8", "surrogateescape") for line in self.output(t, data)]
