@@ -481,6 +481,8 @@ def main() -> int:
     ap.add_argument("--rate-mbit", type=float, default=50, help="the proxies' cap each way (0: none; default 50)")
     ap.add_argument("--jitter-ms", type=float, default=0)
     ap.add_argument("--queue-ms", type=float, default=None, help="the bottleneck's queue (default: one RTT)")
+    ap.add_argument("--rows", metavar="WORDS", help="comma-separated: only the rows whose name holds one of them "
+                    "(e.g. PTY: the PTY `cat` rows only)")
     ap.add_argument("--output", help="also write the table to this file")
     args = ap.parse_args()
     parts = set(args.only.split(",")) if args.only else set(PARTS)
@@ -529,6 +531,9 @@ def main() -> int:
                 for proxy in proxies:
                     proxy.configure(link.rtt_ms, link.rate_mbit, link.jitter_ms, args.queue_ms)
             rows = steps(link, parts, kinds, sizes, files, work)
+            if args.rows:
+                words = args.rows.split(",")
+                rows = [step for step in rows if any(w in p.metric for p in step.pairs for w in words)]
             run_rounds(sides, rows, args.rounds)
             where = ("loopback" if link.rtt_ms is None else
                      f"both links through bench/delay_proxy.py: {link.rtt_ms:g} ms round trip, "

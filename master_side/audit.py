@@ -48,6 +48,19 @@ class StoreReactor(Clock, Protocol):
     def removeSystemEventTrigger(self, triggerID: object) -> None: ...
     def callFromThread(self, callable: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
+def _storable(values: Mapping[str, object]) -> dict[str, object]:
+    """`values` as every database takes them: text that is not valid Unicode (a lone surrogate, as a name that was
+    not UTF-8 decodes to) spelled with backslash escapes rather than refused, which would drop the whole write."""
+    out = dict(values)
+    for key, value in out.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                out[key] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return out
+
+
 def utc(timestamp: float) -> dt.datetime:
     """Times are stored as naive UTC (portable across SQLite, PostgreSQL and MySQL)."""
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(tzinfo=None)
@@ -182,12 +195,12 @@ class AuditStore:
     def _insert(self, table: sa.Table, row: Mapping[str, object]) -> None:
         assert self.engine is not None
         with self.engine.begin() as conn:
-            conn.execute(table.insert().values(**row))
+            conn.execute(table.insert().values(**_storable(row)))
 
     def _update(self, session_id: str, values: Mapping[str, object]) -> None:
         assert self.engine is not None
         with self.engine.begin() as conn:
-            conn.execute(sessions.update().where(sessions.c.id == session_id).values(**values))
+            conn.execute(sessions.update().where(sessions.c.id == session_id).values(**_storable(values)))
 
     def _enqueue(self, write: Callable[[], None]) -> None:
         self.reads.write_queued()

@@ -11,12 +11,18 @@ with 120 clients resetting their REST requests as the answer began: every later 
 `install()` replaces ``_write_json_data`` with one that still encodes in the thread (upstream's reason for the
 thread: a large answer must not block the reactor) and hands the encoded body to the reactor thread with
 ``reactor.callFromThread``, which runs before the thread's result is delivered (both go through the reactor's
-one FIFO queue of thread calls), so the request is finished after its body is written, as before.
+one FIFO queue of thread calls), so the request is finished after its body is written, as before. The reactor is
+the request's own (its site's master's, or its site's), the global one only when the request names none; when
+the encoding did not run in a thread at all (a test's thread pool that runs calls at once, as Buildbot's own
+test reactor does), the body is written at once, on the thread that asked for it.
+
+The shape of Buildbot's code is checked before this is installed (master_side.upstream).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from twisted.logger import Logger
@@ -36,6 +42,29 @@ def _answer(request: Any, body: bytes, finished: Any) -> None:
         request.write(body)
 
 
+def _reactor_of(request: Any) -> Any:
+    """The reactor serving `request`: its site's master's (Buildbot's site has ``master``), its site's (Twisted's
+    ``Site.reactor``), else the global one."""
+    from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
+
+    site = getattr(request, "site", None)
+    for owner in (getattr(site, "master", None), site):
+        candidate = getattr(owner, "reactor", None)
+        if IReactorFromThreads.providedBy(candidate):
+            return candidate
+    return reactor
+
+
+def _on_calling_thread() -> bool:
+    """Whether this runs on a reactor's own thread (a thread pool that runs calls at once) rather than in a pool
+    thread."""
+    from twisted.python import threadable
+
+    in_io_thread = bool(threadable.isInIOThread())  # type: ignore[no-untyped-call]
+    return in_io_thread or threading.current_thread() is threading.main_thread()
+
+
 def install() -> bool:
     """Patch Buildbot's REST writer once per process; True when it is (or was already) patched, False when this
     Buildbot's rest module does not have the shape this fix was written for (then nothing is changed)."""
@@ -49,7 +78,6 @@ def install() -> bool:
         return False
     if getattr(root._write_json_data, "_slaveshell_fix", False):
         return True
-    from twisted.internet import reactor
 
     def _write_json_data(request: Any, encoder: json.JSONEncoder, data: Any) -> None:
         chunks: list[bytes] = []
@@ -57,7 +85,10 @@ def install() -> bool:
             if i % _CHECK_EVERY == 0 and finished(request):
                 return
             chunks.append(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
-        reactor.callFromThread(_answer, request, b"".join(chunks), finished)  # type: ignore[attr-defined]
+        if _on_calling_thread():
+            _answer(request, b"".join(chunks), finished)
+        else:
+            _reactor_of(request).callFromThread(_answer, request, b"".join(chunks), finished)
 
     _write_json_data._slaveshell_fix = True  # type: ignore[attr-defined]
     root._write_json_data = staticmethod(_write_json_data)

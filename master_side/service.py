@@ -18,12 +18,11 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from slaveshell import banana_bounds
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.policy import Identity, Policy
 
-from . import rest_write_fix
+from . import upstream
 from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
 from .config import Limits, ShellConfig, group_id, shell_config
@@ -105,14 +104,15 @@ class ShellService(BuildbotService):
         self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         self.api.transfers.stall_timeout = options.transfer_stall_timeout
         self.api.transfers.keep_text = options.keep_uploaded_text
+        # Buildbot's REST writer from the reactor thread (master_side.rest_write_fix); Banana's receiving without
+        # its buffer rebuilt on each read and bounded (slaveshell.banana_buffer, slaveshell.banana_bounds): each
+        # checked against the upstream code first (master_side.upstream). Without the bounds, no shells.
+        if not upstream.install():
+            log.critical("slaveshell: shells are unavailable: this Twisted is not the version slaveshell's bounds "
+                         "were written for")
+            return
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
-        # Buildbot 4.3 writes REST answers from a thread, which can break the reactor's accepting of every
-        # connection (ours too) when browsers drop requests: master_side.rest_write_fix.
-        rest_write_fix.install()
-        # A worker's bulk output message without Banana's buffer rebuilt on each read (slaveshell.banana_buffer),
-        # and what anyone on the PB port may make Banana hold, before login and after (slaveshell.banana_bounds).
-        banana_bounds.install()
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=options.transcripts, db_url=options.db_url,
                            record_input=options.record_input, redact=options.redact,

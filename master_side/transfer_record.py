@@ -181,8 +181,9 @@ class TransferRecord:
             kept = " not kept (binary)" if entry.size <= self.keep_text else \
                 " not kept (larger than keep_uploaded_text)"
         if self.request.direction == UP and len(self.files) < MAX_NAMES and self.names_size < MAX_NAMES_CHARS:
-            self.files.append(entry.path)
-            self.names_size += len(entry.path) + 1
+            name = path_text(entry.path)  # the index's text: a name that is not UTF-8 spelled \\xNN
+            self.files.append(name)
+            self.names_size += len(name) + 1
         self._marker(f"file {entry.path} {entry.size} bytes mode {entry.mode:04o} sha256 {sha256}{kept}")
 
     def end(self, ok: bool, reason: str, nbytes: int, files: int) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from slaveshell import banana_bounds
 from slaveshell.cpwire import WORKER_TRANSFER_METHOD
 from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
+from . import upstream
 from .owner_log import DEFAULT_BACKUPS, DEFAULT_KEEP_TRANSCRIPTS, DEFAULT_MAX_BYTES, OwnerLog
 from .server import ShellServer
 from .session import WorkerOptions
@@ -75,7 +75,6 @@ def install(
     if umask is not None and not 0 <= umask <= 0o777:
         raise ValueError("umask must be between 0 and 0o777")
     from buildbot_worker.commands import registry
-    from buildbot_worker.pb import BotPb
 
     options = WorkerOptions(
         shell=shell,
@@ -86,35 +85,34 @@ def install(
         busy_rate=max(0, int(busy_rate)),
         umask=umask,
     )
+    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer), what
+    # the master's connection may make Banana hold bounded (slaveshell.banana_bounds), BotPb's methods: each
+    # checked against the upstream code first (slave_side.upstream). Without them, no shells on this worker.
+    if not upstream.install():
+        uninstall()
+        return None
     owner_log = None
     if local_log is not None:
         owner_log = OwnerLog(local_log, max_bytes=local_log_max_bytes, backups=local_log_backups,
                              transcripts=local_transcripts, keep_transcripts=local_transcripts_keep,
                              mode=local_log_mode)
     _server = ShellServer(options, owner_log=owner_log)
-    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer), and
-    # what the master's connection may make Banana hold bounded (slaveshell.banana_bounds).
-    banana_bounds.install()
     # `slaveshell cp`: the same opt-in, the same limits (slave_side.transfer).
     _transfers = TransferServer(options, owner_log=owner_log)
     # The master learns what a worker can do from its command list; this entry is how it knows we opted in.
     registry.commandRegistry[WORKER_COMMAND] = _NotABuildCommand
-    setattr(BotPb, "remote_" + WORKER_OPEN_METHOD, _remote_open)
-    setattr(BotPb, "remote_" + WORKER_TRANSFER_METHOD, _remote_transfer)
+    upstream.add_bot_methods({WORKER_OPEN_METHOD: _remote_open, WORKER_TRANSFER_METHOD: _remote_transfer})
     return _server
 
 
 def uninstall() -> None:
     global _server, _transfers
     from buildbot_worker.commands import registry
-    from buildbot_worker.pb import BotPb
 
     _server = None
     _transfers = None
     registry.commandRegistry.pop(WORKER_COMMAND, None)
-    for method in (WORKER_OPEN_METHOD, WORKER_TRANSFER_METHOD):
-        if hasattr(BotPb, "remote_" + method):
-            delattr(BotPb, "remote_" + method)
+    upstream.remove_bot_methods((WORKER_OPEN_METHOD, WORKER_TRANSFER_METHOD))
 
 
 class _Bot(Protocol):

@@ -21,6 +21,8 @@ from typing import Protocol
 from twisted.internet import process as twisted_process
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
+from . import upstream
+
 # Linux's F_SETPIPE_SZ (fcntl(2)); 1 MiB is /proc/sys/fs/pipe-max-size's default for unprivileged processes.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
@@ -68,17 +70,23 @@ def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int, pi
 
 def widen_pipe(fd: int) -> None:
     """Raise a pipe's kernel buffer to PIPE_SIZE; left as it is where the system refuses (a lower
-    pipe-max-size, the user's pipe buffer quota)."""
+    pipe-max-size, the user's pipe buffer quota) or where there is no descriptor (a negative one, as a stand-in
+    process's reader has)."""
+    if fd < 0:
+        return
     try:
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
 def read_in_larger_pieces(transport: object, pty_output: Callable[[bytes], None], limit: int) -> None:
     """Make a spawned process's transport read up to `limit` bytes per wake-up (`read_more`): a PTY's output
     handed to `pty_output`, each pipe's to its own reader. Only Twisted's own process transports are changed (a
-    test's stand-in is left as it is)."""
+    test's stand-in is left as it is), and only when their shape is the one `read_more` was written for
+    (slave_side.upstream)."""
+    if not upstream.readers():
+        return
     if isinstance(transport, twisted_process.PTYProcess):
         read_more(transport, pty_output, limit)
     elif isinstance(transport, twisted_process.Process):

@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 from twisted.logger import Logger
 from twisted.spread import banana, pb
 
+from . import upstream
 from .display import visible
 from .protocol import ProtocolError
 from .remote import RemotePeer
@@ -161,8 +162,9 @@ class LeanReceiver(pb.Referenceable):
 
 def accept(broker: object) -> bool:
     """Let `broker` (one PB connection) receive lean calls. Idempotent. False, and nothing done, when it is not a
-    `pb.Broker` (a test's stand-in reference, a connection that is not PB): then no lean call may be asked for."""
-    if not isinstance(broker, pb.Broker):
+    `pb.Broker` (a test's stand-in reference, a connection that is not PB), or when Twisted's broker does not find
+    commands by name (slaveshell.upstream): then no lean call may be asked for."""
+    if not isinstance(broker, pb.Broker) or not upstream.lean_dispatch():
         return False
     if "proto_slaveshell" not in broker.__dict__:
         broker.proto_slaveshell = functools.partial(_received, broker)  # type: ignore[attr-defined]

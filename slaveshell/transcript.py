@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,23 @@ class StreamDecoder:
     def decode(self, data: bytes, final: bool = False) -> str:
         return self._decoder.decode(data, final)
 
+    def take(self, data: bytes) -> bytes:
+        """The bytes `decode(data)` would turn into text (what it held before, then `data`, but an incomplete
+        character at the end, which it holds after), without making the text: for a stream's exact bytes."""
+        held = self._decoder.getstate()[0]
+        joined = held + data if held else data
+        # An incomplete character at the end starts at its lead byte (>= 0xC0, never a continuation), at most 3
+        # bytes from the end; a fresh decoder says whether those bytes are one it would hold.
+        tail = b""
+        for back in range(1, min(3, len(joined)) + 1):
+            if joined[-back] >= 0xC0:
+                probe = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+                if not probe.decode(joined[-back:]) and probe.getstate()[0] == joined[-back:]:
+                    tail = joined[-back:]
+                break
+        self._decoder.setstate((tail, 0))
+        return joined[:len(joined) - len(tail)]
+
     @property
     def idle(self) -> bool:
         """No bytes of an incomplete character held: the next ASCII bytes decode to themselves."""
@@ -80,7 +98,11 @@ class StreamDecoder:
 
 # Characters Python's str.splitlines() (and some editors) take as line ends, which JSON leaves raw: escaped, so
 # that a transcript's lines are its "\n"-separated lines however it is split.
-_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+# (str.replace for each, found with `in`: str.translate goes character by character through a dict, ~200 ms a
+# MB of text that is not ASCII.)
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+# The same on UTF-8: these byte strings occur in valid UTF-8 only as those characters.
+_UTF8_LINE_BREAKS = tuple((c.encode("utf-8"), e.encode("ascii")) for c, e in _LINE_BREAKS)
 
 
 # ASCII that JSON writes as \uXXXX or as \b, \f: control characters but TAB, LF and CR, and DEL (which
@@ -101,8 +123,17 @@ def _ascii_event(t: float, code: str, text: str) -> str | None:
     return f'[{float.__repr__(t)}, "{code}", "{text}"]'
 
 
+# A str as JSON writes it in `_dumps` (ensure_ascii off), quotes included: the same function json.dumps calls.
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).translate(_LINE_BREAKS)
+    line = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if not line.isascii():
+        for char, escaped in _LINE_BREAKS:
+            if char in line:
+                line = line.replace(char, escaped)
+    return line
 
 
 # The ASCII bytes JSON escapes (json.encoder.ESCAPE_DCT: the controls, '"' and the backslash, which comes first:
@@ -113,16 +144,67 @@ _BYTE_ESCAPES = {c: json.encoder.ESCAPE_DCT[chr(c)].encode("ascii") for c in _ES
 _NOT_ESCAPED = bytes(c for c in range(256) if c not in _BYTE_ESCAPES)
 
 
-def ascii_event_line(t: float, code: str, data: bytes) -> bytes:
-    """The line `encode_event(t, code, data.decode("ascii"))` makes, UTF-8 encoded, for ASCII `data`, `t` a float
-    already rounded to 6 places and `code` ASCII letters; built on bytes, without a str: about a third of the
-    time for 64 KiB of a terminal's output (one translate to find which escapes it needs, one replace each)."""
-    found = data.translate(None, _NOT_ESCAPED)
+# A chunk needing more kinds of escape than this is escaped by JSON's encoder (one pass) rather than by a replace
+# each (random bytes hold all 34 kinds).
+_MANY_ESCAPES = 8
+
+
+def _escaped(data: bytes, found: bytes | None = None) -> bytes:
+    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs (`found`, when
+    already known), one replace each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8
+    an ASCII byte is never part of another character."""
+    if found is None:
+        found = data.translate(None, _NOT_ESCAPED)
     if found:
         for byte in _ESCAPE_ORDER:
             if byte in found:
                 data = data.replace(bytes((byte,)), _BYTE_ESCAPES[byte])
-    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", "', data, b'"]'))
+    return data
+
+
+def _line(t: float, code: str, escaped: bytes) -> bytes:
+    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", "', escaped, b'"]'))
+
+
+def ascii_event_line(t: float, code: str, data: bytes) -> bytes:
+    """The line `encode_event(t, code, data.decode("ascii"))` makes, UTF-8 encoded, for ASCII `data`, `t` a float
+    already rounded to 6 places and `code` ASCII letters; built on bytes, without a str: about a third of the
+    time for 64 KiB of a terminal's output."""
+    return _line(t, code, _escaped(data))
+
+
+def utf8_event_line(t: float, code: str, data: bytes) -> bytes:
+    """`encode_event(t, code, data.decode("utf-8"))[0]`, UTF-8 encoded, for valid UTF-8 `data` (`t` and `code`
+    as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; JSON's
+    encoder instead when the chunk needs many kinds of escape."""
+    found = data.translate(None, _NOT_ESCAPED)
+    if len(found) > _MANY_ESCAPES and len(set(found)) > _MANY_ESCAPES:
+        return _dumps([t, code, data.decode("utf-8")]).encode("utf-8")
+    escaped = _escaped(data, found)
+    # Their last bytes, looked for first: one memchr each, where a search for the whole sequence is slowed by
+    # every other character of the same lead bytes (the quotes U+2018, U+2019 that gcc prints).
+    if not data.isascii() and (b"\x85" in data or b"\xa8" in data or b"\xa9" in data):
+        for raw, line_break in _UTF8_LINE_BREAKS:
+            if raw in escaped:
+                escaped = escaped.replace(raw, line_break)
+    return _line(t, code, escaped)
+
+
+def _bytes_event(t: float, code: str, data: bytes) -> list[bytes]:
+    """`encode_event(t, code, data.decode("utf-8", "surrogateescape"))`, UTF-8 encoded, for any `data` (`t` and
+    `code` as for `ascii_event_line`): no str of surrogates, no encoding back to find the exact bytes."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = _encode_string(data.decode("utf-8", "replace"))
+        if not shown.isascii():
+            for char, escaped in _LINE_BREAKS:
+                if char in shown:
+                    shown = shown.replace(char, escaped)
+        return [b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ',
+                          shown.encode("utf-8"), b"]")),
+                _line(t, code + "b", base64.b64encode(data))]
+    return [utf8_event_line(t, code, data)]
 
 
 def encode_event(t: float, code: str, text: str) -> list[str]:
@@ -161,12 +243,16 @@ class CastEncoder:
         return encode_event(t, "o", self.redact(text)) if text else []
 
     def output_encoded(self, t: float, data: bytes) -> list[bytes]:
-        """`output`'s lines as the transcript file holds them (UTF-8, no newline). Plain ASCII with nothing held
-        by the decoder and no redaction patterns, a terminal's usual output, never becomes a str."""
+        """`output`'s lines as the transcript file holds them (UTF-8, no newline). Without redaction patterns the
+        lines are built on the bytes: escape-heavy UTF-8 costs about what ASCII does; bytes that are not UTF-8
+        cost more (a str of their U+FFFD text for JSON's encoder, and their base64 copy: 3.7x the bytes written)."""
         rounded = round(t, 6)
-        if data and data.isascii() and isinstance(rounded, float) and self._output.idle and not self.redact.patterns:
+        if not data or not isinstance(rounded, float) or not math.isfinite(rounded) or self.redact.patterns:
+            return [line.encode("utf-8", "surrogateescape") for line in self.output(t, data)]
+        if data.isascii() and self._output.idle:
             return [ascii_event_line(rounded, "o", data)]
-        return [line.encode("utf-8", "surrogateescape") for line in self.output(t, data)]
+        exact = self._output.take(data)
+        return _bytes_event(rounded, "o", exact) if exact else []
 
     def input(self, t: float, data: bytes, hidden: bool) -> list[str]:
         if not self.record_input:

@@ -98,6 +98,25 @@ def test_sessions_and_events_round_trip(db_url):
 
 
 @pytest_twisted.inlineCallbacks
+def test_text_that_is_not_valid_unicode_is_stored_escaped_never_dropped(db_url):
+    """A name that was not UTF-8 decodes to lone surrogates, which no database takes: written escaped, the row's
+    end is not lost."""
+    store = AuditStore(db_url)
+    yield store.start()
+    try:
+        yield store.open_session(row())
+        store.update_session("s1", state="ended", end_reason="ok: latin\udce9.txt", files="latin\udce9.txt")
+        store.event("end", "s1", "w1", "alice", 1000, "latin\udce9.txt")
+        yield store._drain_d
+        (r,) = yield store.history(worker="w1")
+        assert (r["state"], r["end_reason"], r["files"]) == ("ended", "ok: latin\\udce9.txt", "latin\\udce9.txt")
+        (e,) = yield store.events_of(kind="end")
+        assert e["detail"] == "latin\\udce9.txt"
+    finally:
+        yield store.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_writes_wait_while_the_database_is_away_and_land_when_it_is_back(db_url):
     store = AuditStore(db_url)
     store.retry_interval = 0.05

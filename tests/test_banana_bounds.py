@@ -177,3 +177,17 @@ def test_a_long_stream_of_small_messages_read_across_their_boundaries_passes(log
     broker.feed(one * count)  # full 64 KiB reads, as from a saturated socket: one in 1,019 ends on a message
     assert not broker.closed
     assert len(broker.got) == count
+
+
+@pytest.mark.parametrize("login", [True, False])
+def test_a_stream_of_whole_messages_read_across_their_boundaries_is_never_refused(login):
+    """A session's output is an endless stream of messages, each well within the bounds, whose reads almost never
+    end where a message ends: only the message not yet finished counts, not everything read since the last read
+    that happened to end on a boundary."""
+    broker = Received(login=login)
+    one = banana.encode([b"output", b"x" * (200 if not login else 60_000)])
+    per = LOGGED_IN.bytes if login else PRE_LOGIN.bytes
+    count = 2 * per // len(one) + 2
+    broker.feed(one * count, read=len(one) + 7)  # every read ends inside a message
+    assert not broker.closed
+    assert len(broker.got) == count

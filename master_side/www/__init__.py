@@ -34,12 +34,11 @@ class ShellApplication(Application):
 
     def setMaster(self, master: BuildMaster) -> None:
         super().setMaster(master)
-        from .. import rest_write_fix
-        from . import grants, session_hook
+        from .. import upstream
+        from . import grants
         from .terminal_ws import terminal_resource
 
-        rest_write_fix.install()
-        session_hook.install()
+        upstream.install_web()
         registry = grants.registry(master, create=True)
         assert registry is not None
         if getattr(master.www, "authz", None) is not None:

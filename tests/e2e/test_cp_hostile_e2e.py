@@ -129,7 +129,11 @@ def transfer_row(sb: Sandbox, needle: str) -> dict[str, object]:
         return rows[0] if rows and rows[0]["state"] != "running" else None
 
     row = wait_until(closed, 15)
-    assert row, f"no closed transfer row for {needle}"
+    if not row:
+        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "history", "--socket", sb.socket, "--json"],
+                              capture_output=True, text=True, timeout=30, check=True)
+        seen = [(r["command"], r["state"]) for r in json.loads(done.stdout) if r["term"] == "transfer"]
+        raise AssertionError(f"no closed transfer row for {needle}: {seen}")
     return row
 
 

@@ -1,0 +1,84 @@
+"""The transcript's encoder writes, byte for byte, what its plain reference (kept here) writes: a terminal's
+output as bytes (`CastEncoder.output_encoded`, whatever the bytes: ASCII, escape-heavy UTF-8, line breaks JSON
+leaves raw, bytes that are not UTF-8, characters split across chunks) and text events (`encode_event`)."""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slaveshell.transcript import CastEncoder, encode_event
+
+# -- the reference: JSON's encoder on the decoded text, a str.translate of the raw line breaks -----------------
+
+_REF_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def ref_dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).translate(_REF_LINE_BREAKS)
+
+
+def ref_encode_event(t: float, code: str, text: str) -> list[str]:
+    t = round(t, 6)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        exact = text.encode("utf-8", "surrogateescape")
+        return [ref_dumps([t, code, exact.decode("utf-8", "replace")]),
+                ref_dumps([t, code + "b", base64.b64encode(exact).decode("ascii")])]
+    return [ref_dumps([t, code, text])]
+
+
+class RefOutput:
+    """A stream's output events: an incremental UTF-8 decoder (surrogateescape), then `ref_encode_event`."""
+
+    def __init__(self) -> None:
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+
+    def lines(self, t: float, data: bytes, final: bool = False) -> list[bytes]:
+        text = self.decoder.decode(data, final)
+        return [line.encode("utf-8") for line in ref_encode_event(t, "o", text)] if text else []
+
+
+# -- what a terminal writes ------------------------------------------------------------------------------------
+
+_PIECES = st.sampled_from([
+    b"\x1b[01;35m\x1b[K", b"\x1b[m", "\u2018x\u2019".encode(), "\u2028\u2029\x85".encode(), b"\xc2\x85",
+    b"\xe2\x80\xa8", "é".encode()[:1], "€".encode()[:2], "𝄞".encode()[:3], "𝄞".encode()[1:], b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\xff", b'"\\', b"\r\n", b"\t\x00\x08\x0c\x7f", bytes(range(32)),
+])
+_CHUNK = st.lists(st.binary(max_size=40) | _PIECES | st.text().map(lambda s: s.encode("utf-8", "surrogatepass")),
+                  max_size=8).map(b"".join)
+
+
+@given(chunks=st.lists(_CHUNK, max_size=10), t=st.floats(min_value=0, max_value=1e7))
+def test_output_as_bytes_is_what_the_reference_writes(chunks, t):
+    ours, ref = CastEncoder(), RefOutput()
+    for i, chunk in enumerate(chunks):
+        assert ours.output_encoded(t + i, chunk) == ref.lines(t + i, chunk)
+    # What the decoder still holds at the end comes out the same too.
+    assert [line.encode("utf-8", "surrogateescape") for line in ours.flush(t)] == ref.lines(t, b"", final=True)
+
+
+@given(data=st.binary(min_size=1, max_size=4096), t=st.floats(min_value=0, max_value=1e7))
+def test_random_bytes_in_one_chunk_are_what_the_reference_writes(data, t):
+    assert CastEncoder().output_encoded(t, data) == RefOutput().lines(t, data)
+
+
+@given(text=st.text() | _CHUNK.map(lambda b: b.decode("utf-8", "surrogateescape")),
+       t=st.floats(min_value=0, max_value=1e7), code=st.sampled_from(["o", "i"]))
+def test_text_events_are_what_the_reference_writes(text, t, code):
+    assert encode_event(t, code, text) == ref_encode_event(t, code, text)
+
+
+def test_the_reference_is_asciicast_with_exact_bytes():
+    # The reference itself: an `o` event a player reads, then the exact bytes.
+    data = "\x1b[31m\u2028".encode() + b"\xff"
+    shown, exact = RefOutput().lines(1.0, data)
+    assert json.loads(shown) == [1.0, "o", "\x1b[31m\u2028\ufffd"]
+    assert b"\\u2028" in shown
+    assert base64.b64decode(json.loads(exact)[2]) == data
