@@ -135,10 +135,11 @@ class RecordingTerminal(Terminal):
 
 def read_until_quiet(s: socket.socket) -> tuple[bytes, bool]:
     """What the master sent on `s` until the close (True: a reset too, when it closed with our magic unread)
-    or a second of silence (False)."""
-    s.settimeout(1.0)
+    or a second of silence once it sent something (False); a master that sends nothing is given 15 s (a busy
+    machine may take that long to accept a burst of connections)."""
     data = b""
     while True:
+        s.settimeout(1.0 if data else 15.0)
         try:
             chunk = s.recv(4096)
         except TimeoutError:
