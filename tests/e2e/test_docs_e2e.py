@@ -208,39 +208,32 @@ def test_readme_says_what_a_missing_group_does(tmp_path: Any) -> None:
 def test_web_doc_fragment_lets_its_user_open_a_shell(tmp_path: Any) -> None:
     """docs/web.md's master.cfg as written: alice logs in with the password it gives her and opens a shell."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.e2e.test_web_e2e import CHROMIUM, TIMEOUT_MS, _entry_point_dir, run, wait_status
+    from tests.e2e.test_web_e2e import CHROMIUM, TIMEOUT_MS, plugin_on_path, run, wait_status
 
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no {CHROMIUM}")
     (fragment,) = fragments(os.path.join("docs", "web.md"), "master.cfg")
     user, password = re.search(r"UserPasswordAuth\(\{'(\w+)': '([^']+)'\}\)", fragment).groups()  # type: ignore[union-attr]
-    old = os.environ.get("PYTHONPATH")
-    extra = _entry_point_dir(str(tmp_path / "entry-points"))
-    if extra:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, extra) if p)
-    sb = documented_sandbox(str(tmp_path / "site"), os.path.join("docs", "web.md"), www=True)
-    try:
-        checked = checkconfig(sb)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        sb.start_master()
-        sb.start_worker("w1")
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            try:
-                context = browser.new_context(http_credentials={"username": user, "password": password})
-                context.set_default_timeout(TIMEOUT_MS)
-                page = context.new_page()
-                page.goto(sb.url + "auth/login?redirect=/slaveshell")
-                button = page.locator("tr[data-worker='w1'] button.slaveshell-open")
-                button.wait_for()
-                button.click()
-                wait_status(page, "^connected$")
-                run(page, "echo documented-$((6*7))", "documented-42")
-            finally:
-                browser.close()
-    finally:
-        sb.stop()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    with plugin_on_path(str(tmp_path)):
+        sb = documented_sandbox(str(tmp_path / "site"), os.path.join("docs", "web.md"), www=True)
+        try:
+            checked = checkconfig(sb)
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            sb.start_master()
+            sb.start_worker("w1")
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+                try:
+                    context = browser.new_context(http_credentials={"username": user, "password": password})
+                    context.set_default_timeout(TIMEOUT_MS)
+                    page = context.new_page()
+                    page.goto(sb.url + "auth/login?redirect=/slaveshell")
+                    button = page.locator("tr[data-worker='w1'] button.slaveshell-open")
+                    button.wait_for()
+                    button.click()
+                    wait_status(page, "^connected$")
+                    run(page, "echo documented-$((6*7))", "documented-42")
+                finally:
+                    browser.close()
+        finally:
+            sb.stop()

@@ -21,7 +21,7 @@ import pytest
 from slaveshell.sandbox import Sandbox
 
 from .conftest import shell_argv, wait_until
-from .test_web_e2e import _entry_point_dir
+from .test_web_e2e import plugin_on_path
 
 pytestmark = pytest.mark.e2e
 
@@ -44,21 +44,14 @@ SERVICE_KWARGS = (f"policy=[dict(groups=['web:shellers'], rights=['shell', 'watc
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = str(tmp_path_factory.mktemp("webbounds"))
-    old = os.environ.get("PYTHONPATH")
-    extra = _entry_point_dir(os.path.join(root, "entry-points"))
-    if extra:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, extra) if p)
-    sb = Sandbox(root, workers=["w1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
-    try:
-        sb.create()
-        sb.start()
-        yield sb
-    finally:
-        sb.stop()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    with plugin_on_path(root):
+        sb = Sandbox(root, workers=["w1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
+        try:
+            sb.create()
+            sb.start()
+            yield sb
+        finally:
+            sb.stop()
 
 
 def cookie(site: Sandbox, user: str) -> str:

@@ -4,6 +4,7 @@ worker. One browser and one master for the module."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import importlib.metadata
 import os
@@ -67,24 +68,34 @@ def _entry_point_dir(tmp: str) -> str | None:
     return tmp
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    root = str(tmp_path_factory.mktemp("web"))
+@contextlib.contextmanager
+def plugin_on_path(root: str) -> Iterator[None]:
+    """The web plugin's entry point (`_entry_point_dir`, under `root`) on PYTHONPATH for the processes started
+    inside, PYTHONPATH as it was after."""
     old = os.environ.get("PYTHONPATH")
     extra = _entry_point_dir(os.path.join(root, "entry-points"))
     if extra:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, extra) if p)
-    sb = Sandbox(root, workers=["w1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
     try:
-        sb.create()
-        sb.start()
-        yield sb
+        yield
     finally:
-        sb.stop()
         if old is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    root = str(tmp_path_factory.mktemp("web"))
+    with plugin_on_path(root):
+        sb = Sandbox(root, workers=["w1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
+        try:
+            sb.create()
+            sb.start()
+            yield sb
+        finally:
+            sb.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -21,11 +21,11 @@ from slaveshell.sandbox import Sandbox
 
 from .test_web_e2e import (
     TIMEOUT_MS,
-    _entry_point_dir,
     browser,
     events,
     login,
     master_log_on_failure,
+    plugin_on_path,
     run,
     status,
     sync_api,
@@ -60,21 +60,14 @@ SERVICE_KWARGS = (f"policy=[dict(groups=['web:shellers'], rights=['shell', 'watc
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = str(tmp_path_factory.mktemp("web-trust"))
-    old = os.environ.get("PYTHONPATH")
-    extra = _entry_point_dir(os.path.join(root, "entry-points"))
-    if extra:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, extra) if p)
-    sb = Sandbox(root, workers=["w1"], www=True, www_config=erin_config(), service_kwargs=SERVICE_KWARGS)
-    try:
-        sb.create()
-        sb.start()
-        yield sb
-    finally:
-        sb.stop()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    with plugin_on_path(root):
+        sb = Sandbox(root, workers=["w1"], www=True, www_config=erin_config(), service_kwargs=SERVICE_KWARGS)
+        try:
+            sb.create()
+            sb.start()
+            yield sb
+        finally:
+            sb.stop()
 
 
 def reconfigure(site: Sandbox, **change: str) -> None:
