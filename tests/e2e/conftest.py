@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -116,20 +117,30 @@ def _ours(argv: object) -> bool:
     return any("slaveshell" in str(w) or "buildbot-shell" in str(w) for w in words[:4])
 
 
-@pytest.fixture(autouse=True)
-def no_stale_rehash_lock() -> None:
+@pytest.fixture(autouse=True, scope="session")
+def no_stale_rehash_lock() -> Iterator[None]:
     """The workers' login shells are root's, whose .bashrc on this kind of machine runs `pyenv init -`: its
     rehash takes a lock file and waits up to 60 s for it, and a login shell that a test ends while it starts can
-    leave the file behind, so every later shell would wait a minute before its prompt. A lock older than any
-    rehash takes is removed before each test."""
+    leave the file behind, so every later shell (in that test too) would wait a minute before its prompt. While
+    the tier runs, a lock older than any rehash takes is removed, checked every second."""
     lock = os.path.join(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "shims", ".pyenv-shim")
-    try:
-        age = time.time() - os.stat(lock).st_mtime
-    except OSError:
-        return
-    if age > 10:  # a rehash holds it well under a second; shells waiting for it do not touch it
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
+    done = threading.Event()
+
+    def sweep() -> None:
+        while not done.wait(1.0):
+            try:
+                stale = time.time() - os.stat(lock).st_mtime > 3  # a rehash holds it well under a second
+            except OSError:
+                continue
+            if stale:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+
+    sweeper = threading.Thread(target=sweep, name="rehash-lock-sweeper", daemon=True)
+    sweeper.start()
+    yield
+    done.set()
+    sweeper.join()
 
 
 @pytest.fixture(autouse=True)
