@@ -53,7 +53,7 @@ def worker_link(root: Path = ROOT) -> str:
 
 def echo_args(link: str) -> tuple[object, ...]:
     """The arguments of the echo's `output` message on `link`: stream, data and (when the ack rides on it) the
-    keystroke's input_ack as slaveshell.protocol.WireSink sends it."""
+    keystroke's input_ack as slave_side.server.PbSessionSink sends it."""
     return (1, KEY) if link == "pb-ack-ahead" else (1, KEY, [[1, False]])
 
 
@@ -94,15 +94,15 @@ def worker_python(keys: int, spacing: float) -> dict[str, list[int]]:
     echo` modes; tests/fakes' reactor stands in for Twisted's, the sink's sends are no-ops."""
     import termios
 
-    from slave_side.server import SessionHandle
+    from slave_side.server import PbSessionSink, SessionHandle
     from slave_side.session import WorkerOptions, WorkerSession, _ProcessProtocol
-    from slaveshell.protocol import OpenRequest, WireSink
+    from slaveshell.protocol import OpenRequest
     from tests.fakes import ProcessReactor
 
     out: dict[str, list[int]] = {"input": [], "output": []}
     with tempfile.TemporaryDirectory(prefix="echo-bd-") as d:
         session = WorkerSession(ProcessReactor(), "s1", OpenRequest(worker="w1", cwd=d), WorkerOptions(), d,
-                                WireSink(lambda *a: None))
+                                PbSessionSink(lambda *a: None))
         session.start()
         assert session._slave_hold is not None
         modes = termios.tcgetattr(session._slave_hold)

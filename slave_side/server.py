@@ -1,7 +1,7 @@
 """PB adapters on the worker: the open call the master makes, and the per-session handle it then drives. The
 only slave_side module that knows PB: the session (slave_side.session) and the owner's limits (slave_side.host)
-take checked, typed values (slaveshell.protocol's vocabulary) and report through a `WireSink` over a
-`slaveshell.remote.RemotePeer`.
+take checked, typed values (slaveshell.protocol's vocabulary) and report through a `PbSessionSink` over a
+`slaveshell.lean_calls.LeanPeer`.
 
 `remote_*` methods are the security boundary: they take plain values only, check every one, and answer a bad
 call with a plain error (a `pb.Error` with a message, or an `{"ok": False}` reply), never by dropping the worker's
@@ -10,8 +10,8 @@ connection to its master, which would fail that worker's builds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Protocol, cast
 
 from twisted.logger import Logger
 from twisted.spread import pb
@@ -19,9 +19,9 @@ from twisted.spread import pb
 from slaveshell.display import visible
 from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.protocol import (
+    ExitStatus,
     OpenRequest,
     ProtocolError,
-    WireSink,
     check_bytes,
     check_int,
     check_signal,
@@ -34,6 +34,32 @@ from .owner_log import OwnerLog, RecordingSink
 from .session import WorkerSession
 
 log = Logger()
+
+
+class PbSend(Protocol):
+    """One call on the master's end of a session (master_side.session_pb.WorkerSink): its method's name and its
+    plain arguments (`LeanPeer.send`)."""
+
+    def __call__(self, method: str, *args: object) -> None: ...
+
+
+class PbSessionSink:
+    """A `slaveshell.protocol.SessionSink` on the worker's PB link: each message one call on the master's end."""
+
+    def __init__(self, send: PbSend) -> None:
+        self.send = send
+
+    def output(self, stream: int, data: bytes, acks: Sequence[tuple[int, bool]] = ()) -> None:
+        if acks:
+            self.send("output", stream, data, [[nbytes, hidden] for nbytes, hidden in acks])
+        else:
+            self.send("output", stream, data)
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        self.send("input_ack", nbytes, hidden)
+
+    def exit(self, status: ExitStatus) -> None:
+        self.send("exit", status.code, status.signal, status.reason)
 
 
 class SessionHandle(LeanReceiver):
@@ -128,7 +154,7 @@ class ShellServer:
 
         # The master refused or went away: never let this surface as an unhandled error in the worker.
         peer = LeanPeer(ref, on_lost=lambda: session.close("the master connection was lost"), on_refused=refused)
-        sink = WireSink(peer.send)
+        sink = PbSessionSink(peer.send)
         recording: RecordingSink | None = None
         if self.owner_log is not None:
             recording = RecordingSink(sink, self.owner_log, session_id, request,

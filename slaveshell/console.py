@@ -2,8 +2,8 @@
 
 It shows the fleet, completes worker names and session ids, and hands the terminal to `buildbot-shell` (or
 `slaveshell attach/watch/replay`) for a session: when that ends or is detached, the console comes back as it was.
-Talking to the master goes through a `Backend` (the CLI's JSON output by default), so tests can drive the console
-with a pipe input, a dummy output and a fake backend.
+Talking to the master goes through a `Backend` (`MasterBackend`: calls over one framed connection, kept for the
+console's life), so tests can drive the console with a pipe input, a dummy output and a fake backend.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ COMMANDS = {
     "quit": "leave the console (or Ctrl-D)",
 }
 SESSION_COMMANDS = ("attach", "watch", "kill", "replay")
-# One row of `slaveshell workers/sessions/history --json`: what the master answered, as JSON decodes it.
+# One row of the master's answer to `workers`, `sessions` or `history` (slaveshell.calls.rows), as JSON decodes it.
 Row = dict[str, object]
 
 

@@ -1,14 +1,14 @@
-"""The operator hop's framing: between `buildbot-shell` and the master's UNIX socket, without PB.
+"""The operator hop's framing: between the operator's tools (`buildbot-shell`, `slaveshell`) and the master's UNIX
+socket.
 
 Standard library only (the client must start without Twisted), no I/O: the master uses it from a Twisted
 protocol (master_side.operator_wire), the client from a selectors loop (slaveshell.hop).
 
 The exchange:
 
-1. The client sends `MAGIC`. The master's socket speaks PB to anything else, and PB's server speaks first
-   (Banana's dialect list, a dozen bytes), so the client skips at most `MAX_SKIP` bytes before the master's own
-   `MAGIC`, which says the master took the connection for this door. A connection the master refuses (over its
-   bounds, master_side.limits) gets instead one line starting with `REFUSED_PREFIX`, then the close.
+1. The client sends `MAGIC`; the master answers with its own `MAGIC` when it takes the connection, or with one
+   line starting with `REFUSED_PREFIX`, then the close, when it refuses it (over its bounds, master_side.limits;
+   or first bytes that are not `MAGIC`).
 2. Then frames both ways: a 5-byte header, the frame's type (1 byte, `FrameType`) and its payload's length in
    bytes (4 bytes, big-endian), then the payload. Byte streams travel raw: `INPUT` (client to master, keystrokes
    or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes (`STDOUT` and `STDERR`: up
@@ -21,8 +21,10 @@ The exchange:
 
 Calls that expect an answer carry an ``"id"`` (an integer the caller chooses); the answer is an ``answer``
 control with the same id, ``"ok"`` and either ``"error"`` (a line for the operator) or the result's fields.
-Session messages (eof, resize, signal, ack; input_ack, exit, waiting) are answer-less, as on PB; the master
-answers a session message it refuses with a ``refused`` control. A frame of an unknown type, an oversized frame,
+Session messages (eof, resize, signal, ack; input_ack, exit, waiting) are answer-less; the master answers a
+session message it refuses with a ``refused`` control. The client's session messages are typed events
+(`SessionMessage`: `Input`, `Eof`, `Resize`, `Signal`, `Ack`, each with its `Op`), made into a frame by
+`session_frame`. A frame of an unknown type, an oversized frame,
 JSON that is not an object, an unknown op, or a frame in the wrong direction is a `WireError`: the receiver
 closes the connection.
 """
@@ -33,18 +35,17 @@ import enum
 import json
 import struct
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .cpwire import CHUNK as MAX_DATA
 from .flow import BULK_CHUNK
-from .protocol import MAX_CHUNK, REFUSED_PREFIX, ProtocolError
+from .protocol import MAX_CHUNK, REFUSED_PREFIX, SIGNAL_NAMES, ProtocolError
 
-__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_OUTPUT", "MAX_SKIP", "REFUSED_PREFIX",
-           "Control", "Decoder", "Frame", "FrameType", "Op", "WireError", "answer", "control", "encode", "header",
-           "max_output", "parse_control"]
+__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_OUTPUT", "REFUSED_PREFIX", "Ack",
+           "Control", "Decoder", "Eof", "Frame", "FrameType", "Input", "Op", "Resize", "SessionMessage", "Signal",
+           "WireError", "answer", "control", "encode", "header", "max_output", "parse_control", "session_frame"]
 
 MAGIC = b"SLAVESHELL/1\n"
-# Bytes the client may see before the master's MAGIC (PB's dialect list is 12): more is not this master.
-MAX_SKIP = 256
 # A control message's JSON, in bytes. An open request's own bounds (slaveshell.protocol) are far larger in
 # theory (128 variables of 16 KiB); a request over this is refused on the client, with the reason.
 MAX_CONTROL = 256 * 1024
@@ -128,8 +129,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class Control:
-    """One control message: its op and its fields (plain JSON values, unchecked: the receiver checks them as
-    it would a PB call's arguments)."""
+    """One control message: its op and its fields (plain JSON values, unchecked: the receiver checks each one,
+    slaveshell.wire's check_* functions)."""
 
     op: Op
     fields: dict[str, object] = field(default_factory=dict)
@@ -179,6 +180,64 @@ def control(op: Op, **fields: object) -> bytes:
     """A CONTROL frame. ValueError when the JSON is over MAX_CONTROL; TypeError for a value JSON cannot hold."""
     body = dict(fields, op=op.value)
     return encode(FrameType.CONTROL, json.dumps(body, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class Input:
+    """Bytes for the session's process (keystrokes, stdin), at most MAX_CHUNK: an INPUT frame."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Eof:
+    """End of the session's input."""
+
+    op: ClassVar[Op] = Op.EOF
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A new window size, in character cells."""
+
+    cols: int
+    rows: int
+    op: ClassVar[Op] = Op.RESIZE
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal (one of slaveshell.protocol.SIGNALS' numbers) for the session's foreground process group; it
+    travels by name."""
+
+    signum: int
+    op: ClassVar[Op] = Op.SIGNAL
+
+
+@dataclass(frozen=True)
+class Ack:
+    """`n` bytes of the session's output consumed: credit back to its sender."""
+
+    n: int
+    op: ClassVar[Op] = Op.ACK
+
+
+# What a client tells the master about its session besides its calls (close and detach are calls: answered).
+SessionMessage = Input | Eof | Resize | Signal | Ack
+
+
+def session_frame(message: SessionMessage) -> bytes:
+    """The frame of one session message: input as raw bytes, the others as controls. ValueError (our bug) for
+    input over MAX_CHUNK; KeyError for a signal not in SIGNALS."""
+    if isinstance(message, Input):
+        return encode(FrameType.INPUT, message.data)
+    if isinstance(message, Resize):
+        return control(Op.RESIZE, cols=message.cols, rows=message.rows)
+    if isinstance(message, Signal):
+        return control(Op.SIGNAL, name=SIGNAL_NAMES[message.signum])
+    if isinstance(message, Ack):
+        return control(Op.ACK, n=message.n)
+    return control(message.op)
 
 
 def answer(**fields: object) -> bytes:

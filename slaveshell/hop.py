@@ -205,17 +205,17 @@ class Connection:
             raise HopError(f"the master broke the protocol: {e}") from None
 
     def _greeting(self, data: bytes) -> bytes:
-        """Skip PB's dialect list up to the master's magic; a refusal line is kept to be shown at the close."""
+        """The master's first bytes: its MAGIC, then frames (returned); or a refusal line, kept to be shown at
+        the close. HopError for anything else."""
         head = self._head + data
-        found = head.find(framing.MAGIC)
-        if found >= 0 and not head.startswith(framing.REFUSED_PREFIX):
+        if head.startswith(framing.MAGIC):
             self.greeted, self._head = True, b""
-            return head[found + len(framing.MAGIC):]
-        self._head = head[:1024]
-        if not (head.startswith(framing.REFUSED_PREFIX) or framing.REFUSED_PREFIX.startswith(head)) and \
-                len(head) > framing.MAX_SKIP + len(framing.MAGIC):
+            return head[len(framing.MAGIC):]
+        if not (framing.MAGIC.startswith(head) or head.startswith(framing.REFUSED_PREFIX) or
+                framing.REFUSED_PREFIX.startswith(head)):
             self.closed = True
             raise HopError("the master did not answer as a slaveshell master (is it older than this client?)")
+        self._head = head[:1024]
         return b""
 
     def close(self) -> None:
@@ -226,20 +226,6 @@ class Connection:
 
 def parse(frame: Frame) -> Control:
     return framing.parse_control(frame.payload, framing.FROM_MASTER)
-
-
-_SESSION_FIELDS = {"eof": (), "resize": ("cols", "rows"), "signal": ("name",), "ack": ("n",)}
-
-
-def session_frame(method: str, *args: object) -> bytes:
-    """An answer-less session message (slaveshell.protocol.WireControl's input, eof, resize, signal, ack) as
-    a frame: input as raw bytes, the others as control messages."""
-    if method == "input":
-        data = args[0]
-        if not isinstance(data, bytes):
-            raise TypeError("input is bytes")
-        return framing.encode(FrameType.INPUT, data)
-    return framing.control(framing.Op(method), **dict(zip(_SESSION_FIELDS[method], args, strict=True)))
 
 
 def _refusal(head: bytes) -> str:

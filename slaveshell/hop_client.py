@@ -16,10 +16,10 @@ from . import escape as esc
 from . import framing
 from .display import visible
 from .flow import CreditWindow, chunks
-from .framing import FrameType, Op
-from .hop import Cancellable, EventLoop, HopError, Link, PendingCalls, parse, session_frame
+from .framing import Ack, Eof, FrameType, Input, Op, Resize, SessionMessage, Signal
+from .hop import Cancellable, EventLoop, HopError, Link, PendingCalls, parse
 from .outputs import Outputs
-from .protocol import INPUT_WINDOW, MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError, Role, WireControl, check_int
+from .protocol import INPUT_WINDOW, MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError, Role, check_int
 from .terminal import window_size
 
 # A second SIGINT/SIGTERM/SIGHUP this soon after the first (seconds) gives up on the remote command at once.
@@ -64,7 +64,6 @@ class HopShell:
         self.done = False
         self.session_open = False
         self.session_id = ""
-        self.control = WireControl(self._send)
         self.input_window = CreditWindow(INPUT_WINDOW)
         self._unacked = 0
         self._ack_timer: Cancellable | None = None
@@ -178,7 +177,7 @@ class HopShell:
         try:
             self.input_window.acked(nbytes)  # type: ignore[arg-type]
         except ProtocolError:
-            return  # a bad ack from the master: ignored, as the PB client does
+            return  # a bad ack from the master: ignored
         self._update_reading()
 
     def waiting(self, text: str) -> None:
@@ -209,9 +208,9 @@ class HopShell:
         if not self.session_open:
             self.finish(ExitStatus(reason="the terminal went away while waiting for the session to open"))
         elif self.interactive:
-            self.control.close()  # the terminal went away: a hangup, not an EOF
+            self._close()  # the terminal went away: a hangup, not an EOF
         else:
-            self.control.eof()
+            self._send(Eof())
 
     def typed(self, data: bytes) -> None:
         if not self.session_open:
@@ -271,7 +270,7 @@ class HopShell:
         if (size is not None and (force or size != self._size) and self.status is None and self.session_open
                 and self.role is Role.OWNER):
             self._size = size
-            self.control.resize(*size)
+            self._send(Resize(*size))
 
     def signalled(self, signum: int) -> None:
         """SIGINT, SIGTERM or SIGHUP reached this process (called from the loop, never from the handler).
@@ -316,7 +315,7 @@ class HopShell:
             self.farewell = f"Left session {self.session_id} on {self.worker}."
             self._last_call(Op.CLOSE, ExitStatus(code=128 + signum))
         else:
-            self.control.signal(signum)
+            self._send(Signal(signum))
             if signum != signal.SIGINT and self._signal_timer is None:
                 self._signal_timer = self.loop.call_later(SIGNAL_GRACE, lambda: self._give_up(
                     f"the remote command did not end within {SIGNAL_GRACE:g} s of SIG{name}; session closed"))
@@ -361,7 +360,7 @@ class HopShell:
     def _output_gone(self, name: str) -> None:
         if name == "out" and self.status is None:
             # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
-            self.control.close()
+            self._close()
         self._maybe_done()
 
     def _update_reading(self) -> None:
@@ -375,22 +374,23 @@ class HopShell:
     def _send_input(self, data: bytes) -> None:
         for piece in chunks(data, MAX_CHUNK):
             self.input_window.sent(len(piece))
-            self._send("input", piece)
+            self._send(Input(piece))
         self._update_reading()
 
     def _send_ack(self) -> None:
         if self._unacked and self.session_open and self.status is None and self.outputs.pending("out") <= STDOUT_HIGH:
             n, self._unacked = self._unacked, 0
-            self.control.ack(n)
+            self._send(Ack(n))
 
-    def _send(self, method: str, *args: object) -> None:
-        """A session message (slaveshell.protocol.WireControl's calls) as a frame; close and detach are calls."""
-        if not self.session_open or self.status is not None:
-            return
-        if method in ("close", "detach"):
-            self.calls.call(Op(method), lambda reply: None)
-        else:
-            self.link.send(session_frame(method, *args))
+    def _send(self, message: SessionMessage) -> None:
+        """A session message, while the session is open."""
+        if self.session_open and self.status is None:
+            self.link.send(framing.session_frame(message))
+
+    def _close(self) -> None:
+        """End the session without waiting for the answer (nobody is left to tell)."""
+        if self.session_open and self.status is None:
+            self.calls.call(Op.CLOSE, lambda reply: None)
 
     def _release_build(self) -> None:
         if self.request.build is None:

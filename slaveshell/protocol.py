@@ -30,9 +30,10 @@ The typed vocabulary: `SessionControl` (towards the process: what the master sen
 operator: what a worker's session sends the master) and `OperatorSink` (what the master sends an operator: the
 same, plus `notice` and `waiting`). The receiving logic implements them and receives only checked values: the
 adapters (`slave_side.server`, the master's PB handles and framed door) validate with the `check_*`
-functions of `slaveshell.wire` first. Senders use `WireControl` / `WireSink`, which encode each message as one
-`(method, *args)` wire call. `ping` (master to worker) is a call with an answer, not a message: the worker answers
-whether the session is still alive.
+functions of `slaveshell.wire` first. Each hop encodes them in its own way: the operator's hop as frames
+(slaveshell.framing), the worker's link as PB calls (`slave_side.server.PbSessionSink`, the master's worker
+adapters). `ping` (master to worker) is a call with an answer, not a message: the worker answers whether the
+session is still alive.
 
 The wire's constants, errors and value checks live in `slaveshell.wire` and are re-exported here.
 """
@@ -83,8 +84,8 @@ __all__ = [
     "MAX_ENV_ITEM", "MAX_NAME", "MAX_PATH", "MAX_TERM", "NO_ANSWER", "OUTPUT_WINDOW", "OpenRequest",
     "OperatorControl", "OperatorSink", "PROTOCOL_VERSION", "ProtocolError", "REFUSED_PREFIX", "Role", "SIGNALS",
     "SIGNAL_NAMES", "STREAM_ERR", "STREAM_OUT", "SessionControl", "SessionSink", "WORKER_COMMAND",
-    "WORKER_OPEN_METHOD", "WireControl", "WireSend", "WireSink", "check_bytes", "check_int", "check_signal",
-    "check_size", "check_str", "check_stream", "check_worker_name", "notice_bytes"
+    "WORKER_OPEN_METHOD", "check_bytes", "check_int", "check_signal", "check_size", "check_str", "check_stream",
+    "check_worker_name", "notice_bytes"
 ]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -300,62 +301,3 @@ class OperatorSink(SessionSink, Protocol):
 
     def waiting(self, text: str) -> None:
         """Before the open's answer: the master waits (a build not held yet) and says why, in one line."""
-
-
-class WireSend(Protocol):
-    """One call on the peer: a method name from the vocabulary and its wire arguments (plain values)."""
-
-    def __call__(self, method: str, *args: object) -> None: ...
-
-
-class WireControl:
-    """An `OperatorControl` (and so a `SessionControl`) that encodes each message as a wire call."""
-
-    def __init__(self, send: WireSend) -> None:
-        self.send = send
-
-    def input(self, data: bytes) -> None:
-        self.send("input", data)
-
-    def eof(self) -> None:
-        self.send("eof")
-
-    def resize(self, cols: int, rows: int) -> None:
-        self.send("resize", cols, rows)
-
-    def signal(self, signum: int) -> None:
-        self.send("signal", SIGNAL_NAMES[signum])
-
-    def ack(self, nbytes: int) -> None:
-        self.send("ack", nbytes)
-
-    def close(self) -> None:
-        self.send("close")
-
-    def detach(self) -> None:
-        self.send("detach")
-
-
-class WireSink:
-    """An `OperatorSink` (and so a `SessionSink`) that encodes each message as a wire call."""
-
-    def __init__(self, send: WireSend) -> None:
-        self.send = send
-
-    def output(self, stream: int, data: bytes, acks: Sequence[tuple[int, bool]] = ()) -> None:
-        if acks:
-            self.send("output", stream, data, [[nbytes, hidden] for nbytes, hidden in acks])
-        else:
-            self.send("output", stream, data)
-
-    def input_ack(self, nbytes: int, hidden: bool) -> None:
-        self.send("input_ack", nbytes, hidden)
-
-    def exit(self, status: ExitStatus) -> None:
-        self.send("exit", status.code, status.signal, status.reason)
-
-    def notice(self, text: str) -> None:
-        self.output(STREAM_ERR, notice_bytes(text))
-
-    def waiting(self, text: str) -> None:
-        self.send("waiting", text)

@@ -20,8 +20,8 @@ PROTOCOL_VERSION = 1
 WORKER_COMMAND = "slaveshell"
 # The remote method added to the worker's Bot object.
 WORKER_OPEN_METHOD = "slaveshell_open"
-# The master's whole answer to a connection it refuses before speaking PB (over its bounds): this prefix, a
-# line of ASCII text, a newline, then the close. A PB stream never starts so (its first byte is a list length).
+# The master's whole answer to a connection to its socket that it refuses (over its bounds, or not opening with
+# the framing's magic: slaveshell.framing): this prefix, a line of ASCII text, a newline, then the close.
 REFUSED_PREFIX = b"slaveshell: refused: "
 
 # Banana refuses strings over 640 KiB and a receiver drops the whole connection on one: stay far below.

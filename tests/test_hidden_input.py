@@ -9,8 +9,9 @@ import termios
 import pytest
 
 from slave_side.echo import ECHO_WINDOW, HiddenInputJudge, printable_text
+from slave_side.server import PbSessionSink
 from slave_side.session import WorkerOptions, WorkerSession
-from slaveshell.protocol import OpenRequest, WireSink
+from slaveshell.protocol import OpenRequest
 
 from .fakes import ProcessReactor
 
@@ -21,7 +22,7 @@ class Pty:
         self.reports: list[tuple] = []
         request = OpenRequest(worker="w1", pty=True, term="xterm")
         self.session = WorkerSession(self.reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
-                                     WireSink(lambda *a: self.reports.append(a)))
+                                     PbSessionSink(lambda *a: self.reports.append(a)))
         self.session.start()
         self.proc = self.reactor.processes[0]
         self.master_fd, self.slave_fd, _ = self.proc.kw["usePTY"]

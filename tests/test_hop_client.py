@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell import framing
+from slaveshell import framing, hop
 from slaveshell.framing import FrameType, Op
-from slaveshell.hop import HopError
+from slaveshell.hop import HopError, parse
 from slaveshell.hop_client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
 from slaveshell.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
 
@@ -347,3 +348,32 @@ def test_the_frames_of_one_read_are_acknowledged_together_at_the_end_of_the_loop
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_master_answers_with_its_magic_or_one_refusal_line_and_anything_else_is_not_this_master():
+    def client_and_master() -> tuple[hop.Connection, socket.socket]:
+        ours, master = socket.socketpair()
+        ours.setblocking(False)
+        return hop.Connection(ours), master
+
+    connection, master = client_and_master()
+    for piece in (framing.MAGIC[:4], framing.MAGIC[4:] + framing.control(Op.WAITING, text="w")[:3]):
+        master.sendall(piece)
+        assert connection.receive() == []
+    master.sendall(framing.control(Op.WAITING, text="w")[3:])
+    assert [parse(f) for f in connection.receive()] == [framing.Control(Op.WAITING, {"text": "w"})]
+    master.close()
+
+    connection, master = client_and_master()
+    master.sendall(framing.REFUSED_PREFIX + b"alice already has 2 connections\x1b[2J\n")
+    assert connection.receive() == [] and not connection.greeted
+    master.close()
+    with pytest.raises(HopError, match=r"^the master refused the connection: alice already has 2 connections\?\[2J$"):
+        connection.receive()
+
+    connection, master = client_and_master()
+    master.sendall(b"\x04\x82none")  # a PB server's first bytes: Banana's dialect list
+    with pytest.raises(HopError, match="did not answer as a slaveshell master"):
+        connection.receive()
+    assert connection.closed
+    master.close()

@@ -9,8 +9,9 @@ import tty
 import pytest
 
 from slave_side.pty import eof_bytes, open_pty
+from slave_side.server import PbSessionSink
 from slave_side.session import WorkerOptions, WorkerSession
-from slaveshell.protocol import OpenRequest, WireSink
+from slaveshell.protocol import OpenRequest
 
 from .fakes import ProcessReactor
 
@@ -20,7 +21,7 @@ def pty_session(tmp_path):
     reactor = ProcessReactor()
     request = OpenRequest(worker="w1", pty=True, term="xterm", command="cat")
     session = WorkerSession(reactor, "s1", request, WorkerOptions(shell="/bin/sh"), str(tmp_path),
-                            WireSink(lambda *a: None))
+                            PbSessionSink(lambda *a: None))
     session.start()
     proc = reactor.processes[0]
     master_fd, slave_fd, _ = proc.kw["usePTY"]

@@ -1,18 +1,18 @@
-"""The typed session vocabulary of slaveshell.protocol: roles, and the wire encoders every sender uses."""
+"""The typed session vocabulary of slaveshell.protocol: roles, and the encoders of each hop (the operator's
+frames, the worker's PB calls)."""
 
 import signal
 
 import pytest
 
+from slave_side.server import PbSessionSink
+from slaveshell import framing
+from slaveshell.framing import Ack, Eof, FrameType, Input, Op, Resize, Signal, session_frame
 from slaveshell.protocol import (
-    STREAM_ERR,
     ExitStatus,
-    OperatorControl,
-    OperatorSink,
     ProtocolError,
     Role,
-    WireControl,
-    WireSink,
+    SessionSink,
     check_signal,
     notice_bytes,
 )
@@ -31,38 +31,33 @@ def test_roles_are_spelt_as_on_the_wire_and_anything_else_is_refused():
         Role.from_wire(None)
 
 
-def test_control_messages_become_the_wire_calls_the_receivers_check():
-    calls, send = recorder()
-    control: OperatorControl = WireControl(send)
-    control.input(b"ls\r")
-    control.eof()
-    control.resize(132, 43)
-    control.signal(signal.SIGINT)
-    control.ack(4096)
-    control.close()
-    control.detach()
-    assert calls == [("input", b"ls\r"), ("eof",), ("resize", 132, 43), ("signal", "INT"), ("ack", 4096),
-                     ("close",), ("detach",)]
+def test_a_clients_session_messages_become_the_frames_the_master_checks():
+    frames = framing.Decoder().feed(b"".join(session_frame(m) for m in (
+        Input(b"ls\r"), Eof(), Resize(132, 43), Signal(signal.SIGINT), Ack(4096))))
+    assert frames[0] == framing.Frame(FrameType.INPUT, b"ls\r")
+    assert [framing.parse_control(f.payload, framing.FROM_CLIENT) for f in frames[1:]] == [
+        framing.Control(Op.EOF), framing.Control(Op.RESIZE, {"cols": 132, "rows": 43}),
+        framing.Control(Op.SIGNAL, {"name": "INT"}), framing.Control(Op.ACK, {"n": 4096})]
     # The signal goes by name and comes back as the same number through the receiver's check.
-    assert check_signal(calls[3][1]) == signal.SIGINT
+    assert check_signal(framing.parse_control(frames[3].payload).get("name")) == signal.SIGINT
+    with pytest.raises(ValueError):
+        session_frame(Input(bytes(framing.MAX_CHUNK + 1)))
 
 
-def test_sink_messages_become_the_wire_calls_the_receivers_check():
+def test_a_worker_sessions_messages_become_the_pb_calls_the_master_checks():
     calls, send = recorder()
-    sink: OperatorSink = WireSink(send)
+    sink: SessionSink = PbSessionSink(send)
     sink.output(1, b"hello")
+    sink.output(1, b"echo", [(1, False), (2, True)])
     sink.input_ack(3, True)
     sink.exit(ExitStatus(signal=9))
     sink.exit(ExitStatus(reason="connection to worker w1 lost"))
-    sink.waiting("waiting for build 7 to be held")
-    assert calls == [("output", 1, b"hello"), ("input_ack", 3, True), ("exit", None, 9, ""),
-                     ("exit", None, None, "connection to worker w1 lost"),
-                     ("waiting", "waiting for build 7 to be held")]
-    assert ExitStatus.from_wire(*calls[2][1:]) == ExitStatus(signal=9)
+    assert calls == [("output", 1, b"hello"), ("output", 1, b"echo", [[1, False], [2, True]]), ("input_ack", 3, True),
+                     ("exit", None, 9, ""), ("exit", None, None, "connection to worker w1 lost")]
+    assert ExitStatus.from_wire(*calls[3][1:]) == ExitStatus(signal=9)
 
 
 def test_a_notice_is_a_line_on_stderr_with_untrusted_text_escaped():
-    calls, send = recorder()
-    WireSink(send).notice("bob\x1b]52;c;Zm9v\x07 is now watching")
-    assert calls == [("output", STREAM_ERR, b"\r\nslaveshell: bob\\x1b]52;c;Zm9v\\x07 is now watching\r\n")]
+    assert notice_bytes("bob\x1b]52;c;Zm9v\x07 is now watching") == \
+        b"\r\nslaveshell: bob\\x1b]52;c;Zm9v\\x07 is now watching\r\n"
     assert notice_bytes("plain") == b"\r\nslaveshell: plain\r\n"

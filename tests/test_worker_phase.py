@@ -9,8 +9,9 @@ import pytest
 from twisted.internet import error
 from twisted.python.failure import Failure
 
+from slave_side.server import PbSessionSink
 from slave_side.session import DRAIN_GRACE, Phase, WorkerOptions, WorkerSession
-from slaveshell.protocol import LocalProtocolError, OpenRequest, WireSink
+from slaveshell.protocol import LocalProtocolError, OpenRequest
 
 from .fakes import ProcessReactor
 
@@ -21,7 +22,7 @@ def make(tmp_path):
     reactor = ProcessReactor()
     reports: list[tuple[object, ...]] = []
     session = WorkerSession(reactor, "w1", OpenRequest(worker="w1", pty=False), WorkerOptions(shell="/bin/sh"),
-                            str(tmp_path), WireSink(lambda *a: reports.append(a)))
+                            str(tmp_path), PbSessionSink(lambda *a: reports.append(a)))
     return session, reactor, reports
 
 

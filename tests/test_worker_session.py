@@ -7,6 +7,7 @@ import pytest
 from twisted.internet import error
 from twisted.python.failure import Failure
 
+from slave_side.server import PbSessionSink
 from slave_side.session import (
     ACK_DELAY,
     COALESCE_DELAY,
@@ -18,7 +19,7 @@ from slave_side.session import (
     resolve_cwd,
 )
 from slaveshell.flow import BULK, BULK_CHUNK, BULK_WINDOW, INTERACTIVE, StreamLimits, output_limits
-from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError, WireSink
+from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError
 
 from .fakes import ProcessReactor
 
@@ -36,7 +37,7 @@ def make(tmp_path, window=4 * MAX_CHUNK, **req):
     closed = []
     request = OpenRequest(worker="w1", pty=False, **req)
     session = WorkerSession(reactor, "w1", request, WorkerOptions(output_window=window, shell="/bin/sh"),
-                            str(tmp_path), WireSink(lambda *a: reports.append(a)), closed.append)
+                            str(tmp_path), PbSessionSink(lambda *a: reports.append(a)), closed.append)
     session.start()
     return session, reactor, reactor.processes[0], reports, closed
 
@@ -184,7 +185,7 @@ def test_pty_session_gets_a_login_shell_with_term_and_size_before_exec(tmp_path)
     reactor = ProcessReactor()
     request = OpenRequest(worker="w1", pty=True, term="xterm", cols=132, rows=43)
     session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
-                            WireSink(lambda *a: None))
+                            PbSessionSink(lambda *a: None))
     session.start()
     proc = reactor.processes[0]
     master_fd, slave_fd, _ = proc.kw["usePTY"]
@@ -219,7 +220,7 @@ def test_on_a_terminal_a_keystrokes_ack_rides_on_its_echo_or_goes_alone_after_a_
     reports: list[tuple] = []
     request = OpenRequest(worker="w1", pty=True, term="xterm")
     session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/bash"), str(tmp_path),
-                            WireSink(lambda *a: reports.append(a)))
+                            PbSessionSink(lambda *a: reports.append(a)))
     session.start()
     proc = reactor.processes[0]
     master_fd, slave_fd, _ = proc.kw["usePTY"]
@@ -247,7 +248,7 @@ def test_while_a_build_step_runs_output_past_a_burst_is_paced_and_otherwise_not(
     reports: list[tuple] = []
     options = WorkerOptions(shell="/bin/sh", busy_rate=1024 * 1024)
     session = WorkerSession(reactor, "w1", OpenRequest(worker="w1", pty=False), options, str(tmp_path),
-                            WireSink(lambda *a: reports.append(a)), build_running=lambda: building[0])
+                            PbSessionSink(lambda *a: reports.append(a)), build_running=lambda: building[0])
     session.start()
     proc = reactor.processes[0]
     piece = b"y" * BULK_CHUNK
@@ -297,7 +298,7 @@ def test_the_process_starts_with_the_owners_umask_and_the_daemons_comes_back(tmp
     try:
         request = OpenRequest(worker="w1", pty=pty, command=None if pty else "true")
         session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/sh", umask=configured),
-                                str(tmp_path), WireSink(lambda *a: None), lambda *a: None)
+                                str(tmp_path), PbSessionSink(lambda *a: None), lambda *a: None)
         session.start()
         after = os.umask(0o077)
     finally:
