@@ -1,6 +1,6 @@
 """The one adapter for calling a remote peer over PB: answer-less calls, dead references, lost connections.
 
-Every hop of a session (master to worker, worker to master, master to operator, operator to master) sends its
+Both directions of the worker's link (master to worker, worker to master) send a session's and a transfer's
 events this way. A PB `callRemote` can fail in three places, and each ends in exactly one of the two callables
 the caller injects, never as an exception in the caller or an unhandled error in the reactor's log:
 
@@ -129,8 +129,7 @@ def on_disconnect(ref: pb.RemoteReference, callback: Callable[[], None]) -> Undo
 class RemotePeer:
     """Calls on one `pb.RemoteReference`, with failures routed to `on_lost` or `on_refused`.
 
-    `send` is for events (no answer awaited); `call` is for the few calls whose answer or completion the caller
-    waits for (a last `close` before exiting, `release`). Neither ever raises.
+    `send` is for events (no answer awaited); it never raises.
     """
 
     #: The methods sent with ``pbanswer=False`` (a session's events; a transfer's peers say theirs).
@@ -143,8 +142,7 @@ class RemotePeer:
         self.released = False
 
     def release(self) -> None:
-        """What this peer served has ended: give its reference back (`release`). Later sends are dropped; a later
-        `call` fails with DeadReferenceError."""
+        """What this peer served has ended: give its reference back (`release`). Later sends are dropped."""
         self.released = True
         release(self.ref)
 
@@ -158,14 +156,6 @@ class RemotePeer:
         d.addErrback(self._failed, method)
 
     __call__ = send
-
-    def call(self, method: str, *args: object) -> defer.Deferred[object]:
-        """Call `method` and return a Deferred of its answer. A synchronous failure (a dead reference) arrives
-        as a failed Deferred, not an exception. The failure is the caller's to handle (`is_lost` tells a lost
-        connection from a refusal); it is not routed to `on_lost`/`on_refused`."""
-        if self.released:
-            return defer.fail(pb.DeadReferenceError("released"))
-        return defer.maybeDeferred(self.ref.callRemote, method, *args)
 
     def _failed(self, failure: Failure, method: str) -> None:
         if is_lost(failure):

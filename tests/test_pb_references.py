@@ -89,7 +89,6 @@ def test_release_is_pbs_decref_once_and_a_released_peer_sends_nothing(tmp_path):
     assert len(server_broker.localObjects) == before
     peer.send("anything")  # dropped: never reaches the broker
     pump.flush()
-    assert peer.call("anything").result.check(pb.DeadReferenceError)  # type: ignore[attr-defined]
     del ref, peer
     pump.flush()  # finalizing it later sends no second decref (the peer would fail on an unknown id)
     assert not server_broker.disconnected

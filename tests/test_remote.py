@@ -3,7 +3,7 @@ connections each end in the right injected callable, never as an exception in th
 
 from twisted.spread import pb
 
-from slaveshell.remote import RemotePeer, is_lost, set_nodelay
+from slaveshell.remote import RemotePeer, set_nodelay
 
 from .fakes import connected
 
@@ -75,21 +75,6 @@ def test_an_argument_over_bananas_limit_is_a_refusal_not_an_exception():
     pump.flush()
     assert peer.calls == []
     assert lost == [] and len(refused) == 1 and refused[0][0] == "input"
-
-
-def test_call_returns_the_answer_or_a_failed_deferred():
-    peer, remote, pump, server_broker, lost, refused = wired()
-    results: list[object] = []
-    remote.call("close").addBoth(results.append)
-    pump.flush()
-    assert results == ["closed"]
-    server_broker.transport.loseConnection()
-    pump.flush()
-    remote.call("close").addBoth(results.append)
-    failure = results[-1]
-    assert isinstance(failure, pb.failure.Failure) and is_lost(failure)
-    # call() leaves the failure to its caller: neither callable hears of it.
-    assert (lost, refused) == ([], [])
 
 
 def test_set_nodelay_leaves_a_connection_that_is_not_tcp_alone():
