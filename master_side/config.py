@@ -74,7 +74,7 @@ class ShellConfig:
     require_recording: bool = True
     on_record_error: str = "end"
     seal_to: str | Sequence[str] | None = None
-    transcript_retention_days: float | None = None  # storage (issue 14): master_side.retention
+    transcript_retention_days: float | None = None  # master_side.retention
     detach_grace: float | None = 300.0
     idle_timeout: float | None = None
     max_duration: float | None = None

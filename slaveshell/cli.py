@@ -13,16 +13,13 @@ from .calls import CallError, MasterCalls
 from .calls import rows as answer_rows
 from .display import cell, visible
 from .framing import Op
+from .hop import Interrupted
 from .labels import command_label
 from .shell_cli import find_socket
 
 
 def _socket_path(args: argparse.Namespace) -> str:
     return find_socket(args)
-
-
-class Interrupted(Exception):
-    """SIGINT (Ctrl-C) while waiting for the master: the command stops with 130 and one line."""
 
 
 @contextlib.contextmanager

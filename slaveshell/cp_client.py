@@ -23,7 +23,7 @@ from .cpfiles import Planned, Sender, TransferError
 from .cpreceiver import Receiver
 from .cpwire import DOWN, ENTRY_COST, MAX_FILE, Entry, TransferRequest, check_sha
 from .framing import Control, FrameType, Op
-from .hop import HopError, Link
+from .hop import HopError, Interrupted, Link
 from .protocol import ProtocolError, check_bytes, check_int
 
 # Seconds the client waits, after a download is in place, for the master to acknowledge its result (the audit
@@ -35,10 +35,6 @@ READ_SIZE = 1024 * 1024
 SEND_BUFFER = 1024 * 1024
 # Seconds the last frames (an abort, a failed result) may take to leave at the end.
 LAST_WORDS = 2.0
-
-
-class Interrupted(Exception):
-    """SIGINT, SIGTERM or SIGHUP stopped the transfer."""
 
 
 class Progress:

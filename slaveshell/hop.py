@@ -80,6 +80,11 @@ class HopError(Exception):
     """Could not reach the master, or it broke the hop; the message is for the operator."""
 
 
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP stopped an operator's command while it waited for the master or copied
+    files: the command ends with 130 and one line."""
+
+
 def os_error_text(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror

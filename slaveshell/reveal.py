@@ -8,7 +8,8 @@ import argparse
 import sys
 
 from .calls import CallError
-from .cli import Interrupted, _fail, _socket_path, fetch_transcript
+from .cli import _fail, _socket_path, fetch_transcript
+from .hop import Interrupted
 
 
 def cmd_reveal(args: argparse.Namespace) -> int:

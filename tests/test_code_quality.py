@@ -40,7 +40,7 @@ def test_mypy_is_clean(mypy_runs):
     assert code == 0, out
 
 
-# The sans-I/O core and the modules typed since, checked with `mypy --strict` (issue 12 part 6). Modules
+# The sans-I/O core and the other fully typed modules, checked with `mypy --strict`. Modules
 # subclassing or calling untyped Twisted/Buildbot APIs (service, hold, limits, worker_pb, slave_side.server) stay out.
 STRICT = [
     "slaveshell/protocol.py",

@@ -1,4 +1,4 @@
-"""The master side's structure (issue 12): the session's transition table, the one authorization question
+"""The master side's structure: the session's transition table, the one authorization question
 (`Policy.may`), the config object, the operator API's error convention, and the relay's independence from
 PB."""
 

@@ -35,7 +35,7 @@ from slave_side import session as _session
 _session.WorkerSession.close = lambda self, why="": None
 '''
 
-# A watch-only flood (issue 10): 1,500 attach(watch) calls on one connection by a client that does not read until
+# A watch-only flood: 1,500 attach(watch) calls on one connection by a client that does not read until
 # it has sent them all; then it counts the answers.
 FLOOD = textwrap.dedent("""
     import sys, time

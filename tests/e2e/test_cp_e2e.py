@@ -1,4 +1,4 @@
-"""`slaveshell cp` against a real master and real workers (issue 14 item 3): byte-exact round trips both ways,
+"""`slaveshell cp` against a real master and real workers: byte-exact round trips both ways,
 -p, the worker owner's allowed_dirs (symlinks included), the 'copy' right, a full disk, Ctrl-C and a lost worker
 mid-transfer (nothing partial, a closed audit row), and the kept copy of the bytes."""
 

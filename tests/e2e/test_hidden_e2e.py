@@ -1,4 +1,4 @@
-"""Hidden input end to end (issue 10, part 5): what a prompt does not display is never stored in clear, and is
+"""Hidden input end to end: what a prompt does not display is never stored in clear, and is
 never silent either: each hidden span is marked with its length, counted in the index, flagged when it is more
 than a password, and, with the auditors' age key configured, sealed so that only they can reveal it."""
 

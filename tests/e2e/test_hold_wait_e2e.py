@@ -1,6 +1,6 @@
 """`--build ID` a little early: on a running build whose HoldForShell step is still ahead, buildbot-shell says it
-waits, waits for the hold and enters; Ctrl-C stops waiting; a hold-less or finished build is refused at once
-(issue 11, part 5). The failing step waits for a gate file, so the test decides when the build is held."""
+waits, waits for the hold and enters; Ctrl-C stops waiting; a hold-less or finished build is refused at once.
+The failing step waits for a gate file, so the test decides when the build is held."""
 
 from __future__ import annotations
 

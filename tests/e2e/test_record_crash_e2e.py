@@ -1,5 +1,5 @@
 """What an operator saw is in the transcript even when the master is killed (SIGKILL) right after: the recorder
-writes each chunk to the transcript file before it relays the chunk to any viewer (issue 11, part 4)."""
+writes each chunk to the transcript file before it relays the chunk to any viewer."""
 
 from __future__ import annotations
 

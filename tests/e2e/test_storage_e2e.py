@@ -1,4 +1,4 @@
-"""Storage on the master as an operator sees it (issue 14): bulk output through `-T` costs about its own size
+"""Storage on the master as an operator sees it: bulk output through `-T` costs about its own size
 on disk, comes back exactly through `slaveshell export`, and transcripts past the retention are removed while
 their index rows stay, marked, with an audit event."""
 
