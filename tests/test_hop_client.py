@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -247,17 +246,6 @@ def test_a_malformed_exit_or_answer_from_the_master_ends_the_client_with_one_lin
     opening.session_open = False
     opening._opened(framing.Control(Op.ANSWER, {"id": 1, "ok": True, "role": "king"}))
     assert opening.status == ExitStatus(reason="the master sent a malformed reply")
-
-
-def test_the_client_modules_import_no_twisted():
-    import subprocess
-
-    code = ("import sys; import slaveshell.shell_cli, slaveshell.hop, slaveshell.hop_client, slaveshell.escape, "
-            "slaveshell.flow, slaveshell.terminal; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('twisted', 'zope')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert done.stdout.strip() == "[]"
 
 
 def test_the_waiting_line_is_checked_and_shown_once_without_controls_and_ctrl_c_stops_waiting():
