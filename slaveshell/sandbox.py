@@ -81,6 +81,20 @@ BUILDBOT_WORKER = _tool("buildbot-worker", "buildbot_worker.scripts.runner")
 _master_template: str | None = None
 
 
+def _runs_in(pid: int, directory: str) -> bool:
+    """Whether `pid` is a process working in `directory` (a twistd that `buildbot start` or `buildbot-worker
+    start` launched there), not another process that was given the number of one that has gone: a pid file
+    outlives its process when the process is killed, and pids are reused (32,768 of them on many machines). Where
+    /proc does not tell, the pid file is believed."""
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")
+    except OSError:
+        return True  # not ours to read (another user's process): believed, as `buildbot stop` would
+    return os.path.realpath(cwd) == os.path.realpath(directory)
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` still runs (a daemonized twistd is not our child: no zombie to reap)."""
     try:
@@ -280,15 +294,17 @@ class Sandbox:
             try:
                 with open(os.path.join(d, "twistd.pid")) as f:
                     pid = int(f.read().strip())
+                if not _runs_in(pid, d):
+                    continue  # the pid file of a process that has gone: its number may be another's now
                 os.kill(pid, signal.SIGTERM)
-                pids.append(pid)
+                pids.append((pid, d))
             except (OSError, ValueError):
                 pass  # not running (any more)
         deadline = time.monotonic() + timeout
         while pids and time.monotonic() < deadline:
             time.sleep(0.1)
-            pids = [pid for pid in pids if _alive(pid)]
-        for pid in pids:
+            pids = [(pid, d) for pid, d in pids if _alive(pid) and _runs_in(pid, d)]
+        for pid, _ in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
