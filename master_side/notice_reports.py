@@ -6,7 +6,8 @@ the user configured it in (MailNotifier, HttpStatusPush, Pushover, ...). A kind 
 frozen event with `to_message` and a checking `from_message` (the message crosses the mq, JSON under ``wamp``:
 text and numbers only, no bytes), a `NoticeGenerator` subclass naming its routing key and building the
 formatter's context, and a `NoticeFormatter` subclass with its default templates. `master_side.hold_notices`
-is the held-build notice.
+is the held-build notice; a session waiting for a moderator would be another kind beside it (its event under
+``('slaveshell', 'sessions', SESSION, 'moderator_wanted')``, filtered by worker, without a build).
 
 What a message carries is checked again when it arrives (under ``wamp`` any client of the router may publish),
 and every text reaches a report escaped for its format: `slaveshell.display.visible` for each value in the
