@@ -33,6 +33,7 @@ from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 
 from .hold_deadline import DEFAULT_TIMEOUT, HoldTimes, Limit, limits, number, plain
+from .hold_notices import announce
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
@@ -338,6 +339,7 @@ class HoldForShell(buildstep.BuildStep):
             f"itself\n{ends}  - or when the build is stopped.\n"
             f"Operators with the 'shell' right on {worker} may extend it, up to max_hold:\n\n"
             f"    slaveshell hold extend {hold.build_id} 2h\n")
+        announce(self.master, hold, page)  # the reporters' notice (master_side.hold_notices), once per hold
         ticker = task.LoopingCall(self._tick, hold, times, command, reactor)
         ticker.clock = cast(IReactorTime, reactor)
         ticker.start(HOLD_TICK, now=False)

@@ -55,7 +55,7 @@ c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
 {www}
 c['buildbotNetUsageData'] = None
 c['services'] = [ShellService({service_kwargs})]
-"""
+{extra_config}"""
 
 OPT_IN = "import slave_side; slave_side.install({args})  # slaveshell: let the master open shells here\n"
 
@@ -115,7 +115,8 @@ class Sandbox:
                  opt_in: Sequence[str] | None = None, msgpack: Sequence[str] = (),
                  service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
                  hold_timeout: float = 600, www: bool = False, www_config: str = "",
-                 hold_command: str = "echo evidence > failed.txt; exit 1", hold_args: str = "") -> None:
+                 hold_command: str = "echo evidence > failed.txt; exit 1", hold_args: str = "",
+                 extra_config: str = "") -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -137,6 +138,8 @@ class Sandbox:
         # Python source run after c['www'] is set (a login, an authz, plugins), when www is on.
         self.www_config = www_config
         self.www_port = 0
+        # Python source at the end of master.cfg: reporters appended to c['services'], for instance.
+        self.extra_config = extra_config
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
         self.msgpack_port = 0
@@ -189,7 +192,8 @@ class Sandbox:
                                       builder_workers=self.workers[:1],
                                       build_command=self.build_command, service_kwargs=self.service_kwargs,
                                       hold_timeout=self.hold_timeout, www=www, buildbot_url=self.url,
-                                      hold_command=self.hold_command, hold_args=self.hold_args))
+                                      hold_command=self.hold_command, hold_args=self.hold_args,
+                                      extra_config=self.extra_config))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:

@@ -9,6 +9,7 @@ adds its step to. A fragment that stops loading, or that no longer does what the
 from __future__ import annotations
 
 import grp
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 
 from slaveshell.sandbox import BUILDBOT, Sandbox
+
+from .conftest import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +70,7 @@ def fragments(doc: str, which: str) -> list[str]:
 
 def test_every_python_block_is_a_fragment_this_module_loads() -> None:
     blocks = {doc: [kind(b) for b in python_blocks(doc)] for doc in DOCS}
-    assert blocks["README.md"] == ["tac", "tac", "master.cfg", "master.cfg", "master.cfg"], blocks
+    assert blocks["README.md"] == ["tac", "tac", "master.cfg", "master.cfg", "master.cfg", "master.cfg"], blocks
     assert blocks[os.path.join("docs", "web.md")] == ["master.cfg"], blocks
 
 
@@ -237,3 +240,44 @@ def test_web_doc_fragment_lets_its_user_open_a_shell(tmp_path: Any) -> None:
                     browser.close()
         finally:
             sb.stop()
+
+
+def test_readme_hold_notice_fragment_reports_a_held_build(tmp_path: Any) -> None:
+    """README's reporters, as written but for their addresses (its mail relay and its chat webhook become an
+    SMTP and an HTTP server of the test's, on 127.0.0.1), in a master whose build fails and is held: the mail
+    and the webhook's JSON say the command to step in and the deadlines, once."""
+    from .test_hold_e2e import held_build
+    from .test_hold_notices_e2e import HttpSink, SmtpSink
+
+    (fragment,) = [b for b in fragments("README.md", "master.cfg") if "HoldNoticeGenerator" in b]
+    smtp, web = SmtpSink(), HttpSink()
+    addresses = {"relayhost='localhost', smtpPort=25": f"relayhost='127.0.0.1', smtpPort={smtp.port}",
+                 "serverUrl='https://chat.example.org/hooks/ci-holds'": f"serverUrl='{web.url}/hooks/ci-holds'"}
+    for written, local in addresses.items():
+        assert fragment.count(written) == 1, fragment
+        fragment = fragment.replace(written, local)
+    sb = Sandbox(str(tmp_path), workers=["w1"], hold_timeout=600, extra_config=fragment)
+    sb.create()
+    try:
+        sb.start()
+        sb.send_change("hold")
+        build_id = held_build(sb)
+        assert build_id, sb.log_tail()
+        assert wait_until(lambda: smtp.messages and web.posts, 60), sb.log_tail()
+        command = f"buildbot-shell --build {build_id} w1"
+        (recipients, mail), = smtp.messages
+        assert recipients == ["oncall@example.org"] and mail.get_content_type() == "text/plain"
+        assert mail["Subject"].startswith("Buildbot (slaveshell sandbox): build ") and "held on w1" in mail["Subject"]
+        text = mail.get_content().replace("\r\n", "\n")  # SMTP lines end in CRLF
+        assert f"\n    {command}\n" in text and "(max_hold: 10 min)" in text and "It is held until " in text
+        assert "#/builders/" in text and "in the browser" not in text  # no www plugin: no web terminal
+        (path, _, body), = web.posts
+        posted = json.loads(body)
+        assert path == "/hooks/ci-holds" and set(posted) == {"text"}
+        assert f"\n    {command}\n" in posted["text"] and "(max_hold: 10 min)" in posted["text"]
+        assert not wait_until(lambda: len(smtp.messages) > 1 or len(web.posts) > 1, 2)
+    finally:
+        sb.stop()
+        for server in (smtp, web):
+            server.shutdown()
+            server.server_close()
