@@ -35,9 +35,23 @@ class Peer(StringTransport):
         self.aborted = True
 
 
+class Refusals:
+    """The trail's part the gate writes to (limits.RefusalRecord): each refusal or drop as (kind, user, detail)."""
+
+    def __init__(self, audited: list[tuple[str, str, str]]) -> None:
+        self.audited = audited
+
+    def refused(self, who: Identity, worker: str | None, reason: str) -> None:
+        self.audited.append(("refused", who.user, reason))
+
+    def dropped(self, who: Identity, worker: str | None, reason: str) -> None:
+        self.audited.append(("dropped", who.user, reason))
+
+
 def make_gate(clock: MemoryReactorClock, **bounds: Any) -> tuple[ConnectionGate, list[tuple[str, str, str]]]:
     audited: list[tuple[str, str, str]] = []
-    audit = RefusalAudit(lambda kind, who, detail, worker: audited.append((kind, who.user, detail)), clock.seconds)
+    refusals = Refusals(audited)
+    audit = RefusalAudit(lambda: refusals, clock.seconds)
     gate = ConnectionGate(lambda transport: transport.who, audit, clock.seconds, Bounds(**bounds))
     return gate, audited
 
