@@ -169,7 +169,7 @@ class AuditStore:
         """Set columns of a session's row (queued)."""
         self._enqueue(lambda: self._update(session_id, values))
 
-    def event(self, kind: str, session_id: str | None = None, worker: str | None = None,
+    def add_event(self, kind: str, session_id: str | None = None, worker: str | None = None,
               operator: str | None = None, uid: int | None = None, detail: str | None = None,
               when: float | None = None) -> None:
         """A row of the events table (queued); `when` defaults to now."""

@@ -65,7 +65,7 @@ class IndexWriter:
                                   hidden_spans=counts["hidden_spans"], hidden_flag=counts["hidden_flag"])
 
     def record_error(self, session_id: str, error: OSError) -> None:
-        self.store.event("record-error", session_id, detail=f"transcript: {error}")
+        self.store.add_event("record-error", session_id, detail=f"transcript: {error}")
 
     def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: HiddenCounts,
                  attachment_sha256: str | None = None) -> None:
@@ -89,7 +89,7 @@ class IndexWriter:
             hidden_spans=hidden["hidden_spans"],
             hidden_flag=hidden["hidden_flag"],
         )
-        self.store.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
+        self.store.add_event("end", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.end_reason, when=ended)
 
 
@@ -223,7 +223,7 @@ class AuditTrail:
             started = timestamp(row["started"])
             self.store.update_session(row["id"], state="interrupted", ended=utc(started + last),
                                       end_reason=reason, transcript_sha256=sha)
-            self.store.event("interrupted", row["id"], row["worker"], row["operator"], row["uid"], detail=reason,
+            self.store.add_event("interrupted", row["id"], row["worker"], row["operator"], row["uid"], detail=reason,
                              when=started + last)
             log.warn("slaveshell: session {sid} was interrupted by a master stop; marked and repaired",
                      sid=row["id"])
@@ -232,11 +232,11 @@ class AuditTrail:
 
     def refused(self, who: Identity, worker: str | None, reason: str) -> None:
         """A request refused before any session (policy, routing, quotas, bounds): an event of kind "refused"."""
-        self.store.event("refused", None, worker, who.user, who.uid, detail=reason)
+        self.store.add_event("refused", None, worker, who.user, who.uid, detail=reason)
 
     def dropped(self, who: Identity, worker: str | None, reason: str) -> None:
         """A connection the bounds or a broken protocol cost: an event of kind "dropped"."""
-        self.store.event("dropped", None, worker, who.user, who.uid, detail=reason)
+        self.store.add_event("dropped", None, worker, who.user, who.uid, detail=reason)
 
     def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None:
         """A viewer joined or watches `session` (its detail: the viewer's role)."""
@@ -254,17 +254,17 @@ class AuditTrail:
         self._viewer_event(session, "detach", viewer, why)
 
     def _viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
-        self.store.event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
+        self.store.add_event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
 
     def killed(self, session: MasterSession, who: Identity) -> None:
-        self.store.event("kill", session.id, session.worker, who.user, who.uid, "")
+        self.store.add_event("kill", session.id, session.worker, who.user, who.uid, "")
 
     def released(self, hold: Hold, who: Identity) -> None:
-        self.store.event("release", None, hold.worker, who.user, who.uid,
+        self.store.add_event("release", None, hold.worker, who.user, who.uid,
                          f"build {hold.builder} #{hold.build_number} (id {hold.build_id})")
 
     def hold_extended(self, hold: Hold, who: Identity, until: float) -> None:
-        self.store.event("hold extended", None, hold.worker, who.user, who.uid,
+        self.store.add_event("hold extended", None, hold.worker, who.user, who.uid,
                          f"build {hold.builder} #{hold.build_number} (id {hold.build_id}) held until "
                          f"{clock_time(until)}")
 
@@ -317,10 +317,10 @@ class AuditTrail:
     def not_recorded(self, record_id: str, worker: str, who: Identity, problem: str) -> None:
         """A session's or a transfer's record could not be begun (its transcript or its row): a "record-error"
         event."""
-        self.store.event("record-error", record_id, worker, who.user, who.uid, detail=problem)
+        self.store.add_event("record-error", record_id, worker, who.user, who.uid, detail=problem)
 
     def opened(self, session: MasterSession) -> None:
-        self.store.event("open", session.id, session.worker, session.identity.user, session.identity.uid,
+        self.store.add_event("open", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.request.command or "login shell")
         if session.request.command:
             self.store.link_uploads(session.id, session.worker, session.request.command, session.started)
@@ -335,7 +335,7 @@ class AuditTrail:
             recording.recorder.on_error = lambda error: None
             recording.recorder.marker(f"refused: {reason}")
             recording.recorder.end(session)
-        self.store.event("refused", session.id, session.worker, session.identity.user, session.identity.uid,
+        self.store.add_event("refused", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=reason)
 
     def ended(self, session: MasterSession) -> None:
@@ -359,7 +359,7 @@ class AuditTrail:
             "command": description, "pty": False, "term": "transfer", "width": 80, "height": 24,
             "started": utc(started), "state": "running", "transcript": transcript, "bytes_in": 0, "bytes_out": 0,
             **build})
-        self.store.event("transfer", transfer_id, worker, who.user, who.uid, detail=description)
+        self.store.add_event("transfer", transfer_id, worker, who.user, who.uid, detail=description)
 
     def transfer_ended(self, transfer_id: str, who: Identity, worker: str, outcome: TransferOutcome) -> None:
         """A transfer's row closed with its `outcome`, and its "end" event."""
@@ -368,7 +368,7 @@ class AuditTrail:
                                   bytes_in=outcome.bytes_in, bytes_out=outcome.bytes_out,
                                   transcript_sha256=outcome.sha256, attachment_sha256=outcome.attachment_sha256,
                                   files=outcome.files)
-        self.store.event("end", transfer_id, worker, who.user, who.uid, detail=outcome.text)
+        self.store.add_event("end", transfer_id, worker, who.user, who.uid, detail=outcome.text)
 
     # -- retention (master_side.retention) -----------------------------------------------------
 
@@ -376,7 +376,7 @@ class AuditTrail:
         """The transcript of `row`'s session was removed from disk at `when` (or left, as `detail` says): the
         row is marked pruned, and a "prune" event says what was done."""
         self.store.update_session(row["id"], pruned=utc(when))
-        self.store.event("prune", row["id"], row["worker"], row["operator"], row["uid"], detail=detail, when=when)
+        self.store.add_event("prune", row["id"], row["worker"], row["operator"], row["uid"], detail=detail, when=when)
 
     # -- reading -------------------------------------------------------------------------------
 
