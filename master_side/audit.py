@@ -6,6 +6,9 @@ writes keep their order. Writes after a session has started are queued: while th
 are retried, and they land once it is back. The one write that is not queued is a session's first row: a session
 is served only once that row exists (fail-closed).
 
+Its one writer is the audit trail (master_side.audit_trail): the write methods below are called from there
+only (tests/test_audit_writer.py).
+
 What operators and auditors ask to read (history, and through `read` the trail's searches and transcript
 chunks) runs in a pool of its own (master_side.audit_reads): reads never hold up the writes thread, so a flood
 of reads cannot delay the row every session needs before it is served.
@@ -72,7 +75,8 @@ def timestamp(value: dt.datetime) -> float:
 
 
 def _row(mapping: sa.RowMapping) -> dict[str, object]:
-    """Plain values only: rows cross PB, whose jelly refuses str subclasses (SQLAlchemy's quoted_name keys)."""
+    """A row as plain values, as the doors send it as JSON: times as ISO 8601 text in UTC, keys as plain str
+    (not SQLAlchemy's quoted_name)."""
     out: dict[str, object] = {}
     for key, value in mapping.items():
         if isinstance(value, dt.datetime):
@@ -165,9 +169,10 @@ class AuditStore:
         """Set columns of a session's row (queued)."""
         self._enqueue(lambda: self._update(session_id, values))
 
-    def event(self, kind: str, session_id: str | None = None, worker: str | None = None,
+    def add_event(self, kind: str, session_id: str | None = None, worker: str | None = None,
               operator: str | None = None, uid: int | None = None, detail: str | None = None,
               when: float | None = None) -> None:
+        """A row of the events table (queued); `when` defaults to now."""
         import time
 
         row = {
@@ -288,8 +293,8 @@ class AuditStore:
         return self.read(query)
 
     def prunable(self, master: str, ended_before: float, limit: int = 100) -> defer.Deferred[list[SessionRow]]:
-        """Storage (issue 14): this master's sessions that ended before `ended_before` (seconds since the
-        epoch) and still have their transcript on disk (not pruned), oldest first, at most `limit`."""
+        """This master's sessions that ended before `ended_before` (seconds since the epoch) and still have
+        their transcript on disk (not pruned), oldest first, at most `limit` (master_side.retention)."""
         def query() -> list[SessionRow]:
             assert self.engine is not None
             q = (sa.select(sessions)

@@ -4,7 +4,7 @@ which it needs before it is served, and the later updates) never queue behind th
 
 A read first waits for the writes queued before it was asked (it sees them), never for writes queued after it,
 and not at all while the database is away (the writes wait for it to come back; the read fails or succeeds on
-its own, as before).
+its own).
 """
 
 from __future__ import annotations

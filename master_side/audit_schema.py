@@ -53,7 +53,7 @@ sessions = sa.Table(
     sa.Column("hidden_bytes", sa.BigInteger, nullable=False, default=0, server_default=sa.text("0")),
     sa.Column("hidden_spans", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
     sa.Column("hidden_flag", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
-    # Schema 4 (storage, issue 14): the sha256 of the transcript's attachment (bulk output kept raw,
+    # Schema 4: the sha256 of the transcript's attachment (bulk output kept raw,
     # docs/audit-schema.md), and when the retention setting removed the transcript's files from disk.
     sa.Column("attachment_sha256", sa.String(64), nullable=True),
     sa.Column("pruned", _Time, nullable=True),

@@ -2,6 +2,11 @@
 
 Fail-closed by default: a session is served only once its transcript file (with header) and its index row
 exist. `require_recording=False` serves anyway, with a loud warning to the log and to the operator.
+
+The index's one writer: every row and event written to the audit store goes through a typed method of
+`AuditTrail` (a session's life, its viewers, refusals and drops, transfers, holds, prunes) or through a
+recording's `IndexWriter`, both here (tests/test_audit_writer.py checks that nothing else calls a write
+method of `master_side.audit.AuditStore`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from . import transcript_search
 from .audit import AuditStore, StoreReactor, timestamp, utc
 from .hold import Hold
 from .hold_deadline import clock_time
-from .recorder import SessionRecorder, header_for, session_row
+from .recorder import HiddenCounts, SessionRecorder, header_for, session_row
 from .relay import MasterSession
 from .rows import SearchHit, SessionRow
 from .session_model import Viewer
@@ -55,14 +60,15 @@ class IndexWriter:
         """The session was not opened: its end closes the row as refused, for `reason`."""
         self.refusal = reason
 
-    def hidden_input(self, session_id: str, counts: Mapping[str, object]) -> None:
-        self.store.update_session(session_id, **counts)
+    def hidden_input(self, session_id: str, counts: HiddenCounts) -> None:
+        self.store.update_session(session_id, hidden_bytes=counts["hidden_bytes"],
+                                  hidden_spans=counts["hidden_spans"], hidden_flag=counts["hidden_flag"])
 
     def record_error(self, session_id: str, error: OSError) -> None:
-        self.store.event("record-error", session_id, detail=f"transcript: {error}")
+        self.store.add_event("record-error", session_id, detail=f"transcript: {error}")
 
-    def recorded(self, session: MasterSession, ended: float, sha256: str | None,
-                 hidden: Mapping[str, object], attachment_sha256: str | None = None) -> None:
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: HiddenCounts,
+                 attachment_sha256: str | None = None) -> None:
         if self.refusal is not None:
             self.store.update_session(session.id, state="refused", ended=utc(ended), end_reason=self.refusal,
                                       transcript_sha256=sha256, attachment_sha256=attachment_sha256)
@@ -78,11 +84,28 @@ class IndexWriter:
             bytes_in=session.bytes_in,
             bytes_out=session.bytes_out,
             transcript_sha256=sha256,
-            attachment_sha256=attachment_sha256,  # storage (issue 14): the bulk output's raw attachment
-            **hidden,
+            attachment_sha256=attachment_sha256,  # the sha256 of the bulk output's raw attachment
+            hidden_bytes=hidden["hidden_bytes"],
+            hidden_spans=hidden["hidden_spans"],
+            hidden_flag=hidden["hidden_flag"],
         )
-        self.store.event("end", session.id, session.worker, session.identity.user, session.identity.uid,
+        self.store.add_event("end", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.end_reason, when=ended)
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    """How a transfer ended, as its row keeps it: `text` is its end reason ("ok: N files, M bytes" or "failed:
+    ..."); bytes to the worker (`bytes_in`) and from it (`bytes_out`); the transcript's and the kept copy's
+    sha256; an upload's file names (`files`, master_side.upload_links)."""
+
+    ok: bool
+    text: str
+    bytes_in: int
+    bytes_out: int
+    sha256: str | None
+    attachment_sha256: str | None
+    files: str | None
 
 
 @dataclass(frozen=True)
@@ -130,11 +153,6 @@ class AuditTrail:
         self.recordings: dict[str, Recording] = {}  # by session id, until the session ends
         self._started = False
         self._closing: set[defer.Deferred[None]] = set()
-        # What auditors ask to read (search, export chunks) runs in the store's read pool (audit.READ_THREADS),
-        # neither in the reactor's shared one nor in the store's writes thread: it takes time in proportion to the
-        # transcripts read, and a user's few connections could otherwise hold every shared thread, delaying
-        # Buildbot's own threaded work (its REST answers), our transcripts' creation and fsyncs, and the row every
-        # session needs before it is served. Further reads wait their turn (the doors bound how many).
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -168,7 +186,11 @@ class AuditTrail:
             self._started = False
 
     def _read(self, fn: Callable[[], T]) -> defer.Deferred[T]:
-        """`fn()` in the store's read pool."""
+        """`fn()` in the store's read pool (master_side.audit_reads), neither in the reactor's shared one nor in
+        the store's writes thread: what auditors ask to read (search, export chunks) takes time in proportion to
+        the transcripts read, and a user's few connections could otherwise hold every shared thread, delaying
+        Buildbot's own threaded work (its REST answers), our transcripts' creation and fsyncs, and the row every
+        session needs before it is served. Further reads wait their turn (the doors bound how many)."""
         return self.store.read(fn)
 
     def _in_thread(self, work: Callable[[], None]) -> None:
@@ -201,30 +223,48 @@ class AuditTrail:
             started = timestamp(row["started"])
             self.store.update_session(row["id"], state="interrupted", ended=utc(started + last),
                                       end_reason=reason, transcript_sha256=sha)
-            self.store.event("interrupted", row["id"], row["worker"], row["operator"], row["uid"], detail=reason,
+            self.store.add_event("interrupted", row["id"], row["worker"], row["operator"], row["uid"], detail=reason,
                              when=started + last)
             log.warn("slaveshell: session {sid} was interrupted by a master stop; marked and repaired",
                      sid=row["id"])
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def refused(self, who: Identity, worker: str | None, reason: str, kind: str = "refused") -> None:
-        """A refusal before any session (`kind` "refused"), or a connection dropped by the bounds ("dropped")."""
-        self.store.event(kind, None, worker, who.user, who.uid, detail=reason)
+    def refused(self, who: Identity, worker: str | None, reason: str) -> None:
+        """A request refused before any session (policy, routing, quotas, bounds): an event of kind "refused"."""
+        self.store.add_event("refused", None, worker, who.user, who.uid, detail=reason)
 
-    def viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
-        """A viewer joined, left, attached or detached (kind "join", "leave", "attach", "detach")."""
-        self.store.event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
+    def dropped(self, who: Identity, worker: str | None, reason: str) -> None:
+        """A connection the bounds or a broken protocol cost: an event of kind "dropped"."""
+        self.store.add_event("dropped", None, worker, who.user, who.uid, detail=reason)
+
+    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None:
+        """A viewer joined or watches `session` (its detail: the viewer's role)."""
+        self._viewer_event(session, "join", viewer, viewer.role.value)
+
+    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        self._viewer_event(session, "leave", viewer, why)
+
+    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None:
+        """The owner attached to `session`, detached until now."""
+        self._viewer_event(session, "attach", viewer, "")
+
+    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        """The owner detached from `session` (it goes on running)."""
+        self._viewer_event(session, "detach", viewer, why)
+
+    def _viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
+        self.store.add_event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
 
     def killed(self, session: MasterSession, who: Identity) -> None:
-        self.store.event("kill", session.id, session.worker, who.user, who.uid, "")
+        self.store.add_event("kill", session.id, session.worker, who.user, who.uid, "")
 
     def released(self, hold: Hold, who: Identity) -> None:
-        self.store.event("release", None, hold.worker, who.user, who.uid,
+        self.store.add_event("release", None, hold.worker, who.user, who.uid,
                          f"build {hold.builder} #{hold.build_number} (id {hold.build_id})")
 
     def hold_extended(self, hold: Hold, who: Identity, until: float) -> None:
-        self.store.event("hold extended", None, hold.worker, who.user, who.uid,
+        self.store.add_event("hold extended", None, hold.worker, who.user, who.uid,
                          f"build {hold.builder} #{hold.build_number} (id {hold.build_id}) held until "
                          f"{clock_time(until)}")
 
@@ -267,16 +307,20 @@ class AuditTrail:
                     recorder.file = None
         if problem is not None:
             log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=visible(problem))
-            self.store.event("record-error", session.id, session.worker, session.identity.user,
-                             session.identity.uid, detail=problem)
+            self.not_recorded(session.id, session.worker, session.identity, problem)
             if self.require_recording:
                 raise RecordingError(f"session not started: it cannot be recorded ({problem})")
             return None
         self.recordings[session.id] = Recording(recorder, index)
         return recorder
 
+    def not_recorded(self, record_id: str, worker: str, who: Identity, problem: str) -> None:
+        """A session's or a transfer's record could not be begun (its transcript or its row): a "record-error"
+        event."""
+        self.store.add_event("record-error", record_id, worker, who.user, who.uid, detail=problem)
+
     def opened(self, session: MasterSession) -> None:
-        self.store.event("open", session.id, session.worker, session.identity.user, session.identity.uid,
+        self.store.add_event("open", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=session.request.command or "login shell")
         if session.request.command:
             self.store.link_uploads(session.id, session.worker, session.request.command, session.started)
@@ -291,7 +335,7 @@ class AuditTrail:
             recording.recorder.on_error = lambda error: None
             recording.recorder.marker(f"refused: {reason}")
             recording.recorder.end(session)
-        self.store.event("refused", session.id, session.worker, session.identity.user, session.identity.uid,
+        self.store.add_event("refused", session.id, session.worker, session.identity.user, session.identity.uid,
                          detail=reason)
 
     def ended(self, session: MasterSession) -> None:
@@ -301,6 +345,38 @@ class AuditTrail:
             # What was typed or piped may name uploads too, some made while the session ran.
             command = f"{session.request.command or ''} {typed.text()}"
             self.store.link_uploads(session.id, session.worker, command, self.reactor.seconds())
+
+    # -- transfers (`slaveshell cp`: master_side.transfer_record) -------------------------------
+
+    @deferred
+    async def transfer_opened(self, transfer_id: str, who: Identity, worker: str, description: str,
+                              started: float, transcript: str | None, build: Mapping[str, object]) -> None:
+        """A transfer's row in the sessions table (``term`` "transfer", ``command`` its `description`, the
+        `build`'s columns with ``--build``), written now, not queued: fails when the database is away; then its
+        "transfer" event."""
+        await self.store.open_session({
+            "id": transfer_id, "worker": worker, "operator": who.user, "uid": who.uid, "master": self.master_name,
+            "command": description, "pty": False, "term": "transfer", "width": 80, "height": 24,
+            "started": utc(started), "state": "running", "transcript": transcript, "bytes_in": 0, "bytes_out": 0,
+            **build})
+        self.store.add_event("transfer", transfer_id, worker, who.user, who.uid, detail=description)
+
+    def transfer_ended(self, transfer_id: str, who: Identity, worker: str, outcome: TransferOutcome) -> None:
+        """A transfer's row closed with its `outcome`, and its "end" event."""
+        self.store.update_session(transfer_id, state="ended" if outcome.ok else "failed",
+                                  ended=utc(self.reactor.seconds()), end_reason=outcome.text,
+                                  bytes_in=outcome.bytes_in, bytes_out=outcome.bytes_out,
+                                  transcript_sha256=outcome.sha256, attachment_sha256=outcome.attachment_sha256,
+                                  files=outcome.files)
+        self.store.add_event("end", transfer_id, worker, who.user, who.uid, detail=outcome.text)
+
+    # -- retention (master_side.retention) -----------------------------------------------------
+
+    def pruned(self, row: SessionRow, when: float, detail: str) -> None:
+        """The transcript of `row`'s session was removed from disk at `when` (or left, as `detail` says): the
+        row is marked pruned, and a "prune" event says what was done."""
+        self.store.update_session(row["id"], pruned=utc(when))
+        self.store.add_event("prune", row["id"], row["worker"], row["operator"], row["uid"], detail=detail, when=when)
 
     # -- reading -------------------------------------------------------------------------------
 

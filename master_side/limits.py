@@ -37,7 +37,7 @@ import struct
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -114,21 +114,31 @@ class Transport(Protocol):
     def resumeProducing(self) -> None: ...
 
 
-class RefusalAudit:
-    """Audit events and log lines for refusals and drops: at most one per uid and kind of refusal per
-    interval; the ones left out are counted and reported with the next one, or by `flush()` once the interval
-    has passed."""
+RefusalKind = Literal["refused", "dropped"]
 
-    def __init__(self, event: Callable[[str, Identity, str, str | None], None], clock: Callable[[], float],
+
+class RefusalRecord(Protocol):
+    """Where the gate writes refusals and drops: the audit trail (master_side.audit_trail.AuditTrail)."""
+
+    def refused(self, who: Identity, worker: str | None, reason: str) -> None: ...
+    def dropped(self, who: Identity, worker: str | None, reason: str) -> None: ...
+
+
+class RefusalAudit:
+    """Refusals and drops written to `trail()` (the current audit trail; None: the service is not running) and
+    logged: at most one per uid and kind of refusal per interval; the ones left out are counted and reported
+    with the next one, or by `flush()` once the interval has passed."""
+
+    def __init__(self, trail: Callable[[], RefusalRecord | None], clock: Callable[[], float],
                  interval: float = AUDIT_INTERVAL) -> None:
-        self.event = event
+        self.trail = trail
         self.clock = clock
         self.interval = interval
-        self._last: dict[tuple[object, str, str], float] = {}
+        self._last: dict[tuple[object, RefusalKind, str], float] = {}
         # Left out since the last event: (count, who, the latest reason, worker).
-        self._left_out: dict[tuple[object, str, str], tuple[int, Identity, str, str | None]] = {}
+        self._left_out: dict[tuple[object, RefusalKind, str], tuple[int, Identity, str, str | None]] = {}
 
-    def __call__(self, who: Identity, kind: str, reason: str, worker: str | None = None) -> None:
+    def __call__(self, who: Identity, kind: RefusalKind, reason: str, worker: str | None = None) -> None:
         """`kind` is "refused" or "dropped"; `reason` says what and which bound, its part before the first
         colon naming the kind of refusal; `worker`, if it concerns one."""
         key = (who.key, kind, reason.split(":", 1)[0])  # the uid, or a web user's name (policy.WebIdentity)
@@ -151,13 +161,19 @@ class RefusalAudit:
             if now - last >= self.interval and key not in self._left_out:
                 del self._last[key]
 
-    def _emit(self, key: tuple[object, str, str], who: Identity, kind: str, reason: str, worker: str | None,
-              count_left_out: bool = True) -> None:
+    def _emit(self, key: tuple[object, RefusalKind, str], who: Identity, kind: RefusalKind, reason: str,
+              worker: str | None, count_left_out: bool = True) -> None:
         self._last[key] = self.clock()
         more = self._left_out.pop(key, (0,))[0] if count_left_out else 0
         detail = reason + (f" (and {more} more in the last {self.interval:g} s)" if more else "")
         log.warn("slaveshell: {kind} {who}: {detail}", kind=kind, who=visible(str(who)), detail=visible(detail))
-        self.event(kind, who, detail, worker)
+        trail = self.trail()
+        if trail is None:
+            return
+        if kind == "dropped":
+            trail.dropped(who, worker, detail)
+        else:
+            trail.refused(who, worker, detail)
 
 
 class NoticeBudget:

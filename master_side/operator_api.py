@@ -146,7 +146,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
         if recorder is not None:
             session.recorder = recorder
             recorder.on_error = lambda error: self.registry.recording_failed(session, error)
-        session.on_event = lambda kind, viewer, detail: self._viewer_event(session, kind, viewer, detail)
+        session.viewer_events = trail
 
         reply = await open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
         if reply.ref is None:
@@ -203,11 +203,6 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
         if quota:
             raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
         return conn, request
-
-    def _viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
-        trail = self._trail()
-        if trail is not None:
-            trail.viewer_event(session, kind, viewer, detail)
 
     def _bind(self, session: MasterSession, viewer: Viewer, sink: ViewerSink) -> None:
         """Tie the sink's failures and disconnection to `viewer`."""

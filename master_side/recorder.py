@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from twisted.logger import Logger
 
@@ -31,13 +31,21 @@ SPAN_IDLE = 1.0
 Seal = Callable[[bytes], str]
 
 
-class RecordIndex(Protocol):
-    """What a recording tells the audit index (master_side.audit_trail.IndexWriter, the index's one writer)."""
+class HiddenCounts(TypedDict):
+    """A session's hidden input as its row counts it (docs/audit-schema.md, Hidden input)."""
 
-    def hidden_input(self, session_id: str, counts: Mapping[str, object]) -> None: ...
+    hidden_bytes: int
+    hidden_spans: int
+    hidden_flag: bool
+
+
+class RecordIndex(Protocol):
+    """What a recording tells the audit index (master_side.audit_trail.IndexWriter: the trail writes the index)."""
+
+    def hidden_input(self, session_id: str, counts: HiddenCounts) -> None: ...
     def record_error(self, session_id: str, error: OSError) -> None: ...
-    def recorded(self, session: MasterSession, ended: float, sha256: str | None,
-                 hidden: Mapping[str, object], attachment_sha256: str | None = None) -> None: ...
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: HiddenCounts,
+                 attachment_sha256: str | None = None) -> None: ...
 
 
 class SessionRecorder:
@@ -207,7 +215,7 @@ class SessionRecorder:
         if self.audit is not None:
             self.audit.hidden_input(self.session_id, self.hidden_counts())
 
-    def hidden_counts(self) -> dict[str, object]:
+    def hidden_counts(self) -> HiddenCounts:
         return {"hidden_bytes": self.hidden_bytes, "hidden_spans": self.hidden_spans,
                 "hidden_flag": self.hidden_flag}
 

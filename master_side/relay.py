@@ -42,6 +42,7 @@ from .session_model import (
     TRANSITIONS,
     IllegalTransition,
     LateEvent,
+    NoViewerEvents,
     NullRecorder,
     ReadOnly,
     Recorder,
@@ -49,6 +50,7 @@ from .session_model import (
     Send,
     State,
     Viewer,
+    ViewerEvents,
     new_session_id,
 )
 
@@ -103,8 +105,8 @@ class MasterSession(SessionTimers):
         self.build: dict[str, object] | None = None
         self._on_end = on_end
         self.recorder: Recorder = NullRecorder()
-        # Observers of joins, leaves and detaches (the audit index): called with (kind, viewer, detail).
-        self.on_event: Callable[[str, Viewer, str], None] = lambda kind, viewer, detail: None
+        # Joins, leaves, attaches and detaches, for the audit index (OperatorAPI.open: the trail).
+        self.viewer_events: ViewerEvents = NoViewerEvents()
         # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
         # whether the terminal was hiding it, and acknowledged to its sender.
         self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
@@ -146,10 +148,10 @@ class MasterSession(SessionTimers):
             self._enter(State.ATTACHED)
             self.detached_at = None
             self.recorder.marker(f"attach: {identity.user}")
-            self.on_event("attach", viewer, "")
+            self.viewer_events.viewer_attached(self, viewer)
         else:
             self.recorder.marker(f"join: {identity.user} ({role.value})")
-            self.on_event("join", viewer, role.value)
+            self.viewer_events.viewer_joined(self, viewer)
             may, left_out = self.join_notices.take()
             if may:
                 self._notice_all(f"{identity.user} is now {'watching' if role is Role.WATCH else 'sharing'} "
@@ -167,7 +169,7 @@ class MasterSession(SessionTimers):
             self._detach(why)
         elif self.live:
             self.recorder.marker(f"leave: {viewer.identity.user} ({why})")
-            self.on_event("leave", viewer, why)
+            self.viewer_events.viewer_left(self, viewer, why)
 
     def _detach(self, why: str) -> None:
         owner = self.owner
@@ -180,7 +182,7 @@ class MasterSession(SessionTimers):
             self._enter(State.DETACHED)
             self.detached_at = self.clock()
             self.recorder.marker(f"detach: {owner.identity.user} ({why})")
-            self.on_event("detach", owner, why)
+            self.viewer_events.viewer_detached(self, owner, why)
             log.info("session {sid}: detached ({why})", sid=self.id, why=visible(why))
 
     # -- from a viewer -------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Transcript retention: `ShellService(transcript_retention_days=N)` removes from disk the transcripts (and their
 attachments) of sessions that ended more than N days ago. The index rows stay, marked with the time of the
-prune (`pruned`), and each prune is an audit event (kind "prune", docs/audit-schema.md). None (the default)
-keeps transcripts forever.
+prune (`pruned`), and each prune is an audit event (kind "prune", docs/audit-schema.md), both written by the
+trail (`AuditTrail.pruned`). None (the default) keeps transcripts forever.
 
 Driven by the service's one-second tick, at most once per `interval` (an hour, or a tenth of the retention
-when that is shorter); the query runs on the audit database's thread and the deletions in a thread, never on
-the reactor thread. A run that fails (the database away, a file that cannot be removed) is logged and tried
-again at the next run.
+when that is shorter); the query runs in the audit store's read pool (master_side.audit_reads) and the
+deletions in a thread, never on the reactor thread. A run that fails (the database away, a file that cannot be
+removed) is logged and tried again at the next run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from twisted.python.failure import Failure
 
 from slaveshell.display import visible
 
-from .audit import utc
 from .transcripts import remove_transcript
 
 if TYPE_CHECKING:
@@ -86,9 +85,7 @@ class Retention:
                     continue
                 detail = (f"transcript removed after {days:g} days of retention: {os.path.basename(path)} "
                           f"({freed} bytes with its attachment)")
-            trail.store.update_session(row["id"], pruned=utc(now))
-            trail.store.event("prune", row["id"], row["worker"], row["operator"], row["uid"], detail=detail,
-                              when=now)
+            trail.pruned(row, now, detail)
             pruned += 1
         if pruned:
             log.info("slaveshell: transcript retention: {n} transcripts older than {days:g} days pruned",

@@ -1,6 +1,6 @@
 """The shapes of what the audit index and the operator API answer, as typed dicts: rows of the index
-(docs/audit-schema.md), search hits and transcript chunks. What crosses PB is plain values only (strings,
-numbers, booleans, None, bytes), so times that do are ISO 8601 strings in UTC.
+(docs/audit-schema.md), search hits and transcript chunks. The doors send them as plain values (strings,
+numbers, booleans, None, bytes), so times are ISO 8601 strings in UTC.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TypedDict
 
 class SessionRow(TypedDict):
     """A row of the sessions table as `history` reads it (see docs/audit-schema.md for each column). Times are
-    ISO 8601 strings in UTC (`started`, `ended`): rows cross PB as plain values."""
+    ISO 8601 strings in UTC (`started`, `ended`)."""
 
     id: str
     worker: str
@@ -39,7 +39,7 @@ class SessionRow(TypedDict):
     hidden_bytes: int
     hidden_spans: int
     hidden_flag: bool
-    attachment_sha256: str | None  # storage (issue 14): the sha256 of the bulk output's raw attachment
+    attachment_sha256: str | None  # the sha256 of the bulk output's raw attachment
     pruned: str | None  # when retention removed the transcript (the row is kept)
     files: str | None  # an upload's file names on the worker, one per line (master_side.upload_links)
     uploads: str | None  # the ids of the uploads the session's command names, space-separated

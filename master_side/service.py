@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
-from slaveshell.policy import Identity, Policy
+from slaveshell.policy import Policy
 
 from . import upstream
 from .audit_trail import AuditTrail
@@ -68,7 +68,7 @@ class ShellService(BuildbotService):
         self._port: ListeningPort | None = None
         self.trail: AuditTrail | None = None
         self.config = ShellConfig()
-        self.gate = ConnectionGate(peer_identity, RefusalAudit(self._audit_refusal, _seconds), _seconds)
+        self.gate = ConnectionGate(peer_identity, RefusalAudit(lambda: self.trail, _seconds), _seconds)
         self._ticker = task.LoopingCall(self._tick)
         self.glue = BuildbotGlue(lambda: self.master)
         self.registry = SessionRegistry(self.glue, lambda: self.trail, _seconds)
@@ -186,10 +186,6 @@ class ShellService(BuildbotService):
         self.registry.tick(now)
         self.api.transfers.tick()
         self.retention.tick(now)
-
-    def _audit_refusal(self, kind: str, who: Identity, detail: str, worker: str | None) -> None:
-        if self.trail is not None:
-            self.trail.refused(who, worker, detail, kind)
 
 
 def _seconds() -> float:

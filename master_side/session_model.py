@@ -1,5 +1,6 @@
 """The parts of a session the relay (master_side.relay) is made of: its states and their transition table,
-the viewers' roles, a viewer with its credit windows, and what the relay tells the transcript recorder."""
+the viewers' roles, a viewer with its credit windows, and what the relay tells the transcript recorder and
+the audit index."""
 
 from __future__ import annotations
 
@@ -50,6 +51,31 @@ class NullRecorder:
         pass
 
     def end(self, session: MasterSession) -> None:
+        pass
+
+
+class ViewerEvents(Protocol):
+    """What the relay tells the audit index of a session's viewers (master_side.audit_trail.AuditTrail)."""
+
+    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None: ...
+    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
+    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None: ...
+    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
+
+
+class NoViewerEvents:
+    """A session nobody audits (a session made outside `OperatorAPI.open`)."""
+
+    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None:
+        pass
+
+    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        pass
+
+    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None:
+        pass
+
+    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None:
         pass
 
 

@@ -37,7 +37,7 @@ from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, encode_event
 
 from .audit import utc
-from .audit_trail import RecordingError
+from .audit_trail import RecordingError, TransferOutcome
 from .transcripts import (
     Attachment,
     TranscriptFile,
@@ -116,26 +116,18 @@ class TransferRecord:
             problem = f"cannot create the transcript: {e.strerror or e}"
         if problem is None:
             try:
-                yield self.trail.store.open_session(self._row())
+                yield self.trail.transfer_opened(self.id, self.who, self.request.worker, describe(self.request),
+                                                 self.started, self.path if self.file is not None else None,
+                                                 self.build)
             except Exception as e:
                 problem = f"cannot write the audit index: {str(e).splitlines()[0] if str(e) else e!r}"
         if problem is None:
-            self.trail.store.event("transfer", self.id, self.request.worker, self.who.user, self.who.uid,
-                                   detail=describe(self.request))
             return True
         self._discard()
-        self.trail.store.event("record-error", self.id, self.request.worker, self.who.user, self.who.uid,
-                               detail=problem)
+        self.trail.not_recorded(self.id, self.request.worker, self.who, problem)
         if self.trail.require_recording:
             raise RecordingError(f"transfer not started: it cannot be recorded ({problem})")
         return False
-
-    def _row(self) -> dict[str, object]:
-        return {"id": self.id, "worker": self.request.worker, "operator": self.who.user, "uid": self.who.uid,
-                "master": self.trail.master_name, "command": describe(self.request), "pty": False,
-                "term": "transfer", "width": 80, "height": 24, "started": utc(self.started), "state": "running",
-                "transcript": self.path if self.file is not None else None, "bytes_in": 0, "bytes_out": 0,
-                **self.build}
 
     def _discard(self) -> None:
         for owner in (self.file, self.copy):
@@ -209,11 +201,9 @@ class TransferRecord:
         up = self.request.direction == UP
         names = upload_names(self.request.dest, len(self.request.sources) == 1 and not self.request.recursive,
                              self.files) if up and self.files else None
-        self.trail.store.update_session(self.id, state="ended" if ok else "failed",
-                                        ended=utc(self.trail.reactor.seconds()), end_reason=text,
-                                        bytes_in=nbytes if up else 0, bytes_out=0 if up else nbytes,
-                                        transcript_sha256=sha, attachment_sha256=kept, files=names)
-        self.trail.store.event("end", self.id, self.request.worker, self.who.user, self.who.uid, detail=text)
+        self.trail.transfer_ended(self.id, self.who, self.request.worker, TransferOutcome(
+            ok, text, bytes_in=nbytes if up else 0, bytes_out=0 if up else nbytes, sha256=sha,
+            attachment_sha256=kept, files=names))
 
 
 def _text(data: bytearray | None) -> str | None:

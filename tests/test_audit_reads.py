@@ -57,7 +57,7 @@ def test_a_read_sees_the_writes_queued_before_it(tmp_path):
     try:
         yield store.open_session(row("s1"))
         for i in range(50):
-            store.event("note", "s1", detail=str(i))
+            store.add_event("note", "s1", detail=str(i))
             store.update_session("s1", bytes_in=i)
             events = yield store.events_of(session_id="s1")
             assert [e["detail"] for e in events] == [str(n) for n in range(i + 1)]

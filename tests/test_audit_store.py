@@ -77,10 +77,10 @@ def test_sessions_and_events_round_trip(db_url):
     try:
         started = 1_790_000_000.123456
         yield store.open_session(row(started=started))
-        store.event("open", "s1", "w1", "alice", 1000, "login shell")
+        store.add_event("open", "s1", "w1", "alice", 1000, "login shell")
         store.update_session("s1", state="ended", ended=utc(started + 2.5), exit_code=None, exit_signal=9,
                              end_reason="signal 9", bytes_in=10, bytes_out=2**40, transcript_sha256="ab" * 32)
-        store.event("refused", None, "w2", "bob", 1001, "permission denied")
+        store.add_event("refused", None, "w2", "bob", 1001, "permission denied")
         yield store._drain_d
         rows = yield store.history(worker="w1")
         assert len(rows) == 1
@@ -106,7 +106,7 @@ def test_text_that_is_not_valid_unicode_is_stored_escaped_never_dropped(db_url):
     try:
         yield store.open_session(row())
         store.update_session("s1", state="ended", end_reason="ok: latin\udce9.txt", files="latin\udce9.txt")
-        store.event("end", "s1", "w1", "alice", 1000, "latin\udce9.txt")
+        store.add_event("end", "s1", "w1", "alice", 1000, "latin\udce9.txt")
         yield store._drain_d
         (r,) = yield store.history(worker="w1")
         assert (r["state"], r["end_reason"], r["files"]) == ("ended", "ok: latin\\udce9.txt", "latin\\udce9.txt")
@@ -127,7 +127,7 @@ def test_writes_wait_while_the_database_is_away_and_land_when_it_is_back(db_url)
         # The database goes away: every connection attempt now fails.
         store.engine = sa.create_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none")
         store.update_session("s1", state="ended", end_reason="exit 0")
-        store.event("end", "s1", detail="exit 0")
+        store.add_event("end", "s1", detail="exit 0")
         yield _sleep(0.3)
         assert store.down_since is not None and store.queued == 2
         with pytest.raises(sa.exc.OperationalError):

@@ -148,3 +148,31 @@ def test_searches_that_take_long_leave_the_masters_shared_threads_free(tmp_path,
         yield trail.stop()
     assert results == [[f"q{i}"] for i in range(audit_reads.READ_THREADS + 3)]
     assert reactor.getThreadPool().started
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_sessions_viewers_reach_the_index_through_the_trail(tmp_path):
+    """The session holds the trail as its viewer events: a join, a leave, the owner's detach and attach are
+    events of the session, under the viewer's name."""
+    from master_side.relay import Role
+
+    trail = AuditTrail(str(tmp_path), "m")
+    yield trail.start()
+    try:
+        s = session()
+        s.viewer_events = trail
+        s.start(to_owner=lambda *a: None, to_worker=lambda *a: None)
+        bob = Identity(1001, 1001, 1001, "bob", frozenset())
+        watcher = s.add_viewer(bob, Role.WATCH, lambda *a: None)
+        s.remove_viewer(watcher, "connection lost")
+        assert s.owner is not None
+        s.remove_viewer(s.owner, "the operator detached")
+        s.add_viewer(ROOT, Role.OWNER, lambda *a: None)
+        if trail.store._drain_d is not None:
+            yield trail.store._drain_d
+        events = yield trail.store.events_of(session_id=s.id)
+        assert [(e["kind"], e["operator"], e["detail"]) for e in events] == [
+            ("join", "bob", "watch"), ("leave", "bob", "connection lost"),
+            ("detach", "root", "the operator detached"), ("attach", "root", "")]
+    finally:
+        yield trail.stop()

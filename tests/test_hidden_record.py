@@ -29,7 +29,7 @@ class Audit:
     def update_session(self, session_id: str, **values: object) -> None:
         self.updates.append(values)
 
-    def event(self, *args: object, **kw: object) -> None:
+    def add_event(self, *args: object, **kw: object) -> None:
         pass
 
 

@@ -35,9 +35,23 @@ class Peer(StringTransport):
         self.aborted = True
 
 
+class Refusals:
+    """The trail's part the gate writes to (limits.RefusalRecord): each refusal or drop as (kind, user, detail)."""
+
+    def __init__(self, audited: list[tuple[str, str, str]]) -> None:
+        self.audited = audited
+
+    def refused(self, who: Identity, worker: str | None, reason: str) -> None:
+        self.audited.append(("refused", who.user, reason))
+
+    def dropped(self, who: Identity, worker: str | None, reason: str) -> None:
+        self.audited.append(("dropped", who.user, reason))
+
+
 def make_gate(clock: MemoryReactorClock, **bounds: Any) -> tuple[ConnectionGate, list[tuple[str, str, str]]]:
     audited: list[tuple[str, str, str]] = []
-    audit = RefusalAudit(lambda kind, who, detail, worker: audited.append((kind, who.user, detail)), clock.seconds)
+    refusals = Refusals(audited)
+    audit = RefusalAudit(lambda: refusals, clock.seconds)
     gate = ConnectionGate(lambda transport: transport.who, audit, clock.seconds, Bounds(**bounds))
     return gate, audited
 
@@ -486,3 +500,18 @@ def test_connections_of_uids_without_a_right_never_take_those_of_operators():
     assert not any(t.disconnecting for _, t in served)
     assert gate.count(right=True) == 32 and gate.count(right=False) == NO_RIGHT_CONNECTIONS
     assert audited and all(kind == "refused" for kind, _, _ in audited)
+
+
+def test_the_refusal_audit_writes_to_the_current_trail_and_nowhere_while_there_is_none():
+    """The gate holds the trail as the service has it: none before the service starts (or after it stopped),
+    when a refusal is only logged; the trail's `refused` or `dropped` once there is one."""
+    clock = MemoryReactorClock()
+    audited: list[tuple[str, str, str]] = []
+    trail: list[Refusals] = []
+    audit = RefusalAudit(lambda: trail[0] if trail else None, clock.seconds)
+    audit(ALICE, "refused", "permission denied: alice may not shell on worker w1")
+    trail.append(Refusals(audited))
+    audit(BOB, "refused", "permission denied: bob may not shell on worker w1", "w1")
+    audit(BOB, "dropped", "connection dropped: it has not read its output for 5 s")
+    assert audited == [("refused", "bob", "permission denied: bob may not shell on worker w1"),
+                       ("dropped", "bob", "connection dropped: it has not read its output for 5 s")]

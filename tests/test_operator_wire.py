@@ -26,7 +26,7 @@ from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
 from tests.fakes import offline_service
 from tests.test_cp import FakeRef
-from tests.test_limits import ALICE, Peer
+from tests.test_limits import ALICE, Peer, Refusals
 
 ROOT = Identity(0, 0, 0, "root", frozenset())
 
@@ -40,8 +40,8 @@ def make_service(tmp_path: Any) -> Any:
     svc = offline_service(str(tmp_path))
     svc.clock = MemoryReactorClock()
     svc.audited = []
-    audit = RefusalAudit(lambda kind, who, detail, worker: svc.audited.append((kind, who.user, detail)),
-                         svc.clock.seconds)
+    refusals = Refusals(svc.audited)
+    audit = RefusalAudit(lambda: refusals, svc.clock.seconds)
     svc.gate = ConnectionGate(lambda transport: transport.who, audit, svc.clock.seconds,
                               Bounds(connections_per_uid=3, connection_buffer=1000))
     svc.api.gate = svc.gate

@@ -20,13 +20,13 @@ def test_a_flood_of_denied_opens_is_refused_each_time_and_audited_once_per_inter
     me = os.getuid()
     service = yield start(tmp_path, policy=[Rule(users=[me], workers=["*"], rights=["watch"])])
     events: list[tuple[str, str]] = []
-    original = service.trail.store.event
+    original = service.trail.store.add_event
 
     def counting(kind, *args, **kwargs):  # type: ignore[no-untyped-def]
         events.append((kind, str(kwargs.get("detail", args[4] if len(args) > 4 else ""))))
         return original(kind, *args, **kwargs)
 
-    service.trail.store.event = counting
+    service.trail.store.add_event = counting
     try:
         for _ in range(300):  # one connection each: a connection holds one session request
             root = yield connect(reactor, str(tmp_path / "shell.sock"))
