@@ -193,4 +193,8 @@ def test_a_worker_name_with_format_characters_is_shown_as_text(browser: Any, sit
     assert page.locator(".slaveshell-worker-name").inner_text() == html
     assert page.locator(".slaveshell-page img, .slaveshell-page b").count() == 0
     shot(page, "worker-name-escaped.png")
+    # A malformed escape in the address: the page still says what it is.
+    page.goto(site.url + "#/slaveshell/worker/%E0%A4%A")
+    page.locator(".slaveshell-no-worker").wait_for()
+    assert page.locator(".slaveshell-worker-name").inner_text() == "%E0%A4%A"
     page.context.close()

@@ -627,8 +627,8 @@
   // on is not listed by the master, and the page says so, with no button.
   function WorkerPage() {
     useHash();
-    var match = /\/slaveshell\/worker\/([^/?]+)/.exec(window.location.hash);
-    var name = match ? decodeURIComponent(match[1]) : "";
+    var match = /\/slaveshell\/worker\/([^/?]+)/.exec(window.location.hash), name = "";
+    try { name = match ? decodeURIComponent(match[1]) : ""; } catch (e) { name = match[1]; } // a malformed %-escape
     return h(WorkerView, { name: name, key: "w:" + name });
   }
 
