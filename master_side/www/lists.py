@@ -8,11 +8,14 @@ gives the ``shell`` right on its worker (who may open a shell in it or release i
 `answer(kind, message, ...)` gives a Deferred of ``(json_message, binary_or_None)``; the binary part (a
 transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
 
-- ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions"}]}``;
+- ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
+  "workerid"}]}`` (``workerid``: Buildbot's id of the worker, for its page ``#/workers/<workerid>``, or null);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "started",
   "own", "may_type", "viewers"}]}``;
 - ``{"type": "history", "worker": str?, "user": str?, "session": str?, "limit": int?}`` -> ``{"sessions":
-  [row, ...], "may_replay": bool}`` (rows of the audit index, docs/audit-schema.md, newest first; ``may_replay``:
+  [row, ...], "may_replay": bool}`` (rows of the audit index, docs/audit-schema.md, newest first, each with
+  Buildbot's ``workerid`` and, for a session in a build, the ``builderid`` of the build's page
+  ``#/builders/<builderid>/builds/<build_number>``, or null: master_side.www.buildbot_pages; ``may_replay``:
   whether the policy gives this web user the ``replay`` right on any worker it knows, so that the page can say
   why the list is empty);
 - ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
@@ -25,6 +28,7 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from slaveshell.deferreds import deferred
@@ -32,7 +36,7 @@ from slaveshell.policy import Action, WebIdentity
 from slaveshell.protocol import ProtocolError
 
 from ..operator_api import ErrorKind, OperatorError
-from . import access
+from . import access, buildbot_pages
 from .access import UserInfo
 
 if TYPE_CHECKING:
@@ -62,6 +66,13 @@ def _opt_str(message: Message, key: str) -> str | None:
     return value
 
 
+def _builder_of(builds: dict[int, tuple[int, int]], row: Mapping[str, object]) -> int | None:
+    """The builderid of the row's build page, when Buildbot knows the build under the number the index recorded."""
+    build_id = row.get("build_id")
+    page = builds.get(build_id) if isinstance(build_id, int) else None
+    return page[0] if page is not None and page[1] == row.get("build_number") else None
+
+
 async def _allowed(master: BuildMaster, info: UserInfo, workers: set[str]) -> set[str]:
     """The subset of `workers` on which Buildbot's authz grants this web user the shell action."""
     out = set()
@@ -81,8 +92,10 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
     if kind == "workers":
         workers = api.workers(who)
         gate = await _allowed(master, info, {str(w["name"]) for w in workers})
+        ids = await buildbot_pages.worker_ids(master, gate)
         return {"type": "workers", "workers": [
-            {k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")}
+            {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")},
+             "workerid": ids.get(str(w["name"]))}
             for w in workers if w["name"] in gate]}, None
     if kind == "sessions":
         sessions = api.sessions(who)
@@ -109,8 +122,12 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
                                        "session": _opt_str(message, "session"), "limit": limit})
         allowed = await _allowed(master, info, {r["worker"] for r in rows})
         may_replay = any(service.policy.may(who, Action.REPLAY, str(w["name"])).allowed for w in api.workers(who))
+        readable = [r for r in rows if r["worker"] in allowed]
+        ids = await buildbot_pages.worker_ids(master, {r["worker"] for r in readable})
+        builds = await buildbot_pages.build_pages(master, {b for r in readable if (b := r["build_id"]) is not None})
         return {"type": "history", "may_replay": may_replay, "sessions": [
-            {k: r.get(k) for k in HISTORY_FIELDS} for r in rows if r["worker"] in allowed]}, None
+            {**{k: r.get(k) for k in HISTORY_FIELDS}, "workerid": ids.get(r["worker"]),
+             "builderid": _builder_of(builds, r)} for r in readable]}, None
     if kind == "transcript":
         session_id, offset = message.get("id"), message.get("offset", 0)
         if not isinstance(session_id, str) or len(session_id) > 256:

@@ -128,6 +128,32 @@
 
   function when(iso) { return iso ? String(iso).replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : ""; }
 
+  // Links between slaveshell's pages and Buildbot's own. A worker's name leads to its view here (its live sessions,
+  // its recent history, an Open shell button) and, when the master found its Buildbot id, to Buildbot's page for it
+  // (#/workers/<id>); a session in a build leads to the build's page (#/builders/<builderid>/builds/<number>).
+  // Ids come from the master (master_side/www/buildbot_pages.py) and are used only when they are integers.
+  function workerView(name) { return "#/slaveshell/worker/" + encodeURIComponent(name); }
+  function isId(n) { return typeof n === "number" && Number.isInteger(n) && n >= 0; }
+
+  function WorkerName(props) {
+    var parts = [h("a", { key: "view", href: workerView(props.name), className: "slaveshell-worker-link",
+      title: "Shells on this worker" }, printable(props.name))];
+    if (isId(props.workerid)) {
+      parts.push(" ", h("a", { key: "bb", href: "#/workers/" + props.workerid, className: "slaveshell-bb-worker",
+        title: "This worker's page in Buildbot" }, "(Buildbot page)"));
+    }
+    return h(React.Fragment, null, parts);
+  }
+
+  function BuildCell(props) {
+    var r = props.row;
+    if (r.build_id === null || r.build_id === undefined) return null;
+    var text = printable(r.builder && isId(r.build_number) ? r.builder + " #" + r.build_number : "build " + r.build_id);
+    if (!isId(r.builderid) || !isId(r.build_number)) return h("span", { className: "slaveshell-build" }, text);
+    return h("a", { href: "#/builders/" + r.builderid + "/builds/" + r.build_number,
+      className: "slaveshell-build slaveshell-build-link", title: "This build's page in Buildbot" }, text);
+  }
+
   // A link to a session's replay when this web user may replay it (its row is in the history they may read),
   // with what the audit index says of it; nothing otherwise.
   function ReplayLink(props) {
@@ -219,7 +245,9 @@
         }, s.own ? "Resume" : "Join"));
       }
       return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state },
-        h("td", null, printable(s.id)), h("td", null, printable(s.worker)), h("td", null, printable(s.operator)),
+        h("td", null, printable(s.id)),
+        h("td", null, h("a", { href: workerView(s.worker), className: "slaveshell-worker-link" }, printable(s.worker))),
+        h("td", null, printable(s.operator)),
         h("td", null, commandLabel(s)), h("td", null, printable(s.state)),
         h("td", null, printable(s.viewers.join(", "))), h("td", null, buttons));
     });
@@ -254,7 +282,7 @@
       var ready = w.allowed && w.connected && w.shell;
       var why = !w.allowed ? "not allowed" : !w.connected ? "not connected" : !w.shell ? "no slaveshell" : "";
       return h("tr", { key: w.name, "data-worker": w.name },
-        h("td", null, printable(w.name)),
+        h("td", null, h(WorkerName, { name: w.name, workerid: w.workerid })),
         h("td", null, w.connected ? "connected" : "disconnected"),
         h("td", null, String(w.sessions)),
         h("td", null, ready
@@ -532,6 +560,27 @@
     return function () { over = true; ws.close(); };
   }
 
+  // Rows of the audit index (lists.py's "history" answer): each with its replay button, its worker (to its view
+  // here and to Buildbot's page) and, for a session in a build, the build (to Buildbot's page).
+  function HistoryTable(props) {
+    return h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
+      h("thead", null, h("tr", null, ["Session", "Worker", "Build", "Operator", "Command", "Started", "Ended",
+        "Outcome", "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
+      h("tbody", null, props.rows.map(function (r) {
+        // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
+        return h("tr", { key: r.id, "data-session": r.id },
+          h("td", { className: "slaveshell-session" }, printable(r.id), h("br"), h("button", {
+            className: "btn btn-secondary btn-sm slaveshell-replay",
+            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")),
+          h("td", { className: "slaveshell-worker" }, h(WorkerName, { name: r.worker, workerid: r.workerid })),
+          h("td", null, h(BuildCell, { row: r })),
+          h("td", null, printable(r.operator)),
+          h("td", { className: "slaveshell-command" }, commandLabel(r)),
+          h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", { className: "slaveshell-outcome" }, outcome(r)),
+          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""));
+      }))));
+  }
+
   function HistoryPage() {
     var st = React.useState({ rows: null, error: null, mayReplay: true });
     var state = st[0], setState = st[1];
@@ -563,26 +612,105 @@
       ? "No session matches (the history lists the sessions on workers where you have the replay right)."
       : "No history to show: the master's policy does not give you the replay right on any worker (you may " +
         "watch live sessions; the history and replays need the replay right).");
-    else body = h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
-      h("thead", null, h("tr", null, ["Session", "Worker", "Operator", "Command", "Started", "Ended", "Outcome",
-        "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
-      h("tbody", null, state.rows.map(function (r) {
-        // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
-        return h("tr", { key: r.id, "data-session": r.id },
-          h("td", { className: "slaveshell-session" }, printable(r.id), h("br"), h("button", {
-            className: "btn btn-secondary btn-sm slaveshell-replay",
-            onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")),
-          h("td", null, printable(r.worker)), h("td", null, printable(r.operator)),
-          h("td", { className: "slaveshell-command" }, commandLabel(r)),
-          h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", { className: "slaveshell-outcome" }, outcome(r)),
-          h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""));
-      }))));
+    else body = h(HistoryTable, { rows: state.rows });
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shell sessions: history"),
       blocked ? null : h("div", { style: { marginBottom: "0.5em" } }, field("worker", "worker"), field("user", "operator (web:name)"),
         h("button", { className: "btn btn-primary btn-sm slaveshell-filter",
           onClick: function () { setState(Object.assign({}, state, { rows: null })); ask(); } }, "Filter")),
       body);
+  }
+
+  // One worker (#/slaveshell/worker/<name>, linked from its name in these pages and, through the worker's
+  // `access_uri`, from Buildbot's worker page: docs/web.md): an Open shell button (the fleet's click-to-open flow),
+  // its live sessions, its recent history and a link to Buildbot's page for it. A worker the web user may not act
+  // on is not listed by the master, and the page says so, with no button.
+  function WorkerPage() {
+    useHash();
+    var match = /\/slaveshell\/worker\/([^/?]+)/.exec(window.location.hash), name = "";
+    try { name = match ? decodeURIComponent(match[1]) : ""; } catch (e) { name = match[1]; } // a malformed %-escape
+    return h(WorkerView, { name: name, key: "w:" + name });
+  }
+
+  function WorkerView(props) {
+    var name = props.name;
+    var st = React.useState({ lists: null, error: null, login: false });
+    var state = st[0], setState = st[1];
+    var hs = React.useState({ rows: null, mayReplay: true });
+    var past = hs[0], setPast = hs[1];
+    React.useEffect(function () {
+      setTitle(printable("Worker " + name));
+      if (blockedNotice()) return undefined;
+      // One socket at a time (a user without a right has one): the lists every 5 s, the history with the first.
+      var cancel = null, timer = null, live = true, first = true;
+      function load() {
+        var got = {}, withHistory = first;
+        first = false;
+        cancel = questions(function (send) {
+          send({ type: "workers" });
+          send({ type: "sessions" });
+          if (withHistory) send({ type: "history", worker: name, limit: 20 });
+        }, function (m) {
+          if (m.type === "history") got.history = m;
+          else if (m.type === "workers" || m.type === "sessions") got[m.type] = m[m.type];
+          if (!got.workers || !got.sessions || (withHistory && !got.history)) return;
+          cancel();
+          if (!live) return;
+          setState({ lists: got, error: null, login: false });
+          if (got.history) setPast({ rows: got.history.sessions, mayReplay: got.history.may_replay !== false });
+          timer = setTimeout(load, 5000);
+        }, function (why, m) { if (live) setState({ lists: null, error: why, login: !!(m && m.login) }); });
+      }
+      load();
+      return function () { live = false; clearTimeout(timer); if (cancel) cancel(); };
+    }, [name]);
+    var blocked = blockedNotice();
+    var heading = h("h4", null, "Worker ", h("span", { className: "slaveshell-worker-name" }, printable(name)), " ",
+      h("button", { className: "btn btn-outline-secondary btn-sm", onClick: function () { go("#/slaveshell"); } },
+        "All workers"));
+    if (blocked) return h("div", { className: "slaveshell-page" }, heading, blocked);
+    if (state.error) {
+      return h("div", { className: "slaveshell-page" }, heading,
+        h("div", { className: "alert alert-danger slaveshell-refused" }, "Shells: " + state.error, " ",
+          state.login ? h(LoginAgain) : null));
+    }
+    if (!state.lists) return h("div", { className: "slaveshell-page" }, heading, "Loading the worker...");
+    var w = state.lists.workers.filter(function (x) { return x.name === name; })[0];
+    if (!w) {
+      return h("div", { className: "slaveshell-page" }, heading,
+        h("p", { className: "slaveshell-no-worker" }, printable("No worker " + name + " that you may act on " +
+          "(Buildbot's authz gives you no shell action on it, or the master has no such worker).")));
+    }
+    var ready = w.allowed && w.connected && w.shell;
+    var why = !w.allowed ? "the master's policy gives you no shell right on it" : !w.connected ? "it is not connected"
+      : !w.shell ? "it runs without slaveshell" : "";
+    var sessions = state.lists.sessions.filter(function (s) { return s.worker === name; });
+    var history;
+    if (!past.rows) history = h("p", null, "Loading the audit index...");
+    else if (!past.rows.length) history = h("p", { className: "slaveshell-no-history" }, past.mayReplay
+      ? "No session on this worker in the history you may read." : "No history to show: the master's policy does " +
+        "not give you the replay right on any worker.");
+    else history = h(HistoryTable, { rows: past.rows });
+    return h("div", { className: "slaveshell-page slaveshell-worker-view", "data-worker": name }, heading,
+      h("p", { className: "slaveshell-worker-state" },
+        (w.connected ? "Connected" : "Not connected") + ", " + String(w.sessions) + " live session" +
+          (w.sessions === 1 ? "" : "s") + ". ",
+        isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
+          "Buildbot's page for this worker") : null),
+      ready
+        ? h("button", { className: "btn btn-primary slaveshell-open",
+            onClick: function () { goClicked("new:" + name, "#/slaveshell/terminal/" + encodeURIComponent(name)); } },
+            "Open shell")
+        : h("p", { className: "text-muted slaveshell-why" }, "No shell here: " + why + "."),
+      h("h5", { style: { marginTop: "1em" } }, "Shell sessions"),
+      sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
+      h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
+        h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"), h("th", null, "Operator"),
+          h("th", null, "Command"), h("th", null, "State"), h("th", null, "Viewers"), h("th", null, ""))),
+        h("tbody", null, h(SessionRows, { sessions: sessions })))),
+      h("h5", null, "Recent sessions ", h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
+        href: "#/slaveshell/history" }, "All history")),
+      history);
   }
 
   var playerLoaded = null;
@@ -742,6 +870,10 @@
     reg.registerRoute({
       route: "slaveshell/build/:build", group: "slaveshell",
       element: function () { return h(BuildPage); },
+    });
+    reg.registerRoute({
+      route: "slaveshell/worker/:worker", group: "slaveshell",
+      element: function () { return h(WorkerPage); },
     });
     reg.registerRoute({
       route: "slaveshell/history", group: "slaveshell",
