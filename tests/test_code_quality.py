@@ -89,6 +89,10 @@ STRICT = [
     "master_side/hold_deadline.py",
     "master_side/hold_ops.py",
     "slaveshell/hold_cli.py",
+    "slaveshell/router.py",
+    "master_side/cluster_config.py",
+    "master_side/cluster_view.py",
+    "master_side/cluster_part.py",
 ]
 
 
