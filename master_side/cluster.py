@@ -96,15 +96,24 @@ class ClusterLink:
     def registered(self, worker: str) -> bool:
         return worker in self._registered
 
-    def start(self) -> None:
+    def start(self, basedir: str) -> None:
+        """Join the router (and keep joining it when the link is lost); a ticket file that cannot be read leaves
+        the link off, said in the log."""
         from autobahn.twisted.component import Component
+
+        try:
+            ticket = self.config.secret(basedir)
+        except OSError as e:
+            log.critical("slaveshell: cannot read the router's ticket file ({why}): the cluster link is off",
+                         why=visible(e.strerror or str(e)))
+            return
 
         transport = {"url": self.config.router_url, "max_retries": -1,
                      "initial_retry_delay": self.config.initial_retry_delay,
                      "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
         component = Component(transports=[transport], realm=self.config.realm,
                               authentication={"ticket": {"authid": self.config.authid,
-                                                         "ticket": self.config.secret()}})
+                                                         "ticket": ticket}})
         component.on("join", self._joined)
         component.on("leave", self._left)
         self._component = component

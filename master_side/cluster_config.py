@@ -7,6 +7,8 @@ In master.cfg::
                                        authid='slaveshell', ticket_file='/etc/slaveshell/router-ticket',
                                        master='B'))
 
+`ticket_file` (relative to the master's basedir, or absolute) is read when the link starts.
+
 URIs are made of names that come from workers and master.cfg, so each such name is one URI component in lower-case
 hexadecimal of its UTF-8: any name (dots, spaces, `#`, upper case, non-ASCII) gives a valid, distinct component
 under the router's strict URI rules.
@@ -89,18 +91,21 @@ class ClusterConfig:
                 out.append(f"cluster: {what} must be a name of 1 to {MAX_NAME} characters")
         if (self.ticket is None) == (self.ticket_file is None):
             out.append("cluster: give exactly one of ticket and ticket_file")
-        elif self.ticket_file is not None and not os.path.isfile(self.ticket_file):
-            out.append("cluster: ticket_file is not a readable file")
+        for what in ("ticket", "ticket_file"):
+            value = getattr(self, what)
+            if value is not None and (not isinstance(value, str) or not value):
+                out.append(f"cluster: {what} must be a non-empty string")
         for what in ("initial_retry_delay", "max_retry_delay", "call_timeout"):
             value = getattr(self, what)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 out.append(f"cluster: {what} must be a positive number of seconds")
         return out
 
-    def secret(self) -> str:
-        """The ticket: given, or the file's first line. OSError when the file cannot be read."""
+    def secret(self, basedir: str = ".") -> str:
+        """The ticket: given, or the first line of ticket_file (relative to the master's `basedir`), read when the
+        link starts (a master.cfg checked elsewhere need not see the file). OSError when it cannot be read."""
         if self.ticket is not None:
             return self.ticket
         assert self.ticket_file is not None
-        with open(self.ticket_file, encoding="utf-8") as f:
+        with open(os.path.join(basedir, self.ticket_file), encoding="utf-8") as f:
             return f.readline().strip()

@@ -34,7 +34,7 @@ class ClusterPart:
         self.link = ClusterLink(config, self._listing, reactor)
 
     def start(self) -> None:
-        self.link.start()
+        self.link.start(str(self._master().basedir))
 
     def stop(self) -> defer.Deferred[None]:
         return self.link.stop()

@@ -107,6 +107,16 @@ def test_the_ticket_is_read_from_its_file(tmp_path: Any) -> None:
     path.write_text("s3cret\n")
     config = ClusterConfig(router_url="ws://h/ws", realm="r", authid="a", master="A", ticket_file=str(path))
     assert config.errors() == [] and config.secret() == "s3cret"
+    relative = ClusterConfig(router_url="ws://h/ws", realm="r", authid="a", master="A", ticket_file="ticket")
+    assert relative.secret(str(tmp_path)) == "s3cret"
+
+
+def test_a_ticket_file_that_cannot_be_read_leaves_the_link_off(tmp_path: Any) -> None:
+    config = ClusterConfig(router_url="ws://h/ws", realm="r", authid="a", master="A", ticket_file="missing")
+    assert config.errors() == []  # read when the link starts: master.cfg may be checked on another host
+    link = ClusterLink(config, lambda: listing_of("A", []), task.Clock())
+    link.start(str(tmp_path))
+    assert link._component is None and not link.connected
 
 
 def test_attached_workers_are_registered_once_and_unregistered_when_gone() -> None:

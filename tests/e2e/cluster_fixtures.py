@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +29,10 @@ from slaveshell.sandbox import Sandbox, free_port
 PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
 REALM = "buildbot"
 AUTHID = "slaveshell"
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                   "multi-master.md")
+DOC_ROUTER = "ws://router.example.org:8080/ws"
+DOC_DB = "postgresql+psycopg2://buildbot@db.example.org/buildbot"
 
 
 @dataclass
@@ -79,16 +85,25 @@ def site(root: str) -> Iterator[Site]:
         f.write(ticket + "\n")
     router = wamp_router.Router(os.path.join(root, "router"), free_port(), REALM, {AUTHID: ticket})
     db_url = f"postgresql+psycopg2://postgres@127.0.0.1/{database}"
-    masters = []
-    for name, workers, extra in (("A", ["a1", "dup"], "c['workers'].append(worker.Worker('b1', 'pass'))\n"),
-                                 ("B", ["b1", "dup"], "")):
-        sb = Sandbox(os.path.join(root, name), workers=workers, db_url=db_url,
-                     service_kwargs=cluster_kwargs(router.url, ticket_file, name),
-                     master_config=master_config(router.url) + extra)
-        masters.append(sb)
+    # A is configured here; B by docs/multi-master.md's master.cfg fragment, as written but for the router's URL,
+    # the database and the master's name.
+    a = Sandbox(os.path.join(root, "A"), workers=["a1", "dup"], db_url=db_url,
+                service_kwargs=cluster_kwargs(router.url, ticket_file, "A"),
+                master_config=master_config(router.url) + "c['workers'].append(worker.Worker('b1', 'pass'))\n")
+    b = Sandbox(os.path.join(root, "B"), workers=["b1", "dup"], db_url=db_url,
+                master_config=documented_master_cfg(router.url, db_url, "B"))
+    masters = [a, b]
     try:
         for sb in masters:
             sb.create()
+        # The documented fragment brings its own ShellService, and reads its ticket from the basedir.
+        cfg = os.path.join(b.master_dir, "master.cfg")
+        with open(cfg) as f:
+            text = f.read()
+        assert text.count("c['services'] = [ShellService()]\n") == 1
+        with open(cfg, "w") as f:
+            f.write(text.replace("c['services'] = [ShellService()]\n", "c['services'] = []\n"))
+        shutil.copy(ticket_file, os.path.join(b.master_dir, "router-ticket"))
         masters[0].upgrade_database()
         os.makedirs(router.root, exist_ok=True)
         router.start()
@@ -100,6 +115,19 @@ def site(root: str) -> Iterator[Site]:
             sb.stop()
         router.stop()
         _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def documented_master_cfg(router_url: str, db_url: str, name: str) -> str:
+    """docs/multi-master.md's master.cfg fragment, for this machine: its router URL, database and master name
+    replaced, nothing else."""
+    with open(DOC) as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)
+    assert len(blocks) == 1
+    fragment = blocks[0]
+    for documented, here in ((DOC_ROUTER, router_url), (DOC_DB, db_url), ("master='B'", f"master={name!r}")):
+        assert documented in fragment
+        fragment = fragment.replace(documented, here)
+    return fragment
 
 
 ANONYMOUS_PROBE = r'''
