@@ -126,9 +126,12 @@ class ClusterLink:
         component, self._component = self._component, None
         if component is not None:
             try:
-                await component.stop()
-            except Exception:
-                log.failure("slaveshell: stopping the cluster link")
+                # Leaving waits for the router's answer: bounded, so that a router gone silent cannot hold up
+                # the master's shutdown.
+                await self._timed(defer.maybeDeferred(component.stop))
+            except Exception as e:
+                log.warn("slaveshell: the cluster link did not leave the router cleanly: {why}",
+                         why=visible(str(e)[:200]))
         self._forget()
 
     # -- the session's life ------------------------------------------------------------------------

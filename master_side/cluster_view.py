@@ -58,9 +58,8 @@ async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: l
     own = str(getattr(here, "name", ""))
     try:
         listings = await link.site()
-    except ClusterUnavailable as e:
-        listings = []
-        log.warn("slaveshell: workers of the other masters unknown: {why}", why=visible(str(e)))
+    except ClusterUnavailable:
+        listings = []  # the link's own log says when it leaves and joins the router again
     try:
         database = await database_view(here)
     except Exception as e:
