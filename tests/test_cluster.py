@@ -222,3 +222,16 @@ def test_the_refusal_says_where_the_worker_is() -> None:
     assert "attached to 2 masters: B (host:/srv/B), C (host:/srv/C)" in elsewhere(a, "dup", why).result
     link = ClusterLink(CONFIG, lambda: listing_of("A", []), task.Clock())
     assert elsewhere(link, "b1", why).result.startswith(why + " (the other masters could not be asked: ")
+
+
+def test_another_masters_answer_is_checked_and_shown_inertly() -> None:
+    assert Listing.from_wire(["not", "a", "dict"]) is None
+    assert Listing.from_wire({"master": "B", "buildbot": "h:/b", "masterid": True, "workers": []}) is None
+    listing = Listing.from_wire({"master": "B", "buildbot": "h:/b", "masterid": 2,
+                                 "workers": [{"name": "w1"}, {"name": 3}, "junk"]})
+    assert listing is not None and [w["name"] for w in listing.workers] == ["w1"]
+    from slaveshell.display import cell
+
+    hostile = {"masters": ["B\x1b]2;pwned\x07\x1b[31m"], "here": False}
+    shown = cell(_held_by(hostile), 28)
+    assert "\x1b" not in shown and "\x07" not in shown
