@@ -15,6 +15,7 @@ from slaveshell import hidden as hidden_input
 from slaveshell.policy import Policy, Rule
 
 from .audit_trail import ON_RECORD_ERROR
+from .cluster_config import ClusterConfig
 from .limits import Bounds
 from .transfer_record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
 
@@ -98,10 +99,19 @@ class ShellConfig:
     # `slaveshell cp`: uploaded text files of at most this many bytes are kept in the transfer's transcript, where
     # search and export reach them (0: none; at most KEEP_UPLOADED_TEXT_MAX).
     keep_uploaded_text: int = KEEP_UPLOADED_TEXT
+    # A multi-master site's WAMP router, reached as slaveshell (master_side.cluster_config); None: one master.
+    cluster: ClusterConfig | None = None
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
-        return self._number_errors() + self._recording_errors() + self._access_errors()
+        return self._number_errors() + self._recording_errors() + self._access_errors() + self._cluster_errors()
+
+    def _cluster_errors(self) -> list[str]:
+        if self.cluster is None:
+            return []
+        if not isinstance(self.cluster, ClusterConfig):
+            return ["cluster must be a ClusterConfig (from master_side import ClusterConfig)"]
+        return self.cluster.errors()
 
     def _number_errors(self) -> list[str]:
         out = []

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from buildbot.worker.protocols.pb import Connection as WorkerConnection
 
     from .audit_trail import AuditTrail
+    from .cluster_part import ClusterPart
     from .limits import ConnectionGate
 
 log = Logger()
@@ -67,6 +68,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
         self.hold_wait = 600.0
         self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
         self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.copy_api)
+        self.cluster: ClusterPart | None = None  # a multi-master site's router (master_side.cluster_part)
 
     @property
     def trail(self) -> AuditTrail:
@@ -197,7 +199,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
                 conn = self.glue.route(request.worker)
             request = self.glue.workdir_for(request, self.holds.held)
         except RouteError as e:
-            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
+            why = str(e) if self.cluster is None else await self.cluster.refusal(request.worker, str(e))
+            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, why) from None
         quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
                                   self.registry.limits.per_operator)
         if quota:

@@ -252,6 +252,8 @@ class WireDoor(Protocol):
         if op is Op.KILL:
             return {"text": api.kill(who, message.get("session"))}
         if op is Op.WORKERS:
+            if api.cluster is not None:  # a multi-master site: where each worker is (master_side.cluster_view)
+                return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})
             return {"rows": api.workers(who)}
         if op is Op.HISTORY:
             return api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})

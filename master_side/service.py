@@ -25,6 +25,7 @@ from slaveshell.policy import Policy
 from . import upstream
 from .audit_trail import AuditTrail
 from .buildbot_glue import BuildbotGlue
+from .cluster_part import ClusterPart
 from .config import Limits, ShellConfig, group_id, shell_config
 from .hold import Holds
 from .limits import ConnectionGate, RefusalAudit, peer_identity
@@ -113,6 +114,7 @@ class ShellService(BuildbotService):
             return
         if not self._ticker.running:
             self._ticker.start(1.0, now=False)
+        await self._cluster(options)
         trail = AuditTrail(self.master.basedir, str(getattr(self.master, "name", self.master.basedir)),
                            transcripts=options.transcripts, db_url=options.db_url,
                            record_input=options.record_input, redact=options.redact,
@@ -141,6 +143,7 @@ class ShellService(BuildbotService):
         log.info("slaveshell: stopping (sessions ended)")
         await self._stop_listening()
         log.info("slaveshell: stopping (socket closed)")
+        await self._cluster(None)
         if self.trail is not None:
             await self.trail.stop()
             self.trail = None
@@ -177,6 +180,21 @@ class ShellService(BuildbotService):
             await defer.maybeDeferred(port.stopListening)
             self.socket_path = None
 
+    @deferred
+    async def _cluster(self, options: ShellConfig | None) -> None:
+        """Start, change or stop the link to a multi-master site's router (master_side.cluster_part)."""
+        from twisted.internet import reactor
+
+        wanted = options.cluster if options is not None else None
+        part = self.api.cluster
+        if part is not None and part.config != wanted:
+            self.api.cluster = None
+            await part.stop()
+        if wanted is not None and self.api.cluster is None:
+            part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor)
+            part.start()
+            self.api.cluster = part
+
     def _tick(self) -> None:
         try:
             self.gate.tick()
@@ -186,6 +204,8 @@ class ShellService(BuildbotService):
         self.registry.tick(now)
         self.api.transfers.tick()
         self.retention.tick(now)
+        if self.api.cluster is not None:
+            self.api.cluster.tick(now)
 
 
 def _seconds() -> float:

@@ -50,12 +50,29 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(workers, indent=1))
         return 0
-    print(f"{'WORKER':20} {'STATE':12} {'SHELL':6} {'YOU':6} {'SESSIONS':8} SYSTEM")
+    site = any("masters" in w for w in workers)  # a multi-master site: which master holds each worker
+    print(f"{'WORKER':20} {'STATE':12} {'SHELL':6} {'YOU':6} {'SESSIONS':8} "
+          + (f"{'MASTER':28} " if site else "") + "SYSTEM")
     for w in workers:
         state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
         print(f"{cell(w['name'], 20)} {state:12} {'yes' if w['shell'] else 'no':6} "
-              f"{'may' if w['allowed'] else 'denied':6} {w['sessions']:<8} {visible(w['system'])}")
+              f"{'may' if w['allowed'] else 'denied':6} {w['sessions']:<8} "
+              + (f"{cell(_held_by(w), 28)} " if site else "") + visible(w["system"]))
     return 0
+
+
+def _held_by(row: dict[str, object]) -> str:
+    """Which master of a multi-master site holds the worker, as `slaveshell workers` shows it."""
+    listed = row.get("masters")
+    masters = [str(m) for m in listed] if isinstance(listed, list) else []
+    if len(masters) > 1:
+        return f"on {len(masters)} masters: {', '.join(masters)}"
+    if row.get("here"):
+        return f"here (master {masters[0]})" if masters else "here"
+    if masters:
+        return f"on master {masters[0]}"
+    stale = row.get("stale_database_rows")
+    return "nowhere (stale db row)" if stale else "-"
 
 
 def _fail(error: Exception) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 MASTER_CFG = """\
 # A throwaway master made by slaveshell's sandbox.
 from buildbot.plugins import changes, schedulers, steps, util, worker
-from master_side import HoldForShell, ShellService
+from master_side import ClusterConfig, HoldForShell, ShellService
 
 c = BuildmasterConfig = {{}}
 c['title'] = 'slaveshell sandbox'
@@ -51,7 +51,7 @@ c['builders'] = [
         ]),
     ),
 ]
-c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
+c['db'] = {{'db_url': {db_url!r}}}
 {www}
 c['buildbotNetUsageData'] = None
 c['services'] = [ShellService({service_kwargs})]
@@ -116,7 +116,7 @@ class Sandbox:
                  service_kwargs: str = "", opt_in_args: str = "", build_command: str | None = None,
                  hold_timeout: float = 600, www: bool = False, www_config: str = "",
                  hold_command: str = "echo evidence > failed.txt; exit 1", hold_args: str = "",
-                 extra_config: str = "") -> None:
+                 db_url: str = "sqlite:///state.sqlite", extra_config: str = "") -> None:
         self.root = os.path.abspath(root)
         self.workers = list(workers)
         # Which workers opt in (default: all); the others run without slave_side.
@@ -138,7 +138,9 @@ class Sandbox:
         # Python source run after c['www'] is set (a login, an authz, plugins), when www is on.
         self.www_config = www_config
         self.www_port = 0
-        # Python source at the end of master.cfg: reporters appended to c['services'], for instance.
+        # Buildbot's database (a shared PostgreSQL database for a multi-master site: see upgrade_database).
+        self.db_url = db_url
+        # Python source at the end of master.cfg: reporters appended to c['services'], multiMaster, the wamp mq.
         self.extra_config = extra_config
         self.master_dir = os.path.join(self.root, "master")
         self.port = 0
@@ -193,7 +195,7 @@ class Sandbox:
                                       build_command=self.build_command, service_kwargs=self.service_kwargs,
                                       hold_timeout=self.hold_timeout, www=www, buildbot_url=self.url,
                                       hold_command=self.hold_command, hold_args=self.hold_args,
-                                      extra_config=self.extra_config))
+                                      db_url=self.db_url, extra_config=self.extra_config))
         for name in self.workers:
             wdir = self.worker_dir(name)
             if name in self.msgpack:
@@ -208,6 +210,10 @@ class Sandbox:
                 text = text.replace("\ns = Worker(", "\n" + OPT_IN.format(args=self.opt_in_args) + "s = Worker(", 1)
                 with open(tac, "w") as f:
                     f.write(text)
+
+    def upgrade_database(self) -> None:
+        """Make Buildbot's tables in `db_url` (the template's own database is SQLite): once per database."""
+        self._run(BUILDBOT + ["upgrade-master", "--quiet", self.master_dir], timeout=300)
 
     def start(self, timeout: float = 90) -> None:
         self._run(BUILDBOT + ["start", self.master_dir], timeout=timeout)

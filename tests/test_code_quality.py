@@ -100,6 +100,10 @@ STRICT = [
     "slaveshell/banana_bounds.py",
     "slaveshell/upstream.py",
     "slave_side/server.py",
+    "slaveshell/router.py",
+    "master_side/cluster_config.py",
+    "master_side/cluster_view.py",
+    "master_side/cluster_part.py",
 ]
 
 

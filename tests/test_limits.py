@@ -314,6 +314,7 @@ class PendingAPI:
         return d
 
     history = search = _wait
+    cluster = None  # one master: no router (master_side.cluster_part)
 
     def transcript(self, *args: Any) -> defer.Deferred[Any]:
         return self._wait().addCallback(lambda _: {"data": b"", "eof": True})

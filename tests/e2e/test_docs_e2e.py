@@ -72,6 +72,27 @@ def test_every_python_block_is_a_fragment_this_module_loads() -> None:
     blocks = {doc: [kind(b) for b in python_blocks(doc)] for doc in DOCS}
     assert blocks["README.md"] == ["tac", "tac", "master.cfg", "master.cfg", "master.cfg", "master.cfg"], blocks
     assert blocks[os.path.join("docs", "web.md")] == ["master.cfg"], blocks
+    # docs/multi-master.md's is run by the multi-master site of tests/e2e/test_cluster_e2e.py (master B's).
+    assert blocks[os.path.join("docs", "multi-master.md")] == ["master.cfg"], blocks
+
+
+def test_multi_master_doc_shows_the_router_configuration_slaveshell_makes() -> None:
+    """docs/multi-master.md's crossbar configuration is what the command it names prints, and what the tests'
+    router runs with (slaveshell.router.config)."""
+    from slaveshell import router
+
+    with open(os.path.join(ROOT, "docs", "multi-master.md")) as f:
+        text = f.read()
+    blocks = re.findall(r"^```json\n(.*?)^```", text, flags=re.S | re.M)
+    assert len(blocks) == 1
+    command = "python3 -m slaveshell.router config --port 8080 --ticket slaveshell=CHANGE-ME"
+    assert f"`{command}`" in text
+    printed = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT)
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(blocks[0]) == json.loads(printed.stdout) == router.config(8080, "buildbot",
+                                                                              {"slaveshell": "CHANGE-ME"})
+    assert printed.stdout == blocks[0]
 
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if fragments(d, "master.cfg")])
