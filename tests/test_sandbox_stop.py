@@ -3,7 +3,6 @@ name another process by now (pids are reused), which must not be signalled."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys
