@@ -28,20 +28,30 @@ from twisted.spread import pb
 from slaveshell.cpwire import (
     CHUNK,
     ENTRY_COST,
+    FROM_SENDER,
     NO_CLAIM,
     STREAM_CALLS,
     UP,
     WORKER_TRANSFER_METHOD,
+    Abort,
+    Ack,
+    Cancel,
     Credit,
+    Data,
+    DoneFile,
     Entry,
+    Finish,
+    Result,
+    Start,
     StreamOrder,
+    TransferEvent,
     TransferRequest,
-    check_claim,
+    event_type,
 )
 from slaveshell.display import visible
 from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.policy import Identity, Policy
-from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
+from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_str
 from slaveshell.remote import note_peer_exported, set_nodelay
 
 from .hashing import BatchedSha256
@@ -58,7 +68,6 @@ log = Logger()
 
 OPERATOR = "operator"
 WORKER = "worker"
-SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
 # A file's bytes are hashed on the hashing thread this many at a time (master_side.hashing): a transfer holds at
 # most three times this for hashing, the size of its window (cpwire.WINDOW); a smaller file on the reactor thread.
 TRANSFER_HASH_BATCH = 1024 * 1024
@@ -71,11 +80,11 @@ TRANSFER_STALL_TIMEOUT = 60.0
 
 
 class PartyEnd(TypingProtocol):
-    """A party's end as the master calls it: answer-less `send(method, *args)` (slaveshell.cpwire's calls) and
+    """A party's end as the master calls it: answer-less `send(event)` (slaveshell.cpwire's events) and
     `on_disconnect(callback)` (returns its undo). `Party` is the worker's (PB); the operator's is its door's
     (master_side.copy_wire.WireParty)."""
 
-    def send(self, method: str, *args: object) -> None: ...
+    def send(self, event: TransferEvent) -> None: ...
     def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
 
 
@@ -97,11 +106,12 @@ class Party(LeanPeer):
         super().__init__(ref, _dropped, _dropped)
         self.check = check
         if lean:
-            self.send("lean")
+            LeanPeer.send(self, "lean")
             self.lean = True
 
-    def send(self, method: str, *args: object) -> None:
-        super().send(method, *args)
+    def send(self, event: TransferEvent) -> None:  # type: ignore[override]
+        """The event as its PB call (or lean call), with plain values."""
+        LeanPeer.send(self, event.call, *event.to_wire())
         self.check()
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
@@ -109,7 +119,8 @@ class Party(LeanPeer):
 
 
 class MasterTransfer:
-    """One transfer's relay. `received(side, method, args)` takes each party's call (from `TransferEnd`)."""
+    """One transfer's relay. `take(side, event)` takes each party's event, decoded at its door's edge
+    (`arrived`, `received`); each type of event has its handler (`_HANDLERS`)."""
 
     def __init__(self, transfer_id: str, who: Identity, request: TransferRequest, record: TransferRecord | None,
                  on_end: Callable[[MasterTransfer], None], clock: Callable[[], float] = time.monotonic) -> None:
@@ -120,6 +131,7 @@ class MasterTransfer:
         self.record = record
         self.on_end = on_end
         self.sender_side = OPERATOR if request.direction == UP else WORKER
+        self.receiver_side = self._other(self.sender_side)
         self.parties: dict[str, PartyEnd] = {}
         self.order = StreamOrder()
         self.asked = request.asked()  # what the receiver takes: the stream is held to it here already
@@ -140,7 +152,7 @@ class MasterTransfer:
         disk's time, and its connection's end ends the transfer."""
         if self.ended or timeout is None or now - self.progressed < timeout:
             return False
-        receiver = self._other(self.sender_side)
+        receiver = self.receiver_side
         if self.order.finished and receiver == OPERATOR:
             return False  # the operator's client commits a download (its fsyncs may take long): its own time
         if self.order.finished:
@@ -158,73 +170,92 @@ class MasterTransfer:
     def _other(self, side: str) -> str:
         return WORKER if side == OPERATOR else OPERATOR
 
-    def received(self, side: str, method: str, args: tuple[object, ...]) -> None:
+    # -- a party's events, decoded at its door's edge ---------------------------------------------------
+
+    def received(self, side: str, call: object, args: tuple[object, ...]) -> None:
+        """A party's call by its name, with plain values (a door that names it): decoded, then taken."""
+        self.decoded(side, lambda: event_type(call).from_wire(*args))
+
+    def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None:
+        """A party's `kind` of event, with plain values (a PB method's): decoded, then taken."""
+        self.decoded(side, lambda: kind.from_wire(*args))
+
+    def take(self, side: str, event: TransferEvent) -> None:
+        """A party's event, already decoded."""
+        self.decoded(side, lambda: event)
+
+    def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None:
+        """A party's event as `decode()` makes it at the door's edge (ProtocolError ends the transfer)."""
         if self.ended:
             return  # late: racing the end
-        if method != "data" or args != (b"",):
-            self.progressed = self.clock()  # an empty chunk moves nothing: it does not hold the transfer open
         try:
-            self._dispatch(side, method, args)
+            event = decode()
+            if event != _NOTHING:
+                self.progressed = self.clock()  # an empty chunk moves nothing: it does not hold the transfer open
+            if isinstance(event, FROM_SENDER) and side != self.sender_side:
+                raise ProtocolError(f"{event.call} comes from the sender")
+            _HANDLERS[type(event)](self, side, event)
         except ProtocolError as e:
             self.end(False, f"the {side} sent a bad message: {e}")
         except OSError as e:
             self.end(False, f"the master cannot record the transfer: {e.strerror or e}")
 
-    def _dispatch(self, side: str, method: str, args: tuple[object, ...]) -> None:
-        receiver = self._other(self.sender_side)
-        if method in SENDER_METHODS and side != self.sender_side:
-            raise ProtocolError(f"{method} comes from the sender")
-        if method == "entry":
-            if len(args) != 5:
-                raise ProtocolError("entry takes kind, path, mode, size and mtime")
-            entry = Entry.from_wire(*args)
-            self.order.entry(entry)
-            self.asked.entry(entry)
-            self.credit.spend(ENTRY_COST)
-            self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
-            if self.record is not None:
-                self.record.entry(entry)
-            self.parties[receiver].send("entry", *entry.to_wire())
-        elif method == "data":
-            chunk = check_bytes(args[0] if len(args) == 1 else None, "data", CHUNK)
-            self.order.data(chunk)
-            self.credit.spend(len(chunk))
-            self.sha.update(chunk)
-            self.bytes += len(chunk)
-            if self.record is not None:
-                self.record.data(chunk)
-            self.parties[receiver].send("data", chunk)
-        elif method == "done_file":
-            claimed = check_claim(args[0] if len(args) == 1 else None)
-            entry = self.order.done_file()
-            self.credit.spend(ENTRY_COST)
-            mine = self.sha.hexdigest()
-            if claimed != NO_CLAIM and claimed != mine:
-                raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
-            self.files += 1
-            if self.record is not None:
-                self.record.file_done(entry, mine)
-            self.parties[receiver].send("done_file", mine)
-        elif method == "finish":
-            self.order.finish()
-            self.parties[receiver].send("finish")
-        elif method == "abort":
-            reason = args[0] if len(args) == 1 and isinstance(args[0], str) else ""
-            self.end(False, f"the {side} gave up: {reason[:1000]}")
-        elif method == "ack":
-            if side != receiver or len(args) != 1:
-                raise ProtocolError("ack comes from the receiver, with a credit")
-            self.parties[self.sender_side].send("ack", self.credit.ack(args[0]))
-        elif method == "result":
-            if side != receiver or len(args) != 2 or not isinstance(args[0], bool):
-                raise ProtocolError("result comes from the receiver: ok and a reason")
-            if args[0] and not self.order.finished:
-                raise ProtocolError("a transfer succeeded before it finished")
-            self.end(args[0], check_str(args[1], "reason", 4096), reported_by=side)
-        elif method == "cancel" and side == OPERATOR:
-            self.end(False, "stopped by the operator")
-        else:
-            raise ProtocolError(f"unknown transfer call {method}")
+    def _entry(self, _side: str, entry: Entry) -> None:
+        self.order.entry(entry)
+        self.asked.entry(entry)
+        self.credit.spend(ENTRY_COST)
+        self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
+        if self.record is not None:
+            self.record.entry(entry)
+        self.parties[self.receiver_side].send(entry)
+
+    def _data(self, _side: str, data: Data) -> None:
+        chunk = data.chunk
+        self.order.data(chunk)
+        self.credit.spend(len(chunk))
+        self.sha.update(chunk)
+        self.bytes += len(chunk)
+        if self.record is not None:
+            self.record.data(chunk)
+        self.parties[self.receiver_side].send(data)
+
+    def _done_file(self, _side: str, done: DoneFile) -> None:
+        entry = self.order.done_file()
+        self.credit.spend(ENTRY_COST)
+        mine = self.sha.hexdigest()
+        if done.sha256 != NO_CLAIM and done.sha256 != mine:
+            raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
+        self.files += 1
+        if self.record is not None:
+            self.record.file_done(entry, mine)
+        self.parties[self.receiver_side].send(DoneFile(mine))
+
+    def _finish(self, _side: str, finish: Finish) -> None:
+        self.order.finish()
+        self.parties[self.receiver_side].send(finish)
+
+    def _abort(self, side: str, abort: Abort) -> None:
+        self.end(False, f"the {side} gave up: {abort.reason[:1000]}")
+
+    def _ack(self, side: str, ack: Ack) -> None:
+        if side != self.receiver_side:
+            raise ProtocolError("ack comes from the receiver, with a credit")
+        self.parties[self.sender_side].send(Ack(self.credit.ack(ack.credit)))
+
+    def _result(self, side: str, result: Result) -> None:
+        if side != self.receiver_side:
+            raise ProtocolError("result comes from the receiver: ok and a reason")
+        if result.ok and not self.order.finished:
+            raise ProtocolError("a transfer succeeded before it finished")
+        self.end(result.ok, result.reason, reported_by=side)
+
+    def _cancel(self, side: str, _cancel: Cancel) -> None:
+        if side != OPERATOR:
+            raise ProtocolError("unknown transfer call cancel")
+        self.end(False, "stopped by the operator")
+
+    def _start(self, _side: str, _start: Start) -> None:
+        raise ProtocolError("unknown transfer call start")
 
     def end(self, ok: bool, reason: str, reported_by: str | None = None) -> None:
         """End once: the record closed, the operator told `result(ok, reason)`, the worker told `cancel`."""
@@ -237,9 +268,9 @@ class MasterTransfer:
         if self.record is not None:
             self.record.end(ok, reason, self.bytes, self.files)
         if OPERATOR in self.parties and reported_by != OPERATOR:
-            self.parties[OPERATOR].send("result", ok, reason)
+            self.parties[OPERATOR].send(Result(ok, reason))
         if WORKER in self.parties and reported_by != WORKER:
-            self.parties[WORKER].send("cancel", reason)
+            self.parties[WORKER].send(Cancel(reason))
         # Who, where, which way, how it ended and how much: never a path or a reason (which may name one); the
         # audit record has them.
         log.info("slaveshell transfer {tid}: {who} {direction} {worker}: {outcome}, {files} files, {nbytes} bytes",
@@ -250,10 +281,19 @@ class MasterTransfer:
         self.on_end(self)
 
 
+# Each event's handler in the relay (`MasterTransfer.decoded`).
+_HANDLERS: dict[type[TransferEvent], Callable[[MasterTransfer, str, Any], None]] = {
+    Entry: MasterTransfer._entry, Data: MasterTransfer._data, DoneFile: MasterTransfer._done_file,
+    Finish: MasterTransfer._finish, Abort: MasterTransfer._abort, Ack: MasterTransfer._ack,
+    Result: MasterTransfer._result, Cancel: MasterTransfer._cancel, Start: MasterTransfer._start}
+_NOTHING = Data(b"")
+
+
 class TransferEnd(LeanReceiver):
-    """A party's handle on a transfer (the worker holds one). Every call is checked by the transfer; a bad one
-    ends it, never the connection. The stream's calls may also come as lean calls (STREAM_CALLS), checked the same way;
-    a malformed one ends the transfer too."""
+    """A party's handle on a transfer (the worker holds one): each `remote_*` method takes plain values and
+    hands them to the transfer as its event's arguments, decoded and checked there; a bad call ends the
+    transfer, never the connection. The stream's calls may also come as lean calls (STREAM_CALLS), checked the
+    same way; a malformed one ends the transfer too."""
 
     lean_methods = STREAM_CALLS
 
@@ -264,33 +304,30 @@ class TransferEnd(LeanReceiver):
     def lean_refused(self, method: str, error: ProtocolError) -> None:
         self.transfer.end(False, f"the {self.side} sent a bad message: {error}")
 
-    def _call(self, method: str, *args: object) -> None:
-        self.transfer.received(self.side, method, args)
-
     def remote_entry(self, *args: object) -> None:
-        self._call("entry", *args)
+        self.transfer.arrived(self.side, Entry, args)
 
     def remote_data(self, *args: object) -> None:
-        self._call("data", *args)
+        self.transfer.arrived(self.side, Data, args)
 
     def remote_done_file(self, *args: object) -> None:
-        self._call("done_file", *args)
+        self.transfer.arrived(self.side, DoneFile, args)
 
     def remote_finish(self) -> None:
-        self._call("finish")
+        self.transfer.arrived(self.side, Finish, ())
 
     def remote_abort(self, *args: object) -> None:
-        self._call("abort", *args)
+        self.transfer.arrived(self.side, Abort, args)
 
     def remote_ack(self, *args: object) -> None:
-        self._call("ack", *args)
+        self.transfer.arrived(self.side, Ack, args)
 
     def remote_result(self, *args: object) -> bool:
-        self._call("result", *args)
+        self.transfer.arrived(self.side, Result, args)
         return True
 
     def remote_cancel(self) -> bool:
-        self._call("cancel")
+        self.transfer.arrived(self.side, Cancel, ())
         return True
 
 
@@ -386,7 +423,7 @@ class Transfers:
         transfer.undo.append(operator.on_disconnect(lambda: transfer.end(
             False, "the operator's connection was lost during the transfer")))
         if request.direction != UP:
-            transfer.parties[WORKER].send("start")
+            transfer.parties[WORKER].send(Start())
         total, entries = reply.get("total", 0), reply.get("entries", 0)
         return transfer, {
             "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0,
