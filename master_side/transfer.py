@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
@@ -48,16 +47,16 @@ from slaveshell.cpwire import (
     TransferRequest,
     event_type,
 )
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
-from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
+from slaveshell.lean_calls import LeanPeer, LeanReceiver
 from slaveshell.policy import Identity, Policy
-from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_str
-from slaveshell.remote import note_peer_exported, set_nodelay
+from slaveshell.protocol import OpenRequest, ProtocolError
 
 from .hashing import BatchedSha256
 from .session_model import new_session_id
 from .transfer_record import KEEP_UPLOADED_TEXT, TransferRecord
-from .worker_pb import Undo, _answer_within, on_disconnect
+from .worker_pb import Opening, Undo, ask_worker, on_disconnect
 
 if TYPE_CHECKING:
     from .audit_trail import AuditTrail
@@ -381,42 +380,31 @@ class Transfers:
             quota = f"the master already runs {MAX_TRANSFERS} transfers (its limit)"
         return quota.replace("sessions", "transfers") if quota else None
 
-    @defer.inlineCallbacks
-    def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
-              operator: PartyEnd, build: dict[str, object]) -> Any:
-        """Record, then ask the worker (`conn`: its buildbot PB Connection). Fires (transfer, {"total",
-        "entries", "recorded"}: what a download will send, and whether it is recorded) or raises
+    @deferred
+    async def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
+                    operator: PartyEnd, build: dict[str, object]) -> tuple[MasterTransfer, dict[str, object]]:
+        """Record, then ask the worker (`conn`: its buildbot PB Connection), as a session opens: its record
+        started by `AuditTrail.start_record`, the worker asked by `worker_pb.ask_worker`. Fires (transfer,
+        {"total", "entries", "recorded"}: what a download will send, and whether it is recorded) or raises
         TransferRefused (the worker's or the recording's refusal, for the operator) or RecordingError. The
-        operator's calls reach the transfer as `received(OPERATOR, ...)` from its door."""
+        operator's events reach the transfer from its door."""
         transfer_id = new_session_id()
         record: TransferRecord | None = TransferRecord(trail, transfer_id, who, request, self.clock(),
                                                        self.keep_bytes, self.keep_text)
         assert record is not None
         record.build = build
-        if not (yield record.begin()):
+        if not await record.begin():
             record = None
         transfer = MasterTransfer(transfer_id, who, request, record, self._ended, self.clock)
         transfer.parties[OPERATOR] = operator
-        set_nodelay(conn.mind)
-        accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told
-        try:
-            reply = yield _answer_within(defer.maybeDeferred(
-                conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_pb()),
-                self.open_timeout, _cancel_late)
-        except defer.TimeoutError:
-            reply = {"ok": False, "error": f"did not answer within {self.open_timeout:g} s"}
-        except Exception as e:
-            reply = {"ok": False, "error": _worker_failure(e)}
-        ref = reply.get("transfer") if isinstance(reply, dict) else None
-        if isinstance(reply, dict):
-            note_peer_exported(getattr(conn.mind, "broker", None), reply.get("exported"))
-        if not isinstance(reply, dict) or reply.get("ok") is not True or not isinstance(ref, pb.RemoteReference):
-            error = reply.get("error") if isinstance(reply, dict) else None
-            text = f"worker {request.worker}: {error if isinstance(error, str) else 'sent a malformed reply'}"
+        reply = await ask_worker(conn, TRANSFER, TransferEnd(transfer, WORKER), request.to_pb(), request.worker,
+                                 self.open_timeout)
+        if reply.ref is None:
             transfer.parties.clear()
-            transfer.end(False, text[:4096])
-            raise TransferRefused(text[:4096])
-        transfer.parties[WORKER] = Party(ref, lean=reply.get("lean") is True)
+            transfer.end(False, reply.error)
+            raise TransferRefused(reply.error)
+        ref = reply.ref
+        transfer.parties[WORKER] = Party(ref, lean=reply.lean)
         self.live[transfer_id] = transfer
         transfer.undo.append(on_disconnect(ref, lambda: transfer.end(False, f"the worker {request.worker} was "
                                                                             "lost during the transfer")))
@@ -424,24 +412,16 @@ class Transfers:
             False, "the operator's connection was lost during the transfer")))
         if request.direction != UP:
             transfer.parties[WORKER].send(Start())
-        total, entries = reply.get("total", 0), reply.get("entries", 0)
+        total, entries = reply.fields.get("total", 0), reply.fields.get("entries", 0)
         return transfer, {
             "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0,
             "recorded": record is not None}
 
 
+# A transfer as the worker opens it (`worker_pb.ask_worker`): BotPb's method added by slave_side.install().
+TRANSFER = Opening(WORKER_TRANSFER_METHOD, "transfer", (Cancel.call, "too late"),
+                   "its slaveshell does not support cp (upgrade slaveshell on the worker)", "starting the transfer")
+
+
 class TransferRefused(Exception):
     """The worker refused the transfer; the message is for the operator."""
-
-
-def _cancel_late(reply: object) -> None:
-    if isinstance(reply, dict) and isinstance(reply.get("transfer"), pb.RemoteReference):
-        defer.maybeDeferred(reply["transfer"].callRemote, "cancel", "too late").addErrback(lambda _f: None)
-
-
-def _worker_failure(error: Exception) -> str:
-    if isinstance(error, pb.RemoteError) and "NoSuchMethod" in str(getattr(error, "remoteType", "")):
-        return "its slaveshell does not support cp (upgrade slaveshell on the worker)"
-    if isinstance(error, (pb.DeadReferenceError, pb.PBConnectionLost)):
-        return "the connection was lost while starting the transfer"
-    return check_str((str(error) or type(error).__name__).splitlines()[0][:300], "error", MAX_NAME * 2)
