@@ -92,26 +92,34 @@ def _dropped(*_args: object) -> None:
     values, so Banana refuses none)."""
 
 
-class Party(LeanPeer):
-    """A party's end over PB: answer-less sends of the stream's calls (cpwire.STREAM_CALLS) on a remote reference;
-    `check()` after each send applies the connection's output bound. With `lean` (the worker's open reply said it
-    takes slaveshell.lean_calls on this connection), the worker is told so by a `lean` call, and the stream's
-    calls then go as lean calls; the worker sends its own that way once told."""
+class _StreamPeer(LeanPeer):
+    """A transfer's PB reference: the stream's calls answer-less (cpwire.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
 
+
+class Party:
+    """A party's end over PB: each event as its answer-less PB call (or lean call) with plain values, on a remote
+    reference; `check()` after each send applies the connection's output bound. With `lean` (the worker's open
+    reply said it takes slaveshell.lean_calls on this connection), the worker is told so by a `lean` call, and
+    the stream's events then go as lean calls; the worker sends its own that way once told."""
+
     def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None,
                  lean: bool = False) -> None:
-        super().__init__(ref, _dropped, _dropped)
+        self.ref = ref
+        self.peer = _StreamPeer(ref, _dropped, _dropped)
         self.check = check
         if lean:
-            LeanPeer.send(self, "lean")
-            self.lean = True
+            self.peer.send("lean")
+            self.peer.lean = True
 
-    def send(self, event: TransferEvent) -> None:  # type: ignore[override]
-        """The event as its PB call (or lean call), with plain values."""
-        LeanPeer.send(self, event.call, *event.to_wire())
+    def send(self, event: TransferEvent) -> None:
+        self.peer.send(event.call, *event.to_wire())
         self.check()
+
+    def release(self) -> None:
+        """The transfer has ended (after its last call to the worker): the worker's end leaves its PB table."""
+        self.peer.release()
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         return on_disconnect(self.ref, callback)

@@ -93,21 +93,31 @@ def _dropped(*_args: object) -> None:
     so Banana refuses none)."""
 
 
-class _Peer(LeanPeer):
-    """The master's end of one transfer: answer-less sends of the stream's calls (cpwire.STREAM_CALLS); a failure
-    of the connection is noticed by the disconnect notification, so errors of single sends are dropped. Acks are
-    summed and go once the reactor has handled what it read (one message for the several chunks of one read, not
-    one each). Once the master says it takes them (`lean`), the stream's calls go as slaveshell.lean_calls."""
+class _StreamPeer(LeanPeer):
+    """A transfer's PB reference: the stream's calls answer-less (cpwire.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
 
+
+class _Peer:
+    """The master's end of one transfer: each event as its answer-less PB call with plain values; a failure of
+    the connection is noticed by the disconnect notification, so errors of single sends are dropped. Acks are
+    summed and go once the reactor has handled what it read (one message for the several chunks of one read, not
+    one each). Once the master says it takes them (`lean`), the stream's events go as slaveshell.lean_calls."""
+
     def __init__(self, ref: pb.RemoteReference, clock: Clock) -> None:
-        super().__init__(ref, _dropped, _dropped)
+        self.peer = _StreamPeer(ref, _dropped, _dropped)
         self.clock = clock
         self._acks = 0
 
-    def send(self, event: TransferEvent) -> None:  # type: ignore[override]
-        """The event to the master as its PB (or lean) call, with plain values."""
+    def take_lean(self) -> None:
+        """The master takes lean calls on this connection."""
+        self.peer.lean = True
+
+    def release(self) -> None:
+        self.peer.release()
+
+    def send(self, event: TransferEvent) -> None:
         if isinstance(event, Ack):
             if not self._acks:
                 self.clock.callLater(0, self._send_acks)
@@ -123,7 +133,7 @@ class _Peer(LeanPeer):
             self._call(Ack(n))
 
     def _call(self, event: TransferEvent) -> None:
-        LeanPeer.send(self, event.call, *event.to_wire())
+        self.peer.send(event.call, *event.to_wire())
 
 
 class WorkerTransfer(LeanReceiver):
@@ -159,7 +169,7 @@ class WorkerTransfer(LeanReceiver):
         """The master takes lean calls on this connection: the stream's calls to it go that way. A master that
         sends this also takes done_file without the sender's sha256 (cpwire.NO_CLAIM): a download's files are
         not hashed here (the master hashes what it relays)."""
-        self.peer.lean = True
+        self.peer.take_lean()
         if self.sender is not None:
             self.sender.claim = False
 
