@@ -1,6 +1,7 @@
 """`slaveshell cp` on the master: one transfer relayed between the operator's client and the worker, checked,
-counted and recorded (`MasterTransfer`), the PB handles both parties call (`TransferEnd`), and the live
-transfers with their start (`Transfers`). Wire vocabulary: slaveshell.cpwire.
+counted and recorded (`MasterTransfer`: each of slaveshell.cpwire's events to its handler by type), and the live
+transfers with their start (`Transfers`: recorded and opened on the worker as a session is). Wire vocabulary:
+slaveshell.cpwire.
 
 The sender (the operator for an upload, the worker for a download) streams entries, data, done_file and
 finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file
@@ -9,8 +10,8 @@ finish; the master checks every message (types, order, declared sizes, the credi
 per transfer is bounded by the window. The receiver's
 `result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection (the operator's
 Ctrl-C closes its connection) and a record that cannot be written. The operator always gets `result(ok,
-reason)`, unless it reported it. The worker's end is PB (`Party`, `TransferEnd`); the operator's is the framed
-door's (master_side.copy_wire).
+reason)`, unless it reported it. The worker's end is PB (master_side.transfer_pb: `Party`, `TransferEnd`); the
+operator's is the framed door's (master_side.copy_wire).
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger
-from twisted.spread import pb
 
 from slaveshell.cpwire import (
     CHUNK,
     ENTRY_COST,
     FROM_SENDER,
     NO_CLAIM,
-    STREAM_CALLS,
     UP,
     WORKER_TRANSFER_METHOD,
     Abort,
@@ -49,12 +48,12 @@ from slaveshell.cpwire import (
 )
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
-from slaveshell.lean_calls import LeanPeer, LeanReceiver
 from slaveshell.policy import Identity, Policy
 from slaveshell.protocol import OpenRequest, ProtocolError
 
 from .hashing import BatchedSha256
 from .session_model import new_session_id
+from .transfer_pb import Party, TransferEnd
 from .transfer_record import KEEP_UPLOADED_TEXT, TransferRecord
 from .worker_pb import Opening, Undo, ask_worker, on_disconnect
 
@@ -85,44 +84,6 @@ class PartyEnd(TypingProtocol):
 
     def send(self, event: TransferEvent) -> None: ...
     def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
-
-
-def _dropped(*_args: object) -> None:
-    """A single send's failure: dropped (the disconnect notification ends the transfer; the relay checked the
-    values, so Banana refuses none)."""
-
-
-class _StreamPeer(LeanPeer):
-    """A transfer's PB reference: the stream's calls answer-less (cpwire.STREAM_CALLS)."""
-
-    answerless = STREAM_CALLS
-
-
-class Party:
-    """A party's end over PB: each event as its answer-less PB call (or lean call) with plain values, on a remote
-    reference; `check()` after each send applies the connection's output bound. With `lean` (the worker's open
-    reply said it takes slaveshell.lean_calls on this connection), the worker is told so by a `lean` call, and
-    the stream's events then go as lean calls; the worker sends its own that way once told."""
-
-    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None,
-                 lean: bool = False) -> None:
-        self.ref = ref
-        self.peer = _StreamPeer(ref, _dropped, _dropped)
-        self.check = check
-        if lean:
-            self.peer.send("lean")
-            self.peer.lean = True
-
-    def send(self, event: TransferEvent) -> None:
-        self.peer.send(event.call, *event.to_wire())
-        self.check()
-
-    def release(self) -> None:
-        """The transfer has ended (after its last call to the worker): the worker's end leaves its PB table."""
-        self.peer.release()
-
-    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
-        return on_disconnect(self.ref, callback)
 
 
 class MasterTransfer:
@@ -186,10 +147,6 @@ class MasterTransfer:
     def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None:
         """A party's `kind` of event, with plain values (a PB method's): decoded, then taken."""
         self.decoded(side, lambda: kind.from_wire(*args))
-
-    def take(self, side: str, event: TransferEvent) -> None:
-        """A party's event, already decoded."""
-        self.decoded(side, lambda: event)
 
     def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None:
         """A party's event as `decode()` makes it at the door's edge (ProtocolError ends the transfer)."""
@@ -294,48 +251,6 @@ _HANDLERS: dict[type[TransferEvent], Callable[[MasterTransfer, str, Any], None]]
     Finish: MasterTransfer._finish, Abort: MasterTransfer._abort, Ack: MasterTransfer._ack,
     Result: MasterTransfer._result, Cancel: MasterTransfer._cancel, Start: MasterTransfer._start}
 _NOTHING = Data(b"")
-
-
-class TransferEnd(LeanReceiver):
-    """A party's handle on a transfer (the worker holds one): each `remote_*` method takes plain values and
-    hands them to the transfer as its event's arguments, decoded and checked there; a bad call ends the
-    transfer, never the connection. The stream's calls may also come as lean calls (STREAM_CALLS), checked the
-    same way; a malformed one ends the transfer too."""
-
-    lean_methods = STREAM_CALLS
-
-    def __init__(self, transfer: MasterTransfer, side: str) -> None:
-        self.transfer = transfer
-        self.side = side
-
-    def lean_refused(self, method: str, error: ProtocolError) -> None:
-        self.transfer.end(False, f"the {self.side} sent a bad message: {error}")
-
-    def remote_entry(self, *args: object) -> None:
-        self.transfer.arrived(self.side, Entry, args)
-
-    def remote_data(self, *args: object) -> None:
-        self.transfer.arrived(self.side, Data, args)
-
-    def remote_done_file(self, *args: object) -> None:
-        self.transfer.arrived(self.side, DoneFile, args)
-
-    def remote_finish(self) -> None:
-        self.transfer.arrived(self.side, Finish, ())
-
-    def remote_abort(self, *args: object) -> None:
-        self.transfer.arrived(self.side, Abort, args)
-
-    def remote_ack(self, *args: object) -> None:
-        self.transfer.arrived(self.side, Ack, args)
-
-    def remote_result(self, *args: object) -> bool:
-        self.transfer.arrived(self.side, Result, args)
-        return True
-
-    def remote_cancel(self) -> bool:
-        self.transfer.arrived(self.side, Cancel, ())
-        return True
 
 
 class Transfers:

@@ -322,7 +322,7 @@ def event_type(call: object) -> type[TransferEvent]:
     """The event a call's name stands for; ProtocolError for any other name."""
     kind = EVENTS.get(call) if isinstance(call, str) else None
     if kind is None:
-        raise ProtocolError(f"unknown transfer call {visible_name(call)}")
+        raise ProtocolError(f"unknown transfer call {_call_name(call)}")
     return kind
 
 
@@ -337,7 +337,7 @@ def from_fields(call: object, get: Callable[[str], object]) -> TransferEvent:
     return kind.from_wire(*(get(name) for name in kind.names))
 
 
-def visible_name(call: object) -> str:
+def _call_name(call: object) -> str:
     return call[:40] if isinstance(call, str) else type(call).__name__
 
 
