@@ -133,7 +133,7 @@ def _decode_entry(items: Sequence[object]) -> tuple[object, ...]:
 def _decode_done_file(items: Sequence[object]) -> tuple[object, ...]:
     if len(items) != 1:
         raise ProtocolError("done_file: expected one sha256")
-    return (_text(items[0], "done_file", "ascii"),)
+    return (_text(items[0], DoneFile.call, "ascii"),)
 
 
 #: The methods that may travel leanly, and their layouts. Values are checked by the receiving ``remote_*``.
