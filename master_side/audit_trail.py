@@ -11,6 +11,7 @@ method of `master_side.audit.AuditStore`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -117,6 +118,16 @@ class Recording:
 
 
 T = TypeVar("T")
+
+
+def transfer_row(transfer_id: str, who: Identity, worker: str, master: str, description: str, started: float,
+                 transcript: str | None, build: Mapping[str, object]) -> dict[str, object]:
+    """A transfer's row in the sessions table: ``term`` "transfer", ``command`` its `description`, the `build`'s
+    columns with ``--build``."""
+    return {"id": transfer_id, "worker": worker, "operator": who.user, "uid": who.uid, "master": master,
+            "command": description, "pty": False, "term": "transfer", "width": 80, "height": 24,
+            "started": utc(started), "state": "running", "transcript": transcript, "bytes_in": 0, "bytes_out": 0,
+            **build}
 
 
 class AuditTrail:
@@ -281,16 +292,39 @@ class AuditTrail:
                                    seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None,
                                    bulk=not session.request.pty)
         recorder.run_blocking = self._in_thread
-        problem = None
         header = header_for(session, self.master_name)
 
-        def create() -> None:
+        def discard() -> None:
+            if recorder.file is not None:
+                recorder.file.abandon()
+                recorder.file = None
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+        who = session.identity
+        if not await self.start_record("session", session.id, session.worker, who, lambda: recorder.create(header),
+                                       lambda: session_row(session, self.master_name, path), discard):
+            return None
+        self.recordings[session.id] = Recording(recorder, index)
+        return recorder
+
+    @deferred
+    async def start_record(self, what: str, record_id: str, worker: str, who: Identity, create: Callable[[], None],
+                           row: Callable[[], Mapping[str, object]], discard: Callable[[], None]) -> bool:
+        """The start of a record, a session's or a transfer's (`what`), before the worker is asked: `create()`
+        (its transcript) in a thread, the transcripts directory made first (a slow disk must not stall the
+        reactor); then the index row `row()`, the database connected first when it was away (at the master's
+        start, say). True once both exist. Otherwise `discard()` removes what was created, the problem is logged
+        and written as a "record-error" event, and RecordingError is raised (fail-closed), or False returned
+        when serving unrecorded."""
+        problem = None
+
+        def make() -> None:
             transcript_dir(self.directory)
-            recorder.create(header)
+            create()
 
         try:
-            # Disk work off the reactor thread: a slow disk must not stall every other session and the master.
-            await threads.deferToThread(create)
+            await threads.deferToThread(make)
         except OSError as e:
             problem = f"cannot create the transcript: {e.strerror or e}"
         if problem is None:
@@ -298,21 +332,17 @@ class AuditTrail:
             try:
                 if not ok:
                     raise RuntimeError("the audit database is unreachable")
-                await self.store.open_session(session_row(session, self.master_name, path))
+                await self.store.open_session(row())
             except Exception as e:
                 problem = f"cannot write the audit index: {str(e).splitlines()[0] if str(e) else e!r}"
-                if recorder.file is not None:
-                    recorder.file.abandon()
-                    os.unlink(path)
-                    recorder.file = None
-        if problem is not None:
-            log.critical("slaveshell session {sid}: {problem}", sid=session.id, problem=visible(problem))
-            self.not_recorded(session.id, session.worker, session.identity, problem)
-            if self.require_recording:
-                raise RecordingError(f"session not started: it cannot be recorded ({problem})")
-            return None
-        self.recordings[session.id] = Recording(recorder, index)
-        return recorder
+        if problem is None:
+            return True
+        discard()
+        log.critical("slaveshell {what} {sid}: {problem}", what=what, sid=record_id, problem=visible(problem))
+        self.not_recorded(record_id, worker, who, problem)
+        if self.require_recording:
+            raise RecordingError(f"{what} not started: it cannot be recorded ({problem})")
+        return False
 
     def not_recorded(self, record_id: str, worker: str, who: Identity, problem: str) -> None:
         """A session's or a transfer's record could not be begun (its transcript or its row): a "record-error"
@@ -348,17 +378,9 @@ class AuditTrail:
 
     # -- transfers (`slaveshell cp`: master_side.transfer_record) -------------------------------
 
-    @deferred
-    async def transfer_opened(self, transfer_id: str, who: Identity, worker: str, description: str,
-                              started: float, transcript: str | None, build: Mapping[str, object]) -> None:
-        """A transfer's row in the sessions table (``term`` "transfer", ``command`` its `description`, the
-        `build`'s columns with ``--build``), written now, not queued: fails when the database is away; then its
+    def transfer_opened(self, transfer_id: str, who: Identity, worker: str, description: str) -> None:
+        """A transfer's record has begun (its row written by `start_record`, from `transfer_row`): its
         "transfer" event."""
-        await self.store.open_session({
-            "id": transfer_id, "worker": worker, "operator": who.user, "uid": who.uid, "master": self.master_name,
-            "command": description, "pty": False, "term": "transfer", "width": 80, "height": 24,
-            "started": utc(started), "state": "running", "transcript": transcript, "bytes_in": 0, "bytes_out": 0,
-            **build})
         self.store.add_event("transfer", transfer_id, worker, who.user, who.uid, detail=description)
 
     def transfer_ended(self, transfer_id: str, who: Identity, worker: str, outcome: TransferOutcome) -> None:

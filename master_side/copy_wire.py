@@ -1,10 +1,10 @@
 """`slaveshell cp` on the framed door (master_side.operator_wire): the operator's end of a transfer as the relay
 sees it (`WireParty`) and the door's part of it (`CopyDoor`: the ``copy`` call, then the transfer's frames).
 
-One transfer per connection, and not beside a session. The client's messages are slaveshell.cpwire's calls,
-spelled as framing controls (``entry``, ``done_file``, ``finish``, ``abort``, ``ack``, ``result``) and `DATA`
-frames; each goes to `MasterTransfer.received` unchanged, which checks it as it checks the worker's (types,
-order, sizes, window, sha256): a bad one ends the transfer, never the connection. The client's ``result`` (a
+One transfer per connection, and not beside a session. The client's messages are slaveshell.cpwire's events,
+spelled as framing controls (the event's `call` as the op, its `fields()`) and `DATA` frames; each is decoded
+into its event at this edge and checked by the relay as the worker's are (types, order, sizes, window,
+sha256): a bad one ends the transfer, never the connection. The client's ``result`` (a
 download's outcome) is a call: answered once the master has closed the record, so the client exits after the
 audit row knows. A transfer message on a connection without a transfer is refused (a ``refused`` control).
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from twisted.internet import defer
 
 from slaveshell import framing
-from slaveshell.cpwire import TransferRequest
+from slaveshell.cpwire import Data, TransferEvent, TransferRequest, from_fields
 from slaveshell.framing import Control, FrameType, Op
 from slaveshell.policy import Identity
 from slaveshell.protocol import ProtocolError
@@ -29,11 +29,6 @@ from .worker_pb import Undo, subscribe
 
 if TYPE_CHECKING:
     from .operator_wire import WireDoor
-
-# How each transfer op's fields become the relay's arguments (slaveshell.cpwire's calls).
-_ARGS: dict[Op, tuple[str, ...]] = {Op.ENTRY: ("kind", "path", "mode", "size", "mtime"), Op.DONE_FILE: ("sha256",),
-                                    Op.FINISH: (), Op.ABORT: ("reason",), Op.ACK: ("n",), Op.RESULT: ("ok", "reason")}
-
 
 # What the door reads at once while it carries a transfer (Twisted reads 64 KiB by default): several DATA frames,
 # which slaveshell.framing.Decoder cuts in one pass. (Not for PB: Banana copies what it holds at every item it
@@ -63,31 +58,22 @@ class WireParty:
         self.door = door
         self._widened = False
 
-    def send(self, method: str, *args: object) -> None:
+    def send(self, event: TransferEvent) -> None:
         door = self.door
         if door.disconnected:
             return
-        if method == "data":
-            chunk = args[0]
-            assert isinstance(chunk, bytes), "the relay checked the chunk"
+        if isinstance(event, Data):
             # Header and bytes unjoined, to the kernel at once in one sendmsg when nothing waits before them
             # (no copy of the chunk in Twisted's buffer); the socket's buffer widened once to take whole chunks.
             if not self._widened:
                 widen(door.transport)
                 self._widened = True
-            door.write_frame(framing.header(FrameType.DATA, len(chunk)), chunk, at_once=True)
-        elif method == "entry":
-            door.write(framing.control(Op.ENTRY, **dict(zip(_ARGS[Op.ENTRY], args, strict=True))))
-        elif method == "done_file":
-            door.write(framing.control(Op.DONE_FILE, sha256=args[0]))
-        elif method == "finish":
-            door.write(framing.control(Op.FINISH))
-        elif method == "ack":
-            door.write(framing.control(Op.ACK, n=args[0]))
-        elif method == "result":
-            door.write(framing.control(Op.RESULT, ok=args[0], reason=args[1]))
+            door.write_frame(framing.header(FrameType.DATA, len(event.chunk)), event.chunk, at_once=True)
         else:
-            raise ValueError(f"no such transfer message to an operator: {method}")
+            op = Op(event.call)
+            if op not in framing.TRANSFER:
+                raise ValueError(f"no such transfer message to an operator: {event.call}")
+            door.write(framing.control(op, **event.fields()))
         door.gate.check(door)
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
@@ -139,10 +125,9 @@ class CopyDoor:
         if transfer is None:
             return False
         if isinstance(frame, framing.Frame):
-            transfer.received(OPERATOR, "data", (frame.payload,))
+            transfer.arrived(OPERATOR, Data, (frame.payload,))
             return True
-        args = tuple(frame.get(name) for name in _ARGS[frame.op])
-        transfer.received(OPERATOR, frame.op.value, args)
+        transfer.decoded(OPERATOR, lambda: from_fields(frame.op.value, frame.get))
         if frame.op is Op.RESULT:
             call_id = frame.call_id
             if call_id is not None:

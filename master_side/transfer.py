@@ -1,6 +1,7 @@
 """`slaveshell cp` on the master: one transfer relayed between the operator's client and the worker, checked,
-counted and recorded (`MasterTransfer`), the PB handles both parties call (`TransferEnd`), and the live
-transfers with their start (`Transfers`). Wire vocabulary: slaveshell.cpwire.
+counted and recorded (`MasterTransfer`: each of slaveshell.cpwire's events to its handler by type), and the live
+transfers with their start (`Transfers`: recorded and opened on the worker as a session is). Wire vocabulary:
+slaveshell.cpwire.
 
 The sender (the operator for an upload, the worker for a download) streams entries, data, done_file and
 finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file
@@ -9,8 +10,8 @@ finish; the master checks every message (types, order, declared sizes, the credi
 per transfer is bounded by the window. The receiver's
 `result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection (the operator's
 Ctrl-C closes its connection) and a record that cannot be written. The operator always gets `result(ok,
-reason)`, unless it reported it. The worker's end is PB (`Party`, `TransferEnd`); the operator's is the framed
-door's (master_side.copy_wire).
+reason)`, unless it reported it. The worker's end is PB (master_side.transfer_pb: `Party`, `TransferEnd`); the
+operator's is the framed door's (master_side.copy_wire).
 """
 
 from __future__ import annotations
@@ -21,33 +22,40 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.spread import pb
 
 from slaveshell.cpwire import (
     CHUNK,
     ENTRY_COST,
+    FROM_SENDER,
     NO_CLAIM,
-    STREAM_CALLS,
     UP,
     WORKER_TRANSFER_METHOD,
+    Abort,
+    Ack,
+    Cancel,
     Credit,
+    Data,
+    DoneFile,
     Entry,
+    Finish,
+    Result,
+    Start,
     StreamOrder,
+    TransferEvent,
     TransferRequest,
-    check_claim,
+    event_type,
 )
+from slaveshell.deferreds import deferred
 from slaveshell.display import visible
-from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.policy import Identity, Policy
-from slaveshell.protocol import MAX_NAME, OpenRequest, ProtocolError, check_bytes, check_str
-from slaveshell.remote import note_peer_exported, set_nodelay
+from slaveshell.protocol import OpenRequest, ProtocolError
 
 from .hashing import BatchedSha256
 from .session_model import new_session_id
+from .transfer_pb import Party, TransferEnd
 from .transfer_record import KEEP_UPLOADED_TEXT, TransferRecord
-from .worker_pb import Undo, _answer_within, on_disconnect
+from .worker_pb import Opening, Undo, ask_worker, on_disconnect
 
 if TYPE_CHECKING:
     from .audit_trail import AuditTrail
@@ -58,7 +66,6 @@ log = Logger()
 
 OPERATOR = "operator"
 WORKER = "worker"
-SENDER_METHODS = frozenset({"entry", "data", "done_file", "finish", "abort"})
 # A file's bytes are hashed on the hashing thread this many at a time (master_side.hashing): a transfer holds at
 # most three times this for hashing, the size of its window (cpwire.WINDOW); a smaller file on the reactor thread.
 TRANSFER_HASH_BATCH = 1024 * 1024
@@ -71,45 +78,17 @@ TRANSFER_STALL_TIMEOUT = 60.0
 
 
 class PartyEnd(TypingProtocol):
-    """A party's end as the master calls it: answer-less `send(method, *args)` (slaveshell.cpwire's calls) and
+    """A party's end as the master calls it: answer-less `send(event)` (slaveshell.cpwire's events) and
     `on_disconnect(callback)` (returns its undo). `Party` is the worker's (PB); the operator's is its door's
     (master_side.copy_wire.WireParty)."""
 
-    def send(self, method: str, *args: object) -> None: ...
+    def send(self, event: TransferEvent) -> None: ...
     def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
 
 
-def _dropped(*_args: object) -> None:
-    """A single send's failure: dropped (the disconnect notification ends the transfer; the relay checked the
-    values, so Banana refuses none)."""
-
-
-class Party(LeanPeer):
-    """A party's end over PB: answer-less sends of the stream's calls (cpwire.STREAM_CALLS) on a remote reference;
-    `check()` after each send applies the connection's output bound. With `lean` (the worker's open reply said it
-    takes slaveshell.lean_calls on this connection), the worker is told so by a `lean` call, and the stream's
-    calls then go as lean calls; the worker sends its own that way once told."""
-
-    answerless = STREAM_CALLS
-
-    def __init__(self, ref: pb.RemoteReference, check: Callable[[], object] = lambda: None,
-                 lean: bool = False) -> None:
-        super().__init__(ref, _dropped, _dropped)
-        self.check = check
-        if lean:
-            self.send("lean")
-            self.lean = True
-
-    def send(self, method: str, *args: object) -> None:
-        super().send(method, *args)
-        self.check()
-
-    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
-        return on_disconnect(self.ref, callback)
-
-
 class MasterTransfer:
-    """One transfer's relay. `received(side, method, args)` takes each party's call (from `TransferEnd`)."""
+    """One transfer's relay. `take(side, event)` takes each party's event, decoded at its door's edge
+    (`arrived`, `received`); each type of event has its handler (`_HANDLERS`)."""
 
     def __init__(self, transfer_id: str, who: Identity, request: TransferRequest, record: TransferRecord | None,
                  on_end: Callable[[MasterTransfer], None], clock: Callable[[], float] = time.monotonic) -> None:
@@ -120,6 +99,7 @@ class MasterTransfer:
         self.record = record
         self.on_end = on_end
         self.sender_side = OPERATOR if request.direction == UP else WORKER
+        self.receiver_side = self._other(self.sender_side)
         self.parties: dict[str, PartyEnd] = {}
         self.order = StreamOrder()
         self.asked = request.asked()  # what the receiver takes: the stream is held to it here already
@@ -140,7 +120,7 @@ class MasterTransfer:
         disk's time, and its connection's end ends the transfer."""
         if self.ended or timeout is None or now - self.progressed < timeout:
             return False
-        receiver = self._other(self.sender_side)
+        receiver = self.receiver_side
         if self.order.finished and receiver == OPERATOR:
             return False  # the operator's client commits a download (its fsyncs may take long): its own time
         if self.order.finished:
@@ -158,73 +138,88 @@ class MasterTransfer:
     def _other(self, side: str) -> str:
         return WORKER if side == OPERATOR else OPERATOR
 
-    def received(self, side: str, method: str, args: tuple[object, ...]) -> None:
+    # -- a party's events, decoded at its door's edge ---------------------------------------------------
+
+    def received(self, side: str, call: object, args: tuple[object, ...]) -> None:
+        """A party's call by its name, with plain values (a door that names it): decoded, then taken."""
+        self.decoded(side, lambda: event_type(call).from_wire(*args))
+
+    def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None:
+        """A party's `kind` of event, with plain values (a PB method's): decoded, then taken."""
+        self.decoded(side, lambda: kind.from_wire(*args))
+
+    def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None:
+        """A party's event as `decode()` makes it at the door's edge (ProtocolError ends the transfer)."""
         if self.ended:
             return  # late: racing the end
-        if method != "data" or args != (b"",):
-            self.progressed = self.clock()  # an empty chunk moves nothing: it does not hold the transfer open
         try:
-            self._dispatch(side, method, args)
+            event = decode()
+            if event != _NOTHING:
+                self.progressed = self.clock()  # an empty chunk moves nothing: it does not hold the transfer open
+            if isinstance(event, FROM_SENDER) and side != self.sender_side:
+                raise ProtocolError(f"{event.call} comes from the sender")
+            _HANDLERS[type(event)](self, side, event)
         except ProtocolError as e:
             self.end(False, f"the {side} sent a bad message: {e}")
         except OSError as e:
             self.end(False, f"the master cannot record the transfer: {e.strerror or e}")
 
-    def _dispatch(self, side: str, method: str, args: tuple[object, ...]) -> None:
-        receiver = self._other(self.sender_side)
-        if method in SENDER_METHODS and side != self.sender_side:
-            raise ProtocolError(f"{method} comes from the sender")
-        if method == "entry":
-            if len(args) != 5:
-                raise ProtocolError("entry takes kind, path, mode, size and mtime")
-            entry = Entry.from_wire(*args)
-            self.order.entry(entry)
-            self.asked.entry(entry)
-            self.credit.spend(ENTRY_COST)
-            self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
-            if self.record is not None:
-                self.record.entry(entry)
-            self.parties[receiver].send("entry", *entry.to_wire())
-        elif method == "data":
-            chunk = check_bytes(args[0] if len(args) == 1 else None, "data", CHUNK)
-            self.order.data(chunk)
-            self.credit.spend(len(chunk))
-            self.sha.update(chunk)
-            self.bytes += len(chunk)
-            if self.record is not None:
-                self.record.data(chunk)
-            self.parties[receiver].send("data", chunk)
-        elif method == "done_file":
-            claimed = check_claim(args[0] if len(args) == 1 else None)
-            entry = self.order.done_file()
-            self.credit.spend(ENTRY_COST)
-            mine = self.sha.hexdigest()
-            if claimed != NO_CLAIM and claimed != mine:
-                raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
-            self.files += 1
-            if self.record is not None:
-                self.record.file_done(entry, mine)
-            self.parties[receiver].send("done_file", mine)
-        elif method == "finish":
-            self.order.finish()
-            self.parties[receiver].send("finish")
-        elif method == "abort":
-            reason = args[0] if len(args) == 1 and isinstance(args[0], str) else ""
-            self.end(False, f"the {side} gave up: {reason[:1000]}")
-        elif method == "ack":
-            if side != receiver or len(args) != 1:
-                raise ProtocolError("ack comes from the receiver, with a credit")
-            self.parties[self.sender_side].send("ack", self.credit.ack(args[0]))
-        elif method == "result":
-            if side != receiver or len(args) != 2 or not isinstance(args[0], bool):
-                raise ProtocolError("result comes from the receiver: ok and a reason")
-            if args[0] and not self.order.finished:
-                raise ProtocolError("a transfer succeeded before it finished")
-            self.end(args[0], check_str(args[1], "reason", 4096), reported_by=side)
-        elif method == "cancel" and side == OPERATOR:
-            self.end(False, "stopped by the operator")
-        else:
-            raise ProtocolError(f"unknown transfer call {method}")
+    def _entry(self, _side: str, entry: Entry) -> None:
+        self.order.entry(entry)
+        self.asked.entry(entry)
+        self.credit.spend(ENTRY_COST)
+        self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
+        if self.record is not None:
+            self.record.entry(entry)
+        self.parties[self.receiver_side].send(entry)
+
+    def _data(self, _side: str, data: Data) -> None:
+        chunk = data.chunk
+        self.order.data(chunk)
+        self.credit.spend(len(chunk))
+        self.sha.update(chunk)
+        self.bytes += len(chunk)
+        if self.record is not None:
+            self.record.data(chunk)
+        self.parties[self.receiver_side].send(data)
+
+    def _done_file(self, _side: str, done: DoneFile) -> None:
+        entry = self.order.done_file()
+        self.credit.spend(ENTRY_COST)
+        mine = self.sha.hexdigest()
+        if done.sha256 != NO_CLAIM and done.sha256 != mine:
+            raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
+        self.files += 1
+        if self.record is not None:
+            self.record.file_done(entry, mine)
+        self.parties[self.receiver_side].send(DoneFile(mine))
+
+    def _finish(self, _side: str, finish: Finish) -> None:
+        self.order.finish()
+        self.parties[self.receiver_side].send(finish)
+
+    def _abort(self, side: str, abort: Abort) -> None:
+        self.end(False, f"the {side} gave up: {abort.reason[:1000]}")
+
+    def _ack(self, side: str, ack: Ack) -> None:
+        if side != self.receiver_side:
+            raise ProtocolError("ack comes from the receiver, with a credit")
+        self.parties[self.sender_side].send(Ack(self.credit.ack(ack.credit)))
+
+    def _result(self, side: str, result: Result) -> None:
+        if side != self.receiver_side:
+            raise ProtocolError("result comes from the receiver: ok and a reason")
+        if result.ok and not self.order.finished:
+            raise ProtocolError("a transfer succeeded before it finished")
+        self.end(result.ok, result.reason, reported_by=side)
+
+    def _cancel(self, side: str, _cancel: Cancel) -> None:
+        if side != OPERATOR:
+            raise ProtocolError("unknown transfer call cancel")
+        self.end(False, "stopped by the operator")
+
+    def _start(self, _side: str, _start: Start) -> None:
+        raise ProtocolError("unknown transfer call start")
 
     def end(self, ok: bool, reason: str, reported_by: str | None = None) -> None:
         """End once: the record closed, the operator told `result(ok, reason)`, the worker told `cancel`."""
@@ -237,9 +232,9 @@ class MasterTransfer:
         if self.record is not None:
             self.record.end(ok, reason, self.bytes, self.files)
         if OPERATOR in self.parties and reported_by != OPERATOR:
-            self.parties[OPERATOR].send("result", ok, reason)
+            self.parties[OPERATOR].send(Result(ok, reason))
         if WORKER in self.parties and reported_by != WORKER:
-            self.parties[WORKER].send("cancel", reason)
+            self.parties[WORKER].send(Cancel(reason))
         # Who, where, which way, how it ended and how much: never a path or a reason (which may name one); the
         # audit record has them.
         log.info("slaveshell transfer {tid}: {who} {direction} {worker}: {outcome}, {files} files, {nbytes} bytes",
@@ -250,48 +245,12 @@ class MasterTransfer:
         self.on_end(self)
 
 
-class TransferEnd(LeanReceiver):
-    """A party's handle on a transfer (the worker holds one). Every call is checked by the transfer; a bad one
-    ends it, never the connection. The stream's calls may also come as lean calls (STREAM_CALLS), checked the same way;
-    a malformed one ends the transfer too."""
-
-    lean_methods = STREAM_CALLS
-
-    def __init__(self, transfer: MasterTransfer, side: str) -> None:
-        self.transfer = transfer
-        self.side = side
-
-    def lean_refused(self, method: str, error: ProtocolError) -> None:
-        self.transfer.end(False, f"the {self.side} sent a bad message: {error}")
-
-    def _call(self, method: str, *args: object) -> None:
-        self.transfer.received(self.side, method, args)
-
-    def remote_entry(self, *args: object) -> None:
-        self._call("entry", *args)
-
-    def remote_data(self, *args: object) -> None:
-        self._call("data", *args)
-
-    def remote_done_file(self, *args: object) -> None:
-        self._call("done_file", *args)
-
-    def remote_finish(self) -> None:
-        self._call("finish")
-
-    def remote_abort(self, *args: object) -> None:
-        self._call("abort", *args)
-
-    def remote_ack(self, *args: object) -> None:
-        self._call("ack", *args)
-
-    def remote_result(self, *args: object) -> bool:
-        self._call("result", *args)
-        return True
-
-    def remote_cancel(self) -> bool:
-        self._call("cancel")
-        return True
+# Each event's handler in the relay (`MasterTransfer.decoded`).
+_HANDLERS: dict[type[TransferEvent], Callable[[MasterTransfer, str, Any], None]] = {
+    Entry: MasterTransfer._entry, Data: MasterTransfer._data, DoneFile: MasterTransfer._done_file,
+    Finish: MasterTransfer._finish, Abort: MasterTransfer._abort, Ack: MasterTransfer._ack,
+    Result: MasterTransfer._result, Cancel: MasterTransfer._cancel, Start: MasterTransfer._start}
+_NOTHING = Data(b"")
 
 
 class Transfers:
@@ -344,67 +303,48 @@ class Transfers:
             quota = f"the master already runs {MAX_TRANSFERS} transfers (its limit)"
         return quota.replace("sessions", "transfers") if quota else None
 
-    @defer.inlineCallbacks
-    def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
-              operator: PartyEnd, build: dict[str, object]) -> Any:
-        """Record, then ask the worker (`conn`: its buildbot PB Connection). Fires (transfer, {"total",
-        "entries", "recorded"}: what a download will send, and whether it is recorded) or raises
+    @deferred
+    async def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
+                    operator: PartyEnd, build: dict[str, object]) -> tuple[MasterTransfer, dict[str, object]]:
+        """Record, then ask the worker (`conn`: its buildbot PB Connection), as a session opens: its record
+        started by `AuditTrail.start_record`, the worker asked by `worker_pb.ask_worker`. Fires (transfer,
+        {"total", "entries", "recorded"}: what a download will send, and whether it is recorded) or raises
         TransferRefused (the worker's or the recording's refusal, for the operator) or RecordingError. The
-        operator's calls reach the transfer as `received(OPERATOR, ...)` from its door."""
+        operator's events reach the transfer from its door."""
         transfer_id = new_session_id()
         record: TransferRecord | None = TransferRecord(trail, transfer_id, who, request, self.clock(),
                                                        self.keep_bytes, self.keep_text)
         assert record is not None
         record.build = build
-        if not (yield record.begin()):
+        if not await record.begin():
             record = None
         transfer = MasterTransfer(transfer_id, who, request, record, self._ended, self.clock)
         transfer.parties[OPERATOR] = operator
-        set_nodelay(conn.mind)
-        accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told
-        try:
-            reply = yield _answer_within(defer.maybeDeferred(
-                conn.mind.callRemote, WORKER_TRANSFER_METHOD, TransferEnd(transfer, WORKER), request.to_pb()),
-                self.open_timeout, _cancel_late)
-        except defer.TimeoutError:
-            reply = {"ok": False, "error": f"did not answer within {self.open_timeout:g} s"}
-        except Exception as e:
-            reply = {"ok": False, "error": _worker_failure(e)}
-        ref = reply.get("transfer") if isinstance(reply, dict) else None
-        if isinstance(reply, dict):
-            note_peer_exported(getattr(conn.mind, "broker", None), reply.get("exported"))
-        if not isinstance(reply, dict) or reply.get("ok") is not True or not isinstance(ref, pb.RemoteReference):
-            error = reply.get("error") if isinstance(reply, dict) else None
-            text = f"worker {request.worker}: {error if isinstance(error, str) else 'sent a malformed reply'}"
+        reply = await ask_worker(conn, TRANSFER, TransferEnd(transfer, WORKER), request.to_pb(), request.worker,
+                                 self.open_timeout)
+        if reply.ref is None:
             transfer.parties.clear()
-            transfer.end(False, text[:4096])
-            raise TransferRefused(text[:4096])
-        transfer.parties[WORKER] = Party(ref, lean=reply.get("lean") is True)
+            transfer.end(False, reply.error)
+            raise TransferRefused(reply.error)
+        ref = reply.ref
+        transfer.parties[WORKER] = Party(ref, lean=reply.lean)
         self.live[transfer_id] = transfer
         transfer.undo.append(on_disconnect(ref, lambda: transfer.end(False, f"the worker {request.worker} was "
                                                                             "lost during the transfer")))
         transfer.undo.append(operator.on_disconnect(lambda: transfer.end(
             False, "the operator's connection was lost during the transfer")))
         if request.direction != UP:
-            transfer.parties[WORKER].send("start")
-        total, entries = reply.get("total", 0), reply.get("entries", 0)
+            transfer.parties[WORKER].send(Start())
+        total, entries = reply.fields.get("total", 0), reply.fields.get("entries", 0)
         return transfer, {
             "total": total if isinstance(total, int) else 0, "entries": entries if isinstance(entries, int) else 0,
             "recorded": record is not None}
 
 
+# A transfer as the worker opens it (`worker_pb.ask_worker`): BotPb's method added by slave_side.install().
+TRANSFER = Opening(WORKER_TRANSFER_METHOD, "transfer", (Cancel.call, "too late"),
+                   "its slaveshell does not support cp (upgrade slaveshell on the worker)", "starting the transfer")
+
+
 class TransferRefused(Exception):
     """The worker refused the transfer; the message is for the operator."""
-
-
-def _cancel_late(reply: object) -> None:
-    if isinstance(reply, dict) and isinstance(reply.get("transfer"), pb.RemoteReference):
-        defer.maybeDeferred(reply["transfer"].callRemote, "cancel", "too late").addErrback(lambda _f: None)
-
-
-def _worker_failure(error: Exception) -> str:
-    if isinstance(error, pb.RemoteError) and "NoSuchMethod" in str(getattr(error, "remoteType", "")):
-        return "its slaveshell does not support cp (upgrade slaveshell on the worker)"
-    if isinstance(error, (pb.DeadReferenceError, pb.PBConnectionLost)):
-        return "the connection was lost while starting the transfer"
-    return check_str((str(error) or type(error).__name__).splitlines()[0][:300], "error", MAX_NAME * 2)

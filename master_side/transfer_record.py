@@ -28,23 +28,21 @@ serves unrecorded (`require_recording=False`).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
-
-from twisted.internet import defer
+from typing import TYPE_CHECKING
 
 from slaveshell.cpwire import UP, Entry, TransferRequest, path_text
+from slaveshell.deferreds import deferred
 from slaveshell.policy import Identity
 from slaveshell.transcript import CastEncoder, encode_event
 
 from .audit import utc
-from .audit_trail import RecordingError, TransferOutcome
+from .audit_trail import TransferOutcome, transfer_row
 from .transcripts import (
     Attachment,
     TranscriptFile,
     attachment_marker,
     attachment_path,
     remove_transcript,
-    transcript_dir,
     transcript_name,
 )
 from .upload_links import MAX_NAMES, MAX_NAMES_CHARS, upload_names
@@ -96,38 +94,32 @@ class TransferRecord:
     def _t(self) -> float:
         return max(0.0, self.trail.reactor.seconds() - self.started)
 
-    @defer.inlineCallbacks
-    def begin(self) -> Any:
-        """Create the transcript (and the copy) and the index row. Raises RecordingError when fail-closed and
-        either cannot be made; returns False when serving unrecorded."""
-        problem = None
-        try:
-            transcript_dir(self.trail.directory)
-            self.file = TranscriptFile(self.path)
-            self.file.add([CastEncoder.header(80, 24, self.started, title=describe(self.request), slaveshell={
-                "kind": "transfer", "session": self.id, "direction": self.request.direction,
-                "worker": self.request.worker, "operator": self.who.user, "uid": self.who.uid,
-                "master": self.trail.master_name, "started": utc(self.started).isoformat() + "Z",
-                "recursive": self.request.recursive, "preserve": self.request.preserve, **self.build})])
-            self.file.flush()
-            if self.keep_bytes:
-                self.copy = Attachment(attachment_path(self.path))
-        except OSError as e:
-            problem = f"cannot create the transcript: {e.strerror or e}"
-        if problem is None:
-            try:
-                yield self.trail.transfer_opened(self.id, self.who, self.request.worker, describe(self.request),
-                                                 self.started, self.path if self.file is not None else None,
-                                                 self.build)
-            except Exception as e:
-                problem = f"cannot write the audit index: {str(e).splitlines()[0] if str(e) else e!r}"
-        if problem is None:
-            return True
-        self._discard()
-        self.trail.not_recorded(self.id, self.request.worker, self.who, problem)
-        if self.trail.require_recording:
-            raise RecordingError(f"transfer not started: it cannot be recorded ({problem})")
-        return False
+    @deferred
+    async def begin(self) -> bool:
+        """Create the transcript (and the copy) and the index row, as a session's record starts
+        (`AuditTrail.start_record`). Raises RecordingError when fail-closed and either cannot be made; returns
+        False when serving unrecorded."""
+        if not await self.trail.start_record("transfer", self.id, self.request.worker, self.who, self._create,
+                                             self._row, self._discard):
+            return False
+        self.trail.transfer_opened(self.id, self.who, self.request.worker, describe(self.request))
+        return True
+
+    def _create(self) -> None:
+        """The transcript with its header (and the copy's file), in the trail's thread for it."""
+        self.file = TranscriptFile(self.path)
+        self.file.add([CastEncoder.header(80, 24, self.started, title=describe(self.request), slaveshell={
+            "kind": "transfer", "session": self.id, "direction": self.request.direction,
+            "worker": self.request.worker, "operator": self.who.user, "uid": self.who.uid,
+            "master": self.trail.master_name, "started": utc(self.started).isoformat() + "Z",
+            "recursive": self.request.recursive, "preserve": self.request.preserve, **self.build})])
+        self.file.flush()
+        if self.keep_bytes:
+            self.copy = Attachment(attachment_path(self.path))
+
+    def _row(self) -> dict[str, object]:
+        return transfer_row(self.id, self.who, self.request.worker, self.trail.master_name, describe(self.request),
+                            self.started, self.path if self.file is not None else None, self.build)
 
     def _discard(self) -> None:
         for owner in (self.file, self.copy):

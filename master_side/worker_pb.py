@@ -1,12 +1,13 @@
-"""The master's PB calls to a worker: opening a session on it (`open_on_worker`), and the worker's session
-reference as a peer (`WorkerPeer`: answer-less calls, heartbeats, disconnection). Every reply is checked
-here; nothing from a worker's failure crosses to the operator but a plain message.
+"""The master's PB calls to a worker: opening something on it (`ask_worker`: a session, `open_on_worker`, or a
+transfer, master_side.transfer), and the worker's session reference as a peer (`WorkerPeer`: answer-less calls,
+heartbeats, disconnection). Every reply is checked here; nothing from a worker's failure crosses to the
+operator but a plain message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet import defer
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from buildbot.worker.protocols.pb import Connection as WorkerConnection
 
 T = TypeVar("T")
-__all__ = ["Undo", "on_disconnect", "subscribe", "WorkerPeer", "OpenReply", "open_on_worker"]
+__all__ = ["Undo", "on_disconnect", "subscribe", "WorkerPeer", "Opening", "OpenReply", "ask_worker",
+           "open_on_worker"]
 
 
 def subscribe(callbacks: list[Callable[[], None]], callback: Callable[[], None]) -> Undo:
@@ -72,42 +74,74 @@ class WorkerPeer:
 
 
 @dataclass(frozen=True)
+class Opening:
+    """What the master opens on a worker: BotPb's `method`, the key of the worker's handle in its answer
+    (`handle`), the call that ends one the worker opened after the master stopped waiting (`late`), what an
+    operator is told of a worker without the method (`unsupported`), and what was under way (`doing`)."""
+
+    method: str
+    handle: str
+    late: tuple[str, ...]
+    unsupported: str
+    doing: str
+
+
+SESSION = Opening(WORKER_OPEN_METHOD, "session", ("close",), "has not enabled slaveshell", "opening the session")
+
+
+@dataclass(frozen=True)
 class OpenReply:
-    """The worker's answer to an open: its session reference, or a message for the operator."""
+    """The worker's answer to an open: its handle's reference, or a message for the operator; `fields`: the
+    whole answer (a transfer's sizes)."""
 
     ref: pb.RemoteReference | None
     error: str = ""
     lean: bool = False  # the worker takes slaveshell.lean_calls on this connection
+    fields: Mapping[str, object] = field(default_factory=dict)
 
 
 @deferred
-async def open_on_worker(conn: WorkerConnection, session: MasterSession, request: OpenRequest, timeout: float,
-                         on_peer_error: Callable[[MasterSession, ProtocolError], None]) -> OpenReply:
-    """Ask the worker behind `conn` (buildbot.worker.protocols.pb.Connection) to start `request`'s session,
-    its output going to `session`. Fires an OpenReply; never fails."""
-    worker_sink = WorkerSink(session, on_peer_error)
+async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenceable, params: object,
+                     worker: str, timeout: float) -> OpenReply:
+    """Ask the worker behind `conn` (buildbot.worker.protocols.pb.Connection) to open `opening` for `params`,
+    its calls going to `sink`: the worker-open handshake of sessions and transfers alike (no delay on the
+    connection, lean calls accepted before, the answer within `timeout`, a late one ended, the answer
+    checked). Fires an OpenReply; never fails."""
     set_nodelay(conn.mind)
-    accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean output once told
-    to_worker = replace(request, pause=False, builder=None, build=None)
+    accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean calls once told
+
+    def late(reply: object) -> None:
+        ref = reply.get(opening.handle) if isinstance(reply, dict) else None
+        if isinstance(ref, pb.RemoteReference):
+            defer.maybeDeferred(ref.callRemote, *opening.late).addErrback(lambda _f: None)
+
     reply: object
     try:
-        reply = await _answer_within(
-            defer.maybeDeferred(conn.mind.callRemote, WORKER_OPEN_METHOD, worker_sink, to_worker.to_wire()),
-            timeout, _close_late_session)
+        reply = await _answer_within(defer.maybeDeferred(conn.mind.callRemote, opening.method, sink, params),
+                                     timeout, late)
     except defer.TimeoutError:
         reply = {"ok": False, "error": f"did not answer within {timeout:g} s"}
     except Exception as e:
         # Never forward a remote failure across the second hop: translate it to a plain message.
-        reply = {"ok": False, "error": _describe_failure(e)}
-    worker_ref = reply.get("session") if isinstance(reply, dict) else None
+        reply = {"ok": False, "error": _describe_failure(e, opening)}
+    worker_ref = reply.get(opening.handle) if isinstance(reply, dict) else None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
             reply["ok"] and not isinstance(worker_ref, pb.RemoteReference)):
         reply = {"ok": False, "error": "sent a malformed reply"}
     note_peer_exported(getattr(conn.mind, "broker", None), reply.get("exported"))
     if not reply["ok"] or not isinstance(worker_ref, pb.RemoteReference):
         error = reply.get("error")
-        return OpenReply(None, f"worker {request.worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
-    return OpenReply(worker_ref, lean=reply.get("lean") is True)
+        return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
+    return OpenReply(worker_ref, lean=reply.get("lean") is True, fields=reply)
+
+
+def open_on_worker(conn: WorkerConnection, session: MasterSession, request: OpenRequest, timeout: float,
+                   on_peer_error: Callable[[MasterSession, ProtocolError], None]) -> defer.Deferred[OpenReply]:
+    """Ask the worker behind `conn` to start `request`'s session, its output going to `session` (`ask_worker`).
+    Fires an OpenReply; never fails."""
+    to_worker = replace(request, pause=False, builder=None, build=None)
+    return ask_worker(conn, SESSION, WorkerSink(session, on_peer_error), to_worker.to_wire(), request.worker,
+                      timeout)
 
 
 def _answer_within(d: defer.Deferred[T], seconds: float, on_late: Callable[[T], None]) -> defer.Deferred[T]:
@@ -136,16 +170,10 @@ def _answer_within(d: defer.Deferred[T], seconds: float, on_late: Callable[[T], 
     return out
 
 
-def _close_late_session(reply: object) -> None:
-    """A session the worker started for nobody: end it there."""
-    if isinstance(reply, dict) and isinstance(reply.get("session"), pb.RemoteReference):
-        defer.maybeDeferred(reply["session"].callRemote, "close").addErrback(lambda f: None)
-
-
-def _describe_failure(error: Exception) -> str:
+def _describe_failure(error: Exception, opening: Opening) -> str:
     if isinstance(error, pb.RemoteError) and "NoSuchMethod" in str(getattr(error, "remoteType", "")):
-        return "has not enabled slaveshell"
+        return opening.unsupported
     if isinstance(error, (pb.DeadReferenceError, pb.PBConnectionLost)):
-        return "the connection was lost while opening the session"
+        return f"the connection was lost while {opening.doing}"
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:300]

@@ -27,11 +27,25 @@ from twisted.spread import pb
 from slaveshell.clock import Clock, DelayedCall
 from slaveshell.cpfiles import Sender, TransferError, plan
 from slaveshell.cpreceiver import Receiver
-from slaveshell.cpwire import CHUNK, ENTRY_COST, STREAM_CALLS, UP, Entry, TransferRequest, check_sha, path_text
+from slaveshell.cpwire import (
+    ENTRY_COST,
+    STREAM_CALLS,
+    UP,
+    Abort,
+    Ack,
+    Data,
+    DoneFile,
+    Entry,
+    Result,
+    TransferEvent,
+    TransferRequest,
+    check_sha,
+    path_text,
+)
 from slaveshell.display import visible
 from slaveshell.flow import Pacer
 from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
-from slaveshell.protocol import MAX_PATH, ProtocolError, check_bytes, check_str
+from slaveshell.protocol import MAX_PATH, ProtocolError, check_str
 from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
 
 from .host import WorkerOptions, login_umask
@@ -79,36 +93,47 @@ def _dropped(*_args: object) -> None:
     so Banana refuses none)."""
 
 
-class _Peer(LeanPeer):
-    """The master's end of one transfer: answer-less sends of the stream's calls (cpwire.STREAM_CALLS); a failure
-    of the connection is noticed by the disconnect notification, so errors of single sends are dropped. Acks are
-    summed and go once the reactor has handled what it read (one message for the several chunks of one read, not
-    one each). Once the master says it takes them (`lean`), the stream's calls go as slaveshell.lean_calls."""
+class _StreamPeer(LeanPeer):
+    """A transfer's PB reference: the stream's calls answer-less (cpwire.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
 
+
+class _Peer:
+    """The master's end of one transfer: each event as its answer-less PB call with plain values; a failure of
+    the connection is noticed by the disconnect notification, so errors of single sends are dropped. Acks are
+    summed and go once the reactor has handled what it read (one message for the several chunks of one read, not
+    one each). Once the master says it takes them (`lean`), the stream's events go as slaveshell.lean_calls."""
+
     def __init__(self, ref: pb.RemoteReference, clock: Clock) -> None:
-        super().__init__(ref, _dropped, _dropped)
+        self.peer = _StreamPeer(ref, _dropped, _dropped)
         self.clock = clock
         self._acks = 0
 
-    def send(self, method: str, *args: object) -> None:
-        if method == "ack" and len(args) == 1 and isinstance(args[0], int):
+    def take_lean(self) -> None:
+        """The master takes lean calls on this connection."""
+        self.peer.lean = True
+
+    def release(self) -> None:
+        self.peer.release()
+
+    def send(self, event: TransferEvent) -> None:
+        if isinstance(event, Ack):
             if not self._acks:
                 self.clock.callLater(0, self._send_acks)
-            self._acks += args[0]
+            self._acks += event.credit
             return
-        self._call(method, *args)
+        if isinstance(event, Result) and self._acks:
+            self._send_acks()  # the credit before the outcome, in order
+        self._call(event)
 
     def _send_acks(self) -> None:
         n, self._acks = self._acks, 0
         if n:
-            self._call("ack", n)
+            self._call(Ack(n))
 
-    def _call(self, method: str, *args: object) -> None:
-        if method == "result" and self._acks:
-            self._send_acks()  # the credit before the outcome, in order
-        super().send(method, *args)
+    def _call(self, event: TransferEvent) -> None:
+        self.peer.send(event.call, *event.to_wire())
 
 
 class WorkerTransfer(LeanReceiver):
@@ -144,7 +169,7 @@ class WorkerTransfer(LeanReceiver):
         """The master takes lean calls on this connection: the stream's calls to it go that way. A master that
         sends this also takes done_file without the sender's sha256 (cpwire.NO_CLAIM): a download's files are
         not hashed here (the master hashes what it relays)."""
-        self.peer.lean = True
+        self.peer.take_lean()
         if self.sender is not None:
             self.sender.claim = False
 
@@ -154,12 +179,11 @@ class WorkerTransfer(LeanReceiver):
         if self.ended:
             return
         reason = path_text(reason)  # PB's text is UTF-8: a name that is not is spelled with \\xNN escapes
-        self._end(f"failed: {reason}",
-                  *(("result", False, reason) if self.receiver is not None else ("abort", reason)))
+        self._end(f"failed: {reason}", Result(False, reason) if self.receiver is not None else Abort(reason))
 
-    def _end(self, outcome: str, *last: object) -> None:
-        """End once with `outcome` (for the owner's log); `last`, when given, is the last call to the master
-        (method and arguments), sent before the master's end of the transfer is given back (`on_end`)."""
+    def _end(self, outcome: str, last: TransferEvent | None = None) -> None:
+        """End once with `outcome` (for the owner's log); `last`, when given, is the last event to the master,
+        sent before the master's end of the transfer is given back (`on_end`)."""
         self.ended = True
         self.outcome = outcome
         paced, self._paced = self._paced, None
@@ -169,9 +193,8 @@ class WorkerTransfer(LeanReceiver):
             self.sender.close()
         if self.receiver is not None and not self.committing:
             self.receiver.abort()
-        if last:
-            method, *args = last
-            self.peer.send(str(method), *args)
+        if last is not None:
+            self.peer.send(last)
         self.on_end(self)
 
     def _guard(self, fn: Callable[[], None]) -> None:
@@ -214,11 +237,11 @@ class WorkerTransfer(LeanReceiver):
             sender = self.sender  # paced: the credit is kept for _pace_over
 
             def keep() -> None:
-                sender.credit.ack(credit)
+                sender.credit.ack(Ack.from_wire(credit).credit)
 
             self._guard(keep)
             return
-        self._send(lambda sender: sender.ack(credit))
+        self._send(lambda sender: sender.ack(Ack.from_wire(credit).credit))
 
     # -- receiving (UP) ----------------------------------------------------------------------------
 
@@ -229,19 +252,19 @@ class WorkerTransfer(LeanReceiver):
 
     def remote_entry(self, kind: object, path: object, mode: object, size: object, mtime: object) -> None:
         self._guard(lambda: self._receiving().entry(Entry.from_wire(kind, path, mode, size, mtime)))
-        self._guard(lambda: self.peer.send("ack", ENTRY_COST))
+        self._guard(lambda: self.peer.send(Ack(ENTRY_COST)))
 
     def remote_data(self, chunk: object) -> None:
         def write() -> None:
-            data = check_bytes(chunk, "data", CHUNK)
+            data = Data.from_wire(chunk).chunk
             self._receiving().data(data)
-            self.peer.send("ack", len(data))
+            self.peer.send(Ack(len(data)))
 
         self._guard(write)
 
     def remote_done_file(self, sha256: object) -> None:
-        self._guard(lambda: self._receiving().done_file(check_sha(sha256)))
-        self._guard(lambda: self.peer.send("ack", ENTRY_COST))
+        self._guard(lambda: self._receiving().done_file(check_sha(DoneFile.from_wire(sha256).sha256)))
+        self._guard(lambda: self.peer.send(Ack(ENTRY_COST)))
 
     def remote_finish(self) -> None:
         if self.ended or self.receiver is None or self.committing:
@@ -252,7 +275,7 @@ class WorkerTransfer(LeanReceiver):
         def committed(_: object) -> None:
             self.committing = False
             if not self.ended:
-                self._end("received and put in place", "result", True, "")
+                self._end("received and put in place", Result(True, ""))
 
         def failed(failure: Failure) -> None:
             self.committing = False

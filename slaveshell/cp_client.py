@@ -21,10 +21,25 @@ from typing import Any, TextIO
 from . import framing, hop
 from .cpfiles import Planned, Sender, TransferError
 from .cpreceiver import Receiver
-from .cpwire import DOWN, ENTRY_COST, MAX_FILE, Entry, TransferRequest, check_sha
+from .cpwire import (
+    DOWN,
+    ENTRY_COST,
+    MAX_FILE,
+    Abort,
+    Ack,
+    Data,
+    DoneFile,
+    Entry,
+    Finish,
+    Result,
+    TransferEvent,
+    TransferRequest,
+    check_sha,
+    from_fields,
+)
 from .framing import Control, FrameType, Op
 from .hop import HopError, Interrupted, Link
-from .protocol import ProtocolError, check_bytes, check_int
+from .protocol import ProtocolError, check_int
 
 # Seconds the client waits, after a download is in place, for the master to acknowledge its result (the audit
 # row learns it before this process goes); the files are in place either way.
@@ -137,7 +152,7 @@ class CopyClient:
         if self.outcome is not None:
             return
         if frame.type is FrameType.DATA:
-            self._guard(lambda: self._data(frame.payload))
+            self._guard(lambda: self._data(Data.from_wire(frame.payload)))
             return
         if frame.type is not FrameType.CONTROL:
             return  # no session on this connection: nothing else is expected
@@ -148,50 +163,53 @@ class CopyClient:
         op = message.op
         if op is Op.ANSWER:
             self.calls.answered(message)
-        elif op is Op.ENTRY:
-            self._guard(lambda: self._entry(message))
-        elif op is Op.DONE_FILE:
-            self._guard(lambda: self._done_file(message.get("sha256")))
-        elif op is Op.FINISH:
-            self._guard(self._commit)
-        elif op is Op.ACK:
-            sender = self.sender
-            if sender is not None:
-                self._guard(lambda: sender.ack(message.get("n")))
-        elif op is Op.RESULT:
-            reason = message.get("reason")
-            self._finish(message.get("ok") is True,
-                         reason if isinstance(reason, str) else "the master ended the transfer")
         elif op is Op.ERROR:
             text = message.get("text")
             self._finish(False, text if isinstance(text, str) and text else
                          "the master closed the connection (protocol error)")
+        elif op is Op.RESULT:  # the master's word on the outcome, whatever its reason's length
+            self._result(Result.told(message.get("ok"), message.get("reason"), "the master ended the transfer"))
+        elif op in framing.TRANSFER:
+            self._guard(lambda: self._take(from_fields(op.value, message.get)))
+
+    def _take(self, event: TransferEvent) -> None:
+        """One of the master's transfer events, decoded: to its handler (`_HANDLERS`)."""
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise ProtocolError(f"the master sent {event.call} to its operator")
+        handler(self, event)
 
     def _receiving(self) -> Receiver:
         if self.receiver is None:
             raise ProtocolError("the master sent files to an upload")
         return self.receiver
 
-    def _entry(self, message: Control) -> None:
-        self._receiving().entry(Entry.from_wire(*(message.get(k) for k in ("kind", "path", "mode", "size",
-                                                                          "mtime"))))
+    def _entry(self, entry: Entry) -> None:
+        self._receiving().entry(entry)
         self._unacked += ENTRY_COST
 
-    def _data(self, chunk: bytes) -> None:
-        self._receiving().data(check_bytes(chunk, "data", framing.MAX_DATA))
-        self._unacked += len(chunk)
+    def _data(self, data: Data) -> None:
+        self._receiving().data(data.chunk)
+        self._unacked += len(data.chunk)
 
-    def _done_file(self, sha256: object) -> None:
-        self._receiving().done_file(check_sha(sha256))
+    def _done_file(self, done: DoneFile) -> None:
+        self._receiving().done_file(check_sha(done.sha256))
         self._unacked += ENTRY_COST
+
+    def _ack(self, ack: Ack) -> None:
+        if self.sender is not None:
+            self.sender.ack(ack.credit)
+
+    def _result(self, result: Result) -> None:
+        self._finish(result.ok, result.reason)
 
     def flush_acks(self) -> None:
         """Return the credit of what was received since the last call (one ack per read, not per chunk)."""
         if self._unacked and self.outcome is None:
             n, self._unacked = self._unacked, 0
-            self.send("ack", n)
+            self.send(Ack(n))
 
-    def _commit(self) -> None:
+    def _commit(self, _finish: Finish | None = None) -> None:
         self.flush_acks()
         self._receiving().commit()
         self.committed = True
@@ -202,7 +220,7 @@ class CopyClient:
             timer.cancel()
             self._finish(True, "")
 
-        self.calls.call(Op.RESULT, answered, ok=True, reason="")
+        self.calls.call(Op.RESULT, answered, **Result(True, "").fields())
 
     def lost(self, error: HopError) -> None:
         """The connection ended (or was refused, or broken)."""
@@ -216,20 +234,13 @@ class CopyClient:
 
     # -- our side ------------------------------------------------------------------------------
 
-    def send(self, method: str, *args: object) -> None:
-        """One of slaveshell.cpwire's calls to the master (the Sender's, and the acks)."""
-        if method == "data":
-            chunk = args[0]
-            assert isinstance(chunk, bytes)
-            self.link.send(framing.header(FrameType.DATA, len(chunk)), chunk)
-        elif method == "entry":
-            self.link.control(Op.ENTRY, **dict(zip(("kind", "path", "mode", "size", "mtime"), args, strict=True)))
-        elif method == "done_file":
-            self.link.control(Op.DONE_FILE, sha256=args[0])
-        elif method == "ack":
-            self.link.control(Op.ACK, n=args[0])
+    def send(self, event: TransferEvent) -> None:
+        """One of slaveshell.cpwire's events to the master (the Sender's, and the acks): a DATA frame for data,
+        a control otherwise."""
+        if isinstance(event, Data):
+            self.link.send(framing.header(FrameType.DATA, len(event.chunk)), event.chunk)
         else:
-            self.link.control(Op(method))  # finish
+            self.link.control(Op(event.call), **event.fields())
 
     def _guard(self, fn: Callable[[], None]) -> None:
         if self.outcome is not None:
@@ -243,9 +254,9 @@ class CopyClient:
         """Our side failed (a write, a read, a bad message): clean up, tell the master, stop."""
         if self.receiver is not None:
             self.receiver.abort()
-            self.calls.call(Op.RESULT, lambda _reply: None, ok=False, reason=reason[:4000])
+            self.calls.call(Op.RESULT, lambda _reply: None, **Result(False, reason[:4000]).fields())
         else:
-            self.link.control(Op.ABORT, reason=reason[:4000])
+            self.send(Abort(reason[:4000]))
         self._finish(False, reason)
 
     def interrupt(self) -> None:
@@ -266,6 +277,12 @@ class CopyClient:
             self.progress.close(ok)
         self.loop.stop()
 
+
+
+# The master's events to its operator, each with its handler (`CopyClient._take`).
+_HANDLERS: dict[type[TransferEvent], Callable[[CopyClient, Any], None]] = {
+    Entry: CopyClient._entry, Data: CopyClient._data, DoneFile: CopyClient._done_file, Finish: CopyClient._commit,
+    Ack: CopyClient._ack, Result: CopyClient._result}
 
 
 def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> tuple[bool, str]:

@@ -2,7 +2,7 @@
 vocabulary: slaveshell.cpwire; the receiving end: slaveshell.cpreceiver). Blocking file I/O, nothing from PB.
 
 `plan` lists a sender's entries (walking trees with -r, following symlinks as scp does, each path checked by the
-caller's `check`); `Sender` turns them into messages while credit allows. Errors of both ends are
+caller's `check`); `Sender` turns them into events (slaveshell.cpwire) while credit allows. Errors of both ends are
 `TransferError`, one line for the operator.
 """
 
@@ -14,10 +14,22 @@ import stat
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
-from .cpwire import CHUNK, ENTRY_COST, MAX_ENTRIES, NO_CLAIM, WINDOW, Credit, Entry
+from .cpwire import (
+    CHUNK,
+    ENTRY_COST,
+    MAX_ENTRIES,
+    NO_CLAIM,
+    WINDOW,
+    Credit,
+    Data,
+    DoneFile,
+    Entry,
+    Finish,
+    TransferEvent,
+)
 
 Check = Callable[[str], None]  # raises TransferError when a real path is not allowed
-Send = Callable[..., None]  # send(method, *args): one answer-less wire call
+Send = Callable[[TransferEvent], None]  # one answer-less event to the master (slaveshell.cpwire)
 
 
 class TransferError(Exception):
@@ -96,27 +108,28 @@ class Sender:
         self.sent = 0  # bytes of data sent so far
         self.done = False
         self._messages = self._generate(planned)
-        self._next: tuple[str, tuple[object, ...], int] | None = None
+        self._next: tuple[TransferEvent, int] | None = None
 
-    def ack(self, n: object) -> None:
-        self.credit.ack(n)
+    def ack(self, credit: object) -> None:
+        """`credit` returned by the receiver (checked against what was spent: cpwire.Credit)."""
+        self.credit.ack(credit)
         self.pump()
 
     def pump(self) -> None:
         while not self.done:
             if self._next is None:
                 self._next = next(self._messages)
-            method, args, cost = self._next
+            event, cost = self._next
             if cost > self.credit.available:
                 return
             self._next = None
             self.credit.spend(cost)
-            self.send(method, *args)
-            if method == "data":
+            self.send(event)
+            if isinstance(event, Data):
                 self.sent += cost
                 if self.on_bytes is not None:
                     self.on_bytes(cost)
-            if method == "finish":
+            elif isinstance(event, Finish):
                 self.done = True
 
     def close(self) -> None:
@@ -124,10 +137,10 @@ class Sender:
         self.done = True
         self._messages.close()
 
-    def _generate(self, planned: list[Planned]) -> Generator[tuple[str, tuple[object, ...], int], None, None]:
+    def _generate(self, planned: list[Planned]) -> Generator[tuple[TransferEvent, int], None, None]:
         for item in planned:
             entry = item.entry
-            yield "entry", entry.to_wire(), ENTRY_COST
+            yield entry, ENTRY_COST
             if entry.kind != "file":
                 continue
             sha = hashlib.sha256() if self.claim else None
@@ -141,8 +154,8 @@ class Sender:
                         if sha is not None:
                             sha.update(chunk)
                         left -= len(chunk)
-                        yield "data", (chunk,), len(chunk)
+                        yield Data(chunk), len(chunk)
             except OSError as e:
                 raise os_error(item.local, e) from None
-            yield "done_file", (sha.hexdigest() if sha is not None else NO_CLAIM,), ENTRY_COST
-        yield "finish", (), 0
+            yield DoneFile(sha.hexdigest() if sha is not None else NO_CLAIM), ENTRY_COST
+        yield Finish(), 0

@@ -26,17 +26,23 @@ read, as the master does), so a sender skips it where the master said it takes N
 when the ``copy`` answer says ``"unclaimed": true``, the worker once the master's ``lean`` call came (both came
 with the same version). A claim that is made is still checked. Receivers do not hash.
 
-Requests (`TransferRequest`) travel as plain dicts. Every check here raises `ProtocolError` (the peer's fault).
+Each call is a frozen event here (`Entry`, `Data`, `DoneFile`, `Finish`, `Abort`, `Ack`, `Result`, and the
+master's `Start` and `Cancel` to the worker), defined once with its encoding to plain values: `to_wire()` gives
+its arguments in order, `from_wire(*args)` checks them and makes the event (`decode` by the call's name), and
+`fields()`/`names` spell them as a framing control's fields. Every hop decodes at its edge and handles events by
+type. Requests (`TransferRequest`) travel as plain dicts. Every check here raises `ProtocolError` (the peer's
+fault).
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
-from .protocol import MAX_NAME, MAX_PATH, ProtocolError, check_int, check_str, check_worker_name
+from .protocol import MAX_NAME, MAX_PATH, ProtocolError, check_bytes, check_int, check_str, check_worker_name
 
 # The remote method added to the worker's Bot object for transfers.
 WORKER_TRANSFER_METHOD = "slaveshell_transfer"
@@ -58,8 +64,6 @@ MODE_MASK = 0o7777
 UP = "up"  # the operator's files to the worker
 DOWN = "down"  # the worker's files to the operator
 NO_CLAIM = ""  # a sender's done_file without its own sha256
-# The stream's calls, both ways: answer-less (PB's pbanswer=False), and slaveshell.lean_calls once negotiated.
-STREAM_CALLS = frozenset({"entry", "data", "done_file", "ack"})
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -128,9 +132,34 @@ def check_sha(value: object) -> str:
     return text
 
 
+class TransferEvent:
+    """One call of a transfer's stream as a frozen event. `call` is its name on every wire (the PB method, the
+    lean call, the framing control's op), `names` its arguments' names in a framing control; `to_wire()` its
+    arguments as plain values, in order, and `from_wire(*args)` the event from them, checked (ProtocolError)."""
+
+    call: ClassVar[str]
+    names: ClassVar[tuple[str, ...]] = ()
+
+    def to_wire(self) -> tuple[object, ...]:
+        return ()
+
+    @classmethod
+    def from_wire(cls, *args: object) -> TransferEvent:
+        if args:
+            raise ProtocolError(f"{cls.call} takes no arguments")
+        return cls()
+
+    def fields(self) -> dict[str, object]:
+        """The event as a framing control's fields."""
+        return dict(zip(self.names, self.to_wire(), strict=True))
+
+
 @dataclass(frozen=True)
-class Entry:
-    """One directory or regular file of a transfer."""
+class Entry(TransferEvent):
+    """One directory or regular file of a transfer (the sender's ``entry``)."""
+
+    call: ClassVar[str] = "entry"
+    names: ClassVar[tuple[str, ...]] = ("kind", "path", "mode", "size", "mtime")
 
     kind: str  # "dir" or "file"
     path: str
@@ -139,7 +168,10 @@ class Entry:
     mtime: float = 0.0
 
     @classmethod
-    def from_wire(cls, kind: object, path: object, mode: object, size: object, mtime: object) -> Entry:
+    def from_wire(cls, *args: object) -> Entry:
+        if len(args) != 5:
+            raise ProtocolError("entry takes kind, path, mode, size and mtime")
+        kind, path, mode, size, mtime = args
         if kind not in ("dir", "file"):
             raise ProtocolError("an entry is a 'dir' or a 'file'")
         if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not 0 <= mtime < 2**40:
@@ -149,6 +181,164 @@ class Entry:
 
     def to_wire(self) -> tuple[str, str, int, int, float]:
         return (self.kind, self.path, self.mode, self.size, self.mtime)
+
+
+@dataclass(frozen=True)
+class Data(TransferEvent):
+    """At most CHUNK bytes of the current file (the sender's ``data``; a framing DATA frame)."""
+
+    call: ClassVar[str] = "data"
+
+    chunk: bytes
+
+    @classmethod
+    def from_wire(cls, *args: object) -> Data:
+        return cls(check_bytes(args[0] if len(args) == 1 else None, "data", CHUNK))
+
+    def to_wire(self) -> tuple[bytes]:
+        return (self.chunk,)
+
+
+@dataclass(frozen=True)
+class DoneFile(TransferEvent):
+    """The current file is complete (the sender's ``done_file``): its sha256, or NO_CLAIM from a sender that
+    leaves it to the master; to a receiver, always the master's sha256 (`check_sha` there)."""
+
+    call: ClassVar[str] = "done_file"
+    names: ClassVar[tuple[str, ...]] = ("sha256",)
+
+    sha256: str
+
+    @classmethod
+    def from_wire(cls, *args: object) -> DoneFile:
+        return cls(check_claim(args[0] if len(args) == 1 else None))
+
+    def to_wire(self) -> tuple[str]:
+        return (self.sha256,)
+
+
+@dataclass(frozen=True)
+class Finish(TransferEvent):
+    """No more entries: the receiver commits and answers with `Result`."""
+
+    call: ClassVar[str] = "finish"
+
+
+@dataclass(frozen=True)
+class Abort(TransferEvent):
+    """The sender gave up: the receiver removes what it staged. Any reason is taken (a malformed one as "")."""
+
+    call: ClassVar[str] = "abort"
+    names: ClassVar[tuple[str, ...]] = ("reason",)
+
+    reason: str = ""
+
+    @classmethod
+    def from_wire(cls, *args: object) -> Abort:
+        return cls(args[0] if len(args) == 1 and isinstance(args[0], str) else "")
+
+    def to_wire(self) -> tuple[str]:
+        return (self.reason,)
+
+
+@dataclass(frozen=True)
+class Ack(TransferEvent):
+    """The receiver's credit returned (`Credit.ack` checks it against what was spent)."""
+
+    call: ClassVar[str] = "ack"
+    names: ClassVar[tuple[str, ...]] = ("n",)
+
+    credit: int
+
+    @classmethod
+    def from_wire(cls, *args: object) -> Ack:
+        return cls(check_int(args[0] if len(args) == 1 else None, "ack", 1, WINDOW))
+
+    def to_wire(self) -> tuple[int]:
+        return (self.credit,)
+
+
+@dataclass(frozen=True)
+class Result(TransferEvent):
+    """The receiver's end: whether the files are in place, and why not."""
+
+    call: ClassVar[str] = "result"
+    names: ClassVar[tuple[str, ...]] = ("ok", "reason")
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def from_wire(cls, *args: object) -> Result:
+        if len(args) != 2 or not isinstance(args[0], bool):
+            raise ProtocolError("result comes from the receiver: ok and a reason")
+        return cls(args[0], check_str(args[1], "reason", 4096))
+
+    @classmethod
+    def told(cls, ok: object, reason: object, otherwise: str) -> Result:
+        """The outcome as the master tells its operator: ok only when True, any reason text (`otherwise` when
+        there is none)."""
+        return cls(ok is True, reason if isinstance(reason, str) else otherwise)
+
+    def to_wire(self) -> tuple[bool, str]:
+        return (self.ok, self.reason)
+
+
+@dataclass(frozen=True)
+class Start(TransferEvent):
+    """The master to the worker of a download: start sending."""
+
+    call: ClassVar[str] = "start"
+
+
+@dataclass(frozen=True)
+class Cancel(TransferEvent):
+    """The master to the worker: the transfer ended (the operator left or stopped, the record failed). Any
+    reason is taken (a malformed one as "")."""
+
+    call: ClassVar[str] = "cancel"
+    names: ClassVar[tuple[str, ...]] = ("reason",)
+
+    reason: str = ""
+
+    @classmethod
+    def from_wire(cls, *args: object) -> Cancel:
+        return cls(args[0] if len(args) == 1 and isinstance(args[0], str) else "")
+
+    def to_wire(self) -> tuple[str]:
+        return (self.reason,)
+
+
+EVENTS: dict[str, type[TransferEvent]] = {e.call: e for e in (Entry, Data, DoneFile, Finish, Abort, Ack, Result,
+                                                              Start, Cancel)}
+# What a sender streams, and what comes back to it.
+FROM_SENDER: tuple[type[TransferEvent], ...] = (Entry, Data, DoneFile, Finish, Abort)
+# The stream's calls, both ways: answer-less (PB's pbanswer=False), and slaveshell.lean_calls once negotiated.
+STREAM_EVENTS: tuple[type[TransferEvent], ...] = (Entry, Data, DoneFile, Ack)
+STREAM_CALLS = frozenset(e.call for e in STREAM_EVENTS)
+
+
+def event_type(call: object) -> type[TransferEvent]:
+    """The event a call's name stands for; ProtocolError for any other name."""
+    kind = EVENTS.get(call) if isinstance(call, str) else None
+    if kind is None:
+        raise ProtocolError(f"unknown transfer call {_call_name(call)}")
+    return kind
+
+
+def decode(call: object, args: tuple[object, ...]) -> TransferEvent:
+    """The event of a call by its name and plain arguments (a door's edge); ProtocolError when either is wrong."""
+    return event_type(call).from_wire(*args)
+
+
+def from_fields(call: object, get: Callable[[str], object]) -> TransferEvent:
+    """The event of a framing control (its op's name, and `get(field)` its fields); ProtocolError."""
+    kind = event_type(call)
+    return kind.from_wire(*(get(name) for name in kind.names))
+
+
+def _call_name(call: object) -> str:
+    return call[:40] if isinstance(call, str) else type(call).__name__
 
 
 def top_name(source: str) -> str | None:

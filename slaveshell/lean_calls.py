@@ -49,6 +49,7 @@ from twisted.logger import Logger
 from twisted.spread import banana, pb
 
 from . import upstream
+from .cpwire import Ack, Data, DoneFile, Entry
 from .display import visible
 from .protocol import ProtocolError
 from .remote import RemotePeer
@@ -132,20 +133,22 @@ def _decode_entry(items: Sequence[object]) -> tuple[object, ...]:
 def _decode_done_file(items: Sequence[object]) -> tuple[object, ...]:
     if len(items) != 1:
         raise ProtocolError("done_file: expected one sha256")
-    return (_text(items[0], "done_file", "ascii"),)
+    return (_text(items[0], DoneFile.call, "ascii"),)
 
 
 #: The methods that may travel leanly, and their layouts. Values are checked by the receiving ``remote_*``.
-#: A session's: input, ack, output, input_ack; a transfer's (slaveshell.cpwire): entry, data, done_file, ack.
+#: A session's: input, ack, output, input_ack; a transfer's (slaveshell.cpwire's stream events): entry, data,
+#: done_file, ack (one credit, laid out as a session's ack).
 CODECS: dict[str, Codec] = {
     "input": Codec(lambda data: [data], _one(bytes, "input")),
     "ack": Codec(lambda nbytes: [nbytes], _one(int, "ack")),
     "output": Codec(_encode_output, _decode_output),
     "input_ack": Codec(lambda nbytes, hidden: [nbytes, 1 if hidden else 0], _decode_input_ack),
-    "entry": Codec(_encode_entry, _decode_entry),
-    "data": Codec(lambda chunk: [chunk], _one(bytes, "data")),
-    "done_file": Codec(lambda sha256: [sha256.encode("ascii")], _decode_done_file),
+    Entry.call: Codec(_encode_entry, _decode_entry),
+    Data.call: Codec(lambda chunk: [chunk], _one(bytes, Data.call)),
+    DoneFile.call: Codec(lambda sha256: [sha256.encode("ascii")], _decode_done_file),
 }
+assert Ack.call == "ack"
 
 
 class LeanReceiver(pb.Referenceable):

@@ -19,7 +19,7 @@ from slaveshell import framing
 from slaveshell.cp import request_of, split_remote
 from slaveshell.cpfiles import Sender, TransferError, plan
 from slaveshell.cpreceiver import Receiver
-from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Entry, TransferRequest, check_relpath
+from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Data, DoneFile, Entry, Finish, TransferRequest, check_relpath
 from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
 from slaveshell.protocol import ProtocolError
@@ -74,17 +74,17 @@ def _pipe(planned: Any, receiver: Receiver) -> None:
     """A sender straight into a receiver, acks straight back (what the master relays)."""
     sender: Sender
 
-    def send(method: str, *args: Any) -> None:
-        if method == "entry":
-            receiver.entry(Entry(*args))
+    def send(event: Any) -> None:
+        if isinstance(event, Entry):
+            receiver.entry(event)
             sender.ack(1024)
-        elif method == "data":
-            receiver.data(args[0])
-            sender.ack(len(args[0]))
-        elif method == "done_file":
-            receiver.done_file(args[0])
+        elif isinstance(event, Data):
+            receiver.data(event.chunk)
+            sender.ack(len(event.chunk))
+        elif isinstance(event, DoneFile):
+            receiver.done_file(event.sha256)
             sender.ack(1024)
-        elif method == "finish":
+        elif isinstance(event, Finish):
             receiver.commit()
 
     sender = Sender(planned, send)
@@ -226,7 +226,8 @@ def test_the_masters_sha256_covers_every_chunk_of_a_file_hashed_on_its_hashing_t
 def test_a_sender_without_a_claim_reads_the_same_bytes_and_sends_no_sha256(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * (CHUNK + 5))
     sent: list[tuple[str, tuple[object, ...]]] = []
-    sender = Sender(plan([str(tmp_path / "f")], recursive=False), lambda m, *a: sent.append((m, a)), claim=False)
+    sender = Sender(plan([str(tmp_path / "f")], recursive=False), lambda e: sent.append((e.call, e.to_wire())),
+                    claim=False)
     sender.pump()
     assert [m for m, _ in sent] == ["entry", "data", "data", "done_file", "finish"]
     assert b"".join(a[0] for m, a in sent if m == "data") == b"x" * (CHUNK + 5)  # type: ignore[misc]

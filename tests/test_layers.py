@@ -37,6 +37,7 @@ CLIENT = [
     "slaveshell.outputs",
     "slaveshell.replay",
     "slaveshell.reveal",
+    "slaveshell.router",
     "slaveshell.sandbox",
     "slaveshell.shell_cli",
     "slaveshell.terminal",

@@ -17,7 +17,7 @@ from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party, Transf
 from slave_side.host import WorkerOptions
 from slave_side.transfer import TransferServer
 from slaveshell import lean_calls
-from slaveshell.cpwire import CHUNK, DOWN, UP, TransferRequest
+from slaveshell.cpwire import CHUNK, DOWN, UP, Start, TransferEvent, TransferRequest
 from slaveshell.policy import Identity
 
 from .fakes import call, connected
@@ -30,8 +30,8 @@ class Operator:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def send(self, method: str, *args: object) -> None:
-        self.calls.append((method, *args))
+    def send(self, event: TransferEvent) -> None:
+        self.calls.append((event.call, *event.to_wire()))
 
     def on_disconnect(self, callback: Any) -> Any:
         return lambda: None
@@ -89,7 +89,7 @@ def test_a_download_travels_as_lean_calls_and_reaches_the_operator_whole(tmp_pat
     body = os.urandom(2 * CHUNK + 7)
     (tmp_path / "f").write_bytes(body)
     transfer, operator, reply, pump, broker, seen = _opened(tmp_path, DOWN)
-    transfer.parties[WORKER].send("start")
+    transfer.parties[WORKER].send(Start())
     pump.flush()  # all of it fits in the window: no ack needed
     assert not transfer.ended
     assert [c[0] for c in operator.calls] == ["entry", "data", "data", "data", "done_file", "finish"]

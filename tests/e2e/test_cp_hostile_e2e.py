@@ -29,7 +29,7 @@ HOSTILE_WORKER = r'''
 # A hostile donated worker for the copy tests (tests/e2e/test_cp_hostile_e2e.py).
 from slave_side import transfer as _transfer
 from slaveshell import cpfiles as _cpfiles
-from slaveshell.cpwire import Entry as _Entry
+from slaveshell.cpwire import Data as _Data, Entry as _Entry
 _plan = _transfer.plan
 def _hostile_plan(sources, recursive, check=None, base=None, **kw):
     planned = _plan(sources, recursive, check, base, **kw)
@@ -50,22 +50,22 @@ class _StallingSender(_cpfiles.Sender):
     def __init__(self, planned, send, *args, **kw):
         if any('stall-half' in p.entry.path for p in planned):
             honest, chunks = send, []
-            def send(method, *args):
+            def send(event):
                 if chunks:
                     return  # stopped half-way: nothing more, ever
-                if method == 'data':
+                if isinstance(event, _Data):
                     chunks.append(1)
-                honest(method, *args)
+                honest(event)
         self.stuck = False
         if any('stall-empty' in p.entry.path for p in planned):
             from twisted.internet import reactor as _reactor, task as _task
             honest = send
-            def send(method, *args):
-                honest(method, *args)
-                if method == 'data' and not self.stuck:
+            def send(event):
+                honest(event)
+                if isinstance(event, _Data) and not self.stuck:
                     self.stuck = True  # no more of the file, ever: an empty chunk a second instead
                     self.credit.outstanding = self.credit.window
-                    loop = _task.LoopingCall(honest, 'data', b'')
+                    loop = _task.LoopingCall(honest, _Data(b''))
                     loop.start(1.0, now=False)
                     _reactor.callLater(40, loop.stop)
         super().__init__(planned, send, *args, **kw)
