@@ -114,7 +114,7 @@ def model(pool: dict[str, list[int]], link: str, wlink: str = "lean") -> tuple[l
         ("worker Python: input (modes, write, hidden-input decision)", 1, 0, "w.input", True),
         ("worker Python: the echo's read and flush" + ("" if ahead else " (with the held input_ack)"), 1, 0,
          "w.output", True),
-        ("master Python: ViewerHandle.input", 1, 0, "m.input", True),
+        ("master Python: View.input", 1, 0, "m.input", True),
         ("master Python: WorkerSink.output (transcript write" + ("" if ahead else "s: the input, then the echo")
          + ")", 1, 0, "m.output", True),
         ("input_ack ahead of the echo: PB message, TCP link", int(ahead), 0, "pb_tcp", True),

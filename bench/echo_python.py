@@ -58,14 +58,13 @@ def echo_args(link: str) -> tuple[object, ...]:
 
 
 def master_python(keys: int, spacing: float, link: str) -> dict[str, list[int]]:
-    """ns per call of the master's per-keystroke work, on `link`'s code path: ViewerHandle.remote_input,
-    WorkerSink.remote_output (a real transcript file, written through as the master does; with the keystroke's
-    ack on ``pb``/``lean``, so the input's record is in it) and remote_ack; on ``pb-ack-ahead`` also
-    remote_input_ack (recorded there). The sends to the peers are no-ops: their wire cost is priced by
-    echo_parts' pb1/lean parts and the framing steps."""
+    """ns per call of the master's per-keystroke work, on `link`'s code path: the door's View.input (a tree
+    before the typed view: ViewerHandle.remote_input), WorkerSink.remote_output (a real transcript file, written
+    through as the master does; with the keystroke's ack on ``pb``/``lean``, so the input's record is in it) and
+    the View's ack; on ``pb-ack-ahead`` also remote_input_ack (recorded there). The peers' sends are no-ops: their
+    wire cost is priced by echo_parts' pb1/lean parts and the framing steps."""
     from master_side.recorder import SessionRecorder
     from master_side.relay import MasterSession
-    from master_side.session_pb import ViewerHandle, WorkerSink
     from slaveshell.policy import Identity
     from slaveshell.protocol import OpenRequest
     from slaveshell.transcript import CastEncoder
@@ -76,12 +75,24 @@ def master_python(keys: int, spacing: float, link: str) -> dict[str, list[int]]:
         rec = SessionRecorder(session.id, os.path.join(d, "s.cast"), CastEncoder(), None, started=time.time())
         rec.create(CastEncoder.header(80, 24, 0))
         session.recorder = rec
-        owner = session.start(lambda *a: None, lambda *a: None)
-        viewer, worker = ViewerHandle(session, owner, lambda *a: None), WorkerSink(session, lambda *a: None)
-        steps = [("input", lambda: viewer.remote_input(KEY))]
+        typed = (ROOT / "master_side" / "worker_sink.py").exists()
+        if typed:
+            from master_side.operator_types import View
+            from master_side.worker_sink import WorkerSink
+            from tests.recorded import ToViewer, ToWorker
+
+            view = View(session, session.start(ToViewer(), ToWorker()), lambda *a: None)
+            typing, acking = (lambda: view.input(KEY)), (lambda: view.ack(1))
+        else:
+            from master_side.session_pb import ViewerHandle, WorkerSink  # type: ignore[import-not-found]
+
+            handle = ViewerHandle(session, session.start(lambda *a: None, lambda *a: None), lambda *a: None)
+            typing, acking = (lambda: handle.remote_input(KEY)), (lambda: handle.remote_ack(1))
+        worker = WorkerSink(session, lambda *a: None)
+        steps = [("input", typing)]
         if link == "pb-ack-ahead":
             steps.append(("input_ack", lambda: worker.remote_input_ack(1, False)))
-        steps += [("output", lambda: worker.remote_output(*echo_args(link))), ("ack", lambda: viewer.remote_ack(1))]
+        steps += [("output", lambda: worker.remote_output(*echo_args(link))), ("ack", acking)]
         out = timed(steps, keys, spacing)
         rec.file.close()
     return out

@@ -41,11 +41,12 @@ from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.spread import pb
 
 from slaveshell.display import visible
 from slaveshell.policy import Identity
 from slaveshell.write_now import buffered_bytes
+
+from .operator_types import ErrorKind, OperatorError
 
 if TYPE_CHECKING:
     from .relay import MasterSession
@@ -359,10 +360,10 @@ class ConnectionGate:
         return (conn.calls if conn is not None else self._other_calls.get(peer, 0)) >= self.bounds.calls_in_progress
 
     def limited(self, peer: Gated, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a remote call's work, `fn(*args, **kwargs)`, at most `calls_in_progress` at once per connection
-        (a call is in progress until the Deferred it returns fires). Raises pb.Error when refused."""
+        """Run an operator's call's work, `fn(*args, **kwargs)`, at most `calls_in_progress` at once per connection
+        (a call is in progress until the Deferred it returns fires). Raises OperatorError (a LIMIT) when refused."""
         if self.check(peer):
-            raise pb.Error("this connection was dropped")
+            raise OperatorError(ErrorKind.LIMIT, "this connection was dropped")
         conn = self.connections.get(peer)
         busy = conn.calls if conn is not None else self._other_calls.get(peer, 0)
         if busy >= self.bounds.calls_in_progress:
@@ -370,7 +371,7 @@ class ConnectionGate:
                       "wait for their answers")
             if conn is not None:
                 self.audit(conn.identity, "refused", f"call refused: {reason}")
-            raise pb.Error(reason)
+            raise OperatorError(ErrorKind.LIMIT, reason)
         result = fn(*args, **kwargs)
         if not isinstance(result, defer.Deferred) or result.called:
             return result

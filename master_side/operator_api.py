@@ -4,8 +4,8 @@ Operations: workers, open, attach (join, resume, watch), sessions, kill, release
 search. Each takes the operator's `Identity` (who they are, established by the door: the kernel's peer
 credentials on the UNIX socket) and fails only with `OperatorError`, whose message is meant for the operator
 and whose `kind` says what went wrong. A viewer's end of a session is a `ViewerSink`; each door (the
-framed door, master_side.operator_wire; the web door, master_side.www) provides its own and maps errors to its
-wire answers.
+framed door, master_side.operator_wire; the web door, master_side.www) provides its own, calls the `View` that
+open and attach return with the operator's messages, and maps errors to its wire answers.
 
 Authorization is asked of the policy (slaveshell.policy); bounds per operator and per session are checked
 here, bounds per connection by the door.
@@ -156,7 +156,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             raise OperatorError(ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
-        owner = session.start(to_owner=sink.send, to_worker=worker.send)
+        owner = session.start(sink, worker)
         self.registry.add(session, worker)
         if request.pause:
             self.registry.pause(session)
@@ -180,7 +180,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             session.notice(told)
         if recorder is None:
             session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
-        return View(session, owner)
+        return View(session, owner, self.registry.peer_error)
 
     @deferred
     async def _admit(self, who: Identity, request: OpenRequest,
@@ -274,11 +274,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             self.gate.audit(who, "refused", f"view refused: {mode} {session_id}: {too_many}", session.worker)
             raise OperatorError(ErrorKind.LIMIT, too_many)
         try:
-            viewer = session.add_viewer(who, role, sink.send)
+            viewer = session.add_viewer(who, role, sink)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
         self._bind(session, viewer, sink)
-        return View(session, viewer)
+        return View(session, viewer, self.registry.peer_error)
 
     # -- kill and release ---------------------------------------------------------------------------
 

@@ -8,9 +8,11 @@ with one line otherwise (a PB client of an older slaveshell, anything else). A `
 limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
 calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
 `transport`, `disconnected` and `written` the gate reads, limits.Gated); the client's end of a view is a
-`wire_sink.WireViewerSink`; the session's messages go through `session_pb.ViewerHandle` (types, 64 KiB input,
-the credit window, read-only watchers, the owner's protocol errors ending its session), a transfer's through
-master_side.copy_wire, and `OperatorError` becomes an answer with the operator's line.
+`wire_sink.WireViewerSink`; a session's messages are decoded here, their values checked (types, 64 KiB input,
+sizes, signal names), into typed calls on the `View` that open or attach returned (which applies the session's
+own checks: the credit window, read-only watchers; a refused message costs the owner its session, anyone else
+its view, a watcher's typing only the refusal), a transfer's go through master_side.copy_wire, and
+`OperatorError` becomes an answer with the operator's line.
 
 Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
 one view or transfer per connection; a frame the door cannot take (unknown type, oversized, wrong direction, not
@@ -28,18 +30,16 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.spread import pb
 
 from slaveshell import framing
 from slaveshell.framing import Control, FrameType, Op, WireError
 from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest, ProtocolError
+from slaveshell.protocol import OpenRequest, ProtocolError, check_bytes, check_int, check_signal, check_size
 from slaveshell.write_now import write_frame
 
 from .copy_wire import CopyDoor
 from .limits import ConnectionGate, Transport, buffered_bytes
 from .operator_api import ErrorKind, OperatorError, View
-from .session_pb import ViewerHandle
 from .wire_sink import WireViewerSink
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class WireDoor(Protocol):
         # Bytes written to the transport so far (the gate compares it with what is still buffered).
         self.written = 0
         self.disconnects: list[Callable[[], None]] = []
-        self.handle: ViewerHandle | None = None
+        self.view: View | None = None
         # An open, attach or copy was asked on this connection (one view or transfer per connection).
         self.viewing = False
         self.copying = CopyDoor(self)
@@ -155,7 +155,7 @@ class WireDoor(Protocol):
 
     def _frame(self, frame: framing.Frame) -> None:
         if frame.type is FrameType.INPUT:
-            self._session("input", frame.payload)
+            self._input(frame.payload)
             return
         if frame.type is FrameType.DATA:
             if not self.copying.frame(frame):
@@ -174,27 +174,56 @@ class WireDoor(Protocol):
             if call_id is None:
                 raise WireError(f"{op.value}: a call needs an id")
             self._call(call_id, message)
-        elif op is Op.RESIZE:
-            self._session("resize", message.get("cols"), message.get("rows"))
-        elif op is Op.SIGNAL:
-            self._session("signal", message.get("name"))
-        elif op is Op.ACK:
-            self._session("ack", message.get("n"))
-        else:  # Op.EOF
-            self._session("eof")
+        else:  # Op.ACK, Op.RESIZE, Op.SIGNAL, Op.EOF
+            self._session(op, message)
 
-    def _session(self, method: str, *args: object) -> bool:
-        """A session message, through the view's handle (which checks it as for PB). False when refused."""
-        if self.handle is None:
-            self.write(framing.control(Op.REFUSED, method=method, error="no session on this connection"))
+    def _input(self, data: bytes) -> None:
+        """An INPUT frame: the bytes the operator typed, for the session."""
+        view = self.view
+        if view is None:
+            self._refuse("input", "no session on this connection")
+            return
+        try:
+            view.input(check_bytes(data, "input"))
+        except ProtocolError as e:
+            self._refused(view, "input", e)
+
+    def _session(self, op: Op, message: Control) -> bool:
+        """A session message (`op`, and the control that carries its values), decoded and given to the view.
+        False when refused."""
+        view = self.view
+        if view is None:
+            self._refuse(op.value, "no session on this connection")
             return False
         try:
-            getattr(self.handle, "remote_" + method)(*args)
-        except pb.Error as e:
-            if not self.disconnected:
-                self.write(framing.control(Op.REFUSED, method=method, error=str(e)))
-            return False
+            if op is Op.ACK:
+                view.ack(check_int(message.get("n"), "ack", 0, 2**40))
+            elif op is Op.RESIZE:
+                view.resize(*check_size(message.get("cols"), message.get("rows")))
+            elif op is Op.SIGNAL:
+                view.signal(check_signal(message.get("name")))
+            elif op is Op.EOF:
+                view.eof()
+            elif op is Op.CLOSE:
+                view.close()
+            else:  # Op.DETACH
+                view.detach()
+        except ProtocolError as e:
+            return self._refused(view, op.value, e)
         return True
+
+    def _refused(self, view: View, method: str, error: ProtocolError) -> bool:
+        """A session message refused (by its values here, or by the session): its cost (View.refused), and the
+        refusal to the client. True for a late event (nothing refused)."""
+        refusal = view.refused(error)
+        if refusal is None:
+            return True
+        self._refuse(method, refusal.message)
+        return False
+
+    def _refuse(self, method: str, error: str) -> None:
+        if not self.disconnected:
+            self.write(framing.control(Op.REFUSED, method=method, error=error))
 
     def answer(self, call_id: int, ok: bool, **fields: object) -> None:
         if self.disconnected:
@@ -211,23 +240,20 @@ class WireDoor(Protocol):
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op
-        if op is Op.CLOSE and self.handle is None and self.viewing and not self._leaving:
+        if op is Op.CLOSE and self.view is None and self.viewing and not self._leaving:
             # The operator gave up (Ctrl-C) while its session opens: it ends as soon as it has opened, rather
             # than waiting out its detach grace for an operator who is gone.
             self._leaving = True
             self.answer(call_id, True)
             return
         if op in (Op.CLOSE, Op.DETACH):
-            ok = self._session(op.value)
+            ok = self._session(op, message)
             self.answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
             return
         try:
             result = self.gate.limited(self, self._work, op, self.identity(), message)
-        except OperatorError as e:
+        except OperatorError as e:  # the API's refusals, and the gate's (calls in progress, a dropped connection)
             self.answer(call_id, False, error=e.message)
-            return
-        except pb.Error as e:  # the gate's refusals (calls in progress, a dropped connection)
-            self.answer(call_id, False, error=str(e))
             return
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
         d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
@@ -286,9 +312,9 @@ class WireDoor(Protocol):
             if view is None:
                 return None
             if self._leaving:
-                view.session.viewer_close(view.viewer)  # the owner closes: the session ends
+                view.close()  # the owner closes: the session ends
                 return None
-            self.handle = self._handle(view)
+            self.view = view
             return {"session": view.session.id}
 
         d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self, max_output))
@@ -303,12 +329,9 @@ class WireDoor(Protocol):
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
         view = self.service.api.attach(who, WireViewerSink(self, max_output), session_id, mode)
         self.viewing = True
-        self.handle = self._handle(view)
+        self.view = view
         return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
                 "size": list(view.session.size)}
-
-    def _handle(self, view: View) -> ViewerHandle:
-        return ViewerHandle(view.session, view.viewer, self.service.registry.peer_error)
 
 
 def _limited_call(frame: framing.Frame) -> bool:

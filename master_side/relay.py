@@ -1,8 +1,12 @@
 """One session as the master sees it: a relay between a worker session and the operators viewing it.
 
-The logic class validates what every peer sends and talks to them through injected callables; it imports
-nothing from twisted.spread: the PB adapters (`ViewerHandle`, `WorkerSink`) are in master_side/session_pb.py,
-and calls to the peers go through slaveshell.remote.RemotePeer (worker_pb.WorkerPeer) or a door's ViewerSink.
+The session talks to its peers through slaveshell.protocol's typed vocabulary: the worker's session is a
+`SessionControl` (master_side.worker_pb.WorkerPeer: PB and lean calls underneath), each viewer's end an
+`OperatorSink` (a door's: master_side.wire_sink, master_side.www.terminal_ws). It imports nothing from
+twisted.spread. What it is told comes checked by whoever read it off a wire: the doors decode an operator's
+messages into typed calls on its `View` (master_side.operator_types); the worker's calls reach `worker_*` through
+`WorkerSink` (master_side.worker_sink), and the values the worker sends are checked here, against the session's
+state (its windows, the input it waits to hear about).
 
 Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
 *joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master
@@ -25,20 +29,23 @@ from slaveshell.flow import CreditWindow, output_limits
 from slaveshell.policy import Identity
 from slaveshell.protocol import (
     INPUT_WINDOW,
+    SIGNAL_NAMES,
     STREAM_ERR,
     ExitStatus,
     OpenRequest,
+    OperatorSink,
     ProtocolError,
+    SessionControl,
     check_bytes,
     check_int,
-    check_signal,
-    check_size,
     check_stream,
+    notice_bytes,
 )
 
 from .limits import NoticeBudget
 from .relay_time import WINDOW_TOLERANCE, SessionTimers
 from .session_model import (
+    NOWHERE,
     TRANSITIONS,
     IllegalTransition,
     LateEvent,
@@ -47,7 +54,6 @@ from .session_model import (
     ReadOnly,
     Recorder,
     Role,
-    Send,
     State,
     Viewer,
     ViewerEvents,
@@ -80,7 +86,7 @@ class MasterSession(SessionTimers):
         self.worker_seen = self.started
         self.state = State.OPENING
         self.status: ExitStatus | None = None
-        self.to_worker: Send = _nowhere
+        self.to_worker: SessionControl = NOWHERE
         self.viewers: list[Viewer] = []
         self.owner: Viewer | None = None
         # The worker's largest message and window (slaveshell.flow): larger for a bulk stream (no terminal).
@@ -123,7 +129,7 @@ class MasterSession(SessionTimers):
     def live(self) -> bool:
         return self.state in (State.ATTACHED, State.DETACHED)
 
-    def start(self, to_owner: Send, to_worker: Send) -> Viewer:
+    def start(self, to_owner: OperatorSink, to_worker: SessionControl) -> Viewer:
         self.to_worker = to_worker
         owner = Viewer(self.identity, Role.OWNER, to_owner)
         self.viewers.append(owner)
@@ -133,7 +139,7 @@ class MasterSession(SessionTimers):
 
     # -- viewers -------------------------------------------------------------------------------
 
-    def add_viewer(self, identity: Identity, role: Role, send: Send) -> Viewer:
+    def add_viewer(self, identity: Identity, role: Role, sink: OperatorSink) -> Viewer:
         """A new viewer: it first sees the recent output (the current screen, as far as it goes), then the
         live stream. An OWNER can only attach to a detached session."""
         if not self.live:
@@ -141,7 +147,7 @@ class MasterSession(SessionTimers):
         if role is Role.OWNER and self.owner is not None:
             raise ProtocolError(f"session {self.id} is attached by {self.owner.identity.user}; "
                                 "join or watch it instead")
-        viewer = Viewer(identity, role, send)
+        viewer = Viewer(identity, role, sink)
         self.viewers.append(viewer)
         if role is Role.OWNER:
             self.owner = viewer
@@ -158,7 +164,7 @@ class MasterSession(SessionTimers):
                                  "this session" + (f" ({left_out} more joins not shown)" if left_out else ""),
                                  but=viewer)
         if self.recent:
-            self._send_own(viewer, "output", 1, bytes(self.recent))
+            self._send_own(viewer, 1, bytes(self.recent))
         return viewer
 
     def remove_viewer(self, viewer: Viewer, why: str) -> None:
@@ -185,14 +191,13 @@ class MasterSession(SessionTimers):
             self.viewer_events.viewer_detached(self, owner, why)
             log.info("session {sid}: detached ({why})", sid=self.id, why=visible(why))
 
-    # -- from a viewer -------------------------------------------------------------------------
+    # -- from a viewer (values checked by its door) ---------------------------------------------
 
     def _writer(self, viewer: Viewer, what: str) -> None:
         if viewer.role is Role.WATCH:
             raise ReadOnly(f"watchers cannot {what}: this view is read-only")
 
-    def viewer_input(self, viewer: Viewer, data: object) -> None:
-        data = check_bytes(data, "input")
+    def viewer_input(self, viewer: Viewer, data: bytes) -> None:
         self._writer(viewer, "type")
         if not self.live or viewer not in self.viewers:
             raise LateEvent(f"input for session {self.id} after the view ended")
@@ -202,32 +207,29 @@ class MasterSession(SessionTimers):
         self.bytes_in += len(data)
         self.last_activity = self.clock()
         self._pending_input.append((viewer, data))
-        self.to_worker("input", data)
+        self.to_worker.input(data)
 
     def viewer_eof(self, viewer: Viewer) -> None:
         self._writer(viewer, "send EOF")
         if not self.live:
             raise LateEvent(f"EOF for session {self.id} after it ended")
-        self.to_worker("eof")
+        self.to_worker.eof()
 
-    def viewer_resize(self, viewer: Viewer, cols: object, rows: object) -> None:
-        cols, rows = check_size(cols, rows)
+    def viewer_resize(self, viewer: Viewer, cols: int, rows: int) -> None:
         # The owner's terminal sets the size; the others see it as it is.
         if self.live and viewer is self.owner and (cols, rows) != self.size:
             self.size = (cols, rows)
             self.recorder.resize(cols, rows)
-            self.to_worker("resize", cols, rows)
+            self.to_worker.resize(cols, rows)
 
-    def viewer_signal(self, viewer: Viewer, name: object) -> None:
-        check_signal(name)
+    def viewer_signal(self, viewer: Viewer, signum: int) -> None:
         self._writer(viewer, "send signals")
         if not self.live:
             raise LateEvent(f"signal for session {self.id} after it ended")
-        self.recorder.marker(f"signal {name} sent by {viewer.identity.user}")
-        self.to_worker("signal", str(name))
+        self.recorder.marker(f"signal {SIGNAL_NAMES[signum]} sent by {viewer.identity.user}")
+        self.to_worker.signal(signum)
 
-    def viewer_ack(self, viewer: Viewer, nbytes: object) -> None:
-        nbytes = check_int(nbytes, "ack", 0, 2**40)
+    def viewer_ack(self, viewer: Viewer, nbytes: int) -> None:
         own = min(nbytes, viewer.own)
         viewer.own -= own
         nbytes -= own
@@ -261,7 +263,7 @@ class MasterSession(SessionTimers):
             self.close_reason = reason
         if self.closing_since is None:
             self.closing_since = self.clock()
-        self.to_worker("close")
+        self.to_worker.close()
 
     # -- from the worker -----------------------------------------------------------------------
 
@@ -292,12 +294,12 @@ class MasterSession(SessionTimers):
                 self._drop_slow(viewer)
                 continue
             viewer.window.sent(len(data))
-            viewer.send("output", stream, data)
+            viewer.sink.output(stream, data)
         if self.owner is None:
             self._ack_worker(len(data))
         for viewer, nbytes, hidden in typed:
             if viewer in self.viewers:
-                viewer.send("input_ack", nbytes, hidden)
+                viewer.sink.input_ack(nbytes, hidden)
 
     def worker_input_ack(self, nbytes: object, hidden: object) -> None:
         nbytes = check_int(nbytes, "input ack", 0, 2**40)
@@ -305,7 +307,7 @@ class MasterSession(SessionTimers):
             raise ProtocolError("input ack: hidden must be a boolean")
         viewer, nbytes, hidden = self._input_acked(nbytes, hidden)
         if viewer in self.viewers:
-            viewer.send("input_ack", nbytes, hidden)
+            viewer.sink.input_ack(nbytes, hidden)
 
     def _check_acks(self, acks: object) -> list[tuple[int, bool]]:
         """The input_acks carried by an output message, checked (at most one per input message pending)."""
@@ -349,10 +351,10 @@ class MasterSession(SessionTimers):
         log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
                  sig=status.signal, why=f", {visible(status.reason)}" if status.reason else "")
         for viewer in self.viewers:
-            viewer.send("exit", status.code, status.signal, status.reason)
+            viewer.sink.exit(status)
         self.viewers.clear()
         self.owner = None
-        self.to_worker = _nowhere
+        self.to_worker = NOWHERE
         self._on_end(self)
 
     @property
@@ -382,18 +384,17 @@ class MasterSession(SessionTimers):
         nbytes, self._owed = self._owed, 0
         if nbytes:
             self.output_window.acked(nbytes)
-            self.to_worker("ack", nbytes)
+            self.to_worker.ack(nbytes)
 
-    def _send_own(self, viewer: Viewer, method: str, stream: int, data: bytes) -> None:
+    def _send_own(self, viewer: Viewer, stream: int, data: bytes) -> None:
         viewer.own += len(data)
-        viewer.send(method, stream, data)
+        viewer.sink.output(stream, data)
 
     def notice(self, text: str, viewer: Viewer | None = None) -> None:
         """A line from the master itself on the viewers' terminals (stderr), outside the worker's credit."""
-        # Notices name users and workers and quote peers: shown on the viewers' terminals, never interpreted.
-        data = f"\r\nslaveshell: {visible(text)}\r\n".encode()
+        data = notice_bytes(text)  # shown through `visible`: notices name users and workers and quote peers
         for v in [viewer] if viewer is not None else list(self.viewers):
-            self._send_own(v, "output", STREAM_ERR, data)
+            self._send_own(v, STREAM_ERR, data)
 
     def _notice_all(self, text: str, but: Viewer | None = None) -> None:
         for viewer in list(self.viewers):
@@ -402,9 +403,6 @@ class MasterSession(SessionTimers):
 
     def _drop_slow(self, viewer: Viewer) -> None:
         self.notice("you fell too far behind this session and were dropped from it", viewer)
-        viewer.send("exit", None, None, f"dropped from session {self.id}: too slow to follow it")
+        viewer.sink.exit(ExitStatus(reason=f"dropped from session {self.id}: too slow to follow it"))
         self.remove_viewer(viewer, "too slow")
 
-
-def _nowhere(*args: object) -> None:
-    pass

@@ -1,25 +1,21 @@
 """The parts of a session the relay (master_side.relay) is made of: its states and their transition table,
-the viewers' roles, a viewer with its credit windows, and what the relay tells the transcript recorder and
-the audit index."""
+the viewers' roles, a viewer with its end and its credit windows, what the relay tells the transcript recorder
+and the audit index, and the worker's session as the relay holds it before the start and after the end
+(`NOWHERE`)."""
 
 from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from slaveshell.flow import CreditWindow
 from slaveshell.policy import Identity
-from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, STREAM_OUT, ProtocolError
+from slaveshell.protocol import INPUT_WINDOW, OUTPUT_WINDOW, STREAM_OUT, OperatorSink, ProtocolError, SessionControl
 from slaveshell.protocol import Role as Role  # re-exported: the relay names roles from here
 
 if TYPE_CHECKING:
     from .relay import MasterSession
-
-# An answer-less call to a peer: the method's name, then its arguments (see slaveshell.protocol).
-Send = Callable[..., None]
-
 
 class Recorder(Protocol):
     """What the relay tells the audit trail (master_side.recorder implements it)."""
@@ -79,9 +75,34 @@ class NoViewerEvents:
         pass
 
 
+class _Nowhere:
+    """The worker's session before the start and after the end: nothing to tell it."""
+
+    def input(self, data: bytes) -> None:
+        pass
+
+    def eof(self) -> None:
+        pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def signal(self, signum: int) -> None:
+        pass
+
+    def ack(self, nbytes: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NOWHERE: SessionControl = _Nowhere()
+
+
 class LateEvent(ProtocolError):
     """A peer's event for a session, or a view, that has already ended: a race with the end, not misbehaviour.
-    The PB adapters drop it without an answer to the peer, as for any answer-less call."""
+    The adapters (the worker's `WorkerSink`, a door's `View`) drop it without an answer to the peer."""
 
 
 class ReadOnly(ProtocolError):
@@ -114,14 +135,17 @@ def new_session_id() -> str:
 
 
 class Viewer:
-    def __init__(self, identity: Identity, role: Role, send: Send) -> None:
+    """One operator's view of a session: who, in which role, its end of the session (`sink`, the door's), and its
+    credit windows."""
+
+    def __init__(self, identity: Identity, role: Role, sink: OperatorSink) -> None:
         self.identity = identity
         self.role = role
-        self.send = send
+        self.sink = sink
         self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
         self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
         self.input_window = CreditWindow(INPUT_WINDOW)
-        # The operator connection (PB broker) this view is on, for the per-connection bounds (master_side.limits).
+        # The operator's connection this view is on, for the per-connection bounds (master_side.limits).
         self.connection: object = None
 
     def __repr__(self) -> str:

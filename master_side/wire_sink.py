@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from slaveshell import framing
 from slaveshell.flow import BULK_CHUNK, chunks
 from slaveshell.framing import FrameType, Op
-from slaveshell.protocol import MAX_CHUNK, STREAM_ERR
+from slaveshell.protocol import MAX_CHUNK, STREAM_ERR, ExitStatus
 
 from .worker_pb import Undo, subscribe
 
@@ -61,29 +61,31 @@ class WireViewerSink:
     def gone(self) -> bool:
         return self.door.disconnected
 
-    def send(self, method: str, *args: object) -> None:
+    def output(self, stream: int, data: bytes) -> None:
         door = self.door
         if door.disconnected:
             return
-        if method == "output":
-            stream, data = args
-            assert isinstance(data, bytes), "the relay sends output as bytes"
-            ftype = FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT
-            if len(data) > MAX_CHUNK and not self._widened:  # a bulk stream's message: the first one
-                self._widened = True
-                widen(door.transport)
-            most = self.max_output
-            for piece in chunks(data, most) if len(data) > most else [data]:
-                door.write_frame(framing.header(ftype, len(piece), most), piece, at_once=True)
-        elif method == "input_ack":
-            door.write(framing.control(Op.INPUT_ACK, n=args[0], hidden=bool(args[1]) if len(args) > 1 else False))
-        elif method == "exit":
-            code, signal, reason = args
-            door.write(framing.control(Op.EXIT, code=code, signal=signal, reason=reason))
-        else:
-            raise ValueError(f"no such message to a viewer: {method}")
+        ftype = FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT
+        if len(data) > MAX_CHUNK and not self._widened:  # a bulk stream's message: the first one
+            self._widened = True
+            widen(door.transport)
+        most = self.max_output
+        for piece in chunks(data, most) if len(data) > most else [data]:
+            door.write_frame(framing.header(ftype, len(piece), most), piece, at_once=True)
         # A peer that does not read is dropped once its buffered output passes the bound.
         door.gate.check(door)
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden))
+
+    def exit(self, status: ExitStatus) -> None:
+        self._control(framing.control(Op.EXIT, code=status.code, signal=status.signal, reason=status.reason))
+
+    def _control(self, frame: bytes) -> None:
+        door = self.door
+        if not door.disconnected:
+            door.write(frame)
+            door.gate.check(door)
 
     def waiting(self, text: str) -> None:
         if not self.door.disconnected:

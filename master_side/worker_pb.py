@@ -1,7 +1,7 @@
 """The master's PB calls to a worker: opening something on it (`ask_worker`: a session, `open_on_worker`, or a
-transfer, master_side.transfer), and the worker's session reference as a peer (`WorkerPeer`: answer-less calls,
-heartbeats, disconnection). Every reply is checked here; nothing from a worker's failure crosses to the
-operator but a plain message.
+transfer, master_side.transfer), and the worker's session as the relay holds it (`WorkerPeer`: a
+`SessionControl` sent as PB or lean calls, heartbeats, disconnection). Every reply is checked here; nothing from a
+worker's failure crosses to the operator but a plain message.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from twisted.spread import pb
 from slaveshell.clock import Clock
 from slaveshell.deferreds import deferred
 from slaveshell.lean_calls import LeanPeer, accept
-from slaveshell.protocol import WORKER_OPEN_METHOD, OpenRequest, ProtocolError
+from slaveshell.protocol import SIGNAL_NAMES, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 from slaveshell.remote import Undo, is_lost, note_peer_exported, on_disconnect, set_nodelay
 
 from .relay import MasterSession
-from .session_pb import WorkerSink
+from .worker_sink import WorkerSink
 
 if TYPE_CHECKING:
     from buildbot.worker.protocols.pb import Connection as WorkerConnection
@@ -44,7 +44,8 @@ def subscribe(callbacks: list[Callable[[], None]], callback: Callable[[], None])
 
 
 class WorkerPeer:
-    """A worker's session, seen from the master: `send(method, *args)` without answers, `ping()`, and
+    """A worker's session, seen from the master: a `SessionControl` (answer-less calls on the worker's session
+    reference, in the worker's wire vocabulary: slave_side.server.SessionHandle), `ping()`, and
     `on_disconnect(callback)`. A refused call is logged by `refused(message)`; a lost connection calls `lost()`.
     With `lean` (the worker's open reply said so), stream events go as slaveshell.lean_calls, and the worker is
     told to send its own that way."""
@@ -53,12 +54,30 @@ class WorkerPeer:
                  lean: bool = False) -> None:
         self.ref = ref
         peer = LeanPeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message))
-        self.send = peer.send
+        self._send = peer.send
         # The session has ended (after its last call to the worker): the worker drops its end of it at once.
         self.release = peer.release
         if lean:
             peer.lean = True
-            self.send("lean")
+            self._send("lean")
+
+    def input(self, data: bytes) -> None:
+        self._send("input", data)
+
+    def eof(self) -> None:
+        self._send("eof")
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._send("resize", cols, rows)
+
+    def signal(self, signum: int) -> None:
+        self._send("signal", SIGNAL_NAMES[signum])
+
+    def ack(self, nbytes: int) -> None:
+        self._send("ack", nbytes)
+
+    def close(self) -> None:
+        self._send("close")
 
     def ping(self) -> defer.Deferred[bool]:
         """Fires True on any answer (even an error from a worker without remote_ping shows it is alive),

@@ -11,7 +11,8 @@ Session control (called on the session handle, towards the process):
     ack(nbytes: int)              output consumed; returns credit to the sender
     close()                       end the session (HUP, then TERM, then KILL)
 
-Session sink (called on the sink, towards the operator; `waiting(text)` on the operator's sink only):
+Session sink (called on the sink, towards the operator; `waiting(text)` on the operator's sink only; a notice
+from the master travels as output on STREAM_ERR, `notice_bytes`):
     output(stream: int, data: bytes[, acks])   stream 1 (PTY or stdout) or 2 (stderr); from a worker, `acks`
                                        (optional, a list of [nbytes, hidden] pairs) are input_acks that
                                        precede this output, carried in the same message (a keystroke's
@@ -28,12 +29,12 @@ Roles (`Role`): the owner opened the session and drives it; `join` shares the ke
 The typed vocabulary: `SessionControl` (towards the process: what the master sends a worker's session),
 `OperatorControl` (what an operator sends the master: the same, plus `detach`), `SessionSink` (towards the
 operator: what a worker's session sends the master) and `OperatorSink` (what the master sends an operator: the
-same, plus `notice` and `waiting`). The receiving logic implements them and receives only checked values: the
-adapters (`slave_side.server`, the master's PB handles and framed door) validate with the `check_*`
-functions of `slaveshell.wire` first. Each hop encodes them in its own way: the operator's hop as frames
-(slaveshell.framing), the worker's link as PB calls (`slave_side.server.PbSessionSink`, the master's worker
-adapters). `ping` (master to worker) is a call with an answer, not a message: the worker answers whether the
-session is still alive.
+same without the input_acks riding on output, plus `waiting`). The receiving logic implements them and
+receives only checked values: the adapters (`slave_side.server`, the master's `WorkerSink` and its doors)
+validate with the `check_*` functions of `slaveshell.wire` first. Each hop encodes them in its own way: the
+operator's hop as frames (slaveshell.framing), the worker's link as PB calls (`slave_side.server.PbSessionSink`,
+the master's `WorkerPeer`). `ping` (master to worker) is a call with an answer, not a message: the worker answers
+whether the session is still alive.
 
 The wire's constants, errors and value checks live in `slaveshell.wire` and are re-exported here.
 """
@@ -280,11 +281,11 @@ class OperatorControl(SessionControl, Protocol):
 
 
 class SessionSink(Protocol):
-    """Messages towards the operator (worker session to master; master to each viewer), values checked."""
+    """Messages towards the operator from a worker's session (to the master), values checked."""
 
     def output(self, stream: int, data: bytes, acks: Sequence[tuple[int, bool]] = ()) -> None:
         """Output of STREAM_OUT (the PTY, or stdout) or STREAM_ERR, at most MAX_CHUNK; counts against credit.
-        `acks`: input_acks (nbytes, hidden), in order, that come before this output (a worker's only)."""
+        `acks`: input_acks (nbytes, hidden), in order, that come before this output."""
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         """One input message of `nbytes` delivered to the process, in order; `hidden`: not displayed."""
@@ -293,11 +294,18 @@ class SessionSink(Protocol):
         """The end of the session; nothing follows it."""
 
 
-class OperatorSink(SessionSink, Protocol):
-    """What the master sends an operator."""
+class OperatorSink(Protocol):
+    """What the master sends an operator about its view of a session, values checked."""
 
-    def notice(self, text: str) -> None:
-        """A line from the master itself (a join, a limit, the end's reason), shown on the operator's terminal."""
+    def output(self, stream: int, data: bytes) -> None:
+        """Output of STREAM_OUT or STREAM_ERR (a notice from the master: `notice_bytes`); counts against the
+        viewer's credit."""
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        """One input message of `nbytes` delivered to the process, in order; `hidden`: not displayed."""
+
+    def exit(self, status: ExitStatus) -> None:
+        """The end of the session (or of this view); nothing follows it."""
 
     def waiting(self, text: str) -> None:
         """Before the open's answer: the master waits (a build not held yet) and says why, in one line."""

@@ -14,6 +14,7 @@ from master_side.relay import MasterSession
 from master_side.service import ShellService
 from slaveshell.policy import Identity
 from slaveshell.protocol import OpenRequest
+from tests.recorded import ToViewer, ToWorker
 
 ROOT = Identity(0, 0, 1, "root", frozenset({"root"}))
 DEAD_DB = "postgresql+psycopg2://nobody@127.0.0.1:1/none"
@@ -78,7 +79,7 @@ def test_transcript_failure_mid_session_ends_it_or_warns(mode):
     service.trail = AuditTrail("/tmp", "m", on_record_error=mode)
     s = session()
     to_op, to_w = [], []
-    owner = s.start(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
+    owner = s.start(ToViewer(lambda *a: to_op.append(a)), ToWorker(lambda *a: to_w.append(a)))
     service.registry.recording_failed(s, OSError(28, "No space left on device"))
     if mode == "end":
         assert to_w == [("close",)]

@@ -82,8 +82,8 @@ def test_a_bulk_message_reaches_a_framed_client_whole_when_it_declared_so_else_i
     door, transport = connect(service)
     data = os.urandom(BULK_CHUNK)
     sink = WireViewerSink(door, declared)
-    sink.send("output", 2, data)
-    sink.send("output", 1, b"tail")
+    sink.output(2, data)
+    sink.output(1, b"tail")
     got = client_frames(transport.value())
     assert [len(f.payload) for f in got] == sizes + [4]
     assert {f.type for f in got[:-1]} == {FrameType.STDERR} and got[-1].type is FrameType.STDOUT
@@ -112,7 +112,7 @@ class Page:
 def test_a_web_page_gets_a_bulk_message_in_pieces_it_always_took():
     page = Page()
     data = os.urandom(BULK_CHUNK + 10)
-    WebViewerSink(page).send("output", 1, data)  # type: ignore[arg-type]
+    WebViewerSink(page).output(1, data)  # type: ignore[arg-type]
     assert [len(m) for m in page.messages] == [MAX_CHUNK] * (BULK_CHUNK // MAX_CHUNK) + [10]
     assert b"".join(page.messages) == data
 

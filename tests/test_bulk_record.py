@@ -21,6 +21,7 @@ from slaveshell.flow import BULK_CHUNK, BULK_WINDOW
 from slaveshell.policy import Identity
 from slaveshell.protocol import MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError
 from slaveshell.transcript import CastEncoder, Redactor, exact_output, expand_lines, parse_lines
+from tests.recorded import ToViewer, ToWorker
 
 HEADER = '{"version": 2, "width": 80, "height": 24}'
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
@@ -219,7 +220,7 @@ def test_recover_cuts_the_attachment_back_to_what_the_transcript_names(tmp_path)
 def session(pty):
     s = MasterSession(OpenRequest(worker="w1", pty=pty), ALICE, lambda s: None)
     to_op, to_w = [], []
-    owner = s.start(lambda *a: to_op.append(a), lambda *a: to_w.append(a))
+    owner = s.start(ToViewer(lambda *a: to_op.append(a)), ToWorker(lambda *a: to_w.append(a)))
     return s, owner, to_op, to_w
 
 
@@ -252,7 +253,7 @@ def test_a_watcher_as_fast_as_the_owner_keeps_up_with_a_bulk_stream():
     seen = []
     from master_side.relay import Role
 
-    watcher = s.add_viewer(ALICE, Role.WATCH, lambda *a: seen.append(a))
+    watcher = s.add_viewer(ALICE, Role.WATCH, ToViewer(lambda *a: seen.append(a)))
     for _ in range(BULK_WINDOW // BULK_CHUNK):
         s.worker_output(1, b"y" * BULK_CHUNK)
     assert watcher in s.viewers and not [m for m in seen if m[0] == "exit"]

@@ -104,6 +104,9 @@ STRICT = [
     "master_side/cluster_config.py",
     "master_side/cluster_view.py",
     "master_side/cluster_part.py",
+    "master_side/relay.py",
+    "master_side/relay_time.py",
+    "master_side/worker_sink.py",
 ]
 
 

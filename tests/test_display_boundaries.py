@@ -11,6 +11,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from master_side.relay import MasterSession, Role
 from slaveshell.policy import Identity
 from slaveshell.protocol import OpenRequest
+from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
 # A user name is whatever the passwd database says: nothing stops an administrator (or an LDAP entry) from
@@ -35,8 +36,8 @@ def logged() -> Iterator[list[str]]:
 def test_notices_name_users_inertly():
     session = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None)
     to_owner: list[tuple[Any, ...]] = []
-    session.start(lambda *a: to_owner.append(a), lambda *a: None)
-    session.add_viewer(ROGUE, Role.WATCH, lambda *a: None)
+    session.start(ToViewer(lambda *a: to_owner.append(a)), ToWorker())
+    session.add_viewer(ROGUE, Role.WATCH, ToViewer())
     (notice,) = [a[2] for a in to_owner if a[0] == "output"]
     assert notice == b"\r\nslaveshell: ev\\x1b]0;T\\x07\\x1b[2J\\u202eil is now watching this session\r\n"
 
@@ -44,7 +45,7 @@ def test_notices_name_users_inertly():
 def test_an_exit_reason_from_the_worker_is_logged_inertly(logged):
     session = MasterSession(OpenRequest(worker="w1", command="deploy --password=hunter2"), ALICE,
                             lambda s: None)
-    session.start(lambda *a: None, lambda *a: None)
+    session.start(ToViewer(), ToWorker())
     session.worker_exit(None, None, "gone \x1b[2J\x1b]0;T\x07\u009b2J")
     (line,) = [text for text in logged if "ended" in text]
     assert line.endswith("ended (code None, signal None, gone \\x1b[2J\\x1b]0;T\\x07\\x9b2J)")

@@ -6,14 +6,15 @@ from typing import Any, cast
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.spread import pb
 
 from master_side.limits import Bounds, ConnectionGate, NoticeBudget, RefusalAudit, buffered_bytes
+from master_side.operator_types import ErrorKind, OperatorError
 from master_side.operator_wire import WireDoor
 from master_side.relay import MasterSession, Role
 from master_side.socket_door import DoorFactory
 from slaveshell.policy import Identity
 from slaveshell.protocol import REFUSED_PREFIX, OpenRequest
+from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
 BOB = Identity(1001, 1001, 2, "bob", frozenset())
@@ -159,8 +160,9 @@ def test_calls_in_progress_are_bounded_per_connection():
     waiting = [defer.Deferred() for _ in range(2)]
     for d in waiting:
         gate.limited(broker, lambda d=d: d)
-    with pytest.raises(pb.Error, match=r"too many calls in progress on this connection \(at most 2\)"):
+    with pytest.raises(OperatorError, match=r"too many calls in progress on this connection \(at most 2\)") as e:
         gate.limited(broker, lambda: defer.Deferred())
+    assert e.value.kind is ErrorKind.LIMIT
     waiting[0].callback("done")
     results: list[Any] = []
     gate.limited(broker, lambda: defer.succeed("now it runs")).addCallback(results.append)
@@ -173,7 +175,7 @@ def test_calls_in_progress_are_bounded_per_connection():
 def session_with_owner(clock: MemoryReactorClock) -> tuple[MasterSession, list[tuple[Any, ...]]]:
     session = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=clock.seconds)
     to_owner: list[tuple[Any, ...]] = []
-    owner = session.start(lambda *a: to_owner.append(a), lambda *a: None)
+    owner = session.start(ToViewer(lambda *a: to_owner.append(a)), ToWorker())
     owner.connection = "alice's connection"
     return session, to_owner
 
@@ -185,9 +187,9 @@ def test_views_are_bounded_per_connection_per_session_and_per_operator():
     s2, _ = session_with_owner(clock)
     sessions = [s1, s2]
     assert gate.viewer_refusal(BOB, "bob-1", s1, sessions) is None
-    s1.add_viewer(BOB, Role.WATCH, lambda *a: None).connection = "bob-1"
+    s1.add_viewer(BOB, Role.WATCH, ToViewer()).connection = "bob-1"
     assert gate.viewer_refusal(BOB, "bob-1", s1, sessions) == f"this connection already views session {s1.id}"
-    s1.add_viewer(BOB, Role.WATCH, lambda *a: None).connection = "bob-2"
+    s1.add_viewer(BOB, Role.WATCH, ToViewer()).connection = "bob-2"
     assert gate.viewer_refusal(ROOT, "root-1", s1, sessions) == (f"session {s1.id} already has 3 viewers (the "
                                                                  "master's limit)")
     assert gate.viewer_refusal(BOB, "bob-3", s2, sessions) == ("bob already has 2 views of sessions (the "
@@ -200,12 +202,12 @@ def test_join_notices_to_the_owner_are_bounded_per_minute():
     clock = MemoryReactorClock()
     session, to_owner = session_with_owner(clock)
     for _ in range(40):
-        viewer = session.add_viewer(BOB, Role.WATCH, lambda *a: None)
+        viewer = session.add_viewer(BOB, Role.WATCH, ToViewer())
         session.remove_viewer(viewer, "left")
     notices = [a[2] for a in to_owner if b"is now watching" in a[2]]
     assert len(notices) == 5
     clock.advance(60)
-    session.add_viewer(BOB, Role.WATCH, lambda *a: None)
+    session.add_viewer(BOB, Role.WATCH, ToViewer())
     assert b"bob is now watching this session (35 more joins not shown)" in to_owner[-1][2]
 
 
@@ -228,7 +230,7 @@ def test_a_close_the_worker_does_not_confirm_ends_the_session_on_the_master_with
     session = MasterSession(OpenRequest(worker="w1"), ALICE, ended.append, clock=clock.seconds)
     to_owner: list[tuple[Any, ...]] = []
     to_worker: list[tuple[Any, ...]] = []
-    session.start(lambda *a: to_owner.append(a), lambda *a: to_worker.append(a))
+    session.start(ToViewer(lambda *a: to_owner.append(a)), ToWorker(lambda *a: to_worker.append(a)))
     session.close("killed by root")
     assert to_worker == [("close",)]
     clock.advance(4.9)
@@ -246,7 +248,7 @@ def test_a_close_the_worker_does_not_confirm_ends_the_session_on_the_master_with
 def test_a_worker_that_confirms_in_time_ends_the_session_with_its_own_status():
     clock = MemoryReactorClock()
     session = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=clock.seconds)
-    session.start(lambda *a: None, lambda *a: None)
+    session.start(ToViewer(), ToWorker())
     session.close("detached for longer than 300 s")
     clock.advance(3)
     session.worker_exit(None, 1, "")
@@ -255,7 +257,7 @@ def test_a_worker_that_confirms_in_time_ends_the_session_with_its_own_status():
     assert session.end_reason == "detached for longer than 300 s (signal 1)"
     # No close, no deadline.
     other = MasterSession(OpenRequest(worker="w1"), ALICE, lambda s: None, clock=clock.seconds)
-    other.start(lambda *a: None, lambda *a: None)
+    other.start(ToViewer(), ToWorker())
     clock.advance(100)
     assert not other.close_overdue(clock.seconds(), 5.0) and other.live
 
@@ -376,7 +378,7 @@ def test_every_call_kind_waits_past_calls_in_progress_and_the_connection_is_not_
     # The gate's own bound still refuses a call made past it (and audits it), as a safety net.
     for d in api.pending[1:4]:
         assert not d.called
-    with pytest.raises(pb.Error, match="too many calls in progress"):
+    with pytest.raises(OperatorError, match="too many calls in progress"):
         gate.limited(served, lambda: defer.Deferred())
         gate.limited(served, lambda: defer.Deferred())
     assert audited and audited[0][2].startswith("call refused: too many calls in progress")

@@ -16,6 +16,7 @@ from master_side.relay import MasterSession
 from master_side.session_model import TRANSITIONS, IllegalTransition, State
 from slaveshell.policy import Action, Identity, Policy, Rule
 from slaveshell.protocol import OpenRequest
+from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
 BOB = Identity(1001, 1001, 2, "bob", frozenset({"ops"}))
@@ -25,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_a_session_moves_only_along_its_transition_table():
     s = MasterSession(OpenRequest(worker="w1"), ALICE, lambda _s: None)
     assert s.state is State.OPENING
-    owner = s.start(lambda *a: None, lambda *a: None)
+    owner = s.start(ToViewer(), ToWorker())
     s.remove_viewer(owner, "gone")
     assert s.state is State.DETACHED and State.DETACHED in TRANSITIONS[State.ATTACHED]
     s.abort("lost")
@@ -33,7 +34,7 @@ def test_a_session_moves_only_along_its_transition_table():
     s.abort("again")  # ending twice is not a transition: the first end stands
     assert s.status is not None and s.status.reason == "lost"
     with pytest.raises(IllegalTransition):
-        s.start(lambda *a: None, lambda *a: None)
+        s.start(ToViewer(), ToWorker())
 
 
 def test_may_gives_operators_their_own_sessions_and_asks_the_rules_for_the_rest():
@@ -114,19 +115,57 @@ def test_no_master_module_is_over_400_lines():
 
 
 def test_a_late_event_is_told_apart_and_dropped_by_the_adapter_without_blame():
+    from master_side.operator_types import View
     from master_side.session_model import LateEvent
-    from master_side.session_pb import ViewerHandle, WorkerSink
+    from master_side.worker_sink import WorkerSink
 
     errors: list[object] = []
     s = MasterSession(OpenRequest(worker="w1"), ALICE, lambda _s: None)
-    owner = s.start(lambda *a: None, lambda *a: None)
+    owner = s.start(ToViewer(), ToWorker())
     s.abort("worker lost")
     with pytest.raises(LateEvent):
         s.worker_output(1, b"late")
-    # Through the PB adapters: no error for the peer, no protocol error reported for the session.
+    # Through the worker's PB adapter: no error for the peer, no protocol error reported for the session.
     assert WorkerSink(s, lambda *a: errors.append(a)).remote_output(1, b"late") is None
-    assert ViewerHandle(s, owner, lambda *a: errors.append(a)).remote_input(b"late") is None
+    # Through a door's view: nothing to refuse (no answer for the operator), nobody blamed.
+    view = View(s, owner, lambda *a: errors.append(a))
+    with pytest.raises(LateEvent) as late:
+        view.input(b"late")
+    assert view.refused(late.value) is None
     assert errors == [] and s.state is State.ENDED
+
+
+# The session's path from a door to the worker and back, in the modules that carry it.
+SESSION_PATH = ["relay.py", "session_model.py", "operator_types.py", "operator_wire.py", "wire_sink.py",
+                "worker_pb.py", "worker_sink.py", "www/terminal_ws.py"]
+
+
+@pytest.mark.parametrize("module", SESSION_PATH)
+def test_the_session_path_is_typed_method_calls_not_names_dispatched_at_run_time(module):
+    """A keystroke can be followed by reading: each hop is a method of slaveshell.protocol's typed vocabulary
+    (SessionControl, OperatorSink, the door's View), not a message's name matched by a sink or a method found by
+    name (`getattr(handle, "remote_" + method)`); PB stays on the worker's link."""
+    tree = ast.parse((ROOT / "master_side" / module).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
+            assert not any(isinstance(a, ast.BinOp) for a in node.args), f"{module}: getattr of a built name"
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "method":
+            raise AssertionError(f"{module}: a switch on a message's name (line {node.lineno})")
+    if module not in ("worker_pb.py", "worker_sink.py"):
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(name.startswith("twisted.spread") for name in imported), module
+
+
+def test_the_session_holds_its_peers_by_the_typed_vocabulary():
+    import typing
+
+    from master_side import relay, session_model
+    from slaveshell.protocol import OperatorSink, SessionControl
+
+    assert typing.get_type_hints(relay.MasterSession.start, vars(relay)) == {
+        "to_owner": OperatorSink, "to_worker": SessionControl, "return": session_model.Viewer}
+    assert typing.get_type_hints(session_model.Viewer.__init__, vars(session_model))["sink"] is OperatorSink
 
 
 def test_a_transcripts_fsync_and_close_can_run_off_the_reactor_thread(tmp_path):

@@ -17,14 +17,19 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from master_side.limits import Bounds, ConnectionGate, RefusalAudit
+from master_side.operator_types import View
 from master_side.operator_wire import WireDoor
+from master_side.relay import MasterSession, Role
 from master_side.socket_door import DoorFactory, Sniffer
 from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
+from master_side.wire_sink import WireViewerSink
 from slaveshell import framing
 from slaveshell.cpwire import UP, TransferRequest
 from slaveshell.framing import FrameType, Op
 from slaveshell.policy import Identity
+from slaveshell.protocol import OpenRequest
 from tests.fakes import offline_service
+from tests.recorded import ToViewer, ToWorker
 from tests.test_cp import FakeRef
 from tests.test_limits import ALICE, Peer, Refusals
 
@@ -137,6 +142,61 @@ def test_operator_errors_are_answers_and_session_messages_without_a_session_are_
         framing.Control(Op.REFUSED, {"method": "resize", "error": "no session on this connection"}),
     ]
     assert not transport.disconnecting
+
+
+def viewing(service: Any, role: Role) -> tuple[Any, Peer, MasterSession, list[Any], list[Any]]:
+    """A framed connection viewing a session in `role` (the door's own end as the viewer's sink): the door, its
+    transport, the session, what the worker was told and the protocol errors reported for the session."""
+    door, transport = connect(service)
+    to_worker: list[Any] = []
+    errors: list[Any] = []
+    session = MasterSession(OpenRequest(worker="w1"), ROOT, lambda s: None)
+    sink = WireViewerSink(door)
+    owner = session.start(sink if role is Role.OWNER else ToViewer(), ToWorker(lambda *a: to_worker.append(a)))
+    viewer = owner if role is Role.OWNER else session.add_viewer(ROOT, role, sink)
+    door.view = View(session, viewer, lambda s, e: errors.append(str(e)))
+    return door, transport, session, to_worker, errors
+
+
+BAD_VALUES = [
+    (framing.control(Op.RESIZE, cols=0, rows=24), "resize", "cols must be between 1 and 10000, not 0"),
+    (framing.control(Op.RESIZE, cols="80", rows=24), "resize", "cols must be an integer, not str"),
+    (framing.control(Op.SIGNAL, name="SEGV"), "signal", "unknown signal 'SEGV'"),
+    (framing.control(Op.SIGNAL, name=9), "signal", "signal must be a string, not int"),
+    (framing.control(Op.ACK, n=-1), "ack", "ack must be between 0 and 1099511627776, not -1"),
+    (framing.control(Op.ACK, n="5"), "ack", "ack must be an integer, not str"),
+    (framing.control(Op.ACK), "ack", "ack must be an integer, not NoneType"),
+]
+
+
+@pytest.mark.parametrize(("frame", "method", "error"), BAD_VALUES)
+def test_bad_values_from_a_viewer_are_refused_at_the_doors_edge(service, frame, method, error):
+    """Decoded once, at the door: a bad value never reaches the session; the owner's costs its session (the error
+    reported), a joiner's its view; the connection stays."""
+    door, transport, session, to_worker, errors = viewing(service, Role.OWNER)
+    door.dataReceived(frame)
+    [refused] = frames(transport)
+    assert refused.op is Op.REFUSED and refused.get("method") == method and error in refused.get("error")
+    assert errors == [refused.get("error")] and to_worker == [] and not transport.disconnecting
+    door, transport, session, to_worker, errors = viewing(service, Role.JOIN)
+    door.dataReceived(frame)
+    assert [f.op for f in frames(transport)] == [Op.REFUSED]
+    assert errors == [] and [v.role for v in session.viewers] == [Role.OWNER] and not transport.disconnecting
+
+
+def test_a_viewers_messages_reach_the_worker_typed_and_a_watchers_typing_is_refused_its_view_kept(service):
+    door, transport, session, to_worker, errors = viewing(service, Role.OWNER)
+    door.dataReceived(framing.encode(FrameType.INPUT, b"ls\r") + framing.control(Op.RESIZE, cols=100, rows=30)
+                      + framing.control(Op.SIGNAL, name="sigint") + framing.control(Op.EOF))
+    assert to_worker == [("input", b"ls\r"), ("resize", 100, 30), ("signal", "INT"), ("eof",)]
+    assert frames(transport) == [] and errors == []
+    door, transport, session, to_worker, errors = viewing(service, Role.WATCH)
+    door.dataReceived(framing.encode(FrameType.INPUT, b"rm -rf /\r") + framing.control(Op.SIGNAL, name="INT"))
+    assert frames(transport) == [
+        framing.Control(Op.REFUSED, {"method": "input", "error": "watchers cannot type: this view is read-only"}),
+        framing.Control(Op.REFUSED, {"method": "signal",
+                                     "error": "watchers cannot send signals: this view is read-only"})]
+    assert to_worker == [] and errors == [] and len(session.viewers) == 2
 
 
 def test_a_bad_open_request_is_a_bad_request_answer(service):

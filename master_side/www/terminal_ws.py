@@ -5,8 +5,10 @@ Origin is not the site's own; everything else is checked once the socket is open
 the page can say why. The identity is a `WebIdentity` from the session cookie, which must come with a valid shell
 grant (master_side.www.grants: revoked at logout, credential or role changes, idle expiry; a revoked grant
 closes its sockets); the session is opened, fed and
-ended through the same `OperatorAPI` and `ViewerHandle` as the UNIX socket's (master_side.operator_wire), so
-policy, quotas, recording, audit and the credit windows are theirs.
+ended through the same `OperatorAPI` and `View` as the UNIX socket's (master_side.operator_wire), so policy,
+quotas, recording, audit and the credit windows are theirs. The page's messages are decoded here, their values
+checked as the framed door checks them, into typed calls on the `View`; a refused one closes the socket with its
+reason, after its cost to the session (`View.refused`).
 
 Messages (RFC 6455 frames):
 
@@ -51,18 +53,25 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.spread import pb
 
 from slaveshell.deferreds import deferred
 from slaveshell.display import visible
 from slaveshell.flow import chunks
 from slaveshell.policy import Action, WebIdentity
-from slaveshell.protocol import MAX_CHUNK, PROTOCOL_VERSION, OpenRequest, ProtocolError
+from slaveshell.protocol import (
+    MAX_CHUNK,
+    PROTOCOL_VERSION,
+    ExitStatus,
+    OpenRequest,
+    ProtocolError,
+    check_bytes,
+    check_int,
+    check_size,
+)
 
 from ..limits import Quota
 from ..operator_api import OperatorError, View
 from ..service import shell_service
-from ..session_pb import ViewerHandle
 from ..worker_pb import subscribe
 from . import access, grants, lists
 from .access import UserInfo
@@ -100,22 +109,21 @@ class WebViewerSink:
     def gone(self) -> bool:
         return not self.protocol.sending
 
-    def send(self, method: str, *args: object) -> None:
+    def output(self, stream: int, data: bytes) -> None:
         if self.gone:
             return
-        if method == "output":
-            data = args[1]
-            assert isinstance(data, bytes)
-            # A bulk stream's message (up to 512 KiB, slaveshell.flow) reaches the page in MAX_CHUNK pieces.
-            for piece in chunks(data, MAX_CHUNK) if len(data) > MAX_CHUNK else [data]:
-                self.protocol.sendMessage(piece, isBinary=True)
-        elif method == "input_ack":
-            self.protocol.send_json({"type": "input_ack", "bytes": args[0]})
-        elif method == "exit":
-            code, signal, reason = args
-            self.protocol.send_json({"type": "exit", "code": code, "signal": signal, "reason": reason})
+        # A bulk stream's message (up to 512 KiB, slaveshell.flow) reaches the page in MAX_CHUNK pieces.
+        for piece in chunks(data, MAX_CHUNK) if len(data) > MAX_CHUNK else [data]:
+            self.protocol.sendMessage(piece, isBinary=True)
         # A page that does not read is dropped (its session detaches, as for a lost connection).
         self.protocol.check_buffer()
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        self.protocol.send_json({"type": "input_ack", "bytes": nbytes})
+
+    def exit(self, status: ExitStatus) -> None:
+        self.protocol.send_json({"type": "exit", "code": status.code, "signal": status.signal,
+                                 "reason": status.reason})
 
     def waiting(self, text: str) -> None:
         self.protocol.send_json({"type": "waiting", "text": text})
@@ -140,7 +148,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.relogin = False
         self.grant: grants.Grant | None = None
         self.release_grant: Callable[[], None] | None = None
-        self.handle: ViewerHandle | None = None
+        self.view: View | None = None
         self.opening = False
         # The quota this socket holds a place of, and under which key (TerminalFactory).
         self.place: tuple[Quota, object] | None = None
@@ -283,9 +291,13 @@ class TerminalProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
             if isBinary:
-                if self.handle is None:
+                view = self.view
+                if view is None:
                     raise ProtocolError("input before the session is open")
-                self.handle.remote_input(payload)
+                try:
+                    view.input(check_bytes(payload, "input"))
+                except ProtocolError as e:
+                    self._refused(view, e)
                 return
             if len(payload) > MAX_CONTROL:
                 raise ProtocolError("control message too long")
@@ -299,24 +311,36 @@ class TerminalProtocol(WebSocketServerProtocol):
                 self._attach(message)
             elif kind in lists.QUERIES:
                 self._query(kind, message)
-            elif self.handle is None:
+            elif self.view is None:
                 raise ProtocolError(f"{kind!r} before the session is open")
-            elif kind == "resize":
-                self.handle.remote_resize(message.get("cols"), message.get("rows"))
-            elif kind == "ack":
-                self.handle.remote_ack(message.get("bytes"))
-            elif kind == "close":
-                self.handle.remote_close()
+            elif kind in ("ack", "resize", "close"):
+                self._session(self.view, kind, message)
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except (ProtocolError, ValueError) as e:
             self.refuse(f"bad message from the page: {e}")
-        except pb.Error as e:
-            # The ViewerHandle's answer to a bad call: the relay has already dealt with the session.
-            self.refuse(str(e))
         except Exception:
             log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
             self.refuse("the master could not handle that message (see its log)")
+
+    def _session(self, view: View, kind: str, message: Message) -> None:
+        """A session message from the page, decoded and given to the view."""
+        try:
+            if kind == "ack":
+                view.ack(check_int(message.get("bytes"), "ack", 0, 2**40))
+            elif kind == "resize":
+                view.resize(*check_size(message.get("cols"), message.get("rows")))
+            else:  # "close"
+                view.close()
+        except ProtocolError as e:
+            self._refused(view, e)
+
+    def _refused(self, view: View, error: ProtocolError) -> None:
+        """A session message refused (by its values here, or by the session): its cost (View.refused), then the
+        refusal, which closes the socket."""
+        refusal = view.refused(error)
+        if refusal is not None:
+            self.refuse(refusal.message)
 
     def _start(self) -> tuple[ShellService, WebIdentity]:
         """The ShellService and who asks, once per socket: a socket carries one session."""
@@ -407,7 +431,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         service = shell_service(self.master)
         if service is None:
             return  # the service went with a reconfiguration: its sessions ended with it
-        self.handle = ViewerHandle(view.session, view.viewer, service.registry.peer_error)
+        self.view = view
         self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
                         "role": view.viewer.role.value})
 
