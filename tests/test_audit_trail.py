@@ -162,13 +162,13 @@ def test_a_sessions_viewers_reach_the_index_through_the_trail(tmp_path):
     try:
         s = session()
         s.viewer_events = trail
-        s.start(to_owner=lambda *a: None, to_worker=lambda *a: None)
+        s.start(to_owner=ToViewer(), to_worker=ToWorker())
         bob = Identity(1001, 1001, 1001, "bob", frozenset())
-        watcher = s.add_viewer(bob, Role.WATCH, lambda *a: None)
+        watcher = s.add_viewer(bob, Role.WATCH, ToViewer())
         s.remove_viewer(watcher, "connection lost")
         assert s.owner is not None
         s.remove_viewer(s.owner, "the operator detached")
-        s.add_viewer(ROOT, Role.OWNER, lambda *a: None)
+        s.add_viewer(ROOT, Role.OWNER, ToViewer())
         if trail.store._drain_d is not None:
             yield trail.store._drain_d
         events = yield trail.store.events_of(session_id=s.id)
