@@ -350,15 +350,16 @@ class AuditTrail:
 
     @deferred
     async def transfer_opened(self, transfer_id: str, who: Identity, worker: str, description: str,
-                              started: float, transcript: str | None, build: Mapping[str, object]) -> None:
+                              started: float, transcript: str | None, build: Mapping[str, object],
+                              reason: str | None = None) -> None:
         """A transfer's row in the sessions table (``term`` "transfer", ``command`` its `description`, the
-        `build`'s columns with ``--build``), written now, not queued: fails when the database is away; then its
-        "transfer" event."""
+        `build`'s columns with ``--build``, the operator's `reason`), written now, not queued: fails when the
+        database is away; then its "transfer" event."""
         await self.store.open_session({
             "id": transfer_id, "worker": worker, "operator": who.user, "uid": who.uid, "master": self.master_name,
             "command": description, "pty": False, "term": "transfer", "width": 80, "height": 24,
             "started": utc(started), "state": "running", "transcript": transcript, "bytes_in": 0, "bytes_out": 0,
-            **build})
+            "reason": reason, **build})
         self.store.add_event("transfer", transfer_id, worker, who.user, who.uid, detail=description)
 
     def transfer_ended(self, transfer_id: str, who: Identity, worker: str, outcome: TransferOutcome) -> None:

@@ -108,7 +108,8 @@ class TransferRecord:
                 "kind": "transfer", "session": self.id, "direction": self.request.direction,
                 "worker": self.request.worker, "operator": self.who.user, "uid": self.who.uid,
                 "master": self.trail.master_name, "started": utc(self.started).isoformat() + "Z",
-                "recursive": self.request.recursive, "preserve": self.request.preserve, **self.build})])
+                "recursive": self.request.recursive, "preserve": self.request.preserve,
+                **({"reason": self.request.reason} if self.request.reason is not None else {}), **self.build})])
             self.file.flush()
             if self.keep_bytes:
                 self.copy = Attachment(attachment_path(self.path))
@@ -118,7 +119,7 @@ class TransferRecord:
             try:
                 yield self.trail.transfer_opened(self.id, self.who, self.request.worker, describe(self.request),
                                                  self.started, self.path if self.file is not None else None,
-                                                 self.build)
+                                                 self.build, reason=self.request.reason)
             except Exception as e:
                 problem = f"cannot write the audit index: {str(e).splitlines()[0] if str(e) else e!r}"
         if problem is None:

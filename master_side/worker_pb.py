@@ -88,7 +88,7 @@ async def open_on_worker(conn: WorkerConnection, session: MasterSession, request
     worker_sink = WorkerSink(session, on_peer_error)
     set_nodelay(conn.mind)
     accept(getattr(conn.mind, "broker", None))  # before the open: the worker may send lean output once told
-    to_worker = replace(request, pause=False, builder=None, build=None)
+    to_worker = replace(request, pause=False, builder=None, build=None, reason=None)
     reply: object
     try:
         reply = await _answer_within(
