@@ -25,14 +25,14 @@ REQUIRED = "permission denied: worker prod requires a reason (--reason TEXT)"
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """w1 needs no reason; prod requires one (its rule comes first). Both allow <root>/allowed for copies (and
-    their own directories, where sessions start)."""
+    """w1 needs no reason; prod requires one (its rule comes first) and runs the builds (a held build is on it).
+    Both allow <root>/allowed for copies (and their own directories, where sessions start)."""
     root = str(tmp_path_factory.mktemp("reason"))
     allowed = os.path.join(root, "allowed")
     os.makedirs(allowed)
     me = os.getuid()
     dirs = [allowed, os.path.join(root, "worker-w1"), os.path.join(root, "worker-prod")]
-    sb = Sandbox(root, workers=["w1", "prod"], opt_in_args=f"allowed_dirs={dirs!r}",
+    sb = Sandbox(root, workers=["prod", "w1"], opt_in_args=f"allowed_dirs={dirs!r}",
                  service_kwargs=f"policy=[dict(users=[0, {me}], workers=['prod'], require_reason=True), "
                                 f"dict(users=[0, {me}])]")
     sb.create()
@@ -152,6 +152,27 @@ def test_a_rule_that_requires_a_reason_holds_for_transfers_too(box, tmp_path):
         assert f.read() == "payload\n"
     rows = [r for r in history(box, "--worker", "prod") if r["term"] == "transfer"]
     assert [(r["reason"], r["state"]) for r in rows] == [("CHG-13 config push", "ended")]
+
+
+def test_a_session_into_a_held_build_takes_a_reason_the_same_way(box):
+    box.send_change("hold")
+
+    def held() -> int | None:
+        rows = [r for r in box.build_rows("holder") if r[2] is None]
+        return rows[-1][0] if rows else None
+
+    build_id = wait_until(held, 60)
+    assert build_id, box.log_tail()
+    try:
+        done = shell(box, "--build", str(build_id), "prod", "--", "echo in-build-unreasoned")
+        assert done.returncode == 255 and done.stderr == f"buildbot-shell: {REQUIRED}\n", done.stderr
+        done = shell(box, "--build", str(build_id), "--reason", "INC-90 build failed", "prod", "--",
+                     "cat failed.txt")
+        assert done.returncode == 0 and done.stdout == "evidence\n", done.stderr
+        rows = history(box, "--build", str(build_id))
+        assert [(r["reason"], r["command"]) for r in rows] == [("INC-90 build failed", "cat failed.txt")]
+    finally:
+        slaveshell(box, "release", str(build_id))
 
 
 @pytest.mark.parametrize("reason, why", [
