@@ -140,3 +140,25 @@ def test_history_asks_for_the_reason_and_its_json_keeps_it_exact(monkeypatch):
     assert asked[0]["filters"]["reason"] == "inc"
     assert json.loads(out.getvalue())[0]["reason"] == "INC-1 \u202e\x1b"
     assert "\x1b" not in out.getvalue()  # JSON escapes it
+
+
+def test_the_consoles_shell_takes_a_reason_and_its_tables_show_reasons():
+    from prompt_toolkit.application import create_app_session
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from slaveshell.console import Console
+
+    from .test_console import FakeBackend
+
+    backend = FakeBackend()
+    backend.sessions_live[0]["reason"] = "INC-7 \x1b[2Jlive"
+    out: list[str] = []
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        inp.send_text("shell --reason 'INC-7 disk full' linux-1\rsessions\rhistory\rquit\r")
+        Console(backend, input=inp, output=DummyOutput(), write=out.append).run()
+    assert backend.ran == [["buildbot-shell", "--reason", "INC-7 disk full", "linux-1"]]
+    text = "".join(out)
+    assert "INC-7 \\x1b[2Jlive" in text and "\x1b" not in text
+    header = next(line for line in text.splitlines() if line.startswith("SESSION "))
+    assert header.split()[-2:] == ["REASON", "VIEWERS"]

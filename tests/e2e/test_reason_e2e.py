@@ -152,6 +152,9 @@ def test_a_rule_that_requires_a_reason_holds_for_transfers_too(box, tmp_path):
         assert f.read() == "payload\n"
     rows = [r for r in history(box, "--worker", "prod") if r["term"] == "transfer"]
     assert [(r["reason"], r["state"]) for r in rows] == [("CHG-13 config push", "ended")]
+    exported = slaveshell(box, "export", str(rows[0]["id"]))
+    header = json.loads(exported.stdout.splitlines()[0])["slaveshell"]
+    assert (header["kind"], header["reason"]) == ("transfer", "CHG-13 config push")
 
 
 def test_a_session_into_a_held_build_takes_a_reason_the_same_way(box):
