@@ -259,7 +259,9 @@ class AuditStore:
 
     def history(self, worker: str | None = None, operator: str | None = None, since: float | None = None,
                 session_id: str | None = None, build_id: int | None = None,
-                limit: int = 200) -> defer.Deferred[list[SessionRow]]:
+                limit: int = 200, reason: str | None = None) -> defer.Deferred[list[SessionRow]]:
+        """Index rows, newest first; `reason`: those whose reason contains it, in any case (as typed: `%` and
+        `_` are no wildcards)."""
         def query() -> list[SessionRow]:
             assert self.engine is not None
             q = sa.select(sessions).order_by(sessions.c.started.desc()).limit(limit)
@@ -273,6 +275,8 @@ class AuditStore:
                 q = q.where(sessions.c.id == session_id)
             if build_id is not None:
                 q = q.where(sessions.c.build_id == build_id)
+            if reason:
+                q = q.where(sa.func.lower(sessions.c.reason).contains(reason.lower(), autoescape=True))
             with self.engine.connect() as conn:
                 return [cast(SessionRow, _row(r)) for r in conn.execute(q).mappings()]
 

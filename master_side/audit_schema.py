@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PREFIX = "slaveshell_"
 
 # MySQL's DATETIME drops fractions of a second unless asked.
@@ -61,6 +61,8 @@ sessions = sa.Table(
     # (their ids, space-separated): master_side.upload_links.
     sa.Column("files", sa.Text, nullable=True),
     sa.Column("uploads", sa.Text, nullable=True),
+    # Schema 6: why the session or transfer was opened, as its operator gave it (slaveshell.wire.check_reason).
+    sa.Column("reason", sa.String(500), nullable=True),
 )
 
 events = sa.Table(
@@ -119,9 +121,14 @@ def _migrate_5(conn: sa.Connection) -> None:
     _add_columns(conn, ("files", "uploads"))
 
 
+def _migrate_6(conn: sa.Connection) -> None:
+    # The operator's reason; earlier rows get NULL (none was asked for).
+    _add_columns(conn, ("reason",))
+
+
 # version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3,
-                                                          4: _migrate_4, 5: _migrate_5}
+                                                          4: _migrate_4, 5: _migrate_5, 6: _migrate_6}
 
 
 def migrate(engine: sa.Engine) -> int:

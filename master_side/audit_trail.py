@@ -121,13 +121,13 @@ T = TypeVar("T")
 
 
 def transfer_row(transfer_id: str, who: Identity, worker: str, master: str, description: str, started: float,
-                 transcript: str | None, build: Mapping[str, object]) -> dict[str, object]:
+                 transcript: str | None, build: Mapping[str, object], reason: str | None) -> dict[str, object]:
     """A transfer's row in the sessions table: ``term`` "transfer", ``command`` its `description`, the `build`'s
-    columns with ``--build``."""
+    columns with ``--build``, the operator's `reason`."""
     return {"id": transfer_id, "worker": worker, "operator": who.user, "uid": who.uid, "master": master,
             "command": description, "pty": False, "term": "transfer", "width": 80, "height": 24,
             "started": utc(started), "state": "running", "transcript": transcript, "bytes_in": 0, "bytes_out": 0,
-            **build}
+            "reason": reason, **build}
 
 
 class AuditTrail:

@@ -53,6 +53,8 @@ class CopyOperations:
         from .operator_api import ErrorKind, OperatorError  # noqa: F811 (at run time: operator_api imports us)
 
         decision = self.policy.may(who, Action.COPY, request.worker)
+        if request.reason is None:
+            decision = decision.without_reason(request.worker)
         if not decision.allowed:
             raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:

@@ -107,6 +107,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             out.append({
                 "id": s.id, "worker": s.worker, "operator": s.identity.user, "uid": s.identity.uid,
                 "started": s.started, "state": s.state.value, "command": s.request.command,
+                "reason": s.request.reason,
                 "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
                 "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
             })
@@ -189,6 +190,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
         quotas: fires (the worker's connection, the request with its workdir), or raises OperatorError (audited
         as a refusal)."""
         decision = self.policy.may(who, Action.SHELL, request.worker)
+        if request.reason is None:
+            decision = decision.without_reason(request.worker)
         if not decision.allowed:
             raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
@@ -333,6 +336,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
         worker = _opt_str(filters.get("worker"), "worker")
         user = _opt_str(filters.get("user"), "user")
         session_id = _opt_str(filters.get("session"), "session")
+        reason = _opt_str(filters.get("reason"), "reason")
         build_id = filters.get("build")
         if build_id is not None and (not isinstance(build_id, int) or isinstance(build_id, bool)):
             raise OperatorError(ErrorKind.BAD_REQUEST, "build must be a build id")
@@ -344,7 +348,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.copy_ap
             raise OperatorError(ErrorKind.BAD_REQUEST, "limit must be between 1 and 10000")
         try:
             rows = await trail.store.history(worker=worker, operator=user, since=since,
-                                             session_id=session_id, build_id=build_id, limit=limit)
+                                             session_id=session_id, build_id=build_id, limit=limit,
+                                             reason=reason)
         except Exception as e:
             raise OperatorError(ErrorKind.UNAVAILABLE,
                                 f"the audit database is unavailable: {str(e).splitlines()[0]}") from None

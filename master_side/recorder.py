@@ -283,6 +283,7 @@ def header_for(session: MasterSession, master_name: str) -> str:
             "master": master_name,
             "pty": req.pty,
             "started": utc(session.started).isoformat() + "Z",
+            **({"reason": req.reason} if req.reason is not None else {}),
             **(session.build or {}),
         },
     )
@@ -306,5 +307,6 @@ def session_row(session: MasterSession, master_name: str, transcript: str | None
         "transcript": transcript,
         "bytes_in": 0,
         "bytes_out": 0,
+        "reason": req.reason,
         **(session.build or {}),
     }

@@ -43,6 +43,7 @@ class SessionRow(TypedDict):
     pruned: str | None  # when retention removed the transcript (the row is kept)
     files: str | None  # an upload's file names on the worker, one per line (master_side.upload_links)
     uploads: str | None  # the ids of the uploads the session's command names, space-separated
+    reason: str | None  # why it was opened, as its operator gave it (slaveshell.wire.check_reason)
 
 
 class EventRow(TypedDict):

@@ -1,6 +1,7 @@
 """`slaveshell search` on the master: what was shown ('o') and typed ('i') in transcripts, and the files a transfer
 kept (its 'o' events and attached bytes, master_side.transfer_record), escape sequences stripped,
-case-insensitive, read one event at a time.
+case-insensitive, read one event at a time; and the reason each session or transfer was opened for (its row's
+`reason`: a hit of stream "reason" at time 0, before the transcript's).
 
 Memory is bounded whatever a session held: one line of the transcript, one attached chunk (at most a bulk
 message, slaveshell.flow.BULK_CHUNK) and, per stream, the last ``len(needle) - 1 + CONTEXT`` characters (a
@@ -103,6 +104,13 @@ def search(paths: list[tuple[SessionRow, str | None]], needle: str, limit: int) 
     for row, path in paths:
         if len(hits) >= limit:
             break
+        reason = row.get("reason")
+        if isinstance(reason, str) and folded in fold(reason):
+            hits.append({"session": row["id"], "worker": row["worker"], "operator": row["operator"],
+                         "started": row["started"], "time": 0.0, "hidden": hidden_input.summary(row),
+                         "hidden_flag": bool(row.get("hidden_flag")), "stream": "reason", "context": reason})
+            if len(hits) >= limit:
+                break
         if path is None or not os.path.exists(path):
             continue
         try:

@@ -112,14 +112,16 @@ class TransferRecord:
             "kind": "transfer", "session": self.id, "direction": self.request.direction,
             "worker": self.request.worker, "operator": self.who.user, "uid": self.who.uid,
             "master": self.trail.master_name, "started": utc(self.started).isoformat() + "Z",
-            "recursive": self.request.recursive, "preserve": self.request.preserve, **self.build})])
+            "recursive": self.request.recursive, "preserve": self.request.preserve,
+            **({"reason": self.request.reason} if self.request.reason is not None else {}), **self.build})])
         self.file.flush()
         if self.keep_bytes:
             self.copy = Attachment(attachment_path(self.path))
 
     def _row(self) -> dict[str, object]:
         return transfer_row(self.id, self.who, self.request.worker, self.trail.master_name, describe(self.request),
-                            self.started, self.path if self.file is not None else None, self.build)
+                            self.started, self.path if self.file is not None else None, self.build,
+                            self.request.reason)
 
     def _discard(self) -> None:
         for owner in (self.file, self.copy):

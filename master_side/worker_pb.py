@@ -158,7 +158,7 @@ def open_on_worker(conn: WorkerConnection, session: MasterSession, request: Open
                    on_peer_error: Callable[[MasterSession, ProtocolError], None]) -> defer.Deferred[OpenReply]:
     """Ask the worker behind `conn` to start `request`'s session, its output going to `session` (`ask_worker`).
     Fires an OpenReply; never fails."""
-    to_worker = replace(request, pause=False, builder=None, build=None)
+    to_worker = replace(request, pause=False, builder=None, build=None, reason=None)
     return ask_worker(conn, SESSION, WorkerSink(session, on_peer_error), to_worker.to_wire(), request.worker,
                       timeout)
 

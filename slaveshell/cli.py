@@ -121,7 +121,7 @@ def _linked(row: dict[str, object]) -> str:
 
 def cmd_history(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit,
-               "build": args.build}
+               "build": args.build, "reason": args.reason}
     try:
         rows = answer_rows(call_master(_socket_path(args), Op.HISTORY, filters=filters))
     except (CallError, Interrupted) as e:
@@ -132,12 +132,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     from .hidden import summary
 
     print(f"{'SESSION':13} {'STARTED (UTC)':20} {'DURATION':9} {'OPERATOR':12} {'WORKER':16} {'END':14} "
-          f"{'HIDDEN':9} COMMAND")
+          f"{'HIDDEN':9} {'REASON':20} COMMAND")
     for r in rows:
         end = r["end_reason"] or r["state"]
         print(f"{cell(r['id'], 13)} {str(r['started'])[:19].replace('T', ' '):20} {_duration(r):9} "
               f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(end, 14)} {summary(r):9} "
-              f"{visible(command_label(r))}{_linked(r)}")
+              f"{cell(r.get('reason') or '-', 20)} {visible(command_label(r))}{_linked(r)}")
     if any(r.get("hidden_flag") for r in rows):
         print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
               "'slaveshell reveal ID --identity KEY' shows it to the holder of the auditors' key", file=sys.stderr)
@@ -241,7 +241,8 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": 10_000}
+    filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": 10_000,
+               "reason": args.reason}
     try:
         hits = answer_rows(call_master(_socket_path(args), Op.SEARCH, text=args.text, filters=filters))
     except (CallError, Interrupted) as e:
@@ -266,7 +267,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sessions, indent=1))
         return 0
-    print(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'IDLE':>6}  VIEWERS")
+    print(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'IDLE':>6}  "
+          f"{'REASON':20} VIEWERS")
     for s in sessions:
         when, listed = s["started"], s["viewers"]
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
@@ -274,7 +276,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             if isinstance(listed, list) else ""
         viewers = viewers or "-"
         print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
-              f"{s['state']:9} {s['idle']:>5.0f}s  {visible(viewers)}")
+              f"{s['state']:9} {s['idle']:>5.0f}s  {cell(s.get('reason') or '-', 20)} {visible(viewers)}")
     return 0
 
 
@@ -346,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--worker", help="only sessions on this worker")
         sp.add_argument("--user", help="only sessions of this operator")
         sp.add_argument("--since", help="only sessions started since: ISO date/time (UTC) or 30m, 12h, 7d")
+        sp.add_argument("--reason", metavar="TEXT",
+                        help="only sessions whose reason (buildbot-shell --reason) contains TEXT, in any case")
         sp.add_argument("--json", action="store_true")
         return sp
 

@@ -30,7 +30,7 @@ from .labels import command_label
 COMMANDS = {
     "workers": "the fleet: connection, shell, pause, live sessions",
     "sessions": "live and detached sessions",
-    "shell": "shell WORKER [COMMAND...]: a shell (or a command) on a worker",
+    "shell": "shell [--reason TEXT] WORKER [COMMAND...]: a shell (or a command) on a worker",
     "attach": "attach ID: join a live session, or resume a detached one",
     "watch": "watch ID: watch a live session, read-only",
     "kill": "kill ID: end a live session",
@@ -188,7 +188,7 @@ class Console:
             self.show_sessions()
         elif command == "shell":
             if not args:
-                self.write("usage: shell WORKER [COMMAND...]\n")
+                self.write("usage: shell [--reason TEXT] WORKER [COMMAND...]\n")
             else:
                 self._hand_over(["buildbot-shell", *args])
         elif command in ("attach", "watch", "replay"):
@@ -276,7 +276,8 @@ class Console:
         if not self.cached_sessions:
             self.write("no live sessions\n")
             return
-        self.write(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} VIEWERS\n")
+        self.write(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'REASON':20} "
+                   "VIEWERS\n")
         for s in self.cached_sessions:
             when = s["started"]
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
@@ -285,7 +286,7 @@ class Console:
                                 if isinstance(v, dict)) if isinstance(listed, list) else ""
             viewers = viewers or "-"
             self.write(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
-                       f"{cell(s['state'], 9)} {visible(viewers)}\n")
+                       f"{cell(s['state'], 9)} {cell(s.get('reason') or '-', 20)} {visible(viewers)}\n")
 
     def show_history(self, worker: str | None) -> None:
         self.cached_history = self.backend.history(worker)
@@ -295,4 +296,4 @@ class Console:
         for r in self.cached_history:
             self.write(f"{cell(r['id'], 13)} {visible(str(r['started'])[:19].replace('T', ' '))} "
                        f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(r['end_reason'] or r['state'], 16)} "
-                       f"{visible(command_label(r))}\n")
+                       f"{cell(r.get('reason') or '-', 20)} {visible(command_label(r))}\n")

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", dest="quiet", action="store_true", help="no progress bar")
     p.add_argument("--build", type=int, metavar="BUILDID",
                    help="relative worker paths are in this held build's directory (HoldForShell)")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why you copy (a ticket, an incident): one line, kept in the audit index; a policy rule may "
+                        "require it")
     p.add_argument("paths", nargs="+", metavar="PATH", help="sources, then the destination; WORKER:PATH is remote")
 
 
@@ -59,13 +62,14 @@ def request_of(args: argparse.Namespace) -> TransferRequest:
     remote_dest = split_remote(dest)
     if remote_dest is not None and not any(remote_sources):
         worker, path = remote_dest
-        return TransferRequest(UP, worker, tuple(sources), path or ".", args.recursive, args.preserve, args.build)
+        return TransferRequest(UP, worker, tuple(sources), path or ".", args.recursive, args.preserve, args.build,
+                               reason=getattr(args, "reason", None))
     if remote_dest is None and all(remote_sources):
         workers = {r[0] for r in remote_sources if r is not None}
         if len(workers) != 1:
             raise ValueError("all remote sources must be on the same worker")
         return TransferRequest(DOWN, workers.pop(), tuple(r[1] or "." for r in remote_sources if r is not None),
-                               dest, args.recursive, args.preserve, args.build)
+                               dest, args.recursive, args.preserve, args.build, reason=getattr(args, "reason", None))
     raise ValueError("exactly one side must be remote (WORKER:PATH): copies between workers, or local ones, "
                      "are not done by slaveshell cp")
 
@@ -83,7 +87,8 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
             planned = plan(list(request.sources), request.recursive)
             request = TransferRequest(UP, request.worker, tuple(p.entry.path for p in planned
                                                                  if "/" not in p.entry.path),
-                                      request.dest, request.recursive, request.preserve, request.build)
+                                      request.dest, request.recursive, request.preserve, request.build,
+                                      reason=request.reason)
         else:
             if len(request.sources) > 1 and not os.path.isdir(request.dest):
                 raise TransferError(f"{request.dest}: target is not a directory")

@@ -42,7 +42,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .protocol import MAX_NAME, MAX_PATH, ProtocolError, check_bytes, check_int, check_str, check_worker_name
+from .protocol import (
+    MAX_NAME,
+    MAX_PATH,
+    ProtocolError,
+    check_bytes,
+    check_int,
+    check_reason,
+    check_str,
+    check_worker_name,
+)
 
 # The remote method added to the worker's Bot object for transfers.
 WORKER_TRANSFER_METHOD = "slaveshell_transfer"
@@ -391,6 +400,7 @@ class TransferRequest:
     build: int | None = None
     operator: str | None = None  # set by the master, never taken from the client
     cwd: str | None = None  # set by the master (the held build's directory)
+    reason: str | None = None  # why (`slaveshell cp --reason`, slaveshell.wire.check_reason): for the master only
 
     def validate(self) -> None:
         if self.direction not in (UP, DOWN):
@@ -413,6 +423,8 @@ class TransferRequest:
             check_str(self.operator, "operator", MAX_NAME)
         if self.cwd is not None:
             check_file_name(check_str(self.cwd, "working directory", MAX_PATH), "the working directory")
+        if self.reason is not None:
+            check_reason(self.reason)
 
     def asked(self) -> Asked:
         """What a receiver of this transfer takes (for an upload, `sources` are the top-level names)."""
@@ -421,11 +433,14 @@ class TransferRequest:
     def to_wire(self) -> dict[str, object]:
         return {"direction": self.direction, "worker": self.worker, "sources": list(self.sources),
                 "dest": self.dest, "recursive": self.recursive, "preserve": self.preserve, "build": self.build,
-                "operator": self.operator, "cwd": self.cwd}
+                "operator": self.operator, "cwd": self.cwd,
+                # Only when given: a peer that does not know the field still takes a request without one.
+                **({"reason": self.reason} if self.reason is not None else {})}
 
     def to_pb(self) -> dict[str, object]:
         """to_wire() for PB: a path that is not UTF-8 as bytes (path_bytes); from_wire takes both."""
         wire = self.to_wire()
+        wire.pop("reason", None)  # the master's record only: the worker is not told
         wire["sources"] = [path_bytes(s) for s in self.sources]
         wire["dest"], wire["cwd"] = path_bytes(self.dest), path_bytes(self.cwd)
         return wire
@@ -433,7 +448,7 @@ class TransferRequest:
     @classmethod
     def from_wire(cls, wire: object) -> TransferRequest:
         if not isinstance(wire, dict) or set(wire) - {"direction", "worker", "sources", "dest", "recursive",
-                                                      "preserve", "build", "operator", "cwd"}:
+                                                      "preserve", "build", "operator", "cwd", "reason"}:
             raise ProtocolError("a transfer request must be a dict of known fields")
         sources = wire.get("sources")
         if not isinstance(sources, (list, tuple)):
@@ -442,7 +457,7 @@ class TransferRequest:
                       sources=tuple(_path_from_wire(s) for s in sources),  # type: ignore[misc]
                       dest=_path_from_wire(wire.get("dest", "")),  # type: ignore[arg-type]
                       recursive=wire.get("recursive", False), preserve=wire.get("preserve", False),
-                      build=wire.get("build"), operator=wire.get("operator"),
+                      build=wire.get("build"), operator=wire.get("operator"), reason=wire.get("reason"),
                       cwd=_path_from_wire(wire.get("cwd")))  # type: ignore[arg-type]
         request.validate()
         return request

@@ -132,13 +132,15 @@ class Rule:
     Users and groups may be given by name or number; `"*"` in users matches everybody, web users included.
     Web users and their Buildbot roles are named ``"web:<name>"`` in users and ``"web:<role>"`` in groups
     (`WebIdentity`). A right another implies (`IMPLIED`: 'shell' implies 'run') is granted with it unless
-    listed in `withhold`."""
+    listed in `withhold`. With `require_reason`, what the rule allows (a session, a transfer, a run) is refused
+    to a request that gives no reason (`--reason TEXT`)."""
 
     users: tuple[str | int, ...] = ()
     groups: tuple[str | int, ...] = ()
     workers: tuple[str, ...] = ("*",)
     rights: tuple[str, ...] = tuple(sorted(RIGHTS))
     withhold: tuple[str, ...] = ()
+    require_reason: bool = False
 
     def __post_init__(self) -> None:
         for name in ("users", "groups", "workers", "rights", "withhold"):
@@ -155,6 +157,8 @@ class Rule:
             raise ValueError(f"a rule both grants and withholds {sorted(both)}")
         if not self.users and not self.groups:
             raise ValueError("a rule needs users or groups")
+        if not isinstance(self.require_reason, bool):
+            raise ValueError("require_reason must be True or False")
 
     def matches_identity(self, who: Operator) -> bool:
         local = who.uid >= 0  # web users (WebIdentity) have no uid or gid: only their names match them
@@ -181,6 +185,13 @@ class Rule:
 class Decision:
     allowed: bool
     reason: str
+    require_reason: bool = False  # allowed only with the operator's reason for it (`Rule.require_reason`)
+
+    def without_reason(self, worker: str) -> Decision:
+        """This decision for a request that gives no reason: refused when the rule requires one."""
+        if self.allowed and self.require_reason:
+            return Decision(False, f"worker {worker} requires a reason (--reason TEXT)")
+        return self
 
 
 class Policy:
@@ -228,6 +239,6 @@ class Policy:
         for rule in self.rules:
             if rule.matches_identity(who) and rule.matches_worker(worker):
                 if rule.grants(right):
-                    return Decision(True, "allowed")
+                    return Decision(True, "allowed", require_reason=rule.require_reason)
                 return Decision(False, f"{who} may not {right} on worker {worker}")
         return Decision(False, f"{who} may not {right} on worker {worker}: no policy rule allows it")

@@ -57,6 +57,7 @@ from .wire import (
     MAX_ENV_ITEM,
     MAX_NAME,
     MAX_PATH,
+    MAX_REASON,
     MAX_TERM,
     NO_ANSWER,
     OUTPUT_WINDOW,
@@ -72,6 +73,7 @@ from .wire import (
     ProtocolError,
     check_bytes,
     check_int,
+    check_reason,
     check_signal,
     check_size,
     check_str,
@@ -82,11 +84,11 @@ from .wire import (
 # The vocabulary's own names and slaveshell.wire's, so that importing any of them from here keeps working.
 __all__ = [
     "ExitStatus", "INPUT_WINDOW", "LocalProtocolError", "MAX_CHUNK", "MAX_COMMAND", "MAX_DIMENSION", "MAX_ENV",
-    "MAX_ENV_ITEM", "MAX_NAME", "MAX_PATH", "MAX_TERM", "NO_ANSWER", "OUTPUT_WINDOW", "OpenRequest",
+    "MAX_ENV_ITEM", "MAX_NAME", "MAX_PATH", "MAX_REASON", "MAX_TERM", "NO_ANSWER", "OUTPUT_WINDOW", "OpenRequest",
     "OperatorControl", "OperatorSink", "PROTOCOL_VERSION", "ProtocolError", "REFUSED_PREFIX", "Role", "SIGNALS",
     "SIGNAL_NAMES", "STREAM_ERR", "STREAM_OUT", "SessionControl", "SessionSink", "WORKER_COMMAND",
-    "WORKER_OPEN_METHOD", "check_bytes", "check_int", "check_signal", "check_size", "check_str", "check_stream",
-    "check_worker_name", "notice_bytes"
+    "WORKER_OPEN_METHOD", "check_bytes", "check_int", "check_reason", "check_signal", "check_size", "check_str",
+    "check_stream", "check_worker_name", "notice_bytes"
 ]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -108,6 +110,9 @@ class OpenRequest:
     pause: bool = False
     builder: str | None = None
     build: int | None = None  # step into a build held by HoldForShell
+    # Why the session is opened (a ticket, an incident): one line (`check_reason`), kept in the index and the
+    # transcript's header; for the master only (it is not sent to the worker).
+    reason: str | None = None
     # Set by the master (never taken from the operator's client): who the worker is opening the session for.
     operator: str | None = None
 
@@ -143,11 +148,15 @@ class OpenRequest:
             check_str(self.builder, "builder", MAX_NAME)
         if self.build is not None:
             check_int(self.build, "build id", 1, 2**62)
+        if self.reason is not None:
+            check_reason(self.reason)
         if self.operator is not None:
             check_str(self.operator, "operator", MAX_NAME)
 
     def to_wire(self) -> dict[str, object]:
+        # A request without a reason has no such field, so that a peer that does not know it still takes it.
         return {
+            **({"reason": self.reason} if self.reason is not None else {}),
             "version": PROTOCOL_VERSION,
             "worker": self.worker,
             "command": self.command,
@@ -168,7 +177,7 @@ class OpenRequest:
         if not isinstance(wire, dict):
             raise ProtocolError("an open request must be a dict")
         known = {"version", "worker", "command", "pty", "term", "cols", "rows", "env", "cwd", "pause", "builder",
-                 "build", "operator"}
+                 "build", "operator", "reason"}
         unknown = set(wire) - known
         if unknown:
             raise ProtocolError(f"unknown request fields: {', '.join(sorted(map(str, unknown)))}")
@@ -189,6 +198,7 @@ class OpenRequest:
                 pause=wire.get("pause", False),
                 builder=wire.get("builder"),
                 build=wire.get("build"),
+                reason=wire.get("reason"),
                 operator=wire.get("operator"),
             )
         except LocalProtocolError as e:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", metavar="ID", type=int,
                    help="step into a build held by HoldForShell: its directory and environment (~r releases it); "
                         "on a build still running toward its hold, wait for the hold")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why you open this session (a ticket, an incident): one line, kept in the audit index and "
+                        "the transcript; a policy rule may require it")
     p.add_argument("-E", dest="escape", metavar="CHAR", default="~",
                    help="escape character, or 'none' to disable escapes (default: ~)")
     p.add_argument("worker", metavar="WORKER")
@@ -138,6 +141,7 @@ def _main(argv: list[str] | None) -> int:
             pause=args.pause,
             builder=args.builder,
             build=args.build,
+            reason=args.reason,
         )
     except (LocalProtocolError, ValueError) as e:
         parser.error(str(e))

@@ -14,6 +14,7 @@ Errors are split as in h11: `ProtocolError` means the peer sent something wrong 
 from __future__ import annotations
 
 import signal as _signal
+import unicodedata
 
 PROTOCOL_VERSION = 1
 # Advertised in the worker's command list; its presence is the worker owner's opt-in.
@@ -43,6 +44,8 @@ MAX_ENV_ITEM = 16 * 1024
 MAX_PATH = 4096
 MAX_DIMENSION = 10_000
 MAX_NAME = 256
+# Why a session or a transfer is opened (a ticket, an incident): one line an auditor reads (`check_reason`).
+MAX_REASON = 500
 
 STREAM_OUT = 1
 STREAM_ERR = 2
@@ -111,3 +114,18 @@ def check_worker_name(name: object) -> str:
     if not name:
         raise ProtocolError("worker name is empty")
     return name
+
+
+def check_reason(value: object) -> str:
+    """Why a session or a transfer is opened, as the operator gave it: one line of at most MAX_REASON
+    characters with something besides spaces, and nothing a terminal or a reader could act on: no control,
+    format, separator, surrogate or unassigned character (those `slaveshell.display.visible` would escape;
+    spaces of any kind are kept). Refused rather than cleaned, so that the index keeps what the operator typed."""
+    text = check_str(value, "reason", MAX_REASON)
+    if not text.strip():
+        raise ProtocolError("reason is empty")
+    for char in text:
+        if not char.isprintable() and unicodedata.category(char) != "Zs":
+            raise ProtocolError(f"reason contains the character U+{ord(char):04X}: it must be one line of "
+                                "printable text")
+    return text

@@ -98,6 +98,25 @@ def test_sessions_and_events_round_trip(db_url):
 
 
 @pytest_twisted.inlineCallbacks
+def test_history_finds_sessions_by_their_reason_as_typed(db_url):
+    """`history --reason`: a part of the reason, in any case; `%` and `_` are characters, not wildcards."""
+    store = AuditStore(db_url)
+    yield store.start()
+    try:
+        yield store.open_session({**row("s1"), "reason": "INC-4711: disk full"})
+        yield store.open_session({**row("s2"), "reason": "100% sure_thing"})
+        yield store.open_session(row("s3"))
+        found = yield store.history(reason="inc-4711")
+        assert [r["id"] for r in found] == ["s1"] and found[0]["reason"] == "INC-4711: disk full"
+        assert [r["id"] for r in (yield store.history(reason="0% s"))] == ["s2"]
+        assert (yield store.history(reason="1_0")) == [] and (yield store.history(reason="%")) != []
+        assert (yield store.history(reason="sur_")) == []  # "_" would match the "e" of "sure"
+        assert len((yield store.history())) == 3
+    finally:
+        yield store.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_text_that_is_not_valid_unicode_is_stored_escaped_never_dropped(db_url):
     """A name that was not UTF-8 decodes to lone surrogates, which no database takes: written escaped, the row's
     end is not lost."""
@@ -155,7 +174,8 @@ def test_a_version_1_database_is_upgraded_in_place(db_url):
         old = sa.MetaData()
         v1_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
                                                            if c.name not in ("build_id", "builder", "build_number")
-                                                           and not c.name.startswith("hidden_")])
+                                                           and not c.name.startswith("hidden_")
+                                                           and c.name != "reason"])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v1_sessions.create(conn)
@@ -177,7 +197,7 @@ def test_a_version_4_database_gets_the_upload_links(db_url):
         # Schema 4 as it was released: sessions without `files` and `uploads`, with an upload and a session.
         old = sa.MetaData()
         v4_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
-                                                           if c.name not in ("files", "uploads")])
+                                                           if c.name not in ("files", "uploads", "reason")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v4_sessions.create(conn)
@@ -186,7 +206,7 @@ def test_a_version_4_database_gets_the_upload_links(db_url):
                 conn.execute(audit.schema_table.insert().values(version=version))
             conn.execute(v4_sessions.insert().values(**row("up1")))
         assert migrate(engine) == 4
-        assert migrate(engine) == SCHEMA_VERSION == 5
+        assert migrate(engine) == SCHEMA_VERSION == 6
         s = audit.sessions.c
         with engine.begin() as conn:
             assert conn.execute(sa.select(s.id, s.files, s.uploads)).all() == [("up1", None, None)]
@@ -204,7 +224,7 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
         v2_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
                                                            if not c.name.startswith("hidden_")
                                                            and c.name not in ("attachment_sha256", "pruned", "files",
-                                                                              "uploads")])
+                                                                              "uploads", "reason")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v2_sessions.create(conn)
@@ -213,7 +233,7 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
             conn.execute(audit.schema_table.insert().values(version=2))
             conn.execute(v2_sessions.insert().values(**row()))
         assert migrate(engine) == 2
-        assert migrate(engine) == SCHEMA_VERSION == 5
+        assert migrate(engine) == SCHEMA_VERSION == 6
         columns = {c["name"] for c in sa.inspect(engine).get_columns(audit.sessions.name)}
         assert {"hidden_bytes", "hidden_spans", "hidden_flag", "attachment_sha256", "pruned"} <= columns
         s = audit.sessions.c
@@ -226,5 +246,31 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
                                                                             hidden_flag=True))
             flagged = conn.execute(sa.select(s.id).where(s.hidden_flag == sa.true())).scalars().all()
         assert flagged == ["s2"]
+    finally:
+        engine.dispose()
+
+
+def test_a_version_5_database_gets_the_reason(db_url):
+    engine = sa.create_engine(db_url)
+    try:
+        # Schema 5 as it was released: sessions without `reason`, with a session in it.
+        old = sa.MetaData()
+        v5_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
+                                                           if c.name != "reason"])
+        with engine.begin() as conn:
+            audit.schema_table.create(conn)
+            v5_sessions.create(conn)
+            audit.events.create(conn)
+            for version in range(1, 6):
+                conn.execute(audit.schema_table.insert().values(version=version))
+            conn.execute(v5_sessions.insert().values(**row("old")))
+        assert migrate(engine) == 5
+        assert migrate(engine) == SCHEMA_VERSION == 6
+        s = audit.sessions.c
+        reason = "INC-4711: disk full on w1 – été " + "x" * 460
+        with engine.begin() as conn:
+            assert conn.execute(sa.select(s.id, s.reason)).all() == [("old", None)]  # none was asked for then
+            conn.execute(audit.sessions.insert().values(**row("new"), reason=reason))
+            assert conn.execute(sa.select(s.reason).where(s.id == "new")).scalar() == reason
     finally:
         engine.dispose()

@@ -161,7 +161,7 @@ def test_workers_table_stays_a_table(monkeypatch, rows):
 @given(st.lists(st.tuples(untrusted, untrusted, untrusted, untrusted, untrusted), min_size=1, max_size=4))
 def test_history_table_stays_a_table(monkeypatch, rows):
     text = run_cli(monkeypatch, [history_row(*r) for r in rows], cli.cmd_history, worker=None, user=None,
-                   since=None, limit=10, build=None)
+                   since=None, limit=10, build=None, reason=None)
     header = text.splitlines()[0]
     assert header.startswith("SESSION ")
     assert_table_shown_intact(text, header, separators_of(13, 20, 9, 12, 16, 14))
@@ -178,7 +178,8 @@ def test_sessions_table_stays_a_table(monkeypatch, rows):
 def test_search_hits_are_shown_inert(monkeypatch, rows):
     hits = [{"session": s, "worker": w, "operator": "alice", "started": "2026-11-29T05:00:00+00:00",
              "time": 1.5, "stream": "output", "context": c} for s, w, c in rows]
-    text = run_cli(monkeypatch, hits, cli.cmd_search, text="x", worker=None, user=None, since=None)
+    text = run_cli(monkeypatch, hits, cli.cmd_search, text="x", worker=None, user=None, since=None,
+                   reason=None)
     no_control_left(text)
     screen = screen_of(text)
     assert screen.title == "unchanged"

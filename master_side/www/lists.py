@@ -10,9 +10,10 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 
 - ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
   "workerid"}]}`` (``workerid``: Buildbot's id of the worker, for its page ``#/workers/<workerid>``, or null);
-- ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "started",
-  "own", "may_type", "viewers"}]}``;
-- ``{"type": "history", "worker": str?, "user": str?, "session": str?, "limit": int?}`` -> ``{"sessions":
+- ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
+  "started", "own", "may_type", "viewers"}]}``;
+- ``{"type": "history", "worker": str?, "user": str?, "session": str?, "reason": str?, "limit": int?}`` ->
+  ``{"sessions":
   [row, ...], "may_replay": bool}`` (rows of the audit index, docs/audit-schema.md, newest first, each with
   Buildbot's ``workerid`` and, for a session in a build, the ``builderid`` of the build's page
   ``#/builders/<builderid>/builds/<build_number>``, or null: master_side.www.buildbot_pages; ``may_replay``:
@@ -50,7 +51,7 @@ MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
 HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ended", "state", "end_reason",
                   "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
-                  "hidden_spans", "hidden_flag")
+                  "hidden_spans", "hidden_flag", "reason")
 
 # A JSON message for the page, and the binary frame sent before it (a transcript chunk) or None.
 Message = dict[str, object]
@@ -111,7 +112,8 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
                 who, action, live.worker, owner=live.identity).allowed
             shown.append({
                 "id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
-                "command": s["command"], "started": s["started"], "own": own, "may_type": may_type,
+                "command": s["command"], "reason": s["reason"], "started": s["started"], "own": own,
+                "may_type": may_type,
                 "viewers": [v.identity.user for v in live.viewers]})
         return {"type": "sessions", "sessions": shown}, None
     if kind == "history":
@@ -119,7 +121,8 @@ async def answer(kind: str, message: Message, service: ShellService, master: Bui
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ProtocolError("limit must be between 1 and 1000")
         rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
-                                       "session": _opt_str(message, "session"), "limit": limit})
+                                       "session": _opt_str(message, "session"),
+                                       "reason": _opt_str(message, "reason"), "limit": limit})
         allowed = await _allowed(master, info, {r["worker"] for r in rows})
         may_replay = any(service.policy.may(who, Action.REPLAY, str(w["name"])).allowed for w in api.workers(who))
         readable = [r for r in rows if r["worker"] in allowed]

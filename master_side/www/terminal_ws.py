@@ -13,10 +13,11 @@ reason, after its cost to the session (`View.refused`).
 Messages (RFC 6455 frames):
 
 - page -> master, text (JSON): first and once, ``{"type": "open", "worker": str, "cols": int, "rows": int,
-  "build": int?}`` (a new session; with ``build``, in a build held by HoldForShell, as ``buildbot-shell
-  --build``) or ``{"type": "attach", "id": str, "mode": "attach" | "watch", "reattach": bool?}`` (resume one's
-  own detached session or join another's, per `OperatorAPI.attach`; watch is read-only; with ``reattach``, sent
-  when the page attaches without a click (a reload), another's session is refused with ``"confirm": true``);
+  "build": int?, "reason": str?}`` (a new session; with ``build``, in a build held by HoldForShell, as
+  ``buildbot-shell --build``; ``reason`` as ``--reason``) or ``{"type": "attach", "id": str, "mode": "attach" |
+  "watch", "reattach": bool?}`` (resume one's own detached session or join another's, per `OperatorAPI.attach`;
+  watch is read-only; with ``reattach``, sent when the page attaches without a click (a reload), another's session
+  is refused with ``"confirm": true``);
   or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page).
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
@@ -368,6 +369,8 @@ class TerminalProtocol(WebSocketServerProtocol):
                                    "cols": message.get("cols"), "rows": message.get("rows")}
         if message.get("build") is not None:
             wire["build"] = message["build"]  # into a build held by HoldForShell: checked by from_wire
+        if message.get("reason") is not None:
+            wire["reason"] = message["reason"]  # the operator's reason: checked by from_wire
         request = OpenRequest.from_wire(wire)
         d = self._authorized(worker, lambda: service.api.open(who, request, WebViewerSink(self)))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))

@@ -295,6 +295,61 @@ def test_reload_and_a_dropped_socket_reattach_and_leaving_detaches(browser: Any,
     context.close()
 
 
+def test_the_reason_typed_before_opening_reaches_the_lists_and_the_history_as_text(browser: Any,
+                                                                                  site: Sandbox) -> None:
+    reason = 'INC-77 <img src=x onerror="window.pwned=1"> \u00e9t\u00e9'
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell")
+    page.locator("input.slaveshell-reason").fill(reason)
+    page.locator("tr[data-worker='w1'] button.slaveshell-open").click()
+    wait_status(page, "^connected$")
+    run(page, "echo with-reason-$((6*7))", "with-reason-42")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+    # The live sessions, on the fleet page and the worker's view: the reason as text.
+    other = context.new_page()
+    for where in ("#/slaveshell", "#/slaveshell/worker/w1"):
+        other.goto(site.url + where)
+        cell = other.locator(f"table.slaveshell-sessions tr[data-session='{session_id}'] td.slaveshell-reason-cell")
+        wait_for(lambda cell=cell: cell.count() == 1 and cell.inner_text() == reason,
+                 f"the reason in {where}'s sessions")
+        assert cell.locator("img").count() == 0
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    # The history: the reason in its row, and found by a part of it in any case.
+    page.goto(site.url + "#/slaveshell/history")
+    row = page.locator(f"table.slaveshell-history tr[data-session='{session_id}']")
+    row.wait_for()
+    assert row.locator("td.slaveshell-reason-cell").inner_text() == reason
+    assert page.locator("table.slaveshell-history img").count() == 0
+    assert page.evaluate("() => window.pwned") is None
+    # From the terminal's own address, the field is beside the button.
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    page.locator("input.slaveshell-reason").fill("CHG-8 from the button")
+    page.locator("button.slaveshell-start").click()
+    wait_status(page, "^connected$")
+    second = re.search(r"#/slaveshell/session/([^/]+)/", page.url).group(1)  # type: ignore[union-attr]
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    page.goto(site.url + "#/slaveshell/history")
+    page.locator("input.slaveshell-filter-reason").fill("chg-8")
+    page.locator("button.slaveshell-filter").click()
+    rows = page.locator("table.slaveshell-history tbody tr")
+    wait_for(lambda: rows.count() == 1 and rows.first.get_attribute("data-session") == second,
+             "only the session whose reason matches")
+    # A reason that is not one printable line is refused by the master; nothing opens.
+    page.goto(site.url + "#/slaveshell/terminal/w1")
+    page.locator("input.slaveshell-reason").fill("INC-78 \u202eevil")
+    page.locator("button.slaveshell-start").click()
+    assert "U+202E" in wait_status(page, "^refused")
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        assert list(db.execute("SELECT id FROM slaveshell_sessions WHERE reason LIKE 'INC-78%'")) == []
+    finally:
+        db.close()
+    context.close()
+
+
 def test_a_watcher_sees_the_session_and_cannot_type(browser: Any, site: Sandbox) -> None:
     alice = login(browser, site, "alice").new_page()
     open_terminal(alice, site)

@@ -217,6 +217,17 @@
   // terminal loaded from its address (a link, a reload, a frame) shows a button instead, except a reload of one's
   // own session (the master refuses an automatic attach to another's: "reattach").
   var clicked = null;
+  // The reason for the next session this page opens (a ticket, an incident): typed in a ReasonField, sent in
+  // the open message as `buildbot-shell --reason` sends it; one line of at most 500 characters (the master
+  // checks it: slaveshell.wire.check_reason). A policy rule may require one on a worker.
+  var reasonForNew = "";
+  function ReasonField() {
+    var st = React.useState(reasonForNew), value = st[0], setValue = st[1];
+    return h("input", { className: "form-control form-control-sm slaveshell-reason", type: "text", maxLength: 500,
+      placeholder: "reason for a new shell (ticket, incident)", value: value, "aria-label": "reason",
+      style: { display: "inline-block", width: "24em", maxWidth: "100%", marginRight: "0.5em" },
+      onChange: function (e) { reasonForNew = e.target.value.replace(/[\r\n]+/g, " "); setValue(reasonForNew); } });
+  }
   function goClicked(key, hash) { clicked = { key: key, at: Date.now() }; go(hash); }
   function tookClick(key) { return !!clicked && clicked.key === key && Date.now() - clicked.at < 10000; }
   function framed() { try { return window.top !== window.self; } catch (e) { return true; } }
@@ -248,7 +259,8 @@
         h("td", null, printable(s.id)),
         h("td", null, h("a", { href: workerView(s.worker), className: "slaveshell-worker-link" }, printable(s.worker))),
         h("td", null, printable(s.operator)),
-        h("td", null, commandLabel(s)), h("td", null, printable(s.state)),
+        h("td", null, commandLabel(s)), h("td", { className: "slaveshell-reason-cell" }, printable(s.reason || "")),
+        h("td", null, printable(s.state)),
         h("td", null, printable(s.viewers.join(", "))), h("td", null, buttons));
     });
   }
@@ -298,6 +310,7 @@
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shells ", h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
         onClick: function () { go("#/slaveshell/history"); } }, "History and replay")),
+      state.lists.workers.length === 0 ? null : h("div", { style: { marginBottom: "0.5em" } }, h(ReasonField)),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
@@ -307,7 +320,8 @@
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
         h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"), h("th", null, "Operator"),
-          h("th", null, "Command"), h("th", null, "State"), h("th", null, "Viewers"), h("th", null, ""))),
+          h("th", null, "Command"), h("th", null, "Reason"), h("th", null, "State"), h("th", null, "Viewers"),
+          h("th", null, ""))),
         h("tbody", null, h(SessionRows, { sessions: sessions })))));
   }
 
@@ -398,6 +412,7 @@
             } else {
               var open = { type: "open", worker: props.worker, cols: term.cols, rows: term.rows };
               if (props.build) open.build = props.build;
+              if (reasonForNew.trim()) open.reason = reasonForNew.trim();
               ws.send(JSON.stringify(open));
             }
           };
@@ -510,6 +525,7 @@
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
+      ask && !props.sessionId ? h(ReasonField) : null,
       ask ? h("button", { className: "btn btn-primary slaveshell-start",
         onClick: function () { if (ctl.current.start) ctl.current.start(); } }, ask) : null,
       h("div", { ref: box, className: "slaveshell-terminal", style: empty ? { display: "none" } : null }));
@@ -564,8 +580,8 @@
   // here and to Buildbot's page) and, for a session in a build, the build (to Buildbot's page).
   function HistoryTable(props) {
     return h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
-      h("thead", null, h("tr", null, ["Session", "Worker", "Build", "Operator", "Command", "Started", "Ended",
-        "Outcome", "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
+      h("thead", null, h("tr", null, ["Session", "Worker", "Build", "Operator", "Command", "Reason", "Started",
+        "Ended", "Outcome", "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
       h("tbody", null, props.rows.map(function (r) {
         // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
         return h("tr", { key: r.id, "data-session": r.id },
@@ -576,6 +592,7 @@
           h("td", null, h(BuildCell, { row: r })),
           h("td", null, printable(r.operator)),
           h("td", { className: "slaveshell-command" }, commandLabel(r)),
+          h("td", { className: "slaveshell-reason-cell" }, printable(r.reason || "")),
           h("td", null, when(r.started)), h("td", null, when(r.ended)), h("td", { className: "slaveshell-outcome" }, outcome(r)),
           h("td", null, r.hidden_spans ? r.hidden_spans + (r.hidden_flag ? " (flagged)" : "") : ""));
       }))));
@@ -584,12 +601,13 @@
   function HistoryPage() {
     var st = React.useState({ rows: null, error: null, mayReplay: true });
     var state = st[0], setState = st[1];
-    var filters = React.useRef({ worker: "", user: "" });
+    var filters = React.useRef({ worker: "", user: "", reason: "" });
     var blocked = blockedNotice();
     var ask = React.useCallback(function () {
       if (blockedNotice()) return undefined;
       return questions(function (send) {
-        send({ type: "history", worker: filters.current.worker, user: filters.current.user, limit: 200 });
+        send({ type: "history", worker: filters.current.worker, user: filters.current.user,
+               reason: filters.current.reason, limit: 200 });
       }, function (m) {
         if (m.type === "history") setState(function (old) {
           return Object.assign({}, old, { rows: m.sessions, error: null, mayReplay: m.may_replay !== false });
@@ -616,6 +634,7 @@
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shell sessions: history"),
       blocked ? null : h("div", { style: { marginBottom: "0.5em" } }, field("worker", "worker"), field("user", "operator (web:name)"),
+        field("reason", "reason contains"),
         h("button", { className: "btn btn-primary btn-sm slaveshell-filter",
           onClick: function () { setState(Object.assign({}, state, { rows: null })); ask(); } }, "Filter")),
       body);
@@ -697,6 +716,7 @@
           (w.sessions === 1 ? "" : "s") + ". ",
         isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
           "Buildbot's page for this worker") : null),
+      ready ? h(ReasonField) : null,
       ready
         ? h("button", { className: "btn btn-primary slaveshell-open",
             onClick: function () { goClicked("new:" + name, "#/slaveshell/terminal/" + encodeURIComponent(name)); } },
@@ -706,7 +726,8 @@
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
         h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"), h("th", null, "Operator"),
-          h("th", null, "Command"), h("th", null, "State"), h("th", null, "Viewers"), h("th", null, ""))),
+          h("th", null, "Command"), h("th", null, "Reason"), h("th", null, "State"), h("th", null, "Viewers"),
+          h("th", null, ""))),
         h("tbody", null, h(SessionRows, { sessions: sessions })))),
       h("h5", null, "Recent sessions ", h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
         href: "#/slaveshell/history" }, "All history")),
@@ -851,6 +872,7 @@
           "Release the build")) : null,
       state.released ? h("div", { className: "alert alert-info slaveshell-released", ref: notice, tabIndex: -1 },
         state.released) : null,
+      hold && !state.shell && !released ? h(ReasonField) : null,
       hold && !state.shell && !released ? h("button", { className: "btn btn-primary btn-sm slaveshell-open",
         onClick: function () { update({ shell: true }); } }, "Open a shell in this build") : null,
       hold && state.shell ? h(TerminalView, { worker: hold.worker, build: hold.build, armed: true,
