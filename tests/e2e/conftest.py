@@ -7,11 +7,13 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pexpect
 import pyte
@@ -34,6 +36,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(autouse=True)
+def reactor_running(twisted_greenlet: Any) -> None:
+    """pytest-twisted runs every test's body in its reactor's greenlet; once the reactor has stopped (Twisted stops
+    it on SIGTERM to this process), every later test would fail with "twisted reactor has stopped". The session
+    ends at the first of them instead, saying why."""
+    if twisted_greenlet is None or not twisted_greenlet.dead:
+        return
+    from twisted.internet import reactor
+
+    number = getattr(reactor, "_exitSignal", None)
+    try:
+        why = f"this process received {signal.Signals(number).name}" if number else "it was stopped"
+    except ValueError:
+        why = f"this process received signal {number}"
+    pytest.exit(f"pytest-twisted's reactor has stopped ({why}): no later test can run", returncode=3)
 
 
 @pytest.fixture(scope="session")

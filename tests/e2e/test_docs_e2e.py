@@ -231,8 +231,9 @@ def test_readme_says_what_a_missing_group_does(tmp_path: Any) -> None:
 
 def test_web_doc_fragment_lets_its_user_open_a_shell(tmp_path: Any) -> None:
     """docs/web.md's master.cfg as written: alice logs in with the password it gives her and opens a shell."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.e2e.test_web_e2e import CHROMIUM, TIMEOUT_MS, plugin_on_path, run, wait_status
+    pytest.importorskip("playwright.sync_api")
+    from tests.e2e.browser import CHROMIUM, chromium
+    from tests.e2e.test_web_e2e import TIMEOUT_MS, plugin_on_path, run, wait_status
 
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no {CHROMIUM}")
@@ -245,20 +246,16 @@ def test_web_doc_fragment_lets_its_user_open_a_shell(tmp_path: Any) -> None:
             assert checked.returncode == 0, checked.stdout + checked.stderr
             sb.start_master()
             sb.start_worker("w1")
-            with sync_api.sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-                try:
-                    context = browser.new_context(http_credentials={"username": user, "password": password})
-                    context.set_default_timeout(TIMEOUT_MS)
-                    page = context.new_page()
-                    page.goto(sb.url + "auth/login?redirect=/slaveshell")
-                    button = page.locator("tr[data-worker='w1'] button.slaveshell-open")
-                    button.wait_for()
-                    button.click()
-                    wait_status(page, "^connected$")
-                    run(page, "echo documented-$((6*7))", "documented-42")
-                finally:
-                    browser.close()
+            with chromium() as browser:  # in the test's body: its greenlet is the one that makes the calls
+                context = browser.new_context(http_credentials={"username": user, "password": password})
+                context.set_default_timeout(TIMEOUT_MS)
+                page = context.new_page()
+                page.goto(sb.url + "auth/login?redirect=/slaveshell")
+                button = page.locator("tr[data-worker='w1'] button.slaveshell-open")
+                button.wait_for()
+                button.click()
+                wait_status(page, "^connected$")
+                run(page, "echo documented-$((6*7))", "documented-42")
         finally:
             sb.stop()
 

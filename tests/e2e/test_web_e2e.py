@@ -19,9 +19,10 @@ import pytest
 
 from slaveshell.sandbox import Sandbox
 
+from .browser import CHROMIUM, chromium
+
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"no {CHROMIUM} (apt-get install chromium; .ci/run does)", allow_module_level=True)
@@ -121,13 +122,11 @@ def master_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+def browser(twisted_greenlet: Any) -> Iterator[Any]:
+    """One chromium for the module, started in the greenlet where the tests' bodies run (tests.e2e.browser): a
+    driver that dies fails the tests that use it, not the session."""
+    with chromium(twisted_greenlet) as b:
+        yield b
 
 
 def login(browser: Any, site: Sandbox, user: str | None) -> Any:
