@@ -339,7 +339,10 @@ def test_closing_the_demos_terminal_stops_and_removes_its_sandbox():
         master_dir = demo.match.group(1).decode()
         demo.expect("you are now in a shell on the worker")
         demo.expect(r"[#$] ")
-        os.close(demo.child_fd)  # the terminal goes away: SIGHUP to the demo and its shell
+        # The terminal goes away: SIGHUP to the demo and its shell. Closed through pexpect's own file object, which
+        # closes a descriptor once (an os.close here left the object to close the same number again when freed:
+        # by then, another file's).
+        demo.ptyproc.fileobj.close()
         demo.child_fd = -1
         assert wait_until(lambda: not os.path.exists(os.path.dirname(master_dir)), 60), "the sandbox is left"
     finally:
