@@ -23,12 +23,13 @@ import time
 
 import pexpect
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 IGNORES_CLOSE = '\nfrom slave_side import session as _s\n_s.WorkerSession.close = lambda self, why="": None\n'
 FLOOD = textwrap.dedent("""
     import sys, time
-    from slaveshell import framing, hop
+    from slaveshell.vocabulary import framing
+    from slaveshell.client import connection as hop
     sock = hop.connect(sys.argv[1])
     sock.setblocking(True)
     sock.sendall(b"".join(framing.control(framing.Op.ATTACH, id=i, session=sys.argv[2], mode="watch")

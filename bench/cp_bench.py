@@ -7,7 +7,7 @@
 
 The sshd is bench/run.py's (a throwaway one on 127.0.0.1, a generated host key and client key; it has no sftp
 subsystem, so scp runs with -O, the classic scp protocol: a remote `scp -t`/`-f` over the ssh channel); the master
-and worker are a throwaway sandbox (slaveshell.sandbox). Both copy the same random file between the same two
+and worker are a throwaway sandbox (slaveshell.client.sandbox). Both copy the same random file between the same two
 directories; each copy is timed from the client's start to its exit (so it includes connecting), and is checked
 byte for byte (sha256) afterwards. Medians; the ratio is scp's time over slaveshell's (>= 1.0x: as fast as scp).
 Nothing here is a timed assertion in a test.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import OpenSSH  # noqa: E402
 
-from slaveshell.sandbox import Sandbox  # noqa: E402
+from slaveshell.client.sandbox import Sandbox  # noqa: E402
 
 MB = 1024 * 1024
 

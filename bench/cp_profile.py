@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from cp_bench import copy_source  # noqa: E402
 
-from slaveshell.sandbox import Sandbox  # noqa: E402
+from slaveshell.client.sandbox import Sandbox  # noqa: E402
 
 
 def pid_of(directory: str) -> int:

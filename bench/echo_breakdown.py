@@ -12,7 +12,7 @@ Totals as bench/run.py measures echo (one byte into a local PTY running the clie
 and `ssh -tt` to a throwaway sshd. Parts, each alone at the same spacing, on this Python and Twisted's epoll
 reactor: a PTY echo, a raw-mode Twisted stdin->stdout relay (the client's terminal side), raw UNIX and TCP
 ping-pongs between two reactors, PB `callRemote` round trips and answer-less PB ping-pongs (as the product
-sends), lean calls one way and back (slaveshell.lean_calls, on a tree that has it), and the master's and
+sends), lean calls one way and back (slaveshell.plumbing.lean_calls, on a tree that has it), and the master's and
 worker's Python per keystroke (their session objects in process, with a real transcript file and a real PTY).
 `model` counts the hops as the tree's code makes them (--worker-link; bench/echo_python.py says which tree has
 which); total minus the parts is "other Python work". Rounds interleave everything (the machine drifts). Wall
@@ -64,12 +64,12 @@ Row = tuple[str, int, int, float, float, bool]  # part, hops (slaveshell), hops 
 
 def model(pool: dict[str, list[int]], link: str, wlink: str = "lean") -> tuple[list[Row], dict[str, float]]:
     """(rows, units in us). Counted from the keystroke's path (docs/architecture.md, "A keystroke", "An output
-    chunk"; slaveshell/hop_client.py, master_side/relay.py worker_output, slave_side/session.py, slaveshell/
-    lean_calls.py): terminal -> client -(UNIX)-> master -(TCP)-> worker -> PTY echo -> worker -(TCP)-> master
-    -(UNIX)-> client -> terminal.
+    chunk"; slaveshell/client/shell_session.py, master_side/sessions/session.py worker_output, slave_side/session.py,
+    slaveshell/ lean_calls.py): terminal -> client -(UNIX)-> master -(TCP)-> worker -> PTY echo -> worker -(TCP)->
+    master -(UNIX)-> client -> terminal.
 
     `link` is the operator hop: "pb" (Twisted client, PB) or "framed" (a standard-library selectors client,
-    slaveshell.framing). `wlink` the worker's link and where the keystroke's input_ack goes (echo_python):
+    slaveshell.vocabulary.framing). `wlink` the worker's link and where the keystroke's input_ack goes (echo_python):
     "pb-ack-ahead": the worker sends input_ack as it writes the PTY, so it crosses both links ahead of the echo
     (the master's part of it may overlap the worker's PTY echo when a core is free); "pb": it rides in the
     echo's output message, the master records the input before the output (in m.output) and encodes the
@@ -236,7 +236,8 @@ def main() -> int:
     ap.add_argument("--client-cmd", default=DEFAULT_CLIENT,
                     help="the interactive client ({socket}: the sandbox master's socket); default: %(default)s")
     ap.add_argument("--operator-link", choices=("auto", "pb", "framed"), default="auto",
-                    help="how the model prices the client's hop; auto: framed when the tree has slaveshell.framing")
+                    help="how the model prices the client's hop; auto: framed when the tree has "
+                         "slaveshell.vocabulary.framing")
     ap.add_argument("--worker-link", choices=("auto",) + WORKER_LINKS, default="auto",
                     help="how the model prices the worker's link and the input_ack (bench/echo_python.py); "
                          "auto: from the tree's files")

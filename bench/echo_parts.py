@@ -8,7 +8,7 @@ Between processes, on Twisted's epoll reactor as the product runs: `pty` (a PTY 
 `unix`/`tcp` (raw ping-pong between two reactors), `pb-unix`/`pb-tcp` (a PB callRemote of one byte and its
 answer), `pb1-unix`/`pb1-tcp` (answer-less PB calls one way and back, as the product sends: `input` of one
 byte, and back the echo's `output` with what the tree's worker puts in it, echo_python.echo_args), `lean-tcp`
-(the same two events as lean calls, slaveshell.lean_calls's LeanPeer and receivers, on a tree that has them).
+(the same two events as lean calls, slaveshell.plumbing.lean_calls's LeanPeer and receivers, on a tree that has them).
 For the framed operator hop (a standard-library client): `unix-stdlib` (a selectors client against a Twisted
 peer) and the terminal relays (`relay`: Twisted stdio; `relay-stdlib`: a selectors loop). The in-process parts
 (the master's, the worker's and the framing's Python) are in bench/echo_python.py.
@@ -38,7 +38,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ
 
 T = TypeVar("T")
 TWISTED_PARTS = ("pty", "unix", "tcp", "pb-unix", "pb-tcp", "pb1-unix", "pb1-tcp")
-LEAN_PARTS = ("lean-tcp",)  # on a tree with slaveshell/lean_calls.py only
+LEAN_PARTS = ("lean-tcp",)  # on a tree with slaveshell/plumbing/lean_calls.py only
 STDLIB_PARTS = ("unix-stdlib",)
 # The echo's output message as this tree's worker sends it (or as echo_breakdown --worker-link prices it).
 ECHO = echo_args(os.environ.get("ECHO_BD_WORKER_LINK") or worker_link())
@@ -84,7 +84,7 @@ def serve(kind: str, addr: str) -> None:
         def remote_ping(self, data: bytes) -> None:
             self.ref.callRemote("pong", *ECHO, pbanswer=False)
         def remote_lean(self, ref: pb.RemoteReference) -> pb.Referenceable:
-            from slaveshell import lean_calls  # type: ignore[attr-defined]
+            from slaveshell.plumbing import lean_calls  # type: ignore[attr-defined]
             lean_calls.accept(ref.broker)
             peer = lean_calls.LeanPeer(ref, on_lost=lambda: None, on_refused=lambda *a: None)
             peer.lean = True
@@ -106,7 +106,7 @@ def serve(kind: str, addr: str) -> None:
 
 
 def nodelay(factory: T) -> T:
-    """`factory` (a PB one) with TCP_NODELAY on its connections, as slaveshell.remote.set_nodelay sets it."""
+    """`factory` (a PB one) with TCP_NODELAY on its connections, as slaveshell.plumbing.remote.set_nodelay sets it."""
     from twisted.spread import pb
 
     class Broker(pb.Broker):
@@ -126,7 +126,7 @@ def start_server(kind: str, addr: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def measure_stdlib(keys: int, spacing: float) -> list[int]:
-    """`unix-stdlib`: the framed hop's UNIX link, a selectors client (as slaveshell.hop) against a Twisted
+    """`unix-stdlib`: the framed hop's UNIX link, a selectors client (as slaveshell.client.connection) against a Twisted
     peer (as the master's door): round trips in ns."""
     addr = os.path.join(tempfile.mkdtemp(prefix="echo-bd-"), "s")
     server, _ = start_server("unix", addr)
@@ -214,7 +214,7 @@ def measure_twisted(kind: str, keys: int, spacing: float) -> list[int]:
                     got()
 
             def lean(root: pb.RemoteReference) -> None:
-                from slaveshell import lean_calls  # type: ignore[attr-defined]
+                from slaveshell.plumbing import lean_calls  # type: ignore[attr-defined]
                 lean_calls.accept(root.broker)
 
                 class Output(lean_calls.LeanReceiver):  # as the master's WorkerSink takes output

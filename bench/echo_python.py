@@ -8,7 +8,7 @@ Which code path a tree has (`worker_link`, read from the tree's files, not from 
   writes the PTY, ahead of the echo; the master records the input and acknowledges it to the client then.
 - ``pb`` (9daf5db to ca146e5): the input_ack rides in the echo's `output` PB message (slave_side.session
   ACK_DELAY); the master records the input before the output and sends the client's input_ack after the echo.
-- ``lean`` (8401fbf on): as ``pb``, but input, output and acks travel as lean calls (slaveshell.lean_calls).
+- ``lean`` (8401fbf on): as ``pb``, but input, output and acks travel as lean calls (slaveshell.plumbing.lean_calls).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def gap(spacing: float) -> float:
 
 
 def worker_link(root: Path = ROOT) -> str:
-    """The tree's worker link (module docstring): ``lean`` when it has slaveshell/lean_calls.py, ``pb`` when its
-    worker holds input_acks for the echo (ACK_DELAY in slave_side/session.py), else ``pb-ack-ahead``."""
+    """The tree's worker link (module docstring): ``lean`` when it has slaveshell/plumbing/lean_calls.py, ``pb`` when
+    its worker holds input_acks for the echo (ACK_DELAY in slave_side/session.py), else ``pb-ack-ahead``."""
     if (root / "slaveshell" / "lean_calls.py").exists():
         return "lean"
     session = root / "slave_side" / "session.py"
@@ -63,11 +63,11 @@ def master_python(keys: int, spacing: float, link: str) -> dict[str, list[int]]:
     through as the master does; with the keystroke's ack on ``pb``/``lean``, so the input's record is in it) and
     the View's ack; on ``pb-ack-ahead`` also remote_input_ack (recorded there). The peers' sends are no-ops: their
     wire cost is priced by echo_parts' pb1/lean parts and the framing steps."""
-    from master_side.recorder import SessionRecorder
-    from master_side.relay import MasterSession
-    from slaveshell.policy import Identity
-    from slaveshell.protocol import OpenRequest
-    from slaveshell.transcript import CastEncoder
+    from master_side.audit.recorder import SessionRecorder
+    from master_side.sessions.session import MasterSession
+    from slaveshell.vocabulary.policy import Identity
+    from slaveshell.vocabulary.protocol import OpenRequest
+    from slaveshell.vocabulary.transcript import CastEncoder
 
     with tempfile.TemporaryDirectory(prefix="echo-bd-") as d:
         session = MasterSession(OpenRequest(worker="w1"), Identity(1000, 1000, 1, "op", frozenset()),
@@ -77,8 +77,8 @@ def master_python(keys: int, spacing: float, link: str) -> dict[str, list[int]]:
         session.recorder = rec
         typed = (ROOT / "master_side" / "worker_sink.py").exists()
         if typed:
-            from master_side.operator_types import View
-            from master_side.worker_sink import WorkerSink
+            from master_side.operators.terms import View
+            from master_side.sessions.worker_sink import WorkerSink
             from tests.recorded import ToViewer, ToWorker
 
             view = View(session, session.start(ToViewer(), ToWorker()), lambda *a: None)
@@ -107,7 +107,7 @@ def worker_python(keys: int, spacing: float) -> dict[str, list[int]]:
 
     from slave_side.server import PbSessionSink, SessionHandle
     from slave_side.session import WorkerOptions, WorkerSession, _ProcessProtocol
-    from slaveshell.protocol import OpenRequest
+    from slaveshell.vocabulary.protocol import OpenRequest
     from tests.fakes import ProcessReactor
 
     out: dict[str, list[int]] = {"input": [], "output": []}
@@ -139,11 +139,11 @@ def worker_python(keys: int, spacing: float) -> dict[str, list[int]]:
 
 
 def framing_python(keys: int, spacing: float) -> dict[str, list[int]]:
-    """ns per message of the framed operator hop (slaveshell.framing, when the tree has it): an INPUT frame and a
-    STDOUT frame encoded and decoded, the client's input_ack CONTROL frame (JSON) encoded and decoded, and that
+    """ns per message of the framed operator hop (slaveshell.vocabulary.framing, when the tree has it): an INPUT frame
+    and a STDOUT frame encoded and decoded, the client's input_ack CONTROL frame (JSON) encoded and decoded, and that
     frame's encode alone (the master's part, which since 9daf5db runs after the echo's frame in the same reactor
     turn, before Twisted writes both out)."""
-    from slaveshell import framing as f  # type: ignore[attr-defined]
+    from slaveshell.vocabulary import framing as f  # type: ignore[attr-defined]
 
     to_master, to_client = f.Decoder(), f.Decoder()
     steps = (("input", lambda: to_master.feed(f.encode(f.FrameType.INPUT, KEY))),

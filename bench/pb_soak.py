@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slaveshell.sandbox import Sandbox  # noqa: E402
+from slaveshell.client.sandbox import Sandbox  # noqa: E402
 from tests.e2e.test_pb_references_e2e import (  # noqa: E402
     _copy,
     _usage,

@@ -63,7 +63,7 @@ class Tree:
             self.master = self.worker = 0
             self.socket = ""
             return
-        code = (f"import sys; sys.path.insert(0, {str(self.path)!r}); import slaveshell.sandbox as s; "
+        code = (f"import sys; sys.path.insert(0, {str(self.path)!r}); import slaveshell.client.sandbox as s; "
                 f"b = s.Sandbox({str(self.root)!r}, workers=['w1']); b.create(); b.start(); "
                 "print(b.socket, b.master_pid(), open(b.worker_dir('w1') + '/twistd.pid').read().strip())")
         out = subprocess.run([sys.executable, "-c", code], env=self.env, check=True, capture_output=True,

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import pexpect  # noqa: E402
 
-from slaveshell.sandbox import Sandbox, free_port  # noqa: E402
+from slaveshell.client.sandbox import Sandbox, free_port  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -350,8 +350,8 @@ def record_cost(chunk: bytes, count: int, write_through: bool) -> float:
     """Microseconds of the master's recording work per output chunk (encode and write to a real transcript
     file): write-through (each chunk reaches the kernel before it is relayed, as the master does) or batched
     (written per 64 KiB, as before write-through)."""
-    from master_side.recorder import SessionRecorder
-    from slaveshell.transcript import CastEncoder
+    from master_side.audit.recorder import SessionRecorder
+    from slaveshell.vocabulary.transcript import CastEncoder
 
     with tempfile.TemporaryDirectory(prefix="slaveshell-record-") as d:
         rec = SessionRecorder("bench", os.path.join(d, "s.cast"), CastEncoder(), None, started=0.0)

@@ -53,7 +53,7 @@ from cp_bench import sha  # noqa: E402
 from delay_proxy import DelayProxy  # noqa: E402
 from run import MB, OpenSSH, Row, med, render  # noqa: E402
 
-from slaveshell.sandbox import Sandbox  # noqa: E402
+from slaveshell.client.sandbox import Sandbox  # noqa: E402
 
 PARTS = ("file", "tree", "buildbot", "cpu")
 GB = 1024 * MB

@@ -3,11 +3,11 @@ build step that holds a failed build for an operator to step into, `HoldNoticeGe
 Buildbot's reporters (mail, HTTP, chat webhooks) that a build is held, with the command to step in, and
 `ClusterConfig` for `ShellService(cluster=...)` on a multi-master site."""
 
-from .cluster_config import ClusterConfig
-from .hold import HoldForShell
-from .hold_notices import HoldNoticeFormatter, HoldNoticeGenerator
-from .notice_reports import NoticeFormatterFunction
-from .service import ShellService
+from master_side.cluster.config import ClusterConfig
+from master_side.holds.notice_reports import NoticeFormatterFunction
+from master_side.holds.notices import HoldNoticeFormatter, HoldNoticeGenerator
+from master_side.holds.step import HoldForShell
+from master_side.service import ShellService
 
 __all__ = ["ClusterConfig", "HoldForShell", "HoldNoticeFormatter", "HoldNoticeGenerator", "NoticeFormatterFunction",
            "ShellService"]

@@ -11,13 +11,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from slaveshell import hidden as hidden_input
-from slaveshell.policy import Policy, Rule
-
-from .audit_trail import ON_RECORD_ERROR
-from .cluster_config import ClusterConfig
-from .limits import Bounds
-from .transfer_record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
+from master_side.audit.trail import ON_RECORD_ERROR
+from master_side.cluster.config import ClusterConfig
+from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
+from master_side.operators.limits import Bounds
+from slaveshell.vocabulary import hidden as hidden_input
+from slaveshell.vocabulary.policy import Policy, Rule
 
 DEFAULT_SOCKET = "shell.sock"
 
@@ -75,7 +74,7 @@ class ShellConfig:
     require_recording: bool = True
     on_record_error: str = "end"
     seal_to: str | Sequence[str] | None = None
-    transcript_retention_days: float | None = None  # master_side.retention
+    transcript_retention_days: float | None = None  # master_side.audit.retention
     detach_grace: float | None = 300.0
     idle_timeout: float | None = None
     max_duration: float | None = None
@@ -92,14 +91,14 @@ class ShellConfig:
     write_stall_timeout: float | None = Bounds.write_stall
     max_calls_in_progress: int = Bounds.calls_in_progress
     name: str = "slaveshell"
-    # `slaveshell cp`: keep a copy of every transfer's bytes next to its transcript (master_side.transfer_record).
+    # `slaveshell cp`: keep a copy of every transfer's bytes next to its transcript (master_side.copying.record).
     keep_transfer_bytes: bool = False
-    # `slaveshell cp`: a transfer with no call from either party for this long ends (master_side.transfer).
+    # `slaveshell cp`: a transfer with no call from either party for this long ends (master_side.copying.relay).
     transfer_stall_timeout: float | None = 60.0
     # `slaveshell cp`: uploaded text files of at most this many bytes are kept in the transfer's transcript, where
     # search and export reach them (0: none; at most KEEP_UPLOADED_TEXT_MAX).
     keep_uploaded_text: int = KEEP_UPLOADED_TEXT
-    # A multi-master site's WAMP router, reached as slaveshell (master_side.cluster_config); None: one master.
+    # A multi-master site's WAMP router, reached as slaveshell (master_side.cluster.config); None: one master.
     cluster: ClusterConfig | None = None
 
     def errors(self) -> list[str]:
@@ -121,7 +120,7 @@ class ShellConfig:
             value = getattr(self, what)
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 out.append(f"{what} must be a non-negative number or None")
-        # Resource bounds (master_side.limits): always on, whole numbers of at least 1.
+        # Resource bounds (master_side.operators.limits): always on, whole numbers of at least 1.
         for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
                      "max_calls_in_progress"):

@@ -18,22 +18,21 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from slaveshell.clock import Clock
-from slaveshell.deferreds import deferred
-from slaveshell.policy import Policy
-
-from . import upstream
-from .audit_trail import AuditTrail
-from .buildbot_glue import BuildbotGlue
-from .cluster_part import ClusterPart
-from .config import Limits, ShellConfig, group_id, shell_config
-from .hold import Holds
-from .limits import ConnectionGate, RefusalAudit, peer_identity
-from .operator_api import OperatorAPI
-from .registry import SessionRegistry
-from .relay import MasterSession
-from .retention import Retention
-from .socket_door import DoorFactory
+from master_side.audit.retention import Retention
+from master_side.audit.trail import AuditTrail
+from master_side.cluster.part import ClusterPart
+from master_side.config import Limits, ShellConfig, group_id, shell_config
+from master_side.glue import upstream
+from master_side.glue.buildbot import BuildbotGlue
+from master_side.holds.step import Holds
+from master_side.operators.api import OperatorAPI
+from master_side.operators.limits import ConnectionGate, RefusalAudit, peer_identity
+from master_side.sessions.registry import SessionRegistry
+from master_side.sessions.session import MasterSession
+from master_side.shell_socket.listener import DoorFactory
+from slaveshell.plumbing.clock import Clock
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.policy import Policy
 
 log = Logger()
 
@@ -48,7 +47,7 @@ class ListeningPort(Protocol):
 
 class ShellService(BuildbotService):
     """Configuration, the socket, the life of the service and its clock; the operations are OperatorAPI's
-    (master_side.operator_api), the live sessions SessionRegistry's (master_side.registry)."""
+    (master_side.operators.api), the live sessions SessionRegistry's (master_side.sessions.registry)."""
 
     name = "slaveshell"
 
@@ -73,9 +72,9 @@ class ShellService(BuildbotService):
         self._ticker = task.LoopingCall(self._tick)
         self.glue = BuildbotGlue(lambda: self.master)
         self.registry = SessionRegistry(self.glue, lambda: self.trail, _seconds)
-        # Builds held for a shell: the HoldForShell step finds them here (master_side.hold.holds_of).
+        # Builds held for a shell: the HoldForShell step finds them here (master_side.holds.step.holds_of).
         self.holds = Holds()
-        self.retention = Retention(lambda: self.trail)  # transcript_retention_days (master_side.retention)
+        self.retention = Retention(lambda: self.trail)  # transcript_retention_days (master_side.audit.retention)
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
                                lambda: self.master.botmaster, self.holds)
         # Local users no policy rule grants anything are admitted among the few places for them (limits.py).
@@ -105,9 +104,10 @@ class ShellService(BuildbotService):
         self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         self.api.transfers.stall_timeout = options.transfer_stall_timeout
         self.api.transfers.keep_text = options.keep_uploaded_text
-        # Buildbot's REST writer from the reactor thread (master_side.rest_write_fix); Banana's receiving without
-        # its buffer rebuilt on each read and bounded (slaveshell.banana_buffer, slaveshell.banana_bounds): each
-        # checked against the upstream code first (master_side.upstream). Without the bounds, no shells.
+        # Buildbot's REST writer from the reactor thread (master_side.glue.rest_write_fix); Banana's receiving without
+        # its buffer rebuilt on each read and bounded (slaveshell.plumbing.banana_buffer,
+        # slaveshell.plumbing.banana_bounds): each checked against the upstream code first (master_side.glue.upstream).
+        # Without the bounds, no shells.
         if not upstream.install():
             log.critical("slaveshell: shells are unavailable: this Twisted is not the version slaveshell's bounds "
                          "were written for")
@@ -158,7 +158,7 @@ class ShellService(BuildbotService):
         mode = 0o660 if group is not None else 0o600
         endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True)
         # Connections are counted and bounded per uid as they are accepted, before a byte is read; a client
-        # that opens with the framed door's magic is served by master_side.operator_wire, anything else refused.
+        # that opens with the framed door's magic is served by master_side.shell_socket.door, anything else refused.
         factory = DoorFactory(self, self.gate)
         _break_dead_lock(path + ".lock")
         try:
@@ -182,7 +182,7 @@ class ShellService(BuildbotService):
 
     @deferred
     async def _cluster(self, options: ShellConfig | None) -> None:
-        """Start, change or stop the link to a multi-master site's router (master_side.cluster_part)."""
+        """Start, change or stop the link to a multi-master site's router (master_side.cluster.part)."""
         from twisted.internet import reactor
 
         wanted = options.cluster if options is not None else None

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from slaveshell.cpwire import WORKER_TRANSFER_METHOD
-from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
-
-from . import upstream
-from .owner_log import DEFAULT_BACKUPS, DEFAULT_KEEP_TRANSCRIPTS, DEFAULT_MAX_BYTES, OwnerLog
-from .server import ShellServer
-from .session import WorkerOptions
-from .transfer import TransferServer
+from slave_side import upstream
+from slave_side.owner_log import DEFAULT_BACKUPS, DEFAULT_KEEP_TRANSCRIPTS, DEFAULT_MAX_BYTES, OwnerLog
+from slave_side.server import ShellServer
+from slave_side.session import WorkerOptions
+from slave_side.transfer import TransferServer
+from slaveshell.vocabulary.copying import WORKER_TRANSFER_METHOD
+from slaveshell.vocabulary.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
 __all__ = ["install", "uninstall", "WorkerOptions", "ShellServer"]
 
@@ -85,8 +84,8 @@ def install(
         busy_rate=max(0, int(busy_rate)),
         umask=umask,
     )
-    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.banana_buffer), what
-    # the master's connection may make Banana hold bounded (slaveshell.banana_bounds), BotPb's methods: each
+    # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.plumbing.banana_buffer), what
+    # the master's connection may make Banana hold bounded (slaveshell.plumbing.banana_bounds), BotPb's methods: each
     # checked against the upstream code first (slave_side.upstream). Without them, no shells on this worker.
     if not upstream.install():
         uninstall()

@@ -29,9 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from slaveshell.clock import Clock, DelayedCall
-
-from .pty import TermModes
+from slave_side.pty import TermModes
+from slaveshell.plumbing.clock import Clock, DelayedCall
 
 # How long a program in non-canonical mode may take to echo a keystroke before it counts as hidden. Readline
 # echoes within milliseconds; the margin is for a loaded worker. Only the input_ack waits, never the operator.

@@ -19,8 +19,8 @@ from typing import Protocol
 
 from twisted.internet.protocol import ProcessProtocol
 
-from slaveshell.clock import Clock
-from slaveshell.protocol import OUTPUT_WINDOW, OpenRequest, ProtocolError
+from slaveshell.plumbing.clock import Clock
+from slaveshell.vocabulary.protocol import OUTPUT_WINDOW, OpenRequest, ProtocolError
 
 
 class ProcessTransport(Protocol):

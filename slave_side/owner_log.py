@@ -3,7 +3,7 @@
 One line per event, written on the worker's disk with the worker's permissions: a session started, ended or was
 refused, a transfer started or ended. A line is tab-separated: the UTC time, the kind (`session`, `transfer`),
 the worker's id of it, the event, then `key=value` fields. Every value the master or an operator controls
-(operator names, commands, paths, reasons) goes through `slaveshell.display.visible`, so it holds no tab, no
+(operator names, commands, paths, reasons) goes through `slaveshell.vocabulary.display.visible`, so it holds no tab, no
 newline and no terminal control: a line can neither be split into two nor gain a field, and `tail -f` of the
 log interprets nothing. A value is cut at MAX_VALUE characters.
 
@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 from twisted.logger import Logger
 
-from slaveshell.display import ELLIPSIS, visible
-from slaveshell.protocol import ExitStatus, OpenRequest, SessionSink
-from slaveshell.transcript import CastEncoder
+from slaveshell.vocabulary.display import ELLIPSIS, visible
+from slaveshell.vocabulary.protocol import ExitStatus, OpenRequest, SessionSink
+from slaveshell.vocabulary.transcript import CastEncoder
 
 log = Logger()
 

@@ -8,7 +8,7 @@ import pty
 import struct
 import termios
 
-from slaveshell.terminal import TermModes
+from slaveshell.client.terminal import TermModes
 
 __all__ = ["TermModes", "open_pty", "set_window_size", "eof_bytes", "foreground_group"]
 

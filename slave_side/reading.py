@@ -7,7 +7,7 @@ stream cost the worker one wake-up and one chain of Python calls per 4-8 KiB (py
 hands them on in one call; a pipe's kernel buffer is raised to PIPE_SIZE so that a writer like `cat` (128 KiB
 writes) fills more of it between wake-ups. Flow control is unchanged: a paused reader is not read, and one
 wake-up reads at most `limit` bytes (the session's largest message) past the window, which the master tolerates
-(master_side.relay_time.WINDOW_TOLERANCE).
+(master_side.sessions.clocks.WINDOW_TOLERANCE).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Protocol
 from twisted.internet import process as twisted_process
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
-from . import upstream
+from slave_side import upstream
 
 # Linux's F_SETPIPE_SZ (fcntl(2)); 1 MiB is /proc/sys/fs/pipe-max-size's default for unprivileged processes.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)

@@ -1,7 +1,7 @@
 """PB adapters on the worker: the open call the master makes, and the per-session handle it then drives. The
 only slave_side module that knows PB: the session (slave_side.session) and the owner's limits (slave_side.host)
-take checked, typed values (slaveshell.protocol's vocabulary) and report through a `PbSessionSink` over a
-`slaveshell.lean_calls.LeanPeer`.
+take checked, typed values (slaveshell.vocabulary.protocol's vocabulary) and report through a `PbSessionSink` over a
+`slaveshell.plumbing.lean_calls.LeanPeer`.
 
 `remote_*` methods are the security boundary: they take plain values only, check every one, and answer a bad
 call with a plain error (a `pb.Error` with a message, or an `{"ok": False}` reply), never by dropping the worker's
@@ -16,9 +16,13 @@ from typing import Protocol, cast
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from slaveshell.display import visible
-from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
-from slaveshell.protocol import (
+from slave_side.host import Admission, ProcessReactor, WorkerOptions
+from slave_side.owner_log import OwnerLog, RecordingSink
+from slave_side.session import WorkerSession
+from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
+from slaveshell.plumbing.remote import Undo, exported, on_disconnect, opening, set_nodelay
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.protocol import (
     ExitStatus,
     OpenRequest,
     ProtocolError,
@@ -27,11 +31,6 @@ from slaveshell.protocol import (
     check_signal,
     check_size,
 )
-from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
-
-from .host import Admission, ProcessReactor, WorkerOptions
-from .owner_log import OwnerLog, RecordingSink
-from .session import WorkerSession
 
 log = Logger()
 
@@ -44,7 +43,8 @@ class PbSend(Protocol):
 
 
 class PbSessionSink:
-    """A `slaveshell.protocol.SessionSink` on the worker's PB link: each message one call on the master's end."""
+    """A `slaveshell.vocabulary.protocol.SessionSink` on the worker's PB link: each message one call on the master's
+    end."""
 
     def __init__(self, send: PbSend) -> None:
         self.send = send
@@ -64,7 +64,7 @@ class PbSessionSink:
 
 class SessionHandle(LeanReceiver):
     """What the master holds for one session. Its input and acks may also come as lean calls
-    (slaveshell.lean_calls), checked here the same way."""
+    (slaveshell.plumbing.lean_calls), checked here the same way."""
 
     lean_methods = frozenset({"input", "ack"})
 
@@ -133,7 +133,7 @@ class ShellServer:
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
         Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "exported": n}`` (lean: this
-        connection takes slaveshell.lean_calls; exported: how many objects this connection's broker exported
+        connection takes slaveshell.plumbing.lean_calls; exported: how many objects this connection's broker exported
         before this answer, for the master's `workers` listing) or ``{"ok": False, "error": text}``.
         `build_running()` tells whether a build step runs on this worker now (its output is then paced:
         WorkerOptions.busy_rate)."""

@@ -1,7 +1,7 @@
 """One shell session on the worker: a process in a PTY (or on pipes) and its byte streams.
 
-The session receives the master's messages as a `slaveshell.protocol.SessionControl` (values already checked by
-`slave_side.server`, the PB adapter), reports through an injected `SessionSink`, and never touches PB.
+The session receives the master's messages as a `slaveshell.vocabulary.protocol.SessionControl` (values already checked
+by `slave_side.server`, the PB adapter), reports through an injected `SessionSink`, and never touches PB.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from slaveshell.clock import DelayedCall
-from slaveshell.display import visible
-from slaveshell.flow import CreditWindow, Pacer, chunks, output_limits
-from slaveshell.protocol import (
+from slave_side import pty as ptyutil
+from slave_side.echo import HiddenInputJudge, Keystrokes, terminal_modes
+from slave_side.host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
+from slave_side.reading import read_in_larger_pieces
+from slave_side.spawn import spawn
+from slaveshell.plumbing.clock import DelayedCall
+from slaveshell.plumbing.write_now import write_now
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.flow import CreditWindow, Pacer, chunks, output_limits
+from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
     OUTPUT_WINDOW,
     STREAM_ERR,
@@ -31,13 +37,6 @@ from slaveshell.protocol import (
     OpenRequest,
     SessionSink,
 )
-from slaveshell.write_now import write_now
-
-from . import pty as ptyutil
-from .echo import HiddenInputJudge, Keystrokes, terminal_modes
-from .host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
-from .reading import read_in_larger_pieces
-from .spawn import spawn
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -51,7 +50,7 @@ TERM_AFTER = 2.0
 KILL_AFTER = 5.0
 
 # Output coalescing: a flush of at least BULK_BYTES less than BULK_GAP ago means output is streaming, and the
-# next message may wait COALESCE_DELAY to grow towards the session's largest message (slaveshell.flow: 64 KiB
+# next message may wait COALESCE_DELAY to grow towards the session's largest message (slaveshell.vocabulary.flow: 64 KiB
 # with a terminal, 512 KiB for a bulk stream without one).
 BULK_BYTES = 4096
 BULK_GAP = 0.01
@@ -142,7 +141,7 @@ class WorkerSession:
         self.build_running = build_running
         self._pacer = Pacer(options.busy_rate, BUSY_BURST) if options.busy_rate > 0 else None
         self._paced: DelayedCall | None = None
-        # A terminal keeps the owner's window; a bulk stream's window scales with it (slaveshell.flow).
+        # A terminal keeps the owner's window; a bulk stream's window scales with it (slaveshell.vocabulary.flow).
         self.limits = output_limits(request.pty)
         self.window = CreditWindow(options.output_window if request.pty else
                                    max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
@@ -233,7 +232,7 @@ class WorkerSession:
             self._release_input_credit()
 
     def _write_to_pty(self, data: bytes) -> None:
-        """Into the PTY in this reactor turn when nothing waits before it (slaveshell.write_now: the keystroke
+        """Into the PTY in this reactor turn when nothing waits before it (slaveshell.plumbing.write_now: the keystroke
         reaches the program a reactor turn sooner); through Twisted's buffer otherwise, and for a test's
         stand-in transport."""
         transport = self._running_process()

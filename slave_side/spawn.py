@@ -16,10 +16,16 @@ from dataclasses import dataclass
 
 from twisted.internet.protocol import ProcessProtocol
 
-from slaveshell.protocol import OpenRequest, ProtocolError
-
-from . import pty as ptyutil
-from .host import ProcessReactor, ProcessTransport, WorkerOptions, login_umask, resolve_cwd, session_environment
+from slave_side import pty as ptyutil
+from slave_side.host import (
+    ProcessReactor,
+    ProcessTransport,
+    WorkerOptions,
+    login_umask,
+    resolve_cwd,
+    session_environment,
+)
+from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError
 
 _SETSID_TRAMPOLINE = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 

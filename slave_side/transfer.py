@@ -1,5 +1,5 @@
 """`slaveshell cp` on the worker: the master's transfer call and the per-transfer handles (wire vocabulary:
-slaveshell.cpwire; file work: slaveshell.cpfiles).
+slaveshell.vocabulary.copying; file work: slaveshell.files.sender).
 
 `remote_*` methods are the security boundary, as in buildbot-worker's commands: they take plain values, check
 every one, and answer a bad call with a plain refusal (``{"ok": False, "error": text}`` or a `result(False,
@@ -24,10 +24,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from slaveshell.clock import Clock, DelayedCall
-from slaveshell.cpfiles import Sender, TransferError, plan
-from slaveshell.cpreceiver import Receiver
-from slaveshell.cpwire import (
+from slave_side.host import WorkerOptions, login_umask
+from slave_side.owner_log import OwnerLog
+from slave_side.session import BUSY_BURST
+from slaveshell.files.receiver import Receiver
+from slaveshell.files.sender import Sender, TransferError, plan
+from slaveshell.plumbing.clock import Clock, DelayedCall
+from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
+from slaveshell.plumbing.remote import Undo, exported, on_disconnect, opening, set_nodelay
+from slaveshell.vocabulary.copying import (
     ENTRY_COST,
     STREAM_CALLS,
     UP,
@@ -42,15 +47,9 @@ from slaveshell.cpwire import (
     check_sha,
     path_text,
 )
-from slaveshell.display import visible
-from slaveshell.flow import Pacer
-from slaveshell.lean_calls import LeanPeer, LeanReceiver, accept
-from slaveshell.protocol import MAX_PATH, ProtocolError, check_str
-from slaveshell.remote import Undo, exported, on_disconnect, opening, set_nodelay
-
-from .host import WorkerOptions, login_umask
-from .owner_log import OwnerLog
-from .session import BUSY_BURST
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.flow import Pacer
+from slaveshell.vocabulary.protocol import MAX_PATH, ProtocolError, check_str
 
 log = Logger()
 
@@ -103,7 +102,7 @@ class _Peer:
     """The master's end of one transfer: each event as its answer-less PB call with plain values; a failure of
     the connection is noticed by the disconnect notification, so errors of single sends are dropped. Acks are
     summed and go once the reactor has handled what it read (one message for the several chunks of one read, not
-    one each). Once the master says it takes them (`lean`), the stream's events go as slaveshell.lean_calls."""
+    one each). Once the master says it takes them (`lean`), the stream's events go as slaveshell.plumbing.lean_calls."""
 
     def __init__(self, ref: pb.RemoteReference, clock: Clock) -> None:
         self.peer = _StreamPeer(ref, _dropped, _dropped)
@@ -138,7 +137,7 @@ class _Peer:
 
 class WorkerTransfer(LeanReceiver):
     """What the master holds for one transfer: the sending (DOWN) or the receiving (UP) end. The stream's calls
-    may also come as lean calls (slaveshell.lean_calls), checked by the same methods; a malformed one fails
+    may also come as lean calls (slaveshell.plumbing.lean_calls), checked by the same methods; a malformed one fails
     the transfer, never the connection."""
 
     lean_methods = STREAM_CALLS
@@ -320,7 +319,7 @@ class TransferServer:
         """`BotPb.remote_slaveshell_transfer`: the master's `TransferRequest.to_wire()` and its end of the
         transfer. Answers ``{"ok": True, "transfer": WorkerTransfer, "total": bytes, "entries": n, "lean": bool,
         "exported": n}`` (total and entries are what a download will send; lean: this connection takes
-        slaveshell.lean_calls; exported: as a session's open answers it, slave_side.server)
+        slaveshell.plumbing.lean_calls; exported: as a session's open answers it, slave_side.server)
         or ``{"ok": False, "error": text}``. `build_running()` tells whether a build step runs on this worker
         now (what a download sends is then paced: WorkerOptions.busy_rate)."""
         opened = opening(TransferRequest.from_wire, params, sink)

@@ -1,7 +1,7 @@
 """Every change slaveshell makes to upstream code on the worker, installed from here, each checked first.
 
-- Twisted's (shared with the master: slaveshell.upstream): Banana's receiving and its bounds, the transports'
-  write buffer read by slaveshell.write_now, the broker's ``proto_slaveshell``.
+- Twisted's (shared with the master: slaveshell.plumbing.upstream): Banana's receiving and its bounds, the transports'
+  write buffer read by slaveshell.plumbing.write_now, the broker's ``proto_slaveshell``.
 - buildbot-worker's ``BotPb`` (the object the master holds for this worker): two ``remote_*`` methods added
   (``slave_side.install``), the command registry's entry that tells the master this worker opted in, and a
   builder's ``protocol_command`` read to know whether a build step runs.
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from slaveshell import upstream
-from slaveshell.upstream import OFF, attempt, shape
+from slaveshell.plumbing import upstream
+from slaveshell.plumbing.upstream import OFF, attempt, shape
 
 
 def bot_shape() -> str | None:

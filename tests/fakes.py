@@ -7,7 +7,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.spread import pb
 from twisted.test import iosim
 
-from slaveshell import framing
+from slaveshell.vocabulary import framing
 
 
 class FramedLink:
@@ -131,7 +131,7 @@ def call(pump: iosim.IOPump, ref: Any, method: str, *args: Any) -> Any:
 def offline_service(root: str) -> Any:
     """A ShellService on a fake master with no workers (basedir `root`, name "m"), whose audit trail is not
     started (reads fail plainly): for the doors' unit tests."""
-    from master_side.audit_trail import AuditTrail
+    from master_side.audit.trail import AuditTrail
     from master_side.service import ShellService
 
     class Workers:

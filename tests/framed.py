@@ -1,6 +1,6 @@
-"""A framed-hop client (slaveshell.framing) on Twisted, for tests that run the master's socket in their own
-reactor (the real client, slaveshell.hop, blocks). `connect(reactor, path)` fires a `FramedClient` once the
-master's magic is in, or fails with `Refused` and the master's refusal line."""
+"""A framed-hop client (slaveshell.vocabulary.framing) on Twisted, for tests that run the master's socket in their own
+reactor (the real client, slaveshell.client.connection, blocks). `connect(reactor, path)` fires a `FramedClient` once
+the master's magic is in, or fails with `Refused` and the master's refusal line."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
-from slaveshell import framing
-from slaveshell.framing import Control, FrameType, Op
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import Control, FrameType, Op
 
 
 class Refused(Exception):

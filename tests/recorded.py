@@ -1,12 +1,12 @@
-"""A session's peers for tests of the master: each typed message (slaveshell.protocol's `SessionControl` towards
-the worker, `OperatorSink` towards a viewer) handed to `send` as the tuple of its wire call, ``(method, *args)``,
-so that a test lists what each peer was told."""
+"""A session's peers for tests of the master: each typed message (slaveshell.vocabulary.protocol's `SessionControl`
+towards the worker, `OperatorSink` towards a viewer) handed to `send` as the tuple of its wire call, ``(method,
+*args)``, so that a test lists what each peer was told."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from slaveshell.protocol import SIGNAL_NAMES, ExitStatus
+from slaveshell.vocabulary.protocol import SIGNAL_NAMES, ExitStatus
 
 
 def _nothing(*message: object) -> None:

@@ -1,4 +1,4 @@
-"""The audit index's reads run apart from its writes (master_side.audit_reads): however many reads wait, a
+"""The audit index's reads run apart from its writes (master_side.audit.reads): however many reads wait, a
 session's first row and its later writes land at once; a read sees the writes queued before it."""
 
 import threading
@@ -7,8 +7,8 @@ import time
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from master_side import audit_reads
-from master_side.audit import AuditStore, utc
+from master_side.audit import reads as audit_reads
+from master_side.audit.store import AuditStore, utc
 
 
 def row(session_id: str) -> dict[str, object]:

@@ -9,9 +9,9 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 
-from master_side import audit_schema as audit
-from master_side.audit import AuditStore, utc
-from master_side.audit_schema import SCHEMA_VERSION, migrate
+from master_side.audit import schema as audit
+from master_side.audit.schema import SCHEMA_VERSION, migrate
+from master_side.audit.store import AuditStore, utc
 
 PG_URL = os.environ.get("SLAVESHELL_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1/test")
 MYSQL_URL = os.environ.get("SLAVESHELL_MYSQL_URL", "mysql+pymysql://root@127.0.0.1/test")

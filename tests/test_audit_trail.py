@@ -9,11 +9,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from master_side.audit_trail import AuditTrail, RecordingError
-from master_side.relay import MasterSession
+from master_side.audit.trail import AuditTrail, RecordingError
 from master_side.service import ShellService
-from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest
+from master_side.sessions.session import MasterSession
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.recorded import ToViewer, ToWorker
 
 ROOT = Identity(0, 0, 1, "root", frozenset({"root"}))
@@ -122,7 +122,8 @@ def test_searches_that_take_long_leave_the_masters_shared_threads_free(tmp_path,
     searches all finish, in turn, once they can."""
     from twisted.internet import reactor, task, threads
 
-    from master_side import audit_reads, audit_trail
+    from master_side.audit import reads as audit_reads
+    from master_side.audit import trail as audit_trail
     release = threading.Event()
     started = []
 
@@ -155,7 +156,7 @@ def test_searches_that_take_long_leave_the_masters_shared_threads_free(tmp_path,
 def test_a_sessions_viewers_reach_the_index_through_the_trail(tmp_path):
     """The session holds the trail as its viewer events: a join, a leave, the owner's detach and attach are
     events of the session, under the viewer's name."""
-    from master_side.relay import Role
+    from master_side.sessions.session import Role
 
     trail = AuditTrail(str(tmp_path), "m")
     yield trail.start()

@@ -1,5 +1,5 @@
-"""The audit index has one writer: the trail (master_side.audit_trail). A write method of the audit store
-(master_side.audit.AuditStore) named anywhere else in the product packages fails here, called or passed on.
+"""The audit index has one writer: the trail (master_side.audit.trail). A write method of the audit store
+(master_side.audit.store.AuditStore) named anywhere else in the product packages fails here, called or passed on.
 
 The write methods are read from the store's class, not listed by hand: its methods that reach a write
 transaction (`engine.begin()`), in their own body (lambdas and nested functions included) or through the
@@ -14,9 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("master_side", "slaveshell", "slave_side")
-STORE = ROOT / "master_side" / "audit.py"
+STORE = ROOT / "master_side" / "audit" / "store.py"
 # The trail, and the store itself.
-WRITERS = {"master_side/audit_trail.py", "master_side/audit.py"}
+WRITERS = {"master_side/audit/trail.py", "master_side/audit/store.py"}
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -96,4 +96,4 @@ def test_only_the_trail_writes_the_audit_index():
             continue
         for line, name in named(path.read_text(encoding="utf-8"), writes):
             found.append(f"{where}:{line}: {name}")
-    assert not found, "the audit store written outside master_side/audit_trail.py:\n" + "\n".join(found)
+    assert not found, "the audit store written outside master_side/audit/trail.py:\n" + "\n".join(found)

@@ -1,5 +1,5 @@
-"""slaveshell.banana_bounds: what a PB peer may make Banana hold, before login and after; Buildbot's own largest
-messages pass; a refused connection is closed with one log line and nothing of what it sent."""
+"""slaveshell.plumbing.banana_bounds: what a PB peer may make Banana hold, before login and after; Buildbot's own
+largest messages pass; a refused connection is closed with one log line and nothing of what it sent."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.spread import banana, jelly, pb
 
-from slaveshell import banana_bounds
-from slaveshell.banana_bounds import ITEM_COST, LOGGED_IN, PRE_LOGIN, PRE_LOGIN_TOTAL
+from slaveshell.plumbing import banana_bounds
+from slaveshell.plumbing.banana_bounds import ITEM_COST, LOGGED_IN, PRE_LOGIN, PRE_LOGIN_TOTAL
 
 
 @pytest.fixture(autouse=True)

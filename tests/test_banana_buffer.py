@@ -1,4 +1,4 @@
-"""slaveshell.banana_buffer: Banana gathers a large string's reads, and decodes exactly what it did before."""
+"""slaveshell.plumbing.banana_buffer: Banana gathers a large string's reads, and decodes exactly what it did before."""
 
 import os
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.spread import banana
 
-from slaveshell import banana_buffer
+from slaveshell.plumbing import banana_buffer
 
 
 def decoded(stream: bytes, read: int) -> tuple[list[object], bool]:

@@ -1,7 +1,7 @@
 """A bulk stream's output on the framed hop: clients that declare ``max_output`` get each of the worker's 512 KiB
 messages as one frame, others (and web pages) in 64 KiB pieces; the decoder gives the same frames however the
-stream is cut; a frame goes to the kernel unjoined and in order (slaveshell.write_now.write_frame); the client
-writes output straight from the frame and keeps only what stdout does not take (slaveshell.outputs)."""
+stream is cut; a frame goes to the kernel unjoined and in order (slaveshell.plumbing.write_now.write_frame); the client
+writes output straight from the frame and keeps only what stdout does not take (slaveshell.client.outputs)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from master_side.wire_sink import WireViewerSink
+from master_side.shell_socket.viewer_sink import WireViewerSink
 from master_side.www.terminal_ws import WebViewerSink
-from slaveshell import framing, hop
-from slaveshell.flow import BULK_CHUNK
-from slaveshell.framing import MAX_CHUNK, MAX_OUTPUT, FrameType, Op
-from slaveshell.outputs import Outputs
-from slaveshell.protocol import OpenRequest
-from slaveshell.write_now import write_frame
+from slaveshell.client import connection as hop
+from slaveshell.client.outputs import Outputs
+from slaveshell.plumbing.write_now import write_frame
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.flow import BULK_CHUNK
+from slaveshell.vocabulary.framing import MAX_CHUNK, MAX_OUTPUT, FrameType, Op
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.test_hop_client import FakeLoop
 from tests.test_operator_wire import connect, service  # noqa: F401  (a fixture)
 

@@ -11,16 +11,16 @@ import sys
 
 import pytest
 
-from master_side.hashing import HASH_BATCH, MAX_HASH_BATCHES
-from master_side.recorder import SessionRecorder
-from master_side.relay import WINDOW_TOLERANCE, MasterSession
-from master_side.transcript_export import ExportReader, read_cast
-from master_side.transcript_search import search as _search
-from master_side.transcripts import Attachment, attachment_path, recover
-from slaveshell.flow import BULK_CHUNK, BULK_WINDOW
-from slaveshell.policy import Identity
-from slaveshell.protocol import MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError
-from slaveshell.transcript import CastEncoder, Redactor, exact_output, expand_lines, parse_lines
+from master_side.audit.export import ExportReader, read_cast
+from master_side.audit.hashing import HASH_BATCH, MAX_HASH_BATCHES
+from master_side.audit.recorder import SessionRecorder
+from master_side.audit.search import search as _search
+from master_side.audit.transcripts import Attachment, attachment_path, recover
+from master_side.sessions.session import WINDOW_TOLERANCE, MasterSession
+from slaveshell.vocabulary.flow import BULK_CHUNK, BULK_WINDOW
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import MAX_CHUNK, ExitStatus, OpenRequest, ProtocolError
+from slaveshell.vocabulary.transcript import CastEncoder, Redactor, exact_output, expand_lines, parse_lines
 from tests.recorded import ToViewer, ToWorker
 
 HEADER = '{"version": 2, "width": 80, "height": 24}'
@@ -251,7 +251,7 @@ def test_a_terminal_keeps_its_small_messages_and_window():
 def test_a_watcher_as_fast_as_the_owner_keeps_up_with_a_bulk_stream():
     s, owner, to_op, _ = session(pty=False)
     seen = []
-    from master_side.relay import Role
+    from master_side.sessions.session import Role
 
     watcher = s.add_viewer(ALICE, Role.WATCH, ToViewer(lambda *a: seen.append(a)))
     for _ in range(BULK_WINDOW // BULK_CHUNK):

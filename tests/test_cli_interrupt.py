@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from slaveshell.console import BackendError, MasterBackend
+from slaveshell.client.console import BackendError, MasterBackend
 
 
 @pytest.fixture

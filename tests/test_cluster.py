@@ -1,4 +1,4 @@
-"""A multi-master site's router link (master_side.cluster), its configuration and URIs (cluster_config) and the
+"""A multi-master site's router link (master_side.cluster.link), its configuration and URIs (cluster_config) and the
 site-wide answers (cluster_view), against a router session made of Deferreds."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pytest
 from autobahn.wamp.exception import ApplicationError
 from twisted.internet import defer, task
 
-from master_side.cluster import ALREADY_EXISTS, ClusterLink, ClusterUnavailable, Listing
-from master_side.cluster_config import ClusterConfig, decode, encode, master_of_uri, master_uri, worker_uri
-from master_side.cluster_view import elsewhere, site_workers
+from master_side.cluster.config import ClusterConfig, decode, encode, master_of_uri, master_uri, worker_uri
+from master_side.cluster.link import ALREADY_EXISTS, ClusterLink, ClusterUnavailable, Listing
+from master_side.cluster.view import elsewhere, site_workers
 from master_side.config import ShellConfig
-from slaveshell.cli import _held_by
-from slaveshell.policy import Identity, Policy, Rule
+from slaveshell.client.cli import _held_by
+from slaveshell.vocabulary.policy import Identity, Policy, Rule
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
 CONFIG = ClusterConfig(router_url="ws://127.0.0.1:1/ws", realm="buildbot", authid="slaveshell", ticket="t",
@@ -230,7 +230,7 @@ def test_another_masters_answer_is_checked_and_shown_inertly() -> None:
     listing = Listing.from_wire({"master": "B", "buildbot": "h:/b", "masterid": 2,
                                  "workers": [{"name": "w1"}, {"name": 3}, "junk"]})
     assert listing is not None and [w["name"] for w in listing.workers] == ["w1"]
-    from slaveshell.display import cell
+    from slaveshell.vocabulary.display import cell
 
     hostile = {"masters": ["B\x1b]2;pwned\x07\x1b[31m"], "here": False}
     shown = cell(_held_by(hostile), 28)

@@ -8,8 +8,8 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from slaveshell.console import BackendError, Console, ConsoleCompleter
-from slaveshell.jobcontrol import Job
+from slaveshell.client.console import BackendError, Console, ConsoleCompleter
+from slaveshell.client.jobcontrol import Job
 
 
 class FakeBackend:

@@ -1,5 +1,6 @@
-"""`slaveshell cp` in process: the wire checks (slaveshell.cpwire), a sender and a receiver on real files
-(slaveshell.cpfiles), and the master's relay refusing a sender that breaks the rules (master_side.transfer)."""
+"""`slaveshell cp` in process: the wire checks (slaveshell.vocabulary.copying), a sender and a receiver on real files
+(slaveshell.files.sender), and the master's relay refusing a sender that breaks the rules
+(master_side.copying.relay)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.spread import pb
 
-from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
+from master_side.copying.relay import OPERATOR, WORKER, MasterTransfer, Party
 from slave_side.host import WorkerOptions
 from slave_side.transfer import TransferServer
-from slaveshell import framing
-from slaveshell.cp import request_of, split_remote
-from slaveshell.cpfiles import Sender, TransferError, plan
-from slaveshell.cpreceiver import Receiver
-from slaveshell.cpwire import CHUNK, UP, WINDOW, Credit, Data, DoneFile, Entry, Finish, TransferRequest, check_relpath
-from slaveshell.framing import FrameType, Op
-from slaveshell.policy import Identity
-from slaveshell.protocol import ProtocolError
+from slaveshell.client.copy_cli import request_of, split_remote
+from slaveshell.files.receiver import Receiver
+from slaveshell.files.sender import Sender, TransferError, plan
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.copying import (
+    CHUNK,
+    UP,
+    WINDOW,
+    Credit,
+    Data,
+    DoneFile,
+    Entry,
+    Finish,
+    TransferRequest,
+    check_relpath,
+)
+from slaveshell.vocabulary.framing import FrameType, Op
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import ProtocolError
 
 from .fakes import FramedLink, call, connected
 
@@ -106,7 +118,7 @@ def test_a_tree_arrives_byte_exact_and_only_at_the_commit(tmp_path):
 
 
 def test_a_large_files_writeback_is_started_as_it_arrives_and_its_bytes_are_unchanged(tmp_path, monkeypatch):
-    from slaveshell import cpreceiver as cpfiles
+    from slaveshell.files import receiver as cpfiles
 
     started: list[tuple[int, int]] = []
     monkeypatch.setattr(cpfiles, "WRITEBACK", CHUNK)
@@ -328,8 +340,8 @@ def test_rogue_parties_cannot_break_the_masters_relay(calls):
 
 
 def test_transfers_are_counted_per_worker_and_operator_apart_from_sessions():
-    from master_side.transfer import MAX_TRANSFERS, Transfers
-    from slaveshell.policy import Policy
+    from master_side.copying.relay import MAX_TRANSFERS, Transfers
+    from slaveshell.vocabulary.policy import Policy
 
     class Limits:
         per_worker, per_operator = 2, 1
@@ -368,7 +380,7 @@ class CpLink(FramedLink):
 
 
 def _client(tmp_path: Any, direction: str = "down", planned: Any = None) -> tuple[Any, CpLink, Any]:
-    from slaveshell.cp_client import CopyClient, Progress
+    from slaveshell.client.copy_client import CopyClient, Progress
     from tests.test_hop_client import FakeLoop
 
     loop, link = FakeLoop(), CpLink()

@@ -1,7 +1,7 @@
-"""The receiving end of `slaveshell cp` (slaveshell.cpreceiver.Receiver, the operator's and the worker's) against a
+"""The receiving end of `slaveshell cp` (slaveshell.files.receiver.Receiver, the operator's and the worker's) against a
 hostile sender and a hostile local user: only what was asked is taken (cpwire.Asked), never a set-uid or set-gid
 bit, nothing below the named destination followed, and an existing destination the operator named written into
-as scp does. The master holds the stream to the same `Asked` (master_side.transfer)."""
+as scp does. The master holds the stream to the same `Asked` (master_side.copying.relay)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from slaveshell.cpfiles import TransferError
-from slaveshell.cpreceiver import Receiver, received_mode
-from slaveshell.cpwire import Asked, Entry, top_name
-from slaveshell.protocol import ProtocolError
+from slaveshell.files.receiver import Receiver, received_mode
+from slaveshell.files.sender import TransferError
+from slaveshell.vocabulary.copying import Asked, Entry, top_name
+from slaveshell.vocabulary.protocol import ProtocolError
 
 
 def feed(receiver: Receiver, entries: list[tuple[str, str, int, bytes]]) -> None:
@@ -305,8 +305,8 @@ def test_a_named_destination_that_is_a_fifo_is_neither_written_nor_replaced(tmp_
 @given(name=st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b
                                                        and b not in (b".", b"..")))
 def test_any_posix_name_crosses_every_hop_and_comes_back_the_same_bytes(name):
-    from slaveshell.cpwire import TransferRequest, check_relpath, path_bytes, path_text
-    from slaveshell.lean_calls import CODECS
+    from slaveshell.plumbing.lean_calls import CODECS
+    from slaveshell.vocabulary.copying import TransferRequest, check_relpath, path_bytes, path_text
 
     text = os.fsdecode(name)
     assert check_relpath(text) == text
@@ -331,7 +331,7 @@ def _utf8(name: bytes) -> bool:
 
 @pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\udcc3\udca9"])  # no byte / UTF-8 spelled as escapes
 def test_a_surrogate_that_stands_for_no_byte_is_refused_at_the_wire(text):
-    from slaveshell.cpwire import TransferRequest, check_relpath
+    from slaveshell.vocabulary.copying import TransferRequest, check_relpath
 
     with pytest.raises(ProtocolError):
         check_relpath(text)
@@ -349,7 +349,7 @@ def test_a_tree_with_a_name_that_is_not_utf8_arrives_byte_exact(tmp_path):
 
 
 def test_a_deep_tree_holds_one_descriptor_and_too_deep_or_too_many_entries_are_refused(tmp_path):
-    from slaveshell.cpwire import MAX_DEPTH, MAX_ENTRIES, StreamOrder, check_relpath
+    from slaveshell.vocabulary.copying import MAX_DEPTH, MAX_ENTRIES, StreamOrder, check_relpath
 
     dest = tmp_path / "dest"
     dest.mkdir()

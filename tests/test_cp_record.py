@@ -9,10 +9,10 @@ import threading
 import pytest
 import pytest_twisted
 
-from master_side.audit_trail import AuditTrail, RecordingError
-from master_side.transfer_record import TransferRecord
-from slaveshell.cpwire import UP, TransferRequest
-from slaveshell.policy import Identity
+from master_side.audit.trail import AuditTrail, RecordingError
+from master_side.copying.record import TransferRecord
+from slaveshell.vocabulary.copying import UP, TransferRequest
+from slaveshell.vocabulary.policy import Identity
 
 ROOT = Identity(0, 0, 1, "root", frozenset({"root"}))
 

@@ -1,12 +1,12 @@
-"""A transfer that makes no progress ends (master_side.transfer: MasterTransfer.stalled, Transfers.tick), with
+"""A transfer that makes no progress ends (master_side.copying.relay: MasterTransfer.stalled, Transfers.tick), with
 the party it waited for named, and the option that bounds it (ShellService's transfer_stall_timeout)."""
 
 from __future__ import annotations
 
 from master_side.config import ShellConfig
-from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party, Transfers
-from slaveshell.cpwire import CHUNK, DOWN, UP, TransferRequest
-from slaveshell.policy import Identity
+from master_side.copying.relay import OPERATOR, WORKER, MasterTransfer, Party, Transfers
+from slaveshell.vocabulary.copying import CHUNK, DOWN, UP, TransferRequest
+from slaveshell.vocabulary.policy import Identity
 
 
 class FakeRef:

@@ -1,4 +1,4 @@
-"""The display-safety rule (slaveshell/display.py) and every table, notice and console view that uses it: no
+"""The display-safety rule (slaveshell/vocabulary/display.py) and every table, notice and console view that uses it: no
 control character survives, and a terminal (pyte) shows the header intact, the title unchanged and the columns
 aligned, whatever the untrusted text holds."""
 
@@ -20,9 +20,9 @@ from prompt_toolkit.application import create_app_session
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from slaveshell import cli
-from slaveshell.console import Console
-from slaveshell.display import cell, visible, width
+from slaveshell.client import cli
+from slaveshell.client.console import Console
+from slaveshell.vocabulary.display import cell, visible, width
 
 UNSAFE = {"Cc", "Cf", "Cs", "Zl", "Zp", "Cn"}
 
@@ -204,7 +204,7 @@ def test_json_output_is_exact_and_inert(monkeypatch, rows):
 
 
 def test_master_errors_are_shown_inert(monkeypatch, capsys):
-    from slaveshell.calls import CallError
+    from slaveshell.client.calls import CallError
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise CallError("no worker named 'x\x1b]0;T\x07' \x1b[2J")

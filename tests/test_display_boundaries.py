@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
-from master_side.relay import MasterSession, Role
-from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest
+from master_side.sessions.session import MasterSession, Role
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
@@ -53,6 +53,6 @@ def test_an_exit_reason_from_the_worker_is_logged_inertly(logged):
 
 
 def test_search_strips_8_bit_sequences_as_well_as_7_bit_ones():
-    from slaveshell.transcript import strip_ansi
+    from slaveshell.vocabulary.transcript import strip_ansi
 
     assert strip_ansi("a\u009b2Jb\u009d0;T\u0007c\u009d0;U\u009cd\x1b[1me\x1b]0;V\x07f\u0085g") == "abcdefg"

@@ -1,4 +1,4 @@
-from slaveshell.escape import Detach, EscapeParser, Help, Send, Suspend, Terminate
+from slaveshell.client.escape import Detach, EscapeParser, Help, Send, Suspend, Terminate
 
 
 def sent(actions):

@@ -1,4 +1,4 @@
-"""`slaveshell export`/`replay` read a bulk session's transcript through master_side.transcript_export: the
+"""`slaveshell export`/`replay` read a bulk session's transcript through master_side.audit.export: the
 expanded stream (each `a` event replaced by its chunk's `o` events) by offset. What it must give: the same bytes
 as expanding the whole file at once, at any offset, while the transcript grows; and a bounded memory whatever the
 number of events a worker made."""
@@ -9,12 +9,12 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from master_side import transcript_export
-from master_side.recorder import SessionRecorder
-from master_side.transcript_export import ExportReader
-from master_side.transcripts import attachment_path
-from slaveshell.protocol import ExitStatus
-from slaveshell.transcript import CastEncoder, Redactor, expand_lines
+from master_side.audit import export as transcript_export
+from master_side.audit.export import ExportReader
+from master_side.audit.recorder import SessionRecorder
+from master_side.audit.transcripts import attachment_path
+from slaveshell.vocabulary.protocol import ExitStatus
+from slaveshell.vocabulary.transcript import CastEncoder, Redactor, expand_lines
 
 HEADER = '{"version": 2, "width": 80, "height": 24}'
 

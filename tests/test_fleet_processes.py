@@ -10,10 +10,10 @@ import signal
 import subprocess
 import time
 
-from slaveshell.display import visible
-from slaveshell.fleet.batch import End, Scheduler, Start
-from slaveshell.fleet.gather import exit_status, render
-from slaveshell.fleet.outcome import Output, State
+from slaveshell.client.fleet.batch import End, Scheduler, Start
+from slaveshell.client.fleet.gather import exit_status, render
+from slaveshell.client.fleet.outcome import Output, State
+from slaveshell.vocabulary.display import visible
 
 COMMANDS = {
     "w1": "uname -s",

@@ -1,5 +1,5 @@
 """Hidden input on the master: spans marked with their length, counted for the index, flagged when more than a
-password, sealed to the auditors' age key (slaveshell.hidden, master_side.recorder)."""
+password, sealed to the auditors' age key (slaveshell.vocabulary.hidden, master_side.audit.recorder)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 from buildbot import config
 from pyrage import x25519
 
-from master_side.audit_trail import IndexWriter
-from master_side.recorder import SPAN_IDLE, SessionRecorder
-from master_side.relay import MasterSession
+from master_side.audit.recorder import SPAN_IDLE, SessionRecorder
+from master_side.audit.trail import IndexWriter
 from master_side.service import ShellService
-from slaveshell import hidden
-from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest
-from slaveshell.transcript import CastEncoder, parse_lines
+from master_side.sessions.session import MasterSession
+from slaveshell.vocabulary import hidden
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import OpenRequest
+from slaveshell.vocabulary.transcript import CastEncoder, parse_lines
 
 ROOT = Identity(0, 0, 1, "root", frozenset({"root"}))
 

@@ -1,10 +1,10 @@
-"""master_side.hold_deadline: which limit ends a hold when, and what an extension may do."""
+"""master_side.holds.deadline: which limit ends a hold when, and what an extension may do."""
 
 from __future__ import annotations
 
 import pytest
 
-from master_side.hold_deadline import ExtendError, HoldTimes, Limit, duration
+from master_side.holds.deadline import ExtendError, HoldTimes, Limit, duration
 
 
 def test_legacy_timeout_is_the_only_limit() -> None:
@@ -43,7 +43,7 @@ def test_durations_read_as_people_say_them() -> None:
 
 
 def test_the_cli_reads_durations() -> None:
-    from slaveshell.hold_cli import parse_duration
+    from slaveshell.client.hold_cli import parse_duration
 
     assert [parse_duration(t) for t in ("90", "90s", "30m", "2h", "1h30m", "1d")] == [90, 90, 1800, 7200, 5400, 86400]
     for bad in ("soon", "2h later", "h", "-5m", ""):
@@ -55,7 +55,7 @@ def test_the_step_checks_its_limits_when_configured() -> None:
     from buildbot.config.errors import ConfigErrors
     from buildbot.process.properties import Property
 
-    from master_side.hold import HoldForShell
+    from master_side.holds.step import HoldForShell
 
     for bad in (dict(wait_for_operator=-1), dict(idle_after_attach=0), dict(max_hold=60, wait_for_operator=120),
                 dict(timeout=float("inf"))):

@@ -15,9 +15,9 @@ from buildbot.util.tuplematch import matchTuple
 from twisted.internet import defer
 
 from master_side import HoldNoticeFormatter, HoldNoticeGenerator, NoticeFormatterFunction
-from master_side.hold import Hold
-from master_side.hold_deadline import HoldTimes
-from master_side.hold_notices import HeldBuild, announce, socket_of
+from master_side.holds.deadline import HoldTimes
+from master_side.holds.notices import HeldBuild, announce, socket_of
+from master_side.holds.step import Hold
 from master_side.service import ShellService
 
 EVENT = HeldBuild(7, "holder", 3, "w1", 1_800_000_000.0, 3600.0, 600.0, None, None, "http://ci/#/slaveshell/build/7")

@@ -1,4 +1,4 @@
-"""Waiting for a running build to be held (`--build` a little early): master_side.hold.Holds.wait_for."""
+"""Waiting for a running build to be held (`--build` a little early): master_side.holds.step.Holds.wait_for."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from buildbot.process.buildstep import get_factory_from_step_or_factory
 from twisted.internet import defer, task
 
-from master_side import hold as H
-from master_side.hold import Hold, HoldForShell, Holds, NotHeld, hold_ahead
+from master_side.holds import step as H
+from master_side.holds.step import Hold, HoldForShell, Holds, NotHeld, hold_ahead
 
 
 def botmaster(*builds):
@@ -22,7 +22,7 @@ def running_build(build_id, steps):
 
 @pytest.fixture
 def holds():
-    # The service's holds (master_side.hold.Holds): HOLDS and WAITING before they moved off the module.
+    # The service's holds (master_side.holds.step.Holds): HOLDS and WAITING before they moved off the module.
     return Holds()
 
 

@@ -1,5 +1,5 @@
-"""What buildbot-shell (slaveshell.hop_client, the framed hop's client) does with SIGINT, SIGTERM and SIGHUP of its
-own, with `~^Z`, with the credit windows and with what the master sends: driven with a fake link and a fake
+"""What buildbot-shell (slaveshell.client.shell_session, the framed hop's client) does with SIGINT, SIGTERM and SIGHUP
+of its own, with `~^Z`, with the credit windows and with what the master sends: driven with a fake link and a fake
 clock (the cases the PB client had in tests/test_client_signals.py, and more)."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell import framing, hop
-from slaveshell.framing import FrameType, Op
-from slaveshell.hop import HopError, parse
-from slaveshell.hop_client import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
-from slaveshell.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
+from slaveshell.client import connection as hop
+from slaveshell.client.connection import HopError, parse
+from slaveshell.client.shell_session import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import FrameType, Op
+from slaveshell.vocabulary.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
 
 from .fakes import FramedLink
 
@@ -199,7 +200,7 @@ def test_tilde_ctrl_z_suspends_then_sends_the_window_size_again(monkeypatch):
     stops = []
     client = make(interactive=True, suspend=lambda: stops.append("stopped"), fds=(0, 1, os.open(os.devnull,
                                                                                                 os.O_WRONLY)))
-    monkeypatch.setattr("slaveshell.hop_client.window_size", lambda fd: (100, 30))
+    monkeypatch.setattr("slaveshell.client.shell_session.window_size", lambda fd: (100, 30))
     client._size = (100, 30)  # unchanged: sent anyway, the remote may have missed a change while we were stopped
     client.typed(b"\r~\x1a")
     assert stops == ["stopped"]

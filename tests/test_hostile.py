@@ -9,19 +9,20 @@ from hypothesis import strategies as st
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.spread import pb
 
-from master_side.operator_types import View
-from master_side.operator_wire import WireDoor
-from master_side.registry import SessionRegistry
-from master_side.relay import MasterSession, Role
-from master_side.socket_door import Sniffer
-from master_side.wire_sink import WireViewerSink
-from master_side.worker_sink import WorkerSink
+from master_side.operators.terms import View
+from master_side.sessions.registry import SessionRegistry
+from master_side.sessions.session import MasterSession, Role
+from master_side.sessions.worker_sink import WorkerSink
+from master_side.shell_socket.door import WireDoor
+from master_side.shell_socket.listener import Sniffer
+from master_side.shell_socket.viewer_sink import WireViewerSink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
-from slaveshell import framing, lean_calls
-from slaveshell.framing import FrameType, Op
-from slaveshell.policy import Identity
-from slaveshell.protocol import MAX_CHUNK, OpenRequest, ProtocolError
+from slaveshell.plumbing import lean_calls
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import FrameType, Op
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
 from .recorded import ToViewer, ToWorker

@@ -1,4 +1,4 @@
-"""Lean calls (slaveshell.lean_calls) between real PB brokers in memory: the worker says it takes them, the
+"""Lean calls (slaveshell.plumbing.lean_calls) between real PB brokers in memory: the worker says it takes them, the
 master switches, a session's stream events then travel as Banana lists with the same values and order as PB
 calls, and whatever a peer sends that way gets a report and leaves the connection up."""
 
@@ -8,9 +8,9 @@ from twisted.spread import banana
 
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
-from slaveshell import lean_calls
-from slaveshell.lean_calls import LeanPeer, LeanReceiver
-from slaveshell.protocol import OpenRequest, ProtocolError
+from slaveshell.plumbing import lean_calls
+from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver
+from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
 

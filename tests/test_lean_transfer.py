@@ -1,5 +1,5 @@
-"""A transfer's stream as lean calls (slaveshell.lean_calls) between real PB brokers in memory: the worker says it
-takes them, the master tells it so, entry/data/done_file/ack then travel as Banana lists both ways and the files
+"""A transfer's stream as lean calls (slaveshell.plumbing.lean_calls) between real PB brokers in memory: the worker says
+it takes them, the master tells it so, entry/data/done_file/ack then travel as Banana lists both ways and the files
 arrive byte-exact; a malformed lean call from either side ends the transfer, never the connection. And a download
 from a worker running a build step is paced (WorkerOptions.busy_rate)."""
 
@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.spread import pb
 
-from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party, TransferEnd
+from master_side.copying.relay import OPERATOR, WORKER, MasterTransfer, Party, TransferEnd
 from slave_side.host import WorkerOptions
 from slave_side.transfer import TransferServer
-from slaveshell import lean_calls
-from slaveshell.cpwire import CHUNK, DOWN, UP, Start, TransferEvent, TransferRequest
-from slaveshell.policy import Identity
+from slaveshell.plumbing import lean_calls
+from slaveshell.vocabulary.copying import CHUNK, DOWN, UP, Start, TransferEvent, TransferRequest
+from slaveshell.vocabulary.policy import Identity
 
 from .fakes import call, connected
 from .test_cp import TransferBot

@@ -1,4 +1,4 @@
-"""Issue 10, parts 2 and 4, at unit level: the bounds of master_side.limits (connections, calls, views,
+"""Issue 10, parts 2 and 4, at unit level: the bounds of master_side.operators.limits (connections, calls, views,
 unread output, notices, the refusal audit) and the close deadline, with fake transports and a fake clock."""
 
 from typing import Any, cast
@@ -7,13 +7,13 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from master_side.limits import Bounds, ConnectionGate, NoticeBudget, RefusalAudit, buffered_bytes
-from master_side.operator_types import ErrorKind, OperatorError
-from master_side.operator_wire import WireDoor
-from master_side.relay import MasterSession, Role
-from master_side.socket_door import DoorFactory
-from slaveshell.policy import Identity
-from slaveshell.protocol import REFUSED_PREFIX, OpenRequest
+from master_side.operators.limits import Bounds, ConnectionGate, NoticeBudget, RefusalAudit, buffered_bytes
+from master_side.operators.terms import ErrorKind, OperatorError
+from master_side.sessions.session import MasterSession, Role
+from master_side.shell_socket.door import WireDoor
+from master_side.shell_socket.listener import DoorFactory
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import REFUSED_PREFIX, OpenRequest
 from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
@@ -316,7 +316,7 @@ class PendingAPI:
         return d
 
     history = search = _wait
-    cluster = None  # one master: no router (master_side.cluster_part)
+    cluster = None  # one master: no router (master_side.cluster.part)
 
     def transcript(self, *args: Any) -> defer.Deferred[Any]:
         return self._wait().addCallback(lambda _: {"data": b"", "eof": True})
@@ -335,7 +335,7 @@ class PendingAPI:
 
 
 def answers(transport: Peer) -> list[dict[str, Any]]:
-    from slaveshell import framing
+    from slaveshell.vocabulary import framing
 
     decoder = framing.Decoder(max_control=framing.MAX_ANSWER)
     data = transport.value()
@@ -354,7 +354,7 @@ def test_every_call_kind_waits_past_calls_in_progress_and_the_connection_is_not_
     """A sweep over the framed door's calls: with max_calls_in_progress reads in progress on a connection, a call
     of any kind waits, with what follows it, and the connection is paused (nothing more is read from it); once
     one read is answered, the waiting call is served, in order, and reading resumes."""
-    from slaveshell import framing
+    from slaveshell.vocabulary import framing
 
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, calls_in_progress=4)
@@ -385,7 +385,7 @@ def test_every_call_kind_waits_past_calls_in_progress_and_the_connection_is_not_
 
 
 def test_an_answer_the_peer_does_not_read_counts_against_the_buffered_bound():
-    from slaveshell import framing
+    from slaveshell.vocabulary import framing
 
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, connection_buffer=1000)
@@ -408,7 +408,7 @@ class WebPage:
 
 
 def test_watched_web_sockets_are_dropped_by_the_buffer_bounds_and_do_not_count_as_socket_connections():
-    from slaveshell.policy import WebIdentity
+    from slaveshell.vocabulary.policy import WebIdentity
 
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, connections_per_uid=2, connections=2, connection_buffer=1000,
@@ -418,7 +418,7 @@ def test_watched_web_sockets_are_dropped_by_the_buffer_bounds_and_do_not_count_a
     for page in pages:
         gate.watch(page, alice)
     # They do not take the shell socket's places.
-    from slaveshell import framing
+    from slaveshell.vocabulary import framing
 
     assert [t.value() for _, t in (door(gate, ROOT), door(gate, ROOT))] == [framing.MAGIC] * 2
     assert gate.count() == 2
@@ -443,7 +443,7 @@ def test_quota_property_per_key_and_total_and_give_back():
     and all keys fewer than total; what is given back can be taken again."""
     import random
 
-    from master_side.limits import Quota
+    from master_side.operators.limits import Quota
 
     for seed in range(50):
         rng = random.Random(seed)
@@ -482,8 +482,8 @@ def test_places_of_users_without_a_right_never_take_those_of_users_with_one():
 def test_connections_of_uids_without_a_right_never_take_those_of_operators():
     """Users of the socket's group whom no policy rule names held every place (8 uids x 32 idle connections
     locked root out): they are counted apart, within NO_RIGHT_CONNECTIONS."""
-    from master_side.limits import NO_RIGHT_CONNECTIONS, NO_RIGHT_CONNECTIONS_PER_UID
-    from slaveshell.policy import Policy, Rule
+    from master_side.operators.limits import NO_RIGHT_CONNECTIONS, NO_RIGHT_CONNECTIONS_PER_UID
+    from slaveshell.vocabulary.policy import Policy, Rule
 
     clock = MemoryReactorClock()
     gate, audited = make_gate(clock, connections_per_uid=32, connections=256)

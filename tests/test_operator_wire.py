@@ -1,5 +1,5 @@
-"""Issue 14, item 1, at unit level: the framing (slaveshell.framing) and the master's framed door
-(master_side.operator_wire) with Twisted's in-memory transports: one socket for both doors, the gate's bounds,
+"""Issue 14, item 1, at unit level: the framing (slaveshell.vocabulary.framing) and the master's framed door
+(master_side.shell_socket.door) with Twisted's in-memory transports: one socket for both doors, the gate's bounds,
 and hostile clients (oversized frame, unknown type, bad JSON, unknown op, wrong direction, slowloris, a flood
 without reading)."""
 
@@ -16,18 +16,18 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from master_side.limits import Bounds, ConnectionGate, RefusalAudit
-from master_side.operator_types import View
-from master_side.operator_wire import WireDoor
-from master_side.relay import MasterSession, Role
-from master_side.socket_door import DoorFactory, Sniffer
-from master_side.transfer import OPERATOR, WORKER, MasterTransfer, Party
-from master_side.wire_sink import WireViewerSink
-from slaveshell import framing
-from slaveshell.cpwire import UP, TransferRequest
-from slaveshell.framing import FrameType, Op
-from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest
+from master_side.copying.relay import OPERATOR, WORKER, MasterTransfer, Party
+from master_side.operators.limits import Bounds, ConnectionGate, RefusalAudit
+from master_side.operators.terms import View
+from master_side.sessions.session import MasterSession, Role
+from master_side.shell_socket.door import WireDoor
+from master_side.shell_socket.listener import DoorFactory, Sniffer
+from master_side.shell_socket.viewer_sink import WireViewerSink
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.copying import UP, TransferRequest
+from slaveshell.vocabulary.framing import FrameType, Op
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.fakes import offline_service
 from tests.recorded import ToViewer, ToWorker
 from tests.test_cp import FakeRef
@@ -287,7 +287,7 @@ def test_transfer_messages_without_a_transfer_are_refused_and_a_bad_copy_is_a_ba
 
 
 def test_a_transfer_through_the_door_is_relayed_and_checked_by_the_masters_transfer(service, monkeypatch):
-    """The client's frames reach MasterTransfer as slaveshell.cpwire's calls, and its calls back come out as
+    """The client's frames reach MasterTransfer as slaveshell.vocabulary.copying's calls, and its calls back come out as
     frames; a bad message ends the transfer, not the connection."""
     made: dict[str, Any] = {}
 

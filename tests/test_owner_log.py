@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from slave_side.owner_log import REFUSAL_WINDOW, REFUSALS_PER_WINDOW, OwnerLog, RecordingSink
-from slaveshell import transcript
-from slaveshell.protocol import ExitStatus, OpenRequest
+from slaveshell.vocabulary import transcript
+from slaveshell.vocabulary.protocol import ExitStatus, OpenRequest
 
 
 class _Sink:

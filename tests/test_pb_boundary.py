@@ -7,7 +7,7 @@ from twisted.spread import pb
 import slave_side
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
-from slaveshell.protocol import OpenRequest
+from slaveshell.vocabulary.protocol import OpenRequest
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
 

@@ -14,9 +14,9 @@ from twisted.spread import pb
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slave_side.transfer import TransferServer
-from slaveshell.cpwire import UP, TransferRequest
-from slaveshell.protocol import OpenRequest
-from slaveshell.remote import RemotePeer, on_disconnect, release, tables
+from slaveshell.plumbing.remote import RemotePeer, on_disconnect, release, tables
+from slaveshell.vocabulary.copying import UP, TransferRequest
+from slaveshell.vocabulary.protocol import OpenRequest
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
 from .test_cp import TransferBot, TransferSink

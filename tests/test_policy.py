@@ -1,6 +1,6 @@
 import pytest
 
-from slaveshell.policy import Identity, Policy, Rule
+from slaveshell.vocabulary.policy import Identity, Policy, Rule
 
 
 def who(user="alice", uid=1000, groups=("alice",)):
@@ -62,7 +62,7 @@ def test_shell_implies_run_unless_the_rule_withholds_it():
 
 
 def test_run_is_asked_as_an_action_and_the_default_rules_grant_it():
-    from slaveshell.policy import Action
+    from slaveshell.vocabulary.policy import Action
 
     assert Policy.default(master_uid=1000).may(who(), Action.RUN, "w1").allowed
     assert not Policy.default(master_uid=1000).may(who("eve", 1005, ["eve"]), Action.RUN, "w1").allowed

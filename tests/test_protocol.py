@@ -1,7 +1,7 @@
 import pytest
 
-from slaveshell.flow import CreditWindow, chunks
-from slaveshell.protocol import (
+from slaveshell.vocabulary.flow import CreditWindow, chunks
+from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
     ExitStatus,
     LocalProtocolError,

@@ -11,7 +11,7 @@ import pytest
 from slave_side.pty import eof_bytes, open_pty
 from slave_side.server import PbSessionSink
 from slave_side.session import WorkerOptions, WorkerSession
-from slaveshell.protocol import OpenRequest
+from slaveshell.vocabulary.protocol import OpenRequest
 
 from .fakes import ProcessReactor
 

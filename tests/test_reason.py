@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from master_side import transcript_search
-from slaveshell import cli
-from slaveshell.cpwire import DOWN, TransferRequest
-from slaveshell.policy import Identity, Policy, Rule
-from slaveshell.protocol import MAX_REASON, LocalProtocolError, OpenRequest, ProtocolError, check_reason
+from master_side.audit import search as transcript_search
+from slaveshell.client import cli
+from slaveshell.vocabulary.copying import DOWN, TransferRequest
+from slaveshell.vocabulary.policy import Identity, Policy, Rule
+from slaveshell.vocabulary.protocol import MAX_REASON, LocalProtocolError, OpenRequest, ProtocolError, check_reason
 
 from .test_display import assert_table_shown_intact, no_control_left, run_cli, separators_of, untrusted
 
@@ -60,10 +60,10 @@ def test_the_open_request_carries_the_reason_and_checks_it_like_its_other_fields
 
 
 def test_the_worker_is_not_told_the_reason():
-    # master_side.worker_pb sends the worker this form of the request (the master's own fields cleared).
+    # master_side.sessions.worker_link sends the worker this form of the request (the master's own fields cleared).
     import inspect
 
-    from master_side import worker_pb
+    from master_side.sessions import worker_link as worker_pb
 
     source = inspect.getsource(worker_pb.open_on_worker)
     assert "reason=None" in source
@@ -147,7 +147,7 @@ def test_the_consoles_shell_takes_a_reason_and_its_tables_show_reasons():
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    from slaveshell.console import Console
+    from slaveshell.client.console import Console
 
     from .test_console import FakeBackend
 

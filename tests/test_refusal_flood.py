@@ -8,9 +8,9 @@ import os
 import pytest_twisted
 from twisted.internet import reactor
 
-from slaveshell.framing import Op
-from slaveshell.policy import Rule
-from slaveshell.protocol import OpenRequest
+from slaveshell.vocabulary.framing import Op
+from slaveshell.vocabulary.policy import Rule
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.framed import connect
 from tests.test_service import start, stop
 

@@ -5,12 +5,12 @@ import signal
 
 import pytest
 
-from master_side.recorder import SessionRecorder
-from master_side.relay import RECENT_BYTES, VIEWER_BUFFER, WINDOW_TOLERANCE, MasterSession, Role, State
-from master_side.session_model import LateEvent
-from slaveshell.policy import Identity
-from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, ExitStatus, OpenRequest, ProtocolError
-from slaveshell.transcript import CastEncoder
+from master_side.audit.recorder import SessionRecorder
+from master_side.sessions.model import LateEvent
+from master_side.sessions.session import RECENT_BYTES, VIEWER_BUFFER, WINDOW_TOLERANCE, MasterSession, Role, State
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import MAX_CHUNK, OUTPUT_WINDOW, ExitStatus, OpenRequest, ProtocolError
+from slaveshell.vocabulary.transcript import CastEncoder
 from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())

@@ -1,9 +1,9 @@
-"""slaveshell.remote over two real PB brokers in memory: answer-less calls, refusals, dead references and lost
+"""slaveshell.plumbing.remote over two real PB brokers in memory: answer-less calls, refusals, dead references and lost
 connections each end in the right injected callable, never as an exception in the caller."""
 
 from twisted.spread import pb
 
-from slaveshell.remote import RemotePeer, set_nodelay
+from slaveshell.plumbing.remote import RemotePeer, set_nodelay
 
 from .fakes import connected
 

@@ -1,4 +1,4 @@
-"""Transcript retention (master_side.retention) against a real audit trail on SQLite and real files: old
+"""Transcript retention (master_side.audit.retention) against a real audit trail on SQLite and real files: old
 transcripts and their attachments leave the disk, rows stay marked, each prune is an event, runs are spaced."""
 
 import os
@@ -6,9 +6,9 @@ import time
 
 import pytest_twisted
 
-from master_side.audit import utc
-from master_side.audit_trail import AuditTrail
-from master_side.retention import DAY, Retention
+from master_side.audit.retention import DAY, Retention
+from master_side.audit.store import utc
+from master_side.audit.trail import AuditTrail
 
 NOW = 1_790_000_000.0
 
@@ -83,7 +83,7 @@ def test_a_row_naming_a_file_outside_the_transcript_directory_is_marked_and_the_
 
 
 def test_removing_a_transcript_removes_every_file_its_record_owns(tmp_path):
-    from master_side.transcripts import owned_files, remove_transcript
+    from master_side.audit.transcripts import owned_files, remove_transcript
 
     path = str(tmp_path / "20260101-000000-w1-abc.cast")
     owned = owned_files(path)

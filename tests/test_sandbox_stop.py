@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 
 def _sleeper(cwd: pathlib.Path) -> subprocess.Popen[bytes]:

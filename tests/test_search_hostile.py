@@ -12,9 +12,9 @@ import tracemalloc
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from master_side.transcript_search import fold, search
-from slaveshell.flow import BULK_CHUNK
-from slaveshell.transcript import encode_event, strip_ansi
+from master_side.audit.search import fold, search
+from slaveshell.vocabulary.flow import BULK_CHUNK
+from slaveshell.vocabulary.transcript import encode_event, strip_ansi
 
 from .test_bulk_record import Ended, bulk_recorder
 
@@ -30,7 +30,7 @@ def search_in_a_child(path: str, needle: str) -> list[dict[str, object]]:
     regular expression cannot be interrupted from Python: the kernel's SIGXCPU ends the child instead)."""
     code = ("import json, resource, sys\n"
             f"resource.setrlimit(resource.RLIMIT_CPU, ({CPU_GUARD}, {CPU_GUARD}))\n"
-            "from master_side.transcript_search import search\n"
+            "from master_side.audit.search import search\n"
             "row, path, needle = json.loads(sys.stdin.read())\n"
             "print(json.dumps(search([(row, path)], needle, 10)))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -10,9 +10,9 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from master_side.service import ShellService
-from slaveshell.framing import Op
-from slaveshell.policy import Rule
-from slaveshell.protocol import OpenRequest
+from slaveshell.vocabulary.framing import Op
+from slaveshell.vocabulary.policy import Rule
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.framed import connect
 
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from master_side.recorder import SessionRecorder
-from master_side.transcripts import TranscriptFile, recover
-from slaveshell.transcript import (
+from master_side.audit.recorder import SessionRecorder
+from master_side.audit.transcripts import TranscriptFile, recover
+from slaveshell.vocabulary.transcript import (
     REDACTED,
     CastEncoder,
     Redactor,

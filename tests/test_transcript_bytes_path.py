@@ -11,7 +11,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slaveshell.transcript import CastEncoder, encode_event
+from slaveshell.vocabulary.transcript import CastEncoder, encode_event
 
 # -- the reference: JSON's encoder on the decoded text, a str.translate of the raw line breaks -----------------
 

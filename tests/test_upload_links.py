@@ -1,11 +1,11 @@
-"""Which uploads a session's command names (master_side.upload_links): the names an upload keeps, and the
+"""Which uploads a session's command names (master_side.audit.upload_links): the names an upload keeps, and the
 words of a command that match them, over the ways a command may spell a path."""
 
 from __future__ import annotations
 
 import pytest
 
-from master_side.upload_links import (
+from master_side.audit.upload_links import (
     MAX_NAMES,
     TYPED_EXAMINED,
     TYPED_KEPT,
@@ -75,7 +75,7 @@ def test_typed_words_are_bounded_in_what_is_examined_and_kept():
 
 def test_keep_uploaded_text_is_a_bounded_number_of_bytes():
     from master_side.config import ShellConfig
-    from master_side.transfer_record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
+    from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
 
     assert ShellConfig().keep_uploaded_text == KEEP_UPLOADED_TEXT == 64 * 1024
     for good in (0, 1, KEEP_UPLOADED_TEXT_MAX):

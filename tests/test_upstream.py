@@ -17,12 +17,12 @@ from twisted.spread import banana, pb
 from zope.interface import implementer
 
 import slave_side
-from master_side import rest_write_fix
-from master_side import upstream as master_upstream
+from master_side.glue import rest_write_fix
+from master_side.glue import upstream as master_upstream
 from slave_side import reading
 from slave_side import upstream as worker_upstream
-from slaveshell import lean_calls, upstream
-from slaveshell.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
+from slaveshell.plumbing import lean_calls, upstream
+from slaveshell.vocabulary.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The typed session vocabulary of slaveshell.protocol: roles, and the encoders of each hop (the operator's
+"""The typed session vocabulary of slaveshell.vocabulary.protocol: roles, and the encoders of each hop (the operator's
 frames, the worker's PB calls)."""
 
 import signal
@@ -6,9 +6,9 @@ import signal
 import pytest
 
 from slave_side.server import PbSessionSink
-from slaveshell import framing
-from slaveshell.framing import Ack, Eof, FrameType, Input, Op, Resize, Signal, session_frame
-from slaveshell.protocol import (
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Input, Op, Resize, Signal, session_frame
+from slaveshell.vocabulary.protocol import (
     ExitStatus,
     ProtocolError,
     Role,

@@ -14,7 +14,7 @@ from buildbot.www.authz.roles import RolesFromUsername
 from twisted.internet import defer
 
 from master_side.www import access
-from slaveshell.policy import Action, Identity, Policy, Rule, WebIdentity, same_operator
+from slaveshell.vocabulary.policy import Action, Identity, Policy, Rule, WebIdentity, same_operator
 
 ALICE = WebIdentity.from_web("alice", ["admins"])
 BOB = WebIdentity.from_web("bob", [])

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from master_side.operator_types import View
-from master_side.relay import MasterSession, Role
+from master_side.operators.terms import View
+from master_side.sessions.session import MasterSession, Role
 from master_side.www.terminal_ws import TerminalProtocol, WebViewerSink
-from slaveshell.policy import Identity
-from slaveshell.protocol import OpenRequest
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import OpenRequest
 from tests.recorded import ToViewer, ToWorker
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())

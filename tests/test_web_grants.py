@@ -15,7 +15,8 @@ from buildbot.www.authz.roles import RolesFromUsername
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
-from master_side.www import access, framing, grants, session_hook
+from master_side.www import access, grants, session_hook
+from master_side.www import frame_refusal as framing
 
 
 class Clock:

@@ -6,8 +6,8 @@ import os
 import pytest_twisted
 from twisted.internet import reactor
 
-from slaveshell.framing import Op
-from slaveshell.policy import Rule
+from slaveshell.vocabulary.framing import Op
+from slaveshell.vocabulary.policy import Rule
 
 from .framed import connect
 from .test_service import NeverConnected, start, stop

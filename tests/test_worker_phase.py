@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from slave_side.server import PbSessionSink
 from slave_side.session import DRAIN_GRACE, Phase, WorkerOptions, WorkerSession
-from slaveshell.protocol import LocalProtocolError, OpenRequest
+from slaveshell.vocabulary.protocol import LocalProtocolError, OpenRequest
 
 from .fakes import ProcessReactor
 
@@ -71,6 +71,6 @@ def test_the_workers_logic_imports_nothing_from_pb(module):
     tree = ast.parse((ROOT / module).read_text())
     imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if m.startswith("twisted.spread") or m in ("slaveshell.remote", "pb")]
+    assert not [m for m in imported if m.startswith("twisted.spread") or m in ("slaveshell.plumbing.remote", "pb")]
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
     assert "pb" not in names

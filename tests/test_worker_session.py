@@ -18,8 +18,8 @@ from slave_side.session import (
     WorkerSession,
     resolve_cwd,
 )
-from slaveshell.flow import BULK, BULK_CHUNK, BULK_WINDOW, INTERACTIVE, StreamLimits, output_limits
-from slaveshell.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError
+from slaveshell.vocabulary.flow import BULK, BULK_CHUNK, BULK_WINDOW, INTERACTIVE, StreamLimits, output_limits
+from slaveshell.vocabulary.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError
 
 from .fakes import ProcessReactor
 
@@ -241,7 +241,7 @@ def test_on_a_terminal_a_keystrokes_ack_rides_on_its_echo_or_goes_alone_after_a_
 
 def test_while_a_build_step_runs_output_past_a_burst_is_paced_and_otherwise_not(tmp_path):
     from slave_side.session import BUSY_BURST
-    from slaveshell.flow import Pacer
+    from slaveshell.vocabulary.flow import Pacer
 
     building = [True]
     reactor = ProcessReactor()

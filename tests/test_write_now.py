@@ -1,9 +1,10 @@
-"""slaveshell.write_now: bytes to the kernel at once when nothing waits before them, in order whatever happens."""
+"""slaveshell.plumbing.write_now: bytes to the kernel at once when nothing waits before them, in order whatever
+happens."""
 
 import os
 import socket
 
-from slaveshell.write_now import buffered_bytes, write_now
+from slaveshell.plumbing.write_now import buffered_bytes, write_now
 
 
 class Transport:

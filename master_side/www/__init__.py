@@ -7,7 +7,7 @@ addon with their licences) are prebuilt and shipped in the wheel (refresh them w
 (master_side.www.terminal_ws) serves sessions through the master's OperatorAPI, to logins holding a shell grant
 (master_side.www.grants, minted and revoked at Buildbot's logins and logouts by master_side.www.session_hook).
 The plugin's files and, unless ``{'frame_index': False}``, Buildbot's index refuse to be framed
-(master_side.www.framing). Nothing in the plugin's configuration is secret-bearing: Buildbot sends ``c['www']``
+(master_side.www.frame_refusal). Nothing in the plugin's configuration is secret-bearing: Buildbot sends ``c['www']``
 to the browser.
 """
 
@@ -28,15 +28,15 @@ class ShellApplication(Application):
 
     def __init__(self, package_name: str, description: str) -> None:
         super().__init__(package_name, description)
-        from .framing import UnframedFile
+        from master_side.www.frame_refusal import UnframedFile
 
         self.resource: Any = UnframedFile(self.static_dir)
 
     def setMaster(self, master: BuildMaster) -> None:
         super().setMaster(master)
-        from .. import upstream
-        from . import grants
-        from .terminal_ws import terminal_resource
+        from master_side.glue import upstream
+        from master_side.www import grants
+        from master_side.www.terminal_ws import terminal_resource
 
         upstream.install_web()
         registry = grants.registry(master, create=True)
@@ -50,7 +50,7 @@ class ShellApplication(Application):
 
     def setConfiguration(self, config: object) -> None:
         super().setConfiguration(config)
-        from .framing import wrap_index
+        from master_side.www.frame_refusal import wrap_index
 
         master = getattr(self, "master", None)
         site = getattr(getattr(master, "www", None), "site", None)

@@ -32,8 +32,8 @@ from buildbot.www import auth
 from buildbot.www.authz.endpointmatchers import EndpointMatcherBase, Match
 from twisted.internet import defer
 
-from slaveshell.deferreds import deferred
-from slaveshell.policy import WebIdentity
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.policy import WebIdentity
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from buildbot.data import resultspec
 from twisted.logger import Logger
 
-from slaveshell.deferreds import deferred
+from slaveshell.plumbing.deferreds import deferred
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster

@@ -36,8 +36,8 @@ from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
 
-from . import access
-from .access import UserInfo
+from master_side.www import access
+from master_side.www.access import UserInfo
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster

@@ -32,18 +32,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from slaveshell.deferreds import deferred
-from slaveshell.policy import Action, WebIdentity
-from slaveshell.protocol import ProtocolError
-
-from ..operator_api import ErrorKind, OperatorError
-from . import access, buildbot_pages
-from .access import UserInfo
+from master_side.operators.api import ErrorKind, OperatorError
+from master_side.www import access, buildbot_pages
+from master_side.www.access import UserInfo
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.policy import Action, WebIdentity
+from slaveshell.vocabulary.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
 
-    from ..service import ShellService
+    from master_side.service import ShellService
 
 QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release")
 # The largest transcript a page replays (bytes): the page holds it whole.

@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from . import grants
+from master_side.www import grants
 
 log = Logger()
 

@@ -5,7 +5,7 @@ Origin is not the site's own; everything else is checked once the socket is open
 the page can say why. The identity is a `WebIdentity` from the session cookie, which must come with a valid shell
 grant (master_side.www.grants: revoked at logout, credential or role changes, idle expiry; a revoked grant
 closes its sockets); the session is opened, fed and
-ended through the same `OperatorAPI` and `View` as the UNIX socket's (master_side.operator_wire), so policy,
+ended through the same `OperatorAPI` and `View` as the UNIX socket's (master_side.shell_socket.door), so policy,
 quotas, recording, audit and the credit windows are theirs. The page's messages are decoded here, their values
 checked as the framed door checks them, into typed calls on the `View`; a refused one closes the socket with its
 reason, after its cost to the session (`View.refused`).
@@ -38,7 +38,7 @@ only until its refusal is sent: users without a right never take an operator's p
 message (or, past the bound for sockets without a login, a 503 to the handshake) and an audit event.
 
 What the master queues for a page, a session's output and the answers to its questions alike, counts against
-the connection gate's bounds (master_side.limits: ``max_connection_buffer``, ``max_buffered_total``,
+the connection gate's bounds (master_side.operators.limits: ``max_connection_buffer``, ``max_buffered_total``,
 ``write_stall_timeout``), on the gate's tick: a page that does not read is dropped, and audited.
 """
 
@@ -55,11 +55,18 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from slaveshell.deferreds import deferred
-from slaveshell.display import visible
-from slaveshell.flow import chunks
-from slaveshell.policy import Action, WebIdentity
-from slaveshell.protocol import (
+from master_side.operators.api import OperatorError, View
+from master_side.operators.limits import Quota
+from master_side.service import shell_service
+from master_side.sessions.worker_link import subscribe
+from master_side.www import access, grants, lists
+from master_side.www.access import UserInfo
+from master_side.www.lists import Answer, Message
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.flow import chunks
+from slaveshell.vocabulary.policy import Action, WebIdentity
+from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
     ExitStatus,
@@ -70,19 +77,11 @@ from slaveshell.protocol import (
     check_size,
 )
 
-from ..limits import Quota
-from ..operator_api import OperatorError, View
-from ..service import shell_service
-from ..worker_pb import subscribe
-from . import access, grants, lists
-from .access import UserInfo
-from .lists import Answer, Message
-
 if TYPE_CHECKING:
     from autobahn.websocket.types import ConnectionRequest
     from buildbot.master import BuildMaster
 
-    from ..service import ShellService
+    from master_side.service import ShellService
 
 log = Logger()
 
@@ -100,7 +99,7 @@ MAX_QUERIES = 4
 
 
 class WebViewerSink:
-    """A `ViewerSink` (master_side.operator_api) over one page's WebSocket."""
+    """A `ViewerSink` (master_side.operators.api) over one page's WebSocket."""
 
     def __init__(self, protocol: TerminalProtocol) -> None:
         self.protocol = protocol
@@ -113,7 +112,7 @@ class WebViewerSink:
     def output(self, stream: int, data: bytes) -> None:
         if self.gone:
             return
-        # A bulk stream's message (up to 512 KiB, slaveshell.flow) reaches the page in MAX_CHUNK pieces.
+        # A bulk stream's message (up to 512 KiB, slaveshell.vocabulary.flow) reaches the page in MAX_CHUNK pieces.
         for piece in chunks(data, MAX_CHUNK) if len(data) > MAX_CHUNK else [data]:
             self.protocol.sendMessage(piece, isBinary=True)
         # A page that does not read is dropped (its session detaches, as for a lost connection).
@@ -280,7 +279,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def _audit(self, worker: str | None, reason: str) -> None:
         """A refusal in the audit index under the web user's name (``web:anonymous`` without a login), at most
-        one per user and kind of refusal per interval (master_side.limits.RefusalAudit)."""
+        one per user and kind of refusal per interval (master_side.operators.limits.RefusalAudit)."""
         service = shell_service(self.master)
         who = self.identity
         if who is None:
@@ -475,8 +474,8 @@ class TerminalFactory(WebSocketServerFactory):
     def __init__(self, master: BuildMaster) -> None:
         super().__init__()
         self.master = master
-        # Places of sockets (master_side.limits.Quota): of users with a right, of logged-in users without one, and
-        # of sockets refused before a user is known (by remote host).
+        # Places of sockets (master_side.operators.limits.Quota): of users with a right, of logged-in users without one,
+        # and of sockets refused before a user is known (by remote host).
         self.sockets = Quota(MAX_SOCKETS_PER_USER, MAX_SOCKETS)
         self.no_right = Quota(MAX_SOCKETS_NO_RIGHT_PER_USER, MAX_SOCKETS_NO_RIGHT)
         self.refused = Quota(MAX_SOCKETS_REFUSED_PER_HOST, MAX_SOCKETS_REFUSED)

@@ -1,5 +1,5 @@
 """A multi-master site on this machine, for the tests that need one (started only by them): the WAMP router
-(crossbar from its own venv, installed when missing: slaveshell.router), a fresh PostgreSQL database shared by
+(crossbar from its own venv, installed when missing: slaveshell.client.router), a fresh PostgreSQL database shared by
 two real Buildbot masters (`multiMaster=True`, the `wamp` message queue) named A and B in the site, each running
 ShellService(cluster=...) with slaveshell's ticket, and real opted-in workers on each:
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from slaveshell import router as wamp_router
-from slaveshell.sandbox import Sandbox, free_port
+from slaveshell.client import router as wamp_router
+from slaveshell.client.sandbox import Sandbox, free_port
 
 PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
 REALM = "buildbot"

@@ -19,7 +19,7 @@ import pexpect
 import pyte
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 PROMPT = "PROMPT> "
 

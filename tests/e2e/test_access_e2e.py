@@ -130,8 +130,8 @@ def _as_user(uid: int, gid: int, groups: list[int], socket_path: str, worker: st
     """In a forked child running as another user: connect to the master's socket and ask for a shell, driving
     the framed hop by hand over a blocking socket (that user cannot read this interpreter's files to start a
     client, so everything is imported before the fork)."""
-    from slaveshell import framing
-    from slaveshell.protocol import OpenRequest
+    from slaveshell.vocabulary import framing
+    from slaveshell.vocabulary.protocol import OpenRequest
 
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -187,7 +187,7 @@ def test_a_group_lets_another_user_reach_the_socket_and_the_policy_still_decides
     import shutil
     import tempfile
 
-    from slaveshell.sandbox import Sandbox
+    from slaveshell.client.sandbox import Sandbox
 
     group = "slaveshell-ops"
     if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:

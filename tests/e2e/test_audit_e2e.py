@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from slaveshell.sandbox import BUILDBOT, Sandbox
+from slaveshell.client.sandbox import BUILDBOT, Sandbox
 
 from .conftest import Terminal, shell_argv, wait_until
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.framing import MAGIC
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.framing import MAGIC
 
 from .conftest import Terminal, shell_argv, wait_until
 
@@ -39,7 +39,8 @@ _session.WorkerSession.close = lambda self, why="": None
 # it has sent them all; then it counts the answers.
 FLOOD = textwrap.dedent("""
     import sys, time
-    from slaveshell import framing, hop
+    from slaveshell.vocabulary import framing
+    from slaveshell.client import connection as hop
 
     sock = hop.connect(sys.argv[1])
     sock.setblocking(True)
@@ -65,7 +66,8 @@ FLOOD = textwrap.dedent("""
 # A viewer that watches, then stops reading; it says when its connection is lost.
 SLOW_WATCHER = textwrap.dedent("""
     import sys, time
-    from slaveshell import framing, hop
+    from slaveshell.vocabulary import framing
+    from slaveshell.client import connection as hop
 
     sock = hop.connect(sys.argv[1])
     sock.setblocking(True)
@@ -312,7 +314,8 @@ def test_a_worker_that_ignores_close_loses_the_session_within_the_deadline(bound
 # answer ran ahead of the others, how many bytes of the calls the master had taken by then, and the errors.
 PIPELINED_FLOOD = textwrap.dedent("""
     import sys, threading, time
-    from slaveshell import framing, hop
+    from slaveshell.vocabulary import framing
+    from slaveshell.client import connection as hop
 
     sock = hop.connect(sys.argv[1])
     sock.setblocking(True)

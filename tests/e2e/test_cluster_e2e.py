@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from master_side.cluster_config import master_uri, worker_uri
-from slaveshell.sandbox import Sandbox
+from master_side.cluster.config import master_uri, worker_uri
+from slaveshell.client.sandbox import Sandbox
 
 from .cluster_fixtures import DOC, Site, anonymous_probe, site
 from .conftest import shell_argv, wait_until

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import assert_no_traceback, wait_until
 

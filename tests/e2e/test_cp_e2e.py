@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
-from slaveshell.transcript import exact_output, parse_lines
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.transcript import exact_output, parse_lines
 
 from .conftest import assert_no_traceback, wait_until
 

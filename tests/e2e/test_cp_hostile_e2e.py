@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import assert_no_traceback, wait_until
 
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.e2e
 HOSTILE_WORKER = r'''
 # A hostile donated worker for the copy tests (tests/e2e/test_cp_hostile_e2e.py).
 from slave_side import transfer as _transfer
-from slaveshell import cpfiles as _cpfiles
-from slaveshell.cpwire import Data as _Data, Entry as _Entry
+from slaveshell.files import sender as _cpfiles
+from slaveshell.vocabulary.copying import Data as _Data, Entry as _Entry
 _plan = _transfer.plan
 def _hostile_plan(sources, recursive, check=None, base=None, **kw):
     planned = _plan(sources, recursive, check, base, **kw)
@@ -295,9 +295,9 @@ def test_names_that_are_not_utf8_are_copied_byte_exact_both_ways_and_recorded_es
 
 ROGUE_UPLOAD = r'''
 import sys
-from slaveshell.cp_client import CopyClient, Progress, run
-from slaveshell.cpfiles import plan
-from slaveshell.cpwire import UP, TransferRequest
+from slaveshell.client.copy_client import CopyClient, Progress, run
+from slaveshell.files.sender import plan
+from slaveshell.vocabulary.copying import UP, TransferRequest
 socket_path, dest, *files = sys.argv[1:]
 # Asks to copy the first file only, and streams all of them.
 request = TransferRequest(UP, "honest", (files[0].rsplit("/", 1)[-1],), dest)

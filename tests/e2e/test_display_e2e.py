@@ -18,7 +18,7 @@ import pexpect
 import pyte
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import Terminal, shell_argv, wait_until
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from slaveshell.sandbox import BUILDBOT, Sandbox
+from slaveshell.client.sandbox import BUILDBOT, Sandbox
 
 from .conftest import wait_until
 
@@ -78,14 +78,14 @@ def test_every_python_block_is_a_fragment_this_module_loads() -> None:
 
 def test_multi_master_doc_shows_the_router_configuration_slaveshell_makes() -> None:
     """docs/multi-master.md's crossbar configuration is what the command it names prints, and what the tests'
-    router runs with (slaveshell.router.config)."""
-    from slaveshell import router
+    router runs with (slaveshell.client.router.config)."""
+    from slaveshell.client import router
 
     with open(os.path.join(ROOT, "docs", "multi-master.md")) as f:
         text = f.read()
     blocks = re.findall(r"^```json\n(.*?)^```", text, flags=re.S | re.M)
     assert len(blocks) == 1
-    command = "python3 -m slaveshell.router config --port 8080 --ticket slaveshell=CHANGE-ME"
+    command = "python3 -m slaveshell.client.router config --port 8080 --ticket slaveshell=CHANGE-ME"
     assert f"`{command}`" in text
     printed = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=60,
                              cwd=ROOT)

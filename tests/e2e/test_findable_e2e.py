@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
-from slaveshell.transcript import Event, exact_output
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.transcript import Event, exact_output
 
 from .conftest import Terminal, shell_argv, wait_until
 

@@ -16,7 +16,7 @@ import pyrage
 import pytest
 from pyrage import x25519
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import Terminal, wait_until
 

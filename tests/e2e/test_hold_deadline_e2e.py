@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import PROMPT, Terminal, wait_until
 from .test_hold_e2e import FAILURE, hold_log, result_of, step_summary
@@ -148,7 +148,7 @@ def test_stepping_in_and_typing_keep_the_hold_then_idle_ends_it(sb: Sandbox) -> 
 def _extend_as(uid: int, gid: int, groups: list[int], socket_path: str, build_id: int, seconds: float) -> str:
     """In a forked child running as another user: ask the master to extend a hold, over the framed hop by hand
     (that user cannot read this interpreter's files to start a client)."""
-    from slaveshell import framing
+    from slaveshell.vocabulary import framing
 
     read_fd, write_fd = os.pipe()
     pid = os.fork()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import Terminal, shell_argv, wait_until
 

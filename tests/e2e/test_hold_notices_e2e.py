@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from slaveshell.sandbox import BUILDBOT, Sandbox
+from slaveshell.client.sandbox import BUILDBOT, Sandbox
 
 from .conftest import wait_until
 from .test_hold_e2e import FAILURE, cli, result_of
@@ -130,7 +130,7 @@ REPORTERS = """\
 from buildbot.plugins import reporters as _reporters
 from master_side import HoldNoticeFormatter as _Formatter, HoldNoticeGenerator as _Generator
 from master_side import NoticeFormatterFunction as _Function
-from master_side.hold_notices import DEFAULT_HTML as _HTML
+from master_side.holds.notices import DEFAULT_HTML as _HTML
 c['services'].append(_reporters.MailNotifier(
     fromaddr='buildbot@example.org', extraRecipients=['oncall@example.org'], relayhost='127.0.0.1',
     smtpPort={smtp_port}, generators=[_Generator(message_formatter=_Formatter(

@@ -13,7 +13,7 @@ import sys
 import pexpect
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import Terminal, shell_argv, wait_until
 

@@ -1,5 +1,5 @@
-"""Issue 14, item 1, end to end: buildbot-shell speaks the framed hop (slaveshell.framing) to a real master, without
-Twisted in the client, and a client that breaks the framing costs only its own connection."""
+"""Issue 14, item 1, end to end: buildbot-shell speaks the framed hop (slaveshell.vocabulary.framing) to a real master,
+without Twisted in the client, and a client that breaks the framing costs only its own connection."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import struct
 import subprocess
 import sys
 
-from slaveshell import framing
-from slaveshell.framing import FrameType, Op
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import FrameType, Op
 
 from .conftest import shell_argv
 

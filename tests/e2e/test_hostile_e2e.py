@@ -18,8 +18,9 @@ pytestmark = pytest.mark.e2e
 
 ROGUE = textwrap.dedent("""
     import socket, sys
-    from slaveshell import framing, hop
-    from slaveshell.protocol import OpenRequest
+    from slaveshell.vocabulary import framing
+    from slaveshell.client import connection as hop
+    from slaveshell.vocabulary.protocol import OpenRequest
 
     def refusal(first):
         # A client that is not the framed one: PB (its client waits for the server to speak), or Banana first.
@@ -88,7 +89,7 @@ def test_a_stopped_worker_is_detected_and_the_session_ended_with_the_reason(tmp_
     import signal
     import time
 
-    from slaveshell.sandbox import Sandbox
+    from slaveshell.client.sandbox import Sandbox
 
     from .conftest import wait_until
 
@@ -121,8 +122,8 @@ def test_a_stopped_worker_is_detected_and_the_session_ended_with_the_reason(tmp_
 def test_a_full_transcript_disk_ends_the_session_and_keeps_the_transcript_valid(tmp_path_factory):
     import json
 
-    from slaveshell.sandbox import Sandbox
-    from slaveshell.transcript import parse_lines
+    from slaveshell.client.sandbox import Sandbox
+    from slaveshell.vocabulary.transcript import parse_lines
 
     sb = Sandbox(str(tmp_path_factory.mktemp("diskfull")), workers=["d1"])
     sb.create()
@@ -157,7 +158,7 @@ def test_killing_the_worker_ends_the_client_with_255(tmp_path_factory):
     import signal
     import time
 
-    from slaveshell.sandbox import Sandbox
+    from slaveshell.client.sandbox import Sandbox
 
     sb = Sandbox(str(tmp_path_factory.mktemp("workerkill")), workers=["k1"])
     sb.create()
@@ -202,7 +203,7 @@ _session.WorkerSession._flush = _rogue_flush
 def test_a_rogue_worker_loses_its_session_and_keeps_its_connection_and_builds(tmp_path_factory):
     import json
 
-    from slaveshell.sandbox import Sandbox
+    from slaveshell.client.sandbox import Sandbox
 
     from .conftest import wait_until
 

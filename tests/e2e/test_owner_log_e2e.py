@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell import transcript
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary import transcript
 
 from .conftest import shell_argv, wait_until
 

@@ -1,7 +1,7 @@
 """Anyone on the master's PB port (the port every worker reaches, often over the internet), before logging in:
 an unfinished Banana list of 600,000 items on one connection and 400 strings of 512 KiB on another no longer
 make the master hold what they send (they grew it by 400 MB and stayed open): each connection is closed once it
-passes what Banana may hold before login (slaveshell.banana_bounds), with one log line and nothing of what it
+passes what Banana may hold before login (slaveshell.plumbing.banana_bounds), with one log line and nothing of what it
 sent; real workers still attach and build."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import threading
 import pytest
 from twisted.spread import banana
 
-from slaveshell.banana_bounds import LOGGED_IN, PRE_LOGIN
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.plumbing.banana_bounds import LOGGED_IN, PRE_LOGIN
 
 from .conftest import shell_argv, wait_until
 

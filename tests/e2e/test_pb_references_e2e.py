@@ -26,11 +26,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell import framing
-from slaveshell.cp import cmd_cp, parse
-from slaveshell.framing import FrameType, Op
-from slaveshell.protocol import OpenRequest
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.copy_cli import cmd_cp, parse
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import FrameType, Op
+from slaveshell.vocabulary.protocol import OpenRequest
 
 pytestmark = pytest.mark.e2e
 
@@ -184,7 +184,7 @@ def test_thousands_of_sessions_and_copies_leave_the_reference_tables_as_they_wer
         else:
             assert _copy(sb, str(src), "w1:up.txt") == 0, i
     for argv in ([str(src), "w1:up.txt"], None):
-        procs = [subprocess.Popen([sys.executable, "-m", "slaveshell.cp", "--socket", sb.socket, "-q",
+        procs = [subprocess.Popen([sys.executable, "-m", "slaveshell.client.copy_cli", "--socket", sb.socket, "-q",
                                    *(argv or ["w1:up.txt", str(down / f"p{i}.txt")])],
                                   stderr=subprocess.PIPE, text=True) for i in range(AT_ONCE)]
         for p in procs:

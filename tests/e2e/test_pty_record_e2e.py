@@ -9,8 +9,8 @@ import os
 import random
 import subprocess
 
-from slaveshell.sandbox import Sandbox
-from slaveshell.transcript import event_bytes, exact_output, parse_lines
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.transcript import event_bytes, exact_output, parse_lines
 from tests.test_transcript_bytes_path import ref_encode_event
 
 from .conftest import shell_argv

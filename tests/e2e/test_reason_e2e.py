@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import assert_no_traceback, shell_argv, wait_until
 

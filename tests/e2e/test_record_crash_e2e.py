@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
-from slaveshell.transcript import exact_output, parse_lines
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.transcript import exact_output, parse_lines
 
 from .conftest import Terminal, wait_until
 

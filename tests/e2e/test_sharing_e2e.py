@@ -205,7 +205,7 @@ def _sockets_to(pid, path):
 
 
 def test_console_sessions_after_the_master_went_away_shows_the_error_and_no_stale_table(tmp_path):
-    from slaveshell.sandbox import Sandbox
+    from slaveshell.client.sandbox import Sandbox
 
     sb = Sandbox(str(tmp_path / "gone"), workers=["g1"])
     sb.create()

@@ -265,7 +265,7 @@ def test_demo_in_a_job_control_shell_suspends_with_its_shell_and_keeps_a_detache
 
         # The held build, as printed.
         subprocess.run(_local(hold), check=True, capture_output=True, timeout=60)
-        from slaveshell.sandbox import Sandbox
+        from slaveshell.client.sandbox import Sandbox
 
         # A person types the next command seconds later; here, once the scheduler has made the build.
         assert wait_until(lambda: Sandbox(os.path.dirname(master_dir)).builds("holder"), 60)
@@ -319,7 +319,7 @@ def _stop_leftover_sandbox(master_dir: str) -> None:
         return
     root = os.path.dirname(master_dir)
     if os.path.isdir(root) and wait_until(lambda: not os.path.exists(root), 15) is False:
-        from slaveshell.sandbox import Sandbox
+        from slaveshell.client.sandbox import Sandbox
 
         sandbox = Sandbox(root, workers=["demo-worker"])
         sandbox.started = [sandbox.master_dir, sandbox.worker_dir("demo-worker")]

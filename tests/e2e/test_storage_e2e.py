@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from master_side.transcripts import attachment_path
-from slaveshell.sandbox import Sandbox
-from slaveshell.transcript import exact_output, parse_lines
+from master_side.audit.transcripts import attachment_path
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.transcript import exact_output, parse_lines
 
 from .conftest import shell_argv, wait_until
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import shell_argv, wait_until
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .conftest import shell_argv, wait_until
 from .test_web_e2e import plugin_on_path

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .browser import CHROMIUM, chromium
 
@@ -594,7 +594,7 @@ def test_static_assets_are_served(site: Sandbox) -> None:
 def test_browsers_dropping_rest_answers_leave_the_master_accepting(site: Sandbox) -> None:
     """Buildbot 4.3 writes REST answers from a thread; clients resetting their requests mid-answer used to leave
     closed descriptors in the reactor's epoll set, after which the master's later connections failed (all of them
-    here; CI saw the browser tests after it fail). master_side.rest_write_fix writes from the reactor."""
+    here; CI saw the browser tests after it fail). master_side.glue.rest_write_fix writes from the reactor."""
     import socket
     import struct
     import urllib.request
@@ -909,11 +909,11 @@ def test_an_ended_session_reloaded_links_to_its_replay_and_fits_the_window(brows
 
 def test_untrusted_text_in_the_pages_is_shown_escaped(browser: Any, site: Sandbox) -> None:
     """A command with a bidirectional override and an escape sequence (a local operator's session): the history
-    page shows them spelled out, as `slaveshell history` does (slaveshell.display.visible)."""
+    page shows them spelled out, as `slaveshell history` does (slaveshell.vocabulary.display.visible)."""
     import subprocess
     import sys
 
-    from slaveshell.display import visible
+    from slaveshell.vocabulary.display import visible
 
     command = "echo 'pay\u202egnp.exe' \x1b[31mred"
     shell = shutil_which_shell()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
 
 from .test_web_e2e import (
     TIMEOUT_MS,

@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from slaveshell.display import visible
-from slaveshell.sandbox import Sandbox
+from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.display import visible
 
 from .test_web_e2e import (
     SERVICE_KWARGS,

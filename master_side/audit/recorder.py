@@ -1,0 +1,311 @@
+"""Recording one session: its transcript file, written live; what the audit index learns of it goes through a
+`RecordIndex` (master_side.audit.trail.IndexWriter)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypedDict
+
+from twisted.logger import Logger
+
+from master_side.audit.store import utc
+from master_side.audit.transcripts import Attachment, TranscriptFile, attachment_marker, attachment_path
+from master_side.audit.upload_links import TypedWords
+from slaveshell.vocabulary import hidden as hidden_input
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.protocol import STREAM_OUT
+from slaveshell.vocabulary.transcript import CastEncoder
+
+if TYPE_CHECKING:
+    from master_side.sessions.session import MasterSession
+
+log = Logger()
+
+# A span of hidden input with no new keystroke for this long is ended (and marked) before the next event, or
+# at the service's next one-second tick (SessionRegistry.tick).
+SPAN_IDLE = 1.0
+
+Seal = Callable[[bytes], str]
+
+
+class HiddenCounts(TypedDict):
+    """A session's hidden input as its row counts it (docs/audit-schema.md, Hidden input)."""
+
+    hidden_bytes: int
+    hidden_spans: int
+    hidden_flag: bool
+
+
+class RecordIndex(Protocol):
+    """What a recording tells the audit index (master_side.audit.trail.IndexWriter: the trail writes the index)."""
+
+    def hidden_input(self, session_id: str, counts: HiddenCounts) -> None: ...
+    def record_error(self, session_id: str, error: OSError) -> None: ...
+    def recorded(self, session: MasterSession, ended: float, sha256: str | None, hidden: HiddenCounts,
+                 attachment_sha256: str | None = None) -> None: ...
+
+
+class SessionRecorder:
+    """Implements the relay's Recorder. Write-through: each event is in the transcript file (handed to the
+    kernel with os.write) when its method returns, and the relay calls it before it relays the event to any
+    viewer, so what anyone saw survives a kill -9 of the master (the kernel keeps what was written; only a
+    crash of the machine itself can lose what is not yet fsynced, which happens when the session ends).
+
+    A write error (a full disk) is reported once through `on_error`; after it, events are dropped and what was
+    already written stays valid (a partial line is cut back).
+
+    `bulk` (a session without a terminal): output chunks are written raw to the attachment
+    (master_side.audit.transcripts.Attachment), the transcript gets a short `a` event per chunk: no JSON encoding of
+    the bytes, storage about 1.0x of the output instead of 1.5x (text) to 3.7x (binary)."""
+
+    def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: RecordIndex | None,
+                 started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None,
+                 bulk: bool = False) -> None:
+        self.session_id = session_id
+        self.path = path
+        self.encoder = encoder
+        self.audit = audit
+        self.started = started
+        self.clock = clock
+        self.file: TranscriptFile | None = None
+        self.failed: OSError | None = None
+        self.on_error: Callable[[OSError], None] = lambda e: None
+        self.sha256: str | None = None
+        self.attachment = Attachment(attachment_path(path)) if bulk else None
+        self.attachment_sha256: str | None = None
+        # Runs blocking file work (the final fsync and close) off the reactor thread; None: here.
+        self.run_blocking: Callable[[Callable[[], None]], object] | None = None
+        # Hidden input: `seal` encrypts a span's bytes to the auditors (None: only lengths are kept).
+        self.seal = seal
+        self.hidden_bytes = 0
+        self.hidden_spans = 0
+        self.hidden_flag = False
+        self._span = bytearray()
+        self._span_last = 0.0
+        self._after_hidden_line = False
+        # The words typed or piped (not hidden, and only when input is recorded): what a session names besides its
+        # command (master_side.audit.upload_links, read by the audit trail at the end).
+        self.typed = TypedWords() if encoder.record_input else None
+
+    def create(self, header: str) -> None:
+        """Create the file with its header on disk, before anything is served. Raises OSError."""
+        self.file = TranscriptFile(self.path)
+        self.file.add([header])
+        try:
+            self.file.flush()
+        except OSError:
+            self.file.abandon()
+            self.file = None
+            os.unlink(self.path)
+            raise
+
+    def _t(self) -> float:
+        return max(0.0, self.clock() - self.started)
+
+    def _add(self, lines: Sequence[str | bytes], flush: bool = True) -> None:
+        """Add `lines` to the file and, with `flush`, write everything added so far (an input added without it
+        goes with the next event's write)."""
+        if self._span and self.clock() - self._span_last >= SPAN_IDLE:
+            self._end_span()  # its marker goes before the event that comes after the idle time
+        if self.file is None or self.failed is not None:
+            return
+        if lines:
+            self.file.add(lines)
+        if flush and self.file.pending:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._span and self.clock() - self._span_last >= SPAN_IDLE:
+            self._end_span()
+        if self.file is None or self.failed is not None:
+            return
+        try:
+            self.file.flush()
+        except OSError as e:
+            self._fail(e)
+
+    def _fail(self, error: OSError) -> None:
+        self.failed = error
+        log.critical("session {sid}: transcript {path} cannot be written: {e}", sid=self.session_id,
+                     path=visible(self.path), e=visible(error))
+        if self.audit is not None:
+            self.audit.record_error(self.session_id, error)
+        self.on_error(error)
+
+    # -- the relay's Recorder interface ----------------------------------------------------------
+
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
+        if self.attachment is None:
+            self._add(self.encoder.output_encoded(self._t(), data))
+        else:
+            self._bulk(data, stream)
+
+    def _bulk(self, data: bytes, stream: int) -> None:
+        """A bulk chunk (stream 0: input): inline when short text, else raw in the attachment, then its event."""
+        assert self.attachment is not None
+        t = self._t()
+        lines = self.encoder.bulk(t, data, "i" if stream == 0 else "o")
+        if lines is None:
+            if self.file is None or self.failed is not None:
+                return
+            data = self.encoder.redact.raw(data)
+            try:
+                offset = self.attachment.write(data)
+            except OSError as e:
+                self._fail(e)
+                return
+            lines = self.encoder.attached(t, stream, offset, len(data))
+        self._add(lines)
+
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
+        """`flush` False: the event is written with the next event's (the relay records a keystroke's echo right
+        after it, before relaying either): one write instead of two. Hidden input and a bulk stream's are written
+        as they always are."""
+        if hidden:
+            self._hidden(data)
+            return
+        self._end_span()
+        self._after_hidden_line = False
+        if self.typed is not None:
+            self.typed.feed(data)
+        if self.attachment is not None and self.encoder.record_input:
+            self._bulk(data, 0)  # an upload through a pipe: as cheap as output
+            return
+        self._add(self.encoder.input(self._t(), data, hidden), flush)
+
+    # -- hidden input (slaveshell.vocabulary.hidden) ---------------------------------------------------------
+
+    def _hidden(self, data: bytes) -> None:
+        """Keystrokes the remote terminal did not display: gathered into a span that ends at a line end, at
+        visible input, after SPAN_IDLE without keystrokes, at MAX_SPAN bytes or at the session's end; the
+        transcript gets the span's marker then. Only `seal` ever sees the bytes."""
+        self.encoder.input(self._t(), data, True)  # drops the input decoder's state
+        if not self._span and self._after_hidden_line:
+            self.hidden_flag = True  # typing went on, hidden, after a hidden line: not a password
+        self._span += data
+        self._span_last = self.clock()
+        self.hidden_bytes += len(data)
+        if self.hidden_bytes > hidden_input.HIDDEN_FLAG_BYTES:
+            self.hidden_flag = True
+        if b"\r" in data or b"\n" in data:
+            self._end_span()
+            self._after_hidden_line = True
+        elif len(self._span) >= hidden_input.MAX_SPAN:
+            self._end_span()
+
+    def _end_span(self) -> None:
+        if not self._span:
+            return
+        data, self._span = bytes(self._span), bytearray()
+        sealed = None
+        if self.seal is not None and self.encoder.record_input:
+            try:
+                sealed = self.seal(data)
+            except Exception as e:
+                # Never the bytes, nor the library's message (it could quote them): the kind of failure only.
+                log.error("session {sid}: hidden input could not be sealed ({kind})", sid=self.session_id,
+                          kind=type(e).__name__)
+        nbytes = len(data)
+        del data
+        self.hidden_spans += 1
+        self._add(self.encoder.hidden_span(self._t(), nbytes, sealed))
+        if self.audit is not None:
+            self.audit.hidden_input(self.session_id, self.hidden_counts())
+
+    def hidden_counts(self) -> HiddenCounts:
+        return {"hidden_bytes": self.hidden_bytes, "hidden_spans": self.hidden_spans,
+                "hidden_flag": self.hidden_flag}
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._add(self.encoder.resize(self._t(), cols, rows))
+
+    def marker(self, text: str) -> None:
+        self._end_span()
+        self._add(self.encoder.marker(self._t(), text))
+
+    def end(self, session: MasterSession) -> None:
+        self._end_span()
+        status = session.status
+        t = self._t()
+        closing = self._close_attachment(t)
+        if status is None:
+            self._add(closing)
+        else:
+            if status.signal is not None:
+                text = f"exit: killed by signal {status.signal}"
+            elif status.code is not None:
+                text = f"exit: code {status.code}"
+            else:
+                text = f"ended: {status.reason}"
+            self._add(self.encoder.flush(t) + closing + self.encoder.marker(t, text))
+        if self.file is not None:
+            try:
+                if self.failed is None:
+                    self.sha256 = self.file.close(self.run_blocking)
+                else:
+                    self.file.abandon()
+            except OSError as e:
+                self.file.abandon()
+                self._fail(e)
+        if self.audit is not None:
+            self.audit.recorded(session, self.clock(), self.sha256, self.hidden_counts(), self.attachment_sha256)
+
+    def _close_attachment(self, t: float) -> list[str]:
+        """Close the attachment (fsync off the reactor thread); its closing marker, if there is one."""
+        attachment = self.attachment
+        if attachment is None or not attachment.created:
+            return []
+        try:
+            self.attachment_sha256 = attachment.close(self.run_blocking)
+        except OSError as e:
+            attachment.abandon()
+            self._fail(e)
+            return []
+        return self.encoder.marker(t, attachment_marker(attachment.path, attachment.size,
+                                                         self.attachment_sha256 or ""))
+
+
+def header_for(session: MasterSession, master_name: str) -> str:
+    req = session.request
+    return CastEncoder.header(
+        req.cols, req.rows, session.started,
+        command=req.command,
+        title=f"{session.identity.user}@{req.worker}" + (f": {req.command}" if req.command else ""),
+        env={"TERM": req.term} if req.pty else None,
+        slaveshell={
+            "session": session.id,
+            "worker": req.worker,
+            "operator": session.identity.user,
+            "uid": session.identity.uid,
+            "master": master_name,
+            "pty": req.pty,
+            "started": utc(session.started).isoformat() + "Z",
+            **({"reason": req.reason} if req.reason is not None else {}),
+            **(session.build or {}),
+        },
+    )
+
+
+def session_row(session: MasterSession, master_name: str, transcript: str | None) -> dict[str, object]:
+    req = session.request
+    return {
+        "id": session.id,
+        "worker": req.worker,
+        "operator": session.identity.user,
+        "uid": session.identity.uid,
+        "master": master_name,
+        "command": req.command,
+        "pty": req.pty,
+        "term": req.term if req.pty else None,
+        "width": req.cols,
+        "height": req.rows,
+        "started": utc(session.started),
+        "state": "running",
+        "transcript": transcript,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "reason": req.reason,
+        **(session.build or {}),
+    }

@@ -1,0 +1,266 @@
+"""`ClusterLink`: slaveshell's own session on the site's WAMP router, and what it registers and asks there.
+
+It is an autobahn `Component` authenticated as slaveshell (a ticket), reconnecting with a bounded backoff: never
+Buildbot's session (anonymous, never reconnecting, and the master stops when it is lost). On it each master
+registers
+
+- `slaveshell.master.<name>.workers` (master_side.cluster.config.master_uri): the workers attached to it now;
+- `slaveshell.worker.<name>.locate` per attached, opted-in worker (worker_uri): the router refuses a second
+  registration of a procedure and drops a session's registrations at once when the session dies, so its live
+  registrations say which master holds a worker now. A worker whose procedure another master holds is
+  attached to two masters: it is reported (`duplicates`), never registered twice.
+
+`sync` (called every second by the service) brings the registrations in line with the attached workers;
+`site` asks every other master on the router for its workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from master_side.cluster.config import ClusterConfig, master_of_uri, master_uri, worker_uri
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.display import visible
+
+if TYPE_CHECKING:
+    from autobahn.wamp.request import Registration
+
+log = Logger()
+
+# A worker whose procedure another master holds is tried again after this many seconds (that master may have
+# let it go).
+RETRY_REFUSED = 10.0
+ALREADY_EXISTS = "wamp.error.procedure_already_exists"
+
+
+class ClusterUnavailable(Exception):
+    """The router cannot be asked now (not connected, or it did not answer)."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one master says of itself: its cluster name, Buildbot's name for it (`host:basedir`), its id in the
+    shared database, and its attached workers (dicts: name, shell, paused, system, info, sessions, registered)."""
+
+    master: str
+    buildbot: str
+    masterid: int | None
+    workers: tuple[dict[str, object], ...]
+
+    @classmethod
+    def from_wire(cls, value: object) -> Listing | None:
+        """A listing from another master's answer, or None when it is not one (checked: it comes from the wire)."""
+        if not isinstance(value, dict):
+            return None
+        master, buildbot, masterid = value.get("master"), value.get("buildbot"), value.get("masterid")
+        workers = value.get("workers")
+        if not isinstance(master, str) or not isinstance(buildbot, str) or not isinstance(workers, list):
+            return None
+        if masterid is not None and (not isinstance(masterid, int) or isinstance(masterid, bool)):
+            return None
+        rows = tuple(w for w in workers if isinstance(w, dict) and isinstance(w.get("name"), str))
+        return cls(master, buildbot, masterid, rows)
+
+    def to_wire(self) -> dict[str, object]:
+        return {"master": self.master, "buildbot": self.buildbot, "masterid": self.masterid,
+                "workers": list(self.workers)}
+
+
+class ClusterLink:
+    """slaveshell's session on the router. `listing` gives this master's Listing (its workers now); `reactor`
+    runs the component."""
+
+    def __init__(self, config: ClusterConfig, listing: Callable[[], Listing], reactor: Any) -> None:
+        self.config = config
+        self.name = config.master
+        self._listing = listing
+        self._reactor = reactor
+        self._session: Any = None
+        self._component: Any = None
+        self._registered: dict[str, Registration] = {}  # worker name -> its registration
+        self._pending: set[str] = set()
+        self.duplicates: dict[str, float] = {}  # worker name -> when its registration was refused
+        self.master_refused = False  # another master holds this master's name
+        self._uris: dict[int, str] = {}  # registration id -> URI, as the router's meta API told it
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    def registered(self, worker: str) -> bool:
+        return worker in self._registered
+
+    def start(self, basedir: str) -> None:
+        """Join the router (and keep joining it when the link is lost); a ticket file that cannot be read leaves
+        the link off, said in the log."""
+        from autobahn.twisted.component import Component
+
+        try:
+            ticket = self.config.secret(basedir)
+        except OSError as e:
+            log.critical("slaveshell: cannot read the router's ticket file ({why}): the cluster link is off",
+                         why=visible(e.strerror or str(e)))
+            return
+
+        transport = {"url": self.config.router_url, "max_retries": -1,
+                     "initial_retry_delay": self.config.initial_retry_delay,
+                     "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
+        component = Component(transports=[transport], realm=self.config.realm,
+                              authentication={"ticket": {"authid": self.config.authid,
+                                                         "ticket": ticket}})
+        component.on("join", self._joined)
+        component.on("leave", self._left)
+        self._component = component
+        done = component.start(self._reactor)
+        done.addErrback(lambda failure: log.critical(
+            "slaveshell: the cluster link to the router ended: {why}", why=visible(failure.getErrorMessage())))
+
+    @deferred
+    async def stop(self) -> None:
+        component, self._component = self._component, None
+        if component is not None:
+            try:
+                # Leaving waits for the router's answer: bounded, so that a router gone silent cannot hold up
+                # the master's shutdown.
+                await self._timed(defer.maybeDeferred(component.stop))
+            except Exception as e:
+                log.warn("slaveshell: the cluster link did not leave the router cleanly: {why}",
+                         why=visible(str(e)[:200]))
+        self._forget()
+
+    # -- the session's life ------------------------------------------------------------------------
+
+    @deferred
+    async def _joined(self, session: Any, details: object) -> None:
+        log.info("slaveshell: joined the router as master {name}", name=visible(self.name))
+        self._session = session
+        try:
+            await session.register(self._answer_listing, master_uri(self.name))
+        except Exception as e:
+            self.master_refused = _error_uri(e) == ALREADY_EXISTS
+            log.critical("slaveshell: cannot register master {name} on the router: {why}", name=visible(self.name),
+                         why="another master already uses this name" if self.master_refused else visible(str(e)))
+
+    def _left(self, session: Any, details: object) -> None:
+        log.warn("slaveshell: left the router ({why}); reconnecting", why=visible(str(details)[:200]))
+        self._forget()
+
+    def _forget(self) -> None:
+        self._session = None
+        self._registered.clear()
+        self._pending.clear()
+        self.duplicates.clear()
+        self._uris.clear()
+
+    def _answer_listing(self) -> dict[str, object]:
+        return self._listing().to_wire()
+
+    def _answer_locate(self, worker: str) -> Callable[[], dict[str, object]]:
+        def locate() -> dict[str, object]:
+            listing = self._listing()
+            return {"worker": worker, "master": listing.master, "buildbot": listing.buildbot}
+        return locate
+
+    # -- registrations -------------------------------------------------------------------------------
+
+    def sync(self, attached: Iterable[str], now: float) -> None:
+        """Register the workers in `attached` (attached here and opted in) that are not registered yet, and
+        unregister those no longer attached. A refused one (another master holds it) is tried again later."""
+        session = self._session
+        if session is None:
+            return
+        wanted = set(attached)
+        for worker in list(self._registered):
+            if worker not in wanted:
+                self._unregister(worker)
+        for worker in list(self.duplicates):
+            if worker not in wanted:
+                del self.duplicates[worker]
+        for worker in wanted:
+            if worker in self._registered or worker in self._pending:
+                continue
+            if now - self.duplicates.get(worker, now - RETRY_REFUSED) < RETRY_REFUSED:
+                continue
+            self._pending.add(worker)
+            self._register(session, worker, now)
+
+    @deferred
+    async def _register(self, session: Any, worker: str, now: float) -> None:
+        try:
+            registration = await session.register(self._answer_locate(worker), worker_uri(worker))
+        except Exception as e:
+            if session is not self._session:
+                return
+            self._pending.discard(worker)
+            if _error_uri(e) == ALREADY_EXISTS:
+                if worker not in self.duplicates:
+                    log.warn("slaveshell: worker {worker} is attached here and to another master: it is reported, "
+                             "not registered", worker=visible(worker))
+                self.duplicates[worker] = now
+            else:
+                log.warn("slaveshell: cannot register worker {worker} on the router: {why}", worker=visible(worker),
+                         why=visible(str(e)[:200]))
+            return
+        if session is not self._session:
+            return
+        self._pending.discard(worker)
+        self.duplicates.pop(worker, None)
+        self._registered[worker] = registration
+
+    def _unregister(self, worker: str) -> None:
+        registration = self._registered.pop(worker)
+        d = defer.maybeDeferred(registration.unregister)
+        d.addErrback(lambda failure: log.warn("slaveshell: unregistering worker {worker}: {why}",
+                                              worker=visible(worker), why=visible(failure.getErrorMessage())))
+
+    # -- questions to the other masters ----------------------------------------------------------------
+
+    @deferred
+    async def site(self) -> list[Listing]:
+        """Every other master's Listing, from the masters registered on the router now (a master that does not
+        answer within call_timeout is left out and logged). ClusterUnavailable when not on the router."""
+        session = self._session
+        if session is None:
+            raise ClusterUnavailable("this master is not connected to the cluster's router")
+        try:
+            uris = await self._timed(self._master_uris(session))
+        except Exception as e:
+            raise ClusterUnavailable(f"the cluster's router did not answer: {str(e)[:200]}") from None
+        own = master_uri(self.name)
+        asked = [uri for uri in uris if uri != own and master_of_uri(uri) is not None]
+        answers = await defer.DeferredList([self._timed(session.call(uri)) for uri in asked], consumeErrors=True)
+        listings = []
+        for uri, (ok, value) in zip(asked, answers, strict=True):
+            listing = Listing.from_wire(value) if ok else None
+            if listing is None or listing.master != master_of_uri(uri):
+                log.warn("slaveshell: master {name} did not answer on the router", name=visible(master_of_uri(uri)))
+                continue
+            listings.append(listing)
+        return listings
+
+    @deferred
+    async def _master_uris(self, session: Any) -> list[str]:
+        """The URIs of the procedures registered on the router now (the meta API: wamp.registration.list,
+        then .get for the ids not seen before)."""
+        ids = await session.call("wamp.registration.list")
+        exact = [i for i in (ids or {}).get("exact", []) if isinstance(i, int)]
+        self._uris = {i: uri for i, uri in self._uris.items() if i in exact}
+        unknown = [i for i in exact if i not in self._uris]
+        infos = await defer.DeferredList([session.call("wamp.registration.get", i) for i in unknown],
+                                         consumeErrors=True)
+        for i, (ok, info) in zip(unknown, infos, strict=True):
+            if ok and isinstance(info, dict) and isinstance(info.get("uri"), str):
+                self._uris[i] = info["uri"]
+        return list(self._uris.values())
+
+    def _timed(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        return d.addTimeout(self.config.call_timeout, self._reactor)
+
+
+def _error_uri(error: BaseException) -> str | None:
+    return getattr(error, "error", None)

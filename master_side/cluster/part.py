@@ -1,0 +1,65 @@
+"""`ClusterPart`: what `ShellService(cluster=...)` adds to a master of a multi-master site: slaveshell's link to
+the router (master_side.cluster.link) kept in line with the attached workers, and the site-wide answers
+(master_side.cluster.view) for the doors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+
+from master_side.cluster.config import ClusterConfig
+from master_side.cluster.link import ClusterLink, Listing
+from master_side.cluster.view import elsewhere, local_listing, site_workers
+from master_side.glue.buildbot import BuildbotGlue
+from master_side.sessions.registry import SessionRegistry
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.policy import Identity, Policy
+
+if TYPE_CHECKING:
+    from buildbot.master import BuildMaster
+
+
+class ClusterPart:
+    def __init__(self, config: ClusterConfig, master: Callable[[], BuildMaster], glue: BuildbotGlue,
+                 registry: SessionRegistry, policy: Callable[[], Policy], reactor: object) -> None:
+        self.config = config
+        self._master = master
+        self._glue = glue
+        self._registry = registry
+        self._policy = policy
+        self.link = ClusterLink(config, self._listing, reactor)
+
+    def start(self) -> None:
+        self.link.start(str(self._master().basedir))
+
+    def stop(self) -> defer.Deferred[None]:
+        return self.link.stop()
+
+    def tick(self, now: float) -> None:
+        """Register the attached, opted-in workers on the router; unregister the others."""
+        self.link.sync((facts.name for facts in self._glue.workers() if facts.shell), now)
+
+    def _listing(self) -> Listing:
+        sessions = list(self._registry)
+        rows = []
+        for facts in self._glue.workers():
+            row: dict[str, object] = {k: v for k, v in asdict(facts).items() if k != "pb_references"}
+            row["sessions"] = sum(1 for s in sessions if s.worker == facts.name)
+            row["registered"] = self.link.registered(facts.name)
+            rows.append(row)
+        return local_listing(self._master(), self.config.master, rows)
+
+    def workers(self, who: Identity, rows: list[dict[str, object]]) -> defer.Deferred[list[dict[str, object]]]:
+        """`rows` (OperatorAPI.workers: this master's) with the site's: which master holds each worker."""
+        return site_workers(self.link, self._policy(), who, rows, self._master)
+
+    @deferred
+    async def refusal(self, worker: str, why: str) -> str:
+        """The refusal of a shell on `worker` that this master cannot route to (`why`): where the worker is, when
+        it is not attached here and another master holds it."""
+        if worker in self._master().workers.connections:
+            return why
+        return await elsewhere(self.link, worker, why)

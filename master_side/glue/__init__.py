@@ -1,0 +1,1 @@
+"""Where slaveshell meets Buildbot's and Twisted's own code."""

@@ -1,0 +1,385 @@
+"""`OperatorAPI`: every operation an operator can ask of the master, whatever the door they came in by.
+
+Operations: workers, open, attach (join, resume, watch), sessions, kill, release, history, transcript,
+search. Each takes the operator's `Identity` (who they are, established by the door: the kernel's peer
+credentials on the UNIX socket) and fails only with `OperatorError`, whose message is meant for the operator
+and whose `kind` says what went wrong. A viewer's end of a session is a `ViewerSink`; each door (the
+framed door, master_side.shell_socket.door; the web door, master_side.www) provides its own, calls the `View` that
+open and attach return with the operator's messages, and maps errors to its wire answers.
+
+Authorization is asked of the policy (slaveshell.policy); bounds per operator and per session are checked
+here, bounds per connection by the door.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
+from master_side.audit.trail import RecordingError
+from master_side.glue.buildbot import BuildbotGlue, RouteError
+from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
+from master_side.operators.copy_calls import CopyOperations, Transfers
+from master_side.operators.hold_calls import extend_hold, list_holds
+from master_side.operators.terms import ErrorKind, OperatorError, View, ViewerSink
+from master_side.sessions.model import Viewer, new_session_id
+from master_side.sessions.registry import SessionRegistry
+from master_side.sessions.session import MasterSession
+from master_side.sessions.worker_link import WorkerPeer, open_on_worker
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import Action, Identity, Policy
+from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
+
+if TYPE_CHECKING:
+    from buildbot.process.botmaster import BotMaster
+    from buildbot.worker.protocols.pb import Connection as WorkerConnection
+
+    from master_side.audit.trail import AuditTrail
+    from master_side.cluster.part import ClusterPart
+    from master_side.operators.limits import ConnectionGate
+
+log = Logger()
+
+# The API's vocabulary (master_side.operators.terms) is importable from here too.
+__all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
+
+
+class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operators.copy_calls)
+    def __init__(self, registry: SessionRegistry, glue: BuildbotGlue, gate: ConnectionGate,
+                 trail: Callable[[], AuditTrail | None], botmaster: Callable[[], BotMaster], holds: Holds) -> None:
+        self.registry = registry
+        self.holds = holds
+        self.glue = glue
+        self.gate = gate
+        self._trail = trail
+        self._botmaster = botmaster
+        self.policy = Policy.default()
+        # How long a worker may take to start a session before the operator is told it did not answer.
+        self.open_timeout = 30.0
+        # How long `--build ID` waits for a running build to reach its HoldForShell step.
+        self.hold_wait = 600.0
+        self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
+        self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.operators.copy_calls)
+        self.cluster: ClusterPart | None = None  # a multi-master site's router (master_side.cluster.part)
+
+    @property
+    def trail(self) -> AuditTrail:
+        trail = self._trail()
+        if trail is None:
+            raise OperatorError(ErrorKind.UNAVAILABLE, "the master's shell service is not running")
+        return trail
+
+    # -- workers and sessions ----------------------------------------------------------------------
+
+    def workers(self, who: Identity) -> list[dict[str, object]]:
+        """The workers `who` has some right on (`WorkerFacts`), with whether they may open a shell there."""
+        result: list[dict[str, object]] = []
+        sessions = list(self.registry)
+        for facts in self.glue.workers():
+            name = facts.name
+            # Only the workers this operator has some right on (as history shows only what they may replay).
+            if not any(self.policy.may(who, action, name).allowed for action in Action):
+                continue
+            result.append({
+                "name": name, "connected": facts.connected, "shell": facts.shell, "paused": facts.paused,
+                "system": facts.system, "info": facts.info,
+                "allowed": self.policy.may(who, Action.SHELL, name).allowed,
+                "sessions": sum(1 for s in sessions if s.worker == name),
+                "pb_references": facts.pb_references,
+            })
+        return result
+
+    def sessions(self, who: Identity) -> list[dict[str, object]]:
+        """The live sessions `who` may watch (their own, and others' on workers where they have 'watch')."""
+        out: list[dict[str, object]] = []
+        trail = self._trail()
+        for s in sorted(self.registry.live(), key=lambda s: s.started):
+            if not self.policy.may(who, Action.WATCH, s.worker, owner=s.identity).allowed:
+                continue
+            out.append({
+                "id": s.id, "worker": s.worker, "operator": s.identity.user, "uid": s.identity.uid,
+                "started": s.started, "state": s.state.value, "command": s.request.command,
+                "reason": s.request.reason,
+                "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
+                "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
+            })
+        return out
+
+    # -- open --------------------------------------------------------------------------------------
+
+    def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+        """The operator gets `message` every time; the audit index and the log get it at most once per uid and
+        kind of refusal per interval, with a count of the others (limits.RefusalAudit): a user with no rights
+        cannot flood the index, the log, or the write queue that holds real sessions' rows while the database
+        is away."""
+        if self.gate is not None:
+            self.gate.audit(who, "refused", message, worker)
+        else:
+            self.trail.refused(who, worker, message)
+        return OperatorError(kind, message)
+
+    @deferred
+    async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+        """Open a session for `who` (fires a View, or None when the operator left while it started: the session
+        then starts detached). Raises OperatorError."""
+        trail = self.trail
+        # Who the session is for comes from the door, never from the client.
+        conn, request = await self._admit(who, replace(request, operator=who.user), sink)
+        if sink.gone:
+            # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
+            raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
+        session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
+                                clock=self.registry.clock)
+        hold = self.holds.get(request.build)
+        if hold is not None:
+            session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
+        # Recorded before served: the transcript and the index row exist before the worker is asked.
+        try:
+            recorder = await trail.begin(session)
+        except RecordingError as e:
+            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+        if recorder is not None:
+            session.recorder = recorder
+            recorder.on_error = lambda error: self.registry.recording_failed(session, error)
+        session.viewer_events = trail
+
+        reply = await open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
+        if reply.ref is None:
+            trail.not_opened(session, reply.error)
+            raise OperatorError(ErrorKind.UNAVAILABLE, reply.error)
+        worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
+                            refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
+        owner = session.start(sink, worker)
+        self.registry.add(session, worker)
+        if request.pause:
+            self.registry.pause(session)
+        if hold is not None:
+            hold.listeners.append(lambda why: self.registry.build_released(session, why))
+            hold.stepped_in(self.registry.clock())
+        trail.opened(session)
+        # Never the command: logs are world-readable, session content belongs in the audit store only.
+        log.info("slaveshell session {sid}: {who} opened {what} on {worker}", sid=session.id, who=visible(who),
+                 what="a command" if request.command else "a login shell", worker=visible(request.worker))
+        if sink.gone:
+            # The operator left while the worker was starting the session. A login shell starts detached, to be
+            # resumed; a command ends (its operator was interrupted, or is gone: nobody waits for its output).
+            session.remove_viewer(owner, "connection lost")
+            if not request.pty:
+                session.close("the operator left before the session opened")
+            return None
+        self._bind(session, owner, sink)
+        told = hold.deadline_notice() if hold is not None and request.command is None else None
+        if told is not None:
+            session.notice(told)
+        if recorder is None:
+            session.notice("WARNING: this session is NOT being recorded (the audit trail is unavailable)")
+        return View(session, owner, self.registry.peer_error)
+
+    @deferred
+    async def _admit(self, who: Identity, request: OpenRequest,
+                     sink: ViewerSink) -> tuple[WorkerConnection, OpenRequest]:
+        """The policy, the route to the worker (waiting for a build's hold if need be), the workdir and the
+        quotas: fires (the worker's connection, the request with its workdir), or raises OperatorError (audited
+        as a refusal)."""
+        decision = self.policy.may(who, Action.SHELL, request.worker)
+        if request.reason is None:
+            decision = decision.without_reason(request.worker)
+        if not decision.allowed:
+            raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
+        try:
+            conn = self.glue.route(request.worker)
+            if request.build is not None and request.build not in self.holds.held:
+                if not (await self._wait_for_hold(who, request.worker, request.build, sink)):
+                    raise OperatorError(ErrorKind.STOPPED, "stopped waiting for the build to be held")
+                conn = self.glue.route(request.worker)
+            request = self.glue.workdir_for(request, self.holds.held)
+        except RouteError as e:
+            why = str(e) if self.cluster is None else await self.cluster.refusal(request.worker, str(e))
+            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, why) from None
+        quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
+                                  self.registry.limits.per_operator)
+        if quota:
+            raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
+        return conn, request
+
+    def _bind(self, session: MasterSession, viewer: Viewer, sink: ViewerSink) -> None:
+        """Tie the sink's failures and disconnection to `viewer`."""
+        viewer.connection = sink.connection
+        sink.on_failure(lambda refusal: self.registry.viewer_failed(session, viewer, refusal))
+        self.registry.hook(session, sink.on_disconnect(lambda: session.viewer_lost(viewer)))
+
+    @deferred
+    async def _wait_for_hold(self, who: Identity, worker: str, build_id: int, sink: ViewerSink) -> bool:
+        """`--build` on a running build whose HoldForShell step is still ahead: tell the operator, then wait for
+        the hold, up to `hold_wait` s. True once held (or when there is nothing to wait for:
+        `BuildbotGlue.workdir_for` refuses a hold-less or finished build at once); False when the operator left
+        while waiting; raises RouteError when the build will not be held."""
+        from twisted.internet import reactor
+
+        botmaster = self._botmaster()
+        if not hold_ahead(botmaster, build_id, worker):
+            return True
+        if self.holds.waiters() >= MAX_WAITING:
+            raise RouteError(f"build {build_id} is not held yet, and {MAX_WAITING} operators already wait for "
+                             "builds to be held (the master's limit): try again once it is held")
+        if self._waiting_by_uid.get(who.uid, 0) >= MAX_WAITING_PER_OPERATOR:
+            raise RouteError(f"build {build_id} is not held yet, and {who.user} already waits for "
+                             f"{MAX_WAITING_PER_OPERATOR} builds (the master's limit per operator)")
+        self._waiting_by_uid[who.uid] = self._waiting_by_uid.get(who.uid, 0) + 1
+        sink.waiting(f"build {build_id} is still running; waiting for it to be held (Ctrl-C stops waiting)")
+        waited: defer.Deferred[Hold] = self.holds.wait_for(botmaster, build_id, self.hold_wait, reactor)
+        undo = sink.on_disconnect(waited.cancel)
+        try:
+            await waited
+        except defer.CancelledError:
+            return False
+        except NotHeld as e:
+            raise RouteError(str(e)) from None
+        finally:
+            undo()
+            left = self._waiting_by_uid.pop(who.uid, 1) - 1
+            if left:
+                self._waiting_by_uid[who.uid] = left
+        return not sink.gone
+
+    # -- attach ------------------------------------------------------------------------------------
+
+    def attach(self, who: Identity, sink: ViewerSink, session_id: object, mode: object) -> View:
+        """`slaveshell attach` (join, or resume a detached session) and `slaveshell watch`."""
+        if not isinstance(session_id, str) or mode not in ("attach", "watch"):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: attach needs a sink, a session id and a mode")
+        session = self.registry.get(session_id)
+        if session is None:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
+        if mode == "watch":
+            role, action = Role.WATCH, Action.WATCH
+        elif session.owner is None:
+            # Resuming a detached session: its own operator may (with the shell right), others need join.
+            role, action = Role.OWNER, Action.RESUME
+        else:
+            role, action = Role.JOIN, Action.JOIN
+        decision = self.policy.may(who, action, session.worker, owner=session.identity)
+        if not decision.allowed:
+            # Rate-limited like every refusal; the key is the text before the first colon, so no session id there.
+            self.gate.audit(who, "refused", f"permission denied: {mode} {session_id}: {decision.reason}",
+                            session.worker)
+            raise OperatorError(ErrorKind.DENIED, f"permission denied: {decision.reason}")
+        too_many = self.gate.viewer_refusal(who, sink.connection, session, self.registry.live())
+        if too_many:
+            self.gate.audit(who, "refused", f"view refused: {mode} {session_id}: {too_many}", session.worker)
+            raise OperatorError(ErrorKind.LIMIT, too_many)
+        try:
+            viewer = session.add_viewer(who, role, sink)
+        except ProtocolError as e:
+            raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
+        self._bind(session, viewer, sink)
+        return View(session, viewer, self.registry.peer_error)
+
+    # -- kill and release ---------------------------------------------------------------------------
+
+    def kill(self, who: Identity, session_id: object) -> str:
+        if not isinstance(session_id, str):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "kill needs a session id")
+        session = self.registry.get(session_id)
+        if session is None:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
+        if not self.policy.may(who, Action.KILL, session.worker, owner=session.identity).allowed:
+            raise OperatorError(ErrorKind.DENIED,
+                                f"permission denied: {who} may not kill sessions on worker {session.worker}")
+        session.notice(f"session killed by {who.user}")
+        session.close(f"killed by {who.user}")
+        trail = self._trail()
+        if trail is not None:
+            trail.killed(session, who)
+        return f"session {session_id} on {session.worker}: hangup sent (then TERM, then KILL)"
+
+    def release(self, who: Identity, build_id: object) -> str:
+        if not isinstance(build_id, int) or isinstance(build_id, bool):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "release needs a build id")
+        hold = self.holds.get(build_id)
+        if hold is None:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"build {build_id} is not held")
+        if not self.policy.may(who, Action.RELEASE, hold.worker).allowed:
+            raise OperatorError(ErrorKind.DENIED,
+                                f"permission denied: {who} may not release builds on worker {hold.worker}")
+        hold.release(f"released by {who.user}")
+        trail = self._trail()
+        if trail is not None:
+            trail.released(hold, who)
+        return f"build {hold.builder} #{hold.build_number} (id {build_id}) released; it finishes now"
+
+    def held(self, who: Identity) -> list[dict[str, object]]:
+        """The held builds `who` may step into or watch, with their deadlines (master_side.operators.hold_calls)."""
+        return list_holds(self.holds, self.policy, who, self.registry.clock())
+
+    def extend(self, who: Identity, build_id: object, seconds: object) -> dict[str, object]:
+        """Extend a build's hold (master_side.operators.hold_calls): text and the new deadline."""
+        return extend_hold(self.holds, self.policy, self._trail(), who, build_id, seconds, self.registry.clock(),
+                           self._refuse)
+
+    # -- the audit trail -----------------------------------------------------------------------------
+
+    @deferred
+    async def history(self, who: Identity, filters: object) -> list[SessionRow]:
+        """Index rows (newest first) matching `filters` that `who` may replay."""
+        trail = self.trail
+        if not isinstance(filters, dict):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "history filters must be a dict")
+        worker = _opt_str(filters.get("worker"), "worker")
+        user = _opt_str(filters.get("user"), "user")
+        session_id = _opt_str(filters.get("session"), "session")
+        reason = _opt_str(filters.get("reason"), "reason")
+        build_id = filters.get("build")
+        if build_id is not None and (not isinstance(build_id, int) or isinstance(build_id, bool)):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "build must be a build id")
+        since = filters.get("since")
+        if since is not None and not isinstance(since, (int, float)):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "since must be a number of seconds since the epoch")
+        limit = filters.get("limit", 200)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "limit must be between 1 and 10000")
+        try:
+            rows = await trail.store.history(worker=worker, operator=user, since=since,
+                                             session_id=session_id, build_id=build_id, limit=limit,
+                                             reason=reason)
+        except Exception as e:
+            raise OperatorError(ErrorKind.UNAVAILABLE,
+                                f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+        return [r for r in rows if self.policy.may(who, Action.REPLAY, r["worker"]).allowed]
+
+    @deferred
+    async def transcript(self, who: Identity, session_id: object, offset: object) -> TranscriptChunk:
+        """Up to MAX_CHUNK bytes of a session's transcript from `offset`: {"data": bytes, "eof": bool}."""
+        trail = self.trail
+        if not isinstance(session_id, str) or not isinstance(offset, int) or offset < 0:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "transcript needs a session id and an offset")
+        rows = await self.history(who, {"session": session_id, "limit": 1})
+        if not rows:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no session {session_id} that you may replay")
+        path = trail.transcript_path(rows[0])
+        if path is None or not os.path.exists(path):
+            raise OperatorError(ErrorKind.NOT_FOUND, f"session {session_id} has no transcript on this master")
+        data = await trail.read_chunk(path, offset, MAX_CHUNK)
+        return {"data": data, "eof": len(data) < MAX_CHUNK}
+
+    @deferred
+    async def search(self, who: Identity, text: object, filters: object) -> list[SearchHit]:
+        """Transcript lines containing `text`, in the sessions matching `filters` that `who` may replay."""
+        trail = self.trail
+        if not isinstance(text, str) or not text or len(text) > 1024:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "search needs a text of 1 to 1024 characters")
+        rows = await self.history(who, filters if isinstance(filters, dict) else {})
+        return await trail.search(rows, text, limit=500)
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > 256):
+        raise OperatorError(ErrorKind.BAD_REQUEST, f"{what} must be a string")
+    return value

@@ -1,0 +1,99 @@
+"""The vocabulary of `master_side.operators.api`: its one error (`OperatorError`, with an `ErrorKind`), a
+viewer's end of a session as a door provides it (`ViewerSink`), and the `View` that open and attach return: what
+the door then calls with the operator's messages. Re-exported by `operator_api`."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from master_side.sessions.model import LateEvent, ReadOnly
+from slaveshell.vocabulary.protocol import OperatorSink, ProtocolError
+
+if TYPE_CHECKING:
+    from master_side.sessions.model import Viewer
+    from master_side.sessions.session import MasterSession
+    from master_side.sessions.worker_link import Undo
+
+
+class ErrorKind(enum.Enum):
+    BAD_REQUEST = "bad request"
+    DENIED = "permission denied"
+    NOT_FOUND = "not found"
+    LIMIT = "limit"  # a quota or bound of the master's
+    UNAVAILABLE = "unavailable"  # the worker, the build or the audit database cannot serve it
+    STOPPED = "stopped"  # the operator stopped waiting
+
+
+class OperatorError(Exception):
+    """An operation refused; `message` is for the operator (already as the wire shows it)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class ViewerSink(OperatorSink, Protocol):
+    """A viewer's end of a session, as the door provides it: the session's messages to the operator
+    (slaveshell.vocabulary.protocol.OperatorSink); `connection` identifies the operator's connection for the
+    per-connection bounds."""
+
+    connection: object
+
+    @property
+    def gone(self) -> bool: ...  # the operator's connection is closed
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo: ...
+    def on_failure(self, callback: Callable[[str | None], None]) -> None: ...  # None: connection lost
+
+
+@dataclass(frozen=True)
+class View:
+    """An operator's view of a session, as open and attach return it, and the door's handle on it: an
+    `OperatorControl` (slaveshell.vocabulary.protocol) that the door calls with the operator's messages, decoded and
+    checked at the door's edge.
+
+    A message the session refuses raises `ProtocolError` (a `LateEvent` when the session or the view ended
+    while it was on its way); the door hands that, and any value its own decoding refused, to `refused`."""
+
+    session: MasterSession
+    viewer: Viewer
+    # What a misbehaving owner costs: its session (master_side.sessions.registry.SessionRegistry.peer_error).
+    on_error: Callable[[MasterSession, ProtocolError], None]
+
+    def input(self, data: bytes) -> None:
+        self.session.viewer_input(self.viewer, data)
+
+    def eof(self) -> None:
+        self.session.viewer_eof(self.viewer)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.session.viewer_resize(self.viewer, cols, rows)
+
+    def signal(self, signum: int) -> None:
+        self.session.viewer_signal(self.viewer, signum)
+
+    def ack(self, nbytes: int) -> None:
+        self.session.viewer_ack(self.viewer, nbytes)
+
+    def close(self) -> None:
+        self.session.viewer_close(self.viewer)
+
+    def detach(self) -> None:
+        self.session.viewer_detach(self.viewer)
+
+    def refused(self, error: ProtocolError) -> OperatorError | None:
+        """What a refused message costs, done, and the refusal for the operator (None for a late event: nobody to
+        blame, nothing to answer). A misbehaving owner costs its session; anyone else is refused (a watcher
+        trying to type: `ReadOnly`) or, for a real protocol error, loses its own view. The connection stays."""
+        if isinstance(error, LateEvent):
+            return None
+        if self.viewer is self.session.owner:
+            self.on_error(self.session, error)
+        elif isinstance(error, ReadOnly):
+            return OperatorError(ErrorKind.DENIED, str(error))
+        else:
+            self.session.remove_viewer(self.viewer, f"protocol error: {error}")
+        return OperatorError(ErrorKind.BAD_REQUEST, str(error))

@@ -1,0 +1,407 @@
+"""One session as the master sees it: a relay between a worker session and the operators viewing it.
+
+The session talks to its peers through slaveshell.vocabulary.protocol's typed vocabulary: the worker's session is a
+`SessionControl` (master_side.sessions.worker_link.WorkerPeer: PB and lean calls underneath), each viewer's end an
+`OperatorSink` (a door's: master_side.shell_socket.viewer_sink, master_side.www.terminal_ws). It imports nothing from
+twisted.spread. What it is told comes checked by whoever read it off a wire: the doors decode an operator's
+messages into typed calls on its `View` (master_side.operators.terms); the worker's calls reach `worker_*` through
+`WorkerSink` (master_side.sessions.worker_sink), and the values the worker sends are checked here, against the session's
+state (its windows, the input it waits to hear about).
+
+Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
+*joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master
+acknowledges the worker's output only as the owner acknowledges it, so the master holds at most one window of
+it. Other viewers get a bounded buffer each and are dropped with a notice when they fall behind: a slow viewer
+never slows the session. With no owner (detached) the master acknowledges at once and keeps a short buffer of
+recent output, which every new viewer sees first.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from master_side.operators.limits import NoticeBudget
+from master_side.sessions.clocks import WINDOW_TOLERANCE, SessionTimers
+from master_side.sessions.model import (
+    NOWHERE,
+    TRANSITIONS,
+    IllegalTransition,
+    LateEvent,
+    NoViewerEvents,
+    NullRecorder,
+    ReadOnly,
+    Recorder,
+    Role,
+    State,
+    Viewer,
+    ViewerEvents,
+    new_session_id,
+)
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.flow import CreditWindow, output_limits
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import (
+    INPUT_WINDOW,
+    SIGNAL_NAMES,
+    STREAM_ERR,
+    ExitStatus,
+    OpenRequest,
+    OperatorSink,
+    ProtocolError,
+    SessionControl,
+    check_bytes,
+    check_int,
+    check_stream,
+    notice_bytes,
+)
+
+# Role and State are the session's vocabulary too (tests and the service import them from here).
+__all__ = ["MasterSession", "Role", "State", "Viewer", "new_session_id"]
+
+log = Logger()
+
+# What a viewer other than the owner may have unacknowledged before it is dropped as too slow (at least twice
+# the session's output window, so that a watcher as fast as the owner keeps up with a bulk stream).
+VIEWER_BUFFER = 2 * 1024 * 1024
+# Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
+RECENT_BYTES = 64 * 1024
+
+
+class MasterSession(SessionTimers):
+    def __init__(self, request: OpenRequest, identity: Identity, on_end: Callable[[MasterSession], None],
+                 session_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.id = session_id or new_session_id()
+        self.request = request
+        self.worker = request.worker
+        self.identity = identity
+        self.clock = clock
+        self.started = clock()
+        self.last_activity = self.started
+        # When the worker last said anything about this session (output, acks, a heartbeat answer).
+        self.worker_seen = self.started
+        self.state = State.OPENING
+        self.status: ExitStatus | None = None
+        self.to_worker: SessionControl = NOWHERE
+        self.viewers: list[Viewer] = []
+        self.owner: Viewer | None = None
+        # The worker's largest message and window (slaveshell.vocabulary.flow): larger for a bulk stream (no terminal).
+        self.limits = output_limits(request.pty)
+        self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
+        self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
+        self._owed = 0  # credit the owner returned that the master has not yet passed to the worker
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.recent = bytearray()
+        self.size = (request.cols, request.rows)
+        self.detached_at: float | None = None
+        # Why the master is ending the session (timeouts, kill): kept for the audit trail.
+        self.close_reason: str | None = None
+        # When the master first asked the worker to end the session (close_overdue's clock).
+        self.closing_since: float | None = None
+        # Notices about viewers joining, bounded per minute (a flood of watchers must not flood the owner).
+        self.join_notices = NoticeBudget(clock)
+        # For each limit ("idle", "running"), the start of the period already warned about.
+        self._warned: dict[str, float] = {}
+        # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
+        self.build: dict[str, object] | None = None
+        self._on_end = on_end
+        self.recorder: Recorder = NullRecorder()
+        # Joins, leaves, attaches and detaches, for the audit index (OperatorAPI.open: the trail).
+        self.viewer_events: ViewerEvents = NoViewerEvents()
+        # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
+        # whether the terminal was hiding it, and acknowledged to its sender.
+        self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
+
+    def __repr__(self) -> str:
+        return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"
+
+    def _enter(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"session {self.id}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    @property
+    def live(self) -> bool:
+        return self.state in (State.ATTACHED, State.DETACHED)
+
+    def start(self, to_owner: OperatorSink, to_worker: SessionControl) -> Viewer:
+        self.to_worker = to_worker
+        owner = Viewer(self.identity, Role.OWNER, to_owner)
+        self.viewers.append(owner)
+        self.owner = owner
+        self._enter(State.ATTACHED)
+        return owner
+
+    # -- viewers -------------------------------------------------------------------------------
+
+    def add_viewer(self, identity: Identity, role: Role, sink: OperatorSink) -> Viewer:
+        """A new viewer: it first sees the recent output (the current screen, as far as it goes), then the
+        live stream. An OWNER can only attach to a detached session."""
+        if not self.live:
+            raise ProtocolError(f"session {self.id} has ended")
+        if role is Role.OWNER and self.owner is not None:
+            raise ProtocolError(f"session {self.id} is attached by {self.owner.identity.user}; "
+                                "join or watch it instead")
+        viewer = Viewer(identity, role, sink)
+        self.viewers.append(viewer)
+        if role is Role.OWNER:
+            self.owner = viewer
+            self._enter(State.ATTACHED)
+            self.detached_at = None
+            self.recorder.marker(f"attach: {identity.user}")
+            self.viewer_events.viewer_attached(self, viewer)
+        else:
+            self.recorder.marker(f"join: {identity.user} ({role.value})")
+            self.viewer_events.viewer_joined(self, viewer)
+            may, left_out = self.join_notices.take()
+            if may:
+                self._notice_all(f"{identity.user} is now {'watching' if role is Role.WATCH else 'sharing'} "
+                                 "this session" + (f" ({left_out} more joins not shown)" if left_out else ""),
+                                 but=viewer)
+        if self.recent:
+            self._send_own(viewer, 1, bytes(self.recent))
+        return viewer
+
+    def remove_viewer(self, viewer: Viewer, why: str) -> None:
+        if viewer not in self.viewers:
+            return
+        self.viewers.remove(viewer)
+        if viewer is self.owner:
+            self._detach(why)
+        elif self.live:
+            self.recorder.marker(f"leave: {viewer.identity.user} ({why})")
+            self.viewer_events.viewer_left(self, viewer, why)
+
+    def _detach(self, why: str) -> None:
+        owner = self.owner
+        assert owner is not None
+        self.owner = None
+        # Nobody will acknowledge what the owner had in flight: return that credit to the worker now.
+        if owner.window.in_flight and self.live:
+            self._ack_worker(owner.window.in_flight)
+        if self.live:
+            self._enter(State.DETACHED)
+            self.detached_at = self.clock()
+            self.recorder.marker(f"detach: {owner.identity.user} ({why})")
+            self.viewer_events.viewer_detached(self, owner, why)
+            log.info("session {sid}: detached ({why})", sid=self.id, why=visible(why))
+
+    # -- from a viewer (values checked by its door) ---------------------------------------------
+
+    def _writer(self, viewer: Viewer, what: str) -> None:
+        if viewer.role is Role.WATCH:
+            raise ReadOnly(f"watchers cannot {what}: this view is read-only")
+
+    def viewer_input(self, viewer: Viewer, data: bytes) -> None:
+        self._writer(viewer, "type")
+        if not self.live or viewer not in self.viewers:
+            raise LateEvent(f"input for session {self.id} after the view ended")
+        if viewer.input_window.in_flight > INPUT_WINDOW * WINDOW_TOLERANCE:
+            raise ProtocolError("input sent past the flow-control window")
+        viewer.input_window.sent(len(data))
+        self.bytes_in += len(data)
+        self.last_activity = self.clock()
+        self._pending_input.append((viewer, data))
+        self.to_worker.input(data)
+
+    def viewer_eof(self, viewer: Viewer) -> None:
+        self._writer(viewer, "send EOF")
+        if not self.live:
+            raise LateEvent(f"EOF for session {self.id} after it ended")
+        self.to_worker.eof()
+
+    def viewer_resize(self, viewer: Viewer, cols: int, rows: int) -> None:
+        # The owner's terminal sets the size; the others see it as it is.
+        if self.live and viewer is self.owner and (cols, rows) != self.size:
+            self.size = (cols, rows)
+            self.recorder.resize(cols, rows)
+            self.to_worker.resize(cols, rows)
+
+    def viewer_signal(self, viewer: Viewer, signum: int) -> None:
+        self._writer(viewer, "send signals")
+        if not self.live:
+            raise LateEvent(f"signal for session {self.id} after it ended")
+        self.recorder.marker(f"signal {SIGNAL_NAMES[signum]} sent by {viewer.identity.user}")
+        self.to_worker.signal(signum)
+
+    def viewer_ack(self, viewer: Viewer, nbytes: int) -> None:
+        own = min(nbytes, viewer.own)
+        viewer.own -= own
+        nbytes -= own
+        viewer.window.acked(nbytes)
+        if viewer is self.owner and nbytes and self.live:
+            self._ack_worker(nbytes, held=True)
+
+    def viewer_close(self, viewer: Viewer) -> None:
+        """`~.`: the owner ends the session (as ssh does); anyone else leaves it."""
+        if viewer is self.owner and self.live:
+            log.info("session {sid}: closed by {who}", sid=self.id, who=visible(viewer.identity))
+            self.close(f"closed by {viewer.identity.user}")
+        else:
+            self.remove_viewer(viewer, "left")
+
+    def viewer_detach(self, viewer: Viewer) -> None:
+        if viewer is not self.owner:
+            self.remove_viewer(viewer, "left")
+            return
+        self.remove_viewer(viewer, "detached by the operator")
+
+    def viewer_lost(self, viewer: Viewer) -> None:
+        """A viewer's connection went away (terminal closed, SSH to the master host dropped)."""
+        self.remove_viewer(viewer, "connection lost")
+
+    def close(self, reason: str) -> None:
+        """End the session on the worker (HUP, then TERM, then KILL); its exit follows from there."""
+        if not self.live:
+            return
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.closing_since is None:
+            self.closing_since = self.clock()
+        self.to_worker.close()
+
+    # -- from the worker -----------------------------------------------------------------------
+
+    def worker_output(self, stream: object, data: object, acks: object = ()) -> None:
+        """The worker's output, with the input_acks (`acks`: [nbytes, hidden] pairs) that precede it: they are
+        handled first (their input recorded before this output), and acknowledged to the viewers after it, so
+        that a keystroke's echo reaches the operator first."""
+        stream = check_stream(stream)
+        data = check_bytes(data, "output", self.limits.chunk)
+        checked = self._check_acks(acks)
+        if not self.live:
+            raise LateEvent(f"output for session {self.id} after it ended")
+        if self.output_window.in_flight > self.limits.window * WINDOW_TOLERANCE:
+            raise ProtocolError("output sent past the flow-control window")
+        # The keystrokes' events go into the file with the output's, in one write (Recorder.input's flush).
+        typed = [self._input_acked(nbytes, hidden, flush=False) for nbytes, hidden in checked]
+        self.output_window.sent(len(data))
+        self.bytes_out += len(data)
+        self.last_activity = self.worker_seen = self.clock()
+        self.recorder.output(data, stream)  # in the file before anyone sees it
+        self.recent += data[-RECENT_BYTES:]
+        if len(self.recent) > RECENT_BYTES:
+            del self.recent[: len(self.recent) - RECENT_BYTES]
+        # Whole, as the worker sent it: each viewer's sink cuts it to what its client takes (a framed client
+        # that declared max_output takes a bulk message as one frame).
+        for viewer in list(self.viewers):
+            if viewer is not self.owner and viewer.window.in_flight + viewer.own + len(data) > self.viewer_buffer:
+                self._drop_slow(viewer)
+                continue
+            viewer.window.sent(len(data))
+            viewer.sink.output(stream, data)
+        if self.owner is None:
+            self._ack_worker(len(data))
+        for viewer, nbytes, hidden in typed:
+            if viewer in self.viewers:
+                viewer.sink.input_ack(nbytes, hidden)
+
+    def worker_input_ack(self, nbytes: object, hidden: object) -> None:
+        nbytes = check_int(nbytes, "input ack", 0, 2**40)
+        if not isinstance(hidden, bool):
+            raise ProtocolError("input ack: hidden must be a boolean")
+        viewer, nbytes, hidden = self._input_acked(nbytes, hidden)
+        if viewer in self.viewers:
+            viewer.sink.input_ack(nbytes, hidden)
+
+    def _check_acks(self, acks: object) -> list[tuple[int, bool]]:
+        """The input_acks carried by an output message, checked (at most one per input message pending)."""
+        if acks == ():
+            return []
+        if not isinstance(acks, list) or len(acks) > len(self._pending_input):
+            raise ProtocolError("output: acks must be a list of [nbytes, hidden], one per input message sent")
+        checked = []
+        for ack in acks:
+            if not isinstance(ack, list) or len(ack) != 2 or not isinstance(ack[1], bool):
+                raise ProtocolError("output: each ack must be [nbytes, hidden]")
+            checked.append((check_int(ack[0], "input ack", 0, 2**40), ack[1]))
+        return checked
+
+    def _input_acked(self, nbytes: int, hidden: bool, flush: bool = True) -> tuple[Viewer, int, bool]:
+        """The worker delivered the oldest pending input message: record it (redacted when hidden; `flush` as
+        Recorder.input's) and return its sender's credit; the caller acknowledges it to that viewer."""
+        if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
+            raise ProtocolError("input ack does not match the input sent")
+        self.worker_seen = self.clock()
+        viewer, data = self._pending_input.popleft()
+        self.recorder.input(data, hidden, flush)
+        viewer.input_window.acked(nbytes)
+        return viewer, nbytes, hidden
+
+    def worker_exit(self, code: object, signal: object, reason: object) -> None:
+        self.end(ExitStatus.from_wire(code, signal, reason))
+
+    def abort(self, reason: str) -> None:
+        """The session is over without an exit status (worker lost, protocol error, shutdown)."""
+        self.end(ExitStatus(reason=reason))
+
+    # -- end -----------------------------------------------------------------------------------
+
+    def end(self, status: ExitStatus) -> None:
+        if self.state is State.ENDED:
+            return  # ending is idempotent: a close, a stall and the worker's exit may all end it
+        self._enter(State.ENDED)
+        self.status = status
+        self.recorder.end(self)
+        log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
+                 sig=status.signal, why=f", {visible(status.reason)}" if status.reason else "")
+        for viewer in self.viewers:
+            viewer.sink.exit(status)
+        self.viewers.clear()
+        self.owner = None
+        self.to_worker = NOWHERE
+        self._on_end(self)
+
+    @property
+    def end_reason(self) -> str:
+        status = self.status
+        if status is None:
+            return "unknown"
+        if status.signal is not None:
+            text = f"signal {status.signal}"
+        elif status.code is not None:
+            text = f"exit {status.code}"
+        else:
+            return status.reason or "lost"
+        return f"{self.close_reason} ({text})" if self.close_reason else text
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _ack_worker(self, nbytes: int, held: bool = False) -> None:
+        """Return `nbytes` of output credit to the worker. `held` (the owner's acknowledgements): gathered until
+        they make one of the worker's largest messages, or until the owner has caught up with everything it was
+        sent, so a bulk stream costs one `ack` per message on the worker's link rather than one per piece the
+        client acknowledges (the credit stays within the worker's window either way: nothing can wait on it)."""
+        self._owed = min(self._owed + nbytes, self.output_window.in_flight)
+        owner = self.owner
+        if held and owner is not None and self._owed < self.limits.chunk and owner.window.in_flight:
+            return
+        nbytes, self._owed = self._owed, 0
+        if nbytes:
+            self.output_window.acked(nbytes)
+            self.to_worker.ack(nbytes)
+
+    def _send_own(self, viewer: Viewer, stream: int, data: bytes) -> None:
+        viewer.own += len(data)
+        viewer.sink.output(stream, data)
+
+    def notice(self, text: str, viewer: Viewer | None = None) -> None:
+        """A line from the master itself on the viewers' terminals (stderr), outside the worker's credit."""
+        data = notice_bytes(text)  # shown through `visible`: notices name users and workers and quote peers
+        for v in [viewer] if viewer is not None else list(self.viewers):
+            self._send_own(v, STREAM_ERR, data)
+
+    def _notice_all(self, text: str, but: Viewer | None = None) -> None:
+        for viewer in list(self.viewers):
+            if viewer is not but:
+                self.notice(text, viewer)
+
+    def _drop_slow(self, viewer: Viewer) -> None:
+        self.notice("you fell too far behind this session and were dropped from it", viewer)
+        viewer.sink.exit(ExitStatus(reason=f"dropped from session {self.id}: too slow to follow it"))
+        self.remove_viewer(viewer, "too slow")
+

@@ -1,0 +1,339 @@
+"""The operator's door to the master (slaveshell.vocabulary.framing): what `buildbot-shell` and every `slaveshell` tool
+speak, without PB.
+
+One socket (shell.sock). A connection is first a `Sniffer` (master_side.shell_socket.listener): admitted by the
+connection gate as it is made (master_side.operators.limits), handed to a `WireDoor` once its first bytes are
+`framing.MAGIC`, refused with one line otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a
+thin adapter over `OperatorAPI` (as the web door, master_side.www, is): the identity comes from the kernel (SO_PEERCRED,
+limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
+calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
+`transport`, `disconnected` and `written` the gate reads, limits.Gated); the client's end of a view is a
+`wire_sink.WireViewerSink`; a session's messages are decoded here, their values checked (types, 64 KiB input,
+sizes, signal names), into typed calls on the `View` that open or attach returned (which applies the session's
+own checks: the credit window, read-only watchers; a refused message costs the owner its session, anyone else
+its view, a watcher's typing only the refusal), a transfer's go through master_side.shell_socket.copy_door, and
+`OperatorError` becomes an answer with the operator's line.
+
+Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
+one view or transfer per connection; a frame the door cannot take (unknown type, oversized, wrong direction, not
+JSON, unknown op) costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from master_side.operators.api import ErrorKind, OperatorError, View
+from master_side.operators.limits import ConnectionGate, Transport, buffered_bytes
+from master_side.shell_socket.copy_door import CopyDoor
+from master_side.shell_socket.viewer_sink import WireViewerSink
+from slaveshell.plumbing.write_now import write_frame
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import Control, FrameType, Op, WireError
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError, check_bytes, check_int, check_signal, check_size
+
+if TYPE_CHECKING:
+    from master_side.service import ShellService
+
+log = Logger()
+
+
+class WireDoor(Protocol):
+    """One operator connection speaking slaveshell.vocabulary.framing."""
+
+    def __init__(self, service: ShellService) -> None:
+        self.service = service
+        self.gate: ConnectionGate = service.gate
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.STDOUT, FrameType.STDERR}))
+        self.admitted = False
+        self.disconnected = False
+        # Bytes written to the transport so far (the gate compares it with what is still buffered).
+        self.written = 0
+        self.disconnects: list[Callable[[], None]] = []
+        self.view: View | None = None
+        # An open, attach or copy was asked on this connection (one view or transfer per connection).
+        self.viewing = False
+        self.copying = CopyDoor(self)
+        self._leaving = False  # the operator closed while its open was in progress
+        # Frames read and not yet served, and whether reading is paused for them (`_serve`).
+        self._held: collections.deque[framing.Frame] = collections.deque()
+        self._serving = self._paused = False
+        self._identity: Identity | None = None
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = cast(Transport, self.transport)
+        reason = self.gate.admit(self, transport)
+        if reason is not None:
+            line = " ".join(reason.split())[:500]
+            transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
+            transport.loseConnection()
+            return
+        self.admitted = True
+        self.write(framing.MAGIC)
+
+    def identity(self) -> Identity:
+        if self._identity is None:
+            # The gate's identify is peer_identity (SO_PEERCRED) in the service.
+            self._identity = self.gate.identify(cast(Transport, self.transport))
+        return self._identity
+
+    def write(self, data: bytes) -> None:
+        transport = cast(Transport, self.transport)
+        before = buffered_bytes(transport)
+        transport.write(data)
+        self.written += max(buffered_bytes(transport) - before, 0)
+
+    def write_frame(self, head: bytes, payload: bytes, at_once: bool = False) -> None:
+        """A frame's header and payload, unjoined. `at_once` (an output frame): to the kernel now
+        when nothing waits before it (wire_sink.write_frame); else it waits for the reactor's turn, which sends what
+        was written in it together."""
+        write_frame(self.transport, (head, payload), at_once)
+        self.written += len(head) + len(payload)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.disconnected = True
+        if self.admitted:
+            self.gate.release(self)
+        callbacks, self.disconnects = self.disconnects, []
+        for callback in callbacks:
+            callback()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.admitted or self.disconnected or self.decoder.broken:
+            return
+        try:
+            self._held.extend(self.decoder.feed(data))
+        except WireError as e:
+            self._broken(str(e))
+            return
+        self._serve()
+
+    def _serve(self) -> None:
+        """Serve the frames read, in order. A call past max_calls_in_progress waits, with the frames after it,
+        and the connection is not read meanwhile (at most one read's frames held): pipelined calls are served
+        as earlier ones are answered, costing the master no more than that."""
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            while self._held and not self.disconnected and not self.decoder.broken:
+                if self.gate.busy(self) and _limited_call(self._held[0]):
+                    if not self._paused:
+                        self._paused = True
+                        cast(Transport, self.transport).pauseProducing()
+                    return
+                self._frame(self._held.popleft())
+            if self._paused and not self.disconnected:
+                self._paused = False
+                cast(Transport, self.transport).resumeProducing()
+        except WireError as e:
+            self._broken(str(e))
+        finally:
+            self._serving = False
+
+    def _broken(self, why: str) -> None:
+        """The framing is broken: say so, close, and audit the drop (the gate keeps counting the connection,
+        and dropping it if it stops reading, until it is gone)."""
+        self.decoder.broken = True
+        self.gate.audit(self.identity(), "dropped", f"connection dropped: protocol error: {why}")
+        self.write(framing.control(Op.ERROR, text=f"protocol error: {why}"))
+        cast(Transport, self.transport).loseConnection()
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def _frame(self, frame: framing.Frame) -> None:
+        if frame.type is FrameType.INPUT:
+            self._input(frame.payload)
+            return
+        if frame.type is FrameType.DATA:
+            if not self.copying.frame(frame):
+                self.write(framing.control(Op.REFUSED, method="data", error="no transfer on this connection"))
+            return
+        message = framing.parse_control(frame.payload, framing.FROM_CLIENT)
+        op = message.op
+        if op in framing.TRANSFER or op is Op.ABORT:
+            if self.copying.frame(message):
+                return
+            if op is not Op.ACK:
+                self.write(framing.control(Op.REFUSED, method=op.value, error="no transfer on this connection"))
+                return
+        if op in framing.CALLS:
+            call_id = message.call_id
+            if call_id is None:
+                raise WireError(f"{op.value}: a call needs an id")
+            self._call(call_id, message)
+        else:  # Op.ACK, Op.RESIZE, Op.SIGNAL, Op.EOF
+            self._session(op, message)
+
+    def _input(self, data: bytes) -> None:
+        """An INPUT frame: the bytes the operator typed, for the session."""
+        view = self.view
+        if view is None:
+            self._refuse("input", "no session on this connection")
+            return
+        try:
+            view.input(check_bytes(data, "input"))
+        except ProtocolError as e:
+            self._refused(view, "input", e)
+
+    def _session(self, op: Op, message: Control) -> bool:
+        """A session message (`op`, and the control that carries its values), decoded and given to the view.
+        False when refused."""
+        view = self.view
+        if view is None:
+            self._refuse(op.value, "no session on this connection")
+            return False
+        try:
+            if op is Op.ACK:
+                view.ack(check_int(message.get("n"), "ack", 0, 2**40))
+            elif op is Op.RESIZE:
+                view.resize(*check_size(message.get("cols"), message.get("rows")))
+            elif op is Op.SIGNAL:
+                view.signal(check_signal(message.get("name")))
+            elif op is Op.EOF:
+                view.eof()
+            elif op is Op.CLOSE:
+                view.close()
+            else:  # Op.DETACH
+                view.detach()
+        except ProtocolError as e:
+            return self._refused(view, op.value, e)
+        return True
+
+    def _refused(self, view: View, method: str, error: ProtocolError) -> bool:
+        """A session message refused (by its values here, or by the session): its cost (View.refused), and the
+        refusal to the client. True for a late event (nothing refused)."""
+        refusal = view.refused(error)
+        if refusal is None:
+            return True
+        self._refuse(method, refusal.message)
+        return False
+
+    def _refuse(self, method: str, error: str) -> None:
+        if not self.disconnected:
+            self.write(framing.control(Op.REFUSED, method=method, error=error))
+
+    def answer(self, call_id: int, ok: bool, **fields: object) -> None:
+        if self.disconnected:
+            return
+        try:
+            frame = framing.answer(id=call_id, ok=ok, **fields)
+        except (TypeError, ValueError) as e:  # a value JSON cannot hold, or over MAX_ANSWER
+            log.warn("slaveshell: an answer does not fit the framed hop: {e}", e=str(e)[:200])
+            frame = framing.control(Op.ANSWER, id=call_id, ok=False, error="the answer is too large for this client")
+        self.write(frame)
+        # An answer counts against the buffered bound like a session's output: a peer that asks and does not
+        # read is dropped once it passes it.
+        self.gate.check(self)
+
+    def _call(self, call_id: int, message: Control) -> None:
+        op = message.op
+        if op is Op.CLOSE and self.view is None and self.viewing and not self._leaving:
+            # The operator gave up (Ctrl-C) while its session opens: it ends as soon as it has opened, rather
+            # than waiting out its detach grace for an operator who is gone.
+            self._leaving = True
+            self.answer(call_id, True)
+            return
+        if op in (Op.CLOSE, Op.DETACH):
+            ok = self._session(op, message)
+            self.answer(call_id, ok, **({} if ok else {"error": f"{op.value} refused"}))
+            return
+        try:
+            result = self.gate.limited(self, self._work, op, self.identity(), message)
+        except OperatorError as e:  # the API's refusals, and the gate's (calls in progress, a dropped connection)
+            self.answer(call_id, False, error=e.message)
+            return
+        d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
+        d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
+                       lambda failure: self._failed(call_id, failure))
+        d.addBoth(lambda _: self._serve())  # the calls waiting for this one's place
+
+    def _work(self, op: Op, who: Identity, message: Control) -> object:
+        """What call `op` does (through the gate, `_call`): its answer's fields, or a Deferred of them."""
+        api = self.service.api
+        if op is Op.OPEN:
+            return self._open(who, message.get("request"), message.get("max_output"))
+        if op is Op.ATTACH:
+            return self._attach(who, message.get("session"), message.get("mode"), message.get("max_output"))
+        if op is Op.COPY:
+            return self.copying.call(who, message.get("request"))
+        if op is Op.RELEASE:
+            return {"text": api.release(who, message.get("build"))}
+        if op is Op.HOLDS:
+            return {"rows": api.held(who)}
+        if op is Op.EXTEND:
+            return api.extend(who, message.get("build"), message.get("seconds"))
+        if op is Op.KILL:
+            return {"text": api.kill(who, message.get("session"))}
+        if op is Op.WORKERS:
+            if api.cluster is not None:  # a multi-master site: where each worker is (master_side.cluster.view)
+                return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})
+            return {"rows": api.workers(who)}
+        if op is Op.HISTORY:
+            return api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+        if op is Op.SEARCH:
+            return api.search(who, message.get("text"), message.get("filters")).addCallback(
+                lambda rows: {"rows": rows})
+        if op is Op.TRANSCRIPT:
+            return api.transcript(who, message.get("session"), message.get("offset")).addCallback(
+                lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
+        return {"rows": api.sessions(who)}  # Op.SESSIONS
+
+    def _failed(self, call_id: int, failure: Failure) -> None:
+        if isinstance(failure.value, OperatorError):
+            self.answer(call_id, False, error=failure.value.message)
+        else:
+            log.failure("slaveshell: a call on the framed door failed", failure)
+            self.answer(call_id, False, error="the master could not serve the call (see its log)")
+
+    def _open(self, who: Identity, params: object, most: object) -> defer.Deferred[dict[str, object] | None]:
+        if self.viewing:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
+        try:
+            request = OpenRequest.from_wire(params)
+            max_output = framing.max_output(most)
+        except ProtocolError as e:
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
+        self.viewing = True
+
+        def answer(view: View | None) -> dict[str, object] | None:
+            if view is None:
+                return None
+            if self._leaving:
+                view.close()  # the owner closes: the session ends
+                return None
+            self.view = view
+            return {"session": view.session.id}
+
+        d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self, max_output))
+        return d.addCallback(answer)
+
+    def _attach(self, who: Identity, session_id: object, mode: object, most: object) -> dict[str, object]:
+        if self.viewing:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
+        try:
+            max_output = framing.max_output(most)
+        except ProtocolError as e:
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
+        view = self.service.api.attach(who, WireViewerSink(self, max_output), session_id, mode)
+        self.viewing = True
+        self.view = view
+        return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
+                "size": list(view.session.size)}
+
+
+def _limited_call(frame: framing.Frame) -> bool:
+    """A call max_calls_in_progress bounds: all but a session's close and detach."""
+    return (frame.type is FrameType.CONTROL and framing.parse_control(frame.payload, framing.FROM_CLIENT).op
+            in framing.CALLS - {Op.CLOSE, Op.DETACH})

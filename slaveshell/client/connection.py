@@ -1,0 +1,357 @@
+"""The operator's end of the framed hop (slaveshell.vocabulary.framing), standard library only: the connection to the
+master's socket and the one-thread event loop the client runs on (selectors, timers on one clock, signals through a
+wake-up pipe).
+
+Nothing here imports Twisted: `buildbot-shell` starts, connects and sends its first byte in about the time
+Python itself takes to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.framing import Control, Frame, FrameType
+
+# Bytes read from the socket at once: two of a bulk stream's frames (framing.MAX_OUTPUT), so that a frame
+# seldom spans two reads (its bytes would be gathered in the decoder first: a copy more).
+READ_SIZE = 2 * framing.MAX_OUTPUT
+
+
+class Cancellable(Protocol):
+    """A timer, as `EventLoop.call_later` returns it."""
+
+    def cancel(self) -> None: ...
+    def active(self) -> bool: ...
+
+
+class EventLoop(Protocol):
+    """What the client needs of `Loop` (tests give a fake one, with a fake clock)."""
+
+    def seconds(self) -> float: ...
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancellable: ...
+    def watch(self, fd: int, event: int, callback: Callable[[], None] | None) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Link(Protocol):
+    """What the client needs of `Connection`."""
+
+    def next_id(self) -> int: ...
+    def send(self, frame: bytes, payload: bytes = b"") -> None: ...
+    def control(self, op: framing.Op, **fields: object) -> None: ...
+
+
+class PendingCalls:
+    """A client's calls in flight on `link`: `call` sends one with a fresh id and keeps its callback,
+    `answered` runs it with the master's ANSWER (an answer to no call is ignored), `lost` runs every one left with
+    None (the connection is gone)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._waiting: dict[int, Callable[[framing.Control | None], None]] = {}
+
+    def call(self, op: framing.Op, on_answer: Callable[[framing.Control | None], None], **fields: object) -> None:
+        call_id = self.link.next_id()
+        self._waiting[call_id] = on_answer
+        self.link.send(framing.control(op, id=call_id, **fields))
+
+    def answered(self, message: framing.Control) -> None:
+        callback = self._waiting.pop(message.call_id or 0, None)
+        if callback is not None:
+            callback(message)
+
+    def lost(self) -> None:
+        for callback in list(self._waiting.values()):
+            callback(None)
+        self._waiting.clear()
+
+
+class HopError(Exception):
+    """Could not reach the master, or it broke the hop; the message is for the operator."""
+
+
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP stopped an operator's command while it waited for the master or copied
+    files: the command ends with 130 and one line."""
+
+
+def os_error_text(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error).rstrip(".") or type(error).__name__
+
+
+def connect(path: str, timeout: float = 10.0) -> socket.socket:
+    """A connected socket to the master at `path` (blocking, with `timeout` s for the connect), the magic
+    already sent. HopError with the operator's line when that fails."""
+    if not os.path.exists(path):
+        raise HopError(f"no master socket at {path} (is the master running with ShellService? give its basedir "
+                       "with --master DIR, or --socket PATH)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(framing.MAGIC)
+        sock.setblocking(False)
+    except OSError as e:
+        # A master that refused the connection (its bounds) wrote one line and closed before our first bytes.
+        head = _queued(sock)
+        sock.close()
+        if head.startswith(framing.REFUSED_PREFIX):
+            raise HopError(f"the master refused the connection: {_refusal(head)}") from None
+        raise HopError(f"cannot connect to the master at {path}: {os_error_text(e)}") from None
+    return sock
+
+
+def _queued(sock: socket.socket) -> bytes:
+    """What the master sent before it closed, as far as the kernel still holds it (b"" when nothing)."""
+    try:
+        sock.setblocking(False)
+        return sock.recv(1024)
+    except OSError:
+        return b""
+
+
+class Connection:
+    """The framed connection, non-blocking: `send` queues a frame, `flush` writes what the socket takes,
+    `receive` reads and returns the frames in (raises HopError when the master refused the connection, closed
+    it, or broke the framing)."""
+
+    def __init__(self, sock: socket.socket, read_size: int = READ_SIZE, max_output: int = framing.MAX_CHUNK) -> None:
+        self.sock = sock
+        # Reads land in this one buffer (recv_into): no allocation of read_size bytes per read, which a PTY
+        # session's many small reads paid for; the decoder copies out what it keeps.
+        self._inbox = bytearray(read_size)
+        self.out = bytearray()
+        # `max_output`: the largest STDOUT/STDERR frame taken, as declared to the master (framing.max_output).
+        self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER,
+                                       max_output=max_output)
+        self.greeted = False
+        self.closed = False
+        self._head = b""
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
+        """Queue `frame` (with `payload`: a frame's header, then its payload, unjoined) and write what the socket
+        takes. When nothing waits before it, header and payload go to the kernel in one sendmsg(2), and only what
+        it does not take is copied into the queue (a file's chunk is not copied in Python)."""
+        if self.closed:
+            return
+        if self.out:
+            self.flush()  # what waits goes first
+            if self.out:
+                self.out += frame
+                self.out += payload
+                return
+        try:
+            sent = self.sock.sendmsg([frame, payload]) if payload else self.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.closed = True  # receive() reports it
+            return
+        if sent < len(frame):
+            self.out += memoryview(frame)[sent:]
+            self.out += payload
+        elif sent < len(frame) + len(payload):
+            self.out += memoryview(payload)[sent - len(frame):]
+
+    def control(self, op: framing.Op, **fields: object) -> None:
+        self.send(framing.control(op, **fields))
+
+    def flush(self) -> None:
+        while self.out and not self.closed:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.closed = True  # receive() reports it
+                return
+            del self.out[:sent]
+
+    def receive(self) -> list[Frame]:
+        try:
+            got = self.sock.recv_into(self._inbox)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as e:
+            self.closed = True
+            if self._head.startswith(framing.REFUSED_PREFIX):
+                # The master refused the connection and closed it with our first bytes unread: a reset, after
+                # the refusal line.
+                raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
+            raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
+        if not got:
+            self.closed = True
+            if self._head.startswith(framing.REFUSED_PREFIX):
+                raise HopError(f"the master refused the connection: {_refusal(self._head)}")
+            raise HopError("connection to the master lost")
+        data: bytes | memoryview = memoryview(self._inbox)[:got]
+        if not self.greeted:
+            data = self._greeting(bytes(data))
+        try:
+            return self.decoder.feed(data)
+        except framing.WireError as e:
+            self.closed = True
+            raise HopError(f"the master broke the protocol: {e}") from None
+
+    def _greeting(self, data: bytes) -> bytes:
+        """The master's first bytes: its MAGIC, then frames (returned); or a refusal line, kept to be shown at
+        the close. HopError for anything else."""
+        head = self._head + data
+        if head.startswith(framing.MAGIC):
+            self.greeted, self._head = True, b""
+            return head[len(framing.MAGIC):]
+        if not (framing.MAGIC.startswith(head) or head.startswith(framing.REFUSED_PREFIX) or
+                framing.REFUSED_PREFIX.startswith(head)):
+            self.closed = True
+            raise HopError("the master did not answer as a slaveshell master (is it older than this client?)")
+        self._head = head[:1024]
+        return b""
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def parse(frame: Frame) -> Control:
+    return framing.parse_control(frame.payload, framing.FROM_MASTER)
+
+
+def _refusal(head: bytes) -> str:
+    line = head[len(framing.REFUSED_PREFIX):].split(b"\n", 1)[0][:500]
+    # Shown on the operator's terminal: printable ASCII only.
+    return "".join(c if " " <= c <= "~" else "?" for c in line.decode("ascii", "replace"))
+
+
+class Timer:
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def active(self) -> bool:
+        return not (self.cancelled or self.fired)
+
+
+class Loop:
+    """One thread's event loop: file descriptors (selectors), timers on `clock` (seconds, monotonic) and
+    signals, whose handlers only note the number (the wake-up fd ends the wait); `run` calls `on_signal` for each
+    in the loop, then the ready callbacks, until `stop`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # poll(2), not epoll: stdin may be a regular file or /dev/null, which epoll refuses (EPERM).
+        self.selector = selectors.PollSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._stopped = False
+        self.pending_signals: list[int] = []
+        self.on_signal: Callable[[int], None] = lambda signum: None
+        # Called before each wait (the connection's pending output decides whether to watch for writing).
+        self.before_wait: Callable[[], None] = lambda: None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._watched: dict[int, tuple[int, dict[int, Callable[[], None]]]] = {}
+
+    def seconds(self) -> float:
+        return self.clock()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        timer = Timer(self.clock() + delay, fn)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def watch(self, fd: int, event: int, callback: Callable[[], None] | None) -> None:
+        """Call `callback` when `fd` is ready for `event` (EVENT_READ or EVENT_WRITE); None stops watching."""
+        mask, callbacks = self._watched.get(fd, (0, {}))
+        if callbacks.get(event) is callback and (callback is not None) == bool(mask & event):
+            return
+        if callback is None:
+            callbacks.pop(event, None)
+            mask &= ~event
+        else:
+            callbacks[event] = callback
+            mask |= event
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(fd)
+        if mask:
+            self._watched[fd] = (mask, callbacks)
+            self.selector.register(fd, mask, None)
+        else:
+            self._watched.pop(fd, None)
+
+    def note_signal(self, signum: int, frame: object = None) -> None:
+        """A signal handler: note it; `run` hands it to `on_signal`."""
+        self.pending_signals.append(signum)
+
+    def wakeup_fd(self) -> int:
+        return self._wake_w
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def run(self) -> None:
+        previous = signal.set_wakeup_fd(self._wake_w)
+        try:
+            while not self._stopped:
+                self._once()
+        finally:
+            signal.set_wakeup_fd(previous)
+
+    def _once(self) -> None:
+        while self.pending_signals:
+            self.on_signal(self.pending_signals.pop(0))
+            if self._stopped:
+                return
+        now = self.clock()
+        while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
+            timer = heapq.heappop(self._timers)[2]
+            if not timer.cancelled:
+                timer.fired = True
+                timer.fn()
+                if self._stopped:
+                    return
+        self.before_wait()
+        timeout = max(0.0, self._timers[0][0] - now) if self._timers else None
+        if self.pending_signals:
+            timeout = 0.0
+        for key, events in self.selector.select(timeout):
+            fd = key.fd
+            if fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+                continue
+            for event in (selectors.EVENT_READ, selectors.EVENT_WRITE):
+                callback = self._watched.get(fd, (0, {}))[1].get(event)
+                if events & event and callback is not None:
+                    callback()
+                    if self._stopped:
+                        return
+
+    def close(self) -> None:
+        self.selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,0 +1,1 @@
+"""The Twisted and PB plumbing that only the master and the worker use."""

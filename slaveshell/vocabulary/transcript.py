@@ -1,0 +1,463 @@
+"""Session transcripts in asciicast v2, without I/O: encoding events to lines and reading them back.
+
+A transcript is newline-delimited JSON: a header object, then `[seconds, code, data]` events. Codes:
+
+    o   output, as the operator's terminal showed it (stderr of a command is merged in, as a terminal would)
+    i   input the operator sent; for keystrokes the remote terminal hid, only a marker of their length
+    ih  the length in bytes of the hidden span marked by the `i` event before it (slaveshell.vocabulary.hidden)
+    is  that span's keystrokes sealed to the auditors' age key, when one is configured (slaveshell.vocabulary.hidden)
+    r   resize, "COLSxROWS"
+    m   marker: joins, signals, exit, interruption (free text)
+    ob  exact bytes of the preceding `o` event, base64, only when that output was not valid UTF-8
+    ib  the same for `i`
+    a   a bulk stream's bytes kept in the transcript's attachment, "STREAM OFFSET LENGTH": the bytes
+        [OFFSET, OFFSET + LENGTH) of `<name>.bin` next to `<name>.cast`; stream 1 (stdout) or 2 (stderr) is
+        output, as an `o` event, stream 0 is input (the command's stdin), as an `i` event
+
+Players (asciinema) skip codes they do not know, so `ob`/`ib`/`a` cost nothing there; to get the exact bytes of
+a stream back, take each `o` event's text as UTF-8, unless an `ob` event follows it: then take the `ob` bytes;
+an `a` event's bytes are in the attachment (`exact_output` with a reader, or `expand_lines`). Each stream has
+its own incremental UTF-8 decoder, so a character split across reads comes out whole.
+
+Bulk streams (sessions without a terminal: pipes, `-T`) are recorded raw: a JSON event per chunk would cost 1.5x
+the bytes for text and 3.7x for binary (U+FFFD plus base64); a chunk of at most BULK_INLINE bytes that is valid
+UTF-8 on its own is still an `o` event, so `asciinema cat` shows a short command's output. docs/audit-schema.md
+documents the attachment.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from slaveshell.vocabulary import hidden as hidden_input
+
+REDACTED = "[REDACTED]"
+VERSION = 2
+ATTACHED = "a"
+# A bulk chunk up to this size that is valid UTF-8 by itself stays inline as an `o` event.
+BULK_INLINE = 4096
+
+
+class Redactor:
+    """Configurable regular expressions whose matches never reach the transcript."""
+
+    def __init__(self, patterns: Sequence[str | re.Pattern[str]] = ()) -> None:
+        self.patterns = [re.compile(p) if isinstance(p, str) else p for p in patterns]
+
+    def __call__(self, text: str) -> str:
+        for pattern in self.patterns:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    def raw(self, data: bytes) -> bytes:
+        """The same on raw bytes (a bulk stream): read as UTF-8 with surrogateescape, so bytes that match no
+        pattern come back exactly, whatever they are."""
+        if not self.patterns:
+            return data
+        return self(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
+
+class StreamDecoder:
+    """Bytes to text for one stream. Invalid bytes become surrogates (surrogateescape), which keeps them
+    recoverable exactly; `encode_event` turns them into U+FFFD for players plus an exact-bytes event."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        return self._decoder.decode(data, final)
+
+    def take(self, data: bytes) -> bytes:
+        """The bytes `decode(data)` would turn into text (what it held before, then `data`, but an incomplete
+        character at the end, which it holds after), without making the text: for a stream's exact bytes."""
+        held = self._decoder.getstate()[0]
+        joined = held + data if held else data
+        # An incomplete character at the end starts at its lead byte (>= 0xC0, never a continuation), at most 3
+        # bytes from the end; a fresh decoder says whether those bytes are one it would hold.
+        tail = b""
+        for back in range(1, min(3, len(joined)) + 1):
+            if joined[-back] >= 0xC0:
+                probe = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+                if not probe.decode(joined[-back:]) and probe.getstate()[0] == joined[-back:]:
+                    tail = joined[-back:]
+                break
+        self._decoder.setstate((tail, 0))
+        return joined[:len(joined) - len(tail)]
+
+    @property
+    def idle(self) -> bool:
+        """No bytes of an incomplete character held: the next ASCII bytes decode to themselves."""
+        return not self._decoder.getstate()[0]
+
+
+# Characters Python's str.splitlines() (and some editors) take as line ends, which JSON leaves raw: escaped, so
+# that a transcript's lines are its "\n"-separated lines however it is split.
+# (str.replace for each, found with `in`: str.translate goes character by character through a dict, ~200 ms a
+# MB of text that is not ASCII.)
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+# The same on UTF-8: these byte strings occur in valid UTF-8 only as those characters.
+_UTF8_LINE_BREAKS = tuple((c.encode("utf-8"), e.encode("ascii")) for c, e in _LINE_BREAKS)
+
+
+# ASCII that JSON writes as \uXXXX or as \b, \f: control characters but TAB, LF and CR, and DEL (which
+# ensure_ascii escapes and `_dumps` does not). Text without them is escaped with str.replace (C, memchr-fast)
+# instead of JSON's escaper, which goes character by character: ~3x faster on a terminal's output.
+_RARE_ASCII = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+_SIMPLE_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+
+
+def _ascii_event(t: float, code: str, text: str) -> str | None:
+    """`_dumps([t, code, text])` for ASCII `text` without _RARE_ASCII (None otherwise), byte for byte."""
+    raw = text.encode("ascii")
+    if len(raw.translate(None, _RARE_ASCII)) != len(raw) or not code.isalnum():
+        return None
+    for plain, escaped in _SIMPLE_ESCAPES:
+        if plain in text:
+            text = text.replace(plain, escaped)
+    return f'[{float.__repr__(t)}, "{code}", "{text}"]'
+
+
+# A str as JSON writes it in `_dumps` (ensure_ascii off), quotes included: the same function json.dumps calls.
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _dumps(value: object) -> str:
+    line = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if not line.isascii():
+        for char, escaped in _LINE_BREAKS:
+            if char in line:
+                line = line.replace(char, escaped)
+    return line
+
+
+# The ASCII bytes JSON escapes (json.encoder.ESCAPE_DCT: the controls, '"' and the backslash, which comes first:
+# the other escapes add backslashes) with their escapes, and every other byte (which `ascii_event_line` deletes
+# to find which of them a chunk holds).
+_ESCAPE_ORDER = [0x5C] + [c for c in range(128) if chr(c) in json.encoder.ESCAPE_DCT and c != 0x5C]
+_BYTE_ESCAPES = {c: json.encoder.ESCAPE_DCT[chr(c)].encode("ascii") for c in _ESCAPE_ORDER}
+_NOT_ESCAPED = bytes(c for c in range(256) if c not in _BYTE_ESCAPES)
+
+
+# A chunk needing more kinds of escape than this is escaped by JSON's encoder (one pass) rather than by a replace
+# each (random bytes hold all 34 kinds).
+_MANY_ESCAPES = 8
+
+
+def _escaped(data: bytes, found: bytes | None = None) -> bytes:
+    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs (`found`, when
+    already known), one replace each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8
+    an ASCII byte is never part of another character."""
+    if found is None:
+        found = data.translate(None, _NOT_ESCAPED)
+    if found:
+        for byte in _ESCAPE_ORDER:
+            if byte in found:
+                data = data.replace(bytes((byte,)), _BYTE_ESCAPES[byte])
+    return data
+
+
+def _line(t: float, code: str, escaped: bytes) -> bytes:
+    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", "', escaped, b'"]'))
+
+
+def ascii_event_line(t: float, code: str, data: bytes) -> bytes:
+    """The line `encode_event(t, code, data.decode("ascii"))` makes, UTF-8 encoded, for ASCII `data`, `t` a float
+    already rounded to 6 places and `code` ASCII letters; built on bytes, without a str: about a third of the
+    time for 64 KiB of a terminal's output."""
+    return _line(t, code, _escaped(data))
+
+
+def utf8_event_line(t: float, code: str, data: bytes) -> bytes:
+    """`encode_event(t, code, data.decode("utf-8"))[0]`, UTF-8 encoded, for valid UTF-8 `data` (`t` and `code`
+    as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; JSON's
+    encoder instead when the chunk needs many kinds of escape."""
+    found = data.translate(None, _NOT_ESCAPED)
+    if len(found) > _MANY_ESCAPES and len(set(found)) > _MANY_ESCAPES:
+        return _dumps([t, code, data.decode("utf-8")]).encode("utf-8")
+    escaped = _escaped(data, found)
+    # Their last bytes, looked for first: one memchr each, where a search for the whole sequence is slowed by
+    # every other character of the same lead bytes (the quotes U+2018, U+2019 that gcc prints).
+    if not data.isascii() and (b"\x85" in data or b"\xa8" in data or b"\xa9" in data):
+        for raw, line_break in _UTF8_LINE_BREAKS:
+            if raw in escaped:
+                escaped = escaped.replace(raw, line_break)
+    return _line(t, code, escaped)
+
+
+def _bytes_event(t: float, code: str, data: bytes) -> list[bytes]:
+    """`encode_event(t, code, data.decode("utf-8", "surrogateescape"))`, UTF-8 encoded, for any `data` (`t` and
+    `code` as for `ascii_event_line`): no str of surrogates, no encoding back to find the exact bytes."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = _encode_string(data.decode("utf-8", "replace"))
+        if not shown.isascii():
+            for char, escaped in _LINE_BREAKS:
+                if char in shown:
+                    shown = shown.replace(char, escaped)
+        return [b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ',
+                          shown.encode("utf-8"), b"]")),
+                _line(t, code + "b", base64.b64encode(data))]
+    return [utf8_event_line(t, code, data)]
+
+
+def encode_event(t: float, code: str, text: str) -> list[str]:
+    """Lines for one text event; a second `<code>b` line when the text holds bytes that were not UTF-8."""
+    t = round(t, 6)
+    if text.isascii() and isinstance(t, float):
+        line = _ascii_event(t, code, text)
+        if line is not None:
+            return [line]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        exact = text.encode("utf-8", "surrogateescape")
+        shown = exact.decode("utf-8", "replace")
+        return [_dumps([t, code, shown]), _dumps([t, code + "b", base64.b64encode(exact).decode("ascii")])]
+    return [_dumps([t, code, text])]
+
+
+class CastEncoder:
+    """Turns a session's events into asciicast lines. Time is seconds since the session started."""
+
+    def __init__(self, redact: Redactor | None = None, record_input: bool = True) -> None:
+        self.redact = redact or Redactor()
+        self.record_input = record_input
+        self._output = StreamDecoder()
+        self._input = StreamDecoder()
+
+    @staticmethod
+    def header(width: int, height: int, timestamp: float, **extra: object) -> str:
+        header: dict[str, object] = {"version": VERSION, "width": width, "height": height, "timestamp": int(timestamp)}
+        header.update({k: v for k, v in extra.items() if v is not None})
+        return _dumps(header)
+
+    def output(self, t: float, data: bytes) -> list[str]:
+        text = self._output.decode(data)
+        return encode_event(t, "o", self.redact(text)) if text else []
+
+    def output_encoded(self, t: float, data: bytes) -> list[bytes]:
+        """`output`'s lines as the transcript file holds them (UTF-8, no newline). Without redaction patterns the
+        lines are built on the bytes: escape-heavy UTF-8 costs about what ASCII does; bytes that are not UTF-8
+        cost more (a str of their U+FFFD text for JSON's encoder, and their base64 copy: 3.7x the bytes written)."""
+        rounded = round(t, 6)
+        if not data or not isinstance(rounded, float) or not math.isfinite(rounded) or self.redact.patterns:
+            return [line.encode("utf-8", "surrogateescape") for line in self.output(t, data)]
+        if data.isascii() and self._output.idle:
+            return [ascii_event_line(rounded, "o", data)]
+        exact = self._output.take(data)
+        return _bytes_event(rounded, "o", exact) if exact else []
+
+    def input(self, t: float, data: bytes, hidden: bool) -> list[str]:
+        if not self.record_input:
+            return []
+        if hidden:
+            # Typed while the terminal hid it: never written here (the recorder marks the span with
+            # `hidden_span`). Drop the decoder's state too, so no part of it leaks into the next event.
+            self._input = StreamDecoder()
+            return []
+        text = self._input.decode(data)
+        return encode_event(t, "i", self.redact(text)) if text else []
+
+    def bulk(self, t: float, data: bytes, code: str = "o") -> list[str] | None:
+        """The `o` (or `i`) event of a bulk chunk short enough and valid UTF-8 by itself; None: it goes to the
+        attachment (`attached`), after `redact.raw`."""
+        if len(data) > BULK_INLINE:
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return encode_event(t, code, self.redact(text)) if text else []
+
+    @staticmethod
+    def attached(t: float, stream: int, offset: int, length: int) -> list[str]:
+        """The `a` event of a bulk chunk written to the attachment at `offset`."""
+        return [_dumps([round(t, 6), ATTACHED, f"{stream} {offset} {length}"])]
+
+    def hidden_span(self, t: float, nbytes: int, sealed: str | None = None) -> list[str]:
+        """The marker of a span of hidden input: its length, and its bytes sealed to the auditors if given."""
+        t = round(t, 6)
+        lines = [_dumps([t, "i", hidden_input.marker(nbytes)]), _dumps([t, "ih", str(nbytes)])]
+        if sealed is not None:
+            lines.append(_dumps([t, "is", sealed]))
+        return lines
+
+    def resize(self, t: float, cols: int, rows: int) -> list[str]:
+        return [_dumps([round(t, 6), "r", f"{cols}x{rows}"])]
+
+    def marker(self, t: float, text: str) -> list[str]:
+        return [_dumps([round(t, 6), "m", text])]
+
+    def flush(self, t: float) -> list[str]:
+        """What the decoders still hold (an incomplete character at the very end)."""
+        lines = []
+        tail = self._output.decode(b"", final=True)
+        if tail:
+            lines += encode_event(t, "o", self.redact(tail))
+        if self.record_input:
+            tail = self._input.decode(b"", final=True)
+            if tail:
+                lines += encode_event(t, "i", self.redact(tail))
+        return lines
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    code: str
+    data: str
+
+
+@dataclass
+class Cast:
+    header: dict[str, object]
+    events: list[Event]
+    # True when the last line was cut short (a crash mid-write); it is not in `events`.
+    truncated: bool = False
+
+
+def parse_lines(lines: Iterable[str]) -> Cast:
+    """Read a transcript, tolerating a partial last line (what a crash mid-write leaves)."""
+    it = iter(lines)
+    header = parse_header(it)
+    broken: list[str] = []
+    events = list(iter_events(it, broken.append))
+    return Cast(header, events, bool(broken))
+
+
+def parse_header(lines: Iterator[str]) -> dict[str, object]:
+    """The header of a transcript, its first line taken from `lines`; ValueError when it is not asciicast v2."""
+    try:
+        header = json.loads(next(lines))
+    except (StopIteration, json.JSONDecodeError) as e:
+        raise ValueError(f"not an asciicast v2 transcript: {e}") from None
+    if not isinstance(header, dict) or header.get("version") != VERSION:
+        raise ValueError("not an asciicast v2 transcript")
+    return header
+
+
+def iter_events(lines: Iterable[str], truncated: Callable[[str], None] | None = None) -> Iterator[Event]:
+    """The events of a transcript's lines after its header, one at a time (memory: one line). A broken last
+    line (cut short by a crash) is handed to `truncated`; ValueError when a broken line has lines after it."""
+    broken = None
+    for line in lines:
+        if broken is not None:
+            raise ValueError("a transcript line is malformed before its end")
+        if not line.strip():
+            continue
+        try:
+            t, code, data = json.loads(line)
+            event = Event(float(t), str(code), data)
+        except (json.JSONDecodeError, ValueError, TypeError):
+            # Only the last line may be broken (cut short by a crash); anything earlier is corruption.
+            broken = line
+            continue
+        yield event
+    if broken is not None and truncated is not None:
+        truncated(broken)
+
+
+def event_bytes(events: Sequence[Event], index: int) -> bytes:
+    """The exact bytes of the text event at `index`: from the `<code>b` event right after it, if there is one."""
+    event = events[index]
+    after = events[index + 1] if index + 1 < len(events) else None
+    if after is not None and after.code == event.code + "b":
+        return base64.b64decode(after.data)
+    return event.data.encode("utf-8")
+
+
+# Reads `length` bytes at `offset` of a transcript's attachment.
+AttachmentReader = Callable[[int, int], bytes]
+
+
+def attachment_ref(data: object) -> tuple[int, int, int]:
+    """(stream, offset, length) of an `a` event's data; ValueError when it is not "STREAM OFFSET LENGTH"."""
+    parts = data.split(" ") if isinstance(data, str) else []
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] not in ("0", "1", "2"):
+        raise ValueError(f"malformed attachment event {data!r}")
+    stream, offset, length = (int(p) for p in parts)
+    return stream, offset, length
+
+
+def read_attached(read: AttachmentReader, data: object) -> bytes:
+    """The bytes an `a` event refers to; ValueError when the attachment is shorter (cut by a crash)."""
+    _, offset, length = attachment_ref(data)
+    chunk = read(offset, length)
+    if len(chunk) != length:
+        raise ValueError(f"the attachment ends before {offset + length}")
+    return chunk
+
+
+def exact_output(events: Sequence[Event], code: str = "o",
+                 attachment: AttachmentReader | None = None) -> Iterator[bytes]:
+    """The exact bytes of a stream ("o" or "i"), event by event; `a` events of that stream read through
+    `attachment` (ValueError without one: the bytes would be missing)."""
+    for index, event in enumerate(events):
+        if event.code == code:
+            yield event_bytes(events, index)
+        elif event.code == ATTACHED and attached_code(event.data) == code:
+            if attachment is None:
+                raise ValueError("this transcript has an attachment: its bytes need a reader")
+            yield read_attached(attachment, event.data)
+
+
+def attached_code(data: object) -> str:
+    """The code an `a` event stands for: "i" for stream 0 (input), "o" for output."""
+    return "i" if attachment_ref(data)[0] == 0 else "o"
+
+
+def expand_event(t: float, ref: str, data: bytes, exact: bool = True) -> list[str]:
+    """An attached chunk as self-contained lines: an `o` (or `i`) event, and its `ob` (`ib`) when it is not
+    UTF-8; with `exact` False, the text event only, invalid bytes as U+FFFD (for search)."""
+    code = attached_code(ref)
+    if not exact:
+        return [_dumps([round(t, 6), code, data.decode("utf-8", "replace")])]
+    return encode_event(t, code, data.decode("utf-8", "surrogateescape"))
+
+
+def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None, exact: bool = True) -> Iterator[str]:
+    """A transcript as one self-contained asciicast v2 stream, lines with their newline: each `a` event
+    replaced by the events of its bytes (`expand_event`: what `slaveshell export` and search read). Without an
+    attachment, or past its end, `a` lines are left as they are (players skip them)."""
+    for line in lines:
+        if attachment is not None and f'"{ATTACHED}", ' in line:
+            try:
+                t, code, data = json.loads(line)
+                if code == ATTACHED:
+                    for out in expand_event(float(t), data, read_attached(attachment, data), exact):
+                        yield out + "\n"
+                    continue
+            except (ValueError, TypeError):
+                pass
+        yield line
+
+
+# No sequence's body may hold the start of a sequence of its own kind (ESC, or the 8-bit OSC U+009D, which also
+# starts a new string in a terminal's parser: vt100.net/emu/dec_ansi_parser, "anywhere"): each attempt then
+# stops at the next start, so one pass is linear. With U+009D allowed in an OSC's body, a worker's run of them
+# without an end made every start scan the rest: quadratic, 512 KiB of output held the GIL (the master's
+# reactor) for minutes in search.
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-9;?]*[ -/]*[@-~]"  # CSI (7- or 8-bit, ECMA-48 5.4): colours, cursor moves
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\x9d]*(?:\x07|\x1b\\|\x9c)"  # OSC: window titles, the clipboard
+    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
+)
+# C0 and C1 control characters but tab and newline, and DEL: what is left of them once sequences are gone.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
+_STARTS = ("\x1b", "\x9b", "\x9d")
+
+
+def strip_ansi(text: str) -> str:
+    """Text without terminal control sequences, for searching what was shown. Sequences go first, then the
+    control characters left (runs at once: 64 MB of NUL bytes is one match, not 64 million)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if any(start in text for start in _STARTS):
+        text = _ANSI.sub("", text)
+    return _CONTROLS.sub("", text)
