@@ -15,23 +15,11 @@ from master_side.audit.trail import ON_RECORD_ERROR
 from master_side.cluster.config import ClusterConfig
 from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
 from master_side.operators.limits import Bounds
+from master_side.sessions.session_limits import Limits
 from slaveshell.vocabulary import hidden as hidden_input
 from slaveshell.vocabulary.policy import Policy, Rule
 
 DEFAULT_SOCKET = "shell.sock"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Session time limits (seconds, None for none) and session quotas (counts, None for none)."""
-
-    detach_grace: float | None = 300.0
-    idle_timeout: float | None = None
-    max_duration: float | None = None
-    per_worker: int | None = None
-    per_operator: int | None = None
-    stall_timeout: float | None = 60.0
-    close_deadline: float | None = 10.0
 
 
 # master.cfg's `policy=`: a Policy, or rules (each a Rule, or a mapping of Rule's fields), or None.

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from master_side.audit.retention import Retention
 from master_side.audit.trail import AuditTrail
 from master_side.cluster.part import ClusterPart
-from master_side.config import Limits, ShellConfig, group_id, shell_config
+from master_side.config import DEFAULT_SOCKET, ShellConfig, group_id, shell_config
 from master_side.glue import upstream
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds.step import Holds
@@ -29,6 +29,7 @@ from master_side.operators.api import OperatorAPI
 from master_side.operators.limits import ConnectionGate, RefusalAudit, peer_identity
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
+from master_side.sessions.session_limits import Limits
 from master_side.shell_socket.listener import DoorFactory
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
@@ -72,7 +73,7 @@ class ShellService(BuildbotService):
         self._ticker = task.LoopingCall(self._tick)
         self.glue = BuildbotGlue(lambda: self.master)
         self.registry = SessionRegistry(self.glue, lambda: self.trail, _seconds)
-        # Builds held for a shell: the HoldForShell step finds them here (master_side.holds.step.holds_of).
+        # Builds held for a shell: the HoldForShell step finds them here (master_side.holds.step.HoldHost).
         self.holds = Holds()
         self.retention = Retention(lambda: self.trail)  # transcript_retention_days (master_side.audit.retention)
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
@@ -93,6 +94,22 @@ class ShellService(BuildbotService):
     def limits(self) -> Limits:
         return self.registry.limits
 
+    def build_activity(self, build_id: int) -> dict[str, tuple[int, int]]:
+        """The held build's live sessions: their input bytes and viewers, by session id (the HoldForShell step
+        watches them: master_side.holds.step.HoldHost)."""
+        return {session.id: (session.bytes_in, len(session.viewers)) for session in self.registry.live()
+                if session.build is not None and session.build.get("build_id") == build_id}
+
+    def command_socket(self, basedir: str) -> str | None:
+        """The socket a command must name with ``--socket``: None when there is none, or it is the default one
+        in the master's `basedir`, where `buildbot-shell` run in that directory finds it (the held-build notice:
+        master_side.holds.notices.SocketHost)."""
+        path = self.socket_path
+        if not isinstance(path, str):
+            return None
+        default = os.path.abspath(os.path.join(basedir, DEFAULT_SOCKET))
+        return None if os.path.abspath(path) == default else path
+
     @deferred
     async def reconfigService(self, *args: object, **kwargs: object) -> None:
         options = shell_config(*args, **kwargs)
@@ -108,7 +125,9 @@ class ShellService(BuildbotService):
         # its buffer rebuilt on each read and bounded (slaveshell.plumbing.banana_buffer,
         # slaveshell.plumbing.banana_bounds): each checked against the upstream code first (master_side.glue.upstream).
         # Without the bounds, no shells.
-        if not upstream.install():
+        from master_side.www import session_hook  # the www plugin's package: loaded when the service starts
+
+        if not upstream.install(session_hook.install):
             log.critical("slaveshell: shells are unavailable: this Twisted is not the version slaveshell's bounds "
                          "were written for")
             return
@@ -235,12 +254,3 @@ def _break_dead_lock(lock: str) -> None:
             except OSError:
                 pass
 
-
-def shell_service(master: object) -> ShellService | None:
-    """The master's ShellService, or None: Buildbot keeps the services of c['services'] as children of
-    `master.service_manager` (buildbot/util/service.py, BuildbotServiceManager), by name in `namedServices`."""
-    manager = getattr(master, "service_manager", None)
-    for service in list(getattr(manager, "namedServices", {}).values()):
-        if isinstance(service, ShellService):
-            return service
-    return None

@@ -19,6 +19,7 @@ from zope.interface import implementer
 import slave_side
 from master_side.glue import rest_write_fix
 from master_side.glue import upstream as master_upstream
+from master_side.www import session_hook
 from slave_side import reading
 from slave_side import upstream as worker_upstream
 from slaveshell.plumbing import lean_calls, upstream
@@ -129,7 +130,7 @@ def test_buildbots_rest_writer_has_the_shape_and_is_replaced():
     from buildbot.www import rest
 
     assert master_upstream.rest_writer_shape() is None
-    assert master_upstream.install_web() is True
+    assert master_upstream.install_web(session_hook.install) is True
     assert getattr(rest.V2RootResource._write_json_data, "_slaveshell_fix", False)
     assert master_upstream.rest_writer_shape() is None  # still, once replaced
 
@@ -139,7 +140,7 @@ def test_rest_body_written_at_once_when_the_thread_pool_runs_calls_at_once():
     call returns (it was posted to the global reactor, and the answer was empty)."""
     from buildbot.www import rest
 
-    master_upstream.install_web()
+    master_upstream.install_web(session_hook.install)
     request = Request()
     data = {"builders": [{"name": "b<1>", "id": i} for i in range(1000)]}
     rest.V2RootResource._write_json_data(request, json.JSONEncoder(), data)
@@ -150,7 +151,7 @@ def test_rest_body_written_at_once_when_the_thread_pool_runs_calls_at_once():
 def test_rest_body_from_a_pool_thread_goes_to_the_requests_own_reactor():
     from buildbot.www import rest
 
-    master_upstream.install_web()
+    master_upstream.install_web(session_hook.install)
     own = OwnReactor()
     master = type("Master", (), {"reactor": own})()
     request = Request(site=type("Site", (), {"master": master})())
@@ -184,7 +185,7 @@ def test_a_rest_module_of_another_shape_is_left_as_buildbot_wrote_it(fresh, monk
         pass
 
     monkeypatch.setattr(rest.V2RootResource, "_write_json_data", staticmethod(_write_json_data))
-    assert master_upstream.install_web() is False
+    assert master_upstream.install_web(session_hook.install) is False
     assert rest.V2RootResource.__dict__["_write_json_data"].__func__ is _write_json_data
     assert any("REST writer not changed" in line and "Buildbot's own writer stays" in line for line in fresh)
 
@@ -193,7 +194,7 @@ def test_a_rest_module_of_another_shape_is_left_as_buildbot_wrote_it(fresh, monk
 def test_the_shell_service_serves_no_socket_when_the_bounds_cannot_be_installed(tmp_path, monkeypatch):
     from master_side.service import ShellService
 
-    monkeypatch.setattr(master_upstream, "install", lambda: False)
+    monkeypatch.setattr(master_upstream, "install", lambda session_hook: False)
 
     class Master:
         basedir = str(tmp_path)

@@ -12,17 +12,28 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from buildbot.worker.protocols import pb as bbpb
 
-from master_side.holds.step import Hold
 from slaveshell.plumbing.remote import tables
 from slaveshell.vocabulary.protocol import WORKER_COMMAND, OpenRequest
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
     from buildbot.worker.base import AbstractWorker
+
+
+class HeldPlace(Protocol):
+    """Where a build held for a shell ran (master_side.holds.step.Hold): its worker, its directory relative
+    to the worker's basedir, and its environment."""
+
+    @property
+    def worker(self) -> str: ...
+    @property
+    def workdir(self) -> str: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
 
 
 class RouteError(Exception):
@@ -92,7 +103,7 @@ class BuildbotGlue:
             ))
         return result
 
-    def workdir_for(self, request: OpenRequest, holds: Mapping[int, Hold]) -> OpenRequest:
+    def workdir_for(self, request: OpenRequest, holds: Mapping[int, HeldPlace]) -> OpenRequest:
         """`--build ID`: the held build's directory and environment; `--builder NAME`: the builder's build
         directory. Both relative to the worker's basedir. RouteError when there is no such hold or builder."""
         if request.build is not None:

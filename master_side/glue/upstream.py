@@ -16,6 +16,7 @@ on); `.ci/upstream-suites` runs upstream's own test suites with these changes in
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 from master_side.glue import rest_write_fix
 from slaveshell.plumbing import upstream
@@ -43,21 +44,19 @@ def rest_writer_shape() -> str | None:
     return why
 
 
-def install_web() -> bool:
+def install_web(session_hook: Callable[[], bool]) -> bool:
     """The changes Buildbot's web server needs (the www plugin installs them): the REST writer, and the hook on
-    Buildbot's session cookie that mints and revokes the web shell grants (master_side.www.session_hook, which
-    checks ``BuildbotSession.updateSession``'s shape itself and fails closed: without the hook no grant is
-    minted, so web shells are refused)."""
-    from master_side.www import session_hook
-
+    Buildbot's session cookie that mints and revokes the web shell grants, installed by `session_hook`
+    (master_side.www.session_hook.install, which checks ``BuildbotSession.updateSession``'s shape itself and
+    fails closed: without the hook no grant is minted, so web shells are refused)."""
     rest = attempt("Buildbot's REST writer", rest_writer_shape, rest_write_fix.install,
                    "Buildbot's own writer stays (answers written from a thread)")
-    hook = session_hook.install()
+    hook = session_hook()
     return rest and hook
 
 
-def install() -> bool:
-    """Every change of the master's side, once per process; True when the bounds are in place (the service serves
-    shells only then)."""
-    install_web()
+def install(session_hook: Callable[[], bool]) -> bool:
+    """Every change of the master's side, once per process (`session_hook` as for `install_web`); True when the
+    bounds are in place (the service serves shells only then)."""
+    install_web(session_hook)
     return upstream.install()

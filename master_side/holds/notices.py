@@ -17,21 +17,18 @@ function of the context: json for a chat webhook) make the message; their contex
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from buildbot import interfaces
 from buildbot.reporters import utils
 from zope.interface import implementer
 
+from master_side.glue.services import master_services
 from master_side.holds.deadline import HoldTimes, clock_time
 from master_side.holds.notice_reports import NoticeFormatter, NoticeGenerator, produce
 from slaveshell.plumbing.deferreds import deferred
-
-if TYPE_CHECKING:
-    from master_side.holds.step import Hold
 
 # The held-build notice's routing key on the mq: ('slaveshell', 'holds', BUILDID, 'held').
 KIND = ("holds", "held")
@@ -105,21 +102,40 @@ def _seconds(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
+@runtime_checkable
+class SocketHost(Protocol):
+    """What the notice asks of the master's ShellService, found among the master's services."""
+
+    def command_socket(self, basedir: str) -> str | None:
+        """The socket a command must name with ``--socket`` to reach the service: None when it listens on none,
+        or on the default one in the master's `basedir`."""
+
+
+class HeldFacts(Protocol):
+    """What the notice tells of a held build (master_side.holds.step.Hold)."""
+
+    @property
+    def build_id(self) -> int: ...
+    @property
+    def builder(self) -> str: ...
+    @property
+    def build_number(self) -> int: ...
+    @property
+    def worker(self) -> str: ...
+    @property
+    def times(self) -> HoldTimes | None: ...
+
+
 def socket_of(master: Any) -> str | None:
     """The service's socket when a command needs ``--socket`` for it: not the default one in the master's
     basedir (where `buildbot-shell` run in that directory finds it)."""
-    from master_side.config import DEFAULT_SOCKET  # config.py and service.py import hold.py, which imports this module
-    from master_side.service import shell_service
-
-    service = shell_service(master)
-    path = getattr(service, "socket_path", None)
-    if not isinstance(path, str):
-        return None
-    default = os.path.abspath(os.path.join(master.basedir, DEFAULT_SOCKET))
-    return None if os.path.abspath(path) == default else path
+    for service in master_services(master):
+        if isinstance(service, SocketHost):
+            return service.command_socket(master.basedir)
+    return None
 
 
-def announce(master: Any, hold: Hold, web_url: str | None) -> None:
+def announce(master: Any, hold: HeldFacts, web_url: str | None) -> None:
     """Tell the reporters that `hold` began (HoldForShell calls it once per hold). Never raises."""
     times = hold.times
     if times is None:

@@ -19,7 +19,7 @@ import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 from buildbot.process import buildstep
 from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, SKIPPED, SUCCESS
@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from master_side.glue.services import master_services
 from master_side.holds.deadline import DEFAULT_TIMEOUT, HoldTimes, Limit, limits, number, plain
 from master_side.holds.notices import announce
 from slaveshell.plumbing.clock import Clock
@@ -219,13 +220,30 @@ class Holds:
                                        "not hold it)"))
 
 
-def holds_of(master: BuildMaster) -> Holds:
-    """The Holds of the master's ShellService (`service.shell_service`). Without a ShellService, a Holds of the
-    step's own (nobody can step in then, and the hold times out)."""
-    from master_side.service import shell_service  # service.py imports this module
+@runtime_checkable
+class HoldHost(Protocol):
+    """What a held build asks of the master's ShellService, found among the master's services: the builds held
+    for a shell, and who is in a build's sessions."""
 
-    service = shell_service(master)
-    return service.holds if service is not None else Holds()
+    @property
+    def holds(self) -> Holds: ...
+
+    def build_activity(self, build_id: int) -> dict[str, tuple[int, int]]:
+        """The build's live sessions: their input bytes and viewers, by session id."""
+
+
+def hold_host(master: BuildMaster) -> HoldHost | None:
+    for service in master_services(master):
+        if isinstance(service, HoldHost):
+            return service
+    return None
+
+
+def holds_of(master: BuildMaster) -> Holds:
+    """The Holds of the master's ShellService. Without a ShellService, a Holds of the step's own (nobody can
+    step in then, and the hold times out)."""
+    host = hold_host(master)
+    return host.holds if host is not None else Holds()
 
 
 class HoldForShell(buildstep.BuildStep):
@@ -381,16 +399,10 @@ class HoldForShell(buildstep.BuildStep):
     def _activity(self, build_id: int) -> bool:
         """Whether, since the last look, someone stepped into the build (a new session, a viewer more) or typed
         into one of its sessions (their input bytes grew)."""
-        from master_side.service import shell_service  # service.py imports this module
-
-        service = shell_service(self.master)
-        if service is None:
+        host = hold_host(self.master)
+        if host is None:
             return False
-        seen: dict[str, tuple[int, int]] = {}
-        for session in service.registry.live():
-            build = session.build
-            if build is not None and build.get("build_id") == build_id:
-                seen[session.id] = (session.bytes_in, len(session.viewers))
+        seen = host.build_activity(build_id)
         before, self._seen = self._seen, seen
         return any(sid not in before or bytes_in > before[sid][0] or viewers > before[sid][1]
                    for sid, (bytes_in, viewers) in seen.items())

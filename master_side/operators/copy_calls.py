@@ -17,13 +17,13 @@ from twisted.internet import defer
 from master_side.audit.trail import RecordingError
 from master_side.copying.relay import PartyEnd, TransferRefused, Transfers
 from master_side.glue.buildbot import RouteError
+from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.policy import Action, Identity
 
 if TYPE_CHECKING:
     from master_side.audit.trail import AuditTrail
     from master_side.glue.buildbot import BuildbotGlue
     from master_side.holds.step import Holds
-    from master_side.operators.api import ErrorKind, OperatorError
     from master_side.sessions.registry import SessionRegistry
     from slaveshell.vocabulary.copying import TransferRequest
     from slaveshell.vocabulary.policy import Policy
@@ -48,8 +48,6 @@ class CopyOperations:
         """Start a transfer for `who`, whose end of it is `operator` (its door's, which applies that
         connection's output bound). Fires (MasterTransfer, {"total", "entries", "recorded"}); raises
         OperatorError."""
-        from master_side.operators.api import ErrorKind, OperatorError  # noqa: F811 (at run time: operator_api imports us)
-
         decision = self.policy.may(who, Action.COPY, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)

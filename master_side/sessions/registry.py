@@ -7,21 +7,18 @@ written, a held build that was stopped).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.logger import Logger
 
-from master_side.config import Limits
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds.step import StopReason
 from master_side.sessions.model import State, Viewer
 from master_side.sessions.session import MasterSession
+from master_side.sessions.session_limits import Limits
 from master_side.sessions.worker_link import Undo, WorkerPeer
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import ProtocolError
-
-if TYPE_CHECKING:
-    from master_side.audit.trail import AuditTrail
 
 log = Logger()
 
@@ -29,11 +26,20 @@ log = Logger()
 HEARTBEAT = 15.0
 
 
+class SessionTrail(Protocol):
+    """What the registry asks of the audit trail (master_side.audit.trail.AuditTrail): what to do when a
+    transcript cannot be written, and that a session ended."""
+
+    on_record_error: str
+
+    def ended(self, session: MasterSession) -> None: ...
+
+
 class SessionRegistry:
     """Live sessions by id. `trail` gives the current audit trail (None before the service starts or after it
     stopped); `clock` is the reactor's `seconds`."""
 
-    def __init__(self, glue: BuildbotGlue, trail: Callable[[], AuditTrail | None],
+    def __init__(self, glue: BuildbotGlue, trail: Callable[[], SessionTrail | None],
                  clock: Callable[[], float]) -> None:
         self.sessions: dict[str, MasterSession] = {}
         self.glue = glue

@@ -12,22 +12,20 @@ audit row knows. A transfer message on a connection without a transfer is refuse
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 from twisted.internet import defer
 
 from master_side.copying.relay import OPERATOR, MasterTransfer
 from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import Undo, subscribe
+from master_side.shell_socket.framed import FramedDoor
 from master_side.shell_socket.viewer_sink import widen
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.copying import Data, TransferEvent, TransferRequest, from_fields
 from slaveshell.vocabulary.framing import Control, FrameType, Op
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import ProtocolError
-
-if TYPE_CHECKING:
-    from master_side.shell_socket.door import WireDoor
 
 # What the door reads at once while it carries a transfer (Twisted reads 64 KiB by default): several DATA frames,
 # which slaveshell.vocabulary.framing.Decoder cuts in one pass. (Not for PB: Banana copies what it holds at every item
@@ -53,7 +51,7 @@ class WireParty:
     """The operator's end of a transfer over a `WireDoor` (`transfer.PartyEnd`): each call as a frame, then
     the connection's output bound (limits.ConnectionGate.check)."""
 
-    def __init__(self, door: WireDoor) -> None:
+    def __init__(self, door: FramedDoor) -> None:
         self.door = door
         self._widened = False
 
@@ -85,7 +83,7 @@ class WireParty:
 class CopyDoor:
     """A `WireDoor`'s transfer: `call` starts it (the ``copy`` call), `frame` takes its messages."""
 
-    def __init__(self, door: WireDoor) -> None:
+    def __init__(self, door: FramedDoor) -> None:
         self.door = door
         self.transfer: MasterTransfer | None = None
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import collections
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol, connectionDone
@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from master_side.operators.api import ErrorKind, OperatorError, View
 from master_side.operators.limits import ConnectionGate, Transport, buffered_bytes
 from master_side.shell_socket.copy_door import CopyDoor
+from master_side.shell_socket.framed import DoorHost
 from master_side.shell_socket.viewer_sink import WireViewerSink
 from slaveshell.plumbing.write_now import write_frame
 from slaveshell.vocabulary import framing
@@ -41,16 +42,13 @@ from slaveshell.vocabulary.framing import Control, FrameType, Op, WireError
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError, check_bytes, check_int, check_signal, check_size
 
-if TYPE_CHECKING:
-    from master_side.service import ShellService
-
 log = Logger()
 
 
 class WireDoor(Protocol):
     """One operator connection speaking slaveshell.vocabulary.framing."""
 
-    def __init__(self, service: ShellService) -> None:
+    def __init__(self, service: DoorHost) -> None:
         self.service = service
         self.gate: ConnectionGate = service.gate
         self.decoder = framing.Decoder(refused=frozenset({FrameType.STDOUT, FrameType.STDERR}))

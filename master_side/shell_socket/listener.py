@@ -4,19 +4,17 @@ first bytes are slaveshell.vocabulary.framing's magic, or refused with one line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
 from master_side.operators.limits import ConnectionGate, Transport
 from master_side.shell_socket.door import WireDoor
+from master_side.shell_socket.framed import DoorHost
 from slaveshell.plumbing.clock import Clock, DelayedCall
 from slaveshell.vocabulary import framing
-
-if TYPE_CHECKING:
-    from master_side.service import ShellService
 
 
 class _Swappable(Transport, TypingProtocol):
@@ -115,7 +113,7 @@ class DoorFactory(ServerFactory):
 
     protocol = Sniffer
 
-    def __init__(self, service: ShellService, gate: ConnectionGate, clock: Clock | None = None) -> None:
+    def __init__(self, service: DoorHost, gate: ConnectionGate, clock: Clock | None = None) -> None:
         self.service = service
         self.gate = gate
         if clock is None:

@@ -18,16 +18,13 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from master_side.sessions.worker_link import Undo, subscribe
+from master_side.shell_socket.framed import FramedDoor
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.flow import BULK_CHUNK, chunks
 from slaveshell.vocabulary.framing import FrameType, Op
 from slaveshell.vocabulary.protocol import MAX_CHUNK, STREAM_ERR, ExitStatus
-
-if TYPE_CHECKING:
-    from master_side.shell_socket.door import WireDoor
 
 # The kernel's send buffer asked for a connection that carries a bulk stream (Linux doubles it for its own
 # accounting; the default, net.core.wmem_default, is about 208 KiB): two of the worker's bulk messages.
@@ -50,7 +47,7 @@ class WireViewerSink:
     """A `ViewerSink` over a `WireDoor`: the session's output as STDOUT/STDERR frames of at most `max_output`
     bytes (what the client declared: framing.max_output), the rest as control frames."""
 
-    def __init__(self, door: WireDoor, max_output: int = MAX_CHUNK) -> None:
+    def __init__(self, door: FramedDoor, max_output: int = MAX_CHUNK) -> None:
         self.door = door
         self.connection: object = door
         self.max_output = max_output

@@ -35,10 +35,10 @@ class ShellApplication(Application):
     def setMaster(self, master: BuildMaster) -> None:
         super().setMaster(master)
         from master_side.glue import upstream
-        from master_side.www import grants
+        from master_side.www import grants, session_hook
         from master_side.www.terminal_ws import terminal_resource
 
-        upstream.install_web()
+        upstream.install_web(session_hook.install)
         registry = grants.registry(master, create=True)
         assert registry is not None
         if getattr(master.www, "authz", None) is not None:

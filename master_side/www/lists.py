@@ -35,14 +35,13 @@ from typing import TYPE_CHECKING
 from master_side.operators.api import ErrorKind, OperatorError
 from master_side.www import access, buildbot_pages
 from master_side.www.access import UserInfo
+from master_side.www.host import WebHost
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.policy import Action, WebIdentity
 from slaveshell.vocabulary.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
-
-    from master_side.service import ShellService
 
 QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release")
 # The largest transcript a page replays (bytes): the page holds it whole.
@@ -86,7 +85,7 @@ async def _allowed(master: BuildMaster, info: UserInfo, workers: set[str]) -> se
 
 
 @deferred
-async def answer(kind: str, message: Message, service: ShellService, master: BuildMaster, who: WebIdentity,
+async def answer(kind: str, message: Message, service: WebHost, master: BuildMaster, who: WebIdentity,
                  info: UserInfo) -> Answer:
     api = service.api
     if kind == "workers":

@@ -57,10 +57,10 @@ from twisted.python.failure import Failure
 
 from master_side.operators.api import OperatorError, View
 from master_side.operators.limits import Quota
-from master_side.service import shell_service
 from master_side.sessions.worker_link import subscribe
 from master_side.www import access, grants, lists
 from master_side.www.access import UserInfo
+from master_side.www.host import WebHost, web_host
 from master_side.www.lists import Answer, Message
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
@@ -81,7 +81,6 @@ if TYPE_CHECKING:
     from autobahn.websocket.types import ConnectionRequest
     from buildbot.master import BuildMaster
 
-    from master_side.service import ShellService
 
 log = Logger()
 
@@ -166,7 +165,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def check_buffer(self) -> None:
         """Drop the socket if what waits unsent to the page passed the gate's bound (and audit it)."""
-        service = shell_service(self.master)
+        service = web_host(self.master)
         if service is not None and not self.closed:
             service.gate.check(self)
 
@@ -245,7 +244,7 @@ class TerminalProtocol(WebSocketServerProtocol):
                             "of users without a right on any worker (its limit); try again later")
         else:
             self._take(quota, who.user)
-            service = shell_service(self.master)
+            service = web_host(self.master)
             if service is not None:
                 service.gate.watch(self, who)
             return
@@ -280,7 +279,7 @@ class TerminalProtocol(WebSocketServerProtocol):
     def _audit(self, worker: str | None, reason: str) -> None:
         """A refusal in the audit index under the web user's name (``web:anonymous`` without a login), at most
         one per user and kind of refusal per interval (master_side.operators.limits.RefusalAudit)."""
-        service = shell_service(self.master)
+        service = web_host(self.master)
         who = self.identity
         if who is None:
             name = self.info.get("username") if not self.info.get("anonymous") else None
@@ -342,12 +341,12 @@ class TerminalProtocol(WebSocketServerProtocol):
         if refusal is not None:
             self.refuse(refusal.message)
 
-    def _start(self) -> tuple[ShellService, WebIdentity]:
+    def _start(self) -> tuple[WebHost, WebIdentity]:
         """The ShellService and who asks, once per socket: a socket carries one session."""
         if self.opening or self.identity is None or self.refusal is not None:
             raise ProtocolError("a socket carries one session: open or attach sent twice")
         self.opening = True
-        service = shell_service(self.master)
+        service = web_host(self.master)
         if service is None:
             raise ProtocolError("this master has no ShellService")
         return service, self.identity
@@ -395,7 +394,7 @@ class TerminalProtocol(WebSocketServerProtocol):
     def _query(self, kind: str, message: Message) -> None:
         """The fleet page's lists and the replay page's reads (master_side.www.lists), answered on this socket;
         a refusal of the operator API is an error message, the socket stays open."""
-        service = shell_service(self.master)
+        service = web_host(self.master)
         if self.identity is None or self.refusal is not None or service is None or self.opening:
             raise ProtocolError(f"no {kind} for this socket")
         if self.queries >= MAX_QUERIES:
@@ -430,7 +429,7 @@ class TerminalProtocol(WebSocketServerProtocol):
     def _opened(self, view: View | None) -> None:
         if view is None:
             return  # the page left while the worker started the session: it runs detached
-        service = shell_service(self.master)
+        service = web_host(self.master)
         if service is None:
             return  # the service went with a reconfiguration: its sessions ended with it
         self.view = view
@@ -458,7 +457,7 @@ class TerminalProtocol(WebSocketServerProtocol):
             quota, key = self.place
             self.place = None
             quota.give_back(key)
-        service = shell_service(self.master)
+        service = web_host(self.master)
         if service is not None:
             service.gate.release(self)
         # As a lost connection on the UNIX socket: the owner's session detaches (and waits detach_grace for a
@@ -486,7 +485,7 @@ class TerminalFactory(WebSocketServerFactory):
     async def has_right(self, who: WebIdentity, info: UserInfo) -> bool:
         """Whether `who` has some right on some worker of this master: slaveshell's policy grants it one, and
         Buildbot's authz the shell action on that same worker."""
-        service = shell_service(self.master)
+        service = web_host(self.master)
         if service is None:
             return False
         policy = service.policy
