@@ -18,6 +18,7 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
+from master_side.audit.refusals import RefusalAudit
 from master_side.audit.retention import Retention
 from master_side.audit.trail import AuditTrail
 from master_side.cluster.part import ClusterPart
@@ -26,10 +27,11 @@ from master_side.glue import upstream
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
-from master_side.operators.limits import ConnectionGate, RefusalAudit, peer_identity
+from master_side.operators.gate import ConnectionGate
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
 from master_side.shell_socket.listener import DoorFactory
+from master_side.shell_socket.peer import peer_identity
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.policy import Policy

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from master_side.audit.trail import AuditTrail
     from master_side.cluster.part import ClusterPart
-    from master_side.operators.limits import ConnectionGate
+    from master_side.operators.gate import ConnectionGate
 
 log = Logger()
 

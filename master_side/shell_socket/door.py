@@ -32,10 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from master_side.operators.api import ErrorKind, OperatorError, View
-from master_side.operators.limits import ConnectionGate, Transport, buffered_bytes
+from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.copy_door import CopyDoor
 from master_side.shell_socket.viewer_sink import WireViewerSink
-from slaveshell.plumbing.write_now import write_frame
+from slaveshell.plumbing.write_now import buffered_bytes, write_frame
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import Control, FrameType, Op, WireError
 from slaveshell.vocabulary.policy import Identity

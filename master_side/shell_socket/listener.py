@@ -10,7 +10,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
-from master_side.operators.limits import ConnectionGate, Transport
+from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.door import WireDoor
 from slaveshell.plumbing.clock import Clock, DelayedCall
 from slaveshell.vocabulary import framing
