@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from master_side.audit.trail import ON_RECORD_ERROR
 from master_side.cluster.config import ClusterConfig
 from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
-from master_side.operators.limits import Bounds
-from master_side.sessions.session_limits import Limits
+from master_side.operators.bounds import ResourceBounds
+from master_side.sessions.session_limits import SessionLimits
 from slaveshell.vocabulary import hidden as hidden_input
 from slaveshell.vocabulary.policy import Policy, Rule
 
@@ -70,14 +70,14 @@ class ShellConfig:
     max_sessions_per_operator: int | None = None
     stall_timeout: float | None = 60.0
     close_deadline: float | None = 10.0
-    max_connections_per_uid: int = Bounds.connections_per_uid
-    max_connections: int = Bounds.connections
-    max_viewers_per_session: int = Bounds.viewers_per_session
-    max_viewers_per_operator: int = Bounds.viewers_per_operator
-    max_connection_buffer: int = Bounds.connection_buffer
-    max_buffered_total: int = Bounds.buffered_total
-    write_stall_timeout: float | None = Bounds.write_stall
-    max_calls_in_progress: int = Bounds.calls_in_progress
+    max_connections_per_uid: int = ResourceBounds.connections_per_uid
+    max_connections: int = ResourceBounds.connections
+    max_viewers_per_session: int = ResourceBounds.viewers_per_session
+    max_viewers_per_operator: int = ResourceBounds.viewers_per_operator
+    max_connection_buffer: int = ResourceBounds.connection_buffer
+    max_buffered_total: int = ResourceBounds.buffered_total
+    write_stall_timeout: float | None = ResourceBounds.write_stall
+    max_calls_in_progress: int = ResourceBounds.calls_in_progress
     name: str = "slaveshell"
     # `slaveshell cp`: keep a copy of every transfer's bytes next to its transcript (master_side.copying.record).
     keep_transfer_bytes: bool = False
@@ -108,7 +108,7 @@ class ShellConfig:
             value = getattr(self, what)
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 out.append(f"{what} must be a non-negative number or None")
-        # Resource bounds (master_side.operators.limits): always on, whole numbers of at least 1.
+        # Resource bounds (master_side.operators.bounds): always on, whole numbers of at least 1.
         for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
                      "max_calls_in_progress"):
@@ -154,14 +154,14 @@ class ShellConfig:
     def rules(self) -> Policy:
         return make_policy(self.policy)
 
-    def limits(self) -> Limits:
-        return Limits(self.detach_grace, self.idle_timeout, self.max_duration, self.max_sessions_per_worker,
+    def limits(self) -> SessionLimits:
+        return SessionLimits(self.detach_grace, self.idle_timeout, self.max_duration, self.max_sessions_per_worker,
                       self.max_sessions_per_operator, self.stall_timeout, self.close_deadline)
 
-    def bounds(self) -> Bounds:
-        return Bounds(self.max_connections_per_uid, self.max_connections, self.max_viewers_per_session,
-                      self.max_viewers_per_operator, self.max_connection_buffer, self.max_buffered_total,
-                      self.write_stall_timeout, self.max_calls_in_progress)
+    def bounds(self) -> ResourceBounds:
+        return ResourceBounds(self.max_connections_per_uid, self.max_connections, self.max_viewers_per_session,
+                              self.max_viewers_per_operator, self.max_connection_buffer, self.max_buffered_total,
+                              self.write_stall_timeout, self.max_calls_in_progress)
 
 
 def shell_config(*args: object, **kwargs: object) -> ShellConfig:

@@ -18,6 +18,7 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
+from master_side.audit.refusals import RefusalAudit
 from master_side.audit.retention import Retention
 from master_side.audit.trail import AuditTrail
 from master_side.cluster.part import ClusterPart
@@ -26,11 +27,12 @@ from master_side.glue import upstream
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
-from master_side.operators.limits import ConnectionGate, RefusalAudit, peer_identity
+from master_side.operators.gate import ConnectionGate
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
-from master_side.sessions.session_limits import Limits
+from master_side.sessions.session_limits import SessionLimits
 from master_side.shell_socket.listener import DoorFactory
+from master_side.shell_socket.peer import peer_identity
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.policy import Policy
@@ -78,7 +80,8 @@ class ShellService(BuildbotService):
         self.retention = Retention(lambda: self.trail)  # transcript_retention_days (master_side.audit.retention)
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
                                lambda: self.master.botmaster, self.holds)
-        # Local users no policy rule grants anything are admitted among the few places for them (limits.py).
+        # Local users no policy rule grants anything are admitted among the few places for them
+        # (master_side.operators.gate).
         self.gate.has_right = lambda who: self.policy.grants_some_right(who)
         super().__init__(*args, **kwargs)
 
@@ -91,7 +94,7 @@ class ShellService(BuildbotService):
         return self.api.policy
 
     @property
-    def limits(self) -> Limits:
+    def limits(self) -> SessionLimits:
         return self.registry.limits
 
     def build_activity(self, build_id: int) -> dict[str, tuple[int, int]]:

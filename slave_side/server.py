@@ -36,8 +36,8 @@ log = Logger()
 
 
 class PbSend(Protocol):
-    """One call on the master's end of a session (master_side.session_pb.WorkerSink): its method's name and its
-    plain arguments (`LeanPeer.send`)."""
+    """One call on the master's end of a session (master_side.sessions.worker_sink.WorkerSink): its method's name and
+    its plain arguments (`LeanPeer.send`)."""
 
     def __call__(self, method: str, *args: object) -> None: ...
 

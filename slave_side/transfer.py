@@ -93,7 +93,7 @@ def _dropped(*_args: object) -> None:
 
 
 class _StreamPeer(LeanPeer):
-    """A transfer's PB reference: the stream's calls answer-less (cpwire.STREAM_CALLS)."""
+    """A transfer's PB reference: the stream's calls answer-less (copying.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
 
@@ -166,7 +166,7 @@ class WorkerTransfer(LeanReceiver):
 
     def remote_lean(self) -> None:
         """The master takes lean calls on this connection: the stream's calls to it go that way. A master that
-        sends this also takes done_file without the sender's sha256 (cpwire.NO_CLAIM): a download's files are
+        sends this also takes done_file without the sender's sha256 (copying.NO_CLAIM): a download's files are
         not hashed here (the master hashes what it relays)."""
         self.peer.take_lean()
         if self.sender is not None:

@@ -107,6 +107,13 @@ STRICT = [
     "master_side/sessions/session.py",
     "master_side/sessions/clocks.py",
     "master_side/sessions/worker_sink.py",
+    "master_side/sessions/notices.py",
+    "master_side/sessions/viewer_bounds.py",
+    "master_side/operators/bounds.py",
+    "master_side/operators/gate.py",
+    "master_side/audit/refusals.py",
+    "master_side/shell_socket/peer.py",
+    "master_side/www/quota.py",
 ]
 
 

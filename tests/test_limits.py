@@ -1,5 +1,6 @@
-"""Issue 10, parts 2 and 4, at unit level: the bounds of master_side.operators.limits (connections, calls, views,
-unread output, notices, the refusal audit) and the close deadline, with fake transports and a fake clock."""
+"""Issue 10, parts 2 and 4, at unit level: the resource bounds (connections, calls, views, unread output, notices,
+the refusal audit: master_side.operators.gate and what it applies) and the close deadline, with fake transports
+and a fake clock."""
 
 from typing import Any, cast
 
@@ -7,11 +8,15 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from master_side.operators.limits import Bounds, ConnectionGate, NoticeBudget, RefusalAudit, buffered_bytes
+from master_side.audit.refusals import RefusalAudit
+from master_side.operators.bounds import ResourceBounds
+from master_side.operators.gate import ConnectionGate
 from master_side.operators.terms import ErrorKind, OperatorError
+from master_side.sessions.notices import NoticeBudget
 from master_side.sessions.session import MasterSession, Role
 from master_side.shell_socket.door import WireDoor
 from master_side.shell_socket.listener import DoorFactory
+from slaveshell.plumbing.write_now import buffered_bytes
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import REFUSED_PREFIX, OpenRequest
 from tests.recorded import ToViewer, ToWorker
@@ -37,7 +42,8 @@ class Peer(StringTransport):
 
 
 class Refusals:
-    """The trail's part the gate writes to (limits.RefusalRecord): each refusal or drop as (kind, user, detail)."""
+    """The trail's part the gate writes to (master_side.audit.refusals.RefusalRecord): each refusal or drop as
+    (kind, user, detail)."""
 
     def __init__(self, audited: list[tuple[str, str, str]]) -> None:
         self.audited = audited
@@ -53,7 +59,7 @@ def make_gate(clock: MemoryReactorClock, **bounds: Any) -> tuple[ConnectionGate,
     audited: list[tuple[str, str, str]] = []
     refusals = Refusals(audited)
     audit = RefusalAudit(lambda: refusals, clock.seconds)
-    gate = ConnectionGate(lambda transport: transport.who, audit, clock.seconds, Bounds(**bounds))
+    gate = ConnectionGate(lambda transport: transport.who, audit, clock.seconds, ResourceBounds(**bounds))
     return gate, audited
 
 
@@ -443,7 +449,7 @@ def test_quota_property_per_key_and_total_and_give_back():
     and all keys fewer than total; what is given back can be taken again."""
     import random
 
-    from master_side.operators.limits import Quota
+    from master_side.www.quota import Quota
 
     for seed in range(50):
         rng = random.Random(seed)
@@ -482,7 +488,7 @@ def test_places_of_users_without_a_right_never_take_those_of_users_with_one():
 def test_connections_of_uids_without_a_right_never_take_those_of_operators():
     """Users of the socket's group whom no policy rule names held every place (8 uids x 32 idle connections
     locked root out): they are counted apart, within NO_RIGHT_CONNECTIONS."""
-    from master_side.operators.limits import NO_RIGHT_CONNECTIONS, NO_RIGHT_CONNECTIONS_PER_UID
+    from master_side.operators.gate import NO_RIGHT_CONNECTIONS, NO_RIGHT_CONNECTIONS_PER_UID
     from slaveshell.vocabulary.policy import Policy, Rule
 
     clock = MemoryReactorClock()

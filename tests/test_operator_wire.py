@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
+from master_side.audit.refusals import RefusalAudit
 from master_side.copying.relay import OPERATOR, WORKER, MasterTransfer, Party
-from master_side.operators.limits import Bounds, ConnectionGate, RefusalAudit
+from master_side.operators.bounds import ResourceBounds
+from master_side.operators.gate import ConnectionGate
 from master_side.operators.terms import View
 from master_side.sessions.session import MasterSession, Role
 from master_side.shell_socket.door import WireDoor
@@ -48,7 +50,7 @@ def make_service(tmp_path: Any) -> Any:
     refusals = Refusals(svc.audited)
     audit = RefusalAudit(lambda: refusals, svc.clock.seconds)
     svc.gate = ConnectionGate(lambda transport: transport.who, audit, svc.clock.seconds,
-                              Bounds(connections_per_uid=3, connection_buffer=1000))
+                              ResourceBounds(connections_per_uid=3, connection_buffer=1000))
     svc.api.gate = svc.gate
     return svc
 

@@ -21,13 +21,22 @@ from slaveshell.plumbing.deferreds import deferred
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from master_side.audit.store import StoreReactor
-
 T = TypeVar("T")
 
 # Threads for reads: two, so that one long search does not hold up every other read. Further reads wait their
-# turn (the doors bound how many each connection has in progress: limits.ConnectionGate, the web door's queries).
+# turn (the doors bound how many each connection has in progress: master_side.operators.gate, the web door's
+# queries).
 READ_THREADS = 2
+
+
+class PoolReactor(Protocol):
+    """The reactor's parts a thread pool of the audit store uses (master_side.audit.store.StoreReactor has them):
+    shutdown triggers (IReactorCore), to stop the pool with the reactor, and calls from the pool's threads
+    (IReactorFromThreads)."""
+
+    def addSystemEventTrigger(self, phase: str, eventType: str, callable: Callable[[], object]) -> object: ...
+    def removeSystemEventTrigger(self, triggerID: object) -> None: ...
+    def callFromThread(self, callable: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
 
 class InThread(Protocol):
@@ -39,7 +48,7 @@ class Reads:
     runs a function in the store's writes thread (for an in-memory SQLite database, which only that thread
     sees). The store says when a write is queued and when it is done with (landed or dropped)."""
 
-    def __init__(self, reactor: StoreReactor, engine: Callable[[], sa.Engine | None],
+    def __init__(self, reactor: PoolReactor, engine: Callable[[], sa.Engine | None],
                  in_writes_thread: InThread, away: Callable[[], bool]) -> None:
         self.reactor = reactor
         self.engine = engine

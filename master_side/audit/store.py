@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from master_side.audit.reads import Reads
+from master_side.audit.reads import PoolReactor, Reads
 from master_side.audit.rows import EventRow, RunningRow, SessionRow
 from master_side.audit.schema import events, migrate, sessions
 from master_side.audit.upload_links import UPLOADS_LOOKED_AT, named_uploads
@@ -42,13 +42,11 @@ log = Logger()
 T = TypeVar("T")
 
 
-class StoreReactor(Clock, Protocol):
-    """The reactor's parts the store uses: time and timers (the retry), shutdown triggers (IReactorCore) and
-    calls from its thread (IReactorFromThreads). Every Twisted reactor fits; a MemoryReactorClock in tests."""
+class StoreReactor(Clock, PoolReactor, Protocol):
+    """The reactor's parts the store uses: time and timers (the retry), and what its thread pools use: shutdown
+    triggers (IReactorCore) and calls from their threads (IReactorFromThreads). Every Twisted reactor fits; a
+    MemoryReactorClock in tests."""
 
-    def addSystemEventTrigger(self, phase: str, eventType: str, callable: Callable[[], object]) -> object: ...
-    def removeSystemEventTrigger(self, triggerID: object) -> None: ...
-    def callFromThread(self, callable: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
 def _storable(values: Mapping[str, object]) -> dict[str, object]:
     """`values` as every database takes them: text that is not valid Unicode (a lone surrogate, as a name that was

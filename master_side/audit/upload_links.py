@@ -36,7 +36,7 @@ def upload_names(dest: str, single_file: bool, files: Iterable[str]) -> str:
         names.append(posixpath.join(base, path) if base not in ("", ".") else path)
     out: list[str] = []
     size = 0
-    # A name that is not UTF-8 is spelled with \xNN escapes, as the row's command (cpwire.path_text): the index
+    # A name that is not UTF-8 is spelled with \xNN escapes, as the row's command (copying.path_text): the index
     # takes text only, and the row's end would not be written.
     for name in dict.fromkeys(path_text(n) for n in names if "\n" not in n):
         if len(out) >= MAX_NAMES or size + len(name) + 1 > MAX_NAMES_CHARS:

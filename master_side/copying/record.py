@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 def describe(request: TransferRequest) -> str:
     """One line for the index and the log: ``cp up: a b -> w1:/dest`` / ``cp down: w1:a -> .``.
-    Paths that are not UTF-8 are spelled with \\xNN escapes (cpwire.path_text)."""
+    Paths that are not UTF-8 are spelled with \\xNN escapes (copying.path_text)."""
     flags = ("-r " if request.recursive else "") + ("-p " if request.preserve else "")
     sources = " ".join(request.sources)
     if request.direction == UP:

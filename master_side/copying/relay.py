@@ -66,7 +66,7 @@ log = Logger()
 OPERATOR = "operator"
 WORKER = "worker"
 # A file's bytes are hashed on the hashing thread this many at a time (master_side.audit.hashing): a transfer holds at
-# most three times this for hashing, the size of its window (cpwire.WINDOW); a smaller file on the reactor thread.
+# most three times this for hashing, the size of its window (copying.WINDOW); a smaller file on the reactor thread.
 TRANSFER_HASH_BATCH = 1024 * 1024
 # Transfers at once on this master, whatever the per-worker and per-operator quotas say.
 MAX_TRANSFERS = 64
@@ -294,7 +294,7 @@ class Transfers:
 
     def quota(self, policy: Policy, who: Identity, worker: str, limits: Any) -> str | None:
         """Why one more transfer would pass the quotas: the session quotas (max_sessions_per_worker and
-        _per_operator of `limits`, registry.Limits) counting transfers apart from sessions, and MAX_TRANSFERS
+        _per_operator of `limits`, master_side.sessions.session_limits.SessionLimits) counting transfers apart from sessions, and MAX_TRANSFERS
         on the master. None when it would not."""
         live = list(self.live.values())
         quota = policy.quota(who, worker, live, limits.per_worker, limits.per_operator)
@@ -306,7 +306,7 @@ class Transfers:
     async def start(self, conn: Any, who: Identity, request: TransferRequest, trail: AuditTrail,
                     operator: PartyEnd, build: dict[str, object]) -> tuple[MasterTransfer, dict[str, object]]:
         """Record, then ask the worker (`conn`: its buildbot PB Connection), as a session opens: its record
-        started by `AuditTrail.start_record`, the worker asked by `worker_pb.ask_worker`. Fires (transfer,
+        started by `AuditTrail.start_record`, the worker asked by `worker_link.ask_worker`. Fires (transfer,
         {"total", "entries", "recorded"}: what a download will send, and whether it is recorded) or raises
         TransferRefused (the worker's or the recording's refusal, for the operator) or RecordingError. The
         operator's events reach the transfer from its door."""
@@ -340,7 +340,7 @@ class Transfers:
             "recorded": record is not None}
 
 
-# A transfer as the worker opens it (`worker_pb.ask_worker`): BotPb's method added by slave_side.install().
+# A transfer as the worker opens it (`worker_link.ask_worker`): BotPb's method added by slave_side.install().
 TRANSFER = Opening(WORKER_TRANSFER_METHOD, "transfer", (Cancel.call, "too late"),
                    "its slaveshell does not support cp (upgrade slaveshell on the worker)", "starting the transfer")
 

@@ -40,7 +40,7 @@ def _dropped(*_args: object) -> None:
 
 
 class _StreamPeer(LeanPeer):
-    """A transfer's PB reference: the stream's calls answer-less (cpwire.STREAM_CALLS)."""
+    """A transfer's PB reference: the stream's calls answer-less (copying.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from master_side.audit.trail import AuditTrail
     from master_side.cluster.part import ClusterPart
-    from master_side.operators.limits import ConnectionGate
+    from master_side.operators.gate import ConnectionGate
 
 log = Logger()
 
@@ -115,10 +115,10 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
     # -- open --------------------------------------------------------------------------------------
 
     def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
-        """The operator gets `message` every time; the audit index and the log get it at most once per uid and
-        kind of refusal per interval, with a count of the others (limits.RefusalAudit): a user with no rights
-        cannot flood the index, the log, or the write queue that holds real sessions' rows while the database
-        is away."""
+        """The operator gets `message` every time; the audit index and the log get it at most once per uid and kind of
+        refusal per interval, with a count of the others (master_side.audit.refusals.RefusalAudit): a user with no
+        rights cannot flood the index, the log, or the write queue that holds real sessions' rows while the database is
+        away."""
         if self.gate is not None:
             self.gate.audit(who, "refused", message, worker)
         else:

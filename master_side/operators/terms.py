@@ -1,6 +1,6 @@
 """The vocabulary of `master_side.operators.api`: its one error (`OperatorError`, with an `ErrorKind`), a
 viewer's end of a session as a door provides it (`ViewerSink`), and the `View` that open and attach return: what
-the door then calls with the operator's messages. Re-exported by `operator_api`."""
+the door then calls with the operator's messages. Re-exported by `master_side.operators.api`."""
 
 from __future__ import annotations
 

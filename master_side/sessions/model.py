@@ -1,85 +1,23 @@
 """The parts of a session the relay (master_side.sessions.session) is made of: its states and their transition table,
-the viewers' roles, a viewer with its end and its credit windows, what the relay tells the transcript recorder
-and the audit index, and the worker's session as the relay holds it before the start and after the end
-(`NOWHERE`)."""
+the viewers' roles, a viewer with its end and its credit windows, and the worker's session as the relay holds it
+before the start and after the end (`NOWHERE`). What the relay tells the transcript recorder and the audit index
+(`Recorder`, `ViewerEvents`) is typed against the session itself, and stands beside it."""
 
 from __future__ import annotations
 
 import enum
 import secrets
-from typing import TYPE_CHECKING, Protocol
 
 from slaveshell.vocabulary.flow import CreditWindow
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
     OUTPUT_WINDOW,
-    STREAM_OUT,
     OperatorSink,
     ProtocolError,
     SessionControl,
 )
 from slaveshell.vocabulary.protocol import Role as Role  # re-exported: the relay names roles from here
-
-if TYPE_CHECKING:
-    from master_side.sessions.session import MasterSession
-
-class Recorder(Protocol):
-    """What the relay tells the audit trail (master_side.audit.recorder implements it)."""
-
-    def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
-    # flush False: the caller records an output right after, which writes this input's event with its own (one
-    # write for a keystroke and its echo), still before anything is relayed.
-    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None: ...
-    def resize(self, cols: int, rows: int) -> None: ...
-    def marker(self, text: str) -> None: ...
-    def flush(self) -> None: ...
-    def end(self, session: MasterSession) -> None: ...
-
-
-class NullRecorder:
-    def flush(self) -> None:
-        pass
-
-    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
-        pass
-
-    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
-        pass
-
-    def resize(self, cols: int, rows: int) -> None:
-        pass
-
-    def marker(self, text: str) -> None:
-        pass
-
-    def end(self, session: MasterSession) -> None:
-        pass
-
-
-class ViewerEvents(Protocol):
-    """What the relay tells the audit index of a session's viewers (master_side.audit.trail.AuditTrail)."""
-
-    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None: ...
-    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
-    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None: ...
-    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
-
-
-class NoViewerEvents:
-    """A session nobody audits (a session made outside `OperatorAPI.open`)."""
-
-    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None:
-        pass
-
-    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None:
-        pass
-
-    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None:
-        pass
-
-    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None:
-        pass
 
 
 class _Nowhere:
@@ -152,7 +90,8 @@ class Viewer:
         self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
         self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
         self.input_window = CreditWindow(INPUT_WINDOW)
-        # The operator's connection this view is on, for the per-connection bounds (master_side.operators.limits).
+        # The operator's connection this view is on, for the per-connection bounds
+        # (master_side.sessions.viewer_bounds).
         self.connection: object = None
 
     def __repr__(self) -> str:

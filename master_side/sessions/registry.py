@@ -15,7 +15,7 @@ from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds.step import StopReason
 from master_side.sessions.model import State, Viewer
 from master_side.sessions.session import MasterSession
-from master_side.sessions.session_limits import Limits
+from master_side.sessions.session_limits import SessionLimits
 from master_side.sessions.worker_link import Undo, WorkerPeer
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import ProtocolError
@@ -45,7 +45,7 @@ class SessionRegistry:
         self.glue = glue
         self.trail = trail
         self.clock = clock
-        self.limits = Limits()
+        self.limits = SessionLimits()
         self.heartbeat = HEARTBEAT
         # Disconnect notifications to undo when a session ends, by session id.
         self._hooks: dict[str, list[Undo]] = {}

@@ -6,7 +6,8 @@ The session talks to its peers through slaveshell.vocabulary.protocol's typed vo
 twisted.spread. What it is told comes checked by whoever read it off a wire: the doors decode an operator's
 messages into typed calls on its `View` (master_side.operators.terms); the worker's calls reach `worker_*` through
 `WorkerSink` (master_side.sessions.worker_sink), and the values the worker sends are checked here, against the session's
-state (its windows, the input it waits to hear about).
+state (its windows, the input it waits to hear about). What it tells the audit trail is typed here, beside it:
+`Recorder` (the transcript: master_side.audit.recorder) and `ViewerEvents` (the index's viewer events).
 
 Viewers: the *owner* (who opened the session, or reattached it) drives flow control and the window size;
 *joiners* may type too; *watchers* only see. Output credit passes through from the owner: the master
@@ -21,26 +22,23 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.logger import Logger
 
-from master_side.operators.limits import NoticeBudget
 from master_side.sessions.clocks import WINDOW_TOLERANCE, SessionTimers
 from master_side.sessions.model import (
     NOWHERE,
     TRANSITIONS,
     IllegalTransition,
     LateEvent,
-    NoViewerEvents,
-    NullRecorder,
     ReadOnly,
-    Recorder,
     Role,
     State,
     Viewer,
-    ViewerEvents,
     new_session_id,
 )
+from master_side.sessions.notices import NoticeBudget
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import CreditWindow, output_limits
 from slaveshell.vocabulary.policy import Identity
@@ -48,6 +46,7 @@ from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
     SIGNAL_NAMES,
     STREAM_ERR,
+    STREAM_OUT,
     ExitStatus,
     OpenRequest,
     OperatorSink,
@@ -69,6 +68,64 @@ log = Logger()
 VIEWER_BUFFER = 2 * 1024 * 1024
 # Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
 RECENT_BYTES = 64 * 1024
+
+
+class Recorder(Protocol):
+    """What the relay tells the audit trail (master_side.audit.recorder implements it)."""
+
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
+    # flush False: the caller records an output right after, which writes this input's event with its own (one
+    # write for a keystroke and its echo), still before anything is relayed.
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    def marker(self, text: str) -> None: ...
+    def flush(self) -> None: ...
+    def end(self, session: MasterSession) -> None: ...
+
+
+class NullRecorder:
+    def flush(self) -> None:
+        pass
+
+    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
+        pass
+
+    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
+        pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def marker(self, text: str) -> None:
+        pass
+
+    def end(self, session: MasterSession) -> None:
+        pass
+
+
+class ViewerEvents(Protocol):
+    """What the relay tells the audit index of a session's viewers (master_side.audit.trail.AuditTrail)."""
+
+    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None: ...
+    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
+    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None: ...
+    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
+
+
+class NoViewerEvents:
+    """A session nobody audits (a session made outside `OperatorAPI.open`)."""
+
+    def viewer_joined(self, session: MasterSession, viewer: Viewer) -> None:
+        pass
+
+    def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        pass
+
+    def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None:
+        pass
+
+    def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        pass
 
 
 class MasterSession(SessionTimers):

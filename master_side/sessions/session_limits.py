@@ -1,4 +1,4 @@
-"""`Limits`: a session's time limits and the session quotas, as master.cfg's ShellService options set them
+"""`SessionLimits`: a session's time limits and the session quotas, as master.cfg's ShellService options set them
 (master_side.config.ShellConfig.limits)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Limits:
+class SessionLimits:
     """Session time limits (seconds, None for none) and session quotas (counts, None for none)."""
 
     detach_grace: float | None = 300.0

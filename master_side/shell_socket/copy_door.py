@@ -48,8 +48,8 @@ def set_read_size(transport: object, size: int) -> int | None:
 
 
 class WireParty:
-    """The operator's end of a transfer over a `WireDoor` (`transfer.PartyEnd`): each call as a frame, then
-    the connection's output bound (limits.ConnectionGate.check)."""
+    """The operator's end of a transfer over a `WireDoor` (`master_side.copying.relay.PartyEnd`): each call as a frame,
+    then the connection's output bound (master_side.operators.gate.ConnectionGate.check)."""
 
     def __init__(self, door: FramedDoor) -> None:
         self.door = door
@@ -110,7 +110,7 @@ class CopyDoor:
                     set_read_size(transport, previous)
 
                 transfer.undo.append(restore)
-            # unclaimed: the client's done_file may come without its sha256 (cpwire.NO_CLAIM); the relay hashes.
+            # unclaimed: the client's done_file may come without its sha256 (copying.NO_CLAIM); the relay hashes.
             return {"transfer": transfer.id, "unclaimed": True, **sizes}
 
         d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))

@@ -2,16 +2,16 @@
 speak, without PB.
 
 One socket (shell.sock). A connection is first a `Sniffer` (master_side.shell_socket.listener): admitted by the
-connection gate as it is made (master_side.operators.limits), handed to a `WireDoor` once its first bytes are
+connection gate as it is made (master_side.operators.gate), handed to a `WireDoor` once its first bytes are
 `framing.MAGIC`, refused with one line otherwise (a PB client of an older slaveshell, anything else). A `WireDoor` is a
 thin adapter over `OperatorAPI` (as the web door, master_side.www, is): the identity comes from the kernel (SO_PEERCRED,
-limits.peer_identity, through the gate); it is admitted by the same gate (connections per uid and in total,
-calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
-`transport`, `disconnected` and `written` the gate reads, limits.Gated); the client's end of a view is a
-`wire_sink.WireViewerSink`; a session's messages are decoded here, their values checked (types, 64 KiB input,
-sizes, signal names), into typed calls on the `View` that open or attach returned (which applies the session's
-own checks: the credit window, read-only watchers; a refused message costs the owner its session, anyone else
-its view, a watcher's typing only the refusal), a transfer's go through master_side.shell_socket.copy_door, and
+master_side.shell_socket.peer.peer_identity, through the gate); it is admitted by the same gate (connections per uid and
+in total, calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
+`transport`, `disconnected` and `written` the gate reads, master_side.operators.gate.Gated); the client's end of a view
+is a `master_side.shell_socket.viewer_sink.WireViewerSink`; a session's messages are decoded here, their values checked
+(types, 64 KiB input, sizes, signal names), into typed calls on the `View` that open or attach returned (which applies
+the session's own checks: the credit window, read-only watchers; a refused message costs the owner its session, anyone
+else its view, a watcher's typing only the refusal), a transfer's go through master_side.shell_socket.copy_door, and
 `OperatorError` becomes an answer with the operator's line.
 
 Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
@@ -32,11 +32,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from master_side.operators.api import ErrorKind, OperatorError, View
-from master_side.operators.limits import ConnectionGate, Transport, buffered_bytes
+from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.copy_door import CopyDoor
 from master_side.shell_socket.framed import DoorHost
 from master_side.shell_socket.viewer_sink import WireViewerSink
-from slaveshell.plumbing.write_now import write_frame
+from slaveshell.plumbing.write_now import buffered_bytes, write_frame
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import Control, FrameType, Op, WireError
 from slaveshell.vocabulary.policy import Identity
@@ -94,7 +94,7 @@ class WireDoor(Protocol):
 
     def write_frame(self, head: bytes, payload: bytes, at_once: bool = False) -> None:
         """A frame's header and payload, unjoined. `at_once` (an output frame): to the kernel now
-        when nothing waits before it (wire_sink.write_frame); else it waits for the reactor's turn, which sends what
+        when nothing waits before it (viewer_sink.write_frame); else it waits for the reactor's turn, which sends what
         was written in it together."""
         write_frame(self.transport, (head, payload), at_once)
         self.written += len(head) + len(payload)

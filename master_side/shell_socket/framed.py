@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from master_side.operators.api import OperatorAPI
-from master_side.operators.limits import ConnectionGate
+from master_side.operators.gate import ConnectionGate
 
 
 class DoorHost(Protocol):

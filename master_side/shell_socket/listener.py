@@ -1,5 +1,5 @@
 """The shell socket's connections until they say what they speak: each admitted by the connection gate as it is
-made (master_side.operators.limits), then handed to the framed door (master_side.shell_socket.door.WireDoor) once its
+made (master_side.operators.gate), then handed to the framed door (master_side.shell_socket.door.WireDoor) once its
 first bytes are slaveshell.vocabulary.framing's magic, or refused with one line."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import cast
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
-from master_side.operators.limits import ConnectionGate, Transport
+from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.door import WireDoor
 from master_side.shell_socket.framed import DoorHost
 from slaveshell.plumbing.clock import Clock, DelayedCall

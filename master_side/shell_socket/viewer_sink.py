@@ -9,7 +9,7 @@ connection holds nothing unsent (slaveshell.plumbing.write_now): no copy of the 
 reactor's next turn, and a keystroke's echo leaves before its input_ack is even encoded (echo median 0.80 ->
 0.72 ms in an alternated A/B, bench/pty_ab.py --echo; PTY `cat` no slower for it).
 What the kernel does not take waits in Twisted's buffer, which the connection gate bounds
-(limits.ConnectionGate). Control frames wait for the reactor's turn. (Before the client read into one buffer,
+(master_side.operators.gate). Control frames wait for the reactor's turn. (Before the client read into one buffer,
 terminal frames sent one by one cost a terminal's stream a fifth of its throughput: de3be7e.)
 """
 

@@ -9,7 +9,7 @@ from master_side.glue.buildbot import BuildbotGlue
 from master_side.glue.services import master_services
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
-from master_side.operators.limits import ConnectionGate
+from master_side.operators.gate import ConnectionGate
 from master_side.sessions.registry import SessionRegistry
 from slaveshell.vocabulary.policy import Policy
 

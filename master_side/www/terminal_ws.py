@@ -38,7 +38,7 @@ only until its refusal is sent: users without a right never take an operator's p
 message (or, past the bound for sockets without a login, a 503 to the handshake) and an audit event.
 
 What the master queues for a page, a session's output and the answers to its questions alike, counts against
-the connection gate's bounds (master_side.operators.limits: ``max_connection_buffer``, ``max_buffered_total``,
+the connection gate's bounds (master_side.operators.gate: ``max_connection_buffer``, ``max_buffered_total``,
 ``write_stall_timeout``), on the gate's tick: a page that does not read is dropped, and audited.
 """
 
@@ -56,12 +56,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from master_side.operators.api import OperatorError, View
-from master_side.operators.limits import Quota
 from master_side.sessions.worker_link import subscribe
 from master_side.www import access, grants, lists
 from master_side.www.access import UserInfo
 from master_side.www.host import WebHost, web_host
 from master_side.www.lists import Answer, Message
+from master_side.www.quota import Quota
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import chunks
@@ -278,7 +278,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def _audit(self, worker: str | None, reason: str) -> None:
         """A refusal in the audit index under the web user's name (``web:anonymous`` without a login), at most
-        one per user and kind of refusal per interval (master_side.operators.limits.RefusalAudit)."""
+        one per user and kind of refusal per interval (master_side.audit.refusals.RefusalAudit)."""
         service = web_host(self.master)
         who = self.identity
         if who is None:
@@ -473,7 +473,7 @@ class TerminalFactory(WebSocketServerFactory):
     def __init__(self, master: BuildMaster) -> None:
         super().__init__()
         self.master = master
-        # Places of sockets (master_side.operators.limits.Quota): of users with a right, of logged-in users without one,
+        # Places of sockets (master_side.www.quota.Quota): of users with a right, of logged-in users without one,
         # and of sockets refused before a user is known (by remote host).
         self.sockets = Quota(MAX_SOCKETS_PER_USER, MAX_SOCKETS)
         self.no_right = Quota(MAX_SOCKETS_NO_RIGHT_PER_USER, MAX_SOCKETS_NO_RIGHT)

@@ -4,14 +4,22 @@ question.
 
 `MasterCalls(path).call(Op.WORKERS)` sends the call and waits for its answer: the answer's fields, or
 CallError with the master's one-line refusal; a lost connection is made again once, at the next call.
+One-shot commands (slaveshell.client.cli and its subcommands) use `call_master`, `transcript_chunks` and
+`failed`.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import selectors
+import sys
 import time
+from collections.abc import Generator, Iterator
 
 from slaveshell.client import connection as hop
+from slaveshell.client.connection import Interrupted
+from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.framing import FrameType, Op
 
 # How long a call may wait for its answer (seconds).
@@ -89,4 +97,57 @@ def rows(answer: dict[str, object]) -> list[dict[str, object]]:
     return value
 
 
-__all__ = ["CallError", "MasterCalls", "rows"]
+@contextlib.contextmanager
+def master_calls(socket_path: str) -> Iterator[MasterCalls]:
+    """A connection to the master over the framed hop (MasterCalls) for one command's calls, closed after;
+    Ctrl-C while it waits becomes Interrupted."""
+    calls = MasterCalls(socket_path)
+    try:
+        yield calls
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+    finally:
+        calls.close()
+
+
+def call_master(socket_path: str, op: Op, **fields: object) -> dict[str, object]:
+    """One call to the master, for one-shot commands: the answer's fields. CallError with the master's line;
+    Interrupted on Ctrl-C."""
+    with master_calls(socket_path) as calls:
+        return calls.call(op, **fields)
+
+
+def transcript_chunks(socket_path: str, session_id: str) -> Generator[bytes, None, None]:
+    """A session's transcript as the master serves it, chunk by chunk from an offset over one connection: memory
+    is one chunk whatever the transcript's size. CallError, Interrupted (while waiting for the master)."""
+    offset = 0
+    with master_calls(socket_path) as calls:
+        while True:
+            chunk = calls.call(Op.TRANSCRIPT, session=session_id, offset=offset)
+            encoded = chunk.get("data")
+            if not isinstance(encoded, str):
+                raise CallError("the master's transcript answer has no data")
+            data = base64.b64decode(encoded)
+            offset += len(data)
+            yield data
+            if chunk.get("eof") is not False:
+                return
+
+
+def fetch_transcript(socket_path: str, session_id: str) -> bytes:
+    """A session's whole transcript at once (for what needs all of it). CallError, Interrupted."""
+    return b"".join(transcript_chunks(socket_path, session_id))
+
+
+def failed(error: Exception) -> int:
+    """A one-shot command's end after a failed call: the error's line on stderr (escaped), and the exit status
+    (130 for Ctrl-C, 255 otherwise)."""
+    if isinstance(error, Interrupted):
+        print("slaveshell: interrupted", file=sys.stderr)
+        return 130
+    print(f"slaveshell: {visible(str(error))}", file=sys.stderr)
+    return 255
+
+
+__all__ = ["CallError", "MasterCalls", "call_master", "failed", "fetch_transcript", "master_calls", "rows",
+           "transcript_chunks"]

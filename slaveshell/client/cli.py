@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import sys
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from slaveshell.client.calls import CallError, MasterCalls
+from slaveshell.client.calls import CallError, call_master, failed, transcript_chunks
 from slaveshell.client.calls import rows as answer_rows
 from slaveshell.client.connection import Interrupted
 from slaveshell.client.labels import command_label
@@ -22,31 +21,11 @@ def _socket_path(args: argparse.Namespace) -> str:
     return find_socket(args)
 
 
-@contextlib.contextmanager
-def master_calls(socket_path: str) -> Iterator[MasterCalls]:
-    """A connection to the master over the framed hop (slaveshell.client.calls) for one command's calls, closed after;
-    Ctrl-C while it waits becomes Interrupted."""
-    calls = MasterCalls(socket_path)
-    try:
-        yield calls
-    except KeyboardInterrupt:
-        raise Interrupted() from None
-    finally:
-        calls.close()
-
-
-def call_master(socket_path: str, op: Op, **fields: object) -> dict[str, object]:
-    """One call to the master, for one-shot commands: the answer's fields. CallError with the master's line;
-    Interrupted on Ctrl-C."""
-    with master_calls(socket_path) as calls:
-        return calls.call(op, **fields)
-
-
 def cmd_workers(args: argparse.Namespace) -> int:
     try:
         workers = answer_rows(call_master(_socket_path(args), Op.WORKERS))
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     if args.json:
         print(json.dumps(workers, indent=1))
         return 0
@@ -73,14 +52,6 @@ def _held_by(row: dict[str, object]) -> str:
         return f"on master {masters[0]}"
     stale = row.get("stale_database_rows")
     return "nowhere (stale db row)" if stale else "-"
-
-
-def _fail(error: Exception) -> int:
-    if isinstance(error, Interrupted):
-        print("slaveshell: interrupted", file=sys.stderr)
-        return 130
-    print(f"slaveshell: {visible(str(error))}", file=sys.stderr)
-    return 255
 
 
 def _parse_since(text: str | None) -> float | None:
@@ -125,7 +96,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     try:
         rows = answer_rows(call_master(_socket_path(args), Op.HISTORY, filters=filters))
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -142,28 +113,6 @@ def cmd_history(args: argparse.Namespace) -> int:
         print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
               "'slaveshell reveal ID --identity KEY' shows it to the holder of the auditors' key", file=sys.stderr)
     return 0
-
-
-def transcript_chunks(socket_path: str, session_id: str) -> Generator[bytes, None, None]:
-    """A session's transcript as the master serves it, chunk by chunk from an offset over one connection: memory
-    is one chunk whatever the transcript's size. CallError, Interrupted (while waiting for the master)."""
-    offset = 0
-    with master_calls(socket_path) as calls:
-        while True:
-            chunk = calls.call(Op.TRANSCRIPT, session=session_id, offset=offset)
-            encoded = chunk.get("data")
-            if not isinstance(encoded, str):
-                raise CallError("the master's transcript answer has no data")
-            data = base64.b64decode(encoded)
-            offset += len(data)
-            yield data
-            if chunk.get("eof") is not False:
-                return
-
-
-def fetch_transcript(socket_path: str, session_id: str) -> bytes:
-    """A session's whole transcript at once (for what needs all of it). CallError, Interrupted."""
-    return b"".join(transcript_chunks(socket_path, session_id))
 
 
 def transcript_lines(chunks: Iterable[bytes]) -> Iterator[str]:
@@ -193,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (CallError, Interrupted) as e:
         with contextlib.suppress(OSError):
             out.flush()
-        return _fail(e)
+        return failed(e)
     except BrokenPipeError:
         return _reader_gone()
     return 0
@@ -223,7 +172,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else:
                 play(header, iter_events(lines), sys.stdout.buffer, speed=args.speed, idle_limit=args.idle_limit)
     except (CallError, ValueError) as e:
-        return _fail(e)
+        return failed(e)
     except (KeyboardInterrupt, Interrupted):
         with contextlib.suppress(OSError):
             sys.stdout.buffer.write(b"\r\n")
@@ -246,7 +195,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         hits = answer_rows(call_master(_socket_path(args), Op.SEARCH, text=args.text, filters=filters))
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     if args.json:
         print(json.dumps(hits, indent=1))
         return 0 if hits else 1
@@ -263,7 +212,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     try:
         sessions = answer_rows(call_master(_socket_path(args), Op.SESSIONS))
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     if args.json:
         print(json.dumps(sessions, indent=1))
         return 0
@@ -284,7 +233,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     try:
         print(visible(call_master(_socket_path(args), Op.RELEASE, build=args.build).get("text", "")))
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     return 0
 
 
@@ -292,7 +241,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     try:
         print(visible(call_master(_socket_path(args), Op.KILL, session=args.session).get("text", "")))
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     return 0
 
 

@@ -139,7 +139,8 @@ class CopyClient:
                 total = 0
         self.progress = self.make_progress(total)
         if self.plan is not None:
-            # A master that says "unclaimed" hashes the files itself and takes done_file without ours (cpwire).
+            # A master that says "unclaimed" hashes the files itself and takes done_file without ours
+            # (slaveshell.vocabulary.copying).
             self.sender = Sender(self.plan, self.send, on_bytes=self.progress.add,
                                  claim=reply.get("unclaimed") is not True)
             self._guard(self.sender.pump)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slaveshell.client.calls import CallError
-from slaveshell.client.cli import _fail, _socket_path, fetch_transcript
+from slaveshell.client.calls import CallError, failed, fetch_transcript
 from slaveshell.client.connection import Interrupted
+from slaveshell.client.shell_cli import find_socket
 
 
 def cmd_reveal(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
             with open(args.file, "rb") as f:
                 data = f.read()
         elif args.session:
-            data = fetch_transcript(_socket_path(args), args.session)
+            data = fetch_transcript(find_socket(args), args.session)
         else:
             print("slaveshell: reveal needs a session ID or --file", file=sys.stderr)
             return 2
@@ -41,7 +41,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
         print(f"slaveshell: {e}", file=sys.stderr)
         return 255
     except (CallError, Interrupted) as e:
-        return _fail(e)
+        return failed(e)
     spans = hidden.spans(cast.events)
     if not spans:
         print("slaveshell: this session has no hidden input", file=sys.stderr)

@@ -1,5 +1,5 @@
 """The receiving end of a `slaveshell cp` transfer (the operator's client for a download, the worker for an
-upload): `Receiver` takes only what was asked (cpwire.Asked) and stages it in a directory of its own next to its
+upload): `Receiver` takes only what was asked (copying.Asked) and stages it in a directory of its own next to its
 destination (mode 0700), creating and opening every path relative to directory descriptors without following
 symlinks below the destination the operator named; `commit` fsyncs and renames into place (an existing file the
 operator named is written into, as scp does); `abort` removes whatever was staged, so a failure, a Ctrl-C or a

@@ -97,7 +97,8 @@ def _walk(path: str, rel: str, recursive: bool, check: Check | None, out: list[P
 class Sender:
     """Sends planned entries through `send` while credit allows; `ack(n)` returns credit and sends more.
     `on_bytes(n)` counts data sent (progress). A read error raises TransferError from `pump`/`ack`. With
-    `claim`, each done_file carries the file's sha256 as read; without, NO_CLAIM (the master hashes: cpwire)."""
+    `claim`, each done_file carries the file's sha256 as read; without, NO_CLAIM (the master hashes:
+    slaveshell.vocabulary.copying)."""
 
     def __init__(self, planned: list[Planned], send: Send, on_bytes: Callable[[int], None] | None = None,
                  window: int = WINDOW, claim: bool = True) -> None:
@@ -112,7 +113,7 @@ class Sender:
         self._next: tuple[TransferEvent, int] | None = None
 
     def ack(self, credit: object) -> None:
-        """`credit` returned by the receiver (checked against what was spent: cpwire.Credit)."""
+        """`credit` returned by the receiver (checked against what was spent: copying.Credit)."""
         self.credit.ack(credit)
         self.pump()
 

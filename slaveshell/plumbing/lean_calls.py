@@ -119,12 +119,12 @@ def _text(item: object, what: str, encoding: str, errors: str = "strict") -> str
 
 def _encode_entry(kind: str, path: str, mode: int, size: int, mtime: float) -> Wire:
     # A path that is not UTF-8 (a surrogate-escaped name) travels with its surrogates (surrogatepass); the receiver
-    # decodes them back and checks the path (cpwire.check_relpath: surrogates that stand for bytes only).
+    # decodes them back and checks the path (copying.check_relpath: surrogates that stand for bytes only).
     return [kind.encode("ascii"), path.encode("utf-8", "surrogatepass"), mode, size, float(mtime)]
 
 
 def _decode_entry(items: Sequence[object]) -> tuple[object, ...]:
-    """-> (kind, path, mode, size, mtime) as `remote_entry` takes them (it checks the values: cpwire.Entry)."""
+    """-> (kind, path, mode, size, mtime) as `remote_entry` takes them (it checks the values: copying.Entry)."""
     if len(items) != 5:
         raise ProtocolError("entry: expected kind, path, mode, size, mtime")
     return (_text(items[0], "entry kind", "ascii"), _text(items[1], "entry path", "utf-8", "surrogatepass"), *items[2:])

@@ -15,7 +15,7 @@ The Twisted changes shared by both sides:
 - ``write buffer``: slaveshell.plumbing.write_now reads a transport's unsent bytes from `FileDescriptor`'s private
 buffer
   (``dataBuffer``, ``offset``, ``_tempDataLen``); the master's flood bounds count a connection's unsent bytes
-  with it (master_side.operators.limits). Also a bound: refused like ``banana``.
+  with it (master_side.operators.gate). Also a bound: refused like ``banana``.
 - ``lean dispatch``: slaveshell.plumbing.lean_calls gives one broker a ``proto_slaveshell`` method, which
   `Broker.expressionReceived` finds by name (``"proto_%s"``). When it does not, no lean call is asked for or
   accepted and calls go as plain PB (slower, the same answers).

@@ -59,7 +59,8 @@ WORKER_TRANSFER_METHOD = "slaveshell_transfer"
 CHUNK = 256 * 1024
 # Credit a sender may hold unacknowledged: 12 chunks, 3 MiB (2 MiB measured ~25 % slower on loopback). It also
 # bounds what each hop buffers per transfer, and it stays below the master's per-connection output bound
-# (limits.Bounds.connection_buffer, 4 MiB: a larger window gets the operator's connection dropped).
+# (master_side.operators.bounds.ResourceBounds.connection_buffer, 4 MiB: a larger window gets the operator's
+# connection dropped).
 WINDOW = 12 * CHUNK
 # The credit one entry or done_file costs (bounds a flood of empty files like a flood of bytes).
 ENTRY_COST = 1024

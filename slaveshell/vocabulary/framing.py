@@ -8,7 +8,7 @@ The exchange:
 
 1. The client sends `MAGIC`; the master answers with its own `MAGIC` when it takes the connection, or with one
    line starting with `REFUSED_PREFIX`, then the close, when it refuses it (over its bounds,
-   master_side.operators.limits; or first bytes that are not `MAGIC`).
+   master_side.operators.gate; or first bytes that are not `MAGIC`).
 2. Then frames both ways: a 5-byte header, the frame's type (1 byte, `FrameType`) and its payload's length in
    bytes (4 bytes, big-endian), then the payload. Byte streams travel raw: `INPUT` (client to master, keystrokes
    or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes (`STDOUT` and `STDERR`: up

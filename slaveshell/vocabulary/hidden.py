@@ -20,13 +20,10 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pyrage
 from pyrage import x25519
-
-if TYPE_CHECKING:
-    from slaveshell.vocabulary.transcript import Event
 
 # More hidden input than a password: over this many bytes in a session, or hidden input going on after a
 # hidden line ended (a second line typed while the terminal still hides: `stty -echo`, or a retried password).
@@ -142,7 +139,18 @@ class Span:
     sealed: str | None = None
 
 
-def spans(events: Iterable[Event]) -> list[Span]:
+class CodedEvent(Protocol):
+    """A transcript's event as parsed (slaveshell.vocabulary.transcript.Event): its time, code and data."""
+
+    @property
+    def time(self) -> float: ...
+    @property
+    def code(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+
+
+def spans(events: Iterable[CodedEvent]) -> list[Span]:
     """The hidden spans of a parsed transcript (slaveshell.vocabulary.transcript.Event items), from `ih`/`is` events."""
     found: list[Span] = []
     for event in events:

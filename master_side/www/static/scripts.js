@@ -5,7 +5,7 @@
   "use strict";
   var h = React.createElement;
   var BASE = "plugins/slaveshell/";
-  var INPUT_WINDOW = 4 * 65536; // slaveshell.protocol.INPUT_WINDOW: input in flight before the worker acks it
+  var INPUT_WINDOW = 4 * 65536; // slaveshell.vocabulary.protocol.INPUT_WINDOW: input in flight before the worker acks it
   var INPUT_CHUNK = 4096;
 
   function assetUrl(name) {
@@ -219,7 +219,7 @@
   var clicked = null;
   // The reason for the next session this page opens (a ticket, an incident): typed in a ReasonField, sent in
   // the open message as `buildbot-shell --reason` sends it; one line of at most 500 characters (the master
-  // checks it: slaveshell.wire.check_reason). A policy rule may require one on a worker.
+  // checks it: slaveshell.vocabulary.checks.check_reason). A policy rule may require one on a worker.
   var reasonForNew = "";
   function ReasonField() {
     var st = React.useState(reasonForNew), value = st[0], setValue = st[1];
