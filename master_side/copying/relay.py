@@ -293,9 +293,9 @@ class Transfers:
         return conn, replace(request, cwd=opened.cwd), build
 
     def quota(self, policy: Policy, who: Identity, worker: str, limits: Any) -> str | None:
-        """Why one more transfer would pass the quotas: the session quotas (max_sessions_per_worker and
-        _per_operator of `limits`, master_side.sessions.session_limits.SessionLimits) counting transfers apart from sessions, and MAX_TRANSFERS
-        on the master. None when it would not."""
+        """Why one more transfer would pass the quotas: the session quotas (max_sessions_per_worker and _per_operator of
+        `limits`, master_side.sessions.session_limits.SessionLimits) counting transfers apart from sessions, and
+        MAX_TRANSFERS on the master. None when it would not."""
         live = list(self.live.values())
         quota = policy.quota(who, worker, live, limits.per_worker, limits.per_operator)
         if quota is None and len(live) >= MAX_TRANSFERS:
