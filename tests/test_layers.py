@@ -3,8 +3,8 @@ up; no import circle among the product's modules; the client and the vocabulary 
 names (master.cfg, the entry points, the console scripts) still import.
 
 Every import counts: at module level, inside functions (a deferred import is a circle put off, not removed), and
-under `TYPE_CHECKING` (a type-only circle is still two modules that must be read together). The two lists of
-known exceptions below only shrink: an entry that no longer occurs fails the test, so that it is struck off."""
+under `TYPE_CHECKING` (a type-only circle is still two modules that must be read together). There are no
+exceptions: a lower room that needs something of a higher one defines a Protocol of what it uses and is given it."""
 
 from __future__ import annotations
 
@@ -38,15 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("master_side",),                                    # ShellService, its config: the rooms put together
 ]
 
-# Imports that go against the layers today, (importer, imported). Strike each off as it is fixed.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-}
-
-# Import edges that close a circle today, (importer, imported). Strike each off as it is fixed.
-KNOWN_CIRCLE_EDGES: set[tuple[str, str]] = {
-}
-
-NO_TWISTED = ("slaveshell.vocabulary", "slaveshell.client")
+NO_TWISTED = ("slaveshell.vocabulary", "slaveshell.files", "slaveshell.client")
 
 
 def product_modules() -> dict[str, pathlib.Path]:
@@ -158,17 +150,6 @@ def circles() -> list[list[str]]:
     return out
 
 
-def circle_edges(allowed: set[tuple[str, str]]) -> list[list[str]]:
-    """The circles left once the known edges are taken out."""
-    global EDGES
-    kept = EDGES
-    EDGES = {a: {b: n for b, n in bs.items() if (a, b) not in allowed} for a, bs in kept.items()}
-    try:
-        return circles()
-    finally:
-        EDGES = kept
-
-
 def test_every_product_module_is_in_a_room():
     rooms = {r for layer in LAYERS for r in layer}
     assert {room(m) for m in MODULES} <= rooms
@@ -176,21 +157,14 @@ def test_every_product_module_is_in_a_room():
 
 
 def test_no_import_goes_up_the_layers():
-    found = upward_imports()
-    new = sorted(found - KNOWN_UPWARD)
-    assert not new, "imports against the layers:\n" + "\n".join(
-        f"  {a} ({room(a)}) -> {b} ({room(b)}), line {EDGES[a][b]}" for a, b in new)
-    fixed = sorted(KNOWN_UPWARD - found)
-    assert not fixed, f"fixed, strike them off KNOWN_UPWARD: {fixed}"
+    found = sorted(upward_imports())
+    assert not found, "imports against the layers:\n" + "\n".join(
+        f"  {a} ({room(a)}) -> {b} ({room(b)}), line {EDGES[a][b]}" for a, b in found)
 
 
 def test_no_import_circle_among_the_product_modules():
-    left = circle_edges(KNOWN_CIRCLE_EDGES)
+    left = circles()
     assert not left, "import circles:\n" + "\n".join(f"  {len(c)}: {', '.join(c)}" for c in left)
-    unused = sorted(e for e in KNOWN_CIRCLE_EDGES if e[1] not in EDGES.get(e[0], {}))
-    assert not unused, f"gone, strike them off KNOWN_CIRCLE_EDGES: {unused}"
-    needed = sorted(e for e in KNOWN_CIRCLE_EDGES if not circle_edges(KNOWN_CIRCLE_EDGES - {e}))
-    assert not needed, f"no longer close a circle, strike them off KNOWN_CIRCLE_EDGES: {needed}"
 
 
 @pytest.mark.parametrize("package", NO_TWISTED)
