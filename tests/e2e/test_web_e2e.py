@@ -871,6 +871,9 @@ def test_an_ended_session_reloaded_links_to_its_replay_and_fits_the_window(brows
     shot(page, "ended-reloaded.png")
     link.click()
     wait_status(page, "^ready$")
+    # The page asks for the transcript and the session's row at once: the title names the worker once the row is
+    # in, which may be after the transcript is ready.
+    page.wait_for_function("() => document.title.includes('w1')", timeout=TIMEOUT_MS)
     assert "w1" in page.title() and "w1" in page.locator("h4").inner_text()
     # The player fits the window: its controls are in view without scrolling.
     page.wait_for_function("() => document.querySelector('.ap-control-bar')")
