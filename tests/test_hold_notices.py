@@ -148,3 +148,11 @@ def test_a_template_that_does_not_parse_is_a_config_error() -> None:
         HoldNoticeFormatter(template="{% for %}")
     with pytest.raises(ConfigErrors), capture_config_errors(raise_on_error=True):
         HoldNoticeFormatter(template_type="json")
+
+
+def test_the_step_and_the_notice_tell_one_command():
+    from master_side.holds.notices import step_in_command
+
+    assert step_in_command(3, "w1", None) == "buildbot-shell --build 3 w1"
+    assert step_in_command(3, "w1", "/srv/a b/shell.sock") == \
+        "buildbot-shell --build 3 w1 --socket '/srv/a b/shell.sock'"

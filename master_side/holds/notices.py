@@ -90,12 +90,21 @@ class HeldBuild:
 
     @property
     def reach(self) -> str:
-        """What a command needs to reach the master's socket: nothing, or `` --socket PATH``."""
-        return f" --socket {shlex.quote(self.socket)}" if self.socket else ""
+        return reach(self.socket)
 
     @property
     def command(self) -> str:
-        return f"buildbot-shell --build {self.build_id} {self.worker}{self.reach}"
+        return step_in_command(self.build_id, self.worker, self.socket)
+
+
+def reach(socket: str | None) -> str:
+    """What a command needs to reach the master's socket (`socket_of`): nothing, or `` --socket PATH``."""
+    return f" --socket {shlex.quote(socket)}" if socket else ""
+
+
+def step_in_command(build_id: int, worker: str, socket: str | None) -> str:
+    """The command that steps into a held build, as the step's text and the notice both tell it."""
+    return f"buildbot-shell --build {build_id} {worker}{reach(socket)}"
 
 
 def _seconds(value: object) -> bool:

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from master_side.glue.services import master_services
 from master_side.holds.deadline import DEFAULT_TIMEOUT, HoldTimes, Limit, limits, number, plain
-from master_side.holds.notices import announce
+from master_side.holds.notices import announce, reach, socket_of, step_in_command
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
@@ -338,7 +338,9 @@ class HoldForShell(buildstep.BuildStep):
                      s=DEFAULT_TIMEOUT)
             max_hold, wait, idle = DEFAULT_TIMEOUT, None, None
         times = hold.times = HoldTimes(reactor.seconds(), max_hold, wait, idle)
-        command = f"buildbot-shell --build {hold.build_id} {worker}"
+        socket = socket_of(self.master)  # named with --socket when it is not the default one
+        there = reach(socket)
+        command = step_in_command(hold.build_id, worker, socket)
         self._describe(command, times, reactor.seconds())
         holds.add(hold)
         stdio = await self.addLog("hold")
@@ -352,10 +354,10 @@ class HoldForShell(buildstep.BuildStep):
             f"Build {builder} #{build.number} (build id {hold.build_id}) is held on worker {worker} for a shell.\n"
             f"Step in from the master host:\n\n    {command}\n\n{browser}"
             f"The shell starts in {workdir} with the build's environment.\n"
-            f"Release it with `slaveshell release {hold.build_id}` or `~r` in the shell. It is released by "
+            f"Release it with `slaveshell release {hold.build_id}{there}` or `~r` in the shell. It is released by "
             f"itself\n{ends}  - or when the build is stopped.\n"
             f"Operators with the 'shell' right on {worker} may extend it, up to max_hold:\n\n"
-            f"    slaveshell hold extend {hold.build_id} 2h\n")
+            f"    slaveshell hold extend {hold.build_id} 2h{there}\n")
         announce(self.master, hold, page)  # the reporters' notice (master_side.holds.notices), once per hold
         ticker = task.LoopingCall(self._tick, hold, times, command, reactor)
         ticker.clock = cast(IReactorTime, reactor)
