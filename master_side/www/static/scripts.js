@@ -766,16 +766,24 @@
     useFillWindow(box, 12);
     React.useEffect(function () {
       if (blockedNotice()) return undefined;
-      var parts = [], player = null, disposed = false;
+      // The two answers come in either order: the socket closes once both are in (closing it at the
+      // transcript's end lost a row that came after it, and the page never named the session's worker).
+      var parts = [], player = null, disposed = false, rowIn = false, castIn = false;
       var cancel = questions(function (send) {
         send({ type: "history", session: id, limit: 1 });
         send({ type: "transcript", id: id, offset: 0 });
       }, function (m, data, send) {
-        if (m.type === "history") { if (m.sessions.length) setRow(m.sessions[0]); return; }
+        if (m.type === "history") {
+          rowIn = true;
+          if (m.sessions.length) setRow(m.sessions[0]);
+          if (castIn) cancel();
+          return;
+        }
         if (m.type !== "transcript") return;
         if (data) parts.push(data);
         if (!m.eof) { send({ type: "transcript", id: id, offset: m.offset }); return; }
-        cancel();
+        castIn = true;
+        if (rowIn) cancel();
         var text = new TextDecoder().decode(concat(parts));
         loadPlayer().then(function () {
           if (disposed) return;
