@@ -23,6 +23,7 @@ from master_side.audit.retention import Retention
 from master_side.audit.trail import AuditTrail
 from master_side.cluster.part import ClusterPart
 from master_side.config import DEFAULT_SOCKET, ShellConfig, group_id, shell_config
+from master_side.fleet.operations import FleetOperations
 from master_side.glue import upstream
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds.step import Holds
@@ -80,6 +81,7 @@ class ShellService(BuildbotService):
         self.retention = Retention(lambda: self.trail)  # transcript_retention_days (master_side.audit.retention)
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
                                lambda: self.master.botmaster, self.holds)
+        self.fleet = FleetOperations(self.api, _reactor)  # fleet runs and facts (master_side.fleet)
         # Local users no policy rule grants anything are admitted among the few places for them
         # (master_side.operators.gate).
         self.gate.has_right = lambda who: self.policy.grants_some_right(who)
@@ -124,6 +126,8 @@ class ShellService(BuildbotService):
         self.api.transfers.keep_bytes = bool(options.keep_transfer_bytes)
         self.api.transfers.stall_timeout = options.transfer_stall_timeout
         self.api.transfers.keep_text = options.keep_uploaded_text
+        self.fleet.probes = dict(options.facts)
+        self.fleet.limits = options.fleet_limits()
         # Buildbot's REST writer from the reactor thread (master_side.glue.rest_write_fix); Banana's receiving without
         # its buffer rebuilt on each read and bounded (slaveshell.plumbing.banana_buffer,
         # slaveshell.plumbing.banana_bounds): each checked against the upstream code first (master_side.glue.upstream).
@@ -231,10 +235,14 @@ class ShellService(BuildbotService):
 
 
 def _seconds() -> float:
-    from twisted.internet import reactor as _reactor
+    return _reactor().seconds()
 
-    reactor: Clock = _reactor
-    return reactor.seconds()
+
+def _reactor() -> Clock:
+    from twisted.internet import reactor
+
+    clock: Clock = reactor  # type: ignore[assignment]
+    return clock
 
 
 def _break_dead_lock(lock: str) -> None:

@@ -67,7 +67,7 @@ STRICT = [
     "slaveshell/files/receiver.py",
     "slaveshell/client/copy_cli.py",
     "slaveshell/client/copy_client.py",
-    "slaveshell/client/fleet",
+    "slaveshell/fleet",
     "master_side/shell_socket/copy_door.py",
     "master_side/audit/store.py",
     "master_side/audit/schema.py",

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -390,6 +390,32 @@ class AuditTrail:
                                   transcript_sha256=outcome.sha256, attachment_sha256=outcome.attachment_sha256,
                                   files=outcome.files)
         self.store.add_event("end", transfer_id, worker, who.user, who.uid, detail=outcome.text)
+
+    # -- fleet runs (`slaveshell run`, `slaveshell facts --refresh`: master_side.fleet) ----------------
+
+    @deferred
+    async def run_started(self, row: Mapping[str, object]) -> None:
+        """A fleet run's row and its "run" event, before any of its sessions is asked for: raises RecordingError
+        when the database cannot take it (a run is never served unrecorded: each of its sessions would be)."""
+        if not await self._ensure_store():
+            raise RecordingError("run not started: the audit database is unreachable")
+        try:
+            await self.store.open_run(row)
+        except Exception as e:
+            raise RecordingError("run not started: cannot write the audit index: "
+                                 f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+        self.store.add_event("run", None, None, str(row["operator"]), int(cast(int, row["uid"])),
+                             detail=f"run {row['id']} on {len(str(row['targets']).split())} workers")
+
+    def run_ended(self, run_id: str, who: Identity, values: Mapping[str, object],
+                  workers: list[Mapping[str, object]]) -> None:
+        """A fleet run's end: its row, a row per worker, and its "run-end" event."""
+        self.store.end_run(run_id, {**values, "ended": utc(self.reactor.seconds())}, workers)
+        self.store.add_event("run-end", None, None, who.user, who.uid, detail=f"run {run_id}: {values.get('summary')}")
+
+    def facts_taken(self, worker: str, values: Mapping[str, str], taken: float, run_id: str | None) -> None:
+        """A worker's facts, as its probe in run `run_id` took them: they replace its earlier ones."""
+        self.store.store_facts(worker, values, taken, run_id)
 
     # -- retention (master_side.audit.retention) -----------------------------------------------------
 

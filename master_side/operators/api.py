@@ -76,6 +76,10 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise OperatorError(ErrorKind.UNAVAILABLE, "the master's shell service is not running")
         return trail
 
+    def trail_or_none(self) -> AuditTrail | None:
+        """The audit trail, or None while the service is not running."""
+        return self._trail()
+
     # -- workers and sessions ----------------------------------------------------------------------
 
     def workers(self, who: Identity) -> list[dict[str, object]]:
@@ -114,7 +118,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     # -- open --------------------------------------------------------------------------------------
 
-    def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+    def refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
         """The operator gets `message` every time; the audit index and the log get it at most once per uid and kind of
         refusal per interval, with a count of the others (master_side.audit.refusals.RefusalAudit): a user with no
         rights cannot flood the index, the log, or the write queue that holds real sessions' rows while the database is
@@ -126,17 +130,21 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return OperatorError(kind, message)
 
     @deferred
-    async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+    async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink,
+                   run_id: str | None = None) -> View | None:
         """Open a session for `who` (fires a View, or None when the operator left while it started: the session
-        then starts detached). Raises OperatorError."""
+        then starts detached). With `run_id`, the session is a worker's part of that fleet run (master_side.fleet):
+        the policy's `run` right is asked, not `shell`. Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
-        conn, request = await self._admit(who, replace(request, operator=who.user), sink)
+        conn, request = await self._admit(who, replace(request, operator=who.user), sink,
+                                          Action.RUN if run_id is not None else Action.SHELL)
         if sink.gone:
             # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
             raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
         session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
                                 clock=self.registry.clock)
+        session.run_id = run_id
         hold = self.holds.get(request.build)
         if hold is not None:
             session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
@@ -153,7 +161,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         reply = await open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
         if reply.ref is None:
             trail.not_opened(session, reply.error)
-            raise OperatorError(ErrorKind.UNAVAILABLE, reply.error)
+            # The worker's own refusal (its owner's options) is a denial; no answer is the worker unavailable.
+            raise OperatorError(ErrorKind.DENIED if reply.refused else ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
         owner = session.start(sink, worker)
@@ -183,16 +192,16 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return View(session, owner, self.registry.peer_error)
 
     @deferred
-    async def _admit(self, who: Identity, request: OpenRequest,
-                     sink: ViewerSink) -> tuple[WorkerConnection, OpenRequest]:
-        """The policy, the route to the worker (waiting for a build's hold if need be), the workdir and the
-        quotas: fires (the worker's connection, the request with its workdir), or raises OperatorError (audited
-        as a refusal)."""
-        decision = self.policy.may(who, Action.SHELL, request.worker)
+    async def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink,
+                     action: Action = Action.SHELL) -> tuple[WorkerConnection, OpenRequest]:
+        """The policy's `action` right, the route to the worker (waiting for a build's hold if need be), the
+        workdir and the quotas: fires (the worker's connection, the request with its workdir), or raises
+        OperatorError (audited as a refusal)."""
+        decision = self.policy.may(who, action, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
         if not decision.allowed:
-            raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
+            raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
             conn = self.glue.route(request.worker)
             if request.build is not None and request.build not in self.holds.held:
@@ -202,11 +211,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             request = self.glue.workdir_for(request, self.holds.held)
         except RouteError as e:
             why = str(e) if self.cluster is None else await self.cluster.refusal(request.worker, str(e))
-            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, why) from None
+            raise self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, why) from None
         quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
                                   self.registry.limits.per_operator)
         if quota:
-            raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
+            raise self.refuse(who, request.worker, ErrorKind.LIMIT, quota)
         return conn, request
 
     def _bind(self, session: MasterSession, viewer: Viewer, sink: ViewerSink) -> None:
@@ -322,7 +331,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
     def extend(self, who: Identity, build_id: object, seconds: object) -> dict[str, object]:
         """Extend a build's hold (master_side.operators.hold_calls): text and the new deadline."""
         return extend_hold(self.holds, self.policy, self._trail(), who, build_id, seconds, self.registry.clock(),
-                           self._refuse)
+                           self.refuse)
 
     # -- the audit trail -----------------------------------------------------------------------------
 
@@ -336,6 +345,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         user = _opt_str(filters.get("user"), "user")
         session_id = _opt_str(filters.get("session"), "session")
         reason = _opt_str(filters.get("reason"), "reason")
+        run_id = _opt_str(filters.get("run"), "run")
         build_id = filters.get("build")
         if build_id is not None and (not isinstance(build_id, int) or isinstance(build_id, bool)):
             raise OperatorError(ErrorKind.BAD_REQUEST, "build must be a build id")
@@ -348,7 +358,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         try:
             rows = await trail.store.history(worker=worker, operator=user, since=since,
                                              session_id=session_id, build_id=build_id, limit=limit,
-                                             reason=reason)
+                                             reason=reason, run_id=run_id)
         except Exception as e:
             raise OperatorError(ErrorKind.UNAVAILABLE,
                                 f"the audit database is unavailable: {str(e).splitlines()[0]}") from None

@@ -165,6 +165,7 @@ class MasterSession(SessionTimers):
         self._warned: dict[str, float] = {}
         # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
         self.build: dict[str, object] | None = None
+        self.run_id: str | None = None  # the fleet run this session is part of (master_side.fleet)
         self._on_end = on_end
         self.recorder: Recorder = NullRecorder()
         # Joins, leaves, attaches and detaches, for the audit index (OperatorAPI.open: the trail).

@@ -92,7 +92,7 @@ def _linked(row: dict[str, object]) -> str:
 
 def cmd_history(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit,
-               "build": args.build, "reason": args.reason}
+               "build": args.build, "reason": args.reason, "run": getattr(args, "run", None)}
     try:
         rows = answer_rows(call_master(_socket_path(args), Op.HISTORY, filters=filters))
     except (CallError, Interrupted) as e:
@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = with_filters(with_socket(sub.add_parser("history", help="past and live sessions from the audit index")))
     h.add_argument("--limit", type=int, default=200)
     h.add_argument("--build", type=int, metavar="BUILDID", help="only sessions that stepped into this build")
+    h.add_argument("--run", metavar="RUN", help="only the sessions of this fleet run (slaveshell runs)")
     h.set_defaults(func=cmd_history)
 
     e = with_socket(sub.add_parser("export", help="a session's transcript (asciicast v2) to stdout"))
@@ -344,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     from slaveshell.client.hold_cli import add_parsers as hold_parsers
 
     hold_parsers(sub, with_socket)
+
+    from slaveshell.client.fleet_cli import add_parsers as fleet_parsers
+
+    fleet_parsers(sub, with_socket)
 
     k = with_socket(sub.add_parser("kill", help="end a live session (HUP, then TERM, then KILL)"))
     k.add_argument("session", metavar="ID")

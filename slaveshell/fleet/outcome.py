@@ -44,6 +44,7 @@ class Output:
         self._digest = hashlib.sha256()
         self._line = bytearray()  # the end of the line being written
         self._last = b""  # the end of the last complete line with text
+        self._restored_digest: str | None = None  # the digest another party computed (`restored`)
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
@@ -60,13 +61,24 @@ class Output:
         self._line += rest[-LAST_LINE_LIMIT:]
         del self._line[:-LAST_LINE_LIMIT]
 
+    @classmethod
+    def restored(cls, kept: bytes, size: int, digest: str, last_line: bytes = b"") -> Output:
+        """An output as another party kept it (the master, for the client): its kept part, its size in all and
+        the digest of all of it."""
+        out = cls(max(len(kept), 1))
+        out.kept = bytearray(kept)
+        out.size = max(size, len(kept))
+        out._restored_digest = digest
+        out._last = last_line
+        return out
+
     @property
     def cut(self) -> bool:
         return self.size > len(self.kept)
 
     @property
     def digest(self) -> str:
-        return self._digest.hexdigest()
+        return self._restored_digest or self._digest.hexdigest()
 
     @property
     def last_line(self) -> bytes:

@@ -1,0 +1,196 @@
+"""Fleet runs end to end (`slaveshell run`, `facts`, `runs`, `history --run`) against a real master with real
+workers: f1 and f2 opted in, f3 not opted in, f4 disconnected, f5 where the policy withholds `run`, f6 whose
+owner's allowed_users refuses the operator. Each test reads what the operator sees: the gathered answer, the
+summary line, the exit status, the --json shape, the audit index's rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from slaveshell.client.sandbox import Sandbox
+
+from .conftest import assert_no_traceback, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    root = str(tmp_path_factory.mktemp("fleet"))
+    me = os.getuid()
+    sb = Sandbox(root, workers=["f1", "f2", "f3", "f4", "f5", "f6"], opt_in=["f1", "f2", "f4", "f5", "f6"],
+                 service_kwargs=(f"policy=[dict(users=[0, {me}], workers=['f5'], rights=['shell', 'watch', "
+                                 f"'replay'], withhold=['run']), dict(users=[0, {me}])], "
+                                 "facts={'answer': 'echo 42'}"))
+    sb.create()
+    tac = os.path.join(sb.worker_dir("f6"), "buildbot.tac")
+    with open(tac) as f:
+        text = f.read()
+    with open(tac, "w") as f:
+        f.write(text.replace("slave_side.install(", "slave_side.install(allowed_users=['nobody-else'], ", 1))
+    try:
+        sb.start()
+        sb.stop_worker("f4")
+        wait_until(lambda: not _connected(sb, "f4"), 30)
+        yield sb
+    finally:
+        sb.stop()
+
+
+def _connected(sb: Sandbox, name: str) -> bool:
+    return any(w["name"] == name and w["connected"] for w in sb.workers_status())
+
+
+def slaveshell(sb: Sandbox, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", args[0], "--socket", sb.socket, *args[1:]],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert_no_traceback(done.stderr)
+    assert_no_traceback(done.stdout)
+    return done
+
+
+def test_a_run_gathers_identical_outputs_and_lists_every_worker_that_did_not_run(box: Sandbox) -> None:
+    done = slaveshell(box, "run", "--", "echo", "same everywhere")
+    assert done.returncode == 1, done.stderr  # not every targeted worker ran
+    out = done.stdout
+    assert "f[1-2] (2)\n---------------\nsame everywhere\n" in out, out
+    assert "not connected: f4" in out
+    assert "not opted in: f3" in out
+    assert "refused: f[5-6]" in out or ("refused: f5" in out and "f6" in out), out
+    assert "may not run on worker f5" in out
+    assert "does not allow" in out  # f6's owner
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("2 ok"), summary
+    assert "1 not connected" in summary and "1 not opted in" in summary and "2 refused" in summary, summary
+    # Plain lines as each worker ends (stdout is a pipe).
+    assert "f1: ok" in out and "f2: ok" in out
+
+
+def test_every_targeted_worker_ok_exits_0_and_each_got_an_audited_session(box: Sandbox) -> None:
+    done = slaveshell(box, "run", "--workers", "f[12]", "--reason", "INC-7: check", "--json", "--",
+                      "sh", "-c", "echo $PWD")
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["exit_status"] == 0 and answer["summary"] == "2 ok"
+    by_name = {w["worker"]: w for w in answer["workers"]}
+    assert set(by_name) == {"f1", "f2"}
+    for name, w in by_name.items():
+        assert set(w) == {"worker", "state", "exit_status", "duration", "output", "output_cut", "output_bytes",
+                          "session", "reason"}
+        assert w["state"] == "ok" and w["exit_status"] == 0 and w["output_cut"] is False
+        assert w["output"].strip().endswith("worker-" + name)
+        assert w["session"]
+    runs = json.loads(slaveshell(box, "runs", "--json").stdout)
+    run = next(r for r in runs if r["summary"] == "2 ok" and r["reason"] == "INC-7: check")
+    assert run["command"] == "sh -c 'echo $PWD'" and run["state"] == "ended" and run["targets"] == "f1 f2"
+    one = json.loads(slaveshell(box, "runs", run["id"], "--json").stdout)[0]
+    assert {w["worker"]: w["session_id"] for w in one["workers"]} == {n: w["session"] for n, w in by_name.items()}
+    history = json.loads(slaveshell(box, "history", "--run", run["id"], "--json").stdout)
+    assert {h["id"] for h in history} == {w["session"] for w in by_name.values()}
+    assert all(h["run_id"] == run["id"] and h["reason"] == "INC-7: check" and not h["pty"] for h in history)
+    shown = slaveshell(box, "runs", run["id"]).stdout
+    assert "2 ok" in shown and "f1" in shown and "f2" in shown
+
+
+def test_the_timeout_ends_a_stuck_worker_and_a_flood_is_cut_in_the_answer(box: Sandbox) -> None:
+    started = time.monotonic()
+    done = slaveshell(box, "run", "--workers", "f1", "--workers", "f2", "--timeout", "3", "--json", "--",
+                      "sh", "-c", 'case "$PWD" in *f1) sleep 300;; *) head -c 3000000 /dev/zero | tr "\\0" x;; esac')
+    assert time.monotonic() - started < 60
+    assert done.returncode == 1
+    by_name = {w["worker"]: w for w in json.loads(done.stdout)["workers"]}
+    assert by_name["f1"]["state"] == "timed out"
+    assert by_name["f2"]["state"] == "ok"
+    assert by_name["f2"]["output_cut"] is True and by_name["f2"]["output_bytes"] == 3000000
+    assert len(by_name["f2"]["output"]) == 64 * 1024
+
+
+def test_bad_usage_is_one_line_and_exit_2_and_nothing_starts(box: Sandbox, tmp_path: object) -> None:
+    before = json.loads(slaveshell(box, "runs", "--json").stdout)
+    for args, text in ((["--batch", "0"], "--batch 0"),
+                       (["--where", "nosuch=1"], "unknown fact nosuch"),
+                       (["--workers", "zz*"], "no worker matches"),
+                       (["--where", "gcc"], "expected FACT=VALUE"),
+                       (["--script", "/nonexistent/script.sh"], "No such file"),
+                       ([], "give a command")):
+        done = slaveshell(box, "run", *args, *([] if "--script" in args or not args else ["--", "true"]))
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert text in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert json.loads(slaveshell(box, "runs", "--json").stdout) == before
+
+
+def test_a_script_runs_from_a_private_temporary_file_that_is_removed(box: Sandbox, tmp_path: object) -> None:
+    script = os.path.join(str(tmp_path), "fix.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nls -l \"$0\" | cut -c1-10\necho \"script at $0\"\nexit 3\n")
+    done = slaveshell(box, "run", "--workers", "f1", "--script", script, "--json")
+    assert done.returncode == 1
+    w = json.loads(done.stdout)["workers"][0]
+    assert w["state"] == "failed" and w["exit_status"] == 3
+    lines = w["output"].splitlines()
+    assert lines[0] == "-rwx------", lines
+    path = lines[1].removeprefix("script at ")
+    assert "slaveshell-run." in path and not os.path.exists(path)
+    import hashlib
+
+    run = json.loads(slaveshell(box, "runs", "--json").stdout)[0]
+    with open(script, "rb") as f:
+        assert run["script_sha256"] == hashlib.sha256(f.read()).hexdigest() and run["command"] is None
+
+
+def test_facts_are_grouped_by_value_and_target_a_run(box: Sandbox) -> None:
+    done = slaveshell(box, "facts", "--refresh")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "Linux" in lines["os"] and "2 workers" in lines["os"], out  # f1, f2 (f6's owner refuses the operator)
+    assert "42" in lines["answer"], out
+    assert "no facts yet: f3 f4 f5 f6" in out
+    facts = json.loads(slaveshell(box, "facts", "--json").stdout)
+    assert {f["worker"] for f in facts} >= {"f1", "f2"}
+    assert all(f["facts"]["arch"] for f in facts)
+    run = slaveshell(box, "run", "--where", "answer=4*", "--workers", "f[12]", "--", "echo", "by fact")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "f[1-2] (2)" in run.stdout
+    none = slaveshell(box, "run", "--where", "answer!=42", "--workers", "f[12]", "--", "true")
+    assert none.returncode == 2 and "no worker matches" in none.stderr
+
+
+def test_ctrl_c_ends_the_running_workers_and_the_summary_says_which_ran(box: Sandbox) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket,
+                             "--workers", "f[12]", "--batch", "1", "--", "sh", "-c", "echo started; sleep 300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _sleeping(box), 30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_no_traceback(err)
+    assert proc.returncode == 1, (out, err)
+    assert "interrupted" in err
+    last = out.strip().splitlines()[-1]
+    assert last == "1 interrupted (f1), 1 not started", out
+    wait_until(lambda: not _sleeping(box), 30)
+
+
+def _sleeping(sb: Sandbox) -> bool:
+    found = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    for pid in found.stdout.split():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd.startswith(sb.root):
+            return True
+    return False
