@@ -49,6 +49,12 @@ class ListeningPort(Protocol):
     def stopListening(self) -> defer.Deferred[None] | None: ...
 
 
+class Consumer(Protocol):
+    """A consumer of Buildbot's message queue (buildbot.mq.base.QueueRef)."""
+
+    def stopConsuming(self) -> None: ...
+
+
 class ShellService(BuildbotService):
     """Configuration, the socket, the life of the service and its clock; the operations are OperatorAPI's
     (master_side.operators.api), the live sessions SessionRegistry's (master_side.sessions.registry)."""
@@ -82,6 +88,7 @@ class ShellService(BuildbotService):
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
                                lambda: self.master.botmaster, self.holds)
         self.fleet = FleetOperations(self.api, _reactor)  # fleet runs and facts (master_side.fleet)
+        self._attaches: Consumer | None = None  # Buildbot's mq consumer of workers' attaches
         # Local users no policy rule grants anything are admitted among the few places for them
         # (master_side.operators.gate).
         self.gate.has_right = lambda who: self.policy.grants_some_right(who)
@@ -149,6 +156,7 @@ class ShellService(BuildbotService):
         if self.trail is None:
             self.trail = trail
             await self.trail.start()
+            await self._watch_attaches()
         elif (trail.directory, trail.db_url) != (self.trail.directory, self.trail.db_url):
             log.warn("slaveshell: a new transcript directory or audit database takes effect at the next "
                      "master restart")
@@ -170,11 +178,30 @@ class ShellService(BuildbotService):
         await self._stop_listening()
         log.info("slaveshell: stopping (socket closed)")
         await self._cluster(None)
+        self.fleet.interrupt_all()
+        if self._attaches is not None:
+            consumer, self._attaches = self._attaches, None
+            consumer.stopConsuming()
         if self.trail is not None:
             await self.trail.stop()
             self.trail = None
         log.info("slaveshell: stopped")
         await super().stopService()
+
+    @deferred
+    async def _watch_attaches(self) -> None:
+        """Workers attaching, as Buildbot announces them (before it offers them builds): pending fleet runs
+        (master_side.fleet.pending) pause and run there; and the pending rows, read once now."""
+        def attached(_key: tuple[str, ...], data: object) -> None:
+            name = data.get("name") if isinstance(data, dict) else None
+            if isinstance(name, str):
+                self.fleet.pending.attached(name)
+
+        try:
+            self._attaches = await self.master.mq.startConsuming(attached, ("workers", None, "connected"))
+        except Exception:
+            log.failure("slaveshell: workers' attaches cannot be followed: pending fleet runs wait for a reload")
+        self.fleet.pending.load()
 
     @deferred
     async def _listen(self, path: str, group: str | int | None) -> None:
@@ -230,6 +257,7 @@ class ShellService(BuildbotService):
         self.registry.tick(now)
         self.api.transfers.tick()
         self.retention.tick(now)
+        self.fleet.pending.tick(now)
         if self.api.cluster is not None:
             self.api.cluster.tick(now)
 

@@ -394,13 +394,14 @@ class AuditTrail:
     # -- fleet runs (`slaveshell run`, `slaveshell facts --refresh`: master_side.fleet) ----------------
 
     @deferred
-    async def run_started(self, row: Mapping[str, object]) -> None:
-        """A fleet run's row and its "run" event, before any of its sessions is asked for: raises RecordingError
-        when the database cannot take it (a run is never served unrecorded: each of its sessions would be)."""
+    async def run_started(self, row: Mapping[str, object], pending: list[Mapping[str, object]]) -> None:
+        """A fleet run's row, the rows of its workers left pending, and its "run" event, before any of its sessions
+        is asked for: raises RecordingError when the database cannot take it (a run is never served unrecorded:
+        each of its sessions would be)."""
         if not await self._ensure_store():
             raise RecordingError("run not started: the audit database is unreachable")
         try:
-            await self.store.open_run(row)
+            await self.store.open_run(row, pending)
         except Exception as e:
             raise RecordingError("run not started: cannot write the audit index: "
                                  f"{str(e).splitlines()[0] if str(e) else e!r}") from None
@@ -412,6 +413,14 @@ class AuditTrail:
         """A fleet run's end: its row, a row per worker, and its "run-end" event."""
         self.store.end_run(run_id, {**values, "ended": utc(self.reactor.seconds())}, workers)
         self.store.add_event("run-end", None, None, who.user, who.uid, detail=f"run {run_id}: {values.get('summary')}")
+
+    def run_cancelled(self, run_id: str, who: Identity, count: int) -> None:
+        """What a fleet run still had pending was cancelled (`count` workers): a "run-cancel" event."""
+        self.store.add_event("run-cancel", None, None, who.user, who.uid, detail=f"run {run_id}: {count} pending")
+
+    def pending_changed(self, row_id: int, values: Mapping[str, object]) -> None:
+        """A worker's pending part of a run ran, expired or was cancelled: its row's new values."""
+        self.store.update_run_worker(row_id, {**values, "updated": utc(self.reactor.seconds())})
 
     def facts_taken(self, worker: str, values: Mapping[str, str], taken: float, run_id: str | None) -> None:
         """A worker's facts, as its probe in run `run_id` took them: they replace its earlier ones."""

@@ -66,6 +66,19 @@ class RunWatcher(Protocol):
     def finished(self, outcomes: list[Outcome]) -> None: ...
 
 
+class Awaited:
+    """A watcher that only waits for the outcomes (`done` fires with them)."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[list[Outcome]] = defer.Deferred()
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+    def finished(self, outcomes: list[Outcome]) -> None:
+        self.done.callback(outcomes)
+
+
 @dataclass(frozen=True)
 class Command:
     """What each worker runs: a command line, or a script (given on the session's stdin to a command that

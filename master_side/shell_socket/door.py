@@ -274,7 +274,7 @@ class WireDoor(Protocol):
         if op is Op.RUN:
             return self.running.call(who, message.get("request"))
         if op is Op.RUNS:
-            return runs_answer(self.service.fleet, who, message.get("run"))
+            return runs_answer(self.service.fleet, who, message.get("run"), message.get("cancel", False))
         if op is Op.FACTS:
             return fact_answer(self.service.fleet, who, message.get("workers"), message.get("refresh"))
         if op is Op.RELEASE:
