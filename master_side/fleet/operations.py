@@ -74,10 +74,12 @@ class RunAsk:
 
 @dataclass
 class Started:
-    """A run as it starts: the run itself, and the workers that will not run (listed, with their state)."""
+    """A run as it starts: the run itself, the workers that will not run (listed, with their state), and the
+    workers a --where decided on by facts older than the master's limit (their age in seconds)."""
 
     run: FleetRun
     listed: list[Outcome]
+    stale: dict[str, float] = field(default_factory=dict)
 
 
 class FleetOperations:
@@ -142,8 +144,10 @@ class FleetOperations:
         if ask.include_offline:
             pending = self._pending_targets(who, resolution, fleet)
         until = ask.until if ask.until is not None else DEFAULT_UNTIL
-        return await self._start(who, "run", str(selection), resolution, command, batch, timeout, watcher,
-                                 pending, time.time() + until, ask.pause)
+        started = await self._start(who, "run", str(selection), resolution, command, batch, timeout, watcher,
+                                    pending, time.time() + until, ask.pause)
+        started.stale = dict(resolution.stale)
+        return started
 
     def _pending_targets(self, who: Identity, resolution: Resolution, fleet: list[Worker]) -> list[str]:
         """The workers not connected now that `who` may run on: pending, within the bounds."""

@@ -57,7 +57,9 @@ class RunDoor:
         if self.door.disconnected or self._interrupted:
             run.leave()
         return {"run": run.id, "targets": run.scheduler.order, "batch": run.scheduler.batch,
-                "listed": [outcome_to_wire(o) for o in started.listed]}
+                "listed": [outcome_to_wire(o) for o in started.listed],
+                # Workers chosen by old facts, with their age in seconds (-1: never taken).
+                "stale": {w: (-1 if a == float("inf") else round(a)) for w, a in started.stale.items()}}
 
     def interrupt(self) -> bool:
         """The operator's Ctrl-C (a CLOSE call): False when no run was asked for on this connection. A run still

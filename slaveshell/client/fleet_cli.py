@@ -66,6 +66,7 @@ class LiveTable:
         self.done = 0
         self.drawn = 0
         self.last_draw = 0.0
+        self.dirty = False
 
     def update(self, worker: str, phase: str, elapsed: float, last: bytes, outcome: Outcome | None) -> None:
         if outcome is not None:
@@ -73,13 +74,16 @@ class LiveTable:
             self.done += 1
         else:
             self.rows[worker] = (phase, elapsed, last)
+        self.dirty = True
         self.draw()
 
     def draw(self, force: bool = False) -> None:
+        """Redraw (at most ten times a second, unless `force`); `tick` redraws what was left dirty."""
         now = time.monotonic()
         if not force and now - self.last_draw < 0.1:
             return
         self.last_draw = now
+        self.dirty = False
         size = shutil.get_terminal_size((100, 24))
         width, room = size.columns, max(1, size.lines - 4)
         lines = [f"{self.done}/{len(self.targets)} done, {len(self.rows)} running"]
@@ -92,6 +96,10 @@ class LiveTable:
         self.clear()
         self._write("\n".join(lines) + "\n")
         self.drawn = len(lines)
+
+    def tick(self) -> None:
+        if self.dirty:
+            self.draw()
 
     def clear(self) -> None:
         if self.drawn:
@@ -140,7 +148,9 @@ class RunClient:
                 try:
                     if connection.out:
                         connection.flush()
-                    if not selector.select(1.0):
+                    if self.table is not None:
+                        self.table.tick()
+                    if not selector.select(0.2 if self.table is not None else 1.0):
                         continue
                     frames = connection.receive()
                 except KeyboardInterrupt:
@@ -199,6 +209,14 @@ class RunClient:
                 self.targets = [str(t) for t in targets] if isinstance(targets, list) else []
                 listed = get("listed")
                 self.listed = [outcome_from_wire(o) for o in listed] if isinstance(listed, list) else []
+                stale = get("stale")
+                if isinstance(stale, dict) and stale:
+                    ages = {str(w): float("inf") if not isinstance(a, (int, float)) or a < 0 else float(a)
+                            for w, a in stale.items()}
+                    print("slaveshell run: --where decided on old facts (slaveshell facts --refresh): "
+                          + drift.aged(ages), file=sys.stderr)
+                print(f"slaveshell run: run {visible(str(get('run')))} on {len(self.targets)} workers, "
+                      f"{get('batch')} at once", file=sys.stderr)
                 if self.live and self.targets:
                     self.table = LiveTable(sys.stderr, self.targets)
                     self.table.draw(force=True)

@@ -196,6 +196,44 @@ def _sleeping(sb: Sandbox) -> bool:
     return False
 
 
+def test_a_terminal_gets_a_live_table_then_the_gathered_answer(box: Sandbox) -> None:
+    import pexpect
+    import pyte
+
+    screen = pyte.Screen(100, 24)
+    stream = pyte.ByteStream(screen)
+    printed = bytearray()
+
+    class Log:
+        def write(self, data: bytes) -> None:
+            printed.extend(data)
+            stream.feed(data)
+
+        def flush(self) -> None:
+            pass
+
+    child = pexpect.spawn(sys.executable, ["-m", "slaveshell.cli", "run", "--socket", box.socket, "--workers", "f[12]",
+                                           "--", "sh", "-c", "printf 'working \\033[31mred\\n'; sleep 3; echo done"],
+                          dimensions=(24, 100), env=dict(os.environ, TERM="xterm"), timeout=30)
+    child.logfile_read = Log()
+    try:
+        child.expect("0/2 done, 2 running")
+        child.expect(r"f2 +running +[0-9.]+s  working")
+        live = [line.rstrip() for line in screen.display]
+        row = next(line for line in live if line.startswith("f2"))
+        assert row.endswith("working \\x1b[31mred"), row  # what the worker wrote, escaped
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert_no_traceback(bytes(printed))
+    final = [line.rstrip() for line in screen.display]
+    assert not any("done, " in line and "running" in line for line in final), final  # the table is gone
+    assert "f[1-2] (2)" in final and "2 ok" in final, final
+    answer = final[final.index("f[1-2] (2)") - 1:]
+    assert answer[:5] == ["-" * 15, "f[1-2] (2)", "-" * 15, "working \\x1b[31mred", "done"], answer
+
+
 def _runs(sb: Sandbox) -> list[dict[str, object]]:
     return list(json.loads(slaveshell(sb, "runs", "--json").stdout))
 
