@@ -107,6 +107,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                 "id": s.id, "worker": s.worker, "operator": s.identity.user, "uid": s.identity.uid,
                 "started": s.started, "state": s.state.value, "command": s.request.command,
                 "reason": s.request.reason,
+                "moderated_by": None if s.moderation is None else [str(g) for g in s.moderation.moderated_by],
+                "held": s.moderation is not None and s.moderation.held,
                 "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
                 "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
             })
@@ -131,7 +133,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         then starts detached). Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
-        conn, request = await self._admit(who, replace(request, operator=who.user), sink)
+        conn, request, moderated_by = await self._admit(who, replace(request, operator=who.user), sink)
         if sink.gone:
             # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
             raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
@@ -158,6 +160,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
         owner = session.start(sink, worker)
         self.registry.add(session, worker)
+        if moderated_by:  # a four-eyes session: its input is held from the start, before anyone types
+            session.hold_input(moderated_by)
         if request.pause:
             self.registry.pause(session)
         if hold is not None:
@@ -184,10 +188,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     @deferred
     async def _admit(self, who: Identity, request: OpenRequest,
-                     sink: ViewerSink) -> tuple[WorkerConnection, OpenRequest]:
+                     sink: ViewerSink) -> tuple[WorkerConnection, OpenRequest, tuple[str | int, ...]]:
         """The policy, the route to the worker (waiting for a build's hold if need be), the workdir and the
-        quotas: fires (the worker's connection, the request with its workdir), or raises OperatorError (audited
-        as a refusal)."""
+        quotas: fires (the worker's connection, the request with its workdir, and the groups that moderate it
+        when the rule that allows it makes it a four-eyes session), or raises OperatorError (audited as a
+        refusal)."""
         decision = self.policy.may(who, Action.SHELL, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
@@ -207,7 +212,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                                   self.registry.limits.per_operator)
         if quota:
             raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
-        return conn, request
+        return conn, request, decision.moderated_by
 
     def _bind(self, session: MasterSession, viewer: Viewer, sink: ViewerSink) -> None:
         """Tie the sink's failures and disconnection to `viewer`."""
@@ -275,12 +280,27 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         if too_many:
             self.gate.audit(who, "refused", f"view refused: {mode} {session_id}: {too_many}", session.worker)
             raise OperatorError(ErrorKind.LIMIT, too_many)
+        not_moderator = self._not_moderator(who, session) if role is Role.WATCH else None
+        if not_moderator is not None:
+            # Watching is allowed; moderating is not: refused (and audited as such), the view stays read-only.
+            self.gate.audit(who, "refused", f"not a moderator: {session_id}: {not_moderator}", session.worker)
         try:
-            viewer = session.add_viewer(who, role, sink)
+            viewer = session.add_viewer(who, role, sink, moderator=role is Role.WATCH and session.moderation
+                                        is not None and not_moderator is None)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
+        if not_moderator is not None:
+            session.notice(f"you watch without moderating: {not_moderator}; the session's input stays as it "
+                           "was", viewer)
         self._bind(session, viewer, sink)
         return View(session, viewer, self.registry.peer_error)
+
+    def _not_moderator(self, who: Identity, session: MasterSession) -> str | None:
+        """Why `who` may not moderate `session` (None: they may, or it is not a four-eyes session)."""
+        moderation = session.moderation
+        if moderation is None:
+            return None
+        return self.policy.may_moderate(who, session.identity, session.worker, moderation.moderated_by)
 
     # -- kill and release ---------------------------------------------------------------------------
 
@@ -290,14 +310,17 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         session = self.registry.get(session_id)
         if session is None:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
-        if not self.policy.may(who, Action.KILL, session.worker, owner=session.identity).allowed:
+        # A four-eyes session's moderators may end it, the kill right or not.
+        moderator = session.moderation is not None and self._not_moderator(who, session) is None
+        if not moderator and not self.policy.may(who, Action.KILL, session.worker, owner=session.identity).allowed:
             raise OperatorError(ErrorKind.DENIED,
                                 f"permission denied: {who} may not kill sessions on worker {session.worker}")
-        session.notice(f"session killed by {who.user}")
-        session.close(f"killed by {who.user}")
+        as_whom = " (moderator)" if moderator else ""
+        session.notice(f"session killed by {who.user}{as_whom}")
+        session.close(f"killed by {who.user}{as_whom}")
         trail = self._trail()
         if trail is not None:
-            trail.killed(session, who)
+            trail.killed(session, who, "as moderator" if moderator else "")
         return f"session {session_id} on {session.worker}: hangup sent (then TERM, then KILL)"
 
     def release(self, who: Identity, build_id: object) -> str:

@@ -1,0 +1,168 @@
+"""Four-eyes sessions without I/O: the policy's `moderated_by` and who may moderate, and the relay holding input
+until a moderator watches (master_side.sessions.moderation). Against real processes: tests/e2e/test_moderated_e2e.py."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START
+from master_side.sessions.session import MasterSession, Role
+from slaveshell.policy import Action, Policy, Rule, WebIdentity
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import ExitStatus, OpenRequest
+from tests.recorded import ToViewer, ToWorker
+
+ALICE = Identity(1000, 1000, 1, "alice", frozenset({"ops"}))
+BOB = Identity(1001, 1001, 2, "bob", frozenset({"ops", "leads"}))
+CAROL = Identity(1002, 1002, 3, "carol", frozenset({"ops"}))
+ALICE_LEAD = Identity(1000, 1000, 4, "alice", frozenset({"ops", "leads"}))  # a second connection of alice's
+WEB_ALICE = WebIdentity.from_web("alice", ["leads"])
+
+POLICY = Policy([
+    Rule(groups=["leads"], workers=["prod-*"], rights=["watch", "kill"]),
+    Rule(groups=["ops"], workers=["prod-*"], rights=["shell", "watch", "copy"], moderated_by=["leads", "web:leads"]),
+    Rule(groups=["ops"], rights=["shell", "watch", "copy"]),
+])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Events:
+    def __init__(self) -> None:
+        self.moderation_events: list[tuple[str, str, str]] = []
+
+    def viewer_joined(self, session, viewer):
+        pass
+
+    def viewer_left(self, session, viewer, why):
+        pass
+
+    def viewer_attached(self, session, viewer):
+        pass
+
+    def viewer_detached(self, session, viewer, why):
+        pass
+
+    def moderation(self, session, kind, who, detail):
+        self.moderation_events.append((kind, who.user, detail))
+
+
+def test_the_rule_that_allows_the_session_says_who_moderates_it() -> None:
+    decision = POLICY.may(ALICE, Action.SHELL, "prod-1")
+    assert decision.allowed and decision.moderated_by == ("leads", "web:leads")
+    assert POLICY.may(ALICE, Action.SHELL, "dev-1").moderated_by == ()
+    # bob's own rule comes first: he may not shell on prod-1 at all, and moderates instead
+    assert not POLICY.may(BOB, Action.SHELL, "prod-1").allowed
+    copy = POLICY.may(ALICE, Action.COPY, "prod-1").unmoderated("prod-1", "a copy")
+    assert not copy.allowed and "worker prod-1 is moderated (moderated_by: leads, web:leads)" in copy.reason
+    assert POLICY.may(ALICE, Action.COPY, "dev-1").unmoderated("dev-1", "a copy").allowed
+
+
+def test_who_may_moderate() -> None:
+    groups = ("leads", "web:leads")
+    assert POLICY.may_moderate(BOB, ALICE, "prod-1", groups) is None
+    assert POLICY.may_moderate(WebIdentity.from_web("dave", ["leads"]), ALICE, "prod-1", groups) is not None  # no rule
+    assert "own operator" in (POLICY.may_moderate(ALICE_LEAD, ALICE, "prod-1", groups) or "")
+    assert "own operator" in (POLICY.may_moderate(WEB_ALICE, ALICE, "prod-1", groups) or "")  # the other door
+    assert "none of its moderators' groups" in (POLICY.may_moderate(CAROL, ALICE, "prod-1", groups) or "")
+    no_watch = Policy([Rule(groups=["leads"], rights=["kill"])])
+    assert "may not watch" in (no_watch.may_moderate(BOB, ALICE, "prod-1", groups) or "")
+
+
+@pytest.mark.parametrize("bad", ["", "*", "web:", None, True, ["leads"]])
+def test_moderated_by_takes_groups_and_web_roles_only(bad: object) -> None:
+    with pytest.raises(ValueError):
+        Rule(groups=["ops"], moderated_by=[bad])  # type: ignore[list-item]
+
+
+@pytest.fixture
+def moderated():
+    clock = Clock()
+    session = MasterSession(OpenRequest(worker="prod-1"), ALICE, lambda s: None, clock=clock)
+    events = Events()
+    session.viewer_events = events
+    to_owner: list[tuple] = []
+    to_worker: list[tuple] = []
+    owner = session.start(ToViewer(lambda *a: to_owner.append(a)), ToWorker(lambda *a: to_worker.append(a)))
+    session.hold_input(("leads",))
+    return session, owner, to_owner, to_worker, events, clock
+
+
+def notices(sent: list[tuple]) -> list[bytes]:
+    return [m[2] for m in sent if m[0] == "output" and m[1] == 2]
+
+
+def test_input_is_held_until_a_moderator_watches_and_again_once_the_last_left(moderated) -> None:
+    session, owner, to_owner, to_worker, events, clock = moderated
+    assert b"input is held until a moderator watches (moderated_by: leads)" in notices(to_owner)[0]
+    to_owner.clear()
+    session.viewer_input(owner, b"rm -rf /\r")
+    session.viewer_input(owner, b"x")
+    session.viewer_eof(owner)
+    session.viewer_signal(owner, signal.SIGINT)
+    assert to_worker == []  # nothing reached the worker
+    assert ("input_ack", 9, False) in to_owner and ("input_ack", 1, False) in to_owner  # credit back at once
+    assert len(notices(to_owner)) == 1  # told once per held span
+    session.worker_output(1, b"output flows")
+    assert ("output", 1, b"output flows") in to_owner
+
+    watcher: list[tuple] = []
+    bob = session.add_viewer(BOB, Role.WATCH, ToViewer(lambda *a: watcher.append(a)), moderator=True)
+    assert not session.moderation.held
+    assert (DROPPED, "alice", "10 bytes in 2 messages, 1 EOF, 1 signals dropped while input was held") \
+        in events.moderation_events
+    session.viewer_input(owner, b"ls\r")
+    assert to_worker == [("input", b"ls\r")]
+    clock.now += 12
+    session.remove_viewer(bob, "left")
+    assert session.moderation.held
+    assert (MODERATE_START, "bob", "input released") in events.moderation_events
+    assert (MODERATE_END, "bob", "moderated 12.0 s (left)") in events.moderation_events
+    assert (HELD, "alice", "the last moderator (bob) left") in events.moderation_events
+    session.viewer_input(owner, b"again\r")
+    assert to_worker == [("input", b"ls\r")]
+
+
+def test_a_moderator_does_not_release_their_own_input(moderated) -> None:
+    session, owner, to_owner, to_worker, events, clock = moderated
+    bob_join = session.add_viewer(BOB, Role.JOIN, ToViewer())
+    session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    session.viewer_input(bob_join, b"bob types\r")
+    assert to_worker == []  # nobody else moderates bob
+    session.viewer_input(owner, b"alice types\r")
+    assert to_worker == [("input", b"alice types\r")]
+
+
+def test_a_watcher_not_admitted_as_moderator_releases_nothing(moderated) -> None:
+    session, owner, to_owner, to_worker, events, clock = moderated
+    session.add_viewer(CAROL, Role.WATCH, ToViewer(), moderator=False)
+    session.viewer_input(owner, b"x")
+    assert to_worker == [] and session.moderation.held
+
+
+def test_a_flood_while_held_is_counted_not_kept(moderated) -> None:
+    session, owner, to_owner, to_worker, events, clock = moderated
+    for _ in range(10_000):
+        session.viewer_input(owner, b"y" * 100)
+    assert to_worker == [] and len(notices(to_owner)) == 2  # the open's notice and one for the span
+    assert session.moderation.dropped[owner].nbytes == 1_000_000 and owner.input_window.in_flight == 0
+    session.end(ExitStatus(code=0))
+    assert (DROPPED, "alice", "1000000 bytes in 10000 messages dropped while input was held") \
+        in events.moderation_events
+
+
+def test_the_end_closes_every_moderators_span(moderated) -> None:
+    session, owner, to_owner, to_worker, events, clock = moderated
+    session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    clock.now += 3
+    session.end(ExitStatus(code=0))
+    assert events.moderation_events[-1] == (MODERATE_END, "bob", "moderated 3.0 s (the session ended)")
+    assert not any(kind == HELD and "left" in detail for kind, _, detail in events.moderation_events)
