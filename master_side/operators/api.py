@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
 from master_side.audit.trail import RecordingError
 from master_side.glue.buildbot import BuildbotGlue, RouteError
+from master_side.holds.moderator_notices import OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from master_side.operators.copy_calls import CopyOperations, Transfers
 from master_side.operators.hold_calls import extend_hold, list_holds
@@ -68,6 +69,10 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
         self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.operators.copy_calls)
         self.cluster: ClusterPart | None = None  # a multi-master site's router (master_side.cluster.part)
+        # A four-eyes session waits for a moderator (why): the reporters' notice, paced (the service sets it:
+        # master_side.holds.moderator_notices).
+        self.moderator_wanted: Callable[[MasterSession, str], None] = lambda session, why: None
+        self.moderator_pace = NoticePace(lambda: self.registry.clock())
 
     @property
     def trail(self) -> AuditTrail:
@@ -161,7 +166,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         owner = session.start(sink, worker)
         self.registry.add(session, worker)
         if moderated_by:  # a four-eyes session: its input is held from the start, before anyone types
-            session.hold_input(moderated_by)
+            session.hold_input(moderated_by, lambda why: self._wanted(session, why))
         if request.pause:
             self.registry.pause(session)
         if hold is not None:
@@ -294,6 +299,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                            "was", viewer)
         self._bind(session, viewer, sink)
         return View(session, viewer, self.registry.peer_error)
+
+    def _wanted(self, session: MasterSession, why: str) -> None:
+        """A four-eyes session waits for a moderator: the reporters are told, as often as the pace allows."""
+        if self.moderator_pace.take(session.id, first=why == OPENED):
+            self.moderator_wanted(session, why)
 
     def _not_moderator(self, who: Identity, session: MasterSession) -> str | None:
         """Why `who` may not moderate `session` (None: they may, or it is not a four-eyes session)."""

@@ -51,6 +51,9 @@ class Moderation:
 
     moderated_by: tuple[str | int, ...]
     clock: Callable[[], float]
+    # Told that the session waits for a moderator: why ("opened", "the last moderator (bob) left"): the reporters'
+    # notice (master_side.holds.moderator_notices, through the operator API).
+    wanted: Callable[[str], None] = lambda why: None
     moderators: dict[Viewer, float] = field(default_factory=dict)
     dropped: dict[Viewer, Dropped] = field(default_factory=dict)
     told: set[Viewer] = field(default_factory=set)

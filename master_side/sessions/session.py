@@ -203,14 +203,17 @@ class MasterSession(SessionTimers):
 
     # -- four eyes -----------------------------------------------------------------------------
 
-    def hold_input(self, moderated_by: tuple[str | int, ...]) -> None:
+    def hold_input(self, moderated_by: tuple[str | int, ...],
+                   wanted: Callable[[str], None] = lambda why: None) -> None:
         """Make this a four-eyes session (master_side.sessions.moderation): input held until a moderator
-        watches. Called once it has started, before anyone else can view it."""
-        moderation = self.moderation = Moderation(moderated_by, self.clock)
+        watches; `wanted` is told each time it waits for one, why. Called once it has started, before anyone
+        else can view it."""
+        moderation = self.moderation = Moderation(moderated_by, self.clock, wanted)
         self.recorder.marker(f"moderated: {moderation.held_notice()}")
         self.viewer_events.moderation(self, HELD, self.identity, f"no moderator watches (moderated_by: "
                                                                   f"{moderation.groups})")
         self.notice(f"this session is moderated: {moderation.held_notice()}; output flows meanwhile")
+        moderation.wanted("opened")
 
     def _held(self, viewer: Viewer, nbytes: int = 0, eof: bool = False, signal: bool = False) -> bool:
         """Whether `viewer`'s input is held now (counted, and its sender told once per held span)."""
@@ -255,6 +258,7 @@ class MasterSession(SessionTimers):
             self.viewer_events.moderation(self, HELD, self.identity,
                                           f"the last moderator ({viewer.identity.user}) left")
             self._notice_all(f"the last moderator ({viewer.identity.user}) left: {moderation.held_notice()}")
+            moderation.wanted(f"the last moderator ({viewer.identity.user}) left")
 
     # -- viewers -------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import FrameType, Op
 
 from .conftest import PROMPT, Terminal, assert_no_traceback, wait_until
+from .test_hold_notices_e2e import HttpSink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.getuid() != 0, reason="other local users need root")]
 
@@ -41,6 +42,13 @@ LEAD = "slaveshell-mod-lead"  # in LEADS, with 'watch'
 OUTSIDER = "slaveshell-mod-other"  # 'watch', not in LEADS
 NO_WATCH = "slaveshell-mod-nowatch"  # in LEADS, without 'watch'
 HELD = "input is held until a moderator watches (moderated_by: slaveshell-mod-leads, root)"
+# The four-eyes notice through a real reporter (Buildbot's HttpStatusPush) to an HTTP server of the test's.
+REPORTER = """\
+from buildbot.plugins import reporters as _reporters
+from master_side import ModeratorNoticeGenerator as _Generator, NoticeFormatterFunction as _Function
+c['services'].append(_reporters.HttpStatusPush(serverUrl={hook!r}, generators=[_Generator(
+    workers=['m1'], message_formatter=_Function(lambda n: {{'text': n['text'], 'session': n['session']}}))]))
+"""
 
 
 def _ensure_users() -> None:
@@ -56,7 +64,17 @@ def _ensure_users() -> None:
 
 
 @pytest.fixture(scope="module")
-def box() -> Iterator[Sandbox]:
+def sink() -> Iterator[HttpSink]:
+    server = HttpSink()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def box(sink: HttpSink) -> Iterator[Sandbox]:
     """m1 is moderated for root (the operator here): root's rule for m1 names the leads (and root's own group,
     so that root is in it: the operator still cannot moderate their own session)."""
     _ensure_users()
@@ -70,7 +88,7 @@ def box() -> Iterator[Sandbox]:
               f"dict(users=[0], workers=['m1'], moderated_by=[{LEADS!r}, 'root']), "
               f"dict(groups=[{OPS!r}], rights=['watch'])]")
     sb = Sandbox(root, workers=["m1"], opt_in_args=f"allowed_dirs=[{allowed!r}, {os.path.join(root, 'worker-m1')!r}]",
-                 service_kwargs=f"group={OPS!r}, {policy}")
+                 service_kwargs=f"group={OPS!r}, {policy}", extra_config=REPORTER.format(hook=sink.url + "/hook"))
     sb.create()
     os.chmod(sb.master_dir, 0o755)
     try:
@@ -266,10 +284,10 @@ def refusals(sb: Sandbox) -> list[tuple[str, str]]:
         db.close()
 
 
-def open_held(sb: Sandbox) -> tuple[Terminal, str]:
+def open_held(sb: Sandbox, *options: str) -> tuple[Terminal, str]:
     """root's login shell on m1, its input held: the terminal and the session's id."""
     before = {s["id"] for s in sessions(sb)}
-    t = Terminal(sb, ["m1"])
+    t = Terminal(sb, [*options, "m1"])
     t.expect(re.escape(HELD))
     t.expect(r"[#$] ")
     sid = wait_until(lambda: next((str(s["id"]) for s in sessions(sb) if s["worker"] == "m1"
@@ -294,8 +312,22 @@ def typed_reaches_the_worker(t: Terminal, marker: str, timeout: float) -> bool:
     return False
 
 
-def test_input_is_held_until_a_moderator_watches_and_again_after_the_last_left(box: Sandbox) -> None:
-    t, sid = open_held(box)
+def posted(sink: HttpSink, sid: str) -> list[dict[str, str]]:
+    notices = [json.loads(body) for path, _, body in sink.posts if path == "/hook"]
+    return [n for n in notices if n.get("session") == sid]
+
+
+def test_input_is_held_until_a_moderator_watches_and_again_after_the_last_left(box: Sandbox, sink: HttpSink
+                                                                               ) -> None:
+    t, sid = open_held(box, "--reason", "INC-42 <b>four eyes</b>")
+    # The reporters are told: the session waits for a second person.
+    assert wait_until(lambda: posted(sink, sid), 30), (sink.posts, box.log_tail())
+    (notice,) = posted(sink, sid)
+    text = notice["text"]
+    assert text.startswith(f"Session {sid} on worker m1 waits for a second person.\n"), text
+    assert "root opened it at " in text and "(INC-42 <b>four eyes</b>); its input is held" in text
+    assert f"Moderators: {LEADS}, root, with the watch right on m1, not root." in text
+    assert f"    slaveshell watch {sid}\n" in text and f"slaveshell kill {sid}" in text and "\x1b" not in text
     lead = Other(LEAD, box.socket)
     marker = f"/tmp/moderated-{os.getpid()}"
     try:
@@ -321,6 +353,8 @@ def test_input_is_held_until_a_moderator_watches_and_again_after_the_last_left(b
         t.expect(f"the last moderator \\({LEAD}\\) left: input is held")
         assert wait_until(lambda: next(s for s in sessions(box) if s["id"] == sid)["held"] is True, 10)
         assert not typed_reaches_the_worker(t, marker, 2)
+        time.sleep(1)
+        assert len(posted(sink, sid)) == 1  # told again at most once in 10 minutes per session
         # The operator may always end their own session.
         t.child.send("\r~.")
         t.wait()
