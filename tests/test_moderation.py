@@ -1,12 +1,19 @@
-"""Four-eyes sessions without I/O: the policy's `moderated_by` and who may moderate, and the relay holding input
-until a moderator watches (master_side.sessions.moderation). Against real processes: tests/e2e/test_moderated_e2e.py."""
+"""Four-eyes sessions without I/O: the policy's `moderated_by` and who may moderate, the relay holding input
+until a moderator watches (master_side.sessions.moderation), and the reporters' notice of a session waiting for
+one (master_side.holds.moderator_notices). Against real processes: tests/e2e/test_moderated_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import signal
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from buildbot.util.tuplematch import matchTuple
 
+from master_side import ModeratorNoticeFormatter, ModeratorNoticeGenerator
+from master_side.holds.moderator_notices import OPENED, PER_MINUTE, REPEAT_AFTER, ModeratorWanted, NoticePace
 from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START
 from master_side.sessions.session import MasterSession, Role
 from slaveshell.policy import Action, Policy, Rule, WebIdentity
@@ -166,3 +173,65 @@ def test_the_end_closes_every_moderators_span(moderated) -> None:
     session.end(ExitStatus(code=0))
     assert events.moderation_events[-1] == (MODERATE_END, "bob", "moderated 3.0 s (the session ended)")
     assert not any(kind == HELD and "left" in detail for kind, _, detail in events.moderation_events)
+
+
+# -- the reporters' notice (master_side.holds.moderator_notices) ---------------------------------------------
+
+WANTED = ModeratorWanted("5f6645fe7bc5", "prod-1", "alice", "leads, web:leads", 1_800_000_000.0, OPENED,
+                         "INC-7", None, None)
+
+
+def notice(message: object, generator: ModeratorNoticeGenerator | None = None) -> Any:
+    master = SimpleNamespace(config=SimpleNamespace(title="CI", buildbotURL="http://ci/"))
+    done: list[Any] = []
+    (generator or ModeratorNoticeGenerator()).generate(
+        master, SimpleNamespace(), ("slaveshell", "sessions", "5f6645fe7bc5", "moderator_wanted"), message
+    ).addBoth(done.append)
+    (result,) = done
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+def test_the_notice_comes_back_whole_through_json_and_a_forged_one_is_refused() -> None:
+    message = json.loads(json.dumps(WANTED.to_message()))
+    assert ModeratorWanted.from_message(message) == WANTED
+    for bad in ({**message, "started": "now"}, {**message, "worker": ""}, {**message, "extra": 1},
+                {k: v for k, v in message.items() if k != "why"}, [message], {**message, "reason": 3}):
+        assert ModeratorWanted.from_message(bad) is None
+        assert notice(bad) is None
+    key = ("slaveshell", "sessions", WANTED.session_id, "moderator_wanted")
+    assert any(matchTuple(key, wanted) for wanted in ModeratorNoticeGenerator.wanted_event_keys)
+
+
+def test_the_plain_notice_says_who_waits_who_moderates_and_how_with_untrusted_text_made_visible() -> None:
+    forged = {**WANTED.to_message(), "operator": "mallory\x1b[2J", "why": "the last moderator (bob) left"}
+    r = notice(forged)
+    body = r["body"]
+    assert body.startswith("Session 5f6645fe7bc5 on worker prod-1 waits for a second person.\n")
+    assert "mallory\\x1b[2J opened it at 2027-01-15 08:00:00 UTC (INC-7)" in body and "\x1b" not in body
+    assert "held until a moderator watches again: the last moderator (bob) left." in body
+    assert "    slaveshell watch 5f6645fe7bc5\n" in body and "`slaveshell kill 5f6645fe7bc5`" in body
+    assert r["subject"] == "Buildbot (CI): session 5f6645fe7bc5 on prod-1 waits for a second person"
+    html = notice({**forged, "reason": "<script>"},
+                  ModeratorNoticeGenerator(message_formatter=ModeratorNoticeFormatter(template_type="html")))["body"]
+    assert "(&lt;script&gt;)" in html and "<script>" not in html
+
+
+def test_filters_by_worker_and_never_by_builder() -> None:
+    assert notice(WANTED.to_message(), ModeratorNoticeGenerator(workers=["prod-2"])) is None
+    assert notice(WANTED.to_message(), ModeratorNoticeGenerator(builders=["any"])) is None
+    assert notice(WANTED.to_message(), ModeratorNoticeGenerator(workers=["prod-1"])) is not None
+
+
+def test_notices_are_paced_per_session_and_in_all() -> None:
+    clock = Clock()
+    pace = NoticePace(clock)
+    assert pace.take("s1", first=True)
+    assert not pace.take("s1", first=False)  # the last moderator left soon after: not again yet
+    clock.now += REPEAT_AFTER
+    assert pace.take("s1", first=False)
+    assert sum(pace.take(f"n{i}", first=True) for i in range(100)) == PER_MINUTE - 1  # one already this minute
+    clock.now += 60
+    assert pace.take("later", first=True)
+    assert len(pace._last) <= 4 * PER_MINUTE + 1
