@@ -114,7 +114,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                 "reason": s.request.reason,
                 "moderated_by": None if s.moderation is None else [str(g) for g in s.moderation.moderated_by],
                 "held": s.moderation is not None and s.moderation.held,
-                "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
+                "viewers": [{"user": v.identity.user, "role": v.role.value,
+                             **({"moderator": True} if s.moderation and v in s.moderation.moderators else {})}
+                            for v in s.viewers],
                 "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
             })
         return out

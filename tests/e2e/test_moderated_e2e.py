@@ -295,6 +295,8 @@ def open_held(sb: Sandbox, *options: str) -> tuple[Terminal, str]:
     assert sid
     row = next(s for s in sessions(sb) if s["id"] == sid)
     assert row["held"] is True and row["moderated_by"] == [LEADS, "root"]
+    line = next(x for x in cli(sb, "sessions").stdout.splitlines() if x.startswith(sid))
+    assert " held " in line, line
     return t, sid
 
 
@@ -342,6 +344,8 @@ def test_input_is_held_until_a_moderator_watches_and_again_after_the_last_left(b
         assert lead.wait_for("watch")["watch"] == "watching"
         t.expect(f"{LEAD} moderates this session: input reaches the worker")
         assert next(s for s in sessions(box) if s["id"] == sid)["held"] is False
+        line = next(x for x in cli(box, "sessions").stdout.splitlines() if x.startswith(sid))
+        assert f"{LEAD}(moderator)" in line and " attached " in line, line
         t.child.sendline(f"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='{PROMPT}'")
         t.expect("\n(\x1b\\[\\?2004[hl]|\r)*" + PROMPT)
         assert t.run("echo moder''ated-output").strip() == "moderated-output"
