@@ -203,6 +203,14 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         decision = self.policy.may(who, Action.SHELL, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
+        # A four-eyes session holds what is typed; what the request itself would run is refused (the operator's
+        # own -e variables, not yet the build's: PROMPT_COMMAND, BASH_ENV or LD_PRELOAD run code at the start).
+        if request.command is not None:
+            decision = decision.unmoderated(request.worker, "a command would run before a moderator watches: open "
+                                                            "a login shell and type it once one does")
+        elif request.env:
+            decision = decision.unmoderated(request.worker, "variables (-e) would take effect before a moderator "
+                                                            "watches: open a login shell and set them once one does")
         if not decision.allowed:
             raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:

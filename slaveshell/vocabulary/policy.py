@@ -224,13 +224,12 @@ class Decision:
             return Decision(False, f"worker {worker} requires a reason (--reason TEXT)")
         return self
 
-    def unmoderated(self, worker: str, what: str) -> Decision:
-        """This decision for what cannot wait for a moderator (`what`: a copy, a run): refused when the rule
-        makes the worker's sessions four-eyes sessions."""
+    def unmoderated(self, worker: str, why: str) -> Decision:
+        """This decision for what cannot wait for a moderator (a copy, a run, a session's command): refused, for
+        `why`, when the rule makes the worker's sessions four-eyes sessions."""
         if self.allowed and self.moderated_by:
             groups = moderators_text(self.moderated_by)
-            return Decision(False, f"worker {worker} is moderated (moderated_by: {groups}): {what} would need a "
-                                   "moderator's approval, which it cannot ask for")
+            return Decision(False, f"worker {worker} is moderated (moderated_by: {groups}): {why}")
         return self
 
 

@@ -31,7 +31,7 @@ from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import FrameType, Op
 
-from .conftest import PROMPT, Terminal, assert_no_traceback, wait_until
+from .conftest import PROMPT, Terminal, assert_no_traceback, shell_argv, wait_until
 from .test_hold_notices_e2e import HttpSink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.getuid() != 0, reason="other local users need root")]
@@ -477,3 +477,21 @@ def test_slaveshell_cp_is_refused_on_a_moderated_worker(box: Sandbox, tmp_path) 
     assert (f"worker m1 is moderated (moderated_by: {LEADS}, root): a copy would need a moderator's approval"
             in done.stderr), done.stderr
     assert not os.path.exists(os.path.join(box.root, "allowed", "file.txt"))
+
+
+def test_what_the_open_itself_would_run_is_refused_on_a_moderated_worker(box: Sandbox) -> None:
+    """A command, or the operator's -e variables (PROMPT_COMMAND runs at the first prompt), would act before any
+    moderator could watch: refused, audited; nothing ran."""
+    marker = f"/tmp/moderated-open-{os.getpid()}"
+    for args, why in ((["m1", "touch", marker], "a command would run before a moderator watches"),
+                      (["-e", f"PROMPT_COMMAND=touch {marker}", "m1"], "variables (-e) would take effect before")):
+        done = subprocess.run(shell_argv() + ["--socket", box.socket, *args], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        assert_no_traceback(done.stderr)
+        assert done.returncode == 255, done
+        assert f"permission denied: worker m1 is moderated (moderated_by: {LEADS}, root): {why}" in done.stderr
+    time.sleep(1)
+    assert not os.path.exists(marker)
+    # Audited as refusals (at most one per kind and uid in 10 s is written at once; the next says how many more).
+    assert wait_until(lambda: [d for who, d in refusals(box) if who == "root" and
+                               ("a command would run" in d or "variables (-e)" in d)], 25), refusals(box)
