@@ -235,3 +235,18 @@ def test_notices_are_paced_per_session_and_in_all() -> None:
     clock.now += 60
     assert pace.take("later", first=True)
     assert len(pace._last) <= 4 * PER_MINUTE + 1
+
+
+def test_a_moderator_coming_and_going_cannot_flood_the_operator(moderated) -> None:
+    session, owner, to_owner, to_worker, events, clock = moderated
+    to_owner.clear()
+    for _ in range(50):
+        bob = session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+        session.remove_viewer(bob, "left")
+    changes = [n for n in notices(to_owner) if b"moderat" in n]
+    assert len(changes) == 5  # NoticeBudget's five a minute (and five of "bob is now watching", the joins')
+    clock.now += 61
+    session.viewer_input(owner, b"x")  # held again, and told so once
+    session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    last = notices(to_owner)[-1]
+    assert b"bob moderates this session" in last and b"more changes not shown" in last

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from master_side.sessions.model import Viewer
+from master_side.sessions.notices import NoticeBudget
 from slaveshell.vocabulary.policy import moderators_text, same_person
 
 # The audit index's event kinds (docs/audit-schema.md).
@@ -57,6 +58,11 @@ class Moderation:
     moderators: dict[Viewer, float] = field(default_factory=dict)
     dropped: dict[Viewer, Dropped] = field(default_factory=dict)
     told: set[Viewer] = field(default_factory=set)
+    # Notices of input released or held again, a few a minute (MasterSession._moderation_notice).
+    notices: NoticeBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notices = NoticeBudget(self.clock)
 
     @property
     def groups(self) -> str:

@@ -242,7 +242,7 @@ class MasterSession(SessionTimers):
         self.viewer_events.moderation(self, MODERATE_START, viewer.identity,
                                       "input released" if was_held else f"beside {others} other moderators")
         if was_held:
-            self._notice_all(f"{viewer.identity.user} moderates this session: input reaches the worker")
+            self._moderation_notice(f"{viewer.identity.user} moderates this session: input reaches the worker")
 
     def _moderator_left(self, viewer: Viewer, why: str) -> None:
         moderation = self.moderation
@@ -257,8 +257,17 @@ class MasterSession(SessionTimers):
             self.recorder.marker(f"moderated: {viewer.identity.user} left ({why}): {moderation.held_notice()}")
             self.viewer_events.moderation(self, HELD, self.identity,
                                           f"the last moderator ({viewer.identity.user}) left")
-            self._notice_all(f"the last moderator ({viewer.identity.user}) left: {moderation.held_notice()}")
+            self._moderation_notice(f"the last moderator ({viewer.identity.user}) left: "
+                                    f"{moderation.held_notice()}")
             moderation.wanted(f"the last moderator ({viewer.identity.user}) left")
+
+    def _moderation_notice(self, text: str) -> None:
+        """Input released or held again, told to every viewer: a few a minute (a moderator coming and going must
+        not flood the operator's terminal; a held keystroke is told anyway, once per held span)."""
+        assert self.moderation is not None
+        may, left_out = self.moderation.notices.take()
+        if may:
+            self._notice_all(text + (f" ({left_out} more changes not shown)" if left_out else ""))
 
     # -- viewers -------------------------------------------------------------------------------
 
