@@ -26,6 +26,7 @@ from master_side.config import DEFAULT_SOCKET, ShellConfig, group_id, shell_conf
 from master_side.fleet.operations import FleetOperations
 from master_side.glue import upstream
 from master_side.glue.buildbot import BuildbotGlue
+from master_side.holds import moderator_notices
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
 from master_side.operators.gate import ConnectionGate
@@ -36,7 +37,7 @@ from master_side.shell_socket.listener import DoorFactory
 from master_side.shell_socket.peer import peer_identity
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.vocabulary.policy import Policy
+from slaveshell.vocabulary.policy import Policy, moderators_text
 
 log = Logger()
 
@@ -92,6 +93,7 @@ class ShellService(BuildbotService):
         # Local users no policy rule grants anything are admitted among the few places for them
         # (master_side.operators.gate).
         self.gate.has_right = lambda who: self.policy.grants_some_right(who)
+        self.api.moderator_wanted = self._moderator_wanted
         super().__init__(*args, **kwargs)
 
     @property
@@ -111,6 +113,15 @@ class ShellService(BuildbotService):
         watches them: master_side.holds.step.HoldHost)."""
         return {session.id: (session.bytes_in, len(session.viewers)) for session in self.registry.live()
                 if session.build is not None and session.build.get("build_id") == build_id}
+
+    def _moderator_wanted(self, session: MasterSession, why: str) -> None:
+        """A four-eyes session waits for a moderator: the reporters' notice (master_side.holds.moderator_notices)."""
+        moderation = session.moderation
+        if moderation is None:
+            return
+        moderator_notices.announce(self.master, session.id, session.worker, session.identity.user,
+                                   moderators_text(moderation.moderated_by), session.started, why,
+                                   session.request.reason)
 
     def command_socket(self, basedir: str) -> str | None:
         """The socket a command must name with ``--socket``: None when there is none, or it is the default one

@@ -78,6 +78,8 @@ STRICT = [
     "master_side/operators/terms.py",
     "master_side/audit/rows.py",
     "master_side/sessions/model.py",
+    "master_side/sessions/moderation.py",
+    "master_side/holds/moderator_notices.py",
     "master_side/audit/search.py",
     "master_side/shell_socket/viewer_sink.py",
     "master_side/www/grants.py",

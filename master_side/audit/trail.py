@@ -266,8 +266,13 @@ class AuditTrail:
     def _viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
         self.store.add_event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
 
-    def killed(self, session: MasterSession, who: Identity) -> None:
-        self.store.add_event("kill", session.id, session.worker, who.user, who.uid, "")
+    def moderation(self, session: MasterSession, kind: str, who: Identity, detail: str) -> None:
+        """A four-eyes session's event (master_side.sessions.moderation: input held, a moderator's span, input
+        dropped while held); `who` is the moderator, or the operator whose input it is about."""
+        self.store.add_event(kind, session.id, session.worker, who.user, who.uid, detail)
+
+    def killed(self, session: MasterSession, who: Identity, detail: str = "") -> None:
+        self.store.add_event("kill", session.id, session.worker, who.user, who.uid, detail)
 
     def released(self, hold: Hold, who: Identity) -> None:
         self.store.add_event("release", None, hold.worker, who.user, who.uid,
