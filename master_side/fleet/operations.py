@@ -134,11 +134,16 @@ class FleetOperations:
         selection, batch, timeout = _selection(ask)
         self._bound(who)
         fleet = await self.fleet(who)
+        if not fleet:
+            raise self._no_right(who)
         try:
             resolution = resolve(selection, fleet, fact_names=list(probe.BUILTIN) + list(self.probes),
                                  now=time.time(), stale_after=self.stale_after)
         except TargetError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
+        for name, (state, why) in resolution.listed.items():
+            if state is State.REFUSED:  # the policy's refusals are audited as every refusal is (rate-limited)
+                self.api.refuse(who, name, ErrorKind.DENIED, f"permission denied: {why}")
         self._bound(who)  # again: the facts were read meanwhile
         pending: list[str] = []
         if ask.include_offline:
@@ -202,6 +207,13 @@ class FleetOperations:
     def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
         return self.api.open(who, request, sink, run_id)
 
+    def _no_right(self, who: Identity) -> OperatorError:
+        """`who` has no right on any worker of this master (or it has none): refused, and audited."""
+        if not self.api.glue.workers():
+            return OperatorError(ErrorKind.BAD_REQUEST, "the master has no workers")
+        return self.api.refuse(who, "", ErrorKind.DENIED, f"permission denied: {who.user} may not run on any worker "
+                               "of this master")
+
     def _bound(self, who: Identity) -> None:
         mine = sum(1 for r in self.runs.values() if r.who.uid == who.uid and r.who.user == who.user)
         if mine >= self.limits.runs_per_operator:
@@ -245,6 +257,8 @@ class FleetOperations:
         if refresh:
             self._bound(who)
             fleet = await self.fleet(who)
+            if not fleet:
+                raise self._no_right(who)
             try:
                 resolution = resolve(selection, fleet)
             except TargetError as e:

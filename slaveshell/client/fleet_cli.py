@@ -215,8 +215,9 @@ class RunClient:
                             for w, a in stale.items()}
                     print("slaveshell run: --where decided on old facts (slaveshell facts --refresh): "
                           + drift.aged(ages), file=sys.stderr)
-                print(f"slaveshell run: run {visible(str(get('run')))} on {len(self.targets)} workers, "
-                      f"{get('batch')} at once", file=sys.stderr)
+                if self.targets:
+                    print(f"slaveshell run: run {visible(str(get('run')))} on {len(self.targets)} workers, "
+                          f"{get('batch')} at once", file=sys.stderr)
                 if self.live and self.targets:
                     self.table = LiveTable(sys.stderr, self.targets)
                     self.table.draw(force=True)

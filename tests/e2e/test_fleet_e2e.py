@@ -17,7 +17,7 @@ import pytest
 
 from slaveshell.client.sandbox import Sandbox
 
-from .conftest import assert_no_traceback, wait_until
+from .conftest import assert_no_traceback, run_as, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -194,6 +194,16 @@ def _sleeping(sb: Sandbox) -> bool:
         if cwd.startswith(sb.root):
             return True
     return False
+
+
+def test_a_local_user_without_access_to_the_socket_runs_nothing(box: Sandbox) -> None:
+    before = _runs(box)
+    done = run_as("nobody", ["run", "--socket", box.socket, "--", "touch", "/tmp/should-not-exist"])
+    assert_no_traceback(done.stderr)
+    # The socket is 0600 in a root-only directory: the user cannot reach it (nor see it).
+    assert done.returncode == 1 and ("ermission denied" in done.stderr or "no master socket" in done.stderr), done
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _runs(box) == before
 
 
 def test_a_terminal_gets_a_live_table_then_the_gathered_answer(box: Sandbox) -> None:

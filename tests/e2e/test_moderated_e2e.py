@@ -31,7 +31,7 @@ from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import FrameType, Op
 
-from .conftest import PROMPT, Terminal, assert_no_traceback, shell_argv, wait_until
+from .conftest import PROMPT, Terminal, assert_no_traceback, run_as, shell_argv, wait_until
 from .test_hold_notices_e2e import HttpSink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.getuid() != 0, reason="other local users need root")]
@@ -495,3 +495,19 @@ def test_what_the_open_itself_would_run_is_refused_on_a_moderated_worker(box: Sa
     # Audited as refusals (at most one per kind and uid in 10 s is written at once; the next says how many more).
     assert wait_until(lambda: [d for who, d in refusals(box) if who == "root" and
                                ("a command would run" in d or "variables (-e)" in d)], 25), refusals(box)
+
+
+def test_fleet_runs_are_refused_on_a_moderated_worker_and_to_a_user_without_the_run_right(box: Sandbox) -> None:
+    # root may run on m1 but m1 is moderated: a command would act before anyone watches.
+    done = cli(box, "run", "--", "touch", "ran-unmoderated")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused: m1" in done.stdout and "a command would run before a moderator watches" in done.stdout
+    assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-unmoderated"))
+    # A local user on the socket's group with only the watch right: listed as refused, and audited.
+    other = run_as(OUTSIDER, ["run", "--socket", box.socket, "--", "touch", "ran-by-outsider"])
+    assert_no_traceback(other.stderr)
+    assert other.returncode == 1, other.stdout + other.stderr
+    assert other.stdout.strip().splitlines()[-1:] == ["1 refused"], other.stdout + other.stderr
+    assert f"{OUTSIDER} (uid {pwd.getpwnam(OUTSIDER).pw_uid}) may not run on worker m1" in other.stdout
+    assert any(op == OUTSIDER and "may not run on worker m1" in str(detail) for op, detail in refusals(box))
+    assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-by-outsider"))
