@@ -213,7 +213,7 @@ def test_cancel_refusals_and_a_directory(browser: Any, site: Sandbox) -> None:
     page.locator(".slaveshell-download-path").fill("/etc/passwd")
     page.locator("button.slaveshell-download").click()
     text = copy_status(page, "failed")
-    assert text.startswith("refused:") and "/etc/passwd" in text and "outside the directories this worker allows" in text, text
+    assert text.startswith("refused:") and "/etc/passwd: outside the directories this worker allows" in text, text
     shot(page, "web-copy-refused.png")
     # A directory: refused with the way to copy one.
     page.locator(".slaveshell-download-path").fill(allowed(site))
@@ -375,4 +375,37 @@ def test_a_flood_of_copies_from_one_user_is_bounded(browser: Any, site: Sandbox)
                                                        "path": allowed(site, "blob.bin")}) if "copying" in s],
                    "a place again once the held copies closed")
     assert got
+    page.context.close()
+
+
+def test_a_hostile_page_is_held_to_its_bounds(browser: Any, site: Sandbox) -> None:
+    """A logged-in page's own script (or a user with the copy right scripting the socket) speaks the transfer's
+    events out of line: an entry larger than a page uploads, bytes past the declared size, another name than asked.
+    Each ends its transfer, audited, and nothing reaches the worker's directory."""
+    page = files_page(browser, site)
+    script = """([dest, entry, extra]) => new Promise((resolve) => {
+        const seen = [];
+        const u = new URL("plugins/slaveshell/ws", document.baseURI);
+        u.protocol = "ws:";
+        const ws = new WebSocket(u.href);
+        ws.onopen = () => ws.send(JSON.stringify({type: "copy", direction: "up", worker: "w1", dest,
+                                                  name: "lie.bin", size: 5}));
+        ws.onmessage = (e) => {
+            seen.push(e.data);
+            if (JSON.parse(e.data).type !== "copying") return;
+            ws.send(JSON.stringify(Object.assign({type: "entry", kind: "file", mode: 420, mtime: 0}, entry)));
+            ws.send(new Uint8Array(5));
+            if (extra) ws.send(new Uint8Array(extra));
+        };
+        ws.onclose = () => resolve(seen.join(" | "));
+    })"""
+    for entry, extra, why in (({"path": "lie.bin", "size": 2 * 1024 ** 3}, 0, "more than the 1024 MiB a page uploads"),
+                              ({"path": "lie.bin", "size": 5}, 7, "more bytes than its declared size"),
+                              ({"path": "other.bin", "size": 5}, 0, "other.bin: not asked for")):
+        seen = page.evaluate(script, [allowed(site), entry, extra])
+        assert why in seen and '"ok": false' in seen, seen
+    assert not any(n in os.listdir(allowed(site)) for n in ("lie.bin", "other.bin"))
+    assert not [n for n in os.listdir(allowed(site)) if n.startswith(".slaveshell-cp-")]
+    rows = [r for r in history(site) if r["term"] == "transfer" and "lie.bin -> w1:" in str(r["command"])]
+    assert len(rows) >= 3 and all(r["state"] != "ended" for r in rows), rows
     page.context.close()
