@@ -52,7 +52,7 @@ from slaveshell.vocabulary.copying import (
     from_fields,
 )
 from slaveshell.vocabulary.flow import chunks
-from slaveshell.vocabulary.protocol import MAX_CHUNK, ProtocolError, check_int, check_str
+from slaveshell.vocabulary.protocol import MAX_CHUNK, ProtocolError, check_int, check_str, check_worker_name
 
 if TYPE_CHECKING:
     from master_side.www.lists import Message
@@ -85,7 +85,8 @@ class CopySocket(Protocol):
 def web_request(message: Message) -> TransferRequest:
     """The transfer a page's ``copy`` message asks for; ProtocolError when it is malformed, `TooLarge` when an
     upload is larger than MAX_WEB_UPLOAD."""
-    direction, worker, reason = message.get("direction"), message.get("worker"), message.get("reason")
+    direction, reason = message.get("direction"), message.get("reason")
+    worker = check_worker_name(message.get("worker"))  # first: a refusal for its size names it in the audit index
     if reason == "":
         reason = None
     common = {"worker": worker, "reason": reason, "recursive": False, "preserve": False}

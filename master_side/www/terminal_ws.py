@@ -411,7 +411,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         try:
             request = web_request(message)
         except TooLarge as e:
-            self._audit(str(message.get("worker"))[:256], f"web copy refused: {e}")
+            self._audit(str(message.get("worker")), f"web copy refused: {e}")
             self.refuse(str(e))
             return
         copies = self.factory.copies

@@ -337,6 +337,12 @@ def test_a_hostile_workers_names_and_sizes(browser: Any, site: Sandbox) -> None:
     assert any("more than the 1024 MiB a page downloads" in s for s in seen), seen
     row = transfer_row(site, "size-lie.bin -> (browser)")
     assert row["state"] == "failed" and row["bytes_out"] == 0, row
+    # A file that never ends: a FIFO (and /dev/zero, through a symlink) is not a regular file; the worker refuses it.
+    os.mkfifo(allowed(site, "never.fifo"))
+    os.symlink("/dev/zero", allowed(site, "zero"))
+    for path, why in (("never.fifo", "not a regular file"), ("zero", "outside the directories this worker allows")):
+        seen = raw_copy(page, {"type": "copy", "direction": "down", "worker": "w1", "path": allowed(site, path)})
+        assert any(why in s for s in seen) and not any(s.startswith("binary:") for s in seen), seen
     # A file that stops half-way: the master's stall timeout ends it, the page says so.
     page.locator(".slaveshell-download-path").fill(allowed(site, "stall-half.bin"))
     page.locator("button.slaveshell-download").click()
