@@ -45,7 +45,8 @@ SERVICE_KWARGS = (f"policy=[dict(users=['web:dave'], rights=['shell', 'watch', '
                   f"transfer_stall_timeout=3")
 
 # A hostile donated worker: a download whose source names "size-lie" claims 2 GiB for a small file; one whose source
-# names "stall-half" sends its first chunk and then nothing more (the connection stays up).
+# names "dotdot" names its file "../../.bashrc"; one whose source names "stall-half" sends its first chunk and then
+# nothing more (the connection stays up).
 HOSTILE_WORKER = r'''
 from slave_side import transfer as _transfer
 from slaveshell.files import sender as _cpfiles
@@ -53,6 +54,9 @@ from slaveshell.vocabulary.copying import Data as _Data, Entry as _Entry
 _plan = _transfer.plan
 def _hostile_plan(sources, recursive, check=None, base=None, **kw):
     planned = _plan(sources, recursive, check, base, **kw)
+    if any('dotdot' in s for s in sources):
+        e = planned[0].entry
+        planned[0] = _cpfiles.Planned(_Entry(e.kind, '../../.bashrc', e.mode, e.size, e.mtime), planned[0].local)
     if any('size-lie' in s for s in sources):
         e = planned[0].entry
         planned[0] = _cpfiles.Planned(_Entry(e.kind, e.path, e.mode, 2 * 1024 ** 3, e.mtime), planned[0].local)
@@ -337,6 +341,11 @@ def test_a_hostile_workers_names_and_sizes(browser: Any, site: Sandbox) -> None:
     assert any("more than the 1024 MiB a page downloads" in s for s in seen), seen
     row = transfer_row(site, "size-lie.bin -> (browser)")
     assert row["state"] == "failed" and row["bytes_out"] == 0, row
+    # A name that climbs out ("../../.bashrc"): the relay refuses it before the page sees an entry.
+    with open(allowed(site, "dotdot.txt"), "wb") as f:
+        f.write(b"climb")
+    seen = raw_copy(page, {"type": "copy", "direction": "down", "worker": "w1", "path": allowed(site, "dotdot.txt")})
+    assert any("unsafe path" in s for s in seen) and not any('"entry"' in s for s in seen), seen
     # A file that never ends: a FIFO (and /dev/zero, through a symlink) is not a regular file; the worker refuses it.
     os.mkfifo(allowed(site, "never.fifo"))
     os.symlink("/dev/zero", allowed(site, "zero"))
