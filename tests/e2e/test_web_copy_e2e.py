@@ -2,8 +2,8 @@
 compared byte for byte, an upload (chosen and dropped) checked on the worker's disk, both audited as `slaveshell cp`
 transfers; a cancelled and a refused transfer; users without the ``copy`` right, a logged-out cookie and a page on
 another origin refused; a hostile worker (control characters in a file's name, a size it lies about, a file that
-stops half-way) and a flood of copies from one user, bounded. A master of its own: its worker allows one directory,
-and its stall timeout is short."""
+stops half-way) and a flood of copies from one user, bounded. A master of its own: its worker allows one directory
+besides its own, and its stall timeout is short."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     os.makedirs(allowed)
     with plugin_on_path(root):
         sb = Sandbox(root, workers=["w1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS,
-                     opt_in_args=f"allowed_dirs=[{allowed!r}]")
+                     opt_in_args=f"allowed_dirs=[{allowed!r}, {os.path.join(root, 'worker-w1')!r}]")
         try:
             sb.create()
             tac = os.path.join(sb.worker_dir("w1"), "buildbot.tac")
@@ -423,4 +423,24 @@ def test_a_hostile_page_is_held_to_its_bounds(browser: Any, site: Sandbox) -> No
     assert not [n for n in os.listdir(allowed(site)) if n.startswith(".slaveshell-cp-")]
     rows = [r for r in history(site) if r["term"] == "transfer" and "lie.bin -> w1:" in str(r["command"])]
     assert len(rows) >= 3 and all(r["state"] != "ended" for r in rows), rows
+    page.context.close()
+
+
+def test_the_terminal_page_opens_the_workers_files_beside_its_session(browser: Any, site: Sandbox) -> None:
+    from .test_web_e2e import run, wait_status
+
+    page = login(browser, site, "alice").new_page()
+    page.goto(site.url + "#/slaveshell/worker/w1")
+    page.locator("button.slaveshell-open").click()
+    wait_status(page, "^connected$")
+    with page.context.expect_page() as opened:
+        page.locator("a.slaveshell-files-link").click()
+    files = opened.value
+    files.locator(".slaveshell-worker-view[data-worker='w1'] .slaveshell-files").wait_for()
+    # The terminal kept its session (the keyboard back to it: the click gave the link the focus).
+    assert page.locator(".slaveshell-status").get_attribute("data-status") == "connected"
+    page.bring_to_front()
+    page.locator(".slaveshell-terminal").click()
+    run(page, "echo still-$((6*7))", "still-42")
+    page.locator("button.slaveshell-end").click()
     page.context.close()

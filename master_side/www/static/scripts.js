@@ -521,7 +521,10 @@
           onClick: function () { if (ctl.current.end) ctl.current.end(); },
         }, "End session") : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
-          onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back")),
+          onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back"), " ",
+        // The worker's files (download, upload) in a tab of their own: this page keeps its session.
+        live && session.worker ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
+          href: workerView(session.worker), target: "_blank", rel: "noopener" }, "Files") : null),
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
