@@ -23,7 +23,7 @@ from master_side.audit.rows import RunRow, RunWorkerRow
 from master_side.audit.store import timestamp, utc
 from master_side.audit.trail import RecordingError
 from master_side.fleet.pending import Pending, PendingRuns, request_json
-from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher
+from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots
 from master_side.operators.terms import ErrorKind, OperatorError, View
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
@@ -47,11 +47,13 @@ FACTS_TIMEOUT = 60.0  # seconds a worker's facts probe may take
 
 @dataclass(frozen=True)
 class FleetLimits:
-    """Bounds of fleet runs: runs in progress per operator and in total, and workers at once per run."""
+    """Bounds of fleet runs: runs in progress per operator and in total, workers at once per run (and per
+    operator, all their runs together), and sessions of fleet runs in flight in total."""
 
     runs_per_operator: int = 4
     runs: int = 16
     batch: int = 64
+    sessions: int = 128  # sessions of fleet runs in flight, all runs together (a worker's start waits for one)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class FleetOperations:
         self.probes: dict[str, str] = {}  # ShellService(facts=...): name -> one-line command
         self.stale_after = drift.STALE_AFTER
         self.runs: dict[str, FleetRun] = {}  # in progress, by id
-        self.pending = PendingRuns(api, api.glue, clock, self.runs)
+        self.slots = Slots(self.limits.sessions, self.limits.batch)
+        self.pending = PendingRuns(api, api.glue, clock, self.runs, self.slots)
 
     # -- the fleet as the master knows it ------------------------------------------------------
 
@@ -197,7 +200,8 @@ class FleetOperations:
         listed = [Outcome(o.worker, State.PENDING, reason=f"runs when it attaches (until {shown_until}"
                           + (", paused in Buildbot until it succeeds)" if pause else ")"))
                   if o.worker in pending else o for o in resolution.outcomes()]
-        run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher)
+        self.slots.total, self.slots.per_operator = self.limits.sessions, self.limits.batch
+        run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher, self.slots)
         self.runs[run_id] = run
         run.on_finished.append(lambda outcomes: self._finished(
             run, outcomes + [o for o in listed if o.state is not State.PENDING]))

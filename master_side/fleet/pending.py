@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.logger import Logger
 
 from master_side.audit.store import timestamp
-from master_side.fleet.run import Awaited, Command, FleetRun
+from master_side.fleet.run import Awaited, Command, FleetRun, Slots
 from slaveshell.fleet.outcome import State
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
@@ -99,11 +99,12 @@ def pending_of(row: Mapping[str, object]) -> Pending | None:
 
 class PendingRuns:
     def __init__(self, api: OperatorAPI, pausing: Pausing, clock: Callable[[], Clock],
-                 runs: dict[str, FleetRun]) -> None:
+                 runs: dict[str, FleetRun], slots: Slots) -> None:
         self.api = api
         self.pausing = pausing
         self._clock = clock
-        self.runs = runs  # the runs in progress (FleetOperations.runs): pending ones count against the bounds too
+        self.runs = runs  # the runs in progress (FleetOperations.runs)
+        self.slots = slots  # pending runs' sessions take places among all fleet runs' (master_side.fleet.run.Slots)
         self.by_worker: dict[str, list[Pending]] = {}
         self.running: set[str] = set()  # workers whose pending runs are being run now
         self._loaded_at: float | None = None
@@ -214,7 +215,7 @@ class PendingRuns:
         waiting = Awaited()
         run = FleetRun(entry.run_id, entry.who, [entry.worker], entry.command, 1, entry.timeout,
                        lambda who, request, sink, run_id: self.api.open(who, request, sink, run_id),
-                       self._clock(), waiting)
+                       self._clock(), waiting, self.slots)
         run.start()
         outcome = (await waiting.done)[0]
         values: dict[str, object] = {
