@@ -58,6 +58,9 @@ class PbSessionSink:
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         self.send("input_ack", nbytes, hidden)
 
+    def flushed(self) -> None:
+        self.send("flushed")
+
     def exit(self, status: ExitStatus) -> None:
         self.send("exit", status.code, status.signal, status.reason)
 
@@ -101,6 +104,11 @@ class SessionHandle(LeanReceiver):
 
     def remote_close(self) -> None:
         self.session.close("closed by the master")
+
+    def remote_window(self, nbytes: object) -> None:
+        """The master grants this session's output window up to `nbytes` (slaveshell.vocabulary.windows), and takes
+        `flushed`."""
+        self._guard("window", lambda: self.session.grant(check_int(nbytes, "window", 1, 2**40)))
 
     def remote_lean(self) -> None:
         """The master takes lean calls on this connection: the session's output and input_acks go that way."""
@@ -182,7 +190,7 @@ class ShellServer:
         self._links[session_id] = (on_disconnect(ref, lambda: session.close("the master connection was lost")),
                                    peer)
         handle = SessionHandle(session, peer)
-        return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean,
+        return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean, "window": True,
                 "exported": exported(broker)}
 
     def _closed(self, session: WorkerSession) -> None:
