@@ -10,7 +10,9 @@ round (from a send until that send's credit is back):
 - window-limited (the window was full at some point in the round) while the round trip stays near its minimum
   (within `QUEUE_FREE` of it: nothing queues on the way), the window is the limit: it doubles, up to its cap;
 - window-limited while the round trip has grown (bytes queue on the link, or a slow reader holds its credit
-  back), it is set to `GAIN` times what the round delivered per minimum round trip (the bandwidth-delay product):
+  back), it is set to `GAIN` times the bytes delivered per minimum round trip (the bandwidth-delay product; the
+  rate is the highest of the window-limited rounds that ended in the last `RATE_FOR` seconds, as BBR's filter: a
+  round that began with a smaller window delivered less than the link carries):
   a little over the product, so the link stays busy with little queued (what is queued arrives after a Ctrl-C and
   delays the prompt); a slow reader's rate makes it small again;
 - not window-limited (the source had less to send), it stays; after `IDLE` seconds without traffic it starts
@@ -35,6 +37,9 @@ WINDOW_MAX = 16 * 1024 * 1024
 QUEUE_FREE = 1.1
 # The window, once the link is the limit: this many times the bytes delivered per minimum round trip.
 GAIN = 1.25
+# The bandwidth-delay product is taken from the highest delivery rate of the window-limited rounds that ended this
+# many seconds ago at most (and of the last one, however long it took: a slow reader's rounds are long).
+RATE_FOR = 1.0
 # Without traffic for this long (seconds, or four minimum round trips if longer), the window starts from its base.
 IDLE = 1.0
 # Send times kept for measuring round trips: at most this many bytes offsets (more sends are not timed).
@@ -64,6 +69,7 @@ class TunedWindow(CreditWindow):
         self._round_acked = 0
         self._limited = False
         self._active_at: float | None = None
+        self._rates: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)  # (when, bytes/s)
 
     def grant(self, cap: int) -> None:
         """The receiver's cap (never below the base). A smaller one takes effect at once for what is sent next."""
@@ -111,10 +117,13 @@ class TunedWindow(CreditWindow):
         elapsed = now - self._round_start
         delivered = self.total_acked - self._round_acked
         if self._limited and self.min_rtt is not None and self.last_rtt is not None and elapsed > 0:
+            while self._rates and now - self._rates[0][0] > RATE_FOR:
+                self._rates.popleft()
+            self._rates.append((now, delivered / elapsed))
             if self.last_rtt <= QUEUE_FREE * self.min_rtt:
                 self._resize(2 * self.size)
             else:
-                self._resize(int(GAIN * delivered / elapsed * self.min_rtt))
+                self._resize(int(GAIN * max(rate for _, rate in self._rates) * self.min_rtt))
         if self.in_flight:
             self._begin_round(now)
         else:
