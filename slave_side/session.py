@@ -267,6 +267,7 @@ class WorkerSession:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self._last_flush_size = 0  # what follows (the prompt) goes at once, not coalesced as the flood was
         self._send_acks()  # acks of input before the interrupt: they precede the mark
         self._pending_flush = True
 
