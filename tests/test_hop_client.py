@@ -467,3 +467,24 @@ def test_the_input_window_grows_within_the_masters_grant_only():
     watcher.session_open = False
     watcher._opened({"ok": True, "session": "s1", "role": "watch", "input_window": 2 * 1024 * 1024})
     assert watcher.input_window.cap == INPUT_WINDOW
+
+
+def test_a_flush_also_drops_what_still_waited_for_stdout_and_nothing_after_it():
+    client, r, w = _pipe_client()
+    os.set_blocking(w, False)
+    try:
+        big = b"y" * 65536
+        for _ in range(8):  # more than the pipe takes: the rest waits in the client
+            client.frame(_frame(big))
+        assert client.outputs.pending("out") > 0
+        client.typed(b"\x03")
+        client.frame(_ack(1, flush=True))
+        assert client.outputs.pending("out") == 0
+        assert client.discarded > 0
+        while _drain(r):
+            pass
+        client.frame(_frame(b"$ "))
+        assert _drain(r) == b"$ "
+    finally:
+        os.close(r)
+        os.close(w)

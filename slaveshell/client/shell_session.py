@@ -11,6 +11,7 @@ import contextlib
 import os
 import selectors
 import signal
+import termios
 from collections.abc import Callable
 
 from slaveshell.client import escape as esc
@@ -206,12 +207,19 @@ class HopShell:
         self._hold_timer = self.loop.call_later(INTERRUPT_HOLD, lambda: self._release_held(discard=False))
 
     def _release_held(self, discard: bool) -> None:
-        """The held output: discarded (the terminal flushed it) or shown; its credit goes back either way."""
+        """The held output: discarded (the terminal flushed it) or shown; its credit goes back either way. A flush
+        also drops what still waited for stdout, and what the local terminal had not shown yet (tcflush), as the
+        worker's terminal dropped its own queue: all of it came before the interrupt."""
         if self._hold_timer is not None and self._hold_timer.active():
             self._hold_timer.cancel()
         self._hold_timer = None
         self._interrupt_at = None
         held, self._held, self._held_bytes = self._held, [], 0
+        if discard:
+            self.discarded += self.outputs.discard("out")
+            with contextlib.suppress(OSError, termios.error):
+                if os.isatty(self.fds["out"]):
+                    termios.tcflush(self.fds["out"], termios.TCOFLUSH)
         for ftype, data in held:
             if discard:
                 self.discarded += len(data)
