@@ -142,8 +142,9 @@ class ShellServer:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
         Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "exported": n}``
         (lean: this connection takes slaveshell.plumbing.lean_calls; window: the session's output window follows the
-        link and takes the master's grant, `SessionHandle.remote_window`; exported: how many objects this connection's broker exported
-        before this answer, for the master's `workers` listing) or ``{"ok": False, "error": text}``.
+        link and takes the master's grant, `SessionHandle.remote_window`; exported: how many objects this
+        connection's broker exported before this answer, for the master's `workers` listing) or
+        ``{"ok": False, "error": text}``.
         `build_running()` tells whether a build step runs on this worker now (its output is then paced:
         WorkerOptions.busy_rate)."""
         opened = opening(OpenRequest.from_wire, params, sink)
