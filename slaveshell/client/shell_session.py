@@ -47,8 +47,7 @@ STDOUT_HIGH = 64 * 1024
 ACK_BATCH = 4 * MAX_CHUNK
 # Ctrl-C typed on a terminal: output is held from then until the master acknowledges that input; if the worker's
 # terminal flushed its output at the interrupt, what was held (in flight at the interrupt) is discarded, as a
-# terminal discards its queue; otherwise it is shown. Shown anyway after this many seconds, or past this many bytes
-# (held output is acknowledged as it comes: the hold lasts a round trip, and this bounds it however long it lasts).
+# terminal discards its queue; otherwise it is shown. Shown anyway after this many seconds, or past this many bytes.
 INTERRUPT_HOLD = 3.0
 INTERRUPT_HOLD_BYTES = WINDOW_MAX + 1024 * 1024
 INTERRUPT = b"\x03"
@@ -190,12 +189,8 @@ class HopShell:
 
     def output(self, ftype: FrameType, data: bytes) -> None:
         if self._interrupt_at is not None:
-            # Acknowledged at once: the worker, whose window the flood had filled, must be able to read the
-            # prompt that follows the interrupt without waiting for this hold to end (a round trip more).
             self._held.append((ftype, data))
             self._held_bytes += len(data)
-            self._unacked += len(data)
-            self._ack_soon()
             if self._held_bytes > INTERRUPT_HOLD_BYTES:
                 self._release_held(discard=False)
             return
@@ -228,8 +223,12 @@ class HopShell:
         for ftype, data in held:
             if discard:
                 self.discarded += len(data)
+                self._unacked += len(data)
             else:
                 self.outputs.write("err" if ftype is FrameType.STDERR else "out", data)
+                self._unacked += len(data)
+        if held:
+            self._ack_soon()
 
     def _ack_soon(self) -> None:
         """Acknowledge output at the end of the loop's turn: one ack for all the frames of one read (four to a
