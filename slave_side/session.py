@@ -66,6 +66,9 @@ COALESCE_DELAY = 0.002
 ACK_DELAY = 0.01
 HELD_ACKS_MAX = MAX_CHUNK
 
+# After an interrupt that flushed the terminal, what follows it (the prompt) may go this far past the output window.
+INTERRUPT_ALLOWANCE = MAX_CHUNK
+
 # The burst a session's output may send at once while a build step runs, before WorkerOptions.busy_rate paces it:
 # a screenful, a prompt, an echo are never held.
 BUSY_BURST = 1024 * 1024
@@ -177,6 +180,8 @@ class WorkerSession:
         self._slave_hold: int | None = None
         # An interrupt flushed the terminal: `flushed` goes with the next acks released (the interrupt's).
         self._pending_flush = False
+        # Output may go past the window until this much was sent in all (after an interrupt: `_flushed`).
+        self._allowance_until = 0
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -270,6 +275,11 @@ class WorkerSession:
         self._last_flush_size = 0  # what follows (the prompt) goes at once, not coalesced as the flood was
         self._send_acks()  # acks of input before the interrupt: they precede the mark
         self._pending_flush = True
+        # The flood filled the window, and the client acknowledges what it discards only once the interrupt's ack
+        # reached it: what follows the interrupt (the prompt) may go past the window by INTERRUPT_ALLOWANCE, within
+        # the overshoot the master tolerates, instead of waiting a round trip for that credit.
+        self._allowance_until = self.window.total_sent + INTERRUPT_ALLOWANCE
+        self._resume_reading()
 
     def _write_to_pty(self, data: bytes) -> None:
         """Into the PTY in this reactor turn when nothing waits before it (slaveshell.plumbing.write_now: the keystroke
@@ -380,7 +390,7 @@ class WorkerSession:
                 self.window.sent(len(piece))
                 self.sink.output(stream, piece, self._take_acks())
         self._send_acks()  # no output to ride on (an empty flush at the end)
-        if not self.window.is_open and self.running:
+        if not self.window.is_open and self.running and self.window.total_sent >= self._allowance_until:
             self._pause_reading()
         self._pace(self._last_flush_size)
 

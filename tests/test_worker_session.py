@@ -367,3 +367,26 @@ def test_the_output_window_grows_only_within_the_grant_and_the_owners_max(tmp_pa
     finally:
         os.close(master_fd)
         os.close(slave_fd)
+
+
+def test_after_a_flushing_ctrl_c_the_prompt_may_pass_a_full_window_by_the_allowance_only(tmp_path):
+    from slave_side.session import INTERRUPT_ALLOWANCE
+    session, reactor, proc, reports = _pty_session(tmp_path)
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        session.grant(2 * 1024 * 1024)
+        while session.window.is_open:  # the flood fills the window: reading pauses
+            proc.proto.childDataReceived(1, b"y" * MAX_CHUNK)
+        assert proc.paused
+        session.input(b"\x03")
+        assert not proc.paused  # the prompt need not wait a round trip for credit
+        full = session.window.in_flight
+        proc.proto.childDataReceived(1, b"^C\r\n$ ")
+        assert not proc.paused and reports[-1] == ("output", 1, b"^C\r\n$ ")
+        for _ in range(INTERRUPT_ALLOWANCE // MAX_CHUNK + 1):  # more output: the allowance is spent, then paused
+            proc.proto.childDataReceived(1, b"y" * MAX_CHUNK)
+        assert proc.paused
+        assert session.window.in_flight <= full + INTERRUPT_ALLOWANCE + MAX_CHUNK + len(b"^C\r\n$ ")
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)
