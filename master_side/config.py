@@ -9,13 +9,15 @@ from __future__ import annotations
 import grp
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from master_side.audit.trail import ON_RECORD_ERROR
 from master_side.cluster.config import ClusterConfig
 from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
+from master_side.fleet.operations import FleetLimits
 from master_side.operators.bounds import ResourceBounds
 from master_side.sessions.session_limits import SessionLimits
+from slaveshell.fleet.probe import ProbeError, check_probes
 from slaveshell.vocabulary import hidden as hidden_input
 from slaveshell.vocabulary.policy import Policy, Rule
 
@@ -88,10 +90,31 @@ class ShellConfig:
     keep_uploaded_text: int = KEEP_UPLOADED_TEXT
     # A multi-master site's WAMP router, reached as slaveshell (master_side.cluster.config); None: one master.
     cluster: ClusterConfig | None = None
+    # `slaveshell facts`: probes of the master's choosing, fact name -> one-line shell command
+    # (slaveshell.fleet.probe).
+    facts: Mapping[str, str] = field(default_factory=dict)
+    # `slaveshell run`: fleet runs in progress per operator and in total, workers at once per run.
+    max_runs_per_operator: int = FleetLimits.runs_per_operator
+    max_runs: int = FleetLimits.runs
+    max_run_batch: int = FleetLimits.batch
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
-        return self._number_errors() + self._recording_errors() + self._access_errors() + self._cluster_errors()
+        return (self._number_errors() + self._recording_errors() + self._access_errors() + self._cluster_errors()
+                + self._fleet_errors())
+
+    def _fleet_errors(self) -> list[str]:
+        if not isinstance(self.facts, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.facts.items()):
+            return ["facts must be a mapping of fact names to one-line shell commands"]
+        try:
+            check_probes(self.facts)
+        except ProbeError as e:
+            return [f"facts: {e}"]
+        return []
+
+    def fleet_limits(self) -> FleetLimits:
+        return FleetLimits(self.max_runs_per_operator, self.max_runs, self.max_run_batch)
 
     def _cluster_errors(self) -> list[str]:
         if self.cluster is None:
@@ -111,7 +134,7 @@ class ShellConfig:
         # Resource bounds (master_side.operators.bounds): always on, whole numbers of at least 1.
         for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
-                     "max_calls_in_progress"):
+                     "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch"):
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")

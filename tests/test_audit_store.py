@@ -197,7 +197,7 @@ def test_a_version_4_database_gets_the_upload_links(db_url):
         # Schema 4 as it was released: sessions without `files` and `uploads`, with an upload and a session.
         old = sa.MetaData()
         v4_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
-                                                           if c.name not in ("files", "uploads", "reason")])
+                                                           if c.name not in ("files", "uploads", "reason", "run_id")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v4_sessions.create(conn)
@@ -206,7 +206,7 @@ def test_a_version_4_database_gets_the_upload_links(db_url):
                 conn.execute(audit.schema_table.insert().values(version=version))
             conn.execute(v4_sessions.insert().values(**row("up1")))
         assert migrate(engine) == 4
-        assert migrate(engine) == SCHEMA_VERSION == 6
+        assert migrate(engine) == SCHEMA_VERSION == 7
         s = audit.sessions.c
         with engine.begin() as conn:
             assert conn.execute(sa.select(s.id, s.files, s.uploads)).all() == [("up1", None, None)]
@@ -224,7 +224,7 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
         v2_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
                                                            if not c.name.startswith("hidden_")
                                                            and c.name not in ("attachment_sha256", "pruned", "files",
-                                                                              "uploads", "reason")])
+                                                                              "uploads", "reason", "run_id")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v2_sessions.create(conn)
@@ -233,7 +233,7 @@ def test_a_version_2_database_gets_the_hidden_input_counts(db_url):
             conn.execute(audit.schema_table.insert().values(version=2))
             conn.execute(v2_sessions.insert().values(**row()))
         assert migrate(engine) == 2
-        assert migrate(engine) == SCHEMA_VERSION == 6
+        assert migrate(engine) == SCHEMA_VERSION == 7
         columns = {c["name"] for c in sa.inspect(engine).get_columns(audit.sessions.name)}
         assert {"hidden_bytes", "hidden_spans", "hidden_flag", "attachment_sha256", "pruned"} <= columns
         s = audit.sessions.c
@@ -256,7 +256,7 @@ def test_a_version_5_database_gets_the_reason(db_url):
         # Schema 5 as it was released: sessions without `reason`, with a session in it.
         old = sa.MetaData()
         v5_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
-                                                           if c.name != "reason"])
+                                                           if c.name not in ("reason", "run_id")])
         with engine.begin() as conn:
             audit.schema_table.create(conn)
             v5_sessions.create(conn)
@@ -265,12 +265,38 @@ def test_a_version_5_database_gets_the_reason(db_url):
                 conn.execute(audit.schema_table.insert().values(version=version))
             conn.execute(v5_sessions.insert().values(**row("old")))
         assert migrate(engine) == 5
-        assert migrate(engine) == SCHEMA_VERSION == 6
+        assert migrate(engine) == SCHEMA_VERSION == 7
         s = audit.sessions.c
         reason = "INC-4711: disk full on w1 – été " + "x" * 460
         with engine.begin() as conn:
             assert conn.execute(sa.select(s.id, s.reason)).all() == [("old", None)]  # none was asked for then
             conn.execute(audit.sessions.insert().values(**row("new"), reason=reason))
             assert conn.execute(sa.select(s.reason).where(s.id == "new")).scalar() == reason
+    finally:
+        engine.dispose()
+
+
+def test_a_version_6_database_gets_fleet_runs_and_facts(db_url):
+    engine = sa.create_engine(db_url)
+    try:
+        # Schema 6 as it was released: sessions without `run_id` and with a session in it; no runs, no facts.
+        old = sa.MetaData()
+        v6_sessions = sa.Table(audit.sessions.name, old, *[c._copy() for c in audit.sessions.columns
+                                                           if c.name != "run_id"])
+        with engine.begin() as conn:
+            audit.schema_table.create(conn)
+            v6_sessions.create(conn)
+            audit.events.create(conn)
+            for version in range(1, 7):
+                conn.execute(audit.schema_table.insert().values(version=version))
+            conn.execute(v6_sessions.insert().values(**row("old")))
+        assert migrate(engine) == 6
+        assert migrate(engine) == SCHEMA_VERSION == 7
+        inspector = sa.inspect(engine)
+        assert {"slaveshell_runs", "slaveshell_run_workers", "slaveshell_facts"} <= set(inspector.get_table_names())
+        assert any(i["column_names"] == ["run_id"] for i in inspector.get_indexes(audit.sessions.name))
+        s = audit.sessions.c
+        with engine.begin() as conn:
+            assert conn.execute(sa.select(s.id, s.run_id)).all() == [("old", None)]
     finally:
         engine.dispose()

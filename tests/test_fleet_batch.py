@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.client.fleet.batch import Batch, BatchError, End, Reason, Scheduler, Start
-from slaveshell.client.fleet.outcome import Output, State
+from slaveshell.fleet.batch import Batch, BatchError, End, Reason, Scheduler, Start
+from slaveshell.fleet.outcome import Output, State
 
 W = [f"w{i}" for i in range(1, 6)]
 

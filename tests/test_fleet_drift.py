@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.client.fleet.drift import Report, age, groups, line, render
+from slaveshell.fleet.drift import Report, age, groups, line, render
 from slaveshell.vocabulary.display import visible
 
 NOW = 1_000_000.0
@@ -85,7 +85,7 @@ def test_every_worker_is_in_exactly_one_group_and_the_view_is_safe(items):
 
 
 def test_the_json_shape_of_the_facts():
-    from slaveshell.client.fleet.drift import as_json
+    from slaveshell.fleet.drift import as_json
 
     got = as_json([Report("w10", {"os": "Linux"}, NOW - 10), Report("w2", {"gcc": "1", "os": "x"}, NOW - 2e5)], NOW)
     assert got == [{"worker": "w2", "facts": {"gcc": "1", "os": "x"}, "taken": NOW - 2e5, "age": 2e5, "stale": True},
@@ -97,9 +97,9 @@ def test_the_fleet_modules_import_only_the_standard_library_and_slaveshell():
     import sys
 
     code = ("import sys; base = set(sys.modules)\n"
-            "import slaveshell.client.fleet.nodeset, slaveshell.client.fleet.outcome, slaveshell.client.fleet.targets\n"
-            "import slaveshell.client.fleet.batch, slaveshell.client.fleet.gather, slaveshell.client.fleet.probe, "
-            "slaveshell.client.fleet.drift\n"
+            "import slaveshell.fleet.nodeset, slaveshell.fleet.outcome, slaveshell.fleet.targets\n"
+            "import slaveshell.fleet.batch, slaveshell.fleet.gather, slaveshell.fleet.probe, "
+            "slaveshell.fleet.drift\n"
             "new = {m.split('.')[0] for m in set(sys.modules) - base}\n"
             "print(sorted(new - set(sys.stdlib_module_names) - {'slaveshell'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -107,7 +107,7 @@ def test_the_fleet_modules_import_only_the_standard_library_and_slaveshell():
 
 
 def test_old_facts_a_run_decided_on_are_named_oldest_first():
-    from slaveshell.client.fleet.drift import aged
+    from slaveshell.fleet.drift import aged
 
     assert aged({"w1": 7200.0, "w10": float("inf"), "w2": 3 * 86400.0}) == "w10 (never), w2 (3 days), w1 (2 h)"
     assert aged({f"w{i}": 100.0 * i for i in range(1, 11)}).endswith("w3 (5 min), ...")

@@ -7,8 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.client.fleet.gather import as_json, exit_status, groups, render, shown_lines, summary
-from slaveshell.client.fleet.outcome import Outcome, Output, State
+from slaveshell.fleet.gather import as_json, exit_status, groups, render, shown_lines, summary
+from slaveshell.fleet.outcome import Outcome, Output, State
 from slaveshell.vocabulary.display import visible
 
 
@@ -140,7 +140,7 @@ def test_any_worker_names_and_outputs_render_safely_and_each_worker_is_shown_onc
 
 
 def test_a_plain_line_as_each_worker_ends_for_a_pipe():
-    from slaveshell.client.fleet.gather import ended_line
+    from slaveshell.fleet.gather import ended_line
 
     assert ended_line(ran("w7", 2, b"checking\ngcc: not found\n")) == "w7: failed, exit status 2, 1.2 s: gcc: not found"
     assert ended_line(ran("w1", 0, b"")) == "w1: ok, 1.2 s"

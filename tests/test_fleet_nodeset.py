@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.client.fleet.nodeset import count, fold, fold_indexes, natural_key
+from slaveshell.fleet.nodeset import count, fold, fold_indexes, natural_key
 
 CLUSTERSHELL = [
     (["w1", "w2", "w3", "w7"], "w[1-3,7]"),

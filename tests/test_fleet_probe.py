@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.client.fleet.probe import BUILTIN, MAX_INPUT, MAX_VALUE, ProbeError, parse, script
+from slaveshell.fleet.probe import BUILTIN, MAX_INPUT, MAX_VALUE, ProbeError, parse, script
 
 SHELLS = [s for s in ("/bin/sh", shutil.which("dash")) if s and os.path.exists(s)]
 PROBES = {"python3": "python3 -V", "nothing": "no-such-command-here --version", "quoted": "echo \"it's\" 'a' $((6*7))",

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import time
 
-from slaveshell.client.fleet.batch import End, Scheduler, Start
-from slaveshell.client.fleet.gather import exit_status, render
-from slaveshell.client.fleet.outcome import Output, State
+from slaveshell.fleet.batch import End, Scheduler, Start
+from slaveshell.fleet.gather import exit_status, render
+from slaveshell.fleet.outcome import Output, State
 from slaveshell.vocabulary.display import visible
 
 COMMANDS = {

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.client.fleet.outcome import State
-from slaveshell.client.fleet.targets import Selection, TargetError, Where, Worker, parse_where, resolve
+from slaveshell.fleet.outcome import State
+from slaveshell.fleet.targets import Selection, TargetError, Where, Worker, parse_where, resolve
 
 GCC12 = {"os": "Linux", "gcc": "12.2.0"}
 GCC11 = {"os": "Linux", "gcc": "11.4.0"}

@@ -23,7 +23,7 @@ PRODUCT = ("slaveshell", "master_side", "slave_side")
 # module at a package's top (`master_side.service`) that package.
 LAYERS: list[tuple[str, ...]] = [
     ("slaveshell.vocabulary",),                          # typed events, encoders, checks: no I/O, no Twisted
-    ("slaveshell.files",),                               # a copy's files on disk: client and worker alike
+    ("slaveshell.files", "slaveshell.fleet"),            # a copy's files on disk | a fleet run's sans-I/O core
     ("slaveshell.plumbing", "slaveshell.client"),        # Twisted/PB for master and worker | the operator's tools
     ("slaveshell",),                                     # public names kept at the top: policy, cli, shell_cli
     ("slave_side",),                                     # the worker: knows nothing of the master
@@ -34,11 +34,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("master_side.copying",),                            # `slaveshell cp` relayed and recorded
     ("master_side.cluster",),                            # the site's other masters, through the router
     ("master_side.operators",),                          # what an operator may ask, whatever the door
+    ("master_side.fleet",),                              # fleet runs and facts, on the operators' API
     ("master_side.shell_socket", "master_side.www"),     # the two doors
     ("master_side",),                                    # ShellService, its config: the rooms put together
 ]
 
-NO_TWISTED = ("slaveshell.vocabulary", "slaveshell.files", "slaveshell.client")
+NO_TWISTED = ("slaveshell.vocabulary", "slaveshell.files", "slaveshell.fleet", "slaveshell.client")
 
 
 def product_modules() -> dict[str, pathlib.Path]:

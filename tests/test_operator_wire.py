@@ -137,9 +137,11 @@ def test_operator_errors_are_answers_and_session_messages_without_a_session_are_
                                                                                     mode="x")
                       + framing.encode(FrameType.INPUT, b"ls\r") + framing.control(Op.RESIZE, cols=1, rows=1))
     assert frames(transport) == [
-        framing.Control(Op.ANSWER, {"id": 1, "ok": False, "error": "no live session nosuch"}),
+        framing.Control(Op.ANSWER, {"id": 1, "ok": False, "error": "no live session nosuch",
+                                    "kind": "not found"}),
         framing.Control(Op.ANSWER, {"id": 2, "ok": False,
-                                 "error": "bad request: attach needs a sink, a session id and a mode"}),
+                                 "error": "bad request: attach needs a sink, a session id and a mode",
+                                 "kind": "bad request"}),
         framing.Control(Op.REFUSED, {"method": "input", "error": "no session on this connection"}),
         framing.Control(Op.REFUSED, {"method": "resize", "error": "no session on this connection"}),
     ]
@@ -281,9 +283,11 @@ def test_transfer_messages_without_a_transfer_are_refused_and_a_bad_copy_is_a_ba
     assert frames(transport) == [
         framing.Control(Op.REFUSED, {"method": "data", "error": "no transfer on this connection"}),
         framing.Control(Op.REFUSED, {"method": "finish", "error": "no transfer on this connection"}),
-        framing.Control(Op.ANSWER, {"id": 1, "ok": False, "error": "bad request: sources must be a list of paths"}),
+        framing.Control(Op.ANSWER, {"id": 1, "ok": False, "error": "bad request: sources must be a list of paths",
+                                    "kind": "bad request"}),
         framing.Control(Op.ANSWER, {"id": 2, "ok": False, "error": "no worker named 'w1' on this master (it has "
-                                                                   "no workers configured yet: still starting?)"}),
+                                                                   "no workers configured yet: still starting?)",
+                                    "kind": "unavailable"}),
     ]
     assert not transport.disconnecting
 

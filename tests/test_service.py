@@ -83,11 +83,11 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
         root = yield connect(reactor, str(tmp_path / "shell.sock"))
         reply = yield root.call(Op.OPEN, request=OpenRequest(worker="nope").to_wire())
         assert reply == {"ok": False, "error": "no worker named 'nope' on this master (it has no workers "
-                                               "configured yet: still starting?)"}
+                                               "configured yet: still starting?)", "kind": "unavailable"}
         # One connection holds one session request: each bad request on a connection of its own.
         other = yield connect(reactor, str(tmp_path / "shell.sock"))
         reply = yield other.call(Op.OPEN, request={"version": 1, "worker": "w1", "pty": "yes"})
-        assert reply == {"ok": False, "error": "bad request: pty must be a boolean"}
+        assert reply == {"ok": False, "error": "bad request: pty must be a boolean", "kind": "bad request"}
         other.close()
         assert (yield root.call(Op.WORKERS)) == {"ok": True, "rows": []}
         # A configured worker that never connected has no system or command list yet: still listed.
@@ -97,7 +97,7 @@ def test_unknown_worker_and_bad_requests_get_a_message_not_a_dropped_connection(
         assert listed[0]["name"] == "w1" and listed[0]["connected"] is False and listed[0]["shell"] is False
         other = yield connect(reactor, str(tmp_path / "shell.sock"))
         reply = yield other.call(Op.OPEN, request=OpenRequest(worker="w1").to_wire())
-        assert reply == {"ok": False, "error": "worker w1 is not connected to the master"}
+        assert reply == {"ok": False, "error": "worker w1 is not connected to the master", "kind": "unavailable"}
         other.close()
         service.master.workers.registrations = {}
         root.close()
@@ -133,7 +133,7 @@ def test_an_operator_cannot_claim_another_identity_to_the_worker(tmp_path):
         root = yield connect(reactor, str(tmp_path / "shell.sock"))
         claim = OpenRequest(worker="w1", operator="alice").to_wire()
         reply = yield root.call(Op.OPEN, request=claim)
-        assert reply == {"ok": False, "error": "worker w1: stop here"}
+        assert reply == {"ok": False, "error": "worker w1: stop here", "kind": "permission denied"}
         user = "root" if os.getuid() == 0 else str(os.getuid())
         assert seen[0]["operator"] == user  # from the kernel's credentials, not from the request
         root.close()

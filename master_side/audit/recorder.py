@@ -307,5 +307,6 @@ def session_row(session: MasterSession, master_name: str, transcript: str | None
         "bytes_in": 0,
         "bytes_out": 0,
         "reason": req.reason,
+        "run_id": session.run_id,
         **(session.build or {}),
     }

@@ -44,6 +44,55 @@ class SessionRow(TypedDict):
     files: str | None  # an upload's file names on the worker, one per line (master_side.audit.upload_links)
     uploads: str | None  # the ids of the uploads the session's command names, space-separated
     reason: str | None  # why it was opened, as its operator gave it (slaveshell.vocabulary.checks.check_reason)
+    run_id: str | None  # the fleet run it is part of (RunRow.id)
+
+
+class RunRow(TypedDict):
+    """A row of the runs table (a fleet run); times as ISO 8601 in UTC."""
+
+    id: str
+    kind: str  # run, facts
+    operator: str
+    uid: int
+    master: str
+    command: str | None
+    script_sha256: str | None
+    script_bytes: int | None
+    selection: str
+    targets: str  # space-separated
+    batch: int
+    timeout: float | None
+    reason: str | None
+    started: str
+    ended: str | None
+    state: str  # running, ended, interrupted, lost
+    summary: str | None
+    exit_status: int | None
+
+
+class RunWorkerRow(TypedDict):
+    """A worker's outcome in a fleet run."""
+
+    id: int
+    run_id: str
+    worker: str
+    state: str  # slaveshell.fleet.outcome.State's values
+    exit_status: int | None
+    duration: float | None
+    session_id: str | None
+    output_bytes: int | None
+    output_sha256: str | None
+    reason: str | None
+
+
+class FactRow(TypedDict):
+    """A worker's last value of one fact."""
+
+    worker: str
+    name: str
+    value: str
+    taken: str
+    run_id: str | None
 
 
 class EventRow(TypedDict):

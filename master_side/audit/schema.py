@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 PREFIX = "slaveshell_"
 
 # MySQL's DATETIME drops fractions of a second unless asked.
@@ -64,6 +64,65 @@ sessions = sa.Table(
     # Schema 6: why the session or transfer was opened, as its operator gave it
     # (slaveshell.vocabulary.checks.check_reason).
     sa.Column("reason", sa.String(500), nullable=True),
+    # Schema 7: the fleet run this session is part of (runs.id), NULL for any other session.
+    sa.Column("run_id", sa.String(32), nullable=True, index=True),
+)
+
+# Schema 7: fleet runs (`slaveshell run`, `slaveshell facts --refresh`): one row per run, who asked for what.
+runs = sa.Table(
+    PREFIX + "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # run, facts
+    sa.Column("operator", sa.String(255), nullable=False, index=True),
+    sa.Column("uid", sa.Integer, nullable=False),
+    # The operator's group ids, space-separated: a pending run's sessions are opened later for this identity.
+    sa.Column("groups", sa.Text, nullable=True),
+    sa.Column("master", sa.String(1024), nullable=False),
+    sa.Column("command", sa.Text, nullable=True),  # the command line, or None for a script
+    sa.Column("script_sha256", sa.String(64), nullable=True),
+    sa.Column("script_bytes", sa.Integer, nullable=True),
+    sa.Column("selection", sa.Text, nullable=False),  # the targets as asked (--workers, --where)
+    sa.Column("targets", sa.Text, nullable=False),  # as resolved: the workers it starts on, space-separated
+    sa.Column("batch", sa.Integer, nullable=False),
+    sa.Column("timeout", sa.Float, nullable=True),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("started", _Time, nullable=False, index=True),
+    sa.Column("ended", _Time, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),  # running, ended, interrupted, lost
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("exit_status", sa.Integer, nullable=True),
+    # What each worker runs (JSON: command or script, env, cwd, timeout): kept while workers are pending.
+    sa.Column("request", sa.Text, nullable=True),
+)
+
+# Schema 7: each worker's outcome in a run, listed ones (not connected, refused, ...) included.
+run_workers = sa.Table(
+    PREFIX + "run_workers", metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), nullable=False, index=True),
+    sa.Column("worker", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # slaveshell.fleet.outcome.State's values
+    sa.Column("exit_status", sa.Integer, nullable=True),
+    sa.Column("duration", sa.Float, nullable=True),
+    sa.Column("session_id", sa.String(32), nullable=True),
+    sa.Column("output_bytes", sa.BigInteger, nullable=True),
+    sa.Column("output_sha256", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    # A worker not connected when an --include-offline run was asked for: pending until it attaches (then it
+    # runs, paused in Buildbot first with `pause`) or `until` passes; `updated` is its last change.
+    sa.Column("until", _Time, nullable=True),
+    sa.Column("pause", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("updated", _Time, nullable=True),
+)
+
+# Schema 7: what each worker is (`slaveshell facts`): its last value of each fact, and when it was taken.
+facts = sa.Table(
+    PREFIX + "facts", metadata,
+    sa.Column("worker", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(1024), nullable=False),
+    sa.Column("taken", _Time, nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=True),
 )
 
 events = sa.Table(
@@ -92,9 +151,16 @@ def _migrate_2(conn: sa.Connection) -> None:
             column = sessions.c[name]
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f"ALTER TABLE {sessions.name} ADD COLUMN {name} {kind}"))
-    indexes = {i["name"] for i in sa.inspect(conn).get_indexes(sessions.name)}
+    _add_indexes(conn)
+
+
+def _add_indexes(conn: sa.Connection) -> None:
+    """The sessions table's indexes the database lacks, of the columns it has (a later step adds the others)."""
+    inspector = sa.inspect(conn)
+    present = {c["name"] for c in inspector.get_columns(sessions.name)}
+    indexes = {i["name"] for i in inspector.get_indexes(sessions.name)}
     for index in sessions.indexes:
-        if index.name not in indexes:
+        if index.name not in indexes and all(c.name in present for c in index.columns):
             index.create(conn)
 
 
@@ -127,9 +193,18 @@ def _migrate_6(conn: sa.Connection) -> None:
     _add_columns(conn, ("reason",))
 
 
+def _migrate_7(conn: sa.Connection) -> None:
+    # Fleet runs, their workers' outcomes, the workers' facts; a session's run (earlier rows: NULL, none).
+    _add_columns(conn, ("run_id",))
+    _add_indexes(conn)
+    for table in (runs, run_workers, facts):
+        table.create(conn, checkfirst=True)
+
+
 # version -> step that brings the schema from version-1 to version. Never edit a released step: add one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3,
-                                                          4: _migrate_4, 5: _migrate_5, 6: _migrate_6}
+                                                          4: _migrate_4, 5: _migrate_5, 6: _migrate_6,
+                                                          7: _migrate_7}
 
 
 def migrate(engine: sa.Engine) -> int:

@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from master_side.audit.reads import PoolReactor, Reads
-from master_side.audit.rows import EventRow, RunningRow, SessionRow
-from master_side.audit.schema import events, migrate, sessions
+from master_side.audit.rows import EventRow, FactRow, RunningRow, RunRow, RunWorkerRow, SessionRow
+from master_side.audit.schema import events, facts, migrate, run_workers, runs, sessions
 from master_side.audit.upload_links import UPLOADS_LOOKED_AT, named_uploads
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
@@ -194,6 +194,51 @@ class AuditStore:
 
         self._enqueue(link)
 
+    def open_run(self, row: Mapping[str, object], pending: list[Mapping[str, object]]) -> defer.Deferred[None]:
+        """A fleet run's row and its pending workers' rows, written now (not queued): a run starts only once they
+        exist."""
+        def write() -> None:
+            assert self.engine is not None
+            with self.engine.begin() as conn:
+                conn.execute(runs.insert().values(**_storable(row)))
+                if pending:
+                    conn.execute(run_workers.insert(), [_storable({**w, "run_id": row["id"]}) for w in pending])
+
+        return self._run(write)
+
+    def end_run(self, run_id: str, values: Mapping[str, object], workers: list[Mapping[str, object]]) -> None:
+        """A fleet run's end (queued): its row's columns `values`, and a row per worker's outcome."""
+        def write() -> None:
+            assert self.engine is not None
+            with self.engine.begin() as conn:
+                conn.execute(runs.update().where(runs.c.id == run_id).values(**_storable(values)))
+                if workers:
+                    conn.execute(run_workers.insert(), [_storable({**w, "run_id": run_id}) for w in workers])
+
+        self._enqueue(write)
+
+    def store_facts(self, worker: str, values: Mapping[str, str], taken: float, run_id: str | None) -> None:
+        """A worker's facts as one probe took them (queued): they replace all of its earlier ones."""
+        def write() -> None:
+            assert self.engine is not None
+            with self.engine.begin() as conn:
+                conn.execute(facts.delete().where(facts.c.worker == worker))
+                if values:
+                    conn.execute(facts.insert(), [{"worker": worker, "name": name, "value": value,
+                                                   "taken": utc(taken), "run_id": run_id}
+                                                  for name, value in values.items()])
+
+        self._enqueue(write)
+
+    def update_run_worker(self, row_id: int, values: Mapping[str, object]) -> None:
+        """Columns of a worker's row in a run (a pending part that ran, expired or was cancelled), queued."""
+        def write() -> None:
+            assert self.engine is not None
+            with self.engine.begin() as conn:
+                conn.execute(run_workers.update().where(run_workers.c.id == row_id).values(**_storable(values)))
+
+        self._enqueue(write)
+
     def _insert(self, table: sa.Table, row: Mapping[str, object]) -> None:
         assert self.engine is not None
         with self.engine.begin() as conn:
@@ -256,7 +301,8 @@ class AuditStore:
 
     def history(self, worker: str | None = None, operator: str | None = None, since: float | None = None,
                 session_id: str | None = None, build_id: int | None = None,
-                limit: int = 200, reason: str | None = None) -> defer.Deferred[list[SessionRow]]:
+                limit: int = 200, reason: str | None = None,
+                run_id: str | None = None) -> defer.Deferred[list[SessionRow]]:
         """Index rows, newest first; `reason`: those whose reason contains it, in any case (as typed: `%` and
         `_` are no wildcards)."""
         def query() -> list[SessionRow]:
@@ -272,10 +318,62 @@ class AuditStore:
                 q = q.where(sessions.c.id == session_id)
             if build_id is not None:
                 q = q.where(sessions.c.build_id == build_id)
+            if run_id:
+                q = q.where(sessions.c.run_id == run_id)
             if reason:
                 q = q.where(sa.func.lower(sessions.c.reason).contains(reason.lower(), autoescape=True))
             with self.engine.connect() as conn:
                 return [cast(SessionRow, _row(r)) for r in conn.execute(q).mappings()]
+
+        return self.read(query)
+
+    def runs(self, run_id: str | None = None, limit: int = 50) -> defer.Deferred[list[RunRow]]:
+        """Fleet runs, newest first (`run_id`: that one)."""
+        def query() -> list[RunRow]:
+            assert self.engine is not None
+            q = sa.select(runs).order_by(runs.c.started.desc()).limit(limit)
+            if run_id:
+                q = q.where(runs.c.id == run_id)
+            with self.engine.connect() as conn:
+                return [cast(RunRow, _row(r)) for r in conn.execute(q).mappings()]
+
+        return self.read(query)
+
+    def run_workers(self, run_id: str) -> defer.Deferred[list[RunWorkerRow]]:
+        """A fleet run's per-worker outcomes, in the order they were written."""
+        def query() -> list[RunWorkerRow]:
+            assert self.engine is not None
+            q = sa.select(run_workers).where(run_workers.c.run_id == run_id).order_by(run_workers.c.id)
+            with self.engine.connect() as conn:
+                return [cast(RunWorkerRow, _row(r)) for r in conn.execute(q).mappings()]
+
+        return self.read(query)
+
+    def pending_runs(self, worker: str | None = None,
+                     run_id: str | None = None) -> defer.Deferred[list[dict[str, object]]]:
+        """The workers' pending parts of fleet runs (rows of run_workers, state `pending`), oldest first, each
+        with its run's operator, uid and request."""
+        def query() -> list[dict[str, object]]:
+            assert self.engine is not None
+            q = (sa.select(run_workers, runs.c.operator, runs.c.uid, runs.c.request)
+                 .join(runs, runs.c.id == run_workers.c.run_id)
+                 .where(run_workers.c.state == "pending").order_by(run_workers.c.id))
+            if worker:
+                q = q.where(run_workers.c.worker == worker)
+            if run_id:
+                q = q.where(run_workers.c.run_id == run_id)
+            with self.engine.connect() as conn:
+                return [_row(r) for r in conn.execute(q).mappings()]
+
+        return self.read(query)
+
+    def facts(self) -> defer.Deferred[list[FactRow]]:
+        """Every worker's last facts."""
+        def query() -> list[FactRow]:
+            assert self.engine is not None
+            q = sa.select(facts).order_by(facts.c.worker, facts.c.name)
+            with self.engine.connect() as conn:
+                return [cast(FactRow, _row(r)) for r in conn.execute(q).mappings()]
 
         return self.read(query)
 

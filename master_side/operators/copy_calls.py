@@ -3,7 +3,7 @@
 
 Authorization asks the policy for the 'copy' right on the worker; the route is the session's (a connected,
 opted-in PB worker; `--build ID` needs the build held now); the quotas are the session quotas counted over
-transfers, and MAX_TRANSFERS in all. Every refusal is audited (`OperatorAPI._refuse`) and raised as
+transfers, and MAX_TRANSFERS in all. Every refusal is audited (`OperatorAPI.refuse`) and raised as
 `OperatorError`.
 """
 
@@ -41,7 +41,7 @@ class CopyOperations:
 
         @property
         def trail(self) -> AuditTrail: ...
-        def _refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError: ...
+        def refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError: ...
 
     @defer.inlineCallbacks
     def copy(self, who: Identity, request: TransferRequest, operator: PartyEnd) -> Any:
@@ -51,15 +51,17 @@ class CopyOperations:
         decision = self.policy.may(who, Action.COPY, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
+        decision = decision.unmoderated(request.worker, "a copy would need a moderator's approval, which it "
+                                                        "cannot ask for")
         if not decision.allowed:
-            raise self._refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
+            raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
             conn, request, build = self.transfers.route(self.glue, self.holds, request)
         except RouteError as e:
-            raise self._refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
+            raise self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
         quota = self.transfers.quota(self.policy, who, request.worker, self.registry.limits)
         if quota:
-            raise self._refuse(who, request.worker, ErrorKind.LIMIT, quota)
+            raise self.refuse(who, request.worker, ErrorKind.LIMIT, quota)
         try:
             started = yield self.transfers.start(conn, who, replace(request, operator=who.user), self.trail,
                                                  operator, build)

@@ -36,7 +36,7 @@ def extend_hold(holds: Holds, policy: Policy, trail: AuditTrail | None, who: Ide
                 seconds: object, now: float,
                 refuse: Callable[[Identity, str, ErrorKind, str], OperatorError]) -> dict[str, object]:
     """Extend build `build_id`'s hold to now + `seconds` (at most its max_hold). `refuse` makes the refusal of an
-    operator without the right (and audits it, bounded: OperatorAPI._refuse). Raises OperatorError."""
+    operator without the right (and audits it, bounded: OperatorAPI.refuse). Raises OperatorError."""
     if not isinstance(build_id, int) or isinstance(build_id, bool):
         raise OperatorError(ErrorKind.BAD_REQUEST, "extend needs a build id")
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds <= MAX_EXTEND:

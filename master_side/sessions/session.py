@@ -38,6 +38,7 @@ from master_side.sessions.model import (
     Viewer,
     new_session_id,
 )
+from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START, Moderation
 from master_side.sessions.notices import NoticeBudget
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import CreditWindow, output_limits
@@ -120,6 +121,8 @@ class ViewerEvents(Protocol):
     def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
     def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None: ...
     def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
+    # A four-eyes session's events (master_side.sessions.moderation's kinds), `who` the event's operator.
+    def moderation(self, session: MasterSession, kind: str, who: Identity, detail: str) -> None: ...
 
 
 class NoViewerEvents:
@@ -135,6 +138,9 @@ class NoViewerEvents:
         pass
 
     def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        pass
+
+    def moderation(self, session: MasterSession, kind: str, who: Identity, detail: str) -> None:
         pass
 
 
@@ -184,6 +190,7 @@ class MasterSession(SessionTimers):
         self._warned: dict[str, float] = {}
         # The build this session stepped into (HoldForShell): {"build_id", "builder", "build_number"}.
         self.build: dict[str, object] | None = None
+        self.run_id: str | None = None  # the fleet run this session is part of (master_side.fleet)
         self._on_end = on_end
         self.recorder: Recorder = NullRecorder()
         # Joins, leaves, attaches and detaches, for the audit index (OperatorAPI.open: the trail).
@@ -191,6 +198,8 @@ class MasterSession(SessionTimers):
         # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
         # whether the terminal was hiding it, and acknowledged to its sender.
         self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
+        # A four-eyes session's moderators and held input (`hold_input`); None for any other session.
+        self.moderation: Moderation | None = None
 
     def __repr__(self) -> str:
         return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"
@@ -223,11 +232,80 @@ class MasterSession(SessionTimers):
         self._enter(State.ATTACHED)
         return owner
 
+    # -- four eyes -----------------------------------------------------------------------------
+
+    def hold_input(self, moderated_by: tuple[str | int, ...],
+                   wanted: Callable[[str], None] = lambda why: None) -> None:
+        """Make this a four-eyes session (master_side.sessions.moderation): input held until a moderator
+        watches; `wanted` is told each time it waits for one, why. Called once it has started, before anyone
+        else can view it."""
+        moderation = self.moderation = Moderation(moderated_by, self.clock, wanted)
+        self.recorder.marker(f"moderated: {moderation.held_notice()}")
+        self.viewer_events.moderation(self, HELD, self.identity, f"no moderator watches (moderated_by: "
+                                                                  f"{moderation.groups})")
+        self.notice(f"this session is moderated: {moderation.held_notice()}; output flows meanwhile")
+        moderation.wanted("opened")
+
+    def _held(self, viewer: Viewer, nbytes: int = 0, eof: bool = False, signal: bool = False) -> bool:
+        """Whether `viewer`'s input is held now (counted, and its sender told once per held span)."""
+        moderation = self.moderation
+        if moderation is None or moderation.passes(viewer):
+            return False
+        if moderation.drop(viewer, nbytes, eof, signal):
+            self.notice(f"{moderation.held_notice()}: what you type is not sent", viewer)
+        return True
+
+    def _report_dropped(self) -> None:
+        """What was dropped since the input was last held: a marker and an event per sender."""
+        if self.moderation is None:
+            return
+        for sender, dropped in self.moderation.take_dropped():
+            self.recorder.marker(f"held: {sender.identity.user}: {dropped.text()}")
+            self.viewer_events.moderation(self, DROPPED, sender.identity, dropped.text())
+
+    def _moderator_joined(self, viewer: Viewer) -> None:
+        moderation = self.moderation
+        assert moderation is not None
+        others = len(moderation.moderators)
+        was_held = moderation.start(viewer)
+        self._report_dropped()
+        self.recorder.marker(f"moderator: {viewer.identity.user}" + (" (input released)" if was_held else ""))
+        self.viewer_events.moderation(self, MODERATE_START, viewer.identity,
+                                      "input released" if was_held else f"beside {others} other moderators")
+        if was_held:
+            self._moderation_notice(f"{viewer.identity.user} moderates this session: input reaches the worker")
+
+    def _moderator_left(self, viewer: Viewer, why: str) -> None:
+        moderation = self.moderation
+        if moderation is None:
+            return
+        spent = moderation.stop(viewer)
+        if spent is None:
+            return
+        self._report_dropped()
+        self.viewer_events.moderation(self, MODERATE_END, viewer.identity, f"moderated {spent:.1f} s ({why})")
+        if moderation.held and self.live:
+            self.recorder.marker(f"moderated: {viewer.identity.user} left ({why}): {moderation.held_notice()}")
+            self.viewer_events.moderation(self, HELD, self.identity,
+                                          f"the last moderator ({viewer.identity.user}) left")
+            self._moderation_notice(f"the last moderator ({viewer.identity.user}) left: "
+                                    f"{moderation.held_notice()}")
+            moderation.wanted(f"the last moderator ({viewer.identity.user}) left")
+
+    def _moderation_notice(self, text: str) -> None:
+        """Input released or held again, told to every viewer: a few a minute (a moderator coming and going must
+        not flood the operator's terminal; a held keystroke is told anyway, once per held span)."""
+        assert self.moderation is not None
+        may, left_out = self.moderation.notices.take()
+        if may:
+            self._notice_all(text + (f" ({left_out} more changes not shown)" if left_out else ""))
+
     # -- viewers -------------------------------------------------------------------------------
 
-    def add_viewer(self, identity: Identity, role: Role, sink: OperatorSink) -> Viewer:
+    def add_viewer(self, identity: Identity, role: Role, sink: OperatorSink, moderator: bool = False) -> Viewer:
         """A new viewer: it first sees the recent output (the current screen, as far as it goes), then the
-        live stream. An OWNER can only attach to a detached session."""
+        live stream. An OWNER can only attach to a detached session. `moderator`: a watcher the operator API
+        admitted as a moderator of this four-eyes session."""
         if not self.live:
             raise ProtocolError(f"session {self.id} has ended")
         if role is Role.OWNER and self.owner is not None:
@@ -252,6 +330,8 @@ class MasterSession(SessionTimers):
                                  but=viewer)
         if self.recent:
             self._send_own(viewer, 1, bytes(self.recent))
+        if moderator and role is Role.WATCH and self.moderation is not None:
+            self._moderator_joined(viewer)
         return viewer
 
     def remove_viewer(self, viewer: Viewer, why: str) -> None:
@@ -263,6 +343,7 @@ class MasterSession(SessionTimers):
         elif self.live:
             self.recorder.marker(f"leave: {viewer.identity.user} ({why})")
             self.viewer_events.viewer_left(self, viewer, why)
+            self._moderator_left(viewer, why)
 
     def _detach(self, why: str) -> None:
         owner = self.owner
@@ -290,6 +371,9 @@ class MasterSession(SessionTimers):
             raise LateEvent(f"input for session {self.id} after the view ended")
         if viewer.input_window.in_flight > allowed(viewer.input_grant, INPUT_WINDOW, WINDOW_TOLERANCE):
             raise ProtocolError("input sent past the flow-control window")
+        if self._held(viewer, nbytes=len(data)):
+            viewer.sink.input_ack(len(data), False)  # its credit back at once: dropped, never sent or recorded
+            return
         viewer.input_window.sent(len(data))
         self.input_peak = max(self.input_peak, viewer.input_window.in_flight)
         self.bytes_in += len(data)
@@ -301,6 +385,8 @@ class MasterSession(SessionTimers):
         self._writer(viewer, "send EOF")
         if not self.live:
             raise LateEvent(f"EOF for session {self.id} after it ended")
+        if self._held(viewer, eof=True):
+            return
         self.to_worker.eof()
 
     def viewer_resize(self, viewer: Viewer, cols: int, rows: int) -> None:
@@ -314,6 +400,8 @@ class MasterSession(SessionTimers):
         self._writer(viewer, "send signals")
         if not self.live:
             raise LateEvent(f"signal for session {self.id} after it ended")
+        if self._held(viewer, signal=True):
+            return
         self.recorder.marker(f"signal {SIGNAL_NAMES[signum]} sent by {viewer.identity.user}")
         self.to_worker.signal(signum)
 
@@ -453,6 +541,10 @@ class MasterSession(SessionTimers):
             return  # ending is idempotent: a close, a stall and the worker's exit may all end it
         self._enter(State.ENDED)
         self.status = status
+        if self.moderation is not None:
+            for moderator in list(self.moderation.moderators):
+                self._moderator_left(moderator, "the session ended")
+            self._report_dropped()
         self.recorder.end(self)
         log.info("session {sid}: ended (code {code}, signal {sig}{why}); windows: output {out}", sid=self.id,
                  code=status.code, sig=status.signal, why=f", {visible(status.reason)}" if status.reason else "",

@@ -121,6 +121,7 @@ class OpenReply:
     lean: bool = False  # the worker takes slaveshell.plumbing.lean_calls on this connection
     window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
     fields: Mapping[str, object] = field(default_factory=dict)
+    refused: bool = False  # the worker answered, refusing (its owner's options), rather than failing to answer
 
 
 @deferred
@@ -139,9 +140,11 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
             defer.maybeDeferred(ref.callRemote, *opening.late).addErrback(lambda _f: None)
 
     reply: object
+    answered = False
     try:
         reply = await _answer_within(defer.maybeDeferred(conn.mind.callRemote, opening.method, sink, params),
                                      timeout, late)
+        answered = True
     except defer.TimeoutError:
         reply = {"ok": False, "error": f"did not answer within {timeout:g} s"}
     except Exception as e:
@@ -151,10 +154,12 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool) or (
             reply["ok"] and not isinstance(worker_ref, pb.RemoteReference)):
         reply = {"ok": False, "error": "sent a malformed reply"}
+        answered = False
     note_peer_exported(getattr(conn.mind, "broker", None), reply.get("exported"))
     if not reply["ok"] or not isinstance(worker_ref, pb.RemoteReference):
         error = reply.get("error")
-        return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096])
+        return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096],
+                         refused=answered)
     return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True, fields=reply)
 
 

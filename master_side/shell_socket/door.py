@@ -35,6 +35,7 @@ from master_side.operators.api import ErrorKind, OperatorError, View
 from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.copy_door import CopyDoor
 from master_side.shell_socket.framed import DoorHost
+from master_side.shell_socket.run_door import RunDoor, fact_answer, runs_answer
 from master_side.shell_socket.viewer_sink import WireViewerSink
 from slaveshell.plumbing.write_now import buffered_bytes, write_frame
 from slaveshell.vocabulary import framing
@@ -61,6 +62,7 @@ class WireDoor(Protocol):
         # An open, attach or copy was asked on this connection (one view or transfer per connection).
         self.viewing = False
         self.copying = CopyDoor(self)
+        self.running = RunDoor(self)  # a fleet run on this connection (master_side.shell_socket.run_door)
         self._leaving = False  # the operator closed while its open was in progress
         # Frames read and not yet served, and whether reading is paused for them (`_serve`).
         self._held: collections.deque[framing.Frame] = collections.deque()
@@ -237,6 +239,9 @@ class WireDoor(Protocol):
 
     def _call(self, call_id: int, message: Control) -> None:
         op = message.op
+        if op is Op.CLOSE and self.running.interrupt():
+            self.answer(call_id, True)  # the operator's Ctrl-C: the run starts no more, ends what runs
+            return
         if op is Op.CLOSE and self.view is None and self.viewing and not self._leaving:
             # The operator gave up (Ctrl-C) while its session opens: it ends as soon as it has opened, rather
             # than waiting out its detach grace for an operator who is gone.
@@ -250,7 +255,7 @@ class WireDoor(Protocol):
         try:
             result = self.gate.limited(self, self._work, op, self.identity(), message)
         except OperatorError as e:  # the API's refusals, and the gate's (calls in progress, a dropped connection)
-            self.answer(call_id, False, error=e.message)
+            self.answer(call_id, False, error=e.message, kind=e.kind.value)
             return
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
         d.addCallbacks(lambda fields: None if fields is None else self.answer(call_id, True, **fields),
@@ -266,6 +271,12 @@ class WireDoor(Protocol):
             return self._attach(who, message.get("session"), message.get("mode"), message.get("max_output"))
         if op is Op.COPY:
             return self.copying.call(who, message.get("request"))
+        if op is Op.RUN:
+            return self.running.call(who, message.get("request"))
+        if op is Op.RUNS:
+            return runs_answer(self.service.fleet, who, message.get("run"), message.get("cancel", False))
+        if op is Op.FACTS:
+            return fact_answer(self.service.fleet, who, message.get("workers"), message.get("refresh"))
         if op is Op.RELEASE:
             return {"text": api.release(who, message.get("build"))}
         if op is Op.HOLDS:
@@ -290,7 +301,7 @@ class WireDoor(Protocol):
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):
-            self.answer(call_id, False, error=failure.value.message)
+            self.answer(call_id, False, error=failure.value.message, kind=failure.value.kind.value)
         else:
             log.failure("slaveshell: a call on the framed door failed", failure)
             self.answer(call_id, False, error="the master could not serve the call (see its log)")

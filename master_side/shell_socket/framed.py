@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from master_side.fleet.operations import FleetOperations
 from master_side.operators.api import OperatorAPI
 from master_side.operators.gate import ConnectionGate
 
@@ -20,6 +21,8 @@ class DoorHost(Protocol):
     def api(self) -> OperatorAPI: ...
     @property
     def gate(self) -> ConnectionGate: ...
+    @property
+    def fleet(self) -> FleetOperations: ...
 
 
 class FramedDoor(Protocol):

@@ -92,7 +92,7 @@ def _linked(row: dict[str, object]) -> str:
 
 def cmd_history(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": args.limit,
-               "build": args.build, "reason": args.reason}
+               "build": args.build, "reason": args.reason, "run": getattr(args, "run", None)}
     try:
         rows = answer_rows(call_master(_socket_path(args), Op.HISTORY, filters=filters))
     except (CallError, Interrupted) as e:
@@ -221,11 +221,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     for s in sessions:
         when, listed = s["started"], s["viewers"]
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
-        viewers = ", ".join(f"{v['user']}({v['role']})" for v in listed if isinstance(v, dict)) \
-            if isinstance(listed, list) else ""
+        viewers = ", ".join(f"{v['user']}({'moderator' if v.get('moderator') else v['role']})" for v in listed
+                            if isinstance(v, dict)) if isinstance(listed, list) else ""
         viewers = viewers or "-"
+        state = "held" if s.get("held") else s["state"]  # a four-eyes session waiting for a moderator
         print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
-              f"{s['state']:9} {s['idle']:>5.0f}s  {cell(s.get('reason') or '-', 20)} {visible(viewers)}")
+              f"{state:9} {s['idle']:>5.0f}s  {cell(s.get('reason') or '-', 20)} {visible(viewers)}")
     return 0
 
 
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = with_filters(with_socket(sub.add_parser("history", help="past and live sessions from the audit index")))
     h.add_argument("--limit", type=int, default=200)
     h.add_argument("--build", type=int, metavar="BUILDID", help="only sessions that stepped into this build")
+    h.add_argument("--run", metavar="RUN", help="only the sessions of this fleet run (slaveshell runs)")
     h.set_defaults(func=cmd_history)
 
     e = with_socket(sub.add_parser("export", help="a session's transcript (asciicast v2) to stdout"))
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     from slaveshell.client.hold_cli import add_parsers as hold_parsers
 
     hold_parsers(sub, with_socket)
+
+    from slaveshell.client.fleet_cli import add_parsers as fleet_parsers
+
+    fleet_parsers(sub, with_socket)
 
     k = with_socket(sub.add_parser("kill", help="end a live session (HUP, then TERM, then KILL)"))
     k.add_argument("session", metavar="ID")

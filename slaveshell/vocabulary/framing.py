@@ -88,6 +88,12 @@ class Op(enum.Enum):
     TRANSCRIPT = "transcript"  # session, offset; answer: data (base64 of up to MAX_CHUNK bytes), eof
     CLOSE = "close"  # end the session (answered once the master has it)
     DETACH = "detach"  # leave it running (answered once the master has it)
+    RUN = "run"  # request (a fleet run: command or script (base64), workers, where, batch, timeout, env, cwd,
+    # reason); answer: run (its id), targets, listed (outcomes of the workers that will not run), batch; then
+    # PROGRESS messages and one RUN_END (slaveshell.fleet.events); a CLOSE call interrupts the run (Ctrl-C)
+    RUNS = "runs"  # run (optional: one run's id), cancel (optional: cancel what it has pending); answer: rows
+    # (fleet runs; with run: its workers' outcomes), text (with cancel)
+    FACTS = "facts"  # workers (patterns), refresh; answer: reports, workers, probes, stale_after
     COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded,
     # unclaimed (true: done_file may carry "" for the sender's sha256, slaveshell.vocabulary.copying.NO_CLAIM)
     # client to master: session messages (answer-less)
@@ -107,11 +113,14 @@ class Op(enum.Enum):
     INPUT_ACK = "input_ack"  # n, hidden
     EXIT = "exit"  # code, signal, reason
     WAITING = "waiting"  # text: the master waits before it opens (a build not held yet)
+    PROGRESS = "progress"  # a fleet run's worker: worker, phase, session, elapsed, last_line, outcome (when done)
+    RUN_END = "run_end"  # a fleet run's end: state, summary, exit_status
     ERROR = "error"  # text: the framing was broken; the master closes the connection
 
 
 CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.SEARCH,
-                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH, Op.COPY, Op.HOLDS, Op.EXTEND})
+                   Op.TRANSCRIPT, Op.CLOSE, Op.DETACH, Op.COPY, Op.HOLDS, Op.EXTEND, Op.RUN, Op.RUNS,
+                   Op.FACTS})
 # A transfer's messages (besides DATA frames), in either direction.
 TRANSFER = frozenset({Op.ENTRY, Op.DONE_FILE, Op.FINISH, Op.ACK, Op.RESULT})
 FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ABORT}

@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from slaveshell.client.fleet.nodeset import natural_key
-from slaveshell.client.fleet.outcome import Outcome, State
+from slaveshell.fleet.nodeset import natural_key
+from slaveshell.fleet.outcome import Outcome, State
 from slaveshell.vocabulary.display import visible
 
 FACT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from slaveshell.client.fleet.outcome import Outcome, Output, State
+from slaveshell.fleet.outcome import Outcome, Output, State
 from slaveshell.vocabulary.display import visible
 
 _BATCH = re.compile(r"([0-9]{1,9})(%?)")
@@ -167,6 +167,10 @@ class Scheduler:
         if self.timeout is None or self._phase.get(worker) is not _Phase.RUNNING:
             return None
         return self._started[worker] + self.timeout
+
+    def ending(self, worker: str) -> bool:
+        """Whether the run decided to end `worker`'s session (its timeout, or Ctrl-C)."""
+        return worker in self._ending
 
     @property
     def running(self) -> list[str]:

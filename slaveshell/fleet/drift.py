@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slaveshell.client.fleet.nodeset import natural_key
-from slaveshell.client.fleet.probe import BUILTIN
+from slaveshell.fleet.nodeset import natural_key
+from slaveshell.fleet.probe import BUILTIN
 from slaveshell.vocabulary.display import visible
 
 MISSING = "(missing)"
@@ -47,7 +47,7 @@ def age(seconds: float) -> str:
 def aged(ages: Mapping[str, float]) -> str:
     """Workers with the age of their facts, oldest first: ``w3 (3 days), w9 (2 h)`` (``never`` for facts
     never taken), at most NAMES_SHOWN of them. For the reports `render` flags, and for the workers a run's
-    ``--where`` decided on by old facts (`slaveshell.client.fleet.targets.Resolution.stale`)."""
+    ``--where`` decided on by old facts (`slaveshell.fleet.targets.Resolution.stale`)."""
     oldest = sorted(ages.items(), key=lambda item: (-item[1], natural_key(item[0])))
     shown = ", ".join(f"{visible(name)} ({'never' if seconds == float('inf') else age(seconds)})"
                       for name, seconds in oldest[:NAMES_SHOWN])

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from slaveshell.client.fleet.nodeset import count, fold, natural_key
-from slaveshell.client.fleet.outcome import Outcome, State
+from slaveshell.fleet.nodeset import count, fold, natural_key
+from slaveshell.fleet.outcome import Outcome, State
 from slaveshell.vocabulary.display import visible
 
 SEPARATOR = "-" * 15  # clush's
 SUMMARY_NAMES = 8  # names shown per state in the summary line, then "..."
-NOT_RAN = (State.NOT_STARTED, State.NOT_CONNECTED, State.NOT_OPTED_IN, State.REFUSED, State.MISSING_FACT,
+NOT_RAN = (State.NOT_STARTED, State.PENDING, State.NOT_CONNECTED, State.NOT_OPTED_IN, State.REFUSED, State.MISSING_FACT,
            State.ERROR)
 
 
@@ -112,7 +112,7 @@ def summary(outcomes: Sequence[Outcome]) -> str:
 
 def exit_status(outcomes: Sequence[Outcome]) -> int:
     """0 only when there were targets and every one ran and returned 0; 1 otherwise (2, bad usage, is the
-    command line's: `slaveshell.client.fleet.targets.TargetError`, `slaveshell.client.fleet.batch.BatchError`)."""
+    command line's: `slaveshell.fleet.targets.TargetError`, `slaveshell.fleet.batch.BatchError`)."""
     return 0 if outcomes and all(o.state is State.OK for o in outcomes) else 1
 
 

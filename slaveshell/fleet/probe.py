@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from slaveshell.client.fleet.targets import FACT_NAME
+from slaveshell.fleet.targets import FACT_NAME
 
 HEADER = "slaveshell-facts 1"
 MAX_INPUT = 64 * 1024

@@ -25,6 +25,7 @@ class State(enum.Enum):
     NOT_OPTED_IN = "not opted in"
     REFUSED = "refused"  # by the master's policy or the worker owner's allowed_users
     MISSING_FACT = "missing fact"  # a --where names a fact this worker has not reported
+    PENDING = "pending"  # not connected now: runs when it attaches (slaveshell run --include-offline)
     ERROR = "error"  # the session could not be opened, or was lost
 
     @property
@@ -44,6 +45,7 @@ class Output:
         self._digest = hashlib.sha256()
         self._line = bytearray()  # the end of the line being written
         self._last = b""  # the end of the last complete line with text
+        self._restored_digest: str | None = None  # the digest another party computed (`restored`)
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
@@ -60,13 +62,24 @@ class Output:
         self._line += rest[-LAST_LINE_LIMIT:]
         del self._line[:-LAST_LINE_LIMIT]
 
+    @classmethod
+    def restored(cls, kept: bytes, size: int, digest: str, last_line: bytes = b"") -> Output:
+        """An output as another party kept it (the master, for the client): its kept part, its size in all and
+        the digest of all of it."""
+        out = cls(max(len(kept), 1))
+        out.kept = bytearray(kept)
+        out.size = max(size, len(kept))
+        out._restored_digest = digest
+        out._last = last_line
+        return out
+
     @property
     def cut(self) -> bool:
         return self.size > len(self.kept)
 
     @property
     def digest(self) -> str:
-        return self._digest.hexdigest()
+        return self._restored_digest or self._digest.hexdigest()
 
     @property
     def last_line(self) -> bytes:

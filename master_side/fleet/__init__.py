@@ -1,0 +1,2 @@
+"""Fleet runs: one command on many workers, each in an ordinary audited session (`run`), and the operations
+the doors call (`operations`: runs, facts, the runs recorded)."""

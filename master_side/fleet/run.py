@@ -1,0 +1,334 @@
+"""`FleetRun`: one command on many workers, each in one ordinary audited non-interactive session opened through
+`OperatorAPI.open` (the policy's `run` right, the owner's consent and allowed_users, recorded before served,
+the session's limits and credit windows), in the order and batches the sans-I/O scheduler decides
+(slaveshell.fleet.batch.Scheduler).
+
+A run's end of each session is a `RunSink`: the session's output kept bounded (slaveshell.fleet.outcome.Output;
+the transcript keeps all of it) and its credit returned at once, stdin given (a script) or closed, the exit status
+handed to the scheduler. Decisions to end a session (the run's `--timeout`, the operator's Ctrl-C) close it as a
+session's close does: hangup, then TERM, then KILL. What happens is told to a `RunWatcher` (the door: a live
+table, plain lines) as it happens."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from master_side.operators.terms import ErrorKind, OperatorError, View
+from master_side.sessions.worker_link import Undo, subscribe
+from slaveshell.fleet.batch import Decision, End, Scheduler, Start
+from slaveshell.fleet.outcome import Outcome, Output, State
+from slaveshell.plumbing.clock import Clock, DelayedCall
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import MAX_CHUNK, ExitStatus, OpenRequest
+
+log = Logger()
+
+
+class Opener(Protocol):
+    """What a run opens its sessions with (OperatorAPI.open, for the `run` right and linked to the run)."""
+
+    def __call__(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
+        ...
+
+
+class Phase(enum.Enum):
+    """What a watcher is told of a worker as it happens."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    ENDING = "ending"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A worker's state in a run as a live table shows it: the phase, the session, seconds since it started, the
+    last line of output (as the worker wrote it: a display escapes it) and, once done, its outcome."""
+
+    worker: str
+    phase: Phase
+    session: str | None = None
+    elapsed: float = 0.0
+    last_line: bytes = b""
+    outcome: Outcome | None = None
+
+
+class RunWatcher(Protocol):
+    def progress(self, event: Progress) -> None: ...
+    def finished(self, outcomes: list[Outcome]) -> None: ...
+
+
+class Awaited:
+    """A watcher that only waits for the outcomes (`done` fires with them)."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[list[Outcome]] = defer.Deferred()
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+    def finished(self, outcomes: list[Outcome]) -> None:
+        self.done.callback(outcomes)
+
+
+@dataclass(frozen=True)
+class Command:
+    """What each worker runs: a command line, or a script (given on the session's stdin to a command that
+    keeps it in a private temporary file, runs it and removes it); its environment and directory."""
+
+    command: str
+    script: bytes | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    reason: str | None = None
+
+
+# The command that runs a script given on stdin: a private temporary file (mktemp: mode 0600 in $TMPDIR), made
+# executable for its owner only, run with stdin closed, removed, the script's own exit status kept.
+SCRIPT_RUNNER = ('f=$(mktemp "${TMPDIR:-/tmp}/slaveshell-run.XXXXXXXX") || exit 127; '
+                 'trap \'rm -f "$f"\' EXIT; cat > "$f" && chmod 700 "$f" && "$f" </dev/null')
+
+
+class RunSink:
+    """The run's end of one worker's session (a `ViewerSink`, master_side.operators.terms): output kept bounded
+    and acknowledged at once, a script fed within the input window, the exit handed to the run."""
+
+    connection: object
+
+    def __init__(self, run: FleetRun, worker: str) -> None:
+        self.run = run
+        self.worker = worker
+        self.connection = run  # a run's sessions count as one connection's views
+        self.output_kept = Output()
+        self.view: View | None = None
+        self.status: ExitStatus | None = None
+        self._unacked = 0
+        self._script = b""
+        self._eof_sent = False
+        self._disconnects: list[Callable[[], None]] = []
+        self._gone = False
+
+    # -- ViewerSink --------------------------------------------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
+
+    def output(self, stream: int, data: bytes) -> None:
+        self.output_kept.add(data)
+        self._unacked += len(data)
+        self._ack()
+        self.run.output(self.worker)
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        self._feed()
+
+    def exit(self, status: ExitStatus) -> None:
+        if self.status is None:
+            self.status = status
+            self.run.exited(self.worker, status)
+
+    def waiting(self, text: str) -> None:
+        pass
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        return subscribe(self._disconnects, callback)
+
+    def on_failure(self, callback: Callable[[str | None], None]) -> None:
+        pass
+
+    # -- the run's side ----------------------------------------------------------------------------
+
+    def bound(self, view: View, script: bytes | None) -> None:
+        """The session is open: its view, the script to feed (None: stdin closed at once)."""
+        self.view = view
+        self._ack()
+        self._script = script or b""
+        self._feed()
+
+    def leave(self) -> None:
+        """The run is gone (its operator's connection): the session loses this view."""
+        self._gone = True
+        callbacks, self._disconnects = self._disconnects, []
+        for callback in callbacks:
+            callback()
+
+    def _ack(self) -> None:
+        if self.view is not None and self._unacked and self.status is None:
+            n, self._unacked = self._unacked, 0
+            self.view.ack(n)
+
+    def _feed(self) -> None:
+        """The next piece of the script, one at a time (each acknowledged before the next: within any input
+        window), then end of input."""
+        view = self.view
+        if view is None or self.status is not None:
+            return
+        if self._script:
+            piece, self._script = self._script[:MAX_CHUNK], self._script[MAX_CHUNK:]
+            view.input(piece)
+        elif not self._eof_sent:
+            self._eof_sent = True
+            view.eof()
+
+
+class FleetRun:
+    """One fleet run over `targets` (resolved: connected, opted in, allowed), `batch` at once, each session
+    ended after `timeout` seconds. `start()` begins; `interrupt()` is the operator's Ctrl-C; `leave()` the
+    operator gone (it interrupts too). The watcher hears of every worker and, once, of the outcomes."""
+
+    def __init__(self, run_id: str, who: Identity, targets: list[str], command: Command, batch: int,
+                 timeout: float | None, opener: Opener, clock: Clock, watcher: RunWatcher) -> None:
+        self.id = run_id
+        self.who = who
+        self.command = command
+        self.scheduler = Scheduler(targets, batch, timeout)
+        self.opener = opener
+        self.clock = clock
+        self.watcher = watcher
+        self.sinks: dict[str, RunSink] = {}
+        self.started_at: dict[str, float] = {}
+        self._timers: dict[str, DelayedCall] = {}
+        self._last_told: dict[str, float] = {}
+        self.finished = False
+        self.on_finished: list[Callable[[list[Outcome]], None]] = []
+
+    def start(self) -> None:
+        self._apply(self.scheduler.begin())
+        self._check_done()
+
+    def interrupt(self) -> None:
+        if not self.finished:
+            self._apply(self.scheduler.interrupted())
+            self._check_done()
+
+    def leave(self) -> None:
+        """The operator's connection is gone: nothing more starts, what runs is ended, and the sessions lose
+        their viewer (each then ends as a command whose operator left)."""
+        self.interrupt()
+
+    # -- decisions -----------------------------------------------------------------------------------
+
+    def _apply(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, Start):
+                self._open(decision.worker)
+            elif isinstance(decision, End):
+                self._end(decision.worker, decision.reason.value)
+
+    def _open(self, worker: str) -> None:
+        sink = self.sinks[worker] = RunSink(self, worker)
+        c = self.command
+        request = OpenRequest(worker=worker, command=SCRIPT_RUNNER if c.script is not None else c.command,
+                              pty=False, env=dict(c.env), cwd=c.cwd, reason=c.reason)
+        self._tell(worker, Phase.STARTING)
+        d = defer.maybeDeferred(self.opener, self.who, request, sink, self.id)
+        d.addCallbacks(lambda view: self._opened(worker, sink, view), lambda f: self._not_opened(worker, f))
+        d.addErrback(lambda f: log.failure("slaveshell fleet run {run}: a worker's session", f, run=self.id))
+
+    def _opened(self, worker: str, sink: RunSink, view: View | None) -> None:
+        if view is None:
+            self._apply(self.scheduler.failed(worker, State.ERROR, "the session started without the run"))
+            self._check_done()
+            return
+        now = self.clock.seconds()
+        self.started_at[worker] = now
+        decisions = self.scheduler.started(worker, now, view.session.id)
+        sink.bound(view, self.command.script)
+        deadline = self.scheduler.deadline(worker)
+        if deadline is not None:
+            self._timers[worker] = self.clock.callLater(max(0.0, deadline - now), self._timed_out, worker)
+        self._tell(worker, Phase.RUNNING)
+        self._apply(decisions)
+        if sink.status is not None:  # it ended while it was being bound
+            self.exited(worker, sink.status)
+
+    def _not_opened(self, worker: str, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, OperatorError):
+            state = State.REFUSED if error.kind is ErrorKind.DENIED else State.ERROR
+            message = error.message
+        else:
+            log.failure("slaveshell fleet run {run}: opening a session failed", failure, run=self.id)
+            state, message = State.ERROR, "the master could not open the session (see its log)"
+        self._apply(self.scheduler.failed(worker, state, message))
+        self._tell(worker, Phase.DONE)
+        self._check_done()
+
+    def _timed_out(self, worker: str) -> None:
+        self._timers.pop(worker, None)
+        self._apply(self.scheduler.timed_out(worker))
+
+    def _end(self, worker: str, why: str) -> None:
+        sink = self.sinks.get(worker)
+        if sink is not None and sink.view is not None and sink.status is None:
+            sink.view.session.close(f"fleet run {why}")
+        self._tell(worker, Phase.ENDING)
+
+    # -- the sessions' events ---------------------------------------------------------------------------
+
+    def output(self, worker: str) -> None:
+        # At most one live line per worker per half second: a flood costs the watcher nothing more.
+        now = self.clock.seconds()
+        if now - self._last_told.get(worker, 0.0) >= 0.5:
+            self._last_told[worker] = now
+            self._tell(worker, Phase.RUNNING)
+
+    def exited(self, worker: str, status: ExitStatus) -> None:
+        sink = self.sinks[worker]
+        if sink.view is None:
+            return  # told again once bound (_opened)
+        timer = self._timers.pop(worker, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        now = self.clock.seconds()
+        if status.code is None and status.signal is None and not self.scheduler.ending(worker):
+            decisions = self.scheduler.failed(worker, State.ERROR, status.reason or "the session was lost",
+                                              sink.view.session.id)
+        else:
+            code = status.code if status.code is not None else (128 + status.signal if status.signal else None)
+            decisions = self.scheduler.ended(worker, code, sink.output_kept, now)
+        self._tell(worker, Phase.DONE)
+        self._apply(decisions)
+        self._check_done()
+
+    # -- telling -----------------------------------------------------------------------------------------
+
+    def _tell(self, worker: str, phase: Phase) -> None:
+        sink = self.sinks.get(worker)
+        session = sink.view.session.id if sink is not None and sink.view is not None else None
+        started = self.started_at.get(worker)
+        elapsed = self.clock.seconds() - started if started is not None else 0.0
+        outcome = None
+        if phase is Phase.DONE:
+            outcome = next((o for o in self.scheduler.outcomes() if o.worker == worker), None)
+        last = sink.output_kept.last_line if sink is not None else b""
+        try:
+            self.watcher.progress(Progress(worker, phase, session, elapsed, last, outcome))
+        except Exception:
+            log.failure("slaveshell fleet run {run}: telling the operator", run=self.id)
+
+    def _check_done(self) -> None:
+        if self.finished or not self.scheduler.done:
+            return
+        self.finished = True
+        outcomes = self.scheduler.outcomes()
+        for o in outcomes:
+            if o.state is State.NOT_STARTED:
+                self._tell(o.worker, Phase.DONE)
+        for callback in self.on_finished:
+            callback(outcomes)
+        try:
+            self.watcher.finished(outcomes)
+        except Exception:
+            log.failure("slaveshell fleet run {run}: telling the operator", run=self.id)
+        log.info("slaveshell fleet run {run}: {who} ran on {n} workers", run=self.id, who=visible(self.who),
+                 n=len(outcomes))
