@@ -46,6 +46,7 @@ STRICT = [
     "slaveshell/vocabulary/protocol.py",
     "slaveshell/vocabulary/checks.py",
     "slaveshell/vocabulary/flow.py",
+    "slaveshell/vocabulary/windows.py",
     "slaveshell/client/escape.py",
     "slaveshell/vocabulary/transcript.py",
     "slaveshell/vocabulary/display.py",

@@ -37,6 +37,7 @@ from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
+from slaveshell.vocabulary.windows import WINDOW_MAX, WindowBudget
 
 if TYPE_CHECKING:
     from buildbot.process.botmaster import BotMaster
@@ -69,10 +70,20 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
         self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.operators.copy_calls)
         self.cluster: ClusterPart | None = None  # a multi-master site's router (master_side.cluster.part)
+        self._windows = WindowBudget(0, 0)  # sized from the gate's bounds at each use: window_budget
         # A four-eyes session waits for a moderator (why): the reporters' notice, paced (the service sets it:
         # master_side.holds.moderator_notices).
         self.moderator_wanted: Callable[[MasterSession, str], None] = lambda session, why: None
         self.moderator_pace = NoticePace(lambda: self.registry.clock())
+
+    def window_budget(self) -> WindowBudget:
+        """What sessions' windows may hold above their base windows (slaveshell.vocabulary.windows): per stream half
+        a connection's output bound (a window's output may wait in the master's buffer for a slow client, and a
+        connection over its bound is dropped), in all half the bound on all connections' output."""
+        bounds = self.gate.bounds
+        self._windows.per_stream = min(WINDOW_MAX, bounds.connection_buffer // 2)
+        self._windows.total = bounds.buffered_total // 2
+        return self._windows
 
     @property
     def trail(self) -> AuditTrail:
@@ -174,6 +185,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise OperatorError(ErrorKind.DENIED if reply.refused else ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
+        session.grant_windows(self.window_budget(), reply.window)
+        if reply.window:
+            worker.grant(session.output_grant)
         owner = session.start(sink, worker)
         self.registry.add(session, worker)
         if moderated_by:  # a four-eyes session: its input is held from the start, before anyone types
