@@ -216,8 +216,7 @@ class Sandbox:
         self._run(BUILDBOT + ["upgrade-master", "--quiet", self.master_dir], timeout=300)
 
     def start(self, timeout: float = 90) -> None:
-        self._run(BUILDBOT + ["start", self.master_dir], timeout=timeout)
-        self.started.append(self.master_dir)
+        self._start_master(timeout)
         # All workers at once: each `start` waits until its worker process runs.
         starting = [(name, subprocess.Popen(BUILDBOT_WORKER + ["start", self.worker_dir(name)], cwd=self.root,
                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -292,9 +291,15 @@ class Sandbox:
             return int(f.read().strip())
 
     def start_master(self, timeout: float = 90) -> None:
-        self._run(BUILDBOT + ["start", self.master_dir], timeout=timeout)
+        self._start_master(timeout)
+
+    def _start_master(self, timeout: float) -> None:
+        """`buildbot start`, waiting up to `timeout` s for the master to run (Buildbot's own wait, 10 s, is short on
+        a loaded machine). The master counts as started before it is confirmed: one that starts late is still
+        stopped by `stop`."""
         if self.master_dir not in self.started:
             self.started.insert(0, self.master_dir)
+        self._run(BUILDBOT + ["start", f"--start_timeout={timeout:g}", self.master_dir], timeout=timeout + 30)
 
     def stop(self, timeout: float = 60) -> None:
         """Stop every process started here at once (SIGTERM, as `buildbot stop` sends it), polling every 0.1 s
