@@ -87,3 +87,20 @@ def test_a_connection_the_master_drops_is_not_read_to_its_end(tmp_path, monkeypa
     client.close()
     transport.connectionLost(Failure(error.ConnectionAborted()))  # the gate dropped it (abortConnection)
     assert seen == [] and door.disconnected
+
+
+def test_a_failure_while_serving_the_last_input_still_ends_the_connection(tmp_path, monkeypatch):
+    service = make_service(tmp_path)
+    transport, client = serve(service)
+    client.sendall(framing.MAGIC)
+    assert transport.doRead() is None
+    door = transport.protocol
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("a bug of the door's")
+
+    monkeypatch.setattr(door, "dataReceived", broken)
+    client.sendall(framing.control(Op.SESSIONS, id=1))
+    client.close()
+    transport.connectionLost(Failure(error.ConnectionLost()))
+    assert door.disconnected and transport.disconnected and not hasattr(transport, "socket")

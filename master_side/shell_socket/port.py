@@ -17,7 +17,10 @@ from typing import cast
 from twisted.internet import error, unix
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+log = Logger()
 
 # What is read of a lost connection's last input, at most: more than a client's send buffer holds by default
 # (net.core.wmem_default, about 208 KiB), since what it sent before it closed is all there is.
@@ -28,11 +31,15 @@ class Server(unix.Server):
     """A connection on the shell socket (unix.Server) that reads the peer's last input when it is lost."""
 
     def connectionLost(self, reason: Failure) -> None:
-        # A lost connection (not an abort, not a close of the master's own: their input is not wanted).
-        if (reason.check(error.ConnectionLost) and not reason.check(error.ConnectionAborted)
-                and not self.disconnecting and getattr(self, "socket", None) is not None):
-            self._last_words()
-        super().connectionLost(reason)
+        try:
+            # A lost connection (not an abort, not a close of the master's own: their input is not wanted).
+            if (reason.check(error.ConnectionLost) and not reason.check(error.ConnectionAborted)
+                    and not self.disconnecting and getattr(self, "socket", None) is not None):
+                self._last_words()
+        except Exception:
+            log.failure("slaveshell: serving a lost connection's last input failed")
+        finally:
+            super().connectionLost(reason)
 
     def _last_words(self) -> None:
         left = LAST_WORDS
