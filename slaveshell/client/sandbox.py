@@ -221,9 +221,10 @@ class Sandbox:
         starting = [(name, subprocess.Popen(BUILDBOT_WORKER + ["start", self.worker_dir(name)], cwd=self.root,
                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
                     for name in self.workers]
+        # Each counts as started at once: when one fails to start, `stop` still stops the others.
+        self.started.extend(self.worker_dir(name) for name, _ in starting)
         for name, proc in starting:
             out, _ = proc.communicate(timeout=120)
-            self.started.append(self.worker_dir(name))
             if proc.returncode != 0:
                 raise SandboxError(f"buildbot-worker start {name} failed ({proc.returncode}):\n{out}")
         self.wait_for_workers(self.workers, timeout)
