@@ -2,7 +2,8 @@
 real master with its web server and a real worker: a web operator's terminal on a moderated worker says that its
 input is held and sends nothing typed; the live lists (the fleet's and the worker's view) show the session
 ``held``; a web moderator's Watch releases the input, and the lists then say who moderates it; a moderator whose
-name is markup is shown as text; the last moderator leaving holds the input again. The screenshots of the
+name is markup is shown as text; the last moderator leaving holds the input again, and a watcher without the
+moderators' role does not release it. The screenshots of the
 moderated session (docs/screenshots/moderated-*.png, SLAVESHELL_SCREENSHOTS=docs/screenshots) come from here."""
 
 from __future__ import annotations
@@ -24,22 +25,25 @@ __all__ = ["browser"]  # the module's browser fixture, shared
 
 # A moderator whose Buildbot user name is markup: the pages show it as these characters.
 MARKUP = "<b>rita</b>"
-# alice operates; lead and MARKUP have the moderators' role (leads). All three may use the Shells pages
-# (Buildbot's authz gives their role the shell action).
+# alice operates; lead and MARKUP have the moderators' role (leads), mallory has not. All four may use the Shells
+# pages (Buildbot's authz gives their role the shell action).
 WWW_CONFIG = f"""\
 from buildbot.plugins import util as _util
 from master_side.www.access import ShellEndpointMatcher
 c['www']['plugins']['slaveshell'] = {{}}
-c['www']['auth'] = _util.UserPasswordAuth({{'alice': 'alice-pw', 'lead': 'lead-pw', {MARKUP!r}: {MARKUP + '-pw'!r}}})
+c['www']['auth'] = _util.UserPasswordAuth({{'alice': 'alice-pw', 'lead': 'lead-pw', 'mallory': 'mallory-pw',
+                                            {MARKUP!r}: {MARKUP + '-pw'!r}}})
 c['www']['authz'] = _util.Authz(
     allowRules=[ShellEndpointMatcher(role='shellers')],
-    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'lead', {MARKUP!r}]),
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'lead', 'mallory',
+                                                                        {MARKUP!r}]),
                   _util.RolesFromUsername(roles=['leads'], usernames=['lead', {MARKUP!r}])])
 """
-# alice's sessions on m1 are four-eyes sessions; the leads may watch. The local user running the tests may act
-# (the sandbox waits for its workers through the UNIX socket).
+# alice's sessions on m1 are four-eyes sessions; the leads and mallory may watch. The local user running the tests
+# may act (the sandbox waits for its workers through the UNIX socket).
 SERVICE_KWARGS = ("policy=[dict(users=['web:alice'], workers=['m1'], moderated_by=['web:leads']), "
-                  f"dict(groups=['web:leads'], rights=['watch']), dict(users=[{os.getuid()}])]")
+                  "dict(groups=['web:leads'], rights=['watch']), dict(users=['web:mallory'], rights=['watch']), "
+                  f"dict(users=[{os.getuid()}])]")
 HELD = "input is held until a moderator watches (moderated_by: web:leads)"
 
 
@@ -158,8 +162,25 @@ def test_a_moderated_session_in_the_browser(browser: Any, site: Sandbox) -> None
     term.keyboard.press("Enter")
     time.sleep(1.5)
     assert "held-again-42" not in screen(term)
+    # A watcher without the role: told so, above the terminal and in it; the input stays held.
+    mallory = login(browser, site, "mallory")
+    outsider = mallory.new_page()
+    outsider.goto(site.url + "#/slaveshell")
+    session_row(outsider, sid).locator("button.slaveshell-watch").click()
+    wait_status(outsider, "^watching")
+    assert note(outsider) == "Four-eyes session (moderated_by: web:leads): you watch it without moderating it."
+    assert outsider.locator(".slaveshell-moderated").get_attribute("data-moderator") is None
+    wait_for(lambda: shows(outsider, "you watch without moderating: web:mallory is in none of its moderators' groups"),
+             "the master's word to a watcher who does not moderate")
+    wait_for(lambda: row_text(view, sid, ".slaveshell-viewers") == "web:alice, web:mallory", "mallory in the list")
+    assert session_row(view, sid).get_attribute("data-held") == "yes"
+    term.keyboard.type("echo still-held-$((6*7))")
+    term.keyboard.press("Enter")
+    time.sleep(1.5)
+    assert "still-held-42" not in screen(term) and "still-held-42" not in screen(outsider)
+    outsider.close()
     term.locator("button.slaveshell-end").click()
     wait_status(term, "session ended")
     wait_for(lambda: not session_row(view, sid).count(), "the ended session to leave the list")
-    for context in (alice, lead, rita):
+    for context in (alice, lead, mallory, rita):
         context.close()
