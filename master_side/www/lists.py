@@ -12,7 +12,10 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   "workerid", "copy"}]}`` (``workerid``: Buildbot's id of the worker, for its page ``#/workers/<workerid>``, or null;
   ``copy``: whether the policy gives this web user the ``copy`` right there);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
-  "started", "own", "may_type", "viewers"}]}``;
+  "started", "own", "may_type", "viewers", "moderated_by", "held", "moderators"}]}`` (``viewers``: their names;
+  for a four-eyes session, ``moderated_by``: the groups and web roles of its rule, else null; ``held``: whether
+  its operator's input waits for a moderator; ``moderators``: the viewers who moderate it, as `OperatorAPI.sessions`
+  and ``slaveshell sessions`` give them);
 - ``{"type": "history", "worker": str?, "user": str?, "session": str?, "reason": str?, "limit": int?}`` ->
   ``{"sessions":
   [row, ...], "may_replay": bool}`` (rows of the audit index, docs/audit-schema.md, newest first, each with
@@ -114,7 +117,10 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
                 "id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
                 "command": s["command"], "reason": s["reason"], "started": s["started"], "own": own,
                 "may_type": may_type,
-                "viewers": [v.identity.user for v in live.viewers]})
+                "viewers": [v.identity.user for v in live.viewers],
+                "moderated_by": s["moderated_by"], "held": s["held"],
+                "moderators": [v.identity.user for v in live.viewers
+                               if live.moderation is not None and v in live.moderation.moderators]})
         return {"type": "sessions", "sessions": shown}, None
     if kind == "history":
         limit = message.get("limit", 200)

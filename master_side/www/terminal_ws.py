@@ -26,10 +26,12 @@ Messages (RFC 6455 frames):
   ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
   input credit window). Closing the socket detaches: the session waits ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
-  "worker", "role"}``, ``{"type": "input_ack", "bytes"}``, ``{"type": "waiting", "text"}``, ``{"type": "exit",
-  "code", "signal", "reason"}``, ``{"type": "workers", "workers": [...]}``, ``{"type": "sessions", "sessions":
-  [...]}``, ``{"type": "error", "message", "login": true?, "confirm": true?}`` (then the master closes the
-  socket; ``login``: log in again for a new shell grant; ``confirm``: ask the user before attaching).
+  "worker", "role", "moderated_by", "moderator"}`` (``moderated_by``: a four-eyes session's groups and web roles,
+  else null; ``moderator``: whether this watcher moderates it), ``{"type": "input_ack", "bytes"}``,
+  ``{"type": "waiting", "text"}``, ``{"type": "exit", "code", "signal", "reason"}``, ``{"type": "workers",
+  "workers": [...]}``, ``{"type": "sessions", "sessions": [...]}``, ``{"type": "error", "message", "login": true?,
+  "confirm": true?}`` (then the master closes the socket; ``login``: log in again for a new shell grant;
+  ``confirm``: ask the user before attaching).
 
 Admission counts what authorization admitted: a logged-in user with some right on some worker (slaveshell's
 policy and Buildbot's authz's ``shell`` action on the same worker) takes one of MAX_SOCKETS places (at most
@@ -494,8 +496,11 @@ class TerminalProtocol(WebSocketServerProtocol):
         if service is None:
             return  # the service went with a reconfiguration: its sessions ended with it
         self.view = view
+        moderation = view.session.moderation
         self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
-                        "role": view.viewer.role.value})
+                        "role": view.viewer.role.value,
+                        "moderated_by": None if moderation is None else [str(g) for g in moderation.moderated_by],
+                        "moderator": moderation is not None and view.viewer in moderation.moderators})
 
     def _not_opened(self, failure: Failure, worker: str) -> None:
         if failure.check(access.Refused):

@@ -239,6 +239,27 @@
     return h("a", { className: "btn btn-primary btn-sm slaveshell-login", href: loginUrl() }, "Log in again");
   }
 
+  // A session's state in the live lists. A four-eyes session (its policy rule's `moderated_by`) says whether its
+  // operator's input is held until a moderator watches, and who moderates it, as `slaveshell sessions` does.
+  function SessionState(props) {
+    var s = props.session, by = s.moderated_by, mods = s.moderators || [];
+    if (!by) return printable(s.state);
+    var groups = " (moderated_by: " + printable(by.join(", ")) + ")";
+    return [
+      h("span", { key: "state", className: s.held ? "slaveshell-held" : "slaveshell-state" },
+        s.held ? "held" : printable(s.state)),
+      h("div", { key: "who", className: "slaveshell-moderation" }, s.held
+        ? "input waits for a moderator" + groups
+        : "moderated by " + printable(mods.join(", ")) + groups)];
+  }
+
+  function viewerLabel(s) {
+    var mods = s.moderators || [];
+    return s.viewers.map(function (v) {
+      return printable(v) + (mods.indexOf(v) >= 0 ? " (moderator)" : "");
+    }).join(", ");
+  }
+
   function SessionRows(props) {
     return props.sessions.map(function (s) {
       var buttons = [h("button", {
@@ -255,13 +276,13 @@
           },
         }, s.own ? "Resume" : "Join"));
       }
-      return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state },
+      return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state, "data-held": s.held ? "yes" : null },
         h("td", null, printable(s.id)),
         h("td", null, h("a", { href: workerView(s.worker), className: "slaveshell-worker-link" }, printable(s.worker))),
         h("td", null, printable(s.operator)),
         h("td", null, commandLabel(s)), h("td", { className: "slaveshell-reason-cell" }, printable(s.reason || "")),
-        h("td", null, printable(s.state)),
-        h("td", null, printable(s.viewers.join(", "))), h("td", null, buttons));
+        h("td", { className: "slaveshell-state-cell" }, h(SessionState, { session: s })),
+        h("td", { className: "slaveshell-viewers" }, viewerLabel(s)), h("td", null, buttons));
     });
   }
 
@@ -337,6 +358,17 @@
     if (code) return "exit status " + m.code;
     if (signal) return "killed by signal " + m.signal;
     return printable(m.reason || "ended");
+  }
+
+  // Above a four-eyes session's terminal: what moderation means for this page (the master's notices in the
+  // terminal say when the input is held or released, and why a watcher does not moderate).
+  function ModerationNote(props) {
+    var m = props.moderation, by = " (moderated_by: " + printable(m.by.join(", ")) + ")";
+    return h("div", { className: "slaveshell-moderated", "data-moderator": m.moderator ? "yes" : null },
+      m.typing ? "Four-eyes session" + by + ": what you type reaches the worker only while a moderator watches."
+        : m.moderator ? "You moderate this four-eyes session" + by + ": the operator's input reaches the worker " +
+          "while you watch; leaving holds it again."
+        : "Four-eyes session" + by + ": you watch it without moderating it.");
   }
 
   // A terminal on one session: a new one on props.worker, or props.sessionId attached in props.mode ("attach":
@@ -449,7 +481,8 @@
             if (window.location.hash !== here) window.history.replaceState(window.history.state, "", here);
             // A resumed session takes this page's size.
             if (m.role === "owner") send({ type: "resize", cols: term.cols, rows: term.rows });
-            note({ worker: String(m.worker), id: String(m.id), opened: true });
+            note({ worker: String(m.worker), id: String(m.id), opened: true,
+                   moderation: m.moderated_by ? { by: m.moderated_by, moderator: !!m.moderator, typing: typing } : null });
             setStatus(typing ? "connected" : "watching (read-only)");
             term.focus();
           } else if (m.type === "input_ack") {
@@ -528,6 +561,7 @@
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
+      live && session.moderation ? h(ModerationNote, { moderation: session.moderation }) : null,
       ask && !props.sessionId ? h(ReasonField) : null,
       ask ? h("button", { className: "btn btn-primary slaveshell-start",
         onClick: function () { if (ctl.current.start) ctl.current.start(); } }, ask) : null,
