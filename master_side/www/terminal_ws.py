@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 
 from master_side.operators.api import OperatorError, View
 from master_side.sessions.worker_link import subscribe
-from master_side.www import access, grants, lists
+from master_side.www import access, fleet_page, grants, lists
 from master_side.www.access import UserInfo
 from master_side.www.host import WebHost, web_host
 from master_side.www.lists import Answer, Message
@@ -148,6 +148,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.grant: grants.Grant | None = None
         self.release_grant: Callable[[], None] | None = None
         self.view: View | None = None
+        self.fleet_run: fleet_page.WebRun | None = None
         self.opening = False
         # The quota this socket holds a place of, and under which key (TerminalFactory).
         self.place: tuple[Quota, object] | None = None
@@ -298,18 +299,24 @@ class TerminalProtocol(WebSocketServerProtocol):
                 except ProtocolError as e:
                     self._refused(view, e)
                 return
-            if len(payload) > MAX_CONTROL:
-                raise ProtocolError("control message too long")
-            message = json.loads(payload.decode("utf-8"))
+            message = json.loads(payload.decode("utf-8"))  # at most MAX_CHUNK bytes (the factory's bound)
             if not isinstance(message, dict):
                 raise ProtocolError("a control message must be a JSON object")
             kind = message.get("type")
+            if len(payload) > (fleet_page.MAX_RUN_MESSAGE if kind == "run" else MAX_CONTROL):
+                raise ProtocolError("control message too long")
             if kind == "open":
                 self._open(message)
             elif kind == "attach":
                 self._attach(message)
             elif kind in lists.QUERIES:
                 self._query(kind, message)
+            elif kind == "run":
+                self._run(message)
+            elif kind == "stop":
+                if self.fleet_run is None:
+                    raise ProtocolError("stop without a run")
+                self.fleet_run.stop()
             elif self.view is None:
                 raise ProtocolError(f"{kind!r} before the session is open")
             elif kind in ("ack", "resize", "close"):
@@ -390,6 +397,25 @@ class TerminalProtocol(WebSocketServerProtocol):
         worker = session.worker
         d = self._authorized(worker, lambda: service.api.attach(who, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _run(self, message: Message) -> None:
+        """A fleet run (master_side.www.fleet_page), this socket's one purpose: its progress and end are sent
+        here, the Stop button interrupts it, the socket's close ends what runs."""
+        service, who = self._start()
+        run = self.fleet_run = fleet_page.WebRun(self.send_json)
+        self.lost_callbacks.append(run.lost)
+        d = run.start(self.master, service, who, self.info, message)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(OperatorError):
+                self.refuse(cast(OperatorError, failure.value).message)
+            elif failure.check(ProtocolError):
+                self.refuse(f"bad message from the page: {failure.value}")
+            else:
+                log.failure("slaveshell: a fleet run for {who}", failure, who=visible(who))
+                self.refuse("the master could not start the run (see its log)")
+
+        d.addErrback(failed)
 
     def _query(self, kind: str, message: Message) -> None:
         """The fleet page's lists and the replay page's reads (master_side.www.lists), answered on this socket;
