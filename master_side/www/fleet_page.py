@@ -192,7 +192,8 @@ class WebRun:
         ask = decode(message)
         among = await gate(master, service, who, info)
         if not among:
-            raise OperatorError(ErrorKind.DENIED, "there is no worker here that you may act on")
+            raise access.Refused("there is no worker here that you may act on (slaveshell's policy and Buildbot's "
+                                 "authz give you none)")
         started: Started = await service.fleet.run(who, ask, self, among)
         run = self.run = started.run
         self.listed = started.listed

@@ -407,7 +407,12 @@ class TerminalProtocol(WebSocketServerProtocol):
         d = run.start(self.master, service, who, self.info, message)
 
         def failed(failure: Failure) -> None:
-            if failure.check(OperatorError):
+            if failure.check(access.Refused):
+                # Refused here (no worker Buildbot's authz and the policy give): audited here; the API audits
+                # its own refusals.
+                self._audit(None, f"web fleet run refused: {failure.value}")
+                self.refuse(str(failure.value))
+            elif failure.check(OperatorError):
                 self.refuse(cast(OperatorError, failure.value).message)
             elif failure.check(ProtocolError):
                 self.refuse(f"bad message from the page: {failure.value}")

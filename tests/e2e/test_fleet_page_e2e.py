@@ -1,0 +1,247 @@
+"""The Fleet page (#/slaveshell/fleet) in a real browser, against a real master with two real workers: the workers
+with their facts (refreshed through a run of the probe, grouped by a fact), a command run on both, watched live,
+its outputs gathered with the summary line and a link to each session's transcript; Stop as Ctrl-C; a worker's
+hostile output shown as text; a web user whose policy withholds the run right refused, and seeing why; a user
+Buildbot's authz gives nothing refused; a page from another origin refused before anything runs."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from slaveshell.client.sandbox import Sandbox
+
+from .test_web_e2e import TIMEOUT_MS, browser, events, login, plugin_on_path, shot, wait_for
+
+pytestmark = pytest.mark.e2e
+__all__ = ["browser"]  # the module's browser fixture, shared
+
+WWW_CONFIG = """\
+from buildbot.plugins import util as _util
+from master_side.www.access import ShellEndpointMatcher
+c['www']['plugins']['slaveshell'] = {}
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'erin': 'erin-pw'})
+c['www']['authz'] = _util.Authz(
+    allowRules=[ShellEndpointMatcher(role='shellers')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'erin'])])
+"""
+# alice may run (shell implies run); erin may open shells but the rule withholds run; bob has a policy right but
+# no shell action in Buildbot's authz.
+SERVICE_KWARGS = (f"policy=[dict(users=['web:erin'], rights=['shell', 'watch', 'replay'], withhold=['run']), "
+                  f"dict(groups=['web:shellers'], rights=['shell', 'watch', 'replay']), dict(users=['web:bob']), "
+                  f"dict(users=[{os.getuid()}])], facts={{'answer': 'echo 42'}}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    root = str(tmp_path_factory.mktemp("fleet-page"))
+    with plugin_on_path(root):
+        sb = Sandbox(root, workers=["f1", "f2"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
+        try:
+            sb.create()
+            sb.start()
+            yield sb
+        finally:
+            sb.stop()
+
+
+def fleet_page(browser: Any, site: Sandbox, user: str) -> Any:
+    page = login(browser, site, user).new_page()
+    page.on("dialog", lambda d: pytest.fail(f"a dialog opened: {d.message}"))
+    page.goto(site.url + "#/slaveshell/fleet")
+    return page
+
+
+def run_command(page: Any, command: str, reason: str = "") -> Any:
+    page.locator("input.slaveshell-run-command").fill(command)
+    if reason:
+        page.locator("input.slaveshell-run-reason").fill(reason)
+    page.locator("button.slaveshell-run-start").click()
+    over = page.locator(".slaveshell-run[data-over='1']")
+    over.wait_for(timeout=TIMEOUT_MS * 2)
+    return page.locator(".slaveshell-run")
+
+
+def test_a_run_on_two_workers_is_gathered_with_its_summary_and_transcripts(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    # The facts, taken again through the run path; grouped by the configured probe's value.
+    page.locator("button.slaveshell-refresh-facts").click()
+    page.locator(".slaveshell-facts-note").wait_for(timeout=TIMEOUT_MS * 2)
+    page.locator("select.slaveshell-group-by").select_option("answer")
+    header = page.locator("tr.slaveshell-fact-group")
+    wait_for(lambda: "answer = 42 (2 workers)" in header.inner_text(), "the workers grouped by their answer")
+    assert page.locator("tr[data-worker='f1'] td.slaveshell-fact").first.inner_text() == "Linux"
+    # The filter by name.
+    page.locator("input.slaveshell-filter-name").fill("f2")
+    wait_for(lambda: page.locator("tr.slaveshell-fleet-worker").count() == 1, "the filter to leave f2 alone")
+    page.locator("input.slaveshell-filter-name").fill("")
+    # Both selected (the group's box), one command, a reason.
+    header.locator("input[type=checkbox]").check()
+    assert "2 selected workers" in page.locator(".slaveshell-run-form").inner_text()
+    run = run_command(page, "echo same on every worker; uname -s", reason="INC-21: web fleet")
+    summary = run.locator(".slaveshell-run-summary").inner_text()
+    assert summary == "2 ok", summary
+    group = run.locator(".slaveshell-run-group")
+    assert group.count() == 1
+    assert group.locator(".slaveshell-group-nodes").inner_text() == "f[1-2] (2)"
+    assert group.locator("pre.slaveshell-group-output").inner_text() == "same on every worker\nLinux"
+    # Each worker's row: ok, exit 0, its last line, its transcript.
+    for name in ("f1", "f2"):
+        row = run.locator(f"tr.slaveshell-run-row[data-worker='{name}']")
+        assert row.get_attribute("data-state") == "ok"
+        assert "Linux" in row.locator(".slaveshell-last-line").inner_text()
+    page.select_option("select.slaveshell-group-by", "")
+    shot(page, "fleet-page.png")
+    # The run is one row of the audit index, with its workers' sessions, and the reason.
+    run_id = run.get_attribute("data-run")
+    assert run_id and re.fullmatch(r"[0-9a-f]{12}", run_id)
+    # A worker's name in the group leads to its session's replay.
+    link = group.locator("a.slaveshell-group-transcript", has_text="f1")
+    href = link.get_attribute("href")
+    assert href and href.startswith("#/slaveshell/replay/")
+    link.click()
+    page.wait_for_function("() => { const e = document.querySelector('.slaveshell-status');"
+                           " return e && e.getAttribute('data-status') === 'ready'; }", timeout=TIMEOUT_MS)
+    text = page.evaluate("() => window.slaveshellReplay.text")
+    assert "same on every worker" in text
+    page.context.close()
+
+
+def test_different_outputs_are_separate_groups_and_exit_statuses_are_listed(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    run = run_command(page, 'case "$PWD" in *f2*) echo two; exit 3;; *) echo one;; esac')
+    assert run.locator(".slaveshell-run-summary").inner_text() == "1 ok, 1 failed (f2)"
+    groups = run.locator(".slaveshell-run-group")
+    assert groups.count() == 2
+    assert sorted(groups.locator("pre").all_inner_texts()) == ["one", "two"]
+    assert run.locator(".slaveshell-run-exit").inner_text() == "exit status 3: f2"
+    shot(page, "fleet-page-failed.png")
+    page.context.close()
+
+
+def test_output_with_html_and_escapes_is_shown_as_text(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    hostile = "<img src=x onerror=alert(1)><b>bold</b><script>alert(2)</script>"
+    run = run_command(page, f"printf '%s\\033[31mred\\033]0;title\\007\\342\\200\\256x\\n' '{hostile}'")
+    shown = run.locator("pre.slaveshell-group-output").inner_text()
+    assert shown == hostile + "\\x1b[31mred\\x1b]0;title\\x07\\u202ex", shown
+    assert run.locator("img, b, script").count() == 0
+    last = run.locator("tr.slaveshell-run-row[data-worker='f1'] .slaveshell-last-line").inner_text()
+    assert last == shown
+    assert "\u202e" not in page.locator(".slaveshell-page").inner_text()
+    page.context.close()
+
+
+def test_stop_ends_the_running_workers_as_ctrl_c(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    page.locator("input.slaveshell-run-command").fill("echo started; sleep 120")
+    page.locator("button.slaveshell-run-start").click()
+    rows = page.locator("tr.slaveshell-run-row[data-state='running']")
+    wait_for(lambda: rows.count() == 2 and all("started" in t for t in rows.locator(".slaveshell-last-line")
+                                               .all_inner_texts()), "both workers running")
+    page.locator("button.slaveshell-stop").click()
+    page.locator(".slaveshell-run[data-over='1']").wait_for()
+    assert page.locator(".slaveshell-run-summary").inner_text() == "2 interrupted (f1, f2)"
+    page.context.close()
+
+
+def test_a_user_without_the_run_right_is_refused_and_sees_why(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "erin")
+    page.locator("tr[data-worker='f2']").wait_for()
+    assert "no run right" in page.locator(".slaveshell-no-run-right").inner_text()
+    assert "may not run on worker" in page.locator("tr[data-worker='f1'] .slaveshell-no-run").inner_text()
+    # The page does not decide: the master refuses every worker, and says why.
+    run = run_command(page, "touch /tmp/erin-was-here")
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 refused"
+    reasons = run.locator(".slaveshell-run-reason").all_inner_texts()
+    assert reasons and all("web:erin may not run on worker" in r for r in reasons), reasons
+    assert run.locator("a.slaveshell-transcript").count() == 0
+    shot(page, "fleet-page-refused.png")
+    page.context.close()
+
+
+def test_a_user_buildbots_authz_gives_nothing_gets_no_worker_and_no_run(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "bob")
+    page.get_by_text("No worker you may act on.").wait_for()
+    # A run asked for by hand on the page's own socket: refused, and audited.
+    ask = """() => new Promise(resolve => {
+        const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
+        const ws = new WebSocket(u.href);
+        ws.onopen = () => ws.send(JSON.stringify({type: "run", command: "touch /tmp/bob-was-here"}));
+        ws.onmessage = e => resolve(e.data);
+        ws.onclose = e => resolve("closed " + e.code);
+    })"""
+    # The page's own question socket may still hold bob's one place (users without a right have one).
+    answer = wait_for(lambda: (a := page.evaluate(ask)) and "already 1 web terminal" not in a and a,
+                      "an answer to bob's run")
+    assert "no worker here that you may act on" in answer, answer
+    assert not os.path.exists("/tmp/bob-was-here")
+    wait_for(lambda: any(k == "refused" and "fleet run" in d for k, _, d in events(site, "web:bob")),
+             "bob's refusal in the audit index")
+    page.context.close()
+
+
+class _OtherSite(http.server.BaseHTTPRequestHandler):
+    """A page from another origin (another port of this host: the browser sends the master's cookie with it) that
+    asks the master's socket for a run."""
+
+    target = ""
+    marker = ""
+
+    def do_GET(self) -> None:
+        body = f"""<html><body><script>
+            const events = [];
+            const ws = new WebSocket({self.target!r});
+            ws.onopen = () => {{ events.push("open");
+                ws.send(JSON.stringify({{type: "run", command: "touch {self.marker}"}})); }};
+            ws.onmessage = (e) => events.push("message:" + e.data);
+            ws.onclose = (e) => {{ events.push("close:" + e.code); document.title = events.join(" | "); }};
+        </script></body></html>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_page_from_another_origin_runs_nothing(browser: Any, site: Sandbox, tmp_path: Any) -> None:
+    marker = str(tmp_path / "cross-origin-ran")
+    handler = type("Handler", (_OtherSite,), {"target": f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws",
+                                              "marker": marker})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        context = login(browser, site, "alice")
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("() => document.title.includes('close:')", timeout=TIMEOUT_MS)
+        title = page.title()
+        assert "open" not in title.split(" | ") and "message" not in title, title
+        assert not os.path.exists(marker)
+        wait_for(lambda: any(k == "refused" and "Origin" in d for k, _, d in events(site, "web:alice")),
+                 "the cross-origin refusal in the audit index")
+        context.close()
+    finally:
+        server.shutdown()
+
+
+def test_the_worker_view_shows_its_facts(browser: Any, site: Sandbox) -> None:
+    page = login(browser, site, "alice").new_page()
+    page.goto(site.url + "#/slaveshell/worker/f1")
+    facts = page.locator(".slaveshell-worker-facts")
+    facts.wait_for()
+    wait_for(lambda: "answer" in facts.inner_text() or "No facts yet" in facts.inner_text(), "the worker's facts")
+    page.context.close()
