@@ -97,7 +97,9 @@ def test_a_run_on_two_workers_is_gathered_with_its_summary_and_transcripts(brows
         row = run.locator(f"tr.slaveshell-run-row[data-worker='{name}']")
         assert row.get_attribute("data-state") == "ok"
         assert "Linux" in row.locator(".slaveshell-last-line").inner_text()
-    page.select_option("select.slaveshell-group-by", "")
+    # The page is in the Shells menu, beside the workers and the history.
+    page.locator(".sidebar button.bb-sidebar-button", has_text="Shells").click()
+    page.locator(".sidebar a[href='#/slaveshell/fleet']").wait_for(state="visible")
     shot(page, "fleet-page.png")
     # The run is one row of the audit index, with its workers' sessions, and the reason.
     run_id = run.get_attribute("data-run")
@@ -163,8 +165,8 @@ def test_a_user_without_the_run_right_is_refused_and_sees_why(browser: Any, site
     # The page does not decide: the master refuses every worker, and says why.
     run = run_command(page, "touch /tmp/erin-was-here")
     assert run.locator(".slaveshell-run-summary").inner_text() == "2 refused"
-    reasons = run.locator(".slaveshell-run-reason").all_inner_texts()
-    assert reasons and all("web:erin may not run on worker" in r for r in reasons), reasons
+    reasons = run.locator(".slaveshell-notran-reason").all_inner_texts()
+    assert reasons and all(r.startswith("web:erin") and "may not run on worker f" in r for r in reasons), reasons
     assert run.locator("a.slaveshell-transcript").count() == 0
     shot(page, "fleet-page-refused.png")
     page.context.close()
@@ -239,9 +241,34 @@ def test_a_page_from_another_origin_runs_nothing(browser: Any, site: Sandbox, tm
 
 
 def test_the_worker_view_shows_its_facts(browser: Any, site: Sandbox) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "slaveshell.cli", "facts", "--refresh", "--socket", site.socket],
+                   capture_output=True, check=True, timeout=120)
     page = login(browser, site, "alice").new_page()
     page.goto(site.url + "#/slaveshell/worker/f1")
     facts = page.locator(".slaveshell-worker-facts")
     facts.wait_for()
-    wait_for(lambda: "answer" in facts.inner_text() or "No facts yet" in facts.inner_text(), "the worker's facts")
+    rows = dict(zip(facts.locator("th").all_inner_texts(), facts.locator("td").all_inner_texts(), strict=True))
+    assert rows["answer"] == "42" and rows["os"] == "Linux", rows
+    page.context.close()
+
+
+def test_a_script_in_batches_of_one_with_a_timeout(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    page.locator("input.slaveshell-use-script").check()
+    page.locator("textarea.slaveshell-run-script").fill("#!/bin/sh\necho from-script $((6*7))\nsleep 60\n")
+    page.locator("input.slaveshell-run-batch").fill("1")
+    page.locator("input.slaveshell-run-timeout").fill("2")
+    page.locator("button.slaveshell-run-start").click()
+    run = page.locator(".slaveshell-run")
+    assert "at most 1 at once" in run.locator("p.text-muted").inner_text()
+    page.locator(".slaveshell-run[data-over='1']").wait_for(timeout=TIMEOUT_MS * 2)
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 timed out (f1, f2)"
+    # (The script's runner may add the shell's own "Hangup" line after it, as the terminal would show it.)
+    outputs = run.locator("pre.slaveshell-group-output").all_inner_texts()
+    assert outputs and all(o.startswith("from-script 42") for o in outputs), outputs
+    assert run.locator(".slaveshell-run-notran[data-state='timed out']").inner_text().startswith("timed out: f[1-2]")
     page.context.close()

@@ -710,7 +710,7 @@
         end.groups.map(function (g) {
           var out = run.outputs[g.digest] || { lines: ["[output not received]"] };
           return h("div", { key: g.digest, className: "slaveshell-run-group", "data-workers": g.workers.join(" ") },
-            h("div", { className: "slaveshell-group-header" }, h("b", { className: "slaveshell-group-nodes" },
+            h("div", { className: "slaveshell-group-header" }, h("strong", { className: "slaveshell-group-nodes" },
               printable(g.header)),
               h("span", { className: "slaveshell-group-links" }, " transcripts: ",
                 g.workers.map(function (n, i) {
@@ -730,7 +730,7 @@
         end.not_ran.map(function (n) {
           return h("div", { key: "n" + n.state, className: "slaveshell-run-notran", "data-state": n.state },
             printable(n.state + ": " + n.workers),
-            n.reasons.map(function (r, i) { return h("div", { key: i, className: "slaveshell-run-reason" }, printable(r)); }));
+            n.reasons.map(function (r, i) { return h("div", { key: i, className: "slaveshell-notran-reason" }, printable(r)); }));
         }),
         h("div", { className: "slaveshell-run-summary " + (end.exit_status === 0 ? "text-success" : "text-danger") },
           printable(end.summary)));
@@ -744,8 +744,9 @@
         run.id ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-run-history", style: { marginLeft: "0.5em" },
           href: "#/slaveshell/history" }, "History") : null),
       run.error ? h("div", { className: "alert alert-danger slaveshell-run-error" }, "Refused: " + printable(run.error)) : null,
-      run.id ? h("p", { className: "text-muted" }, printable(run.command), " on " + order.length + " worker" +
-        (order.length === 1 ? "" : "s") + ", at most " + run.batch + " at once") : null,
+      run.id ? h("p", { className: "text-muted" }, printable(run.command), run.targets
+        ? " on " + run.targets + " worker" + (run.targets === 1 ? "" : "s") + ", at most " + run.batch + " at once"
+        : ": no worker to run on") : null,
       order.length ? h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-run-table" },
         h("thead", null, h("tr", null, ["Worker", "State", "Time", "Exit", "Last line", ""].map(function (t) {
           return h("th", { key: t }, t); }))),
@@ -796,7 +797,7 @@
     function onEvent(m) {
       changeRun(function (r) {
         if (m.type === "run_started") {
-          r.id = m.run; r.batch = m.batch;
+          r.id = m.run; r.batch = m.batch; r.targets = m.targets.length;
           r.order = m.targets.concat(m.listed.map(function (o) { return o.worker; }));
           r.rows = Object.assign({}, r.rows);
           m.listed.forEach(function (o) { r.rows[o.worker] = { phase: "done", outcome: o, last_line: "" }; });
@@ -927,12 +928,12 @@
           columns.map(function (c) { return h("th", { key: c }, printable(c)); }), h("th", null, "Facts taken"))),
         h("tbody", null, rows))),
       h("div", { className: "slaveshell-run-form card card-body", style: { marginBottom: "1em" } },
-        h("div", { style: { marginBottom: "0.4em" } }, h("b", null, "Run on " + target),
+        h("div", { className: "slaveshell-form-row" }, h("b", { style: { marginRight: "0.5em" } }, "Run on " + target),
           chosen.length ? h("button", { className: "btn btn-link btn-sm slaveshell-clear", onClick: function () { setSelected({}); } },
             "clear") : null,
           " ", input("where", "--where FACT=VALUE ...", "18em")),
-        h("div", { style: { marginBottom: "0.4em" } },
-          h("label", { style: { marginRight: "1em" } }, h("input", { type: "checkbox", className: "slaveshell-use-script",
+        h("div", { className: "slaveshell-form-row" },
+          h("label", { style: { marginRight: "1em", whiteSpace: "nowrap" } }, h("input", { type: "checkbox", className: "slaveshell-use-script",
             checked: f.useScript, onChange: function (e) { var v = e.target.checked; setForm(function (o) { return Object.assign({}, o, { useScript: v }); }); } }),
             " script"),
           f.useScript
@@ -941,7 +942,7 @@
                 style: { fontFamily: "monospace" } })
             : input("command", "command (run by the worker's shell)", "40em",
                 { onKeyDown: function (e) { if (e.key === "Enter" && !empty && !running && !tooMany) start(chosen); } })),
-        h("div", null,
+        h("div", { className: "slaveshell-form-row" },
           input("reason", "reason (ticket, incident)", "18em", { maxLength: 500 }),
           input("batch", "batch (N or P%)", "9em", { maxLength: 16 }),
           input("timeout", "timeout (s)", "8em"),
