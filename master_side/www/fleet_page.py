@@ -12,8 +12,8 @@ Messages (JSON; page -> master):
 - a question, on a socket of questions (master_side.www.lists): ``{"type": "fleet", "refresh": bool?}`` ->
   ``{"type": "fleet", "workers": [{"name", "connected", "opted_in", "may_run", "refusal", "facts": {..} | null,
   "taken": float | null, "age": float | null, "stale": bool, "workerid"}], "facts": [names], "probes": [names],
-  "stale_after": float, "refreshed": {"run", "summary"} | null}``; with ``refresh``, the facts are taken again
-  first (`FleetOperations.facts`: a run of the probe on each worker);
+  "stale_after": float, "refreshed": {"workers"} | null}``; with ``refresh``, the facts are taken again first
+  (`FleetOperations.facts`: a run of the probe on each worker, recorded as a run);
 - a run, on a socket of its own (it is then that socket's one purpose, as a session is):
   ``{"type": "run", "command": str?, "script": str?, "workers": [glob]?, "where": [FACT=VALUE]?, "batch": str?,
   "timeout": number?, "reason": str?}`` (a command or a script: the script's text, UTF-8); then ``{"type":
@@ -117,9 +117,8 @@ async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, 
     if refresh:
         if not among:
             raise OperatorError(ErrorKind.BAD_REQUEST, "no worker here that you may act on")
-        before = set(fleet.runs)
         await fleet.facts(who, [], True, among)
-        refreshed = {"workers": len(among), "runs": sorted(set(fleet.runs) - before)}
+        refreshed = {"workers": len(among)}
     workers = await fleet.fleet(who, among)
     ids = await buildbot_pages.worker_ids(master, {w.name for w in workers})
     now = time.time()

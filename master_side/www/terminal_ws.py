@@ -18,7 +18,9 @@ Messages (RFC 6455 frames):
   "watch", "reattach": bool?}`` (resume one's own detached session or join another's, per `OperatorAPI.attach`;
   watch is read-only; with ``reattach``, sent when the page attaches without a click (a reload), another's session
   is refused with ``"confirm": true``);
-  or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page).
+  or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page),
+  or ``{"type": "run", ...}`` then ``{"type": "stop"}`` (a fleet run: master_side.www.fleet_page, which describes
+  its messages; a run's message may be up to 64 KiB, a script in it).
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
   ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the

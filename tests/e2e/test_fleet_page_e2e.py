@@ -7,9 +7,12 @@ Buildbot's authz gives nothing refused; a page from another origin refused befor
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,11 +31,12 @@ from master_side.www.access import ShellEndpointMatcher
 c['www']['plugins']['slaveshell'] = {}
 c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'erin': 'erin-pw'})
 c['www']['authz'] = _util.Authz(
-    allowRules=[ShellEndpointMatcher(role='shellers')],
+    allowRules=[ShellEndpointMatcher(role='shellers', worker='f*')],
     roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'erin'])])
 """
 # alice may run (shell implies run); erin may open shells but the rule withholds run; bob has a policy right but
-# no shell action in Buildbot's authz.
+# no shell action in Buildbot's authz. The policy gives alice g1 too, but Buildbot's authz gives the shell action on
+# f* only: g1 is in none of her lists and no run of hers reaches it.
 SERVICE_KWARGS = (f"policy=[dict(users=['web:erin'], rights=['shell', 'watch', 'replay'], withhold=['run']), "
                   f"dict(groups=['web:shellers'], rights=['shell', 'watch', 'replay']), dict(users=['web:bob']), "
                   f"dict(users=[{os.getuid()}])], facts={{'answer': 'echo 42'}}")
@@ -42,7 +46,7 @@ SERVICE_KWARGS = (f"policy=[dict(users=['web:erin'], rights=['shell', 'watch', '
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = str(tmp_path_factory.mktemp("fleet-page"))
     with plugin_on_path(root):
-        sb = Sandbox(root, workers=["f1", "f2"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
+        sb = Sandbox(root, workers=["f1", "f2", "g1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
         try:
             sb.create()
             sb.start()
@@ -272,3 +276,100 @@ def test_a_script_in_batches_of_one_with_a_timeout(browser: Any, site: Sandbox) 
     assert outputs and all(o.startswith("from-script 42") for o in outputs), outputs
     assert run.locator(".slaveshell-run-notran[data-state='timed out']").inner_text().startswith("timed out: f[1-2]")
     page.context.close()
+
+
+# A socket of the page's own origin and login, driven by hand: the messages to send once open, then every message
+# received until the socket closes or `seconds` pass (what an attacker's script in a logged-in tab could do).
+RAW = """async ([messages, seconds]) => {
+    const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
+    const ws = new WebSocket(u.href), got = [];
+    window.rawSockets = (window.rawSockets || []).concat([ws]);
+    return await new Promise(resolve => {
+        ws.onopen = () => messages.forEach(m => ws.send(typeof m === "string" ? m : JSON.stringify(m)));
+        ws.onmessage = e => got.push(JSON.parse(e.data));
+        ws.onclose = e => resolve(got.concat([{type: "closed", code: e.code}]));
+        setTimeout(() => resolve(got), seconds * 1000);
+    });
+}"""
+
+
+def raw(page: Any, messages: list[Any], seconds: float = 30) -> list[dict[str, Any]]:
+    return list(page.evaluate(RAW, [messages, seconds]))
+
+
+def run_rows(site: Sandbox, operator: str) -> list[tuple[str, str, str]]:
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        return list(db.execute("SELECT id, state, targets FROM slaveshell_runs WHERE operator = ? ORDER BY started",
+                               (operator,)))
+    finally:
+        db.close()
+
+
+def test_buildbots_authz_keeps_a_worker_out_of_the_page_and_out_of_every_run(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    assert page.locator("tr[data-worker='g1']").count() == 0
+    # Asked by name, on the page's socket: no such worker for her (the policy alone would allow it).
+    answer = raw(page, [{"type": "run", "command": "echo reached-g1", "workers": ["g1"]}])
+    assert answer[0]["type"] == "error" and "no worker matches --workers g1" in answer[0]["message"], answer
+    # Every worker: f1 and f2 only, g1 neither run nor listed.
+    answer = raw(page, [{"type": "run", "command": "echo everywhere"}])
+    end = next(m for m in answer if m["type"] == "run_end")
+    assert end["summary"] == "2 ok" and [g["workers"] for g in end["groups"]] == [["f1", "f2"]], end
+    assert all("g1" not in targets.split() for _, _, targets in run_rows(site, "web:alice"))
+    page.context.close()
+
+
+def test_one_socket_one_purpose_and_the_masters_run_bounds(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    # A run's socket takes no session, and a session's no run.
+    answer = raw(page, [{"type": "run", "command": "sleep 30"}, {"type": "open", "worker": "f1", "cols": 80,
+                                                                  "rows": 24}])
+    assert any(m["type"] == "error" and "one session" in m["message"] for m in answer), answer
+    # A message too long for a run (the socket's 64 KiB): closed by the WebSocket's own bound.
+    answer = raw(page, [json.dumps({"type": "run", "script": "x" * 70000})])
+    assert answer[-1]["type"] == "closed" and answer[-1]["code"] != 1000, answer
+    # Four runs in progress at once (FleetOperations' runs_per_operator): the fifth is refused, and audited.
+    page.evaluate("""() => { window.held = [];
+        for (let i = 0; i < 4; i++) {
+            const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
+            const ws = new WebSocket(u.href);
+            ws.onopen = () => ws.send(JSON.stringify({type: "run", command: "sleep 120"}));
+            window.held.push(ws);
+        } }""")
+    wait_for(lambda: sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "running") >= 4,
+             "four runs in progress")
+    answer = raw(page, [{"type": "run", "command": "echo fifth"}])
+    assert answer[0]["type"] == "error" and "fleet runs in progress" in answer[0]["message"], answer
+    wait_for(lambda: any(k == "refused" and "fleet runs in progress" in d for k, _, d in events(site, "web:alice")),
+             "the refusal in the audit index")
+    # Leaving (the sockets closed, as a closed tab): each run is interrupted, its sleeps ended.
+    page.evaluate("() => window.held.forEach(ws => ws.close())")
+    wait_for(lambda: not any(state == "running" for _, state, _ in run_rows(site, "web:alice")),
+             "the runs to end with their sockets")
+    assert sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "interrupted") >= 4
+    page.context.close()
+
+
+def test_logging_out_ends_a_run_in_progress(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/fleet")
+    page.locator("tr[data-worker='f2']").wait_for()
+    page.locator("input.slaveshell-run-command").fill("echo started; sleep 120")
+    page.locator("button.slaveshell-run-start").click()
+    rows = page.locator("tr.slaveshell-run-row[data-state='running']")
+    wait_for(lambda: rows.count() == 2, "both workers running")
+    run_id = page.locator(".slaveshell-run").get_attribute("data-run")
+    began = time.monotonic()
+    other = context.new_page()
+    other.goto(site.url + "auth/logout")
+    # The grant dies with the login: the run's socket is closed with the reason, and the run ends as Ctrl-C.
+    page.locator(".slaveshell-run-error").wait_for()
+    assert "logged out" in page.locator(".slaveshell-run-error").inner_text()
+    wait_for(lambda: any(i == run_id and state == "interrupted" for i, state, _ in run_rows(site, "web:alice")),
+             "the run to be interrupted")
+    assert time.monotonic() - began < 60
+    context.close()
