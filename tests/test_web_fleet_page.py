@@ -44,6 +44,7 @@ def test_a_run_message_is_decoded_with_every_value_checked():
     {"command": "x", "timeout": True},
     {"command": "x", "batch": "1" * 17},
     {"command": "x\0y"},
+    {"script": "echo \ud800"},
 ])
 def test_a_bad_value_is_refused_at_the_doors_edge(message):
     with pytest.raises(ProtocolError):

@@ -86,7 +86,10 @@ def decode(message: Message) -> RunAsk:
     """The page's run message, every value's type and size checked (their meaning is FleetOperations')."""
     command = _text(message, "command", MAX_COMMAND)
     script_text = _text(message, "script", MAX_SCRIPT)
-    script = script_text.encode("utf-8", "surrogatepass") if script_text is not None else None
+    try:
+        script = script_text.encode("utf-8") if script_text is not None else None
+    except UnicodeEncodeError:
+        raise ProtocolError("the script is not valid Unicode (a lone surrogate)") from None
     if script is not None and not script.endswith(b"\n"):
         script += b"\n"
     timeout = message.get("timeout")
