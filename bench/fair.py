@@ -43,6 +43,7 @@ import argparse
 import functools
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -105,6 +106,7 @@ class Pair:
     ssh: list[float] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # process -> CPU s/GB, one per round
     retried: list[str] = field(default_factory=list)  # measurements that failed once and were taken again
+    windows: list[str] = field(default_factory=list)  # slaveshell's windows per round (`Windows`), for the notes
 
     def ratios(self) -> list[float]:
         return [o / s for o, s in zip(self.ours, self.ssh, strict=False) if s]
@@ -385,14 +387,63 @@ def steps(link: Link, parts: set[str], kinds: list[str], sizes: Sizes, files: di
     return out
 
 
-def run_rounds(sides: list[Side], rows: list[Step], rounds: int) -> None:
+class Windows:
+    """The credit windows slaveshell chose (slaveshell.vocabulary.windows), read from what the worker and the master
+    log at each session's end: the worker's output window (its peak and the sizes it chose, KiB) and the input in
+    flight the master saw (KiB), for the sessions that ended since the last look."""
+
+    WORKER = re.compile(r"output window: base (\d+) KiB, cap (\d+) KiB, peak (\d+) KiB, min rtt ([\d.]+ ms|-), "
+                        r"sizes \(KiB\) \[([\d,]*)\]")
+    MASTER = re.compile(r"windows: output granted (\d+) KiB, peak (\d+) KiB in flight; input granted (\d+) KiB, "
+                        r"peak (\d+) KiB in flight")
+
+    def __init__(self, system: Slaveshell) -> None:
+        self.logs = [Path(system.sandbox.worker_dir("w1"), "twistd.log"), Path(system.sandbox.master_dir, "twistd.log")]
+        self.at = [self._size(p) for p in self.logs]
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        return path.stat().st_size if path.exists() else 0
+
+    def since(self) -> str:
+        time.sleep(0.3)  # the session's end is logged just after the client exits
+        texts = []
+        for i, path in enumerate(self.logs):
+            size = self._size(path)
+            if size < self.at[i]:
+                self.at[i] = 0  # rotated
+            with open(path, "rb") as f:
+                f.seek(self.at[i])
+                texts.append(f.read().decode("utf-8", "replace"))
+            self.at[i] = size
+        out = []
+        for m in self.WORKER.finditer(texts[0]):
+            base, cap, peak, rtt, sizes = m.groups()
+            if int(peak) > int(base) or sizes:
+                chosen = sizes.split(",")
+                shown = ",".join(chosen if len(chosen) <= 8 else chosen[:4] + ["..."] + chosen[-3:])
+                out.append(f"output peak {peak} of {cap} KiB (rtt {rtt}; sizes {shown})")
+            else:
+                out.append(f"output {base} KiB (rtt {rtt})")
+        for m in self.MASTER.finditer(texts[1]):
+            _og, _op, ig, ip = m.groups()
+            if int(ip):
+                out.append(f"input peak {ip} of {ig} KiB in flight")
+        return "; ".join(out) or "no session ended"
+
+
+def run_rounds(sides: list[Side], rows: list[Step], rounds: int, windows: Windows | None = None) -> None:
     """Each round runs every row on both systems back to back, the order swapped from row to row and round to
     round."""
     for r in range(rounds):
         for i, step in enumerate(rows):
             for side in sides if (r + i) % 2 == 0 else sides[::-1]:
                 try:
+                    if windows is not None and side.key == "ours":
+                        windows.since()
                     step.once(side)
+                    if windows is not None and side.key == "ours":
+                        step.pairs[0].windows.append(f"round {r + 1}: {windows.since()}")
                 except (RuntimeError, pexpect.ExceptionPexpect) as e:
                     # Once more, and said under the table; a second failure ends the run.
                     print(f"bench: round {r + 1}: {step.pairs[0].metric}: {side.key} failed, once more: {e}",
@@ -437,6 +488,10 @@ def render(pairs: list[Pair], title: str) -> str:
     retried = [f"- {p.metric}: measured again after a failure ({r})" for p in pairs for r in p.retried]
     if retried:
         lines += ["", *retried]
+    chosen = [f"- {p.metric}: {w}" for p in pairs for w in p.windows]
+    if chosen:
+        lines += ["", "Windows slaveshell chose (KiB; the worker's output window, and the input the master saw in "
+                  "flight):", "", *chosen]
     met = sum(p.verdict() == "met" for p in pairs)
     judged = sum(p.limit is not None for p in pairs)
     return "\n".join(lines + ["", f"{met} of {judged} targets met (median meets it, worst round within "
@@ -534,7 +589,7 @@ def main() -> int:
             if args.rows:
                 words = args.rows.split(",")
                 rows = [step for step in rows if any(w in p.metric for p in step.pairs for w in words)]
-            run_rounds(sides, rows, args.rounds)
+            run_rounds(sides, rows, args.rounds, Windows(ours))
             where = ("loopback" if link.rtt_ms is None else
                      f"both links through bench/delay_proxy.py: {link.rtt_ms:g} ms round trip, "
                      + (f"{link.rate_mbit:g} Mbit/s each way, " if link.rate_mbit else "no rate cap, ")

@@ -97,6 +97,7 @@ class ShellConfig:
     max_runs_per_operator: int = FleetLimits.runs_per_operator
     max_runs: int = FleetLimits.runs
     max_run_batch: int = FleetLimits.batch
+    max_run_sessions: int = FleetLimits.sessions
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
@@ -114,7 +115,7 @@ class ShellConfig:
         return []
 
     def fleet_limits(self) -> FleetLimits:
-        return FleetLimits(self.max_runs_per_operator, self.max_runs, self.max_run_batch)
+        return FleetLimits(self.max_runs_per_operator, self.max_runs, self.max_run_batch, self.max_run_sessions)
 
     def _cluster_errors(self) -> list[str]:
         if self.cluster is None:
@@ -134,7 +135,7 @@ class ShellConfig:
         # Resource bounds (master_side.operators.bounds): always on, whole numbers of at least 1.
         for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
-                     "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch"):
+                     "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch", "max_run_sessions"):
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")

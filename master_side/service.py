@@ -26,6 +26,7 @@ from master_side.config import DEFAULT_SOCKET, ShellConfig, group_id, shell_conf
 from master_side.fleet.operations import FleetOperations
 from master_side.glue import upstream
 from master_side.glue.buildbot import BuildbotGlue
+from master_side.holds import moderator_notices
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
 from master_side.operators.gate import ConnectionGate
@@ -36,7 +37,7 @@ from master_side.shell_socket.listener import DoorFactory
 from master_side.shell_socket.peer import peer_identity
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.vocabulary.policy import Policy
+from slaveshell.vocabulary.policy import Policy, moderators_text
 
 log = Logger()
 
@@ -47,6 +48,12 @@ class ListeningPort(Protocol):
     """The socket's listening port (IListeningPort): `stopListening` may return a Deferred."""
 
     def stopListening(self) -> defer.Deferred[None] | None: ...
+
+
+class Consumer(Protocol):
+    """A consumer of Buildbot's message queue (buildbot.mq.base.QueueRef)."""
+
+    def stopConsuming(self) -> None: ...
 
 
 class ShellService(BuildbotService):
@@ -82,9 +89,11 @@ class ShellService(BuildbotService):
         self.api = OperatorAPI(self.registry, self.glue, self.gate, lambda: self.trail,
                                lambda: self.master.botmaster, self.holds)
         self.fleet = FleetOperations(self.api, _reactor)  # fleet runs and facts (master_side.fleet)
+        self._attaches: Consumer | None = None  # Buildbot's mq consumer of workers' attaches
         # Local users no policy rule grants anything are admitted among the few places for them
         # (master_side.operators.gate).
         self.gate.has_right = lambda who: self.policy.grants_some_right(who)
+        self.api.moderator_wanted = self._moderator_wanted
         super().__init__(*args, **kwargs)
 
     @property
@@ -104,6 +113,15 @@ class ShellService(BuildbotService):
         watches them: master_side.holds.step.HoldHost)."""
         return {session.id: (session.bytes_in, len(session.viewers)) for session in self.registry.live()
                 if session.build is not None and session.build.get("build_id") == build_id}
+
+    def _moderator_wanted(self, session: MasterSession, why: str) -> None:
+        """A four-eyes session waits for a moderator: the reporters' notice (master_side.holds.moderator_notices)."""
+        moderation = session.moderation
+        if moderation is None:
+            return
+        moderator_notices.announce(self.master, session.id, session.worker, session.identity.user,
+                                   moderators_text(moderation.moderated_by), session.started, why,
+                                   session.request.reason)
 
     def command_socket(self, basedir: str) -> str | None:
         """The socket a command must name with ``--socket``: None when there is none, or it is the default one
@@ -149,6 +167,7 @@ class ShellService(BuildbotService):
         if self.trail is None:
             self.trail = trail
             await self.trail.start()
+            await self._watch_attaches()
         elif (trail.directory, trail.db_url) != (self.trail.directory, self.trail.db_url):
             log.warn("slaveshell: a new transcript directory or audit database takes effect at the next "
                      "master restart")
@@ -170,11 +189,30 @@ class ShellService(BuildbotService):
         await self._stop_listening()
         log.info("slaveshell: stopping (socket closed)")
         await self._cluster(None)
+        self.fleet.interrupt_all()
+        if self._attaches is not None:
+            consumer, self._attaches = self._attaches, None
+            consumer.stopConsuming()
         if self.trail is not None:
             await self.trail.stop()
             self.trail = None
         log.info("slaveshell: stopped")
         await super().stopService()
+
+    @deferred
+    async def _watch_attaches(self) -> None:
+        """Workers attaching, as Buildbot announces them (before it offers them builds): pending fleet runs
+        (master_side.fleet.pending) pause and run there; and the pending rows, read once now."""
+        def attached(_key: tuple[str, ...], data: object) -> None:
+            name = data.get("name") if isinstance(data, dict) else None
+            if isinstance(name, str):
+                self.fleet.pending.attached(name)
+
+        try:
+            self._attaches = await self.master.mq.startConsuming(attached, ("workers", None, "connected"))
+        except Exception:
+            log.failure("slaveshell: workers' attaches cannot be followed: pending fleet runs wait for a reload")
+        self.fleet.pending.load()
 
     @deferred
     async def _listen(self, path: str, group: str | int | None) -> None:
@@ -230,6 +268,7 @@ class ShellService(BuildbotService):
         self.registry.tick(now)
         self.api.transfers.tick()
         self.retention.tick(now)
+        self.fleet.pending.tick(now)
         if self.api.cluster is not None:
             self.api.cluster.tick(now)
 

@@ -40,6 +40,7 @@ def install(
     local_log_backups: int = DEFAULT_BACKUPS,
     local_transcripts_keep: int = DEFAULT_KEEP_TRANSCRIPTS,
     local_log_mode: int = 0o600,
+    max_window: int = 4 * 1024 * 1024,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -64,6 +65,9 @@ def install(
     local_log_backups: rotated logs kept (`PATH.1` ... `PATH.N`).
     local_transcripts_keep: transcripts kept; the oldest are removed.
     local_log_mode: the permissions the log and the transcripts are created with.
+    max_window: the most output (bytes) a session may have sent and not yet acknowledged, which this worker then
+        holds: a session's window grows to the link's bandwidth-delay product, as far as the master grants and this
+        allows (at least the 256 KiB base).
     """
     global _server, _transfers
     if not enabled:
@@ -83,6 +87,7 @@ def install(
         allowed_users=frozenset(allowed_users) if allowed_users is not None else None,
         busy_rate=max(0, int(busy_rate)),
         umask=umask,
+        max_window=max(0, int(max_window)),
     )
     # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.plumbing.banana_buffer), what
     # the master's connection may make Banana hold bounded (slaveshell.plumbing.banana_bounds), BotPb's methods: each

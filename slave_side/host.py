@@ -54,6 +54,9 @@ class WorkerOptions:
     max_sessions: int = 8
     allowed_dirs: tuple[str, ...] | None = None
     output_window: int = OUTPUT_WINDOW
+    # The largest output window a master may grant one session (bytes sent and not yet acknowledged, which this
+    # worker holds): the window follows the link's bandwidth-delay product up to it (slaveshell.vocabulary.windows).
+    max_window: int = 4 * 1024 * 1024
     extra_env: dict[str, str] = field(default_factory=dict)
     # Operators (as the master names them) this worker accepts; None: whoever the master allows.
     allowed_users: frozenset[str] | None = None

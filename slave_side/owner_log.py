@@ -340,6 +340,9 @@ class RecordingSink:
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         self.inner.input_ack(nbytes, hidden)
 
+    def flushed(self) -> None:
+        self.inner.flushed()
+
     def exit(self, status: ExitStatus) -> None:
         self.inner.exit(status)
         self.finish(status)

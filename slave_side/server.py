@@ -58,6 +58,9 @@ class PbSessionSink:
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         self.send("input_ack", nbytes, hidden)
 
+    def flushed(self) -> None:
+        self.send("flushed")
+
     def exit(self, status: ExitStatus) -> None:
         self.send("exit", status.code, status.signal, status.reason)
 
@@ -102,6 +105,11 @@ class SessionHandle(LeanReceiver):
     def remote_close(self) -> None:
         self.session.close("closed by the master")
 
+    def remote_window(self, nbytes: object) -> None:
+        """The master grants this session's output window up to `nbytes` (slaveshell.vocabulary.windows), and takes
+        `flushed`."""
+        self._guard("window", lambda: self.session.grant(check_int(nbytes, "window", 1, 2**40)))
+
     def remote_lean(self) -> None:
         """The master takes lean calls on this connection: the session's output and input_acks go that way."""
         self.peer.lean = True
@@ -132,9 +140,11 @@ class ShellServer:
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
-        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "exported": n}`` (lean: this
-        connection takes slaveshell.plumbing.lean_calls; exported: how many objects this connection's broker exported
-        before this answer, for the master's `workers` listing) or ``{"ok": False, "error": text}``.
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "exported": n}``
+        (lean: this connection takes slaveshell.plumbing.lean_calls; window: the session's output window follows the
+        link and takes the master's grant, `SessionHandle.remote_window`; exported: how many objects this
+        connection's broker exported before this answer, for the master's `workers` listing) or
+        ``{"ok": False, "error": text}``.
         `build_running()` tells whether a build step runs on this worker now (its output is then paced:
         WorkerOptions.busy_rate)."""
         opened = opening(OpenRequest.from_wire, params, sink)
@@ -182,7 +192,7 @@ class ShellServer:
         self._links[session_id] = (on_disconnect(ref, lambda: session.close("the master connection was lost")),
                                    peer)
         handle = SessionHandle(session, peer)
-        return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean,
+        return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean, "window": True,
                 "exported": exported(broker)}
 
     def _closed(self, session: WorkerSession) -> None:

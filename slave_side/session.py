@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import termios
 from collections.abc import Callable
 
 from twisted.internet import error, protocol
@@ -19,14 +20,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from slave_side import pty as ptyutil
-from slave_side.echo import HiddenInputJudge, Keystrokes, terminal_modes
+from slave_side.echo import HiddenInputJudge, Keystrokes, local_modes, terminal_modes
 from slave_side.host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
+from slave_side.pty import TermModes
 from slave_side.reading import read_in_larger_pieces
 from slave_side.spawn import spawn
 from slaveshell.plumbing.clock import DelayedCall
 from slaveshell.plumbing.write_now import write_now
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.flow import CreditWindow, Pacer, chunks, output_limits
+from slaveshell.vocabulary.flow import Pacer, chunks, output_limits
 from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
     OUTPUT_WINDOW,
@@ -37,6 +39,7 @@ from slaveshell.vocabulary.protocol import (
     OpenRequest,
     SessionSink,
 )
+from slaveshell.vocabulary.windows import TunedWindow
 
 __all__ = ["WorkerSession", "Phase", "WorkerOptions", "resolve_cwd", "session_environment"]
 
@@ -62,6 +65,9 @@ COALESCE_DELAY = 0.002
 # and of pipes (no echo to wait for) go at once, as do held ones once HELD_ACKS_MAX bytes are waiting.
 ACK_DELAY = 0.01
 HELD_ACKS_MAX = MAX_CHUNK
+
+# After an interrupt that flushed the terminal, what follows it (the prompt) may go this far past the output window.
+INTERRUPT_ALLOWANCE = MAX_CHUNK
 
 # The burst a session's output may send at once while a build step runs, before WorkerOptions.busy_rate paces it:
 # a screenful, a prompt, an echo are never held.
@@ -142,9 +148,14 @@ class WorkerSession:
         self._pacer = Pacer(options.busy_rate, BUSY_BURST) if options.busy_rate > 0 else None
         self._paced: DelayedCall | None = None
         # A terminal keeps the owner's window; a bulk stream's window scales with it (slaveshell.vocabulary.flow).
+        # That is its base: it grows with the link's bandwidth-delay product as far as the master grants (`grant`)
+        # and the owner allows (WorkerOptions.max_window); slaveshell.vocabulary.windows.
         self.limits = output_limits(request.pty)
-        self.window = CreditWindow(options.output_window if request.pty else
-                                   max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
+        base = (options.output_window if request.pty else
+                max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
+        self.window = TunedWindow(base, base, reactor.seconds)
+        # The master takes `flushed` (it said so with its grant): a Ctrl-C that flushes the terminal is told.
+        self._tell_flushes = False
         self.transport: ProcessTransport | None = None
         self.pid: int | None = None
         self.cwd: str | None = None  # where the process started, once it has
@@ -167,6 +178,10 @@ class WorkerSession:
         self._last_input: bytes | None = None
         # Our own descriptor of the PTY's slave side, held until the process has exited (see start()).
         self._slave_hold: int | None = None
+        # An interrupt flushed the terminal: `flushed` goes with the next acks released (the interrupt's).
+        self._pending_flush = False
+        # Output may go past the window until this much was sent in all (after an interrupt: `_flushed`).
+        self._allowance_until = 0
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -218,18 +233,53 @@ class WorkerSession:
             return
         # Decided here, where the terminal's modes and the program's echo are seen (slave_side.echo): what a
         # prompt does not display is hidden, and the transcript keeps only its length.
+        flushed = False
         if self._pty_fd is not None:
             modes = terminal_modes(self._pty_fd)
             self._write_to_pty(data)
             item = self._judge.delivered(data, modes)
+            flushed = self._interrupts(data, modes) and item.hidden is not None and not self._input_paused
         else:
             self._running_process().write(data)
             item = Keystrokes(len(data), hidden=False)
         if data:
             self._last_input = data[-1:]
         self._held_input.append(item)
+        if flushed:
+            self._flushed()
         if not self._input_paused:
             self._release_input_credit()
+
+    def _interrupts(self, data: bytes, modes: TermModes | None) -> bool:
+        """Whether `data`, written with the terminal in `modes`, interrupts and flushes its output as the line
+        discipline does (ISIG set, NOFLSH clear, the VINTR or VQUIT character in it): only told to a master that
+        takes it."""
+        if not self._tell_flushes or modes is None:
+            return False
+        lflag, cc = local_modes(modes), modes[6]
+        if not lflag & termios.ISIG or lflag & termios.NOFLSH or not isinstance(cc, list):
+            return False
+        keys = {c for c in (cc[termios.VINTR], cc[termios.VQUIT]) if isinstance(c, bytes) and c != b"\0"}
+        return any(key in data for key in keys)
+
+    def _flushed(self) -> None:
+        """The terminal flushed its output at an interrupt: so does this session with what it had not sent yet,
+        and it tells the master at once, ahead of the interrupt's input_ack (sent right after, before any output
+        that follows the interrupt), so that the operator's client can discard what was in flight before it, as a
+        terminal would."""
+        for buf in self._buffers.values():
+            buf.clear()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._last_flush_size = 0  # what follows (the prompt) goes at once, not coalesced as the flood was
+        self._send_acks()  # acks of input before the interrupt: they precede the mark
+        self._pending_flush = True
+        # The flood filled the window, and the client acknowledges what it discards only once the interrupt's ack
+        # reached it: what follows the interrupt (the prompt) may go past the window by INTERRUPT_ALLOWANCE, within
+        # the overshoot the master tolerates, instead of waiting a round trip for that credit.
+        self._allowance_until = self.window.total_sent + INTERRUPT_ALLOWANCE
+        self._resume_reading()
 
     def _write_to_pty(self, data: bytes) -> None:
         """Into the PTY in this reactor turn when nothing waits before it (slaveshell.plumbing.write_now: the keystroke
@@ -279,6 +329,22 @@ class WorkerSession:
         if self.window.is_open and self._reading_paused:
             self._resume_reading()
 
+    def grant(self, nbytes: int) -> None:
+        """The master lets this session's output window grow to `nbytes` (within the owner's max_window), and
+        takes `flushed`."""
+        self.window.grant(min(nbytes, self.options.max_window))
+        self._tell_flushes = True
+        if self.window.is_open and self._reading_paused:
+            self._resume_reading()
+
+    def window_report(self) -> str:
+        """The output window's story, for the log: its base, cap, peak, the sizes it chose and the round trip."""
+        w = self.window
+        rtt = f"{w.min_rtt * 1000:.1f} ms" if w.min_rtt is not None else "-"
+        sizes = ",".join(str(n // 1024) for n in w.history)
+        return (f"base {w.base // 1024} KiB, cap {w.cap // 1024} KiB, peak {w.peak // 1024} KiB, min rtt {rtt}, "
+                f"sizes (KiB) [{sizes}]")
+
     def close(self, why: str = "closed by the master") -> None:
         """End the session: HUP, then TERM, then KILL to its process groups."""
         if self.ended or self.pid is None:
@@ -324,7 +390,7 @@ class WorkerSession:
                 self.window.sent(len(piece))
                 self.sink.output(stream, piece, self._take_acks())
         self._send_acks()  # no output to ride on (an empty flush at the end)
-        if not self.window.is_open and self.running:
+        if not self.window.is_open and self.running and self.window.total_sent >= self._allowance_until:
             self._pause_reading()
         self._pace(self._last_flush_size)
 
@@ -371,6 +437,10 @@ class WorkerSession:
             at_once = at_once or item.hidden is True
         if not self._ready_acks:
             return
+        if self._pending_flush:  # the interrupt's ack: right behind the mark, ahead of any later output
+            self._pending_flush = False
+            self.sink.flushed()
+            at_once = True
         if at_once or sum(n for n, _ in self._ready_acks) >= HELD_ACKS_MAX:
             self._send_acks()
         elif self._ack_call is None:
@@ -430,7 +500,8 @@ class WorkerSession:
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
-        log.info("slaveshell session {sid}: ended, code {code} signal {sig}", sid=self.id, code=code, sig=sig)
+        log.info("slaveshell session {sid}: ended, code {code} signal {sig}; output window: {window}", sid=self.id,
+                 code=code, sig=sig, window=self.window_report())
         self.sink.exit(ExitStatus(code, sig, ""))
         self.on_closed(self)
 

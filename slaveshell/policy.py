@@ -12,8 +12,10 @@ from slaveshell.vocabulary.policy import (
     Rule,
     SessionView,
     WebIdentity,
+    in_moderators,
     same_operator,
+    same_person,
 )
 
 __all__ = ["RIGHTS", "IMPLIED", "Action", "Operator", "SessionView", "Identity", "WEB_PREFIX", "WebIdentity",
-    "same_operator", "Rule", "Decision", "Policy"]
+    "same_operator", "same_person", "in_moderators", "Rule", "Decision", "Policy"]

@@ -366,3 +366,125 @@ def test_the_master_answers_with_its_magic_or_one_refusal_line_and_anything_else
         connection.receive()
     assert connection.closed
     master.close()
+
+
+def _frame(payload: bytes, ftype: FrameType = FrameType.STDOUT) -> framing.Frame:
+    return framing.Decoder().feed(framing.encode(ftype, payload))[0]
+
+
+def _ack(n: int, **extra: Any) -> framing.Frame:
+    return framing.Decoder().feed(framing.control(Op.INPUT_ACK, n=n, hidden=False, **extra))[0]
+
+
+def _pipe_client(interactive: bool = True) -> tuple[HopShell, int, int]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    return make(interactive=interactive, fds=(0, w, w)), r, w
+
+
+def _drain(r: int) -> bytes:
+    try:
+        return os.read(r, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_ctrl_c_holds_output_until_its_ack_and_a_flush_discards_what_was_in_flight():
+    client, r, w = _pipe_client()
+    try:
+        client.output(FrameType.STDOUT, b"before ")
+        client.typed(b"\x03")
+        for _ in range(3):  # the flood in flight when ^C went out
+            client.frame(_frame(b"y\r\n" * 1000))
+        assert _drain(r) == b"before "
+        client.frame(_ack(1, flush=True))  # the worker's terminal flushed at the interrupt
+        client.frame(_frame(b"^C\r\n$ "))
+        assert _drain(r) == b"^C\r\n$ "
+        assert client.discarded == 3 * 3000
+        client.loop.advance(0)  # type: ignore[attr-defined]
+        # The discarded output's credit went back all the same: the worker is not left waiting for it.
+        assert sum(c[1] for c in calls(client) if c[0] == "ack") == len(b"before ") + 3 * 3000 + len(b"^C\r\n$ ")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_ctrl_c_that_did_not_flush_shows_what_was_held_in_order():
+    """A program that reads ^C as a key (vim: ISIG off) flushes nothing: the held output is shown, in order."""
+    client, r, w = _pipe_client()
+    try:
+        client.typed(b"\x03")
+        client.frame(_frame(b"one "))
+        client.frame(_frame(b"err ", FrameType.STDERR))
+        assert _drain(r) == b""
+        client.frame(_ack(1))
+        client.frame(_frame(b"two"))
+        assert _drain(r) == b"one err two"
+        assert client.discarded == 0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_held_output_is_shown_when_no_ack_comes_in_time_or_the_session_ends():
+    from slaveshell.client.shell_session import INTERRUPT_HOLD
+    client, r, w = _pipe_client()
+    try:
+        client.typed(b"\x03")
+        client.frame(_frame(b"late"))
+        client.loop.advance(INTERRUPT_HOLD)  # type: ignore[attr-defined]
+        assert _drain(r) == b"late"
+        client.typed(b"\x03")
+        client.frame(_frame(b"last"))
+        client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code=130, signal=None, reason=""))[0])
+        assert _drain(r) == b"last"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_only_a_terminal_holds_output_at_ctrl_c():
+    client, r, w = _pipe_client(interactive=False)
+    try:
+        client.typed(b"\x03")
+        client.frame(_frame(b"data"))
+        assert _drain(r) == b"data"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_input_window_grows_within_the_masters_grant_only():
+    from slaveshell.vocabulary.windows import WINDOW_MAX
+    client = make()
+    assert client.input_window.cap == INPUT_WINDOW  # nothing granted: the base window, as before
+    client.session_open = False
+    client._opened({"ok": True, "session": "s1", "input_window": 2 * 1024 * 1024})
+    assert client.input_window.cap == 2 * 1024 * 1024
+    client._opened({"ok": True, "session": "s1", "input_window": 1 << 40})
+    assert client.input_window.cap == WINDOW_MAX
+    watcher = make(role="watch")
+    watcher.session_open = False
+    watcher._opened({"ok": True, "session": "s1", "role": "watch", "input_window": 2 * 1024 * 1024})
+    assert watcher.input_window.cap == INPUT_WINDOW
+
+
+def test_a_flush_also_drops_what_still_waited_for_stdout_and_nothing_after_it():
+    client, r, w = _pipe_client()
+    os.set_blocking(w, False)
+    try:
+        big = b"y" * 65536
+        for _ in range(8):  # more than the pipe takes: the rest waits in the client
+            client.frame(_frame(big))
+        assert client.outputs.pending("out") > 0
+        client.typed(b"\x03")
+        client.frame(_ack(1, flush=True))
+        assert client.outputs.pending("out") == 0
+        assert client.discarded > 0
+        while _drain(r):
+            pass
+        client.frame(_frame(b"$ "))
+        assert _drain(r) == b"$ "
+    finally:
+        os.close(r)
+        os.close(w)

@@ -97,3 +97,17 @@ def test_the_worker_owner_can_refuse_operators_whatever_the_master_allows(tmp_pa
     assert reply == {"ok": False, "error": "this worker's owner does not allow mallory to open shells here"}
     reply = server.open(str(tmp_path), FakeSink(), OpenRequest(worker="w1").to_wire())
     assert reply["ok"] is False
+
+
+def test_a_window_grant_is_checked_and_held_to_the_owners_max(wired):
+    root, pump, server, reactor, broker = wired
+    reply = call(pump, root, "slaveshell_open", Sink(), OpenRequest(worker="w1", pty=True).to_wire())
+    assert reply["window"] is True  # the master learns the session tunes its window and takes a grant
+    handle = reply["session"]
+    for args in [("big",), (0,), (True,), (2**41,)]:
+        result = call(pump, handle, "window", *args)
+        assert result.check(pb.RemoteError) or result.check(pb.Error), args
+    assert not broker.disconnected
+    call(pump, handle, "window", 2**40)  # as large as the wire allows: the owner's max_window holds
+    [session] = server.sessions.values()
+    assert session.window.cap == WorkerOptions().max_window

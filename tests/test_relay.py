@@ -278,3 +278,73 @@ def test_a_keystroke_and_its_echo_are_in_the_transcript_before_the_operator_sees
     session.worker_output(1, b"l", [[1, False]])
     both = [["i", "l"], ["o", "l"]]
     assert seen == [(("output", 1, b"l"), both), (("input_ack", 1, False), both)]
+
+
+class FlushingViewer(ToViewer):
+    """A viewer's end that can tell a flushed input_ack (the framed door's WireViewerSink)."""
+
+    def flushed_input_ack(self, nbytes: int, hidden: bool) -> None:
+        self.send("flushed_input_ack", nbytes, hidden)
+
+
+def _granted(pty: bool, budget, sink=None, tunes: bool = True):
+    from slaveshell.vocabulary.protocol import INPUT_WINDOW
+    ended: list = []
+    session = MasterSession(OpenRequest(worker="w1", pty=pty), ALICE, ended.append, clock=Clock())
+    session.grant_windows(budget, tunes)
+    to_op: list = []
+    owner = session.start(sink or ToViewer(lambda *a: to_op.append(a)), ToWorker())
+    return session, owner, to_op, INPUT_WINDOW
+
+
+def test_granted_windows_bound_what_the_worker_and_the_owner_may_have_in_flight():
+    from slaveshell.vocabulary.windows import WindowBudget, allowed
+    budget = WindowBudget(per_stream=2 * 1024 * 1024, total=64 * 1024 * 1024)
+    session, owner, _, input_base = _granted(True, budget)
+    assert session.output_grant == owner.input_grant == 2 * 1024 * 1024
+    # The worker may now have the grant in flight (and the overshoot tolerated before), and no more.
+    limit = allowed(session.output_grant, OUTPUT_WINDOW, WINDOW_TOLERANCE)
+    for _ in range(limit // MAX_CHUNK + 1):
+        session.worker_output(1, b"x" * MAX_CHUNK)
+    with pytest.raises(ProtocolError, match="past the flow-control window"):
+        session.worker_output(1, b"x")
+    # The owner's input likewise; a joiner keeps the base input window.
+    for _ in range(allowed(owner.input_grant, input_base, WINDOW_TOLERANCE) // MAX_CHUNK + 1):
+        session.viewer_input(owner, b"i" * MAX_CHUNK)
+    with pytest.raises(ProtocolError, match="past the flow-control window"):
+        session.viewer_input(owner, b"i")
+    joiner = session.add_viewer(BOB, Role.JOIN, ToViewer())
+    assert joiner.input_grant == input_base
+
+
+def test_a_worker_that_does_not_tune_keeps_the_base_window_and_grants_are_given_back_at_the_end():
+    from slaveshell.vocabulary.windows import WindowBudget
+    budget = WindowBudget(per_stream=2 * 1024 * 1024, total=3 * 1024 * 1024)
+    old, _, _, input_base = _granted(True, budget, tunes=False)
+    assert old.output_grant == OUTPUT_WINDOW and old.input_grant == 2 * 1024 * 1024
+    second, _, _, _ = _granted(True, budget)
+    third, _, _, _ = _granted(True, budget)
+    assert budget.used <= budget.total  # in all: the budget, whatever the number of sessions
+    assert third.output_grant == OUTPUT_WINDOW and third.input_grant == input_base  # spent: base windows
+    for s in (old, second, third):
+        s.abort("test")
+    assert budget.used == 0
+
+
+def test_a_flushed_input_ack_reaches_a_sink_that_can_tell_it_and_a_plain_ack_the_others():
+    from slaveshell.vocabulary.windows import WindowBudget
+    sent: list = []
+    session, owner, _, _ = _granted(True, WindowBudget(1, 0), sink=FlushingViewer(lambda *a: sent.append(a)))
+    with pytest.raises(ProtocolError, match="no input"):
+        session.worker_flushed()
+    session.viewer_input(owner, b"\x03")
+    session.viewer_input(owner, b"ls\r")
+    session.worker_flushed()
+    session.worker_input_ack(1, False)
+    session.worker_input_ack(3, False)
+    assert sent == [("flushed_input_ack", 1, False), ("input_ack", 3, False)]
+    plain, powner, to_op, _ = _granted(True, WindowBudget(1, 0))
+    plain.viewer_input(powner, b"\x03")
+    plain.worker_flushed()
+    plain.worker_output(1, b"^C", [[1, False]])
+    assert to_op == [("output", 1, b"^C"), ("input_ack", 1, False)]

@@ -92,3 +92,22 @@ def test_a_watchers_typing_is_refused_and_an_unreadable_message_costs_nothing_bu
     page.onMessage(json.dumps({"type": "rm"}).encode(), False)
     assert page.sent == [{"type": "error", "message": "bad message from the page: unknown message type 'rm'"}]
     assert errors == [] and session.owner is not None and to_worker == []
+
+
+def test_a_held_owners_typing_in_a_four_eyes_session_is_dropped_with_its_credit_and_the_page_stays():
+    """Moderated (Rule(moderated_by=...)): the page's keystrokes never reach the worker, its credit comes back at
+    once and one notice says why; the socket stays open. A web moderator (another person) lets them through."""
+    from slaveshell.vocabulary.policy import WebIdentity
+
+    page, session, to_worker, errors = viewing(Role.OWNER)
+    session.hold_input(("web:leads",))
+    page.sent.clear()
+    for _ in range(3):
+        page.onMessage(b"rm -rf /\r", True)
+    assert to_worker == [] and errors == [] and page.closed_with is None
+    assert page.sent.count({"type": "input_ack", "bytes": 9}) == 3
+    notices = [m for m in page.sent if isinstance(m, bytes)]
+    assert len(notices) == 1 and b"input is held until a moderator watches (moderated_by: web:leads)" in notices[0]
+    session.add_viewer(WebIdentity.from_web("bob", ["leads"]), Role.WATCH, ToViewer(), moderator=True)
+    page.onMessage(b"ls\r", True)
+    assert to_worker == [("input", b"ls\r")]

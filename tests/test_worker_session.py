@@ -305,3 +305,88 @@ def test_the_process_starts_with_the_owners_umask_and_the_daemons_comes_back(tmp
         os.umask(daemon)
     assert seen == [expected]
     assert after == 0o077
+
+
+def _pty_session(tmp_path, **options):
+    reactor = ProcessReactor()
+    reports: list[tuple] = []
+    request = OpenRequest(worker="w1", pty=True, term="xterm")
+    session = WorkerSession(reactor, "w1", request, WorkerOptions(shell="/bin/bash", **options), str(tmp_path),
+                            PbSessionSink(lambda *a: reports.append(a)))
+    session.start()
+    return session, reactor, reactor.processes[0], reports
+
+
+def test_ctrl_c_on_a_terminal_that_flushes_drops_unsent_output_and_says_so_ahead_of_its_ack(tmp_path):
+    session, reactor, proc, reports = _pty_session(tmp_path)
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        session.grant(2 * 1024 * 1024)
+        proc.proto.childDataReceived(1, b"y\n" * 4096)  # a flood: the next read waits to be coalesced
+        proc.proto.childDataReceived(1, b"pending")
+        sent = len(reports)
+        session.input(b"\x03")  # ISIG is set on a fresh PTY, VINTR is ^C
+        assert reports[sent:] == [("flushed",), ("input_ack", 1, False)]
+        reactor.advance(COALESCE_DELAY)
+        proc.proto.childDataReceived(1, b"^C\r\n$ ")
+        assert reports[-1] == ("output", 1, b"^C\r\n$ ")
+        assert not any(r[0] == "output" and b"pending" in r[2] for r in reports)  # flushed, as the tty did
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)
+
+
+def test_ctrl_c_is_not_a_flush_for_an_old_master_nor_a_terminal_without_isig(tmp_path):
+    import termios
+    session, reactor, proc, reports = _pty_session(tmp_path)
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        session.input(b"\x03")  # no grant: a master that does not take `flushed`
+        reactor.advance(ACK_DELAY)
+        assert ("flushed",) not in reports
+        session.grant(1024 * 1024)
+        attrs = termios.tcgetattr(slave_fd)
+        attrs[3] &= ~termios.ISIG  # raw mode: ^C is a key (vim, emacs)
+        termios.tcsetattr(slave_fd, termios.TCSANOW, attrs)
+        session.input(b"\x03")
+        reactor.advance(ACK_DELAY)
+        assert ("flushed",) not in reports
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)
+
+
+def test_the_output_window_grows_only_within_the_grant_and_the_owners_max(tmp_path):
+    session, reactor, proc, reports = _pty_session(tmp_path, max_window=1024 * 1024)
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        assert session.window.cap == session.window.base == OUTPUT_WINDOW  # nothing granted: as before
+        session.grant(16 * 1024 * 1024)
+        assert session.window.cap == 1024 * 1024
+        assert "cap 1024 KiB" in session.window_report()
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)
+
+
+def test_after_a_flushing_ctrl_c_the_prompt_may_pass_a_full_window_by_the_allowance_only(tmp_path):
+    from slave_side.session import INTERRUPT_ALLOWANCE
+    session, reactor, proc, reports = _pty_session(tmp_path)
+    master_fd, slave_fd, _ = proc.kw["usePTY"]
+    try:
+        session.grant(2 * 1024 * 1024)
+        while session.window.is_open:  # the flood fills the window: reading pauses
+            proc.proto.childDataReceived(1, b"y" * MAX_CHUNK)
+        assert proc.paused
+        session.input(b"\x03")
+        assert not proc.paused  # the prompt need not wait a round trip for credit
+        full = session.window.in_flight
+        proc.proto.childDataReceived(1, b"^C\r\n$ ")
+        assert not proc.paused and reports[-1] == ("output", 1, b"^C\r\n$ ")
+        for _ in range(INTERRUPT_ALLOWANCE // MAX_CHUNK + 1):  # more output: the allowance is spent, then paused
+            proc.proto.childDataReceived(1, b"y" * MAX_CHUNK)
+        assert proc.paused
+        assert session.window.in_flight <= full + INTERRUPT_ALLOWANCE + MAX_CHUNK + len(b"^C\r\n$ ")
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)

@@ -75,6 +75,8 @@ runs = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),  # run, facts
     sa.Column("operator", sa.String(255), nullable=False, index=True),
     sa.Column("uid", sa.Integer, nullable=False),
+    # The operator's group ids, space-separated: a pending run's sessions are opened later for this identity.
+    sa.Column("groups", sa.Text, nullable=True),
     sa.Column("master", sa.String(1024), nullable=False),
     sa.Column("command", sa.Text, nullable=True),  # the command line, or None for a script
     sa.Column("script_sha256", sa.String(64), nullable=True),
@@ -89,6 +91,8 @@ runs = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),  # running, ended, interrupted, lost
     sa.Column("summary", sa.Text, nullable=True),
     sa.Column("exit_status", sa.Integer, nullable=True),
+    # What each worker runs (JSON: command or script, env, cwd, timeout): kept while workers are pending.
+    sa.Column("request", sa.Text, nullable=True),
 )
 
 # Schema 7: each worker's outcome in a run, listed ones (not connected, refused, ...) included.
@@ -97,13 +101,18 @@ run_workers = sa.Table(
     sa.Column("id", _Id, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(32), nullable=False, index=True),
     sa.Column("worker", sa.String(255), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # slaveshell.fleet.outcome.State's values
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # slaveshell.fleet.outcome.State's values
     sa.Column("exit_status", sa.Integer, nullable=True),
     sa.Column("duration", sa.Float, nullable=True),
     sa.Column("session_id", sa.String(32), nullable=True),
     sa.Column("output_bytes", sa.BigInteger, nullable=True),
     sa.Column("output_sha256", sa.String(64), nullable=True),
     sa.Column("reason", sa.Text, nullable=True),
+    # A worker not connected when an --include-offline run was asked for: pending until it attaches (then it
+    # runs, paused in Buildbot first with `pause`) or `until` passes; `updated` is its last change.
+    sa.Column("until", _Time, nullable=True),
+    sa.Column("pause", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("updated", _Time, nullable=True),
 )
 
 # Schema 7: what each worker is (`slaveshell facts`): its last value of each fact, and when it was taken.

@@ -194,9 +194,17 @@ class AuditStore:
 
         self._enqueue(link)
 
-    def open_run(self, row: Mapping[str, object]) -> defer.Deferred[None]:
-        """A fleet run's row, written now (not queued): a run starts only once it exists."""
-        return self._run(lambda: self._insert(runs, row))
+    def open_run(self, row: Mapping[str, object], pending: list[Mapping[str, object]]) -> defer.Deferred[None]:
+        """A fleet run's row and its pending workers' rows, written now (not queued): a run starts only once they
+        exist."""
+        def write() -> None:
+            assert self.engine is not None
+            with self.engine.begin() as conn:
+                conn.execute(runs.insert().values(**_storable(row)))
+                if pending:
+                    conn.execute(run_workers.insert(), [_storable({**w, "run_id": row["id"]}) for w in pending])
+
+        return self._run(write)
 
     def end_run(self, run_id: str, values: Mapping[str, object], workers: list[Mapping[str, object]]) -> None:
         """A fleet run's end (queued): its row's columns `values`, and a row per worker's outcome."""
@@ -219,6 +227,15 @@ class AuditStore:
                     conn.execute(facts.insert(), [{"worker": worker, "name": name, "value": value,
                                                    "taken": utc(taken), "run_id": run_id}
                                                   for name, value in values.items()])
+
+        self._enqueue(write)
+
+    def update_run_worker(self, row_id: int, values: Mapping[str, object]) -> None:
+        """Columns of a worker's row in a run (a pending part that ran, expired or was cancelled), queued."""
+        def write() -> None:
+            assert self.engine is not None
+            with self.engine.begin() as conn:
+                conn.execute(run_workers.update().where(run_workers.c.id == row_id).values(**_storable(values)))
 
         self._enqueue(write)
 
@@ -329,6 +346,24 @@ class AuditStore:
             q = sa.select(run_workers).where(run_workers.c.run_id == run_id).order_by(run_workers.c.id)
             with self.engine.connect() as conn:
                 return [cast(RunWorkerRow, _row(r)) for r in conn.execute(q).mappings()]
+
+        return self.read(query)
+
+    def pending_runs(self, worker: str | None = None,
+                     run_id: str | None = None) -> defer.Deferred[list[dict[str, object]]]:
+        """The workers' pending parts of fleet runs (rows of run_workers, state `pending`), oldest first, each
+        with its run's operator, uid and request."""
+        def query() -> list[dict[str, object]]:
+            assert self.engine is not None
+            q = (sa.select(run_workers, runs.c.operator, runs.c.uid, runs.c.request)
+                 .join(runs, runs.c.id == run_workers.c.run_id)
+                 .where(run_workers.c.state == "pending").order_by(run_workers.c.id))
+            if worker:
+                q = q.where(run_workers.c.worker == worker)
+            if run_id:
+                q = q.where(run_workers.c.run_id == run_id)
+            with self.engine.connect() as conn:
+                return [_row(r) for r in conn.execute(q).mappings()]
 
         return self.read(query)
 

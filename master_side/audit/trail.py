@@ -266,8 +266,13 @@ class AuditTrail:
     def _viewer_event(self, session: MasterSession, kind: str, viewer: Viewer, detail: str) -> None:
         self.store.add_event(kind, session.id, session.worker, viewer.identity.user, viewer.identity.uid, detail)
 
-    def killed(self, session: MasterSession, who: Identity) -> None:
-        self.store.add_event("kill", session.id, session.worker, who.user, who.uid, "")
+    def moderation(self, session: MasterSession, kind: str, who: Identity, detail: str) -> None:
+        """A four-eyes session's event (master_side.sessions.moderation: input held, a moderator's span, input
+        dropped while held); `who` is the moderator, or the operator whose input it is about."""
+        self.store.add_event(kind, session.id, session.worker, who.user, who.uid, detail)
+
+    def killed(self, session: MasterSession, who: Identity, detail: str = "") -> None:
+        self.store.add_event("kill", session.id, session.worker, who.user, who.uid, detail)
 
     def released(self, hold: Hold, who: Identity) -> None:
         self.store.add_event("release", None, hold.worker, who.user, who.uid,
@@ -394,13 +399,14 @@ class AuditTrail:
     # -- fleet runs (`slaveshell run`, `slaveshell facts --refresh`: master_side.fleet) ----------------
 
     @deferred
-    async def run_started(self, row: Mapping[str, object]) -> None:
-        """A fleet run's row and its "run" event, before any of its sessions is asked for: raises RecordingError
-        when the database cannot take it (a run is never served unrecorded: each of its sessions would be)."""
+    async def run_started(self, row: Mapping[str, object], pending: list[Mapping[str, object]]) -> None:
+        """A fleet run's row, the rows of its workers left pending, and its "run" event, before any of its sessions
+        is asked for: raises RecordingError when the database cannot take it (a run is never served unrecorded:
+        each of its sessions would be)."""
         if not await self._ensure_store():
             raise RecordingError("run not started: the audit database is unreachable")
         try:
-            await self.store.open_run(row)
+            await self.store.open_run(row, pending)
         except Exception as e:
             raise RecordingError("run not started: cannot write the audit index: "
                                  f"{str(e).splitlines()[0] if str(e) else e!r}") from None
@@ -412,6 +418,14 @@ class AuditTrail:
         """A fleet run's end: its row, a row per worker, and its "run-end" event."""
         self.store.end_run(run_id, {**values, "ended": utc(self.reactor.seconds())}, workers)
         self.store.add_event("run-end", None, None, who.user, who.uid, detail=f"run {run_id}: {values.get('summary')}")
+
+    def run_cancelled(self, run_id: str, who: Identity, count: int) -> None:
+        """What a fleet run still had pending was cancelled (`count` workers): a "run-cancel" event."""
+        self.store.add_event("run-cancel", None, None, who.user, who.uid, detail=f"run {run_id}: {count} pending")
+
+    def pending_changed(self, row_id: int, values: Mapping[str, object]) -> None:
+        """A worker's pending part of a run ran, expired or was cancelled: its row's new values."""
+        self.store.update_run_worker(row_id, {**values, "updated": utc(self.reactor.seconds())})
 
     def facts_taken(self, worker: str, values: Mapping[str, str], taken: float, run_id: str | None) -> None:
         """A worker's facts, as its probe in run `run_id` took them: they replace its earlier ones."""

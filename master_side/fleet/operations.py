@@ -22,7 +22,8 @@ from twisted.internet import defer
 from master_side.audit.rows import RunRow, RunWorkerRow
 from master_side.audit.store import timestamp, utc
 from master_side.audit.trail import RecordingError
-from master_side.fleet.run import Command, FleetRun, Progress, RunSink, RunWatcher
+from master_side.fleet.pending import Pending, PendingRuns, request_json
+from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots
 from master_side.operators.terms import ErrorKind, OperatorError, View
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
@@ -39,16 +40,20 @@ if TYPE_CHECKING:
 
 MAX_SCRIPT = 256 * 1024  # bytes of a --script
 MAX_TIMEOUT = 7 * 24 * 3600.0
+DEFAULT_UNTIL = 7 * 24 * 3600.0  # how long a pending run waits for its worker, unless --until says
+MAX_UNTIL = 90 * 24 * 3600.0
 FACTS_TIMEOUT = 60.0  # seconds a worker's facts probe may take
 
 
 @dataclass(frozen=True)
 class FleetLimits:
-    """Bounds of fleet runs: runs in progress per operator and in total, and workers at once per run."""
+    """Bounds of fleet runs: runs in progress per operator and in total, workers at once per run (and per
+    operator, all their runs together), and sessions of fleet runs in flight in total."""
 
     runs_per_operator: int = 4
     runs: int = 16
     batch: int = 64
+    sessions: int = 128  # sessions of fleet runs in flight, all runs together (a worker's start waits for one)
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,19 @@ class RunAsk:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     reason: str | None = None
+    include_offline: bool = False  # pending runs for the workers not connected now (master_side.fleet.pending)
+    until: float | None = None  # seconds they stay pending (default DEFAULT_UNTIL)
+    pause: bool = False  # paused in Buildbot as they attach, until their run succeeded
 
 
 @dataclass
 class Started:
-    """A run as it starts: the run itself, and the workers that will not run (listed, with their state)."""
+    """A run as it starts: the run itself, the workers that will not run (listed, with their state), and the
+    workers a --where decided on by facts older than the master's limit (their age in seconds)."""
 
     run: FleetRun
     listed: list[Outcome]
+    stale: dict[str, float] = field(default_factory=dict)
 
 
 class FleetOperations:
@@ -82,6 +92,8 @@ class FleetOperations:
         self.probes: dict[str, str] = {}  # ShellService(facts=...): name -> one-line command
         self.stale_after = drift.STALE_AFTER
         self.runs: dict[str, FleetRun] = {}  # in progress, by id
+        self.slots = Slots(self.limits.sessions, self.limits.batch)
+        self.pending = PendingRuns(api, api.glue, clock, self.runs, self.slots)
 
     # -- the fleet as the master knows it ------------------------------------------------------
 
@@ -130,17 +142,43 @@ class FleetOperations:
         selection, batch, timeout = _selection(ask)
         self._bound(who)
         fleet = await self.fleet(who, among)
+        if not fleet:
+            raise self._no_right(who)
         try:
             resolution = resolve(selection, fleet, fact_names=list(probe.BUILTIN) + list(self.probes),
                                  now=time.time(), stale_after=self.stale_after)
         except TargetError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
+        for name, (state, why) in resolution.listed.items():
+            if state is State.REFUSED:  # the policy's refusals are audited as every refusal is (rate-limited)
+                self.api.refuse(who, name, ErrorKind.DENIED, f"permission denied: {why}")
         self._bound(who)  # again: the facts were read meanwhile
-        return await self._start(who, "run", str(selection), resolution, command, batch, timeout, watcher)
+        pending: list[str] = []
+        if ask.include_offline:
+            pending = self._pending_targets(who, resolution, fleet)
+        until = ask.until if ask.until is not None else DEFAULT_UNTIL
+        started = await self._start(who, "run", str(selection), resolution, command, batch, timeout, watcher,
+                                    pending, time.time() + until, ask.pause)
+        started.stale = dict(resolution.stale)
+        return started
+
+    def _pending_targets(self, who: Identity, resolution: Resolution, fleet: list[Worker]) -> list[str]:
+        """The workers not connected now that `who` may run on: pending, within the bounds."""
+        allowed = {w.name for w in fleet if w.allowed}
+        names = [n for n in resolution.of(State.NOT_CONNECTED) if n in allowed]
+        mine, total = self.pending.count(who), self.pending.count()
+        if mine + len(names) > self.pending.max_per_operator:
+            raise self.api.refuse(who, "", ErrorKind.LIMIT, f"{who.user} would have more than "
+                                  f"{self.pending.max_per_operator} pending runs (the master's limit)")
+        if total + len(names) > self.pending.max_total:
+            raise self.api.refuse(who, "", ErrorKind.LIMIT, f"the master would hold more than "
+                                  f"{self.pending.max_total} pending runs (its limit)")
+        return names
 
     @deferred
     async def _start(self, who: Identity, kind: str, selection: str, resolution: Resolution, command: Command,
-                     batch: Batch, timeout: float | None, watcher: RunWatcher) -> Started:
+                     batch: Batch, timeout: float | None, watcher: RunWatcher, pending: Sequence[str] = (),
+                     until: float = 0.0, pause: bool = False) -> Started:
         targets = resolution.targets
         size = min(batch.size(max(1, len(targets))), self.limits.batch)
         run_id = secrets.token_hex(6)
@@ -152,20 +190,38 @@ class FleetOperations:
             "script_bytes": len(script) if script is not None else None,
             "selection": selection, "targets": " ".join(targets), "batch": size, "timeout": timeout,
             "reason": command.reason, "started": utc(time.time()), "state": "running",
+            "request": request_json(command, timeout, who) if pending else None,
         }
+        waits: list[Mapping[str, object]] = [
+            {"worker": w, "state": State.PENDING.value, "until": utc(until), "pause": pause,
+             "reason": "runs when it attaches"} for w in pending]
         try:
-            await self.api.trail.run_started(row)
+            await self.api.trail.run_started(row, waits)
         except RecordingError as e:
             raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
-        listed = resolution.outcomes()
-        run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher)
+        if pending:
+            self.pending.load()
+        shown_until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+        listed = [Outcome(o.worker, State.PENDING, reason=f"runs when it attaches (until {shown_until}"
+                          + (", paused in Buildbot until it succeeds)" if pause else ")"))
+                  if o.worker in pending else o for o in resolution.outcomes()]
+        self.slots.total, self.slots.per_operator = self.limits.sessions, self.limits.batch
+        run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher, self.slots)
         self.runs[run_id] = run
-        run.on_finished.append(lambda outcomes: self._finished(run, outcomes + listed))
+        run.on_finished.append(lambda outcomes: self._finished(
+            run, outcomes + [o for o in listed if o.state is not State.PENDING]))
         run.start()
         return Started(run, listed)
 
     def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
         return self.api.open(who, request, sink, run_id)
+
+    def _no_right(self, who: Identity) -> OperatorError:
+        """`who` has no right on any worker of this master (or it has none): refused, and audited."""
+        if not self.api.glue.workers():
+            return OperatorError(ErrorKind.BAD_REQUEST, "the master has no workers")
+        return self.api.refuse(who, "", ErrorKind.DENIED, f"permission denied: {who.user} may not run on any worker "
+                               "of this master")
 
     def _bound(self, who: Identity) -> None:
         mine = sum(1 for r in self.runs.values() if r.who.uid == who.uid and r.who.user == who.user)
@@ -210,16 +266,18 @@ class FleetOperations:
         if refresh:
             self._bound(who)
             fleet = await self.fleet(who, among)
+            if not fleet:
+                raise self._no_right(who)
             try:
                 resolution = resolve(selection, fleet)
             except TargetError as e:
                 raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
-            done: defer.Deferred[list[Outcome]] = defer.Deferred()
+            waiting = Awaited()
             script = probe.script(self.probes).encode()
             started = await self._start(who, "facts", str(selection), resolution,
                                         Command("facts probe", script=script), Batch(self.limits.batch),
-                                        FACTS_TIMEOUT, _Quiet(done))
-            outcomes = await done
+                                        FACTS_TIMEOUT, waiting)
+            outcomes = await waiting.done
             trail = self.api.trail
             for o in outcomes:
                 if o.state is State.OK and o.output is not None:
@@ -256,24 +314,32 @@ class FleetOperations:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no fleet run {run_id} that you may see")
         return out
 
+    @deferred
+    async def cancel(self, who: Identity, run_id: str) -> str:
+        """Cancel what run `run_id` still has pending: its operator may, and whoever has the `kill` right on a
+        pending worker (for that worker)."""
+        def may(entry: Pending) -> bool:
+            mine = entry.who.user == who.user and entry.who.uid == who.uid
+            return mine or self.api.policy.may(who, Action.KILL, entry.worker).allowed
+
+        try:
+            cancelled = await self.pending.cancel(who, run_id, may)
+        except OperatorError:
+            raise
+        except Exception as e:
+            raise OperatorError(ErrorKind.UNAVAILABLE,
+                                f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+        if not cancelled:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"fleet run {run_id} has nothing pending that you may cancel")
+        trail = self.api.trail
+        trail.run_cancelled(run_id, who, cancelled)
+        return f"fleet run {run_id}: {cancelled} pending worker{'s' if cancelled != 1 else ''} cancelled"
+
     def _may_see(self, who: Identity, row: RunRow) -> bool:
         if row["operator"] == who.user and row["uid"] == who.uid:
             return True
         targets = row["targets"].split()
         return bool(targets) and all(self.api.policy.may(who, Action.REPLAY, t).allowed for t in targets)
-
-
-class _Quiet:
-    """A watcher that only waits for the outcomes (a facts refresh answers once, at its end)."""
-
-    def __init__(self, done: defer.Deferred[list[Outcome]]) -> None:
-        self.done = done
-
-    def progress(self, event: Progress) -> None:
-        pass
-
-    def finished(self, outcomes: list[Outcome]) -> None:
-        self.done.callback(outcomes)
 
 
 def _seconds(value: object) -> float:

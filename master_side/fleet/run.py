@@ -11,6 +11,7 @@ table, plain lines) as it happens."""
 
 from __future__ import annotations
 
+import collections
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,19 @@ class Progress:
 class RunWatcher(Protocol):
     def progress(self, event: Progress) -> None: ...
     def finished(self, outcomes: list[Outcome]) -> None: ...
+
+
+class Awaited:
+    """A watcher that only waits for the outcomes (`done` fires with them)."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[list[Outcome]] = defer.Deferred()
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+    def finished(self, outcomes: list[Outcome]) -> None:
+        self.done.callback(outcomes)
 
 
 @dataclass(frozen=True)
@@ -167,14 +181,67 @@ class RunSink:
             view.eof()
 
 
+class Slots:
+    """The sessions of fleet runs in flight, bounded in total and per operator: a worker's start waits for a
+    place (in the order asked), and gives it back when its session has ended or could not open."""
+
+    def __init__(self, total: int = 128, per_operator: int = 64) -> None:
+        self.total = total
+        self.per_operator = per_operator
+        self.used: dict[tuple[str, int], int] = {}
+        self.waiting: collections.deque[tuple[tuple[str, int], Callable[[], None]]] = collections.deque()
+
+    def in_use(self) -> int:
+        return sum(self.used.values())
+
+    def _free(self, key: tuple[str, int]) -> bool:
+        return self.in_use() < self.total and self.used.get(key, 0) < self.per_operator
+
+    def take(self, key: tuple[str, int], start: Callable[[], None]) -> None:
+        """`start()` now, or once a place is free."""
+        if self._free(key) and not self.waiting:
+            self.used[key] = self.used.get(key, 0) + 1
+            start()
+        else:
+            self.waiting.append((key, start))
+
+    def drop(self, start: Callable[[], None]) -> bool:
+        """A start that waits no more (its run was interrupted): True when it was waiting."""
+        for item in list(self.waiting):
+            if item[1] is start:
+                self.waiting.remove(item)
+                return True
+        return False
+
+    def give_back(self, key: tuple[str, int]) -> None:
+        left = self.used.get(key, 0) - 1
+        if left > 0:
+            self.used[key] = left
+        else:
+            self.used.pop(key, None)
+        for item in list(self.waiting):
+            if not self._free(item[0]):
+                continue
+            self.waiting.remove(item)
+            self.used[item[0]] = self.used.get(item[0], 0) + 1
+            item[1]()
+            if self.in_use() >= self.total:
+                return
+
+
 class FleetRun:
     """One fleet run over `targets` (resolved: connected, opted in, allowed), `batch` at once, each session
     ended after `timeout` seconds. `start()` begins; `interrupt()` is the operator's Ctrl-C; `leave()` the
     operator gone (it interrupts too). The watcher hears of every worker and, once, of the outcomes."""
 
     def __init__(self, run_id: str, who: Identity, targets: list[str], command: Command, batch: int,
-                 timeout: float | None, opener: Opener, clock: Clock, watcher: RunWatcher) -> None:
+                 timeout: float | None, opener: Opener, clock: Clock, watcher: RunWatcher,
+                 slots: Slots | None = None) -> None:
         self.id = run_id
+        self.slots = slots if slots is not None else Slots()
+        self._key = (who.user, who.uid)
+        self._waiting: dict[str, Callable[[], None]] = {}  # workers whose start waits for a place
+        self._holding: set[str] = set()  # workers holding a place
         self.who = who
         self.command = command
         self.scheduler = Scheduler(targets, batch, timeout)
@@ -194,7 +261,12 @@ class FleetRun:
 
     def interrupt(self) -> None:
         if not self.finished:
-            self._apply(self.scheduler.interrupted())
+            decisions = self.scheduler.interrupted()
+            for worker, start in list(self._waiting.items()):
+                if self.slots.drop(start):
+                    del self._waiting[worker]
+                    decisions += self.scheduler.failed(worker, State.NOT_STARTED, "the run was interrupted first")
+            self._apply(decisions)
             self._check_done()
 
     def leave(self) -> None:
@@ -207,9 +279,23 @@ class FleetRun:
     def _apply(self, decisions: list[Decision]) -> None:
         for decision in decisions:
             if isinstance(decision, Start):
-                self._open(decision.worker)
+                self._take(decision.worker)
             elif isinstance(decision, End):
                 self._end(decision.worker, decision.reason.value)
+
+    def _take(self, worker: str) -> None:
+        def start() -> None:
+            self._waiting.pop(worker, None)
+            self._holding.add(worker)
+            self._open(worker)
+
+        self._waiting[worker] = start
+        self.slots.take(self._key, start)
+
+    def _give_back(self, worker: str) -> None:
+        if worker in self._holding:
+            self._holding.discard(worker)
+            self.slots.give_back(self._key)
 
     def _open(self, worker: str) -> None:
         sink = self.sinks[worker] = RunSink(self, worker)
@@ -223,6 +309,7 @@ class FleetRun:
 
     def _opened(self, worker: str, sink: RunSink, view: View | None) -> None:
         if view is None:
+            self._give_back(worker)
             self._apply(self.scheduler.failed(worker, State.ERROR, "the session started without the run"))
             self._check_done()
             return
@@ -246,6 +333,7 @@ class FleetRun:
         else:
             log.failure("slaveshell fleet run {run}: opening a session failed", failure, run=self.id)
             state, message = State.ERROR, "the master could not open the session (see its log)"
+        self._give_back(worker)
         self._apply(self.scheduler.failed(worker, state, message))
         self._tell(worker, Phase.DONE)
         self._check_done()
@@ -276,6 +364,7 @@ class FleetRun:
         timer = self._timers.pop(worker, None)
         if timer is not None and timer.active():
             timer.cancel()
+        self._give_back(worker)
         now = self.clock.seconds()
         if status.code is None and status.signal is None and not self.scheduler.ending(worker):
             decisions = self.scheduler.failed(worker, State.ERROR, status.reason or "the session was lost",

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
 from master_side.audit.trail import RecordingError
 from master_side.glue.buildbot import BuildbotGlue, RouteError
+from master_side.holds.moderator_notices import OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from master_side.operators.copy_calls import CopyOperations, Transfers
 from master_side.operators.hold_calls import extend_hold, list_holds
@@ -36,6 +37,7 @@ from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
+from slaveshell.vocabulary.windows import WINDOW_MAX, WindowBudget
 
 if TYPE_CHECKING:
     from buildbot.process.botmaster import BotMaster
@@ -68,6 +70,20 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         self._waiting_by_uid: dict[int, int] = {}  # operators waiting for a build to be held, by uid
         self.transfers = Transfers(lambda: self.registry.clock())  # `slaveshell cp` (master_side.operators.copy_calls)
         self.cluster: ClusterPart | None = None  # a multi-master site's router (master_side.cluster.part)
+        self._windows = WindowBudget(0, 0)  # sized from the gate's bounds at each use: window_budget
+        # A four-eyes session waits for a moderator (why): the reporters' notice, paced (the service sets it:
+        # master_side.holds.moderator_notices).
+        self.moderator_wanted: Callable[[MasterSession, str], None] = lambda session, why: None
+        self.moderator_pace = NoticePace(lambda: self.registry.clock())
+
+    def window_budget(self) -> WindowBudget:
+        """What sessions' windows may hold above their base windows (slaveshell.vocabulary.windows): per stream half
+        a connection's output bound (a window's output may wait in the master's buffer for a slow client, and a
+        connection over its bound is dropped), in all half the bound on all connections' output."""
+        bounds = self.gate.bounds
+        self._windows.per_stream = min(WINDOW_MAX, bounds.connection_buffer // 2)
+        self._windows.total = bounds.buffered_total // 2
+        return self._windows
 
     @property
     def trail(self) -> AuditTrail:
@@ -111,7 +127,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                 "id": s.id, "worker": s.worker, "operator": s.identity.user, "uid": s.identity.uid,
                 "started": s.started, "state": s.state.value, "command": s.request.command,
                 "reason": s.request.reason,
-                "viewers": [{"user": v.identity.user, "role": v.role.value} for v in s.viewers],
+                "moderated_by": None if s.moderation is None else [str(g) for g in s.moderation.moderated_by],
+                "held": s.moderation is not None and s.moderation.held,
+                "viewers": [{"user": v.identity.user, "role": v.role.value,
+                             **({"moderator": True} if s.moderation and v in s.moderation.moderators else {})}
+                            for v in s.viewers],
                 "idle": round(trail.reactor.seconds() - s.last_activity, 1) if trail else 0.0,
             })
         return out
@@ -137,8 +157,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         the policy's `run` right is asked, not `shell`. Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
-        conn, request = await self._admit(who, replace(request, operator=who.user), sink,
-                                          Action.RUN if run_id is not None else Action.SHELL)
+        conn, request, moderated_by = await self._admit(who, replace(request, operator=who.user), sink,
+                                                        Action.RUN if run_id is not None else Action.SHELL)
         if sink.gone:
             # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
             raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
@@ -165,8 +185,13 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise OperatorError(ErrorKind.DENIED if reply.refused else ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
+        session.grant_windows(self.window_budget(), reply.window)
+        if reply.window:
+            worker.grant(session.output_grant)
         owner = session.start(sink, worker)
         self.registry.add(session, worker)
+        if moderated_by:  # a four-eyes session: its input is held from the start, before anyone types
+            session.hold_input(moderated_by, lambda why: self._wanted(session, why))
         if request.pause:
             self.registry.pause(session)
         if hold is not None:
@@ -192,14 +217,23 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return View(session, owner, self.registry.peer_error)
 
     @deferred
-    async def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink,
-                     action: Action = Action.SHELL) -> tuple[WorkerConnection, OpenRequest]:
+    async def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink, action: Action = Action.SHELL
+                     ) -> tuple[WorkerConnection, OpenRequest, tuple[str | int, ...]]:
         """The policy's `action` right, the route to the worker (waiting for a build's hold if need be), the
-        workdir and the quotas: fires (the worker's connection, the request with its workdir), or raises
-        OperatorError (audited as a refusal)."""
+        workdir and the quotas: fires (the worker's connection, the request with its workdir, and the groups that
+        moderate it when the rule that allows it makes it a four-eyes session), or raises OperatorError (audited
+        as a refusal)."""
         decision = self.policy.may(who, action, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
+        # A four-eyes session holds what is typed; what the request itself would run is refused (the operator's
+        # own -e variables, not yet the build's: PROMPT_COMMAND, BASH_ENV or LD_PRELOAD run code at the start).
+        if request.command is not None:
+            decision = decision.unmoderated(request.worker, "a command would run before a moderator watches: open "
+                                                            "a login shell and type it once one does")
+        elif request.env:
+            decision = decision.unmoderated(request.worker, "variables (-e) would take effect before a moderator "
+                                                            "watches: open a login shell and set them once one does")
         if not decision.allowed:
             raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
@@ -216,7 +250,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                                   self.registry.limits.per_operator)
         if quota:
             raise self.refuse(who, request.worker, ErrorKind.LIMIT, quota)
-        return conn, request
+        return conn, request, decision.moderated_by
 
     def _bind(self, session: MasterSession, viewer: Viewer, sink: ViewerSink) -> None:
         """Tie the sink's failures and disconnection to `viewer`."""
@@ -284,12 +318,32 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         if too_many:
             self.gate.audit(who, "refused", f"view refused: {mode} {session_id}: {too_many}", session.worker)
             raise OperatorError(ErrorKind.LIMIT, too_many)
+        not_moderator = self._not_moderator(who, session) if role is Role.WATCH else None
+        if not_moderator is not None:
+            # Watching is allowed; moderating is not: refused (and audited as such), the view stays read-only.
+            self.gate.audit(who, "refused", f"not a moderator: {session_id}: {not_moderator}", session.worker)
         try:
-            viewer = session.add_viewer(who, role, sink)
+            viewer = session.add_viewer(who, role, sink, moderator=role is Role.WATCH and session.moderation
+                                        is not None and not_moderator is None)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
+        if not_moderator is not None:
+            session.notice(f"you watch without moderating: {not_moderator}; the session's input stays as it "
+                           "was", viewer)
         self._bind(session, viewer, sink)
         return View(session, viewer, self.registry.peer_error)
+
+    def _wanted(self, session: MasterSession, why: str) -> None:
+        """A four-eyes session waits for a moderator: the reporters are told, as often as the pace allows."""
+        if self.moderator_pace.take(session.id, first=why == OPENED):
+            self.moderator_wanted(session, why)
+
+    def _not_moderator(self, who: Identity, session: MasterSession) -> str | None:
+        """Why `who` may not moderate `session` (None: they may, or it is not a four-eyes session)."""
+        moderation = session.moderation
+        if moderation is None:
+            return None
+        return self.policy.may_moderate(who, session.identity, session.worker, moderation.moderated_by)
 
     # -- kill and release ---------------------------------------------------------------------------
 
@@ -299,14 +353,17 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         session = self.registry.get(session_id)
         if session is None:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
-        if not self.policy.may(who, Action.KILL, session.worker, owner=session.identity).allowed:
+        # A four-eyes session's moderators may end it, the kill right or not.
+        moderator = session.moderation is not None and self._not_moderator(who, session) is None
+        if not moderator and not self.policy.may(who, Action.KILL, session.worker, owner=session.identity).allowed:
             raise OperatorError(ErrorKind.DENIED,
                                 f"permission denied: {who} may not kill sessions on worker {session.worker}")
-        session.notice(f"session killed by {who.user}")
-        session.close(f"killed by {who.user}")
+        as_whom = " (moderator)" if moderator else ""
+        session.notice(f"session killed by {who.user}{as_whom}")
+        session.close(f"killed by {who.user}{as_whom}")
         trail = self._trail()
         if trail is not None:
-            trail.killed(session, who)
+            trail.killed(session, who, "as moderator" if moderator else "")
         return f"session {session_id} on {session.worker}: hangup sent (then TERM, then KILL)"
 
     def release(self, who: Identity, build_id: object) -> str:

@@ -51,6 +51,8 @@ class CopyOperations:
         decision = self.policy.may(who, Action.COPY, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
+        decision = decision.unmoderated(request.worker, "a copy would need a moderator's approval, which it "
+                                                        "cannot ask for")
         if not decision.allowed:
             raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:

@@ -90,6 +90,9 @@ class Viewer:
         self.window = CreditWindow(OUTPUT_WINDOW)  # worker output in flight to this viewer
         self.own = 0  # bytes the master itself sent (notices, the recent-output replay) not yet acknowledged
         self.input_window = CreditWindow(INPUT_WINDOW)
+        # The input window this viewer may use: INPUT_WINDOW, or the session's grant for its owner
+        # (MasterSession.grant_windows, slaveshell.vocabulary.windows).
+        self.input_grant = INPUT_WINDOW
         # The operator's connection this view is on, for the per-connection bounds
         # (master_side.sessions.viewer_bounds).
         self.connection: object = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from twisted.logger import Logger
 
@@ -38,6 +38,7 @@ from master_side.sessions.model import (
     Viewer,
     new_session_id,
 )
+from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START, Moderation
 from master_side.sessions.notices import NoticeBudget
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import CreditWindow, output_limits
@@ -57,6 +58,16 @@ from slaveshell.vocabulary.protocol import (
     check_stream,
     notice_bytes,
 )
+from slaveshell.vocabulary.windows import WindowBudget, allowed
+
+
+@runtime_checkable
+class FlushingSink(Protocol):
+    """A viewer's end that can say an input_ack's input flushed the terminal (the framed door's): its client then
+    discards the output that was in flight before it, as a terminal does at an interrupt."""
+
+    def flushed_input_ack(self, nbytes: int, hidden: bool) -> None: ...
+
 
 # Role and State are the session's vocabulary too (tests and the service import them from here).
 __all__ = ["MasterSession", "Role", "State", "Viewer", "new_session_id"]
@@ -110,6 +121,8 @@ class ViewerEvents(Protocol):
     def viewer_left(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
     def viewer_attached(self, session: MasterSession, viewer: Viewer) -> None: ...
     def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None: ...
+    # A four-eyes session's events (master_side.sessions.moderation's kinds), `who` the event's operator.
+    def moderation(self, session: MasterSession, kind: str, who: Identity, detail: str) -> None: ...
 
 
 class NoViewerEvents:
@@ -125,6 +138,9 @@ class NoViewerEvents:
         pass
 
     def viewer_detached(self, session: MasterSession, viewer: Viewer, why: str) -> None:
+        pass
+
+    def moderation(self, session: MasterSession, kind: str, who: Identity, detail: str) -> None:
         pass
 
 
@@ -149,6 +165,15 @@ class MasterSession(SessionTimers):
         self.limits = output_limits(request.pty)
         self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
+        # The windows granted (slaveshell.vocabulary.windows): the worker's output may grow to output_grant, the
+        # owner's input to input_grant; the base windows until grant_windows, and for peers that do not tune.
+        self.output_grant = self.limits.window
+        self.input_grant = INPUT_WINDOW
+        self._budget: WindowBudget | None = None
+        self.output_peak = 0  # the most output the worker had unacknowledged (for the log)
+        self.input_peak = 0  # the most input a viewer had unacknowledged (for the log)
+        # The worker said its next input_ack's input flushed the terminal (`worker_flushed`).
+        self._flush_next = False
         self._owed = 0  # credit the owner returned that the master has not yet passed to the worker
         self.bytes_in = 0
         self.bytes_out = 0
@@ -173,6 +198,8 @@ class MasterSession(SessionTimers):
         # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
         # whether the terminal was hiding it, and acknowledged to its sender.
         self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
+        # A four-eyes session's moderators and held input (`hold_input`); None for any other session.
+        self.moderation: Moderation | None = None
 
     def __repr__(self) -> str:
         return f"<MasterSession {self.id} {self.identity.user}@{self.worker} {self.state.value}>"
@@ -186,19 +213,99 @@ class MasterSession(SessionTimers):
     def live(self) -> bool:
         return self.state in (State.ATTACHED, State.DETACHED)
 
+    def grant_windows(self, budget: WindowBudget, worker_tunes: bool) -> None:
+        """Take this session's windows from the master's budget (given back at its end): the worker's output
+        window when the worker tunes it (its open reply said so), and the owner's input window."""
+        if self._budget is not None:
+            return
+        self._budget = budget
+        if worker_tunes:
+            self.output_grant = budget.take(self.limits.window)
+        self.input_grant = budget.take(INPUT_WINDOW)
+
     def start(self, to_owner: OperatorSink, to_worker: SessionControl) -> Viewer:
         self.to_worker = to_worker
         owner = Viewer(self.identity, Role.OWNER, to_owner)
+        owner.input_grant = self.input_grant
         self.viewers.append(owner)
         self.owner = owner
         self._enter(State.ATTACHED)
         return owner
 
+    # -- four eyes -----------------------------------------------------------------------------
+
+    def hold_input(self, moderated_by: tuple[str | int, ...],
+                   wanted: Callable[[str], None] = lambda why: None) -> None:
+        """Make this a four-eyes session (master_side.sessions.moderation): input held until a moderator
+        watches; `wanted` is told each time it waits for one, why. Called once it has started, before anyone
+        else can view it."""
+        moderation = self.moderation = Moderation(moderated_by, self.clock, wanted)
+        self.recorder.marker(f"moderated: {moderation.held_notice()}")
+        self.viewer_events.moderation(self, HELD, self.identity, f"no moderator watches (moderated_by: "
+                                                                  f"{moderation.groups})")
+        self.notice(f"this session is moderated: {moderation.held_notice()}; output flows meanwhile")
+        moderation.wanted("opened")
+
+    def _held(self, viewer: Viewer, nbytes: int = 0, eof: bool = False, signal: bool = False) -> bool:
+        """Whether `viewer`'s input is held now (counted, and its sender told once per held span)."""
+        moderation = self.moderation
+        if moderation is None or moderation.passes(viewer):
+            return False
+        if moderation.drop(viewer, nbytes, eof, signal):
+            self.notice(f"{moderation.held_notice()}: what you type is not sent", viewer)
+        return True
+
+    def _report_dropped(self) -> None:
+        """What was dropped since the input was last held: a marker and an event per sender."""
+        if self.moderation is None:
+            return
+        for sender, dropped in self.moderation.take_dropped():
+            self.recorder.marker(f"held: {sender.identity.user}: {dropped.text()}")
+            self.viewer_events.moderation(self, DROPPED, sender.identity, dropped.text())
+
+    def _moderator_joined(self, viewer: Viewer) -> None:
+        moderation = self.moderation
+        assert moderation is not None
+        others = len(moderation.moderators)
+        was_held = moderation.start(viewer)
+        self._report_dropped()
+        self.recorder.marker(f"moderator: {viewer.identity.user}" + (" (input released)" if was_held else ""))
+        self.viewer_events.moderation(self, MODERATE_START, viewer.identity,
+                                      "input released" if was_held else f"beside {others} other moderators")
+        if was_held:
+            self._moderation_notice(f"{viewer.identity.user} moderates this session: input reaches the worker")
+
+    def _moderator_left(self, viewer: Viewer, why: str) -> None:
+        moderation = self.moderation
+        if moderation is None:
+            return
+        spent = moderation.stop(viewer)
+        if spent is None:
+            return
+        self._report_dropped()
+        self.viewer_events.moderation(self, MODERATE_END, viewer.identity, f"moderated {spent:.1f} s ({why})")
+        if moderation.held and self.live:
+            self.recorder.marker(f"moderated: {viewer.identity.user} left ({why}): {moderation.held_notice()}")
+            self.viewer_events.moderation(self, HELD, self.identity,
+                                          f"the last moderator ({viewer.identity.user}) left")
+            self._moderation_notice(f"the last moderator ({viewer.identity.user}) left: "
+                                    f"{moderation.held_notice()}")
+            moderation.wanted(f"the last moderator ({viewer.identity.user}) left")
+
+    def _moderation_notice(self, text: str) -> None:
+        """Input released or held again, told to every viewer: a few a minute (a moderator coming and going must
+        not flood the operator's terminal; a held keystroke is told anyway, once per held span)."""
+        assert self.moderation is not None
+        may, left_out = self.moderation.notices.take()
+        if may:
+            self._notice_all(text + (f" ({left_out} more changes not shown)" if left_out else ""))
+
     # -- viewers -------------------------------------------------------------------------------
 
-    def add_viewer(self, identity: Identity, role: Role, sink: OperatorSink) -> Viewer:
+    def add_viewer(self, identity: Identity, role: Role, sink: OperatorSink, moderator: bool = False) -> Viewer:
         """A new viewer: it first sees the recent output (the current screen, as far as it goes), then the
-        live stream. An OWNER can only attach to a detached session."""
+        live stream. An OWNER can only attach to a detached session. `moderator`: a watcher the operator API
+        admitted as a moderator of this four-eyes session."""
         if not self.live:
             raise ProtocolError(f"session {self.id} has ended")
         if role is Role.OWNER and self.owner is not None:
@@ -208,6 +315,7 @@ class MasterSession(SessionTimers):
         self.viewers.append(viewer)
         if role is Role.OWNER:
             self.owner = viewer
+            viewer.input_grant = self.input_grant
             self._enter(State.ATTACHED)
             self.detached_at = None
             self.recorder.marker(f"attach: {identity.user}")
@@ -222,6 +330,8 @@ class MasterSession(SessionTimers):
                                  but=viewer)
         if self.recent:
             self._send_own(viewer, 1, bytes(self.recent))
+        if moderator and role is Role.WATCH and self.moderation is not None:
+            self._moderator_joined(viewer)
         return viewer
 
     def remove_viewer(self, viewer: Viewer, why: str) -> None:
@@ -233,6 +343,7 @@ class MasterSession(SessionTimers):
         elif self.live:
             self.recorder.marker(f"leave: {viewer.identity.user} ({why})")
             self.viewer_events.viewer_left(self, viewer, why)
+            self._moderator_left(viewer, why)
 
     def _detach(self, why: str) -> None:
         owner = self.owner
@@ -258,9 +369,13 @@ class MasterSession(SessionTimers):
         self._writer(viewer, "type")
         if not self.live or viewer not in self.viewers:
             raise LateEvent(f"input for session {self.id} after the view ended")
-        if viewer.input_window.in_flight > INPUT_WINDOW * WINDOW_TOLERANCE:
+        if viewer.input_window.in_flight > allowed(viewer.input_grant, INPUT_WINDOW, WINDOW_TOLERANCE):
             raise ProtocolError("input sent past the flow-control window")
+        if self._held(viewer, nbytes=len(data)):
+            viewer.sink.input_ack(len(data), False)  # its credit back at once: dropped, never sent or recorded
+            return
         viewer.input_window.sent(len(data))
+        self.input_peak = max(self.input_peak, viewer.input_window.in_flight)
         self.bytes_in += len(data)
         self.last_activity = self.clock()
         self._pending_input.append((viewer, data))
@@ -270,6 +385,8 @@ class MasterSession(SessionTimers):
         self._writer(viewer, "send EOF")
         if not self.live:
             raise LateEvent(f"EOF for session {self.id} after it ended")
+        if self._held(viewer, eof=True):
+            return
         self.to_worker.eof()
 
     def viewer_resize(self, viewer: Viewer, cols: int, rows: int) -> None:
@@ -283,6 +400,8 @@ class MasterSession(SessionTimers):
         self._writer(viewer, "send signals")
         if not self.live:
             raise LateEvent(f"signal for session {self.id} after it ended")
+        if self._held(viewer, signal=True):
+            return
         self.recorder.marker(f"signal {SIGNAL_NAMES[signum]} sent by {viewer.identity.user}")
         self.to_worker.signal(signum)
 
@@ -333,11 +452,12 @@ class MasterSession(SessionTimers):
         checked = self._check_acks(acks)
         if not self.live:
             raise LateEvent(f"output for session {self.id} after it ended")
-        if self.output_window.in_flight > self.limits.window * WINDOW_TOLERANCE:
+        if self.output_window.in_flight > allowed(self.output_grant, self.limits.window, WINDOW_TOLERANCE):
             raise ProtocolError("output sent past the flow-control window")
         # The keystrokes' events go into the file with the output's, in one write (Recorder.input's flush).
         typed = [self._input_acked(nbytes, hidden, flush=False) for nbytes, hidden in checked]
         self.output_window.sent(len(data))
+        self.output_peak = max(self.output_peak, self.output_window.in_flight)
         self.bytes_out += len(data)
         self.last_activity = self.worker_seen = self.clock()
         self.recorder.output(data, stream)  # in the file before anyone sees it
@@ -355,16 +475,33 @@ class MasterSession(SessionTimers):
         if self.owner is None:
             self._ack_worker(len(data))
         for viewer, nbytes, hidden in typed:
-            if viewer in self.viewers:
-                viewer.sink.input_ack(nbytes, hidden)
+            self._tell_input_ack(viewer, nbytes, hidden)
 
     def worker_input_ack(self, nbytes: object, hidden: object) -> None:
         nbytes = check_int(nbytes, "input ack", 0, 2**40)
         if not isinstance(hidden, bool):
             raise ProtocolError("input ack: hidden must be a boolean")
         viewer, nbytes, hidden = self._input_acked(nbytes, hidden)
-        if viewer in self.viewers:
-            viewer.sink.input_ack(nbytes, hidden)
+        self._tell_input_ack(viewer, nbytes, hidden)
+
+    def worker_flushed(self) -> None:
+        """The next input_ack's input interrupted the worker's terminal, which flushed its output."""
+        if not self.live:
+            raise LateEvent(f"flushed for session {self.id} after it ended")
+        if not self._pending_input:
+            raise ProtocolError("flushed: no input is waiting for its ack")
+        self._flush_next = True
+
+    def _tell_input_ack(self, viewer: Viewer, nbytes: int, hidden: bool) -> None:
+        """Acknowledge input to its sender; the one that flushed the terminal as such, where its end can say so."""
+        flushed, self._flush_next = self._flush_next, False
+        if viewer not in self.viewers:
+            return
+        sink = viewer.sink
+        if flushed and isinstance(sink, FlushingSink):
+            sink.flushed_input_ack(nbytes, hidden)
+        else:
+            sink.input_ack(nbytes, hidden)
 
     def _check_acks(self, acks: object) -> list[tuple[int, bool]]:
         """The input_acks carried by an output message, checked (at most one per input message pending)."""
@@ -404,15 +541,29 @@ class MasterSession(SessionTimers):
             return  # ending is idempotent: a close, a stall and the worker's exit may all end it
         self._enter(State.ENDED)
         self.status = status
+        if self.moderation is not None:
+            for moderator in list(self.moderation.moderators):
+                self._moderator_left(moderator, "the session ended")
+            self._report_dropped()
         self.recorder.end(self)
-        log.info("session {sid}: ended (code {code}, signal {sig}{why})", sid=self.id, code=status.code,
-                 sig=status.signal, why=f", {visible(status.reason)}" if status.reason else "")
+        log.info("session {sid}: ended (code {code}, signal {sig}{why}); windows: output {out}", sid=self.id,
+                 code=status.code, sig=status.signal, why=f", {visible(status.reason)}" if status.reason else "",
+                 out=self.window_report())
+        if self._budget is not None:
+            self._budget.give(self.output_grant, self.limits.window)
+            self._budget.give(self.input_grant, INPUT_WINDOW)
+            self._budget = None
         for viewer in self.viewers:
             viewer.sink.exit(status)
         self.viewers.clear()
         self.owner = None
         self.to_worker = NOWHERE
         self._on_end(self)
+
+    def window_report(self) -> str:
+        """The windows granted and the most used of each, in KiB (for the log, and bench/)."""
+        return (f"granted {self.output_grant // 1024} KiB, peak {self.output_peak // 1024} KiB in flight; input "
+                f"granted {self.input_grant // 1024} KiB, peak {self.input_peak // 1024} KiB in flight")
 
     @property
     def end_reason(self) -> str:

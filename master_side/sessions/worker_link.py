@@ -78,6 +78,10 @@ class WorkerPeer:
     def close(self) -> None:
         self._send("close")
 
+    def grant(self, nbytes: int) -> None:
+        """Let the session's output window grow to `nbytes` (a worker whose open reply said it tunes it)."""
+        self._send("window", nbytes)
+
     def ping(self) -> defer.Deferred[bool]:
         """Fires True on any answer (even an error from a worker without remote_ping shows it is alive),
         False when the connection is gone."""
@@ -115,6 +119,7 @@ class OpenReply:
     ref: pb.RemoteReference | None
     error: str = ""
     lean: bool = False  # the worker takes slaveshell.plumbing.lean_calls on this connection
+    window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
     fields: Mapping[str, object] = field(default_factory=dict)
     refused: bool = False  # the worker answered, refusing (its owner's options), rather than failing to answer
 
@@ -155,7 +160,7 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
         error = reply.get("error")
         return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096],
                          refused=answered)
-    return OpenReply(worker_ref, lean=reply.get("lean") is True, fields=reply)
+    return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True, fields=reply)
 
 
 def open_on_worker(conn: WorkerConnection, session: MasterSession, request: OpenRequest, timeout: float,

@@ -47,5 +47,8 @@ class WorkerSink(LeanReceiver):
     def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
         self._call(self.session.worker_input_ack, nbytes, hidden)
 
+    def remote_flushed(self) -> None:
+        self._call(self.session.worker_flushed)
+
     def remote_exit(self, code: object, signal: object, reason: object) -> None:
         self._call(self.session.worker_exit, code, signal, reason)

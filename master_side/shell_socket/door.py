@@ -274,7 +274,7 @@ class WireDoor(Protocol):
         if op is Op.RUN:
             return self.running.call(who, message.get("request"))
         if op is Op.RUNS:
-            return runs_answer(self.service.fleet, who, message.get("run"))
+            return runs_answer(self.service.fleet, who, message.get("run"), message.get("cancel", False))
         if op is Op.FACTS:
             return fact_answer(self.service.fleet, who, message.get("workers"), message.get("refresh"))
         if op is Op.RELEASE:
@@ -323,7 +323,7 @@ class WireDoor(Protocol):
                 view.close()  # the owner closes: the session ends
                 return None
             self.view = view
-            return {"session": view.session.id}
+            return {"session": view.session.id, "input_window": view.viewer.input_grant}
 
         d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self, max_output))
         return d.addCallback(answer)
@@ -339,7 +339,7 @@ class WireDoor(Protocol):
         self.viewing = True
         self.view = view
         return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
-                "size": list(view.session.size)}
+                "size": list(view.session.size), "input_window": view.viewer.input_grant}
 
 
 def _limited_call(frame: framing.Frame) -> bool:

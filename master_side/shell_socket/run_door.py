@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
-from master_side.fleet.operations import FleetOperations, RunAsk, Started
+from master_side.fleet.operations import MAX_UNTIL, FleetOperations, RunAsk, Started
 from master_side.fleet.run import FleetRun, Phase, Progress
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.fleet import drift, gather, probe
@@ -57,7 +57,9 @@ class RunDoor:
         if self.door.disconnected or self._interrupted:
             run.leave()
         return {"run": run.id, "targets": run.scheduler.order, "batch": run.scheduler.batch,
-                "listed": [outcome_to_wire(o) for o in started.listed]}
+                "listed": [outcome_to_wire(o) for o in started.listed],
+                # Workers chosen by old facts, with their age in seconds (-1: never taken).
+                "stale": {w: (-1 if a == float("inf") else round(a)) for w, a in started.stale.items()}}
 
     def interrupt(self) -> bool:
         """The operator's Ctrl-C (a CLOSE call): False when no run was asked for on this connection. A run still
@@ -136,17 +138,31 @@ def decode(request: object) -> RunAsk:
             cwd = check_str(cwd, "working directory", 4096)
         if reason is not None:
             reason = check_str(reason, "reason", 1024)
+        until = request.get("until")
+        if until is not None and (not isinstance(until, (int, float)) or isinstance(until, bool)
+                                  or not 0 < until <= MAX_UNTIL):
+            raise ProtocolError(f"until is a number of seconds up to {MAX_UNTIL:.0f}")
+        include_offline, pause = request.get("include_offline", False), request.get("pause", False)
+        if not isinstance(include_offline, bool) or not isinstance(pause, bool):
+            raise ProtocolError("include_offline and pause are true or false")
     except ProtocolError as e:
         raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
     return RunAsk(command=command, script=script, workers=_strings(request.get("workers"), "workers", MAX_PATTERNS),
                   where=_strings(request.get("where"), "where", MAX_PATTERNS), batch=batch,
-                  timeout=None if timeout is None else float(timeout), env=env, cwd=cwd, reason=reason)
+                  timeout=None if timeout is None else float(timeout), env=env, cwd=cwd, reason=reason,
+                  include_offline=include_offline, until=None if until is None else float(until), pause=pause)
 
 
-def runs_answer(fleet: FleetOperations, who: Identity, run_id: object) -> defer.Deferred[dict[str, object]]:
-    """The RUNS call: the runs recorded (with `run`: that one and its workers' outcomes)."""
+def runs_answer(fleet: FleetOperations, who: Identity, run_id: object,
+                cancel: object = False) -> defer.Deferred[dict[str, object]]:
+    """The RUNS call: the runs recorded (with `run`: that one and its workers' outcomes; with `cancel` too: what
+    it still has pending cancelled, the answer's text)."""
     if run_id is not None and (not isinstance(run_id, str) or not 1 <= len(run_id) <= 64):
         raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: run is a run's id")
+    if cancel is not False:
+        if cancel is not True or not isinstance(run_id, str):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: cancel needs a run's id")
+        return fleet.cancel(who, run_id).addCallback(lambda text: {"text": text, "rows": []})
     d = fleet.recorded(who, run_id)
     return d.addCallback(lambda found: {"rows": [{**row, "workers": workers} for row, workers in found]})
 

@@ -74,6 +74,11 @@ class WireViewerSink:
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden))
 
+    def flushed_input_ack(self, nbytes: int, hidden: bool) -> None:
+        """The input flushed the terminal (an interrupt): the client discards the output before this frame that it
+        held since sending the input (a client that does not know `flush` ignores it)."""
+        self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden, flush=True))
+
     def exit(self, status: ExitStatus) -> None:
         self._control(framing.control(Op.EXIT, code=status.code, signal=status.signal, reason=status.reason))
 

@@ -9,7 +9,8 @@ gives the ``shell`` right on its worker (who may open a shell in it or release i
 transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
 
 - ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
-  "workerid"}]}`` (``workerid``: Buildbot's id of the worker, for its page ``#/workers/<workerid>``, or null);
+  "workerid", "copy"}]}`` (``workerid``: Buildbot's id of the worker, for its page ``#/workers/<workerid>``, or null;
+  ``copy``: whether the policy gives this web user the ``copy`` right there);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
   "started", "own", "may_type", "viewers"}]}``;
 - ``{"type": "history", "worker": str?, "user": str?, "session": str?, "reason": str?, "limit": int?}`` ->
@@ -83,7 +84,8 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         ids = await buildbot_pages.worker_ids(master, gate)
         return {"type": "workers", "workers": [
             {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")},
-             "workerid": ids.get(str(w["name"]))}
+             "workerid": ids.get(str(w["name"])),
+             "copy": service.policy.may(who, Action.COPY, str(w["name"])).allowed}
             for w in workers if w["name"] in gate]}, None
     if kind == "sessions":
         sessions = api.sessions(who)

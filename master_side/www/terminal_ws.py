@@ -19,8 +19,9 @@ Messages (RFC 6455 frames):
   watch is read-only; with ``reattach``, sent when the page attaches without a click (a reload), another's session
   is refused with ``"confirm": true``);
   or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page),
-  or ``{"type": "run", ...}`` then ``{"type": "stop"}`` (a fleet run: master_side.www.fleet_page, which describes
-  its messages; a run's message may be up to 64 KiB, a script in it).
+  ``{"type": "copy", ...}`` (one file copied to or from a worker: master_side.www.copy_ws, which describes that
+  socket's messages) or ``{"type": "run", ...}`` then ``{"type": "stop"}`` (a fleet run: master_side.www.fleet_page,
+  which describes its messages; a run's message may be up to 64 KiB, a script in it).
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
   ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
@@ -61,6 +62,7 @@ from master_side.operators.api import OperatorError, View
 from master_side.sessions.worker_link import subscribe
 from master_side.www import access, fleet_page, grants, lists
 from master_side.www.access import UserInfo
+from master_side.www.copy_ws import MAX_COPIES, MAX_COPIES_PER_USER, TooLarge, WebCopy, refusal_text, web_request
 from master_side.www.host import WebHost, web_host
 from master_side.www.lists import Answer, Message
 from master_side.www.quota import Quota
@@ -155,6 +157,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         # The quota this socket holds a place of, and under which key (TerminalFactory).
         self.place: tuple[Quota, object] | None = None
         self.queries = 0
+        # The socket's transfer (master_side.www.copy_ws), and the place it holds among the page's transfers.
+        self.copy: WebCopy | None = None
+        self.copy_place: tuple[Quota, object] | None = None
         # Bytes written to the transport so far (the connection gate compares it with what is still buffered).
         self.written = 0
 
@@ -292,6 +297,9 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
+            if isBinary and self.copy is not None:
+                self.copy.data(payload)
+                return
             if isBinary:
                 view = self.view
                 if view is None:
@@ -305,9 +313,13 @@ class TerminalProtocol(WebSocketServerProtocol):
             if not isinstance(message, dict):
                 raise ProtocolError("a control message must be a JSON object")
             kind = message.get("type")
-            if len(payload) > (fleet_page.MAX_RUN_MESSAGE if kind == "run" else MAX_CONTROL):
+            if len(payload) > (fleet_page.MAX_RUN_MESSAGE if kind == "run" and self.copy is None else MAX_CONTROL):
                 raise ProtocolError("control message too long")
-            if kind == "open":
+            if self.copy is not None:
+                self.copy.message(message)
+            elif kind == "copy":
+                self._copy(message)
+            elif kind == "open":
                 self._open(message)
             elif kind == "attach":
                 self._attach(message)
@@ -424,6 +436,54 @@ class TerminalProtocol(WebSocketServerProtocol):
 
         d.addErrback(failed)
 
+    def _copy(self, message: Message) -> None:
+        """A transfer between the page and a worker (master_side.www.copy_ws): a place among the page's transfers,
+        Buildbot's authz on the worker, then the operator API's copy (policy, quotas, record, the worker's say)."""
+        service, who = self._start()
+        try:
+            request = web_request(message)
+        except TooLarge as e:
+            self._audit(str(message.get("worker")), f"web copy refused: {e}")
+            self.refuse(str(e))
+            return
+        copies = self.factory.copies
+        full = copies.refusal(who.user)
+        if full is not None:
+            why = (f"you already have {MAX_COPIES_PER_USER} copies in progress from web pages (the master's limit)"
+                   if full == "per_key" else
+                   f"the master already serves {MAX_COPIES} copies from web pages (its limit); try again later")
+            self._audit(request.worker, f"web copy refused: {why}")
+            self.refuse(why)
+            return
+        copies.take(who.user)
+        self.copy_place = (copies, who.user)
+        copy = self.copy = WebCopy(self)
+
+        @deferred
+        async def authorized() -> None:
+            await access.check_authz_shell(self.master, request.worker, self.info)
+            await copy.start(lambda party: service.api.copy(who, request, party))
+
+        authorized().addErrback(self._copy_refused, request.worker)
+
+    def _copy_refused(self, failure: Failure, worker: str) -> None:
+        if failure.check(access.Refused):
+            self._audit(worker, f"web authz refused: {failure.value}")
+            self.refuse(str(failure.value))
+        elif failure.check(OperatorError):
+            self.refuse(refusal_text(cast(OperatorError, failure.value).message))
+        else:
+            log.failure("slaveshell: a web copy for {who}", failure, who=visible(self.identity))
+            self.refuse("the master could not start the copy (see its log)")
+
+    def finish(self) -> None:
+        """Close the socket once what was queued is sent (a transfer ended: its result goes first)."""
+        self.master.reactor.callLater(0, self._close)
+
+    def _close(self) -> None:
+        if self.sending:
+            self.sendClose(code=1000)
+
     def _query(self, kind: str, message: Message) -> None:
         """The fleet page's lists and the replay page's reads (master_side.www.lists), answered on this socket;
         a refusal of the operator API is an error message, the socket stays open."""
@@ -486,10 +546,11 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.closed = True
         if self.release_grant is not None:
             self.release_grant()
-        if self.place is not None:
-            quota, key = self.place
-            self.place = None
-            quota.give_back(key)
+        for place in (self.place, self.copy_place):
+            if place is not None:
+                quota, key = place
+                quota.give_back(key)
+        self.place = self.copy_place = None
         service = web_host(self.master)
         if service is not None:
             service.gate.release(self)
@@ -511,6 +572,8 @@ class TerminalFactory(WebSocketServerFactory):
         self.sockets = Quota(MAX_SOCKETS_PER_USER, MAX_SOCKETS)
         self.no_right = Quota(MAX_SOCKETS_NO_RIGHT_PER_USER, MAX_SOCKETS_NO_RIGHT)
         self.refused = Quota(MAX_SOCKETS_REFUSED_PER_HOST, MAX_SOCKETS_REFUSED)
+        # Transfers from pages (master_side.www.copy_ws), per web user and in all.
+        self.copies = Quota(MAX_COPIES_PER_USER, MAX_COPIES)
         self.setProtocolOptions(webStatus=False, maxMessagePayloadSize=MAX_CHUNK, maxFramePayloadSize=MAX_CHUNK,
                                 autoPingInterval=30, autoPingTimeout=60)
 

@@ -221,11 +221,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     for s in sessions:
         when, listed = s["started"], s["viewers"]
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
-        viewers = ", ".join(f"{v['user']}({v['role']})" for v in listed if isinstance(v, dict)) \
-            if isinstance(listed, list) else ""
+        viewers = ", ".join(f"{v['user']}({'moderator' if v.get('moderator') else v['role']})" for v in listed
+                            if isinstance(v, dict)) if isinstance(listed, list) else ""
         viewers = viewers or "-"
+        state = "held" if s.get("held") else s["state"]  # a four-eyes session waiting for a moderator
         print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
-              f"{s['state']:9} {s['idle']:>5.0f}s  {cell(s.get('reason') or '-', 20)} {visible(viewers)}")
+              f"{state:9} {s['idle']:>5.0f}s  {cell(s.get('reason') or '-', 20)} {visible(viewers)}")
     return 0
 
 

@@ -66,6 +66,7 @@ class LiveTable:
         self.done = 0
         self.drawn = 0
         self.last_draw = 0.0
+        self.dirty = False
 
     def update(self, worker: str, phase: str, elapsed: float, last: bytes, outcome: Outcome | None) -> None:
         if outcome is not None:
@@ -73,13 +74,16 @@ class LiveTable:
             self.done += 1
         else:
             self.rows[worker] = (phase, elapsed, last)
+        self.dirty = True
         self.draw()
 
     def draw(self, force: bool = False) -> None:
+        """Redraw (at most ten times a second, unless `force`); `tick` redraws what was left dirty."""
         now = time.monotonic()
         if not force and now - self.last_draw < 0.1:
             return
         self.last_draw = now
+        self.dirty = False
         size = shutil.get_terminal_size((100, 24))
         width, room = size.columns, max(1, size.lines - 4)
         lines = [f"{self.done}/{len(self.targets)} done, {len(self.rows)} running"]
@@ -92,6 +96,10 @@ class LiveTable:
         self.clear()
         self._write("\n".join(lines) + "\n")
         self.drawn = len(lines)
+
+    def tick(self) -> None:
+        if self.dirty:
+            self.draw()
 
     def clear(self) -> None:
         if self.drawn:
@@ -140,7 +148,9 @@ class RunClient:
                 try:
                     if connection.out:
                         connection.flush()
-                    if not selector.select(1.0):
+                    if self.table is not None:
+                        self.table.tick()
+                    if not selector.select(0.2 if self.table is not None else 1.0):
                         continue
                     frames = connection.receive()
                 except KeyboardInterrupt:
@@ -199,6 +209,15 @@ class RunClient:
                 self.targets = [str(t) for t in targets] if isinstance(targets, list) else []
                 listed = get("listed")
                 self.listed = [outcome_from_wire(o) for o in listed] if isinstance(listed, list) else []
+                stale = get("stale")
+                if isinstance(stale, dict) and stale:
+                    ages = {str(w): float("inf") if not isinstance(a, (int, float)) or a < 0 else float(a)
+                            for w, a in stale.items()}
+                    print("slaveshell run: --where decided on old facts (slaveshell facts --refresh): "
+                          + drift.aged(ages), file=sys.stderr)
+                if self.targets:
+                    print(f"slaveshell run: run {visible(str(get('run')))} on {len(self.targets)} workers, "
+                          f"{get('batch')} at once", file=sys.stderr)
                 if self.live and self.targets:
                     self.table = LiveTable(sys.stderr, self.targets)
                     self.table.draw(force=True)
@@ -233,9 +252,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _usage("give a command after -- or --script FILE (one of them)")
     if args.timeout is not None and args.timeout <= 0:
         return _usage("--timeout is a positive number of seconds")
+    until = None
+    if args.until is not None:
+        from slaveshell.client.hold_cli import parse_duration
+
+        try:
+            until = parse_duration(args.until)
+        except ValueError as e:
+            return _usage(f"--until: {e}")
+        if not args.include_offline:
+            return _usage("--until is for --include-offline (how long the pending runs wait)")
+    if args.pause and not args.include_offline:
+        return _usage("--pause is for --include-offline (the workers paused until their pending run succeeds)")
     request: dict[str, object] = {"workers": list(args.workers or []), "where": list(args.where or []),
                                   "batch": args.batch, "timeout": args.timeout, "env": env, "cwd": args.directory,
-                                  "reason": args.reason}
+                                  "reason": args.reason, "include_offline": args.include_offline,
+                                  "until": until, "pause": args.pause}
     if args.script:
         try:
             with open(args.script, "rb") as f:
@@ -289,9 +321,22 @@ def cmd_facts(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    run = args.run
+    cancel = run == "cancel"
+    if cancel:
+        if not args.target:
+            print("slaveshell runs: cancel needs a run's id (slaveshell runs cancel RUN)", file=sys.stderr)
+            return USAGE
+        run = args.target
+    elif args.target:
+        print(f"slaveshell runs: unexpected {visible(args.target)}", file=sys.stderr)
+        return USAGE
     calls = MasterCalls(find_socket(args))
     try:
-        rows = answer_rows(calls.call(Op.RUNS, **({"run": args.run} if args.run else {})))
+        if cancel:
+            print(visible(str(calls.call(Op.RUNS, run=run, cancel=True).get("text"))))
+            return 0
+        rows = answer_rows(calls.call(Op.RUNS, **({"run": run} if run else {})))
     except CallError as e:
         print(f"slaveshell runs: {visible(str(e))}", file=sys.stderr)
         return 1
@@ -300,7 +345,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    if args.run:
+    if run:
         for row in rows:
             what = row.get("command") or f"script sha256 {row.get('script_sha256')}"
             print(f"run {visible(row['id'])} by {visible(row['operator'])} at {str(row['started'])[:19]} UTC: "
@@ -329,7 +374,8 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     r = with_socket(sub.add_parser(
         "run", help="run a command on many workers (an audited session on each), outputs gathered",
         usage="slaveshell run [--workers GLOB]... [--where FACT=VALUE]... [--batch N|P%%] [--timeout S] "
-              "[-e NAME=VALUE]... [-C DIR] [--reason TEXT] [--json] (-- COMMAND... | --script FILE)"))
+              "[--include-offline [--until DURATION] [--pause]] [-e NAME=VALUE]... [-C DIR] [--reason TEXT] "
+              "[--json] (-- COMMAND... | --script FILE)"))
     r.add_argument("--workers", action="append", metavar="GLOB", help="workers whose names match (repeatable)")
     r.add_argument("--where", action="append", metavar="FACT=VALUE",
                    help="only workers whose fact matches (FACT!=VALUE: does not; VALUE a glob; repeatable)")
@@ -341,6 +387,11 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     r.add_argument("--script", metavar="FILE", help="run this script on each worker (kept in a private "
                    "temporary file there, run, removed)")
     r.add_argument("--json", action="store_true", help="per worker: state, exit status, duration, output, session")
+    r.add_argument("--include-offline", action="store_true",
+                   help="the workers not connected now run it when they next attach (pending runs)")
+    r.add_argument("--until", metavar="DURATION", help="how long pending runs wait (default 7d; 12h, 30d, ...)")
+    r.add_argument("--pause", action="store_true",
+                   help="pause each pending worker in Buildbot as it attaches, until its run succeeded")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
 
@@ -350,7 +401,10 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_facts)
 
-    rs = with_socket(sub.add_parser("runs", help="fleet runs from the audit index (RUN: one, with each worker)"))
+    rs = with_socket(sub.add_parser(
+        "runs", help="fleet runs from the audit index (RUN: one, with each worker; cancel RUN: what it has pending)",
+        usage="slaveshell runs [RUN | cancel RUN] [--json]"))
     rs.add_argument("run", metavar="RUN", nargs="?")
+    rs.add_argument("target", nargs="?", help=argparse.SUPPRESS)
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_runs)

@@ -62,6 +62,16 @@ class Outputs:
         self.loop.watch(self.fds[name], selectors.EVENT_WRITE, (lambda: self.flush(name)) if buffer else None)
         self.on_written(name)
 
+    def discard(self, name: str) -> int:
+        """Forget what waits for `name` (a terminal's flush at an interrupt); the stream stays. The bytes dropped."""
+        buffer = self.buffers.get(name)
+        if not buffer:
+            return 0
+        dropped = len(buffer)
+        buffer.clear()
+        self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)
+        return dropped
+
     def drop(self, name: str) -> None:
         if self.buffers.pop(name, None) is not None:
             self.loop.watch(self.fds[name], selectors.EVENT_WRITE, None)

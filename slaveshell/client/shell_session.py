@@ -11,6 +11,7 @@ import contextlib
 import os
 import selectors
 import signal
+import termios
 from collections.abc import Callable
 
 from slaveshell.client import escape as esc
@@ -19,7 +20,7 @@ from slaveshell.client.outputs import Outputs
 from slaveshell.client.terminal import window_size
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.flow import CreditWindow, chunks
+from slaveshell.vocabulary.flow import chunks
 from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Input, Op, Resize, SessionMessage, Signal
 from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
@@ -30,6 +31,7 @@ from slaveshell.vocabulary.protocol import (
     Role,
     check_int,
 )
+from slaveshell.vocabulary.windows import WINDOW_MAX, TunedWindow
 
 # A second SIGINT/SIGTERM/SIGHUP this soon after the first (seconds) gives up on the remote command at once.
 GIVE_UP_WITHIN = 1.0
@@ -43,6 +45,12 @@ SIGNAL_GRACE = 5.0
 STDOUT_HIGH = 64 * 1024
 # Output acknowledged at once when this much is unacknowledged; less waits for the end of the loop's turn.
 ACK_BATCH = 4 * MAX_CHUNK
+# Ctrl-C typed on a terminal: output is held from then until the master acknowledges that input; if the worker's
+# terminal flushed its output at the interrupt, what was held (in flight at the interrupt) is discarded, as a
+# terminal discards its queue; otherwise it is shown. Shown anyway after this many seconds, or past this many bytes.
+INTERRUPT_HOLD = 3.0
+INTERRUPT_HOLD_BYTES = WINDOW_MAX + 1024 * 1024
+INTERRUPT = b"\x03"
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
 
 
@@ -73,7 +81,15 @@ class HopShell:
         self.done = False
         self.session_open = False
         self.session_id = ""
-        self.input_window = CreditWindow(INPUT_WINDOW)
+        # The base window until the master grants more (its open or attach answer's input_window); it follows the
+        # bandwidth-delay product within that (slaveshell.vocabulary.windows).
+        self.input_window = TunedWindow(INPUT_WINDOW, INPUT_WINDOW, loop.seconds)
+        # Ctrl-C typed: output held until the input up to the interrupt (this many bytes sent) is acknowledged.
+        self._interrupt_at: int | None = None
+        self._held: list[tuple[FrameType, bytes]] = []
+        self._held_bytes = 0
+        self._hold_timer: Cancellable | None = None
+        self.discarded = 0  # output discarded at interrupts, in bytes
         self._unacked = 0
         self._ack_timer: Cancellable | None = None
         self.outputs = Outputs(loop, {"out": fds[1], "err": fds[2]}, self._output_gone, self._written)
@@ -123,6 +139,9 @@ class HopShell:
             return
         self.session_open = True
         self._waiting = False
+        granted = reply.get("input_window")
+        if isinstance(granted, int) and not isinstance(granted, bool) and self.role is Role.OWNER:
+            self.input_window.grant(min(granted, WINDOW_MAX))
         self.escapes.leave_only = self.role is not Role.OWNER
         self._send_ack()  # output that came with the view (a session's recent output, on attach)
         if self._typed_ahead:
@@ -143,7 +162,7 @@ class HopShell:
         if op is Op.ANSWER:
             self.calls.answered(message)
         elif op is Op.INPUT_ACK:
-            self.input_ack(message.get("n"))
+            self.input_ack(message.get("n"), message.get("flush") is True)
         elif op is Op.EXIT:
             try:
                 status = ExitStatus.from_wire(message.get("code"), message.get("signal"), message.get("reason"))
@@ -169,10 +188,47 @@ class HopShell:
         self.finish(ExitStatus(reason=str(error)))
 
     def output(self, ftype: FrameType, data: bytes) -> None:
+        if self._interrupt_at is not None:
+            self._held.append((ftype, data))
+            self._held_bytes += len(data)
+            if self._held_bytes > INTERRUPT_HOLD_BYTES:
+                self._release_held(discard=False)
+            return
         name = "err" if ftype is FrameType.STDERR else "out"
         self.outputs.write(name, data)
         self._unacked += len(data)
         self._ack_soon()
+
+    def _hold_output(self) -> None:
+        """Ctrl-C went out: hold output until its input_ack says whether the terminal flushed."""
+        self._interrupt_at = self.input_window.total_sent
+        if self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.cancel()
+        self._hold_timer = self.loop.call_later(INTERRUPT_HOLD, lambda: self._release_held(discard=False))
+
+    def _release_held(self, discard: bool) -> None:
+        """The held output: discarded (the terminal flushed it) or shown; its credit goes back either way. A flush
+        also drops what still waited for stdout, and what the local terminal had not shown yet (tcflush), as the
+        worker's terminal dropped its own queue: all of it came before the interrupt."""
+        if self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.cancel()
+        self._hold_timer = None
+        self._interrupt_at = None
+        held, self._held, self._held_bytes = self._held, [], 0
+        if discard:
+            self.discarded += self.outputs.discard("out")
+            with contextlib.suppress(OSError, termios.error):
+                if os.isatty(self.fds["out"]):
+                    termios.tcflush(self.fds["out"], termios.TCOFLUSH)
+        for ftype, data in held:
+            if discard:
+                self.discarded += len(data)
+                self._unacked += len(data)
+            else:
+                self.outputs.write("err" if ftype is FrameType.STDERR else "out", data)
+                self._unacked += len(data)
+        if held:
+            self._ack_soon()
 
     def _ack_soon(self) -> None:
         """Acknowledge output at the end of the loop's turn: one ack for all the frames of one read (four to a
@@ -182,11 +238,13 @@ class HopShell:
         elif self._unacked and (self._ack_timer is None or not self._ack_timer.active()):
             self._ack_timer = self.loop.call_later(0, self._send_ack)
 
-    def input_ack(self, nbytes: object) -> None:
+    def input_ack(self, nbytes: object, flush: bool = False) -> None:
         try:
             self.input_window.acked(nbytes)  # type: ignore[arg-type]
         except ProtocolError:
             return  # a bad ack from the master: ignored
+        if self._interrupt_at is not None and self.input_window.total_acked >= self._interrupt_at:
+            self._release_held(discard=flush)
         self._update_reading()
 
     def waiting(self, text: str) -> None:
@@ -348,6 +406,7 @@ class HopShell:
         if self._signal_timer is not None and self._signal_timer.active():
             self._signal_timer.cancel()
         self._signal_timer = None
+        self._release_held(discard=False)  # no answer will come for the interrupt: show what was held
         self._update_reading()
         self._maybe_done()
 
@@ -384,6 +443,8 @@ class HopShell:
         for piece in chunks(data, MAX_CHUNK):
             self.input_window.sent(len(piece))
             self._send(Input(piece))
+        if self.interactive and INTERRUPT in data and self.session_open and self.status is None:
+            self._hold_output()
         self._update_reading()
 
     def _send_ack(self) -> None:

@@ -20,7 +20,7 @@ from slaveshell.vocabulary.display import visible
 
 SEPARATOR = "-" * 15  # clush's
 SUMMARY_NAMES = 8  # names shown per state in the summary line, then "..."
-NOT_RAN = (State.NOT_STARTED, State.NOT_CONNECTED, State.NOT_OPTED_IN, State.REFUSED, State.MISSING_FACT,
+NOT_RAN = (State.NOT_STARTED, State.PENDING, State.NOT_CONNECTED, State.NOT_OPTED_IN, State.REFUSED, State.MISSING_FACT,
            State.ERROR)
 
 

@@ -25,6 +25,7 @@ class State(enum.Enum):
     NOT_OPTED_IN = "not opted in"
     REFUSED = "refused"  # by the master's policy or the worker owner's allowed_users
     MISSING_FACT = "missing fact"  # a --where names a fact this worker has not reported
+    PENDING = "pending"  # not connected now: runs when it attaches (slaveshell run --include-offline)
     ERROR = "error"  # the session could not be opened, or was lost
 
     @property

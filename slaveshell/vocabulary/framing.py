@@ -91,7 +91,8 @@ class Op(enum.Enum):
     RUN = "run"  # request (a fleet run: command or script (base64), workers, where, batch, timeout, env, cwd,
     # reason); answer: run (its id), targets, listed (outcomes of the workers that will not run), batch; then
     # PROGRESS messages and one RUN_END (slaveshell.fleet.events); a CLOSE call interrupts the run (Ctrl-C)
-    RUNS = "runs"  # run (optional: one run's id); answer: rows (fleet runs; with run: its workers' outcomes)
+    RUNS = "runs"  # run (optional: one run's id), cancel (optional: cancel what it has pending); answer: rows
+    # (fleet runs; with run: its workers' outcomes), text (with cancel)
     FACTS = "facts"  # workers (patterns), refresh; answer: reports, workers, probes, stale_after
     COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded,
     # unclaimed (true: done_file may carry "" for the sender's sha256, slaveshell.vocabulary.copying.NO_CLAIM)

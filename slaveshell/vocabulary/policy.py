@@ -133,7 +133,10 @@ class Rule:
     Web users and their Buildbot roles are named ``"web:<name>"`` in users and ``"web:<role>"`` in groups
     (`WebIdentity`). A right another implies (`IMPLIED`: 'shell' implies 'run') is granted with it unless
     listed in `withhold`. With `require_reason`, what the rule allows (a session, a transfer, a run) is refused
-    to a request that gives no reason (`--reason TEXT`)."""
+    to a request that gives no reason (`--reason TEXT`). With `moderated_by` (groups, by name or number, and web
+    roles as ``"web:<role>"``), a session the rule allows is a four-eyes session: its input is held until a
+    moderator watches it (another person, with 'watch' on the worker, in one of these groups or roles:
+    `may_moderate`); a transfer or a run it allows is refused (nobody approves those yet)."""
 
     users: tuple[str | int, ...] = ()
     groups: tuple[str | int, ...] = ()
@@ -141,9 +144,10 @@ class Rule:
     rights: tuple[str, ...] = tuple(sorted(RIGHTS))
     withhold: tuple[str, ...] = ()
     require_reason: bool = False
+    moderated_by: tuple[str | int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("users", "groups", "workers", "rights", "withhold"):
+        for name in ("users", "groups", "workers", "rights", "withhold", "moderated_by"):
             value = getattr(self, name)
             if isinstance(value, (str, int)):
                 object.__setattr__(self, name, (value,))
@@ -159,6 +163,9 @@ class Rule:
             raise ValueError("a rule needs users or groups")
         if not isinstance(self.require_reason, bool):
             raise ValueError("require_reason must be True or False")
+        for group in self.moderated_by:
+            if isinstance(group, bool) or not isinstance(group, (str, int)) or group in ("", "*", WEB_PREFIX):
+                raise ValueError(f"moderated_by: {group!r} is not a group or a web role ('web:<role>')")
 
     def matches_identity(self, who: Operator) -> bool:
         local = who.uid >= 0  # web users (WebIdentity) have no uid or gid: only their names match them
@@ -181,16 +188,48 @@ class Rule:
         return implied_by is not None and implied_by in self.rights and right not in self.withhold
 
 
+def same_person(a: Operator, b: Operator) -> bool:
+    """Whether two identities may be one person, as four-eyes sessions see it: the same operator, or a local
+    user and a web user of the same name (``alice`` and ``web:alice``): nobody moderates their own session
+    through the other door."""
+    return same_operator(a, b) or a.user.removeprefix(WEB_PREFIX) == b.user.removeprefix(WEB_PREFIX)
+
+
+def in_moderators(who: Operator, moderated_by: Iterable[str | int]) -> bool:
+    """Whether `who` belongs to one of `moderated_by`'s groups or web roles (a gid names a local group only)."""
+    local = who.uid >= 0
+    for group in moderated_by:
+        if isinstance(group, int):
+            if local and (group == who.gid or str(group) in who.groups):
+                return True
+        elif group in who.groups:
+            return True
+    return False
+
+
+def moderators_text(moderated_by: Iterable[str | int]) -> str:
+    return ", ".join(str(g) for g in moderated_by)
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
     reason: str
     require_reason: bool = False  # allowed only with the operator's reason for it (`Rule.require_reason`)
+    moderated_by: tuple[str | int, ...] = ()  # a four-eyes session: who may moderate it (`Rule.moderated_by`)
 
     def without_reason(self, worker: str) -> Decision:
         """This decision for a request that gives no reason: refused when the rule requires one."""
         if self.allowed and self.require_reason:
             return Decision(False, f"worker {worker} requires a reason (--reason TEXT)")
+        return self
+
+    def unmoderated(self, worker: str, why: str) -> Decision:
+        """This decision for what cannot wait for a moderator (a copy, a run, a session's command): refused, for
+        `why`, when the rule makes the worker's sessions four-eyes sessions."""
+        if self.allowed and self.moderated_by:
+            groups = moderators_text(self.moderated_by)
+            return Decision(False, f"worker {worker} is moderated (moderated_by: {groups}): {why}")
         return self
 
 
@@ -233,12 +272,27 @@ class Policy:
         """Whether some rule names `who` and grants a right (on some worker): who may be an operator here."""
         return any(rule.matches_identity(who) and rule.rights for rule in self.rules)
 
+    def may_moderate(self, who: Operator, owner: Operator, worker: str, moderated_by: Sequence[str | int]
+                     ) -> str | None:
+        """Why `who` may not moderate a four-eyes session of `owner` on `worker` (None: they may): another person
+        than its operator (`same_person`), in one of `moderated_by`'s groups or web roles, with 'watch' on the
+        worker by a rule (not only as the watcher of their own session)."""
+        if same_person(who, owner):
+            return "the session's own operator cannot moderate it"
+        if not in_moderators(who, moderated_by):
+            return f"{who.user} is in none of its moderators' groups (moderated_by: {moderators_text(moderated_by)})"
+        watch = self.check(who, "watch", worker)
+        if not watch.allowed:
+            return watch.reason
+        return None
+
     def check(self, who: Operator, right: str, worker: str) -> Decision:
         if right not in RIGHTS:
             raise ValueError(f"unknown right {right!r}")
         for rule in self.rules:
             if rule.matches_identity(who) and rule.matches_worker(worker):
                 if rule.grants(right):
-                    return Decision(True, "allowed", require_reason=rule.require_reason)
+                    return Decision(True, "allowed", require_reason=rule.require_reason,
+                                    moderated_by=rule.moderated_by)
                 return Decision(False, f"{who} may not {right} on worker {worker}")
         return Decision(False, f"{who} may not {right} on worker {worker}: no policy rule allows it")

@@ -300,6 +300,10 @@ class SessionSink(Protocol):
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         """One input message of `nbytes` delivered to the process, in order; `hidden`: not displayed."""
 
+    def flushed(self) -> None:
+        """The next input_ack's input interrupted the terminal and flushed its output (ISIG): the output sent
+        before that input_ack was in flight at the interrupt. Sent only to a master that granted a window."""
+
     def exit(self, status: ExitStatus) -> None:
         """The end of the session; nothing follows it."""
 

@@ -202,3 +202,59 @@ def wait_until(predicate, timeout: float, interval: float = 0.2):  # type: ignor
             return value
         time.sleep(interval)
     return predicate()
+
+
+def run_as(user: str, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`slaveshell ARGV...` as local user `user` (with their groups): a forked child of this process that drops
+    to the user's ids, then runs slaveshell.cli's main (no interpreter to exec: the user may not read this one's
+    directory). Its exit status, stdout and stderr."""
+    import grp
+    import pwd
+    import tempfile
+
+    pw = pwd.getpwnam(user)
+    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            code = 255
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)
+                sys.stderr = open(2, "w", closefd=False)
+                # Everything the command imports, imported while this process may still read the interpreter's
+                # library (the user may not).
+                import shlex  # noqa: F401  (slaveshell run joins a command's words with it)
+
+                from slaveshell.cli import main
+                from slaveshell.client.cli import build_parser
+
+                build_parser()
+                os.setgroups(groups)
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                code = main(argv)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise TimeoutError(f"slaveshell {argv[0]} as {user} did not end within {timeout} s")
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read().decode(),
+                                           err.read().decode())

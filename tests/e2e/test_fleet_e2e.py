@@ -17,7 +17,7 @@ import pytest
 
 from slaveshell.client.sandbox import Sandbox
 
-from .conftest import assert_no_traceback, wait_until
+from .conftest import assert_no_traceback, run_as, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -194,3 +194,101 @@ def _sleeping(sb: Sandbox) -> bool:
         if cwd.startswith(sb.root):
             return True
     return False
+
+
+def test_a_local_user_without_access_to_the_socket_runs_nothing(box: Sandbox) -> None:
+    before = _runs(box)
+    done = run_as("nobody", ["run", "--socket", box.socket, "--", "touch", "/tmp/should-not-exist"])
+    assert_no_traceback(done.stderr)
+    # The socket is 0600 in a root-only directory: the user cannot reach it (nor see it).
+    assert done.returncode == 1 and ("ermission denied" in done.stderr or "no master socket" in done.stderr), done
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _runs(box) == before
+
+
+def test_a_terminal_gets_a_live_table_then_the_gathered_answer(box: Sandbox) -> None:
+    import pexpect
+    import pyte
+
+    screen = pyte.Screen(100, 24)
+    stream = pyte.ByteStream(screen)
+    printed = bytearray()
+
+    class Log:
+        def write(self, data: bytes) -> None:
+            printed.extend(data)
+            stream.feed(data)
+
+        def flush(self) -> None:
+            pass
+
+    child = pexpect.spawn(sys.executable, ["-m", "slaveshell.cli", "run", "--socket", box.socket, "--workers", "f[12]",
+                                           "--", "sh", "-c", "printf 'working \\033[31mred\\n'; sleep 3; echo done"],
+                          dimensions=(24, 100), env=dict(os.environ, TERM="xterm"), timeout=30)
+    child.logfile_read = Log()
+    try:
+        child.expect("0/2 done, 2 running")
+        child.expect(r"f2 +running +[0-9.]+s  working")
+        live = [line.rstrip() for line in screen.display]
+        row = next(line for line in live if line.startswith("f2"))
+        assert row.endswith("working \\x1b[31mred"), row  # what the worker wrote, escaped
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert_no_traceback(bytes(printed))
+    final = [line.rstrip() for line in screen.display]
+    assert not any("done, " in line and "running" in line for line in final), final  # the table is gone
+    assert "f[1-2] (2)" in final and "2 ok" in final, final
+    answer = final[final.index("f[1-2] (2)") - 1:]
+    assert answer[:5] == ["-" * 15, "f[1-2] (2)", "-" * 15, "working \\x1b[31mred", "done"], answer
+
+
+def _runs(sb: Sandbox) -> list[dict[str, object]]:
+    return list(json.loads(slaveshell(sb, "runs", "--json").stdout))
+
+
+def _worker_row(sb: Sandbox, run_id: str, worker: str) -> dict[str, object]:
+    run = json.loads(slaveshell(sb, "runs", run_id, "--json").stdout)[0]
+    return next(w for w in run["workers"] if w["worker"] == worker)
+
+
+def test_pending_runs_survive_a_restart_run_when_the_worker_attaches_and_pause_it(box: Sandbox) -> None:
+    fix = slaveshell(box, "run", "--workers", "f4", "--include-offline", "--pause", "--json", "--",
+                     "sh", "-c", "echo fixed > fixed-by-run.txt")
+    assert fix.returncode == 1  # not every targeted worker ran (yet)
+    shown = json.loads(fix.stdout)["workers"]
+    assert [(w["worker"], w["state"]) for w in shown] == [("f4", "pending")]
+    assert "paused in Buildbot until it succeeds" in shown[0]["reason"]
+    fix_id = str(_runs(box)[0]["id"])
+    broken = slaveshell(box, "run", "--workers", "f4", "--include-offline", "--pause", "--", "sh", "-c", "exit 3")
+    assert "pending: f4" in broken.stdout and broken.stdout.strip().endswith("1 pending"), broken.stdout
+    broken_id = str(_runs(box)[0]["id"])
+    dropped = slaveshell(box, "run", "--workers", "f4", "--include-offline", "--", "touch", "cancelled.txt")
+    assert dropped.returncode == 1
+    dropped_id = str(_runs(box)[0]["id"])
+    cancel = slaveshell(box, "runs", "cancel", dropped_id)
+    assert cancel.returncode == 0 and "1 pending worker cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
+    assert _worker_row(box, fix_id, "f4")["state"] == "pending"
+    # The master restarts: the pending rows are in the index.
+    os.kill(box.master_pid(), signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(os.path.join(box.master_dir, "twistd.pid")), 60)
+    box.start_master()
+    box.wait_for_workers(["f1", "f2"])
+    box.start_worker("f4")
+    box.wait_for_workers(["f4"])
+    wait_until(lambda: _worker_row(box, broken_id, "f4")["state"] != "pending"
+               and _worker_row(box, fix_id, "f4")["state"] != "pending", 60)
+    ok = _worker_row(box, fix_id, "f4")
+    assert ok["state"] == "ok" and ok["session_id"], ok
+    with open(os.path.join(box.worker_dir("f4"), "fixed-by-run.txt")) as f:
+        assert f.read() == "fixed\n"
+    failed = _worker_row(box, broken_id, "f4")
+    assert failed["state"] == "failed" and failed["exit_status"] == 3
+    assert "stays paused" in str(failed["reason"])
+    assert _worker_row(box, dropped_id, "f4")["state"] == "cancelled"
+    assert not os.path.exists(os.path.join(box.worker_dir("f4"), "cancelled.txt"))
+    status = {w["name"]: w for w in box.workers_status()}
+    assert status["f4"]["paused"] is True  # its failed run keeps it paused
+    history = json.loads(slaveshell(box, "history", "--run", fix_id, "--json").stdout)
+    assert [h["id"] for h in history] == [ok["session_id"]]

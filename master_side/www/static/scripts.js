@@ -523,7 +523,10 @@
           onClick: function () { if (ctl.current.end) ctl.current.end(); },
         }, "End session") : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
-          onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back")),
+          onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back"), " ",
+        // The worker's files (download, upload) in a tab of their own: this page keeps its session.
+        live && session.worker ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
+          href: workerView(session.worker), target: "_blank", rel: "noopener" }, "Files") : null),
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
@@ -974,6 +977,207 @@
   // `access_uri`, from Buildbot's worker page: docs/web.md): an Open shell button (the fleet's click-to-open flow),
   // its live sessions, its recent history and a link to Buildbot's page for it. A worker the web user may not act
   // on is not listed by the master, and the page says so, with no button.
+  // Copy in the browser (master_side/www/copy_ws.py): one file per socket, to or from the worker, through the
+  // master's `slaveshell cp` path. The page speaks the transfer's events (slaveshell/vocabulary/copying.py) within
+  // its credit window: an upload sends at most COPY_WINDOW unacknowledged, a download acknowledges what it has
+  // stored. A download is held whole (a Blob) until the browser saves it.
+  var COPY_WINDOW = 12 * 256 * 1024, COPY_ENTRY_COST = 1024, COPY_CHUNK = 65536;
+  var MAX_WEB_COPY = 1024 * 1024 * 1024; // copy_ws.MAX_WEB_DOWNLOAD and MAX_WEB_UPLOAD: the master checks them too
+
+  // The name the browser saves a worker's file under: its last part, escaped as the page shows worker text, no
+  // character a file system or a download dialog takes for something else, no leading dot.
+  function saveName(path) {
+    var name = printable(String(path).split("/").pop()).replace(/[\\/:*?"<>|]/g, "_").replace(/^\.+/, "_");
+    return name.slice(0, 200) || "download";
+  }
+
+  function saveBlob(blob, name) {
+    var url = URL.createObjectURL(blob), a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    a.style.display = "none";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
+  }
+
+  function megabytes(n) { return (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MiB"; }
+
+  // One transfer: `request` is the copy message, `file` the File of an upload. `on.progress(done, total)`,
+  // `on.done(text)`, `on.failed(text)`. Returns the cancel function.
+  function copyFile(request, file, on) {
+    var ws = new WebSocket(socketUrl());
+    ws.binaryType = "arraybuffer";
+    var over = false, started = false, total = 0, done = 0, parts = [], entry = null, sha = "";
+    var credit = COPY_WINDOW, offset = 0, reading = false, ended = false;
+    function send(m) { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(m)); }
+    function end(ok, text) {
+      if (over) return;
+      over = true;
+      parts = [];
+      (ok ? on.done : on.failed)(text);
+    }
+    function pump() {
+      if (over || reading || ended) return;
+      if (offset >= file.size) {
+        if (credit < COPY_ENTRY_COST) return;
+        credit -= COPY_ENTRY_COST;
+        send({ type: "done_file", sha256: "" }); // the master hashes what it relays
+        send({ type: "finish" });
+        ended = true;
+        return;
+      }
+      var n = Math.min(COPY_CHUNK, file.size - offset);
+      if (credit < n) return;
+      reading = true;
+      file.slice(offset, offset + n).arrayBuffer().then(function (buf) {
+        reading = false;
+        if (over || ws.readyState !== WebSocket.OPEN) return;
+        credit -= buf.byteLength;
+        offset += buf.byteLength;
+        ws.send(buf);
+        on.progress(offset, file.size);
+        pump();
+      }, function (e) {
+        reading = false;
+        send({ type: "abort", reason: "the page could not read the file" });
+        end(false, "cannot read " + printable(file.name) + ": " + e.message);
+      });
+    }
+    ws.onopen = function () { send(request); };
+    ws.onmessage = function (ev) {
+      if (typeof ev.data !== "string") {
+        var n = ev.data.byteLength;
+        if (!entry || over) return;
+        parts.push(ev.data);
+        done += n;
+        if (n) send({ type: "ack", n: n });
+        on.progress(done, total);
+        return;
+      }
+      var m;
+      try { m = JSON.parse(ev.data); } catch (e) { return; }
+      if (m.type === "copying") {
+        started = true;
+        if (request.direction === "up") {
+          total = file.size;
+          credit -= COPY_ENTRY_COST;
+          send({ type: "entry", kind: "file", path: request.name, mode: 420, size: file.size,
+                 mtime: Math.max(0, Math.floor((file.lastModified || 0) / 1000)) });
+          pump();
+        } else {
+          total = m.total;
+        }
+        on.progress(0, total);
+      } else if (m.type === "entry") {
+        if (entry || m.kind !== "file" || !(m.size <= MAX_WEB_COPY)) {
+          send({ type: "result", ok: false, reason: "the page takes one file of at most 1024 MiB" });
+          end(false, "the worker sent more than one file of at most 1024 MiB");
+          return;
+        }
+        entry = m;
+        total = m.size;
+        send({ type: "ack", n: COPY_ENTRY_COST });
+      } else if (m.type === "done_file") {
+        sha = String(m.sha256);
+        send({ type: "ack", n: COPY_ENTRY_COST });
+      } else if (m.type === "finish") {
+        var blob = new Blob(parts, { type: "application/octet-stream" }), name = saveName(entry ? entry.path : "");
+        send({ type: "result", ok: true, reason: "" });
+        saveBlob(blob, name);
+        end(true, "downloaded " + printable(entry ? entry.path : "") + " (" + String(blob.size) + " bytes, sha256 " +
+          printable(sha) + "), saved as " + name);
+      } else if (m.type === "ack") {
+        credit += m.n;
+        pump();
+      } else if (m.type === "result") {
+        if (m.ok) end(true, "uploaded " + printable(request.name) + " (" + String(total) + " bytes) to " +
+          printable(request.dest));
+        else end(false, "failed: " + printable(m.reason));
+      } else if (m.type === "error") {
+        end(false, "refused: " + printable(m.message));
+      }
+    };
+    ws.onclose = function () { end(false, started ? "the connection to the master was lost" : closedWhy()); };
+    return function cancel() {
+      if (over) return;
+      send({ type: "cancel", reason: "cancelled in the page" });
+    };
+  }
+
+  // A worker's files: download a path, upload a file (chosen, or dropped on the panel) into a directory.
+  function FilesPanel(props) {
+    var name = props.worker;
+    var st = React.useState({ phase: "idle", text: "", done: 0, total: 0 }), state = st[0], setState = st[1];
+    var paths = React.useState({ down: "", dest: "." }), fields = paths[0], setFields = paths[1];
+    var cancel = React.useRef(null), chosen = React.useRef(null), mounted = React.useRef(true);
+    React.useEffect(function () { mounted.current = true; return function () {
+      mounted.current = false; if (cancel.current) cancel.current(); }; }, []);
+    function run(request, file) {
+      if (state.phase === "running") return;
+      if (reasonForNew) request.reason = reasonForNew;
+      setState({ phase: "running", text: "starting...", done: 0, total: file ? file.size : 0 });
+      cancel.current = copyFile(request, file, {
+        progress: function (done, total) {
+          if (mounted.current) setState({ phase: "running", text: megabytes(done) + " of " + megabytes(total),
+                                          done: done, total: total });
+        },
+        done: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "done", text: text }); },
+        failed: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "failed", text: text }); },
+      });
+    }
+    function download() {
+      if (!fields.down) return;
+      run({ type: "copy", direction: "down", worker: name, path: fields.down }, null);
+    }
+    function upload(file) {
+      if (!file) return;
+      if (file.size > MAX_WEB_COPY) {
+        setState({ phase: "failed", text: "refused: " + printable(file.name) + " is larger than the 1024 MiB a " +
+          "page uploads (slaveshell cp has no such bound)" });
+        return;
+      }
+      run({ type: "copy", direction: "up", worker: name, dest: fields.dest || ".", name: file.name, size: file.size },
+        file);
+    }
+    var running = state.phase === "running";
+    function field(key, label, cls) {
+      return h("input", { className: "form-control form-control-sm " + cls, type: "text", value: fields[key],
+        placeholder: label, "aria-label": label, maxLength: 900,
+        style: { display: "inline-block", width: "24em", maxWidth: "100%", marginRight: "0.5em" },
+        onChange: function (e) { var v = e.target.value; setFields(function (o) {
+          var n = Object.assign({}, o); n[key] = v; return n; }); } });
+    }
+    return h("div", { className: "slaveshell-files", "data-phase": state.phase,
+        onDragOver: function (e) { e.preventDefault(); },
+        onDrop: function (e) {
+          e.preventDefault();
+          var files = e.dataTransfer && e.dataTransfer.files;
+          if (files && files.length === 1) upload(files[0]);
+          else setState({ phase: "failed", text: "drop one file at a time" });
+        } },
+      h("h5", null, "Files"),
+      h("div", { className: "slaveshell-files-row" },
+        field("down", "worker path to download (absolute, or in its base directory)", "slaveshell-download-path"),
+        h("button", { className: "btn btn-outline-primary btn-sm slaveshell-download", disabled: running,
+          onClick: download }, "Download")),
+      h("div", { className: "slaveshell-files-row" },
+        h("input", { className: "slaveshell-upload-file", type: "file", "aria-label": "file to upload",
+          style: { marginRight: "0.5em" }, onChange: function (e) { chosen.current = e.target.files[0] || null; } }),
+        field("dest", "worker directory to upload into", "slaveshell-upload-dest"),
+        h("button", { className: "btn btn-outline-primary btn-sm slaveshell-upload", disabled: running,
+          onClick: function () { upload(chosen.current); } }, "Upload")),
+      h("div", { className: "slaveshell-drop text-muted" }, "or drop a file here to upload it into that directory"),
+      state.phase === "idle" ? null : h("div", { className: "slaveshell-copy" },
+        running ? h("progress", { className: "slaveshell-progress", max: Math.max(state.total, 1),
+          value: state.done }) : null,
+        h("span", { className: "slaveshell-copy-status " + (state.phase === "failed" ? "text-danger" : ""),
+          "data-status": state.phase }, state.text),
+        running ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-cancel",
+          onClick: function () { if (cancel.current) cancel.current(); } }, "Cancel") : null));
+  }
+
   function WorkerPage() {
     useHash();
     var match = /\/slaveshell\/worker\/([^/?]+)/.exec(window.location.hash), name = "";
@@ -1060,6 +1264,7 @@
             onClick: function () { goClicked("new:" + name, "#/slaveshell/terminal/" + encodeURIComponent(name)); } },
             "Open shell")
         : h("p", { className: "text-muted slaveshell-why" }, "No shell here: " + why + "."),
+      w.copy && w.connected && w.shell ? h(FilesPanel, { worker: name }) : null,
       h(WorkerFacts, { worker: facts }),
       h("h5", { style: { marginTop: "1em" } }, "Shell sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
