@@ -33,6 +33,8 @@ def test_a_run_message_is_decoded_with_every_value_checked():
     script = decode({"script": "echo hi", "command": ""})
     assert script.script == b"echo hi\n" and script.command is None
     assert decode({"command": "x", "batch": " ", "reason": ""}).batch is None
+    offline = decode({"command": "x", "include_offline": True, "until": 86400, "pause": True})
+    assert (offline.include_offline, offline.until, offline.pause) == (True, 86400.0, True)
 
 
 @pytest.mark.parametrize("message", [
@@ -45,6 +47,9 @@ def test_a_run_message_is_decoded_with_every_value_checked():
     {"command": "x", "batch": "1" * 17},
     {"command": "x\0y"},
     {"script": "echo \ud800"},
+    {"command": "x", "include_offline": "yes"},
+    {"command": "x", "pause": 1},
+    {"command": "x", "until": "7d"},
 ])
 def test_a_bad_value_is_refused_at_the_doors_edge(message):
     with pytest.raises(ProtocolError):

@@ -16,8 +16,12 @@ Messages (JSON; page -> master):
   (`FleetOperations.facts`: a run of the probe on each worker, recorded as a run);
 - a run, on a socket of its own (it is then that socket's one purpose, as a session is):
   ``{"type": "run", "command": str?, "script": str?, "workers": [glob]?, "where": [FACT=VALUE]?, "batch": str?,
-  "timeout": number?, "reason": str?}`` (a command or a script: the script's text, UTF-8); then ``{"type":
-  "stop"}`` is the operator's Ctrl-C, and closing the socket the operator gone (both end what runs).
+  "timeout": number?, "reason": str?, "include_offline": bool?, "until": number?, "pause": bool?}`` (a command or
+  a script: the script's text, UTF-8; ``include_offline``: pending runs for the workers not connected now, as
+  ``slaveshell run --include-offline [--until] [--pause]``); then ``{"type": "stop"}`` is the operator's Ctrl-C,
+  and closing the socket the operator gone (both end what runs);
+- a question: ``{"type": "cancel_run", "run": str}`` -> ``{"type": "cancel_run", "run", "message"}`` (what the
+  run still has pending cancelled, as ``slaveshell runs cancel``).
 
 master -> page, on a run's socket: ``{"type": "run_started", "run", "targets": [names], "batch", "listed":
 [outcome]}``; ``{"type": "progress", "worker", "phase", "session", "elapsed", "last_line", "outcome"?}`` (with
@@ -82,6 +86,15 @@ def _text(message: Message, key: str, most: int) -> str | None:
     return check_str(value, key, most)
 
 
+def _seconds(message: Message, key: str) -> float | None:
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ProtocolError(f"{key} is a number of seconds")
+    return float(value)
+
+
 def decode(message: Message) -> RunAsk:
     """The page's run message, every value's type and size checked (their meaning is FleetOperations')."""
     command = _text(message, "command", MAX_COMMAND)
@@ -92,12 +105,24 @@ def decode(message: Message) -> RunAsk:
         raise ProtocolError("the script is not valid Unicode (a lone surrogate)") from None
     if script is not None and not script.endswith(b"\n"):
         script += b"\n"
-    timeout = message.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
-        raise ProtocolError("timeout is a number of seconds")
+    timeout, until = _seconds(message, "timeout"), _seconds(message, "until")
+    include_offline, pause = message.get("include_offline", False), message.get("pause", False)
+    if not isinstance(include_offline, bool) or not isinstance(pause, bool):
+        raise ProtocolError("include_offline and pause are true or false")
     return RunAsk(command=command, script=script, workers=_strings(message.get("workers"), "workers"),
                   where=_strings(message.get("where"), "where"), batch=_text(message, "batch", MAX_BATCH),
-                  timeout=None if timeout is None else float(timeout), reason=_text(message, "reason", 1024))
+                  timeout=timeout, reason=_text(message, "reason", 1024), include_offline=include_offline,
+                  until=until, pause=pause)
+
+
+@deferred
+async def cancel_answer(message: Message, service: WebHost, who: WebIdentity) -> Message:
+    """The ``cancel_run`` question: what run ``run`` still has pending cancelled (`FleetOperations.cancel`: its
+    operator may, and whoever has the ``kill`` right on a pending worker)."""
+    run_id = message.get("run")
+    if not isinstance(run_id, str) or not 1 <= len(run_id) <= 64:
+        raise ProtocolError("cancel_run needs a run's id")
+    return {"type": "cancel_run", "run": run_id, "message": visible(await service.fleet.cancel(who, run_id))}
 
 
 @deferred

@@ -373,3 +373,28 @@ def test_logging_out_ends_a_run_in_progress(browser: Any, site: Sandbox) -> None
              "the run to be interrupted")
     assert time.monotonic() - began < 60
     context.close()
+
+
+def test_a_worker_offline_gets_a_pending_run_that_the_page_cancels(browser: Any, site: Sandbox) -> None:
+    """Last of the module: it stops f2 (and starts it again after)."""
+    site.stop_worker("f2")
+    try:
+        wait_for(lambda: not any(w["name"] == "f2" and w["connected"] for w in site.workers_status()),
+                 "f2 to be disconnected")
+        page = fleet_page(browser, site, "alice")
+        page.locator("tr[data-worker='f2']").wait_for()
+        page.locator("input.slaveshell-run-offline").check()
+        page.locator("input.slaveshell-run-until").fill("2")
+        run = run_command(page, "echo fixed")
+        assert run.locator(".slaveshell-run-summary").inner_text() == "1 ok, 1 pending"
+        row = run.locator("tr.slaveshell-run-row[data-worker='f2']")
+        assert row.get_attribute("data-state") == "pending"
+        assert "runs when it attaches" in row.locator(".slaveshell-last-line").inner_text()
+        shot(page, "fleet-page-pending.png")
+        run.locator("button.slaveshell-cancel-pending").click()
+        note = page.locator(".slaveshell-cancelled")
+        note.wait_for()
+        assert "1 pending worker cancelled" in note.inner_text(), note.inner_text()
+        page.context.close()
+    finally:
+        site.start_worker("f2")

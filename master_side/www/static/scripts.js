@@ -739,13 +739,17 @@
           printable(end.summary)));
     }
     var running = !end && !run.error;
+    var pending = order.some(function (n) { var r = rows[n]; return r && r.outcome && r.outcome.state === "pending"; });
     return h("div", { className: "slaveshell-run", "data-run": run.id || "", "data-over": end || run.error ? "1" : "" },
       h("h5", null, run.id ? "Run " + printable(run.id) : "Starting the run...", " ",
         end ? h("small", { className: "text-muted" }, end.state === "interrupted" ? "(stopped) " : "(ended) ") : null,
         running ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-stop",
           disabled: run.stopping, onClick: props.onStop }, run.stopping ? "Stopping..." : "Stop") : null,
         run.id ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-run-history", style: { marginLeft: "0.5em" },
-          href: "#/slaveshell/history" }, "History") : null),
+          href: "#/slaveshell/history" }, "History") : null,
+        pending && run.id && !run.cancelled ? h("button", { className: "btn btn-outline-warning btn-sm slaveshell-cancel-pending",
+          style: { marginLeft: "0.5em" }, onClick: props.onCancel }, "Cancel what is pending") : null),
+      run.cancelled ? h("div", { className: "alert alert-info slaveshell-cancelled" }, printable(run.cancelled)) : null,
       run.error ? h("div", { className: "alert alert-danger slaveshell-run-error" }, "Refused: " + printable(run.error)) : null,
       run.id ? h("p", { className: "text-muted" }, printable(run.command), run.targets
         ? " on " + run.targets + " worker" + (run.targets === 1 ? "" : "s") + ", at most " + run.batch + " at once"
@@ -762,7 +766,7 @@
     var state = st[0], setState = st[1];
     function update(change) { setState(function (old) { return Object.assign({}, old, change); }); }
     var form = React.useState({ filter: "", group: "", where: "", command: "", script: "", useScript: false,
-      reason: "", batch: "", timeout: "" });
+      reason: "", batch: "", timeout: "", offline: false, until: "", pause: false });
     var f = form[0], setForm = form[1];
     function field(name) { return function (e) { var v = e.target.value; setForm(function (o) { var n = Object.assign({}, o); n[name] = v; return n; }); }; }
     var sel = React.useState({}), selected = sel[0], setSelected = sel[1];
@@ -836,6 +840,15 @@
         var t = Number(f.timeout.trim());
         if (!isFinite(t)) { setRun({ order: [], rows: {}, outputs: {}, error: "the timeout is a number of seconds" }); return; }
         request.timeout = t;
+      }
+      if (f.offline) {
+        request.include_offline = true;
+        if (f.pause) request.pause = true;
+        if (f.until.trim()) {
+          var days = Number(f.until.trim());
+          if (!isFinite(days) || days <= 0) { setRun({ order: [], rows: {}, outputs: {}, error: "pending for a number of days" }); return; }
+          request.until = days * 86400;
+        }
       }
       var label = f.useScript ? "(script, " + f.script.length + " characters)" : f.command;
       setRun({ id: null, order: [], rows: {}, outputs: {}, end: null, error: null, command: label, batch: 0 });
@@ -951,8 +964,25 @@
           input("timeout", "timeout (s)", "8em"),
           h("button", { className: "btn btn-primary btn-sm slaveshell-run-start", disabled: empty || running || tooMany,
             onClick: function () { start(chosen); } }, "Run")),
+        h("div", { className: "slaveshell-form-row" },
+          h("label", { style: { marginRight: "1em", whiteSpace: "nowrap" } }, h("input", { type: "checkbox",
+            className: "slaveshell-run-offline", checked: f.offline,
+            onChange: function (e) { var v = e.target.checked; setForm(function (o) { return Object.assign({}, o, { offline: v }); }); } }),
+            " include offline workers (a pending run each, when it attaches)"),
+          f.offline ? h("span", { style: { marginRight: "0.3em" } }, "for") : null,
+          f.offline ? input("until", "7", "5em", { "aria-label": "days pending" }) : null,
+          f.offline ? h("span", { style: { marginRight: "1em" } }, "days") : null,
+          f.offline ? h("label", { style: { whiteSpace: "nowrap" } }, h("input", { type: "checkbox", className: "slaveshell-run-pause",
+            checked: f.pause, onChange: function (e) { var v = e.target.checked; setForm(function (o) { return Object.assign({}, o, { pause: v }); }); } }),
+            " pause it in Buildbot until its run succeeds") : null),
         tooMany ? h("div", { className: "text-danger" }, "Select at most " + FLEET_SELECT_MOST + " workers, or none and a --where.") : null),
-      run ? h(FleetRunView, { run: run, onStop: function () {
+      run ? h(FleetRunView, { run: run, onCancel: function () {
+        var cancel = questions(function (send) { send({ type: "cancel_run", run: run.id }); }, function (m) {
+          if (m.type !== "cancel_run") return;
+          cancel();
+          changeRun(function (r) { r.cancelled = m.message; return r; });
+        }, function (why) { changeRun(function (r) { r.cancelled = "Cancel refused: " + why; return r; }); });
+      }, onStop: function () {
         if (current.current) current.current.stop();
         changeRun(function (r) { r.stopping = true; return r; });
       } }) : null);
