@@ -15,7 +15,7 @@ import os
 from typing import Protocol
 
 from buildbot.util.service import BuildbotService
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.audit.refusals import RefusalAudit
@@ -35,6 +35,7 @@ from master_side.sessions.session import MasterSession
 from master_side.sessions.session_limits import SessionLimits
 from master_side.shell_socket.listener import DoorFactory
 from master_side.shell_socket.peer import peer_identity
+from master_side.shell_socket.port import listen
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.policy import Policy, moderators_text
@@ -220,13 +221,13 @@ class ShellService(BuildbotService):
 
         # 0600 unless a group is named: the socket is the door to every worker.
         mode = 0o660 if group is not None else 0o600
-        endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True)
         # Connections are counted and bounded per uid as they are accepted, before a byte is read; a client
         # that opens with the framed door's magic is served by master_side.shell_socket.door, anything else refused.
+        # What a client sent before it closed is served even when a write met the close first (shell_socket.port).
         factory = DoorFactory(self, self.gate)
         _break_dead_lock(path + ".lock")
         try:
-            self._port = await endpoint.listen(factory)
+            self._port = listen(path, factory, mode, reactor)
         except Exception as e:
             # The shell must never cost the master its start: log loudly and go on without the socket.
             log.critical("slaveshell: cannot listen on {path}: {e}; shells are unavailable until the next "
