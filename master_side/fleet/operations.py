@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -98,12 +98,15 @@ class FleetOperations:
     # -- the fleet as the master knows it ------------------------------------------------------
 
     @deferred
-    async def fleet(self, who: Identity) -> list[Worker]:
-        """The workers `who` has some right on, with whether they may run there and their last facts."""
+    async def fleet(self, who: Identity, among: Collection[str] | None = None) -> list[Worker]:
+        """The workers `who` has some right on (of `among`, when given: a door's own gate, as the web's
+        Buildbot authz), with whether they may run there and their last facts."""
         reports = {r.worker: r for r in await self._reports()}
         out = []
         for row in self.api.workers(who):
             name = str(row["name"])
+            if among is not None and name not in among:
+                continue
             decision = self.api.policy.may(who, Action.RUN, name)
             report = reports.get(name)
             out.append(Worker(name, bool(row["connected"]), bool(row["shell"]), decision.allowed,
@@ -131,12 +134,14 @@ class FleetOperations:
     # -- runs ----------------------------------------------------------------------------------
 
     @deferred
-    async def run(self, who: Identity, ask: RunAsk, watcher: RunWatcher) -> Started:
-        """Resolve, bound, record and start a run for `who`. Raises OperatorError (bad usage: BAD_REQUEST)."""
+    async def run(self, who: Identity, ask: RunAsk, watcher: RunWatcher,
+                  among: Collection[str] | None = None) -> Started:
+        """Resolve, bound, record and start a run for `who` (on workers of `among` only, when given: `fleet`).
+        Raises OperatorError (bad usage: BAD_REQUEST)."""
         command = _command(ask)
         selection, batch, timeout = _selection(ask)
         self._bound(who)
-        fleet = await self.fleet(who)
+        fleet = await self.fleet(who, among)
         if not fleet:
             raise self._no_right(who)
         try:
@@ -249,18 +254,18 @@ class FleetOperations:
     # -- facts -----------------------------------------------------------------------------------
 
     @deferred
-    async def facts(self, who: Identity, workers: Sequence[str], refresh: bool) -> tuple[list[drift.Report],
-                                                                                         list[Worker]]:
-        """The last facts of the workers `workers` names (none: all) that `who` may see, taken again first with
-        `refresh` (through a run of the probe on each, its outcome recorded, its facts kept in the index).
-        Fires (their reports, the workers named)."""
+    async def facts(self, who: Identity, workers: Sequence[str], refresh: bool,
+                    among: Collection[str] | None = None) -> tuple[list[drift.Report], list[Worker]]:
+        """The last facts of the workers `workers` names (none: all) that `who` may see (of `among`, when
+        given: `fleet`), taken again first with `refresh` (through a run of the probe on each, its outcome
+        recorded, its facts kept in the index). Fires (their reports, the workers named)."""
         try:
             selection = Selection.parse(workers, ())
         except TargetError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, str(e)) from None
         if refresh:
             self._bound(who)
-            fleet = await self.fleet(who)
+            fleet = await self.fleet(who, among)
             if not fleet:
                 raise self._no_right(who)
             try:
@@ -278,7 +283,7 @@ class FleetOperations:
                 if o.state is State.OK and o.output is not None:
                     found = probe.parse(bytes(o.output.kept), self.probes)
                     trail.facts_taken(o.worker, found.values, time.time(), started.run.id)
-        fleet = await self.fleet(who)
+        fleet = await self.fleet(who, among)
         named = [w for w in fleet if selection.named(w.name)]
         if not named:
             raise OperatorError(ErrorKind.BAD_REQUEST, "no worker matches " + str(selection))

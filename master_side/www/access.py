@@ -25,6 +25,7 @@ Fail closed, in this order (each refusal has a message for the page):
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -153,3 +154,16 @@ async def check_authz_shell(master: BuildMaster, worker: str, info: UserInfo) ->
         if rule.defaultDeny:
             raise Refused(f"Buildbot's authz gives the shell action on worker {worker} to role {rule.role!r} only")
     raise Refused(f"no rule of Buildbot's authz grants the shell action on worker {worker}")
+
+
+@deferred
+async def shell_allowed(master: BuildMaster, info: UserInfo, workers: Iterable[str]) -> set[str]:
+    """The subset of `workers` on which Buildbot's authz grants this web user the shell action."""
+    out = set()
+    for name in sorted(set(workers)):
+        try:
+            await check_authz_shell(master, name, info)
+        except Refused:
+            continue
+        out.add(name)
+    return out

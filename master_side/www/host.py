@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from master_side.fleet.operations import FleetOperations
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.glue.services import master_services
 from master_side.holds.step import Holds
@@ -16,8 +17,8 @@ from slaveshell.vocabulary.policy import Policy
 
 @runtime_checkable
 class WebHost(Protocol):
-    """The operators' API, the gate watching the sockets, the live sessions, the policy, the held builds and
-    Buildbot's workers, as the web pages use them."""
+    """The operators' API, the gate watching the sockets, the live sessions, the policy, the held builds,
+    Buildbot's workers and the fleet's runs and facts, as the web pages use them."""
 
     @property
     def api(self) -> OperatorAPI: ...
@@ -31,6 +32,8 @@ class WebHost(Protocol):
     def holds(self) -> Holds: ...
     @property
     def glue(self) -> BuildbotGlue: ...
+    @property
+    def fleet(self) -> FleetOperations: ...
 
 
 def web_host(master: object) -> WebHost | None:

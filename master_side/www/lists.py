@@ -28,7 +28,9 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
 - ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
   (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
-- ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit).
+- ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
+- ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
+  -> what a fleet run has pending cancelled (master_side.www.fleet_page).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from master_side.operators.api import ErrorKind, OperatorError
-from master_side.www import access, buildbot_pages
+from master_side.www import access, buildbot_pages, fleet_page
 from master_side.www.access import UserInfo
 from master_side.www.host import WebHost
 from slaveshell.plumbing.deferreds import deferred
@@ -47,7 +49,7 @@ from slaveshell.vocabulary.protocol import ProtocolError
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
 
-QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release")
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
@@ -76,25 +78,13 @@ def _builder_of(builds: dict[int, tuple[int, int]], row: Mapping[str, object]) -
     return page[0] if page is not None and page[1] == row.get("build_number") else None
 
 
-async def _allowed(master: BuildMaster, info: UserInfo, workers: set[str]) -> set[str]:
-    """The subset of `workers` on which Buildbot's authz grants this web user the shell action."""
-    out = set()
-    for name in sorted(workers):
-        try:
-            await access.check_authz_shell(master, name, info)
-        except access.Refused:
-            continue
-        out.add(name)
-    return out
-
-
 @deferred
 async def answer(kind: str, message: Message, service: WebHost, master: BuildMaster, who: WebIdentity,
                  info: UserInfo) -> Answer:
     api = service.api
     if kind == "workers":
         workers = api.workers(who)
-        gate = await _allowed(master, info, {str(w["name"]) for w in workers})
+        gate = await access.shell_allowed(master, info, {str(w["name"]) for w in workers})
         ids = await buildbot_pages.worker_ids(master, gate)
         return {"type": "workers", "workers": [
             {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")},
@@ -103,7 +93,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
             for w in workers if w["name"] in gate]}, None
     if kind == "sessions":
         sessions = api.sessions(who)
-        allowed = await _allowed(master, info, {str(s["worker"]) for s in sessions})
+        allowed = await access.shell_allowed(master, info, {str(s["worker"]) for s in sessions})
         shown = []
         for s in sessions:
             live = service.registry.get(str(s["id"]))
@@ -129,7 +119,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
                                        "session": _opt_str(message, "session"),
                                        "reason": _opt_str(message, "reason"), "limit": limit})
-        allowed = await _allowed(master, info, {r["worker"] for r in rows})
+        allowed = await access.shell_allowed(master, info, {r["worker"] for r in rows})
         may_replay = any(service.policy.may(who, Action.REPLAY, str(w["name"])).allowed for w in api.workers(who))
         readable = [r for r in rows if r["worker"] in allowed]
         ids = await buildbot_pages.worker_ids(master, {r["worker"] for r in readable})
@@ -144,7 +134,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_REPLAY:
             raise ProtocolError("transcript needs an offset")
         rows = await api.history(who, {"session": session_id, "limit": 1})
-        allowed = await _allowed(master, info, {r["worker"] for r in rows})
+        allowed = await access.shell_allowed(master, info, {r["worker"] for r in rows})
         if not rows or rows[0]["worker"] not in allowed:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no session {session_id} that you may replay")
         chunk = await api.transcript(who, session_id, offset)
@@ -153,12 +143,16 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
             raise OperatorError(ErrorKind.LIMIT, f"this transcript is larger than {MAX_REPLAY >> 20} MiB: "
                                 "replay it with `slaveshell replay` on the master")
         return {"type": "transcript", "offset": offset + len(data), "eof": bool(chunk["eof"])}, data
+    if kind == "fleet":
+        return await fleet_page.fleet_answer(message, service, master, who, info), None
+    if kind == "cancel_run":
+        return await fleet_page.cancel_answer(message, service, who), None
     if kind in ("hold", "release"):
         build_id = message.get("build")
         if not isinstance(build_id, int) or isinstance(build_id, bool):
             raise ProtocolError(f"{kind} needs a build id")
         hold = service.holds.get(build_id)
-        allowed = await _allowed(master, info, {hold.worker} if hold is not None else set())
+        allowed = await access.shell_allowed(master, info, {hold.worker} if hold is not None else set())
         if hold is None or hold.worker not in allowed or not service.policy.may(who, Action.SHELL,
                                                                                 hold.worker).allowed:
             if kind == "hold":

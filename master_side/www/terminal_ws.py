@@ -18,9 +18,10 @@ Messages (RFC 6455 frames):
   "watch", "reattach": bool?}`` (resume one's own detached session or join another's, per `OperatorAPI.attach`;
   watch is read-only; with ``reattach``, sent when the page attaches without a click (a reload), another's session
   is refused with ``"confirm": true``);
-  or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page)
-  or ``{"type": "copy", ...}`` (one file copied to or from a worker: master_side.www.copy_ws, which describes that
-  socket's messages).
+  or, on a socket of its own, ``{"type": "workers"}`` / ``{"type": "sessions"}`` (the lists for the fleet page),
+  ``{"type": "copy", ...}`` (one file copied to or from a worker: master_side.www.copy_ws, which describes that
+  socket's messages) or ``{"type": "run", ...}`` then ``{"type": "stop"}`` (a fleet run: master_side.www.fleet_page,
+  which describes its messages; a run's message may be up to 64 KiB, a script in it).
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
   ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
@@ -61,7 +62,7 @@ from twisted.python.failure import Failure
 
 from master_side.operators.api import OperatorError, View
 from master_side.sessions.worker_link import subscribe
-from master_side.www import access, grants, lists
+from master_side.www import access, fleet_page, grants, lists
 from master_side.www.access import UserInfo
 from master_side.www.copy_ws import MAX_COPIES, MAX_COPIES_PER_USER, TooLarge, WebCopy, refusal_text, web_request
 from master_side.www.host import WebHost, web_host
@@ -153,6 +154,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.grant: grants.Grant | None = None
         self.release_grant: Callable[[], None] | None = None
         self.view: View | None = None
+        self.fleet_run: fleet_page.WebRun | None = None
         self.opening = False
         # The quota this socket holds a place of, and under which key (TerminalFactory).
         self.place: tuple[Quota, object] | None = None
@@ -309,12 +311,12 @@ class TerminalProtocol(WebSocketServerProtocol):
                 except ProtocolError as e:
                     self._refused(view, e)
                 return
-            if len(payload) > MAX_CONTROL:
-                raise ProtocolError("control message too long")
-            message = json.loads(payload.decode("utf-8"))
+            message = json.loads(payload.decode("utf-8"))  # at most MAX_CHUNK bytes (the factory's bound)
             if not isinstance(message, dict):
                 raise ProtocolError("a control message must be a JSON object")
             kind = message.get("type")
+            if len(payload) > (fleet_page.MAX_RUN_MESSAGE if kind == "run" and self.copy is None else MAX_CONTROL):
+                raise ProtocolError("control message too long")
             if self.copy is not None:
                 self.copy.message(message)
             elif kind == "copy":
@@ -325,6 +327,12 @@ class TerminalProtocol(WebSocketServerProtocol):
                 self._attach(message)
             elif kind in lists.QUERIES:
                 self._query(kind, message)
+            elif kind == "run":
+                self._run(message)
+            elif kind == "stop":
+                if self.fleet_run is None:
+                    raise ProtocolError("stop without a run")
+                self.fleet_run.stop()
             elif self.view is None:
                 raise ProtocolError(f"{kind!r} before the session is open")
             elif kind in ("ack", "resize", "close"):
@@ -405,6 +413,30 @@ class TerminalProtocol(WebSocketServerProtocol):
         worker = session.worker
         d = self._authorized(worker, lambda: service.api.attach(who, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _run(self, message: Message) -> None:
+        """A fleet run (master_side.www.fleet_page), this socket's one purpose: its progress and end are sent
+        here, the Stop button interrupts it, the socket's close ends what runs."""
+        service, who = self._start()
+        run = self.fleet_run = fleet_page.WebRun(self.send_json)
+        self.lost_callbacks.append(run.lost)
+        d = run.start(self.master, service, who, self.info, message)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(access.Refused):
+                # Refused here (no worker Buildbot's authz and the policy give): audited here; the API audits
+                # its own refusals.
+                self._audit(None, f"web fleet run refused: {failure.value}")
+                self.refuse(str(failure.value))
+            elif failure.check(OperatorError):
+                self.refuse(cast(OperatorError, failure.value).message)
+            elif failure.check(ProtocolError):
+                self.refuse(f"bad message from the page: {failure.value}")
+            else:
+                log.failure("slaveshell: a fleet run for {who}", failure, who=visible(who))
+                self.refuse("the master could not start the run (see its log)")
+
+        d.addErrback(failed)
 
     def _copy(self, message: Message) -> None:
         """A transfer between the page and a worker (master_side.www.copy_ws): a place among the page's transfers,

@@ -330,7 +330,9 @@
     var sessions = state.lists.sessions;
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shells ", h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
-        onClick: function () { go("#/slaveshell/history"); } }, "History and replay")),
+        onClick: function () { go("#/slaveshell/history"); } }, "History and replay"), " ",
+        h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-fleet-link", href: "#/slaveshell/fleet" },
+          "Fleet: run a command, facts")),
       state.lists.workers.length === 0 ? null : h("div", { style: { marginBottom: "0.5em" } }, h(ReasonField)),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet" },
@@ -677,6 +679,364 @@
       body);
   }
 
+
+  // The Fleet page (#/slaveshell/fleet): the workers this web user may act on with their facts (filtered by name,
+  // grouped by a fact), a command or a script run on the chosen ones (slaveshell run's options: --where, --batch,
+  // --timeout, --reason) over a socket of its own (master_side/www/fleet_page.py), each worker's progress live, then
+  // the gathered answer as `slaveshell run` prints it, with a link to each session's replay. Everything the master
+  // sends that a worker controls is text (React escapes it; `printable` makes controls visible): never HTML.
+  var FACT_COLUMNS = 6; // facts shown as columns beside a worker (the others: the group-by choice and the view)
+  var FLEET_SELECT_MOST = 64; // fleet_page.MAX_PATTERNS: names sent as --workers patterns
+  function globEscape(name) { return name.replace(/[[*?]/g, function (c) { return "[" + c + "]"; }); }
+  function ageText(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    if (seconds < 60) return Math.round(seconds) + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min";
+    if (seconds < 86400) return Math.floor(seconds / 3600) + " h";
+    var d = Math.floor(seconds / 86400);
+    return d + (d === 1 ? " day" : " days");
+  }
+  function replayHref(session) { return "#/slaveshell/replay/" + encodeURIComponent(session); }
+  function workerState(w) {
+    return !w.connected ? "not connected" : !w.opted_in ? "not opted in" : "connected";
+  }
+
+  // A fleet run on a socket of its own: onEvent(message) for each of run_started, progress, run_end, error; the
+  // returned object's stop() sends the Stop (Ctrl-C), close() leaves (what runs is ended).
+  function startRun(request, onEvent) {
+    var ws = new WebSocket(socketUrl()), over = false;
+    window.slaveshellFleetSocket = ws; // for tests: drop it as a lost network would
+    ws.onopen = function () { ws.send(JSON.stringify(Object.assign({ type: "run" }, request))); };
+    ws.onmessage = function (ev) {
+      if (typeof ev.data !== "string") return;
+      var m = JSON.parse(ev.data);
+      if (m.type === "run_end" || m.type === "error") over = true;
+      onEvent(m);
+      if (m.type === "run_end") ws.close();
+    };
+    ws.onclose = function () { if (!over) { over = true; onEvent({ type: "error", message: closedWhy() }); } };
+    return {
+      stop: function () { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" })); },
+      close: function () { over = true; ws.close(); },
+    };
+  }
+
+  function FleetRunView(props) {
+    var run = props.run, rows = run.rows, order = run.order;
+    var now = Date.now();
+    var live = order.map(function (name) {
+      var r = rows[name] || { phase: "waiting" };
+      var o = r.outcome;
+      var elapsed = o ? o.duration : r.phase === "running" || r.phase === "ending"
+        ? r.elapsed + (now - r.at) / 1000 : null;
+      var state = o ? o.state : r.phase;
+      return h("tr", { key: name, "data-worker": name, "data-state": state, className: "slaveshell-run-row" },
+        h("td", null, h("a", { href: workerView(name), className: "slaveshell-worker-link" }, printable(name))),
+        h("td", { className: "slaveshell-run-state slaveshell-state-" + state.replace(/ /g, "-") }, printable(state)),
+        h("td", null, elapsed === null || elapsed === undefined ? "" : elapsed.toFixed(elapsed < 10 ? 2 : 1) + " s"),
+        h("td", null, o && o.exit_status !== null && o.exit_status !== undefined ? String(o.exit_status) : ""),
+        h("td", { className: "slaveshell-last-line" }, printable(o && o.reason && !r.last_line ? o.reason : r.last_line || "")),
+        h("td", null, (o && o.session) || r.session ? h("a", { className: "slaveshell-transcript",
+          href: replayHref((o && o.session) || r.session) }, "transcript") : null));
+    });
+    var end = run.end, result = null;
+    if (end) {
+      var sessions = {};
+      order.forEach(function (n) { var r = rows[n]; if (r && r.outcome && r.outcome.session) sessions[n] = r.outcome.session; });
+      result = h("div", { className: "slaveshell-run-result" },
+        end.groups.map(function (g) {
+          var out = run.outputs[g.digest] || { lines: ["[output not received]"] };
+          return h("div", { key: g.digest, className: "slaveshell-run-group", "data-workers": g.workers.join(" ") },
+            h("div", { className: "slaveshell-group-header" }, h("strong", { className: "slaveshell-group-nodes" },
+              printable(g.header)),
+              h("span", { className: "slaveshell-group-links" }, " transcripts: ",
+                g.workers.map(function (n, i) {
+                  var link = sessions[n] ? h("a", { className: "slaveshell-group-transcript", href: replayHref(sessions[n]),
+                    title: printable("The transcript of " + n + "'s session") }, printable(n)) : printable(n);
+                  return h(React.Fragment, { key: n }, i ? ", " : "", link);
+                }))),
+            h("pre", { className: "slaveshell-group-output" },
+              out.size === 0 ? "[no output]" : out.lines.map(printable).join("\n")),
+            out.cut ? h("div", { className: "text-muted slaveshell-cut" }, "[output cut: " + out.kept + " of " + out.size +
+              " bytes shown; the transcripts hold all]") : null);
+        }),
+        end.exits.map(function (e) {
+          return h("div", { key: "x" + e.status, className: "slaveshell-run-exit" },
+            "exit status " + e.status + ": " + printable(e.workers));
+        }),
+        end.not_ran.map(function (n) {
+          return h("div", { key: "n" + n.state, className: "slaveshell-run-notran", "data-state": n.state },
+            printable(n.state + ": " + n.workers),
+            n.reasons.map(function (r, i) { return h("div", { key: i, className: "slaveshell-notran-reason" }, printable(r)); }));
+        }),
+        h("div", { className: "slaveshell-run-summary " + (end.exit_status === 0 ? "text-success" : "text-danger") },
+          printable(end.summary)));
+    }
+    var running = !end && !run.error;
+    var pending = order.some(function (n) { var r = rows[n]; return r && r.outcome && r.outcome.state === "pending"; });
+    return h("div", { className: "slaveshell-run", "data-run": run.id || "", "data-over": end || run.error ? "1" : "" },
+      h("h5", null, run.id ? "Run " + printable(run.id) : "Starting the run...", " ",
+        end ? h("small", { className: "text-muted" }, end.state === "interrupted" ? "(stopped) " : "(ended) ") : null,
+        running ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-stop",
+          disabled: run.stopping, onClick: props.onStop }, run.stopping ? "Stopping..." : "Stop") : null,
+        run.id ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-run-history", style: { marginLeft: "0.5em" },
+          href: "#/slaveshell/history" }, "History") : null,
+        pending && run.id && !run.cancelled ? h("button", { className: "btn btn-outline-warning btn-sm slaveshell-cancel-pending",
+          style: { marginLeft: "0.5em" }, onClick: props.onCancel }, "Cancel what is pending") : null),
+      run.cancelled ? h("div", { className: "alert alert-info slaveshell-cancelled" }, printable(run.cancelled)) : null,
+      run.error ? h("div", { className: "alert alert-danger slaveshell-run-error" }, "Refused: " + printable(run.error)) : null,
+      run.id ? h("p", { className: "text-muted" }, printable(run.command), run.targets
+        ? " on " + run.targets + " worker" + (run.targets === 1 ? "" : "s") + ", at most " + run.batch + " at once"
+        : ": no worker to run on") : null,
+      order.length ? h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-run-table" },
+        h("thead", null, h("tr", null, ["Worker", "State", "Time", "Exit", "Last line", ""].map(function (t) {
+          return h("th", { key: t }, t); }))),
+        h("tbody", null, live))) : null,
+      result);
+  }
+
+  function FleetPage() {
+    var st = React.useState({ fleet: null, error: null, login: false, refreshing: false, note: null });
+    var state = st[0], setState = st[1];
+    function update(change) { setState(function (old) { return Object.assign({}, old, change); }); }
+    var form = React.useState({ filter: "", group: "", where: "", command: "", script: "", useScript: false,
+      reason: "", batch: "", timeout: "", offline: false, until: "", pause: false });
+    var f = form[0], setForm = form[1];
+    function field(name) { return function (e) { var v = e.target.value; setForm(function (o) { var n = Object.assign({}, o); n[name] = v; return n; }); }; }
+    var sel = React.useState({}), selected = sel[0], setSelected = sel[1];
+    var runState = React.useState(null), run = runState[0], setRun = runState[1];
+    var tick = React.useState(0), setTick = tick[1];
+    var current = React.useRef(null);
+    var blocked = blockedNotice();
+
+    var ask = React.useCallback(function (refresh) {
+      if (blockedNotice()) return undefined;
+      if (refresh) update({ refreshing: true, note: null });
+      var cancel = questions(function (send) { send({ type: "fleet", refresh: !!refresh }); }, function (m) {
+        if (m.type !== "fleet") return;
+        cancel();
+        update({ fleet: m, error: null, refreshing: false,
+                 note: refresh ? "Facts taken again on " + m.workers.length + " worker" + (m.workers.length === 1 ? "" : "s") + "." : null });
+      }, function (why, m) {
+        setState(function (old) {
+          if (old.fleet && !refresh && why.indexOf("closed") >= 0) return old;
+          return Object.assign({}, old, refresh && old.fleet ? { refreshing: false, note: "Refresh refused: " + why }
+            : { error: why, login: !!(m && m.login), refreshing: false });
+        });
+      });
+      return cancel;
+    }, []);
+    React.useEffect(function () { setTitle("Fleet"); return ask(false); }, [ask]);
+    React.useEffect(function () {
+      if (!run || run.end || run.error) return undefined;
+      var t = setInterval(function () { setTick(function (n) { return n + 1; }); }, 1000);
+      return function () { clearInterval(t); };
+    }, [run && run.end, run && run.error, run === null]);
+    React.useEffect(function () { return function () { if (current.current) current.current.close(); }; }, []);
+
+    function changeRun(fn) { setRun(function (old) { return old ? fn(Object.assign({}, old)) : old; }); }
+    function onEvent(m) {
+      changeRun(function (r) {
+        if (m.type === "run_started") {
+          r.id = m.run; r.batch = m.batch; r.targets = m.targets.length;
+          r.order = m.targets.concat(m.listed.map(function (o) { return o.worker; }));
+          r.rows = Object.assign({}, r.rows);
+          m.listed.forEach(function (o) { r.rows[o.worker] = { phase: "done", outcome: o, last_line: "" }; });
+        } else if (m.type === "progress") {
+          r.rows = Object.assign({}, r.rows);
+          var old = r.rows[m.worker] || {};
+          r.rows[m.worker] = { phase: m.phase, session: m.session || old.session, elapsed: m.elapsed, at: Date.now(),
+            last_line: m.last_line || old.last_line || "", outcome: m.outcome || old.outcome };
+          if (r.order.indexOf(m.worker) < 0) r.order = r.order.concat([m.worker]);
+          if (m.outcome && m.outcome.lines && m.outcome.digest) {
+            r.outputs = Object.assign({}, r.outputs);
+            r.outputs[m.outcome.digest] = { lines: m.outcome.lines, cut: m.outcome.cut, size: m.outcome.output_bytes,
+              kept: m.outcome.kept_bytes };
+          }
+        } else if (m.type === "run_end") {
+          r.end = m;
+        } else if (m.type === "error") {
+          r.error = m.message;
+        }
+        return r;
+      });
+      if (m.type === "run_end") ask(false); // the workers' states may have changed
+    }
+    function start(workers) {
+      if (current.current) current.current.close();
+      var request = { workers: workers.map(globEscape) };
+      var where = f.where.trim();
+      if (where) request.where = where.split(/\s+/);
+      if (f.useScript) request.script = f.script; else request.command = f.command;
+      if (f.reason.trim()) request.reason = f.reason.trim();
+      if (f.batch.trim()) request.batch = f.batch.trim();
+      if (f.timeout.trim()) {
+        var t = Number(f.timeout.trim());
+        if (!isFinite(t)) { setRun({ order: [], rows: {}, outputs: {}, error: "the timeout is a number of seconds" }); return; }
+        request.timeout = t;
+      }
+      if (f.offline) {
+        request.include_offline = true;
+        if (f.pause) request.pause = true;
+        if (f.until.trim()) {
+          var days = Number(f.until.trim());
+          if (!isFinite(days) || days <= 0) { setRun({ order: [], rows: {}, outputs: {}, error: "pending for a number of days" }); return; }
+          request.until = days * 86400;
+        }
+      }
+      var label = f.useScript ? "(script, " + f.script.length + " characters)" : f.command;
+      setRun({ id: null, order: [], rows: {}, outputs: {}, end: null, error: null, command: label, batch: 0 });
+      current.current = startRun(request, onEvent);
+    }
+
+    var heading = h("h4", null, "Fleet ",
+      h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-refresh-facts", disabled: state.refreshing || !!blocked,
+        onClick: function () { ask(true); } }, state.refreshing ? "Taking facts..." : "Refresh facts"), " ",
+      h("a", { className: "btn btn-outline-secondary btn-sm", href: "#/slaveshell" }, "Shells"), " ",
+      h("a", { className: "btn btn-outline-secondary btn-sm", href: "#/slaveshell/history" }, "History"));
+    if (blocked) return h("div", { className: "slaveshell-page" }, heading, blocked);
+    if (state.error) {
+      return h("div", { className: "slaveshell-page" }, heading,
+        h("div", { className: "alert alert-danger slaveshell-refused" }, "Fleet: " + state.error, " ",
+          state.login ? h(LoginAgain) : null));
+    }
+    if (!state.fleet) return h("div", { className: "slaveshell-page" }, heading, "Loading the fleet...");
+    var fleet = state.fleet, workers = fleet.workers;
+    var columns = fleet.facts.filter(function (n) { return ["memory", "disk_free", "cpus"].indexOf(n) < 0; })
+      .slice(0, FACT_COLUMNS);
+    var needle = f.filter.trim().toLowerCase();
+    var shown = workers.filter(function (w) { return !needle || w.name.toLowerCase().indexOf(needle) >= 0; });
+    var groups = [];
+    if (f.group) {
+      var by = {};
+      shown.forEach(function (w) {
+        var v = w.facts && w.facts[f.group] !== undefined ? w.facts[f.group] : "(missing)";
+        (by[v] = by[v] || []).push(w);
+      });
+      groups = Object.keys(by).sort(function (a, b) { return by[b].length - by[a].length || (a < b ? -1 : 1); })
+        .map(function (v) { return { value: v, workers: by[v] }; });
+    } else {
+      groups = [{ value: null, workers: shown }];
+    }
+    var chosen = workers.filter(function (w) { return selected[w.name]; }).map(function (w) { return w.name; });
+    function toggle(names, on) {
+      setSelected(function (old) { var n = Object.assign({}, old); names.forEach(function (x) { if (on) n[x] = true; else delete n[x]; }); return n; });
+    }
+    var rows = [];
+    groups.forEach(function (g) {
+      if (g.value !== null) {
+        var names = g.workers.map(function (w) { return w.name; });
+        var all = names.every(function (n) { return selected[n]; });
+        rows.push(h("tr", { key: "g:" + g.value, className: "slaveshell-fact-group table-light" },
+          h("td", null, h("input", { type: "checkbox", checked: all, "aria-label": "select the group",
+            onChange: function (e) { toggle(names, e.target.checked); } })),
+          h("td", { colSpan: columns.length + 4 }, h("b", null, printable(f.group) + " = " + printable(g.value)),
+            " (" + g.workers.length + " worker" + (g.workers.length === 1 ? "" : "s") + ")")));
+      }
+      g.workers.forEach(function (w) {
+        rows.push(h("tr", { key: w.name, "data-worker": w.name, className: "slaveshell-fleet-worker" },
+          h("td", null, h("input", { type: "checkbox", className: "slaveshell-select", checked: !!selected[w.name],
+            "aria-label": printable("select " + w.name), onChange: function (e) { toggle([w.name], e.target.checked); } })),
+          h("td", null, h(WorkerName, { name: w.name, workerid: w.workerid })),
+          h("td", null, workerState(w)),
+          h("td", { className: w.may_run ? "slaveshell-may-run" : "text-muted slaveshell-no-run" },
+            w.may_run ? "yes" : printable(w.refusal || "no")),
+          columns.map(function (c) {
+            return h("td", { key: c, className: "slaveshell-fact" }, w.facts && w.facts[c] !== undefined ? printable(w.facts[c]) : "");
+          }),
+          h("td", { className: w.stale ? "text-warning slaveshell-facts-age" : "slaveshell-facts-age" }, ageText(w.age))));
+      });
+    });
+    var mayRunSome = workers.some(function (w) { return w.may_run; });
+    var target = chosen.length ? chosen.length + " selected worker" + (chosen.length === 1 ? "" : "s")
+      : "every worker listed";
+    var tooMany = chosen.length > FLEET_SELECT_MOST;
+    var empty = f.useScript ? !f.script.trim() : !f.command.trim();
+    var running = run && !run.end && !run.error;
+    function input(name, label, width, extra) {
+      return h("input", Object.assign({ className: "form-control form-control-sm slaveshell-run-" + name, placeholder: label,
+        "aria-label": label, value: f[name], onChange: field(name),
+        style: { display: "inline-block", width: width, maxWidth: "100%", marginRight: "0.5em" } }, extra || {}));
+    }
+    return h("div", { className: "slaveshell-page slaveshell-fleet-page" }, heading,
+      state.note ? h("div", { className: "alert alert-info slaveshell-facts-note" }, printable(state.note)) : null,
+      mayRunSome ? null : h("div", { className: "alert alert-warning slaveshell-no-run-right" },
+        "The master's policy gives you no run right on these workers: a run here is refused on each of them" +
+        (workers.length ? " (" + printable(workers[0].refusal || "") + ")" : "") + "."),
+      h("div", { style: { marginBottom: "0.5em" } },
+        input("filter", "filter by name", "14em", { className: "form-control form-control-sm slaveshell-filter-name" }),
+        h("select", { className: "form-select form-select-sm slaveshell-group-by", value: f.group, onChange: field("group"),
+          "aria-label": "group by a fact", style: { display: "inline-block", width: "14em" } },
+          h("option", { value: "" }, "no grouping"),
+          fleet.facts.map(function (n) { return h("option", { key: n, value: n }, "group by " + printable(n)); }))),
+      workers.length === 0 ? h("p", null, "No worker you may act on.") :
+      h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet-facts" },
+        h("thead", null, h("tr", null, h("th", null, h("input", { type: "checkbox", "aria-label": "select all shown",
+            checked: shown.length > 0 && shown.every(function (w) { return selected[w.name]; }),
+            onChange: function (e) { toggle(shown.map(function (w) { return w.name; }), e.target.checked); } })),
+          h("th", null, "Worker"), h("th", null, "State"), h("th", null, "May run"),
+          columns.map(function (c) { return h("th", { key: c }, printable(c)); }), h("th", null, "Facts taken"))),
+        h("tbody", null, rows))),
+      h("div", { className: "slaveshell-run-form card card-body", style: { marginBottom: "1em" } },
+        h("div", { className: "slaveshell-form-row" }, h("b", { style: { marginRight: "0.5em" } }, "Run on " + target),
+          chosen.length ? h("button", { className: "btn btn-link btn-sm slaveshell-clear", onClick: function () { setSelected({}); } },
+            "clear") : null,
+          " ", input("where", "--where FACT=VALUE ...", "18em")),
+        h("div", { className: "slaveshell-form-row" },
+          h("label", { style: { marginRight: "1em", whiteSpace: "nowrap" } }, h("input", { type: "checkbox", className: "slaveshell-use-script",
+            checked: f.useScript, onChange: function (e) { var v = e.target.checked; setForm(function (o) { return Object.assign({}, o, { useScript: v }); }); } }),
+            " script"),
+          f.useScript
+            ? h("textarea", { className: "form-control form-control-sm slaveshell-run-script", rows: 5, value: f.script,
+                onChange: field("script"), placeholder: "#!/bin/sh\n...", "aria-label": "script",
+                style: { fontFamily: "monospace" } })
+            : input("command", "command (run by the worker's shell)", "40em",
+                { onKeyDown: function (e) { if (e.key === "Enter" && !empty && !running && !tooMany) start(chosen); } })),
+        h("div", { className: "slaveshell-form-row" },
+          input("reason", "reason (ticket, incident)", "18em", { maxLength: 500 }),
+          input("batch", "batch (N or P%)", "9em", { maxLength: 16 }),
+          input("timeout", "timeout (s)", "8em"),
+          h("button", { className: "btn btn-primary btn-sm slaveshell-run-start", disabled: empty || running || tooMany,
+            onClick: function () { start(chosen); } }, "Run")),
+        h("div", { className: "slaveshell-form-row" },
+          h("label", { style: { marginRight: "1em", whiteSpace: "nowrap" } }, h("input", { type: "checkbox",
+            className: "slaveshell-run-offline", checked: f.offline,
+            onChange: function (e) { var v = e.target.checked; setForm(function (o) { return Object.assign({}, o, { offline: v }); }); } }),
+            " include offline workers (a pending run each, when it attaches)"),
+          f.offline ? h("span", { style: { marginRight: "0.3em" } }, "for") : null,
+          f.offline ? input("until", "7", "5em", { "aria-label": "days pending" }) : null,
+          f.offline ? h("span", { style: { marginRight: "1em" } }, "days") : null,
+          f.offline ? h("label", { style: { whiteSpace: "nowrap" } }, h("input", { type: "checkbox", className: "slaveshell-run-pause",
+            checked: f.pause, onChange: function (e) { var v = e.target.checked; setForm(function (o) { return Object.assign({}, o, { pause: v }); }); } }),
+            " pause it in Buildbot until its run succeeds") : null),
+        tooMany ? h("div", { className: "text-danger" }, "Select at most " + FLEET_SELECT_MOST + " workers, or none and a --where.") : null),
+      run ? h(FleetRunView, { run: run, onCancel: function () {
+        var cancel = questions(function (send) { send({ type: "cancel_run", run: run.id }); }, function (m) {
+          if (m.type !== "cancel_run") return;
+          cancel();
+          changeRun(function (r) { r.cancelled = m.message; return r; });
+        }, function (why) { changeRun(function (r) { r.cancelled = "Cancel refused: " + why; return r; }); });
+      }, onStop: function () {
+        if (current.current) current.current.stop();
+        changeRun(function (r) { r.stopping = true; return r; });
+      } }) : null);
+  }
+
+  // A worker's facts in its view (#/slaveshell/worker/<name>), as the Fleet page has them.
+  function WorkerFacts(props) {
+    var w = props.worker;
+    if (!w) return null;
+    if (!w.facts) return h("p", { className: "text-muted slaveshell-worker-facts" }, "No facts yet: ",
+      h("a", { href: "#/slaveshell/fleet" }, "Refresh facts on the Fleet page"), ".");
+    return h("div", { className: "slaveshell-worker-facts" },
+      h("h5", null, "Facts ", h("small", { className: w.stale ? "text-warning" : "text-muted" }, "taken " + ageText(w.age) + " ago"), " ",
+        h("a", { className: "btn btn-outline-secondary btn-sm", href: "#/slaveshell/fleet" }, "Fleet")),
+      h("table", { className: "table table-sm", style: { width: "auto" } }, h("tbody", null,
+        Object.keys(w.facts).map(function (k) {
+          return h("tr", { key: k }, h("th", null, printable(k)), h("td", { className: "slaveshell-fact" }, printable(w.facts[k])));
+        }))));
+  }
+
   // One worker (#/slaveshell/worker/<name>, linked from its name in these pages and, through the worker's
   // `access_uri`, from Buildbot's worker page: docs/web.md): an Open shell button (the fleet's click-to-open flow),
   // its live sessions, its recent history and a link to Buildbot's page for it. A worker the web user may not act
@@ -895,6 +1255,7 @@
     var state = st[0], setState = st[1];
     var hs = React.useState({ rows: null, mayReplay: true });
     var past = hs[0], setPast = hs[1];
+    var fs = React.useState(null), facts = fs[0], setFacts = fs[1];
     React.useEffect(function () {
       setTitle(printable("Worker " + name));
       if (blockedNotice()) return undefined;
@@ -915,6 +1276,13 @@
           if (!live) return;
           setState({ lists: got, error: null, login: false });
           if (got.history) setPast({ rows: got.history.sessions, mayReplay: got.history.may_replay !== false });
+          // Its facts, once, when the master lists it (a user with a right: a second socket is within their bound).
+          if (withHistory && got.workers.some(function (x) { return x.name === name; })) {
+            questions(function (send) { send({ type: "fleet" }); }, function (m) {
+              if (m.type !== "fleet" || !live) return;
+              setFacts(m.workers.filter(function (x) { return x.name === name; })[0] || null);
+            }, function () { /* no facts shown */ });
+          }
           timer = setTimeout(load, 5000);
         }, function (why, m) { if (live) setState({ lists: null, error: why, login: !!(m && m.login) }); });
       }
@@ -961,6 +1329,7 @@
             "Open shell")
         : h("p", { className: "text-muted slaveshell-why" }, "No shell here: " + why + "."),
       w.copy && w.connected && w.shell ? h(FilesPanel, { worker: name }) : null,
+      h(WorkerFacts, { worker: facts }),
       h("h5", { style: { marginTop: "1em" } }, "Shell sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
@@ -1131,7 +1500,14 @@
       name: "slaveshell", caption: "Shells", icon: h("span", { className: "slaveshell-icon" }, ">_"),
       order: 15, route: "/slaveshell", parentName: null,
     });
+    reg.registerMenuGroup({ name: "slaveshell-workers", parentName: "slaveshell", caption: "Workers", order: 1,
+      route: "/slaveshell" });
+    reg.registerMenuGroup({ name: "slaveshell-fleet", parentName: "slaveshell", caption: "Fleet", order: 2,
+      route: "/slaveshell/fleet" });
+    reg.registerMenuGroup({ name: "slaveshell-history", parentName: "slaveshell", caption: "History", order: 3,
+      route: "/slaveshell/history" });
     reg.registerRoute({ route: "slaveshell", group: "slaveshell", element: function () { return h(Fleet); } });
+    reg.registerRoute({ route: "slaveshell/fleet", group: "slaveshell", element: function () { return h(FleetPage); } });
     reg.registerRoute({
       route: "slaveshell/terminal/:worker", group: "slaveshell",
       element: function () { return h(TerminalPage); },

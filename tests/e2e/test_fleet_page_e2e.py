@@ -1,0 +1,400 @@
+"""The Fleet page (#/slaveshell/fleet) in a real browser, against a real master with two real workers: the workers
+with their facts (refreshed through a run of the probe, grouped by a fact), a command run on both, watched live,
+its outputs gathered with the summary line and a link to each session's transcript; Stop as Ctrl-C; a worker's
+hostile output shown as text; a web user whose policy withholds the run right refused, and seeing why; a user
+Buildbot's authz gives nothing refused; a page from another origin refused before anything runs."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from slaveshell.client.sandbox import Sandbox
+
+from .test_web_e2e import TIMEOUT_MS, browser, events, login, plugin_on_path, shot, wait_for
+
+pytestmark = pytest.mark.e2e
+__all__ = ["browser"]  # the module's browser fixture, shared
+
+WWW_CONFIG = """\
+from buildbot.plugins import util as _util
+from master_side.www.access import ShellEndpointMatcher
+c['www']['plugins']['slaveshell'] = {}
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'erin': 'erin-pw'})
+c['www']['authz'] = _util.Authz(
+    allowRules=[ShellEndpointMatcher(role='shellers', worker='f*')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'erin'])])
+"""
+# alice may run (shell implies run); erin may open shells but the rule withholds run; bob has a policy right but
+# no shell action in Buildbot's authz. The policy gives alice g1 too, but Buildbot's authz gives the shell action on
+# f* only: g1 is in none of her lists and no run of hers reaches it.
+SERVICE_KWARGS = (f"policy=[dict(users=['web:erin'], rights=['shell', 'watch', 'replay'], withhold=['run']), "
+                  f"dict(groups=['web:shellers'], rights=['shell', 'watch', 'replay']), dict(users=['web:bob']), "
+                  f"dict(users=[{os.getuid()}])], facts={{'answer': 'echo 42'}}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    root = str(tmp_path_factory.mktemp("fleet-page"))
+    with plugin_on_path(root):
+        sb = Sandbox(root, workers=["f1", "f2", "g1"], www=True, www_config=WWW_CONFIG, service_kwargs=SERVICE_KWARGS)
+        try:
+            sb.create()
+            sb.start()
+            yield sb
+        finally:
+            sb.stop()
+
+
+def fleet_page(browser: Any, site: Sandbox, user: str) -> Any:
+    page = login(browser, site, user).new_page()
+    page.on("dialog", lambda d: pytest.fail(f"a dialog opened: {d.message}"))
+    page.goto(site.url + "#/slaveshell/fleet")
+    return page
+
+
+def run_command(page: Any, command: str, reason: str = "") -> Any:
+    page.locator("input.slaveshell-run-command").fill(command)
+    if reason:
+        page.locator("input.slaveshell-run-reason").fill(reason)
+    page.locator("button.slaveshell-run-start").click()
+    over = page.locator(".slaveshell-run[data-over='1']")
+    over.wait_for(timeout=TIMEOUT_MS * 2)
+    return page.locator(".slaveshell-run")
+
+
+def test_a_run_on_two_workers_is_gathered_with_its_summary_and_transcripts(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    # The facts, taken again through the run path; grouped by the configured probe's value.
+    page.locator("button.slaveshell-refresh-facts").click()
+    page.locator(".slaveshell-facts-note").wait_for(timeout=TIMEOUT_MS * 2)
+    page.locator("select.slaveshell-group-by").select_option("answer")
+    header = page.locator("tr.slaveshell-fact-group")
+    wait_for(lambda: "answer = 42 (2 workers)" in header.inner_text(), "the workers grouped by their answer")
+    assert page.locator("tr[data-worker='f1'] td.slaveshell-fact").first.inner_text() == "Linux"
+    # The filter by name.
+    page.locator("input.slaveshell-filter-name").fill("f2")
+    wait_for(lambda: page.locator("tr.slaveshell-fleet-worker").count() == 1, "the filter to leave f2 alone")
+    page.locator("input.slaveshell-filter-name").fill("")
+    # Both selected (the group's box), one command, a reason.
+    header.locator("input[type=checkbox]").check()
+    assert "2 selected workers" in page.locator(".slaveshell-run-form").inner_text()
+    run = run_command(page, "echo same on every worker; uname -s", reason="INC-21: web fleet")
+    summary = run.locator(".slaveshell-run-summary").inner_text()
+    assert summary == "2 ok", summary
+    group = run.locator(".slaveshell-run-group")
+    assert group.count() == 1
+    assert group.locator(".slaveshell-group-nodes").inner_text() == "f[1-2] (2)"
+    assert group.locator("pre.slaveshell-group-output").inner_text() == "same on every worker\nLinux"
+    # Each worker's row: ok, exit 0, its last line, its transcript.
+    for name in ("f1", "f2"):
+        row = run.locator(f"tr.slaveshell-run-row[data-worker='{name}']")
+        assert row.get_attribute("data-state") == "ok"
+        assert "Linux" in row.locator(".slaveshell-last-line").inner_text()
+    # The page is in the Shells menu, beside the workers and the history.
+    page.locator(".sidebar button.bb-sidebar-button", has_text="Shells").click()
+    page.locator(".sidebar a[href='#/slaveshell/fleet']").wait_for(state="visible")
+    shot(page, "fleet-page.png")
+    # The run is one row of the audit index, with its workers' sessions, and the reason.
+    run_id = run.get_attribute("data-run")
+    assert run_id and re.fullmatch(r"[0-9a-f]{12}", run_id)
+    # A worker's name in the group leads to its session's replay.
+    link = group.locator("a.slaveshell-group-transcript", has_text="f1")
+    href = link.get_attribute("href")
+    assert href and href.startswith("#/slaveshell/replay/")
+    link.click()
+    page.wait_for_function("() => { const e = document.querySelector('.slaveshell-status');"
+                           " return e && e.getAttribute('data-status') === 'ready'; }", timeout=TIMEOUT_MS)
+    text = page.evaluate("() => window.slaveshellReplay.text")
+    assert "same on every worker" in text
+    page.context.close()
+
+
+def test_different_outputs_are_separate_groups_and_exit_statuses_are_listed(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    run = run_command(page, 'case "$PWD" in *f2*) echo two; exit 3;; *) echo one;; esac')
+    assert run.locator(".slaveshell-run-summary").inner_text() == "1 ok, 1 failed (f2)"
+    groups = run.locator(".slaveshell-run-group")
+    assert groups.count() == 2
+    assert sorted(groups.locator("pre").all_inner_texts()) == ["one", "two"]
+    assert run.locator(".slaveshell-run-exit").inner_text() == "exit status 3: f2"
+    shot(page, "fleet-page-failed.png")
+    page.context.close()
+
+
+def test_output_with_html_and_escapes_is_shown_as_text(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    hostile = "<img src=x onerror=alert(1)><b>bold</b><script>alert(2)</script>"
+    run = run_command(page, f"printf '%s\\033[31mred\\033]0;title\\007\\342\\200\\256x\\n' '{hostile}'")
+    shown = run.locator("pre.slaveshell-group-output").inner_text()
+    assert shown == hostile + "\\x1b[31mred\\x1b]0;title\\x07\\u202ex", shown
+    assert run.locator("img, b, script").count() == 0
+    last = run.locator("tr.slaveshell-run-row[data-worker='f1'] .slaveshell-last-line").inner_text()
+    assert last == shown
+    assert "\u202e" not in page.locator(".slaveshell-page").inner_text()
+    page.context.close()
+
+
+def test_stop_ends_the_running_workers_as_ctrl_c(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    page.locator("input.slaveshell-run-command").fill("echo started; sleep 120")
+    page.locator("button.slaveshell-run-start").click()
+    rows = page.locator("tr.slaveshell-run-row[data-state='running']")
+    wait_for(lambda: rows.count() == 2 and all("started" in t for t in rows.locator(".slaveshell-last-line")
+                                               .all_inner_texts()), "both workers running")
+    page.locator("button.slaveshell-stop").click()
+    page.locator(".slaveshell-run[data-over='1']").wait_for()
+    assert page.locator(".slaveshell-run-summary").inner_text() == "2 interrupted (f1, f2)"
+    page.context.close()
+
+
+def test_a_user_without_the_run_right_is_refused_and_sees_why(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "erin")
+    page.locator("tr[data-worker='f2']").wait_for()
+    assert "no run right" in page.locator(".slaveshell-no-run-right").inner_text()
+    assert "may not run on worker" in page.locator("tr[data-worker='f1'] .slaveshell-no-run").inner_text()
+    # The page does not decide: the master refuses every worker, and says why.
+    run = run_command(page, "touch /tmp/erin-was-here")
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 refused"
+    reasons = run.locator(".slaveshell-notran-reason").all_inner_texts()
+    assert reasons and all(r.startswith("web:erin") and "may not run on worker f" in r for r in reasons), reasons
+    assert run.locator("a.slaveshell-transcript").count() == 0
+    shot(page, "fleet-page-refused.png")
+    page.context.close()
+
+
+def test_a_user_buildbots_authz_gives_nothing_gets_no_worker_and_no_run(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "bob")
+    page.get_by_text("No worker you may act on.").wait_for()
+    # A run asked for by hand on the page's own socket: refused, and audited.
+    ask = """() => new Promise(resolve => {
+        const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
+        const ws = new WebSocket(u.href);
+        ws.onopen = () => ws.send(JSON.stringify({type: "run", command: "touch /tmp/bob-was-here"}));
+        ws.onmessage = e => resolve(e.data);
+        ws.onclose = e => resolve("closed " + e.code);
+    })"""
+    # The page's own question socket may still hold bob's one place (users without a right have one).
+    answer = wait_for(lambda: (a := page.evaluate(ask)) and "already 1 web terminal" not in a and a,
+                      "an answer to bob's run")
+    assert "no worker here that you may act on" in answer, answer
+    assert not os.path.exists("/tmp/bob-was-here")
+    wait_for(lambda: any(k == "refused" and "fleet run" in d for k, _, d in events(site, "web:bob")),
+             "bob's refusal in the audit index")
+    page.context.close()
+
+
+class _OtherSite(http.server.BaseHTTPRequestHandler):
+    """A page from another origin (another port of this host: the browser sends the master's cookie with it) that
+    asks the master's socket for a run."""
+
+    target = ""
+    marker = ""
+
+    def do_GET(self) -> None:
+        body = f"""<html><body><script>
+            const events = [];
+            const ws = new WebSocket({self.target!r});
+            ws.onopen = () => {{ events.push("open");
+                ws.send(JSON.stringify({{type: "run", command: "touch {self.marker}"}})); }};
+            ws.onmessage = (e) => events.push("message:" + e.data);
+            ws.onclose = (e) => {{ events.push("close:" + e.code); document.title = events.join(" | "); }};
+        </script></body></html>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_page_from_another_origin_runs_nothing(browser: Any, site: Sandbox, tmp_path: Any) -> None:
+    marker = str(tmp_path / "cross-origin-ran")
+    handler = type("Handler", (_OtherSite,), {"target": f"ws://127.0.0.1:{site.www_port}/plugins/slaveshell/ws",
+                                              "marker": marker})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        context = login(browser, site, "alice")
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("() => document.title.includes('close:')", timeout=TIMEOUT_MS)
+        title = page.title()
+        assert "open" not in title.split(" | ") and "message" not in title, title
+        assert not os.path.exists(marker)
+        wait_for(lambda: any(k == "refused" and "Origin" in d for k, _, d in events(site, "web:alice")),
+                 "the cross-origin refusal in the audit index")
+        context.close()
+    finally:
+        server.shutdown()
+
+
+def test_the_worker_view_shows_its_facts(browser: Any, site: Sandbox) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "slaveshell.cli", "facts", "--refresh", "--socket", site.socket],
+                   capture_output=True, check=True, timeout=120)
+    page = login(browser, site, "alice").new_page()
+    page.goto(site.url + "#/slaveshell/worker/f1")
+    facts = page.locator(".slaveshell-worker-facts")
+    facts.wait_for()
+    rows = dict(zip(facts.locator("th").all_inner_texts(), facts.locator("td").all_inner_texts(), strict=True))
+    assert rows["answer"] == "42" and rows["os"] == "Linux", rows
+    page.context.close()
+
+
+def test_a_script_in_batches_of_one_with_a_timeout(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    page.locator("input.slaveshell-use-script").check()
+    page.locator("textarea.slaveshell-run-script").fill("#!/bin/sh\necho from-script $((6*7))\nsleep 60\n")
+    page.locator("input.slaveshell-run-batch").fill("1")
+    page.locator("input.slaveshell-run-timeout").fill("2")
+    page.locator("button.slaveshell-run-start").click()
+    run = page.locator(".slaveshell-run")
+    assert "at most 1 at once" in run.locator("p.text-muted").inner_text()
+    page.locator(".slaveshell-run[data-over='1']").wait_for(timeout=TIMEOUT_MS * 2)
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 timed out (f1, f2)"
+    # (The script's runner may add the shell's own "Hangup" line after it, as the terminal would show it.)
+    outputs = run.locator("pre.slaveshell-group-output").all_inner_texts()
+    assert outputs and all(o.startswith("from-script 42") for o in outputs), outputs
+    assert run.locator(".slaveshell-run-notran[data-state='timed out']").inner_text().startswith("timed out: f[1-2]")
+    page.context.close()
+
+
+# A socket of the page's own origin and login, driven by hand: the messages to send once open, then every message
+# received until the socket closes or `seconds` pass (what an attacker's script in a logged-in tab could do).
+RAW = """async ([messages, seconds]) => {
+    const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
+    const ws = new WebSocket(u.href), got = [];
+    window.rawSockets = (window.rawSockets || []).concat([ws]);
+    return await new Promise(resolve => {
+        ws.onopen = () => messages.forEach(m => ws.send(typeof m === "string" ? m : JSON.stringify(m)));
+        ws.onmessage = e => got.push(JSON.parse(e.data));
+        ws.onclose = e => resolve(got.concat([{type: "closed", code: e.code}]));
+        setTimeout(() => resolve(got), seconds * 1000);
+    });
+}"""
+
+
+def raw(page: Any, messages: list[Any], seconds: float = 30) -> list[dict[str, Any]]:
+    return list(page.evaluate(RAW, [messages, seconds]))
+
+
+def run_rows(site: Sandbox, operator: str) -> list[tuple[str, str, str]]:
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        return list(db.execute("SELECT id, state, targets FROM slaveshell_runs WHERE operator = ? ORDER BY started",
+                               (operator,)))
+    finally:
+        db.close()
+
+
+def test_buildbots_authz_keeps_a_worker_out_of_the_page_and_out_of_every_run(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    assert page.locator("tr[data-worker='g1']").count() == 0
+    # Asked by name, on the page's socket: no such worker for her (the policy alone would allow it).
+    answer = raw(page, [{"type": "run", "command": "echo reached-g1", "workers": ["g1"]}])
+    assert answer[0]["type"] == "error" and "no worker matches --workers g1" in answer[0]["message"], answer
+    # Every worker: f1 and f2 only, g1 neither run nor listed.
+    answer = raw(page, [{"type": "run", "command": "echo everywhere"}])
+    end = next(m for m in answer if m["type"] == "run_end")
+    assert end["summary"] == "2 ok" and [g["workers"] for g in end["groups"]] == [["f1", "f2"]], end
+    assert all("g1" not in targets.split() for _, _, targets in run_rows(site, "web:alice"))
+    page.context.close()
+
+
+def test_one_socket_one_purpose_and_the_masters_run_bounds(browser: Any, site: Sandbox) -> None:
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    # A run's socket takes no session, and a session's no run.
+    answer = raw(page, [{"type": "run", "command": "sleep 30"}, {"type": "open", "worker": "f1", "cols": 80,
+                                                                  "rows": 24}])
+    assert any(m["type"] == "error" and "one session" in m["message"] for m in answer), answer
+    # A message too long for a run (the socket's 64 KiB): closed by the WebSocket's own bound.
+    answer = raw(page, [json.dumps({"type": "run", "script": "x" * 70000})])
+    assert answer[-1]["type"] == "closed" and answer[-1]["code"] != 1000, answer
+    # Four runs in progress at once (FleetOperations' runs_per_operator): the fifth is refused, and audited.
+    page.evaluate("""() => { window.held = [];
+        for (let i = 0; i < 4; i++) {
+            const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
+            const ws = new WebSocket(u.href);
+            ws.onopen = () => ws.send(JSON.stringify({type: "run", command: "sleep 120"}));
+            window.held.push(ws);
+        } }""")
+    wait_for(lambda: sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "running") >= 4,
+             "four runs in progress")
+    answer = raw(page, [{"type": "run", "command": "echo fifth"}])
+    assert answer[0]["type"] == "error" and "fleet runs in progress" in answer[0]["message"], answer
+    wait_for(lambda: any(k == "refused" and "fleet runs in progress" in d for k, _, d in events(site, "web:alice")),
+             "the refusal in the audit index")
+    # Leaving (the sockets closed, as a closed tab): each run is interrupted, its sleeps ended.
+    page.evaluate("() => window.held.forEach(ws => ws.close())")
+    wait_for(lambda: not any(state == "running" for _, state, _ in run_rows(site, "web:alice")),
+             "the runs to end with their sockets")
+    assert sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "interrupted") >= 4
+    page.context.close()
+
+
+def test_logging_out_ends_a_run_in_progress(browser: Any, site: Sandbox) -> None:
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    page.goto(site.url + "#/slaveshell/fleet")
+    page.locator("tr[data-worker='f2']").wait_for()
+    page.locator("input.slaveshell-run-command").fill("echo started; sleep 120")
+    page.locator("button.slaveshell-run-start").click()
+    rows = page.locator("tr.slaveshell-run-row[data-state='running']")
+    wait_for(lambda: rows.count() == 2, "both workers running")
+    run_id = page.locator(".slaveshell-run").get_attribute("data-run")
+    began = time.monotonic()
+    other = context.new_page()
+    other.goto(site.url + "auth/logout")
+    # The grant dies with the login: the run's socket is closed with the reason, and the run ends as Ctrl-C.
+    page.locator(".slaveshell-run-error").wait_for()
+    assert "logged out" in page.locator(".slaveshell-run-error").inner_text()
+    wait_for(lambda: any(i == run_id and state == "interrupted" for i, state, _ in run_rows(site, "web:alice")),
+             "the run to be interrupted")
+    assert time.monotonic() - began < 60
+    context.close()
+
+
+def test_a_worker_offline_gets_a_pending_run_that_the_page_cancels(browser: Any, site: Sandbox) -> None:
+    """Last of the module: it stops f2 (and starts it again after)."""
+    site.stop_worker("f2")
+    try:
+        wait_for(lambda: not any(w["name"] == "f2" and w["connected"] for w in site.workers_status()),
+                 "f2 to be disconnected")
+        page = fleet_page(browser, site, "alice")
+        page.locator("tr[data-worker='f2']").wait_for()
+        page.locator("input.slaveshell-run-offline").check()
+        page.locator("input.slaveshell-run-until").fill("2")
+        run = run_command(page, "echo fixed")
+        assert run.locator(".slaveshell-run-summary").inner_text() == "1 ok, 1 pending"
+        row = run.locator("tr.slaveshell-run-row[data-worker='f2']")
+        assert row.get_attribute("data-state") == "pending"
+        assert "runs when it attaches" in row.locator(".slaveshell-last-line").inner_text()
+        shot(page, "fleet-page-pending.png")
+        run.locator("button.slaveshell-cancel-pending").click()
+        note = page.locator(".slaveshell-cancelled")
+        note.wait_for()
+        assert "1 pending worker cancelled" in note.inner_text(), note.inner_text()
+        page.context.close()
+    finally:
+        site.start_worker("f2")
