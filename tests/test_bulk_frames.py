@@ -72,7 +72,8 @@ def test_a_bad_max_output_is_a_bad_request_on_open_and_attach(service, value):  
     for t, call_id in ((transport, 1), (other_transport, 2)):
         [answer] = [framing.parse_control(f.payload) for f in client_frames(t.value())]
         assert answer.fields == {"id": call_id, "ok": False, "error": f"bad request: max_output must be an integer "
-                                                                     f"from {MAX_CHUNK} to {MAX_OUTPUT}"}
+                                                                     f"from {MAX_CHUNK} to {MAX_OUTPUT}",
+                                 "kind": "bad request"}
         assert not t.disconnecting
 
 
