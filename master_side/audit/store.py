@@ -217,16 +217,18 @@ class AuditStore:
 
         self._enqueue(write)
 
-    def store_facts(self, worker: str, values: Mapping[str, str], taken: float, run_id: str | None) -> None:
-        """A worker's facts as one probe took them (queued): they replace all of its earlier ones."""
+    def store_facts(self, taken: Mapping[str, Mapping[str, str]], when: float, run_id: str | None) -> None:
+        """Workers' facts as one probe run took them (queued, one transaction for all of them): each worker's
+        replace all of its earlier ones."""
         def write() -> None:
             assert self.engine is not None
             with self.engine.begin() as conn:
-                conn.execute(facts.delete().where(facts.c.worker == worker))
-                if values:
-                    conn.execute(facts.insert(), [{"worker": worker, "name": name, "value": value,
-                                                   "taken": utc(taken), "run_id": run_id}
-                                                  for name, value in values.items()])
+                for worker, values in taken.items():
+                    conn.execute(facts.delete().where(facts.c.worker == worker))
+                    if values:
+                        conn.execute(facts.insert(), [_storable({"worker": worker, "name": name, "value": value,
+                                                                 "taken": utc(when), "run_id": run_id})
+                                                      for name, value in values.items()])
 
         self._enqueue(write)
 

@@ -427,9 +427,10 @@ class AuditTrail:
         """A worker's pending part of a run ran, expired or was cancelled: its row's new values."""
         self.store.update_run_worker(row_id, {**values, "updated": utc(self.reactor.seconds())})
 
-    def facts_taken(self, worker: str, values: Mapping[str, str], taken: float, run_id: str | None) -> None:
-        """A worker's facts, as its probe in run `run_id` took them: they replace its earlier ones."""
-        self.store.store_facts(worker, values, taken, run_id)
+    def facts_taken(self, taken: Mapping[str, Mapping[str, str]], when: float, run_id: str | None) -> None:
+        """Workers' facts, as their probes in run `run_id` took them: each worker's replace its earlier ones (one
+        write for the whole run: a read after it waits for one transaction, not one per worker)."""
+        self.store.store_facts(taken, when, run_id)
 
     # -- retention (master_side.audit.retention) -----------------------------------------------------
 

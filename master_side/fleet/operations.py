@@ -278,11 +278,10 @@ class FleetOperations:
                                         Command("facts probe", script=script), Batch(self.limits.batch),
                                         FACTS_TIMEOUT, waiting)
             outcomes = await waiting.done
-            trail = self.api.trail
-            for o in outcomes:
-                if o.state is State.OK and o.output is not None:
-                    found = probe.parse(bytes(o.output.kept), self.probes)
-                    trail.facts_taken(o.worker, found.values, time.time(), started.run.id)
+            taken = {o.worker: probe.parse(bytes(o.output.kept), self.probes).values for o in outcomes
+                     if o.state is State.OK and o.output is not None}
+            if taken:
+                self.api.trail.facts_taken(taken, time.time(), started.run.id)
         fleet = await self.fleet(who, among)
         named = [w for w in fleet if selection.named(w.name)]
         if not named:
