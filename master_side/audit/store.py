@@ -71,6 +71,16 @@ def timestamp(value: dt.datetime) -> float:
     return value.replace(tzinfo=dt.UTC).timestamp() if value.tzinfo is None else value.timestamp()
 
 
+def seconds(value: object) -> float:
+    """A time as the reads give it (ISO 8601 text in UTC, `_row`; or a naive UTC datetime) in seconds since the
+    epoch; 0.0 for anything else."""
+    if isinstance(value, str):
+        return timestamp(dt.datetime.fromisoformat(value))
+    if isinstance(value, dt.datetime):
+        return timestamp(value)
+    return 0.0
+
+
 def _row(mapping: sa.RowMapping) -> dict[str, object]:
     """A row as plain values, as the doors send it as JSON: times as ISO 8601 text in UTC, keys as plain str
     (not SQLAlchemy's quoted_name)."""

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 
 from master_side.audit.rows import RunRow, RunWorkerRow
-from master_side.audit.store import timestamp, utc
+from master_side.audit.store import seconds, utc
 from master_side.audit.trail import RecordingError
 from master_side.fleet.pending import Pending, PendingRuns, request_json
-from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots
-from master_side.operators.terms import ErrorKind, OperatorError, View
+from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots, outcome_row
+from master_side.operators.terms import ErrorKind, OperatorError, View, database_unavailable
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
 from slaveshell.fleet.outcome import Outcome, State
@@ -121,13 +121,12 @@ class FleetOperations:
         except OperatorError:
             raise
         except Exception as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE,
-                                f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+            raise database_unavailable(e) from None
         by_worker: dict[str, dict[str, str]] = {}
         taken: dict[str, float] = {}
         for row in rows:
             by_worker.setdefault(row["worker"], {})[row["name"]] = row["value"]
-            when = _seconds(row["taken"])
+            when = seconds(row["taken"])
             taken[row["worker"]] = min(taken.get(row["worker"], when), when)
         return [drift.Report(w, values, taken[w]) for w, values in by_worker.items()]
 
@@ -235,12 +234,7 @@ class FleetOperations:
     def _finished(self, run: FleetRun, outcomes: list[Outcome]) -> None:
         self.runs.pop(run.id, None)
         state = "interrupted" if run.scheduler.stopping else "ended"
-        workers: list[Mapping[str, object]] = [{
-            "worker": o.worker, "state": o.state.value, "exit_status": o.exit_status,
-            "duration": None if o.duration is None else round(o.duration, 3), "session_id": o.session,
-            "output_bytes": o.output.size if o.output is not None else None,
-            "output_sha256": o.output.digest if o.output is not None else None, "reason": o.reason or None,
-        } for o in outcomes]
+        workers: list[Mapping[str, object]] = [{"worker": o.worker, **outcome_row(o)} for o in outcomes]
         trail = self.api.trail_or_none()
         if trail is not None:
             trail.run_ended(run.id, run.who, {"state": state, "summary": gather.summary(outcomes),
@@ -307,8 +301,7 @@ class FleetOperations:
         except OperatorError:
             raise
         except Exception as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE,
-                                f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+            raise database_unavailable(e) from None
         if run_id and not out:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no fleet run {run_id} that you may see")
         return out
@@ -326,8 +319,7 @@ class FleetOperations:
         except OperatorError:
             raise
         except Exception as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE,
-                                f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+            raise database_unavailable(e) from None
         if not cancelled:
             raise OperatorError(ErrorKind.NOT_FOUND, f"fleet run {run_id} has nothing pending that you may cancel")
         trail = self.api.trail
@@ -339,16 +331,6 @@ class FleetOperations:
             return True
         targets = row["targets"].split()
         return bool(targets) and all(self.api.policy.may(who, Action.REPLAY, t).allowed for t in targets)
-
-
-def _seconds(value: object) -> float:
-    import datetime as dt
-
-    if isinstance(value, str):
-        return timestamp(dt.datetime.fromisoformat(value))
-    if isinstance(value, dt.datetime):
-        return timestamp(value)
-    return 0.0
 
 
 def _command(ask: RunAsk) -> Command:

@@ -13,7 +13,6 @@ minute) and reads the worker's rows again when it attaches."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -22,8 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 
-from master_side.audit.store import timestamp
-from master_side.fleet.run import Awaited, Command, FleetRun, Slots
+from master_side.audit.store import seconds
+from master_side.fleet.run import Awaited, Command, FleetRun, Slots, outcome_row
 from slaveshell.fleet.outcome import State
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
@@ -91,7 +90,7 @@ def pending_of(row: Mapping[str, object]) -> Pending | None:
                           req.get("cwd"), req.get("reason"))
         return Pending(int(str(row["id"])), str(row["run_id"]), str(row["worker"]), who, command,
                        float(req["timeout"]) if req.get("timeout") is not None else None,
-                       timestamp(dt.datetime.fromisoformat(str(row["until"]))), bool(row["pause"]))
+                       seconds(row["until"]), bool(row["pause"]))
     except (KeyError, TypeError, ValueError) as e:
         log.error("slaveshell: a pending run's row cannot be read: {e}", e=visible(str(e)))
         return None
@@ -218,12 +217,7 @@ class PendingRuns:
                        self._clock(), waiting, self.slots)
         run.start()
         outcome = (await waiting.done)[0]
-        values: dict[str, object] = {
-            "state": outcome.state.value, "exit_status": outcome.exit_status,
-            "duration": None if outcome.duration is None else round(outcome.duration, 3),
-            "session_id": outcome.session, "output_bytes": outcome.output.size if outcome.output else None,
-            "output_sha256": outcome.output.digest if outcome.output else None, "reason": outcome.reason or None,
-        }
+        values = outcome_row(outcome)
         if entry.pause:
             if outcome.state is State.OK:
                 self.pausing.unpause(entry.worker, entry.key)

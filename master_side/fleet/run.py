@@ -67,6 +67,16 @@ class RunWatcher(Protocol):
     def finished(self, outcomes: list[Outcome]) -> None: ...
 
 
+def outcome_row(o: Outcome) -> dict[str, object]:
+    """A worker's outcome as its row of the audit index's run_workers keeps it (its worker aside)."""
+    return {
+        "state": o.state.value, "exit_status": o.exit_status,
+        "duration": None if o.duration is None else round(o.duration, 3), "session_id": o.session,
+        "output_bytes": o.output.size if o.output is not None else None,
+        "output_sha256": o.output.digest if o.output is not None else None, "reason": o.reason or None,
+    }
+
+
 class Awaited:
     """A watcher that only waits for the outcomes (`done` fires with them)."""
 

@@ -28,7 +28,7 @@ from master_side.holds.moderator_notices import OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from master_side.operators.copy_calls import CopyOperations, Transfers
 from master_side.operators.hold_calls import extend_hold, list_holds
-from master_side.operators.terms import ErrorKind, OperatorError, View, ViewerSink
+from master_side.operators.terms import ErrorKind, OperatorError, View, ViewerSink, database_unavailable
 from master_side.sessions.model import Viewer, new_session_id
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
@@ -417,8 +417,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                                              session_id=session_id, build_id=build_id, limit=limit,
                                              reason=reason, run_id=run_id)
         except Exception as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE,
-                                f"the audit database is unavailable: {str(e).splitlines()[0]}") from None
+            raise database_unavailable(e) from None
         return [r for r in rows if self.policy.may(who, Action.REPLAY, r["worker"]).allowed]
 
     @deferred

@@ -36,6 +36,12 @@ class OperatorError(Exception):
         self.message = message
 
 
+def database_unavailable(error: Exception) -> OperatorError:
+    """The refusal of a read the audit database could not answer: its error's first line (or its type)."""
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    return OperatorError(ErrorKind.UNAVAILABLE, f"the audit database is unavailable: {first}")
+
+
 class ViewerSink(OperatorSink, Protocol):
     """A viewer's end of a session, as the door provides it: the session's messages to the operator
     (slaveshell.vocabulary.protocol.OperatorSink); `connection` identifies the operator's connection for the

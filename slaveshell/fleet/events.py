@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from slaveshell.fleet.outcome import LAST_LINE_LIMIT, OUTPUT_LIMIT, Outcome, Output, State
-from slaveshell.vocabulary.checks import ProtocolError, check_str, check_worker_name
+from slaveshell.vocabulary.checks import ProtocolError, check_int, check_str, check_worker_name
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _STATES = {s.value: s for s in State}
@@ -39,14 +39,6 @@ def _b64(value: object, what: str, limit: int) -> bytes:
         raise ProtocolError(f"{what} is not base64") from None
 
 
-def _opt_int(value: object, what: str, low: int, high: int) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"{what} must be a whole number from {low} to {high}")
-    return value
-
-
 def outcome_from_wire(fields: object) -> Outcome:
     """An outcome as the master sent it, every value checked."""
     if not isinstance(fields, dict):
@@ -55,7 +47,8 @@ def outcome_from_wire(fields: object) -> Outcome:
     state = _STATES.get(fields.get("state"))  # type: ignore[arg-type]
     if state is None:
         raise ProtocolError("an outcome's state is unknown")
-    exit_status = _opt_int(fields.get("exit_status"), "exit status", -(2**31), 2**31 - 1)
+    raw_status = fields.get("exit_status")
+    exit_status = None if raw_status is None else check_int(raw_status, "exit status", -(2**31), 2**31 - 1)
     duration = fields.get("duration")
     if duration is not None and (not isinstance(duration, (int, float)) or isinstance(duration, bool)
                                  or not 0 <= duration < 1e9):
@@ -67,7 +60,7 @@ def outcome_from_wire(fields: object) -> Outcome:
     output = None
     if fields.get("output") is not None:
         kept = _b64(fields.get("output"), "output", OUTPUT_LIMIT)
-        size = _opt_int(fields.get("output_bytes"), "output size", 0, 2**62) or 0
+        size = check_int(fields.get("output_bytes", 0), "output size", 0, 2**62)
         digest = check_str(fields.get("output_sha256"), "output digest", 64)
         if not _DIGEST.fullmatch(digest):
             raise ProtocolError("an output digest is 64 hexadecimal digits")
