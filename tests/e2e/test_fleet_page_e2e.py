@@ -323,6 +323,16 @@ def test_buildbots_authz_keeps_a_worker_out_of_the_page_and_out_of_every_run(bro
 
 def test_one_socket_one_purpose_and_the_masters_run_bounds(browser: Any, site: Sandbox) -> None:
     page = fleet_page(browser, site, "alice")
+    try:
+        held_runs_refuse_a_fifth(page, site)
+    finally:
+        # Closing the tab ends every run still held, so that the module's later tests find alice's places free.
+        page.context.close()
+    wait_for(lambda: not any(state == "running" for _, state, _ in run_rows(site, "web:alice")),
+             "alice's runs to end with their tab")
+
+
+def held_runs_refuse_a_fifth(page: Any, site: Sandbox) -> None:
     page.locator("tr[data-worker='f2']").wait_for()
     # A run's socket takes no session, and a session's no run.
     answer = raw(page, [{"type": "run", "command": "sleep 30"}, {"type": "open", "worker": "f1", "cols": 80,
@@ -331,24 +341,29 @@ def test_one_socket_one_purpose_and_the_masters_run_bounds(browser: Any, site: S
     # A message too long for a run (the socket's 64 KiB): closed by the WebSocket's own bound.
     answer = raw(page, [json.dumps({"type": "run", "script": "x" * 70000})])
     assert answer[-1]["type"] == "closed" and answer[-1]["code"] != 1000, answer
+    # The first socket's run (sleep 30) ends with its socket: counted in progress until it has.
+    page.evaluate("() => window.rawSockets.forEach(ws => ws.close())")
+    wait_for(lambda: not any(state == "running" for _, state, _ in run_rows(site, "web:alice")),
+             "the first socket's run to end")
     # Four runs in progress at once (FleetOperations' runs_per_operator): the fifth is refused, and audited.
     # A socket closed before its run started (the places of the earlier tests' sockets, which the master may
     # not have seen closed yet on a busy machine) is opened again, a second later, up to 20 times.
-    page.evaluate("""() => { window.held = [];
+    page.evaluate("""() => { window.held = []; window.started = [false, false, false, false];
         const open = (i, tries) => {
             const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
             const ws = new WebSocket(u.href);
-            let started = false;
             ws.onopen = () => ws.send(JSON.stringify({type: "run", command: "sleep 120"}));
-            ws.onmessage = (e) => { if (JSON.parse(e.data).type === "run_started") started = true; };
+            ws.onmessage = (e) => { if (JSON.parse(e.data).type === "run_started") window.started[i] = true; };
             ws.onclose = () => {
-                if (!started && !window.leaving && tries > 0) setTimeout(() => open(i, tries - 1), 1000);
+                if (!window.started[i] && !window.leaving && tries > 0) setTimeout(() => open(i, tries - 1), 1000);
             };
             window.held[i] = ws;
         };
         for (let i = 0; i < 4; i++) open(i, 20);
     }""")
-    wait_for(lambda: sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "running") >= 4,
+    wait_for(lambda: page.evaluate("() => window.started.every(s => s)"), "four runs started")
+    assert page.evaluate("() => window.held.every(ws => ws.readyState === WebSocket.OPEN)")
+    wait_for(lambda: sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "running") == 4,
              "four runs in progress")
     answer = raw(page, [{"type": "run", "command": "echo fifth"}])
     assert answer[0]["type"] == "error" and "fleet runs in progress" in answer[0]["message"], answer
@@ -359,7 +374,6 @@ def test_one_socket_one_purpose_and_the_masters_run_bounds(browser: Any, site: S
     wait_for(lambda: not any(state == "running" for _, state, _ in run_rows(site, "web:alice")),
              "the runs to end with their sockets")
     assert sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "interrupted") >= 4
-    page.context.close()
 
 
 def test_logging_out_ends_a_run_in_progress(browser: Any, site: Sandbox) -> None:
