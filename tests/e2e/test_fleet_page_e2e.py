@@ -378,24 +378,26 @@ def held_runs_refuse_a_fifth(page: Any, site: Sandbox) -> None:
 
 def test_logging_out_ends_a_run_in_progress(browser: Any, site: Sandbox) -> None:
     context = login(browser, site, "alice")
-    page = context.new_page()
-    page.goto(site.url + "#/slaveshell/fleet")
-    page.locator("tr[data-worker='f2']").wait_for()
-    page.locator("input.slaveshell-run-command").fill("echo started; sleep 120")
-    page.locator("button.slaveshell-run-start").click()
-    rows = page.locator("tr.slaveshell-run-row[data-state='running']")
-    wait_for(lambda: rows.count() == 2, "both workers running")
-    run_id = page.locator(".slaveshell-run").get_attribute("data-run")
-    began = time.monotonic()
-    other = context.new_page()
-    other.goto(site.url + "auth/logout")
-    # The grant dies with the login: the run's socket is closed with the reason, and the run ends as Ctrl-C.
-    page.locator(".slaveshell-run-error").wait_for()
-    assert "logged out" in page.locator(".slaveshell-run-error").inner_text()
-    wait_for(lambda: any(i == run_id and state == "interrupted" for i, state, _ in run_rows(site, "web:alice")),
-             "the run to be interrupted")
-    assert time.monotonic() - began < 60
-    context.close()
+    try:
+        page = context.new_page()
+        page.goto(site.url + "#/slaveshell/fleet")
+        page.locator("tr[data-worker='f2']").wait_for()
+        page.locator("input.slaveshell-run-command").fill("echo started; sleep 120")
+        page.locator("button.slaveshell-run-start").click()
+        rows = page.locator("tr.slaveshell-run-row[data-state='running']")
+        wait_for(lambda: rows.count() == 2, "both workers running")
+        run_id = page.locator(".slaveshell-run").get_attribute("data-run")
+        began = time.monotonic()
+        other = context.new_page()
+        other.goto(site.url + "auth/logout")
+        # The grant dies with the login: the run's socket is closed with the reason, and the run ends as Ctrl-C.
+        page.locator(".slaveshell-run-error").wait_for()
+        assert "logged out" in page.locator(".slaveshell-run-error").inner_text()
+        wait_for(lambda: any(i == run_id and state == "interrupted" for i, state, _ in run_rows(site, "web:alice")),
+                 "the run to be interrupted")
+        assert time.monotonic() - began < 60
+    finally:
+        context.close()
 
 
 def test_a_worker_offline_gets_a_pending_run_that_the_page_cancels(browser: Any, site: Sandbox) -> None:
