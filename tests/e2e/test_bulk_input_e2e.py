@@ -58,7 +58,7 @@ def test_a_terminal_sessions_input_stays_in_small_messages(sandbox: Sandbox) -> 
     start = _master_log(sandbox).stat().st_size
     size = 3 * 512 * KIB
     proc = subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "-t", "w1", "--",
-                                            "stty raw -echo; echo ready; head -c %d | wc -c; exit 42" % size],
+                                            f"stty raw -echo; echo ready; head -c {size} | wc -c; exit 42"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     try:
