@@ -328,3 +328,17 @@ def test_a_master_answering_a_max_input_out_of_range_ends_the_client_with_a_line
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_flood_of_one_byte_input_messages_is_refused_long_before_the_window_is_spent():
+    """The window counts bytes; what the master holds per message waiting for the worker is bounded by count."""
+    from master_side.sessions.session import MAX_PENDING_INPUT
+
+    session, owner, to_worker = _session(False, BULK_CHUNK)
+    for _ in range(MAX_PENDING_INPUT):
+        session.viewer_input(owner, b"k")
+    with pytest.raises(ProtocolError, match="too many small messages"):
+        session.viewer_input(owner, b"k")
+    assert len(to_worker) == MAX_PENDING_INPUT and owner.input_window.in_flight == MAX_PENDING_INPUT
+    session.worker_input_ack(1, False)  # one acknowledged: one more may go
+    session.viewer_input(owner, b"k")

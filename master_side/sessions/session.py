@@ -80,6 +80,11 @@ log = Logger()
 VIEWER_BUFFER = 2 * 1024 * 1024
 # Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
 RECENT_BYTES = 64 * 1024
+# Input messages that may wait for the worker's input_ack, per session. The window counts bytes, and each message
+# costs the master about 150 bytes besides its own (its entry here, its call to the worker): a client sending its
+# window (2.75 MiB with the default grant) as 1-byte messages would make it hold ~400 MB. A typist whose remote
+# stopped reading needs hours to type this many keystrokes; a paste, a pipe, a script go in large reads.
+MAX_PENDING_INPUT = 16 * 1024
 
 
 class Recorder(Protocol):
@@ -380,6 +385,8 @@ class MasterSession(SessionTimers):
             raise LateEvent(f"input for session {self.id} after the view ended")
         if viewer.input_window.in_flight > allowed(viewer.input_grant, INPUT_WINDOW, WINDOW_TOLERANCE):
             raise ProtocolError("input sent past the flow-control window")
+        if len(self._pending_input) >= MAX_PENDING_INPUT:
+            raise ProtocolError(f"input sent in too many small messages ({MAX_PENDING_INPUT} wait for the worker)")
         if self._held(viewer, nbytes=len(data)):
             viewer.sink.input_ack(len(data), False)  # its credit back at once: dropped, never sent or recorded
             return
