@@ -30,7 +30,8 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
 - ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
-  -> what a fleet run has pending cancelled (master_side.www.fleet_page).
+  -> what a fleet run has pending cancelled, ``{"type": "worker_runs", "worker": str}`` -> a worker's recent fleet
+  runs (master_side.www.fleet_page).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from slaveshell.vocabulary.protocol import ProtocolError
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
 
-QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run")
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run", "worker_runs")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
@@ -147,6 +148,8 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         return await fleet_page.fleet_answer(message, service, master, who, info), None
     if kind == "cancel_run":
         return await fleet_page.cancel_answer(message, service, who), None
+    if kind == "worker_runs":
+        return await fleet_page.worker_runs_answer(message, service, master, who, info), None
     if kind in ("hold", "release"):
         build_id = message.get("build")
         if not isinstance(build_id, int) or isinstance(build_id, bool):
