@@ -327,6 +327,12 @@ def test_the_worker_view_lists_its_recent_fleet_runs_as_text(browser: Any, site:
     page.wait_for_function("() => { const e = document.querySelector('.slaveshell-status');"
                            " return e && e.getAttribute('data-status') === 'ready'; }", timeout=TIMEOUT_MS)
     assert "<img src=x" in page.evaluate("() => window.slaveshellReplay.text")
+    # Asked by hand: g1 (the policy would allow it; Buildbot's authz does not) has no run for her, though the local
+    # operator's run reached it; a worker that is not a name is a bad message.
+    assert raw(page, [{"type": "worker_runs", "worker": "g1"}], 10)[0] == \
+        {"type": "worker_runs", "worker": "g1", "runs": []}
+    answer = raw(page, [{"type": "worker_runs", "worker": ["f1"]}])
+    assert answer[0]["type"] == "error" and "worker_runs needs a worker's name" in answer[0]["message"], answer
     page.context.close()
     # dave watches f1 but has no replay right: no one's run is shown to him; bob's question by hand gets nothing.
     dave = login(browser, site, "dave").new_page()

@@ -139,6 +139,26 @@ def kill_events(site: Sandbox, session_id: str) -> list[tuple[str, str, str]]:
         db.close()
 
 
+def other_origin_status(site: Sandbox, session: str) -> str:
+    """The HTTP status of the socket's handshake from a page of another origin, with the user's cookie."""
+    import base64
+    import socket
+
+    with socket.create_connection(("127.0.0.1", site.www_port), timeout=30) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(("\r\n".join([
+            "GET /plugins/slaveshell/ws HTTP/1.1", f"Host: 127.0.0.1:{site.www_port}", "Upgrade: websocket",
+            "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+            "Origin: http://evil.example", f"Cookie: {session}"]) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "closed"
+
+
 def test_only_a_web_moderator_ends_the_session_on_the_socket(site: Sandbox) -> None:
     """The page's End session is ``{"type": "kill"}`` on the moderator's watch socket: `OperatorAPI.kill`, audited
     as the moderator's kill; anyone else sending it by hand (a watcher without the role, the operator's web
@@ -164,6 +184,8 @@ def test_only_a_web_moderator_ends_the_session_on_the_socket(site: Sandbox) -> N
             [who for kind, who, _ in kill_events(site, sid) if kind == "refused"]), 20)
         assert refused and sorted(refused) == ["web:mallory", "web:root"], kill_events(site, sid)
         assert str(sid) in cli(site, "sessions").stdout  # still live
+        # A page of another site carrying the moderator's cookie: no socket at all (the handshake is refused).
+        assert other_origin_status(site, cookie(site, "lead")) == "403"
         lead, _ = watch(site, "lead", sid)
         sockets.append(lead)
         t.expect("web:lead moderates this session")
