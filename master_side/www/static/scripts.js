@@ -1037,7 +1037,7 @@
             : input("command", "command (run by the worker's shell)", "40em",
                 { onKeyDown: function (e) { if (e.key === "Enter" && !empty && !running && !tooMany) start(chosen); } })),
         h("div", { className: "slaveshell-form-row" },
-          h("textarea", { className: "form-control form-control-sm slaveshell-run-env", rows: 2, value: f.env,
+          h("textarea", { className: "form-control form-control-sm slaveshell-run-env", rows: 3, value: f.env,
             onChange: field("env"), placeholder: "-e NAME=VALUE (one a line)", "aria-label": "environment variables",
             style: { fontFamily: "monospace", flex: "1 1 18em", maxWidth: "30em", marginRight: "0.5em" } }),
           input("cwd", "-C DIR (working directory)", "18em")),
