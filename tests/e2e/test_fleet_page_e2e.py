@@ -355,12 +355,13 @@ def test_environment_and_working_directory(browser: Any, site: Sandbox) -> None:
     RUN request check them; refusals shown as text."""
     page = fleet_page(browser, site, "alice")
     page.locator("tr[data-worker='f2']").wait_for()
-    page.locator("textarea.slaveshell-run-env").fill("GREETING=hello <b>there</b> a=b\n\nSECOND=2")
+    # (A variable named __proto__ is one like any other.)
+    page.locator("textarea.slaveshell-run-env").fill("GREETING=hello <b>there</b> a=b\n\nSECOND=2\n__proto__=p")
     page.locator("input.slaveshell-run-cwd").fill("/tmp")
-    run = run_command(page, 'pwd; printf "%s %s\\n" "$GREETING" "$SECOND"')
+    run = run_command(page, 'pwd; printf "%s %s %s\\n" "$GREETING" "$SECOND" "$__proto__"')
     assert run.locator(".slaveshell-run-summary").inner_text() == "2 ok"
-    assert run.locator("pre.slaveshell-group-output").inner_text() == "/tmp\nhello <b>there</b> a=b 2"
-    assert "(in /tmp) (with GREETING, SECOND)" in run.locator("p.text-muted").inner_text()
+    assert run.locator("pre.slaveshell-group-output").inner_text() == "/tmp\nhello <b>there</b> a=b 2 p"
+    assert "(in /tmp) (with GREETING, SECOND, __proto__)" in run.locator("p.text-muted").inner_text()
     shot(page, "fleet-page-env.png")
     before = len(run_rows(site, "web:alice"))
     # A line without NAME=: refused by the page as `slaveshell run -e` refuses it, nothing asked of the master.

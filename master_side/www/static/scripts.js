@@ -721,7 +721,8 @@
   // object, or {error} with the refusal's text. The master checks them again.
   var ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/, ENV_MOST = 128; // slaveshell.vocabulary.checks.MAX_ENV
   function parseEnv(text) {
-    var env = {}, count = 0, lines = text.split("\n");
+    // No prototype: a variable named __proto__ is a name like any other.
+    var env = Object.create(null), count = 0, lines = text.split("\n");
     for (var i = 0; i < lines.length; i++) {
       var line = lines[i].replace(/\r$/, "");
       if (!line.trim()) continue;
