@@ -362,6 +362,7 @@ def test_environment_and_working_directory(browser: Any, site: Sandbox) -> None:
     assert run.locator(".slaveshell-run-summary").inner_text() == "2 ok"
     assert run.locator("pre.slaveshell-group-output").inner_text() == "/tmp\nhello <b>there</b> a=b 2 p"
     assert "(in /tmp) (with GREETING, SECOND, __proto__)" in run.locator("p.text-muted").inner_text()
+    page.locator("textarea.slaveshell-run-env").evaluate("e => { e.scrollTop = 0; }")  # its first line in view
     shot(page, "fleet-page-env.png")
     before = len(run_rows(site, "web:alice"))
     # A line without NAME=: refused by the page as `slaveshell run -e` refuses it, nothing asked of the master.
