@@ -26,12 +26,13 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
   transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
   MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
+- ``{"type": "worker_runs", "worker": str}`` -> a worker's recent fleet runs, for its view
+  (master_side.www.fleet_page);
 - ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
   (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
 - ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
-  -> what a fleet run has pending cancelled, ``{"type": "worker_runs", "worker": str}`` -> a worker's recent fleet
-  runs (master_side.www.fleet_page).
+  -> what a fleet run has pending cancelled (master_side.www.fleet_page).
 """
 
 from __future__ import annotations
