@@ -25,9 +25,9 @@ Messages (JSON; page -> master):
   run still has pending cancelled, as ``slaveshell runs cancel``);
 - a question, for a worker's view: ``{"type": "worker_runs", "worker": str}`` -> ``{"type": "worker_runs",
   "worker", "runs": [{"id", "kind", "operator", "command", "script_sha256", "reason", "started", "ended",
-  "run_state", "summary", "state", "exit_status", "duration", "why", "session"}]}`` (`worker_runs_answer`: the
-  worker's recent fleet runs, each with its outcome there, as ``slaveshell runs ID`` shows it; texts as the index
-  holds them: the page escapes them).
+  "run_state", "state", "exit_status", "duration", "why", "session"}]}`` (`worker_runs_answer`: the worker's
+  recent fleet runs, each with its outcome there, as ``slaveshell runs ID`` shows it, and nothing of the other
+  workers' outcomes; texts as the index holds them: the page escapes them).
 
 master -> page, on a run's socket: ``{"type": "run_started", "run", "targets": [names], "batch", "listed":
 [outcome]}``; ``{"type": "progress", "worker", "phase", "session", "elapsed", "last_line", "outcome"?}`` (with
@@ -216,7 +216,7 @@ async def worker_runs_answer(message: Message, service: WebHost, master: BuildMa
         shown.append({
             "id": run["id"], "kind": run["kind"], "operator": run["operator"], "command": run["command"],
             "script_sha256": run["script_sha256"], "reason": run["reason"], "started": run["started"],
-            "ended": run["ended"], "run_state": run["state"], "summary": run["summary"],
+            "ended": run["ended"], "run_state": run["state"],
             "state": outcome["state"] if outcome is not None else
             ("running" if run["state"] == "running" else run["state"]),
             "exit_status": outcome["exit_status"] if outcome is not None else None,
