@@ -26,6 +26,8 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
   transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
   MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
+- ``{"type": "worker_runs", "worker": str}`` -> a worker's recent fleet runs, for its view
+  (master_side.www.fleet_page);
 - ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
   (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
@@ -49,7 +51,7 @@ from slaveshell.vocabulary.protocol import ProtocolError
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
 
-QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run")
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run", "worker_runs")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
@@ -147,6 +149,8 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         return await fleet_page.fleet_answer(message, service, master, who, info), None
     if kind == "cancel_run":
         return await fleet_page.cancel_answer(message, service, who), None
+    if kind == "worker_runs":
+        return await fleet_page.worker_runs_answer(message, service, master, who, info), None
     if kind in ("hold", "release"):
         build_id = message.get("build")
         if not isinstance(build_id, int) or isinstance(build_id, bool):

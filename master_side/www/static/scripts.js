@@ -349,13 +349,15 @@
   }
 
   // The end of a session. One this page ended says so in the audit index's words (its `end_reason`, as
-  // `slaveshell history` and the history page show it): "closed by web:<name> (signal 1)".
-  function describeExit(m, closedHere) {
+  // `slaveshell history` and the history page show it): "closed by web:<name> (signal 1)"; one a moderator ended
+  // from this page, "killed by web:<name> (moderator) (signal 1)".
+  function describeExit(m, closedHere, killedHere) {
     var signal = m.signal !== null && m.signal !== undefined, code = m.code !== null && m.code !== undefined;
-    if (closedHere) {
+    if (closedHere || killedHere) {
       var user = frontend().user, name = user && user.username ? "web:" + user.username : "this page";
       var status = signal ? "signal " + m.signal : code ? "exit " + m.code : "";
-      return printable("closed by " + name + (status ? " (" + status + ")" : ""));
+      return printable((killedHere ? "killed by " + name + " (moderator)" : "closed by " + name) +
+        (status ? " (" + status + ")" : ""));
     }
     if (code) return "exit status " + m.code;
     if (signal) return "killed by signal " + m.signal;
@@ -387,6 +389,8 @@
     // The button to press before a socket opens (its label), and whether the grant is gone (log in again).
     var asking = React.useState(null), ask = asking[0], setAsk = asking[1];
     var relogin = React.useState(false), login = relogin[0], setLogin = relogin[1];
+    // A moderator's End session: asked to confirm first (null: not asked; "asked"; "sent").
+    var ending = React.useState(null), endAsk = ending[0], setEndAsk = ending[1];
     var ctl = React.useRef({});
     var deliberate = React.useState(function () {
       return !!props.armed || tookClick(props.sessionId ? "session:" + props.sessionId + "/" + props.mode
@@ -397,6 +401,7 @@
     React.useEffect(function () {
       if (blockedNotice()) return undefined;
       var disposed = false, ws = null, term = null, observer = null, finished = false, retries = 0, closing = false;
+      var killing = false;
       var everOpened = false;
       var target = props.sessionId ? { id: props.sessionId, mode: props.mode } : null;
       function note(change) { setSession(function (old) { return Object.assign({}, old, change); }); }
@@ -430,6 +435,8 @@
         }
         ctl.current = {
           end: function () { closing = true; send({ type: "close" }); },
+          // A moderator ends the four-eyes session for everyone (the master checks that this watcher moderates it).
+          kill: function () { killing = true; send({ type: "kill" }); },
           // For tests: drop the socket as a lost network would.
           drop: function () { ws.close(); },
           start: function () { clickedHere = true; finished = false; setAsk(null); connect(); },
@@ -494,7 +501,7 @@
             setStatus(printable(m.text));
           } else if (m.type === "exit") {
             finished = true;
-            var line = "session ended: " + describeExit(m, closing);
+            var line = "session ended: " + describeExit(m, closing, killing);
             term.write("\r\n\x1b[1m[" + line + "]\x1b[0m\r\n");
             note({ over: true });
             setStatus(line);
@@ -541,6 +548,7 @@
     }, [props.worker, props.sessionId, props.mode, props.build]);
     var refused = status.indexOf("refused") === 0 || status.indexOf("connection closed") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
+    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator;
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
     var where = session.worker ? (props.build ? " in build " + props.build : "") : "";
@@ -555,6 +563,8 @@
           className: "btn btn-outline-danger btn-sm slaveshell-end",
           onClick: function () { if (ctl.current.end) ctl.current.end(); },
         }, "End session") : null, " ",
+        moderating ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-moderator-end",
+          disabled: endAsk !== null, onClick: function () { setEndAsk("asked"); } }, "End session") : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
           onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back"), " ",
         // The worker's files (download, upload) in a tab of their own: this page keeps its session.
@@ -564,6 +574,14 @@
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
       live && session.moderation ? h(ModerationNote, { moderation: session.moderation }) : null,
+      moderating && endAsk !== null ? h("div", { className: "alert alert-warning slaveshell-end-confirm" },
+        printable("End session " + session.id + " on " + session.worker + " for its operator and every viewer? ") +
+          "Its shell is hung up (then TERM, then KILL), as slaveshell kill does; the audit index records it as " +
+          "your kill, as moderator. ",
+        h("button", { className: "btn btn-danger btn-sm slaveshell-end-yes", disabled: endAsk === "sent",
+          onClick: function () { setEndAsk("sent"); if (ctl.current.kill) ctl.current.kill(); } }, "End it"), " ",
+        h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-end-no", disabled: endAsk === "sent",
+          onClick: function () { setEndAsk(null); } }, "Cancel")) : null,
       ask && !props.sessionId ? h(ReasonField) : null,
       ask ? h("button", { className: "btn btn-primary slaveshell-start",
         onClick: function () { if (ctl.current.start) ctl.current.start(); } }, ask) : null,
@@ -697,6 +715,27 @@
     return d + (d === 1 ? " day" : " days");
   }
   function replayHref(session) { return "#/slaveshell/replay/" + encodeURIComponent(session); }
+
+  // The run's -e NAME=VALUE lines (one a line; empty lines skipped), checked as `slaveshell run` checks -e (a
+  // NAME=VALUE with a name) and as the master checks a request's variables (the name's form, their number): an
+  // object, or {error} with the refusal's text. The master checks them again.
+  var ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/, ENV_MOST = 128; // slaveshell.vocabulary.checks.MAX_ENV
+  function parseEnv(text) {
+    // No prototype: a variable named __proto__ is a name like any other.
+    var env = Object.create(null), count = 0, lines = text.split("\n");
+    for (var i = 0; i < lines.length; i++) {
+      var line = lines[i].replace(/\r$/, "");
+      if (!line.trim()) continue;
+      var at = line.indexOf("=");
+      if (at <= 0) return { error: "-e " + line + ": expected NAME=VALUE" };
+      var name = line.slice(0, at);
+      if (!ENV_NAME.test(name)) return { error: "-e " + line + ": bad environment variable name " + JSON.stringify(name) };
+      if (!Object.prototype.hasOwnProperty.call(env, name)) count += 1;
+      env[name] = line.slice(at + 1);
+    }
+    if (count > ENV_MOST) return { error: "at most " + ENV_MOST + " environment variables" };
+    return { env: env, count: count };
+  }
   function workerState(w) {
     return !w.connected ? "not connected" : !w.opted_in ? "not opted in" : "connected";
   }
@@ -800,7 +839,7 @@
     var state = st[0], setState = st[1];
     function update(change) { setState(function (old) { return Object.assign({}, old, change); }); }
     var form = React.useState({ filter: "", group: "", where: "", command: "", script: "", useScript: false,
-      reason: "", batch: "", timeout: "", offline: false, until: "", pause: false });
+      reason: "", batch: "", timeout: "", offline: false, until: "", pause: false, env: "", cwd: "" });
     var f = form[0], setForm = form[1];
     function field(name) { return function (e) { var v = e.target.value; setForm(function (o) { var n = Object.assign({}, o); n[name] = v; return n; }); }; }
     var sel = React.useState({}), selected = sel[0], setSelected = sel[1];
@@ -870,6 +909,10 @@
       if (f.useScript) request.script = f.script; else request.command = f.command;
       if (f.reason.trim()) request.reason = f.reason.trim();
       if (f.batch.trim()) request.batch = f.batch.trim();
+      var env = parseEnv(f.env);
+      if (env.error) { setRun({ order: [], rows: {}, outputs: {}, error: env.error }); return; }
+      if (env.count) request.env = env.env;
+      if (f.cwd.trim()) request.cwd = f.cwd;
       if (f.timeout.trim()) {
         var t = Number(f.timeout.trim());
         if (!isFinite(t)) { setRun({ order: [], rows: {}, outputs: {}, error: "the timeout is a number of seconds" }); return; }
@@ -884,7 +927,9 @@
           request.until = days * 86400;
         }
       }
-      var label = f.useScript ? "(script, " + f.script.length + " characters)" : f.command;
+      var label = (f.useScript ? "(script, " + f.script.length + " characters)" : f.command) +
+        (request.cwd ? " (in " + request.cwd + ")" : "") +
+        (env.count ? " (with " + Object.keys(env.env).join(", ") + ")" : "");
       setRun({ id: null, order: [], rows: {}, outputs: {}, end: null, error: null, command: label, batch: 0 });
       current.current = startRun(request, onEvent);
     }
@@ -993,6 +1038,11 @@
             : input("command", "command (run by the worker's shell)", "40em",
                 { onKeyDown: function (e) { if (e.key === "Enter" && !empty && !running && !tooMany) start(chosen); } })),
         h("div", { className: "slaveshell-form-row" },
+          h("textarea", { className: "form-control form-control-sm slaveshell-run-env", rows: 3, value: f.env,
+            onChange: field("env"), placeholder: "-e NAME=VALUE (one a line)", "aria-label": "environment variables",
+            style: { fontFamily: "monospace", flex: "1 1 18em", maxWidth: "30em", marginRight: "0.5em" } }),
+          input("cwd", "-C DIR (working directory)", "18em")),
+        h("div", { className: "slaveshell-form-row" },
           input("reason", "reason (ticket, incident)", "18em", { maxLength: 500 }),
           input("batch", "batch (N or P%)", "9em", { maxLength: 16 }),
           input("timeout", "timeout (s)", "8em"),
@@ -1035,6 +1085,46 @@
         Object.keys(w.facts).map(function (k) {
           return h("tr", { key: k }, h("th", null, printable(k)), h("td", { className: "slaveshell-fact" }, printable(w.facts[k])));
         }))));
+  }
+
+  // A worker's recent fleet runs in its view (fleet_page.py's "worker_runs" answer: the runs this web user may
+  // see, each with the worker's outcome there), with links to each session's replay and to the Fleet page. The
+  // commands, reasons and operators are text the index holds as typed: shown through `printable`.
+  function runLabel(r) {
+    if (r.kind === "facts") return "(facts probe)";
+    if (r.command !== null && r.command !== undefined) return printable(r.command);
+    return "(script" + (r.script_sha256 ? ", sha256 " + String(r.script_sha256).slice(0, 12) + "..." : "") + ")";
+  }
+  function WorkerRuns(props) {
+    var runs = props.runs;
+    var heading = h("h5", { style: { marginTop: "1em" } }, "Recent fleet runs ",
+      h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-fleet-link", href: "#/slaveshell/fleet" }, "Fleet"));
+    if (runs === null) return h("div", null, heading, h("p", null, "Loading the fleet runs..."));
+    if (runs.error) return h("div", null, heading, h("p", { className: "text-danger slaveshell-runs-refused" },
+      "Fleet runs: " + runs.error));
+    if (!runs.length) return h("div", null, heading, h("p", { className: "slaveshell-no-runs" },
+      "No fleet run on this worker that you may see (your own, or runs on workers where you have the replay right)."));
+    return h("div", null, heading, h("div", { className: "slaveshell-scroll" },
+      h("table", { className: "table table-sm slaveshell-worker-runs" },
+        h("thead", null, h("tr", null, ["Run", "Started", "Operator", "Command", "Reason", "Outcome", "Exit", "Time", ""]
+          .map(function (t, i) { return h("th", { key: i }, t); }))),
+        h("tbody", null, runs.map(function (r) {
+          var why = r.why && r.state !== "ok" && r.state !== "failed" ? ": " + r.why : "";
+          return h("tr", { key: r.id, "data-run": r.id, "data-state": r.state },
+            h("td", { className: "slaveshell-run-id" }, printable(r.id)),
+            h("td", null, when(r.started)),
+            h("td", { className: "slaveshell-run-operator" }, printable(r.operator)),
+            h("td", { className: "slaveshell-command" }, runLabel(r)),
+            h("td", { className: "slaveshell-run-reason" }, printable(r.reason || "")),
+            h("td", { className: "slaveshell-run-outcome slaveshell-state-" + String(r.state).replace(/[^a-z]+/g, "-") },
+              printable(r.state + why)),
+            h("td", null, r.exit_status === null || r.exit_status === undefined ? "" : String(r.exit_status)),
+            h("td", null, typeof r.duration === "number" ? r.duration.toFixed(r.duration < 10 ? 2 : 1) + " s" : ""),
+            h("td", null, r.session ? h("a", { className: "slaveshell-run-transcript", href: replayHref(r.session) },
+              "transcript") : null, r.session ? " " : null,
+              h("a", { className: "slaveshell-run-fleet", href: "#/slaveshell/fleet",
+                title: "The Fleet page: run again, pending runs" }, "Fleet")));
+        })))));
   }
 
   // One worker (#/slaveshell/worker/<name>, linked from its name in these pages and, through the worker's
@@ -1256,6 +1346,7 @@
     var hs = React.useState({ rows: null, mayReplay: true });
     var past = hs[0], setPast = hs[1];
     var fs = React.useState(null), facts = fs[0], setFacts = fs[1];
+    var rs = React.useState(null), runs = rs[0], setRuns = rs[1];
     React.useEffect(function () {
       setTitle(printable("Worker " + name));
       if (blockedNotice()) return undefined;
@@ -1276,12 +1367,21 @@
           if (!live) return;
           setState({ lists: got, error: null, login: false });
           if (got.history) setPast({ rows: got.history.sessions, mayReplay: got.history.may_replay !== false });
-          // Its facts, once, when the master lists it (a user with a right: a second socket is within their bound).
+          // Its facts and its recent fleet runs, once, when the master lists it (a user with a right: a second
+          // socket is within their bound).
           if (withHistory && got.workers.some(function (x) { return x.name === name; })) {
-            questions(function (send) { send({ type: "fleet" }); }, function (m) {
-              if (m.type !== "fleet" || !live) return;
-              setFacts(m.workers.filter(function (x) { return x.name === name; })[0] || null);
-            }, function () { /* no facts shown */ });
+            var answered = {};
+            var closeFacts = questions(function (send) {
+              send({ type: "fleet" });
+              send({ type: "worker_runs", worker: name });
+            }, function (m) {
+              if (m.type !== "fleet" && m.type !== "worker_runs") return;
+              answered[m.type] = true;
+              if (answered.fleet && answered.worker_runs) closeFacts();
+              if (!live) return;
+              if (m.type === "fleet") setFacts(m.workers.filter(function (x) { return x.name === name; })[0] || null);
+              else setRuns(m.runs);
+            }, function (why) { if (live) setRuns(function (old) { return old || { error: why }; }); });
           }
           timer = setTimeout(load, 5000);
         }, function (why, m) { if (live) setState({ lists: null, error: why, login: !!(m && m.login) }); });
@@ -1330,6 +1430,7 @@
         : h("p", { className: "text-muted slaveshell-why" }, "No shell here: " + why + "."),
       w.copy && w.connected && w.shell ? h(FilesPanel, { worker: name }) : null,
       h(WorkerFacts, { worker: facts }),
+      h(WorkerRuns, { runs: runs }),
       h("h5", { style: { marginTop: "1em" } }, "Shell sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
