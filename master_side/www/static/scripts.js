@@ -1069,7 +1069,8 @@
   function megabytes(n) { return (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MiB"; }
 
   // One transfer: `request` is the copy message, `file` the File of an upload. `on.progress(done, total)`,
-  // `on.done(text)`, `on.failed(text)`. Returns the cancel function.
+  // `on.done(text)`, `on.failed(text)`, `on.waiting(text)` (the master's line while it waits to start: a moderator's
+  // approval, printable already). Returns the cancel function.
   function copyFile(request, file, on) {
     var ws = new WebSocket(socketUrl());
     ws.binaryType = "arraybuffer";
@@ -1161,11 +1162,18 @@
         else end(false, "failed: " + printable(m.reason));
       } else if (m.type === "error") {
         end(false, "refused: " + printable(m.message));
+      } else if (m.type === "waiting" && !started && on.waiting) {
+        on.waiting(printable(m.text)); // a four-eyes worker: it waits for a moderator's approval
       }
     };
     ws.onclose = function () { end(false, started ? "the connection to the master was lost" : closedWhy()); };
     return function cancel() {
       if (over) return;
+      if (!started) { // not started yet (waiting for an approval): closing the socket withdraws the request
+        ws.close();
+        end(false, "cancelled in the page before it started");
+        return;
+      }
       send({ type: "cancel", reason: "cancelled in the page" });
     };
   }
@@ -1186,6 +1194,9 @@
         progress: function (done, total) {
           if (mounted.current) setState({ phase: "running", text: megabytes(done) + " of " + megabytes(total),
                                           done: done, total: total });
+        },
+        waiting: function (text) {
+          if (mounted.current) setState({ phase: "running", text: text, done: 0, total: file ? file.size : 0 });
         },
         done: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "done", text: text }); },
         failed: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "failed", text: text }); },
