@@ -46,7 +46,7 @@ class Record:
 
 
 class Harness:
-    def __init__(self, limits: ApprovalLimits = ApprovalLimits()) -> None:
+    def __init__(self, limits: ApprovalLimits | None = None) -> None:
         self.clock = task.Clock()
         self.record = Record()
         self.refused: list[tuple[str, str]] = []
@@ -59,7 +59,7 @@ class Harness:
             return OperatorError(kind, message)
 
         self.approvals = Approvals(lambda: POLICY, lambda: self.clock, lambda: self.record, refuse)
-        self.approvals.limits = limits
+        self.approvals.limits = limits or ApprovalLimits()
         self.approvals.wanted = lambda request: self.wanted.append(request.id)
 
     def ask(self, who: Identity = ALICE, what: str = "cp up: a -> prod-1:/srv/a") -> tuple[defer.Deferred, str, list]:

@@ -204,8 +204,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         owner = session.start(sink, worker)
         self.registry.add(session, worker)
         # A four-eyes session: its input is held from the start, before anyone types; an approved command
-        # without a terminal takes its input (a run's script, a pipe) as approved.
-        if moderated_by and (approved is None or request.pty):
+        # without a terminal takes its input (a run's script, a pipe) as approved; a login shell never does.
+        if moderated_by and (approved is None or request.pty or request.command is None):
             session.hold_input(moderated_by, lambda why: self._wanted(session, why))
         if request.pause:
             self.registry.pause(session)
