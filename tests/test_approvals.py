@@ -77,7 +77,7 @@ def test_a_moderator_approves_and_the_operator_is_told_what_it_waits_for() -> No
     _, request_id, results = h.ask()
     assert h.told[-1] == (f"worker prod-1 is moderated: request {request_id} waits for a moderator's approval "
                           f"(moderated_by: leads, web:leads, with the watch right, not you: slaveshell approve "
-                          f"{request_id}); at most 15 min; Ctrl-C withdraws it")
+                          f"{request_id}); at most 15 min; Ctrl-C or a cancel withdraws it")
     assert h.wanted == [request_id] and results == []
     assert [r["id"] for r in h.approvals.listing(BOB)] == [request_id]
     assert h.approvals.listing(CAROL) == []  # not a moderator, not hers

@@ -173,7 +173,7 @@ class Approvals:
         minutes = f"{limits.wait / 60:g} min" if limits.wait >= 60 else f"{limits.wait:g} s"
         waiting(f"worker {worker} is moderated: request {request.id} waits for a moderator's approval "
                 f"(moderated_by: {groups}, with the watch right, not you: slaveshell approve {request.id}); "
-                f"at most {minutes}; Ctrl-C withdraws it")
+                f"at most {minutes}; Ctrl-C or a cancel withdraws it")
         for subscribe in leaving:
             pending.undo.append(subscribe(lambda: self._withdrawn(request.id)))
         if request.id in self.pending:  # not already withdrawn (an operator gone while it was asked)

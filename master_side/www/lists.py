@@ -30,7 +30,13 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
 - ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
-  -> what a fleet run has pending cancelled (master_side.www.fleet_page).
+  -> what a fleet run has pending cancelled (master_side.www.fleet_page);
+- ``{"type": "approvals"}`` -> ``{"approvals": [{"id", "operator", "worker", "kind", "what", "reason",
+  "moderated_by", "asked", "expires", "run", "mine", "may_approve"}]}`` (the requests on four-eyes workers waiting
+  for a moderator's approval that this web user may decide, and their own: `OperatorAPI.pending_approvals`, as
+  ``slaveshell approvals`` lists them); ``{"type": "approve", "id": str}`` and ``{"type": "deny", "id": str,
+  "reason": str?}`` -> ``{"message": str}`` (master_side.operators.approvals: a moderator of the worker, not the
+  request's operator; refusals audited).
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ from slaveshell.vocabulary.protocol import ProtocolError
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
 
-QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run")
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run", "approvals",
+           "approve", "deny")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
@@ -143,6 +150,21 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
             raise OperatorError(ErrorKind.LIMIT, f"this transcript is larger than {MAX_REPLAY >> 20} MiB: "
                                 "replay it with `slaveshell replay` on the master")
         return {"type": "transcript", "offset": offset + len(data), "eof": bool(chunk["eof"])}, data
+    if kind == "approvals":
+        requests = api.pending_approvals(who)
+        allowed = await access.shell_allowed(master, info, {str(r["worker"]) for r in requests})
+        return {"type": "approvals", "approvals": [r for r in requests if r["worker"] in allowed]}, None
+    if kind in ("approve", "deny"):
+        request_id = message.get("id")
+        if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
+            raise ProtocolError(f"{kind} needs a request's id")
+        pending = api.approvals.pending.get(request_id)
+        allowed = await access.shell_allowed(master, info, {pending.request.worker} if pending else set())
+        if pending is None or pending.request.worker not in allowed:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {request_id}")
+        text = (api.approve(who, request_id) if kind == "approve"
+                else api.deny(who, request_id, _opt_str(message, "reason")))
+        return {"type": kind, "message": text}, None
     if kind == "fleet":
         return await fleet_page.fleet_answer(message, service, master, who, info), None
     if kind == "cancel_run":
