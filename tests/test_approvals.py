@@ -14,6 +14,8 @@ from master_side.operators.approvals import (
     ASKED,
     DENIED,
     EXPIRED,
+    LISTED_WHAT,
+    MAX_WHAT,
     WITHDRAWN,
     ApprovalLimits,
     Approvals,
@@ -86,8 +88,9 @@ def test_a_moderator_approves_and_the_operator_is_told_what_it_waits_for() -> No
     (done,) = results
     assert isinstance(done, Approved) and done.moderator == BOB and done.request.what == "cp up: a -> prod-1:/srv/a"
     assert [(k, who) for k, who, _ in h.record.events] == [(ASKED, "alice"), (APPROVED, "bob")]
-    assert f"request {request_id} of alice on prod-1, copy: cp up: a -> prod-1:/srv/a (reason: INC-1)" == \
-        h.record.events[1][2]
+    assert h.record.events[0][2] == f"request {request_id} of alice on prod-1, copy: cp up: a -> prod-1:/srv/a " \
+                                    "(reason: INC-1)"
+    assert h.record.events[1][2] == f"request {request_id} of alice on prod-1, copy"
     assert not h.approvals.pending and not h.clock.getDelayedCalls()
 
 
@@ -164,3 +167,19 @@ def test_the_reporters_notice_asks_for_an_approval() -> None:
     assert ModeratorWanted.from_message(event.to_message()) == event
     formatter = ModeratorNoticeFormatter()
     assert "Request {{ session }} on worker" in formatter.default_templates["plain"]
+
+
+def test_a_long_request_is_cut_only_in_the_listing_of_all_and_a_longer_one_refused() -> None:
+    h = Harness()
+    what = "command: echo " + " " * 3000 + "; rm -rf /srv"
+    _, request_id, _ = h.ask(what=what)
+    (row,) = h.approvals.listing(BOB)
+    assert row["what"] == what[:LISTED_WHAT] and row["what_chars"] == len(what)
+    (whole,) = h.approvals.listing(BOB, request_id)
+    assert whole["what"] == what  # nothing a moderator approves is hidden from them
+    with pytest.raises(OperatorError) as e:
+        h.approvals.listing(CAROL, request_id)
+    assert e.value.kind is ErrorKind.NOT_FOUND
+    with pytest.raises(OperatorError) as e:
+        h.ask(CAROL, what="x" * (MAX_WHAT + 1))
+    assert e.value.kind is ErrorKind.LIMIT and "longer than" in e.value.message

@@ -108,12 +108,10 @@ class Command:
 
 def approval_text(run_id: str, command: Command) -> str:
     """A run's part as its approval request on a four-eyes worker shows it (escaped where shown): the command,
-    or the script's size, sha256 and beginning; the variables and directory."""
-    if command.script is not None:
-        head = command.script[:600].decode("utf-8", "replace")
-        more = "..." if len(command.script) > 600 else ""
+    or the script (its size, sha256 and text); the variables and directory."""
+    if command.script is not None:  # all of it: bytes that are not UTF-8 as \xNN, nothing hidden
         what = (f"script of {len(command.script)} bytes (sha256 {hashlib.sha256(command.script).hexdigest()}): "
-                f"{head}{more}")
+                f"{command.script.decode('utf-8', 'backslashreplace')}")
     else:
         what = f"command: {command.command}"
     env = " ".join(f"{k}={v}" for k, v in command.env)

@@ -369,8 +369,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     # -- approvals (master_side.operators.approvals) ---------------------------------------------
 
-    def pending_approvals(self, who: Identity) -> list[dict[str, object]]:
-        return self.approvals.listing(who)
+    def pending_approvals(self, who: Identity, request_id: object = None) -> list[dict[str, object]]:
+        return self.approvals.listing(who, request_id)
 
     def approve(self, who: Identity, request_id: object) -> str:
         return self.approvals.approve(who, request_id)

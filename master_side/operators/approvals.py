@@ -38,7 +38,8 @@ WITHDRAWN = "approval-withdrawn"  # the operator stopped waiting (operator: who 
 USED = "approval"  # on the session or transfer an approval started: which request, approved by whom
 APPROVAL_EVENTS = (ASKED, APPROVED, DENIED, EXPIRED, WITHDRAWN, USED)
 
-MAX_WHAT = 2000  # characters of a request's description kept and listed
+MAX_WHAT = 1024 * 1024  # characters of a request's description: more is refused (a command is at most 64 KiB)
+LISTED_WHAT = 2000  # characters of it in a listing of all requests (one request's shows all of it)
 MAX_DENIAL = 500  # characters of a moderator's reason for a denial
 
 
@@ -81,15 +82,21 @@ class ApprovalRequest:
     def moderators(self) -> str:
         return moderators_text(self.moderated_by)
 
-    def detail(self) -> str:
-        """The request as the audit index keeps it."""
-        why = f" (reason: {self.reason})" if self.reason else ""
-        return f"request {self.id} of {self.who.user} on {self.worker}, {self.kind.value}: {self.what}{why}"
+    @property
+    def label(self) -> str:
+        return f"request {self.id} of {self.who.user} on {self.worker}, {self.kind.value}"
 
-    def row(self, mine: bool, may_approve: bool) -> dict[str, object]:
-        """The request as `slaveshell approvals` lists it (plain values: the client escapes them)."""
+    def detail(self) -> str:
+        """The request as the audit index keeps it when it is asked: all of what it would do."""
+        why = f" (reason: {self.reason})" if self.reason else ""
+        return f"{self.label}: {self.what}{why}"
+
+    def row(self, mine: bool, may_approve: bool, whole: bool = False) -> dict[str, object]:
+        """The request as `slaveshell approvals` lists it (plain values: the client escapes them): in a listing
+        of all, `what` is cut at LISTED_WHAT characters (`what_chars` says how many it has); `whole`: all of it."""
         return {"id": self.id, "operator": self.who.user, "uid": self.who.uid, "worker": self.worker,
-                "kind": self.kind.value, "what": self.what, "reason": self.reason,
+                "kind": self.kind.value, "what": self.what if whole else self.what[:LISTED_WHAT],
+                "what_chars": len(self.what), "reason": self.reason,
                 "moderated_by": [str(g) for g in self.moderated_by], "asked": self.asked, "expires": self.expires,
                 "run": self.run_id, "mine": mine, "may_approve": may_approve}
 
@@ -150,6 +157,9 @@ class Approvals:
         the operator left (STOPPED: any of `leaving` fired). `waiting` tells the operator what they wait for."""
         limits = self.limits
         groups = moderators_text(moderated_by)
+        if len(what) > MAX_WHAT:  # never cut: a moderator approves all of what runs, or nothing
+            raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: what it would do is longer than "
+                               f"{MAX_WHAT} characters, more than a moderator is shown")
         mine = sum(1 for p in self.pending.values() if same_operator(p.request.who, who))
         if mine >= limits.per_operator:
             raise self._refuse(who, worker, ErrorKind.LIMIT,
@@ -161,7 +171,7 @@ class Approvals:
                                f"approval (the master's limit); worker {worker} is moderated (moderated_by: {groups})")
         clock = self._clock()
         now = clock.seconds()
-        request = ApprovalRequest(_new_id(self.pending), who, worker, kind, what[:MAX_WHAT], reason,
+        request = ApprovalRequest(_new_id(self.pending), who, worker, kind, what, reason,
                                   tuple(moderated_by), now, now + limits.wait, run_id)
         def cancelled(d: defer.Deferred[Approved]) -> None:
             self._end(request.id)
@@ -198,7 +208,7 @@ class Approvals:
         request = pending.request
         text = (f"request {request.id}: no moderator approved it within {self.limits.wait:g} s (the master's "
                 f"limit); worker {request.worker} is moderated (moderated_by: {request.moderators})")
-        self._write(EXPIRED, request, request.who, text)
+        self._write(EXPIRED, request, request.who, f"{request.label}: {text}")
         pending.waiter.errback(OperatorError(ErrorKind.LIMIT, text))
 
     def _withdrawn(self, request_id: str) -> None:
@@ -206,7 +216,7 @@ class Approvals:
         if pending is None:
             return
         request = pending.request
-        self._write(WITHDRAWN, request, request.who, f"request {request.id}: the operator stopped waiting")
+        self._write(WITHDRAWN, request, request.who, f"{request.label}: the operator stopped waiting")
         pending.waiter.errback(OperatorError(ErrorKind.STOPPED, f"request {request.id} withdrawn: stopped waiting "
                                                                 "for a moderator's approval"))
 
@@ -218,15 +228,23 @@ class Approvals:
             return "the request's own operator cannot approve or deny it"
         return self._policy().may_moderate(who, request.who, request.worker, request.moderated_by)
 
-    def listing(self, who: Identity) -> list[dict[str, object]]:
-        """The pending requests `who` may decide, and their own, oldest first."""
+    def listing(self, who: Identity, request_id: object = None) -> list[dict[str, object]]:
+        """The pending requests `who` may decide, and their own, oldest first; with `request_id`, that one (if
+        they may see it) with all of what it would do."""
+        if request_id is not None and (not isinstance(request_id, str) or not 1 <= len(request_id) <= 64):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: a request's id")
         out = []
         for pending in sorted(self.pending.values(), key=lambda p: p.request.asked):
             request = pending.request
+            if request_id is not None and request.id != request_id:
+                continue
             mine = same_operator(who, request.who)
             may = self.why_not(who, request) is None
             if mine or may:
-                out.append(request.row(mine, may))
+                out.append(request.row(mine, may, whole=request_id is not None))
+        if request_id is not None and not out:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {visible(request_id)} that you "
+                                                     "may see")
         return out
 
     def _decided(self, who: Identity, request_id: object, verb: str) -> _Pending:
@@ -247,7 +265,7 @@ class Approvals:
         pending = self._decided(who, request_id, "approve")
         request = pending.request
         self._end(request.id)
-        self._write(APPROVED, request, who, request.detail())
+        self._write(APPROVED, request, who, request.label)
         pending.waiter.callback(Approved(request, who))
         return f"request {request.id} of {request.who.user} on {request.worker} approved: it starts now"
 
@@ -260,7 +278,7 @@ class Approvals:
         request = pending.request
         self._end(request.id)
         because = f": {reason}" if reason else ""
-        self._write(DENIED, request, who, f"{request.detail()}; denied{because}")
+        self._write(DENIED, request, who, f"{request.label}; denied{because}")
         pending.waiter.errback(OperatorError(ErrorKind.DENIED, f"request {request.id} denied by moderator "
                                                                f"{who.user}{because}"))
         return f"request {request.id} of {request.who.user} on {request.worker} denied"

@@ -286,7 +286,7 @@ class WireDoor(Protocol):
         if op is Op.KILL:
             return {"text": api.kill(who, message.get("session"))}
         if op is Op.APPROVALS:
-            return {"rows": api.pending_approvals(who)}
+            return {"rows": api.pending_approvals(who, message.get("request"))}
         if op is Op.APPROVE:
             return {"text": api.approve(who, message.get("request"))}
         if op is Op.DENY:

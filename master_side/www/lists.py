@@ -31,10 +31,11 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
 - ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
   -> what a fleet run has pending cancelled (master_side.www.fleet_page);
-- ``{"type": "approvals"}`` -> ``{"approvals": [{"id", "operator", "worker", "kind", "what", "reason",
-  "moderated_by", "asked", "expires", "run", "mine", "may_approve"}]}`` (the requests on four-eyes workers waiting
-  for a moderator's approval that this web user may decide, and their own: `OperatorAPI.pending_approvals`, as
-  ``slaveshell approvals`` lists them); ``{"type": "approve", "id": str}`` and ``{"type": "deny", "id": str,
+- ``{"type": "approvals", "id": str?}`` -> ``{"approvals": [{"id", "operator", "worker", "kind", "what",
+  "what_chars", "reason", "moderated_by", "asked", "expires", "run", "mine", "may_approve"}]}`` (the requests on
+  four-eyes workers waiting for a moderator's approval that this web user may decide, and their own:
+  `OperatorAPI.pending_approvals`, as ``slaveshell approvals`` lists them: ``what`` cut in a listing of all,
+  whole with ``id``); ``{"type": "approve", "id": str}`` and ``{"type": "deny", "id": str,
   "reason": str?}`` -> ``{"message": str}`` (master_side.operators.approvals: a moderator of the worker, not the
   request's operator; refusals audited).
 """
@@ -151,7 +152,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
                                 "replay it with `slaveshell replay` on the master")
         return {"type": "transcript", "offset": offset + len(data), "eof": bool(chunk["eof"])}, data
     if kind == "approvals":
-        requests = api.pending_approvals(who)
+        requests = api.pending_approvals(who, message.get("id"))
         allowed = await access.shell_allowed(master, info, {str(r["worker"]) for r in requests})
         return {"type": "approvals", "approvals": [r for r in requests if r["worker"] in allowed]}, None
     if kind in ("approve", "deny"):

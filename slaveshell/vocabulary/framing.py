@@ -97,8 +97,8 @@ class Op(enum.Enum):
     COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded,
     # unclaimed (true: done_file may carry "" for the sender's sha256, slaveshell.vocabulary.copying.NO_CLAIM); on a
     # four-eyes worker a WAITING message first, while it waits for a moderator's approval
-    APPROVALS = "approvals"  # answer: rows (the requests waiting for a moderator's approval that you may decide,
-    # and your own: master_side.operators.approvals)
+    APPROVALS = "approvals"  # request (optional: one's id, with all of what it would do); answer: rows (the
+    # requests waiting for a moderator's approval that you may decide, and your own: master_side.operators.approvals)
     APPROVE = "approve"  # request (its id); answer: text
     DENY = "deny"  # request (its id), reason (optional); answer: text
     # client to master: session messages (answer-less)

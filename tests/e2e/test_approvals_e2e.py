@@ -229,6 +229,18 @@ def test_a_command_waits_for_its_approval_and_hostile_text_is_listed_escaped(box
     assert as_user(box, LEAD, "approve", request).returncode == 0
     assert client.end() == 0, client.err
     assert os.path.exists(marker)
+    # A long command is cut in the listing of all, saying so; the request's own listing shows all of it.
+    padded = Waiting(shell_argv() + ["--socket", box.socket, "m1", "--", "true", " " * 3000, ";", "touch",
+                                     marker + ".padded"])
+    long_one = padded.asked()
+    line = next(x for x in as_user(box, LEAD, "approvals").stdout.splitlines() if x.startswith(long_one))
+    assert re.search(rf"\[\.\.\. \d+ more characters: slaveshell approvals {long_one}\]$", line), line
+    assert "touch" not in line
+    whole = as_user(box, LEAD, "approvals", long_one).stdout
+    assert re.search(rf"^what: +command: true +; touch {re.escape(marker)}\.padded$", whole, re.M), whole
+    padded.process.send_signal(signal.SIGINT)
+    assert padded.end() != 0
+    assert not os.path.exists(marker + ".padded")
     trail = kinds(box, request, "approval")
     session = trail[-1][1]
     assert session and trail[-1][2] == LEAD

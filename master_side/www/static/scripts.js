@@ -217,7 +217,14 @@
   // decides who is one: another person than the operator, in the rule's groups or roles, with watch); the page's
   // user's own requests marked as theirs. `props.changed(text)` says what was decided, and reloads the lists.
   function ApprovalRows(props) {
-    var st = React.useState({ told: {}, reasons: {} }), state = st[0], setState = st[1];
+    var st = React.useState({ told: {}, reasons: {}, whole: {} }), state = st[0], setState = st[1];
+    function showAll(r) { // all of what a long request would do (a listing of all cuts it)
+      var cancel = questions(function (send) { send({ type: "approvals", id: r.id }); }, function (m) {
+        if (m.type !== "approvals") return;
+        cancel();
+        if (m.approvals.length) set("whole", r.id, m.approvals[0].what);
+      }, function (why) { set("told", r.id, "refused: " + why); });
+    }
     function set(key, id, value) {
       setState(function (o) { var n = Object.assign({}, o); n[key] = Object.assign({}, o[key]); n[key][id] = value;
         return n; });
@@ -252,7 +259,10 @@
         h("td", null, printable(r.id)),
         h("td", null, h("a", { href: workerView(r.worker), className: "slaveshell-worker-link" }, printable(r.worker))),
         h("td", null, printable(r.operator)), h("td", null, printable(r.kind)),
-        h("td", { className: "slaveshell-approval-what" }, printable(r.what)),
+        h("td", { className: "slaveshell-approval-what" }, printable(state.whole[r.id] || r.what),
+          !state.whole[r.id] && r.what_chars > r.what.length ? [" ", h("button", { key: "all",
+            className: "btn btn-outline-secondary btn-sm slaveshell-approval-all", onClick: function () { showAll(r); } },
+            "... " + (r.what_chars - r.what.length) + " more characters: show all")] : null),
         h("td", null, printable(r.reason || "")), h("td", null, Math.floor(left / 60) + "m" + (left % 60) + "s"),
         h("td", null, actions));
     });
