@@ -183,3 +183,20 @@ def test_a_long_request_is_cut_only_in_the_listing_of_all_and_a_longer_one_refus
     with pytest.raises(OperatorError) as e:
         h.ask(CAROL, what="x" * (MAX_WHAT + 1))
     assert e.value.kind is ErrorKind.LIMIT and "longer than" in e.value.message
+
+
+def test_an_operator_gone_before_the_request_is_asked_leaves_nothing_pending() -> None:
+    """A subscription that fires at once (the run was interrupted, the page's socket closed, while the request
+    was being routed): withdrawn at once, not left to expire."""
+    h = Harness()
+
+    def gone(callback):  # type: ignore[no-untyped-def]
+        callback()
+        return lambda: None
+
+    results: list = []
+    h.approvals.ask(ALICE, "prod-1", Kind.RUN, "fleet run r1, command: true", None, ("leads",), h.told.append,
+                    [gone], "r1").addBoth(results.append)
+    assert results[0].value.kind is ErrorKind.STOPPED
+    assert not h.approvals.pending and not h.clock.getDelayedCalls() and h.wanted == []
+    assert [k for k, _, _ in h.record.events] == [ASKED, WITHDRAWN]

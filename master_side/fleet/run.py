@@ -143,6 +143,7 @@ class RunSink:
         self._eof_sent = False
         self._disconnects: list[Callable[[], None]] = []
         self._withdrawn: list[Callable[[], None]] = []  # the run no longer waits for the part to start
+        self.withdrawn = False
         self._gone = False
 
     # -- ViewerSink --------------------------------------------------------------------------------
@@ -172,11 +173,15 @@ class RunSink:
         return subscribe(self._disconnects, callback)
 
     def on_withdraw(self, callback: Callable[[], None]) -> Undo:
-        """`callback` once the run stops waiting for this part to start (`withdraw`)."""
+        """`callback` once the run stops waiting for this part to start (`withdraw`; at once if it did)."""
+        if self.withdrawn:
+            callback()
+            return lambda: None
         return subscribe(self._withdrawn, callback)
 
     def withdraw(self) -> None:
         """The run was interrupted before this part started: what it waits for (an approval) is withdrawn."""
+        self.withdrawn = True
         callbacks, self._withdrawn = self._withdrawn, []
         for callback in callbacks:
             callback()

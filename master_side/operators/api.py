@@ -262,6 +262,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         # BASH_ENV or LD_PRELOAD run code at the start).
         approved = None
         if decision.moderated_by and (request.command is not None or request.env):
+            if sink.gone:  # the operator left while it was routed: nothing to ask for
+                raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
             leaving = [sink.on_disconnect] + ([asked.withdrawn] if asked.withdrawn is not None else [])
             approved = await self.approvals.ask(
                 who, request.worker, Kind.RUN if asked.run_id is not None else Kind.COMMAND,
