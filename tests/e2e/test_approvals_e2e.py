@@ -7,6 +7,7 @@ operator; every step in the audit index; the reporters asked for a moderator; ho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -301,3 +302,27 @@ def test_a_run_waits_for_the_moderated_workers_approval_without_holding_up_the_o
     assert client.end() == 0, client.out + client.err
     assert os.path.exists(os.path.join(box.worker_dir("m1"), "ran-approved"))
     assert [k for k, *_ in kinds(box, request, "approval")] == ["approval-asked", "approved", "approval"]
+
+
+def test_a_runs_part_denied_is_refused_and_ctrl_c_withdraws_what_waits(box: Sandbox, tmp_path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\ntouch ran-by-script\n")
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--script",
+                      str(script), "--workers", "m1"])
+    request = client.asked()
+    (row,) = [r for r in listed(box, LEAD) if r["id"] == request]
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
+    assert str(row["what"]).endswith(f", script of 30 bytes (sha256 {digest}): #!/bin/sh\ntouch ran-by-script\n"), row
+    assert as_user(box, LEAD, "deny", request, "--reason", "use the staging fleet").returncode == 0
+    assert client.end() == 1, client.out + client.err
+    assert f"m1: refused: request {request} denied by moderator {LEAD}: use the staging fleet" in client.out, \
+        client.out
+    assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-by-script"))
+    # Interrupted while its part waits: the request is withdrawn and the run ends at once.
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--workers", "m1", "--",
+                      "touch", "ran-interrupted"])
+    request = client.asked()
+    client.process.send_signal(signal.SIGINT)
+    assert client.end(timeout=30) != 0
+    assert kinds(box, request, "approval-withdrawn")[-1][2] == "root"
+    assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-interrupted"))
