@@ -269,7 +269,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                 who, request.worker, Kind.RUN if asked.run_id is not None else Kind.COMMAND,
                 asked.what or _request_text(request), request.reason, decision.moderated_by, sink.waiting, leaving,
                 asked.run_id)
-            # The worker may have gone, or the operator's sessions grown, while the request waited.
+            # The policy may have changed (a reconfig), the worker gone, or the operator's sessions grown, while
+            # the request waited.
+            again = self.policy.may(who, action, request.worker)
+            if not again.allowed:
+                raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {again.reason}")
             try:
                 conn = self.glue.route(request.worker)
             except RouteError as e:

@@ -64,6 +64,9 @@ class CopyOperations:
         if decision.moderated_by:
             approved = yield self.approvals.ask(who, request.worker, Kind.COPY, describe(routed), request.reason,
                                                 decision.moderated_by, waiting, [operator.on_disconnect])
+            again = self.policy.may(who, Action.COPY, request.worker)  # the policy may have changed meanwhile
+            if not again.allowed:
+                raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {again.reason}")
             conn, routed, build = self._routed(who, request)  # again: the worker or the build may be gone
         try:
             started = yield self.transfers.start(conn, who, replace(routed, operator=who.user), self.trail,
