@@ -23,7 +23,7 @@ from master_side.audit.rows import RunRow, RunWorkerRow, WorkerRun
 from master_side.audit.store import seconds, utc
 from master_side.audit.trail import RecordingError
 from master_side.fleet.pending import Pending, PendingRuns, request_json
-from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots, outcome_row
+from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots, approval_text, outcome_row
 from master_side.operators.terms import ErrorKind, OperatorError, View, database_unavailable
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
@@ -214,7 +214,9 @@ class FleetOperations:
         return Started(run, listed)
 
     def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
-        return self.api.open(who, request, sink, run_id)
+        run = self.runs.get(run_id)
+        what = None if run is None else approval_text(run_id, run.command)
+        return self.api.open(who, request, sink, run_id, what, sink.on_withdraw)
 
     def _no_right(self, who: Identity) -> OperatorError:
         """`who` has no right on any worker of this master (or it has none): refused, and audited."""

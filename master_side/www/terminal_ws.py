@@ -498,7 +498,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         @deferred
         async def authorized() -> None:
             await access.check_authz_shell(self.master, request.worker, self.info)
-            await copy.start(lambda party: service.api.copy(who, request, party))
+            await copy.start(lambda party: service.api.copy(who, request, party, party.waiting))
 
         authorized().addErrback(self._copy_refused, request.worker)
 

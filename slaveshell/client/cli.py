@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     hold_parsers(sub, with_socket)
 
+    from slaveshell.client.approval_cli import add_parsers as approval_parsers
+
+    approval_parsers(sub, with_socket)
+
     from slaveshell.client.fleet_cli import add_parsers as fleet_parsers
 
     fleet_parsers(sub, with_socket)

@@ -196,18 +196,76 @@
     return xtermLoaded;
   }
 
-  // One socket that asks for the lists of the fleet page (workers, live sessions), then closes.
+  // One socket that asks for the lists of the fleet page (workers, live sessions, requests waiting for an
+  // approval), then closes.
   function askLists(onAnswer) {
     var got = {}, cancel = null;
     cancel = questions(function (send) {
       send({ type: "workers" });
       send({ type: "sessions" });
+      send({ type: "approvals" });
     }, function (m) {
-      if (m.type !== "workers" && m.type !== "sessions") return;
+      if (m.type !== "workers" && m.type !== "sessions" && m.type !== "approvals") return;
       got[m.type] = m[m.type];
-      if (got.workers && got.sessions) { cancel(); onAnswer(got, null); }
+      if (got.workers && got.sessions && got.approvals) { cancel(); onAnswer(got, null); }
     }, function (why, m) { onAnswer(null, why, m && m.login); });
     return cancel;
+  }
+
+  // Requests on four-eyes workers waiting for a moderator's approval (lists.py's "approvals", as `slaveshell
+  // approvals` lists them): what each would do, escaped; Approve, and Deny with a reason, for a moderator (the master
+  // decides who is one: another person than the operator, in the rule's groups or roles, with watch); the page's
+  // user's own requests marked as theirs. `props.changed(text)` says what was decided, and reloads the lists.
+  function ApprovalRows(props) {
+    var st = React.useState({ told: {}, reasons: {}, whole: {} }), state = st[0], setState = st[1];
+    function showAll(r) { // all of what a long request would do (a listing of all cuts it)
+      var cancel = questions(function (send) { send({ type: "approvals", id: r.id }); }, function (m) {
+        if (m.type !== "approvals") return;
+        cancel();
+        if (m.approvals.length) set("whole", r.id, m.approvals[0].what);
+      }, function (why) { set("told", r.id, "refused: " + why); });
+    }
+    function set(key, id, value) {
+      setState(function (o) { var n = Object.assign({}, o); n[key] = Object.assign({}, o[key]); n[key][id] = value;
+        return n; });
+    }
+    function decide(r, kind) {
+      var cancel = questions(function (send) {
+        var m = { type: kind, id: r.id };
+        if (kind === "deny" && state.reasons[r.id]) m.reason = state.reasons[r.id];
+        send(m);
+      }, function (m) {
+        if (m.type !== kind) return;
+        cancel();
+        set("told", r.id, printable(m.message));
+        props.changed(printable(m.message));
+      }, function (why) { set("told", r.id, "refused: " + why); });
+    }
+    return props.approvals.map(function (r) {
+      var told = state.told[r.id], left = Math.max(0, Math.round(r.expires - Date.now() / 1000));
+      var actions = told ? h("span", { className: "slaveshell-approval-told" }, told)
+        : r.mine ? h("span", { className: "text-muted" }, "yours: waits for a moderator")
+        : !r.may_approve ? h("span", { className: "text-muted" }, "not yours to decide")
+        : h("span", null,
+          h("button", { className: "btn btn-success btn-sm slaveshell-approve",
+            onClick: function () { decide(r, "approve"); } }, "Approve"), " ",
+          h("input", { className: "form-control form-control-sm slaveshell-deny-reason", type: "text", maxLength: 250,
+            placeholder: "reason to deny", "aria-label": "reason to deny", value: state.reasons[r.id] || "",
+            style: { display: "inline-block", width: "14em", marginRight: "0.5em" },
+            onChange: function (e) { set("reasons", r.id, e.target.value.replace(/[\r\n]+/g, " ")); } }),
+          h("button", { className: "btn btn-danger btn-sm slaveshell-deny",
+            onClick: function () { decide(r, "deny"); } }, "Deny"));
+      return h("tr", { key: r.id, "data-approval": r.id },
+        h("td", null, printable(r.id)),
+        h("td", null, h("a", { href: workerView(r.worker), className: "slaveshell-worker-link" }, printable(r.worker))),
+        h("td", null, printable(r.operator)), h("td", null, printable(r.kind)),
+        h("td", { className: "slaveshell-approval-what" }, printable(state.whole[r.id] || r.what),
+          !state.whole[r.id] && r.what_chars > r.what.length ? [" ", h("button", { key: "all",
+            className: "btn btn-outline-secondary btn-sm slaveshell-approval-all", onClick: function () { showAll(r); } },
+            "... " + (r.what_chars - r.what.length) + " more characters: show all")] : null),
+        h("td", null, printable(r.reason || "")), h("td", null, Math.floor(left / 60) + "m" + (left % 60) + "s"),
+        h("td", null, actions));
+    });
   }
 
   function go(hash) { window.location.hash = hash; }
@@ -289,6 +347,8 @@
   function Fleet() {
     var st = React.useState({ lists: null, error: null, login: false });
     var state = st[0], setState = st[1];
+    var reloads = React.useState({ n: 0, decided: "" }), reloaded = reloads[0], setReloaded = reloads[1];
+    function reload(decided) { setReloaded(function (o) { return { n: o.n + 1, decided: decided }; }); }
     React.useEffect(function () {
       var cancel = null, timer = null, live = true;
       setTitle("Workers");
@@ -302,7 +362,7 @@
       }
       load();
       return function () { live = false; clearTimeout(timer); if (cancel) cancel(); };
-    }, []);
+    }, [reloaded.n]);
     var blocked = blockedNotice();
     if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) {
@@ -339,6 +399,12 @@
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
           h("th", null, "Sessions"), h("th", null, ""))),
         h("tbody", null, rows))),
+      reloaded.decided ? h("div", { className: "alert alert-info slaveshell-decided" }, reloaded.decided) : null,
+      state.lists.approvals.length === 0 ? null : h("div", null, h("h5", null, "Waiting for a moderator's approval"),
+        h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-approvals" },
+          h("thead", null, h("tr", null, ["Request", "Worker", "Operator", "Kind", "What", "Reason", "Left", ""].map(
+            function (t, i) { return h("th", { key: i }, t); }))),
+          h("tbody", null, h(ApprovalRows, { approvals: state.lists.approvals, changed: reload }))))),
       h("h5", null, "Live sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
@@ -1159,7 +1225,8 @@
   function megabytes(n) { return (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MiB"; }
 
   // One transfer: `request` is the copy message, `file` the File of an upload. `on.progress(done, total)`,
-  // `on.done(text)`, `on.failed(text)`. Returns the cancel function.
+  // `on.done(text)`, `on.failed(text)`, `on.waiting(text)` (the master's line while it waits to start: a moderator's
+  // approval, printable already). Returns the cancel function.
   function copyFile(request, file, on) {
     var ws = new WebSocket(socketUrl());
     ws.binaryType = "arraybuffer";
@@ -1251,11 +1318,18 @@
         else end(false, "failed: " + printable(m.reason));
       } else if (m.type === "error") {
         end(false, "refused: " + printable(m.message));
+      } else if (m.type === "waiting" && !started && on.waiting) {
+        on.waiting(printable(m.text)); // a four-eyes worker: it waits for a moderator's approval
       }
     };
     ws.onclose = function () { end(false, started ? "the connection to the master was lost" : closedWhy()); };
     return function cancel() {
       if (over) return;
+      if (!started) { // not started yet (waiting for an approval): closing the socket withdraws the request
+        ws.close();
+        end(false, "cancelled in the page before it started");
+        return;
+      }
       send({ type: "cancel", reason: "cancelled in the page" });
     };
   }
@@ -1276,6 +1350,9 @@
         progress: function (done, total) {
           if (mounted.current) setState({ phase: "running", text: megabytes(done) + " of " + megabytes(total),
                                           done: done, total: total });
+        },
+        waiting: function (text) {
+          if (mounted.current) setState({ phase: "running", text: text, done: 0, total: file ? file.size : 0 });
         },
         done: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "done", text: text }); },
         failed: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "failed", text: text }); },
