@@ -291,6 +291,6 @@ class Approvals:
 
 def _new_id(taken: dict[str, _Pending]) -> str:
     while True:
-        request_id = secrets.token_hex(4)
+        request_id = secrets.token_hex(6)  # 48 bits: an id cannot be guessed by probing approve
         if request_id not in taken:
             return request_id

@@ -31,7 +31,7 @@ SERVICE_KWARGS = (f"policy=[dict(users=[{os.getuid()}], workers=['m1'], moderate
                   "dict(users=['web:alice'], workers=['m1'], moderated_by=['web:leads']), "
                   "dict(groups=['web:leads'], rights=['watch']), dict(users=['web:mallory'], rights=['watch']), "
                   f"dict(users=[{os.getuid()}])]")
-ASKED = r"worker m1 is moderated: request ([0-9a-f]{8}) waits for a moderator's approval \(moderated_by: web:leads,"
+ASKED = r"worker m1 is moderated: request ([0-9a-f]{12}) waits for a moderator's approval \(moderated_by: web:leads,"
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from .test_moderated_e2e import LEAD, LEADS, OPS, OUTSIDER, REPORTER, _ensure_us
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.getuid() != 0, reason="other local users need root")]
 
 WAIT = 45  # approval_wait of this master: seconds a request waits before it is refused
-ASKED = re.compile(r"worker m1 is moderated: request ([0-9a-f]{8}) waits for a moderator's approval "
+ASKED = re.compile(r"worker m1 is moderated: request ([0-9a-f]{12}) waits for a moderator's approval "
                    rf"\(moderated_by: {LEADS}, root, with the watch right, not you: slaveshell approve \1\)")
 
 
