@@ -58,10 +58,10 @@ def cmd_approvals(args: argparse.Namespace) -> int:
             print(f"{label + ':':14}{visible(str(value))}")
         print(f"{'what:':14}{_what(r)}")
         return 0
-    print(f"{'REQUEST':9} {'OPERATOR':12} {'WORKER':16} {'KIND':8} {'LEFT':>7}  {'YOU':8} {'REASON':20} WHAT")
+    print(f"{'REQUEST':13} {'OPERATOR':12} {'WORKER':16} {'KIND':8} {'LEFT':>7}  {'YOU':8} {'REASON':20} WHAT")
     for r in rows:
         you = "yours" if r.get("mine") else ("approve" if r.get("may_approve") else "-")
-        print(f"{cell(r.get('id'), 9)} {cell(r.get('operator'), 12)} {cell(r.get('worker'), 16)} "
+        print(f"{cell(r.get('id'), 13)} {cell(r.get('operator'), 12)} {cell(r.get('worker'), 16)} "
               f"{cell(r.get('kind'), 8)} {_left(r):>7}  {you:8} {cell(r.get('reason') or '-', 20)} {_what(r)}")
     return 0
 
