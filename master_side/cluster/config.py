@@ -23,6 +23,7 @@ from dataclasses import dataclass
 PREFIX = "slaveshell."
 WORKER_PREFIX = PREFIX + "worker."
 MASTER_PREFIX = PREFIX + "master."
+SESSION_PREFIX = PREFIX + "session."
 _COMPONENT = re.compile(r"[0-9a-f]+")
 
 # The longest master or worker name slaveshell puts in a URI (Buildbot's worker names are identifiers of at most
@@ -49,6 +50,13 @@ def worker_uri(worker: str, what: str = "locate") -> str:
     """The procedure a master registers for an opted-in worker attached to it: the router lets one session hold
     it, so the router's live registrations say which master holds the worker now."""
     return f"{WORKER_PREFIX}{encode(worker)}.{what}"
+
+
+def session_uri(token: str, end: str) -> str:
+    """A routed session's procedure at one `end` ("in": on the worker's master, what the operator's master sends;
+    "out": on the operator's master, what the worker's master sends), named by a random token (hexadecimal) that
+    only the two masters know."""
+    return f"{SESSION_PREFIX}{token}.{end}"
 
 
 def master_uri(master: str) -> str:

@@ -23,12 +23,14 @@ from twisted.logger import Logger
 
 from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
 from master_side.audit.trail import RecordingError
+from master_side.cluster.stream import Refused
 from master_side.glue.buildbot import BuildbotGlue, RouteError
 from master_side.holds.moderator_notices import OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from master_side.operators.copy_calls import CopyOperations, Transfers
 from master_side.operators.hold_calls import extend_hold, list_holds
-from master_side.operators.terms import ErrorKind, OperatorError, View, ViewerSink, database_unavailable
+from master_side.operators.routed import RoutedHandle, operator_error
+from master_side.operators.terms import ErrorKind, Handle, OperatorError, View, ViewerSink, database_unavailable
 from master_side.sessions.model import Viewer, new_session_id
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 # The API's vocabulary (master_side.operators.terms) is importable from here too.
-__all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
+__all__ = ["ErrorKind", "Handle", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
 
 
 class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operators.copy_calls)
@@ -148,6 +150,31 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         else:
             self.trail.refused(who, worker, message)
         return OperatorError(kind, message)
+
+    @deferred
+    async def open_anywhere(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> Handle | None:
+        """`open`, or on a multi-master site, for a worker not attached here that another master holds: the
+        session that master opens and serves for `who`, under its own policy (master_side.cluster.relay)."""
+        cluster = self.cluster
+        if cluster is not None and not cluster.attached_here(request.worker):
+            try:
+                routed = await cluster.open(who, request, sink)
+            except Refused as e:
+                raise operator_error(e) from None
+            if routed is not None:
+                return RoutedHandle(routed)
+        view: View | None = await self.open(who, request, sink)
+        return view
+
+    @deferred
+    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+        """`open` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.serve): its refusals as the cluster's."""
+        try:
+            view: View | None = await self.open(who, request, sink)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        return view
 
     @deferred
     async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink,

@@ -1,16 +1,20 @@
 """A multi-master site (tests/e2e/cluster_fixtures.py: the router, two masters A and B on a shared PostgreSQL
-database, workers on each): on master A, `slaveshell workers` and `buildbot-shell` know where B's workers are, from
-the router's live registrations; an anonymous router client cannot reach slaveshell's procedures; a worker name
-attached to both masters is reported; once B is killed its workers are no longer said to be on B."""
+database, workers on each): on master A, `slaveshell workers` knows where B's workers are, from the router's live
+registrations; `buildbot-shell` on A's socket opens a session on a worker of B, served and recorded by B under B's
+policy for the operator A vouches for; an anonymous router client cannot reach slaveshell's procedures; a worker
+name attached to both masters is reported; B killed mid-session ends the session on A with a clear line, and B's
+workers are no longer said to be on B."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +22,8 @@ import pytest
 from master_side.cluster.config import master_uri, worker_uri
 from slaveshell.client.sandbox import Sandbox
 
-from .cluster_fixtures import DOC, Site, anonymous_probe, site
-from .conftest import shell_argv, wait_until
+from .cluster_fixtures import PG, Site, anonymous_probe, site
+from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -59,28 +63,86 @@ def test_workers_on_a_names_the_master_that_holds_each(cluster: Site) -> None:
     assert "on master A" in line_of(workers(cluster.b).stdout, "a1")
 
 
-def test_shell_on_a_for_a_worker_of_b_says_where_it_is(cluster: Site) -> None:
+def index_rows(site: Site, worker: str) -> list[dict[str, object]]:
+    """The sessions on `worker` in the site's shared audit index (PostgreSQL), oldest first."""
+    sql = ("SELECT coalesce(json_agg(s ORDER BY started), '[]') FROM (SELECT id, operator, master, state, "
+           "exit_code, end_reason, transcript, started FROM slaveshell_sessions "
+           f"WHERE worker = '{worker}') s")
+    done = subprocess.run(PG + ["-d", site.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def vouched() -> str:
+    """The test's user as master A vouches for it to master B."""
+    return f"cluster:A/{getpass.getuser()}"
+
+
+def a_terminal(site: Site, *args: str) -> Terminal:
+    return Terminal(site.a, list(args))
+
+
+def test_a_pty_session_on_a_worker_of_b_through_a(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
-    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "b1", "true"], capture_output=True,
+    before = len(index_rows(cluster, "b1"))
+    t = a_terminal(cluster, "b1")
+    try:
+        t.ready()
+        assert "routed-42" in t.run("echo routed-$((6*7))")
+        # The shell runs on b1, B's worker: its working directory is in b1's basedir.
+        assert cluster.b.worker_dir("b1") in t.run("pwd")
+        t.child.sendline("exit 3")
+        assert t.wait(timeout=30) == 3
+    finally:
+        t.close()
+    # B recorded it: the row in the shared index names B (the master column) and A (the operator it vouched
+    # for), the transcript is on B's disk, and the row is closed with the exit status.
+    row = wait_until(lambda: (r := index_rows(cluster, "b1")[before:]) and r[-1]["state"] != "running" and r[-1],
+                     30)
+    assert row["operator"] == vouched()
+    assert str(row["master"]).endswith(os.path.join("B", "master"))
+    assert (row["state"], row["exit_code"]) == ("ended", 3)
+    assert str(row["transcript"]).startswith(cluster.b.master_dir + os.sep)
+    with open(str(row["transcript"]), "rb") as f:
+        assert b"routed-42" in f.read()
+
+
+def test_a_command_on_a_worker_of_b_through_a(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "-T", "b1", "echo on-b; exit 4"],
+                          capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (4, b"on-b\n"), done.stderr
+    # Megabytes of output: through the credit windows, in pieces far below the router's message limit.
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "-T", "b1",
+                                          "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo done >&2"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"x" * 3000000 + b"\n"
+    assert done.stderr == b"done\n"
+
+
+def test_bs_policy_refuses_the_identity_a_vouches_for(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("z1", {}).get("master") == "B", 30)
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "z1", "true"], capture_output=True,
                           timeout=60)
     assert done.returncode == 255
-    where = rows(cluster.a)["b1"]["where"]
-    assert where == f"{socket.gethostname()}:{cluster.b.master_dir}"
-    # The line docs/multi-master.md shows, with this master's host:basedir.
-    with open(DOC) as f:
-        documented = next(line.strip() for line in f if line.strip().startswith("buildbot-shell: b1 is on master B ("))
-    assert done.stderr == documented.replace("buildhost:/srv/master-b", str(where)).encode() + b"\n"
-    # The worker of B itself is reachable on B, as before.
-    done = subprocess.run(shell_argv() + ["--socket", cluster.b.socket, "b1", "echo on-b"], capture_output=True,
+    # B's own refusal, of the operator as A vouched for it.
+    assert done.stderr.startswith(b"buildbot-shell: permission denied: "), done.stderr
+    assert vouched().encode() in done.stderr and b"z1" in done.stderr
+    # On B's socket, its own operator opens z1.
+    done = subprocess.run(shell_argv() + ["--socket", cluster.b.socket, "z1", "echo on-z1"], capture_output=True,
                           timeout=60)
-    assert (done.returncode, done.stdout) == (0, b"on-b\n")
+    assert (done.returncode, done.stdout) == (0, b"on-z1\n")
 
 
 def test_an_anonymous_router_client_cannot_call_or_register_slaveshells_procedures(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
     probe = anonymous_probe(cluster.router.url,
-                            call=[master_uri("B"), worker_uri("b1"), "wamp.registration.list"],
-                            register=[worker_uri("w-new"), worker_uri("a1") + "x", master_uri("C")])
+                            call=[master_uri("B"), worker_uri("b1"), worker_uri("b1", "open"),
+                                  "wamp.registration.list"],
+                            register=[worker_uri("w-new"), worker_uri("a1") + "x", master_uri("C"),
+                                      worker_uri("b9", "open")])
     assert probe["joined"] == "anonymous"
     assert set(probe["call"].values()) == {"wamp.error.not_authorized"}, probe  # type: ignore[union-attr]
     assert set(probe["register"].values()) == {"wamp.error.not_authorized"}, probe  # type: ignore[union-attr]
@@ -98,9 +160,38 @@ def test_a_worker_name_attached_to_both_masters_is_reported(cluster: Site) -> No
     assert (said in a_log) != (said in b_log)
 
 
-def test_after_kill_9_of_b_its_worker_is_not_said_to_be_on_b(cluster: Site) -> None:
+def sleepers(marker: str) -> list[int]:
+    """The processes running `sleep <marker>`."""
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:2] == [b"sleep", marker.encode()]:
+                    out.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def test_kill_9_of_b_mid_session_ends_it_on_a_and_b1_is_no_longer_said_to_be_on_b(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
-    os.kill(cluster.b.master_pid(), signal.SIGKILL)
+    t = a_terminal(cluster, "b1")
+    try:
+        t.ready()
+        t.child.sendline("sleep 4242")
+        wait_until(lambda: sleepers("4242"), 30)
+        killed = time.monotonic()
+        os.kill(cluster.b.master_pid(), signal.SIGKILL)
+        # A clear line, and exit 255, well within the client's stall timeout.
+        assert t.wait(timeout=45) == 255
+        assert time.monotonic() - killed < 45
+        said = t.printed.decode("utf-8", "replace")
+        assert re.search(r"the session on b1 ended: master B (is gone|stopped answering)", said), said[-500:]
+        assert_no_traceback(said)
+    finally:
+        t.close()
+    # Nothing left on the worker: the worker ends its sessions when its master's connection goes.
+    wait_until(lambda: not sleepers("4242"), 60)
     status = wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") is None and rows(cluster.a), 30)
     b1 = status["b1"]
     assert (b1["connected"], b1["masters"]) == (False, [])
