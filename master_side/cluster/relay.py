@@ -168,9 +168,9 @@ class RoutedView:
         self._outstanding -= 1
         if error_uri(failure.value) == NO_SUCH_PROCEDURE:
             self.end(f"master {visible(self.master)} is gone")
-        else:
-            self.end(f"master {visible(self.master)} did not take a message "
-                     f"({visible(failure.getErrorMessage())[:200]})")
+        else:  # the router lost it while the call was on its way, or it does not answer
+            self.end(f"master {visible(self.master)} is gone or not answering "
+                     f"({visible(failure.getErrorMessage() or failure.type.__name__)[:200]})")
 
     def ping(self) -> None:
         if not self._waiting and not self._outstanding:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
@@ -114,6 +115,7 @@ class RouterSink:
         self.gone_why: str | None = None  # why the calling master is taken as gone
         self.sent_at = clock()
         self.finished: Callable[[], None] = lambda: None  # after the exit went (or could not go)
+        self.on_lost: Callable[[str], None] = lambda why: None  # the calling master is gone: the session ends
         self._exited = False
 
     @property
@@ -166,6 +168,7 @@ class RouterSink:
         callbacks, self._disconnects = self._disconnects, []
         for callback in callbacks:
             callback()
+        self.on_lost(why)
         if self._exited:
             self.finished()
 
@@ -280,6 +283,7 @@ class ServedSessions:
         sink = RouterSink(self.link, session_uri(call.token, "out"), self._clock)
         served = Served(caller, token, sink, heard_at=self._clock())
         sink.finished = lambda: self._finish(served)
+        sink.on_lost = lambda why: self._ended_by(served, why)
         try:
             served.registration = await self.link.register(
                 lambda wire, details: self._message(served, wire, details), session_uri(token, "in"))
@@ -288,7 +292,7 @@ class ServedSessions:
                                         f"{visible(str(e))[:200]}").to_wire()
         self.served[token] = served
         try:
-            view = await self._opener(who, call.request, sink)
+            view = await defer.maybeDeferred(self._opener, who, call.request, sink)
         except Refused as e:
             self._finish(served)
             return e.to_wire()
@@ -296,7 +300,9 @@ class ServedSessions:
             self._finish(served)
             log.failure("slaveshell: a session routed from master {caller} failed to open", caller=visible(caller))
             return Refused(UNAVAILABLE, f"master {self.link.name} could not open the session (see its log)").to_wire()
-        if view is None:  # the calling master went away while it opened
+        if view is None or sink.gone:  # the calling master went away while it opened
+            if view is not None:
+                view.end("the operator's master left before the session opened")
             self._finish(served)
             return Refused(STOPPED, "the operator's master left before the session opened").to_wire()
         served.view = view
@@ -355,6 +361,8 @@ class ServedSessions:
     def _end(self, served: Served, why: str) -> None:
         """The calling master is gone: the session ends on the worker, recorded with `why`."""
         served.sink.lost(why)
+
+    def _ended_by(self, served: Served, why: str) -> None:
         view = served.view
         if view is not None:
             view.end(why)
