@@ -103,6 +103,10 @@ class ClusterLink:
         self._uris: dict[int, str] = {}  # registration id -> URI, as the router's meta API told it
 
     @property
+    def reactor(self) -> Any:
+        return self._reactor
+
+    @property
     def connected(self) -> bool:
         return self._session is not None
 
@@ -209,11 +213,24 @@ class ClusterLink:
 
     @deferred
     async def _register(self, session: Any, worker: str, now: float) -> None:
+        """The worker's procedures: its `open` first, then `locate`, so that a master that finds the worker here
+        (locate) can open it. The router holds each for one session: a worker another master holds is refused
+        at the first, and whatever was registered of it is let go."""
         from autobahn.wamp.types import RegisterOptions
 
+        registrations: list[Registration] = []
+        opener = self.opener
+        wanted: list[tuple[Callable[..., Any], str, Any]] = []
+        if opener is not None:
+            wanted.append((lambda argument, details: opener(worker, argument, details), worker_uri(worker, "open"),
+                           RegisterOptions(details=True)))
+        wanted.append((self._answer_locate(worker), worker_uri(worker), None))
         try:
-            registration = await session.register(self._answer_locate(worker), worker_uri(worker))
+            for handler, uri, options in wanted:
+                registrations.append(await session.register(handler, uri, options))
         except Exception as e:
+            for registration in registrations:
+                defer.maybeDeferred(registration.unregister).addErrback(lambda failure: None)
             if session is not self._session:
                 return
             self._pending.discard(worker)
@@ -226,17 +243,6 @@ class ClusterLink:
                 log.warn("slaveshell: cannot register worker {worker} on the router: {why}", worker=visible(worker),
                          why=visible(str(e)[:200]))
             return
-        registrations = [registration]
-        opener = self.opener
-        if opener is not None and session is self._session:
-            # Beside `locate`, whose registration says this master holds the worker: its `open`.
-            try:
-                registrations.append(await session.register(
-                    lambda argument, details: opener(worker, argument, details), worker_uri(worker, "open"),
-                    RegisterOptions(details=True)))
-            except Exception as e:
-                log.warn("slaveshell: cannot register worker {worker}'s open on the router: {why}",
-                         worker=visible(worker), why=visible(str(e)[:200]))
         if session is not self._session:
             return
         self._pending.discard(worker)

@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet import task
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri, worker_uri
@@ -62,6 +63,7 @@ log = Logger()
 MAX_OUTSTANDING = 8  # calls to the worker's master in flight per session
 MAX_WAITING = 512  # messages waiting for their call (the client's input window bounds their bytes)
 MAX_EARLY = 64  # B's messages before its answer (its notices while it opens)
+REGISTERED_WITHIN = 1.5  # a master registers a worker that attached within this many seconds (its tick, a call)
 
 
 class OperatorEnd(Protocol):
@@ -287,8 +289,17 @@ class Relays:
         self.views[token] = view
         call = OpenCall(request, who.user, tuple(sorted(who.groups)), token)
         try:
-            answer = await self.link.call(worker_uri(request.worker, "open"), call.to_wire(),
-                                          timeout=self._open_timeout())
+            try:
+                answer = await self.link.call(worker_uri(request.worker, "open"), call.to_wire(),
+                                              timeout=self._open_timeout())
+            except Exception as e:
+                # A master lists a worker as soon as it attaches, and registers it on its next second's tick:
+                # one listing it is waited for, once.
+                if error_uri(e) != NO_SUCH_PROCEDURE or not await self._listed(request.worker):
+                    raise
+                await task.deferLater(self.link.reactor, REGISTERED_WITHIN, lambda: None)
+                answer = await self.link.call(worker_uri(request.worker, "open"), call.to_wire(),
+                                              timeout=self._open_timeout())
         except Exception as e:
             view._finish()
             if error_uri(e) == NO_SUCH_PROCEDURE or isinstance(e, ClusterUnavailable):
@@ -313,6 +324,15 @@ class Relays:
             return None
         sink.on_disconnect(view.close_quietly)
         return view
+
+    @deferred
+    async def _listed(self, worker: str) -> bool:
+        """Whether another master on the router lists `worker` among its attached workers."""
+        try:
+            listings = await self.link.site()
+        except ClusterUnavailable:
+            return False
+        return any(w.get("name") == worker for listing in listings for w in listing.workers)
 
     def all_lost(self, why: str) -> None:
         for view in list(self.views.values()):

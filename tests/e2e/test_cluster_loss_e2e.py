@@ -1,5 +1,6 @@
-"""A routed session whose operator's master dies (tests/e2e/cluster_fixtures.py's site, a site of its own: its
-master A is killed): master B, which serves the session, ends it on the worker and records it ended with why."""
+"""Routed sessions whose other end goes away, each on a site of its own (tests/e2e/cluster_fixtures.py): master A
+killed, master B, which serves the session, ends it on the worker and records it ended with why; the router
+stopped, the operator's client exits 255 with a line and nothing is left on the worker."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .test_cluster_e2e import index_rows, rows, sleepers, vouched
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with site(str(tmp_path_factory.mktemp("site"))) as s:
         yield s
@@ -44,3 +45,24 @@ def test_kill_9_of_a_mid_session_ends_it_on_b_recorded_and_nothing_left_on_the_w
     done = subprocess.run(shell_argv() + ["--socket", cluster.b.socket, "b1", "echo still"], capture_output=True,
                           timeout=60)
     assert (done.returncode, done.stdout) == (0, b"still\n")
+
+
+def test_the_router_stopped_mid_session_ends_it_with_a_line_and_nothing_left_on_the_worker(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    t = Terminal(cluster.a, ["b1"])
+    try:
+        t.ready()
+        t.child.sendline("sleep 4545")
+        wait_until(lambda: sleepers("4545"), 30)
+        cluster.router.stop()
+        assert t.wait(timeout=45) == 255
+        said = t.printed.decode("utf-8", "replace")
+        assert "the session on b1 ended: this master lost the cluster's router" in said, said[-500:]
+    finally:
+        t.close()
+    wait_until(lambda: not sleepers("4545"), 60)
+    assert not sleepers("4545")
+    # Buildbot's own masters stop their services when their session on the router is lost, and then ignore
+    # SIGTERM (docs/multi-master.md): ended here, so that the site's teardown does not wait for them.
+    for sb in (cluster.a, cluster.b):
+        os.kill(sb.master_pid(), signal.SIGKILL)
