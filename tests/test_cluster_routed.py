@@ -20,6 +20,7 @@ from master_side.cluster.relay import Relays
 from master_side.cluster.serve import MAX_PER_MASTER, RouterSink, ServedSessions
 from master_side.cluster.stream import (
     MAX_GROUPS,
+    MAX_OUTPUT,
     OpenCall,
     Refused,
     ToOperatorSide,
@@ -261,7 +262,8 @@ def test_the_stream_checks_what_comes_off_the_wire() -> None:
                 [0, "ack", -1], [0, "resize", 0, 10], [0, "signal", "NOSUCH"], [0, "eof", 1], "eof", [0]):
         with pytest.raises(ProtocolError):
             to_worker_side(bad)
-    for bad in ([0, "output", 3, b"x"], [0, "input_ack", 1, 0, False], [0, "exit", None, None, 7]):
+    for bad in ([0, "output", 3, b"x"], [0, "output", 1, b"x" * (MAX_OUTPUT + 1)], [0, "input_ack", 1, 0, False],
+                [0, "exit", None, None, 7]):
         with pytest.raises(ProtocolError):
             to_operator_side(bad)
 
@@ -295,7 +297,7 @@ def test_b_waits_for_a_to_take_its_messages() -> None:
             return d
 
     sink = RouterSink(Link(), "uri", clock.seconds)  # type: ignore[arg-type]
-    sink.output(1, b"y" * (20 * 64 * 1024))
+    sink.output(1, b"y" * (20 * MAX_OUTPUT))
     assert len(pending) == serve.MAX_OUTSTANDING
     pending[0].callback(None)
     assert len(pending) == serve.MAX_OUTSTANDING + 1

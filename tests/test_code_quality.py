@@ -77,6 +77,8 @@ STRICT = [
     "master_side/config.py",
     "master_side/operators/api.py",
     "master_side/operators/terms.py",
+    "master_side/operators/routed.py",
+    "master_side/cluster/stream.py",
     "master_side/audit/rows.py",
     "master_side/sessions/model.py",
     "master_side/sessions/moderation.py",

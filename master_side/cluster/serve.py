@@ -34,7 +34,7 @@ from master_side.cluster.link import ClusterLink, caller_of
 from master_side.cluster.stream import (
     BAD_REQUEST,
     LIMIT,
-    MAX_PIECE,
+    MAX_OUTPUT,
     STOPPED,
     TOKEN_LENGTH,
     UNAVAILABLE,
@@ -64,7 +64,7 @@ MAX_SESSIONS = 64  # sessions served for all other masters
 MAX_OUTSTANDING = 8  # calls to the calling master in flight per session
 # What may wait here for a session's calls: its output window (the worker sends no more until the operator
 # acknowledges), with room for the acknowledgements and the exit.
-MAX_QUEUED = WINDOW_MAX + MAX_PIECE
+MAX_QUEUED = WINDOW_MAX + MAX_OUTPUT
 PING = 5.0  # a message to the other master at least this often
 DEAD = 3 * PING + 5.0  # nothing heard from it for this long: it is gone
 
@@ -179,7 +179,7 @@ class RouterSink:
     # -- ViewerSink --------------------------------------------------------------------------------
 
     def output(self, stream: int, data: bytes) -> None:
-        for piece in chunks(data, MAX_PIECE) if len(data) > MAX_PIECE else [data]:
+        for piece in chunks(data, MAX_OUTPUT) if len(data) > MAX_OUTPUT else [data]:
             self._send(ToOperatorSide.OUTPUT, stream, bytes(piece), size=len(piece))
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:

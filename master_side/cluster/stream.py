@@ -6,7 +6,9 @@ router's msgpack serializer (bytes stay bytes).
 Every message is `[seq, kind, *values]`: `seq` counts the messages of one direction of one session from 0 (a gap
 or a repeat ends the session), `kind` is one of `ToWorkerSide` or `ToOperatorSide`, and the values are checked
 here, where they come off the wire, as the framed door checks a client's (slaveshell.vocabulary.protocol). A
-message holds at most MAX_PIECE bytes of data: far below the router's message limit (crossbar: 16 MiB).
+message holds at most MAX_INPUT bytes of input (slaveshell's chunk) or MAX_OUTPUT of output (a session without a
+terminal's bulk message, slaveshell.vocabulary.flow.BULK_CHUNK): far below the router's message limit (crossbar:
+16 MiB).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from slaveshell.vocabulary.flow import BULK_CHUNK
 from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
     ExitStatus,
@@ -27,8 +30,9 @@ from slaveshell.vocabulary.protocol import (
     check_stream,
 )
 
-# The most data one message carries (input, output): slaveshell's own chunk.
-MAX_PIECE = MAX_CHUNK
+# The most data one message carries: input, slaveshell's own chunk; output, a bulk message.
+MAX_INPUT = MAX_CHUNK
+MAX_OUTPUT = BULK_CHUNK
 # An operator's name and groups as the operator's master vouches for them.
 MAX_NAME = 128
 MAX_GROUPS = 256
@@ -79,7 +83,7 @@ def to_worker_side(wire: object) -> Message:
         raise ProtocolError(f"unknown message {str(kind)[:40]!r}") from None
     if what is ToWorkerSide.INPUT:
         (data,) = _count(values, 1)
-        return Message(seq, what, (check_bytes(data, "input", MAX_PIECE),))
+        return Message(seq, what, (check_bytes(data, "input", MAX_INPUT),))
     if what is ToWorkerSide.ACK:
         (n,) = _count(values, 1)
         return Message(seq, what, (check_int(n, "ack", 0, 2**40),))
@@ -102,7 +106,7 @@ def to_operator_side(wire: object) -> Message:
         raise ProtocolError(f"unknown message {str(kind)[:40]!r}") from None
     if what is ToOperatorSide.OUTPUT:
         stream, data = _count(values, 2)
-        return Message(seq, what, (check_stream(stream), check_bytes(data, "output", MAX_PIECE)))
+        return Message(seq, what, (check_stream(stream), check_bytes(data, "output", MAX_OUTPUT)))
     if what is ToOperatorSide.INPUT_ACK:
         n, hidden, flush = _count(values, 3)
         if not isinstance(hidden, bool) or not isinstance(flush, bool):
@@ -156,7 +160,7 @@ class OpenCall:
         for group in groups:
             check_name(group, "group")
         check_token(token)
-        return cls(OpenRequest.from_wire(wire["request"]), user, tuple(groups), token)  # type: ignore[arg-type]
+        return cls(OpenRequest.from_wire(wire["request"]), user, tuple(groups), token)
 
 
 class Refused(Exception):
