@@ -258,7 +258,7 @@ class ShellService(BuildbotService):
         if wanted is not None and self.api.cluster is None:
             api = self.api
             part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor,
-                               opener=api.open_for_master,
+                               opener=api.open_for_master, attacher=api.attach_for_master,
                                audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
                                open_timeout=lambda: api.open_timeout)
             part.start()

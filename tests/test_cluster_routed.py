@@ -37,11 +37,10 @@ ALICE = Identity(1000, 1000, 1, "alice", frozenset({"alice", "ops"}))
 TOKEN = "0" * 32
 
 
-def link_of(router: Router, name: str, clock: task.Clock) -> ClusterLink:
+def link_of(name: str, clock: task.Clock, workers: tuple[str, ...] = ()) -> ClusterLink:
     config = ClusterConfig(router_url="ws://127.0.0.1:1/ws", realm="r", authid=name, ticket="t", master=name)
-    link = ClusterLink(config, lambda: Listing(name, f"h:/{name}", None, ()), clock)
-    link._joined(router.session(authid=name), None)
-    return link
+    return ClusterLink(config, lambda: Listing(name, f"h:/{name}", None, tuple({"name": w} for w in workers)),
+                       clock)
 
 
 class FakeView:
@@ -53,6 +52,7 @@ class FakeView:
         self.live = True
         self.session_id = "s1"
         self.input_grant = 4096
+        self.worker, self.role, self.size = "b1", "owner", (80, 24)
 
     def input(self, data: bytes) -> None:
         self.got.append(("input", data))
@@ -112,14 +112,16 @@ class Site:
     def __init__(self, policy: Policy | None = None) -> None:
         self.clock = task.Clock()
         self.router = Router()
-        self.a = link_of(self.router, "A", self.clock)
-        self.b = link_of(self.router, "B", self.clock)
+        self.a = link_of("A", self.clock)
+        self.b = link_of("B", self.clock, ("b1",))
         self.views: list[FakeView] = []
         self.audited: list[tuple[str, str, str]] = []
         self.policy = policy or Policy([Rule(users=["cluster:A/alice"])])
-        self.served = ServedSessions(self.b, self.open, lambda who, w, m: self.audited.append((who.user, w, m)),
-                                     self.clock.seconds)
+        self.served = ServedSessions(self.b, self.open, self.attach,
+                                     lambda who, w, m: self.audited.append((who.user, w, m)), self.clock.seconds)
         self.relays = Relays(self.a, self.clock.seconds, lambda: 30.0)
+        self.a._joined(self.router.session(authid="A"), None)
+        self.b._joined(self.router.session(authid="B"), None)
         self.b.sync(["b1"], 0.0)
 
     def open(self, who: Identity, request: OpenRequest, sink: RouterSink) -> FakeView:
@@ -128,6 +130,16 @@ class Site:
             raise Refused("permission denied", f"permission denied: {decision.reason}")
         sink.output(1, b"hello ")  # a notice before the open's answer
         view = FakeView(who, sink)
+        self.views.append(view)
+        return view
+
+    def attach(self, who: Identity, sink: RouterSink, session_id: str, mode: str) -> FakeView:
+        if session_id != "s1":
+            raise Refused("not found", f"no live session {session_id}")
+        if not self.policy.may(who, Action.WATCH, "b1").allowed:
+            raise Refused("permission denied", "permission denied")
+        view = FakeView(who, sink)
+        view.role = mode if mode == "watch" else "join"
         self.views.append(view)
         return view
 
@@ -301,3 +313,21 @@ def test_b_waits_for_a_to_take_its_messages() -> None:
     assert len(pending) == serve.MAX_OUTSTANDING
     pending[0].callback(None)
     assert len(pending) == serve.MAX_OUTSTANDING + 1
+
+
+def test_a_watches_a_session_b_holds_and_leaving_does_not_end_it() -> None:
+    site = Site()
+    sink = OperatorSink()
+    d = site.relays.attach(ALICE, "s1", "watch", sink)
+    view = d.result
+    assert view is not None and (view.role, view.worker, view.session_id) == ("watch", "b1", "s1")
+    site.views[-1].sink.output(1, b"tick")
+    assert sink.out[-1] == ("output", b"tick")
+    view.detach()  # a watcher's detach: it leaves
+    assert site.views[-1].got[-1] == ("close", None)
+    # A gone: B's viewer goes, the session is not ended.
+    del site.router.procedures[session_uri(view.token, "out")]
+    site.views[-1].sink.output(1, b"more")
+    assert ("end", "the operator's master did not take a message") not in site.views[-1].got
+    assert all(kind != "end" for kind, _ in site.views[-1].got)
+    assert site.relays.attach(ALICE, "nope", "watch", OperatorSink()).result is None

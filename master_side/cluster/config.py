@@ -64,6 +64,12 @@ def master_uri(master: str) -> str:
     return f"{MASTER_PREFIX}{encode(master)}.workers"
 
 
+def master_attach_uri(master: str) -> str:
+    """The procedure each master registers under its cluster name for another master's operator to watch or join
+    one of its live sessions (master_side.cluster.serve)."""
+    return f"{MASTER_PREFIX}{encode(master)}.attach"
+
+
 def master_of_uri(uri: str) -> str | None:
     """The master name in a `master_uri`, or None when `uri` is not one."""
     if not uri.startswith(MASTER_PREFIX) or not uri.endswith(".workers"):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from master_side.cluster.config import ClusterConfig, master_of_uri, master_uri, worker_uri
+from master_side.cluster.config import ClusterConfig, master_attach_uri, master_of_uri, master_uri, worker_uri
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 
@@ -95,6 +95,9 @@ class ClusterLink:
         self._component: Any = None
         self._registered: dict[str, list[Registration]] = {}  # worker name -> its registrations
         self.opener: Opener | None = None  # serves the workers' `open` procedures (master_side.cluster.serve)
+        # Serves this master's `attach` procedure (master_side.cluster.serve): another master's operator watches
+        # or joins a session here.
+        self.attacher: Callable[[object, CallDetails], Any] | None = None
         # Called when the link leaves the router, with why: routed sessions end (master_side.cluster.serve, .relay).
         self.on_leave: list[Callable[[str], None]] = []
         self._pending: set[str] = set()
@@ -161,6 +164,10 @@ class ClusterLink:
         self._session = session
         try:
             await session.register(self._answer_listing, master_uri(self.name))
+            if self.attacher is not None:
+                from autobahn.wamp.types import RegisterOptions
+
+                await session.register(self.attacher, master_attach_uri(self.name), RegisterOptions(details=True))
         except Exception as e:
             self.master_refused = _error_uri(e) == ALREADY_EXISTS
             log.critical("slaveshell: cannot register master {name} on the router: {why}", name=visible(self.name),

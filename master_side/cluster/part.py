@@ -15,7 +15,7 @@ from twisted.internet import defer
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.relay import OperatorEnd, Relays, RoutedView
-from master_side.cluster.serve import Auditor, Opener, ServedSessions
+from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
 from master_side.cluster.view import elsewhere, local_listing, site_workers
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.sessions.registry import SessionRegistry
@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 class ClusterPart:
     def __init__(self, config: ClusterConfig, master: Callable[[], BuildMaster], glue: BuildbotGlue,
                  registry: SessionRegistry, policy: Callable[[], Policy], reactor: object, opener: Opener,
-                 audit: Auditor, open_timeout: Callable[[], float]) -> None:
+                 attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float]) -> None:
         """`opener` opens a session for another master's operator (the operators' API's open_for_master),
-        `audit` audits a refusal, `open_timeout` is how long a worker may take to open a session."""
+        `attacher` attaches them to one (attach_for_master), `audit` audits a refusal, `open_timeout` is how long
+        a worker may take to open a session."""
         self.config = config
         self._master = master
         self._glue = glue
@@ -41,7 +42,7 @@ class ClusterPart:
         self.link = ClusterLink(config, self._listing, reactor)
         clock = registry.clock
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
-        self.served = ServedSessions(self.link, opener, audit, clock)
+        self.served = ServedSessions(self.link, opener, attacher, audit, clock)
         self.relays = Relays(self.link, clock, lambda: open_timeout() + 10.0)
 
     def start(self) -> None:
@@ -57,6 +58,11 @@ class ClusterPart:
         clock = self._registry.clock()
         self.served.tick(clock)
         self.relays.tick(clock)
+
+    def attach(self, who: Identity, sink: OperatorEnd, session_id: str, mode: str
+               ) -> defer.Deferred[RoutedView | None]:
+        """Watch or join a session another master on the router holds: None when none does."""
+        return self.relays.attach(who, session_id, mode, sink)
 
     def attached_here(self, worker: str) -> bool:
         return worker in self._master().workers.connections

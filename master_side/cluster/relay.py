@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet import task
 from twisted.logger import Logger
 
-from master_side.cluster.config import session_uri, worker_uri
+from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import (
+    NOT_FOUND,
     TOKEN_LENGTH,
     UNAVAILABLE,
+    AttachCall,
     Message,
     OpenCall,
     Refused,
@@ -52,6 +54,7 @@ from slaveshell.vocabulary.protocol import (
     OpenRequest,
     ProtocolError,
     check_int,
+    check_size,
 )
 
 if TYPE_CHECKING:
@@ -94,6 +97,8 @@ class RoutedView:
         self.session_id = ""
         self.input_grant = INPUT_WINDOW
         self.master = "?"  # B's name, as B says it (shown, never trusted)
+        self.role = "owner"  # of the operator's view there: owner, join, watch
+        self.size = (80, 24)
         # The router's authid of B, pinned at its first message: nobody else's are taken.
         self.authid: str | None = None
         self.answered = False  # B's answer came: its messages go to the operator
@@ -132,6 +137,9 @@ class RoutedView:
         self._send(ToWorkerSide.CLOSE)
 
     def detach(self) -> None:
+        if self.role != "owner":
+            self.close()  # a watcher or a joiner leaves, as on the session's own master
+            return
         raise NotRouted(f"a session on master {visible(self.master)} cannot be detached from this master yet")
 
     def refused(self, error: ProtocolError) -> str | None:
@@ -229,6 +237,13 @@ class RoutedView:
         self.input_grant = check_int(answer.get("input_window"), "input window", 1, 2**31)
         self.in_uri = session_uri(check_token(answer.get("token")), "in")
         self.master = check_name(answer.get("master"), "master")
+        self.worker = check_name(answer.get("worker"), "worker")
+        role, size = answer.get("role"), answer.get("size")
+        if role not in ("owner", "join", "watch") or not isinstance(role, str):
+            raise ProtocolError("the answer's role must be owner, join or watch")
+        if not isinstance(size, list) or len(size) != 2:
+            raise ProtocolError("the answer's size must be [cols, rows]")
+        self.role, self.size = role, check_size(size[0], size[1])
         self.answered = True
         early, self._early = self._early, []
         self.heard_at = self.relays.clock()
@@ -306,6 +321,10 @@ class Relays:
                 return None
             raise Refused(UNAVAILABLE, f"the master that holds {request.worker} did not open the session: "
                                        f"{visible(str(e) or type(e).__name__)[:300]}") from None
+        return self._answered(view, answer, sink)
+
+    def _answered(self, view: RoutedView, answer: object, sink: OperatorEnd) -> RoutedView | None:
+        """B's answer to an open or an attach: the view started, or Refused (B's refusal, as B wrote it)."""
         if not isinstance(answer, dict) or not answer.get("ok"):
             view._finish()
             error = answer.get("error") if isinstance(answer, dict) else None
@@ -324,6 +343,35 @@ class Relays:
             return None
         sink.on_disconnect(view.close_quietly)
         return view
+
+    @deferred
+    async def attach(self, who: Identity, session_id: str, mode: str, sink: OperatorEnd) -> RoutedView | None:
+        """Watch or join (`mode`) session `session_id` on the other master that holds it (each master on the
+        router is asked; one that does not hold it says so): the RoutedView, or None when none holds it. Raises
+        Refused: the holder's refusal."""
+        try:
+            listings = await self.link.site()
+        except ClusterUnavailable:
+            return None
+        for listing in listings:
+            token = secrets.token_hex(TOKEN_LENGTH // 2)
+            view = RoutedView(self, "?", sink, token)
+            try:
+                view.registration = await self.link.register(view.message, session_uri(token, "out"))
+            except ClusterUnavailable:
+                return None
+            self.views[token] = view
+            call = AttachCall(session_id, mode, who.user, tuple(sorted(who.groups)), token)
+            try:
+                answer = await self.link.call(master_attach_uri(listing.master), call.to_wire())
+            except Exception:
+                view._finish()
+                continue  # that master does not answer: the others may hold the session
+            if isinstance(answer, dict) and answer.get("kind") == NOT_FOUND:
+                view._finish()
+                continue
+            return self._answered(view, answer, sink)
+        return None
 
     @deferred
     async def _listed(self, worker: str) -> bool:

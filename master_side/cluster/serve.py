@@ -38,6 +38,7 @@ from master_side.cluster.stream import (
     STOPPED,
     TOKEN_LENGTH,
     UNAVAILABLE,
+    AttachCall,
     Message,
     OpenCall,
     Refused,
@@ -80,6 +81,12 @@ class ServedView(Protocol):
     def input_grant(self) -> int: ...
     @property
     def live(self) -> bool: ...
+    @property
+    def worker(self) -> str: ...
+    @property
+    def role(self) -> str: ...  # owner, join, watch
+    @property
+    def size(self) -> tuple[int, int]: ...
     def input(self, data: bytes) -> None: ...
     def eof(self) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
@@ -93,6 +100,9 @@ class ServedView(Protocol):
 # The operators' API's open for an identity, a request and this module's sink: fires the session's view (None
 # when the sink went away while it opened); fails with Refused (OperatorAPI.open_for_master).
 Opener = Callable[[Identity, OpenRequest, "RouterSink"], Any]
+# The operators' API's attach for an identity, this module's sink, a session id and a mode ("watch", "attach"):
+# the view; raises Refused (OperatorAPI.attach_for_master).
+Attacher = Callable[[Identity, "RouterSink", str, str], Any]
 # An audited refusal (the operators' refusal audit, rate-limited): who, the worker, the line.
 Auditor = Callable[[Identity, str, str], None]
 
@@ -227,14 +237,17 @@ class Served:
 class ServedSessions:
     """The sessions this master serves for other masters, and the `open` procedure of its workers."""
 
-    def __init__(self, link: ClusterLink, opener: Opener, audit: Auditor, clock: Callable[[], float]) -> None:
+    def __init__(self, link: ClusterLink, opener: Opener, attacher: Attacher, audit: Auditor,
+                 clock: Callable[[], float]) -> None:
         self.link = link
         self._opener = opener
+        self._attacher = attacher
         self._audit = audit
         self._clock = clock
         self.served: dict[str, Served] = {}  # this end's token -> the session
         self._opening: dict[str, int] = {}  # calling master -> opens in progress
         link.opener = self.open
+        link.attacher = self.attach
         link.on_leave.append(self.all_lost)
 
     def _count(self, caller: str) -> int:
@@ -243,13 +256,8 @@ class ServedSessions:
     @deferred
     async def open(self, worker: str, argument: object, details: CallDetails) -> dict[str, object]:
         """A worker's `open` procedure: the session's answer for the calling master ({"ok": True, "session",
-        "input_window", "token", "master"} or {"ok": False, "error", "kind"})."""
-        from autobahn.wamp.exception import ApplicationError
-
-        caller = caller_of(details)
-        if caller is None:
-            # The router's permissions let no other role call it; refused here too, whatever its configuration.
-            raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may open sessions")
+        "input_window", "token", "master", "worker", "role", "size"} or {"ok": False, "error", "kind"})."""
+        caller = _caller(details)
         try:
             call = OpenCall.from_wire(argument)
         except ProtocolError as e:
@@ -262,6 +270,29 @@ class ServedSessions:
         if request.build is not None:
             return self._refuse(who, worker, BAD_REQUEST, "a session in a held build (--build) is not routed "
                                                           f"between masters yet: open it on master {self.link.name}")
+        return await self._serve(caller, who, worker, call.token, True,
+                                 lambda sink: self._opener(who, call.request, sink))
+
+    @deferred
+    async def attach(self, argument: object, details: CallDetails) -> dict[str, object]:
+        """This master's `attach` procedure: watch or join one of its live sessions for another master's operator
+        (the answer as `open`'s; "not found" when no such session is live here)."""
+        caller = _caller(details)
+        try:
+            call = AttachCall.from_wire(argument)
+        except ProtocolError as e:
+            return Refused(BAD_REQUEST, f"bad request from master {caller}: {e}").to_wire()
+        who = ClusterIdentity.vouched(caller, call.user, call.groups)
+        # The session's own checks (its policy, bounds per viewer and per connection) are the attacher's.
+        return await self._serve(caller, who, None, call.token, False,
+                                 lambda sink: self._attacher(who, sink, call.session, call.mode))
+
+    @deferred
+    async def _serve(self, caller: str, who: ClusterIdentity, worker: str | None, out_token: str, owns: bool,
+                     start: Callable[[RouterSink], Any]) -> dict[str, object]:
+        """Bounds, this end's procedure, then `start` (the operators' API's open or attach with a RouterSink).
+        `owns`: the calling master's operator owns the session, which ends when that master is gone (a watcher
+        or a joiner only leaves it)."""
         total = len(self.served) + sum(self._opening.values())
         if self._count(caller) >= MAX_PER_MASTER:
             return self._refuse(who, worker, LIMIT, f"master {self.link.name} already serves {MAX_PER_MASTER} "
@@ -271,19 +302,23 @@ class ServedSessions:
                                                     "sessions for other masters (its limit)")
         self._opening[caller] = self._opening.get(caller, 0) + 1
         try:
-            return await self._open(caller, call, who, worker)
+            return await self._start(caller, out_token, owns, start)
         finally:
             left = self._opening.pop(caller, 1) - 1
             if left:
                 self._opening[caller] = left
 
     @deferred
-    async def _open(self, caller: str, call: OpenCall, who: ClusterIdentity, worker: str) -> dict[str, object]:
+    async def _start(self, caller: str, out_token: str, owns: bool,
+                     start: Callable[[RouterSink], Any]) -> dict[str, object]:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
-        sink = RouterSink(self.link, session_uri(call.token, "out"), self._clock)
+        sink = RouterSink(self.link, session_uri(out_token, "out"), self._clock)
         served = Served(caller, token, sink, heard_at=self._clock())
         sink.finished = lambda: self._finish(served)
-        sink.on_lost = lambda why: self._ended_by(served, why)
+        if owns:
+            sink.on_lost = lambda why: self._ended_by(served, why)
+        else:
+            sink.on_lost = lambda why: self._finish(served)  # the viewer left (the sink's failure callbacks)
         try:
             served.registration = await self.link.register(
                 lambda wire, details: self._message(served, wire, details), session_uri(token, "in"))
@@ -292,7 +327,7 @@ class ServedSessions:
                                         f"{visible(str(e))[:200]}").to_wire()
         self.served[token] = served
         try:
-            view = await defer.maybeDeferred(self._opener, who, call.request, sink)
+            view = await defer.maybeDeferred(start, sink)
         except Refused as e:
             self._finish(served)
             return e.to_wire()
@@ -302,17 +337,21 @@ class ServedSessions:
             return Refused(UNAVAILABLE, f"master {self.link.name} could not open the session (see its log)").to_wire()
         if view is None or sink.gone:  # the calling master went away while it opened
             if view is not None:
-                view.end("the operator's master left before the session opened")
+                if owns:
+                    view.end("the operator's master left before the session opened")
+                else:
+                    view.close()
             self._finish(served)
             return Refused(STOPPED, "the operator's master left before the session opened").to_wire()
         served.view = view
-        log.info("slaveshell session {sid}: routed from master {caller}", sid=view.session_id, caller=visible(caller))
+        log.info("slaveshell session {sid}: {what} from master {caller}", sid=view.session_id,
+                 what="routed" if owns else "viewed", caller=visible(caller))
         return {"ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,
-                "master": self.link.name}
+                "master": self.link.name, "worker": view.worker, "role": view.role, "size": list(view.size)}
 
-    def _refuse(self, who: Identity, worker: str, kind: str, message: str) -> dict[str, object]:
+    def _refuse(self, who: Identity, worker: str | None, kind: str, message: str) -> dict[str, object]:
         """A refusal before any session: audited here (rate-limited), answered to the calling master."""
-        self._audit(who, worker, message)
+        self._audit(who, worker or "", message)
         return Refused(kind, message).to_wire()
 
     def _message(self, served: Served, wire: object, details: CallDetails) -> None:
@@ -383,3 +422,14 @@ class ServedSessions:
             elif now - served.sink.sent_at >= PING:
                 served.sink.ping()
 
+
+
+def _caller(details: CallDetails) -> str:
+    """The calling master's authid on the router; a caller of another role is refused (the router's permissions
+    let none call, and this holds whatever its configuration)."""
+    from autobahn.wamp.exception import ApplicationError
+
+    caller = caller_of(details)
+    if caller is None:
+        raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may open sessions")
+    return caller

@@ -153,14 +153,40 @@ class OpenCall:
     def from_wire(cls, wire: object) -> OpenCall:
         if not isinstance(wire, dict) or set(wire) != {"request", "user", "groups", "token"}:
             raise ProtocolError("an open call must be a dict of request, user, groups and token")
-        user, groups, token = wire["user"], wire["groups"], wire["token"]
-        check_name(user, "user")
-        if not isinstance(groups, list) or len(groups) > MAX_GROUPS:
-            raise ProtocolError(f"groups must be a list of at most {MAX_GROUPS} names")
-        for group in groups:
-            check_name(group, "group")
-        check_token(token)
-        return cls(OpenRequest.from_wire(wire["request"]), user, tuple(groups), token)
+        user, groups = check_name(wire["user"], "user"), _groups(wire["groups"])
+        return cls(OpenRequest.from_wire(wire["request"]), user, groups, check_token(wire["token"]))
+
+
+@dataclass(frozen=True)
+class AttachCall:
+    """What the operator's master asks of another master (its `attach` procedure): watch or join (resume) one of
+    its live sessions, for the operator it vouches for, with the token of its per-session `out` procedure."""
+
+    session: str
+    mode: str  # "watch" or "attach"
+    user: str
+    groups: tuple[str, ...]
+    token: str
+
+    def to_wire(self) -> dict[str, object]:
+        return {"session": self.session, "mode": self.mode, "user": self.user, "groups": list(self.groups),
+                "token": self.token}
+
+    @classmethod
+    def from_wire(cls, wire: object) -> AttachCall:
+        if not isinstance(wire, dict) or set(wire) != {"session", "mode", "user", "groups", "token"}:
+            raise ProtocolError("an attach call must be a dict of session, mode, user, groups and token")
+        session, mode = check_name(wire["session"], "session"), wire["mode"]
+        if mode not in ("watch", "attach"):
+            raise ProtocolError("mode must be watch or attach")
+        user, groups = check_name(wire["user"], "user"), _groups(wire["groups"])
+        return cls(session, mode, user, groups, check_token(wire["token"]))
+
+
+def _groups(groups: object) -> tuple[str, ...]:
+    if not isinstance(groups, list) or len(groups) > MAX_GROUPS:
+        raise ProtocolError(f"groups must be a list of at most {MAX_GROUPS} names")
+    return tuple(check_name(group, "group") for group in groups)
 
 
 class Refused(Exception):
@@ -178,7 +204,7 @@ class Refused(Exception):
 
 
 # The kinds of refusal this vocabulary sends (ErrorKind's values).
-BAD_REQUEST, LIMIT, UNAVAILABLE, STOPPED = "bad request", "limit", "unavailable", "stopped"
+BAD_REQUEST, LIMIT, UNAVAILABLE, STOPPED, NOT_FOUND = "bad request", "limit", "unavailable", "stopped", "not found"
 
 
 def check_name(value: object, what: str) -> str:

@@ -167,6 +167,37 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return view
 
     @deferred
+    async def attach_anywhere(self, who: Identity, sink: ViewerSink, session_id: object, mode: object
+                              ) -> tuple[Handle, dict[str, object]]:
+        """`attach`, or on a multi-master site, for a session not live here, the session another master holds
+        (master_side.cluster.relay): the handle, and what the door answers of it."""
+        try:
+            view = self.attach(who, sink, session_id, mode)
+        except OperatorError as e:
+            cluster = self.cluster
+            if e.kind is not ErrorKind.NOT_FOUND or cluster is None or not isinstance(session_id, str):
+                raise
+            try:
+                routed = await cluster.attach(who, sink, session_id, str(mode))
+            except Refused as refused:
+                raise operator_error(refused) from None
+            if routed is None:
+                raise
+            handle = RoutedHandle(routed)
+            return handle, {"session": routed.session_id, "role": routed.role, "worker": routed.worker,
+                            "size": list(routed.size), "input_window": routed.input_grant}
+        return view, {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
+                      "size": list(view.session.size), "input_window": view.viewer.input_grant}
+
+    def attach_for_master(self, who: Identity, sink: ViewerSink, session_id: str, mode: str) -> View:
+        """`attach` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.serve): its refusals as the cluster's."""
+        try:
+            return self.attach(who, sink, session_id, mode)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+
+    @deferred
     async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
         """`open` for the operator of another master of the site, as that master vouches for them
         (master_side.cluster.serve): its refusals as the cluster's."""

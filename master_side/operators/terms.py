@@ -102,6 +102,18 @@ class View:
     def live(self) -> bool:
         return self.session.live
 
+    @property
+    def worker(self) -> str:
+        return self.session.worker
+
+    @property
+    def role(self) -> str:
+        return self.viewer.role.value
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.session.size
+
     def end(self, why: str) -> None:
         """End the session on the worker, recorded with `why` (its operator's end is gone for good)."""
         self.session.close(why)

@@ -329,18 +329,28 @@ class WireDoor(Protocol):
         d = defer.maybeDeferred(self.service.api.open_anywhere, who, request, WireViewerSink(self, max_output))
         return d.addCallback(answer)
 
-    def _attach(self, who: Identity, session_id: object, mode: object, most: object) -> dict[str, object]:
+    def _attach(self, who: Identity, session_id: object, mode: object, most: object
+                ) -> defer.Deferred[dict[str, object]]:
         if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             max_output = framing.max_output(most)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
-        view = self.service.api.attach(who, WireViewerSink(self, max_output), session_id, mode)
         self.viewing = True
-        self.view = view
-        return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
-                "size": list(view.session.size), "input_window": view.viewer.input_grant}
+
+        def attached(found: tuple[Handle, dict[str, object]]) -> dict[str, object]:
+            self.view = found[0]
+            return found[1]
+
+        def refused(failure: Failure) -> Failure:
+            self.viewing = False
+            return failure
+
+        # On a multi-master site, a session another master holds is watched or joined there.
+        d = defer.maybeDeferred(self.service.api.attach_anywhere, who, WireViewerSink(self, max_output), session_id,
+                                mode)
+        return d.addCallbacks(attached, refused)
 
 
 def _limited_call(frame: framing.Frame) -> bool:

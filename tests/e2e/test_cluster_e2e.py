@@ -137,6 +137,49 @@ def test_bs_policy_refuses_the_identity_a_vouches_for(cluster: Site) -> None:
     assert (done.returncode, done.stdout) == (0, b"on-z1\n")
 
 
+def live_sessions(sb: Sandbox) -> list[dict[str, object]]:
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "sessions", "--socket", sb.socket, "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_on_a_an_operator_watches_a_session_b_holds(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    # B's own operator runs a command on b1, on B's socket.
+    ticking = subprocess.Popen(shell_argv() + ["--socket", cluster.b.socket, "-T", "b1",
+                                               "for i in $(seq 1 600); do echo tick-$i; sleep 0.1; done"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watcher = None
+    try:
+        sid = wait_until(lambda: next((str(s["id"]) for s in live_sessions(cluster.b) if s["worker"] == "b1"), None),
+                         30)
+        assert sid
+        # On A, where the session is not: `slaveshell watch` reaches it on B.
+        watcher = subprocess.Popen([sys.executable, "-m", "slaveshell.cli", "watch", sid, "--socket",
+                                    cluster.a.socket], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert watcher.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"tick-" not in seen and time.monotonic() < deadline:
+            seen += watcher.stdout.read1(4096)
+        assert b"tick-" in seen
+        # B lists the watcher, as A vouched for it.
+        viewers = next(s for s in live_sessions(cluster.b) if s["id"] == sid)["viewers"]
+        assert {"user": vouched(), "role": "watch"} in viewers
+        watcher.terminate()
+        watcher.wait(30)
+        # The watcher left; the session goes on.
+        wait_until(lambda: next(s for s in live_sessions(cluster.b) if s["id"] == sid)["viewers"]
+                   == [v for v in viewers if v["user"] != vouched()], 30)
+        assert ticking.poll() is None
+    finally:
+        for proc in (watcher, ticking):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+
+
 def test_an_anonymous_router_client_cannot_call_or_register_slaveshells_procedures(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
     probe = anonymous_probe(cluster.router.url,
