@@ -7,7 +7,8 @@ ShellService(cluster=...) with slaveshell's ticket, and real opted-in workers on
 - on B: `b1` (also configured on A, as sites configure every worker on every master), `z1`, and another `dup`:
   one worker name attached to both masters.
 
-Each master has its own principal on the router (authid and ticket: its name in the site), and both keep
+Each master has its own principal on the router (authid and ticket: its name in the site; a third, C, is used by
+no master: the hostile master of the tests), and both keep
 slaveshell's audit index in the shared database. B's policy (docs/multi-master.md's) lets the test's user, as A
 vouches for it (`cluster:A/<user>`), open shells on the b* workers: b1, not z1.
 """
@@ -83,7 +84,8 @@ def site(root: str) -> Iterator[Site]:
     made = _psql(f"CREATE DATABASE {database}")
     if made.returncode != 0:
         pytest.skip(f"the local PostgreSQL is not reachable as postgres@127.0.0.1: {made.stderr.strip()}")
-    tickets = {name: secrets.token_urlsafe(24) for name in ("A", "B")}
+    # C: a principal of slaveshell's role that no master uses (the hostile master of the tests).
+    tickets = {name: secrets.token_urlsafe(24) for name in ("A", "B", "C")}
     ticket_file = os.path.join(root, "router-ticket")
     os.makedirs(root, exist_ok=True)
     with open(os.open(ticket_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -182,5 +184,64 @@ def anonymous_probe(url: str, call: list[str], register: list[str]) -> dict[str,
     """What an anonymous router client (as Buildbot's masters join) gets when it calls and registers URIs."""
     done = subprocess.run([sys.executable, "-c", ANONYMOUS_PROBE, url, REALM, json.dumps(call), json.dumps(register)],
                           capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+HOSTILE_PROBE = r"""
+import json, sys
+from autobahn.twisted.component import Component
+from autobahn.wamp.exception import ApplicationError
+from twisted.internet import defer, reactor
+
+url, realm, authid, ticket, plan = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+results = {"joined": None, "open": None, "sessions": {}}
+client = Component(transports=[{"url": url, "max_retries": 0, "serializers": ["msgpack"]}], realm=realm,
+                   authentication={"ticket": {"authid": authid, "ticket": ticket}})
+
+@client.on_join
+@defer.inlineCallbacks
+def joined(session, details):
+    results["joined"] = [details.authid, details.authrole]
+    try:
+        results["open"] = yield session.call(plan["open_uri"], plan["open_call"])
+    except ApplicationError as e:
+        results["open"] = e.error
+    ids = yield session.call("wamp.registration.list")
+    for i in ids.get("exact", []):
+        info = yield session.call("wamp.registration.get", i)
+        uri = info["uri"]
+        if not uri.startswith("slaveshell.session."):
+            continue
+        end = uri.rsplit(".", 1)[1]
+        outcome = []
+        for message in plan[end]:  # the data of input and output as bytes
+            if end == "in" and message[1] == "input":
+                message[2] = message[2].encode()
+            if end == "out" and message[1] == "output":
+                message[3] = message[3].encode()
+            try:
+                yield session.call(uri, message)
+                outcome.append("called")
+            except ApplicationError as e:
+                outcome.append(e.error)
+        results["sessions"][end] = results["sessions"].get(end, []) + outcome
+    yield session.leave()
+
+def done(_):
+    print(json.dumps(results, default=str))
+    reactor.stop()
+
+client.start(reactor).addBoth(done)
+reactor.callLater(30, reactor.stop)
+reactor.run()
+"""
+
+
+def hostile_probe(site: Site, plan: dict[str, object]) -> dict[str, object]:
+    """What a slaveshell principal no master uses (C) gets when it opens a session and calls every routed
+    session's procedures it finds through the router's meta API (`plan`: open_uri, open_call, in, out)."""
+    done = subprocess.run([sys.executable, "-c", HOSTILE_PROBE, site.router.url, REALM, "C", site.tickets["C"],
+                           json.dumps(plan)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

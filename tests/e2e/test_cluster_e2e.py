@@ -20,9 +20,11 @@ from collections.abc import Iterator
 import pytest
 
 from master_side.cluster.config import master_uri, worker_uri
+from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, PG, Site, anonymous_probe, site
+from .cluster_fixtures import DOC, PG, Site, anonymous_probe, hostile_probe, site
 from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -190,6 +192,35 @@ def test_an_anonymous_router_client_cannot_call_or_register_slaveshells_procedur
     assert probe["joined"] == "anonymous"
     assert set(probe["call"].values()) == {"wamp.error.not_authorized"}, probe  # type: ignore[union-attr]
     assert set(probe["register"].values()) == {"wamp.error.not_authorized"}, probe  # type: ignore[union-attr]
+
+
+def test_a_hostile_master_on_the_router_is_refused_by_b_and_ignored_by_a_live_session(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    marker = os.path.join(cluster.b.root, "pwned")
+    t = a_terminal(cluster, "b1")
+    try:
+        t.ready()
+        # C, a slaveshell principal no master uses, claims to vouch for the same user: B sees cluster:C/<user>,
+        # which its policy does not name. Then it calls the live session's procedures (found through the
+        # router's meta API) with input, a close, and forged output.
+        call = OpenCall(OpenRequest(worker="b1"), getpass.getuser(), (), "0" * 32).to_wire()
+        probe = hostile_probe(cluster, {
+            "open_uri": worker_uri("b1", "open"), "open_call": call,
+            "in": [[0, "input", f"touch {marker}\n"], [1, "close"]],
+            "out": [[0, "output", 1, "FORGED-OUTPUT"], [1, "exit", 0, None, ""]]})
+        assert probe["joined"] == ["C", "slaveshell"]
+        opened = probe["open"]
+        assert isinstance(opened, dict) and opened["ok"] is False and opened["kind"] == "permission denied"
+        assert "cluster:C/" in str(opened["error"]) and "vouched for by master C" in str(opened["error"])
+        assert probe["sessions"] == {"in": ["called", "called"], "out": ["called", "called"]}, probe
+        # The session goes on, untouched.
+        assert "still-42" in t.run("echo still-$((6*7))")
+        assert not os.path.exists(marker)
+        assert "FORGED-OUTPUT" not in t.printed.decode("utf-8", "replace")
+        t.child.sendline("exit")
+        assert t.wait(timeout=30) == 0
+    finally:
+        t.close()
 
 
 def test_a_worker_name_attached_to_both_masters_is_reported(cluster: Site) -> None:
