@@ -318,16 +318,19 @@ def test_b_waits_for_a_to_take_its_messages() -> None:
 def test_a_watches_a_session_b_holds_and_leaving_does_not_end_it() -> None:
     site = Site()
     sink = OperatorSink()
-    d = site.relays.attach(ALICE, "s1", "watch", sink)
-    view = d.result
+    view = site.relays.attach(ALICE, "s1", "watch", sink).result
     assert view is not None and (view.role, view.worker, view.session_id) == ("watch", "b1", "s1")
     site.views[-1].sink.output(1, b"tick")
     assert sink.out[-1] == ("output", b"tick")
-    view.detach()  # a watcher's detach: it leaves
+    # A watcher's detach: it leaves, B says so, and both ends let go of their procedures.
+    view.detach()
     assert site.views[-1].got[-1] == ("close", None)
-    # A gone: B's viewer goes, the session is not ended.
+    assert sink.out[-1] == ("exit", ExitStatus(reason="left the session"))
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+    # A gone while it watches: B's viewer goes, the session is not ended.
+    view = site.relays.attach(ALICE, "s1", "watch", OperatorSink()).result
     del site.router.procedures[session_uri(view.token, "out")]
     site.views[-1].sink.output(1, b"more")
-    assert ("end", "the operator's master did not take a message") not in site.views[-1].got
     assert all(kind != "end" for kind, _ in site.views[-1].got)
+    assert not site.served.served
     assert site.relays.attach(ALICE, "nope", "watch", OperatorSink()).result is None

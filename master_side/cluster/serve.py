@@ -368,6 +368,9 @@ class ServedSessions:
                 raise ProtocolError(f"message {message.seq} where {served.expected} was expected")
             served.expected += 1
             self._deliver(view, message)
+            if message.kind is ToWorkerSide.CLOSE and view.role != "owner":
+                # A watcher or a joiner left (the owner's close ends the session, and its exit follows): its end.
+                served.sink.exit(ExitStatus(reason="left the session"))
         except ProtocolError as e:
             view.refused(e)
 

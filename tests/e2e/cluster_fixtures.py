@@ -215,7 +215,8 @@ def joined(session, details):
             continue
         end = uri.rsplit(".", 1)[1]
         outcome = []
-        for message in plan[end]:  # the data of input and output as bytes
+        for message in plan[end]:
+            message = list(message)  # the data of input and output as bytes
             if end == "in" and message[1] == "input":
                 message[2] = message[2].encode()
             if end == "out" and message[1] == "output":
