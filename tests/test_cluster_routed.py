@@ -334,3 +334,13 @@ def test_a_watches_a_session_b_holds_and_leaving_does_not_end_it() -> None:
     assert all(kind != "end" for kind, _ in site.views[-1].got)
     assert not site.served.served
     assert site.relays.attach(ALICE, "nope", "watch", OperatorSink()).result is None
+
+
+def test_a_worker_name_two_other_masters_hold_is_never_routed_to_one_of_them() -> None:
+    site = Site()
+    c = link_of("C", site.clock, ("b1",))
+    c._joined(site.router.session(authid="C"), None)
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert "worker b1 is attached to 2 masters: B, C; slaveshell does not pick one" in refused.value.message
+    assert not site.views

@@ -295,8 +295,17 @@ class Relays:
     async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> RoutedView | None:
         """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
         router holds it (the local refusal then says why). Raises Refused: B's refusal, or the router's."""
+        worker = request.worker
+        holders = await self._holders(worker)
+        if holders is not None and not holders:
+            return None  # no master on the router lists it
+        if holders is not None and len(holders) > 1:
+            # One name attached to several masters: never routed to one of them at random.
+            raise Refused(UNAVAILABLE, f"worker {worker} is attached to {len(holders)} masters: "
+                                       f"{', '.join(visible(h) for h in holders)}; slaveshell does not pick one "
+                                       "(give the workers distinct names)")
         token = secrets.token_hex(TOKEN_LENGTH // 2)
-        view = RoutedView(self, request.worker, sink, token)
+        view = RoutedView(self, worker, sink, token)
         try:
             view.registration = await self.link.register(view.message, session_uri(token, "out"))
         except ClusterUnavailable:
@@ -305,12 +314,12 @@ class Relays:
         call = OpenCall(request, who.user, tuple(sorted(who.groups)), token)
         try:
             try:
-                answer = await self.link.call(worker_uri(request.worker, "open"), call.to_wire(),
+                answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(),
                                               timeout=self._open_timeout())
             except Exception as e:
                 # A master lists a worker as soon as it attaches, and registers it on its next second's tick:
                 # one listing it is waited for, once.
-                if error_uri(e) != NO_SUCH_PROCEDURE or not await self._listed(request.worker):
+                if error_uri(e) != NO_SUCH_PROCEDURE or not holders:
                     raise
                 await task.deferLater(self.link.reactor, REGISTERED_WITHIN, lambda: None)
                 answer = await self.link.call(worker_uri(request.worker, "open"), call.to_wire(),
@@ -374,13 +383,14 @@ class Relays:
         return None
 
     @deferred
-    async def _listed(self, worker: str) -> bool:
-        """Whether another master on the router lists `worker` among its attached workers."""
+    async def _holders(self, worker: str) -> list[str] | None:
+        """The other masters on the router that list `worker` among their attached workers (None when the router
+        cannot be asked)."""
         try:
             listings = await self.link.site()
         except ClusterUnavailable:
-            return False
-        return any(w.get("name") == worker for listing in listings for w in listing.workers)
+            return None
+        return [listing.master for listing in listings if any(w.get("name") == worker for w in listing.workers)]
 
     def all_lost(self, why: str) -> None:
         for view in list(self.views.values()):
