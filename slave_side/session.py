@@ -516,6 +516,19 @@ class WorkerSession:
         for group in dict.fromkeys(groups):
             try:
                 os.killpg(group, signum)
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
+                if group == self.pid:
+                    # Just started, the process has not yet made its own group (setsid runs in the child after
+                    # the fork): the group does not exist, so the process itself is signalled (never the
+                    # worker's group, which it is still in).
+                    self._kill_process(signum)
+            except PermissionError:
                 pass
+
+    def _kill_process(self, signum: int) -> None:
+        assert self.pid is not None
+        try:
+            os.kill(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 

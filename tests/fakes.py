@@ -28,11 +28,16 @@ class FramedLink:
         raise NotImplementedError
 
 
+# Above Linux's PID_MAX_LIMIT (2**22): no process or process group ever has it, so a signal a test forgets to
+# intercept reaches nobody.
+FAKE_PID = 2**22 + 1
+
+
 class FakeProcessTransport:
     def __init__(self, proto: Any, executable: str, args: list, env: dict, path: str, kw: dict) -> None:
         self.proto = proto
         self.executable, self.args, self.env, self.path, self.kw = executable, args, env, path, kw
-        self.pid = 4242
+        self.pid = FAKE_PID
         self.written: list[bytes] = []
         self.paused = False
         self.stdin_closed = False

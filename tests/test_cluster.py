@@ -14,7 +14,7 @@ from master_side.cluster.config import ClusterConfig, decode, encode, master_of_
 from master_side.cluster.link import ALREADY_EXISTS, ClusterLink, ClusterUnavailable, Listing
 from master_side.cluster.view import elsewhere, site_workers
 from master_side.config import ShellConfig
-from slaveshell.client.cli import _held_by
+from slaveshell.client.labels import master_label
 from slaveshell.vocabulary.policy import Identity, Policy, Rule
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
@@ -212,7 +212,7 @@ def test_site_workers_name_the_holder_the_duplicates_and_stale_database_rows() -
     assert rows["b1"]["sessions"] == 1 and rows["b1"]["stale_database_rows"] == []
     assert rows["dup"]["masters"] == ["A", "B"]
     assert (rows["gone"]["connected"], rows["gone"]["stale_database_rows"]) == (False, ["host:/srv/dead"])
-    assert [_held_by(rows[n]) for n in ("a1", "b1", "dup", "gone")] == [
+    assert [master_label(rows[n]) for n in ("a1", "b1", "dup", "gone")] == [
         "here (master A)", "on master B", "on 2 masters: A, B", "nowhere (stale db row)"]
 
 
@@ -248,5 +248,5 @@ def test_another_masters_answer_is_checked_and_shown_inertly() -> None:
     from slaveshell.vocabulary.display import cell
 
     hostile = {"masters": ["B\x1b]2;pwned\x07\x1b[31m"], "here": False}
-    shown = cell(_held_by(hostile), 28)
+    shown = cell(master_label(hostile), 28)
     assert "\x1b" not in shown and "\x07" not in shown

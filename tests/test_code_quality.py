@@ -76,6 +76,8 @@ STRICT = [
     "master_side/glue/buildbot.py",
     "master_side/config.py",
     "master_side/operators/api.py",
+    "master_side/operators/approvals.py",
+    "slaveshell/client/approval_cli.py",
     "master_side/operators/terms.py",
     "master_side/operators/routed.py",
     "master_side/cluster/stream.py",

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 
 import pytest
 from twisted.internet import error
@@ -21,7 +22,7 @@ from slave_side.session import (
 from slaveshell.vocabulary.flow import BULK, BULK_CHUNK, BULK_WINDOW, INTERACTIVE, StreamLimits, output_limits
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OUTPUT_WINDOW, OpenRequest, ProtocolError
 
-from .fakes import ProcessReactor
+from .fakes import FAKE_PID, ProcessReactor
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_output_still_open_after_exit_is_closed_after_a_grace(tmp_path, kills):
     proc.proto.processExited(Failure(error.ProcessDone(0)))
     reactor.advance(DRAIN_GRACE)
     assert proc.lost
-    assert (4242, signal.SIGHUP) in kills
+    assert (FAKE_PID, signal.SIGHUP) in kills
 
 
 @pytest.mark.parametrize(
@@ -136,14 +137,28 @@ def test_exit_code_and_signal_are_reported_separately_after_the_output(tmp_path,
     assert closed == [session]
 
 
+def test_close_reaches_a_process_that_has_not_yet_made_its_own_group(tmp_path):
+    # Just after the fork, before the child's setsid: no process group has the child's pid yet, so HUP goes to
+    # the process itself (a real child of this test, still in the test's own group, which is not signalled).
+    session, reactor, proc, reports, _ = make(tmp_path)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        session.pid = child.pid
+        session.close("test")
+        assert child.wait(timeout=10) == -signal.SIGHUP
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_close_escalates_hup_term_kill_until_the_process_ends(tmp_path, kills):
     session, reactor, proc, reports, _ = make(tmp_path)
     session.close("test")
-    assert kills == [(4242, signal.SIGHUP)]
+    assert kills == [(FAKE_PID, signal.SIGHUP)]
     reactor.advance(TERM_AFTER)
-    assert kills[-1] == (4242, signal.SIGTERM)
+    assert kills[-1] == (FAKE_PID, signal.SIGTERM)
     reactor.advance(KILL_AFTER - TERM_AFTER)
-    assert kills[-1] == (4242, signal.SIGKILL)
+    assert kills[-1] == (FAKE_PID, signal.SIGKILL)
     proc.proto.processEnded(Failure(error.ProcessTerminated(signal=9)))
     assert not reactor.getDelayedCalls()
 

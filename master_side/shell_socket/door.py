@@ -285,6 +285,12 @@ class WireDoor(Protocol):
             return api.extend(who, message.get("build"), message.get("seconds"))
         if op is Op.KILL:
             return {"text": api.kill(who, message.get("session"))}
+        if op is Op.APPROVALS:
+            return {"rows": api.pending_approvals(who, message.get("request"))}
+        if op is Op.APPROVE:
+            return {"text": api.approve(who, message.get("request"))}
+        if op is Op.DENY:
+            return {"text": api.deny(who, message.get("request"), message.get("reason"))}
         if op is Op.WORKERS:
             if api.cluster is not None:  # a multi-master site: where each worker is (master_side.cluster.view)
                 return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})

@@ -163,7 +163,8 @@ class Rule:
     to a request that gives no reason (`--reason TEXT`). With `moderated_by` (groups, by name or number, and web
     roles as ``"web:<role>"``), a session the rule allows is a four-eyes session: its input is held until a
     moderator watches it (another person, with 'watch' on the worker, in one of these groups or roles:
-    `may_moderate`); a transfer or a run it allows is refused (nobody approves those yet)."""
+    `may_moderate`); what would run before anyone watches (a command, the operator's variables, a transfer, a
+    run's part) waits for such a moderator's approval (master_side.operators.approvals)."""
 
     users: tuple[str | int, ...] = ()
     groups: tuple[str | int, ...] = ()
@@ -249,14 +250,6 @@ class Decision:
         """This decision for a request that gives no reason: refused when the rule requires one."""
         if self.allowed and self.require_reason:
             return Decision(False, f"worker {worker} requires a reason (--reason TEXT)")
-        return self
-
-    def unmoderated(self, worker: str, why: str) -> Decision:
-        """This decision for what cannot wait for a moderator (a copy, a run, a session's command): refused, for
-        `why`, when the rule makes the worker's sessions four-eyes sessions."""
-        if self.allowed and self.moderated_by:
-            groups = moderators_text(self.moderated_by)
-            return Decision(False, f"worker {worker} is moderated (moderated_by: {groups}): {why}")
         return self
 
 
