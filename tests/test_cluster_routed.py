@@ -38,9 +38,15 @@ TOKEN = "0" * 32
 
 
 def link_of(name: str, clock: task.Clock, workers: tuple[str, ...] = ()) -> ClusterLink:
+    """A master's link; its listing names `workers`, each with whether the link registered it."""
     config = ClusterConfig(router_url="ws://127.0.0.1:1/ws", realm="r", authid=name, ticket="t", master=name)
-    return ClusterLink(config, lambda: Listing(name, f"h:/{name}", None, tuple({"name": w} for w in workers)),
-                       clock)
+
+    def listing() -> Listing:
+        return Listing(name, f"h:/{name}", None, tuple({"name": w, "registered": link.registered(w)}
+                                                       for w in workers))
+
+    link = ClusterLink(config, listing, clock)
+    return link
 
 
 class FakeView:
@@ -334,6 +340,26 @@ def test_a_watches_a_session_b_holds_and_leaving_does_not_end_it() -> None:
     assert all(kind != "end" for kind, _ in site.views[-1].got)
     assert not site.served.served
     assert site.relays.attach(ALICE, "nope", "watch", OperatorSink()).result is None
+
+
+def test_a_worker_whose_procedures_another_client_holds_is_not_routed_to_it() -> None:
+    """C squats b9's procedures before B registers them: B lists b9 as not registered, so A does not call them."""
+    site = Site()
+    b = link_of("B2", site.clock, ("b9",))
+    b._joined(site.router.session(authid="B2"), None)
+    squatter = site.router.session(authid="C")
+    called: list[object] = []
+    squatter.register(lambda *args: called.append(args), worker_uri("b9", "open"))
+    squatter.register(lambda *args: called.append(args), worker_uri("b9"))
+    b.sync(["b9"], 0.0)  # refused: the router holds them for C
+    assert not b.registered("b9")
+    d = site.relays.open(ALICE, OpenRequest(worker="b9"), OperatorSink())
+    site.clock.advance(2)
+    failure = d.result
+    d.addErrback(lambda _: None)
+    assert isinstance(failure, Failure) and isinstance(failure.value, Refused)
+    assert "another router client holds its name on the router" in failure.value.message
+    assert called == []
 
 
 def test_a_worker_name_two_other_masters_hold_is_never_routed_to_one_of_them() -> None:

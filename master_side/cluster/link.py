@@ -42,7 +42,8 @@ log = Logger()
 RETRY_REFUSED = 10.0
 ALREADY_EXISTS = "wamp.error.procedure_already_exists"
 NO_SUCH_PROCEDURE = "wamp.error.no_such_procedure"
-# The router's role of slaveshell's sessions (slaveshell.client.router): a call from any other role is refused.
+# The router's role of slaveshell's sessions, or its prefix (slaveshell.client.router: one role per master): a call
+# from any other role is refused.
 ROLE = "slaveshell"
 
 # What a worker's `open` procedure does: (worker, the call's argument, the router's details of the caller).
@@ -330,8 +331,10 @@ class ClusterLink:
 
 
 def caller_of(details: CallDetails | None) -> str | None:
-    """The router's authid of a call's caller when it is a slaveshell master (the role ROLE), else None."""
-    if details is None or details.caller_authrole != ROLE:
+    """The router's authid of a call's caller when it is a slaveshell master (the role ROLE, or a master's own
+    role `slaveshell-<authid>`, slaveshell.client.router.master_role), else None."""
+    role = None if details is None else details.caller_authrole
+    if details is None or not isinstance(role, str) or not (role == ROLE or role.startswith(ROLE + "-")):
         return None
     authid = details.caller_authid
     return authid if isinstance(authid, str) and authid else None

@@ -297,13 +297,22 @@ class Relays:
         router holds it (the local refusal then says why). Raises Refused: B's refusal, or the router's."""
         worker = request.worker
         holders = await self._holders(worker)
-        if holders is not None and not holders:
-            return None  # no master on the router lists it
-        if holders is not None and len(holders) > 1:
+        if not holders:
+            return None  # no master on the router lists it (or the router cannot be asked)
+        if len(holders) > 1:
             # One name attached to several masters: never routed to one of them at random.
             raise Refused(UNAVAILABLE, f"worker {worker} is attached to {len(holders)} masters: "
                                        f"{', '.join(visible(h) for h in holders)}; slaveshell does not pick one "
                                        "(give the workers distinct names)")
+        holder, registered = next(iter(holders.items()))
+        if not registered:
+            # A master lists a worker as soon as it attaches, and registers it on its next second's tick.
+            await task.deferLater(self.link.reactor, REGISTERED_WITHIN, lambda: None)
+            if not (await self._holders(worker)).get(holder):
+                # Its listing (under its own name, which only it may register) says another router client holds
+                # the worker's procedures: they are not called.
+                raise Refused(UNAVAILABLE, f"{worker} is on master {visible(holder)}, but another router client "
+                                           f"holds its name on the router: open it on master {visible(holder)}")
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
         try:
@@ -313,17 +322,7 @@ class Relays:
         self.views[token] = view
         call = OpenCall(request, who.user, tuple(sorted(who.groups)), token)
         try:
-            try:
-                answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(),
-                                              timeout=self._open_timeout())
-            except Exception as e:
-                # A master lists a worker as soon as it attaches, and registers it on its next second's tick:
-                # one listing it is waited for, once.
-                if error_uri(e) != NO_SUCH_PROCEDURE or not holders:
-                    raise
-                await task.deferLater(self.link.reactor, REGISTERED_WITHIN, lambda: None)
-                answer = await self.link.call(worker_uri(request.worker, "open"), call.to_wire(),
-                                              timeout=self._open_timeout())
+            answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=self._open_timeout())
         except Exception as e:
             view._finish()
             if error_uri(e) == NO_SUCH_PROCEDURE or isinstance(e, ClusterUnavailable):
@@ -383,14 +382,17 @@ class Relays:
         return None
 
     @deferred
-    async def _holders(self, worker: str) -> list[str] | None:
-        """The other masters on the router that list `worker` among their attached workers (None when the router
-        cannot be asked)."""
+    async def _holders(self, worker: str) -> dict[str, bool]:
+        """The other masters on the router that list `worker` among their attached workers, each with whether it
+        says it holds the worker's procedures on the router (empty when the router cannot be asked). A listing
+        comes from its master's own `slaveshell.master.<name>.workers`, which the router lets no other client
+        register (slaveshell.client.router.slaveshell_permissions)."""
         try:
             listings = await self.link.site()
         except ClusterUnavailable:
-            return None
-        return [listing.master for listing in listings if any(w.get("name") == worker for w in listing.workers)]
+            return {}
+        return {listing.master: any(w.get("registered") is True for w in listing.workers if w.get("name") == worker)
+                for listing in listings if any(w.get("name") == worker for w in listing.workers)}
 
     def all_lost(self, why: str) -> None:
         for view in list(self.views.values()):

@@ -207,6 +207,13 @@ def joined(session, details):
         results["open"] = yield session.call(plan["open_uri"], plan["open_call"])
     except ApplicationError as e:
         results["open"] = e.error
+    results["register"] = {}
+    for uri in plan.get("register", []):
+        try:
+            yield session.register(lambda *args, **kwargs: None, uri)
+            results["register"][uri] = "allowed"
+        except ApplicationError as e:
+            results["register"][uri] = e.error
     ids = yield session.call("wamp.registration.list")
     for i in ids.get("exact", []):
         info = yield session.call("wamp.registration.get", i)
@@ -240,8 +247,9 @@ reactor.run()
 
 
 def hostile_probe(site: Site, plan: dict[str, object]) -> dict[str, object]:
-    """What a slaveshell principal no master uses (C) gets when it opens a session and calls every routed
-    session's procedures it finds through the router's meta API (`plan`: open_uri, open_call, in, out)."""
+    """What a slaveshell principal no master uses (C) gets when it opens a session, registers URIs, and calls every
+    routed session's procedures it finds through the router's meta API (`plan`: open_uri, open_call, register,
+    in, out)."""
     done = subprocess.run([sys.executable, "-c", HOSTILE_PROBE, site.router.url, REALM, "C", site.tickets["C"],
                            json.dumps(plan)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from master_side.cluster.config import master_uri, worker_uri
+from master_side.cluster.config import master_attach_uri, master_uri, worker_uri
 from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary.protocol import OpenRequest
@@ -206,12 +206,18 @@ def test_a_hostile_master_on_the_router_is_refused_by_b_and_ignored_by_a_live_se
         call = OpenCall(OpenRequest(worker="b1"), getpass.getuser(), (), "0" * 32).to_wire()
         probe = hostile_probe(cluster, {
             "open_uri": worker_uri("b1", "open"), "open_call": call,
+            "register": [master_uri("B"), master_attach_uri("B") + "x", master_uri("A") + "x", master_attach_uri("C")],
             "in": [[0, "input", f"touch {marker}\n"], [1, "close"]],
             "out": [[0, "output", 1, "FORGED-OUTPUT"], [1, "exit", 0, None, ""]]})
-        assert probe["joined"] == ["C", "slaveshell"]
+        assert probe["joined"] == ["C", "slaveshell-43"]  # its own role (slaveshell.client.router.master_role)
         opened = probe["open"]
         assert isinstance(opened, dict) and opened["ok"] is False and opened["kind"] == "permission denied"
         assert "cluster:C/" in str(opened["error"]) and "vouched for by master C" in str(opened["error"])
+        # Nothing under another master's name: only under its own.
+        assert probe["register"] == {master_uri("B"): "wamp.error.procedure_already_exists",  # B holds it
+                                     master_attach_uri("B") + "x": "wamp.error.not_authorized",
+                                     master_uri("A") + "x": "wamp.error.not_authorized",
+                                     master_attach_uri("C"): "allowed"}, probe
         assert probe["sessions"] == {"in": ["called", "called"], "out": ["called", "called"]}, probe
         # The session goes on, untouched.
         assert "still-42" in t.run("echo still-$((6*7))")
