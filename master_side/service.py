@@ -266,7 +266,11 @@ class ShellService(BuildbotService):
             self.api.cluster = None
             await part.stop()
         if wanted is not None and self.api.cluster is None:
-            part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor)
+            api = self.api
+            part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor,
+                               opener=api.open_for_master, attacher=api.attach_for_master,
+                               audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
+                               open_timeout=lambda: api.open_timeout)
             part.start()
             self.api.cluster = part
 

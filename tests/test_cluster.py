@@ -3,6 +3,7 @@ site-wide answers (cluster_view), against a router session made of Deferreds."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,17 +38,29 @@ class Router:
         self.procedures: dict[str, Any] = {}
         self.ids: dict[str, int] = {}
 
-    def session(self) -> Session:
-        return Session(self)
+    def session(self, authid: str = "slaveshell", role: str = "slaveshell") -> Session:
+        return Session(self, authid, role)
 
 
 class Session:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    """One router client: its calls reach the procedures with the router's details of the caller (its authid and
+    role) when they were registered asking for them."""
 
-    def register(self, fn: Any, uri: str) -> defer.Deferred[Registration]:
+    def __init__(self, router: Router, authid: str = "slaveshell", role: str = "slaveshell") -> None:
+        self.router = router
+        self.authid, self.role = authid, role
+
+    def register(self, fn: Any, uri: str, options: Any = None) -> defer.Deferred[Registration]:
         if uri in self.router.procedures:
             return defer.fail(ApplicationError(ALREADY_EXISTS))
+        if options is not None and options.details_arg:
+            inner = fn
+
+            def fn(*args: object, caller: Session) -> object:
+                # What the callee reads of autobahn's CallDetails.
+                details = SimpleNamespace(caller_authid=caller.authid, caller_authrole=caller.role)
+                return inner(*args, **{options.details_arg: details})
+            fn.with_details = True  # type: ignore[attr-defined]
         self.router.procedures[uri] = fn
         self.router.ids.setdefault(uri, len(self.router.ids) + 1)
         return defer.succeed(Registration(self.router, uri))
@@ -60,7 +73,9 @@ class Session:
         fn = self.router.procedures.get(uri)
         if fn is None:
             return defer.fail(ApplicationError("wamp.error.no_such_procedure"))
-        return defer.maybeDeferred(fn)
+        if getattr(fn, "with_details", False):
+            return defer.maybeDeferred(fn, *args, caller=self)
+        return defer.maybeDeferred(fn, *args)
 
 
 def listing_of(name: str, workers: list[str]) -> Listing:
@@ -215,8 +230,8 @@ def test_the_refusal_says_where_the_worker_is() -> None:
     joined(router, "B", ["b1", "dup"])
     joined(router, "C", ["dup"])
     why = "worker b1 is not connected to the master"
-    assert elsewhere(a, "b1", why).result == ("b1 is on master B (host:/srv/B), not this one; sessions are not "
-                                              "routed between masters yet: open it on master B")
+    assert elsewhere(a, "b1", why).result == ("b1 is on master B (host:/srv/B), not this one, and the session could "
+                                              "not be opened there through the router: open it on master B")
     assert elsewhere(a, "nowhere", why).result == why
     assert elsewhere(None, "b1", why).result == why
     assert "attached to 2 masters: B (host:/srv/B), C (host:/srv/C)" in elsewhere(a, "dup", why).result

@@ -79,6 +79,8 @@ STRICT = [
     "master_side/operators/approvals.py",
     "slaveshell/client/approval_cli.py",
     "master_side/operators/terms.py",
+    "master_side/operators/routed.py",
+    "master_side/cluster/stream.py",
     "master_side/audit/rows.py",
     "master_side/sessions/model.py",
     "master_side/sessions/moderation.py",

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
 from master_side.audit.trail import RecordingError
+from master_side.cluster.stream import Refused
 from master_side.glue.buildbot import BuildbotGlue, RouteError
 from master_side.holds.moderator_notices import OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
@@ -30,7 +31,8 @@ from master_side.operators.approvals import USED as APPROVAL_USED
 from master_side.operators.approvals import ApprovalRequest, Approvals, Approved, Kind, Leaving
 from master_side.operators.copy_calls import CopyOperations, Transfers
 from master_side.operators.hold_calls import extend_hold, list_holds
-from master_side.operators.terms import ErrorKind, OperatorError, View, ViewerSink, database_unavailable
+from master_side.operators.routed import RoutedHandle, operator_error
+from master_side.operators.terms import ErrorKind, Handle, OperatorError, View, ViewerSink, database_unavailable
 from master_side.sessions.model import Viewer, new_session_id
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 # The API's vocabulary (master_side.operators.terms) is importable from here too.
-__all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
+__all__ = ["ErrorKind", "Handle", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
 
 
 class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operators.copy_calls)
@@ -156,6 +158,62 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         else:
             self.trail.refused(who, worker, message)
         return OperatorError(kind, message)
+
+    @deferred
+    async def open_anywhere(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> Handle | None:
+        """`open`, or on a multi-master site, for a worker not attached here that another master holds: the
+        session that master opens and serves for `who`, under its own policy (master_side.cluster.relay)."""
+        cluster = self.cluster
+        if cluster is not None and not cluster.attached_here(request.worker):
+            try:
+                routed = await cluster.open(who, request, sink)
+            except Refused as e:
+                raise operator_error(e) from None
+            if routed is not None:
+                return RoutedHandle(routed)
+        view: View | None = await self.open(who, request, sink)
+        return view
+
+    @deferred
+    async def attach_anywhere(self, who: Identity, sink: ViewerSink, session_id: object, mode: object
+                              ) -> tuple[Handle, dict[str, object]]:
+        """`attach`, or on a multi-master site, for a session not live here, the session another master holds
+        (master_side.cluster.relay): the handle, and what the door answers of it."""
+        try:
+            view = self.attach(who, sink, session_id, mode)
+        except OperatorError as e:
+            cluster = self.cluster
+            if e.kind is not ErrorKind.NOT_FOUND or cluster is None or not isinstance(session_id, str):
+                raise
+            try:
+                routed = await cluster.attach(who, sink, session_id, str(mode))
+            except Refused as refused:
+                raise operator_error(refused) from None
+            if routed is None:
+                raise
+            handle = RoutedHandle(routed)
+            return handle, {"session": routed.session_id, "role": routed.role, "worker": routed.worker,
+                            "size": list(routed.size), "input_window": routed.input_grant}
+        return view, {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
+                      "size": list(view.session.size), "input_window": view.viewer.input_grant}
+
+    def attach_for_master(self, who: Identity, sink: ViewerSink, session_id: str, mode: str) -> View:
+        """`attach` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.serve): its refusals as the cluster's."""
+        try:
+            return self.attach(who, sink, session_id, mode)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+
+    @deferred
+    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+        """`open` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.serve): its refusals as the cluster's."""
+        try:
+            view: View | None = await self.open(who, request, sink)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        return view
 
     @deferred
     async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink, run_id: str | None = None,

@@ -31,7 +31,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from master_side.operators.api import ErrorKind, OperatorError, View
+from master_side.operators.api import ErrorKind, Handle, OperatorError
 from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.copy_door import CopyDoor
 from master_side.shell_socket.framed import DoorHost
@@ -58,7 +58,7 @@ class WireDoor(Protocol):
         # Bytes written to the transport so far (the gate compares it with what is still buffered).
         self.written = 0
         self.disconnects: list[Callable[[], None]] = []
-        self.view: View | None = None
+        self.view: Handle | None = None
         # An open, attach or copy was asked on this connection (one view or transfer per connection).
         self.viewing = False
         self.copying = CopyDoor(self)
@@ -211,7 +211,7 @@ class WireDoor(Protocol):
             return self._refused(view, op.value, e)
         return True
 
-    def _refused(self, view: View, method: str, error: ProtocolError) -> bool:
+    def _refused(self, view: Handle, method: str, error: ProtocolError) -> bool:
         """A session message refused (by its values here, or by the session): its cost (View.refused), and the
         refusal to the client. True for a late event (nothing refused)."""
         refusal = view.refused(error)
@@ -322,30 +322,41 @@ class WireDoor(Protocol):
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
         self.viewing = True
 
-        def answer(view: View | None) -> dict[str, object] | None:
+        def answer(view: Handle | None) -> dict[str, object] | None:
             if view is None:
                 return None
             if self._leaving:
                 view.close()  # the owner closes: the session ends
                 return None
             self.view = view
-            return {"session": view.session.id, "input_window": view.viewer.input_grant}
+            return {"session": view.session_id, "input_window": view.input_grant}
 
-        d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self, max_output))
+        # On a multi-master site, a worker another master holds is opened there (master_side.cluster.relay).
+        d = defer.maybeDeferred(self.service.api.open_anywhere, who, request, WireViewerSink(self, max_output))
         return d.addCallback(answer)
 
-    def _attach(self, who: Identity, session_id: object, mode: object, most: object) -> dict[str, object]:
+    def _attach(self, who: Identity, session_id: object, mode: object, most: object
+                ) -> defer.Deferred[dict[str, object]]:
         if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             max_output = framing.max_output(most)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
-        view = self.service.api.attach(who, WireViewerSink(self, max_output), session_id, mode)
         self.viewing = True
-        self.view = view
-        return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
-                "size": list(view.session.size), "input_window": view.viewer.input_grant}
+
+        def attached(found: tuple[Handle, dict[str, object]]) -> dict[str, object]:
+            self.view = found[0]
+            return found[1]
+
+        def refused(failure: Failure) -> Failure:
+            self.viewing = False
+            return failure
+
+        # On a multi-master site, a session another master holds is watched or joined there.
+        d = defer.maybeDeferred(self.service.api.attach_anywhere, who, WireViewerSink(self, max_output), session_id,
+                                mode)
+        return d.addCallbacks(attached, refused)
 
 
 def _limited_call(frame: framing.Frame) -> bool:

@@ -120,6 +120,33 @@ class WebIdentity(Identity):
         return f"{self.user} (web user)"
 
 
+# An operator of another master of a multi-master site, as that master vouches for them (master_side.cluster):
+# `cluster:<master>/<name>`, where <master> is the name the site's router authenticated that master as.
+CLUSTER_PREFIX = "cluster:"
+
+
+@dataclass(frozen=True)
+class ClusterIdentity(Identity):
+    """An operator of another master of the site, for a session routed here (master_side.cluster.serve): `user` is
+    ``cluster:<master>/<name>``, `groups` ``cluster:<master>/<group>`` for each group that master gave, and
+    ``cluster:<master>`` itself (any operator it vouches for). <master> is the router's authid of the calling
+    master, never a name it claims; uid, gid and pid are -1 (no local user here), so numeric uids and gids in
+    rules never match. Policy rules name them as ``Rule(users=["cluster:A/alice"], groups=["cluster:A/ops"])``."""
+
+    @classmethod
+    def vouched(cls, master: str, name: str, groups: Iterable[str]) -> ClusterIdentity:
+        base = f"{CLUSTER_PREFIX}{master}"
+        return cls(uid=-1, gid=-1, pid=-1, user=f"{base}/{name}",
+                   groups=frozenset({base, *(f"{base}/{g}" for g in groups)}))
+
+    @property
+    def key(self) -> tuple[str, object]:
+        return ("cluster", self.user)
+
+    def __str__(self) -> str:
+        return f"{self.user} (vouched for by master {self.user[len(CLUSTER_PREFIX):].split('/', 1)[0]})"
+
+
 def same_operator(a: Operator, b: Operator) -> bool:
     """Whether two identities are the same operator: the same uid for local users, the same name for web
     users (who all have uid -1)."""
