@@ -15,6 +15,7 @@ from master_side.audit.trail import ON_RECORD_ERROR
 from master_side.cluster.config import ClusterConfig
 from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
 from master_side.fleet.operations import FleetLimits
+from master_side.operators.approvals import ApprovalLimits
 from master_side.operators.bounds import ResourceBounds
 from master_side.sessions.session_limits import SessionLimits
 from slaveshell.fleet.probe import ProbeError, check_probes
@@ -98,6 +99,11 @@ class ShellConfig:
     max_runs: int = FleetLimits.runs
     max_run_batch: int = FleetLimits.batch
     max_run_sessions: int = FleetLimits.sessions
+    # Four-eyes workers: requests waiting for a moderator's approval (master_side.operators.approvals) per
+    # operator and in total, and how long one waits before it is refused.
+    max_pending_approvals_per_operator: int = ApprovalLimits.per_operator
+    max_pending_approvals: int = ApprovalLimits.total
+    approval_wait: float = ApprovalLimits.wait
 
     def errors(self) -> list[str]:
         """What is wrong with these options, one sentence each (empty when they are good)."""
@@ -113,6 +119,10 @@ class ShellConfig:
         except ProbeError as e:
             return [f"facts: {e}"]
         return []
+
+    def approval_limits(self) -> ApprovalLimits:
+        return ApprovalLimits(self.max_pending_approvals_per_operator, self.max_pending_approvals,
+                              float(self.approval_wait))
 
     def fleet_limits(self) -> FleetLimits:
         return FleetLimits(self.max_runs_per_operator, self.max_runs, self.max_run_batch, self.max_run_sessions)
@@ -135,10 +145,14 @@ class ShellConfig:
         # Resource bounds (master_side.operators.bounds): always on, whole numbers of at least 1.
         for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
-                     "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch", "max_run_sessions"):
+                     "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch", "max_run_sessions",
+                     "max_pending_approvals_per_operator", "max_pending_approvals"):
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")
+        wait = self.approval_wait
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 < wait <= 7 * 86400:
+            out.append("approval_wait must be a number of seconds above 0 and at most a week")
         text = self.keep_uploaded_text
         if not isinstance(text, int) or isinstance(text, bool) or not 0 <= text <= KEEP_UPLOADED_TEXT_MAX:
             out.append(f"keep_uploaded_text must be a whole number of bytes from 0 to {KEEP_UPLOADED_TEXT_MAX}")

@@ -29,6 +29,7 @@ from master_side.glue.buildbot import BuildbotGlue
 from master_side.holds import moderator_notices
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
+from master_side.operators.approvals import ApprovalRequest
 from master_side.operators.gate import ConnectionGate
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
@@ -95,6 +96,7 @@ class ShellService(BuildbotService):
         # (master_side.operators.gate).
         self.gate.has_right = lambda who: self.policy.grants_some_right(who)
         self.api.moderator_wanted = self._moderator_wanted
+        self.api.approval_wanted = self._approval_wanted
         super().__init__(*args, **kwargs)
 
     @property
@@ -124,6 +126,12 @@ class ShellService(BuildbotService):
                                    moderators_text(moderation.moderated_by), session.started, why,
                                    session.request.reason)
 
+    def _approval_wanted(self, request: ApprovalRequest) -> None:
+        """A request on a four-eyes worker waits for a moderator's approval: the reporters' notice."""
+        moderator_notices.announce(self.master, request.id, request.worker, request.who.user, request.moderators,
+                                   request.asked, moderator_notices.APPROVAL, request.reason,
+                                   asks=request.kind.value)
+
     def command_socket(self, basedir: str) -> str | None:
         """The socket a command must name with ``--socket``: None when there is none, or it is the default one
         in the master's `basedir`, where `buildbot-shell` run in that directory finds it (the held-build notice:
@@ -147,6 +155,7 @@ class ShellService(BuildbotService):
         self.api.transfers.keep_text = options.keep_uploaded_text
         self.fleet.probes = dict(options.facts)
         self.fleet.limits = options.fleet_limits()
+        self.api.approvals.limits = options.approval_limits()
         # Buildbot's REST writer from the reactor thread (master_side.glue.rest_write_fix); Banana's receiving without
         # its buffer rebuilt on each read and bounded (slaveshell.plumbing.banana_buffer,
         # slaveshell.plumbing.banana_bounds): each checked against the upstream code first (master_side.glue.upstream).
@@ -191,6 +200,7 @@ class ShellService(BuildbotService):
         log.info("slaveshell: stopping (socket closed)")
         await self._cluster(None)
         self.fleet.interrupt_all()
+        self.api.approvals.stop()
         if self._attaches is not None:
             consumer, self._attaches = self._attaches, None
             consumer.stopConsuming()
@@ -256,7 +266,11 @@ class ShellService(BuildbotService):
             self.api.cluster = None
             await part.stop()
         if wanted is not None and self.api.cluster is None:
-            part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor)
+            api = self.api
+            part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor,
+                               opener=api.open_for_master, attacher=api.attach_for_master,
+                               audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
+                               open_timeout=lambda: api.open_timeout)
             part.start()
             self.api.cluster = part
 

@@ -1,10 +1,12 @@
 """`slaveshell.policy`: a public name (master.cfg imports it); the code is slaveshell.vocabulary.policy."""
 
 from slaveshell.vocabulary.policy import (
+    CLUSTER_PREFIX,
     IMPLIED,
     RIGHTS,
     WEB_PREFIX,
     Action,
+    ClusterIdentity,
     Decision,
     Identity,
     Operator,
@@ -18,4 +20,5 @@ from slaveshell.vocabulary.policy import (
 )
 
 __all__ = ["RIGHTS", "IMPLIED", "Action", "Operator", "SessionView", "Identity", "WEB_PREFIX", "WebIdentity",
+    "CLUSTER_PREFIX", "ClusterIdentity",
     "same_operator", "same_person", "in_moderators", "Rule", "Decision", "Policy"]

@@ -300,3 +300,37 @@ def test_a_version_6_database_gets_fleet_runs_and_facts(db_url):
             assert conn.execute(sa.select(s.id, s.run_id)).all() == [("old", None)]
     finally:
         engine.dispose()
+
+
+def run_row(run_id, targets, started, state="ended"):
+    return {"id": run_id, "kind": "run", "operator": "alice", "uid": 1000, "master": "m:/srv", "command": "uname",
+            "selection": "*", "targets": targets, "batch": 1, "started": utc(started), "state": state}
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_workers_fleet_runs(db_url):
+    """`worker_runs`: the runs that named a worker (a target, or an outcome of it: a pending one), newest first, with
+    its outcome and its session; a name is matched whole (`w1` is not `w10`), and `%`/`_` are no wildcards."""
+    store = AuditStore(db_url)
+    yield store.start()
+    try:
+        t = 1_790_000_000.0
+        yield store.open_run(run_row("r1", "w1 w2", t), [])
+        store.end_run("r1", {"state": "ended"}, [
+            {"worker": "w1", "state": "ok", "exit_status": 0, "session_id": "s1"},
+            {"worker": "w2", "state": "failed", "exit_status": 3, "session_id": "s2"}])
+        yield store.open_run(run_row("r2", "w10", t + 1), [])
+        yield store.open_run(run_row("r3", "", t + 2), [{"worker": "w1", "state": "pending", "reason": "waits"}])
+        yield store.open_run(run_row("r4", "w2 w1", t + 3, state="running"), [])
+        yield store.open_session({**row("s4", started=t + 3), "run_id": "r4"})
+        yield store._drain_d
+        found = yield store.worker_runs("w1")
+        assert [(r.run["id"], r.outcome and r.outcome["state"], r.session) for r in found] == [
+            ("r4", None, "s4"), ("r3", "pending", None), ("r1", "ok", "s1")]
+        assert [r.run["id"] for r in (yield store.worker_runs("w10"))] == ["r2"]
+        assert [(r.run["id"], r.outcome and r.outcome["exit_status"]) for r in (yield store.worker_runs("w2"))] == [
+            ("r4", None), ("r1", 3)]
+        assert (yield store.worker_runs("w%")) == [] and (yield store.worker_runs("w_")) == []
+        assert len((yield store.worker_runs("w1", limit=1))) == 1
+    finally:
+        yield store.stop()

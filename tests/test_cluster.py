@@ -3,6 +3,7 @@ site-wide answers (cluster_view), against a router session made of Deferreds."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from master_side.cluster.config import ClusterConfig, decode, encode, master_of_
 from master_side.cluster.link import ALREADY_EXISTS, ClusterLink, ClusterUnavailable, Listing
 from master_side.cluster.view import elsewhere, site_workers
 from master_side.config import ShellConfig
-from slaveshell.client.cli import _held_by
+from slaveshell.client.labels import master_label
 from slaveshell.vocabulary.policy import Identity, Policy, Rule
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset())
@@ -37,17 +38,29 @@ class Router:
         self.procedures: dict[str, Any] = {}
         self.ids: dict[str, int] = {}
 
-    def session(self) -> Session:
-        return Session(self)
+    def session(self, authid: str = "slaveshell", role: str = "slaveshell") -> Session:
+        return Session(self, authid, role)
 
 
 class Session:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    """One router client: its calls reach the procedures with the router's details of the caller (its authid and
+    role) when they were registered asking for them."""
 
-    def register(self, fn: Any, uri: str) -> defer.Deferred[Registration]:
+    def __init__(self, router: Router, authid: str = "slaveshell", role: str = "slaveshell") -> None:
+        self.router = router
+        self.authid, self.role = authid, role
+
+    def register(self, fn: Any, uri: str, options: Any = None) -> defer.Deferred[Registration]:
         if uri in self.router.procedures:
             return defer.fail(ApplicationError(ALREADY_EXISTS))
+        if options is not None and options.details_arg:
+            inner = fn
+
+            def fn(*args: object, caller: Session) -> object:
+                # What the callee reads of autobahn's CallDetails.
+                details = SimpleNamespace(caller_authid=caller.authid, caller_authrole=caller.role)
+                return inner(*args, **{options.details_arg: details})
+            fn.with_details = True  # type: ignore[attr-defined]
         self.router.procedures[uri] = fn
         self.router.ids.setdefault(uri, len(self.router.ids) + 1)
         return defer.succeed(Registration(self.router, uri))
@@ -60,7 +73,9 @@ class Session:
         fn = self.router.procedures.get(uri)
         if fn is None:
             return defer.fail(ApplicationError("wamp.error.no_such_procedure"))
-        return defer.maybeDeferred(fn)
+        if getattr(fn, "with_details", False):
+            return defer.maybeDeferred(fn, *args, caller=self)
+        return defer.maybeDeferred(fn, *args)
 
 
 def listing_of(name: str, workers: list[str]) -> Listing:
@@ -197,7 +212,7 @@ def test_site_workers_name_the_holder_the_duplicates_and_stale_database_rows() -
     assert rows["b1"]["sessions"] == 1 and rows["b1"]["stale_database_rows"] == []
     assert rows["dup"]["masters"] == ["A", "B"]
     assert (rows["gone"]["connected"], rows["gone"]["stale_database_rows"]) == (False, ["host:/srv/dead"])
-    assert [_held_by(rows[n]) for n in ("a1", "b1", "dup", "gone")] == [
+    assert [master_label(rows[n]) for n in ("a1", "b1", "dup", "gone")] == [
         "here (master A)", "on master B", "on 2 masters: A, B", "nowhere (stale db row)"]
 
 
@@ -215,8 +230,8 @@ def test_the_refusal_says_where_the_worker_is() -> None:
     joined(router, "B", ["b1", "dup"])
     joined(router, "C", ["dup"])
     why = "worker b1 is not connected to the master"
-    assert elsewhere(a, "b1", why).result == ("b1 is on master B (host:/srv/B), not this one; sessions are not "
-                                              "routed between masters yet: open it on master B")
+    assert elsewhere(a, "b1", why).result == ("b1 is on master B (host:/srv/B), not this one, and the session could "
+                                              "not be opened there through the router: open it on master B")
     assert elsewhere(a, "nowhere", why).result == why
     assert elsewhere(None, "b1", why).result == why
     assert "attached to 2 masters: B (host:/srv/B), C (host:/srv/C)" in elsewhere(a, "dup", why).result
@@ -233,5 +248,5 @@ def test_another_masters_answer_is_checked_and_shown_inertly() -> None:
     from slaveshell.vocabulary.display import cell
 
     hostile = {"masters": ["B\x1b]2;pwned\x07\x1b[31m"], "here": False}
-    shown = cell(_held_by(hostile), 28)
+    shown = cell(master_label(hostile), 28)
     assert "\x1b" not in shown and "\x07" not in shown

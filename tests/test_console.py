@@ -203,3 +203,32 @@ def test_after_the_master_went_away_sessions_and_workers_show_the_error_and_no_s
     assert text.count("error: cannot reach the master: connection refused") == 3  # at start, and each command
     for stale in ("abc123def456", "linux-1", "SESSION", "WORKER"):
         assert stale not in text, text
+
+
+def test_on_a_multi_master_site_each_worker_row_says_which_master_holds_it():
+    class SiteBackend(FakeBackend):
+        def workers(self):
+            rows = super().workers()
+            rows[0].update(master="A", here=True, masters=["A"])
+            rows[1].update(master=None, here=False, masters=[])
+            return rows + [
+                {"name": "b1", "connected": True, "shell": True, "paused": False, "allowed": True, "sessions": 0,
+                 "system": "posix", "info": "", "master": "B", "here": False, "masters": ["B"]},
+                {"name": "dup", "connected": True, "shell": True, "paused": False, "allowed": True, "sessions": 0,
+                 "system": "", "info": "", "master": "A", "here": True, "masters": ["A", "B\x1b[31m"]}]
+
+    out: list[str] = []
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        inp.send_text("quit\r")
+        Console(SiteBackend(), input=inp, output=DummyOutput(), write=out.append).run()
+    out_text = "".join(out)
+    assert "MASTER" in out_text.splitlines()[0]
+    line = {row.split()[0]: row for row in out_text.splitlines()[1:] if row.strip()}
+    assert "here (master A)" in line["linux-1"] and "on master B" in line["b1"]
+    assert "on 2 masters: A, B\\x1b[" in line["dup"]  # a name from another master, escaped (and cut to the column)
+    assert "master" not in line["win-1"]
+
+
+def test_on_one_master_there_is_no_master_column(drive):
+    _, out, _ = drive("quit\r")
+    assert "MASTER" not in out

@@ -28,6 +28,8 @@ def service(tmp_path: Any) -> Any:
     ({"script": "not base64!"}, "base64"),
     ({"command": "true", "timeout": True}, "timeout"),
     ({"command": "true", "env": ["A=1"]}, "env is a mapping"),
+    ({"command": "true", "env": {"1X": "v"}}, "bad environment variable name '1X'"),
+    ({"command": "true", "env": {"A": 1}}, "environment value of A"),
     ({"command": "true", "workers": "w*"}, "workers is a list"),
     ({"command": "true", "workers": ["w"] * 65}, "workers is a list of at most 64"),
     ({"command": "true", "include_offline": "yes"}, "true or false"),

@@ -297,7 +297,7 @@ def test_a_transfer_through_the_door_is_relayed_and_checked_by_the_masters_trans
     frames; a bad message ends the transfer, not the connection."""
     made: dict[str, Any] = {}
 
-    def copy(who, request, operator):
+    def copy(who, request, operator, waiting=None):
         transfer = MasterTransfer("t1", who, request, None, lambda t: None)
         transfer.parties[OPERATOR] = operator
         made["worker"] = FakeRef()
@@ -330,7 +330,7 @@ def test_a_transfer_through_the_door_is_relayed_and_checked_by_the_masters_trans
 def test_a_bad_message_from_the_client_ends_its_transfer_not_its_connection(service, monkeypatch):
     made: dict[str, Any] = {}
 
-    def copy(who, request, operator):
+    def copy(who, request, operator, waiting=None):
         transfer = made["transfer"] = MasterTransfer("t1", who, request, None, lambda t: None)
         transfer.parties[OPERATOR] = operator
         transfer.parties[WORKER] = Party(made.setdefault("worker", FakeRef()))

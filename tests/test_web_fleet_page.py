@@ -29,7 +29,8 @@ def test_a_run_message_is_decoded_with_every_value_checked():
                   "batch": "50%", "timeout": 30, "reason": "INC-1", "env": {"X": "1"}, "cwd": "/"})
     assert (ask.command, ask.script, ask.workers, ask.where, ask.batch, ask.timeout, ask.reason) == \
         ("uname -a", None, ("f[1-2]",), ("os=Linux",), "50%", 30.0, "INC-1")
-    assert ask.env == {} and ask.cwd is None  # the page sends neither; the door takes neither
+    assert ask.env == {"X": "1"} and ask.cwd == "/"  # -e X=1 -C /
+    assert decode({"command": "x", "cwd": " ", "env": {}}).cwd is None
     script = decode({"script": "echo hi", "command": ""})
     assert script.script == b"echo hi\n" and script.command is None
     assert decode({"command": "x", "batch": " ", "reason": ""}).batch is None
@@ -50,6 +51,13 @@ def test_a_run_message_is_decoded_with_every_value_checked():
     {"command": "x", "include_offline": "yes"},
     {"command": "x", "pause": 1},
     {"command": "x", "until": "7d"},
+    {"command": "x", "env": ["A=1"]},
+    {"command": "x", "env": {"A": 1}},
+    {"command": "x", "env": {"A" * 300: "1"}},
+    {"command": "x", "env": {f"A{i}": "1" for i in range(200)}},
+    {"command": "x", "env": {"A": "x" * (16 * 1024 + 1)}},
+    {"command": "x", "cwd": "/" + "d" * 5000},
+    {"command": "x", "cwd": ["/"]},
 ])
 def test_a_bad_value_is_refused_at_the_doors_edge(message):
     with pytest.raises(ProtocolError):

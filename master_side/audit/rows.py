@@ -6,7 +6,7 @@ numbers, booleans, None, bytes), so times are ISO 8601 strings in UTC.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 
 class SessionRow(TypedDict):
@@ -83,6 +83,15 @@ class RunWorkerRow(TypedDict):
     output_bytes: int | None
     output_sha256: str | None
     reason: str | None
+
+
+class WorkerRun(NamedTuple):
+    """A fleet run that named one worker (`AuditStore.worker_runs`): the run, that worker's outcome (None while it
+    runs), and its session on that worker, if one was opened."""
+
+    run: RunRow
+    outcome: RunWorkerRow | None
+    session: str | None
 
 
 class FactRow(TypedDict):

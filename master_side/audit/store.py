@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from master_side.audit.reads import PoolReactor, Reads
-from master_side.audit.rows import EventRow, FactRow, RunningRow, RunRow, RunWorkerRow, SessionRow
+from master_side.audit.rows import EventRow, FactRow, RunningRow, RunRow, RunWorkerRow, SessionRow, WorkerRun
 from master_side.audit.schema import events, facts, migrate, run_workers, runs, sessions
 from master_side.audit.upload_links import UPLOADS_LOOKED_AT, named_uploads
 from slaveshell.plumbing.clock import Clock
@@ -358,6 +358,39 @@ class AuditStore:
             q = sa.select(run_workers).where(run_workers.c.run_id == run_id).order_by(run_workers.c.id)
             with self.engine.connect() as conn:
                 return [cast(RunWorkerRow, _row(r)) for r in conn.execute(q).mappings()]
+
+        return self.read(query)
+
+    def worker_runs(self, worker: str, limit: int = 50) -> defer.Deferred[list[WorkerRun]]:
+        """The fleet runs that named `worker` (among their targets as resolved, or with an outcome of it: listed,
+        pending...), newest first, each with that worker's outcome row (None while it runs) and the id of its
+        session there (from the outcome, or from the sessions table while the run is in progress)."""
+        def query() -> list[WorkerRun]:
+            assert self.engine is not None
+            spaced = sa.literal(" ") + runs.c.targets + sa.literal(" ")
+            named = sa.select(run_workers.c.run_id).where(run_workers.c.worker == worker)
+            q = (sa.select(runs).where(sa.or_(runs.c.id.in_(named), spaced.contains(f" {worker} ", autoescape=True)))
+                 .order_by(runs.c.started.desc()).limit(limit))
+            with self.engine.connect() as conn:
+                found = [cast(RunRow, _row(r)) for r in conn.execute(q).mappings()]
+                ids = [r["id"] for r in found]
+                outcomes: dict[str, RunWorkerRow] = {}
+                opened: dict[str, str] = {}
+                if ids:
+                    for r in conn.execute(sa.select(run_workers).where(run_workers.c.run_id.in_(ids),
+                                                                       run_workers.c.worker == worker)
+                                          .order_by(run_workers.c.id)).mappings():
+                        outcomes[str(r["run_id"])] = cast(RunWorkerRow, _row(r))
+                    for r in conn.execute(sa.select(sessions.c.run_id, sessions.c.id).where(
+                            sessions.c.run_id.in_(ids), sessions.c.worker == worker)
+                            .order_by(sessions.c.started)).mappings():
+                        opened[str(r["run_id"])] = str(r["id"])
+            out = []
+            for row in found:
+                outcome = outcomes.get(row["id"])
+                session = (outcome["session_id"] if outcome is not None else None) or opened.get(row["id"])
+                out.append(WorkerRun(row, outcome, session))
+            return out
 
         return self.read(query)
 

@@ -271,6 +271,12 @@ class AuditTrail:
         dropped while held); `who` is the moderator, or the operator whose input it is about."""
         self.store.add_event(kind, session.id, session.worker, who.user, who.uid, detail)
 
+    def approval(self, kind: str, worker: str, who: Identity, detail: str, record_id: str | None = None) -> None:
+        """A request's approval step (master_side.operators.approvals: asked, approved, denied, expired, withdrawn;
+        with `record_id`, the session or transfer an approval started); `who` is the moderator who decided, or
+        the operator who asked."""
+        self.store.add_event(kind, record_id, worker, who.user, who.uid, detail)
+
     def killed(self, session: MasterSession, who: Identity, detail: str = "") -> None:
         self.store.add_event("kill", session.id, session.worker, who.user, who.uid, detail)
 

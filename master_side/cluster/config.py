@@ -23,6 +23,7 @@ from dataclasses import dataclass
 PREFIX = "slaveshell."
 WORKER_PREFIX = PREFIX + "worker."
 MASTER_PREFIX = PREFIX + "master."
+SESSION_PREFIX = PREFIX + "session."
 _COMPONENT = re.compile(r"[0-9a-f]+")
 
 # The longest master or worker name slaveshell puts in a URI (Buildbot's worker names are identifiers of at most
@@ -51,9 +52,22 @@ def worker_uri(worker: str, what: str = "locate") -> str:
     return f"{WORKER_PREFIX}{encode(worker)}.{what}"
 
 
+def session_uri(token: str, end: str) -> str:
+    """A routed session's procedure at one `end` ("in": on the worker's master, what the operator's master sends;
+    "out": on the operator's master, what the worker's master sends), named by a random token (hexadecimal) that
+    only the two masters know."""
+    return f"{SESSION_PREFIX}{token}.{end}"
+
+
 def master_uri(master: str) -> str:
     """The procedure each master registers under its cluster name: its attached workers, as it sees them."""
     return f"{MASTER_PREFIX}{encode(master)}.workers"
+
+
+def master_attach_uri(master: str) -> str:
+    """The procedure each master registers under its cluster name for another master's operator to watch or join
+    one of its live sessions (master_side.cluster.serve)."""
+    return f"{MASTER_PREFIX}{encode(master)}.attach"
 
 
 def master_of_uri(uri: str) -> str | None:

@@ -8,7 +8,11 @@ registers
 - `slaveshell.worker.<name>.locate` per attached, opted-in worker (worker_uri): the router refuses a second
   registration of a procedure and drops a session's registrations at once when the session dies, so its live
   registrations say which master holds a worker now. A worker whose procedure another master holds is
-  attached to two masters: it is reported (`duplicates`), never registered twice.
+  attached to two masters: it is reported (`duplicates`), never registered twice;
+- `slaveshell.worker.<name>.open` beside it: another master's operator opens a session on the worker through it
+  (`opener`, master_side.cluster.serve).
+
+The session speaks msgpack, so that a routed session's bytes travel as bytes (master_side.cluster.stream).
 
 `sync` (called every second by the service) brings the registrations in line with the attached workers;
 `site` asks every other master on the router for its workers.
@@ -23,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from master_side.cluster.config import ClusterConfig, master_of_uri, master_uri, worker_uri
+from master_side.cluster.config import ClusterConfig, master_attach_uri, master_of_uri, master_uri, worker_uri
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 
 if TYPE_CHECKING:
     from autobahn.wamp.request import Registration
+    from autobahn.wamp.types import CallDetails
 
 log = Logger()
 
@@ -36,6 +41,13 @@ log = Logger()
 # let it go).
 RETRY_REFUSED = 10.0
 ALREADY_EXISTS = "wamp.error.procedure_already_exists"
+NO_SUCH_PROCEDURE = "wamp.error.no_such_procedure"
+# The router's role of slaveshell's sessions, or its prefix (slaveshell.client.router: one role per master): a call
+# from any other role is refused.
+ROLE = "slaveshell"
+
+# What a worker's `open` procedure does: (worker, the call's argument, the router's details of the caller).
+Opener = Callable[[str, object, "CallDetails"], Any]
 
 
 class ClusterUnavailable(Exception):
@@ -82,11 +94,21 @@ class ClusterLink:
         self._reactor = reactor
         self._session: Any = None
         self._component: Any = None
-        self._registered: dict[str, Registration] = {}  # worker name -> its registration
+        self._registered: dict[str, list[Registration]] = {}  # worker name -> its registrations
+        self.opener: Opener | None = None  # serves the workers' `open` procedures (master_side.cluster.serve)
+        # Serves this master's `attach` procedure (master_side.cluster.serve): another master's operator watches
+        # or joins a session here.
+        self.attacher: Callable[[object, CallDetails], Any] | None = None
+        # Called when the link leaves the router, with why: routed sessions end (master_side.cluster.serve, .relay).
+        self.on_leave: list[Callable[[str], None]] = []
         self._pending: set[str] = set()
         self.duplicates: dict[str, float] = {}  # worker name -> when its registration was refused
         self.master_refused = False  # another master holds this master's name
         self._uris: dict[int, str] = {}  # registration id -> URI, as the router's meta API told it
+
+    @property
+    def reactor(self) -> Any:
+        return self._reactor
 
     @property
     def connected(self) -> bool:
@@ -107,7 +129,7 @@ class ClusterLink:
                          why=visible(e.strerror or str(e)))
             return
 
-        transport = {"url": self.config.router_url, "max_retries": -1,
+        transport = {"url": self.config.router_url, "max_retries": -1, "serializers": ["msgpack"],
                      "initial_retry_delay": self.config.initial_retry_delay,
                      "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
         component = Component(transports=[transport], realm=self.config.realm,
@@ -132,6 +154,8 @@ class ClusterLink:
                 log.warn("slaveshell: the cluster link did not leave the router cleanly: {why}",
                          why=visible(str(e)[:200]))
         self._forget()
+        for callback in list(self.on_leave):
+            callback("this master is leaving the cluster's router")
 
     # -- the session's life ------------------------------------------------------------------------
 
@@ -141,6 +165,10 @@ class ClusterLink:
         self._session = session
         try:
             await session.register(self._answer_listing, master_uri(self.name))
+            if self.attacher is not None:
+                from autobahn.wamp.types import RegisterOptions
+
+                await session.register(self.attacher, master_attach_uri(self.name), RegisterOptions(details=True))
         except Exception as e:
             self.master_refused = _error_uri(e) == ALREADY_EXISTS
             log.critical("slaveshell: cannot register master {name} on the router: {why}", name=visible(self.name),
@@ -149,6 +177,8 @@ class ClusterLink:
     def _left(self, session: Any, details: object) -> None:
         log.warn("slaveshell: left the router ({why}); reconnecting", why=visible(str(details)[:200]))
         self._forget()
+        for callback in list(self.on_leave):
+            callback("this master lost the cluster's router")
 
     def _forget(self) -> None:
         self._session = None
@@ -191,9 +221,24 @@ class ClusterLink:
 
     @deferred
     async def _register(self, session: Any, worker: str, now: float) -> None:
+        """The worker's procedures: its `open` first, then `locate`, so that a master that finds the worker here
+        (locate) can open it. The router holds each for one session: a worker another master holds is refused
+        at the first, and whatever was registered of it is let go."""
+        from autobahn.wamp.types import RegisterOptions
+
+        registrations: list[Registration] = []
+        opener = self.opener
+        wanted: list[tuple[Callable[..., Any], str, Any]] = []
+        if opener is not None:
+            wanted.append((lambda argument, details: opener(worker, argument, details), worker_uri(worker, "open"),
+                           RegisterOptions(details=True)))
+        wanted.append((self._answer_locate(worker), worker_uri(worker), None))
         try:
-            registration = await session.register(self._answer_locate(worker), worker_uri(worker))
+            for handler, uri, options in wanted:
+                registrations.append(await session.register(handler, uri, options))
         except Exception as e:
+            for registration in registrations:
+                defer.maybeDeferred(registration.unregister).addErrback(lambda failure: None)
             if session is not self._session:
                 return
             self._pending.discard(worker)
@@ -210,13 +255,36 @@ class ClusterLink:
             return
         self._pending.discard(worker)
         self.duplicates.pop(worker, None)
-        self._registered[worker] = registration
+        self._registered[worker] = registrations
 
     def _unregister(self, worker: str) -> None:
-        registration = self._registered.pop(worker)
-        d = defer.maybeDeferred(registration.unregister)
-        d.addErrback(lambda failure: log.warn("slaveshell: unregistering worker {worker}: {why}",
-                                              worker=visible(worker), why=visible(failure.getErrorMessage())))
+        for registration in self._registered.pop(worker):
+            d = defer.maybeDeferred(registration.unregister)
+            d.addErrback(lambda failure: log.warn("slaveshell: unregistering worker {worker}: {why}",
+                                                  worker=visible(worker), why=visible(failure.getErrorMessage())))
+
+    # -- routed sessions' procedures and calls -----------------------------------------------------
+
+    @deferred
+    async def register(self, handler: Callable[..., Any], uri: str) -> Registration:
+        """Register `handler` at `uri`, called with the router's details of each caller (`details`).
+        ClusterUnavailable when not on the router."""
+        from autobahn.wamp.types import RegisterOptions
+
+        session = self._session
+        if session is None:
+            raise ClusterUnavailable("this master is not connected to the cluster's router")
+        registration: Registration = await self._timed(session.register(handler, uri, RegisterOptions(details=True)))
+        return registration
+
+    def call(self, uri: str, *args: object, timeout: float | None = None) -> defer.Deferred[Any]:
+        """Call `uri` (within call_timeout, or `timeout`): fails with ClusterUnavailable when not on the router,
+        and with the router's or the callee's error otherwise."""
+        session = self._session
+        if session is None:
+            return defer.fail(ClusterUnavailable("this master is not connected to the cluster's router"))
+        d: defer.Deferred[Any] = session.call(uri, *args)
+        return d.addTimeout(self.config.call_timeout if timeout is None else timeout, self._reactor)
 
     # -- questions to the other masters ----------------------------------------------------------------
 
@@ -260,6 +328,21 @@ class ClusterLink:
 
     def _timed(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         return d.addTimeout(self.config.call_timeout, self._reactor)
+
+
+def caller_of(details: CallDetails | None) -> str | None:
+    """The router's authid of a call's caller when it is a slaveshell master (the role ROLE, or a master's own
+    role `slaveshell-<authid>`, slaveshell.client.router.master_role), else None."""
+    role = None if details is None else details.caller_authrole
+    if details is None or not isinstance(role, str) or not (role == ROLE or role.startswith(ROLE + "-")):
+        return None
+    authid = details.caller_authid
+    return authid if isinstance(authid, str) and authid else None
+
+
+def error_uri(error: BaseException) -> str | None:
+    """The WAMP error URI of a failed call or registration (wamp.error.no_such_procedure, ...), if any."""
+    return getattr(error, "error", None)
 
 
 def _error_uri(error: BaseException) -> str | None:

@@ -1,6 +1,8 @@
 """`ClusterPart`: what `ShellService(cluster=...)` adds to a master of a multi-master site: slaveshell's link to
-the router (master_side.cluster.link) kept in line with the attached workers, and the site-wide answers
-(master_side.cluster.view) for the doors."""
+the router (master_side.cluster.link) kept in line with the attached workers, the site-wide answers
+(master_side.cluster.view) for the doors, and sessions routed between masters: the ones this master serves for
+another's operators (master_side.cluster.serve) and the ones its operators open on another's workers
+(master_side.cluster.relay)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ from twisted.internet import defer
 
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.link import ClusterLink, Listing
+from master_side.cluster.relay import OperatorEnd, Relays, RoutedView
+from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
 from master_side.cluster.view import elsewhere, local_listing, site_workers
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.sessions.registry import SessionRegistry
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.policy import Identity, Policy
+from slaveshell.vocabulary.protocol import OpenRequest
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
@@ -24,13 +29,21 @@ if TYPE_CHECKING:
 
 class ClusterPart:
     def __init__(self, config: ClusterConfig, master: Callable[[], BuildMaster], glue: BuildbotGlue,
-                 registry: SessionRegistry, policy: Callable[[], Policy], reactor: object) -> None:
+                 registry: SessionRegistry, policy: Callable[[], Policy], reactor: object, opener: Opener,
+                 attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float]) -> None:
+        """`opener` opens a session for another master's operator (the operators' API's open_for_master),
+        `attacher` attaches them to one (attach_for_master), `audit` audits a refusal, `open_timeout` is how long
+        a worker may take to open a session."""
         self.config = config
         self._master = master
         self._glue = glue
         self._registry = registry
         self._policy = policy
         self.link = ClusterLink(config, self._listing, reactor)
+        clock = registry.clock
+        # What a router client can make this master hold is bounded there (master_side.cluster.serve).
+        self.served = ServedSessions(self.link, opener, attacher, audit, clock)
+        self.relays = Relays(self.link, clock, lambda: open_timeout() + 10.0)
 
     def start(self) -> None:
         self.link.start(str(self._master().basedir))
@@ -39,8 +52,25 @@ class ClusterPart:
         return self.link.stop()
 
     def tick(self, now: float) -> None:
-        """Register the attached, opted-in workers on the router; unregister the others."""
+        """Register the attached, opted-in workers on the router; unregister the others. The routed sessions'
+        messages that say a master is still there; those whose other master is silent end."""
         self.link.sync((facts.name for facts in self._glue.workers() if facts.shell), now)
+        clock = self._registry.clock()
+        self.served.tick(clock)
+        self.relays.tick(clock)
+
+    def attach(self, who: Identity, sink: OperatorEnd, session_id: str, mode: str
+               ) -> defer.Deferred[RoutedView | None]:
+        """Watch or join a session another master on the router holds: None when none does."""
+        return self.relays.attach(who, session_id, mode, sink)
+
+    def attached_here(self, worker: str) -> bool:
+        return worker in self._master().workers.connections
+
+    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> defer.Deferred[RoutedView | None]:
+        """A session on `request`'s worker, opened by the master on the router that holds it: None when none does
+        (master_side.cluster.relay)."""
+        return self.relays.open(who, request, sink)
 
     def _listing(self) -> Listing:
         sessions = list(self._registry)
@@ -60,6 +90,6 @@ class ClusterPart:
     async def refusal(self, worker: str, why: str) -> str:
         """The refusal of a shell on `worker` that this master cannot route to (`why`): where the worker is, when
         it is not attached here and another master holds it."""
-        if worker in self._master().workers.connections:
+        if self.attached_here(worker):
             return why
         return await elsewhere(self.link, worker, why)

@@ -125,6 +125,6 @@ async def elsewhere(link: ClusterLink | None, worker: str, why: str) -> str:
         return (f"worker {worker} is attached to {len(holders)} masters: {where}; slaveshell does not pick one "
                 "(give the workers distinct names)")
     holder = holders[0]
-    return (f"{worker} is on master {holder.master} ({holder.buildbot}), not this one; sessions are not routed "
-            f"between masters yet: open it on master {holder.master}")
+    return (f"{worker} is on master {holder.master} ({holder.buildbot}), not this one, and the session could not "
+            f"be opened there through the router: open it on master {holder.master}")
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
-from master_side.audit.rows import RunRow, RunWorkerRow
+from master_side.audit.rows import RunRow, RunWorkerRow, WorkerRun
 from master_side.audit.store import seconds, utc
 from master_side.audit.trail import RecordingError
 from master_side.fleet.pending import Pending, PendingRuns, request_json
-from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots, outcome_row
+from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots, approval_text, outcome_row
 from master_side.operators.terms import ErrorKind, OperatorError, View, database_unavailable
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
@@ -33,7 +33,7 @@ from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.checks import check_reason
 from slaveshell.vocabulary.policy import Action, Identity
-from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError
+from slaveshell.vocabulary.protocol import PROTOCOL_VERSION, OpenRequest, ProtocolError
 
 if TYPE_CHECKING:
     from master_side.operators.api import OperatorAPI
@@ -43,6 +43,7 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 DEFAULT_UNTIL = 7 * 24 * 3600.0  # how long a pending run waits for its worker, unless --until says
 MAX_UNTIL = 90 * 24 * 3600.0
 FACTS_TIMEOUT = 60.0  # seconds a worker's facts probe may take
+WORKER_RUNS_READ = 100  # a worker's runs read from the index, before those the operator may not see are left out
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,9 @@ class FleetOperations:
         return Started(run, listed)
 
     def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
-        return self.api.open(who, request, sink, run_id)
+        run = self.runs.get(run_id)
+        what = None if run is None else approval_text(run_id, run.command)
+        return self.api.open(who, request, sink, run_id, what, sink.on_withdraw)
 
     def _no_right(self, who: Identity) -> OperatorError:
         """`who` has no right on any worker of this master (or it has none): refused, and audited."""
@@ -307,6 +310,18 @@ class FleetOperations:
         return out
 
     @deferred
+    async def of_worker(self, who: Identity, worker: str, limit: int = 20) -> list[WorkerRun]:
+        """The last fleet runs (at most `limit`, newest first) that named `worker`, with its outcome in each, that
+        `who` may see (as `recorded`: their own, or any on workers where they have `replay` for each target)."""
+        try:
+            found = await self.api.trail.store.worker_runs(worker, limit=WORKER_RUNS_READ)
+        except OperatorError:
+            raise
+        except Exception as e:
+            raise database_unavailable(e) from None
+        return [r for r in found if self._may_see(who, r.run)][:limit]
+
+    @deferred
     async def cancel(self, who: Identity, run_id: str) -> str:
         """Cancel what run `run_id` still has pending: its operator may, and whoever has the `kill` right on a
         pending worker (for that worker)."""
@@ -344,7 +359,8 @@ def _command(ask: RunAsk) -> Command:
         if ask.reason is not None:
             reason = check_reason(ask.reason)
         # The request's own checks (command, environment, directory) before anything starts.
-        OpenRequest(worker="check", command=ask.command or "script", pty=False, env=dict(ask.env), cwd=ask.cwd)
+        OpenRequest.from_wire({"version": PROTOCOL_VERSION, "worker": "check", "command": ask.command or "script",
+                               "pty": False, "env": dict(ask.env), "cwd": ask.cwd})
     except ProtocolError as e:
         raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
     except ValueError as e:

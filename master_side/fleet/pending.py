@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.logger import Logger
 
 from master_side.audit.store import seconds
-from master_side.fleet.run import Awaited, Command, FleetRun, Slots, outcome_row
+from master_side.fleet.run import Awaited, Command, FleetRun, Slots, approval_text, outcome_row
 from slaveshell.fleet.outcome import State
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
@@ -213,7 +213,8 @@ class PendingRuns:
         trail.pending_changed(entry.row, {"state": "running"})
         waiting = Awaited()
         run = FleetRun(entry.run_id, entry.who, [entry.worker], entry.command, 1, entry.timeout,
-                       lambda who, request, sink, run_id: self.api.open(who, request, sink, run_id),
+                       lambda who, request, sink, run_id: self.api.open(
+                           who, request, sink, run_id, approval_text(run_id, entry.command), sink.on_withdraw),
                        self._clock(), waiting, self.slots)
         run.start()
         outcome = (await waiting.done)[0]

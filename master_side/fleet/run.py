@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,7 +35,8 @@ log = Logger()
 
 
 class Opener(Protocol):
-    """What a run opens its sessions with (OperatorAPI.open, for the `run` right and linked to the run)."""
+    """What a run opens its sessions with (OperatorAPI.open, for the `run` right and linked to the run; on a
+    four-eyes worker the part waits for a moderator's approval, withdrawn by `RunSink.withdraw`)."""
 
     def __call__(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
         ...
@@ -52,7 +54,8 @@ class Phase(enum.Enum):
 @dataclass(frozen=True)
 class Progress:
     """A worker's state in a run as a live table shows it: the phase, the session, seconds since it started, the
-    last line of output (as the worker wrote it: a display escapes it) and, once done, its outcome."""
+    last line of output (as the worker wrote it: a display escapes it), once done its outcome, and what the master
+    says of a part that waits before it starts (`note`: a moderator's approval)."""
 
     worker: str
     phase: Phase
@@ -60,6 +63,7 @@ class Progress:
     elapsed: float = 0.0
     last_line: bytes = b""
     outcome: Outcome | None = None
+    note: str | None = None
 
 
 class RunWatcher(Protocol):
@@ -102,6 +106,19 @@ class Command:
     reason: str | None = None
 
 
+def approval_text(run_id: str, command: Command) -> str:
+    """A run's part as its approval request on a four-eyes worker shows it (escaped where shown): the command,
+    or the script (its size, sha256 and text); the variables and directory."""
+    if command.script is not None:  # all of it: bytes that are not UTF-8 as \xNN, nothing hidden
+        what = (f"script of {len(command.script)} bytes (sha256 {hashlib.sha256(command.script).hexdigest()}): "
+                f"{command.script.decode('utf-8', 'backslashreplace')}")
+    else:
+        what = f"command: {command.command}"
+    env = " ".join(f"{k}={v}" for k, v in command.env)
+    return (f"fleet run {run_id}, {what}" + (f" with variables {env}" if env else "")
+            + (f" in {command.cwd}" if command.cwd else ""))
+
+
 # The command that runs a script given on stdin: a private temporary file (mktemp: mode 0600 in $TMPDIR), made
 # executable for its owner only, run with stdin closed, removed, the script's own exit status kept.
 SCRIPT_RUNNER = ('f=$(mktemp "${TMPDIR:-/tmp}/slaveshell-run.XXXXXXXX") || exit 127; '
@@ -125,6 +142,8 @@ class RunSink:
         self._script = b""
         self._eof_sent = False
         self._disconnects: list[Callable[[], None]] = []
+        self._withdrawn: list[Callable[[], None]] = []  # the run no longer waits for the part to start
+        self.withdrawn = False
         self._gone = False
 
     # -- ViewerSink --------------------------------------------------------------------------------
@@ -148,10 +167,24 @@ class RunSink:
             self.run.exited(self.worker, status)
 
     def waiting(self, text: str) -> None:
-        pass
+        self.run.waiting(self.worker, text)
 
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         return subscribe(self._disconnects, callback)
+
+    def on_withdraw(self, callback: Callable[[], None]) -> Undo:
+        """`callback` once the run stops waiting for this part to start (`withdraw`; at once if it did)."""
+        if self.withdrawn:
+            callback()
+            return lambda: None
+        return subscribe(self._withdrawn, callback)
+
+    def withdraw(self) -> None:
+        """The run was interrupted before this part started: what it waits for (an approval) is withdrawn."""
+        self.withdrawn = True
+        callbacks, self._withdrawn = self._withdrawn, []
+        for callback in callbacks:
+            callback()
 
     def on_failure(self, callback: Callable[[str | None], None]) -> None:
         pass
@@ -277,6 +310,9 @@ class FleetRun:
                     del self._waiting[worker]
                     decisions += self.scheduler.failed(worker, State.NOT_STARTED, "the run was interrupted first")
             self._apply(decisions)
+            for sink in list(self.sinks.values()):
+                if sink.view is None and sink.status is None:
+                    sink.withdraw()  # a part waiting for a moderator's approval waits no more
             self._check_done()
 
     def leave(self) -> None:
@@ -338,7 +374,8 @@ class FleetRun:
     def _not_opened(self, worker: str, failure: Failure) -> None:
         error = failure.value
         if isinstance(error, OperatorError):
-            state = State.REFUSED if error.kind is ErrorKind.DENIED else State.ERROR
+            state = {ErrorKind.DENIED: State.REFUSED, ErrorKind.STOPPED: State.NOT_STARTED}.get(error.kind,
+                                                                                                 State.ERROR)
             message = error.message
         else:
             log.failure("slaveshell fleet run {run}: opening a session failed", failure, run=self.id)
@@ -359,6 +396,10 @@ class FleetRun:
         self._tell(worker, Phase.ENDING)
 
     # -- the sessions' events ---------------------------------------------------------------------------
+
+    def waiting(self, worker: str, text: str) -> None:
+        """The master says why `worker`'s part waits before it starts (a moderator's approval)."""
+        self._tell(worker, Phase.STARTING, text)
 
     def output(self, worker: str) -> None:
         # At most one live line per worker per half second: a flood costs the watcher nothing more.
@@ -388,7 +429,7 @@ class FleetRun:
 
     # -- telling -----------------------------------------------------------------------------------------
 
-    def _tell(self, worker: str, phase: Phase) -> None:
+    def _tell(self, worker: str, phase: Phase, note: str | None = None) -> None:
         sink = self.sinks.get(worker)
         session = sink.view.session.id if sink is not None and sink.view is not None else None
         started = self.started_at.get(worker)
@@ -398,7 +439,7 @@ class FleetRun:
             outcome = next((o for o in self.scheduler.outcomes() if o.worker == worker), None)
         last = sink.output_kept.last_line if sink is not None else b""
         try:
-            self.watcher.progress(Progress(worker, phase, session, elapsed, last, outcome))
+            self.watcher.progress(Progress(worker, phase, session, elapsed, last, outcome, note))
         except Exception:
             log.failure("slaveshell fleet run {run}: telling the operator", run=self.id)
 

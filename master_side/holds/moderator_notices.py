@@ -12,6 +12,10 @@ why (their `--reason`), who may moderate, and the commands that watch (and so mo
     c['services'].append(reporters.MailNotifier(fromaddr='buildbot@example.org',
         extraRecipients=['ops-leads@example.org'], generators=[ModeratorNoticeGenerator()]))
 
+The same notice asks for a moderator's approval of a request on such a worker (master_side.operators.approvals: a
+copy, a command, a fleet run's part): `asks` names its kind, the id is the request's, and the commands are
+`slaveshell approvals`, `slaveshell approve ID` and `slaveshell deny ID`.
+
 The notice never names the session's command (as logs never do: it belongs in the audit store only).
 """
 
@@ -36,6 +40,7 @@ KIND = ("sessions", "moderator_wanted")
 REPEAT_AFTER = 600.0
 PER_MINUTE = 20
 OPENED = "opened"
+APPROVAL = "approval"  # `why` of a request that waits for a moderator's approval
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class ModeratorWanted:
     reason: str | None = None  # the operator's --reason
     socket: str | None = None  # the service's socket when it is not the default one (--socket)
     web_url: str | None = None  # the web terminal's watch page, when the www plugin is on
+    asks: str | None = None  # a request waiting for approval: its kind ("copy", "command", "run"); None: a session
 
     def to_message(self) -> dict[str, object]:
         return asdict(self)
@@ -61,7 +67,7 @@ class ModeratorWanted:
         if not isinstance(message, dict):
             return None
         texts = ("session_id", "worker", "operator", "moderated_by", "why")
-        optional_texts = ("reason", "socket", "web_url")
+        optional_texts = ("reason", "socket", "web_url", "asks")
         if set(message) != set(texts + optional_texts + ("started",)):
             return None
         if not all(isinstance(message[k], str) and message[k] for k in texts):
@@ -73,7 +79,7 @@ class ModeratorWanted:
             return None
         m = message
         return cls(m["session_id"], m["worker"], m["operator"], m["moderated_by"], float(started), m["why"],
-                   m["reason"], m["socket"], m["web_url"])
+                   m["reason"], m["socket"], m["web_url"], m["asks"])
 
     @property
     def reach(self) -> str:
@@ -110,11 +116,12 @@ def web_page(master: Any, session_id: str) -> str | None:
 
 
 def announce(master: Any, session_id: str, worker: str, operator: str, moderated_by: str, started: float, why: str,
-             reason: str | None) -> None:
-    """Tell the reporters that a session waits for a moderator. Never raises."""
+             reason: str | None, asks: str | None = None) -> None:
+    """Tell the reporters that a session waits for a moderator (with `asks`: that a request of that kind waits
+    for a moderator's approval; `session_id` is then the request's id). Never raises."""
     try:
         event = ModeratorWanted(session_id, worker, operator, moderated_by, started, why, reason,
-                                socket_of(master), web_page(master, session_id))
+                                socket_of(master), None if asks else web_page(master, session_id), asks)
     except Exception:  # a master without a basedir or a config: no notice rather than no session
         from master_side.holds.notice_reports import log
 
@@ -124,7 +131,18 @@ def announce(master: Any, session_id: str, worker: str, operator: str, moderated
 
 
 DEFAULT_PLAIN = """\
-Session {{ session }} on worker {{ workername }} waits for a second person.
+{% if asks %}Request {{ session }} on worker {{ workername }} waits for a second person.
+
+{{ operator }} asked at {{ started_at }}{% if reason %} ({{ reason }}){% endif %} for a {{ asks }} on \
+{{ workername }}, which starts only once a moderator approves it.
+Moderators: {{ moderated_by }}, with the watch right on {{ workername }}, not {{ operator }}.
+
+See what it would do, and approve or deny it, from the master host:
+
+    {{ list_command }}
+    {{ approve_command }}
+    {{ deny_command }}
+{% else %}Session {{ session }} on worker {{ workername }} waits for a second person.
 
 {{ operator }} opened it at {{ started_at }}{% if reason %} ({{ reason }}){% endif %}; \
 its input is held until a moderator watches{% if why != "opened" %} again: {{ why }}{% endif %}.
@@ -139,10 +157,18 @@ or in the browser:
     {{ web_url }}
 {% endif %}
 End it with `{{ kill_command }}`.
-"""
+{% endif %}"""
 
 DEFAULT_HTML = """\
-<p>Session {{ session }} on worker {{ workername }} waits for a second person.</p>
+{% if asks %}<p>Request {{ session }} on worker {{ workername }} waits for a second person.</p>
+<p>{{ operator }} asked at {{ started_at }}{% if reason %} ({{ reason }}){% endif %} for a {{ asks }} on \
+{{ workername }}, which starts only once a moderator approves it.
+Moderators: {{ moderated_by }}, with the watch right on {{ workername }}, not {{ operator }}.</p>
+<p>See what it would do, and approve or deny it, from the master host:</p>
+<pre>{{ list_command }}
+{{ approve_command }}
+{{ deny_command }}</pre>
+{% else %}<p>Session {{ session }} on worker {{ workername }} waits for a second person.</p>
 <p>{{ operator }} opened it at {{ started_at }}{% if reason %} ({{ reason }}){% endif %}; its input is held \
 until a moderator watches{% if why != "opened" %} again: {{ why }}{% endif %}.
 Moderators: {{ moderated_by }}, with the watch right on {{ workername }}, not {{ operator }}.</p>
@@ -150,10 +176,10 @@ Moderators: {{ moderated_by }}, with the watch right on {{ workername }}, not {{
 <pre>{{ watch_command }}</pre>
 {% if web_url %}<p>or <a href="{{ web_url }}">in the browser</a>.</p>
 {% endif %}<p>End it with <code>{{ kill_command }}</code>.</p>
-"""
+{% endif %}"""
 
-DEFAULT_SUBJECT = ("Buildbot ({{ buildbot_title }}): session {{ session }} on {{ workername }} waits for a "
-                   "second person")
+DEFAULT_SUBJECT = ("Buildbot ({{ buildbot_title }}): {% if asks %}request{% else %}session{% endif %} {{ session }} "
+                   "on {{ workername }} waits for a second person")
 
 
 class ModeratorNoticeFormatter(NoticeFormatter):
@@ -188,10 +214,12 @@ class ModeratorNoticeGenerator(NoticeGenerator):
     async def context(self, master: Any, reporter: Any, event: ModeratorWanted) -> dict[str, Any]:
         """The formatter's context:
 
-        kind ("moderator_wanted"), session, workername, operator, moderated_by (groups and web roles,
-        comma-separated), why ("opened", or what made it wait again), reason (the operator's, or None), started,
-        started_at (UTC), watch_command, kill_command, socket (None: the default), web_url (None without the www
-        plugin), buildbot_title, buildbot_url.
+        kind ("moderator_wanted"), session (a request's id with `asks`), workername, operator, moderated_by
+        (groups and web roles, comma-separated), why ("opened", or what made it wait again; "approval" for a
+        request), reason (the operator's, or None), started, started_at (UTC), watch_command, kill_command, socket
+        (None: the default), web_url (None without the www plugin, and for a request), buildbot_title,
+        buildbot_url; asks (a request waiting for approval: "copy", "command" or "run"; None for a session),
+        list_command, approve_command, deny_command.
         """
         return {
             "kind": "moderator_wanted",
@@ -205,6 +233,10 @@ class ModeratorNoticeGenerator(NoticeGenerator):
             "started_at": clock_time(event.started),
             "watch_command": f"slaveshell watch {event.session_id}{event.reach}",
             "kill_command": f"slaveshell kill {event.session_id}{event.reach}",
+            "asks": event.asks,
+            "list_command": f"slaveshell approvals{event.reach}",
+            "approve_command": f"slaveshell approve {event.session_id}{event.reach}",
+            "deny_command": f"slaveshell deny {event.session_id}{event.reach} --reason TEXT",
             "socket": event.socket,
             "web_url": event.web_url,
             "buildbot_title": master.config.title,

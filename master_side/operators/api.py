@@ -15,24 +15,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
 from master_side.audit.trail import RecordingError
+from master_side.cluster.stream import Refused
 from master_side.glue.buildbot import BuildbotGlue, RouteError
 from master_side.holds.moderator_notices import OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
+from master_side.operators.approvals import USED as APPROVAL_USED
+from master_side.operators.approvals import ApprovalRequest, Approvals, Approved, Kind, Leaving
 from master_side.operators.copy_calls import CopyOperations, Transfers
 from master_side.operators.hold_calls import extend_hold, list_holds
-from master_side.operators.terms import ErrorKind, OperatorError, View, ViewerSink, database_unavailable
+from master_side.operators.routed import RoutedHandle, operator_error
+from master_side.operators.terms import ErrorKind, Handle, OperatorError, View, ViewerSink, database_unavailable
 from master_side.sessions.model import Viewer, new_session_id
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
 from master_side.sessions.worker_link import WorkerPeer, open_on_worker
+from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy
@@ -50,7 +55,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 # The API's vocabulary (master_side.operators.terms) is importable from here too.
-__all__ = ["ErrorKind", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
+__all__ = ["ErrorKind", "Handle", "OperatorAPI", "OperatorError", "View", "ViewerSink"]
 
 
 class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operators.copy_calls)
@@ -75,6 +80,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         # master_side.holds.moderator_notices).
         self.moderator_wanted: Callable[[MasterSession, str], None] = lambda session, why: None
         self.moderator_pace = NoticePace(lambda: self.registry.clock())
+        # What a four-eyes worker would run before anyone watches waits for a moderator's approval
+        # (master_side.operators.approvals); the reporters are told as for a session (`approval_wanted`).
+        self.approvals = Approvals(lambda: self.policy, _reactor, self._trail, self.refuse)
+        self.approvals.wanted = self._approval_wanted
+        self.approval_wanted: Callable[[ApprovalRequest], None] = lambda request: None
 
     def window_budget(self) -> WindowBudget:
         """What sessions' windows may hold above their base windows (slaveshell.vocabulary.windows): per stream half
@@ -150,15 +160,73 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return OperatorError(kind, message)
 
     @deferred
-    async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink,
-                   run_id: str | None = None) -> View | None:
+    async def open_anywhere(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> Handle | None:
+        """`open`, or on a multi-master site, for a worker not attached here that another master holds: the
+        session that master opens and serves for `who`, under its own policy (master_side.cluster.relay)."""
+        cluster = self.cluster
+        if cluster is not None and not cluster.attached_here(request.worker):
+            try:
+                routed = await cluster.open(who, request, sink)
+            except Refused as e:
+                raise operator_error(e) from None
+            if routed is not None:
+                return RoutedHandle(routed)
+        view: View | None = await self.open(who, request, sink)
+        return view
+
+    @deferred
+    async def attach_anywhere(self, who: Identity, sink: ViewerSink, session_id: object, mode: object
+                              ) -> tuple[Handle, dict[str, object]]:
+        """`attach`, or on a multi-master site, for a session not live here, the session another master holds
+        (master_side.cluster.relay): the handle, and what the door answers of it."""
+        try:
+            view = self.attach(who, sink, session_id, mode)
+        except OperatorError as e:
+            cluster = self.cluster
+            if e.kind is not ErrorKind.NOT_FOUND or cluster is None or not isinstance(session_id, str):
+                raise
+            try:
+                routed = await cluster.attach(who, sink, session_id, str(mode))
+            except Refused as refused:
+                raise operator_error(refused) from None
+            if routed is None:
+                raise
+            handle = RoutedHandle(routed)
+            return handle, {"session": routed.session_id, "role": routed.role, "worker": routed.worker,
+                            "size": list(routed.size), "input_window": routed.input_grant}
+        return view, {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
+                      "size": list(view.session.size), "input_window": view.viewer.input_grant}
+
+    def attach_for_master(self, who: Identity, sink: ViewerSink, session_id: str, mode: str) -> View:
+        """`attach` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.serve): its refusals as the cluster's."""
+        try:
+            return self.attach(who, sink, session_id, mode)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+
+    @deferred
+    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+        """`open` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.serve): its refusals as the cluster's."""
+        try:
+            view: View | None = await self.open(who, request, sink)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        return view
+
+    @deferred
+    async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink, run_id: str | None = None,
+                   what: str | None = None, withdrawn: Leaving | None = None) -> View | None:
         """Open a session for `who` (fires a View, or None when the operator left while it started: the session
         then starts detached). With `run_id`, the session is a worker's part of that fleet run (master_side.fleet):
-        the policy's `run` right is asked, not `shell`. Raises OperatorError."""
+        the policy's `run` right is asked, not `shell`; `what` is how its approval request shows it on a four-eyes
+        worker, and `withdrawn` tells when the run no longer waits for it. Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
-        conn, request, moderated_by = await self._admit(who, replace(request, operator=who.user), sink,
-                                                        Action.RUN if run_id is not None else Action.SHELL)
+        conn, request, moderated_by, approved = await self._admit(
+            who, replace(request, operator=who.user), sink, Action.RUN if run_id is not None else Action.SHELL,
+            _Asked(run_id, what, withdrawn))
         if sink.gone:
             # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
             raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
@@ -177,6 +245,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             session.recorder = recorder
             recorder.on_error = lambda error: self.registry.recording_failed(session, error)
         session.viewer_events = trail
+        if approved is not None:
+            trail.approval(APPROVAL_USED, session.worker, approved.moderator,
+                           f"request {approved.request.id} approved by {approved.moderator.user}", session.id)
 
         reply = await open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
         if reply.ref is None:
@@ -190,7 +261,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             worker.grant(session.output_grant)
         owner = session.start(sink, worker)
         self.registry.add(session, worker)
-        if moderated_by:  # a four-eyes session: its input is held from the start, before anyone types
+        # A four-eyes session: its input is held from the start, before anyone types; an approved command
+        # without a terminal takes its input (a run's script, a pipe) as approved; a login shell never does.
+        if moderated_by and (approved is None or request.pty or request.command is None):
             session.hold_input(moderated_by, lambda why: self._wanted(session, why))
         if request.pause:
             self.registry.pause(session)
@@ -217,23 +290,18 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return View(session, owner, self.registry.peer_error)
 
     @deferred
-    async def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink, action: Action = Action.SHELL
-                     ) -> tuple[WorkerConnection, OpenRequest, tuple[str | int, ...]]:
+    async def _admit(self, who: Identity, request: OpenRequest, sink: ViewerSink, action: Action = Action.SHELL,
+                     asked: _Asked | None = None
+                     ) -> tuple[WorkerConnection, OpenRequest, tuple[str | int, ...], Approved | None]:
         """The policy's `action` right, the route to the worker (waiting for a build's hold if need be), the
-        workdir and the quotas: fires (the worker's connection, the request with its workdir, and the groups that
-        moderate it when the rule that allows it makes it a four-eyes session), or raises OperatorError (audited
-        as a refusal)."""
+        workdir and the quotas, and on a four-eyes worker a moderator's approval of what the request itself would
+        run: fires (the worker's connection, the request with its workdir, the groups that moderate it when the
+        rule that allows it makes it a four-eyes session, and the approval), or raises OperatorError (audited as
+        a refusal)."""
+        asked = asked or _Asked()
         decision = self.policy.may(who, action, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
-        # A four-eyes session holds what is typed; what the request itself would run is refused (the operator's
-        # own -e variables, not yet the build's: PROMPT_COMMAND, BASH_ENV or LD_PRELOAD run code at the start).
-        if request.command is not None:
-            decision = decision.unmoderated(request.worker, "a command would run before a moderator watches: open "
-                                                            "a login shell and type it once one does")
-        elif request.env:
-            decision = decision.unmoderated(request.worker, "variables (-e) would take effect before a moderator "
-                                                            "watches: open a login shell and set them once one does")
         if not decision.allowed:
             raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
         try:
@@ -246,11 +314,36 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         except RouteError as e:
             why = str(e) if self.cluster is None else await self.cluster.refusal(request.worker, str(e))
             raise self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, why) from None
-        quota = self.policy.quota(who, request.worker, self.registry.live(), self.registry.limits.per_worker,
+        self._quota(who, request.worker)
+        # A four-eyes session holds what is typed; what the request itself would run waits for a moderator's
+        # approval: its command, or the operator's own -e variables (not yet the build's: PROMPT_COMMAND,
+        # BASH_ENV or LD_PRELOAD run code at the start).
+        approved = None
+        if decision.moderated_by and (request.command is not None or request.env):
+            if sink.gone:  # the operator left while it was routed: nothing to ask for
+                raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
+            leaving = [sink.on_disconnect] + ([asked.withdrawn] if asked.withdrawn is not None else [])
+            approved = await self.approvals.ask(
+                who, request.worker, Kind.RUN if asked.run_id is not None else Kind.COMMAND,
+                asked.what or _request_text(request), request.reason, decision.moderated_by, sink.waiting, leaving,
+                asked.run_id)
+            # The policy may have changed (a reconfig), the worker gone, or the operator's sessions grown, while
+            # the request waited.
+            again = self.policy.may(who, action, request.worker)
+            if not again.allowed:
+                raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {again.reason}")
+            try:
+                conn = self.glue.route(request.worker)
+            except RouteError as e:
+                raise self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
+            self._quota(who, request.worker)
+        return conn, request, decision.moderated_by, approved
+
+    def _quota(self, who: Identity, worker: str) -> None:
+        quota = self.policy.quota(who, worker, self.registry.live(), self.registry.limits.per_worker,
                                   self.registry.limits.per_operator)
         if quota:
-            raise self.refuse(who, request.worker, ErrorKind.LIMIT, quota)
-        return conn, request, decision.moderated_by
+            raise self.refuse(who, worker, ErrorKind.LIMIT, quota)
 
     def _bind(self, session: MasterSession, viewer: Viewer, sink: ViewerSink) -> None:
         """Tie the sink's failures and disconnection to `viewer`."""
@@ -332,6 +425,22 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                            "was", viewer)
         self._bind(session, viewer, sink)
         return View(session, viewer, self.registry.peer_error)
+
+    def _approval_wanted(self, request: ApprovalRequest) -> None:
+        """A request waits for a moderator's approval: the reporters are told, as often as the pace allows."""
+        if self.moderator_pace.take(request.id, first=True):
+            self.approval_wanted(request)
+
+    # -- approvals (master_side.operators.approvals) ---------------------------------------------
+
+    def pending_approvals(self, who: Identity, request_id: object = None) -> list[dict[str, object]]:
+        return self.approvals.listing(who, request_id)
+
+    def approve(self, who: Identity, request_id: object) -> str:
+        return self.approvals.approve(who, request_id)
+
+    def deny(self, who: Identity, request_id: object, reason: object) -> str:
+        return self.approvals.deny(who, request_id, reason)
 
     def _wanted(self, session: MasterSession, why: str) -> None:
         """A four-eyes session waits for a moderator: the reporters are told, as often as the pace allows."""
@@ -443,6 +552,32 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise OperatorError(ErrorKind.BAD_REQUEST, "search needs a text of 1 to 1024 characters")
         rows = await self.history(who, filters if isinstance(filters, dict) else {})
         return await trail.search(rows, text, limit=500)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What an approval request of a fleet run's part says besides the request (master_side.fleet.operations):
+    the run, how it shows what runs, and when the run no longer waits for it."""
+
+    run_id: str | None = None
+    what: str | None = None
+    withdrawn: Leaving | None = None
+
+
+def _request_text(request: OpenRequest) -> str:
+    """What an open request would run, as its approval request shows it (escaped where shown)."""
+    env = " ".join(f"{name}={value}" for name, value in sorted(request.env.items()))
+    with_env = f" with variables {env}" if env else ""
+    if request.command is None:
+        return f"a login shell{with_env}"
+    terminal = " (on a terminal)" if request.pty else ""
+    return f"command{terminal}: {request.command}{with_env}"
+
+
+def _reactor() -> Clock:
+    from twisted.internet import reactor
+
+    return cast(Clock, reactor)
 
 
 def _opt_str(value: object, what: str) -> str | None:

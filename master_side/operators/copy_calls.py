@@ -3,20 +3,24 @@
 
 Authorization asks the policy for the 'copy' right on the worker; the route is the session's (a connected,
 opted-in PB worker; `--build ID` needs the build held now); the quotas are the session quotas counted over
-transfers, and MAX_TRANSFERS in all. Every refusal is audited (`OperatorAPI.refuse`) and raised as
-`OperatorError`.
+transfers, and MAX_TRANSFERS in all. On a four-eyes worker (`Rule(moderated_by=...)`) the transfer then waits for
+a moderator's approval (master_side.operators.approvals), and is routed and counted again once approved. Every
+refusal is audited (`OperatorAPI.refuse`) and raised as `OperatorError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from master_side.audit.trail import RecordingError
+from master_side.copying.record import describe
 from master_side.copying.relay import PartyEnd, TransferRefused, Transfers
 from master_side.glue.buildbot import RouteError
+from master_side.operators.approvals import USED, Approvals, Approved, Kind
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.policy import Action, Identity
 
@@ -38,33 +42,49 @@ class CopyOperations:
         holds: Holds
         registry: SessionRegistry
         transfers: Transfers
+        approvals: Approvals
 
         @property
         def trail(self) -> AuditTrail: ...
         def refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError: ...
 
     @defer.inlineCallbacks
-    def copy(self, who: Identity, request: TransferRequest, operator: PartyEnd) -> Any:
+    def copy(self, who: Identity, request: TransferRequest, operator: PartyEnd,
+             waiting: Callable[[str], None] = lambda text: None) -> Any:
         """Start a transfer for `who`, whose end of it is `operator` (its door's, which applies that
-        connection's output bound). Fires (MasterTransfer, {"total", "entries", "recorded"}); raises
-        OperatorError."""
+        connection's output bound); `waiting` tells the operator that it waits for a moderator's approval.
+        Fires (MasterTransfer, {"total", "entries", "recorded"}); raises OperatorError."""
         decision = self.policy.may(who, Action.COPY, request.worker)
         if request.reason is None:
             decision = decision.without_reason(request.worker)
-        decision = decision.unmoderated(request.worker, "a copy would need a moderator's approval, which it "
-                                                        "cannot ask for")
         if not decision.allowed:
             raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {decision.reason}")
+        conn, routed, build = self._routed(who, request)
+        approved: Approved | None = None
+        if decision.moderated_by:
+            approved = yield self.approvals.ask(who, request.worker, Kind.COPY, describe(routed), request.reason,
+                                                decision.moderated_by, waiting, [operator.on_disconnect])
+            again = self.policy.may(who, Action.COPY, request.worker)  # the policy may have changed meanwhile
+            if not again.allowed:
+                raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {again.reason}")
+            conn, routed, build = self._routed(who, request)  # again: the worker or the build may be gone
         try:
-            conn, request, build = self.transfers.route(self.glue, self.holds, request)
+            started = yield self.transfers.start(conn, who, replace(routed, operator=who.user), self.trail,
+                                                 operator, build)
+        except (RecordingError, TransferRefused) as e:
+            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+        if approved is not None:
+            self.trail.approval(USED, request.worker, approved.moderator, f"request {approved.request.id} approved "
+                                f"by {approved.moderator.user}", started[0].id)
+        return started
+
+    def _routed(self, who: Identity, request: TransferRequest) -> tuple[Any, TransferRequest, dict[str, object]]:
+        """The route and the quotas (master_side.copying.relay.Transfers): refusals audited and raised."""
+        try:
+            conn, routed, build = self.transfers.route(self.glue, self.holds, request)
         except RouteError as e:
             raise self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
         quota = self.transfers.quota(self.policy, who, request.worker, self.registry.limits)
         if quota:
             raise self.refuse(who, request.worker, ErrorKind.LIMIT, quota)
-        try:
-            started = yield self.transfers.start(conn, who, replace(request, operator=who.user), self.trail,
-                                                 operator, build)
-        except (RecordingError, TransferRefused) as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
-        return started
+        return conn, routed, build

@@ -96,6 +96,34 @@ class View:
     def detach(self) -> None:
         self.session.viewer_detach(self.viewer)
 
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+    @property
+    def input_grant(self) -> int:
+        return self.viewer.input_grant
+
+    @property
+    def live(self) -> bool:
+        return self.session.live
+
+    @property
+    def worker(self) -> str:
+        return self.session.worker
+
+    @property
+    def role(self) -> str:
+        return self.viewer.role.value
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.session.size
+
+    def end(self, why: str) -> None:
+        """End the session on the worker, recorded with `why` (its operator's end is gone for good)."""
+        self.session.close(why)
+
     def refused(self, error: ProtocolError) -> OperatorError | None:
         """What a refused message costs, done, and the refusal for the operator (None for a late event: nobody to
         blame, nothing to answer). A misbehaving owner costs its session; anyone else is refused (a watcher
@@ -109,3 +137,24 @@ class View:
         else:
             self.session.remove_viewer(self.viewer, f"protocol error: {error}")
         return OperatorError(ErrorKind.BAD_REQUEST, str(error))
+
+
+class Handle(Protocol):
+    """What the framed door holds of an operator's session: a local session's `View`, or a session another master
+    of the site serves (master_side.cluster.relay.RoutedView). Each call may raise ProtocolError, handed to
+    `refused`."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def input_grant(self) -> int: ...
+    @property
+    def max_input(self) -> int: ...  # the largest input message taken (slaveshell.vocabulary.flow.input_limits)
+    def input(self, data: bytes) -> None: ...
+    def eof(self) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    def signal(self, signum: int) -> None: ...
+    def ack(self, nbytes: int) -> None: ...
+    def close(self) -> None: ...
+    def detach(self) -> None: ...
+    def refused(self, error: ProtocolError) -> OperatorError | None: ...

@@ -73,6 +73,13 @@ class WireParty:
             door.write(framing.control(op, **event.fields()))
         door.gate.check(door)
 
+    def waiting(self, text: str) -> None:
+        """The transfer waits before it starts (a moderator's approval): one line for the operator."""
+        door = self.door
+        if not door.disconnected:
+            door.write(framing.control(Op.WAITING, text=text))
+            door.gate.check(door)
+
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         if self.door.disconnected:
             callback()  # gone while the transfer started
@@ -113,7 +120,8 @@ class CopyDoor:
             # unclaimed: the client's done_file may come without its sha256 (copying.NO_CLAIM); the relay hashes.
             return {"transfer": transfer.id, "unclaimed": True, **sizes}
 
-        d = defer.maybeDeferred(door.service.api.copy, who, request, WireParty(door))
+        party = WireParty(door)
+        d = defer.maybeDeferred(door.service.api.copy, who, request, party, party.waiting)
         return d.addCallback(started)
 
     def frame(self, frame: framing.Frame | Control) -> bool:

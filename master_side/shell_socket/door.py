@@ -34,7 +34,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from master_side.operators.api import ErrorKind, OperatorError, View
+from master_side.operators.api import ErrorKind, Handle, OperatorError
 from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.copy_door import CopyDoor
 from master_side.shell_socket.framed import DoorHost
@@ -61,7 +61,7 @@ class WireDoor(Protocol):
         # Bytes written to the transport so far (the gate compares it with what is still buffered).
         self.written = 0
         self.disconnects: list[Callable[[], None]] = []
-        self.view: View | None = None
+        self.view: Handle | None = None
         # An open, attach or copy was asked on this connection (one view or transfer per connection).
         self.viewing = False
         self.copying = CopyDoor(self)
@@ -214,7 +214,7 @@ class WireDoor(Protocol):
             return self._refused(view, op.value, e)
         return True
 
-    def _refused(self, view: View, method: str, error: ProtocolError) -> bool:
+    def _refused(self, view: Handle, method: str, error: ProtocolError) -> bool:
         """A session message refused (by its values here, or by the session): its cost (View.refused), and the
         refusal to the client. True for a late event (nothing refused)."""
         refusal = view.refused(error)
@@ -288,6 +288,12 @@ class WireDoor(Protocol):
             return api.extend(who, message.get("build"), message.get("seconds"))
         if op is Op.KILL:
             return {"text": api.kill(who, message.get("session"))}
+        if op is Op.APPROVALS:
+            return {"rows": api.pending_approvals(who, message.get("request"))}
+        if op is Op.APPROVE:
+            return {"text": api.approve(who, message.get("request"))}
+        if op is Op.DENY:
+            return {"text": api.deny(who, message.get("request"), message.get("reason"))}
         if op is Op.WORKERS:
             if api.cluster is not None:  # a multi-master site: where each worker is (master_side.cluster.view)
                 return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})
@@ -319,32 +325,43 @@ class WireDoor(Protocol):
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
         self.viewing = True
 
-        def answer(view: View | None) -> dict[str, object] | None:
+        def answer(view: Handle | None) -> dict[str, object] | None:
             if view is None:
                 return None
             if self._leaving:
                 view.close()  # the owner closes: the session ends
                 return None
             self._take_view(view)
-            return {"session": view.session.id, "input_window": view.viewer.input_grant, "max_input": view.max_input}
+            return {"session": view.session_id, "input_window": view.input_grant, "max_input": view.max_input}
 
-        d = defer.maybeDeferred(self.service.api.open, who, request, WireViewerSink(self, max_output))
+        # On a multi-master site, a worker another master holds is opened there (master_side.cluster.relay).
+        d = defer.maybeDeferred(self.service.api.open_anywhere, who, request, WireViewerSink(self, max_output))
         return d.addCallback(answer)
 
-    def _attach(self, who: Identity, session_id: object, mode: object, most: object) -> dict[str, object]:
+    def _attach(self, who: Identity, session_id: object, mode: object, most: object
+                ) -> defer.Deferred[dict[str, object]]:
         if self.viewing:
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             max_output = framing.max_output(most)
         except ProtocolError as e:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
-        view = self.service.api.attach(who, WireViewerSink(self, max_output), session_id, mode)
         self.viewing = True
-        self._take_view(view)
-        return {"session": view.session.id, "role": view.viewer.role.value, "worker": view.session.worker,
-                "size": list(view.session.size), "input_window": view.viewer.input_grant, "max_input": view.max_input}
 
-    def _take_view(self, view: View) -> None:
+        def attached(found: tuple[Handle, dict[str, object]]) -> dict[str, object]:
+            self._take_view(found[0])
+            return {**found[1], "max_input": found[0].max_input}
+
+        def refused(failure: Failure) -> Failure:
+            self.viewing = False
+            return failure
+
+        # On a multi-master site, a session another master holds is watched or joined there.
+        d = defer.maybeDeferred(self.service.api.attach_anywhere, who, WireViewerSink(self, max_output), session_id,
+                                mode)
+        return d.addCallbacks(attached, refused)
+
+    def _take_view(self, view: Handle) -> None:
         """The connection's view, and the INPUT frames it takes from now on (before the answer that tells the
         client, so that none of its larger frames can come first)."""
         self.view = view

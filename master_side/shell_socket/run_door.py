@@ -81,6 +81,8 @@ class RunDoor:
         }
         if event.phase is Phase.DONE and event.outcome is not None:
             fields["outcome"] = outcome_to_wire(event.outcome)
+        if event.note is not None:
+            fields["note"] = event.note
         self._write(framing.control(Op.PROGRESS, **fields))
 
     def finished(self, outcomes: list[Outcome]) -> None:

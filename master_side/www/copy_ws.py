@@ -136,6 +136,11 @@ class WebCopyParty:
         if isinstance(event, Result):
             socket.finish()
 
+    def waiting(self, text: str) -> None:
+        """The transfer waits before it starts (a moderator's approval): the page shows the line."""
+        if self.socket.sending:
+            self.socket.send_json({"type": "waiting", "text": text})
+
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         if not self.socket.sending:
             callback()  # gone while the transfer started

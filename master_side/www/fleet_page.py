@@ -16,12 +16,18 @@ Messages (JSON; page -> master):
   (`FleetOperations.facts`: a run of the probe on each worker, recorded as a run);
 - a run, on a socket of its own (it is then that socket's one purpose, as a session is):
   ``{"type": "run", "command": str?, "script": str?, "workers": [glob]?, "where": [FACT=VALUE]?, "batch": str?,
-  "timeout": number?, "reason": str?, "include_offline": bool?, "until": number?, "pause": bool?}`` (a command or
-  a script: the script's text, UTF-8; ``include_offline``: pending runs for the workers not connected now, as
-  ``slaveshell run --include-offline [--until] [--pause]``); then ``{"type": "stop"}`` is the operator's Ctrl-C,
-  and closing the socket the operator gone (both end what runs);
+  "timeout": number?, "env": {NAME: VALUE}?, "cwd": str?, "reason": str?, "include_offline": bool?, "until":
+  number?, "pause": bool?}`` (a command or a script: the script's text, UTF-8; ``env`` and ``cwd`` as ``slaveshell
+  run -e NAME=VALUE -C DIR``, checked as the RUN request's are; ``include_offline``: pending runs for the workers
+  not connected now, as ``slaveshell run --include-offline [--until] [--pause]``); then ``{"type": "stop"}`` is
+  the operator's Ctrl-C, and closing the socket the operator gone (both end what runs);
 - a question: ``{"type": "cancel_run", "run": str}`` -> ``{"type": "cancel_run", "run", "message"}`` (what the
-  run still has pending cancelled, as ``slaveshell runs cancel``).
+  run still has pending cancelled, as ``slaveshell runs cancel``);
+- a question, for a worker's view: ``{"type": "worker_runs", "worker": str}`` -> ``{"type": "worker_runs",
+  "worker", "runs": [{"id", "kind", "operator", "command", "script_sha256", "reason", "started", "ended",
+  "run_state", "state", "exit_status", "duration", "why", "session"}]}`` (`worker_runs_answer`: the worker's
+  recent fleet runs, each with its outcome there, as ``slaveshell runs ID`` shows it, and nothing of the other
+  workers' outcomes; texts as the index holds them: the page escapes them).
 
 master -> page, on a run's socket: ``{"type": "run_started", "run", "targets": [names], "batch", "listed":
 [outcome]}``; ``{"type": "progress", "worker", "phase", "session", "elapsed", "last_line", "outcome"?}`` (with
@@ -53,7 +59,16 @@ from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.nodeset import count, fold
 from slaveshell.fleet.outcome import Outcome, State
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.vocabulary.checks import MAX_CHUNK, MAX_COMMAND, ProtocolError, check_str
+from slaveshell.vocabulary.checks import (
+    MAX_CHUNK,
+    MAX_COMMAND,
+    MAX_ENV,
+    MAX_ENV_ITEM,
+    MAX_NAME,
+    MAX_PATH,
+    ProtocolError,
+    check_str,
+)
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import WebIdentity
 
@@ -95,6 +110,17 @@ def _seconds(message: Message, key: str) -> float | None:
     return float(value)
 
 
+def _env(value: object) -> dict[str, str]:
+    """The run's ``env`` (``-e NAME=VALUE``...): texts within the request's bounds (the names' form is checked
+    with the rest of the request: FleetOperations' `OpenRequest`)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_ENV:
+        raise ProtocolError(f"env is a mapping of at most {MAX_ENV} names to values")
+    return {check_str(k, "environment name", MAX_NAME): check_str(v, f"environment value of {k}", MAX_ENV_ITEM)
+            for k, v in value.items()}
+
+
 def decode(message: Message) -> RunAsk:
     """The page's run message, every value's type and size checked (their meaning is FleetOperations')."""
     command = _text(message, "command", MAX_COMMAND)
@@ -111,7 +137,8 @@ def decode(message: Message) -> RunAsk:
         raise ProtocolError("include_offline and pause are true or false")
     return RunAsk(command=command, script=script, workers=_strings(message.get("workers"), "workers"),
                   where=_strings(message.get("where"), "where"), batch=_text(message, "batch", MAX_BATCH),
-                  timeout=timeout, reason=_text(message, "reason", 1024), include_offline=include_offline,
+                  timeout=timeout, env=_env(message.get("env")), cwd=_text(message, "cwd", MAX_PATH),
+                  reason=_text(message, "reason", 1024), include_offline=include_offline,
                   until=until, pause=pause)
 
 
@@ -162,6 +189,41 @@ async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, 
                 "age": None if w.facts_taken is None else round(max(0.0, now - w.facts_taken), 3),
                 "stale": w.facts_taken is None or now - w.facts_taken > fleet.stale_after,
             } for w in workers]}
+
+
+WORKER_RUNS = 20  # a worker's recent fleet runs shown in its view
+
+
+@deferred
+async def worker_runs_answer(message: Message, service: WebHost, master: BuildMaster, who: WebIdentity,
+                             info: UserInfo) -> Message:
+    """The ``worker_runs`` question: the recent fleet runs that named one worker (`FleetOperations.of_worker`: the
+    web user's own, or runs on workers where the policy gives them ``replay`` on every target), each with that
+    worker's outcome; only when Buildbot's authz gives the shell action on the worker and on every target of the
+    run (as every list of these pages, failing closed), else no run."""
+    worker = message.get("worker")
+    if not isinstance(worker, str) or not 1 <= len(worker) <= 256:
+        raise ProtocolError("worker_runs needs a worker's name")
+    answer: Message = {"type": "worker_runs", "worker": worker, "runs": []}
+    if worker not in await gate(master, service, who, info):
+        return answer
+    found = await service.fleet.of_worker(who, worker, WORKER_RUNS)
+    allowed = await access.shell_allowed(master, info, {t for r in found for t in r.run["targets"].split()})
+    shown = []
+    for run, outcome, session in found:
+        if not set(run["targets"].split()) <= allowed:
+            continue
+        shown.append({
+            "id": run["id"], "kind": run["kind"], "operator": run["operator"], "command": run["command"],
+            "script_sha256": run["script_sha256"], "reason": run["reason"], "started": run["started"],
+            "ended": run["ended"], "run_state": run["state"],
+            "state": outcome["state"] if outcome is not None else
+            ("running" if run["state"] == "running" else run["state"]),
+            "exit_status": outcome["exit_status"] if outcome is not None else None,
+            "duration": outcome["duration"] if outcome is not None else None,
+            "why": outcome["reason"] if outcome is not None else None, "session": session})
+    answer["runs"] = shown
+    return answer
 
 
 def outcome_message(o: Outcome, with_lines: bool) -> Message:

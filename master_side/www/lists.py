@@ -26,11 +26,20 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "transcript", "id": str, "offset": int}`` -> a binary frame of up to MAX_CHUNK bytes of the
   transcript (asciicast v2) from `offset`, then ``{"offset": int, "eof": bool}``. A page reads at most
   MAX_REPLAY bytes of one transcript; past it the answer is an error (``slaveshell replay`` has no bound);
+- ``{"type": "worker_runs", "worker": str}`` -> a worker's recent fleet runs, for its view
+  (master_side.www.fleet_page);
 - ``{"type": "hold", "build": int}`` -> ``{"hold": {"build", "builder", "number", "worker", "workdir"} | null}``
   (a build held by HoldForShell, if the web user has the ``shell`` right on its worker);
 - ``{"type": "release", "build": int}`` -> ``{"message": str}`` (`OperatorAPI.release`: policy and audit);
 - ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
-  -> what a fleet run has pending cancelled (master_side.www.fleet_page).
+  -> what a fleet run has pending cancelled (master_side.www.fleet_page);
+- ``{"type": "approvals", "id": str?}`` -> ``{"approvals": [{"id", "operator", "worker", "kind", "what",
+  "what_chars", "reason", "moderated_by", "asked", "expires", "run", "mine", "may_approve"}]}`` (the requests on
+  four-eyes workers waiting for a moderator's approval that this web user may decide, and their own:
+  `OperatorAPI.pending_approvals`, as ``slaveshell approvals`` lists them: ``what`` cut in a listing of all,
+  whole with ``id``); ``{"type": "approve", "id": str}`` and ``{"type": "deny", "id": str,
+  "reason": str?}`` -> ``{"message": str}`` (master_side.operators.approvals: a moderator of the worker, not the
+  request's operator; refusals audited).
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ from slaveshell.vocabulary.protocol import ProtocolError
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
 
-QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run")
+QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "fleet", "cancel_run", "approvals",
+           "approve", "deny", "worker_runs")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
@@ -143,10 +153,27 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
             raise OperatorError(ErrorKind.LIMIT, f"this transcript is larger than {MAX_REPLAY >> 20} MiB: "
                                 "replay it with `slaveshell replay` on the master")
         return {"type": "transcript", "offset": offset + len(data), "eof": bool(chunk["eof"])}, data
+    if kind == "approvals":
+        requests = api.pending_approvals(who, message.get("id"))
+        allowed = await access.shell_allowed(master, info, {str(r["worker"]) for r in requests})
+        return {"type": "approvals", "approvals": [r for r in requests if r["worker"] in allowed]}, None
+    if kind in ("approve", "deny"):
+        request_id = message.get("id")
+        if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
+            raise ProtocolError(f"{kind} needs a request's id")
+        pending = api.approvals.pending.get(request_id)
+        allowed = await access.shell_allowed(master, info, {pending.request.worker} if pending else set())
+        if pending is None or pending.request.worker not in allowed:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {request_id}")
+        text = (api.approve(who, request_id) if kind == "approve"
+                else api.deny(who, request_id, _opt_str(message, "reason")))
+        return {"type": kind, "message": text}, None
     if kind == "fleet":
         return await fleet_page.fleet_answer(message, service, master, who, info), None
     if kind == "cancel_run":
         return await fleet_page.cancel_answer(message, service, who), None
+    if kind == "worker_runs":
+        return await fleet_page.worker_runs_answer(message, service, master, who, info), None
     if kind in ("hold", "release"):
         build_id = message.get("build")
         if not isinstance(build_id, int) or isinstance(build_id, bool):

@@ -24,7 +24,9 @@ Messages (RFC 6455 frames):
   which describes its messages; a run's message may be up to 64 KiB, a script in it).
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
-  ``{"type": "close"}`` (end the session, as ``~.``); binary: input bytes (at most MAX_CHUNK each, within the
+  ``{"type": "close"}`` (end the session, as ``~.``; a watcher's close leaves), ``{"type": "kill"}`` (a moderator
+  watching a four-eyes session ends it, as ``slaveshell kill ID``: `OperatorAPI.kill`; refused to anyone
+  else, and the socket closed); binary: input bytes (at most MAX_CHUNK each, within the
   input credit window). Closing the socket detaches: the session waits ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
   "worker", "role", "moderated_by", "moderator"}`` (``moderated_by``: a four-eyes session's groups and web roles,
@@ -337,6 +339,8 @@ class TerminalProtocol(WebSocketServerProtocol):
                 raise ProtocolError(f"{kind!r} before the session is open")
             elif kind in ("ack", "resize", "close"):
                 self._session(self.view, kind, message)
+            elif kind == "kill":
+                self._kill(self.view)
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except (ProtocolError, ValueError) as e:
@@ -356,6 +360,36 @@ class TerminalProtocol(WebSocketServerProtocol):
                 view.close()
         except ProtocolError as e:
             self._refused(view, e)
+
+    def _kill(self, view: View) -> None:
+        """A moderator's *End session*: from the watch of a viewer who moderates the four-eyes session (anyone else
+        is refused, audited, and the socket closed), Buildbot's authz on its worker again, then the operator API's
+        kill (the policy checked again there; audited as the moderator's kill)."""
+        session, who, service = view.session, self.identity, web_host(self.master)
+        moderation = session.moderation
+        if who is None or service is None or moderation is None or view.viewer not in moderation.moderators:
+            self._audit(session.worker, "web kill refused: only a moderator watching a four-eyes session ends it "
+                        "from the page")
+            self.refuse("only a moderator watching this four-eyes session may end it here")
+            return
+
+        @deferred
+        async def kill() -> str:
+            await access.check_authz_shell(self.master, session.worker, self.info)
+            return service.api.kill(who, session.id)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(access.Refused):
+                self._audit(session.worker, f"web authz refused: {failure.value}")
+                self.refuse(str(failure.value))
+            elif failure.check(OperatorError):
+                self._audit(session.worker, f"web kill refused: {cast(OperatorError, failure.value).message}")
+                self.refuse(cast(OperatorError, failure.value).message)
+            else:
+                log.failure("slaveshell: a web moderator's kill for {who}", failure, who=visible(who))
+                self.refuse("the master could not end the session (see its log)")
+
+        kill().addErrback(failed)
 
     def _refused(self, view: View, error: ProtocolError) -> None:
         """A session message refused (by its values here, or by the session): its cost (View.refused), then the
@@ -464,7 +498,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         @deferred
         async def authorized() -> None:
             await access.check_authz_shell(self.master, request.worker, self.info)
-            await copy.start(lambda party: service.api.copy(who, request, party))
+            await copy.start(lambda party: service.api.copy(who, request, party, party.waiting))
 
         authorized().addErrback(self._copy_refused, request.worker)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from slaveshell.client.calls import CallError, call_master, failed, transcript_chunks
 from slaveshell.client.calls import rows as answer_rows
 from slaveshell.client.connection import Interrupted
-from slaveshell.client.labels import command_label
+from slaveshell.client.labels import command_label, master_label
 from slaveshell.client.shell_cli import find_socket
 from slaveshell.vocabulary.display import cell, visible
 from slaveshell.vocabulary.framing import Op
@@ -36,22 +36,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
         state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
         print(f"{cell(w['name'], 20)} {state:12} {'yes' if w['shell'] else 'no':6} "
               f"{'may' if w['allowed'] else 'denied':6} {w['sessions']:<8} "
-              + (f"{cell(_held_by(w), 28)} " if site else "") + visible(w["system"]))
+              + (f"{cell(master_label(w), 28)} " if site else "") + visible(w["system"]))
     return 0
-
-
-def _held_by(row: dict[str, object]) -> str:
-    """Which master of a multi-master site holds the worker, as `slaveshell workers` shows it."""
-    listed = row.get("masters")
-    masters = [str(m) for m in listed] if isinstance(listed, list) else []
-    if len(masters) > 1:
-        return f"on {len(masters)} masters: {', '.join(masters)}"
-    if row.get("here"):
-        return f"here (master {masters[0]})" if masters else "here"
-    if masters:
-        return f"on master {masters[0]}"
-    stale = row.get("stale_database_rows")
-    return "nowhere (stale db row)" if stale else "-"
 
 
 def _parse_since(text: str | None) -> float | None:
@@ -346,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     from slaveshell.client.hold_cli import add_parsers as hold_parsers
 
     hold_parsers(sub, with_socket)
+
+    from slaveshell.client.approval_cli import add_parsers as approval_parsers
+
+    approval_parsers(sub, with_socket)
 
     from slaveshell.client.fleet_cli import add_parsers as fleet_parsers
 

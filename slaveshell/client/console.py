@@ -23,7 +23,7 @@ from prompt_toolkit.output import Output
 
 from slaveshell.client.calls import CALL_TIMEOUT, CallError, MasterCalls, rows
 from slaveshell.client.jobcontrol import Foreground, Job
-from slaveshell.client.labels import command_label
+from slaveshell.client.labels import command_label, master_label
 from slaveshell.vocabulary.display import cell, visible
 from slaveshell.vocabulary.framing import Op
 
@@ -264,12 +264,16 @@ class Console:
     def show_workers(self) -> None:
         if not self.refresh():
             return
-        self.write(f"{'WORKER':18} {'STATE':10} {'SHELL':6} {'SESSIONS':8} INFO\n")
+        # On a multi-master site each row says which master holds the worker (master_side.cluster.view).
+        site = any("masters" in w for w in self.cached_workers)
+        self.write(f"{'WORKER':18} {'STATE':10} {'SHELL':6} {'SESSIONS':8} " + (f"{'MASTER':24} " if site else "")
+                   + "INFO\n")
         for w in self.cached_workers:
             state = ("paused" if w["paused"] else "connected") if w["connected"] else "offline"
             shell = ("yes" if w["allowed"] else "denied") if w["shell"] else "no"
             info = cell(w.get("info") or w.get("system") or "", 60).rstrip()
-            self.write(f"{cell(w['name'], 18)} {state:10} {shell:6} {w['sessions']:<8} {info}\n")
+            where = f"{cell(master_label(w), 24)} " if site else ""
+            self.write(f"{cell(w['name'], 18)} {state:10} {shell:6} {w['sessions']:<8} {where}{info}\n")
 
     def show_sessions(self) -> None:
         if not self.refresh():

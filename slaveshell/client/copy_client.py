@@ -39,6 +39,7 @@ from slaveshell.vocabulary.copying import (
     check_sha,
     from_fields,
 )
+from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.framing import Control, FrameType, Op
 from slaveshell.vocabulary.protocol import ProtocolError, check_int
 
@@ -169,6 +170,10 @@ class CopyClient:
             text = message.get("text")
             self._finish(False, text if isinstance(text, str) and text else
                          "the master closed the connection (protocol error)")
+        elif op is Op.WAITING:  # the transfer waits before it starts (a moderator's approval)
+            text = message.get("text")
+            if isinstance(text, str):
+                self.warn(f"slaveshell: {visible(text[:600])}")
         elif op is Op.RESULT:  # the master's word on the outcome, whatever its reason's length
             self._result(Result.told(message.get("ok"), message.get("reason"), "the master ended the transfer"))
         elif op in framing.TRANSFER:

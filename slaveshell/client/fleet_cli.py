@@ -229,6 +229,12 @@ class RunClient:
                     self.outcomes[worker] = outcome
                     if self.table is None and not self.json_out:
                         print(gather.ended_line(outcome), flush=True)
+                note = get("note")
+                if isinstance(note, str) and note:  # why the worker's part waits (a moderator's approval)
+                    last = note[:400].encode()
+                    if self.table is None:
+                        print(f"slaveshell run: {visible(worker)}: {visible(note[:400])}", file=sys.stderr,
+                              flush=True)
                 if self.table is not None:
                     self.table.update(worker, phase, elapsed, last, outcome)
             elif op is Op.RUN_END:

@@ -1,6 +1,7 @@
-"""How a session of the audit index is labelled wherever it is listed (`slaveshell history`, the console's
-history, the web pages' tables: master_side/www/static/scripts.js says the same), as plain text that the caller
-escapes (slaveshell.vocabulary.display)."""
+"""How the master's rows are labelled wherever they are listed, as plain text that the caller escapes
+(slaveshell.vocabulary.display): a session of the audit index (`slaveshell history`, the console's history, the web
+pages' tables: master_side/www/static/scripts.js says the same), and the master that holds a worker of a
+multi-master site (`slaveshell workers`, the console's workers)."""
 
 from __future__ import annotations
 
@@ -14,3 +15,19 @@ def command_label(row: Mapping[str, object]) -> str:
         return str(command)
     build = row.get("build_id")
     return f"(login shell in build {build})" if build else "(login shell)"
+
+
+def master_label(row: Mapping[str, object]) -> str:
+    """Which master of a multi-master site holds the worker of a `workers` row (master_side.cluster.view): here,
+    another master, every master when one worker name is attached to several (reported, never picked from), or
+    none (a shared database's row naming a master that is gone)."""
+    listed = row.get("masters")
+    masters = [str(m) for m in listed] if isinstance(listed, list) else []
+    if len(masters) > 1:
+        return f"on {len(masters)} masters: {', '.join(masters)}"
+    if row.get("here"):
+        return f"here (master {masters[0]})" if masters else "here"
+    if masters:
+        return f"on master {masters[0]}"
+    stale = row.get("stale_database_rows")
+    return "nowhere (stale db row)" if stale else "-"

@@ -27,15 +27,26 @@ VENV = os.environ.get("SLAVESHELL_CROSSBAR_VENV",
                       os.path.join(os.path.expanduser("~"), ".cache", "slaveshell", "crossbar-venv"))
 _DONE = ".slaveshell-complete"
 
-# The permissions of slaveshell's role: its own procedures, and the router's meta API that lists registrations.
-SLAVESHELL_PERMISSIONS = [
-    {"uri": "slaveshell.", "match": "prefix",
-     "allow": {"call": True, "register": True, "publish": False, "subscribe": False},
-     "disclose": {"caller": True, "publisher": False}, "cache": True},
-    {"uri": "wamp.registration.", "match": "prefix",
-     "allow": {"call": True, "register": False, "publish": False, "subscribe": False},
-     "disclose": {"caller": False, "publisher": False}, "cache": True},
-]
+def _permission(uri: str, register: bool, disclose: bool = True) -> dict[str, object]:
+    return {"uri": uri, "match": "prefix",
+            "allow": {"call": True, "register": register, "publish": False, "subscribe": False},
+            "disclose": {"caller": disclose, "publisher": False}, "cache": True}
+
+
+def master_role(authid: str) -> str:
+    """The role of one master's principal: `slaveshell-<its authid in hexadecimal>` (as master_side.cluster.config
+    encodes names in URIs)."""
+    return "slaveshell-" + authid.encode("utf-8", "surrogateescape").hex()
+
+
+def slaveshell_permissions(authid: str) -> list[dict[str, object]]:
+    """The permissions of one master's role: slaveshell's procedures (the workers' and the routed sessions', which
+    any master may hold), but under `slaveshell.master.` only its own (the longest prefix decides): no master can
+    register another's listing, attach or anything under its name. And the router's meta API that lists
+    registrations."""
+    own = "slaveshell.master." + authid.encode("utf-8", "surrogateescape").hex() + "."
+    return [_permission("slaveshell.", True), _permission("slaveshell.master.", False), _permission(own, True),
+            _permission("wamp.registration.", False, disclose=False)]
 # Buildbot's masters: anonymous, on Buildbot's own topics only (org.buildbot.mq.*, org.buildbot.<id>.connected).
 BUILDBOT_PERMISSIONS = [
     {"uri": "org.buildbot.", "match": "prefix",
@@ -85,9 +96,9 @@ def install(python: str = sys.executable, timeout: float = 900) -> str:
 def config(port: int, realm: str = "buildbot", tickets: dict[str, str] | None = None,
            interface: str = "127.0.0.1") -> dict[str, object]:
     """A crossbar configuration: one WebSocket transport on `port`; in `realm`, anonymous clients (Buildbot's
-    masters) on Buildbot's topics only, and the `slaveshell` role, for the principals of `tickets` (authid ->
-    ticket), on slaveshell's procedures only."""
-    principals = {authid: {"ticket": ticket, "role": "slaveshell"} for authid, ticket in (tickets or {}).items()}
+    masters) on Buildbot's topics only, and a role per principal of `tickets` (authid -> ticket: one per master,
+    its authid the master's name), on slaveshell's procedures only (slaveshell_permissions)."""
+    principals = {authid: {"ticket": ticket, "role": master_role(authid)} for authid, ticket in (tickets or {}).items()}
     return {
         "version": 2,
         "controller": {},
@@ -97,7 +108,8 @@ def config(port: int, realm: str = "buildbot", tickets: dict[str, str] | None = 
                 "name": realm,
                 "roles": [
                     {"name": "anonymous", "permissions": BUILDBOT_PERMISSIONS},
-                    {"name": "slaveshell", "permissions": SLAVESHELL_PERMISSIONS},
+                    *({"name": master_role(authid), "permissions": slaveshell_permissions(authid)}
+                      for authid in sorted(tickets or {})),
                 ],
             }],
             "transports": [{

@@ -104,7 +104,12 @@ class Op(enum.Enum):
     # (fleet runs; with run: its workers' outcomes), text (with cancel)
     FACTS = "facts"  # workers (patterns), refresh; answer: reports, workers, probes, stale_after
     COPY = "copy"  # request: TransferRequest.to_wire(); answer: transfer (its id), total, entries, recorded,
-    # unclaimed (true: done_file may carry "" for the sender's sha256, slaveshell.vocabulary.copying.NO_CLAIM)
+    # unclaimed (true: done_file may carry "" for the sender's sha256, slaveshell.vocabulary.copying.NO_CLAIM); on a
+    # four-eyes worker a WAITING message first, while it waits for a moderator's approval
+    APPROVALS = "approvals"  # request (optional: one's id, with all of what it would do); answer: rows (the
+    # requests waiting for a moderator's approval that you may decide, and your own: master_side.operators.approvals)
+    APPROVE = "approve"  # request (its id); answer: text
+    DENY = "deny"  # request (its id), reason (optional); answer: text
     # client to master: session messages (answer-less)
     EOF = "eof"
     RESIZE = "resize"  # cols, rows
@@ -121,7 +126,7 @@ class Op(enum.Enum):
     REFUSED = "refused"  # method, error: a session message the master refused
     INPUT_ACK = "input_ack"  # n, hidden
     EXIT = "exit"  # code, signal, reason
-    WAITING = "waiting"  # text: the master waits before it opens (a build not held yet)
+    WAITING = "waiting"  # text: the master waits before it opens or copies (a build not held yet, an approval)
     PROGRESS = "progress"  # a fleet run's worker: worker, phase, session, elapsed, last_line, outcome (when done)
     RUN_END = "run_end"  # a fleet run's end: state, summary, exit_status
     ERROR = "error"  # text: the framing was broken; the master closes the connection
@@ -129,7 +134,7 @@ class Op(enum.Enum):
 
 CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSIONS, Op.HISTORY, Op.SEARCH,
                    Op.TRANSCRIPT, Op.CLOSE, Op.DETACH, Op.COPY, Op.HOLDS, Op.EXTEND, Op.RUN, Op.RUNS,
-                   Op.FACTS})
+                   Op.FACTS, Op.APPROVALS, Op.APPROVE, Op.DENY})
 # A transfer's messages (besides DATA frames), in either direction.
 TRANSFER = frozenset({Op.ENTRY, Op.DONE_FILE, Op.FINISH, Op.ACK, Op.RESULT})
 FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ABORT}

@@ -120,6 +120,33 @@ class WebIdentity(Identity):
         return f"{self.user} (web user)"
 
 
+# An operator of another master of a multi-master site, as that master vouches for them (master_side.cluster):
+# `cluster:<master>/<name>`, where <master> is the name the site's router authenticated that master as.
+CLUSTER_PREFIX = "cluster:"
+
+
+@dataclass(frozen=True)
+class ClusterIdentity(Identity):
+    """An operator of another master of the site, for a session routed here (master_side.cluster.serve): `user` is
+    ``cluster:<master>/<name>``, `groups` ``cluster:<master>/<group>`` for each group that master gave, and
+    ``cluster:<master>`` itself (any operator it vouches for). <master> is the router's authid of the calling
+    master, never a name it claims; uid, gid and pid are -1 (no local user here), so numeric uids and gids in
+    rules never match. Policy rules name them as ``Rule(users=["cluster:A/alice"], groups=["cluster:A/ops"])``."""
+
+    @classmethod
+    def vouched(cls, master: str, name: str, groups: Iterable[str]) -> ClusterIdentity:
+        base = f"{CLUSTER_PREFIX}{master}"
+        return cls(uid=-1, gid=-1, pid=-1, user=f"{base}/{name}",
+                   groups=frozenset({base, *(f"{base}/{g}" for g in groups)}))
+
+    @property
+    def key(self) -> tuple[str, object]:
+        return ("cluster", self.user)
+
+    def __str__(self) -> str:
+        return f"{self.user} (vouched for by master {self.user[len(CLUSTER_PREFIX):].split('/', 1)[0]})"
+
+
 def same_operator(a: Operator, b: Operator) -> bool:
     """Whether two identities are the same operator: the same uid for local users, the same name for web
     users (who all have uid -1)."""
@@ -136,7 +163,8 @@ class Rule:
     to a request that gives no reason (`--reason TEXT`). With `moderated_by` (groups, by name or number, and web
     roles as ``"web:<role>"``), a session the rule allows is a four-eyes session: its input is held until a
     moderator watches it (another person, with 'watch' on the worker, in one of these groups or roles:
-    `may_moderate`); a transfer or a run it allows is refused (nobody approves those yet)."""
+    `may_moderate`); what would run before anyone watches (a command, the operator's variables, a transfer, a
+    run's part) waits for such a moderator's approval (master_side.operators.approvals)."""
 
     users: tuple[str | int, ...] = ()
     groups: tuple[str | int, ...] = ()
@@ -222,14 +250,6 @@ class Decision:
         """This decision for a request that gives no reason: refused when the rule requires one."""
         if self.allowed and self.require_reason:
             return Decision(False, f"worker {worker} requires a reason (--reason TEXT)")
-        return self
-
-    def unmoderated(self, worker: str, why: str) -> Decision:
-        """This decision for what cannot wait for a moderator (a copy, a run, a session's command): refused, for
-        `why`, when the rule makes the worker's sessions four-eyes sessions."""
-        if self.allowed and self.moderated_by:
-            groups = moderators_text(self.moderated_by)
-            return Decision(False, f"worker {worker} is moderated (moderated_by: {groups}): {why}")
         return self
 
 

@@ -1,25 +1,31 @@
 """A multi-master site (tests/e2e/cluster_fixtures.py: the router, two masters A and B on a shared PostgreSQL
-database, workers on each): on master A, `slaveshell workers` and `buildbot-shell` know where B's workers are, from
-the router's live registrations; an anonymous router client cannot reach slaveshell's procedures; a worker name
-attached to both masters is reported; once B is killed its workers are no longer said to be on B."""
+database, workers on each): on master A, `slaveshell workers` knows where B's workers are, from the router's live
+registrations; `buildbot-shell` on A's socket opens a session on a worker of B, served and recorded by B under B's
+policy for the operator A vouches for; an anonymous router client cannot reach slaveshell's procedures; a worker
+name attached to both masters is reported; B killed mid-session ends the session on A with a clear line, and B's
+workers are no longer said to be on B."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from master_side.cluster.config import master_uri, worker_uri
+from master_side.cluster.config import master_attach_uri, master_uri, worker_uri
+from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, Site, anonymous_probe, site
-from .conftest import shell_argv, wait_until
+from .cluster_fixtures import DOC, PG, Site, anonymous_probe, hostile_probe, site
+from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -59,31 +65,168 @@ def test_workers_on_a_names_the_master_that_holds_each(cluster: Site) -> None:
     assert "on master A" in line_of(workers(cluster.b).stdout, "a1")
 
 
-def test_shell_on_a_for_a_worker_of_b_says_where_it_is(cluster: Site) -> None:
+def index_rows(site: Site, worker: str) -> list[dict[str, object]]:
+    """The sessions on `worker` in the site's shared audit index (PostgreSQL), oldest first."""
+    sql = ("SELECT coalesce(json_agg(s ORDER BY started), '[]') FROM (SELECT id, operator, master, state, "
+           "exit_code, end_reason, transcript, started FROM slaveshell_sessions "
+           f"WHERE worker = '{worker}') s")
+    done = subprocess.run(PG + ["-d", site.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def vouched() -> str:
+    """The test's user as master A vouches for it to master B."""
+    return f"cluster:A/{getpass.getuser()}"
+
+
+def a_terminal(site: Site, *args: str) -> Terminal:
+    return Terminal(site.a, list(args))
+
+
+def test_a_pty_session_on_a_worker_of_b_through_a(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
-    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "b1", "true"], capture_output=True,
+    before = len(index_rows(cluster, "b1"))
+    t = a_terminal(cluster, "b1")
+    try:
+        t.ready()
+        assert "routed-42" in t.run("echo routed-$((6*7))")
+        # The shell runs on b1, B's worker: its working directory is in b1's basedir.
+        assert cluster.b.worker_dir("b1") in t.run("pwd")
+        t.child.sendline("exit 3")
+        assert t.wait(timeout=30) == 3
+    finally:
+        t.close()
+    # B recorded it: the row in the shared index names B (the master column) and A (the operator it vouched
+    # for), the transcript is on B's disk, and the row is closed with the exit status.
+    row = wait_until(lambda: (r := index_rows(cluster, "b1")[before:]) and r[-1]["state"] != "running" and r[-1],
+                     30)
+    assert row["operator"] == vouched()
+    assert str(row["master"]).endswith(os.path.join("B", "master"))
+    assert (row["state"], row["exit_code"]) == ("ended", 3)
+    assert str(row["transcript"]).startswith(cluster.b.master_dir + os.sep)
+    with open(str(row["transcript"]), "rb") as f:
+        assert b"routed-42" in f.read()
+
+
+def test_a_command_on_a_worker_of_b_through_a(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "-T", "b1", "echo on-b; exit 4"],
+                          capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (4, b"on-b\n"), done.stderr
+    # Megabytes of output: through the credit windows, in pieces far below the router's message limit.
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "-T", "b1",
+                                          "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo done >&2"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"x" * 3000000 + b"\n"
+    assert done.stderr == b"done\n"
+
+
+def test_bs_policy_refuses_the_identity_a_vouches_for(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("z1", {}).get("master") == "B", 30)
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "z1", "true"], capture_output=True,
                           timeout=60)
     assert done.returncode == 255
-    where = rows(cluster.a)["b1"]["where"]
-    assert where == f"{socket.gethostname()}:{cluster.b.master_dir}"
-    # The line docs/multi-master.md shows, with this master's host:basedir.
+    # B's own refusal, of the operator as A vouched for it: the line docs/multi-master.md shows.
     with open(DOC) as f:
-        documented = next(line.strip() for line in f if line.strip().startswith("buildbot-shell: b1 is on master B ("))
-    assert done.stderr == documented.replace("buildhost:/srv/master-b", str(where)).encode() + b"\n"
-    # The worker of B itself is reachable on B, as before.
-    done = subprocess.run(shell_argv() + ["--socket", cluster.b.socket, "b1", "echo on-b"], capture_output=True,
+        documented = next(line.strip() for line in f if line.strip().startswith("buildbot-shell: permission denied"))
+    assert done.stderr == documented.replace("cluster:A/alice", vouched()).encode() + b"\n"
+    # On B's socket, its own operator opens z1.
+    done = subprocess.run(shell_argv() + ["--socket", cluster.b.socket, "z1", "echo on-z1"], capture_output=True,
                           timeout=60)
-    assert (done.returncode, done.stdout) == (0, b"on-b\n")
+    assert (done.returncode, done.stdout) == (0, b"on-z1\n")
+
+
+def live_sessions(sb: Sandbox) -> list[dict[str, object]]:
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "sessions", "--socket", sb.socket, "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_on_a_an_operator_watches_a_session_b_holds(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    # B's own operator runs a command on b1, on B's socket.
+    ticking = subprocess.Popen(shell_argv() + ["--socket", cluster.b.socket, "-T", "b1",
+                                               "for i in $(seq 1 600); do echo tick-$i; sleep 0.1; done"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watcher = None
+    try:
+        sid = wait_until(lambda: next((str(s["id"]) for s in live_sessions(cluster.b) if s["worker"] == "b1"), None),
+                         30)
+        assert sid
+        # On A, where the session is not: `slaveshell watch` reaches it on B.
+        watcher = subprocess.Popen([sys.executable, "-m", "slaveshell.cli", "watch", sid, "--socket",
+                                    cluster.a.socket], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert watcher.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"tick-" not in seen and time.monotonic() < deadline:
+            seen += watcher.stdout.read1(4096)
+        assert b"tick-" in seen
+        # B lists the watcher, as A vouched for it.
+        viewers = next(s for s in live_sessions(cluster.b) if s["id"] == sid)["viewers"]
+        assert {"user": vouched(), "role": "watch"} in viewers
+        watcher.terminate()
+        watcher.wait(30)
+        # The watcher left; the session goes on.
+        wait_until(lambda: next(s for s in live_sessions(cluster.b) if s["id"] == sid)["viewers"]
+                   == [v for v in viewers if v["user"] != vouched()], 30)
+        assert ticking.poll() is None
+    finally:
+        for proc in (watcher, ticking):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
 
 
 def test_an_anonymous_router_client_cannot_call_or_register_slaveshells_procedures(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
     probe = anonymous_probe(cluster.router.url,
-                            call=[master_uri("B"), worker_uri("b1"), "wamp.registration.list"],
-                            register=[worker_uri("w-new"), worker_uri("a1") + "x", master_uri("C")])
+                            call=[master_uri("B"), worker_uri("b1"), worker_uri("b1", "open"),
+                                  "wamp.registration.list"],
+                            register=[worker_uri("w-new"), worker_uri("a1") + "x", master_uri("C"),
+                                      worker_uri("b9", "open")])
     assert probe["joined"] == "anonymous"
     assert set(probe["call"].values()) == {"wamp.error.not_authorized"}, probe  # type: ignore[union-attr]
     assert set(probe["register"].values()) == {"wamp.error.not_authorized"}, probe  # type: ignore[union-attr]
+
+
+def test_a_hostile_master_on_the_router_is_refused_by_b_and_ignored_by_a_live_session(cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    marker = os.path.join(cluster.b.root, "pwned")
+    t = a_terminal(cluster, "b1")
+    try:
+        t.ready()
+        # C, a slaveshell principal no master uses, claims to vouch for the same user: B sees cluster:C/<user>,
+        # which its policy does not name. Then it calls the live session's procedures (found through the
+        # router's meta API) with input, a close, and forged output.
+        call = OpenCall(OpenRequest(worker="b1"), getpass.getuser(), (), "0" * 32).to_wire()
+        probe = hostile_probe(cluster, {
+            "open_uri": worker_uri("b1", "open"), "open_call": call,
+            "register": [master_uri("B"), master_attach_uri("B") + "x", master_uri("A") + "x", master_attach_uri("C")],
+            "in": [[0, "input", f"touch {marker}\n"], [1, "close"]],
+            "out": [[0, "output", 1, "FORGED-OUTPUT"], [1, "exit", 0, None, ""]]})
+        assert probe["joined"] == ["C", "slaveshell-43"]  # its own role (slaveshell.client.router.master_role)
+        opened = probe["open"]
+        assert isinstance(opened, dict) and opened["ok"] is False and opened["kind"] == "permission denied"
+        assert "cluster:C/" in str(opened["error"]) and "vouched for by master C" in str(opened["error"])
+        # Nothing under another master's name: only under its own.
+        assert probe["register"] == {master_uri("B"): "wamp.error.procedure_already_exists",  # B holds it
+                                     master_attach_uri("B") + "x": "wamp.error.not_authorized",
+                                     master_uri("A") + "x": "wamp.error.not_authorized",
+                                     master_attach_uri("C"): "allowed"}, probe
+        assert probe["sessions"] == {"in": ["called", "called"], "out": ["called", "called"]}, probe
+        # The session goes on, untouched.
+        assert "still-42" in t.run("echo still-$((6*7))")
+        assert not os.path.exists(marker)
+        assert "FORGED-OUTPUT" not in t.printed.decode("utf-8", "replace")
+        t.child.sendline("exit")
+        assert t.wait(timeout=30) == 0
+    finally:
+        t.close()
 
 
 def test_a_worker_name_attached_to_both_masters_is_reported(cluster: Site) -> None:
@@ -98,9 +241,38 @@ def test_a_worker_name_attached_to_both_masters_is_reported(cluster: Site) -> No
     assert (said in a_log) != (said in b_log)
 
 
-def test_after_kill_9_of_b_its_worker_is_not_said_to_be_on_b(cluster: Site) -> None:
+def sleepers(marker: str) -> list[int]:
+    """The processes running `sleep <marker>`."""
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:2] == [b"sleep", marker.encode()]:
+                    out.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def test_kill_9_of_b_mid_session_ends_it_on_a_and_b1_is_no_longer_said_to_be_on_b(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
-    os.kill(cluster.b.master_pid(), signal.SIGKILL)
+    t = a_terminal(cluster, "b1")
+    try:
+        t.ready()
+        t.child.sendline("sleep 4242")
+        wait_until(lambda: sleepers("4242"), 30)
+        killed = time.monotonic()
+        os.kill(cluster.b.master_pid(), signal.SIGKILL)
+        # A clear line, and exit 255, well within the client's stall timeout.
+        assert t.wait(timeout=45) == 255
+        assert time.monotonic() - killed < 45
+        said = t.printed.decode("utf-8", "replace")
+        assert re.search(r"the session on b1 ended: master B (is gone|stopped answering)", said), said[-500:]
+        assert_no_traceback(said)
+    finally:
+        t.close()
+    # Nothing left on the worker: the worker ends its sessions when its master's connection goes.
+    wait_until(lambda: not sleepers("4242"), 60)
     status = wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") is None and rows(cluster.a), 30)
     b1 = status["b1"]
     assert (b1["connected"], b1["masters"]) == (False, [])

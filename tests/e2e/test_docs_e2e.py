@@ -85,13 +85,13 @@ def test_multi_master_doc_shows_the_router_configuration_slaveshell_makes() -> N
         text = f.read()
     blocks = re.findall(r"^```json\n(.*?)^```", text, flags=re.S | re.M)
     assert len(blocks) == 1
-    command = "python3 -m slaveshell.client.router config --port 8080 --ticket slaveshell=CHANGE-ME"
+    command = "python3 -m slaveshell.client.router config --port 8080 --ticket A=CHANGE-ME-A --ticket B=CHANGE-ME-B"
     assert f"`{command}`" in text
     printed = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=60,
                              cwd=ROOT)
     assert printed.returncode == 0, printed.stderr
     assert json.loads(blocks[0]) == json.loads(printed.stdout) == router.config(8080, "buildbot",
-                                                                              {"slaveshell": "CHANGE-ME"})
+                                                                              {"A": "CHANGE-ME-A", "B": "CHANGE-ME-B"})
     assert printed.stdout == blocks[0]
 
 

@@ -29,16 +29,21 @@ WWW_CONFIG = """\
 from buildbot.plugins import util as _util
 from master_side.www.access import ShellEndpointMatcher
 c['www']['plugins']['slaveshell'] = {}
-c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'erin': 'erin-pw'})
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'erin': 'erin-pw',
+                                            'dave': 'dave-pw'})
 c['www']['authz'] = _util.Authz(
-    allowRules=[ShellEndpointMatcher(role='shellers', worker='f*')],
-    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'erin'])])
+    allowRules=[ShellEndpointMatcher(role='watchers', worker='f*', defaultDeny=False),
+                ShellEndpointMatcher(role='shellers', worker='f*')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'erin']),
+                  _util.RolesFromUsername(roles=['watchers'], usernames=['dave'])])
 """
 # alice may run (shell implies run); erin may open shells but the rule withholds run; bob has a policy right but
 # no shell action in Buildbot's authz. The policy gives alice g1 too, but Buildbot's authz gives the shell action on
-# f* only: g1 is in none of her lists and no run of hers reaches it.
+# f* only: g1 is in none of her lists and no run of hers reaches it. dave has the shell action on f* in Buildbot's
+# authz and may only watch in the policy (no replay: no one else's run is his to see).
 SERVICE_KWARGS = (f"policy=[dict(users=['web:erin'], rights=['shell', 'watch', 'replay'], withhold=['run']), "
                   f"dict(groups=['web:shellers'], rights=['shell', 'watch', 'replay']), dict(users=['web:bob']), "
+                  f"dict(users=['web:dave'], rights=['watch']), "
                   f"dict(users=[{os.getuid()}])], facts={{'answer': 'echo 42'}}")
 
 
@@ -256,6 +261,139 @@ def test_the_worker_view_shows_its_facts(browser: Any, site: Sandbox) -> None:
     facts.wait_for()
     rows = dict(zip(facts.locator("th").all_inner_texts(), facts.locator("td").all_inner_texts(), strict=True))
     assert rows["answer"] == "42" and rows["os"] == "Linux", rows
+    page.context.close()
+
+
+def worker_runs(page: Any, worker: str) -> Any:
+    """The worker's view, once its recent fleet runs are in."""
+    page.goto(site_url(page) + f"#/slaveshell/worker/{worker}")
+    page.locator("table.slaveshell-worker-runs, .slaveshell-no-runs").first.wait_for()
+    return page.locator("table.slaveshell-worker-runs tbody tr")
+
+
+def site_url(page: Any) -> str:
+    return str(page.url).split("#", 1)[0]
+
+
+def test_the_worker_view_lists_its_recent_fleet_runs_as_text(browser: Any, site: Sandbox) -> None:
+    """Buildbot's worker page leads (access_uri, tests/e2e/test_worker_view_e2e.py) to the worker's view: its recent
+    fleet runs, each with its outcome there, the operator, the command as text, links to the session's replay and
+    to the Fleet page; only the runs the web user may see (their own, or with replay on every target; and Buildbot's
+    authz on every target)."""
+    import subprocess
+    import sys
+
+    def cli_run(*args: str) -> str:
+        """The id of a run by the local operator (its command unique in the index)."""
+        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "run", "--socket", site.socket, "--json",
+                               *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+        try:
+            (found,) = db.execute("SELECT id FROM slaveshell_runs WHERE command = ?", (args[-1],)).fetchall()
+        finally:
+            db.close()
+        return str(found[0])
+
+    # The local operator's runs: one on f1 (alice has replay there: shown to her), one that reaches g1 too (Buildbot's
+    # authz gives alice nothing on g1: not shown to her).
+    on_f1 = cli_run("--workers", "f1", "--", "echo from-the-cli")
+    everywhere = cli_run("--", "echo everywhere-from-the-cli")
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    hostile = "echo '<img src=x onerror=window.pwned=1><b>bold</b>' \u202e; exit 4"
+    run = run_command(page, hostile, reason="INC-5 <i>web</i>")
+    run_id = run.get_attribute("data-run")
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 failed (f1, f2)"
+    rows = worker_runs(page, "f1")
+    mine = page.locator(f"table.slaveshell-worker-runs tr[data-run='{run_id}']")
+    mine.wait_for()
+    assert mine.get_attribute("data-state") == "failed"
+    assert mine.locator(".slaveshell-command").inner_text() == hostile.replace("\u202e", "\\u202e")
+    assert mine.locator(".slaveshell-run-operator").inner_text() == "web:alice"
+    assert mine.locator(".slaveshell-run-reason").inner_text() == "INC-5 <i>web</i>"
+    assert mine.locator(".slaveshell-run-outcome").inner_text() == "failed"
+    assert mine.locator("td").nth(6).inner_text() == "4"
+    assert page.locator(".slaveshell-page img, .slaveshell-page b, .slaveshell-page i").count() == 0
+    assert page.evaluate("() => window.pwned") is None
+    assert "\u202e" not in page.locator(".slaveshell-page").inner_text()
+    ids = rows.evaluate_all("rows => rows.map(r => r.getAttribute('data-run'))")
+    assert on_f1 in ids and everywhere not in ids, ids
+    assert ids.index(run_id) < ids.index(on_f1)  # newest first
+    assert mine.locator("a.slaveshell-run-fleet").get_attribute("href") == "#/slaveshell/fleet"
+    shot(page, "worker-runs.png")
+    # The run's session on f1, replayed.
+    mine.locator("a.slaveshell-run-transcript").click()
+    page.wait_for_function("() => { const e = document.querySelector('.slaveshell-status');"
+                           " return e && e.getAttribute('data-status') === 'ready'; }", timeout=TIMEOUT_MS)
+    assert "<img src=x" in page.evaluate("() => window.slaveshellReplay.text")
+    # Asked by hand: g1 (the policy would allow it; Buildbot's authz does not) has no run for her, though the local
+    # operator's run reached it; a worker that is not a name is a bad message.
+    assert raw(page, [{"type": "worker_runs", "worker": "g1"}], 10)[0] == \
+        {"type": "worker_runs", "worker": "g1", "runs": []}
+    answer = raw(page, [{"type": "worker_runs", "worker": ["f1"]}])
+    assert answer[0]["type"] == "error" and "worker_runs needs a worker's name" in answer[0]["message"], answer
+    page.context.close()
+    # dave watches f1 but has no replay right: no one's run is shown to him; bob's question by hand gets nothing.
+    dave = login(browser, site, "dave").new_page()
+    dave.goto(site.url + "#/slaveshell/worker/f1")
+    dave.locator(".slaveshell-no-runs").wait_for()
+    assert dave.locator("table.slaveshell-worker-runs").count() == 0
+    dave.context.close()
+    bob = login(browser, site, "bob").new_page()
+    bob.goto(site.url + "#/slaveshell/fleet")
+    bob.get_by_text("No worker you may act on.").wait_for()
+    answer = wait_for(lambda: (a := raw(bob, [{"type": "worker_runs", "worker": "f1"}], 10)) and
+                      not any("already 1 web terminal" in str(m.get("message")) for m in a) and a,
+                      "an answer to bob's question")
+    assert answer[0] == {"type": "worker_runs", "worker": "f1", "runs": []}, answer
+    bob.context.close()
+
+
+def test_environment_and_working_directory(browser: Any, site: Sandbox) -> None:
+    """slaveshell run's -e NAME=VALUE and -C DIR on the Fleet page: passed into the run; checked as the CLI and the
+    RUN request check them; refusals shown as text."""
+    page = fleet_page(browser, site, "alice")
+    page.locator("tr[data-worker='f2']").wait_for()
+    # (A variable named __proto__ is one like any other.)
+    page.locator("textarea.slaveshell-run-env").fill("GREETING=hello <b>there</b> a=b\n\nSECOND=2\n__proto__=p")
+    page.locator("input.slaveshell-run-cwd").fill("/tmp")
+    run = run_command(page, 'pwd; printf "%s %s %s\\n" "$GREETING" "$SECOND" "$__proto__"')
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 ok"
+    assert run.locator("pre.slaveshell-group-output").inner_text() == "/tmp\nhello <b>there</b> a=b 2 p"
+    assert "(in /tmp) (with GREETING, SECOND, __proto__)" in run.locator("p.text-muted").inner_text()
+    page.locator("textarea.slaveshell-run-env").evaluate("e => { e.scrollTop = 0; }")  # its first line in view
+    shot(page, "fleet-page-env.png")
+    before = len(run_rows(site, "web:alice"))
+    # A line without NAME=: refused by the page as `slaveshell run -e` refuses it, nothing asked of the master.
+    page.locator("textarea.slaveshell-run-env").fill("A=1\n<b>no equals sign</b>")
+    page.locator("button.slaveshell-run-start").click()
+    error = page.locator(".slaveshell-run-error")
+    error.wait_for()
+    assert error.inner_text() == "Refused: -e <b>no equals sign</b>: expected NAME=VALUE"
+    # A name the master would refuse (slaveshell.vocabulary.protocol's form), told at once.
+    page.locator("textarea.slaveshell-run-env").fill("<img src=x onerror=alert(1)>")
+    page.locator("button.slaveshell-run-start").click()
+    wait_for(lambda: "bad environment variable name" in error.inner_text(), "the bad name's refusal")
+    assert error.inner_text() == 'Refused: -e <img src=x onerror=alert(1)>: bad environment variable name "<img src"'
+    assert page.locator(".slaveshell-run img, .slaveshell-run b, .slaveshell-page img").count() == 0
+    # A directory the workers do not have: each worker's refusal, as text.
+    page.locator("textarea.slaveshell-run-env").fill("")
+    page.locator("input.slaveshell-run-cwd").fill("/nonexistent/<b>dir</b>")
+    run = run_command(page, "true")
+    assert run.locator(".slaveshell-run-summary").inner_text() == "2 refused"
+    assert run.locator(".slaveshell-notran-reason").all_inner_texts() == [
+        f"worker {w}: no such directory on the worker: /nonexistent/<b>dir</b>" for w in ("f1", "f2")]
+    assert page.locator(".slaveshell-run b").count() == 0
+    shot(page, "fleet-page-cwd-refused.png")
+    # By hand on the page's socket (the master checks again): a bad name, a list for env, a directory too long.
+    answer = raw(page, [{"type": "run", "command": "true", "env": {"1X": "v"}}])
+    assert answer[0]["type"] == "error" and "bad environment variable name '1X'" in answer[0]["message"], answer
+    answer = raw(page, [{"type": "run", "command": "true", "env": ["A=1"]}])
+    assert answer[0]["type"] == "error" and "env is a mapping" in answer[0]["message"], answer
+    answer = raw(page, [{"type": "run", "command": "true", "cwd": "/" + "d" * 5000}])
+    assert answer[-1]["type"] in ("error", "closed"), answer
+    assert len(run_rows(site, "web:alice")) == before + 1  # the missing directory's run only
     page.context.close()
 
 

@@ -184,3 +184,70 @@ def test_a_moderated_session_in_the_browser(browser: Any, site: Sandbox) -> None
     wait_for(lambda: not session_row(view, sid).count(), "the ended session to leave the list")
     for context in (alice, lead, mallory, rita):
         context.close()
+
+
+def kill_events(site: Sandbox, session_id: str) -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        return list(db.execute("SELECT kind, operator, detail FROM slaveshell_events WHERE (session_id = ? AND "
+                               "kind = 'kill') OR (kind = 'refused' AND detail LIKE 'web kill refused%')",
+                               (session_id,)))
+    finally:
+        db.close()
+
+
+def test_a_moderator_ends_the_session_from_the_watch_page(browser: Any, site: Sandbox) -> None:
+    alice = login(browser, site, "alice")
+    term = alice.new_page()
+    open_terminal(term, site, "m1")
+    wait_for(lambda: shows(term, f"this session is moderated: {HELD}"), "the moderated session's notice")
+    found = re.search(r"#/slaveshell/session/([^/]+)/", term.url)
+    assert found, term.url
+    sid = found.group(1)
+    # The operator's own page has its own End session (~.), not the moderator's.
+    assert term.locator("button.slaveshell-moderator-end").count() == 0
+    # A watcher without the moderators' role: no button; the kill asked by hand on her socket is refused (and
+    # audited), the session goes on.
+    mallory = login(browser, site, "mallory")
+    outsider = mallory.new_page()
+    outsider.goto(site.url + f"#/slaveshell/session/{sid}/watch")
+    wait_status(outsider, "^watching")
+    assert outsider.locator("button.slaveshell-moderator-end").count() == 0
+    outsider.evaluate("() => window.slaveshellSocket.send(JSON.stringify({type: 'kill'}))")
+    assert wait_status(outsider, "^refused") == \
+        "refused: only a moderator watching this four-eyes session may end it here"
+    wait_for(lambda: any(k == "refused" and who == "web:mallory" for k, who, _ in kill_events(site, sid)),
+             "mallory's refused kill in the audit index")
+    # The operator asking it by hand: refused too (their own End session is ~.).
+    term.evaluate("() => window.slaveshellSocket.send(JSON.stringify({type: 'kill'}))")
+    assert wait_status(term, "^refused") == "refused: only a moderator watching this four-eyes session may end it here"
+    # The moderator: End session, asked to confirm; Cancel leaves it running.
+    lead = login(browser, site, "lead")
+    watch = lead.new_page()
+    watch.goto(site.url + "#/slaveshell")
+    session_row(watch, sid).locator("button.slaveshell-watch").click()
+    assert wait_status(watch, "^watching") == "watching (read-only)"
+    end = watch.locator("button.slaveshell-moderator-end")
+    end.click()
+    confirm = watch.locator(".slaveshell-end-confirm")
+    assert confirm.inner_text().startswith(f"End session {sid} on m1 for its operator and every viewer?")
+    shot(watch, "moderated-end-confirm.png")
+    confirm.locator("button.slaveshell-end-no").click()
+    assert confirm.count() == 0
+    assert not [e for e in kill_events(site, sid) if e[0] == "kill"]
+    end.click()
+    confirm.locator("button.slaveshell-end-yes").click()
+    assert wait_status(watch, "^session ended") == "session ended: killed by web:lead (moderator) (signal 1)"
+    assert watch.locator("button.slaveshell-moderator-end").count() == 0
+    shot(watch, "moderated-ended.png")
+    wait_for(lambda: [e for e in kill_events(site, sid) if e[0] == "kill"] == [("kill", "web:lead", "as moderator")],
+             "the moderator's kill in the audit index")
+    # The session is gone from the live lists.
+    view = lead.new_page()
+    view.goto(site.url + "#/slaveshell/worker/m1")
+    view.locator(".slaveshell-worker-view").wait_for()
+    wait_for(lambda: not session_row(view, sid).count(), "the ended session to leave the list")
+    for context in (alice, lead, mallory):
+        context.close()

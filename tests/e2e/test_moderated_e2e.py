@@ -2,7 +2,8 @@
 until a moderator (another local user, in the moderators' group, with 'watch') watches; held again once the last
 moderator left; the moderator ending the session; the audit events; and the attacks: the operator moderating
 their own session from a second connection, a watcher outside the group, a member without the watch right,
-input and a flood of it while held, `slaveshell cp` on the moderated worker.
+input and a flood of it while held; what the open itself would run waits for an approval
+(tests/e2e/test_approvals_e2e.py has the approvals themselves).
 
 The other users run in forked children that drive the framed hop by hand (they cannot read this interpreter's
 files to start a client: everything is imported before the fork)."""
@@ -16,6 +17,7 @@ import pwd
 import re
 import select
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -469,40 +471,35 @@ def test_a_flood_of_input_while_held_reaches_nothing_and_costs_one_notice(box: S
     assert not os.path.exists(marker)
 
 
-def test_slaveshell_cp_is_refused_on_a_moderated_worker(box: Sandbox, tmp_path) -> None:
-    source = tmp_path / "file.txt"
-    source.write_text("x\n")
-    done = cli(box, "cp", str(source), f"m1:{box.root}/allowed/file.txt")
-    assert done.returncode != 0
-    assert (f"worker m1 is moderated (moderated_by: {LEADS}, root): a copy would need a moderator's approval"
-            in done.stderr), done.stderr
-    assert not os.path.exists(os.path.join(box.root, "allowed", "file.txt"))
-
-
-def test_what_the_open_itself_would_run_is_refused_on_a_moderated_worker(box: Sandbox) -> None:
+def test_what_the_open_itself_would_run_waits_for_an_approval_and_runs_nothing_meanwhile(box: Sandbox) -> None:
     """A command, or the operator's -e variables (PROMPT_COMMAND runs at the first prompt), would act before any
-    moderator could watch: refused, audited; nothing ran."""
+    moderator could watch: each waits for a moderator's approval (tests/e2e/test_approvals_e2e.py approves and
+    denies them); nothing runs while it waits, and Ctrl-C withdraws it."""
     marker = f"/tmp/moderated-open-{os.getpid()}"
-    for args, why in ((["m1", "touch", marker], "a command would run before a moderator watches"),
-                      (["-e", f"PROMPT_COMMAND=touch {marker}", "m1"], "variables (-e) would take effect before")):
-        done = subprocess.run(shell_argv() + ["--socket", box.socket, *args], capture_output=True, text=True,
-                              timeout=60, stdin=subprocess.DEVNULL)
-        assert_no_traceback(done.stderr)
-        assert done.returncode == 255, done
-        assert f"permission denied: worker m1 is moderated (moderated_by: {LEADS}, root): {why}" in done.stderr
-    time.sleep(1)
+    for args in (["m1", "touch", marker], ["-T", "-e", f"PROMPT_COMMAND=touch {marker}", "m1"]):
+        child = subprocess.Popen(shell_argv() + ["--socket", box.socket, *args], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            pending = wait_until(lambda: [r for r in json.loads(cli(box, "approvals", "--json").stdout)
+                                          if r["mine"]], 30)
+            assert pending and pending[0]["worker"] == "m1" and marker in str(pending[0]["what"]), pending
+            time.sleep(1)
+            assert not os.path.exists(marker)
+            child.send_signal(signal.SIGINT)
+            _, err = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert_no_traceback(err)
+        assert child.returncode != 0
+        assert f"worker m1 is moderated: request {pending[0]['id']} waits for a moderator's approval" in err, err
+    assert wait_until(lambda: not json.loads(cli(box, "approvals", "--json").stdout), 20)
     assert not os.path.exists(marker)
-    # Audited as refusals (at most one per kind and uid in 10 s is written at once; the next says how many more).
-    assert wait_until(lambda: [d for who, d in refusals(box) if who == "root" and
-                               ("a command would run" in d or "variables (-e)" in d)], 25), refusals(box)
 
 
-def test_fleet_runs_are_refused_on_a_moderated_worker_and_to_a_user_without_the_run_right(box: Sandbox) -> None:
-    # root may run on m1 but m1 is moderated: a command would act before anyone watches.
-    done = cli(box, "run", "--", "touch", "ran-unmoderated")
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "refused: m1" in done.stdout and "a command would run before a moderator watches" in done.stdout
-    assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-unmoderated"))
+def test_fleet_runs_are_refused_to_a_user_without_the_run_right(box: Sandbox) -> None:
+    # (root's run on the moderated m1 waits for an approval: tests/e2e/test_approvals_e2e.py.)
     # A local user on the socket's group with only the watch right: listed as refused, and audited.
     other = run_as(OUTSIDER, ["run", "--socket", box.socket, "--", "touch", "ran-by-outsider"])
     assert_no_traceback(other.stderr)

@@ -119,3 +119,89 @@ def test_a_web_moderator_releases_the_input_and_the_operators_web_namesake_does_
     assert kinds, moderation_events(site, sid)
     assert [(k, who) for k, who, _ in kinds] == [("input-held", "root"), ("moderate-start", "web:lead"),
                                                  ("moderate-end", "web:lead"), ("input-held", "root")], kinds
+
+
+def refusal(ws: RawSocket) -> dict[str, object]:
+    """The error the master sends on `ws` (then it closes it)."""
+    for message in ws.messages(30):
+        if isinstance(message, dict) and message.get("type") == "error":
+            return message
+    raise AssertionError("the socket closed without an error")
+
+
+def kill_events(site: Sandbox, session_id: str) -> list[tuple[str, str, str]]:
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        return list(db.execute("SELECT kind, operator, detail FROM slaveshell_events WHERE (session_id = ? AND "
+                               "kind = 'kill') OR (kind = 'refused' AND detail LIKE 'web kill refused%')",
+                               (session_id,)))
+    finally:
+        db.close()
+
+
+def other_origin_status(site: Sandbox, session: str) -> str:
+    """The HTTP status of the socket's handshake from a page of another origin, with the user's cookie."""
+    import base64
+    import socket
+
+    with socket.create_connection(("127.0.0.1", site.www_port), timeout=30) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(("\r\n".join([
+            "GET /plugins/slaveshell/ws HTTP/1.1", f"Host: 127.0.0.1:{site.www_port}", "Upgrade: websocket",
+            "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+            "Origin: http://evil.example", f"Cookie: {session}"]) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "closed"
+
+
+def test_only_a_web_moderator_ends_the_session_on_the_socket(site: Sandbox) -> None:
+    """The page's End session is ``{"type": "kill"}`` on the moderator's watch socket: `OperatorAPI.kill`, audited
+    as the moderator's kill; anyone else sending it by hand (a watcher without the role, the operator's web
+    namesake, a socket with no session) is refused and audited, and the session goes on."""
+    t = Terminal(site, ["m1"])
+    sockets: list[RawSocket] = []
+    try:
+        t.expect(HELD.replace("(", "\\(").replace(")", "\\)"))
+        t.expect(r"[#$] ")
+        rows = json.loads(cli(site, "sessions", "--json").stdout)
+        (sid,) = [str(s["id"]) for s in rows if s["worker"] == "m1"]
+        for user in ("mallory", "root"):
+            ws, _ = watch(site, user, sid)
+            sockets.append(ws)
+            ws.send_json({"type": "kill"})
+            message = refusal(ws)
+            assert message["message"] == "only a moderator watching this four-eyes session may end it here", message
+        lone = RawSocket(site, cookie(site, "lead"))
+        sockets.append(lone)
+        lone.send_json({"type": "kill"})
+        assert "'kill' before the session is open" in str(refusal(lone)["message"])
+        refused = wait_until(lambda: (lambda e: e if len(e) >= 2 else None)(
+            [who for kind, who, _ in kill_events(site, sid) if kind == "refused"]), 20)
+        assert refused and sorted(refused) == ["web:mallory", "web:root"], kill_events(site, sid)
+        assert str(sid) in cli(site, "sessions").stdout  # still live
+        # A page of another site carrying the moderator's cookie: no socket at all (the handshake is refused).
+        assert other_origin_status(site, cookie(site, "lead")) == "403"
+        lead, _ = watch(site, "lead", sid)
+        sockets.append(lead)
+        t.expect("web:lead moderates this session")
+        lead.send_json({"type": "kill"})
+        t.expect("session killed by web:lead \\(moderator\\)")
+        assert any(isinstance(m, dict) and m.get("type") == "exit" for m in lead.messages(30))
+        t.wait()
+    finally:
+        for ws in sockets:
+            ws.close()
+        t.close()
+    kills = wait_until(lambda: [e for e in kill_events(site, sid) if e[0] == "kill"] or None, 20)
+    assert kills == [("kill", "web:lead", "as moderator")], kill_events(site, sid)
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=10)
+    try:
+        (reason,) = db.execute("SELECT end_reason FROM slaveshell_sessions WHERE id = ?", (sid,)).fetchone()
+    finally:
+        db.close()
+    assert reason == "killed by web:lead (moderator) (signal 1)", reason

@@ -196,18 +196,76 @@
     return xtermLoaded;
   }
 
-  // One socket that asks for the lists of the fleet page (workers, live sessions), then closes.
+  // One socket that asks for the lists of the fleet page (workers, live sessions, requests waiting for an
+  // approval), then closes.
   function askLists(onAnswer) {
     var got = {}, cancel = null;
     cancel = questions(function (send) {
       send({ type: "workers" });
       send({ type: "sessions" });
+      send({ type: "approvals" });
     }, function (m) {
-      if (m.type !== "workers" && m.type !== "sessions") return;
+      if (m.type !== "workers" && m.type !== "sessions" && m.type !== "approvals") return;
       got[m.type] = m[m.type];
-      if (got.workers && got.sessions) { cancel(); onAnswer(got, null); }
+      if (got.workers && got.sessions && got.approvals) { cancel(); onAnswer(got, null); }
     }, function (why, m) { onAnswer(null, why, m && m.login); });
     return cancel;
+  }
+
+  // Requests on four-eyes workers waiting for a moderator's approval (lists.py's "approvals", as `slaveshell
+  // approvals` lists them): what each would do, escaped; Approve, and Deny with a reason, for a moderator (the master
+  // decides who is one: another person than the operator, in the rule's groups or roles, with watch); the page's
+  // user's own requests marked as theirs. `props.changed(text)` says what was decided, and reloads the lists.
+  function ApprovalRows(props) {
+    var st = React.useState({ told: {}, reasons: {}, whole: {} }), state = st[0], setState = st[1];
+    function showAll(r) { // all of what a long request would do (a listing of all cuts it)
+      var cancel = questions(function (send) { send({ type: "approvals", id: r.id }); }, function (m) {
+        if (m.type !== "approvals") return;
+        cancel();
+        if (m.approvals.length) set("whole", r.id, m.approvals[0].what);
+      }, function (why) { set("told", r.id, "refused: " + why); });
+    }
+    function set(key, id, value) {
+      setState(function (o) { var n = Object.assign({}, o); n[key] = Object.assign({}, o[key]); n[key][id] = value;
+        return n; });
+    }
+    function decide(r, kind) {
+      var cancel = questions(function (send) {
+        var m = { type: kind, id: r.id };
+        if (kind === "deny" && state.reasons[r.id]) m.reason = state.reasons[r.id];
+        send(m);
+      }, function (m) {
+        if (m.type !== kind) return;
+        cancel();
+        set("told", r.id, printable(m.message));
+        props.changed(printable(m.message));
+      }, function (why) { set("told", r.id, "refused: " + why); });
+    }
+    return props.approvals.map(function (r) {
+      var told = state.told[r.id], left = Math.max(0, Math.round(r.expires - Date.now() / 1000));
+      var actions = told ? h("span", { className: "slaveshell-approval-told" }, told)
+        : r.mine ? h("span", { className: "text-muted" }, "yours: waits for a moderator")
+        : !r.may_approve ? h("span", { className: "text-muted" }, "not yours to decide")
+        : h("span", null,
+          h("button", { className: "btn btn-success btn-sm slaveshell-approve",
+            onClick: function () { decide(r, "approve"); } }, "Approve"), " ",
+          h("input", { className: "form-control form-control-sm slaveshell-deny-reason", type: "text", maxLength: 250,
+            placeholder: "reason to deny", "aria-label": "reason to deny", value: state.reasons[r.id] || "",
+            style: { display: "inline-block", width: "14em", marginRight: "0.5em" },
+            onChange: function (e) { set("reasons", r.id, e.target.value.replace(/[\r\n]+/g, " ")); } }),
+          h("button", { className: "btn btn-danger btn-sm slaveshell-deny",
+            onClick: function () { decide(r, "deny"); } }, "Deny"));
+      return h("tr", { key: r.id, "data-approval": r.id },
+        h("td", null, printable(r.id)),
+        h("td", null, h("a", { href: workerView(r.worker), className: "slaveshell-worker-link" }, printable(r.worker))),
+        h("td", null, printable(r.operator)), h("td", null, printable(r.kind)),
+        h("td", { className: "slaveshell-approval-what" }, printable(state.whole[r.id] || r.what),
+          !state.whole[r.id] && r.what_chars > r.what.length ? [" ", h("button", { key: "all",
+            className: "btn btn-outline-secondary btn-sm slaveshell-approval-all", onClick: function () { showAll(r); } },
+            "... " + (r.what_chars - r.what.length) + " more characters: show all")] : null),
+        h("td", null, printable(r.reason || "")), h("td", null, Math.floor(left / 60) + "m" + (left % 60) + "s"),
+        h("td", null, actions));
+    });
   }
 
   function go(hash) { window.location.hash = hash; }
@@ -289,6 +347,8 @@
   function Fleet() {
     var st = React.useState({ lists: null, error: null, login: false });
     var state = st[0], setState = st[1];
+    var reloads = React.useState({ n: 0, decided: "" }), reloaded = reloads[0], setReloaded = reloads[1];
+    function reload(decided) { setReloaded(function (o) { return { n: o.n + 1, decided: decided }; }); }
     React.useEffect(function () {
       var cancel = null, timer = null, live = true;
       setTitle("Workers");
@@ -302,7 +362,7 @@
       }
       load();
       return function () { live = false; clearTimeout(timer); if (cancel) cancel(); };
-    }, []);
+    }, [reloaded.n]);
     var blocked = blockedNotice();
     if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) {
@@ -339,6 +399,12 @@
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
           h("th", null, "Sessions"), h("th", null, ""))),
         h("tbody", null, rows))),
+      reloaded.decided ? h("div", { className: "alert alert-info slaveshell-decided" }, reloaded.decided) : null,
+      state.lists.approvals.length === 0 ? null : h("div", null, h("h5", null, "Waiting for a moderator's approval"),
+        h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-approvals" },
+          h("thead", null, h("tr", null, ["Request", "Worker", "Operator", "Kind", "What", "Reason", "Left", ""].map(
+            function (t, i) { return h("th", { key: i }, t); }))),
+          h("tbody", null, h(ApprovalRows, { approvals: state.lists.approvals, changed: reload }))))),
       h("h5", null, "Live sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
@@ -349,13 +415,15 @@
   }
 
   // The end of a session. One this page ended says so in the audit index's words (its `end_reason`, as
-  // `slaveshell history` and the history page show it): "closed by web:<name> (signal 1)".
-  function describeExit(m, closedHere) {
+  // `slaveshell history` and the history page show it): "closed by web:<name> (signal 1)"; one a moderator ended
+  // from this page, "killed by web:<name> (moderator) (signal 1)".
+  function describeExit(m, closedHere, killedHere) {
     var signal = m.signal !== null && m.signal !== undefined, code = m.code !== null && m.code !== undefined;
-    if (closedHere) {
+    if (closedHere || killedHere) {
       var user = frontend().user, name = user && user.username ? "web:" + user.username : "this page";
       var status = signal ? "signal " + m.signal : code ? "exit " + m.code : "";
-      return printable("closed by " + name + (status ? " (" + status + ")" : ""));
+      return printable((killedHere ? "killed by " + name + " (moderator)" : "closed by " + name) +
+        (status ? " (" + status + ")" : ""));
     }
     if (code) return "exit status " + m.code;
     if (signal) return "killed by signal " + m.signal;
@@ -387,6 +455,8 @@
     // The button to press before a socket opens (its label), and whether the grant is gone (log in again).
     var asking = React.useState(null), ask = asking[0], setAsk = asking[1];
     var relogin = React.useState(false), login = relogin[0], setLogin = relogin[1];
+    // A moderator's End session: asked to confirm first (null: not asked; "asked"; "sent").
+    var ending = React.useState(null), endAsk = ending[0], setEndAsk = ending[1];
     var ctl = React.useRef({});
     var deliberate = React.useState(function () {
       return !!props.armed || tookClick(props.sessionId ? "session:" + props.sessionId + "/" + props.mode
@@ -397,6 +467,7 @@
     React.useEffect(function () {
       if (blockedNotice()) return undefined;
       var disposed = false, ws = null, term = null, observer = null, finished = false, retries = 0, closing = false;
+      var killing = false;
       var everOpened = false;
       var target = props.sessionId ? { id: props.sessionId, mode: props.mode } : null;
       function note(change) { setSession(function (old) { return Object.assign({}, old, change); }); }
@@ -430,6 +501,8 @@
         }
         ctl.current = {
           end: function () { closing = true; send({ type: "close" }); },
+          // A moderator ends the four-eyes session for everyone (the master checks that this watcher moderates it).
+          kill: function () { killing = true; send({ type: "kill" }); },
           // For tests: drop the socket as a lost network would.
           drop: function () { ws.close(); },
           start: function () { clickedHere = true; finished = false; setAsk(null); connect(); },
@@ -494,7 +567,7 @@
             setStatus(printable(m.text));
           } else if (m.type === "exit") {
             finished = true;
-            var line = "session ended: " + describeExit(m, closing);
+            var line = "session ended: " + describeExit(m, closing, killing);
             term.write("\r\n\x1b[1m[" + line + "]\x1b[0m\r\n");
             note({ over: true });
             setStatus(line);
@@ -541,6 +614,7 @@
     }, [props.worker, props.sessionId, props.mode, props.build]);
     var refused = status.indexOf("refused") === 0 || status.indexOf("connection closed") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
+    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator;
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
     var where = session.worker ? (props.build ? " in build " + props.build : "") : "";
@@ -555,6 +629,8 @@
           className: "btn btn-outline-danger btn-sm slaveshell-end",
           onClick: function () { if (ctl.current.end) ctl.current.end(); },
         }, "End session") : null, " ",
+        moderating ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-moderator-end",
+          disabled: endAsk !== null, onClick: function () { setEndAsk("asked"); } }, "End session") : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
           onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back"), " ",
         // The worker's files (download, upload) in a tab of their own: this page keeps its session.
@@ -564,6 +640,14 @@
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
       live && session.moderation ? h(ModerationNote, { moderation: session.moderation }) : null,
+      moderating && endAsk !== null ? h("div", { className: "alert alert-warning slaveshell-end-confirm" },
+        printable("End session " + session.id + " on " + session.worker + " for its operator and every viewer? ") +
+          "Its shell is hung up (then TERM, then KILL), as slaveshell kill does; the audit index records it as " +
+          "your kill, as moderator. ",
+        h("button", { className: "btn btn-danger btn-sm slaveshell-end-yes", disabled: endAsk === "sent",
+          onClick: function () { setEndAsk("sent"); if (ctl.current.kill) ctl.current.kill(); } }, "End it"), " ",
+        h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-end-no", disabled: endAsk === "sent",
+          onClick: function () { setEndAsk(null); } }, "Cancel")) : null,
       ask && !props.sessionId ? h(ReasonField) : null,
       ask ? h("button", { className: "btn btn-primary slaveshell-start",
         onClick: function () { if (ctl.current.start) ctl.current.start(); } }, ask) : null,
@@ -697,6 +781,27 @@
     return d + (d === 1 ? " day" : " days");
   }
   function replayHref(session) { return "#/slaveshell/replay/" + encodeURIComponent(session); }
+
+  // The run's -e NAME=VALUE lines (one a line; empty lines skipped), checked as `slaveshell run` checks -e (a
+  // NAME=VALUE with a name) and as the master checks a request's variables (the name's form, their number): an
+  // object, or {error} with the refusal's text. The master checks them again.
+  var ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/, ENV_MOST = 128; // slaveshell.vocabulary.checks.MAX_ENV
+  function parseEnv(text) {
+    // No prototype: a variable named __proto__ is a name like any other.
+    var env = Object.create(null), count = 0, lines = text.split("\n");
+    for (var i = 0; i < lines.length; i++) {
+      var line = lines[i].replace(/\r$/, "");
+      if (!line.trim()) continue;
+      var at = line.indexOf("=");
+      if (at <= 0) return { error: "-e " + line + ": expected NAME=VALUE" };
+      var name = line.slice(0, at);
+      if (!ENV_NAME.test(name)) return { error: "-e " + line + ": bad environment variable name " + JSON.stringify(name) };
+      if (!Object.prototype.hasOwnProperty.call(env, name)) count += 1;
+      env[name] = line.slice(at + 1);
+    }
+    if (count > ENV_MOST) return { error: "at most " + ENV_MOST + " environment variables" };
+    return { env: env, count: count };
+  }
   function workerState(w) {
     return !w.connected ? "not connected" : !w.opted_in ? "not opted in" : "connected";
   }
@@ -800,7 +905,7 @@
     var state = st[0], setState = st[1];
     function update(change) { setState(function (old) { return Object.assign({}, old, change); }); }
     var form = React.useState({ filter: "", group: "", where: "", command: "", script: "", useScript: false,
-      reason: "", batch: "", timeout: "", offline: false, until: "", pause: false });
+      reason: "", batch: "", timeout: "", offline: false, until: "", pause: false, env: "", cwd: "" });
     var f = form[0], setForm = form[1];
     function field(name) { return function (e) { var v = e.target.value; setForm(function (o) { var n = Object.assign({}, o); n[name] = v; return n; }); }; }
     var sel = React.useState({}), selected = sel[0], setSelected = sel[1];
@@ -870,6 +975,10 @@
       if (f.useScript) request.script = f.script; else request.command = f.command;
       if (f.reason.trim()) request.reason = f.reason.trim();
       if (f.batch.trim()) request.batch = f.batch.trim();
+      var env = parseEnv(f.env);
+      if (env.error) { setRun({ order: [], rows: {}, outputs: {}, error: env.error }); return; }
+      if (env.count) request.env = env.env;
+      if (f.cwd.trim()) request.cwd = f.cwd;
       if (f.timeout.trim()) {
         var t = Number(f.timeout.trim());
         if (!isFinite(t)) { setRun({ order: [], rows: {}, outputs: {}, error: "the timeout is a number of seconds" }); return; }
@@ -884,7 +993,9 @@
           request.until = days * 86400;
         }
       }
-      var label = f.useScript ? "(script, " + f.script.length + " characters)" : f.command;
+      var label = (f.useScript ? "(script, " + f.script.length + " characters)" : f.command) +
+        (request.cwd ? " (in " + request.cwd + ")" : "") +
+        (env.count ? " (with " + Object.keys(env.env).join(", ") + ")" : "");
       setRun({ id: null, order: [], rows: {}, outputs: {}, end: null, error: null, command: label, batch: 0 });
       current.current = startRun(request, onEvent);
     }
@@ -993,6 +1104,11 @@
             : input("command", "command (run by the worker's shell)", "40em",
                 { onKeyDown: function (e) { if (e.key === "Enter" && !empty && !running && !tooMany) start(chosen); } })),
         h("div", { className: "slaveshell-form-row" },
+          h("textarea", { className: "form-control form-control-sm slaveshell-run-env", rows: 3, value: f.env,
+            onChange: field("env"), placeholder: "-e NAME=VALUE (one a line)", "aria-label": "environment variables",
+            style: { fontFamily: "monospace", flex: "1 1 18em", maxWidth: "30em", marginRight: "0.5em" } }),
+          input("cwd", "-C DIR (working directory)", "18em")),
+        h("div", { className: "slaveshell-form-row" },
           input("reason", "reason (ticket, incident)", "18em", { maxLength: 500 }),
           input("batch", "batch (N or P%)", "9em", { maxLength: 16 }),
           input("timeout", "timeout (s)", "8em"),
@@ -1037,6 +1153,46 @@
         }))));
   }
 
+  // A worker's recent fleet runs in its view (fleet_page.py's "worker_runs" answer: the runs this web user may
+  // see, each with the worker's outcome there), with links to each session's replay and to the Fleet page. The
+  // commands, reasons and operators are text the index holds as typed: shown through `printable`.
+  function runLabel(r) {
+    if (r.kind === "facts") return "(facts probe)";
+    if (r.command !== null && r.command !== undefined) return printable(r.command);
+    return "(script" + (r.script_sha256 ? ", sha256 " + String(r.script_sha256).slice(0, 12) + "..." : "") + ")";
+  }
+  function WorkerRuns(props) {
+    var runs = props.runs;
+    var heading = h("h5", { style: { marginTop: "1em" } }, "Recent fleet runs ",
+      h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-fleet-link", href: "#/slaveshell/fleet" }, "Fleet"));
+    if (runs === null) return h("div", null, heading, h("p", null, "Loading the fleet runs..."));
+    if (runs.error) return h("div", null, heading, h("p", { className: "text-danger slaveshell-runs-refused" },
+      "Fleet runs: " + runs.error));
+    if (!runs.length) return h("div", null, heading, h("p", { className: "slaveshell-no-runs" },
+      "No fleet run on this worker that you may see (your own, or runs on workers where you have the replay right)."));
+    return h("div", null, heading, h("div", { className: "slaveshell-scroll" },
+      h("table", { className: "table table-sm slaveshell-worker-runs" },
+        h("thead", null, h("tr", null, ["Run", "Started", "Operator", "Command", "Reason", "Outcome", "Exit", "Time", ""]
+          .map(function (t, i) { return h("th", { key: i }, t); }))),
+        h("tbody", null, runs.map(function (r) {
+          var why = r.why && r.state !== "ok" && r.state !== "failed" ? ": " + r.why : "";
+          return h("tr", { key: r.id, "data-run": r.id, "data-state": r.state },
+            h("td", { className: "slaveshell-run-id" }, printable(r.id)),
+            h("td", null, when(r.started)),
+            h("td", { className: "slaveshell-run-operator" }, printable(r.operator)),
+            h("td", { className: "slaveshell-command" }, runLabel(r)),
+            h("td", { className: "slaveshell-run-reason" }, printable(r.reason || "")),
+            h("td", { className: "slaveshell-run-outcome slaveshell-state-" + String(r.state).replace(/[^a-z]+/g, "-") },
+              printable(r.state + why)),
+            h("td", null, r.exit_status === null || r.exit_status === undefined ? "" : String(r.exit_status)),
+            h("td", null, typeof r.duration === "number" ? r.duration.toFixed(r.duration < 10 ? 2 : 1) + " s" : ""),
+            h("td", null, r.session ? h("a", { className: "slaveshell-run-transcript", href: replayHref(r.session) },
+              "transcript") : null, r.session ? " " : null,
+              h("a", { className: "slaveshell-run-fleet", href: "#/slaveshell/fleet",
+                title: "The Fleet page: run again, pending runs" }, "Fleet")));
+        })))));
+  }
+
   // One worker (#/slaveshell/worker/<name>, linked from its name in these pages and, through the worker's
   // `access_uri`, from Buildbot's worker page: docs/web.md): an Open shell button (the fleet's click-to-open flow),
   // its live sessions, its recent history and a link to Buildbot's page for it. A worker the web user may not act
@@ -1069,7 +1225,8 @@
   function megabytes(n) { return (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MiB"; }
 
   // One transfer: `request` is the copy message, `file` the File of an upload. `on.progress(done, total)`,
-  // `on.done(text)`, `on.failed(text)`. Returns the cancel function.
+  // `on.done(text)`, `on.failed(text)`, `on.waiting(text)` (the master's line while it waits to start: a moderator's
+  // approval, printable already). Returns the cancel function.
   function copyFile(request, file, on) {
     var ws = new WebSocket(socketUrl());
     ws.binaryType = "arraybuffer";
@@ -1161,11 +1318,18 @@
         else end(false, "failed: " + printable(m.reason));
       } else if (m.type === "error") {
         end(false, "refused: " + printable(m.message));
+      } else if (m.type === "waiting" && !started && on.waiting) {
+        on.waiting(printable(m.text)); // a four-eyes worker: it waits for a moderator's approval
       }
     };
     ws.onclose = function () { end(false, started ? "the connection to the master was lost" : closedWhy()); };
     return function cancel() {
       if (over) return;
+      if (!started) { // not started yet (waiting for an approval): closing the socket withdraws the request
+        ws.close();
+        end(false, "cancelled in the page before it started");
+        return;
+      }
       send({ type: "cancel", reason: "cancelled in the page" });
     };
   }
@@ -1186,6 +1350,9 @@
         progress: function (done, total) {
           if (mounted.current) setState({ phase: "running", text: megabytes(done) + " of " + megabytes(total),
                                           done: done, total: total });
+        },
+        waiting: function (text) {
+          if (mounted.current) setState({ phase: "running", text: text, done: 0, total: file ? file.size : 0 });
         },
         done: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "done", text: text }); },
         failed: function (text) { cancel.current = null; if (mounted.current) setState({ phase: "failed", text: text }); },
@@ -1256,6 +1423,7 @@
     var hs = React.useState({ rows: null, mayReplay: true });
     var past = hs[0], setPast = hs[1];
     var fs = React.useState(null), facts = fs[0], setFacts = fs[1];
+    var rs = React.useState(null), runs = rs[0], setRuns = rs[1];
     React.useEffect(function () {
       setTitle(printable("Worker " + name));
       if (blockedNotice()) return undefined;
@@ -1276,12 +1444,21 @@
           if (!live) return;
           setState({ lists: got, error: null, login: false });
           if (got.history) setPast({ rows: got.history.sessions, mayReplay: got.history.may_replay !== false });
-          // Its facts, once, when the master lists it (a user with a right: a second socket is within their bound).
+          // Its facts and its recent fleet runs, once, when the master lists it (a user with a right: a second
+          // socket is within their bound).
           if (withHistory && got.workers.some(function (x) { return x.name === name; })) {
-            questions(function (send) { send({ type: "fleet" }); }, function (m) {
-              if (m.type !== "fleet" || !live) return;
-              setFacts(m.workers.filter(function (x) { return x.name === name; })[0] || null);
-            }, function () { /* no facts shown */ });
+            var answered = {};
+            var closeFacts = questions(function (send) {
+              send({ type: "fleet" });
+              send({ type: "worker_runs", worker: name });
+            }, function (m) {
+              if (m.type !== "fleet" && m.type !== "worker_runs") return;
+              answered[m.type] = true;
+              if (answered.fleet && answered.worker_runs) closeFacts();
+              if (!live) return;
+              if (m.type === "fleet") setFacts(m.workers.filter(function (x) { return x.name === name; })[0] || null);
+              else setRuns(m.runs);
+            }, function (why) { if (live) setRuns(function (old) { return old || { error: why }; }); });
           }
           timer = setTimeout(load, 5000);
         }, function (why, m) { if (live) setState({ lists: null, error: why, login: !!(m && m.login) }); });
@@ -1330,6 +1507,7 @@
         : h("p", { className: "text-muted slaveshell-why" }, "No shell here: " + why + "."),
       w.copy && w.connected && w.shell ? h(FilesPanel, { worker: name }) : null,
       h(WorkerFacts, { worker: facts }),
+      h(WorkerRuns, { runs: runs }),
       h("h5", { style: { marginTop: "1em" } }, "Shell sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },

@@ -1,0 +1,408 @@
+"""Sessions this master's operators open on workers another master of the site holds (the operator's side of a
+routed session, docs/multi-master.md).
+
+`Relays.open` registers a per-session `out` procedure under a random token, then calls the worker's `open`
+procedure on the master that holds it (B) with the request and the operator as this master vouches for them
+(name and groups: B applies its own policy to them, master_side.cluster.serve). B's answer is its session, or
+B's refusal, shown to the operator as B wrote it. The operator's door then holds a `RoutedView`: each of its
+messages is one call of B's per-session `in` procedure (master_side.cluster.stream), at most MAX_OUTSTANDING in
+flight, in order, the operator's acknowledgements merged while they wait; B's messages (output, input
+acknowledgements, the exit) come to `out` and go to the operator's sink as a local session's would. The
+client's own credit windows bound both directions end to end.
+
+The session ends, with a line for the operator (its client exits 255), when B stops answering (a call fails or
+nothing is heard for DEAD seconds) or this master loses the router; B then ends it on the worker. A routed
+session cannot be detached yet: a lost connection closes it.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
+from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
+from master_side.cluster.serve import DEAD, PING
+from master_side.cluster.stream import (
+    NOT_FOUND,
+    TOKEN_LENGTH,
+    UNAVAILABLE,
+    AttachCall,
+    Message,
+    OpenCall,
+    Refused,
+    ToOperatorSide,
+    ToWorkerSide,
+    check_name,
+    check_token,
+    to_operator_side,
+)
+from master_side.sessions.model import LateEvent
+from master_side.sessions.session import FlushingSink
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import (
+    INPUT_WINDOW,
+    SIGNAL_NAMES,
+    ExitStatus,
+    OpenRequest,
+    ProtocolError,
+    check_int,
+    check_size,
+)
+
+if TYPE_CHECKING:
+    from autobahn.wamp.request import Registration
+    from autobahn.wamp.types import CallDetails
+
+log = Logger()
+
+MAX_OUTSTANDING = 8  # calls to the worker's master in flight per session
+MAX_WAITING = 512  # messages waiting for their call (the client's input window bounds their bytes)
+MAX_EARLY = 64  # B's messages before its answer (its notices while it opens)
+REGISTERED_WITHIN = 1.5  # a master registers a worker that attached within this many seconds (its tick, a call)
+
+
+class OperatorEnd(Protocol):
+    """The operator's end of a routed session, as its door gives it (the operators' API's ViewerSink)."""
+
+    @property
+    def gone(self) -> bool: ...
+    def output(self, stream: int, data: bytes) -> None: ...
+    def input_ack(self, nbytes: int, hidden: bool) -> None: ...
+    def exit(self, status: ExitStatus) -> None: ...
+    def waiting(self, text: str) -> None: ...
+    def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+
+class NotRouted(ProtocolError):
+    """What a routed session cannot do yet (detach): refused, the session goes on."""
+
+
+class RoutedView:
+    """The operator's door's handle on a session another master (B) serves: what `View` is for a local one."""
+
+    def __init__(self, relays: Relays, worker: str, sink: OperatorEnd, token: str) -> None:
+        self.relays = relays
+        self.worker = worker
+        self.sink = sink
+        self.token = token  # of this end's `out` procedure
+        self.registration: Registration | None = None
+        self.session_id = ""
+        self.input_grant = INPUT_WINDOW
+        self.master = "?"  # B's name, as B says it (shown, never trusted)
+        self.role = "owner"  # of the operator's view there: owner, join, watch
+        self.size = (80, 24)
+        # The router's authid of B, pinned at its first message: nobody else's are taken.
+        self.authid: str | None = None
+        self.answered = False  # B's answer came: its messages go to the operator
+        self.in_uri = ""
+        self.ended = False
+        self.heard_at = relays.clock()
+        self.sent_at = relays.clock()
+        self._early: list[Message] = []
+        self._expected = 0
+        self._seq = 0
+        self._outstanding = 0
+        self._waiting: collections.deque[Message] = collections.deque()
+
+    # -- the door's calls (View's) ---------------------------------------------------------------
+
+    def input(self, data: bytes) -> None:
+        self._send(ToWorkerSide.INPUT, data)
+
+    def ack(self, nbytes: int) -> None:
+        last = self._waiting[-1] if self._waiting else None
+        if last is not None and last.kind is ToWorkerSide.ACK:  # merged while they wait
+            self._waiting[-1] = Message(last.seq, last.kind, (int(last.values[0]) + nbytes,))  # type: ignore[call-overload]
+            return
+        self._send(ToWorkerSide.ACK, nbytes)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._send(ToWorkerSide.RESIZE, cols, rows)
+
+    def signal(self, signum: int) -> None:
+        self._send(ToWorkerSide.SIGNAL, SIGNAL_NAMES[signum])
+
+    def eof(self) -> None:
+        self._send(ToWorkerSide.EOF)
+
+    def close(self) -> None:
+        self._send(ToWorkerSide.CLOSE)
+
+    def detach(self) -> None:
+        if self.role != "owner":
+            self.close()  # a watcher or a joiner leaves, as on the session's own master
+            return
+        raise NotRouted(f"a session on master {visible(self.master)} cannot be detached from this master yet")
+
+    def refused(self, error: ProtocolError) -> str | None:
+        """What a refused message costs, and the line for the operator (None for a late event)."""
+        if isinstance(error, LateEvent):
+            return None
+        if not isinstance(error, NotRouted) and not self.ended:
+            self.close()  # the operator's client broke the protocol: its session ends, as a local one would
+        return str(error)
+
+    # -- to the worker's master ------------------------------------------------------------------
+
+    def _send(self, kind: ToWorkerSide, *values: object) -> None:
+        if self.ended:
+            raise LateEvent(f"{kind.value} for a routed session that ended")
+        if len(self._waiting) >= MAX_WAITING:
+            self.end(f"master {visible(self.master)} does not keep up with this session")
+            return
+        self._waiting.append(Message(self._seq, kind, values))
+        self._seq += 1
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._waiting and self._outstanding < MAX_OUTSTANDING and not self.ended:
+            message = self._waiting.popleft()
+            self._outstanding += 1
+            self.sent_at = self.relays.clock()
+            d = self.relays.link.call(self.in_uri, message.to_wire())
+            d.addCallbacks(self._delivered, self._failed)
+
+    def _delivered(self, _answer: object) -> None:
+        self._outstanding -= 1
+        self._pump()
+
+    def _failed(self, failure: Any) -> None:
+        self._outstanding -= 1
+        if error_uri(failure.value) == NO_SUCH_PROCEDURE:
+            self.end(f"master {visible(self.master)} is gone")
+        else:  # the router lost it while the call was on its way, or it does not answer
+            self.end(f"master {visible(self.master)} is gone or not answering "
+                     f"({visible(failure.getErrorMessage() or failure.type.__name__)[:200]})")
+
+    def ping(self) -> None:
+        if not self._waiting and not self._outstanding:
+            self._send(ToWorkerSide.ALIVE)
+
+    # -- from the worker's master ----------------------------------------------------------------
+
+    def message(self, wire: object, details: CallDetails) -> None:
+        """A message of B for the session (this end's `out` procedure)."""
+        if self.ended:
+            return
+        caller = caller_of(details)
+        if caller is None or (self.authid is not None and caller != self.authid):
+            return  # not B (another master that learnt the URI from the router's meta API)
+        self.authid = caller
+        try:
+            message = to_operator_side(wire)
+            if message.seq != self._expected:
+                raise ProtocolError(f"message {message.seq} where {self._expected} was expected")
+            self._expected += 1
+        except ProtocolError as e:
+            self.end(f"master {visible(self.master)} broke the protocol: {e}")
+            return
+        self.heard_at = self.relays.clock()
+        if not self.answered:  # before B's answer (its notices while it opens): kept until then
+            if len(self._early) >= MAX_EARLY:
+                self.end("the worker's master sent too much before it answered")
+                return
+            self._early.append(message)
+            return
+        self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        kind, values, sink = message.kind, message.values, self.sink
+        if kind is ToOperatorSide.OUTPUT:
+            sink.output(values[0], values[1])  # type: ignore[arg-type]
+        elif kind is ToOperatorSide.INPUT_ACK:
+            n, hidden, flush = values
+            if flush and isinstance(sink, FlushingSink):
+                sink.flushed_input_ack(n, hidden)  # type: ignore[arg-type]
+            else:
+                sink.input_ack(n, hidden)  # type: ignore[arg-type]
+        elif kind is ToOperatorSide.EXIT:
+            status = values[0]
+            assert isinstance(status, ExitStatus)
+            self._finish()
+            sink.exit(status)
+        elif kind is ToOperatorSide.WAITING:
+            sink.waiting(str(values[0]))
+
+    def started(self, answer: dict[str, object]) -> None:
+        """B's answer: the session is open there. Its messages kept until now are delivered."""
+        self.session_id = check_name(answer.get("session"), "session")
+        self.input_grant = check_int(answer.get("input_window"), "input window", 1, 2**31)
+        self.in_uri = session_uri(check_token(answer.get("token")), "in")
+        self.master = check_name(answer.get("master"), "master")
+        self.worker = check_name(answer.get("worker"), "worker")
+        role, size = answer.get("role"), answer.get("size")
+        if role not in ("owner", "join", "watch") or not isinstance(role, str):
+            raise ProtocolError("the answer's role must be owner, join or watch")
+        if not isinstance(size, list) or len(size) != 2:
+            raise ProtocolError("the answer's size must be [cols, rows]")
+        self.role, self.size = role, check_size(size[0], size[1])
+        self.answered = True
+        early, self._early = self._early, []
+        self.heard_at = self.relays.clock()
+        for message in early:
+            if self.ended:
+                return
+            self._deliver(message)
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def close_quietly(self) -> None:
+        """The operator's connection is gone: B ends the session (a routed session cannot be detached yet)."""
+        if not self.ended:
+            self.close()
+
+    def end(self, why: str) -> None:
+        """The session is lost here (B gone, the router lost): the operator is told why, and B, if it can still
+        hear, closes it."""
+        if self.ended:
+            return
+        if self.in_uri and self._outstanding < MAX_OUTSTANDING:
+            self.relays.link.call(self.in_uri, Message(self._seq, ToWorkerSide.CLOSE).to_wire()).addErrback(
+                lambda failure: None)
+        self._finish()
+        log.info("slaveshell: a session routed to master {master} ended: {why}", master=visible(self.master),
+                 why=visible(why))
+        self.sink.exit(ExitStatus(reason=f"the session on {self.worker} ended: {why}"))
+
+    def _finish(self) -> None:
+        self.ended = True
+        self._waiting.clear()
+        self.relays.views.pop(self.token, None)
+        registration, self.registration = self.registration, None
+        if registration is not None and self.relays.link.connected:
+            registration.unregister().addErrback(lambda failure: None)
+
+
+class Relays:
+    """This master's routed sessions, by the token of their `out` procedure."""
+
+    def __init__(self, link: ClusterLink, clock: Callable[[], float], open_timeout: Callable[[], float]) -> None:
+        self.link = link
+        self.clock = clock
+        self._open_timeout = open_timeout
+        self.views: dict[str, RoutedView] = {}
+        link.on_leave.append(self.all_lost)
+
+    @deferred
+    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> RoutedView | None:
+        """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
+        router holds it (the local refusal then says why). Raises Refused: B's refusal, or the router's."""
+        worker = request.worker
+        holders = await self._holders(worker)
+        if not holders:
+            return None  # no master on the router lists it (or the router cannot be asked)
+        if len(holders) > 1:
+            # One name attached to several masters: never routed to one of them at random.
+            raise Refused(UNAVAILABLE, f"worker {worker} is attached to {len(holders)} masters: "
+                                       f"{', '.join(visible(h) for h in holders)}; slaveshell does not pick one "
+                                       "(give the workers distinct names)")
+        holder, registered = next(iter(holders.items()))
+        if not registered:
+            # A master lists a worker as soon as it attaches, and registers it on its next second's tick.
+            await task.deferLater(self.link.reactor, REGISTERED_WITHIN, lambda: None)
+            if not (await self._holders(worker)).get(holder):
+                # Its listing (under its own name, which only it may register) says another router client holds
+                # the worker's procedures: they are not called.
+                raise Refused(UNAVAILABLE, f"{worker} is on master {visible(holder)}, but another router client "
+                                           f"holds its name on the router: open it on master {visible(holder)}")
+        token = secrets.token_hex(TOKEN_LENGTH // 2)
+        view = RoutedView(self, worker, sink, token)
+        try:
+            view.registration = await self.link.register(view.message, session_uri(token, "out"))
+        except ClusterUnavailable:
+            return None
+        self.views[token] = view
+        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token)
+        try:
+            answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=self._open_timeout())
+        except Exception as e:
+            view._finish()
+            if error_uri(e) == NO_SUCH_PROCEDURE or isinstance(e, ClusterUnavailable):
+                return None
+            raise Refused(UNAVAILABLE, f"the master that holds {request.worker} did not open the session: "
+                                       f"{visible(str(e) or type(e).__name__)[:300]}") from None
+        return self._answered(view, answer, sink)
+
+    def _answered(self, view: RoutedView, answer: object, sink: OperatorEnd) -> RoutedView | None:
+        """B's answer to an open or an attach: the view started, or Refused (B's refusal, as B wrote it)."""
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            view._finish()
+            error = answer.get("error") if isinstance(answer, dict) else None
+            kind = answer.get("kind") if isinstance(answer, dict) else None
+            text = visible(error)[:1000] if isinstance(error, str) and error else "the worker's master refused"
+            raise Refused(kind if isinstance(kind, str) else UNAVAILABLE, text)
+        try:
+            view.started(answer)
+        except ProtocolError as e:
+            view.end(f"the worker's master sent a malformed answer ({e})")
+            raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None
+        if view.ended:
+            return None
+        if sink.gone:
+            view.close()
+            return None
+        sink.on_disconnect(view.close_quietly)
+        return view
+
+    @deferred
+    async def attach(self, who: Identity, session_id: str, mode: str, sink: OperatorEnd) -> RoutedView | None:
+        """Watch or join (`mode`) session `session_id` on the other master that holds it (each master on the
+        router is asked; one that does not hold it says so): the RoutedView, or None when none holds it. Raises
+        Refused: the holder's refusal."""
+        try:
+            listings = await self.link.site()
+        except ClusterUnavailable:
+            return None
+        for listing in listings:
+            token = secrets.token_hex(TOKEN_LENGTH // 2)
+            view = RoutedView(self, "?", sink, token)
+            try:
+                view.registration = await self.link.register(view.message, session_uri(token, "out"))
+            except ClusterUnavailable:
+                return None
+            self.views[token] = view
+            call = AttachCall(session_id, mode, who.user, tuple(sorted(who.groups)), token)
+            try:
+                answer = await self.link.call(master_attach_uri(listing.master), call.to_wire())
+            except Exception:
+                view._finish()
+                continue  # that master does not answer: the others may hold the session
+            if isinstance(answer, dict) and answer.get("kind") == NOT_FOUND:
+                view._finish()
+                continue
+            return self._answered(view, answer, sink)
+        return None
+
+    @deferred
+    async def _holders(self, worker: str) -> dict[str, bool]:
+        """The other masters on the router that list `worker` among their attached workers, each with whether it
+        says it holds the worker's procedures on the router (empty when the router cannot be asked). A listing
+        comes from its master's own `slaveshell.master.<name>.workers`, which the router lets no other client
+        register (slaveshell.client.router.slaveshell_permissions)."""
+        try:
+            listings = await self.link.site()
+        except ClusterUnavailable:
+            return {}
+        return {listing.master: any(w.get("registered") is True for w in listing.workers if w.get("name") == worker)
+                for listing in listings if any(w.get("name") == worker for w in listing.workers)}
+
+    def all_lost(self, why: str) -> None:
+        for view in list(self.views.values()):
+            view.end(why)
+
+    def tick(self, now: float) -> None:
+        for view in list(self.views.values()):
+            if view.ended or not view.answered:
+                continue
+            if now - view.heard_at > DEAD:
+                view.end(f"master {visible(view.master)} stopped answering")
+            elif now - view.sent_at >= PING:
+                view.ping()

@@ -1,0 +1,296 @@
+"""Approvals: what a four-eyes worker (`Rule(moderated_by=...)`) runs before anyone could watch it waits for a
+moderator's approval: a copy (`slaveshell cp`, the web page's), a session's command (`buildbot-shell W -- CMD`),
+a login shell with the operator's `-e` variables, and a fleet run's part on that worker.
+
+`Approvals` owns the pending requests: `ask` makes one (an `ApprovalRequest`, frozen: who asks, on which worker,
+what, why) and fires once a moderator approves it (an `Approved`), or fails with `OperatorError`: denied (with the
+moderator's reason), expired (no moderator within `ApprovalLimits.wait`), withdrawn (the operator left: Ctrl-C,
+a closed connection, an interrupted run). A moderator is who may moderate the worker's sessions
+(`Policy.may_moderate`: another person than the request's operator, in one of the rule's groups or web roles,
+with 'watch' on the worker); `pending` lists what `who` may approve (and their own requests), `approve` and
+`deny` decide. Every step is an audit event (`APPROVAL_EVENTS`, through the `ApprovalRecord`: who asked, which
+moderator approved or denied which request, what expired or was withdrawn); a refused decision and every
+refused request (the bounds per operator and in total) are audited refusals, rate-limited as every refusal is.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.internet import defer
+
+from master_side.operators.terms import ErrorKind, OperatorError
+from master_side.sessions.worker_link import Undo
+from slaveshell.plumbing.clock import Clock, DelayedCall
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import Identity, Policy, moderators_text, same_operator, same_person
+
+# The audit index's event kinds (docs/audit-schema.md).
+ASKED = "approval-asked"  # the operator's request waits (operator: who asks)
+APPROVED = "approved"  # operator: the moderator who approved
+DENIED = "denied"  # operator: the moderator who denied (detail: their reason)
+EXPIRED = "approval-expired"  # no moderator decided in time (operator: who asked)
+WITHDRAWN = "approval-withdrawn"  # the operator stopped waiting (operator: who asked)
+USED = "approval"  # on the session or transfer an approval started: which request, approved by whom
+APPROVAL_EVENTS = (ASKED, APPROVED, DENIED, EXPIRED, WITHDRAWN, USED)
+
+MAX_WHAT = 1024 * 1024  # characters of a request's description: more is refused (a command is at most 64 KiB)
+LISTED_WHAT = 2000  # characters of it in a listing of all requests (one request's shows all of it)
+MAX_DENIAL = 500  # characters of a moderator's reason for a denial
+
+
+@dataclass(frozen=True)
+class ApprovalLimits:
+    """Requests waiting for approval per operator and in total, and how long one waits (seconds)."""
+
+    per_operator: int = 4
+    total: int = 32
+    wait: float = 900.0
+
+
+class Kind(enum.Enum):
+    """What a request would start."""
+
+    COPY = "copy"
+    COMMAND = "command"
+    RUN = "run"
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """One request waiting for a moderator: its id, who asks, on which worker, what it would start (`what`: plain
+    text, the command or the copy's direction and paths, escaped wherever it is shown), the operator's reason, the
+    groups that may approve it, when it was asked and when it expires (seconds since the epoch), and the fleet
+    run it is a part of."""
+
+    id: str
+    who: Identity
+    worker: str
+    kind: Kind
+    what: str
+    reason: str | None
+    moderated_by: tuple[str | int, ...]
+    asked: float
+    expires: float
+    run_id: str | None = None
+
+    @property
+    def moderators(self) -> str:
+        return moderators_text(self.moderated_by)
+
+    @property
+    def label(self) -> str:
+        return f"request {self.id} of {self.who.user} on {self.worker}, {self.kind.value}"
+
+    def detail(self) -> str:
+        """The request as the audit index keeps it when it is asked: all of what it would do."""
+        why = f" (reason: {self.reason})" if self.reason else ""
+        return f"{self.label}: {self.what}{why}"
+
+    def row(self, mine: bool, may_approve: bool, whole: bool = False) -> dict[str, object]:
+        """The request as `slaveshell approvals` lists it (plain values: the client escapes them): in a listing
+        of all, `what` is cut at LISTED_WHAT characters (`what_chars` says how many it has); `whole`: all of it."""
+        return {"id": self.id, "operator": self.who.user, "uid": self.who.uid, "worker": self.worker,
+                "kind": self.kind.value, "what": self.what if whole else self.what[:LISTED_WHAT],
+                "what_chars": len(self.what), "reason": self.reason,
+                "moderated_by": [str(g) for g in self.moderated_by], "asked": self.asked, "expires": self.expires,
+                "run": self.run_id, "mine": mine, "may_approve": may_approve}
+
+
+@dataclass(frozen=True)
+class Approved:
+    """An approved request, and the moderator who approved it."""
+
+    request: ApprovalRequest
+    moderator: Identity
+
+
+class ApprovalRecord(Protocol):
+    """Where approvals are written: the audit trail (master_side.audit.trail.AuditTrail.approval)."""
+
+    def approval(self, kind: str, worker: str, who: Identity, detail: str, record_id: str | None = None) -> None: ...
+
+
+# Subscribes a callback to the operator's leaving (a sink's on_disconnect); returns its undo.
+Leaving = Callable[[Callable[[], None]], Undo]
+
+
+@dataclass
+class _Pending:
+    request: ApprovalRequest
+    waiter: defer.Deferred[Approved]
+    timer: DelayedCall | None = None
+    undo: list[Undo] = field(default_factory=list)
+
+
+class Approvals:
+    """The pending requests, by id."""
+
+    def __init__(self, policy: Callable[[], Policy], clock: Callable[[], Clock],
+                 record: Callable[[], ApprovalRecord | None],
+                 refuse: Callable[[Identity, str, ErrorKind, str], OperatorError]) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._record = record
+        self._refuse = refuse  # an audited, rate-limited refusal (OperatorAPI.refuse)
+        self.limits = ApprovalLimits()
+        self.pending: dict[str, _Pending] = {}
+        # Told that a request waits for a moderator: the reporters' notice (the operator API sets it).
+        self.wanted: Callable[[ApprovalRequest], None] = lambda request: None
+
+    def _write(self, kind: str, request: ApprovalRequest, who: Identity, detail: str) -> None:
+        record = self._record()
+        if record is not None:
+            record.approval(kind, request.worker, who, detail)
+
+    # -- the operator's side -----------------------------------------------------------------------
+
+    def ask(self, who: Identity, worker: str, kind: Kind, what: str, reason: str | None,
+            moderated_by: Sequence[str | int], waiting: Callable[[str], None], leaving: Sequence[Leaving],
+            run_id: str | None = None) -> defer.Deferred[Approved]:
+        """A request for `who`, within the bounds (else an audited refusal, raised): fires `Approved` once a
+        moderator approves it; fails with OperatorError when denied (DENIED), expired (LIMIT) or withdrawn because
+        the operator left (STOPPED: any of `leaving` fired). `waiting` tells the operator what they wait for."""
+        limits = self.limits
+        groups = moderators_text(moderated_by)
+        if len(what) > MAX_WHAT:  # never cut: a moderator approves all of what runs, or nothing
+            raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: what it would do is longer than "
+                               f"{MAX_WHAT} characters, more than a moderator is shown")
+        mine = sum(1 for p in self.pending.values() if same_operator(p.request.who, who))
+        if mine >= limits.per_operator:
+            raise self._refuse(who, worker, ErrorKind.LIMIT,
+                               f"approvals refused: {who.user} already waits for {mine} approvals (the master's "
+                               f"limit per operator); worker {worker} is moderated (moderated_by: {groups})")
+        if len(self.pending) >= limits.total:
+            raise self._refuse(who, worker, ErrorKind.LIMIT,
+                               f"approvals refused: {len(self.pending)} requests already wait for a moderator's "
+                               f"approval (the master's limit); worker {worker} is moderated (moderated_by: {groups})")
+        clock = self._clock()
+        now = clock.seconds()
+        request = ApprovalRequest(_new_id(self.pending), who, worker, kind, what, reason,
+                                  tuple(moderated_by), now, now + limits.wait, run_id)
+        def cancelled(d: defer.Deferred[Approved]) -> None:
+            self._end(request.id)
+
+        waiter: defer.Deferred[Approved] = defer.Deferred(cancelled)
+        pending = self.pending[request.id] = _Pending(request, waiter)
+        pending.timer = clock.callLater(limits.wait, self._expired, request.id)
+        self._write(ASKED, request, who, request.detail())
+        minutes = f"{limits.wait / 60:g} min" if limits.wait >= 60 else f"{limits.wait:g} s"
+        waiting(f"worker {worker} is moderated: request {request.id} waits for a moderator's approval "
+                f"(moderated_by: {groups}, with the watch right, not you: slaveshell approve {request.id}); "
+                f"at most {minutes}; Ctrl-C or a cancel withdraws it")
+        for subscribe in leaving:
+            pending.undo.append(subscribe(lambda: self._withdrawn(request.id)))
+        if request.id in self.pending:  # not already withdrawn (an operator gone while it was asked)
+            self.wanted(request)
+        return waiter
+
+    def _end(self, request_id: str) -> _Pending | None:
+        """Forget a request (its timer, its subscriptions): the one that was pending, or None."""
+        pending = self.pending.pop(request_id, None)
+        if pending is None:
+            return None
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        for undo in pending.undo:
+            undo()
+        return pending
+
+    def _expired(self, request_id: str) -> None:
+        pending = self._end(request_id)
+        if pending is None:
+            return
+        request = pending.request
+        text = (f"request {request.id}: no moderator approved it within {self.limits.wait:g} s (the master's "
+                f"limit); worker {request.worker} is moderated (moderated_by: {request.moderators})")
+        self._write(EXPIRED, request, request.who, f"{request.label}: {text}")
+        pending.waiter.errback(OperatorError(ErrorKind.LIMIT, text))
+
+    def _withdrawn(self, request_id: str) -> None:
+        pending = self._end(request_id)
+        if pending is None:
+            return
+        request = pending.request
+        self._write(WITHDRAWN, request, request.who, f"{request.label}: the operator stopped waiting")
+        pending.waiter.errback(OperatorError(ErrorKind.STOPPED, f"request {request.id} withdrawn: stopped waiting "
+                                                                "for a moderator's approval"))
+
+    # -- the moderators' side ----------------------------------------------------------------------
+
+    def why_not(self, who: Identity, request: ApprovalRequest) -> str | None:
+        """Why `who` may not approve or deny `request` (None: they may)."""
+        if same_person(who, request.who):
+            return "the request's own operator cannot approve or deny it"
+        return self._policy().may_moderate(who, request.who, request.worker, request.moderated_by)
+
+    def listing(self, who: Identity, request_id: object = None) -> list[dict[str, object]]:
+        """The pending requests `who` may decide, and their own, oldest first; with `request_id`, that one (if
+        they may see it) with all of what it would do."""
+        if request_id is not None and (not isinstance(request_id, str) or not 1 <= len(request_id) <= 64):
+            raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: a request's id")
+        out = []
+        for pending in sorted(self.pending.values(), key=lambda p: p.request.asked):
+            request = pending.request
+            if request_id is not None and request.id != request_id:
+                continue
+            mine = same_operator(who, request.who)
+            may = self.why_not(who, request) is None
+            if mine or may:
+                out.append(request.row(mine, may, whole=request_id is not None))
+        if request_id is not None and not out:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {visible(request_id)} that you "
+                                                     "may see")
+        return out
+
+    def _decided(self, who: Identity, request_id: object, verb: str) -> _Pending:
+        """The pending request `who` may decide, or OperatorError (a refusal audited: not a moderator)."""
+        if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {verb} needs a request's id")
+        pending = self.pending.get(request_id)
+        if pending is None:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {visible(request_id)}")
+        why = self.why_not(who, pending.request)
+        if why is not None:
+            raise self._refuse(who, pending.request.worker, ErrorKind.DENIED,
+                               f"not a moderator: {verb} {request_id}: {why}")
+        return pending
+
+    def approve(self, who: Identity, request_id: object) -> str:
+        """`who` approves a request: it starts now. Text for the moderator; OperatorError otherwise."""
+        pending = self._decided(who, request_id, "approve")
+        request = pending.request
+        self._end(request.id)
+        self._write(APPROVED, request, who, request.label)
+        pending.waiter.callback(Approved(request, who))
+        return f"request {request.id} of {request.who.user} on {request.worker} approved: it starts now"
+
+    def deny(self, who: Identity, request_id: object, reason: object) -> str:
+        """`who` denies a request (with their reason): the operator is told. Text for the moderator."""
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_DENIAL):
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: a denial's reason is a text of at most "
+                                                       f"{MAX_DENIAL} characters")
+        pending = self._decided(who, request_id, "deny")
+        request = pending.request
+        self._end(request.id)
+        because = f": {reason}" if reason else ""
+        self._write(DENIED, request, who, f"{request.label}; denied{because}")
+        pending.waiter.errback(OperatorError(ErrorKind.DENIED, f"request {request.id} denied by moderator "
+                                                               f"{who.user}{because}"))
+        return f"request {request.id} of {request.who.user} on {request.worker} denied"
+
+    def stop(self) -> None:
+        """The service stops: every pending request is withdrawn."""
+        for request_id in list(self.pending):
+            self._withdrawn(request_id)
+
+
+def _new_id(taken: dict[str, _Pending]) -> str:
+    while True:
+        request_id = secrets.token_hex(6)  # 48 bits: an id cannot be guessed by probing approve
+        if request_id not in taken:
+            return request_id

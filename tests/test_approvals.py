@@ -1,0 +1,202 @@
+"""Approvals without I/O (master_side.operators.approvals): who may approve (another person, in the moderators'
+groups, with 'watch'; a web user not the operator of the same name), the bounds per operator and in total, the
+expiry on the reactor's clock, a withdrawal when the operator leaves, and the audit events of each step. Against
+real processes: tests/e2e/test_approvals_e2e.py."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer, task
+
+from master_side.holds.moderator_notices import APPROVAL, ModeratorNoticeFormatter, ModeratorWanted
+from master_side.operators.approvals import (
+    APPROVED,
+    ASKED,
+    DENIED,
+    EXPIRED,
+    LISTED_WHAT,
+    MAX_WHAT,
+    WITHDRAWN,
+    ApprovalLimits,
+    Approvals,
+    Approved,
+    Kind,
+)
+from master_side.operators.terms import ErrorKind, OperatorError
+from master_side.sessions.worker_link import subscribe
+from slaveshell.policy import Policy, Rule, WebIdentity
+from slaveshell.vocabulary.policy import Identity
+
+ALICE = Identity(1000, 1000, 1, "alice", frozenset({"ops"}))
+BOB = Identity(1001, 1001, 2, "bob", frozenset({"ops", "leads"}))
+CAROL = Identity(1002, 1002, 3, "carol", frozenset({"ops"}))
+DAVE = Identity(1003, 1003, 4, "dave", frozenset({"leads"}))  # a lead without 'watch' on prod-1
+WEB_ALICE = WebIdentity.from_web("alice", ["leads"])
+
+POLICY = Policy([
+    Rule(groups=["ops"], workers=["prod-*"], rights=["shell", "watch", "copy"], moderated_by=["leads", "web:leads"]),
+    Rule(users=["web:alice"], rights=["watch"]),
+])
+
+
+class Record:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def approval(self, kind: str, worker: str, who: Identity, detail: str, record_id: str | None = None) -> None:
+        self.events.append((kind, who.user, detail))
+
+
+class Harness:
+    def __init__(self, limits: ApprovalLimits | None = None) -> None:
+        self.clock = task.Clock()
+        self.record = Record()
+        self.refused: list[tuple[str, str]] = []
+        self.told: list[str] = []
+        self.wanted: list[str] = []
+        self.gone: list[list] = []
+
+        def refuse(who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+            self.refused.append((who.user, message))
+            return OperatorError(kind, message)
+
+        self.approvals = Approvals(lambda: POLICY, lambda: self.clock, lambda: self.record, refuse)
+        self.approvals.limits = limits or ApprovalLimits()
+        self.approvals.wanted = lambda request: self.wanted.append(request.id)
+
+    def ask(self, who: Identity = ALICE, what: str = "cp up: a -> prod-1:/srv/a") -> tuple[defer.Deferred, str, list]:
+        callbacks: list = []
+        self.gone.append(callbacks)
+        d = self.approvals.ask(who, "prod-1", Kind.COPY, what, "INC-1", ("leads", "web:leads"), self.told.append,
+                               [lambda cb: subscribe(callbacks, cb)])
+        results: list = []
+        d.addBoth(results.append)
+        return d, self.told[-1].split("request ")[1].split()[0], results
+
+
+def test_a_moderator_approves_and_the_operator_is_told_what_it_waits_for() -> None:
+    h = Harness()
+    _, request_id, results = h.ask()
+    assert h.told[-1] == (f"worker prod-1 is moderated: request {request_id} waits for a moderator's approval "
+                          f"(moderated_by: leads, web:leads, with the watch right, not you: slaveshell approve "
+                          f"{request_id}); at most 15 min; Ctrl-C or a cancel withdraws it")
+    assert h.wanted == [request_id] and results == []
+    assert [r["id"] for r in h.approvals.listing(BOB)] == [request_id]
+    assert h.approvals.listing(CAROL) == []  # not a moderator, not hers
+    assert h.approvals.listing(ALICE)[0]["mine"] is True and h.approvals.listing(ALICE)[0]["may_approve"] is False
+    assert h.approvals.approve(BOB, request_id).endswith("approved: it starts now")
+    (done,) = results
+    assert isinstance(done, Approved) and done.moderator == BOB and done.request.what == "cp up: a -> prod-1:/srv/a"
+    assert [(k, who) for k, who, _ in h.record.events] == [(ASKED, "alice"), (APPROVED, "bob")]
+    assert h.record.events[0][2] == f"request {request_id} of alice on prod-1, copy: cp up: a -> prod-1:/srv/a " \
+                                    "(reason: INC-1)"
+    assert h.record.events[1][2] == f"request {request_id} of alice on prod-1, copy"
+    assert not h.approvals.pending and not h.clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize(("who", "why"), [
+    (ALICE, "the request's own operator cannot approve or deny it"),
+    (WEB_ALICE, "the request's own operator cannot approve or deny it"),  # the same person through the web
+    (CAROL, "carol is in none of its moderators' groups"),
+    (DAVE, "may not watch on worker prod-1"),
+])
+def test_who_may_not_decide_is_refused_and_the_refusal_audited(who: Identity, why: str) -> None:
+    h = Harness()
+    _, request_id, results = h.ask()
+    for decide in (lambda: h.approvals.approve(who, request_id), lambda: h.approvals.deny(who, request_id, "no")):
+        with pytest.raises(OperatorError) as e:
+            decide()
+        assert e.value.kind is ErrorKind.DENIED and why in e.value.message
+    assert len(h.refused) == 2 and all(m.startswith("not a moderator: ") for _, m in h.refused)
+    assert results == [] and request_id in h.approvals.pending
+
+
+def test_a_denial_tells_the_operator_the_moderators_reason() -> None:
+    h = Harness()
+    _, request_id, results = h.ask()
+    h.approvals.deny(BOB, request_id, "not now")
+    (failure,) = results
+    assert failure.value.kind is ErrorKind.DENIED
+    assert failure.value.message == f"request {request_id} denied by moderator bob: not now"
+    assert h.record.events[-1][0] == DENIED and h.record.events[-1][2].endswith("; denied: not now")
+    with pytest.raises(OperatorError) as e:
+        h.approvals.approve(BOB, request_id)
+    assert e.value.kind is ErrorKind.NOT_FOUND
+
+
+def test_bounds_per_operator_and_in_total_are_refused_and_audited() -> None:
+    h = Harness(ApprovalLimits(per_operator=2, total=3, wait=60))
+    h.ask()
+    h.ask()
+    with pytest.raises(OperatorError) as e:
+        h.ask()
+    assert e.value.kind is ErrorKind.LIMIT and "alice already waits for 2 approvals" in e.value.message
+    h.ask(CAROL)
+    with pytest.raises(OperatorError) as e:
+        h.ask(BOB)
+    assert "3 requests already wait for a moderator's approval (the master's limit)" in e.value.message
+    assert [who for who, _ in h.refused] == ["alice", "bob"]
+    assert len(h.approvals.pending) == 3
+
+
+def test_an_unanswered_request_expires_and_a_leaving_operator_withdraws_it() -> None:
+    h = Harness(ApprovalLimits(wait=60))
+    _, expiring, expired = h.ask()
+    _, leaving, withdrawn = h.ask(CAROL)
+    for callback in list(h.gone[1]):
+        callback()  # carol's connection closes
+    assert withdrawn[0].value.kind is ErrorKind.STOPPED and h.record.events[-1][:2] == (WITHDRAWN, "carol")
+    h.clock.advance(59)
+    assert expired == []
+    h.clock.advance(1)
+    assert expired[0].value.kind is ErrorKind.LIMIT
+    assert expired[0].value.message.startswith(f"request {expiring}: no moderator approved it within 60 s")
+    assert h.record.events[-1][:2] == (EXPIRED, "alice") and not h.approvals.pending
+    assert not h.gone[0]  # its subscription undone
+
+
+def test_the_service_stopping_withdraws_every_request() -> None:
+    h = Harness()
+    results = [h.ask()[2], h.ask(CAROL)[2]]
+    h.approvals.stop()
+    assert all(r[0].value.kind is ErrorKind.STOPPED for r in results) and not h.approvals.pending
+
+
+def test_the_reporters_notice_asks_for_an_approval() -> None:
+    event = ModeratorWanted("ab12cd34", "prod-1", "alice", "leads", 1e9, APPROVAL, "INC-1", None, None, "copy")
+    assert ModeratorWanted.from_message(event.to_message()) == event
+    formatter = ModeratorNoticeFormatter()
+    assert "Request {{ session }} on worker" in formatter.default_templates["plain"]
+
+
+def test_a_long_request_is_cut_only_in_the_listing_of_all_and_a_longer_one_refused() -> None:
+    h = Harness()
+    what = "command: echo " + " " * 3000 + "; rm -rf /srv"
+    _, request_id, _ = h.ask(what=what)
+    (row,) = h.approvals.listing(BOB)
+    assert row["what"] == what[:LISTED_WHAT] and row["what_chars"] == len(what)
+    (whole,) = h.approvals.listing(BOB, request_id)
+    assert whole["what"] == what  # nothing a moderator approves is hidden from them
+    with pytest.raises(OperatorError) as e:
+        h.approvals.listing(CAROL, request_id)
+    assert e.value.kind is ErrorKind.NOT_FOUND
+    with pytest.raises(OperatorError) as e:
+        h.ask(CAROL, what="x" * (MAX_WHAT + 1))
+    assert e.value.kind is ErrorKind.LIMIT and "longer than" in e.value.message
+
+
+def test_an_operator_gone_before_the_request_is_asked_leaves_nothing_pending() -> None:
+    """A subscription that fires at once (the run was interrupted, the page's socket closed, while the request
+    was being routed): withdrawn at once, not left to expire."""
+    h = Harness()
+
+    def gone(callback):  # type: ignore[no-untyped-def]
+        callback()
+        return lambda: None
+
+    results: list = []
+    h.approvals.ask(ALICE, "prod-1", Kind.RUN, "fleet run r1, command: true", None, ("leads",), h.told.append,
+                    [gone], "r1").addBoth(results.append)
+    assert results[0].value.kind is ErrorKind.STOPPED
+    assert not h.approvals.pending and not h.clock.getDelayedCalls() and h.wanted == []
+    assert [k for k, _, _ in h.record.events] == [ASKED, WITHDRAWN]

@@ -1,0 +1,372 @@
+"""Sessions routed between two masters (master_side.cluster.serve on the worker's master B,
+master_side.cluster.relay on the operator's master A, master_side.cluster.stream between them), over the router
+of tests/test_cluster.py: B's authority over who calls and with what, its bounds, the stream's order and checks,
+and the end of a session when either master goes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from autobahn.wamp.exception import ApplicationError
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+from master_side.cluster import serve
+from master_side.cluster.config import ClusterConfig, session_uri, worker_uri
+from master_side.cluster.link import ClusterLink, Listing
+from master_side.cluster.relay import Relays
+from master_side.cluster.serve import MAX_PER_MASTER, RouterSink, ServedSessions
+from master_side.cluster.stream import (
+    MAX_GROUPS,
+    MAX_OUTPUT,
+    OpenCall,
+    Refused,
+    ToOperatorSide,
+    ToWorkerSide,
+    to_operator_side,
+    to_worker_side,
+)
+from slaveshell.vocabulary.policy import Action, ClusterIdentity, Identity, Policy, Rule
+from slaveshell.vocabulary.protocol import ExitStatus, OpenRequest, ProtocolError
+
+from .test_cluster import Router
+
+ALICE = Identity(1000, 1000, 1, "alice", frozenset({"alice", "ops"}))
+TOKEN = "0" * 32
+
+
+def link_of(name: str, clock: task.Clock, workers: tuple[str, ...] = ()) -> ClusterLink:
+    """A master's link; its listing names `workers`, each with whether the link registered it."""
+    config = ClusterConfig(router_url="ws://127.0.0.1:1/ws", realm="r", authid=name, ticket="t", master=name)
+
+    def listing() -> Listing:
+        return Listing(name, f"h:/{name}", None, tuple({"name": w, "registered": link.registered(w)}
+                                                       for w in workers))
+
+    link = ClusterLink(config, listing, clock)
+    return link
+
+
+class FakeView:
+    """The session B's operators' API opens: what the calling master's messages did to it."""
+
+    def __init__(self, who: Identity, sink: RouterSink) -> None:
+        self.who, self.sink = who, sink
+        self.got: list[tuple[str, object]] = []
+        self.live = True
+        self.session_id = "s1"
+        self.input_grant = 4096
+        self.worker, self.role, self.size = "b1", "owner", (80, 24)
+
+    def input(self, data: bytes) -> None:
+        self.got.append(("input", data))
+
+    def eof(self) -> None:
+        self.got.append(("eof", None))
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.got.append(("resize", (cols, rows)))
+
+    def signal(self, signum: int) -> None:
+        self.got.append(("signal", signum))
+
+    def ack(self, nbytes: int) -> None:
+        self.got.append(("ack", nbytes))
+
+    def close(self) -> None:
+        self.got.append(("close", None))
+
+    def end(self, why: str) -> None:
+        self.got.append(("end", why))
+        self.live = False
+
+    def refused(self, error: ProtocolError) -> object:
+        self.got.append(("refused", str(error)))
+        return None
+
+
+class OperatorSink:
+    """The operator's end on A (the door's sink)."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple[str, object]] = []
+        self.gone = False
+        self.disconnects: list[Callable[[], None]] = []
+
+    def output(self, stream: int, data: bytes) -> None:
+        self.out.append(("output", data))
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        self.out.append(("input_ack", nbytes))
+
+    def exit(self, status: ExitStatus) -> None:
+        self.out.append(("exit", status))
+
+    def waiting(self, text: str) -> None:
+        self.out.append(("waiting", text))
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self.disconnects.append(callback)
+        return lambda: None
+
+
+class Site:
+    """Masters A and B on one router; B holds worker b1 and serves with `policy`."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.clock = task.Clock()
+        self.router = Router()
+        self.a = link_of("A", self.clock)
+        self.b = link_of("B", self.clock, ("b1",))
+        self.views: list[FakeView] = []
+        self.audited: list[tuple[str, str, str]] = []
+        self.policy = policy or Policy([Rule(users=["cluster:A/alice"])])
+        self.served = ServedSessions(self.b, self.open, self.attach,
+                                     lambda who, w, m: self.audited.append((who.user, w, m)), self.clock.seconds)
+        self.relays = Relays(self.a, self.clock.seconds, lambda: 30.0)
+        self.a._joined(self.router.session(authid="A"), None)
+        self.b._joined(self.router.session(authid="B"), None)
+        self.b.sync(["b1"], 0.0)
+
+    def open(self, who: Identity, request: OpenRequest, sink: RouterSink) -> FakeView:
+        decision = self.policy.may(who, Action.SHELL, request.worker)
+        if not decision.allowed:
+            raise Refused("permission denied", f"permission denied: {decision.reason}")
+        sink.output(1, b"hello ")  # a notice before the open's answer
+        view = FakeView(who, sink)
+        self.views.append(view)
+        return view
+
+    def attach(self, who: Identity, sink: RouterSink, session_id: str, mode: str) -> FakeView:
+        if session_id != "s1":
+            raise Refused("not found", f"no live session {session_id}")
+        if not self.policy.may(who, Action.WATCH, "b1").allowed:
+            raise Refused("permission denied", "permission denied")
+        view = FakeView(who, sink)
+        view.role = mode if mode == "watch" else "join"
+        self.views.append(view)
+        return view
+
+    def routed(self, sink: OperatorSink | None = None) -> Any:
+        """A's open of a session on b1: its RoutedView, or what it raised."""
+        d = self.relays.open(ALICE, OpenRequest(worker="b1"), sink or OperatorSink())
+        result = d.result
+        if isinstance(result, Failure):
+            d.addErrback(lambda _: None)
+            result.raiseException()
+        return result
+
+
+def test_b_opens_for_the_identity_a_vouches_for_under_the_routers_name_of_a() -> None:
+    site = Site()
+    sink = OperatorSink()
+    view = site.routed(sink)
+    assert view is not None and view.session_id == "s1" and view.master == "B"
+    who = site.views[0].who
+    assert isinstance(who, ClusterIdentity)
+    assert who.user == "cluster:A/alice" and who.uid == -1
+    assert who.groups == {"cluster:A", "cluster:A/alice", "cluster:A/ops"}
+    assert sink.out == [("output", b"hello ")]  # B's notice before its answer, delivered after it
+    view.input(b"ls\n")
+    view.resize(100, 30)
+    view.signal(2)
+    view.ack(10)
+    view.eof()
+    assert site.views[0].got == [("input", b"ls\n"), ("resize", (100, 30)), ("signal", 2), ("ack", 10), ("eof", None)]
+    site.views[0].sink.output(1, b"x" * 200_000)  # more than one message holds: in pieces, in order
+    site.views[0].sink.exit(ExitStatus(code=3))
+    assert b"".join(d for k, d in sink.out[1:] if k == "output") == b"x" * 200_000  # type: ignore[misc]
+    assert sink.out[-1] == ("exit", ExitStatus(code=3))
+    # Both per-session procedures are gone from the router.
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+    assert not site.served.served and not site.relays.views
+
+
+def test_bs_policy_refusal_reaches_a_as_b_wrote_it_and_a_gives_up_its_procedure() -> None:
+    site = Site(Policy([Rule(users=["cluster:C/alice"])]))
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert refused.value.kind == "permission denied"
+    assert "cluster:A/alice (vouched for by master A) may not shell on worker b1" in refused.value.message
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+
+
+def test_a_worker_no_master_holds_is_not_routed() -> None:
+    site = Site()
+    assert site.relays.open(ALICE, OpenRequest(worker="nowhere"), OperatorSink()).result is None
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+
+
+def test_b_refuses_a_caller_that_is_not_a_slaveshell_master() -> None:
+    site = Site()
+    stranger = site.router.session(authid="anonymous", role="anonymous")
+    call = OpenCall(OpenRequest(worker="b1"), "alice", (), TOKEN).to_wire()
+    failure = stranger.call(worker_uri("b1", "open"), call)
+    error = failure.result.value
+    failure.addErrback(lambda f: None)
+    assert isinstance(error, ApplicationError) and error.error == "slaveshell.error.not_authorized"
+    assert not site.views
+
+
+def test_b_bounds_the_sessions_one_master_makes_it_hold_and_audits_the_refusal() -> None:
+    site = Site()
+    for _ in range(MAX_PER_MASTER):
+        assert site.routed() is not None
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert refused.value.kind == "limit"
+    assert f"already serves {MAX_PER_MASTER} sessions for master A" in refused.value.message
+    assert site.audited[-1][0] == "cluster:A/alice" and "its limit per master" in site.audited[-1][2]
+    assert len(site.views) == MAX_PER_MASTER
+
+
+def test_only_the_master_that_opened_the_session_is_heard_and_in_order() -> None:
+    site = Site()
+    view = site.routed()
+    in_uri = view.in_uri
+    # Another slaveshell master that learnt the URI from the router's meta API: ignored.
+    other = site.router.session(authid="C")
+    other.call(in_uri, [0, "input", b"rm -rf /\n"])
+    assert site.views[0].got == []
+    # A out of sequence: the session is refused (on B, as a misbehaving owner's message).
+    site.a.call(in_uri, [5, "input", b"x"])
+    assert site.views[0].got[-1][0] == "refused" and "where 0 was expected" in str(site.views[0].got[-1][1])
+    # Output from another master for A's session: ignored.
+    sink = view.sink
+    before = list(sink.out)
+    other.call(session_uri(view.token, "out"), [1, "output", 1, b"fake"])
+    assert sink.out == before
+
+
+def test_when_a_is_gone_b_ends_the_session() -> None:
+    site = Site()
+    view = site.routed()
+    # A's procedure leaves the router (A killed): B's next message fails.
+    del site.router.procedures[session_uri(view.token, "out")]
+    site.clock.advance(serve.PING)
+    site.served.tick(site.clock.seconds())
+    assert site.views[0].got[-1][0] == "end" and "the operator's master" in str(site.views[0].got[-1][1])
+
+
+def test_when_b_is_gone_a_ends_the_session_with_a_line() -> None:
+    site = Site()
+    sink = OperatorSink()
+    view = site.routed(sink)
+    del site.router.procedures[view.in_uri]
+    site.clock.advance(serve.PING)
+    site.relays.tick(site.clock.seconds())
+    status = sink.out[-1][1]
+    assert isinstance(status, ExitStatus) and status.lost
+    assert status.reason == "the session on b1 ended: master B is gone"
+
+
+def test_losing_the_router_ends_the_sessions_on_both_sides() -> None:
+    site = Site()
+    sink = OperatorSink()
+    site.routed(sink)
+    site.a._left(None, "lost")
+    site.b._left(None, "lost")
+    assert sink.out[-1][1] == ExitStatus(reason="the session on b1 ended: this master lost the cluster's router")
+    assert site.views[0].got[-1] == ("end", "this master lost the cluster's router")
+
+
+def test_the_stream_checks_what_comes_off_the_wire() -> None:
+    assert to_worker_side([0, "input", b"a"]).kind is ToWorkerSide.INPUT
+    assert to_operator_side([3, "exit", None, 9, ""]).values == (ExitStatus(signal=9),)
+    assert to_operator_side([0, "output", 2, b"e"]).kind is ToOperatorSide.OUTPUT
+    for bad in ([0, "input", "text"], [0, "input", b"x" * (64 * 1024 + 1)], [True, "eof"], [0, "shutdown"],
+                [0, "ack", -1], [0, "resize", 0, 10], [0, "signal", "NOSUCH"], [0, "eof", 1], "eof", [0]):
+        with pytest.raises(ProtocolError):
+            to_worker_side(bad)
+    for bad in ([0, "output", 3, b"x"], [0, "output", 1, b"x" * (MAX_OUTPUT + 1)], [0, "input_ack", 1, 0, False],
+                [0, "exit", None, None, 7]):
+        with pytest.raises(ProtocolError):
+            to_operator_side(bad)
+
+
+@pytest.mark.parametrize("change", [
+    {"user": "a/b"}, {"user": ""}, {"user": "x" * 200}, {"user": "bell\x07"}, {"groups": ["ok", "a/b"]},
+    {"groups": ["g"] * (MAX_GROUPS + 1)}, {"token": "ZZ" * 16}, {"token": "0" * 31}, {"extra": 1},
+])
+def test_an_open_call_is_checked(change: dict[str, object]) -> None:
+    wire = {**OpenCall(OpenRequest(worker="b1"), "alice", ("ops",), TOKEN).to_wire(), **change}
+    with pytest.raises(ProtocolError):
+        OpenCall.from_wire(wire)
+
+
+def test_a_cluster_identity_matches_only_rules_that_name_it() -> None:
+    who = ClusterIdentity.vouched("A", "root", ["root"])
+    assert not Policy.default(master_uid=0).may(who, Action.SHELL, "b1").allowed
+    assert Policy([Rule(groups=["cluster:A"])]).check(who, "shell", "b1").allowed
+    assert not Policy([Rule(users=["root"], groups=["root"])]).check(who, "shell", "b1").allowed
+
+
+def test_b_waits_for_a_to_take_its_messages() -> None:
+    """At most MAX_OUTSTANDING calls in flight: the rest waits on B, in order."""
+    clock = task.Clock()
+    pending: list[defer.Deferred[object]] = []
+
+    class Link:
+        def call(self, uri: str, *args: object, timeout: float | None = None) -> defer.Deferred[object]:
+            d: defer.Deferred[object] = defer.Deferred()
+            pending.append(d)
+            return d
+
+    sink = RouterSink(Link(), "uri", clock.seconds)  # type: ignore[arg-type]
+    sink.output(1, b"y" * (20 * MAX_OUTPUT))
+    assert len(pending) == serve.MAX_OUTSTANDING
+    pending[0].callback(None)
+    assert len(pending) == serve.MAX_OUTSTANDING + 1
+
+
+def test_a_watches_a_session_b_holds_and_leaving_does_not_end_it() -> None:
+    site = Site()
+    sink = OperatorSink()
+    view = site.relays.attach(ALICE, "s1", "watch", sink).result
+    assert view is not None and (view.role, view.worker, view.session_id) == ("watch", "b1", "s1")
+    site.views[-1].sink.output(1, b"tick")
+    assert sink.out[-1] == ("output", b"tick")
+    # A watcher's detach: it leaves, B says so, and both ends let go of their procedures.
+    view.detach()
+    assert site.views[-1].got[-1] == ("close", None)
+    assert sink.out[-1] == ("exit", ExitStatus(reason="left the session"))
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+    # A gone while it watches: B's viewer goes, the session is not ended.
+    view = site.relays.attach(ALICE, "s1", "watch", OperatorSink()).result
+    del site.router.procedures[session_uri(view.token, "out")]
+    site.views[-1].sink.output(1, b"more")
+    assert all(kind != "end" for kind, _ in site.views[-1].got)
+    assert not site.served.served
+    assert site.relays.attach(ALICE, "nope", "watch", OperatorSink()).result is None
+
+
+def test_a_worker_whose_procedures_another_client_holds_is_not_routed_to_it() -> None:
+    """C squats b9's procedures before B registers them: B lists b9 as not registered, so A does not call them."""
+    site = Site()
+    b = link_of("B2", site.clock, ("b9",))
+    b._joined(site.router.session(authid="B2"), None)
+    squatter = site.router.session(authid="C")
+    called: list[object] = []
+    squatter.register(lambda *args: called.append(args), worker_uri("b9", "open"))
+    squatter.register(lambda *args: called.append(args), worker_uri("b9"))
+    b.sync(["b9"], 0.0)  # refused: the router holds them for C
+    assert not b.registered("b9")
+    d = site.relays.open(ALICE, OpenRequest(worker="b9"), OperatorSink())
+    site.clock.advance(2)
+    failure = d.result
+    d.addErrback(lambda _: None)
+    assert isinstance(failure, Failure) and isinstance(failure.value, Refused)
+    assert "another router client holds its name on the router" in failure.value.message
+    assert called == []
+
+
+def test_a_worker_name_two_other_masters_hold_is_never_routed_to_one_of_them() -> None:
+    site = Site()
+    c = link_of("C", site.clock, ("b1",))
+    c._joined(site.router.session(authid="C"), None)
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert "worker b1 is attached to 2 masters: B, C; slaveshell does not pick one" in refused.value.message
+    assert not site.views
