@@ -126,7 +126,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         limit = message.get("limit", 200)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ProtocolError("limit must be between 1 and 1000")
-        rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
+        rows = await api.site_history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
                                        "session": _opt_str(message, "session"),
                                        "reason": _opt_str(message, "reason"), "limit": limit})
         allowed = await access.shell_allowed(master, info, {r["worker"] for r in rows})
