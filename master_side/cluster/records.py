@@ -131,7 +131,7 @@ class ServedRecords:
 
         caller = caller_of(details)
         if caller is None:  # the router's permissions let none call; this holds whatever its configuration
-            raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may read records")
+            raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may read records")  # type: ignore[no-untyped-call]
         try:
             call = RecordCall.from_wire(wire, keys)
         except Refused as e:

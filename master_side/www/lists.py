@@ -65,7 +65,7 @@ MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
 HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ended", "state", "end_reason",
                   "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
-                  "hidden_spans", "hidden_flag", "reason")
+                  "hidden_spans", "hidden_flag", "reason", "site_master")
 
 # A JSON message for the page, and the binary frame sent before it (a transcript chunk) or None.
 Message = dict[str, object]
