@@ -83,7 +83,7 @@ def test_masters_sharing_a_database_that_migrate_it_at_once_all_succeed(db_url):
         engine.dispose()
         errors, found = [], []
 
-        def start():
+        def start(errors=errors, found=found):
             engine = sa.create_engine(db_url)
             try:
                 found.append(migrate(engine))

@@ -183,6 +183,8 @@ def test_sessions_lists_bs_live_sessions_marked_b_and_names_a_master_that_does_n
         {"id": "s9", "worker": "b1", "operator": "bob", "uid": 1001, "started": 1.0, "state": "running",
          "command": None, "reason": None, "held": False, "idle": 0.0, "viewers": [{"user": "x"}]},
         {"id": 5, "worker": "b1"},  # malformed: left out
+        {"id": "s10", "worker": "b1", "operator": "bob", "uid": 1001, "started": 2.0, "state": "running",
+         "command": "x" * 100_000, "reason": None, "held": False, "idle": 0.0, "viewers": []},
     ]
     # C: a master on the router whose `sessions` fails.
     c = site.router.session("C", "slaveshell-43")
@@ -193,6 +195,8 @@ def test_sessions_lists_bs_live_sessions_marked_b_and_names_a_master_that_does_n
 
     c.register(broken, master_record_uri("C", "sessions"))
     rows, unanswered = result(site.records.sessions(ALICE))
-    assert [(r["id"], r["master"], r["operator"], r["uid"]) for r in rows] == [("s9", "B", "bob", -1)]
+    assert [(r["id"], r["master"], r["operator"], r["uid"]) for r in rows] == [("s9", "B", "bob", -1),
+                                                                              ("s10", "B", "bob", -1)]
+    assert len(str(rows[1]["command"])) == 1024  # cut by B: its answer stays far below the router's limit
     assert len(unanswered) == 1 and unanswered[0].startswith("C (")
     assert ("cluster:A/alice", "sessions") in site.reader.asked

@@ -51,8 +51,10 @@ MAX_TEXT = 1024  # a searched text's
 MAX_HITS = 500
 MAX_CONTEXT = 4 * MAX_TEXT  # a hit's context (the text found and 40 characters either side)
 MAX_LIVE = 1000  # live sessions one master may list
+MAX_FIELD = 1024  # characters of each text of a live session's row (its command, its reason)
 AUDIT_AGAIN = 600.0  # a transcript read by the same master is audited again after this many seconds
 AUDITED_KEPT = 4096  # (master, session) pairs remembered for that
+NAMES_KEPT = 10.0  # seconds the masters' names are used before they are asked again
 
 # An audit event: kind, session id, worker, who, detail.
 Event = Callable[[str, str, str, Identity, str], None]
@@ -201,14 +203,19 @@ class ServedRecords:
 
     def _sessions(self, caller: str, who: ClusterIdentity, values: dict[str, object]) -> dict[str, object]:
         rows = self._reader.sessions(who)[:MAX_LIVE]
-        return {"ok": True, "rows": [{k: v for k, v in row.items() if k in _LIVE_FIELDS} for row in rows]}
+        # Texts cut, so that the answer stays far below the router's message limit whatever the commands' length.
+        return {"ok": True, "rows": [{k: v[:MAX_FIELD] if isinstance(v, str) else v for k, v in row.items()
+                                      if k in _LIVE_FIELDS} for row in rows]}
 
 
 class SiteRecords:
     """An operator's reads of the records the other masters hold (the calling side)."""
 
-    def __init__(self, link: ClusterLink) -> None:
+    def __init__(self, link: ClusterLink, clock: Callable[[], float] = time.monotonic) -> None:
         self.link = link
+        self._clock = clock
+        self._names: dict[str, str] = {}
+        self._names_at: float | None = None
 
     @staticmethod
     def _call(who: Identity, **values: object) -> dict[str, object]:
@@ -222,11 +229,19 @@ class SiteRecords:
             listings = await self.link.site()
         except ClusterUnavailable:
             listings = []
-        return {listing.buildbot: listing.master for listing in listings}
+        names = {listing.buildbot: listing.master for listing in listings}
+        self._names, self._names_at = dict(names), self._clock()
+        return names
 
     @deferred
     async def _holder(self, row: SessionRow) -> str:
+        """The master that recorded `row`, by its name in the site: the masters' names as they were at most
+        NAMES_KEPT seconds ago (a transcript is read in many pieces), asked again when it is not among them."""
         recorded_by = str(row.get("master") or "")
+        fresh = self._names_at is not None and self._clock() - self._names_at < NAMES_KEPT
+        holder = self._names.get(recorded_by) if fresh else None
+        if holder is not None:
+            return holder
         names = await self.names()
         holder = names.get(recorded_by)
         if holder is None:
@@ -313,7 +328,8 @@ class SiteRecords:
                 continue
             listed = answer.get("rows")
             for row in listed[:MAX_LIVE] if isinstance(listed, list) else []:
-                if isinstance(row, dict) and all(isinstance(row.get(k), kinds) for k, kinds in _LIVE_FIELDS.items()):
+                if (isinstance(row, dict) and all(isinstance(row.get(k), kinds) for k, kinds in _LIVE_FIELDS.items())
+                        and all(len(v) <= MAX_FIELD for v in row.values() if isinstance(v, str))):
                     rows.append({**{k: row[k] for k in _LIVE_FIELDS}, "uid": -1, "viewers": [],
                                  "moderated_by": None, "master": master})
         return rows, unanswered

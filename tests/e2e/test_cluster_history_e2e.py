@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+from pyrage import x25519
 
 from master_side.cluster.config import master_record_uri
 
@@ -90,6 +92,12 @@ def test_history_replay_export_and_search_on_a_of_a_session_b_recorded(cluster: 
                                "--socket", cluster.a.socket], capture_output=True, timeout=120)
     assert replayed.returncode == 0, replayed.stderr
     assert b"site-history-42" in replayed.stdout
+    # Reveal on A reads the transcript the same way (this one has no hidden input to show).
+    key = os.path.join(cluster.a.root, "auditors.key")
+    with open(key, "w") as f:
+        f.write(str(x25519.Identity.generate()) + "\n")
+    revealed = cli(cluster.a.socket, "reveal", sid, "--identity", key)
+    assert (revealed.returncode, revealed.stderr) == (1, "slaveshell: this session has no hidden input\n")
     # Search on A finds the text B's transcript holds.
     found = cli(cluster.a.socket, "search", "site-history-42", "--worker", "b1")
     assert found.returncode == 0, found.stderr
