@@ -111,6 +111,7 @@ STRICT = [
     "master_side/cluster/config.py",
     "master_side/cluster/view.py",
     "master_side/cluster/part.py",
+    "master_side/cluster/records.py",
     "master_side/sessions/session.py",
     "master_side/sessions/clocks.py",
     "master_side/sessions/worker_sink.py",

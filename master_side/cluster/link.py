@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from master_side.cluster.config import ClusterConfig, master_attach_uri, master_of_uri, master_uri, worker_uri
+from master_side.cluster.config import (
+    ClusterConfig,
+    master_attach_uri,
+    master_of_uri,
+    master_record_uri,
+    master_uri,
+    worker_uri,
+)
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 
@@ -99,6 +106,9 @@ class ClusterLink:
         # Serves this master's `attach` procedure (master_side.cluster.serve): another master's operator watches
         # or joins a session here.
         self.attacher: Callable[[object, CallDetails], Any] | None = None
+        # Further procedures registered under this master's name when it joins (master_side.cluster.records):
+        # name -> handler, called with the router's details of each caller.
+        self.procedures: dict[str, Callable[..., Any]] = {}
         # Called when the link leaves the router, with why: routed sessions end (master_side.cluster.serve, .relay).
         self.on_leave: list[Callable[[str], None]] = []
         self._pending: set[str] = set()
@@ -163,12 +173,14 @@ class ClusterLink:
     async def _joined(self, session: Any, details: object) -> None:
         log.info("slaveshell: joined the router as master {name}", name=visible(self.name))
         self._session = session
+        from autobahn.wamp.types import RegisterOptions
+
         try:
             await session.register(self._answer_listing, master_uri(self.name))
             if self.attacher is not None:
-                from autobahn.wamp.types import RegisterOptions
-
                 await session.register(self.attacher, master_attach_uri(self.name), RegisterOptions(details=True))
+            for what, handler in self.procedures.items():
+                await session.register(handler, master_record_uri(self.name, what), RegisterOptions(details=True))
         except Exception as e:
             self.master_refused = _error_uri(e) == ALREADY_EXISTS
             log.critical("slaveshell: cannot register master {name} on the router: {why}", name=visible(self.name),
@@ -310,6 +322,20 @@ class ClusterLink:
                 continue
             listings.append(listing)
         return listings
+
+    @deferred
+    async def masters(self) -> list[str]:
+        """The names of the other masters registered on the router now (their `workers` procedures).
+        ClusterUnavailable when not on the router."""
+        session = self._session
+        if session is None:
+            raise ClusterUnavailable("this master is not connected to the cluster's router")
+        try:
+            uris = await self._timed(self._master_uris(session))
+        except Exception as e:
+            raise ClusterUnavailable(f"the cluster's router did not answer: {str(e)[:200]}") from None
+        names = {master_of_uri(uri) for uri in uris if uri != master_uri(self.name)}
+        return sorted(name for name in names if name is not None)
 
     @deferred
     async def _master_uris(self, session: Any) -> list[str]:

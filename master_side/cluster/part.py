@@ -14,6 +14,7 @@ from twisted.internet import defer
 
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.link import ClusterLink, Listing
+from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
 from master_side.cluster.relay import OperatorEnd, Relays, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
 from master_side.cluster.view import elsewhere, local_listing, site_workers
@@ -30,10 +31,12 @@ if TYPE_CHECKING:
 class ClusterPart:
     def __init__(self, config: ClusterConfig, master: Callable[[], BuildMaster], glue: BuildbotGlue,
                  registry: SessionRegistry, policy: Callable[[], Policy], reactor: object, opener: Opener,
-                 attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float]) -> None:
+                 attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float],
+                 reader: Reader | None = None, event: Event | None = None) -> None:
         """`opener` opens a session for another master's operator (the operators' API's open_for_master),
         `attacher` attaches them to one (attach_for_master), `audit` audits a refusal, `open_timeout` is how long
-        a worker may take to open a session."""
+        a worker may take to open a session; `reader` answers the other masters' reads of this one's records
+        (transcripts, their text, live sessions) and `event` audits them."""
         self.config = config
         self._master = master
         self._glue = glue
@@ -44,6 +47,11 @@ class ClusterPart:
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
         self.served = ServedSessions(self.link, opener, attacher, audit, clock)
         self.relays = Relays(self.link, clock, lambda: open_timeout() + 10.0)
+        # The site's records: this master's for the others (`reader`: the operators' API), and theirs for its
+        # operators (master_side.cluster.records).
+        self.records = SiteRecords(self.link)
+        if reader is not None and event is not None:
+            ServedRecords(self.link, reader, event, lambda who, line: audit(who, "", line))
 
     def start(self) -> None:
         self.link.start(str(self._master().basedir))

@@ -299,14 +299,13 @@ class WireDoor(Protocol):
                 return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})
             return {"rows": api.workers(who)}
         if op is Op.HISTORY:
-            return api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+            return api.site_history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
         if op is Op.SEARCH:
-            return api.search(who, message.get("text"), message.get("filters")).addCallback(
-                lambda rows: {"rows": rows})
+            return api.site_search(who, message.get("text"), message.get("filters"))
         if op is Op.TRANSCRIPT:
             return api.transcript(who, message.get("session"), message.get("offset")).addCallback(
                 lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
-        return {"rows": api.sessions(who)}  # Op.SESSIONS
+        return api.site_sessions(who)  # Op.SESSIONS
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):

@@ -65,7 +65,7 @@ MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
 HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ended", "state", "end_reason",
                   "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
-                  "hidden_spans", "hidden_flag", "reason")
+                  "hidden_spans", "hidden_flag", "reason", "site_master")
 
 # A JSON message for the page, and the binary frame sent before it (a transcript chunk) or None.
 Message = dict[str, object]
@@ -126,7 +126,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         limit = message.get("limit", 200)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ProtocolError("limit must be between 1 and 1000")
-        rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
+        rows = await api.site_history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
                                        "session": _opt_str(message, "session"),
                                        "reason": _opt_str(message, "reason"), "limit": limit})
         allowed = await access.shell_allowed(master, info, {r["worker"] for r in rows})

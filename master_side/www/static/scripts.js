@@ -701,10 +701,14 @@
 
   // Rows of the audit index (lists.py's "history" answer): each with its replay button, its worker (to its view
   // here and to Buildbot's page) and, for a session in a build, the build (to Buildbot's page).
+  // On a multi-master site, also the master that recorded each session (its name in the site; Buildbot's when it is
+  // not on the router now), as `slaveshell history` does.
   function HistoryTable(props) {
+    var site = props.rows.some(function (r) { return r.site_master; });
     return h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
-      h("thead", null, h("tr", null, ["Session", "Worker", "Build", "Operator", "Command", "Reason", "Started",
-        "Ended", "Outcome", "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
+      h("thead", null, h("tr", null, ["Session", "Worker"].concat(site ? ["Master"] : [], ["Build", "Operator",
+        "Command", "Reason", "Started", "Ended", "Outcome", "Hidden input"]).map(function (t) {
+        return h("th", { key: t }, t); }))),
       h("tbody", null, props.rows.map(function (r) {
         // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
         return h("tr", { key: r.id, "data-session": r.id },
@@ -712,6 +716,7 @@
             className: "btn btn-secondary btn-sm slaveshell-replay",
             onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")),
           h("td", { className: "slaveshell-worker" }, h(WorkerName, { name: r.worker, workerid: r.workerid })),
+          site ? h("td", { className: "slaveshell-master" }, printable(r.site_master || "(away)")) : null,
           h("td", null, h(BuildCell, { row: r })),
           h("td", null, printable(r.operator)),
           h("td", { className: "slaveshell-command" }, commandLabel(r)),
