@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fair import make_content, output_rate  # noqa: E402
+from fair import Side, make_content, output_rate  # noqa: E402
 from run import MB, Slaveshell, ctrl_c_latency, echo_rtts, med, p99  # noqa: E402
-from transfer_bench import cpu_seconds  # noqa: E402
+from transfer_bench import Tools, cpu_seconds  # noqa: E402
 
 from slaveshell.client.sandbox import Sandbox  # noqa: E402
 
@@ -105,7 +105,9 @@ INSTALL = """() => {
     B.tail = "";
     const since = B.bytes;
     return new Promise(function (resolve, reject) {
-      const timer = setTimeout(function () { reject(new Error("no " + JSON.stringify(text) + " within " + ms + " ms")); }, ms);
+      const timer = setTimeout(function () {
+        reject(new Error("no " + JSON.stringify(text) + " within " + ms + " ms"));
+      }, ms);
       B.waiters.push({ text: text, hit: function (now) {
         const got = { recv: now, bytes: B.bytes - since };
         term.write("", function () {
@@ -133,7 +135,7 @@ ECHO = """async ({count, spacing}) => {
   return out;
 }"""
 
-CAT = """async ({command, timeout}) => {
+CAT = """async ({command, marker, timeout}) => {
   const B = window.slaveshellBench;
   const typed = B.expect(command.slice(-8), 30000);
   B.term.input(command, true);
@@ -141,11 +143,11 @@ CAT = """async ({command, timeout}) => {
   let first = 0;
   const since = B.bytes;
   B.probe = function (now) { if (B.bytes - since > 2) { first = now; B.probe = null; } };  // past the Enter's echo
-  const done = B.expect(%r, timeout);
+  const done = B.expect(marker, timeout);
   B.term.input("\\r", true);
   const got = await done;
   return { first: first, recv: got.recv, written: got.written, bytes: got.bytes };
-}""" % MARKER_OUT
+}"""
 
 CTRLC = """async ({flood}) => {
   const B = window.slaveshellBench;
@@ -293,7 +295,8 @@ class Web:
     def cat(self, path: Path, size: int) -> tuple[float, float, int]:
         """MB/s received and written, and the bytes the page received."""
         with self.session() as page:
-            got = page.evaluate(CAT, {"command": f"cat {path}; echo {MARKER}", "timeout": 900_000})
+            got = page.evaluate(CAT, {"command": f"cat {path}; echo {MARKER}", "marker": MARKER_OUT,
+                                       "timeout": 900_000})
             self.shot(f"cat-{path.name}.png")
         if got["bytes"] < size:  # a terminal's output may be longer (\n -> \r\n), never shorter
             raise RuntimeError(f"web: the page received {got['bytes']} of {size} bytes")
@@ -373,7 +376,7 @@ def steps(parts: set[str], kinds: list[str], files: dict[str, Path], size: int, 
                 return [recv, written]
 
             def cli_cat(path: Path = path) -> list[float]:
-                rate = output_rate(_CliSide(site), path, size, True)
+                rate = output_rate(Side("cli", site, Tools(site.sandbox, None)), path, size, True)
                 return [rate, rate]
             name = "binary (base64 lines)" if kind == "binary" else kind
             out.append(Step([Row(f"`cat` {size // MB} MB, {name}: received in the page", "MB/s"),
@@ -391,18 +394,6 @@ def steps(parts: set[str], kinds: list[str], files: dict[str, Path], size: int, 
                          Row("Ctrl-C under a flood, to the prompt: written by the terminal", "ms"),
                          Row("Ctrl-C under a flood, bytes after ^C", "bytes")], web_ctrlc, cli_ctrlc))
     return out
-
-
-class _CliSide:
-    """What fair.output_rate needs of a side: its command line and its name."""
-
-    key = "cli"
-
-    def __init__(self, site: Site) -> None:
-        self.site = site
-
-    def argv(self, command: str, tty: bool) -> list[str]:
-        return self.site.argv(command, tty)
 
 
 def run_rounds(rows: list[Step], rounds: int, servers: Servers) -> None:
