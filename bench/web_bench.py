@@ -6,13 +6,14 @@
     python3 bench/web_bench.py --only echo,ctrlc --rounds 7 --screenshots /tmp/shots
 
 One throwaway master with Buildbot's web UI and slaveshell's web plugin (a user/password login, the `shell` action
-granted to a role) and one worker; one headless Chromium (Debian's /usr/bin/chromium, driven by playwright) logged
-in to it. The web side is the terminal page itself: its xterm.js, its WebSocket and its credit acks, in a fresh
-session per measurement (the CLI starts a fresh `buildbot-shell -t` per measurement). Keys go in through the page's
-own input path (xterm's `input()`: what a keystroke becomes after the keyboard, through the page's onData, input
-window and WebSocket), and every web time is taken in the page with performance.now(): when the bytes arrive on the
-page's WebSocket (a listener of the bench's, after the page's own), when xterm has written them into its buffer (the
-callback of a write queued after them), and when the next frame has been drawn (requestAnimationFrame after that).
+granted to a role) and one worker; one headless Chromium (Debian's /usr/bin/chromium, driven over its DevTools pipe
+with no Network domain enabled: see `Cdp`) logged in to it. The web side is the terminal page itself: its xterm.js,
+its WebSocket and its credit acks, in a fresh session per measurement (the CLI starts a fresh `buildbot-shell -t`
+per measurement). Keys go in through the page's own input path (xterm's `input()`: what a keystroke becomes after
+the keyboard, through the page's onData, input window and WebSocket), and every web time is taken in the page with
+performance.now(): when the bytes arrive on the page's WebSocket (a listener of the bench's, after the page's own),
+when xterm has written them into its buffer (the callback of a write queued after them), and when the next frame has
+been drawn (requestAnimationFrame after that).
 
 Rows (PARTS):
 - echo: keystrokes in `stty -icanon; cat >/dev/null` (the PTY's echo), each a fixed spacing after the previous
@@ -35,12 +36,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
+import json
 import os
 import random
 import resource
+import select
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -215,80 +220,180 @@ class Servers:
         return {"master": cpu_seconds(self.pids["master"]), "worker": cpu_seconds(self.pids["worker"], True)}
 
 
+class Cdp:
+    """Debian's chromium, headless, driven over its DevTools pipe (--remote-debugging-pipe: JSON messages ended by
+    NUL on fds 3 and 4). Only what the bench needs: a page, Runtime.evaluate, navigation, a cookie, screenshots.
+    Neither the Network nor the Page domain is enabled: an automation library that does (playwright enables
+    Network to report every WebSocket frame, its payload included) makes the browser copy each frame to it, a cost
+    that is not the terminal's."""
+
+    def __init__(self, profile: Path) -> None:
+        # The child's ends above 9, so that moving them to 3 and 4 in the child never closes one of them (bash:
+        # dash takes single-digit descriptors only).
+        to_child, self._to_child = os.pipe()
+        self._from_child, from_child = os.pipe()
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child)]
+        os.close(to_child)
+        os.close(from_child)
+        to_child, from_child = high
+        flags = ["--headless", "--no-sandbox", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+                 "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
+                 "--hide-scrollbars", "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows", "--window-size=1200,800", "about:blank"]
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_child} 4>&{from_child} {to_child}<&- {from_child}>&-', CHROMIUM,
+             *flags], pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(to_child)
+        os.close(from_child)
+        self._next, self._buffer = 0, b""
+        targets = self.call("Target.getTargets")["targetInfos"]
+        page = next((t["targetId"] for t in targets if t["type"] == "page"), None)
+        if page is None:
+            page = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=page, flatten=True)["sessionId"]
+        self.call("Emulation.setDeviceMetricsOverride", width=1200, height=800, deviceScaleFactor=1, mobile=False,
+                  session=True)
+
+    def call(self, method: str, session: bool = False, timeout: float = 120, **params: Any) -> dict[str, Any]:
+        self._next += 1
+        message: dict[str, Any] = {"id": self._next, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                got = json.loads(raw)
+                if got.get("id") == self._next:
+                    if "error" in got:
+                        raise RuntimeError(f"web: {method}: {got['error']}")
+                    return dict(got["result"])
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_child], [], [], left)[0]:
+                raise RuntimeError(f"web: no answer to {method} within {timeout:g} s")
+            chunk = os.read(self._from_child, 1 << 20)
+            if not chunk:
+                raise RuntimeError("web: chromium ended")
+            self._buffer += chunk
+
+    def evaluate(self, function: str, arg: Any = None, timeout: float = 120) -> Any:
+        """`function` (a JavaScript function's source) called with `arg` in the page, its promise awaited: the
+        value."""
+        got = self.call("Runtime.evaluate", session=True, timeout=timeout, awaitPromise=True, returnByValue=True,
+                        expression=f"({function})({json.dumps(arg)})")
+        if "exceptionDetails" in got:
+            details = got["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text")
+            raise RuntimeError(f"web: in the page: {text}")
+        return got["result"].get("value")
+
+    def wait(self, function: str, what: str, arg: Any = None, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(function, arg)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise RuntimeError(f"web: timed out waiting for {what}")
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", session=True, url=url)
+
+    def url(self) -> str:
+        return str(self.evaluate("() => location.href"))
+
+    def screenshot(self, path: str) -> None:
+        data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except RuntimeError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_child)
+        os.close(self._from_child)
+
+
 class Web:
     """The terminal page in one headless Chromium, logged in; a fresh session per measurement."""
 
     key = "web"
 
-    def __init__(self, site: Site, shots: str | None) -> None:
-        from playwright.sync_api import sync_playwright
-
+    def __init__(self, site: Site, shots: str | None, profile: Path) -> None:
         self.site, self.shots = site, shots
-        self.manager = sync_playwright()
-        playwright = self.manager.start()
-        self.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        self.context = self.browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
-                                                viewport={"width": 1200, "height": 800})
-        self.context.set_default_timeout(TIMEOUT_MS)
-        self.page = self.context.new_page()
-        self.page.goto(site.sandbox.url + "auth/login")
+        self.browser = Cdp(profile)
+        # Buildbot's /auth/login with HTTP basic auth (the credentials in the address) sets the session cookie.
+        self.browser.goto(site.sandbox.url.replace("://", f"://{USER}:{PASSWORD}@") + "auth/login")
         deadline = time.monotonic() + 60
-        while not any(c["name"] == "TWISTED_SESSION" for c in self.context.cookies()):
+        while not any(c["name"] == "TWISTED_SESSION" for c in self.browser.call("Storage.getCookies")["cookies"]):
             if time.monotonic() > deadline:
                 raise RuntimeError("web: no session cookie after logging in")
             time.sleep(0.2)
 
     def close(self) -> None:
-        try:
-            self.browser.close()
-        finally:
-            self.manager.__exit__()
+        self.browser.close()
 
     def status(self) -> str:
-        return str(self.page.locator(".slaveshell-status").get_attribute("data-status") or "")
+        return str(self.browser.evaluate(
+            "() => { const e = document.querySelector('.slaveshell-status');"
+            " return e ? e.getAttribute('data-status') : ''; }"))
 
     def wait_status(self, pattern: str) -> str:
-        self.page.wait_for_function(
+        self.browser.wait(
             "p => { const e = document.querySelector('.slaveshell-status');"
-            " return e && new RegExp(p).test(e.getAttribute('data-status')); }", arg=pattern, timeout=TIMEOUT_MS)
+            " return e && new RegExp(p).test(e.getAttribute('data-status')); }", f"the status {pattern!r}", pattern)
         return self.status()
 
+    def click(self, selector: str) -> None:
+        self.browser.wait("s => { const e = document.querySelector(s); if (!e) return false; e.click(); return true; }",
+                          f"{selector} to click", selector)
+
     @contextmanager
-    def session(self) -> Iterator[Any]:
+    def session(self) -> Iterator[Cdp]:
         """A new session from the terminal page, its prompt set to `P> ` as bench/run.py's spawn_shell does, the
         bench's listener on its socket; ended after."""
-        page, address = self.page, self.site.sandbox.url + "#/slaveshell/terminal/w1"
-        if page.url == address:  # left there by a measurement that failed: the same address would not redraw
-            page.goto(self.site.sandbox.url + "#/slaveshell")
-        page.goto(address)
+        page = self.browser
         try:
-            page.locator("button.slaveshell-start").click()
+            # The fleet page first, drawn, so that the terminal's address mounts a new terminal (from the address
+            # it had, or through a hash changed twice in one go, the page would keep the ended one).
+            page.goto(self.site.sandbox.url + "#/slaveshell")
+            page.wait("() => !!document.querySelector(\"tr[data-worker='w1']\")", "the fleet page")
+            page.goto(self.site.sandbox.url + "#/slaveshell/terminal/w1")
+            self.click("button.slaveshell-start")
             self.wait_status("^connected$")
             if page.evaluate(INSTALL) != 1:
                 raise RuntimeError("web: the page's socket is not open")
-            page.wait_for_function("""() => { const b = window.slaveshellTerminal.buffer.active;
+            page.wait("""() => { const b = window.slaveshellTerminal.buffer.active;
                 for (let i = 0; i < b.length; i++) if (/[#$]\\s*$/.test(b.getLine(i).translateToString()))
-                  return true; return false; }""", timeout=TIMEOUT_MS)
+                  return true; return false; }""", "the shell's prompt")
             page.evaluate("""async () => { const B = window.slaveshellBench, p = B.expect("P> ", 30000);
                 B.term.input("bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='P''> '\\r", true);
                 await p; }""")
             yield page
         except Exception as e:
             self.shot(f"failed-{time.strftime('%H%M%S')}.png")
-            raise RuntimeError(f"web: {e} (the page at {page.url}, its status {self.status()!r})") from None
+            raise RuntimeError(f"web: {e} (the page at {page.url()}, its status {self.status()!r})") from None
         finally:
-            if page.locator("button.slaveshell-end").count():
-                page.locator("button.slaveshell-end").click()
+            if page.evaluate("() => !!document.querySelector('button.slaveshell-end')"):
+                self.click("button.slaveshell-end")
                 self.wait_status("session ended")
 
     def shot(self, name: str) -> None:
         if self.shots:
             os.makedirs(self.shots, exist_ok=True)
-            self.page.screenshot(path=os.path.join(self.shots, name))
+            self.browser.screenshot(os.path.join(self.shots, name))
 
     def echo(self, count: int, spacing_ms: int) -> list[list[float]]:
         with self.session() as page:
-            got = page.evaluate(ECHO, {"count": count, "spacing": spacing_ms})
+            got = page.evaluate(ECHO, {"count": count, "spacing": spacing_ms}, timeout=count * 40 + 60)
             self.shot(f"echo-{spacing_ms}ms.png")
         return [[float(x) for x in row] for row in got]
 
@@ -296,7 +401,7 @@ class Web:
         """MB/s received and written, and the bytes the page received."""
         with self.session() as page:
             got = page.evaluate(CAT, {"command": f"cat {path}; echo {MARKER}", "marker": MARKER_OUT,
-                                       "timeout": 900_000})
+                                      "timeout": 900_000}, timeout=960)
             self.shot(f"cat-{path.name}.png")
         if got["bytes"] < size:  # a terminal's output may be longer (\n -> \r\n), never shorter
             raise RuntimeError(f"web: the page received {got['bytes']} of {size} bytes")
@@ -495,7 +600,7 @@ def main() -> int:
     try:
         files = prepare(work, kinds, size) if "throughput" in parts else {}
         site.start()
-        web = Web(site, args.screenshots)
+        web = Web(site, args.screenshots, work / "chromium")
         rows = steps(parts, kinds, files, size, args.keys, args.slow_keys, web, site)
         run_rounds(rows, args.rounds, Servers(site))
         report = render([row for step in rows for row in step.rows],
