@@ -78,8 +78,11 @@ c['www']['auth'] = _util.UserPasswordAuth({{{USER!r}: {PASSWORD!r}}})
 c['www']['authz'] = _util.Authz(allowRules=[ShellEndpointMatcher(role='shellers')],
                                 roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=[{USER!r}])])
 """
-# The web user's role may open shells; so may the local user (the CLI, and the sandbox's wait for its worker).
-SERVICE_KWARGS = f"policy=[dict(groups=['web:shellers'], rights=['shell']), dict(users=[{os.getuid()}])]"
+# The web user's role may open shells; so may the local user (the CLI, and the sandbox's wait for its worker). The
+# bounds on sessions are bench/run.py's: a CLI measurement's client is killed at its end, and its session stays,
+# detached, for the detach grace.
+SERVICE_KWARGS = (f"policy=[dict(groups=['web:shellers'], rights=['shell']), dict(users=[{os.getuid()}])], "
+                  "max_connections_per_uid=256, max_sessions_per_operator=200, max_sessions_per_worker=200")
 MARKER, MARKER_OUT = "@@$((6*7))@@", "@@42@@"
 TIMEOUT_MS = 60_000
 
@@ -207,7 +210,7 @@ class Site(Slaveshell):
 
     def __init__(self, workdir: Path) -> None:  # noqa: D107 - no build step: the parent's is for its own rows
         self.sandbox = Sandbox(str(workdir / "bb"), workers=["w1"], www=True, www_config=WWW_CONFIG,
-                               service_kwargs=SERVICE_KWARGS)
+                               opt_in_args="max_sessions=200", service_kwargs=SERVICE_KWARGS)
 
 
 class Servers:
@@ -380,7 +383,7 @@ class Web:
             yield page
         except Exception as e:
             self.shot(f"failed-{time.strftime('%H%M%S')}.png")
-            raise RuntimeError(f"web: {e} (the page at {page.url()}, its status {self.status()!r})") from None
+            raise RuntimeError(f"{e} (the page at {page.url()}, its status {self.status()!r})") from None
         finally:
             if page.evaluate("() => !!document.querySelector('button.slaveshell-end')"):
                 self.click("button.slaveshell-end")
