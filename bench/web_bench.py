@@ -17,7 +17,9 @@ been drawn (requestAnimationFrame after that).
 
 Rows (PARTS):
 - echo: keystrokes in `stty -icanon; cat >/dev/null` (the PTY's echo), each a fixed spacing after the previous
-  echo, 10 ms and 100 ms apart; per round the median and p99. The CLI's is bench/run.py's loop (fair.py's echo).
+  echo, 10 ms and 100 ms apart (the page's: after the frame that drew it, plus a random part of a frame, so that
+  keys meet the frame clock at every phase); per round the median and p99. The CLI's is bench/run.py's loop
+  (fair.py's echo).
 - throughput: `cat FILE; echo @@$((6*7))@@` in the page, for each content kind: build-log text lines, random
   bytes in base64 lines (raw random bytes would hold terminal queries that xterm.js answers into the shell), and
   escape-heavy output (fair.py's); MB of the file per second from the first byte after the command line's echo to
@@ -138,7 +140,9 @@ ECHO = """async ({count, spacing}) => {
     B.term.input(ch, true);
     const got = await echoed;
     out.push([got.recv - t0, got.written - t0, got.painted - t0]);
-    await B.sleep(spacing);
+    // Spaced from the frame that drew it, plus a random part of a frame: a key anchored to the frame clock would
+    // always meet the next frame at the same phase (10 ms after one: 6.7 ms before the next, at 60 Hz).
+    await B.sleep(spacing + Math.random() * 1000 / 60);
   }
   return out;
 }"""
