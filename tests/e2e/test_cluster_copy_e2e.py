@@ -140,6 +140,35 @@ def test_bs_policy_refusal_of_cp_is_shown_on_a(cluster: Site, tmp_path) -> None:
     assert not os.path.exists(os.path.join(cluster.b.worker_dir("z1"), "f"))
 
 
+def test_a_run_on_a_over_a1_and_b1_is_gathered_in_one_answer(cluster: Site) -> None:
+    """`slaveshell run` on A over a1 (on A) and b1 (on B): b1's part is a session routed to B, recorded there;
+    z1's is refused by B's policy, and the refusal is in the run's answer."""
+    on_b(cluster)
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "run", "--socket", cluster.a.socket,
+                           "--workers", "a1", "--workers", "b1", "--workers", "z1", "--json", "--",
+                           "sh", "-c", "echo on $PWD"], capture_output=True, text=True, timeout=180)
+    assert_no_traceback(done.stderr)
+    answer = json.loads(done.stdout)
+    by_name = {w["worker"]: w for w in answer["workers"]}
+    assert set(by_name) == {"a1", "b1", "z1"}, answer
+    assert by_name["a1"]["state"] == "ok" and by_name["a1"]["output"].strip() == f"on {cluster.a.worker_dir('a1')}"
+    assert by_name["b1"]["state"] == "ok" and by_name["b1"]["output"].strip() == f"on {cluster.b.worker_dir('b1')}"
+    assert by_name["z1"]["state"] == "refused", by_name["z1"]
+    assert "may not run on worker z1" in by_name["z1"]["reason"], by_name["z1"]
+    assert done.returncode == 1  # not every targeted worker ran (z1)
+    # b1's part is a session on B: its row names B and the operator A vouched for.
+    sql = ("SELECT json_agg(s) FROM (SELECT operator, master, state, exit_code FROM slaveshell_sessions "
+           f"WHERE id = '{by_name['b1']['session']}') s")
+    rows = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                          timeout=60)
+    row = wait_until(lambda: (r := json.loads(subprocess.run(
+        PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+        timeout=60).stdout)) and r[0]["state"] != "running" and r[0], 30)
+    assert rows.returncode == 0
+    assert row["operator"] == vouched() and str(row["master"]).endswith(os.path.join("B", "master"))
+    assert (row["state"], row["exit_code"]) == ("ended", 0)
+
+
 def staged_bytes(directory: str) -> int:
     total = 0
     for name in os.listdir(directory):
