@@ -77,10 +77,11 @@ class ClusterPart:
     def attached_here(self, worker: str) -> bool:
         return worker in self._master().workers.connections
 
-    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> defer.Deferred[RoutedView | None]:
-        """A session on `request`'s worker, opened by the master on the router that holds it: None when none does
-        (master_side.cluster.relay)."""
-        return self.relays.open(who, request, sink)
+    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd,
+             run: str | None = None) -> defer.Deferred[RoutedView | None]:
+        """A session on `request`'s worker (a part of fleet run `run`), opened by the master on the router that
+        holds it: None when none does (master_side.cluster.relay)."""
+        return self.relays.open(who, request, sink, run)
 
     def copy(self, who: Identity, request: TransferRequest, party: OperatorParty
              ) -> defer.Deferred[tuple[RoutedTransfer, dict[str, object]] | None]:

@@ -316,9 +316,11 @@ class Relays:
         return holder
 
     @deferred
-    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> RoutedView | None:
+    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd,
+                   run: str | None = None) -> RoutedView | None:
         """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
-        router holds it (the local refusal then says why). Raises Refused: B's refusal, or the router's."""
+        router holds it (the local refusal then says why). `run`: the fleet run the session is a part of. Raises
+        Refused: B's refusal, or the router's."""
         worker = request.worker
         if await self.holder(worker) is None:
             return None
@@ -329,7 +331,7 @@ class Relays:
         except ClusterUnavailable:
             return None
         self.views[token] = view
-        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token)
+        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token, run)
         try:
             answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=self._open_timeout())
         except Exception as e:

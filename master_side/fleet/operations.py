@@ -238,7 +238,7 @@ class FleetOperations:
             # A part on a worker another master holds: an ordinary session routed to it (master_side.cluster.relay),
             # opened, recorded and refused there.
             try:
-                routed = await cluster.open(who, request, sink)
+                routed = await cluster.open(who, request, sink, run_id)
             except Refused as e:
                 raise operator_error(e) from None
             if routed is not None:

@@ -154,7 +154,8 @@ def test_a_run_on_a_over_a1_and_b1_is_gathered_in_one_answer(cluster: Site) -> N
     assert by_name["a1"]["state"] == "ok" and by_name["a1"]["output"].strip() == f"on {cluster.a.worker_dir('a1')}"
     assert by_name["b1"]["state"] == "ok" and by_name["b1"]["output"].strip() == f"on {cluster.b.worker_dir('b1')}"
     assert by_name["z1"]["state"] == "refused", by_name["z1"]
-    assert "may not run on worker z1" in by_name["z1"]["reason"], by_name["z1"]
+    assert by_name["z1"]["reason"] == (f"permission denied: {vouched()} (vouched for by master A) may not run on "
+                                       "worker z1: no policy rule allows it"), by_name["z1"]
     assert done.returncode == 1  # not every targeted worker ran (z1)
     # b1's part is a session on B: its row names B and the operator A vouched for.
     sql = ("SELECT json_agg(s) FROM (SELECT operator, master, state, exit_code FROM slaveshell_sessions "
