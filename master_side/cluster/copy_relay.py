@@ -58,15 +58,18 @@ class RoutedTransfer:
     """The operator's door's handle on a transfer another master (B) relays: what MasterTransfer is for a local
     one (`id`, `undo`, `arrived`, `decoded`)."""
 
-    def __init__(self, transfers: RoutedTransfers, worker: str, party: OperatorParty, token: str) -> None:
+    def __init__(self, transfers: RoutedTransfers, worker: str, party: OperatorParty, token: str,
+                 holder: str) -> None:
         self.transfers = transfers
         self.worker = worker
         self.party = party
         self.token = token  # of this end's `out` procedure
         self.registration: Registration | None = None
         self.id = ""
-        self.master = "?"  # B's name, as B says it (shown, never trusted)
-        self.authid: str | None = None  # the router's authid of B, pinned at its first message
+        self.master = holder  # B's name in the site
+        # The router's authid of B: the master whose own listing holds the worker (the router lets a master list
+        # itself under its own name only); nobody else's messages are taken, even before B's first.
+        self.authid = holder
         self.calls: OrderedCalls | None = None
         self.undo: list[Callable[[], None]] = []
         self.answered = False
@@ -100,9 +103,8 @@ class RoutedTransfer:
         if self.ended:
             return
         caller = caller_of(details)
-        if caller is None or (self.authid is not None and caller != self.authid):
+        if caller is None or caller != self.authid:
             return  # not B (another master that learnt the URI from the router's meta API)
-        self.authid = caller
         try:
             seq, call, args = split(wire)
             if seq != self._expected:
@@ -132,7 +134,7 @@ class RoutedTransfer:
         """B's answer: the transfer runs there; its events kept until now go to the operator. The sizes for the
         door's answer."""
         self.id = check_name(answer.get("transfer"), "transfer")
-        self.master = check_name(answer.get("master"), "master")
+        check_name(answer.get("master"), "master")
         calls = OrderedCalls(self.transfers.link, session_uri(check_token(answer.get("token")), "in"),
                              self.transfers.clock, MAX_WAITING)
         calls.failed = lambda why: self.end(f"master {visible(self.master)} {why}")
@@ -203,10 +205,11 @@ class RoutedTransfers:
         """Start `request` on the master that holds its worker: the transfer and its sizes, or None when no master
         on the router holds it. Raises Refused: B's refusal, or the router's."""
         worker = request.worker
-        if await self.relays.holder(worker) is None:
+        holder = await self.relays.holder(worker)
+        if holder is None:
             return None
         token = secrets.token_hex(TOKEN_LENGTH // 2)
-        transfer = RoutedTransfer(self, worker, party, token)
+        transfer = RoutedTransfer(self, worker, party, token, holder)
         try:
             transfer.registration = await self.link.register(transfer.message, session_uri(token, "out"))
         except ClusterUnavailable:

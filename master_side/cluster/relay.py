@@ -322,10 +322,12 @@ class Relays:
         router holds it (the local refusal then says why). `run`: the fleet run the session is a part of. Raises
         Refused: B's refusal, or the router's."""
         worker = request.worker
-        if await self.holder(worker) is None:
+        holder = await self.holder(worker)
+        if holder is None:
             return None
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
+        view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
         try:
             view.registration = await self.link.register(view.message, session_uri(token, "out"))
         except ClusterUnavailable:
@@ -375,6 +377,7 @@ class Relays:
         for listing in listings:
             token = secrets.token_hex(TOKEN_LENGTH // 2)
             view = RoutedView(self, "?", sink, token)
+            view.authid = listing.master  # its messages only, from the first
             try:
                 view.registration = await self.link.register(view.message, session_uri(token, "out"))
             except ClusterUnavailable:
