@@ -20,6 +20,8 @@ from master_side.cluster.copy_serve import MAX_PER_MASTER, RouterParty, ServedTr
 from master_side.cluster.copy_stream import MAX_OUTSTANDING, CopyCall, OrderedCalls
 from master_side.cluster.relay import Relays
 from master_side.cluster.stream import Refused
+from master_side.operators.copy_calls import CopyOperations
+from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.copying import CHUNK, UP, WINDOW, Ack, Data, DoneFile, Entry, Result, TransferRequest
 from slaveshell.vocabulary.policy import Action, ClusterIdentity, Identity, Policy, Rule
 from slaveshell.vocabulary.protocol import ProtocolError
@@ -275,3 +277,30 @@ def test_each_side_waits_with_at_most_eight_calls_in_flight() -> None:
     assert len(pending) == MAX_OUTSTANDING and calls.held == 12
     pending[0].callback(None)
     assert len(pending) == MAX_OUTSTANDING + 1 and calls.held == 11
+
+
+class FourEyes(CopyOperations):
+    """The operators' API's cp calls on a master whose policy moderates cluster:A's transfers."""
+
+    def __init__(self) -> None:
+        self.policy = Policy([Rule(users=["cluster:A/alice"], moderated_by=["ops"])])
+        self.refused: list[str] = []
+
+    def refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+        self.refused.append(message)
+        return OperatorError(kind, message)
+
+    def copy(self, *args: object, **kwargs: object) -> Any:
+        raise AssertionError("a four-eyes transfer must not start")
+
+
+def test_a_routed_cp_on_a_four_eyes_worker_is_refused_with_a_line() -> None:
+    api = FourEyes()
+    who = ClusterIdentity.vouched("A", "alice", ())
+    d = api.copy_for_master(who, REQUEST, Party())  # type: ignore[arg-type]
+    error = d.result.value
+    d.addErrback(lambda _: None)
+    assert isinstance(error, Refused) and error.kind == "permission denied"
+    assert error.message == ("cp on b1 needs a moderator's approval (four eyes), which is not routed between "
+                             "masters: copy on the worker's own master")
+    assert api.refused == [error.message]  # audited
