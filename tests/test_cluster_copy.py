@@ -304,3 +304,12 @@ def test_a_routed_cp_on_a_four_eyes_worker_is_refused_with_a_line() -> None:
     assert error.message == ("cp on b1 needs a moderator's approval (four eyes), which is not routed between "
                              "masters: copy on the worker's own master")
     assert api.refused == [error.message]  # audited
+
+
+def test_a_downloads_result_from_the_client_ends_the_transfer_on_both_sides() -> None:
+    site = Site()
+    transfer, _ = site.copy()
+    transfer.decoded("operator", lambda: Result(True, ""))
+    assert site.transfers[0].got == [Result(True, "")]
+    assert transfer.ended and not site.routed.live
+    assert not [uri for uri in site.router.procedures if uri.endswith(".out")]

@@ -96,6 +96,10 @@ class RoutedTransfer:
             self.end("the operator's client sent past its window")
             return
         calls.send(event)
+        if isinstance(event, Result):  # a download's outcome, the client's last message: done once B has it
+            calls.drained = self._finish
+            calls.closing = True
+            calls.pump()
 
     # -- B's events (this end's `out` procedure) ---------------------------------------------------
 
