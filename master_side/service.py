@@ -270,7 +270,8 @@ class ShellService(BuildbotService):
             part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor,
                                opener=api.open_for_master, attacher=api.attach_for_master,
                                audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
-                               open_timeout=lambda: api.open_timeout, reader=api, event=self._record_event)
+                               open_timeout=lambda: api.open_timeout, reader=api, event=self._record_event,
+                               copier=api.copy_for_master)
             part.start()
             self.api.cluster = part
 

@@ -81,6 +81,7 @@ STRICT = [
     "master_side/operators/terms.py",
     "master_side/operators/routed.py",
     "master_side/cluster/stream.py",
+    "master_side/cluster/copy_stream.py",
     "master_side/audit/rows.py",
     "master_side/sessions/model.py",
     "master_side/sessions/moderation.py",

@@ -10,7 +10,9 @@ registers
   registrations say which master holds a worker now. A worker whose procedure another master holds is
   attached to two masters: it is reported (`duplicates`), never registered twice;
 - `slaveshell.worker.<name>.open` beside it: another master's operator opens a session on the worker through it
-  (`opener`, master_side.cluster.serve).
+  (`opener`, master_side.cluster.serve);
+- `slaveshell.worker.<name>.copy` beside them: another master's operator copies to or from the worker through it
+  (`copier`, master_side.cluster.copy_serve).
 
 The session speaks msgpack, so that a routed session's bytes travel as bytes (master_side.cluster.stream).
 
@@ -103,6 +105,7 @@ class ClusterLink:
         self._component: Any = None
         self._registered: dict[str, list[Registration]] = {}  # worker name -> its registrations
         self.opener: Opener | None = None  # serves the workers' `open` procedures (master_side.cluster.serve)
+        self.copier: Opener | None = None  # serves the workers' `copy` procedures (master_side.cluster.copy_serve)
         # Serves this master's `attach` procedure (master_side.cluster.serve): another master's operator watches
         # or joins a session here.
         self.attacher: Callable[[object, CallDetails], Any] | None = None
@@ -243,6 +246,10 @@ class ClusterLink:
         wanted: list[tuple[Callable[..., Any], str, Any]] = []
         if opener is not None:
             wanted.append((lambda argument, details: opener(worker, argument, details), worker_uri(worker, "open"),
+                           RegisterOptions(details=True)))
+        copier = self.copier
+        if copier is not None:
+            wanted.append((lambda argument, details: copier(worker, argument, details), worker_uri(worker, "copy"),
                            RegisterOptions(details=True)))
         wanted.append((self._answer_locate(worker), worker_uri(worker), None))
         try:

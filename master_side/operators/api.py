@@ -207,11 +207,18 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise Refused(e.kind.value, e.message) from None
 
     @deferred
-    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink,
+                              run_id: str | None = None) -> View | None:
         """`open` for the operator of another master of the site, as that master vouches for them
-        (master_side.cluster.serve): its refusals as the cluster's."""
+        (master_side.cluster.serve): its refusals as the cluster's. With `run_id`, a part of that master's fleet
+        run (the `run` right); on a four-eyes worker it is refused: the moderators would not see the run's script,
+        which stays on that master."""
+        if run_id is not None and self.policy.may(who, Action.RUN, request.worker).moderated_by:
+            message = (f"a fleet run's part on {request.worker} needs a moderator's approval (four eyes), which is "
+                       "not routed between masters: run it on the worker's own master")
+            raise Refused(self.refuse(who, request.worker, ErrorKind.DENIED, message).kind.value, message)
         try:
-            view: View | None = await self.open(who, request, sink)
+            view: View | None = await self.open(who, request, sink, run_id)
         except OperatorError as e:
             raise Refused(e.kind.value, e.message) from None
         return view

@@ -63,3 +63,32 @@ class RoutedHandle:
     def refused(self, error: ProtocolError) -> OperatorError | None:
         line = self.routed.refused(error)
         return None if line is None else OperatorError(ErrorKind.BAD_REQUEST, line)
+
+
+@dataclass(frozen=True)
+class RoutedPart:
+    """A fleet run's part on a worker another master holds (master_side.fleet.run.PartView): the routed session,
+    which is its own `session` (its id, and close)."""
+
+    routed: RoutedView
+
+    @property
+    def session(self) -> RoutedPart:
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.routed.session_id
+
+    def close(self, reason: str) -> None:
+        if not self.routed.ended:
+            self.routed.close()
+
+    def input(self, data: bytes) -> None:
+        self.routed.input(data)
+
+    def eof(self) -> None:
+        self.routed.eof()
+
+    def ack(self, nbytes: int) -> None:
+        self.routed.ack(nbytes)
