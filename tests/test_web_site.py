@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+from types import SimpleNamespace
 
+from twisted.internet import defer, task
+
+from master_side.cluster.link import Listing
 from master_side.cluster.stream import check_name  # the names A sends pass B's checks
 from master_side.www import terminal_ws
 from master_side.www.site import where
-from master_side.www.terminal_ws import HeldWebSink
+from master_side.www.terminal_ws import HeldWebSink, TerminalFactory
 from slaveshell.policy import Rule
 from slaveshell.vocabulary.policy import Action, ClusterIdentity, Policy, WebIdentity
 from slaveshell.vocabulary.protocol import ExitStatus
@@ -78,3 +82,30 @@ def test_the_documented_rule_for_another_masters_web_users():
     assert not policy.may(bob, Action.SHELL, "b1").allowed
     # Another master's web user of the same name is another identity.
     assert not policy.may(ClusterIdentity.vouched("C", "web:alice", []), Action.SHELL, "b1").allowed
+
+
+class _Link:
+    """A router link whose `site()` answers when the test says."""
+
+    def __init__(self) -> None:
+        self.asked: list[defer.Deferred[list[Listing]]] = []
+
+    def site(self) -> defer.Deferred[list[Listing]]:
+        self.asked.append(defer.Deferred())
+        return self.asked[-1]
+
+
+def test_the_admission_asks_the_router_once_for_all_the_sockets_that_connect_at_once():
+    clock = task.Clock()
+    factory = TerminalFactory(SimpleNamespace(reactor=clock))
+    link = _Link()
+    first, second = factory.site_names(link), factory.site_names(link)
+    assert len(link.asked) == 1
+    link.asked[0].callback([Listing("B", "host:/b", None, ({"name": "b1"}, {"name": "z1"}))])
+    assert first.result == second.result == {"b1", "z1"}
+    assert factory.site_names(link).result == {"b1", "z1"} and len(link.asked) == 1
+    clock.advance(terminal_ws.SITE_NAMES_FOR + 1)
+    late = factory.site_names(link)
+    assert len(link.asked) == 2
+    link.asked[1].errback(RuntimeError("the router went"))
+    assert late.result == set()

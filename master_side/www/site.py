@@ -29,10 +29,10 @@ async def site_workers(service: WebHost, who: WebIdentity) -> list[dict[str, obj
     if cluster is None:
         return rows
     site = await cluster.workers(who, rows)
-    return [w for w in site if _worker_name(w.get("name"))][:MAX_SITE_WORKERS]
+    return [w for w in site if worker_name(w.get("name"))][:MAX_SITE_WORKERS]
 
 
-def _worker_name(name: object) -> bool:
+def worker_name(name: object) -> bool:
     return isinstance(name, str) and 1 <= len(name) <= MAX_WORKER_NAME and name.isprintable()
 
 

@@ -62,6 +62,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from master_side.cluster.link import ClusterLink, ClusterUnavailable
 from master_side.operators.api import OperatorError, View
 from master_side.operators.routed import RoutedHandle
 from master_side.operators.terms import Handle
@@ -72,6 +73,7 @@ from master_side.www.copy_ws import MAX_COPIES, MAX_COPIES_PER_USER, TooLarge, W
 from master_side.www.host import WebHost, web_host
 from master_side.www.lists import Answer, Message
 from master_side.www.quota import Quota
+from master_side.www.site import MAX_SITE_WORKERS, worker_name
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import chunks
@@ -107,6 +109,8 @@ MAX_CONTROL = 1024
 MAX_QUERIES = 4
 # What a page's view of a session another master holds may keep before Buildbot's authz here has been asked.
 MAX_HELD = 4 * 1024 * 1024
+# How long the names of the other masters' workers are taken as known, for the sockets' admission.
+SITE_NAMES_FOR = 5.0
 
 
 class WebViewerSink:
@@ -722,26 +726,62 @@ class TerminalFactory(WebSocketServerFactory):
         self.refused = Quota(MAX_SOCKETS_REFUSED_PER_HOST, MAX_SOCKETS_REFUSED)
         # Transfers from pages (master_side.www.copy_ws), per web user and in all.
         self.copies = Quota(MAX_COPIES_PER_USER, MAX_COPIES)
+        # On a multi-master site, the other masters' workers' names when last asked (has_right).
+        self._site_names: tuple[float, set[str]] | None = None
+        self._site_waiters: list[Deferred[set[str]]] = []
         self.setProtocolOptions(webStatus=False, maxMessagePayloadSize=MAX_CHUNK, maxFramePayloadSize=MAX_CHUNK,
                                 autoPingInterval=30, autoPingTimeout=60)
 
     @deferred
     async def has_right(self, who: WebIdentity, info: UserInfo) -> bool:
-        """Whether `who` has some right on some worker of this master: slaveshell's policy grants it one, and
-        Buildbot's authz the shell action on that same worker."""
+        """Whether `who` has some right on some worker of this master (on a multi-master site, of the site: a
+        worker another master holds is opened there): slaveshell's policy here grants it one, and Buildbot's authz
+        the shell action on that same worker."""
         service = web_host(self.master)
         if service is None:
             return False
         policy = service.policy
-        for facts in service.glue.workers():
-            if not any(policy.may(who, action, facts.name).allowed for action in Action):
+        names = [facts.name for facts in service.glue.workers()]
+        for name in names:
+            if not any(policy.may(who, action, name).allowed for action in Action):
                 continue
             try:
-                await access.check_authz_shell(self.master, facts.name, info)
+                await access.check_authz_shell(self.master, name, info)
             except access.Refused:
                 continue
             return True
-        return False
+        cluster = service.api.cluster
+        if cluster is None:
+            return False
+        # The other masters' workers (asked of the router at most once per SITE_NAMES_FOR seconds, whoever
+        # connects), filtered by this master's policy and Buildbot's authz.
+        elsewhere = {n for n in await self.site_names(cluster.link) - set(names) if worker_name(n)
+                     and any(policy.may(who, action, n).allowed for action in Action)}
+        return bool(await access.shell_allowed(self.master, info, sorted(elsewhere)[:MAX_SITE_WORKERS]))
+
+    @deferred
+    async def site_names(self, link: ClusterLink) -> set[str]:
+        """The names of the workers the other masters on the router list, as they were at most SITE_NAMES_FOR
+        seconds ago; one question of the router at a time for all the sockets that ask."""
+        now = self.master.reactor.seconds()
+        if self._site_names is not None and now - self._site_names[0] < SITE_NAMES_FOR:
+            return self._site_names[1]
+        waiter: Deferred[set[str]] = Deferred()
+        self._site_waiters.append(waiter)
+        if len(self._site_waiters) == 1:
+            try:
+                listings = await link.site()
+            except ClusterUnavailable:
+                listings = []  # the link's own log says when it leaves and joins the router again
+            except Exception:
+                log.failure("slaveshell: the other masters' workers for the web's admission")
+                listings = []
+            found = {str(w["name"]) for listing in listings for w in listing.workers}
+            self._site_names = (self.master.reactor.seconds(), found)
+            waiters, self._site_waiters = self._site_waiters, []
+            for each in waiters:
+                each.callback(found)
+        return await waiter
 
 
 def terminal_resource(master: BuildMaster) -> WebSocketResource:
