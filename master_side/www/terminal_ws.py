@@ -533,16 +533,16 @@ class TerminalProtocol(WebSocketServerProtocol):
                 await access.check_authz_shell(self.master, worker, self.info)
             except access.Refused as e:
                 sink.drop()
-                handle.close()  # this view leaves the session there
+                _leave(handle)
                 self._audit(worker, f"web authz refused: {e}")
                 self.refuse(str(e))
                 return None
             if self.closed:
-                handle.close()
+                _leave(handle)
                 return None
             self._opened(handle)
             if not sink.release():
-                handle.close()
+                _leave(handle)
                 self.refuse("the session sent more than this page keeps while its access is checked; try again")
             return handle
 
@@ -705,6 +705,14 @@ class TerminalProtocol(WebSocketServerProtocol):
         callbacks, self.lost_callbacks = self.lost_callbacks, []
         for callback in callbacks:
             callback()
+
+
+def _leave(handle: Handle) -> None:
+    """This page's view leaves the session (a watcher's or joiner's close), unless it has ended already."""
+    try:
+        handle.close()
+    except ProtocolError:
+        pass  # ended already (LateEvent)
 
 
 def _worker_of(view: Handle) -> str:
