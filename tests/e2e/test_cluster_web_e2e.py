@@ -20,7 +20,7 @@ import pytest
 from master_side.cluster.config import master_uri
 
 from .browser import CHROMIUM, chromium
-from .cluster_fixtures import PG, REALM, Site, site
+from .cluster_fixtures import DOC, PG, REALM, Site, site
 from .test_web_e2e import login, plugin_on_path, run, screen, shot, status, wait_for, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -156,6 +156,8 @@ def test_bs_refusal_is_shown_as_text(browser: Any, cluster: Site) -> None:
     text = wait_status(page, "^refused")
     assert text == ("refused: permission denied: cluster:A/web:bob (vouched for by master A) may not shell on "
                     "worker b1: no policy rule allows it"), text
+    with open(DOC) as f:
+        assert f"`{text}`" in f.read().replace("\n  ", " ")  # the line docs/multi-master.md shows
     assert page.locator(".xterm-rows").inner_text().strip() == ""
     assert len(b1_rows(cluster)) == before
     context.close()
