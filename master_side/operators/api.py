@@ -256,7 +256,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise OperatorError(ErrorKind.DENIED if reply.refused else ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
-        session.grant_windows(self.window_budget(), reply.window)
+        session.grant_windows(self.window_budget(), reply.window, reply.max_input)
         if reply.window:
             worker.grant(session.output_grant)
         owner = session.start(sink, worker)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from master_side.cluster.relay import RoutedView
-from master_side.cluster.stream import Refused
+from master_side.cluster.stream import MAX_INPUT, Refused
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.protocol import ProtocolError
 
@@ -33,6 +33,11 @@ class RoutedHandle:
     @property
     def input_grant(self) -> int:
         return self.routed.input_grant
+
+    @property
+    def max_input(self) -> int:
+        """The cluster's stream carries input in messages of at most its own bound (master_side.cluster.stream)."""
+        return MAX_INPUT
 
     def input(self, data: bytes) -> None:
         self.routed.input(data)
