@@ -78,7 +78,12 @@ def cluster_kwargs(router_url: str, ticket_file: str, name: str, db_url: str) ->
 
 
 @contextlib.contextmanager
-def site(root: str) -> Iterator[Site]:
+def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouched: tuple[str, ...] = ()
+         ) -> Iterator[Site]:
+    """The site. With `a_www_config`, master A serves Buildbot's web UI with slaveshell's plugin (Sandbox's www
+    options: that source after c['www']); `a_policy` is Python source for A's ShellService(policy=...); `b_vouched`
+    are more of A's users (as A names them: "web:alice") that B's documented rule lets open shells on the b* workers.
+    """
     router_ready()
     database = f"slaveshell_site_{os.getpid()}_{secrets.token_hex(3)}"
     made = _psql(f"CREATE DATABASE {database}")
@@ -95,10 +100,12 @@ def site(root: str) -> Iterator[Site]:
     # A is configured here; B by docs/multi-master.md's master.cfg fragment, as written but for the router's URL,
     # the database, the master's name and the users its policy names.
     a = Sandbox(os.path.join(root, "A"), workers=["a1", "dup"], db_url=db_url,
-                service_kwargs=cluster_kwargs(router.url, ticket_file, "A", db_url),
+                service_kwargs=cluster_kwargs(router.url, ticket_file, "A", db_url)
+                + (f", policy={a_policy}" if a_policy else ""),
+                www=a_www_config is not None, www_config=a_www_config or "",
                 extra_config=master_config(router.url) + "c['workers'].append(worker.Worker('b1', 'pass'))\n")
     b = Sandbox(os.path.join(root, "B"), workers=["b1", "z1", "dup"], db_url=db_url,
-                extra_config=documented_master_cfg(router.url, db_url, "B"))
+                extra_config=documented_master_cfg(router.url, db_url, "B", b_vouched))
     masters = [a, b]
     try:
         for sb in masters:
@@ -126,9 +133,10 @@ def site(root: str) -> Iterator[Site]:
         _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def documented_master_cfg(router_url: str, db_url: str, name: str) -> str:
+def documented_master_cfg(router_url: str, db_url: str, name: str, vouched: tuple[str, ...] = ()) -> str:
     """docs/multi-master.md's master.cfg fragment, for this machine: its router URL, database, master name and the
-    users its policy names (the user running the tests) replaced, nothing else."""
+    users its policy names (the user running the tests, and A's `vouched` users beside A's alice) replaced, nothing
+    else."""
     with open(DOC) as f:
         blocks = re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)
     assert len(blocks) == 1
@@ -136,7 +144,7 @@ def documented_master_cfg(router_url: str, db_url: str, name: str) -> str:
     me = getpass.getuser()
     for documented, here in ((DOC_ROUTER, router_url), (DOC_DB, db_url), ("master='B'", f"master={name!r}"),
                              ("authid='B'", f"authid={name!r}"), ("users=['buildbot']", f"users=[{me!r}]"),
-                             ("'cluster:A/alice'", repr(f"cluster:A/{me}"))):
+                             ("'cluster:A/alice'", ", ".join(repr(f"cluster:A/{u}") for u in (me, *vouched)))):
         assert documented in fragment
         fragment = fragment.replace(documented, here)
     return fragment
