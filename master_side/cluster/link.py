@@ -132,6 +132,7 @@ class ClusterLink:
             return
 
         transport = {"url": self.config.router_url, "max_retries": -1, "serializers": ["msgpack"],
+                     "options": {"maskClientFrames": False},
                      "initial_retry_delay": self.config.initial_retry_delay,
                      "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
         component = Component(transports=[transport], realm=self.config.realm,
