@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import OpenSSH, drain, key_rtts  # noqa: E402
 
-from slaveshell.client.cluster_sandbox import ClusterSandbox  # noqa: E402
+from slaveshell.client.cluster_sandbox import ClusterSandbox, SiteUnavailable  # noqa: E402
 
 MB = 1000 * 1000
 WORKER = "b1"
@@ -263,7 +263,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.t_mb, args.pty_mb, args.keys, args.opens = 1, 5, 2, 10, 1
-    table = run(args)
+    try:
+        table = run(args)
+    except SiteUnavailable as e:
+        print(f"cluster bench: cannot start a multi-master site here: {e}", file=sys.stderr)
+        return 2
     print(table)
     if args.output:
         with open(args.output, "w") as f:
