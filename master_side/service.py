@@ -39,7 +39,7 @@ from master_side.shell_socket.peer import peer_identity
 from master_side.shell_socket.port import listen
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.vocabulary.policy import Policy, moderators_text
+from slaveshell.vocabulary.policy import Identity, Policy, moderators_text
 
 log = Logger()
 
@@ -270,9 +270,16 @@ class ShellService(BuildbotService):
             part = ClusterPart(wanted, lambda: self.master, self.glue, self.registry, lambda: self.policy, reactor,
                                opener=api.open_for_master, attacher=api.attach_for_master,
                                audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
-                               open_timeout=lambda: api.open_timeout)
+                               open_timeout=lambda: api.open_timeout, reader=api, event=self._record_event,
+                               copier=api.copy_for_master)
             part.start()
             self.api.cluster = part
+
+    def _record_event(self, kind: str, session_id: str, worker: str, who: Identity, detail: str) -> None:
+        """An audit event of another master's read of this one's records (master_side.cluster.records)."""
+        trail = self.trail
+        if trail is not None:
+            trail.store.add_event(kind, session_id, worker, who.user, who.uid, detail=detail)
 
     def _tick(self) -> None:
         try:

@@ -88,7 +88,8 @@ class SessionHandle(LeanReceiver):
             raise pb.Error(str(e)) from None
 
     def remote_input(self, data: object) -> None:
-        self._guard("input", lambda: self.session.input(check_bytes(data, "input")))
+        """Bytes for the process: at most the session's largest input message (the open reply's max_input)."""
+        self._guard("input", lambda: self.session.input(check_bytes(data, "input", self.session.input_limits.chunk)))
 
     def remote_eof(self) -> None:
         self.session.eof()
@@ -140,9 +141,10 @@ class ShellServer:
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
-        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "exported": n}``
-        (lean: this connection takes slaveshell.plumbing.lean_calls; window: the session's output window follows the
-        link and takes the master's grant, `SessionHandle.remote_window`; exported: how many objects this
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "max_input": n,
+        "exported": n}`` (lean: this connection takes slaveshell.plumbing.lean_calls; window: the session's output
+        window follows the link and takes the master's grant, `SessionHandle.remote_window`; max_input: the largest
+        input message the session takes, slaveshell.vocabulary.flow.worker_input_limits; exported: how many objects this
         connection's broker exported before this answer, for the master's `workers` listing) or
         ``{"ok": False, "error": text}``.
         `build_running()` tells whether a build step runs on this worker now (its output is then paced:
@@ -193,7 +195,7 @@ class ShellServer:
                                    peer)
         handle = SessionHandle(session, peer)
         return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean, "window": True,
-                "exported": exported(broker)}
+                "max_input": session.input_limits.chunk, "exported": exported(broker)}
 
     def _closed(self, session: WorkerSession) -> None:
         """The session ended (its exit is sent): drop it, and the master's sink it held."""

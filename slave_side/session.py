@@ -28,7 +28,7 @@ from slave_side.spawn import spawn
 from slaveshell.plumbing.clock import DelayedCall
 from slaveshell.plumbing.write_now import write_now
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.flow import Pacer, chunks, output_limits
+from slaveshell.vocabulary.flow import Pacer, chunks, output_limits, worker_input_limits
 from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
     OUTPUT_WINDOW,
@@ -154,6 +154,9 @@ class WorkerSession:
         base = (options.output_window if request.pty else
                 max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
         self.window = TunedWindow(base, base, reactor.seconds)
+        # The largest input message taken (and announced in the open reply, slave_side.server): a terminal's stays
+        # small, a bulk stream's may be up to BULK_CHUNK (slaveshell.vocabulary.flow).
+        self.input_limits = worker_input_limits(request.pty)
         # The master takes `flushed` (it said so with its grant): a Ctrl-C that flushes the terminal is told.
         self._tell_flushes = False
         self.transport: ProcessTransport | None = None

@@ -24,7 +24,7 @@ class FramedLink:
     def control(self, op: Any, **fields: Any) -> None:
         self.send(framing.control(op, **fields))
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
         raise NotImplementedError
 
 

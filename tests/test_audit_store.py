@@ -70,6 +70,42 @@ def test_schema_is_versioned_and_migrations_are_idempotent(db_url):
         engine.dispose()
 
 
+def test_masters_sharing_a_database_that_migrate_it_at_once_all_succeed(db_url):
+    """The masters of a multi-master site share one audit database and may start together: each migrates it, one
+    at a time (without the lock, all but one failed creating the same tables)."""
+    import threading
+
+    if db_url.startswith("sqlite"):
+        pytest.skip("an SQLite index is one master's file: the masters of a site share a database server")
+    for _ in range(3):
+        engine = sa.create_engine(db_url)
+        audit.metadata.drop_all(engine)
+        engine.dispose()
+        errors, found = [], []
+
+        def start(errors=errors, found=found):
+            engine = sa.create_engine(db_url)
+            try:
+                found.append(migrate(engine))
+            except Exception as e:
+                errors.append(e)
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=start) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        assert sorted(found) == [0, SCHEMA_VERSION, SCHEMA_VERSION]
+        engine = sa.create_engine(db_url)
+        with engine.connect() as conn:
+            versions = [v for (v,) in conn.execute(sa.select(audit.schema_table.c.version))]
+        engine.dispose()
+        assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+
+
 @pytest_twisted.inlineCallbacks
 def test_sessions_and_events_round_trip(db_url):
     store = AuditStore(db_url)

@@ -76,8 +76,10 @@ class FakeLink(FramedLink):
         self.client: HopShell | None = None
         self.answer_calls = True
 
-    def send(self, frame: bytes) -> None:
-        [f] = framing.Decoder().feed(frame)
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
+        decoder = framing.Decoder()
+        decoder.take_input(framing.MAX_INPUT)  # the client's own bound is tested, not the master's
+        [f] = decoder.feed(frame + payload)
         if f.type is FrameType.INPUT:
             self.calls.append(("input", f.payload))
             return

@@ -42,7 +42,8 @@ def test_bad_session_calls_get_plain_errors_and_the_link_stays(wired):
     sink = Sink()
     reply = call(pump, root, "slaveshell_open", sink, OpenRequest(worker="w1", pty=False).to_wire())
     handle = reply["session"]
-    for method, args in [("input", ("text",)), ("input", (b"x" * (64 * 1024 + 1),)), ("resize", (0, 0)),
+    # Without a terminal, input messages of up to 512 KiB (slaveshell.vocabulary.flow.BULK_CHUNK) are taken.
+    for method, args in [("input", ("text",)), ("input", (b"x" * (512 * 1024 + 1),)), ("resize", (0, 0)),
                          ("signal", ("SEGV",)), ("ack", (10**6,))]:
         result = call(pump, handle, method, *args)
         assert result.check(pb.RemoteError) or result.check(pb.Error), (method, result)

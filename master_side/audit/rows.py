@@ -6,7 +6,7 @@ numbers, booleans, None, bytes), so times are ISO 8601 strings in UTC.
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple, NotRequired, TypedDict
 
 
 class SessionRow(TypedDict):
@@ -45,6 +45,9 @@ class SessionRow(TypedDict):
     uploads: str | None  # the ids of the uploads the session's command names, space-separated
     reason: str | None  # why it was opened, as its operator gave it (slaveshell.vocabulary.checks.check_reason)
     run_id: str | None  # the fleet run it is part of (RunRow.id)
+    # On a multi-master site, the name in the site of the master that recorded it (None: that master is not on
+    # the router now); not a column: the operators' API adds it (master_side.operators.api.site_history).
+    site_master: NotRequired[str | None]
 
 
 class RunRow(TypedDict):

@@ -3,7 +3,8 @@ version to this one (docs/audit-schema.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -207,8 +208,52 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1, 2: _mig
                                                           7: _migrate_7}
 
 
+# The lock the masters of a multi-master site sharing one audit database take while they migrate it
+# (PostgreSQL's advisory lock key, MySQL/MariaDB's lock name), and how long a master waits for it on MySQL/MariaDB.
+MIGRATION_LOCK_KEY = 0x736C736873636D61
+MIGRATION_LOCK_NAME = "slaveshell_audit_schema"
+MIGRATION_LOCK_WAIT = 120
+
+
+@contextlib.contextmanager
+def _one_migrating(engine: sa.Engine) -> Iterator[None]:
+    """Held while one process migrates: masters sharing a database that start together would otherwise create the
+    same tables at once, and all but one fail. SQLite (one master's file) needs none."""
+    dialect = engine.dialect.name
+    if dialect not in ("postgresql", "mysql", "mariadb"):
+        yield
+        return
+    with engine.connect() as conn:
+        if dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        else:
+            got = conn.execute(sa.text("SELECT GET_LOCK(:name, :wait)"),
+                               {"name": MIGRATION_LOCK_NAME, "wait": MIGRATION_LOCK_WAIT}).scalar()
+            if got != 1:
+                raise RuntimeError(f"another master has held the audit database's migration lock for "
+                                   f"{MIGRATION_LOCK_WAIT} s")
+        conn.commit()  # the lock is the connection's, not the transaction's
+        try:
+            yield
+        finally:
+            try:
+                if dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                else:
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK_NAME})
+                conn.commit()
+            except Exception:
+                conn.invalidate()  # never back to the pool with the lock: closing the connection releases it
+
+
 def migrate(engine: sa.Engine) -> int:
-    """Bring the schema to SCHEMA_VERSION, one step per transaction. Returns the version found before."""
+    """Bring the schema to SCHEMA_VERSION, one step per transaction, one process at a time. Returns the version
+    found before."""
+    with _one_migrating(engine):
+        return _migrate(engine)
+
+
+def _migrate(engine: sa.Engine) -> int:
     with engine.begin() as conn:
         schema_table.create(conn, checkfirst=True)
         found = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar() or 0

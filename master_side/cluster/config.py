@@ -70,6 +70,12 @@ def master_attach_uri(master: str) -> str:
     return f"{MASTER_PREFIX}{encode(master)}.attach"
 
 
+def master_record_uri(master: str, what: str) -> str:
+    """A procedure each master registers under its cluster name for the other masters' reads of its records
+    (master_side.cluster.records: `what` is "transcript", "search" or "sessions")."""
+    return f"{MASTER_PREFIX}{encode(master)}.{what}"
+
+
 def master_of_uri(uri: str) -> str | None:
     """The master name in a `master_uri`, or None when `uri` is not one."""
     if not uri.startswith(MASTER_PREFIX) or not uri.endswith(".workers"):

@@ -10,7 +10,9 @@ registers
   registrations say which master holds a worker now. A worker whose procedure another master holds is
   attached to two masters: it is reported (`duplicates`), never registered twice;
 - `slaveshell.worker.<name>.open` beside it: another master's operator opens a session on the worker through it
-  (`opener`, master_side.cluster.serve).
+  (`opener`, master_side.cluster.serve);
+- `slaveshell.worker.<name>.copy` beside them: another master's operator copies to or from the worker through it
+  (`copier`, master_side.cluster.copy_serve).
 
 The session speaks msgpack, so that a routed session's bytes travel as bytes (master_side.cluster.stream).
 
@@ -29,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from master_side.cluster.config import ClusterConfig, master_attach_uri, master_of_uri, master_uri, worker_uri
+from master_side.cluster.config import (
+    ClusterConfig,
+    master_attach_uri,
+    master_of_uri,
+    master_record_uri,
+    master_uri,
+    worker_uri,
+)
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 
@@ -98,9 +107,13 @@ class ClusterLink:
         self._component: Any = None
         self._registered: dict[str, list[Registration]] = {}  # worker name -> its registrations
         self.opener: Opener | None = None  # serves the workers' `open` procedures (master_side.cluster.serve)
+        self.copier: Opener | None = None  # serves the workers' `copy` procedures (master_side.cluster.copy_serve)
         # Serves this master's `attach` procedure (master_side.cluster.serve): another master's operator watches
         # or joins a session here.
         self.attacher: Callable[[object, CallDetails], Any] | None = None
+        # Further procedures registered under this master's name when it joins (master_side.cluster.records):
+        # name -> handler, called with the router's details of each caller.
+        self.procedures: dict[str, Callable[..., Any]] = {}
         # Called when the link leaves the router, with why: routed sessions end (master_side.cluster.serve, .relay).
         self.on_leave: list[Callable[[str], None]] = []
         self._pending: set[str] = set()
@@ -167,12 +180,14 @@ class ClusterLink:
         log.info("slaveshell: joined the router as master {name}", name=visible(self.name))
         self._session = session
         no_delay(session)
+        from autobahn.wamp.types import RegisterOptions
+
         try:
             await session.register(self._answer_listing, master_uri(self.name))
             if self.attacher is not None:
-                from autobahn.wamp.types import RegisterOptions
-
                 await session.register(self.attacher, master_attach_uri(self.name), RegisterOptions(details=True))
+            for what, handler in self.procedures.items():
+                await session.register(handler, master_record_uri(self.name, what), RegisterOptions(details=True))
         except Exception as e:
             self.master_refused = _error_uri(e) == ALREADY_EXISTS
             log.critical("slaveshell: cannot register master {name} on the router: {why}", name=visible(self.name),
@@ -235,6 +250,10 @@ class ClusterLink:
         wanted: list[tuple[Callable[..., Any], str, Any]] = []
         if opener is not None:
             wanted.append((lambda argument, details: opener(worker, argument, details), worker_uri(worker, "open"),
+                           RegisterOptions(details=True)))
+        copier = self.copier
+        if copier is not None:
+            wanted.append((lambda argument, details: copier(worker, argument, details), worker_uri(worker, "copy"),
                            RegisterOptions(details=True)))
         wanted.append((self._answer_locate(worker), worker_uri(worker), None))
         try:
@@ -314,6 +333,20 @@ class ClusterLink:
                 continue
             listings.append(listing)
         return listings
+
+    @deferred
+    async def masters(self) -> list[str]:
+        """The names of the other masters registered on the router now (their `workers` procedures).
+        ClusterUnavailable when not on the router."""
+        session = self._session
+        if session is None:
+            raise ClusterUnavailable("this master is not connected to the cluster's router")
+        try:
+            uris = await self._timed(self._master_uris(session))
+        except Exception as e:
+            raise ClusterUnavailable(f"the cluster's router did not answer: {str(e)[:200]}") from None
+        names = {master_of_uri(uri) for uri in uris if uri != master_uri(self.name)}
+        return sorted(name for name in names if name is not None)
 
     @deferred
     async def _master_uris(self, session: Any) -> list[str]:

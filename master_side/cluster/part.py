@@ -2,7 +2,7 @@
 the router (master_side.cluster.link) kept in line with the attached workers, the site-wide answers
 (master_side.cluster.view) for the doors, and sessions routed between masters: the ones this master serves for
 another's operators (master_side.cluster.serve) and the ones its operators open on another's workers
-(master_side.cluster.relay)."""
+(master_side.cluster.relay); transfers (`cp`) likewise (master_side.cluster.copy_serve, .copy_relay)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 
 from master_side.cluster.config import ClusterConfig
+from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, RoutedTransfers
+from master_side.cluster.copy_serve import Copier, ServedTransfers
 from master_side.cluster.link import ClusterLink, Listing
+from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
 from master_side.cluster.relay import OperatorEnd, Relays, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
 from master_side.cluster.view import elsewhere, local_listing, site_workers
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.sessions.registry import SessionRegistry
 from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.copying import TransferRequest
 from slaveshell.vocabulary.policy import Identity, Policy
 from slaveshell.vocabulary.protocol import OpenRequest
 
@@ -30,10 +34,14 @@ if TYPE_CHECKING:
 class ClusterPart:
     def __init__(self, config: ClusterConfig, master: Callable[[], BuildMaster], glue: BuildbotGlue,
                  registry: SessionRegistry, policy: Callable[[], Policy], reactor: object, opener: Opener,
-                 attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float]) -> None:
+                 attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float],
+                 reader: Reader | None = None, event: Event | None = None, copier: Copier | None = None
+                 ) -> None:
         """`opener` opens a session for another master's operator (the operators' API's open_for_master),
+        `copier` starts a transfer for one (copy_for_master),
         `attacher` attaches them to one (attach_for_master), `audit` audits a refusal, `open_timeout` is how long
-        a worker may take to open a session."""
+        a worker may take to open a session; `reader` answers the other masters' reads of this one's records
+        (transcripts, their text, live sessions) and `event` audits them."""
         self.config = config
         self._master = master
         self._glue = glue
@@ -44,6 +52,13 @@ class ClusterPart:
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
         self.served = ServedSessions(self.link, opener, attacher, audit, clock)
         self.relays = Relays(self.link, clock, lambda: open_timeout() + 10.0)
+        # The site's records: this master's for the others (`reader`: the operators' API), and theirs for its
+        # operators (master_side.cluster.records).
+        self.records = SiteRecords(self.link)
+        if reader is not None and event is not None:
+            ServedRecords(self.link, reader, event, lambda who, line: audit(who, "", line))
+        self.served_transfers = None if copier is None else ServedTransfers(self.link, copier, audit, clock)
+        self.transfers = RoutedTransfers(self.link, self.relays, clock, lambda: open_timeout() + 10.0)
 
     def start(self) -> None:
         self.link.start(str(self._master().basedir))
@@ -58,6 +73,9 @@ class ClusterPart:
         clock = self._registry.clock()
         self.served.tick(clock)
         self.relays.tick(clock)
+        if self.served_transfers is not None:
+            self.served_transfers.tick(clock)
+        self.transfers.tick(clock)
 
     def attach(self, who: Identity, sink: OperatorEnd, session_id: str, mode: str
                ) -> defer.Deferred[RoutedView | None]:
@@ -67,10 +85,17 @@ class ClusterPart:
     def attached_here(self, worker: str) -> bool:
         return worker in self._master().workers.connections
 
-    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> defer.Deferred[RoutedView | None]:
-        """A session on `request`'s worker, opened by the master on the router that holds it: None when none does
-        (master_side.cluster.relay)."""
-        return self.relays.open(who, request, sink)
+    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd,
+             run: str | None = None) -> defer.Deferred[RoutedView | None]:
+        """A session on `request`'s worker (a part of fleet run `run`), opened by the master on the router that
+        holds it: None when none does (master_side.cluster.relay)."""
+        return self.relays.open(who, request, sink, run)
+
+    def copy(self, who: Identity, request: TransferRequest, party: OperatorParty
+             ) -> defer.Deferred[tuple[RoutedTransfer, dict[str, object]] | None]:
+        """A transfer to or from `request`'s worker, relayed by the master on the router that holds it: None when
+        none does (master_side.cluster.copy_relay)."""
+        return self.transfers.copy(who, request, party)
 
     def _listing(self) -> Listing:
         sessions = list(self._registry)

@@ -292,13 +292,13 @@ class Relays:
         link.on_leave.append(self.all_lost)
 
     @deferred
-    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd) -> RoutedView | None:
-        """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
-        router holds it (the local refusal then says why). Raises Refused: B's refusal, or the router's."""
-        worker = request.worker
+    async def holder(self, worker: str) -> str | None:
+        """The other master on the router that holds `worker` and its procedures there, or None when no master
+        on the router lists it (or the router cannot be asked). Raises Refused: several masters list it, or
+        another router client holds its procedures."""
         holders = await self._holders(worker)
         if not holders:
-            return None  # no master on the router lists it (or the router cannot be asked)
+            return None
         if len(holders) > 1:
             # One name attached to several masters: never routed to one of them at random.
             raise Refused(UNAVAILABLE, f"worker {worker} is attached to {len(holders)} masters: "
@@ -313,14 +313,27 @@ class Relays:
                 # the worker's procedures: they are not called.
                 raise Refused(UNAVAILABLE, f"{worker} is on master {visible(holder)}, but another router client "
                                            f"holds its name on the router: open it on master {visible(holder)}")
+        return holder
+
+    @deferred
+    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd,
+                   run: str | None = None) -> RoutedView | None:
+        """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
+        router holds it (the local refusal then says why). `run`: the fleet run the session is a part of. Raises
+        Refused: B's refusal, or the router's."""
+        worker = request.worker
+        holder = await self.holder(worker)
+        if holder is None:
+            return None
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
+        view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
         try:
             view.registration = await self.link.register(view.message, session_uri(token, "out"))
         except ClusterUnavailable:
             return None
         self.views[token] = view
-        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token)
+        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token, run)
         try:
             answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=self._open_timeout())
         except Exception as e:
@@ -364,6 +377,7 @@ class Relays:
         for listing in listings:
             token = secrets.token_hex(TOKEN_LENGTH // 2)
             view = RoutedView(self, "?", sink, token)
+            view.authid = listing.master  # its messages only, from the first
             try:
                 view.registration = await self.link.register(view.message, session_uri(token, "out"))
             except ClusterUnavailable:

@@ -97,9 +97,14 @@ class ServedView(Protocol):
     def refused(self, error: ProtocolError) -> object: ...
 
 
-# The operators' API's open for an identity, a request and this module's sink: fires the session's view (None
-# when the sink went away while it opened); fails with Refused (OperatorAPI.open_for_master).
-Opener = Callable[[Identity, OpenRequest, "RouterSink"], Any]
+class Opener(Protocol):
+    """The operators' API's open for an identity, a request, this module's sink and the fleet run it is a part of
+    (or None): fires the session's view (None when the sink went away while it opened); fails with Refused
+    (OperatorAPI.open_for_master)."""
+
+    def __call__(self, who: Identity, request: OpenRequest, sink: RouterSink, run: str | None = None, /) -> Any: ...
+
+
 # The operators' API's attach for an identity, this module's sink, a session id and a mode ("watch", "attach"):
 # the view; raises Refused (OperatorAPI.attach_for_master).
 Attacher = Callable[[Identity, "RouterSink", str, str], Any]
@@ -271,7 +276,8 @@ class ServedSessions:
             return self._refuse(who, worker, BAD_REQUEST, "a session in a held build (--build) is not routed "
                                                           f"between masters yet: open it on master {self.link.name}")
         return await self._serve(caller, who, worker, call.token, True,
-                                 lambda sink: self._opener(who, call.request, sink))
+                                 lambda sink: self._opener(who, call.request, sink) if call.run is None
+                                 else self._opener(who, call.request, sink, call.run))
 
     @deferred
     async def attach(self, argument: object, details: CallDetails) -> dict[str, object]:

@@ -137,24 +137,27 @@ def _count(values: list[object], n: int) -> list[object]:
 @dataclass(frozen=True)
 class OpenCall:
     """What the operator's master asks of the worker's master (the worker's `open` procedure): the request, the
-    operator as it vouches for them (a name and groups, never a uid), and the token of its per-session `out`
-    procedure, already registered."""
+    operator as it vouches for them (a name and groups, never a uid), the token of its per-session `out`
+    procedure, already registered, and for a fleet run's part the run's id (the worker's master then asks its
+    policy's `run` right, not `shell`)."""
 
     request: OpenRequest
     user: str
     groups: tuple[str, ...]
     token: str
+    run: str | None = None  # the fleet run (its id on the operator's master) the session is a part of
 
     def to_wire(self) -> dict[str, object]:
         return {"request": self.request.to_wire(), "user": self.user, "groups": list(self.groups),
-                "token": self.token}
+                "token": self.token, **({"run": self.run} if self.run is not None else {})}
 
     @classmethod
     def from_wire(cls, wire: object) -> OpenCall:
-        if not isinstance(wire, dict) or set(wire) != {"request", "user", "groups", "token"}:
-            raise ProtocolError("an open call must be a dict of request, user, groups and token")
+        if not isinstance(wire, dict) or set(wire) - {"run"} != {"request", "user", "groups", "token"}:
+            raise ProtocolError("an open call must be a dict of request, user, groups, token (and run)")
         user, groups = check_name(wire["user"], "user"), _groups(wire["groups"])
-        return cls(OpenRequest.from_wire(wire["request"]), user, groups, check_token(wire["token"]))
+        run = check_name(wire["run"], "run") if "run" in wire else None
+        return cls(OpenRequest.from_wire(wire["request"]), user, groups, check_token(wire["token"]), run)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,23 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer
-
 from master_side.audit.rows import RunRow, RunWorkerRow, WorkerRun
 from master_side.audit.store import seconds, utc
 from master_side.audit.trail import RecordingError
+from master_side.cluster.stream import Refused
 from master_side.fleet.pending import Pending, PendingRuns, request_json
-from master_side.fleet.run import Awaited, Command, FleetRun, RunSink, RunWatcher, Slots, approval_text, outcome_row
+from master_side.fleet.run import (
+    Awaited,
+    Command,
+    FleetRun,
+    PartView,
+    RunSink,
+    RunWatcher,
+    Slots,
+    approval_text,
+    outcome_row,
+)
+from master_side.operators.routed import RoutedPart, operator_error
 from master_side.operators.terms import ErrorKind, OperatorError, View, database_unavailable
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
@@ -103,16 +113,24 @@ class FleetOperations:
         """The workers `who` has some right on (of `among`, when given: a door's own gate, as the web's
         Buildbot authz), with whether they may run there and their last facts."""
         reports = {r.worker: r for r in await self._reports()}
+        rows = self.api.workers(who)
+        cluster = self.api.cluster
+        if cluster is not None:  # a multi-master site: the workers the other masters hold too
+            rows = await cluster.workers(who, rows)
         out = []
-        for row in self.api.workers(who):
+        for row in rows:
             name = str(row["name"])
             if among is not None and name not in among:
                 continue
-            decision = self.api.policy.may(who, Action.RUN, name)
             report = reports.get(name)
+            facts = (dict(report.values) if report else None, report.taken if report else None)
+            if row.get("here") is False and row.get("master") is not None:
+                # Held by another master: it decides, under its own policy, when the part opens there.
+                out.append(Worker(name, bool(row["connected"]), bool(row["shell"]), True, "", *facts))
+                continue
+            decision = self.api.policy.may(who, Action.RUN, name)
             out.append(Worker(name, bool(row["connected"]), bool(row["shell"]), decision.allowed,
-                              "" if decision.allowed else decision.reason,
-                              dict(report.values) if report else None, report.taken if report else None))
+                              "" if decision.allowed else decision.reason, *facts))
         return out
 
     @deferred
@@ -213,10 +231,22 @@ class FleetOperations:
         run.start()
         return Started(run, listed)
 
-    def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
+    @deferred
+    async def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> PartView | None:
+        cluster = self.api.cluster
+        if cluster is not None and not cluster.attached_here(request.worker):
+            # A part on a worker another master holds: an ordinary session routed to it (master_side.cluster.relay),
+            # opened, recorded and refused there.
+            try:
+                routed = await cluster.open(who, request, sink, run_id)
+            except Refused as e:
+                raise operator_error(e) from None
+            if routed is not None:
+                return RoutedPart(routed)
         run = self.runs.get(run_id)
         what = None if run is None else approval_text(run_id, run.command)
-        return self.api.open(who, request, sink, run_id, what, sink.on_withdraw)
+        view: View | None = await self.api.open(who, request, sink, run_id, what, sink.on_withdraw)
+        return view
 
     def _no_right(self, who: Identity) -> OperatorError:
         """`who` has no right on any worker of this master (or it has none): refused, and audited."""

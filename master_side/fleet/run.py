@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import enum
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from master_side.operators.terms import ErrorKind, OperatorError, View
+from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import Undo, subscribe
 from slaveshell.fleet.batch import Decision, End, Scheduler, Start
 from slaveshell.fleet.outcome import Outcome, Output, State
@@ -34,11 +34,31 @@ from slaveshell.vocabulary.protocol import MAX_CHUNK, ExitStatus, OpenRequest
 log = Logger()
 
 
+class PartSession(Protocol):
+    """A run part's session as the run ends it: its id, and close (MasterSession; a routed session's, on the
+    master that holds the worker: master_side.operators.routed.RoutedPart)."""
+
+    @property
+    def id(self) -> str: ...
+    def close(self, reason: str) -> None: ...
+
+
+class PartView(Protocol):
+    """A run part's view of its session (the operators' API's View, or a routed session's RoutedPart)."""
+
+    @property
+    def session(self) -> PartSession: ...
+    def input(self, data: bytes) -> None: ...
+    def eof(self) -> None: ...
+    def ack(self, nbytes: int) -> None: ...
+
+
 class Opener(Protocol):
     """What a run opens its sessions with (OperatorAPI.open, for the `run` right and linked to the run; on a
     four-eyes worker the part waits for a moderator's approval, withdrawn by `RunSink.withdraw`)."""
 
-    def __call__(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[View | None]:
+    def __call__(self, who: Identity, request: OpenRequest, sink: RunSink,
+                 run_id: str) -> Awaitable[PartView | None]:
         ...
 
 
@@ -136,7 +156,7 @@ class RunSink:
         self.worker = worker
         self.connection = run  # a run's sessions count as one connection's views
         self.output_kept = Output()
-        self.view: View | None = None
+        self.view: PartView | None = None
         self.status: ExitStatus | None = None
         self._unacked = 0
         self._script = b""
@@ -191,7 +211,7 @@ class RunSink:
 
     # -- the run's side ----------------------------------------------------------------------------
 
-    def bound(self, view: View, script: bytes | None) -> None:
+    def bound(self, view: PartView, script: bytes | None) -> None:
         """The session is open: its view, the script to feed (None: stdin closed at once)."""
         self.view = view
         self._ack()
@@ -353,7 +373,7 @@ class FleetRun:
         d.addCallbacks(lambda view: self._opened(worker, sink, view), lambda f: self._not_opened(worker, f))
         d.addErrback(lambda f: log.failure("slaveshell fleet run {run}: a worker's session", f, run=self.id))
 
-    def _opened(self, worker: str, sink: RunSink, view: View | None) -> None:
+    def _opened(self, worker: str, sink: RunSink, view: PartView | None) -> None:
         if view is None:
             self._give_back(worker)
             self._apply(self.scheduler.failed(worker, State.ERROR, "the session started without the run"))

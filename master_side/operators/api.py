@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from master_side.audit.rows import SearchHit, SessionRow, TranscriptChunk
 from master_side.audit.trail import RecordingError
+from master_side.cluster.records import MAX_HITS
 from master_side.cluster.stream import Refused
 from master_side.glue.buildbot import BuildbotGlue, RouteError
 from master_side.holds.moderator_notices import OPENED, NoticePace
@@ -206,11 +207,18 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise Refused(e.kind.value, e.message) from None
 
     @deferred
-    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink) -> View | None:
+    async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink,
+                              run_id: str | None = None) -> View | None:
         """`open` for the operator of another master of the site, as that master vouches for them
-        (master_side.cluster.serve): its refusals as the cluster's."""
+        (master_side.cluster.serve): its refusals as the cluster's. With `run_id`, a part of that master's fleet
+        run (the `run` right); on a four-eyes worker it is refused: the moderators would not see the run's script,
+        which stays on that master."""
+        if run_id is not None and self.policy.may(who, Action.RUN, request.worker).moderated_by:
+            message = (f"a fleet run's part on {request.worker} needs a moderator's approval (four eyes), which is "
+                       "not routed between masters: run it on the worker's own master")
+            raise Refused(self.refuse(who, request.worker, ErrorKind.DENIED, message).kind.value, message)
         try:
-            view: View | None = await self.open(who, request, sink)
+            view: View | None = await self.open(who, request, sink, run_id)
         except OperatorError as e:
             raise Refused(e.kind.value, e.message) from None
         return view
@@ -256,7 +264,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             raise OperatorError(ErrorKind.DENIED if reply.refused else ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
-        session.grant_windows(self.window_budget(), reply.window)
+        session.grant_windows(self.window_budget(), reply.window, reply.max_input)
         if reply.window:
             worker.grant(session.output_grant)
         owner = session.start(sink, worker)
@@ -530,6 +538,20 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return [r for r in rows if self.policy.may(who, Action.REPLAY, r["worker"]).allowed]
 
     @deferred
+    async def site_history(self, who: Identity, filters: object) -> list[SessionRow]:
+        """`history`; on a multi-master site, each row with the name in the site of the master that recorded it
+        ("site_master": None when that master is not on the router now). Which rows `who` sees is this master's
+        policy, for every master's rows (docs/multi-master.md, History across the site)."""
+        rows = await self.history(who, filters)
+        cluster = self.cluster
+        if cluster is not None:
+            names = await cluster.records.names()
+            names[self.trail.master_name] = cluster.link.name
+            for row in rows:
+                row["site_master"] = names.get(str(row.get("master")))
+        return rows
+
+    @deferred
     async def transcript(self, who: Identity, session_id: object, offset: object) -> TranscriptChunk:
         """Up to MAX_CHUNK bytes of a session's transcript from `offset`: {"data": bytes, "eof": bool}."""
         trail = self.trail
@@ -538,11 +560,44 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         rows = await self.history(who, {"session": session_id, "limit": 1})
         if not rows:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no session {session_id} that you may replay")
-        path = trail.transcript_path(rows[0])
+        row = rows[0]
+        cluster = self.cluster
+        if cluster is not None and row.get("master") != trail.master_name:
+            # Recorded by another master of the site: read there, under its policy (master_side.cluster.records).
+            try:
+                chunk = await cluster.records.transcript(who, row, offset)
+            except Refused as e:
+                raise operator_error(e) from None
+            return {"data": cast(bytes, chunk["data"]), "eof": bool(chunk["eof"])}
+        return await self._transcript_here(row, offset)
+
+    @deferred
+    async def _transcript_here(self, row: SessionRow, offset: int) -> TranscriptChunk:
+        trail = self.trail
+        path = trail.transcript_path(row)
         if path is None or not os.path.exists(path):
-            raise OperatorError(ErrorKind.NOT_FOUND, f"session {session_id} has no transcript on this master")
+            raise OperatorError(ErrorKind.NOT_FOUND, f"session {row['id']} has no transcript on this master")
         data = await trail.read_chunk(path, offset, MAX_CHUNK)
         return {"data": data, "eof": len(data) < MAX_CHUNK}
+
+    @deferred
+    async def transcript_for_master(self, who: Identity, session_id: str, offset: int) -> dict[str, object]:
+        """`transcript` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.records): only of a session this master recorded, under its policy; with the
+        session's worker (for the audit). Its refusals as the cluster's."""
+        try:
+            rows = await self.history(who, {"session": session_id, "limit": 1})
+            if not rows or rows[0].get("master") != self.trail.master_name:
+                raise OperatorError(ErrorKind.NOT_FOUND, f"master {self._site_name()} recorded no session "
+                                                         f"{session_id} that {who} may replay")
+            chunk = await self._transcript_here(rows[0], offset)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        return {"data": chunk["data"], "eof": chunk["eof"], "worker": rows[0]["worker"]}
+
+    def _site_name(self) -> str:
+        cluster = self.cluster
+        return cluster.link.name if cluster is not None else self.trail.master_name
 
     @deferred
     async def search(self, who: Identity, text: object, filters: object) -> list[SearchHit]:
@@ -551,7 +606,55 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         if not isinstance(text, str) or not text or len(text) > 1024:
             raise OperatorError(ErrorKind.BAD_REQUEST, "search needs a text of 1 to 1024 characters")
         rows = await self.history(who, filters if isinstance(filters, dict) else {})
-        return await trail.search(rows, text, limit=500)
+        return await trail.search(rows, text, limit=MAX_HITS)
+
+    @deferred
+    async def site_search(self, who: Identity, text: object, filters: object) -> dict[str, object]:
+        """`search`; on a multi-master site, the transcripts other masters recorded searched there, each under
+        its own policy (master_side.cluster.records): {"rows": hits, "unanswered": masters that did not answer}.
+        The reasons of every row are searched here (the index is shared)."""
+        cluster = self.cluster
+        if cluster is None:
+            return {"rows": await self.search(who, text, filters)}
+        if not isinstance(text, str) or not text or len(text) > 1024:
+            raise OperatorError(ErrorKind.BAD_REQUEST, "search needs a text of 1 to 1024 characters")
+        checked = filters if isinstance(filters, dict) else {}
+        rows = await self.history(who, checked)
+        hits = await self.trail.search(rows, text, limit=MAX_HITS)
+        others = [r for r in rows if r.get("master") != self.trail.master_name]
+        if not others:
+            return {"rows": hits}
+        remote, unanswered = await cluster.records.search(who, text, checked, others)
+        order = {r["id"]: i for i, r in enumerate(rows)}
+        merged = sorted(hits + remote, key=lambda h: order.get(h["session"], len(order)))
+        return {"rows": merged[:MAX_HITS], "unanswered": unanswered}
+
+    @deferred
+    async def search_for_master(self, who: Identity, text: str, filters: dict[str, object]) -> list[SearchHit]:
+        """`search` for the operator of another master of the site, in the transcripts this master recorded (the
+        rows' reasons are searched by the caller), under this master's policy. Its refusals as the cluster's."""
+        trail = self.trail
+        try:
+            rows = await self.history(who, filters)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        mine = [r for r in rows if r.get("master") == trail.master_name]
+        hits = await trail.search(mine, text, limit=MAX_HITS + len(mine))
+        return [h for h in hits if h["stream"] != "reason"][:MAX_HITS]
+
+    @deferred
+    async def site_sessions(self, who: Identity) -> dict[str, object]:
+        """`sessions`; on a multi-master site, with every other master's live sessions that `who` may watch
+        there (each row with its "master"), and the masters that did not answer named."""
+        rows = self.sessions(who)
+        cluster = self.cluster
+        if cluster is None:
+            return {"rows": rows}
+        for row in rows:
+            row["master"] = cluster.link.name
+        remote, unanswered = await cluster.records.sessions(who)
+        merged = sorted(rows + remote, key=lambda r: cast(float, r["started"]))
+        return {"rows": merged, "unanswered": unanswered}
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,18 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 
 from master_side.audit.trail import RecordingError
+from master_side.cluster.stream import Refused
 from master_side.copying.record import describe
 from master_side.copying.relay import PartyEnd, TransferRefused, Transfers
 from master_side.glue.buildbot import RouteError
 from master_side.operators.approvals import USED, Approvals, Approved, Kind
+from master_side.operators.routed import operator_error
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.policy import Action, Identity
 
 if TYPE_CHECKING:
     from master_side.audit.trail import AuditTrail
+    from master_side.cluster.part import ClusterPart
     from master_side.glue.buildbot import BuildbotGlue
     from master_side.holds.step import Holds
     from master_side.sessions.registry import SessionRegistry
@@ -43,6 +46,7 @@ class CopyOperations:
         registry: SessionRegistry
         transfers: Transfers
         approvals: Approvals
+        cluster: ClusterPart | None
 
         @property
         def trail(self) -> AuditTrail: ...
@@ -76,6 +80,38 @@ class CopyOperations:
         if approved is not None:
             self.trail.approval(USED, request.worker, approved.moderator, f"request {approved.request.id} approved "
                                 f"by {approved.moderator.user}", started[0].id)
+        return started
+
+    @defer.inlineCallbacks
+    def copy_anywhere(self, who: Identity, request: TransferRequest, operator: PartyEnd,
+                      waiting: Callable[[str], None] = lambda text: None) -> Any:
+        """`copy`, or on a multi-master site, for a worker not attached here that another master holds: the
+        transfer that master relays for `who`, under its own policy (master_side.cluster.copy_relay)."""
+        cluster = self.cluster
+        if cluster is not None and not cluster.attached_here(request.worker):
+            try:
+                routed = yield cluster.copy(who, request, operator)
+            except Refused as e:
+                raise operator_error(e) from None
+            if routed is not None:
+                return routed
+        started = yield self.copy(who, request, operator, waiting)
+        return started
+
+    @defer.inlineCallbacks
+    def copy_for_master(self, who: Identity, request: TransferRequest, operator: PartyEnd) -> Any:
+        """`copy` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.copy_serve): its refusals as the cluster's. A four-eyes worker's transfer is refused:
+        its moderators' approval is not routed between masters."""
+        decision = self.policy.may(who, Action.COPY, request.worker)
+        if decision.allowed and decision.moderated_by:
+            message = (f"cp on {request.worker} needs a moderator's approval (four eyes), which is not routed "
+                       "between masters: copy on the worker's own master")
+            raise Refused(self.refuse(who, request.worker, ErrorKind.DENIED, message).kind.value, message)
+        try:
+            started = yield self.copy(who, request, operator)
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
         return started
 
     def _routed(self, who: Identity, request: TransferRequest) -> tuple[Any, TransferRequest, dict[str, object]]:

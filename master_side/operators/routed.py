@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from master_side.cluster.relay import RoutedView
-from master_side.cluster.stream import Refused
+from master_side.cluster.stream import MAX_INPUT, Refused
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.protocol import ProtocolError
 
@@ -34,6 +34,11 @@ class RoutedHandle:
     def input_grant(self) -> int:
         return self.routed.input_grant
 
+    @property
+    def max_input(self) -> int:
+        """The cluster's stream carries input in messages of at most its own bound (master_side.cluster.stream)."""
+        return MAX_INPUT
+
     def input(self, data: bytes) -> None:
         self.routed.input(data)
 
@@ -58,3 +63,32 @@ class RoutedHandle:
     def refused(self, error: ProtocolError) -> OperatorError | None:
         line = self.routed.refused(error)
         return None if line is None else OperatorError(ErrorKind.BAD_REQUEST, line)
+
+
+@dataclass(frozen=True)
+class RoutedPart:
+    """A fleet run's part on a worker another master holds (master_side.fleet.run.PartView): the routed session,
+    which is its own `session` (its id, and close)."""
+
+    routed: RoutedView
+
+    @property
+    def session(self) -> RoutedPart:
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.routed.session_id
+
+    def close(self, reason: str) -> None:
+        if not self.routed.ended:
+            self.routed.close()
+
+    def input(self, data: bytes) -> None:
+        self.routed.input(data)
+
+    def eof(self) -> None:
+        self.routed.eof()
+
+    def ack(self, nbytes: int) -> None:
+        self.routed.ack(nbytes)

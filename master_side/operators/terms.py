@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from master_side.sessions.model import LateEvent, ReadOnly
-from slaveshell.vocabulary.protocol import OperatorSink, ProtocolError
+from master_side.sessions.model import LateEvent, ReadOnly, Role
+from slaveshell.vocabulary.protocol import MAX_CHUNK, OperatorSink, ProtocolError
 
 if TYPE_CHECKING:
     from master_side.sessions.model import Viewer
@@ -68,6 +68,12 @@ class View:
     viewer: Viewer
     # What a misbehaving owner costs: its session (master_side.sessions.registry.SessionRegistry.peer_error).
     on_error: Callable[[MasterSession, ProtocolError], None]
+
+    @property
+    def max_input(self) -> int:
+        """The largest input message this view may send (the session's: slaveshell.vocabulary.flow.input_limits;
+        a watcher's is never sent, and stays the smallest)."""
+        return MAX_CHUNK if self.viewer.role is Role.WATCH else self.session.input_limits.chunk
 
     def input(self, data: bytes) -> None:
         self.session.viewer_input(self.viewer, data)
@@ -142,6 +148,8 @@ class Handle(Protocol):
     def session_id(self) -> str: ...
     @property
     def input_grant(self) -> int: ...
+    @property
+    def max_input(self) -> int: ...  # the largest input message taken (slaveshell.vocabulary.flow.input_limits)
     def input(self, data: bytes) -> None: ...
     def eof(self) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...

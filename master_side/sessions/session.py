@@ -41,10 +41,11 @@ from master_side.sessions.model import (
 from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START, Moderation
 from master_side.sessions.notices import NoticeBudget
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.flow import CreditWindow, output_limits
+from slaveshell.vocabulary.flow import CreditWindow, input_limits, output_limits
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
+    MAX_CHUNK,
     SIGNAL_NAMES,
     STREAM_ERR,
     STREAM_OUT,
@@ -79,6 +80,11 @@ log = Logger()
 VIEWER_BUFFER = 2 * 1024 * 1024
 # Recent output kept for viewers who join or reattach: enough to redraw a screen or two.
 RECENT_BYTES = 64 * 1024
+# Input messages that may wait for the worker's input_ack, per session. The window counts bytes, and each message
+# costs the master about 150 bytes besides its own (its entry here, its call to the worker): a client sending its
+# window (2.75 MiB with the default grant) as 1-byte messages would make it hold ~400 MB. A typist whose remote
+# stopped reading needs hours to type this many keystrokes; a paste, a pipe, a script go in large reads.
+MAX_PENDING_INPUT = 16 * 1024
 
 
 class Recorder(Protocol):
@@ -165,6 +171,9 @@ class MasterSession(SessionTimers):
         self.limits = output_limits(request.pty)
         self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
+        # The largest input message the operators may send (slaveshell.vocabulary.flow.input_limits): a terminal's
+        # stays small; a bulk stream's is larger once the worker said it takes that (`grant_windows`).
+        self.input_limits = input_limits(request.pty)
         # The windows granted (slaveshell.vocabulary.windows): the worker's output may grow to output_grant, the
         # owner's input to input_grant; the base windows until grant_windows, and for peers that do not tune.
         self.output_grant = self.limits.window
@@ -172,6 +181,7 @@ class MasterSession(SessionTimers):
         self._budget: WindowBudget | None = None
         self.output_peak = 0  # the most output the worker had unacknowledged (for the log)
         self.input_peak = 0  # the most input a viewer had unacknowledged (for the log)
+        self.input_largest = 0  # the largest input message relayed (for the log)
         # The worker said its next input_ack's input flushed the terminal (`worker_flushed`).
         self._flush_next = False
         self._owed = 0  # credit the owner returned that the master has not yet passed to the worker
@@ -213,12 +223,15 @@ class MasterSession(SessionTimers):
     def live(self) -> bool:
         return self.state in (State.ATTACHED, State.DETACHED)
 
-    def grant_windows(self, budget: WindowBudget, worker_tunes: bool) -> None:
+    def grant_windows(self, budget: WindowBudget, worker_tunes: bool, worker_input: int = MAX_CHUNK) -> None:
         """Take this session's windows from the master's budget (given back at its end): the worker's output
-        window when the worker tunes it (its open reply said so), and the owner's input window."""
+        window when the worker tunes it (its open reply said so), and the owner's input window; and the input
+        messages the operators may send, from the largest the worker said it takes (`worker_input`, its open
+        reply's max_input: slaveshell.vocabulary.flow.announced_input)."""
         if self._budget is not None:
             return
         self._budget = budget
+        self.input_limits = input_limits(self.request.pty, worker_input)
         if worker_tunes:
             self.output_grant = budget.take(self.limits.window)
         self.input_grant = budget.take(INPUT_WINDOW)
@@ -367,15 +380,19 @@ class MasterSession(SessionTimers):
 
     def viewer_input(self, viewer: Viewer, data: bytes) -> None:
         self._writer(viewer, "type")
+        check_bytes(data, "input", self.input_limits.chunk)
         if not self.live or viewer not in self.viewers:
             raise LateEvent(f"input for session {self.id} after the view ended")
         if viewer.input_window.in_flight > allowed(viewer.input_grant, INPUT_WINDOW, WINDOW_TOLERANCE):
             raise ProtocolError("input sent past the flow-control window")
+        if len(self._pending_input) >= MAX_PENDING_INPUT:
+            raise ProtocolError(f"input sent in too many small messages ({MAX_PENDING_INPUT} wait for the worker)")
         if self._held(viewer, nbytes=len(data)):
             viewer.sink.input_ack(len(data), False)  # its credit back at once: dropped, never sent or recorded
             return
         viewer.input_window.sent(len(data))
         self.input_peak = max(self.input_peak, viewer.input_window.in_flight)
+        self.input_largest = max(self.input_largest, len(data))
         self.bytes_in += len(data)
         self.last_activity = self.clock()
         self._pending_input.append((viewer, data))
@@ -561,9 +578,11 @@ class MasterSession(SessionTimers):
         self._on_end(self)
 
     def window_report(self) -> str:
-        """The windows granted and the most used of each, in KiB (for the log, and bench/)."""
+        """The windows granted and the most used of each, and the input messages taken and relayed, in KiB (for
+        the log, and bench/)."""
         return (f"granted {self.output_grant // 1024} KiB, peak {self.output_peak // 1024} KiB in flight; input "
-                f"granted {self.input_grant // 1024} KiB, peak {self.input_peak // 1024} KiB in flight")
+                f"granted {self.input_grant // 1024} KiB, peak {self.input_peak // 1024} KiB in flight, messages "
+                f"up to {self.input_limits.chunk // 1024} KiB, largest {self.input_largest // 1024} KiB")
 
     @property
     def end_reason(self) -> str:

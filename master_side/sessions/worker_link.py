@@ -20,7 +20,8 @@ from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.lean_calls import LeanPeer, accept
 from slaveshell.plumbing.remote import Undo, is_lost, note_peer_exported, on_disconnect, set_nodelay
-from slaveshell.vocabulary.protocol import SIGNAL_NAMES, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
+from slaveshell.vocabulary.flow import announced_input
+from slaveshell.vocabulary.protocol import MAX_CHUNK, SIGNAL_NAMES, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
 if TYPE_CHECKING:
     from buildbot.worker.protocols.pb import Connection as WorkerConnection
@@ -120,6 +121,9 @@ class OpenReply:
     error: str = ""
     lean: bool = False  # the worker takes slaveshell.plumbing.lean_calls on this connection
     window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
+    # The largest input message the worker takes for the session (its answer's max_input, checked:
+    # slaveshell.vocabulary.flow.announced_input); MAX_CHUNK from a worker that does not say.
+    max_input: int = MAX_CHUNK
     fields: Mapping[str, object] = field(default_factory=dict)
     refused: bool = False  # the worker answered, refusing (its owner's options), rather than failing to answer
 
@@ -160,7 +164,8 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
         error = reply.get("error")
         return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096],
                          refused=answered)
-    return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True, fields=reply)
+    return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True,
+                     max_input=announced_input(reply.get("max_input")), fields=reply)
 
 
 def open_on_worker(conn: WorkerConnection, session: MasterSession, request: OpenRequest, timeout: float,

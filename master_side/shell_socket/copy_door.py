@@ -16,7 +16,7 @@ from typing import Protocol, cast
 
 from twisted.internet import defer
 
-from master_side.copying.relay import OPERATOR, MasterTransfer
+from master_side.copying.relay import OPERATOR
 from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import Undo, subscribe
 from master_side.shell_socket.framed import FramedDoor
@@ -45,6 +45,18 @@ def set_read_size(transport: object, size: int) -> int | None:
         return None
     cast(_Buffered, transport).bufferSize = size
     return previous
+
+
+class DoorTransfer(Protocol):
+    """A transfer as the door holds it: master_side.copying.relay.MasterTransfer, or one another master of the
+    site relays (master_side.cluster.copy_relay.RoutedTransfer)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def undo(self) -> list[Callable[[], None]]: ...
+    def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None: ...
+    def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None: ...
 
 
 class WireParty:
@@ -92,7 +104,7 @@ class CopyDoor:
 
     def __init__(self, door: FramedDoor) -> None:
         self.door = door
-        self.transfer: MasterTransfer | None = None
+        self.transfer: DoorTransfer | None = None
 
     def call(self, who: Identity, params: object) -> defer.Deferred[dict[str, object]]:
         """The ``copy`` call: fires the answer's fields, or fails with OperatorError."""
@@ -106,7 +118,7 @@ class CopyDoor:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
         door.viewing = True
 
-        def started(result: tuple[MasterTransfer, dict[str, object]]) -> dict[str, object]:
+        def started(result: tuple[DoorTransfer, dict[str, object]]) -> dict[str, object]:
             transfer, sizes = result
             self.transfer = transfer
             transport = door.transport
@@ -121,7 +133,7 @@ class CopyDoor:
             return {"transfer": transfer.id, "unclaimed": True, **sizes}
 
         party = WireParty(door)
-        d = defer.maybeDeferred(door.service.api.copy, who, request, party, party.waiting)
+        d = defer.maybeDeferred(door.service.api.copy_anywhere, who, request, party, party.waiting)
         return d.addCallback(started)
 
     def frame(self, frame: framing.Frame | Control) -> bool:

@@ -9,12 +9,15 @@ master_side.shell_socket.peer.peer_identity, through the gate); it is admitted b
 in total, calls in progress for every kind of call, buffered output, answers included, and write stall: the door has the
 `transport`, `disconnected` and `written` the gate reads, master_side.operators.gate.Gated); the client's end of a view
 is a `master_side.shell_socket.viewer_sink.WireViewerSink`; a session's messages are decoded here, their values checked
-(types, 64 KiB input, sizes, signal names), into typed calls on the `View` that open or attach returned (which applies
+(types, input within the view's `max_input`, sizes, signal names), into typed calls on the `View` that open or attach
+returned (which applies
 the session's own checks: the credit window, read-only watchers; a refused message costs the owner its session, anyone
 else its view, a watcher's typing only the refusal), a transfer's go through master_side.shell_socket.copy_door, and
 `OperatorError` becomes an answer with the operator's line.
 
-Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer),
+Bounds of the framing: a frame holds at most MAX_CONTROL (JSON) or MAX_CHUNK (bytes; MAX_DATA for a transfer; an
+INPUT frame up to the view's `max_input` once the answer to its open or attach said so, on this connection only: a
+session without a terminal whose worker takes bulk input, slaveshell.vocabulary.flow.input_limits),
 one view or transfer per connection; a frame the door cannot take (unknown type, oversized, wrong direction, not
 JSON, unknown op) costs the connection: an ``error`` frame, the close, and a ``dropped`` audit event.
 """
@@ -183,7 +186,7 @@ class WireDoor(Protocol):
             self._refuse("input", "no session on this connection")
             return
         try:
-            view.input(check_bytes(data, "input"))
+            view.input(check_bytes(data, "input", view.max_input))
         except ProtocolError as e:
             self._refused(view, "input", e)
 
@@ -296,14 +299,13 @@ class WireDoor(Protocol):
                 return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})
             return {"rows": api.workers(who)}
         if op is Op.HISTORY:
-            return api.history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
+            return api.site_history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})
         if op is Op.SEARCH:
-            return api.search(who, message.get("text"), message.get("filters")).addCallback(
-                lambda rows: {"rows": rows})
+            return api.site_search(who, message.get("text"), message.get("filters"))
         if op is Op.TRANSCRIPT:
             return api.transcript(who, message.get("session"), message.get("offset")).addCallback(
                 lambda chunk: {"data": base64.b64encode(chunk["data"]).decode("ascii"), "eof": chunk["eof"]})
-        return {"rows": api.sessions(who)}  # Op.SESSIONS
+        return api.site_sessions(who)  # Op.SESSIONS
 
     def _failed(self, call_id: int, failure: Failure) -> None:
         if isinstance(failure.value, OperatorError):
@@ -328,8 +330,8 @@ class WireDoor(Protocol):
             if self._leaving:
                 view.close()  # the owner closes: the session ends
                 return None
-            self.view = view
-            return {"session": view.session_id, "input_window": view.input_grant}
+            self._take_view(view)
+            return {"session": view.session_id, "input_window": view.input_grant, "max_input": view.max_input}
 
         # On a multi-master site, a worker another master holds is opened there (master_side.cluster.relay).
         d = defer.maybeDeferred(self.service.api.open_anywhere, who, request, WireViewerSink(self, max_output))
@@ -346,8 +348,8 @@ class WireDoor(Protocol):
         self.viewing = True
 
         def attached(found: tuple[Handle, dict[str, object]]) -> dict[str, object]:
-            self.view = found[0]
-            return found[1]
+            self._take_view(found[0])
+            return {**found[1], "max_input": found[0].max_input}
 
         def refused(failure: Failure) -> Failure:
             self.viewing = False
@@ -357,6 +359,12 @@ class WireDoor(Protocol):
         d = defer.maybeDeferred(self.service.api.attach_anywhere, who, WireViewerSink(self, max_output), session_id,
                                 mode)
         return d.addCallbacks(attached, refused)
+
+    def _take_view(self, view: Handle) -> None:
+        """The connection's view, and the INPUT frames it takes from now on (before the answer that tells the
+        client, so that none of its larger frames can come first)."""
+        self.view = view
+        self.decoder.take_input(view.max_input)
 
 
 def _limited_call(frame: framing.Frame) -> bool:

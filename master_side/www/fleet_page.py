@@ -55,6 +55,7 @@ from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.www import access, buildbot_pages
 from master_side.www.access import UserInfo
 from master_side.www.host import WebHost
+from master_side.www.site import site_workers, where
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.nodeset import count, fold
 from slaveshell.fleet.outcome import Outcome, State
@@ -175,7 +176,15 @@ async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, 
         await fleet.facts(who, [], True, among)
         refreshed = {"workers": len(among)}
     workers = await fleet.fleet(who, among)
-    ids = await buildbot_pages.worker_ids(master, {w.name for w in workers})
+    # On a multi-master site, the other masters' workers too (no facts, no run: master_side.www.site).
+    site = {str(w["name"]): w for w in await site_workers(service, who)} if service.api.cluster else {}
+    # Configured here but attached to another master, or known only to the site: listed where it is.
+    elsewhere = await access.shell_allowed(master, info, {
+        n for n, w in site.items() if w.get("here") is not True and (w.get("master") is not None
+                                                                     or n not in {x.name for x in workers})})
+    workers = [w for w in workers if w.name not in elsewhere]
+    local = {w.name for w in workers}
+    ids = await buildbot_pages.worker_ids(master, local | elsewhere)
     now = time.time()
     reports = [drift.Report(w.name, w.facts, w.facts_taken or 0.0) for w in workers if w.facts is not None]
     return {"type": "fleet", "facts": drift.fact_names(reports, fleet.probes), "probes": list(fleet.probes),
@@ -188,7 +197,20 @@ async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, 
                 "taken": w.facts_taken,
                 "age": None if w.facts_taken is None else round(max(0.0, now - w.facts_taken), 3),
                 "stale": w.facts_taken is None or now - w.facts_taken > fleet.stale_after,
-            } for w in workers]}
+                **where(site.get(w.name, {})),
+            } for w in workers] + [elsewhere_row(site[name], ids.get(name)) for name in sorted(elsewhere)]}
+
+
+def elsewhere_row(row: dict[str, object], workerid: int | None) -> Message:
+    """A worker another master of the site holds (or none does), as the Fleet page lists it: where it is; no facts
+    and no run from this master (a run's patterns are resolved among this master's workers)."""
+    place = where(row)
+    holder = place["master"]
+    return {"name": row["name"], "connected": row.get("connected") is True, "opted_in": row.get("shell") is True,
+            "may_run": False, "workerid": workerid, "facts": None, "taken": None, "age": None, "stale": True,
+            "refusal": visible(f"on master {holder}: a run from this master reaches only its own workers"
+                               if isinstance(holder, str) else "not connected to any master of the site"),
+            **place}
 
 
 WORKER_RUNS = 20  # a worker's recent fleet runs shown in its view

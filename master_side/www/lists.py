@@ -9,8 +9,10 @@ gives the ``shell`` right on its worker (who may open a shell in it or release i
 transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
 
 - ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
-  "workerid", "copy"}]}`` (``workerid``: Buildbot's id of the worker, for its page ``#/workers/<workerid>``, or null;
-  ``copy``: whether the policy gives this web user the ``copy`` right there);
+  "workerid", "copy", "master", "here", "masters", "site"}]}`` (``workerid``: Buildbot's id of the worker, for its
+  page ``#/workers/<workerid>``, or null; ``copy``: whether the policy gives this web user the ``copy`` right
+  there, and the worker is attached here; on a multi-master site, the workers the other masters hold too, with
+  where each is: `where`; ``allowed`` is this master's policy, the holder's decides when a session opens);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
   "started", "own", "may_type", "viewers", "moderated_by", "held", "moderators"}]}`` (``viewers``: their names;
   for a four-eyes session, ``moderated_by``: the groups and web roles of its rule, else null; ``held``: whether
@@ -51,6 +53,7 @@ from master_side.operators.api import ErrorKind, OperatorError
 from master_side.www import access, buildbot_pages, fleet_page
 from master_side.www.access import UserInfo
 from master_side.www.host import WebHost
+from master_side.www.site import site_workers, where
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.policy import Action, WebIdentity
 from slaveshell.vocabulary.protocol import ProtocolError
@@ -65,7 +68,7 @@ MAX_REPLAY = 64 * 1024 * 1024
 # History rows' fields shown to the page.
 HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ended", "state", "end_reason",
                   "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
-                  "hidden_spans", "hidden_flag", "reason")
+                  "hidden_spans", "hidden_flag", "reason", "site_master")
 
 # A JSON message for the page, and the binary frame sent before it (a transcript chunk) or None.
 Message = dict[str, object]
@@ -93,13 +96,14 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
                  info: UserInfo) -> Answer:
     api = service.api
     if kind == "workers":
-        workers = api.workers(who)
+        workers = await site_workers(service, who)
         gate = await access.shell_allowed(master, info, {str(w["name"]) for w in workers})
         ids = await buildbot_pages.worker_ids(master, gate)
         return {"type": "workers", "workers": [
             {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")},
-             "workerid": ids.get(str(w["name"])),
-             "copy": service.policy.may(who, Action.COPY, str(w["name"])).allowed}
+             "workerid": ids.get(str(w["name"])), **where(w),
+             # Copies are not routed between masters: only on a worker attached here.
+             "copy": w.get("here", True) is True and service.policy.may(who, Action.COPY, str(w["name"])).allowed}
             for w in workers if w["name"] in gate]}, None
     if kind == "sessions":
         sessions = api.sessions(who)
@@ -126,7 +130,7 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         limit = message.get("limit", 200)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ProtocolError("limit must be between 1 and 1000")
-        rows = await api.history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
+        rows = await api.site_history(who, {"worker": _opt_str(message, "worker"), "user": _opt_str(message, "user"),
                                        "session": _opt_str(message, "session"),
                                        "reason": _opt_str(message, "reason"), "limit": limit})
         allowed = await access.shell_allowed(master, info, {r["worker"] for r in rows})

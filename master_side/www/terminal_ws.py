@@ -62,7 +62,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from master_side.cluster.link import ClusterLink, ClusterUnavailable
 from master_side.operators.api import OperatorError, View
+from master_side.operators.routed import RoutedHandle
+from master_side.operators.terms import Handle
 from master_side.sessions.worker_link import subscribe
 from master_side.www import access, fleet_page, grants, lists
 from master_side.www.access import UserInfo
@@ -70,6 +73,7 @@ from master_side.www.copy_ws import MAX_COPIES, MAX_COPIES_PER_USER, TooLarge, W
 from master_side.www.host import WebHost, web_host
 from master_side.www.lists import Answer, Message
 from master_side.www.quota import Quota
+from master_side.www.site import MAX_SITE_WORKERS, worker_name
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import chunks
@@ -103,6 +107,10 @@ MAX_SOCKETS_REFUSED_PER_HOST = 4
 MAX_CONTROL = 1024
 # Questions (lists, history, transcript chunks) in progress on one socket.
 MAX_QUERIES = 4
+# What a page's view of a session another master holds may keep before Buildbot's authz here has been asked.
+MAX_HELD = 4 * 1024 * 1024
+# How long the names of the other masters' workers are taken as known, for the sockets' admission.
+SITE_NAMES_FOR = 5.0
 
 
 class WebViewerSink:
@@ -142,6 +150,58 @@ class WebViewerSink:
         pass  # its only failure is a lost connection: on_disconnect
 
 
+class HeldWebSink(WebViewerSink):
+    """A `WebViewerSink` that keeps what comes until `release` (or drops it: `drop`): the view of a session another
+    master holds, until Buildbot's authz here has been asked about the worker that master names. What it keeps is
+    bounded by the view's output window there; past MAX_HELD it keeps nothing more, and `release` says so."""
+
+    def __init__(self, protocol: TerminalProtocol) -> None:
+        super().__init__(protocol)
+        self.held: list[Callable[[], None]] | None = []
+        self.held_bytes = 0
+        self.overflow = False
+
+    def _keep(self, call: Callable[[], None], size: int = 0) -> bool:
+        if self.held is None:
+            return False
+        if self.held_bytes + size > MAX_HELD:
+            self.overflow = True
+        else:
+            self.held_bytes += size
+            self.held.append(call)
+        return True
+
+    def output(self, stream: int, data: bytes) -> None:
+        if not self._keep(lambda: WebViewerSink.output(self, stream, data), len(data)):
+            super().output(stream, data)
+
+    def input_ack(self, nbytes: int, hidden: bool) -> None:
+        if not self._keep(lambda: WebViewerSink.input_ack(self, nbytes, hidden)):
+            super().input_ack(nbytes, hidden)
+
+    def exit(self, status: ExitStatus) -> None:
+        if not self._keep(lambda: WebViewerSink.exit(self, status)):
+            super().exit(status)
+
+    def waiting(self, text: str) -> None:
+        if not self._keep(lambda: WebViewerSink.waiting(self, text)):
+            super().waiting(text)
+
+    def release(self) -> bool:
+        """What was kept, sent; from now on everything goes to the page. False (nothing sent) when more came than
+        it keeps."""
+        held, self.held = self.held or [], None
+        if self.overflow:
+            return False
+        for call in held:
+            call()
+        return True
+
+    def drop(self) -> None:
+        self.held = None if self.held is None else []
+        self.overflow = True
+
+
 class TerminalProtocol(WebSocketServerProtocol):
     factory: TerminalFactory
 
@@ -155,7 +215,8 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.relogin = False
         self.grant: grants.Grant | None = None
         self.release_grant: Callable[[], None] | None = None
-        self.view: View | None = None
+        # The session: a local one's View, or a RoutedHandle on one another master of the site serves.
+        self.view: Handle | None = None
         self.fleet_run: fleet_page.WebRun | None = None
         self.opening = False
         # The quota this socket holds a place of, and under which key (TerminalFactory).
@@ -349,7 +410,7 @@ class TerminalProtocol(WebSocketServerProtocol):
             log.failure("slaveshell: a web terminal message from {who}", who=visible(self.identity))
             self.refuse("the master could not handle that message (see its log)")
 
-    def _session(self, view: View, kind: str, message: Message) -> None:
+    def _session(self, view: Handle, kind: str, message: Message) -> None:
         """A session message from the page, decoded and given to the view."""
         try:
             if kind == "ack":
@@ -361,17 +422,19 @@ class TerminalProtocol(WebSocketServerProtocol):
         except ProtocolError as e:
             self._refused(view, e)
 
-    def _kill(self, view: View) -> None:
+    def _kill(self, view: Handle) -> None:
         """A moderator's *End session*: from the watch of a viewer who moderates the four-eyes session (anyone else
         is refused, audited, and the socket closed), Buildbot's authz on its worker again, then the operator API's
         kill (the policy checked again there; audited as the moderator's kill)."""
-        session, who, service = view.session, self.identity, web_host(self.master)
-        moderation = session.moderation
-        if who is None or service is None or moderation is None or view.viewer not in moderation.moderators:
-            self._audit(session.worker, "web kill refused: only a moderator watching a four-eyes session ends it "
-                        "from the page")
+        who, service = self.identity, web_host(self.master)
+        moderation = view.session.moderation if isinstance(view, View) else None
+        if (who is None or service is None or moderation is None or not isinstance(view, View)
+                or view.viewer not in moderation.moderators):
+            self._audit(_worker_of(view), "web kill refused: only a moderator watching a four-eyes session ends "
+                        "it from the page")
             self.refuse("only a moderator watching this four-eyes session may end it here")
             return
+        session = view.session
 
         @deferred
         async def kill() -> str:
@@ -391,7 +454,7 @@ class TerminalProtocol(WebSocketServerProtocol):
 
         kill().addErrback(failed)
 
-    def _refused(self, view: View, error: ProtocolError) -> None:
+    def _refused(self, view: Handle, error: ProtocolError) -> None:
         """A session message refused (by its values here, or by the session): its cost (View.refused), then the
         refusal, which closes the socket."""
         refusal = view.refused(error)
@@ -409,7 +472,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         return service, self.identity
 
     @deferred
-    async def _authorized(self, worker: str, then: Callable[[], Deferred[View | None] | View]) -> View | None:
+    async def _authorized(self, worker: str, then: Callable[[], Deferred[Handle | None] | Handle]) -> Handle | None:
         """Buildbot's authz on `worker` (access.Refused), then `then` (the operator API)."""
         await access.check_authz_shell(self.master, worker, self.info)
         view = then()
@@ -427,7 +490,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         if message.get("reason") is not None:
             wire["reason"] = message["reason"]  # the operator's reason: checked by from_wire
         request = OpenRequest.from_wire(wire)
-        d = self._authorized(worker, lambda: service.api.open(who, request, WebViewerSink(self)))
+        # On a multi-master site, a worker another master holds is opened there, under its policy for the web user
+        # as this master vouches for them (master_side.cluster.relay); Buildbot's authz here is asked first.
+        d = self._authorized(worker, lambda: service.api.open_anywhere(who, request, WebViewerSink(self)))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
 
     def _attach(self, message: Message) -> None:
@@ -438,6 +503,12 @@ class TerminalProtocol(WebSocketServerProtocol):
         if not isinstance(session_id, str) or len(session_id) > 256 or mode not in ("attach", "watch"):
             raise ProtocolError("attach needs a session id and a mode (attach or watch)")
         session = service.registry.get(session_id)
+        # A page's reattach without a click (a reload, a dropped socket) to type is not routed: a routed session
+        # ended when its page's socket closed. A watch is.
+        if session is None and service.api.cluster is not None and (mode == "watch"
+                                                                    or message.get("reattach") is not True):
+            self._attach_elsewhere(service, who, session_id, mode)
+            return
         if session is None:
             self.refuse(f"no live session {session_id}")
             return
@@ -447,6 +518,35 @@ class TerminalProtocol(WebSocketServerProtocol):
         worker = session.worker
         d = self._authorized(worker, lambda: service.api.attach(who, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
+
+    def _attach_elsewhere(self, service: WebHost, who: WebIdentity, session_id: str, mode: str) -> None:
+        """Watch or join a session another master of the site holds (master_side.cluster.relay: its policy for the
+        web user as this master vouches for them, its viewer bounds). The page learns of it only once Buildbot's authz
+        here gives the shell action on the worker that master names; until then what comes is kept (HeldWebSink)."""
+        sink = HeldWebSink(self)
+
+        @deferred
+        async def attach() -> Handle | None:
+            handle, answer = await service.api.attach_anywhere(who, sink, session_id, mode)
+            worker = str(answer.get("worker"))
+            try:
+                await access.check_authz_shell(self.master, worker, self.info)
+            except access.Refused as e:
+                sink.drop()
+                _leave(handle)
+                self._audit(worker, f"web authz refused: {e}")
+                self.refuse(str(e))
+                return None
+            if self.closed:
+                _leave(handle)
+                return None
+            self._opened(handle)
+            if not sink.release():
+                _leave(handle)
+                self.refuse("the session sent more than this page keeps while its access is checked; try again")
+            return handle
+
+        attach().addErrback(self._not_opened, session_id)
 
     def _run(self, message: Message) -> None:
         """A fleet run (master_side.www.fleet_page), this socket's one purpose: its progress and end are sent
@@ -555,13 +655,20 @@ class TerminalProtocol(WebSocketServerProtocol):
             self.sendMessage(data, isBinary=True)
         self.send_json(message)  # then the buffered bound is checked, the answer's bytes counted
 
-    def _opened(self, view: View | None) -> None:
+    def _opened(self, view: Handle | None) -> None:
         if view is None:
             return  # the page left while the worker started the session: it runs detached
         service = web_host(self.master)
         if service is None:
             return  # the service went with a reconfiguration: its sessions ended with it
         self.view = view
+        if isinstance(view, RoutedHandle):
+            # Served by another master of the site: its name, as it says it, for the page to show (as text).
+            routed = view.routed
+            self.send_json({"type": "opened", "id": routed.session_id, "worker": routed.worker, "role": routed.role,
+                            "moderated_by": None, "moderator": False, "master": visible(routed.master)})
+            return
+        assert isinstance(view, View)
         moderation = view.session.moderation
         self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
                         "role": view.viewer.role.value,
@@ -600,6 +707,20 @@ class TerminalProtocol(WebSocketServerProtocol):
             callback()
 
 
+def _leave(handle: Handle) -> None:
+    """This page's view leaves the session (a watcher's or joiner's close), unless it has ended already."""
+    try:
+        handle.close()
+    except ProtocolError:
+        pass  # ended already (LateEvent)
+
+
+def _worker_of(view: Handle) -> str:
+    if isinstance(view, View):
+        return view.session.worker
+    return view.routed.worker if isinstance(view, RoutedHandle) else "?"
+
+
 class TerminalFactory(WebSocketServerFactory):
     protocol = TerminalProtocol  # type: ignore[assignment]
 
@@ -613,26 +734,62 @@ class TerminalFactory(WebSocketServerFactory):
         self.refused = Quota(MAX_SOCKETS_REFUSED_PER_HOST, MAX_SOCKETS_REFUSED)
         # Transfers from pages (master_side.www.copy_ws), per web user and in all.
         self.copies = Quota(MAX_COPIES_PER_USER, MAX_COPIES)
+        # On a multi-master site, the other masters' workers' names when last asked (has_right).
+        self._site_names: tuple[float, set[str]] | None = None
+        self._site_waiters: list[Deferred[set[str]]] = []
         self.setProtocolOptions(webStatus=False, maxMessagePayloadSize=MAX_CHUNK, maxFramePayloadSize=MAX_CHUNK,
                                 autoPingInterval=30, autoPingTimeout=60)
 
     @deferred
     async def has_right(self, who: WebIdentity, info: UserInfo) -> bool:
-        """Whether `who` has some right on some worker of this master: slaveshell's policy grants it one, and
-        Buildbot's authz the shell action on that same worker."""
+        """Whether `who` has some right on some worker of this master (on a multi-master site, of the site: a
+        worker another master holds is opened there): slaveshell's policy here grants it one, and Buildbot's authz
+        the shell action on that same worker."""
         service = web_host(self.master)
         if service is None:
             return False
         policy = service.policy
-        for facts in service.glue.workers():
-            if not any(policy.may(who, action, facts.name).allowed for action in Action):
+        names = [facts.name for facts in service.glue.workers()]
+        for name in names:
+            if not any(policy.may(who, action, name).allowed for action in Action):
                 continue
             try:
-                await access.check_authz_shell(self.master, facts.name, info)
+                await access.check_authz_shell(self.master, name, info)
             except access.Refused:
                 continue
             return True
-        return False
+        cluster = service.api.cluster
+        if cluster is None:
+            return False
+        # The other masters' workers (asked of the router at most once per SITE_NAMES_FOR seconds, whoever
+        # connects), filtered by this master's policy and Buildbot's authz.
+        elsewhere = {n for n in await self.site_names(cluster.link) - set(names) if worker_name(n)
+                     and any(policy.may(who, action, n).allowed for action in Action)}
+        return bool(await access.shell_allowed(self.master, info, sorted(elsewhere)[:MAX_SITE_WORKERS]))
+
+    @deferred
+    async def site_names(self, link: ClusterLink) -> set[str]:
+        """The names of the workers the other masters on the router list, as they were at most SITE_NAMES_FOR
+        seconds ago; one question of the router at a time for all the sockets that ask."""
+        now = self.master.reactor.seconds()
+        if self._site_names is not None and now - self._site_names[0] < SITE_NAMES_FOR:
+            return self._site_names[1]
+        waiter: Deferred[set[str]] = Deferred()
+        self._site_waiters.append(waiter)
+        if len(self._site_waiters) == 1:
+            try:
+                listings = await link.site()
+            except ClusterUnavailable:
+                listings = []  # the link's own log says when it leaves and joins the router again
+            except Exception:
+                log.failure("slaveshell: the other masters' workers for the web's admission")
+                listings = []
+            found = {str(w["name"]) for listing in listings for w in listing.workers}
+            self._site_names = (self.master.reactor.seconds(), found)
+            waiters, self._site_waiters = self._site_waiters, []
+            for each in waiters:
+                each.callback(found)
+        return await waiter
 
 
 def terminal_resource(master: BuildMaster) -> WebSocketResource:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from slaveshell.client.calls import CallError, call_master, failed, transcript_chunks
 from slaveshell.client.calls import rows as answer_rows
 from slaveshell.client.connection import Interrupted
-from slaveshell.client.labels import command_label, master_label
+from slaveshell.client.labels import command_label, master_label, recorded_by
 from slaveshell.client.shell_cli import find_socket
 from slaveshell.vocabulary.display import cell, visible
 from slaveshell.vocabulary.framing import Op
@@ -88,12 +88,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     from slaveshell.vocabulary.hidden import summary
 
-    print(f"{'SESSION':13} {'STARTED (UTC)':20} {'DURATION':9} {'OPERATOR':12} {'WORKER':16} {'END':14} "
-          f"{'HIDDEN':9} {'REASON':20} COMMAND")
+    site = any("site_master" in r for r in rows)  # a multi-master site: which master recorded each session
+    print(f"{'SESSION':13} {'STARTED (UTC)':20} {'DURATION':9} {'OPERATOR':12} {'WORKER':16} "
+          + (f"{'MASTER':12} " if site else "") + f"{'END':14} {'HIDDEN':9} {'REASON':20} COMMAND")
     for r in rows:
         end = r["end_reason"] or r["state"]
         print(f"{cell(r['id'], 13)} {str(r['started'])[:19].replace('T', ' '):20} {_duration(r):9} "
-              f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(end, 14)} {summary(r):9} "
+              f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} "
+              + (f"{cell(recorded_by(r), 12)} " if site else "")
+              + f"{cell(end, 14)} {summary(r):9} "
               f"{cell(r.get('reason') or '-', 20)} {visible(command_label(r))}{_linked(r)}")
     if any(r.get("hidden_flag") for r in rows):
         print("! more hidden input than a password (see docs/audit-schema.md, Hidden input); "
@@ -179,9 +182,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     filters = {"worker": args.worker, "user": args.user, "since": _parse_since(args.since), "limit": 10_000,
                "reason": args.reason}
     try:
-        hits = answer_rows(call_master(_socket_path(args), Op.SEARCH, text=args.text, filters=filters))
+        answer = call_master(_socket_path(args), Op.SEARCH, text=args.text, filters=filters)
+        hits = answer_rows(answer)
     except (CallError, Interrupted) as e:
         return failed(e)
+    not_asked(answer)
     if args.json:
         print(json.dumps(hits, indent=1))
         return 0 if hits else 1
@@ -192,18 +197,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if hits else 1
 
 
+def not_asked(answer: dict[str, object]) -> None:
+    """On a multi-master site, the masters whose part of the answer is missing (they did not answer), named."""
+    unanswered = answer.get("unanswered")
+    for master in unanswered if isinstance(unanswered, list) else []:
+        print(f"slaveshell: master {visible(master)} did not answer: its part is not listed", file=sys.stderr)
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     import time
 
     try:
-        sessions = answer_rows(call_master(_socket_path(args), Op.SESSIONS))
+        answer = call_master(_socket_path(args), Op.SESSIONS)
+        sessions = answer_rows(answer)
     except (CallError, Interrupted) as e:
         return failed(e)
+    not_asked(answer)
     if args.json:
         print(json.dumps(sessions, indent=1))
         return 0
-    print(f"{'SESSION':13} {'WORKER':16} {'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'IDLE':>6}  "
-          f"{'REASON':20} VIEWERS")
+    site = any("master" in s for s in sessions) or "unanswered" in answer
+    print(f"{'SESSION':13} {'WORKER':16} " + (f"{'MASTER':12} " if site else "")
+          + f"{'OPERATOR':12} {'STARTED (UTC)':20} {'STATE':9} {'IDLE':>6}  {'REASON':20} VIEWERS")
     for s in sessions:
         when, listed = s["started"], s["viewers"]
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when if isinstance(when, (int, float)) else 0))
@@ -211,7 +226,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                             if isinstance(v, dict)) if isinstance(listed, list) else ""
         viewers = viewers or "-"
         state = "held" if s.get("held") else s["state"]  # a four-eyes session waiting for a moderator
-        print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
+        print(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} " + (f"{cell(s.get('master') or '-', 12)} " if site else "")
+              + f"{cell(s['operator'], 12)} {started:20} "
               f"{state:9} {s['idle']:>5.0f}s  {cell(s.get('reason') or '-', 20)} {visible(viewers)}")
     return 0
 

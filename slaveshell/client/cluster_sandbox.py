@@ -58,14 +58,17 @@ class ClusterSandbox:
     `configs` replaces a master's own slaveshell lines: a function of (router URL, database URL) giving master.cfg
     source that brings its own ShellService (docs/multi-master.md's fragment, in the tests); its ticket is still
     written to `router-ticket` in its basedir. `principals` adds router principals that no master uses.
-    `extra_config` adds master.cfg source to a master. `start` raises SiteUnavailable (nothing left behind) when
-    the machine lacks the router or the database; `stop` removes whatever was started, and may be called any time.
+    `extra_config` adds master.cfg source to a master. `www` serves a master's web UI (Buildbot's, with that
+    Python source run after c['www'] is set: Sandbox's www_config). `start` raises SiteUnavailable (nothing left
+    behind) when the machine lacks the router or the database; `stop` removes whatever was started, and may be
+    called any time.
     """
 
     def __init__(self, root: str, workers: dict[str, Sequence[str]], *,
                  policies: dict[str, str] | None = None,
                  configs: dict[str, Callable[[str, str], str]] | None = None,
-                 extra_config: dict[str, str] | None = None, principals: Sequence[str] = ()) -> None:
+                 extra_config: dict[str, str] | None = None, www: dict[str, str] | None = None,
+                 principals: Sequence[str] = ()) -> None:
         self.root = os.path.abspath(root)
         self.database = f"slaveshell_site_{os.getpid()}_{secrets.token_hex(3)}"
         self.db_url = f"postgresql+psycopg2://postgres@127.0.0.1/{self.database}"
@@ -80,7 +83,8 @@ class ClusterSandbox:
                                                    self.db_url, (policies or {}).get(name, ""))
             config = own(self.router.url, self.db_url) if own else master_config(self.router.url)
             self.masters[name] = Sandbox(os.path.join(self.root, name), workers=workers[name], db_url=self.db_url,
-                                         service_kwargs=kwargs,
+                                         service_kwargs=kwargs, www=name in (www or {}),
+                                         www_config=(www or {}).get(name, ""),
                                          extra_config=config + (extra_config or {}).get(name, ""))
         self.database_made = False
 

@@ -23,7 +23,7 @@ from prompt_toolkit.output import Output
 
 from slaveshell.client.calls import CALL_TIMEOUT, CallError, MasterCalls, rows
 from slaveshell.client.jobcontrol import Foreground, Job
-from slaveshell.client.labels import command_label, master_label
+from slaveshell.client.labels import command_label, master_label, recorded_by
 from slaveshell.vocabulary.display import cell, visible
 from slaveshell.vocabulary.framing import Op
 
@@ -290,7 +290,8 @@ class Console:
             viewers = ", ".join(f"{v['user']}({v['role']})" for v in listed
                                 if isinstance(v, dict)) if isinstance(listed, list) else ""
             viewers = viewers or "-"
-            self.write(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {cell(s['operator'], 12)} {started:20} "
+            where = f"{cell(s['master'], 12)} " if "master" in s else ""
+            self.write(f"{cell(s['id'], 13)} {cell(s['worker'], 16)} {where}{cell(s['operator'], 12)} {started:20} "
                        f"{cell(s['state'], 9)} {cell(s.get('reason') or '-', 20)} {visible(viewers)}\n")
 
     def show_history(self, worker: str | None) -> None:
@@ -298,7 +299,10 @@ class Console:
         if not self.cached_history:
             self.write("no sessions recorded\n")
             return
+        site = any("site_master" in r for r in self.cached_history)
         for r in self.cached_history:
             self.write(f"{cell(r['id'], 13)} {visible(str(r['started'])[:19].replace('T', ' '))} "
-                       f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} {cell(r['end_reason'] or r['state'], 16)} "
+                       f"{cell(r['operator'], 12)} {cell(r['worker'], 16)} "
+                       + (f"{cell(recorded_by(r), 12)} " if site else "")
+                       + f"{cell(r['end_reason'] or r['state'], 16)} "
                        f"{cell(r.get('reason') or '-', 20)} {visible(command_label(r))}\n")

@@ -31,3 +31,11 @@ def master_label(row: Mapping[str, object]) -> str:
         return f"on master {masters[0]}"
     stale = row.get("stale_database_rows")
     return "nowhere (stale db row)" if stale else "-"
+
+
+def recorded_by(row: Mapping[str, object]) -> str:
+    """Which master of a multi-master site recorded a session of the shared audit index (`slaveshell history`, the
+    console's history): its name in the site, or Buildbot's name for it (host:basedir) when that master is not on
+    the router now."""
+    name = row.get("site_master")
+    return str(name) if name else f"{row.get('master') or '?'} (away)"

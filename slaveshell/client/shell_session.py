@@ -8,9 +8,11 @@ slaveshell.vocabulary.protocol.ExitStatus.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
+import stat
 import termios
 from collections.abc import Callable
 
@@ -20,8 +22,8 @@ from slaveshell.client.outputs import Outputs
 from slaveshell.client.terminal import window_size
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.flow import chunks
-from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Input, Op, Resize, SessionMessage, Signal
+from slaveshell.vocabulary.flow import BULK_WINDOW, chunks
+from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Op, Resize, SessionMessage, Signal
 from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
     MAX_CHUNK,
@@ -84,6 +86,10 @@ class HopShell:
         # The base window until the master grants more (its open or attach answer's input_window); it follows the
         # bandwidth-delay product within that (slaveshell.vocabulary.windows).
         self.input_window = TunedWindow(INPUT_WINDOW, INPUT_WINDOW, loop.seconds)
+        # The largest input message the master takes on this session (its answer's max_input): MAX_CHUNK, or a bulk
+        # stream's when the session has no terminal and its worker takes them (slaveshell.vocabulary.flow); stdin is
+        # read in pieces of that size.
+        self.max_input = MAX_CHUNK
         # Ctrl-C typed: output held until the input up to the interrupt (this many bytes sent) is acknowledged.
         self._interrupt_at: int | None = None
         self._held: list[tuple[FrameType, bytes]] = []
@@ -134,6 +140,7 @@ class HopShell:
             size = reply.get("size")
             if isinstance(size, list) and len(size) == 2:
                 self._size = (check_int(size[0], "cols", 0, 10_000), check_int(size[1], "rows", 0, 10_000))
+            self.max_input = framing.max_input(reply.get("max_input"))
         except ProtocolError:
             self.finish(ExitStatus(reason="the master sent a malformed reply"))
             return
@@ -141,7 +148,15 @@ class HopShell:
         self._waiting = False
         granted = reply.get("input_window")
         if isinstance(granted, int) and not isinstance(granted, bool) and self.role is Role.OWNER:
-            self.input_window.grant(min(granted, WINDOW_MAX))
+            granted = min(granted, WINDOW_MAX)
+            if self.max_input > MAX_CHUNK and granted > 0:
+                # A bulk stream's input: the window starts at four of its messages (as a bulk stream's output
+                # does), within the grant, and follows the link from there.
+                self.input_window = TunedWindow(min(granted, BULK_WINDOW), granted, self.loop.seconds)
+            else:
+                self.input_window.grant(granted)
+        if self.max_input > MAX_CHUNK and not self.interactive:
+            _widen_pipe(self.fds["in"], self.max_input)
         self.escapes.leave_only = self.role is not Role.OWNER
         self._send_ack()  # output that came with the view (a session's recent output, on attach)
         if self._typed_ahead:
@@ -260,7 +275,7 @@ class HopShell:
 
     def stdin_readable(self) -> None:
         try:
-            data = os.read(self.fds["in"], MAX_CHUNK)
+            data = os.read(self.fds["in"], self.max_input)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -440,9 +455,10 @@ class HopShell:
             self.loop.watch(self.fds["in"], selectors.EVENT_READ, self.stdin_readable if want else None)
 
     def _send_input(self, data: bytes) -> None:
-        for piece in chunks(data, MAX_CHUNK):
+        for piece in chunks(data, self.max_input) if len(data) > self.max_input else [data]:
             self.input_window.sent(len(piece))
-            self._send(Input(piece))
+            if self.session_open and self.status is None:  # header and bytes unjoined: a bulk piece is not copied
+                self.link.send(framing.header(FrameType.INPUT, len(piece), self.max_input), piece)
         if self.interactive and INTERRUPT in data and self.session_open and self.status is None:
             self._hold_output()
         self._update_reading()
@@ -489,3 +505,16 @@ class HopShell:
             self.finish(status)
 
         self.calls.call(op, answered)
+
+
+def _widen_pipe(fd: int, size: int) -> None:
+    """When `fd` (stdin) is a pipe, let it hold `size` bytes (F_SETPIPE_SZ, Linux; a pipe holds 64 KiB by default),
+    so that one read takes a whole bulk input message from a writer that keeps up, rather than 64 KiB at a time.
+    Nothing is done where the system refuses it (an unprivileged user over /proc/sys/fs/pipe-max-size or its pipe
+    quota) or has no such call: reads are then only smaller."""
+    getpipe, setpipe = getattr(fcntl, "F_GETPIPE_SZ", None), getattr(fcntl, "F_SETPIPE_SZ", None)
+    if getpipe is None or setpipe is None:
+        return
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, getpipe) < size:
+            fcntl.fcntl(fd, setpipe, size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slaveshell.vocabulary.protocol import MAX_CHUNK, OUTPUT_WINDOW, ProtocolError
+from slaveshell.vocabulary.protocol import INPUT_WINDOW, MAX_CHUNK, OUTPUT_WINDOW, ProtocolError
 
 # Bulk streams (no terminal: pipes, `-T`): larger messages and a larger window. Banana refuses any string over
 # twisted.spread.banana.SIZE_LIMIT (640 KiB; a receiver drops the whole connection on one), so a bulk message
@@ -38,6 +38,39 @@ def output_limits(pty: bool) -> StreamLimits:
     """The worker's output limits for a session: interactive with a terminal, bulk without one. The worker
     sends within them and the master holds it to them (with its tolerance for one read of overshoot)."""
     return INTERACTIVE if pty else BULK
+
+
+# Input (the operator's keystrokes, or what is piped into `-T`) comes the same way: a terminal's in messages of
+# MAX_CHUNK at most, so that a Ctrl-C is never queued behind megabytes of typed-ahead input; a bulk stream's in
+# messages of up to BULK_CHUNK on every hop (the client's reads, the framed door's INPUT frames, the master's
+# relay, the worker's check), with a window of four of them where the master's budget grants it
+# (slaveshell.vocabulary.windows.WindowBudget: the grant above INPUT_WINDOW is counted in its total).
+# Mixed versions: a worker says in its open reply the largest input message it takes for the session
+# (`max_input`); one that says nothing gets MAX_CHUNK messages, and the client is told what the master takes.
+INTERACTIVE_INPUT = StreamLimits(MAX_CHUNK, INPUT_WINDOW)
+BULK_INPUT = StreamLimits(BULK_CHUNK, BULK_WINDOW)
+
+
+def worker_input_limits(pty: bool) -> StreamLimits:
+    """The input messages a worker takes for a session, and announces in its open reply: a terminal's are
+    interactive, a bulk stream's (no terminal) up to BULK_CHUNK."""
+    return INTERACTIVE_INPUT if pty else BULK_INPUT
+
+
+def input_limits(pty: bool, worker_takes: int = MAX_CHUNK) -> StreamLimits:
+    """The input limits the master holds a session's operators to: bulk only for a session without a terminal
+    whose worker said it takes bulk input messages (`worker_takes`: the largest it announced; MAX_CHUNK when it
+    announced none), interactive otherwise."""
+    return BULK_INPUT if not pty and worker_takes >= BULK_CHUNK else INTERACTIVE_INPUT
+
+
+def announced_input(value: object) -> int:
+    """The largest input message a worker's open reply announces (its ``max_input``): an integer from MAX_CHUNK to
+    BULK_CHUNK; MAX_CHUNK for anything else (a worker from before bulk input says nothing, and an announcement out
+    of that range is taken as none: the master never sends a worker more than MAX_CHUNK it did not ask for)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MAX_CHUNK <= value <= BULK_CHUNK:
+        return MAX_CHUNK
+    return value
 
 
 class CreditWindow:

@@ -13,7 +13,9 @@ The exchange:
    bytes (4 bytes, big-endian), then the payload. Byte streams travel raw: `INPUT` (client to master, keystrokes
    or stdin), `STDOUT` and `STDERR` (master to client), each at most `MAX_CHUNK` bytes (`STDOUT` and `STDERR`: up
    to what the client declared with its ``open`` or ``attach``, `max_output`, at most `MAX_OUTPUT`: a bulk stream's
-   512 KiB messages then reach it whole). Everything else is a
+   512 KiB messages then reach it whole; `INPUT`: up to what the master's answer to that open or attach said it
+   takes on the session, ``max_input``, at most `MAX_INPUT`: a bulk stream's input, slaveshell.vocabulary.flow).
+   Everything else is a
    `CONTROL` frame: one JSON object of at most `MAX_CONTROL` bytes with an ``"op"`` from `Op` and that op's
    fields (`Control`). `slaveshell cp`'s file bytes travel raw too, as `DATA` frames (both ways, at most
    `MAX_DATA` bytes: slaveshell.vocabulary.copying.CHUNK), its other messages as controls (entry, done_file, finish,
@@ -41,9 +43,10 @@ from slaveshell.vocabulary.copying import CHUNK as MAX_DATA
 from slaveshell.vocabulary.flow import BULK_CHUNK
 from slaveshell.vocabulary.protocol import MAX_CHUNK, REFUSED_PREFIX, SIGNAL_NAMES, ProtocolError
 
-__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_OUTPUT", "REFUSED_PREFIX", "Ack",
-           "Control", "Decoder", "Eof", "Frame", "FrameType", "Input", "Op", "Resize", "SessionMessage", "Signal",
-           "WireError", "answer", "control", "encode", "header", "max_output", "parse_control", "session_frame"]
+__all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_INPUT", "MAX_OUTPUT", "REFUSED_PREFIX",
+           "Ack", "Control", "Decoder", "Eof", "Frame", "FrameType", "Input", "Op", "Resize", "SessionMessage",
+           "Signal", "WireError", "answer", "control", "encode", "header", "max_input", "max_output", "parse_control",
+           "session_frame"]
 
 MAGIC = b"SLAVESHELL/1\n"
 # A control message's JSON, in bytes. An open request's own bounds (slaveshell.vocabulary.protocol) are far larger in
@@ -55,6 +58,10 @@ MAX_ANSWER = 16 * 1024 * 1024
 # stream's largest message (slaveshell.vocabulary.flow.BULK_CHUNK), so that the master relays each one as one frame. A
 # client that declares nothing gets MAX_CHUNK.
 MAX_OUTPUT = BULK_CHUNK
+# The largest INPUT frame a master may say it takes on a session (``max_input`` in its answer to an open or an
+# attach): a bulk stream's largest input message. A connection takes MAX_CHUNK until then, and with no answer saying
+# more (a terminal's session, an older master).
+MAX_INPUT = BULK_CHUNK
 HEADER = struct.Struct("!BI")
 MAX_ID = 2**31 - 1
 
@@ -75,8 +82,10 @@ class Op(enum.Enum):
     """Every control message, by its wire spelling."""
 
     # client to master: calls (with an "id", answered)
-    OPEN = "open"  # request: OpenRequest.to_wire(), max_output (optional: max_output()); answer: id (the session's)
-    ATTACH = "attach"  # session, mode ("attach" | "watch"), max_output (optional); answer: id, role, worker, size
+    OPEN = "open"  # request: OpenRequest.to_wire(), max_output (optional: max_output()); answer: id (the session's),
+    # input_window, max_input (max_input(): the largest INPUT frame taken from now on)
+    ATTACH = "attach"  # session, mode ("attach" | "watch"), max_output (optional); answer: id, role, worker, size,
+    # input_window, max_input
     RELEASE = "release"  # build; answer: text
     HOLDS = "holds"  # answer: rows (the held builds, with their deadlines)
     EXTEND = "extend"  # build, seconds; answer: text, deadline
@@ -190,6 +199,17 @@ def max_output(value: object) -> int:
     return value
 
 
+def max_input(value: object) -> int:
+    """The ``max_input`` of the master's answer to an open or attach: the largest INPUT frame it takes on the
+    session, in bytes. Absent (None: an older master): MAX_CHUNK. ProtocolError for anything but an integer from
+    MAX_CHUNK to MAX_INPUT."""
+    if value is None:
+        return MAX_CHUNK
+    if isinstance(value, bool) or not isinstance(value, int) or not MAX_CHUNK <= value <= MAX_INPUT:
+        raise ProtocolError(f"max_input must be an integer from {MAX_CHUNK} to {MAX_INPUT}")
+    return value
+
+
 def control(op: Op, **fields: object) -> bytes:
     """A CONTROL frame. ValueError when the JSON is over MAX_CONTROL; TypeError for a value JSON cannot hold."""
     body = dict(fields, op=op.value)
@@ -198,7 +218,8 @@ def control(op: Op, **fields: object) -> bytes:
 
 @dataclass(frozen=True)
 class Input:
-    """Bytes for the session's process (keystrokes, stdin), at most MAX_CHUNK: an INPUT frame."""
+    """Bytes for the session's process (keystrokes, stdin): an INPUT frame, at most MAX_CHUNK, or what the master
+    said it takes on the session (``max_input``)."""
 
     data: bytes
 
@@ -240,11 +261,11 @@ class Ack:
 SessionMessage = Input | Eof | Resize | Signal | Ack
 
 
-def session_frame(message: SessionMessage) -> bytes:
+def session_frame(message: SessionMessage, max_input: int = MAX_CHUNK) -> bytes:
     """The frame of one session message: input as raw bytes, the others as controls. ValueError (our bug) for
-    input over MAX_CHUNK; KeyError for a signal not in SIGNALS."""
+    input over `max_input` (what the master said it takes); KeyError for a signal not in SIGNALS."""
     if isinstance(message, Input):
-        return encode(FrameType.INPUT, message.data)
+        return encode(FrameType.INPUT, message.data, max_input)
     if isinstance(message, Resize):
         return control(Op.RESIZE, cols=message.cols, rows=message.rows)
     if isinstance(message, Signal):
@@ -279,8 +300,9 @@ def parse_control(payload: bytes, allowed: frozenset[Op] = frozenset(Op)) -> Con
 class Decoder:
     """Frames out of a byte stream, incrementally. Holds at most one frame's header and payload (5 bytes +
     `max_control`: MAX_CONTROL from a client, MAX_ANSWER from the master; `max_output` for STDOUT and STDERR:
-    what a client declared it takes); `feed` raises WireError on an unknown type, a frame over its type's limit,
-    or a type in `refused` (the other direction's), as soon as the header is in."""
+    what a client declared it takes; MAX_CHUNK for INPUT until `take_input` says more); `feed` raises WireError on
+    an unknown type, a frame over its type's limit, or a type in `refused` (the other direction's), as soon as the
+    header is in."""
 
     def __init__(self, refused: frozenset[FrameType] = frozenset(), max_control: int = MAX_CONTROL,
                  max_output: int = MAX_CHUNK) -> None:
@@ -289,6 +311,14 @@ class Decoder:
         self._limits = {**_LIMITS, FrameType.CONTROL: max_control, FrameType.STDOUT: max_output,
                         FrameType.STDERR: max_output}
         self.broken = False
+
+    def take_input(self, limit: int) -> None:
+        """Take INPUT frames of up to `limit` bytes from now on (the master, once a view of a session whose input
+        is a bulk stream's is on the connection: slaveshell.vocabulary.flow.input_limits). ValueError (our bug)
+        outside MAX_CHUNK..MAX_INPUT."""
+        if not MAX_CHUNK <= limit <= MAX_INPUT:
+            raise ValueError(f"an INPUT limit of {limit} bytes (from {MAX_CHUNK} to {MAX_INPUT})")
+        self._limits[FrameType.INPUT] = limit
 
     @property
     def pending(self) -> int:

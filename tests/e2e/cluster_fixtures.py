@@ -40,13 +40,20 @@ Site = ClusterSandbox
 
 
 @contextlib.contextmanager
-def site(root: str) -> Iterator[Site]:
+def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouched: tuple[str, ...] = ()
+         ) -> Iterator[Site]:
     """The site (slaveshell.client.cluster_sandbox, as `slaveshell demo --cluster` starts one): A configured by the
     sandbox, B by docs/multi-master.md's master.cfg fragment; the test is skipped, with the reason, only when the
-    machine lacks the router or the local PostgreSQL."""
+    machine lacks the router or the local PostgreSQL. With `a_www_config`, master A serves Buildbot's web UI with
+    slaveshell's plugin (Sandbox's www options: that source after c['www']); `a_policy` is Python source for A's
+    ShellService(policy=...); `b_vouched` are more of A's users (as A names them: "web:alice") that B's documented
+    rule lets open shells on the b* workers."""
     s = ClusterSandbox(root, {"A": ["a1", "dup"], "B": ["b1", "z1", "dup"]},
-                       configs={"B": lambda router_url, db_url: documented_master_cfg(router_url, db_url, "B")},
+                       policies={"A": a_policy} if a_policy else None,
+                       configs={"B": lambda router_url, db_url: documented_master_cfg(router_url, db_url, "B",
+                                                                                      b_vouched)},
                        extra_config={"A": "c['workers'].append(worker.Worker('b1', 'pass'))\n"},
+                       www={"A": a_www_config} if a_www_config is not None else None,
                        principals=["C"])  # C: a principal of slaveshell's role that no master uses (hostile)
     try:
         try:
@@ -60,9 +67,10 @@ def site(root: str) -> Iterator[Site]:
         s.stop()
 
 
-def documented_master_cfg(router_url: str, db_url: str, name: str) -> str:
+def documented_master_cfg(router_url: str, db_url: str, name: str, vouched: tuple[str, ...] = ()) -> str:
     """docs/multi-master.md's master.cfg fragment, for this machine: its router URL, database, master name and the
-    users its policy names (the user running the tests) replaced, nothing else."""
+    users its policy names (the user running the tests, and A's `vouched` users beside A's alice) replaced, nothing
+    else."""
     with open(DOC) as f:
         blocks = re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)
     assert len(blocks) == 1
@@ -70,7 +78,7 @@ def documented_master_cfg(router_url: str, db_url: str, name: str) -> str:
     me = getpass.getuser()
     for documented, here in ((DOC_ROUTER, router_url), (DOC_DB, db_url), ("master='B'", f"master={name!r}"),
                              ("authid='B'", f"authid={name!r}"), ("users=['buildbot']", f"users=[{me!r}]"),
-                             ("'cluster:A/alice'", repr(f"cluster:A/{me}"))):
+                             ("'cluster:A/alice'", ", ".join(repr(f"cluster:A/{u}") for u in (me, *vouched)))):
         assert documented in fragment
         fragment = fragment.replace(documented, here)
     return fragment

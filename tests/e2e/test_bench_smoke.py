@@ -82,3 +82,27 @@ def test_alternated_rounds_through_the_delaying_proxy_at_a_tiny_size():
     for name in moved:  # CPU per GB beside each row that moves data, per process of both systems
         assert all(f"{process} " in rows[name] for process in ("client", "master", "worker", "ssh", "sshd")), \
             rows[name]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="the web rows need /usr/bin/chromium")
+def test_web_terminal_against_the_cli_at_a_tiny_size():
+    argv = [sys.executable, str(ROOT / "bench" / "web_bench.py"), "--smoke", "--kinds", "escapes"]
+    done = run_bench(argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| row ")}
+    names = ["keystroke echo, median, 10 keys 10 ms apart: received in the page (ms)",
+             "keystroke echo, p99, 3 keys 100 ms apart: drawn (the next frame) (ms)",
+             "`cat` 1 MB, escapes: received in the page (MB/s)", "`cat` 1 MB, escapes: written by the terminal (MB/s)",
+             "Ctrl-C under a flood, to the prompt: received in the page (ms)",
+             "Ctrl-C under a flood, to the prompt: written by the terminal (ms)",
+             "Ctrl-C under a flood, bytes after ^C (bytes)"]
+    for name in names:
+        assert name in rows, table
+        web, cli, ratio = rows[name][1:4]
+        # One round each: a figure for the page and for the CLI, and their ratio.
+        assert float(web) > 0 and float(cli) > 0 and re.match(r"\d+\.\d+x \(", ratio), rows[name]
+    # CPU per GB beside the throughput row, per process of both: the browser's and the CLI client's.
+    cpu = rows["`cat` 1 MB, escapes: received in the page (MB/s)"][4]
+    assert all(f"{process} " in cpu for process in ("browser", "master", "worker", "client")), cpu

@@ -74,7 +74,7 @@ def test_non_framed_clients_are_refused_and_an_oversized_frame_costs_the_rogue_i
         refusal = ("slaveshell: refused: this master serves slaveshell's framed protocol only, and this client "
                    "does not speak it (a slaveshell older than the master? upgrade it)")
         assert lines[:3] == [refusal, refusal, "opened True"], done.stdout + done.stderr
-        assert lines[3] == "dropped ['protocol error: a INPUT frame of 716800 bytes (at most 65536)']", lines
+        assert lines[3] == "dropped ['protocol error: a INPUT frame of 716800 bytes (at most 524288)']", lines
         # The worker's connection (and so its builds) is untouched, and so is the other session.
         workers = json.loads(subprocess.run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket",
                                              sandbox.socket, "--json"], capture_output=True, text=True).stdout)

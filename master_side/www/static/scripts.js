@@ -135,6 +135,15 @@
   function workerView(name) { return "#/slaveshell/worker/" + encodeURIComponent(name); }
   function isId(n) { return typeof n === "number" && Number.isInteger(n) && n >= 0; }
 
+  // Which master of a multi-master site holds a worker (lists.py's "master", "here", "masters"), as
+  // `slaveshell workers` says it; empty on a site of one master.
+  function masterText(w) {
+    var masters = Array.isArray(w.masters) ? w.masters : [];
+    if (masters.length > 1) return printable("on " + masters.length + " masters: " + masters.join(", "));
+    if (!w.master) return w.site ? "nowhere" : "";
+    return printable(w.here ? "here (master " + w.master + ")" : "on master " + w.master);
+  }
+
   function WorkerName(props) {
     var parts = [h("a", { key: "view", href: workerView(props.name), className: "slaveshell-worker-link",
       title: "Shells on this worker" }, printable(props.name))];
@@ -371,12 +380,15 @@
           state.login ? h(LoginAgain) : null));
     }
     if (!state.lists) return h("div", { className: "slaveshell-page" }, "Loading the workers...");
+    // The Master column on a multi-master site only.
+    var multi = state.lists.workers.some(function (w) { return w.site; });
     var rows = state.lists.workers.map(function (w) {
       var ready = w.allowed && w.connected && w.shell;
       var why = !w.allowed ? "not allowed" : !w.connected ? "not connected" : !w.shell ? "no slaveshell" : "";
       return h("tr", { key: w.name, "data-worker": w.name },
         h("td", null, h(WorkerName, { name: w.name, workerid: w.workerid })),
         h("td", null, w.connected ? "connected" : "disconnected"),
+        multi ? h("td", { className: "slaveshell-master" }, masterText(w)) : null,
         h("td", null, String(w.sessions)),
         h("td", null, ready
           ? h("button", {
@@ -397,7 +409,7 @@
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
-          h("th", null, "Sessions"), h("th", null, ""))),
+          multi ? h("th", null, "Master") : null, h("th", null, "Sessions"), h("th", null, ""))),
         h("tbody", null, rows))),
       reloaded.decided ? h("div", { className: "alert alert-info slaveshell-decided" }, reloaded.decided) : null,
       state.lists.approvals.length === 0 ? null : h("div", null, h("h5", null, "Waiting for a moderator's approval"),
@@ -557,6 +569,7 @@
             // A resumed session takes this page's size.
             if (m.role === "owner") send({ type: "resize", cols: term.cols, rows: term.rows });
             note({ worker: String(m.worker), id: String(m.id), opened: true,
+                   master: typeof m.master === "string" ? m.master : null,
                    moderation: m.moderated_by ? { by: m.moderated_by, moderator: !!m.moderator, typing: typing } : null });
             setStatus(typing ? "connected" : "watching (read-only)");
             term.focus();
@@ -617,7 +630,8 @@
     var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator;
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
-    var where = session.worker ? (props.build ? " in build " + props.build : "") : "";
+    var where = session.worker ? (props.build ? " in build " + props.build : "") +
+      (session.master ? " on master " + session.master : "") : "";
     var title = printable(session.worker ? "Shell on " + session.worker + where : "Session " + session.id);
     var titleWithId = session.worker && session.id ? title + printable(" (session " + session.id + ")") : title;
     React.useEffect(function () { setTitle(titleWithId); }, [titleWithId]);
@@ -632,9 +646,11 @@
         moderating ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-moderator-end",
           disabled: endAsk !== null, onClick: function () { setEndAsk("asked"); } }, "End session") : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
-          onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back"), " ",
+          // A session another master serves cannot be detached from this one: leaving ends it.
+          onClick: function () { go("#/slaveshell"); } }, live ? (session.master ? "Leave (ends it)" : "Detach") : "Back"), " ",
         // The worker's files (download, upload) in a tab of their own: this page keeps its session.
-        live && session.worker ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
+        // (not for a session another master serves: copies are not routed between masters)
+        live && session.worker && !session.master ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
           href: workerView(session.worker), target: "_blank", rel: "noopener" }, "Files") : null),
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
@@ -701,10 +717,14 @@
 
   // Rows of the audit index (lists.py's "history" answer): each with its replay button, its worker (to its view
   // here and to Buildbot's page) and, for a session in a build, the build (to Buildbot's page).
+  // On a multi-master site, also the master that recorded each session (its name in the site; Buildbot's when it is
+  // not on the router now), as `slaveshell history` does.
   function HistoryTable(props) {
+    var site = props.rows.some(function (r) { return r.site_master; });
     return h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-history" },
-      h("thead", null, h("tr", null, ["Session", "Worker", "Build", "Operator", "Command", "Reason", "Started",
-        "Ended", "Outcome", "Hidden input"].map(function (t) { return h("th", { key: t }, t); }))),
+      h("thead", null, h("tr", null, ["Session", "Worker"].concat(site ? ["Master"] : [], ["Build", "Operator",
+        "Command", "Reason", "Started", "Ended", "Outcome", "Hidden input"]).map(function (t) {
+        return h("th", { key: t }, t); }))),
       h("tbody", null, props.rows.map(function (r) {
         // The replay button first: in view however narrow the window (the other columns wrap, then scroll).
         return h("tr", { key: r.id, "data-session": r.id },
@@ -712,6 +732,7 @@
             className: "btn btn-secondary btn-sm slaveshell-replay",
             onClick: function () { go("#/slaveshell/replay/" + encodeURIComponent(r.id)); } }, "Replay")),
           h("td", { className: "slaveshell-worker" }, h(WorkerName, { name: r.worker, workerid: r.workerid })),
+          site ? h("td", { className: "slaveshell-master" }, printable(r.site_master || "(away)")) : null,
           h("td", null, h(BuildCell, { row: r })),
           h("td", null, printable(r.operator)),
           h("td", { className: "slaveshell-command" }, commandLabel(r)),
@@ -1013,6 +1034,7 @@
     }
     if (!state.fleet) return h("div", { className: "slaveshell-page" }, heading, "Loading the fleet...");
     var fleet = state.fleet, workers = fleet.workers;
+    var multi = workers.some(function (w) { return w.site; }); // the Master column on a multi-master site only
     var columns = fleet.facts.filter(function (n) { return ["memory", "disk_free", "cpus"].indexOf(n) < 0; })
       .slice(0, FACT_COLUMNS);
     var needle = f.filter.trim().toLowerCase();
@@ -1041,7 +1063,7 @@
         rows.push(h("tr", { key: "g:" + g.value, className: "slaveshell-fact-group table-light" },
           h("td", null, h("input", { type: "checkbox", checked: all, "aria-label": "select the group",
             onChange: function (e) { toggle(names, e.target.checked); } })),
-          h("td", { colSpan: columns.length + 4 }, h("b", null, printable(f.group) + " = " + printable(g.value)),
+          h("td", { colSpan: columns.length + (multi ? 5 : 4) }, h("b", null, printable(f.group) + " = " + printable(g.value)),
             " (" + g.workers.length + " worker" + (g.workers.length === 1 ? "" : "s") + ")")));
       }
       g.workers.forEach(function (w) {
@@ -1050,6 +1072,7 @@
             "aria-label": printable("select " + w.name), onChange: function (e) { toggle([w.name], e.target.checked); } })),
           h("td", null, h(WorkerName, { name: w.name, workerid: w.workerid })),
           h("td", null, workerState(w)),
+          multi ? h("td", { className: "slaveshell-master" }, masterText(w)) : null,
           h("td", { className: w.may_run ? "slaveshell-may-run" : "text-muted slaveshell-no-run" },
             w.may_run ? "yes" : printable(w.refusal || "no")),
           columns.map(function (c) {
@@ -1085,7 +1108,7 @@
         h("thead", null, h("tr", null, h("th", null, h("input", { type: "checkbox", "aria-label": "select all shown",
             checked: shown.length > 0 && shown.every(function (w) { return selected[w.name]; }),
             onChange: function (e) { toggle(shown.map(function (w) { return w.name; }), e.target.checked); } })),
-          h("th", null, "Worker"), h("th", null, "State"), h("th", null, "May run"),
+          h("th", null, "Worker"), h("th", null, "State"), multi ? h("th", null, "Master") : null, h("th", null, "May run"),
           columns.map(function (c) { return h("th", { key: c }, printable(c)); }), h("th", null, "Facts taken"))),
         h("tbody", null, rows))),
       h("div", { className: "slaveshell-run-form card card-body", style: { marginBottom: "1em" } },
@@ -1495,8 +1518,8 @@
     else history = h(HistoryTable, { rows: past.rows });
     return h("div", { className: "slaveshell-page slaveshell-worker-view", "data-worker": name }, heading,
       h("p", { className: "slaveshell-worker-state" },
-        (w.connected ? "Connected" : "Not connected") + ", " + String(w.sessions) + " live session" +
-          (w.sessions === 1 ? "" : "s") + ". ",
+        (w.connected ? "Connected" : "Not connected") + (w.master ? " (" + masterText(w) + ")" : "") + ", " +
+          String(w.sessions) + " live session" + (w.sessions === 1 ? "" : "s") + ". ",
         isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
           "Buildbot's page for this worker") : null),
       ready ? h(ReasonField) : null,

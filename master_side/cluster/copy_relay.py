@@ -1,0 +1,260 @@
+"""Transfers (`slaveshell cp`) this master's operators start on workers another master of the site holds (the
+operator's side of a routed transfer, docs/multi-master.md).
+
+`RoutedTransfers.copy` registers a per-transfer `out` procedure under a random token, then calls the worker's
+`copy` procedure on the master that holds it (B) with the request and the operator as this master vouches for
+them; B applies its policy and relays the transfer to its worker (master_side.cluster.copy_serve). B's refusal
+reaches the operator as B wrote it. The operator's door then holds a `RoutedTransfer`: each of the client's
+events, checked at the door's edge as a local transfer's, is one call of B's per-transfer `in` procedure
+(master_side.cluster.copy_stream); B's events (entries, data, acknowledgements, the result) go to the operator's
+end. B's relay holds both parties to the credit window; this end holds what waits for its calls to the window
+too (MAX_HELD bytes), so nothing piles up here or in the router.
+
+The transfer ends, with `result(false, why)` for the operator (its client exits non-zero; the partial file is
+never put in place), when B stops answering, this master loses the router, or the operator's connection goes
+(B is told `cancel` and ends it on the worker).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.logger import Logger
+
+from master_side.cluster.config import session_uri, worker_uri
+from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split
+from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
+from master_side.cluster.relay import Relays
+from master_side.cluster.serve import DEAD, PING
+from master_side.cluster.stream import TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.copying import CHUNK, WINDOW, Cancel, Data, Result, TransferEvent, TransferRequest
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.protocol import ProtocolError, check_int
+
+if TYPE_CHECKING:
+    from autobahn.wamp.request import Registration
+    from autobahn.wamp.types import CallDetails
+
+log = Logger()
+
+# Bytes of the client's data waiting here for their calls: its window (B's relay holds it to that too).
+MAX_HELD = WINDOW + CHUNK
+MAX_WAITING = WINDOW // 1024 + 64  # messages waiting for their calls (entries cost 1 KiB of the window)
+MAX_EARLY = WINDOW // 1024 + 64  # B's messages before its answer (a download's first entries and data)
+
+
+class OperatorParty(Protocol):
+    """The operator's end of a transfer as its door gives it (master_side.copying.relay.PartyEnd)."""
+
+    def send(self, event: TransferEvent) -> None: ...
+    def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+
+class RoutedTransfer:
+    """The operator's door's handle on a transfer another master (B) relays: what MasterTransfer is for a local
+    one (`id`, `undo`, `arrived`, `decoded`)."""
+
+    def __init__(self, transfers: RoutedTransfers, worker: str, party: OperatorParty, token: str,
+                 holder: str) -> None:
+        self.transfers = transfers
+        self.worker = worker
+        self.party = party
+        self.token = token  # of this end's `out` procedure
+        self.registration: Registration | None = None
+        self.id = ""
+        self.master = holder  # B's name in the site
+        # The router's authid of B: the master whose own listing holds the worker (the router lets a master list
+        # itself under its own name only); nobody else's messages are taken, even before B's first.
+        self.authid = holder
+        self.calls: OrderedCalls | None = None
+        self.undo: list[Callable[[], None]] = []
+        self.answered = False
+        self.ended = False
+        self.heard_at = transfers.clock()
+        self._early: list[TransferEvent] = []
+        self._expected = 0
+
+    # -- the operator's events (the door's calls) --------------------------------------------------
+
+    def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None:
+        self.decoded(side, lambda: kind.from_wire(*args))
+
+    def decoded(self, _side: str, decode: Callable[[], TransferEvent]) -> None:
+        calls = self.calls
+        if self.ended or calls is None:
+            return
+        try:
+            event = decode()
+        except ProtocolError as e:
+            self.end(f"the operator sent a bad message: {e}")
+            return
+        if isinstance(event, Data) and calls.held + len(event.chunk) > MAX_HELD:
+            self.end("the operator's client sent past its window")
+            return
+        calls.send(event)
+        if isinstance(event, Result):  # a download's outcome, the client's last message: done once B has it
+            calls.drained = self._finish
+            calls.closing = True
+            calls.pump()
+
+    # -- B's events (this end's `out` procedure) ---------------------------------------------------
+
+    def message(self, wire: object, details: CallDetails) -> None:
+        if self.ended:
+            return
+        caller = caller_of(details)
+        if caller is None or caller != self.authid:
+            return  # not B (another master that learnt the URI from the router's meta API)
+        try:
+            seq, call, args = split(wire)
+            if seq != self._expected:
+                raise ProtocolError(f"message {seq} where {self._expected} was expected")
+            self._expected += 1
+            event = event_of(call, args)
+        except ProtocolError as e:
+            self.end(f"master {visible(self.master)} broke the protocol: {e}")
+            return
+        self.heard_at = self.transfers.clock()
+        if event is None:
+            return
+        if not self.answered:
+            if len(self._early) >= MAX_EARLY:
+                self.end("the worker's master sent too much before it answered")
+                return
+            self._early.append(event)
+            return
+        self._deliver(event)
+
+    def _deliver(self, event: TransferEvent) -> None:
+        if isinstance(event, Result):
+            self._finish()
+        self.party.send(event)
+
+    def started(self, answer: dict[str, object]) -> dict[str, object]:
+        """B's answer: the transfer runs there; its events kept until now go to the operator. The sizes for the
+        door's answer."""
+        self.id = check_name(answer.get("transfer"), "transfer")
+        check_name(answer.get("master"), "master")
+        calls = OrderedCalls(self.transfers.link, session_uri(check_token(answer.get("token")), "in"),
+                             self.transfers.clock, MAX_WAITING)
+        calls.failed = lambda why: self.end(f"master {visible(self.master)} {why}")
+        self.calls = calls
+        sizes: dict[str, object] = {"total": check_int(answer.get("total"), "total", 0, 2**62),
+                 "entries": check_int(answer.get("entries"), "entries", 0, 2**62),
+                 "recorded": answer.get("recorded") is True}
+        self.answered = True
+        self.heard_at = self.transfers.clock()
+        early, self._early = self._early, []
+        for event in early:
+            if self.ended:
+                break
+            self._deliver(event)
+        return sizes
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The operator's connection is gone: B ends the transfer on the worker."""
+        if self.ended:
+            return
+        self._finish()
+        if self.calls is not None and not self.calls.gone:
+            self.calls.send(Cancel("the operator's connection was lost"))
+
+    def end(self, why: str) -> None:
+        """The transfer is lost here (B gone, the router lost, a bad message): the operator is told why, and B,
+        if it can still hear, is told cancel."""
+        if self.ended:
+            return
+        self._finish()
+        calls = self.calls
+        if calls is not None and not calls.gone:
+            calls.send(Cancel(why[:1000]))
+        log.info("slaveshell: a transfer routed to master {master} ended: {why}", master=visible(self.master),
+                 why=visible(why))
+        self.party.send(Result(False, f"the transfer with {self.worker} ended: {why}"))
+
+    def _finish(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._early.clear()
+        for undo in self.undo:
+            undo()
+        self.transfers.live.pop(self.token, None)
+        registration, self.registration = self.registration, None
+        if registration is not None and self.transfers.link.connected:
+            registration.unregister().addErrback(lambda failure: None)
+
+
+class RoutedTransfers:
+    """This master's routed transfers, by the token of their `out` procedure."""
+
+    def __init__(self, link: ClusterLink, relays: Relays, clock: Callable[[], float],
+                 open_timeout: Callable[[], float]) -> None:
+        self.link = link
+        self.relays = relays
+        self.clock = clock
+        self._open_timeout = open_timeout
+        self.live: dict[str, RoutedTransfer] = {}
+        link.on_leave.append(self.all_lost)
+
+    @deferred
+    async def copy(self, who: Identity, request: TransferRequest, party: OperatorParty
+                   ) -> tuple[RoutedTransfer, dict[str, object]] | None:
+        """Start `request` on the master that holds its worker: the transfer and its sizes, or None when no master
+        on the router holds it. Raises Refused: B's refusal, or the router's."""
+        worker = request.worker
+        holder = await self.relays.holder(worker)
+        if holder is None:
+            return None
+        token = secrets.token_hex(TOKEN_LENGTH // 2)
+        transfer = RoutedTransfer(self, worker, party, token, holder)
+        try:
+            transfer.registration = await self.link.register(transfer.message, session_uri(token, "out"))
+        except ClusterUnavailable:
+            return None
+        self.live[token] = transfer
+        call = CopyCall(request, who.user, tuple(sorted(who.groups)), token)
+        try:
+            answer = await self.link.call(worker_uri(worker, "copy"), call.to_wire(), timeout=self._open_timeout())
+        except Exception as e:
+            transfer._finish()
+            if error_uri(e) == NO_SUCH_PROCEDURE:
+                raise Refused(UNAVAILABLE, f"the master that holds {worker} does not relay cp between masters "
+                                           "(upgrade slaveshell there)") from None
+            if isinstance(e, ClusterUnavailable):
+                return None
+            raise Refused(UNAVAILABLE, f"the master that holds {worker} did not start the transfer: "
+                                       f"{visible(str(e) or type(e).__name__)[:300]}") from None
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            transfer._finish()
+            error = answer.get("error") if isinstance(answer, dict) else None
+            kind = answer.get("kind") if isinstance(answer, dict) else None
+            text = visible(error)[:1000] if isinstance(error, str) and error else "the worker's master refused"
+            raise Refused(kind if isinstance(kind, str) else UNAVAILABLE, text)
+        try:
+            sizes = transfer.started(answer)
+        except ProtocolError as e:
+            transfer.end(f"the worker's master sent a malformed answer ({e})")
+            raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None
+        transfer.undo.append(party.on_disconnect(transfer.cancel))
+        return transfer, sizes
+
+    def all_lost(self, why: str) -> None:
+        for transfer in list(self.live.values()):
+            transfer.end(why)
+
+    def tick(self, now: float) -> None:
+        for transfer in list(self.live.values()):
+            calls = transfer.calls
+            if transfer.ended or calls is None:
+                continue
+            if now - transfer.heard_at > DEAD:
+                transfer.end(f"master {visible(transfer.master)} stopped answering")
+            elif now - calls.sent_at >= PING:
+                calls.ping()

@@ -1,0 +1,252 @@
+"""Transfers (`slaveshell cp`) this master relays for the operators of another master of the site (the worker's
+side of a routed transfer, docs/multi-master.md).
+
+The calling master (A) calls a worker's `copy` procedure (master_side.cluster.link). This master is the
+authority, as for a routed session (master_side.cluster.serve): the caller must be a slaveshell master, the
+operator is the `ClusterIdentity` A vouches for under the name the router authenticated A as, and the transfer
+starts through the operators' API as any other (`copier`: the `copy` right, the quotas, the worker's allowed
+directories, the record on this master naming `cluster:A/...`). The operator's end of the transfer
+(`RouterParty`) is A's per-transfer `out` procedure; A's messages come to this master's per-transfer `in`
+procedure and go to the transfer's relay (master_side.copying.relay), which checks each as it checks a local
+client's (order, sizes, the credit window, sha256).
+
+Bounds on what a calling master can make this one hold: MAX_PER_MASTER transfers per calling master and
+MAX_SERVED in all (refused with a line and an audit event); a message out of sequence ends the transfer. A
+calling master that stops answering (a call failing, nothing heard for DEAD seconds) or the router lost ends
+the transfer, recorded with why.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
+
+from master_side.cluster.config import session_uri
+from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split
+from master_side.cluster.link import ClusterLink, caller_of
+from master_side.cluster.serve import DEAD, PING
+from master_side.cluster.stream import BAD_REQUEST, LIMIT, STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused
+from master_side.copying.relay import OPERATOR
+from master_side.sessions.worker_link import Undo, subscribe
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.copying import WINDOW, TransferEvent, TransferRequest
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import ClusterIdentity, Identity
+from slaveshell.vocabulary.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from autobahn.wamp.request import Registration
+    from autobahn.wamp.types import CallDetails
+
+log = Logger()
+
+MAX_PER_MASTER = 8  # transfers relayed for one calling master
+MAX_SERVED = 32  # transfers relayed for all other masters
+# Messages that may wait for their call to the calling master: the transfer's window in entries at most (data
+# messages are fewer: the window counts their bytes).
+MAX_WAITING = WINDOW // 1024 + 64
+
+
+class ServedTransfer(Protocol):
+    """What this module holds of a transfer it started (master_side.copying.relay.MasterTransfer)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def ended(self) -> bool: ...
+    @property
+    def undo(self) -> list[Callable[[], None]]: ...
+    def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None: ...
+    def end(self, ok: bool, reason: str, reported_by: str | None = None) -> None: ...
+
+
+# The operators' API's copy for another master's operator (OperatorAPI.copy_for_master): fires (the transfer,
+# {"total", "entries", "recorded"}); fails with Refused.
+Copier = Callable[[Identity, TransferRequest, "RouterParty"], Any]
+# An audited refusal (the operators' refusal audit, rate-limited): who, the worker, the line.
+Auditor = Callable[[Identity, str, str], None]
+
+
+class RouterParty:
+    """The operator's end of a transfer whose operator is on another master (master_side.copying.relay.PartyEnd):
+    each event is one call of that master's per-transfer `out` procedure."""
+
+    def __init__(self, calls: OrderedCalls) -> None:
+        self.calls = calls
+        self._disconnects: list[Callable[[], None]] = []
+
+    def send(self, event: TransferEvent) -> None:
+        self.calls.send(event)
+
+    def on_disconnect(self, callback: Callable[[], None]) -> Undo:
+        if self.calls.gone:
+            callback()
+            return lambda: None
+        return subscribe(self._disconnects, callback)
+
+    def lost(self) -> None:
+        callbacks, self._disconnects = self._disconnects, []
+        for callback in callbacks:
+            callback()
+
+
+@dataclass
+class Served:
+    caller: str
+    token: str
+    calls: OrderedCalls
+    party: RouterParty
+    transfer: ServedTransfer | None = None
+    registration: Registration | None = None
+    expected: int = 0
+    heard_at: float = 0.0
+    ended: bool = False
+    undo: list[Undo] = field(default_factory=list)
+
+
+class ServedTransfers:
+    """The transfers this master relays for other masters, and the `copy` procedure of its workers."""
+
+    def __init__(self, link: ClusterLink, copier: Copier, audit: Auditor, clock: Callable[[], float]) -> None:
+        self.link = link
+        self._copier = copier
+        self._audit = audit
+        self._clock = clock
+        self.served: dict[str, Served] = {}  # this end's token -> the transfer
+        self._starting: dict[str, int] = {}  # calling master -> transfers starting
+        link.copier = self.copy
+        link.on_leave.append(self.all_lost)
+
+    def _count(self, caller: str) -> int:
+        return sum(1 for s in self.served.values() if s.caller == caller) + self._starting.get(caller, 0)
+
+    @deferred
+    async def copy(self, worker: str, argument: object, details: CallDetails) -> dict[str, object]:
+        """A worker's `copy` procedure: {"ok": True, "transfer", "token", "master", "total", "entries",
+        "recorded"} or a refusal ({"ok": False, "error", "kind"})."""
+        caller = caller_of(details)
+        if caller is None:
+            from autobahn.wamp.exception import ApplicationError
+
+            raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may copy")
+        try:
+            call = CopyCall.from_wire(argument)
+        except ProtocolError as e:
+            return Refused(BAD_REQUEST, f"bad request from master {caller}: {e}").to_wire()
+        who = ClusterIdentity.vouched(caller, call.user, call.groups)
+        if call.request.worker != worker:
+            return self._refuse(who, worker, BAD_REQUEST, "bad request: the request names another worker than the "
+                                                          "procedure it was sent to")
+        if call.request.build is not None:
+            return self._refuse(who, worker, BAD_REQUEST, "cp in a held build (--build) is not routed between "
+                                                          f"masters yet: copy on master {self.link.name}")
+        if self._count(caller) >= MAX_PER_MASTER:
+            return self._refuse(who, worker, LIMIT, f"master {self.link.name} already relays {MAX_PER_MASTER} "
+                                                    f"transfers for master {caller} (its limit per master)")
+        if len(self.served) + sum(self._starting.values()) >= MAX_SERVED:
+            return self._refuse(who, worker, LIMIT, f"master {self.link.name} already relays {MAX_SERVED} "
+                                                    "transfers for other masters (its limit)")
+        self._starting[caller] = self._starting.get(caller, 0) + 1
+        try:
+            return await self._start(caller, who, call)
+        finally:
+            left = self._starting.pop(caller, 1) - 1
+            if left:
+                self._starting[caller] = left
+
+    @deferred
+    async def _start(self, caller: str, who: ClusterIdentity, call: CopyCall) -> dict[str, object]:
+        token = secrets.token_hex(TOKEN_LENGTH // 2)
+        calls = OrderedCalls(self.link, session_uri(call.token, "out"), self._clock, MAX_WAITING)
+        party = RouterParty(calls)
+        served = Served(caller, token, calls, party, heard_at=self._clock())
+        calls.failed = lambda why: self._lost(served, f"master {caller} {why}")
+        calls.drained = lambda: self._finish(served)
+        try:
+            served.registration = await self.link.register(
+                lambda wire, details: self._message(served, wire, details), session_uri(token, "in"))
+        except Exception as e:
+            return Refused(UNAVAILABLE, f"master {self.link.name} cannot relay the transfer now: "
+                                        f"{visible(str(e))[:200]}").to_wire()
+        self.served[token] = served
+        try:
+            transfer, sizes = await self._copier(who, call.request, party)
+        except Refused as e:
+            self._finish(served)
+            return e.to_wire()
+        except Exception:
+            self._finish(served)
+            log.failure("slaveshell: a transfer routed from master {caller} failed to start", caller=visible(caller))
+            return Refused(UNAVAILABLE, f"master {self.link.name} could not start the transfer (see its log)"
+                           ).to_wire()
+        served.transfer = transfer
+        if calls.gone:
+            transfer.end(False, "the operator's master left before the transfer started")
+            self._finish(served)
+            return Refused(STOPPED, "the operator's master left before the transfer started").to_wire()
+        transfer.undo.append(lambda: self._closing(served))
+        log.info("slaveshell transfer {tid}: routed from master {caller}", tid=transfer.id, caller=visible(caller))
+        return {"ok": True, "transfer": transfer.id, "token": token, "master": self.link.name, **sizes}
+
+    def _refuse(self, who: Identity, worker: str, kind: str, message: str) -> dict[str, object]:
+        self._audit(who, worker, message)
+        return Refused(kind, message).to_wire()
+
+    def _message(self, served: Served, wire: object, details: CallDetails) -> None:
+        """A message of the calling master for the transfer (its per-transfer `in` procedure)."""
+        if caller_of(details) != served.caller or served.ended:
+            return  # another master (it learnt the URI from the router's meta API), or one late
+        served.heard_at = self._clock()
+        transfer = served.transfer
+        if transfer is None or transfer.ended:
+            return
+        try:
+            seq, call, args = split(wire)
+            if seq != served.expected:
+                raise ProtocolError(f"message {seq} where {served.expected} was expected")
+            served.expected += 1
+            if event_of(call, args) is None:
+                return  # alive
+        except ProtocolError as e:
+            transfer.end(False, f"master {served.caller} sent a bad message: {e}")
+            return
+        transfer.decoded(OPERATOR, lambda: event_of(call, args))  # type: ignore[arg-type,return-value]
+
+    def _closing(self, served: Served) -> None:
+        """The transfer ended: its last message (the result) is sent after this, then the procedure goes."""
+        served.calls.closing = True
+        self.link.reactor.callLater(0, served.calls.pump)
+
+    def _lost(self, served: Served, why: str) -> None:
+        transfer = served.transfer
+        if transfer is not None:
+            transfer.end(False, why)
+        served.party.lost()
+        self._finish(served)
+
+    def _finish(self, served: Served) -> None:
+        if served.ended:
+            return
+        served.ended = True
+        self.served.pop(served.token, None)
+        registration, served.registration = served.registration, None
+        if registration is not None and self.link.connected:
+            registration.unregister().addErrback(lambda failure: None)
+
+    def all_lost(self, why: str) -> None:
+        for served in list(self.served.values()):
+            self._lost(served, why)
+            served.calls.fail(why)
+
+    def tick(self, now: float) -> None:
+        for served in list(self.served.values()):
+            if served.transfer is None or served.calls.gone:
+                continue
+            if now - served.heard_at > DEAD:
+                served.calls.fail("stopped answering")
+            elif now - served.calls.sent_at >= PING:
+                served.calls.ping()

@@ -1,0 +1,219 @@
+"""`slaveshell cp` on master A's socket to and from a worker master B holds (a multi-master site,
+tests/e2e/cluster_fixtures.py): B relays and records the transfer under its policy for the operator A vouches for;
+files and trees arrive byte for byte; B's refusal is shown on A; B killed mid-copy ends it on A with a clear line,
+and the partial file never takes the destination's place."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from slaveshell.client.sandbox import Sandbox
+
+from .cluster_fixtures import DOC, PG, Site, site
+from .conftest import assert_no_traceback, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with site(str(tmp_path_factory.mktemp("site"))) as s:
+        yield s
+
+
+def cp_argv(sb: Sandbox, *args: str) -> list[str]:
+    return [sys.executable, "-m", "slaveshell.cli", "cp", "--socket", sb.socket, *args]
+
+
+def cp(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cp_argv(sb, *args), capture_output=True, text=True, timeout=180)
+
+
+def on_b(site: Site) -> None:
+    """Wait until A sees b1 and z1 on B."""
+
+    def seen() -> bool:
+        held = {str(w["name"]): w.get("master") for w in site.a.workers_status()}
+        return held.get("b1") == "B" and held.get("z1") == "B"
+
+    assert wait_until(seen, 30)
+
+
+def sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tree_digest(top: str) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), top)] = "dir"
+        for f in filenames:
+            out[os.path.relpath(os.path.join(dirpath, f), top)] = sha(os.path.join(dirpath, f))
+    return out
+
+
+def transfer_rows(site: Site, worker: str) -> list[dict[str, object]]:
+    """The transfers on `worker` in the site's shared audit index, oldest first."""
+    sql = ("SELECT coalesce(json_agg(s ORDER BY started), '[]') FROM (SELECT id, operator, master, state, "
+           "end_reason, command, bytes_in, bytes_out, transcript, started FROM slaveshell_sessions "
+           f"WHERE worker = '{worker}' AND term = 'transfer') s")
+    done = subprocess.run(PG + ["-d", site.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def closed_row(site: Site, worker: str, needle: str) -> dict[str, object]:
+    def closed() -> dict[str, object] | None:
+        found = [r for r in transfer_rows(site, worker) if needle in str(r["command"])]
+        return found[-1] if found and found[-1]["state"] != "running" else None
+
+    row = wait_until(closed, 30)
+    assert row, f"no closed transfer row for {needle}"
+    return row
+
+
+def vouched() -> str:
+    return f"cluster:A/{getpass.getuser()}"
+
+
+def test_cp_up_and_down_a_file_through_a_to_a_worker_of_b(cluster: Site, tmp_path) -> None:
+    on_b(cluster)
+    data = os.urandom(6 * 1024 * 1024 + 4321)  # many chunks and a partial one
+    (tmp_path / "blob.bin").write_bytes(data)
+    dest = os.path.join(cluster.b.worker_dir("b1"), "routed-blob.bin")
+    up = cp(cluster.a, str(tmp_path / "blob.bin"), f"b1:{dest}")
+    assert up.returncode == 0, up.stderr
+    assert up.stdout == "" and up.stderr == ""
+    assert sha(dest) == hashlib.sha256(data).hexdigest()
+    down = cp(cluster.a, f"b1:{dest}", str(tmp_path / "back.bin"))
+    assert down.returncode == 0, down.stderr
+    assert sha(str(tmp_path / "back.bin")) == hashlib.sha256(data).hexdigest()
+    # B recorded both: the rows name B (the master column) and A (the operator it vouched for).
+    for needle in ("blob.bin -> ", "routed-blob.bin -> "):
+        row = closed_row(cluster, "b1", needle)
+        assert row["state"] == "ended", row
+        assert row["operator"] == vouched()
+        assert str(row["master"]).endswith(os.path.join("B", "master"))
+        assert str(row["transcript"]).startswith(cluster.b.master_dir + os.sep)
+        with open(str(row["transcript"]), encoding="utf-8") as f:
+            assert hashlib.sha256(data).hexdigest() in f.read()
+
+
+def test_cp_r_of_a_tree_both_ways(cluster: Site, tmp_path) -> None:
+    on_b(cluster)
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "sub" / "a.bin").write_bytes(os.urandom(700_000))
+    (tree / "b.txt").write_text("hello\n")
+    (tree / "sub" / "deeper" / "zero").write_bytes(b"")
+    top = os.path.join(cluster.b.worker_dir("b1"), "trees")
+    os.makedirs(top, exist_ok=True)
+    up = cp(cluster.a, "-r", str(tree), f"b1:{top}")
+    assert up.returncode == 0, up.stderr
+    assert tree_digest(os.path.join(top, "tree")) == tree_digest(str(tree))
+    down = cp(cluster.a, "-r", f"b1:{os.path.join(top, 'tree')}", str(tmp_path / "tree2"))
+    assert down.returncode == 0, down.stderr
+    assert tree_digest(str(tmp_path / "tree2")) == tree_digest(str(tree))
+
+
+def test_bs_policy_refusal_of_cp_is_shown_on_a(cluster: Site, tmp_path) -> None:
+    on_b(cluster)
+    (tmp_path / "f").write_text("x\n")
+    done = cp(cluster.a, str(tmp_path / "f"), f"z1:{cluster.b.worker_dir('z1')}/f")
+    assert done.returncode != 0
+    # B's own refusal, as docs/multi-master.md shows it.
+    with open(DOC) as f:
+        documented = next(line.strip() for line in f if line.strip().startswith("slaveshell: permission denied"))
+    assert done.stderr == documented.replace("cluster:A/alice", vouched()) + "\n", done.stderr
+    assert not os.path.exists(os.path.join(cluster.b.worker_dir("z1"), "f"))
+
+
+def test_a_run_on_a_over_a1_and_b1_is_gathered_in_one_answer(cluster: Site) -> None:
+    """`slaveshell run` on A over a1 (on A) and b1 (on B): b1's part is a session routed to B, recorded there;
+    z1's is refused by B's policy, and the refusal is in the run's answer."""
+    on_b(cluster)
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "run", "--socket", cluster.a.socket,
+                           "--workers", "a1", "--workers", "b1", "--workers", "z1", "--json", "--",
+                           "sh", "-c", "echo on $PWD"], capture_output=True, text=True, timeout=180)
+    assert_no_traceback(done.stderr)
+    answer = json.loads(done.stdout)
+    by_name = {w["worker"]: w for w in answer["workers"]}
+    assert set(by_name) == {"a1", "b1", "z1"}, answer
+    assert by_name["a1"]["state"] == "ok" and by_name["a1"]["output"].strip() == f"on {cluster.a.worker_dir('a1')}"
+    assert by_name["b1"]["state"] == "ok" and by_name["b1"]["output"].strip() == f"on {cluster.b.worker_dir('b1')}"
+    assert by_name["z1"]["state"] == "refused", by_name["z1"]
+    assert by_name["z1"]["reason"] == (f"permission denied: {vouched()} (vouched for by master A) may not run on "
+                                       "worker z1: no policy rule allows it"), by_name["z1"]
+    assert done.returncode == 1  # not every targeted worker ran (z1)
+    # b1's part is a session on B: its row names B and the operator A vouched for.
+    sql = ("SELECT json_agg(s) FROM (SELECT operator, master, state, exit_code, run_id FROM slaveshell_sessions "
+           f"WHERE id = '{by_name['b1']['session']}') s")
+
+    def closed() -> dict[str, object] | None:
+        done = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        found = json.loads(done.stdout)
+        return found[0] if found and found[0]["state"] != "running" else None
+
+    row = wait_until(closed, 30)
+    assert row, "B did not record b1's part"
+    assert row["operator"] == vouched() and str(row["master"]).endswith(os.path.join("B", "master"))
+    assert (row["state"], row["exit_code"]) == ("ended", 0)
+    # Its run id is A's run's, recorded by A in the same index.
+    run = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c",
+                               f"SELECT targets FROM slaveshell_runs WHERE id = '{row['run_id']}'"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "a1 b1 z1", (row, run.stdout, run.stderr)
+
+
+def staged_bytes(directory: str) -> int:
+    total = 0
+    for name in os.listdir(directory):
+        if name.startswith(".slaveshell-cp-"):
+            for dirpath, _dirs, files in os.walk(os.path.join(directory, name)):
+                total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    return total
+
+
+def test_kill_9_of_b_mid_copy_ends_it_on_a_with_a_clear_line(cluster: Site, tmp_path) -> None:
+    """Last in this module: B stays dead."""
+    on_b(cluster)
+    src = str(tmp_path / "huge")
+    with open(src, "wb") as f:
+        f.truncate(4 * 1024**3)
+    dest_dir = os.path.join(cluster.b.worker_dir("b1"), "killed")
+    os.makedirs(dest_dir, exist_ok=True)
+    with open(os.path.join(dest_dir, "huge"), "w") as f:
+        f.write("the old file\n")
+    proc = subprocess.Popen(cp_argv(cluster.a, src, f"b1:{dest_dir}/huge"), stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: staged_bytes(dest_dir) > 0, 60, 0.05), "the transfer never started"
+        killed = time.monotonic()
+        os.kill(cluster.b.master_pid(), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - killed < 45
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "the transfer with b1 ended: master B is gone" in err or "master B stopped answering" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert_no_traceback(err)
+    # The partial file never replaced the destination, and the worker, which lost its master, leaves nothing.
+    assert wait_until(lambda: sorted(os.listdir(dest_dir)) == ["huge"], 60), os.listdir(dest_dir)
+    with open(os.path.join(dest_dir, "huge")) as f:
+        assert f.read() == "the old file\n"
