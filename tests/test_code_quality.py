@@ -48,6 +48,7 @@ STRICT = [
     "slaveshell/vocabulary/flow.py",
     "slaveshell/vocabulary/windows.py",
     "slaveshell/client/escape.py",
+    "slaveshell/client/cluster_sandbox.py",
     "slaveshell/vocabulary/transcript.py",
     "slaveshell/vocabulary/display.py",
     "slaveshell/plumbing/remote.py",

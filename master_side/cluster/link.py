@@ -22,6 +22,8 @@ The session speaks msgpack, so that a routed session's bytes travel as bytes (ma
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -143,6 +145,7 @@ class ClusterLink:
             return
 
         transport = {"url": self.config.router_url, "max_retries": -1, "serializers": ["msgpack"],
+                     "options": {"maskClientFrames": False},
                      "initial_retry_delay": self.config.initial_retry_delay,
                      "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
         component = Component(transports=[transport], realm=self.config.realm,
@@ -176,6 +179,7 @@ class ClusterLink:
     async def _joined(self, session: Any, details: object) -> None:
         log.info("slaveshell: joined the router as master {name}", name=visible(self.name))
         self._session = session
+        no_delay(session)
         from autobahn.wamp.types import RegisterOptions
 
         try:
@@ -361,6 +365,34 @@ class ClusterLink:
 
     def _timed(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         return d.addTimeout(self.config.call_timeout, self._reactor)
+
+
+def no_delay(session: Any) -> None:
+    """Keep small messages to and from the router from waiting on TCP's timers (a keystroke's echo through two
+    masters took ~90 ms instead of a few).
+
+    - Nagle's algorithm off on this end: autobahn asks for it when the connection is made, but before the protocol
+      has its options, so the request fails silently and a small message sent while the previous one waits for
+      its acknowledgement waited up to 40 ms (the router's delayed ACK).
+    - The router's end has the same flaw, which only the router's own code could mend: so this end acknowledges
+      at once what it reads (Linux's TCP_QUICKACK, which the kernel drops after a while: set again after each
+      read), and the router's next small message does not wait for a delayed acknowledgement either."""
+    protocol = getattr(session, "_transport", None)
+    transport: Any = getattr(protocol, "transport", None)
+    with contextlib.suppress(AttributeError, OSError):  # not TCP (a Unix socket), or already closed
+        transport.setTcpNoDelay(True)
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = getattr(transport, "socket", None)
+    if quickack is None or sock is None or protocol is None:
+        return
+    received = protocol.dataReceived
+
+    def data_received(data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        received(data)
+
+    protocol.dataReceived = data_received
 
 
 def caller_of(details: CallDetails | None) -> str | None:

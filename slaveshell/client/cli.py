@@ -378,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory afterwards")
     d.add_argument("--web", action="store_true",
                    help="serve Buildbot's web UI with a login and the Shells page instead (until Ctrl-C)")
+    d.add_argument("--cluster", action="store_true",
+                   help="a multi-master site instead (router, PostgreSQL database, masters A and B, a worker on B) "
+                        "and a shell through A on B's worker")
     d.add_argument("command", nargs=argparse.REMAINDER, help="run this instead of a login shell")
     d.set_defaults(func=cmd_demo)
     return p

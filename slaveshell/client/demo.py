@@ -1,11 +1,14 @@
 """`slaveshell demo`: a throwaway Buildbot master and worker on 127.0.0.1 (real processes,
 slaveshell/client/sandbox.py), then a shell on the worker (`buildbot-shell`), or with ``--web`` the master's web UI with
-a login and the Shells page (master_side.www), until Ctrl-C. Everything is removed at the end unless ``--keep``."""
+a login and the Shells page (master_side.www), until Ctrl-C; or with ``--cluster`` a multi-master site
+(slaveshell/client/cluster_sandbox.py) and a shell, through master A, on a worker of master B. Everything is removed
+at the end unless ``--keep``."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import importlib.util
 import os
 import secrets
@@ -16,12 +19,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+from typing import TYPE_CHECKING
 
 from slaveshell.client.sandbox import BUILDBOT, Sandbox
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.framing import Op
 
+if TYPE_CHECKING:
+    from slaveshell.client.cluster_sandbox import ClusterSandbox
+
 WEB_USER = "demo"
+# `demo --cluster`: the worker on master B that the shell, through master A, reaches.
+CLUSTER_WORKER = "b1"
 # The web demo's second login: may watch the sessions of others, nothing else (two people can try watching).
 WEB_WATCHER = "watcher"
 
@@ -139,10 +148,78 @@ def _end(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _routed_shell(site: ClusterSandbox, command: list[str]) -> int:
+    a, b = site.a.socket, site.b.socket
+    args = ["--socket", a, CLUSTER_WORKER] + command
+    _say(shlex.join(["buildbot-shell", *args]) + f"  (master A's socket; {CLUSTER_WORKER} is attached to master B)")
+    argv = _client("buildbot-shell", "slaveshell.shell_cli") + args
+    if command:
+        return _foreground(argv)
+    sessions = _client("slaveshell", "slaveshell.cli") + ["sessions", "--socket", b]
+    watch = _client("slaveshell", "slaveshell.cli") + ["watch", "SESSION-ID", "--socket", a]
+    _say("B serves and records the session, under B's policy for the user A vouches for "
+         f"(cluster:A/{visible(getpass.getuser())}). To watch it from another terminal, through A: its id is on B,\n"
+         f"    {visible(shlex.join(sessions))}\n"
+         f"    {visible(shlex.join(watch))}")
+    _say(f"you are now in a shell on {CLUSTER_WORKER}, on master B, through master A; 'exit' (or ~.) ends the demo "
+         "and removes the site.")
+    return _foreground(argv)
+
+
+def describe_site(site: ClusterSandbox) -> str:
+    return "\n".join([
+        f"router:   {site.router.url} (crossbar, realm {site.router.realm}; log {site.router.log_path})",
+        f"database: {site.database} on the local PostgreSQL (shared by both masters)",
+        *(f"master {name}: {sb.master_dir} (socket {sb.socket}; workers {', '.join(sb.workers)})"
+          for name, sb in site.masters.items())])
+
+
+def cluster_demo(args: argparse.Namespace) -> int:
+    from slaveshell.client.cluster_sandbox import ClusterSandbox, SiteUnavailable
+    from slaveshell.client.router import RouterError
+    from slaveshell.client.sandbox import SandboxError
+
+    root = tempfile.mkdtemp(prefix="slaveshell-demo-cluster-")
+    # B lets its own local user in, and A's operator (this user, as A vouches for it) on B's b* workers.
+    policy = f"[dict(users=[{os.getuid()}]), dict(users=[{'cluster:A/' + getpass.getuser()!r}], workers=['b*'])]"
+    site = ClusterSandbox(root, {"A": ["a1"], "B": [CLUSTER_WORKER]}, policies={"B": policy})
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _end)
+    try:
+        site.start(on_step=_say)
+        print(describe_site(site), file=sys.stderr, flush=True)
+        command = list(args.command)
+        if command and command[0] == "--":
+            command = command[1:]
+        return _routed_shell(site, command)
+    except SiteUnavailable as e:
+        _say(f"cannot start a multi-master site here: {e}")
+        return 2
+    except (SandboxError, RouterError) as e:
+        _say(str(e))
+        return 255
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        _say("stopping the masters, workers and router, dropping the database ...")
+        site.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            _say(f"kept {root} (the database is dropped all the same)")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from slaveshell.client.sandbox import SandboxError, describe
 
     web = bool(getattr(args, "web", False))
+    if getattr(args, "cluster", False):
+        if web:
+            _say("--cluster and --web do not go together (yet)")
+            return 2
+        return cluster_demo(args)
     if web and importlib.util.find_spec("buildbot_www") is None:
         _say("--web needs Buildbot's web UI: pip install 'slaveshell[web]' (the buildbot-www package)")
         return 2

@@ -115,6 +115,7 @@ def config(port: int, realm: str = "buildbot", tickets: dict[str, str] | None = 
             "transports": [{
                 "type": "websocket",
                 "endpoint": {"type": "tcp", "port": port, "interface": interface},
+                "options": {"require_masked_client_frames": False},
                 "auth": {
                     "anonymous": {"type": "static", "role": "anonymous"},
                     "ticket": {"type": "static", "principals": principals},

@@ -1,7 +1,8 @@
-"""A multi-master site on this machine, for the tests that need one (started only by them): the WAMP router
-(crossbar from its own venv, installed when missing: slaveshell.client.router), a fresh PostgreSQL database shared by
-two real Buildbot masters (`multiMaster=True`, the `wamp` message queue) named A and B in the site, each running
-ShellService(cluster=...) with slaveshell's ticket, and real opted-in workers on each:
+"""A multi-master site on this machine, for the tests that need one (started only by them), as
+slaveshell.client.cluster_sandbox starts one for them and for `slaveshell demo --cluster`: the WAMP router
+(crossbar from its own venv, installed when missing), a fresh PostgreSQL database shared by two real Buildbot masters
+(`multiMaster=True`, the `wamp` message queue) named A and B in the site, each running ShellService(cluster=...) with
+its own ticket, and real opted-in workers on each:
 
 - on A: `a1`, and `dup`;
 - on B: `b1` (also configured on A, as sites configure every worker on every master), `z1`, and another `dup`:
@@ -20,117 +21,50 @@ import getpass
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from slaveshell.client import router as wamp_router
-from slaveshell.client.sandbox import Sandbox, free_port
+from slaveshell.client.cluster_sandbox import PG, REALM, ClusterSandbox, SiteUnavailable
 
-PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
-REALM = "buildbot"
+__all__ = ["PG", "DOC", "Site", "site", "anonymous_probe", "hostile_probe"]
+
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
                    "multi-master.md")
 DOC_ROUTER = "ws://router.example.org:8080/ws"
 DOC_DB = "postgresql+psycopg2://buildbot@db.example.org/buildbot"
 
-
-@dataclass
-class Site:
-    router: wamp_router.Router
-    a: Sandbox
-    b: Sandbox
-    database: str
-    tickets: dict[str, str]
-    db_url: str
-
-    def master(self, name: str) -> Sandbox:
-        return {"A": self.a, "B": self.b}[name]
-
-
-def _psql(sql: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(PG + ["-c", sql], capture_output=True, text=True, timeout=60)
-
-
-def router_ready() -> str:
-    """The crossbar executable, installed into its venv when missing; the test is skipped, with the reason, only
-    when it cannot be installed (no network, no PyPI)."""
-    try:
-        return wamp_router.install()
-    except (wamp_router.RouterError, OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"the WAMP router (crossbar {wamp_router.CROSSBAR_VERSION}) cannot be installed: {e}")
-
-
-def master_config(router_url: str) -> str:
-    return (f"c['multiMaster'] = True\n"
-            f"c['mq'] = {{'type': 'wamp', 'router_url': {router_url!r}, 'realm': {REALM!r}, "
-            f"'wamp_debug_level': 'error'}}\n")
-
-
-def cluster_kwargs(router_url: str, ticket_file: str, name: str, db_url: str) -> str:
-    return (f"cluster=ClusterConfig(router_url={router_url!r}, realm={REALM!r}, authid={name!r}, "
-            f"ticket_file={ticket_file!r}, master={name!r}, initial_retry_delay=0.5, max_retry_delay=2), "
-            f"db_url={db_url!r}")
+Site = ClusterSandbox
 
 
 @contextlib.contextmanager
 def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouched: tuple[str, ...] = ()
          ) -> Iterator[Site]:
-    """The site. With `a_www_config`, master A serves Buildbot's web UI with slaveshell's plugin (Sandbox's www
-    options: that source after c['www']); `a_policy` is Python source for A's ShellService(policy=...); `b_vouched`
-    are more of A's users (as A names them: "web:alice") that B's documented rule lets open shells on the b* workers.
-    """
-    router_ready()
-    database = f"slaveshell_site_{os.getpid()}_{secrets.token_hex(3)}"
-    made = _psql(f"CREATE DATABASE {database}")
-    if made.returncode != 0:
-        pytest.skip(f"the local PostgreSQL is not reachable as postgres@127.0.0.1: {made.stderr.strip()}")
-    # C: a principal of slaveshell's role that no master uses (the hostile master of the tests).
-    tickets = {name: secrets.token_urlsafe(24) for name in ("A", "B", "C")}
-    ticket_file = os.path.join(root, "router-ticket")
-    os.makedirs(root, exist_ok=True)
-    with open(os.open(ticket_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(tickets["A"] + "\n")
-    router = wamp_router.Router(os.path.join(root, "router"), free_port(), REALM, tickets)
-    db_url = f"postgresql+psycopg2://postgres@127.0.0.1/{database}"
-    # A is configured here; B by docs/multi-master.md's master.cfg fragment, as written but for the router's URL,
-    # the database, the master's name and the users its policy names.
-    a = Sandbox(os.path.join(root, "A"), workers=["a1", "dup"], db_url=db_url,
-                service_kwargs=cluster_kwargs(router.url, ticket_file, "A", db_url)
-                + (f", policy={a_policy}" if a_policy else ""),
-                www=a_www_config is not None, www_config=a_www_config or "",
-                extra_config=master_config(router.url) + "c['workers'].append(worker.Worker('b1', 'pass'))\n")
-    b = Sandbox(os.path.join(root, "B"), workers=["b1", "z1", "dup"], db_url=db_url,
-                extra_config=documented_master_cfg(router.url, db_url, "B", b_vouched))
-    masters = [a, b]
+    """The site (slaveshell.client.cluster_sandbox, as `slaveshell demo --cluster` starts one): A configured by the
+    sandbox, B by docs/multi-master.md's master.cfg fragment; the test is skipped, with the reason, only when the
+    machine lacks the router or the local PostgreSQL. With `a_www_config`, master A serves Buildbot's web UI with
+    slaveshell's plugin (Sandbox's www options: that source after c['www']); `a_policy` is Python source for A's
+    ShellService(policy=...); `b_vouched` are more of A's users (as A names them: "web:alice") that B's documented
+    rule lets open shells on the b* workers."""
+    s = ClusterSandbox(root, {"A": ["a1", "dup"], "B": ["b1", "z1", "dup"]},
+                       policies={"A": a_policy} if a_policy else None,
+                       configs={"B": lambda router_url, db_url: documented_master_cfg(router_url, db_url, "B",
+                                                                                      b_vouched)},
+                       extra_config={"A": "c['workers'].append(worker.Worker('b1', 'pass'))\n"},
+                       www={"A": a_www_config} if a_www_config is not None else None,
+                       principals=["C"])  # C: a principal of slaveshell's role that no master uses (hostile)
     try:
-        for sb in masters:
-            sb.create()
-        # The documented fragment brings its own ShellService, and reads its ticket from the basedir.
-        cfg = os.path.join(b.master_dir, "master.cfg")
-        with open(cfg) as f:
-            text = f.read()
-        assert text.count("c['services'] = [ShellService()]\n") == 1
-        with open(cfg, "w") as f:
-            f.write(text.replace("c['services'] = [ShellService()]\n", "c['services'] = []\n"))
-        b_ticket = os.path.join(b.master_dir, "router-ticket")
-        with open(os.open(b_ticket, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(tickets["B"] + "\n")
-        masters[0].upgrade_database()
-        os.makedirs(router.root, exist_ok=True)
-        router.start()
-        for sb in masters:
-            sb.start()
-        yield Site(router, masters[0], masters[1], database, tickets, db_url)
+        try:
+            s.install_router()
+            s.make_database()
+        except SiteUnavailable as e:
+            pytest.skip(str(e))
+        s.start()
+        yield s
     finally:
-        for sb in masters:
-            sb.stop()
-        router.stop()
-        _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        s.stop()
 
 
 def documented_master_cfg(router_url: str, db_url: str, name: str, vouched: tuple[str, ...] = ()) -> str:

@@ -46,6 +46,18 @@ def test_benchmark_runs_at_a_tiny_size():
     assert "| 5 concurrent sessions alive (sessions) | 5.0 |" in table
 
 
+@pytest.mark.skipif(not HAVE_SSHD, reason="the ssh -J rows need OpenSSH's sshd")
+def test_cluster_bench_runs_at_a_tiny_size():
+    """bench/cluster_bench.py: a session through master A against the same on B and against ssh -J."""
+    done = run_bench([sys.executable, str(ROOT / "bench" / "cluster_bench.py"), "--smoke"])
+    if done.returncode == 2 and "cannot start a multi-master site here" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    for metric in ("-T throughput (MB/s)", "PTY throughput (MB/s)", "echo, median (ms)", "open + true (ms)",
+                   "| via A |", "| B direct |"):
+        assert metric in done.stdout, done.stdout
+
+
 @pytest.mark.skipif(not HAVE_SSHD, reason="the alternated rows need OpenSSH's sshd")
 def test_alternated_rounds_through_the_delaying_proxy_at_a_tiny_size():
     argv = [sys.executable, str(ROOT / "bench" / "fair.py"), "--smoke", "--rtt-ms", "10", "--rate-mbit", "50",
