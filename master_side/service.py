@@ -279,7 +279,7 @@ class ShellService(BuildbotService):
         """An audit event of another master's read of this one's records (master_side.cluster.records)."""
         trail = self.trail
         if trail is not None:
-            trail.store.add_event(kind, session_id, worker, who.user, who.uid, detail=detail)
+            trail.record_read(kind, session_id, worker, who, detail)
 
     def _tick(self) -> None:
         try:

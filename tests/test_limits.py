@@ -321,7 +321,10 @@ class PendingAPI:
         self.pending.append(d)
         return d
 
-    history = search = _wait
+    history = search = site_history = _wait
+
+    def site_search(self, *args: Any) -> defer.Deferred[Any]:
+        return self._wait().addCallback(lambda rows: {"rows": rows})
     cluster = None  # one master: no router (master_side.cluster.part)
 
     def transcript(self, *args: Any) -> defer.Deferred[Any]:
@@ -332,6 +335,9 @@ class PendingAPI:
 
     def sessions(self, who: Identity) -> list[Any]:
         return []
+
+    def site_sessions(self, who: Identity) -> dict[str, Any]:
+        return {"rows": []}
 
     def release(self, who: Identity, build: object) -> str:
         return "released"

@@ -277,6 +277,11 @@ class AuditTrail:
         the operator who asked."""
         self.store.add_event(kind, record_id, worker, who.user, who.uid, detail)
 
+    def record_read(self, kind: str, session_id: str, worker: str, who: Identity, detail: str) -> None:
+        """Another master's read of this master's records for `who` (master_side.cluster.records: a transcript
+        read through the router)."""
+        self.store.add_event(kind, session_id, worker, who.user, who.uid, detail)
+
     def killed(self, session: MasterSession, who: Identity, detail: str = "") -> None:
         self.store.add_event("kill", session.id, session.worker, who.user, who.uid, detail)
 
