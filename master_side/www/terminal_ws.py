@@ -593,12 +593,12 @@ class TerminalProtocol(WebSocketServerProtocol):
             return
         copies.take(who.user)
         self.copy_place = (copies, who.user)
-        copy = self.copy = WebCopy(self)
+        copy = self.copy = WebCopy(self, request)
 
         @deferred
         async def authorized() -> None:
             await access.check_authz_shell(self.master, request.worker, self.info)
-            await copy.start(lambda party: service.api.copy(who, request, party, party.waiting))
+            await copy.start(lambda party: service.api.copy_anywhere(who, request, party, party.waiting))
 
         authorized().addErrback(self._copy_refused, request.worker)
 
