@@ -162,6 +162,10 @@ def test_a_run_from_as_fleet_page_over_a1_and_b1_gathers_both(browser: Any, clus
     page.goto(cluster.a.url + "#/slaveshell/fleet")
     wait_for(lambda: master_cell(page, "b1") == "on master B" or (page.reload() and False), "b1 on the Fleet page",
              90)
+    # Refresh facts: the probe is a run too, b1's part on B; its facts are in the shared index, shown on A.
+    page.locator("button.slaveshell-refresh-facts").click()
+    page.locator(".slaveshell-facts-note").wait_for(timeout=180_000)
+    wait_for(lambda: "Linux" in page.locator("tr[data-worker='b1']").inner_text(), "b1's facts on A's page")
     for name in ("a1", "b1"):
         page.locator(f"tr[data-worker='{name}'] input.slaveshell-select").check()
     assert "2 selected workers" in page.locator(".slaveshell-run-form").inner_text()
