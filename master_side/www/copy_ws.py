@@ -1,9 +1,11 @@
 """Copy in the browser: one `slaveshell cp` transfer on a socket of the web door (master_side.www.terminal_ws),
-through the operator API's `copy` (master_side.operators.copy_calls) like the framed door's (master_side.shell_socket.
-copy_door): the policy's ``copy`` right, the quotas, the worker's allowed_dirs and its owner's allowed_users, the
-record written before a byte is served, the relay's checks of every message (order, declared sizes, the credit
-window, sha256). The socket was admitted as the terminal's are (Origin, the login and its shell grant, the socket
-quotas); Buildbot's authz must grant the ``shell`` action on the worker, as for a session.
+through the operator API's `copy_anywhere` (master_side.operators.copy_calls) like the framed door's
+(master_side.shell_socket.copy_door): the policy's ``copy`` right, the quotas, the worker's allowed_dirs and its
+owner's allowed_users, the record written before a byte is served, the relay's checks of every message (order,
+declared sizes, the credit window, sha256). The socket was admitted as the terminal's are (Origin, the login and
+its shell grant, the socket quotas); Buildbot's authz must grant the ``shell`` action on the worker, as for a
+session. On a multi-master site, a worker another master holds is copied through that master, under its policy,
+quotas and record (master_side.cluster.copy_relay); the page's bounds below are still checked here.
 
 Why the WebSocket and not an HTTP endpoint: it is the door that already checks the Origin, the login and its grant,
 and counts its sockets; its frames carry the relay's credit window both ways, so the master holds at most a window
