@@ -215,7 +215,7 @@ class Sandbox:
         """Make Buildbot's tables in `db_url` (the template's own database is SQLite): once per database."""
         self._run(BUILDBOT + ["upgrade-master", "--quiet", self.master_dir], timeout=300)
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 180) -> None:
         self.start_master(timeout)
         # All workers at once: each `start` waits until its worker process runs.
         starting = [(name, subprocess.Popen(BUILDBOT_WORKER + ["start", self.worker_dir(name)], cwd=self.root,
@@ -249,7 +249,7 @@ class Sandbox:
                          "--json"], timeout=30)
         return list(json.loads(out))
 
-    def wait_for_workers(self, names: Sequence[str], timeout: float = 90) -> None:
+    def wait_for_workers(self, names: Sequence[str], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -297,7 +297,7 @@ class Sandbox:
         with open(os.path.join(self.master_dir, "twistd.pid")) as f:
             return int(f.read().strip())
 
-    def start_master(self, timeout: float = 90) -> None:
+    def start_master(self, timeout: float = 180) -> None:
         self._start_master(timeout)
 
     def _start_master(self, timeout: float) -> None:
