@@ -62,7 +62,7 @@ class Worker:
 
 def started(request: TransferRequest, total: int = 0) -> tuple[WebCopy, Socket, Worker, MasterTransfer]:
     socket, worker = Socket(), Worker()
-    copy = WebCopy(socket)
+    copy = WebCopy(socket, request)
     transfer = MasterTransfer("t1", ALICE, request, None, lambda t: None)
 
     def api_copy(party: Any) -> Any:
@@ -136,7 +136,7 @@ def test_the_pages_events_are_the_relays_to_check():
 
 
 def test_messages_before_the_transfer_started_are_the_pages_fault():
-    copy = WebCopy(Socket())
+    copy = WebCopy(Socket(), TransferRequest(UP, "w1", ("a.bin",), "."))
     with pytest.raises(ProtocolError):
         copy.message({"type": "finish"})
     with pytest.raises(ProtocolError):
@@ -147,3 +147,56 @@ def test_a_directory_is_refused_with_the_way_to_copy_one():
     assert refusal_text("worker w1: /srv/tree: is a directory (use -r)") == (
         "worker w1: /srv/tree: is a directory: the page copies single files (slaveshell cp -r copies directories)")
     assert refusal_text("permission denied") == "permission denied"
+
+
+class Routed:
+    """A transfer another master relays (master_side.cluster.copy_relay.RoutedTransfer), as the socket sees it:
+    what it was sent, and its end."""
+
+    def __init__(self) -> None:
+        self.id = "r1"
+        self.undo: list[Callable[[], None]] = []
+        self.got: list[TransferEvent] = []
+        self.ended: str | None = None
+
+    def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None:
+        self.got.append(kind.from_wire(*args))  # type: ignore[arg-type]
+
+    def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None:
+        self.got.append(decode())
+
+    def end(self, why: str) -> None:
+        self.ended = why
+        for undo in self.undo:
+            undo()
+
+
+def routed(first: list[TransferEvent], total: int = 100) -> tuple[WebCopy, Socket, Routed]:
+    """A routed download whose master sent `first` before its answer (copy_relay delivers them as it starts)."""
+    from twisted.internet import defer
+
+    socket, transfer = Socket(), Routed()
+    copy = WebCopy(socket, TransferRequest(DOWN, "b1", ("a.bin",), BROWSER))
+
+    def api_copy(party: Any) -> Any:
+        for event in first:
+            party.send(event)
+        return defer.succeed((transfer, {"total": total, "entries": 1, "recorded": True}))
+
+    copy.start(api_copy)
+    return copy, socket, transfer
+
+
+def test_a_routed_downloads_first_events_reach_the_page_after_it_is_told_it_started():
+    copy, socket, transfer = routed([Entry("file", "a.bin", 0o644, 3, 0.0), Data(b"abc")])
+    assert [m["type"] if isinstance(m, dict) else m for m in socket.sent] == ["copying", "entry", b"abc"]
+    copy.message({"type": "ack", "n": 3})
+    assert transfer.got and transfer.got[0].call == "ack"
+
+
+def test_a_routed_downloads_entry_larger_than_a_page_takes_ends_it_before_the_page_sees_it():
+    _copy, socket, transfer = routed([Entry("file", "a.bin", 0o644, MAX_WEB_DOWNLOAD + 1, 0.0)])
+    assert transfer.ended is not None and "more than the 1024 MiB a page downloads" in transfer.ended
+    assert not any(isinstance(m, dict) and m.get("type") == "entry" for m in socket.sent)
+    _copy, socket, transfer = routed([], total=MAX_WEB_DOWNLOAD + 1)
+    assert transfer.ended is not None and socket.finished and socket.sent == []

@@ -1,9 +1,11 @@
 """Copy in the browser: one `slaveshell cp` transfer on a socket of the web door (master_side.www.terminal_ws),
-through the operator API's `copy` (master_side.operators.copy_calls) like the framed door's (master_side.shell_socket.
-copy_door): the policy's ``copy`` right, the quotas, the worker's allowed_dirs and its owner's allowed_users, the
-record written before a byte is served, the relay's checks of every message (order, declared sizes, the credit
-window, sha256). The socket was admitted as the terminal's are (Origin, the login and its shell grant, the socket
-quotas); Buildbot's authz must grant the ``shell`` action on the worker, as for a session.
+through the operator API's `copy_anywhere` (master_side.operators.copy_calls) like the framed door's
+(master_side.shell_socket.copy_door): the policy's ``copy`` right, the quotas, the worker's allowed_dirs and its
+owner's allowed_users, the record written before a byte is served, the relay's checks of every message (order,
+declared sizes, the credit window, sha256). The socket was admitted as the terminal's are (Origin, the login and
+its shell grant, the socket quotas); Buildbot's authz must grant the ``shell`` action on the worker, as for a
+session. On a multi-master site, a worker another master holds is copied through that master, under its policy,
+quotas and record (master_side.cluster.copy_relay); the page's bounds below are still checked here.
 
 Why the WebSocket and not an HTTP endpoint: it is the door that already checks the Origin, the login and its grant,
 and counts its sockets; its frames carry the relay's credit window both ways, so the master holds at most a window
@@ -110,18 +112,55 @@ class TooLarge(ProtocolError):
     """A transfer larger than a page's bound; the message is for the page."""
 
 
+class RoutedTransfer(Protocol):
+    """A transfer another master of the site relays (master_side.cluster.copy_relay.RoutedTransfer), as the page's
+    socket holds it: what MasterTransfer is for a local one, ended with its reason alone."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def undo(self) -> list[Callable[[], None]]: ...
+    def arrived(self, side: str, kind: type[TransferEvent], args: tuple[object, ...]) -> None: ...
+    def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None: ...
+    def end(self, why: str) -> None: ...
+
+
+WebTransfer = MasterTransfer | RoutedTransfer
+
+
+def end_failed(transfer: WebTransfer, why: str) -> None:
+    """End `transfer` as failed: the page is told `result(false, ...)`, the worker `cancel`."""
+    if isinstance(transfer, MasterTransfer):
+        transfer.end(False, why)
+    else:
+        transfer.end(why)
+
+
 class WebCopyParty:
     """The page's end of a transfer (master_side.copying.relay.PartyEnd): each event as a JSON message, a
     download's bytes as binary messages of at most MAX_CHUNK; then the connection gate's bound (a page that does
-    not read is dropped). A download's entry larger than MAX_WEB_DOWNLOAD ends the transfer instead."""
+    not read is dropped). A download's entry larger than MAX_WEB_DOWNLOAD ends the transfer instead. Events that
+    come before the transfer has started (a routed download's first, which its master sent before its answer, at
+    most its credit window) wait until the page is told it started."""
 
     def __init__(self, socket: CopySocket) -> None:
         self.socket = socket
-        self.transfer: MasterTransfer | None = None
+        self.transfer: WebTransfer | None = None
+        self.early: list[TransferEvent] | None = []  # None once the page is told the transfer started
+
+    def started(self, transfer: WebTransfer) -> None:
+        """The page is told: what waited goes to it, in order."""
+        self.transfer = transfer
+        early, self.early = self.early or [], None
+        for event in early:
+            self.send(event)
 
     def send(self, event: TransferEvent) -> None:
         socket = self.socket
         if not socket.sending:
+            return
+        if self.early is not None:
+            self.early.append(event)
             return
         if isinstance(event, Data):
             for piece in chunks(event.chunk, MAX_CHUNK) if len(event.chunk) > MAX_CHUNK else [event.chunk]:
@@ -129,8 +168,8 @@ class WebCopyParty:
             socket.check_buffer()
             return
         if isinstance(event, Entry) and event.size > MAX_WEB_DOWNLOAD and self.transfer is not None:
-            self.transfer.end(False, f"{event.path}: {event.size} bytes, more than the {MAX_WEB_DOWNLOAD >> 20} MiB "
-                                     "a page downloads (use slaveshell cp)")
+            end_failed(self.transfer, f"{event.path}: {event.size} bytes, more than the {MAX_WEB_DOWNLOAD >> 20} "
+                                      "MiB a page downloads (use slaveshell cp)")
             return
         socket.send_json({"type": event.call, **event.fields()})
         if isinstance(event, Result):
@@ -151,26 +190,30 @@ class WebCopyParty:
 class WebCopy:
     """A socket's transfer: `start` asks the operator API, `message` and `data` take the page's events."""
 
-    def __init__(self, socket: CopySocket) -> None:
+    def __init__(self, socket: CopySocket, request: TransferRequest) -> None:
         self.socket = socket
+        self.request = request
         self.party = WebCopyParty(socket)
-        self.transfer: MasterTransfer | None = None
+        self.transfer: WebTransfer | None = None
 
-    def start(self, copy: Callable[[WebCopyParty], Deferred[tuple[MasterTransfer, dict[str, object]]]]
+    def start(self, copy: Callable[[WebCopyParty], Deferred[tuple[WebTransfer, dict[str, object]]]]
               ) -> Deferred[None]:
-        """`copy(party)` (the operator API's, bound to who asks and what): fires once the page is told, or fails
-        with what `copy` raised."""
+        """`copy(party)` (the operator API's `copy_anywhere`, bound to who asks and what): fires once the page is
+        told, or fails with what `copy` raised."""
 
-        def started(result: tuple[MasterTransfer, dict[str, object]]) -> None:
+        def started(result: tuple[WebTransfer, dict[str, object]]) -> None:
             transfer, sizes = result
-            self.transfer = self.party.transfer = transfer
+            self.transfer = transfer
             transfer.undo.append(self.socket.finish)  # the transfer's end closes the socket (after its result)
             total = sizes.get("total", 0)
-            if transfer.request.direction == DOWN and isinstance(total, int) and total > MAX_WEB_DOWNLOAD:
-                transfer.end(False, f"{total} bytes, more than the {MAX_WEB_DOWNLOAD >> 20} MiB a page downloads "
-                                    "(use slaveshell cp)")
+            if self.request.direction == DOWN and isinstance(total, int) and total > MAX_WEB_DOWNLOAD:
+                self.party.transfer = transfer
+                self.party.early = None
+                end_failed(transfer, f"{total} bytes, more than the {MAX_WEB_DOWNLOAD >> 20} MiB a page downloads "
+                                     "(use slaveshell cp)")
                 return
             self.socket.send_json({"type": "copying", "transfer": transfer.id, **sizes})
+            self.party.started(transfer)
 
         return copy(self.party).addCallback(started)
 

@@ -155,20 +155,23 @@ async def cancel_answer(message: Message, service: WebHost, who: WebIdentity) ->
 
 @deferred
 async def gate(master: BuildMaster, service: WebHost, who: WebIdentity, info: UserInfo) -> set[str]:
-    """The workers this web user may be shown and run on here: some right in the policy, and Buildbot's authz's
-    shell action."""
-    return await access.shell_allowed(master, info, {str(w["name"]) for w in service.api.workers(who)})
+    """The workers this web user may be shown and run on from here: some right in the policy (on a multi-master
+    site, also the workers the other masters hold: master_side.www.site), and Buildbot's authz's shell action."""
+    return await access.shell_allowed(master, info, {str(w["name"]) for w in await site_workers(service, who)})
 
 
 @deferred
 async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, who: WebIdentity,
                        info: UserInfo) -> Message:
-    """The ``fleet`` question: the workers with their facts (taken again first with ``refresh``)."""
+    """The ``fleet`` question: the workers with their facts (taken again first with ``refresh``). On a
+    multi-master site, the workers the other masters hold too, where each is: a run's part on one of them is a
+    session routed to its master, whose policy decides (FleetOperations)."""
     refresh = message.get("refresh", False)
     if not isinstance(refresh, bool):
         raise ProtocolError("refresh is true or false")
     fleet = service.fleet
-    among = await gate(master, service, who, info)
+    site = {str(w["name"]): w for w in await site_workers(service, who)}
+    among = await access.shell_allowed(master, info, set(site))
     refreshed: Message | None = None
     if refresh:
         if not among:
@@ -176,17 +179,10 @@ async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, 
         await fleet.facts(who, [], True, among)
         refreshed = {"workers": len(among)}
     workers = await fleet.fleet(who, among)
-    # On a multi-master site, the other masters' workers too (no facts, no run: master_side.www.site).
-    site = {str(w["name"]): w for w in await site_workers(service, who)} if service.api.cluster else {}
-    # Configured here but attached to another master, or known only to the site: listed where it is.
-    elsewhere = await access.shell_allowed(master, info, {
-        n for n, w in site.items() if w.get("here") is not True and (w.get("master") is not None
-                                                                     or n not in {x.name for x in workers})})
-    workers = [w for w in workers if w.name not in elsewhere]
-    local = {w.name for w in workers}
-    ids = await buildbot_pages.worker_ids(master, local | elsewhere)
+    ids = await buildbot_pages.worker_ids(master, {w.name for w in workers})
     now = time.time()
     reports = [drift.Report(w.name, w.facts, w.facts_taken or 0.0) for w in workers if w.facts is not None]
+    multi = service.api.cluster is not None
     return {"type": "fleet", "facts": drift.fact_names(reports, fleet.probes), "probes": list(fleet.probes),
             "builtin": list(probe.BUILTIN), "stale_after": fleet.stale_after, "refreshed": refreshed,
             "workers": [{
@@ -197,20 +193,8 @@ async def fleet_answer(message: Message, service: WebHost, master: BuildMaster, 
                 "taken": w.facts_taken,
                 "age": None if w.facts_taken is None else round(max(0.0, now - w.facts_taken), 3),
                 "stale": w.facts_taken is None or now - w.facts_taken > fleet.stale_after,
-                **where(site.get(w.name, {})),
-            } for w in workers] + [elsewhere_row(site[name], ids.get(name)) for name in sorted(elsewhere)]}
-
-
-def elsewhere_row(row: dict[str, object], workerid: int | None) -> Message:
-    """A worker another master of the site holds (or none does), as the Fleet page lists it: where it is; no facts
-    and no run from this master (a run's patterns are resolved among this master's workers)."""
-    place = where(row)
-    holder = place["master"]
-    return {"name": row["name"], "connected": row.get("connected") is True, "opted_in": row.get("shell") is True,
-            "may_run": False, "workerid": workerid, "facts": None, "taken": None, "age": None, "stale": True,
-            "refusal": visible(f"on master {holder}: a run from this master reaches only its own workers"
-                               if isinstance(holder, str) else "not connected to any master of the site"),
-            **place}
+                **(where(site.get(w.name, {})) if multi else where({})),
+            } for w in workers]}
 
 
 WORKER_RUNS = 20  # a worker's recent fleet runs shown in its view

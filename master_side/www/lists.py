@@ -11,7 +11,8 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
   "workerid", "copy", "master", "here", "masters", "site"}]}`` (``workerid``: Buildbot's id of the worker, for its
   page ``#/workers/<workerid>``, or null; ``copy``: whether the policy gives this web user the ``copy`` right
-  there, and the worker is attached here; on a multi-master site, the workers the other masters hold too, with
+  there, and the worker is attached to a master of the site (another master's policy decides there too, when the
+  copy starts); on a multi-master site, the workers the other masters hold too, with
   where each is: `where`; ``allowed`` is this master's policy, the holder's decides when a session opens);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
   "started", "own", "may_type", "viewers", "moderated_by", "held", "moderators"}]}`` (``viewers``: their names;
@@ -102,8 +103,9 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
         return {"type": "workers", "workers": [
             {**{k: w[k] for k in ("name", "connected", "shell", "paused", "sessions", "allowed")},
              "workerid": ids.get(str(w["name"])), **where(w),
-             # Copies are not routed between masters: only on a worker attached here.
-             "copy": w.get("here", True) is True and service.policy.may(who, Action.COPY, str(w["name"])).allowed}
+             # On a worker another master holds, that master's policy decides too, when the copy starts.
+             "copy": w.get("master", True) is not None and service.policy.may(who, Action.COPY,
+                                                                               str(w["name"])).allowed}
             for w in workers if w["name"] in gate]}, None
     if kind == "sessions":
         sessions = api.sessions(who)

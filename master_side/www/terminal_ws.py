@@ -574,7 +574,8 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def _copy(self, message: Message) -> None:
         """A transfer between the page and a worker (master_side.www.copy_ws): a place among the page's transfers,
-        Buildbot's authz on the worker, then the operator API's copy (policy, quotas, record, the worker's say)."""
+        Buildbot's authz on the worker, then the operator API's copy (policy, quotas, record, the worker's say), or on
+        a multi-master site, for a worker another master holds, that master's (`copy_anywhere`)."""
         service, who = self._start()
         try:
             request = web_request(message)
@@ -593,12 +594,12 @@ class TerminalProtocol(WebSocketServerProtocol):
             return
         copies.take(who.user)
         self.copy_place = (copies, who.user)
-        copy = self.copy = WebCopy(self)
+        copy = self.copy = WebCopy(self, request)
 
         @deferred
         async def authorized() -> None:
             await access.check_authz_shell(self.master, request.worker, self.info)
-            await copy.start(lambda party: service.api.copy(who, request, party, party.waiting))
+            await copy.start(lambda party: service.api.copy_anywhere(who, request, party, party.waiting))
 
         authorized().addErrback(self._copy_refused, request.worker)
 

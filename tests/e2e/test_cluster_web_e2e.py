@@ -3,10 +3,13 @@ PostgreSQL database), in headless chromium: the Shells and Fleet pages list ever
 that holds it; a terminal on b1, a worker of B, opened from A's page is served and recorded by B for the web user as
 A vouches for them (`cluster:A/web:alice`), and watched from another of A's pages; B's refusal is shown as text;
 logging out on A ends the session there; a web user Buildbot's authz on A gives no shell action is refused before
-anything is asked of B; a hostile router client's listing, HTML in its names, is shown as text."""
+anything is asked of B; a hostile router client's listing, HTML in its names, is shown as text. A's Fleet page
+runs on A's and B's workers in one run (B's parts routed to B), and a worker view of b1 on A uploads and downloads
+through B, whose refusal of a copy is shown as text."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -101,8 +104,7 @@ def test_the_pages_list_every_worker_of_the_site_with_its_master(browser: Any, c
     page.goto(cluster.a.url + "#/slaveshell/fleet")
     wait_for(lambda: master_cell(page, "b1") == "on master B", "b1 on master B on the Fleet page")
     assert master_cell(page, "a1") == "here (master A)"
-    assert "a run from this master reaches only its own workers" in page.locator(
-        "tr[data-worker='b1'] .slaveshell-no-run").inner_text()
+    assert page.locator("tr[data-worker='b1'] td.slaveshell-may-run").inner_text() == "yes"  # B decides at the run
     context.close()
     # carol: Buildbot's authz on A gives her no shell action: no worker listed, here or elsewhere.
     context = login(browser, cluster.a, "carol")
@@ -145,6 +147,110 @@ def test_a_terminal_on_a_worker_of_b_from_as_page(browser: Any, cluster: Site) -
     assert (row["state"], row["exit_code"]) == ("ended", 3)
     assert str(row["transcript"]).startswith(cluster.b.master_dir + os.sep)
     context.close()
+
+
+def sql_rows(cluster: Site, sql: str) -> list[dict[str, Any]]:
+    done = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", f"SELECT coalesce(json_agg(s), '[]') FROM "
+                                f"({sql}) s"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_a_run_from_as_fleet_page_over_a1_and_b1_gathers_both(browser: Any, cluster: Site) -> None:
+    context = login(browser, cluster.a, "alice")
+    page = context.new_page()
+    page.goto(cluster.a.url + "#/slaveshell/fleet")
+    wait_for(lambda: master_cell(page, "b1") == "on master B" or (page.reload() and False), "b1 on the Fleet page",
+             90)
+    # Refresh facts: the probe is a run too, b1's part on B; its facts are in the shared index, shown on A.
+    page.locator("button.slaveshell-refresh-facts").click()
+    page.locator(".slaveshell-facts-note").wait_for(timeout=180_000)
+    wait_for(lambda: "Linux" in page.locator("tr[data-worker='b1']").inner_text(), "b1's facts on A's page")
+    for name in ("a1", "b1"):
+        page.locator(f"tr[data-worker='{name}'] input.slaveshell-select").check()
+    assert "2 selected workers" in page.locator(".slaveshell-run-form").inner_text()
+    page.locator("input.slaveshell-run-command").fill('echo "part on $PWD"')
+    page.locator("button.slaveshell-run-start").click()
+    page.locator(".slaveshell-run[data-over='1']").wait_for(timeout=180_000)
+    run = page.locator(".slaveshell-run")
+    summary = run.locator(".slaveshell-run-summary").inner_text()
+    assert summary == "2 ok", summary
+    outputs = sorted(run.locator("pre.slaveshell-group-output").all_inner_texts())
+    assert outputs == sorted([f"part on {cluster.a.worker_dir('a1')}", f"part on {cluster.b.worker_dir('b1')}"]), \
+        outputs
+    for name in ("a1", "b1"):
+        assert run.locator(f"tr.slaveshell-run-row[data-worker='{name}']").get_attribute("data-state") == "ok"
+    # b1's part is B's session, for the web user as A vouches for them, in A's run (its row in the shared index).
+    run_id = run.get_attribute("data-run")
+    assert run_id and re.fullmatch(r"[0-9a-f]{12}", run_id)
+    parts = wait_for(lambda: (r := sql_rows(cluster, "SELECT worker, operator, master, state, exit_code FROM "
+                                            f"slaveshell_sessions WHERE run_id = '{run_id}' ORDER BY worker"))
+                     and all(p["state"] != "running" for p in r) and r, "the run's parts, closed")
+    assert [(p["worker"], p["operator"], p["exit_code"]) for p in parts] == [
+        ("a1", "web:alice", 0), ("b1", "cluster:A/web:alice", 0)], parts
+    assert str(parts[1]["master"]).endswith(os.path.join("B", "master"))
+    context.close()
+
+
+def copy_status(page: Any, phase: str) -> str:
+    page.locator(f".slaveshell-copy-status[data-status='{phase}']").wait_for(timeout=120_000)
+    return str(page.locator(".slaveshell-copy-status").inner_text())
+
+
+def b1_view(browser: Any, cluster: Site, user: str) -> Any:
+    """A's worker view of b1, once it shows the Files panel (b1 listed on master B)."""
+    page = login(browser, cluster.a, user).new_page()
+    page.goto(cluster.a.url + "#/slaveshell/worker/b1")
+    wait_for(lambda: page.locator(".slaveshell-files").count() == 1 or (page.reload() and False),
+             "b1's Files panel on A", 90)
+    assert "on master B" in page.locator(".slaveshell-worker-state").inner_text()
+    return page
+
+
+def test_an_upload_and_a_download_on_b1_from_as_worker_view(browser: Any, cluster: Site, tmp_path: Any) -> None:
+    page = b1_view(browser, cluster, "alice")
+    up = os.urandom(2 * 1024 * 1024 + 77)  # several chunks and a partial one, past the first credit window
+    local = tmp_path / "from-a-page.bin"
+    local.write_bytes(up)
+    dest = cluster.b.worker_dir("b1")
+    page.locator(".slaveshell-upload-file").set_input_files(str(local))
+    page.locator(".slaveshell-upload-dest").fill(dest)
+    page.locator("button.slaveshell-upload").click()
+    assert "uploaded from-a-page.bin" in copy_status(page, "done")
+    with open(os.path.join(dest, "from-a-page.bin"), "rb") as f:
+        assert f.read() == up
+    assert not [n for n in os.listdir(dest) if n.startswith(".slaveshell-cp-")]
+    # The download of another file B's worker holds, byte for byte, with the sha256 B's master relayed.
+    down = os.urandom(3 * 1024 * 1024 + 5)
+    with open(os.path.join(dest, "to-a-page.bin"), "wb") as f:
+        f.write(down)
+    page.locator(".slaveshell-download-path").fill(os.path.join(dest, "to-a-page.bin"))
+    with page.expect_download(timeout=120_000) as info:
+        page.locator("button.slaveshell-download").click()
+    got = info.value
+    assert got.suggested_filename == "to-a-page.bin"
+    assert open(got.path(), "rb").read() == down
+    assert hashlib.sha256(down).hexdigest() in copy_status(page, "done")
+    # B recorded both, for the web user as A vouches for them.
+    rows = wait_for(lambda: (r := sql_rows(cluster, "SELECT command, operator, state, bytes_in, bytes_out FROM "
+                                           "slaveshell_sessions WHERE worker = 'b1' AND term = 'transfer' AND "
+                                           "command LIKE '%a-page.bin%' ORDER BY started"))
+                    and len(r) == 2 and all(x["state"] != "running" for x in r) and r, "B's transfer rows")
+    assert [(r["operator"], r["state"]) for r in rows] == [("cluster:A/web:alice", "ended")] * 2, rows
+    assert rows[0]["bytes_in"] == len(up) and rows[1]["bytes_out"] == len(down), rows
+    page.context.close()
+
+
+def test_bs_refusal_of_a_copy_is_shown_as_text(browser: Any, cluster: Site) -> None:
+    page = b1_view(browser, cluster, "bob")
+    page.locator(".slaveshell-download-path").fill(os.path.join(cluster.b.worker_dir("b1"), "buildbot.tac"))
+    page.locator("button.slaveshell-download").click()
+    text = copy_status(page, "failed")
+    assert text == ("refused: permission denied: cluster:A/web:bob (vouched for by master A) may not copy on worker "
+                    "b1: no policy rule allows it"), text
+    with open(DOC) as f:
+        assert f"`{text}`" in f.read().replace("\n  ", " ")  # the line docs/multi-master.md shows
+    page.context.close()
 
 
 def test_bs_refusal_is_shown_as_text(browser: Any, cluster: Site) -> None:

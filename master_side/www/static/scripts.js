@@ -649,8 +649,7 @@
           // A session another master serves cannot be detached from this one: leaving ends it.
           onClick: function () { go("#/slaveshell"); } }, live ? (session.master ? "Leave (ends it)" : "Detach") : "Back"), " ",
         // The worker's files (download, upload) in a tab of their own: this page keeps its session.
-        // (not for a session another master serves: copies are not routed between masters)
-        live && session.worker && !session.master ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
+        live && session.worker ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
           href: workerView(session.worker), target: "_blank", rel: "noopener" }, "Files") : null),
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
