@@ -313,3 +313,21 @@ def test_a_downloads_result_from_the_client_ends_the_transfer_on_both_sides() ->
     assert site.transfers[0].got == [Result(True, "")]
     assert transfer.ended and not site.routed.live
     assert not [uri for uri in site.router.procedures if uri.endswith(".out")]
+
+
+def test_a_holds_no_more_than_a_window_of_what_b_sends_before_it_answers() -> None:
+    from master_side.cluster.copy_relay import MAX_EARLY_BYTES
+
+    site = Site()
+    site.router.procedures[worker_uri("b1", "copy")] = lambda *args, **kw: defer.Deferred()  # B never answers
+    d = site.routed.copy(ALICE, REQUEST, Party())
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    (transfer,) = site.routed.live.values()
+    out = session_uri(transfer.token, "out")
+    hostile_b = site.router.session(authid="B")
+    for seq in range(MAX_EARLY_BYTES // CHUNK + 2):  # a hostile B: data past a window before its answer
+        hostile_b.call(out, [seq, "data", b"x" * CHUNK])
+    site.clock.advance(0)
+    assert transfer.ended and not site.routed.live
+    assert sum(len(e.chunk) for e in transfer._early if isinstance(e, Data)) <= MAX_EARLY_BYTES

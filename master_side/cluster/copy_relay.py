@@ -45,6 +45,7 @@ log = Logger()
 MAX_HELD = WINDOW + CHUNK
 MAX_WAITING = WINDOW // 1024 + 64  # messages waiting for their calls (entries cost 1 KiB of the window)
 MAX_EARLY = WINDOW // 1024 + 64  # B's messages before its answer (a download's first entries and data)
+MAX_EARLY_BYTES = MAX_HELD  # and their data: at most a window (B's relay holds the worker to it too)
 
 
 class OperatorParty(Protocol):
@@ -76,6 +77,7 @@ class RoutedTransfer:
         self.ended = False
         self.heard_at = transfers.clock()
         self._early: list[TransferEvent] = []
+        self._early_bytes = 0  # the data of `_early`
         self._expected = 0
 
     # -- the operator's events (the door's calls) --------------------------------------------------
@@ -122,10 +124,12 @@ class RoutedTransfer:
         if event is None:
             return
         if not self.answered:
-            if len(self._early) >= MAX_EARLY:
+            size = len(event.chunk) if isinstance(event, Data) else 0
+            if len(self._early) >= MAX_EARLY or self._early_bytes + size > MAX_EARLY_BYTES:
                 self.end("the worker's master sent too much before it answered")
                 return
             self._early.append(event)
+            self._early_bytes += size
             return
         self._deliver(event)
 
