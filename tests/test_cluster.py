@@ -250,3 +250,17 @@ def test_another_masters_answer_is_checked_and_shown_inertly() -> None:
     hostile = {"masters": ["B\x1b]2;pwned\x07\x1b[31m"], "here": False}
     shown = cell(master_label(hostile), 28)
     assert "\x1b" not in shown and "\x07" not in shown
+
+
+def test_another_masters_listing_is_bounded_where_it_arrives() -> None:
+    from master_side.cluster.link import MAX_LISTED_TEXT, MAX_LISTED_WORKERS
+
+    def listing(workers: list[object], master: str = "C") -> object:
+        return {"master": master, "buildbot": "host:/srv/c", "masterid": None, "workers": workers}
+
+    assert Listing.from_wire(listing([{"name": "w"}] * (MAX_LISTED_WORKERS + 1))) is None
+    assert Listing.from_wire(listing([], master="m" * 201)) is None
+    long_info = "i" * (MAX_LISTED_TEXT + 1)
+    got = Listing.from_wire(listing([{"name": "x" * 201}, {"name": ""},
+                                     {"name": "ok", "info": long_info, "system": "posix"}]))
+    assert got is not None and got.workers == ({"name": "ok", "system": "posix"},)

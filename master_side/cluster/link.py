@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import (
+    MAX_NAME,
     ClusterConfig,
     master_attach_uri,
     master_of_uri,
@@ -61,6 +62,12 @@ ROLE = "slaveshell"
 Opener = Callable[[str, object, "CallDetails"], Any]
 
 
+# What another master's listing may hold (a listing over these bounds is not taken; a worker row whose name is
+# longer is left out, a text field longer is dropped): a hostile master cannot make this one hold or show more.
+MAX_LISTED_WORKERS = 10000
+MAX_LISTED_TEXT = 1024
+
+
 class ClusterUnavailable(Exception):
     """The router cannot be asked now (not connected, or it did not answer)."""
 
@@ -84,9 +91,13 @@ class Listing:
         workers = value.get("workers")
         if not isinstance(master, str) or not isinstance(buildbot, str) or not isinstance(workers, list):
             return None
+        if len(master) > MAX_NAME or len(buildbot) > MAX_LISTED_TEXT or len(workers) > MAX_LISTED_WORKERS:
+            return None
         if masterid is not None and (not isinstance(masterid, int) or isinstance(masterid, bool)):
             return None
-        rows = tuple(w for w in workers if isinstance(w, dict) and isinstance(w.get("name"), str))
+        rows = tuple({k: v for k, v in w.items() if not isinstance(v, str) or len(v) <= MAX_LISTED_TEXT}
+                     for w in workers
+                     if isinstance(w, dict) and isinstance(w.get("name"), str) and 0 < len(w["name"]) <= MAX_NAME)
         return cls(master, buildbot, masterid, rows)
 
     def to_wire(self) -> dict[str, object]:
