@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split
-from master_side.cluster.link import ClusterLink, caller_of
+from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import BAD_REQUEST, LIMIT, STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused
 from master_side.copying.relay import OPERATOR
@@ -128,11 +128,7 @@ class ServedTransfers:
     async def copy(self, worker: str, argument: object, details: CallDetails) -> dict[str, object]:
         """A worker's `copy` procedure: {"ok": True, "transfer", "token", "master", "total", "entries",
         "recorded"} or a refusal ({"ok": False, "error", "kind"})."""
-        caller = caller_of(details)
-        if caller is None:
-            from autobahn.wamp.exception import ApplicationError
-
-            raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may copy")
+        caller = master_caller(details, "copy")
         try:
             call = CopyCall.from_wire(argument)
         except ProtocolError as e:

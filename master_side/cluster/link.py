@@ -416,6 +416,18 @@ def caller_of(details: CallDetails | None) -> str | None:
     return authid if isinstance(authid, str) and authid else None
 
 
+def master_caller(details: CallDetails, may: str) -> str:
+    """The calling master's authid on the router, for a procedure only slaveshell masters may call (`may`: what
+    it does, for the refusal); any other caller is refused with slaveshell.error.not_authorized (the router's
+    permissions let none call, and this holds whatever its configuration)."""
+    from autobahn.wamp.exception import ApplicationError
+
+    caller = caller_of(details)
+    if caller is None:
+        raise ApplicationError("slaveshell.error.not_authorized", f"only a slaveshell master may {may}")  # type: ignore[no-untyped-call]
+    return caller
+
+
 def error_uri(error: BaseException) -> str | None:
     """The WAMP error URI of a failed call or registration (wamp.error.no_such_procedure, ...), if any."""
     return getattr(error, "error", None)

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from master_side.audit.rows import SearchHit, SessionRow
 from master_side.cluster.config import master_record_uri
-from master_side.cluster.link import ClusterLink, ClusterUnavailable, caller_of
+from master_side.cluster.link import ClusterLink, ClusterUnavailable, master_caller
 from master_side.cluster.stream import BAD_REQUEST, LIMIT, NOT_FOUND, UNAVAILABLE, Refused, check_name
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.checks import MAX_CHUNK
@@ -129,11 +129,7 @@ class ServedRecords:
     @deferred
     async def _serve(self, wire: object, details: CallDetails, keys: tuple[str, ...],
                      answer: Callable[[str, ClusterIdentity, dict[str, object]], Any]) -> dict[str, object]:
-        from autobahn.wamp.exception import ApplicationError
-
-        caller = caller_of(details)
-        if caller is None:  # the router's permissions let none call; this holds whatever its configuration
-            raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may read records")  # type: ignore[no-untyped-call]
+        caller = master_caller(details, "read records")
         try:
             call = RecordCall.from_wire(wire, keys)
         except Refused as e:
@@ -284,12 +280,27 @@ class SiteRecords:
                     unanswered.append(f"{recorded_by} (not on the router)")
                 continue
             by_master.setdefault(holder, {})[row["id"]] = row
-        masters = sorted(by_master)
-        answers = await defer.DeferredList(
-            [self.link.call(master_record_uri(m, SEARCH), self._call(who, text=text, filters=filters))
-             for m in masters], consumeErrors=True)
+        answers, failed = await self._ask(sorted(by_master), SEARCH, self._call(who, text=text, filters=filters))
+        unanswered += failed
         hits: list[SearchHit] = []
-        for master, (ok, answer) in zip(masters, answers, strict=True):
+        for master, answer in answers:
+            listed = answer.get("hits")
+            for hit in listed[:MAX_HITS] if isinstance(listed, list) else []:
+                made = _hit(hit, by_master[master])
+                if made is not None:
+                    hits.append(made)
+        return hits, unanswered
+
+    @deferred
+    async def _ask(self, masters: list[str], what: str, call: dict[str, object]
+                   ) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
+        """`call` to each of `masters`' `what` procedure at once: the answers that succeeded, with their master,
+        and the masters that did not answer or refused, each with why."""
+        results = await defer.DeferredList([self.link.call(master_record_uri(m, what), call) for m in masters],
+                                           consumeErrors=True)
+        answers: list[tuple[str, dict[str, object]]] = []
+        unanswered: list[str] = []
+        for master, (ok, answer) in zip(masters, results, strict=True):
             if not ok:
                 unanswered.append(f"{master} ({visible(answer.getErrorMessage())[:200]})")
                 continue
@@ -298,12 +309,8 @@ class SiteRecords:
             except Refused as e:
                 unanswered.append(f"{master} ({e.message})")
                 continue
-            listed = answer.get("hits")
-            for hit in listed[:MAX_HITS] if isinstance(listed, list) else []:
-                made = _hit(hit, by_master[master])
-                if made is not None:
-                    hits.append(made)
-        return hits, unanswered
+            answers.append((master, answer))
+        return answers, unanswered
 
     @deferred
     async def sessions(self, who: Identity) -> tuple[list[dict[str, object]], list[str]]:
@@ -313,19 +320,9 @@ class SiteRecords:
             masters = await self.link.masters()
         except ClusterUnavailable as e:
             return [], [f"the other masters ({e})"]
-        answers = await defer.DeferredList(
-            [self.link.call(master_record_uri(m, SESSIONS), self._call(who)) for m in masters], consumeErrors=True)
+        answers, unanswered = await self._ask(masters, SESSIONS, self._call(who))
         rows: list[dict[str, object]] = []
-        unanswered: list[str] = []
-        for master, (ok, answer) in zip(masters, answers, strict=True):
-            if not ok:
-                unanswered.append(f"{master} ({visible(answer.getErrorMessage())[:200]})")
-                continue
-            try:
-                _refusal(answer)
-            except Refused as e:
-                unanswered.append(f"{master} ({e.message})")
-                continue
+        for master, answer in answers:
             listed = answer.get("rows")
             for row in listed[:MAX_LIVE] if isinstance(listed, list) else []:
                 if (isinstance(row, dict) and all(isinstance(row.get(k), kinds) for k, kinds in _LIVE_FIELDS.items())

@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
-from master_side.cluster.link import ClusterLink, caller_of
+from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.stream import (
     BAD_REQUEST,
     LIMIT,
@@ -262,7 +262,7 @@ class ServedSessions:
     async def open(self, worker: str, argument: object, details: CallDetails) -> dict[str, object]:
         """A worker's `open` procedure: the session's answer for the calling master ({"ok": True, "session",
         "input_window", "token", "master", "worker", "role", "size"} or {"ok": False, "error", "kind"})."""
-        caller = _caller(details)
+        caller = master_caller(details, "open sessions")
         try:
             call = OpenCall.from_wire(argument)
         except ProtocolError as e:
@@ -283,7 +283,7 @@ class ServedSessions:
     async def attach(self, argument: object, details: CallDetails) -> dict[str, object]:
         """This master's `attach` procedure: watch or join one of its live sessions for another master's operator
         (the answer as `open`'s; "not found" when no such session is live here)."""
-        caller = _caller(details)
+        caller = master_caller(details, "open sessions")
         try:
             call = AttachCall.from_wire(argument)
         except ProtocolError as e:
@@ -430,15 +430,3 @@ class ServedSessions:
                 self._end(served, f"master {served.caller} stopped answering")
             elif now - served.sink.sent_at >= PING:
                 served.sink.ping()
-
-
-
-def _caller(details: CallDetails) -> str:
-    """The calling master's authid on the router; a caller of another role is refused (the router's permissions
-    let none call, and this holds whatever its configuration)."""
-    from autobahn.wamp.exception import ApplicationError
-
-    caller = caller_of(details)
-    if caller is None:
-        raise ApplicationError("slaveshell.error.not_authorized", "only a slaveshell master may open sessions")
-    return caller
