@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
@@ -67,6 +67,9 @@ MAX_OUTSTANDING = 8  # calls to the worker's master in flight per session
 MAX_WAITING = 512  # messages waiting for their call (the client's input window bounds their bytes)
 MAX_EARLY = 64  # B's messages before its answer (its notices while it opens)
 REGISTERED_WITHIN = 1.5  # a master registers a worker that attached within this many seconds (its tick, a call)
+# The call of B's open once B says it waits (its moderators, a build's hold): as long as B keeps saying it is there
+# (Relays.tick ends it when B is silent for DEAD seconds); B's own limits (its approvals' wait) end it sooner.
+WAITING_OPEN = 24 * 3600.0
 
 
 class OperatorEnd(Protocol):
@@ -79,6 +82,19 @@ class OperatorEnd(Protocol):
     def exit(self, status: ExitStatus) -> None: ...
     def waiting(self, text: str) -> None: ...
     def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+
+# Work this master's operator asked of another master, written in this master's audit trail before it is served
+# (AuditTrail.routed): who (as this master knows them), the worker, the other master's session or transfer (None
+# when it started none), and what went to which master with the outcome (no content, no paths).
+RoutedRecord = Callable[[Identity, str, "str | None", str], None]
+
+
+def outcome_of(error: BaseException) -> str:
+    """A routed request's failure as A's audit event says it: its kind only (B's line may hold paths)."""
+    if isinstance(error, Refused):
+        return f"refused ({error.kind})"
+    return "failed (the master did not answer)"
 
 
 class NotRouted(ProtocolError):
@@ -102,6 +118,10 @@ class RoutedView:
         # The router's authid of B, pinned at its first message: nobody else's are taken.
         self.authid: str | None = None
         self.answered = False  # B's answer came: its messages go to the operator
+        self.opening: defer.Deferred[Any] | None = None  # the call of B's open, until its answer
+        self.waited = False  # B said that the open waits (for its moderators' approval, a build's hold)
+        self.gave_up = False  # Relays.tick cancelled the open's call
+        self.created = relays.clock()
         self.in_uri = ""
         self.ended = False
         self.heard_at = relays.clock()
@@ -205,6 +225,14 @@ class RoutedView:
             self.end(f"master {visible(self.master)} broke the protocol: {e}")
             return
         self.heard_at = self.relays.clock()
+        if not self.answered and message.kind is ToOperatorSide.ALIVE:
+            return  # B is there, while the open waits
+        if not self.answered and message.kind is ToOperatorSide.WAITING and not self._early:
+            # What the open waits for (B's moderators' approval, a build's hold): the operator is told now; the
+            # open may then take longer than a worker's open (Relays.tick).
+            self.waited = True
+            self.sink.waiting(str(message.values[0]))
+            return
         if not self.answered:  # before B's answer (its notices while it opens): kept until then
             if len(self._early) >= MAX_EARLY:
                 self.end("the worker's master sent too much before it answered")
@@ -289,6 +317,7 @@ class Relays:
         self.clock = clock
         self._open_timeout = open_timeout
         self.views: dict[str, RoutedView] = {}
+        self.record: RoutedRecord = lambda who, worker, record_id, detail: None
         link.on_leave.append(self.all_lost)
 
     @deferred
@@ -320,11 +349,31 @@ class Relays:
                    run: str | None = None) -> RoutedView | None:
         """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
         router holds it (the local refusal then says why). `run`: the fleet run the session is a part of. Raises
-        Refused: B's refusal, or the router's."""
+        Refused: B's refusal, or the router's. The outcome is an audit event here (`record`) before the session
+        is served."""
         worker = request.worker
         holder = await self.holder(worker)
         if holder is None:
             return None
+        what = (f"a part of fleet run {run}" if run is not None else
+                "a command" if request.command is not None else "a login shell")
+        try:
+            view = await self._open(who, request, sink, run, holder)
+        except Exception as e:
+            self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
+            raise
+        if view is None:
+            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the operator "
+                                           "left, or the master left the router)")
+        else:
+            self.record(who, worker, view.session_id, f"open of {what} routed to master {holder}: session "
+                                                      f"{view.session_id} opened there")
+        return view
+
+    @deferred
+    async def _open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None,
+                    holder: str) -> RoutedView | None:
+        worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
         view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
@@ -334,14 +383,34 @@ class Relays:
             return None
         self.views[token] = view
         call = OpenCall(request, who.user, tuple(sorted(who.groups)), token, run)
+        # The operator leaving before B's answer: this end's procedure goes, so B's next message fails and B
+        # withdraws what waits there (a request for its moderators' approval: master_side.cluster.serve).
+        undo = sink.on_disconnect(lambda: None if view.answered else view._finish())
+        view.opening = self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=WAITING_OPEN)
+
+        def gave_up() -> Refused:
+            return Refused(UNAVAILABLE, f"master {visible(holder)}, which holds {request.worker}, "
+                                        f"{'stopped answering' if view.waited else 'did not answer in time'} "
+                                        "while the session opened")
+
         try:
-            answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=self._open_timeout())
+            answer = await view.opening
+            if view.gave_up:  # Relays.tick: no answer in time, or B silent while it waited; B ends what it opened
+                view._finish()
+                raise gave_up()
+        except Refused:
+            raise
         except Exception as e:
             view._finish()
             if error_uri(e) == NO_SUCH_PROCEDURE or isinstance(e, ClusterUnavailable):
                 return None
+            if view.gave_up:
+                raise gave_up() from None
             raise Refused(UNAVAILABLE, f"the master that holds {request.worker} did not open the session: "
                                        f"{visible(str(e) or type(e).__name__)[:300]}") from None
+        finally:
+            view.opening = None
+            undo()
         return self._answered(view, answer, sink)
 
     def _answered(self, view: RoutedView, answer: object, sink: OperatorEnd) -> RoutedView | None:
@@ -392,7 +461,15 @@ class Relays:
             if isinstance(answer, dict) and answer.get("kind") == NOT_FOUND:
                 view._finish()
                 continue
-            return self._answered(view, answer, sink)
+            what = f"{mode} of session {visible(session_id)} routed to master {listing.master}"
+            try:
+                attached = self._answered(view, answer, sink)
+            except Refused as e:
+                self.record(who, "", None, f"{what}: {outcome_of(e)}")
+                raise
+            self.record(who, attached.worker if attached else "", session_id,
+                        f"{what}: {'attached' if attached else 'not attached (the operator left)'}")
+            return attached
         return None
 
     @deferred
@@ -414,6 +491,14 @@ class Relays:
 
     def tick(self, now: float) -> None:
         for view in list(self.views.values()):
+            opening = view.opening
+            if not view.answered and opening is not None:
+                # A worker's open takes at most the open timeout; one that waits (B said so) as long as B is heard.
+                late = (now - view.heard_at > DEAD) if view.waited else (now - view.created > self._open_timeout())
+                if late:
+                    view.gave_up = True
+                    opening.cancel()
+                continue
             if view.ended or not view.answered:
                 continue
             if now - view.heard_at > DEAD:

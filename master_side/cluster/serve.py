@@ -424,7 +424,14 @@ class ServedSessions:
     def tick(self, now: float) -> None:
         """A message to each calling master now and then; a master not heard from for DEAD seconds is gone."""
         for served in list(self.served.values()):
-            if served.view is None or served.sink.gone:
+            if served.sink.gone:
+                continue
+            if served.view is None:
+                # Still opening (a four-eyes request waiting for this master's moderators, a build's hold): the
+                # calling master hears that this one is there, and a call failing (its operator left: its
+                # procedure gone) withdraws what waited. It sends nothing before the answer.
+                if now - served.sink.sent_at >= PING:
+                    served.sink.ping()
                 continue
             if now - served.heard_at > DEAD:
                 self._end(served, f"master {served.caller} stopped answering")
