@@ -80,6 +80,9 @@ class FakeView:
     def close(self) -> None:
         self.got.append(("close", None))
 
+    def detach(self) -> None:
+        self.got.append(("detach", None))
+
     def end(self, why: str) -> None:
         self.got.append(("end", why))
         self.live = False
@@ -501,3 +504,69 @@ def test_a_records_the_refusal_of_a_routed_open_without_bs_line() -> None:
         site.routed()
     assert site.records == [("alice", "b1", None, "open of a login shell routed to master B: refused "
                                                   "(permission denied)")]
+
+
+def test_b_refuses_a_routed_held_build_with_where_it_is_held() -> None:
+    """`buildbot-shell --build N b1` on A for a build B holds: B's refusal names the worker, B and its Buildbot
+    name; a build it does not hold (or whose worker the operator has no right on) only says that."""
+    from types import SimpleNamespace
+
+    from master_side.holds.step import Hold, Holds
+    from master_side.operators.api import OperatorAPI
+
+    class Registry:
+        limits = None
+
+    refused: list[str] = []
+    trail = SimpleNamespace(master_name="host-b:/srv/B/master",
+                            refused=lambda who, worker, message: refused.append(message))
+    holds = Holds()
+    holds.add(Hold(7, "holder", 3, "b1", "holder/build"))
+    holds.add(Hold(8, "holder", 4, "z1", "holder/build"))
+    api = OperatorAPI(Registry(), None, None, lambda: trail, lambda: None, holds)  # type: ignore[arg-type]
+    api.policy = Policy([Rule(users=["cluster:A/alice"], workers=["b*"])])
+    api.cluster = SimpleNamespace(config=SimpleNamespace(master="B"))  # type: ignore[assignment]
+    who = ClusterIdentity.vouched("A", "alice", ())
+    lines = []
+    for build in (7, 8, 9):
+        d = api.open_for_master(who, OpenRequest(worker="b1", build=build), OperatorSink())  # type: ignore[arg-type]
+        failure = d.result
+        d.addErrback(lambda _: None)
+        assert isinstance(failure.value, Refused) and failure.value.kind == "unavailable"
+        lines.append(failure.value.message)
+    assert lines[0] == ("build 7 is held on worker b1 on master B (host-b:/srv/B/master): a session in a held build "
+                        "(--build) is not routed between masters (its release and extension stay there): open it on "
+                        "master B")
+    for build, line in zip((8, 9), lines[1:], strict=True):
+        assert line == (f"build {build} is not held for a shell on master B (host-b:/srv/B/master); a session in a "
+                        "held build (--build) is not routed between masters: open it on the master that runs the "
+                        "build")
+    assert refused == lines  # audited on B
+
+
+def test_the_owner_detaches_a_routed_session_and_resumes_it_through_a() -> None:
+    """~d on A: B keeps the session without its owner (its View's detach), both ends let go of their procedures,
+    A's operator leaving afterwards ends nothing, and B's later messages or A going away end nothing; the operator
+    resumes it through A with attach."""
+    site = Site()
+    sink = OperatorSink()
+    view = site.routed(sink)
+    view.input(b"x")
+    view.detach()
+    b_view = site.views[0]
+    assert b_view.got == [("input", b"x"), ("detach", None)]
+    assert not site.served.served and not site.relays.views
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+    for leave in sink.disconnects:  # the client goes once it is told it detached
+        leave()
+    b_view.sink.output(1, b"after")  # the session goes on on B; nothing goes to A
+    site.clock.advance(serve.DEAD + 1)
+    site.served.tick(site.clock.seconds())
+    site.relays.tick(site.clock.seconds())
+    assert [kind for kind, _ in b_view.got] == ["input", "detach"]  # never closed nor ended
+    with pytest.raises(ProtocolError):
+        view.input(b"late")
+    again = OperatorSink()
+    resumed = site.relays.attach(ALICE, "s1", "attach", again).result
+    assert resumed is not None and resumed.session_id == "s1"
+    assert site.views[-1].who.user == "cluster:A/alice"

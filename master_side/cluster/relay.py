@@ -12,7 +12,8 @@ client's own credit windows bound both directions end to end.
 
 The session ends, with a line for the operator (its client exits 255), when B stops answering (a call fails or
 nothing is heard for DEAD seconds) or this master loses the router; B then ends it on the worker. A routed
-session cannot be detached yet: a lost connection closes it.
+session's owner detaches with ~d (DETACH: B keeps the session, to be resumed with `slaveshell attach ID` through
+any master); a lost connection closes it.
 """
 
 from __future__ import annotations
@@ -97,10 +98,6 @@ def outcome_of(error: BaseException) -> str:
     return "failed (the master did not answer)"
 
 
-class NotRouted(ProtocolError):
-    """What a routed session cannot do yet (detach): refused, the session goes on."""
-
-
 class RoutedView:
     """The operator's door's handle on a session another master (B) serves: what `View` is for a local one."""
 
@@ -124,6 +121,7 @@ class RoutedView:
         self.created = relays.clock()
         self.in_uri = ""
         self.ended = False
+        self.detached = False  # the owner detached: DETACH goes to B, then this end is done
         self.heard_at = relays.clock()
         self.sent_at = relays.clock()
         self._early: list[Message] = []
@@ -160,21 +158,25 @@ class RoutedView:
         if self.role != "owner":
             self.close()  # a watcher or a joiner leaves, as on the session's own master
             return
-        raise NotRouted(f"a session on master {visible(self.master)} cannot be detached from this master yet")
+        # B keeps the session without its owner; this end is done once B has the message (the operator's
+        # messages after it are late, B's are dropped).
+        self._send(ToWorkerSide.DETACH)
+        self.detached = True
+        log.info("slaveshell: a session routed to master {master} detached", master=visible(self.master))
 
     def refused(self, error: ProtocolError) -> str | None:
         """What a refused message costs, and the line for the operator (None for a late event)."""
         if isinstance(error, LateEvent):
             return None
-        if not isinstance(error, NotRouted) and not self.ended:
+        if not self.ended and not self.detached:
             self.close()  # the operator's client broke the protocol: its session ends, as a local one would
         return str(error)
 
     # -- to the worker's master ------------------------------------------------------------------
 
     def _send(self, kind: ToWorkerSide, *values: object) -> None:
-        if self.ended:
-            raise LateEvent(f"{kind.value} for a routed session that ended")
+        if self.ended or self.detached:
+            raise LateEvent(f"{kind.value} for a routed session that {'ended' if self.ended else 'was detached'}")
         if len(self._waiting) >= MAX_WAITING:
             self.end(f"master {visible(self.master)} does not keep up with this session")
             return
@@ -188,14 +190,20 @@ class RoutedView:
             self._outstanding += 1
             self.sent_at = self.relays.clock()
             d = self.relays.link.call(self.in_uri, message.to_wire())
-            d.addCallbacks(self._delivered, self._failed)
+            d.addCallbacks(self._delivered, self._failed, callbackArgs=(message,))
 
-    def _delivered(self, _answer: object) -> None:
+    def _delivered(self, _answer: object, message: Message) -> None:
         self._outstanding -= 1
+        if message.kind is ToWorkerSide.DETACH:
+            self._finish()  # B has it: the session is B's alone
+            return
         self._pump()
 
     def _failed(self, failure: Any) -> None:
         self._outstanding -= 1
+        if self.detached:  # B is gone or lost the session: nobody here waits for it
+            self._finish()
+            return
         if error_uri(failure.value) == NO_SUCH_PROCEDURE:
             self.end(f"master {visible(self.master)} is gone")
         else:  # the router lost it while the call was on its way, or it does not answer
@@ -203,14 +211,14 @@ class RoutedView:
                      f"({visible(failure.getErrorMessage() or failure.type.__name__)[:200]})")
 
     def ping(self) -> None:
-        if not self._waiting and not self._outstanding:
+        if not self._waiting and not self._outstanding and not self.detached:
             self._send(ToWorkerSide.ALIVE)
 
     # -- from the worker's master ----------------------------------------------------------------
 
     def message(self, wire: object, details: CallDetails) -> None:
         """A message of B for the session (this end's `out` procedure)."""
-        if self.ended:
+        if self.ended or self.detached:
             return
         caller = caller_of(details)
         if caller is None or (self.authid is not None and caller != self.authid):
@@ -283,8 +291,8 @@ class RoutedView:
     # -- the end ---------------------------------------------------------------------------------
 
     def close_quietly(self) -> None:
-        """The operator's connection is gone: B ends the session (a routed session cannot be detached yet)."""
-        if not self.ended:
+        """The operator's connection is gone: B ends the session (unless the operator detached it)."""
+        if not self.ended and not self.detached:
             self.close()
 
     def end(self, why: str) -> None:

@@ -10,7 +10,9 @@ import grp
 import hashlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,8 @@ import pytest
 from slaveshell.client.sandbox import Sandbox
 
 from .cluster_fixtures import DOC, PG, Site, site
-from .conftest import assert_no_traceback, shell_argv, wait_until
+from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
+from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
 
@@ -256,9 +259,11 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
     assert (f"worker {MODERATED} is moderated: request {request['id']} waits for a moderator's approval" in err), err
     assert os.path.exists(marker)
     me = getpass.getuser()
-    b_events = wait_until(lambda: (lambda e: e if {x["kind"] for x in e} >= {"approval-asked", "approved",
-                                                                               "approval"} else None)(
-        events(cluster, ("approval-asked", "approved", "approval"), since)), 30)
+    def all_three() -> list[dict[str, object]] | None:
+        found = events(cluster, ("approval-asked", "approved", "approval"), since)
+        return found if {e["kind"] for e in found} >= {"approval-asked", "approved", "approval"} else None
+
+    b_events = wait_until(all_three, 30)
     assert b_events, events(cluster, ("approval-asked", "approved", "approval"), since)
     by_kind = {e["kind"]: e for e in b_events}
     assert by_kind["approval-asked"]["operator"] == vouched()
@@ -317,6 +322,54 @@ def test_ctrl_c_on_a_withdraws_the_request_on_b(cluster: Site) -> None:
     assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
     withdrawn = wait_until(lambda: events(cluster, ("approval-withdrawn",), since), 30)
     assert withdrawn and withdrawn[0]["operator"] == vouched(), withdrawn
+
+
+def test_detach_of_a_routed_session_and_its_resume_through_a(cluster: Site) -> None:
+    """~d in a session on b1 (B's) through A: B keeps it, detached, in its own list; `slaveshell attach ID` on A
+    resumes it with what the shell kept; A's audit events name the operator, the open and the resume."""
+    on_b(cluster)
+    since = last_event_id(cluster)
+    t = Terminal(cluster.a, ["b1"])
+    try:
+        t.ready()
+        t.run("export KEPT=routed-kept")
+        t.child.send("\r~d")
+        assert t.wait() == 0
+    finally:
+        t.close()
+    shown = bytes(t.printed).decode("utf-8", "replace")
+    sid = re.search(r"slaveshell attach ([0-9a-f]+)", shown)
+    assert sid, shown
+    b_sessions = json.loads(cli(cluster.b, "sessions", "--json").stdout)
+    assert next(s for s in b_sessions if s["id"] == sid.group(1))["state"] == "detached", b_sessions
+    a = SlaveshellTerminal(cluster.a, ["attach", sid.group(1)])
+    try:
+        a.child.send("echo $KEPT\r")
+        a.expect("routed-kept")
+        a.child.send("exit 6\r")
+        assert a.wait() == 6
+    finally:
+        a.close()
+    def two() -> list[dict[str, object]] | None:
+        found = events(cluster, ("routed",), since)
+        return found if len(found) >= 2 else None
+
+    details = [str(event["detail"]) for event in wait_until(two, 30) or []]
+    assert details == [f"open of a login shell routed to master B: session {sid.group(1)} opened there",
+                       f"attach of session {sid.group(1)} routed to master B: attached"], details
+
+
+def test_a_held_build_on_another_master_is_refused_with_where_it_is(cluster: Site) -> None:
+    """`buildbot-shell --build N b1` on A: B answers; no build N is held there, which B says, naming itself."""
+    on_b(cluster)
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "--build", "987654", "b1", "true"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 255 or done.returncode != 0
+    assert_no_traceback(done.stderr)
+    b_name = f"{socket.gethostname()}:{cluster.b.master_dir}"
+    assert ("build 987654 is not held for a shell on master B ("
+            f"{b_name}); a session in a held build (--build) is not routed between masters: open it on the master "
+            "that runs the build") in done.stderr, done.stderr
 
 
 def staged_bytes(directory: str) -> int:
