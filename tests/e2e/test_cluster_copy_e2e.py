@@ -20,9 +20,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from master_side.cluster.config import worker_uri
+from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, PG, Site, site
+from .cluster_fixtures import DOC, PG, Site, hostile_probe, site
 from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
 from .test_sharing_e2e import SlaveshellTerminal
 
@@ -370,6 +373,50 @@ def test_a_held_build_on_another_master_is_refused_with_where_it_is(cluster: Sit
     assert ("build 987654 is not held for a shell on master B ("
             f"{b_name}); a session in a held build (--build) is not routed between masters: open it on the master "
             "that runs the build") in done.stderr, done.stderr
+
+
+def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no_further_than_bs_bound(
+        cluster: Site) -> None:
+    """While A's operator waits for B's moderators: C (a slaveshell principal no master uses, with its own valid
+    ticket) asks for the same worker as the same user name (B refuses cluster:C/..., asking no moderator), calls
+    the waiting open's procedures it finds through the router's meta API (B's `in`, A's `out`: a forged waiting
+    line and exit), and nothing is approved, shown or ended. Then the operator asks more than B's bound per operator
+    (4): the fifth is refused on A with B's line; Ctrl-C withdraws the others."""
+    on_m1(cluster)
+    waiting = [subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--", f"echo flood-{n}"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for n in range(4)]
+    try:
+        assert wait_until(lambda: len(pending_on_b(cluster)) == 4, 60), pending_on_b(cluster)
+        call = OpenCall(OpenRequest(worker=MODERATED, command="echo pwned"), getpass.getuser(), (),
+                        "0" * 32).to_wire()
+        probe = hostile_probe(cluster, {
+            "open_uri": worker_uri(MODERATED, "open"), "open_call": call, "register": [],
+            "in": [[0, "input", "x"], [1, "close"]],
+            "out": [[0, "waiting", "FORGED-WAITING"], [1, "exit", 0, None, "FORGED-EXIT"]]})
+        opened = probe["open"]
+        assert isinstance(opened, dict) and opened["ok"] is False and opened["kind"] == "permission denied", probe
+        assert "cluster:C/" in str(opened["error"])
+        sessions = probe["sessions"]
+        assert isinstance(sessions, dict) and len(sessions.get("out", [])) == 8, probe  # 4 waiting opens, 2 each
+        pending = pending_on_b(cluster)
+        assert len(pending) == 4 and {r["operator"] for r in pending} == {vouched()}, pending
+        assert all(p.poll() is None for p in waiting)
+        fifth = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--", "echo flood-5"],
+                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert fifth.returncode != 0
+        assert_no_traceback(fifth.stderr)
+        assert (f"approvals refused: {vouched()} already waits for 4 approvals (the master's limit per operator)"
+                in fifth.stderr), fifth.stderr
+    finally:
+        for child in waiting:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        outs = [child.communicate(timeout=30) for child in waiting]
+    for _, err in outs:
+        assert "FORGED" not in err, err
+        assert_no_traceback(err)
+    assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
 
 
 def staged_bytes(directory: str) -> int:
