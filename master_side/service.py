@@ -271,9 +271,15 @@ class ShellService(BuildbotService):
                                opener=api.open_for_master, attacher=api.attach_for_master,
                                audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
                                open_timeout=lambda: api.open_timeout, reader=api, event=self._record_event,
-                               copier=api.copy_for_master)
+                               copier=api.copy_for_master, routed=self._record_routed)
             part.start()
             self.api.cluster = part
+
+    def _record_routed(self, who: Identity, worker: str, record_id: str | None, detail: str) -> None:
+        """An audit event of what this master's operator asked of another master (master_side.cluster.relay)."""
+        trail = self.trail
+        if trail is not None:
+            trail.routed(who, worker, record_id, detail)
 
     def _record_event(self, kind: str, session_id: str, worker: str, who: Identity, detail: str) -> None:
         """An audit event of another master's read of this one's records (master_side.cluster.records)."""

@@ -284,26 +284,31 @@ class FourEyes(CopyOperations):
 
     def __init__(self) -> None:
         self.policy = Policy([Rule(users=["cluster:A/alice"], moderated_by=["ops"])])
-        self.refused: list[str] = []
+        self.started: list[tuple[Identity, Callable[[str], None]]] = []
 
-    def refuse(self, who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
-        self.refused.append(message)
-        return OperatorError(kind, message)
-
-    def copy(self, *args: object, **kwargs: object) -> Any:
-        raise AssertionError("a four-eyes transfer must not start")
+    def copy(self, who: Identity, request: TransferRequest, operator: Any,
+             waiting: Callable[[str], None] = lambda text: None) -> Any:
+        self.started.append((who, waiting))
+        return defer.succeed(("transfer", {}))
 
 
-def test_a_routed_cp_on_a_four_eyes_worker_is_refused_with_a_line() -> None:
+def test_a_routed_cp_on_a_four_eyes_worker_goes_through_bs_own_copy_and_its_waiting_line_to_a() -> None:
+    """B's copy (with its approvals) is asked, and the line it waits with goes to A's operator."""
     api = FourEyes()
     who = ClusterIdentity.vouched("A", "alice", ())
-    d = api.copy_for_master(who, REQUEST, Party())  # type: ignore[arg-type]
-    error = d.result.value
-    d.addErrback(lambda _: None)
-    assert isinstance(error, Refused) and error.kind == "permission denied"
-    assert error.message == ("cp on b1 needs a moderator's approval (four eyes), which is not routed between "
-                             "masters: copy on the worker's own master")
-    assert api.refused == [error.message]  # audited
+    sent: list[str] = []
+
+    class Calls:
+        def waiting(self, text: str) -> None:
+            sent.append(text)
+
+    party = RouterParty(Calls())  # type: ignore[arg-type]
+    d = api.copy_for_master(who, REQUEST, party)
+    assert d.result == ("transfer", {})
+    ((asked, waiting),) = api.started
+    assert asked == who
+    waiting("worker b1 is moderated: request r1 waits")
+    assert sent == ["worker b1 is moderated: request r1 waits"]
 
 
 def test_a_downloads_result_from_the_client_ends_the_transfer_on_both_sides() -> None:
@@ -331,3 +336,54 @@ def test_a_holds_no_more_than_a_window_of_what_b_sends_before_it_answers() -> No
     site.clock.advance(0)
     assert transfer.ended and not site.routed.live
     assert sum(len(e.chunk) for e in transfer._early if isinstance(e, Data)) <= MAX_EARLY_BYTES
+
+
+def test_a_routed_cp_on_a_four_eyes_worker_waits_for_b_and_leaving_withdraws_it() -> None:
+    """B's copy waits for its moderators: its line reaches A's operator before B's answer; A waits longer than a
+    worker's start while B says it is there; the operator leaving withdraws the request on B."""
+    from master_side.operators.approvals import Approvals, Kind
+
+    from .test_cluster_routed import Trail
+
+    site = Site(Policy([Rule(users=["cluster:A/alice"]), Rule(users=["bob"])]))
+    trail = Trail()
+
+    def refuse(who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+        return OperatorError(kind, message)
+
+    approvals = Approvals(lambda: site.policy, lambda: site.clock, lambda: trail, refuse)
+
+    @defer.inlineCallbacks
+    def copier(who: Identity, request: TransferRequest, party: RouterParty) -> Any:
+        try:
+            yield approvals.ask(who, request.worker, Kind.COPY, "cp up: f -> /tmp/f", None, ("ops",),
+                                party.waiting, [party.on_disconnect])
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        result = yield site.copier(who, request, party)
+        return result
+
+    site.served._copier = copier  # type: ignore[assignment]
+    for leaving in (False, True):
+        shown: list[str] = []
+        party = Party()
+        d = site.routed.copy(ALICE, REQUEST, party, shown.append)
+        failures: list[Failure] = []
+        d.addErrback(failures.append)
+        ((request_id, _),) = approvals.pending.items()
+        assert shown and shown[0].startswith(f"worker b1 is moderated: request {request_id} waits")
+        if leaving:
+            for leave in party.disconnects:
+                leave()
+        for _ in range(60):
+            site.clock.advance(1)
+            site.served.tick(site.clock.seconds())
+            site.routed.tick(site.clock.seconds())
+        if leaving:
+            assert not approvals.pending and trail.events[-1][0] == "approval-withdrawn"
+            assert failures and isinstance(failures[0].value, Refused)
+        else:
+            assert not d.called and approvals.pending
+            approvals.approve(Identity(2000, 2000, 2, "bob", frozenset({"ops"})), request_id)
+            transfer, _ = d.result
+            assert transfer.id == "t1"

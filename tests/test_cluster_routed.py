@@ -28,6 +28,8 @@ from master_side.cluster.stream import (
     to_operator_side,
     to_worker_side,
 )
+from master_side.operators.approvals import ApprovalLimits, Approvals, Kind
+from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.policy import Action, ClusterIdentity, Identity, Policy, Rule
 from slaveshell.vocabulary.protocol import ExitStatus, OpenRequest, ProtocolError
 
@@ -77,6 +79,9 @@ class FakeView:
 
     def close(self) -> None:
         self.got.append(("close", None))
+
+    def detach(self) -> None:
+        self.got.append(("detach", None))
 
     def end(self, why: str) -> None:
         self.got.append(("end", why))
@@ -370,3 +375,198 @@ def test_a_worker_name_two_other_masters_hold_is_never_routed_to_one_of_them() -
         site.routed()
     assert "worker b1 is attached to 2 masters: B, C; slaveshell does not pick one" in refused.value.message
     assert not site.views
+
+
+class Trail:
+    """B's audit trail as its approvals write it (AuditTrail.approval)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def approval(self, kind: str, worker: str, who: Identity, detail: str, record_id: str | None = None) -> None:
+        self.events.append((kind, who.user, detail))
+
+
+BOB = Identity(2000, 2000, 2, "bob", frozenset({"bob", "ops"}))
+
+
+class FourEyesSite(Site):
+    """B's b1 is a four-eyes worker for cluster:A/alice: its open waits for B's moderators (its own Approvals)."""
+
+    def __init__(self) -> None:
+        super().__init__(Policy([Rule(users=["cluster:A/alice"], moderated_by=["ops"]), Rule(users=["bob"])]))
+        self.trail = Trail()
+        self.approvals = Approvals(lambda: self.policy, lambda: self.clock, lambda: self.trail, self.refuse)
+        self.served._opener = self.open_moderated  # type: ignore[assignment]
+        self.records: list[tuple[str, str, str | None, str]] = []
+        self.relays.record = lambda who, worker, record_id, detail: self.records.append(
+            (who.user, worker, record_id, detail))
+
+    @staticmethod
+    def refuse(who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+        return OperatorError(kind, message)
+
+    @defer.inlineCallbacks
+    def open_moderated(self, who: Identity, request: OpenRequest, sink: RouterSink) -> Any:
+        try:
+            yield self.approvals.ask(who, request.worker, Kind.COMMAND, str(request.command), None, ("ops",),
+                                     sink.waiting, [sink.on_disconnect])
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        view = FakeView(who, sink)
+        self.views.append(view)
+        return view
+
+    def ticks(self, seconds: int, b: bool = True) -> None:
+        for _ in range(seconds):
+            self.clock.advance(1)
+            if b:
+                self.served.tick(self.clock.seconds())
+            self.relays.tick(self.clock.seconds())
+
+    def asked(self, sink: OperatorSink) -> defer.Deferred[Any]:
+        d = self.relays.open(ALICE, OpenRequest(worker="b1", command="make test"), sink)
+        assert not d.called
+        return d
+
+
+def test_a_routed_command_on_a_four_eyes_worker_waits_for_bs_moderator_as_long_as_b_is_there() -> None:
+    site = FourEyesSite()
+    sink = OperatorSink()
+    d = site.asked(sink)
+    ((request_id, pending),) = site.approvals.pending.items()
+    assert pending.request.who.user == "cluster:A/alice" and pending.request.what == "make test"
+    ((kind, text),) = sink.out  # B's waiting line, shown on A before B's answer
+    assert kind == "waiting" and text.startswith(f"worker b1 is moderated: request {request_id} waits for a "
+                                                 "moderator's approval")
+    site.ticks(120)  # longer than a worker's open (30 s): B says it is there
+    assert not d.called and site.approvals.pending
+    assert site.approvals.approve(BOB, request_id).endswith("approved: it starts now")
+    view = d.result
+    assert view.session_id == "s1" and site.views[0].who.user == "cluster:A/alice"
+    assert [(k, who) for k, who, _ in site.trail.events] == [("approval-asked", "cluster:A/alice"),
+                                                            ("approved", "bob")]
+    assert site.records == [("alice", "b1", "s1", "open of a command routed to master B: session s1 opened there")]
+
+
+def test_the_operator_leaving_a_withdraws_the_request_on_b() -> None:
+    site = FourEyesSite()
+    sink = OperatorSink()
+    d = site.asked(sink)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    for leave in sink.disconnects:
+        leave()
+    site.ticks(int(serve.PING) + 1)
+    assert not site.approvals.pending
+    assert [k for k, _, _ in site.trail.events] == ["approval-asked", "approval-withdrawn"]
+    assert failures and isinstance(failures[0].value, Refused) and failures[0].value.kind == "stopped"
+    assert not site.served.served and not [uri for uri in site.router.procedures if ".session." in uri]
+    assert site.records == [("alice", "b1", None, "open of a command routed to master B: refused (stopped)")]
+
+
+def test_a_gives_up_a_waiting_open_when_b_falls_silent() -> None:
+    site = FourEyesSite()
+    sink = OperatorSink()
+    d = site.asked(sink)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    site.ticks(int(serve.DEAD) + 2, b=False)  # B says nothing more (gone without the router noticing yet)
+    assert failures, "A still waits"
+    assert failures[0].value.message == "master B, which holds b1, stopped answering while the session opened"
+
+
+def test_b_bounds_the_requests_of_one_calling_master_whoever_it_vouches_for() -> None:
+    site = FourEyesSite()
+    approvals = site.approvals
+    approvals.limits = ApprovalLimits(per_operator=4, total=32, per_master=8)
+    for n in range(8):
+        approvals.ask(ClusterIdentity.vouched("C", f"u{n}", ()), "b1", Kind.COMMAND, "x", None, ("ops",),
+                      lambda text: None, [])
+    with pytest.raises(OperatorError) as refused:
+        approvals.ask(ClusterIdentity.vouched("C", "u9", ()), "b1", Kind.COMMAND, "x", None, ("ops",),
+                      lambda text: None, [])
+    assert refused.value.message.startswith("approvals refused: the operators of master C already wait for 8 "
+                                            "approvals (this master's limit per calling master)")
+    # Another master's operators and this master's own still may ask.
+    approvals.ask(ClusterIdentity.vouched("A", "alice", ()), "b1", Kind.COMMAND, "x", None, ("ops",),
+                  lambda text: None, [])
+    approvals.ask(BOB, "b1", Kind.COMMAND, "x", None, ("ops",), lambda text: None, [])
+    assert len(approvals.pending) == 10
+    approvals.stop()
+
+
+def test_a_records_the_refusal_of_a_routed_open_without_bs_line() -> None:
+    site = FourEyesSite()
+    site.policy = Policy([Rule(users=["bob"])])  # nothing for cluster:A/alice
+    site.served._opener = site.open  # type: ignore[assignment]
+    with pytest.raises(Refused):
+        site.routed()
+    assert site.records == [("alice", "b1", None, "open of a login shell routed to master B: refused "
+                                                  "(permission denied)")]
+
+
+def test_b_refuses_a_routed_held_build_with_where_it_is_held() -> None:
+    """`buildbot-shell --build N b1` on A for a build B holds: B's refusal names the worker, B and its Buildbot
+    name; a build it does not hold (or whose worker the operator has no right on) only says that."""
+    from types import SimpleNamespace
+
+    from master_side.holds.step import Hold, Holds
+    from master_side.operators.api import OperatorAPI
+
+    class Registry:
+        limits = None
+
+    refused: list[str] = []
+    trail = SimpleNamespace(master_name="host-b:/srv/B/master",
+                            refused=lambda who, worker, message: refused.append(message))
+    holds = Holds()
+    holds.add(Hold(7, "holder", 3, "b1", "holder/build"))
+    holds.add(Hold(8, "holder", 4, "z1", "holder/build"))
+    api = OperatorAPI(Registry(), None, None, lambda: trail, lambda: None, holds)  # type: ignore[arg-type]
+    api.policy = Policy([Rule(users=["cluster:A/alice"], workers=["b*"])])
+    api.cluster = SimpleNamespace(config=SimpleNamespace(master="B"))  # type: ignore[assignment]
+    who = ClusterIdentity.vouched("A", "alice", ())
+    lines = []
+    for build in (7, 8, 9):
+        d = api.open_for_master(who, OpenRequest(worker="b1", build=build), OperatorSink())  # type: ignore[arg-type]
+        failure = d.result
+        d.addErrback(lambda _: None)
+        assert isinstance(failure.value, Refused) and failure.value.kind == "unavailable"
+        lines.append(failure.value.message)
+    assert lines[0] == ("build 7 is held on worker b1 on master B (host-b:/srv/B/master): a session in a held build "
+                        "(--build) is not routed between masters (its release and extension stay there): open it on "
+                        "master B")
+    for build, line in zip((8, 9), lines[1:], strict=True):
+        assert line == (f"build {build} is not held for a shell on master B (host-b:/srv/B/master); a session in a "
+                        "held build (--build) is not routed between masters: open it on the master that runs the "
+                        "build")
+    assert refused == lines  # audited on B
+
+
+def test_the_owner_detaches_a_routed_session_and_resumes_it_through_a() -> None:
+    """~d on A: B keeps the session without its owner (its View's detach), both ends let go of their procedures,
+    A's operator leaving afterwards ends nothing, and B's later messages or A going away end nothing; the operator
+    resumes it through A with attach."""
+    site = Site()
+    sink = OperatorSink()
+    view = site.routed(sink)
+    view.input(b"x")
+    view.detach()
+    b_view = site.views[0]
+    assert b_view.got == [("input", b"x"), ("detach", None)]
+    assert not site.served.served and not site.relays.views
+    assert not [uri for uri in site.router.procedures if ".session." in uri]
+    for leave in sink.disconnects:  # the client goes once it is told it detached
+        leave()
+    b_view.sink.output(1, b"after")  # the session goes on on B; nothing goes to A
+    site.clock.advance(serve.DEAD + 1)
+    site.served.tick(site.clock.seconds())
+    site.relays.tick(site.clock.seconds())
+    assert [kind for kind, _ in b_view.got] == ["input", "detach"]  # never closed nor ended
+    with pytest.raises(ProtocolError):
+        view.input(b"late")
+    again = OperatorSink()
+    resumed = site.relays.attach(ALICE, "s1", "attach", again).result
+    assert resumed is not None and resumed.session_id == "s1"
+    assert site.views[-1].who.user == "cluster:A/alice"

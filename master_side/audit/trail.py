@@ -277,6 +277,12 @@ class AuditTrail:
         the operator who asked."""
         self.store.add_event(kind, record_id, worker, who.user, who.uid, detail)
 
+    def routed(self, who: Identity, worker: str, record_id: str | None, detail: str) -> None:
+        """Work this master's operator asked of another master of the site (master_side.cluster.relay,
+        .copy_relay): what, on which worker, routed to which master, and the outcome (`detail`, without content
+        or paths); `record_id` is that master's session or transfer when it started one."""
+        self.store.add_event("routed", record_id, worker, who.user, who.uid, detail)
+
     def record_read(self, kind: str, session_id: str, worker: str, who: Identity, detail: str) -> None:
         """Another master's read of this master's records for `who` (master_side.cluster.records: a transcript
         read through the router)."""

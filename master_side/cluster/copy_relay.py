@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri, worker_uri
-from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split
+from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.relay import Relays
+from master_side.cluster.relay import WAITING_OPEN, Relays, RoutedRecord, outcome_of
 from master_side.cluster.serve import DEAD, PING
-from master_side.cluster.stream import TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
+from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.copying import CHUNK, WINDOW, Cancel, Data, Result, TransferEvent, TransferRequest
 from slaveshell.vocabulary.display import visible
@@ -76,6 +77,11 @@ class RoutedTransfer:
         self.answered = False
         self.ended = False
         self.heard_at = transfers.clock()
+        self.created = transfers.clock()
+        self.starting: defer.Deferred[Any] | None = None  # the call of B's copy, until its answer
+        self.waited = False  # B said that the transfer waits (for its moderators' approval)
+        self.gave_up = False  # RoutedTransfers.tick cancelled the copy's call
+        self.waiting: Callable[[str], None] = lambda text: None  # tells the operator
         self._early: list[TransferEvent] = []
         self._early_bytes = 0  # the data of `_early`
         self._expected = 0
@@ -116,11 +122,15 @@ class RoutedTransfer:
             if seq != self._expected:
                 raise ProtocolError(f"message {seq} where {self._expected} was expected")
             self._expected += 1
-            event = event_of(call, args)
+            text = waiting_text(call, args)
+            event = None if text is not None else event_of(call, args)
         except ProtocolError as e:
             self.end(f"master {visible(self.master)} broke the protocol: {e}")
             return
         self.heard_at = self.transfers.clock()
+        if text is not None and not self.answered:
+            self.waited = True  # B's moderators' approval: the answer may take as long as B is heard (tick)
+            self.waiting(text)
         if event is None:
             return
         if not self.answered:
@@ -205,17 +215,36 @@ class RoutedTransfers:
         self.clock = clock
         self._open_timeout = open_timeout
         self.live: dict[str, RoutedTransfer] = {}
+        self.record: RoutedRecord = lambda who, worker, record_id, detail: None
         link.on_leave.append(self.all_lost)
 
     @deferred
-    async def copy(self, who: Identity, request: TransferRequest, party: OperatorParty
+    async def copy(self, who: Identity, request: TransferRequest, party: OperatorParty,
+                   waiting: Callable[[str], None] = lambda text: None
                    ) -> tuple[RoutedTransfer, dict[str, object]] | None:
         """Start `request` on the master that holds its worker: the transfer and its sizes, or None when no master
-        on the router holds it. Raises Refused: B's refusal, or the router's."""
+        on the router holds it. `waiting` tells the operator what B's answer waits for (its moderators' approval).
+        Raises Refused: B's refusal, or the router's."""
         worker = request.worker
         holder = await self.relays.holder(worker)
         if holder is None:
             return None
+        what = f"cp {request.direction} routed to master {holder}"
+        try:
+            started = await self._copy(who, request, party, waiting, holder)
+        except Exception as e:
+            self.record(who, worker, None, f"{what}: {outcome_of(e)}")
+            raise
+        if started is None:
+            self.record(who, worker, None, f"{what}: not started (the master left the router)")
+        else:
+            self.record(who, worker, started[0].id, f"{what}: transfer {started[0].id} started there")
+        return started
+
+    @deferred
+    async def _copy(self, who: Identity, request: TransferRequest, party: OperatorParty,
+                    waiting: Callable[[str], None], holder: str) -> tuple[RoutedTransfer, dict[str, object]] | None:
+        worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         transfer = RoutedTransfer(self, worker, party, token, holder)
         try:
@@ -223,11 +252,28 @@ class RoutedTransfers:
         except ClusterUnavailable:
             return None
         self.live[token] = transfer
+        transfer.waiting = waiting
         call = CopyCall(request, who.user, tuple(sorted(who.groups)), token)
+        # The operator leaving before B's answer: this end's procedure goes; B's next message fails and B
+        # withdraws what waits there (master_side.cluster.copy_serve).
+        undo = party.on_disconnect(lambda: None if transfer.answered else transfer._finish())
+        transfer.starting = self.link.call(worker_uri(worker, "copy"), call.to_wire(), timeout=WAITING_OPEN)
+        def gave_up() -> Refused:
+            return Refused(UNAVAILABLE, f"master {visible(holder)}, which holds {worker}, "
+                                        f"{'stopped answering' if transfer.waited else 'did not answer in time'} "
+                                        "while the transfer started")
+
         try:
-            answer = await self.link.call(worker_uri(worker, "copy"), call.to_wire(), timeout=self._open_timeout())
+            answer = await transfer.starting
+            if transfer.gave_up:  # tick: no answer in time, or B silent while it waited; B ends what it started
+                transfer._finish()
+                raise gave_up()
+        except Refused:
+            raise
         except Exception as e:
             transfer._finish()
+            if transfer.gave_up:
+                raise gave_up() from None
             if error_uri(e) == NO_SUCH_PROCEDURE:
                 raise Refused(UNAVAILABLE, f"the master that holds {worker} does not relay cp between masters "
                                            "(upgrade slaveshell there)") from None
@@ -235,6 +281,11 @@ class RoutedTransfers:
                 return None
             raise Refused(UNAVAILABLE, f"the master that holds {worker} did not start the transfer: "
                                        f"{visible(str(e) or type(e).__name__)[:300]}") from None
+        finally:
+            transfer.starting = None
+            undo()
+        if transfer.ended:  # the operator left while B started it: B's next message fails, and B ends it
+            raise Refused(STOPPED, "the operator left before the transfer started")
         if not isinstance(answer, dict) or not answer.get("ok"):
             transfer._finish()
             error = answer.get("error") if isinstance(answer, dict) else None
@@ -255,6 +306,14 @@ class RoutedTransfers:
 
     def tick(self, now: float) -> None:
         for transfer in list(self.live.values()):
+            starting = transfer.starting
+            if not transfer.answered and starting is not None:
+                late = (now - transfer.heard_at > DEAD) if transfer.waited else \
+                    (now - transfer.created > self._open_timeout())
+                if late:
+                    transfer.gave_up = True
+                    starting.cancel()
+                continue
             calls = transfer.calls
             if transfer.ended or calls is None:
                 continue

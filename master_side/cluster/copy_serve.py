@@ -82,6 +82,10 @@ class RouterParty:
     def send(self, event: TransferEvent) -> None:
         self.calls.send(event)
 
+    def waiting(self, text: str) -> None:
+        """The transfer waits for this master's moderators' approval: the operator's master shows the line."""
+        self.calls.waiting(text)
+
     def on_disconnect(self, callback: Callable[[], None]) -> Undo:
         if self.calls.gone:
             callback()
@@ -240,7 +244,13 @@ class ServedTransfers:
 
     def tick(self, now: float) -> None:
         for served in list(self.served.values()):
-            if served.transfer is None or served.calls.gone:
+            if served.calls.gone:
+                continue
+            if served.transfer is None:
+                # Still starting (waiting for this master's moderators' approval): the calling master hears that
+                # this one is there, and a call failing (its operator left) withdraws the request.
+                if now - served.calls.sent_at >= PING:
+                    served.calls.ping()
                 continue
             if now - served.heard_at > DEAD:
                 served.calls.fail("stopped answering")

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from master_side.cluster.link import ClusterLink
 
 ALIVE = "alive"  # nothing: the other master is there
+WAITING = "waiting"  # text: the worker's master's transfer waits (for its moderators' approval) before its answer
+MAX_WAITING_TEXT = 4096
 MAX_OUTSTANDING = 8  # calls to the other master in flight per transfer
 MAX_GROUPS = 256
 
@@ -74,6 +76,15 @@ def split(wire: object) -> tuple[int, object, tuple[object, ...]]:
     if not isinstance(wire, (list, tuple)) or len(wire) < 2:
         raise ProtocolError("a message must be a list [seq, call, args...]")
     return check_int(wire[0], "seq", 0, 2**62), wire[1], tuple(wire[2:])
+
+
+def waiting_text(call: object, args: tuple[object, ...]) -> str | None:
+    """A WAITING message's text (None for any other message), checked (ProtocolError)."""
+    if call != WAITING:
+        return None
+    if len(args) != 1 or not isinstance(args[0], str) or len(args[0]) > MAX_WAITING_TEXT:
+        raise ProtocolError(f"waiting takes one text of at most {MAX_WAITING_TEXT} characters")
+    return args[0]
 
 
 def event_of(call: object, args: tuple[object, ...]) -> TransferEvent | None:
@@ -133,6 +144,14 @@ class OrderedCalls:
     def ping(self) -> None:
         if not self.queue and not self.outstanding:
             self.send(None)
+
+    def waiting(self, text: str) -> None:
+        """What the transfer waits for, before the answer (WAITING), for the operator's master to show."""
+        if self.gone:
+            return
+        self.queue.append([self.seq, WAITING, text[:MAX_WAITING_TEXT]])
+        self.seq += 1
+        self.pump()
 
     def _delivered(self, _answer: object) -> None:
         self.outstanding -= 1

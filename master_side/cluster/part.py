@@ -17,7 +17,7 @@ from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, Routed
 from master_side.cluster.copy_serve import Copier, ServedTransfers
 from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
-from master_side.cluster.relay import OperatorEnd, Relays, RoutedView
+from master_side.cluster.relay import OperatorEnd, Relays, RoutedRecord, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
 from master_side.cluster.view import elsewhere, local_listing, site_workers
 from master_side.glue.buildbot import BuildbotGlue
@@ -35,13 +35,14 @@ class ClusterPart:
     def __init__(self, config: ClusterConfig, master: Callable[[], BuildMaster], glue: BuildbotGlue,
                  registry: SessionRegistry, policy: Callable[[], Policy], reactor: object, opener: Opener,
                  attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float],
-                 reader: Reader | None = None, event: Event | None = None, copier: Copier | None = None
-                 ) -> None:
+                 reader: Reader | None = None, event: Event | None = None, copier: Copier | None = None,
+                 routed: RoutedRecord | None = None) -> None:
         """`opener` opens a session for another master's operator (the operators' API's open_for_master),
         `copier` starts a transfer for one (copy_for_master),
         `attacher` attaches them to one (attach_for_master), `audit` audits a refusal, `open_timeout` is how long
         a worker may take to open a session; `reader` answers the other masters' reads of this one's records
-        (transcripts, their text, live sessions) and `event` audits them."""
+        (transcripts, their text, live sessions) and `event` audits them; `routed` audits here what this
+        master's operators ask of another master (AuditTrail.routed)."""
         self.config = config
         self._master = master
         self._glue = glue
@@ -59,6 +60,8 @@ class ClusterPart:
             ServedRecords(self.link, reader, event, lambda who, line: audit(who, "", line))
         self.served_transfers = None if copier is None else ServedTransfers(self.link, copier, audit, clock)
         self.transfers = RoutedTransfers(self.link, self.relays, clock, lambda: open_timeout() + 10.0)
+        if routed is not None:
+            self.relays.record = self.transfers.record = routed
 
     def start(self) -> None:
         self.link.start(str(self._master().basedir))
@@ -91,11 +94,12 @@ class ClusterPart:
         holds it: None when none does (master_side.cluster.relay)."""
         return self.relays.open(who, request, sink, run)
 
-    def copy(self, who: Identity, request: TransferRequest, party: OperatorParty
+    def copy(self, who: Identity, request: TransferRequest, party: OperatorParty,
+             waiting: Callable[[str], None] = lambda text: None
              ) -> defer.Deferred[tuple[RoutedTransfer, dict[str, object]] | None]:
         """A transfer to or from `request`'s worker, relayed by the master on the router that holds it: None when
-        none does (master_side.cluster.copy_relay)."""
-        return self.transfers.copy(who, request, party)
+        none does (master_side.cluster.copy_relay); `waiting` tells the operator what it waits for there."""
+        return self.transfers.copy(who, request, party, waiting)
 
     def _listing(self) -> Listing:
         sessions = list(self._registry)

@@ -12,7 +12,8 @@ client's own credit windows bound both directions end to end.
 
 The session ends, with a line for the operator (its client exits 255), when B stops answering (a call fails or
 nothing is heard for DEAD seconds) or this master loses the router; B then ends it on the worker. A routed
-session cannot be detached yet: a lost connection closes it.
+session's owner detaches with ~d (DETACH: B keeps the session, to be resumed with `slaveshell attach ID` through
+any master); a lost connection closes it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
@@ -67,6 +68,9 @@ MAX_OUTSTANDING = 8  # calls to the worker's master in flight per session
 MAX_WAITING = 512  # messages waiting for their call (the client's input window bounds their bytes)
 MAX_EARLY = 64  # B's messages before its answer (its notices while it opens)
 REGISTERED_WITHIN = 1.5  # a master registers a worker that attached within this many seconds (its tick, a call)
+# The call of B's open once B says it waits (its moderators, a build's hold): as long as B keeps saying it is there
+# (Relays.tick ends it when B is silent for DEAD seconds); B's own limits (its approvals' wait) end it sooner.
+WAITING_OPEN = 24 * 3600.0
 
 
 class OperatorEnd(Protocol):
@@ -81,8 +85,17 @@ class OperatorEnd(Protocol):
     def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
-class NotRouted(ProtocolError):
-    """What a routed session cannot do yet (detach): refused, the session goes on."""
+# Work this master's operator asked of another master, written in this master's audit trail before it is served
+# (AuditTrail.routed): who (as this master knows them), the worker, the other master's session or transfer (None
+# when it started none), and what went to which master with the outcome (no content, no paths).
+RoutedRecord = Callable[[Identity, str, "str | None", str], None]
+
+
+def outcome_of(error: BaseException) -> str:
+    """A routed request's failure as A's audit event says it: its kind only (B's line may hold paths)."""
+    if isinstance(error, Refused):
+        return f"refused ({error.kind})"
+    return "failed (the master did not answer)"
 
 
 class RoutedView:
@@ -102,8 +115,13 @@ class RoutedView:
         # The router's authid of B, pinned at its first message: nobody else's are taken.
         self.authid: str | None = None
         self.answered = False  # B's answer came: its messages go to the operator
+        self.opening: defer.Deferred[Any] | None = None  # the call of B's open, until its answer
+        self.waited = False  # B said that the open waits (for its moderators' approval, a build's hold)
+        self.gave_up = False  # Relays.tick cancelled the open's call
+        self.created = relays.clock()
         self.in_uri = ""
         self.ended = False
+        self.detached = False  # the owner detached: DETACH goes to B, then this end is done
         self.heard_at = relays.clock()
         self.sent_at = relays.clock()
         self._early: list[Message] = []
@@ -140,21 +158,25 @@ class RoutedView:
         if self.role != "owner":
             self.close()  # a watcher or a joiner leaves, as on the session's own master
             return
-        raise NotRouted(f"a session on master {visible(self.master)} cannot be detached from this master yet")
+        # B keeps the session without its owner; this end is done once B has the message (the operator's
+        # messages after it are late, B's are dropped).
+        self._send(ToWorkerSide.DETACH)
+        self.detached = True
+        log.info("slaveshell: a session routed to master {master} detached", master=visible(self.master))
 
     def refused(self, error: ProtocolError) -> str | None:
         """What a refused message costs, and the line for the operator (None for a late event)."""
         if isinstance(error, LateEvent):
             return None
-        if not isinstance(error, NotRouted) and not self.ended:
+        if not self.ended and not self.detached:
             self.close()  # the operator's client broke the protocol: its session ends, as a local one would
         return str(error)
 
     # -- to the worker's master ------------------------------------------------------------------
 
     def _send(self, kind: ToWorkerSide, *values: object) -> None:
-        if self.ended:
-            raise LateEvent(f"{kind.value} for a routed session that ended")
+        if self.ended or self.detached:
+            raise LateEvent(f"{kind.value} for a routed session that {'ended' if self.ended else 'was detached'}")
         if len(self._waiting) >= MAX_WAITING:
             self.end(f"master {visible(self.master)} does not keep up with this session")
             return
@@ -168,14 +190,20 @@ class RoutedView:
             self._outstanding += 1
             self.sent_at = self.relays.clock()
             d = self.relays.link.call(self.in_uri, message.to_wire())
-            d.addCallbacks(self._delivered, self._failed)
+            d.addCallbacks(self._delivered, self._failed, callbackArgs=(message,))
 
-    def _delivered(self, _answer: object) -> None:
+    def _delivered(self, _answer: object, message: Message) -> None:
         self._outstanding -= 1
+        if message.kind is ToWorkerSide.DETACH:
+            self._finish()  # B has it: the session is B's alone
+            return
         self._pump()
 
     def _failed(self, failure: Any) -> None:
         self._outstanding -= 1
+        if self.detached:  # B is gone or lost the session: nobody here waits for it
+            self._finish()
+            return
         if error_uri(failure.value) == NO_SUCH_PROCEDURE:
             self.end(f"master {visible(self.master)} is gone")
         else:  # the router lost it while the call was on its way, or it does not answer
@@ -183,14 +211,14 @@ class RoutedView:
                      f"({visible(failure.getErrorMessage() or failure.type.__name__)[:200]})")
 
     def ping(self) -> None:
-        if not self._waiting and not self._outstanding:
+        if not self._waiting and not self._outstanding and not self.detached:
             self._send(ToWorkerSide.ALIVE)
 
     # -- from the worker's master ----------------------------------------------------------------
 
     def message(self, wire: object, details: CallDetails) -> None:
         """A message of B for the session (this end's `out` procedure)."""
-        if self.ended:
+        if self.ended or self.detached:
             return
         caller = caller_of(details)
         if caller is None or (self.authid is not None and caller != self.authid):
@@ -205,6 +233,14 @@ class RoutedView:
             self.end(f"master {visible(self.master)} broke the protocol: {e}")
             return
         self.heard_at = self.relays.clock()
+        if not self.answered and message.kind is ToOperatorSide.ALIVE:
+            return  # B is there, while the open waits
+        if not self.answered and message.kind is ToOperatorSide.WAITING and not self._early:
+            # What the open waits for (B's moderators' approval, a build's hold): the operator is told now; the
+            # open may then take longer than a worker's open (Relays.tick).
+            self.waited = True
+            self.sink.waiting(str(message.values[0]))
+            return
         if not self.answered:  # before B's answer (its notices while it opens): kept until then
             if len(self._early) >= MAX_EARLY:
                 self.end("the worker's master sent too much before it answered")
@@ -255,8 +291,8 @@ class RoutedView:
     # -- the end ---------------------------------------------------------------------------------
 
     def close_quietly(self) -> None:
-        """The operator's connection is gone: B ends the session (a routed session cannot be detached yet)."""
-        if not self.ended:
+        """The operator's connection is gone: B ends the session (unless the operator detached it)."""
+        if not self.ended and not self.detached:
             self.close()
 
     def end(self, why: str) -> None:
@@ -289,6 +325,7 @@ class Relays:
         self.clock = clock
         self._open_timeout = open_timeout
         self.views: dict[str, RoutedView] = {}
+        self.record: RoutedRecord = lambda who, worker, record_id, detail: None
         link.on_leave.append(self.all_lost)
 
     @deferred
@@ -320,11 +357,31 @@ class Relays:
                    run: str | None = None) -> RoutedView | None:
         """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
         router holds it (the local refusal then says why). `run`: the fleet run the session is a part of. Raises
-        Refused: B's refusal, or the router's."""
+        Refused: B's refusal, or the router's. The outcome is an audit event here (`record`) before the session
+        is served."""
         worker = request.worker
         holder = await self.holder(worker)
         if holder is None:
             return None
+        what = (f"a part of fleet run {run}" if run is not None else
+                "a command" if request.command is not None else "a login shell")
+        try:
+            view = await self._open(who, request, sink, run, holder)
+        except Exception as e:
+            self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
+            raise
+        if view is None:
+            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the operator "
+                                           "left, or the master left the router)")
+        else:
+            self.record(who, worker, view.session_id, f"open of {what} routed to master {holder}: session "
+                                                      f"{view.session_id} opened there")
+        return view
+
+    @deferred
+    async def _open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None,
+                    holder: str) -> RoutedView | None:
+        worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
         view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
@@ -334,14 +391,34 @@ class Relays:
             return None
         self.views[token] = view
         call = OpenCall(request, who.user, tuple(sorted(who.groups)), token, run)
+        # The operator leaving before B's answer: this end's procedure goes, so B's next message fails and B
+        # withdraws what waits there (a request for its moderators' approval: master_side.cluster.serve).
+        undo = sink.on_disconnect(lambda: None if view.answered else view._finish())
+        view.opening = self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=WAITING_OPEN)
+
+        def gave_up() -> Refused:
+            return Refused(UNAVAILABLE, f"master {visible(holder)}, which holds {request.worker}, "
+                                        f"{'stopped answering' if view.waited else 'did not answer in time'} "
+                                        "while the session opened")
+
         try:
-            answer = await self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=self._open_timeout())
+            answer = await view.opening
+            if view.gave_up:  # Relays.tick: no answer in time, or B silent while it waited; B ends what it opened
+                view._finish()
+                raise gave_up()
+        except Refused:
+            raise
         except Exception as e:
             view._finish()
             if error_uri(e) == NO_SUCH_PROCEDURE or isinstance(e, ClusterUnavailable):
                 return None
+            if view.gave_up:
+                raise gave_up() from None
             raise Refused(UNAVAILABLE, f"the master that holds {request.worker} did not open the session: "
                                        f"{visible(str(e) or type(e).__name__)[:300]}") from None
+        finally:
+            view.opening = None
+            undo()
         return self._answered(view, answer, sink)
 
     def _answered(self, view: RoutedView, answer: object, sink: OperatorEnd) -> RoutedView | None:
@@ -392,7 +469,15 @@ class Relays:
             if isinstance(answer, dict) and answer.get("kind") == NOT_FOUND:
                 view._finish()
                 continue
-            return self._answered(view, answer, sink)
+            what = f"{mode} of session {visible(session_id)} routed to master {listing.master}"
+            try:
+                attached = self._answered(view, answer, sink)
+            except Refused as e:
+                self.record(who, "", None, f"{what}: {outcome_of(e)}")
+                raise
+            self.record(who, attached.worker if attached else "", session_id,
+                        f"{what}: {'attached' if attached else 'not attached (the operator left)'}")
+            return attached
         return None
 
     @deferred
@@ -414,6 +499,14 @@ class Relays:
 
     def tick(self, now: float) -> None:
         for view in list(self.views.values()):
+            opening = view.opening
+            if not view.answered and opening is not None:
+                # A worker's open takes at most the open timeout; one that waits (B said so) as long as B is heard.
+                late = (now - view.heard_at > DEAD) if view.waited else (now - view.created > self._open_timeout())
+                if late:
+                    view.gave_up = True
+                    opening.cancel()
+                continue
             if view.ended or not view.answered:
                 continue
             if now - view.heard_at > DEAD:

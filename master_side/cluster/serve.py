@@ -93,6 +93,7 @@ class ServedView(Protocol):
     def signal(self, signum: int) -> None: ...
     def ack(self, nbytes: int) -> None: ...
     def close(self) -> None: ...
+    def detach(self) -> None: ...
     def end(self, why: str) -> None: ...  # the session ends on the worker, recorded with why
     def refused(self, error: ProtocolError) -> object: ...
 
@@ -272,9 +273,7 @@ class ServedSessions:
         if request.worker != worker:
             return self._refuse(who, worker, BAD_REQUEST, "bad request: the request names another worker than the "
                                                           "procedure it was sent to")
-        if request.build is not None:
-            return self._refuse(who, worker, BAD_REQUEST, "a session in a held build (--build) is not routed "
-                                                          f"between masters yet: open it on master {self.link.name}")
+        # A held build (--build) is refused by the opener, with where it is held (OperatorAPI.open_for_master).
         return await self._serve(caller, who, worker, call.token, True,
                                  lambda sink: self._opener(who, call.request, sink) if call.run is None
                                  else self._opener(who, call.request, sink, call.run))
@@ -373,6 +372,9 @@ class ServedSessions:
             if message.seq != served.expected:
                 raise ProtocolError(f"message {message.seq} where {served.expected} was expected")
             served.expected += 1
+            if message.kind is ToWorkerSide.DETACH:
+                self._detached(served, view)
+                return
             self._deliver(view, message)
             if message.kind is ToWorkerSide.CLOSE and view.role != "owner":
                 # A watcher or a joiner left (the owner's close ends the session, and its exit follows): its end.
@@ -395,6 +397,18 @@ class ServedSessions:
             view.eof()
         elif kind is ToWorkerSide.CLOSE:
             view.close()
+
+    def _detached(self, served: Served, view: ServedView) -> None:
+        """The calling master's operator detached (~d): the session goes on here without them, to be resumed by
+        `attach` (through any master); this end of the stream is done, and the calling master going away no longer
+        ends the session."""
+        sink = served.sink
+        sink.on_lost = lambda why: None
+        sink.gone_why = "the operator detached"  # nothing more goes to the calling master
+        view.detach()
+        log.info("slaveshell session {sid}: detached from master {caller}", sid=view.session_id,
+                 caller=visible(served.caller))
+        self._finish(served)
 
     def _finish(self, served: Served) -> None:
         """The session is over here: its procedure goes."""
@@ -424,7 +438,14 @@ class ServedSessions:
     def tick(self, now: float) -> None:
         """A message to each calling master now and then; a master not heard from for DEAD seconds is gone."""
         for served in list(self.served.values()):
-            if served.view is None or served.sink.gone:
+            if served.sink.gone:
+                continue
+            if served.view is None:
+                # Still opening (a four-eyes request waiting for this master's moderators, a build's hold): the
+                # calling master hears that this one is there, and a call failing (its operator left: its
+                # procedure gone) withdraws what waited. It sends nothing before the answer.
+                if now - served.sink.sent_at >= PING:
+                    served.sink.ping()
                 continue
             if now - served.heard_at > DEAD:
                 self._end(served, f"master {served.caller} stopped answering")

@@ -50,6 +50,7 @@ class ToWorkerSide(enum.Enum):
     EOF = "eof"
     CLOSE = "close"  # the operator ends the session (~., Ctrl-C of -T, or its connection lost)
     ALIVE = "alive"  # nothing: the operator's master is there (master_side.cluster.relay.PING)
+    DETACH = "detach"  # the owner detaches (~d): the session goes on there, to be resumed (`attach`)
 
 
 class ToOperatorSide(enum.Enum):

@@ -212,7 +212,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         """`open` for the operator of another master of the site, as that master vouches for them
         (master_side.cluster.serve): its refusals as the cluster's. With `run_id`, a part of that master's fleet
         run (the `run` right); on a four-eyes worker it is refused: the moderators would not see the run's script,
-        which stays on that master."""
+        which stays on that master. A session in a held build (`--build`) is refused with where the build is held
+        (its release and its hold's extension are this master's operators' calls)."""
+        if request.build is not None:
+            message = self._held_here(who, request.build)
+            raise Refused(self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, message).kind.value, message)
         if run_id is not None and self.policy.may(who, Action.RUN, request.worker).moderated_by:
             message = (f"a fleet run's part on {request.worker} needs a moderator's approval (four eyes), which is "
                        "not routed between masters: run it on the worker's own master")
@@ -222,6 +226,18 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         except OperatorError as e:
             raise Refused(e.kind.value, e.message) from None
         return view
+
+    def _held_here(self, who: Identity, build: int) -> str:
+        """The refusal of a routed `--build`: where the build is held, when it is held here and `who` may open a
+        shell on its worker (else only that it is not held here)."""
+        name = self.cluster.config.master if self.cluster is not None else "?"
+        here = f"master {name} ({self.trail.master_name})"
+        hold = self.holds.get(build)
+        if hold is None or not self.policy.may(who, Action.SHELL, hold.worker).allowed:
+            return (f"build {build} is not held for a shell on {here}; a session in a held build (--build) is not "
+                    "routed between masters: open it on the master that runs the build")
+        return (f"build {build} is held on worker {hold.worker} on {here}: a session in a held build (--build) is "
+                f"not routed between masters (its release and extension stay there): open it on master {name}")
 
     @deferred
     async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink, run_id: str | None = None,

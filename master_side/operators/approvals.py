@@ -27,7 +27,14 @@ from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import Undo
 from slaveshell.plumbing.clock import Clock, DelayedCall
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.policy import Identity, Policy, moderators_text, same_operator, same_person
+from slaveshell.vocabulary.policy import (
+    Identity,
+    Policy,
+    moderators_text,
+    same_operator,
+    same_person,
+    vouching_master,
+)
 
 # The audit index's event kinds (docs/audit-schema.md).
 ASKED = "approval-asked"  # the operator's request waits (operator: who asks)
@@ -45,11 +52,13 @@ MAX_DENIAL = 500  # characters of a moderator's reason for a denial
 
 @dataclass(frozen=True)
 class ApprovalLimits:
-    """Requests waiting for approval per operator and in total, and how long one waits (seconds)."""
+    """Requests waiting for approval per operator, per calling master of a multi-master site (all the operators
+    it vouches for: a master names as many as it likes) and in total, and how long one waits (seconds)."""
 
     per_operator: int = 4
     total: int = 32
     wait: float = 900.0
+    per_master: int = 8  # requests of the operators another master of the site vouches for (cluster:<master>/...)
 
 
 class Kind(enum.Enum):
@@ -165,6 +174,14 @@ class Approvals:
             raise self._refuse(who, worker, ErrorKind.LIMIT,
                                f"approvals refused: {who.user} already waits for {mine} approvals (the master's "
                                f"limit per operator); worker {worker} is moderated (moderated_by: {groups})")
+        master = vouching_master(who)
+        theirs = 0 if master is None else sum(1 for p in self.pending.values()
+                                              if vouching_master(p.request.who) == master)
+        if theirs >= limits.per_master:
+            raise self._refuse(who, worker, ErrorKind.LIMIT,
+                               f"approvals refused: the operators of master {master} already wait for {theirs} "
+                               f"approvals (this master's limit per calling master); worker {worker} is moderated "
+                               f"(moderated_by: {groups})")
         if len(self.pending) >= limits.total:
             raise self._refuse(who, worker, ErrorKind.LIMIT,
                                f"approvals refused: {len(self.pending)} requests already wait for a moderator's "
@@ -174,7 +191,7 @@ class Approvals:
         request = ApprovalRequest(_new_id(self.pending), who, worker, kind, what, reason,
                                   tuple(moderated_by), now, now + limits.wait, run_id)
         def cancelled(d: defer.Deferred[Approved]) -> None:
-            self._end(request.id)
+            self._withdrawn(request.id)  # whoever waited stopped (a caller's cancel: the operator's master's)
 
         waiter: defer.Deferred[Approved] = defer.Deferred(cancelled)
         pending = self.pending[request.id] = _Pending(request, waiter)

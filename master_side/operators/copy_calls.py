@@ -90,7 +90,7 @@ class CopyOperations:
         cluster = self.cluster
         if cluster is not None and not cluster.attached_here(request.worker):
             try:
-                routed = yield cluster.copy(who, request, operator)
+                routed = yield cluster.copy(who, request, operator, waiting)
             except Refused as e:
                 raise operator_error(e) from None
             if routed is not None:
@@ -101,15 +101,11 @@ class CopyOperations:
     @defer.inlineCallbacks
     def copy_for_master(self, who: Identity, request: TransferRequest, operator: PartyEnd) -> Any:
         """`copy` for the operator of another master of the site, as that master vouches for them
-        (master_side.cluster.copy_serve): its refusals as the cluster's. A four-eyes worker's transfer is refused:
-        its moderators' approval is not routed between masters."""
-        decision = self.policy.may(who, Action.COPY, request.worker)
-        if decision.allowed and decision.moderated_by:
-            message = (f"cp on {request.worker} needs a moderator's approval (four eyes), which is not routed "
-                       "between masters: copy on the worker's own master")
-            raise Refused(self.refuse(who, request.worker, ErrorKind.DENIED, message).kind.value, message)
+        (master_side.cluster.copy_serve): its refusals as the cluster's. On a four-eyes worker the transfer waits
+        for this master's moderators' approval as a local one does; `operator.waiting` tells that master's operator
+        (master_side.cluster.copy_serve.RouterParty)."""
         try:
-            started = yield self.copy(who, request, operator)
+            started = yield self.copy(who, request, operator, getattr(operator, "waiting", lambda text: None))
         except OperatorError as e:
             raise Refused(e.kind.value, e.message) from None
         return started

@@ -144,7 +144,15 @@ class ClusterIdentity(Identity):
         return ("cluster", self.user)
 
     def __str__(self) -> str:
-        return f"{self.user} (vouched for by master {self.user[len(CLUSTER_PREFIX):].split('/', 1)[0]})"
+        return f"{self.user} (vouched for by master {vouching_master(self)})"
+
+
+def vouching_master(who: Operator) -> str | None:
+    """The master of the site that vouches for `who` (a `ClusterIdentity`'s router authid), None for an operator
+    of this master."""
+    if not isinstance(who, ClusterIdentity):
+        return None
+    return who.user[len(CLUSTER_PREFIX):].split("/", 1)[0]
 
 
 def same_operator(a: Operator, b: Operator) -> bool:

@@ -6,10 +6,13 @@ and the partial file never takes the destination's place."""
 from __future__ import annotations
 
 import getpass
+import grp
 import hashlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,17 +20,29 @@ from collections.abc import Iterator
 
 import pytest
 
+from master_side.cluster.config import worker_uri
+from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
+from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, PG, Site, site
-from .conftest import assert_no_traceback, wait_until
+from .cluster_fixtures import DOC, PG, Site, hostile_probe, site
+from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
+from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
 
 
+# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators (its local users in the group of
+# the user running the tests: root) approve what would run there.
+MODERATED = "m1"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with site(str(tmp_path_factory.mktemp("site"))) as s:
+    me = getpass.getuser()
+    group = grp.getgrgid(os.getgid()).gr_name
+    rules = f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by=['{group}']), "
+    with site(str(tmp_path_factory.mktemp("site")), b_workers=(MODERATED,), b_rules=rules) as s:
         yield s
 
 
@@ -179,6 +194,229 @@ def test_a_run_on_a_over_a1_and_b1_is_gathered_in_one_answer(cluster: Site) -> N
                                f"SELECT targets FROM slaveshell_runs WHERE id = '{row['run_id']}'"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "a1 b1 z1", (row, run.stdout, run.stderr)
+
+
+def cli(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", args[0], "--socket", sb.socket, *args[1:]],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert_no_traceback(done.stderr)
+    return done
+
+
+def pending_on_b(site: Site) -> list[dict[str, object]]:
+    return [r for r in json.loads(cli(site.b, "approvals", "--json").stdout) if r["worker"] == MODERATED]
+
+
+def events(site: Site, kinds: tuple[str, ...], since: int = 0) -> list[dict[str, object]]:
+    """The site's audit events of `kinds` (the shared index), after event id `since`, oldest first."""
+    listed = ", ".join(f"'{k}'" for k in kinds)
+    sql = ("SELECT coalesce(json_agg(e ORDER BY id), '[]') FROM (SELECT id, kind, session_id, worker, operator, "
+           f"detail FROM slaveshell_events WHERE kind IN ({listed}) AND id > {since}) e")
+    done = subprocess.run(PG + ["-d", site.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def last_event_id(site: Site) -> int:
+    done = subprocess.run(PG + ["-d", site.database, "-t", "-A", "-c", "SELECT coalesce(max(id), 0) FROM "
+                                "slaveshell_events"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+def on_m1(site: Site) -> None:
+    assert wait_until(lambda: {str(w["name"]): w.get("master") for w in site.a.workers_status()}.get(MODERATED)
+                      == "B", 30)
+
+
+def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(cluster: Site) -> None:
+    """`buildbot-shell m1 -- CMD` on A: B asks its own moderators (`slaveshell approvals` on B names the operator
+    as B names it); A's operator sees B's waiting line; nothing runs until a moderator on B approves; then the
+    command runs and its output reaches A. B's audit events say who asked and who approved; A's say who routed it
+    where, and the outcome."""
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran")
+    # One argument: the command line the worker's shell runs (as ssh's).
+    child = subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--",
+                                             f"touch {marker} && echo approved-and-ran"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, "B lists no request"
+        (request,) = pending
+        assert request["operator"] == vouched() and request["kind"] == "command"
+        assert marker in str(request["what"])
+        time.sleep(1)
+        assert not os.path.exists(marker) and child.poll() is None
+        approved = cli(cluster.b, "approve", str(request["id"]))
+        assert approved.returncode == 0, approved.stderr
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert out.strip() == "approved-and-ran"
+    assert (f"worker {MODERATED} is moderated: request {request['id']} waits for a moderator's approval" in err), err
+    assert os.path.exists(marker)
+    me = getpass.getuser()
+    def all_three() -> list[dict[str, object]] | None:
+        found = events(cluster, ("approval-asked", "approved", "approval"), since)
+        return found if {e["kind"] for e in found} >= {"approval-asked", "approved", "approval"} else None
+
+    b_events = wait_until(all_three, 30)
+    assert b_events, events(cluster, ("approval-asked", "approved", "approval"), since)
+    by_kind = {e["kind"]: e for e in b_events}
+    assert by_kind["approval-asked"]["operator"] == vouched()
+    assert by_kind["approved"]["operator"] == me  # B's moderator, a local user of B
+    routed = wait_until(lambda: events(cluster, ("routed",), since), 30)
+    assert routed and routed[0]["operator"] == me and routed[0]["worker"] == MODERATED, routed
+    assert routed[0]["detail"] == (f"open of a command routed to master B: session {routed[0]['session_id']} "
+                                   "opened there")
+
+
+def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: Site, tmp_path) -> None:
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    (tmp_path / "f").write_text("x\n")
+    dest = os.path.join(cluster.b.worker_dir(MODERATED), "denied-f")
+    child = subprocess.Popen(cp_argv(cluster.a, str(tmp_path / "f"), f"{MODERATED}:{dest}"),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, "B lists no request"
+        (request,) = pending
+        assert request["operator"] == vouched() and request["kind"] == "copy"
+        denied = cli(cluster.b, "deny", str(request["id"]), "--reason", "not today")
+        assert denied.returncode == 0, denied.stderr
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0
+    assert_no_traceback(err)
+    assert f"request {request['id']} waits for a moderator's approval" in err, err
+    assert f"request {request['id']} denied by moderator {getpass.getuser()}: not today" in err, err
+    assert not os.path.exists(dest)
+    routed = wait_until(lambda: events(cluster, ("routed",), since), 30)
+    assert routed and routed[0]["detail"] == "cp up routed to master B: refused (permission denied)", routed
+    assert dest not in json.dumps(routed)  # no paths in A's event
+
+
+def test_ctrl_c_on_a_withdraws_the_request_on_b(cluster: Site) -> None:
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    child = subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--", "true"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: pending_on_b(cluster), 60), "B lists no request"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0
+    assert_no_traceback(err)
+    # B hears that A's operator left at its next message to A (every few seconds while it waits).
+    assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
+    withdrawn = wait_until(lambda: events(cluster, ("approval-withdrawn",), since), 30)
+    assert withdrawn and withdrawn[0]["operator"] == vouched(), withdrawn
+
+
+def test_detach_of_a_routed_session_and_its_resume_through_a(cluster: Site) -> None:
+    """~d in a session on b1 (B's) through A: B keeps it, detached, in its own list; `slaveshell attach ID` on A
+    resumes it with what the shell kept; A's audit events name the operator, the open and the resume."""
+    on_b(cluster)
+    since = last_event_id(cluster)
+    t = Terminal(cluster.a, ["b1"])
+    try:
+        t.ready()
+        t.run("export KEPT=routed-kept")
+        t.child.send("\r~d")
+        assert t.wait() == 0
+    finally:
+        t.close()
+    shown = bytes(t.printed).decode("utf-8", "replace")
+    sid = re.search(r"slaveshell attach ([0-9a-f]+)", shown)
+    assert sid, shown
+    b_sessions = json.loads(cli(cluster.b, "sessions", "--json").stdout)
+    assert next(s for s in b_sessions if s["id"] == sid.group(1))["state"] == "detached", b_sessions
+    a = SlaveshellTerminal(cluster.a, ["attach", sid.group(1)])
+    try:
+        a.child.send("echo $KEPT\r")
+        a.expect("routed-kept")
+        a.child.send("exit 6\r")
+        assert a.wait() == 6
+    finally:
+        a.close()
+    def two() -> list[dict[str, object]] | None:
+        found = events(cluster, ("routed",), since)
+        return found if len(found) >= 2 else None
+
+    details = [str(event["detail"]) for event in wait_until(two, 30) or []]
+    assert details == [f"open of a login shell routed to master B: session {sid.group(1)} opened there",
+                       f"attach of session {sid.group(1)} routed to master B: attached"], details
+
+
+def test_a_held_build_on_another_master_is_refused_with_where_it_is(cluster: Site) -> None:
+    """`buildbot-shell --build N b1` on A: B answers; no build N is held there, which B says, naming itself."""
+    on_b(cluster)
+    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "--build", "987654", "b1", "true"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 255 or done.returncode != 0
+    assert_no_traceback(done.stderr)
+    b_name = f"{socket.gethostname()}:{cluster.b.master_dir}"
+    assert ("build 987654 is not held for a shell on master B ("
+            f"{b_name}); a session in a held build (--build) is not routed between masters: open it on the master "
+            "that runs the build") in done.stderr, done.stderr
+
+
+def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no_further_than_bs_bound(
+        cluster: Site) -> None:
+    """While A's operator waits for B's moderators: C (a slaveshell principal no master uses, with its own valid
+    ticket) asks for the same worker as the same user name (B refuses cluster:C/..., asking no moderator), calls
+    the waiting open's procedures it finds through the router's meta API (B's `in`, A's `out`: a forged waiting
+    line and exit), and nothing is approved, shown or ended. Then the operator asks more than B's bound per operator
+    (4): the fifth is refused on A with B's line; Ctrl-C withdraws the others."""
+    on_m1(cluster)
+    waiting = [subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--", f"echo flood-{n}"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for n in range(4)]
+    try:
+        assert wait_until(lambda: len(pending_on_b(cluster)) == 4, 60), pending_on_b(cluster)
+        call = OpenCall(OpenRequest(worker=MODERATED, command="echo pwned"), getpass.getuser(), (),
+                        "0" * 32).to_wire()
+        probe = hostile_probe(cluster, {
+            "open_uri": worker_uri(MODERATED, "open"), "open_call": call, "register": [],
+            "in": [[0, "input", "x"], [1, "close"]],
+            "out": [[0, "waiting", "FORGED-WAITING"], [1, "exit", 0, None, "FORGED-EXIT"]]})
+        opened = probe["open"]
+        assert isinstance(opened, dict) and opened["ok"] is False and opened["kind"] == "permission denied", probe
+        assert "cluster:C/" in str(opened["error"])
+        sessions = probe["sessions"]
+        assert isinstance(sessions, dict) and len(sessions.get("out", [])) == 8, probe  # 4 waiting opens, 2 each
+        pending = pending_on_b(cluster)
+        assert len(pending) == 4 and {r["operator"] for r in pending} == {vouched()}, pending
+        assert all(p.poll() is None for p in waiting)
+        fifth = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--", "echo flood-5"],
+                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert fifth.returncode != 0
+        assert_no_traceback(fifth.stderr)
+        assert (f"approvals refused: {vouched()} already waits for 4 approvals (the master's limit per operator)"
+                in fifth.stderr), fifth.stderr
+    finally:
+        for child in waiting:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        outs = [child.communicate(timeout=30) for child in waiting]
+    for _, err in outs:
+        assert "FORGED" not in err, err
+        assert_no_traceback(err)
+    assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
 
 
 def staged_bytes(directory: str) -> int:
