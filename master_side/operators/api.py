@@ -26,7 +26,7 @@ from master_side.audit.trail import RecordingError
 from master_side.cluster.records import MAX_HITS
 from master_side.cluster.stream import Refused
 from master_side.glue.buildbot import BuildbotGlue, RouteError
-from master_side.holds.moderator_notices import OPENED, NoticePace
+from master_side.holds.moderator_notices import APPROVALS_PER_MINUTE, OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from master_side.operators.approvals import USED as APPROVAL_USED
 from master_side.operators.approvals import ApprovalRequest, Approvals, Approved, Kind, Leaving
@@ -82,7 +82,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         self.moderator_wanted: Callable[[MasterSession, str], None] = lambda session, why: None
         self.moderator_pace = NoticePace(lambda: self.registry.clock())
         # What a four-eyes worker would run before anyone watches waits for a moderator's approval
-        # (master_side.operators.approvals); the reporters are told as for a session (`approval_wanted`).
+        # (master_side.operators.approvals); the reporters are told as for a session (`approval_wanted`), at a pace
+        # of their own: a burst of sessions' notices does not hold back a request's, nor the other way round.
+        self.approval_pace = NoticePace(lambda: self.registry.clock(), APPROVALS_PER_MINUTE)
         self.approvals = Approvals(lambda: self.policy, _reactor, self._trail, self.refuse)
         self.approvals.wanted = self._approval_wanted
         self.approval_wanted: Callable[[ApprovalRequest], None] = lambda request: None
@@ -436,7 +438,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     def _approval_wanted(self, request: ApprovalRequest) -> None:
         """A request waits for a moderator's approval: the reporters are told, as often as the pace allows."""
-        if self.moderator_pace.take(request.id, first=True):
+        if self.approval_pace.take(request.id, first=True):
             self.approval_wanted(request)
 
     # -- approvals (master_side.operators.approvals) ---------------------------------------------
