@@ -684,13 +684,15 @@
   // Each time the address is gone to (typed, followed, or the same one again): a number that changes, for a
   // terminal's key, so that its address reached again shows a fresh terminal as the first visit did, not the
   // previous session's screen. The address a terminal shows once open (history.replaceState) is no visit; a
-  // browser tells a visit by popstate (Chromium and Firefox, even to the same address), else by hashchange.
+  // browser tells a visit by popstate (Chromium and Firefox, even to the same address), else by a hashchange
+  // to another address than the last visit's (not the one that brought the page here, which comes after it).
   function useVisit() {
     var st = React.useState(0);
     React.useEffect(function () {
-      var popped = false;
-      function popstate() { popped = true; st[1](function (n) { return n + 1; }); }
-      function hashchange() { if (!popped) st[1](function (n) { return n + 1; }); popped = false; }
+      var popped = false, seen = window.location.hash;
+      function visit() { seen = window.location.hash; st[1](function (n) { return n + 1; }); }
+      function popstate() { popped = true; visit(); }
+      function hashchange() { if (!popped && window.location.hash !== seen) visit(); popped = false; }
       window.addEventListener("popstate", popstate);
       window.addEventListener("hashchange", hashchange);
       return function () {
