@@ -354,7 +354,7 @@ def test_the_worker_view_lists_twenty_of_the_runs_a_viewer_may_see_behind_many_t
                                                                                           site: Sandbox) -> None:
     """A worker whose recent runs are mostly ones the web user may not see (Buildbot's authz gives her nothing on
     g1, which they reach; or another operator's with no replay right) still shows her 20 of the runs she may see:
-    the runs are read a page at a time, each page checked, until 20 are found (or a bounded number of pages)."""
+    the runs are read a page at a time, each page checked, until 20 are found or 10 pages of 100 were read."""
     db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=30)
     base = time.time() - 10 * 24 * 3600
     columns = "id, kind, operator, uid, master, command, selection, targets, batch, started, state"
@@ -383,6 +383,19 @@ def test_the_worker_view_lists_twenty_of_the_runs_a_viewer_may_see_behind_many_t
     assert not any(i.startswith("paged-other") for i in ids)
     answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 10)[0]
     assert [r["id"] for r in answer["runs"]] == ids, answer
+    # Bounded work a question: behind 1000 more runs she may not see, hers are no longer looked for (10 pages of
+    # 100 are read at most); the answer still comes, with what those pages held.
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=30)
+    try:
+        with db:
+            db.executemany(f"INSERT INTO slaveshell_runs ({columns}) VALUES (?, 'run', 'someone', 4242, 'm', ?, "
+                           "'f1 g1', 'f1 g1', 1, ?, 'ended')",
+                           [(f"paged-more-{i:04d}", "echo not-hers", stamp(base + 1000 + i)) for i in range(1000)])
+    finally:
+        db.close()
+    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 30)[0]
+    shown = [r["id"] for r in answer["runs"]]
+    assert answer["type"] == "worker_runs" and not any(i.startswith("paged-") for i in shown), shown
     page.context.close()
 
 

@@ -1007,4 +1007,10 @@ def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(
     wait_status(page, "session ended")
     page.goto(site.url + f"#/slaveshell/session/{second}/attach")
     assert "not live" in wait_status(page, "^ended")
+    # An address with a malformed %-escape: the name as it is; the master refuses it after the click.
+    page.goto(site.url + "#/slaveshell/terminal/%E0%A4%A")
+    start.wait_for(timeout=10_000)
+    assert start.inner_text() == "Open a shell on %E0%A4%A"
+    start.click()
+    assert "refused" in wait_status(page, "^refused")
     context.close()
