@@ -374,6 +374,7 @@ def test_the_worker_view_lists_twenty_of_the_runs_a_viewer_may_see_behind_many_t
     finally:
         db.close()
     page = login(browser, site, "alice").new_page()
+    page.goto(site.url + "#/slaveshell")
     rows = worker_runs(page, "f1")
     wait_for(lambda: rows.count() >= 20, "20 runs in the worker's view")
     ids = rows.evaluate_all("rows => rows.map(r => r.getAttribute('data-run'))")
