@@ -368,5 +368,15 @@ def test_a_workers_fleet_runs(db_url):
             ("r4", None), ("r1", 3)]
         assert (yield store.worker_runs("w%")) == [] and (yield store.worker_runs("w_")) == []
         assert len((yield store.worker_runs("w1", limit=1))) == 1
+        # A page at a time: the runs older than the last of the page before (by id among runs of the same start).
+        yield store.open_run(run_row("r5", "w1", t + 2), [])
+        pages, after = [], None
+        while True:
+            page = yield store.worker_runs("w1", limit=2, after=after)
+            pages.append([r.run["id"] for r in page])
+            if len(page) < 2:
+                break
+            after = page[-1]
+        assert pages == [["r4", "r5"], ["r3", "r1"], []]
     finally:
         yield store.stop()

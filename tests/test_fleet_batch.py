@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slaveshell.fleet.batch import Batch, BatchError, End, Reason, Scheduler, Start
+from slaveshell.fleet.batch import Ask, Batch, BatchError, End, Reason, Scheduler, Start
 from slaveshell.fleet.outcome import Output, State
 
 W = [f"w{i}" for i in range(1, 6)]
@@ -100,9 +100,56 @@ def test_late_and_unknown_events_change_nothing():
     assert [(o.state, o.exit_status) for o in s.outcomes()] == [(State.OK, 0)]
 
 
+def test_a_moderated_workers_approval_is_asked_without_a_place_in_the_batch():
+    """--batch 1 with w1 four-eyes: its approval is asked while the others run one at a time; once approved it
+    starts at the next free place, before the workers still waiting."""
+    s = Scheduler(W[:4], batch=1, approvals=["w1"])
+    assert s.begin() == [Ask("w1"), Start("w2")]
+    assert s.asked == ["w1"] and s.running == ["w2"]
+    s.started("w2", 1.0)
+    assert s.ended("w2", 0, out(), 2.0) == [Start("w3")]
+    s.started("w3", 2.0)
+    assert s.approved("w1") == [] and s.approved("w1") == []  # the batch is full; approved once
+    assert s.ended("w3", 0, out(), 3.0) == [Start("w1")]
+    s.started("w1", 3.0, "s1")
+    assert s.ended("w1", 0, out(), 4.0) == [Start("w4")]
+    s.started("w4", 4.0)
+    assert not s.done and s.ended("w4", 0, out(), 5.0) == [] and s.done
+    assert [(o.worker, o.state) for o in s.outcomes()] == [("w1", State.OK), ("w2", State.OK), ("w3", State.OK),
+                                                          ("w4", State.OK)]
+
+
+def test_approvals_asked_at_once_are_bounded_and_a_denied_one_is_listed():
+    s = Scheduler(W, batch=2, approvals=W[:4], asking=2)
+    assert s.begin() == [Ask("w1"), Ask("w2"), Start("w5")]
+    assert s.started("w1", 1.0) == []  # not started by the scheduler: nothing
+    assert s.failed("w1", State.REFUSED, "request 1 denied by moderator bob") == [Ask("w3")]
+    assert s.approved("w2") == [Ask("w4"), Start("w2")]
+    assert s.approved("w3") == []  # w5 and w2 run
+    s.started("w5", 1.0)
+    assert s.ended("w5", 0, out(), 2.0) == [Start("w3")]
+    assert not s.done
+    got = {o.worker: o for o in s.outcomes()}
+    assert got["w1"].state is State.REFUSED and got["w1"].reason == "request 1 denied by moderator bob"
+
+
+def test_ctrl_c_while_approvals_wait_ends_once_they_are_withdrawn():
+    s = Scheduler(W[:3], batch=1, approvals=["w1", "w2"])
+    assert s.begin() == [Ask("w1"), Ask("w2"), Start("w3")]
+    s.started("w3", 1.0)
+    assert s.approved("w2") == []
+    assert s.interrupted() == [End("w3", Reason.INTERRUPT)]
+    assert s.ended("w3", None, out(), 2.0) == [] and not s.done  # w1's request is still asked
+    assert s.failed("w1", State.NOT_STARTED, "withdrawn") == [] and s.done
+    assert [(o.worker, o.state) for o in s.outcomes()] == [
+        ("w1", State.NOT_STARTED), ("w2", State.NOT_STARTED), ("w3", State.INTERRUPTED)]
+
+
 def test_bad_scheduler_settings_are_refused():
     with pytest.raises(ValueError):
         Scheduler(W, batch=0)
+    with pytest.raises(ValueError):
+        Scheduler(W, batch=1, asking=0)
     with pytest.raises(ValueError):
         Scheduler(W, batch=1, timeout=0)
 
@@ -153,3 +200,44 @@ def test_any_order_of_events_keeps_the_batch_and_ends_with_every_target_accounte
         assert (o.state is State.NOT_STARTED) <= (since_interrupt is not None)
         if o.state is State.OK:
             assert o.exit_status == 0
+
+
+moderated_events = st.lists(st.tuples(st.sampled_from(["start", "end", "fail", "approve", "ctrl-c"]),
+                                      st.integers(0, 5), st.integers(-9, 3)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 3), st.integers(1, 3), st.sets(st.integers(0, 7)), moderated_events)
+def test_approvals_never_take_a_place_and_every_target_is_accounted_for(n, batch, asking, gated, script):
+    targets = [f"w{i}" for i in range(n)]
+    moderated = {targets[i] for i in gated if i < n}
+    s = Scheduler(targets, batch=batch, approvals=moderated, asking=asking)
+    decided = s.begin()
+    now = 0.0
+    for kind, index, status in script:
+        now += 1
+        worker = targets[index % n]
+        if kind == "start":
+            decided += s.started(worker, now)
+        elif kind == "end":
+            decided += s.ended(worker, status, out(), now)
+        elif kind == "fail":
+            decided += s.failed(worker, State.REFUSED, "denied")
+        elif kind == "approve":
+            decided += s.approved(worker)
+        else:
+            decided += s.interrupted()
+        assert len(s.running) <= batch and len(s.asked) <= asking
+        assert not set(s.asked) & set(s.running)
+    for _ in range(3 * n):
+        for worker in s.asked:
+            decided += s.approved(worker)
+        for worker in s.running:
+            s.started(worker, now)
+            decided += s.ended(worker, 0, out(), now)
+    assert s.done
+    starts = [d.worker for d in decided if isinstance(d, Start)]
+    asks = [d.worker for d in decided if isinstance(d, Ask)]
+    assert len(starts) == len(set(starts)) and len(asks) == len(set(asks))
+    assert set(asks) <= moderated and all(w in asks for w in starts if w in moderated)
+    assert [o.worker for o in s.outcomes()] == targets

@@ -13,7 +13,14 @@ import pytest
 from buildbot.util.tuplematch import matchTuple
 
 from master_side import ModeratorNoticeFormatter, ModeratorNoticeGenerator
-from master_side.holds.moderator_notices import OPENED, PER_MINUTE, REPEAT_AFTER, ModeratorWanted, NoticePace
+from master_side.holds.moderator_notices import (
+    APPROVALS_PER_MINUTE,
+    OPENED,
+    PER_MINUTE,
+    REPEAT_AFTER,
+    ModeratorWanted,
+    NoticePace,
+)
 from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START
 from master_side.sessions.session import MasterSession, Role
 from slaveshell.policy import Action, Policy, Rule, WebIdentity
@@ -235,6 +242,32 @@ def test_notices_are_paced_per_session_and_in_all() -> None:
     clock.now += 60
     assert pace.take("later", first=True)
     assert len(pace._last) <= 4 * PER_MINUTE + 1
+
+
+def test_approval_notices_have_a_pace_of_their_own() -> None:
+    """A burst of four-eyes sessions' notices does not hold back an approval request's notice, nor the other way
+    round; each stays bounded a minute."""
+    from master_side.holds.step import Holds
+    from master_side.operators.api import OperatorAPI
+
+    clock = Clock()
+    api = OperatorAPI(SimpleNamespace(clock=clock, limits=None), None, None, lambda: None, lambda: None,
+                      Holds())  # type: ignore[arg-type]
+    sessions: list[str] = []
+    requests: list[str] = []
+    api.moderator_wanted = lambda session, why: sessions.append(session.id)
+    api.approval_wanted = lambda request: requests.append(request.id)
+    for i in range(100):
+        api._wanted(SimpleNamespace(id=f"s{i}"), OPENED)  # type: ignore[arg-type]
+    assert len(sessions) == PER_MINUTE
+    for i in range(100):
+        api.approvals.wanted(SimpleNamespace(id=f"r{i}"))  # type: ignore[arg-type]
+    assert requests[:1] == ["r0"] and len(requests) == APPROVALS_PER_MINUTE
+    clock.now += 61
+    for i in range(100):
+        api.approvals.wanted(SimpleNamespace(id=f"again{i}"))  # type: ignore[arg-type]
+    api._wanted(SimpleNamespace(id="after"), OPENED)  # type: ignore[arg-type]
+    assert sessions[-1] == "after" and len(requests) == 2 * APPROVALS_PER_MINUTE
 
 
 def test_a_moderator_coming_and_going_cannot_flood_the_operator(moderated) -> None:

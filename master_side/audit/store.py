@@ -361,16 +361,22 @@ class AuditStore:
 
         return self.read(query)
 
-    def worker_runs(self, worker: str, limit: int = 50) -> defer.Deferred[list[WorkerRun]]:
+    def worker_runs(self, worker: str, limit: int = 50,
+                    after: WorkerRun | None = None) -> defer.Deferred[list[WorkerRun]]:
         """The fleet runs that named `worker` (among their targets as resolved, or with an outcome of it: listed,
-        pending...), newest first, each with that worker's outcome row (None while it runs) and the id of its
-        session there (from the outcome, or from the sessions table while the run is in progress)."""
+        pending...), newest first (then by id), each with that worker's outcome row (None while it runs) and the
+        id of its session there (from the outcome, or from the sessions table while the run is in progress).
+        `after`: the next page, the runs older than that one (the last of the page before)."""
         def query() -> list[WorkerRun]:
             assert self.engine is not None
             spaced = sa.literal(" ") + runs.c.targets + sa.literal(" ")
             named = sa.select(run_workers.c.run_id).where(run_workers.c.worker == worker)
             q = (sa.select(runs).where(sa.or_(runs.c.id.in_(named), spaced.contains(f" {worker} ", autoescape=True)))
-                 .order_by(runs.c.started.desc()).limit(limit))
+                 .order_by(runs.c.started.desc(), runs.c.id.desc()).limit(limit))
+            if after is not None:
+                started = dt.datetime.fromisoformat(str(after.run["started"])).astimezone(dt.UTC).replace(tzinfo=None)
+                q = q.where(sa.or_(runs.c.started < started,
+                                   sa.and_(runs.c.started == started, runs.c.id < after.run["id"])))
             with self.engine.connect() as conn:
                 found = [cast(RunRow, _row(r)) for r in conn.execute(q).mappings()]
                 ids = [r["id"] for r in found]

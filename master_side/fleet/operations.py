@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from twisted.internet import defer
 
 from master_side.audit.rows import RunRow, RunWorkerRow, WorkerRun
 from master_side.audit.store import seconds, utc
@@ -33,6 +35,7 @@ from master_side.fleet.run import (
     approval_text,
     outcome_row,
 )
+from master_side.operators.approvals import Approved
 from master_side.operators.routed import RoutedPart, operator_error
 from master_side.operators.terms import ErrorKind, OperatorError, View, database_unavailable
 from slaveshell.fleet import drift, gather, probe
@@ -53,7 +56,8 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 DEFAULT_UNTIL = 7 * 24 * 3600.0  # how long a pending run waits for its worker, unless --until says
 MAX_UNTIL = 90 * 24 * 3600.0
 FACTS_TIMEOUT = 60.0  # seconds a worker's facts probe may take
-WORKER_RUNS_READ = 100  # a worker's runs read from the index, before those the operator may not see are left out
+WORKER_RUNS_READ = 100  # a worker's runs read from the index at a time, then those the viewer may not see left out
+WORKER_RUNS_PAGES = 10  # pages of them read at most for one question (a viewer who may see few of many runs)
 
 
 @dataclass(frozen=True)
@@ -224,15 +228,27 @@ class FleetOperations:
                           + (", paused in Buildbot until it succeeds)" if pause else ")"))
                   if o.worker in pending else o for o in resolution.outcomes()]
         self.slots.total, self.slots.per_operator = self.limits.sessions, self.limits.batch
-        run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher, self.slots)
+        cluster = self.api.cluster
+        moderated = [w for w in targets if self.api.policy.may(who, Action.RUN, w).moderated_by
+                     and (cluster is None or cluster.attached_here(w))]
+        run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher, self.slots,
+                       self._approval, moderated, min(size, self.api.approvals.limits.per_operator))
         self.runs[run_id] = run
         run.on_finished.append(lambda outcomes: self._finished(
             run, outcomes + [o for o in listed if o.state is not State.PENDING]))
         run.start()
         return Started(run, listed)
 
+    def _approval(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str
+                  ) -> defer.Deferred[Approved | None]:
+        """A part's approval on a four-eyes worker of this master, asked before it takes a place in the batch."""
+        run = self.runs.get(run_id)
+        what = approval_text(run_id, run.command) if run is not None else f"fleet run {run_id}"
+        return self.api.approval(who, request, sink, run_id, what, sink.on_withdraw)
+
     @deferred
-    async def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> PartView | None:
+    async def _open(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str,
+                    approved: Approved | None = None) -> PartView | None:
         cluster = self.api.cluster
         if cluster is not None and not cluster.attached_here(request.worker):
             # A part on a worker another master holds: an ordinary session routed to it (master_side.cluster.relay),
@@ -245,7 +261,7 @@ class FleetOperations:
                 return RoutedPart(routed)
         run = self.runs.get(run_id)
         what = None if run is None else approval_text(run_id, run.command)
-        view: View | None = await self.api.open(who, request, sink, run_id, what, sink.on_withdraw)
+        view: View | None = await self.api.open(who, request, sink, run_id, what, sink.on_withdraw, approved)
         return view
 
     def _no_right(self, who: Identity) -> OperatorError:
@@ -340,16 +356,31 @@ class FleetOperations:
         return out
 
     @deferred
-    async def of_worker(self, who: Identity, worker: str, limit: int = 20) -> list[WorkerRun]:
+    async def of_worker(self, who: Identity, worker: str, limit: int = 20,
+                        shown: Callable[[list[WorkerRun]], Awaitable[list[WorkerRun]]] | None = None
+                        ) -> list[WorkerRun]:
         """The last fleet runs (at most `limit`, newest first) that named `worker`, with its outcome in each, that
-        `who` may see (as `recorded`: their own, or any on workers where they have `replay` for each target)."""
-        try:
-            found = await self.api.trail.store.worker_runs(worker, limit=WORKER_RUNS_READ)
-        except OperatorError:
-            raise
-        except Exception as e:
-            raise database_unavailable(e) from None
-        return [r for r in found if self._may_see(who, r.run)][:limit]
+        `who` may see (as `recorded`: their own, or any on workers where they have `replay` for each target) and
+        that `shown` keeps (the door's own check, a page at a time). Read a page of `WORKER_RUNS_READ` at a time,
+        until `limit` are found, the runs end, or `WORKER_RUNS_PAGES` pages were read (bounded work a question)."""
+        store = self.api.trail.store
+        out: list[WorkerRun] = []
+        after: WorkerRun | None = None
+        for _ in range(WORKER_RUNS_PAGES):
+            try:
+                page = await store.worker_runs(worker, limit=WORKER_RUNS_READ, after=after)
+            except OperatorError:
+                raise
+            except Exception as e:
+                raise database_unavailable(e) from None
+            seen = [r for r in page if self._may_see(who, r.run)]
+            if seen and shown is not None:
+                seen = await shown(seen)
+            out.extend(seen)
+            if len(out) >= limit or len(page) < WORKER_RUNS_READ:
+                break
+            after = page[-1]
+        return out[:limit]
 
     @deferred
     async def cancel(self, who: Identity, run_id: str) -> str:

@@ -213,8 +213,9 @@ class PendingRuns:
         trail.pending_changed(entry.row, {"state": "running"})
         waiting = Awaited()
         run = FleetRun(entry.run_id, entry.who, [entry.worker], entry.command, 1, entry.timeout,
-                       lambda who, request, sink, run_id: self.api.open(
-                           who, request, sink, run_id, approval_text(run_id, entry.command), sink.on_withdraw),
+                       lambda who, request, sink, run_id, approved: self.api.open(
+                           who, request, sink, run_id, approval_text(run_id, entry.command), sink.on_withdraw,
+                           approved),
                        self._clock(), waiting, self.slots)
         run.start()
         outcome = (await waiting.done)[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import enum
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,9 +22,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from master_side.operators.approvals import Approved
 from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import Undo, subscribe
-from slaveshell.fleet.batch import Decision, End, Scheduler, Start
+from slaveshell.fleet.batch import Ask, Decision, End, Scheduler, Start
 from slaveshell.fleet.outcome import Outcome, Output, State
 from slaveshell.plumbing.clock import Clock, DelayedCall
 from slaveshell.vocabulary.display import visible
@@ -55,10 +56,21 @@ class PartView(Protocol):
 
 class Opener(Protocol):
     """What a run opens its sessions with (OperatorAPI.open, for the `run` right and linked to the run; on a
-    four-eyes worker the part waits for a moderator's approval, withdrawn by `RunSink.withdraw`)."""
+    four-eyes worker with the moderator's approval the run asked for first (`Approver`), else the part waits for
+    one there, withdrawn by `RunSink.withdraw`)."""
+
+    def __call__(self, who: Identity, request: OpenRequest, sink: RunSink, run_id: str,
+                 approved: Approved | None) -> Awaitable[PartView | None]:
+        ...
+
+
+class Approver(Protocol):
+    """What a run asks a four-eyes worker's approval with, before the part takes a place in the batch
+    (OperatorAPI.approval: fires the approval, or None when the worker needs none; fails with OperatorError when
+    denied, expired, refused, or withdrawn by `RunSink.withdraw`)."""
 
     def __call__(self, who: Identity, request: OpenRequest, sink: RunSink,
-                 run_id: str) -> Awaitable[PartView | None]:
+                 run_id: str) -> Awaitable[Approved | None]:
         ...
 
 
@@ -295,19 +307,25 @@ class Slots:
 class FleetRun:
     """One fleet run over `targets` (resolved: connected, opted in, allowed), `batch` at once, each session
     ended after `timeout` seconds. `start()` begins; `interrupt()` is the operator's Ctrl-C; `leave()` the
-    operator gone (it interrupts too). The watcher hears of every worker and, once, of the outcomes."""
+    operator gone (it interrupts too). The watcher hears of every worker and, once, of the outcomes.
+
+    The workers of `moderated` (four-eyes) have their approval asked through `approver` before they take a place
+    in the batch or a slot, at most `asking` at once: the other workers run while a moderator is awaited."""
 
     def __init__(self, run_id: str, who: Identity, targets: list[str], command: Command, batch: int,
                  timeout: float | None, opener: Opener, clock: Clock, watcher: RunWatcher,
-                 slots: Slots | None = None) -> None:
+                 slots: Slots | None = None, approver: Approver | None = None,
+                 moderated: Collection[str] = (), asking: int = 4) -> None:
         self.id = run_id
         self.slots = slots if slots is not None else Slots()
         self._key = (who.user, who.uid)
         self._waiting: dict[str, Callable[[], None]] = {}  # workers whose start waits for a place
         self._holding: set[str] = set()  # workers holding a place
+        self._approvals: dict[str, Approved] = {}  # given, until the part opens with it
         self.who = who
         self.command = command
-        self.scheduler = Scheduler(targets, batch, timeout)
+        self.approver = approver
+        self.scheduler = Scheduler(targets, batch, timeout, moderated if approver is not None else (), asking)
         self.opener = opener
         self.clock = clock
         self.watcher = watcher
@@ -348,6 +366,29 @@ class FleetRun:
                 self._take(decision.worker)
             elif isinstance(decision, End):
                 self._end(decision.worker, decision.reason.value)
+            elif isinstance(decision, Ask):
+                self._ask(decision.worker)
+
+    def _request(self, worker: str) -> OpenRequest:
+        c = self.command
+        return OpenRequest(worker=worker, command=SCRIPT_RUNNER if c.script is not None else c.command,
+                           pty=False, env=dict(c.env), cwd=c.cwd, reason=c.reason)
+
+    def _ask(self, worker: str) -> None:
+        """A moderator's approval for `worker`'s part, asked before it takes a place (its sink tells the run what
+        it waits for, and withdraws the request if the run is interrupted)."""
+        assert self.approver is not None
+        sink = self.sinks[worker] = RunSink(self, worker)
+        self._tell(worker, Phase.STARTING)
+        d = defer.maybeDeferred(self.approver, self.who, self._request(worker), sink, self.id)
+        d.addCallbacks(lambda approved: self._approved(worker, approved), lambda f: self._not_opened(worker, f))
+        d.addErrback(lambda f: log.failure("slaveshell fleet run {run}: a worker's approval", f, run=self.id))
+
+    def _approved(self, worker: str, approved: Approved | None) -> None:
+        if approved is not None:
+            self._approvals[worker] = approved
+        self._apply(self.scheduler.approved(worker))
+        self._check_done()
 
     def _take(self, worker: str) -> None:
         def start() -> None:
@@ -364,12 +405,12 @@ class FleetRun:
             self.slots.give_back(self._key)
 
     def _open(self, worker: str) -> None:
-        sink = self.sinks[worker] = RunSink(self, worker)
-        c = self.command
-        request = OpenRequest(worker=worker, command=SCRIPT_RUNNER if c.script is not None else c.command,
-                              pty=False, env=dict(c.env), cwd=c.cwd, reason=c.reason)
+        sink = self.sinks.get(worker)
+        if sink is None:
+            sink = self.sinks[worker] = RunSink(self, worker)
         self._tell(worker, Phase.STARTING)
-        d = defer.maybeDeferred(self.opener, self.who, request, sink, self.id)
+        d = defer.maybeDeferred(self.opener, self.who, self._request(worker), sink, self.id,
+                                self._approvals.pop(worker, None))
         d.addCallbacks(lambda view: self._opened(worker, sink, view), lambda f: self._not_opened(worker, f))
         d.addErrback(lambda f: log.failure("slaveshell fleet run {run}: a worker's session", f, run=self.id))
 

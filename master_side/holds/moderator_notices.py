@@ -14,7 +14,8 @@ why (their `--reason`), who may moderate, and the commands that watch (and so mo
 
 The same notice asks for a moderator's approval of a request on such a worker (master_side.operators.approvals: a
 copy, a command, a fleet run's part): `asks` names its kind, the id is the request's, and the commands are
-`slaveshell approvals`, `slaveshell approve ID` and `slaveshell deny ID`.
+`slaveshell approvals`, `slaveshell approve ID` and `slaveshell deny ID`. Those notices have a pace of their own
+(`APPROVALS_PER_MINUTE`): a burst of sessions' notices does not hold back a request's, nor the other way round.
 
 The notice never names the session's command (as logs never do: it belongs in the audit store only).
 """
@@ -39,6 +40,7 @@ KIND = ("sessions", "moderator_wanted")
 # A session's notice again (its last moderator left) at most this often, and all sessions' at most PER_MINUTE.
 REPEAT_AFTER = 600.0
 PER_MINUTE = 20
+APPROVALS_PER_MINUTE = 20  # the approval requests' notices, a pace of their own
 OPENED = "opened"
 APPROVAL = "approval"  # `why` of a request that waits for a moderator's approval
 
@@ -87,20 +89,22 @@ class ModeratorWanted:
 
 
 class NoticePace:
-    """Which notices may go: a session's first, then at most one per `REPEAT_AFTER` s; `PER_MINUTE` in all."""
+    """Which notices may go: a session's (or a request's) first, then at most one per `REPEAT_AFTER` s;
+    `per_minute` in all."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, per_minute: int = PER_MINUTE) -> None:
         self.clock = clock
+        self.per_minute = per_minute
         self._last: dict[str, float] = {}
         self._sent: list[float] = []
 
     def take(self, session_id: str, first: bool) -> bool:
         now = self.clock()
         self._sent = [t for t in self._sent if now - t < 60.0]
-        if len(self._last) > 4 * PER_MINUTE:  # bounded: what is older than REPEAT_AFTER no longer counts
+        if len(self._last) > 4 * self.per_minute:  # bounded: what is older than REPEAT_AFTER no longer counts
             self._last = {k: t for k, t in self._last.items() if now - t < REPEAT_AFTER}
         last = self._last.get(session_id)
-        if (not first and last is not None and now - last < REPEAT_AFTER) or len(self._sent) >= PER_MINUTE:
+        if (not first and last is not None and now - last < REPEAT_AFTER) or len(self._sent) >= self.per_minute:
             return False
         self._sent.append(now)
         self._last[session_id] = now

@@ -26,7 +26,7 @@ from master_side.audit.trail import RecordingError
 from master_side.cluster.records import MAX_HITS
 from master_side.cluster.stream import Refused
 from master_side.glue.buildbot import BuildbotGlue, RouteError
-from master_side.holds.moderator_notices import OPENED, NoticePace
+from master_side.holds.moderator_notices import APPROVALS_PER_MINUTE, OPENED, NoticePace
 from master_side.holds.step import MAX_WAITING, MAX_WAITING_PER_OPERATOR, Hold, Holds, NotHeld, hold_ahead
 from master_side.operators.approvals import USED as APPROVAL_USED
 from master_side.operators.approvals import ApprovalRequest, Approvals, Approved, Kind, Leaving
@@ -41,7 +41,7 @@ from master_side.sessions.worker_link import WorkerPeer, open_on_worker
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.policy import Action, Identity, Policy
+from slaveshell.vocabulary.policy import Action, Identity, Policy, same_operator
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
 from slaveshell.vocabulary.windows import WINDOW_MAX, WindowBudget
 
@@ -82,7 +82,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         self.moderator_wanted: Callable[[MasterSession, str], None] = lambda session, why: None
         self.moderator_pace = NoticePace(lambda: self.registry.clock())
         # What a four-eyes worker would run before anyone watches waits for a moderator's approval
-        # (master_side.operators.approvals); the reporters are told as for a session (`approval_wanted`).
+        # (master_side.operators.approvals); the reporters are told as for a session (`approval_wanted`), at a pace
+        # of their own: a burst of sessions' notices does not hold back a request's, nor the other way round.
+        self.approval_pace = NoticePace(lambda: self.registry.clock(), APPROVALS_PER_MINUTE)
         self.approvals = Approvals(lambda: self.policy, _reactor, self._trail, self.refuse)
         self.approvals.wanted = self._approval_wanted
         self.approval_wanted: Callable[[ApprovalRequest], None] = lambda request: None
@@ -241,16 +243,18 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     @deferred
     async def open(self, who: Identity, request: OpenRequest, sink: ViewerSink, run_id: str | None = None,
-                   what: str | None = None, withdrawn: Leaving | None = None) -> View | None:
+                   what: str | None = None, withdrawn: Leaving | None = None,
+                   approved: Approved | None = None) -> View | None:
         """Open a session for `who` (fires a View, or None when the operator left while it started: the session
         then starts detached). With `run_id`, the session is a worker's part of that fleet run (master_side.fleet):
         the policy's `run` right is asked, not `shell`; `what` is how its approval request shows it on a four-eyes
-        worker, and `withdrawn` tells when the run no longer waits for it. Raises OperatorError."""
+        worker, and `withdrawn` tells when the run no longer waits for it; `approved`: the approval the run asked
+        for first (`approval`), which this part starts with. Raises OperatorError."""
         trail = self.trail
         # Who the session is for comes from the door, never from the client.
         conn, request, moderated_by, approved = await self._admit(
             who, replace(request, operator=who.user), sink, Action.RUN if run_id is not None else Action.SHELL,
-            _Asked(run_id, what, withdrawn))
+            _Asked(run_id, what, withdrawn, approved))
         if sink.gone:
             # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
             raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
@@ -346,11 +350,11 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         if decision.moderated_by and (request.command is not None or request.env):
             if sink.gone:  # the operator left while it was routed: nothing to ask for
                 raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
-            leaving = [sink.on_disconnect] + ([asked.withdrawn] if asked.withdrawn is not None else [])
-            approved = await self.approvals.ask(
-                who, request.worker, Kind.RUN if asked.run_id is not None else Kind.COMMAND,
-                asked.what or _request_text(request), request.reason, decision.moderated_by, sink.waiting, leaving,
-                asked.run_id)
+            given = asked.approved
+            if given is not None and _approves(given, who, request.worker, asked.run_id):
+                approved = given  # asked by the run before the part took its place (`approval`)
+            else:
+                approved = await self._ask(who, request, sink, decision.moderated_by, asked)
             # The policy may have changed (a reconfig), the worker gone, or the operator's sessions grown, while
             # the request waited.
             again = self.policy.may(who, action, request.worker)
@@ -362,6 +366,28 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                 raise self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, str(e)) from None
             self._quota(who, request.worker)
         return conn, request, decision.moderated_by, approved
+
+    @deferred
+    async def approval(self, who: Identity, request: OpenRequest, sink: ViewerSink, run_id: str, what: str,
+                       withdrawn: Leaving) -> Approved | None:
+        """A fleet run's part on a four-eyes worker: the moderator's approval, asked before the part takes its
+        place in the run's batch (then given to `open`); None when the policy asks none of `who` there (or
+        refuses the part: `open` says so). Raises OperatorError: denied, expired, refused (the bounds),
+        withdrawn (`withdrawn`, or the operator gone)."""
+        decision = self.policy.may(who, Action.RUN, request.worker)
+        if not decision.allowed or not decision.moderated_by:
+            return None
+        if sink.gone:
+            raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
+        return await self._ask(who, replace(request, operator=who.user), sink, decision.moderated_by,
+                               _Asked(run_id, what, withdrawn))
+
+    def _ask(self, who: Identity, request: OpenRequest, sink: ViewerSink, moderated_by: tuple[str | int, ...],
+             asked: _Asked) -> defer.Deferred[Approved]:
+        leaving = [sink.on_disconnect] + ([asked.withdrawn] if asked.withdrawn is not None else [])
+        return self.approvals.ask(
+            who, request.worker, Kind.RUN if asked.run_id is not None else Kind.COMMAND,
+            asked.what or _request_text(request), request.reason, moderated_by, sink.waiting, leaving, asked.run_id)
 
     def _quota(self, who: Identity, worker: str) -> None:
         quota = self.policy.quota(who, worker, self.registry.live(), self.registry.limits.per_worker,
@@ -452,7 +478,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     def _approval_wanted(self, request: ApprovalRequest) -> None:
         """A request waits for a moderator's approval: the reporters are told, as often as the pace allows."""
-        if self.moderator_pace.take(request.id, first=True):
+        if self.approval_pace.take(request.id, first=True):
             self.approval_wanted(request)
 
     # -- approvals (master_side.operators.approvals) ---------------------------------------------
@@ -676,11 +702,20 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 @dataclass(frozen=True)
 class _Asked:
     """What an approval request of a fleet run's part says besides the request (master_side.fleet.operations):
-    the run, how it shows what runs, and when the run no longer waits for it."""
+    the run, how it shows what runs, when the run no longer waits for it, and the approval the run asked for
+    first."""
 
     run_id: str | None = None
     what: str | None = None
     withdrawn: Leaving | None = None
+    approved: Approved | None = None  # asked by the run before the part took its place
+
+
+def _approves(approved: Approved, who: Identity, worker: str, run_id: str | None) -> bool:
+    """Whether an approval the run asked for first is this part's: the same operator, worker and run."""
+    request = approved.request
+    return (run_id is not None and request.kind is Kind.RUN and request.run_id == run_id
+            and request.worker == worker and same_operator(request.who, who))
 
 
 def _request_text(request: OpenRequest) -> str:

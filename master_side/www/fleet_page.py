@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from master_side.audit.rows import WorkerRun
 from master_side.fleet.operations import RunAsk, Started
 from master_side.fleet.run import FleetRun, Phase, Progress
 from master_side.operators.terms import ErrorKind, OperatorError
@@ -213,12 +214,15 @@ async def worker_runs_answer(message: Message, service: WebHost, master: BuildMa
     answer: Message = {"type": "worker_runs", "worker": worker, "runs": []}
     if worker not in await gate(master, service, who, info):
         return answer
-    found = await service.fleet.of_worker(who, worker, WORKER_RUNS)
-    allowed = await access.shell_allowed(master, info, {t for r in found for t in r.run["targets"].split()})
+
+    async def authorized(page: list[WorkerRun]) -> list[WorkerRun]:
+        allowed = await access.shell_allowed(master, info, {t for r in page for t in r.run["targets"].split()})
+        return [r for r in page if set(r.run["targets"].split()) <= allowed]
+
+    # Both checks a page at a time as the runs are read: up to WORKER_RUNS of the runs this web user may see.
+    found = await service.fleet.of_worker(who, worker, WORKER_RUNS, authorized)
     shown = []
     for run, outcome, session in found:
-        if not set(run["targets"].split()) <= allowed:
-            continue
         shown.append({
             "id": run["id"], "kind": run["kind"], "operator": run["operator"], "command": run["command"],
             "script_sha256": run["script_sha256"], "reason": run["reason"], "started": run["started"],

@@ -1,10 +1,12 @@
 """How many workers of a fleet run run at once (``--batch N|P%``, Salt's ``-b``), and the run's scheduler: a
-sans-I/O state machine. Events go in (a session started, ended with its exit status and output, timed out,
-the operator's Ctrl-C, the clock); decisions come out (`Start` these workers, `End` those sessions). The
-caller opens and ends the sessions (HUP, TERM, KILL, as a session's Ctrl-C does) and keeps the timers."""
+sans-I/O state machine. Events go in (a worker's approval given, a session started, ended with its exit status
+and output, timed out, the operator's Ctrl-C, the clock); decisions come out (`Ask` a moderator's approval for
+these workers, `Start` those, `End` those sessions). The caller asks the approvals, opens and ends the sessions
+(HUP, TERM, KILL, as a session's Ctrl-C does) and keeps the timers."""
 
 from __future__ import annotations
 
+import collections
 import enum
 import re
 from collections.abc import Iterable
@@ -64,11 +66,21 @@ class End:
     reason: Reason
 
 
-Decision = Start | End
+@dataclass(frozen=True)
+class Ask:
+    """Ask the moderator's approval the worker needs before it starts (a four-eyes worker): it waits without a
+    place in the batch."""
+
+    worker: str
+
+
+Decision = Start | End | Ask
 
 
 class _Phase(enum.Enum):
     WAITING = "waiting"
+    ASKING = "asking"  # Ask decided, the approval not yet given
+    APPROVED = "approved"  # approved, waiting for a place in the batch
     STARTING = "starting"  # Start decided, the session not yet open
     RUNNING = "running"
     ENDING = "ending"  # End decided, the session not yet ended
@@ -79,28 +91,51 @@ class Scheduler:
     """One fleet run's order of work. `begin()` gives the first batch; each event method returns what to do
     next. At most `batch` sessions are starting or running at once; a worker whose session runs for
     `timeout` seconds is ended (`expired`, or `timed_out` from the caller's timer); after `interrupted`
-    (Ctrl-C) nothing more starts, the running sessions are ended, and `outcomes` says which ran."""
+    (Ctrl-C) nothing more starts, the running sessions are ended, and `outcomes` says which ran.
 
-    def __init__(self, targets: Iterable[str], batch: int, timeout: float | None = None) -> None:
+    The workers of `approvals` need a moderator's approval first: it is asked (`Ask`, at most `asking` at
+    once) before they take a place in the batch, so that the others run while it waits; once `approved`, such
+    a worker starts at the next free place, before the workers still waiting."""
+
+    def __init__(self, targets: Iterable[str], batch: int, timeout: float | None = None,
+                 approvals: Iterable[str] = (), asking: int = 4) -> None:
         if batch < 1:
             raise ValueError("a batch is at least 1")
+        if asking < 1:
+            raise ValueError("approvals asked at once are at least 1")
         if timeout is not None and timeout <= 0:
             raise ValueError("a timeout is positive")
         self.order = list(dict.fromkeys(targets))
         self.batch = batch
         self.timeout = timeout
+        self.asking = asking
         self.stopping = False
+        gated = set(approvals)
         self._phase = {w: _Phase.WAITING for w in self.order}
         self._started: dict[str, float] = {}
         self._ending: dict[str, Reason] = {}
         self._sessions: dict[str, str] = {}
         self._outcomes: dict[str, Outcome] = {}
         self._active: set[str] = set()  # starting, running or ending
+        self._plain = [w for w in self.order if w not in gated]  # started in this order
         self._next = 0
+        self._gated = [w for w in self.order if w in gated]  # asked in this order
+        self._next_asked = 0
+        self._asked: set[str] = set()  # asking
+        self._approved: collections.deque[str] = collections.deque()  # approved, waiting for a place
 
     # Events in.
 
     def begin(self) -> list[Decision]:
+        return self._fill()
+
+    def approved(self, worker: str) -> list[Decision]:
+        """The worker's approval was given: it starts at the next free place."""
+        if self._phase.get(worker) is not _Phase.ASKING:
+            return []
+        self._asked.discard(worker)
+        self._phase[worker] = _Phase.APPROVED
+        self._approved.append(worker)
         return self._fill()
 
     def started(self, worker: str, now: float, session: str = "") -> list[Decision]:
@@ -132,9 +167,15 @@ class Scheduler:
         return self._fill()
 
     def failed(self, worker: str, state: State, reason: str, session: str = "") -> list[Decision]:
-        """The worker's session could not be opened (the worker went away, refused, an error) or was lost
-        before an exit status: `state` is how it is listed."""
-        if self._phase.get(worker) not in (_Phase.STARTING, _Phase.RUNNING, _Phase.ENDING):
+        """The worker's session could not be opened (the worker went away, refused, an error), its approval was
+        not given (denied, expired, withdrawn), or it was lost before an exit status: `state` is how it is
+        listed."""
+        phase = self._phase.get(worker)
+        if phase is _Phase.ASKING:
+            self._asked.discard(worker)
+        elif phase is _Phase.APPROVED:
+            self._approved.remove(worker)
+        elif phase not in (_Phase.STARTING, _Phase.RUNNING, _Phase.ENDING):
             return []
         self._finish(Outcome(worker, state, None, None, None, session or self._sessions.get(worker) or None,
                              reason))
@@ -178,8 +219,16 @@ class Scheduler:
 
     @property
     def done(self) -> bool:
-        """Nothing runs and nothing more will start."""
-        return not self._active and (self.stopping or self._next >= len(self.order))
+        """Nothing runs, no approval is asked, and nothing more will start."""
+        if self._active or self._asked:
+            return False
+        return self.stopping or (self._next >= len(self._plain) and self._next_asked >= len(self._gated)
+                                 and not self._approved)
+
+    @property
+    def asked(self) -> list[str]:
+        """The workers whose approval is asked and not yet given."""
+        return [w for w in self.order if w in self._asked]
 
     def outcomes(self) -> list[Outcome]:
         """Each target's outcome once the run is `done`, in the targets' order; those that never started are
@@ -201,9 +250,22 @@ class Scheduler:
 
     def _fill(self) -> list[Decision]:
         decisions: list[Decision] = []
-        while not self.stopping and self._next < len(self.order) and len(self._active) < self.batch:
-            worker = self.order[self._next]
-            self._next += 1
+        if self.stopping:
+            return decisions
+        while self._next_asked < len(self._gated) and len(self._asked) < self.asking:
+            worker = self._gated[self._next_asked]
+            self._next_asked += 1
+            self._phase[worker] = _Phase.ASKING
+            self._asked.add(worker)
+            decisions.append(Ask(worker))
+        while len(self._active) < self.batch:
+            if self._approved:
+                worker = self._approved.popleft()
+            elif self._next < len(self._plain):
+                worker = self._plain[self._next]
+                self._next += 1
+            else:
+                break
             self._phase[worker] = _Phase.STARTING
             self._active.add(worker)
             decisions.append(Start(worker))

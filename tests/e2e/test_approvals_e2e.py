@@ -304,6 +304,25 @@ def test_a_run_waits_for_the_moderated_workers_approval_without_holding_up_the_o
     assert [k for k, *_ in kinds(box, request, "approval")] == ["approval-asked", "approved", "approval"]
 
 
+def test_with_a_batch_of_one_the_unmoderated_workers_run_while_the_approval_waits(box: Sandbox) -> None:
+    """`--batch 1` over m1 (four-eyes) and m2: m1's approval is asked before it takes the batch's place, so m2 runs
+    (and ends) while the moderator is awaited; once approved, m1 runs too."""
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--batch", "1", "--",
+                      "touch", "ran-in-batches"])
+    request = client.asked()
+    assert wait_until(lambda: os.path.exists(os.path.join(box.worker_dir("m2"), "ran-in-batches")), 30), \
+        (client.out, client.err)
+    # m2's part ended (its session closed, in the audit index) while m1's request still waits.
+    assert wait_until(lambda: "m2" in client.out and "ok" in client.out, 30), client.out + client.err
+    assert [r["id"] for r in listed(box, LEAD)] == [request]
+    assert client.process.poll() is None
+    assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-in-batches"))
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert client.end() == 0, client.out + client.err
+    assert os.path.exists(os.path.join(box.worker_dir("m1"), "ran-in-batches"))
+    assert [k for k, *_ in kinds(box, request, "approval")] == ["approval-asked", "approved", "approval"]
+
+
 def test_a_runs_part_denied_is_refused_and_ctrl_c_withdraws_what_waits(box: Sandbox, tmp_path) -> None:
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\ntouch ran-by-script\n")

@@ -350,6 +350,56 @@ def test_the_worker_view_lists_its_recent_fleet_runs_as_text(browser: Any, site:
     bob.context.close()
 
 
+def test_the_worker_view_lists_twenty_of_the_runs_a_viewer_may_see_behind_many_they_may_not(browser: Any,
+                                                                                          site: Sandbox) -> None:
+    """A worker whose recent runs are mostly ones the web user may not see (Buildbot's authz gives her nothing on
+    g1, which they reach; or another operator's with no replay right) still shows her 20 of the runs she may see:
+    the runs are read a page at a time, each page checked, until 20 are found or 10 pages of 100 were read."""
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=30)
+    base = time.time() - 10 * 24 * 3600
+    columns = "id, kind, operator, uid, master, command, selection, targets, batch, started, state"
+
+    def stamp(t: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + ".000000"
+
+    try:
+        with db:
+            # 25 of alice's own runs on f1, then 230 newer that reach g1 too (the local operator's).
+            db.executemany(f"INSERT INTO slaveshell_runs ({columns}) VALUES (?, 'run', 'web:alice', -1, 'm', ?, "
+                           "'f1', 'f1', 1, ?, 'ended')",
+                           [(f"paged-mine-{i:03d}", f"echo paged-mine-{i:03d}", stamp(base + i)) for i in range(25)])
+            db.executemany(f"INSERT INTO slaveshell_runs ({columns}) VALUES (?, 'run', 'someone', 4242, 'm', ?, "
+                           "'f1 g1', 'f1 g1', 1, ?, 'ended')",
+                           [(f"paged-other-{i:03d}", "echo not-hers", stamp(base + 100 + i)) for i in range(230)])
+    finally:
+        db.close()
+    page = login(browser, site, "alice").new_page()
+    page.goto(site.url + "#/slaveshell")
+    rows = worker_runs(page, "f1")
+    wait_for(lambda: rows.count() >= 20, "20 runs in the worker's view")
+    ids = rows.evaluate_all("rows => rows.map(r => r.getAttribute('data-run'))")
+    paged = [i for i in ids if i.startswith("paged-")]
+    # Her 20 newest of those 25 (the runs newer than them that she may see come first: the other tests' runs).
+    assert len(ids) == 20 and paged == [f"paged-mine-{i:03d}" for i in range(24, 24 - len(paged), -1)], ids
+    assert not any(i.startswith("paged-other") for i in ids)
+    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 10)[0]
+    assert [r["id"] for r in answer["runs"]] == ids, answer
+    # Bounded work a question: behind 1000 more runs she may not see, hers are no longer looked for (10 pages of
+    # 100 are read at most); the answer still comes, with what those pages held.
+    db = sqlite3.connect(os.path.join(site.master_dir, "slaveshell.sqlite"), timeout=30)
+    try:
+        with db:
+            db.executemany(f"INSERT INTO slaveshell_runs ({columns}) VALUES (?, 'run', 'someone', 4242, 'm', ?, "
+                           "'f1 g1', 'f1 g1', 1, ?, 'ended')",
+                           [(f"paged-more-{i:04d}", "echo not-hers", stamp(base + 1000 + i)) for i in range(1000)])
+    finally:
+        db.close()
+    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 30)[0]
+    shown = [r["id"] for r in answer["runs"]]
+    assert answer["type"] == "worker_runs" and not any(i.startswith("paged-") for i in shown), shown
+    page.context.close()
+
+
 def test_environment_and_working_directory(browser: Any, site: Sandbox) -> None:
     """slaveshell run's -e NAME=VALUE and -C DIR on the Fleet page: passed into the run; checked as the CLI and the
     RUN request check them; refusals shown as text."""

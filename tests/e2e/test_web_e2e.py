@@ -965,3 +965,52 @@ def test_a_build_released_elsewhere_is_shown_released(browser: Any, site: Sandbo
     assert page.locator("button.slaveshell-release").count() == 0
     assert page.locator("button.slaveshell-open").count() == 0
     page.context.close()
+
+
+def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(browser: Any, site: Sandbox) -> None:
+    """The terminal's address reached again (typed or followed again, while its session runs or after it
+    ended) shows what the first visit showed: a terminal not yet opened and its Open button, not the old
+    session's screen."""
+    context = login(browser, site, "alice")
+    page = context.new_page()
+    address = site.url + "#/slaveshell/terminal/w1"
+    open_terminal(page, site)
+    run(page, "echo first-$((6*7))", "first-42")
+    first = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
+    page.keyboard.type("exit 4")
+    page.keyboard.press("Enter")
+    assert "exit status 4" in wait_status(page, "session ended")
+    shot(page, "reopen-ended.png")
+    # The same terminal's address again, after its session ended: a fresh view and its button.
+    page.goto(address)
+    start = page.locator("button.slaveshell-start")
+    time.sleep(1)
+    shot(page, "reopen-again.png")
+    start.wait_for(timeout=10_000)
+    assert start.inner_text() == "Open a shell on w1"
+    assert status(page) == "click the button to open a shell"
+    assert "first-42" not in screen(page)
+    start.click()
+    wait_status(page, "^connected$")
+    run(page, "echo second-$((6*7))", "second-42")
+    second = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
+    assert second != first
+    # Again while that session runs: a fresh view too (the running session is left detached, as Back does).
+    page.goto(address)
+    start.wait_for(timeout=10_000)
+    assert status(page) == "click the button to open a shell" and "second-42" not in screen(page)
+    # A session's own address opened again after it ended (the same address as the page shows): it says so
+    # afresh, with no terminal and no start button for a session that is gone.
+    page.goto(site.url + f"#/slaveshell/session/{second}/attach")
+    wait_status(page, "^connected$")
+    page.locator("button.slaveshell-end").click()
+    wait_status(page, "session ended")
+    page.goto(site.url + f"#/slaveshell/session/{second}/attach")
+    assert "not live" in wait_status(page, "^ended")
+    # An address with a malformed %-escape: the name as it is; the master refuses it after the click.
+    page.goto(site.url + "#/slaveshell/terminal/%E0%A4%A")
+    start.wait_for(timeout=10_000)
+    assert start.inner_text() == "Open a shell on %E0%A4%A"
+    start.click()
+    assert "refused" in wait_status(page, "^refused")
+    context.close()

@@ -681,18 +681,44 @@
     return st[0];
   }
 
+  // Each time the address is gone to (typed, followed, or the same one again): a number that changes, for a
+  // terminal's key, so that its address reached again shows a fresh terminal as the first visit did, not the
+  // previous session's screen. The address a terminal shows once open (history.replaceState) is no visit; a
+  // browser tells a visit by popstate (Chromium and Firefox, even to the same address), else by a hashchange
+  // to another address than the last visit's (not the one that brought the page here, which comes after it).
+  function useVisit() {
+    var st = React.useState(0);
+    React.useEffect(function () {
+      var popped = false, seen = window.location.hash;
+      function visit() { seen = window.location.hash; st[1](function (n) { return n + 1; }); }
+      function popstate() { popped = true; visit(); }
+      function hashchange() { if (!popped && window.location.hash !== seen) visit(); popped = false; }
+      window.addEventListener("popstate", popstate);
+      window.addEventListener("hashchange", hashchange);
+      return function () {
+        window.removeEventListener("popstate", popstate);
+        window.removeEventListener("hashchange", hashchange);
+      };
+    }, []);
+    return st[0];
+  }
+
+  function fromAddress(text) {
+    try { return decodeURIComponent(text); } catch (e) { return text; } // a malformed %-escape: as it is
+  }
+
   function TerminalPage() {
-    useHash();
+    var visit = useVisit();
     var match = /\/slaveshell\/terminal\/([^/?]+)/.exec(window.location.hash);
-    var worker = match ? decodeURIComponent(match[1]) : "";
-    return h(TerminalView, { worker: worker, key: "w:" + worker });
+    var worker = match ? fromAddress(match[1]) : "";
+    return h(TerminalView, { worker: worker, key: "w:" + worker + ":" + visit });
   }
 
   function SessionPage() {
-    useHash();
+    var visit = useVisit();
     var match = /\/slaveshell\/session\/([^/?]+)\/(attach|watch)/.exec(window.location.hash);
-    var id = match ? decodeURIComponent(match[1]) : "", mode = match ? match[2] : "watch";
-    return h(TerminalView, { sessionId: id, mode: mode, key: "s:" + id + "/" + mode });
+    var id = match ? fromAddress(match[1]) : "", mode = match ? match[2] : "watch";
+    return h(TerminalView, { sessionId: id, mode: mode, key: "s:" + id + "/" + mode + ":" + visit });
   }
 
   // A socket for questions (master_side/www/lists.py): onReady(send) once open; each JSON answer, with the
@@ -1434,7 +1460,7 @@
   function WorkerPage() {
     useHash();
     var match = /\/slaveshell\/worker\/([^/?]+)/.exec(window.location.hash), name = "";
-    try { name = match ? decodeURIComponent(match[1]) : ""; } catch (e) { name = match[1]; } // a malformed %-escape
+    name = match ? fromAddress(match[1]) : "";
     return h(WorkerView, { name: name, key: "w:" + name });
   }
 
@@ -1564,7 +1590,7 @@
   function ReplayPage() {
     useHash();
     var match = /\/slaveshell\/replay\/([^/?]+)/.exec(window.location.hash);
-    var id = match ? decodeURIComponent(match[1]) : "";
+    var id = match ? fromAddress(match[1]) : "";
     var box = React.useRef(null);
     var st = React.useState("loading");
     var status = st[0], setStatus = st[1];
