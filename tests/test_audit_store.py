@@ -378,5 +378,14 @@ def test_a_workers_fleet_runs(db_url):
                 break
             after = page[-1]
         assert pages == [["r4", "r5"], ["r3", "r1"], []]
+        # `runs` (slaveshell runs) pages the same way.
+        pages, last = [], None
+        while True:
+            got = yield store.runs(limit=2, after=last)
+            pages.append([r["id"] for r in got])
+            if len(got) < 2:
+                break
+            last = got[-1]
+        assert pages == [["r4", "r5"], ["r3", "r2"], ["r1"]]
     finally:
         yield store.stop()

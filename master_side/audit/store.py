@@ -81,6 +81,12 @@ def seconds(value: object) -> float:
     return 0.0
 
 
+def _older_than(run: RunRow) -> sa.ColumnElement[bool]:
+    """The fleet runs after `run` in newest-first order (started, then id): a page's next."""
+    started = dt.datetime.fromisoformat(str(run["started"])).astimezone(dt.UTC).replace(tzinfo=None)
+    return sa.or_(runs.c.started < started, sa.and_(runs.c.started == started, runs.c.id < run["id"]))
+
+
 def _row(mapping: sa.RowMapping) -> dict[str, object]:
     """A row as plain values, as the doors send it as JSON: times as ISO 8601 text in UTC, keys as plain str
     (not SQLAlchemy's quoted_name)."""
@@ -339,13 +345,17 @@ class AuditStore:
 
         return self.read(query)
 
-    def runs(self, run_id: str | None = None, limit: int = 50) -> defer.Deferred[list[RunRow]]:
-        """Fleet runs, newest first (`run_id`: that one)."""
+    def runs(self, run_id: str | None = None, limit: int = 50,
+             after: RunRow | None = None) -> defer.Deferred[list[RunRow]]:
+        """Fleet runs, newest first (then by id; `run_id`: that one). `after`: the next page, the runs older than
+        that one (the last of the page before)."""
         def query() -> list[RunRow]:
             assert self.engine is not None
-            q = sa.select(runs).order_by(runs.c.started.desc()).limit(limit)
+            q = sa.select(runs).order_by(runs.c.started.desc(), runs.c.id.desc()).limit(limit)
             if run_id:
                 q = q.where(runs.c.id == run_id)
+            if after is not None:
+                q = q.where(_older_than(after))
             with self.engine.connect() as conn:
                 return [cast(RunRow, _row(r)) for r in conn.execute(q).mappings()]
 
@@ -374,9 +384,7 @@ class AuditStore:
             q = (sa.select(runs).where(sa.or_(runs.c.id.in_(named), spaced.contains(f" {worker} ", autoescape=True)))
                  .order_by(runs.c.started.desc(), runs.c.id.desc()).limit(limit))
             if after is not None:
-                started = dt.datetime.fromisoformat(str(after.run["started"])).astimezone(dt.UTC).replace(tzinfo=None)
-                q = q.where(sa.or_(runs.c.started < started,
-                                   sa.and_(runs.c.started == started, runs.c.id < after.run["id"])))
+                q = q.where(_older_than(after.run))
             with self.engine.connect() as conn:
                 found = [cast(RunRow, _row(r)) for r in conn.execute(q).mappings()]
                 ids = [r["id"] for r in found]

@@ -56,6 +56,9 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 DEFAULT_UNTIL = 7 * 24 * 3600.0  # how long a pending run waits for its worker, unless --until says
 MAX_UNTIL = 90 * 24 * 3600.0
 FACTS_TIMEOUT = 60.0  # seconds a worker's facts probe may take
+RUNS_SHOWN = 50  # `slaveshell runs`: the last runs the operator may see
+RUNS_READ = 100  # runs read from the index at a time, then those the operator may not see left out
+RUNS_PAGES = 10  # pages of them read at most for one question
 WORKER_RUNS_READ = 100  # a worker's runs read from the index at a time, then those the viewer may not see left out
 WORKER_RUNS_PAGES = 10  # pages of them read at most for one question (a viewer who may see few of many runs)
 
@@ -337,20 +340,26 @@ class FleetOperations:
 
     @deferred
     async def recorded(self, who: Identity, run_id: str | None) -> list[tuple[RunRow, list[RunWorkerRow]]]:
-        """Fleet runs (newest first; `run_id`: that one with its workers' outcomes) that `who` may see: their
-        own, or any on workers where they have `replay` for each target."""
+        """Fleet runs (newest first, at most `RUNS_SHOWN`; `run_id`: that one with its workers' outcomes) that
+        `who` may see: their own, or any on workers where they have `replay` for each target. Read a page of
+        `RUNS_READ` at a time until enough are found, the runs end, or `RUNS_PAGES` pages were read."""
         store = self.api.trail.store
+        out: list[tuple[RunRow, list[RunWorkerRow]]] = []
+        after: RunRow | None = None
         try:
-            rows = await store.runs(run_id=run_id, limit=1 if run_id else 50)
-            out = []
-            for row in rows:
-                if not self._may_see(who, row):
-                    continue
-                out.append((row, await store.run_workers(row["id"]) if run_id else []))
+            for _ in range(1 if run_id else RUNS_PAGES):
+                page = await store.runs(run_id=run_id, limit=1 if run_id else RUNS_READ, after=after)
+                for row in page:
+                    if self._may_see(who, row):
+                        out.append((row, await store.run_workers(row["id"]) if run_id else []))
+                if len(out) >= RUNS_SHOWN or len(page) < RUNS_READ:
+                    break
+                after = page[-1]
         except OperatorError:
             raise
         except Exception as e:
             raise database_unavailable(e) from None
+        out = out[:RUNS_SHOWN]
         if run_id and not out:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no fleet run {run_id} that you may see")
         return out
