@@ -370,3 +370,22 @@ def test_a_worker_name_two_other_masters_hold_is_never_routed_to_one_of_them() -
         site.routed()
     assert "worker b1 is attached to 2 masters: B, C; slaveshell does not pick one" in refused.value.message
     assert not site.views
+
+
+def test_a_worker_the_shared_database_does_not_show_on_its_master_is_refused_never_routed() -> None:
+    from master_side.cluster.verify import SiteDatabase, checked
+
+    site = Site()
+    b_listing = site.b._listing
+    # B says it is master #2 and holds b1; the shared database has b1 connected to master #1 (A) only.
+    site.b._listing = lambda: Listing("B", "host:/srv/B", 2, b_listing().workers)
+    database = SiteDatabase({1: ("host:/srv/A", True), 2: ("host:/srv/B", True)}, {"b1": frozenset({1})})
+    site.a.check = lambda listings: defer.succeed(checked(listings, database, 1))
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert refused.value.message == ("master B says it holds b1, but the shared database has b1 connected to "
+                                     "host:/srv/A: not routed")
+    assert not site.views and not [uri for uri in site.router.procedures if ".session." in uri]
+    # Once the database has it there, it is routed.
+    database = SiteDatabase(database.masters, {"b1": frozenset({2})})
+    assert site.routed() is not None and site.views

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, RoutedTransfers
@@ -19,16 +20,23 @@ from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
 from master_side.cluster.relay import OperatorEnd, Relays, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
+from master_side.cluster.verify import SiteDatabase, checked, read_site_database
 from master_side.cluster.view import elsewhere, local_listing, site_workers
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.sessions.registry import SessionRegistry
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.copying import TransferRequest
-from slaveshell.vocabulary.policy import Identity, Policy
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import CLUSTER_PREFIX, ClusterIdentity, Identity, Policy
 from slaveshell.vocabulary.protocol import OpenRequest
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
+
+log = Logger()
+
+# The disputed workers one audit event of a master's listing names (the others are counted).
+DISPUTES_NAMED = 10
 
 
 class ClusterPart:
@@ -48,6 +56,12 @@ class ClusterPart:
         self._registry = registry
         self._policy = policy
         self.link = ClusterLink(config, self._listing, reactor)
+        self.link.check = self._checked
+        self._audit = audit
+        # The shared database as the last check of the listings read it (None: not read yet, or it failed), and
+        # the disputed workers of each master already audited.
+        self.database: SiteDatabase | None = None
+        self._disputed: dict[str, frozenset[str]] = {}
         clock = registry.clock
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
         self.served = ServedSessions(self.link, opener, attacher, audit, clock)
@@ -107,9 +121,49 @@ class ClusterPart:
             rows.append(row)
         return local_listing(self._master(), self.config.master, rows)
 
-    def workers(self, who: Identity, rows: list[dict[str, object]]) -> defer.Deferred[list[dict[str, object]]]:
-        """`rows` (OperatorAPI.workers: this master's) with the site's: which master holds each worker."""
-        return site_workers(self.link, self._policy(), who, rows, self._master)
+    def workers(self, who: Identity, rows: list[dict[str, object]], include_offline: bool = False
+                ) -> defer.Deferred[list[dict[str, object]]]:
+        """`rows` (OperatorAPI.workers: this master's) with the site's: which master holds each worker; with
+        `include_offline`, the other masters' offline workers too (from the shared database)."""
+        return site_workers(self.link, self._policy(), who, rows, self._master, self.site_database,
+                            include_offline)
+
+    @deferred
+    async def site_database(self) -> SiteDatabase:
+        """The shared database's view of the site: as the last check of the listings read it, or read now."""
+        if self.database is not None:
+            return self.database
+        return await read_site_database(self._master())
+
+    @deferred
+    async def _checked(self, listings: list[Listing]) -> list[Listing]:
+        """The other masters' listings checked against the shared database (master_side.cluster.verify), read
+        once for them all; a master whose disputed workers changed is audited (one event, DISPUTES_NAMED named)."""
+        here = self._master()
+        unreadable = None
+        try:
+            database: SiteDatabase | None = await read_site_database(here)
+        except Exception as e:
+            database, unreadable = None, str(e) or type(e).__name__
+            log.warn("slaveshell: the shared database could not be read to check the other masters' workers: "
+                     "{why}", why=visible(unreadable[:200]))
+        self.database = database
+        out = checked(listings, database, getattr(here, "masterid", None), unreadable)
+        disputed = {listing.master: frozenset(d.worker for d in listing.disputed) for listing in out
+                    if listing.disputed}
+        for listing in out:
+            names = disputed.get(listing.master)
+            if names is None or names <= self._disputed.get(listing.master, frozenset()):
+                continue
+            first = listing.disputed[0]
+            named = ", ".join(visible(n) for n in sorted(names)[:DISPUTES_NAMED])
+            more = f" and {len(names) - DISPUTES_NAMED} more" if len(names) > DISPUTES_NAMED else ""
+            who = ClusterIdentity(uid=-1, gid=-1, pid=-1, user=f"{CLUSTER_PREFIX}{listing.master}",
+                                  groups=frozenset({f"{CLUSTER_PREFIX}{listing.master}"}))
+            self._audit(who, first.worker if len(names) == 1 else "",
+                        f"disputed listing: {named}{more}; {first.why}")
+        self._disputed = disputed
+        return out
 
     @deferred
     async def refusal(self, worker: str, why: str) -> str:
