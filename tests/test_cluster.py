@@ -351,3 +351,22 @@ def test_the_listings_are_kept_briefly_and_askers_of_one_moment_share_one_asking
     clock.advance(2.5)
     a.site()
     assert len(reads) == 3  # past SITE_KEPT
+
+
+def test_an_offline_worker_is_labelled_with_the_last_master_seen_holding_it() -> None:
+    router = Router()
+    a, b = joined(router, "A", []), joined(router, "B", ["b1"])
+    database = SiteDatabase({2: ("host:/srv/B", True)}, {"b1": frozenset({2})}, {"b1": frozenset({2})})
+    a.check = lambda listings: defer.succeed(checked(listings, database, 1))
+    everyone = Policy([Rule(users=("alice",), rights=("shell",))])
+    seen: dict[str, tuple[str, float]] = {}
+    b._listing = lambda: Listing("B", "host:/srv/B", 2, ({"name": "b1"},))
+    [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), True, seen).result
+    assert master_label(row) == "on master B" and seen["b1"][0] == "B"
+    b._listing = lambda: Listing("B", "host:/srv/B", 2, ())
+    a._site_kept = None
+    database = SiteDatabase(database.masters, {"b1": frozenset()}, database.configured)
+    [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), True, seen).result
+    assert (row["connected"], row["last_master"], row["configured_on"]) == (False, "B", ["B"])
+    assert master_label(row) == "offline (last on master B)"
+    assert site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), False, seen).result == []

@@ -62,6 +62,7 @@ class ClusterPart:
         # the disputed workers of each master already audited.
         self.database: SiteDatabase | None = None
         self._disputed: dict[str, frozenset[str]] = {}
+        self._seen: dict[str, tuple[str, float]] = {}  # worker -> the last master seen holding it, when
         clock = registry.clock
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
         self.served = ServedSessions(self.link, opener, attacher, audit, clock)
@@ -126,7 +127,7 @@ class ClusterPart:
         """`rows` (OperatorAPI.workers: this master's) with the site's: which master holds each worker; with
         `include_offline`, the other masters' offline workers too (from the shared database)."""
         return site_workers(self.link, self._policy(), who, rows, self._master, self.site_database,
-                            include_offline)
+                            include_offline, self._seen)
 
     @deferred
     async def site_database(self) -> SiteDatabase:

@@ -9,6 +9,7 @@ never taken as where the worker is.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+# The workers whose last master (as the shared database confirmed it) is remembered for --include-offline.
+MAX_SEEN = 10_000
 # What a remote master's worker row may carry into this master's answer.
 _REMOTE_FIELDS = {"shell": bool, "paused": bool, "system": str, "info": str, "sessions": int}
 
@@ -41,13 +44,16 @@ def local_listing(master: BuildMaster, name: str, workers: list[dict[str, object
 @deferred
 async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: list[dict[str, object]],
                        master: Callable[[], BuildMaster], database: Callable[[], Deferred[SiteDatabase]],
-                       include_offline: bool = False) -> list[dict[str, object]]:
+                       include_offline: bool = False, seen: dict[str, tuple[str, float]] | None = None
+                       ) -> list[dict[str, object]]:
     """`rows` (this master's workers that `who` has some right on, as OperatorAPI.workers gives them), each with
     the master that holds it ("master": cluster name, "where": host:basedir; "masters" when more than one does),
     the workers held by the other masters on the router as the shared database confirms them, the ones a master
     claims that it does not ("disputed": [{"master", "why"}], never routed), the ones whose only row in the shared
     database names a master not holding them (stale) and, with `include_offline`, every other worker of the shared
-    database (offline, with the masters it is configured on: "configured_on")."""
+    database (offline, with the masters it is configured on: "configured_on", and the last master this one saw
+    holding it, as the database confirmed it: "last_master", "last_seen"). `seen` keeps those last masters from
+    one call to the next (at most MAX_SEEN workers)."""
     here = master()
     own = str(getattr(here, "name", ""))
     try:
@@ -80,6 +86,9 @@ async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: l
             assert isinstance(masters, list)
             masters.append(listing.master)
             held.setdefault(name, set()).add(listing.buildbot)
+            if seen is not None:
+                seen.pop(name, None)
+                seen[name] = (listing.master, time.time())
             if row["master"] is None:
                 row.update({k: remote[k] for k, kind in _REMOTE_FIELDS.items() if isinstance(remote.get(k), kind)})
                 row.update(connected=True, master=listing.master, where=listing.buildbot, here=False)
@@ -107,6 +116,11 @@ async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: l
         if known is not None and not row.get("connected"):
             row["configured_on"] = sorted({names.get(known.master_name(i), known.master_name(i))
                                            for i in known.configured.get(name, frozenset())})
+            last = (seen or {}).get(name)
+            if last is not None:
+                row["last_master"], row["last_seen"] = last
+    while seen is not None and len(seen) > MAX_SEEN:
+        del seen[next(iter(seen))]  # the longest unseen
     return [by_name[name] for name in sorted(by_name)]
 
 

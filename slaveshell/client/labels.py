@@ -21,7 +21,8 @@ def master_label(row: Mapping[str, object]) -> str:
     """Which master of a multi-master site holds the worker of a `workers` row (master_side.cluster.view): here,
     another master, every master when one worker name is attached to several (reported, never picked from), a
     master whose claim the shared database does not confirm (disputed, never routed), none (a shared database's
-    row naming a master that is gone), or the masters an offline worker is configured on."""
+    row naming a master that is gone), or for an offline worker the last master seen holding it, or the masters it
+    is configured on."""
     listed = row.get("masters")
     masters = [str(m) for m in listed] if isinstance(listed, list) else []
     if len(masters) > 1:
@@ -38,7 +39,9 @@ def master_label(row: Mapping[str, object]) -> str:
     stale = row.get("stale_database_rows")
     if stale:
         return "nowhere (stale db row)"
-    configured = row.get("configured_on")
+    last, configured = row.get("last_master"), row.get("configured_on")
+    if isinstance(last, str) and last:
+        return f"offline (last on master {last})"
     if isinstance(configured, list) and configured:
         return f"offline (configured on {', '.join(str(m) for m in configured)})"
     return "-"

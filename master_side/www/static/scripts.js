@@ -1527,7 +1527,7 @@
     else history = h(HistoryTable, { rows: past.rows });
     return h("div", { className: "slaveshell-page slaveshell-worker-view", "data-worker": name }, heading,
       h("p", { className: "slaveshell-worker-state" },
-        (w.connected ? "Connected" : "Not connected") + (w.master ? " (" + masterText(w) + ")" : "") + ", " +
+        (w.connected ? "Connected" : "Not connected") + (w.master || (Array.isArray(w.disputed) && w.disputed.length) ? " (" + masterText(w) + ")" : "") + ", " +
           String(w.sessions) + " live session" + (w.sessions === 1 ? "" : "s") + ". ",
         isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
           "Buildbot's page for this worker") : null),
