@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from master_side.cluster.config import (
     MAX_NAME,
@@ -362,15 +363,15 @@ class ClusterLink:
             self._ask_site().addBoth(self._site_answered)
         return waiter
 
-    def _site_answered(self, result: object) -> None:
+    def _site_answered(self, result: list[Listing] | Failure) -> None:
         waiters, self._site_waiters = self._site_waiters, []
-        if isinstance(result, list):
+        if not isinstance(result, Failure):
             self._site_kept = (self._reactor.seconds(), result)
         for waiter in waiters:
-            if isinstance(result, list):
-                waiter.callback(list(result))
-            else:
+            if isinstance(result, Failure):
                 waiter.errback(result)
+            else:
+                waiter.callback(list(result))
 
     @deferred
     async def _ask_site(self) -> list[Listing]:

@@ -246,7 +246,7 @@ import sys
 from autobahn.twisted.component import Component
 from twisted.internet import defer, reactor
 
-url, realm, ticket, marker = sys.argv[1:5]
+url, realm, ticket, marker, listing_uri, open_uri = sys.argv[1:7]
 client = Component(transports=[{"url": url, "max_retries": 0, "serializers": ["msgpack"]}], realm=realm,
                    authentication={"ticket": {"authid": "C", "ticket": ticket}})
 
@@ -261,8 +261,8 @@ def joined(session, details):
                 "registered": True}]
     try:
         yield session.register(lambda: {"master": "C", "buildbot": "evil:/srv/c", "masterid": 1,
-                                        "workers": workers}, "slaveshell.master.C.workers")
-        yield session.register(opened, "slaveshell.worker.ghost.open")
+                                        "workers": workers}, listing_uri)
+        yield session.register(opened, open_uri)
         print("ready", flush=True)
     except Exception as e:
         print("failed", e, flush=True)
@@ -278,7 +278,8 @@ def test_a_worker_a_master_lists_but_the_shared_database_does_not_show_there_is_
     wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
     marker = os.path.join(cluster.root, "ghost-opened")
     lister = subprocess.Popen([sys.executable, "-c", HOSTILE_LISTER, cluster.router.url, REALM, cluster.tickets["C"],
-                               marker], stdout=subprocess.PIPE, text=True)
+                               marker, master_uri("C"), worker_uri("ghost", "open")], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert lister.stdout is not None
         said = lister.stdout.readline().strip()
