@@ -320,7 +320,7 @@ def test_a_disputed_worker_is_shown_so_and_its_refusal_says_why() -> None:
     everyone = Policy([Rule(users=("alice",), rights=("shell",))])
     [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(SiteDatabase({}, {"ghost": frozenset()}))).result
     assert (row["name"], row["connected"], row["master"], row["masters"]) == ("ghost", False, None, [])
-    assert master_label(row) == "disputed: claimed by C, not routed"
+    assert master_label(row) == "disputed: C (not routed)"
     assert elsewhere(a, "ghost", "not here").result == (
         "master C is not a Buildbot master of the shared database: its workers are not routed")
 

@@ -388,4 +388,5 @@ def test_a_worker_the_shared_database_does_not_show_on_its_master_is_refused_nev
     assert not site.views and not [uri for uri in site.router.procedures if ".session." in uri]
     # Once the database has it there, it is routed.
     database = SiteDatabase(database.masters, {"b1": frozenset({2})})
+    site.clock.advance(1.0)  # past SITE_FRESH: the routing decision asks again
     assert site.routed() is not None and site.views

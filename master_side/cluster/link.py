@@ -70,6 +70,9 @@ MAX_LISTED_TEXT = 1024
 # How long the other masters' listings, once asked, answer the pages and lists that ask again (every open Shells
 # page asks every 5 s): a routing decision asks afresh (ClusterLink.site(fresh=True)).
 SITE_KEPT = 2.0
+# A routing decision takes an answer at most this old (or the one being asked): an operator opening shells one after
+# another makes this master ask at most about 4 times a second.
+SITE_FRESH = 0.25
 
 
 class ClusterUnavailable(Exception):
@@ -352,10 +355,10 @@ class ClusterLink:
         ClusterUnavailable when not on the router.
 
         An answer is kept SITE_KEPT seconds for the pages and lists that ask again and again, and the askers
-        of one moment share one asking (one question of each master, one read of the database). `fresh`: not
-        the kept answer, but one asked now or being asked (a routing decision)."""
+        of one moment share one asking (one question of each master, one read of the database). `fresh`: an
+        answer at most SITE_FRESH seconds old, or being asked (a routing decision)."""
         kept = self._site_kept
-        if not fresh and kept is not None and self._reactor.seconds() - kept[0] < SITE_KEPT:
+        if kept is not None and self._reactor.seconds() - kept[0] < (SITE_FRESH if fresh else SITE_KEPT):
             return defer.succeed(list(kept[1]))
         waiter: defer.Deferred[list[Listing]] = defer.Deferred()
         self._site_waiters.append(waiter)

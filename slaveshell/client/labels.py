@@ -35,7 +35,7 @@ def master_label(row: Mapping[str, object]) -> str:
         return f"on master {masters[0]}" + (
             f" (also claimed by {', '.join(str(d.get('master')) for d in disputes)}: disputed)" if disputes else "")
     if disputes:
-        return f"disputed: claimed by {', '.join(str(d.get('master')) for d in disputes)}, not routed"
+        return f"disputed: {', '.join(str(d.get('master')) for d in disputes)} (not routed)"
     stale = row.get("stale_database_rows")
     if stale:
         return "nowhere (stale db row)"

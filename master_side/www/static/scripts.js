@@ -143,7 +143,7 @@
     var claimers = disputed.map(function (d) { return d.master; }).join(", ");
     if (masters.length > 1) return printable("on " + masters.length + " masters: " + masters.join(", "));
     if (!w.master) {
-      if (disputed.length) return printable("disputed: claimed by " + claimers + ", not routed (" + disputed[0].why + ")");
+      if (disputed.length) return printable("disputed: " + claimers + " (not routed): " + disputed[0].why);
       return w.site ? "nowhere" : "";
     }
     return printable((w.here ? "here (master " + w.master + ")" : "on master " + w.master) +
