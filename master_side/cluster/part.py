@@ -61,7 +61,8 @@ class ClusterPart:
         # The shared database as the last check of the listings read it (None: not read yet, or it failed), and
         # the disputed workers of each master already audited.
         self.database: SiteDatabase | None = None
-        self._disputed: dict[str, frozenset[str]] = {}
+        self._disputed: dict[str, frozenset[str]] = {}  # in the last check
+        self._audited: dict[str, frozenset[str]] = {}  # of those, the ones audited
         self._seen: dict[str, tuple[str, float]] = {}  # worker -> the last master seen holding it, when
         clock = registry.clock
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
@@ -139,7 +140,8 @@ class ClusterPart:
     @deferred
     async def _checked(self, listings: list[Listing]) -> list[Listing]:
         """The other masters' listings checked against the shared database (master_side.cluster.verify), read
-        once for them all; a master whose disputed workers changed is audited (one event, DISPUTES_NAMED named)."""
+        once for them all; a master's workers disputed in two checks running are audited once while they stay
+        disputed (one event per master and check, DISPUTES_NAMED named)."""
         here = self._master()
         unreadable = None
         try:
@@ -152,18 +154,24 @@ class ClusterPart:
         out = checked(listings, database, getattr(here, "masterid", None), unreadable)
         disputed = {listing.master: frozenset(d.worker for d in listing.disputed) for listing in out
                     if listing.disputed}
+        audited: dict[str, frozenset[str]] = {}
         for listing in out:
-            names = disputed.get(listing.master)
-            if names is None or names <= self._disputed.get(listing.master, frozenset()):
+            names = disputed.get(listing.master, frozenset())
+            # Audited once it is disputed in two checks running: a worker attaching or leaving is listed by its
+            # master a moment before or after the database has it there.
+            lasting = names & self._disputed.get(listing.master, frozenset())
+            done = self._audited.get(listing.master, frozenset()) & names
+            new = lasting - done
+            audited[listing.master] = done | new
+            if not new:
                 continue
-            first = listing.disputed[0]
-            named = ", ".join(visible(n) for n in sorted(names)[:DISPUTES_NAMED])
-            more = f" and {len(names) - DISPUTES_NAMED} more" if len(names) > DISPUTES_NAMED else ""
+            first = next(d for d in listing.disputed if d.worker in new)
+            named = ", ".join(visible(n) for n in sorted(new)[:DISPUTES_NAMED])
+            more = f" and {len(new) - DISPUTES_NAMED} more" if len(new) > DISPUTES_NAMED else ""
             who = ClusterIdentity(uid=-1, gid=-1, pid=-1, user=f"{CLUSTER_PREFIX}{listing.master}",
                                   groups=frozenset({f"{CLUSTER_PREFIX}{listing.master}"}))
-            self._audit(who, first.worker if len(names) == 1 else "",
-                        f"disputed listing: {named}{more}; {first.why}")
-        self._disputed = disputed
+            self._audit(who, first.worker if len(new) == 1 else "", f"disputed listing: {named}{more}; {first.why}")
+        self._disputed, self._audited = disputed, audited
         return out
 
     @deferred
