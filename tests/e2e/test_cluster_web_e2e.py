@@ -143,6 +143,16 @@ def test_a_terminal_on_a_worker_of_b_from_as_page(browser: Any, cluster: Site) -
     row.locator("button.slaveshell-watch").click()
     wait_status(lists, "^watching")
     wait_for(lambda: "watched-5" in screen(lists), "the output for the watcher from the Shells page")
+    # bob (the shell action on A, but B's policy names no rule for him as A vouches for him) and carol (no shell
+    # action in A's authz) are not shown it.
+    for other in ("bob", "carol"):
+        theirs = login(browser, cluster.a, other)
+        their_page = theirs.new_page()
+        their_page.goto(cluster.a.url + "#/slaveshell")
+        their_page.locator(".slaveshell-page h4").first.wait_for()
+        their_page.wait_for_timeout(6000)  # past the page's next refresh of its lists
+        assert their_page.locator(f"tr[data-session='{session_id}']").count() == 0, other
+        theirs.close()
     shot(page, "multi-master-terminal.png")
     page.keyboard.type("exit 3")
     page.keyboard.press("Enter")
