@@ -212,7 +212,7 @@ def test_site_workers_name_the_holder_the_duplicates_and_stale_database_rows() -
                                                   include_offline=True).result}
     assert (offline["off"]["connected"], offline["off"]["master"], offline["off"]["configured_on"]) == (
         False, None, ["B"])
-    assert master_label(offline["off"]) == "offline (configured on B)"
+    assert master_label(offline["off"]) == "offline (configured: B)"
 
 
 def test_site_workers_show_only_workers_the_operator_has_a_right_on() -> None:
@@ -368,5 +368,5 @@ def test_an_offline_worker_is_labelled_with_the_last_master_seen_holding_it() ->
     database = SiteDatabase(database.masters, {"b1": frozenset()}, database.configured)
     [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), True, seen).result
     assert (row["connected"], row["last_master"], row["configured_on"]) == (False, "B", ["B"])
-    assert master_label(row) == "offline (last on master B)"
+    assert master_label(row) == "offline (last on B)"
     assert site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), False, seen).result == []

@@ -41,9 +41,9 @@ def master_label(row: Mapping[str, object]) -> str:
         return "nowhere (stale db row)"
     last, configured = row.get("last_master"), row.get("configured_on")
     if isinstance(last, str) and last:
-        return f"offline (last on master {last})"
+        return f"offline (last on {last})"
     if isinstance(configured, list) and configured:
-        return f"offline (configured on {', '.join(str(m) for m in configured)})"
+        return f"offline (configured: {', '.join(str(m) for m in configured)})"
     return "-"
 
 

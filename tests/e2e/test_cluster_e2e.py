@@ -331,7 +331,7 @@ def test_include_offline_lists_the_other_masters_offline_workers_from_the_shared
                                cluster.a.socket], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         line = line_of(done.stdout, "z1")
-        assert "offline (last on master B)" in line, done.stdout
+        assert "offline (last on B)" in line, done.stdout
         assert "z1" not in workers(cluster.a).stdout
     finally:
         cluster.b.start_worker("z1")
