@@ -370,3 +370,26 @@ def test_an_offline_worker_is_labelled_with_the_last_master_seen_holding_it() ->
     assert (row["connected"], row["last_master"], row["configured_on"]) == (False, "B", ["B"])
     assert master_label(row) == "offline (last on B)"
     assert site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), False, seen).result == []
+
+
+def test_a_lasting_dispute_is_audited_once_under_the_claiming_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    from master_side.cluster import part as part_module
+    from master_side.cluster.part import ClusterPart
+
+    monkeypatch.setattr(part_module, "read_site_database", lambda master: defer.succeed(SITE))
+    audited: list[tuple[str, str, str]] = []
+    part = ClusterPart(CONFIG, FakeMaster, None, SimpleNamespace(clock=lambda: 0.0), lambda: Policy([]),  # type: ignore[arg-type]
+                       task.Clock(), opener=None, attacher=None,  # type: ignore[arg-type]
+                       audit=lambda who, worker, line: audited.append((who.user, worker, line)),
+                       open_timeout=lambda: 30.0)
+    ghost = [claim("C", "host:/srv/B", 2, ["ghost"])]
+    part._checked(ghost)
+    assert audited == []  # once: perhaps a worker attaching, listed a moment before the database has it
+    part._checked(ghost)
+    part._checked(ghost)
+    assert audited == [("cluster:C", "ghost", "disputed listing: ghost; master C says it holds ghost, but the shared "
+                                              "database has ghost connected to no master: not routed")]
+    part._checked([claim("C", "host:/srv/B", 2, [])])
+    part._checked(ghost)
+    part._checked(ghost)
+    assert len(audited) == 2  # disputed again, after it was not
