@@ -12,6 +12,7 @@ from twisted.internet import defer, task
 
 from master_side.cluster.config import ClusterConfig, decode, encode, master_of_uri, master_uri, worker_uri
 from master_side.cluster.link import ALREADY_EXISTS, ClusterLink, ClusterUnavailable, Listing
+from master_side.cluster.verify import SiteDatabase, checked
 from master_side.cluster.view import elsewhere, site_workers
 from master_side.config import ShellConfig
 from slaveshell.client.labels import master_label
@@ -178,20 +179,13 @@ def test_site_without_the_router_is_unavailable() -> None:
     assert failed[0].check(ClusterUnavailable)
 
 
-class FakeData:
-    def __init__(self, masters: list[dict[str, object]], workers: list[dict[str, object]]) -> None:
-        self.tables = {("masters",): masters, ("workers",): workers}
-
-    def get(self, path: tuple[str, ...]) -> defer.Deferred[object]:
-        return defer.succeed(self.tables[path])
-
-
 class FakeMaster:
     name = "host:/srv/A"
     masterid = 1
 
-    def __init__(self, data: FakeData) -> None:
-        self.data = data
+
+def fixed(database: SiteDatabase) -> Any:
+    return lambda: defer.succeed(database)
 
 
 def test_site_workers_name_the_holder_the_duplicates_and_stale_database_rows() -> None:
@@ -199,28 +193,33 @@ def test_site_workers_name_the_holder_the_duplicates_and_stale_database_rows() -
     a, b = joined(router, "A", ["a1", "dup"]), joined(router, "B", ["b1", "dup"])
     a.sync(["a1", "dup"], 0.0)
     b.sync(["b1", "dup"], 0.0)
-    data = FakeData([{"masterid": 1, "name": "host:/srv/A"}, {"masterid": 2, "name": "host:/srv/B"},
-                     {"masterid": 3, "name": "host:/srv/dead"}],
-                    [{"name": "b1", "connected_to": [{"masterid": 2}]},
-                     {"name": "gone", "connected_to": [{"masterid": 3}]}])
+    database = SiteDatabase({1: ("host:/srv/A", True), 2: ("host:/srv/B", True), 3: ("host:/srv/dead", True)},
+                            {"b1": frozenset({2}), "gone": frozenset({3}), "off": frozenset()},
+                            {"off": frozenset({2})})
     local = [{"name": n, "connected": n != "b1", "shell": True, "paused": False, "system": "posix", "info": "",
               "allowed": True, "sessions": 0, "pb_references": None} for n in ("a1", "b1", "dup")]
     everyone = Policy([Rule(users=("alice",), rights=("shell",))])
-    rows = {r["name"]: r for r in site_workers(a, everyone, ALICE, local, lambda: FakeMaster(data)).result}
+    rows = {r["name"]: r for r in site_workers(a, everyone, ALICE, local, FakeMaster, fixed(database)).result}
     assert (rows["a1"]["master"], rows["a1"]["here"]) == ("A", True)
     assert (rows["b1"]["master"], rows["b1"]["where"], rows["b1"]["connected"]) == ("B", "host:/srv/B", True)
     assert rows["b1"]["sessions"] == 1 and rows["b1"]["stale_database_rows"] == []
     assert rows["dup"]["masters"] == ["A", "B"]
     assert (rows["gone"]["connected"], rows["gone"]["stale_database_rows"]) == (False, ["host:/srv/dead"])
+    assert "off" not in rows  # another master's offline worker: only with include_offline
     assert [master_label(rows[n]) for n in ("a1", "b1", "dup", "gone")] == [
         "here (master A)", "on master B", "on 2 masters: A, B", "nowhere (stale db row)"]
+    offline = {r["name"]: r for r in site_workers(a, everyone, ALICE, local, FakeMaster, fixed(database),
+                                                  include_offline=True).result}
+    assert (offline["off"]["connected"], offline["off"]["master"], offline["off"]["configured_on"]) == (
+        False, None, ["B"])
+    assert master_label(offline["off"]) == "offline (configured: B)"
 
 
 def test_site_workers_show_only_workers_the_operator_has_a_right_on() -> None:
     router = Router()
     a, _ = joined(router, "A", []), joined(router, "B", ["secret", "open"])
     policy = Policy([Rule(users=("alice",), workers=("open",), rights=("shell",))])
-    rows = site_workers(a, policy, ALICE, [], lambda: FakeMaster(FakeData([], []))).result
+    rows = site_workers(a, policy, ALICE, [], FakeMaster, fixed(SiteDatabase()), include_offline=True).result
     assert [r["name"] for r in rows] == ["open"]
 
 
@@ -264,3 +263,133 @@ def test_another_masters_listing_is_bounded_where_it_arrives() -> None:
     got = Listing.from_wire(listing([{"name": "x" * 201}, {"name": ""},
                                      {"name": "ok", "info": long_info, "system": "posix"}]))
     assert got is not None and got.workers == ({"name": "ok", "system": "posix"},)
+
+
+# -- listings checked against the shared database (master_side.cluster.verify) ------------------------------------
+
+SITE = SiteDatabase({1: ("host:/srv/A", True), 2: ("host:/srv/B", True), 4: ("host:/srv/old", False)},
+                    {"a1": frozenset({1}), "b1": frozenset({2}), "z1": frozenset({2}), "dup": frozenset({1, 2}),
+                     "ghost": frozenset()})
+
+
+def claim(master: str, buildbot: str, masterid: int | None, workers: list[str]) -> Listing:
+    return Listing(master, buildbot, masterid, tuple({"name": w, "registered": True} for w in workers))
+
+
+def test_a_listing_keeps_only_the_workers_the_database_has_connected_to_that_master() -> None:
+    [b] = checked([claim("B", "host:/srv/B", 2, ["b1", "dup", "a1", "ghost", "never-seen"])], SITE, 1)
+    assert b.trusted and [w["name"] for w in b.workers] == ["b1", "dup"]
+    why = {d.worker: d.why for d in b.disputed}
+    assert why["a1"] == ("master B says it holds a1, but the shared database has a1 connected to host:/srv/A: "
+                         "not routed")
+    assert why["ghost"].endswith("connected to no master: not routed")
+    assert why["never-seen"].endswith("connected to no master: not routed")
+
+
+@pytest.mark.parametrize(("listing", "why"), [
+    (claim("C", "host:/srv/C", None, ["b1"]), "master C is not a Buildbot master of the shared database"),
+    (claim("C", "host:/srv/C", 99, ["b1"]), "master C is not a Buildbot master of the shared database"),
+    (claim("C", "host:/srv/C", 2, ["b1"]), "master C says it is host:/srv/C, but the shared database's master #2 "
+                                           "is host:/srv/B"),
+    (claim("C", "host:/srv/old", 4, ["b1"]), "master C (host:/srv/old) is inactive in the shared database"),
+    (claim("C", "host:/srv/A", 1, ["a1"]), "master C claims the Buildbot master host:/srv/A, which another master "
+                                           "on the router claims too"),
+])
+def test_a_master_that_is_not_the_buildbot_master_it_says_has_no_worker_taken(listing: Listing, why: str) -> None:
+    [got] = checked([listing], SITE, 1)
+    assert (got.trusted, got.workers) == (False, ())
+    assert [d.why for d in got.disputed] == [f"{why}: its workers are not routed"]
+
+
+def test_two_masters_claiming_one_buildbot_master_are_both_refused() -> None:
+    got = checked([claim("B", "host:/srv/B", 2, ["b1"]), claim("C", "host:/srv/B", 2, ["b1", "z1"])], SITE, 1)
+    assert [(x.trusted, x.workers) for x in got] == [(False, ()), (False, ())]
+
+
+def test_a_database_that_cannot_be_read_confirms_nothing() -> None:
+    [got] = checked([claim("B", "host:/srv/B", 2, ["b1"])], None, 1, "connection refused")
+    assert not got.trusted and got.workers == ()
+    assert got.disputed[0].why.startswith("the shared database could not be read to confirm it (connection refused)")
+
+
+def test_a_disputed_worker_is_shown_so_and_its_refusal_says_why() -> None:
+    router = Router()
+    a = joined(router, "A", [])
+    joined(router, "C", ["ghost"])
+    a.check = lambda listings: defer.succeed(checked(listings, SITE, 1))
+    everyone = Policy([Rule(users=("alice",), rights=("shell",))])
+    [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(SiteDatabase({}, {"ghost": frozenset()}))).result
+    assert (row["name"], row["connected"], row["master"], row["masters"]) == ("ghost", False, None, [])
+    assert master_label(row) == "disputed: C (not routed)"
+    assert elsewhere(a, "ghost", "not here").result == (
+        "master C is not a Buildbot master of the shared database: its workers are not routed")
+
+
+def test_the_listings_are_kept_briefly_and_askers_of_one_moment_share_one_asking() -> None:
+    router = Router()
+    clock = task.Clock()
+    config = ClusterConfig(router_url="ws://127.0.0.1:1/ws", realm="r", authid="slaveshell", ticket="t", master="A")
+    a = ClusterLink(config, lambda: listing_of("A", []), clock)
+    a._joined(router.session(), None)
+    joined(router, "B", ["b1"])
+    reads: list[defer.Deferred[list[Listing]]] = []
+
+    def check(listings: list[Listing]) -> defer.Deferred[list[Listing]]:
+        reads.append(defer.Deferred())
+        return reads[-1].addCallback(lambda _: listings)
+
+    a.check = check
+    first, second, fresh = a.site(), a.site(), a.site(fresh=True)
+    assert len(reads) == 1  # one asking (one read of the database) for the three
+    reads[0].callback(None)
+    assert [x.master for x in first.result] == [x.master for x in second.result] == [x.master for x in fresh.result]
+    clock.advance(1.0)
+    assert a.site().called and len(reads) == 1  # kept
+    a.site(fresh=True)
+    assert len(reads) == 2  # a routing decision asks afresh
+    reads[1].callback(None)
+    clock.advance(2.5)
+    a.site()
+    assert len(reads) == 3  # past SITE_KEPT
+
+
+def test_an_offline_worker_is_labelled_with_the_last_master_seen_holding_it() -> None:
+    router = Router()
+    a, b = joined(router, "A", []), joined(router, "B", ["b1"])
+    database = SiteDatabase({2: ("host:/srv/B", True)}, {"b1": frozenset({2})}, {"b1": frozenset({2})})
+    a.check = lambda listings: defer.succeed(checked(listings, database, 1))
+    everyone = Policy([Rule(users=("alice",), rights=("shell",))])
+    seen: dict[str, tuple[str, float]] = {}
+    b._listing = lambda: Listing("B", "host:/srv/B", 2, ({"name": "b1"},))
+    [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), True, seen).result
+    assert master_label(row) == "on master B" and seen["b1"][0] == "B"
+    b._listing = lambda: Listing("B", "host:/srv/B", 2, ())
+    a._site_kept = None
+    database = SiteDatabase(database.masters, {"b1": frozenset()}, database.configured)
+    [row] = site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), True, seen).result
+    assert (row["connected"], row["last_master"], row["configured_on"]) == (False, "B", ["B"])
+    assert master_label(row) == "offline (last on B)"
+    assert site_workers(a, everyone, ALICE, [], FakeMaster, fixed(database), False, seen).result == []
+
+
+def test_a_lasting_dispute_is_audited_once_under_the_claiming_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    from master_side.cluster import part as part_module
+    from master_side.cluster.part import ClusterPart
+
+    monkeypatch.setattr(part_module, "read_site_database", lambda master: defer.succeed(SITE))
+    audited: list[tuple[str, str, str]] = []
+    part = ClusterPart(CONFIG, FakeMaster, None, SimpleNamespace(clock=lambda: 0.0), lambda: Policy([]),  # type: ignore[arg-type]
+                       task.Clock(), opener=None, attacher=None,  # type: ignore[arg-type]
+                       audit=lambda who, worker, line: audited.append((who.user, worker, line)),
+                       open_timeout=lambda: 30.0)
+    ghost = [claim("C", "host:/srv/B", 2, ["ghost"])]
+    part._checked(ghost)
+    assert audited == []  # once: perhaps a worker attaching, listed a moment before the database has it
+    part._checked(ghost)
+    part._checked(ghost)
+    assert audited == [("cluster:C", "ghost", "disputed listing: ghost; master C says it holds ghost, but the shared "
+                                              "database has ghost connected to no master: not routed")]
+    part._checked([claim("C", "host:/srv/B", 2, [])])
+    part._checked(ghost)
+    part._checked(ghost)
+    assert len(audited) == 2  # disputed again, after it was not

@@ -570,3 +570,23 @@ def test_the_owner_detaches_a_routed_session_and_resumes_it_through_a() -> None:
     resumed = site.relays.attach(ALICE, "s1", "attach", again).result
     assert resumed is not None and resumed.session_id == "s1"
     assert site.views[-1].who.user == "cluster:A/alice"
+
+
+def test_a_worker_the_shared_database_does_not_show_on_its_master_is_refused_never_routed() -> None:
+    from master_side.cluster.verify import SiteDatabase, checked
+
+    site = Site()
+    b_listing = site.b._listing
+    # B says it is master #2 and holds b1; the shared database has b1 connected to master #1 (A) only.
+    site.b._listing = lambda: Listing("B", "host:/srv/B", 2, b_listing().workers)
+    database = SiteDatabase({1: ("host:/srv/A", True), 2: ("host:/srv/B", True)}, {"b1": frozenset({1})})
+    site.a.check = lambda listings: defer.succeed(checked(listings, database, 1))
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert refused.value.message == ("master B says it holds b1, but the shared database has b1 connected to "
+                                     "host:/srv/A: not routed")
+    assert not site.views and not [uri for uri in site.router.procedures if ".session." in uri]
+    # Once the database has it there, it is routed.
+    database = SiteDatabase(database.masters, {"b1": frozenset({2})})
+    site.clock.advance(1.0)  # past SITE_FRESH: the routing decision asks again
+    assert site.routed() is not None and site.views

@@ -112,6 +112,7 @@ STRICT = [
     "slaveshell/client/router.py",
     "master_side/cluster/config.py",
     "master_side/cluster/view.py",
+    "master_side/cluster/verify.py",
     "master_side/cluster/part.py",
     "master_side/cluster/records.py",
     "master_side/sessions/session.py",

@@ -232,3 +232,32 @@ def test_on_a_multi_master_site_each_worker_row_says_which_master_holds_it():
 def test_on_one_master_there_is_no_master_column(drive):
     _, out, _ = drive("quit\r")
     assert "MASTER" not in out
+
+
+def test_workers_include_offline_asks_for_the_other_masters_offline_workers():
+    class SiteBackend(FakeBackend):
+        asked: list[bool] = []
+
+        def workers(self, include_offline=False):
+            self.asked.append(include_offline)
+            rows = [{**r, "master": None, "here": False, "masters": []} for r in super().workers()]
+            if include_offline:
+                rows.append({"name": "z1", "connected": False, "shell": False, "paused": False, "allowed": True,
+                             "sessions": 0, "system": "", "info": "", "master": None, "here": False, "masters": [],
+                             "last_master": "B", "configured_on": ["B"]})
+            rows.append({"name": "ghost", "connected": False, "shell": False, "paused": False, "allowed": True,
+                         "sessions": 0, "system": "", "info": "", "master": None, "here": False, "masters": [],
+                         "disputed": [{"master": "C", "why": "..."}]})
+            return rows
+
+    backend = SiteBackend()
+    out: list[str] = []
+    with create_pipe_input() as inp, create_app_session(input=inp, output=DummyOutput()):
+        inp.send_text("workers --include-offline\rworkers --bogus\rquit\r")
+        Console(backend, input=inp, output=DummyOutput(), write=out.append).run()
+    text = "".join(out)
+    line = {row.split()[0]: row for row in text.splitlines() if row.strip() and not row.startswith(" ")}
+    assert "offline (last on B)" in line["z1"] and "offline" in line["z1"].split()[1]
+    assert "disputed: C (not routed)" in line["ghost"]
+    assert "usage: workers [--include-offline]" in text
+    assert True in backend.asked

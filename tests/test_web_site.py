@@ -23,13 +23,19 @@ from tests.test_web_door import Page
 
 def test_where_says_which_master_holds_a_worker():
     assert where({"name": "w1"}) == {"master": None, "here": True, "masters": [], "site": False}
+    none: dict[str, object] = {"disputed": [], "configured_on": []}
     assert where({"name": "a1", "master": "A", "here": True, "masters": ["A"]}) == {
-        "master": "A", "here": True, "masters": ["A"], "site": True}
+        "master": "A", "here": True, "masters": ["A"], "site": True, **none}
     assert where({"name": "b1", "master": "B", "here": False, "masters": ["B"]}) == {
-        "master": "B", "here": False, "masters": ["B"], "site": True}
+        "master": "B", "here": False, "masters": ["B"], "site": True, **none}
     # Nowhere (a database row only), and a listing's odd values left out.
     assert where({"name": "x", "master": None, "here": False, "masters": [3, "C"]}) == {
-        "master": None, "here": False, "masters": ["C"], "site": True}
+        "master": None, "here": False, "masters": ["C"], "site": True, **none}
+    # Claimed by a master the shared database does not confirm; offline, configured on B.
+    assert where({"name": "g", "master": None, "here": False, "masters": [],
+                  "disputed": [{"master": "C", "why": "no"}, "junk"], "configured_on": ["B", 4]}) == {
+        "master": None, "here": False, "masters": [], "site": True, "disputed": [{"master": "C", "why": "no"}],
+        "configured_on": ["B"]}
 
 
 def test_a_held_view_sends_nothing_until_released_then_all_in_order():

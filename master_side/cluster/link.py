@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from master_side.cluster.config import (
     MAX_NAME,
@@ -66,6 +67,12 @@ Opener = Callable[[str, object, "CallDetails"], Any]
 # longer is left out, a text field longer is dropped): a hostile master cannot make this one hold or show more.
 MAX_LISTED_WORKERS = 10000
 MAX_LISTED_TEXT = 1024
+# How long the other masters' listings, once asked, answer the pages and lists that ask again (every open Shells
+# page asks every 5 s): a routing decision asks afresh (ClusterLink.site(fresh=True)).
+SITE_KEPT = 2.0
+# A routing decision takes an answer at most this old (or the one being asked): an operator opening shells one after
+# another makes this master ask at most about 4 times a second.
+SITE_FRESH = 0.25
 
 
 class ClusterUnavailable(Exception):
@@ -73,14 +80,28 @@ class ClusterUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class Dispute:
+    """A worker a master lists that the shared database does not show connected to it (master_side.cluster.verify):
+    `master` (its name on the router), `why` (one line, for the operator and the audit)."""
+
+    worker: str
+    master: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Listing:
     """What one master says of itself: its cluster name, Buildbot's name for it (`host:basedir`), its id in the
-    shared database, and its attached workers (dicts: name, shell, paused, system, info, sessions, registered)."""
+    shared database, and its attached workers (dicts: name, shell, paused, system, info, sessions, registered).
+    Once checked against the shared database (ClusterLink.check), `workers` are those it confirms, `disputed` the
+    others, and `trusted` whether the master is the Buildbot master it says it is."""
 
     master: str
     buildbot: str
     masterid: int | None
     workers: tuple[dict[str, object], ...]
+    disputed: tuple[Dispute, ...] = ()
+    trusted: bool = True
 
     @classmethod
     def from_wire(cls, value: object) -> Listing | None:
@@ -131,6 +152,11 @@ class ClusterLink:
         self.duplicates: dict[str, float] = {}  # worker name -> when its registration was refused
         self.master_refused = False  # another master holds this master's name
         self._uris: dict[int, str] = {}  # registration id -> URI, as the router's meta API told it
+        # Checks the other masters' listings against the shared database (master_side.cluster.verify, set by
+        # master_side.cluster.part); None only where there is no database (tests of the link alone).
+        self.check: Callable[[list[Listing]], defer.Deferred[list[Listing]]] | None = None
+        self._site_kept: tuple[float, list[Listing]] | None = None  # when, the answer
+        self._site_waiters: list[defer.Deferred[list[Listing]]] = []
 
     @property
     def reactor(self) -> Any:
@@ -216,6 +242,7 @@ class ClusterLink:
         self._pending.clear()
         self.duplicates.clear()
         self._uris.clear()
+        self._site_kept = None
 
     def _answer_listing(self) -> dict[str, object]:
         return self._listing().to_wire()
@@ -322,10 +349,35 @@ class ClusterLink:
 
     # -- questions to the other masters ----------------------------------------------------------------
 
-    @deferred
-    async def site(self) -> list[Listing]:
+    def site(self, fresh: bool = False) -> defer.Deferred[list[Listing]]:
         """Every other master's Listing, from the masters registered on the router now (a master that does not
-        answer within call_timeout is left out and logged). ClusterUnavailable when not on the router."""
+        answer within call_timeout is left out and logged), checked against the shared database (`check`).
+        ClusterUnavailable when not on the router.
+
+        An answer is kept SITE_KEPT seconds for the pages and lists that ask again and again, and the askers
+        of one moment share one asking (one question of each master, one read of the database). `fresh`: an
+        answer at most SITE_FRESH seconds old, or being asked (a routing decision)."""
+        kept = self._site_kept
+        if kept is not None and self._reactor.seconds() - kept[0] < (SITE_FRESH if fresh else SITE_KEPT):
+            return defer.succeed(list(kept[1]))
+        waiter: defer.Deferred[list[Listing]] = defer.Deferred()
+        self._site_waiters.append(waiter)
+        if len(self._site_waiters) == 1:
+            self._ask_site().addBoth(self._site_answered)
+        return waiter
+
+    def _site_answered(self, result: list[Listing] | Failure) -> None:
+        waiters, self._site_waiters = self._site_waiters, []
+        if not isinstance(result, Failure):
+            self._site_kept = (self._reactor.seconds(), result)
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(list(result))
+
+    @deferred
+    async def _ask_site(self) -> list[Listing]:
         session = self._session
         if session is None:
             raise ClusterUnavailable("this master is not connected to the cluster's router")
@@ -343,7 +395,11 @@ class ClusterLink:
                 log.warn("slaveshell: master {name} did not answer on the router", name=visible(master_of_uri(uri)))
                 continue
             listings.append(listing)
-        return listings
+        check = self.check
+        if check is None:
+            return listings
+        checked: list[Listing] = await check(listings)
+        return checked
 
     @deferred
     async def masters(self) -> list[str]:

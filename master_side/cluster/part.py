@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, RoutedTransfers
@@ -19,16 +20,23 @@ from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
 from master_side.cluster.relay import OperatorEnd, Relays, RoutedRecord, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
+from master_side.cluster.verify import SiteDatabase, checked, read_site_database
 from master_side.cluster.view import elsewhere, local_listing, site_workers
 from master_side.glue.buildbot import BuildbotGlue
 from master_side.sessions.registry import SessionRegistry
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.copying import TransferRequest
-from slaveshell.vocabulary.policy import Identity, Policy
+from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.policy import CLUSTER_PREFIX, ClusterIdentity, Identity, Policy
 from slaveshell.vocabulary.protocol import OpenRequest
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
+
+log = Logger()
+
+# The disputed workers one audit event of a master's listing names (the others are counted).
+DISPUTES_NAMED = 10
 
 
 class ClusterPart:
@@ -49,6 +57,14 @@ class ClusterPart:
         self._registry = registry
         self._policy = policy
         self.link = ClusterLink(config, self._listing, reactor)
+        self.link.check = self._checked
+        self._audit = audit
+        # The shared database as the last check of the listings read it (None: not read yet, or it failed), and
+        # the disputed workers of each master already audited.
+        self.database: SiteDatabase | None = None
+        self._disputed: dict[str, frozenset[str]] = {}  # in the last check
+        self._audited: dict[str, frozenset[str]] = {}  # of those, the ones audited
+        self._seen: dict[str, tuple[str, float]] = {}  # worker -> the last master seen holding it, when
         clock = registry.clock
         # What a router client can make this master hold is bounded there (master_side.cluster.serve).
         self.served = ServedSessions(self.link, opener, attacher, audit, clock)
@@ -111,9 +127,56 @@ class ClusterPart:
             rows.append(row)
         return local_listing(self._master(), self.config.master, rows)
 
-    def workers(self, who: Identity, rows: list[dict[str, object]]) -> defer.Deferred[list[dict[str, object]]]:
-        """`rows` (OperatorAPI.workers: this master's) with the site's: which master holds each worker."""
-        return site_workers(self.link, self._policy(), who, rows, self._master)
+    def workers(self, who: Identity, rows: list[dict[str, object]], include_offline: bool = False
+                ) -> defer.Deferred[list[dict[str, object]]]:
+        """`rows` (OperatorAPI.workers: this master's) with the site's: which master holds each worker; with
+        `include_offline`, the other masters' offline workers too (from the shared database)."""
+        return site_workers(self.link, self._policy(), who, rows, self._master, self.site_database,
+                            include_offline, self._seen)
+
+    @deferred
+    async def site_database(self) -> SiteDatabase:
+        """The shared database's view of the site: as the last check of the listings read it, or read now."""
+        if self.database is not None:
+            return self.database
+        return await read_site_database(self._master())
+
+    @deferred
+    async def _checked(self, listings: list[Listing]) -> list[Listing]:
+        """The other masters' listings checked against the shared database (master_side.cluster.verify), read
+        once for them all; a master's workers disputed in two checks running are audited once while they stay
+        disputed (one event per master and check, DISPUTES_NAMED named)."""
+        here = self._master()
+        unreadable = None
+        try:
+            database: SiteDatabase | None = await read_site_database(here)
+        except Exception as e:
+            database, unreadable = None, str(e) or type(e).__name__
+            log.warn("slaveshell: the shared database could not be read to check the other masters' workers: "
+                     "{why}", why=visible(unreadable[:200]))
+        self.database = database
+        out = checked(listings, database, getattr(here, "masterid", None), unreadable)
+        disputed = {listing.master: frozenset(d.worker for d in listing.disputed) for listing in out
+                    if listing.disputed}
+        audited: dict[str, frozenset[str]] = {}
+        for listing in out:
+            names = disputed.get(listing.master, frozenset())
+            # Audited once it is disputed in two checks running: a worker attaching or leaving is listed by its
+            # master a moment before or after the database has it there.
+            lasting = names & self._disputed.get(listing.master, frozenset())
+            done = self._audited.get(listing.master, frozenset()) & names
+            new = lasting - done
+            audited[listing.master] = done | new
+            if not new:
+                continue
+            first = next(d for d in listing.disputed if d.worker in new)
+            named = ", ".join(visible(n) for n in sorted(new)[:DISPUTES_NAMED])
+            more = f" and {len(new) - DISPUTES_NAMED} more" if len(new) > DISPUTES_NAMED else ""
+            who = ClusterIdentity(uid=-1, gid=-1, pid=-1, user=f"{CLUSTER_PREFIX}{listing.master}",
+                                  groups=frozenset({f"{CLUSTER_PREFIX}{listing.master}"}))
+            self._audit(who, first.worker if len(new) == 1 else "", f"disputed listing: {named}{more}; {first.why}")
+        self._disputed, self._audited = disputed, audited
+        return out
 
     @deferred
     async def refusal(self, worker: str, why: str) -> str:

@@ -225,7 +225,7 @@ class SiteRecords:
             listings = await self.link.site()
         except ClusterUnavailable:
             listings = []
-        names = {listing.buildbot: listing.master for listing in listings}
+        names = {listing.buildbot: listing.master for listing in listings if listing.trusted}
         self._names, self._names_at = dict(names), self._clock()
         return names
 
@@ -317,9 +317,12 @@ class SiteRecords:
         """The live sessions the other masters hold that `who` may watch there (each row with its "master"),
         and the masters on the router that did not answer, with why."""
         try:
-            masters = await self.link.masters()
+            listings = await self.link.site()
         except ClusterUnavailable as e:
             return [], [f"the other masters ({e})"]
+        # Only the masters the shared database confirms (master_side.cluster.verify): another router client's
+        # sessions would be routed to it when watched.
+        masters = [listing.master for listing in listings if listing.trusted]
         answers, unanswered = await self._ask(masters, SESSIONS, self._call(who))
         rows: list[dict[str, object]] = []
         for master, answer in answers:

@@ -333,8 +333,11 @@ class Relays:
         """The other master on the router that holds `worker` and its procedures there, or None when no master
         on the router lists it (or the router cannot be asked). Raises Refused: several masters list it, or
         another router client holds its procedures."""
-        holders = await self._holders(worker)
+        holders, disputes = await self._holders(worker)
         if not holders:
+            if disputes:
+                # A master lists it, but the shared database does not show it there (master_side.cluster.verify).
+                raise Refused(UNAVAILABLE, "; ".join(disputes[:3]))
             return None
         if len(holders) > 1:
             # One name attached to several masters: never routed to one of them at random.
@@ -345,7 +348,7 @@ class Relays:
         if not registered:
             # A master lists a worker as soon as it attaches, and registers it on its next second's tick.
             await task.deferLater(self.link.reactor, REGISTERED_WITHIN, lambda: None)
-            if not (await self._holders(worker)).get(holder):
+            if not (await self._holders(worker))[0].get(holder):
                 # Its listing (under its own name, which only it may register) says another router client holds
                 # the worker's procedures: they are not called.
                 raise Refused(UNAVAILABLE, f"{worker} is on master {visible(holder)}, but another router client "
@@ -448,10 +451,12 @@ class Relays:
         router is asked; one that does not hold it says so): the RoutedView, or None when none holds it. Raises
         Refused: the holder's refusal."""
         try:
-            listings = await self.link.site()
+            listings = await self.link.site(fresh=True)
         except ClusterUnavailable:
             return None
         for listing in listings:
+            if not listing.trusted:
+                continue  # not the Buildbot master it says it is (master_side.cluster.verify): nothing routed to it
             token = secrets.token_hex(TOKEN_LENGTH // 2)
             view = RoutedView(self, "?", sink, token)
             view.authid = listing.master  # its messages only, from the first
@@ -481,17 +486,19 @@ class Relays:
         return None
 
     @deferred
-    async def _holders(self, worker: str) -> dict[str, bool]:
-        """The other masters on the router that list `worker` among their attached workers, each with whether it
-        says it holds the worker's procedures on the router (empty when the router cannot be asked). A listing
-        comes from its master's own `slaveshell.master.<name>.workers`, which the router lets no other client
-        register (slaveshell.client.router.slaveshell_permissions)."""
+    async def _holders(self, worker: str) -> tuple[dict[str, bool], list[str]]:
+        """The other masters on the router that list `worker` among their attached workers, as the shared database
+        confirms it (master_side.cluster.verify), each with whether it says it holds the worker's procedures on
+        the router (empty when the router cannot be asked); and why the other claims of it are disputed. A
+        listing comes from its master's own `slaveshell.master.<name>.workers`, which the router lets no other
+        client register (slaveshell.client.router.slaveshell_permissions); it is asked afresh."""
         try:
-            listings = await self.link.site()
+            listings = await self.link.site(fresh=True)
         except ClusterUnavailable:
-            return {}
-        return {listing.master: any(w.get("registered") is True for w in listing.workers if w.get("name") == worker)
-                for listing in listings if any(w.get("name") == worker for w in listing.workers)}
+            return {}, []
+        disputes = [d.why for listing in listings for d in listing.disputed if d.worker == worker]
+        return ({listing.master: any(w.get("registered") is True for w in listing.workers if w.get("name") == worker)
+                 for listing in listings if any(w.get("name") == worker for w in listing.workers)}, disputes)
 
     def all_lost(self, why: str) -> None:
         for view in list(self.views.values()):

@@ -9,21 +9,26 @@ never taken as where the worker is.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
 from master_side.cluster.link import ClusterLink, ClusterUnavailable, Listing
+from master_side.cluster.verify import SiteDatabase, disputes_of
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy
 
 if TYPE_CHECKING:
     from buildbot.master import BuildMaster
+    from twisted.internet.defer import Deferred
 
 log = Logger()
 
+# The workers whose last master (as the shared database confirmed it) is remembered for --include-offline.
+MAX_SEEN = 10_000
 # What a remote master's worker row may carry into this master's answer.
 _REMOTE_FIELDS = {"shell": bool, "paused": bool, "system": str, "info": str, "sessions": int}
 
@@ -37,22 +42,18 @@ def local_listing(master: BuildMaster, name: str, workers: list[dict[str, object
 
 
 @deferred
-async def database_view(master: BuildMaster) -> dict[str, set[str]]:
-    """Each worker of the site the shared database knows (configured on any master), with the Buildbot names of
-    the masters its `connected_workers` rows name (perhaps stale: a killed master's row stays)."""
-    masters = {m["masterid"]: str(m["name"]) for m in await master.data.get(("masters",))}
-    out: dict[str, set[str]] = {}
-    for w in await master.data.get(("workers",)):
-        out[str(w["name"])] = {masters.get(c["masterid"], "?") for c in w.get("connected_to") or []}
-    return out
-
-
-@deferred
 async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: list[dict[str, object]],
-                       master: Callable[[], BuildMaster]) -> list[dict[str, object]]:
+                       master: Callable[[], BuildMaster], database: Callable[[], Deferred[SiteDatabase]],
+                       include_offline: bool = False, seen: dict[str, tuple[str, float]] | None = None
+                       ) -> list[dict[str, object]]:
     """`rows` (this master's workers that `who` has some right on, as OperatorAPI.workers gives them), each with
     the master that holds it ("master": cluster name, "where": host:basedir; "masters" when more than one does),
-    and the workers held by the other masters on the router, or only in the shared database."""
+    the workers held by the other masters on the router as the shared database confirms them, the ones a master
+    claims that it does not ("disputed": [{"master", "why"}], never routed), the ones whose only row in the shared
+    database names a master not holding them (stale) and, with `include_offline`, every other worker of the shared
+    database (offline, with the masters it is configured on: "configured_on", and the last master this one saw
+    holding it, as the database confirmed it: "last_master", "last_seen"). `seen` keeps those last masters from
+    one call to the next (at most MAX_SEEN workers)."""
     here = master()
     own = str(getattr(here, "name", ""))
     try:
@@ -60,9 +61,9 @@ async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: l
     except ClusterUnavailable:
         listings = []  # the link's own log says when it leaves and joins the router again
     try:
-        database = await database_view(here)
+        known: SiteDatabase | None = await database()
     except Exception as e:
-        database = {}
+        known = None
         log.warn("slaveshell: the shared database did not list the site's workers: {why}", why=visible(str(e)[:200]))
     by_name: dict[str, dict[str, object]] = {}
     held: dict[str, set[str]] = {}  # the Buildbot names of the masters holding each worker on the router
@@ -85,16 +86,41 @@ async def site_workers(link: ClusterLink, policy: Policy, who: Identity, rows: l
             assert isinstance(masters, list)
             masters.append(listing.master)
             held.setdefault(name, set()).add(listing.buildbot)
+            if seen is not None:
+                seen.pop(name, None)
+                seen[name] = (listing.master, time.time())
             if row["master"] is None:
                 row.update({k: remote[k] for k, kind in _REMOTE_FIELDS.items() if isinstance(remote.get(k), kind)})
                 row.update(connected=True, master=listing.master, where=listing.buildbot, here=False)
-    for name, connected_to in database.items():
-        row = by_name.get(name) or _offline_row(policy, who, name)
+        for dispute in listing.disputed:
+            row = by_name.get(dispute.worker) or _offline_row(policy, who, dispute.worker)
+            if row is None:
+                continue
+            by_name[dispute.worker] = row
+            row.setdefault("disputed", [])
+            disputed = row["disputed"]
+            assert isinstance(disputed, list)
+            disputed.append({"master": dispute.master, "why": dispute.why})
+    names = {listing.buildbot: listing.master for listing in listings if listing.trusted}
+    names[own] = link.name
+    for name, connected_to in (known.connected if known is not None else {}).items():
+        stale = sorted({known.master_name(i) for i in connected_to} - held.get(name, set())) if known else []
+        row = by_name.get(name)
+        if row is None and (stale or include_offline):
+            row = _offline_row(policy, who, name)
         if row is None:
             continue
         by_name[name] = row
         # The database's rows that name a master not holding the worker on the router: stale (buildbot#4277).
-        row["stale_database_rows"] = sorted(connected_to - held.get(name, set()))
+        row["stale_database_rows"] = stale
+        if known is not None and not row.get("connected"):
+            row["configured_on"] = sorted({names.get(known.master_name(i), known.master_name(i))
+                                           for i in known.configured.get(name, frozenset())})
+            last = (seen or {}).get(name)
+            if last is not None:
+                row["last_master"], row["last_seen"] = last
+    while seen is not None and len(seen) > MAX_SEEN:
+        del seen[next(iter(seen))]  # the longest unseen
     return [by_name[name] for name in sorted(by_name)]
 
 
@@ -119,7 +145,8 @@ async def elsewhere(link: ClusterLink | None, worker: str, why: str) -> str:
         return f"{why} (the other masters could not be asked: {e})"
     holders = [listing for listing in listings if any(w.get("name") == worker for w in listing.workers)]
     if not holders:
-        return why
+        disputes = disputes_of(listings, worker)
+        return "; ".join(d.why for d in disputes[:3]) if disputes else why
     if len(holders) > 1:
         where = ", ".join(f"{h.master} ({h.buildbot})" for h in holders)
         return (f"worker {worker} is attached to {len(holders)} masters: {where}; slaveshell does not pick one "

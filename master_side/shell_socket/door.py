@@ -295,8 +295,12 @@ class WireDoor(Protocol):
         if op is Op.DENY:
             return {"text": api.deny(who, message.get("request"), message.get("reason"))}
         if op is Op.WORKERS:
+            include_offline = message.get("include_offline", False)
+            if not isinstance(include_offline, bool):
+                raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: include_offline is true or false")
             if api.cluster is not None:  # a multi-master site: where each worker is (master_side.cluster.view)
-                return api.cluster.workers(who, api.workers(who)).addCallback(lambda rows: {"rows": rows})
+                return api.cluster.workers(who, api.workers(who), include_offline).addCallback(
+                    lambda rows: {"rows": rows})
             return {"rows": api.workers(who)}
         if op is Op.HISTORY:
             return api.site_history(who, message.get("filters")).addCallback(lambda rows: {"rows": rows})

@@ -18,7 +18,8 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
   "started", "own", "may_type", "viewers", "moderated_by", "held", "moderators"}]}`` (``viewers``: their names;
   for a four-eyes session, ``moderated_by``: the groups and web roles of its rule, else null; ``held``: whether
   its operator's input waits for a moderator; ``moderators``: the viewers who moderate it, as `OperatorAPI.sessions`
-  and ``slaveshell sessions`` give them);
+  and ``slaveshell sessions`` give them; on a multi-master site each with the ``master`` that holds it, the
+  other masters' sessions `who` may watch there included, at most MAX_SITE_SESSIONS of them);
 - ``{"type": "history", "worker": str?, "user": str?, "session": str?, "reason": str?, "limit": int?}`` ->
   ``{"sessions":
   [row, ...], "may_replay": bool}`` (rows of the audit index, docs/audit-schema.md, newest first, each with
@@ -66,6 +67,8 @@ QUERIES = ("workers", "sessions", "history", "transcript", "hold", "release", "f
            "approve", "deny", "worker_runs")
 # The largest transcript a page replays (bytes): the page holds it whole.
 MAX_REPLAY = 64 * 1024 * 1024
+# The most live sessions of the other masters a page is sent.
+MAX_SITE_SESSIONS = 1000
 # History rows' fields shown to the page.
 HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ended", "state", "end_reason",
                   "exit_code", "exit_signal", "bytes_in", "bytes_out", "build_id", "builder", "build_number",
@@ -74,6 +77,29 @@ HISTORY_FIELDS = ("id", "worker", "operator", "command", "pty", "started", "ende
 # A JSON message for the page, and the binary frame sent before it (a transcript chunk) or None.
 Message = dict[str, object]
 Answer = tuple[Message, bytes | None]
+
+
+@deferred
+async def _site_sessions(service: WebHost, master: BuildMaster, who: WebIdentity, info: UserInfo,
+                         shown: list[dict[str, object]]) -> list[dict[str, object]]:
+    """This master's live sessions (`shown`, each then named with this master) and those the other masters of the
+    site hold that `who` may watch there (their policy decides, for the identity this master vouches for:
+    master_side.cluster.records), on workers Buildbot's authz here gives `who` the shell action on; each with the
+    master that holds it. Watching one is routed to that master (master_side.www.terminal_ws); typing in one is
+    asked there too, so none says may_type here."""
+    cluster = service.api.cluster
+    assert cluster is not None
+    for s in shown:
+        s["master"] = cluster.link.name
+    remote, _unanswered = await cluster.records.sessions(who)
+    remote = remote[:MAX_SITE_SESSIONS]
+    allowed = await access.shell_allowed(master, info, {str(s["worker"]) for s in remote})
+    shown = shown + [{"id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
+                      "command": s["command"], "reason": s["reason"], "started": s["started"], "own": False,
+                      "may_type": False, "viewers": [], "moderated_by": None, "held": s["held"],
+                      "moderators": [], "master": s["master"]}
+                     for s in remote if s["worker"] in allowed]
+    return sorted(shown, key=lambda s: float(s["started"]))  # type: ignore[arg-type]
 
 
 def _opt_str(message: Message, key: str) -> str | None:
@@ -127,6 +153,8 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
                 "moderated_by": s["moderated_by"], "held": s["held"],
                 "moderators": [v.identity.user for v in live.viewers
                                if live.moderation is not None and v in live.moderation.moderators]})
+        if service.api.cluster is not None:
+            shown = await _site_sessions(service, master, who, info, shown)
         return {"type": "sessions", "sessions": shown}, None
     if kind == "history":
         limit = message.get("limit", 200)

@@ -39,12 +39,17 @@ def worker_name(name: object) -> bool:
 def where(row: Mapping[str, object]) -> Message:
     """Where a worker is, for the page: ``master`` (the site's name of the master that holds it, or null: here
     on a site of one master, or nowhere), ``here`` (this master holds it), ``masters`` (every master that says it
-    holds it: more than one is a name attached twice, never routed) and ``site`` (the master is one of a
-    multi-master site). The page shows them as text."""
+    holds it: more than one is a name attached twice, never routed), ``disputed`` (the masters that list it but
+    the shared database does not confirm, with why: never routed), ``configured_on`` (for an offline worker, the
+    masters it is configured on) and ``site`` (the master is one of a multi-master site). The page shows them as
+    text."""
     if "master" not in row:
         return {"master": None, "here": True, "masters": [], "site": False}
-    masters = row.get("masters")
+    masters, disputed, configured = row.get("masters"), row.get("disputed"), row.get("configured_on")
     return {"master": row.get("master") if isinstance(row.get("master"), str) else None,
             "here": row.get("here") is True,
             "masters": [m for m in masters if isinstance(m, str)] if isinstance(masters, list) else [],
+            "disputed": [{"master": str(d.get("master")), "why": str(d.get("why"))} for d in disputed
+                         if isinstance(d, dict)] if isinstance(disputed, list) else [],
+            "configured_on": [m for m in configured if isinstance(m, str)] if isinstance(configured, list) else [],
             "site": True}

@@ -23,7 +23,8 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     try:
-        workers = answer_rows(call_master(_socket_path(args), Op.WORKERS))
+        fields = {"include_offline": True} if args.include_offline else {}
+        workers = answer_rows(call_master(_socket_path(args), Op.WORKERS, **fields))
     except (CallError, Interrupted) as e:
         return failed(e)
     if args.json:
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = with_socket(sub.add_parser("workers", help="list the master's workers and who may shell into them"))
     w.add_argument("--json", action="store_true")
+    w.add_argument("--include-offline", action="store_true",
+                   help="on a multi-master site, the other masters' offline workers too (from the shared database)")
     w.set_defaults(func=cmd_workers)
 
     def with_filters(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:

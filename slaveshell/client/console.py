@@ -28,7 +28,8 @@ from slaveshell.vocabulary.display import cell, visible
 from slaveshell.vocabulary.framing import Op
 
 COMMANDS = {
-    "workers": "the fleet: connection, shell, pause, live sessions",
+    "workers": "workers [--include-offline]: the fleet: connection, shell, pause, live sessions (with the other "
+               "masters' offline workers of a multi-master site)",
     "sessions": "live and detached sessions",
     "shell": "shell [--reason TEXT] WORKER [COMMAND...]: a shell (or a command) on a worker",
     "attach": "attach ID: join a live session, or resume a detached one",
@@ -48,7 +49,7 @@ Row = dict[str, object]
 
 
 class Backend(Protocol):
-    def workers(self) -> list[Row]: ...
+    def workers(self, include_offline: bool = False) -> list[Row]: ...
     def sessions(self) -> list[Row]: ...
     def history(self, worker: str | None) -> list[Row]: ...
     def kill(self, session_id: str) -> str: ...
@@ -82,8 +83,8 @@ class MasterBackend:
         except CallError as e:
             raise BackendError(str(e)) from None
 
-    def workers(self) -> list[Row]:
-        return self._rows(Op.WORKERS)
+    def workers(self, include_offline: bool = False) -> list[Row]:
+        return self._rows(Op.WORKERS, **({"include_offline": True} if include_offline else {}))
 
     def sessions(self) -> list[Row]:
         return self._rows(Op.SESSIONS)
@@ -184,7 +185,10 @@ class Console:
             for name, text in COMMANDS.items():
                 self.write(f"  {name:9} {text}\n")
         elif command in ("workers", "ls"):
-            self.show_workers()
+            if args not in ([], ["--include-offline"]):
+                self.write("usage: workers [--include-offline]\n")
+            else:
+                self.show_workers(include_offline=bool(args))
         elif command == "sessions":
             self.show_sessions()
         elif command == "shell":
@@ -261,9 +265,15 @@ class Console:
             return False
         return True
 
-    def show_workers(self) -> None:
+    def show_workers(self, include_offline: bool = False) -> None:
         if not self.refresh():
             return
+        if include_offline:
+            try:
+                self.cached_workers = self.backend.workers(include_offline=True)
+            except BackendError as e:
+                self.write(f"error: {visible(e)}\n")
+                return
         # On a multi-master site each row says which master holds the worker (master_side.cluster.view).
         site = any("masters" in w for w in self.cached_workers)
         self.write(f"{'WORKER':18} {'STATE':10} {'SHELL':6} {'SESSIONS':8} " + (f"{'MASTER':24} " if site else "")

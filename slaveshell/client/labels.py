@@ -19,18 +19,32 @@ def command_label(row: Mapping[str, object]) -> str:
 
 def master_label(row: Mapping[str, object]) -> str:
     """Which master of a multi-master site holds the worker of a `workers` row (master_side.cluster.view): here,
-    another master, every master when one worker name is attached to several (reported, never picked from), or
-    none (a shared database's row naming a master that is gone)."""
+    another master, every master when one worker name is attached to several (reported, never picked from), a
+    master whose claim the shared database does not confirm (disputed, never routed), none (a shared database's
+    row naming a master that is gone), or for an offline worker the last master seen holding it, or the masters it
+    is configured on."""
     listed = row.get("masters")
     masters = [str(m) for m in listed] if isinstance(listed, list) else []
     if len(masters) > 1:
         return f"on {len(masters)} masters: {', '.join(masters)}"
     if row.get("here"):
         return f"here (master {masters[0]})" if masters else "here"
+    listed_disputes = row.get("disputed")
+    disputes = [d for d in listed_disputes if isinstance(d, dict)] if isinstance(listed_disputes, list) else []
     if masters:
-        return f"on master {masters[0]}"
+        return f"on master {masters[0]}" + (
+            f" (also claimed by {', '.join(str(d.get('master')) for d in disputes)}: disputed)" if disputes else "")
+    if disputes:
+        return f"disputed: {', '.join(str(d.get('master')) for d in disputes)} (not routed)"
     stale = row.get("stale_database_rows")
-    return "nowhere (stale db row)" if stale else "-"
+    if stale:
+        return "nowhere (stale db row)"
+    last, configured = row.get("last_master"), row.get("configured_on")
+    if isinstance(last, str) and last:
+        return f"offline (last on {last})"
+    if isinstance(configured, list) and configured:
+        return f"offline (configured: {', '.join(str(m) for m in configured)})"
+    return "-"
 
 
 def recorded_by(row: Mapping[str, object]) -> str:

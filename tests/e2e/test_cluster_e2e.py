@@ -24,7 +24,7 @@ from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, PG, Site, anonymous_probe, hostile_probe, site
+from .cluster_fixtures import DOC, PG, REALM, Site, anonymous_probe, hostile_probe, site
 from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -239,6 +239,102 @@ def test_a_worker_name_attached_to_both_masters_is_reported(cluster: Site) -> No
     b_log = open(os.path.join(cluster.b.master_dir, "twistd.log"), errors="replace").read()
     said = "worker dup is attached here and to another master"
     assert (said in a_log) != (said in b_log)
+
+
+HOSTILE_LISTER = r"""
+import sys
+from autobahn.twisted.component import Component
+from twisted.internet import defer, reactor
+
+url, realm, ticket, marker, listing_uri, open_uri = sys.argv[1:7]
+client = Component(transports=[{"url": url, "max_retries": 0, "serializers": ["msgpack"]}], realm=realm,
+                   authentication={"ticket": {"authid": "C", "ticket": ticket}})
+
+def opened(*args, **kwargs):
+    open(marker, "w").close()  # an operator's open reached C
+    return {"ok": False, "error": "C got it"}
+
+@client.on_join
+@defer.inlineCallbacks
+def joined(session, details):
+    workers = [{"name": "ghost", "shell": True, "paused": False, "system": "posix", "info": "", "sessions": 0,
+                "registered": True}]
+    try:
+        yield session.register(lambda: {"master": "C", "buildbot": "evil:/srv/c", "masterid": 1,
+                                        "workers": workers}, listing_uri)
+        yield session.register(opened, open_uri)
+        print("ready", flush=True)
+    except Exception as e:
+        print("failed", e, flush=True)
+
+client.start(reactor).addBoth(lambda result: print("ended", result, flush=True))
+reactor.callLater(120, reactor.stop)
+reactor.run()
+"""
+
+
+def test_a_worker_a_master_lists_but_the_shared_database_does_not_show_there_is_disputed_never_routed(
+        cluster: Site) -> None:
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    marker = os.path.join(cluster.root, "ghost-opened")
+    lister = subprocess.Popen([sys.executable, "-c", HOSTILE_LISTER, cluster.router.url, REALM, cluster.tickets["C"],
+                               marker, master_uri("C"), worker_uri("ghost", "open")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert lister.stdout is not None
+        said = lister.stdout.readline().strip()
+        assert said == "ready", said
+        # C, a slaveshell principal on the router but no Buildbot master of the shared database (it names master
+        # #1's id with another name), lists ghost and holds ghost's open procedure: A shows the claim as disputed.
+        ghost = wait_until(lambda: rows(cluster.a).get("ghost"), 30)
+        assert (ghost["connected"], ghost["master"], ghost["masters"]) == (False, None, [])
+        assert [d["master"] for d in ghost["disputed"]] == ["C"]
+        assert "disputed: C (not routed)" in line_of(workers(cluster.a).stdout, "ghost")
+        # An operator's shell on ghost is refused with why, and never reaches C.
+        done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "ghost", "echo", "secret"],
+                              capture_output=True, timeout=60)
+        assert done.returncode == 255
+        said = done.stderr.decode()
+        assert re.search(r"master C says it is evil:/srv/c, but the shared database's master #1 is \S+: its "
+                         r"workers are not routed", said), said
+        assert not os.path.exists(marker)
+        # Audited on A, once while it lasts: the disputed listing, under C's name.
+        sql = ("SELECT count(*) FROM slaveshell_events WHERE kind = 'refused' AND operator = 'cluster:C' "
+               "AND detail LIKE 'disputed listing: ghost;%'")
+
+        def audited() -> int:
+            rows(cluster.a)  # a listing that lasts is audited at the second check that finds it disputed
+            counted = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True,
+                                     text=True, timeout=60)
+            assert counted.returncode == 0, counted.stderr
+            return int(counted.stdout.strip())
+
+        wait_until(audited, 30)
+        assert audited() == 1  # once while it lasts
+    finally:
+        lister.terminate()
+        lister.wait(timeout=30)
+    # b1, confirmed by the database on B, is still routed.
+    b1 = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "b1", "echo", "routed-$((6*7))"],
+                        capture_output=True, timeout=60)
+    assert b1.returncode == 0 and b1.stdout.strip().endswith(b"routed-42"), b1
+
+
+def test_include_offline_lists_the_other_masters_offline_workers_from_the_shared_database(cluster: Site) -> None:
+    # z1 is configured on B only (no builder); stopped, it is offline: A lists it only with --include-offline,
+    # with the last master A saw holding it (as the shared database confirmed it).
+    wait_until(lambda: rows(cluster.a).get("z1", {}).get("master") == "B", 30)
+    cluster.b.stop_worker("z1")
+    try:
+        wait_until(lambda: "z1" not in rows(cluster.a), 60)
+        done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "workers", "--include-offline", "--socket",
+                               cluster.a.socket], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        line = line_of(done.stdout, "z1")
+        assert "offline (last on B)" in line, done.stdout
+        assert "z1" not in workers(cluster.a).stdout
+    finally:
+        cluster.b.start_worker("z1")
 
 
 def sleepers(marker: str) -> list[int]:

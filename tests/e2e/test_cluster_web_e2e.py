@@ -133,6 +133,26 @@ def test_a_terminal_on_a_worker_of_b_from_as_page(browser: Any, cluster: Site) -
     wait_for(lambda: "routed-42" in screen(watcher), "the recent output for the watcher")
     run(page, "echo watched-$((2+3))", "watched-5")
     wait_for(lambda: "watched-5" in screen(watcher), "the live output for the watcher")
+    # A's Shells page lists B's live session, B's master named, and its Watch button is routed to B.
+    lists = context.new_page()
+    lists.goto(cluster.a.url + "#/slaveshell")
+    row = lists.locator(f"table.slaveshell-sessions tr[data-session='{session_id}']")
+    row.wait_for(timeout=30_000)
+    assert row.locator("td.slaveshell-master").inner_text() == "B"
+    assert "web:alice" in row.inner_text()
+    row.locator("button.slaveshell-watch").click()
+    wait_status(lists, "^watching")
+    wait_for(lambda: "watched-5" in screen(lists), "the output for the watcher from the Shells page")
+    # bob (the shell action on A, but B's policy names no rule for him as A vouches for him) and carol (no shell
+    # action in A's authz) are not shown it.
+    for other in ("bob", "carol"):
+        theirs = login(browser, cluster.a, other)
+        their_page = theirs.new_page()
+        their_page.goto(cluster.a.url + "#/slaveshell")
+        their_page.locator(".slaveshell-page h4").first.wait_for()
+        their_page.wait_for_timeout(6000)  # past the page's next refresh of its lists
+        assert their_page.locator(f"tr[data-session='{session_id}']").count() == 0, other
+        theirs.close()
     shot(page, "multi-master-terminal.png")
     page.keyboard.type("exit 3")
     page.keyboard.press("Enter")
@@ -336,14 +356,16 @@ def test_a_hostile_router_clients_listing_is_shown_as_text(browser: Any, cluster
         page.goto(cluster.a.url + "#/slaveshell")
         # c1 is listed where C says it is; the name with HTML in it is not a name Buildbot's authz on A knows (not
         # an identifier: no endpoint, no rule matches), so it is not listed at all.
-        wait_for(lambda: master_cell(page, "c1") == "on master C", "C's worker c1, on master C")
+        # C is no Buildbot master of the shared database: its claim of c1 is shown disputed, never routed.
+        wait_for(lambda: master_cell(page, "c1").startswith("disputed: C (not routed)"),
+                 "C's worker c1, disputed")
         assert name not in page.locator("table.slaveshell-fleet").inner_text()
         assert page.locator("table.slaveshell-fleet img").count() == 0
         page.goto(cluster.a.url + "#/slaveshell/worker/c1")
         page.locator(".slaveshell-worker-state").wait_for()
-        assert "on master C" in page.locator(".slaveshell-worker-state").inner_text()
+        assert "disputed: C (not routed)" in page.locator(".slaveshell-worker-state").inner_text()
         page.goto(cluster.a.url + "#/slaveshell/fleet")
-        wait_for(lambda: master_cell(page, "c1") == "on master C", "c1 on the Fleet page")
+        wait_for(lambda: master_cell(page, "c1").startswith("disputed: C (not routed)"), "c1 on the Fleet page")
         assert page.locator("table img").count() == 0
         assert page.evaluate("() => window.pwned") is None
         context.close()

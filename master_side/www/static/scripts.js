@@ -139,9 +139,15 @@
   // `slaveshell workers` says it; empty on a site of one master.
   function masterText(w) {
     var masters = Array.isArray(w.masters) ? w.masters : [];
+    var disputed = Array.isArray(w.disputed) ? w.disputed : [];
+    var claimers = disputed.map(function (d) { return d.master; }).join(", ");
     if (masters.length > 1) return printable("on " + masters.length + " masters: " + masters.join(", "));
-    if (!w.master) return w.site ? "nowhere" : "";
-    return printable(w.here ? "here (master " + w.master + ")" : "on master " + w.master);
+    if (!w.master) {
+      if (disputed.length) return printable("disputed: " + claimers + " (not routed): " + disputed[0].why);
+      return w.site ? "nowhere" : "";
+    }
+    return printable((w.here ? "here (master " + w.master + ")" : "on master " + w.master) +
+      (disputed.length ? " (also claimed by " + claimers + ": disputed)" : ""));
   }
 
   function WorkerName(props) {
@@ -346,6 +352,7 @@
       return h("tr", { key: s.id, "data-session": s.id, "data-state": s.state, "data-held": s.held ? "yes" : null },
         h("td", null, printable(s.id)),
         h("td", null, h("a", { href: workerView(s.worker), className: "slaveshell-worker-link" }, printable(s.worker))),
+        props.site ? h("td", { className: "slaveshell-master" }, printable(s.master || "")) : null,
         h("td", null, printable(s.operator)),
         h("td", null, commandLabel(s)), h("td", { className: "slaveshell-reason-cell" }, printable(s.reason || "")),
         h("td", { className: "slaveshell-state-cell" }, h(SessionState, { session: s })),
@@ -400,6 +407,8 @@
           : h("span", { className: "text-muted" }, why)));
     });
     var sessions = state.lists.sessions;
+    // On a multi-master site each live session names its master (the others' are watched through this one).
+    var siteSessions = sessions.some(function (s) { return !!s.master; });
     return h("div", { className: "slaveshell-page" },
       h("h4", null, "Shells ", h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-history-link",
         onClick: function () { go("#/slaveshell/history"); } }, "History and replay"), " ",
@@ -420,10 +429,11 @@
       h("h5", null, "Live sessions"),
       sessions.length === 0 ? h("p", { className: "slaveshell-no-sessions" }, "No live session you may watch.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-sessions" },
-        h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"), h("th", null, "Operator"),
+        h("thead", null, h("tr", null, h("th", null, "Session"), h("th", null, "Worker"),
+          siteSessions ? h("th", null, "Master") : null, h("th", null, "Operator"),
           h("th", null, "Command"), h("th", null, "Reason"), h("th", null, "State"), h("th", null, "Viewers"),
           h("th", null, ""))),
-        h("tbody", null, h(SessionRows, { sessions: sessions })))));
+        h("tbody", null, h(SessionRows, { sessions: sessions, site: siteSessions })))));
   }
 
   // The end of a session. One this page ended says so in the audit index's words (its `end_reason`, as
@@ -1543,7 +1553,7 @@
     else history = h(HistoryTable, { rows: past.rows });
     return h("div", { className: "slaveshell-page slaveshell-worker-view", "data-worker": name }, heading,
       h("p", { className: "slaveshell-worker-state" },
-        (w.connected ? "Connected" : "Not connected") + (w.master ? " (" + masterText(w) + ")" : "") + ", " +
+        (w.connected ? "Connected" : "Not connected") + (w.master || (Array.isArray(w.disputed) && w.disputed.length) ? " (" + masterText(w) + ")" : "") + ", " +
           String(w.sessions) + " live session" + (w.sessions === 1 ? "" : "s") + ". ",
         isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
           "Buildbot's page for this worker") : null),
