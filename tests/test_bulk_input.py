@@ -15,9 +15,9 @@ import pytest
 from twisted.spread import pb
 
 from master_side.operators.terms import View
-from master_side.shell_socket.copy_door import TRANSFER_READ_SIZE
 from master_side.sessions.session import WINDOW_TOLERANCE, MasterSession, Role
 from master_side.sessions.worker_link import ask_worker
+from master_side.shell_socket.copy_door import TRANSFER_READ_SIZE
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.vocabulary import framing
