@@ -82,9 +82,9 @@ def widen_pipe(fd: int) -> None:
 
 def read_in_larger_pieces(transport: object, pty_output: Callable[[bytes], None], limit: int) -> None:
     """Make a spawned process's transport read up to `limit` bytes per wake-up (`read_more`): a PTY's output
-    handed to `pty_output`, each pipe's to its own reader; its stdin pipe widened (`widen_pipe`). Only Twisted's
-    own process transports are changed (a test's stand-in is left as it is), and only when their shape is the
-    one `read_more` was written for (slave_side.upstream)."""
+    handed to `pty_output`, each pipe's to its own reader. Only Twisted's own process transports are changed (a
+    test's stand-in is left as it is), and only when their shape is the one `read_more` was written for
+    (slave_side.upstream)."""
     if not upstream.readers():
         return
     if isinstance(transport, twisted_process.PTYProcess):
@@ -93,7 +93,14 @@ def read_in_larger_pieces(transport: object, pty_output: Callable[[bytes], None]
         for reader in transport.pipes.values():
             if isinstance(reader, twisted_process.ProcessReader):
                 read_more(reader, reader.dataReceived, limit, pipe=True)
-            elif isinstance(reader, twisted_process.ProcessWriter):
-                # The command's stdin: a bulk input message goes into the pipe in one write, not 64 KiB at a
-                # time with a wake-up of the worker (and of the command) between each.
-                widen_pipe(reader.fileno())
+
+
+def widen_stdin(transport: object) -> None:
+    """Widen a spawned process's stdin pipe (`widen_pipe`), once bulk input comes: a bulk input message then goes
+    into the pipe in one write, not 64 KiB at a time with a wake-up of the worker and of the command between
+    each. Only then: a pipe's buffer counts against its user's pipe quota (/proc/sys/fs/pipe-user-pages-soft),
+    which the worker's builds share. Twisted's own process transports only."""
+    if isinstance(transport, twisted_process.Process):
+        writer = transport.pipes.get(0)
+        if isinstance(writer, twisted_process.ProcessWriter):
+            widen_pipe(writer.fileno())
