@@ -93,3 +93,14 @@ def read_in_larger_pieces(transport: object, pty_output: Callable[[bytes], None]
         for reader in transport.pipes.values():
             if isinstance(reader, twisted_process.ProcessReader):
                 read_more(reader, reader.dataReceived, limit, pipe=True)
+
+
+def widen_stdin(transport: object) -> None:
+    """Widen a spawned process's stdin pipe (`widen_pipe`), once bulk input comes: a bulk input message then goes
+    into the pipe in one write, not 64 KiB at a time with a wake-up of the worker and of the command between
+    each. Only then: a pipe's buffer counts against its user's pipe quota (/proc/sys/fs/pipe-user-pages-soft),
+    which the worker's builds share. Twisted's own process transports only."""
+    if isinstance(transport, twisted_process.Process):
+        writer = transport.pipes.get(0)
+        if isinstance(writer, twisted_process.ProcessWriter):
+            widen_pipe(writer.fileno())

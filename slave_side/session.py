@@ -23,7 +23,7 @@ from slave_side import pty as ptyutil
 from slave_side.echo import HiddenInputJudge, Keystrokes, local_modes, terminal_modes
 from slave_side.host import ProcessReactor, ProcessTransport, WorkerOptions, resolve_cwd, session_environment
 from slave_side.pty import TermModes
-from slave_side.reading import read_in_larger_pieces
+from slave_side.reading import read_in_larger_pieces, widen_stdin
 from slave_side.spawn import spawn
 from slaveshell.plumbing.clock import DelayedCall
 from slaveshell.plumbing.write_now import write_now
@@ -179,6 +179,8 @@ class WorkerSession:
         self._judge = HiddenInputJudge(reactor, self._input_decided)
         # The last byte written to the PTY: whether a line is pending in the line discipline at EOF.
         self._last_input: bytes | None = None
+        # The command's stdin pipe was widened for bulk input (`input`: slave_side.reading.widen_stdin).
+        self._stdin_widened = False
         # Our own descriptor of the PTY's slave side, held until the process has exited (see start()).
         self._slave_hold: int | None = None
         # An interrupt flushed the terminal: `flushed` goes with the next acks released (the interrupt's).
@@ -243,7 +245,11 @@ class WorkerSession:
             item = self._judge.delivered(data, modes)
             flushed = self._interrupts(data, modes) and item.hidden is not None and not self._input_paused
         else:
-            self._running_process().write(data)
+            transport = self._running_process()
+            if len(data) > MAX_CHUNK and not self._stdin_widened:
+                self._stdin_widened = True
+                widen_stdin(transport)
+            transport.write(data)
             item = Keystrokes(len(data), hidden=False)
         if data:
             self._last_input = data[-1:]

@@ -17,6 +17,7 @@ from twisted.spread import pb
 from master_side.operators.terms import View
 from master_side.sessions.session import WINDOW_TOLERANCE, MasterSession, Role
 from master_side.sessions.worker_link import ask_worker
+from master_side.shell_socket.copy_door import TRANSFER_READ_SIZE
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.vocabulary import framing
@@ -178,6 +179,20 @@ def test_the_door_takes_bulk_input_frames_on_a_bulk_sessions_connection_only(tmp
     assert error.op is Op.ERROR and f"INPUT frame of {BULK_CHUNK + 1} bytes (at most {BULK_CHUNK})" in error.get(
         "text")
     assert transport.disconnecting
+
+
+@pytest.mark.parametrize(("pty", "worker_takes", "read_size"), [
+    (False, BULK_CHUNK, TRANSFER_READ_SIZE),  # a bulk stream's input: several frames per read
+    (True, BULK_CHUNK, 65536),  # a terminal: Twisted's 64 KiB, as before
+    (False, MAX_CHUNK, 65536),  # an older worker
+])
+def test_the_door_reads_a_bulk_sessions_input_in_larger_pieces_only(tmp_path, pty, worker_takes, read_size):
+    service = make_service(tmp_path)
+    door, transport = connect(service)
+    transport.bufferSize = 65536
+    session, owner, _ = _session(pty, worker_takes)
+    door._take_view(View(session, owner, lambda s, e: None))
+    assert transport.bufferSize == read_size
 
 
 @pytest.mark.parametrize(("pty", "worker_takes", "role"), [

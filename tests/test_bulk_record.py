@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -301,3 +302,106 @@ def test_an_attachments_sha256_covers_every_chunk_across_hashing_batches(tmp_pat
         if i == 9:
             assert attachment.sha256() == sha.hexdigest()
     assert attachment.close() == sha.hexdigest() == hashlib.sha256((tmp_path / "s.bin").read_bytes()).hexdigest()
+
+
+# -- input piped into a bulk stream, written behind ----------------------------------------------------
+
+
+class Reactor:
+    """What the trail's reactor gives the recorder: callFromThread, run here when the test says so."""
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, f):
+        self.calls.append(f)
+
+    def run_when(self, how_many):
+        for _ in range(1000):
+            if len(self.calls) >= how_many:
+                break
+            time.sleep(0.01)
+        calls, self.calls = self.calls, []
+        for f in calls:
+            f()
+
+
+def test_piped_input_written_behind_is_acknowledged_only_once_its_bytes_and_event_are_in_the_files(tmp_path):
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    first, second, third = os.urandom(300_000), os.urandom(BULK_CHUNK), os.urandom(5000)
+    recorded = []
+    rec.input(first, hidden=False, recorded=lambda: recorded.append(1))
+    rec.input(second, hidden=False, recorded=lambda: recorded.append(2))
+    # Not yet recorded: no event names the bytes, and the sender's credit waits.
+    assert recorded == [] and events(rec.path) == []
+    reactor.run_when(2)
+    assert recorded == [1, 2]
+    assert [(e.code, e.data) for e in events(rec.path)] == [("a", "0 0 300000"), ("a", f"0 300000 {BULK_CHUNK}")]
+    # Another event waits for the input still being written: the transcript keeps the order they came in.
+    rec.input(third, hidden=False, recorded=lambda: recorded.append(3))
+    rec.output(b"x" * 5000)
+    assert recorded == [1, 2, 3]
+    assert [(e.code, e.data) for e in events(rec.path)][2:] == [
+        ("a", f"0 {300_000 + BULK_CHUNK} 5000"), ("a", f"1 {305_000 + BULK_CHUNK} 5000")]
+    rec.input(first, hidden=False, recorded=lambda: recorded.append(4))
+    rec.end(Ended())  # the end waits for it too
+    assert recorded == [1, 2, 3, 4]
+    evs = events(rec.path)
+    read = lambda o, n: _read(rec.path, o, n)  # noqa: E731
+    assert b"".join(exact_output(evs, "i", attachment=read)) == first + second + third + first
+    whole = (tmp_path / "s1.bin").read_bytes()
+    assert index.ends[0][1] == hashlib.sha256(whole).hexdigest()
+    assert evs[-2].data == f"attachment: s1.bin, {len(whole)} bytes, sha256 {index.ends[0][1]}"
+    reactor.run_when(0)  # the writing thread's late calls find nothing left to do
+    assert recorded == [1, 2, 3, 4]
+
+
+def test_short_or_keystroke_input_is_recorded_at_once_even_with_a_reactor(tmp_path):
+    rec, _ = bulk_recorder(tmp_path)
+    rec.call_in_reactor = Reactor().call
+    recorded = []
+    rec.input(b"ls\n", hidden=False, recorded=lambda: recorded.append(1))
+    rec.input(os.urandom(10_000), hidden=False)  # no callback: written here
+    assert recorded == [1]
+    assert [(e.code, e.data) for e in events(rec.path)] == [("i", "ls\n"), ("a", "0 0 10000")]
+
+
+def test_a_full_disk_under_input_written_behind_fails_the_recording_and_keeps_the_files_consistent(tmp_path):
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    recorded = []
+    rec.input(b"a" * 5000, hidden=False, recorded=lambda: recorded.append(1))
+    reactor.run_when(1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    rec.input(b"b" * 5000, hidden=False, recorded=lambda: recorded.append(2))
+    rec.input(b"c" * 5000, hidden=False, recorded=lambda: recorded.append(3))
+    reactor.run_when(2)
+    # Both acknowledged (the session is ended by the recorder's on_error), neither recorded as if it were.
+    assert recorded == [1, 2, 3]
+    assert len(index.errors) == 1 and "No space left" in str(index.errors[0])
+    assert [(e.code, e.data) for e in events(rec.path)] == [("a", "0 0 5000")]
+    assert rec.attachment.size == 5000
+
+
+def test_the_relay_returns_piped_inputs_credit_only_once_the_recorder_says_it_is_recorded():
+    s, owner, to_op, to_w = session(pty=False)
+
+    class Later:
+        def __init__(self):
+            self.waiting = []
+
+        def input(self, data, hidden, flush=True, recorded=None):
+            self.waiting.append(recorded)
+
+    s.recorder = later = Later()
+    s.viewer_input(owner, b"x" * MAX_CHUNK)
+    s.worker_input_ack(MAX_CHUNK, False)
+    assert not [m for m in to_op if m[0] == "input_ack"] and owner.input_window.in_flight == MAX_CHUNK
+    later.waiting.pop()()
+    assert [m for m in to_op if m[0] == "input_ack"] == [("input_ack", MAX_CHUNK, False)]
+    assert owner.input_window.in_flight == 0

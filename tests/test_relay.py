@@ -103,8 +103,10 @@ class Recording:
     def __init__(self):
         self.events = []
 
-    def input(self, data, hidden, flush=True):
+    def input(self, data, hidden, flush=True, recorded=None):
         self.events.append(("i", data, hidden))
+        if recorded is not None:
+            recorded()
 
     def output(self, data, stream=1):
         self.events.append(("o", data))

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from twisted.logger import Logger
@@ -16,7 +19,7 @@ from master_side.audit.upload_links import TypedWords
 from slaveshell.vocabulary import hidden as hidden_input
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import STREAM_OUT
-from slaveshell.vocabulary.transcript import CastEncoder
+from slaveshell.vocabulary.transcript import BULK_INLINE, CastEncoder
 
 if TYPE_CHECKING:
     from master_side.sessions.session import MasterSession
@@ -47,6 +50,16 @@ class RecordIndex(Protocol):
                  attachment_sha256: str | None = None) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Behind:
+    """A bulk input chunk being written to the attachment off the reactor thread (`SessionRecorder.input`)."""
+
+    data: bytes
+    offset: int
+    write: concurrent.futures.Future[None]
+    recorded: Callable[[], None]
+
+
 class SessionRecorder:
     """Implements the relay's Recorder. Write-through: each event is in the transcript file (handed to the
     kernel with os.write) when its method returns, and the relay calls it before it relays the event to any
@@ -58,7 +71,15 @@ class SessionRecorder:
 
     `bulk` (a session without a terminal): output chunks are written raw to the attachment
     (master_side.audit.transcripts.Attachment), the transcript gets a short `a` event per chunk: no JSON encoding of
-    the bytes, storage about 1.0x of the output instead of 1.5x (text) to 3.7x (binary)."""
+    the bytes, storage about 1.0x of the output instead of 1.5x (text) to 3.7x (binary).
+
+    Input piped into a bulk stream, given a `recorded` callback, may be written behind: with `call_in_reactor`
+    set (the audit trail sets Twisted's callFromThread), an attached input chunk goes to the attachment on the
+    writing thread (Attachment.write_behind) while the reactor goes on relaying; its `a` event is written once
+    the bytes are in the file, and only then is `recorded` called (the relay then returns the input's credit to
+    its sender: recorded before acknowledged, as when written here). Any other event waits for the chunks still
+    being written, and is written after their events, so the transcript keeps its order and never refers to
+    bytes the attachment does not hold."""
 
     def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: RecordIndex | None,
                  started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None,
@@ -75,6 +96,10 @@ class SessionRecorder:
         self.sha256: str | None = None
         self.attachment = Attachment(attachment_path(path)) if bulk else None
         self.attachment_sha256: str | None = None
+        # Runs a function on the reactor's thread from another (callFromThread); None: input is never written
+        # behind (`input`).
+        self.call_in_reactor: Callable[[Callable[[], None]], object] | None = None
+        self._behind: collections.deque[_Behind] = collections.deque()
         # Runs blocking file work (the final fsync and close) off the reactor thread; None: here.
         self.run_blocking: Callable[[Callable[[], None]], object] | None = None
         # Hidden input: `seal` encrypts a span's bytes to the auditors (None: only lengths are kept).
@@ -106,7 +131,11 @@ class SessionRecorder:
 
     def _add(self, lines: Sequence[str | bytes], flush: bool = True) -> None:
         """Add `lines` to the file and, with `flush`, write everything added so far (an input added without it
-        goes with the next event's write)."""
+        goes with the next event's write); after the events of the input chunks still being written behind."""
+        self._drain()
+        self._put(lines, flush)
+
+    def _put(self, lines: Sequence[str | bytes], flush: bool = True) -> None:
         if self._span and self.clock() - self._span_last >= SPAN_IDLE:
             self._end_span()  # its marker goes before the event that comes after the idle time
         if self.file is None or self.failed is not None:
@@ -145,6 +174,7 @@ class SessionRecorder:
     def _bulk(self, data: bytes, stream: int) -> None:
         """A bulk chunk (stream 0: input): inline when short text, else raw in the attachment, then its event."""
         assert self.attachment is not None
+        self._drain()
         t = self._t()
         lines = self.encoder.bulk(t, data, "i" if stream == 0 else "o")
         if lines is None:
@@ -159,21 +189,74 @@ class SessionRecorder:
             lines = self.encoder.attached(t, stream, offset, len(data))
         self._add(lines)
 
-    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
+    def input(self, data: bytes, hidden: bool, flush: bool = True,
+              recorded: Callable[[], None] | None = None) -> None:
         """`flush` False: the event is written with the next event's (the relay records a keystroke's echo right
         after it, before relaying either): one write instead of two. Hidden input and a bulk stream's are written
-        as they always are."""
+        as they always are. `recorded`: called once the input is recorded, here, or later for a bulk chunk written
+        behind (the class's docstring)."""
         if hidden:
             self._hidden(data)
+        else:
+            self._end_span()
+            self._after_hidden_line = False
+            if self.typed is not None:
+                self.typed.feed(data)
+            if self.attachment is not None and self.encoder.record_input:
+                # An upload through a pipe: as cheap as output, and off the reactor's thread where it can be.
+                if recorded is not None and self._write_behind(data, recorded):
+                    return
+                self._bulk(data, 0)
+            else:
+                self._add(self.encoder.input(self._t(), data, hidden), flush)
+        if recorded is not None:
+            recorded()
+
+    def _write_behind(self, data: bytes, recorded: Callable[[], None]) -> bool:
+        """Hand a bulk input chunk that goes to the attachment to the writing thread (True); False when it is
+        written here: no reactor to come back to, a recording that failed, or a chunk that stays inline."""
+        attachment, call = self.attachment, self.call_in_reactor
+        if attachment is None or call is None or self.file is None or self.failed is not None:
+            return False
+        if len(data) <= BULK_INLINE:  # it may be an inline event (CastEncoder.bulk): written here
+            return False
+        data = self.encoder.redact.raw(data)
+        try:
+            offset, write = attachment.write_behind(data)
+        except OSError as e:  # the attachment could not be created
+            self._fail(e)
+            return False
+        self._behind.append(_Behind(data, offset, write, recorded))
+        write.add_done_callback(lambda _: call(self._settle))
+        return True
+
+    def _settle(self) -> None:
+        """On the reactor's thread: the events of the chunks written behind that are in the file, in order, and
+        their `recorded` callbacks; a failed write fails the recording (the input is still acknowledged: the
+        session is ended by `on_error`)."""
+        done: list[_Behind] = []
+        while self._behind and self._behind[0].write.done():
+            behind = self._behind.popleft()
+            error = behind.write.exception()
+            attachment = self.attachment
+            assert attachment is not None
+            if error is None and self.failed is None:
+                attachment.written(behind.data)
+                self._put(self.encoder.attached(self._t(), 0, behind.offset, len(behind.data)))
+            elif error is not None and self.failed is None:
+                attachment.failed()
+                self._fail(error if isinstance(error, OSError) else OSError(str(error)))
+            done.append(behind)
+        for behind in done:
+            behind.recorded()
+
+    def _drain(self) -> None:
+        """Wait for the chunks still being written behind, and settle them (before any other event)."""
+        if not self._behind:
             return
-        self._end_span()
-        self._after_hidden_line = False
-        if self.typed is not None:
-            self.typed.feed(data)
-        if self.attachment is not None and self.encoder.record_input:
-            self._bulk(data, 0)  # an upload through a pipe: as cheap as output
-            return
-        self._add(self.encoder.input(self._t(), data, hidden), flush)
+        for behind in self._behind:
+            concurrent.futures.wait([behind.write])
+        self._settle()
 
     # -- hidden input (slaveshell.vocabulary.hidden) ---------------------------------------------------------
 
@@ -226,6 +309,7 @@ class SessionRecorder:
         self._add(self.encoder.marker(self._t(), text))
 
     def end(self, session: MasterSession) -> None:
+        self._drain()
         self._end_span()
         status = session.status
         t = self._t()

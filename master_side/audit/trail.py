@@ -313,6 +313,9 @@ class AuditTrail:
                                    seal=(lambda data: hidden_input.seal(data, recipients)) if recipients else None,
                                    bulk=not session.request.pty)
         recorder.run_blocking = self._in_thread
+        # A bulk stream's piped input is written to its attachment off the reactor's thread (SessionRecorder):
+        # with a real reactor, which can be called back from the writing thread.
+        recorder.call_in_reactor = getattr(self.reactor, "callFromThread", None)
         header = header_for(session, self.master_name)
 
         def discard() -> None:

@@ -5,6 +5,7 @@ docs/audit-schema.md)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -129,41 +130,80 @@ class TranscriptFile:
         return self._sha.hexdigest()
 
 
+# Writes an attachment's chunks off the reactor thread (`Attachment.write_behind`): one thread for every
+# attachment, so each one's chunks are written in the order they were handed over.
+_WRITING = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slaveshell-attachment")
+
+
 class Attachment:
     """A transcript's attachment: raw bytes appended as they come (os.write, before the chunk is relayed),
     created (0600, exclusively) at the first write, its sha256 kept as it goes (on a hashing thread, HASH_BATCH
     bytes at a time). Errors are OSError; a failed write is cut back, so every `a` event written after it still
-    matches the file."""
+    matches the file.
+
+    `write_behind` appends on the writing thread instead (the reactor's thread goes on meanwhile; the kernel's
+    copy of a 512 KiB chunk, and a wait for writeback, are not on it); its caller counts the chunk in
+    (`written`) once the future says it is in the file, in the order handed over, and writes nothing else to the
+    attachment while one is in progress (`behind`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
-        self.size = 0
+        self.size = 0  # the bytes written and counted in (hashed)
+        self._end = 0  # the end of what was handed over: `size` and the chunks still being written behind
+        self._error: OSError | None = None  # a write behind failed: none after it is attempted
         self._sha = BatchedSha256()
 
     @property
     def created(self) -> bool:
         return self._fd is not None or self.size > 0
 
-    def write(self, data: bytes) -> int:
-        """Append `data` (bytes: kept, unchanged, until it is hashed); returns its offset in the file."""
+    @property
+    def behind(self) -> bool:
+        """Chunks handed to `write_behind` and not yet counted in."""
+        return self._end > self.size
+
+    def _open(self) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
                                0o600)
+        return self._fd
+
+    def write(self, data: bytes) -> int:
+        """Append `data` (bytes: kept, unchanged, until it is hashed); returns its offset in the file."""
+        assert not self.behind, "a write while chunks are still being written behind"
+        fd = self._open()
         offset = self.size
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError:
-            try:
-                os.ftruncate(self._fd, offset)
-            except OSError:
-                pass
-            raise
-        self.size += len(data)
+        _append(fd, offset, data)
+        self._end = self.size = self.size + len(data)
         self._sha.update(data)
         return offset
+
+    def write_behind(self, data: bytes) -> tuple[int, concurrent.futures.Future[None]]:
+        """Append `data` on the writing thread; its offset, and the future of the write (its OSError, the
+        write cut back, and every write handed over after it refused). Count it in with `written` once done."""
+        fd = self._open()
+        offset, self._end = self._end, self._end + len(data)
+        return offset, _WRITING.submit(self._write_at, fd, offset, data)
+
+    def _write_at(self, fd: int, offset: int, data: bytes) -> None:
+        """On the writing thread: `data`, expected at `offset` (everything before it written)."""
+        if self._error is not None:
+            raise self._error
+        try:
+            _append(fd, offset, data)
+        except OSError as e:
+            self._error = e
+            raise
+
+    def written(self, data: bytes) -> None:
+        """A chunk `write_behind` wrote, counted in (size, sha256), in the order they were handed over."""
+        self.size += len(data)
+        self._sha.update(data)
+
+    def failed(self) -> None:
+        """A write behind failed: what is still handed over is not in the file (nor counted)."""
+        self._end = self.size
 
     def sha256(self) -> str:
         """The sha256 of everything written (waits for the hashing thread to catch up)."""
@@ -182,6 +222,21 @@ class Attachment:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _append(fd: int, offset: int, data: bytes) -> None:
+    """Write all of `data` at the end of `fd` (O_APPEND), which is at `offset`; on an error, cut it back there
+    and raise."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        try:
+            os.ftruncate(fd, offset)
+        except OSError:
+            pass
+        raise
 
 
 def _sha256_of(path: str) -> str:

@@ -92,8 +92,10 @@ class Recorder(Protocol):
 
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
     # flush False: the caller records an output right after, which writes this input's event with its own (one
-    # write for a keystroke and its echo), still before anything is relayed.
-    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None: ...
+    # write for a keystroke and its echo), still before anything is relayed. `recorded`, when given, is called
+    # once the input is recorded: at once, or later (a bulk stream's input written off the reactor's thread).
+    def input(self, data: bytes, hidden: bool, flush: bool = True,
+              recorded: Callable[[], None] | None = None) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
     def marker(self, text: str) -> None: ...
     def flush(self) -> None: ...
@@ -107,8 +109,10 @@ class NullRecorder:
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
         pass
 
-    def input(self, data: bytes, hidden: bool, flush: bool = True) -> None:
-        pass
+    def input(self, data: bytes, hidden: bool, flush: bool = True,
+              recorded: Callable[[], None] | None = None) -> None:
+        if recorded is not None:
+            recorded()
 
     def resize(self, cols: int, rows: int) -> None:
         pass
@@ -491,15 +495,24 @@ class MasterSession(SessionTimers):
             viewer.sink.output(stream, data)
         if self.owner is None:
             self._ack_worker(len(data))
-        for viewer, nbytes, hidden in typed:
-            self._tell_input_ack(viewer, nbytes, hidden)
+        for viewer, nbytes, hidden, flushed in typed:
+            self._tell_input_ack(viewer, nbytes, hidden, flushed)
 
     def worker_input_ack(self, nbytes: object, hidden: object) -> None:
+        """The worker delivered the oldest pending input message (with no output to carry its ack): recorded, and
+        its credit returned to its sender once recorded (a bulk stream's may be written off the reactor's thread
+        meanwhile: Recorder.input's `recorded`)."""
         nbytes = check_int(nbytes, "input ack", 0, 2**40)
         if not isinstance(hidden, bool):
             raise ProtocolError("input ack: hidden must be a boolean")
-        viewer, nbytes, hidden = self._input_acked(nbytes, hidden)
-        self._tell_input_ack(viewer, nbytes, hidden)
+        viewer, data = self._take_pending(nbytes)
+        flushed, self._flush_next = self._flush_next, False
+
+        def recorded() -> None:
+            viewer.input_window.acked(nbytes)
+            self._tell_input_ack(viewer, nbytes, hidden, flushed)
+
+        self.recorder.input(data, hidden, recorded=recorded)
 
     def worker_flushed(self) -> None:
         """The next input_ack's input interrupted the worker's terminal, which flushed its output."""
@@ -509,9 +522,9 @@ class MasterSession(SessionTimers):
             raise ProtocolError("flushed: no input is waiting for its ack")
         self._flush_next = True
 
-    def _tell_input_ack(self, viewer: Viewer, nbytes: int, hidden: bool) -> None:
-        """Acknowledge input to its sender; the one that flushed the terminal as such, where its end can say so."""
-        flushed, self._flush_next = self._flush_next, False
+    def _tell_input_ack(self, viewer: Viewer, nbytes: int, hidden: bool, flushed: bool) -> None:
+        """Acknowledge input to its sender; the one that flushed the terminal (`flushed`: `worker_flushed` said so
+        before its ack) as such, where its end can say so."""
         if viewer not in self.viewers:
             return
         sink = viewer.sink
@@ -533,16 +546,21 @@ class MasterSession(SessionTimers):
             checked.append((check_int(ack[0], "input ack", 0, 2**40), ack[1]))
         return checked
 
-    def _input_acked(self, nbytes: int, hidden: bool, flush: bool = True) -> tuple[Viewer, int, bool]:
-        """The worker delivered the oldest pending input message: record it (redacted when hidden; `flush` as
-        Recorder.input's) and return its sender's credit; the caller acknowledges it to that viewer."""
+    def _take_pending(self, nbytes: int) -> tuple[Viewer, bytes]:
+        """The oldest pending input message, which the worker says it delivered (`nbytes` checked against it)."""
         if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
             raise ProtocolError("input ack does not match the input sent")
         self.worker_seen = self.clock()
-        viewer, data = self._pending_input.popleft()
+        return self._pending_input.popleft()
+
+    def _input_acked(self, nbytes: int, hidden: bool, flush: bool = True) -> tuple[Viewer, int, bool, bool]:
+        """The worker delivered the oldest pending input message: record it (redacted when hidden; `flush` as
+        Recorder.input's) and return its sender's credit; the caller acknowledges it to that viewer."""
+        viewer, data = self._take_pending(nbytes)
+        flushed, self._flush_next = self._flush_next, False
         self.recorder.input(data, hidden, flush)
         viewer.input_window.acked(nbytes)
-        return viewer, nbytes, hidden
+        return viewer, nbytes, hidden, flushed
 
     def worker_exit(self, code: object, signal: object, reason: object) -> None:
         self.end(ExitStatus.from_wire(code, signal, reason))

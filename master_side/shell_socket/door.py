@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from master_side.operators.api import ErrorKind, Handle, OperatorError
 from master_side.operators.gate import ConnectionGate, Transport
-from master_side.shell_socket.copy_door import CopyDoor
+from master_side.shell_socket.copy_door import TRANSFER_READ_SIZE, CopyDoor, set_read_size
 from master_side.shell_socket.framed import DoorHost
 from master_side.shell_socket.run_door import RunDoor, fact_answer, runs_answer
 from master_side.shell_socket.viewer_sink import WireViewerSink
@@ -366,9 +366,15 @@ class WireDoor(Protocol):
 
     def _take_view(self, view: Handle) -> None:
         """The connection's view, and the INPUT frames it takes from now on (before the answer that tells the
-        client, so that none of its larger frames can come first)."""
+        client, so that none of its larger frames can come first), read in larger pieces when they are a bulk
+        stream's."""
         self.view = view
         self.decoder.take_input(view.max_input)
+        if view.max_input > framing.MAX_CHUNK:
+            # A bulk stream's input (a pipe into `-T`): its INPUT frames are read whole, several at once, as a
+            # transfer's DATA frames are (copy_door), rather than 64 KiB per read with a copy into the decoder's
+            # buffer for each piece of a frame.
+            set_read_size(self.transport, TRANSFER_READ_SIZE)
 
 
 def _limited_call(frame: framing.Frame) -> bool:

@@ -25,6 +25,10 @@ from slaveshell.vocabulary.framing import Control, Frame, FrameType
 # Bytes read from the socket at once: two of a bulk stream's frames (framing.MAX_OUTPUT), so that a frame
 # seldom spans two reads (its bytes would be gathered in the decoder first: a copy more).
 READ_SIZE = 2 * framing.MAX_OUTPUT
+# The kernel's send buffer a client asks for when it sends bulk data (a transfer's chunks, what is piped into `-T`):
+# its default, about 208 KiB (net.core.wmem_default), is less than one bulk message, which then leaves in pieces,
+# the rest copied into the connection's queue.
+BULK_SEND_BUFFER = 1024 * 1024
 
 
 class Cancellable(Protocol):
@@ -89,6 +93,13 @@ def os_error_text(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error).rstrip(".") or type(error).__name__
+
+
+def widen_send(sock: socket.socket) -> None:
+    """Ask for BULK_SEND_BUFFER bytes of send buffer on `sock`; nothing changes where the kernel refuses (its
+    net.core.wmem_max caps the size anyway). What the client sends is still bounded by its credit window."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BULK_SEND_BUFFER)
 
 
 def connect(path: str, timeout: float = 10.0) -> socket.socket:

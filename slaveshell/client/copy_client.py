@@ -48,8 +48,6 @@ from slaveshell.vocabulary.protocol import ProtocolError, check_int
 RESULT_WAIT = 10.0
 # Bytes read from the socket at once: several of the master's DATA frames.
 READ_SIZE = 1024 * 1024
-# The kernel's send buffer asked for the connection (its default, about 208 KiB, is less than a chunk).
-SEND_BUFFER = 1024 * 1024
 # Seconds the last frames (an abort, a failed result) may take to leave at the end.
 LAST_WORDS = 2.0
 
@@ -297,8 +295,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
     reached; Interrupted after a signal."""
     sock = hop.connect(socket_path)
     connection = hop.Connection(sock, READ_SIZE)
-    with contextlib.suppress(OSError):  # whole chunks at once to the kernel (the master widens its side too)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    hop.widen_send(sock)  # whole chunks at once to the kernel (the master widens its side too)
     loop = hop.Loop()
     client = make(loop, connection)
     fd = sock.fileno()
