@@ -16,7 +16,8 @@ paths in an order that changes each round:
 
 Rows: -T throughput (`head -c N /dev/zero`, from the first byte read to the end), PTY throughput (`cat` of a
 base64 file through `-t` / `ssh -tt`), keystroke echo (bench/run.py's loop in `stty -icanon; cat`, 2 ms after the
-previous echo; the median per round) and open (`true` as a command, whole). A row's ratio is via-A / other per
+previous echo; the median per round), Ctrl-C under a flood (bench/run.py's: `yes` read as fast as it comes for
+0.7 s, then ^C, until the prompt) and open (`true` as a command, whole). A row's ratio is via-A / other per
 round; the table gives the median of the per-round ratios and their min-max. Then `cp` of one file of `--cp-mb` MB
 up (here -> b1) and down (b1 -> here): `slaveshell cp --socket <A's or B's socket>` against `scp -O -J` (the same
 jump), each timed whole (start-up included) and checked by size and sha256. Beside the -T and cp rows: CPU seconds
@@ -42,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import OpenSSH, drain, key_rtts  # noqa: E402
+from run import OpenSSH, ctrl_c_latency, drain, key_rtts  # noqa: E402
 
 from slaveshell.client.cluster_sandbox import ClusterSandbox, SiteUnavailable  # noqa: E402
 
@@ -204,6 +205,21 @@ def echo_ms(paths: Paths, path: str, count: int) -> float:
     return statistics.median(rtts) * 1000
 
 
+class _System:
+    """One path as bench/run.py's ctrl_c_latency takes a system: its name and its argv."""
+
+    def __init__(self, paths: Paths, path: str) -> None:
+        self.name, self._paths, self._path = path, paths, path
+
+    def argv(self, command: str | None, tty: bool) -> list[str]:
+        return self._paths.argv(self._path, command, tty)
+
+
+def ctrl_c_ms(paths: Paths, path: str) -> float:
+    """Milliseconds from Ctrl-C to the prompt under `yes` in the remote terminal (bench/run.py's)."""
+    return ctrl_c_latency(_System(paths, path))[0]  # type: ignore[arg-type]
+
+
 def open_ms(paths: Paths, path: str) -> float:
     start = time.perf_counter()
     done = subprocess.run(paths.argv(path, "true", tty=False), stdin=subprocess.DEVNULL, capture_output=True,
@@ -268,6 +284,8 @@ def run(args: argparse.Namespace) -> str:
         rows.append(("pty", lambda path: note("PTY throughput (MB/s)", path,
                                               pty_throughput(paths, path, payload, pty_size))))
         rows.append(("echo", lambda path: note("echo, median (ms)", path, echo_ms(paths, path, args.keys))))
+        rows.append(("ctrl-c", lambda path: note("Ctrl-C under a flood, to the prompt (ms)", path,
+                                                 ctrl_c_ms(paths, path))))
 
         def o_row(path: str) -> None:
             note("open + true (ms)", path, statistics.median(open_ms(paths, path) for _ in range(args.opens)))
