@@ -275,8 +275,9 @@ def _websocket(mask: bool) -> Any:
     factory = WebSocketClientFactory("ws://127.0.0.1:1/ws")
     factory.setProtocolOptions(maskClientFrames=mask)
     factory.protocol = WebSocketClientProtocol
-    protocol = factory.buildProtocol(None)
-    assert isinstance(protocol, WebSocketClientProtocol)
+    built = factory.buildProtocol(None)
+    assert isinstance(built, WebSocketClientProtocol)
+    protocol: Any = built
     protocol.transport = StringTransport()
     protocol._connectionMade()
     protocol.state = protocol.STATE_OPEN
