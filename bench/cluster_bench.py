@@ -16,9 +16,12 @@ paths in an order that changes each round:
 
 Rows: -T throughput (`head -c N /dev/zero`, from the first byte read to the end), PTY throughput (`cat` of a
 base64 file through `-t` / `ssh -tt`), keystroke echo (bench/run.py's loop in `stty -icanon; cat`, 2 ms after the
-previous echo; the median per round) and open (`true` as a command, whole). A row's ratio is via-A / other per
-round; the table gives the median of the per-round ratios and their min-max. Beside the -T rows: CPU seconds per
-GB of master A, master B and the router (utime+stime from /proc, over the transfer).
+previous echo; the median per round), Ctrl-C under a flood (bench/run.py's: `yes` read as fast as it comes for
+0.7 s, then ^C, until the prompt) and open (`true` as a command, whole). A row's ratio is via-A / other per
+round; the table gives the median of the per-round ratios and their min-max. Then `cp` of one file of `--cp-mb` MB
+up (here -> b1) and down (b1 -> here): `slaveshell cp --socket <A's or B's socket>` against `scp -O -J` (the same
+jump), each timed whole (start-up included) and checked by size and sha256. Beside the -T and cp rows: CPU seconds
+per GB of master A, master B and the router (utime+stime from /proc, over the transfer).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import getpass
+import hashlib
 import os
 import pty
 import select
@@ -39,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import OpenSSH, drain, key_rtts  # noqa: E402
+from run import OpenSSH, ctrl_c_latency, drain, key_rtts  # noqa: E402
 
 from slaveshell.client.cluster_sandbox import ClusterSandbox, SiteUnavailable  # noqa: E402
 
@@ -81,6 +85,14 @@ class Paths:
         socket = (self.site.a if path == "via A" else self.site.b).socket
         argv = [sys.executable, "-m", "slaveshell.shell_cli", "--socket", socket, "-t" if tty else "-T", WORKER]
         return argv + (["--", command] if command else [])
+
+    def cp_argv(self, path: str, source: str, target: str) -> list[str]:
+        """`slaveshell cp` through A or B, or `scp -O -J` (the remote side named `b1:` in `source` or `target`)."""
+        if path == "ssh -J":
+            source, target = (x.replace(f"{WORKER}:", "127.0.0.1:") for x in (source, target))
+            return ["scp", "-O", "-q", "-F", str(self.config), "-J", "127.0.0.1", source, target]
+        socket = (self.site.a if path == "via A" else self.site.b).socket
+        return [sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", socket, source, target]
 
     def pids(self) -> dict[str, int]:
         router = self.site.router.proc
@@ -124,6 +136,42 @@ def pipe_throughput(paths: Paths, path: str, size: int) -> tuple[float, dict[str
     return size / seconds / MB, cpu
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_throughput(paths: Paths, path: str, direction: str, source: Path, here: Path,
+                    there: Path) -> tuple[float, dict[str, float]]:
+    """MB/s of one copy of `source` up (to `there` on b1) or down (from there to `here`), timed whole, and the CPU
+    seconds per GB of each site process; the copy is checked by size and sha256."""
+    name = path.replace(" ", "-")
+    remote, local = there / f"{name}.bin", here / f"{name}.bin"
+    if direction == "up":
+        argv, result, original = paths.cp_argv(path, str(source), f"{WORKER}:{remote}"), remote, source
+    else:
+        if not remote.exists():
+            os.link(source, remote)  # the same bytes on the worker's side, without a copy
+        argv, result, original = paths.cp_argv(path, f"{WORKER}:{remote}", str(local)), local, remote
+    pids = paths.pids()
+    before = {n: cpu_seconds(pid) for n, pid in pids.items()}
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{path} cp {direction}: exit {done.returncode}: {done.stderr[-300:]!r}")
+    size = original.stat().st_size
+    if result.stat().st_size != size or sha256(result) != sha256(original):
+        raise RuntimeError(f"{path} cp {direction}: the copy differs from the original")
+    cpu = {n: (cpu_seconds(pid) - before[n]) / (size / 1e9) for n, pid in pids.items()}
+    if direction == "down":
+        result.unlink()
+    return size / seconds / MB, cpu
+
+
 def pty_throughput(paths: Paths, path: str, payload: Path, size: int) -> float:
     """MB/s of `cat payload` through a terminal (-t / ssh -tt), counted on our side of the client's PTY."""
     leader, follower = pty.openpty()
@@ -157,6 +205,21 @@ def echo_ms(paths: Paths, path: str, count: int) -> float:
     return statistics.median(rtts) * 1000
 
 
+class _System:
+    """One path as bench/run.py's ctrl_c_latency takes a system: its name and its argv."""
+
+    def __init__(self, paths: Paths, path: str) -> None:
+        self.name, self._paths, self._path = path, paths, path
+
+    def argv(self, command: str | None, tty: bool) -> list[str]:
+        return self._paths.argv(self._path, command, tty)
+
+
+def ctrl_c_ms(paths: Paths, path: str) -> float:
+    """Milliseconds from Ctrl-C to the prompt under `yes` in the remote terminal (bench/run.py's)."""
+    return ctrl_c_latency(_System(paths, path))[0]  # type: ignore[arg-type]
+
+
 def open_ms(paths: Paths, path: str) -> float:
     start = time.perf_counter()
     done = subprocess.run(paths.argv(path, "true", tty=False), stdin=subprocess.DEVNULL, capture_output=True,
@@ -177,6 +240,15 @@ def run(args: argparse.Namespace) -> str:
         while f.tell() < args.pty_mb * MB:
             f.write(chunk)
     pty_size = payload.stat().st_size
+    here, there = workdir / "here", workdir / "there"
+    here.mkdir()
+    there.mkdir()
+    source = workdir / "copy.bin"
+    with open(source, "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(args.cp_mb * MB // len(block)):
+            f.write(block)
+        f.write(block[:args.cp_mb * MB % len(block)])
     results: dict[str, dict[str, list[float]]] = {}
     cpu: dict[str, dict[str, list[float]]] = {}
 
@@ -197,17 +269,30 @@ def run(args: argparse.Namespace) -> str:
             note("-T throughput (MB/s)", path, rate)
             if path != "ssh -J":
                 for name, value in per_gb.items():
-                    cpu.setdefault(path, {}).setdefault(name, []).append(value)
+                    cpu.setdefault(f"-T, {path}", {}).setdefault(name, []).append(value)
+
+        def cp_row(direction: str) -> Callable[[str], None]:
+            def measure(path: str) -> None:
+                rate, per_gb = copy_throughput(paths, path, direction, source, here, there)
+                note(f"cp {direction}, {args.cp_mb} MB (MB/s)", path, rate)
+                if path != "ssh -J":
+                    for name, value in per_gb.items():
+                        cpu.setdefault(f"cp {direction}, {path}", {}).setdefault(name, []).append(value)
+            return measure
 
         rows.append(("-T", t_row))
         rows.append(("pty", lambda path: note("PTY throughput (MB/s)", path,
                                               pty_throughput(paths, path, payload, pty_size))))
         rows.append(("echo", lambda path: note("echo, median (ms)", path, echo_ms(paths, path, args.keys))))
+        rows.append(("ctrl-c", lambda path: note("Ctrl-C under a flood, to the prompt (ms)", path,
+                                                 ctrl_c_ms(paths, path))))
 
         def o_row(path: str) -> None:
             note("open + true (ms)", path, statistics.median(open_ms(paths, path) for _ in range(args.opens)))
 
         rows.append(("open", o_row))
+        rows.append(("cp up", cp_row("up")))
+        rows.append(("cp down", cp_row("down")))
         for r in range(args.rounds):
             for i, (name, measure) in enumerate(rows):
                 order = list(PATHS)
@@ -232,8 +317,8 @@ def _fmt(values: list[float]) -> str:
 def render(results: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, list[float]]],
            args: argparse.Namespace) -> str:
     lines = [f"`python3 bench/cluster_bench.py --rounds {args.rounds}` (-T {args.t_mb} MB, PTY {args.pty_mb} MB, "
-             f"{args.keys} keystrokes, {args.opens} opens per round); medians per path over the rounds, and the "
-             "median (min-max) of the per-round ratios via A / other.", "",
+             f"{args.keys} keystrokes, {args.opens} opens, cp {args.cp_mb} MB per round); medians per path over the "
+             "rounds, and the median (min-max) of the per-round ratios via A / other.", "",
              "| row | via A | B direct | ssh -J | via A / B direct | via A / ssh -J |",
              "|---|---|---|---|---|---|"]
     for row, by_path in results.items():
@@ -243,8 +328,8 @@ def render(results: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, 
             pairs = list(zip(by_path.get("via A", []), by_path.get(other, []), strict=False))
             ratios.append(_fmt([a / o for a, o in pairs]) if pairs else "-")
         lines.append(f"| {row} | {' | '.join(meds)} | {' | '.join(ratios)} |")
-    lines += ["", "CPU seconds per GB over the -T transfer (median of the rounds):", "",
-              "| path | master A | master B | router |", "|---|---|---|---|"]
+    lines += ["", "CPU seconds per GB over the -T transfer and the copies (median of the rounds):", "",
+              "| transfer, path | master A | master B | router |", "|---|---|---|---|"]
     for path, by_name in cpu.items():
         cells = [f"{statistics.median(by_name[n]):.2f}" for n in ("master A", "master B", "router")]
         lines.append(f"| {path} | {' | '.join(cells)} |")
@@ -258,11 +343,12 @@ def main() -> int:
     parser.add_argument("--pty-mb", type=int, default=50, help="PTY throughput size, MB")
     parser.add_argument("--keys", type=int, default=200, help="keystrokes per echo measurement")
     parser.add_argument("--opens", type=int, default=5, help="opens per round and path")
+    parser.add_argument("--cp-mb", type=int, default=200, help="cp size, MB")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round")
     parser.add_argument("--output", help="write the table to this file too")
     args = parser.parse_args()
     if args.smoke:
-        args.rounds, args.t_mb, args.pty_mb, args.keys, args.opens = 1, 5, 2, 10, 1
+        args.rounds, args.t_mb, args.pty_mb, args.keys, args.opens, args.cp_mb = 1, 5, 2, 10, 1, 2
     try:
         table = run(args)
     except SiteUnavailable as e:

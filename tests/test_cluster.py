@@ -393,3 +393,46 @@ def test_a_lasting_dispute_is_audited_once_under_the_claiming_master(monkeypatch
     part._checked(ghost)
     part._checked(ghost)
     assert len(audited) == 2  # disputed again, after it was not
+
+
+def _websocket(mask: bool) -> Any:
+    """A real autobahn client WebSocket protocol, open, writing to a StringTransport (no socket: write_now hands
+    everything to the transport)."""
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet.testing import StringTransport
+
+    factory = WebSocketClientFactory("ws://127.0.0.1:1/ws")
+    factory.setProtocolOptions(maskClientFrames=mask)
+    factory.protocol = WebSocketClientProtocol
+    built = factory.buildProtocol(None)
+    assert isinstance(built, WebSocketClientProtocol)
+    protocol: Any = built
+    protocol.transport = StringTransport()
+    protocol._connectionMade()
+    protocol.state = protocol.STATE_OPEN
+    protocol.transport.clear()
+    return protocol
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 512 * 1024])
+def test_the_links_lean_frames_are_the_bytes_autobahn_would_send(size: int) -> None:
+    from master_side.cluster.link import lean_frames
+
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    theirs, ours = _websocket(mask=False), _websocket(mask=False)
+    theirs.sendMessage(payload, isBinary=True)
+    lean_frames(SimpleNamespace(_transport=ours))
+    ours.sendMessage(payload, isBinary=True)
+    assert ours.transport.value() == theirs.transport.value()
+    # Ours did not go through autobahn's sendMessage (which counts each message it sends).
+    assert (ours.trafficStats.outgoingWebSocketMessages, theirs.trafficStats.outgoingWebSocketMessages) == (0, 1)
+    # A text message and a masked connection go autobahn's own way.
+    ours.transport.clear()
+    theirs.transport.clear()
+    ours.sendMessage(b"{}", isBinary=False)
+    theirs.sendMessage(b"{}", isBinary=False)
+    assert ours.transport.value() == theirs.transport.value() == b"\x81\x02{}"
+    masked = _websocket(mask=True)
+    lean_frames(SimpleNamespace(_transport=masked))
+    masked.sendMessage(payload, isBinary=True)
+    assert masked.transport.value()[1] & 0x80  # the mask bit: autobahn's own frame

@@ -54,7 +54,9 @@ def test_cluster_bench_runs_at_a_tiny_size():
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-3000:]
     for metric in ("-T throughput (MB/s)", "PTY throughput (MB/s)", "echo, median (ms)", "open + true (ms)",
-                   "| via A |", "| B direct |"):
+                   "Ctrl-C under a flood, to the prompt (ms)", "cp up, 2 MB (MB/s)", "cp down, 2 MB (MB/s)",
+                   "| -T, via A |", "| -T, B direct |",
+                   "| cp up, via A |", "| cp down, B direct |"):
         assert metric in done.stdout, done.stdout
 
 
