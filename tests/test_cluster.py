@@ -7,11 +7,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import pytest_twisted
 from autobahn.wamp.exception import ApplicationError
 from twisted.internet import defer, task
 
 from master_side.cluster.config import ClusterConfig, decode, encode, master_of_uri, master_uri, worker_uri
-from master_side.cluster.link import ALREADY_EXISTS, ClusterLink, ClusterUnavailable, Listing
+from master_side.cluster.link import ALREADY_EXISTS, ROUTER_MESSAGE_MAX, ClusterLink, ClusterUnavailable, Listing
 from master_side.cluster.verify import SiteDatabase, checked
 from master_side.cluster.view import elsewhere, site_workers
 from master_side.config import ShellConfig
@@ -436,3 +437,46 @@ def test_the_links_lean_frames_are_the_bytes_autobahn_would_send(size: int) -> N
     lean_frames(SimpleNamespace(_transport=masked))
     masked.sendMessage(payload, isBinary=True)
     assert masked.transport.value()[1] & 0x80  # the mask bit: autobahn's own frame
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_message_from_the_router_above_its_limit_fails_the_connection_never_held() -> None:
+    """The link's transport (as autobahn's Component builds it) takes no message above ROUTER_MESSAGE_MAX: a router
+    that sends a bigger one has the connection dropped by the master, which holds no more than that."""
+    from autobahn.twisted.component import _create_transport_factory
+    from autobahn.twisted.wamp import ApplicationSession
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from autobahn.wamp.component import _create_transport
+    from autobahn.wamp.types import ComponentConfig
+    from twisted.internet import endpoints, reactor
+
+    class Huge(WebSocketServerProtocol):
+        def onConnect(self, request: Any) -> str:
+            return "wamp.2.msgpack"
+
+        def onOpen(self) -> None:
+            self.sendMessage(b"\x00" * (ROUTER_MESSAGE_MAX + 1), isBinary=True)
+
+    closed: defer.Deferred[str] = defer.Deferred()
+    server = WebSocketServerFactory()
+    server.protocol = Huge
+    server.setProtocolOptions(requireMaskedClientFrames=False)  # the link's frames are not masked
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server)
+    try:
+        config = ClusterConfig(router_url=f"ws://127.0.0.1:{port.getHost().port}/ws", realm="site", authid="A",
+                               master="A", ticket="t")
+        link = ClusterLink(config, lambda: listing_of("A", []), task.Clock())
+        factory = _create_transport_factory(reactor, _create_transport(0, link.transport()),
+                                            lambda: ApplicationSession(ComponentConfig(realm="site")))
+        protocol = yield endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(factory)
+        on_close = protocol.onClose
+
+        def heard(was_clean: bool, code: int, reason: str) -> None:
+            closed.callback(reason)
+            on_close(was_clean, code, reason)
+
+        protocol.onClose = heard
+        reason = yield closed
+        assert f"exceeds payload limit of {ROUTER_MESSAGE_MAX} octets" in reason, reason
+    finally:
+        yield port.stopListening()

@@ -53,6 +53,9 @@ log = Logger()
 # A worker whose procedure another master holds is tried again after this many seconds (that master may have
 # let it go).
 RETRY_REFUSED = 10.0
+# The largest message taken from the router: crossbar's own limit (its default max_message_size, 16 MiB), far above
+# what slaveshell sends (a stream's or a copy's chunk, a listing of MAX_LISTED_WORKERS).
+ROUTER_MESSAGE_MAX = 16 * 1024 * 1024
 ALREADY_EXISTS = "wamp.error.procedure_already_exists"
 NO_SUCH_PROCEDURE = "wamp.error.no_such_procedure"
 # The router's role of slaveshell's sessions, or its prefix (slaveshell.client.router: one role per master): a call
@@ -169,6 +172,16 @@ class ClusterLink:
     def registered(self, worker: str) -> bool:
         return worker in self._registered
 
+    def transport(self) -> dict[str, Any]:
+        """The router's transport, as autobahn's Component takes it."""
+        return {"url": self.config.router_url, "max_retries": -1, "serializers": ["msgpack"],
+                # A message from the router above its own limit fails the connection (joined again), never held:
+                # a compromised router cannot make this master hold more.
+                "options": {"maskClientFrames": False, "maxMessagePayloadSize": ROUTER_MESSAGE_MAX,
+                            "maxFramePayloadSize": ROUTER_MESSAGE_MAX},
+                "initial_retry_delay": self.config.initial_retry_delay,
+                "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
+
     def start(self, basedir: str) -> None:
         """Join the router (and keep joining it when the link is lost); a ticket file that cannot be read leaves
         the link off, said in the log."""
@@ -181,10 +194,7 @@ class ClusterLink:
                          why=visible(e.strerror or str(e)))
             return
 
-        transport = {"url": self.config.router_url, "max_retries": -1, "serializers": ["msgpack"],
-                     "options": {"maskClientFrames": False},
-                     "initial_retry_delay": self.config.initial_retry_delay,
-                     "max_retry_delay": self.config.max_retry_delay, "retry_delay_growth": 1.5}
+        transport = self.transport()
         component = Component(transports=[transport], realm=self.config.realm,
                               authentication={"ticket": {"authid": self.config.authid,
                                                          "ticket": ticket}})
