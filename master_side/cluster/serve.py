@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
+from master_side.cluster.served_view import PartInput, ServedView
 from master_side.cluster.stream import (
     BAD_REQUEST,
     LIMIT,
@@ -71,39 +72,13 @@ DEAD = 3 * PING + 5.0  # nothing heard from it for this long: it is gone
 
 
 
-class ServedView(Protocol):
-    """What this module holds of a session it opened (the operators' API's View): the calling master's messages
-    go to it."""
-
-    @property
-    def session_id(self) -> str: ...
-    @property
-    def input_grant(self) -> int: ...
-    @property
-    def live(self) -> bool: ...
-    @property
-    def worker(self) -> str: ...
-    @property
-    def role(self) -> str: ...  # owner, join, watch
-    @property
-    def size(self) -> tuple[int, int]: ...
-    def input(self, data: bytes) -> None: ...
-    def eof(self) -> None: ...
-    def resize(self, cols: int, rows: int) -> None: ...
-    def signal(self, signum: int) -> None: ...
-    def ack(self, nbytes: int) -> None: ...
-    def close(self) -> None: ...
-    def detach(self) -> None: ...
-    def end(self, why: str) -> None: ...  # the session ends on the worker, recorded with why
-    def refused(self, error: ProtocolError) -> object: ...
-
-
 class Opener(Protocol):
-    """The operators' API's open for an identity, a request, this module's sink and the fleet run it is a part of
-    (or None): fires the session's view (None when the sink went away while it opened); fails with Refused
-    (OperatorAPI.open_for_master)."""
+    """The operators' API's open for an identity, a request, this module's sink, the fleet run it is a part of (or
+    None) and that part's script (or None): fires the session's view (None when the sink went away while it
+    opened); fails with Refused (OperatorAPI.open_for_master)."""
 
-    def __call__(self, who: Identity, request: OpenRequest, sink: RouterSink, run: str | None = None, /) -> Any: ...
+    def __call__(self, who: Identity, request: OpenRequest, sink: RouterSink, run: str | None = None,
+                 script: bytes | None = None, /) -> Any: ...
 
 
 # The operators' API's attach for an identity, this module's sink, a session id and a mode ("watch", "attach"):
@@ -274,9 +249,13 @@ class ServedSessions:
             return self._refuse(who, worker, BAD_REQUEST, "bad request: the request names another worker than the "
                                                           "procedure it was sent to")
         # A held build (--build) is refused by the opener, with where it is held (OperatorAPI.open_for_master).
+        # A fleet run's part takes as input only what the call says it will: its script, or nothing.
+        stdin = call.stdin()
         return await self._serve(caller, who, worker, call.token, True,
                                  lambda sink: self._opener(who, call.request, sink) if call.run is None
-                                 else self._opener(who, call.request, sink, call.run))
+                                 else self._opener(who, call.request, sink, call.run, call.script),
+                                 None if stdin is None else
+                                 lambda view: PartInput(view, stdin, lambda line: self._audit(who, worker, line)))
 
     @deferred
     async def attach(self, argument: object, details: CallDetails) -> dict[str, object]:
@@ -294,10 +273,11 @@ class ServedSessions:
 
     @deferred
     async def _serve(self, caller: str, who: ClusterIdentity, worker: str | None, out_token: str, owns: bool,
-                     start: Callable[[RouterSink], Any]) -> dict[str, object]:
+                     start: Callable[[RouterSink], Any],
+                     gate: Callable[[ServedView], ServedView] | None = None) -> dict[str, object]:
         """Bounds, this end's procedure, then `start` (the operators' API's open or attach with a RouterSink).
         `owns`: the calling master's operator owns the session, which ends when that master is gone (a watcher
-        or a joiner only leaves it)."""
+        or a joiner only leaves it). `gate`: what the calling master's messages go through to the view."""
         total = len(self.served) + sum(self._opening.values())
         if self._count(caller) >= MAX_PER_MASTER:
             return self._refuse(who, worker, LIMIT, f"master {self.link.name} already serves {MAX_PER_MASTER} "
@@ -307,15 +287,15 @@ class ServedSessions:
                                                     "sessions for other masters (its limit)")
         self._opening[caller] = self._opening.get(caller, 0) + 1
         try:
-            return await self._start(caller, out_token, owns, start)
+            return await self._start(caller, out_token, owns, start, gate)
         finally:
             left = self._opening.pop(caller, 1) - 1
             if left:
                 self._opening[caller] = left
 
     @deferred
-    async def _start(self, caller: str, out_token: str, owns: bool,
-                     start: Callable[[RouterSink], Any]) -> dict[str, object]:
+    async def _start(self, caller: str, out_token: str, owns: bool, start: Callable[[RouterSink], Any],
+                     gate: Callable[[ServedView], ServedView] | None) -> dict[str, object]:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         sink = RouterSink(self.link, session_uri(out_token, "out"), self._clock)
         served = Served(caller, token, sink, heard_at=self._clock())
@@ -348,7 +328,7 @@ class ServedSessions:
                     view.close()
             self._finish(served)
             return Refused(STOPPED, "the operator's master left before the session opened").to_wire()
-        served.view = view
+        served.view = view if gate is None else gate(view)
         log.info("slaveshell session {sid}: {what} from master {caller}", sid=view.session_id,
                  what="routed" if owns else "viewed", caller=visible(caller))
         return {"ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,

@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -26,24 +28,41 @@ from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary.protocol import OpenRequest
 
 from .cluster_fixtures import DOC, PG, Site, hostile_probe, site
-from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
+from .conftest import Terminal, assert_no_traceback, run_as, shell_argv, wait_until
+from .test_moderated_e2e import LEAD, LEADS, OPS, _ensure_users
 from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
 
 
-# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators (its local users in the group of
-# the user running the tests: root) approve what would run there.
+# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators, local users of B in LEADS with
+# 'watch' on m1 (LEAD: another person than the test's user), approve what would run there. B's own user of the
+# test's name (root) is in the moderators' groups too (root's group), and is refused as the same person.
 MODERATED = "m1"
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="B's moderator is another local user: needs root")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def cluster() -> Iterator[Site]:
     me = getpass.getuser()
     group = grp.getgrgid(os.getgid()).gr_name
-    rules = f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by=['{group}']), "
-    with site(str(tmp_path_factory.mktemp("site")), b_workers=(MODERATED,), b_rules=rules) as s:
-        yield s
+    moderators, service = [group], ""
+    if os.getuid() == 0:
+        _ensure_users()
+        moderators.append(LEADS)
+        service = f"group={OPS!r},"  # B's socket: its moderators' too
+    rules = (f"Rule(groups=[{LEADS!r}], workers=['{MODERATED}'], rights=['watch']), "
+             f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by={moderators!r}), ")
+    # A directory other local users may pass through to B's socket (the test's own base directory is private).
+    root = tempfile.mkdtemp(prefix="slaveshell-cluster-copy-")
+    os.chmod(root, 0o755)
+    try:
+        with site(root, b_workers=(MODERATED,), b_rules=rules, b_service=service) as s:
+            for path in (os.path.dirname(s.b.master_dir), s.b.master_dir):
+                os.chmod(path, 0o755)
+            yield s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cp_argv(sb: Sandbox, *args: str) -> list[str]:
@@ -203,8 +222,18 @@ def cli(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def as_lead(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    """`slaveshell ARGS` on B's socket as LEAD, B's moderator (another local user of B)."""
+    done = run_as(LEAD, [args[0], "--socket", site.b.socket, *args[1:]])
+    assert_no_traceback(done.stderr)
+    return done
+
+
 def pending_on_b(site: Site) -> list[dict[str, object]]:
-    return [r for r in json.loads(cli(site.b, "approvals", "--json").stdout) if r["worker"] == MODERATED]
+    """The requests on m1 that B lists to its moderator (B's root, the operator's name, is not one: it sees none)."""
+    done = as_lead(site, "approvals", "--json")
+    assert done.returncode == 0, done.stderr
+    return [r for r in json.loads(done.stdout) if r["worker"] == MODERATED]
 
 
 def events(site: Site, kinds: tuple[str, ...], since: int = 0) -> list[dict[str, object]]:
@@ -230,13 +259,16 @@ def on_m1(site: Site) -> None:
                       == "B", 30)
 
 
+@needs_root
 def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(cluster: Site) -> None:
     """`buildbot-shell m1 -- CMD` on A: B asks its own moderators (`slaveshell approvals` on B names the operator
-    as B names it); A's operator sees B's waiting line; nothing runs until a moderator on B approves; then the
-    command runs and its output reaches A. B's audit events say who asked and who approved; A's say who routed it
-    where, and the outcome."""
+    as B names it); A's operator sees B's waiting line; nothing runs until a moderator on B approves. B's user of
+    the operator's name (root on A asked, root on B tries) is refused as the same person, with the line, and the
+    refusal is in B's audit; LEAD, another person, approves; then the command runs and its output reaches A. B's
+    audit events say who asked and who approved; A's say who routed it where, and the outcome."""
     on_m1(cluster)
     since = last_event_id(cluster)
+    me = getpass.getuser()
     marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran")
     # One argument: the command line the worker's shell runs (as ssh's).
     child = subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--",
@@ -250,7 +282,17 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
         assert marker in str(request["what"])
         time.sleep(1)
         assert not os.path.exists(marker) and child.poll() is None
-        approved = cli(cluster.b, "approve", str(request["id"]))
+        # The same person on B (the same user name): refused, whatever B's groups and rights give them.
+        for verb in (["approve", str(request["id"])], ["deny", str(request["id"]), "--reason", "mine"]):
+            own = cli(cluster.b, *verb)
+            assert own.returncode != 0
+            assert (f"not a moderator: {verb[0]} {request['id']}: the request's own operator cannot approve or deny "
+                    f"it: {me} and {vouched()} share the user name '{me}', taken as one person (four eyes need "
+                    "another person, whatever door or master each came through)") in own.stderr, own.stderr
+        assert child.poll() is None and not os.path.exists(marker)
+        assert [r for r in json.loads(cli(cluster.b, "approvals", "--json").stdout) if r["worker"] == MODERATED] == []
+        assert request["may_approve"] is True
+        approved = as_lead(cluster, "approve", str(request["id"]))
         assert approved.returncode == 0, approved.stderr
         out, err = child.communicate(timeout=60)
     finally:
@@ -261,7 +303,6 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
     assert out.strip() == "approved-and-ran"
     assert (f"worker {MODERATED} is moderated: request {request['id']} waits for a moderator's approval" in err), err
     assert os.path.exists(marker)
-    me = getpass.getuser()
     def all_three() -> list[dict[str, object]] | None:
         found = events(cluster, ("approval-asked", "approved", "approval"), since)
         return found if {e["kind"] for e in found} >= {"approval-asked", "approved", "approval"} else None
@@ -270,13 +311,17 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
     assert b_events, events(cluster, ("approval-asked", "approved", "approval"), since)
     by_kind = {e["kind"]: e for e in b_events}
     assert by_kind["approval-asked"]["operator"] == vouched()
-    assert by_kind["approved"]["operator"] == me  # B's moderator, a local user of B
+    assert by_kind["approved"]["operator"] == LEAD  # B's moderator, another local user of B
+    refused = [e for e in events(cluster, ("refused",), since) if str(request["id"]) in str(e["detail"])]
+    assert refused and refused[0]["operator"] == me and refused[0]["worker"] == MODERATED, refused
+    assert "share the user name" in str(refused[0]["detail"])
     routed = wait_until(lambda: events(cluster, ("routed",), since), 30)
     assert routed and routed[0]["operator"] == me and routed[0]["worker"] == MODERATED, routed
     assert routed[0]["detail"] == (f"open of a command routed to master B: session {routed[0]['session_id']} "
                                    "opened there")
 
 
+@needs_root
 def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: Site, tmp_path) -> None:
     on_m1(cluster)
     since = last_event_id(cluster)
@@ -289,7 +334,7 @@ def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: 
         assert pending, "B lists no request"
         (request,) = pending
         assert request["operator"] == vouched() and request["kind"] == "copy"
-        denied = cli(cluster.b, "deny", str(request["id"]), "--reason", "not today")
+        denied = as_lead(cluster, "deny", str(request["id"]), "--reason", "not today")
         assert denied.returncode == 0, denied.stderr
         _, err = child.communicate(timeout=60)
     finally:
@@ -299,13 +344,14 @@ def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: 
     assert child.returncode != 0
     assert_no_traceback(err)
     assert f"request {request['id']} waits for a moderator's approval" in err, err
-    assert f"request {request['id']} denied by moderator {getpass.getuser()}: not today" in err, err
+    assert f"request {request['id']} denied by moderator {LEAD}: not today" in err, err
     assert not os.path.exists(dest)
     routed = wait_until(lambda: events(cluster, ("routed",), since), 30)
     assert routed and routed[0]["detail"] == "cp up routed to master B: refused (permission denied)", routed
     assert dest not in json.dumps(routed)  # no paths in A's event
 
 
+@needs_root
 def test_ctrl_c_on_a_withdraws_the_request_on_b(cluster: Site) -> None:
     on_m1(cluster)
     since = last_event_id(cluster)
@@ -375,6 +421,7 @@ def test_a_held_build_on_another_master_is_refused_with_where_it_is(cluster: Sit
             "that runs the build") in done.stderr, done.stderr
 
 
+@needs_root
 def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no_further_than_bs_bound(
         cluster: Site) -> None:
     """While A's operator waits for B's moderators: C (a slaveshell principal no master uses, with its own valid
