@@ -5,7 +5,9 @@ The calling master (A) calls a worker's `open` procedure (master_side.cluster.li
 authority: the caller must be a slaveshell master (the router's role, `caller_of`), the operator is the
 `ClusterIdentity` A vouches for under the name the router authenticated A as (`cluster:A/alice`), and the session
 is opened through the operators' API as any other (this master's policy, quotas, recording: the transcript on
-this disk, the index row naming this master and, in its operator, A). The session's messages then go each way as
+this disk, the index row naming this master and, in its operator, A). A fleet run's part takes as input only what
+its open call says (the run's script, or nothing for a command: master_side.cluster.served_view.PartInput), which
+this master's moderators approved on a four-eyes worker. The session's messages then go each way as
 one call per message (master_side.cluster.stream): A's on this master's per-session `in` procedure, the
 session's on A's per-session `out` procedure through `RouterSink`, with at most MAX_OUTSTANDING calls in flight
 and the rest waiting here, bounded by the session's own output window (the operator's acknowledgements, relayed

@@ -466,6 +466,76 @@ def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no
     assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
 
 
+def run_argv(site: Site, *args: str) -> list[str]:
+    return [sys.executable, "-m", "slaveshell.cli", "run", "--socket", site.a.socket, "--workers", MODERATED, *args]
+
+
+@needs_root
+def test_a_fleet_runs_part_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(cluster: Site) -> None:
+    """`slaveshell run --workers m1 -- CMD` on A: B's moderators see the part as a run of master A with its command;
+    nothing runs until LEAD approves on B (B's root, the operator's name, may not); then it runs and A's run ends
+    with its output."""
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran-by-run")
+    child = subprocess.Popen(run_argv(cluster, "--", "touch", marker), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, "B lists no request"
+        (request,) = pending
+        assert request["operator"] == vouched() and request["kind"] == "run"
+        assert re.fullmatch(rf"fleet run [0-9a-f]+ of master A, command: touch {re.escape(marker)}",
+                            str(request["what"])), request
+        time.sleep(1)
+        assert not os.path.exists(marker) and child.poll() is None
+        own = cli(cluster.b, "approve", str(request["id"]))
+        assert own.returncode != 0 and "taken as one person" in own.stderr, own.stderr
+        assert as_lead(cluster, "approve", str(request["id"])).returncode == 0
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out + err
+    assert_no_traceback(err)
+    assert os.path.exists(marker)
+    found = wait_until(lambda: (lambda e: e if {x["kind"] for x in e} >= {"approved", "approval"} else None)(
+        events(cluster, ("approval-asked", "approved", "approval"), since)), 30)
+    assert found and {e["operator"] for e in found if e["kind"] == "approved"} == {LEAD}, found
+
+
+@needs_root
+def test_a_fleet_runs_script_on_a_four_eyes_worker_of_b_is_approved_as_sent(cluster: Site, tmp_path) -> None:
+    """`slaveshell run --script FILE --workers m1` on A: A sends the script with the open; B's moderator sees its
+    size, sha256 and text; once approved, B takes as the part's input only that script, which runs."""
+    on_m1(cluster)
+    marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran-by-script")
+    script = tmp_path / "script.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\necho script-ran\n")
+    child = subprocess.Popen(run_argv(cluster, "--script", str(script)), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, "B lists no request"
+        (request,) = pending
+        data = script.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        assert request["kind"] == "run" and str(request["what"]).endswith(
+            f" of master A, script of {len(data)} bytes (sha256 {digest}): {data.decode()}"), request
+        assert not os.path.exists(marker)
+        assert as_lead(cluster, "approve", str(request["id"])).returncode == 0
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out + err
+    assert_no_traceback(err)
+    assert "script-ran" in out, out
+    assert os.path.exists(marker)
+
+
 def staged_bytes(directory: str) -> int:
     total = 0
     for name in os.listdir(directory):
