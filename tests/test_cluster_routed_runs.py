@@ -1,5 +1,5 @@
 """A fleet run's part routed to a four-eyes worker of another master (master_side.cluster.serve, relay, stream,
-served_view; OperatorAPI.open_for_master), over the router of tests/test_cluster.py: the open call carries the
+part_input; OperatorAPI.open_for_master), over the router of tests/test_cluster.py: the open call carries the
 run's script; B's moderators are asked with what runs (the command, or the script's size, sha256 and text); B lets
 through as the part's input only what the call said (the script, or nothing for a command), and ends the session,
 audited, on anything else; the run no longer waiting withdraws the request on B. Against real processes:
@@ -16,8 +16,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from master_side.cluster import serve
+from master_side.cluster.part_input import PartInput
 from master_side.cluster.serve import RouterSink
-from master_side.cluster.served_view import PartInput
 from master_side.cluster.stream import OpenCall, Refused
 from slaveshell.fleet.script import MAX_SCRIPT, SCRIPT_RUNNER
 from slaveshell.vocabulary.policy import ClusterIdentity, Identity, Policy, Rule
@@ -123,15 +123,15 @@ def test_b_gives_a_commands_part_no_input() -> None:
                                          "(a command's stdin is closed)")
 
 
-def test_the_gate_passes_everything_else_to_the_view() -> None:
+def test_the_gate_lets_nothing_through_once_it_ended_the_session() -> None:
     view = FakeView(ALICE, None)  # type: ignore[arg-type]
-    gate = PartInput(view, b"", lambda line: None)
-    gate.resize(100, 30)
-    gate.signal(15)
-    gate.ack(5)
-    gate.close()
-    assert view.got == [("resize", (100, 30)), ("signal", 15), ("ack", 5), ("close", None)]
-    assert (gate.session_id, gate.worker, gate.role, gate.size, gate.live) == ("s1", "b1", "owner", (80, 24), True)
+    lines: list[str] = []
+    gate = PartInput(b"ab", lines.append)
+    gate.input(view, b"a")
+    gate.input(view, b"x")  # differs: ended
+    gate.input(view, b"b")
+    gate.eof(view)
+    assert [kind for kind, _ in view.got] == ["input", "end"] and len(lines) == 1
 
 
 def test_the_run_no_longer_waiting_withdraws_the_part_on_b() -> None:

@@ -6,7 +6,7 @@ authority: the caller must be a slaveshell master (the router's role, `caller_of
 `ClusterIdentity` A vouches for under the name the router authenticated A as (`cluster:A/alice`), and the session
 is opened through the operators' API as any other (this master's policy, quotas, recording: the transcript on
 this disk, the index row naming this master and, in its operator, A). A fleet run's part takes as input only what
-its open call says (the run's script, or nothing for a command: master_side.cluster.served_view.PartInput), which
+its open call says (the run's script, or nothing for a command: master_side.cluster.part_input.PartInput), which
 this master's moderators approved on a four-eyes worker. The session's messages then go each way as
 one call per message (master_side.cluster.stream): A's on this master's per-session `in` procedure, the
 session's on A's per-session `out` procedure through `RouterSink`, with at most MAX_OUTSTANDING calls in flight
@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
-from master_side.cluster.served_view import PartInput, ServedView
+from master_side.cluster.part_input import PartInput
 from master_side.cluster.stream import (
     BAD_REQUEST,
     LIMIT,
@@ -72,6 +72,33 @@ MAX_QUEUED = WINDOW_MAX + MAX_OUTPUT
 PING = 5.0  # a message to the other master at least this often
 DEAD = 3 * PING + 5.0  # nothing heard from it for this long: it is gone
 
+
+
+class ServedView(Protocol):
+    """What this module holds of a session it opened (the operators' API's View): the calling master's messages
+    go to it."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def input_grant(self) -> int: ...
+    @property
+    def live(self) -> bool: ...
+    @property
+    def worker(self) -> str: ...
+    @property
+    def role(self) -> str: ...  # owner, join, watch
+    @property
+    def size(self) -> tuple[int, int]: ...
+    def input(self, data: bytes) -> None: ...
+    def eof(self) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    def signal(self, signum: int) -> None: ...
+    def ack(self, nbytes: int) -> None: ...
+    def close(self) -> None: ...
+    def detach(self) -> None: ...
+    def end(self, why: str) -> None: ...  # the session ends on the worker, recorded with why
+    def refused(self, error: ProtocolError) -> object: ...
 
 
 class Opener(Protocol):
@@ -215,6 +242,7 @@ class Served:
     heard_at: float = 0.0
     ended: bool = False
     undo: list[Undo] = field(default_factory=list)
+    gate: PartInput | None = None  # a fleet run's part: the input it may take
 
 
 class ServedSessions:
@@ -257,7 +285,7 @@ class ServedSessions:
                                  lambda sink: self._opener(who, call.request, sink) if call.run is None
                                  else self._opener(who, call.request, sink, call.run, call.script),
                                  None if stdin is None else
-                                 lambda view: PartInput(view, stdin, lambda line: self._audit(who, worker, line)))
+                                 PartInput(stdin, lambda line: self._audit(who, worker, line)))
 
     @deferred
     async def attach(self, argument: object, details: CallDetails) -> dict[str, object]:
@@ -276,10 +304,10 @@ class ServedSessions:
     @deferred
     async def _serve(self, caller: str, who: ClusterIdentity, worker: str | None, out_token: str, owns: bool,
                      start: Callable[[RouterSink], Any],
-                     gate: Callable[[ServedView], ServedView] | None = None) -> dict[str, object]:
+                     gate: PartInput | None = None) -> dict[str, object]:
         """Bounds, this end's procedure, then `start` (the operators' API's open or attach with a RouterSink).
         `owns`: the calling master's operator owns the session, which ends when that master is gone (a watcher
-        or a joiner only leaves it). `gate`: what the calling master's messages go through to the view."""
+        or a joiner only leaves it). `gate`: what the calling master's input goes through to the view."""
         total = len(self.served) + sum(self._opening.values())
         if self._count(caller) >= MAX_PER_MASTER:
             return self._refuse(who, worker, LIMIT, f"master {self.link.name} already serves {MAX_PER_MASTER} "
@@ -297,10 +325,10 @@ class ServedSessions:
 
     @deferred
     async def _start(self, caller: str, out_token: str, owns: bool, start: Callable[[RouterSink], Any],
-                     gate: Callable[[ServedView], ServedView] | None) -> dict[str, object]:
+                     gate: PartInput | None) -> dict[str, object]:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         sink = RouterSink(self.link, session_uri(out_token, "out"), self._clock)
-        served = Served(caller, token, sink, heard_at=self._clock())
+        served = Served(caller, token, sink, heard_at=self._clock(), gate=gate)
         sink.finished = lambda: self._finish(served)
         if owns:
             sink.on_lost = lambda why: self._ended_by(served, why)
@@ -330,7 +358,7 @@ class ServedSessions:
                     view.close()
             self._finish(served)
             return Refused(STOPPED, "the operator's master left before the session opened").to_wire()
-        served.view = view if gate is None else gate(view)
+        served.view = view
         log.info("slaveshell session {sid}: {what} from master {caller}", sid=view.session_id,
                  what="routed" if owns else "viewed", caller=visible(caller))
         return {"ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,
@@ -357,7 +385,7 @@ class ServedSessions:
             if message.kind is ToWorkerSide.DETACH:
                 self._detached(served, view)
                 return
-            self._deliver(view, message)
+            self._deliver(view, message, served.gate)
             if message.kind is ToWorkerSide.CLOSE and view.role != "owner":
                 # A watcher or a joiner left (the owner's close ends the session, and its exit follows): its end.
                 served.sink.exit(ExitStatus(reason="left the session"))
@@ -365,9 +393,14 @@ class ServedSessions:
             view.refused(e)
 
     @staticmethod
-    def _deliver(view: ServedView, message: Message) -> None:
+    def _deliver(view: ServedView, message: Message, gate: PartInput | None) -> None:
         kind, values = message.kind, message.values
-        if kind is ToWorkerSide.INPUT:
+        if gate is not None and kind in (ToWorkerSide.INPUT, ToWorkerSide.EOF):
+            if kind is ToWorkerSide.INPUT:
+                gate.input(view, values[0])  # type: ignore[arg-type]
+            else:
+                gate.eof(view)
+        elif kind is ToWorkerSide.INPUT:
             view.input(values[0])  # type: ignore[arg-type]
         elif kind is ToWorkerSide.ACK:
             view.ack(values[0])  # type: ignore[arg-type]

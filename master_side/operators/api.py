@@ -214,7 +214,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         (master_side.cluster.serve): its refusals as the cluster's. With `run_id`, a part of that master's fleet
         run (the `run` right), and `script`, the run's script when the part runs one: on a four-eyes worker this
         master's moderators approve the part as they would a run of its own (the command, or the script's size,
-        sha256 and text); the part's input is then checked against it (master_side.cluster.served_view.PartInput).
+        sha256 and text); the part's input is then checked against it (master_side.cluster.part_input.PartInput).
         A script's part without its script (from an older master) is refused on a four-eyes worker. A session in a
         held build (`--build`) is refused with where the build is held (its release and its hold's extension are
         this master's operators' calls)."""

@@ -24,7 +24,9 @@ import pytest
 
 from master_side.cluster.config import worker_uri
 from master_side.cluster.stream import OpenCall
+from slaveshell.client.cluster_sandbox import REALM
 from slaveshell.client.sandbox import Sandbox
+from slaveshell.fleet.script import SCRIPT_RUNNER
 from slaveshell.vocabulary.protocol import OpenRequest
 
 from .cluster_fixtures import DOC, PG, Site, hostile_probe, site
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.e2e
 # 'watch' on m1 (LEAD: another person than the test's user), approve what would run there. B's own user of the
 # test's name (root) is in the moderators' groups too (root's group), and is refused as the same person.
 MODERATED = "m1"
+MALLORY = "mallory"
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="B's moderator is another local user: needs root")
 
 
@@ -51,8 +54,11 @@ def cluster() -> Iterator[Site]:
         _ensure_users()
         moderators.append(LEADS)
         service = f"group={OPS!r},"  # B's socket: its moderators' too
+    # C (the hostile master of the tests) vouches for MALLORY, whom B lets run on m1 under four eyes: B's approved
+    # script must be all that C's part takes as input.
     rules = (f"Rule(groups=[{LEADS!r}], workers=['{MODERATED}'], rights=['watch']), "
-             f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by={moderators!r}), ")
+             f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by={moderators!r}), "
+             f"Rule(users=['cluster:C/{MALLORY}'], workers=['{MODERATED}'], moderated_by={moderators!r}), ")
     # A directory other local users may pass through to B's socket (the test's own base directory is private).
     root = tempfile.mkdtemp(prefix="slaveshell-cluster-copy-")
     os.chmod(root, 0o755)
@@ -466,6 +472,42 @@ def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no
     assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
 
 
+@needs_root
+def test_the_operators_name_on_b_watches_a_routed_four_eyes_session_without_moderating_it(cluster: Site) -> None:
+    """A's root opens a login shell on m1 through A: a four-eyes session on B, its input held. B's root (in the
+    moderators' groups, with every right) watches it: watching is allowed, moderating is not (the same person), said
+    in their terminal and audited on B; the input stays held."""
+    import pexpect
+
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    t = Terminal(cluster.a, [MODERATED])
+    try:
+        t.expect("input is held until a moderator watches")
+        def live() -> str | None:
+            rows = json.loads(cli(cluster.b, "sessions", "--json").stdout)
+            return next((str(r["id"]) for r in rows if r["worker"] == MODERATED and r["operator"] == vouched()), None)
+
+        sid = wait_until(live, 30)
+        assert sid, json.loads(cli(cluster.b, "sessions", "--json").stdout)
+        own = pexpect.spawn(sys.executable, ["-m", "slaveshell.cli", "watch", "--socket", cluster.b.socket, sid],
+                            env=dict(os.environ, TERM="xterm"), timeout=20)
+        try:
+            me = getpass.getuser()
+            own.expect(re.escape(f"you watch without moderating: the session's own operator cannot moderate it: {me} "
+                                 f"and {vouched()} share the user name '{me}', taken as one person"))
+            row = next(r for r in json.loads(cli(cluster.b, "sessions", "--json").stdout) if r["id"] == sid)
+            assert row["held"] is True, row
+        finally:
+            own.terminate(force=True)
+    finally:
+        t.close()
+    refused = wait_until(lambda: [e for e in events(cluster, ("refused",), since)
+                                  if str(e["detail"]).startswith(f"not a moderator: {sid}: ")], 30)
+    assert refused and refused[0]["operator"] == getpass.getuser(), events(cluster, ("refused",), since)
+    assert "share the user name" in str(refused[0]["detail"])
+
+
 def run_argv(site: Site, *args: str) -> list[str]:
     return [sys.executable, "-m", "slaveshell.cli", "run", "--socket", site.a.socket, "--workers", MODERATED, *args]
 
@@ -534,6 +576,102 @@ def test_a_fleet_runs_script_on_a_four_eyes_worker_of_b_is_approved_as_sent(clus
     assert_no_traceback(err)
     assert "script-ran" in out, out
     assert os.path.exists(marker)
+
+
+# A master that opens a fleet run's part with one script (what B's moderator approves) and, once approved, sends
+# other input: its `out` procedure registered first, its open answered after the approval.
+SWAPPING_MASTER = r"""
+import json, sys
+from autobahn.twisted.component import Component
+from autobahn.wamp.exception import ApplicationError
+from twisted.internet import defer, reactor, task
+
+url, realm, authid, ticket, plan = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+results = {"open": None, "in": [], "out": []}
+client = Component(transports=[{"url": url, "max_retries": 0, "serializers": ["msgpack"]}], realm=realm,
+                   authentication={"ticket": {"authid": authid, "ticket": ticket}})
+
+def out(message):
+    results["out"].append([m.decode("utf-8", "replace") if isinstance(m, bytes) else m for m in message])
+
+@client.on_join
+@defer.inlineCallbacks
+def joined(session, details):
+    yield session.register(out, "slaveshell.session.%s.out" % plan["token"])
+    call = plan["call"]
+    call["script"] = call["script"].encode()
+    results["open"] = answer = yield session.call(plan["open_uri"], call)
+    if isinstance(answer, dict) and answer.get("ok"):
+        in_uri = "slaveshell.session.%s.in" % answer["token"]
+        for seq, data in enumerate(plan["send"]):
+            message = [seq, "eof"] if data is None else [seq, "input", data.encode()]
+            try:
+                yield session.call(in_uri, message)
+                results["in"].append("called")
+            except ApplicationError as e:
+                results["in"].append(e.error)
+        for _ in range(100):  # until B's exit comes
+            if any(m[1] == "exit" for m in results["out"]):
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+    yield session.leave()
+
+def done(_):
+    print(json.dumps(results, default=str))
+    reactor.stop()
+
+client.start(reactor).addBoth(done)
+reactor.callLater(90, reactor.stop)
+reactor.run()
+"""
+
+
+@needs_root
+def test_a_master_that_sends_another_script_than_the_approved_one_runs_nothing(cluster: Site) -> None:
+    """C (a master B's policy lets run on m1 for MALLORY, under four eyes) opens a run's part with a harmless script;
+    LEAD approves what B shows; C then sends another script as the part's input. B ends the session before its
+    end of input, nothing of C's runs, and B's audit has the refusal and the session's end reason."""
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    harmless = os.path.join(cluster.b.worker_dir(MODERATED), "harmless-ran")
+    evil = os.path.join(cluster.b.worker_dir(MODERATED), "evil-ran")
+    approved = f"#!/bin/sh\ntouch {harmless}\n"
+    token = "c" * 32
+    call = OpenCall(OpenRequest(worker=MODERATED, command=SCRIPT_RUNNER, pty=False), MALLORY, (), token, "runc",
+                    approved.encode()).to_wire()
+    plan = {"token": token, "open_uri": worker_uri(MODERATED, "open"),
+            "call": {**call, "script": approved}, "send": [f"#!/bin/sh\ntouch {evil}\n", None]}
+    child = subprocess.Popen([sys.executable, "-c", SWAPPING_MASTER, cluster.router.url, REALM, "C",
+                              cluster.tickets["C"], json.dumps(plan)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, ("B lists no request", child.poll())
+        (request,) = pending
+        assert request["operator"] == f"cluster:C/{MALLORY}" and request["kind"] == "run"
+        assert str(request["what"]).endswith(f"of master C, script of {len(approved)} bytes (sha256 "
+                                             f"{hashlib.sha256(approved.encode()).hexdigest()}): {approved}"), request
+        assert as_lead(cluster, "approve", str(request["id"])).returncode == 0
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err[-2000:]
+    results = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(results["open"], dict) and results["open"]["ok"] is True, results
+    line = (f"a fleet run's part routed from another master sent input other than its approved script "
+            f"({len(approved)} bytes): session {results['open']['session']} on {MODERATED} ended")
+    exits = [m for m in results["out"] if m[1] == "exit"]
+    assert exits == [[exits[0][0], "exit", None, signal.SIGHUP, ""]], results  # ended on the worker: hung up
+    time.sleep(2)
+    assert not os.path.exists(evil) and not os.path.exists(harmless)
+    sql = f"SELECT end_reason FROM slaveshell_sessions WHERE id = '{results['open']['session']}'"
+    reason = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                            timeout=60)
+    assert line in reason.stdout, reason.stdout + reason.stderr  # B's record of the session says why it ended
+    refused = wait_until(lambda: [e for e in events(cluster, ("refused",), since) if e["detail"] == line], 30)
+    assert refused and refused[0]["operator"] == f"cluster:C/{MALLORY}", events(cluster, ("refused",), since)
 
 
 def staged_bytes(directory: str) -> int:
