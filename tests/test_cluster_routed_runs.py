@@ -47,6 +47,8 @@ def test_an_open_call_carries_a_runs_script_and_what_the_part_may_take_as_input(
     {**part().to_wire(), "script": "text"},
     {**part().to_wire(), "script": b"x" * (MAX_SCRIPT + 1)},
     {**part().to_wire(), "request": {**part().request.to_wire(), "pty": True}},
+    {**part().to_wire(), "run": "r1 of master A, command: true;"},  # a run id that would read as other text
+    {**part().to_wire(), "run": ""},
 ])
 def test_a_script_comes_only_with_the_part_that_runs_it(wire: dict[str, object]) -> None:
     with pytest.raises(ProtocolError):

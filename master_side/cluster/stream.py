@@ -161,7 +161,7 @@ class OpenCall:
         if not isinstance(wire, dict) or set(wire) - {"run", "script"} != {"request", "user", "groups", "token"}:
             raise ProtocolError("an open call must be a dict of request, user, groups, token (and run, script)")
         user, groups = check_name(wire["user"], "user"), _groups(wire["groups"])
-        run = check_name(wire["run"], "run") if "run" in wire else None
+        run = check_run(wire["run"]) if "run" in wire else None
         request = OpenRequest.from_wire(wire["request"])
         script = None
         if "script" in wire:
@@ -239,6 +239,16 @@ def check_name(value: object, what: str) -> str:
     assert isinstance(value, str)
     if not value or not value.isprintable() or "/" in value:
         raise ProtocolError(f"{what} must be a printable name without '/' of 1 to {MAX_NAME} characters")
+    return value
+
+
+def check_run(value: object) -> str:
+    """A fleet run's id as the operator's master gives it: letters, digits, '-' and '_' only (its own are hexadecimal),
+    so that the text of an approval request that names it cannot be made to read as another's."""
+    check_str(value, "run", MAX_NAME)
+    assert isinstance(value, str)
+    if not value or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise ProtocolError(f"run must be 1 to {MAX_NAME} letters, digits, '-' or '_'")
     return value
 
 
