@@ -25,7 +25,7 @@ from master_side.operators.approvals import (
 from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import subscribe
 from slaveshell.policy import Policy, Rule, WebIdentity
-from slaveshell.vocabulary.policy import Identity
+from slaveshell.vocabulary.policy import ClusterIdentity, Identity
 
 ALICE = Identity(1000, 1000, 1, "alice", frozenset({"ops"}))
 BOB = Identity(1001, 1001, 2, "bob", frozenset({"ops", "leads"}))
@@ -36,6 +36,7 @@ WEB_ALICE = WebIdentity.from_web("alice", ["leads"])
 POLICY = Policy([
     Rule(groups=["ops"], workers=["prod-*"], rights=["shell", "watch", "copy"], moderated_by=["leads", "web:leads"]),
     Rule(users=["web:alice"], rights=["watch"]),
+    Rule(groups=["cluster:A/leads", "cluster:C/leads"], rights=["watch"]),
 ])
 
 
@@ -97,6 +98,10 @@ def test_a_moderator_approves_and_the_operator_is_told_what_it_waits_for() -> No
 @pytest.mark.parametrize(("who", "why"), [
     (ALICE, "the request's own operator cannot approve or deny it"),
     (WEB_ALICE, "the request's own operator cannot approve or deny it"),  # the same person through the web
+    # The same user name through another master of the site (or a name a hostile master makes up): one person.
+    (ClusterIdentity.vouched("A", "alice", ["leads"]), "cannot approve or deny it: cluster:A/alice and alice share "
+     "the user name 'alice', taken as one person"),
+    (ClusterIdentity.vouched("C", "web:Alice", ["leads"]), "share the user name 'alice'"),
     (CAROL, "carol is in none of its moderators' groups"),
     (DAVE, "may not watch on worker prod-1"),
 ])
@@ -109,6 +114,32 @@ def test_who_may_not_decide_is_refused_and_the_refusal_audited(who: Identity, wh
         assert e.value.kind is ErrorKind.DENIED and why in e.value.message
     assert len(h.refused) == 2 and all(m.startswith("not a moderator: ") for _, m in h.refused)
     assert results == [] and request_id in h.approvals.pending
+
+
+def test_a_request_through_another_master_is_decided_by_another_person_only() -> None:
+    """alice asks through master A (B names her cluster:A/alice): B's local alice is refused with the line and the
+    refusal audited; bob, another person, approves (local, or vouched for by A when B's rule names A's group)."""
+    h = Harness()
+    vouched = ClusterIdentity.vouched("A", "alice", ["ops"])
+    d = h.approvals.ask(vouched, "prod-1", Kind.COMMAND, "command: make deploy", None, ("leads", "cluster:A/leads"),
+                        h.told.append, [])
+    results: list = []
+    d.addBoth(results.append)
+    request_id = h.told[-1].split("request ")[1].split()[0]
+    alice_lead = Identity(1000, 1000, 9, "alice", frozenset({"ops", "leads"}))
+    assert h.approvals.listing(alice_lead) == []  # not hers to decide, not hers as an operator here either
+    with pytest.raises(OperatorError) as e:
+        h.approvals.approve(alice_lead, request_id)
+    assert e.value.kind is ErrorKind.DENIED
+    assert e.value.message == (f"not a moderator: approve {request_id}: the request's own operator cannot approve or "
+                               "deny it: alice and cluster:A/alice share the user name 'alice', taken as one person "
+                               "(four eyes need another person, whatever door or master each came through)")
+    assert h.refused == [("alice", e.value.message)]  # audited (OperatorAPI.refuse: a `refused` event)
+    assert results == [] and request_id in h.approvals.pending
+    bob_of_a = ClusterIdentity.vouched("A", "bob", ["leads"])
+    assert h.approvals.approve(bob_of_a, request_id).endswith("approved: it starts now")
+    assert isinstance(results[0], Approved) and results[0].moderator == bob_of_a
+    assert [(k, who) for k, who, _ in h.record.events] == [(ASKED, "cluster:A/alice"), (APPROVED, "cluster:A/bob")]
 
 
 def test_a_denial_tells_the_operator_the_moderators_reason() -> None:

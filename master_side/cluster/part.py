@@ -18,7 +18,7 @@ from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, Routed
 from master_side.cluster.copy_serve import Copier, ServedTransfers
 from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
-from master_side.cluster.relay import OperatorEnd, Relays, RoutedRecord, RoutedView
+from master_side.cluster.relay import Leaving, OperatorEnd, Relays, RoutedRecord, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
 from master_side.cluster.verify import SiteDatabase, checked, read_site_database
 from master_side.cluster.view import elsewhere, local_listing, site_workers
@@ -104,11 +104,11 @@ class ClusterPart:
     def attached_here(self, worker: str) -> bool:
         return worker in self._master().workers.connections
 
-    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd,
-             run: str | None = None) -> defer.Deferred[RoutedView | None]:
-        """A session on `request`'s worker (a part of fleet run `run`), opened by the master on the router that
-        holds it: None when none does (master_side.cluster.relay)."""
-        return self.relays.open(who, request, sink, run)
+    def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None = None,
+             script: bytes | None = None, withdrawn: Leaving | None = None) -> defer.Deferred[RoutedView | None]:
+        """A session on `request`'s worker (a part of fleet run `run`, with its script), opened by the master on the
+        router that holds it: None when none does (master_side.cluster.relay)."""
+        return self.relays.open(who, request, sink, run, script, withdrawn)
 
     def copy(self, who: Identity, request: TransferRequest, party: OperatorParty,
              waiting: Callable[[str], None] = lambda text: None

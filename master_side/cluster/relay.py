@@ -85,6 +85,9 @@ class OperatorEnd(Protocol):
     def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
+# Subscribes a callback to the run no longer waiting for a part (RunSink.on_withdraw); returns its undo.
+Leaving = Callable[[Callable[[], None]], Callable[[], None]]
+
 # Work this master's operator asked of another master, written in this master's audit trail before it is served
 # (AuditTrail.routed): who (as this master knows them), the worker, the other master's session or transfer (None
 # when it started none), and what went to which master with the outcome (no content, no paths).
@@ -356,10 +359,12 @@ class Relays:
         return holder
 
     @deferred
-    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd,
-                   run: str | None = None) -> RoutedView | None:
+    async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None = None,
+                   script: bytes | None = None, withdrawn: Leaving | None = None) -> RoutedView | None:
         """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
-        router holds it (the local refusal then says why). `run`: the fleet run the session is a part of. Raises
+        router holds it (the local refusal then says why). `run`: the fleet run the session is a part of, `script`
+        the run's script (what B's moderators approve and B checks the part's input against), `withdrawn` tells
+        when the run no longer waits for the part (as the operator leaving: B withdraws what waits there). Raises
         Refused: B's refusal, or the router's. The outcome is an audit event here (`record`) before the session
         is served."""
         worker = request.worker
@@ -369,7 +374,7 @@ class Relays:
         what = (f"a part of fleet run {run}" if run is not None else
                 "a command" if request.command is not None else "a login shell")
         try:
-            view = await self._open(who, request, sink, run, holder)
+            view = await self._open(who, request, sink, run, holder, script, withdrawn)
         except Exception as e:
             self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
             raise
@@ -383,7 +388,8 @@ class Relays:
 
     @deferred
     async def _open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None,
-                    holder: str) -> RoutedView | None:
+                    holder: str, script: bytes | None = None, withdrawn: Leaving | None = None
+                    ) -> RoutedView | None:
         worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
@@ -393,10 +399,15 @@ class Relays:
         except ClusterUnavailable:
             return None
         self.views[token] = view
-        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token, run)
-        # The operator leaving before B's answer: this end's procedure goes, so B's next message fails and B
-        # withdraws what waits there (a request for its moderators' approval: master_side.cluster.serve).
-        undo = sink.on_disconnect(lambda: None if view.answered else view._finish())
+        call = OpenCall(request, who.user, tuple(sorted(who.groups)), token, run, script)
+        # The operator leaving (or the run no longer waiting) before B's answer: this end's procedure goes, so B's
+        # next message fails and B withdraws what waits there (a request for its moderators' approval:
+        # master_side.cluster.serve).
+        def leave() -> None:
+            if not view.answered:
+                view._finish()
+
+        undos = [sink.on_disconnect(leave)] + ([withdrawn(leave)] if withdrawn is not None else [])
         view.opening = self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=WAITING_OPEN)
 
         def gave_up() -> Refused:
@@ -421,7 +432,8 @@ class Relays:
                                        f"{visible(str(e) or type(e).__name__)[:300]}") from None
         finally:
             view.opening = None
-            undo()
+            for undo in undos:
+                undo()
         return self._answered(view, answer, sink)
 
     def _answered(self, view: RoutedView, answer: object, sink: OperatorEnd) -> RoutedView | None:

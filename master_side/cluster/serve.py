@@ -5,7 +5,9 @@ The calling master (A) calls a worker's `open` procedure (master_side.cluster.li
 authority: the caller must be a slaveshell master (the router's role, `caller_of`), the operator is the
 `ClusterIdentity` A vouches for under the name the router authenticated A as (`cluster:A/alice`), and the session
 is opened through the operators' API as any other (this master's policy, quotas, recording: the transcript on
-this disk, the index row naming this master and, in its operator, A). The session's messages then go each way as
+this disk, the index row naming this master and, in its operator, A). A fleet run's part takes as input only what
+its open call says (the run's script, or nothing for a command: master_side.cluster.part_input.PartInput), which
+this master's moderators approved on a four-eyes worker. The session's messages then go each way as
 one call per message (master_side.cluster.stream): A's on this master's per-session `in` procedure, the
 session's on A's per-session `out` procedure through `RouterSink`, with at most MAX_OUTSTANDING calls in flight
 and the rest waiting here, bounded by the session's own output window (the operator's acknowledgements, relayed
@@ -31,6 +33,7 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
+from master_side.cluster.part_input import PartInput
 from master_side.cluster.stream import (
     BAD_REQUEST,
     LIMIT,
@@ -99,11 +102,12 @@ class ServedView(Protocol):
 
 
 class Opener(Protocol):
-    """The operators' API's open for an identity, a request, this module's sink and the fleet run it is a part of
-    (or None): fires the session's view (None when the sink went away while it opened); fails with Refused
-    (OperatorAPI.open_for_master)."""
+    """The operators' API's open for an identity, a request, this module's sink, the fleet run it is a part of (or
+    None) and that part's script (or None): fires the session's view (None when the sink went away while it
+    opened); fails with Refused (OperatorAPI.open_for_master)."""
 
-    def __call__(self, who: Identity, request: OpenRequest, sink: RouterSink, run: str | None = None, /) -> Any: ...
+    def __call__(self, who: Identity, request: OpenRequest, sink: RouterSink, run: str | None = None,
+                 script: bytes | None = None, /) -> Any: ...
 
 
 # The operators' API's attach for an identity, this module's sink, a session id and a mode ("watch", "attach"):
@@ -238,6 +242,7 @@ class Served:
     heard_at: float = 0.0
     ended: bool = False
     undo: list[Undo] = field(default_factory=list)
+    gate: PartInput | None = None  # a fleet run's part: the input it may take
 
 
 class ServedSessions:
@@ -274,9 +279,13 @@ class ServedSessions:
             return self._refuse(who, worker, BAD_REQUEST, "bad request: the request names another worker than the "
                                                           "procedure it was sent to")
         # A held build (--build) is refused by the opener, with where it is held (OperatorAPI.open_for_master).
+        # A fleet run's part takes as input only what the call says it will: its script, or nothing.
+        stdin = call.stdin()
         return await self._serve(caller, who, worker, call.token, True,
                                  lambda sink: self._opener(who, call.request, sink) if call.run is None
-                                 else self._opener(who, call.request, sink, call.run))
+                                 else self._opener(who, call.request, sink, call.run, call.script),
+                                 None if stdin is None else
+                                 PartInput(stdin, lambda line: self._audit(who, worker, line)))
 
     @deferred
     async def attach(self, argument: object, details: CallDetails) -> dict[str, object]:
@@ -294,10 +303,11 @@ class ServedSessions:
 
     @deferred
     async def _serve(self, caller: str, who: ClusterIdentity, worker: str | None, out_token: str, owns: bool,
-                     start: Callable[[RouterSink], Any]) -> dict[str, object]:
+                     start: Callable[[RouterSink], Any],
+                     gate: PartInput | None = None) -> dict[str, object]:
         """Bounds, this end's procedure, then `start` (the operators' API's open or attach with a RouterSink).
         `owns`: the calling master's operator owns the session, which ends when that master is gone (a watcher
-        or a joiner only leaves it)."""
+        or a joiner only leaves it). `gate`: what the calling master's input goes through to the view."""
         total = len(self.served) + sum(self._opening.values())
         if self._count(caller) >= MAX_PER_MASTER:
             return self._refuse(who, worker, LIMIT, f"master {self.link.name} already serves {MAX_PER_MASTER} "
@@ -307,18 +317,18 @@ class ServedSessions:
                                                     "sessions for other masters (its limit)")
         self._opening[caller] = self._opening.get(caller, 0) + 1
         try:
-            return await self._start(caller, out_token, owns, start)
+            return await self._start(caller, out_token, owns, start, gate)
         finally:
             left = self._opening.pop(caller, 1) - 1
             if left:
                 self._opening[caller] = left
 
     @deferred
-    async def _start(self, caller: str, out_token: str, owns: bool,
-                     start: Callable[[RouterSink], Any]) -> dict[str, object]:
+    async def _start(self, caller: str, out_token: str, owns: bool, start: Callable[[RouterSink], Any],
+                     gate: PartInput | None) -> dict[str, object]:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         sink = RouterSink(self.link, session_uri(out_token, "out"), self._clock)
-        served = Served(caller, token, sink, heard_at=self._clock())
+        served = Served(caller, token, sink, heard_at=self._clock(), gate=gate)
         sink.finished = lambda: self._finish(served)
         if owns:
             sink.on_lost = lambda why: self._ended_by(served, why)
@@ -375,7 +385,7 @@ class ServedSessions:
             if message.kind is ToWorkerSide.DETACH:
                 self._detached(served, view)
                 return
-            self._deliver(view, message)
+            self._deliver(view, message, served.gate)
             if message.kind is ToWorkerSide.CLOSE and view.role != "owner":
                 # A watcher or a joiner left (the owner's close ends the session, and its exit follows): its end.
                 served.sink.exit(ExitStatus(reason="left the session"))
@@ -383,9 +393,14 @@ class ServedSessions:
             view.refused(e)
 
     @staticmethod
-    def _deliver(view: ServedView, message: Message) -> None:
+    def _deliver(view: ServedView, message: Message, gate: PartInput | None) -> None:
         kind, values = message.kind, message.values
-        if kind is ToWorkerSide.INPUT:
+        if gate is not None and kind in (ToWorkerSide.INPUT, ToWorkerSide.EOF):
+            if kind is ToWorkerSide.INPUT:
+                gate.input(view, values[0])  # type: ignore[arg-type]
+            else:
+                gate.eof(view)
+        elif kind is ToWorkerSide.INPUT:
             view.input(values[0])  # type: ignore[arg-type]
         elif kind is ToWorkerSide.ACK:
             view.ack(values[0])  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from slaveshell.fleet.script import MAX_SCRIPT, SCRIPT_RUNNER
 from slaveshell.vocabulary.flow import BULK_CHUNK
 from slaveshell.vocabulary.protocol import (
     MAX_CHUNK,
@@ -140,25 +141,45 @@ class OpenCall:
     """What the operator's master asks of the worker's master (the worker's `open` procedure): the request, the
     operator as it vouches for them (a name and groups, never a uid), the token of its per-session `out`
     procedure, already registered, and for a fleet run's part the run's id (the worker's master then asks its
-    policy's `run` right, not `shell`)."""
+    policy's `run` right, not `shell`) and, for a part that runs a script (`SCRIPT_RUNNER`), the script: what the
+    worker's moderators approve, and all that part's input may be (master_side.cluster.part_input)."""
 
     request: OpenRequest
     user: str
     groups: tuple[str, ...]
     token: str
     run: str | None = None  # the fleet run (its id on the operator's master) the session is a part of
+    script: bytes | None = None  # the run's script, given on the part's stdin
 
     def to_wire(self) -> dict[str, object]:
         return {"request": self.request.to_wire(), "user": self.user, "groups": list(self.groups),
-                "token": self.token, **({"run": self.run} if self.run is not None else {})}
+                "token": self.token, **({"run": self.run} if self.run is not None else {}),
+                **({"script": self.script} if self.script is not None else {})}
 
     @classmethod
     def from_wire(cls, wire: object) -> OpenCall:
-        if not isinstance(wire, dict) or set(wire) - {"run"} != {"request", "user", "groups", "token"}:
-            raise ProtocolError("an open call must be a dict of request, user, groups, token (and run)")
+        if not isinstance(wire, dict) or set(wire) - {"run", "script"} != {"request", "user", "groups", "token"}:
+            raise ProtocolError("an open call must be a dict of request, user, groups, token (and run, script)")
         user, groups = check_name(wire["user"], "user"), _groups(wire["groups"])
-        run = check_name(wire["run"], "run") if "run" in wire else None
-        return cls(OpenRequest.from_wire(wire["request"]), user, groups, check_token(wire["token"]), run)
+        run = check_run(wire["run"]) if "run" in wire else None
+        request = OpenRequest.from_wire(wire["request"])
+        script = None
+        if "script" in wire:
+            script = check_bytes(wire["script"], "script", MAX_SCRIPT)
+            if run is None or not script or request.command != SCRIPT_RUNNER or request.pty:
+                raise ProtocolError("a script comes only with a fleet run's part that runs it (1 byte to "
+                                    f"{MAX_SCRIPT // 1024} KiB)")
+        return cls(request, user, groups, check_token(wire["token"]), run, script)
+
+    def stdin(self) -> bytes | None:
+        """All that a fleet run's part may take as input: its script, nothing for a command (a run closes a
+        command's stdin at once); None when it is not a run's part, or a script's part that came without its
+        script (from an older master)."""
+        if self.run is None:
+            return None
+        if self.request.command == SCRIPT_RUNNER:
+            return self.script
+        return b""
 
 
 @dataclass(frozen=True)
@@ -218,6 +239,16 @@ def check_name(value: object, what: str) -> str:
     assert isinstance(value, str)
     if not value or not value.isprintable() or "/" in value:
         raise ProtocolError(f"{what} must be a printable name without '/' of 1 to {MAX_NAME} characters")
+    return value
+
+
+def check_run(value: object) -> str:
+    """A fleet run's id as the operator's master gives it: letters, digits, '-' and '_' only (its own are hexadecimal),
+    so that the text of an approval request that names it cannot be made to read as another's."""
+    check_str(value, "run", MAX_NAME)
+    assert isinstance(value, str)
+    if not value or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise ProtocolError(f"run must be 1 to {MAX_NAME} letters, digits, '-' or '_'")
     return value
 
 

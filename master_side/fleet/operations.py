@@ -41,6 +41,7 @@ from master_side.operators.terms import ErrorKind, OperatorError, View, database
 from slaveshell.fleet import drift, gather, probe
 from slaveshell.fleet.batch import Batch, BatchError
 from slaveshell.fleet.outcome import Outcome, State
+from slaveshell.fleet.script import MAX_SCRIPT
 from slaveshell.fleet.targets import Resolution, Selection, TargetError, Worker, resolve
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
@@ -51,7 +52,6 @@ from slaveshell.vocabulary.protocol import PROTOCOL_VERSION, OpenRequest, Protoc
 if TYPE_CHECKING:
     from master_side.operators.api import OperatorAPI
 
-MAX_SCRIPT = 256 * 1024  # bytes of a --script
 MAX_TIMEOUT = 7 * 24 * 3600.0
 DEFAULT_UNTIL = 7 * 24 * 3600.0  # how long a pending run waits for its worker, unless --until says
 MAX_UNTIL = 90 * 24 * 3600.0
@@ -255,9 +255,12 @@ class FleetOperations:
         cluster = self.api.cluster
         if cluster is not None and not cluster.attached_here(request.worker):
             # A part on a worker another master holds: an ordinary session routed to it (master_side.cluster.relay),
-            # opened, recorded and refused there.
+            # opened, recorded and refused there; on its four-eyes worker, approved by its moderators, who see the
+            # command or the script, which it checks the part's input against.
+            run = self.runs.get(run_id)
+            script = None if run is None else run.command.script
             try:
-                routed = await cluster.open(who, request, sink, run_id)
+                routed = await cluster.open(who, request, sink, run_id, script, sink.on_withdraw)
             except Refused as e:
                 raise operator_error(e) from None
             if routed is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import hashlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +26,7 @@ from master_side.operators.terms import ErrorKind, OperatorError
 from master_side.sessions.worker_link import Undo, subscribe
 from slaveshell.fleet.batch import Ask, Decision, End, Scheduler, Start
 from slaveshell.fleet.outcome import Outcome, Output, State
+from slaveshell.fleet.script import SCRIPT_RUNNER, part_text
 from slaveshell.plumbing.clock import Clock, DelayedCall
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Identity
@@ -139,22 +139,8 @@ class Command:
 
 
 def approval_text(run_id: str, command: Command) -> str:
-    """A run's part as its approval request on a four-eyes worker shows it (escaped where shown): the command,
-    or the script (its size, sha256 and text); the variables and directory."""
-    if command.script is not None:  # all of it: bytes that are not UTF-8 as \xNN, nothing hidden
-        what = (f"script of {len(command.script)} bytes (sha256 {hashlib.sha256(command.script).hexdigest()}): "
-                f"{command.script.decode('utf-8', 'backslashreplace')}")
-    else:
-        what = f"command: {command.command}"
-    env = " ".join(f"{k}={v}" for k, v in command.env)
-    return (f"fleet run {run_id}, {what}" + (f" with variables {env}" if env else "")
-            + (f" in {command.cwd}" if command.cwd else ""))
-
-
-# The command that runs a script given on stdin: a private temporary file (mktemp: mode 0600 in $TMPDIR), made
-# executable for its owner only, run with stdin closed, removed, the script's own exit status kept.
-SCRIPT_RUNNER = ('f=$(mktemp "${TMPDIR:-/tmp}/slaveshell-run.XXXXXXXX") || exit 127; '
-                 'trap \'rm -f "$f"\' EXIT; cat > "$f" && chmod 700 "$f" && "$f" </dev/null')
+    """A run's part as its approval request on a four-eyes worker shows it (slaveshell.fleet.script.part_text)."""
+    return part_text(run_id, command.command, command.script, command.env, command.cwd)
 
 
 class RunSink:

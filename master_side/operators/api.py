@@ -38,10 +38,11 @@ from master_side.sessions.model import Viewer, new_session_id
 from master_side.sessions.registry import SessionRegistry
 from master_side.sessions.session import MasterSession
 from master_side.sessions.worker_link import WorkerPeer, open_on_worker
+from slaveshell.fleet.script import SCRIPT_RUNNER, part_text
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.policy import Action, Identity, Policy, same_operator
+from slaveshell.vocabulary.policy import Action, Identity, Policy, same_operator, vouching_master
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
 from slaveshell.vocabulary.windows import WINDOW_MAX, WindowBudget
 
@@ -210,21 +211,30 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     @deferred
     async def open_for_master(self, who: Identity, request: OpenRequest, sink: ViewerSink,
-                              run_id: str | None = None) -> View | None:
+                              run_id: str | None = None, script: bytes | None = None) -> View | None:
         """`open` for the operator of another master of the site, as that master vouches for them
         (master_side.cluster.serve): its refusals as the cluster's. With `run_id`, a part of that master's fleet
-        run (the `run` right); on a four-eyes worker it is refused: the moderators would not see the run's script,
-        which stays on that master. A session in a held build (`--build`) is refused with where the build is held
-        (its release and its hold's extension are this master's operators' calls)."""
+        run (the `run` right), and `script`, the run's script when the part runs one: on a four-eyes worker this
+        master's moderators approve the part as they would a run of its own (the command, or the script's size,
+        sha256 and text); the part's input is then checked against it (master_side.cluster.part_input.PartInput).
+        A script's part without its script (from an older master) is refused on a four-eyes worker. A session in a
+        held build (`--build`) is refused with where the build is held (its release and its hold's extension are
+        this master's operators' calls)."""
         if request.build is not None:
             message = self._held_here(who, request.build)
             raise Refused(self.refuse(who, request.worker, ErrorKind.UNAVAILABLE, message).kind.value, message)
-        if run_id is not None and self.policy.may(who, Action.RUN, request.worker).moderated_by:
-            message = (f"a fleet run's part on {request.worker} needs a moderator's approval (four eyes), which is "
-                       "not routed between masters: run it on the worker's own master")
-            raise Refused(self.refuse(who, request.worker, ErrorKind.DENIED, message).kind.value, message)
+        what = None
+        if run_id is not None:
+            master = vouching_master(who) or "?"
+            runs_script = request.command == SCRIPT_RUNNER
+            if runs_script and script is None and self.policy.may(who, Action.RUN, request.worker).moderated_by:
+                message = (f"a fleet run's part on {request.worker} needs a moderator's approval (four eyes) of its "
+                           f"script, which master {master} did not send: run it on the worker's own master")
+                raise Refused(self.refuse(who, request.worker, ErrorKind.DENIED, message).kind.value, message)
+            what = part_text(f"{run_id} of master {master}", request.command or "",
+                             script if runs_script else None, sorted(request.env.items()), request.cwd)
         try:
-            view: View | None = await self.open(who, request, sink, run_id)
+            view: View | None = await self.open(who, request, sink, run_id, what)
         except OperatorError as e:
             raise Refused(e.kind.value, e.message) from None
         return view

@@ -6,11 +6,12 @@ a login shell with the operator's `-e` variables, and a fleet run's part on that
 what, why) and fires once a moderator approves it (an `Approved`), or fails with `OperatorError`: denied (with the
 moderator's reason), expired (no moderator within `ApprovalLimits.wait`), withdrawn (the operator left: Ctrl-C,
 a closed connection, an interrupted run). A moderator is who may moderate the worker's sessions
-(`Policy.may_moderate`: another person than the request's operator, in one of the rule's groups or web roles,
-with 'watch' on the worker); `pending` lists what `who` may approve (and their own requests), `approve` and
-`deny` decide. Every step is an audit event (`APPROVAL_EVENTS`, through the `ApprovalRecord`: who asked, which
-moderator approved or denied which request, what expired or was withdrawn); a refused decision and every
-refused request (the bounds per operator and in total) are audited refusals, rate-limited as every refusal is.
+(`Policy.may_moderate`: another person than the request's operator, not even the same user name under another
+door's or master's prefix (`same_person`), in one of the rule's groups or web roles, with 'watch' on the worker);
+`pending` lists what `who` may approve (and their own requests), `approve` and `deny` decide. Every step is an
+audit event (`APPROVAL_EVENTS`, through the `ApprovalRecord`: who asked, which moderator approved or denied which
+request, what expired or was withdrawn); a refused decision and every refused request (the bounds per operator and
+in total) are audited refusals, rate-limited as every refusal is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from slaveshell.vocabulary.policy import (
     Identity,
     Policy,
     moderators_text,
+    own_work,
     same_operator,
     same_person,
     vouching_master,
@@ -242,7 +244,7 @@ class Approvals:
     def why_not(self, who: Identity, request: ApprovalRequest) -> str | None:
         """Why `who` may not approve or deny `request` (None: they may)."""
         if same_person(who, request.who):
-            return "the request's own operator cannot approve or deny it"
+            return own_work(who, request.who, "the request's own operator cannot approve or deny it")
         return self._policy().may_moderate(who, request.who, request.worker, request.moderated_by)
 
     def listing(self, who: Identity, request_id: object = None) -> list[dict[str, object]]:

@@ -30,12 +30,12 @@ from slaveshell.fleet.batch import Batch, BatchError
 from slaveshell.fleet.events import outcome_from_wire, progress_from_wire
 from slaveshell.fleet.nodeset import natural_key
 from slaveshell.fleet.outcome import Outcome
+from slaveshell.fleet.script import MAX_SCRIPT
 from slaveshell.fleet.targets import Selection, TargetError
 from slaveshell.vocabulary.checks import ProtocolError
 from slaveshell.vocabulary.display import cell, visible
 from slaveshell.vocabulary.framing import Control, FrameType, Op
 
-MAX_SCRIPT = 256 * 1024  # as the master's bound (master_side.fleet.operations.MAX_SCRIPT)
 USAGE = 2
 
 

@@ -224,11 +224,36 @@ class Rule:
         return implied_by is not None and implied_by in self.rights and right not in self.withhold
 
 
+def person_name(who: Operator) -> str:
+    """The user name under every door's and master's prefix, as four-eyes decisions compare people: ``alice`` for
+    local ``alice``, ``web:alice``, ``cluster:A/alice`` and ``cluster:C/web:alice`` alike (prefixes stripped as
+    long as there are any, so a name a master makes up cannot hide one), compared without case."""
+    name = who.user
+    while True:
+        if name.startswith(WEB_PREFIX):
+            name = name[len(WEB_PREFIX):]
+        elif name.startswith(CLUSTER_PREFIX) and "/" in name:
+            name = name.split("/", 1)[1]
+        else:
+            return name.casefold()
+
+
 def same_person(a: Operator, b: Operator) -> bool:
-    """Whether two identities may be one person, as four-eyes sessions see it: the same operator, or a local
-    user and a web user of the same name (``alice`` and ``web:alice``): nobody moderates their own session
-    through the other door."""
-    return same_operator(a, b) or a.user.removeprefix(WEB_PREFIX) == b.user.removeprefix(WEB_PREFIX)
+    """Whether two identities may be one person, as four-eyes decisions (approving a request, moderating a
+    session) see it: the same operator, or the same user name under any door's or master's prefix
+    (`person_name`: local ``alice``, ``web:alice``, ``cluster:A/alice``). Nobody approves or moderates their own
+    work through another door or another master of the site; two people who share a user name across them need
+    a third to moderate (docs/multi-master.md)."""
+    return same_operator(a, b) or person_name(a) == person_name(b)
+
+
+def own_work(who: Operator, owner: Operator, line: str) -> str:
+    """`line`, the refusal of a four-eyes decision to `who` on work of `owner`, one person (`same_person`), with
+    which names were taken as one person when they are not one operator."""
+    if same_operator(who, owner):
+        return line
+    return (f"{line}: {who.user} and {owner.user} share the user name {person_name(who)!r}, taken as one person "
+            "(four eyes need another person, whatever door or master each came through)")
 
 
 def in_moderators(who: Operator, moderated_by: Iterable[str | int]) -> bool:
@@ -303,10 +328,11 @@ class Policy:
     def may_moderate(self, who: Operator, owner: Operator, worker: str, moderated_by: Sequence[str | int]
                      ) -> str | None:
         """Why `who` may not moderate a four-eyes session of `owner` on `worker` (None: they may): another person
-        than its operator (`same_person`), in one of `moderated_by`'s groups or web roles, with 'watch' on the
-        worker by a rule (not only as the watcher of their own session)."""
+        than its operator (`same_person`: not the same user name under another door's or master's prefix), in one
+        of `moderated_by`'s groups or web roles, with 'watch' on the worker by a rule (not only as the watcher of
+        their own session)."""
         if same_person(who, owner):
-            return "the session's own operator cannot moderate it"
+            return own_work(who, owner, "the session's own operator cannot moderate it")
         if not in_moderators(who, moderated_by):
             return f"{who.user} is in none of its moderators' groups (moderated_by: {moderators_text(moderated_by)})"
         watch = self.check(who, "watch", worker)

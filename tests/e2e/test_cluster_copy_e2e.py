@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -22,28 +24,51 @@ import pytest
 
 from master_side.cluster.config import worker_uri
 from master_side.cluster.stream import OpenCall
+from slaveshell.client.cluster_sandbox import REALM
 from slaveshell.client.sandbox import Sandbox
+from slaveshell.fleet.script import SCRIPT_RUNNER
 from slaveshell.vocabulary.protocol import OpenRequest
 
 from .cluster_fixtures import DOC, PG, Site, hostile_probe, site
-from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
+from .conftest import Terminal, assert_no_traceback, run_as, shell_argv, wait_until
+from .test_moderated_e2e import LEAD, LEADS, OPS, _ensure_users
 from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
 
 
-# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators (its local users in the group of
-# the user running the tests: root) approve what would run there.
+# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators, local users of B in LEADS with
+# 'watch' on m1 (LEAD: another person than the test's user), approve what would run there. B's own user of the
+# test's name (root) is in the moderators' groups too (root's group), and is refused as the same person.
 MODERATED = "m1"
+MALLORY = "mallory"
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="B's moderator is another local user: needs root")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def cluster() -> Iterator[Site]:
     me = getpass.getuser()
     group = grp.getgrgid(os.getgid()).gr_name
-    rules = f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by=['{group}']), "
-    with site(str(tmp_path_factory.mktemp("site")), b_workers=(MODERATED,), b_rules=rules) as s:
-        yield s
+    moderators, service = [group], ""
+    if os.getuid() == 0:
+        _ensure_users()
+        moderators.append(LEADS)
+        service = f"group={OPS!r},"  # B's socket: its moderators' too
+    # C (the hostile master of the tests) vouches for MALLORY, whom B lets run on m1 under four eyes: B's approved
+    # script must be all that C's part takes as input.
+    rules = (f"Rule(groups=[{LEADS!r}], workers=['{MODERATED}'], rights=['watch']), "
+             f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by={moderators!r}), "
+             f"Rule(users=['cluster:C/{MALLORY}'], workers=['{MODERATED}'], moderated_by={moderators!r}), ")
+    # A directory other local users may pass through to B's socket (the test's own base directory is private).
+    root = tempfile.mkdtemp(prefix="slaveshell-cluster-copy-")
+    os.chmod(root, 0o755)
+    try:
+        with site(root, b_workers=(MODERATED,), b_rules=rules, b_service=service) as s:
+            for path in (os.path.dirname(s.b.master_dir), s.b.master_dir):
+                os.chmod(path, 0o755)
+            yield s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cp_argv(sb: Sandbox, *args: str) -> list[str]:
@@ -203,8 +228,18 @@ def cli(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def as_lead(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    """`slaveshell ARGS` on B's socket as LEAD, B's moderator (another local user of B)."""
+    done = run_as(LEAD, [args[0], "--socket", site.b.socket, *args[1:]])
+    assert_no_traceback(done.stderr)
+    return done
+
+
 def pending_on_b(site: Site) -> list[dict[str, object]]:
-    return [r for r in json.loads(cli(site.b, "approvals", "--json").stdout) if r["worker"] == MODERATED]
+    """The requests on m1 that B lists to its moderator (B's root, the operator's name, is not one: it sees none)."""
+    done = as_lead(site, "approvals", "--json")
+    assert done.returncode == 0, done.stderr
+    return [r for r in json.loads(done.stdout) if r["worker"] == MODERATED]
 
 
 def events(site: Site, kinds: tuple[str, ...], since: int = 0) -> list[dict[str, object]]:
@@ -230,13 +265,16 @@ def on_m1(site: Site) -> None:
                       == "B", 30)
 
 
+@needs_root
 def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(cluster: Site) -> None:
     """`buildbot-shell m1 -- CMD` on A: B asks its own moderators (`slaveshell approvals` on B names the operator
-    as B names it); A's operator sees B's waiting line; nothing runs until a moderator on B approves; then the
-    command runs and its output reaches A. B's audit events say who asked and who approved; A's say who routed it
-    where, and the outcome."""
+    as B names it); A's operator sees B's waiting line; nothing runs until a moderator on B approves. B's user of
+    the operator's name (root on A asked, root on B tries) is refused as the same person, with the line, and the
+    refusal is in B's audit; LEAD, another person, approves; then the command runs and its output reaches A. B's
+    audit events say who asked and who approved; A's say who routed it where, and the outcome."""
     on_m1(cluster)
     since = last_event_id(cluster)
+    me = getpass.getuser()
     marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran")
     # One argument: the command line the worker's shell runs (as ssh's).
     child = subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, MODERATED, "--",
@@ -250,7 +288,17 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
         assert marker in str(request["what"])
         time.sleep(1)
         assert not os.path.exists(marker) and child.poll() is None
-        approved = cli(cluster.b, "approve", str(request["id"]))
+        # The same person on B (the same user name): refused, whatever B's groups and rights give them.
+        for verb in (["approve", str(request["id"])], ["deny", str(request["id"]), "--reason", "mine"]):
+            own = cli(cluster.b, *verb)
+            assert own.returncode != 0
+            assert (f"not a moderator: {verb[0]} {request['id']}: the request's own operator cannot approve or deny "
+                    f"it: {me} and {vouched()} share the user name '{me}', taken as one person (four eyes need "
+                    "another person, whatever door or master each came through)") in own.stderr, own.stderr
+        assert child.poll() is None and not os.path.exists(marker)
+        assert [r for r in json.loads(cli(cluster.b, "approvals", "--json").stdout) if r["worker"] == MODERATED] == []
+        assert request["may_approve"] is True
+        approved = as_lead(cluster, "approve", str(request["id"]))
         assert approved.returncode == 0, approved.stderr
         out, err = child.communicate(timeout=60)
     finally:
@@ -261,7 +309,6 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
     assert out.strip() == "approved-and-ran"
     assert (f"worker {MODERATED} is moderated: request {request['id']} waits for a moderator's approval" in err), err
     assert os.path.exists(marker)
-    me = getpass.getuser()
     def all_three() -> list[dict[str, object]] | None:
         found = events(cluster, ("approval-asked", "approved", "approval"), since)
         return found if {e["kind"] for e in found} >= {"approval-asked", "approved", "approval"} else None
@@ -270,13 +317,17 @@ def test_a_routed_command_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(clus
     assert b_events, events(cluster, ("approval-asked", "approved", "approval"), since)
     by_kind = {e["kind"]: e for e in b_events}
     assert by_kind["approval-asked"]["operator"] == vouched()
-    assert by_kind["approved"]["operator"] == me  # B's moderator, a local user of B
+    assert by_kind["approved"]["operator"] == LEAD  # B's moderator, another local user of B
+    refused = [e for e in events(cluster, ("refused",), since) if str(request["id"]) in str(e["detail"])]
+    assert refused and refused[0]["operator"] == me and refused[0]["worker"] == MODERATED, refused
+    assert "share the user name" in str(refused[0]["detail"])
     routed = wait_until(lambda: events(cluster, ("routed",), since), 30)
     assert routed and routed[0]["operator"] == me and routed[0]["worker"] == MODERATED, routed
     assert routed[0]["detail"] == (f"open of a command routed to master B: session {routed[0]['session_id']} "
                                    "opened there")
 
 
+@needs_root
 def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: Site, tmp_path) -> None:
     on_m1(cluster)
     since = last_event_id(cluster)
@@ -289,7 +340,7 @@ def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: 
         assert pending, "B lists no request"
         (request,) = pending
         assert request["operator"] == vouched() and request["kind"] == "copy"
-        denied = cli(cluster.b, "deny", str(request["id"]), "--reason", "not today")
+        denied = as_lead(cluster, "deny", str(request["id"]), "--reason", "not today")
         assert denied.returncode == 0, denied.stderr
         _, err = child.communicate(timeout=60)
     finally:
@@ -299,13 +350,14 @@ def test_a_routed_cp_on_a_four_eyes_worker_of_b_denied_by_bs_moderator(cluster: 
     assert child.returncode != 0
     assert_no_traceback(err)
     assert f"request {request['id']} waits for a moderator's approval" in err, err
-    assert f"request {request['id']} denied by moderator {getpass.getuser()}: not today" in err, err
+    assert f"request {request['id']} denied by moderator {LEAD}: not today" in err, err
     assert not os.path.exists(dest)
     routed = wait_until(lambda: events(cluster, ("routed",), since), 30)
     assert routed and routed[0]["detail"] == "cp up routed to master B: refused (permission denied)", routed
     assert dest not in json.dumps(routed)  # no paths in A's event
 
 
+@needs_root
 def test_ctrl_c_on_a_withdraws_the_request_on_b(cluster: Site) -> None:
     on_m1(cluster)
     since = last_event_id(cluster)
@@ -375,6 +427,7 @@ def test_a_held_build_on_another_master_is_refused_with_where_it_is(cluster: Sit
             "that runs the build") in done.stderr, done.stderr
 
 
+@needs_root
 def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no_further_than_bs_bound(
         cluster: Site) -> None:
     """While A's operator waits for B's moderators: C (a slaveshell principal no master uses, with its own valid
@@ -417,6 +470,208 @@ def test_a_hostile_master_neither_approves_nor_forges_and_one_operator_floods_no
         assert "FORGED" not in err, err
         assert_no_traceback(err)
     assert wait_until(lambda: not pending_on_b(cluster), 30), pending_on_b(cluster)
+
+
+@needs_root
+def test_the_operators_name_on_b_watches_a_routed_four_eyes_session_without_moderating_it(cluster: Site) -> None:
+    """A's root opens a login shell on m1 through A: a four-eyes session on B, its input held. B's root (in the
+    moderators' groups, with every right) watches it: watching is allowed, moderating is not (the same person), said
+    in their terminal and audited on B; the input stays held."""
+    import pexpect
+
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    t = Terminal(cluster.a, [MODERATED])
+    try:
+        t.expect("input is held until a moderator watches")
+        def live() -> str | None:
+            rows = json.loads(cli(cluster.b, "sessions", "--json").stdout)
+            return next((str(r["id"]) for r in rows if r["worker"] == MODERATED and r["operator"] == vouched()), None)
+
+        sid = wait_until(live, 30)
+        assert sid, json.loads(cli(cluster.b, "sessions", "--json").stdout)
+        own = pexpect.spawn(sys.executable, ["-m", "slaveshell.cli", "watch", "--socket", cluster.b.socket, sid],
+                            env=dict(os.environ, TERM="xterm"), timeout=20)
+        try:
+            me = getpass.getuser()
+            own.expect(re.escape(f"you watch without moderating: the session's own operator cannot moderate it: {me} "
+                                 f"and {vouched()} share the user name '{me}', taken as one person"))
+            row = next(r for r in json.loads(cli(cluster.b, "sessions", "--json").stdout) if r["id"] == sid)
+            assert row["held"] is True, row
+        finally:
+            own.terminate(force=True)
+    finally:
+        t.close()
+    refused = wait_until(lambda: [e for e in events(cluster, ("refused",), since)
+                                  if str(e["detail"]).startswith(f"not a moderator: {sid}: ")], 30)
+    assert refused and refused[0]["operator"] == getpass.getuser(), events(cluster, ("refused",), since)
+    assert "share the user name" in str(refused[0]["detail"])
+
+
+def run_argv(site: Site, *args: str) -> list[str]:
+    return [sys.executable, "-m", "slaveshell.cli", "run", "--socket", site.a.socket, "--workers", MODERATED, *args]
+
+
+@needs_root
+def test_a_fleet_runs_part_on_a_four_eyes_worker_of_b_waits_for_bs_moderator(cluster: Site) -> None:
+    """`slaveshell run --workers m1 -- CMD` on A: B's moderators see the part as a run of master A with its command;
+    nothing runs until LEAD approves on B (B's root, the operator's name, may not); then it runs and A's run ends
+    with its output."""
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran-by-run")
+    child = subprocess.Popen(run_argv(cluster, "--", "touch", marker), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, "B lists no request"
+        (request,) = pending
+        assert request["operator"] == vouched() and request["kind"] == "run"
+        assert re.fullmatch(rf"fleet run [0-9a-f]+ of master A, command: touch {re.escape(marker)}",
+                            str(request["what"])), request
+        time.sleep(1)
+        assert not os.path.exists(marker) and child.poll() is None
+        own = cli(cluster.b, "approve", str(request["id"]))
+        assert own.returncode != 0 and "taken as one person" in own.stderr, own.stderr
+        assert as_lead(cluster, "approve", str(request["id"])).returncode == 0
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out + err
+    assert_no_traceback(err)
+    assert os.path.exists(marker)
+    found = wait_until(lambda: (lambda e: e if {x["kind"] for x in e} >= {"approved", "approval"} else None)(
+        events(cluster, ("approval-asked", "approved", "approval"), since)), 30)
+    assert found and {e["operator"] for e in found if e["kind"] == "approved"} == {LEAD}, found
+
+
+@needs_root
+def test_a_fleet_runs_script_on_a_four_eyes_worker_of_b_is_approved_as_sent(cluster: Site, tmp_path) -> None:
+    """`slaveshell run --script FILE --workers m1` on A: A sends the script with the open; B's moderator sees its
+    size, sha256 and text; once approved, B takes as the part's input only that script, which runs."""
+    on_m1(cluster)
+    marker = os.path.join(cluster.b.worker_dir(MODERATED), "ran-by-script")
+    script = tmp_path / "script.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\necho script-ran\n")
+    child = subprocess.Popen(run_argv(cluster, "--script", str(script)), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, "B lists no request"
+        (request,) = pending
+        data = script.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        assert request["kind"] == "run" and str(request["what"]).endswith(
+            f" of master A, script of {len(data)} bytes (sha256 {digest}): {data.decode()}"), request
+        assert not os.path.exists(marker)
+        assert as_lead(cluster, "approve", str(request["id"])).returncode == 0
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out + err
+    assert_no_traceback(err)
+    assert "script-ran" in out, out
+    assert os.path.exists(marker)
+
+
+# A master that opens a fleet run's part with one script (what B's moderator approves) and, once approved, sends
+# other input: its `out` procedure registered first, its open answered after the approval.
+SWAPPING_MASTER = r"""
+import json, sys
+from autobahn.twisted.component import Component
+from autobahn.wamp.exception import ApplicationError
+from twisted.internet import defer, reactor, task
+
+url, realm, authid, ticket, plan = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+results = {"open": None, "in": [], "out": []}
+client = Component(transports=[{"url": url, "max_retries": 0, "serializers": ["msgpack"]}], realm=realm,
+                   authentication={"ticket": {"authid": authid, "ticket": ticket}})
+
+def out(message):
+    results["out"].append([m.decode("utf-8", "replace") if isinstance(m, bytes) else m for m in message])
+
+@client.on_join
+@defer.inlineCallbacks
+def joined(session, details):
+    yield session.register(out, "slaveshell.session.%s.out" % plan["token"])
+    call = plan["call"]
+    call["script"] = call["script"].encode()
+    results["open"] = answer = yield session.call(plan["open_uri"], call)
+    if isinstance(answer, dict) and answer.get("ok"):
+        in_uri = "slaveshell.session.%s.in" % answer["token"]
+        for seq, data in enumerate(plan["send"]):
+            message = [seq, "eof"] if data is None else [seq, "input", data.encode()]
+            try:
+                yield session.call(in_uri, message)
+                results["in"].append("called")
+            except ApplicationError as e:
+                results["in"].append(e.error)
+        for _ in range(100):  # until B's exit comes
+            if any(m[1] == "exit" for m in results["out"]):
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+    yield session.leave()
+
+def done(_):
+    print(json.dumps(results, default=str))
+    reactor.stop()
+
+client.start(reactor).addBoth(done)
+reactor.callLater(90, reactor.stop)
+reactor.run()
+"""
+
+
+@needs_root
+def test_a_master_that_sends_another_script_than_the_approved_one_runs_nothing(cluster: Site) -> None:
+    """C (a master B's policy lets run on m1 for MALLORY, under four eyes) opens a run's part with a harmless script;
+    LEAD approves what B shows; C then sends another script as the part's input. B ends the session before its
+    end of input, nothing of C's runs, and B's audit has the refusal and the session's end reason."""
+    on_m1(cluster)
+    since = last_event_id(cluster)
+    harmless = os.path.join(cluster.b.worker_dir(MODERATED), "harmless-ran")
+    evil = os.path.join(cluster.b.worker_dir(MODERATED), "evil-ran")
+    approved = f"#!/bin/sh\ntouch {harmless}\n"
+    token = "c" * 32
+    call = OpenCall(OpenRequest(worker=MODERATED, command=SCRIPT_RUNNER, pty=False), MALLORY, (), token, "runc",
+                    approved.encode()).to_wire()
+    plan = {"token": token, "open_uri": worker_uri(MODERATED, "open"),
+            "call": {**call, "script": approved}, "send": [f"#!/bin/sh\ntouch {evil}\n", None]}
+    child = subprocess.Popen([sys.executable, "-c", SWAPPING_MASTER, cluster.router.url, REALM, "C",
+                              cluster.tickets["C"], json.dumps(plan)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        pending = wait_until(lambda: pending_on_b(cluster), 60)
+        assert pending, ("B lists no request", child.poll())
+        (request,) = pending
+        assert request["operator"] == f"cluster:C/{MALLORY}" and request["kind"] == "run"
+        assert str(request["what"]).endswith(f"of master C, script of {len(approved)} bytes (sha256 "
+                                             f"{hashlib.sha256(approved.encode()).hexdigest()}): {approved}"), request
+        assert as_lead(cluster, "approve", str(request["id"])).returncode == 0
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err[-2000:]
+    results = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(results["open"], dict) and results["open"]["ok"] is True, results
+    line = (f"a fleet run's part routed from another master sent input other than its approved script "
+            f"({len(approved)} bytes): session {results['open']['session']} on {MODERATED} ended")
+    exits = [m for m in results["out"] if m[1] == "exit"]
+    assert exits == [[exits[0][0], "exit", None, signal.SIGHUP, ""]], results  # ended on the worker: hung up
+    time.sleep(2)
+    assert not os.path.exists(evil) and not os.path.exists(harmless)
+    sql = f"SELECT end_reason FROM slaveshell_sessions WHERE id = '{results['open']['session']}'"
+    reason = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                            timeout=60)
+    assert line in reason.stdout, reason.stdout + reason.stderr  # B's record of the session says why it ended
+    refused = wait_until(lambda: [e for e in events(cluster, ("refused",), since) if e["detail"] == line], 30)
+    assert refused and refused[0]["operator"] == f"cluster:C/{MALLORY}", events(cluster, ("refused",), since)
 
 
 def staged_bytes(directory: str) -> int:
