@@ -590,3 +590,16 @@ def test_a_worker_the_shared_database_does_not_show_on_its_master_is_refused_nev
     database = SiteDatabase(database.masters, {"b1": frozenset({2})})
     site.clock.advance(1.0)  # past SITE_FRESH: the routing decision asks again
     assert site.routed() is not None and site.views
+
+
+def test_the_owners_lost_connection_detaches_a_routed_session_on_b() -> None:
+    """The operator's connection to A lost (a killed client, a closed page): B keeps the owner's session detached,
+    to be resumed within its detach grace, as a local session is (a fleet run's part: test_cluster_routed_runs)."""
+    site = Site()
+    sink = OperatorSink()
+    view = site.routed(sink)
+    for leave in sink.disconnects:
+        leave()
+    b_view = site.views[0]
+    assert b_view.got == [("detach", None)] and view.detached
+    assert not site.served.served and not [uri for uri in site.router.procedures if ".session." in uri]

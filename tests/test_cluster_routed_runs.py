@@ -70,8 +70,9 @@ class RunSite(Site):
         self.views.append(view)
         return view
 
-    def part(self, script: bytes | None, command: str = SCRIPT_RUNNER) -> Any:
-        d = self.relays.open(ALICE, OpenRequest(worker="b1", pty=False, command=command), OperatorSink(), "r1", script)
+    def part(self, script: bytes | None, command: str = SCRIPT_RUNNER, sink: OperatorSink | None = None) -> Any:
+        d = self.relays.open(ALICE, OpenRequest(worker="b1", pty=False, command=command), sink or OperatorSink(),
+                             "r1", script)
         result = d.result
         if isinstance(result, Failure):
             result.raiseException()
@@ -223,3 +224,14 @@ def test_a_scripts_part_without_its_script_is_refused_on_a_four_eyes_worker_only
     api.open_for_master(who, OpenRequest(worker="b1", pty=False, command=SCRIPT_RUNNER), OperatorSink(), "r1", None)
     assert opened and refused == []
 
+
+
+def test_a_run_parts_lost_connection_closes_it_on_b() -> None:
+    """Unlike an operator's own session (detached on B when the connection to A is lost), a fleet run's part is
+    closed: nobody resumes a run's part."""
+    site = RunSite()
+    sink = OperatorSink()
+    site.part(None, command="uptime", sink=sink)
+    for leave in sink.disconnects:
+        leave()
+    assert site.views[0].got == [("close", None)]

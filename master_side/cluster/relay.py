@@ -13,7 +13,7 @@ client's own credit windows bound both directions end to end.
 The session ends, with a line for the operator (its client exits 255), when B stops answering (a call fails or
 nothing is heard for DEAD seconds) or this master loses the router; B then ends it on the worker. A routed
 session's owner detaches with ~d (DETACH: B keeps the session, to be resumed with `slaveshell attach ID` through
-any master); a lost connection closes it.
+any master), and so does a lost connection (a fleet run's part is closed instead).
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ class RoutedView:
         self.in_uri = ""
         self.ended = False
         self.detached = False  # the owner detached: DETACH goes to B, then this end is done
+        # The operator's connection lost: the owner's session detaches on B (B's detach grace), as a local one
+        # does; a fleet run's part (False) is closed: its run ends it.
+        self.detach_on_lost = True
         self.heard_at = relays.clock()
         self.sent_at = relays.clock()
         self._early: list[Message] = []
@@ -294,8 +297,14 @@ class RoutedView:
     # -- the end ---------------------------------------------------------------------------------
 
     def close_quietly(self) -> None:
-        """The operator's connection is gone: B ends the session (unless the operator detached it)."""
-        if not self.ended and not self.detached:
+        """The operator's connection is gone: the owner's session detaches on B, to be resumed through any master
+        within B's detach grace, as a local session does (a fleet run's part, a watcher's or joiner's view: B ends
+        it or its view)."""
+        if self.ended or self.detached:
+            return
+        if self.detach_on_lost:
+            self.detach()  # a watcher's or joiner's: their leaving
+        else:
             self.close()
 
     def end(self, why: str) -> None:
@@ -394,6 +403,7 @@ class Relays:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
         view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
+        view.detach_on_lost = run is None
         try:
             view.registration = await self.link.register(view.message, session_uri(token, "out"))
         except ClusterUnavailable:

@@ -503,31 +503,38 @@ class TerminalProtocol(WebSocketServerProtocol):
         if not isinstance(session_id, str) or len(session_id) > 256 or mode not in ("attach", "watch"):
             raise ProtocolError("attach needs a session id and a mode (attach or watch)")
         session = service.registry.get(session_id)
-        # A page's reattach without a click (a reload, a dropped socket) to type is not routed: a routed session
-        # ended when its page's socket closed. A watch is.
-        if session is None and service.api.cluster is not None and (mode == "watch"
-                                                                    or message.get("reattach") is not True):
-            self._attach_elsewhere(service, who, session_id, mode)
+        reattach = message.get("reattach") is True and mode == "attach"
+        if session is None and service.api.cluster is not None:
+            # Held by another master of the site: a watch, a join, or the page's reattach without a click (a
+            # reload, a dropped socket: the owner's routed session detached there, as a local one does here).
+            self._attach_elsewhere(service, who, session_id, mode, reattach)
             return
         if session is None:
             self.refuse(f"no live session {session_id}")
             return
-        if message.get("reattach") is True and mode == "attach" and session.identity.key != who.key:
+        if reattach and session.identity.key != who.key:
             self.refuse(f"session {session_id} is not yours: join it with the button", confirm=True)
             return
         worker = session.worker
         d = self._authorized(worker, lambda: service.api.attach(who, WebViewerSink(self), session_id, mode))
         d.addCallbacks(self._opened, self._not_opened, errbackArgs=(worker,))
 
-    def _attach_elsewhere(self, service: WebHost, who: WebIdentity, session_id: str, mode: str) -> None:
-        """Watch or join a session another master of the site holds (master_side.cluster.relay: its policy for the
-        web user as this master vouches for them, its viewer bounds). The page learns of it only once Buildbot's authz
-        here gives the shell action on the worker that master names; until then what comes is kept (HeldWebSink)."""
+    def _attach_elsewhere(self, service: WebHost, who: WebIdentity, session_id: str, mode: str,
+                          reattach: bool) -> None:
+        """Watch, join or resume a session another master of the site holds (master_side.cluster.relay: its policy
+        for the web user as this master vouches for them, its viewer bounds). The page learns of it only once
+        Buildbot's authz here gives the shell action on the worker that master names; until then what comes is
+        kept (HeldWebSink). A `reattach` (no click) resumes only the user's own session, as here."""
         sink = HeldWebSink(self)
 
         @deferred
         async def attach() -> Handle | None:
             handle, answer = await service.api.attach_anywhere(who, sink, session_id, mode)
+            if reattach and isinstance(handle, RoutedHandle) and handle.routed.role != "owner":
+                sink.drop()
+                _leave(handle)
+                self.refuse(f"session {session_id} is not yours: join it with the button", confirm=True)
+                return None
             worker = str(answer.get("worker"))
             try:
                 await access.check_authz_shell(self.master, worker, self.info)

@@ -24,7 +24,7 @@ from master_side.cluster.config import master_uri
 
 from .browser import CHROMIUM, chromium
 from .cluster_fixtures import DOC, PG, REALM, Site, site
-from .test_web_e2e import login, plugin_on_path, run, screen, shot, status, wait_for, wait_status
+from .test_web_e2e import login, plugin_on_path, run, screen, shell_pid, shot, status, wait_for, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +79,16 @@ def refusals(cluster: Site, operator: str) -> list[str]:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     return [str(d) for d in json.loads(done.stdout)]
+
+
+def detaches(cluster: Site, session_id: str) -> list[str]:
+    """The operators of session `session_id`'s `detach` events in the site's shared audit index, oldest first."""
+    sql = ("SELECT coalesce(json_agg(operator ORDER BY id), '[]') FROM slaveshell_events WHERE kind = 'detach' AND "
+           f"session_id = '{session_id}'")
+    done = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
 
 
 def master_cell(page: Any, worker: str) -> str:
@@ -303,20 +313,43 @@ def test_a_user_without_the_shell_action_on_a_is_refused_there(browser: Any, clu
     context.close()
 
 
-def test_logging_out_on_a_ends_the_session_on_b(browser: Any, cluster: Site) -> None:
+def test_a_reload_resumes_a_routed_session_and_logging_out_detaches_it_on_b(browser: Any, cluster: Site) -> None:
+    """A routed session's page, reloaded, resumes it through A (its socket's loss detached it on B, as a local
+    session's does); logging out on A closes the socket, B keeps the session detached (B's row), and once logged in
+    again the session's address resumes it: the same shell."""
     before = len(b1_rows(cluster))
     context = login(browser, cluster.a, "alice")
     page = context.new_page()
     shells_page(page, cluster)
     page.locator("tr[data-worker='b1'] button.slaveshell-open").click()
     wait_status(page, "^connected$")
-    run(page, "echo before-logout", "before-logout")
+    run(page, "echo before-$((6*7))", "before-42")
+    pid = shell_pid(page, "pid")
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
+    page.reload()
+    wait_status(page, "^connected$")
+    wait_for(lambda: "before-42" in screen(page), "the recent output after the reload")
+    assert shell_pid(page, "reloaded") == pid
     other = context.new_page()
     other.goto(cluster.a.url + "auth/logout")
     assert "logged out" in wait_status(page, "^refused")
-    row = wait_for(lambda: (r := b1_rows(cluster)[before:]) and r[-1]["state"] != "running" and r[-1],
-                   "B's row, closed by the logout on A")
-    assert row["operator"] == "cluster:A/web:alice" and row["state"] != "detached", row
+    # B kept it, detached (its `detach` events: the reload's, then the logout's), still running there.
+    wait_for(lambda: len(detaches(cluster, session_id)) == 2, "B's detach event of the logout on A")
+    assert detaches(cluster, session_id) == ["cluster:A/web:alice"] * 2
+    row = b1_rows(cluster)[-1]
+    assert (row["id"], row["operator"], row["state"]) == (session_id, "cluster:A/web:alice", "running"), row
+    context.close()
+    context = login(browser, cluster.a, "alice")
+    page = context.new_page()
+    page.goto(cluster.a.url + f"#/slaveshell/session/{session_id}/attach")  # her own: resumed without a click
+    wait_status(page, "^connected$")
+    assert shell_pid(page, "resumed") == pid
+    page.keyboard.type("exit 4")
+    page.keyboard.press("Enter")
+    assert "exit status 4" in wait_status(page, "session ended")
+    row = wait_for(lambda: (r := b1_rows(cluster)[before:]) and r[-1]["state"] != "running"
+                   and r[-1]["state"] != "detached" and r[-1], "B's row, closed")
+    assert (row["state"], row["exit_code"]) == ("ended", 4), row
     context.close()
 
 

@@ -656,8 +656,8 @@
         moderating ? h("button", { className: "btn btn-outline-danger btn-sm slaveshell-moderator-end",
           disabled: endAsk !== null, onClick: function () { setEndAsk("asked"); } }, "End session") : null, " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-back",
-          // A session another master serves cannot be detached from this one: leaving ends it.
-          onClick: function () { go("#/slaveshell"); } }, live ? (session.master ? "Leave (ends it)" : "Detach") : "Back"), " ",
+          // Leaving detaches, here or on the master that serves it (resumed from the lists or a reload).
+          onClick: function () { go("#/slaveshell"); } }, live ? "Detach" : "Back"), " ",
         // The worker's files (download, upload) in a tab of their own: this page keeps its session.
         live && session.worker ? h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-files-link",
           href: workerView(session.worker), target: "_blank", rel: "noopener" }, "Files") : null),
