@@ -603,3 +603,35 @@ def test_the_owners_lost_connection_detaches_a_routed_session_on_b() -> None:
     b_view = site.views[0]
     assert b_view.got == [("detach", None)] and view.detached
     assert not site.served.served and not [uri for uri in site.router.procedures if ".session." in uri]
+
+
+def test_an_open_whose_operator_left_is_not_held_past_dead_by_a_b_that_never_answers() -> None:
+    """The operator leaves while B's open waits; B never answers (its withdrawal would): A cancels the call DEAD
+    seconds later (the router tells B), so a silent master cannot make A hold opens by the thousand."""
+    site = FourEyesSite()
+    sink = OperatorSink()
+    d = site.asked(sink)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    for leave in sink.disconnects:
+        leave()
+    site.ticks(int(serve.DEAD) - 1, b=False)
+    assert not failures and site.approvals.pending  # B (silent here) still holds its request
+    site.ticks(2, b=False)
+    assert failures and not site.approvals.pending  # the call cancelled: B is told (its request withdrawn)
+    assert [k for k, _, _ in site.trail.events] == ["approval-asked", "approval-withdrawn"]
+
+
+def test_a_records_a_routed_open_before_it_serves_what_b_sent_first() -> None:
+    """B's output that came before its answer (a notice) reaches the operator only after A's `routed` event."""
+    site = Site()
+    order: list[str] = []
+    site.relays.record = lambda who, worker, record_id, detail: order.append(f"record {detail}")
+
+    class Sink(OperatorSink):
+        def output(self, stream: int, data: bytes) -> None:
+            order.append(f"output {data.decode()}")
+
+    view = site.routed(Sink())
+    assert view is not None
+    assert order == ["record open of a login shell routed to master B: session s1 opened there", "output hello "]

@@ -235,3 +235,42 @@ def test_a_run_parts_lost_connection_closes_it_on_b() -> None:
     for leave in sink.disconnects:
         leave()
     assert site.views[0].got == [("close", None)]
+
+
+def test_b_ends_a_part_its_calling_master_detaches_and_audits_it() -> None:
+    """A run's part is never kept without its run: a DETACH from the calling master (which the relay never sends
+    for a part: a hostile or modified master) ends it, so nobody resumes it and types into its script."""
+    site = RunSite()
+    view = site.part(SCRIPT)
+    view.input(SCRIPT[:10])
+    view.detach()
+    b_view = site.views[0]
+    line = "a fleet run's part routed from another master was detached: session s1 on b1 ended"
+    assert b_view.got == [("input", SCRIPT[:10]), ("end", line)]
+    assert site.audited == [("cluster:A/alice", "b1", line)]
+
+
+def test_a_runs_part_is_watched_never_joined_or_resumed_and_a_resume_is_the_operators_own_only() -> None:
+    from master_side.holds.step import Holds
+    from master_side.operators.api import OperatorAPI
+    from master_side.operators.terms import OperatorError
+
+    audited: list[str] = []
+    owner = Identity(1000, 1000, 1, "alice", frozenset({"alice"}))
+    other = Identity(1001, 1001, 2, "bob", frozenset({"bob"}))
+    part = SimpleNamespace(id="s1", worker="b1", run_id="r1", identity=owner, owner=None)
+    mine = SimpleNamespace(id="s2", worker="b1", run_id=None, identity=owner, owner=None)
+    registry = SimpleNamespace(limits=None, get={"s1": part, "s2": mine}.get)
+    api = OperatorAPI(registry, None, None, lambda: None, lambda: None, Holds())  # type: ignore[arg-type]
+    api.gate = SimpleNamespace(audit=lambda who, kind, detail, worker: audited.append(detail))  # type: ignore
+    for who, session, mode, line in (
+            (owner, "s1", "attach", "permission denied: session s1 is a part of fleet run r1: it may be watched, "
+                                    "not joined or resumed"),
+            (owner, "s1", "resume", "permission denied: session s1 is a part of fleet run r1: it may be watched, "
+                                    "not joined or resumed"),
+            (other, "s2", "resume", "session s2 is not yours: join it with the button")):
+        with pytest.raises(OperatorError) as refused:
+            api.attach(who, OperatorSink(), session, mode)  # type: ignore[arg-type]
+        assert refused.value.message == line
+    assert audited == ["permission denied: attach s1: a fleet run's part", "permission denied: resume s1: a fleet "
+                       "run's part", "permission denied: resume s2: not the operator's own"]

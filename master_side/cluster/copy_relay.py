@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from master_side.cluster.config import session_uri, worker_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.relay import WAITING_OPEN, Relays, RoutedRecord, outcome_of
+from master_side.cluster.relay import WAITING_OPEN, Relays, RoutedRecord, abandon, outcome_of
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
 from slaveshell.plumbing.deferreds import deferred
@@ -81,6 +81,8 @@ class RoutedTransfer:
         self.starting: defer.Deferred[Any] | None = None  # the call of B's copy, until its answer
         self.waited = False  # B said that the transfer waits (for its moderators' approval)
         self.gave_up = False  # RoutedTransfers.tick cancelled the copy's call
+        # Told once B's answer is taken, before any of B's events reaches the operator (the audit event here).
+        self.on_started: Callable[[RoutedTransfer], None] = lambda transfer: None
         self.waiting: Callable[[str], None] = lambda text: None  # tells the operator
         self._early: list[TransferEvent] = []
         self._early_bytes = 0  # the data of `_early`
@@ -162,6 +164,7 @@ class RoutedTransfer:
                  "recorded": answer.get("recorded") is True}
         self.answered = True
         self.heard_at = self.transfers.clock()
+        self.on_started(self)  # recorded here before anything is served
         early, self._early = self._early, []
         for event in early:
             if self.ended:
@@ -230,23 +233,30 @@ class RoutedTransfers:
         if holder is None:
             return None
         what = f"cp {request.direction} routed to master {holder}"
+        recorded: list[str] = []
+
+        def began(transfer: RoutedTransfer) -> None:
+            recorded.append(transfer.id)
+            self.record(who, worker, transfer.id, f"{what}: transfer {transfer.id} started there")
+
         try:
-            started = await self._copy(who, request, party, waiting, holder)
+            started = await self._copy(who, request, party, waiting, holder, began)
         except Exception as e:
-            self.record(who, worker, None, f"{what}: {outcome_of(e)}")
+            if not recorded:
+                self.record(who, worker, None, f"{what}: {outcome_of(e)}")
             raise
-        if started is None:
+        if started is None and not recorded:
             self.record(who, worker, None, f"{what}: not started (the master left the router)")
-        else:
-            self.record(who, worker, started[0].id, f"{what}: transfer {started[0].id} started there")
         return started
 
     @deferred
     async def _copy(self, who: Identity, request: TransferRequest, party: OperatorParty,
-                    waiting: Callable[[str], None], holder: str) -> tuple[RoutedTransfer, dict[str, object]] | None:
+                    waiting: Callable[[str], None], holder: str, began: Callable[[RoutedTransfer], None]
+                    ) -> tuple[RoutedTransfer, dict[str, object]] | None:
         worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         transfer = RoutedTransfer(self, worker, party, token, holder)
+        transfer.on_started = began
         try:
             transfer.registration = await self.link.register(transfer.message, session_uri(token, "out"))
         except ClusterUnavailable:
@@ -256,7 +266,12 @@ class RoutedTransfers:
         call = CopyCall(request, who.user, tuple(sorted(who.groups)), token)
         # The operator leaving before B's answer: this end's procedure goes; B's next message fails and B
         # withdraws what waits there (master_side.cluster.copy_serve).
-        undo = party.on_disconnect(lambda: None if transfer.answered else transfer._finish())
+        def leave() -> None:
+            if not transfer.answered:
+                transfer._finish()
+                abandon(self.link.reactor, lambda: transfer.starting)  # a B that never answers is not waited for
+
+        undo = party.on_disconnect(leave)
         transfer.starting = self.link.call(worker_uri(worker, "copy"), call.to_wire(), timeout=WAITING_OPEN)
         def gave_up() -> Refused:
             return Refused(UNAVAILABLE, f"master {visible(holder)}, which holds {worker}, "

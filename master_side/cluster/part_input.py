@@ -56,10 +56,18 @@ class PartInput:
         view.eof()
 
     def _differs(self, view: PartView) -> None:
-        self._ended = True
         what = ("none (a command's stdin is closed)" if not self._expected else
                 f"its approved script ({len(self._expected)} bytes)")
-        line = (f"a fleet run's part routed from another master sent input other than {what}: session "
-                f"{view.session_id} on {view.worker} ended")
+        self._end(view, f"a fleet run's part routed from another master sent input other than {what}: session "
+                        f"{view.session_id} on {view.worker} ended")
+
+    def refuse(self, view: PartView, what: str) -> None:
+        """The calling master asked what a run's part never does (`what`: "was detached"): the session ends."""
+        if not self._ended:
+            self._end(view, f"a fleet run's part routed from another master {what}: session {view.session_id} on "
+                            f"{view.worker} ended")
+
+    def _end(self, view: PartView, line: str) -> None:
+        self._ended = True
         view.end(line)
         self._refused(line)

@@ -128,6 +128,8 @@ class RoutedView:
         # The operator's connection lost: the owner's session detaches on B (B's detach grace), as a local one
         # does; a fleet run's part (False) is closed: its run ends it.
         self.detach_on_lost = True
+        # Told once B's answer is taken, before anything B sent is delivered (the operator's master's audit event).
+        self.on_started: Callable[[RoutedView], None] = lambda view: None
         self.heard_at = relays.clock()
         self.sent_at = relays.clock()
         self._early: list[Message] = []
@@ -287,6 +289,7 @@ class RoutedView:
             raise ProtocolError("the answer's size must be [cols, rows]")
         self.role, self.size = role, check_size(size[0], size[1])
         self.answered = True
+        self.on_started(self)  # recorded here before anything is served
         early, self._early = self._early, []
         self.heard_at = self.relays.clock()
         for message in early:
@@ -312,7 +315,7 @@ class RoutedView:
         hear, closes it."""
         if self.ended:
             return
-        if self.in_uri and self._outstanding < MAX_OUTSTANDING:
+        if self.in_uri and self._outstanding < MAX_OUTSTANDING and not self.detached:
             self.relays.link.call(self.in_uri, Message(self._seq, ToWorkerSide.CLOSE).to_wire()).addErrback(
                 lambda failure: None)
         self._finish()
@@ -382,26 +385,32 @@ class Relays:
             return None
         what = (f"a part of fleet run {run}" if run is not None else
                 "a command" if request.command is not None else "a login shell")
-        try:
-            view = await self._open(who, request, sink, run, holder, script, withdrawn)
-        except Exception as e:
-            self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
-            raise
-        if view is None:
-            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the operator "
-                                           "left, or the master left the router)")
-        else:
+        opened: list[str] = []
+
+        def started(view: RoutedView) -> None:
+            opened.append(view.session_id)
             self.record(who, worker, view.session_id, f"open of {what} routed to master {holder}: session "
                                                       f"{view.session_id} opened there")
+
+        try:
+            view = await self._open(who, request, sink, run, holder, script, withdrawn, started)
+        except Exception as e:
+            if not opened:
+                self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
+            raise
+        if view is None and not opened:
+            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the operator "
+                                           "left, or the master left the router)")
         return view
 
     @deferred
     async def _open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None,
-                    holder: str, script: bytes | None = None, withdrawn: Leaving | None = None
-                    ) -> RoutedView | None:
+                    holder: str, script: bytes | None, withdrawn: Leaving | None,
+                    started: Callable[[RoutedView], None]) -> RoutedView | None:
         worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
+        view.on_started = started
         view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
         view.detach_on_lost = run is None
         try:
@@ -416,6 +425,8 @@ class Relays:
         def leave() -> None:
             if not view.answered:
                 view._finish()
+                # An honest B answers that withdrawal at once; a call B never answers is not kept past DEAD.
+                abandon(self.link.reactor, lambda: view.opening)
 
         undos = [sink.on_disconnect(leave)] + ([withdrawn(leave)] if withdrawn is not None else [])
         view.opening = self.link.call(worker_uri(worker, "open"), call.to_wire(), timeout=WAITING_OPEN)
@@ -497,15 +508,23 @@ class Relays:
                 view._finish()
                 continue
             what = f"{mode} of session {visible(session_id)} routed to master {listing.master}"
+            view.on_started = self._attach_record(who, session_id, what)
             try:
                 attached = self._answered(view, answer, sink)
             except Refused as e:
-                self.record(who, "", None, f"{what}: {outcome_of(e)}")
+                if not view.answered:
+                    self.record(who, "", None, f"{what}: {outcome_of(e)}")
                 raise
-            self.record(who, attached.worker if attached else "", session_id,
-                        f"{what}: {'attached' if attached else 'not attached (the operator left)'}")
+            if attached is None and not view.answered:
+                self.record(who, "", session_id, f"{what}: not attached (the operator left)")
             return attached
         return None
+
+    def _attach_record(self, who: Identity, session_id: str, what: str) -> Callable[[RoutedView], None]:
+        """The audit event of a routed watch or attach that B answered, written before it is served."""
+        def started(view: RoutedView) -> None:
+            self.record(who, view.worker, session_id, f"{what}: attached")
+        return started
 
     @deferred
     async def _holders(self, worker: str) -> tuple[dict[str, bool], list[str]]:
@@ -538,7 +557,23 @@ class Relays:
                 continue
             if view.ended or not view.answered:
                 continue
+            if view.detached:
+                # B takes nothing after DETACH; this end waits only for its delivery (B keeps the session).
+                if now - view.heard_at > DEAD:
+                    view._finish()
+                continue
             if now - view.heard_at > DEAD:
                 view.end(f"master {visible(view.master)} stopped answering")
             elif now - view.sent_at >= PING:
                 view.ping()
+
+
+def abandon(reactor: Any, call: Callable[[], defer.Deferred[Any] | None]) -> None:
+    """A call of another master whose caller left: cancelled (the router tells that master) if it has not been
+    answered DEAD seconds from now, so that a master that never answers cannot make this one hold it."""
+    def cancel() -> None:
+        pending = call()
+        if pending is not None:
+            pending.cancel()
+
+    reactor.callLater(DEAD, cancel)

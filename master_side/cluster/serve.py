@@ -383,6 +383,10 @@ class ServedSessions:
                 raise ProtocolError(f"message {message.seq} where {served.expected} was expected")
             served.expected += 1
             if message.kind is ToWorkerSide.DETACH:
+                if served.gate is not None:
+                    # A fleet run's part is never kept without its run: its input is the run's (PartInput).
+                    served.gate.refuse(view, "was detached")
+                    return
                 self._detached(served, view)
                 return
             self._deliver(view, message, served.gate)

@@ -188,7 +188,7 @@ class AttachCall:
     its live sessions, for the operator it vouches for, with the token of its per-session `out` procedure."""
 
     session: str
-    mode: str  # "watch" or "attach"
+    mode: str  # "watch", "attach", or "resume" (attach one's own session only)
     user: str
     groups: tuple[str, ...]
     token: str
@@ -202,8 +202,8 @@ class AttachCall:
         if not isinstance(wire, dict) or set(wire) != {"session", "mode", "user", "groups", "token"}:
             raise ProtocolError("an attach call must be a dict of session, mode, user, groups and token")
         session, mode = check_name(wire["session"], "session"), wire["mode"]
-        if mode not in ("watch", "attach"):
-            raise ProtocolError("mode must be watch or attach")
+        if mode not in ("watch", "attach", "resume"):
+            raise ProtocolError("mode must be watch, attach or resume")
         user, groups = check_name(wire["user"], "user"), _groups(wire["groups"])
         return cls(session, mode, user, groups, check_token(wire["token"]))
 

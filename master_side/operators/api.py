@@ -448,12 +448,23 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
     # -- attach ------------------------------------------------------------------------------------
 
     def attach(self, who: Identity, sink: ViewerSink, session_id: object, mode: object) -> View:
-        """`slaveshell attach` (join, or resume a detached session) and `slaveshell watch`."""
-        if not isinstance(session_id, str) or mode not in ("attach", "watch"):
+        """`slaveshell attach` (join, or resume a detached session) and `slaveshell watch`. Mode "resume" is an
+        attach of one's own session only (a page's reattach without a click, routed from another master). A fleet
+        run's part is watched, never joined or resumed (what it runs is the run's, approved as such)."""
+        if not isinstance(session_id, str) or mode not in ("attach", "watch", "resume"):
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: attach needs a sink, a session id and a mode")
         session = self.registry.get(session_id)
         if session is None:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
+        if mode != "watch" and session.run_id is not None:
+            self.gate.audit(who, "refused", f"permission denied: {mode} {session_id}: a fleet run's part",
+                            session.worker)
+            raise OperatorError(ErrorKind.DENIED, f"permission denied: session {session_id} is a part of fleet run "
+                                                  f"{session.run_id}: it may be watched, not joined or resumed")
+        if mode == "resume" and not same_operator(session.identity, who):
+            self.gate.audit(who, "refused", f"permission denied: resume {session_id}: not the operator's own",
+                            session.worker)
+            raise OperatorError(ErrorKind.DENIED, f"session {session_id} is not yours: join it with the button")
         if mode == "watch":
             role, action = Role.WATCH, Action.WATCH
         elif session.owner is None:

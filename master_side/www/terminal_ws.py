@@ -529,7 +529,8 @@ class TerminalProtocol(WebSocketServerProtocol):
 
         @deferred
         async def attach() -> Handle | None:
-            handle, answer = await service.api.attach_anywhere(who, sink, session_id, mode)
+            # A reattach asks the other master to resume the user's own session only (it refuses anyone else's).
+            handle, answer = await service.api.attach_anywhere(who, sink, session_id, "resume" if reattach else mode)
             if reattach and isinstance(handle, RoutedHandle) and handle.routed.role != "owner":
                 sink.drop()
                 _leave(handle)
