@@ -192,9 +192,9 @@ class SessionRecorder:
     def input(self, data: bytes, hidden: bool, flush: bool = True,
               recorded: Callable[[], None] | None = None) -> None:
         """`flush` False: the event is written with the next event's (the relay records a keystroke's echo right
-        after it, before relaying either): one write instead of two. Hidden input and a bulk stream's are written
-        as they always are. `recorded`: called once the input is recorded, here, or later for a bulk chunk written
-        behind (the class's docstring)."""
+        after it, before relaying either): one write instead of two; hidden input and a bulk stream's ignore it.
+        `recorded`: called once the input is recorded, here, or later for a bulk stream's chunk written behind on
+        the writing thread (the class's docstring)."""
         if hidden:
             self._hidden(data)
         else:

@@ -43,6 +43,7 @@ from master_side.cluster.stream import (
     check_token,
     to_operator_side,
 )
+from master_side.cluster.verify import disputes_of
 from master_side.sessions.model import LateEvent
 from master_side.sessions.session import FlushingSink
 from slaveshell.plumbing.deferreds import deferred
@@ -306,7 +307,7 @@ class RoutedView:
         if self.ended or self.detached:
             return
         if self.detach_on_lost:
-            self.detach()  # a watcher's or joiner's: their leaving
+            self.detach()  # the owner's: kept on B (a watcher's or joiner's detach is their leaving)
         else:
             self.close()
 
@@ -537,7 +538,7 @@ class Relays:
             listings = await self.link.site(fresh=True)
         except ClusterUnavailable:
             return {}, []
-        disputes = [d.why for listing in listings for d in listing.disputed if d.worker == worker]
+        disputes = [d.why for d in disputes_of(listings, worker)]
         return ({listing.master: any(w.get("registered") is True for w in listing.workers if w.get("name") == worker)
                  for listing in listings if any(w.get("name") == worker for w in listing.workers)}, disputes)
 
