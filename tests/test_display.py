@@ -152,7 +152,7 @@ def session_row(sid: str, worker: str, operator: str, viewer: str) -> dict[str, 
 
 @given(st.lists(st.tuples(untrusted, untrusted, untrusted), min_size=1, max_size=4))
 def test_workers_table_stays_a_table(monkeypatch, rows):
-    text = run_cli(monkeypatch, [worker_row(*r) for r in rows], cli.cmd_workers)
+    text = run_cli(monkeypatch, [worker_row(*r) for r in rows], cli.cmd_workers, include_offline=False)
     header = text.splitlines()[0]
     assert header.startswith("WORKER ")
     assert_table_shown_intact(text, header, separators_of(20, 12, 6, 6, 8))
@@ -197,7 +197,7 @@ def test_json_output_is_exact_and_inert(monkeypatch, rows):
     monkeypatch.setattr(cli, "call_master", lambda *a, **k: {"rows": workers})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        cli.cmd_workers(argparse.Namespace(socket="/x", master=None, json=True))
+        cli.cmd_workers(argparse.Namespace(socket="/x", master=None, json=True, include_offline=False))
     text = out.getvalue()
     assert all(" " <= char <= "~" or char == "\n" for char in text)  # ensure_ascii: controls escaped
     assert json.loads(text) == workers
