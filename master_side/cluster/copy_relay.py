@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from master_side.cluster.config import session_uri, worker_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.relay import WAITING_OPEN, Relays, RoutedRecord, abandon, outcome_of
+from master_side.cluster.relay import WAITING_OPEN, Relays, RoutedRecord, abandon, answer_late, outcome_of
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
 from slaveshell.plumbing.deferreds import deferred
@@ -323,9 +323,7 @@ class RoutedTransfers:
         for transfer in list(self.live.values()):
             starting = transfer.starting
             if not transfer.answered and starting is not None:
-                late = (now - transfer.heard_at > DEAD) if transfer.waited else \
-                    (now - transfer.created > self._open_timeout())
-                if late:
+                if answer_late(now, transfer.waited, transfer.heard_at, transfer.created, self._open_timeout()):
                     transfer.gave_up = True
                     starting.cancel()
                 continue

@@ -550,9 +550,7 @@ class Relays:
         for view in list(self.views.values()):
             opening = view.opening
             if not view.answered and opening is not None:
-                # A worker's open takes at most the open timeout; one that waits (B said so) as long as B is heard.
-                late = (now - view.heard_at > DEAD) if view.waited else (now - view.created > self._open_timeout())
-                if late:
+                if answer_late(now, view.waited, view.heard_at, view.created, self._open_timeout()):
                     view.gave_up = True
                     opening.cancel()
                 continue
@@ -567,6 +565,12 @@ class Relays:
                 view.end(f"master {visible(view.master)} stopped answering")
             elif now - view.sent_at >= PING:
                 view.ping()
+
+
+def answer_late(now: float, waited: bool, heard_at: float, created: float, timeout: float) -> bool:
+    """Whether B's answer to an open or a copy is late: a worker's open takes at most `timeout` seconds; one that B
+    said waits (its moderators' approval, a build's hold) as long as B is heard (DEAD)."""
+    return now - heard_at > DEAD if waited else now - created > timeout
 
 
 def abandon(reactor: Any, call: Callable[[], defer.Deferred[Any] | None]) -> None:
