@@ -388,6 +388,35 @@ def test_a_full_disk_under_input_written_behind_fails_the_recording_and_keeps_th
     assert rec.attachment.size == 5000
 
 
+def test_a_failure_whose_handler_ends_the_session_mid_settle_keeps_the_acknowledgements_in_order(tmp_path):
+    # The session's error handler ends the session, whose end drains and settles the recorder again while the
+    # failed chunk is being settled: each chunk is still acknowledged once and in order, the handler told once.
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    told = []
+
+    def ended_by_the_session(error):
+        told.append(error)
+        rec.end(Ended())
+
+    rec.on_error = ended_by_the_session
+    recorded = []
+    rec.input(b"a" * 5000, hidden=False, recorded=lambda: recorded.append(1))
+    reactor.run_when(1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    for n in (2, 3, 4):
+        rec.input(bytes([96 + n]) * 5000, hidden=False, recorded=lambda n=n: recorded.append(n))
+    reactor.run_when(3)
+    assert recorded == [1, 2, 3, 4]
+    assert len(told) == 1 and "No space left" in str(told[0])
+    assert len(index.ends) == 1  # ended once, after the chunks were settled
+    assert [(e.code, e.data) for e in events(rec.path)][:1] == [("a", "0 0 5000")]
+    assert not any(e.code == "a" and e.data != "0 0 5000" for e in events(rec.path))
+
+
 def test_the_relay_returns_piped_inputs_credit_only_once_the_recorder_says_it_is_recorded():
     s, owner, to_op, to_w = session(pty=False)
 
