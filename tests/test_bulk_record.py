@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -415,6 +416,41 @@ def test_a_failure_whose_handler_ends_the_session_mid_settle_keeps_the_acknowled
     assert len(index.ends) == 1  # ended once, after the chunks were settled
     assert [(e.code, e.data) for e in events(rec.path)][:1] == [("a", "0 0 5000")]
     assert not any(e.code == "a" and e.data != "0 0 5000" for e in events(rec.path))
+
+
+def test_a_session_waits_for_its_own_input_written_behind_not_for_a_stuck_sessions(tmp_path):
+    # Session B's attachment writes into a pipe nobody reads (a disk that does not answer): its chunks stay in
+    # flight. Session A's next event waits only for A's own chunk, which is written meanwhile.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rec_a, _ = bulk_recorder(tmp_path / "a")
+    rec_b, _ = bulk_recorder(tmp_path / "b")
+    for rec in (rec_a, rec_b):
+        rec.call_in_reactor = Reactor().call
+    rec_b.input(b"b" * 10_000, hidden=False, recorded=lambda: None)  # creates B's attachment
+    rec_b._drain()
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, rec_b.attachment._fd)
+    os.close(write_end)
+    stuck = b"B" * 300_000  # more than a pipe holds
+    for _ in range(3):
+        rec_b.input(stuck, hidden=False, recorded=lambda: None)
+    reader = open(read_end, "rb", buffering=0)
+    unblock = threading.Timer(60, reader.close)  # else, were A to wait for B, it would wait forever
+    unblock.start()
+    try:
+        recorded = []
+        rec_a.input(os.urandom(200_000), hidden=False, recorded=lambda: recorded.append("a"))
+        rec_a.output(b"after")  # waits for A's chunk only
+        b_in_flight = [not behind.write.done() for behind in rec_b._behind]
+    finally:
+        unblock.cancel()
+        reader.close()  # B's writes fail now (EPIPE), B's own recording fails
+    assert recorded == ["a"]
+    assert [(e.code, e.data) for e in events(rec_a.path)] == [("a", "0 0 200000"), ("o", "after")]
+    assert all(b_in_flight)
+    rec_b._drain()
+    assert rec_b.failed is not None
 
 
 def test_the_relay_returns_piped_inputs_credit_only_once_the_recorder_says_it_is_recorded():
