@@ -194,3 +194,32 @@ def test_a_runs_parts_wait_for_a_free_approval_place_behind_the_operators_own_re
     for worker in ("m1", "m2", "m3"):
         fleet.end(worker)
     assert r.finished and all(o.state is State.OK for o in fleet.outcomes)
+
+
+def test_an_approved_part_whose_open_is_refused_after_its_approval_is_audited_unused() -> None:
+    """The policy changed while the approved part waited for its place (a reconfig took the run right away): the
+    open is refused, audited, and the approval is said not used."""
+    from types import SimpleNamespace
+
+    from master_side.holds.step import Holds
+    from master_side.operators.api import OperatorAPI
+
+    events: list[tuple[str, str, str]] = []
+    refused: list[str] = []
+    trail = SimpleNamespace(master_name="host:/srv/master",
+                            refused=lambda who, worker, message: refused.append(message),
+                            approval=lambda kind, worker, who, detail, record_id=None: events.append(
+                                (kind, who.user, detail)))
+    registry = SimpleNamespace(limits=None)
+    api = OperatorAPI(registry, None, None, lambda: trail, lambda: None, Holds())  # type: ignore[arg-type]
+    api.policy = Policy([Rule(users=["bob"], rights=["watch"])])  # alice's run right is gone
+    fleet = Fleet()
+    sink = RunSink(FleetRun("run1", ALICE, ["m1"], Command("touch x"), 1, None, fleet.opener, task.Clock(), fleet),
+                   "m1")
+    d = api.open(ALICE, OpenRequest(worker="m1", pty=False, command="touch x"), sink, "run1", "fleet run run1",
+                 None, approval("m1"))
+    failures: list = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].value.kind is ErrorKind.DENIED
+    assert events == [("approval-unused", "alice", "request r-m1 of alice on m1, run: approved by bob, not used: "
+                                                   "the session did not open: " + failures[0].value.message)]
