@@ -635,3 +635,49 @@ def test_a_records_a_routed_open_before_it_serves_what_b_sent_first() -> None:
     view = site.routed(Sink())
     assert view is not None
     assert order == ["record open of a login shell routed to master B: session s1 opened there", "output hello "]
+
+
+def test_a_session_that_b_opened_and_that_ended_before_its_answer_is_recorded_so_on_a_and_not_opened_again() -> None:
+    """B opens the session, and it ends before B's answer reaches A (a quick command): A's `routed` event names
+    B's session and says it ended, and A's open gives the (ended) session, so no caller opens it again here."""
+    site = Site()
+    records: list[tuple[str | None, str]] = []
+    site.relays.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+
+    def quick(who: Identity, request: OpenRequest, sink: RouterSink) -> FakeView:
+        view = Site.open(site, who, request, sink)
+        sink.exit(ExitStatus(code=3))
+        return view
+
+    site.served._opener = quick  # type: ignore[assignment]
+    sink = OperatorSink()
+    view = site.routed(sink)
+    assert view is not None and view.ended and view.session_id == "s1"
+    assert records == [("s1", "open of a login shell routed to master B: session s1 opened there, then it ended "
+                              "there before its answer came (exit code 3)")]
+    assert sink.out == [("output", b"hello "), ("exit", ExitStatus(code=3))]
+
+
+def test_a_session_b_opened_after_the_operator_left_is_recorded_with_its_id_and_refused_stopped() -> None:
+    site = Site()
+    records: list[tuple[str | None, str]] = []
+    site.relays.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+    answer: defer.Deferred[object] = defer.Deferred()
+    opened: list[RouterSink] = []
+
+    def slow(who: Identity, request: OpenRequest, sink: RouterSink) -> defer.Deferred[object]:
+        opened.append(sink)
+        return answer
+
+    site.served._opener = slow  # type: ignore[assignment]
+    sink = OperatorSink()
+    d = site.relays.open(ALICE, OpenRequest(worker="b1"), sink)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    for leave in sink.disconnects:
+        leave()  # the operator leaves while B opens
+    answer.callback(FakeView(ALICE, opened[0]))
+    site.clock.advance(0)
+    assert failures and isinstance(failures[0].value, Refused) and failures[0].value.kind == "stopped"
+    assert records == [("s1", "open of a login shell routed to master B: session s1 opened there, then the "
+                              "operator had left before its answer came (that master ends it)")]

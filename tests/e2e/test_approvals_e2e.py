@@ -345,3 +345,55 @@ def test_a_runs_part_denied_is_refused_and_ctrl_c_withdraws_what_waits(box: Sand
     assert client.end(timeout=30) != 0
     assert kinds(box, request, "approval-withdrawn")[-1][2] == "root"
     assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-interrupted"))
+
+
+def test_a_runs_part_past_the_operators_bound_waits_for_a_free_place_then_asks(box: Sandbox, tmp_path) -> None:
+    """root already waits for two approvals (the bound here): their own command, and a copy. A run on m1 is not
+    refused: its part waits for a free place, saying so, and asks once the copy is withdrawn (Ctrl-C)."""
+    marker = os.path.join(box.root, "allowed", "own-command")
+    own = Waiting(shell_argv() + ["--socket", box.socket, "m1", "--", "touch", marker])
+    own.asked()
+    source = tmp_path / "place.txt"
+    source.write_text("p\n")
+    copy = cp(box, str(source), f"m1:{box.root}/allowed/place")
+    copy.asked()
+    refusals = len(events(box, "approvals refused: "))
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--workers", "m1", "--",
+                      "touch", "ran-after-a-place"])
+    assert wait_until(lambda: "its approval request waits for a free place" in client.err, 30), client.err
+    assert ("slaveshell run: m1: worker m1 is moderated: its approval request waits for a free place (root already "
+            "waits for 2 approvals (the master's limit per operator)); it is asked as soon as one of those is "
+            "approved, denied, withdrawn or expires" in client.err), client.err
+    time.sleep(1)
+    assert client.process.poll() is None and "refused" not in client.out, client.out
+    assert len([r for r in listed(box, LEAD) if r["operator"] == "root"]) == 2  # the bound holds
+    copy.process.send_signal(signal.SIGINT)
+    assert copy.end() == 130
+    request = client.asked()  # asked now, in the copy's place
+    (row,) = [r for r in listed(box, LEAD) if r["id"] == request]
+    assert row["kind"] == "run" and str(row["what"]).endswith(", command: touch ran-after-a-place")
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert client.end() == 0, client.out + client.err
+    assert os.path.exists(os.path.join(box.worker_dir("m1"), "ran-after-a-place"))
+    assert len(events(box, "approvals refused: ")) == refusals  # no part refused past the bound
+    own.process.send_signal(signal.SIGINT)
+    assert own.end() != 0
+    assert not os.path.exists(marker)
+
+
+def test_a_part_approved_then_interrupted_before_it_opened_is_audited_unused(box: Sandbox) -> None:
+    """`--batch 1`: m2 runs (sleeps) in the batch's one place while m1's part is approved and waits for it; Ctrl-C
+    then ends the run: m1 never opened, and the audit index says its approval was not used."""
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--batch", "1", "--",
+                      "sleep", "120"])
+    request = client.asked()
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert wait_until(lambda: [k for k, *_ in events(box, f"request {request}")][-1:] == ["approved"], 20)
+    client.process.send_signal(signal.SIGINT)
+    assert client.end(timeout=60) != 0
+    trail = kinds(box, request, "approval-unused")
+    assert [k for k, *_ in trail] == ["approval-asked", "approved", "approval-unused"]
+    kind, session, operator, detail = trail[-1]
+    assert operator == "root" and not session
+    assert detail == (f"request {request} of root on m1, run: approved by {LEAD}, not used: the run was interrupted "
+                      "before the part opened")
