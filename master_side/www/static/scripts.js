@@ -575,7 +575,7 @@
             typing = m.role !== "watch";
             target = { id: m.id, mode: typing ? "attach" : "watch" };
             var here = "#/slaveshell/session/" + encodeURIComponent(m.id) + "/" + target.mode;
-            if (window.location.hash !== here) window.history.replaceState(window.history.state, "", here);
+            showAddress(here);
             // A resumed session takes this page's size.
             if (m.role === "owner") send({ type: "resize", cols: term.cols, rows: term.rows });
             note({ worker: String(m.worker), id: String(m.id), opened: true,
@@ -679,28 +679,46 @@
       h("div", { ref: box, className: "slaveshell-terminal", style: empty ? { display: "none" } : null }));
   }
 
-  // The route's element is made once: follow the address ourselves, so that going from one session's address
-  // to another's (or from watching to typing) changes the page.
-  function useHash() {
-    var st = React.useState(window.location.hash);
-    React.useEffect(function () {
-      function changed() { st[1](window.location.hash); }
-      window.addEventListener("hashchange", changed);
-      return function () { window.removeEventListener("hashchange", changed); };
-    }, []);
-    return st[0];
+  // The page's address, followed whichever way it changes. The route's element is made once, and Buildbot's router
+  // does not see every change: a link of another page or script that changes the address by history.pushState
+  // (as a client-side router's links do) fires neither popstate nor hashchange. Each change of address (typed,
+  // followed, pushed, back and forward, or the same address again) is a visit: a number that changes, for a
+  // terminal's key, so that the address reached shows a fresh terminal (its old socket closed) as loading it
+  // did, never the previous session's screen. The address a terminal shows once open (`showAddress`) is no visit.
+  // Where the browser has the Navigation API (Chromium, and the others since 2025-2026) its currententrychange
+  // tells every change, pushState's included; elsewhere the router's location (its own navigations), popstate
+  // (Chromium and Firefox fire it even to the same address) and a hashchange to another address than the last
+  // visit's (not the one that brought the page here, which comes after it) do.
+  var showingAddress = false;
+  function showAddress(here) {
+    if (window.location.hash === here) return;
+    showingAddress = true;
+    try { window.history.replaceState(window.history.state, "", here); } finally { showingAddress = false; }
   }
-
-  // Each time the address is gone to (typed, followed, or the same one again): a number that changes, for a
-  // terminal's key, so that its address reached again shows a fresh terminal as the first visit did, not the
-  // previous session's screen. The address a terminal shows once open (history.replaceState) is no visit; a
-  // browser tells a visit by popstate (Chromium and Firefox, even to the same address), else by a hashchange
-  // to another address than the last visit's (not the one that brought the page here, which comes after it).
-  function useVisit() {
+  function navigationApi() {
+    var nav = window.navigation;
+    return nav && typeof nav.addEventListener === "function" ? nav : null;
+  }
+  // The router's location when the page is in Buildbot's router (its key changes at each of its navigations), else
+  // null. Whether it is stays the same for a component's life: the hook is called always or never.
+  var routerHooks = window.ReactRouterDOM && typeof ReactRouterDOM.useLocation === "function" &&
+    typeof ReactRouterDOM.useInRouterContext === "function" ? ReactRouterDOM : null;
+  function useRouterLocation() {
+    if (!routerHooks || !routerHooks.useInRouterContext()) return null;
+    return routerHooks.useLocation();
+  }
+  function useAddress() {
     var st = React.useState(0);
+    var routed = useRouterLocation();
     React.useEffect(function () {
       var popped = false, seen = window.location.hash;
       function visit() { seen = window.location.hash; st[1](function (n) { return n + 1; }); }
+      var nav = navigationApi();
+      if (nav) {
+        var changed = function () { if (!showingAddress) visit(); };
+        nav.addEventListener("currententrychange", changed);
+        return function () { nav.removeEventListener("currententrychange", changed); };
+      }
       function popstate() { popped = true; visit(); }
       function hashchange() { if (!popped && window.location.hash !== seen) visit(); popped = false; }
       window.addEventListener("popstate", popstate);
@@ -710,25 +728,40 @@
         window.removeEventListener("hashchange", hashchange);
       };
     }, []);
-    return st[0];
+    // With the Navigation API the router's navigations are visits already (its pushState): its key would only
+    // count one twice in the key, which changes once all the same.
+    return { hash: window.location.hash, visit: st[0] + ":" + (routed && !navigationApi() ? routed.key : "") };
   }
+  function useHash() { return useAddress().hash; }
 
   function fromAddress(text) {
     try { return decodeURIComponent(text); } catch (e) { return text; } // a malformed %-escape: as it is
   }
 
-  function TerminalPage() {
-    var visit = useVisit();
-    var match = /\/slaveshell\/terminal\/([^/?]+)/.exec(window.location.hash);
-    var worker = match ? fromAddress(match[1]) : "";
-    return h(TerminalView, { worker: worker, key: "w:" + worker + ":" + visit });
+  // A terminal's address, new (#/slaveshell/terminal/<worker>) or a session's (#/slaveshell/session/<id>/<mode>),
+  // or null for another address.
+  function terminalAddress(hash) {
+    var match = /^#\/slaveshell\/terminal\/([^/?]+)/.exec(hash);
+    if (match) return { worker: fromAddress(match[1]) };
+    match = /^#\/slaveshell\/session\/([^/?]+)\/(attach|watch)/.exec(hash);
+    if (match) return { sessionId: fromAddress(match[1]), mode: match[2] };
+    return null;
   }
 
-  function SessionPage() {
-    var visit = useVisit();
-    var match = /\/slaveshell\/session\/([^/?]+)\/(attach|watch)/.exec(window.location.hash);
-    var id = match ? fromAddress(match[1]) : "", mode = match ? match[2] : "watch";
-    return h(TerminalView, { sessionId: id, mode: mode, key: "s:" + id + "/" + mode + ":" + visit });
+  // Both terminal routes: whichever terminal address the page is at now (a pushState may have gone from one form
+  // to the other without the router), a fresh view at each visit. At another address that the router has not
+  // followed, the terminal is left (its socket closed) and the router is told to go there.
+  function TerminalRoute() {
+    var address = useAddress();
+    var at = terminalAddress(address.hash);
+    var navigate = routerHooks && routerHooks.useInRouterContext() ? routerHooks.useNavigate() : null;
+    React.useEffect(function () {
+      if (!at && navigate && /^#\//.test(window.location.hash)) navigate(window.location.hash.slice(1), { replace: true });
+    }, [at === null, address.visit]);
+    if (!at) return null;
+    if (at.worker !== undefined) return h(TerminalView, { worker: at.worker, key: "w:" + at.worker + ":" + address.visit });
+    return h(TerminalView, { sessionId: at.sessionId, mode: at.mode,
+      key: "s:" + at.sessionId + "/" + at.mode + ":" + address.visit });
   }
 
   // A socket for questions (master_side/www/lists.py): onReady(send) once open; each JSON answer, with the
@@ -1746,7 +1779,7 @@
     reg.registerRoute({ route: "slaveshell/fleet", group: "slaveshell", element: function () { return h(FleetPage); } });
     reg.registerRoute({
       route: "slaveshell/terminal/:worker", group: "slaveshell",
-      element: function () { return h(TerminalPage); },
+      element: function () { return h(TerminalRoute); },
     });
     reg.registerRoute({
       route: "slaveshell/build/:build", group: "slaveshell",
@@ -1766,7 +1799,7 @@
     });
     reg.registerRoute({
       route: "slaveshell/session/:id/:mode", group: "slaveshell",
-      element: function () { return h(SessionPage); },
+      element: function () { return h(TerminalRoute); },
     });
   });
 })();
