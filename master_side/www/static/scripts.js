@@ -135,8 +135,9 @@
   function workerView(name) { return "#/slaveshell/worker/" + encodeURIComponent(name); }
   function isId(n) { return typeof n === "number" && Number.isInteger(n) && n >= 0; }
 
-  // Which master of a multi-master site holds a worker (lists.py's "master", "here", "masters"), as
-  // `slaveshell workers` says it; empty on a site of one master.
+  // Which master of a multi-master site holds a worker (lists.py's "master", "here", "masters"; for one no master
+  // holds, the last that did or those it is configured on), as `slaveshell workers` says it
+  // (slaveshell/client/labels.py); empty on a site of one master.
   function masterText(w) {
     var masters = Array.isArray(w.masters) ? w.masters : [];
     var disputed = Array.isArray(w.disputed) ? w.disputed : [];
@@ -144,7 +145,12 @@
     if (masters.length > 1) return printable("on " + masters.length + " masters: " + masters.join(", "));
     if (!w.master) {
       if (disputed.length) return printable("disputed: " + claimers + " (not routed): " + disputed[0].why);
-      return w.site ? "nowhere" : "";
+      if (!w.site) return "";
+      if (w.stale) return "nowhere (stale db row)";
+      var configured = Array.isArray(w.configured_on) ? w.configured_on : [];
+      if (typeof w.last_master === "string" && w.last_master) return printable("offline (last on " + w.last_master + ")");
+      if (configured.length) return printable("offline (configured: " + configured.join(", ") + ")");
+      return "nowhere";
     }
     return printable((w.here ? "here (master " + w.master + ")" : "on master " + w.master) +
       (disputed.length ? " (also claimed by " + claimers + ": disputed)" : ""));
@@ -212,11 +218,12 @@
   }
 
   // One socket that asks for the lists of the fleet page (workers, live sessions, requests waiting for an
-  // approval), then closes.
-  function askLists(onAnswer) {
+  // approval), then closes. `includeOffline`: the site's workers no master holds now too (`slaveshell workers
+  // --include-offline`).
+  function askLists(onAnswer, includeOffline) {
     var got = {}, cancel = null;
     cancel = questions(function (send) {
-      send({ type: "workers" });
+      send(includeOffline ? { type: "workers", include_offline: true } : { type: "workers" });
       send({ type: "sessions" });
       send({ type: "approvals" });
     }, function (m) {
@@ -365,6 +372,13 @@
     var state = st[0], setState = st[1];
     var reloads = React.useState({ n: 0, decided: "" }), reloaded = reloads[0], setReloaded = reloads[1];
     function reload(decided) { setReloaded(function (o) { return { n: o.n + 1, decided: decided }; }); }
+    // The site's offline workers too (`slaveshell workers --include-offline`): asked of the master, which lists
+    // them from the shared database; kept in the address (?offline), so that a reload or a link keeps it.
+    var includeOffline = /[?&]offline(=1)?(&|$)/.test(window.location.hash);
+    function setIncludeOffline(on) {
+      window.history.replaceState(window.history.state, "", on ? "#/slaveshell?offline=1" : "#/slaveshell");
+      reload("");
+    }
     React.useEffect(function () {
       var cancel = null, timer = null, live = true;
       setTitle("Workers");
@@ -374,11 +388,11 @@
           if (!live) return;
           setState({ lists: lists, error: error, login: !!login });
           if (!error) timer = setTimeout(load, 5000);
-        });
+        }, includeOffline);
       }
       load();
       return function () { live = false; clearTimeout(timer); if (cancel) cancel(); };
-    }, [reloaded.n]);
+    }, [reloaded.n, includeOffline]);
     var blocked = blockedNotice();
     if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) {
@@ -387,8 +401,14 @@
           state.login ? h(LoginAgain) : null));
     }
     if (!state.lists) return h("div", { className: "slaveshell-page" }, "Loading the workers...");
-    // The Master column on a multi-master site only.
+    // The Master column, and the switch for the offline workers, on a multi-master site only (a site of one master
+    // lists every worker configured on it, attached or not).
     var multi = state.lists.workers.some(function (w) { return w.site; });
+    var offlineSwitch = multi || includeOffline ? h("label", { className: "slaveshell-include-offline-label",
+      style: { marginLeft: "1em" } }, h("input", { type: "checkbox", className: "slaveshell-include-offline",
+        checked: includeOffline, style: { marginRight: "0.3em" },
+        onChange: function (e) { setIncludeOffline(e.target.checked); } }),
+      "Include offline workers (no master holds them now)") : null;
     var rows = state.lists.workers.map(function (w) {
       var ready = w.allowed && w.connected && w.shell;
       var why = !w.allowed ? "not allowed" : !w.connected ? "not connected" : !w.shell ? "no slaveshell" : "";
@@ -414,7 +434,8 @@
         onClick: function () { go("#/slaveshell/history"); } }, "History and replay"), " ",
         h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-fleet-link", href: "#/slaveshell/fleet" },
           "Fleet: run a command, facts")),
-      state.lists.workers.length === 0 ? null : h("div", { style: { marginBottom: "0.5em" } }, h(ReasonField)),
+      state.lists.workers.length === 0 && !offlineSwitch ? null : h("div", { style: { marginBottom: "0.5em" } },
+        state.lists.workers.length === 0 ? null : h(ReasonField), offlineSwitch),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
@@ -1524,7 +1545,8 @@
         var got = {}, withHistory = first;
         first = false;
         cancel = questions(function (send) {
-          send({ type: "workers" });
+          // An offline worker of the site too (linked from the list with its offline workers).
+          send({ type: "workers", include_offline: true });
           send({ type: "sessions" });
           if (withHistory) send({ type: "history", worker: name, limit: 20 });
         }, function (m) {
@@ -1586,7 +1608,7 @@
     else history = h(HistoryTable, { rows: past.rows });
     return h("div", { className: "slaveshell-page slaveshell-worker-view", "data-worker": name }, heading,
       h("p", { className: "slaveshell-worker-state" },
-        (w.connected ? "Connected" : "Not connected") + (w.master || (Array.isArray(w.disputed) && w.disputed.length) ? " (" + masterText(w) + ")" : "") + ", " +
+        (w.connected ? "Connected" : "Not connected") + (masterText(w) ? " (" + masterText(w) + ")" : "") + ", " +
           String(w.sessions) + " live session" + (w.sessions === 1 ? "" : "s") + ". ",
         isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
           "Buildbot's page for this worker") : null),
