@@ -950,7 +950,9 @@
         h("td", { className: "slaveshell-run-state slaveshell-state-" + state.replace(/ /g, "-") }, printable(state)),
         h("td", null, elapsed === null || elapsed === undefined ? "" : elapsed.toFixed(elapsed < 10 ? 2 : 1) + " s"),
         h("td", null, o && o.exit_status !== null && o.exit_status !== undefined ? String(o.exit_status) : ""),
-        h("td", { className: "slaveshell-last-line" }, printable(o && o.reason && !r.last_line ? o.reason : r.last_line || "")),
+        h("td", { className: "slaveshell-last-line" }, !o && !r.last_line && r.note
+          ? h("span", { className: "slaveshell-run-note" }, printable(r.note))
+          : printable(o && o.reason && !r.last_line ? o.reason : r.last_line || "")),
         h("td", null, (o && o.session) || r.session ? h("a", { className: "slaveshell-transcript",
           href: replayHref((o && o.session) || r.session) }, "transcript") : null));
     });
@@ -1060,8 +1062,11 @@
         } else if (m.type === "progress") {
           r.rows = Object.assign({}, r.rows);
           var old = r.rows[m.worker] || {};
+          // `note`: why the part waits before it starts (a four-eyes worker's request waiting for a moderator's
+          // approval, in the words of the master that holds the worker), until it starts.
           r.rows[m.worker] = { phase: m.phase, session: m.session || old.session, elapsed: m.elapsed, at: Date.now(),
-            last_line: m.last_line || old.last_line || "", outcome: m.outcome || old.outcome };
+            last_line: m.last_line || old.last_line || "", outcome: m.outcome || old.outcome,
+            note: typeof m.note === "string" ? m.note : m.phase === old.phase ? old.note : "" };
           if (r.order.indexOf(m.worker) < 0) r.order = r.order.concat([m.worker]);
           if (m.outcome && m.outcome.lines && m.outcome.digest) {
             r.outputs = Object.assign({}, r.outputs);
