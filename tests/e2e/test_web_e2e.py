@@ -970,14 +970,23 @@ def test_a_build_released_elsewhere_is_shown_released(browser: Any, site: Sandbo
     page.context.close()
 
 
-def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(browser: Any, site: Sandbox) -> None:
+# A browser without the Navigation API (window.navigation), as Firefox and Safari were before 2025-2026.
+NO_NAVIGATION_API = "Object.defineProperty(window, 'navigation', {value: undefined, configurable: true});"
+
+
+@pytest.mark.parametrize("navigation_api", [True, False], ids=["navigation-api", "without-navigation-api"])
+def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(browser: Any, site: Sandbox,
+                                                                                navigation_api: bool) -> None:
     """The terminal's address reached again (typed or followed again, while its session runs or after it
     ended) shows what the first visit showed: a terminal not yet opened and its Open button, not the old
-    session's screen."""
+    session's screen; in a browser with the Navigation API and in one without."""
     context = login(browser, site, "alice")
+    if not navigation_api:
+        context.add_init_script(NO_NAVIGATION_API)
     page = context.new_page()
     address = site.url + "#/slaveshell/terminal/w1"
     open_terminal(page, site)
+    assert page.evaluate("() => !!window.navigation") is navigation_api
     run(page, "echo first-$((6*7))", "first-42")
     first = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
     page.keyboard.type("exit 4")
@@ -1110,6 +1119,18 @@ def test_a_pushstate_link_to_another_terminal_address_shows_that_address_fresh(b
                                    "s === window.slaveshellSocket).length") == 0, "the terminal's socket closed")
     wait_for(lambda: live_sessions(site).get(second, {}).get("state") == "detached", "session B detached once more")
     shot(page, "pushstate-history.png")
+    # carol may only watch: from watching B, a pushed link to B's attach address asks her first, as loading it
+    # does, and the policy refuses her.
+    carol = login(browser, site, "carol").new_page()
+    carol.goto(site.url + f"#/slaveshell/session/{second}/watch")
+    wait_status(carol, "^watching")
+    wait_for(lambda: "typed-in-b-5" in screen(carol), "B's output for carol")
+    push_link(carol, f"#/slaveshell/session/{second}/attach")
+    wait_status(carol, "^click")
+    assert carol.locator("button.slaveshell-start").inner_text() == f"Join session {second}"
+    carol.locator("button.slaveshell-start").click()
+    assert "permission denied" in wait_status(carol, "^refused")
+    carol.context.close()
     for session in (first, second):
         subprocess.run([sys.executable, "-m", "slaveshell.cli", "kill", "--socket", site.socket, session],
                        capture_output=True, text=True, timeout=60)
