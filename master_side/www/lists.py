@@ -8,12 +8,15 @@ gives the ``shell`` right on its worker (who may open a shell in it or release i
 `answer(kind, message, ...)` gives a Deferred of ``(json_message, binary_or_None)``; the binary part (a
 transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
 
-- ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
-  "workerid", "copy", "master", "here", "masters", "site"}]}`` (``workerid``: Buildbot's id of the worker, for its
-  page ``#/workers/<workerid>``, or null; ``copy``: whether the policy gives this web user the ``copy`` right
-  there, and the worker is attached to a master of the site (another master's policy decides there too, when the
-  copy starts); on a multi-master site, the workers the other masters hold too, with
-  where each is: `where`; ``allowed`` is this master's policy, the holder's decides when a session opens);
+- ``{"type": "workers", "include_offline": bool?}`` -> ``{"workers": [{"name", "connected", "shell", "paused",
+  "allowed", "sessions", "workerid", "copy", "master", "here", "masters", "site"}]}`` (``workerid``: Buildbot's id
+  of the worker, for its page ``#/workers/<workerid>``, or null; ``copy``: whether the policy gives this web user
+  the ``copy`` right there, and the worker is attached to a master of the site (another master's policy decides
+  there too, when the copy starts); on a multi-master site, the workers the other masters hold too, with where each
+  is: `where`; ``allowed`` is this master's policy, the holder's decides when a session opens; with
+  ``include_offline``, as ``slaveshell workers --include-offline``, also the site's workers no master holds now,
+  from the shared database: with the masters they are configured on and the last that held them. A site of one
+  master lists every worker configured on it, attached or not, either way);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
   "started", "own", "may_type", "viewers", "moderated_by", "held", "moderators"}]}`` (``viewers``: their names;
   for a four-eyes session, ``moderated_by``: the groups and web roles of its rule, else null; ``held``: whether
@@ -123,7 +126,10 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
                  info: UserInfo) -> Answer:
     api = service.api
     if kind == "workers":
-        workers = await site_workers(service, who)
+        include_offline = message.get("include_offline", False)
+        if not isinstance(include_offline, bool):
+            raise ProtocolError("include_offline is true or false")
+        workers = await site_workers(service, who, include_offline)
         gate = await access.shell_allowed(master, info, {str(w["name"]) for w in workers})
         ids = await buildbot_pages.worker_ids(master, gate)
         return {"type": "workers", "workers": [
