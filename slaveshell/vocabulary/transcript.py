@@ -149,16 +149,20 @@ _NOT_ESCAPED = bytes(c for c in range(256) if c not in _BYTE_ESCAPES)
 _MANY_ESCAPES = 8
 
 
-def _escaped(data: bytes, found: bytes | None = None) -> bytes:
-    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs (`found`, when
+def _kinds(found: bytes) -> list[int]:
+    """The bytes of _ESCAPE_ORDER that `found` holds, in that order: one memchr each (a set of `found` would
+    go through it byte by byte, and an escape-heavy chunk holds thousands of ESC, CR and LF)."""
+    return [byte for byte in _ESCAPE_ORDER if byte in found] if found else []
+
+
+def _escaped(data: bytes, kinds: list[int] | None = None) -> bytes:
+    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs (`kinds`, when
     already known), one replace each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8
     an ASCII byte is never part of another character."""
-    if found is None:
-        found = data.translate(None, _NOT_ESCAPED)
-    if found:
-        for byte in _ESCAPE_ORDER:
-            if byte in found:
-                data = data.replace(bytes((byte,)), _BYTE_ESCAPES[byte])
+    if kinds is None:
+        kinds = _kinds(data.translate(None, _NOT_ESCAPED))
+    for byte in kinds:
+        data = data.replace(bytes((byte,)), _BYTE_ESCAPES[byte])
     return data
 
 
@@ -177,10 +181,10 @@ def utf8_event_line(t: float, code: str, data: bytes) -> bytes:
     """`encode_event(t, code, data.decode("utf-8"))[0]`, UTF-8 encoded, for valid UTF-8 `data` (`t` and `code`
     as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; JSON's
     encoder instead when the chunk needs many kinds of escape."""
-    found = data.translate(None, _NOT_ESCAPED)
-    if len(found) > _MANY_ESCAPES and len(set(found)) > _MANY_ESCAPES:
+    kinds = _kinds(data.translate(None, _NOT_ESCAPED))
+    if len(kinds) > _MANY_ESCAPES:
         return _dumps([t, code, data.decode("utf-8")]).encode("utf-8")
-    escaped = _escaped(data, found)
+    escaped = _escaped(data, kinds)
     # Their last bytes, looked for first: one memchr each, where a search for the whole sequence is slowed by
     # every other character of the same lead bytes (the quotes U+2018, U+2019 that gcc prints).
     if not data.isascii() and (b"\x85" in data or b"\xa8" in data or b"\xa9" in data):
