@@ -82,3 +82,13 @@ def test_the_reference_is_asciicast_with_exact_bytes():
     assert json.loads(shown) == [1.0, "o", "\x1b[31m\u2028\ufffd"]
     assert b"\\u2028" in shown
     assert base64.b64decode(json.loads(exact)[2]) == data
+
+
+@given(kinds=st.integers(min_value=0, max_value=34), repeat=st.integers(min_value=1, max_value=300),
+       t=st.floats(min_value=0, max_value=1e7))
+def test_text_with_any_number_of_kinds_of_escape_is_what_the_reference_writes(kinds, repeat, t):
+    # UTF-8 with 0 to all 34 kinds of byte JSON escapes, each many times over (escape-heavy output: thousands of
+    # ESC, CR and LF in a chunk), on both sides of the count where JSON's own encoder takes over.
+    escaped = [c for c in range(128) if chr(c) in json.encoder.ESCAPE_DCT][:kinds]
+    data = ("\u2018é\u2019".encode() + bytes(escaped) + b"\x1b[0m ok\r\n") * repeat
+    assert CastEncoder().output_encoded(t, data) == RefOutput().lines(t, data)
