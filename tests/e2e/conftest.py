@@ -91,14 +91,21 @@ def cluster(shared_site: SharedSite) -> Site:
     return shared_site.get()
 
 
+def _uses_shared_site(item: pytest.Item) -> bool:
+    return "shared_site" in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """The shared site is stopped once no later test asks for it: its processes do not idle through the rest of
-    the session (nor through the database outage test)."""
+    """The shared site is stopped after the last test of the session that asks for it (the modules between that do
+    not ask for it leave it running): its processes do not idle through the rest of the session (nor through the
+    database outage test)."""
     yield
-    if _SHARED_SITE.running and "shared_site" in getattr(item, "fixturenames", ()) and (
-            nextitem is None or "shared_site" not in getattr(nextitem, "fixturenames", ())):
-        _SHARED_SITE.stop()
+    if _SHARED_SITE.running and _uses_shared_site(item):
+        items = item.session.items
+        later = items[items.index(item) + 1:] if item in items else []
+        if not any(_uses_shared_site(i) for i in later):
+            _SHARED_SITE.stop()
 
 
 class Terminal:
