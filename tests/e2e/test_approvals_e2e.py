@@ -7,6 +7,7 @@ operator; every step in the audit index; the reporters asked for a moderator; ho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from .test_moderated_e2e import LEAD, LEADS, OPS, OUTSIDER, REPORTER, _ensure_us
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.getuid() != 0, reason="other local users need root")]
 
 WAIT = 45  # approval_wait of this master: seconds a request waits before it is refused
+SHORT_WAIT = 10  # approval_wait of the master of the test that waits for a request to expire
 ASKED = re.compile(r"worker m1 is moderated: request ([0-9a-f]{12}) waits for a moderator's approval "
                    rf"\(moderated_by: {LEADS}, root, with the watch right, not you: slaveshell approve \1\)")
 
@@ -47,9 +49,10 @@ def sink() -> Iterator[HttpSink]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def box(sink: HttpSink) -> Iterator[Sandbox]:
-    """m1 is moderated for root (the operator here), m2 is not; the leads moderate; everybody in OPS watches."""
+@contextlib.contextmanager
+def moderated_master(sink: HttpSink, wait: float, workers: tuple[str, ...] = ("m1", "m2")) -> Iterator[Sandbox]:
+    """m1 is moderated for root (the operator here), m2 is not; the leads moderate; everybody in OPS watches; a
+    request waits `wait` s (approval_wait) before it is refused."""
     _ensure_users()
     root = tempfile.mkdtemp(prefix="slaveshell-approvals-")
     os.chmod(root, 0o755)
@@ -60,9 +63,9 @@ def box(sink: HttpSink) -> Iterator[Sandbox]:
               f"dict(users=[0], workers=['m1'], moderated_by=[{LEADS!r}, 'root']), "
               "dict(users=[0], workers=['m2']), "
               f"dict(groups=[{OPS!r}], rights=['watch'])]")
-    dirs = ", ".join(repr(d) for d in (allowed, os.path.join(root, "worker-m1"), os.path.join(root, "worker-m2")))
-    sb = Sandbox(root, workers=["m1", "m2"], opt_in_args=f"allowed_dirs=[{dirs}]",
-                 service_kwargs=f"group={OPS!r}, {policy}, approval_wait={WAIT}, "
+    dirs = ", ".join(repr(d) for d in (allowed, *(os.path.join(root, f"worker-{w}") for w in workers)))
+    sb = Sandbox(root, workers=list(workers), opt_in_args=f"allowed_dirs=[{dirs}]",
+                 service_kwargs=f"group={OPS!r}, {policy}, approval_wait={wait}, "
                                 "max_pending_approvals_per_operator=2",
                  extra_config=REPORTER.format(hook=sink.url + "/hook").replace("workers=['m1']", "workers=['m1']"))
     sb.create()
@@ -73,6 +76,20 @@ def box(sink: HttpSink) -> Iterator[Sandbox]:
     finally:
         sb.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def box(sink: HttpSink) -> Iterator[Sandbox]:
+    with moderated_master(sink, WAIT) as sb:
+        yield sb
+
+
+@pytest.fixture
+def short_box(sink: HttpSink) -> Iterator[Sandbox]:
+    """The same master with m1 only, whose requests expire after SHORT_WAIT s: for the test that waits for one
+    to."""
+    with moderated_master(sink, SHORT_WAIT, ("m1",)) as sb:
+        yield sb
 
 
 class Waiting:
@@ -248,7 +265,8 @@ def test_a_command_waits_for_its_approval_and_hostile_text_is_listed_escaped(box
     assert next(r for r in json.loads(cli(box, "history", "--json").stdout) if r["id"] == session)["command"]
 
 
-def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(box: Sandbox, tmp_path) -> None:
+def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(short_box: Sandbox, tmp_path) -> None:
+    box = short_box
     source = tmp_path / "late.txt"
     source.write_text("late\n")
     dest = os.path.join(box.root, "allowed", "late.txt")
@@ -261,9 +279,9 @@ def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(box: Sandbox, tm
     assert withdrawn.end() == 130
     assert kinds(box, leaving, "approval-withdrawn")[-1][2] == "root"
     assert all(r["id"] != leaving for r in listed(box, LEAD))
-    assert late.end(timeout=WAIT + 60) == 1
-    assert time.monotonic() - started >= WAIT - 1
-    assert (f"slaveshell: request {expiring}: no moderator approved it within {WAIT} s (the master's limit)"
+    assert late.end(timeout=SHORT_WAIT + 60) == 1
+    assert time.monotonic() - started >= SHORT_WAIT - 1
+    assert (f"slaveshell: request {expiring}: no moderator approved it within {SHORT_WAIT} s (the master's limit)"
             in late.err), late.err
     assert not os.path.exists(dest)
     assert kinds(box, expiring, "approval-expired")[-1][2] == "root"
