@@ -194,8 +194,7 @@ class CopyClient:
         self._unacked += ENTRY_COST
 
     def _data(self, data: Data) -> None:
-        self._receiving().data(data.chunk)
-        self._unacked += len(data.chunk)
+        self._receiving().data(data.chunk)  # its credit went back when it was read (`read`)
 
     def _done_file(self, done: DoneFile) -> None:
         self._receiving().done_file(check_sha(done.sha256))
@@ -207,6 +206,17 @@ class CopyClient:
 
     def _result(self, result: Result) -> None:
         self._finish(result.ok, result.reason)
+
+    def read(self, frames: list[framing.Frame]) -> None:
+        """The frames of one read: the credit of their data goes back first, then they are taken (the file's
+        writes overlap the next bytes' way here; what this process holds stays one read), then the credit of
+        their entries. HopError when the master broke the framing."""
+        if self.receiver is not None and self.outcome is None:
+            self._unacked += sum(len(f.payload) for f in frames if f.type is FrameType.DATA)
+            self.flush_acks()
+        for frame in frames:
+            self.frame(frame)
+        self.flush_acks()
 
     def flush_acks(self) -> None:
         """Return the credit of what was received since the last call (one ack per read, not per chunk)."""
@@ -302,10 +312,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
 
     def readable() -> None:
         try:
-            frames = connection.receive()
-            for frame in frames:
-                client.frame(frame)
-            client.flush_acks()
+            client.read(connection.receive())
         except HopError as e:
             client.lost(e)
 
