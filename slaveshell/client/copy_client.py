@@ -50,6 +50,10 @@ RESULT_WAIT = 10.0
 READ_SIZE = 1024 * 1024
 # Seconds the last frames (an abort, a failed result) may take to leave at the end.
 LAST_WORDS = 2.0
+# An upload's DATA frame of at least this many bytes goes to the kernel at once; a smaller one (a small file's),
+# like an entry, a done_file and the finish, waits for the loop's next turn, joined with the others queued before
+# then (one write for many: a tree of small files). Acks, aborts and results go at once.
+AT_ONCE = 4096
 
 
 class Progress:
@@ -252,8 +256,12 @@ class CopyClient:
     def send(self, event: TransferEvent) -> None:
         """One of slaveshell.vocabulary.copying's events to the master (the Sender's, and the acks): a DATA frame for
         data, a control otherwise."""
-        if isinstance(event, Data):
+        if isinstance(event, Data) and len(event.chunk) >= AT_ONCE:
             self.link.send(framing.header(FrameType.DATA, len(event.chunk)), event.chunk)
+        elif isinstance(event, Data):
+            self.link.later(framing.encode(FrameType.DATA, event.chunk))
+        elif isinstance(event, (Entry, DoneFile, Finish)):
+            self.link.later(framing.control(Op(event.call), **event.fields()))
         else:
             self.link.control(Op(event.call), **event.fields())
 

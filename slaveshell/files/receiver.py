@@ -289,9 +289,9 @@ class Receiver:
         self.files.append((entry, sha256))
 
     def commit(self) -> None:
-        """After finish: the files' fsyncs waited for, renames into place (an existing file the operator named is written into), the
-        directories' modes and times with -p, fsync of the directories. Blocking (the worker runs it in a
-        thread)."""
+        """After finish: the files' fsyncs waited for, renames into place (an existing file the operator named
+        is written into), the directories' modes and times with -p, fsync of the directories. Blocking (the
+        worker runs it in a thread)."""
         self.order.finish()
         dirs = self._stage() if self.staged else None
         if dirs is not None:
