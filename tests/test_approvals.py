@@ -314,3 +314,102 @@ def test_the_places_waited_for_are_bounded_per_operator_per_calling_master_and_i
     assert "3 requests wait for a free place (the master's limit)" in e.value.message
     assert [who for who, _ in h.refused] == ["alice", "cluster:A/erin", "carol"]
     assert len(h.approvals.pending) == 2 and len(h.approvals.queued) == 3
+
+
+class CopyParty:
+    """The operator's end of a copy, as its door gives it: only its disconnection is asked for here."""
+
+    def __init__(self) -> None:
+        self.left: list = []
+
+    def on_disconnect(self, callback):  # type: ignore[no-untyped-def]
+        return subscribe(self.left, callback)
+
+
+def copy_api(routes: list[object]):  # type: ignore[no-untyped-def]
+    """An OperatorAPI for `copy` on prod-1 with its approvals on a clock of their own: `routes`, what the worker's
+    route gives each time it is asked (a connection, or a RouteError raised); nothing is started."""
+    from types import SimpleNamespace
+
+    from master_side.glue.buildbot import RouteError
+    from master_side.holds.step import Holds
+    from master_side.operators.api import OperatorAPI
+
+    record, refused, clock = Record(), [], task.Clock()
+
+    def route(worker: str) -> object:
+        given = routes.pop(0)
+        if isinstance(given, RouteError):
+            raise given
+        return given
+
+    trail = SimpleNamespace(master_name="host:/srv/master", refused=lambda who, worker, line: refused.append(line),
+                            approval=record.approval)
+    registry = SimpleNamespace(limits=SimpleNamespace(per_worker=None, per_operator=None), clock=clock.seconds,
+                               live=lambda: [])
+    api = OperatorAPI(registry, SimpleNamespace(route=route), None, lambda: trail, lambda: None,  # type: ignore[arg-type]
+                      Holds())
+    api.policy = POLICY
+    api.approvals = Approvals(lambda: api.policy, lambda: clock, lambda: trail, api.refuse)  # type: ignore[arg-type]
+    return api, record, refused
+
+
+def ask_copy(api, told: list[str]) -> tuple[list, str]:  # type: ignore[no-untyped-def]
+    from slaveshell.vocabulary.copying import UP, TransferRequest
+
+    results: list = []
+    api.copy(ALICE, TransferRequest(UP, "prod-1", ("a",), "/srv/a", reason="INC-1"), CopyParty(),
+             told.append).addBoth(results.append)
+    assert results == [], results  # it waits for a moderator
+    return results, told[-1].split("request ")[1].split()[0]
+
+
+def test_a_copy_refused_after_its_approval_is_audited_unused_by_the_rule_an_open_follows() -> None:
+    """The policy changed while the copy waited (a reconfig took alice's copy right away): the copy is refused,
+    audited, and the approval is said not used, as an approved session's open refused then is."""
+    api, record, refused = copy_api([object(), object()])
+    told: list[str] = []
+    results, request_id = ask_copy(api, told)
+    api.policy = Policy([Rule(groups=["leads"], workers=["prod-*"], rights=["watch"])])
+    assert api.approve(BOB, request_id).endswith("approved: it starts now")
+    (failure,) = results
+    assert failure.value.kind is ErrorKind.DENIED and failure.value.message.startswith("permission denied: ")
+    assert refused == [failure.value.message]
+    assert record.events[-1] == (
+        "approval-unused", "alice", f"request {request_id} of alice on prod-1, copy: approved by bob, not used: the "
+                                    f"transfer did not start: {failure.value.message}")
+    assert [k for k, _, _ in record.events] == [ASKED, APPROVED, "approval-unused"]
+
+
+def test_a_copy_whose_worker_went_or_refused_after_its_approval_is_audited_unused() -> None:
+    from master_side.copying.relay import TransferRefused
+    from master_side.glue.buildbot import RouteError
+
+    # The worker went while the copy waited for its moderator: the route asked again refuses it.
+    api, record, refused = copy_api([object(), RouteError("worker prod-1 is not connected")])
+    told: list[str] = []
+    results, request_id = ask_copy(api, told)
+    api.approve(BOB, request_id)
+    assert results[0].value.kind is ErrorKind.UNAVAILABLE and refused == ["worker prod-1 is not connected"]
+    assert record.events[-1][0] == "approval-unused" and record.events[-1][2].endswith(
+        "not used: the transfer did not start: worker prod-1 is not connected")
+    # The worker refused the transfer (its owner's allowed_dirs): not started, so not used either.
+    api, record, refused = copy_api([object(), object()])
+    api.transfers.start = lambda *args: defer.fail(TransferRefused("/srv/a is outside the allowed directories"))
+    results, request_id = ask_copy(api, told)
+    api.approve(BOB, request_id)
+    assert results[0].value.kind is ErrorKind.UNAVAILABLE
+    assert record.events[-1][2].endswith("not used: the transfer did not start: /srv/a is outside the allowed "
+                                         "directories")
+    assert [k for k, _, _ in record.events] == [ASKED, APPROVED, "approval-unused"]
+
+
+def test_a_copy_refused_without_an_approval_writes_no_unused_event() -> None:
+    from slaveshell.vocabulary.copying import UP, TransferRequest
+
+    api, record, refused = copy_api([object()])
+    api.policy = Policy([Rule(groups=["ops"], workers=["prod-*"], rights=["copy"])])  # not four-eyes
+    api.transfers.quota = lambda *args: "alice already runs 1 transfers on prod-1 (the limit)"
+    results: list = []
+    api.copy(ALICE, TransferRequest(UP, "prod-1", ("a",), "/srv/a"), CopyParty()).addBoth(results.append)
+    assert results[0].value.kind is ErrorKind.LIMIT and record.events == []

@@ -40,6 +40,7 @@ from master_side.cluster.stream import (
     Refused,
     ToOperatorSide,
     ToWorkerSide,
+    check_moderated_by,
     check_name,
     check_token,
     to_operator_side,
@@ -142,6 +143,10 @@ class RoutedView:
         self.input_grant = INPUT_WINDOW
         self.master = "?"  # B's name, as B says it (shown, never trusted)
         self.role = "owner"  # of the operator's view there: owner, join, watch
+        # B's word about its own policy, shown to the operator (escaped), never used for a decision here: a
+        # four-eyes session's groups and web roles (None: not one), and whether this view moderates it.
+        self.moderated_by: tuple[str, ...] | None = None
+        self.moderator = False
         self.size = (80, 24)
         # The router's authid of B, pinned at its first message: nobody else's are taken.
         self.authid: str | None = None
@@ -317,7 +322,11 @@ class RoutedView:
             raise ProtocolError("the answer's role must be owner, join or watch")
         if not isinstance(size, list) or len(size) != 2:
             raise ProtocolError("the answer's size must be [cols, rows]")
+        moderator = answer.get("moderator", False)
+        if not isinstance(moderator, bool):
+            raise ProtocolError("the answer's moderator must be true or false")
         self.role, self.size = role, check_size(size[0], size[1])
+        self.moderated_by, self.moderator = check_moderated_by(answer.get("moderated_by")), moderator
         self.answered = True
         self.on_started(self)  # recorded here before anything is served (`before_answer` says what came first)
         early, self._early = self._early, []

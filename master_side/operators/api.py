@@ -282,9 +282,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                 recorder = await trail.begin(session)
             except RecordingError as e:
                 raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
-        except OperatorError as e:
-            if asked.holding is not None:  # approved, and what it approved does not start
-                self.approvals.unused(asked.holding, f"the session did not open: {e.message}")
+        except Exception as e:
+            self.approvals.refused_after(asked.holding, e)  # approved, and what it approved does not start
             raise
         if recorder is not None:
             session.recorder = recorder

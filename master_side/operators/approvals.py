@@ -79,6 +79,11 @@ class Kind(enum.Enum):
     RUN = "run"
 
 
+# What did not happen when an approved request is refused before it starts (`Approvals.refused_after`).
+NOT_STARTED = {Kind.COPY: "the transfer did not start", Kind.COMMAND: "the session did not open",
+               Kind.RUN: "the session did not open"}
+
+
 @dataclass(frozen=True)
 class ApprovalRequest:
     """One request waiting for a moderator: its id, who asks, on which worker, what it would start (`what`: plain
@@ -338,6 +343,17 @@ class Approvals:
         request = approved.request
         self._write(UNUSED, request, request.who, f"{request.label}: approved by {approved.moderator.user}, "
                                                   f"not used: {why}")
+
+    def refused_after(self, approved: Approved | None, error: Exception) -> None:
+        """What `approved` approved was refused after the approval was given, before it started (the policy
+        changed while it waited, the worker, its build or the route gone, a quota full, the recording or the
+        worker refused it, the operator left): `unused`, with the refusal (`error`: an OperatorError's line; any
+        other failure is the master's, said without its text). The one rule for a session's open and a copy's
+        start: every approval ends used (USED, written where it starts) or not (UNUSED). Nothing without one."""
+        if approved is None:
+            return
+        why = error.message if isinstance(error, OperatorError) else "the master failed (see its log)"
+        self.unused(approved, f"{NOT_STARTED[approved.request.kind]}: {why}")
 
     # -- the moderators' side ----------------------------------------------------------------------
 

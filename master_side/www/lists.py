@@ -88,8 +88,9 @@ async def _site_sessions(service: WebHost, master: BuildMaster, who: WebIdentity
     """This master's live sessions (`shown`, each then named with this master) and those the other masters of the
     site hold that `who` may watch there (their policy decides, for the identity this master vouches for:
     master_side.cluster.records), on workers Buildbot's authz here gives `who` the shell action on; each with the
-    master that holds it. Watching one is routed to that master (master_side.www.terminal_ws); typing in one is
-    asked there too, so none says may_type here."""
+    master that holds it, and for a four-eyes one its rule's groups and its moderators as that master says them
+    (shown as text, so that a held one reads `held` as on its own master's page). Watching one is routed to that
+    master (master_side.www.terminal_ws); typing in one is asked there too, so none says may_type here."""
     cluster = service.api.cluster
     assert cluster is not None
     for s in shown:
@@ -99,8 +100,8 @@ async def _site_sessions(service: WebHost, master: BuildMaster, who: WebIdentity
     allowed = await access.shell_allowed(master, info, {str(s["worker"]) for s in remote})
     shown = shown + [{"id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
                       "command": s["command"], "reason": s["reason"], "started": s["started"], "own": False,
-                      "may_type": False, "viewers": [], "moderated_by": None, "held": s["held"],
-                      "moderators": [], "master": s["master"]}
+                      "may_type": False, "viewers": [], "moderated_by": s["moderated_by"], "held": s["held"],
+                      "moderators": s["moderators"], "master": s["master"]}
                      for s in remote if s["worker"] in allowed]
     return sorted(shown, key=lambda s: float(s["started"]))  # type: ignore[arg-type]
 

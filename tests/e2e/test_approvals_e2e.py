@@ -415,3 +415,25 @@ def test_a_part_approved_then_interrupted_before_it_opened_is_audited_unused(box
     assert operator == "root" and not session
     assert detail == (f"request {request} of root on m1, run: approved by {LEAD}, not used: the run was interrupted "
                       "before the part opened")
+
+
+def test_a_copy_refused_after_its_approval_is_audited_unused(box: Sandbox, tmp_path) -> None:
+    """The moderator approves a copy that the worker then refuses (its owner's allowed_dirs): nothing is copied,
+    the operator reads the worker's refusal, and the audit index says the approval was not used, as for a
+    session's open refused after its approval."""
+    source = tmp_path / "outside.txt"
+    source.write_text("outside\n")
+    dest = os.path.join(box.root, "outside.txt")  # not in the worker's allowed_dirs
+    client = cp(box, str(source), f"m1:{dest}")
+    request = client.asked()
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert client.end() == 1
+    why = f"worker m1: {dest}: outside the directories this worker allows"
+    assert client.err.strip().splitlines()[-1] == f"slaveshell: {why}", client.err
+    assert not os.path.exists(dest)
+    trail = kinds(box, request, "approval-unused")
+    assert [k for k, *_ in trail] == ["approval-asked", "approved", "approval-unused"], trail
+    kind, session, operator, detail = trail[-1]
+    assert operator == "root" and not session
+    assert detail == (f"request {request} of root on m1, copy: approved by {LEAD}, not used: the transfer did not "
+                      f"start: {why}"), detail

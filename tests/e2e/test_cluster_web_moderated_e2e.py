@@ -2,7 +2,8 @@
 beyond a plain worker: a four-eyes worker m1 of B, on which a command asked from A's Fleet page waits for B's
 moderators (the page shows B's line; `slaveshell approve` on B's socket lets it run) and a shell opened from A's
 terminal page is held until a moderator of B watches; and o1, a worker of B that went offline, which A's Shells page
-lists only with its "Include offline workers" switch, as `slaveshell workers --include-offline` does."""
+lists only with its "Include offline workers" switch, as `slaveshell workers --include-offline` does. B's word about
+its four-eyes session reaches A's pages: the terminal's Four-eyes note and the Shells page's `held` state."""
 
 from __future__ import annotations
 
@@ -109,9 +110,10 @@ def test_a_command_from_as_fleet_page_on_a_four_eyes_worker_of_b_waits_for_bs_mo
 
 def test_a_shell_from_as_terminal_page_on_a_four_eyes_worker_of_b_is_held_until_bs_moderator_watches(
         browser: Any, cluster: Site) -> None:
-    """The terminal page opens only login shells: on m1 B opens it held (the page says so, B's notice is on the
-    screen); what alice types does not reach the worker until B's moderator watches (`slaveshell watch` on B's
-    socket), then it does."""
+    """The terminal page opens only login shells: on m1 B opens it held (the page says so, in the same Four-eyes note
+    as a session of A's own, naming B, and B's notice is on the screen); A's Shells page lists it `held` with B's
+    rule, as B's pages and `slaveshell sessions` do; what alice types does not reach the worker until B's
+    moderator watches (`slaveshell watch` on B's socket), then it does, and A's Shells page names the moderator."""
     marker = os.path.join(cluster.b.worker_dir(MODERATED), "typed-from-a-page")
     page = login(browser, cluster.a, "alice").new_page()
     on_b(page, cluster, MODERATED)
@@ -119,7 +121,37 @@ def test_a_shell_from_as_terminal_page_on_a_four_eyes_worker_of_b_is_held_until_
     wait_status(page, "^connected$")
     wait_for(lambda: "this session is moderated: input is held until a moderator watches" in screen(page),
              "B's notice that the input is held")
+    note = page.locator(".slaveshell-moderated")
+    note.wait_for()
+    assert note.inner_text() == (f"Four-eyes session on master B (moderated_by: {MODERATORS}): what you type "
+                                 "reaches the worker only while a moderator watches.")
+    assert note.get_attribute("data-master") == "B" and note.get_attribute("data-moderator") is None
     session_id = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
+    # A's Shells page, in another tab: the session held, with B's rule, as B's own page says it.
+    lists = page.context.new_page()
+    lists.goto(cluster.a.url + "#/slaveshell")
+    row = lists.locator(f"tr[data-session='{session_id}']")
+    wait_for(lambda: row.count() == 1 and row.get_attribute("data-held") == "yes", "the session listed held on A")
+    state = row.locator("td.slaveshell-state-cell")
+    assert state.locator(".slaveshell-held").inner_text() == "held"
+    assert state.locator(".slaveshell-moderation").inner_text() == (f"input waits for a moderator (moderated_by: "
+                                                                    f"{MODERATORS})")
+    assert row.locator("td.slaveshell-master").inner_text() == "B"
+    # As B says it (`slaveshell sessions` on B's socket).
+    on_b_rows = [s for s in json.loads(cli(cluster.b, "sessions", "--json").stdout) if s["id"] == session_id]
+    assert [(s["held"], s["moderated_by"]) for s in on_b_rows] == [(True, [MODERATORS])], on_b_rows
+    shot(lists, "multi-master-shells-held.png")
+    # Watched from A (alice's own session: she is not its moderator, B says): the note says so; no moderator's End.
+    watcher = page.context.new_page()
+    watcher.goto(cluster.a.url + f"#/slaveshell/session/{session_id}/watch")
+    wait_status(watcher, "^watching")
+    watched = watcher.locator(".slaveshell-moderated")
+    watched.wait_for()
+    assert watched.inner_text() == (f"Four-eyes session on master B (moderated_by: {MODERATORS}): you watch it "
+                                    "without moderating it.")
+    assert watcher.locator("button.slaveshell-moderator-end").count() == 0
+    watcher.close()
+    page.bring_to_front()
     page.keyboard.type(f"touch {marker}")
     page.keyboard.press("Enter")
     wait_for(lambda: "what you type is not sent" in screen(page), "the held input's notice")
@@ -131,6 +163,12 @@ def test_a_shell_from_as_terminal_page_on_a_four_eyes_worker_of_b_is_held_until_
     try:
         wait_for(lambda: held_on_b(cluster, session_id) is False, "B's moderator watching: the input released", 60)
         wait_for(lambda: "moderates this session: input reaches the worker" in screen(page), "B's notice of it")
+        (on_b_row,) = [s for s in json.loads(cli(cluster.b, "sessions", "--json").stdout) if s["id"] == session_id]
+        (watcher,) = [v["user"] for v in on_b_row["viewers"] if v.get("moderator")]
+        wait_for(lambda: row.get_attribute("data-held") is None and state.locator(".slaveshell-moderation")
+                 .inner_text() == f"moderated by {watcher} (moderated_by: {MODERATORS})", "A's list: moderated", 30)
+        assert state.locator(".slaveshell-state").inner_text() == "attached"
+        shot(lists, "multi-master-shells-moderated.png")
         run(page, f"touch {marker}; echo typed-$((6*7))", "typed-42")
         wait_for(lambda: os.path.exists(marker), "the typed command run on m1", 30)
         shot(page, "multi-master-terminal-moderated.png")

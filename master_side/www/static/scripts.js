@@ -474,14 +474,17 @@
   }
 
   // Above a four-eyes session's terminal: what moderation means for this page (the master's notices in the
-  // terminal say when the input is held or released, and why a watcher does not moderate).
+  // terminal say when the input is held or released, and why a watcher does not moderate). A session another
+  // master serves says that master's name: the note is its word about its own policy.
   function ModerationNote(props) {
     var m = props.moderation, by = " (moderated_by: " + printable(m.by.join(", ")) + ")";
-    return h("div", { className: "slaveshell-moderated", "data-moderator": m.moderator ? "yes" : null },
-      m.typing ? "Four-eyes session" + by + ": what you type reaches the worker only while a moderator watches."
-        : m.moderator ? "You moderate this four-eyes session" + by + ": the operator's input reaches the worker " +
-          "while you watch; leaving holds it again."
-        : "Four-eyes session" + by + ": you watch it without moderating it.");
+    var on = props.master ? printable(" on master " + props.master) : "";
+    return h("div", { className: "slaveshell-moderated", "data-moderator": m.moderator ? "yes" : null,
+                      "data-master": props.master || null },
+      m.typing ? "Four-eyes session" + on + by + ": what you type reaches the worker only while a moderator watches."
+        : m.moderator ? "You moderate this four-eyes session" + on + by + ": the operator's input reaches the " +
+          "worker while you watch; leaving holds it again."
+        : "Four-eyes session" + on + by + ": you watch it without moderating it.");
   }
 
   // A terminal on one session: a new one on props.worker, or props.sessionId attached in props.mode ("attach":
@@ -601,7 +604,8 @@
             if (m.role === "owner") send({ type: "resize", cols: term.cols, rows: term.rows });
             note({ worker: String(m.worker), id: String(m.id), opened: true,
                    master: typeof m.master === "string" ? m.master : null,
-                   moderation: m.moderated_by ? { by: m.moderated_by, moderator: !!m.moderator, typing: typing } : null });
+                   moderation: Array.isArray(m.moderated_by) && m.moderated_by.length
+                     ? { by: m.moderated_by.map(String), moderator: m.moderator === true, typing: typing } : null });
             setStatus(typing ? "connected" : "watching (read-only)");
             term.focus();
           } else if (m.type === "input_ack") {
@@ -658,7 +662,9 @@
     }, [props.worker, props.sessionId, props.mode, props.build]);
     var refused = status.indexOf("refused") === 0 || status.indexOf("connection closed") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
-    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator;
+    // A moderator's End session, for a session this master serves (one another master serves is ended there).
+    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator &&
+      !session.master;
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
     var where = session.worker ? (props.build ? " in build " + props.build : "") +
@@ -685,7 +691,8 @@
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
-      live && session.moderation ? h(ModerationNote, { moderation: session.moderation }) : null,
+      live && session.moderation ? h(ModerationNote, { moderation: session.moderation, master: session.master })
+        : null,
       moderating && endAsk !== null ? h("div", { className: "alert alert-warning slaveshell-end-confirm" },
         printable("End session " + session.id + " on " + session.worker + " for its operator and every viewer? ") +
           "Its shell is hung up (then TERM, then KILL), as slaveshell kill does; the audit index records it as " +
