@@ -142,7 +142,7 @@ def test_an_operator_without_the_right_is_refused_by_b_audited_on_both_and_nothi
     assert refused.value.message == ("permission denied: cluster:A/carol (vouched for by master A) may not kill "  # type: ignore[attr-defined]
                                      "sessions on worker b1")
     assert not site.hung_up("s") and not site.b_trail.events
-    assert site.audited == [("cluster:A/carol", "", "routed kill refused: " + refused.value.message)]  # type: ignore[attr-defined]
+    assert site.audited == [("cluster:A/carol", "", f"routed kill refused: {refused.value.message} (session s)")]  # type: ignore[attr-defined]
     assert site.a_records == [("carol", "", None, "kill of session s routed to master B: refused (permission denied)")]
 
 

@@ -110,7 +110,7 @@ class ServedKills:
             text, worker = self._killer(who, session_id)
         except Refused as e:
             if e.kind != NOT_FOUND:  # the others: audited (a session not held here is another master's)
-                self._audit(who, "", f"routed kill refused: {e.message}")
+                self._audit(who, "", f"routed kill refused: {e.message} (session {visible(session_id)})")
             return e.to_wire()
         except Exception:
             log.failure("slaveshell: a kill for master {caller} failed", caller=visible(caller))
