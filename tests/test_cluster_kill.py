@@ -109,7 +109,8 @@ class KillSite:
         return result
 
     def hung_up(self, sid: str) -> bool:
-        return ("signal", "HUP") in self.to_worker[sid] or ("close",) in self.to_worker[sid]
+        """Whether the worker was told to end session `sid` (its close: HUP, then TERM, then KILL)."""
+        return ("close",) in self.to_worker[sid]
 
 
 def test_a_routes_the_owners_kill_to_b_which_ends_records_and_answers() -> None:
@@ -118,8 +119,7 @@ def test_a_routes_the_owners_kill_to_b_which_ends_records_and_answers() -> None:
     site = KillSite()
     text = site.kill(ALICE, "s")
     assert text == "session s on b1: hangup sent (then TERM, then KILL)"
-    session = site.registry.sessions["s"]
-    assert session.state.value == "ended" or site.hung_up("s")
+    assert site.to_worker["s"] == [("close",)]  # the worker is told to end it (HUP, then TERM, then KILL)
     assert site.b_trail.events == [("kill", "s", "b1", "cluster:A/alice", "asked through the router by master A")]
     assert site.a_records == [("alice", "b1", "s", "kill of session s routed to master B: killed there")]
     assert not site.audited
@@ -129,6 +129,7 @@ def test_a_moderator_on_a_ends_bs_four_eyes_session_and_b_records_it_as_moderato
     site = KillSite()
     lead = Identity(1001, 1001, 2, "lead", frozenset({"leads"}))
     assert site.kill(lead, "fe", holder="B").startswith("session fe on b-four-eyes: hangup sent")
+    assert site.hung_up("fe") and not site.hung_up("s")
     assert site.b_trail.events == [("kill", "fe", "b-four-eyes", "cluster:A/lead",
                                     "as moderator, asked through the router by master A")]
     assert site.a_records[-1] == ("lead", "b-four-eyes", "fe", "kill of session fe routed to master B: killed there")
@@ -299,3 +300,26 @@ def test_an_answer_asked_before_a_change_is_given_to_its_askers_but_not_kept() -
     kept = site.a._site_kept
     asked[0].callback(real())
     assert first.result and site.a._site_kept is kept  # the first's answer went to its asker, and was not kept
+
+
+def test_a_records_its_routed_event_before_the_operator_has_bs_answer() -> None:
+    site = KillSite()
+    order: list[str] = []
+    site.kills.record = lambda who, worker, record_id, detail: order.append(f"record {detail}")
+    site.kills.kill(ALICE, "s").addCallback(lambda text: order.append(f"answer {text}"))
+    assert order == ["record kill of session s routed to master B: killed there",
+                     "answer session s on b1: hangup sent (then TERM, then KILL)"]
+
+
+@pytest.mark.parametrize("call", [
+    None, "s", {"user": "alice", "groups": [], "session": "s", "more": 1}, {"user": "alice", "groups": []},
+    {"user": "", "groups": [], "session": "s"}, {"user": "alice", "groups": "ops", "session": "s"},
+    {"user": "alice", "groups": [], "session": ""}, {"user": "alice", "groups": [], "session": "s\x1b[2J"},
+    {"user": "alice", "groups": [], "session": "s" * 129}, {"user": "alice", "groups": [], "session": 7},
+])
+def test_b_refuses_a_malformed_kill_call_as_a_bad_request_and_ends_nothing(call: object) -> None:
+    site = KillSite()
+    answer = site.a._session.call(master_record_uri("B", KILL), call).result
+    assert answer["ok"] is False and answer["kind"] == "bad request"
+    assert answer["error"].startswith("bad request from master A: ")
+    assert not site.hung_up("s") and not site.b_trail.events
