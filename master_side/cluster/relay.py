@@ -27,7 +27,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
+from master_side.cluster.direct import DirectLink, connect
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
+from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import (
     NOT_FOUND,
@@ -138,6 +140,13 @@ class RoutedView:
         self._seq = 0
         self._outstanding = 0
         self._waiting: collections.deque[Message] = collections.deque()
+        # How a message goes to B: a call of its `in` procedure through the router, or once the direct connection
+        # is ready (master_side.cluster.direct) and the router's calls in flight are answered, over that connection.
+        self._call: Callable[[object], defer.Deferred[Any]] = lambda wire: self.relays.link.call(self.in_uri, wire)
+        self._next_call: Callable[[object], defer.Deferred[Any]] | None = None
+        self.offer: DirectOffer | None = None  # B's direct login, from its answer
+        self.direct: DirectLink | None = None  # the connection, once logged in
+        self.path = ROUTER
 
     # -- the door's calls (View's) ---------------------------------------------------------------
 
@@ -194,11 +203,14 @@ class RoutedView:
         self._pump()
 
     def _pump(self) -> None:
-        while self._waiting and self._outstanding < MAX_OUTSTANDING and not self.ended:
+        if self._next_call is not None and not self._outstanding:
+            self._call, self._next_call = self._next_call, None
+        while (self._waiting and self._outstanding < MAX_OUTSTANDING and not self.ended
+               and self._next_call is None):
             message = self._waiting.popleft()
             self._outstanding += 1
             self.sent_at = self.relays.clock()
-            d = self.relays.link.call(self.in_uri, message.to_wire())
+            d = self._call(message.to_wire())
             d.addCallbacks(self._delivered, self._failed, callbackArgs=(message,))
 
     def _delivered(self, _answer: object, message: Message) -> None:
@@ -233,6 +245,12 @@ class RoutedView:
         if caller is None or (self.authid is not None and caller != self.authid):
             return  # not B (another master that learnt the URI from the router's meta API)
         self.authid = caller
+        self.take(wire)
+
+    def take(self, wire: object) -> None:
+        """A message of B for the session, from the router (`message`) or the direct connection."""
+        if self.ended or self.detached:
+            return
         try:
             message = to_operator_side(wire)
             if message.seq != self._expected:
@@ -289,6 +307,8 @@ class RoutedView:
         if not isinstance(size, list) or len(size) != 2:
             raise ProtocolError("the answer's size must be [cols, rows]")
         self.role, self.size = role, check_size(size[0], size[1])
+        if "direct" in answer:
+            self.offer = DirectOffer.from_wire(answer["direct"])
         self.answered = True
         self.on_started(self)  # recorded here before anything is served
         early, self._early = self._early, []
@@ -317,6 +337,7 @@ class RoutedView:
         if self.ended:
             return
         if self.in_uri and self._outstanding < MAX_OUTSTANDING and not self.detached:
+            # Through the router: the direct connection may be what was lost.
             self.relays.link.call(self.in_uri, Message(self._seq, ToWorkerSide.CLOSE).to_wire()).addErrback(
                 lambda failure: None)
         self._finish()
@@ -328,9 +349,57 @@ class RoutedView:
         self.ended = True
         self._waiting.clear()
         self.relays.views.pop(self.token, None)
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            # After the answer to B's last message has left.
+            self.relays.link.reactor.callLater(0, direct.close)
         registration, self.registration = self.registration, None
         if registration is not None and self.relays.link.connected:
             registration.unregister().addErrback(lambda failure: None)
+
+
+    # -- the direct stream -------------------------------------------------------------------------
+
+    @deferred
+    async def go_direct(self) -> None:
+        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
+        session's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
+        seconds, they stay on the router. The connection lost after READY ends the session."""
+        offer, self.offer = self.offer, None
+        if offer is None or self.ended or self.detached:
+            return
+        reactor = self.relays.link.reactor
+        try:
+            link = await connect(reactor, offer, self.take, self._direct_lost)
+        except Exception as e:
+            log.info("slaveshell: a session routed to master {master} stays on the router: no direct connection to "
+                     "{host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
+                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
+            return
+        if self.ended or self.detached:
+            link.close()
+            return
+        self.direct = link
+        self.path = "ready"  # from here, the connection lost ends the session (B may have taken READY)
+        try:
+            ready = await link.perspective.callRemote("ready")
+        except Exception:
+            ready = False
+        if self.ended or self.detached:
+            return
+        if ready is not True:
+            self.end(f"master {visible(self.master)} did not take the session's direct connection")
+            return
+        self.path = DIRECT
+        self._next_call = link.send
+        self._pump()
+        log.info("slaveshell: a session routed to master {master} goes over a direct connection to {host}:{port}",
+                 master=visible(self.master), host=visible(offer.host), port=offer.port)
+
+    def _direct_lost(self) -> None:
+        if self.direct is not None and not self.ended and not self.detached:
+            self.direct = None
+            self.end(f"the direct connection to master {visible(self.master)} was lost")
 
 
 class Relays:
@@ -468,6 +537,7 @@ class Relays:
             raise Refused(kind if isinstance(kind, str) else UNAVAILABLE, text)
         try:
             view.started(answer)
+            view.go_direct()
         except ProtocolError as e:
             view.end(f"the worker's master sent a malformed answer ({e})")
             raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None

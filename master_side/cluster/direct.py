@@ -1,0 +1,231 @@
+"""The direct stream of a routed session (docs/multi-master.md): the session's messages between the operator's
+master (A) and the worker's master (B) over one Perspective Broker connection from A to B's Buildbot PB port (the
+one its workers attach to), instead of one router call per message. The router stays for discovery,
+authentication, the open or attach call, the records, and as the path when the direct one cannot be made.
+
+B, when its ClusterConfig says `direct=True`, registers for each session it opens for A a one-time user name and
+password on its PB port (`Offers`: 128 random bits each, single use, valid OFFER_TTL seconds, bounded per calling
+master and in all) and gives them with its address in the open's answer, which only A (the router authenticated
+it) receives. A connects and logs in within CONNECT_WITHIN seconds (else the session stays on the router), then
+says READY; from then on each side sends its messages over the connection once its router calls in flight are
+answered (the same `master_side.cluster.stream` messages, the same sequence numbers and credit windows, so that
+the order holds across the switch). A connection that does not say READY within READY_WITHIN seconds of its login
+is dropped; its credentials were already spent. Losing the connection after READY ends the session on both sides
+as losing the router does.
+
+The offer's vocabulary and the bounds are master_side.cluster.offers; here are the Twisted ends: `DirectDoor` (B's:
+registrations on its PB port, the avatar each login gets) and `connect` (A's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.cred import credentials
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, DirectOffer, Offer, Offers
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.vocabulary.display import visible
+
+log = Logger()
+
+# -- B's end ---------------------------------------------------------------------------------------------------
+
+
+class DirectEnd:
+    """What the door asks of the session an offer is for (master_side.cluster.serve.Served's owner)."""
+
+    def message(self, wire: object) -> None:  # a message of A, as from the router
+        raise NotImplementedError
+
+    def ready(self, send: Callable[[object], defer.Deferred[Any]], lost: Callable[[], None]) -> bool:
+        """A said READY: B's messages go by `send` from now on; `lost` closes the connection. False: the session
+        is over (the connection is dropped)."""
+        raise NotImplementedError
+
+    def lost(self) -> None:  # the connection is gone after READY
+        raise NotImplementedError
+
+
+class DirectAvatar(pb.Avatar):
+    """A logged-in direct connection, for one session."""
+
+    def __init__(self, door: DirectDoor, offer: Offer, end: DirectEnd, mind: Any) -> None:
+        self.door = door
+        self.offer = offer
+        self.end = end
+        self.mind = mind
+        self.is_ready = False
+        self.gone = False
+        self._deadline: Any = None
+
+    def attached(self, mind: Any) -> None:
+        self._deadline = self.door.reactor.callLater(READY_WITHIN, self._not_ready)
+
+    def detached(self, mind: Any) -> None:
+        self.gone = True
+        self._cancel_deadline()
+        self.door.offers.drop(self.offer.username)
+        if self.is_ready:
+            self.end.lost()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _not_ready(self) -> None:
+        self._deadline = None
+        log.info("slaveshell: a direct connection from master {caller} did not say ready: dropped",
+                 caller=visible(self.offer.caller))
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        broker = getattr(self.mind, "broker", None)
+        transport = getattr(broker, "transport", None)
+        if transport is not None:
+            transport.loseConnection()
+
+    def perspective_ready(self) -> bool:
+        if self.is_ready or self.gone:
+            return False
+        self._cancel_deadline()
+        if not self.end.ready(lambda wire: self.mind.callRemote("m", wire), self.disconnect):
+            self.door.reactor.callLater(0, self.disconnect)
+            return False
+        self.is_ready = True
+        return True
+
+    def perspective_m(self, wire: object) -> None:
+        if self.is_ready and not self.gone:
+            self.end.message(wire)
+
+
+class DirectDoor:
+    """B's offers on its PB port: `offer` registers one for a session, a login with it gets that session's
+    avatar once."""
+
+    def __init__(self, pbmanager: Callable[[], Any], portstr: object, address: tuple[str, int],
+                 reactor: Any, clock: Callable[[], float]) -> None:
+        self._pbmanager = pbmanager
+        self.portstr = portstr
+        self.address = address
+        self.reactor = reactor
+        self.clock = clock
+        self.offers = Offers()
+        self._registrations: dict[str, Any] = {}
+        self._ends: dict[str, DirectEnd] = {}
+        self.avatars: dict[str, DirectAvatar] = {}  # by the session's token
+
+    @deferred
+    async def offer(self, caller: str, token: str, end: DirectEnd) -> DirectOffer | str:
+        """A one-time login on the PB port for `caller`'s session `token`, or why there is none."""
+        made = self.offers.make(caller, token, self.clock())
+        if isinstance(made, str):
+            return made
+        try:
+            registration = await self._pbmanager().register(self.portstr, made.username, made.password,
+                                                            self._avatar)
+        except Exception as e:
+            self.offers.drop(made.username)
+            return f"the PB port cannot take it ({visible(str(e) or type(e).__name__)[:200]})"
+        self._registrations[made.username] = registration
+        self._ends[made.username] = end
+        return DirectOffer(self.address[0], self.address[1], made.username, made.password)
+
+    def _avatar(self, mind: Any, username: str) -> DirectAvatar | None:
+        offer = self.offers.take(username, self.clock())
+        end = self._ends.pop(username, None)
+        self._unregister(username)  # single use: a second login with it is unknown on the port
+        if offer is None or end is None:
+            self.offers.drop(username)
+            return None
+        avatar = DirectAvatar(self, offer, end, mind)
+        self.avatars[offer.token] = avatar
+        return avatar
+
+    def withdraw(self, token: str) -> None:
+        """The session `token` is over: its offer goes, its connection is closed."""
+        for offer in [o for o in self.offers.live.values() if o.token == token]:
+            self.offers.drop(offer.username)
+            self._ends.pop(offer.username, None)
+            self._unregister(offer.username)
+        avatar = self.avatars.pop(token, None)
+        if avatar is not None and not avatar.gone:
+            # After the messages already written (the exit) have left.
+            self.reactor.callLater(0, avatar.disconnect)
+
+    def tick(self, now: float) -> list[Offer]:
+        """Offers not taken in time are withdrawn: returned (their sessions stay on the router)."""
+        expired = self.offers.expired(now)
+        for offer in expired:
+            self._ends.pop(offer.username, None)
+            self._unregister(offer.username)
+        return expired
+
+    def _unregister(self, username: str) -> None:
+        registration = self._registrations.pop(username, None)
+        if registration is not None:
+            defer.maybeDeferred(registration.unregister).addErrback(
+                lambda failure: log.warn("slaveshell: a direct login could not be withdrawn from the PB port: "
+                                         "{why}", why=visible(failure.getErrorMessage())))
+
+    def close(self) -> None:
+        for token in list(self.avatars):
+            self.withdraw(token)
+        for username in list(self.offers.live):
+            self.offers.drop(username)
+            self._ends.pop(username, None)
+            self._unregister(username)
+
+
+# -- A's end ---------------------------------------------------------------------------------------------------
+
+
+class _Mind(pb.Referenceable):
+    """A's end of the connection: B's messages."""
+
+    def __init__(self, message: Callable[[object], None]) -> None:
+        self._message = message
+
+    def remote_m(self, wire: object) -> None:
+        self._message(wire)
+
+
+@dataclass
+class DirectLink:
+    """A's connection to B for one session: `send` a message, `close` it."""
+
+    perspective: Any
+    connector: Any
+
+    def send(self, wire: object) -> defer.Deferred[Any]:
+        return self.perspective.callRemote("m", wire)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.connector.disconnect()
+
+
+@deferred
+async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], None],
+                  lost: Callable[[], None]) -> DirectLink:
+    """A's connection to B with `offer`, logged in within CONNECT_WITHIN seconds (else it fails and is closed);
+    B's messages go to `message`; `lost` is told when the connection goes after READY. The caller then says
+    READY (`ready`)."""
+    factory = pb.PBClientFactory()
+    connector = reactor.connectTCP(offer.host, offer.port, factory, timeout=CONNECT_WITHIN)
+    login = factory.login(credentials.UsernamePassword(offer.username.encode(), offer.password.encode()),
+                          client=_Mind(message))
+    login.addTimeout(CONNECT_WITHIN, reactor)
+    try:
+        perspective = await login
+    except BaseException:
+        connector.disconnect()
+        raise
+    perspective.notifyOnDisconnect(lambda ref: lost())
+    return DirectLink(perspective, connector)
