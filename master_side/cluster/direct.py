@@ -30,6 +30,7 @@ from twisted.spread import pb
 
 from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, DirectOffer, Offer, Offers
 from slaveshell.plumbing.deferreds import deferred
+from slaveshell.plumbing.remote import set_nodelay
 from slaveshell.vocabulary.display import visible
 
 log = Logger()
@@ -65,6 +66,7 @@ class DirectAvatar(pb.Avatar):
         self._deadline: Any = None
 
     def attached(self, mind: Any) -> None:
+        set_nodelay(mind)  # a keystroke's message leaves at once
         self._deadline = self.door.reactor.callLater(READY_WITHIN, self._not_ready)
 
     def detached(self, mind: Any) -> None:
@@ -227,5 +229,6 @@ async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], 
     except BaseException:
         connector.disconnect()
         raise
+    set_nodelay(perspective)
     perspective.notifyOnDisconnect(lambda ref: lost())
     return DirectLink(perspective, connector)
