@@ -317,7 +317,9 @@ def _fmt(values: list[float]) -> str:
 
 def render(results: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, list[float]]],
            args: argparse.Namespace) -> str:
-    lines = [f"`python3 bench/cluster_bench.py --rounds {args.rounds}{' --direct' if args.direct else ''}` (-T {args.t_mb} MB, PTY {args.pty_mb} MB, "
+    direct = " --direct" if args.direct else ""
+    lines = [f"`python3 bench/cluster_bench.py --rounds {args.rounds}{direct}` (-T {args.t_mb} MB, "
+             f"PTY {args.pty_mb} MB, "
              f"{args.keys} keystrokes, {args.opens} opens, cp {args.cp_mb} MB per round); medians per path over the "
              "rounds, and the median (min-max) of the per-round ratios via A / other.", "",
              "| row | via A | B direct | ssh -J | via A / B direct | via A / ssh -J |",

@@ -365,12 +365,12 @@ class RoutedView:
         """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
         session's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
         seconds, they stay on the router. The connection lost after READY ends the session."""
-        offer, self.offer = self.offer, None
-        if offer is None or self.ended or self.detached:
+        offer = self.offer
+        if offer is None or self.ended or self.detached or self.direct is not None:
             return
         reactor = self.relays.link.reactor
         try:
-            link = await connect(reactor, offer, self.take, self._direct_lost)
+            link = await connect(reactor, offer, self.take, self.direct_lost)
         except Exception as e:
             log.info("slaveshell: a session routed to master {master} stays on the router: no direct connection to "
                      "{host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
@@ -390,13 +390,19 @@ class RoutedView:
         if ready is not True:
             self.end(f"master {visible(self.master)} did not take the session's direct connection")
             return
-        self.path = DIRECT
-        self._next_call = link.send
-        self._pump()
+        self.use_direct(link)
         log.info("slaveshell: a session routed to master {master} goes over a direct connection to {host}:{port}",
                  master=visible(self.master), host=visible(offer.host), port=offer.port)
 
-    def _direct_lost(self) -> None:
+    def use_direct(self, link: DirectLink) -> None:
+        """B took READY: the session's messages go over `link` once those on the router are answered."""
+        self.direct = link
+        self.path = DIRECT
+        self._next_call = link.send
+        self._pump()
+
+    def direct_lost(self) -> None:
+        """The direct connection went after READY: the session ends, as when the router is lost."""
         if self.direct is not None and not self.ended and not self.detached:
             self.direct = None
             self.end(f"the direct connection to master {visible(self.master)} was lost")
