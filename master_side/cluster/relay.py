@@ -357,7 +357,6 @@ class RoutedView:
         if registration is not None and self.relays.link.connected:
             registration.unregister().addErrback(lambda failure: None)
 
-
     # -- the direct stream -------------------------------------------------------------------------
 
     @deferred
@@ -379,8 +378,7 @@ class RoutedView:
         if self.ended or self.detached:
             link.close()
             return
-        self.direct = link
-        self.path = "ready"  # from here, the connection lost ends the session (B may have taken READY)
+        self.direct = link  # from here, the connection lost ends the session (B may have taken READY)
         try:
             ready = await link.perspective.callRemote("ready")
         except Exception:
@@ -543,7 +541,8 @@ class Relays:
             raise Refused(kind if isinstance(kind, str) else UNAVAILABLE, text)
         try:
             view.started(answer)
-            view.go_direct()
+            view.go_direct().addErrback(lambda failure: log.failure(
+                "slaveshell: the direct connection of a routed session failed", failure))
         except ProtocolError as e:
             view.end(f"the worker's master sent a malformed answer ({e})")
             raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None
