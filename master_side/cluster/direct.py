@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.cred import credentials
 from twisted.internet import defer
@@ -38,19 +38,18 @@ log = Logger()
 # -- B's end ---------------------------------------------------------------------------------------------------
 
 
-class DirectEnd:
-    """What the door asks of the session an offer is for (master_side.cluster.serve.Served's owner)."""
+class DirectEnd(Protocol):
+    """What the door asks of the session an offer is for (master_side.cluster.serve's)."""
 
-    def message(self, wire: object) -> None:  # a message of A, as from the router
-        raise NotImplementedError
+    def message(self, wire: object) -> None:
+        """A message of A, as from the router."""
 
-    def ready(self, send: Callable[[object], defer.Deferred[Any]], lost: Callable[[], None]) -> bool:
-        """A said READY: B's messages go by `send` from now on; `lost` closes the connection. False: the session
-        is over (the connection is dropped)."""
-        raise NotImplementedError
+    def ready(self, send: Callable[[object], defer.Deferred[Any]]) -> bool:
+        """A said READY: B's messages go by `send` from now on. False: the session is over (the connection is
+        dropped)."""
 
-    def lost(self) -> None:  # the connection is gone after READY
-        raise NotImplementedError
+    def lost(self) -> None:
+        """The connection is gone after READY."""
 
 
 class DirectAvatar(pb.Avatar):
@@ -97,7 +96,7 @@ class DirectAvatar(pb.Avatar):
         if self.is_ready or self.gone:
             return False
         self._cancel_deadline()
-        if not self.end.ready(lambda wire: self.mind.callRemote("m", wire), self.disconnect):
+        if not self.end.ready(lambda wire: self.mind.callRemote("m", wire)):
             self.door.reactor.callLater(0, self.disconnect)
             return False
         self.is_ready = True

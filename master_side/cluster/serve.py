@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
-from master_side.cluster.direct import DirectDoor, DirectEnd
+from master_side.cluster.direct import DirectDoor
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer
 from master_side.cluster.part_input import PartInput
@@ -265,7 +265,7 @@ class Served:
     path: str = ROUTER  # of the session's messages: the router, or the direct connection once it is ready
 
 
-class _DirectEnd(DirectEnd):
+class _DirectEnd:
     """A served session as its direct connection sees it."""
 
     def __init__(self, sessions: ServedSessions, served: Served) -> None:
@@ -275,7 +275,7 @@ class _DirectEnd(DirectEnd):
     def message(self, wire: object) -> None:
         self.sessions.take(self.served, wire)
 
-    def ready(self, send: Callable[[object], defer.Deferred[Any]], lost: Callable[[], None]) -> bool:
+    def ready(self, send: Callable[[object], defer.Deferred[Any]]) -> bool:
         return self.sessions.direct_ready(self.served, send)
 
     def lost(self) -> None:
