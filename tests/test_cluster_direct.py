@@ -156,7 +156,8 @@ class Mind:
 def direct_site() -> tuple[Site, PBManager, list[tuple[str, str, str]]]:
     site = Site()
     manager = PBManager()
-    site.served.door = DirectDoor(lambda: manager, "tcp:9989", ("127.0.0.1", 9989), site.clock, site.clock.seconds)
+    site.served.door = DirectDoor(lambda: manager, lambda: ("tcp:9989", ("127.0.0.1", 9989)), site.clock,
+                                 site.clock.seconds)
     paths: list[tuple[str, str, str]] = []
     site.served.path_event = lambda session_id, worker, who, detail: paths.append((session_id, who.user, detail))
     return site, manager, paths
@@ -283,3 +284,13 @@ def test_a_closes_the_connection_once_the_session_ended() -> None:
     assert not connector.closed  # the answer to B's exit leaves first
     site.clock.advance(0)
     assert connector.closed
+
+
+def test_a_master_without_a_tcp_pb_port_serves_on_the_router_and_says_why() -> None:
+    site = Site()
+    paths: list[str] = []
+    site.served.door = DirectDoor(lambda: PBManager(), lambda: "this master has no TCP PB port", site.clock,
+                                  site.clock.seconds)
+    site.served.path_event = lambda session_id, worker, who, detail: paths.append(detail)
+    assert site.routed().offer is None
+    assert paths == ["messages from master A: router (no direct connection offered: this master has no TCP PB port)"]

@@ -107,15 +107,19 @@ class DirectAvatar(pb.Avatar):
             self.end.message(wire)
 
 
+# Buildbot's PB port as master.cfg gives it (`c['protocols']['pb']['port']`), and its address as the other masters
+# reach it; or why there is none.
+PBPort = tuple[object, tuple[str, int]]
+
+
 class DirectDoor:
     """B's offers on its PB port: `offer` registers one for a session, a login with it gets that session's
     avatar once."""
 
-    def __init__(self, pbmanager: Callable[[], Any], portstr: object, address: tuple[str, int],
+    def __init__(self, pbmanager: Callable[[], Any], port: Callable[[], PBPort | str],
                  reactor: Any, clock: Callable[[], float]) -> None:
         self._pbmanager = pbmanager
-        self.portstr = portstr
-        self.address = address
+        self._port = port
         self.reactor = reactor
         self.clock = clock
         self.offers = Offers()
@@ -126,18 +130,22 @@ class DirectDoor:
     @deferred
     async def offer(self, caller: str, token: str, end: DirectEnd) -> DirectOffer | str:
         """A one-time login on the PB port for `caller`'s session `token`, or why there is none."""
+        port = self._port()
+        if isinstance(port, str):
+            return port
+        portstr, (host, number) = port
         made = self.offers.make(caller, token, self.clock())
         if isinstance(made, str):
             return made
         try:
-            registration = await self._pbmanager().register(self.portstr, made.username, made.password,
+            registration = await self._pbmanager().register(portstr, made.username, made.password,
                                                             self._avatar)
         except Exception as e:
             self.offers.drop(made.username)
             return f"the PB port cannot take it ({visible(str(e) or type(e).__name__)[:200]})"
         self._registrations[made.username] = registration
         self._ends[made.username] = end
-        return DirectOffer(self.address[0], self.address[1], made.username, made.password)
+        return DirectOffer(host, number, made.username, made.password)
 
     def _avatar(self, mind: Any, username: str) -> DirectAvatar | None:
         offer = self.offers.take(username, self.clock())

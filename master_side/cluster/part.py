@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, RoutedTransfers
 from master_side.cluster.copy_serve import Copier, ServedTransfers
-from master_side.cluster.direct import DirectDoor
+from master_side.cluster.direct import DirectDoor, PBPort
 from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.offers import parse_address, pb_address
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
@@ -96,22 +96,21 @@ class ClusterPart:
             door.close()
         return self.link.stop()
 
-    def _door(self) -> DirectDoor | None:
-        """The direct streams' door on this master's Buildbot PB port (the one its workers attach to), or None
-        when it has none that another master can reach (logged: routed sessions then stay on the router)."""
-        master = self._master()
-        portstr = (getattr(master.config, "protocols", None) or {}).get("pb", {}).get("port")
+    def _door(self) -> DirectDoor:
+        """The direct streams' door on this master's Buildbot PB port (the one its workers attach to)."""
+        log.info("slaveshell: routed sessions served here are offered a direct connection to this master's PB port")
+        return DirectDoor(lambda: self._master().pbmanager, self._pb_port, self._reactor, self._registry.clock)
+
+    def _pb_port(self) -> PBPort | str:
+        """This master's PB port as master.cfg has it now, and its address for the other masters; or why none."""
+        portstr = (getattr(self._master().config, "protocols", None) or {}).get("pb", {}).get("port")
         if self.config.direct_address is not None:
             address: tuple[str, int] | None = parse_address(self.config.direct_address)
         else:
             address = pb_address(portstr, socket.getfqdn)
         if portstr is None or address is None:
-            log.warn("slaveshell: direct streams are enabled (cluster direct=True) but this master has no TCP PB "
-                     "port: routed sessions stay on the router")
-            return None
-        log.info("slaveshell: routed sessions served here are offered a direct connection to {host}:{port}",
-                 host=visible(address[0]), port=address[1])
-        return DirectDoor(lambda: self._master().pbmanager, portstr, address, self._reactor, self._registry.clock)
+            return "this master has no TCP PB port"
+        return portstr, address
 
     def tick(self, now: float) -> None:
         """Register the attached, opted-in workers on the router; unregister the others. The routed sessions'
