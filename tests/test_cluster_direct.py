@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 
 from master_side.cluster import serve
 from master_side.cluster.config import ClusterConfig
-from master_side.cluster.direct import DirectDoor, DirectLink
+from master_side.cluster.direct import DirectDoor, DirectLink, Sender
 from master_side.cluster.offers import (
     MAX_DIRECT,
     MAX_PER_MASTER,
@@ -148,9 +148,9 @@ class Mind:
         self.got: list[object] = []
         self.closed = False
 
-    def callRemote(self, name: str, wire: object) -> defer.Deferred[None]:  # noqa: N802 (Twisted's name)
+    def callRemote(self, name: str, wire: object, pbanswer: bool = True) -> defer.Deferred[None] | None:  # noqa: N802
         self.got.append(wire)
-        return defer.succeed(None)
+        return None if not pbanswer else defer.succeed(None)
 
 
 def direct_site() -> tuple[Site, PBManager, list[tuple[str, str, str]]]:
@@ -239,11 +239,9 @@ class Perspective:
         self.got: list[object] = []
         self.answers: list[defer.Deferred[None]] = []
 
-    def callRemote(self, name: str, wire: object) -> defer.Deferred[None]:  # noqa: N802 (Twisted's name)
+    def callRemote(self, name: str, wire: object, pbanswer: bool = True) -> defer.Deferred[None] | None:  # noqa: N802
         self.got.append(wire)
-        d: defer.Deferred[None] = defer.Deferred()
-        self.answers.append(d)
-        return d
+        return None
 
 
 class Connector:
@@ -260,7 +258,7 @@ def test_as_messages_switch_to_the_connection_and_its_loss_ends_the_session_with
     view = site.routed(sink)
     perspective, connector = Perspective(), Connector()
     view.input(b"a")  # through the router
-    view.use_direct(DirectLink(perspective, connector))
+    view.use_direct(DirectLink(perspective, connector, Sender(perspective)))
     view.input(b"b")
     assert perspective.got == [[1, "input", b"b"]]
     assert [w for _, w in site.views[0].got] == [b"a"]
@@ -278,7 +276,8 @@ def test_a_closes_the_connection_once_the_session_ended() -> None:
     sink = OperatorSink()
     view = site.routed(sink)
     connector = Connector()
-    view.use_direct(DirectLink(Perspective(), connector))
+    perspective = Perspective()
+    view.use_direct(DirectLink(perspective, connector, Sender(perspective)))
     view.take([1, "exit", 0, None, ""])
     assert sink.out[-1] == ("exit", ExitStatus(code=0))
     assert not connector.closed  # the answer to B's exit leaves first
@@ -294,3 +293,52 @@ def test_a_master_without_a_tcp_pb_port_serves_on_the_router_and_says_why() -> N
     site.served.path_event = lambda session_id, worker, who, detail: paths.append(detail)
     assert site.routed().offer is None
     assert paths == ["messages from master A: router (no direct connection offered: this master has no TCP PB port)"]
+
+
+def test_a_direct_sender_holds_messages_while_the_connection_is_full_and_writes_them_in_order() -> None:
+    """Answer-less writes: Twisted pauses the sender (its producer) when the transport holds more than its buffer;
+    messages then wait, in order, and the session's pump with them (their Deferreds), so that a peer that does not
+    read cannot make this side hold more than Twisted's buffer and 8 messages."""
+    from twisted.internet.testing import StringTransport
+
+    perspective = Perspective()
+    transport = StringTransport()
+    perspective.broker = type("Broker", (), {"transport": transport})()  # type: ignore[attr-defined]
+    sender = Sender(perspective)
+    assert transport.producer is sender and transport.streaming
+    assert sender.send([0, "input", b"a"]) is None
+    sender.pauseProducing()  # as Twisted does past the transport's buffer
+    waiting = [sender.send([1, "input", b"b"]), sender.send([2, "input", b"c"])]
+    assert perspective.got == [[0, "input", b"a"]] and all(isinstance(d, defer.Deferred) for d in waiting)
+    fired: list[int] = []
+    for i, d in enumerate(waiting):
+        assert d is not None
+        d.addCallback(lambda _, i=i: fired.append(i))
+    sender.resumeProducing()
+    assert perspective.got[1:] == [[1, "input", b"b"], [2, "input", b"c"]] and fired == [0, 1]
+    sender.pauseProducing()
+    lost = sender.send([3, "eof"])
+    assert lost is not None
+    failures: list[object] = []
+    lost.addErrback(failures.append)
+    sender.stopProducing()  # the connection went
+    assert len(failures) == 1
+
+
+def test_the_session_pump_waits_for_a_paused_direct_connection() -> None:
+    clock = task.Clock()
+
+    class Link:
+        def call(self, uri: str, wire: object, timeout: float | None = None) -> defer.Deferred[object]:
+            raise AssertionError("nothing goes through the router here")
+
+    perspective = Perspective()
+    sender = Sender(perspective)
+    sink = RouterSink(Link(), "uri", clock.seconds)  # type: ignore[arg-type]
+    sink.use(sender.send)
+    sender.pauseProducing()
+    for i in range(20):
+        sink.output(1, bytes([65 + i]))
+    assert perspective.got == [] and len(sender.waiting) == serve.MAX_OUTSTANDING  # the rest waits in the sink
+    sender.resumeProducing()
+    assert [w[3] for w in perspective.got] == [bytes([65 + i]) for i in range(20)]  # type: ignore[index]

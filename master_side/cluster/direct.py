@@ -19,14 +19,17 @@ registrations on its PB port, the avatar each login gets) and `connect` (A's).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.cred import credentials
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.spread import pb
+from zope.interface import implementer
 
 from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, DirectOffer, Offer, Offers
 from slaveshell.plumbing.deferreds import deferred
@@ -38,13 +41,71 @@ log = Logger()
 # -- B's end ---------------------------------------------------------------------------------------------------
 
 
+# How one side sends a session's message: a call through the router (a Deferred of its answer), or a write to the
+# direct connection (None: no answer; the session's credit windows bound what is written, TCP carries it in order,
+# and the connection's loss ends the session; a Deferred failure when the connection is already gone).
+Send = Callable[[object], "defer.Deferred[Any] | None"]
+
+
+@implementer(IPushProducer)
+class Sender:
+    """One side's writes of a session's messages to the direct connection, without answers, as fast as the
+    connection takes them: while its transport holds more than its buffer (Twisted pauses this producer), a message
+    waits here, its Deferred fired once it is written, so that the session's pump (at most its 8 messages in
+    flight) waits too. What one side holds for a peer that does not read is bounded: Twisted's buffer plus 8
+    messages, and the session's own queue behind them."""
+
+    def __init__(self, reference: Any) -> None:
+        self.reference = reference
+        self.paused = False
+        self.waiting: collections.deque[tuple[object, defer.Deferred[Any]]] = collections.deque()
+        transport = getattr(getattr(reference, "broker", None), "transport", None)
+        if transport is not None:
+            try:
+                transport.registerProducer(self, True)
+            except Exception:  # another producer there (not ours to replace): unbounded writes are not made
+                self.paused = True
+                log.warn("slaveshell: the direct connection's transport has a producer already")
+
+    def send(self, wire: object) -> defer.Deferred[Any] | None:
+        """`wire` to the other side's `m`: None once written, else a Deferred fired when it is."""
+        if self.paused or self.waiting:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.waiting.append((wire, d))
+            return d
+        try:
+            self.reference.callRemote("m", wire, pbanswer=False)
+        except pb.DeadReferenceError:
+            return defer.fail()
+        return None
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        while self.waiting and not self.paused:
+            wire, d = self.waiting.popleft()
+            try:
+                self.reference.callRemote("m", wire, pbanswer=False)
+            except pb.DeadReferenceError:
+                d.errback()
+                continue
+            d.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        waiting, self.waiting = self.waiting, collections.deque()
+        for _, d in waiting:
+            d.errback(pb.PBConnectionLost("the direct connection was lost"))
+
+
 class DirectEnd(Protocol):
     """What the door asks of the session an offer is for (master_side.cluster.serve's)."""
 
     def message(self, wire: object) -> None:
         """A message of A, as from the router."""
 
-    def ready(self, send: Callable[[object], defer.Deferred[Any]]) -> bool:
+    def ready(self, send: Send) -> bool:
         """A said READY: B's messages go by `send` from now on. False: the session is over (the connection is
         dropped)."""
 
@@ -96,7 +157,7 @@ class DirectAvatar(pb.Avatar):
         if self.is_ready or self.gone:
             return False
         self._cancel_deadline()
-        if not self.end.ready(lambda wire: self.mind.callRemote("m", wire)):
+        if not self.end.ready(Sender(self.mind).send):
             self.door.reactor.callLater(0, self.disconnect)
             return False
         self.is_ready = True
@@ -213,8 +274,10 @@ class DirectLink:
     perspective: Any
     connector: Any
 
-    def send(self, wire: object) -> defer.Deferred[Any]:
-        return self.perspective.callRemote("m", wire)  # type: ignore[no-any-return]
+    sender: Sender
+
+    def send(self, wire: object) -> defer.Deferred[Any] | None:
+        return self.sender.send(wire)
 
     def close(self) -> None:
         self.connector.disconnect()
@@ -238,4 +301,4 @@ async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], 
         raise
     set_nodelay(perspective)
     perspective.notifyOnDisconnect(lambda ref: lost())
-    return DirectLink(perspective, connector)
+    return DirectLink(perspective, connector, Sender(perspective))

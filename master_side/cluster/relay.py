@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
-from master_side.cluster.direct import DirectLink, connect
+from master_side.cluster.direct import DirectLink, Send, connect
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
 from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
 from master_side.cluster.serve import DEAD, PING
@@ -142,8 +142,8 @@ class RoutedView:
         self._waiting: collections.deque[Message] = collections.deque()
         # How a message goes to B: a call of its `in` procedure through the router, or once the direct connection
         # is ready (master_side.cluster.direct) and the router's calls in flight are answered, over that connection.
-        self._call: Callable[[object], defer.Deferred[Any]] = lambda wire: self.relays.link.call(self.in_uri, wire)
-        self._next_call: Callable[[object], defer.Deferred[Any]] | None = None
+        self._call: Send = lambda wire: self.relays.link.call(self.in_uri, wire)
+        self._next_call: Send | None = None
         self.offer: DirectOffer | None = None  # B's direct login, from its answer
         self.direct: DirectLink | None = None  # the connection, once logged in
         self.path = ROUTER
@@ -211,6 +211,11 @@ class RoutedView:
             self._outstanding += 1
             self.sent_at = self.relays.clock()
             d = self._call(message.to_wire())
+            if d is None:  # written to the direct connection, in order (its loss ends the session): no answer
+                self._outstanding -= 1
+                if message.kind is ToWorkerSide.DETACH:
+                    self._finish()
+                continue
             d.addCallbacks(self._delivered, self._failed, callbackArgs=(message,))
 
     def _delivered(self, _answer: object, message: Message) -> None:

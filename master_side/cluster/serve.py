@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
-from master_side.cluster.direct import DirectDoor
+from master_side.cluster.direct import DirectDoor, Send
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer
 from master_side.cluster.part_input import PartInput
@@ -144,10 +144,10 @@ class RouterSink:
         # How a message goes to the calling master: a call of its `out` procedure through the router, or once the
         # direct connection is ready (master_side.cluster.direct) and the router's calls in flight are answered,
         # over that connection.
-        self._call: Callable[[object], defer.Deferred[Any]] = lambda wire: self.link.call(self.out_uri, wire)
-        self._next_call: Callable[[object], defer.Deferred[Any]] | None = None
+        self._call: Send = lambda wire: self.link.call(self.out_uri, wire)
+        self._next_call: Send | None = None
 
-    def use(self, call: Callable[[object], defer.Deferred[Any]]) -> None:
+    def use(self, call: Send) -> None:
         """The session's messages go by `call` (the direct connection) once those in flight are answered: the
         calling master takes them in order."""
         self._next_call = call
@@ -179,6 +179,9 @@ class RouterSink:
             self._outstanding += 1
             self.sent_at = self._clock()
             d = self._call(message.to_wire())
+            if d is None:  # written to the direct connection, in order (its loss ends the session): no answer
+                self._outstanding -= 1
+                continue
             d.addCallbacks(self._delivered, self._failed, errbackArgs=(message,))
         if self._exited and not self._queue and not self._outstanding:
             self.finished()
@@ -275,7 +278,7 @@ class _DirectEnd:
     def message(self, wire: object) -> None:
         self.sessions.take(self.served, wire)
 
-    def ready(self, send: Callable[[object], defer.Deferred[Any]]) -> bool:
+    def ready(self, send: Send) -> bool:
         return self.sessions.direct_ready(self.served, send)
 
     def lost(self) -> None:
@@ -435,7 +438,7 @@ class ServedSessions:
                  sid=view.session_id if view is not None else "?", caller=visible(served.caller),
                  detail=visible(detail))
 
-    def direct_ready(self, served: Served, send: Callable[[object], defer.Deferred[Any]]) -> bool:
+    def direct_ready(self, served: Served, send: Send) -> bool:
         """The calling master's direct connection is ready: the session's messages go over it."""
         if served.ended or served.sink.gone or served.view is None:
             return False
