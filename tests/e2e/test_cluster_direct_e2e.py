@@ -22,6 +22,7 @@ from slaveshell.vocabulary.protocol import OpenRequest
 
 from .cluster_fixtures import PG, REALM, Site, site
 from .conftest import Terminal, wait_until
+from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +87,36 @@ def test_a_session_through_a_goes_over_the_direct_connection(direct_site: Site) 
         t.close()
     row = wait_until(lambda: (r := session_row(direct_site, session)) and r["state"] != "running" and r, 30)
     assert (row["state"], row["exit_code"]) == ("ended", 3)
+
+
+def test_detach_and_resume_through_a_both_over_the_direct_connection(direct_site: Site) -> None:
+    """~d in a session that went direct: B keeps it detached; `slaveshell attach ID` through A resumes it, over a
+    direct connection of its own (B's audit has a `direct` event for the open and for the attach)."""
+    before = {str(e["session_id"]) for e in events(direct_site, "routed path")}
+    t = Terminal(direct_site.a, ["b1"])
+    try:
+        t.ready()
+        session = newest_session(direct_site, before)
+        wait_until(lambda: "direct" in path_of(direct_site, session), 30)
+        t.run("export KEPT=direct-kept")
+        t.child.send("\r~d")
+        assert t.wait() == 0
+    finally:
+        t.close()
+    assert f"slaveshell attach {session}" in bytes(t.printed).decode("utf-8", "replace")
+    wait_until(lambda: session_row(direct_site, session).get("state") == "detached", 30)
+    a = SlaveshellTerminal(direct_site.a, ["attach", session])
+    try:
+        wait_until(lambda: sum(1 for e in events(direct_site, "routed path") if e["session_id"] == session
+                               and str(e["detail"]).startswith("messages from master A: direct")) == 2, 30)
+        a.child.send("echo $KEPT\r")
+        a.expect("direct-kept")
+        a.child.send("exit 6\r")
+        assert a.wait() == 6
+    finally:
+        a.close()
+    row = wait_until(lambda: (r := session_row(direct_site, session)) and r["state"] == "ended" and r, 30)
+    assert row["exit_code"] == 6
 
 
 DIRECT_PROBE = r"""
