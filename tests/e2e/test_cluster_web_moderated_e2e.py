@@ -23,9 +23,9 @@ import pytest
 from slaveshell.client.sandbox import Sandbox
 
 from .browser import CHROMIUM, chromium
-from .cluster_fixtures import Site, site
+from .cluster_fixtures import A_POLICY, WWW_CONFIG, Site, site
 from .conftest import assert_no_traceback
-from .test_cluster_web_e2e import A_POLICY, WWW_CONFIG, master_cell
+from .test_cluster_web_e2e import master_cell
 from .test_sharing_e2e import SlaveshellTerminal
 from .test_web_e2e import login, plugin_on_path, run, screen, shot, wait_for, wait_status
 
