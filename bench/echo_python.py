@@ -75,19 +75,12 @@ def master_python(keys: int, spacing: float, link: str) -> dict[str, list[int]]:
         rec = SessionRecorder(session.id, os.path.join(d, "s.cast"), CastEncoder(), None, started=time.time())
         rec.create(CastEncoder.header(80, 24, 0))
         session.recorder = rec
-        typed = (ROOT / "master_side" / "worker_sink.py").exists()
-        if typed:
-            from master_side.operators.terms import View
-            from master_side.sessions.worker_sink import WorkerSink
-            from tests.recorded import ToViewer, ToWorker
+        from master_side.operators.terms import View
+        from master_side.sessions.worker_sink import WorkerSink
+        from tests.recorded import ToViewer, ToWorker
 
-            view = View(session, session.start(ToViewer(), ToWorker()), lambda *a: None)
-            typing, acking = (lambda: view.input(KEY)), (lambda: view.ack(1))
-        else:
-            from master_side.session_pb import ViewerHandle, WorkerSink  # type: ignore[import-not-found]
-
-            handle = ViewerHandle(session, session.start(lambda *a: None, lambda *a: None), lambda *a: None)
-            typing, acking = (lambda: handle.remote_input(KEY)), (lambda: handle.remote_ack(1))
+        view = View(session, session.start(ToViewer(), ToWorker()), lambda *a: None)
+        typing, acking = (lambda: view.input(KEY)), (lambda: view.ack(1))
         worker = WorkerSink(session, lambda *a: None)
         steps = [("input", typing)]
         if link == "pb-ack-ahead":

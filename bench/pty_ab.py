@@ -5,6 +5,7 @@ keystroke echo, measured as bench/run.py measures it.
     python3 bench/pty_ab.py --tree new=. --rounds 1 --keep   # one tree; prints the sandbox to attach py-spy
     python3 bench/pty_ab.py --tree base=../x-base --tree new=. --echo 1000 --rounds 4   # echo instead: us
     python3 bench/pty_ab.py --tree base=../x-base --tree new=. --tree ssh= --rounds 8   # and `ssh -tt` (run.py's sshd)
+    python3 bench/pty_ab.py --tree base=../x-base --tree new=. --kind binary   # fair.py's content kinds
 
 One throwaway master and worker per tree (each started with PYTHONPATH at its tree, so its master, worker and
 client run that tree's code), alternated round by round (a, b, a, b...: the machine's load drifts). Each round
@@ -138,15 +139,24 @@ def main() -> int:
                     help="a source tree (its processes get the environment variables after it)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--kind", default="base64", choices=("base64", "text", "binary", "escapes"),
+                    help="the content: base64 lines (bench/run.py's), or one of bench/fair.py's kinds")
     ap.add_argument("--echo", type=int, default=0, metavar="KEYS", help="measure echo (KEYS keystrokes) instead")
     ap.add_argument("--keep", action="store_true", help="wait for Enter before stopping (to attach py-spy)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pty-ab-"))
     data = work / "data.txt"
     size = args.size_mb * MB
-    if not args.echo:
+    if args.echo:
+        pass
+    elif args.kind == "base64":
         with open(data, "wb") as f:  # as bench/run.py: base64 lines of 76 characters
             subprocess.run(f"base64 /dev/urandom | head -c {size}", shell=True, stdout=f, check=True)
+    else:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from fair import make_content
+
+        make_content(args.kind, data, size)
     trees = [Tree(label, spec, work) for label, spec in (t.split("=", 1) for t in args.tree)]
     try:
         for tree in trees:

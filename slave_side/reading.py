@@ -3,11 +3,11 @@
 Twisted reads a process's pipes and its PTY 8 KiB per reactor wake-up (`twisted.internet.fdesc.readFromFD`), and
 a PTY's master side gives at most 4 KiB per read (the line discipline's read buffer, N_TTY_BUF_SIZE), so a bulk
 stream cost the worker one wake-up and one chain of Python calls per 4-8 KiB (py-spy, `-T cat` and `-t cat` of
-200 MB). Here each wake-up reads until the descriptor has nothing more (EAGAIN) or `limit` bytes were read, and
-hands them on in one call; a pipe's kernel buffer is raised to PIPE_SIZE so that a writer like `cat` (128 KiB
-writes) fills more of it between wake-ups. Flow control is unchanged: a paused reader is not read, and one
-wake-up reads at most `limit` bytes (the session's largest message) past the window, which the master tolerates
-(master_side.sessions.clocks.WINDOW_TOLERANCE).
+200 MB). Here each wake-up reads until the descriptor has nothing more (EAGAIN, or a read shorter than SHORT_READ)
+or `limit` bytes were read, and hands them on in one call; a pipe's kernel buffer is raised to PIPE_SIZE so that a
+writer like `cat` (128 KiB writes) fills more of it between wake-ups. Flow control is unchanged: a paused reader
+is not read, and one wake-up reads at most `limit` bytes (the session's largest message) past the window, which
+the master tolerates (master_side.sessions.clocks.WINDOW_TOLERANCE).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
 # One read's size: a PTY gives at most 4 KiB per read anyway; a pipe gives what it holds.
 READ_SIZE = 256 * 1024
+# A read this short (a keystroke's echo, a prompt) ends the wake-up's reading: the descriptor was drained, and a
+# second read would only meet EAGAIN (what comes later wakes the reactor again: epoll is level-triggered). A bulk
+# stream's reads are 4 KiB from a PTY and more from a pipe, and go on as before.
+SHORT_READ = 512
 
 
 class Readable(Protocol):
@@ -61,6 +65,8 @@ def read_more(reader: Readable, deliver: Callable[[bytes], None], limit: int, pi
                 break
             parts.append(data)
             got += len(data)
+            if len(data) < SHORT_READ:
+                break  # drained: no second read only to meet EAGAIN
         if parts:
             deliver(parts[0] if len(parts) == 1 else b"".join(parts))
         return result

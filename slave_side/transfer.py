@@ -34,6 +34,7 @@ from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.plumbing.remote import Undo, exported, on_disconnect, opening, set_nodelay
 from slaveshell.vocabulary.copying import (
     ENTRY_COST,
+    JOINED_CALLS,
     STREAM_CALLS,
     UP,
     Abort,
@@ -96,6 +97,9 @@ class _StreamPeer(LeanPeer):
     """A transfer's PB reference: the stream's calls answer-less (copying.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
+
+    def at_once(self, method: str, args: tuple[object, ...]) -> bool:
+        return method not in JOINED_CALLS  # a large chunk goes at once all the same (lean_calls.WRITE_APART)
 
 
 class _Peer:

@@ -231,3 +231,185 @@ def test_an_operator_gone_before_the_request_is_asked_leaves_nothing_pending() -
     assert results[0].value.kind is ErrorKind.STOPPED
     assert not h.approvals.pending and not h.clock.getDelayedCalls() and h.wanted == []
     assert [k for k, _, _ in h.record.events] == [ASKED, WITHDRAWN]
+
+
+def ask_part(h: Harness, who: Identity = ALICE, run: str = "r1") -> tuple[list, list]:
+    """A fleet run's part: it may wait for a free place. Its results, and its leaving callbacks."""
+    callbacks: list = []
+    results: list = []
+    h.approvals.ask(who, "prod-1", Kind.RUN, f"fleet run {run}, command: true", None, ("leads",), h.told.append,
+                    [lambda cb: subscribe(callbacks, cb)], run, place=True).addBoth(results.append)
+    return results, callbacks
+
+
+def test_a_runs_part_past_the_operators_bound_waits_for_a_free_place_and_is_asked_once_one_is_free() -> None:
+    h = Harness(ApprovalLimits(per_operator=2, total=32, wait=60))
+    _, own_command, own_results = h.ask(what="command: make deploy")  # alice's own, waiting on another worker
+    first, _ = ask_part(h)
+    queued, _ = ask_part(h)
+    # Not refused: it waits, and alice is told why; the bound holds (nothing past it is pending, or audited).
+    assert queued == [] and h.refused == []
+    assert h.told[-1] == ("worker prod-1 is moderated: its approval request waits for a free place (alice already "
+                          "waits for 2 approvals (the master's limit per operator)); it is asked as soon as one of "
+                          "those is approved, denied, withdrawn or expires; Ctrl-C or a cancel withdraws it")
+    assert len(h.approvals.pending) == 2 and [k for k, _, _ in h.record.events] == [ASKED, ASKED]
+    # A command is still refused at once (an operator at a terminal asks again).
+    with pytest.raises(OperatorError) as e:
+        h.ask(what="command: ls")
+    assert e.value.kind is ErrorKind.LIMIT and "alice already waits for 2 approvals" in e.value.message
+    # Her command is approved: its place goes to the waiting part, asked now.
+    h.approvals.approve(BOB, own_command)
+    assert isinstance(own_results[0], Approved) and queued == []
+    assert [k for k, _, _ in h.record.events] == [ASKED, ASKED, APPROVED, ASKED]
+    assert h.told[-1].startswith("worker prod-1 is moderated: request ") and not h.approvals.queued
+    asked_now = h.record.events[-1][2].split()[1]
+    assert h.approvals.pending[asked_now].request.run_id == "r1"
+    h.approvals.approve(BOB, asked_now)
+    assert isinstance(queued[0], Approved) and queued[0].request.id == asked_now and first == []
+
+
+def test_a_waiting_part_is_asked_when_a_request_expires_or_is_withdrawn_and_ctrl_c_ends_its_wait() -> None:
+    h = Harness(ApprovalLimits(per_operator=1, total=32, wait=60))
+    _, _, expiring = h.ask(what="command: make deploy")
+    part, _ = ask_part(h)
+    gone, gone_callbacks = ask_part(h, run="r2")
+    assert len(h.approvals.queued) == 2
+    # Ctrl-C on run r2 while it waits for a place: its wait ends, nothing was asked (nothing to audit).
+    for callback in list(gone_callbacks):
+        callback()
+    assert gone[0].value.kind is ErrorKind.STOPPED and "free place" in gone[0].value.message
+    assert not gone_callbacks and len(h.approvals.queued) == 1
+    h.clock.advance(60)  # alice's command expires: the part is asked
+    assert expiring[0].value.kind is ErrorKind.LIMIT and part == []
+    assert [k for k, _, _ in h.record.events] == [ASKED, EXPIRED, ASKED] and not h.approvals.queued
+    again, _ = ask_part(h, run="r3")
+    part_id = h.record.events[-1][2].split()[1]
+    h.approvals._withdrawn(part_id)  # its run was interrupted: the next one is asked
+    assert part[0].value.kind is ErrorKind.STOPPED and again == []
+    assert [k for k, _, _ in h.record.events][-2:] == [WITHDRAWN, ASKED]
+    h.approvals.stop()
+    assert again[0].value.kind is ErrorKind.STOPPED and not h.approvals.pending and not h.approvals.queued
+
+
+def test_the_places_waited_for_are_bounded_per_operator_per_calling_master_and_in_total() -> None:
+    h = Harness(ApprovalLimits(per_operator=1, total=2, per_master=1, queued_per_operator=2, queued_per_master=1,
+                               queued=3))
+    h.ask()
+    ask_part(h)
+    ask_part(h)
+    with pytest.raises(OperatorError) as e:
+        ask_part(h)
+    assert e.value.kind is ErrorKind.LIMIT and e.value.message.startswith(
+        "approvals refused: alice already waits for 1 approvals (the master's limit per operator), and 2 more "
+        "wait for a free place (the master's limit per operator)")
+    a_carol = ClusterIdentity.vouched("A", "carol", ["ops"])
+    a_dave = ClusterIdentity.vouched("A", "dave", ["ops"])
+    h.ask(a_carol)  # master A's one place
+    ask_part(h, a_dave)  # waits (A's bound)
+    with pytest.raises(OperatorError) as e:
+        ask_part(h, ClusterIdentity.vouched("A", "erin", ["ops"]))
+    assert "of master A's operators wait for a free place" in e.value.message
+    with pytest.raises(OperatorError) as e:
+        ask_part(h, CAROL)  # the master's total (2 pending, 3 waiting)
+    assert "3 requests wait for a free place (the master's limit)" in e.value.message
+    assert [who for who, _ in h.refused] == ["alice", "cluster:A/erin", "carol"]
+    assert len(h.approvals.pending) == 2 and len(h.approvals.queued) == 3
+
+
+class CopyParty:
+    """The operator's end of a copy, as its door gives it: only its disconnection is asked for here."""
+
+    def __init__(self) -> None:
+        self.left: list = []
+
+    def on_disconnect(self, callback):  # type: ignore[no-untyped-def]
+        return subscribe(self.left, callback)
+
+
+def copy_api(routes: list[object]):  # type: ignore[no-untyped-def]
+    """An OperatorAPI for `copy` on prod-1 with its approvals on a clock of their own: `routes`, what the worker's
+    route gives each time it is asked (a connection, or a RouteError raised); nothing is started."""
+    from types import SimpleNamespace
+
+    from master_side.glue.buildbot import RouteError
+    from master_side.holds.step import Holds
+    from master_side.operators.api import OperatorAPI
+
+    record, refused, clock = Record(), [], task.Clock()
+
+    def route(worker: str) -> object:
+        given = routes.pop(0)
+        if isinstance(given, RouteError):
+            raise given
+        return given
+
+    trail = SimpleNamespace(master_name="host:/srv/master", refused=lambda who, worker, line: refused.append(line),
+                            approval=record.approval)
+    registry = SimpleNamespace(limits=SimpleNamespace(per_worker=None, per_operator=None), clock=clock.seconds,
+                               live=lambda: [])
+    api = OperatorAPI(registry, SimpleNamespace(route=route), None, lambda: trail, lambda: None,  # type: ignore[arg-type]
+                      Holds())
+    api.policy = POLICY
+    api.approvals = Approvals(lambda: api.policy, lambda: clock, lambda: trail, api.refuse)  # type: ignore[arg-type]
+    return api, record, refused
+
+
+def ask_copy(api, told: list[str]) -> tuple[list, str]:  # type: ignore[no-untyped-def]
+    from slaveshell.vocabulary.copying import UP, TransferRequest
+
+    results: list = []
+    api.copy(ALICE, TransferRequest(UP, "prod-1", ("a",), "/srv/a", reason="INC-1"), CopyParty(),
+             told.append).addBoth(results.append)
+    assert results == [], results  # it waits for a moderator
+    return results, told[-1].split("request ")[1].split()[0]
+
+
+def test_a_copy_refused_after_its_approval_is_audited_unused_by_the_rule_an_open_follows() -> None:
+    """The policy changed while the copy waited (a reconfig took alice's copy right away): the copy is refused,
+    audited, and the approval is said not used, as an approved session's open refused then is."""
+    api, record, refused = copy_api([object(), object()])
+    told: list[str] = []
+    results, request_id = ask_copy(api, told)
+    api.policy = Policy([Rule(groups=["leads"], workers=["prod-*"], rights=["watch"])])
+    assert api.approve(BOB, request_id).endswith("approved: it starts now")
+    (failure,) = results
+    assert failure.value.kind is ErrorKind.DENIED and failure.value.message.startswith("permission denied: ")
+    assert refused == [failure.value.message]
+    assert record.events[-1] == (
+        "approval-unused", "alice", f"request {request_id} of alice on prod-1, copy: approved by bob, not used: the "
+                                    f"transfer did not start: {failure.value.message}")
+    assert [k for k, _, _ in record.events] == [ASKED, APPROVED, "approval-unused"]
+
+
+def test_a_copy_whose_worker_went_or_refused_after_its_approval_is_audited_unused() -> None:
+    from master_side.copying.relay import TransferRefused
+    from master_side.glue.buildbot import RouteError
+
+    # The worker went while the copy waited for its moderator: the route asked again refuses it.
+    api, record, refused = copy_api([object(), RouteError("worker prod-1 is not connected")])
+    told: list[str] = []
+    results, request_id = ask_copy(api, told)
+    api.approve(BOB, request_id)
+    assert results[0].value.kind is ErrorKind.UNAVAILABLE and refused == ["worker prod-1 is not connected"]
+    assert record.events[-1][0] == "approval-unused" and record.events[-1][2].endswith(
+        "not used: the transfer did not start: worker prod-1 is not connected")
+    # The worker refused the transfer (its owner's allowed_dirs): not started, so not used either.
+    api, record, refused = copy_api([object(), object()])
+    api.transfers.start = lambda *args: defer.fail(TransferRefused("/srv/a is outside the allowed directories"))
+    results, request_id = ask_copy(api, told)
+    api.approve(BOB, request_id)
+    assert results[0].value.kind is ErrorKind.UNAVAILABLE
+    assert record.events[-1][2].endswith("not used: the transfer did not start: /srv/a is outside the allowed "
+                                         "directories")
+    assert [k for k, _, _ in record.events] == [ASKED, APPROVED, "approval-unused"]
+
+
+def test_a_copy_refused_without_an_approval_writes_no_unused_event() -> None:
+    from slaveshell.vocabulary.copying import UP, TransferRequest
+
+    api, record, refused = copy_api([object()])
+    api.policy = Policy([Rule(groups=["ops"], workers=["prod-*"], rights=["copy"])])  # not four-eyes
+    api.transfers.quota = lambda *args: "alice already runs 1 transfers on prod-1 (the limit)"
+    results: list = []
+    api.copy(ALICE, TransferRequest(UP, "prod-1", ("a",), "/srv/a"), CopyParty()).addBoth(results.append)
+    assert results[0].value.kind is ErrorKind.LIMIT and record.events == []

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -386,6 +387,70 @@ def test_a_full_disk_under_input_written_behind_fails_the_recording_and_keeps_th
     assert len(index.errors) == 1 and "No space left" in str(index.errors[0])
     assert [(e.code, e.data) for e in events(rec.path)] == [("a", "0 0 5000")]
     assert rec.attachment.size == 5000
+
+
+def test_a_failure_whose_handler_ends_the_session_mid_settle_keeps_the_acknowledgements_in_order(tmp_path):
+    # The session's error handler ends the session, whose end drains and settles the recorder again while the
+    # failed chunk is being settled: each chunk is still acknowledged once and in order, the handler told once.
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    told = []
+
+    def ended_by_the_session(error):
+        told.append(error)
+        rec.end(Ended())
+
+    rec.on_error = ended_by_the_session
+    recorded = []
+    rec.input(b"a" * 5000, hidden=False, recorded=lambda: recorded.append(1))
+    reactor.run_when(1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    for n in (2, 3, 4):
+        rec.input(bytes([96 + n]) * 5000, hidden=False, recorded=lambda n=n: recorded.append(n))
+    reactor.run_when(3)
+    assert recorded == [1, 2, 3, 4]
+    assert len(told) == 1 and "No space left" in str(told[0])
+    assert len(index.ends) == 1  # ended once, after the chunks were settled
+    assert [(e.code, e.data) for e in events(rec.path)][:1] == [("a", "0 0 5000")]
+    assert not any(e.code == "a" and e.data != "0 0 5000" for e in events(rec.path))
+
+
+def test_a_session_waits_for_its_own_input_written_behind_not_for_a_stuck_sessions(tmp_path):
+    # Session B's attachment writes into a pipe nobody reads (a disk that does not answer): its chunks stay in
+    # flight. Session A's next event waits only for A's own chunk, which is written meanwhile.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rec_a, _ = bulk_recorder(tmp_path / "a")
+    rec_b, _ = bulk_recorder(tmp_path / "b")
+    for rec in (rec_a, rec_b):
+        rec.call_in_reactor = Reactor().call
+    rec_b.input(b"b" * 10_000, hidden=False, recorded=lambda: None)  # creates B's attachment
+    rec_b._drain()
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, rec_b.attachment._fd)
+    os.close(write_end)
+    stuck = b"B" * 300_000  # more than a pipe holds
+    for _ in range(3):
+        rec_b.input(stuck, hidden=False, recorded=lambda: None)
+    reader = open(read_end, "rb", buffering=0)
+    unblock = threading.Timer(60, reader.close)  # else, were A to wait for B, it would wait forever
+    unblock.start()
+    try:
+        recorded = []
+        rec_a.input(os.urandom(200_000), hidden=False, recorded=lambda: recorded.append("a"))
+        rec_a.output(b"after")  # waits for A's chunk only
+        b_in_flight = [not behind.write.done() for behind in rec_b._behind]
+    finally:
+        unblock.cancel()
+        reader.close()  # B's writes fail now (EPIPE), B's own recording fails
+    assert recorded == ["a"]
+    assert [(e.code, e.data) for e in events(rec_a.path)] == [("a", "0 0 200000"), ("o", "after")]
+    assert all(b_in_flight)
+    rec_b._drain()
+    assert rec_b.failed is not None
 
 
 def test_the_relay_returns_piped_inputs_credit_only_once_the_recorder_says_it_is_recorded():

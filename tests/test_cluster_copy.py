@@ -387,3 +387,42 @@ def test_a_routed_cp_on_a_four_eyes_worker_waits_for_b_and_leaving_withdraws_it(
             approvals.approve(Identity(2000, 2000, 2, "bob", frozenset({"ops"})), request_id)
             transfer, _ = d.result
             assert transfer.id == "t1"
+
+
+def test_a_transfer_b_started_is_recorded_on_a_with_its_id_however_soon_it_ended() -> None:
+    """The twin of a routed open's rule (relay.answered): B's transfer ended before its answer came, or the
+    operator left while B started it: A's `routed` event names B's transfer and says what became of it."""
+    site = Site()
+    records: list[tuple[str | None, str]] = []
+    site.routed.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+
+    def quick(who: Identity, request: TransferRequest, party: RouterParty) -> Any:
+        started = site.copier(who, request, party)
+        site.transfers[-1].end(False, "no space on /tmp")
+        return started
+
+    site.served._copier = quick  # type: ignore[assignment]
+    party = Party()
+    transfer, _ = site.copy(party)
+    assert transfer.ended and party.got == [Result(False, "no space on /tmp")]
+    assert records == [("t1", "cp up routed to master B: transfer t1 started there, then it ended there before its "
+                              "answer came (failed)")]
+    answer: defer.Deferred[object] = defer.Deferred()
+    parties: list[RouterParty] = []
+
+    def slow(who: Identity, request: TransferRequest, party: RouterParty) -> Any:
+        parties.append(party)
+        return answer
+
+    site.served._copier = slow  # type: ignore[assignment]
+    party = Party()
+    d = site.routed.copy(ALICE, REQUEST, party)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    for leave in party.disconnects:
+        leave()
+    answer.callback((FakeTransfer(ALICE, REQUEST, parties[0]), {"total": 0, "entries": 0, "recorded": True}))
+    site.clock.advance(0)
+    assert failures and isinstance(failures[0].value, Refused) and failures[0].value.kind == "stopped"
+    assert records[-1] == ("t1", "cp up routed to master B: transfer t1 started there, then the operator had left "
+                                 "before its answer came (that master ends it)")

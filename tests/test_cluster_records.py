@@ -200,3 +200,31 @@ def test_sessions_lists_bs_live_sessions_marked_b_and_names_a_master_that_does_n
     assert len(str(rows[1]["command"])) == 1024  # cut by B: its answer stays far below the router's limit
     assert len(unanswered) == 1 and unanswered[0].startswith("C (")
     assert ("cluster:A/alice", "sessions") in site.reader.asked
+
+
+def test_a_four_eyes_session_of_b_is_listed_with_bs_rule_and_moderators_checked_where_they_arrive() -> None:
+    """B names a four-eyes session's rule and the viewers who moderate it, so that A lists a held one `held` with
+    why, as B's own pages do; a row whose four-eyes fields are malformed (a hostile B) is left out."""
+    site = Site()
+    four_eyes = {"id": "s1", "worker": "b1", "operator": "cluster:A/alice", "uid": -1, "started": 1.0,
+                 "state": "attached", "command": None, "reason": None, "held": True, "idle": 0.0,
+                 "moderated_by": ["leads", "web:leads"], "viewers": [{"user": "bob", "role": "watch"}]}
+    moderated = {**four_eyes, "id": "s2", "held": False,
+                 "viewers": [{"user": "carol", "role": "watch", "moderator": True}, {"user": "dave", "role": "watch"}]}
+    plain = {**four_eyes, "id": "s3", "held": False, "moderated_by": None}
+    site.reader.live = [four_eyes, moderated, plain]
+    rows, _ = result(site.records.sessions(ALICE))
+    assert [(r["id"], r["held"], r["moderated_by"], r["moderators"]) for r in rows] == [
+        ("s1", True, ["leads", "web:leads"], []), ("s2", False, ["leads", "web:leads"], ["carol"]),
+        ("s3", False, None, [])]
+    # B's answer as a hostile B could send it: each malformed four-eyes field leaves its row out.
+    answers = [{"ok": True, "rows": [
+        {**{k: v for k, v in four_eyes.items() if k not in ("uid", "viewers")}, "id": f"h{i}", **bad}
+        for i, bad in enumerate([{"moderated_by": ["le\x1bads"]}, {"moderated_by": "leads"}, {"moderated_by": []},
+                                 {"moderators": ["x"] * 33}, {"moderators": [""]}, {"moderators": "carol"},
+                                 {"moderators": [], "moderated_by": ["leads"]}])]}]
+    b = site.router.session("B2", "slaveshell-44")
+    site.router.procedures.pop(master_record_uri("B", "sessions"), None)
+    b.register(lambda *args, **kwargs: answers[0], master_record_uri("B", "sessions"))
+    rows, _ = result(site.records.sessions(ALICE))
+    assert [r["id"] for r in rows] == ["h6"], rows  # only the well-formed one

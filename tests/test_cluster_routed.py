@@ -20,11 +20,14 @@ from master_side.cluster.relay import Relays
 from master_side.cluster.serve import MAX_PER_MASTER, RouterSink, ServedSessions
 from master_side.cluster.stream import (
     MAX_GROUPS,
+    MAX_MODERATED_BY,
+    MAX_NAME,
     MAX_OUTPUT,
     OpenCall,
     Refused,
     ToOperatorSide,
     ToWorkerSide,
+    check_moderated_by,
     to_operator_side,
     to_worker_side,
 )
@@ -61,6 +64,8 @@ class FakeView:
         self.session_id = "s1"
         self.input_grant = 4096
         self.worker, self.role, self.size = "b1", "owner", (80, 24)
+        self.moderated_by: tuple[str, ...] | None = None  # a four-eyes session's rule's groups, as B's View says
+        self.moderator = False
 
     def input(self, data: bytes) -> None:
         self.got.append(("input", data))
@@ -128,6 +133,9 @@ class Site:
         self.views: list[FakeView] = []
         self.audited: list[tuple[str, str, str]] = []
         self.policy = policy or Policy([Rule(users=["cluster:A/alice"])])
+        # What B's views say of their four-eyes rule (B's View.moderated_by, .moderator).
+        self.moderated_by: tuple[str, ...] | None = None
+        self.moderator = False
         self.served = ServedSessions(self.b, self.open, self.attach,
                                      lambda who, w, m: self.audited.append((who.user, w, m)), self.clock.seconds)
         self.relays = Relays(self.a, self.clock.seconds, lambda: 30.0)
@@ -141,6 +149,7 @@ class Site:
             raise Refused("permission denied", f"permission denied: {decision.reason}")
         sink.output(1, b"hello ")  # a notice before the open's answer
         view = FakeView(who, sink)
+        view.moderated_by, view.moderator = self.moderated_by, self.moderator
         self.views.append(view)
         return view
 
@@ -151,6 +160,7 @@ class Site:
             raise Refused("permission denied", "permission denied")
         view = FakeView(who, sink)
         view.role = mode if mode == "watch" else "join"
+        view.moderated_by, view.moderator = self.moderated_by, self.moderator
         self.views.append(view)
         return view
 
@@ -635,3 +645,82 @@ def test_a_records_a_routed_open_before_it_serves_what_b_sent_first() -> None:
     view = site.routed(Sink())
     assert view is not None
     assert order == ["record open of a login shell routed to master B: session s1 opened there", "output hello "]
+
+
+def test_a_session_that_b_opened_and_that_ended_before_its_answer_is_recorded_so_on_a_and_not_opened_again() -> None:
+    """B opens the session, and it ends before B's answer reaches A (a quick command): A's `routed` event names
+    B's session and says it ended, and A's open gives the (ended) session, so no caller opens it again here."""
+    site = Site()
+    records: list[tuple[str | None, str]] = []
+    site.relays.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+
+    def quick(who: Identity, request: OpenRequest, sink: RouterSink) -> FakeView:
+        view = Site.open(site, who, request, sink)
+        sink.exit(ExitStatus(code=3))
+        return view
+
+    site.served._opener = quick  # type: ignore[assignment]
+    sink = OperatorSink()
+    view = site.routed(sink)
+    assert view is not None and view.ended and view.session_id == "s1"
+    assert records == [("s1", "open of a login shell routed to master B: session s1 opened there, then it ended "
+                              "there before its answer came (exit code 3)")]
+    assert sink.out == [("output", b"hello "), ("exit", ExitStatus(code=3))]
+
+
+def test_a_session_b_opened_after_the_operator_left_is_recorded_with_its_id_and_refused_stopped() -> None:
+    site = Site()
+    records: list[tuple[str | None, str]] = []
+    site.relays.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+    answer: defer.Deferred[object] = defer.Deferred()
+    opened: list[RouterSink] = []
+
+    def slow(who: Identity, request: OpenRequest, sink: RouterSink) -> defer.Deferred[object]:
+        opened.append(sink)
+        return answer
+
+    site.served._opener = slow  # type: ignore[assignment]
+    sink = OperatorSink()
+    d = site.relays.open(ALICE, OpenRequest(worker="b1"), sink)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    for leave in sink.disconnects:
+        leave()  # the operator leaves while B opens
+    answer.callback(FakeView(ALICE, opened[0]))
+    site.clock.advance(0)
+    assert failures and isinstance(failures[0].value, Refused) and failures[0].value.kind == "stopped"
+    assert records == [("s1", "open of a login shell routed to master B: session s1 opened there, then the "
+                              "operator had left before its answer came (that master ends it)")]
+
+
+def test_b_says_whether_its_session_is_four_eyes_and_a_keeps_it_as_bs_word() -> None:
+    """B's answer names a four-eyes session's groups and whether the view moderates it (for A's pages to show);
+    a plain session's says null; a watcher B admitted as a moderator is told so."""
+    site = Site(Policy([Rule(users=["cluster:A/alice"])]))
+    plain = site.routed()
+    assert plain.moderated_by is None and plain.moderator is False
+    site.moderated_by = ("leads", "web:leads", "1234")
+    four_eyes = site.routed()
+    assert four_eyes.moderated_by == ("leads", "web:leads", "1234") and four_eyes.moderator is False
+    site.moderator = True
+    watched = site.relays.attach(ALICE, "s1", "watch", OperatorSink()).result
+    assert watched.role == "watch" and watched.moderator is True and watched.moderated_by == four_eyes.moderated_by
+
+
+def test_a_refuses_bs_answer_when_its_four_eyes_rule_is_malformed_and_b_cuts_an_honest_long_one() -> None:
+    site = Site()
+    site.moderated_by = ("leads\x1b]0;owned\x07",)  # B passes on what its View says: a hostile B's text
+    with pytest.raises(Refused) as refused:
+        site.routed()
+    assert "malformed answer" in refused.value.message and "moderated_by must be null or a list" in \
+        refused.value.message
+    assert site.views[0].got[-1][0] in ("close", "end")  # A ended what B opened
+    # An honest B with a long rule sends the first MAX_MODERATED_BY groups, each cut at MAX_NAME characters.
+    site.moderated_by = tuple(f"g{i}" + "x" * 200 for i in range(MAX_MODERATED_BY + 5))
+    view = site.routed()
+    assert view.moderated_by is not None and len(view.moderated_by) == MAX_MODERATED_BY
+    assert all(len(g) == MAX_NAME for g in view.moderated_by)
+    for bad in ([], "leads", ["x" * (MAX_NAME + 1)], [""], [1], ["g"] * (MAX_MODERATED_BY + 1), {"a": 1}):
+        with pytest.raises(ProtocolError):
+            check_moderated_by(bad)
+    assert check_moderated_by(None) is None and check_moderated_by(["web:leads"]) == ("web:leads",)

@@ -8,9 +8,10 @@ from __future__ import annotations
 from twisted.internet import defer, task
 
 from master_side.fleet.run import Command, FleetRun, Progress, RunSink, Slots
-from master_side.operators.approvals import ApprovalRequest, Approved, Kind
+from master_side.operators.approvals import ApprovalLimits, ApprovalRequest, Approvals, Approved, Kind
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.fleet.outcome import Outcome, State
+from slaveshell.policy import Policy, Rule
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import ExitStatus, OpenRequest
 
@@ -122,3 +123,103 @@ def test_a_denied_part_is_refused_and_ctrl_c_withdraws_what_is_asked() -> None:
     assert got["m1"].state is State.REFUSED and got["m1"].reason == "request r-m1 denied by moderator bob"
     assert got["m2"].state is State.NOT_STARTED and got["w3"].state is State.INTERRUPTED
     assert [w for w, _ in fleet.opened] == ["w3"]
+
+
+def test_a_part_approved_then_interrupted_before_it_opened_is_told_unused() -> None:
+    fleet = Fleet()
+    unused: list[tuple[str, str]] = []
+    r = FleetRun("run1", ALICE, ["m1", "m2"], Command("touch x"), 1, None, fleet.opener, task.Clock(), fleet,
+                 None, fleet.approver, ["m1"], asking=1, unused=lambda a, why: unused.append((a.request.id, why)))
+    r.start()
+    assert fleet.opened == [("m2", None)]
+    fleet.asked["m1"].callback(approval("m1"))  # approved: waits for m2's place in the batch
+    r.interrupt()
+    assert unused == [("r-m1", "the run was interrupted before the part opened")]
+    fleet.end("m2", 130)
+    assert r.finished and {o.worker: o.state for o in fleet.outcomes}["m1"] is State.NOT_STARTED
+    assert [w for w, _ in fleet.opened] == ["m2"] and len(unused) == 1
+
+
+class Record:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def approval(self, kind: str, worker: str, who: Identity, detail: str, record_id: str | None = None) -> None:
+        self.events.append((kind, who.user, detail))
+
+
+def test_a_runs_parts_wait_for_a_free_approval_place_behind_the_operators_own_request() -> None:
+    """alice already waits for a moderator on her own command; her run over three four-eyes workers asks what the
+    bound per operator leaves, and each other part waits (told so), not refused, until a place is free."""
+    clock = task.Clock()
+    record = Record()
+    refused: list[str] = []
+
+    def refuse(who: Identity, worker: str, kind: ErrorKind, message: str) -> OperatorError:
+        refused.append(message)
+        return OperatorError(kind, message)
+
+    lead = Identity(1002, 1002, 3, "lea", frozenset({"leads"}))
+    policy = Policy([Rule(groups=["leads"], rights=["watch"])])
+    approvals = Approvals(lambda: policy, lambda: clock, lambda: record, refuse)
+    approvals.limits = ApprovalLimits(per_operator=2)
+    told: list[str] = []
+    own = approvals.ask(ALICE, "other", Kind.COMMAND, "command: make deploy", None, ("leads",), told.append, [])
+
+    fleet = Fleet()
+
+    def approver(who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[Approved]:
+        return approvals.ask(who, request.worker, Kind.RUN, f"fleet run {run_id}", None, ("leads",), sink.waiting,
+                             [sink.on_withdraw], run_id, place=True)
+
+    r = FleetRun("run1", ALICE, ["m1", "m2", "m3"], Command("true"), 3, None, fleet.opener, clock, fleet, None,
+                 approver, ["m1", "m2", "m3"], asking=2)
+    r.start()
+    assert refused == [] and len(approvals.pending) == 2 and len(approvals.queued) == 1
+    notes = {e.worker: e.note for e in fleet.told if e.note}
+    assert "waits for a free place (alice already waits for 2 approvals" in str(notes["m2"])
+
+    def approve_all() -> None:
+        for request_id, pending in list(approvals.pending.items()):
+            if pending.request.run_id == "run1":
+                approvals.approve(lead, request_id)
+
+    approve_all()  # m1 asked; m2 waits behind alice's command, m3 not asked yet (two at once)
+    assert [w for w, _ in fleet.opened] == ["m1"] and refused == []
+    own.addErrback(lambda f: None)
+    approvals._withdrawn(next(iter(approvals.pending)))  # alice's command: Ctrl-C
+    approve_all()
+    approve_all()
+    assert sorted(w for w, _ in fleet.opened) == ["m1", "m2", "m3"] and refused == []
+    for worker in ("m1", "m2", "m3"):
+        fleet.end(worker)
+    assert r.finished and all(o.state is State.OK for o in fleet.outcomes)
+
+
+def test_an_approved_part_whose_open_is_refused_after_its_approval_is_audited_unused() -> None:
+    """The policy changed while the approved part waited for its place (a reconfig took the run right away): the
+    open is refused, audited, and the approval is said not used."""
+    from types import SimpleNamespace
+
+    from master_side.holds.step import Holds
+    from master_side.operators.api import OperatorAPI
+
+    events: list[tuple[str, str, str]] = []
+    refused: list[str] = []
+    trail = SimpleNamespace(master_name="host:/srv/master",
+                            refused=lambda who, worker, message: refused.append(message),
+                            approval=lambda kind, worker, who, detail, record_id=None: events.append(
+                                (kind, who.user, detail)))
+    registry = SimpleNamespace(limits=None)
+    api = OperatorAPI(registry, None, None, lambda: trail, lambda: None, Holds())  # type: ignore[arg-type]
+    api.policy = Policy([Rule(users=["bob"], rights=["watch"])])  # alice's run right is gone
+    fleet = Fleet()
+    sink = RunSink(FleetRun("run1", ALICE, ["m1"], Command("touch x"), 1, None, fleet.opener, task.Clock(), fleet),
+                   "m1")
+    d = api.open(ALICE, OpenRequest(worker="m1", pty=False, command="touch x"), sink, "run1", "fleet run run1",
+                 None, approval("m1"))
+    failures: list = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].value.kind is ErrorKind.DENIED
+    assert events == [("approval-unused", "alice", "request r-m1 of alice on m1, run: approved by bob, not used: "
+                                                   "the session did not open: " + failures[0].value.message)]

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from slaveshell.client import connection as hop
 from slaveshell.client.connection import HopError, parse
-from slaveshell.client.shell_session import DUPLICATE_WITHIN, GIVE_UP_WITHIN, SIGNAL_GRACE, STDOUT_HIGH, HopShell
+from slaveshell.client.shell_session import (
+    ACK_DELAY,
+    DUPLICATE_WITHIN,
+    GIVE_UP_WITHIN,
+    SIGNAL_GRACE,
+    STDOUT_HIGH,
+    HopShell,
+)
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import FrameType, Op
 from slaveshell.vocabulary.protocol import INPUT_WINDOW, ExitStatus, OpenRequest, Role
@@ -330,12 +337,29 @@ def test_the_frames_of_one_read_are_acknowledged_together_at_the_end_of_the_loop
     r, w = os.pipe()
     try:
         client = make(fds=(0, w, w))
-        for piece in (b"one ", b"two ", b"three"):
+        pieces = [b"a" * 6000, b"b" * 6000, b"c" * 6000]  # ACK_PROMPTLY (16 KiB) passed by the third
+        for piece in pieces:
             client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, piece))[0])
         assert [c for c in calls(client) if c[0] == "ack"] == []
         client.loop.advance(0)  # type: ignore[attr-defined]
-        assert [c for c in calls(client) if c[0] == "ack"] == [("ack", 13)]
-        assert os.read(r, 100) == b"one two three"
+        assert [c for c in calls(client) if c[0] == "ack"] == [("ack", 18000)]
+        assert os.read(r, 20000) == b"".join(pieces)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_typists_echoes_are_acknowledged_together_after_a_moment():
+    r, w = os.pipe()
+    try:
+        client = make(fds=(0, w, w))
+        for key in b"ls -l":
+            client.frame(framing.Decoder().feed(framing.encode(FrameType.STDOUT, bytes([key])))[0])
+            client.loop.advance(0.005)  # type: ignore[attr-defined]
+        assert [c for c in calls(client) if c[0] == "ack"] == []
+        client.loop.advance(ACK_DELAY)  # type: ignore[attr-defined]
+        assert [c for c in calls(client) if c[0] == "ack"] == [("ack", 5)]
+        assert os.read(r, 100) == b"ls -l"
     finally:
         os.close(r)
         os.close(w)

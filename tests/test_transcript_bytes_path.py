@@ -1,6 +1,7 @@
 """The transcript's encoder writes, byte for byte, what its plain reference (kept here) writes: a terminal's
 output as bytes (`CastEncoder.output_encoded`, whatever the bytes: ASCII, escape-heavy UTF-8, line breaks JSON
-leaves raw, bytes that are not UTF-8, characters split across chunks) and text events (`encode_event`)."""
+leaves raw, bytes that are not UTF-8, characters split across chunks) and text events (`encode_event`); with the
+standard library's JSON strings and with the master's (orjson's)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import base64
 import codecs
 import json
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slaveshell.vocabulary.transcript import CastEncoder, encode_event
+from slaveshell.vocabulary.transcript import CastEncoder, encode_event, json_string
+
+# The JSON strings an encoder is given: the standard library's, and the master's (master_side.audit.trail).
+ENCODERS = st.sampled_from([json_string, orjson.dumps])
 
 # -- the reference: JSON's encoder on the decoded text, a str.translate of the raw line breaks -----------------
 
@@ -55,18 +60,18 @@ _CHUNK = st.lists(st.binary(max_size=40) | _PIECES | st.text().map(lambda s: s.e
                   max_size=8).map(b"".join)
 
 
-@given(chunks=st.lists(_CHUNK, max_size=10), t=st.floats(min_value=0, max_value=1e7))
-def test_output_as_bytes_is_what_the_reference_writes(chunks, t):
-    ours, ref = CastEncoder(), RefOutput()
+@given(encode=ENCODERS, chunks=st.lists(_CHUNK, max_size=10), t=st.floats(min_value=0, max_value=1e7))
+def test_output_as_bytes_is_what_the_reference_writes(encode, chunks, t):
+    ours, ref = CastEncoder(encode=encode), RefOutput()
     for i, chunk in enumerate(chunks):
         assert ours.output_encoded(t + i, chunk) == ref.lines(t + i, chunk)
     # What the decoder still holds at the end comes out the same too.
     assert [line.encode("utf-8", "surrogateescape") for line in ours.flush(t)] == ref.lines(t, b"", final=True)
 
 
-@given(data=st.binary(min_size=1, max_size=4096), t=st.floats(min_value=0, max_value=1e7))
-def test_random_bytes_in_one_chunk_are_what_the_reference_writes(data, t):
-    assert CastEncoder().output_encoded(t, data) == RefOutput().lines(t, data)
+@given(encode=ENCODERS, data=st.binary(min_size=1, max_size=4096), t=st.floats(min_value=0, max_value=1e7))
+def test_random_bytes_in_one_chunk_are_what_the_reference_writes(encode, data, t):
+    assert CastEncoder(encode=encode).output_encoded(t, data) == RefOutput().lines(t, data)
 
 
 @given(text=st.text() | _CHUNK.map(lambda b: b.decode("utf-8", "surrogateescape")),
@@ -82,3 +87,20 @@ def test_the_reference_is_asciicast_with_exact_bytes():
     assert json.loads(shown) == [1.0, "o", "\x1b[31m\u2028\ufffd"]
     assert b"\\u2028" in shown
     assert base64.b64decode(json.loads(exact)[2]) == data
+
+
+@given(encode=ENCODERS, kinds=st.integers(min_value=0, max_value=34), repeat=st.integers(min_value=1, max_value=300),
+       t=st.floats(min_value=0, max_value=1e7))
+def test_text_with_any_number_of_kinds_of_escape_is_what_the_reference_writes(encode, kinds, repeat, t):
+    # UTF-8 with 0 to all 34 kinds of byte JSON escapes, each many times over (escape-heavy output: thousands of
+    # ESC, CR and LF in a chunk), on both sides of the count where JSON's own encoder takes over.
+    escaped = [c for c in range(128) if chr(c) in json.encoder.ESCAPE_DCT][:kinds]
+    data = ("\u2018é\u2019".encode() + bytes(escaped) + b"\x1b[0m ok\r\n") * repeat
+    assert CastEncoder(encode=encode).output_encoded(t, data) == RefOutput().lines(t, data)
+
+
+def test_the_masters_json_strings_are_the_standard_librarys_for_every_character():
+    # Every Unicode scalar value, alone and all together: what orjson writes is what json writes.
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    assert orjson.dumps("".join(chars)) == json_string("".join(chars))
+    assert [c for c in chars[:0x3000] if orjson.dumps(c) != json_string(c)] == []

@@ -77,6 +77,20 @@ def test_progress_sends_each_distinct_outputs_lines_once_escaped():
     assert "lines" not in second["outcome"] and second["outcome"]["digest"] == first["outcome"]["digest"]
 
 
+def test_a_parts_note_reaches_the_page_escaped_and_cut():
+    """Why a part waits before it starts (the line of the master that holds a four-eyes worker) is sent as the
+    `note` of its progress, as `slaveshell run` prints it: escaped, at most MAX_NOTE characters."""
+    sent: list[dict[str, Any]] = []
+    run = WebRun(sent.append)
+    run.progress(Progress("m1", Phase.STARTING, None, 0.0, b"", None,
+                          "worker m1 is moderated: request 3f2a waits for a moderator's approval \x1b[2J\u202e"))
+    run.progress(Progress("m1", Phase.STARTING, None, 0.0, b"", None, "x" * (fleet_page.MAX_NOTE + 50)))
+    run.progress(Progress("m1", Phase.RUNNING, "s-1", 0.5, b"", None))
+    assert sent[0]["note"] == "worker m1 is moderated: request 3f2a waits for a moderator's approval \\x1b[2J\\u202e"
+    assert sent[1]["note"] == "x" * fleet_page.MAX_NOTE
+    assert "note" not in sent[2]
+
+
 def test_the_end_gathers_as_slaveshell_run_prints_it():
     outcomes = [Outcome("w1", State.OK, 0, 0.1, output(b"same\n"), "a"),
                 Outcome("w2", State.OK, 0, 0.1, output(b"same\n"), "b"),

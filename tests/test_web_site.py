@@ -23,7 +23,7 @@ from tests.test_web_door import Page
 
 def test_where_says_which_master_holds_a_worker():
     assert where({"name": "w1"}) == {"master": None, "here": True, "masters": [], "site": False}
-    none: dict[str, object] = {"disputed": [], "configured_on": []}
+    none: dict[str, object] = {"disputed": [], "configured_on": [], "last_master": None, "stale": False}
     assert where({"name": "a1", "master": "A", "here": True, "masters": ["A"]}) == {
         "master": "A", "here": True, "masters": ["A"], "site": True, **none}
     assert where({"name": "b1", "master": "B", "here": False, "masters": ["B"]}) == {
@@ -35,7 +35,15 @@ def test_where_says_which_master_holds_a_worker():
     assert where({"name": "g", "master": None, "here": False, "masters": [],
                   "disputed": [{"master": "C", "why": "no"}, "junk"], "configured_on": ["B", 4]}) == {
         "master": None, "here": False, "masters": [], "site": True, "disputed": [{"master": "C", "why": "no"}],
-        "configured_on": ["B"]}
+        "configured_on": ["B"], "last_master": None, "stale": False}
+    # Offline (`slaveshell workers --include-offline`): the last master seen holding it; a stale database row.
+    assert where({"name": "o", "master": None, "here": False, "masters": [], "configured_on": ["B"],
+                  "last_master": "B", "last_seen": 1.0, "stale_database_rows": []}) == {
+        "master": None, "here": False, "masters": [], "site": True, "disputed": [], "configured_on": ["B"],
+        "last_master": "B", "stale": False}
+    assert where({"name": "s", "master": None, "masters": [], "last_master": 7,
+                  "stale_database_rows": ["host:/b"]})["stale"] is True
+    assert where({"name": "s", "master": None, "masters": [], "last_master": 7})["last_master"] is None
 
 
 def test_a_held_view_sends_nothing_until_released_then_all_in_order():

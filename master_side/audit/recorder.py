@@ -100,6 +100,8 @@ class SessionRecorder:
         # behind (`input`).
         self.call_in_reactor: Callable[[Callable[[], None]], object] | None = None
         self._behind: collections.deque[_Behind] = collections.deque()
+        self._settling = False  # `_settle` in progress
+        self._unreported: OSError | None = None  # a failure `on_error` is not yet told of (`_report`)
         # Runs blocking file work (the final fsync and close) off the reactor thread; None: here.
         self.run_blocking: Callable[[Callable[[], None]], object] | None = None
         # Hidden input: `seal` encrypts a span's bytes to the auditors (None: only lengths are kept).
@@ -156,12 +158,22 @@ class SessionRecorder:
             self._fail(e)
 
     def _fail(self, error: OSError) -> None:
-        self.failed = error
         log.critical("session {sid}: transcript {path} cannot be written: {e}", sid=self.session_id,
                      path=visible(self.path), e=visible(error))
+        if self.failed is not None:
+            return  # reported once (a later error: closing what the first one failed)
+        self.failed = error
         if self.audit is not None:
             self.audit.record_error(self.session_id, error)
-        self.on_error(error)
+        self._unreported = error
+        if not self._settling:
+            self._report()
+
+    def _report(self) -> None:
+        """Tell `on_error` of the failure not yet told (once: it may end the session, which comes back here)."""
+        error, self._unreported = self._unreported, None
+        if error is not None:
+            self.on_error(error)
 
     # -- the relay's Recorder interface ----------------------------------------------------------
 
@@ -233,26 +245,38 @@ class SessionRecorder:
     def _settle(self) -> None:
         """On the reactor's thread: the events of the chunks written behind that are in the file, in order, and
         their `recorded` callbacks; a failed write fails the recording (the input is still acknowledged: the
-        session is ended by `on_error`)."""
+        session is ended by `on_error`).
+
+        Never re-entered: what it writes may end a hidden span (an event of its own, written at its place), and a
+        failure's `on_error` (the session's: it may end the session, whose end drains and settles again) is
+        called only once every settled chunk is written and acknowledged, in order."""
+        if self._settling:
+            return  # the call in progress settles what is done, in order
+        self._settling = True
         done: list[_Behind] = []
-        while self._behind and self._behind[0].write.done():
-            behind = self._behind.popleft()
-            error = behind.write.exception()
-            attachment = self.attachment
-            assert attachment is not None
-            if error is None and self.failed is None:
-                attachment.written(behind.data)
-                self._put(self.encoder.attached(self._t(), 0, behind.offset, len(behind.data)))
-            elif error is not None and self.failed is None:
-                attachment.failed()
-                self._fail(error if isinstance(error, OSError) else OSError(str(error)))
-            done.append(behind)
+        try:
+            while self._behind and self._behind[0].write.done():
+                behind = self._behind.popleft()
+                error = behind.write.exception()
+                attachment = self.attachment
+                assert attachment is not None
+                if error is None and self.failed is None:
+                    attachment.written(behind.data)
+                    self._put(self.encoder.attached(self._t(), 0, behind.offset, len(behind.data)))
+                elif error is not None and self.failed is None:
+                    attachment.failed()
+                    self._fail(error if isinstance(error, OSError) else OSError(str(error)))
+                done.append(behind)
+        finally:
+            self._settling = False
         for behind in done:
             behind.recorded()
+        self._report()
 
     def _drain(self) -> None:
-        """Wait for the chunks still being written behind, and settle them (before any other event)."""
-        if not self._behind:
+        """Wait for the chunks still being written behind, and settle them (before any other event); within a
+        settling (an event it writes itself), nothing: that event goes at its place among the settled ones."""
+        if not self._behind or self._settling:
             return
         for behind in self._behind:
             concurrent.futures.wait([behind.write])

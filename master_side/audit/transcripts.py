@@ -5,11 +5,13 @@ docs/audit-schema.md)."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -130,9 +132,13 @@ class TranscriptFile:
         return self._sha.hexdigest()
 
 
-# Writes an attachment's chunks off the reactor thread (`Attachment.write_behind`): one thread for every
-# attachment, so each one's chunks are written in the order they were handed over.
-_WRITING = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slaveshell-attachment")
+# Write attachments' chunks off the reactor thread (`Attachment.write_behind`), all sessions together. Each
+# attachment has its own queue, written one chunk at a time in the order handed over; after each chunk it goes to
+# the back of the line, so a session waits for its own chunks and at most one chunk of each other session's.
+WRITERS = 4
+_WRITING = concurrent.futures.ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="slaveshell-attachment")
+
+_Chunk = tuple[int, int, bytes, "concurrent.futures.Future[None]"]
 
 
 class Attachment:
@@ -153,6 +159,9 @@ class Attachment:
         self._end = 0  # the end of what was handed over: `size` and the chunks still being written behind
         self._error: OSError | None = None  # a write behind failed: none after it is attempted
         self._sha = BatchedSha256()
+        self._queue: collections.deque[_Chunk] = collections.deque()  # handed to write_behind, not yet written
+        self._lock = threading.Lock()  # the queue, between the reactor's thread and the writing threads
+        self._writing = False  # a writing thread has (or is about to have) this attachment's next chunk
 
     @property
     def created(self) -> bool:
@@ -184,7 +193,42 @@ class Attachment:
         write cut back, and every write handed over after it refused). Count it in with `written` once done."""
         fd = self._open()
         offset, self._end = self._end, self._end + len(data)
-        return offset, _WRITING.submit(self._write_at, fd, offset, data)
+        write: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            self._queue.append((fd, offset, data, write))
+            if self._writing:
+                return offset, write
+            self._writing = True
+        self._next()
+        return offset, write
+
+    def _next(self) -> None:
+        """This attachment's next chunk, at the back of the writing threads' line."""
+        try:
+            _WRITING.submit(self._write_one)
+        except RuntimeError as e:  # the interpreter is shutting down: nothing more is written
+            with self._lock:
+                chunks, self._writing = list(self._queue), False
+                self._queue.clear()
+            for chunk in chunks:
+                chunk[3].set_exception(OSError(f"the attachment's writer stopped: {e}"))
+
+    def _write_one(self) -> None:
+        """On a writing thread: the oldest chunk of this attachment's queue; then the next, behind others'."""
+        with self._lock:
+            fd, offset, data, write = self._queue.popleft()
+        if write.set_running_or_notify_cancel():
+            try:
+                self._write_at(fd, offset, data)
+            except BaseException as e:
+                write.set_exception(e)
+            else:
+                write.set_result(None)
+        with self._lock:
+            more = bool(self._queue)
+            self._writing = more
+        if more:
+            self._next()
 
     def _write_at(self, fd: int, offset: int, data: bytes) -> None:
         """On the writing thread: `data`, expected at `offset` (everything before it written)."""

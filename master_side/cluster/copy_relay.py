@@ -27,7 +27,18 @@ from twisted.logger import Logger
 from master_side.cluster.config import session_uri, worker_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.relay import WAITING_OPEN, Relays, RoutedRecord, abandon, answer_late, outcome_of
+from master_side.cluster.relay import (
+    ENDED_HERE,
+    LEFT_FIRST,
+    WAITING_OPEN,
+    Relays,
+    RoutedRecord,
+    abandon,
+    answer_late,
+    answered,
+    ended_there,
+    outcome_of,
+)
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
 from slaveshell.plumbing.deferreds import deferred
@@ -76,6 +87,7 @@ class RoutedTransfer:
         self.undo: list[Callable[[], None]] = []
         self.answered = False
         self.ended = False
+        self.told_end = False  # the operator was told why it ended here (`end`)
         self.heard_at = transfers.clock()
         self.created = transfers.clock()
         self.starting: defer.Deferred[Any] | None = None  # the call of B's copy, until its answer
@@ -172,6 +184,16 @@ class RoutedTransfer:
             self._deliver(event)
         return sizes
 
+    def before_answer(self) -> str | None:
+        """What became of the transfer before B's answer was taken here (relay.answered's `then`), None: it goes
+        on."""
+        if self.ended:
+            return ENDED_HERE if self.told_end else LEFT_FIRST
+        for event in self._early:
+            if isinstance(event, Result):
+                return ended_there("done" if event.ok else "failed")
+        return None
+
     # -- the end ---------------------------------------------------------------------------------
 
     def cancel(self) -> None:
@@ -193,6 +215,7 @@ class RoutedTransfer:
             calls.send(Cancel(why[:1000]))
         log.info("slaveshell: a transfer routed to master {master} ended: {why}", master=visible(self.master),
                  why=visible(why))
+        self.told_end = True
         self.party.send(Result(False, f"the transfer with {self.worker} ended: {why}"))
 
     def _finish(self) -> None:
@@ -237,7 +260,8 @@ class RoutedTransfers:
 
         def began(transfer: RoutedTransfer) -> None:
             recorded.append(transfer.id)
-            self.record(who, worker, transfer.id, f"{what}: transfer {transfer.id} started there")
+            self.record(who, worker, transfer.id, answered(what, f"transfer {transfer.id} started there",
+                                                           transfer.before_answer()))
 
         try:
             started = await self._copy(who, request, party, waiting, holder, began)
@@ -299,14 +323,20 @@ class RoutedTransfers:
         finally:
             transfer.starting = None
             undo()
-        if transfer.ended:  # the operator left while B started it: B's next message fails, and B ends it
-            raise Refused(STOPPED, "the operator left before the transfer started")
         if not isinstance(answer, dict) or not answer.get("ok"):
             transfer._finish()
             error = answer.get("error") if isinstance(answer, dict) else None
             kind = answer.get("kind") if isinstance(answer, dict) else None
             text = visible(error)[:1000] if isinstance(error, str) and error else "the worker's master refused"
             raise Refused(kind if isinstance(kind, str) else UNAVAILABLE, text)
+        if transfer.ended:  # the operator left while B started it: B's next message fails, and B ends it
+            try:
+                transfer.id = check_name(answer.get("transfer"), "transfer")
+            except ProtocolError:
+                pass  # no id to name: recorded as a refusal (`copy`)
+            else:
+                transfer.on_started(transfer)  # B started it: the event here says so, with B's id
+            raise Refused(STOPPED, "the operator left before the transfer started")
         try:
             sizes = transfer.started(answer)
         except ProtocolError as e:

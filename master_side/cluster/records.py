@@ -31,11 +31,22 @@ from twisted.logger import Logger
 from master_side.audit.rows import SearchHit, SessionRow
 from master_side.cluster.config import master_record_uri
 from master_side.cluster.link import ClusterLink, ClusterUnavailable, master_caller
-from master_side.cluster.stream import BAD_REQUEST, LIMIT, NOT_FOUND, UNAVAILABLE, Refused, check_name
+from master_side.cluster.stream import (
+    BAD_REQUEST,
+    LIMIT,
+    MAX_NAME,
+    NOT_FOUND,
+    UNAVAILABLE,
+    Refused,
+    check_moderated_by,
+    check_name,
+    moderated_by_wire,
+)
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.checks import MAX_CHUNK
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import ClusterIdentity, Identity
+from slaveshell.vocabulary.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from autobahn.wamp.types import CallDetails
@@ -61,11 +72,14 @@ Event = Callable[[str, str, str, Identity, str], None]
 # An audited refusal (the gate's, rate-limited): who, the line.
 Auditor = Callable[[Identity, str], None]
 
-# The fields of a live session's row that one master passes on from another, and their types.
+# The fields of a live session's row that one master passes on from another, and their types; besides them, a
+# four-eyes session's "moderated_by" (master_side.cluster.stream.check_moderated_by) and "moderators" (the names of
+# the viewers who moderate it, at most MAX_MODERATORS): the holder's word about its own policy and viewers, shown.
 _LIVE_FIELDS: dict[str, tuple[type, ...]] = {
     "id": (str,), "worker": (str,), "operator": (str,), "started": (int, float), "state": (str,),
     "command": (str, type(None)), "reason": (str, type(None)), "held": (bool,), "idle": (int, float),
 }
+MAX_MODERATORS = 32
 
 
 class Reader(Protocol):
@@ -200,8 +214,8 @@ class ServedRecords:
     def _sessions(self, caller: str, who: ClusterIdentity, values: dict[str, object]) -> dict[str, object]:
         rows = self._reader.sessions(who)[:MAX_LIVE]
         # Texts cut, so that the answer stays far below the router's message limit whatever the commands' length.
-        return {"ok": True, "rows": [{k: v[:MAX_FIELD] if isinstance(v, str) else v for k, v in row.items()
-                                      if k in _LIVE_FIELDS} for row in rows]}
+        return {"ok": True, "rows": [{**{k: v[:MAX_FIELD] if isinstance(v, str) else v for k, v in row.items()
+                                         if k in _LIVE_FIELDS}, **_moderation(row)} for row in rows]}
 
 
 class SiteRecords:
@@ -330,9 +344,34 @@ class SiteRecords:
             for row in listed[:MAX_LIVE] if isinstance(listed, list) else []:
                 if (isinstance(row, dict) and all(isinstance(row.get(k), kinds) for k, kinds in _LIVE_FIELDS.items())
                         and all(len(v) <= MAX_FIELD for v in row.values() if isinstance(v, str))):
+                    try:
+                        moderated_by = check_moderated_by(row.get("moderated_by"))
+                        moderators = _moderators(row.get("moderators", []))
+                    except ProtocolError:
+                        continue  # malformed, as a row with a field of the wrong type
                     rows.append({**{k: row[k] for k in _LIVE_FIELDS}, "uid": -1, "viewers": [],
-                                 "moderated_by": None, "master": master})
+                                 "moderated_by": None if moderated_by is None else list(moderated_by),
+                                 "moderators": moderators, "master": master})
         return rows, unanswered
+
+
+def _moderation(row: Mapping[str, object]) -> dict[str, object]:
+    """A four-eyes session's rule and moderators as a live session's row sends them to another master
+    (OperatorAPI.sessions' row: its "moderated_by" and its viewers who moderate), cut to their bounds."""
+    given, viewers = row.get("moderated_by"), row.get("viewers")
+    moderators = [str(v.get("user"))[:MAX_NAME] for v in viewers if isinstance(v, dict) and v.get("moderator")
+                  ] if isinstance(viewers, list) else []
+    return {"moderated_by": moderated_by_wire(tuple(str(g) for g in given) if isinstance(given, list) else None),
+            "moderators": moderators[:MAX_MODERATORS]}
+
+
+def _moderators(value: object) -> list[str]:
+    """The moderators of a live session another master lists, checked: at most MAX_MODERATORS printable names of
+    1 to MAX_NAME characters."""
+    if not isinstance(value, list) or len(value) > MAX_MODERATORS or not all(
+            isinstance(v, str) and 1 <= len(v) <= MAX_NAME and v.isprintable() for v in value):
+        raise ProtocolError(f"moderators must be a list of at most {MAX_MODERATORS} printable names")
+    return list(value)
 
 
 def _refusal(answer: object) -> None:

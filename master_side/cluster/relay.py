@@ -33,6 +33,7 @@ from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import (
     NOT_FOUND,
+    STOPPED,
     TOKEN_LENGTH,
     UNAVAILABLE,
     AttachCall,
@@ -41,6 +42,7 @@ from master_side.cluster.stream import (
     Refused,
     ToOperatorSide,
     ToWorkerSide,
+    check_moderated_by,
     check_name,
     check_token,
     to_operator_side,
@@ -104,6 +106,32 @@ def outcome_of(error: BaseException) -> str:
     return "failed (the master did not answer)"
 
 
+# What became of a session or transfer B started before its answer was taken here (`answered`).
+LEFT_FIRST = "the operator had left before its answer came (that master ends it)"
+ENDED_HERE = "it was ended here before its answer came (this master's log says why)"
+
+
+def ended_there(how: str) -> str:
+    """`answered`'s `then` for a session or transfer that already ended on B when its answer came: how (its exit
+    status, or whether it was done: never B's line, which may hold paths)."""
+    return f"it ended there before its answer came ({how})"
+
+
+def exit_text(status: ExitStatus) -> str:
+    if status.code is not None:
+        return f"exit code {status.code}"
+    if status.signal is not None:
+        return f"killed by signal {status.signal}"
+    return "without an exit status"
+
+
+def answered(what: str, started: str, then: str | None) -> str:
+    """A's `routed` event for an open or a copy that B answered, one rule for both: what went to which master
+    (`what`), what B started, with its id (`started`: `session S opened there`, `transfer T started there`), and,
+    when it does not go on here, what became of it first (`then`: LEFT_FIRST, ENDED_HERE, `ended_there`)."""
+    return f"{what}: {started}" + (f", then {then}" if then else "")
+
+
 class RoutedView:
     """The operator's door's handle on a session another master (B) serves: what `View` is for a local one."""
 
@@ -117,6 +145,10 @@ class RoutedView:
         self.input_grant = INPUT_WINDOW
         self.master = "?"  # B's name, as B says it (shown, never trusted)
         self.role = "owner"  # of the operator's view there: owner, join, watch
+        # B's word about its own policy, shown to the operator (escaped), never used for a decision here: a
+        # four-eyes session's groups and web roles (None: not one), and whether this view moderates it.
+        self.moderated_by: tuple[str, ...] | None = None
+        self.moderator = False
         self.size = (80, 24)
         # The router's authid of B, pinned at its first message: nobody else's are taken.
         self.authid: str | None = None
@@ -127,6 +159,7 @@ class RoutedView:
         self.created = relays.clock()
         self.in_uri = ""
         self.ended = False
+        self.told_end = False  # the operator was told the session's end (its exit, or why it ended here)
         self.detached = False  # the owner detached: DETACH goes to B, then this end is done
         # The operator's connection lost: the owner's session detaches on B (B's detach grace), as a local one
         # does; a fleet run's part (False) is closed: its run ends it.
@@ -295,6 +328,7 @@ class RoutedView:
             status = values[0]
             assert isinstance(status, ExitStatus)
             self._finish()
+            self.told_end = True
             sink.exit(status)
         elif kind is ToOperatorSide.WAITING:
             sink.waiting(str(values[0]))
@@ -311,17 +345,32 @@ class RoutedView:
             raise ProtocolError("the answer's role must be owner, join or watch")
         if not isinstance(size, list) or len(size) != 2:
             raise ProtocolError("the answer's size must be [cols, rows]")
+        moderator = answer.get("moderator", False)
+        if not isinstance(moderator, bool):
+            raise ProtocolError("the answer's moderator must be true or false")
         self.role, self.size = role, check_size(size[0], size[1])
+        self.moderated_by, self.moderator = check_moderated_by(answer.get("moderated_by")), moderator
         if "direct" in answer:
             self.offer = DirectOffer.from_wire(answer["direct"])
         self.answered = True
-        self.on_started(self)  # recorded here before anything is served
+        self.on_started(self)  # recorded here before anything is served (`before_answer` says what came first)
         early, self._early = self._early, []
         self.heard_at = self.relays.clock()
         for message in early:
             if self.ended:
                 return
             self._deliver(message)
+
+    def before_answer(self) -> str | None:
+        """What became of the session before B's answer was taken here (`answered`'s `then`), None: it goes on."""
+        if self.ended:
+            return ENDED_HERE if self.told_end else LEFT_FIRST
+        for message in self._early:
+            if message.kind is ToOperatorSide.EXIT:
+                status = message.values[0]
+                assert isinstance(status, ExitStatus)
+                return ended_there(exit_text(status))
+        return None
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -348,6 +397,7 @@ class RoutedView:
         self._finish()
         log.info("slaveshell: a session routed to master {master} ended: {why}", master=visible(self.master),
                  why=visible(why))
+        self.told_end = True
         self.sink.exit(ExitStatus(reason=f"the session on {self.worker} ended: {why}"))
 
     def _finish(self) -> None:
@@ -452,12 +502,14 @@ class Relays:
     @deferred
     async def open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None = None,
                    script: bytes | None = None, withdrawn: Leaving | None = None) -> RoutedView | None:
-        """Open `request` on the master that holds its worker: the RoutedView, or None when no master on the
-        router holds it (the local refusal then says why). `run`: the fleet run the session is a part of, `script`
+        """Open `request` on the master that holds its worker: the RoutedView (already ended, its exit told to the
+        operator, when the session ended there before its answer came), or None when no master on the router holds
+        it (the local refusal then says why). `run`: the fleet run the session is a part of, `script`
         the run's script (what B's moderators approve and B checks the part's input against), `withdrawn` tells
         when the run no longer waits for the part (as the operator leaving: B withdraws what waits there). Raises
-        Refused: B's refusal, or the router's. The outcome is an audit event here (`record`) before the session
-        is served."""
+        Refused: B's refusal, the router's, or STOPPED (the operator left while B opened it). The outcome is an
+        audit event here (`record`, `answered`: with B's session id once B opened it) before the session is
+        served."""
         worker = request.worker
         holder = await self.holder(worker)
         if holder is None:
@@ -468,8 +520,9 @@ class Relays:
 
         def started(view: RoutedView) -> None:
             opened.append(view.session_id)
-            self.record(who, worker, view.session_id, f"open of {what} routed to master {holder}: session "
-                                                      f"{view.session_id} opened there")
+            self.record(who, worker, view.session_id, answered(f"open of {what} routed to master {holder}",
+                                                               f"session {view.session_id} opened there",
+                                                               view.before_answer()))
 
         try:
             view = await self._open(who, request, sink, run, holder, script, withdrawn, started)
@@ -478,8 +531,8 @@ class Relays:
                 self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
             raise
         if view is None and not opened:
-            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the operator "
-                                           "left, or the master left the router)")
+            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the master left "
+                                           "the router, or no longer holds the worker)")
         return view
 
     @deferred
@@ -551,11 +604,12 @@ class Relays:
         except ProtocolError as e:
             view.end(f"the worker's master sent a malformed answer ({e})")
             raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None
-        if view.ended:
-            return None
-        if sink.gone:
-            view.close()
-            return None
+        if view.ended and view.told_end:
+            return view  # it ended before its answer came, and the operator was told its end: B's session, done
+        if view.ended or sink.gone:  # the operator left while B opened it: B ends it (its next message fails)
+            if not view.ended:
+                view.close()
+            raise Refused(STOPPED, "the operator left before the session opened")
         sink.on_disconnect(view.close_quietly)
         return view
 

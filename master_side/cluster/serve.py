@@ -49,6 +49,7 @@ from master_side.cluster.stream import (
     Refused,
     ToOperatorSide,
     ToWorkerSide,
+    moderated_by_wire,
     to_worker_side,
 )
 from master_side.sessions.worker_link import Undo, subscribe
@@ -92,6 +93,10 @@ class ServedView(Protocol):
     def role(self) -> str: ...  # owner, join, watch
     @property
     def size(self) -> tuple[int, int]: ...
+    @property
+    def moderated_by(self) -> tuple[str, ...] | None: ...  # a four-eyes session's groups and web roles
+    @property
+    def moderator(self) -> bool: ...  # this view moderates it
     def input(self, data: bytes) -> None: ...
     def eof(self) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
@@ -310,7 +315,9 @@ class ServedSessions:
     @deferred
     async def open(self, worker: str, argument: object, details: CallDetails) -> dict[str, object]:
         """A worker's `open` procedure: the session's answer for the calling master ({"ok": True, "session",
-        "input_window", "token", "master", "worker", "role", "size"} or {"ok": False, "error", "kind"})."""
+        "input_window", "token", "master", "worker", "role", "size", "moderated_by", "moderator"} or {"ok": False,
+        "error", "kind"}; ``moderated_by``: a four-eyes session's groups and web roles, else null; ``moderator``:
+        whether the operator's view moderates it)."""
         caller = master_caller(details, "open sessions")
         try:
             call = OpenCall.from_wire(argument)
@@ -406,7 +413,8 @@ class ServedSessions:
                  what="routed" if owns else "viewed", caller=visible(caller))
         answer: dict[str, object] = {
             "ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,
-            "master": self.link.name, "worker": view.worker, "role": view.role, "size": list(view.size)}
+            "master": self.link.name, "worker": view.worker, "role": view.role, "size": list(view.size),
+            "moderated_by": moderated_by_wire(view.moderated_by), "moderator": view.moderator}
         offer = await self._offer(served)
         if offer is not None:
             answer["direct"] = offer.to_wire()

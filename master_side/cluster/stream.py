@@ -39,6 +39,9 @@ MAX_NAME = 128
 MAX_GROUPS = 256
 # A token naming one routed session's procedures: 32 hexadecimal digits (128 random bits).
 TOKEN_LENGTH = 32
+# The groups and web roles of a four-eyes session's rule that the worker's master names in its answers (the rest are
+# left out: they are shown, never used for a decision by the master that is told).
+MAX_MODERATED_BY = 32
 
 
 class ToWorkerSide(enum.Enum):
@@ -240,6 +243,25 @@ def check_name(value: object, what: str) -> str:
     if not value or not value.isprintable() or "/" in value:
         raise ProtocolError(f"{what} must be a printable name without '/' of 1 to {MAX_NAME} characters")
     return value
+
+
+def moderated_by_wire(groups: tuple[str, ...] | None) -> list[str] | None:
+    """A four-eyes session's groups and web roles as the worker's master sends them: at most MAX_MODERATED_BY, each
+    cut at MAX_NAME characters (None: not a four-eyes session)."""
+    return [g[:MAX_NAME] for g in groups[:MAX_MODERATED_BY] if g] or None if groups else None
+
+
+def check_moderated_by(value: object) -> tuple[str, ...] | None:
+    """What the worker's master says of a session's four-eyes rule (`moderated_by_wire`), checked where it arrives:
+    null, or a list of at most MAX_MODERATED_BY printable names of 1 to MAX_NAME characters. It is that master's
+    word about its own policy: shown (escaped), never used for a decision here."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_MODERATED_BY or not all(
+            isinstance(g, str) and 1 <= len(g) <= MAX_NAME and g.isprintable() for g in value):
+        raise ProtocolError(f"moderated_by must be null or a list of 1 to {MAX_MODERATED_BY} printable names of 1 to "
+                            f"{MAX_NAME} characters")
+    return tuple(value)
 
 
 def check_run(value: object) -> str:

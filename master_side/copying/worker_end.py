@@ -13,6 +13,7 @@ from twisted.spread import pb
 from master_side.sessions.worker_link import Undo, on_disconnect
 from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver
 from slaveshell.vocabulary.copying import (
+    JOINED_CALLS,
     STREAM_CALLS,
     Abort,
     Ack,
@@ -43,6 +44,9 @@ class _StreamPeer(LeanPeer):
     """A transfer's PB reference: the stream's calls answer-less (copying.STREAM_CALLS)."""
 
     answerless = STREAM_CALLS
+
+    def at_once(self, method: str, args: tuple[object, ...]) -> bool:
+        return method not in JOINED_CALLS  # a large chunk goes at once all the same (lean_calls.WRITE_APART)
 
 
 class Party:

@@ -235,7 +235,8 @@ class FleetOperations:
         moderated = [w for w in targets if self.api.policy.may(who, Action.RUN, w).moderated_by
                      and (cluster is None or cluster.attached_here(w))]
         run = FleetRun(run_id, who, targets, command, size, timeout, self._open, self._clock(), watcher, self.slots,
-                       self._approval, moderated, min(size, self.api.approvals.limits.per_operator))
+                       self._approval, moderated, min(size, self.api.approvals.limits.per_operator),
+                       self.api.approvals.unused)
         self.runs[run_id] = run
         run.on_finished.append(lambda outcomes: self._finished(
             run, outcomes + [o for o in listed if o.state is not State.PENDING]))

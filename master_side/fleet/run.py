@@ -296,18 +296,22 @@ class FleetRun:
     operator gone (it interrupts too). The watcher hears of every worker and, once, of the outcomes.
 
     The workers of `moderated` (four-eyes) have their approval asked through `approver` before they take a place
-    in the batch or a slot, at most `asking` at once: the other workers run while a moderator is awaited."""
+    in the batch or a slot, at most `asking` at once: the other workers run while a moderator is awaited. An
+    approval given to a part that then never opens (the run interrupted while it waited for a place) is told to
+    `unused`."""
 
     def __init__(self, run_id: str, who: Identity, targets: list[str], command: Command, batch: int,
                  timeout: float | None, opener: Opener, clock: Clock, watcher: RunWatcher,
                  slots: Slots | None = None, approver: Approver | None = None,
-                 moderated: Collection[str] = (), asking: int = 4) -> None:
+                 moderated: Collection[str] = (), asking: int = 4,
+                 unused: Callable[[Approved, str], None] = lambda approved, why: None) -> None:
         self.id = run_id
         self.slots = slots if slots is not None else Slots()
         self._key = (who.user, who.uid)
         self._waiting: dict[str, Callable[[], None]] = {}  # workers whose start waits for a place
         self._holding: set[str] = set()  # workers holding a place
         self._approvals: dict[str, Approved] = {}  # given, until the part opens with it
+        self._unused = unused  # told of an approval given to a part that will not open (audited)
         self.who = who
         self.command = command
         self.approver = approver
@@ -337,7 +341,17 @@ class FleetRun:
             for sink in list(self.sinks.values()):
                 if sink.view is None and sink.status is None:
                     sink.withdraw()  # a part waiting for a moderator's approval waits no more
+            self._not_used("the run was interrupted before the part opened")
             self._check_done()
+
+    def _not_used(self, why: str) -> None:
+        """The approvals given to parts that did not open (they waited for a place) and now never will."""
+        approvals, self._approvals = self._approvals, {}
+        for approved in approvals.values():
+            try:
+                self._unused(approved, why)
+            except Exception:
+                log.failure("slaveshell fleet run {run}: an unused approval", run=self.id)
 
     def leave(self) -> None:
         """The operator's connection is gone: nothing more starts, what runs is ended, and the sessions lose
@@ -494,6 +508,7 @@ class FleetRun:
         if self.finished or not self.scheduler.done:
             return
         self.finished = True
+        self._not_used("the run ended before the part opened")
         outcomes = self.scheduler.outcomes()
         for o in outcomes:
             if o.state is State.NOT_STARTED:

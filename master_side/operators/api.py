@@ -261,24 +261,30 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         worker, and `withdrawn` tells when the run no longer waits for it; `approved`: the approval the run asked
         for first (`approval`), which this part starts with. Raises OperatorError."""
         trail = self.trail
-        # Who the session is for comes from the door, never from the client.
-        conn, request, moderated_by, approved = await self._admit(
-            who, replace(request, operator=who.user), sink, Action.RUN if run_id is not None else Action.SHELL,
-            _Asked(run_id, what, withdrawn, approved))
-        if sink.gone:
-            # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
-            raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
-        session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
-                                clock=self.registry.clock)
-        session.run_id = run_id
-        hold = self.holds.get(request.build)
-        if hold is not None:
-            session.build = {"build_id": hold.build_id, "builder": hold.builder, "build_number": hold.build_number}
-        # Recorded before served: the transcript and the index row exist before the worker is asked.
+        asked = _Asked(run_id, what, withdrawn, approved, holding=approved)
         try:
-            recorder = await trail.begin(session)
-        except RecordingError as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+            # Who the session is for comes from the door, never from the client.
+            conn, request, moderated_by, approved = await self._admit(
+                who, replace(request, operator=who.user), sink, Action.RUN if run_id is not None else Action.SHELL,
+                asked)
+            if sink.gone:
+                # The operator left (Ctrl-C, a lost connection) before anything was started: start nothing.
+                raise OperatorError(ErrorKind.STOPPED, "the operator left before the session opened")
+            session = MasterSession(request, who, on_end=self.registry.ended, session_id=new_session_id(),
+                                    clock=self.registry.clock)
+            session.run_id = run_id
+            hold = self.holds.get(request.build)
+            if hold is not None:
+                session.build = {"build_id": hold.build_id, "builder": hold.builder,
+                                 "build_number": hold.build_number}
+            # Recorded before served: the transcript and the index row exist before the worker is asked.
+            try:
+                recorder = await trail.begin(session)
+            except RecordingError as e:
+                raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+        except Exception as e:
+            self.approvals.refused_after(asked.holding, e)  # approved, and what it approved does not start
+            raise
         if recorder is not None:
             session.recorder = recorder
             recorder.on_error = lambda error: self.registry.recording_failed(session, error)
@@ -364,7 +370,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             if given is not None and _approves(given, who, request.worker, asked.run_id):
                 approved = given  # asked by the run before the part took its place (`approval`)
             else:
-                approved = await self._ask(who, request, sink, decision.moderated_by, asked)
+                approved = asked.holding = await self._ask(who, request, sink, decision.moderated_by, asked)
             # The policy may have changed (a reconfig), the worker gone, or the operator's sessions grown, while
             # the request waited.
             again = self.policy.may(who, action, request.worker)
@@ -397,7 +403,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         leaving = [sink.on_disconnect] + ([asked.withdrawn] if asked.withdrawn is not None else [])
         return self.approvals.ask(
             who, request.worker, Kind.RUN if asked.run_id is not None else Kind.COMMAND,
-            asked.what or _request_text(request), request.reason, moderated_by, sink.waiting, leaving, asked.run_id)
+            asked.what or _request_text(request), request.reason, moderated_by, sink.waiting, leaving, asked.run_id,
+            place=asked.run_id is not None)  # a run's part waits for a free place, where a command is refused
 
     def _quota(self, who: Identity, worker: str) -> None:
         quota = self.policy.quota(who, worker, self.registry.live(), self.registry.limits.per_worker,
@@ -720,7 +727,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         return {"rows": merged, "unanswered": unanswered}
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Asked:
     """What an approval request of a fleet run's part says besides the request (master_side.fleet.operations):
     the run, how it shows what runs, when the run no longer waits for it, and the approval the run asked for
@@ -730,6 +737,7 @@ class _Asked:
     what: str | None = None
     withdrawn: Leaving | None = None
     approved: Approved | None = None  # asked by the run before the part took its place
+    holding: Approved | None = None  # the approval `open` holds and has not used yet (`Approvals.unused` if never)
 
 
 def _approves(approved: Approved, who: Identity, worker: str, run_id: str | None) -> bool:

@@ -10,8 +10,10 @@ a closed connection, an interrupted run). A moderator is who may moderate the wo
 door's or master's prefix (`same_person`), in one of the rule's groups or web roles, with 'watch' on the worker);
 `pending` lists what `who` may approve (and their own requests), `approve` and `deny` decide. Every step is an
 audit event (`APPROVAL_EVENTS`, through the `ApprovalRecord`: who asked, which moderator approved or denied which
-request, what expired or was withdrawn); a refused decision and every refused request (the bounds per operator and
-in total) are audited refusals, rate-limited as every refusal is.
+request, what expired or was withdrawn, what was approved and never used); a refused decision and every refused
+request (the bounds per operator, per calling master and in total) are audited refusals, rate-limited as every
+refusal is. A fleet run's part past those bounds waits for a free place instead (`queued`, bounded too), and is
+asked as soon as one is free.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ DENIED = "denied"  # operator: the moderator who denied (detail: their reason)
 EXPIRED = "approval-expired"  # no moderator decided in time (operator: who asked)
 WITHDRAWN = "approval-withdrawn"  # the operator stopped waiting (operator: who asked)
 USED = "approval"  # on the session or transfer an approval started: which request, approved by whom
-APPROVAL_EVENTS = (ASKED, APPROVED, DENIED, EXPIRED, WITHDRAWN, USED)
+UNUSED = "approval-unused"  # approved, but what it approved never started (operator: who asked; detail: why)
+APPROVAL_EVENTS = (ASKED, APPROVED, DENIED, EXPIRED, WITHDRAWN, USED, UNUSED)
 
 MAX_WHAT = 1024 * 1024  # characters of a request's description: more is refused (a command is at most 64 KiB)
 LISTED_WHAT = 2000  # characters of it in a listing of all requests (one request's shows all of it)
@@ -61,6 +64,11 @@ class ApprovalLimits:
     total: int = 32
     wait: float = 900.0
     per_master: int = 8  # requests of the operators another master of the site vouches for (cluster:<master>/...)
+    # Fleet runs' parts waiting for a free place to be asked (`Approvals.ask(place=True)`), per operator, per
+    # calling master and in total: a run asks at most 4 at once, an operator has at most 4 runs in progress.
+    queued_per_operator: int = 16
+    queued_per_master: int = 16
+    queued: int = 64
 
 
 class Kind(enum.Enum):
@@ -69,6 +77,11 @@ class Kind(enum.Enum):
     COPY = "copy"
     COMMAND = "command"
     RUN = "run"
+
+
+# What did not happen when an approved request is refused before it starts (`Approvals.refused_after`).
+NOT_STARTED = {Kind.COPY: "the transfer did not start", Kind.COMMAND: "the session did not open",
+               Kind.RUN: "the session did not open"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,24 @@ class ApprovalRecord(Protocol):
 Leaving = Callable[[Callable[[], None]], Undo]
 
 
+@dataclass(eq=False)
+class _Asking:
+    """One operator's wait for an approval: for a free place to ask it (queued), then for a moderator (pending,
+    `request_id`). `undo`: its subscriptions to the operator's leaving."""
+
+    who: Identity
+    worker: str
+    kind: Kind
+    what: str
+    reason: str | None
+    moderated_by: tuple[str | int, ...]
+    waiting: Callable[[str], None]
+    run_id: str | None
+    waiter: defer.Deferred[Approved] = field(default_factory=defer.Deferred)
+    request_id: str | None = None
+    undo: list[Undo] = field(default_factory=list)
+
+
 @dataclass
 class _Pending:
     request: ApprovalRequest
@@ -150,6 +181,8 @@ class Approvals:
         self._refuse = refuse  # an audited, rate-limited refusal (OperatorAPI.refuse)
         self.limits = ApprovalLimits()
         self.pending: dict[str, _Pending] = {}
+        self.queued: list[_Asking] = []  # fleet runs' parts waiting for a free place, oldest first
+        self._stopping = False
         # Told that a request waits for a moderator: the reporters' notice (the operator API sets it).
         self.wanted: Callable[[ApprovalRequest], None] = lambda request: None
 
@@ -162,52 +195,114 @@ class Approvals:
 
     def ask(self, who: Identity, worker: str, kind: Kind, what: str, reason: str | None,
             moderated_by: Sequence[str | int], waiting: Callable[[str], None], leaving: Sequence[Leaving],
-            run_id: str | None = None) -> defer.Deferred[Approved]:
+            run_id: str | None = None, place: bool = False) -> defer.Deferred[Approved]:
         """A request for `who`, within the bounds (else an audited refusal, raised): fires `Approved` once a
         moderator approves it; fails with OperatorError when denied (DENIED), expired (LIMIT) or withdrawn because
-        the operator left (STOPPED: any of `leaving` fired). `waiting` tells the operator what they wait for."""
-        limits = self.limits
+        the operator left (STOPPED: any of `leaving` fired). `waiting` tells the operator what they wait for.
+
+        `place` (a fleet run's part): past the bounds per operator, per calling master or in total, the request
+        waits for a free place instead (the operator is told), and is asked once one of the requests that hold
+        the places is approved, denied, withdrawn or expires; only past the bounds of those waiting (`queued...`)
+        is it refused."""
         groups = moderators_text(moderated_by)
         if len(what) > MAX_WHAT:  # never cut: a moderator approves all of what runs, or nothing
             raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: what it would do is longer than "
                                f"{MAX_WHAT} characters, more than a moderator is shown")
+        full = self._full(who)
+        if full is not None and not place:
+            raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: {full}; worker {worker} is "
+                               f"moderated (moderated_by: {groups})")
+        if full is not None:
+            crowded = self._crowded(who)
+            if crowded is not None:
+                raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: {full}, and {crowded}; "
+                                   f"worker {worker} is moderated (moderated_by: {groups})")
+        asking = _Asking(who, worker, kind, what, reason, tuple(moderated_by), waiting, run_id)
+        asking.waiter = defer.Deferred(lambda d: self._stop(asking))  # a caller's cancel: the operator's master's
+        if full is None:
+            self._asked(asking)
+        else:
+            self.queued.append(asking)
+            waiting(f"worker {worker} is moderated: its approval request waits for a free place ({full}); it is "
+                    f"asked as soon as one of those is approved, denied, withdrawn or expires; Ctrl-C or a cancel "
+                    "withdraws it")
+        for subscribe in leaving:
+            asking.undo.append(subscribe(lambda: self._stop(asking)))
+        if asking.request_id is not None and asking.request_id in self.pending:
+            self.wanted(self.pending[asking.request_id].request)
+        elif asking not in self.queued:  # withdrawn already (an operator gone while it was asked)
+            for undo in asking.undo:
+                undo()
+        return asking.waiter
+
+    def _full(self, who: Identity) -> str | None:
+        """Why no request of `who` may wait for a moderator now (the bounds), or None."""
+        limits = self.limits
         mine = sum(1 for p in self.pending.values() if same_operator(p.request.who, who))
         if mine >= limits.per_operator:
-            raise self._refuse(who, worker, ErrorKind.LIMIT,
-                               f"approvals refused: {who.user} already waits for {mine} approvals (the master's "
-                               f"limit per operator); worker {worker} is moderated (moderated_by: {groups})")
+            return f"{who.user} already waits for {mine} approvals (the master's limit per operator)"
         master = vouching_master(who)
         theirs = 0 if master is None else sum(1 for p in self.pending.values()
                                               if vouching_master(p.request.who) == master)
         if theirs >= limits.per_master:
-            raise self._refuse(who, worker, ErrorKind.LIMIT,
-                               f"approvals refused: the operators of master {master} already wait for {theirs} "
-                               f"approvals (this master's limit per calling master); worker {worker} is moderated "
-                               f"(moderated_by: {groups})")
+            return (f"the operators of master {master} already wait for {theirs} approvals (this master's limit "
+                    "per calling master)")
         if len(self.pending) >= limits.total:
-            raise self._refuse(who, worker, ErrorKind.LIMIT,
-                               f"approvals refused: {len(self.pending)} requests already wait for a moderator's "
-                               f"approval (the master's limit); worker {worker} is moderated (moderated_by: {groups})")
+            return f"{len(self.pending)} requests already wait for a moderator's approval (the master's limit)"
+        return None
+
+    def _crowded(self, who: Identity) -> str | None:
+        """Why no more request of `who` may wait for a free place (their bounds), or None."""
+        limits = self.limits
+        mine = sum(1 for a in self.queued if same_operator(a.who, who))
+        if mine >= limits.queued_per_operator:
+            return f"{mine} more wait for a free place (the master's limit per operator)"
+        master = vouching_master(who)
+        theirs = 0 if master is None else sum(1 for a in self.queued if vouching_master(a.who) == master)
+        if theirs >= limits.queued_per_master:
+            return f"{theirs} of master {master}'s operators wait for a free place (the limit per calling master)"
+        if len(self.queued) >= limits.queued:
+            return f"{len(self.queued)} requests wait for a free place (the master's limit)"
+        return None
+
+    def _asked(self, asking: _Asking) -> None:
+        """`asking`'s request, pending from now: recorded, then the operator told what it waits for."""
+        limits = self.limits
         clock = self._clock()
         now = clock.seconds()
-        request = ApprovalRequest(_new_id(self.pending), who, worker, kind, what, reason,
-                                  tuple(moderated_by), now, now + limits.wait, run_id)
-        def cancelled(d: defer.Deferred[Approved]) -> None:
-            self._withdrawn(request.id)  # whoever waited stopped (a caller's cancel: the operator's master's)
-
-        waiter: defer.Deferred[Approved] = defer.Deferred(cancelled)
-        pending = self.pending[request.id] = _Pending(request, waiter)
+        request = ApprovalRequest(_new_id(self.pending), asking.who, asking.worker, asking.kind, asking.what,
+                                  asking.reason, asking.moderated_by, now, now + limits.wait, asking.run_id)
+        asking.request_id = request.id
+        pending = self.pending[request.id] = _Pending(request, asking.waiter, undo=asking.undo)
         pending.timer = clock.callLater(limits.wait, self._expired, request.id)
-        self._write(ASKED, request, who, request.detail())
+        self._write(ASKED, request, request.who, request.detail())
         minutes = f"{limits.wait / 60:g} min" if limits.wait >= 60 else f"{limits.wait:g} s"
-        waiting(f"worker {worker} is moderated: request {request.id} waits for a moderator's approval "
-                f"(moderated_by: {groups}, with the watch right, not you: slaveshell approve {request.id}); "
-                f"at most {minutes}; Ctrl-C or a cancel withdraws it")
-        for subscribe in leaving:
-            pending.undo.append(subscribe(lambda: self._withdrawn(request.id)))
-        if request.id in self.pending:  # not already withdrawn (an operator gone while it was asked)
-            self.wanted(request)
-        return waiter
+        asking.waiting(f"worker {request.worker} is moderated: request {request.id} waits for a moderator's "
+                       f"approval (moderated_by: {request.moderators}, with the watch right, not you: slaveshell "
+                       f"approve {request.id}); at most {minutes}; Ctrl-C or a cancel withdraws it")
+
+    def _stop(self, asking: _Asking) -> None:
+        """The operator stopped waiting: their request withdrawn, or their wait for a place ended."""
+        if asking.request_id is not None:
+            self._withdrawn(asking.request_id)
+            return
+        if asking not in self.queued:
+            return
+        self.queued.remove(asking)
+        for undo in asking.undo:
+            undo()
+        asking.waiter.errback(OperatorError(ErrorKind.STOPPED, "stopped waiting for a free place to ask a "
+                                                               "moderator's approval"))
+
+    def _next(self) -> None:
+        """A place may be free: the oldest requests waiting for one that fit now are asked (each operator's in
+        the order they came)."""
+        for asking in list(self.queued):
+            if asking in self.queued and self._full(asking.who) is None:
+                self.queued.remove(asking)
+                self._asked(asking)
+                if asking.request_id in self.pending:
+                    self.wanted(self.pending[asking.request_id].request)
 
     def _end(self, request_id: str) -> _Pending | None:
         """Forget a request (its timer, its subscriptions): the one that was pending, or None."""
@@ -229,6 +324,7 @@ class Approvals:
                 f"limit); worker {request.worker} is moderated (moderated_by: {request.moderators})")
         self._write(EXPIRED, request, request.who, f"{request.label}: {text}")
         pending.waiter.errback(OperatorError(ErrorKind.LIMIT, text))
+        self._next()
 
     def _withdrawn(self, request_id: str) -> None:
         pending = self._end(request_id)
@@ -238,6 +334,26 @@ class Approvals:
         self._write(WITHDRAWN, request, request.who, f"{request.label}: the operator stopped waiting")
         pending.waiter.errback(OperatorError(ErrorKind.STOPPED, f"request {request.id} withdrawn: stopped waiting "
                                                                 "for a moderator's approval"))
+        if not self._stopping:
+            self._next()
+
+    def unused(self, approved: Approved, why: str) -> None:
+        """An approval given that will not be used: what it approved did not start (`why`: the run was
+        interrupted first). Audited (UNUSED), as the requests that expire or are withdrawn are."""
+        request = approved.request
+        self._write(UNUSED, request, request.who, f"{request.label}: approved by {approved.moderator.user}, "
+                                                  f"not used: {why}")
+
+    def refused_after(self, approved: Approved | None, error: Exception) -> None:
+        """What `approved` approved was refused after the approval was given, before it started (the policy
+        changed while it waited, the worker, its build or the route gone, a quota full, the recording or the
+        worker refused it, the operator left): `unused`, with the refusal (`error`: an OperatorError's line; any
+        other failure is the master's, said without its text). The one rule for a session's open and a copy's
+        start: every approval ends used (USED, written where it starts) or not (UNUSED). Nothing without one."""
+        if approved is None:
+            return
+        why = error.message if isinstance(error, OperatorError) else "the master failed (see its log)"
+        self.unused(approved, f"{NOT_STARTED[approved.request.kind]}: {why}")
 
     # -- the moderators' side ----------------------------------------------------------------------
 
@@ -286,6 +402,7 @@ class Approvals:
         self._end(request.id)
         self._write(APPROVED, request, who, request.label)
         pending.waiter.callback(Approved(request, who))
+        self._next()
         return f"request {request.id} of {request.who.user} on {request.worker} approved: it starts now"
 
     def deny(self, who: Identity, request_id: object, reason: object) -> str:
@@ -300,12 +417,19 @@ class Approvals:
         self._write(DENIED, request, who, f"{request.label}; denied{because}")
         pending.waiter.errback(OperatorError(ErrorKind.DENIED, f"request {request.id} denied by moderator "
                                                                f"{who.user}{because}"))
+        self._next()
         return f"request {request.id} of {request.who.user} on {request.worker} denied"
 
     def stop(self) -> None:
-        """The service stops: every pending request is withdrawn."""
-        for request_id in list(self.pending):
-            self._withdrawn(request_id)
+        """The service stops: every request waiting for a place, and every pending request, is withdrawn."""
+        self._stopping = True
+        try:
+            for asking in list(self.queued):
+                self._stop(asking)
+            for request_id in list(self.pending):
+                self._withdrawn(request_id)
+        finally:
+            self._stopping = False
 
 
 def _new_id(taken: dict[str, _Pending]) -> str:

@@ -68,15 +68,20 @@ class CopyOperations:
         if decision.moderated_by:
             approved = yield self.approvals.ask(who, request.worker, Kind.COPY, describe(routed), request.reason,
                                                 decision.moderated_by, waiting, [operator.on_disconnect])
-            again = self.policy.may(who, Action.COPY, request.worker)  # the policy may have changed meanwhile
-            if not again.allowed:
-                raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {again.reason}")
-            conn, routed, build = self._routed(who, request)  # again: the worker or the build may be gone
         try:
-            started = yield self.transfers.start(conn, who, replace(routed, operator=who.user), self.trail,
-                                                 operator, build)
-        except (RecordingError, TransferRefused) as e:
-            raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+            if approved is not None:
+                again = self.policy.may(who, Action.COPY, request.worker)  # the policy may have changed meanwhile
+                if not again.allowed:
+                    raise self.refuse(who, request.worker, ErrorKind.DENIED, f"permission denied: {again.reason}")
+                conn, routed, build = self._routed(who, request)  # again: the worker or the build may be gone
+            try:
+                started = yield self.transfers.start(conn, who, replace(routed, operator=who.user), self.trail,
+                                                     operator, build)
+            except (RecordingError, TransferRefused) as e:
+                raise OperatorError(ErrorKind.UNAVAILABLE, str(e)) from None
+        except Exception as e:
+            self.approvals.refused_after(approved, e)  # approved, and the transfer it approved does not start
+            raise
         if approved is not None:
             self.trail.approval(USED, request.worker, approved.moderator, f"request {approved.request.id} approved "
                                 f"by {approved.moderator.user}", started[0].id)

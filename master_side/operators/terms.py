@@ -120,6 +120,18 @@ class View:
     def size(self) -> tuple[int, int]:
         return self.session.size
 
+    @property
+    def moderated_by(self) -> tuple[str, ...] | None:
+        """A four-eyes session's groups and web roles (its rule's `moderated_by`), None for any other."""
+        moderation = self.session.moderation
+        return None if moderation is None else tuple(str(g) for g in moderation.moderated_by)
+
+    @property
+    def moderator(self) -> bool:
+        """Whether this view moderates its four-eyes session (a watcher admitted as one)."""
+        moderation = self.session.moderation
+        return moderation is not None and self.viewer in moderation.moderators
+
     def end(self, why: str) -> None:
         """End the session on the worker, recorded with `why` (its operator's end is gone for good)."""
         self.session.close(why)

@@ -59,6 +59,11 @@ class DoorTransfer(Protocol):
     def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None: ...
 
 
+# A DATA frame of at least this many bytes goes to the kernel at once; a smaller one (a small file's), like every
+# control frame, at the reactor's next turn, joined with the frames written before then (one write for many).
+AT_ONCE = 4096
+
+
 class WireParty:
     """The operator's end of a transfer over a `WireDoor` (`master_side.copying.relay.PartyEnd`): each call as a frame,
     then the connection's output bound (master_side.operators.gate.ConnectionGate.check)."""
@@ -72,12 +77,14 @@ class WireParty:
         if door.disconnected:
             return
         if isinstance(event, Data):
-            # Header and bytes unjoined, to the kernel at once in one sendmsg when nothing waits before them
-            # (no copy of the chunk in Twisted's buffer); the socket's buffer widened once to take whole chunks.
+            # A chunk's header and bytes unjoined, to the kernel at once in one sendmsg when nothing waits before
+            # them (no copy of the chunk in Twisted's buffer); the socket's buffer widened once to take whole
+            # chunks.
             if not self._widened:
                 widen(door.transport)
                 self._widened = True
-            door.write_frame(framing.header(FrameType.DATA, len(event.chunk)), event.chunk, at_once=True)
+            door.write_frame(framing.header(FrameType.DATA, len(event.chunk)), event.chunk,
+                             at_once=len(event.chunk) >= AT_ONCE)
         else:
             op = Op(event.call)
             if op not in framing.TRANSFER:

@@ -72,20 +72,25 @@ class WireViewerSink:
         door.gate.check(door)
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:
-        self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden))
+        # Right behind the echo it follows (MasterSession.worker_output), in the same reactor turn: to the kernel
+        # now, not after the turn's two epoll_ctl calls and a loop pass.
+        self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden), at_once=True)
 
     def flushed_input_ack(self, nbytes: int, hidden: bool) -> None:
         """The input flushed the terminal (an interrupt): the client discards the output before this frame that it
         held since sending the input (a client that does not know `flush` ignores it)."""
-        self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden, flush=True))
+        self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden, flush=True), at_once=True)
 
     def exit(self, status: ExitStatus) -> None:
         self._control(framing.control(Op.EXIT, code=status.code, signal=status.signal, reason=status.reason))
 
-    def _control(self, frame: bytes) -> None:
+    def _control(self, frame: bytes, at_once: bool = False) -> None:
         door = self.door
         if not door.disconnected:
-            door.write(frame)
+            if at_once:
+                door.write_frame(frame, b"", at_once=True)
+            else:
+                door.write(frame)
             door.gate.check(door)
 
     def waiting(self, text: str) -> None:

@@ -30,17 +30,19 @@ Messages (JSON; page -> master):
   workers' outcomes; texts as the index holds them: the page escapes them).
 
 master -> page, on a run's socket: ``{"type": "run_started", "run", "targets": [names], "batch", "listed":
-[outcome]}``; ``{"type": "progress", "worker", "phase", "session", "elapsed", "last_line", "outcome"?}`` (with
-``outcome`` once ``phase`` is ``done``); ``{"type": "run_end", "run", "state", "summary", "exit_status", "groups":
+[outcome]}``; ``{"type": "progress", "worker", "phase", "session", "elapsed", "last_line", "outcome"?, "note"?}``
+(with ``outcome`` once ``phase`` is ``done``; ``note``: why a part waits before it starts, as ``slaveshell run``
+prints it: the line of the master that holds a four-eyes worker, its request waiting for a moderator's approval,
+escaped, at most MAX_NOTE characters); ``{"type": "run_end", "run", "state", "summary", "exit_status", "groups":
 [{"digest", "workers": [names], "header"}], "exits": [{"status", "workers"}], "not_ran": [{"state", "workers",
 "reasons"}]}``; ``{"type": "error", "message"}`` (then the socket closes). An outcome is ``{"worker", "state",
 "exit_status", "duration", "session", "reason", "digest", "output_bytes", "cut", "lines"?}``: ``lines`` (the kept
 output, line by line) comes with the first outcome of each distinct output only, so that a run whose workers print
 the same thing sends it once; the ``run_end`` groups name outputs by digest. Everything a worker controls (its
 output, its last line, a reason, the folded names) is sent through `slaveshell.vocabulary.display.visible`, as
-``slaveshell run`` prints it; names are sent as they are (the page escapes them for display, and needs them for
-its links). What the page does not read counts against the gate's bounds, as a session's output does: a page that
-stops reading is dropped, and its run ends as for a lost connection.
+``slaveshell run`` prints it; names are sent as they are (the page escapes them for display, and needs them for its
+links). What the page does not read counts against the gate's bounds, as a session's output does: a page that stops
+reading is dropped, and its run ends as for a lost connection.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
 MAX_PATTERNS = 64  # worker patterns and --where conditions, each
 MAX_PATTERN = 1024  # characters of one
 MAX_BATCH = 16  # characters of a --batch
+MAX_NOTE = 400  # characters of a part's note (why it waits), as `slaveshell run` shows it
 # A run's message may carry a script: it may be as large as the socket's largest message (MAX_CHUNK, the
 # WebSocket's bound), where other control messages have terminal_ws.MAX_CONTROL.
 MAX_RUN_MESSAGE = MAX_CHUNK
@@ -327,6 +330,8 @@ class WebRun:
             if out is not None:
                 self._digests.add(out.digest)
             fields["outcome"] = outcome_message(event.outcome, first)
+        if event.note is not None:
+            fields["note"] = visible(event.note[:MAX_NOTE])
         self.send(fields)
 
     def finished(self, outcomes: list[Outcome]) -> None:

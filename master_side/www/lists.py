@@ -8,12 +8,15 @@ gives the ``shell`` right on its worker (who may open a shell in it or release i
 `answer(kind, message, ...)` gives a Deferred of ``(json_message, binary_or_None)``; the binary part (a
 transcript chunk) is sent first. Messages (JSON, page -> master; the answer has the same ``type``):
 
-- ``{"type": "workers"}`` -> ``{"workers": [{"name", "connected", "shell", "paused", "allowed", "sessions",
-  "workerid", "copy", "master", "here", "masters", "site"}]}`` (``workerid``: Buildbot's id of the worker, for its
-  page ``#/workers/<workerid>``, or null; ``copy``: whether the policy gives this web user the ``copy`` right
-  there, and the worker is attached to a master of the site (another master's policy decides there too, when the
-  copy starts); on a multi-master site, the workers the other masters hold too, with
-  where each is: `where`; ``allowed`` is this master's policy, the holder's decides when a session opens);
+- ``{"type": "workers", "include_offline": bool?}`` -> ``{"workers": [{"name", "connected", "shell", "paused",
+  "allowed", "sessions", "workerid", "copy", "master", "here", "masters", "site"}]}`` (``workerid``: Buildbot's id
+  of the worker, for its page ``#/workers/<workerid>``, or null; ``copy``: whether the policy gives this web user
+  the ``copy`` right there, and the worker is attached to a master of the site (another master's policy decides
+  there too, when the copy starts); on a multi-master site, the workers the other masters hold too, with where each
+  is: `where`; ``allowed`` is this master's policy, the holder's decides when a session opens; with
+  ``include_offline``, as ``slaveshell workers --include-offline``, also the site's workers no master holds now,
+  from the shared database: with the masters they are configured on and the last that held them. A site of one
+  master lists every worker configured on it, attached or not, either way);
 - ``{"type": "sessions"}`` -> ``{"sessions": [{"id", "worker", "operator", "state", "command", "reason",
   "started", "own", "may_type", "viewers", "moderated_by", "held", "moderators"}]}`` (``viewers``: their names;
   for a four-eyes session, ``moderated_by``: the groups and web roles of its rule, else null; ``held``: whether
@@ -85,8 +88,9 @@ async def _site_sessions(service: WebHost, master: BuildMaster, who: WebIdentity
     """This master's live sessions (`shown`, each then named with this master) and those the other masters of the
     site hold that `who` may watch there (their policy decides, for the identity this master vouches for:
     master_side.cluster.records), on workers Buildbot's authz here gives `who` the shell action on; each with the
-    master that holds it. Watching one is routed to that master (master_side.www.terminal_ws); typing in one is
-    asked there too, so none says may_type here."""
+    master that holds it, and for a four-eyes one its rule's groups and its moderators as that master says them
+    (shown as text, so that a held one reads `held` as on its own master's page). Watching one is routed to that
+    master (master_side.www.terminal_ws); typing in one is asked there too, so none says may_type here."""
     cluster = service.api.cluster
     assert cluster is not None
     for s in shown:
@@ -96,8 +100,8 @@ async def _site_sessions(service: WebHost, master: BuildMaster, who: WebIdentity
     allowed = await access.shell_allowed(master, info, {str(s["worker"]) for s in remote})
     shown = shown + [{"id": s["id"], "worker": s["worker"], "operator": s["operator"], "state": s["state"],
                       "command": s["command"], "reason": s["reason"], "started": s["started"], "own": False,
-                      "may_type": False, "viewers": [], "moderated_by": None, "held": s["held"],
-                      "moderators": [], "master": s["master"]}
+                      "may_type": False, "viewers": [], "moderated_by": s["moderated_by"], "held": s["held"],
+                      "moderators": s["moderators"], "master": s["master"]}
                      for s in remote if s["worker"] in allowed]
     return sorted(shown, key=lambda s: float(s["started"]))  # type: ignore[arg-type]
 
@@ -123,7 +127,10 @@ async def answer(kind: str, message: Message, service: WebHost, master: BuildMas
                  info: UserInfo) -> Answer:
     api = service.api
     if kind == "workers":
-        workers = await site_workers(service, who)
+        include_offline = message.get("include_offline", False)
+        if not isinstance(include_offline, bool):
+            raise ProtocolError("include_offline is true or false")
+        workers = await site_workers(service, who, include_offline)
         gate = await access.shell_allowed(master, info, {str(w["name"]) for w in workers})
         ids = await buildbot_pages.worker_ids(master, gate)
         return {"type": "workers", "workers": [

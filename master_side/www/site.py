@@ -18,17 +18,20 @@ Message = dict[str, object]
 
 
 @deferred
-async def site_workers(service: WebHost, who: WebIdentity) -> list[dict[str, object]]:
-    """The workers `who` has some right on in this master's policy (OperatorAPI.workers); on a multi-master site
-    also those the other masters on the router hold, each with the master that holds it
-    (master_side.cluster.view.site_workers, as `slaveshell workers` lists them): at most MAX_SITE_WORKERS, and only
-    names a worker may have here (another master's listing is not trusted to be sane)."""
+async def site_workers(service: WebHost, who: WebIdentity, include_offline: bool = False
+                       ) -> list[dict[str, object]]:
+    """The workers `who` has some right on in this master's policy (OperatorAPI.workers: every worker configured
+    here, attached or not); on a multi-master site also those the other masters on the router hold, each with the
+    master that holds it, and with `include_offline` every other worker of the shared database, offline
+    (master_side.cluster.view.site_workers, as `slaveshell workers [--include-offline]` lists them): at most
+    MAX_SITE_WORKERS, and only names a worker may have here (another master's listing is not trusted to be
+    sane)."""
     api = service.api
     rows = api.workers(who)
     cluster = api.cluster
     if cluster is None:
         return rows
-    site = await cluster.workers(who, rows)
+    site = await cluster.workers(who, rows, include_offline)
     return [w for w in site if worker_name(w.get("name"))][:MAX_SITE_WORKERS]
 
 
@@ -41,8 +44,9 @@ def where(row: Mapping[str, object]) -> Message:
     on a site of one master, or nowhere), ``here`` (this master holds it), ``masters`` (every master that says it
     holds it: more than one is a name attached twice, never routed), ``disputed`` (the masters that list it but
     the shared database does not confirm, with why: never routed), ``configured_on`` (for an offline worker, the
-    masters it is configured on) and ``site`` (the master is one of a multi-master site). The page shows them as
-    text."""
+    masters it is configured on, and ``last_master``: the last master this one saw holding it, or null),
+    ``stale`` (the shared database names a master that does not hold it) and ``site`` (the master is one of a
+    multi-master site). The page shows them as text, as `slaveshell workers` does (slaveshell.client.labels)."""
     if "master" not in row:
         return {"master": None, "here": True, "masters": [], "site": False}
     masters, disputed, configured = row.get("masters"), row.get("disputed"), row.get("configured_on")
@@ -52,4 +56,6 @@ def where(row: Mapping[str, object]) -> Message:
             "disputed": [{"master": str(d.get("master")), "why": str(d.get("why"))} for d in disputed
                          if isinstance(d, dict)] if isinstance(disputed, list) else [],
             "configured_on": [m for m in configured if isinstance(m, str)] if isinstance(configured, list) else [],
+            "last_master": row.get("last_master") if isinstance(row.get("last_master"), str) else None,
+            "stale": bool(row.get("stale_database_rows")),
             "site": True}

@@ -25,12 +25,14 @@ Messages (RFC 6455 frames):
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
   ``{"type": "close"}`` (end the session, as ``~.``; a watcher's close leaves), ``{"type": "kill"}`` (a moderator
-  watching a four-eyes session ends it, as ``slaveshell kill ID``: `OperatorAPI.kill`; refused to anyone
-  else, and the socket closed); binary: input bytes (at most MAX_CHUNK each, within the
-  input credit window). Closing the socket detaches: the session waits ``detach_grace`` for a reattach.
+  watching a four-eyes session this master serves ends it, as ``slaveshell kill ID``: `OperatorAPI.kill`; refused
+  to anyone else, a routed session's moderator included, and the socket closed); binary: input bytes (at most
+  MAX_CHUNK each, within the input credit window). Closing the socket detaches: the session waits
+  ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
-  "worker", "role", "moderated_by", "moderator"}`` (``moderated_by``: a four-eyes session's groups and web roles,
-  else null; ``moderator``: whether this watcher moderates it), ``{"type": "input_ack", "bytes"}``,
+  "worker", "role", "moderated_by", "moderator", "master"?}`` (``moderated_by``: a four-eyes session's groups and
+  web roles, else null; ``moderator``: whether this watcher moderates it; ``master``: the master of the site that
+  serves a routed session, which says the other two for its own sessions), ``{"type": "input_ack", "bytes"}``,
   ``{"type": "waiting", "text"}``, ``{"type": "exit", "code", "signal", "reason"}``, ``{"type": "workers",
   "workers": [...]}``, ``{"type": "sessions", "sessions": [...]}``, ``{"type": "error", "message", "login": true?,
   "confirm": true?}`` (then the master closes the socket; ``login``: log in again for a new shell grant;
@@ -672,17 +674,20 @@ class TerminalProtocol(WebSocketServerProtocol):
             return  # the service went with a reconfiguration: its sessions ended with it
         self.view = view
         if isinstance(view, RoutedHandle):
-            # Served by another master of the site: its name, as it says it, for the page to show (as text).
+            # Served by another master of the site: its name, and whether the session is a four-eyes one there and
+            # this view moderates it, as that master says them (its word about its own policy: shown as text,
+            # escaped, never used for a decision here).
             routed = view.routed
+            by = routed.moderated_by
             self.send_json({"type": "opened", "id": routed.session_id, "worker": routed.worker, "role": routed.role,
-                            "moderated_by": None, "moderator": False, "master": visible(routed.master)})
+                            "moderated_by": None if by is None else [visible(g) for g in by],
+                            "moderator": routed.moderator, "master": visible(routed.master)})
             return
         assert isinstance(view, View)
-        moderation = view.session.moderation
+        by = view.moderated_by
         self.send_json({"type": "opened", "id": view.session.id, "worker": view.session.worker,
-                        "role": view.viewer.role.value,
-                        "moderated_by": None if moderation is None else [str(g) for g in moderation.moderated_by],
-                        "moderator": moderation is not None and view.viewer in moderation.moderators})
+                        "role": view.viewer.role.value, "moderated_by": None if by is None else list(by),
+                        "moderator": view.moderator})
 
     def _not_opened(self, failure: Failure, worker: str) -> None:
         if failure.check(access.Refused):

@@ -52,6 +52,7 @@ class Link(Protocol):
 
     def next_id(self) -> int: ...
     def send(self, frame: bytes, payload: bytes = b"") -> None: ...
+    def later(self, frame: bytes) -> None: ...
     def control(self, op: framing.Op, **fields: object) -> None: ...
 
 
@@ -179,6 +180,12 @@ class Connection:
             self.out += payload
         elif sent < len(frame) + len(payload):
             self.out += memoryview(payload)[sent - len(frame):]
+
+    def later(self, frame: bytes) -> None:
+        """Queue `frame` behind what waits, for the loop's next `flush` (the frames queued until then go in one
+        write: a transfer's many small frames)."""
+        if not self.closed:
+            self.out += frame
 
     def control(self, op: framing.Op, **fields: object) -> None:
         self.send(framing.control(op, **fields))

@@ -50,6 +50,10 @@ RESULT_WAIT = 10.0
 READ_SIZE = 1024 * 1024
 # Seconds the last frames (an abort, a failed result) may take to leave at the end.
 LAST_WORDS = 2.0
+# An upload's DATA frame of at least this many bytes goes to the kernel at once; a smaller one (a small file's),
+# like an entry, a done_file and the finish, waits for the loop's next turn, joined with the others queued before
+# then (one write for many: a tree of small files). Acks, aborts and results go at once.
+AT_ONCE = 4096
 
 
 class Progress:
@@ -194,8 +198,7 @@ class CopyClient:
         self._unacked += ENTRY_COST
 
     def _data(self, data: Data) -> None:
-        self._receiving().data(data.chunk)
-        self._unacked += len(data.chunk)
+        self._receiving().data(data.chunk)  # its credit went back when it was read (`read`)
 
     def _done_file(self, done: DoneFile) -> None:
         self._receiving().done_file(check_sha(done.sha256))
@@ -207,6 +210,17 @@ class CopyClient:
 
     def _result(self, result: Result) -> None:
         self._finish(result.ok, result.reason)
+
+    def read(self, frames: list[framing.Frame]) -> None:
+        """The frames of one read: the credit of their data goes back first, then they are taken (the file's
+        writes overlap the next bytes' way here; what this process holds stays one read), then the credit of
+        their entries. HopError when the master broke the framing."""
+        if self.receiver is not None and self.outcome is None:
+            self._unacked += sum(len(f.payload) for f in frames if f.type is FrameType.DATA)
+            self.flush_acks()
+        for frame in frames:
+            self.frame(frame)
+        self.flush_acks()
 
     def flush_acks(self) -> None:
         """Return the credit of what was received since the last call (one ack per read, not per chunk)."""
@@ -242,8 +256,12 @@ class CopyClient:
     def send(self, event: TransferEvent) -> None:
         """One of slaveshell.vocabulary.copying's events to the master (the Sender's, and the acks): a DATA frame for
         data, a control otherwise."""
-        if isinstance(event, Data):
+        if isinstance(event, Data) and len(event.chunk) >= AT_ONCE:
             self.link.send(framing.header(FrameType.DATA, len(event.chunk)), event.chunk)
+        elif isinstance(event, Data):
+            self.link.later(framing.encode(FrameType.DATA, event.chunk))
+        elif isinstance(event, (Entry, DoneFile, Finish)):
+            self.link.later(framing.control(Op(event.call), **event.fields()))
         else:
             self.link.control(Op(event.call), **event.fields())
 
@@ -302,10 +320,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
 
     def readable() -> None:
         try:
-            frames = connection.receive()
-            for frame in frames:
-                client.frame(frame)
-            client.flush_acks()
+            client.read(connection.receive())
         except HopError as e:
             client.lost(e)
 

@@ -47,6 +47,12 @@ SIGNAL_GRACE = 5.0
 STDOUT_HIGH = 64 * 1024
 # Output acknowledged at once when this much is unacknowledged; less waits for the end of the loop's turn.
 ACK_BATCH = 4 * MAX_CHUNK
+# Less than this unacknowledged (a keystroke's echo, a prompt) waits up to ACK_DELAY seconds for more to gather: a
+# typist's keystrokes cost no ack each on the master's socket and the worker's link (as OpenSSH's window adjust
+# waits for half its window). It is 1/16 of a terminal's base output window (OUTPUT_WINDOW): the worker never waits
+# on this credit.
+ACK_PROMPTLY = 16 * 1024
+ACK_DELAY = 0.05
 # Ctrl-C typed on a terminal: output is held from then until the master acknowledges that input; if the worker's
 # terminal flushed its output at the interrupt, what was held (in flight at the interrupt) is discarded, as a
 # terminal discards its queue; otherwise it is shown. Shown anyway after this many seconds, or past this many bytes.
@@ -98,6 +104,7 @@ class HopShell:
         self.discarded = 0  # output discarded at interrupts, in bytes
         self._unacked = 0
         self._ack_timer: Cancellable | None = None
+        self._ack_delayed = False  # _ack_timer waits ACK_DELAY (not the end of the loop's turn)
         self.outputs = Outputs(loop, {"out": fds[1], "err": fds[2]}, self._output_gone, self._written)
         self._reading = False
         self._stdin_open = True
@@ -243,15 +250,25 @@ class HopShell:
                 self.outputs.write("err" if ftype is FrameType.STDERR else "out", data)
                 self._unacked += len(data)
         if held:
-            self._ack_soon()
+            self._ack_soon(promptly=True)  # a flood's credit, which the worker may be waiting for
 
-    def _ack_soon(self) -> None:
+    def _ack_soon(self, promptly: bool = False) -> None:
         """Acknowledge output at the end of the loop's turn: one ack for all the frames of one read (four to a
-        read in a bulk stream), not one each; at once past ACK_BATCH."""
+        read in a bulk stream), not one each; at once past ACK_BATCH; below ACK_PROMPTLY, after ACK_DELAY unless
+        `promptly`."""
         if self._unacked >= ACK_BATCH:
             self._send_ack()
-        elif self._unacked and (self._ack_timer is None or not self._ack_timer.active()):
-            self._ack_timer = self.loop.call_later(0, self._send_ack)
+            return
+        if not self._unacked:
+            return
+        delayed = self._unacked < ACK_PROMPTLY and not promptly
+        timer = self._ack_timer
+        if timer is not None and timer.active():
+            if delayed or not self._ack_delayed:
+                return
+            timer.cancel()  # enough gathered: at the end of this turn, not after ACK_DELAY
+        self._ack_delayed = delayed
+        self._ack_timer = self.loop.call_later(ACK_DELAY if delayed else 0, self._send_ack)
 
     def input_ack(self, nbytes: object, flush: bool = False) -> None:
         try:

@@ -1,13 +1,15 @@
 """The receiving end of a `slaveshell cp` transfer (the operator's client for a download, the worker for an
 upload): `Receiver` takes only what was asked (copying.Asked) and stages it in a directory of its own next to its
 destination (mode 0700), creating and opening every path relative to directory descriptors without following
-symlinks below the destination the operator named; `commit` fsyncs and renames into place (an existing file the
+symlinks below the destination the operator named; each file's fsync starts as it completes, and `commit`
+waits for them and renames into place (an existing file the
 operator named is written into, as scp does); `abort` removes whatever was staged, so a failure, a Ctrl-C or a
 lost peer leaves nothing partial. Blocking file I/O, nothing from PB; errors are cpfiles.TransferError.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
@@ -142,6 +144,7 @@ class Receiver:
         self._umask = _umask()
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
+        self._syncs = _Syncs()  # each received file's fsync, started as it completes
 
     def _named_file(self, name: str, check: Check | None) -> int | None:
         """The existing file the operator named, opened for writing in place (following a symlink there, as scp
@@ -271,22 +274,29 @@ class Receiver:
 
     def done_file(self, sha256: str) -> None:
         """The current file is complete; `sha256` is the master's hash of the bytes it relayed (the audit
-        record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them."""
+        record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them.
+        Its fsync starts now, then its mode (and times, with -p) are set on the same descriptor (`_Syncs`); the
+        staged copy of a file written in place keeps 0600 (it is read back at the commit)."""
         entry = self.order.done_file()
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)
+            parent, _, _name = entry.path.rpartition("/")
+            if not parent and self.tops[entry.path].in_place:
+                self._syncs.add((fd, None, None), self._shown(entry.path))  # read back at the commit: 0600 kept
+            else:
+                self._syncs.add((fd, received_mode(entry.mode, self.preserve, self._umask),
+                                 entry.mtime if self.preserve else None), self._shown(entry.path))
         self.files.append((entry, sha256))
 
     def commit(self) -> None:
-        """After finish: fsync, renames into place (an existing file the operator named is written into), the
-        directories' modes and times with -p, fsync of the directories. Blocking (the worker runs it in a
-        thread)."""
+        """After finish: the files' fsyncs waited for, renames into place (an existing file the operator named
+        is written into), the directories' modes and times with -p, fsync of the directories. Blocking (the
+        worker runs it in a thread)."""
         self.order.finish()
         dirs = self._stage() if self.staged else None
         if dirs is not None:
             dirs.close()
-            self._fsync_staged()
+            self._syncs.wait()
             for name, top in self.tops.items():
                 if top.kind == "dir":
                     self._merge_checked(name, top)
@@ -296,26 +306,6 @@ class Receiver:
                 self._dir_modes()
             _fsync_fd(self.parent_fd)
         self._clean()
-
-    def _fsync_staged(self) -> None:
-        """Each staged file fsynced, then given its mode (and times, with -p) on the same descriptor: a mode
-        without read permission (-p of a 0200 file) would keep a later open from reading it. The staged copy of
-        a file written in place keeps 0600 (it is read back)."""
-        assert self._dirs is not None
-        dirs = self._dirs
-
-        def opened(entry: Entry) -> tuple[int, int | None, float | None]:
-            parent, _, name = entry.path.rpartition("/")
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirs.open(parent))
-            if not parent and self.tops[entry.path].in_place:
-                return fd, None, None
-            return (fd, received_mode(entry.mode, self.preserve, self._umask),
-                    entry.mtime if self.preserve else None)
-
-        try:
-            _fsync_files([(e, self._shown(e.path)) for e in self.staged if e.kind == "file"], opened)
-        finally:
-            dirs.close()
 
     def _merge_checked(self, name: str, top: _Top) -> None:
         """A directory going into an existing one: every clash found before anything is moved."""
@@ -403,6 +393,7 @@ class Receiver:
     def _clean(self) -> None:
         """Close what is open and remove the staged directory with what is left in it (never raises); the
         receiver takes nothing more."""
+        self._syncs.drop()
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -541,38 +532,80 @@ def _fsync_opened(opened: tuple[int, int | None, float | None]) -> None:
         os.close(fd)
 
 
-def _fsync_files(files: list[tuple[Entry, str]],
-                 opened: Callable[[Entry], tuple[int, int | None, float | None]]) -> None:
-    """fsync each staged file (its entry, its path as shown), FSYNC_THREADS at once, then its mode and times;
-    `opened(entry)` opens it (on this thread, at most FSYNC_THREADS * 4 open at once) and says them. The first
-    failure as a TransferError naming the file as shown."""
-    if len(files) <= 1:  # no thread for one file
-        for entry, shown in files:
+class _Syncs:
+    """The received files' fsyncs (then their modes and times), each started as its file completes, so that
+    the disk works while the next files arrive and the commit waits only for the last ones. The first file is
+    held (no thread for a copy of one file); from the second on, FSYNC_THREADS run at once and at most
+    FSYNC_THREADS * 4 files are open here (`add` then waits for the oldest). `wait` gives the first failure as a
+    TransferError naming the file as shown; `drop` (an abort) lets nothing more start and closes every file."""
+
+    def __init__(self) -> None:
+        self._held: tuple[tuple[int, int | None, float | None], str] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: collections.deque[tuple[Future[None], int, str]] = collections.deque()
+
+    def add(self, opened: tuple[int, int | None, float | None], shown: str) -> None:
+        if self._pool is None:
+            if self._held is None:
+                self._held = (opened, shown)
+                return
+            self._pool = ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="slaveshell-fsync")
+            held, self._held = self._held, None
+            self._submit(*held)
+        if len(self._pending) >= FSYNC_THREADS * 4:
+            self._wait_oldest()
+        self._submit(opened, shown)
+
+    def _submit(self, opened: tuple[int, int | None, float | None], shown: str) -> None:
+        assert self._pool is not None
+        try:
+            future = self._pool.submit(_fsync_opened, opened)
+        except RuntimeError:  # no thread can start: this one does it
+            future = Future()
             try:
-                _fsync_opened(opened(entry))
+                _fsync_opened(opened)
+                future.set_result(None)
+            except OSError as e:
+                future.set_exception(e)
+        self._pending.append((future, opened[0], shown))
+
+    def _wait_oldest(self) -> None:
+        future, _fd, shown = self._pending.popleft()
+        try:
+            future.result()
+        except OSError as e:
+            raise os_error(shown, e) from None
+
+    def wait(self) -> None:
+        """Every file's fsync done (the held one's here); the first failure raised."""
+        if self._held is not None:
+            (opened, shown), self._held = self._held, None
+            try:
+                _fsync_opened(opened)
             except OSError as e:
                 raise os_error(shown, e) from None
-        return
-    with ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="slaveshell-fsync") as pool:
-        pending: list[tuple[Future[None], str]] = []
-        for entry, shown in files:
-            if len(pending) >= FSYNC_THREADS * 4:
-                _fsync_wait(pending.pop(0))
-            try:
-                item = opened(entry)
-            except OSError as e:
-                raise os_error(shown, e) from None
-            pending.append((pool.submit(_fsync_opened, item), shown))
-        for waiting in pending:
-            _fsync_wait(waiting)
+        while self._pending:
+            self._wait_oldest()
+        self._shutdown()
 
+    def drop(self) -> None:
+        """Nothing more starts; the files not begun are closed here, the others by their threads (waited for).
+        Never raises."""
+        if self._held is not None:
+            (opened, _shown), self._held = self._held, None
+            with contextlib.suppress(OSError):
+                os.close(opened[0])
+        while self._pending:
+            future, fd, _shown = self._pending.popleft()
+            if future.cancel():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._shutdown()
 
-def _fsync_wait(item: tuple[Future[None], str]) -> None:
-    future, shown = item
-    try:
-        future.result()
-    except OSError as e:
-        raise os_error(shown, e) from None
+    def _shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def _fsync_fd(fd: int) -> None:

@@ -50,7 +50,7 @@ from twisted.spread import banana, pb
 
 from slaveshell.plumbing import upstream
 from slaveshell.plumbing.remote import RemotePeer
-from slaveshell.plumbing.write_now import write_now
+from slaveshell.plumbing.write_now import write_frame, write_now
 from slaveshell.vocabulary.copying import Ack, Data, DoneFile, Entry
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import ProtocolError
@@ -210,6 +210,12 @@ class LeanPeer(RemotePeer):
 
     lean = False
 
+    def at_once(self, method: str, args: tuple[object, ...]) -> bool:
+        """Whether this lean call goes to the kernel now (slaveshell.plumbing.write_now) rather than at the
+        reactor's next turn, joined with the calls written before then (one write for many small ones). Now,
+        unless a subclass says otherwise."""
+        return True
+
     def send(self, method: str, *args: object) -> None:
         if self.released:
             return
@@ -221,20 +227,21 @@ class LeanPeer(RemotePeer):
             self.on_lost()
             return
         try:
-            send_lean(self.ref, method, *args)
+            send_lean(self.ref, method, *args, at_once=self.at_once(method, args))
         except banana.BananaError as e:
             self.on_refused(method, str(e))
 
     __call__ = send
 
 
-def send_lean(ref: pb.RemoteReference, method: str, *args: object) -> None:
+def send_lean(ref: pb.RemoteReference, method: str, *args: object, at_once: bool = True) -> None:
     """`method` (one of CODECS) on `ref` as a lean call: the peer must have said it takes them. Raises BananaError
-    (an item Banana cannot send, a byte string over its SIZE_LIMIT); nothing is written then."""
-    _write(ref.broker, [COMMAND, ref.luid, method.encode("ascii"), *CODECS[method].encode(*args)])
+    (an item Banana cannot send, a byte string over its SIZE_LIMIT); nothing is written then. Without `at_once`,
+    a call shorter than WRITE_APART waits for the reactor's next turn (`_write`)."""
+    _write(ref.broker, [COMMAND, ref.luid, method.encode("ascii"), *CODECS[method].encode(*args)], at_once)
 
 
-def _write(broker: pb.Broker, items: Wire) -> None:
+def _write(broker: pb.Broker, items: Wire, at_once: bool = True) -> None:
     """Banana-encode the list `items` (as ``Banana.sendEncoded`` would, but a long last byte string is written
     after its header rather than copied into one buffer with it), to the kernel at once when nothing waits
     before it (slaveshell.plumbing.write_now: a keystroke and its echo a reactor turn sooner on each side). Raises
@@ -255,4 +262,4 @@ def _write(broker: pb.Broker, items: Wire) -> None:
         return
     for item in items:
         broker._encode(item, parts.append)
-    write_now(transport, [b"".join(parts)])
+    write_frame(transport, [b"".join(parts)], at_once)

@@ -326,6 +326,10 @@ FROM_SENDER: tuple[type[TransferEvent], ...] = (Entry, Data, DoneFile, Finish, A
 # The stream's calls, both ways: answer-less (PB's pbanswer=False), and slaveshell.plumbing.lean_calls once negotiated.
 STREAM_EVENTS: tuple[type[TransferEvent], ...] = (Entry, Data, DoneFile, Ack)
 STREAM_CALLS = frozenset(e.call for e in STREAM_EVENTS)
+# The sender's stream calls: a small one (an entry, a done_file, the data of a small file, the finish) waits for
+# the reactor's next turn and goes joined with the others written in that turn, one write for many (a tree of
+# small files); a chunk of a large file, the acks and the outcome go to the kernel at once.
+JOINED_CALLS = frozenset(e.call for e in (Entry, Data, DoneFile, Finish))
 
 
 def event_type(call: object) -> type[TransferEvent]:

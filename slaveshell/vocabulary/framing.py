@@ -140,6 +140,7 @@ TRANSFER = frozenset({Op.ENTRY, Op.DONE_FILE, Op.FINISH, Op.ACK, Op.RESULT})
 FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ABORT}
 FROM_MASTER = (frozenset(Op) - FROM_CLIENT) | TRANSFER
 _OPS = {op.value: op for op in Op}
+_TYPES = {t.value: t for t in FrameType}  # a header's type by its code (a dict lookup: FrameType(code) costs more)
 _LIMITS = {FrameType.CONTROL: MAX_CONTROL, FrameType.INPUT: MAX_CHUNK, FrameType.STDOUT: MAX_CHUNK,
            FrameType.STDERR: MAX_CHUNK, FrameType.DATA: MAX_DATA}
 
@@ -374,11 +375,10 @@ class Decoder:
         """The frame header at `pos`, checked: WireError (and the decoder broken) for an unknown type, a type
         refused here, or a length over the type's limit."""
         code, length = HEADER.unpack_from(source, pos)
-        try:
-            ftype = FrameType(code)
-        except ValueError:
+        ftype = _TYPES.get(code)
+        if ftype is None:
             self.broken = True
-            raise WireError(f"a frame of unknown type {code}") from None
+            raise WireError(f"a frame of unknown type {code}")
         if ftype in self._refused:
             self.broken = True
             raise WireError(f"a {ftype.name} frame in the wrong direction")

@@ -126,6 +126,15 @@ def _ascii_event(t: float, code: str, text: str) -> str | None:
 # A str as JSON writes it in `_dumps` (ensure_ascii off), quotes included: the same function json.dumps calls.
 _encode_string: Callable[[str], str] = json.encoder.encode_basestring
 
+# A str as JSON, quotes included, UTF-8 encoded: byte for byte what `_encode_string` writes (ensure_ascii off,
+# the line breaks of _LINE_BREAKS left raw). CastEncoder takes a faster one (the master's: a C encoder).
+JsonString = Callable[[str], bytes]
+
+
+def json_string(text: str) -> bytes:
+    """The standard library's JsonString."""
+    return _encode_string(text).encode("utf-8")
+
 
 def _dumps(value: object) -> str:
     line = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
@@ -137,8 +146,8 @@ def _dumps(value: object) -> str:
 
 
 # The ASCII bytes JSON escapes (json.encoder.ESCAPE_DCT: the controls, '"' and the backslash, which comes first:
-# the other escapes add backslashes) with their escapes, and every other byte (which `ascii_event_line` deletes
-# to find which of them a chunk holds).
+# the other escapes add backslashes) with their escapes, and every other byte (which `_kinds` deletes from a
+# short chunk to find which of them it holds).
 _ESCAPE_ORDER = [0x5C] + [c for c in range(128) if chr(c) in json.encoder.ESCAPE_DCT and c != 0x5C]
 _BYTE_ESCAPES = {c: json.encoder.ESCAPE_DCT[chr(c)].encode("ascii") for c in _ESCAPE_ORDER}
 _NOT_ESCAPED = bytes(c for c in range(256) if c not in _BYTE_ESCAPES)
@@ -149,16 +158,29 @@ _NOT_ESCAPED = bytes(c for c in range(256) if c not in _BYTE_ESCAPES)
 _MANY_ESCAPES = 8
 
 
-def _escaped(data: bytes, found: bytes | None = None) -> bytes:
-    """JSON's escapes of ASCII bytes, on bytes: one translate to find which escapes `data` needs (`found`, when
-    already known), one replace each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8
-    an ASCII byte is never part of another character."""
-    if found is None:
-        found = data.translate(None, _NOT_ESCAPED)
-    if found:
-        for byte in _ESCAPE_ORDER:
-            if byte in found:
-                data = data.replace(bytes((byte,)), _BYTE_ESCAPES[byte])
+# From this size on, a chunk is searched for each escape with memchr (34 searches, most of them to its end, about
+# 0.2 s a GB) rather than first cut down to its escaped bytes with a translate (0.4 s a GB): a translate costs
+# less only on a short chunk (a keystroke's echo), where each of the 34 searches costs more than the bytes.
+_SEARCH_FROM = 4096
+
+
+def _kinds(data: bytes) -> list[int]:
+    """The bytes of _ESCAPE_ORDER that `data` holds, in that order."""
+    if len(data) < _SEARCH_FROM:
+        data = data.translate(None, _NOT_ESCAPED)
+        if not data:
+            return []
+    return [byte for byte in _ESCAPE_ORDER if byte in data]
+
+
+def _escaped(data: bytes, kinds: list[int] | None = None) -> bytes:
+    """JSON's escapes of ASCII bytes, on bytes: which escapes `data` needs (`kinds`, when already known), then
+    one replace each. Valid UTF-8 is escaped right too: JSON escapes ASCII only, and in UTF-8 an ASCII byte is
+    never part of another character."""
+    if kinds is None:
+        kinds = _kinds(data)
+    for byte in kinds:
+        data = data.replace(bytes((byte,)), _BYTE_ESCAPES[byte])
     return data
 
 
@@ -173,14 +195,23 @@ def ascii_event_line(t: float, code: str, data: bytes) -> bytes:
     return _line(t, code, _escaped(data))
 
 
-def utf8_event_line(t: float, code: str, data: bytes) -> bytes:
+def _string_line(t: float, code: str, shown: bytes) -> bytes:
+    """An event's line from its text as `JsonString` wrote it (the line breaks JSON leaves raw escaped here)."""
+    if not shown.isascii():
+        for raw, line_break in _UTF8_LINE_BREAKS:
+            if raw in shown:
+                shown = shown.replace(raw, line_break)
+    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', shown, b"]"))
+
+
+def utf8_event_line(t: float, code: str, data: bytes, encode: JsonString = json_string) -> bytes:
     """`encode_event(t, code, data.decode("utf-8"))[0]`, UTF-8 encoded, for valid UTF-8 `data` (`t` and `code`
-    as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; JSON's
-    encoder instead when the chunk needs many kinds of escape."""
-    found = data.translate(None, _NOT_ESCAPED)
-    if len(found) > _MANY_ESCAPES and len(set(found)) > _MANY_ESCAPES:
-        return _dumps([t, code, data.decode("utf-8")]).encode("utf-8")
-    escaped = _escaped(data, found)
+    as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; `encode`
+    instead when the chunk needs many kinds of escape."""
+    kinds = _kinds(data)
+    if len(kinds) > _MANY_ESCAPES:
+        return _string_line(t, code, encode(data.decode("utf-8")))
+    escaped = _escaped(data, kinds)
     # Their last bytes, looked for first: one memchr each, where a search for the whole sequence is slowed by
     # every other character of the same lead bytes (the quotes U+2018, U+2019 that gcc prints).
     if not data.isascii() and (b"\x85" in data or b"\xa8" in data or b"\xa9" in data):
@@ -190,21 +221,15 @@ def utf8_event_line(t: float, code: str, data: bytes) -> bytes:
     return _line(t, code, escaped)
 
 
-def _bytes_event(t: float, code: str, data: bytes) -> list[bytes]:
+def _bytes_event(t: float, code: str, data: bytes, encode: JsonString = json_string) -> list[bytes]:
     """`encode_event(t, code, data.decode("utf-8", "surrogateescape"))`, UTF-8 encoded, for any `data` (`t` and
     `code` as for `ascii_event_line`): no str of surrogates, no encoding back to find the exact bytes."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
-        shown = _encode_string(data.decode("utf-8", "replace"))
-        if not shown.isascii():
-            for char, escaped in _LINE_BREAKS:
-                if char in shown:
-                    shown = shown.replace(char, escaped)
-        return [b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ',
-                          shown.encode("utf-8"), b"]")),
+        return [_string_line(t, code, encode(data.decode("utf-8", "replace"))),
                 _line(t, code + "b", base64.b64encode(data))]
-    return [utf8_event_line(t, code, data)]
+    return [utf8_event_line(t, code, data, encode)]
 
 
 def encode_event(t: float, code: str, text: str) -> list[str]:
@@ -226,9 +251,11 @@ def encode_event(t: float, code: str, text: str) -> list[str]:
 class CastEncoder:
     """Turns a session's events into asciicast lines. Time is seconds since the session started."""
 
-    def __init__(self, redact: Redactor | None = None, record_input: bool = True) -> None:
+    def __init__(self, redact: Redactor | None = None, record_input: bool = True,
+                 encode: JsonString = json_string) -> None:
         self.redact = redact or Redactor()
         self.record_input = record_input
+        self.encode = encode  # the output events' text as JSON (`JsonString`)
         self._output = StreamDecoder()
         self._input = StreamDecoder()
 
@@ -245,14 +272,14 @@ class CastEncoder:
     def output_encoded(self, t: float, data: bytes) -> list[bytes]:
         """`output`'s lines as the transcript file holds them (UTF-8, no newline). Without redaction patterns the
         lines are built on the bytes: escape-heavy UTF-8 costs about what ASCII does; bytes that are not UTF-8
-        cost more (a str of their U+FFFD text for JSON's encoder, and their base64 copy: 3.7x the bytes written)."""
+        cost more (a str of their U+FFFD text for `encode`, and their base64 copy: 3.7x the bytes written)."""
         rounded = round(t, 6)
         if not data or not isinstance(rounded, float) or not math.isfinite(rounded) or self.redact.patterns:
             return [line.encode("utf-8", "surrogateescape") for line in self.output(t, data)]
         if data.isascii() and self._output.idle:
             return [ascii_event_line(rounded, "o", data)]
         exact = self._output.take(data)
-        return _bytes_event(rounded, "o", exact) if exact else []
+        return _bytes_event(rounded, "o", exact, self.encode) if exact else []
 
     def input(self, t: float, data: bytes, hidden: bool) -> list[str]:
         if not self.record_input:

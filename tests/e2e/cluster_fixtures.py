@@ -12,24 +12,36 @@ Each master has its own principal on the router (authid and ticket: its name in 
 no master: the hostile master of the tests), and both keep
 slaveshell's audit index in the shared database. B's policy (docs/multi-master.md's) lets the test's user, as A
 vouches for it (`cluster:A/<user>`), open shells on the b* workers: b1, not z1.
+
+The modules that leave the site's processes running share one site (`shared_site`, the `shared_site` fixture of
+tests/e2e/conftest.py), configured as the union of what they need: A serves Buildbot's web UI with slaveshell's
+plugin (WWW_CONFIG, A_POLICY), B's documented rule also lets A's web user alice open shells on the b* workers, and B
+has a four-eyes worker m1 (M1_RULES). A test on it uses workers, sessions and users of its own where it would
+interfere with another's; a test that kills a master or the router runs on a site of its own
+(tests/e2e/test_cluster_loss_e2e.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import grp
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from slaveshell.client.cluster_sandbox import PG, REALM, ClusterSandbox, SiteUnavailable
+from slaveshell.client.sandbox import Sandbox, SandboxError
 
-__all__ = ["PG", "DOC", "Site", "site", "anonymous_probe", "hostile_probe"]
+__all__ = ["PG", "DOC", "Site", "site", "shared_site", "SharedSite", "revive", "anonymous_probe", "hostile_probe"]
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
                    "multi-master.md")
@@ -70,6 +82,142 @@ def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouch
         yield s
     finally:
         s.stop()
+
+
+# A's web login: alice and bob have the role Buildbot's authz gives the shell action to, carol has none. A's policy
+# lets the role act on every worker (so A's pages list them), and root (the test's user) as ShellService's default
+# does; B's lets alice (as A vouches for her) open shells on its b* workers, not bob.
+WWW_CONFIG = """\
+from buildbot.plugins import util as _util
+from master_side.www.access import ShellEndpointMatcher
+c['www']['plugins']['slaveshell'] = {}
+c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'carol': 'carol-pw'})
+c['www']['authz'] = _util.Authz(
+    allowRules=[ShellEndpointMatcher(role='shellers')],
+    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'bob'])])
+"""
+A_POLICY = f"[dict(groups=['web:shellers']), dict(users=[{os.getuid()}])]"
+WEB_VOUCHED = ("web:alice",)
+
+# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators, local users of B in LEADS
+# (tests/e2e/test_moderated_e2e.py) with 'watch' on m1, approve what would run there. B's own user of the test's
+# name (root) is in the moderators' groups too (root's group), and is refused as the same person. C (the hostile
+# master of the tests) vouches for MALLORY, whom B lets run on m1 under four eyes.
+MODERATED = "m1"
+MALLORY = "mallory"
+
+
+def m1_rules_and_service() -> tuple[str, str]:
+    """B's rules for m1 (put before its documented ones) and B's socket's group (its moderators' too, as root)."""
+    from .test_moderated_e2e import LEADS, OPS, _ensure_users
+
+    me = getpass.getuser()
+    moderators, service = [grp.getgrgid(os.getgid()).gr_name], ""
+    if os.getuid() == 0:
+        _ensure_users()
+        moderators.append(LEADS)
+        service = f"group={OPS!r},"
+    rules = (f"Rule(groups=[{LEADS!r}], workers=['{MODERATED}'], rights=['watch']), "
+             f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by={moderators!r}), "
+             f"Rule(users=['cluster:C/{MALLORY}'], workers=['{MODERATED}'], moderated_by={moderators!r}), ")
+    return rules, service
+
+
+@contextlib.contextmanager
+def shared_site() -> Iterator[Site]:
+    """The site the modules that leave its processes running share: A with its web UI (WWW_CONFIG, A_POLICY), B
+    with m1 and its rules, B's rule for WEB_VOUCHED; under a directory other local users may pass through to B's
+    socket (B's moderators are other local users), removed after."""
+    try:
+        from .test_web_e2e import plugin_on_path
+    except pytest.skip.Exception:  # no browser here: the installed entry point serves A's plugin, if any
+        plugin_on_path = contextlib.nullcontext  # type: ignore[assignment]
+
+    rules, service = m1_rules_and_service()
+    root = tempfile.mkdtemp(prefix="slaveshell-cluster-")
+    os.chmod(root, 0o755)
+    try:
+        with plugin_on_path(root), site(root, a_www_config=WWW_CONFIG, a_policy=A_POLICY, b_vouched=WEB_VOUCHED,
+                                        b_workers=(MODERATED,), b_rules=rules, b_service=service) as s:
+            for path in (os.path.dirname(s.b.master_dir), s.b.master_dir):
+                os.chmod(path, 0o755)
+            yield s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class SharedSite:
+    """One site for every test that asks for it, started at the first, stopped by `stop` (after the last test that
+    asks for it, and at the end of the session whatever happened). A failure to start (or a skip) is given again
+    to every later test that asks, without trying again."""
+
+    def __init__(self, make: Callable[[], contextlib.AbstractContextManager[Site]] = shared_site) -> None:
+        self._make = make
+        self._stack: contextlib.ExitStack | None = None
+        self._site: Site | None = None
+        self._failed: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._site is not None
+
+    def get(self) -> Site:
+        if self._failed is not None:
+            raise self._failed
+        if self._site is None:
+            stack = contextlib.ExitStack()
+            try:
+                self._site = stack.enter_context(self._make())
+            except BaseException as e:
+                stack.close()
+                self._failed = e
+                raise
+            self._stack = stack
+        return self._site
+
+    def stop(self) -> None:
+        stack, self._stack, self._site = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+
+def _master_running(sb: Sandbox) -> bool:
+    """Whether `sb`'s master process runs (its pid file names a live process working in its directory)."""
+    try:
+        pid = sb.master_pid()
+        os.kill(pid, 0)
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(sb.master_dir)
+    except (OSError, ValueError):
+        return False
+
+
+def revive(s: Site, timeout: float = 180) -> None:
+    """Start again what a test stopped or killed of site `s`, as it was configured, and wait until A sees b1 on B:
+    the router (then both masters with it: a master that lost its router stops its services and ignores SIGTERM),
+    and each master that is not running, with its workers."""
+    from .conftest import wait_until
+
+    router_down = s.router.proc is None or s.router.proc.poll() is not None
+    if router_down:
+        os.makedirs(s.router.root, exist_ok=True)
+        s.router.start()
+    for sb in s.masters.values():
+        if router_down and _master_running(sb):
+            os.kill(sb.master_pid(), signal.SIGKILL)
+            wait_until(lambda sb=sb: not _master_running(sb), 30)
+        if not _master_running(sb):
+            sb.stop()  # its workers (the master has gone)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(sb.master_dir, "twistd.pid"))
+            sb.start(timeout)
+
+    def b1_on_b() -> bool:
+        try:
+            return any(w["name"] == "b1" and w.get("master") == "B" for w in s.a.workers_status())
+        except SandboxError:
+            return False
+
+    assert wait_until(b1_on_b, timeout), "A does not see b1 on B after the site was started again"
 
 
 def documented_master_cfg(router_url: str, db_url: str, name: str, vouched: tuple[str, ...] = (),

@@ -21,6 +21,8 @@ import pytest
 
 from slaveshell.client.sandbox import Sandbox
 
+from .cluster_fixtures import SharedSite, Site
+
 PROMPT = "PROMPT> "
 
 
@@ -66,6 +68,44 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield sb
     finally:
         sb.stop()
+
+
+_SHARED_SITE = SharedSite()
+
+
+@pytest.fixture(scope="session")
+def shared_site() -> Iterator[SharedSite]:
+    """The multi-master site the cluster modules that leave its processes running share (tests/e2e/
+    cluster_fixtures.py: shared_site), for their module-scoped fixture to `get()`: started for the first test that
+    asks for it, stopped after the last one (pytest_runtest_teardown below) and in any case when the session
+    ends."""
+    try:
+        yield _SHARED_SITE
+    finally:
+        _SHARED_SITE.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_site: SharedSite) -> Site:
+    """The shared multi-master site, for a module's tests (test_cluster_loss_e2e.py has its own)."""
+    return shared_site.get()
+
+
+def _uses_shared_site(item: pytest.Item) -> bool:
+    return "shared_site" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """The shared site is stopped after the last test of the session that asks for it (the modules between that do
+    not ask for it leave it running): its processes do not idle through the rest of the session (nor through the
+    database outage test)."""
+    yield
+    if _SHARED_SITE.running and _uses_shared_site(item):
+        items = item.session.items
+        later = items[items.index(item) + 1:] if item in items else []
+        if not any(_uses_shared_site(i) for i in later):
+            _SHARED_SITE.stop()
 
 
 class Terminal:

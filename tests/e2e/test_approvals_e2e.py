@@ -7,6 +7,7 @@ operator; every step in the audit index; the reporters asked for a moderator; ho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from .test_moderated_e2e import LEAD, LEADS, OPS, OUTSIDER, REPORTER, _ensure_us
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.getuid() != 0, reason="other local users need root")]
 
 WAIT = 45  # approval_wait of this master: seconds a request waits before it is refused
+SHORT_WAIT = 10  # approval_wait of the master of the test that waits for a request to expire
 ASKED = re.compile(r"worker m1 is moderated: request ([0-9a-f]{12}) waits for a moderator's approval "
                    rf"\(moderated_by: {LEADS}, root, with the watch right, not you: slaveshell approve \1\)")
 
@@ -47,9 +49,10 @@ def sink() -> Iterator[HttpSink]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def box(sink: HttpSink) -> Iterator[Sandbox]:
-    """m1 is moderated for root (the operator here), m2 is not; the leads moderate; everybody in OPS watches."""
+@contextlib.contextmanager
+def moderated_master(sink: HttpSink, wait: float, workers: tuple[str, ...] = ("m1", "m2")) -> Iterator[Sandbox]:
+    """m1 is moderated for root (the operator here), m2 is not; the leads moderate; everybody in OPS watches; a
+    request waits `wait` s (approval_wait) before it is refused."""
     _ensure_users()
     root = tempfile.mkdtemp(prefix="slaveshell-approvals-")
     os.chmod(root, 0o755)
@@ -60,9 +63,9 @@ def box(sink: HttpSink) -> Iterator[Sandbox]:
               f"dict(users=[0], workers=['m1'], moderated_by=[{LEADS!r}, 'root']), "
               "dict(users=[0], workers=['m2']), "
               f"dict(groups=[{OPS!r}], rights=['watch'])]")
-    dirs = ", ".join(repr(d) for d in (allowed, os.path.join(root, "worker-m1"), os.path.join(root, "worker-m2")))
-    sb = Sandbox(root, workers=["m1", "m2"], opt_in_args=f"allowed_dirs=[{dirs}]",
-                 service_kwargs=f"group={OPS!r}, {policy}, approval_wait={WAIT}, "
+    dirs = ", ".join(repr(d) for d in (allowed, *(os.path.join(root, f"worker-{w}") for w in workers)))
+    sb = Sandbox(root, workers=list(workers), opt_in_args=f"allowed_dirs=[{dirs}]",
+                 service_kwargs=f"group={OPS!r}, {policy}, approval_wait={wait}, "
                                 "max_pending_approvals_per_operator=2",
                  extra_config=REPORTER.format(hook=sink.url + "/hook").replace("workers=['m1']", "workers=['m1']"))
     sb.create()
@@ -73,6 +76,20 @@ def box(sink: HttpSink) -> Iterator[Sandbox]:
     finally:
         sb.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def box(sink: HttpSink) -> Iterator[Sandbox]:
+    with moderated_master(sink, WAIT) as sb:
+        yield sb
+
+
+@pytest.fixture
+def short_box(sink: HttpSink) -> Iterator[Sandbox]:
+    """The same master with m1 only, whose requests expire after SHORT_WAIT s: for the test that waits for one
+    to."""
+    with moderated_master(sink, SHORT_WAIT, ("m1",)) as sb:
+        yield sb
 
 
 class Waiting:
@@ -248,7 +265,8 @@ def test_a_command_waits_for_its_approval_and_hostile_text_is_listed_escaped(box
     assert next(r for r in json.loads(cli(box, "history", "--json").stdout) if r["id"] == session)["command"]
 
 
-def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(box: Sandbox, tmp_path) -> None:
+def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(short_box: Sandbox, tmp_path) -> None:
+    box = short_box
     source = tmp_path / "late.txt"
     source.write_text("late\n")
     dest = os.path.join(box.root, "allowed", "late.txt")
@@ -261,9 +279,9 @@ def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(box: Sandbox, tm
     assert withdrawn.end() == 130
     assert kinds(box, leaving, "approval-withdrawn")[-1][2] == "root"
     assert all(r["id"] != leaving for r in listed(box, LEAD))
-    assert late.end(timeout=WAIT + 60) == 1
-    assert time.monotonic() - started >= WAIT - 1
-    assert (f"slaveshell: request {expiring}: no moderator approved it within {WAIT} s (the master's limit)"
+    assert late.end(timeout=SHORT_WAIT + 60) == 1
+    assert time.monotonic() - started >= SHORT_WAIT - 1
+    assert (f"slaveshell: request {expiring}: no moderator approved it within {SHORT_WAIT} s (the master's limit)"
             in late.err), late.err
     assert not os.path.exists(dest)
     assert kinds(box, expiring, "approval-expired")[-1][2] == "root"
@@ -345,3 +363,77 @@ def test_a_runs_part_denied_is_refused_and_ctrl_c_withdraws_what_waits(box: Sand
     assert client.end(timeout=30) != 0
     assert kinds(box, request, "approval-withdrawn")[-1][2] == "root"
     assert not os.path.exists(os.path.join(box.worker_dir("m1"), "ran-interrupted"))
+
+
+def test_a_runs_part_past_the_operators_bound_waits_for_a_free_place_then_asks(box: Sandbox, tmp_path) -> None:
+    """root already waits for two approvals (the bound here): their own command, and a copy. A run on m1 is not
+    refused: its part waits for a free place, saying so, and asks once the copy is withdrawn (Ctrl-C)."""
+    marker = os.path.join(box.root, "allowed", "own-command")
+    own = Waiting(shell_argv() + ["--socket", box.socket, "m1", "--", "touch", marker])
+    own.asked()
+    source = tmp_path / "place.txt"
+    source.write_text("p\n")
+    copy = cp(box, str(source), f"m1:{box.root}/allowed/place")
+    copy.asked()
+    refusals = len(events(box, "approvals refused: "))
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--workers", "m1", "--",
+                      "touch", "ran-after-a-place"])
+    assert wait_until(lambda: "its approval request waits for a free place" in client.err, 30), client.err
+    assert ("slaveshell run: m1: worker m1 is moderated: its approval request waits for a free place (root already "
+            "waits for 2 approvals (the master's limit per operator)); it is asked as soon as one of those is "
+            "approved, denied, withdrawn or expires" in client.err), client.err
+    time.sleep(1)
+    assert client.process.poll() is None and "refused" not in client.out, client.out
+    assert len([r for r in listed(box, LEAD) if r["operator"] == "root"]) == 2  # the bound holds
+    copy.process.send_signal(signal.SIGINT)
+    assert copy.end() == 130
+    request = client.asked()  # asked now, in the copy's place
+    (row,) = [r for r in listed(box, LEAD) if r["id"] == request]
+    assert row["kind"] == "run" and str(row["what"]).endswith(", command: touch ran-after-a-place")
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert client.end() == 0, client.out + client.err
+    assert os.path.exists(os.path.join(box.worker_dir("m1"), "ran-after-a-place"))
+    assert len(events(box, "approvals refused: ")) == refusals  # no part refused past the bound
+    own.process.send_signal(signal.SIGINT)
+    assert own.end() != 0
+    assert not os.path.exists(marker)
+
+
+def test_a_part_approved_then_interrupted_before_it_opened_is_audited_unused(box: Sandbox) -> None:
+    """`--batch 1`: m2 runs (sleeps) in the batch's one place while m1's part is approved and waits for it; Ctrl-C
+    then ends the run: m1 never opened, and the audit index says its approval was not used."""
+    client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--batch", "1", "--",
+                      "sleep", "120"])
+    request = client.asked()
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert wait_until(lambda: [k for k, *_ in events(box, f"request {request}")][-1:] == ["approved"], 20)
+    client.process.send_signal(signal.SIGINT)
+    assert client.end(timeout=60) != 0
+    trail = kinds(box, request, "approval-unused")
+    assert [k for k, *_ in trail] == ["approval-asked", "approved", "approval-unused"]
+    kind, session, operator, detail = trail[-1]
+    assert operator == "root" and not session
+    assert detail == (f"request {request} of root on m1, run: approved by {LEAD}, not used: the run was interrupted "
+                      "before the part opened")
+
+
+def test_a_copy_refused_after_its_approval_is_audited_unused(box: Sandbox, tmp_path) -> None:
+    """The moderator approves a copy that the worker then refuses (its owner's allowed_dirs): nothing is copied,
+    the operator reads the worker's refusal, and the audit index says the approval was not used, as for a
+    session's open refused after its approval."""
+    source = tmp_path / "outside.txt"
+    source.write_text("outside\n")
+    dest = os.path.join(box.root, "outside.txt")  # not in the worker's allowed_dirs
+    client = cp(box, str(source), f"m1:{dest}")
+    request = client.asked()
+    assert as_user(box, LEAD, "approve", request).returncode == 0
+    assert client.end() == 1
+    why = f"worker m1: {dest}: outside the directories this worker allows"
+    assert client.err.strip().splitlines()[-1] == f"slaveshell: {why}", client.err
+    assert not os.path.exists(dest)
+    trail = kinds(box, request, "approval-unused")
+    assert [k for k, *_ in trail] == ["approval-asked", "approved", "approval-unused"], trail
+    kind, session, operator, detail = trail[-1]
+    assert operator == "root" and not session
+    assert detail == (f"request {request} of root on m1, copy: approved by {LEAD}, not used: the transfer did not "
+                      f"start: {why}"), detail

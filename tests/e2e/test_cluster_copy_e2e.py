@@ -1,24 +1,21 @@
 """`slaveshell cp` on master A's socket to and from a worker master B holds (a multi-master site,
 tests/e2e/cluster_fixtures.py): B relays and records the transfer under its policy for the operator A vouches for;
-files and trees arrive byte for byte; B's refusal is shown on A; B killed mid-copy ends it on A with a clear line,
-and the partial file never takes the destination's place."""
+files and trees arrive byte for byte; B's refusal is shown on A; B's four-eyes worker m1 waits for B's moderators.
+On the site these modules share (tests/e2e/conftest.py: cluster); B killed mid-copy is in
+test_cluster_loss_e2e.py."""
 
 from __future__ import annotations
 
 import getpass
-import grp
 import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,46 +26,15 @@ from slaveshell.client.sandbox import Sandbox
 from slaveshell.fleet.script import SCRIPT_RUNNER
 from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, PG, Site, hostile_probe, site
+from .cluster_fixtures import DOC, MALLORY, MODERATED, PG, Site, hostile_probe
 from .conftest import Terminal, assert_no_traceback, run_as, shell_argv, wait_until
-from .test_moderated_e2e import LEAD, LEADS, OPS, _ensure_users
+from .test_moderated_e2e import LEAD
 from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
 
 
-# m1 on B is a four-eyes worker for the operator A vouches for: B's moderators, local users of B in LEADS with
-# 'watch' on m1 (LEAD: another person than the test's user), approve what would run there. B's own user of the
-# test's name (root) is in the moderators' groups too (root's group), and is refused as the same person.
-MODERATED = "m1"
-MALLORY = "mallory"
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="B's moderator is another local user: needs root")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Site]:
-    me = getpass.getuser()
-    group = grp.getgrgid(os.getgid()).gr_name
-    moderators, service = [group], ""
-    if os.getuid() == 0:
-        _ensure_users()
-        moderators.append(LEADS)
-        service = f"group={OPS!r},"  # B's socket: its moderators' too
-    # C (the hostile master of the tests) vouches for MALLORY, whom B lets run on m1 under four eyes: B's approved
-    # script must be all that C's part takes as input.
-    rules = (f"Rule(groups=[{LEADS!r}], workers=['{MODERATED}'], rights=['watch']), "
-             f"Rule(users=['cluster:A/{me}'], workers=['{MODERATED}'], moderated_by={moderators!r}), "
-             f"Rule(users=['cluster:C/{MALLORY}'], workers=['{MODERATED}'], moderated_by={moderators!r}), ")
-    # A directory other local users may pass through to B's socket (the test's own base directory is private).
-    root = tempfile.mkdtemp(prefix="slaveshell-cluster-copy-")
-    os.chmod(root, 0o755)
-    try:
-        with site(root, b_workers=(MODERATED,), b_rules=rules, b_service=service) as s:
-            for path in (os.path.dirname(s.b.master_dir), s.b.master_dir):
-                os.chmod(path, 0o755)
-            yield s
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def cp_argv(sb: Sandbox, *args: str) -> list[str]:
@@ -672,41 +638,3 @@ def test_a_master_that_sends_another_script_than_the_approved_one_runs_nothing(c
     assert line in reason.stdout, reason.stdout + reason.stderr  # B's record of the session says why it ended
     refused = wait_until(lambda: [e for e in events(cluster, ("refused",), since) if e["detail"] == line], 30)
     assert refused and refused[0]["operator"] == f"cluster:C/{MALLORY}", events(cluster, ("refused",), since)
-
-
-def staged_bytes(directory: str) -> int:
-    total = 0
-    for name in os.listdir(directory):
-        if name.startswith(".slaveshell-cp-"):
-            for dirpath, _dirs, files in os.walk(os.path.join(directory, name)):
-                total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
-    return total
-
-
-def test_kill_9_of_b_mid_copy_ends_it_on_a_with_a_clear_line(cluster: Site, tmp_path) -> None:
-    """Last in this module: B stays dead."""
-    on_b(cluster)
-    src = str(tmp_path / "huge")
-    with open(src, "wb") as f:
-        f.truncate(4 * 1024**3)
-    dest_dir = os.path.join(cluster.b.worker_dir("b1"), "killed")
-    os.makedirs(dest_dir, exist_ok=True)
-    with open(os.path.join(dest_dir, "huge"), "w") as f:
-        f.write("the old file\n")
-    proc = subprocess.Popen(cp_argv(cluster.a, src, f"b1:{dest_dir}/huge"), stderr=subprocess.PIPE, text=True)
-    try:
-        assert wait_until(lambda: staged_bytes(dest_dir) > 0, 60, 0.05), "the transfer never started"
-        killed = time.monotonic()
-        os.kill(cluster.b.master_pid(), signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-        assert time.monotonic() - killed < 45
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, err
-    assert "the transfer with b1 ended: master B is gone" in err or "master B stopped answering" in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert_no_traceback(err)
-    # The partial file never replaced the destination, and the worker, which lost its master, leaves nothing.
-    assert wait_until(lambda: sorted(os.listdir(dest_dir)) == ["huge"], 60), os.listdir(dest_dir)
-    with open(os.path.join(dest_dir, "huge")) as f:
-        assert f.read() == "the old file\n"

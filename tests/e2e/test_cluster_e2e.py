@@ -2,8 +2,8 @@
 database, workers on each): on master A, `slaveshell workers` knows where B's workers are, from the router's live
 registrations; `buildbot-shell` on A's socket opens a session on a worker of B, served and recorded by B under B's
 policy for the operator A vouches for; an anonymous router client cannot reach slaveshell's procedures; a worker
-name attached to both masters is reported; B killed mid-session ends the session on A with a clear line, and B's
-workers are no longer said to be on B."""
+name attached to both masters is reported. On the site these modules share (tests/e2e/conftest.py: cluster); B
+killed mid-session is in test_cluster_loss_e2e.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import getpass
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,16 +22,10 @@ from master_side.cluster.stream import OpenCall
 from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary.protocol import OpenRequest
 
-from .cluster_fixtures import DOC, PG, REALM, Site, anonymous_probe, hostile_probe, site
-from .conftest import Terminal, assert_no_traceback, shell_argv, wait_until
+from .cluster_fixtures import DOC, PG, REALM, Site, anonymous_probe, hostile_probe
+from .conftest import Terminal, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with site(str(tmp_path_factory.mktemp("site"))) as s:
-        yield s
 
 
 def workers(sb: Sandbox) -> subprocess.CompletedProcess[str]:
@@ -348,35 +340,3 @@ def sleepers(marker: str) -> list[int]:
         except (OSError, ValueError):
             continue
     return out
-
-
-def test_kill_9_of_b_mid_session_ends_it_on_a_and_b1_is_no_longer_said_to_be_on_b(cluster: Site) -> None:
-    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
-    t = a_terminal(cluster, "b1")
-    try:
-        t.ready()
-        t.child.sendline("sleep 4242")
-        wait_until(lambda: sleepers("4242"), 30)
-        killed = time.monotonic()
-        os.kill(cluster.b.master_pid(), signal.SIGKILL)
-        # A clear line, and exit 255, well within the client's stall timeout.
-        assert t.wait(timeout=45) == 255
-        assert time.monotonic() - killed < 45
-        said = t.printed.decode("utf-8", "replace")
-        assert re.search(r"the session on b1 ended: master B (is gone|stopped answering)", said), said[-500:]
-        assert_no_traceback(said)
-    finally:
-        t.close()
-    # Nothing left on the worker: the worker ends its sessions when its master's connection goes.
-    wait_until(lambda: not sleepers("4242"), 60)
-    status = wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") is None and rows(cluster.a), 30)
-    b1 = status["b1"]
-    assert (b1["connected"], b1["masters"]) == (False, [])
-    # The shared database still has B's row for b1 (buildbot#4277): named as stale, not taken as where b1 is.
-    assert b1["stale_database_rows"] == [json.loads(json.dumps(b1["stale_database_rows"]))[0]]
-    assert b1["stale_database_rows"][0].endswith(os.path.join("B", "master"))
-    assert "nowhere (stale db row)" in line_of(workers(cluster.a).stdout, "b1")
-    done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "b1", "true"], capture_output=True,
-                          timeout=60)
-    assert done.returncode == 255
-    assert done.stderr == b"buildbot-shell: worker b1 is not connected to the master\n"

@@ -12,23 +12,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from pyrage import x25519
 
 from master_side.cluster.config import master_record_uri
 
-from .cluster_fixtures import PG, REALM, Site, site
+from .cluster_fixtures import PG, REALM, Site
 from .conftest import assert_no_traceback, shell_argv, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with site(str(tmp_path_factory.mktemp("site"))) as s:
-        yield s
 
 
 def cli(sb_socket: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -23,37 +23,14 @@ import pytest
 from master_side.cluster.config import master_uri
 
 from .browser import CHROMIUM, chromium
-from .cluster_fixtures import DOC, PG, REALM, Site, site
-from .test_web_e2e import login, plugin_on_path, run, screen, shell_pid, shot, status, wait_for, wait_status
+from .cluster_fixtures import DOC, PG, REALM, Site
+from .test_web_e2e import login, run, screen, shell_pid, shot, status, wait_for, wait_status
 
 pytestmark = pytest.mark.e2e
 
 pytest.importorskip("playwright.sync_api")
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"no {CHROMIUM} (apt-get install chromium; .ci/run does)", allow_module_level=True)
-
-# A's web login: alice and bob have the role Buildbot's authz gives the shell action to, carol has none. A's policy
-# lets the role act on every worker (so A's pages list them); B's lets alice (as A vouches for her) open shells on
-# its b* workers, not bob.
-WWW_CONFIG = """\
-from buildbot.plugins import util as _util
-from master_side.www.access import ShellEndpointMatcher
-c['www']['plugins']['slaveshell'] = {}
-c['www']['auth'] = _util.UserPasswordAuth({'alice': 'alice-pw', 'bob': 'bob-pw', 'carol': 'carol-pw'})
-c['www']['authz'] = _util.Authz(
-    allowRules=[ShellEndpointMatcher(role='shellers')],
-    roleMatchers=[_util.RolesFromUsername(roles=['shellers'], usernames=['alice', 'bob'])])
-"""
-A_POLICY = f"[dict(groups=['web:shellers']), dict(users=[{os.getuid()}])]"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    root = str(tmp_path_factory.mktemp("site"))
-    with plugin_on_path(root), site(root, a_www_config=WWW_CONFIG, a_policy=A_POLICY,
-                                    b_vouched=("web:alice",)) as s:
-        yield s
-
 
 @pytest.fixture(scope="module")
 def browser(twisted_greenlet: Any) -> Iterator[Any]:

@@ -329,9 +329,9 @@ def test_the_worker_view_lists_its_recent_fleet_runs_as_text(browser: Any, site:
     assert "<img src=x" in page.evaluate("() => window.slaveshellReplay.text")
     # Asked by hand: g1 (the policy would allow it; Buildbot's authz does not) has no run for her, though the local
     # operator's run reached it; a worker that is not a name is a bad message.
-    assert raw(page, [{"type": "worker_runs", "worker": "g1"}], 10)[0] == \
+    assert raw(page, [{"type": "worker_runs", "worker": "g1"}], 10, ANSWERED)[0] == \
         {"type": "worker_runs", "worker": "g1", "runs": []}
-    answer = raw(page, [{"type": "worker_runs", "worker": ["f1"]}])
+    answer = raw(page, [{"type": "worker_runs", "worker": ["f1"]}], until=ANSWERED)
     assert answer[0]["type"] == "error" and "worker_runs needs a worker's name" in answer[0]["message"], answer
     page.context.close()
     # dave watches f1 but has no replay right: no one's run is shown to him; bob's question by hand gets nothing.
@@ -343,7 +343,7 @@ def test_the_worker_view_lists_its_recent_fleet_runs_as_text(browser: Any, site:
     bob = login(browser, site, "bob").new_page()
     bob.goto(site.url + "#/slaveshell/fleet")
     bob.get_by_text("No worker you may act on.").wait_for()
-    answer = wait_for(lambda: (a := raw(bob, [{"type": "worker_runs", "worker": "f1"}], 10)) and
+    answer = wait_for(lambda: (a := raw(bob, [{"type": "worker_runs", "worker": "f1"}], 10, ANSWERED)) and
                       not any("already 1 web terminal" in str(m.get("message")) for m in a) and a,
                       "an answer to bob's question")
     assert answer[0] == {"type": "worker_runs", "worker": "f1", "runs": []}, answer
@@ -382,7 +382,7 @@ def test_the_worker_view_lists_twenty_of_the_runs_a_viewer_may_see_behind_many_t
     # Her 20 newest of those 25 (the runs newer than them that she may see come first: the other tests' runs).
     assert len(ids) == 20 and paged == [f"paged-mine-{i:03d}" for i in range(24, 24 - len(paged), -1)], ids
     assert not any(i.startswith("paged-other") for i in ids)
-    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 10)[0]
+    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 10, ANSWERED)[0]
     assert [r["id"] for r in answer["runs"]] == ids, answer
     # Bounded work a question: behind 1000 more runs she may not see, hers are no longer looked for (10 pages of
     # 100 are read at most); the answer still comes, with what those pages held.
@@ -394,7 +394,7 @@ def test_the_worker_view_lists_twenty_of_the_runs_a_viewer_may_see_behind_many_t
                            [(f"paged-more-{i:04d}", "echo not-hers", stamp(base + 1000 + i)) for i in range(1000)])
     finally:
         db.close()
-    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 30)[0]
+    answer = raw(page, [{"type": "worker_runs", "worker": "f1"}], 30, ANSWERED)[0]
     shown = [r["id"] for r in answer["runs"]]
     assert answer["type"] == "worker_runs" and not any(i.startswith("paged-") for i in shown), shown
     page.context.close()
@@ -437,11 +437,11 @@ def test_environment_and_working_directory(browser: Any, site: Sandbox) -> None:
     assert page.locator(".slaveshell-run b").count() == 0
     shot(page, "fleet-page-cwd-refused.png")
     # By hand on the page's socket (the master checks again): a bad name, a list for env, a directory too long.
-    answer = raw(page, [{"type": "run", "command": "true", "env": {"1X": "v"}}])
+    answer = raw(page, [{"type": "run", "command": "true", "env": {"1X": "v"}}], until=RUN_ANSWERED)
     assert answer[0]["type"] == "error" and "bad environment variable name '1X'" in answer[0]["message"], answer
-    answer = raw(page, [{"type": "run", "command": "true", "env": ["A=1"]}])
+    answer = raw(page, [{"type": "run", "command": "true", "env": ["A=1"]}], until=RUN_ANSWERED)
     assert answer[0]["type"] == "error" and "env is a mapping" in answer[0]["message"], answer
-    answer = raw(page, [{"type": "run", "command": "true", "cwd": "/" + "d" * 5000}])
+    answer = raw(page, [{"type": "run", "command": "true", "cwd": "/" + "d" * 5000}], until=RUN_ANSWERED)
     assert answer[-1]["type"] in ("error", "closed"), answer
     assert len(run_rows(site, "web:alice")) == before + 1  # the missing directory's run only
     page.context.close()
@@ -468,21 +468,31 @@ def test_a_script_in_batches_of_one_with_a_timeout(browser: Any, site: Sandbox) 
 
 # A socket of the page's own origin and login, driven by hand: the messages to send once open, then every message
 # received until the socket closes or `seconds` pass (what an attacker's script in a logged-in tab could do).
-RAW = """async ([messages, seconds]) => {
+RAW = """async ([messages, seconds, until]) => {
     const u = new URL("plugins/slaveshell/ws", document.baseURI); u.protocol = "ws:";
     const ws = new WebSocket(u.href), got = [];
     window.rawSockets = (window.rawSockets || []).concat([ws]);
     return await new Promise(resolve => {
         ws.onopen = () => messages.forEach(m => ws.send(typeof m === "string" ? m : JSON.stringify(m)));
-        ws.onmessage = e => got.push(JSON.parse(e.data));
+        ws.onmessage = e => {
+            const m = JSON.parse(e.data);
+            got.push(m);
+            if (until.includes(m.type)) resolve(got.slice());
+        };
         ws.onclose = e => resolve(got.concat([{type: "closed", code: e.code}]));
-        setTimeout(() => resolve(got), seconds * 1000);
+        setTimeout(() => resolve(got.slice()), seconds * 1000);
     });
 }"""
 
+# The messages that end the master's answer to a question asked by hand: an error, or the answer itself.
+ANSWERED = ("error", "worker_runs")
+RUN_ANSWERED = ("error", "run_end")
 
-def raw(page: Any, messages: list[Any], seconds: float = 30) -> list[dict[str, Any]]:
-    return list(page.evaluate(RAW, [messages, seconds]))
+
+def raw(page: Any, messages: list[Any], seconds: float = 30, until: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """What the master sends on a socket of the page's own that sent `messages`: until the socket closes, a
+    message of a type in `until` arrives, or `seconds` pass (all that came by then)."""
+    return list(page.evaluate(RAW, [messages, seconds, list(until)]))
 
 
 def run_rows(site: Sandbox, operator: str) -> list[tuple[str, str, str]]:
@@ -499,10 +509,10 @@ def test_buildbots_authz_keeps_a_worker_out_of_the_page_and_out_of_every_run(bro
     page.locator("tr[data-worker='f2']").wait_for()
     assert page.locator("tr[data-worker='g1']").count() == 0
     # Asked by name, on the page's socket: no such worker for her (the policy alone would allow it).
-    answer = raw(page, [{"type": "run", "command": "echo reached-g1", "workers": ["g1"]}])
+    answer = raw(page, [{"type": "run", "command": "echo reached-g1", "workers": ["g1"]}], until=RUN_ANSWERED)
     assert answer[0]["type"] == "error" and "no worker matches --workers g1" in answer[0]["message"], answer
     # Every worker: f1 and f2 only, g1 neither run nor listed.
-    answer = raw(page, [{"type": "run", "command": "echo everywhere"}])
+    answer = raw(page, [{"type": "run", "command": "echo everywhere"}], until=RUN_ANSWERED)
     end = next(m for m in answer if m["type"] == "run_end")
     assert end["summary"] == "2 ok" and [g["workers"] for g in end["groups"]] == [["f1", "f2"]], end
     assert all("g1" not in targets.split() for _, _, targets in run_rows(site, "web:alice"))
@@ -524,7 +534,7 @@ def held_runs_refuse_a_fifth(page: Any, site: Sandbox) -> None:
     page.locator("tr[data-worker='f2']").wait_for()
     # A run's socket takes no session, and a session's no run.
     answer = raw(page, [{"type": "run", "command": "sleep 30"}, {"type": "open", "worker": "f1", "cols": 80,
-                                                                  "rows": 24}])
+                                                                  "rows": 24}], until=("error",))
     assert any(m["type"] == "error" and "one session" in m["message"] for m in answer), answer
     # A message too long for a run (the socket's 64 KiB): closed by the WebSocket's own bound.
     answer = raw(page, [json.dumps({"type": "run", "script": "x" * 70000})])
@@ -553,7 +563,7 @@ def held_runs_refuse_a_fifth(page: Any, site: Sandbox) -> None:
     assert page.evaluate("() => window.held.every(ws => ws.readyState === WebSocket.OPEN)")
     wait_for(lambda: sum(1 for _, state, _ in run_rows(site, "web:alice") if state == "running") == 4,
              "four runs in progress")
-    answer = raw(page, [{"type": "run", "command": "echo fifth"}])
+    answer = raw(page, [{"type": "run", "command": "echo fifth"}], until=RUN_ANSWERED)
     assert answer[0]["type"] == "error" and "fleet runs in progress" in answer[0]["message"], answer
     wait_for(lambda: any(k == "refused" and "fleet runs in progress" in d for k, _, d in events(site, "web:alice")),
              "the refusal in the audit index")

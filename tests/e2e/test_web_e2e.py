@@ -7,9 +7,12 @@ from __future__ import annotations
 import contextlib
 import http.server
 import importlib.metadata
+import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -967,14 +970,23 @@ def test_a_build_released_elsewhere_is_shown_released(browser: Any, site: Sandbo
     page.context.close()
 
 
-def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(browser: Any, site: Sandbox) -> None:
+# A browser without the Navigation API (window.navigation), as Firefox and Safari were before 2025-2026.
+NO_NAVIGATION_API = "Object.defineProperty(window, 'navigation', {value: undefined, configurable: true});"
+
+
+@pytest.mark.parametrize("navigation_api", [True, False], ids=["navigation-api", "without-navigation-api"])
+def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(browser: Any, site: Sandbox,
+                                                                                navigation_api: bool) -> None:
     """The terminal's address reached again (typed or followed again, while its session runs or after it
     ended) shows what the first visit showed: a terminal not yet opened and its Open button, not the old
-    session's screen."""
+    session's screen; in a browser with the Navigation API and in one without."""
     context = login(browser, site, "alice")
+    if not navigation_api:
+        context.add_init_script(NO_NAVIGATION_API)
     page = context.new_page()
     address = site.url + "#/slaveshell/terminal/w1"
     open_terminal(page, site)
+    assert page.evaluate("() => !!window.navigation") is navigation_api
     run(page, "echo first-$((6*7))", "first-42")
     first = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
     page.keyboard.type("exit 4")
@@ -1013,4 +1025,113 @@ def test_a_terminal_address_opened_again_shows_a_fresh_terminal_with_its_button(
     assert start.inner_text() == "Open a shell on %E0%A4%A"
     start.click()
     assert "refused" in wait_status(page, "^refused")
+    context.close()
+
+
+# Every WebSocket a page makes, kept for the tests (window.testSockets), before the page's own scripts run.
+KEEP_SOCKETS = """(() => {
+    const Real = window.WebSocket;
+    window.testSockets = [];
+    window.WebSocket = function (url, protocols) {
+        const ws = protocols === undefined ? new Real(url) : new Real(url, protocols);
+        window.testSockets.push(ws);
+        return ws;
+    };
+    window.WebSocket.prototype = Real.prototype;
+    Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+})();"""
+
+
+def push_link(page: Any, address: str) -> None:
+    """Follows an in-page link that changes the address by history.pushState, as a client-side router's link does
+    (no popstate, no hashchange), to `address` (a #/ address)."""
+    page.evaluate("""address => {
+        const a = document.createElement("a");
+        a.href = address;
+        a.textContent = "pushed link";
+        a.addEventListener("click", e => { e.preventDefault(); history.pushState(null, "", a.href); });
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+    }""", address)
+
+
+def live_sessions(site: Sandbox) -> dict[str, dict[str, Any]]:
+    done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "sessions", "--socket", site.socket, "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return {str(s["id"]): s for s in json.loads(done.stdout)}
+
+
+def test_a_pushstate_link_to_another_terminal_address_shows_that_address_fresh(browser: Any, site: Sandbox) -> None:
+    """A link that changes the address by history.pushState (no popstate, no hashchange, unseen by Buildbot's
+    router) from a terminal to another session's or worker's terminal address does what loading that address
+    does: a new terminal, the old one's socket closed (its session detached on the master), none of its screen;
+    to another page's address, the terminal is left and that page shown."""
+    context = login(browser, site, "alice")
+    context.add_init_script(KEEP_SOCKETS)
+    # Session B, alice's own, left detached by its page.
+    other = context.new_page()
+    open_terminal(other, site)
+    run(other, "echo second-$((6*7))", "second-42")
+    second = re.search(r"#/slaveshell/session/([^/]+)/attach$", other.url).group(1)  # type: ignore[union-attr]
+    other.close()
+    wait_for(lambda: live_sessions(site).get(second, {}).get("state") == "detached", "session B detached")
+    # Session A, in this page.
+    page = context.new_page()
+    open_terminal(page, site)
+    run(page, "echo first-$((6*7))", "first-42")
+    first = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
+    first_socket = page.evaluate("() => window.testSockets.indexOf(window.slaveshellSocket)")
+    # To B's address: B resumed in a new terminal (as a reload of B's address does), A's socket closed, A detached.
+    push_link(page, f"#/slaveshell/session/{second}/attach")
+    wait_for(lambda: page.evaluate("i => window.testSockets[i].readyState", first_socket) == 3, "A's socket closed")
+    wait_status(page, "^connected$")
+    wait_for(lambda: "second-42" in screen(page), "B's recent output")
+    assert "first-42" not in screen(page)
+    assert page.evaluate("i => window.testSockets.indexOf(window.slaveshellSocket) > i", first_socket)
+    assert f"session {second}" in page.locator(".slaveshell-session-id").inner_text()
+    run(page, "echo typed-in-b-$((2+3))", "typed-in-b-5")
+    wait_for(lambda: live_sessions(site).get(first, {}).get("state") == "detached", "session A detached")
+    shot(page, "pushstate-session.png")
+    # To a worker's terminal address: a fresh view with its button, B's socket closed, B detached again.
+    b_socket = page.evaluate("() => window.testSockets.indexOf(window.slaveshellSocket)")
+    push_link(page, "#/slaveshell/terminal/w1")
+    start = page.locator("button.slaveshell-start")
+    start.wait_for(timeout=10_000)
+    assert start.inner_text() == "Open a shell on w1"
+    assert status(page) == "click the button to open a shell"
+    assert "second-42" not in screen(page) and "typed-in-b-5" not in screen(page)
+    wait_for(lambda: page.evaluate("i => window.testSockets[i].readyState", b_socket) == 3, "B's socket closed")
+    assert page.evaluate("() => window.testSockets.filter(s => s.url.includes('plugins/slaveshell/ws') && "
+                         "s.readyState < 2).length") == 0
+    wait_for(lambda: live_sessions(site).get(second, {}).get("state") == "detached", "session B detached again")
+    shot(page, "pushstate-terminal.png")
+    # Back (the browser's): B's address again, resumed afresh.
+    page.go_back()
+    wait_status(page, "^connected$")
+    wait_for(lambda: "typed-in-b-5" in screen(page), "B's output after going back")
+    # To another page's address (History): the terminal is left, that page shown.
+    push_link(page, "#/slaveshell/history")
+    page.get_by_text("Shell sessions: history").wait_for(timeout=10_000)
+    assert page.locator(".slaveshell-terminal").count() == 0
+    wait_for(lambda: page.evaluate("() => window.testSockets.filter(s => s.readyState < 2 && "
+                                   "s === window.slaveshellSocket).length") == 0, "the terminal's socket closed")
+    wait_for(lambda: live_sessions(site).get(second, {}).get("state") == "detached", "session B detached once more")
+    shot(page, "pushstate-history.png")
+    # carol may only watch: from watching B, a pushed link to B's attach address asks her first, as loading it
+    # does, and the policy refuses her.
+    carol = login(browser, site, "carol").new_page()
+    carol.goto(site.url + f"#/slaveshell/session/{second}/watch")
+    wait_status(carol, "^watching")
+    wait_for(lambda: "typed-in-b-5" in screen(carol), "B's output for carol")
+    push_link(carol, f"#/slaveshell/session/{second}/attach")
+    wait_status(carol, "^click")
+    assert carol.locator("button.slaveshell-start").inner_text() == f"Join session {second}"
+    carol.locator("button.slaveshell-start").click()
+    assert "permission denied" in wait_status(carol, "^refused")
+    carol.context.close()
+    for session in (first, second):
+        subprocess.run([sys.executable, "-m", "slaveshell.cli", "kill", "--socket", site.socket, session],
+                       capture_output=True, text=True, timeout=60)
     context.close()

@@ -135,8 +135,9 @@
   function workerView(name) { return "#/slaveshell/worker/" + encodeURIComponent(name); }
   function isId(n) { return typeof n === "number" && Number.isInteger(n) && n >= 0; }
 
-  // Which master of a multi-master site holds a worker (lists.py's "master", "here", "masters"), as
-  // `slaveshell workers` says it; empty on a site of one master.
+  // Which master of a multi-master site holds a worker (lists.py's "master", "here", "masters"; for one no master
+  // holds, the last that did or those it is configured on), as `slaveshell workers` says it
+  // (slaveshell/client/labels.py); empty on a site of one master.
   function masterText(w) {
     var masters = Array.isArray(w.masters) ? w.masters : [];
     var disputed = Array.isArray(w.disputed) ? w.disputed : [];
@@ -144,7 +145,12 @@
     if (masters.length > 1) return printable("on " + masters.length + " masters: " + masters.join(", "));
     if (!w.master) {
       if (disputed.length) return printable("disputed: " + claimers + " (not routed): " + disputed[0].why);
-      return w.site ? "nowhere" : "";
+      if (!w.site) return "";
+      if (w.stale) return "nowhere (stale db row)";
+      var configured = Array.isArray(w.configured_on) ? w.configured_on : [];
+      if (typeof w.last_master === "string" && w.last_master) return printable("offline (last on " + w.last_master + ")");
+      if (configured.length) return printable("offline (configured: " + configured.join(", ") + ")");
+      return "nowhere";
     }
     return printable((w.here ? "here (master " + w.master + ")" : "on master " + w.master) +
       (disputed.length ? " (also claimed by " + claimers + ": disputed)" : ""));
@@ -212,11 +218,12 @@
   }
 
   // One socket that asks for the lists of the fleet page (workers, live sessions, requests waiting for an
-  // approval), then closes.
-  function askLists(onAnswer) {
+  // approval), then closes. `includeOffline`: the site's workers no master holds now too (`slaveshell workers
+  // --include-offline`).
+  function askLists(onAnswer, includeOffline) {
     var got = {}, cancel = null;
     cancel = questions(function (send) {
-      send({ type: "workers" });
+      send(includeOffline ? { type: "workers", include_offline: true } : { type: "workers" });
       send({ type: "sessions" });
       send({ type: "approvals" });
     }, function (m) {
@@ -365,6 +372,13 @@
     var state = st[0], setState = st[1];
     var reloads = React.useState({ n: 0, decided: "" }), reloaded = reloads[0], setReloaded = reloads[1];
     function reload(decided) { setReloaded(function (o) { return { n: o.n + 1, decided: decided }; }); }
+    // The site's offline workers too (`slaveshell workers --include-offline`): asked of the master, which lists
+    // them from the shared database; kept in the address (?offline), so that a reload or a link keeps it.
+    var includeOffline = /[?&]offline(=1)?(&|$)/.test(window.location.hash);
+    function setIncludeOffline(on) {
+      window.history.replaceState(window.history.state, "", on ? "#/slaveshell?offline=1" : "#/slaveshell");
+      reload("");
+    }
     React.useEffect(function () {
       var cancel = null, timer = null, live = true;
       setTitle("Workers");
@@ -374,11 +388,11 @@
           if (!live) return;
           setState({ lists: lists, error: error, login: !!login });
           if (!error) timer = setTimeout(load, 5000);
-        });
+        }, includeOffline);
       }
       load();
       return function () { live = false; clearTimeout(timer); if (cancel) cancel(); };
-    }, [reloaded.n]);
+    }, [reloaded.n, includeOffline]);
     var blocked = blockedNotice();
     if (blocked) return h("div", { className: "slaveshell-page" }, blocked);
     if (state.error) {
@@ -387,8 +401,14 @@
           state.login ? h(LoginAgain) : null));
     }
     if (!state.lists) return h("div", { className: "slaveshell-page" }, "Loading the workers...");
-    // The Master column on a multi-master site only.
+    // The Master column, and the switch for the offline workers, on a multi-master site only (a site of one master
+    // lists every worker configured on it, attached or not).
     var multi = state.lists.workers.some(function (w) { return w.site; });
+    var offlineSwitch = multi || includeOffline ? h("label", { className: "slaveshell-include-offline-label",
+      style: { marginLeft: "1em" } }, h("input", { type: "checkbox", className: "slaveshell-include-offline",
+        checked: includeOffline, style: { marginRight: "0.3em" },
+        onChange: function (e) { setIncludeOffline(e.target.checked); } }),
+      "Include offline workers (no master holds them now)") : null;
     var rows = state.lists.workers.map(function (w) {
       var ready = w.allowed && w.connected && w.shell;
       var why = !w.allowed ? "not allowed" : !w.connected ? "not connected" : !w.shell ? "no slaveshell" : "";
@@ -414,7 +434,8 @@
         onClick: function () { go("#/slaveshell/history"); } }, "History and replay"), " ",
         h("a", { className: "btn btn-outline-secondary btn-sm slaveshell-fleet-link", href: "#/slaveshell/fleet" },
           "Fleet: run a command, facts")),
-      state.lists.workers.length === 0 ? null : h("div", { style: { marginBottom: "0.5em" } }, h(ReasonField)),
+      state.lists.workers.length === 0 && !offlineSwitch ? null : h("div", { style: { marginBottom: "0.5em" } },
+        state.lists.workers.length === 0 ? null : h(ReasonField), offlineSwitch),
       state.lists.workers.length === 0 ? h("p", null, "No worker you may act on.") :
       h("div", { className: "slaveshell-scroll" }, h("table", { className: "table table-sm slaveshell-fleet" },
         h("thead", null, h("tr", null, h("th", null, "Worker"), h("th", null, "State"),
@@ -453,14 +474,17 @@
   }
 
   // Above a four-eyes session's terminal: what moderation means for this page (the master's notices in the
-  // terminal say when the input is held or released, and why a watcher does not moderate).
+  // terminal say when the input is held or released, and why a watcher does not moderate). A session another
+  // master serves says that master's name: the note is its word about its own policy.
   function ModerationNote(props) {
     var m = props.moderation, by = " (moderated_by: " + printable(m.by.join(", ")) + ")";
-    return h("div", { className: "slaveshell-moderated", "data-moderator": m.moderator ? "yes" : null },
-      m.typing ? "Four-eyes session" + by + ": what you type reaches the worker only while a moderator watches."
-        : m.moderator ? "You moderate this four-eyes session" + by + ": the operator's input reaches the worker " +
-          "while you watch; leaving holds it again."
-        : "Four-eyes session" + by + ": you watch it without moderating it.");
+    var on = props.master ? printable(" on master " + props.master) : "";
+    return h("div", { className: "slaveshell-moderated", "data-moderator": m.moderator ? "yes" : null,
+                      "data-master": props.master || null },
+      m.typing ? "Four-eyes session" + on + by + ": what you type reaches the worker only while a moderator watches."
+        : m.moderator ? "You moderate this four-eyes session" + on + by + ": the operator's input reaches the " +
+          "worker while you watch; leaving holds it again."
+        : "Four-eyes session" + on + by + ": you watch it without moderating it.");
   }
 
   // A terminal on one session: a new one on props.worker, or props.sessionId attached in props.mode ("attach":
@@ -575,12 +599,13 @@
             typing = m.role !== "watch";
             target = { id: m.id, mode: typing ? "attach" : "watch" };
             var here = "#/slaveshell/session/" + encodeURIComponent(m.id) + "/" + target.mode;
-            if (window.location.hash !== here) window.history.replaceState(window.history.state, "", here);
+            showAddress(here);
             // A resumed session takes this page's size.
             if (m.role === "owner") send({ type: "resize", cols: term.cols, rows: term.rows });
             note({ worker: String(m.worker), id: String(m.id), opened: true,
                    master: typeof m.master === "string" ? m.master : null,
-                   moderation: m.moderated_by ? { by: m.moderated_by, moderator: !!m.moderator, typing: typing } : null });
+                   moderation: Array.isArray(m.moderated_by) && m.moderated_by.length
+                     ? { by: m.moderated_by.map(String), moderator: m.moderator === true, typing: typing } : null });
             setStatus(typing ? "connected" : "watching (read-only)");
             term.focus();
           } else if (m.type === "input_ack") {
@@ -637,7 +662,9 @@
     }, [props.worker, props.sessionId, props.mode, props.build]);
     var refused = status.indexOf("refused") === 0 || status.indexOf("connection closed") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
-    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator;
+    // A moderator's End session, for a session this master serves (one another master serves is ended there).
+    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator &&
+      !session.master;
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
     var where = session.worker ? (props.build ? " in build " + props.build : "") +
@@ -664,7 +691,8 @@
       h("div", { className: refused ? "alert alert-danger slaveshell-status" : "slaveshell-status",
                  "data-status": status }, status, login ? " " : null, login ? h(LoginAgain) : null,
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
-      live && session.moderation ? h(ModerationNote, { moderation: session.moderation }) : null,
+      live && session.moderation ? h(ModerationNote, { moderation: session.moderation, master: session.master })
+        : null,
       moderating && endAsk !== null ? h("div", { className: "alert alert-warning slaveshell-end-confirm" },
         printable("End session " + session.id + " on " + session.worker + " for its operator and every viewer? ") +
           "Its shell is hung up (then TERM, then KILL), as slaveshell kill does; the audit index records it as " +
@@ -679,28 +707,46 @@
       h("div", { ref: box, className: "slaveshell-terminal", style: empty ? { display: "none" } : null }));
   }
 
-  // The route's element is made once: follow the address ourselves, so that going from one session's address
-  // to another's (or from watching to typing) changes the page.
-  function useHash() {
-    var st = React.useState(window.location.hash);
-    React.useEffect(function () {
-      function changed() { st[1](window.location.hash); }
-      window.addEventListener("hashchange", changed);
-      return function () { window.removeEventListener("hashchange", changed); };
-    }, []);
-    return st[0];
+  // The page's address, followed whichever way it changes. The route's element is made once, and Buildbot's router
+  // does not see every change: a link of another page or script that changes the address by history.pushState
+  // (as a client-side router's links do) fires neither popstate nor hashchange. Each change of address (typed,
+  // followed, pushed, back and forward, or the same address again) is a visit: a number that changes, for a
+  // terminal's key, so that the address reached shows a fresh terminal (its old socket closed) as loading it
+  // did, never the previous session's screen. The address a terminal shows once open (`showAddress`) is no visit.
+  // Where the browser has the Navigation API (Chromium, and the others since 2025-2026) its currententrychange
+  // tells every change, pushState's included; elsewhere the router's location (its own navigations), popstate
+  // (Chromium and Firefox fire it even to the same address) and a hashchange to another address than the last
+  // visit's (not the one that brought the page here, which comes after it) do.
+  var showingAddress = false;
+  function showAddress(here) {
+    if (window.location.hash === here) return;
+    showingAddress = true;
+    try { window.history.replaceState(window.history.state, "", here); } finally { showingAddress = false; }
   }
-
-  // Each time the address is gone to (typed, followed, or the same one again): a number that changes, for a
-  // terminal's key, so that its address reached again shows a fresh terminal as the first visit did, not the
-  // previous session's screen. The address a terminal shows once open (history.replaceState) is no visit; a
-  // browser tells a visit by popstate (Chromium and Firefox, even to the same address), else by a hashchange
-  // to another address than the last visit's (not the one that brought the page here, which comes after it).
-  function useVisit() {
+  function navigationApi() {
+    var nav = window.navigation;
+    return nav && typeof nav.addEventListener === "function" ? nav : null;
+  }
+  // The router's location when the page is in Buildbot's router (its key changes at each of its navigations), else
+  // null. Whether it is stays the same for a component's life: the hook is called always or never.
+  var routerHooks = window.ReactRouterDOM && typeof ReactRouterDOM.useLocation === "function" &&
+    typeof ReactRouterDOM.useInRouterContext === "function" ? ReactRouterDOM : null;
+  function useRouterLocation() {
+    if (!routerHooks || !routerHooks.useInRouterContext()) return null;
+    return routerHooks.useLocation();
+  }
+  function useAddress() {
     var st = React.useState(0);
+    var routed = useRouterLocation();
     React.useEffect(function () {
       var popped = false, seen = window.location.hash;
       function visit() { seen = window.location.hash; st[1](function (n) { return n + 1; }); }
+      var nav = navigationApi();
+      if (nav) {
+        var changed = function () { if (!showingAddress) visit(); };
+        nav.addEventListener("currententrychange", changed);
+        return function () { nav.removeEventListener("currententrychange", changed); };
+      }
       function popstate() { popped = true; visit(); }
       function hashchange() { if (!popped && window.location.hash !== seen) visit(); popped = false; }
       window.addEventListener("popstate", popstate);
@@ -710,25 +756,40 @@
         window.removeEventListener("hashchange", hashchange);
       };
     }, []);
-    return st[0];
+    // With the Navigation API the router's navigations are visits already (its pushState): its key would only
+    // count one twice in the key, which changes once all the same.
+    return { hash: window.location.hash, visit: st[0] + ":" + (routed && !navigationApi() ? routed.key : "") };
   }
+  function useHash() { return useAddress().hash; }
 
   function fromAddress(text) {
     try { return decodeURIComponent(text); } catch (e) { return text; } // a malformed %-escape: as it is
   }
 
-  function TerminalPage() {
-    var visit = useVisit();
-    var match = /\/slaveshell\/terminal\/([^/?]+)/.exec(window.location.hash);
-    var worker = match ? fromAddress(match[1]) : "";
-    return h(TerminalView, { worker: worker, key: "w:" + worker + ":" + visit });
+  // A terminal's address, new (#/slaveshell/terminal/<worker>) or a session's (#/slaveshell/session/<id>/<mode>),
+  // or null for another address.
+  function terminalAddress(hash) {
+    var match = /^#\/slaveshell\/terminal\/([^/?]+)/.exec(hash);
+    if (match) return { worker: fromAddress(match[1]) };
+    match = /^#\/slaveshell\/session\/([^/?]+)\/(attach|watch)/.exec(hash);
+    if (match) return { sessionId: fromAddress(match[1]), mode: match[2] };
+    return null;
   }
 
-  function SessionPage() {
-    var visit = useVisit();
-    var match = /\/slaveshell\/session\/([^/?]+)\/(attach|watch)/.exec(window.location.hash);
-    var id = match ? fromAddress(match[1]) : "", mode = match ? match[2] : "watch";
-    return h(TerminalView, { sessionId: id, mode: mode, key: "s:" + id + "/" + mode + ":" + visit });
+  // Both terminal routes: whichever terminal address the page is at now (a pushState may have gone from one form
+  // to the other without the router), a fresh view at each visit. At another address that the router has not
+  // followed, the terminal is left (its socket closed) and the router is told to go there.
+  function TerminalRoute() {
+    var address = useAddress();
+    var at = terminalAddress(address.hash);
+    var navigate = routerHooks && routerHooks.useInRouterContext() ? routerHooks.useNavigate() : null;
+    React.useEffect(function () {
+      if (!at && navigate && /^#\//.test(window.location.hash)) navigate(window.location.hash.slice(1), { replace: true });
+    }, [at === null, address.visit]);
+    if (!at) return null;
+    if (at.worker !== undefined) return h(TerminalView, { worker: at.worker, key: "w:" + at.worker + ":" + address.visit });
+    return h(TerminalView, { sessionId: at.sessionId, mode: at.mode,
+      key: "s:" + at.sessionId + "/" + at.mode + ":" + address.visit });
   }
 
   // A socket for questions (master_side/www/lists.py): onReady(send) once open; each JSON answer, with the
@@ -896,7 +957,9 @@
         h("td", { className: "slaveshell-run-state slaveshell-state-" + state.replace(/ /g, "-") }, printable(state)),
         h("td", null, elapsed === null || elapsed === undefined ? "" : elapsed.toFixed(elapsed < 10 ? 2 : 1) + " s"),
         h("td", null, o && o.exit_status !== null && o.exit_status !== undefined ? String(o.exit_status) : ""),
-        h("td", { className: "slaveshell-last-line" }, printable(o && o.reason && !r.last_line ? o.reason : r.last_line || "")),
+        h("td", { className: "slaveshell-last-line" }, !o && !r.last_line && r.note
+          ? h("span", { className: "slaveshell-run-note" }, printable(r.note))
+          : printable(o && o.reason && !r.last_line ? o.reason : r.last_line || "")),
         h("td", null, (o && o.session) || r.session ? h("a", { className: "slaveshell-transcript",
           href: replayHref((o && o.session) || r.session) }, "transcript") : null));
     });
@@ -1006,8 +1069,11 @@
         } else if (m.type === "progress") {
           r.rows = Object.assign({}, r.rows);
           var old = r.rows[m.worker] || {};
+          // `note`: why the part waits before it starts (a four-eyes worker's request waiting for a moderator's
+          // approval, in the words of the master that holds the worker), until it starts.
           r.rows[m.worker] = { phase: m.phase, session: m.session || old.session, elapsed: m.elapsed, at: Date.now(),
-            last_line: m.last_line || old.last_line || "", outcome: m.outcome || old.outcome };
+            last_line: m.last_line || old.last_line || "", outcome: m.outcome || old.outcome,
+            note: typeof m.note === "string" ? m.note : m.phase === old.phase ? old.note : "" };
           if (r.order.indexOf(m.worker) < 0) r.order = r.order.concat([m.worker]);
           if (m.outcome && m.outcome.lines && m.outcome.digest) {
             r.outputs = Object.assign({}, r.outputs);
@@ -1491,7 +1557,8 @@
         var got = {}, withHistory = first;
         first = false;
         cancel = questions(function (send) {
-          send({ type: "workers" });
+          // An offline worker of the site too (linked from the list with its offline workers).
+          send({ type: "workers", include_offline: true });
           send({ type: "sessions" });
           if (withHistory) send({ type: "history", worker: name, limit: 20 });
         }, function (m) {
@@ -1553,7 +1620,7 @@
     else history = h(HistoryTable, { rows: past.rows });
     return h("div", { className: "slaveshell-page slaveshell-worker-view", "data-worker": name }, heading,
       h("p", { className: "slaveshell-worker-state" },
-        (w.connected ? "Connected" : "Not connected") + (w.master || (Array.isArray(w.disputed) && w.disputed.length) ? " (" + masterText(w) + ")" : "") + ", " +
+        (w.connected ? "Connected" : "Not connected") + (masterText(w) ? " (" + masterText(w) + ")" : "") + ", " +
           String(w.sessions) + " live session" + (w.sessions === 1 ? "" : "s") + ". ",
         isId(w.workerid) ? h("a", { href: "#/workers/" + w.workerid, className: "slaveshell-bb-worker" },
           "Buildbot's page for this worker") : null),
@@ -1746,7 +1813,7 @@
     reg.registerRoute({ route: "slaveshell/fleet", group: "slaveshell", element: function () { return h(FleetPage); } });
     reg.registerRoute({
       route: "slaveshell/terminal/:worker", group: "slaveshell",
-      element: function () { return h(TerminalPage); },
+      element: function () { return h(TerminalRoute); },
     });
     reg.registerRoute({
       route: "slaveshell/build/:build", group: "slaveshell",
@@ -1766,7 +1833,7 @@
     });
     reg.registerRoute({
       route: "slaveshell/session/:id/:mode", group: "slaveshell",
-      element: function () { return h(SessionPage); },
+      element: function () { return h(TerminalRoute); },
     });
   });
 })();
