@@ -232,7 +232,11 @@ def open_ms(paths: Paths, path: str) -> float:
 def run(args: argparse.Namespace) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="slaveshell-cluster-bench-"))
     policy = f"[dict(users=[{os.getuid()}]), dict(users=[{'cluster:A/' + getpass.getuser()!r}], workers=['b*'])]"
-    site = ClusterSandbox(str(workdir / "site"), {"A": ["a1"], "B": [WORKER]}, policies={"B": policy})
+    # The echo and Ctrl-C rows end their clients with a signal: each session then waits, detached, for its owner
+    # (ShellService's detach_grace); a second's grace keeps them from filling the worker's sessions.
+    policy += ", detach_grace=1"
+    direct = {"clusters": {"B": "direct=True"}} if args.direct else {}
+    site = ClusterSandbox(str(workdir / "site"), {"A": ["a1"], "B": [WORKER]}, policies={"B": policy}, **direct)
     ssh = OpenSSH(workdir)
     payload = workdir / "payload.txt"
     with open(payload, "wb") as f:
@@ -316,7 +320,9 @@ def _fmt(values: list[float]) -> str:
 
 def render(results: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, list[float]]],
            args: argparse.Namespace) -> str:
-    lines = [f"`python3 bench/cluster_bench.py --rounds {args.rounds}` (-T {args.t_mb} MB, PTY {args.pty_mb} MB, "
+    direct = " --direct" if args.direct else ""
+    lines = [f"`python3 bench/cluster_bench.py --rounds {args.rounds}{direct}` (-T {args.t_mb} MB, "
+             f"PTY {args.pty_mb} MB, "
              f"{args.keys} keystrokes, {args.opens} opens, cp {args.cp_mb} MB per round); medians per path over the "
              "rounds, and the median (min-max) of the per-round ratios via A / other.", "",
              "| row | via A | B direct | ssh -J | via A / B direct | via A / ssh -J |",
@@ -345,6 +351,8 @@ def main() -> int:
     parser.add_argument("--opens", type=int, default=5, help="opens per round and path")
     parser.add_argument("--cp-mb", type=int, default=200, help="cp size, MB")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round")
+    parser.add_argument("--direct", action="store_true",
+                        help="B offers routed sessions a direct stream to its PB port (ClusterConfig direct=True)")
     parser.add_argument("--output", help="write the table to this file too")
     args = parser.parse_args()
     if args.smoke:

@@ -71,6 +71,7 @@ STRICT = [
     "slaveshell/client/copy_client.py",
     "slaveshell/fleet",
     "master_side/shell_socket/copy_door.py",
+    "master_side/cluster/offers.py",
     "master_side/audit/store.py",
     "master_side/audit/schema.py",
     "master_side/audit/trail.py",

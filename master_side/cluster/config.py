@@ -20,6 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from master_side.cluster.offers import parse_address
+
 PREFIX = "slaveshell."
 WORKER_PREFIX = PREFIX + "worker."
 MASTER_PREFIX = PREFIX + "master."
@@ -100,6 +102,12 @@ class ClusterConfig:
     max_retry_delay: float = 30.0
     # How long a question to another master may take before it is counted as not answering.
     call_timeout: float = 5.0
+    # Routed sessions' messages over a direct connection from the operator's master to this master's Buildbot PB
+    # port (master_side.cluster.direct), offered to the calling master with each session this master serves for
+    # it; the router stays the path when the connection cannot be made. `direct_address` ("host:port") is how the
+    # other masters reach that port: by default, the PB port's interface, or this host's name, and its port.
+    direct: bool = False
+    direct_address: str | None = None
 
     def errors(self) -> list[str]:
         out = []
@@ -115,6 +123,13 @@ class ClusterConfig:
             value = getattr(self, what)
             if value is not None and (not isinstance(value, str) or not value):
                 out.append(f"cluster: {what} must be a non-empty string")
+        if not isinstance(self.direct, bool):
+            out.append("cluster: direct must be True or False")
+        if self.direct_address is not None:
+            try:
+                parse_address(self.direct_address)
+            except (ValueError, AttributeError, TypeError):
+                out.append("cluster: direct_address must be host:port")
         for what in ("initial_retry_delay", "max_retry_delay", "call_timeout"):
             value = getattr(self, what)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:

@@ -6,6 +6,7 @@ another's operators (master_side.cluster.serve) and the ones its operators open 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -16,8 +17,10 @@ from twisted.logger import Logger
 from master_side.cluster.config import ClusterConfig
 from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, RoutedTransfers
 from master_side.cluster.copy_serve import Copier, ServedTransfers
+from master_side.cluster.direct import DirectDoor, PBPort
 from master_side.cluster.kills import Killer, RoutedKills, ServedKills
 from master_side.cluster.link import ClusterLink, Listing
+from master_side.cluster.offers import parse_address, pb_address
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
 from master_side.cluster.relay import Leaving, OperatorEnd, Relays, RoutedRecord, RoutedView
 from master_side.cluster.serve import Attacher, Auditor, Opener, ServedSessions
@@ -76,6 +79,9 @@ class ClusterPart:
         self.records = SiteRecords(self.link)
         if reader is not None and event is not None:
             ServedRecords(self.link, reader, event, lambda who, line: audit(who, "", line))
+            self.served.path_event = lambda session_id, worker, who, detail: event("routed path", session_id,
+                                                                                   worker, who, detail)
+        self._reactor = reactor
         self.served_transfers = None if copier is None else ServedTransfers(self.link, copier, audit, clock)
         self.transfers = RoutedTransfers(self.link, self.relays, clock, lambda: open_timeout() + 10.0)
         # Kills of sessions another master holds, and of this master's for the others (master_side.cluster.kills).
@@ -86,10 +92,31 @@ class ClusterPart:
             self.relays.record = self.transfers.record = self.kills.record = routed
 
     def start(self) -> None:
+        if self.config.direct:
+            self.served.door = self._door()
         self.link.start(str(self._master().basedir))
 
     def stop(self) -> defer.Deferred[None]:
+        door, self.served.door = self.served.door, None
+        if door is not None:
+            door.close()
         return self.link.stop()
+
+    def _door(self) -> DirectDoor:
+        """The direct streams' door on this master's Buildbot PB port (the one its workers attach to)."""
+        log.info("slaveshell: routed sessions served here are offered a direct connection to this master's PB port")
+        return DirectDoor(lambda: self._master().pbmanager, self._pb_port, self._reactor, self._registry.clock)
+
+    def _pb_port(self) -> PBPort | str:
+        """This master's PB port as master.cfg has it now, and its address for the other masters; or why none."""
+        portstr = (getattr(self._master().config, "protocols", None) or {}).get("pb", {}).get("port")
+        if self.config.direct_address is not None:
+            address: tuple[str, int] | None = parse_address(self.config.direct_address)
+        else:
+            address = pb_address(portstr, socket.getfqdn)
+        if portstr is None or address is None:
+            return "this master has no TCP PB port"
+        return portstr, address
 
     def tick(self, now: float) -> None:
         """Register the attached, opted-in workers on the router; unregister the others. The routed sessions'

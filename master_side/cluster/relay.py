@@ -27,7 +27,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
+from master_side.cluster.direct import DirectLink, Send, connect
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
+from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import (
     NOT_FOUND,
@@ -171,6 +173,13 @@ class RoutedView:
         self._seq = 0
         self._outstanding = 0
         self._waiting: collections.deque[Message] = collections.deque()
+        # How a message goes to B: a call of its `in` procedure through the router, or once the direct connection
+        # is ready (master_side.cluster.direct) and the router's calls in flight are answered, over that connection.
+        self._call: Send = lambda wire: self.relays.link.call(self.in_uri, wire)
+        self._next_call: Send | None = None
+        self.offer: DirectOffer | None = None  # B's direct login, from its answer
+        self.direct: DirectLink | None = None  # the connection, once logged in
+        self.path = ROUTER
 
     # -- the door's calls (View's) ---------------------------------------------------------------
 
@@ -227,11 +236,19 @@ class RoutedView:
         self._pump()
 
     def _pump(self) -> None:
-        while self._waiting and self._outstanding < MAX_OUTSTANDING and not self.ended:
+        if self._next_call is not None and not self._outstanding:
+            self._call, self._next_call = self._next_call, None
+        while (self._waiting and self._outstanding < MAX_OUTSTANDING and not self.ended
+               and self._next_call is None):
             message = self._waiting.popleft()
             self._outstanding += 1
             self.sent_at = self.relays.clock()
-            d = self.relays.link.call(self.in_uri, message.to_wire())
+            d = self._call(message.to_wire())
+            if d is None:  # written to the direct connection, in order (its loss ends the session): no answer
+                self._outstanding -= 1
+                if message.kind is ToWorkerSide.DETACH:
+                    self._finish()
+                continue
             d.addCallbacks(self._delivered, self._failed, callbackArgs=(message,))
 
     def _delivered(self, _answer: object, message: Message) -> None:
@@ -266,6 +283,12 @@ class RoutedView:
         if caller is None or (self.authid is not None and caller != self.authid):
             return  # not B (another master that learnt the URI from the router's meta API)
         self.authid = caller
+        self.take(wire)
+
+    def take(self, wire: object) -> None:
+        """A message of B for the session, from the router (`message`) or the direct connection."""
+        if self.ended or self.detached:
+            return
         try:
             message = to_operator_side(wire)
             if message.seq != self._expected:
@@ -328,6 +351,8 @@ class RoutedView:
             raise ProtocolError("the answer's moderator must be true or false")
         self.role, self.size = role, check_size(size[0], size[1])
         self.moderated_by, self.moderator = check_moderated_by(answer.get("moderated_by")), moderator
+        if "direct" in answer:
+            self.offer = DirectOffer.from_wire(answer["direct"])
         self.answered = True
         self.on_started(self)  # recorded here before anything is served (`before_answer` says what came first)
         early, self._early = self._early, []
@@ -367,6 +392,7 @@ class RoutedView:
         if self.ended:
             return
         if self.in_uri and self._outstanding < MAX_OUTSTANDING and not self.detached:
+            # Through the router: the direct connection may be what was lost.
             self.relays.link.call(self.in_uri, Message(self._seq, ToWorkerSide.CLOSE).to_wire()).addErrback(
                 lambda failure: None)
         self._finish()
@@ -379,9 +405,61 @@ class RoutedView:
         self.ended = True
         self._waiting.clear()
         self.relays.views.pop(self.token, None)
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            # After the answer to B's last message has left.
+            self.relays.link.reactor.callLater(0, direct.close)
         registration, self.registration = self.registration, None
         if registration is not None and self.relays.link.connected:
             registration.unregister().addErrback(lambda failure: None)
+
+    # -- the direct stream -------------------------------------------------------------------------
+
+    @deferred
+    async def go_direct(self) -> None:
+        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
+        session's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
+        seconds, they stay on the router. The connection lost after READY ends the session."""
+        offer = self.offer
+        if offer is None or self.ended or self.detached or self.direct is not None:
+            return
+        reactor = self.relays.link.reactor
+        try:
+            link = await connect(reactor, offer, self.take, self.direct_lost)
+        except Exception as e:
+            log.info("slaveshell: a session routed to master {master} stays on the router: no direct connection to "
+                     "{host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
+                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
+            return
+        if self.ended or self.detached:
+            link.close()
+            return
+        self.direct = link  # from here, the connection lost ends the session (B may have taken READY)
+        try:
+            ready = await link.perspective.callRemote("ready")
+        except Exception:
+            ready = False
+        if self.ended or self.detached:
+            return
+        if ready is not True:
+            self.end(f"master {visible(self.master)} did not take the session's direct connection")
+            return
+        self.use_direct(link)
+        log.info("slaveshell: a session routed to master {master} goes over a direct connection to {host}:{port}",
+                 master=visible(self.master), host=visible(offer.host), port=offer.port)
+
+    def use_direct(self, link: DirectLink) -> None:
+        """B took READY: the session's messages go over `link` once those on the router are answered."""
+        self.direct = link
+        self.path = DIRECT
+        self._next_call = link.send
+        self._pump()
+
+    def direct_lost(self) -> None:
+        """The direct connection went after READY: the session ends, as when the router is lost."""
+        if self.direct is not None and not self.ended and not self.detached:
+            self.direct = None
+            self.end(f"the direct connection to master {visible(self.master)} was lost")
 
 
 class Relays:
@@ -523,6 +601,8 @@ class Relays:
             raise Refused(kind if isinstance(kind, str) else UNAVAILABLE, text)
         try:
             view.started(answer)
+            view.go_direct().addErrback(lambda failure: log.failure(
+                "slaveshell: the direct connection of a routed session failed", failure))
         except ProtocolError as e:
             view.end(f"the worker's master sent a malformed answer ({e})")
             raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None

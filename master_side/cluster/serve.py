@@ -32,7 +32,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
+from master_side.cluster.direct import DirectDoor, Send
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
+from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer
 from master_side.cluster.part_input import PartInput
 from master_side.cluster.stream import (
     BAD_REQUEST,
@@ -120,6 +122,8 @@ class Opener(Protocol):
 Attacher = Callable[[Identity, "RouterSink", str, str], Any]
 # An audited refusal (the operators' refusal audit, rate-limited): who, the worker, the line.
 Auditor = Callable[[Identity, str, str], None]
+# An audit event of a session served here: its id, its worker, who, the detail (the path of its messages).
+PathEvent = Callable[[str, str, Identity, str], None]
 
 
 class RouterSink:
@@ -142,6 +146,17 @@ class RouterSink:
         self.finished: Callable[[], None] = lambda: None  # after the exit went (or could not go)
         self.on_lost: Callable[[str], None] = lambda why: None  # the calling master is gone: the session ends
         self._exited = False
+        # How a message goes to the calling master: a call of its `out` procedure through the router, or once the
+        # direct connection is ready (master_side.cluster.direct) and the router's calls in flight are answered,
+        # over that connection.
+        self._call: Send = lambda wire: self.link.call(self.out_uri, wire)
+        self._next_call: Send | None = None
+
+    def use(self, call: Send) -> None:
+        """The session's messages go by `call` (the direct connection) once those in flight are answered: the
+        calling master takes them in order."""
+        self._next_call = call
+        self._pump()
 
     @property
     def gone(self) -> bool:
@@ -159,13 +174,19 @@ class RouterSink:
         self._pump()
 
     def _pump(self) -> None:
-        while self._queue and self._outstanding < MAX_OUTSTANDING and not self.gone:
+        if self._next_call is not None and not self._outstanding:
+            self._call, self._next_call = self._next_call, None
+        while (self._queue and self._outstanding < MAX_OUTSTANDING and not self.gone
+               and self._next_call is None):
             message = self._queue.popleft()
             if message.kind is ToOperatorSide.OUTPUT:
                 self._queued -= len(message.values[1])  # type: ignore[arg-type]
             self._outstanding += 1
             self.sent_at = self._clock()
-            d = self.link.call(self.out_uri, message.to_wire())
+            d = self._call(message.to_wire())
+            if d is None:  # written to the direct connection, in order (its loss ends the session): no answer
+                self._outstanding -= 1
+                continue
             d.addCallbacks(self._delivered, self._failed, errbackArgs=(message,))
         if self._exited and not self._queue and not self._outstanding:
             self.finished()
@@ -248,6 +269,25 @@ class Served:
     ended: bool = False
     undo: list[Undo] = field(default_factory=list)
     gate: PartInput | None = None  # a fleet run's part: the input it may take
+    who: Identity | None = None
+    path: str = ROUTER  # of the session's messages: the router, or the direct connection once it is ready
+
+
+class _DirectEnd:
+    """A served session as its direct connection sees it."""
+
+    def __init__(self, sessions: ServedSessions, served: Served) -> None:
+        self.sessions = sessions
+        self.served = served
+
+    def message(self, wire: object) -> None:
+        self.sessions.take(self.served, wire)
+
+    def ready(self, send: Send) -> bool:
+        return self.sessions.direct_ready(self.served, send)
+
+    def lost(self) -> None:
+        self.sessions.direct_lost(self.served)
 
 
 class ServedSessions:
@@ -256,6 +296,9 @@ class ServedSessions:
     def __init__(self, link: ClusterLink, opener: Opener, attacher: Attacher, audit: Auditor,
                  clock: Callable[[], float]) -> None:
         self.link = link
+        # The direct stream's door on the PB port (master_side.cluster.direct): None unless ClusterConfig.direct.
+        self.door: DirectDoor | None = None
+        self.path_event: PathEvent = lambda session_id, worker, who, detail: None
         self._opener = opener
         self._attacher = attacher
         self._audit = audit
@@ -324,18 +367,18 @@ class ServedSessions:
                                                     "sessions for other masters (its limit)")
         self._opening[caller] = self._opening.get(caller, 0) + 1
         try:
-            return await self._start(caller, out_token, owns, start, gate)
+            return await self._start(caller, who, out_token, owns, start, gate)
         finally:
             left = self._opening.pop(caller, 1) - 1
             if left:
                 self._opening[caller] = left
 
     @deferred
-    async def _start(self, caller: str, out_token: str, owns: bool, start: Callable[[RouterSink], Any],
-                     gate: PartInput | None) -> dict[str, object]:
+    async def _start(self, caller: str, who: Identity, out_token: str, owns: bool,
+                     start: Callable[[RouterSink], Any], gate: PartInput | None) -> dict[str, object]:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         sink = RouterSink(self.link, session_uri(out_token, "out"), self._clock)
-        served = Served(caller, token, sink, heard_at=self._clock(), gate=gate)
+        served = Served(caller, token, sink, heard_at=self._clock(), gate=gate, who=who)
         sink.finished = lambda: self._finish(served)
         if owns:
             sink.on_lost = lambda why: self._ended_by(served, why)
@@ -368,9 +411,54 @@ class ServedSessions:
         served.view = view
         log.info("slaveshell session {sid}: {what} from master {caller}", sid=view.session_id,
                  what="routed" if owns else "viewed", caller=visible(caller))
-        return {"ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,
-                "master": self.link.name, "worker": view.worker, "role": view.role, "size": list(view.size),
-                "moderated_by": moderated_by_wire(view.moderated_by), "moderator": view.moderator}
+        answer: dict[str, object] = {
+            "ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,
+            "master": self.link.name, "worker": view.worker, "role": view.role, "size": list(view.size),
+            "moderated_by": moderated_by_wire(view.moderated_by), "moderator": view.moderator}
+        offer = await self._offer(served)
+        if offer is not None:
+            answer["direct"] = offer.to_wire()
+        return answer
+
+    @deferred
+    async def _offer(self, served: Served) -> DirectOffer | None:
+        """A one-time login on this master's PB port for the session's direct stream (master_side.cluster.direct),
+        or None: the session's messages stay on the router (direct streams not enabled here, or a bound: audited)."""
+        door = self.door
+        if door is None:
+            self._path(served, f"{ROUTER} (direct streams are not enabled on master {self.link.name})")
+            return None
+        made = await door.offer(served.caller, served.token, _DirectEnd(self, served))
+        if isinstance(made, str):
+            self._path(served, f"{ROUTER} (no direct connection offered: {made})")
+            return None
+        if served.ended:
+            door.withdraw(served.token)
+            return None
+        return made
+
+    def _path(self, served: Served, detail: str) -> None:
+        """The audit event that says which path the session's messages take."""
+        view, who = served.view, served.who
+        if view is not None and who is not None:
+            self.path_event(view.session_id, view.worker, who, f"messages from master {served.caller}: {detail}")
+        log.info("slaveshell session {sid}: messages from master {caller}: {detail}",
+                 sid=view.session_id if view is not None else "?", caller=visible(served.caller),
+                 detail=visible(detail))
+
+    def direct_ready(self, served: Served, send: Send) -> bool:
+        """The calling master's direct connection is ready: the session's messages go over it."""
+        if served.ended or served.sink.gone or served.view is None:
+            return False
+        served.path = DIRECT
+        served.heard_at = self._clock()
+        served.sink.use(send)
+        self._path(served, f"{DIRECT} (a Perspective Broker connection to this master's PB port)")
+        return True
+
+    def direct_lost(self, served: Served) -> None:
+        if not served.ended:
+            served.sink.lost(f"the direct connection from master {served.caller} was lost")
 
     def _refuse(self, who: Identity, worker: str | None, kind: str, message: str) -> dict[str, object]:
         """A refusal before any session: audited here (rate-limited), answered to the calling master."""
@@ -379,8 +467,14 @@ class ServedSessions:
 
     def _message(self, served: Served, wire: object, details: CallDetails) -> None:
         """A message of the calling master for the session (its per-session `in` procedure)."""
-        if caller_of(details) != served.caller or served.ended:
-            return  # another master (it learnt the URI from the router's meta API), or one late: nothing to do
+        if caller_of(details) != served.caller:
+            return  # another master (it learnt the URI from the router's meta API): nothing to do
+        self.take(served, wire)
+
+    def take(self, served: Served, wire: object) -> None:
+        """A message of the calling master for the session, from the router or its direct connection."""
+        if served.ended:
+            return  # late: nothing to do
         served.heard_at = self._clock()
         view = served.view
         if view is None:
@@ -443,6 +537,8 @@ class ServedSessions:
             return
         served.ended = True
         self.served.pop(served.token, None)
+        if self.door is not None:
+            self.door.withdraw(served.token)
         registration, served.registration = served.registration, None
         if registration is not None and self.link.connected:
             registration.unregister().addErrback(lambda failure: None)  # the router may be gone meanwhile
@@ -463,7 +559,14 @@ class ServedSessions:
             self._end(served, why)
 
     def tick(self, now: float) -> None:
-        """A message to each calling master now and then; a master not heard from for DEAD seconds is gone."""
+        """A message to each calling master now and then; a master not heard from for DEAD seconds is gone. Direct
+        logins not used in time are withdrawn (their sessions' messages stay on the router)."""
+        if self.door is not None:
+            for offer in self.door.tick(now):
+                served = self.served.get(offer.token)
+                if served is not None:
+                    self._path(served, f"{ROUTER} (master {served.caller} did not use the direct login within "
+                                       f"{OFFER_TTL:g} s)")
         for served in list(self.served.values()):
             if served.sink.gone:
                 continue

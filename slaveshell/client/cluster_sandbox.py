@@ -37,12 +37,15 @@ def master_config(router_url: str) -> str:
             f"'wamp_debug_level': 'error'}}\n")
 
 
-def cluster_kwargs(router_url: str, ticket_file: str, name: str, db_url: str, policy: str = "") -> str:
+def cluster_kwargs(router_url: str, ticket_file: str, name: str, db_url: str, policy: str = "",
+                   cluster: str = "") -> str:
     """ShellService's keyword arguments (Python source) for master `name` of the site, as docs/multi-master.md
     documents them: its ClusterConfig (its own principal), the audit index in the site's database, and `policy`
-    (Python source of a list of rules) when given."""
+    (Python source of a list of rules) when given; `cluster`, more ClusterConfig arguments (Python source:
+    "direct=True")."""
     return (f"cluster=ClusterConfig(router_url={router_url!r}, realm={REALM!r}, authid={name!r}, "
-            f"ticket_file={ticket_file!r}, master={name!r}, initial_retry_delay=0.5, max_retry_delay=2), "
+            f"ticket_file={ticket_file!r}, master={name!r}, initial_retry_delay=0.5, max_retry_delay=2"
+            f"{', ' + cluster if cluster else ''}), "
             f"db_url={db_url!r}" + (f", policy={policy}" if policy else ""))
 
 
@@ -58,7 +61,8 @@ class ClusterSandbox:
     `configs` replaces a master's own slaveshell lines: a function of (router URL, database URL) giving master.cfg
     source that brings its own ShellService (docs/multi-master.md's fragment, in the tests); its ticket is still
     written to `router-ticket` in its basedir. `principals` adds router principals that no master uses.
-    `extra_config` adds master.cfg source to a master. `www` serves a master's web UI (Buildbot's, with that
+    `extra_config` adds master.cfg source to a master, `clusters` more ClusterConfig arguments to a master's own
+    (Python source: "direct=True"). `www` serves a master's web UI (Buildbot's, with that
     Python source run after c['www'] is set: Sandbox's www_config). `start` raises SiteUnavailable (nothing left
     behind) when the machine lacks the router or the database; `stop` removes whatever was started, and may be
     called any time.
@@ -68,6 +72,7 @@ class ClusterSandbox:
                  policies: dict[str, str] | None = None,
                  configs: dict[str, Callable[[str, str], str]] | None = None,
                  extra_config: dict[str, str] | None = None, www: dict[str, str] | None = None,
+                 clusters: dict[str, str] | None = None,
                  principals: Sequence[str] = ()) -> None:
         self.root = os.path.abspath(root)
         self.database = f"slaveshell_site_{os.getpid()}_{secrets.token_hex(3)}"
@@ -80,7 +85,8 @@ class ClusterSandbox:
             master_dir = os.path.join(self.root, name, "master")
             own = self.configs.get(name)
             kwargs = "" if own else cluster_kwargs(self.router.url, os.path.join(master_dir, "router-ticket"), name,
-                                                   self.db_url, (policies or {}).get(name, ""))
+                                                   self.db_url, (policies or {}).get(name, ""),
+                                                   (clusters or {}).get(name, ""))
             config = own(self.router.url, self.db_url) if own else master_config(self.router.url)
             self.masters[name] = Sandbox(os.path.join(self.root, name), workers=workers[name], db_url=self.db_url,
                                          service_kwargs=kwargs, www=name in (www or {}),

@@ -53,7 +53,8 @@ Site = ClusterSandbox
 
 @contextlib.contextmanager
 def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouched: tuple[str, ...] = (),
-         b_workers: tuple[str, ...] = (), b_rules: str = "", b_service: str = "") -> Iterator[Site]:
+         b_workers: tuple[str, ...] = (), b_rules: str = "", b_service: str = "", b_cluster: str = ""
+         ) -> Iterator[Site]:
     """The site (slaveshell.client.cluster_sandbox, as `slaveshell demo --cluster` starts one): A configured by the
     sandbox, B by docs/multi-master.md's master.cfg fragment; the test is skipped, with the reason, only when the
     machine lacks the router or the local PostgreSQL. With `a_www_config`, master A serves Buildbot's web UI with
@@ -61,12 +62,13 @@ def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouch
     ShellService(policy=...); `b_vouched` are more of A's users (as A names them: "web:alice") that B's documented
     rule lets open shells on the b* workers; `b_workers` are more workers on B, and `b_rules` Python source of rules
     put before B's documented ones (ending with a comma); `b_service` Python source of more ShellService arguments
-    for B (ending with a comma: `group='ops', `)."""
+    for B (ending with a comma: `group='ops', `); `b_cluster` Python source of more ClusterConfig arguments for B
+    (`direct=True`)."""
     s = ClusterSandbox(root, {"A": ["a1", "dup"], "B": ["b1", "z1", "dup", *b_workers]},
                        policies={"A": a_policy} if a_policy else None,
                        configs={"B": lambda router_url, db_url: documented_master_cfg(router_url, db_url, "B",
                                                                                       b_vouched, b_rules,
-                                                                                      b_service)},
+                                                                                      b_service, b_cluster)},
                        extra_config={"A": "c['workers'].append(worker.Worker('b1', 'pass'))\n"},
                        www={"A": a_www_config} if a_www_config is not None else None,
                        principals=["C"])  # C: a principal of slaveshell's role that no master uses (hostile)
@@ -219,7 +221,7 @@ def revive(s: Site, timeout: float = 180) -> None:
 
 
 def documented_master_cfg(router_url: str, db_url: str, name: str, vouched: tuple[str, ...] = (),
-                          rules: str = "", service: str = "") -> str:
+                          rules: str = "", service: str = "", cluster: str = "") -> str:
     """docs/multi-master.md's master.cfg fragment, for this machine: its router URL, database, master name and the
     users its policy names (the user running the tests, and A's `vouched` users beside A's alice) replaced, nothing
     else."""
@@ -236,6 +238,9 @@ def documented_master_cfg(router_url: str, db_url: str, name: str, vouched: tupl
     if rules:
         assert fragment.count("policy=[") == 1
         fragment = fragment.replace("policy=[", "policy=[" + rules)
+    if cluster:
+        assert fragment.count(f"master={name!r})") == 1
+        fragment = fragment.replace(f"master={name!r})", f"master={name!r}, {cluster})")
     if service:
         assert fragment.count("ShellService(\n") == 1
         fragment = fragment.replace("ShellService(\n", "ShellService(\n    " + service + "\n")

@@ -1,0 +1,304 @@
+"""The direct stream of a routed session (docs/multi-master.md): the session's messages between the operator's
+master (A) and the worker's master (B) over one Perspective Broker connection from A to B's Buildbot PB port (the
+one its workers attach to), instead of one router call per message. The router stays for discovery,
+authentication, the open or attach call, the records, and as the path when the direct one cannot be made.
+
+B, when its ClusterConfig says `direct=True`, registers for each session it opens for A a one-time user name and
+password on its PB port (`Offers`: 128 random bits each, single use, valid OFFER_TTL seconds, bounded per calling
+master and in all) and gives them with its address in the open's answer, which only A (the router authenticated
+it) receives. A connects and logs in within CONNECT_WITHIN seconds (else the session stays on the router), then
+says READY; from then on each side sends its messages over the connection once its router calls in flight are
+answered (the same `master_side.cluster.stream` messages, the same sequence numbers and credit windows, so that
+the order holds across the switch). A connection that does not say READY within READY_WITHIN seconds of its login
+is dropped; its credentials were already spent. Losing the connection after READY ends the session on both sides
+as losing the router does.
+
+The offer's vocabulary and the bounds are master_side.cluster.offers; here are the Twisted ends: `DirectDoor` (B's:
+registrations on its PB port, the avatar each login gets) and `connect` (A's).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.cred import credentials
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.spread import pb
+from zope.interface import implementer
+
+from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, DirectOffer, Offer, Offers
+from slaveshell.plumbing.deferreds import deferred
+from slaveshell.plumbing.remote import set_nodelay
+from slaveshell.vocabulary.display import visible
+
+log = Logger()
+
+# -- B's end ---------------------------------------------------------------------------------------------------
+
+
+# How one side sends a session's message: a call through the router (a Deferred of its answer), or a write to the
+# direct connection (None: no answer; the session's credit windows bound what is written, TCP carries it in order,
+# and the connection's loss ends the session; a Deferred failure when the connection is already gone).
+Send = Callable[[object], "defer.Deferred[Any] | None"]
+
+
+@implementer(IPushProducer)
+class Sender:
+    """One side's writes of a session's messages to the direct connection, without answers, as fast as the
+    connection takes them: while its transport holds more than its buffer (Twisted pauses this producer), a message
+    waits here, its Deferred fired once it is written, so that the session's pump (at most its 8 messages in
+    flight) waits too. What one side holds for a peer that does not read is bounded: Twisted's buffer plus 8
+    messages, and the session's own queue behind them."""
+
+    def __init__(self, reference: Any) -> None:
+        self.reference = reference
+        self.paused = False
+        self.waiting: collections.deque[tuple[object, defer.Deferred[Any]]] = collections.deque()
+        transport = getattr(getattr(reference, "broker", None), "transport", None)
+        if transport is not None:
+            try:
+                transport.registerProducer(self, True)
+            except Exception:  # another producer there (not ours to replace): unbounded writes are not made
+                self.paused = True
+                log.warn("slaveshell: the direct connection's transport has a producer already")
+
+    def send(self, wire: object) -> defer.Deferred[Any] | None:
+        """`wire` to the other side's `m`: None once written, else a Deferred fired when it is."""
+        if self.paused or self.waiting:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.waiting.append((wire, d))
+            return d
+        try:
+            self.reference.callRemote("m", wire, pbanswer=False)
+        except pb.DeadReferenceError:
+            return defer.fail()
+        return None
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        while self.waiting and not self.paused:
+            wire, d = self.waiting.popleft()
+            try:
+                self.reference.callRemote("m", wire, pbanswer=False)
+            except pb.DeadReferenceError:
+                d.errback()
+                continue
+            d.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        waiting, self.waiting = self.waiting, collections.deque()
+        for _, d in waiting:
+            d.errback(pb.PBConnectionLost("the direct connection was lost"))
+
+
+class DirectEnd(Protocol):
+    """What the door asks of the session an offer is for (master_side.cluster.serve's)."""
+
+    def message(self, wire: object) -> None:
+        """A message of A, as from the router."""
+
+    def ready(self, send: Send) -> bool:
+        """A said READY: B's messages go by `send` from now on. False: the session is over (the connection is
+        dropped)."""
+
+    def lost(self) -> None:
+        """The connection is gone after READY."""
+
+
+class DirectAvatar(pb.Avatar):
+    """A logged-in direct connection, for one session."""
+
+    def __init__(self, door: DirectDoor, offer: Offer, end: DirectEnd, mind: Any) -> None:
+        self.door = door
+        self.offer = offer
+        self.end = end
+        self.mind = mind
+        self.is_ready = False
+        self.gone = False
+        self._deadline: Any = None
+
+    def attached(self, mind: Any) -> None:
+        set_nodelay(mind)  # a keystroke's message leaves at once
+        self._deadline = self.door.reactor.callLater(READY_WITHIN, self._not_ready)
+
+    def detached(self, mind: Any) -> None:
+        self.gone = True
+        self._cancel_deadline()
+        self.door.offers.drop(self.offer.username)
+        if self.is_ready:
+            self.end.lost()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _not_ready(self) -> None:
+        self._deadline = None
+        log.info("slaveshell: a direct connection from master {caller} did not say ready: dropped",
+                 caller=visible(self.offer.caller))
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        broker = getattr(self.mind, "broker", None)
+        transport = getattr(broker, "transport", None)
+        if transport is not None:
+            transport.loseConnection()
+
+    def perspective_ready(self) -> bool:
+        if self.is_ready or self.gone:
+            return False
+        self._cancel_deadline()
+        if not self.end.ready(Sender(self.mind).send):
+            self.door.reactor.callLater(0, self.disconnect)
+            return False
+        self.is_ready = True
+        return True
+
+    def perspective_m(self, wire: object) -> None:
+        if self.is_ready and not self.gone:
+            self.end.message(wire)
+
+
+# Buildbot's PB port as master.cfg gives it (`c['protocols']['pb']['port']`), and its address as the other masters
+# reach it; or why there is none.
+PBPort = tuple[object, tuple[str, int]]
+
+
+class DirectDoor:
+    """B's offers on its PB port: `offer` registers one for a session, a login with it gets that session's
+    avatar once."""
+
+    def __init__(self, pbmanager: Callable[[], Any], port: Callable[[], PBPort | str],
+                 reactor: Any, clock: Callable[[], float]) -> None:
+        self._pbmanager = pbmanager
+        self._port = port
+        self.reactor = reactor
+        self.clock = clock
+        self.offers = Offers()
+        self._registrations: dict[str, Any] = {}
+        self._ends: dict[str, DirectEnd] = {}
+        self.avatars: dict[str, DirectAvatar] = {}  # by the session's token
+
+    @deferred
+    async def offer(self, caller: str, token: str, end: DirectEnd) -> DirectOffer | str:
+        """A one-time login on the PB port for `caller`'s session `token`, or why there is none."""
+        port = self._port()
+        if isinstance(port, str):
+            return port
+        portstr, (host, number) = port
+        made = self.offers.make(caller, token, self.clock())
+        if isinstance(made, str):
+            return made
+        try:
+            registration = await self._pbmanager().register(portstr, made.username, made.password,
+                                                            self._avatar)
+        except Exception as e:
+            self.offers.drop(made.username)
+            return f"the PB port cannot take it ({visible(str(e) or type(e).__name__)[:200]})"
+        self._registrations[made.username] = registration
+        self._ends[made.username] = end
+        return DirectOffer(host, number, made.username, made.password)
+
+    def _avatar(self, mind: Any, username: str) -> DirectAvatar | None:
+        offer = self.offers.take(username, self.clock())
+        end = self._ends.pop(username, None)
+        self._unregister(username)  # single use: a second login with it is unknown on the port
+        if offer is None or end is None:
+            self.offers.drop(username)
+            return None
+        avatar = DirectAvatar(self, offer, end, mind)
+        self.avatars[offer.token] = avatar
+        return avatar
+
+    def withdraw(self, token: str) -> None:
+        """The session `token` is over: its offer goes, its connection is closed."""
+        for offer in [o for o in self.offers.live.values() if o.token == token]:
+            self.offers.drop(offer.username)
+            self._ends.pop(offer.username, None)
+            self._unregister(offer.username)
+        avatar = self.avatars.pop(token, None)
+        if avatar is not None and not avatar.gone:
+            # After the messages already written (the exit) have left.
+            self.reactor.callLater(0, avatar.disconnect)
+
+    def tick(self, now: float) -> list[Offer]:
+        """Offers not taken in time are withdrawn: returned (their sessions stay on the router)."""
+        expired = self.offers.expired(now)
+        for offer in expired:
+            self._ends.pop(offer.username, None)
+            self._unregister(offer.username)
+        return expired
+
+    def _unregister(self, username: str) -> None:
+        registration = self._registrations.pop(username, None)
+        if registration is not None:
+            defer.maybeDeferred(registration.unregister).addErrback(
+                lambda failure: log.warn("slaveshell: a direct login could not be withdrawn from the PB port: "
+                                         "{why}", why=visible(failure.getErrorMessage())))
+
+    def close(self) -> None:
+        for token in list(self.avatars):
+            self.withdraw(token)
+        for username in list(self.offers.live):
+            self.offers.drop(username)
+            self._ends.pop(username, None)
+            self._unregister(username)
+
+
+# -- A's end ---------------------------------------------------------------------------------------------------
+
+
+class _Mind(pb.Referenceable):
+    """A's end of the connection: B's messages."""
+
+    def __init__(self, message: Callable[[object], None]) -> None:
+        self._message = message
+
+    def remote_m(self, wire: object) -> None:
+        self._message(wire)
+
+
+@dataclass
+class DirectLink:
+    """A's connection to B for one session: `send` a message, `close` it."""
+
+    perspective: Any
+    connector: Any
+
+    sender: Sender
+
+    def send(self, wire: object) -> defer.Deferred[Any] | None:
+        return self.sender.send(wire)
+
+    def close(self) -> None:
+        self.connector.disconnect()
+
+
+@deferred
+async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], None],
+                  lost: Callable[[], None]) -> DirectLink:
+    """A's connection to B with `offer`, logged in within CONNECT_WITHIN seconds (else it fails and is closed);
+    B's messages go to `message`; `lost` is told when the connection goes after READY. The caller then says
+    READY (`ready`)."""
+    factory = pb.PBClientFactory()
+    connector = reactor.connectTCP(offer.host, offer.port, factory, timeout=CONNECT_WITHIN)
+    login = factory.login(credentials.UsernamePassword(offer.username.encode(), offer.password.encode()),
+                          client=_Mind(message))
+    login.addTimeout(CONNECT_WITHIN, reactor)
+    try:
+        perspective = await login
+    except BaseException:
+        connector.disconnect()
+        raise
+    set_nodelay(perspective)
+    perspective.notifyOnDisconnect(lambda ref: lost())
+    return DirectLink(perspective, connector, Sender(perspective))
