@@ -271,7 +271,7 @@ class ShellService(BuildbotService):
                                opener=api.open_for_master, attacher=api.attach_for_master,
                                audit=lambda who, worker, message: self.gate.audit(who, "refused", message, worker),
                                open_timeout=lambda: api.open_timeout, reader=api, event=self._record_event,
-                               copier=api.copy_for_master, routed=self._record_routed)
+                               copier=api.copy_for_master, routed=self._record_routed, killer=api.kill_for_master)
             part.start()
             self.api.cluster = part
 

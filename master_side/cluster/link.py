@@ -159,7 +159,9 @@ class ClusterLink:
         # master_side.cluster.part); None only where there is no database (tests of the link alone).
         self.check: Callable[[list[Listing]], defer.Deferred[list[Listing]]] | None = None
         self._site_kept: tuple[float, list[Listing]] | None = None  # when, the answer
-        self._site_waiters: list[defer.Deferred[list[Listing]]] = []
+        # The askers waiting for the answer being asked now (None: none is asked), and the count of `changed`.
+        self._site_waiters: list[defer.Deferred[list[Listing]]] | None = None
+        self._site_changes = 0
 
     @property
     def reactor(self) -> Any:
@@ -254,6 +256,7 @@ class ClusterLink:
         self.duplicates.clear()
         self._uris.clear()
         self._site_kept = None
+        self._site_changes += 1
 
     def _answer_listing(self) -> dict[str, object]:
         return self._listing().to_wire()
@@ -372,14 +375,28 @@ class ClusterLink:
         if kept is not None and self._reactor.seconds() - kept[0] < (SITE_FRESH if fresh else SITE_KEPT):
             return defer.succeed(list(kept[1]))
         waiter: defer.Deferred[list[Listing]] = defer.Deferred()
-        self._site_waiters.append(waiter)
-        if len(self._site_waiters) == 1:
-            self._ask_site().addBoth(self._site_answered)
+        waiters = self._site_waiters
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        waiters = self._site_waiters = [waiter]
+        self._ask_site().addBoth(self._site_answered, waiters, self._site_changes)
         return waiter
 
-    def _site_answered(self, result: list[Listing] | Failure) -> None:
-        waiters, self._site_waiters = self._site_waiters, []
-        if not isinstance(result, Failure):
+    def changed(self) -> None:
+        """This master changed what another master lists (a session routed there opened or ended): the answer
+        kept, and the one being asked (its question went before the change), no longer answer the askers to come.
+        A routing decision's answer, asked just before the session it routes opened, would otherwise show the
+        pages that worker's sessions without it for SITE_KEPT seconds."""
+        self._site_kept = None
+        self._site_waiters = None
+        self._site_changes += 1
+
+    def _site_answered(self, result: list[Listing] | Failure, waiters: list[defer.Deferred[list[Listing]]],
+                       changes: int) -> None:
+        if self._site_waiters is waiters:
+            self._site_waiters = None
+        if not isinstance(result, Failure) and changes == self._site_changes:
             self._site_kept = (self._reactor.seconds(), result)
         for waiter in waiters:
             if isinstance(result, Failure):

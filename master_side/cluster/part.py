@@ -18,6 +18,7 @@ from master_side.cluster.config import ClusterConfig
 from master_side.cluster.copy_relay import OperatorParty, RoutedTransfer, RoutedTransfers
 from master_side.cluster.copy_serve import Copier, ServedTransfers
 from master_side.cluster.direct import DirectDoor, PBPort
+from master_side.cluster.kills import Killer, RoutedKills, ServedKills
 from master_side.cluster.link import ClusterLink, Listing
 from master_side.cluster.offers import parse_address, pb_address
 from master_side.cluster.records import Event, Reader, ServedRecords, SiteRecords
@@ -47,13 +48,14 @@ class ClusterPart:
                  registry: SessionRegistry, policy: Callable[[], Policy], reactor: object, opener: Opener,
                  attacher: Attacher, audit: Auditor, open_timeout: Callable[[], float],
                  reader: Reader | None = None, event: Event | None = None, copier: Copier | None = None,
-                 routed: RoutedRecord | None = None) -> None:
+                 routed: RoutedRecord | None = None, killer: Killer | None = None) -> None:
         """`opener` opens a session for another master's operator (the operators' API's open_for_master),
         `copier` starts a transfer for one (copy_for_master),
         `attacher` attaches them to one (attach_for_master), `audit` audits a refusal, `open_timeout` is how long
         a worker may take to open a session; `reader` answers the other masters' reads of this one's records
         (transcripts, their text, live sessions) and `event` audits them; `routed` audits here what this
-        master's operators ask of another master (AuditTrail.routed)."""
+        master's operators ask of another master (AuditTrail.routed); `killer` ends a session here for another
+        master's operator (kill_for_master)."""
         self.config = config
         self._master = master
         self._glue = glue
@@ -82,8 +84,12 @@ class ClusterPart:
         self._reactor = reactor
         self.served_transfers = None if copier is None else ServedTransfers(self.link, copier, audit, clock)
         self.transfers = RoutedTransfers(self.link, self.relays, clock, lambda: open_timeout() + 10.0)
+        # Kills of sessions another master holds, and of this master's for the others (master_side.cluster.kills).
+        self.kills = RoutedKills(self.link)
+        if killer is not None:
+            ServedKills(self.link, killer, audit, clock)
         if routed is not None:
-            self.relays.record = self.transfers.record = routed
+            self.relays.record = self.transfers.record = self.kills.record = routed
 
     def start(self) -> None:
         if self.config.direct:

@@ -328,6 +328,7 @@ class RoutedView:
             status = values[0]
             assert isinstance(status, ExitStatus)
             self._finish()
+            self.relays.link.changed()  # B's listing counts the worker's sessions
             self.told_end = True
             sink.exit(status)
         elif kind is ToOperatorSide.WAITING:
@@ -520,6 +521,7 @@ class Relays:
 
         def started(view: RoutedView) -> None:
             opened.append(view.session_id)
+            self.link.changed()  # B's listing counts the worker's sessions
             self.record(who, worker, view.session_id, answered(f"open of {what} routed to master {holder}",
                                                                f"session {view.session_id} opened there",
                                                                view.before_answer()))

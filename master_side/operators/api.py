@@ -534,7 +534,45 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
 
     # -- kill and release ---------------------------------------------------------------------------
 
-    def kill(self, who: Identity, session_id: object) -> str:
+    @deferred
+    async def kill_anywhere(self, who: Identity, session_id: object, holder: str | None = None) -> str:
+        """`kill`, or on a multi-master site, for a session not live here, the session another master holds: that
+        master ends it under its own policy and records it (master_side.cluster.kills); its line, or its refusal.
+        `holder`: the master a page watches the session through."""
+        if holder is None:
+            try:
+                return self.kill(who, session_id)
+            except OperatorError as e:
+                if e.kind is not ErrorKind.NOT_FOUND or self.cluster is None or not isinstance(session_id, str):
+                    raise
+                missing = e
+        else:
+            missing = OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
+        cluster = self.cluster
+        if cluster is None or not isinstance(session_id, str):
+            raise missing
+        try:
+            text = await cluster.kills.kill(who, session_id, holder)
+        except Refused as refused:
+            raise operator_error(refused) from None
+        if text is None:
+            raise missing
+        return text
+
+    def kill_for_master(self, who: Identity, session_id: str) -> tuple[str, str]:
+        """`kill` for the operator of another master of the site, as that master vouches for them
+        (master_side.cluster.kills): the line and the session's worker; its refusals as the cluster's."""
+        try:
+            session = self.registry.get(session_id)
+            text = self.kill(who, session_id, f"asked through the router by master {vouching_master(who)}")
+        except OperatorError as e:
+            raise Refused(e.kind.value, e.message) from None
+        assert session is not None
+        return text, session.worker
+
+    def kill(self, who: Identity, session_id: object, via: str = "") -> str:
+        """End a live session of this master: its owner, a moderator of a four-eyes session, or who has the kill
+        right on its worker; recorded (`via`: how the call came, for the audit event)."""
         if not isinstance(session_id, str):
             raise OperatorError(ErrorKind.BAD_REQUEST, "kill needs a session id")
         session = self.registry.get(session_id)
@@ -550,7 +588,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         session.close(f"killed by {who.user}{as_whom}")
         trail = self._trail()
         if trail is not None:
-            trail.killed(session, who, "as moderator" if moderator else "")
+            trail.killed(session, who, ", ".join(d for d in ("as moderator" if moderator else "", via) if d))
         return f"session {session_id} on {session.worker}: hangup sent (then TERM, then KILL)"
 
     def release(self, who: Identity, build_id: object) -> str:

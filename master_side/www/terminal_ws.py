@@ -25,14 +25,17 @@ Messages (RFC 6455 frames):
   Then
   ``{"type": "resize", "cols": int, "rows": int}``, ``{"type": "ack", "bytes": int}`` (output rendered),
   ``{"type": "close"}`` (end the session, as ``~.``; a watcher's close leaves), ``{"type": "kill"}`` (a moderator
-  watching a four-eyes session this master serves ends it, as ``slaveshell kill ID``: `OperatorAPI.kill`; refused
-  to anyone else, a routed session's moderator included, and the socket closed); binary: input bytes (at most
+  watching a four-eyes session ends it, as ``slaveshell kill ID``: `OperatorAPI.kill`, or for a session another
+  master serves and says this view moderates, that master's kill, under its policy (master_side.cluster.kills);
+  refused to anyone else, and the socket closed); binary: input bytes (at most
   MAX_CHUNK each, within the input credit window). Closing the socket detaches: the session waits
   ``detach_grace`` for a reattach.
 - master -> page, binary: output bytes (UTF-8 as the PTY gives it); text (JSON): ``{"type": "opened", "id",
   "worker", "role", "moderated_by", "moderator", "master"?}`` (``moderated_by``: a four-eyes session's groups and
   web roles, else null; ``moderator``: whether this watcher moderates it; ``master``: the master of the site that
   serves a routed session, which says the other two for its own sessions), ``{"type": "input_ack", "bytes"}``,
+  ``{"type": "killed", "text"}`` (a moderator's kill's line, that master's for a routed session; the session's
+  exit follows),
   ``{"type": "waiting", "text"}``, ``{"type": "exit", "code", "signal", "reason"}``, ``{"type": "workers",
   "workers": [...]}``, ``{"type": "sessions", "sessions": [...]}``, ``{"type": "error", "message", "login": true?,
   "confirm": true?}`` (then the master closes the socket; ``login``: log in again for a new shell grant;
@@ -221,6 +224,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.view: Handle | None = None
         self.fleet_run: fleet_page.WebRun | None = None
         self.opening = False
+        self.killing = False  # a moderator's kill is being asked (one at a time)
         # The quota this socket holds a place of, and under which key (TerminalFactory).
         self.place: tuple[Quota, object] | None = None
         self.queries = 0
@@ -427,34 +431,52 @@ class TerminalProtocol(WebSocketServerProtocol):
     def _kill(self, view: Handle) -> None:
         """A moderator's *End session*: from the watch of a viewer who moderates the four-eyes session (anyone else
         is refused, audited, and the socket closed), Buildbot's authz on its worker again, then the operator API's
-        kill (the policy checked again there; audited as the moderator's kill)."""
+        kill (the policy checked again there; audited as the moderator's kill). For a session another master
+        serves, that master said the view moderates it; the kill goes to it, which decides again under its policy
+        and records it (master_side.cluster.kills), after this master's own `routed` event."""
         who, service = self.identity, web_host(self.master)
-        moderation = view.session.moderation if isinstance(view, View) else None
-        if (who is None or service is None or moderation is None or not isinstance(view, View)
-                or view.viewer not in moderation.moderators):
+        if isinstance(view, RoutedHandle):
+            moderates = view.routed.moderator and view.routed.moderated_by is not None
+            worker, session_id, holder = view.routed.worker, view.routed.session_id, view.routed.authid
+        else:
+            moderation = view.session.moderation if isinstance(view, View) else None
+            moderates = (moderation is not None and isinstance(view, View)
+                         and view.viewer in moderation.moderators)
+            worker, session_id, holder = _worker_of(view), getattr(getattr(view, "session", None), "id", ""), None
+        if who is None or service is None or not moderates or self.killing:
+            if self.killing:
+                return  # the page's button sent it twice: one kill at a time
             self._audit(_worker_of(view), "web kill refused: only a moderator watching a four-eyes session ends "
                         "it from the page")
             self.refuse("only a moderator watching this four-eyes session may end it here")
             return
-        session = view.session
+        self.killing = True
 
         @deferred
         async def kill() -> str:
-            await access.check_authz_shell(self.master, session.worker, self.info)
-            return service.api.kill(who, session.id)
+            await access.check_authz_shell(self.master, worker, self.info)
+            if holder is not None:
+                return await service.api.kill_anywhere(who, session_id, holder)
+            return service.api.kill(who, session_id)
 
         def failed(failure: Failure) -> None:
+            self.killing = False
             if failure.check(access.Refused):
-                self._audit(session.worker, f"web authz refused: {failure.value}")
+                self._audit(worker, f"web authz refused: {failure.value}")
                 self.refuse(str(failure.value))
             elif failure.check(OperatorError):
-                self._audit(session.worker, f"web kill refused: {cast(OperatorError, failure.value).message}")
+                self._audit(worker, f"web kill refused: {cast(OperatorError, failure.value).message}")
                 self.refuse(cast(OperatorError, failure.value).message)
             else:
                 log.failure("slaveshell: a web moderator's kill for {who}", failure, who=visible(who))
                 self.refuse("the master could not end the session (see its log)")
 
-        kill().addErrback(failed)
+        kill().addCallbacks(self._killed, failed)
+
+    def _killed(self, text: str) -> None:
+        """The kill's line (for a session another master serves, its line, escaped): the session's end follows."""
+        self.killing = False
+        self.send_json({"type": "killed", "text": visible(text)})
 
     def _refused(self, view: Handle, error: ProtocolError) -> None:
         """A session message refused (by its values here, or by the session): its cost (View.refused), then the

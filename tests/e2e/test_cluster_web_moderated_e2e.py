@@ -23,7 +23,7 @@ import pytest
 from slaveshell.client.sandbox import Sandbox
 
 from .browser import CHROMIUM, chromium
-from .cluster_fixtures import A_POLICY, WWW_CONFIG, Site, site
+from .cluster_fixtures import A_POLICY, PG, WWW_CONFIG, Site, site
 from .conftest import assert_no_traceback
 from .test_cluster_web_e2e import master_cell
 from .test_sharing_e2e import SlaveshellTerminal
@@ -41,13 +41,19 @@ OFFLINE = "o1"
 # watch on m1 included); alice, as A vouches for her, is another person.
 MODERATORS = grp.getgrgid(os.getgid()).gr_name
 B_RULES = f"Rule(users=['cluster:A/web:alice'], workers=['{MODERATED}'], moderated_by=[{MODERATORS!r}]), "
+# m2 on B: four eyes for alice as A vouches for her, moderated by A's web role shellers as A vouches for it (bob
+# has it, with watch on m2 there): a moderator on A's pages.
+MODERATED_ON_A = "m2"
+B_RULES += (f"Rule(users=['cluster:A/web:bob'], workers=['{MODERATED_ON_A}'], rights=['watch']), "
+            f"Rule(users=['cluster:A/web:alice'], workers=['{MODERATED_ON_A}'], "
+            "moderated_by=['cluster:A/web:shellers']), ")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = str(tmp_path_factory.mktemp("site"))
     with plugin_on_path(root), site(root, a_www_config=WWW_CONFIG, a_policy=A_POLICY, b_vouched=("web:alice",),
-                                    b_workers=(MODERATED, OFFLINE), b_rules=B_RULES) as s:
+                                    b_workers=(MODERATED, OFFLINE, MODERATED_ON_A), b_rules=B_RULES) as s:
         yield s
 
 
@@ -177,6 +183,60 @@ def test_a_shell_from_as_terminal_page_on_a_four_eyes_worker_of_b_is_held_until_
         assert "exit status 5" in wait_status(page, "session ended")
     finally:
         moderator.child.close(force=True)
+    page.context.close()
+
+
+def test_a_moderator_on_a_ends_bs_four_eyes_session_from_as_page_and_b_decides_and_records_it(
+        browser: Any, cluster: Site) -> None:
+    """alice's held shell on m2 of B; bob, whom B's policy lets moderate it as A vouches for him, watches it from
+    A's page: the note says he moderates it, the End session button is there; ending it asks to confirm, then goes
+    to B, whose answer the page shows (naming B); the session ends for alice too. B's audit index records bob's
+    kill as moderator through master A; A's records its routed kill. alice, its owner, gets no moderator's End."""
+    page = login(browser, cluster.a, "alice").new_page()
+    on_b(page, cluster, MODERATED_ON_A)
+    page.locator(f"tr[data-worker='{MODERATED_ON_A}'] button.slaveshell-open").click()
+    wait_status(page, "^connected$")
+    page.locator(".slaveshell-moderated").wait_for()
+    session_id = re.search(r"#/slaveshell/session/([^/]+)/attach$", page.url).group(1)  # type: ignore[union-attr]
+    bob = login(browser, cluster.a, "bob").new_page()
+    bob.goto(cluster.a.url + f"#/slaveshell/session/{session_id}/watch")
+    wait_status(bob, "^watching")
+    note = bob.locator(".slaveshell-moderated")
+    note.wait_for()
+    assert note.inner_text() == ("You moderate this four-eyes session on master B (moderated_by: "
+                                 "cluster:A/web:shellers): the operator's input reaches the worker while you watch; "
+                                 "leaving holds it again.")
+    end = bob.locator("button.slaveshell-moderator-end")
+    assert end.count() == 1
+    end.click()
+    confirm = bob.locator(".slaveshell-end-confirm")
+    assert confirm.inner_text().startswith(f"End session {session_id} on {MODERATED_ON_A} for its operator and "
+                                           "every viewer? ")
+    assert "master B decides and records it in its audit index as your kill, as moderator." in confirm.inner_text()
+    shot(bob, "multi-master-moderator-end.png")
+    bob.locator("button.slaveshell-end-yes").click()
+    killed = bob.locator(".slaveshell-killed")
+    killed.wait_for(timeout=60_000)
+    assert killed.inner_text() == (f"master B: session {session_id} on {MODERATED_ON_A}: hangup sent (then TERM, "
+                                   "then KILL)")
+    assert "killed by web:bob (moderator)" in wait_status(bob, "session ended")
+    assert wait_status(page, "session ended").startswith("session ended")
+    shot(bob, "multi-master-moderator-ended.png")
+    assert held_on_b(cluster, session_id) is None  # B holds it no more
+    sql = ("SELECT coalesce(json_agg(json_build_array(kind, operator, detail) ORDER BY id), '[]') FROM "
+           f"slaveshell_events WHERE session_id = '{session_id}' AND kind IN ('kill', 'routed')")
+
+    def events() -> list[list[str]]:
+        done = subprocess.run(PG + ["-d", cluster.database, "-t", "-A", "-c", sql], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    want = [["kill", "cluster:A/web:bob", "as moderator, asked through the router by master A"],
+            ["routed", "web:bob", f"kill of session {session_id} routed to master B: killed there"]]
+    got = wait_for(lambda: all(w in events() for w in want), "the kill recorded on both masters", 30)
+    assert got
+    bob.context.close()
     page.context.close()
 
 

@@ -613,6 +613,9 @@
             pump();
           } else if (m.type === "waiting") {
             setStatus(printable(m.text));
+          } else if (m.type === "killed") {
+            // The kill's line: for a session another master serves, that master's answer.
+            note({ killed: String(m.text) });
           } else if (m.type === "exit") {
             finished = true;
             var line = "session ended: " + describeExit(m, closing, killing);
@@ -662,9 +665,9 @@
     }, [props.worker, props.sessionId, props.mode, props.build]);
     var refused = status.indexOf("refused") === 0 || status.indexOf("connection closed") === 0;
     var live = status === "connected" || status.indexOf("watching") === 0;
-    // A moderator's End session, for a session this master serves (one another master serves is ended there).
-    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator &&
-      !session.master;
+    // A moderator's End session: for a session another master serves, when that master says this view moderates
+    // it (the kill goes there, and that master decides again).
+    var moderating = live && props.mode === "watch" && !!session.moderation && session.moderation.moderator;
     // Nothing to show in a terminal that never opened: no black box under the refusal.
     var empty = !session.opened && (session.over || refused);
     var where = session.worker ? (props.build ? " in build " + props.build : "") +
@@ -693,10 +696,13 @@
         session.over && session.id ? h("div", null, h(ReplayLink, { id: session.id })) : null),
       live && session.moderation ? h(ModerationNote, { moderation: session.moderation, master: session.master })
         : null,
+      session.killed ? h("div", { className: "slaveshell-killed", "data-master": session.master || null },
+        printable((session.master ? "master " + session.master + ": " : "") + session.killed)) : null,
       moderating && endAsk !== null ? h("div", { className: "alert alert-warning slaveshell-end-confirm" },
         printable("End session " + session.id + " on " + session.worker + " for its operator and every viewer? ") +
-          "Its shell is hung up (then TERM, then KILL), as slaveshell kill does; the audit index records it as " +
-          "your kill, as moderator. ",
+          "Its shell is hung up (then TERM, then KILL), as slaveshell kill does; " +
+          (session.master ? printable("master " + session.master + " decides and records it in its audit index as ")
+            : "the audit index records it as ") + "your kill, as moderator. ",
         h("button", { className: "btn btn-danger btn-sm slaveshell-end-yes", disabled: endAsk === "sent",
           onClick: function () { setEndAsk("sent"); if (ctl.current.kill) ctl.current.kill(); } }, "End it"), " ",
         h("button", { className: "btn btn-outline-secondary btn-sm slaveshell-end-no", disabled: endAsk === "sent",
