@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> str:
 
     try:
         print("cluster bench: starting the site and sshd ...", file=sys.stderr, flush=True)
-        site.start(on_step=lambda text: print(f"cluster bench: {text}", file=sys.stderr, flush=True))
+        site.start(on_step=lambda text: print(f"cluster bench: {text}", file=sys.stderr, flush=True), together=True)
         ssh.start()
         paths = Paths(site, ssh, workdir)
         # The routing table on A: a first open through A waits for it.

@@ -80,6 +80,11 @@ from transfer_bench import Tools, cpu_seconds, run_timed, through_proxy  # noqa:
 
 GB = 1024 * MB
 SLACK = 0.20  # the worst round may miss the target by this much
+# After a metered measurement, seconds for the remote command and sshd's per-connection processes to be reaped (the
+# CPU of the master's end-of-session work counted too). --smoke instead waits, up to this, only until the server
+# processes have no child that was not there before (its figures are not judged).
+SETTLE = 0.3
+SETTLE_BY_POLL = False
 PARTS = ("throughput", "input", "echo", "open", "ctrlc", "cp", "tree")
 KINDS = ("text", "binary", "escapes")
 
@@ -188,13 +193,33 @@ class Side:
     def metered(self, run: Callable[[], float]) -> tuple[float, dict[str, float]]:
         """run()'s result, and the CPU seconds each process spent meanwhile (the client's: reaped children)."""
         before = {name: cpu_seconds(pid, children) for name, (pid, children) in self.servers.items()}
+        kids = {pid: child_pids(pid) for pid, children in self.servers.values() if children}
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = run()
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        time.sleep(0.3)  # the remote command and sshd's per-connection processes reaped
+        settle(kids)  # the remote command and sshd's per-connection processes reaped
         cpu = {name: cpu_seconds(pid, children) - before[name] for name, (pid, children) in self.servers.items()}
         cpu[self.client] = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
         return result, cpu
+
+
+def child_pids(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except OSError:
+        return set()
+
+
+def settle(kids: dict[int, set[int]]) -> None:
+    """Wait SETTLE seconds; polling (SETTLE_BY_POLL), at most that, until each process in `kids` (pid -> its
+    children before) has no child but those."""
+    if not SETTLE_BY_POLL:
+        time.sleep(SETTLE)
+        return
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline and any(child_pids(pid) - before for pid, before in kids.items()):
+        time.sleep(0.01)
 
 
 def watchdog(proc: subprocess.Popen[bytes], seconds: float = 900) -> None:
@@ -411,17 +436,26 @@ class Windows:
     def _size(path: Path) -> int:
         return path.stat().st_size if path.exists() else 0
 
-    def since(self) -> str:
-        time.sleep(0.3)  # the session's end is logged just after the client exits
-        texts = []
-        for i, path in enumerate(self.logs):
-            size = self._size(path)
-            if size < self.at[i]:
-                self.at[i] = 0  # rotated
-            with open(path, "rb") as f:
-                f.seek(self.at[i])
-                texts.append(f.read().decode("utf-8", "replace"))
-            self.at[i] = size
+    def _read(self, i: int) -> bytes:
+        """Log `i` from where the last look ended (from its start, when it was rotated)."""
+        if self._size(self.logs[i]) < self.at[i]:
+            self.at[i] = 0
+        with open(self.logs[i], "rb") as f:
+            f.seek(self.at[i])
+            return f.read()
+
+    def since(self, wait: float = 0.6) -> str:
+        """What the sessions that ended since the last look chose. A session's end is logged just after its client
+        exits: this waits up to `wait` seconds until both logs have a session's line."""
+        deadline = time.monotonic() + wait
+        while True:
+            got = [self._read(i) for i in range(len(self.logs))]
+            texts = [data.decode("utf-8", "replace") for data in got]
+            if time.monotonic() >= deadline or (self.WORKER.search(texts[0]) and self.MASTER.search(texts[1])):
+                break
+            time.sleep(0.02)
+        for i, data in enumerate(got):
+            self.at[i] += len(data)
         out = []
         for m in self.WORKER.finditer(texts[0]):
             base, cap, peak, rtt, sizes = m.groups()
@@ -446,7 +480,7 @@ def run_rounds(sides: list[Side], rows: list[Step], rounds: int, windows: Window
             for side in sides if (r + i) % 2 == 0 else sides[::-1]:
                 try:
                     if windows is not None and side.key == "ours":
-                        windows.since()
+                        windows.since(wait=0)  # what ended before (the last look waited for its session's end)
                     step.once(side)
                     if windows is not None and side.key == "ours":
                         step.pairs[0].windows.append(f"round {r + 1}: {windows.since()}")
@@ -555,6 +589,8 @@ def main() -> int:
     wan = args.rtt_ms is not None
     if args.smoke:
         args.rounds, sizes = 2, Sizes(1, 1, 20, 5, 2)
+        global SETTLE_BY_POLL
+        SETTLE_BY_POLL = True
     elif args.quick:
         args.rounds, sizes = 2, Sizes(5 if wan else 20, 5 if wan else 50, 100 if wan else 500, 100, 10)
     else:
