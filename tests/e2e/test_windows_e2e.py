@@ -131,8 +131,10 @@ def test_ctrl_c_under_a_flood_on_a_long_link_discards_what_was_in_flight(far: Sa
                 tail = (tail + chunk)[-64:]
         assert PROMPT.encode() in tail
         # Without the discard, what was in flight arrived after the ^C (275 KB in one run under load), as through
-        # ssh (bench/fair.py: 240-300 KB at 100 ms).
-        assert after < 128 * 1024, after
+        # ssh (bench/fair.py: 240-300 KB at 100 ms). With it, what still arrives is what the master had already sent
+        # this client (its socket, its reader): 6-80 KB beside three CPU-bound processes, 133 KB once in a full
+        # suite beside two and a benchmark.
+        assert after < 192 * 1024, after
         t.child.logfile_read = t
         assert t.run("echo after-the-flood").strip() == "after-the-flood"
     finally:
