@@ -47,6 +47,25 @@ log = Logger()
 Send = Callable[[object], "defer.Deferred[Any] | None"]
 
 
+class Route:
+    """How one side sends a session's messages, in order: `send` (first a call through the router), and the path
+    it switches to (`switch`: the direct connection) once the calls in flight on the old one are answered, so that
+    the other master takes them in order."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self._next: Send | None = None
+
+    def switch(self, send: Send) -> None:
+        self._next = send
+
+    def ready(self, outstanding: int) -> bool:
+        """Whether a message may go now (`outstanding`: calls in flight): not while a switch waits for them."""
+        if self._next is not None and not outstanding:
+            self.send, self._next = self._next, None
+        return self._next is None
+
+
 @implementer(IPushProducer)
 class Sender:
     """One side's writes of a session's messages to the direct connection, without answers, as fast as the

@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
-from master_side.cluster.direct import DirectLink, Send, connect
+from master_side.cluster.direct import DirectLink, Route, connect
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
 from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
 from master_side.cluster.serve import DEAD, PING
@@ -175,8 +175,7 @@ class RoutedView:
         self._waiting: collections.deque[Message] = collections.deque()
         # How a message goes to B: a call of its `in` procedure through the router, or once the direct connection
         # is ready (master_side.cluster.direct) and the router's calls in flight are answered, over that connection.
-        self._call: Send = lambda wire: self.relays.link.call(self.in_uri, wire)
-        self._next_call: Send | None = None
+        self.route = Route(lambda wire: self.relays.link.call(self.in_uri, wire))
         self.offer: DirectOffer | None = None  # B's direct login, from its answer
         self.direct: DirectLink | None = None  # the connection, once logged in
         self.path = ROUTER
@@ -236,14 +235,12 @@ class RoutedView:
         self._pump()
 
     def _pump(self) -> None:
-        if self._next_call is not None and not self._outstanding:
-            self._call, self._next_call = self._next_call, None
         while (self._waiting and self._outstanding < MAX_OUTSTANDING and not self.ended
-               and self._next_call is None):
+               and self.route.ready(self._outstanding)):
             message = self._waiting.popleft()
             self._outstanding += 1
             self.sent_at = self.relays.clock()
-            d = self._call(message.to_wire())
+            d = self.route.send(message.to_wire())
             if d is None:  # written to the direct connection, in order (its loss ends the session): no answer
                 self._outstanding -= 1
                 if message.kind is ToWorkerSide.DETACH:
@@ -452,7 +449,7 @@ class RoutedView:
         """B took READY: the session's messages go over `link` once those on the router are answered."""
         self.direct = link
         self.path = DIRECT
-        self._next_call = link.send
+        self.route.switch(link.send)
         self._pump()
 
     def direct_lost(self) -> None:

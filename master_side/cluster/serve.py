@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
-from master_side.cluster.direct import DirectDoor, Send
+from master_side.cluster.direct import DirectDoor, Route, Send
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer
 from master_side.cluster.part_input import PartInput
@@ -149,13 +149,12 @@ class RouterSink:
         # How a message goes to the calling master: a call of its `out` procedure through the router, or once the
         # direct connection is ready (master_side.cluster.direct) and the router's calls in flight are answered,
         # over that connection.
-        self._call: Send = lambda wire: self.link.call(self.out_uri, wire)
-        self._next_call: Send | None = None
+        self.route = Route(lambda wire: self.link.call(self.out_uri, wire))
 
     def use(self, call: Send) -> None:
         """The session's messages go by `call` (the direct connection) once those in flight are answered: the
         calling master takes them in order."""
-        self._next_call = call
+        self.route.switch(call)
         self._pump()
 
     @property
@@ -174,16 +173,14 @@ class RouterSink:
         self._pump()
 
     def _pump(self) -> None:
-        if self._next_call is not None and not self._outstanding:
-            self._call, self._next_call = self._next_call, None
         while (self._queue and self._outstanding < MAX_OUTSTANDING and not self.gone
-               and self._next_call is None):
+               and self.route.ready(self._outstanding)):
             message = self._queue.popleft()
             if message.kind is ToOperatorSide.OUTPUT:
                 self._queued -= len(message.values[1])  # type: ignore[arg-type]
             self._outstanding += 1
             self.sent_at = self._clock()
-            d = self._call(message.to_wire())
+            d = self.route.send(message.to_wire())
             if d is None:  # written to the direct connection, in order (its loss ends the session): no answer
                 self._outstanding -= 1
                 continue

@@ -539,15 +539,14 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         """`kill`, or on a multi-master site, for a session not live here, the session another master holds: that
         master ends it under its own policy and records it (master_side.cluster.kills); its line, or its refusal.
         `holder`: the master a page watches the session through."""
+        missing = OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
         if holder is None:
             try:
                 return self.kill(who, session_id)
             except OperatorError as e:
-                if e.kind is not ErrorKind.NOT_FOUND or self.cluster is None or not isinstance(session_id, str):
+                if e.kind is not ErrorKind.NOT_FOUND:
                     raise
                 missing = e
-        else:
-            missing = OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
         cluster = self.cluster
         if cluster is None or not isinstance(session_id, str):
             raise missing
