@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from master_side.cluster.config import master_record_uri
 from master_side.cluster.kills import KILL, KILL_BURST, KILL_RATE, TOTAL_BURST, RoutedKills, ServedKills
 from master_side.cluster.link import Listing
+from master_side.cluster.records import SiteRecords
 from master_side.cluster.relay import Relays
 from master_side.holds.step import Holds
 from master_side.operators.api import OperatorAPI
@@ -323,3 +324,58 @@ def test_b_refuses_a_malformed_kill_call_as_a_bad_request_and_ends_nothing(call:
     assert answer["ok"] is False and answer["kind"] == "bad request"
     assert answer["error"].startswith("bad request from master A: ")
     assert not site.hung_up("s") and not site.b_trail.events
+
+
+class IndexTrail:
+    """A's audit trail, over the site's shared index: the rows it holds, by session id."""
+
+    def __init__(self, rows: dict[str, dict[str, object]]) -> None:
+        self.master_name = "h:/A"
+        self.asked: list[str] = []
+        self.store = SimpleNamespace(history=self._history)
+        self.rows = rows
+
+    def _history(self, session_id: str | None = None, limit: int = 200, **_: object) -> defer.Deferred[list]:
+        assert session_id is not None
+        self.asked.append(session_id)
+        row = self.rows.get(session_id)
+        return defer.succeed([] if row is None else [row])
+
+
+def _api_over_the_index(site: KillSite, rows: dict[str, dict[str, object]]) -> tuple[OperatorAPI, IndexTrail]:
+    trail = IndexTrail(rows)
+    a_api = OperatorAPI(Registry(), None, None, lambda: trail, lambda: None, Holds())  # type: ignore[arg-type]
+    a_api.cluster = SimpleNamespace(kills=site.kills, records=SiteRecords(site.a, site.clock.seconds))  # type: ignore[assignment]
+    return a_api, trail
+
+
+def test_with_the_shared_index_a_asks_only_the_master_whose_row_holds_the_session() -> None:
+    """Master C, also on the router, answers "killed" for any session (a lie). The shared index's row of `s` names
+    B (Buildbot's `h:/B`): A asks only B, which ends it; C is never asked. A row naming a master that is not on the
+    router, or a session the index says ended, is said so and routed nowhere. Without a row (an index of A's own),
+    each master is asked in turn, as before."""
+    site = KillSite()
+    c = link_of("C", site.clock)
+    c_session = site.router.session(authid="C")
+    c._joined(c_session, None)
+    lies: list[object] = []
+    c_session.register(lambda wire: lies.append(wire) or {"ok": True, "text": "session s on b1: hangup sent (a lie)",
+                                                          "worker": "b1"}, master_record_uri("C", KILL))
+    running = {"id": "s", "master": "h:/B", "state": "running", "worker": "b1"}
+    a_api, trail = _api_over_the_index(site, {"s": running,
+                                              "gone": {**running, "id": "gone", "master": "h:/D"},
+                                              "old": {**running, "id": "old", "state": "ended"}})
+    d = a_api.kill_anywhere(ALICE, "s")
+    assert d.result == "session s on b1: hangup sent (then TERM, then KILL)"
+    assert site.hung_up("s") and not lies and trail.asked == ["s"]
+    for sid, kind, line in (("gone", ErrorKind.UNAVAILABLE, "was recorded by master h:/D, which is not on the "
+                                                             "cluster's router now"),
+                            ("old", ErrorKind.NOT_FOUND, "no live session old")):
+        d = a_api.kill_anywhere(ALICE, sid)
+        assert isinstance(d.result.value, OperatorError) and d.result.value.kind is kind
+        assert line in d.result.value.message
+        d.addErrback(lambda _: None)
+    assert not lies
+    d = a_api.kill_anywhere(ALICE, "unindexed")
+    d.addErrback(lambda _: None)
+    assert lies  # no row: every master is asked in turn, and C's answer is taken as it comes

@@ -355,6 +355,12 @@ def test_a_watches_a_session_b_holds_and_leaving_does_not_end_it() -> None:
     assert all(kind != "end" for kind, _ in site.views[-1].got)
     assert not site.served.served
     assert site.relays.attach(ALICE, "nope", "watch", OperatorSink()).result is None
+    # Its holder known (the shared index's row): only that master is asked.
+    watched = len(site.views)
+    assert site.relays.attach(ALICE, "s1", "watch", OperatorSink(), holder="C").result is None
+    assert len(site.views) == watched  # B was not asked
+    view = site.relays.attach(ALICE, "s1", "watch", OperatorSink(), holder="B").result
+    assert view is not None and view.session_id == "s1"
 
 
 def test_a_worker_whose_procedures_another_client_holds_is_not_routed_to_it() -> None:

@@ -129,10 +129,11 @@ class ClusterPart:
             self.served_transfers.tick(clock)
         self.transfers.tick(clock)
 
-    def attach(self, who: Identity, sink: OperatorEnd, session_id: str, mode: str
+    def attach(self, who: Identity, sink: OperatorEnd, session_id: str, mode: str, holder: str | None = None
                ) -> defer.Deferred[RoutedView | None]:
-        """Watch or join a session another master on the router holds: None when none does."""
-        return self.relays.attach(who, session_id, mode, sink)
+        """Watch or join a session another master on the router holds (`holder`, when known): None when none
+        does."""
+        return self.relays.attach(who, session_id, mode, sink, holder)
 
     def attached_here(self, worker: str) -> bool:
         return worker in self._master().workers.connections

@@ -244,7 +244,7 @@ class SiteRecords:
         return names
 
     @deferred
-    async def _holder(self, row: SessionRow) -> str:
+    async def site_master(self, row: SessionRow) -> str:
         """The master that recorded `row`, by its name in the site: the masters' names as they were at most
         NAMES_KEPT seconds ago (a transcript is read in many pieces), asked again when it is not among them."""
         recorded_by = str(row.get("master") or "")
@@ -264,7 +264,7 @@ class SiteRecords:
     async def transcript(self, who: Identity, row: SessionRow, offset: int) -> dict[str, object]:
         """Up to MAX_CHUNK bytes of the transcript of `row` (a session another master recorded) from `offset`,
         read by that master under its policy: {"data": bytes, "eof": bool}. Raises Refused (its refusal)."""
-        holder = await self._holder(row)
+        holder = await self.site_master(row)
         try:
             answer = await self.link.call(master_record_uri(holder, TRANSCRIPT),
                                           self._call(who, session=row["id"], offset=offset))

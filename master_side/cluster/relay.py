@@ -613,10 +613,11 @@ class Relays:
         return view
 
     @deferred
-    async def attach(self, who: Identity, session_id: str, mode: str, sink: OperatorEnd) -> RoutedView | None:
-        """Watch or join (`mode`) session `session_id` on the other master that holds it (each master on the
-        router is asked; one that does not hold it says so): the RoutedView, or None when none holds it. Raises
-        Refused: the holder's refusal."""
+    async def attach(self, who: Identity, session_id: str, mode: str, sink: OperatorEnd,
+                     holder: str | None = None) -> RoutedView | None:
+        """Watch or join (`mode`) session `session_id` on the other master that holds it (`holder`, when known;
+        else each master on the router is asked, and one that does not hold it says so): the RoutedView, or None
+        when none holds it. Raises Refused: the holder's refusal."""
         try:
             listings = await self.link.site(fresh=True)
         except ClusterUnavailable:
@@ -624,6 +625,8 @@ class Relays:
         for listing in listings:
             if not listing.trusted:
                 continue  # not the Buildbot master it says it is (master_side.cluster.verify): nothing routed to it
+            if holder is not None and listing.master != holder:
+                continue
             token = secrets.token_hex(TOKEN_LENGTH // 2)
             view = RoutedView(self, "?", sink, token)
             view.authid = listing.master  # its messages only, from the first

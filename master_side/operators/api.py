@@ -189,8 +189,9 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             cluster = self.cluster
             if e.kind is not ErrorKind.NOT_FOUND or cluster is None or not isinstance(session_id, str):
                 raise
+            holder = await self._site_holder(session_id)
             try:
-                routed = await cluster.attach(who, sink, session_id, str(mode))
+                routed = await cluster.attach(who, sink, session_id, str(mode), holder)
             except Refused as refused:
                 raise operator_error(refused) from None
             if routed is None:
@@ -550,6 +551,8 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         cluster = self.cluster
         if cluster is None or not isinstance(session_id, str):
             raise missing
+        if holder is None:
+            holder = await self._site_holder(session_id)
         try:
             text = await cluster.kills.kill(who, session_id, holder)
         except Refused as refused:
@@ -557,6 +560,31 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         if text is None:
             raise missing
         return text
+
+    @deferred
+    async def _site_holder(self, session_id: str) -> str | None:
+        """The master of the site that holds live session `session_id` (not live here), as the audit index's row of
+        it says (the master that serves a session writes its row first): when the index is the site's shared one,
+        only that master is asked to end it or attach to it, so that no other master's answer stands in for its
+        holder's. None when the index has no row of it (an index of this master's own, or a row not written yet)
+        or cannot be read: each master on the router is then asked in turn. Raises OperatorError: NOT_FOUND when
+        the row says the session is not running, UNAVAILABLE when its master is not on the router now."""
+        trail, cluster = self.trail_or_none(), self.cluster
+        if trail is None or cluster is None:
+            return None
+        try:
+            rows = await trail.store.history(session_id=session_id, limit=1)
+        except Exception:
+            return None
+        if not rows:
+            return None
+        row = rows[0]
+        if row["state"] != "running" or row["master"] == trail.master_name:
+            raise OperatorError(ErrorKind.NOT_FOUND, f"no live session {session_id}")
+        try:
+            return await cluster.records.site_master(row)
+        except Refused as refused:
+            raise operator_error(refused) from None
 
     def kill_for_master(self, who: Identity, session_id: str) -> tuple[str, str]:
         """`kill` for the operator of another master of the site, as that master vouches for them
