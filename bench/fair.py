@@ -24,7 +24,8 @@ Rows (PARTS):
 - ctrlc: `yes` read as fast as it arrives, then Ctrl-C: milliseconds until the prompt, and bytes after the ^C.
 - cp: one random file up and down (`slaveshell cp` / `scp -O`), timed whole (session open included: use a size
   where it does not matter), checked with sha256.
-- tree: `cp -r` / `scp -O -r` of --files files of 1 KiB, up and down, timed whole, counted.
+- tree: `cp -r` / `scp -O -r` of --files files of 1 KiB, up and down, timed whole, counted (through the proxy
+  fewer files as the round trip grows: `tree_files`).
 
 CPU seconds per GB per process beside each throughput and copy row (utime+stime, /proc and getrusage, as
 bench/transfer_bench.py): slaveshell's client, master and worker (with its reaped children: the remote command),
@@ -328,6 +329,7 @@ class Sizes:
     files: int
     keys: int  # at 2 ms spacing (loopback only)
     slow_keys: int  # at 100 ms spacing
+    files_said: bool = False  # --files given: every link's `cp -r` rows use that many files
 
 
 def _one(measure: Callable[..., float], *args: object) -> list[float]:
@@ -396,24 +398,25 @@ def steps(link: Link, parts: set[str], kinds: list[str], sizes: Sizes, files: di
     if "tree" in parts:
         # Each copy into a directory of a new name, none removed before the run's end: 10,000 files removed just
         # before 10,000 are created made creating them crawl (up to ~1 ms a file, for scp as for us).
-        copies = itertools.count()
+        count = tree_files(link, sizes)
+        source = files[f"tree-{count}"]
         for key in ("up", "down"):
             def tree(s: Side, key: str = key) -> list[float]:
-                n = next(copies)
-                there, back = work / "remote" / f"tree-{s.key}", work / f"back-{s.key}-{n}"
+                n = next(_COPIES)
+                there, back = work / "remote" / f"tree-{s.key}-of-{count}", work / f"back-{s.key}-{n}"
                 if key == "up":
                     there = work / "remote" / f"tree-{s.key}-{n}"
-                src, dst = (str(files["tree"]), f"remote:{there}") if key == "up" else (f"remote:{there}", str(back))
+                src, dst = (str(source), f"remote:{there}") if key == "up" else (f"remote:{there}", str(back))
                 out_dir = there if key == "up" else back
                 if key == "down" and not there.exists():
-                    shutil.copytree(files["tree"], there)
+                    shutil.copytree(source, there)
 
                 def check() -> None:
                     got = [p.stat().st_size for p in out_dir.rglob("*") if p.is_file()]
-                    if len(got) != sizes.files or sum(got) != sizes.files * 1024:
+                    if len(got) != count or sum(got) != count * 1024:
                         raise RuntimeError(f"{s.key} cp -r {key}: {len(got)} files, {sum(got)} bytes")
-                return [copy_rate(s, src, dst, sizes.files, check, recursive=True)]
-            out.append(Step([Pair(f"cp -r of {sizes.files} files of 1 KiB, {key}{at}", "files/s", "higher", 1.0)],
+                return [copy_rate(s, src, dst, count, check, recursive=True)]
+            out.append(Step([Pair(f"cp -r of {count} files of 1 KiB, {key}{at}", "files/s", "higher", 1.0)],
                             tree))
     return out
 
@@ -540,7 +543,22 @@ def render(pairs: list[Pair], title: str) -> str:
 
 # -- the run ---------------------------------------------------------------------------------------
 
-def prepare(work: Path, kinds: list[str], parts: set[str], sizes: Sizes) -> dict[str, Path]:
+# Each `cp -r` of a run into a directory of its own, whatever its link (a second link's first copy up went into
+# the first link's directory, which holds a copy already).
+_COPIES = itertools.count()
+
+
+def tree_files(link: Link, sizes: Sizes) -> int:
+    """The files of the `cp -r` rows on `link`: `sizes.files`, or through the proxy, unless --files said,
+    fewer as the round trip grows (1000 at 20 ms, 200 at 100 ms, 100 at 200 ms): `scp -O -r` waits about a round
+    trip per file, so 1000 files at 200 ms took ~7 minutes a round. The rate per file is what the row compares."""
+    if link.rtt_ms is None or sizes.files_said or link.rtt_ms <= 0:
+        return sizes.files
+    return min(sizes.files, max(100, round(20_000 / link.rtt_ms)))
+
+
+def prepare(work: Path, kinds: list[str], parts: set[str], sizes: Sizes,
+            trees: set[int] | None = None) -> dict[str, Path]:
     files: dict[str, Path] = {}
     if parts & {"throughput", "input"}:
         for kind in kinds:
@@ -551,11 +569,12 @@ def prepare(work: Path, kinds: list[str], parts: set[str], sizes: Sizes) -> dict
         make_content("binary", files["cp"], sizes.cp_mb * MB)
         files["cp-sha"].write_text(sha(files["cp"]))
     if "tree" in parts:
-        files["tree"] = work / "tree"
-        for n in range(sizes.files):
-            sub = files["tree"] / f"d{n // 1000}"
-            sub.mkdir(parents=True, exist_ok=True)
-            (sub / f"f{n}").write_bytes(os.urandom(1024))
+        for count in sorted(trees or {sizes.files}):
+            tree = files[f"tree-{count}"] = work / f"tree-{count}"
+            for n in range(count):
+                sub = tree / f"d{n // 1000}"
+                sub.mkdir(parents=True, exist_ok=True)
+                (sub / f"f{n}").write_bytes(os.urandom(1024))
     (work / "remote").mkdir()
     return files
 
@@ -569,7 +588,8 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"content kinds, of: {','.join(KINDS)}")
     ap.add_argument("--size-mb", type=int, help="for throughput and input (default 200; 20 through the proxy)")
     ap.add_argument("--cp-mb", type=int, help="the copied file (default 1024; 20 through the proxy)")
-    ap.add_argument("--files", type=int, help="files of the tree (default 10000; 1000 through the proxy)")
+    ap.add_argument("--files", type=int, help="files of the tree (default 10000; through the proxy 1000 at 20 ms, "
+                                              "fewer at longer round trips: 20000 / the round trip in ms, >= 100)")
     ap.add_argument("--keys", type=int, default=300, help="keystrokes 2 ms apart (loopback)")
     ap.add_argument("--slow-keys", type=int, help="keystrokes 100 ms apart (default 50; 30 through the proxy)")
     ap.add_argument("--rtt-ms", help="comma-separated round trips: the rows through the proxies, each in turn")
@@ -599,6 +619,7 @@ def main() -> int:
     sizes.stream_mb = args.size_mb or sizes.stream_mb
     sizes.cp_mb = args.cp_mb or sizes.cp_mb
     sizes.files = args.files or sizes.files
+    sizes.files_said = args.files is not None
     sizes.slow_keys = args.slow_keys or sizes.slow_keys
     signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox, sshd and proxies
     started = time.monotonic()
@@ -607,7 +628,7 @@ def main() -> int:
     proxies: list[ProxyProcess] = []
     tables = []
     try:
-        files = prepare(work, kinds, parts, sizes)
+        files = prepare(work, kinds, parts, sizes, {tree_files(link, sizes) for link in links})
         first = links[0]
 
         def through(sandbox: object) -> None:
