@@ -244,32 +244,28 @@ class Approvals:
     def _full(self, who: Identity) -> str | None:
         """Why no request of `who` may wait for a moderator now (the bounds), or None."""
         limits = self.limits
-        mine = sum(1 for p in self.pending.values() if same_operator(p.request.who, who))
-        if mine >= limits.per_operator:
-            return f"{who.user} already waits for {mine} approvals (the master's limit per operator)"
-        master = vouching_master(who)
-        theirs = 0 if master is None else sum(1 for p in self.pending.values()
-                                              if vouching_master(p.request.who) == master)
-        if theirs >= limits.per_master:
-            return (f"the operators of master {master} already wait for {theirs} approvals (this master's limit "
-                    "per calling master)")
-        if len(self.pending) >= limits.total:
-            return f"{len(self.pending)} requests already wait for a moderator's approval (the master's limit)"
-        return None
+        reached = _reached(who, [p.request.who for p in self.pending.values()], limits.per_operator,
+                           limits.per_master, limits.total)
+        if reached is None:
+            return None
+        bound, n = reached
+        return {_OPERATOR: f"{who.user} already waits for {n} approvals (the master's limit per operator)",
+                _MASTER: f"the operators of master {vouching_master(who)} already wait for {n} approvals (this "
+                        "master's limit per calling master)",
+                _TOTAL: f"{n} requests already wait for a moderator's approval (the master's limit)"}[bound]
 
     def _crowded(self, who: Identity) -> str | None:
         """Why no more request of `who` may wait for a free place (their bounds), or None."""
         limits = self.limits
-        mine = sum(1 for a in self.queued if same_operator(a.request.who, who))
-        if mine >= limits.queued_per_operator:
-            return f"{mine} more wait for a free place (the master's limit per operator)"
-        master = vouching_master(who)
-        theirs = 0 if master is None else sum(1 for a in self.queued if vouching_master(a.request.who) == master)
-        if theirs >= limits.queued_per_master:
-            return f"{theirs} of master {master}'s operators wait for a free place (the limit per calling master)"
-        if len(self.queued) >= limits.queued:
-            return f"{len(self.queued)} requests wait for a free place (the master's limit)"
-        return None
+        reached = _reached(who, [a.request.who for a in self.queued], limits.queued_per_operator,
+                           limits.queued_per_master, limits.queued)
+        if reached is None:
+            return None
+        bound, n = reached
+        return {_OPERATOR: f"{n} more wait for a free place (the master's limit per operator)",
+                _MASTER: f"{n} of master {vouching_master(who)}'s operators wait for a free place (the limit per "
+                        "calling master)",
+                _TOTAL: f"{n} requests wait for a free place (the master's limit)"}[bound]
 
     def _asked(self, asking: _Asking) -> None:
         """`asking`'s request, pending from now for `limits.wait` seconds: recorded, then the operator told what
@@ -462,6 +458,23 @@ class Approvals:
                 self._withdrawn(request_id)
         finally:
             self._stopping = False
+
+
+_OPERATOR, _MASTER, _TOTAL = "operator", "master", "total"  # the bounds on requests (`_reached`)
+
+
+def _reached(who: Identity, waiting: list[Identity], per_operator: int, per_master: int, total: int
+             ) -> tuple[str, int] | None:
+    """The first bound a new request of `who` would pass, among the requests of `waiting` (their operators): of
+    `who` (_OPERATOR), of the master that vouches for them (_MASTER) or in all (_TOTAL), and how many it counts."""
+    mine = sum(1 for other in waiting if same_operator(other, who))
+    if mine >= per_operator:
+        return _OPERATOR, mine
+    master = vouching_master(who)
+    theirs = 0 if master is None else sum(1 for other in waiting if vouching_master(other) == master)
+    if theirs >= per_master:
+        return _MASTER, theirs
+    return (_TOTAL, len(waiting)) if len(waiting) >= total else None
 
 
 def _duration(seconds: float) -> str:
