@@ -150,19 +150,18 @@ Leaving = Callable[[Callable[[], None]], Undo]
 @dataclass(eq=False)
 class _Asking:
     """One operator's request, from `ask` to its end: waiting for a free place to be asked (`Approvals.queued`,
-    until `request.expires`), then for a moderator (`Approvals.pending`: `asked`, with a fresh `expires`).
-    `timer`: its expiry; `undo`: its subscriptions to the operator's leaving."""
+    until `request.expires`), then for a moderator (`Approvals.pending`, with a fresh `request.asked` and
+    `expires`). `timer`: its expiry; `undo`: its subscriptions to the operator's leaving."""
 
     request: ApprovalRequest
     waiting: Callable[[str], None]
     waiter: defer.Deferred[Approved] = field(default_factory=defer.Deferred)
-    asked: bool = False
     timer: DelayedCall | None = None
     undo: list[Undo] = field(default_factory=list)
 
 
 class Approvals:
-    """The pending requests, by id."""
+    """The pending requests, by id, and the fleet runs' parts waiting for a free place to be asked."""
 
     def __init__(self, policy: Callable[[], Policy], clock: Callable[[], Clock],
                  record: Callable[[], ApprovalRecord | None],
@@ -226,7 +225,7 @@ class Approvals:
                     f"{_duration(self.limits.wait)}; Ctrl-C or a cancel withdraws it")
         for subscribe in leaving:
             asking.undo.append(subscribe(lambda: self._stop(asking)))
-        if self.pending.get(request.id) is asking:
+        if self._is_pending(asking):
             self.wanted(asking.request)
         elif asking not in self.queued:  # withdrawn already (an operator gone while it was asked)
             for undo in asking.undo:
