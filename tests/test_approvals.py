@@ -251,7 +251,8 @@ def test_a_runs_part_past_the_operators_bound_waits_for_a_free_place_and_is_aske
     assert queued == [] and h.refused == []
     assert h.told[-1] == ("worker prod-1 is moderated: its approval request waits for a free place (alice already "
                           "waits for 2 approvals (the master's limit per operator)); it is asked as soon as one of "
-                          "those is approved, denied, withdrawn or expires; Ctrl-C or a cancel withdraws it")
+                          "those is approved, denied, withdrawn or expires; at most 1 min; Ctrl-C or a cancel "
+                          "withdraws it")
     assert len(h.approvals.pending) == 2 and [k for k, _, _ in h.record.events] == [ASKED, ASKED]
     # A command is still refused at once (an operator at a terminal asks again).
     with pytest.raises(OperatorError) as e:
@@ -314,6 +315,101 @@ def test_the_places_waited_for_are_bounded_per_operator_per_calling_master_and_i
     assert "3 requests wait for a free place (the master's limit)" in e.value.message
     assert [who for who, _ in h.refused] == ["alice", "cluster:A/erin", "carol"]
     assert len(h.approvals.pending) == 2 and len(h.approvals.queued) == 3
+
+
+def test_a_part_waiting_for_a_place_is_listed_marked_so_to_its_operator_and_its_moderators() -> None:
+    h = Harness(ApprovalLimits(per_operator=1, total=32, wait=60))
+    _, own_command, _ = h.ask(what="command: make deploy")
+    h.clock.advance(5)
+    part, _ = ask_part(h, run="r7")
+    (asked, waiting) = h.approvals.listing(ALICE)
+    assert asked["id"] == own_command and asked["waits_for_place"] is False
+    assert {k: waiting[k] for k in ("operator", "worker", "kind", "run", "mine", "waits_for_place", "expires")} == {
+        "operator": "alice", "worker": "prod-1", "kind": "run", "run": "r7", "mine": True, "waits_for_place": True,
+        "expires": 65.0}  # the approval wait, from when it began to wait
+    part_id = str(waiting["id"])
+    # A moderator sees it coming, and may decide it once it is asked; whoever may not moderate does not see it.
+    assert [(r["id"], r["may_approve"], r["waits_for_place"]) for r in h.approvals.listing(BOB)] == [
+        (own_command, True, False), (part_id, True, True)]
+    assert h.approvals.listing(CAROL) == []
+    assert h.approvals.listing(BOB, part_id)[0]["what"] == "fleet run r7, command: true"
+    with pytest.raises(OperatorError) as e:
+        h.approvals.approve(BOB, part_id)
+    assert e.value.kind is ErrorKind.NOT_FOUND and e.value.message == (
+        f"request {part_id} is not asked yet: it waits for a free place; a moderator decides it once it is asked")
+    # Asked once alice's command is approved: under the same id, no longer marked.
+    h.approvals.approve(BOB, own_command)
+    (row,) = h.approvals.listing(BOB)
+    assert row["id"] == part_id and row["waits_for_place"] is False and row["expires"] == 65.0
+    h.approvals.approve(BOB, part_id)
+    assert isinstance(part[0], Approved) and part[0].request.id == part_id
+
+
+def test_a_part_waiting_for_a_place_expires_after_the_approval_wait_from_when_it_began_to_wait() -> None:
+    """alice's command holds her one place; the parts of runs r1 (t=0) and r2 (t=10) wait. At t=20 her command is
+    withdrawn: r1's part is asked, with a wait of its own; r2's still waits, and expires at t=70, never asked, told
+    why, audited; r1's request expires at t=80."""
+    h = Harness(ApprovalLimits(per_operator=1, total=32, wait=60))
+    _, own_command, _ = h.ask(what="command: make deploy")
+    first, _ = ask_part(h, run="r1")
+    h.clock.advance(10)
+    second, second_callbacks = ask_part(h, run="r2")
+    second_id = str(h.approvals.listing(ALICE)[-1]["id"])
+    h.clock.advance(10)
+    h.approvals._withdrawn(own_command)
+    assert len(h.approvals.pending) == 1 and len(h.approvals.queued) == 1
+    h.clock.advance(49)
+    assert second == [] and first == []
+    h.clock.advance(1)
+    assert second[0].value.kind is ErrorKind.LIMIT and second[0].value.message == (
+        f"request {second_id}: no place came free within 60 s (the master's limit) to ask a moderator's approval: "
+        "alice already waits for 1 approvals (the master's limit per operator); worker prod-1 is moderated "
+        "(moderated_by: leads)")
+    assert h.record.events[-1] == (EXPIRED, "alice", f"request {second_id} of alice on prod-1, run (fleet run r2), "
+                                                     f"never asked: {second[0].value.message}")
+    assert not h.approvals.queued and not second_callbacks  # its subscriptions undone
+    assert [r["id"] for r in h.approvals.listing(ALICE)] != [second_id] and first == []
+    h.clock.advance(9)
+    assert first == []
+    h.clock.advance(1)
+    assert first[0].value.kind is ErrorKind.LIMIT and "no moderator approved it within 60 s" in first[0].value.message
+    assert [k for k, _, _ in h.record.events] == [ASKED, WITHDRAWN, ASKED, EXPIRED, EXPIRED]
+    assert not h.approvals.pending and not h.clock.getDelayedCalls()
+
+
+def test_slaveshell_approvals_lists_the_parts_waiting_for_a_place_escaped(monkeypatch, capsys) -> None:
+    import argparse
+    import time
+
+    from slaveshell.client import approval_cli
+
+    hostile = "ev\x1b]0;T\x07\x1b[2Jil"
+    expires = time.time() + 90
+    rows = [{"id": "aaaaaaaaaaaa", "operator": "alice", "worker": "prod-1", "kind": "command", "what": "command: ls",
+             "what_chars": 11, "reason": None, "expires": expires, "run": None, "mine": False, "may_approve": True,
+             "waits_for_place": False},
+            {"id": "bbbbbbbbbbbb", "operator": hostile, "worker": "prod-\x1b[2J2", "kind": "run",
+             "what": "fleet run r9, command: \x1b[2Jtrue", "what_chars": 30, "reason": None, "expires": expires,
+             "run": "r9\x07", "mine": False, "may_approve": True, "waits_for_place": True}]
+    monkeypatch.setattr(approval_cli, "find_socket", lambda args: "socket")
+    monkeypatch.setattr(approval_cli, "call_master", lambda *a, **k: {"rows": rows})
+    args = argparse.Namespace(request=None, json=False)
+    assert approval_cli.cmd_approvals(args) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    lines = out.splitlines()
+    assert lines[0].startswith("REQUEST ") and lines[1].startswith("aaaaaaaaaaaa  alice ")
+    assert lines[3] == ("1 waiting for a free place to be asked (fleet runs' parts past the bounds on requests; a "
+                        "moderator decides each once it is asked):")
+    assert lines[4].split() == ["REQUEST", "OPERATOR", "WORKER", "RUN", "LEFT", "REASON", "WHAT"]
+    assert lines[5].startswith("bbbbbbbbbbbb  ev\\x1b]0;T\\… prod-\\x1b[2J2    r9\\x07         1m2")
+    assert lines[5].endswith("fleet run r9, command: \\x1b[2Jtrue")
+    monkeypatch.setattr(approval_cli, "call_master", lambda *a, **k: {"rows": rows[1:]})
+    assert approval_cli.cmd_approvals(argparse.Namespace(request="bbbbbbbbbbbb", json=False)) == 0
+    one = capsys.readouterr().out
+    assert "state:        waits for a free place to be asked (a moderator decides it once it is)" in one
+    assert "run:          r9\\x07" in one and "you:          you may approve or deny it once it is asked" in one
+    assert "\x1b" not in one and "\x07" not in one
 
 
 class CopyParty:

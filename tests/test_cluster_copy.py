@@ -18,6 +18,7 @@ from master_side.cluster.config import session_uri, worker_uri
 from master_side.cluster.copy_relay import RoutedTransfers
 from master_side.cluster.copy_serve import MAX_PER_MASTER, RouterParty, ServedTransfers
 from master_side.cluster.copy_stream import MAX_OUTSTANDING, CopyCall, OrderedCalls
+from master_side.cluster.link import ClusterUnavailable
 from master_side.cluster.relay import Relays
 from master_side.cluster.stream import Refused
 from master_side.operators.copy_calls import CopyOperations
@@ -426,3 +427,46 @@ def test_a_transfer_b_started_is_recorded_on_a_with_its_id_however_soon_it_ended
     assert failures and isinstance(failures[0].value, Refused) and failures[0].value.kind == "stopped"
     assert records[-1] == ("t1", "cp up routed to master B: transfer t1 started there, then the operator had left "
                                  "before its answer came (that master ends it)")
+
+
+def test_a_routed_copy_is_recorded_once_on_a_whatever_order_bs_answer_and_its_end_come_in() -> None:
+    """relay.RoutedEvent, as a routed open's: one `routed` event on A for each copy. B refuses: its outcome. B
+    starts it, then the call fails (the operator had left): B's transfer, not the failure too. A is not on the
+    router as it starts: not started."""
+    site = Site(Policy([Rule(users=("cluster:C/alice",))]))
+    records: list[tuple[str | None, str]] = []
+    site.routed.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+    with pytest.raises(Refused):
+        site.copy()
+    assert records == [(None, "cp up routed to master B: refused (permission denied)")]
+
+    site = Site()
+    site.routed.record = lambda who, worker, record_id, detail: records.append((record_id, detail))
+    answers: list[defer.Deferred[object]] = []
+
+    def slow(who: Identity, request: TransferRequest, party: RouterParty) -> Any:
+        answers.append(defer.Deferred())
+        answers[-1].addCallback(lambda _: (FakeTransfer(who, request, party), {"total": 0, "entries": 0,
+                                                                               "recorded": True}))
+        return answers[-1]
+
+    site.served._copier = slow  # type: ignore[assignment]
+    party = Party()
+    failures: list[Failure] = []
+    site.routed.copy(ALICE, REQUEST, party).addErrback(failures.append)
+    for leave in party.disconnects:
+        leave()
+    answers[0].callback(None)
+    site.clock.advance(0)
+    assert failures and isinstance(failures[0].value, Refused) and failures[0].value.kind == "stopped"
+    assert records[1:] == [("t1", "cp up routed to master B: transfer t1 started there, then the operator had left "
+                                  "before its answer came (that master ends it)")]
+
+    async def unavailable(handler: object, uri: str) -> None:
+        raise ClusterUnavailable("not on the router")
+
+    site.a.register = unavailable  # type: ignore[assignment,method-assign]
+    results: list[object] = []
+    site.routed.copy(ALICE, REQUEST, Party()).addBoth(results.append)
+    assert results == [None]
+    assert records[2:] == [(None, "cp up routed to master B: not started (the master left the router)")]

@@ -196,6 +196,50 @@ def test_a_runs_parts_wait_for_a_free_approval_place_behind_the_operators_own_re
     assert r.finished and all(o.state is State.OK for o in fleet.outcomes)
 
 
+def test_a_part_that_waited_for_a_place_as_long_as_an_approval_waits_ends_with_the_masters_line() -> None:
+    """alice's command holds her one place; run1's part on m1 (t=0) and run2's on m2 (t=10) wait for it. At t=20
+    her command is withdrawn: run1's part is asked in its place. run2's part, still waiting at t=70, ends: its run
+    lists it as an error with the master's line, and the audit index says it expired, never asked."""
+    clock = task.Clock()
+    record = Record()
+    approvals = Approvals(lambda: Policy([Rule(groups=("leads",), rights=("watch",))]), lambda: clock, lambda: record,
+                          lambda who, worker, kind, message: OperatorError(kind, message))
+    approvals.limits = ApprovalLimits(per_operator=1, wait=60)
+    own = approvals.ask(ALICE, "other", Kind.COMMAND, "command: make deploy", None, ("leads",), lambda text: None,
+                        [])
+    own.addErrback(lambda f: None)
+
+    def approver(who: Identity, request: OpenRequest, sink: RunSink, run_id: str) -> defer.Deferred[Approved]:
+        return approvals.ask(who, request.worker, Kind.RUN, f"fleet run {run_id}", None, ("leads",), sink.waiting,
+                             [sink.on_withdraw], run_id, place=True)
+
+    fleets = [Fleet(), Fleet()]
+    runs = []
+    for n, (fleet, worker) in enumerate(zip(fleets, ["m1", "m2"], strict=True)):
+        runs.append(FleetRun(f"run{n + 1}", ALICE, [worker], Command("true"), 1, None, fleet.opener, clock, fleet,
+                             None, approver, [worker], asking=1))
+        runs[-1].start()
+        clock.advance(10)
+    assert len(approvals.queued) == 2
+    approvals._withdrawn(next(iter(approvals.pending)))  # alice's command: Ctrl-C
+    assert [a.request.run_id for a in approvals.pending.values()] == ["run1"]
+    clock.advance(49)
+    assert not runs[1].finished
+    clock.advance(1)
+    assert runs[1].finished and not runs[0].finished
+    (outcome,) = fleets[1].outcomes
+    assert outcome.state is State.ERROR and outcome.reason is not None
+    assert outcome.reason.endswith(": no place came free within 60 s (the master's limit) to ask a moderator's "
+                                   "approval: alice already waits for 1 approvals (the master's limit per operator); "
+                                   "worker m2 is moderated (moderated_by: leads)")
+    kind, user, detail = record.events[-1]
+    assert (kind, user) == ("approval-expired", "alice") and detail.endswith(
+        ", run (fleet run run2), never asked: " + outcome.reason)
+    assert fleets[1].opened == [] and not approvals.queued
+    runs[0].interrupt()
+    assert runs[0].finished and not approvals.pending
+
+
 def test_an_approved_part_whose_open_is_refused_after_its_approval_is_audited_unused() -> None:
     """The policy changed while the approved part waited for its place (a reconfig took the run right away): the
     open is refused, audited, and the approval is said not used."""

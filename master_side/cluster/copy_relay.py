@@ -32,12 +32,11 @@ from master_side.cluster.relay import (
     LEFT_FIRST,
     WAITING_OPEN,
     Relays,
+    RoutedEvent,
     RoutedRecord,
     abandon,
     answer_late,
-    answered,
     ended_there,
-    outcome_of,
 )
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
@@ -255,23 +254,13 @@ class RoutedTransfers:
         holder = await self.relays.holder(worker)
         if holder is None:
             return None
-        what = f"cp {request.direction} routed to master {holder}"
-        recorded: list[str] = []
+        event = RoutedEvent(self.record, who, worker, f"cp {request.direction} routed to master {holder}")
 
         def began(transfer: RoutedTransfer) -> None:
-            recorded.append(transfer.id)
-            self.record(who, worker, transfer.id, answered(what, f"transfer {transfer.id} started there",
-                                                           transfer.before_answer()))
+            event.started(transfer.id, f"transfer {transfer.id} started there", transfer.before_answer())
 
-        try:
-            started = await self._copy(who, request, party, waiting, holder, began)
-        except Exception as e:
-            if not recorded:
-                self.record(who, worker, None, f"{what}: {outcome_of(e)}")
-            raise
-        if started is None and not recorded:
-            self.record(who, worker, None, f"{what}: not started (the master left the router)")
-        return started
+        return await event.of(self._copy(who, request, party, waiting, holder, began),
+                              "not started (the master left the router)")
 
     @deferred
     async def _copy(self, who: Identity, request: TransferRequest, party: OperatorParty,

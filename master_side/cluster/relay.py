@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import collections
 import secrets
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -130,6 +130,44 @@ def answered(what: str, started: str, then: str | None) -> str:
     (`what`), what B started, with its id (`started`: `session S opened there`, `transfer T started there`), and,
     when it does not go on here, what became of it first (`then`: LEFT_FIRST, ENDED_HERE, `ended_there`)."""
     return f"{what}: {started}" + (f", then {then}" if then else "")
+
+
+T = TypeVar("T")
+
+
+class RoutedEvent:
+    """A's one `routed` event for an open or a copy sent to master B (`what`: what went to which master), written
+    exactly once whatever order B's answer and the call's end come in: `started` as B's answer is taken, before
+    what B started is served (`answered`); else, as the call ends (`of`), its failure's outcome (`outcome_of`) or,
+    when it ends with nothing started, `nothing`."""
+
+    def __init__(self, record: RoutedRecord, who: Identity, worker: str, what: str) -> None:
+        self._record = record
+        self.who = who
+        self.worker = worker
+        self.what = what
+        self.written = False
+
+    def started(self, record_id: str, started: str, then: str | None) -> None:
+        """B's answer taken: what B started, with its id, and what became of it first (`answered`)."""
+        self._write(record_id, answered(self.what, started, then))
+
+    async def of(self, call: Awaitable[T | None], nothing: str) -> T | None:
+        """`call`'s result, its end written unless B's answer was: its failure (raised again), or `nothing` when
+        it returns None."""
+        try:
+            result = await call
+        except Exception as e:
+            if not self.written:
+                self._write(None, f"{self.what}: {outcome_of(e)}")
+            raise
+        if result is None and not self.written:
+            self._write(None, f"{self.what}: {nothing}")
+        return result
+
+    def _write(self, record_id: str | None, detail: str) -> None:
+        self.written = True
+        self._record(self.who, self.worker, record_id, detail)
 
 
 class RoutedView:
@@ -514,25 +552,14 @@ class Relays:
             return None
         what = (f"a part of fleet run {run}" if run is not None else
                 "a command" if request.command is not None else "a login shell")
-        opened: list[str] = []
+        event = RoutedEvent(self.record, who, worker, f"open of {what} routed to master {holder}")
 
         def started(view: RoutedView) -> None:
-            opened.append(view.session_id)
             self.link.changed()  # B's listing counts the worker's sessions
-            self.record(who, worker, view.session_id, answered(f"open of {what} routed to master {holder}",
-                                                               f"session {view.session_id} opened there",
-                                                               view.before_answer()))
+            event.started(view.session_id, f"session {view.session_id} opened there", view.before_answer())
 
-        try:
-            view = await self._open(who, request, sink, run, holder, script, withdrawn, started)
-        except Exception as e:
-            if not opened:
-                self.record(who, worker, None, f"open of {what} routed to master {holder}: {outcome_of(e)}")
-            raise
-        if view is None and not opened:
-            self.record(who, worker, None, f"open of {what} routed to master {holder}: not opened (the master left "
-                                           "the router, or no longer holds the worker)")
-        return view
+        return await event.of(self._open(who, request, sink, run, holder, script, withdrawn, started),
+                              "not opened (the master left the router, or no longer holds the worker)")
 
     @deferred
     async def _open(self, who: Identity, request: OpenRequest, sink: OperatorEnd, run: str | None,

@@ -8,12 +8,13 @@ moderator's reason), expired (no moderator within `ApprovalLimits.wait`), withdr
 a closed connection, an interrupted run). A moderator is who may moderate the worker's sessions
 (`Policy.may_moderate`: another person than the request's operator, not even the same user name under another
 door's or master's prefix (`same_person`), in one of the rule's groups or web roles, with 'watch' on the worker);
-`pending` lists what `who` may approve (and their own requests), `approve` and `deny` decide. Every step is an
+`listing` lists what `who` may approve (and their own requests), `approve` and `deny` decide. Every step is an
 audit event (`APPROVAL_EVENTS`, through the `ApprovalRecord`: who asked, which moderator approved or denied which
 request, what expired or was withdrawn, what was approved and never used); a refused decision and every refused
 request (the bounds per operator, per calling master and in total) are audited refusals, rate-limited as every
-refusal is. A fleet run's part past those bounds waits for a free place instead (`queued`, bounded too), and is
-asked as soon as one is free.
+refusal is. A fleet run's part past those bounds waits for a free place instead (`queued`, bounded too, listed
+marked so), and is asked as soon as one is free; it waits for one as long as a request waits for a moderator, then
+expires (EXPIRED: never asked).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from twisted.internet import defer
@@ -86,10 +87,10 @@ NOT_STARTED = {Kind.COPY: "the transfer did not start", Kind.COMMAND: "the sessi
 
 @dataclass(frozen=True)
 class ApprovalRequest:
-    """One request waiting for a moderator: its id, who asks, on which worker, what it would start (`what`: plain
-    text, the command or the copy's direction and paths, escaped wherever it is shown), the operator's reason, the
-    groups that may approve it, when it was asked and when it expires (seconds since the epoch), and the fleet
-    run it is a part of."""
+    """One request waiting for a moderator (or for a free place to be asked): its id, who asks, on which worker,
+    what it would start (`what`: plain text, the command or the copy's direction and paths, escaped wherever it is
+    shown), the operator's reason, the groups that may approve it, when it was asked (or began to wait for a place)
+    and when it expires (seconds since the epoch), and the fleet run it is a part of."""
 
     id: str
     who: Identity
@@ -115,14 +116,17 @@ class ApprovalRequest:
         why = f" (reason: {self.reason})" if self.reason else ""
         return f"{self.label}: {self.what}{why}"
 
-    def row(self, mine: bool, may_approve: bool, whole: bool = False) -> dict[str, object]:
+    def row(self, mine: bool, may_approve: bool, whole: bool = False, waits_for_place: bool = False
+            ) -> dict[str, object]:
         """The request as `slaveshell approvals` lists it (plain values: the client escapes them): in a listing
-        of all, `what` is cut at LISTED_WHAT characters (`what_chars` says how many it has); `whole`: all of it."""
+        of all, `what` is cut at LISTED_WHAT characters (`what_chars` says how many it has); `whole`: all of it.
+        `waits_for_place`: a fleet run's part not asked yet, waiting for a free place (`may_approve`: once it
+        is asked)."""
         return {"id": self.id, "operator": self.who.user, "uid": self.who.uid, "worker": self.worker,
                 "kind": self.kind.value, "what": self.what if whole else self.what[:LISTED_WHAT],
                 "what_chars": len(self.what), "reason": self.reason,
                 "moderated_by": [str(g) for g in self.moderated_by], "asked": self.asked, "expires": self.expires,
-                "run": self.run_id, "mine": mine, "may_approve": may_approve}
+                "run": self.run_id, "mine": mine, "may_approve": may_approve, "waits_for_place": waits_for_place}
 
 
 @dataclass(frozen=True)
@@ -145,32 +149,19 @@ Leaving = Callable[[Callable[[], None]], Undo]
 
 @dataclass(eq=False)
 class _Asking:
-    """One operator's wait for an approval: for a free place to ask it (queued), then for a moderator (pending,
-    `request_id`). `undo`: its subscriptions to the operator's leaving."""
+    """One operator's request, from `ask` to its end: waiting for a free place to be asked (`Approvals.queued`,
+    until `request.expires`), then for a moderator (`Approvals.pending`, with a fresh `request.asked` and
+    `expires`). `timer`: its expiry; `undo`: its subscriptions to the operator's leaving."""
 
-    who: Identity
-    worker: str
-    kind: Kind
-    what: str
-    reason: str | None
-    moderated_by: tuple[str | int, ...]
-    waiting: Callable[[str], None]
-    run_id: str | None
-    waiter: defer.Deferred[Approved] = field(default_factory=defer.Deferred)
-    request_id: str | None = None
-    undo: list[Undo] = field(default_factory=list)
-
-
-@dataclass
-class _Pending:
     request: ApprovalRequest
-    waiter: defer.Deferred[Approved]
+    waiting: Callable[[str], None]
+    waiter: defer.Deferred[Approved] = field(default_factory=defer.Deferred)
     timer: DelayedCall | None = None
     undo: list[Undo] = field(default_factory=list)
 
 
 class Approvals:
-    """The pending requests, by id."""
+    """The pending requests, by id, and the fleet runs' parts waiting for a free place to be asked."""
 
     def __init__(self, policy: Callable[[], Policy], clock: Callable[[], Clock],
                  record: Callable[[], ApprovalRecord | None],
@@ -180,7 +171,7 @@ class Approvals:
         self._record = record
         self._refuse = refuse  # an audited, rate-limited refusal (OperatorAPI.refuse)
         self.limits = ApprovalLimits()
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[str, _Asking] = {}  # asked: waiting for a moderator
         self.queued: list[_Asking] = []  # fleet runs' parts waiting for a free place, oldest first
         self._stopping = False
         # Told that a request waits for a moderator: the reporters' notice (the operator API sets it).
@@ -201,9 +192,10 @@ class Approvals:
         the operator left (STOPPED: any of `leaving` fired). `waiting` tells the operator what they wait for.
 
         `place` (a fleet run's part): past the bounds per operator, per calling master or in total, the request
-        waits for a free place instead (the operator is told), and is asked once one of the requests that hold
-        the places is approved, denied, withdrawn or expires; only past the bounds of those waiting (`queued...`)
-        is it refused."""
+        waits for a free place instead (the operator is told; listed, marked so), and is asked once one of the
+        requests that hold the places is approved, denied, withdrawn or expires; only past the bounds of those
+        waiting (`queued...`) is it refused. It waits for a place at most `limits.wait` seconds, as a request
+        waits for a moderator: then it expires (EXPIRED, LIMIT), never asked."""
         groups = moderators_text(moderated_by)
         if len(what) > MAX_WHAT:  # never cut: a moderator approves all of what runs, or nothing
             raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: what it would do is longer than "
@@ -217,95 +209,113 @@ class Approvals:
             if crowded is not None:
                 raise self._refuse(who, worker, ErrorKind.LIMIT, f"approvals refused: {full}, and {crowded}; "
                                    f"worker {worker} is moderated (moderated_by: {groups})")
-        asking = _Asking(who, worker, kind, what, reason, tuple(moderated_by), waiting, run_id)
+        clock = self._clock()
+        now = clock.seconds()
+        request = ApprovalRequest(self._new_id(), who, worker, kind, what, reason, tuple(moderated_by), now,
+                                  now + self.limits.wait, run_id)
+        asking = _Asking(request, waiting)
         asking.waiter = defer.Deferred(lambda d: self._stop(asking))  # a caller's cancel: the operator's master's
         if full is None:
             self._asked(asking)
         else:
             self.queued.append(asking)
+            asking.timer = clock.callLater(self.limits.wait, self._expired, asking)
             waiting(f"worker {worker} is moderated: its approval request waits for a free place ({full}); it is "
-                    f"asked as soon as one of those is approved, denied, withdrawn or expires; Ctrl-C or a cancel "
-                    "withdraws it")
+                    f"asked as soon as one of those is approved, denied, withdrawn or expires; at most "
+                    f"{_duration(self.limits.wait)}; Ctrl-C or a cancel withdraws it")
         for subscribe in leaving:
             asking.undo.append(subscribe(lambda: self._stop(asking)))
-        if asking.request_id is not None and asking.request_id in self.pending:
-            self.wanted(self.pending[asking.request_id].request)
+        if self._is_pending(asking):
+            self.wanted(asking.request)
         elif asking not in self.queued:  # withdrawn already (an operator gone while it was asked)
             for undo in asking.undo:
                 undo()
         return asking.waiter
 
+    def _new_id(self) -> str:
+        """An id no request pending or waiting for a place has: 48 random bits, that cannot be guessed by probing
+        approve."""
+        while True:
+            request_id = secrets.token_hex(6)
+            if request_id not in self.pending and all(a.request.id != request_id for a in self.queued):
+                return request_id
+
     def _full(self, who: Identity) -> str | None:
         """Why no request of `who` may wait for a moderator now (the bounds), or None."""
         limits = self.limits
-        mine = sum(1 for p in self.pending.values() if same_operator(p.request.who, who))
-        if mine >= limits.per_operator:
-            return f"{who.user} already waits for {mine} approvals (the master's limit per operator)"
-        master = vouching_master(who)
-        theirs = 0 if master is None else sum(1 for p in self.pending.values()
-                                              if vouching_master(p.request.who) == master)
-        if theirs >= limits.per_master:
-            return (f"the operators of master {master} already wait for {theirs} approvals (this master's limit "
-                    "per calling master)")
-        if len(self.pending) >= limits.total:
-            return f"{len(self.pending)} requests already wait for a moderator's approval (the master's limit)"
-        return None
+        reached = _reached(who, [p.request.who for p in self.pending.values()], limits.per_operator,
+                           limits.per_master, limits.total)
+        if reached is None:
+            return None
+        bound, n = reached
+        return {_OPERATOR: f"{who.user} already waits for {n} approvals (the master's limit per operator)",
+                _MASTER: f"the operators of master {vouching_master(who)} already wait for {n} approvals (this "
+                        "master's limit per calling master)",
+                _TOTAL: f"{n} requests already wait for a moderator's approval (the master's limit)"}[bound]
 
     def _crowded(self, who: Identity) -> str | None:
         """Why no more request of `who` may wait for a free place (their bounds), or None."""
         limits = self.limits
-        mine = sum(1 for a in self.queued if same_operator(a.who, who))
-        if mine >= limits.queued_per_operator:
-            return f"{mine} more wait for a free place (the master's limit per operator)"
-        master = vouching_master(who)
-        theirs = 0 if master is None else sum(1 for a in self.queued if vouching_master(a.who) == master)
-        if theirs >= limits.queued_per_master:
-            return f"{theirs} of master {master}'s operators wait for a free place (the limit per calling master)"
-        if len(self.queued) >= limits.queued:
-            return f"{len(self.queued)} requests wait for a free place (the master's limit)"
-        return None
+        reached = _reached(who, [a.request.who for a in self.queued], limits.queued_per_operator,
+                           limits.queued_per_master, limits.queued)
+        if reached is None:
+            return None
+        bound, n = reached
+        return {_OPERATOR: f"{n} more wait for a free place (the master's limit per operator)",
+                _MASTER: f"{n} of master {vouching_master(who)}'s operators wait for a free place (the limit per "
+                        "calling master)",
+                _TOTAL: f"{n} requests wait for a free place (the master's limit)"}[bound]
 
     def _asked(self, asking: _Asking) -> None:
-        """`asking`'s request, pending from now: recorded, then the operator told what it waits for."""
+        """`asking`'s request, pending from now for `limits.wait` seconds: recorded, then the operator told what
+        it waits for."""
         limits = self.limits
         clock = self._clock()
         now = clock.seconds()
-        request = ApprovalRequest(_new_id(self.pending), asking.who, asking.worker, asking.kind, asking.what,
-                                  asking.reason, asking.moderated_by, now, now + limits.wait, asking.run_id)
-        asking.request_id = request.id
-        pending = self.pending[request.id] = _Pending(request, asking.waiter, undo=asking.undo)
-        pending.timer = clock.callLater(limits.wait, self._expired, request.id)
+        if asking.timer is not None and asking.timer.active():
+            asking.timer.cancel()  # its wait for a place
+        request = asking.request = replace(asking.request, asked=now, expires=now + limits.wait)
+        self.pending[request.id] = asking
+        asking.timer = clock.callLater(limits.wait, self._expired, asking)
         self._write(ASKED, request, request.who, request.detail())
-        minutes = f"{limits.wait / 60:g} min" if limits.wait >= 60 else f"{limits.wait:g} s"
         asking.waiting(f"worker {request.worker} is moderated: request {request.id} waits for a moderator's "
                        f"approval (moderated_by: {request.moderators}, with the watch right, not you: slaveshell "
-                       f"approve {request.id}); at most {minutes}; Ctrl-C or a cancel withdraws it")
+                       f"approve {request.id}); at most {_duration(limits.wait)}; Ctrl-C or a cancel withdraws it")
+
+    def _is_pending(self, asking: _Asking) -> bool:
+        return self.pending.get(asking.request.id) is asking
 
     def _stop(self, asking: _Asking) -> None:
         """The operator stopped waiting: their request withdrawn, or their wait for a place ended."""
-        if asking.request_id is not None:
-            self._withdrawn(asking.request_id)
+        if self._is_pending(asking):
+            self._withdrawn(asking.request.id)
             return
         if asking not in self.queued:
             return
-        self.queued.remove(asking)
-        for undo in asking.undo:
-            undo()
+        self._unqueue(asking)
         asking.waiter.errback(OperatorError(ErrorKind.STOPPED, "stopped waiting for a free place to ask a "
                                                                "moderator's approval"))
+
+    def _unqueue(self, asking: _Asking) -> None:
+        """Forget a request waiting for a place that will not be asked (its timer, its subscriptions)."""
+        self.queued.remove(asking)
+        if asking.timer is not None and asking.timer.active():
+            asking.timer.cancel()
+        for undo in asking.undo:
+            undo()
 
     def _next(self) -> None:
         """A place may be free: the oldest requests waiting for one that fit now are asked (each operator's in
         the order they came)."""
         for asking in list(self.queued):
-            if asking in self.queued and self._full(asking.who) is None:
+            if asking in self.queued and self._full(asking.request.who) is None:
                 self.queued.remove(asking)
                 self._asked(asking)
-                if asking.request_id in self.pending:
-                    self.wanted(self.pending[asking.request_id].request)
+                if self._is_pending(asking):
+                    self.wanted(asking.request)
 
-    def _end(self, request_id: str) -> _Pending | None:
-        """Forget a request (its timer, its subscriptions): the one that was pending, or None."""
+    def _end(self, request_id: str) -> _Asking | None:
+        """Forget a pending request (its timer, its subscriptions): the one that was pending, or None."""
         pending = self.pending.pop(request_id, None)
         if pending is None:
             return None
@@ -315,15 +325,26 @@ class Approvals:
             undo()
         return pending
 
-    def _expired(self, request_id: str) -> None:
-        pending = self._end(request_id)
-        if pending is None:
+    def _expired(self, asking: _Asking) -> None:
+        """`asking` waited `limits.wait` seconds: for a moderator, or for a free place to be asked. It ends,
+        audited (EXPIRED), its operator told why."""
+        request = asking.request
+        where = f"worker {request.worker} is moderated (moderated_by: {request.moderators})"
+        if self._is_pending(asking):
+            self._end(request.id)
+            text = (f"request {request.id}: no moderator approved it within {self.limits.wait:g} s (the master's "
+                    f"limit); {where}")
+            label = request.label
+        elif asking in self.queued:
+            self._unqueue(asking)
+            full = self._full(request.who)
+            text = (f"request {request.id}: no place came free within {self.limits.wait:g} s (the master's limit) "
+                    f"to ask a moderator's approval{': ' + full if full else ''}; {where}")
+            label = request.label + (f" (fleet run {request.run_id})" if request.run_id else "") + ", never asked"
+        else:
             return
-        request = pending.request
-        text = (f"request {request.id}: no moderator approved it within {self.limits.wait:g} s (the master's "
-                f"limit); worker {request.worker} is moderated (moderated_by: {request.moderators})")
-        self._write(EXPIRED, request, request.who, f"{request.label}: {text}")
-        pending.waiter.errback(OperatorError(ErrorKind.LIMIT, text))
+        self._write(EXPIRED, request, request.who, f"{label}: {text}")
+        asking.waiter.errback(OperatorError(ErrorKind.LIMIT, text))
         self._next()
 
     def _withdrawn(self, request_id: str) -> None:
@@ -364,30 +385,36 @@ class Approvals:
         return self._policy().may_moderate(who, request.who, request.worker, request.moderated_by)
 
     def listing(self, who: Identity, request_id: object = None) -> list[dict[str, object]]:
-        """The pending requests `who` may decide, and their own, oldest first; with `request_id`, that one (if
-        they may see it) with all of what it would do."""
+        """The requests `who` may decide, and their own: those pending, oldest first, then those waiting for a
+        free place to be asked, in the order they will be; with `request_id`, that one (if they may see it) with
+        all of what it would do."""
         if request_id is not None and (not isinstance(request_id, str) or not 1 <= len(request_id) <= 64):
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: a request's id")
+        pending = sorted(self.pending.values(), key=lambda p: p.request.asked)
         out = []
-        for pending in sorted(self.pending.values(), key=lambda p: p.request.asked):
-            request = pending.request
+        for asking in [*pending, *self.queued]:
+            request = asking.request
             if request_id is not None and request.id != request_id:
                 continue
             mine = same_operator(who, request.who)
             may = self.why_not(who, request) is None
             if mine or may:
-                out.append(request.row(mine, may, whole=request_id is not None))
+                out.append(request.row(mine, may, whole=request_id is not None,
+                                       waits_for_place=not self._is_pending(asking)))
         if request_id is not None and not out:
             raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {visible(request_id)} that you "
                                                      "may see")
         return out
 
-    def _decided(self, who: Identity, request_id: object, verb: str) -> _Pending:
+    def _decided(self, who: Identity, request_id: object, verb: str) -> _Asking:
         """The pending request `who` may decide, or OperatorError (a refusal audited: not a moderator)."""
         if not isinstance(request_id, str) or not 1 <= len(request_id) <= 64:
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {verb} needs a request's id")
         pending = self.pending.get(request_id)
         if pending is None:
+            if any(a.request.id == request_id for a in self.queued):
+                raise OperatorError(ErrorKind.NOT_FOUND, f"request {request_id} is not asked yet: it waits for a "
+                                                         "free place; a moderator decides it once it is asked")
             raise OperatorError(ErrorKind.NOT_FOUND, f"no pending approval request {visible(request_id)}")
         why = self.why_not(who, pending.request)
         if why is not None:
@@ -432,8 +459,22 @@ class Approvals:
             self._stopping = False
 
 
-def _new_id(taken: dict[str, _Pending]) -> str:
-    while True:
-        request_id = secrets.token_hex(6)  # 48 bits: an id cannot be guessed by probing approve
-        if request_id not in taken:
-            return request_id
+_OPERATOR, _MASTER, _TOTAL = "operator", "master", "total"  # the bounds on requests (`_reached`)
+
+
+def _reached(who: Identity, waiting: list[Identity], per_operator: int, per_master: int, total: int
+             ) -> tuple[str, int] | None:
+    """The first bound a new request of `who` would pass, among the requests of `waiting` (their operators): of
+    `who` (_OPERATOR), of the master that vouches for them (_MASTER) or in all (_TOTAL), and how many it counts."""
+    mine = sum(1 for other in waiting if same_operator(other, who))
+    if mine >= per_operator:
+        return _OPERATOR, mine
+    master = vouching_master(who)
+    theirs = 0 if master is None else sum(1 for other in waiting if vouching_master(other) == master)
+    if theirs >= per_master:
+        return _MASTER, theirs
+    return (_TOTAL, len(waiting)) if len(waiting) >= total else None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"

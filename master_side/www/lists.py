@@ -41,8 +41,9 @@ transcript chunk) is sent first. Messages (JSON, page -> master; the answer has 
 - ``{"type": "fleet", "refresh": bool?}`` -> the workers with their facts, ``{"type": "cancel_run", "run": str}``
   -> what a fleet run has pending cancelled (master_side.www.fleet_page);
 - ``{"type": "approvals", "id": str?}`` -> ``{"approvals": [{"id", "operator", "worker", "kind", "what",
-  "what_chars", "reason", "moderated_by", "asked", "expires", "run", "mine", "may_approve"}]}`` (the requests on
-  four-eyes workers waiting for a moderator's approval that this web user may decide, and their own:
+  "what_chars", "reason", "moderated_by", "asked", "expires", "run", "mine", "may_approve", "waits_for_place"}]}``
+  (the requests on four-eyes workers waiting for a moderator's approval that this web user may decide, and their
+  own, then the fleet runs' parts among them still waiting for a free place to be asked (``waits_for_place``):
   `OperatorAPI.pending_approvals`, as ``slaveshell approvals`` lists them: ``what`` cut in a listing of all,
   whole with ``id``); ``{"type": "approve", "id": str}`` and ``{"type": "deny", "id": str,
   "reason": str?}`` -> ``{"message": str}`` (master_side.operators.approvals: a moderator of the worker, not the

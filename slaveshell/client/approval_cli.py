@@ -1,5 +1,6 @@
 """`slaveshell approvals [ID]` (the requests waiting for a moderator's approval on four-eyes workers that you may
-decide, and your own; with ID, that one and all of what it would do), `slaveshell approve ID` and `slaveshell deny
+decide, and your own, then the fleet runs' parts among them still waiting for a free place to be asked; with ID,
+that one and all of what it would do), `slaveshell approve ID` and `slaveshell deny
 ID [--reason TEXT]` (master_side.operators.approvals). Everything a request says is the operator's or a worker's
 text: shown escaped (slaveshell.vocabulary.display)."""
 
@@ -44,26 +45,48 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    if not rows:
+    if args.request and rows:
+        _one(rows[0])
+        return 0
+    asked = [r for r in rows if not r.get("waits_for_place")]
+    waiting = [r for r in rows if r.get("waits_for_place")]
+    if not asked:
         print("no requests wait for your approval")
-        return 0
-    if args.request:
-        r = rows[0]
-        you = "yours" if r.get("mine") else ("you may approve or deny it" if r.get("may_approve") else "-")
-        groups = r.get("moderated_by")
-        moderators = ", ".join(str(g) for g in groups) if isinstance(groups, list) else "-"
-        for label, value in (("request", r.get("id")), ("operator", r.get("operator")), ("worker", r.get("worker")),
-                             ("kind", r.get("kind")), ("reason", r.get("reason") or "-"), ("left", _left(r)),
-                             ("moderated_by", moderators), ("you", you)):
-            print(f"{label + ':':14}{visible(str(value))}")
-        print(f"{'what:':14}{_what(r)}")
-        return 0
-    print(f"{'REQUEST':13} {'OPERATOR':12} {'WORKER':16} {'KIND':8} {'LEFT':>7}  {'YOU':8} {'REASON':20} WHAT")
-    for r in rows:
+    else:
+        print(f"{'REQUEST':13} {'OPERATOR':12} {'WORKER':16} {'KIND':8} {'LEFT':>7}  {'YOU':8} {'REASON':20} WHAT")
+    for r in asked:
         you = "yours" if r.get("mine") else ("approve" if r.get("may_approve") else "-")
         print(f"{cell(r.get('id'), 13)} {cell(r.get('operator'), 12)} {cell(r.get('worker'), 16)} "
               f"{cell(r.get('kind'), 8)} {_left(r):>7}  {you:8} {cell(r.get('reason') or '-', 20)} {_what(r)}")
+    if waiting:
+        print(f"\n{len(waiting)} waiting for a free place to be asked (fleet runs' parts past the bounds on "
+              "requests; a moderator decides each once it is asked):")
+        print(f"{'REQUEST':13} {'OPERATOR':12} {'WORKER':16} {'RUN':12} {'LEFT':>7}  {'REASON':20} WHAT")
+    for r in waiting:
+        print(f"{cell(r.get('id'), 13)} {cell(r.get('operator'), 12)} {cell(r.get('worker'), 16)} "
+              f"{cell(r.get('run') or '-', 12)} {_left(r):>7}  {cell(r.get('reason') or '-', 20)} {_what(r)}")
     return 0
+
+
+def _one(r: dict[str, object]) -> None:
+    """One request, all of what it would do."""
+    place = bool(r.get("waits_for_place"))
+    if r.get("mine"):
+        you = "yours"
+    elif r.get("may_approve"):
+        you = "you may approve or deny it" + (" once it is asked" if place else "")
+    else:
+        you = "-"
+    state = ("waits for a free place to be asked (a moderator decides it once it is)" if place
+             else "waits for a moderator's approval")
+    groups = r.get("moderated_by")
+    moderators = ", ".join(str(g) for g in groups) if isinstance(groups, list) else "-"
+    for label, value in (("request", r.get("id")), ("state", state), ("operator", r.get("operator")),
+                         ("worker", r.get("worker")), ("kind", r.get("kind")), ("run", r.get("run") or "-"),
+                         ("reason", r.get("reason") or "-"), ("left", _left(r)), ("moderated_by", moderators),
+                         ("you", you)):
+        print(f"{label + ':':14}{visible(str(value))}")
+    print(f"{'what:':14}{_what(r)}")
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

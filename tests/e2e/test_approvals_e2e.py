@@ -84,9 +84,9 @@ def box(sink: HttpSink) -> Iterator[Sandbox]:
         yield sb
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def short_box(sink: HttpSink) -> Iterator[Sandbox]:
-    """The same master with m1 only, whose requests expire after SHORT_WAIT s: for the test that waits for one
+    """The same master with m1 only, whose requests expire after SHORT_WAIT s: for the tests that wait for one
     to."""
     with moderated_master(sink, SHORT_WAIT, ("m1",)) as sb:
         yield sb
@@ -287,6 +287,49 @@ def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(short_box: Sandb
     assert kinds(box, expiring, "approval-expired")[-1][2] == "root"
 
 
+def test_a_runs_part_that_waits_for_a_place_as_long_as_a_request_waits_ends_with_the_masters_line(
+        short_box: Sandbox, tmp_path) -> None:
+    """root's two places (the bound here) are held by two copies; the parts of three runs on m1 wait for a free
+    place, listed marked so. The copies end (Ctrl-C, or their own expiry): the first two parts are asked in their
+    places; the third still waits SHORT_WAIT s after it began, and ends with the master's line, never asked."""
+    box = short_box
+    source = tmp_path / "hold.txt"
+    source.write_text("h\n")
+    holders = [cp(box, str(source), f"m1:{box.root}/allowed/hold{n}") for n in (1, 2)]
+    for holder in holders:
+        holder.asked()
+    runs = []
+    for n in (1, 2, 3):
+        client = Waiting([sys.executable, "-m", "slaveshell.cli", "run", "--socket", box.socket, "--workers", "m1",
+                          "--", "touch", f"waited-{n}"])
+        runs.append(client)
+        assert wait_until(lambda: "its approval request waits for a free place" in runs[-1].err, 30), client.err
+    last_run = re.search(r"slaveshell run: run ([0-9a-f]{12}) on 1 workers", runs[2].err)
+    assert last_run, runs[2].err
+    for holder in holders:
+        holder.process.send_signal(signal.SIGINT)
+        assert holder.end() in (130, 1)  # withdrawn, or expired already: either way its place is free
+    asked = [client.asked() for client in runs[:2]]
+    rows = [r for r in listed(box, LEAD) if r["operator"] == "root"]
+    assert [(r["id"], r["waits_for_place"]) for r in rows][:2] == [(asked[0], False), (asked[1], False)]
+    (waiting,) = [r for r in rows if r["waits_for_place"]]
+    assert waiting["run"] == last_run.group(1) and waiting["worker"] == "m1"
+    table = as_user(box, LEAD, "approvals").stdout
+    assert "1 waiting for a free place to be asked" in table, table
+    assert any(line.startswith(str(waiting["id"])) and f" {last_run.group(1)} " in line
+               for line in table.splitlines()), table
+    assert runs[2].end(timeout=SHORT_WAIT + 60) == 1
+    assert (f"m1: error: request {waiting['id']}: no place came free within {SHORT_WAIT} s (the master's limit) to "
+            "ask a moderator's approval: root already waits for 2 approvals (the master's limit per operator); "
+            "worker m1 is moderated" in runs[2].out), runs[2].out + runs[2].err
+    (event,) = kinds(box, str(waiting["id"]), "approval-expired")
+    assert event[2] == "root" and f"(fleet run {last_run.group(1)}), never asked: " in event[3]
+    for client in runs[:2]:
+        client.process.send_signal(signal.SIGINT)
+        assert client.end() != 0
+    assert not any(os.path.exists(os.path.join(box.worker_dir("m1"), f"waited-{n}")) for n in (1, 2, 3))
+
+
 def test_pending_requests_are_bounded_per_operator(box: Sandbox, tmp_path) -> None:
     source = tmp_path / "bound.txt"
     source.write_text("b\n")
@@ -384,10 +427,14 @@ def test_a_runs_part_past_the_operators_bound_waits_for_a_free_place_then_asks(b
             "approved, denied, withdrawn or expires" in client.err), client.err
     time.sleep(1)
     assert client.process.poll() is None and "refused" not in client.out, client.out
-    assert len([r for r in listed(box, LEAD) if r["operator"] == "root"]) == 2  # the bound holds
+    rows = [r for r in listed(box, LEAD) if r["operator"] == "root"]
+    assert len([r for r in rows if not r["waits_for_place"]]) == 2  # the bound holds
+    (waiting,) = [r for r in rows if r["waits_for_place"]]  # listed, marked so
+    assert waiting["kind"] == "run" and waiting["worker"] == "m1" and waiting["run"]
     copy.process.send_signal(signal.SIGINT)
     assert copy.end() == 130
-    request = client.asked()  # asked now, in the copy's place
+    request = client.asked()  # asked now, in the copy's place, under the id it was listed with
+    assert request == waiting["id"]
     (row,) = [r for r in listed(box, LEAD) if r["id"] == request]
     assert row["kind"] == "run" and str(row["what"]).endswith(", command: touch ran-after-a-place")
     assert as_user(box, LEAD, "approve", request).returncode == 0

@@ -237,7 +237,8 @@
   // Requests on four-eyes workers waiting for a moderator's approval (lists.py's "approvals", as `slaveshell
   // approvals` lists them): what each would do, escaped; Approve, and Deny with a reason, for a moderator (the master
   // decides who is one: another person than the operator, in the rule's groups or roles, with watch); the page's
-  // user's own requests marked as theirs. `props.changed(text)` says what was decided, and reloads the lists.
+  // user's own requests marked as theirs; a fleet run's part still waiting for a free place to be asked is marked so,
+  // without the buttons. `props.changed(text)` says what was decided, and reloads the lists.
   function ApprovalRows(props) {
     var st = React.useState({ told: {}, reasons: {}, whole: {} }), state = st[0], setState = st[1];
     function showAll(r) { // all of what a long request would do (a listing of all cuts it)
@@ -266,6 +267,9 @@
     return props.approvals.map(function (r) {
       var told = state.told[r.id], left = Math.max(0, Math.round(r.expires - Date.now() / 1000));
       var actions = told ? h("span", { className: "slaveshell-approval-told" }, told)
+        : r.waits_for_place ? h("span", { className: "text-muted slaveshell-approval-place" },
+          (r.mine ? "yours: " : "") + "fleet run " + printable(r.run) + "'s part: waits for a free place to be asked" +
+          (!r.mine && r.may_approve ? " (yours to decide once it is)" : ""))
         : r.mine ? h("span", { className: "text-muted" }, "yours: waits for a moderator")
         : !r.may_approve ? h("span", { className: "text-muted" }, "not yours to decide")
         : h("span", null,
