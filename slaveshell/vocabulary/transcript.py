@@ -239,6 +239,8 @@ def utf8_event_line(t: float, code: str, data: bytes, encode: JsonString = json_
 _NEVER_UTF8 = bytes((0xC0, 0xC1)) + bytes(range(0xF5, 0x100))
 # A chunk with at least one such byte in this many is shown byte by byte (random bytes: one in 20).
 _DENSE = 256
+# They are counted in this many bytes at each end of a longer chunk (a count over all of it is ~1.5 s/GB).
+_SAMPLE = 2048
 # ASCII as itself, every other byte as U+FFFD: a table for codecs.charmap_decode (C, one lookup a byte).
 _BYTE_SHOWN = "".join(chr(c) for c in range(128)) + "\ufffd" * 128
 
@@ -247,9 +249,11 @@ def shown_text(data: bytes) -> tuple[str, bool]:
     """The text a player shows for bytes that are not valid UTF-8, and whether it is exactly
     `data.decode("utf-8", "replace")`: it is when bytes UTF-8 never holds are rare; when they are dense
     (binary data), each byte >= 0x80 is one U+FFFD instead (its decoder goes through its error handler at each
-    of them: ~4x the CPU). The text then holds no line break JSON leaves raw (`_LINE_BREAKS`)."""
-    never = len(data) - len(data.translate(None, _NEVER_UTF8))
-    if never * _DENSE >= len(data) and never:
+    of them: ~4x the CPU). The text then holds no line break JSON leaves raw (`_LINE_BREAKS`). The density is
+    taken from both ends of a chunk longer than 2 * _SAMPLE (a chunk is mostly one kind of content)."""
+    sample = data if len(data) <= 2 * _SAMPLE else data[:_SAMPLE] + data[-_SAMPLE:]
+    never = len(sample) - len(sample.translate(None, _NEVER_UTF8))
+    if never * _DENSE >= len(sample) and never:
         return codecs.charmap_decode(data, "strict", _BYTE_SHOWN)[0], False
     return data.decode("utf-8", "replace"), True
 
@@ -337,7 +341,7 @@ class CastEncoder:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 exact = text.encode("utf-8", "surrogateescape")
-                line = _dumps([round(t, 6), "o", exact.decode("utf-8", "replace")])
+                line = _dumps([round(t, 6), "o", shown_text(exact)[0]])
                 return [line.encode("utf-8")], exact
             return [line.encode("utf-8") for line in encode_event(t, "o", text)], b""
         if data.isascii() and self._output.idle:
