@@ -199,3 +199,19 @@ def test_asciinema_reads_the_file_and_shows_what_the_terminal_showed(tmp_path):
     assert played.stdout == ("$ head -c 8 core\r\n\x7fELF\x02\x01\x01\x00\ufffd\ufffd"
                              + "\r\ncaf\u00e9 " * 40 + "caf\ufffd\r\n").encode()
     assert json.loads(open(rec.path).read().split("\n")[3])[1] == "oa"
+
+
+def test_a_full_disk_under_binary_output_fails_the_recording_once_and_names_no_missing_bytes(tmp_path):
+    rec, index = pty_recorder(tmp_path)
+    errors = []
+    index.record_error = lambda session_id, error: errors.append(error)
+    rec.output(b"\xff" * 3000)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    rec.output(b"\xfe" * 3000)
+    rec.output(b"\xfd" * 3000)
+    assert len(errors) == 1 and "No space left" in str(errors[0])
+    events = cast_of(rec.path).events
+    assert [e.code for e in events] == ["o", "oa"]  # nothing after the failure, nothing naming lost bytes
+    assert b"".join(exact_output(events, attachment=reader(rec.path))) == b"\xff" * 3000
