@@ -1,7 +1,8 @@
 """The transcript's encoder writes, byte for byte, what its plain reference (kept here) writes: a terminal's
 output as bytes (`CastEncoder.output_encoded`, whatever the bytes: ASCII, escape-heavy UTF-8, line breaks JSON
-leaves raw, bytes that are not UTF-8, characters split across chunks) and text events (`encode_event`); with the
-standard library's JSON strings and with the master's (orjson's)."""
+leaves raw, bytes that are not UTF-8, characters split across chunks; and `output_attaching`, whose bytes that
+are not UTF-8 go to the attachment) and text events (`encode_event`); with the standard library's JSON strings
+and with the master's (orjson's)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slaveshell.vocabulary.transcript import CastEncoder, encode_event, json_string
+from slaveshell.vocabulary.transcript import CastEncoder, Redactor, encode_event, json_string
 
 # The JSON strings an encoder is given: the standard library's, and the master's (master_side.audit.trail).
 ENCODERS = st.sampled_from([json_string, orjson.dumps])
@@ -47,6 +48,36 @@ class RefOutput:
     def lines(self, t: float, data: bytes, final: bool = False) -> list[bytes]:
         text = self.decoder.decode(data, final)
         return [line.encode("utf-8") for line in ref_encode_event(t, "o", text)] if text else []
+
+
+# Bytes valid UTF-8 never holds.
+_REF_NEVER = {0xC0, 0xC1, *range(0xF5, 0x100)}
+
+
+def ref_shown(data: bytes) -> str:
+    """The text a player is given for bytes that are not UTF-8: decoded with U+FFFD for each invalid sequence,
+    or, when at least one byte in 256 is one UTF-8 never holds (binary data; counted in 2 KiB at each end of a
+    longer chunk), one U+FFFD per byte >= 0x80."""
+    sample = data if len(data) <= 4096 else data[:2048] + data[-2048:]  # both ends of a long chunk
+    never = sum(1 for b in sample if b in _REF_NEVER)
+    if never and never * 256 >= len(sample):
+        return "".join(chr(b) if b < 0x80 else "\ufffd" for b in data)
+    return data.decode("utf-8", "replace")
+
+
+class RefAttaching(RefOutput):
+    """`output_attaching`'s reference: the `o` event of the text shown, and the exact bytes when not UTF-8."""
+
+    def attaching(self, t: float, data: bytes) -> tuple[list[bytes], bytes]:
+        text = self.decoder.decode(data)
+        if not text:
+            return [], b""
+        exact = text.encode("utf-8", "surrogateescape")
+        try:
+            exact.decode("utf-8")
+        except UnicodeDecodeError:
+            return [ref_dumps([round(t, 6), "o", ref_shown(exact)]).encode("utf-8")], exact
+        return [line.encode("utf-8") for line in ref_encode_event(t, "o", text)], b""
 
 
 # -- what a terminal writes ------------------------------------------------------------------------------------
@@ -104,3 +135,46 @@ def test_the_masters_json_strings_are_the_standard_librarys_for_every_character(
     chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     assert orjson.dumps("".join(chars)) == json_string("".join(chars))
     assert [c for c in chars[:0x3000] if orjson.dumps(c) != json_string(c)] == []
+
+
+@given(encode=ENCODERS, chunks=st.lists(_CHUNK | st.binary(min_size=200, max_size=9000)
+                                       | st.tuples(_CHUNK, st.binary(max_size=6000), _CHUNK).map(b"".join),
+                                       max_size=10),
+       t=st.floats(min_value=0, max_value=1e7))
+def test_output_attaching_is_what_the_reference_writes(encode, chunks, t):
+    # Chunks of every density of bytes that are not UTF-8: text with a stray byte, random bytes.
+    ours, ref = CastEncoder(encode=encode), RefAttaching()
+    exact = b""
+    for i, chunk in enumerate(chunks):
+        got = ours.output_attaching(t + i, chunk)
+        assert got == ref.attaching(t + i, chunk)
+        lines, attached = got
+        for line in lines:
+            assert len(line.decode("utf-8").splitlines()) == 1  # no raw line break in the line
+        exact += attached if attached else b"".join(json.loads(line)[2].encode("utf-8") for line in lines)
+    # With what the decoder holds at the end, exactly the stream's bytes.
+    tail = [line.encode("utf-8", "surrogateescape") for line in ours.flush(t)]
+    tail_bytes = b"".join(base64.b64decode(json.loads(line)[2]) for line in tail if json.loads(line)[1] == "ob")
+    if not tail_bytes:
+        tail_bytes = b"".join(json.loads(line)[2].encode("utf-8") for line in tail)
+    assert exact + tail_bytes == b"".join(chunks)
+
+
+def test_binary_is_shown_byte_by_byte_and_text_with_a_stray_byte_as_decoded():
+    encoder = CastEncoder(encode=orjson.dumps)
+    binary = bytes(range(256)) * 4  # every byte UTF-8 never holds, 13 in 256
+    [line], exact = encoder.output_attaching(1.0, binary)
+    assert exact == binary
+    assert json.loads(line)[2] == (
+        "".join(chr(b) for b in range(128)) + "\ufffd" * 128) * 4
+    stray = "d\u00e9j\u00e0 vu \u2018q\u2019 ".encode() * 20 + b"caf\xe9\n"  # a Latin-1 name in UTF-8 text
+    [line], exact = CastEncoder(encode=orjson.dumps).output_attaching(2.0, stray)
+    assert exact == stray
+    assert json.loads(line)[2] == stray.decode("utf-8", "replace")
+
+
+def test_redaction_applies_to_the_attached_bytes_too():
+    encoder = CastEncoder(Redactor([r"hunter\d+"]))
+    [line], exact = encoder.output_attaching(1.0, b"\xff\xfepassword hunter42 \xc0")
+    assert exact == b"\xff\xfepassword [REDACTED] \xc0"
+    assert json.loads(line)[2] == "\ufffd\ufffdpassword [REDACTED] \ufffd"

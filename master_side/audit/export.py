@@ -1,11 +1,12 @@
 """Reading transcripts as operators get them: one self-contained asciicast v2 stream per session.
 
 A session with bulk output keeps it raw in an attachment (`<name>.bin`, master_side.audit.transcripts) and refers to
-it with `a` events. What `slaveshell export`/`replay` download (by offset, MAX_CHUNK at a time) and what
-`search` reads is the transcript with each `a` event replaced by the `o` (and `ob`) events of its bytes
-(slaveshell.vocabulary.transcript.expand_lines): what the transcript would have held without an attachment, so clients
-and players that know nothing of attachments work on old and new transcripts alike. A transcript without an
-attachment is served as it is on disk, byte for byte.
+it with `a` events; a terminal's output that is not UTF-8 keeps its exact bytes there too, named by an `oa` event
+after its `o` event. What `slaveshell export`/`replay` download (by offset, MAX_CHUNK at a time) and what
+`search` reads is the transcript with each `a` event replaced by the `o` (and `ob`) events of its bytes and each
+`oa` event by the `ob` event of its bytes (slaveshell.vocabulary.transcript.expand_lines): what the transcript
+would have held without an attachment, so clients and players that know nothing of attachments work on old and
+new transcripts alike. A transcript without an attachment is served as it is on disk, byte for byte.
 
 Blocking file work: call these from a thread (the audit trail does), never from the reactor.
 """
@@ -22,11 +23,13 @@ from collections.abc import Iterable, Iterator
 from master_side.audit.transcripts import attachment_path
 from slaveshell.vocabulary.transcript import (
     ATTACHED,
+    EXACT_ATTACHED,
     AttachmentReader,
     Cast,
     Event,
     attached_code,
     expand_event,
+    expand_exact,
     iter_events,
     parse_header,
     parse_lines,
@@ -53,7 +56,14 @@ def _reader(bin_path: str) -> AttachmentReader:
 CHECKPOINT = 1 << 20
 # The transcript is read this much at a time; a run of lines without an `a` event is one unit of at most this.
 READ_BLOCK = 64 * 1024
-_MARK = f'"{ATTACHED}", '.encode()
+# How an `a` or `oa` event's line shows itself: its code, which no event's text can hold (JSON escapes a quote).
+_MARKS = (f'"{ATTACHED}", '.encode(), f'"{EXACT_ATTACHED}", '.encode())
+
+
+def _mark(data: bytes, start: int, end: int) -> int:
+    """Where the first mark of `_MARKS` is in data[start:end], -1 when none is."""
+    found = [at for at in (data.find(mark, start, end) for mark in _MARKS) if at >= 0]
+    return min(found) if found else -1
 
 
 class _Layout:
@@ -102,7 +112,7 @@ class _Layout:
 
     def _units(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """(file offset, bytes) of the whole lines in [start, end) (`start` a line's start): a run of lines
-        without an `a` event (at most about READ_BLOCK), or one line with one."""
+        without an `a` or `oa` event (at most about READ_BLOCK), or one line with one."""
         with open(self.path, "rb") as f:
             f.seek(start)
             pos, rest = start, b""
@@ -114,7 +124,7 @@ class _Layout:
                 whole = data.rfind(b"\n") + 1
                 i = 0
                 while i < whole:
-                    mark = data.find(_MARK, i, whole)
+                    mark = _mark(data, i, whole)
                     if mark < 0:
                         yield pos + i, data[i:whole]
                         break
@@ -128,16 +138,19 @@ class _Layout:
                 pos += whole
 
     def _piece(self, at: int, unit: bytes) -> bytes:
-        """What the unit at file offset `at` is in the expanded stream: itself, or its `a` event's expansion."""
-        if _MARK not in unit:
+        """What the unit at file offset `at` is in the expanded stream: itself, or its `a` or `oa` event's
+        expansion."""
+        if _mark(unit, 0, len(unit)) < 0:
             return unit
         if self._last is not None and self._last[0] == at:
             return self._last[1]
         try:
             t, code, data = json.loads(unit)
-            if code != ATTACHED or not isinstance(data, str):
+            if code not in (ATTACHED, EXACT_ATTACHED) or not isinstance(data, str):
                 return unit
-            lines = expand_event(float(t), data, read_attached(self.read_bin, data))
+            chunk = read_attached(self.read_bin, data)
+            lines = (expand_event(float(t), data, chunk) if code == ATTACHED
+                     else [expand_exact(float(t), chunk)])
         except (ValueError, TypeError):
             return unit  # an `a` line that cannot be expanded is served as it is
         piece = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
@@ -171,7 +184,8 @@ class ExportReader:
 
 def read_cast(path: str) -> Cast:
     """The expanded transcript, parsed, text only (attached bytes that are not UTF-8 are U+FFFD, without their
-    exact base64 copy). ValueError when it is not a transcript. All of it in memory: `iter_cast` streams it."""
+    exact base64 copy; an `o` event with an `oa` after it has the text of its exact bytes, the `oa` dropped).
+    ValueError when it is not a transcript. All of it in memory: `iter_cast` streams it."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         cast = parse_lines(f)
     return Cast(cast.header, list(_expanded(cast.events, path)), cast.truncated)
@@ -189,20 +203,39 @@ def iter_cast(path: str) -> Iterator[Event]:
 def _expanded(events: Iterable[Event], path: str) -> Iterator[Event]:
     """`events` with each `a` event replaced by the `o`/`i` event it stands for (expand_event with exact=False),
     built directly: through JSON, 64 MB of attached NUL bytes were 384 MB of "\\u0000" to encode and parse again.
-    An `a` event that cannot be expanded stays as it is (as in expand_lines)."""
+    An `o` event followed by an `oa` event gets the text of the exact bytes (its own may show each byte of a
+    binary chunk as U+FFFD: shown_text), the `oa` is dropped. An `a` or `oa` event that cannot be read stays as
+    it is (as in expand_lines)."""
     bin_path = attachment_path(path)
     if not os.path.exists(bin_path):
         yield from events
         return
     read = _reader(bin_path)
+    held: Event | None = None  # an `o` event, until the next says whether its exact bytes are attached
     for event in events:
+        if event.code == EXACT_ATTACHED and held is not None:
+            try:
+                held = Event(held.time, held.code, read_attached(read, event.data).decode("utf-8", "replace"))
+                yield held
+                held = None
+                continue
+            except (ValueError, TypeError):
+                pass
+        if held is not None:
+            yield held
+            held = None
         if event.code == ATTACHED:
             try:
                 text = read_attached(read, event.data).decode("utf-8", "replace")
                 event = Event(round(event.time, 6), attached_code(event.data), text)
             except (ValueError, TypeError):
                 pass
+        if event.code == "o":
+            held = event
+            continue
         yield event
+    if held is not None:
+        yield held
 
 
 exports = ExportReader()

@@ -71,7 +71,9 @@ class SessionRecorder:
 
     `bulk` (a session without a terminal): output chunks are written raw to the attachment
     (master_side.audit.transcripts.Attachment), the transcript gets a short `a` event per chunk: no JSON encoding of
-    the bytes, storage about 1.0x of the output instead of 1.5x (text) to 3.7x (binary).
+    the bytes, storage about 1.0x of the output instead of 1.5x (text) to 3.7x (binary). A terminal's output that
+    is not valid UTF-8 keeps its exact bytes in the attachment too, after the `o` event players show, with an
+    `oa` event naming them (CastEncoder.output_attaching): the attachment exists only once there are some.
 
     Input piped into a bulk stream, given a `recorded` callback, may be written behind: with `call_in_reactor`
     set (the audit trail sets Twisted's callFromThread), an attached input chunk goes to the attachment on the
@@ -94,7 +96,9 @@ class SessionRecorder:
         self.failed: OSError | None = None
         self.on_error: Callable[[OSError], None] = lambda e: None
         self.sha256: str | None = None
-        self.attachment = Attachment(attachment_path(path)) if bulk else None
+        self.bulk = bulk
+        # Created on disk at its first write (bulk output, or a terminal's output that is not UTF-8).
+        self.attachment = Attachment(attachment_path(path))
         self.attachment_sha256: str | None = None
         # Runs a function on the reactor's thread from another (callFromThread); None: input is never written
         # behind (`input`).
@@ -178,14 +182,26 @@ class SessionRecorder:
     # -- the relay's Recorder interface ----------------------------------------------------------
 
     def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
-        if self.attachment is None:
-            self._add(self.encoder.output_encoded(self._t(), data))
-        else:
+        if self.bulk:
             self._bulk(data, stream)
+            return
+        t = self._t()
+        lines, exact = self.encoder.output_attaching(t, data)
+        if exact:
+            # The exact bytes in the attachment before the event that names them (as a bulk chunk's).
+            if self.file is None or self.failed is not None:
+                return
+            try:
+                offset = self.attachment.write(exact)
+            except OSError as e:
+                self._fail(e)
+                return
+            self._add([*lines, *self.encoder.exact_attached(t, offset, len(exact))])
+        else:
+            self._add(lines)
 
     def _bulk(self, data: bytes, stream: int) -> None:
         """A bulk chunk (stream 0: input): inline when short text, else raw in the attachment, then its event."""
-        assert self.attachment is not None
         self._drain()
         t = self._t()
         lines = self.encoder.bulk(t, data, "i" if stream == 0 else "o")
@@ -214,7 +230,7 @@ class SessionRecorder:
             self._after_hidden_line = False
             if self.typed is not None:
                 self.typed.feed(data)
-            if self.attachment is not None and self.encoder.record_input:
+            if self.bulk and self.encoder.record_input:
                 # An upload through a pipe: as cheap as output, and off the reactor's thread where it can be.
                 if recorded is not None and self._write_behind(data, recorded):
                     return
@@ -228,7 +244,7 @@ class SessionRecorder:
         """Hand a bulk input chunk that goes to the attachment to the writing thread (True); False when it is
         written here: no reactor to come back to, a recording that failed, or a chunk that stays inline."""
         attachment, call = self.attachment, self.call_in_reactor
-        if attachment is None or call is None or self.file is None or self.failed is not None:
+        if not self.bulk or call is None or self.file is None or self.failed is not None:
             return False
         if len(data) <= BULK_INLINE:  # it may be an inline event (CastEncoder.bulk): written here
             return False
@@ -259,7 +275,6 @@ class SessionRecorder:
                 behind = self._behind.popleft()
                 error = behind.write.exception()
                 attachment = self.attachment
-                assert attachment is not None
                 if error is None and self.failed is None:
                     attachment.written(behind.data)
                     self._put(self.encoder.attached(self._t(), 0, behind.offset, len(behind.data)))
@@ -363,7 +378,7 @@ class SessionRecorder:
     def _close_attachment(self, t: float) -> list[str]:
         """Close the attachment (fsync off the reactor thread); its closing marker, if there is one."""
         attachment = self.attachment
-        if attachment is None or not attachment.created:
+        if not attachment.created:
             return []
         try:
             self.attachment_sha256 = attachment.close(self.run_blocking)

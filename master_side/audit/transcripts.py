@@ -1,7 +1,7 @@
 """Transcript files on the master: created exclusively with mode 0600 in a 0700 directory, appended live,
-fsynced at the end, and repaired after a crash. A session with bulk output has an attachment next to its
-`.cast`: `<name>.bin`, the raw bytes its `a` events refer to (slaveshell.vocabulary.transcript,
-docs/audit-schema.md)."""
+fsynced at the end, and repaired after a crash. A session with bulk output, or a terminal's output that is not
+UTF-8, has an attachment next to its `.cast`: `<name>.bin`, the raw bytes its `a` and `oa` events refer to
+(slaveshell.vocabulary.transcript, docs/audit-schema.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from master_side.audit.hashing import BatchedSha256
-from slaveshell.vocabulary.transcript import ATTACHED, attachment_ref, parse_lines
+from slaveshell.vocabulary.transcript import ATTACHED, EXACT_ATTACHED, attachment_ref, parse_lines
 
 
 def transcript_dir(path: str) -> str:
@@ -294,7 +294,7 @@ def _sha256_of(path: str) -> str:
 def _attached_end(events: list[object]) -> int:
     end = 0
     for event in events:
-        if getattr(event, "code", None) == ATTACHED:
+        if getattr(event, "code", None) in (ATTACHED, EXACT_ATTACHED):
             try:
                 _, offset, length = attachment_ref(getattr(event, "data", None))
             except ValueError:

@@ -10,14 +10,26 @@ A transcript is newline-delimited JSON: a header object, then `[seconds, code, d
     m   marker: joins, signals, exit, interruption (free text)
     ob  exact bytes of the preceding `o` event, base64, only when that output was not valid UTF-8
     ib  the same for `i`
+    oa  exact bytes of the preceding `o` event kept in the transcript's attachment, "1 OFFSET LENGTH": a
+        terminal's output that was not valid UTF-8 (the `o` event holds the text a player shows)
     a   a bulk stream's bytes kept in the transcript's attachment, "STREAM OFFSET LENGTH": the bytes
         [OFFSET, OFFSET + LENGTH) of `<name>.bin` next to `<name>.cast`; stream 1 (stdout) or 2 (stderr) is
         output, as an `o` event, stream 0 is input (the command's stdin), as an `i` event
 
-Players (asciinema) skip codes they do not know, so `ob`/`ib`/`a` cost nothing there; to get the exact bytes of
-a stream back, take each `o` event's text as UTF-8, unless an `ob` event follows it: then take the `ob` bytes;
-an `a` event's bytes are in the attachment (`exact_output` with a reader, or `expand_lines`). Each stream has
-its own incremental UTF-8 decoder, so a character split across reads comes out whole.
+Players (asciinema) skip codes they do not know, so `ob`/`ib`/`oa`/`a` cost nothing there; to get the exact
+bytes of a stream back, take each `o` event's text as UTF-8, unless an `ob` or `oa` event follows it: then take
+the `ob` bytes, or the `oa` range of the attachment; an `a` event's bytes are in the attachment (`exact_output`
+with a reader, or `expand_lines`). Each stream has its own incremental UTF-8 decoder, so a character split
+across reads comes out whole.
+
+A terminal's output that is not valid UTF-8 (`cat` of a binary file) is recorded with an attachment as well
+(`CastEncoder.output_attaching`): its `o` event holds the text a player shows, its exact bytes go raw to the
+attachment with an `oa` event naming them, instead of a base64 `ob` copy in the transcript (~1.3x the bytes to
+write and hash, and their JSON). The text shown is `bytes.decode("utf-8", "replace")` when such bytes are rare
+(a file name in another encoding); when they are dense (one in 256 bytes or more that UTF-8 never holds: random
+or compressed data), each byte >= 0x80 is one U+FFFD (`shown_text`), a C table lookup instead of the decoder's
+error handler per byte (~4x cheaper); a character of valid UTF-8 in such a chunk then shows as U+FFFDs.
+Transcripts written before (`ob` events) read as they always did.
 
 Bulk streams (sessions without a terminal: pipes, `-T`) are recorded raw: a JSON event per chunk would cost 1.5x
 the bytes for text and 3.7x for binary (U+FFFD plus base64); a chunk of at most BULK_INLINE bytes that is valid
@@ -40,6 +52,8 @@ from slaveshell.vocabulary import hidden as hidden_input
 REDACTED = "[REDACTED]"
 VERSION = 2
 ATTACHED = "a"
+# The exact bytes of the `o` event before it, in the attachment ("1 OFFSET LENGTH").
+EXACT_ATTACHED = "oa"
 # A bulk chunk up to this size that is valid UTF-8 by itself stays inline as an `o` event.
 BULK_INLINE = 4096
 
@@ -221,6 +235,38 @@ def utf8_event_line(t: float, code: str, data: bytes, encode: JsonString = json_
     return _line(t, code, escaped)
 
 
+# Bytes that valid UTF-8 never holds: their density says whether a chunk is binary (`shown_text`).
+_NEVER_UTF8 = bytes((0xC0, 0xC1)) + bytes(range(0xF5, 0x100))
+# A chunk with at least one such byte in this many is shown byte by byte (random bytes: one in 20).
+_DENSE = 256
+# They are counted in this many bytes at each end of a longer chunk (a count over all of it is ~1.5 s/GB).
+_SAMPLE = 2048
+# ASCII as itself, every other byte as U+FFFD: a table for codecs.charmap_decode (C, one lookup a byte).
+_BYTE_SHOWN = "".join(chr(c) for c in range(128)) + "\ufffd" * 128
+
+
+def shown_text(data: bytes) -> tuple[str, bool]:
+    """The text a player shows for bytes that are not valid UTF-8, and whether it is exactly
+    `data.decode("utf-8", "replace")`: it is when bytes UTF-8 never holds are rare; when they are dense
+    (binary data), each byte >= 0x80 is one U+FFFD instead (its decoder goes through its error handler at each
+    of them: ~4x the CPU). The text then holds no line break JSON leaves raw (`_LINE_BREAKS`). The density is
+    taken from both ends of a chunk longer than 2 * _SAMPLE (a chunk is mostly one kind of content)."""
+    sample = data if len(data) <= 2 * _SAMPLE else data[:_SAMPLE] + data[-_SAMPLE:]
+    never = len(sample) - len(sample.translate(None, _NEVER_UTF8))
+    if never * _DENSE >= len(sample) and never:
+        return codecs.charmap_decode(data, "strict", _BYTE_SHOWN)[0], False
+    return data.decode("utf-8", "replace"), True
+
+
+def _shown_line(t: float, code: str, data: bytes, encode: JsonString) -> bytes:
+    """The event a player reads for `data`, not valid UTF-8: `shown_text` as `encode` writes it."""
+    text, decoded = shown_text(data)
+    if decoded:
+        return _string_line(t, code, encode(text))
+    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', encode(text),
+                     b"]"))
+
+
 def _bytes_event(t: float, code: str, data: bytes, encode: JsonString = json_string) -> list[bytes]:
     """`encode_event(t, code, data.decode("utf-8", "surrogateescape"))`, UTF-8 encoded, for any `data` (`t` and
     `code` as for `ascii_event_line`): no str of surrogates, no encoding back to find the exact bytes."""
@@ -280,6 +326,39 @@ class CastEncoder:
             return [ascii_event_line(rounded, "o", data)]
         exact = self._output.take(data)
         return _bytes_event(rounded, "o", exact, self.encode) if exact else []
+
+    def output_attaching(self, t: float, data: bytes) -> tuple[list[bytes], bytes]:
+        """`output_encoded` for a recorder with an attachment: the lines, and the exact bytes of the last one's
+        event when they were not valid UTF-8 (else b""). Those bytes go to the attachment first, then the lines,
+        then `exact_attached` with their range: the `o` event holds the text a player shows (`shown_text`)."""
+        rounded = round(t, 6)
+        if not data or not isinstance(rounded, float) or not math.isfinite(rounded) or self.redact.patterns:
+            text = self._output.decode(data)
+            if not text:
+                return [], b""
+            text = self.redact(text)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                exact = text.encode("utf-8", "surrogateescape")
+                line = _dumps([round(t, 6), "o", shown_text(exact)[0]])
+                return [line.encode("utf-8")], exact
+            return [line.encode("utf-8") for line in encode_event(t, "o", text)], b""
+        if data.isascii() and self._output.idle:
+            return [ascii_event_line(rounded, "o", data)], b""
+        exact = self._output.take(data)
+        if not exact:
+            return [], b""
+        try:
+            exact.decode("utf-8")
+        except UnicodeDecodeError:
+            return [_shown_line(rounded, "o", exact, self.encode)], exact
+        return [utf8_event_line(rounded, "o", exact, self.encode)], b""
+
+    @staticmethod
+    def exact_attached(t: float, offset: int, length: int) -> list[str]:
+        """The `oa` event after an `o` event whose exact bytes were written to the attachment at `offset`."""
+        return [_dumps([round(t, 6), EXACT_ATTACHED, f"1 {offset} {length}"])]
 
     def input(self, t: float, data: bytes, hidden: bool) -> list[str]:
         if not self.record_input:
@@ -391,12 +470,17 @@ def iter_events(lines: Iterable[str], truncated: Callable[[str], None] | None = 
         truncated(broken)
 
 
-def event_bytes(events: Sequence[Event], index: int) -> bytes:
-    """The exact bytes of the text event at `index`: from the `<code>b` event right after it, if there is one."""
+def event_bytes(events: Sequence[Event], index: int, attachment: AttachmentReader | None = None) -> bytes:
+    """The exact bytes of the text event at `index`: from the `<code>b` event right after it, if there is one, or
+    the attachment's range an `oa` event after an `o` event names (ValueError without a reader)."""
     event = events[index]
     after = events[index + 1] if index + 1 < len(events) else None
     if after is not None and after.code == event.code + "b":
         return base64.b64decode(after.data)
+    if after is not None and event.code == "o" and after.code == EXACT_ATTACHED:
+        if attachment is None:
+            raise ValueError("this transcript has an attachment: its bytes need a reader")
+        return read_attached(attachment, after.data)
     return event.data.encode("utf-8")
 
 
@@ -428,7 +512,7 @@ def exact_output(events: Sequence[Event], code: str = "o",
     `attachment` (ValueError without one: the bytes would be missing)."""
     for index, event in enumerate(events):
         if event.code == code:
-            yield event_bytes(events, index)
+            yield event_bytes(events, index, attachment)
         elif event.code == ATTACHED and attached_code(event.data) == code:
             if attachment is None:
                 raise ValueError("this transcript has an attachment: its bytes need a reader")
@@ -449,17 +533,28 @@ def expand_event(t: float, ref: str, data: bytes, exact: bool = True) -> list[st
     return encode_event(t, code, data.decode("utf-8", "surrogateescape"))
 
 
+def expand_exact(t: float, data: bytes) -> str:
+    """The `ob` event an `oa` event stands for in a self-contained stream: the bytes it names, base64."""
+    return _dumps([round(t, 6), "ob", base64.b64encode(data).decode("ascii")])
+
+
 def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None, exact: bool = True) -> Iterator[str]:
     """A transcript as one self-contained asciicast v2 stream, lines with their newline: each `a` event
-    replaced by the events of its bytes (`expand_event`: what `slaveshell export` and search read). Without an
-    attachment, or past its end, `a` lines are left as they are (players skip them)."""
+    replaced by the events of its bytes (`expand_event`: what `slaveshell export` and search read), each `oa`
+    event by its `ob` (none with `exact` False). Without an attachment, or past its end, `a` and `oa` lines are
+    left as they are (players skip them)."""
     for line in lines:
-        if attachment is not None and f'"{ATTACHED}", ' in line:
+        if attachment is not None and (f'"{ATTACHED}", ' in line or f'"{EXACT_ATTACHED}", ' in line):
             try:
                 t, code, data = json.loads(line)
                 if code == ATTACHED:
                     for out in expand_event(float(t), data, read_attached(attachment, data), exact):
                         yield out + "\n"
+                    continue
+                if code == EXACT_ATTACHED:
+                    chunk = read_attached(attachment, data)
+                    if exact:
+                        yield expand_exact(float(t), chunk) + "\n"
                     continue
             except (ValueError, TypeError):
                 pass
