@@ -419,11 +419,11 @@ def test_after_ready_the_bulk_and_acks_go_as_lean_calls_both_ways_in_order_with_
     assert end.got == [[0, "input", b"ls\r"], [1, "ack", 524288], [2, "resize", 100, 40],
                        [3, "input", b"x" * 300_000]]
     for wire in ([0, "output", 1, b"y" * 524288], [1, "input_ack", 3, False, False], [2, "output", 2, b"e"],
-                 [3, "exit", 0, None, ""]):
+                 [3, "input_ack", 1, True, True], [4, "exit", 0, None, ""]):
         assert end.send(wire) is None
     pump.flush()
     assert took == [[0, "output", 1, b"y" * 524288], [1, "input_ack", 3, False, False], [2, "output", 2, b"e"],
-                    [3, "exit", 0, None, ""]]
+                    [3, "input_ack", 1, True, True], [4, "exit", 0, None, ""]]
 
 
 def test_a_malformed_lean_call_is_refused_as_a_malformed_message_on_either_side() -> None:
@@ -441,6 +441,7 @@ def test_a_malformed_lean_call_is_refused_as_a_malformed_message_on_either_side(
     mind = avatar.sender.lean
     _write(mind.broker, [COMMAND, mind.luid, b"routed_output", 0, b"not a stream", b"x"])
     _write(mind.broker, [COMMAND, mind.luid, b"routed_input", 0, b"x"])  # not a method A takes
+    _write(mind.broker, [COMMAND, mind.luid, b"routed_input_ack", 0, 1, 2, 0])
     pump.flush()
-    assert refused == ["routed_output: expected 2 integers",
-                       "a lean call of a method that has none"] and took == []
+    assert refused == ["routed_output: expected 2 integers", "a lean call of a method that has none",
+                       "routed_input_ack: expected seq, nbytes, hidden and flush (0 or 1)"] and took == []

@@ -69,8 +69,8 @@ class Route:
 
 
 # The kinds of message that go as lean calls once the other side takes them (slaveshell.plumbing.lean_calls'
-# CODECS): the bulk (output, input) and the acknowledgements that follow it; the rest go as PB calls of `m`.
-LEAN = {"output": "routed_output", "input": "routed_input", "ack": "routed_ack"}
+# CODECS): the bulk (output, input) and the acknowledgements of each; the rest go as PB calls of `m`.
+LEAN = {"output": "routed_output", "input": "routed_input", "ack": "routed_ack", "input_ack": "routed_input_ack"}
 
 
 @implementer(IPushProducer)
@@ -336,9 +336,9 @@ class DirectDoor:
 
 class _Mind(LeanReceiver):
     """A's end of the connection: B's messages (PB calls of `m`, and once A asked for them, lean calls of its
-    output)."""
+    output and input acknowledgements)."""
 
-    lean_methods = frozenset({"routed_output"})
+    lean_methods = frozenset({"routed_output", "routed_input_ack"})
 
     def __init__(self, message: Callable[[object], None], malformed: Callable[[ProtocolError], None]) -> None:
         self._message = message
@@ -349,6 +349,9 @@ class _Mind(LeanReceiver):
 
     def remote_routed_output(self, seq: int, stream: int, data: bytes) -> None:
         self._message([seq, "output", stream, data])
+
+    def remote_routed_input_ack(self, seq: int, nbytes: int, hidden: bool, flush: bool) -> None:
+        self._message([seq, "input_ack", nbytes, hidden, flush])
 
     def lean_refused(self, method: str, error: ProtocolError) -> None:
         self._malformed(error)

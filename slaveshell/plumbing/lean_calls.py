@@ -156,6 +156,14 @@ def _ints_then_bytes(n: int, what: str) -> Callable[[Sequence[object]], tuple[ob
     return decode
 
 
+def _decode_routed_input_ack(items: Sequence[object]) -> tuple[object, ...]:
+    """-> (seq, nbytes, hidden, flush), the flags as booleans."""
+    seq, nbytes = _ints(2, "routed_input_ack")(items[:2])
+    if len(items) != 4 or any(f not in (0, 1) or isinstance(f, bool) for f in items[2:]):
+        raise ProtocolError("routed_input_ack: expected seq, nbytes, hidden and flush (0 or 1)")
+    return (seq, nbytes, items[2] == 1, items[3] == 1)
+
+
 #: The methods that may travel leanly, and their layouts. Values are checked by the receiving ``remote_*``.
 #: A session's: input, ack, output, input_ack; a transfer's (slaveshell.vocabulary.copying's stream events): entry,
 # data,
@@ -173,6 +181,8 @@ CODECS: dict[str, Codec] = {
     "routed_output": Codec(lambda seq, stream, data: [seq, stream, data], _ints_then_bytes(2, "routed_output")),
     "routed_input": Codec(lambda seq, data: [seq, data], _ints_then_bytes(1, "routed_input")),
     "routed_ack": Codec(lambda seq, nbytes: [seq, nbytes], _ints(2, "routed_ack")),
+    "routed_input_ack": Codec(lambda seq, nbytes, hidden, flush: [seq, nbytes, 1 if hidden else 0, 1 if flush else 0],
+                              _decode_routed_input_ack),
 }
 assert Ack.call == "ack"
 
