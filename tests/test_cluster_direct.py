@@ -342,3 +342,106 @@ def test_the_session_pump_waits_for_a_paused_direct_connection() -> None:
     assert perspective.got == [] and len(sender.waiting) == serve.MAX_OUTSTANDING  # the rest waits in the sink
     sender.resumeProducing()
     assert [w[3] for w in perspective.got] == [bytes([65 + i]) for i in range(20)]  # type: ignore[index]
+
+
+class _End:
+    """A served session as B's avatar sees it: what A sent, and what was refused."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+        self.refused: list[str] = []
+        self.send: Any = None
+
+    def message(self, wire: object) -> None:
+        self.got.append(wire)
+
+    def ready(self, send: Any) -> bool:
+        self.send = send
+        return True
+
+    def lost(self) -> None:
+        self.got.append("lost")
+
+    def malformed(self, error: ProtocolError) -> None:
+        self.refused.append(str(error))
+
+
+def lean_pair() -> tuple[Any, Any, _End, DirectLink, list[object], list[str]]:
+    """B's avatar and A's link over two real PB brokers joined in memory (tests/fakes.connected): the pump, the
+    avatar, its session's end, A's link, what A took and what A refused."""
+    from twisted.spread import pb
+
+    from master_side.cluster.direct import DirectAvatar, _Mind
+    from master_side.cluster.offers import Offer
+
+    from .fakes import connected
+
+    end = _End()
+    clock = task.Clock()
+    door = type("Door", (), {"reactor": clock, "offers": Offers()})()
+    avatars: list[DirectAvatar] = []
+
+    class Root(pb.Root):
+        def remote_login(self, mind: Any) -> Any:
+            offer = Offer(USER_PREFIX + "ab" * 16, "cd" * 16, "A", "ef" * 16, 0.0)
+            avatar = DirectAvatar(door, offer, end, mind)  # type: ignore[arg-type]
+            avatar.attached(mind)
+            avatars.append(avatar)
+            return pb.AsReferenceable(avatar, "perspective")
+
+    root, pump, _ = connected(Root())
+    took: list[object] = []
+    refused: list[str] = []
+    mind = _Mind(took.append, lambda e: refused.append(str(e)))
+    answers: list[Any] = []
+    root.callRemote("login", mind).addCallback(answers.append)
+    pump.flush()
+    perspective = answers[0]
+    perspective.callRemote("ready").addCallback(answers.append)
+    pump.flush()
+    assert answers[1] is True
+    link = DirectLink(perspective, type("Connector", (), {"disconnect": lambda self: None})(), Sender(perspective))
+    leaned: list[bool] = []
+    link.lean().addCallback(leaned.append)
+    pump.flush()
+    assert leaned == [True]
+    return pump, avatars[0], end, link, took, refused
+
+
+def test_after_ready_the_bulk_and_acks_go_as_lean_calls_both_ways_in_order_with_the_rest() -> None:
+    """Output, input and acknowledgements as lean calls (no jelly, the payload unjoined), everything else as PB
+    calls of `m`, all in the order sent; each side takes them as the same `[seq, kind, values...]`."""
+    pump, avatar, end, link, took, _ = lean_pair()
+    assert avatar.sender.lean is not None and link.sender.lean is not None
+    for wire in ([0, "input", b"ls\r"], [1, "ack", 524288], [2, "resize", 100, 40], [3, "input", b"x" * 300_000]):
+        assert link.send(wire) is None
+    pump.flush()
+    assert end.got == [[0, "input", b"ls\r"], [1, "ack", 524288], [2, "resize", 100, 40],
+                       [3, "input", b"x" * 300_000]]
+    for wire in ([0, "output", 1, b"y" * 524288], [1, "input_ack", 3, False, False], [2, "output", 2, b"e"],
+                 [3, "input_ack", 1, True, True], [4, "exit", 0, None, ""]):
+        assert end.send(wire) is None
+    pump.flush()
+    assert took == [[0, "output", 1, b"y" * 524288], [1, "input_ack", 3, False, False], [2, "output", 2, b"e"],
+                    [3, "input_ack", 1, True, True], [4, "exit", 0, None, ""]]
+
+
+def test_a_malformed_lean_call_is_refused_as_a_malformed_message_on_either_side() -> None:
+    """A hostile peer's lean call of the wrong shape reaches neither the session nor Banana's loop: it is refused
+    where messages are (B: the view's refusal, which costs the session; A: the session ends, B broke the
+    protocol). A lean call to an object that takes none (the avatar itself) is dropped."""
+    from slaveshell.plumbing.lean_calls import COMMAND, _write
+
+    pump, avatar, end, link, took, refused = lean_pair()
+    inbox = link.sender.lean
+    _write(inbox.broker, [COMMAND, inbox.luid, b"routed_ack", b"lots", 5])
+    _write(inbox.broker, [COMMAND, link.perspective.luid, b"routed_input", 0, b"x"])
+    pump.flush()
+    assert end.refused == ["routed_ack: expected 2 integers"] and end.got == []
+    mind = avatar.sender.lean
+    _write(mind.broker, [COMMAND, mind.luid, b"routed_output", 0, b"not a stream", b"x"])
+    _write(mind.broker, [COMMAND, mind.luid, b"routed_input", 0, b"x"])  # not a method A takes
+    _write(mind.broker, [COMMAND, mind.luid, b"routed_input_ack", 0, 1, 2, 0])
+    pump.flush()
+    assert refused == ["routed_output: expected 2 integers", "a lean call of a method that has none",
+                       "routed_input_ack: expected seq, nbytes, hidden and flush (0 or 1)"] and took == []

@@ -33,8 +33,10 @@ from zope.interface import implementer
 
 from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, DirectOffer, Offer, Offers
 from slaveshell.plumbing.deferreds import deferred
+from slaveshell.plumbing.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.plumbing.remote import set_nodelay
 from slaveshell.vocabulary.display import visible
+from slaveshell.vocabulary.protocol import ProtocolError
 
 log = Logger()
 
@@ -66,6 +68,11 @@ class Route:
         return self._next is None
 
 
+# The kinds of message that go as lean calls once the other side takes them (slaveshell.plumbing.lean_calls'
+# CODECS): the bulk (output, input) and the acknowledgements of each; the rest go as PB calls of `m`.
+LEAN = {"output": "routed_output", "input": "routed_input", "ack": "routed_ack", "input_ack": "routed_input_ack"}
+
+
 @implementer(IPushProducer)
 class Sender:
     """One side's writes of a session's messages to the direct connection, without answers, as fast as the
@@ -76,6 +83,10 @@ class Sender:
 
     def __init__(self, reference: Any) -> None:
         self.reference = reference
+        # Once the other side said it takes them: the remote object its output, input and acknowledgements go to as
+        # lean calls (slaveshell.plumbing.lean_calls: one Banana list, a payload written after its header without
+        # a copy, to the kernel at once when nothing waits), instead of PB calls of `m`.
+        self.lean: Any = None
         self.paused = False
         self.waiting: collections.deque[tuple[object, defer.Deferred[Any]]] = collections.deque()
         transport = getattr(getattr(reference, "broker", None), "transport", None)
@@ -93,10 +104,22 @@ class Sender:
             self.waiting.append((wire, d))
             return d
         try:
-            self.reference.callRemote("m", wire, pbanswer=False)
+            self._write(wire)
         except pb.DeadReferenceError:
             return defer.fail()
         return None
+
+    def _write(self, wire: object) -> None:
+        """`wire` to the other side: a lean call for its kinds that have one, else a PB call of `m`. Both go in
+        order on the one connection (a lean call goes to the kernel at once only when nothing waits before it)."""
+        method = LEAN.get(wire[1]) if self.lean is not None and isinstance(wire, list) and len(wire) >= 2 else None
+        if method is None:
+            self.reference.callRemote("m", wire, pbanswer=False)
+            return
+        if self.lean.broker.disconnected:
+            raise pb.DeadReferenceError("the direct connection is lost")
+        assert isinstance(wire, list)
+        send_lean(self.lean, method, *wire[:1], *wire[2:])
 
     def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
         self.paused = True
@@ -106,7 +129,7 @@ class Sender:
         while self.waiting and not self.paused:
             wire, d = self.waiting.popleft()
             try:
-                self.reference.callRemote("m", wire, pbanswer=False)
+                self._write(wire)
             except pb.DeadReferenceError:
                 d.errback()
                 continue
@@ -131,6 +154,29 @@ class DirectEnd(Protocol):
     def lost(self) -> None:
         """The connection is gone after READY."""
 
+    def malformed(self, error: ProtocolError) -> None:
+        """A lean call of A's whose shape is wrong: refused as a malformed message (it costs the session)."""
+
+
+class _Inbox(LeanReceiver):
+    """B's end of a ready connection for A's lean calls (its input and acknowledgements), exported on that
+    connection only (PB's table of local objects is per connection)."""
+
+    lean_methods = frozenset({"routed_input", "routed_ack"})
+
+    def __init__(self, avatar: DirectAvatar) -> None:
+        self.avatar = avatar
+
+    def remote_routed_input(self, seq: int, data: bytes) -> None:
+        self.avatar.perspective_m([seq, "input", data])
+
+    def remote_routed_ack(self, seq: int, nbytes: int) -> None:
+        self.avatar.perspective_m([seq, "ack", nbytes])
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        if self.avatar.is_ready and not self.avatar.gone:
+            self.avatar.end.malformed(error)
+
 
 class DirectAvatar(pb.Avatar):
     """A logged-in direct connection, for one session."""
@@ -143,6 +189,7 @@ class DirectAvatar(pb.Avatar):
         self.is_ready = False
         self.gone = False
         self._deadline: Any = None
+        self.sender: Sender | None = None
 
     def attached(self, mind: Any) -> None:
         set_nodelay(mind)  # a keystroke's message leaves at once
@@ -176,11 +223,22 @@ class DirectAvatar(pb.Avatar):
         if self.is_ready or self.gone:
             return False
         self._cancel_deadline()
-        if not self.end.ready(Sender(self.mind).send):
+        self.sender = Sender(self.mind)
+        if not self.end.ready(self.sender.send):
             self.door.reactor.callLater(0, self.disconnect)
             return False
         self.is_ready = True
         return True
+
+    def perspective_lean(self) -> _Inbox | None:
+        """A (after READY) takes lean calls on this connection: B's messages go to it so from now on, and A's go
+        to the inbox returned (None: not ready, or the connection cannot take lean calls; A stays on `m`)."""
+        if not self.is_ready or self.gone or self.sender is None:
+            return None
+        if not accept(getattr(self.mind, "broker", None)):
+            return None
+        self.sender.lean = self.mind
+        return _Inbox(self)
 
     def perspective_m(self, wire: object) -> None:
         if self.is_ready and not self.gone:
@@ -276,14 +334,27 @@ class DirectDoor:
 # -- A's end ---------------------------------------------------------------------------------------------------
 
 
-class _Mind(pb.Referenceable):
-    """A's end of the connection: B's messages."""
+class _Mind(LeanReceiver):
+    """A's end of the connection: B's messages (PB calls of `m`, and once A asked for them, lean calls of its
+    output and input acknowledgements)."""
 
-    def __init__(self, message: Callable[[object], None]) -> None:
+    lean_methods = frozenset({"routed_output", "routed_input_ack"})
+
+    def __init__(self, message: Callable[[object], None], malformed: Callable[[ProtocolError], None]) -> None:
         self._message = message
+        self._malformed = malformed
 
     def remote_m(self, wire: object) -> None:
         self._message(wire)
+
+    def remote_routed_output(self, seq: int, stream: int, data: bytes) -> None:
+        self._message([seq, "output", stream, data])
+
+    def remote_routed_input_ack(self, seq: int, nbytes: int, hidden: bool, flush: bool) -> None:
+        self._message([seq, "input_ack", nbytes, hidden, flush])
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        self._malformed(error)
 
 
 @dataclass
@@ -298,20 +369,35 @@ class DirectLink:
     def send(self, wire: object) -> defer.Deferred[Any] | None:
         return self.sender.send(wire)
 
+    @deferred
+    async def lean(self) -> bool:
+        """After READY: this side takes B's output as lean calls, and sends its input and acknowledgements so;
+        False when B does not offer them (its messages and ours stay PB calls of `m`)."""
+        if not accept(getattr(self.perspective, "broker", None)):
+            return False
+        try:
+            inbox = await self.perspective.callRemote("lean")
+        except Exception:
+            return False
+        if not isinstance(inbox, pb.RemoteReference):
+            return False
+        self.sender.lean = inbox
+        return True
+
     def close(self) -> None:
         self.connector.disconnect()
 
 
 @deferred
 async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], None],
-                  lost: Callable[[], None]) -> DirectLink:
+                  lost: Callable[[], None], malformed: Callable[[ProtocolError], None]) -> DirectLink:
     """A's connection to B with `offer`, logged in within CONNECT_WITHIN seconds (else it fails and is closed);
-    B's messages go to `message`; `lost` is told when the connection goes after READY. The caller then says
-    READY (`ready`)."""
+    B's messages go to `message` (a lean call whose shape is wrong, to `malformed`); `lost` is told when the
+    connection goes after READY. The caller then says READY (`ready`), and asks for lean calls (`DirectLink.lean`)."""
     factory = pb.PBClientFactory()
     connector = reactor.connectTCP(offer.host, offer.port, factory, timeout=CONNECT_WITHIN)
     login = factory.login(credentials.UsernamePassword(offer.username.encode(), offer.password.encode()),
-                          client=_Mind(message))
+                          client=_Mind(message, malformed))
     login.addTimeout(CONNECT_WITHIN, reactor)
     try:
         perspective = await login

@@ -460,7 +460,7 @@ class RoutedView:
             return
         reactor = self.relays.link.reactor
         try:
-            link = await connect(reactor, offer, self.take, self.direct_lost)
+            link = await connect(reactor, offer, self.take, self.direct_lost, self.malformed)
         except Exception as e:
             log.info("slaveshell: a session routed to master {master} stays on the router: no direct connection to "
                      "{host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
@@ -480,8 +480,10 @@ class RoutedView:
             self.end(f"master {visible(self.master)} did not take the session's direct connection")
             return
         self.use_direct(link)
-        log.info("slaveshell: a session routed to master {master} goes over a direct connection to {host}:{port}",
-                 master=visible(self.master), host=visible(offer.host), port=offer.port)
+        lean = await link.lean()
+        log.info("slaveshell: a session routed to master {master} goes over a direct connection to {host}:{port}"
+                 "{how}", master=visible(self.master), host=visible(offer.host), port=offer.port,
+                 how=" (lean calls)" if lean else "")
 
     def use_direct(self, link: DirectLink) -> None:
         """B took READY: the session's messages go over `link` once those on the router are answered."""
@@ -489,6 +491,10 @@ class RoutedView:
         self.path = DIRECT
         self.route.switch(link.send)
         self._pump()
+
+    def malformed(self, error: ProtocolError) -> None:
+        """A lean call of B's on the direct connection whose shape is wrong: B broke the protocol."""
+        self.end(f"master {visible(self.master)} broke the protocol: {error}")
 
     def direct_lost(self) -> None:
         """The direct connection went after READY: the session ends, as when the router is lost."""

@@ -286,6 +286,11 @@ class _DirectEnd:
     def lost(self) -> None:
         self.sessions.direct_lost(self.served)
 
+    def malformed(self, error: ProtocolError) -> None:
+        view = self.served.view
+        if view is not None and not self.served.ended:
+            view.refused(error)
+
 
 class ServedSessions:
     """The sessions this master serves for other masters, and the `open` procedure of its workers."""

@@ -136,6 +136,34 @@ def _decode_done_file(items: Sequence[object]) -> tuple[object, ...]:
     return (_text(items[0], DoneFile.call, "ascii"),)
 
 
+def _ints(n: int, what: str) -> Callable[[Sequence[object]], tuple[object, ...]]:
+    def decode(items: Sequence[object]) -> tuple[object, ...]:
+        if len(items) != n or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise ProtocolError(f"{what}: expected {n} integers")
+        return tuple(items)
+
+    return decode
+
+
+def _ints_then_bytes(n: int, what: str) -> Callable[[Sequence[object]], tuple[object, ...]]:
+    ints = _ints(n, what)
+
+    def decode(items: Sequence[object]) -> tuple[object, ...]:
+        if len(items) != n + 1 or not isinstance(items[-1], bytes):
+            raise ProtocolError(f"{what}: expected {n} integers and bytes")
+        return (*ints(items[:-1]), items[-1])
+
+    return decode
+
+
+def _decode_routed_input_ack(items: Sequence[object]) -> tuple[object, ...]:
+    """-> (seq, nbytes, hidden, flush), the flags as booleans."""
+    seq, nbytes = _ints(2, "routed_input_ack")(items[:2])
+    if len(items) != 4 or any(f not in (0, 1) or isinstance(f, bool) for f in items[2:]):
+        raise ProtocolError("routed_input_ack: expected seq, nbytes, hidden and flush (0 or 1)")
+    return (seq, nbytes, items[2] == 1, items[3] == 1)
+
+
 #: The methods that may travel leanly, and their layouts. Values are checked by the receiving ``remote_*``.
 #: A session's: input, ack, output, input_ack; a transfer's (slaveshell.vocabulary.copying's stream events): entry,
 # data,
@@ -148,6 +176,13 @@ CODECS: dict[str, Codec] = {
     Entry.call: Codec(_encode_entry, _decode_entry),
     Data.call: Codec(lambda chunk: [chunk], _one(bytes, Data.call)),
     DoneFile.call: Codec(lambda sha256: [sha256.encode("ascii")], _decode_done_file),
+    # A routed session's messages on the direct connection between two masters (master_side.cluster.direct): the
+    # message's seq first; the values are checked by master_side.cluster.stream where the message is taken.
+    "routed_output": Codec(lambda seq, stream, data: [seq, stream, data], _ints_then_bytes(2, "routed_output")),
+    "routed_input": Codec(lambda seq, data: [seq, data], _ints_then_bytes(1, "routed_input")),
+    "routed_ack": Codec(lambda seq, nbytes: [seq, nbytes], _ints(2, "routed_ack")),
+    "routed_input_ack": Codec(lambda seq, nbytes, hidden, flush: [seq, nbytes, 1 if hidden else 0, 1 if flush else 0],
+                              _decode_routed_input_ack),
 }
 assert Ack.call == "ack"
 
