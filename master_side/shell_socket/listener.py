@@ -47,11 +47,12 @@ class Sniffer(Protocol):
         self._fds: list[int] = []
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
-        self._fds.append(descriptor)
+        # One more than MAX_PASSED is kept for the door to refuse (and drop the connection, audited); any beyond
+        # it, or on a connection refused, is closed at once.
         if len(self._fds) > MAX_PASSED or not self.admitted or self._head is None:
-            close_all(self._fds)
-            if self.admitted and self._head is not None:
-                self._not_framed(f"more than {MAX_PASSED} file descriptors before its first frame")
+            close_all([descriptor])
+            return
+        self._fds.append(descriptor)
 
     @property
     def gate(self) -> ConnectionGate:
