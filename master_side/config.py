@@ -81,6 +81,11 @@ class ShellConfig:
     max_buffered_total: int = ResourceBounds.buffered_total
     write_stall_timeout: float | None = ResourceBounds.write_stall
     max_calls_in_progress: int = ResourceBounds.calls_in_progress
+    max_passed_fds_per_uid: int = ResourceBounds.passed_fds_per_uid
+    max_passed_fds: int = ResourceBounds.passed_fds
+    # A `-T` session's stdin and stdout, when pipes or sockets, read and written by the master itself on the
+    # descriptors the client passes (master_side.shell_socket.passed); False: always framed through the client.
+    pass_stdio: bool = True
     name: str = "slaveshell"
     # `slaveshell cp`: keep a copy of every transfer's bytes next to its transcript (master_side.copying.record).
     keep_transfer_bytes: bool = False
@@ -146,7 +151,8 @@ class ShellConfig:
         for what in ("max_connections_per_uid", "max_connections", "max_viewers_per_session",
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
                      "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch", "max_run_sessions",
-                     "max_pending_approvals_per_operator", "max_pending_approvals"):
+                     "max_pending_approvals_per_operator", "max_pending_approvals", "max_passed_fds_per_uid",
+                     "max_passed_fds"):
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")
@@ -199,7 +205,8 @@ class ShellConfig:
     def bounds(self) -> ResourceBounds:
         return ResourceBounds(self.max_connections_per_uid, self.max_connections, self.max_viewers_per_session,
                               self.max_viewers_per_operator, self.max_connection_buffer, self.max_buffered_total,
-                              self.write_stall_timeout, self.max_calls_in_progress)
+                              self.write_stall_timeout, self.max_calls_in_progress, self.max_passed_fds_per_uid,
+                              self.max_passed_fds)
 
 
 def shell_config(*args: object, **kwargs: object) -> ShellConfig:

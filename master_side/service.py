@@ -111,6 +111,11 @@ class ShellService(BuildbotService):
     def limits(self) -> SessionLimits:
         return self.registry.limits
 
+    @property
+    def pass_stdio(self) -> bool:
+        """Whether the framed door serves a `-T` session's passed stdin and stdout (master_side.shell_socket.passed)."""
+        return self.config.pass_stdio
+
     def build_activity(self, build_id: int) -> dict[str, tuple[int, int]]:
         """The held build's live sessions: their input bytes and viewers, by session id (the HoldForShell step
         watches them: master_side.holds.step.HoldHost)."""

@@ -26,3 +26,7 @@ class ResourceBounds:
     buffered_total: int = 64 * 1024 * 1024
     write_stall: float | None = 60.0
     calls_in_progress: int = 4
+    # Descriptors operators' clients passed to the master (a `-T` session's stdin and stdout: at most two a
+    # connection, master_side.shell_socket.passed), held at once per uid and in total.
+    passed_fds_per_uid: int = 16
+    passed_fds: int = 128

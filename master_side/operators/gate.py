@@ -80,6 +80,7 @@ class _Connection:
         # A connection on the shell socket (counted by `admit`), or one another door admitted (`watch`).
         self.socket = socket
         self.calls = 0
+        self.fds = 0  # descriptors the client passed that the master holds (master_side.shell_socket.passed)
         # Bytes the kernel had taken from the write buffer when the write-stall clock last started.
         self.taken = 0
         self.since: float | None = None
@@ -191,6 +192,33 @@ class ConnectionGate:
                 conn.since, conn.taken = now, taken
             elif stall is not None and now - conn.since >= stall:
                 self.drop(conn.peer, f"it has not read its output for {stall:g} s ({held} bytes waiting)")
+
+    # -- passed descriptors ----------------------------------------------------------------------
+
+    def hold_fds(self, peer: Gated, n: int) -> str | None:
+        """Count `n` more descriptors the connection's client passed as held by the master: None, or why they are
+        refused (over `passed_fds_per_uid` or `passed_fds`; the caller closes them and audits)."""
+        conn = self.connections.get(peer)
+        if conn is None:
+            return "the connection is not admitted"
+        bounds = self.bounds
+        mine = sum(c.fds for c in self.connections.values() if c.identity.uid == conn.identity.uid)
+        total = sum(c.fds for c in self.connections.values())
+        if mine + n > bounds.passed_fds_per_uid:
+            return (f"{conn.identity.user} already has {mine} descriptors passed to the master (its limit per user "
+                    f"is {bounds.passed_fds_per_uid})")
+        if total + n > bounds.passed_fds:
+            return f"the master already holds {total} passed descriptors (its limit is {bounds.passed_fds})"
+        conn.fds += n
+        return None
+
+    def release_fds(self, peer: Gated, n: int) -> None:
+        conn = self.connections.get(peer)
+        if conn is not None:
+            conn.fds = max(conn.fds - n, 0)
+
+    def fds_held(self, uid: int | None = None) -> int:
+        return sum(c.fds for c in self.connections.values() if uid is None or c.identity.uid == uid)
 
     # -- calls ---------------------------------------------------------------------------------
 

@@ -26,18 +26,32 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
+import os
 from collections.abc import Callable
 from typing import cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from master_side.operators.api import ErrorKind, Handle, OperatorError
 from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.copy_door import TRANSFER_READ_SIZE, CopyDoor, set_read_size
 from master_side.shell_socket.framed import DoorHost
+from master_side.shell_socket.passed import (
+    MAX_PASSED,
+    STREAMS,
+    FdReactor,
+    PassedStdio,
+    check_passed,
+    close_all,
+    nowait_supported,
+    probe_input,
+)
 from master_side.shell_socket.run_door import RunDoor, fact_answer, runs_answer
 from master_side.shell_socket.viewer_sink import WireViewerSink
 from slaveshell.plumbing.write_now import buffered_bytes, write_frame
@@ -49,8 +63,10 @@ from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError, check_byt
 log = Logger()
 
 
+@implementer(IFileDescriptorReceiver)
 class WireDoor(Protocol):
-    """One operator connection speaking slaveshell.vocabulary.framing."""
+    """One operator connection speaking slaveshell.vocabulary.framing. Descriptors its client passes
+    (SCM_RIGHTS) are taken only with the open that announces them (master_side.shell_socket.passed)."""
 
     def __init__(self, service: DoorHost) -> None:
         self.service = service
@@ -71,6 +87,10 @@ class WireDoor(Protocol):
         self._held: collections.deque[framing.Frame] = collections.deque()
         self._serving = self._paused = False
         self._identity: Identity | None = None
+        # Descriptors the client passed, not yet taken by the open that announces them (at most MAX_PASSED), and
+        # the streams the master serves on them once taken.
+        self._fds: list[int] = []
+        self.passed: PassedStdio | None = None
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -106,11 +126,86 @@ class WireDoor(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.disconnected = True
+        self._close_fds()
+        if self.passed is not None:
+            self.passed.close()
         if self.admitted:
             self.gate.release(self)
         callbacks, self.disconnects = self.disconnects, []
         for callback in callbacks:
             callback()
+
+    # -- passed descriptors ----------------------------------------------------------------------
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        """A descriptor the client passed (SCM_RIGHTS), before the bytes it came with. Kept for the open that
+        announces it, within MAX_PASSED and the gate's bounds; any other (after an open, past the number, on a
+        connection that is going) is closed at once, and the connection dropped, audited."""
+        with contextlib.suppress(OSError):
+            os.set_inheritable(descriptor, False)
+        if not self.admitted or self.disconnected or self.decoder.broken:
+            close_all([descriptor])
+            return
+        why = None
+        if self.viewing or len(self._fds) >= MAX_PASSED:
+            why = (f"file descriptors it did not announce (at most {MAX_PASSED}, with the open of a session "
+                   "without a terminal)")
+        else:
+            why = self.gate.hold_fds(self, 1)
+        if why is not None:
+            close_all([descriptor])
+            self._close_fds()
+            self._broken(why)
+            return
+        self._fds.append(descriptor)
+
+    def _close_fds(self) -> None:
+        if self._fds:
+            self.gate.release_fds(self, len(self._fds))
+            close_all(self._fds)
+
+    def _fd_closed(self) -> None:
+        self.gate.release_fds(self, 1)
+
+    def _take_passed(self, who: Identity, stdio: object, request: OpenRequest) -> PassedStdio | None:
+        """The descriptors the open announced (`stdio`: their streams, in order), checked: a `PassedStdio` on
+        them; None when none were announced, or when the master declines them (its `pass_stdio` off, a kernel
+        without RWF_NOWAIT on pipes: closed, and the client serves those streams itself). OperatorError, the
+        descriptors closed and the refusal audited, when they are not what the open announced."""
+        fds, self._fds = self._fds, []
+        if stdio is None and not fds:
+            return None
+        why = None
+        if (not isinstance(stdio, list) or not stdio or len(stdio) > MAX_PASSED or len(set(map(str, stdio))) !=
+                len(stdio) or any(name not in STREAMS for name in stdio)):
+            why = f"stdio must name at most {MAX_PASSED} of the streams {', '.join(STREAMS)}, each once"
+        elif len(fds) != len(stdio):
+            why = f"the open announced {len(stdio)} file descriptors and passed {len(fds)}"
+        elif request.pty:
+            why = "file descriptors are taken only for a session without a terminal (-T)"
+        else:
+            why = next((r for r in (check_passed(fd, name) for name, fd in zip(stdio, fds, strict=True)) if r), None)
+        if why is not None or not self.service.pass_stdio or not nowait_supported():
+            self.gate.release_fds(self, len(fds))
+            close_all(fds)
+            if why is None:
+                return None
+            self.gate.audit(who, "refused", f"open refused: {why}")
+            raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {why}")
+        streams = dict(zip(cast(list[str], stdio), fds, strict=True))
+        first = None
+        if "in" in streams:
+            takes, first = probe_input(streams["in"])
+            if not takes:  # not readable without blocking (a FIFO opened by its name): the client reads it
+                self.gate.release_fds(self, 1)
+                close_all([streams.pop("in")])
+                if not streams:
+                    return None
+        reactor = getattr(self.transport, "reactor", None)
+        if reactor is None:
+            from twisted.internet import reactor
+        return PassedStdio(cast(FdReactor, reactor), streams, self._refused, on_close=self._fd_closed,
+                           first_input=first)
 
     def dataReceived(self, data: bytes) -> None:
         if not self.admitted or self.disconnected or self.decoder.broken:
@@ -156,6 +251,9 @@ class WireDoor(Protocol):
     # -- frames --------------------------------------------------------------------------------
 
     def _frame(self, frame: framing.Frame) -> None:
+        if self._fds and not _announces(frame):
+            self._close_fds()
+            raise WireError("file descriptors passed with a frame that did not announce them")
         if frame.type is FrameType.INPUT:
             self._input(frame.payload)
             return
@@ -269,7 +367,7 @@ class WireDoor(Protocol):
         """What call `op` does (through the gate, `_call`): its answer's fields, or a Deferred of them."""
         api = self.service.api
         if op is Op.OPEN:
-            return self._open(who, message.get("request"), message.get("max_output"))
+            return self._open(who, message.get("request"), message.get("max_output"), message.get("stdio"))
         if op is Op.ATTACH:
             return self._attach(who, message.get("session"), message.get("mode"), message.get("max_output"))
         if op is Op.COPY:
@@ -319,28 +417,48 @@ class WireDoor(Protocol):
             log.failure("slaveshell: a call on the framed door failed", failure)
             self.answer(call_id, False, error="the master could not serve the call (see its log)")
 
-    def _open(self, who: Identity, params: object, most: object) -> defer.Deferred[dict[str, object] | None]:
+    def _open(self, who: Identity, params: object, most: object, stdio: object = None
+              ) -> defer.Deferred[dict[str, object] | None]:
         if self.viewing:
+            self._close_fds()
             raise OperatorError(ErrorKind.BAD_REQUEST, "bad request: this connection already has a session")
         try:
             request = OpenRequest.from_wire(params)
             max_output = framing.max_output(most)
         except ProtocolError as e:
+            self._close_fds()
             raise OperatorError(ErrorKind.BAD_REQUEST, f"bad request: {e}") from None
+        passed = self._take_passed(who, stdio, request)
+        self.passed = passed
         self.viewing = True
 
         def answer(view: Handle | None) -> dict[str, object] | None:
             if view is None:
+                if passed is not None:
+                    passed.close()
                 return None
             if self._leaving:
+                if passed is not None:
+                    passed.close()
                 view.close()  # the owner closes: the session ends
                 return None
             self._take_view(view)
-            return {"session": view.session_id, "input_window": view.input_grant, "max_input": view.max_input}
+            fields: dict[str, object] = {"session": view.session_id, "input_window": view.input_grant,
+                                         "max_input": view.max_input}
+            if passed is not None:
+                passed.start(view)
+                fields["stdio"] = passed.streams
+            return fields
+
+        def failed(failure: Failure) -> Failure:
+            if passed is not None:
+                passed.close()
+            return failure
 
         # On a multi-master site, a worker another master holds is opened there (master_side.cluster.relay).
-        d = defer.maybeDeferred(self.service.api.open_anywhere, who, request, WireViewerSink(self, max_output))
-        return d.addCallback(answer)
+        d = defer.maybeDeferred(self.service.api.open_anywhere, who, request,
+                                WireViewerSink(self, max_output, passed))
+        return d.addCallbacks(answer, failed)
 
     def _attach(self, who: Identity, session_id: object, mode: object, most: object
                 ) -> defer.Deferred[dict[str, object]]:
@@ -376,6 +494,14 @@ class WireDoor(Protocol):
             # transfer's DATA frames are (copy_door), rather than 64 KiB per read with a copy into the decoder's
             # buffer for each piece of a frame.
             set_read_size(self.transport, TRANSFER_READ_SIZE)
+
+
+def _announces(frame: framing.Frame) -> bool:
+    """Whether `frame` is an open that announces passed descriptors (``stdio``)."""
+    if frame.type is not FrameType.CONTROL:
+        return False
+    message = framing.parse_control(frame.payload, framing.FROM_CLIENT)
+    return message.op is Op.OPEN and message.get("stdio") is not None
 
 
 def _limited_call(frame: framing.Frame) -> bool:

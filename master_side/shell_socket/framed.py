@@ -23,6 +23,8 @@ class DoorHost(Protocol):
     def gate(self) -> ConnectionGate: ...
     @property
     def fleet(self) -> FleetOperations: ...
+    @property
+    def pass_stdio(self) -> bool: ...  # a `-T` session's passed descriptors served (master_side.shell_socket.passed)
 
 
 class FramedDoor(Protocol):

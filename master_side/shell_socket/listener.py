@@ -7,12 +7,15 @@ from __future__ import annotations
 from typing import Protocol as TypingProtocol
 from typing import cast
 
+from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from master_side.operators.gate import ConnectionGate, Transport
 from master_side.shell_socket.door import WireDoor
 from master_side.shell_socket.framed import DoorHost
+from master_side.shell_socket.passed import MAX_PASSED, close_all
 from slaveshell.plumbing.clock import Clock, DelayedCall
 from slaveshell.vocabulary import framing
 
@@ -21,6 +24,7 @@ class _Swappable(Transport, TypingProtocol):
     protocol: object  # abstract.FileDescriptor's: the connection's protocol, which can be replaced
 
 
+@implementer(IFileDescriptorReceiver)
 class Sniffer(Protocol):
     """A connection on the shell socket until its first bytes say what it speaks.
 
@@ -28,7 +32,9 @@ class Sniffer(Protocol):
     `WireDoor` once its first bytes are `framing.MAGIC` (the framed client sends them at once). Anything else
     is refused with one line (`framing.REFUSED_PREFIX`, which an older PB client of slaveshell shows as "the
     master refused the connection: ...") and the close, audited: bytes that are not the magic at once, or
-    silence for `SILENCE` seconds (a PB client waits for the server to speak first)."""
+    silence for `SILENCE` seconds (a PB client waits for the server to speak first). Descriptors the client
+    passed with its first frames (a `-T` open's stdin and stdout: master_side.shell_socket.passed) go to the door
+    with them; more than MAX_PASSED, or any on a connection it refuses, are closed at once."""
 
     SILENCE = 3.0
 
@@ -38,6 +44,15 @@ class Sniffer(Protocol):
         self.written = 0
         self._head: bytes | None = b""
         self._timer: DelayedCall | None = None
+        self._fds: list[int] = []
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        # One more than MAX_PASSED is kept for the door to refuse (and drop the connection, audited); any beyond
+        # it, or on a connection refused, is closed at once.
+        if len(self._fds) > MAX_PASSED or not self.admitted or self._head is None:
+            close_all([descriptor])
+            return
+        self._fds.append(descriptor)
 
     @property
     def gate(self) -> ConnectionGate:
@@ -66,6 +81,7 @@ class Sniffer(Protocol):
                      "(a slaveshell older than the master? upgrade it)")
 
     def _refuse(self, reason: str) -> None:
+        close_all(self._fds)
         transport = cast(Transport, self.transport)
         line = " ".join(reason.split())[:500]
         transport.write(framing.REFUSED_PREFIX + line.encode("ascii", "replace") + b"\n")
@@ -85,6 +101,7 @@ class Sniffer(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.disconnected = True
+        close_all(self._fds)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -103,6 +120,9 @@ class Sniffer(Protocol):
         door = WireDoor(factory.service)
         transport.protocol = door
         door.makeConnection(transport)
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            door.fileDescriptorReceived(fd)  # a door that refused the connection closes them
         if rest and door.admitted:
             door.dataReceived(rest)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from master_side.sessions.worker_link import Undo, subscribe
 from master_side.shell_socket.framed import FramedDoor
+from master_side.shell_socket.passed import PassedStdio
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.flow import BULK_CHUNK, chunks
 from slaveshell.vocabulary.framing import FrameType, Op
@@ -45,10 +46,13 @@ def widen(transport: object) -> None:
 
 class WireViewerSink:
     """A `ViewerSink` over a `WireDoor`: the session's output as STDOUT/STDERR frames of at most `max_output`
-    bytes (what the client declared: framing.max_output), the rest as control frames."""
+    bytes (what the client declared: framing.max_output), the rest as control frames. With `passed` (a `-T`
+    session's stdin and/or stdout on descriptors the client passed: master_side.shell_socket.passed), stdout goes
+    to its descriptor, stdin's input_acks to its reader, and the exit status once both are closed."""
 
-    def __init__(self, door: FramedDoor, max_output: int = MAX_CHUNK) -> None:
+    def __init__(self, door: FramedDoor, max_output: int = MAX_CHUNK, passed: PassedStdio | None = None) -> None:
         self.door = door
+        self.passed = passed
         self.connection: object = door
         self.max_output = max_output
         self._widened = False
@@ -62,6 +66,9 @@ class WireViewerSink:
         if door.disconnected:
             return
         ftype = FrameType.STDERR if stream == STREAM_ERR else FrameType.STDOUT
+        passed = self.passed
+        if passed is not None and ftype is FrameType.STDOUT and passed.takes_output and passed.write(data):
+            return
         if len(data) > MAX_CHUNK and not self._widened:  # a bulk stream's message: the first one
             self._widened = True
             widen(door.transport)
@@ -72,6 +79,9 @@ class WireViewerSink:
         door.gate.check(door)
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:
+        if self.passed is not None and self.passed.takes_input:
+            self.passed.input_acked(nbytes)
+            return
         # Right behind the echo it follows (MasterSession.worker_output), in the same reactor turn: to the kernel
         # now, not after the turn's two epoll_ctl calls and a loop pass.
         self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden), at_once=True)
@@ -79,10 +89,18 @@ class WireViewerSink:
     def flushed_input_ack(self, nbytes: int, hidden: bool) -> None:
         """The input flushed the terminal (an interrupt): the client discards the output before this frame that it
         held since sending the input (a client that does not know `flush` ignores it)."""
+        if self.passed is not None and self.passed.takes_input:
+            self.passed.input_acked(nbytes)
+            return
         self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden, flush=True), at_once=True)
 
     def exit(self, status: ExitStatus) -> None:
-        self._control(framing.control(Op.EXIT, code=status.code, signal=status.signal, reason=status.reason))
+        frame = framing.control(Op.EXIT, code=status.code, signal=status.signal, reason=status.reason)
+        if self.passed is not None:
+            # Only once the last byte is written to the passed stdout and the master closed its descriptors.
+            self.passed.finish(lambda: self._control(frame))
+            return
+        self._control(frame)
 
     def _control(self, frame: bytes, at_once: bool = False) -> None:
         door = self.door

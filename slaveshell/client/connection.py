@@ -29,6 +29,8 @@ READ_SIZE = 2 * framing.MAX_OUTPUT
 # its default, about 208 KiB (net.core.wmem_default), is less than one bulk message, which then leaves in pieces,
 # the rest copied into the connection's queue.
 BULK_SEND_BUFFER = 1024 * 1024
+# How long sending the open with its passed descriptors may wait for the socket (seconds).
+SEND_FDS_TIMEOUT = 10.0
 
 
 class Cancellable(Protocol):
@@ -54,6 +56,7 @@ class Link(Protocol):
     def send(self, frame: bytes, payload: bytes = b"") -> None: ...
     def later(self, frame: bytes) -> None: ...
     def control(self, op: framing.Op, **fields: object) -> None: ...
+    def send_fds(self, frame: bytes, fds: list[int]) -> None: ...
 
 
 class PendingCalls:
@@ -66,9 +69,18 @@ class PendingCalls:
         self._waiting: dict[int, Callable[[framing.Control | None], None]] = {}
 
     def call(self, op: framing.Op, on_answer: Callable[[framing.Control | None], None], **fields: object) -> None:
+        self.call_passing(op, on_answer, [], **fields)
+
+    def call_passing(self, op: framing.Op, on_answer: Callable[[framing.Control | None], None], fds: list[int],
+                     **fields: object) -> None:
+        """A call whose frame carries descriptors `fds` (SCM_RIGHTS: a `-T` open's stdin and stdout)."""
         call_id = self.link.next_id()
+        frame = framing.control(op, id=call_id, **fields)
         self._waiting[call_id] = on_answer
-        self.link.send(framing.control(op, id=call_id, **fields))
+        if fds:
+            self.link.send_fds(frame, fds)
+        else:
+            self.link.send(frame)
 
     def answered(self, message: framing.Control) -> None:
         callback = self._waiting.pop(message.call_id or 0, None)
@@ -180,6 +192,25 @@ class Connection:
             self.out += payload
         elif sent < len(frame) + len(payload):
             self.out += memoryview(payload)[sent - len(frame):]
+
+    def send_fds(self, frame: bytes, fds: list[int]) -> None:
+        """Send `frame` with descriptors `fds` (SCM_RIGHTS), after what waits; the descriptors go with its first
+        byte. Sent whole before returning (at most SEND_FDS_TIMEOUT s: it is one small frame, at the open); a
+        failure closes the connection (receive() reports it)."""
+        if self.closed:
+            return
+        self.sock.settimeout(SEND_FDS_TIMEOUT)
+        try:
+            if self.out:
+                self.sock.sendall(self.out)
+                self.out.clear()
+            sent = socket.send_fds(self.sock, [frame], fds)
+            if sent < len(frame):
+                self.sock.sendall(memoryview(frame)[sent:])
+        except OSError:
+            self.closed = True
+        finally:
+            self.sock.setblocking(False)
 
     def later(self, frame: bytes) -> None:
         """Queue `frame` behind what waits, for the loop's next `flush` (the frames queued until then go in one

@@ -210,14 +210,15 @@ def _session(loop: Loop, sock: socket.socket, request: OpenRequest, interactive:
              escape_char: bytes | None, attach: tuple[str, str] | None, terminal: RawTerminal | None) -> HopShell:
     """The client on `loop`, with the socket's events wired to it."""
     from slaveshell.client.connection import Connection, HopError, widen_send
-    from slaveshell.client.shell_session import HopShell
+    from slaveshell.client.shell_session import HopShell, passable
     from slaveshell.vocabulary.framing import MAX_OUTPUT, WireError
 
     conn = Connection(sock, max_output=MAX_OUTPUT)  # as HopShell declares it
     if not request.pty:
         widen_send(sock)  # a pipe into `-T`: its bulk input messages go to the kernel whole
     client = HopShell(loop, conn, request, interactive=interactive, escape_char=escape_char, attach=attach,
-                      suspend=terminal.suspend if terminal else None)
+                      suspend=terminal.suspend if terminal else None,
+                      passing=passable(request) if attach is None else ())
     fd = sock.fileno()
 
     def lost(error: HopError) -> None:

@@ -22,7 +22,7 @@ from slaveshell.client.outputs import Outputs
 from slaveshell.client.terminal import window_size
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.display import visible
-from slaveshell.vocabulary.flow import BULK_WINDOW, chunks
+from slaveshell.vocabulary.flow import BULK_CHUNK, BULK_WINDOW, chunks
 from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Op, Resize, SessionMessage, Signal
 from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
@@ -59,6 +59,8 @@ ACK_DELAY = 0.05
 INTERRUPT_HOLD = 3.0
 INTERRUPT_HOLD_BYTES = WINDOW_MAX + 1024 * 1024
 INTERRUPT = b"\x03"
+# 0: a `-T` session's pipes are never passed to the master (the client copies them, framed).
+PASS_STDIO_ENV = "SLAVESHELL_PASS_STDIO"
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
 
 
@@ -69,7 +71,8 @@ class HopShell:
 
     def __init__(self, loop: EventLoop, link: Link, request: OpenRequest, interactive: bool,
                  escape_char: bytes | None = b"~", fds: tuple[int, int, int] = (0, 1, 2),
-                 attach: tuple[str, str] | None = None, suspend: Callable[[], None] | None = None) -> None:
+                 attach: tuple[str, str] | None = None, suspend: Callable[[], None] | None = None,
+                 passing: tuple[str, ...] = ()) -> None:
         self.loop = loop
         self.link = link
         self.request = request
@@ -85,6 +88,10 @@ class HopShell:
                                         release=request.build is not None,
                                         suspend=self.program if suspend is not None else None)
         self.fds = {"in": fds[0], "out": fds[1], "err": fds[2]}
+        # The streams whose descriptors go to the master with the open (a `-T` session's pipes and sockets:
+        # `passable`), and those it took: it reads and writes them itself (master_side.shell_socket.passed).
+        self.passing = passing if attach is None else ()
+        self.passed: frozenset[str] = frozenset()
         self.status: ExitStatus | None = None
         self.done = False
         self.session_open = False
@@ -126,7 +133,13 @@ class HopShell:
     def start(self) -> None:
         """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes."""
         try:
-            if self.attach is None:
+            if self.attach is None and self.passing:
+                fds = [self.fds[name] for name in self.passing]
+                for fd in fds:
+                    _widen_pipe(fd, BULK_CHUNK)  # the master reads and writes a bulk message at once
+                self.calls.call_passing(Op.OPEN, self._opened, fds, request=self.request.to_wire(),
+                                max_output=framing.MAX_OUTPUT, stdio=list(self.passing))
+            elif self.attach is None:
                 self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire(), max_output=framing.MAX_OUTPUT)
             else:
                 self.calls.call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1],
@@ -148,6 +161,10 @@ class HopShell:
             if isinstance(size, list) and len(size) == 2:
                 self._size = (check_int(size[0], "cols", 0, 10_000), check_int(size[1], "rows", 0, 10_000))
             self.max_input = framing.max_input(reply.get("max_input"))
+            taken = reply.get("stdio", [])
+            if not isinstance(taken, list) or any(name not in self.passing for name in taken):
+                raise ProtocolError("stdio")
+            self.passed = frozenset(taken)
         except ProtocolError:
             self.finish(ExitStatus(reason="the master sent a malformed reply"))
             return
@@ -162,7 +179,9 @@ class HopShell:
                 self.input_window = TunedWindow(min(granted, BULK_WINDOW), granted, self.loop.seconds)
             else:
                 self.input_window.grant(granted)
-        if self.max_input > MAX_CHUNK and not self.interactive:
+        if "in" in self.passed:
+            self._stdin_open = False  # the master reads it, and sends its EOF
+        elif self.max_input > MAX_CHUNK and not self.interactive:
             _widen_pipe(self.fds["in"], self.max_input)
         self.escapes.leave_only = self.role is not Role.OWNER
         self._send_ack()  # output that came with the view (a session's recent output, on attach)
@@ -535,3 +554,20 @@ def _widen_pipe(fd: int, size: int) -> None:
     with contextlib.suppress(OSError):
         if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, getpipe) < size:
             fcntl.fcntl(fd, setpipe, size)
+
+
+def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1)) -> tuple[str, ...]:
+    """The streams of a `-T` session whose descriptors the master may read and write itself (passed with the open:
+    master_side.shell_socket.passed): stdin and stdout when each is a pipe or a socket, never a terminal, a file
+    or anything else (those stay with the client). None with a terminal, or when $SLAVESHELL_PASS_STDIO is 0."""
+    if request.pty or os.environ.get(PASS_STDIO_ENV, "1") == "0":
+        return ()
+    names = []
+    for name, fd in zip(("in", "out"), fds, strict=True):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            names.append(name)
+    return tuple(names)
