@@ -363,3 +363,18 @@ def test_a_lost_connection_closes_what_was_passed():
     served.connectionLost()
     assert not is_open(r_in)
     os.close(w_in)
+
+
+def test_a_user_without_a_right_on_any_worker_passes_no_descriptors():
+    reactor = MemoryReactorClock()
+    gate, audited = make_gate(reactor)
+    gate.has_right = lambda who: False  # type: ignore[method-assign]
+    served = WireDoor(cast(Any, type("Service", (), {"gate": gate, "api": OpeningAPI(), "pass_stdio": True})))
+    transport = Peer(ALICE)
+    transport.reactor = reactor  # type: ignore[attr-defined]
+    served.makeConnection(transport)
+    r, w = os.pipe()
+    served.fileDescriptorReceived(r)
+    assert not is_open(r) and transport.disconnecting and gate.fds_held() == 0
+    assert audited[0][0] == "dropped" and "has no right on any worker here" in audited[0][2]
+    os.close(w)

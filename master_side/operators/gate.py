@@ -197,10 +197,13 @@ class ConnectionGate:
 
     def hold_fds(self, peer: Gated, n: int) -> str | None:
         """Count `n` more descriptors the connection's client passed as held by the master: None, or why they are
-        refused (over `passed_fds_per_uid` or `passed_fds`; the caller closes them and audits)."""
+        refused (a user without a right on any worker, over `passed_fds_per_uid` or `passed_fds`; the caller
+        closes them and audits)."""
         conn = self.connections.get(peer)
         if conn is None:
             return "the connection is not admitted"
+        if not conn.right:
+            return f"{conn.identity.user} has no right on any worker here: the master takes no descriptors from them"
         bounds = self.bounds
         mine = sum(c.fds for c in self.connections.values() if c.identity.uid == conn.identity.uid)
         total = sum(c.fds for c in self.connections.values())
