@@ -21,6 +21,7 @@ from typing import Protocol
 
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.framing import Control, Frame, FrameType
+from slaveshell.vocabulary.protocol import OpenRequest
 
 # Bytes read from the socket at once: two of a bulk stream's frames (framing.MAX_OUTPUT), so that a frame
 # seldom spans two reads (its bytes would be gathered in the decoder first: a copy more).
@@ -70,6 +71,10 @@ class PendingCalls:
         self._waiting[call_id] = on_answer
         self.link.send(framing.control(op, id=call_id, **fields))
 
+    def expect(self, call_id: int, on_answer: Callable[[framing.Control | None], None]) -> None:
+        """Take the answer to call `call_id`, sent on this link before (`ask_ahead`), with `on_answer`."""
+        self._waiting[call_id] = on_answer
+
     def answered(self, message: framing.Control) -> None:
         callback = self._waiting.pop(message.call_id or 0, None)
         if callback is not None:
@@ -79,6 +84,28 @@ class PendingCalls:
         for callback in list(self._waiting.values()):
             callback(None)
         self._waiting.clear()
+
+
+def session_call(request: OpenRequest, attach: tuple[str, str] | None) -> tuple[framing.Op, dict[str, object]]:
+    """The call that opens a session (`attach` None) or joins a live one (session id, "attach" | "watch"): its op
+    and fields, which declare the output frames this client takes."""
+    if attach is None:
+        return framing.Op.OPEN, {"request": request.to_wire(), "max_output": framing.MAX_OUTPUT}
+    return framing.Op.ATTACH, {"session": attach[0], "mode": attach[1], "max_output": framing.MAX_OUTPUT}
+
+
+def ask_ahead(link: Link, request: OpenRequest, attach: tuple[str, str] | None) -> int | None:
+    """Send the session's call (`session_call`) on `link` now, as soon as the socket is connected: the master
+    opens the session while the client loads the rest of itself. The call's id, for `PendingCalls.expect`; None
+    when the call is over framing.MAX_CONTROL (then the client's own start refuses it, with the reason)."""
+    op, fields = session_call(request, attach)
+    call_id = link.next_id()
+    try:
+        frame = framing.control(op, id=call_id, **fields)
+    except ValueError:
+        return None
+    link.send(frame)
+    return call_id
 
 
 class HopError(Exception):

@@ -17,7 +17,7 @@ import termios
 from collections.abc import Callable
 
 from slaveshell.client import escape as esc
-from slaveshell.client.connection import Cancellable, EventLoop, HopError, Link, PendingCalls, parse
+from slaveshell.client.connection import Cancellable, EventLoop, HopError, Link, PendingCalls, parse, session_call
 from slaveshell.client.outputs import Outputs
 from slaveshell.client.terminal import window_size
 from slaveshell.vocabulary import framing
@@ -123,14 +123,15 @@ class HopShell:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes."""
+    def start(self, asked: int | None = None) -> None:
+        """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes;
+        `asked`: the id of that call, already sent on the link (slaveshell.client.connection.ask_ahead)."""
+        if asked is not None:
+            self.calls.expect(asked, self._opened)
+            return
+        op, fields = session_call(self.request, self.attach)
         try:
-            if self.attach is None:
-                self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire(), max_output=framing.MAX_OUTPUT)
-            else:
-                self.calls.call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1],
-                                max_output=framing.MAX_OUTPUT)
+            self.calls.call(op, self._opened, **fields)
         except ValueError:  # over framing.MAX_CONTROL
             self.finish(ExitStatus(reason=f"the request is too large (at most {framing.MAX_CONTROL} bytes)"))
 
