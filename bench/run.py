@@ -64,11 +64,12 @@ def cache_bytecode(work: Path) -> None:
     """Let our processes (client, master, worker) keep compiled modules, in `work`: an installed package has
     them (pip compiles at install), while a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile every
     module of the client again at each start and be timed doing it. The source tree is left as it is."""
-    import slaveshell
-
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *slaveshell.__path__], check=True,
+    # The package as our processes import it (PYTHONPATH may name another tree than the bench's own).
+    where = subprocess.run([sys.executable, "-c", "import slaveshell; print(*slaveshell.__path__, sep='\\n')"],
+                           check=True, capture_output=True, text=True, cwd=work).stdout.split("\n")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *filter(None, where)], check=True,
                    stdout=subprocess.DEVNULL)
 
 
