@@ -554,3 +554,29 @@ def test_a_request_too_large_to_ask_ahead_is_refused_with_the_reason():
     client.start(None)
     assert client.done and client.status is not None
     assert client.status.reason == f"the request is too large (at most {framing.MAX_CONTROL} bytes)"
+
+
+def test_a_client_that_fails_after_asking_ahead_closes_the_session_it_asked_for(monkeypatch):
+    """The open went out before the rest of the client loaded: if that fails, the session is closed as soon as
+    it has opened (a close while it opens), not left detached on the worker for its grace."""
+    from slaveshell.client import shell_cli
+
+    ours, master = socket.socketpair()
+    ours.setblocking(False)
+
+    def broken(*args: Any) -> HopShell:
+        raise ImportError("a broken install")
+
+    monkeypatch.setattr(hop, "connect", lambda path: ours)
+    monkeypatch.setattr(shell_cli, "_session", broken)
+    try:
+        with pytest.raises(ImportError):
+            shell_cli.run("/nowhere", OpenRequest(worker="w1", command="true"), interactive=False, escape_char=None)
+        master.settimeout(5)
+        got = b""
+        while chunk := master.recv(65536):
+            got += chunk
+        frames = [framing.parse_control(f.payload) for f in framing.Decoder().feed(got)]
+        assert [(m.op, m.call_id) for m in frames] == [(Op.OPEN, 1), (Op.CLOSE, 2)]
+    finally:
+        master.close()

@@ -153,7 +153,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     """One session over the framed hop (slaveshell.client.shell_session): standard library only, no Twisted."""
     from slaveshell.client.connection import Connection, HopError, Loop, ask_ahead, connect
     from slaveshell.vocabulary.display import visible
-    from slaveshell.vocabulary.framing import MAX_OUTPUT
+    from slaveshell.vocabulary.framing import MAX_OUTPUT, Op
     from slaveshell.vocabulary.protocol import ExitStatus
 
     prog = "slaveshell" if attach else "buildbot-shell"
@@ -166,11 +166,19 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     # The session is asked for first: the master records and opens it, and the worker starts the login shell,
     # while this client loads the rest of itself (its answer is read once the loop runs).
     asked = ask_ahead(conn, request, attach)
-    from slaveshell.client.terminal import RawTerminal, raw_mode, set_blocking
+    try:
+        from slaveshell.client.terminal import RawTerminal, raw_mode, set_blocking
 
-    terminal = RawTerminal(0) if interactive else None
-    loop = Loop()
-    client = _session(loop, conn, request, interactive, escape_char, attach, terminal)
+        terminal = RawTerminal(0) if interactive else None
+        loop = Loop()
+        client = _session(loop, conn, request, interactive, escape_char, attach, terminal)
+    except BaseException:
+        # The session opening for nobody: ended as soon as it has opened (the master's close while it opens),
+        # rather than left detached for its grace. (Leaving a session joined with attach only detaches us.)
+        if asked is not None and attach is None:
+            conn.control(Op.CLOSE, id=conn.next_id())
+        conn.close()
+        raise
     client.reach = socket_words(socket_path)
     # Our own handlers: each only notes the signal, and the loop hands it to the client (HopShell.signalled).
     handlers: dict[int, Callable[[int, FrameType | None], None]] = {
