@@ -20,7 +20,10 @@ Rows (PARTS):
 - echo: keystrokes in `stty -icanon; cat` (bench/run.py's loop), each a fixed spacing after the previous echo:
   2 ms (keys queue) and 100 ms (human typing) on loopback, 100 ms through the proxy; per round, each system's
   median and p99.
-- open: `true` as a command, whole; first prompt of an interactive shell.
+- open: `true` as a command, whole; first prompt of an interactive shell. Both login shells run the user's startup
+  files, and both `-T true` too on OpenSSH's side: Debian's bash reads ~/.bashrc for a command when sshd starts
+  it (SSH_CLIENT set), which slaveshell's worker does not. Where those files are slow (a version manager's init),
+  they, not either system, set both figures: --skel-home gives both systems' sessions the same new user's files.
 - ctrlc: `yes` read as fast as it arrives, then Ctrl-C: milliseconds until the prompt, and bytes after the ^C.
 - cp: one random file up and down (`slaveshell cp` / `scp -O`), timed whole (session open included: use a size
   where it does not matter), checked with sha256.
@@ -35,6 +38,8 @@ OpenSSH's client (`ssh`, or `scp` with its `ssh`) and sshd (its per-connection p
 bench/delay_proxy.py process with the same settings (rtt, --rate-mbit each way, --jitter-ms, --queue-ms); the
 operator's side of slaveshell stays local (a master near its operators, workers far away). All listed round trips
 run in the same run, on the same sandbox and sshd (the proxies are reconfigured between them).
+slaveshell's client is the `buildbot-shell` script installed beside this interpreter (not a version manager's shim
+on PATH), with compiled modules kept in the run's directory (bench/run.py's client_tool and cache_bytecode).
 Nothing here is a timed assertion in a test; --output writes the table to a file (nothing is written otherwise).
 """
 
@@ -70,10 +75,12 @@ from run import (  # noqa: E402
     MB,
     OpenSSH,
     Slaveshell,
+    cache_bytecode,
     ctrl_c_latency,
     echo_rtts,
     med,
     p99,
+    skel_home,
     time_to_prompt,
     time_to_true,
 )
@@ -598,6 +605,9 @@ def main() -> int:
     ap.add_argument("--queue-ms", type=float, default=None, help="the bottleneck's queue (default: one RTT)")
     ap.add_argument("--rows", metavar="WORDS", help="comma-separated: only the rows whose name holds one of them "
                     "(e.g. PTY: the PTY `cat` rows only)")
+    ap.add_argument("--skel-home", action="store_true",
+                    help="both systems' sessions get HOME, a copy of /etc/skel, instead of the user's own: the same "
+                         "startup files as a new user's on both (bench/run.py's skel_home)")
     ap.add_argument("--output", help="also write the table to this file")
     args = ap.parse_args()
     parts = set(args.only.split(",")) if args.only else set(PARTS)
@@ -624,7 +634,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda _n, _f: sys.exit(143))  # still stops the sandbox, sshd and proxies
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="slaveshell-fair-"))
-    ours, ssh = Slaveshell(work, work / "step-time"), OpenSSH(work)
+    cache_bytecode(work)
+    home = skel_home(work) if args.skel_home else None
+    ours, ssh = Slaveshell(work, work / "step-time", home=home), OpenSSH(work, home=home)
     proxies: list[ProxyProcess] = []
     tables = []
     try:
@@ -662,7 +674,7 @@ def main() -> int:
                                  f"## slaveshell against OpenSSH, {where}\n\n`python3 bench/fair.py "
                                  f"{' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} "
                                  f"({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}); {args.rounds} rounds, "
-                                 "alternated."))
+                                 "alternated" + ("; both sessions' HOME a copy of /etc/skel" if home else "") + "."))
     finally:
         for proxy in proxies:
             proxy.stop()

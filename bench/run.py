@@ -41,12 +41,45 @@ MB = 1024 * 1024
 
 # -- the two systems under test ------------------------------------------------------------------
 
+def client_tool(name: str, module: str) -> list[str]:
+    """How one of our console scripts is started: the script pip installed beside this interpreter (where a
+    venv's or the system's PATH finds it, as `ssh` is /usr/bin/ssh), not whatever PATH finds first: a version
+    manager's shim (pyenv's is a bash script that runs about 20 more processes to pick the interpreter) would
+    be timed with it. `python -m MODULE` when the script is not installed."""
+    script = Path(sys.executable).with_name(name)
+    return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", module]
+
+
+def skel_home(work: Path) -> Path:
+    """A home directory made from /etc/skel, as a new user's: with it as both systems' HOME (bench/fair.py
+    --skel-home), both login shells run the same startup files (/etc/profile, then the skeleton's .profile and
+    .bashrc) instead of the bench user's own, whose cost (a version manager's init, say) would otherwise dwarf
+    what the two systems themselves do. The same files on both sides: neither skips a startup file."""
+    home = work / "home"
+    shutil.copytree("/etc/skel", home)
+    return home
+
+
+def cache_bytecode(work: Path) -> None:
+    """Let our processes (client, master, worker) keep compiled modules, in `work`: an installed package has
+    them (pip compiles at install), while a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile every
+    module of the client again at each start and be timed doing it. The source tree is left as it is."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    # The package as our processes import it (PYTHONPATH may name another tree than the bench's own).
+    where = subprocess.run([sys.executable, "-c", "import slaveshell; print(*slaveshell.__path__, sep='\\n')"],
+                           check=True, capture_output=True, text=True, cwd=work).stdout.split("\n")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *filter(None, where)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 class OpenSSH:
     name = "OpenSSH"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, home: Path | None = None) -> None:
         self.dir = workdir / "ssh"
         self.dir.mkdir()
+        self.home = home  # HOME for sessions (sshd's SetEnv), instead of the user's: see `skel_home`
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.client_port = 0  # where clients connect: the port, or a delay proxy's in front of it
@@ -75,7 +108,7 @@ class OpenSSH:
             PidFile {d / 'sshd.pid'}
             MaxStartups 200
             MaxSessions 200
-            """))
+            """) + (f"SetEnv HOME={self.home}\n" if self.home else ""))
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -100,12 +133,15 @@ class OpenSSH:
 class Slaveshell:
     name = "slaveshell"
 
-    def __init__(self, workdir: Path, build_marker: Path, step_loops: int = 3 * 10**7) -> None:
+    def __init__(self, workdir: Path, build_marker: Path, step_loops: int = 3 * 10**7,
+                 home: Path | None = None) -> None:
         # A CPU-bound build step that records its own duration: contention shows in it.
         step = (f"python3 -c \"import time; t=time.perf_counter(); sum(range({step_loops})); "
                 f"open('{build_marker}', 'w').write(str(time.perf_counter() - t))\"")
         # 100 concurrent sessions of one user: above the default bounds per user (32 connections, 8 sessions).
-        self.sandbox = Sandbox(str(workdir / "bb"), workers=["w1"], opt_in_args="max_sessions=200",
+        # HOME for sessions (the worker owner's env=), instead of the user's: see `skel_home`.
+        opt_in = "max_sessions=200" + (f", env={{'HOME': {str(home)!r}}}" if home else "")
+        self.sandbox = Sandbox(str(workdir / "bb"), workers=["w1"], opt_in_args=opt_in,
                                build_command=step,
                                service_kwargs="max_connections_per_uid=256, max_sessions_per_operator=200, "
                                               "max_sessions_per_worker=200")
@@ -118,8 +154,7 @@ class Slaveshell:
         self.sandbox.start()
 
     def argv(self, command: str | None, tty: bool) -> list[str]:
-        tool = shutil.which("buildbot-shell")
-        argv = [tool] if tool else [sys.executable, "-m", "slaveshell.shell_cli"]
+        argv = client_tool("buildbot-shell", "slaveshell.shell_cli")
         argv += ["--socket", self.sandbox.socket, "-t" if tty else "-T", "w1"]
         return argv + (["--", command] if command else [])
 
@@ -421,6 +456,7 @@ def main() -> int:
     import transfer_bench  # here: it imports this module's OpenSSH and Row
 
     work = Path(tempfile.mkdtemp(prefix="slaveshell-bench-"))
+    cache_bytecode(work)
     data = work / "data.txt"
     with open(data, "wb") as f:  # text, like a build log: base64 lines of 76 characters
         subprocess.run(f"base64 /dev/urandom | head -c {size}", shell=True, stdout=f, check=True)

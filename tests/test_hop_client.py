@@ -514,3 +514,69 @@ def test_a_flush_also_drops_what_still_waited_for_stdout_and_nothing_after_it():
     finally:
         os.close(r)
         os.close(w)
+
+
+class ControlsSent(FakeLink):
+    """A FakeLink that also keeps every control the client sends, calls included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[framing.Control] = []
+
+    def send(self, frame: bytes, payload: bytes = b"") -> None:
+        self.sent.append(framing.parse_control(framing.Decoder().feed(frame)[0].payload))
+        super().send(frame, payload)
+
+
+def test_a_session_asked_for_ahead_is_served_by_the_client_built_after_it():
+    """buildbot-shell sends its open as soon as the socket is connected (hop.ask_ahead), before the rest of the
+    client is loaded: the client built afterwards takes that call's answer, and sends no second open."""
+    link = ControlsSent()
+    sent = link.sent
+    request = OpenRequest(worker="w1", pty=True)
+    asked = hop.ask_ahead(link, request, None)
+    assert asked is not None and [m.op for m in sent] == [Op.OPEN]
+    assert sent[0].get("request") == request.to_wire() and sent[0].call_id == asked
+    client = HopShell(FakeLoop(), link, request, interactive=False)
+    link.client = client
+    client.start(asked)
+    assert [m.op for m in sent] == [Op.OPEN] and not client.session_open
+    client.frame(framing.Decoder().feed(framing.control(Op.ANSWER, id=asked, ok=True, session="s9",
+                                                        role="owner"))[0])
+    assert client.session_open and client.session_id == "s9"
+
+
+def test_a_request_too_large_to_ask_ahead_is_refused_with_the_reason():
+    link = FakeLink()
+    request = OpenRequest(worker="w1", env={f"V{i}": "x" * 4000 for i in range(100)})
+    assert hop.ask_ahead(link, request, None) is None
+    client = HopShell(FakeLoop(), link, request, interactive=False)
+    client.start(None)
+    assert client.done and client.status is not None
+    assert client.status.reason == f"the request is too large (at most {framing.MAX_CONTROL} bytes)"
+
+
+def test_a_client_that_fails_after_asking_ahead_closes_the_session_it_asked_for(monkeypatch):
+    """The open went out before the rest of the client loaded: if that fails, the session is closed as soon as
+    it has opened (a close while it opens), not left detached on the worker for its grace."""
+    from slaveshell.client import shell_cli
+
+    ours, master = socket.socketpair()
+    ours.setblocking(False)
+
+    def broken(*args: Any) -> HopShell:
+        raise ImportError("a broken install")
+
+    monkeypatch.setattr(hop, "connect", lambda path: ours)
+    monkeypatch.setattr(shell_cli, "_session", broken)
+    try:
+        with pytest.raises(ImportError):
+            shell_cli.run("/nowhere", OpenRequest(worker="w1", command="true"), interactive=False, escape_char=None)
+        master.settimeout(5)
+        got = b""
+        while chunk := master.recv(65536):
+            got += chunk
+        frames = [framing.parse_control(f.payload) for f in framing.Decoder().feed(got)]
+        assert [(m.op, m.call_id) for m in frames] == [(Op.OPEN, 1), (Op.CLOSE, 2)]
+    finally:
+        master.close()

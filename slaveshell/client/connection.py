@@ -9,18 +9,22 @@ Python itself takes to start.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import heapq
 import itertools
 import os
 import selectors
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from slaveshell.vocabulary import framing
+from slaveshell.vocabulary.flow import BULK_CHUNK
 from slaveshell.vocabulary.framing import Control, Frame, FrameType
+from slaveshell.vocabulary.protocol import OpenRequest
 
 # Bytes read from the socket at once: two of a bulk stream's frames (framing.MAX_OUTPUT), so that a frame
 # seldom spans two reads (its bytes would be gathered in the decoder first: a copy more).
@@ -82,6 +86,10 @@ class PendingCalls:
         else:
             self.link.send(frame)
 
+    def expect(self, call_id: int, on_answer: Callable[[framing.Control | None], None]) -> None:
+        """Take the answer to call `call_id`, sent on this link before (`ask_ahead`), with `on_answer`."""
+        self._waiting[call_id] = on_answer
+
     def answered(self, message: framing.Control) -> None:
         callback = self._waiting.pop(message.call_id or 0, None)
         if callback is not None:
@@ -91,6 +99,77 @@ class PendingCalls:
         for callback in list(self._waiting.values()):
             callback(None)
         self._waiting.clear()
+
+
+# $SLAVESHELL_PASS_STDIO=0: a `-T` session's stdin and stdout stay with the client (`passable`).
+PASS_STDIO_ENV = "SLAVESHELL_PASS_STDIO"
+# The descriptors of the streams an open may pass.
+STDIO_FDS = {"in": 0, "out": 1}
+
+
+def session_call(request: OpenRequest, attach: tuple[str, str] | None, passing: tuple[str, ...] = ()
+                 ) -> tuple[framing.Op, dict[str, object]]:
+    """The call that opens a session (`attach` None) or joins a live one (session id, "attach" | "watch"): its op
+    and fields, which declare the output frames this client takes and the streams whose descriptors go with an
+    open (`passing`: `passable`)."""
+    if attach is None:
+        fields: dict[str, object] = {"request": request.to_wire(), "max_output": framing.MAX_OUTPUT}
+        if passing:
+            fields["stdio"] = list(passing)
+        return framing.Op.OPEN, fields
+    return framing.Op.ATTACH, {"session": attach[0], "mode": attach[1], "max_output": framing.MAX_OUTPUT}
+
+
+def ask_ahead(link: Link, request: OpenRequest, attach: tuple[str, str] | None,
+              passing: tuple[str, ...] = ()) -> int | None:
+    """Send the session's call (`session_call`) on `link` now, as soon as the socket is connected, with the
+    descriptors of the streams in `passing` (stdin 0, stdout 1): the master opens the session while the client
+    loads the rest of itself. The call's id, for `PendingCalls.expect`; None when the call is over
+    framing.MAX_CONTROL (then the client's own start refuses it, with the reason)."""
+    op, fields = session_call(request, attach, passing)
+    call_id = link.next_id()
+    try:
+        frame = framing.control(op, id=call_id, **fields)
+    except ValueError:
+        return None
+    if passing and attach is None:
+        fds = [STDIO_FDS[name] for name in passing]
+        for fd in fds:
+            widen_pipe(fd, BULK_CHUNK)  # the master reads and writes a bulk message at once
+        link.send_fds(frame, fds)
+    else:
+        link.send(frame)
+    return call_id
+
+
+def widen_pipe(fd: int, size: int) -> None:
+    """When `fd` (stdin) is a pipe, let it hold `size` bytes (F_SETPIPE_SZ, Linux; a pipe holds 64 KiB by default),
+    so that one read takes a whole bulk input message from a writer that keeps up, rather than 64 KiB at a time.
+    Nothing is done where the system refuses it (an unprivileged user over /proc/sys/fs/pipe-max-size or its pipe
+    quota) or has no such call: reads are then only smaller."""
+    getpipe, setpipe = getattr(fcntl, "F_GETPIPE_SZ", None), getattr(fcntl, "F_SETPIPE_SZ", None)
+    if getpipe is None or setpipe is None:
+        return
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, getpipe) < size:
+            fcntl.fcntl(fd, setpipe, size)
+
+
+def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1)) -> tuple[str, ...]:
+    """The streams of a `-T` session whose descriptors the master may read and write itself (passed with the open:
+    master_side.shell_socket.passed): stdin and stdout when each is a pipe or a socket, never a terminal, a file
+    or anything else (those stay with the client). None with a terminal, or when $SLAVESHELL_PASS_STDIO is 0."""
+    if request.pty or os.environ.get(PASS_STDIO_ENV, "1") == "0":
+        return ()
+    names = []
+    for name, fd in zip(("in", "out"), fds, strict=True):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            names.append(name)
+    return tuple(names)
 
 
 class HopError(Exception):

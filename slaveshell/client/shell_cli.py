@@ -11,7 +11,6 @@ import contextlib
 import os
 import selectors
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 from slaveshell.vocabulary.protocol import LocalProtocolError, OpenRequest
 
 if TYPE_CHECKING:
-    from slaveshell.client.connection import Loop
+    from slaveshell.client.connection import Connection, Loop
     from slaveshell.client.shell_session import HopShell
     from slaveshell.client.terminal import RawTerminal
 
@@ -152,9 +151,9 @@ def _main(argv: list[str] | None) -> int:
 def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None,
         attach: tuple[str, str] | None = None) -> int:
     """One session over the framed hop (slaveshell.client.shell_session): standard library only, no Twisted."""
-    from slaveshell.client.connection import HopError, Loop, connect
-    from slaveshell.client.terminal import RawTerminal, raw_mode, set_blocking
+    from slaveshell.client.connection import Connection, HopError, Loop, ask_ahead, connect, passable
     from slaveshell.vocabulary.display import visible
+    from slaveshell.vocabulary.framing import MAX_OUTPUT, Op
     from slaveshell.vocabulary.protocol import ExitStatus
 
     prog = "slaveshell" if attach else "buildbot-shell"
@@ -163,9 +162,24 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     except HopError as e:
         print(f"{prog}: {visible(str(e))}", file=sys.stderr)
         return 255
-    terminal = RawTerminal(0) if interactive else None
-    loop = Loop()
-    client = _session(loop, sock, request, interactive, escape_char, attach, terminal)
+    conn = Connection(sock, max_output=MAX_OUTPUT)  # as HopShell declares it
+    # The session is asked for first: the master records and opens it, and the worker starts the login shell,
+    # while this client loads the rest of itself (its answer is read once the loop runs).
+    passing = passable(request) if attach is None else ()
+    asked = ask_ahead(conn, request, attach, passing)
+    try:
+        from slaveshell.client.terminal import RawTerminal, raw_mode, set_blocking
+
+        terminal = RawTerminal(0) if interactive else None
+        loop = Loop()
+        client = _session(loop, conn, request, interactive, escape_char, attach, terminal, passing)
+    except BaseException:
+        # The session opening for nobody: ended as soon as it has opened (the master's close while it opens),
+        # rather than left detached for its grace. (Leaving a session joined with attach only detaches us.)
+        if asked is not None and attach is None:
+            conn.control(Op.CLOSE, id=conn.next_id())
+        conn.close()
+        raise
     client.reach = socket_words(socket_path)
     # Our own handlers: each only notes the signal, and the loop hands it to the client (HopShell.signalled).
     handlers: dict[int, Callable[[int, FrameType | None], None]] = {
@@ -183,7 +197,7 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
                 with contextlib.suppress(OSError):
                     os.set_blocking(fd, False)
             try:
-                client.start()
+                client.start(asked)
                 if not client.done:
                     loop.run()
             except Exception as e:  # a bug of ours still ends the client with one line, not a traceback
@@ -206,19 +220,21 @@ def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: 
     return status.cli_status()
 
 
-def _session(loop: Loop, sock: socket.socket, request: OpenRequest, interactive: bool,
-             escape_char: bytes | None, attach: tuple[str, str] | None, terminal: RawTerminal | None) -> HopShell:
-    """The client on `loop`, with the socket's events wired to it."""
-    from slaveshell.client.connection import Connection, HopError, widen_send
-    from slaveshell.client.shell_session import HopShell, passable
-    from slaveshell.vocabulary.framing import MAX_OUTPUT, WireError
+def _session(loop: Loop, conn: Connection, request: OpenRequest, interactive: bool,
+             escape_char: bytes | None, attach: tuple[str, str] | None, terminal: RawTerminal | None,
+             passing: tuple[str, ...] = ()) -> HopShell:
+    """The client on `loop`, with the connection's events wired to it; `passing`: the streams whose descriptors
+    go to the master with the open (slaveshell.client.connection.passable)."""
+    from slaveshell.client.connection import HopError, widen_send
+    from slaveshell.client.shell_session import HopShell
+    from slaveshell.vocabulary.framing import WireError
 
-    conn = Connection(sock, max_output=MAX_OUTPUT)  # as HopShell declares it
+    sock = conn.sock
     if not request.pty:
         widen_send(sock)  # a pipe into `-T`: its bulk input messages go to the kernel whole
     client = HopShell(loop, conn, request, interactive=interactive, escape_char=escape_char, attach=attach,
                       suspend=terminal.suspend if terminal else None,
-                      passing=passable(request) if attach is None else ())
+                      passing=passing)
     fd = sock.fileno()
 
     def lost(error: HopError) -> None:

@@ -8,16 +8,23 @@ slaveshell.vocabulary.protocol.ExitStatus.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import selectors
 import signal
-import stat
 import termios
 from collections.abc import Callable
 
 from slaveshell.client import escape as esc
-from slaveshell.client.connection import Cancellable, EventLoop, HopError, Link, PendingCalls, parse
+from slaveshell.client.connection import (
+    Cancellable,
+    EventLoop,
+    HopError,
+    Link,
+    PendingCalls,
+    parse,
+    session_call,
+    widen_pipe,
+)
 from slaveshell.client.outputs import Outputs
 from slaveshell.client.terminal import window_size
 from slaveshell.vocabulary import framing
@@ -60,7 +67,6 @@ INTERRUPT_HOLD = 3.0
 INTERRUPT_HOLD_BYTES = WINDOW_MAX + 1024 * 1024
 INTERRUPT = b"\x03"
 # 0: a `-T` session's pipes are never passed to the master (the client copies them, framed).
-PASS_STDIO_ENV = "SLAVESHELL_PASS_STDIO"
 _FORWARDED: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
 
 
@@ -130,20 +136,21 @@ class HopShell:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes."""
+    def start(self, asked: int | None = None) -> None:
+        """Ask for the session (the answer comes through `frame`), declaring the output frames this client takes;
+        `asked`: the id of that call, already sent on the link (slaveshell.client.connection.ask_ahead)."""
+        if asked is not None:
+            self.calls.expect(asked, self._opened)
+            return
+        op, fields = session_call(self.request, self.attach, self.passing)
         try:
-            if self.attach is None and self.passing:
+            if self.passing:
                 fds = [self.fds[name] for name in self.passing]
                 for fd in fds:
-                    _widen_pipe(fd, BULK_CHUNK)  # the master reads and writes a bulk message at once
-                self.calls.call_passing(Op.OPEN, self._opened, fds, request=self.request.to_wire(),
-                                max_output=framing.MAX_OUTPUT, stdio=list(self.passing))
-            elif self.attach is None:
-                self.calls.call(Op.OPEN, self._opened, request=self.request.to_wire(), max_output=framing.MAX_OUTPUT)
+                    widen_pipe(fd, BULK_CHUNK)  # the master reads and writes a bulk message at once
+                self.calls.call_passing(op, self._opened, fds, **fields)
             else:
-                self.calls.call(Op.ATTACH, self._opened, session=self.attach[0], mode=self.attach[1],
-                                max_output=framing.MAX_OUTPUT)
+                self.calls.call(op, self._opened, **fields)
         except ValueError:  # over framing.MAX_CONTROL
             self.finish(ExitStatus(reason=f"the request is too large (at most {framing.MAX_CONTROL} bytes)"))
 
@@ -182,7 +189,7 @@ class HopShell:
         if "in" in self.passed:
             self._stdin_open = False  # the master reads it, and sends its EOF
         elif self.max_input > MAX_CHUNK and not self.interactive:
-            _widen_pipe(self.fds["in"], self.max_input)
+            widen_pipe(self.fds["in"], self.max_input)
         self.escapes.leave_only = self.role is not Role.OWNER
         self._send_ack()  # output that came with the view (a session's recent output, on attach)
         if self._typed_ahead:
@@ -541,33 +548,3 @@ class HopShell:
             self.finish(status)
 
         self.calls.call(op, answered)
-
-
-def _widen_pipe(fd: int, size: int) -> None:
-    """When `fd` (stdin) is a pipe, let it hold `size` bytes (F_SETPIPE_SZ, Linux; a pipe holds 64 KiB by default),
-    so that one read takes a whole bulk input message from a writer that keeps up, rather than 64 KiB at a time.
-    Nothing is done where the system refuses it (an unprivileged user over /proc/sys/fs/pipe-max-size or its pipe
-    quota) or has no such call: reads are then only smaller."""
-    getpipe, setpipe = getattr(fcntl, "F_GETPIPE_SZ", None), getattr(fcntl, "F_SETPIPE_SZ", None)
-    if getpipe is None or setpipe is None:
-        return
-    with contextlib.suppress(OSError):
-        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, getpipe) < size:
-            fcntl.fcntl(fd, setpipe, size)
-
-
-def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1)) -> tuple[str, ...]:
-    """The streams of a `-T` session whose descriptors the master may read and write itself (passed with the open:
-    master_side.shell_socket.passed): stdin and stdout when each is a pipe or a socket, never a terminal, a file
-    or anything else (those stay with the client). None with a terminal, or when $SLAVESHELL_PASS_STDIO is 0."""
-    if request.pty or os.environ.get(PASS_STDIO_ENV, "1") == "0":
-        return ()
-    names = []
-    for name, fd in zip(("in", "out"), fds, strict=True):
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError:
-            continue
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            names.append(name)
-    return tuple(names)

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from slaveshell.vocabulary.flow import TRANSFER_CHUNK
 from slaveshell.vocabulary.protocol import (
     MAX_NAME,
     MAX_PATH,
@@ -55,8 +56,9 @@ from slaveshell.vocabulary.protocol import (
 
 # The remote method added to the worker's Bot object for transfers.
 WORKER_TRANSFER_METHOD = "slaveshell_transfer"
-# Banana refuses strings over 640 KiB and drops the connection on one: a chunk stays well below.
-CHUNK = 256 * 1024
+# Banana refuses strings over 640 KiB and drops the connection on one: a chunk stays well below
+# (slaveshell.vocabulary.flow.TRANSFER_CHUNK, 256 KiB).
+CHUNK = TRANSFER_CHUNK
 # Credit a sender may hold unacknowledged: 12 chunks, 3 MiB (2 MiB measured ~25 % slower on loopback). It also
 # bounds what each hop buffers per transfer, and it stays below the master's per-connection output bound
 # (master_side.operators.bounds.ResourceBounds.connection_buffer, 4 MiB: a larger window gets the operator's

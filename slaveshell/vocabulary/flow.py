@@ -20,6 +20,10 @@ from slaveshell.vocabulary.protocol import INPUT_WINDOW, MAX_CHUNK, OUTPUT_WINDO
 # a protocol error), so upgrade masters before their workers.
 BULK_CHUNK = 512 * 1024
 BULK_WINDOW = 4 * BULK_CHUNK
+# One chunk of a `slaveshell cp` file (slaveshell.vocabulary.copying.CHUNK; a framing DATA frame's largest
+# payload): also a Banana string on the worker's link, so well below its limit too. Here, beside the other message
+# sizes, so that the framing knows it without loading the transfer vocabulary (the shell client never does).
+TRANSFER_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)

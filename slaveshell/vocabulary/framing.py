@@ -39,8 +39,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from slaveshell.vocabulary.copying import CHUNK as MAX_DATA
 from slaveshell.vocabulary.flow import BULK_CHUNK
+from slaveshell.vocabulary.flow import TRANSFER_CHUNK as MAX_DATA
 from slaveshell.vocabulary.protocol import MAX_CHUNK, REFUSED_PREFIX, SIGNAL_NAMES, ProtocolError
 
 __all__ = ["MAGIC", "MAX_ANSWER", "MAX_CHUNK", "MAX_CONTROL", "MAX_DATA", "MAX_INPUT", "MAX_OUTPUT", "REFUSED_PREFIX",
