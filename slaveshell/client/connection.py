@@ -97,12 +97,11 @@ def os_error_text(error: BaseException) -> str:
     return str(error).rstrip(".") or type(error).__name__
 
 
-def widen_send(sock: socket.socket, size: int = BULK_SEND_BUFFER) -> None:
-    """Ask for `size` bytes of send buffer on `sock` (BULK_SEND_BUFFER for a bulk stream); nothing changes where
-    the kernel refuses (its net.core.wmem_max caps the size anyway). What the client sends is still bounded by
-    its credit window."""
+def widen_send(sock: socket.socket) -> None:
+    """Ask for BULK_SEND_BUFFER bytes of send buffer on `sock`; nothing changes where the kernel refuses (its
+    net.core.wmem_max caps the size anyway). What the client sends is still bounded by its credit window."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BULK_SEND_BUFFER)
 
 
 def connect(path: str, timeout: float = 10.0) -> socket.socket:

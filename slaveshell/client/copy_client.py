@@ -27,7 +27,6 @@ from slaveshell.vocabulary.copying import (
     DOWN,
     ENTRY_COST,
     MAX_FILE,
-    WINDOW,
     Abort,
     Ack,
     Data,
@@ -325,9 +324,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
     reached; Interrupted after a signal."""
     sock = hop.connect(socket_path)
     connection = hop.Connection(sock, READ_SIZE)
-    # A whole window in the kernel (the master widens its side too): an upload's chunks are never copied into the
-    # connection's queue while the master reads late.
-    hop.widen_send(sock, WINDOW)
+    hop.widen_send(sock)  # whole chunks at once to the kernel (the master widens its side too)
     loop = hop.Loop()
     client = make(loop, connection)
     fd = sock.fileno()
