@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.spread import banana
 
-from slaveshell.plumbing import banana_buffer
+from slaveshell.plumbing import banana_bounds, banana_buffer
 
 
 def decoded(stream: bytes, read: int) -> tuple[list[object], bool]:
@@ -105,3 +105,51 @@ def test_whatever_a_peer_sends_in_whatever_reads_decodes_and_fails_as_twisted_do
     before = run()
     banana_buffer.install()
     assert repr(run()) == repr(before)  # repr: a decoded NaN is not equal to itself
+
+
+class _Transport:
+    bufferSize = 65536  # Twisted's FileDescriptor's
+
+
+def test_a_logged_in_peers_large_strings_are_read_whole_and_the_next_head_apart():
+    # Three transfer chunks of 256 KiB as lean calls, then a small message; each read takes what the transport's
+    # bufferSize says, as Twisted's doRead does.
+    chunks = [os.urandom(256 * 1024) for _ in range(3)]
+    stream = b"".join(banana.encode([b"slaveshell", 7, b"data", chunk]) for chunk in chunks)
+    stream += banana.encode([b"slaveshell", 7, b"ack", 5])
+    got: list[object] = []
+    assert banana_bounds.install()  # over banana_buffer's, as the master and the worker run it
+    b = banana.Banana()
+    b.setPrefixLimit(64)
+    b._selectDialect(b"none")
+    b.expressionReceived = got.append  # type: ignore[method-assign]
+    transport = _Transport()
+    b.transport = transport  # type: ignore[assignment]
+    b.isClient = True  # a connection this process opened: logged in (banana_bounds.logged_in)
+    reads = []
+    pos = 0
+    while pos < len(stream):
+        n = min(transport.bufferSize, len(stream) - pos)
+        reads.append(n)
+        b.dataReceived(stream[pos:pos + n])
+        pos += n
+    assert got == [[b"slaveshell", 7, b"data", chunk] for chunk in chunks] + [[b"slaveshell", 7, b"ack", 5]]
+    # The first chunk in a read of the transport's size and one of what its string lacked; each next one in a read
+    # of its head (HEAD_READ) and one of the rest: no read holds bytes of two messages but the heads'.
+    assert reads[0] == 65536 and reads[2] == reads[4] == banana_buffer.HEAD_READ
+    assert len(reads) == 7 and sum(reads[:2]) == len(banana.encode([b"slaveshell", 7, b"data", chunks[0]]))
+    assert transport.bufferSize == 65536  # its own size again after the small message
+
+
+def test_a_peer_not_logged_in_is_read_at_the_transports_size():
+    assert banana_bounds.install()
+    b = banana.Banana()
+    b.setPrefixLimit(64)
+    b._selectDialect(b"none")
+    b.expressionReceived = lambda _item: None  # type: ignore[method-assign]
+    transport = _Transport()
+    b.transport = transport  # type: ignore[assignment]
+    b.isClient = False  # a peer that connected to us and has not logged in
+    stream = banana.encode([b"x", os.urandom(300 * 1024)])
+    b.dataReceived(stream[:60000])
+    assert transport.bufferSize == 65536 and "bufferSize" not in transport.__dict__

@@ -238,3 +238,51 @@ def test_only_a_client_connection_that_declared_bulk_frames_takes_them():
         assert not rest and [f.payload for f in got] == [big[5:]]
         ours.close()
         master.close()
+
+
+def _views_client(read_size: int) -> tuple[hop.Connection, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    connection = hop.Connection(ours, read_size)
+    theirs.sendall(framing.MAGIC)
+    return connection, theirs
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([FrameType.DATA, FrameType.CONTROL]), st.binary(max_size=3000)),
+                max_size=8),
+       st.lists(st.integers(1, 4000), max_size=20), st.integers(64, 2048))
+def test_a_copy_client_reads_its_data_in_place_and_the_same_frames_however_the_stream_is_cut(items, cuts, read):
+    # Frames larger than the read buffer (up to 3000 bytes against 64) grow it while they are held.
+    connection, theirs = _views_client(read)
+    stream = b"".join(framing.encode(ftype, payload) for ftype, payload in items)
+    got: list[tuple[FrameType, bytes]] = []
+    pos = 0
+    for cut in cuts + [len(stream)]:
+        theirs.sendall(stream[pos:pos + cut])
+        pos += cut
+        while _pending(connection):
+            for frame in connection.receive_views():  # each view is read before the next receive, as the
+                got.append((FrameType.DATA, bytes(frame)) if isinstance(frame, memoryview)  # copy client does
+                           else (frame.type, frame.payload))
+    assert got == items
+    assert len(connection._inbox) == read  # back to its size once the large frames are taken
+    connection.close()
+    theirs.close()
+
+
+def _pending(connection: hop.Connection) -> bool:
+    """Whether the socket holds bytes not read yet."""
+    try:
+        return bool(connection.sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+
+
+def test_a_copy_client_refuses_an_oversized_data_frame_from_its_header_alone():
+    connection, theirs = _views_client(1024)
+    theirs.sendall(struct.pack("!BI", FrameType.DATA, framing.MAX_DATA + 1))
+    with pytest.raises(hop.HopError, match=f"DATA frame of {framing.MAX_DATA + 1} bytes"):
+        connection.receive_views()
+    assert connection.closed
+    theirs.close()

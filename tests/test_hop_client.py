@@ -365,31 +365,36 @@ def test_a_typists_echoes_are_acknowledged_together_after_a_moment():
         os.close(w)
 
 
-def test_the_master_answers_with_its_magic_or_one_refusal_line_and_anything_else_is_not_this_master():
+@pytest.mark.parametrize("views", [False, True])  # a shell's reads, and a copy's (receive_views)
+def test_the_master_answers_with_its_magic_or_one_refusal_line_and_anything_else_is_not_this_master(views):
     def client_and_master() -> tuple[hop.Connection, socket.socket]:
         ours, master = socket.socketpair()
         ours.setblocking(False)
         return hop.Connection(ours), master
 
+    def receive(connection: hop.Connection) -> list[framing.Frame | memoryview]:
+        return list(connection.receive_views()) if views else list(connection.receive())
+
     connection, master = client_and_master()
     for piece in (framing.MAGIC[:4], framing.MAGIC[4:] + framing.control(Op.WAITING, text="w")[:3]):
         master.sendall(piece)
-        assert connection.receive() == []
+        assert receive(connection) == []
     master.sendall(framing.control(Op.WAITING, text="w")[3:])
-    assert [parse(f) for f in connection.receive()] == [framing.Control(Op.WAITING, {"text": "w"})]
+    frames = [f for f in receive(connection) if isinstance(f, framing.Frame)]
+    assert [parse(f) for f in frames] == [framing.Control(Op.WAITING, {"text": "w"})]
     master.close()
 
     connection, master = client_and_master()
     master.sendall(framing.REFUSED_PREFIX + b"alice already has 2 connections\x1b[2J\n")
-    assert connection.receive() == [] and not connection.greeted
+    assert receive(connection) == [] and not connection.greeted
     master.close()
     with pytest.raises(HopError, match=r"^the master refused the connection: alice already has 2 connections\?\[2J$"):
-        connection.receive()
+        receive(connection)
 
     connection, master = client_and_master()
     master.sendall(b"\x04\x82none")  # a PB server's first bytes: Banana's dialect list
     with pytest.raises(HopError, match="did not answer as a slaveshell master"):
-        connection.receive()
+        receive(connection)
     assert connection.closed
     master.close()
 

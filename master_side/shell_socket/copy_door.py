@@ -22,7 +22,7 @@ from master_side.sessions.worker_link import Undo, subscribe
 from master_side.shell_socket.framed import FramedDoor
 from master_side.shell_socket.viewer_sink import widen
 from slaveshell.vocabulary import framing
-from slaveshell.vocabulary.copying import Data, TransferEvent, TransferRequest, from_fields
+from slaveshell.vocabulary.copying import WINDOW, Data, TransferEvent, TransferRequest, from_fields
 from slaveshell.vocabulary.framing import Control, FrameType, Op
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import ProtocolError
@@ -59,6 +59,11 @@ class DoorTransfer(Protocol):
     def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None: ...
 
 
+# The kernel's send buffer asked for a transfer's connection (Linux doubles it for its own accounting; its
+# net.core.wmem_max caps the request): a whole credit window, so that all the master may send before the client's
+# next ack fits in the kernel. What the master sends is bounded by the window either way.
+TRANSFER_SEND_BUFFER = WINDOW
+
 # A DATA frame of at least this many bytes goes to the kernel at once; a smaller one (a small file's), like every
 # control frame, at the reactor's next turn, joined with the frames written before then (one write for many).
 AT_ONCE = 4096
@@ -78,10 +83,11 @@ class WireParty:
             return
         if isinstance(event, Data):
             # A chunk's header and bytes unjoined, to the kernel at once in one sendmsg when nothing waits before
-            # them (no copy of the chunk in Twisted's buffer); the socket's buffer widened once to take whole
-            # chunks.
+            # them (no copy of the chunk in Twisted's buffer); the socket's buffer widened once to take a whole
+            # window (TRANSFER_SEND_BUFFER), so that a client that reads late leaves nothing in Twisted's buffer,
+            # where each chunk would be copied on its way out.
             if not self._widened:
-                widen(door.transport)
+                widen(door.transport, TRANSFER_SEND_BUFFER)
                 self._widened = True
             door.write_frame(framing.header(FrameType.DATA, len(event.chunk)), event.chunk,
                              at_once=len(event.chunk) >= AT_ONCE)

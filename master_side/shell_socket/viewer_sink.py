@@ -32,16 +32,17 @@ from slaveshell.vocabulary.protocol import MAX_CHUNK, STREAM_ERR, ExitStatus
 SEND_BUFFER = 2 * BULK_CHUNK
 
 
-def widen(transport: object) -> None:
-    """Let the kernel hold SEND_BUFFER bytes of the connection's output (SO_SNDBUF), for a bulk stream: each of
-    its messages then goes to the kernel whole, at once (write_frame), while the client reads the one before. The
-    credit windows still bound what the master sends (slaveshell.vocabulary.flow). Nothing happens when the transport
-    has no socket, or the kernel refuses (its net.core.wmem_max caps the size anyway)."""
+def widen(transport: object, size: int = SEND_BUFFER) -> None:
+    """Let the kernel hold `size` bytes of the connection's output (SO_SNDBUF; SEND_BUFFER for a bulk stream):
+    each of its messages then goes to the kernel whole, at once (write_frame), while the client reads the one
+    before. The credit windows still bound what the master sends (slaveshell.vocabulary.flow,
+    slaveshell.vocabulary.copying). Nothing happens when the transport has no socket, or the kernel refuses (its
+    net.core.wmem_max caps the size anyway)."""
     sock = getattr(transport, "socket", None)
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 class WireViewerSink:

@@ -35,6 +35,7 @@ READ_SIZE = 2 * framing.MAX_OUTPUT
 BULK_SEND_BUFFER = 1024 * 1024
 # How long sending the open with its passed descriptors may wait for the socket (seconds).
 SEND_FDS_TIMEOUT = 10.0
+HEADER_SIZE = framing.HEADER.size
 
 
 class Cancellable(Protocol):
@@ -235,6 +236,9 @@ class Connection:
         # Reads land in this one buffer (recv_into): no allocation of read_size bytes per read, which a PTY
         # session's many small reads paid for; the decoder copies out what it keeps.
         self._inbox = bytearray(read_size)
+        self._read_size = read_size
+        # receive_views: the bytes of the last read's incomplete frame, in the buffer (moved to its start next).
+        self._kept_from = self._kept_to = 0
         self.out = bytearray()
         # `max_output`: the largest STDOUT/STDERR frame taken, as declared to the master (framing.max_output).
         self.decoder = framing.Decoder(refused=frozenset({FrameType.INPUT}), max_control=framing.MAX_ANSWER,
@@ -336,6 +340,58 @@ class Connection:
         except framing.WireError as e:
             self.closed = True
             raise HopError(f"the master broke the protocol: {e}") from None
+
+    def receive_views(self) -> list[Frame | memoryview]:
+        """As `receive`, but a DATA frame comes as its payload alone, a view of the read buffer, not a copy (the
+        copy client writes it to its file at once): valid until the next call. The bytes of a frame a read did not
+        complete are moved to the start of the buffer at the next call, and the next read lands after them; a
+        frame larger than the buffer (a large answer, within the decoder's bound) grows it while it is held.
+        Not to be mixed with `receive` on one connection."""
+        inbox = self._inbox
+        kept = self._kept_to - self._kept_from
+        size = self._read_size
+        if kept >= HEADER_SIZE:
+            size = max(size, self._frame_size(inbox, self._kept_from))
+        if size != len(inbox):  # grown for a large frame, or back to its size after one
+            fresh = bytearray(size)
+            fresh[:kept] = memoryview(inbox)[self._kept_from:self._kept_to]
+            self._inbox = inbox = fresh
+        elif kept and self._kept_from:
+            with memoryview(inbox) as moved:
+                moved[:kept] = moved[self._kept_from:self._kept_to]  # memmove
+        self._kept_from = self._kept_to = 0
+        view = memoryview(inbox)
+        try:
+            got = self.sock.recv_into(view[kept:])
+        except (BlockingIOError, InterruptedError):
+            self._kept_to = kept
+            return []
+        except OSError as e:
+            self.closed = True
+            if self._head.startswith(framing.REFUSED_PREFIX):
+                raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
+            raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
+        if not got:
+            self.closed = True
+            if self._head.startswith(framing.REFUSED_PREFIX):
+                raise HopError(f"the master refused the connection: {_refusal(self._head)}")
+            raise HopError("connection to the master lost")
+        end = kept + got
+        if not self.greeted:
+            rest = self._greeting(bytes(view[:end]))
+            end = len(rest)
+            inbox[:end] = rest
+        try:
+            frames, taken = self.decoder.cut(view[:end])
+        except framing.WireError as e:
+            self.closed = True
+            raise HopError(f"the master broke the protocol: {e}") from None
+        self._kept_from, self._kept_to = taken, end
+        return frames
+
+    def _frame_size(self, buffer: bytearray, pos: int) -> int:
+        """The whole size of the frame whose (checked) header is at `pos`."""
+        return HEADER_SIZE + int(framing.HEADER.unpack_from(buffer, pos)[1])
 
     def _greeting(self, data: bytes) -> bytes:
         """The master's first bytes: its MAGIC, then frames (returned); or a refusal line, kept to be shown at

@@ -15,7 +15,7 @@ import selectors
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from slaveshell.client import connection as hop
@@ -211,16 +211,27 @@ class CopyClient:
     def _result(self, result: Result) -> None:
         self._finish(result.ok, result.reason)
 
-    def read(self, frames: list[framing.Frame]) -> None:
+    def read(self, frames: Sequence[framing.Frame | memoryview]) -> None:
         """The frames of one read: the credit of their data goes back first, then they are taken (the file's
         writes overlap the next bytes' way here; what this process holds stays one read), then the credit of
-        their entries. HopError when the master broke the framing."""
+        their entries. A DATA frame may come as its payload alone, a view of the read buffer
+        (`Connection.receive_views`): written to its file before the next read, never kept. HopError when the
+        master broke the framing."""
         if self.receiver is not None and self.outcome is None:
-            self._unacked += sum(len(f.payload) for f in frames if f.type is FrameType.DATA)
+            self._unacked += sum(len(f) if isinstance(f, memoryview) else len(f.payload) for f in frames
+                                 if isinstance(f, memoryview) or f.type is FrameType.DATA)
             self.flush_acks()
         for frame in frames:
-            self.frame(frame)
+            if isinstance(frame, memoryview):
+                self._chunk(frame)
+            else:
+                self.frame(frame)
         self.flush_acks()
+
+    def _chunk(self, chunk: memoryview) -> None:
+        """A DATA frame's payload, as a view (its size was bounded by the framing: at most CHUNK)."""
+        if self.outcome is None:
+            self._guard(lambda: self._receiving().data(chunk))
 
     def flush_acks(self) -> None:
         """Return the credit of what was received since the last call (one ack per read, not per chunk)."""
@@ -320,7 +331,7 @@ def run(socket_path: str, make: Callable[[hop.EventLoop, Link], CopyClient]) -> 
 
     def readable() -> None:
         try:
-            client.read(connection.receive())
+            client.read(connection.receive_views())
         except HopError as e:
             client.lost(e)
 

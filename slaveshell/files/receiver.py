@@ -256,7 +256,7 @@ class Receiver:
             raise os_error(self._shown(entry.path), e) from None
         self.staged.append(entry)
 
-    def data(self, chunk: bytes) -> None:
+    def data(self, chunk: bytes | memoryview) -> None:
         entry = self.order.data(chunk)
         assert self._fd is not None
         try:

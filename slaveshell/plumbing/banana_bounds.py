@@ -159,6 +159,7 @@ def install() -> bool:
         if self.__dict__.get("_slaveshell_refused"):
             return
         pre_login = not logged_in(self)
+        self.__dict__[banana_buffer.FIT_READS] = not pre_login  # a peer not logged in is read 64 KiB at a time
         held = _held(self)
         held.ended = False
         try:

@@ -516,7 +516,7 @@ class StreamOrder:
         if entry.kind == "file":
             self.current, self.received = entry, 0
 
-    def data(self, chunk: bytes) -> Entry:
+    def data(self, chunk: bytes | memoryview) -> Entry:
         if self.current is None:
             raise ProtocolError("data came outside a file")
         if self.received + len(chunk) > self.current.size:

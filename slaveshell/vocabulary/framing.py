@@ -351,6 +351,29 @@ class Decoder:
             self._buffer += view[pos:]
         return frames
 
+    def cut(self, view: memoryview) -> tuple[list[Frame | memoryview], int]:
+        """The whole frames at the start of `view`, and the bytes they take; unlike `feed`, nothing is held: the
+        caller keeps the bytes after them (an incomplete frame, whose header, when in, is already checked) and
+        gives them again with what follows. A DATA frame comes as its payload alone, a view of `view` (valid as
+        long as what it views is not overwritten: no copy), any other frame as a `Frame` (its payload copied).
+        WireError as `feed`. Not to be mixed with `feed` on one decoder."""
+        if self.broken:
+            return [], 0
+        if self._buffer:
+            raise ValueError("cut() on a decoder that holds bytes fed to it")
+        frames: list[Frame | memoryview] = []
+        pos = 0
+        size = len(view)
+        while size - pos >= HEADER.size:
+            ftype, length = self._header(view, pos)
+            end = pos + HEADER.size + length
+            if size < end:
+                break
+            payload = view[pos + HEADER.size:end]
+            frames.append(payload if ftype is FrameType.DATA else Frame(ftype, bytes(payload)))
+            pos = end
+        return frames, pos
+
     def _complete(self, view: memoryview, frames: list[Frame]) -> int:
         """Add to the held frame what it lacks of `view` (its header first, checked as soon as it is in); append
         it to `frames` when whole. Returns the bytes of `view` taken."""
