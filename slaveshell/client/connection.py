@@ -315,23 +315,26 @@ class Connection:
                 return
             del self.out[:sent]
 
+    def _lost(self, error: OSError | None) -> HopError:
+        """The connection's end, as a read found it (`error`, or None: it read nothing): closed, and why."""
+        self.closed = True
+        if self._head.startswith(framing.REFUSED_PREFIX):
+            # The master refused the connection and closed it with our first bytes unread: a reset, after the
+            # refusal line.
+            return HopError(f"the master refused the connection: {_refusal(self._head)}")
+        if error is None:
+            return HopError("connection to the master lost")
+        return HopError(f"connection to the master lost ({os_error_text(error)})")
+
     def receive(self) -> list[Frame]:
         try:
             got = self.sock.recv_into(self._inbox)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as e:
-            self.closed = True
-            if self._head.startswith(framing.REFUSED_PREFIX):
-                # The master refused the connection and closed it with our first bytes unread: a reset, after
-                # the refusal line.
-                raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
-            raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
+            raise self._lost(e) from None
         if not got:
-            self.closed = True
-            if self._head.startswith(framing.REFUSED_PREFIX):
-                raise HopError(f"the master refused the connection: {_refusal(self._head)}")
-            raise HopError("connection to the master lost")
+            raise self._lost(None)
         data: bytes | memoryview = memoryview(self._inbox)[:got]
         if not self.greeted:
             data = self._greeting(bytes(data))
@@ -367,15 +370,9 @@ class Connection:
             self._kept_to = kept
             return []
         except OSError as e:
-            self.closed = True
-            if self._head.startswith(framing.REFUSED_PREFIX):
-                raise HopError(f"the master refused the connection: {_refusal(self._head)}") from None
-            raise HopError(f"connection to the master lost ({os_error_text(e)})") from None
+            raise self._lost(e) from None
         if not got:
-            self.closed = True
-            if self._head.startswith(framing.REFUSED_PREFIX):
-                raise HopError(f"the master refused the connection: {_refusal(self._head)}")
-            raise HopError("connection to the master lost")
+            raise self._lost(None)
         end = kept + got
         if not self.greeted:
             rest = self._greeting(bytes(view[:end]))
