@@ -39,7 +39,7 @@ bench/delay_proxy.py process with the same settings (rtt, --rate-mbit each way, 
 operator's side of slaveshell stays local (a master near its operators, workers far away). All listed round trips
 run in the same run, on the same sandbox and sshd (the proxies are reconfigured between them).
 slaveshell's client is the `buildbot-shell` script installed beside this interpreter (not a version manager's shim
-on PATH), with compiled modules kept in the run's directory (bench/run.py's client_tool and cache_bytecode).
+on PATH), with its modules compiled once (bench/run.py's client_tool and cache_bytecode).
 Nothing here is a timed assertion in a test; --output writes the table to a file (nothing is written otherwise).
 """
 

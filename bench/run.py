@@ -61,11 +61,13 @@ def skel_home(work: Path) -> Path:
 
 
 def cache_bytecode(work: Path) -> None:
-    """Let our processes (client, master, worker) keep compiled modules, in `work`: an installed package has
-    them (pip compiles at install), while a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile every
-    module of the client again at each start and be timed doing it. The source tree is left as it is."""
+    """Let our processes (client, master, worker) keep compiled modules: an installed package has them (pip
+    compiles at install), while a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile every module of the
+    client again at each start and be timed doing it. The checkout's modules are compiled into its own
+    `__pycache__` directories (ignored by git), as a developer's runs would; the installed packages' own stay in
+    use (a PYTHONPYCACHEPREFIX would have the master and worker compile all of Buildbot and Twisted again at each
+    run's start). `work`: where the compiling runs."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     # The package as our processes import it (PYTHONPATH may name another tree than the bench's own).
     where = subprocess.run([sys.executable, "-c", "import slaveshell; print(*slaveshell.__path__, sep='\\n')"],
                            check=True, capture_output=True, text=True, cwd=work).stdout.split("\n")
