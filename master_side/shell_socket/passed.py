@@ -122,46 +122,29 @@ def close_all(fds: list[int]) -> None:
     fds.clear()
 
 
-@implementer(IReadDescriptor)
-class _Reader:
-    """A passed stdin in the reactor: `readable` is called when it can be read."""
+@implementer(IReadDescriptor, IWriteDescriptor)
+class _Descriptor:
+    """A passed descriptor in the reactor, as a reader (stdin) or a writer (stdout): `ready` is called when it can
+    be read or written, `lost` when the reactor finds it hung up."""
 
-    def __init__(self, fd: int, readable: Callable[[], None], lost: Callable[[], None]) -> None:
+    def __init__(self, fd: int, ready: Callable[[], None], lost: Callable[[], None], name: str) -> None:
         self.fd = fd
-        self._readable, self._lost = readable, lost
+        self._ready, self._lost, self._name = ready, lost, name
 
     def fileno(self) -> int:
         return self.fd
 
     def doRead(self) -> None:
-        self._readable()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._lost()
-
-    def logPrefix(self) -> str:
-        return "slaveshell-stdin"
-
-
-@implementer(IWriteDescriptor)
-class _Writer:
-    """A passed stdout in the reactor: `writable` is called when it can be written."""
-
-    def __init__(self, fd: int, writable: Callable[[], None], lost: Callable[[], None]) -> None:
-        self.fd = fd
-        self._writable, self._lost = writable, lost
-
-    def fileno(self) -> int:
-        return self.fd
+        self._ready()
 
     def doWrite(self) -> None:
-        self._writable()
+        self._ready()
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost()
 
     def logPrefix(self) -> str:
-        return "slaveshell-stdout"
+        return self._name
 
 
 class Refuser(Protocol):
@@ -186,8 +169,9 @@ class PassedStdio:
         self.window = TunedWindow(INPUT_WINDOW, INPUT_WINDOW, reactor.seconds)
         self.max_input = MAX_CHUNK
         self._buf = bytearray()  # stdin is read into it (preadv2)
-        self._reader = _Reader(fds["in"], self._read, self._read_lost) if "in" in fds else None
-        self._writer = _Writer(fds["out"], self._write, self._write_lost) if "out" in fds else None
+        self._reader = _Descriptor(fds["in"], self._read, self._read_lost, "slaveshell-stdin") if "in" in fds else None
+        self._writer = (_Descriptor(fds["out"], self._write, self._write_lost, "slaveshell-stdout") if "out" in fds
+                        else None)
         self._reading = self._writing = False
         self._queue: deque[memoryview] = deque()
         self.queued = 0  # bytes waiting for stdout
