@@ -345,13 +345,18 @@ def test_more_descriptors_than_two_or_after_the_open_are_closed_at_once():
         os.close(fd)
 
 
-def test_passed_descriptors_count_against_the_bound_per_user():
+def test_descriptors_past_the_bound_per_user_are_declined_and_the_client_serves_its_streams():
     served, transport, api, audited, _ = framed_door(passed_fds_per_uid=1)
     r, w = os.pipe()
     served.fileDescriptorReceived(r)
     served.fileDescriptorReceived(w)
-    assert not is_open(r) and not is_open(w) and transport.disconnecting
-    assert "descriptors passed to the master" in audited[0][2]
+    assert not is_open(r) and not is_open(w) and not transport.disconnecting
+    assert served.service.gate.fds_held() == 0
+    assert audited[0][0] == "refused" and "descriptors passed to the master" in audited[0][2]
+    served.dataReceived(open_frame(["in", "out"]))
+    answer = answers(transport)[-1]
+    assert answer["ok"] is True and answer["stdio"] is None  # opened; the client reads and writes them itself
+    assert len(api.opened) == 1 and served.passed is None
 
 
 def test_a_lost_connection_closes_what_was_passed():

@@ -195,15 +195,24 @@ class ConnectionGate:
 
     # -- passed descriptors ----------------------------------------------------------------------
 
-    def hold_fds(self, peer: Gated, n: int) -> str | None:
-        """Count `n` more descriptors the connection's client passed as held by the master: None, or why they are
-        refused (a user without a right on any worker, over `passed_fds_per_uid` or `passed_fds`; the caller
-        closes them and audits)."""
+    def fds_refused(self, peer: Gated) -> str | None:
+        """Why the connection may pass the master no descriptor at all (not admitted, or a user without a right on
+        any worker: the caller drops the connection, audited), or None."""
         conn = self.connections.get(peer)
         if conn is None:
             return "the connection is not admitted"
         if not conn.right:
             return f"{conn.identity.user} has no right on any worker here: the master takes no descriptors from them"
+        return None
+
+    def hold_fds(self, peer: Gated, n: int) -> str | None:
+        """Count `n` more descriptors the connection's client passed as held by the master: None, or why the
+        master holds no more (over `passed_fds_per_uid` or `passed_fds`: the caller closes them and the client
+        serves its streams itself)."""
+        why = self.fds_refused(peer)
+        if why is not None:
+            return why
+        conn = self.connections[peer]
         bounds = self.bounds
         mine = sum(c.fds for c in self.connections.values() if c.identity.uid == conn.identity.uid)
         total = sum(c.fds for c in self.connections.values())

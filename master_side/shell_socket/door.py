@@ -90,6 +90,8 @@ class WireDoor(Protocol):
         # Descriptors the client passed, not yet taken by the open that announces them (at most MAX_PASSED), and
         # the streams the master serves on them once taken.
         self._fds: list[int] = []
+        self._received = 0  # descriptors passed on this connection, kept or not
+        self._declined = False  # past the gate's bounds: the ones passed were closed, the client serves its streams
         self.passed: PassedStdio | None = None
 
     # -- the connection ------------------------------------------------------------------------
@@ -139,23 +141,35 @@ class WireDoor(Protocol):
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """A descriptor the client passed (SCM_RIGHTS), before the bytes it came with. Kept for the open that
-        announces it, within MAX_PASSED and the gate's bounds; any other (after an open, past the number, on a
-        connection that is going) is closed at once, and the connection dropped, audited."""
+        announces it; any other (after an open, past MAX_PASSED, from a user without a right, on a connection that
+        is going) is closed at once, and the connection dropped, audited. Past the gate's bounds on descriptors
+        held, the master declines them: closed, audited, and the open served as if none were passed (the client
+        then serves those streams itself)."""
         with contextlib.suppress(OSError):
             os.set_inheritable(descriptor, False)
         if not self.admitted or self.disconnected or self.decoder.broken:
             close_all([descriptor])
             return
+        self._received += 1
         why = None
-        if self.viewing or len(self._fds) >= MAX_PASSED:
+        if self.viewing or self._received > MAX_PASSED:
             why = (f"file descriptors it did not announce (at most {MAX_PASSED}, with the open of a session "
                    "without a terminal)")
         else:
-            why = self.gate.hold_fds(self, 1)
+            why = self.gate.fds_refused(self)
         if why is not None:
             close_all([descriptor])
             self._close_fds()
             self._broken(why)
+            return
+        over = None if self._declined else self.gate.hold_fds(self, 1)
+        if self._declined or over is not None:
+            close_all([descriptor])
+            self._close_fds()
+            if over is not None:
+                self._declined = True
+                self.gate.audit(self.identity(), "refused", f"passed descriptors declined: {over}; the client "
+                                "serves its streams itself")
             return
         self._fds.append(descriptor)
 
@@ -174,6 +188,8 @@ class WireDoor(Protocol):
         descriptors closed and the refusal audited, when they are not what the open announced."""
         fds, self._fds = self._fds, []
         if stdio is None and not fds:
+            return None
+        if self._declined:
             return None
         why = None
         if (not isinstance(stdio, list) or not stdio or len(stdio) > MAX_PASSED or len(set(map(str, stdio))) !=
