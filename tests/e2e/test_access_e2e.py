@@ -108,9 +108,12 @@ def test_ctrl_c_stops_a_flood_and_the_shell_answers_again(terminal):
 
 
 def test_a_burst_of_opens_gets_sessions_or_clear_refusals_and_the_master_carries_on(sandbox):
-    # 30 at once against a worker that allows 8 (the default): each either runs or is told why, plainly.
+    # 30 at once against a worker that allows 8 (the default): each either runs or is told why, plainly. Their
+    # stdin and stdout are pipes, which each passes to the master: 60 against the master's 16 per user, so most
+    # are declined and those clients serve their own pipes.
     procs = [subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "sleep 2; echo ran"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(30)]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(30)]
     outcomes = []
     for p in procs:
         out, err = p.communicate(timeout=120)
