@@ -41,6 +41,7 @@ def install(
     local_transcripts_keep: int = DEFAULT_KEEP_TRANSCRIPTS,
     local_log_mode: int = 0o600,
     max_window: int = 4 * 1024 * 1024,
+    deflate: bool = True,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -68,6 +69,9 @@ def install(
     max_window: the most output (bytes) a session may have sent and not yet acknowledged, which this worker then
         holds: a session's window grows to the link's bandwidth-delay product, as far as the master grants and this
         allows (at least the 256 KiB base).
+    deflate: a session's output may go deflated (zlib's fastest level) while its link is slow (a round trip of
+        10 ms or more, or not measured yet) and the output deflates well, as `ssh -C` does for a whole
+        connection; False: never.
     """
     global _server, _transfers
     if not enabled:
@@ -88,6 +92,7 @@ def install(
         busy_rate=max(0, int(busy_rate)),
         umask=umask,
         max_window=max(0, int(max_window)),
+        deflate=bool(deflate),
     )
     # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.plumbing.banana_buffer), what
     # the master's connection may make Banana hold bounded (slaveshell.plumbing.banana_bounds), BotPb's methods: each

@@ -20,7 +20,8 @@ from slave_side.host import Admission, ProcessReactor, WorkerOptions
 from slave_side.owner_log import OwnerLog, RecordingSink
 from slave_side.session import WorkerSession
 from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
-from slaveshell.plumbing.remote import Undo, exported, on_disconnect, opening, set_nodelay
+from slaveshell.plumbing.remote import Undo, deflate_known, exported, on_disconnect, opening, set_nodelay
+from slaveshell.vocabulary.deflate import SLOW_RTT, Deflater
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import (
     ExitStatus,
@@ -48,12 +49,16 @@ class PbSessionSink:
 
     def __init__(self, send: PbSend) -> None:
         self.send = send
+        # Set once the master said it takes output deflated (`SessionHandle.remote_deflate`).
+        self.deflater: Deflater | None = None
 
     def output(self, stream: int, data: bytes, acks: Sequence[tuple[int, bool]] = ()) -> None:
+        packed = self.deflater.pack(data) if self.deflater is not None else None
+        method, body = ("output", data) if packed is None else ("output_z", packed)
         if acks:
-            self.send("output", stream, data, [[nbytes, hidden] for nbytes, hidden in acks])
+            self.send(method, stream, body, [[nbytes, hidden] for nbytes, hidden in acks])
         else:
-            self.send("output", stream, data)
+            self.send(method, stream, body)
 
     def input_ack(self, nbytes: int, hidden: bool) -> None:
         self.send("input_ack", nbytes, hidden)
@@ -71,9 +76,10 @@ class SessionHandle(LeanReceiver):
 
     lean_methods = frozenset({"input", "ack"})
 
-    def __init__(self, session: WorkerSession, peer: LeanPeer) -> None:
+    def __init__(self, session: WorkerSession, peer: LeanPeer, sink: PbSessionSink | None = None) -> None:
         self.session = session
         self.peer = peer
+        self.sink = sink
 
     def lean_refused(self, method: str, error: ProtocolError) -> None:
         log.warn("slaveshell session {sid}: refused a lean {method} from master: {e}", sid=self.session.id,
@@ -111,6 +117,19 @@ class SessionHandle(LeanReceiver):
         `flushed`."""
         self._guard("window", lambda: self.session.grant(check_int(nbytes, "window", 1, 2**40)))
 
+    def remote_deflate(self) -> None:
+        """The master takes this session's output deflated (slaveshell.vocabulary.deflate), and the later
+        sessions' on this connection from their start: sent so while the session's output window measures a slow
+        link, when the owner allows it (WorkerOptions.deflate)."""
+        deflate_known(getattr(self.peer.ref, "broker", None), known=True)
+        self.deflate()
+
+    def deflate(self) -> None:
+        session, window = self.session, self.session.window
+        if self.sink is not None and session.deflater is None and session.options.deflate:
+            session.deflater = Deflater(lambda: window.min_rtt is None or window.min_rtt >= SLOW_RTT)
+            self.sink.deflater = session.deflater
+
     def remote_lean(self) -> None:
         """The master takes lean calls on this connection: the session's output and input_acks go that way."""
         self.peer.lean = True
@@ -141,9 +160,10 @@ class ShellServer:
     def open(self, basedir: str, sink: object, params: object,
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
-        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "max_input": n,
-        "exported": n}`` (lean: this connection takes slaveshell.plumbing.lean_calls; window: the session's output
-        window follows the link and takes the master's grant, `SessionHandle.remote_window`; max_input: the largest
+        Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "deflate": bool,
+        "max_input": n, "exported": n}`` (lean: this connection takes slaveshell.plumbing.lean_calls; window: the
+        session's output window follows the link and takes the master's grant, `SessionHandle.remote_window`;
+        deflate: it may send output deflated once told, `SessionHandle.remote_deflate`; max_input: the largest
         input message the session takes, slaveshell.vocabulary.flow.worker_input_limits; exported: how many objects this
         connection's broker exported before this answer, for the master's `workers` listing) or
         ``{"ok": False, "error": text}``.
@@ -193,9 +213,12 @@ class ShellServer:
         # master's sink given back, when the session ends (`_closed`).
         self._links[session_id] = (on_disconnect(ref, lambda: session.close("the master connection was lost")),
                                    peer)
-        handle = SessionHandle(session, peer)
+        handle = SessionHandle(session, peer, sink)
+        if deflate_known(broker):  # this master took deflated output before: from the first message on
+            handle.deflate()
         return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean, "window": True,
-                "max_input": session.input_limits.chunk, "exported": exported(broker)}
+                "deflate": self.options.deflate, "max_input": session.input_limits.chunk,
+                "exported": exported(broker)}
 
     def _closed(self, session: WorkerSession) -> None:
         """The session ended (its exit is sent): drop it, and the master's sink it held."""

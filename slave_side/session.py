@@ -27,6 +27,7 @@ from slave_side.reading import read_in_larger_pieces, widen_stdin
 from slave_side.spawn import spawn
 from slaveshell.plumbing.clock import DelayedCall
 from slaveshell.plumbing.write_now import write_now
+from slaveshell.vocabulary.deflate import Deflater
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import Pacer, chunks, output_limits, worker_input_limits
 from slaveshell.vocabulary.protocol import (
@@ -154,6 +155,8 @@ class WorkerSession:
         base = (options.output_window if request.pty else
                 max(1, self.limits.window * options.output_window // OUTPUT_WINDOW))
         self.window = TunedWindow(base, base, reactor.seconds)
+        # What of the output goes deflated, once the master said it takes that (server.SessionHandle.remote_deflate).
+        self.deflater: Deflater | None = None
         # The largest input message taken (and announced in the open reply, slave_side.server): a terminal's stays
         # small, a bulk stream's may be up to BULK_CHUNK (slaveshell.vocabulary.flow).
         self.input_limits = worker_input_limits(request.pty)
@@ -351,8 +354,11 @@ class WorkerSession:
         w = self.window
         rtt = f"{w.min_rtt * 1000:.1f} ms" if w.min_rtt is not None else "-"
         sizes = ",".join(str(n // 1024) for n in w.history)
+        deflated = self.deflater
+        packed = (f"; deflated {deflated.sent // 1024} KiB to {deflated.packed // 1024} KiB"
+                  if deflated is not None and deflated.sent else "")
         return (f"base {w.base // 1024} KiB, cap {w.cap // 1024} KiB, peak {w.peak // 1024} KiB, min rtt {rtt}, "
-                f"sizes (KiB) [{sizes}]")
+                f"sizes (KiB) [{sizes}]{packed}")
 
     def close(self, why: str = "closed by the master") -> None:
         """End the session: HUP, then TERM, then KILL to its process groups."""

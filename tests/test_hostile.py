@@ -78,10 +78,11 @@ class Host(pb.Root):
         return WorkerSink(self.session, self._error)
 
 
-@given(calls=st.lists(st.tuples(st.sampled_from(["output", "input_ack", "exit", "nosuch"]),
-                                st.lists(plain, max_size=4)), max_size=10))
-def test_a_rogue_worker_cannot_break_the_master(calls):
+@given(calls=st.lists(st.tuples(st.sampled_from(["output", "output_z", "input_ack", "exit", "nosuch"]),
+                                st.lists(plain, max_size=4)), max_size=10), deflated=st.booleans())
+def test_a_rogue_worker_cannot_break_the_master(calls, deflated):
     host = Host()
+    host.session.deflated_output = deflated
     root, pump, master_broker = connected(host)
     sink = call(pump, root, "sink")
     for method, args in calls:
@@ -99,7 +100,8 @@ banana_items = st.recursive(
 
 
 @given(calls=st.lists(st.tuples(st.sampled_from(["sink", 0, 7, b"root", -1]),
-                                st.sampled_from([b"output", b"input_ack", b"exit", b"input", b"", b"\xfe"]),
+                                st.sampled_from([b"output", b"output_z", b"input_ack", b"exit", b"input", b"",
+                                                 b"\xfe"]),
                                 st.lists(banana_items, max_size=4)), max_size=10))
 def test_a_rogue_worker_sending_lean_calls_cannot_break_the_master(calls):
     host = Host()

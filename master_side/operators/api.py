@@ -41,6 +41,7 @@ from master_side.sessions.worker_link import WorkerPeer, open_on_worker
 from slaveshell.fleet.script import SCRIPT_RUNNER, part_text
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
+from slaveshell.plumbing.remote import deflate_known
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy, same_operator, vouching_master
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
@@ -294,13 +295,17 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
             trail.approval(APPROVAL_USED, session.worker, approved.moderator,
                            f"request {approved.request.id} approved by {approved.moderator.user}", session.id)
 
+        # A worker this connection told before sends deflated output from the first message (WorkerPeer).
+        session.deflated_output = deflate_known(getattr(conn.mind, "broker", None))
         reply = await open_on_worker(conn, session, request, self.open_timeout, self.registry.peer_error)
         if reply.ref is None:
             trail.not_opened(session, reply.error)
             # The worker's own refusal (its owner's options) is a denial; no answer is the worker unavailable.
             raise OperatorError(ErrorKind.DENIED if reply.refused else ErrorKind.UNAVAILABLE, reply.error)
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
-                            refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean)
+                            refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean,
+                            deflate=reply.deflate)
+        session.deflated_output = session.deflated_output or reply.deflate
         session.grant_windows(self.window_budget(), reply.window, reply.max_input)
         if reply.window:
             worker.grant(session.output_grant)

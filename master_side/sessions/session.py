@@ -175,6 +175,8 @@ class MasterSession(SessionTimers):
         self.limits = output_limits(request.pty)
         self.viewer_buffer = max(VIEWER_BUFFER, 2 * self.limits.window)
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
+        # The worker was told it may send output deflated (master_side.sessions.worker_link.WorkerPeer).
+        self.deflated_output = False
         # The largest input message the operators may send (slaveshell.vocabulary.flow.input_limits): a terminal's
         # stays small; a bulk stream's is larger once the worker said it takes that (`grant_windows`).
         self.input_limits = input_limits(request.pty)

@@ -19,7 +19,7 @@ from master_side.sessions.worker_sink import WorkerSink
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.lean_calls import LeanPeer, accept
-from slaveshell.plumbing.remote import Undo, is_lost, note_peer_exported, on_disconnect, set_nodelay
+from slaveshell.plumbing.remote import Undo, deflate_known, is_lost, note_peer_exported, on_disconnect, set_nodelay
 from slaveshell.vocabulary.flow import announced_input
 from slaveshell.vocabulary.protocol import MAX_CHUNK, SIGNAL_NAMES, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
@@ -48,10 +48,10 @@ class WorkerPeer:
     reference, in the worker's wire vocabulary: slave_side.server.SessionHandle), `ping()`, and
     `on_disconnect(callback)`. A refused call is logged by `refused(message)`; a lost connection calls `lost()`.
     With `lean` (the worker's open reply said so), stream events go as slaveshell.plumbing.lean_calls, and the worker is
-    told to send its own that way."""
+    told to send its own that way; with `deflate`, it is told it may send its output deflated."""
 
     def __init__(self, ref: pb.RemoteReference, lost: Callable[[], None], refused: Callable[[str], None],
-                 lean: bool = False) -> None:
+                 lean: bool = False, deflate: bool = False) -> None:
         self.ref = ref
         peer = LeanPeer(ref, on_lost=lost, on_refused=lambda _method, message: refused(message))
         self._send = peer.send
@@ -60,6 +60,9 @@ class WorkerPeer:
         if lean:
             peer.lean = True
             self._send("lean")
+        if deflate:  # the worker said it can: it may send its output deflated (slaveshell.vocabulary.deflate)
+            deflate_known(getattr(ref, "broker", None), known=True)
+            self._send("deflate")
 
     def input(self, data: bytes) -> None:
         self._send("input", data)
@@ -121,6 +124,7 @@ class OpenReply:
     error: str = ""
     lean: bool = False  # the worker takes slaveshell.plumbing.lean_calls on this connection
     window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
+    deflate: bool = False  # the worker can send its output deflated (slaveshell.vocabulary.deflate)
     # The largest input message the worker takes for the session (its answer's max_input, checked:
     # slaveshell.vocabulary.flow.announced_input); MAX_CHUNK from a worker that does not say.
     max_input: int = MAX_CHUNK
@@ -165,6 +169,7 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
         return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096],
                          refused=answered)
     return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True,
+                     deflate=reply.get("deflate") is True,
                      max_input=announced_input(reply.get("max_input")), fields=reply)
 
 

@@ -16,6 +16,8 @@ from twisted.spread import pb
 from master_side.sessions.model import LateEvent
 from master_side.sessions.session import MasterSession
 from slaveshell.plumbing.lean_calls import LeanReceiver
+from slaveshell.vocabulary.checks import check_bytes
+from slaveshell.vocabulary.deflate import inflate
 from slaveshell.vocabulary.protocol import ProtocolError
 
 
@@ -23,7 +25,7 @@ class WorkerSink(LeanReceiver):
     """What the worker holds for the session: where its output goes. Output and input_acks may also come as
     lean calls (slaveshell.plumbing.lean_calls), checked by the same methods."""
 
-    lean_methods = frozenset({"output", "input_ack"})
+    lean_methods = frozenset({"output", "output_z", "input_ack"})
 
     def __init__(self, session: MasterSession, on_error: Callable[[MasterSession, ProtocolError], None]) -> None:
         self.session = session
@@ -43,6 +45,18 @@ class WorkerSink(LeanReceiver):
 
     def remote_output(self, stream: object, data: object, acks: object = ()) -> None:
         self._call(self.session.worker_output, stream, data, acks)
+
+    def remote_output_z(self, stream: object, data: object, acks: object = ()) -> None:
+        """Output deflated (slaveshell.vocabulary.deflate), from a worker the master told it may: inflated within
+        the session's largest message, then taken as `remote_output` takes it."""
+        self._call(self._output_z, stream, data, acks)
+
+    def _output_z(self, stream: object, data: object, acks: object) -> None:
+        session = self.session
+        if not session.deflated_output:
+            raise ProtocolError("deflated output from a worker that was not told it may send it")
+        limit = session.limits.chunk
+        session.worker_output(stream, inflate(check_bytes(data, "deflated output", limit), limit), acks)
 
     def remote_input_ack(self, nbytes: object, hidden: object = False) -> None:
         self._call(self.session.worker_input_ack, nbytes, hidden)

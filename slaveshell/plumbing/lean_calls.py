@@ -172,6 +172,7 @@ CODECS: dict[str, Codec] = {
     "input": Codec(lambda data: [data], _one(bytes, "input")),
     "ack": Codec(lambda nbytes: [nbytes], _one(int, "ack")),
     "output": Codec(_encode_output, _decode_output),
+    "output_z": Codec(_encode_output, _decode_output),  # the same, its data deflated (slaveshell.vocabulary.deflate)
     "input_ack": Codec(lambda nbytes, hidden: [nbytes, 1 if hidden else 0], _decode_input_ack),
     Entry.call: Codec(_encode_entry, _decode_entry),
     Data.call: Codec(lambda chunk: [chunk], _one(bytes, Data.call)),

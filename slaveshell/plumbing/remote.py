@@ -90,6 +90,17 @@ def note_peer_exported(broker: object, count: object) -> None:
         broker.__dict__[_PEER_EXPORTED] = count
 
 
+def deflate_known(broker: object, known: bool = False) -> bool:
+    """Whether the peer on `broker` (one PB connection) said it takes a session's output deflated
+    (slaveshell.vocabulary.deflate); `known`: it just said so, kept for the connection's later sessions, which
+    then deflate from their first message instead of after a round trip. False for anything but a PB broker."""
+    if not isinstance(broker, pb.Broker):
+        return False
+    if known:
+        broker.__dict__[_DEFLATE_KNOWN] = True
+    return broker.__dict__.get(_DEFLATE_KNOWN) is True
+
+
 def tables(broker: object) -> tuple[int, int | None] | None:
     """The reference tables of one PB connection, for a debugging listing: how many objects this side exports
     now, and how many the peer said it exported at its last answer that told (None before one). None when
@@ -101,6 +112,7 @@ def tables(broker: object) -> tuple[int, int | None] | None:
     return here, peer if isinstance(peer, int) else None
 
 
+_DEFLATE_KNOWN = "slaveshell_deflate_known"
 _PEER_EXPORTED = "slaveshell_peer_exported"
 
 

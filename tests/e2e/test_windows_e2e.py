@@ -139,3 +139,33 @@ def test_ctrl_c_under_a_flood_on_a_long_link_discards_what_was_in_flight(far: Sa
         assert t.run("echo after-the-flood").strip() == "after-the-flood"
     finally:
         t.close()
+
+
+DEFLATED = re.compile(rb"ended, code 0 signal \S+; output window: [^\n]*?(?:; deflated (\d+) KiB to (\d+) KiB)?\n")
+
+
+def test_on_a_long_link_a_build_logs_output_goes_deflated_and_arrives_exact(far: Sandbox, tmp_path: Path) -> None:
+    """Text (a build log's lines) goes deflated once the window has measured the long link; random bytes go as
+    they are; both arrive byte for byte (slaveshell.vocabulary.deflate)."""
+    text = tmp_path / "build.log"
+    text.write_bytes(b"".join(b"[%06d] cc -O2 -Wall -c src/module_%d.c -o build/module_%d.o ... ok\n"
+                              % (i, i % 97, i % 97) for i in range(60000)))  # ~4 MiB
+    noise = tmp_path / "noise"
+    noise.write_bytes(os.urandom(2 * 1024 * 1024))
+    # The master says it takes deflated output on a session's first round trip, and the worker keeps that for the
+    # connection: its later sessions deflate from their first message.
+    assert subprocess.run(shell_argv() + ["--socket", far.socket, "-T", "w1", "--", "true"], timeout=60).returncode == 0
+    for path, deflates in ((text, True), (noise, False)):
+        start = _log_size(far)
+        done = subprocess.run(shell_argv() + ["--socket", far.socket, "-T", "w1", "--", f"cat {path}"],
+                              capture_output=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == path.read_bytes()
+        log = wait_until(lambda start=start: DEFLATED.findall(Path(far.worker_dir("w1"), "twistd.log")
+                                                              .read_bytes()[start:]), 10)
+        [(sent, packed)] = log
+        if deflates:
+            # All of it deflated (but a last message shorter than MIN_SIZE), to a fifth at least.
+            assert int(sent) >= path.stat().st_size // 1024 - 2 and int(packed) * 5 < int(sent), log
+        else:
+            assert not sent, log  # random bytes: tried now and then, never worth sending deflated

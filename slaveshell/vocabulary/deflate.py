@@ -1,0 +1,78 @@
+"""A session's output deflated on a slow link, without I/O: `Deflater` (the worker's side: which messages to send
+deflated) and `inflate` (the master's: a deflated message back to its bytes, bounded).
+
+On a link of tens of milliseconds and a few MB/s (a donated worker behind a home or office line) the link, not
+the CPU, sets a session's speed, and a build log or a compiler's diagnostics deflate to a fifth or less of their
+size: what OpenSSH offers as `ssh -C`, here chosen per message. The worker deflates a message when its session's
+output window has measured a round trip of at least `SLOW_RTT` (slaveshell.vocabulary.windows.TunedWindow's
+minimum: on loopback or a LAN deflating costs more CPU than it saves time) or has not measured one yet (the first
+window, up to 2 MiB, leaves before the first acknowledgement is back: a few ms of zlib on a fast link, most of the
+gain on a slow one), the message is at least `MIN_SIZE`,
+and deflating it at zlib's fastest level gives at most `WORTH` of its size; a message that does not (random or
+compressed bytes) is sent as it is, and the next ones are not tried for a while (1, 2, 4 ... `BACKOFF_MAX`
+messages), so incompressible output costs a trial now and then, not each time.
+
+Each message is deflated alone (no dictionary shared across messages): every message stands by itself on the
+wire, as the master checks it. Credit windows count the bytes before deflating, on both sides, so deflating
+changes what the link carries, never what the master holds: `inflate` gives at most `limit` bytes (the session's
+largest message) and refuses anything else (a message that inflates past it, a truncated or trailing stream).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from slaveshell.vocabulary.protocol import ProtocolError
+
+# A round trip (seconds) from which the link is slow enough for deflating to pay.
+SLOW_RTT = 0.010
+# Messages shorter than this go as they are (an echo, a prompt: nothing to gain, a round of zlib to pay).
+MIN_SIZE = 2048
+# A message is sent deflated only when that is at most this fraction of its size.
+WORTH = 0.85
+# After a message that did not deflate well, this many at most are sent as they are before the next trial.
+BACKOFF_MAX = 64
+LEVEL = 1
+
+
+class Deflater:
+    """Which of a session's output messages go deflated: `pack(data)` gives the deflated bytes, or None to send
+    `data` as it is. `slow()`: whether the link is slow enough now (asked per message)."""
+
+    def __init__(self, slow: Callable[[], bool]) -> None:
+        self.slow = slow
+        self._skip = 0
+        self._backoff = 1
+        self.sent = self.packed = 0  # bytes sent deflated, before and after (for the log and bench/)
+
+    def pack(self, data: bytes) -> bytes | None:
+        if len(data) < MIN_SIZE or not self.slow():
+            return None
+        if self._skip:
+            self._skip -= 1
+            return None
+        packed = zlib.compress(data, LEVEL)
+        if len(packed) > WORTH * len(data):
+            self._skip, self._backoff = self._backoff, min(2 * self._backoff, BACKOFF_MAX)
+            return None
+        self._backoff = 1
+        self.sent += len(data)
+        self.packed += len(packed)
+        return packed
+
+
+def inflate(packed: bytes, limit: int) -> bytes:
+    """The bytes of one deflated message (zlib's format), at most `limit` of them. ProtocolError for anything that
+    is not exactly one whole zlib stream inflating to at most `limit` bytes (a worker's message bomb stops at
+    `limit` + 1 bytes of work)."""
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(packed, limit + 1)
+    except zlib.error:
+        raise ProtocolError("deflated output that does not inflate") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise ProtocolError(f"deflated output inflating past the session's largest message ({limit} bytes)")
+    if not inflater.eof or inflater.unused_data:
+        raise ProtocolError("deflated output that is not one whole zlib stream")
+    return data

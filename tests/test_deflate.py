@@ -1,0 +1,91 @@
+"""A session's output deflated on a slow link (slaveshell.vocabulary.deflate): which messages the worker deflates,
+and the master's inflating, bounded, at its boundary with the worker (master_side.sessions.worker_sink)."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+
+from slaveshell.plumbing import lean_calls
+from slaveshell.vocabulary.deflate import BACKOFF_MAX, MIN_SIZE, Deflater, inflate
+from slaveshell.vocabulary.protocol import ProtocolError
+
+from .fakes import call, connected
+from .test_hostile import Host
+
+LOG = b"".join(b"[%06d] compiling src/module_%d.c -O2 -Wall ... ok\n" % (i, i % 97) for i in range(4000))
+
+
+def test_only_large_messages_on_a_slow_link_that_deflate_well_go_deflated():
+    slow = [False]
+    deflater = Deflater(lambda: slow[0])
+    assert deflater.pack(LOG) is None  # a fast link: as it is
+    slow[0] = True
+    assert deflater.pack(LOG[: MIN_SIZE - 1]) is None  # an echo, a prompt
+    packed = deflater.pack(LOG)
+    assert packed is not None and len(packed) < len(LOG) / 5 and inflate(packed, len(LOG)) == LOG
+    assert (deflater.sent, deflater.packed) == (len(LOG), len(packed))
+
+
+def test_output_that_does_not_deflate_is_tried_again_ever_more_rarely():
+    deflater = Deflater(lambda: True)
+    noise = os.urandom(64 * 1024)
+    tried: list[bool] = []
+    for _ in range(200):
+        before = deflater._skip
+        assert deflater.pack(noise) is None
+        tried.append(before == 0)
+    # Tried at messages 0, 2, 5, 10, ... with gaps doubling up to BACKOFF_MAX: far fewer trials than messages.
+    trials = [i for i, t in enumerate(tried) if t]
+    gaps = [b - a - 1 for a, b in zip(trials, trials[1:], strict=False)]
+    assert gaps[:4] == [1, 2, 4, 8] and max(gaps) == BACKOFF_MAX and len(trials) < 12
+    # Text again: sent as it is until the next trial, which deflates well; from then on every message is tried.
+    results = [deflater.pack(LOG) for _ in range(BACKOFF_MAX + 3)]
+    first = next(i for i, r in enumerate(results) if r is not None)
+    assert first <= BACKOFF_MAX and all(r is not None for r in results[first:])
+
+
+@pytest.mark.parametrize("packed, why", [
+    (zlib.compress(b"\0" * (64 * 1024 * 1024)), "inflating past the session's largest message"),
+    (zlib.compress(LOG)[:-5], "not one whole zlib stream"),
+    (zlib.compress(b"abc") + b"trailing", "not one whole zlib stream"),
+    (b"not zlib at all", "does not inflate"),
+    (b"", "not one whole zlib stream"),
+])
+def test_the_master_inflates_one_whole_message_within_its_limit_or_refuses_it(packed, why):
+    with pytest.raises(ProtocolError, match=why):
+        inflate(packed, 256 * 1024)
+    assert inflate(zlib.compress(b"x" * 1000), 1000) == b"x" * 1000  # exactly the limit is fine
+
+
+def _owner_output(host: Host) -> bytes:
+    return b"".join(c[2] for c in host.to_owner if c[0] == "output")
+
+
+def test_a_worker_told_it_may_deflate_has_its_output_shown_as_it_was_sent():
+    host = Host()
+    host.session.deflated_output = True
+    root, pump, master_broker = connected(host)
+    sink = call(pump, root, "sink")
+    call(pump, sink, "output_z", 1, zlib.compress(LOG[:60000]))
+    lean_calls.accept(master_broker)
+    root.broker.sendEncoded([b"slaveshell", sink.luid, b"output_z", 1, [], zlib.compress(LOG[60000:120000])])
+    pump.flush()
+    assert _owner_output(host) == LOG[:120000] and host.errors == [] and not host.ended
+
+
+def test_a_worker_that_was_not_told_or_sends_a_bomb_ends_its_session_with_the_reason():
+    host = Host()  # the master did not tell this worker it may deflate
+    root, pump, master_broker = connected(host)
+    call(pump, call(pump, root, "sink"), "output_z", 1, zlib.compress(LOG[:60000]))
+    assert host.errors == ["deflated output from a worker that was not told it may send it"]
+    assert _owner_output(host) == b"" and len(host.ended) == 1 and not master_broker.disconnected
+
+    host = Host()
+    host.session.deflated_output = True
+    root, pump, master_broker = connected(host)
+    call(pump, call(pump, root, "sink"), "output_z", 1, zlib.compress(b"\0" * (16 * 1024 * 1024)))
+    assert host.errors and "inflating past the session's largest message" in host.errors[0]
+    assert _owner_output(host) == b"" and len(host.ended) == 1 and not master_broker.disconnected
