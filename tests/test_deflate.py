@@ -8,11 +8,13 @@ import zlib
 
 import pytest
 
+from slave_side.server import ShellServer
+from slave_side.session import WorkerOptions
 from slaveshell.plumbing import lean_calls
 from slaveshell.vocabulary.deflate import BACKOFF_MAX, MIN_SIZE, Deflater, inflate
-from slaveshell.vocabulary.protocol import ProtocolError
+from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError
 
-from .fakes import call, connected
+from .fakes import Bot, ProcessReactor, Sink, call, connected
 from .test_hostile import Host
 
 LOG = b"".join(b"[%06d] compiling src/module_%d.c -O2 -Wall ... ok\n" % (i, i % 97) for i in range(4000))
@@ -89,3 +91,17 @@ def test_a_worker_that_was_not_told_or_sends_a_bomb_ends_its_session_with_the_re
     call(pump, call(pump, root, "sink"), "output_z", 1, zlib.compress(b"\0" * (16 * 1024 * 1024)))
     assert host.errors and "inflating past the session's largest message" in host.errors[0]
     assert _owner_output(host) == b"" and len(host.ended) == 1 and not master_broker.disconnected
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_worker_says_whether_it_deflates_and_once_told_its_connections_next_sessions_start_deflating(
+        tmp_path, allowed):
+    server = ShellServer(WorkerOptions(shell="/bin/sh", deflate=allowed), reactor=ProcessReactor())
+    root, pump, _ = connected(Bot(server, str(tmp_path)))
+    request = OpenRequest(worker="w1", pty=False).to_wire()
+    first = call(pump, root, "slaveshell_open", Sink(), request)
+    assert first["deflate"] is allowed
+    assert [s.deflater for s in server.sessions.values()] == [None]  # not before the master said so
+    call(pump, first["session"], "deflate")
+    call(pump, root, "slaveshell_open", Sink(), request)
+    assert [s.deflater is not None for s in server.sessions.values()] == [allowed, allowed]

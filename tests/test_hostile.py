@@ -38,7 +38,8 @@ plain = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=10,
 )
-session_methods = st.sampled_from(["input", "eof", "resize", "signal", "ack", "close", "nosuch", "detach"])
+session_methods = st.sampled_from(["input", "eof", "resize", "signal", "ack", "close", "nosuch", "detach",
+                                   "deflate"])
 
 
 @given(params=plain, calls=st.lists(st.tuples(session_methods, st.lists(plain, max_size=3)), max_size=8))
