@@ -21,7 +21,7 @@ from slave_side.owner_log import OwnerLog, RecordingSink
 from slave_side.session import WorkerSession
 from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.plumbing.remote import Undo, deflate_known, exported, on_disconnect, opening, set_nodelay
-from slaveshell.vocabulary.deflate import SLOW_RTT, Deflater
+from slaveshell.vocabulary.deflate import SLOW_RTT, Deflater, inflate
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import (
     ExitStatus,
@@ -74,7 +74,7 @@ class SessionHandle(LeanReceiver):
     """What the master holds for one session. Its input and acks may also come as lean calls
     (slaveshell.plumbing.lean_calls), checked here the same way."""
 
-    lean_methods = frozenset({"input", "ack"})
+    lean_methods = frozenset({"input", "input_z", "ack"})
 
     def __init__(self, session: WorkerSession, peer: LeanPeer, sink: PbSessionSink | None = None) -> None:
         self.session = session
@@ -96,6 +96,18 @@ class SessionHandle(LeanReceiver):
     def remote_input(self, data: object) -> None:
         """Bytes for the process: at most the session's largest input message (the open reply's max_input)."""
         self._guard("input", lambda: self.session.input(check_bytes(data, "input", self.session.input_limits.chunk)))
+
+    def remote_input_z(self, data: object) -> None:
+        """Input deflated (slaveshell.vocabulary.deflate), from a master this worker's open answer said it takes it
+        from: inflated within the session's largest input message, then taken as `remote_input` takes it."""
+        limit = self.session.input_limits.chunk
+
+        def take() -> None:
+            if not self.session.options.deflate:
+                raise ProtocolError("deflated input, which this worker did not offer to take")
+            self.session.input(inflate(check_bytes(data, "deflated input", limit), limit, "input"))
+
+        self._guard("input", take)
 
     def remote_eof(self) -> None:
         self.session.eof()

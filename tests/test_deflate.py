@@ -105,3 +105,20 @@ def test_a_worker_says_whether_it_deflates_and_once_told_its_connections_next_se
     call(pump, first["session"], "deflate")
     call(pump, root, "slaveshell_open", Sink(), request)
     assert [s.deflater is not None for s in server.sessions.values()] == [allowed, allowed]
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_worker_takes_deflated_input_only_when_it_offered_to_and_within_its_largest_message(tmp_path, allowed):
+    server = ShellServer(WorkerOptions(shell="/bin/sh", deflate=allowed), reactor=ProcessReactor())
+    root, pump, worker_broker = connected(Bot(server, str(tmp_path)))
+    opened = call(pump, root, "slaveshell_open", Sink(), OpenRequest(worker="w1", pty=False).to_wire())
+    [session] = server.sessions.values()
+    taken: list[bytes] = []
+    session.input = taken.append  # type: ignore[method-assign]
+    answer = call(pump, opened["session"], "input_z", zlib.compress(LOG[:100000]))
+    if allowed:
+        assert answer is None and taken == [LOG[:100000]]
+    else:
+        assert "deflated input, which this worker did not offer to take" in str(answer.value) and taken == []
+    bomb = call(pump, opened["session"], "input_z", zlib.compress(b"\0" * (64 * 1024 * 1024)))
+    assert "deflated input" in str(bomb.value) and not worker_broker.disconnected

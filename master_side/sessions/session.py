@@ -40,6 +40,7 @@ from master_side.sessions.model import (
 )
 from master_side.sessions.moderation import DROPPED, HELD, MODERATE_END, MODERATE_START, Moderation
 from master_side.sessions.notices import NoticeBudget
+from slaveshell.vocabulary.deflate import Deflater
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import CreditWindow, input_limits, output_limits
 from slaveshell.vocabulary.policy import Identity
@@ -214,6 +215,11 @@ class MasterSession(SessionTimers):
         # Input sent to the worker and not yet acknowledged, with who sent it: recorded once the worker says
         # whether the terminal was hiding it, and acknowledged to its sender.
         self._pending_input: collections.deque[tuple[Viewer, bytes]] = collections.deque()
+        # When each pending input message was sent, and the shortest time one took to be acknowledged: the worker
+        # link's round trip as input sees it (WorkerPeer deflates input on a slow link: slaveshell.vocabulary.deflate).
+        self._input_sent_at: collections.deque[float] = collections.deque()
+        self.input_min_rtt: float | None = None
+        self.input_deflater: Deflater | None = None  # which input messages go deflated, once the worker takes them
         # A four-eyes session's moderators and held input (`hold_input`); None for any other session.
         self.moderation: Moderation | None = None
 
@@ -402,6 +408,7 @@ class MasterSession(SessionTimers):
         self.bytes_in += len(data)
         self.last_activity = self.clock()
         self._pending_input.append((viewer, data))
+        self._input_sent_at.append(self.last_activity)
         self.to_worker.input(data)
 
     def viewer_eof(self, viewer: Viewer) -> None:
@@ -552,7 +559,10 @@ class MasterSession(SessionTimers):
         """The oldest pending input message, which the worker says it delivered (`nbytes` checked against it)."""
         if not self._pending_input or len(self._pending_input[0][1]) != nbytes:
             raise ProtocolError("input ack does not match the input sent")
-        self.worker_seen = self.clock()
+        self.worker_seen = now = self.clock()
+        if self._input_sent_at:
+            rtt = now - self._input_sent_at.popleft()
+            self.input_min_rtt = rtt if self.input_min_rtt is None else min(self.input_min_rtt, rtt)
         return self._pending_input.popleft()
 
     def _input_acked(self, nbytes: int, hidden: bool, flush: bool = True) -> tuple[Viewer, int, bool, bool]:
@@ -600,9 +610,12 @@ class MasterSession(SessionTimers):
     def window_report(self) -> str:
         """The windows granted and the most used of each, and the input messages taken and relayed, in KiB (for
         the log, and bench/)."""
+        deflated = self.input_deflater
+        packed = (f", deflated {deflated.sent // 1024} KiB to {deflated.packed // 1024} KiB"
+                  if deflated is not None and deflated.sent else "")
         return (f"granted {self.output_grant // 1024} KiB, peak {self.output_peak // 1024} KiB in flight; input "
                 f"granted {self.input_grant // 1024} KiB, peak {self.input_peak // 1024} KiB in flight, messages "
-                f"up to {self.input_limits.chunk // 1024} KiB, largest {self.input_largest // 1024} KiB")
+                f"up to {self.input_limits.chunk // 1024} KiB, largest {self.input_largest // 1024} KiB{packed}")
 
     @property
     def end_reason(self) -> str:

@@ -20,6 +20,7 @@ from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.lean_calls import LeanPeer, accept
 from slaveshell.plumbing.remote import Undo, deflate_known, is_lost, note_peer_exported, on_disconnect, set_nodelay
+from slaveshell.vocabulary.deflate import Deflater
 from slaveshell.vocabulary.flow import announced_input
 from slaveshell.vocabulary.protocol import MAX_CHUNK, SIGNAL_NAMES, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
@@ -57,6 +58,8 @@ class WorkerPeer:
         self._send = peer.send
         # The session has ended (after its last call to the worker): the worker drops its end of it at once.
         self.release = peer.release
+        # Set when the worker takes input deflated (its open answer's `deflate`): which messages go so.
+        self.deflater: Deflater | None = None
         if lean:
             peer.lean = True
             self._send("lean")
@@ -65,7 +68,11 @@ class WorkerPeer:
             self._send("deflate")
 
     def input(self, data: bytes) -> None:
-        self._send("input", data)
+        packed = self.deflater.pack(data) if self.deflater is not None else None
+        if packed is None:
+            self._send("input", data)
+        else:
+            self._send("input_z", packed)
 
     def eof(self) -> None:
         self._send("eof")

@@ -170,6 +170,7 @@ def _decode_routed_input_ack(items: Sequence[object]) -> tuple[object, ...]:
 #: done_file, ack (one credit, laid out as a session's ack).
 CODECS: dict[str, Codec] = {
     "input": Codec(lambda data: [data], _one(bytes, "input")),
+    "input_z": Codec(lambda data: [data], _one(bytes, "input_z")),  # deflated (slaveshell.vocabulary.deflate)
     "ack": Codec(lambda nbytes: [nbytes], _one(int, "ack")),
     "output": Codec(_encode_output, _decode_output),
     "output_z": Codec(_encode_output, _decode_output),  # the same, its data deflated (slaveshell.vocabulary.deflate)

@@ -1,5 +1,6 @@
-"""A session's output deflated on a slow link, without I/O: `Deflater` (the worker's side: which messages to send
-deflated) and `inflate` (the master's: a deflated message back to its bytes, bounded).
+"""A session's stream deflated on a slow link, without I/O: `Deflater` (the sender's side: which messages to send
+deflated: the worker's output, the master's input to the worker) and `inflate` (the receiver's: a deflated message
+back to its bytes, bounded).
 
 On a link of tens of milliseconds and a few MB/s (a donated worker behind a home or office line) the link, not
 the CPU, sets a session's speed, and a build log or a compiler's diagnostics deflate to a fifth or less of their
@@ -12,8 +13,11 @@ and deflating it at zlib's fastest level gives at most `WORTH` of its size; a me
 compressed bytes) is sent as it is, and the next ones are not tried for a while (1, 2, 4 ... `BACKOFF_MAX`
 messages), so incompressible output costs a trial now and then, not each time.
 
+The master deflates its input to the worker the same way, by the round trip its input messages take to be
+acknowledged (master_side.sessions.session.MasterSession.input_min_rtt): `tar c . | buildbot-shell -T w1 -- tar x`.
+
 Each message is deflated alone (no dictionary shared across messages): every message stands by itself on the
-wire, as the master checks it. Credit windows count the bytes before deflating, on both sides, so deflating
+wire, as the receiver checks it. Credit windows count the bytes before deflating, on both sides, so deflating
 changes what the link carries, never what the master holds: `inflate` gives at most `limit` bytes (the session's
 largest message) and refuses anything else (a message that inflates past it, a truncated or trailing stream).
 """
@@ -62,17 +66,17 @@ class Deflater:
         return packed
 
 
-def inflate(packed: bytes, limit: int) -> bytes:
+def inflate(packed: bytes, limit: int, what: str = "output") -> bytes:
     """The bytes of one deflated message (zlib's format), at most `limit` of them. ProtocolError for anything that
-    is not exactly one whole zlib stream inflating to at most `limit` bytes (a worker's message bomb stops at
-    `limit` + 1 bytes of work)."""
+    is not exactly one whole zlib stream inflating to at most `limit` bytes (a peer's message bomb stops at
+    `limit` + 1 bytes of work). `what`: the stream, for the error (output, input)."""
     inflater = zlib.decompressobj()
     try:
         data = inflater.decompress(packed, limit + 1)
     except zlib.error:
-        raise ProtocolError("deflated output that does not inflate") from None
+        raise ProtocolError(f"deflated {what} that does not inflate") from None
     if len(data) > limit or inflater.unconsumed_tail:
-        raise ProtocolError(f"deflated output inflating past the session's largest message ({limit} bytes)")
+        raise ProtocolError(f"deflated {what} inflating past the session's largest message ({limit} bytes)")
     if not inflater.eof or inflater.unused_data:
-        raise ProtocolError("deflated output that is not one whole zlib stream")
+        raise ProtocolError(f"deflated {what} that is not one whole zlib stream")
     return data

@@ -6,6 +6,7 @@ are asserted, never times (bench/fair.py measures those)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import select
@@ -169,3 +170,24 @@ def test_on_a_long_link_a_build_logs_output_goes_deflated_and_arrives_exact(far:
             assert int(sent) >= path.stat().st_size // 1024 - 2 and int(packed) * 5 < int(sent), log
         else:
             assert not sent, log  # random bytes: tried now and then, never worth sending deflated
+
+
+MASTER_DEFLATED = re.compile(rb"largest \d+ KiB(?:, deflated (\d+) KiB to (\d+) KiB)?")
+
+
+def test_on_a_long_link_a_build_log_piped_in_goes_deflated_and_arrives_exact(far: Sandbox, tmp_path: Path) -> None:
+    """`cat build.log | buildbot-shell -T w1 -- sha256sum`: the master deflates the input it sends the worker once
+    it sees the long round trip (or before it has seen one), and the remote command reads every byte."""
+    text = tmp_path / "build.log"
+    text.write_bytes(b"".join(b"[%06d] ld -o build/app build/module_%d.o -lm ... ok\n" % (i, i % 97)
+                              for i in range(60000)))
+    log_path = Path(far.master_dir, "twistd.log")
+    start = log_path.stat().st_size
+    with open(text, "rb") as stdin:
+        done = subprocess.run(shell_argv() + ["--socket", far.socket, "-T", "w1", "--", "sha256sum"],
+                              stdin=stdin, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0].decode() == hashlib.sha256(text.read_bytes()).hexdigest()
+    found = wait_until(lambda: [m for m in MASTER_DEFLATED.findall(log_path.read_bytes()[start:]) if m[0]], 10)
+    [(sent, packed)] = found
+    assert int(sent) >= text.stat().st_size // 1024 - 64 and int(packed) * 5 < int(sent), found
