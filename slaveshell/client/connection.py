@@ -156,22 +156,33 @@ def widen_pipe(fd: int, size: int) -> None:
             fcntl.fcntl(fd, setpipe, size)
 
 
-def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1)) -> tuple[str, ...]:
+def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1), stderr: int = 2) -> tuple[str, ...]:
     """The streams of a `-T` session whose descriptors the master may read and write itself (passed with the open:
     master_side.shell_socket.passed): stdin and stdout when each is a pipe or a stream socket, never a terminal, a
     file or anything else (those stay with the client). None with a terminal, or when $SLAVESHELL_PASS_STDIO is
-    0."""
+    0. Stdout stays with the client too when stderr is the same pipe (`2>&1 | ...`): the client writes both in the
+    order they came, where the master would write stdout a hop ahead of stderr (docs/architecture.md)."""
     if request.pty or os.environ.get(PASS_STDIO_ENV, "1") == "0":
         return ()
     names = []
     for name, fd in zip(("in", "out"), fds, strict=True):
         try:
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
         except OSError:
             continue
-        if stat.S_ISFIFO(mode) or (stat.S_ISSOCK(mode) and not_a_stream(fd) is None):
+        if name == "out" and _same_file(st, stderr):
+            continue
+        if stat.S_ISFIFO(st.st_mode) or (stat.S_ISSOCK(st.st_mode) and not_a_stream(fd) is None):
             names.append(name)
     return tuple(names)
+
+
+def _same_file(st: os.stat_result, fd: int) -> bool:
+    try:
+        other = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
 
 
 def not_a_stream(fd: int) -> str | None:

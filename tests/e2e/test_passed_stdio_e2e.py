@@ -327,3 +327,30 @@ def test_a_listening_or_datagram_socket_is_refused_by_the_client_and_by_the_mast
         listening.close()
         dgram.close()
         dgram_peer.close()
+
+
+def test_stdout_and_stderr_to_one_pipe_keep_the_order_they_were_written_in(sandbox: Sandbox) -> None:
+    """`2>&1 | ...`: the client keeps stdout (the master does not hold the pipe) and writes both streams in the
+    order they came, so stderr written before stdout is read before it (passed, stdout went a hop ahead: `a c b`
+    in half the runs with a few milliseconds between the writes). Stdin is still passed."""
+    master = sandbox.master_pid()
+    r, w = os.pipe()
+    proc = subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--",
+                                            "cat; echo a; echo b >&2; sleep 0.05; echo c"],
+                            stdin=subprocess.PIPE, stdout=w, stderr=w)
+    name = pipe_name(w)
+    os.close(w)
+    assert proc.stdin is not None
+    try:
+        stdin_name = pipe_name(proc.stdin.fileno())
+        wait_until(lambda: stdin_name in pipes_held(master), timeout=30)
+        assert name not in pipes_held(master)
+        proc.stdin.write(b"in\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        with os.fdopen(r, "rb") as merged:
+            assert merged.read() == b"in\na\nb\nc\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
