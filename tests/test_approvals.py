@@ -272,6 +272,7 @@ def test_a_runs_part_past_the_operators_bound_waits_for_a_free_place_and_is_aske
 def test_a_waiting_part_is_asked_when_a_request_expires_or_is_withdrawn_and_ctrl_c_ends_its_wait() -> None:
     h = Harness(ApprovalLimits(per_operator=1, total=32, wait=60))
     _, _, expiring = h.ask(what="command: make deploy")
+    h.clock.advance(10)
     part, _ = ask_part(h)
     gone, gone_callbacks = ask_part(h, run="r2")
     assert len(h.approvals.queued) == 2
@@ -280,7 +281,7 @@ def test_a_waiting_part_is_asked_when_a_request_expires_or_is_withdrawn_and_ctrl
         callback()
     assert gone[0].value.kind is ErrorKind.STOPPED and "free place" in gone[0].value.message
     assert not gone_callbacks and len(h.approvals.queued) == 1
-    h.clock.advance(60)  # alice's command expires: the part is asked
+    h.clock.advance(50)  # alice's command expires: the part is asked
     assert expiring[0].value.kind is ErrorKind.LIMIT and part == []
     assert [k for k, _, _ in h.record.events] == [ASKED, EXPIRED, ASKED] and not h.approvals.queued
     again, _ = ask_part(h, run="r3")
@@ -347,8 +348,9 @@ def test_a_part_waiting_for_a_place_is_listed_marked_so_to_its_operator_and_its_
 
 def test_a_part_waiting_for_a_place_expires_after_the_approval_wait_from_when_it_began_to_wait() -> None:
     """alice's command holds her one place; the parts of runs r1 (t=0) and r2 (t=10) wait. At t=20 her command is
-    withdrawn: r1's part is asked, with a wait of its own; r2's still waits, and expires at t=70, never asked, told
-    why, audited; r1's request expires at t=80."""
+    withdrawn: r1's part is asked, with what remains of its wait (40 s, told so, listed so); r2's still waits, and
+    expires at t=70, never asked, told why, audited; r1's request expires at t=60, the approval wait after it was
+    made, saying how much of it went waiting for a place."""
     h = Harness(ApprovalLimits(per_operator=1, total=32, wait=60))
     _, own_command, _ = h.ask(what="command: make deploy")
     first, _ = ask_part(h, run="r1")
@@ -358,23 +360,40 @@ def test_a_part_waiting_for_a_place_expires_after_the_approval_wait_from_when_it
     h.clock.advance(10)
     h.approvals._withdrawn(own_command)
     assert len(h.approvals.pending) == 1 and len(h.approvals.queued) == 1
-    h.clock.advance(49)
-    assert second == [] and first == []
+    first_id = h.record.events[-1][2].split()[1]
+    assert h.told[-1].endswith(f"not you: slaveshell approve {first_id}); at most 40 s (what remains of 1 min, 20 s "
+                               "of it spent waiting for a free place to be asked); Ctrl-C or a cancel withdraws it")
+    row = next(r for r in h.approvals.listing(BOB) if r["id"] == first_id)
+    assert row["asked"] == 20.0 and row["expires"] == 60.0 and row["waits_for_place"] is False
+    h.clock.advance(39)
+    assert first == [] and second == []
     h.clock.advance(1)
-    assert second[0].value.kind is ErrorKind.LIMIT and second[0].value.message == (
-        f"request {second_id}: no place came free within 60 s (the master's limit) to ask a moderator's approval: "
-        "alice already waits for 1 approvals (the master's limit per operator); worker prod-1 is moderated "
-        "(moderated_by: leads)")
-    assert h.record.events[-1] == (EXPIRED, "alice", f"request {second_id} of alice on prod-1, run (fleet run r2), "
-                                                     f"never asked: {second[0].value.message}")
-    assert not h.approvals.queued and not second_callbacks  # its subscriptions undone
-    assert [r["id"] for r in h.approvals.listing(ALICE)] != [second_id] and first == []
-    h.clock.advance(9)
-    assert first == []
-    h.clock.advance(1)
-    assert first[0].value.kind is ErrorKind.LIMIT and "no moderator approved it within 60 s" in first[0].value.message
-    assert [k for k, _, _ in h.record.events] == [ASKED, WITHDRAWN, ASKED, EXPIRED, EXPIRED]
-    assert not h.approvals.pending and not h.clock.getDelayedCalls()
+    assert first[0].value.kind is ErrorKind.LIMIT and first[0].value.message == (
+        f"request {first_id}: no moderator approved it within 60 s (the master's limit, 20 s of it spent waiting for "
+        "a free place to be asked); worker prod-1 is moderated (moderated_by: leads)")
+    assert second == []  # r1's end frees a place, not time: r2's part is asked with the 10 s it has left
+    assert h.told[-1].endswith("at most 10 s (what remains of 1 min, 50 s of it spent waiting for a free place to "
+                               "be asked); Ctrl-C or a cancel withdraws it")
+    h.clock.advance(10)
+    assert second[0].value.kind is ErrorKind.LIMIT and second[0].value.message.startswith(
+        f"request {second_id}: no moderator approved it within 60 s (the master's limit, 50 s of it spent waiting")
+    assert not second_callbacks  # its subscriptions undone
+    assert [k for k, _, _ in h.record.events] == [ASKED, WITHDRAWN, ASKED, EXPIRED, ASKED, EXPIRED]
+    assert not h.approvals.pending and not h.approvals.queued and not h.clock.getDelayedCalls()
+
+
+def test_a_part_whose_wait_ends_as_a_place_comes_free_expires_never_asked() -> None:
+    """The part began to wait with alice's command (t=0): both waits end at t=60. The place her command frees
+    comes with no time left: the part is not asked (no moderator called for nothing), it expires never asked."""
+    h = Harness(ApprovalLimits(per_operator=1, total=32, wait=60))
+    _, _, command = h.ask(what="command: make deploy")
+    part, _ = ask_part(h)
+    part_id = str(h.approvals.listing(ALICE)[-1]["id"])
+    h.clock.advance(60)
+    assert command[0].value.kind is ErrorKind.LIMIT and part[0].value.kind is ErrorKind.LIMIT
+    assert part[0].value.message.startswith(f"request {part_id}: no place came free within 60 s")
+    assert [k for k, _, _ in h.record.events] == [ASKED, EXPIRED, EXPIRED] and h.wanted == [h.wanted[0]]
+    assert not h.approvals.pending and not h.approvals.queued and not h.clock.getDelayedCalls()
 
 
 def test_slaveshell_approvals_lists_the_parts_waiting_for_a_place_escaped(monkeypatch, capsys) -> None:

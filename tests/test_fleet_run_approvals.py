@@ -198,8 +198,9 @@ def test_a_runs_parts_wait_for_a_free_approval_place_behind_the_operators_own_re
 
 def test_a_part_that_waited_for_a_place_as_long_as_an_approval_waits_ends_with_the_masters_line() -> None:
     """alice's command holds her one place; run1's part on m1 (t=0) and run2's on m2 (t=10) wait for it. At t=20
-    her command is withdrawn: run1's part is asked in its place. run2's part, still waiting at t=70, ends: its run
-    lists it as an error with the master's line, and the audit index says it expired, never asked."""
+    her command is withdrawn: run1's part is asked in its place, for what remains of its wait: unapproved, it ends
+    at t=60, its run listing it as an error with the master's line, and the audit index says it expired. run2's
+    part, asked then in its place, has the 10 s it has left: it ends at t=70, its wait counted from its start."""
     clock = task.Clock()
     record = Record()
     approvals = Approvals(lambda: Policy([Rule(groups=("leads",), rights=("watch",))]), lambda: clock, lambda: record,
@@ -223,21 +224,26 @@ def test_a_part_that_waited_for_a_place_as_long_as_an_approval_waits_ends_with_t
     assert len(approvals.queued) == 2
     approvals._withdrawn(next(iter(approvals.pending)))  # alice's command: Ctrl-C
     assert [a.request.run_id for a in approvals.pending.values()] == ["run1"]
-    clock.advance(49)
+    clock.advance(39)
+    assert not runs[0].finished and not runs[1].finished
+    clock.advance(1)
+    assert runs[0].finished and not runs[1].finished
+    (outcome,) = fleets[0].outcomes
+    assert outcome.state is State.ERROR and outcome.reason is not None
+    assert outcome.reason.endswith(": no moderator approved it within 60 s (the master's limit, 20 s of it spent "
+                                   "waiting for a free place to be asked); worker m1 is moderated (moderated_by: "
+                                   "leads)")
+    kind, user, detail = record.events[-2]
+    assert (kind, user) == ("approval-expired", "alice") and detail.endswith(": " + outcome.reason)
+    assert record.events[-1][0] == "approval-asked" and [a.request.run_id for a in approvals.pending.values()] == [
+        "run2"]
+    clock.advance(9)
     assert not runs[1].finished
     clock.advance(1)
-    assert runs[1].finished and not runs[0].finished
     (outcome,) = fleets[1].outcomes
-    assert outcome.state is State.ERROR and outcome.reason is not None
-    assert outcome.reason.endswith(": no place came free within 60 s (the master's limit) to ask a moderator's "
-                                   "approval: alice already waits for 1 approvals (the master's limit per operator); "
-                                   "worker m2 is moderated (moderated_by: leads)")
-    kind, user, detail = record.events[-1]
-    assert (kind, user) == ("approval-expired", "alice") and detail.endswith(
-        ", run (fleet run run2), never asked: " + outcome.reason)
-    assert fleets[1].opened == [] and not approvals.queued
-    runs[0].interrupt()
-    assert runs[0].finished and not approvals.pending
+    assert runs[1].finished and outcome.state is State.ERROR and outcome.reason is not None
+    assert "no moderator approved it within 60 s (the master's limit, 50 s of it spent waiting" in outcome.reason
+    assert fleets[0].opened == fleets[1].opened == [] and not approvals.queued and not approvals.pending
 
 
 def test_an_approved_part_whose_open_is_refused_after_its_approval_is_audited_unused() -> None:

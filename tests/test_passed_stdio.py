@@ -96,6 +96,53 @@ def test_only_pipes_and_sockets_opened_the_right_way_are_taken():
             b.close()
 
 
+def test_a_listening_or_datagram_socket_is_not_taken_nor_passed(tmp_path, monkeypatch):
+    from slaveshell.client.connection import PASS_STDIO_ENV, not_a_stream, passable
+
+    monkeypatch.delenv(PASS_STDIO_ENV, raising=False)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "listening"))
+    listening.listen()
+    dgram, dgram_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    packets, packets_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stream, stream_peer = socket.socketpair()
+    request = OpenRequest(worker="w1", command="cat", pty=False)
+    try:
+        for sock, kind in ((listening, "a listening socket"), (dgram, "a datagram socket"),
+                           (packets, "a packet socket")):
+            for name in ("in", "out"):
+                assert check_passed(sock.fileno(), name) == (f"its {name} descriptor is {kind}: only pipes and "
+                                                             "stream sockets are taken")
+            assert not_a_stream(sock.fileno()) == kind
+            assert passable(request, (sock.fileno(), sock.fileno()), stderr=stream_peer.fileno()) == ()
+        assert not_a_stream(stream.fileno()) is None
+        assert passable(request, (stream.fileno(), stream.fileno()), stderr=stream_peer.fileno()) == ("in", "out")
+    finally:
+        for sock in (listening, dgram, dgram_peer, packets, packets_peer, stream, stream_peer):
+            sock.close()
+
+
+def test_stdout_stays_with_the_client_when_stderr_is_the_same_pipe(monkeypatch):
+    """`2>&1 | ...`: the client writes stdout and stderr in the order they came; passed, stdout would go a hop
+    ahead of stderr (docs/architecture.md). Another pipe for stderr, or stderr a terminal: stdout is passed."""
+    from slaveshell.client.connection import PASS_STDIO_ENV, passable
+
+    monkeypatch.delenv(PASS_STDIO_ENV, raising=False)
+    request = OpenRequest(worker="w1", command="make", pty=False)
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    r_err, w_err = os.pipe()
+    merged = os.dup(w_out)
+    try:
+        assert passable(request, (r_in, w_out), stderr=merged) == ("in",)
+        assert passable(request, (r_in, w_out), stderr=w_err) == ("in", "out")
+        monkeypatch.setenv(PASS_STDIO_ENV, "0")
+        assert passable(request, (r_in, w_out), stderr=w_err) == ()
+    finally:
+        for fd in (r_in, w_in, r_out, w_out, r_err, w_err, merged):
+            os.close(fd)
+
+
 def test_the_probe_keeps_the_first_byte_and_finds_a_fifo_opened_by_name(tmp_path):
     r, w = os.pipe()
     assert probe_input(r) == (True, None)

@@ -215,3 +215,69 @@ def test_a_full_disk_under_binary_output_fails_the_recording_once_and_names_no_m
     events = cast_of(rec.path).events
     assert [e.code for e in events] == ["o", "oa"]  # nothing after the failure, nothing naming lost bytes
     assert b"".join(exact_output(events, attachment=reader(rec.path))) == b"\xff" * 3000
+
+
+def test_binary_output_of_many_sessions_holds_at_most_the_hashing_bound_in_total_and_loses_nothing(tmp_path,
+                                                                                                 monkeypatch):
+    """A hostile worker sends binary junk on 12 terminal sessions, each just under a hashing batch (2 MiB) and then
+    idle: what waits to be hashed is gathered per session, and in total it stays within the master's bound (8 MiB
+    here); past it the sessions' chunks are hashed on the calling thread. Every session's transcript and
+    attachment are whole, and the sha256 the index and the closing marker give is the file's. The operator's log
+    says once that the bound was reached; nothing is held after the sessions end."""
+    from twisted.logger import globalLogPublisher
+
+    from master_side.audit import hashing
+
+    budget = hashing.HashBudget(8 * MB)
+    monkeypatch.setattr(hashing, "BUDGET", budget)
+    warnings = []
+
+    def observe(event):
+        if "bytes waiting to be hashed" in event.get("log_format", ""):
+            warnings.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    rnd = random.Random(7)
+    sessions = []
+    try:
+        for i in range(12):
+            session_dir = tmp_path / f"s{i}"
+            session_dir.mkdir()
+            rec, index = pty_recorder(session_dir)
+            sent = b""
+            while len(sent) < hashing.HASH_BATCH - 64 * 1024:
+                chunk = b"\xff" + rnd.randbytes(16 * 1024 - 2) + b"\n"  # not UTF-8: attached (`oa`)
+                rec.output(chunk)
+                sent += chunk
+                assert budget.settled() <= budget.total
+            sessions.append((rec, index, sent))
+        assert budget.peak <= budget.total and budget.hashed_here > 0
+        assert len(warnings) == 1 and budget.settled() > 4 * MB  # the first sessions' batches wait, gathered
+        for rec, index, sent in sessions:
+            rec.end(Ended())
+            bin_bytes = open(attachment_path(rec.path), "rb").read()
+            assert bin_bytes == sent
+            assert index.ends[0][1] == hashlib.sha256(sent).hexdigest()
+            assert b"".join(exact_output(cast_of(rec.path).events, attachment=reader(rec.path))) == sent
+            marker = cast_of(rec.path).events[-2].data
+            assert marker.endswith(f"{len(sent)} bytes, sha256 {hashlib.sha256(sent).hexdigest()}")
+        assert budget.settled() == 0
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+def test_a_recording_dropped_with_output_waiting_to_be_hashed_gives_its_share_of_the_bound_back(tmp_path,
+                                                                                               monkeypatch):
+    from master_side.audit import hashing
+
+    budget = hashing.HashBudget(8 * MB)
+    monkeypatch.setattr(hashing, "BUDGET", budget)
+    rec, _ = pty_recorder(tmp_path)
+    rec.output(b"\xff" * 100_000)
+    assert budget.settled() == 100_000
+    rec.attachment.abandon()
+    del rec
+    import gc
+
+    gc.collect()
+    assert budget.settled() == 0

@@ -14,7 +14,8 @@ request, what expired or was withdrawn, what was approved and never used); a ref
 request (the bounds per operator, per calling master and in total) are audited refusals, rate-limited as every
 refusal is. A fleet run's part past those bounds waits for a free place instead (`queued`, bounded too, listed
 marked so), and is asked as soon as one is free; it waits for one as long as a request waits for a moderator, then
-expires (EXPIRED: never asked).
+expires (EXPIRED: never asked). Asked, it waits for a moderator only what remains of that time: the operator waits
+`ApprovalLimits.wait` in all, for a place and then for a moderator.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class _Asking:
     waiter: defer.Deferred[Approved] = field(default_factory=defer.Deferred)
     timer: DelayedCall | None = None
     undo: list[Undo] = field(default_factory=list)
+    placed_after: float | None = None  # seconds it waited for a free place before it was asked
 
 
 class Approvals:
@@ -267,20 +269,27 @@ class Approvals:
                 _TOTAL: f"{n} requests wait for a free place (the master's limit)"}[bound]
 
     def _asked(self, asking: _Asking) -> None:
-        """`asking`'s request, pending from now for `limits.wait` seconds: recorded, then the operator told what
-        it waits for."""
-        limits = self.limits
+        """`asking`'s request, pending from now: recorded, then the operator told what it waits for. It expires
+        `limits.wait` seconds after it was made: a request that waited for a place gets what remains of that
+        (the operator waits at most `limits.wait` in all, as they were told when it began to wait)."""
         clock = self._clock()
         now = clock.seconds()
         if asking.timer is not None and asking.timer.active():
             asking.timer.cancel()  # its wait for a place
-        request = asking.request = replace(asking.request, asked=now, expires=now + limits.wait)
+            asking.placed_after = now - asking.request.asked
+            expires = asking.request.expires
+        else:
+            expires = now + self.limits.wait
+        request = asking.request = replace(asking.request, asked=now, expires=expires)
         self.pending[request.id] = asking
-        asking.timer = clock.callLater(limits.wait, self._expired, asking)
+        asking.timer = clock.callLater(max(0.0, expires - now), self._expired, asking)
         self._write(ASKED, request, request.who, request.detail())
+        left = _duration(round(max(0.0, expires - now)))
+        if asking.placed_after is not None:
+            left += f" (what remains of {_duration(self.limits.wait)}{_placed(asking)})"
         asking.waiting(f"worker {request.worker} is moderated: request {request.id} waits for a moderator's "
                        f"approval (moderated_by: {request.moderators}, with the watch right, not you: slaveshell "
-                       f"approve {request.id}); at most {_duration(limits.wait)}; Ctrl-C or a cancel withdraws it")
+                       f"approve {request.id}); at most {left}; Ctrl-C or a cancel withdraws it")
 
     def _is_pending(self, asking: _Asking) -> bool:
         return self.pending.get(asking.request.id) is asking
@@ -307,7 +316,10 @@ class Approvals:
     def _next(self) -> None:
         """A place may be free: the oldest requests waiting for one that fit now are asked (each operator's in
         the order they came)."""
+        now = self._clock().seconds()
         for asking in list(self.queued):
+            if asking.request.expires <= now:
+                continue  # no time left to ask it: its own timer expires it now, never asked
             if asking in self.queued and self._full(asking.request.who) is None:
                 self.queued.remove(asking)
                 self._asked(asking)
@@ -333,7 +345,7 @@ class Approvals:
         if self._is_pending(asking):
             self._end(request.id)
             text = (f"request {request.id}: no moderator approved it within {self.limits.wait:g} s (the master's "
-                    f"limit); {where}")
+                    f"limit{_placed(asking)}); {where}")
             label = request.label
         elif asking in self.queued:
             self._unqueue(asking)
@@ -476,5 +488,14 @@ def _reached(who: Identity, waiting: list[Identity], per_operator: int, per_mast
     return (_TOTAL, len(waiting)) if len(waiting) >= total else None
 
 
+def _placed(asking: _Asking) -> str:
+    """What a request that waited for a free place says of that wait (its time counts in the approval wait)."""
+    if asking.placed_after is None:
+        return ""
+    return f", {_duration(round(asking.placed_after))} of it spent waiting for a free place to be asked"
+
+
 def _duration(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60:
+        return f"{int(seconds // 60)} min {seconds % 60:g} s"
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"

@@ -5,8 +5,10 @@ reads the session's input from one and writes its output to the other, without t
 What the door accepts (master_side.shell_socket.door): at most MAX_PASSED descriptors, only with the open that
 announces them (``stdio``: the stream names, in the order of the descriptors), each a pipe or a socket
 (`check_passed`: fstat S_ISFIFO or S_ISSOCK, opened for reading for ``in``, for writing for ``out``; never a
-terminal, a regular file, a directory or a device, so the reactor never waits on a disk or a terminal). Anything
-else is closed at once and the request refused, audited.
+terminal, a regular file, a directory or a device, so the reactor never waits on a disk or a terminal; a socket
+only of SOCK_STREAM and not listening: a listening socket never reads as ended, and a datagram socket drops what
+a read does not take). Anything else is closed at once and the request refused, audited. The client refuses to
+start on such a socket itself (slaveshell.client.shell_cli.run), so only a hostile or broken client passes one.
 
 The non-blocking rule: the master never changes a passed descriptor's flags. O_NONBLOCK belongs to the open file
 description, which the client and whoever else holds that pipe end share (the shell's other commands in a
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import stat
 from collections import deque
 from collections.abc import Callable
@@ -101,11 +104,31 @@ def check_passed(fd: int, stream: str) -> str | None:
         kind = ("a terminal or device" if stat.S_ISCHR(mode) else "a regular file" if stat.S_ISREG(mode) else
                 "a directory" if stat.S_ISDIR(mode) else "not a pipe or socket")
         return f"its {stream} descriptor is {kind}: only pipes and sockets are taken"
+    not_stream = _not_a_stream(fd) if stat.S_ISSOCK(mode) else None
+    if not_stream is not None:
+        return f"its {stream} descriptor is {not_stream}: only pipes and stream sockets are taken"
     access = flags & os.O_ACCMODE
     if stream == "in" and access not in (os.O_RDONLY, os.O_RDWR):
         return "its in descriptor is not open for reading"
     if stream == "out" and access not in (os.O_WRONLY, os.O_RDWR):
         return "its out descriptor is not open for writing"
+    return None
+
+
+def _not_a_stream(fd: int) -> str | None:
+    """What socket `fd` is when it is no stream of bytes (slaveshell.client.connection.not_a_stream, which keeps such
+    a socket from being passed): a listening socket (never readable, never at its end: a session on it would wait
+    forever), or one of datagrams or packets (a read shorter than a message drops its rest)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        return "a socket that cannot be examined"
+    if listening:
+        return "a listening socket"
+    if kind != socket.SOCK_STREAM:
+        return "a datagram socket" if kind == socket.SOCK_DGRAM else "a packet socket"
     return None
 
 

@@ -156,21 +156,53 @@ def widen_pipe(fd: int, size: int) -> None:
             fcntl.fcntl(fd, setpipe, size)
 
 
-def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1)) -> tuple[str, ...]:
+def passable(request: OpenRequest, fds: tuple[int, int] = (0, 1), stderr: int = 2) -> tuple[str, ...]:
     """The streams of a `-T` session whose descriptors the master may read and write itself (passed with the open:
-    master_side.shell_socket.passed): stdin and stdout when each is a pipe or a socket, never a terminal, a file
-    or anything else (those stay with the client). None with a terminal, or when $SLAVESHELL_PASS_STDIO is 0."""
+    master_side.shell_socket.passed): stdin and stdout when each is a pipe or a stream socket, never a terminal, a
+    file or anything else (those stay with the client). None with a terminal, or when $SLAVESHELL_PASS_STDIO is
+    0. Stdout stays with the client too when stderr is the same pipe (`2>&1 | ...`): the client writes both in the
+    order they came, where the master would write stdout a hop ahead of stderr (docs/architecture.md)."""
     if request.pty or os.environ.get(PASS_STDIO_ENV, "1") == "0":
         return ()
     names = []
     for name, fd in zip(("in", "out"), fds, strict=True):
         try:
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
         except OSError:
             continue
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        if name == "out" and _same_file(st, stderr):
+            continue
+        if stat.S_ISFIFO(st.st_mode) or (stat.S_ISSOCK(st.st_mode) and not_a_stream(fd) is None):
             names.append(name)
     return tuple(names)
+
+
+def _same_file(st: os.stat_result, fd: int) -> bool:
+    try:
+        other = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
+def not_a_stream(fd: int) -> str | None:
+    """What socket `fd` is when it cannot carry a session's stdin or stdout, or None (a stream socket, or not a
+    socket): a listening socket gives and takes no bytes and never reads as ended (a session on it would wait
+    forever); a socket of datagrams or packets drops the rest of a message longer than a read, and refuses a
+    write longer than it takes."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        return None
+    if listening:
+        return "a listening socket"
+    if kind != socket.SOCK_STREAM:
+        return "a datagram socket" if kind == socket.SOCK_DGRAM else "a packet socket"
+    return None
 
 
 class HopError(Exception):

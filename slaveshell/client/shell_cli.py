@@ -151,12 +151,18 @@ def _main(argv: list[str] | None) -> int:
 def run(socket_path: str, request: OpenRequest, interactive: bool, escape_char: bytes | None,
         attach: tuple[str, str] | None = None) -> int:
     """One session over the framed hop (slaveshell.client.shell_session): standard library only, no Twisted."""
-    from slaveshell.client.connection import Connection, HopError, Loop, ask_ahead, connect, passable
+    from slaveshell.client.connection import Connection, HopError, Loop, ask_ahead, connect, not_a_stream, passable
     from slaveshell.vocabulary.display import visible
     from slaveshell.vocabulary.framing import MAX_OUTPUT, Op
     from slaveshell.vocabulary.protocol import ExitStatus
 
     prog = "slaveshell" if attach else "buildbot-shell"
+    for name, fd in (("standard input", 0), ("standard output", 1)):
+        kind = not_a_stream(fd)
+        if kind is not None:  # before anything is asked of the master
+            print(f"{prog}: its {name} is {kind}, not a stream of bytes: give it a pipe, a file, a terminal or a "
+                  "connected stream socket", file=sys.stderr)
+            return 255
     try:
         sock = connect(socket_path)
     except HopError as e:

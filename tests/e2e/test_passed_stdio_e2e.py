@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -214,6 +215,141 @@ def test_a_client_killed_mid_session_leaves_the_master_holding_nothing(sandbox: 
         proc.kill()
         proc.wait(timeout=10)
         wait_until(lambda: not names & pipes_held(master), timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- sockets as stdin and stdout ---------------------------------------------------------------------------------
+
+
+def socket_name(sock: socket.socket) -> str:
+    return f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+
+
+def read_all(sock: socket.socket, into: bytearray) -> None:
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return
+        into.extend(data)
+
+
+def test_a_T_command_on_a_socket_as_stdin_and_stdout_gets_its_bytes_its_eof_and_its_exit_status(
+        sandbox: Sandbox) -> None:
+    """One end of a socketpair as both stdin and stdout (as inetd or a supervisor gives a command): the master
+    holds the socket while the session runs; what is sent arrives, the end of the sending (shutdown) is the
+    command's EOF, its output comes back on the same socket, its stderr apart, and its exit status is the
+    client's; the socket reads as ended once the session is over (the master holds it no more)."""
+    master = sandbox.master_pid()
+    ours, theirs = socket.socketpair()
+    ours.settimeout(60)
+    data = os.urandom(2 * 1024 * 1024 + 321)
+    got = bytearray()
+    reader = threading.Thread(target=read_all, args=(ours, got))
+    reader.start()
+    proc = subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--",
+                                            "cat; echo to-stderr >&2; exit 5"],
+                            stdin=theirs, stdout=theirs, stderr=subprocess.PIPE)
+    name = socket_name(theirs)
+    theirs.close()
+    try:
+        wait_until(lambda: name in pipes_held(master), timeout=30)
+        ours.sendall(data)
+        ours.shutdown(socket.SHUT_WR)  # the command's EOF; its output still comes back
+        _, err = proc.communicate(timeout=120)
+        reader.join(60)
+        assert proc.returncode == 5 and err == b"to-stderr\n", err
+        assert bytes(got) == data  # and the socket read as ended: nobody holds it any more
+        assert name not in pipes_held(master)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ours.close()
+
+
+def test_a_socket_half_closed_either_way_ends_or_goes_on_as_a_pipe_would(sandbox: Sandbox) -> None:
+    """Its sender shut before the session opened: the command reads EOF at once and its output still comes back.
+    Its reader shut (SHUT_RD): the session's output has nowhere to go, the session is closed as for a pipe nobody
+    reads, the client ends without a traceback."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(60)
+    ours.shutdown(socket.SHUT_WR)
+    done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "cat; echo after-eof"],
+                          stdin=theirs, stdout=theirs, stderr=subprocess.PIPE, timeout=120)
+    theirs.close()
+    got = bytearray()
+    read_all(ours, got)
+    ours.close()
+    assert done.returncode == 0 and bytes(got) == b"after-eof\n", done.stderr
+    ours, theirs = socket.socketpair()
+    ours.shutdown(socket.SHUT_RD)
+    done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "cat /dev/zero"],
+                          stdin=subprocess.DEVNULL, stdout=theirs, stderr=subprocess.PIPE, timeout=120)
+    theirs.close()
+    ours.close()
+    assert done.returncode != 0 and b"Traceback" not in done.stderr, done.stderr
+
+
+def test_a_listening_or_datagram_socket_is_refused_by_the_client_and_by_the_master(sandbox: Sandbox,
+                                                                                   tmp_path) -> None:
+    """A listening socket never gives a byte nor an end (a session on it would wait forever); a datagram socket
+    drops what a read does not take. The client refuses either as stdin or stdout before it asks anything, with a
+    line; a client that passes one anyway is refused by the master, the descriptor not kept, audited."""
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "listening"))
+    listening.listen()
+    dgram, dgram_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    cases = [(listening, "in", "a listening socket"), (listening, "out", "a listening socket"),
+             (dgram, "in", "a datagram socket"), (dgram, "out", "a datagram socket")]
+    try:
+        for sock, stream, kind in cases:
+            stdio = {"stdin": sock if stream == "in" else subprocess.DEVNULL,
+                     "stdout": sock if stream == "out" else subprocess.PIPE}
+            done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "cat; echo ran"],
+                                  stderr=subprocess.PIPE, timeout=60, **stdio)  # type: ignore[call-overload]
+            name = "standard input" if stream == "in" else "standard output"
+            assert done.returncode == 255 and done.stderr == (
+                f"buildbot-shell: its {name} is {kind}, not a stream of bytes: give it a pipe, a file, a terminal "
+                "or a connected stream socket\n").encode(), done.stderr
+            # A client that passes it all the same.
+            master = sandbox.master_pid()
+            raw = raw_client(sandbox.socket)
+            socket.send_fds(raw, [open_frame([stream])], [sock.fileno()])
+            [answer] = [m for m in replies(raw) if m.op is framing.Op.ANSWER]
+            assert answer.get("ok") is False and str(answer.get("error")) == (
+                f"bad request: its {stream} descriptor is {kind}: only pipes and stream sockets are taken")
+            assert socket_name(sock) not in pipes_held(master)
+            raw.close()
+    finally:
+        listening.close()
+        dgram.close()
+        dgram_peer.close()
+
+
+def test_stdout_and_stderr_to_one_pipe_keep_the_order_they_were_written_in(sandbox: Sandbox) -> None:
+    """`2>&1 | ...`: the client keeps stdout (the master does not hold the pipe) and writes both streams in the
+    order they came, so stderr written before stdout is read before it (passed, stdout went a hop ahead: `a c b`
+    in half the runs with a few milliseconds between the writes). Stdin is still passed."""
+    master = sandbox.master_pid()
+    r, w = os.pipe()
+    proc = subprocess.Popen(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--",
+                                            "cat; echo a; echo b >&2; sleep 0.05; echo c"],
+                            stdin=subprocess.PIPE, stdout=w, stderr=w)
+    name = pipe_name(w)
+    os.close(w)
+    assert proc.stdin is not None
+    try:
+        stdin_name = pipe_name(proc.stdin.fileno())
+        wait_until(lambda: stdin_name in pipes_held(master), timeout=30)
+        assert name not in pipes_held(master)
+        proc.stdin.write(b"in\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        with os.fdopen(r, "rb") as merged:
+            assert merged.read() == b"in\na\nb\nc\n"
     finally:
         if proc.poll() is None:
             proc.kill()
