@@ -122,3 +122,10 @@ def test_a_worker_takes_deflated_input_only_when_it_offered_to_and_within_its_la
         assert "deflated input, which this worker did not offer to take" in str(answer.value) and taken == []
     bomb = call(pump, opened["session"], "input_z", zlib.compress(b"\0" * (64 * 1024 * 1024)))
     assert "deflated input" in str(bomb.value) and not worker_broker.disconnected
+
+
+@pytest.mark.parametrize("data", [os.urandom(8192) + LOG[:100000], LOG[:8192] + os.urandom(100000),
+                                  LOG[:5000], os.urandom(5000), LOG[:100000]])
+def test_what_is_sent_deflated_is_always_the_whole_message(data):
+    packed = Deflater(lambda: True).pack(data)
+    assert packed is None or inflate(packed, len(data)) == data
