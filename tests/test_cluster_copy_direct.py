@@ -405,3 +405,15 @@ def test_an_honest_download_flows_within_the_window_as_the_operator_acknowledges
     assert not transfer.ended and sum(len(e.chunk) for e in party.got if isinstance(e, Data)) == size
     transfer.decoded("operator", lambda: Ack(2 * ENTRY_COST))  # more than B sent: the client's bad message
     assert transfer.ended and "the operator sent a bad message: acknowledged more than was sent" in party.got[-1].reason
+
+
+@pytest.mark.parametrize("wire", [[5, "data", b"x"], [0, "data", b"x" * (CHUNK + 1)], [0, "shutdown"],
+                                  [0, "entry", "file", "../x", 0o644, 0, 0.0], [0, "alive", 1], "data"])
+def test_a_hostile_as_message_over_the_connection_ends_the_transfer_on_b(wire: object) -> None:
+    site, manager, _, _ = direct_site()
+    transfer, _ = site.copy()
+    avatar, _ = ready_avatar(manager, transfer.offer)
+    avatar.perspective_m(wire)
+    b = site.transfers[0]
+    assert b.ended and b.outcome is not None and not b.outcome[0] and "master A sent a bad message" in b.outcome[1]
+    assert b.got == []
