@@ -50,6 +50,7 @@ from slaveshell.client.cluster_sandbox import ClusterSandbox, SiteUnavailable  #
 MB = 1000 * 1000
 WORKER = "b1"
 PATHS = ("via A", "B direct", "ssh -J")
+ROWS = ("-T", "pty", "echo", "ctrl-c", "open", "cp up", "cp down")  # as --only names them
 
 
 def cpu_seconds(pid: int) -> float:
@@ -297,6 +298,8 @@ def run(args: argparse.Namespace) -> str:
         rows.append(("open", o_row))
         rows.append(("cp up", cp_row("up")))
         rows.append(("cp down", cp_row("down")))
+        if args.only:
+            rows = [(name, measure) for name, measure in rows if name in args.only]
         for r in range(args.rounds):
             for i, (name, measure) in enumerate(rows):
                 order = list(PATHS)
@@ -321,6 +324,8 @@ def _fmt(values: list[float]) -> str:
 def render(results: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, list[float]]],
            args: argparse.Namespace) -> str:
     direct = " --direct" if args.direct else ""
+    if args.only:
+        direct += f" --only '{','.join(args.only)}'"
     lines = [f"`python3 bench/cluster_bench.py --rounds {args.rounds}{direct}` (-T {args.t_mb} MB, "
              f"PTY {args.pty_mb} MB, "
              f"{args.keys} keystrokes, {args.opens} opens, cp {args.cp_mb} MB per round); medians per path over the "
@@ -354,7 +359,11 @@ def main() -> int:
     parser.add_argument("--direct", action="store_true",
                         help="B offers routed sessions a direct stream to its PB port (ClusterConfig direct=True)")
     parser.add_argument("--output", help="write the table to this file too")
+    parser.add_argument("--only", type=lambda text: [r.strip() for r in text.split(",")],
+                        help=f"only these rows, comma-separated: {', '.join(ROWS)}")
     args = parser.parse_args()
+    if args.only and not set(args.only) <= set(ROWS):
+        parser.error(f"--only takes rows among: {', '.join(ROWS)}")
     if args.smoke:
         args.rounds, args.t_mb, args.pty_mb, args.keys, args.opens, args.cp_mb = 1, 5, 2, 10, 1, 2
     try:

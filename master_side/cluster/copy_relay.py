@@ -10,9 +10,14 @@ events, checked at the door's edge as a local transfer's, is one call of B's per
 end. B's relay holds both parties to the credit window; this end holds what waits for its calls to the window
 too (MAX_HELD bytes), so nothing piles up here or in the router.
 
+When B's answer offers a direct connection (master_side.cluster.direct), this end connects to B's PB port, logs
+in and says READY: the transfer's messages then go both ways over that connection (the same messages, checked
+here the same way, whichever path they came by), after those still on the router are answered; when it cannot be
+made within CONNECT_WITHIN seconds they stay on the router.
+
 The transfer ends, with `result(false, why)` for the operator (its client exits non-zero; the partial file is
 never put in place), when B stops answering, this master loses the router, or the operator's connection goes
-(B is told `cancel` and ends it on the worker).
+(B is told `cancel` and ends it on the worker), or the direct connection is lost once ready.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri, worker_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
+from master_side.cluster.direct import COPY, DirectLink, connect
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
+from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
 from master_side.cluster.relay import (
     ENDED_HERE,
     LEFT_FIRST,
@@ -41,7 +48,23 @@ from master_side.cluster.relay import (
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.vocabulary.copying import CHUNK, WINDOW, Cancel, Data, Result, TransferEvent, TransferRequest
+from slaveshell.vocabulary.copying import (
+    CHUNK,
+    DOWN,
+    ENTRY_COST,
+    WINDOW,
+    Ack,
+    Cancel,
+    Credit,
+    Data,
+    DoneFile,
+    Entry,
+    Finish,
+    Result,
+    StreamOrder,
+    TransferEvent,
+    TransferRequest,
+)
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import ProtocolError, check_int
@@ -57,6 +80,36 @@ MAX_HELD = WINDOW + CHUNK
 MAX_WAITING = WINDOW // 1024 + 64  # messages waiting for their calls (entries cost 1 KiB of the window)
 MAX_EARLY = WINDOW // 1024 + 64  # B's messages before its answer (a download's first entries and data)
 MAX_EARLY_BYTES = MAX_HELD  # and their data: at most a window (B's relay holds the worker to it too)
+
+
+class SentStream:
+    """What B sends in a download, held here to the stream's order and the credit window as this master's relay
+    holds a worker in a local download (master_side.copying.relay): B's relay holds its worker so, and a B that
+    does not (a hostile master) ends the transfer here with a line. The operator's acknowledgements return the
+    credit; an honest B never passes it (it spends each event before this master does, and hears of each
+    acknowledgement after)."""
+
+    def __init__(self) -> None:
+        self.order = StreamOrder()
+        self.credit = Credit(WINDOW)
+
+    def sent(self, event: TransferEvent) -> None:
+        """One of B's events (ProtocolError: out of order, or past the window)."""
+        if isinstance(event, Entry):
+            self.order.entry(event)
+            self.credit.spend(ENTRY_COST)
+        elif isinstance(event, Data):
+            self.order.data(event.chunk)
+            self.credit.spend(len(event.chunk))
+        elif isinstance(event, DoneFile):
+            self.order.done_file()
+            self.credit.spend(ENTRY_COST)
+        elif isinstance(event, Finish):
+            self.order.finish()
+
+    def acked(self, ack: Ack) -> None:
+        """The operator's acknowledgement (ProtocolError: more than B sent)."""
+        self.credit.ack(ack.credit)
 
 
 class OperatorParty(Protocol):
@@ -98,6 +151,11 @@ class RoutedTransfer:
         self._early: list[TransferEvent] = []
         self._early_bytes = 0  # the data of `_early`
         self._expected = 0
+        # A download's stream from B, checked here (None: an upload, whose stream B's relay checks).
+        self.stream: SentStream | None = None
+        self.offer: DirectOffer | None = None  # B's direct login, from its answer
+        self.direct: DirectLink | None = None  # the connection, once logged in
+        self.path = ROUTER
 
     # -- the operator's events (the door's calls) --------------------------------------------------
 
@@ -116,6 +174,12 @@ class RoutedTransfer:
         if isinstance(event, Data) and calls.held + len(event.chunk) > MAX_HELD:
             self.end("the operator's client sent past its window")
             return
+        if isinstance(event, Ack) and self.stream is not None:
+            try:
+                self.stream.acked(event)
+            except ProtocolError as e:
+                self.end(f"the operator sent a bad message: {e}")
+                return
         calls.send(event)
         if isinstance(event, Result):  # a download's outcome, the client's last message: done once B has it
             calls.drained = self._finish
@@ -130,6 +194,13 @@ class RoutedTransfer:
         caller = caller_of(details)
         if caller is None or caller != self.authid:
             return  # not B (another master that learnt the URI from the router's meta API)
+        self.take(wire)
+
+    def take(self, wire: object) -> None:
+        """A message of B for the transfer, from the router (`message`) or the direct connection: checked the
+        same way whichever path it came by."""
+        if self.ended:
+            return
         try:
             seq, call, args = split(wire)
             if seq != self._expected:
@@ -137,6 +208,8 @@ class RoutedTransfer:
             self._expected += 1
             text = waiting_text(call, args)
             event = None if text is not None else event_of(call, args)
+            if event is not None and self.stream is not None:
+                self.stream.sent(event)
         except ProtocolError as e:
             self.end(f"master {visible(self.master)} broke the protocol: {e}")
             return
@@ -173,6 +246,8 @@ class RoutedTransfer:
         sizes: dict[str, object] = {"total": check_int(answer.get("total"), "total", 0, 2**62),
                  "entries": check_int(answer.get("entries"), "entries", 0, 2**62),
                  "recorded": answer.get("recorded") is True}
+        if "direct" in answer:
+            self.offer = DirectOffer.from_wire(answer["direct"])
         self.answered = True
         self.heard_at = self.transfers.clock()
         self.on_started(self)  # recorded here before anything is served
@@ -192,6 +267,60 @@ class RoutedTransfer:
             if isinstance(event, Result):
                 return ended_there("done" if event.ok else "failed")
         return None
+
+    # -- the direct stream -----------------------------------------------------------------------
+
+    @deferred
+    async def go_direct(self) -> None:
+        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
+        transfer's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
+        seconds, they stay on the router. The connection lost after READY ends the transfer."""
+        offer = self.offer
+        if offer is None or self.ended or self.direct is not None or self.calls is None:
+            return
+        try:
+            link = await connect(self.transfers.link.reactor, offer, self.take, self.direct_lost, self.malformed,
+                                 COPY)
+        except Exception as e:
+            log.info("slaveshell: a transfer routed to master {master} stays on the router: no direct connection "
+                     "to {host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
+                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
+            return
+        if self.ended:
+            link.close()
+            return
+        self.direct = link  # from here, the connection lost ends the transfer (B may have taken READY)
+        try:
+            ready = await link.perspective.callRemote("ready")
+        except Exception:
+            ready = False
+        if self.ended:
+            return
+        if ready is not True:
+            self.end(f"master {visible(self.master)} did not take the transfer's direct connection")
+            return
+        self.use_direct(link)
+        lean = await link.lean()
+        log.info("slaveshell: a transfer routed to master {master} goes over a direct connection to {host}:{port}"
+                 "{how}", master=visible(self.master), host=visible(offer.host), port=offer.port,
+                 how=" (lean calls)" if lean else "")
+
+    def use_direct(self, link: DirectLink) -> None:
+        """B took READY: the transfer's messages go over `link` once those on the router are answered."""
+        self.direct = link
+        self.path = DIRECT
+        if self.calls is not None:
+            self.calls.use(link.send)
+
+    def malformed(self, error: ProtocolError) -> None:
+        """A lean call of B's on the direct connection whose shape is wrong: B broke the protocol."""
+        self.end(f"master {visible(self.master)} broke the protocol: {error}")
+
+    def direct_lost(self) -> None:
+        """The direct connection went after READY: the transfer ends, as when the router is lost."""
+        if self.direct is not None and not self.ended:
+            self.direct = None
+            self.end(f"the direct connection to master {visible(self.master)} was lost")
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -222,6 +351,10 @@ class RoutedTransfer:
             return
         self.ended = True
         self._early.clear()
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            # After the last message written (the result, or a cancel) has left.
+            self.transfers.link.reactor.callLater(0, direct.close)
         for undo in self.undo:
             undo()
         self.transfers.live.pop(self.token, None)
@@ -269,6 +402,8 @@ class RoutedTransfers:
         worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         transfer = RoutedTransfer(self, worker, party, token, holder)
+        if request.direction == DOWN:
+            transfer.stream = SentStream()
         transfer.on_started = began
         try:
             transfer.registration = await self.link.register(transfer.message, session_uri(token, "out"))
@@ -332,6 +467,9 @@ class RoutedTransfers:
             transfer.end(f"the worker's master sent a malformed answer ({e})")
             raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None
         transfer.undo.append(party.on_disconnect(transfer.cancel))
+        if not transfer.ended:
+            transfer.go_direct().addErrback(lambda failure: log.failure(
+                "slaveshell: the direct connection of a routed transfer failed", failure))
         return transfer, sizes
 
     def all_lost(self, why: str) -> None:

@@ -14,6 +14,13 @@ Bounds on what a calling master can make this one hold: MAX_PER_MASTER transfers
 MAX_SERVED in all (refused with a line and an audit event); a message out of sequence ends the transfer. A
 calling master that stops answering (a call failing, nothing heard for DEAD seconds) or the router lost ends
 the transfer, recorded with why.
+
+The direct stream (master_side.cluster.direct), when this master offers it (`ClusterConfig(direct=True)`): with
+its answer, a one-time login on this master's PB port for the calling master (the same offers and bounds as a
+routed session's: master_side.cluster.offers); once that master says READY on it, the transfer's messages go both
+ways over that connection (the same `[seq, call, args...]`, the same checks and window; its data and
+acknowledgements as lean calls), after those still on the router are answered. The connection lost ends the
+transfer, as the router lost does.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split
+from master_side.cluster.direct import COPY, DirectDoor, Send
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
+from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer, Offer
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import BAD_REQUEST, LIMIT, STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused
 from master_side.copying.relay import OPERATOR
@@ -69,6 +78,8 @@ class ServedTransfer(Protocol):
 Copier = Callable[[Identity, TransferRequest, "RouterParty"], Any]
 # An audited refusal (the operators' refusal audit, rate-limited): who, the worker, the line.
 Auditor = Callable[[Identity, str, str], None]
+# An audit event of a transfer relayed here: its id, its worker, who, the detail (the path of its messages).
+PathEvent = Callable[[str, str, Identity, str], None]
 
 
 class RouterParty:
@@ -110,6 +121,32 @@ class Served:
     heard_at: float = 0.0
     ended: bool = False
     undo: list[Undo] = field(default_factory=list)
+    who: Identity | None = None
+    worker: str = ""
+    path: str = ROUTER  # of the transfer's messages: the router, or the direct connection once it is ready
+
+
+class _DirectEnd:
+    """A relayed transfer as its direct connection sees it (master_side.cluster.direct.DirectEnd)."""
+
+    def __init__(self, transfers: ServedTransfers, served: Served) -> None:
+        self.transfers = transfers
+        self.served = served
+
+    def message(self, wire: object) -> None:
+        self.transfers.take(self.served, wire)
+
+    def ready(self, send: Send) -> bool:
+        return self.transfers.direct_ready(self.served, send)
+
+    def lost(self) -> None:
+        if not self.served.ended:
+            self.transfers._lost(self.served, f"the direct connection from master {self.served.caller} was lost")
+
+    def malformed(self, error: ProtocolError) -> None:
+        transfer = self.served.transfer
+        if transfer is not None and not self.served.ended:
+            transfer.end(False, f"master {self.served.caller} sent a bad message: {error}")
 
 
 class ServedTransfers:
@@ -122,6 +159,10 @@ class ServedTransfers:
         self._clock = clock
         self.served: dict[str, Served] = {}  # this end's token -> the transfer
         self._starting: dict[str, int] = {}  # calling master -> transfers starting
+        # The direct streams' door on the PB port, shared with the routed sessions' (master_side.cluster.part):
+        # None unless ClusterConfig.direct.
+        self.door: Callable[[], DirectDoor | None] = lambda: None
+        self.path_event: PathEvent = lambda transfer_id, worker, who, detail: None
         link.copier = self.copy
         link.on_leave.append(self.all_lost)
 
@@ -163,7 +204,7 @@ class ServedTransfers:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         calls = OrderedCalls(self.link, session_uri(call.token, "out"), self._clock, MAX_WAITING)
         party = RouterParty(calls)
-        served = Served(caller, token, calls, party, heard_at=self._clock())
+        served = Served(caller, token, calls, party, heard_at=self._clock(), who=who, worker=call.request.worker)
         calls.failed = lambda why: self._lost(served, f"master {caller} {why}")
         calls.drained = lambda: self._finish(served)
         try:
@@ -190,7 +231,55 @@ class ServedTransfers:
             return Refused(STOPPED, "the operator's master left before the transfer started").to_wire()
         transfer.undo.append(lambda: self._closing(served))
         log.info("slaveshell transfer {tid}: routed from master {caller}", tid=transfer.id, caller=visible(caller))
-        return {"ok": True, "transfer": transfer.id, "token": token, "master": self.link.name, **sizes}
+        answer: dict[str, object] = {"ok": True, "transfer": transfer.id, "token": token, "master": self.link.name,
+                                     **sizes}
+        offer = await self._offer(served)
+        if offer is not None:
+            answer["direct"] = offer.to_wire()
+        return answer
+
+    @deferred
+    async def _offer(self, served: Served) -> DirectOffer | None:
+        """A one-time login on this master's PB port for the transfer's direct stream, or None: its messages stay
+        on the router (direct streams not enabled here, or a bound: audited)."""
+        door = self.door()
+        if door is None:
+            self._path(served, f"{ROUTER} (direct streams are not enabled on master {self.link.name})")
+            return None
+        made = await door.offer(served.caller, served.token, _DirectEnd(self, served), COPY)
+        if isinstance(made, str):
+            self._path(served, f"{ROUTER} (no direct connection offered: {made})")
+            return None
+        if served.ended:
+            door.withdraw(served.token)
+            return None
+        return made
+
+    def _path(self, served: Served, detail: str) -> None:
+        """The audit event that says which path the transfer's messages take."""
+        transfer, who = served.transfer, served.who
+        if transfer is not None and who is not None:
+            self.path_event(transfer.id, served.worker, who, f"messages from master {served.caller}: {detail}")
+        log.info("slaveshell transfer {tid}: messages from master {caller}: {detail}",
+                 tid=transfer.id if transfer is not None else "?", caller=visible(served.caller),
+                 detail=visible(detail))
+
+    def direct_ready(self, served: Served, send: Send) -> bool:
+        """The calling master's direct connection is ready: the transfer's messages go over it."""
+        if served.ended or served.calls.gone or served.transfer is None or served.transfer.ended:
+            return False
+        served.path = DIRECT
+        served.heard_at = self._clock()
+        served.calls.use(send)
+        self._path(served, f"{DIRECT} (a Perspective Broker connection to this master's PB port)")
+        return True
+
+    def expired(self, offer: Offer) -> None:
+        """The calling master did not use the transfer's direct login in time: it stays on the router."""
+        served = self.served.get(offer.token)
+        if served is not None:
+            self._path(served, f"{ROUTER} (master {served.caller} did not use the direct login within "
+                               f"{OFFER_TTL:g} s)")
 
     def _refuse(self, who: Identity, worker: str, kind: str, message: str) -> dict[str, object]:
         self._audit(who, worker, message)
@@ -198,8 +287,14 @@ class ServedTransfers:
 
     def _message(self, served: Served, wire: object, details: CallDetails) -> None:
         """A message of the calling master for the transfer (its per-transfer `in` procedure)."""
-        if caller_of(details) != served.caller or served.ended:
-            return  # another master (it learnt the URI from the router's meta API), or one late
+        if caller_of(details) != served.caller:
+            return  # another master (it learnt the URI from the router's meta API)
+        self.take(served, wire)
+
+    def take(self, served: Served, wire: object) -> None:
+        """A message of the calling master for the transfer, from the router or its direct connection."""
+        if served.ended:
+            return  # late
         served.heard_at = self._clock()
         transfer = served.transfer
         if transfer is None or transfer.ended:
@@ -233,6 +328,9 @@ class ServedTransfers:
             return
         served.ended = True
         self.served.pop(served.token, None)
+        door = self.door()
+        if door is not None:
+            door.withdraw(served.token)  # its offer, or its connection once the last message has left
         registration, served.registration = served.registration, None
         if registration is not None and self.link.connected:
             registration.unregister().addErrback(lambda failure: None)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from master_side.cluster.direct import Route, Send
 from master_side.cluster.link import NO_SUCH_PROCEDURE, error_uri
 from master_side.cluster.stream import check_name, check_token
 from slaveshell.vocabulary.copying import Data, TransferEvent, TransferRequest, decode
@@ -99,9 +100,10 @@ def event_of(call: object, args: tuple[object, ...]) -> TransferEvent | None:
 class OrderedCalls:
     """One side's messages of a transfer to the other master's per-transfer procedure `uri`: in order, at most
     MAX_OUTSTANDING calls in flight, the rest waiting here (what waits is bounded by the transfer's credit window,
-    which the other side's relay holds the sender to). `failed(why)` once when a call fails (`why` completes
-"master B ..."):  `drained()` when
-    nothing waits or is in flight after `closing` was set."""
+    which the other side's relay holds the sender to); or, once `use` switched them, over the direct connection
+    between the two masters (master_side.cluster.direct: written without answers, as fast as the connection takes
+    them, at most MAX_OUTSTANDING waiting there while it is full). `failed(why)` once when a call fails (`why`
+    completes "master B ..."): `drained()` when nothing waits or is in flight after `closing` was set."""
 
     def __init__(self, link: ClusterLink, uri: str, clock: Callable[[], float], limit: int) -> None:
         self.link = link
@@ -117,6 +119,14 @@ class OrderedCalls:
         self.closing = False
         self.failed: Callable[[str], None] = lambda why: None
         self.drained: Callable[[], None] = lambda: None
+        # A call of the other master's procedure through the router, until `use` switches to the direct connection.
+        self.route = Route(lambda wire: self.link.call(self.uri, wire))
+
+    def use(self, send: Send) -> None:
+        """The messages go by `send` (the direct connection) once the calls in flight are answered: the other
+        master takes them in order."""
+        self.route.switch(send)
+        self.pump()
 
     def send(self, event: TransferEvent | None) -> None:
         if self.gone:
@@ -130,13 +140,18 @@ class OrderedCalls:
         self.pump()
 
     def pump(self) -> None:
-        while self.queue and self.outstanding < MAX_OUTSTANDING and not self.gone:
+        while (self.queue and self.outstanding < MAX_OUTSTANDING and not self.gone
+               and self.route.ready(self.outstanding)):
             message = self.queue.popleft()
             if message[1] == Data.call:
                 self.held -= len(message[2])  # type: ignore[arg-type]
             self.outstanding += 1
             self.sent_at = self.clock()
-            self.link.call(self.uri, message).addCallbacks(self._delivered, self._failed)
+            d = self.route.send(message)
+            if d is None:  # written to the direct connection, in order (its loss ends the transfer): no answer
+                self.outstanding -= 1
+                continue
+            d.addCallbacks(self._delivered, self._failed)
         if self.closing and not self.queue and not self.outstanding:
             self.closing = False
             self.drained()

@@ -1,6 +1,7 @@
-"""The direct stream of a routed session (docs/multi-master.md): the session's messages between the operator's
+"""The direct stream of a routed session or transfer (docs/multi-master.md): its messages between the operator's
 master (A) and the worker's master (B) over one Perspective Broker connection from A to B's Buildbot PB port (the
-one its workers attach to), instead of one router call per message. The router stays for discovery,
+one its workers attach to), instead of one router call per message. A session's and a transfer's connections are
+the same but for what goes leanly on them (`Lean`: SESSION, COPY). The router stays for discovery,
 authentication, the open or attach call, the records, and as the path when the direct one cannot be made.
 
 B, when its ClusterConfig says `direct=True`, registers for each session it opens for A a one-time user name and
@@ -20,7 +21,7 @@ registrations on its PB port, the avatar each login gets) and `connect` (A's).
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,9 +69,13 @@ class Route:
         return self._next is None
 
 
-# The kinds of message that go as lean calls once the other side takes them (slaveshell.plumbing.lean_calls'
-# CODECS): the bulk (output, input) and the acknowledgements of each; the rest go as PB calls of `m`.
+# The kinds of a session's message that go as lean calls once the other side takes them
+# (slaveshell.plumbing.lean_calls' CODECS): the bulk (output, input) and the acknowledgements of each; the rest go
+# as PB calls of `m`.
 LEAN = {"output": "routed_output", "input": "routed_input", "ack": "routed_ack", "input_ack": "routed_input_ack"}
+# A transfer's (master_side.cluster.copy_stream): its data and the receiver's acknowledgements, either way (which
+# side sends the data is the transfer's direction); entries, done_file, the finish and the result as PB calls.
+COPY_LEAN = {"data": "routed_data", "ack": "routed_ack"}
 
 
 @implementer(IPushProducer)
@@ -81,8 +86,9 @@ class Sender:
     flight) waits too. What one side holds for a peer that does not read is bounded: Twisted's buffer plus 8
     messages, and the session's own queue behind them."""
 
-    def __init__(self, reference: Any) -> None:
+    def __init__(self, reference: Any, kinds: Mapping[str, str] = LEAN) -> None:
         self.reference = reference
+        self.kinds = kinds  # the kinds of message that go as lean calls, and their methods
         # Once the other side said it takes them: the remote object its output, input and acknowledgements go to as
         # lean calls (slaveshell.plumbing.lean_calls: one Banana list, a payload written after its header without
         # a copy, to the kernel at once when nothing waits), instead of PB calls of `m`.
@@ -112,7 +118,9 @@ class Sender:
     def _write(self, wire: object) -> None:
         """`wire` to the other side: a lean call for its kinds that have one, else a PB call of `m`. Both go in
         order on the one connection (a lean call goes to the kernel at once only when nothing waits before it)."""
-        method = LEAN.get(wire[1]) if self.lean is not None and isinstance(wire, list) and len(wire) >= 2 else None
+        method = None
+        if self.lean is not None and isinstance(wire, list) and len(wire) >= 2:
+            method = self.kinds.get(wire[1])
         if method is None:
             self.reference.callRemote("m", wire, pbanswer=False)
             return
@@ -178,14 +186,45 @@ class _Inbox(LeanReceiver):
             self.avatar.end.malformed(error)
 
 
-class DirectAvatar(pb.Avatar):
-    """A logged-in direct connection, for one session."""
+class _CopyInbox(LeanReceiver):
+    """B's end of a ready connection for a transfer's lean calls from A: the data of an upload, the operator's
+    acknowledgements of a download's."""
 
-    def __init__(self, door: DirectDoor, offer: Offer, end: DirectEnd, mind: Any) -> None:
+    lean_methods = frozenset({"routed_data", "routed_ack"})
+
+    def __init__(self, avatar: DirectAvatar) -> None:
+        self.avatar = avatar
+
+    def remote_routed_data(self, seq: int, chunk: bytes) -> None:
+        self.avatar.perspective_m([seq, "data", chunk])
+
+    def remote_routed_ack(self, seq: int, credit: int) -> None:
+        self.avatar.perspective_m([seq, "ack", credit])
+
+    def lean_refused(self, method: str, error: ProtocolError) -> None:
+        if self.avatar.is_ready and not self.avatar.gone:
+            self.avatar.end.malformed(error)
+
+
+@dataclass(frozen=True)
+class Lean:
+    """What goes leanly on a direct connection, by what it carries: the kinds of message each side sends so
+    (`kinds`), B's receiver of A's (`inbox`) and A's receiver of B's (`mind`, which also takes PB calls of `m`)."""
+
+    kinds: Mapping[str, str]
+    inbox: Callable[[DirectAvatar], LeanReceiver]
+    mind: Callable[[Callable[[object], None], Callable[[ProtocolError], None]], LeanReceiver]
+
+
+class DirectAvatar(pb.Avatar):
+    """A logged-in direct connection, for one session or transfer."""
+
+    def __init__(self, door: DirectDoor, offer: Offer, end: DirectEnd, mind: Any, lean: Lean | None = None) -> None:
         self.door = door
         self.offer = offer
         self.end = end
         self.mind = mind
+        self.lean = lean or SESSION
         self.is_ready = False
         self.gone = False
         self._deadline: Any = None
@@ -223,14 +262,14 @@ class DirectAvatar(pb.Avatar):
         if self.is_ready or self.gone:
             return False
         self._cancel_deadline()
-        self.sender = Sender(self.mind)
+        self.sender = Sender(self.mind, self.lean.kinds)
         if not self.end.ready(self.sender.send):
             self.door.reactor.callLater(0, self.disconnect)
             return False
         self.is_ready = True
         return True
 
-    def perspective_lean(self) -> _Inbox | None:
+    def perspective_lean(self) -> LeanReceiver | None:
         """A (after READY) takes lean calls on this connection: B's messages go to it so from now on, and A's go
         to the inbox returned (None: not ready, or the connection cannot take lean calls; A stays on `m`)."""
         if not self.is_ready or self.gone or self.sender is None:
@@ -238,7 +277,7 @@ class DirectAvatar(pb.Avatar):
         if not accept(getattr(self.mind, "broker", None)):
             return None
         self.sender.lean = self.mind
-        return _Inbox(self)
+        return self.lean.inbox(self)
 
     def perspective_m(self, wire: object) -> None:
         if self.is_ready and not self.gone:
@@ -262,12 +301,13 @@ class DirectDoor:
         self.clock = clock
         self.offers = Offers()
         self._registrations: dict[str, Any] = {}
-        self._ends: dict[str, DirectEnd] = {}
+        self._ends: dict[str, tuple[DirectEnd, Lean]] = {}
         self.avatars: dict[str, DirectAvatar] = {}  # by the session's token
 
     @deferred
-    async def offer(self, caller: str, token: str, end: DirectEnd) -> DirectOffer | str:
-        """A one-time login on the PB port for `caller`'s session `token`, or why there is none."""
+    async def offer(self, caller: str, token: str, end: DirectEnd, lean: Lean | None = None) -> DirectOffer | str:
+        """A one-time login on the PB port for `caller`'s session or transfer `token` (`lean`: what it carries,
+        a session's messages by default), or why there is none."""
         port = self._port()
         if isinstance(port, str):
             return port
@@ -282,17 +322,18 @@ class DirectDoor:
             self.offers.drop(made.username)
             return f"the PB port cannot take it ({visible(str(e) or type(e).__name__)[:200]})"
         self._registrations[made.username] = registration
-        self._ends[made.username] = end
+        self._ends[made.username] = (end, lean or SESSION)
         return DirectOffer(host, number, made.username, made.password)
 
     def _avatar(self, mind: Any, username: str) -> DirectAvatar | None:
         offer = self.offers.take(username, self.clock())
-        end = self._ends.pop(username, None)
+        ended = self._ends.pop(username, None)
         self._unregister(username)  # single use: a second login with it is unknown on the port
-        if offer is None or end is None:
+        if offer is None or ended is None:
             self.offers.drop(username)
             return None
-        avatar = DirectAvatar(self, offer, end, mind)
+        end, lean = ended
+        avatar = DirectAvatar(self, offer, end, mind, lean)
         self.avatars[offer.token] = avatar
         return avatar
 
@@ -357,6 +398,24 @@ class _Mind(LeanReceiver):
         self._malformed(error)
 
 
+class _CopyMind(_Mind):
+    """A's end of a transfer's connection: B's messages (PB calls of `m`, and once A asked for them, lean calls of
+    a download's data and an upload's acknowledgements)."""
+
+    lean_methods = frozenset({"routed_data", "routed_ack"})
+
+    def remote_routed_data(self, seq: int, chunk: bytes) -> None:
+        self._message([seq, "data", chunk])
+
+    def remote_routed_ack(self, seq: int, credit: int) -> None:
+        self._message([seq, "ack", credit])
+
+
+# What goes leanly on a session's connection, and on a transfer's.
+SESSION = Lean(LEAN, _Inbox, _Mind)
+COPY = Lean(COPY_LEAN, _CopyInbox, _CopyMind)
+
+
 @dataclass
 class DirectLink:
     """A's connection to B for one session: `send` a message, `close` it."""
@@ -390,14 +449,17 @@ class DirectLink:
 
 @deferred
 async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], None],
-                  lost: Callable[[], None], malformed: Callable[[ProtocolError], None]) -> DirectLink:
+                  lost: Callable[[], None], malformed: Callable[[ProtocolError], None],
+                  lean: Lean | None = None) -> DirectLink:
     """A's connection to B with `offer`, logged in within CONNECT_WITHIN seconds (else it fails and is closed);
     B's messages go to `message` (a lean call whose shape is wrong, to `malformed`); `lost` is told when the
-    connection goes after READY. The caller then says READY (`ready`), and asks for lean calls (`DirectLink.lean`)."""
+    connection goes after READY. `lean`: what the connection carries (a session's messages by default, or a
+    transfer's: COPY). The caller then says READY (`ready`), and asks for lean calls (`DirectLink.lean`)."""
+    lean = lean or SESSION
     factory = pb.PBClientFactory()
     connector = reactor.connectTCP(offer.host, offer.port, factory, timeout=CONNECT_WITHIN)
     login = factory.login(credentials.UsernamePassword(offer.username.encode(), offer.password.encode()),
-                          client=_Mind(message, malformed))
+                          client=lean.mind(message, malformed))
     login.addTimeout(CONNECT_WITHIN, reactor)
     try:
         perspective = await login
@@ -406,4 +468,4 @@ async def connect(reactor: Any, offer: DirectOffer, message: Callable[[object], 
         raise
     set_nodelay(perspective)
     perspective.notifyOnDisconnect(lambda ref: lost())
-    return DirectLink(perspective, connector, Sender(perspective))
+    return DirectLink(perspective, connector, Sender(perspective, lean.kinds))

@@ -83,6 +83,13 @@ class ClusterPart:
                                                                                    worker, who, detail)
         self._reactor = reactor
         self.served_transfers = None if copier is None else ServedTransfers(self.link, copier, audit, clock)
+        if self.served_transfers is not None:
+            # The routed sessions' door on the PB port serves transfers too (ClusterConfig.direct).
+            self.served_transfers.door = lambda: self.served.door
+            self.served.other_expired = self.served_transfers.expired
+            if event is not None:
+                self.served_transfers.path_event = lambda transfer_id, worker, who, detail: event(
+                    "routed path", transfer_id, worker, who, detail)
         self.transfers = RoutedTransfers(self.link, self.relays, clock, lambda: open_timeout() + 10.0)
         # Kills of sessions another master holds, and of this master's for the others (master_side.cluster.kills).
         self.kills = RoutedKills(self.link)

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from master_side.cluster.config import session_uri
 from master_side.cluster.direct import DirectDoor, Route, Send
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
-from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer
+from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer, Offer
 from master_side.cluster.part_input import PartInput
 from master_side.cluster.stream import (
     BAD_REQUEST,
@@ -301,6 +301,9 @@ class ServedSessions:
         # The direct stream's door on the PB port (master_side.cluster.direct): None unless ClusterConfig.direct.
         self.door: DirectDoor | None = None
         self.path_event: PathEvent = lambda session_id, worker, who, detail: None
+        # A direct login of the door's that was not for a session (a transfer's: master_side.cluster.copy_serve),
+        # withdrawn unused.
+        self.other_expired: Callable[[Offer], None] = lambda offer: None
         self._opener = opener
         self._attacher = attacher
         self._audit = audit
@@ -566,9 +569,11 @@ class ServedSessions:
         if self.door is not None:
             for offer in self.door.tick(now):
                 served = self.served.get(offer.token)
-                if served is not None:
-                    self._path(served, f"{ROUTER} (master {served.caller} did not use the direct login within "
-                                       f"{OFFER_TTL:g} s)")
+                if served is None:
+                    self.other_expired(offer)
+                    continue
+                self._path(served, f"{ROUTER} (master {served.caller} did not use the direct login within "
+                                   f"{OFFER_TTL:g} s)")
         for served in list(self.served.values()):
             if served.sink.gone:
                 continue

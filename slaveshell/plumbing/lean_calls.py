@@ -183,6 +183,9 @@ CODECS: dict[str, Codec] = {
     "routed_output": Codec(lambda seq, stream, data: [seq, stream, data], _ints_then_bytes(2, "routed_output")),
     "routed_input": Codec(lambda seq, data: [seq, data], _ints_then_bytes(1, "routed_input")),
     "routed_ack": Codec(lambda seq, nbytes: [seq, nbytes], _ints(2, "routed_ack")),
+    # A routed transfer's data (master_side.cluster.copy_stream): the seq, then the chunk (copying.Data checks its
+    # size where the message is taken); its acknowledgements go as `routed_ack`.
+    "routed_data": Codec(lambda seq, chunk: [seq, chunk], _ints_then_bytes(1, "routed_data")),
     "routed_input_ack": Codec(lambda seq, nbytes, hidden, flush: [seq, nbytes, 1 if hidden else 0, 1 if flush else 0],
                               _decode_routed_input_ack),
 }

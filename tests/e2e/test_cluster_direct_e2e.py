@@ -1,13 +1,16 @@
-"""Routed sessions over the direct stream (master_side.cluster.direct) in a real site (tests/e2e/cluster_fixtures.py,
-B with `ClusterConfig(direct=True)`): a session through A goes over a PB connection from A to B's Buildbot PB port
-(B's audit of the session says so) and works as through the router; with B's direct address unreachable it stays
-on the router; a client with wrong, replayed or expired credentials is refused on the PB port, one that logs in but
-does not say READY is dropped; the direct connection cut mid-session ends it on both sides with a clear line
-(exit 255 on A, the row closed on B)."""
+"""Routed sessions and transfers over the direct stream (master_side.cluster.direct) in a real site
+(tests/e2e/cluster_fixtures.py, B with `ClusterConfig(direct=True)`): a session through A goes over a PB connection
+from A to B's Buildbot PB port (B's audit of the session says so) and works as through the router, and so does a
+`cp` up and down (B's audit of the transfer says so, B records it as before); with B's direct address unreachable
+both stay on the router; a client with wrong, replayed or expired credentials is refused on the PB port, one that
+logs in but does not say READY is dropped; the direct connection cut mid-session ends it on both sides with a clear
+line (exit 255 on A, the row closed on B)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from slaveshell.vocabulary.protocol import OpenRequest
 
 from .cluster_fixtures import PG, REALM, Site, site
 from .conftest import Terminal, wait_until
+from .test_cluster_copy_e2e import closed_row, cp, sha, transfer_rows, vouched
 from .test_sharing_e2e import SlaveshellTerminal
 
 pytestmark = pytest.mark.e2e
@@ -282,6 +286,34 @@ def test_the_direct_connection_cut_mid_session_ends_it_on_both_sides(direct_site
     assert "direct connection" in str(row["end_reason"])
 
 
+def copy_both_ways(s: Site, tmp_path: object, name: str) -> tuple[str, str]:
+    """`cp` of a file of many chunks up to b1 through A and back: the two transfers' ids (B's), both checked."""
+    data = os.urandom(5 * 1024 * 1024 + 777)
+    src = os.path.join(str(tmp_path), name)
+    with open(src, "wb") as f:
+        f.write(data)
+    dest = os.path.join(s.b.worker_dir("b1"), name)
+    up = cp(s.a, src, f"b1:{dest}")
+    assert (up.returncode, up.stdout, up.stderr) == (0, "", "")
+    assert sha(dest) == hashlib.sha256(data).hexdigest()
+    down = cp(s.a, f"b1:{dest}", src + ".back")
+    assert (down.returncode, down.stdout, down.stderr) == (0, "", "")
+    assert sha(src + ".back") == hashlib.sha256(data).hexdigest()
+    closed_row(s, "b1", f"{name} -> {src}.back")
+    rows = [r for r in transfer_rows(s, "b1") if name in str(r["command"])]
+    assert len(rows) == 2 and all(r["state"] == "ended" and r["operator"] == vouched() for r in rows), rows
+    return str(rows[0]["id"]), str(rows[1]["id"])
+
+
+def test_a_cp_through_a_goes_over_the_direct_connection_both_ways(direct_site: Site, tmp_path) -> None:
+    up, down = copy_both_ways(direct_site, tmp_path, "direct-blob.bin")
+    for transfer in (up, down):
+        assert path_of(direct_site, transfer).startswith("messages from master A: direct"), transfer
+    a_log = open(os.path.join(direct_site.a.master_dir, "twistd.log"), errors="replace").read()
+    assert "a transfer routed to master B goes over a direct connection" in a_log
+    assert "direct-blob.bin" not in a_log  # no path in the log
+
+
 @pytest.fixture(scope="module")
 def unreachable_site(tmp_path_factory: pytest.TempPathFactory, direct_site: Site) -> Iterator[Site]:
     direct_site.stop()  # one site at a time on this machine
@@ -306,3 +338,11 @@ def test_with_bs_direct_address_unreachable_the_session_stays_on_the_router(unre
     finally:
         t.close()
     assert re.search(r"^messages from master A: router", path_of(unreachable_site, session))
+
+
+def test_with_bs_direct_address_unreachable_a_cp_stays_on_the_router(unreachable_site: Site, tmp_path) -> None:
+    up, down = copy_both_ways(unreachable_site, tmp_path, "fallback-blob.bin")
+    for transfer in (up, down):
+        assert not path_of(unreachable_site, transfer).startswith("messages from master A: direct"), transfer
+    a_log = open(os.path.join(unreachable_site.a.master_dir, "twistd.log"), errors="replace").read()
+    assert "a transfer routed to master B stays on the router: no direct connection" in a_log
