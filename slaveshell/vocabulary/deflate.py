@@ -8,10 +8,10 @@ size: what OpenSSH offers as `ssh -C`, here chosen per message. The worker defla
 output window has measured a round trip of at least `SLOW_RTT` (slaveshell.vocabulary.windows.TunedWindow's
 minimum: on loopback or a LAN deflating costs more CPU than it saves time) or has not measured one yet (the first
 window, up to 2 MiB, leaves before the first acknowledgement is back: a few ms of zlib on a fast link, most of the
-gain on a slow one), the message is at least `MIN_SIZE`,
-and deflating it at zlib's fastest level gives at most `WORTH` of its size (tried on its first `SAMPLE` bytes
-first); a message that does not (random or compressed bytes) is sent as it is, and the next ones are not tried for a while (1, 2, 4 ... `BACKOFF_MAX`
-messages), so incompressible output costs a trial now and then, not each time.
+gain on a slow one), the message is at least `MIN_SIZE`, and deflating it at zlib's fastest level gives at most
+`WORTH` of its size (tried on its first `SAMPLE` bytes first); a message that does not (random or compressed
+bytes) is sent as it is, and the next ones are not tried for a while (1, 2, 4 ... `BACKOFF_MAX` messages), so
+incompressible output costs a trial now and then, not each time.
 
 The master deflates its input to the worker the same way, by the round trip its input messages take to be
 acknowledged (master_side.sessions.session.MasterSession.input_min_rtt): `tar c . | buildbot-shell -T w1 -- tar x`.
