@@ -8,6 +8,7 @@ import zlib
 
 import pytest
 
+from master_side.sessions import worker_sink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.plumbing import lean_calls
@@ -129,3 +130,23 @@ def test_a_worker_takes_deflated_input_only_when_it_offered_to_and_within_its_la
 def test_what_is_sent_deflated_is_always_the_whole_message(data):
     packed = Deflater(lambda: True).pack(data)
     assert packed is None or inflate(packed, len(data)) == data
+
+
+def test_deflated_output_is_not_inflated_after_the_session_ended_or_past_its_window(monkeypatch):
+    inflated: list[int] = []
+    real = worker_sink.inflate
+    monkeypatch.setattr(worker_sink, "inflate", lambda packed, limit: inflated.append(limit) or real(packed, limit))
+    host = Host()
+    host.session.deflated_output = True
+    root, pump, master_broker = connected(host)
+    sink = call(pump, root, "sink")
+    bomb = zlib.compress(b"\0" * 60000)  # ~100 bytes, 60,000 to inflate
+    sent = 0
+    while not host.ended:  # never acknowledged: the session ends once past the window and its tolerance
+        call(pump, sink, "output_z", 1, bomb)
+        sent += 1
+    assert any("past the flow-control window" in e for e in host.errors) and len(inflated) < sent
+    before = len(inflated)
+    for _ in range(50):
+        call(pump, sink, "output_z", 1, bomb)
+    assert len(inflated) == before and not master_broker.disconnected

@@ -480,10 +480,7 @@ class MasterSession(SessionTimers):
         stream = check_stream(stream)
         data = check_bytes(data, "output", self.limits.chunk)
         checked = self._check_acks(acks)
-        if not self.live:
-            raise LateEvent(f"output for session {self.id} after it ended")
-        if self.output_window.in_flight > allowed(self.output_grant, self.limits.window, WINDOW_TOLERANCE):
-            raise ProtocolError("output sent past the flow-control window")
+        self.output_room()
         # The keystrokes' events go into the file with the output's, in one write (Recorder.input's flush).
         typed = [self._input_acked(nbytes, hidden, flush=False) for nbytes, hidden in checked]
         self.output_window.sent(len(data))
@@ -506,6 +503,14 @@ class MasterSession(SessionTimers):
             self._ack_worker(len(data))
         for viewer, nbytes, hidden, flushed in typed:
             self._tell_input_ack(viewer, nbytes, hidden, flushed)
+
+    def output_room(self) -> None:
+        """That the worker may send output now: LateEvent after the session ended, ProtocolError past the window
+        (checked before a deflated message is inflated, too: master_side.sessions.worker_sink)."""
+        if not self.live:
+            raise LateEvent(f"output for session {self.id} after it ended")
+        if self.output_window.in_flight > allowed(self.output_grant, self.limits.window, WINDOW_TOLERANCE):
+            raise ProtocolError("output sent past the flow-control window")
 
     def worker_input_ack(self, nbytes: object, hidden: object) -> None:
         """The worker delivered the oldest pending input message (with no output to carry its ack): recorded, and

@@ -55,6 +55,7 @@ class WorkerSink(LeanReceiver):
         session = self.session
         if not session.deflated_output:
             raise ProtocolError("deflated output from a worker that was not told it may send it")
+        session.output_room()  # no inflating for an ended session or past the window: a flood costs its bytes only
         limit = session.limits.chunk
         session.worker_output(stream, inflate(check_bytes(data, "deflated output", limit), limit), acks)
 
