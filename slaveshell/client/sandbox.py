@@ -4,7 +4,6 @@ end-to-end tests. Each worker opts in to slaveshell in its buildbot.tac, as a wo
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import signal
@@ -334,9 +333,19 @@ class Sandbox:
         self.started.remove(self.worker_dir(name))
 
     def workers_status(self) -> list[dict[str, object]]:
-        out = self._run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket", self.socket,
-                         "--json"], timeout=30)
-        return list(json.loads(out))
+        """The rows `slaveshell workers --json` prints (the master's WORKERS answer), asked from this process over
+        the master's socket (slaveshell.client.calls, as that command asks) instead of by an interpreter started
+        per question."""
+        from slaveshell.client.calls import CallError, MasterCalls, rows
+        from slaveshell.vocabulary.framing import Op
+
+        calls = MasterCalls(self.socket, timeout=30)
+        try:
+            return rows(calls.call(Op.WORKERS))
+        except CallError as e:
+            raise SandboxError(f"slaveshell workers: {e}") from None
+        finally:
+            calls.close()
 
     def wait_for_workers(self, names: Sequence[str], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
