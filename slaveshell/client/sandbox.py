@@ -90,8 +90,12 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts import twistd; twistd.run(
 MASTER_STARTED = ("BuildMaster is running", "configuration update complete")
 MASTER_FAILED = ("BuildMaster startup failed", "configuration update aborted",
                  "configuration update partially applied", "Server Shut Down")
-# A worker's, for `buildbot-worker start`'s (which gives up after 10 s: the master's view of the worker decides).
-WORKER_ATTACHED = "message from master: attached"
+# A worker's that end the wait for it (`buildbot-worker start` waits for "message from master: attached", up to 10 s;
+# the master's view of the worker then decides). A PB worker's wait ends at its login's end, a little later: a
+# worker stopped between the two (a sandbox stopped as soon as it started) leaves its master hanging at its own stop
+# ("waiting for worker to finish disconnecting": the login's disconnect notification was never set).
+WORKER_READY = {"pb": "Connected to buildmaster; worker is ready",
+                "msgpack_experimental_v7": "message from master: attached"}
 WORKER_WAIT = 10.0
 
 
@@ -303,8 +307,8 @@ class Sandbox:
 
     def _start_workers(self, names: Sequence[str]) -> None:
         """Start workers at once, as `buildbot-worker start` does each: twistd in its directory, then up to
-        WORKER_WAIT s for its log to say the master attached it (a busy machine can take longer: the master's view
-        of the worker, wait_for_workers, decides)."""
+        WORKER_WAIT s for its log to say it is ready (a busy machine can take longer: the master's view of the
+        worker, wait_for_workers, decides)."""
         offsets = {name: _log_size(os.path.join(self.worker_dir(name), "twistd.log")) for name in names}
         starting = [(name, subprocess.Popen(TWISTD, cwd=self.worker_dir(name), stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -319,7 +323,8 @@ class Sandbox:
                 _, text = _follow_log(log, offsets[name], (), 0)
                 raise SandboxError(f"worker {name} did not start ({proc.returncode}):\n{out}\n{text[-3000:]}")
         for name in names:
-            _follow_log(os.path.join(self.worker_dir(name), "twistd.log"), offsets[name], (WORKER_ATTACHED,),
+            ready = WORKER_READY["msgpack_experimental_v7" if name in self.msgpack else "pb"]
+            _follow_log(os.path.join(self.worker_dir(name), "twistd.log"), offsets[name], (ready,),
                         began + WORKER_WAIT)
 
     def start_worker(self, name: str) -> None:
@@ -331,6 +336,18 @@ class Sandbox:
         if self._terminate([self.worker_dir(name)], 10):
             raise SandboxError(f"worker {name} did not stop within 10 s of SIGTERM")
         self.started.remove(self.worker_dir(name))
+        # Then until the master has seen it go (as a second of `buildbot-worker stop`'s polling left it time to): a
+        # worker started again before that would find its old connection still there (Buildbot then drops that one
+        # first), and a test would see the stopped worker still connected.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                rows = self.workers_status()
+            except SandboxError:
+                return  # no master to ask: nothing to wait for
+            if not any(w.get("name") == name and w.get("connected") for w in rows):
+                return
+            time.sleep(0.1)
 
     def workers_status(self) -> list[dict[str, object]]:
         """The rows `slaveshell workers --json` prints (the master's WORKERS answer), asked from this process over
