@@ -4,7 +4,7 @@ link, the descriptors and the memory of the master and the worker printed as it 
     python3 bench/pb_soak.py --minutes 30            # 20 sessions at a time, a copy each way every 10 sessions
     python3 bench/pb_soak.py --minutes 5 --at-once 1  # one at a time
 
-The suite's long run (tests/e2e/test_pb_references_e2e.py: 3,000 sessions and 300 copies, about a minute) is the
+The suite's long run (tests/e2e/test_pb_references_e2e.py: 2,100 sessions and 300 copies, under a minute) is the
 same loop, shorter. Exits 1 when a session or a copy fails, or when the master's table is not back at its start
 at the end (a decref is a message: it waits up to 30 s for it).
 """

@@ -7,9 +7,12 @@ database, and opted-in workers on each (slaveshell.client.sandbox)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +23,10 @@ PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"
 REALM = "buildbot"
 NAMES = ("A", "B")
 _SERVICES = "c['services'] = [ShellService()]\n"
+# A copy of the first schema-sharing site's database as `buildbot upgrade-master` made it (before any master ran),
+# the template of every later one of this process (ClusterSandbox's share_schema); dropped when the process exits.
+_schema_template: str | None = None
+_schema_lock = threading.Lock()
 
 
 class SiteUnavailable(Exception):
@@ -74,7 +81,7 @@ class ClusterSandbox:
                  configs: dict[str, Callable[[str, str], str]] | None = None,
                  extra_config: dict[str, str] | None = None, www: dict[str, str] | None = None,
                  clusters: dict[str, str] | None = None,
-                 principals: Sequence[str] = ()) -> None:
+                 principals: Sequence[str] = (), share_schema: bool = False) -> None:
         self.root = os.path.abspath(root)
         self.database = f"slaveshell_site_{os.getpid()}_{secrets.token_hex(3)}"
         self.db_url = f"postgresql+psycopg2://postgres@127.0.0.1/{self.database}"
@@ -94,6 +101,9 @@ class ClusterSandbox:
                                          www_config=(www or {}).get(name, ""),
                                          extra_config=config + (extra_config or {}).get(name, ""))
         self.database_made = False
+        self.share_schema = share_schema
+        # Whether the database was made with Buildbot's tables (a copy of _schema_template).
+        self.schema_made = False
 
     @property
     def a(self) -> Sandbox:
@@ -117,14 +127,35 @@ class ClusterSandbox:
     def make_database(self) -> None:
         if self.database_made:
             return
+        template = _schema_template if self.share_schema else None
         try:
-            made = psql(f"CREATE DATABASE {self.database}")
+            made = psql(f"CREATE DATABASE {self.database}" + (f" TEMPLATE {template}" if template else ""))
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SiteUnavailable(f"the local PostgreSQL cannot be reached (psql: {e})") from e
         if made.returncode != 0:
             raise SiteUnavailable("the local PostgreSQL is not reachable as postgres@127.0.0.1 (a multi-master site "
                                   f"needs a shared database): {made.stderr.strip()}")
         self.database_made = True
+        self.schema_made = template is not None
+
+    def _keep_schema(self) -> None:
+        """Copy this site's database, just made by `buildbot upgrade-master`, as the template of this process's
+        later schema-sharing sites (once; not when PostgreSQL refuses it, e.g. upgrade-master's session not gone
+        yet after a few tries: those sites then make their own)."""
+        global _schema_template
+        with _schema_lock:
+            if _schema_template is not None:
+                return
+            name = f"slaveshell_schema_{os.getpid()}_{secrets.token_hex(3)}"
+            for _ in range(10):
+                made = psql(f"CREATE DATABASE {name} TEMPLATE {self.database}")
+                if made.returncode == 0:
+                    _schema_template = name
+                    atexit.register(psql, f"DROP DATABASE IF EXISTS {name}")
+                    return
+                if "being accessed by other users" not in made.stderr:
+                    return
+                time.sleep(0.2)
 
     def create(self) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -139,7 +170,10 @@ class ClusterSandbox:
                 with open(cfg, "w") as f:
                     f.write(text.replace(_SERVICES, "c['services'] = []\n"))
             _write_secret(os.path.join(sb.master_dir, "router-ticket"), self.tickets[name])
-        self.a.upgrade_database()
+        if not self.schema_made:
+            self.a.upgrade_database()
+            if self.share_schema:
+                self._keep_schema()
 
     def start(self, on_step: Callable[[str], None] = lambda _: None, together: bool = False) -> None:
         """Install the router when missing, make the database, create and start everything; `on_step` is told
@@ -151,11 +185,26 @@ class ClusterSandbox:
         self.install_router()
         on_step(f"creating a fresh PostgreSQL database {self.database} on the local server ...")
         self.make_database()
-        on_step("creating masters A and B (multiMaster, wamp mq) and their workers ...")
-        self.create()
-        on_step(f"starting the router (crossbar, {self.router.url}) ...")
+        on_step(f"starting the router (crossbar, {self.router.url}) while creating masters A and B (multiMaster, "
+                "wamp mq) and their workers ...")
         os.makedirs(self.router.root, exist_ok=True)
-        self.router.start()
+        failed: list[BaseException] = []
+
+        def start_router() -> None:
+            try:
+                self.router.start()
+            except BaseException as e:  # raised below, in the caller's thread
+                failed.append(e)
+
+        # At the same time: neither needs the other (crossbar's start and upgrade-master are each seconds).
+        starting = threading.Thread(target=start_router, name="router-start")
+        starting.start()
+        try:
+            self.create()
+        finally:
+            starting.join()
+        if failed:
+            raise failed[0]
         on_step("starting masters A and B and their workers (real buildbot processes on 127.0.0.1) ...")
         if not together:
             for sb in self.masters.values():

@@ -4,7 +4,6 @@ end-to-end tests. Each worker opts in to slaveshell in its buildbot.tac, as a wo
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 MASTER_CFG = """\
 # A throwaway master made by slaveshell's sandbox.
@@ -67,6 +66,12 @@ def free_port() -> int:
 
 
 def _tool(name: str, module: str) -> list[str]:
+    """How a console script is started: the one installed beside this interpreter when there is one (what a venv's
+    or the system's PATH finds), else PATH's: not a version manager's shim that PATH may find first (pyenv's is a
+    bash script that runs about 20 more processes to pick the interpreter, for every sendchange, every start)."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return [beside]
     path = shutil.which(name)
     if path:
         return [path]
@@ -75,6 +80,23 @@ def _tool(name: str, module: str) -> list[str]:
 
 BUILDBOT = _tool("buildbot", "buildbot.scripts.runner")
 BUILDBOT_WORKER = _tool("buildbot-worker", "buildbot_worker.scripts.runner")
+# What `buildbot start` and `buildbot-worker start` run in a master's or worker's directory: twistd, which daemonizes
+# and exits once the application has started (0) or failed to (1, with the error). Run here directly, without those
+# launchers (each an interpreter importing Buildbot's scripts, then following twistd.log in a reactor: ~0.5 s of a
+# core per master and ~0.3 s per worker); their wait on twistd.log is done here (_follow_log).
+TWISTD = [sys.executable, "-c", "from twisted.scripts import twistd; twistd.run()", "--no_save",
+          "--logfile=twistd.log", "--python=buildbot.tac"]
+# The lines of a master's twistd.log that end `buildbot start`'s wait (buildbot.scripts.logwatcher's).
+MASTER_STARTED = ("BuildMaster is running", "configuration update complete")
+MASTER_FAILED = ("BuildMaster startup failed", "configuration update aborted",
+                 "configuration update partially applied", "Server Shut Down")
+# A worker's that end the wait for it (`buildbot-worker start` waits for "message from master: attached", up to 10 s;
+# the master's view of the worker then decides). A PB worker's wait ends at its login's end, a little later: a
+# worker stopped between the two (a sandbox stopped as soon as it started) leaves its master hanging at its own stop
+# ("waiting for worker to finish disconnecting": the login's disconnect notification was never set).
+WORKER_READY = {"pb": "Connected to buildmaster; worker is ready",
+                "msgpack_experimental_v7": "message from master: attached"}
+WORKER_WAIT = 10.0
 
 
 # A master directory made by `buildbot create-master --relocatable`, copied by every Sandbox of this process.
@@ -112,6 +134,42 @@ def _alive(pid: int) -> bool:
 
 class SandboxError(Exception):
     pass
+
+
+def _log_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _follow_log(path: str, offset: int, ends: Sequence[str], deadline: float,
+                alive: Callable[[], bool] = lambda: True) -> tuple[str, str]:
+    """Follow `path` (a twistd.log) from `offset` until a line holding one of `ends`, as `buildbot start` follows
+    it: (that end, the text read), or ("", the text) at `deadline` or when `alive()` says the process has gone
+    (checked once nothing new is read). A log rotated meanwhile is read from its start."""
+    text, pending = [], b""
+    while True:
+        if _log_size(path) < offset:
+            offset = 0
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            data = b""
+        offset += len(data)
+        *lines, pending = (pending + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            text.append(line)
+            for end in ends:
+                if end in line:
+                    return end, "\n".join(text)
+        if not data and (time.monotonic() > deadline or not alive()):
+            return "", "\n".join(text + [pending.decode("utf-8", "replace")])
+        if not data:
+            time.sleep(0.05)
 
 
 class Sandbox:
@@ -244,37 +302,67 @@ class Sandbox:
 
     def start(self, timeout: float = 180) -> None:
         self.start_master(timeout)
-        # All workers at once: each `start` waits until its worker process runs.
-        starting = [(name, subprocess.Popen(BUILDBOT_WORKER + ["start", self.worker_dir(name)], cwd=self.root,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-                    for name in self.workers]
-        # Each counts as started at once: when one fails to start, `stop` still stops the others.
-        self.started.extend(self.worker_dir(name) for name, _ in starting)
-        for name, proc in starting:
-            out, _ = proc.communicate(timeout=120)
-            # `buildbot-worker start` gives up after 10 s unattached, which a busy machine can take: the wait below
-            # for the master to see each worker decides.
-            if proc.returncode != 0 and "took more than" not in out:
-                raise SandboxError(f"buildbot-worker start {name} failed ({proc.returncode}):\n{out}")
+        self._start_workers(self.workers)
         self.wait_for_workers(self.workers, timeout)
 
+    def _start_workers(self, names: Sequence[str]) -> None:
+        """Start workers at once, as `buildbot-worker start` does each: twistd in its directory, then up to
+        WORKER_WAIT s for its log to say it is ready (a busy machine can take longer: the master's view of the
+        worker, wait_for_workers, decides)."""
+        offsets = {name: _log_size(os.path.join(self.worker_dir(name), "twistd.log")) for name in names}
+        starting = [(name, subprocess.Popen(TWISTD, cwd=self.worker_dir(name), stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                    for name in names]
+        # Each counts as started at once: when one fails to start, `stop` still stops the others.
+        self.started.extend(self.worker_dir(name) for name, _ in starting if self.worker_dir(name) not in self.started)
+        began = time.monotonic()
+        for name, proc in starting:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                log = os.path.join(self.worker_dir(name), "twistd.log")
+                _, text = _follow_log(log, offsets[name], (), 0)
+                raise SandboxError(f"worker {name} did not start ({proc.returncode}):\n{out}\n{text[-3000:]}")
+        for name in names:
+            ready = WORKER_READY["msgpack_experimental_v7" if name in self.msgpack else "pb"]
+            _follow_log(os.path.join(self.worker_dir(name), "twistd.log"), offsets[name], (ready,),
+                        began + WORKER_WAIT)
+
     def start_worker(self, name: str) -> None:
-        try:
-            self._run(BUILDBOT_WORKER + ["start", self.worker_dir(name)])
-        except SandboxError as e:
-            if "took more than" not in str(e):
-                raise
-        if self.worker_dir(name) not in self.started:
-            self.started.append(self.worker_dir(name))
+        self._start_workers([name])
 
     def stop_worker(self, name: str) -> None:
-        self._run(BUILDBOT_WORKER + ["stop", self.worker_dir(name)])
+        """Stop one worker as `buildbot-worker stop` does (SIGTERM, then wait for it to go), polling every 0.1 s
+        instead of every second."""
+        if self._terminate([self.worker_dir(name)], 10):
+            raise SandboxError(f"worker {name} did not stop within 10 s of SIGTERM")
         self.started.remove(self.worker_dir(name))
+        # Then until the master has seen it go (as a second of `buildbot-worker stop`'s polling left it time to): a
+        # worker started again before that would find its old connection still there (Buildbot then drops that one
+        # first), and a test would see the stopped worker still connected.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                rows = self.workers_status()
+            except SandboxError:
+                return  # no master to ask: nothing to wait for
+            if not any(w.get("name") == name and w.get("connected") for w in rows):
+                return
+            time.sleep(0.1)
 
     def workers_status(self) -> list[dict[str, object]]:
-        out = self._run([sys.executable, "-m", "slaveshell.cli", "workers", "--socket", self.socket,
-                         "--json"], timeout=30)
-        return list(json.loads(out))
+        """The rows `slaveshell workers --json` prints (the master's WORKERS answer), asked from this process over
+        the master's socket (slaveshell.client.calls, as that command asks) instead of by an interpreter started
+        per question."""
+        from slaveshell.client.calls import CallError, MasterCalls, rows
+        from slaveshell.vocabulary.framing import Op
+
+        calls = MasterCalls(self.socket, timeout=30)
+        try:
+            return rows(calls.call(Op.WORKERS))
+        except CallError as e:
+            raise SandboxError(f"slaveshell workers: {e}") from None
+        finally:
+            calls.close()
 
     def wait_for_workers(self, names: Sequence[str], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -328,18 +416,49 @@ class Sandbox:
         self._start_master(timeout)
 
     def _start_master(self, timeout: float) -> None:
-        """`buildbot start`, waiting up to `timeout` s for the master to run (Buildbot's own wait, 10 s, is short on
-        a loaded machine). The master counts as started before it is confirmed: one that starts late is still
-        stopped by `stop`."""
+        """Start the master as `buildbot start` does (twistd in its directory), waiting up to `timeout` s for its
+        log to say it runs (Buildbot's own wait, 10 s, is short on a loaded machine). The master counts as started
+        before it is confirmed: one that starts late is still stopped by `stop`."""
         if self.master_dir not in self.started:
             self.started.insert(0, self.master_dir)
-        self._run(BUILDBOT + ["start", f"--start_timeout={timeout:g}", self.master_dir], timeout=timeout + 30)
+        log = os.path.join(self.master_dir, "twistd.log")
+        offset = _log_size(log)
+        began = time.monotonic()
+        proc = subprocess.run(TWISTD, cwd=self.master_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout + 30)
+        if proc.returncode != 0:
+            _, text = _follow_log(log, offset, (), 0)
+            raise SandboxError(f"the master did not start ({proc.returncode}):\n{proc.stdout}{proc.stderr}\n"
+                               f"{text[-3000:]}")
+
+        def alive() -> bool:
+            try:
+                pid = self.master_pid()
+            except (OSError, ValueError):
+                return False
+            return _alive(pid) and _runs_in(pid, self.master_dir)
+
+        end, text = _follow_log(log, offset, MASTER_STARTED + MASTER_FAILED, began + timeout, alive)
+        if end not in MASTER_STARTED:
+            why = (f"its log says {end!r}" if end else
+                   f"it did not say it runs within {timeout:g} s" if alive() else "it exited")
+            raise SandboxError(f"the master did not start ({why}):\n{text[-3000:]}")
 
     def stop(self, timeout: float = 60) -> None:
         """Stop every process started here at once (SIGTERM, as `buildbot stop` sends it), polling every 0.1 s
         for them to go (`buildbot stop` polls once a second, one directory at a time); SIGKILL after `timeout`."""
+        for pid in self._terminate(self.started, timeout):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.started.clear()
+
+    def _terminate(self, directories: Sequence[str], timeout: float) -> list[int]:
+        """SIGTERM to the twistd of each directory that runs one, then wait up to `timeout` s for them to go: the
+        pids still running then."""
         pids = []
-        for d in self.started:
+        for d in directories:
             try:
                 with open(os.path.join(d, "twistd.pid")) as f:
                     pid = int(f.read().strip())
@@ -353,12 +472,7 @@ class Sandbox:
         while pids and time.monotonic() < deadline:
             time.sleep(0.1)
             pids = [(pid, d) for pid, d in pids if _alive(pid) and _runs_in(pid, d)]
-        for pid, _ in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        self.started.clear()
+        return [pid for pid, _ in pids]
 
 
 def describe(sandbox: Sandbox) -> str:

@@ -71,14 +71,15 @@ def site(root: str, a_www_config: str | None = None, a_policy: str = "", b_vouch
                                                                                       b_service, b_cluster)},
                        extra_config={"A": "c['workers'].append(worker.Worker('b1', 'pass'))\n"},
                        www={"A": a_www_config} if a_www_config is not None else None,
-                       principals=["C"])  # C: a principal of slaveshell's role that no master uses (hostile)
+                       principals=["C"],  # C: a principal of slaveshell's role that no master uses (hostile)
+                       share_schema=True)  # Buildbot's tables made once per session, copied for later sites
     try:
         try:
             s.install_router()
             s.make_database()
         except SiteUnavailable as e:
             pytest.skip(str(e))
-        s.start()
+        s.start(together=True)
         yield s
     finally:
         s.stop()

@@ -27,7 +27,10 @@ PROMPT = "PROMPT> "
 
 
 def shell_argv() -> list[str]:
-    path = shutil.which("buildbot-shell")
+    """buildbot-shell as installed beside this interpreter (slaveshell.client.sandbox's tools: not a version
+    manager's shim, ~20 processes more per client), else PATH's, else the module."""
+    beside = os.path.join(os.path.dirname(sys.executable), "buildbot-shell")
+    path = beside if os.access(beside, os.X_OK) else shutil.which("buildbot-shell")
     return [path] if path else [sys.executable, "-m", "slaveshell.shell_cli"]
 
 
