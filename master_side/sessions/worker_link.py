@@ -131,7 +131,7 @@ class OpenReply:
     error: str = ""
     lean: bool = False  # the worker takes slaveshell.plumbing.lean_calls on this connection
     window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
-    deflate: bool = False  # the worker can send its output deflated (slaveshell.vocabulary.deflate)
+    deflate: bool = False  # the worker can send its output and take its input deflated (vocabulary.deflate)
     # The largest input message the worker takes for the session (its answer's max_input, checked:
     # slaveshell.vocabulary.flow.announced_input); MAX_CHUNK from a worker that does not say.
     max_input: int = MAX_CHUNK
