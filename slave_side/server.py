@@ -21,7 +21,7 @@ from slave_side.owner_log import OwnerLog, RecordingSink
 from slave_side.session import WorkerSession
 from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
 from slaveshell.plumbing.remote import Undo, deflate_known, exported, on_disconnect, opening, set_nodelay
-from slaveshell.vocabulary.deflate import SLOW_RTT, Deflater, inflate
+from slaveshell.vocabulary.deflate import Deflater, inflate
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import (
     ExitStatus,
@@ -139,7 +139,7 @@ class SessionHandle(LeanReceiver):
     def deflate(self) -> None:
         session, window = self.session, self.session.window
         if self.sink is not None and session.deflater is None and session.options.deflate:
-            session.deflater = Deflater(lambda: window.min_rtt is None or window.min_rtt >= SLOW_RTT)
+            session.deflater = Deflater(lambda: window.min_rtt)
             self.sink.deflater = session.deflater
 
     def remote_lean(self) -> None:

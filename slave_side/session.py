@@ -354,9 +354,8 @@ class WorkerSession:
         w = self.window
         rtt = f"{w.min_rtt * 1000:.1f} ms" if w.min_rtt is not None else "-"
         sizes = ",".join(str(n // 1024) for n in w.history)
-        deflated = self.deflater
-        packed = (f"; deflated {deflated.sent // 1024} KiB to {deflated.packed // 1024} KiB"
-                  if deflated is not None and deflated.sent else "")
+        deflated = self.deflater.report() if self.deflater is not None else ""
+        packed = f"; {deflated}" if deflated else ""
         return (f"base {w.base // 1024} KiB, cap {w.cap // 1024} KiB, peak {w.peak // 1024} KiB, min rtt {rtt}, "
                 f"sizes (KiB) [{sizes}]{packed}")
 

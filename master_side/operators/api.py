@@ -42,7 +42,7 @@ from slaveshell.fleet.script import SCRIPT_RUNNER, part_text
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.remote import deflate_known
-from slaveshell.vocabulary.deflate import SLOW_RTT, Deflater
+from slaveshell.vocabulary.deflate import Deflater
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy, same_operator, vouching_master
 from slaveshell.vocabulary.protocol import MAX_CHUNK, OpenRequest, ProtocolError, Role
@@ -308,8 +308,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                             deflate=reply.deflate)
         session.deflated_output = session.deflated_output or reply.deflate
         if reply.deflate:  # it takes input deflated too: sent so while input's round trip is long (or unknown)
-            session.input_deflater = worker.deflater = Deflater(
-                lambda: session.input_min_rtt is None or session.input_min_rtt >= SLOW_RTT)
+            session.input_deflater = worker.deflater = Deflater(lambda: session.input_min_rtt)
         session.grant_windows(self.window_budget(), reply.window, reply.max_input)
         if reply.window:
             worker.grant(session.output_grant)

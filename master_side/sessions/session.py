@@ -615,9 +615,8 @@ class MasterSession(SessionTimers):
     def window_report(self) -> str:
         """The windows granted and the most used of each, and the input messages taken and relayed, in KiB (for
         the log, and bench/)."""
-        deflated = self.input_deflater
-        packed = (f", deflated {deflated.sent // 1024} KiB to {deflated.packed // 1024} KiB"
-                  if deflated is not None and deflated.sent else "")
+        deflated = self.input_deflater.report() if self.input_deflater is not None else ""
+        packed = f", {deflated}" if deflated else ""
         return (f"granted {self.output_grant // 1024} KiB, peak {self.output_peak // 1024} KiB in flight; input "
                 f"granted {self.input_grant // 1024} KiB, peak {self.input_peak // 1024} KiB in flight, messages "
                 f"up to {self.input_limits.chunk // 1024} KiB, largest {self.input_largest // 1024} KiB{packed}")

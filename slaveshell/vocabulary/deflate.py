@@ -43,14 +43,23 @@ SAMPLE = 8192
 
 
 class Deflater:
-    """Which of a session's output messages go deflated: `pack(data)` gives the deflated bytes, or None to send
-    `data` as it is. `slow()`: whether the link is slow enough now (asked per message)."""
+    """Which of a stream's messages go deflated: `pack(data)` gives the deflated bytes, or None to send `data` as
+    it is. `rtt()`: the shortest round trip the sender has measured on the link so far, or None (asked per
+    message: the link is slow at `SLOW_RTT` or more, or while it is not known)."""
 
-    def __init__(self, slow: Callable[[], bool]) -> None:
-        self.slow = slow
+    def __init__(self, rtt: Callable[[], float | None]) -> None:
+        self.rtt = rtt
         self._skip = 0
         self._backoff = 1
         self.sent = self.packed = 0  # bytes sent deflated, before and after (for the log and bench/)
+
+    def slow(self) -> bool:
+        rtt = self.rtt()
+        return rtt is None or rtt >= SLOW_RTT
+
+    def report(self) -> str:
+        """How much went deflated, for a session's log line ("" when nothing did)."""
+        return f"deflated {self.sent // 1024} KiB to {self.packed // 1024} KiB" if self.sent else ""
 
     def pack(self, data: bytes) -> bytes | None:
         if len(data) < MIN_SIZE or not self.slow():
