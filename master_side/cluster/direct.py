@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, DirectOffer, Offer, Offers
+from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, ROUTER, DirectOffer, Offer, Offers
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.plumbing.remote import set_nodelay
@@ -414,6 +414,26 @@ class _CopyMind(_Mind):
 # What goes leanly on a session's connection, and on a transfer's.
 SESSION = Lean(LEAN, _Inbox, _Mind)
 COPY = Lean(COPY_LEAN, _CopyInbox, _CopyMind)
+
+
+@deferred
+async def offer_or_route(door: DirectDoor | None, here: str, caller: str, token: str, end: DirectEnd,
+                         path: Callable[[str], None], ended: Callable[[], bool], lean: Lean | None = None
+                         ) -> DirectOffer | None:
+    """`door`'s one-time login for `caller`'s session or transfer `token` (`lean`: what it carries), or None: its
+    messages stay on the router, and `path(why)` says so for the audit (direct streams not enabled on master
+    `here`, or a bound). An offer made as the session or transfer `ended()` is withdrawn."""
+    if door is None:
+        path(f"{ROUTER} (direct streams are not enabled on master {here})")
+        return None
+    made = await door.offer(caller, token, end, lean)
+    if isinstance(made, str):
+        path(f"{ROUTER} (no direct connection offered: {made})")
+        return None
+    if ended():
+        door.withdraw(token)
+        return None
+    return made
 
 
 @dataclass

@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
-from master_side.cluster.direct import DirectDoor, Route, Send
+from master_side.cluster.direct import DirectDoor, Route, Send, offer_or_route
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer, Offer
 from master_side.cluster.part_input import PartInput
@@ -429,18 +429,8 @@ class ServedSessions:
     async def _offer(self, served: Served) -> DirectOffer | None:
         """A one-time login on this master's PB port for the session's direct stream (master_side.cluster.direct),
         or None: the session's messages stay on the router (direct streams not enabled here, or a bound: audited)."""
-        door = self.door
-        if door is None:
-            self._path(served, f"{ROUTER} (direct streams are not enabled on master {self.link.name})")
-            return None
-        made = await door.offer(served.caller, served.token, _DirectEnd(self, served))
-        if isinstance(made, str):
-            self._path(served, f"{ROUTER} (no direct connection offered: {made})")
-            return None
-        if served.ended:
-            door.withdraw(served.token)
-            return None
-        return made
+        return await offer_or_route(self.door, self.link.name, served.caller, served.token, _DirectEnd(self, served),
+                                    lambda why: self._path(served, why), lambda: served.ended)
 
     def _path(self, served: Served, detail: str) -> None:
         """The audit event that says which path the session's messages take."""
