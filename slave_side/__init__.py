@@ -69,9 +69,9 @@ def install(
     max_window: the most output (bytes) a session may have sent and not yet acknowledged, which this worker then
         holds: a session's window grows to the link's bandwidth-delay product, as far as the master grants and this
         allows (at least the 256 KiB base).
-    deflate: a session's output may go deflated (zlib's fastest level) while its link is slow (a round trip of
-        10 ms or more, or not measured yet) and the output deflates well, as `ssh -C` does for a whole
-        connection; False: never.
+    deflate: a session's output without a terminal (-T), and input piped to it, may go deflated (zlib's fastest
+        level) while its link is slow (a round trip of 10 ms or more, or not measured yet) and it deflates well,
+        as `ssh -C` does for a whole connection; False: never.
     """
     global _server, _transfers
     if not enabled:
