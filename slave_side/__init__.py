@@ -17,6 +17,7 @@ from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slave_side.transfer import TransferServer
 from slaveshell.vocabulary.copying import WORKER_TRANSFER_METHOD
+from slaveshell.vocabulary.deflate import deflate_setting
 from slaveshell.vocabulary.protocol import WORKER_COMMAND, WORKER_OPEN_METHOD
 
 __all__ = ["install", "uninstall", "WorkerOptions", "ShellServer"]
@@ -41,7 +42,7 @@ def install(
     local_transcripts_keep: int = DEFAULT_KEEP_TRANSCRIPTS,
     local_log_mode: int = 0o600,
     max_window: int = 4 * 1024 * 1024,
-    deflate: bool = True,
+    deflate: bool | str = True,
 ) -> ShellServer | None:
     """Let this worker's master open shell sessions on it.
 
@@ -70,8 +71,10 @@ def install(
         holds: a session's window grows to the link's bandwidth-delay product, as far as the master grants and this
         allows (at least the 256 KiB base).
     deflate: a session's output without a terminal (-T), and input piped to it, may go deflated (zlib's fastest
-        level) while its link is slow (a round trip of 10 ms or more, or not measured yet) and it deflates well,
-        as `ssh -C` does for a whole connection; False: never.
+        level) while its link is slow (a round trip of 10 ms or more, as the kernel's TCP measures it on the
+        master's connection) and it deflates well, as `ssh -C` does for a whole connection; False: never;
+        "always": whatever the round trip (a link whose delay TCP does not see: a tunnel or a proxy that ends
+        TCP near this worker).
     """
     global _server, _transfers
     if not enabled:
@@ -92,7 +95,7 @@ def install(
         busy_rate=max(0, int(busy_rate)),
         umask=umask,
         max_window=max(0, int(max_window)),
-        deflate=bool(deflate),
+        deflate=deflate_setting(deflate),
     )
     # An upload's 256 KiB chunks without Banana's buffer rebuilt on each read (slaveshell.plumbing.banana_buffer), what
     # the master's connection may make Banana hold bounded (slaveshell.plumbing.banana_bounds), BotPb's methods: each

@@ -57,9 +57,9 @@ class WorkerOptions:
     # The largest output window a master may grant one session (bytes sent and not yet acknowledged, which this
     # worker holds): the window follows the link's bandwidth-delay product up to it (slaveshell.vocabulary.windows).
     max_window: int = 4 * 1024 * 1024
-    # A session's output may go deflated while its window measures a slow link (slaveshell.vocabulary.deflate:
-    # a little of this worker's CPU for a build log's bytes on a slow line, as `ssh -C`); False: never.
-    deflate: bool = True
+    # A session's output may go deflated while its link is slow (slaveshell.vocabulary.deflate: a little of this
+    # worker's CPU for a build log's bytes on a slow line, as `ssh -C`); False: never; ALWAYS: whatever the link.
+    deflate: bool | str = True
     extra_env: dict[str, str] = field(default_factory=dict)
     # Operators (as the master names them) this worker accepts; None: whoever the master allows.
     allowed_users: frozenset[str] | None = None

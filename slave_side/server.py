@@ -20,8 +20,16 @@ from slave_side.host import Admission, ProcessReactor, WorkerOptions
 from slave_side.owner_log import OwnerLog, RecordingSink
 from slave_side.session import WorkerSession
 from slaveshell.plumbing.lean_calls import LeanPeer, LeanReceiver, accept
-from slaveshell.plumbing.remote import Undo, deflate_known, exported, on_disconnect, opening, set_nodelay
-from slaveshell.vocabulary.deflate import Deflater, inflate
+from slaveshell.plumbing.remote import (
+    Undo,
+    deflate_known,
+    exported,
+    link_rtt,
+    on_disconnect,
+    opening,
+    set_nodelay,
+)
+from slaveshell.vocabulary.deflate import ALWAYS, Deflater, inflate
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import (
     ExitStatus,
@@ -131,8 +139,8 @@ class SessionHandle(LeanReceiver):
 
     def remote_deflate(self) -> None:
         """The master takes this session's output deflated (slaveshell.vocabulary.deflate), and the later
-        sessions' on this connection from their start: sent so while the session's output window measures a slow
-        link, when the owner allows it (WorkerOptions.deflate)."""
+        sessions' on this connection from their start: sent so while the link is slow (or always, as the owner
+        says: WorkerOptions.deflate)."""
         deflate_known(getattr(self.peer.ref, "broker", None), known=True)
         self.deflate()
 
@@ -143,7 +151,9 @@ class SessionHandle(LeanReceiver):
         # CPU-bound processes at 100 ms, against the test's 192 KiB).
         if (self.sink is not None and session.deflater is None and session.options.deflate
                 and not session.request.pty):
-            session.deflater = Deflater(lambda: window.min_rtt)
+            broker = getattr(self.peer.ref, "broker", None)
+            session.deflater = Deflater((lambda: None) if session.options.deflate == ALWAYS
+                                        else lambda: link_rtt(broker, window.min_rtt))
             self.sink.deflater = session.deflater
 
     def remote_lean(self) -> None:

@@ -4,7 +4,9 @@ and the master's inflating, bounded, at its boundary with the worker (master_sid
 from __future__ import annotations
 
 import os
+import socket
 import zlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,7 +14,8 @@ from master_side.sessions import worker_sink
 from slave_side.server import ShellServer
 from slave_side.session import WorkerOptions
 from slaveshell.plumbing import lean_calls
-from slaveshell.vocabulary.deflate import BACKOFF_MAX, MIN_SIZE, Deflater, inflate
+from slaveshell.plumbing.remote import kernel_rtt, link_rtt
+from slaveshell.vocabulary.deflate import ALWAYS, BACKOFF_MAX, MIN_SIZE, SLOW_RTT, Deflater, deflate_setting, inflate
 from slaveshell.vocabulary.protocol import OpenRequest, ProtocolError
 
 from .fakes import Bot, ProcessReactor, Sink, call, connected
@@ -152,3 +155,44 @@ def test_deflated_output_is_not_inflated_after_the_session_ended_or_past_its_win
     for _ in range(50):
         call(pump, sink, "output_z", 1, bomb)
     assert len(inflated) == before and not master_broker.disconnected
+
+
+def _broker_on(sock: socket.socket) -> object:
+    return SimpleNamespace(transport=SimpleNamespace(getHandle=lambda: sock))
+
+
+def test_a_loopback_link_is_fast_by_the_kernels_round_trip_however_long_the_processes_took():
+    """On a loaded machine the round trip between the processes (the window's) grows past SLOW_RTT on loopback;
+    the kernel's TCP round trip does not, and it is the one that says whether deflating pays."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        client.sendall(b"x")
+        assert server.recv(1) == b"x"
+        kernel = kernel_rtt(_broker_on(client))
+        assert kernel is not None and 0 <= kernel < SLOW_RTT
+        assert link_rtt(_broker_on(client), measured=0.5) == kernel
+        assert Deflater(lambda: link_rtt(_broker_on(client), 0.5)).pack(LOG) is None
+    finally:
+        for s in (client, server, listener):
+            s.close()
+    # Where the kernel does not say (a UNIX socket, an in-memory pump), the sender's own measurement decides.
+    left, right = socket.socketpair()
+    with left, right:
+        assert kernel_rtt(_broker_on(left)) is None and link_rtt(_broker_on(left), 0.5) == 0.5
+    assert kernel_rtt(object()) is None and link_rtt(object(), None) is None
+
+
+def test_an_owner_can_say_always_for_a_link_whose_delay_tcp_does_not_see(tmp_path):
+    assert [deflate_setting(v) for v in (True, False, "always")] == [True, False, ALWAYS]
+    for bad in ("sometimes", 1, None):
+        with pytest.raises(ValueError, match="deflate must be True, False or 'always'"):
+            deflate_setting(bad)
+    server = ShellServer(WorkerOptions(shell="/bin/sh", deflate=ALWAYS), reactor=ProcessReactor())
+    root, pump, _ = connected(Bot(server, str(tmp_path)))
+    first = call(pump, root, "slaveshell_open", Sink(), OpenRequest(worker="w1", pty=False).to_wire())
+    assert first["deflate"] == ALWAYS
+    call(pump, first["session"], "deflate")
+    [session] = server.sessions.values()
+    assert session.deflater is not None and session.deflater.pack(LOG) is not None  # no round trip asked

@@ -41,7 +41,7 @@ from master_side.sessions.worker_link import WorkerPeer, open_on_worker
 from slaveshell.fleet.script import SCRIPT_RUNNER, part_text
 from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.plumbing.remote import deflate_known
+from slaveshell.plumbing.remote import deflate_known, link_rtt
 from slaveshell.vocabulary.deflate import Deflater
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import Action, Identity, Policy, same_operator, vouching_master
@@ -307,8 +307,10 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean,
                             deflate=reply.deflate)
         session.deflated_output = session.deflated_output or reply.deflate
-        if reply.deflate:  # it takes input deflated too: sent so while input's round trip is long (or unknown)
-            session.input_deflater = worker.deflater = Deflater(lambda: session.input_min_rtt)
+        if reply.deflate:  # it takes input deflated too: sent so while the link is slow, as the worker does
+            broker = getattr(conn.mind, "broker", None)
+            session.input_deflater = worker.deflater = Deflater(
+                (lambda: None) if reply.deflate_always else lambda: link_rtt(broker, session.input_min_rtt))
         session.grant_windows(self.window_budget(), reply.window, reply.max_input)
         if reply.window:
             worker.grant(session.output_grant)

@@ -20,7 +20,7 @@ from slaveshell.plumbing.clock import Clock
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.lean_calls import LeanPeer, accept
 from slaveshell.plumbing.remote import Undo, deflate_known, is_lost, note_peer_exported, on_disconnect, set_nodelay
-from slaveshell.vocabulary.deflate import Deflater
+from slaveshell.vocabulary.deflate import ALWAYS, Deflater
 from slaveshell.vocabulary.flow import announced_input
 from slaveshell.vocabulary.protocol import MAX_CHUNK, SIGNAL_NAMES, WORKER_OPEN_METHOD, OpenRequest, ProtocolError
 
@@ -132,6 +132,7 @@ class OpenReply:
     lean: bool = False  # the worker takes slaveshell.plumbing.lean_calls on this connection
     window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
     deflate: bool = False  # the worker can send its output and take its input deflated (vocabulary.deflate)
+    deflate_always: bool = False  # and its owner said ALWAYS: its link's delay is not one TCP sees
     # The largest input message the worker takes for the session (its answer's max_input, checked:
     # slaveshell.vocabulary.flow.announced_input); MAX_CHUNK from a worker that does not say.
     max_input: int = MAX_CHUNK
@@ -176,7 +177,8 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
         return OpenReply(None, f"worker {worker}: {error if isinstance(error, str) else 'refused'}"[:4096],
                          refused=answered)
     return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True,
-                     deflate=reply.get("deflate") is True,
+                     deflate=reply.get("deflate") is True or reply.get("deflate") == ALWAYS,
+                     deflate_always=reply.get("deflate") == ALWAYS,
                      max_input=announced_input(reply.get("max_input")), fields=reply)
 
 

@@ -24,6 +24,8 @@ sessions until it reconnects.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -183,3 +185,36 @@ def set_nodelay(ref: pb.RemoteReference) -> None:
         ref.broker.transport.setTcpNoDelay(True)
     except Exception:  # not TCP
         pass
+
+
+# Linux's struct tcp_info (linux/tcp.h): tcpi_min_rtt, microseconds, at this offset (kernel 4.6 on); ~0 before
+# the connection's first sample.
+_TCPI_MIN_RTT = 148
+_NO_SAMPLE = 0xFFFFFFFF
+
+
+def kernel_rtt(broker: object) -> float | None:
+    """The shortest round trip (seconds) the kernel's TCP has seen on `broker`'s connection (TCP_INFO's
+    tcpi_min_rtt, over its last five minutes by default): the path's own delay, which the processes' load does not
+    lengthen as it does a round trip measured between them. None where the kernel does not say: not a TCP
+    connection (a UNIX socket, an in-memory test pump), not Linux, no sample yet."""
+    option = getattr(socket, "TCP_INFO", None)
+    try:
+        handle = broker.transport.getHandle()  # type: ignore[attr-defined]
+        if option is None or not isinstance(handle, socket.socket) or handle.family not in (
+                socket.AF_INET, socket.AF_INET6):
+            return None
+        info = handle.getsockopt(socket.IPPROTO_TCP, option, 256)
+    except Exception:  # no transport, or not TCP
+        return None
+    if len(info) < _TCPI_MIN_RTT + 4:
+        return None
+    (micros,) = struct.unpack_from("I", info, _TCPI_MIN_RTT)
+    return None if micros == _NO_SAMPLE else micros / 1e6
+
+
+def link_rtt(broker: object, measured: float | None) -> float | None:
+    """The round trip that says whether `broker`'s link is slow (slaveshell.vocabulary.deflate): the kernel's
+    (`kernel_rtt`) where it has one, else `measured` (the sender's own, between the processes)."""
+    kernel = kernel_rtt(broker)
+    return measured if kernel is None else kernel

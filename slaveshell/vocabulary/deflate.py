@@ -4,14 +4,18 @@ back to its bytes, bounded).
 
 On a link of tens of milliseconds and a few MB/s (a donated worker behind a home or office line) the link, not
 the CPU, sets a session's speed, and a build log or a compiler's diagnostics deflate to a fifth or less of their
-size: what OpenSSH offers as `ssh -C`, here chosen per message. The worker deflates a message when its session's
-output window has measured a round trip of at least `SLOW_RTT` (slaveshell.vocabulary.windows.TunedWindow's
-minimum: on loopback or a LAN deflating costs more CPU than it saves time) or has not measured one yet (the first
-window, up to 2 MiB, leaves before the first acknowledgement is back: a few ms of zlib on a fast link, most of the
-gain on a slow one), the message is at least `MIN_SIZE`, and deflating it at zlib's fastest level gives at most
+size: what OpenSSH offers as `ssh -C`, here chosen per message. The worker deflates a message when its link is
+slow: a round trip of at least `SLOW_RTT`, as the kernel's TCP measures it on the connection
+(slaveshell.plumbing.remote.link_rtt: the path's own delay; on loopback or a LAN deflating costs more CPU than it
+saves time, and a loaded machine lengthens the round trip the processes see, not the kernel's), or where the
+kernel does not say, as the session's output window has measured it (slaveshell.vocabulary.windows.TunedWindow's
+minimum), or not yet; the message is at least `MIN_SIZE`, and deflating it at zlib's fastest level gives at most
 `WORTH` of its size (tried on its first `SAMPLE` bytes first); a message that does not (random or compressed
 bytes) is sent as it is, and the next ones are not tried for a while (1, 2, 4 ... `BACKOFF_MAX` messages), so
-incompressible output costs a trial now and then, not each time.
+incompressible output costs a trial now and then, not each time. A worker whose owner says `ALWAYS`
+(`slave_side.install(deflate="always")`: a link whose delay TCP does not see, behind a tunnel or a proxy that
+ends TCP near the worker) deflates whatever the round trip, and says so in its open answer, so the master
+deflates its input the same way.
 
 The master deflates its input to the worker the same way, by the round trip its input messages take to be
 acknowledged (master_side.sessions.session.MasterSession.input_min_rtt): `tar c . | buildbot-shell -T w1 -- tar x`.
@@ -31,6 +35,9 @@ from slaveshell.vocabulary.protocol import ProtocolError
 
 # A round trip (seconds) from which the link is slow enough for deflating to pay.
 SLOW_RTT = 0.010
+# The worker owner's setting, and its open answer's `deflate`, for a link to deflate on whatever its round trip
+# (True: on a slow link; False: never).
+ALWAYS = "always"
 # Messages shorter than this go as they are (an echo, a prompt: nothing to gain, a round of zlib to pay).
 MIN_SIZE = 2048
 # A message is sent deflated only when that is at most this fraction of its size.
@@ -44,8 +51,8 @@ SAMPLE = 8192
 
 class Deflater:
     """Which of a stream's messages go deflated: `pack(data)` gives the deflated bytes, or None to send `data` as
-    it is. `rtt()`: the shortest round trip the sender has measured on the link so far, or None (asked per
-    message: the link is slow at `SLOW_RTT` or more, or while it is not known)."""
+    it is. `rtt()`: the link's round trip (slaveshell.plumbing.remote.link_rtt), or None (asked per message:
+    the link is slow at `SLOW_RTT` or more, or while it is not known; a constant None: always)."""
 
     def __init__(self, rtt: Callable[[], float | None]) -> None:
         self.rtt = rtt
@@ -79,6 +86,15 @@ class Deflater:
         self.sent += len(data)
         self.packed += len(packed)
         return packed
+
+
+def deflate_setting(value: object) -> bool | str:
+    """A worker owner's `deflate` (True, False or `ALWAYS`), checked (ValueError)."""
+    if isinstance(value, bool):
+        return value
+    if value == ALWAYS:
+        return ALWAYS
+    raise ValueError(f"deflate must be True, False or {ALWAYS!r}")
 
 
 def inflate(packed: bytes, limit: int, what: str = "output") -> bytes:

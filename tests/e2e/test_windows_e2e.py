@@ -191,3 +191,27 @@ def test_on_a_long_link_a_build_log_piped_in_goes_deflated_and_arrives_exact(far
     found = wait_until(lambda: [m for m in MASTER_DEFLATED.findall(log_path.read_bytes()[start:]) if m[0]], 10)
     [(sent, packed)] = found
     assert int(sent) >= text.stat().st_size // 1024 - 64 and int(packed) * 5 < int(sent), found
+
+
+def test_on_loopback_nothing_goes_deflated_however_long_the_processes_take(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The same build log out and in on the loopback worker: the kernel's round trip on the connection is
+    microseconds, so neither the worker nor the master deflates, not even the first messages of a session on a
+    connection the master said takes deflated output (zlib's CPU would only slow a loaded machine), and the
+    worker did offer it (the far worker's tests show the other side)."""
+    text = tmp_path / "build.log"
+    text.write_bytes(b"".join(b"[%06d] cc -O2 -Wall -c src/module_%d.c ... ok\n" % (i, i % 97)
+                              for i in range(60000)))
+    worker_log, master_log = Path(sandbox.worker_dir("w1"), "twistd.log"), Path(sandbox.master_dir, "twistd.log")
+    worker_start, master_start = worker_log.stat().st_size, master_log.stat().st_size
+    for _ in range(2):  # the second session on a connection whose master has said so
+        done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", f"cat {text}"],
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0 and done.stdout == text.read_bytes(), done.stderr
+    with open(text, "rb") as stdin:
+        done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "-T", "w1", "--", "sha256sum"],
+                              stdin=stdin, capture_output=True, timeout=120)
+    assert done.stdout.split()[0].decode() == hashlib.sha256(text.read_bytes()).hexdigest(), done.stderr
+    ended = wait_until(lambda: len(DEFLATED.findall(worker_log.read_bytes()[worker_start:])) >= 3 and
+                       DEFLATED.findall(worker_log.read_bytes()[worker_start:]), 10)
+    assert [sent for sent, _ in ended] == [b""] * len(ended), ended
+    assert [m for m in MASTER_DEFLATED.findall(master_log.read_bytes()[master_start:]) if m[0]] == []
