@@ -470,3 +470,53 @@ def test_the_relay_returns_piped_inputs_credit_only_once_the_recorder_says_it_is
     later.waiting.pop()()
     assert [m for m in to_op if m[0] == "input_ack"] == [("input_ack", MAX_CHUNK, False)]
     assert owner.input_window.in_flight == 0
+
+
+# -- a bulk stream's output, written behind ---------------------------------------------------------------
+
+
+def test_bulk_output_written_behind_is_served_only_once_its_bytes_and_event_are_in_the_files(tmp_path):
+    """The relay's session with the real recorder: a `-T` stream's chunk reaches the operator, and its credit the
+    worker, only once it is in the attachment and its `a` event in the transcript; the exit comes after it."""
+    s, owner, to_op, to_w = session(pty=False)
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    s.recorder = rec
+    first, second = os.urandom(BULK_CHUNK), os.urandom(300_000)
+    s.worker_output(1, first)
+    s.worker_output(2, second)
+    assert to_op == [] and events(rec.path) == []  # nothing served before it is recorded
+    reactor.run_when(2)
+    assert to_op == [("output", 1, first), ("output", 2, second)]
+    assert [(e.code, e.data) for e in events(rec.path)] == [("a", f"1 0 {BULK_CHUNK}"),
+                                                           ("a", f"2 {BULK_CHUNK} 300000")]
+    s.viewer_ack(owner, BULK_CHUNK + 300_000)
+    assert sum(n for kind, n in to_w if kind == "ack") == BULK_CHUNK + 300_000
+    third = os.urandom(200_000)
+    s.worker_output(1, third)
+    s.worker_exit(0, None, "")  # the end waits for the chunk being written, which is served first
+    assert to_op[2:] == [("output", 1, third), ("exit", 0, None, "")]
+    read = lambda o, n: _read(rec.path, o, n)  # noqa: E731
+    assert b"".join(exact_output(events(rec.path), "o", attachment=read)) == first + second + third
+    reactor.run_when(0)
+    assert len(to_op) == 4
+
+
+def test_bulk_output_whose_write_fails_is_never_served_and_the_session_ends(tmp_path):
+    s, owner, to_op, to_w = session(pty=False)
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    rec.on_error = lambda error: s.abort(f"the transcript cannot be written: {error}")
+    s.recorder = rec
+    s.worker_output(1, b"a" * 5000)
+    reactor.run_when(1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    s.worker_output(1, b"b" * 5000)
+    reactor.run_when(1)
+    assert [m for m in to_op if m[0] == "output"] == [("output", 1, b"a" * 5000)]  # never the unrecorded one
+    assert to_op[-1][0] == "exit" and "cannot be written" in to_op[-1][3]
+    assert len(index.errors) == 1 and "No space left" in str(index.errors[0])

@@ -108,8 +108,10 @@ class Recording:
         if recorded is not None:
             recorded()
 
-    def output(self, data, stream=1):
+    def output(self, data, stream=1, recorded=None):
         self.events.append(("o", data))
+        if recorded is not None:
+            recorded()
 
 
 def test_an_input_ack_riding_on_the_echo_is_recorded_first_and_acknowledged_after_it(relay):

@@ -52,12 +52,14 @@ class RecordIndex(Protocol):
 
 @dataclass(frozen=True)
 class _Behind:
-    """A bulk input chunk being written to the attachment off the reactor thread (`SessionRecorder.input`)."""
+    """A bulk chunk being written to the attachment off the reactor thread (`SessionRecorder.input`, `output`):
+    `stream` as its `a` event names it (0 input, 1 and 2 output)."""
 
     data: bytes
     offset: int
     write: concurrent.futures.Future[None]
     recorded: Callable[[], None]
+    stream: int
 
 
 class SessionRecorder:
@@ -75,13 +77,17 @@ class SessionRecorder:
     is not valid UTF-8 keeps its exact bytes in the attachment too, after the `o` event players show, with an
     `oa` event naming them (CastEncoder.output_attaching): the attachment exists only once there are some.
 
-    Input piped into a bulk stream, given a `recorded` callback, may be written behind: with `call_in_reactor`
-    set (the audit trail sets Twisted's callFromThread), an attached input chunk goes to the attachment on the
-    writing thread (Attachment.write_behind) while the reactor goes on relaying; its `a` event is written once
-    the bytes are in the file, and only then is `recorded` called (the relay then returns the input's credit to
-    its sender: recorded before acknowledged, as when written here). Any other event waits for the chunks still
-    being written, and is written after their events, so the transcript keeps its order and never refers to
-    bytes the attachment does not hold."""
+    A bulk stream's chunks, given a `recorded` callback, may be written behind: with `call_in_reactor` set (the
+    audit trail sets Twisted's callFromThread), an attached chunk goes to the attachment on the writing thread
+    (Attachment.write_behind) while the reactor goes on; its `a` event is written once the bytes are in the file,
+    and only then is `recorded` called: for input, the relay then returns the input's credit to its sender
+    (recorded before acknowledged, as when written here); for output, the relay then serves the chunk to the
+    viewers and returns the worker's credit (recorded before served: an output chunk whose write failed is never
+    served, and the failure ends the session). The reactor's thread thus never waits on the disk for a bulk
+    stream (a write that meets the kernel's writeback throttling sleeps; py-spy had a `-T cat`'s master spending a
+    quarter of its reactor's time in that `os.write`). Any other event waits for the chunks still being written,
+    and is written after their events, so the transcript keeps its order and never refers to bytes the
+    attachment does not hold."""
 
     def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: RecordIndex | None,
                  started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None,
@@ -181,7 +187,16 @@ class SessionRecorder:
 
     # -- the relay's Recorder interface ----------------------------------------------------------
 
-    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
+    def output(self, data: bytes, stream: int = STREAM_OUT, recorded: Callable[[], None] | None = None) -> None:
+        """`recorded`, when given, is called once the output is recorded: at once, or later for a bulk stream's
+        chunk written behind (never for one whose write failed)."""
+        if recorded is not None and self._write_behind(data, recorded, stream):
+            return
+        self._output(data, stream)
+        if recorded is not None:
+            recorded()
+
+    def _output(self, data: bytes, stream: int) -> None:
         if self.bulk:
             self._bulk(data, stream)
             return
@@ -232,7 +247,7 @@ class SessionRecorder:
                 self.typed.feed(data)
             if self.bulk and self.encoder.record_input:
                 # An upload through a pipe: as cheap as output, and off the reactor's thread where it can be.
-                if recorded is not None and self._write_behind(data, recorded):
+                if recorded is not None and self._write_behind(data, recorded, 0):
                     return
                 self._bulk(data, 0)
             else:
@@ -240,9 +255,10 @@ class SessionRecorder:
         if recorded is not None:
             recorded()
 
-    def _write_behind(self, data: bytes, recorded: Callable[[], None]) -> bool:
-        """Hand a bulk input chunk that goes to the attachment to the writing thread (True); False when it is
-        written here: no reactor to come back to, a recording that failed, or a chunk that stays inline."""
+    def _write_behind(self, data: bytes, recorded: Callable[[], None], stream: int) -> bool:
+        """Hand a bulk chunk of `stream` that goes to the attachment to the writing thread (True); False when it is
+        written here: not a bulk stream, no reactor to come back to, a recording that failed, or a chunk that
+        stays inline."""
         attachment, call = self.attachment, self.call_in_reactor
         if not self.bulk or call is None or self.file is None or self.failed is not None:
             return False
@@ -254,14 +270,14 @@ class SessionRecorder:
         except OSError as e:  # the attachment could not be created
             self._fail(e)
             return False
-        self._behind.append(_Behind(data, offset, write, recorded))
+        self._behind.append(_Behind(data, offset, write, recorded, stream))
         write.add_done_callback(lambda _: call(self._settle))
         return True
 
     def _settle(self) -> None:
         """On the reactor's thread: the events of the chunks written behind that are in the file, in order, and
-        their `recorded` callbacks; a failed write fails the recording (the input is still acknowledged: the
-        session is ended by `on_error`).
+        their `recorded` callbacks; a failed write fails the recording (input is still acknowledged, output not
+        served: the session is ended by `on_error`).
 
         Never re-entered: what it writes may end a hidden span (an event of its own, written at its place), and a
         failure's `on_error` (the session's: it may end the session, whose end drains and settles again) is
@@ -277,11 +293,14 @@ class SessionRecorder:
                 attachment = self.attachment
                 if error is None and self.failed is None:
                     attachment.written(behind.data)
-                    self._put(self.encoder.attached(self._t(), 0, behind.offset, len(behind.data)))
-                elif error is not None and self.failed is None:
+                    self._put(self.encoder.attached(self._t(), behind.stream, behind.offset, len(behind.data)))
+                    done.append(behind)
+                    continue
+                if error is not None and self.failed is None:
                     attachment.failed()
                     self._fail(error if isinstance(error, OSError) else OSError(str(error)))
-                done.append(behind)
+                if behind.stream == 0:
+                    done.append(behind)  # input: acknowledged all the same
         finally:
             self._settling = False
         for behind in done:

@@ -91,7 +91,9 @@ MAX_PENDING_INPUT = 16 * 1024
 class Recorder(Protocol):
     """What the relay tells the audit trail (master_side.audit.recorder implements it)."""
 
-    def output(self, data: bytes, stream: int = STREAM_OUT) -> None: ...
+    # `recorded`, when given, is called once the output is recorded: at once, or later (a bulk stream's chunk
+    # written off the reactor's thread); the relay serves the output only then.
+    def output(self, data: bytes, stream: int = STREAM_OUT, recorded: Callable[[], None] | None = None) -> None: ...
     # flush False: the caller records an output right after, which writes this input's event with its own (one
     # write for a keystroke and its echo), still before anything is relayed. `recorded`, when given, is called
     # once the input is recorded: at once, or later (a bulk stream's input written off the reactor's thread).
@@ -107,8 +109,9 @@ class NullRecorder:
     def flush(self) -> None:
         pass
 
-    def output(self, data: bytes, stream: int = STREAM_OUT) -> None:
-        pass
+    def output(self, data: bytes, stream: int = STREAM_OUT, recorded: Callable[[], None] | None = None) -> None:
+        if recorded is not None:
+            recorded()
 
     def input(self, data: bytes, hidden: bool, flush: bool = True,
               recorded: Callable[[], None] | None = None) -> None:
@@ -487,7 +490,16 @@ class MasterSession(SessionTimers):
         self.output_peak = max(self.output_peak, self.output_window.in_flight)
         self.bytes_out += len(data)
         self.last_activity = self.worker_seen = self.clock()
-        self.recorder.output(data, stream)  # in the file before anyone sees it
+
+        def recorded() -> None:
+            self._serve_output(stream, data, typed)
+
+        # In the file before anyone sees it: served here, or once a bulk stream's chunk written off the reactor's
+        # thread is (its worker's credit comes back only then, so the window bounds what is being written).
+        self.recorder.output(data, stream, recorded=recorded)
+
+    def _serve_output(self, stream: int, data: bytes, typed: list[tuple[Viewer, int, bool, bool]]) -> None:
+        """Recorded output to the viewers, then the input_acks that rode on it."""
         self.recent += data[-RECENT_BYTES:]
         if len(self.recent) > RECENT_BYTES:
             del self.recent[: len(self.recent) - RECENT_BYTES]
