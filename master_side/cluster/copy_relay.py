@@ -31,9 +31,9 @@ from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri, worker_uri
 from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
-from master_side.cluster.direct import COPY, DirectLink, connect
+from master_side.cluster.direct import COPY, CallerEnd, Send
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
+from master_side.cluster.offers import DirectOffer
 from master_side.cluster.relay import (
     ENDED_HERE,
     LEFT_FIRST,
@@ -119,12 +119,16 @@ class OperatorParty(Protocol):
     def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
-class RoutedTransfer:
+class RoutedTransfer(CallerEnd):
     """The operator's door's handle on a transfer another master (B) relays: what MasterTransfer is for a local
-    one (`id`, `undo`, `arrived`, `decoded`)."""
+    one (`id`, `undo`, `arrived`, `decoded`). Its direct stream is CallerEnd's."""
+
+    WHAT = "transfer"
+    LEAN = COPY
 
     def __init__(self, transfers: RoutedTransfers, worker: str, party: OperatorParty, token: str,
                  holder: str) -> None:
+        super().__init__(transfers.link.reactor)
         self.transfers = transfers
         self.worker = worker
         self.party = party
@@ -153,9 +157,6 @@ class RoutedTransfer:
         self._expected = 0
         # A download's stream from B, checked here (None: an upload, whose stream B's relay checks).
         self.stream: SentStream | None = None
-        self.offer: DirectOffer | None = None  # B's direct login, from its answer
-        self.direct: DirectLink | None = None  # the connection, once logged in
-        self.path = ROUTER
 
     # -- the operator's events (the door's calls) --------------------------------------------------
 
@@ -211,7 +212,7 @@ class RoutedTransfer:
             if event is not None and self.stream is not None:
                 self.stream.sent(event)
         except ProtocolError as e:
-            self.end(f"master {visible(self.master)} broke the protocol: {e}")
+            self.broke(e, "a malformed message")
             return
         self.heard_at = self.transfers.clock()
         if text is not None and not self.answered:
@@ -268,59 +269,14 @@ class RoutedTransfer:
                 return ended_there("done" if event.ok else "failed")
         return None
 
-    # -- the direct stream -----------------------------------------------------------------------
+    # -- the direct stream (CallerEnd) ----------------------------------------------------------------
 
-    @deferred
-    async def go_direct(self) -> None:
-        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
-        transfer's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
-        seconds, they stay on the router. The connection lost after READY ends the transfer."""
-        offer = self.offer
-        if offer is None or self.ended or self.direct is not None or self.calls is None:
-            return
-        try:
-            link = await connect(self.transfers.link.reactor, offer, self.take, self.direct_lost, self.malformed,
-                                 COPY)
-        except Exception as e:
-            log.info("slaveshell: a transfer routed to master {master} stays on the router: no direct connection "
-                     "to {host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
-                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
-            return
-        if self.ended:
-            link.close()
-            return
-        self.direct = link  # from here, the connection lost ends the transfer (B may have taken READY)
-        try:
-            ready = await link.perspective.callRemote("ready")
-        except Exception:
-            ready = False
-        if self.ended:
-            return
-        if ready is not True:
-            self.end(f"master {visible(self.master)} did not take the transfer's direct connection")
-            return
-        self.use_direct(link)
-        lean = await link.lean()
-        log.info("slaveshell: a transfer routed to master {master} goes over a direct connection to {host}:{port}"
-                 "{how}", master=visible(self.master), host=visible(offer.host), port=offer.port,
-                 how=" (lean calls)" if lean else "")
+    def done(self) -> bool:
+        return self.ended or self.calls is None
 
-    def use_direct(self, link: DirectLink) -> None:
-        """B took READY: the transfer's messages go over `link` once those on the router are answered."""
-        self.direct = link
-        self.path = DIRECT
+    def switch(self, send: Send) -> None:
         if self.calls is not None:
-            self.calls.use(link.send)
-
-    def malformed(self, error: ProtocolError) -> None:
-        """A lean call of B's on the direct connection whose shape is wrong: B broke the protocol."""
-        self.end(f"master {visible(self.master)} broke the protocol: {error}")
-
-    def direct_lost(self) -> None:
-        """The direct connection went after READY: the transfer ends, as when the router is lost."""
-        if self.direct is not None and not self.ended:
-            self.direct = None
-            self.end(f"the direct connection to master {visible(self.master)} was lost")
+            self.calls.use(send)
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -351,10 +307,7 @@ class RoutedTransfer:
             return
         self.ended = True
         self._early.clear()
-        direct, self.direct = self.direct, None
-        if direct is not None:
-            # After the last message written (the result, or a cancel) has left.
-            self.transfers.link.reactor.callLater(0, direct.close)
+        self.close_direct()  # after the last message written (the result, or a cancel) has left
         for undo in self.undo:
             undo()
         self.transfers.live.pop(self.token, None)
