@@ -28,6 +28,7 @@ from slaveshell.vocabulary.copying import (
     Data,
     DoneFile,
     Entry,
+    Finish,
     Result,
     TransferRequest,
 )
@@ -74,6 +75,7 @@ def test_b_offers_a_transfer_a_one_time_login_and_both_sides_switch_to_the_conne
     # B's messages over the connection are taken as those of the router.
     transfer.take(mind.got[-1])
     assert party.got == [Ack(1024)]
+    transfer.decoded("operator", lambda: Finish())  # B's success comes after the operator's finish
     b.end(True, "")
     site.clock.advance(0)
     assert mind.got[-1] == [1, "result", True, ""]

@@ -165,6 +165,11 @@ class RoutedEvent:
             self._write(None, f"{self.what}: {nothing}")
         return result
 
+    def later(self, record_id: str | None, detail: str) -> None:
+        """Another event of the same work, after the first (master B broke the protocol: `detail` says how,
+        without content or paths)."""
+        self._record(self.who, self.worker, record_id, f"{self.what}: {detail}")
+
     def _write(self, record_id: str | None, detail: str) -> None:
         self.written = True
         self._record(self.who, self.worker, record_id, detail)
