@@ -15,7 +15,8 @@ is dropped; its credentials were already spent. Losing the connection after READ
 as losing the router does.
 
 The offer's vocabulary and the bounds are master_side.cluster.offers; here are the Twisted ends: `DirectDoor` (B's:
-registrations on its PB port, the avatar each login gets) and `connect` (A's).
+registrations on its PB port, the avatar each login gets), and `connect` with `CallerEnd` (A's: the connection, and
+what a routed session or transfer does with it).
 """
 
 from __future__ import annotations
