@@ -23,7 +23,7 @@ from master_side.cluster.relay import Relays
 from master_side.cluster.stream import Refused
 from master_side.operators.copy_calls import CopyOperations
 from master_side.operators.terms import ErrorKind, OperatorError
-from slaveshell.vocabulary.copying import CHUNK, UP, WINDOW, Ack, Data, DoneFile, Entry, Result, TransferRequest
+from slaveshell.vocabulary.copying import CHUNK, UP, WINDOW, Ack, Data, DoneFile, Entry, Finish, Result, TransferRequest
 from slaveshell.vocabulary.policy import Action, ClusterIdentity, Identity, Policy, Rule
 from slaveshell.vocabulary.protocol import ProtocolError
 
@@ -125,6 +125,7 @@ def test_a_copy_is_relayed_by_b_for_the_identity_a_vouches_for_and_both_procedur
     assert b.got == [entry, Data(b"hello"), DoneFile("")]
     b.party.send(Ack(1029))
     assert party.got == [Ack(1029)]
+    transfer.decoded("operator", lambda: Finish())  # B's success comes after the operator's finish
     b.end(True, "")
     site.clock.advance(0)
     assert party.got[-1] == Result(True, "")

@@ -17,8 +17,8 @@ from twisted.spread import pb
 from master_side.cluster import serve
 from master_side.cluster.copy_relay import MAX_HELD
 from master_side.cluster.copy_stream import MAX_OUTSTANDING
-from master_side.cluster.direct import COPY, COPY_LEAN, DirectAvatar, DirectDoor, DirectLink, Sender, _CopyMind
-from master_side.cluster.offers import OFFER_TTL, USER_PREFIX, Offer, Offers
+from master_side.cluster.direct import COPY, COPY_LEAN, DirectDoor, DirectLink, Sender, _CopyMind
+from master_side.cluster.offers import OFFER_TTL, USER_PREFIX
 from slaveshell.vocabulary.copying import (
     CHUNK,
     DOWN,
@@ -28,13 +28,13 @@ from slaveshell.vocabulary.copying import (
     Data,
     DoneFile,
     Entry,
+    Finish,
     Result,
     TransferRequest,
 )
-from slaveshell.vocabulary.protocol import ProtocolError
 
+from .direct_fakes import Connector, Mind, PBManager, Perspective, audited_paths, lean_pair, pb_door, ready_avatar
 from .test_cluster_copy import Party, Site
-from .test_cluster_direct import Connector, Mind, PBManager, Perspective
 from .test_cluster_routed import ALICE
 
 DIRECT_DETAIL = "messages from master A: direct (a Perspective Broker connection to this master's PB port)"
@@ -42,21 +42,9 @@ DIRECT_DETAIL = "messages from master A: direct (a Perspective Broker connection
 
 def direct_site() -> tuple[Site, PBManager, DirectDoor, list[tuple[str, str, str]]]:
     site = Site()
-    manager = PBManager()
-    door = DirectDoor(lambda: manager, lambda: ("tcp:9989", ("127.0.0.1", 9989)), site.clock, site.clock.seconds)
+    manager, door = pb_door(site.clock)
     site.served.door = lambda: door
-    paths: list[tuple[str, str, str]] = []
-    site.served.path_event = lambda transfer_id, worker, who, detail: paths.append((transfer_id, who.user, detail))
-    return site, manager, door, paths
-
-
-def ready_avatar(manager: PBManager, offer: Any) -> tuple[DirectAvatar, Mind]:
-    mind = Mind()
-    avatar = manager.users[offer.username][1](mind, offer.username)
-    assert isinstance(avatar, DirectAvatar) and manager.users == {}  # single use: gone from the port at once
-    avatar.attached(mind)
-    assert avatar.perspective_ready() is True
-    return avatar, mind
+    return site, manager, door, audited_paths(site.served)
 
 
 def test_b_offers_a_transfer_a_one_time_login_and_both_sides_switch_to_the_connection_in_order() -> None:
@@ -87,6 +75,7 @@ def test_b_offers_a_transfer_a_one_time_login_and_both_sides_switch_to_the_conne
     # B's messages over the connection are taken as those of the router.
     transfer.take(mind.got[-1])
     assert party.got == [Ack(1024)]
+    transfer.decoded("operator", lambda: Finish())  # B's success comes after the operator's finish
     b.end(True, "")
     site.clock.advance(0)
     assert mind.got[-1] == [1, "result", True, ""]
@@ -193,75 +182,15 @@ def test_a_hostile_bs_message_over_the_connection_is_checked_as_through_the_rout
     assert connector.closed
 
 
-def lean_copy_pair() -> tuple[Any, DirectAvatar, Any, DirectLink, list[object], list[str]]:
-    """B's avatar for a transfer and A's link, over two real PB brokers joined in memory, lean calls asked for."""
-    from .fakes import connected
-
-    got: list[object] = []
-    refused: list[str] = []
-
-    class End:
-        send: Any = None
-
-        def message(self, wire: object) -> None:
-            got.append(wire)
-
-        def ready(self, send: Any) -> bool:
-            self.send = send
-            return True
-
-        def lost(self) -> None:
-            got.append("lost")
-
-        def malformed(self, error: ProtocolError) -> None:
-            refused.append(str(error))
-
-    end = End()
-    door = type("Door", (), {"reactor": site_clock(), "offers": Offers()})()
-    avatars: list[DirectAvatar] = []
-
-    class Root(pb.Root):
-        def remote_login(self, mind: Any) -> Any:
-            offer = Offer("A", "ab" * 16, USER_PREFIX + "cd" * 16, "ef" * 16, 0.0)
-            avatar = DirectAvatar(door, offer, end, mind, COPY)  # type: ignore[arg-type]
-            avatar.attached(mind)
-            avatars.append(avatar)
-            return pb.AsReferenceable(avatar, "perspective")
-
-    root, pump, _ = connected(Root())
-    took: list[object] = []
-    a_refused: list[str] = []
-    mind = _CopyMind(took.append, lambda e: a_refused.append(str(e)))
-    answers: list[Any] = []
-    root.callRemote("login", mind).addCallback(answers.append)
-    pump.flush()
-    perspective = answers[0]
-    perspective.callRemote("ready").addCallback(answers.append)
-    pump.flush()
-    assert answers[1] is True
-    link = DirectLink(perspective, Connector(), Sender(perspective, COPY_LEAN))
-    leaned: list[bool] = []
-    link.lean().addCallback(leaned.append)
-    pump.flush()
-    assert leaned == [True]
-    return pump, avatars[0], (end, got, refused), link, took, a_refused
-
-
-def site_clock() -> Any:
-    from twisted.internet import task
-
-    return task.Clock()
-
-
 def test_a_transfers_data_and_acks_go_as_lean_calls_both_ways_in_order_with_the_rest() -> None:
-    pump, avatar, (end, got, _), link, took, _ = lean_copy_pair()
+    pump, avatar, end, link, took, _ = lean_pair(COPY)
     assert avatar.sender is not None and avatar.sender.lean is not None and link.sender.lean is not None
     upload = [[0, "entry", "file", "f", 0o644, CHUNK + 1, 0.0], [1, "data", b"u" * CHUNK], [2, "data", b"v"],
               [3, "done_file", ""], [4, "finish"]]
     for wire in upload:
         assert link.send(wire) is None
     pump.flush()
-    assert got == upload
+    assert end.got == upload
     download = [[0, "ack", 1024], [1, "data", b"d" * CHUNK], [2, "ack", CHUNK], [3, "result", True, ""]]
     for wire in download:
         assert end.send(wire) is None
@@ -274,13 +203,13 @@ def test_a_malformed_lean_call_of_a_transfer_is_refused_on_either_side() -> None
     neither the transfer nor Banana's loop: it is refused as a malformed message (the transfer ends)."""
     from slaveshell.plumbing.lean_calls import COMMAND, _write
 
-    pump, avatar, (_, got, refused), link, took, a_refused = lean_copy_pair()
+    pump, avatar, end, link, took, a_refused = lean_pair(COPY)
     inbox = link.sender.lean
     _write(inbox.broker, [COMMAND, inbox.luid, b"routed_data", b"seq", b"x"])
     _write(inbox.broker, [COMMAND, inbox.luid, b"routed_input", 0, b"x"])  # a session's method
     pump.flush()
-    assert refused == ["routed_data: expected 1 integers", "a lean call of a method that has none"]
-    assert got == []
+    assert end.refused == ["routed_data: expected 1 integers", "a lean call of a method that has none"]
+    assert end.got == []
     mind = avatar.sender.lean  # type: ignore[union-attr]
     _write(mind.broker, [COMMAND, mind.luid, b"routed_data", 0, 5])
     _write(mind.broker, [COMMAND, mind.luid, b"routed_output", 0, 1, b"x"])

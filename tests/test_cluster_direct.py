@@ -7,14 +7,12 @@ Buildbot PB port: tests/e2e/test_cluster_direct_e2e.py.)"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from twisted.internet import defer, task
 
 from master_side.cluster import serve
 from master_side.cluster.config import ClusterConfig
-from master_side.cluster.direct import DirectDoor, DirectLink, Sender
+from master_side.cluster.direct import SESSION, DirectDoor, DirectLink, Sender
 from master_side.cluster.offers import (
     MAX_DIRECT,
     MAX_PER_MASTER,
@@ -28,6 +26,7 @@ from master_side.cluster.offers import (
 from master_side.cluster.serve import RouterSink
 from slaveshell.vocabulary.protocol import ExitStatus, ProtocolError
 
+from .direct_fakes import Connector, Mind, PBManager, Perspective, audited_paths, lean_pair, pb_door
 from .test_cluster_routed import OperatorSink, Site
 
 GOOD = {"host": "b.example.org", "port": 9989, "username": USER_PREFIX + "ab" * 16, "password": "cd" * 16}
@@ -123,44 +122,10 @@ def test_bs_messages_switch_to_the_connection_once_those_on_the_router_are_answe
     assert [w for w, _ in direct][-1] == [3, "exit", 0, None, ""] and len(routed) == 2
 
 
-class PBManager:
-    """Buildbot's pbmanager as the door uses it: register a user name on a port, unregister it."""
-
-    def __init__(self) -> None:
-        self.users: dict[str, tuple[str, Any]] = {}
-
-    def register(self, portstr: object, username: str, password: str, factory: Any) -> defer.Deferred[Any]:
-        self.users[username] = (password, factory)
-        manager = self
-
-        class Registration:
-            def unregister(self) -> defer.Deferred[None]:
-                del manager.users[username]
-                return defer.succeed(None)
-
-        return defer.succeed(Registration())
-
-
-class Mind:
-    """A's end as B's avatar sees it."""
-
-    def __init__(self) -> None:
-        self.got: list[object] = []
-        self.closed = False
-
-    def callRemote(self, name: str, wire: object, pbanswer: bool = True) -> defer.Deferred[None] | None:  # noqa: N802
-        self.got.append(wire)
-        return None if not pbanswer else defer.succeed(None)
-
-
 def direct_site() -> tuple[Site, PBManager, list[tuple[str, str, str]]]:
     site = Site()
-    manager = PBManager()
-    site.served.door = DirectDoor(lambda: manager, lambda: ("tcp:9989", ("127.0.0.1", 9989)), site.clock,
-                                 site.clock.seconds)
-    paths: list[tuple[str, str, str]] = []
-    site.served.path_event = lambda session_id, worker, who, detail: paths.append((session_id, who.user, detail))
-    return site, manager, paths
+    manager, site.served.door = pb_door(site.clock)
+    return site, manager, audited_paths(site.served)
 
 
 def test_b_offers_a_one_time_login_audits_the_path_and_withdraws_it_when_the_session_ends() -> None:
@@ -230,26 +195,6 @@ def test_bounds_reach_the_audit_and_leave_the_session_on_the_router() -> None:
     assert paths[-1][2] == ("messages from master A: router (no direct connection offered: 0 direct connections "
                             "for master A (its limit))")
     assert serve.MAX_PER_MASTER >= MAX_PER_MASTER  # a session has at most one offer: the sessions' bound holds
-
-
-class Perspective:
-    """B's avatar as A's connection sees it."""
-
-    def __init__(self) -> None:
-        self.got: list[object] = []
-        self.answers: list[defer.Deferred[None]] = []
-
-    def callRemote(self, name: str, wire: object, pbanswer: bool = True) -> defer.Deferred[None] | None:  # noqa: N802
-        self.got.append(wire)
-        return None
-
-
-class Connector:
-    def __init__(self) -> None:
-        self.closed = False
-
-    def disconnect(self) -> None:
-        self.closed = True
 
 
 def test_as_messages_switch_to_the_connection_and_its_loss_ends_the_session_with_a_line() -> None:
@@ -344,74 +289,10 @@ def test_the_session_pump_waits_for_a_paused_direct_connection() -> None:
     assert [w[3] for w in perspective.got] == [bytes([65 + i]) for i in range(20)]  # type: ignore[index]
 
 
-class _End:
-    """A served session as B's avatar sees it: what A sent, and what was refused."""
-
-    def __init__(self) -> None:
-        self.got: list[object] = []
-        self.refused: list[str] = []
-        self.send: Any = None
-
-    def message(self, wire: object) -> None:
-        self.got.append(wire)
-
-    def ready(self, send: Any) -> bool:
-        self.send = send
-        return True
-
-    def lost(self) -> None:
-        self.got.append("lost")
-
-    def malformed(self, error: ProtocolError) -> None:
-        self.refused.append(str(error))
-
-
-def lean_pair() -> tuple[Any, Any, _End, DirectLink, list[object], list[str]]:
-    """B's avatar and A's link over two real PB brokers joined in memory (tests/fakes.connected): the pump, the
-    avatar, its session's end, A's link, what A took and what A refused."""
-    from twisted.spread import pb
-
-    from master_side.cluster.direct import DirectAvatar, _Mind
-    from master_side.cluster.offers import Offer
-
-    from .fakes import connected
-
-    end = _End()
-    clock = task.Clock()
-    door = type("Door", (), {"reactor": clock, "offers": Offers()})()
-    avatars: list[DirectAvatar] = []
-
-    class Root(pb.Root):
-        def remote_login(self, mind: Any) -> Any:
-            offer = Offer(USER_PREFIX + "ab" * 16, "cd" * 16, "A", "ef" * 16, 0.0)
-            avatar = DirectAvatar(door, offer, end, mind)  # type: ignore[arg-type]
-            avatar.attached(mind)
-            avatars.append(avatar)
-            return pb.AsReferenceable(avatar, "perspective")
-
-    root, pump, _ = connected(Root())
-    took: list[object] = []
-    refused: list[str] = []
-    mind = _Mind(took.append, lambda e: refused.append(str(e)))
-    answers: list[Any] = []
-    root.callRemote("login", mind).addCallback(answers.append)
-    pump.flush()
-    perspective = answers[0]
-    perspective.callRemote("ready").addCallback(answers.append)
-    pump.flush()
-    assert answers[1] is True
-    link = DirectLink(perspective, type("Connector", (), {"disconnect": lambda self: None})(), Sender(perspective))
-    leaned: list[bool] = []
-    link.lean().addCallback(leaned.append)
-    pump.flush()
-    assert leaned == [True]
-    return pump, avatars[0], end, link, took, refused
-
-
 def test_after_ready_the_bulk_and_acks_go_as_lean_calls_both_ways_in_order_with_the_rest() -> None:
     """Output, input and acknowledgements as lean calls (no jelly, the payload unjoined), everything else as PB
     calls of `m`, all in the order sent; each side takes them as the same `[seq, kind, values...]`."""
-    pump, avatar, end, link, took, _ = lean_pair()
+    pump, avatar, end, link, took, _ = lean_pair(SESSION)
     assert avatar.sender.lean is not None and link.sender.lean is not None
     for wire in ([0, "input", b"ls\r"], [1, "ack", 524288], [2, "resize", 100, 40], [3, "input", b"x" * 300_000]):
         assert link.send(wire) is None
@@ -432,7 +313,7 @@ def test_a_malformed_lean_call_is_refused_as_a_malformed_message_on_either_side(
     protocol). A lean call to an object that takes none (the avatar itself) is dropped."""
     from slaveshell.plumbing.lean_calls import COMMAND, _write
 
-    pump, avatar, end, link, took, refused = lean_pair()
+    pump, avatar, end, link, took, refused = lean_pair(SESSION)
     inbox = link.sender.lean
     _write(inbox.broker, [COMMAND, inbox.luid, b"routed_ack", b"lots", 5])
     _write(inbox.broker, [COMMAND, link.perspective.luid, b"routed_input", 0, b"x"])

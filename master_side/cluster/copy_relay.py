@@ -10,6 +10,14 @@ events, checked at the door's edge as a local transfer's, is one call of B's per
 end. B's relay holds both parties to the credit window; this end holds what waits for its calls to the window
 too (MAX_HELD bytes), so nothing piles up here or in the router.
 
+This end holds B to the protocol both ways, as this master's relay holds a worker (master_side.copying.stream),
+before anything B sends reaches the operator's client: in an upload B sends acknowledgements (never more credit
+than the operator's data and entries this end forwarded) and the outcome (a success only after the operator's
+finish), never the sender's events; in a download, its stream in order, as the request asked and within the
+window, and no acknowledgement nor a success (the client's own word). A breach, or a message out of sequence,
+ends the transfer here with a line naming B, B is told `cancel`, and it is a `routed` audit event here
+(`RoutedTransfers.copy`: which message, never its content).
+
 When B's answer offers a direct connection (master_side.cluster.direct), this end connects to B's PB port, logs
 in and says READY: the transfer's messages then go both ways over that connection (the same messages, checked
 here the same way, whichever path they came by), after those still on the router are answered; when it cannot be
@@ -30,10 +38,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri, worker_uri
-from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split, waiting_text
-from master_side.cluster.direct import COPY, DirectLink, connect
+from master_side.cluster.copy_stream import CopyCall, OrderedCalls, call_name, event_of, split, waiting_text
+from master_side.cluster.direct import COPY, CallerEnd, Send
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
+from master_side.cluster.offers import DirectOffer
 from master_side.cluster.relay import (
     ENDED_HERE,
     LEFT_FIRST,
@@ -47,21 +55,20 @@ from master_side.cluster.relay import (
 )
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import STOPPED, TOKEN_LENGTH, UNAVAILABLE, Refused, check_name, check_token
+from master_side.copying.stream import HeldStream
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.copying import (
     CHUNK,
-    DOWN,
-    ENTRY_COST,
+    FROM_SENDER,
+    UP,
     WINDOW,
     Ack,
     Cancel,
-    Credit,
     Data,
     DoneFile,
     Entry,
     Finish,
     Result,
-    StreamOrder,
     TransferEvent,
     TransferRequest,
 )
@@ -82,36 +89,6 @@ MAX_EARLY = WINDOW // 1024 + 64  # B's messages before its answer (a download's 
 MAX_EARLY_BYTES = MAX_HELD  # and their data: at most a window (B's relay holds the worker to it too)
 
 
-class SentStream:
-    """What B sends in a download, held here to the stream's order and the credit window as this master's relay
-    holds a worker in a local download (master_side.copying.relay): B's relay holds its worker so, and a B that
-    does not (a hostile master) ends the transfer here with a line. The operator's acknowledgements return the
-    credit; an honest B never passes it (it spends each event before this master does, and hears of each
-    acknowledgement after)."""
-
-    def __init__(self) -> None:
-        self.order = StreamOrder()
-        self.credit = Credit(WINDOW)
-
-    def sent(self, event: TransferEvent) -> None:
-        """One of B's events (ProtocolError: out of order, or past the window)."""
-        if isinstance(event, Entry):
-            self.order.entry(event)
-            self.credit.spend(ENTRY_COST)
-        elif isinstance(event, Data):
-            self.order.data(event.chunk)
-            self.credit.spend(len(event.chunk))
-        elif isinstance(event, DoneFile):
-            self.order.done_file()
-            self.credit.spend(ENTRY_COST)
-        elif isinstance(event, Finish):
-            self.order.finish()
-
-    def acked(self, ack: Ack) -> None:
-        """The operator's acknowledgement (ProtocolError: more than B sent)."""
-        self.credit.ack(ack.credit)
-
-
 class OperatorParty(Protocol):
     """The operator's end of a transfer as its door gives it (master_side.copying.relay.PartyEnd)."""
 
@@ -119,14 +96,18 @@ class OperatorParty(Protocol):
     def on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
-class RoutedTransfer:
+class RoutedTransfer(CallerEnd):
     """The operator's door's handle on a transfer another master (B) relays: what MasterTransfer is for a local
-    one (`id`, `undo`, `arrived`, `decoded`)."""
+    one (`id`, `undo`, `arrived`, `decoded`). Its direct stream is CallerEnd's."""
 
-    def __init__(self, transfers: RoutedTransfers, worker: str, party: OperatorParty, token: str,
+    WHAT = "transfer"
+    LEAN = COPY
+
+    def __init__(self, transfers: RoutedTransfers, request: TransferRequest, party: OperatorParty, token: str,
                  holder: str) -> None:
+        super().__init__(transfers.link.reactor)
         self.transfers = transfers
-        self.worker = worker
+        self.worker = request.worker
         self.party = party
         self.token = token  # of this end's `out` procedure
         self.registration: Registration | None = None
@@ -147,15 +128,20 @@ class RoutedTransfer:
         self.gave_up = False  # RoutedTransfers.tick cancelled the copy's call
         # Told once B's answer is taken, before any of B's events reaches the operator (the audit event here).
         self.on_started: Callable[[RoutedTransfer], None] = lambda transfer: None
+        # Told when B broke the protocol, how (without content or paths), before the operator is told (the audit
+        # event here).
+        self.on_breach: Callable[[RoutedTransfer, str], None] = lambda transfer, what: None
         self.waiting: Callable[[str], None] = lambda text: None  # tells the operator
         self._early: list[TransferEvent] = []
         self._early_bytes = 0  # the data of `_early`
         self._expected = 0
-        # A download's stream from B, checked here (None: an upload, whose stream B's relay checks).
-        self.stream: SentStream | None = None
-        self.offer: DirectOffer | None = None  # B's direct login, from its answer
-        self.direct: DirectLink | None = None  # the connection, once logged in
-        self.path = ROUTER
+        # The stream between the operator and B, held here as this master's relay holds a worker
+        # (master_side.copying.stream): in an upload B is the receiver, its acknowledgements held to what the
+        # operator's client sent it through this end (B's relay holds the client to the order and the window); in a
+        # download B is the sender, its stream held to the order, the request's entries and the window, and the
+        # operator's acknowledgements to what B sent.
+        self.upload = request.direction == UP
+        self.stream = HeldStream(None if self.upload else request.asked(), WINDOW)
 
     # -- the operator's events (the door's calls) --------------------------------------------------
 
@@ -174,9 +160,11 @@ class RoutedTransfer:
         if isinstance(event, Data) and calls.held + len(event.chunk) > MAX_HELD:
             self.end("the operator's client sent past its window")
             return
-        if isinstance(event, Ack) and self.stream is not None:
+        if self.upload:
+            self.stream.forwarded(event)  # what B may acknowledge
+        elif isinstance(event, Ack):
             try:
-                self.stream.acked(event)
+                self.stream.acked(event.credit)
             except ProtocolError as e:
                 self.end(f"the operator sent a bad message: {e}")
                 return
@@ -198,20 +186,23 @@ class RoutedTransfer:
 
     def take(self, wire: object) -> None:
         """A message of B for the transfer, from the router (`message`) or the direct connection: checked the
-        same way whichever path it came by."""
+        same way whichever path it came by, B held to the protocol (`_held`) before anything reaches the
+        operator."""
         if self.ended:
             return
+        what = "a malformed message"
         try:
             seq, call, args = split(wire)
+            what = f"its message {seq}: {call_name(call)}"
             if seq != self._expected:
                 raise ProtocolError(f"message {seq} where {self._expected} was expected")
             self._expected += 1
             text = waiting_text(call, args)
             event = None if text is not None else event_of(call, args)
-            if event is not None and self.stream is not None:
-                self.stream.sent(event)
+            if event is not None:
+                self._held(event)
         except ProtocolError as e:
-            self.end(f"master {visible(self.master)} broke the protocol: {e}")
+            self.broke(e, what)
             return
         self.heard_at = self.transfers.clock()
         if text is not None and not self.answered:
@@ -228,6 +219,30 @@ class RoutedTransfer:
             self._early_bytes += size
             return
         self._deliver(event)
+
+    def _held(self, event: TransferEvent) -> None:
+        """One of B's events, held to what B's relay sends the operator's end: in an upload, the receiver's
+        acknowledgements (never more than the operator sent) and the outcome (a success only after the operator's
+        finish); in a download, the sender's stream, and an outcome that is not a success (the operator's client
+        reports that). ProtocolError for anything else."""
+        if self.upload:
+            if isinstance(event, FROM_SENDER):
+                raise ProtocolError(f"{event.call} comes from the sender (the operator, in an upload)")
+            if isinstance(event, Ack):
+                self.stream.acked(event.credit)
+            elif isinstance(event, Result):
+                self.stream.result(event.ok)
+            else:
+                raise ProtocolError(f"{event.call} is never sent to the operator")
+        elif isinstance(event, (Entry, Data, DoneFile, Finish)):
+            self.stream.sent(event)
+        elif isinstance(event, Ack):
+            raise ProtocolError("ack comes from the receiver (the operator, in a download)")
+        elif isinstance(event, Result):
+            if event.ok:
+                raise ProtocolError("a download's success comes from the operator's client")
+        else:
+            raise ProtocolError(f"{event.call} is never sent to the operator")
 
     def _deliver(self, event: TransferEvent) -> None:
         if isinstance(event, Result):
@@ -268,59 +283,23 @@ class RoutedTransfer:
                 return ended_there("done" if event.ok else "failed")
         return None
 
-    # -- the direct stream -----------------------------------------------------------------------
+    # -- the direct stream (CallerEnd) ----------------------------------------------------------------
 
-    @deferred
-    async def go_direct(self) -> None:
-        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
-        transfer's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
-        seconds, they stay on the router. The connection lost after READY ends the transfer."""
-        offer = self.offer
-        if offer is None or self.ended or self.direct is not None or self.calls is None:
-            return
-        try:
-            link = await connect(self.transfers.link.reactor, offer, self.take, self.direct_lost, self.malformed,
-                                 COPY)
-        except Exception as e:
-            log.info("slaveshell: a transfer routed to master {master} stays on the router: no direct connection "
-                     "to {host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
-                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
-            return
-        if self.ended:
-            link.close()
-            return
-        self.direct = link  # from here, the connection lost ends the transfer (B may have taken READY)
-        try:
-            ready = await link.perspective.callRemote("ready")
-        except Exception:
-            ready = False
-        if self.ended:
-            return
-        if ready is not True:
-            self.end(f"master {visible(self.master)} did not take the transfer's direct connection")
-            return
-        self.use_direct(link)
-        lean = await link.lean()
-        log.info("slaveshell: a transfer routed to master {master} goes over a direct connection to {host}:{port}"
-                 "{how}", master=visible(self.master), host=visible(offer.host), port=offer.port,
-                 how=" (lean calls)" if lean else "")
+    def done(self) -> bool:
+        return self.ended or self.calls is None
 
-    def use_direct(self, link: DirectLink) -> None:
-        """B took READY: the transfer's messages go over `link` once those on the router are answered."""
-        self.direct = link
-        self.path = DIRECT
+    def switch(self, send: Send) -> None:
         if self.calls is not None:
-            self.calls.use(link.send)
+            self.calls.use(send)
 
-    def malformed(self, error: ProtocolError) -> None:
-        """A lean call of B's on the direct connection whose shape is wrong: B broke the protocol."""
-        self.end(f"master {visible(self.master)} broke the protocol: {error}")
-
-    def direct_lost(self) -> None:
-        """The direct connection went after READY: the transfer ends, as when the router is lost."""
-        if self.direct is not None and not self.ended:
-            self.direct = None
-            self.end(f"the direct connection to master {visible(self.master)} was lost")
+    def broke(self, error: ProtocolError, what: str) -> None:
+        """B broke the protocol (`what`: which of its messages): the transfer ends here with a line for the
+        operator naming B, B is told, and this master's audit has the event."""
+        if self.ended:
+            return
+        self.on_breach(self, what)
+        self.end(f"master {visible(self.master)} broke the protocol: {error}",
+                 logged=f"master {visible(self.master)} broke the protocol ({what})")
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -332,9 +311,9 @@ class RoutedTransfer:
         if self.calls is not None and not self.calls.gone:
             self.calls.send(Cancel("the operator's connection was lost"))
 
-    def end(self, why: str) -> None:
+    def end(self, why: str, logged: str | None = None) -> None:
         """The transfer is lost here (B gone, the router lost, a bad message): the operator is told why, and B,
-        if it can still hear, is told cancel."""
+        if it can still hear, is told cancel. `logged`: why, for the log, when `why` may hold a path."""
         if self.ended:
             return
         self._finish()
@@ -342,7 +321,7 @@ class RoutedTransfer:
         if calls is not None and not calls.gone:
             calls.send(Cancel(why[:1000]))
         log.info("slaveshell: a transfer routed to master {master} ended: {why}", master=visible(self.master),
-                 why=visible(why))
+                 why=logged or visible(why))
         self.told_end = True
         self.party.send(Result(False, f"the transfer with {self.worker} ended: {why}"))
 
@@ -351,10 +330,7 @@ class RoutedTransfer:
             return
         self.ended = True
         self._early.clear()
-        direct, self.direct = self.direct, None
-        if direct is not None:
-            # After the last message written (the result, or a cancel) has left.
-            self.transfers.link.reactor.callLater(0, direct.close)
+        self.close_direct()  # after the last message written (the result, or a cancel) has left
         for undo in self.undo:
             undo()
         self.transfers.live.pop(self.token, None)
@@ -388,23 +364,27 @@ class RoutedTransfers:
         if holder is None:
             return None
         event = RoutedEvent(self.record, who, worker, f"cp {request.direction} routed to master {holder}")
-
-        def began(transfer: RoutedTransfer) -> None:
-            event.started(transfer.id, f"transfer {transfer.id} started there", transfer.before_answer())
-
-        return await event.of(self._copy(who, request, party, waiting, holder, began),
+        return await event.of(self._copy(who, request, party, waiting, holder, event),
                               "not started (the master left the router)")
 
     @deferred
     async def _copy(self, who: Identity, request: TransferRequest, party: OperatorParty,
-                    waiting: Callable[[str], None], holder: str, began: Callable[[RoutedTransfer], None]
+                    waiting: Callable[[str], None], holder: str, event: RoutedEvent
                     ) -> tuple[RoutedTransfer, dict[str, object]] | None:
         worker = request.worker
         token = secrets.token_hex(TOKEN_LENGTH // 2)
-        transfer = RoutedTransfer(self, worker, party, token, holder)
-        if request.direction == DOWN:
-            transfer.stream = SentStream()
+        transfer = RoutedTransfer(self, request, party, token, holder)
+
+        def began(transfer: RoutedTransfer) -> None:
+            event.started(transfer.id, f"transfer {transfer.id} started there", transfer.before_answer())
+
+        def broke(transfer: RoutedTransfer, what: str) -> None:
+            which = f"transfer {transfer.id}" if transfer.id else "the transfer, before its answer,"
+            event.later(transfer.id or None, f"{which} ended here: master {visible(holder)} broke the protocol "
+                                             f"({what})")
+
         transfer.on_started = began
+        transfer.on_breach = broke
         try:
             transfer.registration = await self.link.register(transfer.message, session_uri(token, "out"))
         except ClusterUnavailable:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from master_side.cluster.direct import Route, Send
 from master_side.cluster.link import NO_SUCH_PROCEDURE, error_uri
 from master_side.cluster.stream import check_name, check_token
-from slaveshell.vocabulary.copying import Data, TransferEvent, TransferRequest, decode
+from slaveshell.vocabulary.copying import EVENTS, Data, TransferEvent, TransferRequest, decode
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.protocol import ProtocolError, check_int
 
@@ -86,6 +86,12 @@ def waiting_text(call: object, args: tuple[object, ...]) -> str | None:
     if len(args) != 1 or not isinstance(args[0], str) or len(args[0]) > MAX_WAITING_TEXT:
         raise ProtocolError(f"waiting takes one text of at most {MAX_WAITING_TEXT} characters")
     return args[0]
+
+
+def call_name(call: object) -> str:
+    """A message's call as a log or an audit event may name it: its name when it is one of the vocabulary's,
+    else "an unknown call" (never the other master's text)."""
+    return call if isinstance(call, str) and (call in EVENTS or call in (ALIVE, WAITING)) else "an unknown call"
 
 
 def event_of(call: object, args: tuple[object, ...]) -> TransferEvent | None:

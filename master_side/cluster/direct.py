@@ -15,15 +15,17 @@ is dropped; its credentials were already spent. Losing the connection after READ
 as losing the router does.
 
 The offer's vocabulary and the bounds are master_side.cluster.offers; here are the Twisted ends: `DirectDoor` (B's:
-registrations on its PB port, the avatar each login gets) and `connect` (A's).
+registrations on its PB port, the avatar each login gets), and `connect` with `CallerEnd` (A's: the connection, and
+what a routed session or transfer does with it).
 """
 
 from __future__ import annotations
 
 import collections
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from twisted.cred import credentials
 from twisted.internet import defer
@@ -32,7 +34,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from master_side.cluster.offers import CONNECT_WITHIN, READY_WITHIN, ROUTER, DirectOffer, Offer, Offers
+from master_side.cluster.offers import CONNECT_WITHIN, DIRECT, READY_WITHIN, ROUTER, DirectOffer, Offer, Offers
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.plumbing.lean_calls import LeanReceiver, accept, send_lean
 from slaveshell.plumbing.remote import set_nodelay
@@ -465,6 +467,102 @@ class DirectLink:
 
     def close(self) -> None:
         self.connector.disconnect()
+
+
+class CallerEnd(ABC):
+    """A's end of a routed session or transfer (master_side.cluster.relay.RoutedView, .copy_relay.RoutedTransfer) as
+    its direct stream sees it: B's one-time login (`offer`, from its answer), the connection once logged in
+    (`direct`) and the path its messages take (`path`). `go_direct` connects, logs in and says READY; `use_direct`
+    switches to the connection; the connection lost after READY (`direct_lost`) or a lean call of B's of the wrong
+    shape (`malformed`) ends it. What it is (`WHAT`: "session", "transfer"), what goes leanly on its connection
+    (`LEAN`), B's name (`master`) and the rest are the subclass's."""
+
+    WHAT: ClassVar[str]
+    LEAN: ClassVar[Lean]
+    master: str  # B's name
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.offer: DirectOffer | None = None  # B's direct login, from its answer
+        self.direct: DirectLink | None = None  # the connection, once logged in
+        self.path = ROUTER
+
+    @abstractmethod
+    def done(self) -> bool:
+        """Whether nothing more goes on its stream (it ended, was detached, or has not started)."""
+
+    @abstractmethod
+    def take(self, wire: object) -> None:
+        """A message of B's, from the router or the direct connection: checked the same way whichever path it came
+        by."""
+
+    @abstractmethod
+    def end(self, why: str) -> None:
+        """It is lost here: the operator is told why, and B, if it can still hear, is told."""
+
+    @abstractmethod
+    def switch(self, send: Send) -> None:
+        """Its messages go by `send` once those on the router are answered."""
+
+    def broke(self, error: ProtocolError, what: str) -> None:
+        """B broke the protocol (`what`: how, without content or paths): it ends with a line naming B."""
+        self.end(f"master {visible(self.master)} broke the protocol: {error}")
+
+    @deferred
+    async def go_direct(self) -> None:
+        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
+        messages over that connection from then on; when it cannot be made within CONNECT_WITHIN seconds, they stay
+        on the router. The connection lost after READY ends it."""
+        offer = self.offer
+        if offer is None or self.done() or self.direct is not None:
+            return
+        try:
+            link = await connect(self.reactor, offer, self.take, self.direct_lost, self.malformed, self.LEAN)
+        except Exception as e:
+            log.info("slaveshell: a {what} routed to master {master} stays on the router: no direct connection to "
+                     "{host}:{port} ({why})", what=self.WHAT, master=visible(self.master), host=visible(offer.host),
+                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
+            return
+        if self.done():
+            link.close()
+            return
+        self.direct = link  # from here, the connection lost ends it (B may have taken READY)
+        try:
+            ready = await link.perspective.callRemote("ready")
+        except Exception:
+            ready = False
+        if self.done():
+            return
+        if ready is not True:
+            self.end(f"master {visible(self.master)} did not take the {self.WHAT}'s direct connection")
+            return
+        self.use_direct(link)
+        lean = await link.lean()
+        log.info("slaveshell: a {what} routed to master {master} goes over a direct connection to {host}:{port}"
+                 "{how}", what=self.WHAT, master=visible(self.master), host=visible(offer.host), port=offer.port,
+                 how=" (lean calls)" if lean else "")
+
+    def use_direct(self, link: DirectLink) -> None:
+        """B took READY: the messages go over `link` once those on the router are answered."""
+        self.direct = link
+        self.path = DIRECT
+        self.switch(link.send)
+
+    def malformed(self, error: ProtocolError) -> None:
+        """A lean call of B's on the direct connection whose shape is wrong: B broke the protocol."""
+        self.broke(error, "a lean call of the wrong shape on the direct connection")
+
+    def direct_lost(self) -> None:
+        """The direct connection went after READY: it ends, as when the router is lost."""
+        if self.direct is not None and not self.done():
+            self.direct = None
+            self.end(f"the direct connection to master {visible(self.master)} was lost")
+
+    def close_direct(self) -> None:
+        """The connection is closed, after the last message written to it (B's answer, the result) has left."""
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            self.reactor.callLater(0, direct.close)
 
 
 @deferred

@@ -27,9 +27,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from master_side.cluster.config import master_attach_uri, session_uri, worker_uri
-from master_side.cluster.direct import DirectLink, Route, connect
+from master_side.cluster.direct import SESSION, CallerEnd, Route, Send
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
-from master_side.cluster.offers import DIRECT, ROUTER, DirectOffer
+from master_side.cluster.offers import DirectOffer
 from master_side.cluster.serve import DEAD, PING
 from master_side.cluster.stream import (
     NOT_FOUND,
@@ -165,15 +165,25 @@ class RoutedEvent:
             self._write(None, f"{self.what}: {nothing}")
         return result
 
+    def later(self, record_id: str | None, detail: str) -> None:
+        """Another event of the same work, after the first (master B broke the protocol: `detail` says how,
+        without content or paths)."""
+        self._record(self.who, self.worker, record_id, f"{self.what}: {detail}")
+
     def _write(self, record_id: str | None, detail: str) -> None:
         self.written = True
         self._record(self.who, self.worker, record_id, detail)
 
 
-class RoutedView:
-    """The operator's door's handle on a session another master (B) serves: what `View` is for a local one."""
+class RoutedView(CallerEnd):
+    """The operator's door's handle on a session another master (B) serves: what `View` is for a local one. Its
+    direct stream is CallerEnd's."""
+
+    WHAT = "session"
+    LEAN = SESSION
 
     def __init__(self, relays: Relays, worker: str, sink: OperatorEnd, token: str) -> None:
+        super().__init__(relays.link.reactor)
         self.relays = relays
         self.worker = worker
         self.sink = sink
@@ -214,9 +224,6 @@ class RoutedView:
         # How a message goes to B: a call of its `in` procedure through the router, or once the direct connection
         # is ready (master_side.cluster.direct) and the router's calls in flight are answered, over that connection.
         self.route = Route(lambda wire: self.relays.link.call(self.in_uri, wire))
-        self.offer: DirectOffer | None = None  # B's direct login, from its answer
-        self.direct: DirectLink | None = None  # the connection, once logged in
-        self.path = ROUTER
 
     # -- the door's calls (View's) ---------------------------------------------------------------
 
@@ -330,7 +337,7 @@ class RoutedView:
                 raise ProtocolError(f"message {message.seq} where {self._expected} was expected")
             self._expected += 1
         except ProtocolError as e:
-            self.end(f"master {visible(self.master)} broke the protocol: {e}")
+            self.broke(e, "a malformed message")
             return
         self.heard_at = self.relays.clock()
         if not self.answered and message.kind is ToOperatorSide.ALIVE:
@@ -440,67 +447,19 @@ class RoutedView:
         self.ended = True
         self._waiting.clear()
         self.relays.views.pop(self.token, None)
-        direct, self.direct = self.direct, None
-        if direct is not None:
-            # After the answer to B's last message has left.
-            self.relays.link.reactor.callLater(0, direct.close)
+        self.close_direct()  # after the answer to B's last message has left
         registration, self.registration = self.registration, None
         if registration is not None and self.relays.link.connected:
             registration.unregister().addErrback(lambda failure: None)
 
-    # -- the direct stream -------------------------------------------------------------------------
+    # -- the direct stream (CallerEnd) ----------------------------------------------------------------
 
-    @deferred
-    async def go_direct(self) -> None:
-        """With B's direct login (its answer's offer): connect to B's PB port, log in, say READY, and send the
-        session's messages over that connection from then on; when it cannot be made within CONNECT_WITHIN
-        seconds, they stay on the router. The connection lost after READY ends the session."""
-        offer = self.offer
-        if offer is None or self.ended or self.detached or self.direct is not None:
-            return
-        reactor = self.relays.link.reactor
-        try:
-            link = await connect(reactor, offer, self.take, self.direct_lost, self.malformed)
-        except Exception as e:
-            log.info("slaveshell: a session routed to master {master} stays on the router: no direct connection to "
-                     "{host}:{port} ({why})", master=visible(self.master), host=visible(offer.host),
-                     port=offer.port, why=visible(str(e) or type(e).__name__)[:200])
-            return
-        if self.ended or self.detached:
-            link.close()
-            return
-        self.direct = link  # from here, the connection lost ends the session (B may have taken READY)
-        try:
-            ready = await link.perspective.callRemote("ready")
-        except Exception:
-            ready = False
-        if self.ended or self.detached:
-            return
-        if ready is not True:
-            self.end(f"master {visible(self.master)} did not take the session's direct connection")
-            return
-        self.use_direct(link)
-        lean = await link.lean()
-        log.info("slaveshell: a session routed to master {master} goes over a direct connection to {host}:{port}"
-                 "{how}", master=visible(self.master), host=visible(offer.host), port=offer.port,
-                 how=" (lean calls)" if lean else "")
+    def done(self) -> bool:
+        return self.ended or self.detached
 
-    def use_direct(self, link: DirectLink) -> None:
-        """B took READY: the session's messages go over `link` once those on the router are answered."""
-        self.direct = link
-        self.path = DIRECT
-        self.route.switch(link.send)
+    def switch(self, send: Send) -> None:
+        self.route.switch(send)
         self._pump()
-
-    def malformed(self, error: ProtocolError) -> None:
-        """A lean call of B's on the direct connection whose shape is wrong: B broke the protocol."""
-        self.end(f"master {visible(self.master)} broke the protocol: {error}")
-
-    def direct_lost(self) -> None:
-        """The direct connection went after READY: the session ends, as when the router is lost."""
-        if self.direct is not None and not self.ended and not self.detached:
-            self.direct = None
-            self.end(f"the direct connection to master {visible(self.master)} was lost")
 
 
 class Relays:

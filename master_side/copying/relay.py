@@ -4,8 +4,9 @@ live transfers with their start (`Transfers`: recorded and opened on the worker 
 slaveshell.vocabulary.copying.
 
 The sender (the operator for an upload, the worker for a download) streams entries, data, done_file and
-finish; the master checks every message (types, order, declared sizes, the credit window), hashes each file
-(its sha256 is the record's and the receiver's) and compares the sender's when it sends one, writes the record
+finish; the master checks every message (types, order, declared sizes, the credit window:
+master_side.copying.stream), hashes each file (its sha256 is the record's and the receiver's) and compares the
+sender's when it sends one, writes the record
 (master_side.copying.record) before it forwards, and passes the receiver's acks back as credit: what it holds
 per transfer is bounded by the window. The receiver's
 `result(ok, reason)` ends the transfer; so do a bad message, either party's lost connection (the operator's
@@ -26,13 +27,13 @@ from twisted.logger import Logger
 
 from master_side.audit.hashing import BatchedSha256
 from master_side.copying.record import KEEP_UPLOADED_TEXT, TransferRecord
+from master_side.copying.stream import HeldStream
 from master_side.copying.worker_end import Party, TransferEnd
 from master_side.sessions.model import new_session_id
 from master_side.sessions.worker_link import Opening, Undo, ask_worker, on_disconnect
 from slaveshell.plumbing.deferreds import deferred
 from slaveshell.vocabulary.copying import (
     CHUNK,
-    ENTRY_COST,
     FROM_SENDER,
     NO_CLAIM,
     UP,
@@ -40,14 +41,12 @@ from slaveshell.vocabulary.copying import (
     Abort,
     Ack,
     Cancel,
-    Credit,
     Data,
     DoneFile,
     Entry,
     Finish,
     Result,
     Start,
-    StreamOrder,
     TransferEvent,
     TransferRequest,
     event_type,
@@ -100,9 +99,9 @@ class MasterTransfer:
         self.sender_side = OPERATOR if request.direction == UP else WORKER
         self.receiver_side = self._other(self.sender_side)
         self.parties: dict[str, PartyEnd] = {}
-        self.order = StreamOrder()
-        self.asked = request.asked()  # what the receiver takes: the stream is held to it here already
-        self.credit = Credit()
+        # Both parties held to the stream: its order, what the receiver takes (the request's entries) and the
+        # credit window.
+        self.stream = HeldStream(request.asked())
         self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
         self.bytes = 0
         self.files = 0
@@ -120,11 +119,11 @@ class MasterTransfer:
         if self.ended or timeout is None or now - self.progressed < timeout:
             return False
         receiver = self.receiver_side
-        if self.order.finished and receiver == OPERATOR:
+        if self.stream.order.finished and receiver == OPERATOR:
             return False  # the operator's client commits a download (its fsyncs may take long): its own time
-        if self.order.finished:
+        if self.stream.order.finished:
             waiting = f"the {self._party(receiver)} did not put the files in place"
-        elif self.credit.available < CHUNK:
+        elif self.stream.credit.available < CHUNK:
             waiting = f"the {self._party(receiver)} stopped taking what was sent"
         else:
             waiting = f"the {self._party(self.sender_side)} stopped sending"
@@ -164,9 +163,7 @@ class MasterTransfer:
             self.end(False, f"the master cannot record the transfer: {e.strerror or e}")
 
     def _entry(self, _side: str, entry: Entry) -> None:
-        self.order.entry(entry)
-        self.asked.entry(entry)
-        self.credit.spend(ENTRY_COST)
+        self.stream.entry(entry)
         self.sha = BatchedSha256(TRANSFER_HASH_BATCH)
         if self.record is not None:
             self.record.entry(entry)
@@ -174,8 +171,7 @@ class MasterTransfer:
 
     def _data(self, _side: str, data: Data) -> None:
         chunk = data.chunk
-        self.order.data(chunk)
-        self.credit.spend(len(chunk))
+        self.stream.data(chunk)
         self.sha.update(chunk)
         self.bytes += len(chunk)
         if self.record is not None:
@@ -183,8 +179,7 @@ class MasterTransfer:
         self.parties[self.receiver_side].send(data)
 
     def _done_file(self, _side: str, done: DoneFile) -> None:
-        entry = self.order.done_file()
-        self.credit.spend(ENTRY_COST)
+        entry = self.stream.done_file()
         mine = self.sha.hexdigest()
         if done.sha256 != NO_CLAIM and done.sha256 != mine:
             raise ProtocolError(f"{entry.path}: the sender's sha256 does not match its bytes")
@@ -194,7 +189,7 @@ class MasterTransfer:
         self.parties[self.receiver_side].send(DoneFile(mine))
 
     def _finish(self, _side: str, finish: Finish) -> None:
-        self.order.finish()
+        self.stream.finish()
         self.parties[self.receiver_side].send(finish)
 
     def _abort(self, side: str, abort: Abort) -> None:
@@ -203,13 +198,12 @@ class MasterTransfer:
     def _ack(self, side: str, ack: Ack) -> None:
         if side != self.receiver_side:
             raise ProtocolError("ack comes from the receiver, with a credit")
-        self.parties[self.sender_side].send(Ack(self.credit.ack(ack.credit)))
+        self.parties[self.sender_side].send(Ack(self.stream.acked(ack.credit)))
 
     def _result(self, side: str, result: Result) -> None:
         if side != self.receiver_side:
             raise ProtocolError("result comes from the receiver: ok and a reason")
-        if result.ok and not self.order.finished:
-            raise ProtocolError("a transfer succeeded before it finished")
+        self.stream.result(result.ok)
         self.end(result.ok, result.reason, reported_by=side)
 
     def _cancel(self, side: str, _cancel: Cancel) -> None:

@@ -310,7 +310,8 @@ client = Component(transports=[{"url": url, "max_retries": 0, "serializers": ["m
 def joined(session, details):
     results["joined"] = [details.authid, details.authrole]
     try:
-        results["open"] = yield session.call(plan["open_uri"], plan["open_call"])
+        if "open_uri" in plan:
+            results["open"] = yield session.call(plan["open_uri"], plan["open_call"])
     except ApplicationError as e:
         results["open"] = e.error
     results["register"] = {}
@@ -328,7 +329,7 @@ def joined(session, details):
             continue
         end = uri.rsplit(".", 1)[1]
         outcome = []
-        for message in plan[end]:
+        for message in plan.get(end, []):
             message = list(message)  # the data of input and output as bytes
             if end == "in" and message[1] == "input":
                 message[2] = message[2].encode()
@@ -352,11 +353,12 @@ reactor.run()
 """
 
 
-def hostile_probe(site: Site, plan: dict[str, object]) -> dict[str, object]:
+def hostile_probe(site: Site, plan: dict[str, object], authid: str = "C") -> dict[str, object]:
     """What a slaveshell principal no master uses (C) gets when it opens a session, registers URIs, and calls every
-    routed session's procedures it finds through the router's meta API (`plan`: open_uri, open_call, register,
-    in, out)."""
-    done = subprocess.run([sys.executable, "-c", HOSTILE_PROBE, site.router.url, REALM, "C", site.tickets["C"],
+    routed session's procedures it finds through the router's meta API (`plan`: open_uri and open_call, register,
+    in, out; each optional). With `authid` "B": a hostile B (its own principal and ticket), as a B whose master
+    breaks the protocol."""
+    done = subprocess.run([sys.executable, "-c", HOSTILE_PROBE, site.router.url, REALM, authid, site.tickets[authid],
                            json.dumps(plan)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

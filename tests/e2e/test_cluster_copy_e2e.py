@@ -639,3 +639,59 @@ def test_a_master_that_sends_another_script_than_the_approved_one_runs_nothing(c
     assert line in reason.stdout, reason.stdout + reason.stderr  # B's record of the session says why it ended
     refused = wait_until(lambda: [e for e in events(cluster, ("refused",), since) if e["detail"] == line], 30)
     assert refused and refused[0]["operator"] == f"cluster:C/{MALLORY}", events(cluster, ("refused",), since)
+
+
+def test_a_hostile_b_breaking_an_uploads_protocol_ends_it_on_a_with_as_line_and_a_stays_up(cluster: Site,
+                                                                                           tmp_path) -> None:
+    """During an upload through A to b1 (held up: b1's worker stopped, the client's window full), C (a router client
+    that is not B) calls A's `out` procedure with a forged result and acknowledgement: not heard. Then a router
+    client authenticated as B (B's own principal: a B whose master breaks the protocol) calls it with an
+    acknowledgement out of sequence. A ends the transfer before the client hears of it: `slaveshell cp` exits 1 with
+    A's line naming B (no client protocol error, no traceback), the file is not put in place on b1, A's audit has a
+    `routed` event naming the message (never its content), and A still relays: the next upload arrives byte for
+    byte. (Each breach, by the router and by the direct connection, is in tests/test_cluster_copy_trust.py.)"""
+    on_b(cluster)
+    since = last_event_id(cluster)
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as f:
+        f.truncate(64 << 20)  # more than the window: the upload waits for b1 while it is stopped
+    dest = os.path.join(cluster.b.worker_dir("b1"), "hostile-b-upload.bin")
+    with open(os.path.join(cluster.b.worker_dir("b1"), "twistd.pid")) as f:
+        b1 = int(f.read().strip())
+    child = subprocess.Popen(cp_argv(cluster.a, str(source), f"b1:{dest}"), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = wait_until(lambda: [r for r in transfer_rows(cluster, "b1")
+                                      if "big.bin" in str(r["command"]) and r["state"] == "running"], 60)
+        assert running, transfer_rows(cluster, "b1")
+        os.kill(b1, signal.SIGSTOP)
+        # C, a router client that is not B, is not heard: the upload goes on.
+        forged = hostile_probe(cluster, {"out": [[0, "result", False, "FORGED"], [1, "ack", 1024]]})
+        assert forged["sessions"]["out"] == ["called", "called"] and child.poll() is None, forged  # type: ignore[index]
+        probe = hostile_probe(cluster, {"out": [[10**9, "ack", 1024]]}, authid="B")
+        _, err = child.communicate(timeout=60)
+    finally:
+        os.kill(b1, signal.SIGCONT)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert probe["joined"][0] == "B" and probe["sessions"]["out"] == ["called"], probe  # type: ignore[index]
+    assert child.returncode == 1, err
+    assert_no_traceback(err)
+    assert re.fullmatch(r"slaveshell: the transfer with b1 ended: master B broke the protocol: message 1000000000 "
+                        r"where \d+ was expected\n", err), err
+    assert not os.path.exists(dest)
+
+    def breach() -> list[dict[str, object]]:
+        return [e for e in events(cluster, ("routed",), since) if "broke the protocol" in str(e["detail"])]
+
+    found = wait_until(breach, 30)
+    assert found and found[0]["operator"] == getpass.getuser() and found[0]["worker"] == "b1", found
+    assert found[0]["detail"] == (f"cp up routed to master B: transfer {found[0]['session_id']} ended here: master B "
+                                  "broke the protocol (its message 1000000000: ack)"), found
+    (tmp_path / "after").write_bytes(b"still relayed\n")
+    after = os.path.join(cluster.b.worker_dir("b1"), "after-hostile-b")
+    done = cp(cluster.a, str(tmp_path / "after"), f"b1:{after}")
+    assert done.returncode == 0, done.stderr
+    with open(after, "rb") as f:
+        assert f.read() == b"still relayed\n"
