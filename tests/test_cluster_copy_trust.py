@@ -19,6 +19,7 @@ import pytest
 from master_side.cluster.config import session_uri
 from master_side.cluster.copy_relay import RoutedTransfer
 from master_side.cluster.direct import COPY_LEAN, DirectLink, Sender, _CopyMind
+from master_side.cluster.relay import MAX_WAITING_LINES
 from slaveshell.client import copy_cli
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.copying import (
@@ -362,3 +363,21 @@ def test_the_operators_client_shows_as_line_and_exits_non_zero(path: str, hostil
     assert records[-1][1].startswith("cp up routed to master B: transfer t1 ended here: master B broke the "
                                      "protocol (its message 1: ")
     assert not site.routed.live
+
+
+@pytest.mark.parametrize("path", ["router"])
+def test_a_b_flooding_the_operator_with_waiting_lines_before_its_answer_is_cut_off_and_audited(path: str) -> None:
+    """Before B's answer each of its lines of what the copy waits for reaches the operator: MAX_WAITING_LINES of
+    them, then the transfer ends on A with its line naming B, and A's audit says how."""
+    site = Site()
+    records = recorded(site)
+    party = Party()
+    transfer, _ = site.copy(party)
+    shown: list[str] = []
+    transfer.waiting = shown.append
+    transfer.answered = False  # as while B's answer waits (its moderators' approval): its lines are shown
+    b = HostileB(site, transfer, path)
+    for _ in range(MAX_WAITING_LINES + 10):
+        b.send("waiting", "waiting for approval \x1b[2J")
+    assert len(shown) == MAX_WAITING_LINES and transfer.ended
+    assert records[-1][1].endswith("master B broke the protocol (too many waiting lines)")

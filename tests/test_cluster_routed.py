@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from master_side.cluster import serve
 from master_side.cluster.config import ClusterConfig, session_uri, worker_uri
 from master_side.cluster.link import ClusterLink, Listing
-from master_side.cluster.relay import Relays
+from master_side.cluster.relay import MAX_WAITING_LINES, Relays
 from master_side.cluster.serve import MAX_PER_MASTER, RouterSink, ServedSessions
 from master_side.cluster.stream import (
     MAX_GROUPS,
@@ -730,3 +730,30 @@ def test_a_refuses_bs_answer_when_its_four_eyes_rule_is_malformed_and_b_cuts_an_
         with pytest.raises(ProtocolError):
             check_moderated_by(bad)
     assert check_moderated_by(None) is None and check_moderated_by(["web:leads"]) == ("web:leads",)
+
+
+def test_a_b_that_floods_the_operator_with_waiting_lines_or_breaks_the_protocol_is_audited_and_cut_off() -> None:
+    """B's lines of what a session waits for reach the operator up to MAX_WAITING_LINES; past them, and at any
+    breach of the protocol, the session ends on A with a line naming B, and A's audit has the event (how, never
+    what B sent)."""
+    for flood in (True, False):
+        site = Site()
+        records: list[tuple[str | None, str]] = []
+        site.relays.record = lambda who, worker, record_id, detail, records=records: records.append((record_id, detail))
+        sink = OperatorSink()
+        view = site.routed(sink)
+        out = session_uri(view.token, "out")
+        if flood:
+            for _ in range(MAX_WAITING_LINES + 5):
+                site.b.call(out, [view._expected, "waiting", "waiting for \x1b[2Jnothing"])
+            waited = [text for kind, text in sink.out if kind == "waiting"]
+            assert len(waited) == MAX_WAITING_LINES
+            how = "too many waiting lines"
+        else:
+            site.b.call(out, [view._expected, "output", "not bytes", b"SECRET"])
+            how = "a malformed message"
+        assert view.ended and sink.out[-1][0] == "exit"
+        status = sink.out[-1][1]
+        assert isinstance(status, ExitStatus) and "master B broke the protocol" in (status.reason or "")
+        assert records[-1] == ("s1", f"routed session s1 ended here: master B broke the protocol ({how})")
+        assert not any("SECRET" in detail for _, detail in records)

@@ -45,6 +45,7 @@ from master_side.cluster.offers import DirectOffer
 from master_side.cluster.relay import (
     ENDED_HERE,
     LEFT_FIRST,
+    MAX_WAITING_LINES,
     WAITING_OPEN,
     Relays,
     RoutedEvent,
@@ -125,6 +126,7 @@ class RoutedTransfer(CallerEnd):
         self.created = transfers.clock()
         self.starting: defer.Deferred[Any] | None = None  # the call of B's copy, until its answer
         self.waited = False  # B said that the transfer waits (for its moderators' approval)
+        self.waiting_lines = 0  # B's lines of what the copy waits for, told the operator
         self.gave_up = False  # RoutedTransfers.tick cancelled the copy's call
         # Told once B's answer is taken, before any of B's events reaches the operator (the audit event here).
         self.on_started: Callable[[RoutedTransfer], None] = lambda transfer: None
@@ -205,6 +207,12 @@ class RoutedTransfer(CallerEnd):
             self.broke(e, what)
             return
         self.heard_at = self.transfers.clock()
+        if text is not None and not self.answered:  # shown to the operator (after the answer: not)
+            self.waiting_lines += 1
+            if self.waiting_lines > MAX_WAITING_LINES:
+                self.broke(ProtocolError(f"more than {MAX_WAITING_LINES} lines of what the copy waits for"),
+                           "too many waiting lines")
+                return
         if text is not None and not self.answered:
             self.waited = True  # B's moderators' approval: the answer may take as long as B is heard (tick)
             self.waiting(text)

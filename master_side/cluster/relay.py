@@ -72,6 +72,9 @@ log = Logger()
 MAX_OUTSTANDING = 8  # calls to the worker's master in flight per session
 MAX_WAITING = 512  # messages waiting for their call (the client's input window bounds their bytes)
 MAX_EARLY = 64  # B's messages before its answer (its notices while it opens)
+# The lines saying what an open or a copy waits for (B's moderators' approval, a build's hold) that B may send the
+# operator: an honest B sends a few; past these, B is flooding the operator's screen and the work ends here.
+MAX_WAITING_LINES = 32
 REGISTERED_WITHIN = 1.5  # a master registers a worker that attached within this many seconds (its tick, a call)
 # The call of B's open once B says it waits (its moderators, a build's hold): as long as B keeps saying it is there
 # (Relays.tick ends it when B is silent for DEAD seconds); B's own limits (its approvals' wait) end it sooner.
@@ -214,6 +217,9 @@ class RoutedView(CallerEnd):
         self.detach_on_lost = True
         # Told once B's answer is taken, before anything B sent is delivered (the operator's master's audit event).
         self.on_started: Callable[[RoutedView], None] = lambda view: None
+        # Told when B breaks the protocol (how, without content), before the session ends: the audit event here.
+        self.on_breach: Callable[[RoutedView, str], None] = lambda view, what: None
+        self.waiting_lines = 0  # B's lines of what the session waits for, told the operator
         self.heard_at = relays.clock()
         self.sent_at = relays.clock()
         self._early: list[Message] = []
@@ -327,6 +333,14 @@ class RoutedView(CallerEnd):
         self.authid = caller
         self.take(wire)
 
+    def broke(self, error: ProtocolError, what: str) -> None:
+        """B broke the protocol: this master's audit has the event (`on_breach`), then the session ends here with
+        a line naming B."""
+        if self.done():
+            return
+        self.on_breach(self, what)
+        super().broke(error, what)
+
     def take(self, wire: object) -> None:
         """A message of B for the session, from the router (`message`) or the direct connection."""
         if self.ended or self.detached:
@@ -342,6 +356,12 @@ class RoutedView(CallerEnd):
         self.heard_at = self.relays.clock()
         if not self.answered and message.kind is ToOperatorSide.ALIVE:
             return  # B is there, while the open waits
+        if message.kind is ToOperatorSide.WAITING:
+            self.waiting_lines += 1
+            if self.waiting_lines > MAX_WAITING_LINES:
+                self.broke(ProtocolError(f"more than {MAX_WAITING_LINES} lines of what the session waits for"),
+                           "too many waiting lines")
+                return
         if not self.answered and message.kind is ToOperatorSide.WAITING and not self._early:
             # What the open waits for (B's moderators' approval, a build's hold): the operator is told now; the
             # open may then take longer than a worker's open (Relays.tick).
@@ -534,6 +554,7 @@ class Relays:
         token = secrets.token_hex(TOKEN_LENGTH // 2)
         view = RoutedView(self, worker, sink, token)
         view.on_started = started
+        view.on_breach = self._breach_record(who)
         view.authid = holder  # B's messages only, from the first: the router lets B alone list itself as B
         view.detach_on_lost = run is None
         try:
@@ -638,6 +659,7 @@ class Relays:
                 continue
             what = f"{mode} of session {visible(session_id)} routed to master {listing.master}"
             view.on_started = self._attach_record(who, session_id, what)
+            view.on_breach = self._breach_record(who)
             try:
                 attached = self._answered(view, answer, sink)
             except Refused as e:
@@ -648,6 +670,16 @@ class Relays:
                 self.record(who, "", session_id, f"{what}: not attached (the operator left)")
             return attached
         return None
+
+    def _breach_record(self, who: Identity) -> Callable[[RoutedView, str], None]:
+        """The audit event of a routed session ended here because B broke the protocol (`what`: how, never
+        content)."""
+        def broke(view: RoutedView, what: str) -> None:
+            which = f"session {view.session_id}" if view.session_id else "the session, before its answer,"
+            holder = visible(view.authid or view.master)
+            self.record(who, view.worker, view.session_id or None,
+                        f"routed {which} ended here: master {holder} broke the protocol ({what})")
+        return broke
 
     def _attach_record(self, who: Identity, session_id: str, what: str) -> Callable[[RoutedView], None]:
         """The audit event of a routed watch or attach that B answered, written before it is served."""
