@@ -1,17 +1,20 @@
 """PTY throughput of `buildbot-shell -t w1 -- cat FILE`, A/B between source trees, with each process's CPU; and
-keystroke echo, measured as bench/run.py measures it.
+keystroke echo, measured as bench/run.py measures it; with --pipes, `-T` throughput instead.
 
     python3 bench/pty_ab.py --tree base=/work/wt/x-base --tree new=. --rounds 5 --size-mb 200
     python3 bench/pty_ab.py --tree new=. --rounds 1 --keep   # one tree; prints the sandbox to attach py-spy
     python3 bench/pty_ab.py --tree base=../x-base --tree new=. --echo 1000 --rounds 4   # echo instead: us
     python3 bench/pty_ab.py --tree base=../x-base --tree new=. --tree ssh= --rounds 8   # and `ssh -tt` (run.py's sshd)
     python3 bench/pty_ab.py --tree base=../x-base --tree new=. --kind binary   # fair.py's content kinds
+    python3 bench/pty_ab.py --tree base=../x-base --tree new=. --pipes --kind binary   # -T, stdout a pipe to cat
 
 One throwaway master and worker per tree (each started with PYTHONPATH at its tree, so its master, worker and
 client run that tree's code), alternated round by round (a, b, a, b...: the machine's load drifts). Each round
 times the whole client (session open included, as bench/run.py does) and reads utime+stime of the master, the
 worker, the remote `cat` (the worker's reaped children) and the client, in CPU seconds per GB moved. Output goes to
-/dev/null: the client's stdout is not a terminal (its own writes are the same either way).
+/dev/null: the client's stdout is not a terminal (its own writes are the same either way). With --pipes: `-T` (and
+`ssh -T`), the client's stdout a pipe that `cat > /dev/null` reads, as bench/fair.py's `-T` rows (the client passes
+that pipe to the master, which writes it; the client's CPU then includes the reader's).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Tree:
         self.root = work / label
         self.results: list[dict[str, float]] = []
         self.ssh: Any = None  # bench/run.py's OpenSSH, for the label "ssh"
+        self.pipes = False  # -T with stdout a pipe (--pipes), rather than -t to /dev/null
 
     def start(self) -> None:
         if self.label == "ssh":
@@ -83,10 +87,10 @@ class Tree:
 
     def argv(self, command: str) -> list[str]:
         if self.ssh is not None:
-            return list(self.ssh.argv(command, tty=True))
+            return list(self.ssh.argv(command, tty=not self.pipes))
         tool = shutil.which("buildbot-shell")
         head = [tool] if tool else [sys.executable, "-m", "slaveshell.shell_cli"]
-        return head + ["--socket", self.socket, "-t", "w1", "--", command]
+        return head + ["--socket", self.socket, "-T" if self.pipes else "-t", "w1", "--", command]
 
     def echo(self, keys: int) -> None:
         """`keys` keystrokes 2 ms apart, as bench/run.py's echo_rtts: median and p99 round trip (us)."""
@@ -102,13 +106,30 @@ class Tree:
         self.results.append({"echo median us": statistics.median(rtts),
                              "echo p99 us": rtts[min(len(rtts) - 1, round(0.99 * (len(rtts) - 1)))]})
 
+    def _run(self, argv: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess[bytes]:
+        """The client to its end, its stdout /dev/null, or with --pipes a pipe `cat` reads (waited for too)."""
+        if not self.pipes:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=env, timeout=600)
+        else:
+            client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=env)
+            assert client.stdout is not None
+            reader = subprocess.Popen(["cat"], stdin=client.stdout, stdout=subprocess.DEVNULL)
+            client.stdout.close()
+            _, err = client.communicate(timeout=600)
+            reader.wait(timeout=60)
+            done = subprocess.CompletedProcess(argv, client.returncode, b"", err)
+        if self.ssh is not None:
+            done.check_returncode()
+        return done
+
     def round(self, path: Path, size: int) -> None:
         if self.ssh is not None:
             # sshd's per-connection processes and the remote `cat` end up in the listener's reaped children.
             s0, c0 = cpu(self.ssh.proc.pid, True), resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
-            subprocess.run(self.ssh.argv(f"cat {path}", tty=True), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=True)
+            self._run(self.argv(f"cat {path}"), None)
             wall = time.perf_counter() - start
             c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             time.sleep(0.3)
@@ -119,8 +140,7 @@ class Tree:
         m0, w0, k0 = cpu(self.master), cpu(self.worker), cpu(self.worker, True)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        done = subprocess.run(self.argv(f"cat {path}"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, env=self.env, timeout=600)
+        done = self._run(self.argv(f"cat {path}"), self.env)
         wall = time.perf_counter() - start
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         time.sleep(0.3)  # the worker reaps `cat`
@@ -143,6 +163,7 @@ def main() -> int:
                     help="the content: base64 lines (bench/run.py's), or one of bench/fair.py's kinds")
     ap.add_argument("--echo", type=int, default=0, metavar="KEYS", help="measure echo (KEYS keystrokes) instead")
     ap.add_argument("--keep", action="store_true", help="wait for Enter before stopping (to attach py-spy)")
+    ap.add_argument("--pipes", action="store_true", help="-T (ssh -T), stdout a pipe to cat, instead of -t")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pty-ab-"))
     data = work / "data.txt"
@@ -158,6 +179,8 @@ def main() -> int:
 
         make_content(args.kind, data, size)
     trees = [Tree(label, spec, work) for label, spec in (t.split("=", 1) for t in args.tree)]
+    for tree in trees:
+        tree.pipes = args.pipes
     try:
         for tree in trees:
             tree.start()
