@@ -460,3 +460,21 @@ def test_the_clients_upload_keeps_to_the_window_and_ends_with_the_masters_result
     assert len(link.sent) == sent + 1 and link.sent[-1][0] == "data"
     _from_master(client, framing.control(Op.RESULT, ok=False, reason="worker w1: disk full"))
     assert client.outcome == (False, "worker w1: disk full") and loop.stopped
+
+
+def test_the_client_takes_no_success_before_it_is_done_and_leaves_nothing(tmp_path):
+    """A broken or hostile master saying a download succeeded before this client put its files in place, or an
+    upload before its finish: the client reports a failure and leaves nothing behind (no staging, no file)."""
+    client, link, _ = _client(tmp_path)
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=5, entries=1, recorded=True))
+    _from_master(client, framing.control(Op.ENTRY, kind="file", path="f", mode=0o644, size=5, mtime=0.0))
+    _from_master(client, framing.encode(FrameType.DATA, b"hel"))
+    _from_master(client, framing.control(Op.RESULT, ok=True, reason=""))
+    assert client.outcome == (False, "the master said the transfer succeeded before it was done here (protocol error)")
+    assert os.listdir(tmp_path) == []
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 * WINDOW))
+    client, link, _ = _client(tmp_path / "nowhere", "up", plan([str(src)], recursive=False))
+    _from_master(client, framing.answer(id=1, ok=True, transfer="t1", total=0, entries=0, recorded=False))
+    _from_master(client, framing.control(Op.RESULT, ok=True, reason=""))  # the window is full: no finish yet
+    assert client.outcome is not None and client.outcome[0] is False

@@ -209,6 +209,13 @@ class CopyClient:
             self.sender.ack(ack.credit)
 
     def _result(self, result: Result) -> None:
+        """The master's outcome. A success is its word only once this end is done: a download's files are put in
+        place by this client (it tells the master, not the other way round), an upload's by the worker after this
+        client's finish; a success before then is a broken master's, and nothing is reported done."""
+        done = self.committed if self.receiver is not None else self.sender is not None and self.sender.done
+        if result.ok and not done:
+            self._finish(False, "the master said the transfer succeeded before it was done here (protocol error)")
+            return
         self._finish(result.ok, result.reason)
 
     def read(self, frames: Sequence[framing.Frame | memoryview]) -> None:
