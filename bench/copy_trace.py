@@ -231,7 +231,10 @@ class _Finder(importlib.abc.MetaPathFinder):
 
         def exec_module(module: Any) -> None:
             run(module)
-            _WRAP[name](module)
+            try:
+                _WRAP[name](module)
+            except Exception as e:  # the module changed: not traced (the report says so), never broken
+                sys.stderr.write(f"copy trace: cannot trace {name}: {e!r}\n")
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -377,8 +380,8 @@ def analyse(run: dict[str, Any], points: dict[str, list[tuple[float, int]]]) -> 
     series = {p: [(t, max(0, v - ENTRY_COST) if p in CREDIT else v) for t, v in points.get(p, [])
                   if t0 <= t <= t1] for p in loop}
     sent, acked = series["S.sent"], series["S.ack"]
-    if not sent or not acked:
-        return None
+    if not all(series.values()):
+        return None  # a point of the loop not traced: its module has changed
     first, last = sent[0][0], acked[-1][0]
     stopped, since = 0.0, None
     for t, kind in sorted([(t, "stop") for t, _ in points.get("S.block", []) if t0 <= t <= t1]
@@ -417,6 +420,8 @@ def report(runs: list[dict[str, Any]], points: dict[str, list[tuple[float, int]]
     for run in runs:
         a = analyse(run, points)
         if a is None:
+            lines.append(f"| {run['round'] + 1} | {run['path']} | {run['dir']} | {run['mbps']:.0f} | "
+                         f"{run['load']:.1f} | no trace | | | | |")
             continue
         streams.setdefault((run["round"], run["dir"]), {})[run["path"]] = a["stream"]
         held = ", ".join(f"{k} {v:.2f}" for k, v in a["held"].items())
@@ -446,13 +451,20 @@ def main() -> int:
         args.rounds, args.mb = 1, 5
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="slaveshell-copy-trace-out-"))
     out.mkdir(parents=True, exist_ok=True)
+    from slaveshell.client.cluster_sandbox import SiteUnavailable
+
     try:
         runs = run(args, out)
-        print(report(runs, read_points(out)))
+        points = read_points(out)
+        print(report(runs, points))
+    except SiteUnavailable as e:
+        print(f"copy trace: cannot start a multi-master site here: {e}", file=sys.stderr)
+        return 2
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
-    return 0
+    # A copy that failed, or one whose loop was not traced (a module the tracer wraps has changed), fails the run.
+    return 0 if all(r["ok"] and analyse(r, points) is not None for r in runs) else 1
 
 
 if __name__ == "__main__":
