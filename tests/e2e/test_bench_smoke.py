@@ -60,6 +60,19 @@ def test_cluster_bench_runs_at_a_tiny_size():
         assert metric in done.stdout, done.stdout
 
 
+def test_copy_trace_follows_every_point_of_the_credit_loop_at_a_tiny_size():
+    """bench/copy_trace.py: each process of a site traces the copies' credit loops (its exit status says every copy
+    completed, checked, and traced at every point of its loop)."""
+    done = run_bench([sys.executable, str(ROOT / "bench" / "copy_trace.py"), "--smoke"])
+    if done.returncode == 2 and "cannot start a multi-master site here" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout
+    assert "no trace" not in done.stdout, done.stdout  # every point of every copy's loop was traced
+    for held in ("A.cdata>B.data", "B.data>A.bdata", "S.sent>B.data"):
+        assert held in done.stdout, done.stdout
+    assert "- up, round 1:" in done.stdout and "- down, round 1:" in done.stdout, done.stdout
+
+
 @pytest.mark.skipif(not HAVE_SSHD, reason="the alternated rows need OpenSSH's sshd")
 def test_alternated_rounds_through_the_delaying_proxy_at_a_tiny_size():
     argv = [sys.executable, str(ROOT / "bench" / "fair.py"), "--smoke", "--rtt-ms", "10", "--rate-mbit", "50",
