@@ -403,10 +403,14 @@ def main(argv: list[str] | None = None) -> int:
         # With no subcommand on a terminal: the console, with the socket found the usual way.
         args = parser.parse_args(["console"])
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a reader gone is a traceback-like line
+        return status
     except (Interrupted, KeyboardInterrupt):
         print("slaveshell: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `slaveshell history | head`: whoever read the table left
+        return _reader_gone()
 
 
 if __name__ == "__main__":
