@@ -55,7 +55,8 @@ def _parse_since(text: str | None) -> float | None:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"slaveshell: --since wants an ISO date/time or a duration like 12h, not {text!r}") from None
+        print(f"slaveshell: --since wants an ISO date/time or a duration like 12h, not {text!r}", file=sys.stderr)
+        raise SystemExit(2) from None  # bad usage, as argparse's own errors
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
@@ -285,6 +286,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slaveshell", description="Shells into Buildbot workers, recorded.")
+    # Before the subcommand too (`slaveshell --master DIR workers`), as after it; the subcommand's own wins.
+    top = p.add_mutually_exclusive_group()
+    top.add_argument("--master", dest="top_master", metavar="DIR", help="the master's basedir, for any subcommand")
+    top.add_argument("--socket", dest="top_socket", metavar="PATH", help="the master's slaveshell socket, for any "
+                     "subcommand")
     sub = p.add_subparsers(dest="cmd")
 
     def with_socket(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -401,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         if not stdin_is_tty():
             parser.error("a subcommand is needed (the console is the default only on a terminal)")
         # With no subcommand on a terminal: the console, with the socket found the usual way.
-        args = parser.parse_args(["console"])
+        args = parser.parse_args(["console"], namespace=argparse.Namespace(top_master=args.top_master,
+                                                                            top_socket=args.top_socket))
+    if getattr(args, "master", None) is None and getattr(args, "socket", None) is None:
+        args.master, args.socket = args.top_master, args.top_socket
     try:
         status = int(args.func(args))
         sys.stdout.flush()  # here, not at the interpreter's exit, where a reader gone is a traceback-like line
