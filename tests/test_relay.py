@@ -368,6 +368,7 @@ def test_the_owners_stdout_reader_gone_reaches_the_worker_and_anyone_elses_leave
     session.viewer_stdout_closed(watcher)
     assert to_w == [] and session.viewers == [owner]
     session.viewer_stdout_closed(owner)
+    session.viewer_stdout_closed(owner)  # told once: an owner's repeats never reach the worker
     assert to_w == expected
     assert session.live and session.close_reason == (None if expected == [("stdout_closed",)] else "closed by alice")
     session.worker_exit(None, signal.SIGPIPE, "")

@@ -181,8 +181,10 @@ class MasterSession(SessionTimers):
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
         # The worker was told it may send output deflated (master_side.sessions.worker_link.WorkerPeer).
         self.deflated_output = False
-        # The worker's session takes stdout_closed (its open answer said so: master_side.sessions.worker_link).
+        # The worker's session takes stdout_closed (its open answer said so: master_side.sessions.worker_link); and
+        # whether it was told (once: the owner's repeats go nowhere).
         self.stdout_closes = False
+        self.stdout_closed_told = False
         # The largest input message the operators may send (slaveshell.vocabulary.flow.input_limits): a terminal's
         # stays small; a bulk stream's is larger once the worker said it takes that (`grant_windows`).
         self.input_limits = input_limits(request.pty)
@@ -434,6 +436,9 @@ class MasterSession(SessionTimers):
         if viewer is not self.owner:
             self.remove_viewer(viewer, "left (its output's reader went away)")
             return
+        if self.stdout_closed_told:
+            return
+        self.stdout_closed_told = True
         if self.request.pty or not self.stdout_closes:
             self.viewer_close(viewer)
             return
