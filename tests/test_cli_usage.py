@@ -22,3 +22,11 @@ def test_a_bad_since_is_a_usage_error(capsys):
     assert exited.value.code == 2
     assert capsys.readouterr().err == ("slaveshell: --since wants an ISO date/time or a duration like 12h, not "
                                        "'yesterday'\n")
+
+
+def test_version(capsys):
+    from slaveshell import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"slaveshell {__version__}\n"

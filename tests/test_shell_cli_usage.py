@@ -20,7 +20,7 @@ def test_bad_arguments_exit_255_with_the_usage_and_one_line(capsys, argv, error)
         main(argv)
     assert exited.value.code == 255
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith("usage: buildbot-shell [-h] [--master DIR | --socket PATH]")
+    assert out == "" and err.startswith("usage: buildbot-shell [-h] [-V] [--master DIR | --socket PATH]")
     assert "WORKER [COMMAND...]" in err and err.endswith(error)
 
 
@@ -30,3 +30,11 @@ def test_help_exits_0_and_says_the_exit_statuses(capsys):
     assert exited.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "128+N when it died of signal N, 255 when buildbot-shell failed" in out
+
+
+def test_dash_v_says_the_version_as_ssh_does(capsys):
+    from slaveshell import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["-V"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"buildbot-shell (slaveshell) {__version__}\n"

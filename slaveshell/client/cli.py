@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 
+from slaveshell import __version__
 from slaveshell.client.calls import CallError, call_master, failed, transcript_chunks
 from slaveshell.client.calls import rows as answer_rows
 from slaveshell.client.connection import Interrupted
@@ -286,6 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slaveshell", description="Shells into Buildbot workers, recorded.")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     # Before the subcommand too (`slaveshell --master DIR workers`), as after it; the subcommand's own wins.
     top = p.add_mutually_exclusive_group()
     top.add_argument("--master", dest="top_master", metavar="DIR", help="the master's basedir, for any subcommand")

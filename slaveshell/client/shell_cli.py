@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
+from slaveshell import __version__
 from slaveshell.vocabulary.protocol import LocalProtocolError, OpenRequest
 
 if TYPE_CHECKING:
@@ -39,13 +40,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="buildbot-shell",
-        usage="%(prog)s [-h] [--master DIR | --socket PATH] [-t | -T] [-e NAME=VALUE]... [-C DIR] [--pause]\n"
+        usage="%(prog)s [-h] [-V] [--master DIR | --socket PATH] [-t | -T] [-e NAME=VALUE]... [-C DIR] [--pause]\n"
               "                      [--builder NAME] [--build ID] [--reason TEXT] [-E CHAR] WORKER [COMMAND...]",
         description="Open a shell (or run a command) on a Buildbot worker through its master.",
         epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~^Z suspend, ~r release the "
            "held build (with --build), ~? help, ~~ a literal ~. Exit status, as ssh's: the remote command's, 128+N "
            "when it died of signal N, 255 when buildbot-shell failed (refused, connection lost, ~., bad arguments).",
     )
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s (slaveshell) {__version__}")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--master", metavar="DIR", help="the master's basedir (its socket is DIR/shell.sock)")
     where.add_argument("--socket", metavar="PATH", help="the master's slaveshell socket")
