@@ -30,3 +30,12 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out == f"slaveshell {__version__}\n"
+
+
+@pytest.mark.parametrize(("limit", "error"), [("-1", "must be between 1 and 10000, not -1"),
+                                              ("lots", "invalid int value: 'lots'")])
+def test_a_bad_history_limit_is_a_usage_error(capsys, limit, error):
+    with pytest.raises(SystemExit) as exited:
+        main(["history", "--limit", limit, "--socket", "/nonexistent"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(f"slaveshell history: error: argument --limit: {error}\n")

@@ -63,6 +63,17 @@ def _parse_since(text: str | None) -> float | None:
     return when.timestamp()
 
 
+def _limit(text: str) -> int:
+    """`history --limit`: what the master takes (master_side.operators.api), checked here as a usage error."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 10000, not {n}")
+    return n
+
+
 def _duration(row: dict[str, object]) -> str:
     import datetime as dt
 
@@ -317,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     h = with_filters(with_socket(sub.add_parser("history", help="past and live sessions from the audit index")))
-    h.add_argument("--limit", type=int, default=200)
+    h.add_argument("--limit", type=_limit, default=200, help="at most this many rows, newest first (1 to 10000; "
+                   "default 200)")
     h.add_argument("--build", type=int, metavar="BUILDID", help="only sessions that stepped into this build")
     h.add_argument("--run", metavar="RUN", help="only the sessions of this fleet run (slaveshell runs)")
     h.set_defaults(func=cmd_history)
