@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from master_side.audit.hashing import HELD_TOTAL
 from master_side.audit.trail import ON_RECORD_ERROR
 from master_side.cluster.config import ClusterConfig
 from master_side.copying.record import KEEP_UPLOADED_TEXT, KEEP_UPLOADED_TEXT_MAX
@@ -83,6 +84,9 @@ class ShellConfig:
     max_calls_in_progress: int = ResourceBounds.calls_in_progress
     max_passed_fds_per_uid: int = ResourceBounds.passed_fds_per_uid
     max_passed_fds: int = ResourceBounds.passed_fds
+    # What a worker's output and the files transfers relay may hold waiting for the hashing thread, all sessions and
+    # transfers together (master_side.audit.hashing); past it a chunk is hashed on the master's main thread.
+    max_hashing_total: int = HELD_TOTAL
     # A `-T` session's stdin and stdout, when pipes or sockets, read and written by the master itself on the
     # descriptors the client passes (master_side.shell_socket.passed); False: always framed through the client.
     pass_stdio: bool = True
@@ -152,7 +156,7 @@ class ShellConfig:
                      "max_viewers_per_operator", "max_connection_buffer", "max_buffered_total",
                      "max_calls_in_progress", "max_runs_per_operator", "max_runs", "max_run_batch", "max_run_sessions",
                      "max_pending_approvals_per_operator", "max_pending_approvals", "max_passed_fds_per_uid",
-                     "max_passed_fds"):
+                     "max_passed_fds", "max_hashing_total"):
             value = getattr(self, what)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{what} must be a whole number of at least 1")

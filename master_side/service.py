@@ -18,6 +18,7 @@ from buildbot.util.service import BuildbotService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from master_side.audit import hashing
 from master_side.audit.refusals import RefusalAudit
 from master_side.audit.retention import Retention
 from master_side.audit.trail import AuditTrail
@@ -161,6 +162,9 @@ class ShellService(BuildbotService):
         self.fleet.probes = dict(options.facts)
         self.fleet.limits = options.fleet_limits()
         self.api.approvals.limits = options.approval_limits()
+        # The one budget of every stream's bytes waiting for the hashing thread (the process's: sessions and
+        # transfers alike).
+        hashing.BUDGET.total = options.max_hashing_total
         # Buildbot's REST writer from the reactor thread (master_side.glue.rest_write_fix); Banana's receiving without
         # its buffer rebuilt on each read and bounded (slaveshell.plumbing.banana_buffer,
         # slaveshell.plumbing.banana_bounds): each checked against the upstream code first (master_side.glue.upstream).

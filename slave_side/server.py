@@ -120,6 +120,10 @@ class SessionHandle(LeanReceiver):
     def remote_eof(self) -> None:
         self.session.eof()
 
+    def remote_stdout_closed(self) -> None:
+        """Whoever read the session's stdout went away (the open answer's `stdout_closed` said it is taken)."""
+        self.session.stdout_closed()
+
     def remote_resize(self, cols: object, rows: object) -> None:
         self._guard("resize", lambda: self.session.resize(*check_size(cols, rows)))
 
@@ -187,12 +191,13 @@ class ShellServer:
              build_running: Callable[[], bool] = lambda: False) -> dict[str, object]:
         """`BotPb.remote_slaveshell_open`: the master's open request (`OpenRequest.to_wire()`) and its sink.
         Answers ``{"ok": True, "session": SessionHandle, "pid", "id", "lean": True, "window": True, "deflate": bool,
-        "max_input": n, "exported": n}`` (lean: this connection takes slaveshell.plumbing.lean_calls; window: the
-        session's output window follows the link and takes the master's grant, `SessionHandle.remote_window`;
-        deflate: it may send output deflated once told, `SessionHandle.remote_deflate`; max_input: the largest
-        input message the session takes, slaveshell.vocabulary.flow.worker_input_limits; exported: how many objects this
-        connection's broker exported before this answer, for the master's `workers` listing) or
-        ``{"ok": False, "error": text}``.
+        "max_input": n, "stdout_closed": True, "exported": n}`` (lean: this connection takes
+        slaveshell.plumbing.lean_calls; stdout_closed: the session takes `SessionHandle.remote_stdout_closed`;
+        window: the session's output window follows the link and takes the master's grant,
+        `SessionHandle.remote_window`; deflate: it may send output deflated once told, `SessionHandle.remote_deflate`;
+        max_input: the largest input message the session takes, slaveshell.vocabulary.flow.worker_input_limits;
+        exported: how many objects this connection's broker exported before this answer, for the master's `workers`
+        listing) or ``{"ok": False, "error": text}``.
         `build_running()` tells whether a build step runs on this worker now (its output is then paced:
         WorkerOptions.busy_rate)."""
         opened = opening(OpenRequest.from_wire, params, sink)
@@ -243,7 +248,7 @@ class ShellServer:
         if deflate_known(broker):  # this master took deflated output before: from the first message on
             handle.deflate()
         return {"ok": True, "session": handle, "pid": pid, "id": session_id, "lean": lean, "window": True,
-                "deflate": self.options.deflate, "max_input": session.input_limits.chunk,
+                "deflate": self.options.deflate, "max_input": session.input_limits.chunk, "stdout_closed": True,
                 "exported": exported(broker)}
 
     def _closed(self, session: WorkerSession) -> None:

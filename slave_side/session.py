@@ -190,6 +190,8 @@ class WorkerSession:
         self._pending_flush = False
         # Output may go past the window until this much was sent in all (after an interrupt: `_flushed`).
         self._allowance_until = 0
+        # The master said stdout's reader went away (`stdout_closed`): the command's stdout pipe is closed.
+        self._stdout_closed = False
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -322,6 +324,17 @@ class WorkerSession:
             self._release_input_credit()
             self._running_process().closeStdin()
 
+    def stdout_closed(self) -> None:
+        """Whoever read stdout went away (the operator's `| head -1`): our end of the command's stdout pipe is
+        closed, so its next write meets EPIPE or SIGPIPE, as through OpenSSH (eow@openssh.com); what of it waited
+        to be sent is dropped. stderr goes on. A terminal has no half-close: ignored there (the master closes
+        such a session instead)."""
+        if not self.running or self._pty_fd is not None or self.transport is None:
+            return
+        self._buffers[STREAM_OUT].clear()
+        self._stdout_closed = True
+        self.transport.closeChildFD(1)
+
     def resize(self, cols: int, rows: int) -> None:
         if self._pty_fd is not None and not self.ended:
             try:
@@ -374,6 +387,8 @@ class WorkerSession:
     # -- process events ----------------------------------------------------------------------------
 
     def _output(self, stream: int, data: bytes) -> None:
+        if stream == STREAM_OUT and self._stdout_closed:
+            return  # read before the close took effect: nobody reads it
         if self._pty_fd is not None:
             self._judge.output(data)
         buf = self._buffers[stream]

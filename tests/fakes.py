@@ -44,6 +44,7 @@ class FakeProcessTransport:
         self.written: list[bytes] = []
         self.paused = False
         self.stdin_closed = False
+        self.closed_fds: list[int] = []
         self.lost = False
         self.producer: Any = None
 
@@ -64,6 +65,9 @@ class FakeProcessTransport:
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
+
+    def closeChildFD(self, childFD: int) -> None:
+        self.closed_fds.append(childFD)
 
     def loseConnection(self) -> None:
         self.lost = True

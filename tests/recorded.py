@@ -25,6 +25,9 @@ class ToWorker:
     def eof(self) -> None:
         self.send("eof")
 
+    def stdout_closed(self) -> None:
+        self.send("stdout_closed")
+
     def resize(self, cols: int, rows: int) -> None:
         self.send("resize", cols, rows)
 

@@ -585,3 +585,64 @@ def test_a_client_that_fails_after_asking_ahead_closes_the_session_it_asked_for(
         assert [(m.op, m.call_id) for m in frames] == [(Op.OPEN, 1), (Op.CLOSE, 2)]
     finally:
         master.close()
+
+
+@pytest.mark.parametrize("master_takes_it", [True, False])
+def test_when_stdouts_reader_goes_away_the_remote_stdout_is_closed_and_its_status_is_the_clients(master_takes_it):
+    """`buildbot-shell -T w1 -- yes | head -1`: as OpenSSH (eow@openssh.com), the client tells the master that its
+    stdout's reader went away, nothing more; the remote command then meets SIGPIPE and the client exits with its
+    status, 141, writing no line. A master that did not say it takes that gets the close, as before."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    client = make(fds=(0, out_w, err_w))
+    client.stdout_closes = master_takes_it
+    try:
+        os.close(out_r)  # `head -1` read its line and left
+        client.frame(_frame(b"y\n" * 1000))
+        client.frame(_frame(b"stderr goes on\n", FrameType.STDERR))
+        sent = [c[0] for c in calls(client)]
+        assert sent == (["stdout_closed"] if master_takes_it else ["close"])
+        assert client.status is None  # the session goes on until the worker says how it ended
+        client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code=None, signal=signal.SIGPIPE,
+                                                            reason=""))[0])
+        assert client.status is not None and client.status.cli_status() == 141 and client.done
+        assert client.farewell is None and os.read(err_r, 1000) == b"stderr goes on\n"
+    finally:
+        for fd in (out_w, err_r, err_w):
+            os.close(fd)
+
+
+def test_on_a_terminal_session_whose_stdout_reader_went_away_the_output_is_no_longer_acknowledged():
+    """`buildbot-shell w1 | head -1` (a terminal session, stdin the keyboard): as through OpenSSH the session goes
+    on, its output is no longer acknowledged (the worker stops reading the terminal and the program blocks), what
+    is typed still goes, stderr is still shown and acknowledged, and the remote status is the client's. A watcher
+    whose stdout went away leaves."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    client = make(interactive=True, fds=(0, out_w, err_w))
+    client.stdout_closes = True
+    try:
+        os.close(out_r)
+        client.frame(_frame(b"y\r\n" * 1000))
+        client.frame(_frame(b"more\r\n" * 1000))
+        client.frame(_frame(b"notice\r\n", FrameType.STDERR))
+        client.loop.advance(1)  # type: ignore[attr-defined]
+        assert calls(client) == [("ack", len(b"notice\r\n"))]  # stdout's credit held back, stderr's returned
+        assert client.status is None and os.read(err_r, 100) == b"notice\r\n"
+        client.typed(b"\x03")
+        assert calls(client)[-1] == ("input", b"\x03")
+        client.frame(framing.Decoder().feed(framing.control(Op.EXIT, code=None, signal=signal.SIGINT,
+                                                            reason=""))[0])
+        assert client.status is not None and client.status.cli_status() == 130
+    finally:
+        for fd in (out_w, err_r, err_w):
+            os.close(fd)
+    watch_r, watch_w = os.pipe()
+    watcher = make(role="watch", fds=(0, watch_w, 2))
+    watcher.stdout_closes = True
+    try:
+        os.close(watch_r)
+        watcher.frame(_frame(b"y\n"))
+        assert calls(watcher) == [("close",)]
+    finally:
+        os.close(watch_w)

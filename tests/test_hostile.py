@@ -163,19 +163,20 @@ json_values = st.recursive(
 # The session messages of the framed door and their fields (any other op breaks the framing, which costs the
 # connection: tests/test_operator_wire.py).
 SESSION_FIELDS = {Op.RESIZE: ("cols", "rows"), Op.SIGNAL: ("name",), Op.ACK: ("n",), Op.EOF: (), Op.CLOSE: (),
-                  Op.DETACH: ()}
+                  Op.DETACH: (), Op.STDOUT_CLOSED: ()}
 
 
 @settings(deadline=None)
-@given(role=st.sampled_from(["owner", "join", "watch"]),
+@given(role=st.sampled_from(["owner", "join", "watch"]), pty=st.booleans(),
        calls=st.lists(st.one_of(st.tuples(st.just("input"), st.binary(max_size=50) | st.just(b"x" * MAX_CHUNK)),
                                 st.tuples(st.sampled_from(list(SESSION_FIELDS)),
                                           st.lists(json_values, max_size=3))), max_size=10))
-def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(tmp_path_factory, role, calls):
+def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(tmp_path_factory, role, pty, calls):
     door, transport = connect(make_service(tmp_path_factory.mktemp("rogue")))
     ended: list[MasterSession] = []
     to_worker: list[tuple[Any, ...]] = []
-    session = MasterSession(OpenRequest(worker="w1"), ROOT, ended.append)
+    session = MasterSession(OpenRequest(worker="w1", pty=pty), ROOT, ended.append)
+    session.stdout_closes = True  # a worker that takes stdout_closed
     sink = WireViewerSink(door)
     owner = session.start(sink if role == "owner" else ToViewer(), ToWorker(lambda *a: to_worker.append(a)))
     viewer = owner if role == "owner" else session.add_viewer(ROOT, Role(role), sink)
@@ -191,7 +192,8 @@ def test_a_rogue_operator_cannot_break_the_master_and_a_watcher_never_types(tmp_
     answered = [f.get("id") for f in frames(transport) if isinstance(f, framing.Control) and f.op is Op.ANSWER]
     assert answered == [i for i, (what, _) in enumerate(calls) if what in framing.CALLS]
     if role == "watch":
-        assert not [c for c in to_worker if c[0] in ("input", "signal", "eof")]
+        assert not [c for c in to_worker if c[0] in ("input", "signal", "eof", "stdout_closed")]
+    assert len([c for c in to_worker if c[0] == "stdout_closed"]) <= 1  # the worker is told once at most
     if role != "owner":  # only the owner may end the session; others can only leave it
         assert ended == []
 

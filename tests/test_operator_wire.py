@@ -203,6 +203,17 @@ def test_a_viewers_messages_reach_the_worker_typed_and_a_watchers_typing_is_refu
     assert to_worker == [] and errors == [] and len(session.viewers) == 2
 
 
+def test_a_viewers_stdout_closed_reaches_the_worker_when_it_takes_it_and_closes_the_session_otherwise(service):
+    door, transport, session, to_worker, errors = viewing(service, Role.OWNER)
+    session.request = OpenRequest(worker="w1", pty=False)
+    session.stdout_closes = True
+    door.dataReceived(framing.control(Op.STDOUT_CLOSED))
+    assert to_worker == [("stdout_closed",)] and frames(transport) == [] and errors == []
+    door, transport, session, to_worker, errors = viewing(service, Role.OWNER)  # a terminal: no half-close
+    door.dataReceived(framing.control(Op.STDOUT_CLOSED))
+    assert to_worker == [("close",)] and frames(transport) == [] and errors == []
+
+
 def test_a_bad_open_request_is_a_bad_request_answer(service):
     door, transport = connect(service)
     door.dataReceived(framing.control(Op.OPEN, id=3, request={"worker": "w1", "cols": "wide"}))

@@ -33,6 +33,7 @@ class FakeView:
         self.eofs = 0
         self.acked = 0
         self.closed = 0
+        self.stdout_closed_told = 0
 
     def input(self, data: bytes) -> None:
         self.inputs.append(data)
@@ -45,6 +46,9 @@ class FakeView:
 
     def close(self) -> None:
         self.closed += 1
+
+    def stdout_closed(self) -> None:
+        self.stdout_closed_told += 1
 
 
 def refusals() -> tuple[list[tuple[str, str]], Any]:
@@ -218,7 +222,7 @@ def test_stdout_is_acknowledged_only_as_the_pipe_takes_it_and_the_exit_waits_for
     os.close(r)
 
 
-def test_a_stdout_reader_that_went_away_closes_the_session_and_returns_the_credit():
+def test_a_stdout_reader_that_went_away_is_told_to_the_session_and_the_credit_returned():
     reactor = MemoryReactorClock()
     r, w = os.pipe()
     stdio = passed(reactor, {"out": w})
@@ -227,7 +231,8 @@ def test_a_stdout_reader_that_went_away_closes_the_session_and_returns_the_credi
     os.close(r)
     assert stdio.write(b"x" * 1000)
     reactor.advance(0)
-    assert view.closed == 1 and view.acked == 1000 and not is_open(w)
+    # The session is told (the worker closes the command's stdout, as OpenSSH's eow), not closed.
+    assert view.stdout_closed_told == 1 and view.closed == 0 and view.acked == 1000 and not is_open(w)
     assert stdio.write(b"y" * 10)  # late output: nothing written, the credit back
     reactor.advance(0)
     assert view.acked == 1010

@@ -352,3 +352,25 @@ def test_a_flushed_input_ack_reaches_a_sink_that_can_tell_it_and_a_plain_ack_the
     plain.worker_flushed()
     plain.worker_output(1, b"^C", [[1, False]])
     assert to_op == [("output", 1, b"^C"), ("input_ack", 1, False)]
+
+
+@pytest.mark.parametrize(("pty", "worker_takes_it", "expected"), [
+    (False, True, [("stdout_closed",)]),  # the worker closes the command's stdout
+    (False, False, [("close",)]),  # an older worker: closed, as before
+    (True, True, [("close",)]),  # a terminal has no half-close
+])
+def test_the_owners_stdout_reader_gone_reaches_the_worker_and_anyone_elses_leaves(pty, worker_takes_it, expected):
+    session = MasterSession(OpenRequest(worker="w1", pty=pty), ALICE, lambda s: None, clock=Clock())
+    to_w: list[tuple] = []
+    owner = session.start(ToViewer(), ToWorker(lambda *a: to_w.append(a)))
+    session.stdout_closes = worker_takes_it
+    watcher = session.add_viewer(BOB, Role.WATCH, ToViewer())
+    session.viewer_stdout_closed(watcher)
+    assert to_w == [] and session.viewers == [owner]
+    session.viewer_stdout_closed(owner)
+    session.viewer_stdout_closed(owner)  # told once: an owner's repeats never reach the worker
+    assert to_w == expected
+    assert session.live and session.close_reason == (None if expected == [("stdout_closed",)] else "closed by alice")
+    session.worker_exit(None, signal.SIGPIPE, "")
+    with pytest.raises(LateEvent):
+        session.viewer_stdout_closed(owner)

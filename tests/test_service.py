@@ -181,3 +181,62 @@ def test_a_pb_client_gets_a_refusal_line_and_the_socket_serves_on(tmp_path):
         assert service.gate.count() <= 1
     finally:
         yield stop(service)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_bytes_held_for_hashing_are_the_operators_to_bound(tmp_path, monkeypatch):
+    """`ShellService(max_hashing_total=N)` is the bound of what all sessions and transfers together hold for the
+    hashing thread (master_side.audit.hashing.BUDGET): past it a stream is hashed on the main thread, its sha256
+    whole, and the master's log names the option; a reconfig without it brings the default back."""
+    import hashlib
+    import threading
+
+    from twisted.logger import globalLogPublisher
+
+    from master_side.audit import hashing
+
+    monkeypatch.setattr(hashing, "BUDGET", hashing.HashBudget())
+    mib = 1024 * 1024
+    warnings = []
+
+    def observe(event):
+        if "bytes waiting to be hashed" in event.get("log_format", ""):
+            warnings.append(event)
+
+    service = yield start(tmp_path, max_hashing_total=3 * mib)
+    globalLogPublisher.addObserver(observe)
+    busy = threading.Event()
+    hashing._HASHING.submit(busy.wait, 30)  # the hashing thread busy: what is handed over stays held
+    try:
+        assert hashing.BUDGET.total == 3 * mib
+        first, second = hashing.BatchedSha256(), hashing.BatchedSha256()
+        sent = {first: b"", second: b""}
+        for stream, chunks in ((first, 4), (second, 3)):  # 2 MiB handed over, then 1 MiB gathered, then past 3
+            for i in range(chunks):
+                chunk = bytes([i]) * (512 * 1024)
+                stream.update(chunk)
+                sent[stream] += chunk
+                assert hashing.BUDGET.settled() <= 3 * mib
+        assert hashing.BUDGET.hashed_here == 512 * 1024
+        busy.set()
+        for stream, data in sent.items():
+            assert stream.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert hashing.BUDGET.settled() == 0
+        assert len(warnings) == 1
+        assert "max_hashing_total=3145728 bytes" in warnings[0]["log_format"].format(**warnings[0])
+        yield service.reconfigService()
+        assert hashing.BUDGET.total == hashing.HELD_TOTAL == 64 * mib
+    finally:
+        busy.set()
+        globalLogPublisher.removeObserver(observe)
+        yield stop(service)
+
+
+def test_a_bad_hashing_bound_is_a_config_error_naming_it():
+    from buildbot.config.errors import ConfigErrors
+
+    for bad in (0, -1, "64M", True, 1.5):
+        with pytest.raises(ConfigErrors) as caught:
+            ShellService(max_hashing_total=bad)
+        assert caught.value.errors == ["ShellService: max_hashing_total must be a whole number of at least 1"]
+    ShellService(max_hashing_total=1)

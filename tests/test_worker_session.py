@@ -405,3 +405,25 @@ def test_after_a_flushing_ctrl_c_the_prompt_may_pass_a_full_window_by_the_allowa
     finally:
         os.close(master_fd)
         os.close(slave_fd)
+
+
+def test_stdout_closed_closes_the_commands_stdout_and_drops_what_waited_for_it(tmp_path):
+    """The operator's `| head -1` went away: the command's stdout pipe is closed (its next write meets SIGPIPE, as
+    through OpenSSH), what of it was read and not yet sent is dropped, stderr still goes; on a terminal (no
+    half-close) nothing is done here."""
+    session, reactor, proc, reports, _ = make(tmp_path, window=10 * MAX_CHUNK)
+    proc.proto.childDataReceived(1, b"x" * 8192)  # streaming: the next read waits to be coalesced
+    reactor.advance(0.001)
+    proc.proto.childDataReceived(1, b"waits")
+    session.stdout_closed()
+    assert proc.closed_fds == [1]
+    proc.proto.childDataReceived(1, b"read before the close took effect")
+    proc.proto.childDataReceived(2, b"still here")
+    reactor.advance(COALESCE_DELAY)
+    assert outputs(reports) == [("output", 1, b"x" * 8192), ("output", 2, b"still here")]
+    proc.proto.processEnded(Failure(error.ProcessTerminated(signal=signal.SIGPIPE)))
+    assert [r for r in reports if r[0] == "exit"] == [("exit", None, signal.SIGPIPE, "")]
+    on_terminal, _, terminal_proc, _, _ = make(tmp_path)
+    on_terminal._pty_fd = 99  # as a PTY session holds its terminal
+    on_terminal.stdout_closed()
+    assert terminal_proc.closed_fds == []

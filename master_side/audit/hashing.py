@@ -8,7 +8,8 @@ samples). hashlib releases the GIL on large updates, so it runs beside the react
 What waits to be hashed is held: each stream's batch being gathered (its chunks, the very bytes objects) and its
 batches handed over and not yet hashed, at most (MAX_HASH_BATCHES + 1) batches of a stream; a session's
 attachment (a `-T` stream's output and piped input, a terminal's output that is not UTF-8) about 6 MiB, a
-transfer's file 3 MiB. All streams together hold at most `HashBudget.total` (HELD_TOTAL): past it, a stream's
+transfer's file 3 MiB. All streams together hold at most `HashBudget.total` (the process's BUDGET: HELD_TOTAL, or
+`ShellService(max_hashing_total=...)`, which the service sets on it at each reconfig): past it, a stream's
 update is hashed on the calling thread (after its own batches already handed over, so in order), holding nothing,
 as before the hashing thread; so a worker with many sessions cannot make the master hold sessions x 6 MiB. Nothing
 is refused or dropped: the transcript and its sha256 are whole; the master's main thread hashes meanwhile (a
@@ -36,7 +37,7 @@ HASH_BATCH = 2 * 1024 * 1024
 # Batches handed over per stream before an update waits for the oldest: with the batch being gathered, a stream
 # holds at most (MAX_HASH_BATCHES + 1) * HASH_BATCH bytes for hashing.
 MAX_HASH_BATCHES = 2
-# The bytes all streams together may hold for hashing (the module's docstring).
+# The bytes all streams together may hold for hashing, by default (the module's docstring).
 HELD_TOTAL = 64 * 1024 * 1024
 # Seconds between two warnings that the bound was reached.
 WARN_EVERY = 60.0
@@ -74,9 +75,9 @@ class HashBudget:
             now = self.clock()
             if self._warned is None or now - self._warned >= WARN_EVERY:
                 self._warned = now
-                log.warn("slaveshell: the bytes waiting to be hashed reached the master's bound ({total} MiB, all "
-                         "sessions and transfers together): hashed on the main thread meanwhile",
-                         total=self.total // (1024 * 1024))
+                log.warn("slaveshell: the bytes waiting to be hashed reached the master's bound "
+                         "(max_hashing_total={total} bytes, all sessions and transfers together): hashed on the main "
+                         "thread meanwhile", total=self.total)
             return False
         self.held += nbytes
         self.peak = max(self.peak, self.held)

@@ -306,6 +306,7 @@ class OperatorAPI(CopyOperations):  # copy: `slaveshell cp` (master_side.operato
         worker = WorkerPeer(reply.ref, lost=lambda: self.registry.worker_lost(session),
                             refused=lambda text: self.registry.worker_refused(session, text), lean=reply.lean,
                             deflate=reply.deflate)
+        session.stdout_closes = reply.stdout_closes
         session.deflated_output = session.deflated_output or reply.deflate
         if reply.deflate:  # it takes input deflated too: sent so while the link is slow, as the worker does
             broker = getattr(conn.mind, "broker", None)

@@ -45,6 +45,11 @@ class RoutedHandle:
     def eof(self) -> None:
         self.routed.eof()
 
+    def stdout_closed(self) -> None:
+        """The cluster's stream does not carry it (master_side.cluster.stream): the session is closed, as by an
+        older master."""
+        self.routed.close()
+
     def resize(self, cols: int, rows: int) -> None:
         self.routed.resize(cols, rows)
 

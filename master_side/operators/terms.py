@@ -81,6 +81,9 @@ class View:
     def eof(self) -> None:
         self.session.viewer_eof(self.viewer)
 
+    def stdout_closed(self) -> None:
+        self.session.viewer_stdout_closed(self.viewer)
+
     def resize(self, cols: int, rows: int) -> None:
         self.session.viewer_resize(self.viewer, cols, rows)
 
@@ -164,6 +167,7 @@ class Handle(Protocol):
     def max_input(self) -> int: ...  # the largest input message taken (slaveshell.vocabulary.flow.input_limits)
     def input(self, data: bytes) -> None: ...
     def eof(self) -> None: ...
+    def stdout_closed(self) -> None: ...  # whoever read the operator's stdout went away
     def resize(self, cols: int, rows: int) -> None: ...
     def signal(self, signum: int) -> None: ...
     def ack(self, nbytes: int) -> None: ...

@@ -29,6 +29,9 @@ class _Nowhere:
     def eof(self) -> None:
         pass
 
+    def stdout_closed(self) -> None:
+        pass
+
     def resize(self, cols: int, rows: int) -> None:
         pass
 

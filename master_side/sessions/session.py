@@ -181,6 +181,10 @@ class MasterSession(SessionTimers):
         self.output_window = CreditWindow(self.limits.window)  # the worker's output the master has not acked
         # The worker was told it may send output deflated (master_side.sessions.worker_link.WorkerPeer).
         self.deflated_output = False
+        # The worker's session takes stdout_closed (its open answer said so: master_side.sessions.worker_link); and
+        # whether it was told (once: the owner's repeats go nowhere).
+        self.stdout_closes = False
+        self.stdout_closed_told = False
         # The largest input message the operators may send (slaveshell.vocabulary.flow.input_limits): a terminal's
         # stays small; a bulk stream's is larger once the worker said it takes that (`grant_windows`).
         self.input_limits = input_limits(request.pty)
@@ -421,6 +425,25 @@ class MasterSession(SessionTimers):
         if self._held(viewer, eof=True):
             return
         self.to_worker.eof()
+
+    def viewer_stdout_closed(self, viewer: Viewer) -> None:
+        """Whoever read the viewer's stdout went away (`buildbot-shell -T w1 -- yes | head -1`). The owner's: the
+        worker closes the command's stdout, which meets EPIPE or SIGPIPE at its next write, as through OpenSSH
+        (its eow@openssh.com); a worker that cannot, or a session on a terminal, is closed as before. Anyone else
+        leaves (nobody sees its output)."""
+        if not self.live:
+            raise LateEvent(f"stdout closed for session {self.id} after it ended")
+        if viewer is not self.owner:
+            self.remove_viewer(viewer, "left (its output's reader went away)")
+            return
+        if self.stdout_closed_told:
+            return
+        self.stdout_closed_told = True
+        if self.request.pty or not self.stdout_closes:
+            self.viewer_close(viewer)
+            return
+        self.recorder.marker(f"stdout closed: {viewer.identity.user}'s reader of it went away")
+        self.to_worker.stdout_closed()
 
     def viewer_resize(self, viewer: Viewer, cols: int, rows: int) -> None:
         # The owner's terminal sets the size; the others see it as it is.

@@ -77,6 +77,10 @@ class WorkerPeer:
     def eof(self) -> None:
         self._send("eof")
 
+    def stdout_closed(self) -> None:
+        """Only to a worker whose open reply said it takes it (OpenReply.stdout_closes)."""
+        self._send("stdout_closed")
+
     def resize(self, cols: int, rows: int) -> None:
         self._send("resize", cols, rows)
 
@@ -133,6 +137,7 @@ class OpenReply:
     window: bool = False  # the worker tunes its output window and takes a grant (slaveshell.vocabulary.windows)
     deflate: bool = False  # the worker can send its output and take its input deflated (vocabulary.deflate)
     deflate_always: bool = False  # and its owner said ALWAYS: its link's delay is not one TCP sees
+    stdout_closes: bool = False  # the worker's session takes stdout_closed (slave_side.session)
     # The largest input message the worker takes for the session (its answer's max_input, checked:
     # slaveshell.vocabulary.flow.announced_input); MAX_CHUNK from a worker that does not say.
     max_input: int = MAX_CHUNK
@@ -179,6 +184,7 @@ async def ask_worker(conn: WorkerConnection, opening: Opening, sink: pb.Referenc
     return OpenReply(worker_ref, lean=reply.get("lean") is True, window=reply.get("window") is True,
                      deflate=reply.get("deflate") is True or reply.get("deflate") == ALWAYS,
                      deflate_always=reply.get("deflate") == ALWAYS,
+                     stdout_closes=reply.get("stdout_closed") is True,
                      max_input=announced_input(reply.get("max_input")), fields=reply)
 
 

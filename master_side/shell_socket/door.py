@@ -290,7 +290,7 @@ class WireDoor(Protocol):
             if call_id is None:
                 raise WireError(f"{op.value}: a call needs an id")
             self._call(call_id, message)
-        else:  # Op.ACK, Op.RESIZE, Op.SIGNAL, Op.EOF
+        else:  # Op.ACK, Op.RESIZE, Op.SIGNAL, Op.EOF, Op.STDOUT_CLOSED
             self._session(op, message)
 
     def _input(self, data: bytes) -> None:
@@ -320,6 +320,8 @@ class WireDoor(Protocol):
                 view.signal(check_signal(message.get("name")))
             elif op is Op.EOF:
                 view.eof()
+            elif op is Op.STDOUT_CLOSED:
+                view.stdout_closed()
             elif op is Op.CLOSE:
                 view.close()
             else:  # Op.DETACH
@@ -460,7 +462,7 @@ class WireDoor(Protocol):
                 return None
             self._take_view(view)
             fields: dict[str, object] = {"session": view.session_id, "input_window": view.input_grant,
-                                         "max_input": view.max_input}
+                                         "max_input": view.max_input, "stdout_closed": True}
             if passed is not None:
                 passed.start(view)
                 fields["stdio"] = passed.streams
@@ -488,7 +490,7 @@ class WireDoor(Protocol):
 
         def attached(found: tuple[Handle, dict[str, object]]) -> dict[str, object]:
             self._take_view(found[0])
-            return {**found[1], "max_input": found[0].max_input}
+            return {**found[1], "max_input": found[0].max_input, "stdout_closed": True}
 
         def refused(failure: Failure) -> Failure:
             self.viewing = False

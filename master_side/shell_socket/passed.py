@@ -380,8 +380,8 @@ class PassedStdio:
 
     def _out_gone(self, code: int | None) -> None:
         """Whoever read stdout is gone (EPIPE) or it failed: what waits is dropped, its credit returned, and, the
-        session still running, it is closed, as the client closes it when its own stdout goes (nobody would see
-        more output)."""
+        session still running, it is told (View.stdout_closed: the command's stdout is closed on the worker, as
+        the client tells it when its own stdout goes; nobody would see more output)."""
         self._unacked += self.queued
         self._queue.clear()
         self.queued = 0
@@ -390,9 +390,9 @@ class PassedStdio:
         view = self.view
         if self._finished is None and view is not None:
             try:
-                view.close()
+                view.stdout_closed()
             except ProtocolError as e:
-                self.refused(view, "close", e)
+                self.refused(view, "stdout_closed", e)
         self._maybe_finished()
 
     def _end_output(self) -> None:

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 
+from slaveshell import __version__
 from slaveshell.client.calls import CallError, call_master, failed, transcript_chunks
 from slaveshell.client.calls import rows as answer_rows
 from slaveshell.client.connection import Interrupted
@@ -55,10 +56,22 @@ def _parse_since(text: str | None) -> float | None:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"slaveshell: --since wants an ISO date/time or a duration like 12h, not {text!r}") from None
+        print(f"slaveshell: --since wants an ISO date/time or a duration like 12h, not {text!r}", file=sys.stderr)
+        raise SystemExit(2) from None  # bad usage, as argparse's own errors
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
+
+
+def _limit(text: str) -> int:
+    """`history --limit`: what the master takes (master_side.operators.api), checked here as a usage error."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 10000, not {n}")
+    return n
 
 
 def _duration(row: dict[str, object]) -> str:
@@ -285,6 +298,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slaveshell", description="Shells into Buildbot workers, recorded.")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    # Before the subcommand too (`slaveshell --master DIR workers`), as after it; the subcommand's own wins.
+    top = p.add_mutually_exclusive_group()
+    top.add_argument("--master", dest="top_master", metavar="DIR", help="the master's basedir, for any subcommand")
+    top.add_argument("--socket", dest="top_socket", metavar="PATH", help="the master's slaveshell socket, for any "
+                     "subcommand")
     sub = p.add_subparsers(dest="cmd")
 
     def with_socket(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -309,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     h = with_filters(with_socket(sub.add_parser("history", help="past and live sessions from the audit index")))
-    h.add_argument("--limit", type=int, default=200)
+    h.add_argument("--limit", type=_limit, default=200, help="at most this many rows, newest first (1 to 10000; "
+                   "default 200)")
     h.add_argument("--build", type=int, metavar="BUILDID", help="only sessions that stepped into this build")
     h.add_argument("--run", metavar="RUN", help="only the sessions of this fleet run (slaveshell runs)")
     h.set_defaults(func=cmd_history)
@@ -401,12 +421,19 @@ def main(argv: list[str] | None = None) -> int:
         if not stdin_is_tty():
             parser.error("a subcommand is needed (the console is the default only on a terminal)")
         # With no subcommand on a terminal: the console, with the socket found the usual way.
-        args = parser.parse_args(["console"])
+        args = parser.parse_args(["console"], namespace=argparse.Namespace(top_master=args.top_master,
+                                                                            top_socket=args.top_socket))
+    if getattr(args, "master", None) is None and getattr(args, "socket", None) is None:
+        args.master, args.socket = args.top_master, args.top_socket
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a reader gone is a traceback-like line
+        return status
     except (Interrupted, KeyboardInterrupt):
         print("slaveshell: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `slaveshell history | head`: whoever read the table left
+        return _reader_gone()
 
 
 if __name__ == "__main__":

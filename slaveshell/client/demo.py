@@ -132,8 +132,8 @@ def _foreground(argv: list[str]) -> int:
 def _serve_web(sandbox: Sandbox, passwords: dict[str, str]) -> int:
     print(f"slaveshell demo: the web UI is at {sandbox.url}#/slaveshell\n"
           f"slaveshell demo: log in as {WEB_USER!r} with password {passwords[WEB_USER]!r} (may open shells)\n"
-          f"slaveshell demo: or as {WEB_WATCHER!r} with password {passwords[WEB_WATCHER]!r} (may only watch "
-          f"{WEB_USER!r}'s sessions: open a second browser or a private window)\n"
+          f"slaveshell demo: or as {WEB_WATCHER!r} with password {passwords[WEB_WATCHER]!r} (may only watch the "
+          f"sessions of {WEB_USER!r}: open a second browser or a private window)\n"
           f"slaveshell demo: a held build (its page is under Shells): {shlex.join(hold_command(sandbox))}\n"
           "slaveshell demo: Ctrl-C ends the demo.", file=sys.stderr, flush=True)
     done = threading.Event()

@@ -216,7 +216,8 @@ class RunClient:
                     print("slaveshell run: --where decided on old facts (slaveshell facts --refresh): "
                           + drift.aged(ages), file=sys.stderr)
                 if self.targets:
-                    print(f"slaveshell run: run {visible(str(get('run')))} on {len(self.targets)} workers, "
+                    n = len(self.targets)
+                    print(f"slaveshell run: run {visible(str(get('run')))} on {n} worker{'' if n == 1 else 's'}, "
                           f"{get('batch')} at once", file=sys.stderr)
                 if self.live and self.targets:
                     self.table = LiveTable(sys.stderr, self.targets)

@@ -1,7 +1,8 @@
 """`buildbot-shell`: an ssh-like shell on a Buildbot worker, from the master host.
 
 Exit status: the remote command's; 128+N when it died of signal N; 255 (with a message on stderr) when the
-session was refused, the connection was lost or `~.` ended it.
+session was refused, the connection was lost, `~.` ended it or the arguments were wrong (as ssh: a remote status
+of 2 is not mistaken for a usage error).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
+from slaveshell import __version__
 from slaveshell.vocabulary.protocol import LocalProtocolError, OpenRequest
 
 if TYPE_CHECKING:
@@ -27,13 +29,25 @@ DEFAULT_SOCKET_NAME = "shell.sock"
 SOCKET_ENV = "SLAVESHELL_SOCKET"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 255, as ssh's own errors do: 2 is a remote command's status."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(255, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="buildbot-shell",
+        usage="%(prog)s [-h] [-V] [--master DIR | --socket PATH] [-t | -T] [-e NAME=VALUE]... [-C DIR] [--pause]\n"
+              "                      [--builder NAME] [--build ID] [--reason TEXT] [-E CHAR] WORKER [COMMAND...]",
         description="Open a shell (or run a command) on a Buildbot worker through its master.",
         epilog="Escapes (after a newline, in a terminal session): ~. end, ~d detach, ~^Z suspend, ~r release the "
-           "held build (with --build), ~? help, ~~ a literal ~.",
+           "held build (with --build), ~? help, ~~ a literal ~. Exit status, as ssh's: the remote command's, 128+N "
+           "when it died of signal N, 255 when buildbot-shell failed (refused, connection lost, ~., bad arguments).",
     )
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s (slaveshell) {__version__}")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--master", metavar="DIR", help="the master's basedir (its socket is DIR/shell.sock)")
     where.add_argument("--socket", metavar="PATH", help="the master's slaveshell socket")
@@ -55,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the transcript; a policy rule may require it")
     p.add_argument("-E", dest="escape", metavar="CHAR", default="~",
                    help="escape character, or 'none' to disable escapes (default: ~)")
-    p.add_argument("worker", metavar="WORKER")
+    # Optional to argparse only so that its error names WORKER alone, not the COMMAND that may follow it.
+    p.add_argument("worker", metavar="WORKER", nargs="?",
+                   help="the worker, by its name in Buildbot (slaveshell workers lists them)")
     p.add_argument("command", metavar="COMMAND", nargs=argparse.REMAINDER,
                    help="command to run instead of a login shell (as with ssh, words are joined by spaces)")
     return p
@@ -111,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.worker is None:
+        parser.error("the following argument is required: WORKER")
     command_words = list(args.command)
     if command_words and command_words[0] == "--":
         command_words = command_words[1:]

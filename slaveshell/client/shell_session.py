@@ -30,7 +30,7 @@ from slaveshell.client.terminal import window_size
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.flow import BULK_CHUNK, BULK_WINDOW, chunks
-from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Op, Resize, SessionMessage, Signal
+from slaveshell.vocabulary.framing import Ack, Eof, FrameType, Op, Resize, SessionMessage, Signal, StdoutClosed
 from slaveshell.vocabulary.protocol import (
     INPUT_WINDOW,
     MAX_CHUNK,
@@ -98,6 +98,10 @@ class HopShell:
         # `passable`), and those it took: it reads and writes them itself (master_side.shell_socket.passed).
         self.passing = passing if attach is None else ()
         self.passed: frozenset[str] = frozenset()
+        # The master takes STDOUT_CLOSED (its answer said so); an older one is sent a close instead.
+        self.stdout_closes = False
+        # Whoever read stdout went away on a terminal session: its output is no longer acknowledged (`_consumed`).
+        self._terminal_unread = False
         self.status: ExitStatus | None = None
         self.done = False
         self.session_open = False
@@ -172,6 +176,7 @@ class HopShell:
             if not isinstance(taken, list) or any(name not in self.passing for name in taken):
                 raise ProtocolError("stdio")
             self.passed = frozenset(taken)
+            self.stdout_closes = reply.get("stdout_closed") is True
         except ProtocolError:
             self.finish(ExitStatus(reason="the master sent a malformed reply"))
             return
@@ -244,7 +249,7 @@ class HopShell:
             return
         name = "err" if ftype is FrameType.STDERR else "out"
         self.outputs.write(name, data)
-        self._unacked += len(data)
+        self._consumed(ftype, len(data))
         self._ack_soon()
 
     def _hold_output(self) -> None:
@@ -271,12 +276,18 @@ class HopShell:
         for ftype, data in held:
             if discard:
                 self.discarded += len(data)
-                self._unacked += len(data)
             else:
                 self.outputs.write("err" if ftype is FrameType.STDERR else "out", data)
-                self._unacked += len(data)
+            self._consumed(ftype, len(data))
         if held:
             self._ack_soon(promptly=True)  # a flood's credit, which the worker may be waiting for
+
+    def _consumed(self, ftype: FrameType, nbytes: int) -> None:
+        """`nbytes` of output shown (or discarded at an interrupt): to acknowledge. Not once stdout's reader went
+        away on a terminal session (`_output_gone`): its output is then never acknowledged, so the worker stops
+        reading the terminal and the program blocks at its next write, as through OpenSSH."""
+        if not (self._terminal_unread and ftype is FrameType.STDOUT):
+            self._unacked += nbytes
 
     def _ack_soon(self, promptly: bool = False) -> None:
         """Acknowledge output at the end of the loop's turn: one ack for all the frames of one read (four to a
@@ -485,8 +496,21 @@ class HopShell:
 
     def _output_gone(self, name: str) -> None:
         if name == "out" and self.status is None:
-            # Whoever read our stdout is gone (a closed pipe): nobody will see more output.
-            self._close()
+            # Whoever read our stdout is gone (a closed pipe: `| head -1`): nobody will see more output. As OpenSSH
+            # does (eow@openssh.com), the remote command's stdout is closed: it meets EPIPE or SIGPIPE at its next
+            # write and ends as it would in a local pipeline, its exit status ours (141 for SIGPIPE); stderr and
+            # stdin go on meanwhile.
+            # On a terminal (no half-close), as OpenSSH does there, the session goes on: its output is no longer
+            # acknowledged (the program blocks at its next write), what is typed still reaches it, and it ends as
+            # the operator ends it (Ctrl-C, exit, ~.). A watcher or joiner leaves.
+            if self.role is not Role.OWNER or not self.session_open:
+                self._close()
+            elif self.request.pty:
+                self._terminal_unread = True
+            elif self.stdout_closes:
+                self._send(StdoutClosed())
+            else:
+                self._close()
         self._maybe_done()
 
     def _update_reading(self) -> None:

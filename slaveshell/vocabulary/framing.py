@@ -112,6 +112,8 @@ class Op(enum.Enum):
     DENY = "deny"  # request (its id), reason (optional); answer: text
     # client to master: session messages (answer-less)
     EOF = "eof"
+    STDOUT_CLOSED = "stdout_closed"  # whoever read the session's stdout went away (sent when the open answered
+    # stdout_closed: true; a client of an older master closes the session instead)
     RESIZE = "resize"  # cols, rows
     SIGNAL = "signal"  # name (slaveshell.vocabulary.protocol.SIGNALS)
     ACK = "ack"  # n: output bytes consumed; on a transfer (both ways): credit returned (slaveshell.vocabulary.copying)
@@ -137,7 +139,7 @@ CALLS = frozenset({Op.OPEN, Op.ATTACH, Op.RELEASE, Op.KILL, Op.WORKERS, Op.SESSI
                    Op.FACTS, Op.APPROVALS, Op.APPROVE, Op.DENY})
 # A transfer's messages (besides DATA frames), in either direction.
 TRANSFER = frozenset({Op.ENTRY, Op.DONE_FILE, Op.FINISH, Op.ACK, Op.RESULT})
-FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.RESIZE, Op.SIGNAL, Op.ABORT}
+FROM_CLIENT = CALLS | TRANSFER | {Op.EOF, Op.STDOUT_CLOSED, Op.RESIZE, Op.SIGNAL, Op.ABORT}
 FROM_MASTER = (frozenset(Op) - FROM_CLIENT) | TRANSFER
 _OPS = {op.value: op for op in Op}
 _TYPES = {t.value: t for t in FrameType}  # a header's type by its code (a dict lookup: FrameType(code) costs more)
@@ -233,6 +235,13 @@ class Eof:
 
 
 @dataclass(frozen=True)
+class StdoutClosed:
+    """Whoever read the session's stdout went away (slaveshell.vocabulary.protocol.SessionControl.stdout_closed)."""
+
+    op: ClassVar[Op] = Op.STDOUT_CLOSED
+
+
+@dataclass(frozen=True)
 class Resize:
     """A new window size, in character cells."""
 
@@ -259,7 +268,7 @@ class Ack:
 
 
 # What a client tells the master about its session besides its calls (close and detach are calls: answered).
-SessionMessage = Input | Eof | Resize | Signal | Ack
+SessionMessage = Input | Eof | StdoutClosed | Resize | Signal | Ack
 
 
 def session_frame(message: SessionMessage, max_input: int = MAX_CHUNK) -> bytes:

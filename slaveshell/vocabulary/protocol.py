@@ -6,6 +6,10 @@ connection) carry the same session vocabulary, so the master is a relay and ever
 Session control (called on the session handle, towards the process):
     input(data: bytes)            bytes for the PTY / the command's stdin, at most MAX_CHUNK
     eof()                         end of the command's stdin
+    stdout_closed()               whoever read the command's stdout went away: the worker closes its end of it
+                                  (the command meets EPIPE or SIGPIPE at its next write), as OpenSSH's
+                                  eow@openssh.com; a worker whose open answer did not say `stdout_closed` is
+                                  closed instead
     resize(cols: int, rows: int)  new window size
     signal(name: str)             a signal name from SIGNALS, delivered to the process group
     ack(nbytes: int)              output consumed; returns credit to the sender
@@ -269,6 +273,11 @@ class SessionControl(Protocol):
 
     def eof(self) -> None:
         """End of input: the stdin pipe closed, or VEOF on a PTY."""
+
+    def stdout_closed(self) -> None:
+        """Whoever read the process's stdout (stream 1) went away: nothing more of it is read, and the process
+        meets EPIPE (or SIGPIPE) at its next write to it, as at the end of a local pipeline; stderr goes on.
+        Sent to a worker only when its open answer said it takes it (`stdout_closed`)."""
 
     def resize(self, cols: int, rows: int) -> None:
         """A new window size in character cells (1..MAX_DIMENSION each)."""

@@ -306,7 +306,7 @@ def test_a_runs_part_that_waits_for_a_place_as_long_as_a_request_waits_ends_with
                           "--", "touch", f"waited-{n}"])
         runs.append(client)
         assert wait_until(lambda: "its approval request waits for a free place" in runs[-1].err, 30), client.err
-    last_run = re.search(r"slaveshell run: run ([0-9a-f]{12}) on 1 workers", runs[2].err)
+    last_run = re.search(r"slaveshell run: run ([0-9a-f]{12}) on 1 worker, ", runs[2].err)
     assert last_run, runs[2].err
     for holder in holders:
         holder.process.send_signal(signal.SIGINT)
