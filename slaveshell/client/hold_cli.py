@@ -96,6 +96,13 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     hs.add_argument("--json", action="store_true")
     hs.set_defaults(func=cmd_holds)
     h = sub.add_parser("hold", help="act on a held build: hold extend BUILDID DURATION")
+    # Before `extend` too (`slaveshell hold --master DIR extend ...`), as the top level's: unset unless given, so
+    # that `extend`'s own (or the top level's) is not overwritten.
+    where = h.add_mutually_exclusive_group()
+    where.add_argument("--master", dest="top_master", metavar="DIR", default=argparse.SUPPRESS,
+                       help="the master's basedir")
+    where.add_argument("--socket", dest="top_socket", metavar="PATH", default=argparse.SUPPRESS,
+                       help="the master's slaveshell socket")
     hsub = h.add_subparsers(dest="hold_cmd", required=True)
     ex = with_socket(hsub.add_parser("extend", help="hold the build until DURATION from now (at most its "
                                                     "max_hold); needs 'shell' on its worker"))
