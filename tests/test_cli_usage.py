@@ -12,7 +12,8 @@ from slaveshell.client.cli import main
                                   ["--socket", "/nonexistent/m/shell.sock", "history"],
                                   ["--master", "/elsewhere", "sessions", "--master", "/nonexistent/m"],
                                   ["hold", "--master", "/nonexistent/m", "extend", "7", "30m"],
-                                  ["hold", "--master", "/elsewhere", "extend", "--master", "/nonexistent/m", "7", "30m"]])
+                                  ["hold", "--master", "/elsewhere", "extend", "--master", "/nonexistent/m", "7",
+                                   "30m"]])
 def test_the_master_may_be_named_before_or_after_the_subcommand_the_subcommands_own_winning(capsys, argv):
     assert main(argv) == 255
     assert capsys.readouterr().err.startswith("slaveshell: no master socket at /nonexistent/m/shell.sock (")

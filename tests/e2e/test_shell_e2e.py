@@ -353,3 +353,11 @@ def test_closing_the_demos_terminal_stops_and_removes_its_sandbox():
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(demo.pid, 0)
         _stop_leftover_sandbox(master_dir)
+
+
+def test_a_login_without_a_terminal_runs_its_script_and_says_there_is_no_pty_as_ssh_does(sandbox):
+    done = subprocess.run(shell_argv() + ["--socket", sandbox.socket, "w1"], input=b"echo scripted-$((6*7))\nexit 3\n",
+                          capture_output=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert b"scripted-42" in done.stdout
+    assert done.stderr.splitlines()[0] == b"Pseudo-terminal will not be allocated because stdin is not a terminal."
