@@ -24,6 +24,7 @@ from slaveshell.client import connection as hop
 from slaveshell.client.calls import CallError, MasterCalls
 from slaveshell.client.calls import rows as answer_rows
 from slaveshell.client.connection import HopError
+from slaveshell.client.labels import run_label
 from slaveshell.client.shell_cli import find_socket
 from slaveshell.fleet import drift, gather
 from slaveshell.fleet.batch import Batch, BatchError
@@ -354,7 +355,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     if run:
         for row in rows:
-            what = row.get("command") or f"script sha256 {row.get('script_sha256')}"
+            what = run_label(row)
             print(f"run {visible(row['id'])} by {visible(row['operator'])} at {str(row['started'])[:19]} UTC: "
                   f"{visible(what)}")
             print(f"  asked: {visible(row['selection'])}; batch {row['batch']}; {visible(row['state'])}"
@@ -370,7 +371,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'RUN':13} {'STARTED (UTC)':20} {'OPERATOR':12} {'STATE':12} {'TARGETS':8} SUMMARY / COMMAND")
     for row in rows:
         targets = len(str(row.get("targets") or "").split())
-        what = row.get("command") or f"script sha256 {str(row.get('script_sha256'))[:12]}"
+        what = run_label(row, digits=12)
         print(f"{cell(row['id'], 13)} {str(row['started'])[:19].replace('T', ' '):20} {cell(row['operator'], 12)} "
               f"{cell(row['state'], 12)} {targets:<8} {visible(row.get('summary') or '-')}  |  {visible(what)}")
     return 0

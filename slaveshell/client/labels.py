@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from slaveshell.fleet.script import SCRIPT_RUNNER
+
 
 def command_label(row: Mapping[str, object]) -> str:
-    """The session's command, or what it ran without one: a login shell, in a held build when it was one."""
+    """The session's command, or what it ran without one: a login shell, in a held build when it was one; a fleet
+    run's script (its part runs SCRIPT_RUNNER, a shell's few lines nobody typed) as the run's."""
     command = row.get("command")
+    if command == SCRIPT_RUNNER:
+        run = row.get("run_id")
+        return f"(script of fleet run {run})" if run else "(a fleet run's script)"
     if command:
         return str(command)
     build = row.get("build_id")
@@ -53,3 +59,16 @@ def recorded_by(row: Mapping[str, object]) -> str:
     the router now."""
     name = row.get("site_master")
     return str(name) if name else f"{row.get('master') or '?'} (away)"
+
+
+def run_label(row: Mapping[str, object], digits: int = 64) -> str:
+    """What a fleet run (a runs row) ran: its command, a fact refresh (`slaveshell facts --refresh`), or its script
+    by size and sha256 (`digits` of it)."""
+    command = row.get("command")
+    if command:
+        return str(command)
+    if row.get("kind") == "facts":
+        return "(facts refresh)"
+    size = row.get("script_bytes")
+    sized = f" of {size} bytes" if isinstance(size, int) else ""
+    return f"(script{sized}, sha256 {str(row.get('script_sha256'))[:digits]})"

@@ -115,8 +115,12 @@
     });
   }
 
-  // How a session row is labelled, as `slaveshell history` does (slaveshell/labels.py).
+  // How a session row is labelled, as `slaveshell history` does (slaveshell/client/labels.py): a fleet run's
+  // script part runs SCRIPT_RUNNER (slaveshell/fleet/script.py), shown as the run's script.
+  var SCRIPT_RUNNER = 'f=$(mktemp "${TMPDIR:-/tmp}/slaveshell-run.XXXXXXXX") || exit 127; ' +
+    'trap \'rm -f "$f"\' EXIT; cat > "$f" && chmod 700 "$f" && "$f" </dev/null';
   function commandLabel(r) {
+    if (r.command === SCRIPT_RUNNER) return r.run_id ? "(script of fleet run " + printable(r.run_id) + ")" : "(a fleet run's script)";
     if (r.command) return printable(r.command);
     return r.build_id ? "(login shell in build " + r.build_id + ")" : "(login shell)";
   }
