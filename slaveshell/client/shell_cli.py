@@ -138,10 +138,6 @@ def _main(argv: list[str] | None) -> int:
 
     local_tty = stdin_is_tty()
     use_pty = args.tty if args.tty is not None else (command is None and local_tty)
-    if args.tty is None and command is None and not local_tty:
-        # A login asked for without a terminal to drive it (`buildbot-shell w1 < script`): no PTY, and said so, as
-        # ssh says it (its words, so that scripts and people who know them read them the same).
-        print("Pseudo-terminal will not be allocated because stdin is not a terminal.", file=sys.stderr)
     if args.escape == "none":
         escape_char = None
     elif len(args.escape.encode()) == 1:
@@ -166,6 +162,10 @@ def _main(argv: list[str] | None) -> int:
         )
     except (LocalProtocolError, ValueError) as e:
         parser.error(str(e))
+    if args.tty is None and command is None and not local_tty:
+        # A login asked for without a terminal to drive it (`buildbot-shell w1 < script`): no PTY, and said so, as
+        # ssh says it (its words, so that scripts and people who know them read them the same).
+        print("Pseudo-terminal will not be allocated because stdin is not a terminal.", file=sys.stderr)
     interactive = use_pty and local_tty
     return run(find_socket(args), request, interactive, escape_char)
 
