@@ -73,6 +73,9 @@ class FakeView:
     def eof(self) -> None:
         self.got.append(("eof", None))
 
+    def stdout_closed(self) -> None:
+        self.got.append(("stdout_closed", None))
+
     def resize(self, cols: int, rows: int) -> None:
         self.got.append(("resize", (cols, rows)))
 
@@ -757,3 +760,19 @@ def test_a_b_that_floods_the_operator_with_waiting_lines_or_breaks_the_protocol_
         assert isinstance(status, ExitStatus) and "master B broke the protocol" in (status.reason or "")
         assert records[-1] == ("s1", f"routed session s1 ended here: master B broke the protocol ({how})")
         assert not any("SECRET" in detail for _, detail in records)
+
+
+def test_a_routed_sessions_reader_gone_closes_the_commands_stdout_on_b_or_closes_an_older_bs_session() -> None:
+    """`buildbot-shell -T b1 -- yes | head -1` through A: B's answer says it takes stdout_closed, and its View
+    gets it (the worker then closes the command's stdout, as for a local session); a B whose answer does not say so
+    has its session closed, as before."""
+    site = Site()
+    view = site.routed()
+    assert view.stdout_closes
+    view.stdout_closed()
+    assert site.views[0].got == [("stdout_closed", None)]
+    older = Site()
+    old_view = older.routed()
+    old_view.stdout_closes = False  # as from a B whose answer has no `stdout_closed`
+    old_view.stdout_closed()
+    assert older.views[0].got == [("close", None)]

@@ -220,6 +220,7 @@ class RoutedView(CallerEnd):
         # Told when B breaks the protocol (how, without content), before the session ends: the audit event here.
         self.on_breach: Callable[[RoutedView, str], None] = lambda view, what: None
         self.waiting_lines = 0  # B's lines of what the session waits for, told the operator
+        self.stdout_closes = False  # B takes stdout_closed (its answer said so)
         self.heard_at = relays.clock()
         self.sent_at = relays.clock()
         self._early: list[Message] = []
@@ -251,6 +252,14 @@ class RoutedView(CallerEnd):
 
     def eof(self) -> None:
         self._send(ToWorkerSide.EOF)
+
+    def stdout_closed(self) -> None:
+        """Whoever read the operator's stdout went away: B has the worker close the command's stdout, where B said
+        it takes that (its answer's `stdout_closed`); an older B's session is closed instead."""
+        if self.stdout_closes:
+            self._send(ToWorkerSide.STDOUT_CLOSED)
+        else:
+            self.close()
 
     def close(self) -> None:
         self._send(ToWorkerSide.CLOSE)
@@ -400,6 +409,7 @@ class RoutedView(CallerEnd):
         """B's answer: the session is open there. Its messages kept until now are delivered."""
         self.session_id = check_name(answer.get("session"), "session")
         self.input_grant = check_int(answer.get("input_window"), "input window", 1, 2**31)
+        self.stdout_closes = answer.get("stdout_closed") is True
         self.in_uri = session_uri(check_token(answer.get("token")), "in")
         self.master = check_name(answer.get("master"), "master")
         self.worker = check_name(answer.get("worker"), "worker")

@@ -99,6 +99,7 @@ class ServedView(Protocol):
     def moderator(self) -> bool: ...  # this view moderates it
     def input(self, data: bytes) -> None: ...
     def eof(self) -> None: ...
+    def stdout_closed(self) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
     def signal(self, signum: int) -> None: ...
     def ack(self, nbytes: int) -> None: ...
@@ -419,7 +420,8 @@ class ServedSessions:
         answer: dict[str, object] = {
             "ok": True, "session": view.session_id, "input_window": view.input_grant, "token": token,
             "master": self.link.name, "worker": view.worker, "role": view.role, "size": list(view.size),
-            "moderated_by": moderated_by_wire(view.moderated_by), "moderator": view.moderator}
+            "moderated_by": moderated_by_wire(view.moderated_by), "moderator": view.moderator,
+            "stdout_closed": True}
         offer = await self._offer(served)
         if offer is not None:
             answer["direct"] = offer.to_wire()
@@ -511,6 +513,8 @@ class ServedSessions:
             view.signal(values[0])  # type: ignore[arg-type]
         elif kind is ToWorkerSide.EOF:
             view.eof()
+        elif kind is ToWorkerSide.STDOUT_CLOSED:
+            view.stdout_closed()
         elif kind is ToWorkerSide.CLOSE:
             view.close()
 

@@ -52,6 +52,9 @@ class ToWorkerSide(enum.Enum):
     RESIZE = "resize"  # cols, rows
     SIGNAL = "signal"  # signal number
     EOF = "eof"
+    # Whoever read the operator's stdout went away (`| head -1`): the worker closes the command's stdout, as for a
+    # local session (MasterSession.viewer_stdout_closed); sent only to a master whose answer said it takes it.
+    STDOUT_CLOSED = "stdout_closed"
     CLOSE = "close"  # the operator ends the session (~., Ctrl-C of -T, or its connection lost)
     ALIVE = "alive"  # nothing: the operator's master is there (master_side.cluster.relay.PING)
     DETACH = "detach"  # the owner detaches (~d): the session goes on there, to be resumed (`attach`)

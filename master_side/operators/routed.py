@@ -46,9 +46,7 @@ class RoutedHandle:
         self.routed.eof()
 
     def stdout_closed(self) -> None:
-        """The cluster's stream does not carry it (master_side.cluster.stream): the session is closed, as by an
-        older master."""
-        self.routed.close()
+        self.routed.stdout_closed()
 
     def resize(self, cols: int, rows: int) -> None:
         self.routed.resize(cols, rows)

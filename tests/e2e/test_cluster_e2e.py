@@ -116,6 +116,21 @@ def test_a_command_on_a_worker_of_b_through_a(cluster: Site) -> None:
     assert done.stderr == b"done\n"
 
 
+def test_yes_through_a_piped_into_head_ends_by_sigpipe_on_b_as_a_local_one(cluster: Site) -> None:
+    """`buildbot-shell --socket A -T b1 -- yes | head -1`: A tells B that whoever read stdout went away, B's worker
+    closes the command's stdout, and `yes` ends by SIGPIPE there (tests/e2e/test_reader_gone_e2e.py, locally)."""
+    wait_until(lambda: rows(cluster.a).get("b1", {}).get("master") == "B", 30)
+    proc = subprocess.Popen(shell_argv() + ["--socket", cluster.a.socket, "-T", "b1", "--",
+                                            "yes; echo yes-ended-by-$? >&2; exit 3"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"y\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 3
+    assert err == b"yes-ended-by-141\n"
+
+
 def test_bs_policy_refuses_the_identity_a_vouches_for(cluster: Site) -> None:
     wait_until(lambda: rows(cluster.a).get("z1", {}).get("master") == "B", 30)
     done = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "z1", "true"], capture_output=True,
