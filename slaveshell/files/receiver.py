@@ -141,6 +141,7 @@ class Receiver:
         self.staged: list[Entry] = []  # files and directories, as they came
         self._fd: int | None = None
         self._written_back = 0  # bytes of the current file whose writeback was started (WRITEBACK)
+        self._staged_only = False  # the current file is read back into the file the operator named (`entry`)
         self._umask = _umask()
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
@@ -250,6 +251,9 @@ class Receiver:
                 self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
                                    dir_fd=at)
                 self._written_back = 0
+                # A staged copy that the commit reads back into the file the operator named stays in memory: not
+                # written back as it arrives (that would drop its pages, for the commit to read from the disk).
+                self._staged_only = not parent and self.tops[entry.path].in_place
         except FileExistsError:
             raise TransferError(f"{self._shown(entry.path)}: sent twice") from None
         except OSError as e:
@@ -266,7 +270,7 @@ class Receiver:
         except OSError as e:
             raise os_error(self._shown(entry.path), e) from None
         self.bytes += len(chunk)
-        if self.order.received - self._written_back >= WRITEBACK:
+        if self.order.received - self._written_back >= WRITEBACK and not self._staged_only:
             _start_writeback(self._fd, self._written_back, self.order.received - self._written_back)
             self._written_back = self.order.received
         if self.on_bytes is not None:
@@ -275,14 +279,18 @@ class Receiver:
     def done_file(self, sha256: str) -> None:
         """The current file is complete; `sha256` is the master's hash of the bytes it relayed (the audit
         record's). Not hashed again here: the bytes came over a reliable socket from the master that hashed them.
-        Its fsync starts now, then its mode (and times, with -p) are set on the same descriptor (`_Syncs`); the
-        staged copy of a file written in place keeps 0600 (it is read back at the commit)."""
+        Its fsync starts now, then its mode (and times, with -p) are set on the same descriptor (`_Syncs`). The
+        staged copy of a file written in place is closed as it is (0600, not synced): the commit reads it back
+        into the file the operator named, syncs that one and removes the copy."""
         entry = self.order.done_file()
         fd, self._fd = self._fd, None
         if fd is not None:
             parent, _, _name = entry.path.rpartition("/")
             if not parent and self.tops[entry.path].in_place:
-                self._syncs.add((fd, None, None), self._shown(entry.path))  # read back at the commit: 0600 kept
+                try:
+                    os.close(fd)
+                except OSError as e:
+                    raise os_error(self._shown(entry.path), e) from None
             else:
                 self._syncs.add((fd, received_mode(entry.mode, self.preserve, self._umask),
                                  entry.mtime if self.preserve else None), self._shown(entry.path))
@@ -475,13 +483,15 @@ def _empty(fd: int) -> None:
 
 
 def _copy(src: int, dst: int, size: int) -> None:
-    """`size` bytes from the start of `src` to the start of `dst`."""
+    """`size` bytes from the start of `src` to the start of `dst`, WRITEBACK at a time: the writeback of each
+    piece of `dst` starts as the next is copied (the fsync after it then finds most of it on disk already)."""
     offset = 0
     try:
         while offset < size:
-            n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            n = os.copy_file_range(src, dst, min(WRITEBACK, size - offset), offset, offset)
             if n <= 0:
                 break
+            _start_writeback(dst, offset, n)
             offset += n
     except OSError:
         pass
