@@ -145,7 +145,7 @@ class Receiver:
         self._umask = _umask()
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
-        self._syncs = _Syncs()  # each received file's fsync, started as it completes
+        self._syncs = _Syncs(self._shown)  # each received file's fsync, started as it completes
 
     def _named_file(self, name: str, check: Check | None) -> int | None:
         """The existing file the operator named, opened for writing in place (following a symlink there, as scp
@@ -293,7 +293,7 @@ class Receiver:
                     raise os_error(self._shown(entry.path), e) from None
             else:
                 self._syncs.add((fd, received_mode(entry.mode, self.preserve, self._umask),
-                                 entry.mtime if self.preserve else None), self._shown(entry.path))
+                                 entry.mtime if self.preserve else None), entry.path)
         self.files.append((entry, sha256))
 
     def commit(self) -> None:
@@ -547,26 +547,29 @@ class _Syncs:
     the disk works while the next files arrive and the commit waits only for the last ones. The first file is
     held (no thread for a copy of one file); from the second on, FSYNC_THREADS run at once and at most
     FSYNC_THREADS * 4 files are open here (`add` then waits for the oldest). `wait` gives the first failure as a
-    TransferError naming the file as shown; `drop` (an abort) lets nothing more start and closes every file."""
+    TransferError naming the file as shown (`shown(path)`, asked only then); `drop` (an abort) lets nothing more
+    start and closes every file."""
 
-    def __init__(self) -> None:
+    def __init__(self, shown: Callable[[str], str]) -> None:
+        self._shown = shown
         self._held: tuple[tuple[int, int | None, float | None], str] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pending: collections.deque[tuple[Future[None], int, str]] = collections.deque()
 
-    def add(self, opened: tuple[int, int | None, float | None], shown: str) -> None:
+    def add(self, opened: tuple[int, int | None, float | None], path: str) -> None:
+        """The file `path` (as received) opened, to be synced then closed."""
         if self._pool is None:
             if self._held is None:
-                self._held = (opened, shown)
+                self._held = (opened, path)
                 return
             self._pool = ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="slaveshell-fsync")
             held, self._held = self._held, None
             self._submit(*held)
         if len(self._pending) >= FSYNC_THREADS * 4:
             self._wait_oldest()
-        self._submit(opened, shown)
+        self._submit(opened, path)
 
-    def _submit(self, opened: tuple[int, int | None, float | None], shown: str) -> None:
+    def _submit(self, opened: tuple[int, int | None, float | None], path: str) -> None:
         assert self._pool is not None
         try:
             future = self._pool.submit(_fsync_opened, opened)
@@ -577,23 +580,23 @@ class _Syncs:
                 future.set_result(None)
             except OSError as e:
                 future.set_exception(e)
-        self._pending.append((future, opened[0], shown))
+        self._pending.append((future, opened[0], path))
 
     def _wait_oldest(self) -> None:
-        future, _fd, shown = self._pending.popleft()
+        future, _fd, path = self._pending.popleft()
         try:
             future.result()
         except OSError as e:
-            raise os_error(shown, e) from None
+            raise os_error(self._shown(path), e) from None
 
     def wait(self) -> None:
         """Every file's fsync done (the held one's here); the first failure raised."""
         if self._held is not None:
-            (opened, shown), self._held = self._held, None
+            (opened, path), self._held = self._held, None
             try:
                 _fsync_opened(opened)
             except OSError as e:
-                raise os_error(shown, e) from None
+                raise os_error(self._shown(path), e) from None
         while self._pending:
             self._wait_oldest()
         self._shutdown()
@@ -602,11 +605,11 @@ class _Syncs:
         """Nothing more starts; the files not begun are closed here, the others by their threads (waited for).
         Never raises."""
         if self._held is not None:
-            (opened, _shown), self._held = self._held, None
+            (opened, _path), self._held = self._held, None
             with contextlib.suppress(OSError):
                 os.close(opened[0])
         while self._pending:
-            future, fd, _shown = self._pending.popleft()
+            future, fd, _path = self._pending.popleft()
             if future.cancel():
                 with contextlib.suppress(OSError):
                     os.close(fd)
