@@ -146,6 +146,8 @@ class Receiver:
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
         self._syncs = _Syncs(self._shown)  # each received file's fsync, started as it completes
+        # Small files (SYNC_LATER), closed as they complete: synced at the commit, after the last is created.
+        self._later: list[tuple[str, int, float | None]] = []  # path, mode, mtime to set once synced
 
     def _named_file(self, name: str, check: Check | None) -> int | None:
         """The existing file the operator named, opened for writing in place (following a symlink there, as scp
@@ -291,6 +293,13 @@ class Receiver:
                     os.close(fd)
                 except OSError as e:
                     raise os_error(self._shown(entry.path), e) from None
+            elif entry.size < SYNC_LATER:
+                try:
+                    os.close(fd)
+                except OSError as e:
+                    raise os_error(self._shown(entry.path), e) from None
+                self._later.append((entry.path, received_mode(entry.mode, self.preserve, self._umask),
+                                    entry.mtime if self.preserve else None))
             else:
                 self._syncs.add((fd, received_mode(entry.mode, self.preserve, self._umask),
                                  entry.mtime if self.preserve else None), entry.path)
@@ -303,6 +312,7 @@ class Receiver:
         self.order.finish()
         dirs = self._stage() if self.staged else None
         if dirs is not None:
+            self._sync_later(dirs)
             dirs.close()
             self._syncs.wait()
             for name, top in self.tops.items():
@@ -314,6 +324,18 @@ class Receiver:
                 self._dir_modes()
             _fsync_fd(self.parent_fd)
         self._clean()
+
+    def _sync_later(self, dirs: _Dirs) -> None:
+        """The small files, reopened in the staged tree (ours, 0700; never through a symlink) in the order they
+        came, each synced then given its mode (and times) by `_Syncs` as a large file is at its done_file."""
+        later, self._later = self._later, []
+        for path, mode, mtime in later:
+            parent, _, name = path.rpartition("/")
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirs.open(parent))
+            except OSError as e:
+                raise os_error(self._shown(path), e) from None
+            self._syncs.add((fd, mode, mtime), path)
 
     def _merge_checked(self, name: str, top: _Top) -> None:
         """A directory going into an existing one: every clash found before anything is moved."""
@@ -522,6 +544,13 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     except (OSError, AttributeError):  # not supported here: the fsync does all of it
         pass
 
+
+# A received file smaller than this is closed as it completes and synced at the commit, once every file is
+# created (`Receiver._sync_later`), not as it completes: an fsync then writes the inode table's block that the
+# next files' creation writes too, and each creation waited for it (this machine's ext4, no journal). 10,000
+# files of 1 KiB, A/B alternated beside other work (load 4-6.5): up 5.96 -> 4.31 s and the worker's CPU 3.25 ->
+# 2.40 s; down 4.81 -> 4.53 s and the client's CPU 2.06 -> 1.26 s (none synced at all: 3.11 s up).
+SYNC_LATER = CHUNK
 
 # fsyncs at once: a filesystem commits concurrent fsyncs together (ext4's journal), so a tree of small files is
 # made durable faster than one file after another (1000 files of 1 KiB on this machine's ext4: 0.3 s -> 0.12-0.22 s
