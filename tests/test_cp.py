@@ -158,6 +158,32 @@ def test_a_file_written_in_place_is_staged_unsynced_and_the_named_file_gets_its_
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
 
+def test_small_files_are_synced_once_created_in_bounded_batches_each_with_its_mode(tmp_path, monkeypatch):
+    from slaveshell.files import receiver as cpfiles
+
+    monkeypatch.setattr(cpfiles, "SYNC_BATCH", 3)
+    batches: list[int] = []
+    real_later = cpfiles.Receiver._sync_later
+    monkeypatch.setattr(cpfiles.Receiver, "_sync_later",
+                        lambda self, dirs: (batches.append(len(self._later)), real_later(self, dirs)))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(cpfiles.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    blobs = {f"sub/f{i}" if i % 2 else f"f{i}": os.urandom(i * 100) for i in range(7)}
+    for rel, blob in blobs.items():
+        (src / rel).write_bytes(blob)
+        os.chmod(src / rel, 0o640)
+    (tmp_path / "dest").mkdir()
+    _pipe(plan([str(src)], recursive=True), Receiver(str(tmp_path / "dest"), preserve=True))
+    assert batches == [3, 3, 1]  # two while the stream went on, the rest at the commit
+    for rel, blob in blobs.items():
+        got = tmp_path / "dest" / "src" / rel
+        assert got.read_bytes() == blob and got.stat().st_mode & 0o777 == 0o640
+        assert got.stat().st_ino in synced
+
+
 def test_a_file_swapped_for_a_fifo_after_the_plan_is_refused_without_waiting_for_a_writer(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * 10)
     planned = plan([str(tmp_path / "f")], recursive=False)

@@ -146,7 +146,7 @@ class Receiver:
         self.bytes = 0
         self.files: list[tuple[Entry, str]] = []  # each file received, with the master's sha256
         self._syncs = _Syncs(self._shown)  # each received file's fsync, started as it completes
-        # Small files (SYNC_LATER), closed as they complete: synced at the commit, after the last is created.
+        # Small files (SYNC_LATER), closed as they complete, synced once created (`_sync_later`).
         self._later: list[tuple[str, int, float | None]] = []  # path, mode, mtime to set once synced
 
     def _named_file(self, name: str, check: Check | None) -> int | None:
@@ -300,6 +300,8 @@ class Receiver:
                     raise os_error(self._shown(entry.path), e) from None
                 self._later.append((entry.path, received_mode(entry.mode, self.preserve, self._umask),
                                     entry.mtime if self.preserve else None))
+                if len(self._later) >= SYNC_BATCH:
+                    self._sync_later(self._stage())
             else:
                 self._syncs.add((fd, received_mode(entry.mode, self.preserve, self._umask),
                                  entry.mtime if self.preserve else None), entry.path)
@@ -327,7 +329,9 @@ class Receiver:
 
     def _sync_later(self, dirs: _Dirs) -> None:
         """The small files, reopened in the staged tree (ours, 0700; never through a symlink) in the order they
-        came, each synced then given its mode (and times) by `_Syncs` as a large file is at its done_file."""
+        came, each synced then given its mode (and times) by `_Syncs` as a large file is at its done_file. At the
+        commit, and every SYNC_BATCH files before it (what the commit has left to sync, and what is kept for it,
+        stays bounded however large the tree)."""
         later, self._later = self._later, []
         for path, mode, mtime in later:
             parent, _, name = path.rpartition("/")
@@ -551,6 +555,11 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 # files of 1 KiB, A/B alternated beside other work (load 4-6.5): up 5.96 -> 4.31 s and the worker's CPU 3.25 ->
 # 2.40 s; down 4.81 -> 4.53 s and the client's CPU 2.06 -> 1.26 s (none synced at all: 3.11 s up).
 SYNC_LATER = CHUNK
+# Small files waiting to be synced, at most: past it they are synced before the next file is taken (the
+# stream waits, as it would for their creations), so that a commit never has more than this many left: a
+# worker's commit must end within the master's stall timeout (master_side.copying.relay: 60 s), and 4096
+# fsyncs take about half a second here.
+SYNC_BATCH = 4096
 
 # fsyncs at once: a filesystem commits concurrent fsyncs together (ext4's journal), so a tree of small files is
 # made durable faster than one file after another (1000 files of 1 KiB on this machine's ext4: 0.3 s -> 0.12-0.22 s
