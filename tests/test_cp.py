@@ -132,6 +132,94 @@ def test_a_large_files_writeback_is_started_as_it_arrives_and_its_bytes_are_unch
     assert started == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK)]
 
 
+def test_a_file_written_in_place_is_staged_unsynced_and_the_named_file_gets_its_bytes_and_writeback(tmp_path,
+                                                                                                    monkeypatch):
+    from slaveshell.files import receiver as cpfiles
+
+    started: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(cpfiles, "WRITEBACK", CHUNK)
+    real = cpfiles._start_writeback
+    monkeypatch.setattr(cpfiles, "_start_writeback",
+                        lambda fd, at, n: (started.append((os.fstat(fd).st_ino, at, n)), real(fd, at, n)))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(cpfiles.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    blob = os.urandom(3 * CHUNK + 7)
+    (tmp_path / "blob").write_bytes(blob)
+    target = tmp_path / "target"
+    target.write_bytes(b"old contents, longer than nothing")
+    inode = target.stat().st_ino
+    _pipe(plan([str(tmp_path / "blob")], recursive=False), Receiver(str(target), preserve=False))
+    assert target.read_bytes() == blob and target.stat().st_ino == inode  # written into, as scp does
+    # Only the named file is written back and synced: the staged copy (read back, then removed) is neither.
+    assert {ino for ino, _at, _n in started} == {inode}
+    assert [(at, n) for _ino, at, n in started] == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK), (3 * CHUNK, 7)]
+    assert inode in synced and all(ino in (inode, tmp_path.stat().st_ino) for ino in synced)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_small_files_are_synced_once_created_in_bounded_batches_each_with_its_mode(tmp_path, monkeypatch):
+    from slaveshell.files import receiver as cpfiles
+
+    monkeypatch.setattr(cpfiles, "SYNC_BATCH", 3)
+    batches: list[int] = []
+    real_later = cpfiles.Receiver._sync_later
+    monkeypatch.setattr(cpfiles.Receiver, "_sync_later",
+                        lambda self, dirs: (batches.append(len(self._later)), real_later(self, dirs)))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(cpfiles.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    blobs = {f"sub/f{i}" if i % 2 else f"f{i}": os.urandom(i * 100) for i in range(7)}
+    for rel, blob in blobs.items():
+        (src / rel).write_bytes(blob)
+        os.chmod(src / rel, 0o640)
+    (tmp_path / "dest").mkdir()
+    _pipe(plan([str(src)], recursive=True), Receiver(str(tmp_path / "dest"), preserve=True))
+    assert batches == [3, 3, 1]  # two while the stream went on, the rest at the commit
+    for rel, blob in blobs.items():
+        got = tmp_path / "dest" / "src" / rel
+        assert got.read_bytes() == blob and got.stat().st_mode & 0o777 == 0o640
+        assert got.stat().st_ino in synced
+
+
+def test_a_file_swapped_for_a_fifo_after_the_plan_is_refused_without_waiting_for_a_writer(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    planned = plan([str(tmp_path / "f")], recursive=False)
+    os.unlink(tmp_path / "f")
+    os.mkfifo(tmp_path / "f")  # no writer: an open that waited would never return
+    sender = Sender(planned, lambda event: None)
+    with pytest.raises(TransferError, match="not a regular file"):
+        sender.pump()
+
+
+def test_a_trees_symlinks_are_followed_and_checked_where_they_lead_as_realpath_says(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "plain").write_text("p")
+    os.symlink(outside, tree / "sub" / "dirlink")
+    os.symlink(outside / "secret", tree / "filelink")
+    os.symlink(tree / "sub", tmp_path / "alias")
+    seen: list[str] = []
+    planned = plan([str(tree), str(tmp_path / "alias")], recursive=True, check=seen.append)
+    assert seen == [os.path.realpath(p.local) for p in planned]  # every entry checked where it resolves
+    by_rel = {p.entry.path: p.local for p in planned}
+    assert by_rel["tree/filelink"] == str(outside / "secret")
+    assert by_rel["tree/sub/dirlink"] == str(outside) and by_rel["tree/sub/dirlink/secret"] == str(outside / "secret")
+    assert by_rel["alias"] == str(tree / "sub") and by_rel["alias/plain"] == str(tree / "sub" / "plain")
+
+    def refuse_outside(real: str) -> None:
+        if real.startswith(str(outside)):
+            raise TransferError("outside")
+
+    with pytest.raises(TransferError, match="outside"):
+        plan([str(tree)], recursive=True, check=refuse_outside)
+
+
 def test_an_abort_removes_everything_staged(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()

@@ -65,13 +65,27 @@ def plan(sources: list[str], recursive: bool, check: Check | None = None, base: 
     return out
 
 
+def _resolved(path: str, in_real_dir: bool) -> tuple[str, os.stat_result | None]:
+    """What `path` resolves to (symlinks followed, as os.path.realpath), and its stat when already known. A name
+    read from a directory whose real path it is joined to (`in_real_dir`) resolves to itself unless it is a
+    symlink: one lstat, not one per component of the path (a tree's thousands of entries)."""
+    if in_real_dir:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return path, None  # os.stat says why, as for any other path
+        if not stat.S_ISLNK(st.st_mode):
+            return path, st
+    return os.path.realpath(path), None
+
+
 def _walk(path: str, rel: str, recursive: bool, check: Check | None, out: list[Planned], seen: set[str],
-          max_entries: int) -> None:
-    real = os.path.realpath(path)
+          max_entries: int, in_real_dir: bool = False) -> None:
+    real, known = _resolved(path, in_real_dir)
     if check is not None:
         check(real)
     try:
-        st = os.stat(real)
+        st = known if known is not None else os.stat(real)
     except OSError as e:
         raise os_error(path, e) from None
     if len(out) >= max_entries:
@@ -90,8 +104,10 @@ def _walk(path: str, rel: str, recursive: bool, check: Check | None, out: list[P
         names = sorted(os.listdir(real))
     except OSError as e:
         raise os_error(path, e) from None
+    below = seen | {real}
     for name in names:
-        _walk(os.path.join(real, name), f"{rel}/{name}", recursive, check, out, seen | {real}, max_entries)
+        _walk(f"{real}/{name}" if real != "/" else f"/{name}", f"{rel}/{name}", recursive, check, out, below,
+              max_entries, in_real_dir=True)
 
 
 class Sender:
@@ -148,16 +164,25 @@ class Sender:
             sha = hashlib.sha256() if self.claim else None
             left = entry.size
             try:
-                with open(item.local, "rb") as f:
-                    while left > 0:
-                        chunk = f.read(min(CHUNK, left))
-                        if not chunk:
-                            raise TransferError(f"{item.local}: the file shrank while it was read")
-                        if sha is not None:
-                            sha.update(chunk)
-                        left -= len(chunk)
-                        yield Data(chunk), len(chunk)
+                # Never waits to open (a FIFO put there since the plan: its reads then fail, not block).
+                fd = os.open(item.local, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError as e:
                 raise os_error(item.local, e) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise TransferError(f"{item.local}: not a regular file")
+                while left > 0:
+                    try:
+                        chunk = os.read(fd, min(CHUNK, left))
+                    except OSError as e:
+                        raise os_error(item.local, e) from None
+                    if not chunk:
+                        raise TransferError(f"{item.local}: the file shrank while it was read")
+                    if sha is not None:
+                        sha.update(chunk)
+                    left -= len(chunk)
+                    yield Data(chunk), len(chunk)
+            finally:
+                os.close(fd)
             yield DoneFile(sha.hexdigest() if sha is not None else NO_CLAIM), ENTRY_COST
         yield Finish(), 0
