@@ -46,3 +46,4 @@ def test_a_transfer_is_recorded_once_the_database_away_at_the_start_is_back(tmp_
         record.end(True, "", 0, 0)
     finally:
         yield trail.stop()
+

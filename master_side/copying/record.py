@@ -174,7 +174,8 @@ class TransferRecord:
     def end(self, ok: bool, reason: str, nbytes: int, files: int) -> None:
         """The outcome; the transcript (and a kept copy) is fsynced and closed in a thread; the row and an "end"
         event are queued. Never raises."""
-        text = path_text(f"ok: {files} files, {nbytes} bytes" if ok else f"failed: {reason}")
+        counted = f"{files} file{'' if files == 1 else 's'}, {nbytes} byte{'' if nbytes == 1 else 's'}"
+        text = path_text(f"ok: {counted}" if ok else f"failed: {reason}")
         sha = kept = None
         copy, self.copy = self.copy, None
         if copy is not None and copy.created:

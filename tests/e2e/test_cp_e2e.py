@@ -119,6 +119,7 @@ def test_binary_file_and_tree_round_trips_are_byte_exact_and_audited(cpbox, tmp_
 
     row = transfer_row(cpbox, "blob.bin -> ")
     assert row["state"] == "ended" and row["bytes_out"] == len(data) and row["operator"]
+    assert row["end_reason"] == f"ok: 1 file, {len(data)} bytes"  # not "1 files"
     cast = open(str(row["transcript"]), encoding="utf-8").read()
     assert hashlib.sha256(data).hexdigest() in cast and '"kind": "transfer"' in cast
     # keep_transfer_bytes: the bytes next to the transcript, in its attachment.
