@@ -321,7 +321,9 @@ def test_a_worker_a_master_lists_but_the_shared_database_does_not_show_there_is_
     finally:
         lister.terminate()
         lister.wait(timeout=30)
-    # b1, confirmed by the database on B, is still routed.
+    # b1, confirmed by the database on B, is routed again once the router has dropped C's session (a moment after
+    # C's process ends: until then A rightly refuses, naming the claim).
+    wait_until(lambda: (row := rows(cluster.a).get("b1", {})).get("master") == "B" and not row.get("disputed"), 30)
     b1 = subprocess.run(shell_argv() + ["--socket", cluster.a.socket, "b1", "echo", "routed-$((6*7))"],
                         capture_output=True, timeout=60)
     assert b1.returncode == 0 and b1.stdout.strip().endswith(b"routed-42"), b1
