@@ -53,6 +53,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cluster_bench import cpu_seconds  # noqa: E402
+
 MB = 1000 * 1000
 WORKER = "b1"
 ENTRY_COST = 1024  # slaveshell.vocabulary.copying.ENTRY_COST: a file's entry before its first byte
@@ -260,15 +264,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _load() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -340,7 +335,7 @@ def _copy(site: Any, path: str, direction: str, source: Path, want: str, here: P
         argv, result = [f"{WORKER}:{remote}", str(local)], local
     with open(os.path.join(site.b.worker_dir(WORKER), "twistd.pid")) as f:
         pids = {"A": site.a.master_pid(), "B": site.b.master_pid(), "W": int(f.read())}
-    before = {k: _cpu(v) for k, v in pids.items()}
+    before = {k: cpu_seconds(v) for k, v in pids.items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     load, t0 = _load(), time.monotonic()
     done = subprocess.run([sys.executable, "-m", "slaveshell.cli", "cp", "-q", "--socket", sock, *argv],
@@ -349,7 +344,7 @@ def _copy(site: Any, path: str, direction: str, source: Path, want: str, here: P
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     size = source.stat().st_size
     gb = size / 1e9
-    cpu = {k: (_cpu(v) - before[k]) / gb for k, v in pids.items()}
+    cpu = {k: (cpu_seconds(v) - before[k]) / gb for k, v in pids.items()}
     cpu["client"] = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / gb
     ok = done.returncode == 0 and result.stat().st_size == size and _sha256(result) == want
     result.unlink(missing_ok=True)
