@@ -520,3 +520,28 @@ def test_bulk_output_whose_write_fails_is_never_served_and_the_session_ends(tmp_
     assert [m for m in to_op if m[0] == "output"] == [("output", 1, b"a" * 5000)]  # never the unrecorded one
     assert to_op[-1][0] == "exit" and "cannot be written" in to_op[-1][3]
     assert len(index.errors) == 1 and "No space left" in str(index.errors[0])
+
+
+def test_bulk_output_whose_write_fails_goes_on_unrecorded_when_the_master_says_continue(tmp_path):
+    """on_record_error='continue': the viewers are warned, then get the chunks written behind from the failure on
+    (unrecorded, as the warning says), and the worker its credit back: the stream does not stall."""
+    s, owner, to_op, to_w = session(pty=False)
+    rec, index = bulk_recorder(tmp_path)
+    reactor = Reactor()
+    rec.call_in_reactor = reactor.call
+    rec.on_error = lambda error: s.notice(f"WARNING: the transcript cannot be written ({error.strerror})")
+    s.recorder = rec
+    s.worker_output(1, b"a" * 5000)
+    reactor.run_when(1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec.attachment._fd)
+    os.close(full)
+    s.worker_output(1, b"b" * 5000)
+    s.worker_output(1, b"c" * 5000)
+    reactor.run_when(1)
+    reactor.run_when(0)
+    outputs = [m for m in to_op if m[0] == "output"]
+    assert outputs[0] == ("output", 1, b"a" * 5000) and b"WARNING" in outputs[1][2]
+    assert outputs[2:] == [("output", 1, b"b" * 5000), ("output", 1, b"c" * 5000)]
+    s.viewer_ack(owner, sum(len(m[2]) for m in outputs))  # the client acknowledges all it got, the warning too
+    assert sum(n for kind, n in to_w if kind == "ack") == 15000 and s.live

@@ -82,12 +82,11 @@ class SessionRecorder:
     (Attachment.write_behind) while the reactor goes on; its `a` event is written once the bytes are in the file,
     and only then is `recorded` called: for input, the relay then returns the input's credit to its sender
     (recorded before acknowledged, as when written here); for output, the relay then serves the chunk to the
-    viewers and returns the worker's credit (recorded before served: an output chunk whose write failed is never
-    served, and the failure ends the session). The reactor's thread thus never waits on the disk for a bulk
-    stream (a write that meets the kernel's writeback throttling sleeps; py-spy had a `-T cat`'s master spending a
-    quarter of its reactor's time in that `os.write`). Any other event waits for the chunks still being written,
-    and is written after their events, so the transcript keeps its order and never refers to bytes the
-    attachment does not hold."""
+    viewers and returns the worker's credit (recorded before served: an output chunk whose write failed is served
+    only if `on_error` lets the session go on unrecorded, with its warning). The reactor's thread thus never waits
+    on the disk for a bulk stream (a write that meets the kernel's writeback throttling sleeps there). Any other
+    event waits for the chunks still being written, and is written after their events, so the transcript keeps
+    its order and never refers to bytes the attachment does not hold."""
 
     def __init__(self, session_id: str, path: str, encoder: CastEncoder, audit: RecordIndex | None,
                  started: float, clock: Callable[[], float] = time.time, seal: Seal | None = None,
@@ -189,7 +188,8 @@ class SessionRecorder:
 
     def output(self, data: bytes, stream: int = STREAM_OUT, recorded: Callable[[], None] | None = None) -> None:
         """`recorded`, when given, is called once the output is recorded: at once, or later for a bulk stream's
-        chunk written behind (never for one whose write failed)."""
+        chunk written behind (for one whose write failed, only after `on_error` has ended the session or let it go
+        on unrecorded)."""
         if recorded is not None and self._write_behind(data, recorded, stream):
             return
         self._output(data, stream)
@@ -276,8 +276,8 @@ class SessionRecorder:
 
     def _settle(self) -> None:
         """On the reactor's thread: the events of the chunks written behind that are in the file, in order, and
-        their `recorded` callbacks; a failed write fails the recording (input is still acknowledged, output not
-        served: the session is ended by `on_error`).
+        their `recorded` callbacks; a failed write fails the recording (input is still acknowledged; output from
+        it on is told only after `on_error`, which ends the session or lets it go on unrecorded).
 
         Never re-entered: what it writes may end a hidden span (an event of its own, written at its place), and a
         failure's `on_error` (the session's: it may end the session, whose end drains and settles again) is
@@ -286,6 +286,7 @@ class SessionRecorder:
             return  # the call in progress settles what is done, in order
         self._settling = True
         done: list[_Behind] = []
+        unrecorded: list[_Behind] = []  # output chunks from a failed write on: told only after on_error
         try:
             while self._behind and self._behind[0].write.done():
                 behind = self._behind.popleft()
@@ -301,11 +302,17 @@ class SessionRecorder:
                     self._fail(error if isinstance(error, OSError) else OSError(str(error)))
                 if behind.stream == 0:
                     done.append(behind)  # input: acknowledged all the same
+                else:
+                    unrecorded.append(behind)
         finally:
             self._settling = False
         for behind in done:
             behind.recorded()
         self._report()
+        # Output written behind from the failure on: `on_error` has ended the session (then nothing is served: its
+        # viewers are gone), or let it go on unrecorded with a warning (then it is served, and its credit returns).
+        for behind in unrecorded:
+            behind.recorded()
 
     def _drain(self) -> None:
         """Wait for the chunks still being written behind, and settle them (before any other event); within a
