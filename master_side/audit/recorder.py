@@ -110,6 +110,8 @@ class SessionRecorder:
         self.call_in_reactor: Callable[[Callable[[], None]], object] | None = None
         self._behind: collections.deque[_Behind] = collections.deque()
         self._settling = False  # `_settle` in progress
+        self._reporting = False  # `on_error` in progress (`_report`)
+        self._unrecorded: list[_Behind] = []  # output from a failed write on, told once `on_error` returned
         self._unreported: OSError | None = None  # a failure `on_error` is not yet told of (`_report`)
         # Runs blocking file work (the final fsync and close) off the reactor thread; None: here.
         self.run_blocking: Callable[[Callable[[], None]], object] | None = None
@@ -182,7 +184,11 @@ class SessionRecorder:
         """Tell `on_error` of the failure not yet told (once: it may end the session, which comes back here)."""
         error, self._unreported = self._unreported, None
         if error is not None:
-            self.on_error(error)
+            self._reporting = True
+            try:
+                self.on_error(error)
+            finally:
+                self._reporting = False
 
     # -- the relay's Recorder interface ----------------------------------------------------------
 
@@ -308,11 +314,15 @@ class SessionRecorder:
             self._settling = False
         for behind in done:
             behind.recorded()
+        # Output written behind from the failure on, told once `on_error` has returned (a settling within it, as the
+        # session's end drains, keeps them here): it has ended the session (then nothing is served: its viewers are
+        # gone), or let it go on unrecorded with a warning (then they are served, and their credit returns).
+        self._unrecorded.extend(unrecorded)
         self._report()
-        # Output written behind from the failure on: `on_error` has ended the session (then nothing is served: its
-        # viewers are gone), or let it go on unrecorded with a warning (then it is served, and its credit returns).
-        for behind in unrecorded:
-            behind.recorded()
+        if not self._reporting:
+            held, self._unrecorded = self._unrecorded, []
+            for behind in held:
+                behind.recorded()
 
     def _drain(self) -> None:
         """Wait for the chunks still being written behind, and settle them (before any other event); within a
