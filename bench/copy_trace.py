@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import getpass
-import hashlib
 import importlib.abc
 import importlib.machinery
 import json
@@ -55,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster_bench import cpu_seconds  # noqa: E402
+from cluster_bench import cpu_seconds, sha256  # noqa: E402
 
 MB = 1000 * 1000
 WORKER = "b1"
@@ -256,14 +255,6 @@ def install() -> None:
 # -- the run -----------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -291,7 +282,7 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         for _ in range(size // len(block)):
             f.write(block)
         f.write(block[:size % len(block)])
-    want = _sha256(source)
+    want = sha256(source)
     policy = (f"[dict(users=[{os.getuid()}]), dict(users=[{'cluster:A/' + getpass.getuser()!r}], "
               "workers=['b*'])]")
     site = ClusterSandbox(str(work / "site"), {"A": ["a1"], "B": [WORKER]}, policies={"B": policy},
@@ -346,7 +337,7 @@ def _copy(site: Any, path: str, direction: str, source: Path, want: str, here: P
     gb = size / 1e9
     cpu = {k: (cpu_seconds(v) - before[k]) / gb for k, v in pids.items()}
     cpu["client"] = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / gb
-    ok = done.returncode == 0 and result.stat().st_size == size and _sha256(result) == want
+    ok = done.returncode == 0 and result.stat().st_size == size and sha256(result) == want
     result.unlink(missing_ok=True)
     print(f"copy trace: round {r + 1} {path} {direction}: {size / (t1 - t0) / MB:.1f} MB/s"
           f"{'' if ok else ' FAILED ' + done.stderr[-300:].decode(errors='replace')}", file=sys.stderr, flush=True)
