@@ -503,35 +503,15 @@ def test_bulk_output_written_behind_is_served_only_once_its_bytes_and_event_are_
     assert len(to_op) == 4
 
 
-def test_bulk_output_whose_write_fails_is_never_served_and_the_session_ends(tmp_path):
+def _output_past_a_full_disk(tmp_path, on_error):
+    """A -T session with the real recorder: "a" written behind, then the attachment on /dev/full and "b" and "c"
+    written behind (settled together, or "c" by the session's end while `on_error` ends it). `on_error` gets the
+    session and the error."""
     s, owner, to_op, to_w = session(pty=False)
     rec, index = bulk_recorder(tmp_path)
     reactor = Reactor()
     rec.call_in_reactor = reactor.call
-    rec.on_error = lambda error: s.abort(f"the transcript cannot be written: {error}")
-    s.recorder = rec
-    s.worker_output(1, b"a" * 5000)
-    reactor.run_when(1)
-    full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, rec.attachment._fd)
-    os.close(full)
-    s.worker_output(1, b"b" * 5000)
-    s.worker_output(1, b"c" * 5000)  # settled with b, or by the session's end while on_error ends it
-    reactor.run_when(1)
-    reactor.run_when(0)
-    assert [m for m in to_op if m[0] == "output"] == [("output", 1, b"a" * 5000)]  # never the unrecorded ones
-    assert to_op[-1][0] == "exit" and "cannot be written" in to_op[-1][3]
-    assert len(index.errors) == 1 and "No space left" in str(index.errors[0])
-
-
-def test_bulk_output_whose_write_fails_goes_on_unrecorded_when_the_master_says_continue(tmp_path):
-    """on_record_error='continue': the viewers are warned, then get the chunks written behind from the failure on
-    (unrecorded, as the warning says), and the worker its credit back: the stream does not stall."""
-    s, owner, to_op, to_w = session(pty=False)
-    rec, index = bulk_recorder(tmp_path)
-    reactor = Reactor()
-    rec.call_in_reactor = reactor.call
-    rec.on_error = lambda error: s.notice(f"WARNING: the transcript cannot be written ({error.strerror})")
+    rec.on_error = lambda error: on_error(s, error)
     s.recorder = rec
     s.worker_output(1, b"a" * 5000)
     reactor.run_when(1)
@@ -542,6 +522,22 @@ def test_bulk_output_whose_write_fails_goes_on_unrecorded_when_the_master_says_c
     s.worker_output(1, b"c" * 5000)
     reactor.run_when(1)
     reactor.run_when(0)
+    return s, owner, to_op, to_w, index
+
+
+def test_bulk_output_whose_write_fails_is_never_served_and_the_session_ends(tmp_path):
+    s, owner, to_op, to_w, index = _output_past_a_full_disk(
+        tmp_path, lambda s, error: s.abort(f"the transcript cannot be written: {error}"))
+    assert [m for m in to_op if m[0] == "output"] == [("output", 1, b"a" * 5000)]  # never the unrecorded ones
+    assert to_op[-1][0] == "exit" and "cannot be written" in to_op[-1][3]
+    assert len(index.errors) == 1 and "No space left" in str(index.errors[0])
+
+
+def test_bulk_output_whose_write_fails_goes_on_unrecorded_when_the_master_says_continue(tmp_path):
+    """on_record_error='continue': the viewers are warned, then get the chunks written behind from the failure on
+    (unrecorded, as the warning says), and the worker its credit back: the stream does not stall."""
+    s, owner, to_op, to_w, _ = _output_past_a_full_disk(
+        tmp_path, lambda s, error: s.notice(f"WARNING: the transcript cannot be written ({error.strerror})"))
     outputs = [m for m in to_op if m[0] == "output"]
     assert outputs[0] == ("output", 1, b"a" * 5000) and b"WARNING" in outputs[1][2]
     assert outputs[2:] == [("output", 1, b"b" * 5000), ("output", 1, b"c" * 5000)]
