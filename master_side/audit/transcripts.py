@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from master_side.audit.hashing import BatchedSha256
+from master_side.audit.writeback import WriteBack
 from slaveshell.vocabulary.transcript import ATTACHED, EXACT_ATTACHED, attachment_ref, parse_lines
 
 
@@ -58,6 +59,7 @@ class TranscriptFile:
         self.path = path
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
                                        0o600)
+        self._writeback = WriteBack(self._fd)
         self._buffer: list[bytes] = []
         self._buffered = 0
         self.size = 0
@@ -105,6 +107,7 @@ class TranscriptFile:
             raise
         self._buffer = []
         self._buffered = 0
+        self._writeback.advance(self.size)
 
     def close(self, run: Callable[[Callable[[], None]], object] | None = None) -> str:
         """Flush (os.write, here), then fsync and close; returns the sha256 of the file's contents (known once
@@ -119,12 +122,14 @@ class TranscriptFile:
                 self._fd = None
                 raise
             self._fd = None
+            self._writeback.close()
             _sync_and_close(fd, run)
         return self._sha.hexdigest()
 
     def abandon(self) -> None:
         """Close without flushing (the disk refused): what was written stays valid up to its last line."""
         if self._fd is not None:
+            self._writeback.close()
             os.close(self._fd)
             self._fd = None
 
@@ -162,6 +167,7 @@ class Attachment:
         self._queue: collections.deque[_Chunk] = collections.deque()  # handed to write_behind, not yet written
         self._lock = threading.Lock()  # the queue, between the reactor's thread and the writing threads
         self._writing = False  # a writing thread has (or is about to have) this attachment's next chunk
+        self._writeback: WriteBack | None = None
 
     @property
     def created(self) -> bool:
@@ -176,6 +182,7 @@ class Attachment:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
                                0o600)
+            self._writeback = WriteBack(self._fd)
         return self._fd
 
     def write(self, data: bytes) -> int:
@@ -186,6 +193,8 @@ class Attachment:
         _append(fd, offset, data)
         self._end = self.size = self.size + len(data)
         self._sha.update(data)
+        if self._writeback is not None:
+            self._writeback.advance(self.size)
         return offset
 
     def write_behind(self, data: bytes) -> tuple[int, concurrent.futures.Future[None]]:
@@ -239,6 +248,8 @@ class Attachment:
         except OSError as e:
             self._error = e
             raise
+        if self._writeback is not None:
+            self._writeback.advance(offset + len(data))
 
     def written(self, data: bytes) -> None:
         """A chunk `write_behind` wrote, counted in (size, sha256), in the order they were handed over."""
@@ -259,11 +270,15 @@ class Attachment:
             return self.sha256() if self.size else None
         fd, self._fd = self._fd, None
         digest = self.sha256()
+        if self._writeback is not None:
+            self._writeback.close()
         _sync_and_close(fd, run)
         return digest
 
     def abandon(self) -> None:
         if self._fd is not None:
+            if self._writeback is not None:
+                self._writeback.close()
             os.close(self._fd)
             self._fd = None
 
