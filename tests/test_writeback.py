@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from master_side.audit import writeback
 from master_side.audit.transcripts import Attachment, TranscriptFile
 
-pytestmark = pytest.mark.skipif(not writeback.AVAILABLE, reason="no sync_file_range here")
+pytestmark = [pytest.mark.skipif(not writeback.AVAILABLE, reason="no sync_file_range here"),
+              pytest.mark.skipif(shutil.which("fincore") is None, reason="no fincore (util-linux) to read the cache")]
 
 MB = 1024 * 1024
 
