@@ -359,7 +359,7 @@ def test_the_operators_client_shows_as_line_and_exits_non_zero(path: str, hostil
     args = argparse.Namespace(paths=[str(source), "b1:/tmp/f"], recursive=False, preserve=False, build=None,
                               quiet=True, reason=None)
     assert copy_cli.cmd_cp(args, "/nonexistent/socket") == 1
-    assert capsys.readouterr().err == f"slaveshell: {LINE}{why}\n"
+    assert capsys.readouterr().err == f"slaveshell cp: {LINE}{why}\n"
     assert records[-1][1].startswith("cp up routed to master B: transfer t1 ended here: master B broke the "
                                      "protocol (its message 1: ")
     assert not site.routed.live

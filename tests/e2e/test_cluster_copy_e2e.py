@@ -143,7 +143,7 @@ def test_bs_policy_refusal_of_cp_is_shown_on_a(cluster: Site, tmp_path) -> None:
     assert done.returncode != 0
     # B's own refusal, as docs/multi-master.md shows it.
     with open(DOC) as f:
-        documented = next(line.strip() for line in f if line.strip().startswith("slaveshell: permission denied")
+        documented = next(line.strip() for line in f if line.strip().startswith("slaveshell cp: permission denied")
                           and "may not copy" in line)
     assert done.stderr == documented.replace("cluster:A/alice", vouched()) + "\n", done.stderr
     assert not os.path.exists(os.path.join(cluster.b.worker_dir("z1"), "f"))
@@ -678,7 +678,7 @@ def test_a_hostile_b_breaking_an_uploads_protocol_ends_it_on_a_with_as_line_and_
     assert probe["joined"][0] == "B" and probe["sessions"]["out"] == ["called"], probe  # type: ignore[index]
     assert child.returncode == 1, err
     assert_no_traceback(err)
-    assert re.fullmatch(r"slaveshell: the transfer with b1 ended: master B broke the protocol: message 1000000000 "
+    assert re.fullmatch(r"slaveshell cp: the transfer with b1 ended: master B broke the protocol: message 1000000000 "
                         r"where \d+ was expected\n", err), err
     assert not os.path.exists(dest)
 

@@ -200,6 +200,36 @@ def test_allowed_dirs_refuse_paths_outside_and_symlinks_escaping(cpbox, tmp_path
     assert not os.path.exists(outside + "/x") and not (tmp_path / "s2").exists() and not (tmp_path / "wl").exists()
 
 
+def test_every_error_line_of_cp_starts_with_one_prefix_as_scps_do(cpbox, tmp_path):
+    """Whatever fails (the arguments, a local file, the master's socket, the worker, the policy), the one line
+    `slaveshell cp` prints starts with `slaveshell cp: `, as scp's all start with `scp: `; the exit codes stay."""
+    local = tmp_path / "f"
+    local.write_text("f\n")
+    missing = str(tmp_path / "missing")
+    cases = [
+        ((str(local), str(tmp_path / "g")), 2, "slaveshell cp: exactly one side must be remote (WORKER:PATH): copies "
+                                               "between workers, or local ones, are not done by slaveshell cp"),
+        (("--bogus", str(local), "cw1:x"), 2, "slaveshell cp: error: unrecognized arguments: --bogus"),
+        (("--build", "x", str(local), "cw1:x"), 2, "slaveshell cp: error: argument --build: invalid int value: 'x'"),
+        ((missing, "cw1:x"), 1, f"slaveshell cp: {missing}: No such file or directory"),
+        (("cw1:a", "cw1:b", str(local)), 1, f"slaveshell cp: {local}: target is not a directory"),
+        ((str(local), f"cw1:{cpbox.root}/outside/f"), 1,
+         f"slaveshell cp: worker cw1: {cpbox.root}/outside/f: outside the directories this worker allows"),
+        ((str(local), f"nocopy:{allowed(cpbox, 'nope')}"), 1, None),
+    ]
+    for args, status, line in cases:
+        done = cp(cpbox, *args)
+        assert done.returncode == status, (args, done.stderr)
+        assert_no_traceback(done.stderr)
+        shown = [x for x in done.stderr.splitlines() if not x.startswith(("usage:", " "))]
+        assert len(shown) == 1 and shown[0].startswith("slaveshell cp: "), (args, done.stderr)
+        assert line is None or shown[0] == line, (args, done.stderr)
+    unreachable = subprocess.run([sys.executable, "-m", "slaveshell.cli", "cp", "--socket", missing, str(local),
+                                  "cw1:x"], capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith(f"slaveshell cp: no master socket at {missing}"), unreachable.stderr
+
+
 def test_a_copy_without_the_copy_right_is_refused_and_audited(cpbox, tmp_path):
     local = tmp_path / "f"
     local.write_text("f\n")
@@ -259,7 +289,7 @@ def test_ctrl_c_mid_upload_leaves_nothing_partial_and_closes_the_row(cpbox, tmp_
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err.strip() == "slaveshell: interrupted", err
+    assert proc.returncode == 130 and err.strip() == "slaveshell cp: interrupted", err
     assert_no_traceback(err)
     assert wait_until(lambda: os.listdir(dest_dir) == [], 10), os.listdir(dest_dir)
     assert transfer_row(cpbox, "ctrlc/huge")["state"] == "failed"
@@ -341,7 +371,7 @@ def test_on_a_terminal_a_progress_bar_runs_and_ctrl_c_still_stops_the_copy(cpbox
         child.close(force=True)
     shown = child.before.decode(errors="replace")
     assert child.exitstatus == 130, shown
-    assert "slaveshell: interrupted" in shown, shown
+    assert "slaveshell cp: interrupted" in shown, shown
     assert_no_traceback(shown)
     assert wait_until(lambda: sorted(os.listdir(dest_dir)) == ["five"], 10), os.listdir(dest_dir)
 
