@@ -230,6 +230,36 @@ def test_every_error_line_of_cp_starts_with_one_prefix_as_scps_do(cpbox, tmp_pat
     assert unreachable.stderr.startswith(f"slaveshell cp: no master socket at {missing}"), unreachable.stderr
 
 
+def test_a_missing_remote_path_is_named_as_typed_never_where_it_resolves_on_the_worker(cpbox, tmp_path):
+    """A relative worker path is under the worker's basedir; what fails names it as the operator typed it (as scp
+    and GNU cp do), escaped, never the basedir or a symlink's target; an absolute one stays as typed."""
+    local = tmp_path / "f"
+    local.write_text("f\n")
+    basedir = cpbox.worker_dir("cw1")
+    os.makedirs(allowed(cpbox, "linked"), exist_ok=True)
+    if not os.path.lexists(os.path.join(basedir, "tolink")):
+        os.symlink(allowed(cpbox, "linked"), os.path.join(basedir, "tolink"))
+    if not os.path.exists(allowed(cpbox, "linked", "fifo")):
+        os.mkfifo(allowed(cpbox, "linked", "fifo"))
+    cases = [
+        ((str(local), "cw1:nodir/f"), "worker cw1: nodir/f: No such file or directory"),
+        ((str(local), "cw1:nodir/"), "worker cw1: nodir/: No such file or directory"),
+        ((str(local), "cw1:no\x1b[2Jdir/f"), "worker cw1: no\\x1b[2Jdir/f: No such file or directory"),
+        (("cw1:nodir/f", str(tmp_path / "g")), "worker cw1: nodir/f: No such file or directory"),
+        (("cw1:tolink/missing", str(tmp_path / "g")), "worker cw1: tolink/missing: No such file or directory"),
+        (("-r", "cw1:tolink", str(tmp_path)), "worker cw1: tolink/fifo: not a regular file"),
+        ((str(local), f"cw1:{allowed(cpbox, 'nodir', 'f')}"),
+         f"worker cw1: {allowed(cpbox, 'nodir', 'f')}: No such file or directory"),
+    ]
+    for args, line in cases:
+        done = cp(cpbox, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr == f"slaveshell cp: {line}\n", (args, done.stderr)
+        if not args[-1].startswith(f"cw1:{cpbox.root}"):
+            assert basedir not in done.stderr and allowed(cpbox) not in done.stderr, done.stderr
+    assert not os.path.exists(os.path.join(basedir, "nodir")) and not (tmp_path / "g").exists()
+
+
 def test_a_copy_without_the_copy_right_is_refused_and_audited(cpbox, tmp_path):
     local = tmp_path / "f"
     local.write_text("f\n")
