@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        getattr(args, "usage_error", parser.error)(f"unrecognized arguments: {' '.join(unknown)}")
+        getattr(args, "usage_error", parser.error)(f"unrecognized arguments: {visible(' '.join(unknown))}")
     if hasattr(sys.stdout, "reconfigure"):
         # A table of names the locale's encoding cannot spell is shown escaped, not a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
