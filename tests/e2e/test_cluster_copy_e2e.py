@@ -118,6 +118,36 @@ def test_cp_up_and_down_a_file_through_a_to_a_worker_of_b(cluster: Site, tmp_pat
             assert hashlib.sha256(data).hexdigest() in f.read()
 
 
+def test_ctrl_c_of_a_routed_upload_is_recorded_on_b_as_as_end_not_as_the_operators_stop(cluster: Site,
+                                                                                          tmp_path) -> None:
+    """The operator's client on A stops mid-upload (Ctrl-C closes its connection): A tells B `cancel` with the kind
+    of end; B's row says master A ended it and why, in B's words (not "stopped by the operator"), and nothing is
+    left on b1."""
+    on_b(cluster)
+    with open(tmp_path / "huge-routed", "wb") as f:
+        f.truncate(4 * 1024**3)
+    where = os.path.join(cluster.b.worker_dir("b1"), "ctrlc-routed")
+    os.makedirs(where, exist_ok=True)
+
+    def staged() -> bool:
+        return any(n.startswith(".slaveshell-cp-") and any(files for _, _, files in os.walk(os.path.join(where, n)))
+                   for n in os.listdir(where))
+
+    proc = subprocess.Popen(cp_argv(cluster.a, str(tmp_path / "huge-routed"), f"b1:{where}/huge-routed"),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(staged, 60, 0.05), "the transfer never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "slaveshell cp: interrupted\n", err
+    row = closed_row(cluster, "b1", "huge-routed")
+    assert row["state"] == "failed"
+    assert row["end_reason"] == "failed: ended by master A: its operator's connection was lost", row
+    assert wait_until(lambda: os.listdir(where) == [], 20), os.listdir(where)
+
+
 def test_cp_r_of_a_tree_both_ways(cluster: Site, tmp_path) -> None:
     on_b(cluster)
     tree = tmp_path / "tree"
