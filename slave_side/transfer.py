@@ -5,7 +5,8 @@ slaveshell.vocabulary.copying; file work: slaveshell.files.sender).
 every one, and answer a bad call with a plain refusal (``{"ok": False, "error": text}`` or a `result(False,
 reason)` to the master), never by dropping the worker's connection. Every path the master names must resolve
 (symlinks included) inside the owner's `allowed_dirs`, when given. The owner's `allowed_users` applies, and
-`max_sessions` bounds the transfers at once (counted apart from the sessions).
+`max_sessions` bounds the transfers at once (counted apart from the sessions). What the operator is told names a
+path as they gave it (relative to the basedir or the build's directory, when it was), never where it resolves here.
 
 Downloads (DOWN) read files in CHUNK pieces while the master's credit allows (`Sender`); uploads (UP) are
 written to temporary files next to their destination and renamed once complete, after an fsync run in a thread
@@ -365,8 +366,9 @@ class TransferServer:
             if request.direction == UP:
                 dest = check_str(request.dest, "destination", MAX_PATH)
                 with login_umask(self.options):  # new files' modes, without -p, as a login's umask gives them
+                    # Errors name the destination as the operator gave it, never the basedir it is under.
                     receiver = Receiver(dest if os.path.isabs(dest) else os.path.join(base, dest), request.preserve,
-                                        check, asked=request.asked())
+                                        check, asked=request.asked(), shown=dest)
                 transfer = WorkerTransfer(transfer_id, request, peer, None, receiver, self._ended)
                 total, entries = 0, 0
             else:

@@ -15,11 +15,14 @@ import collections
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 
 from master_side.cluster.config import session_uri
 from master_side.cluster.copy_relay import RoutedTransfer
 from master_side.cluster.direct import COPY_LEAN, DirectLink, Sender, _CopyMind
 from master_side.cluster.relay import MAX_WAITING_LINES
+from master_side.cluster.serve import DEAD
+from master_side.copying.relay import OPERATOR, WORKER, MasterTransfer
 from slaveshell.client import copy_cli
 from slaveshell.vocabulary import framing
 from slaveshell.vocabulary.copying import (
@@ -359,7 +362,7 @@ def test_the_operators_client_shows_as_line_and_exits_non_zero(path: str, hostil
     args = argparse.Namespace(paths=[str(source), "b1:/tmp/f"], recursive=False, preserve=False, build=None,
                               quiet=True, reason=None)
     assert copy_cli.cmd_cp(args, "/nonexistent/socket") == 1
-    assert capsys.readouterr().err == f"slaveshell: {LINE}{why}\n"
+    assert capsys.readouterr().err == f"slaveshell cp: {LINE}{why}\n"
     assert records[-1][1].startswith("cp up routed to master B: transfer t1 ended here: master B broke the "
                                      "protocol (its message 1: ")
     assert not site.routed.live
@@ -381,3 +384,116 @@ def test_a_b_flooding_the_operator_with_waiting_lines_before_its_answer_is_cut_o
         b.send("waiting", "waiting for approval \x1b[2J")
     assert len(shown) == MAX_WAITING_LINES and transfer.ended
     assert records[-1][1].endswith("master B broke the protocol (too many waiting lines)")
+
+
+# -- what B records of A's end --------------------------------------------------------------------------------------
+
+
+class BRecord:
+    """B's audit record of the transfer (master_side.copying.record.TransferRecord): its outcome."""
+
+    def __init__(self) -> None:
+        self.ended: tuple[bool, str] | None = None
+
+    def entry(self, entry: Entry) -> None: ...
+    def data(self, chunk: bytes) -> None: ...
+    def file_done(self, entry: Entry, sha256: str) -> None: ...
+
+    def end(self, ok: bool, reason: str, nbytes: int, files: int) -> None:
+        self.ended = (ok, reason)
+
+
+class BWorker:
+    """B's worker's end of the transfer: what B's relay tells it."""
+
+    def __init__(self) -> None:
+        self.got: list[TransferEvent] = []
+
+    def send(self, event: TransferEvent) -> None:
+        self.got.append(event)
+
+    def on_disconnect(self, callback: Any) -> Any:
+        return lambda: None
+
+
+class RecordingSite(Site):
+    """The site with B's real relay (master_side.copying.relay.MasterTransfer) and its record."""
+
+    def __init__(self) -> None:
+        self.records: list[BRecord] = []
+        self.workers: list[BWorker] = []
+        super().__init__()
+
+    def copier(self, who: Any, request: TransferRequest, party: Any) -> Any:
+        record, worker = BRecord(), BWorker()
+        self.records.append(record)
+        self.workers.append(worker)
+        transfer = MasterTransfer(f"t{len(self.records)}", who, request, record,  # type: ignore[arg-type]
+                                  lambda transfer: None, self.clock.seconds)
+        transfer.parties.update({OPERATOR: party, WORKER: worker})
+        self.transfers.append(transfer)  # type: ignore[arg-type]
+        return defer.succeed((transfer, {"total": 0, "entries": 0, "recorded": True}))
+
+
+def b_took_what_a_sent_directly(site: RecordingSite, b: HostileB) -> None:
+    """A's messages over the direct connection, taken by B's end of it (master_side.cluster.copy_serve)."""
+    served = next(iter(site.served.served.values()))
+    for wire in b.perspective.got:
+        site.served.take(served, wire)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_b_records_as_a_breach_found_by_a_not_as_the_operators_stop(path: str) -> None:
+    """A ends the upload because B acknowledged more than was sent: B's record and its worker say master A ended it,
+    finding that B broke the protocol; not "stopped by the operator", and none of A's line (B's own text)."""
+    site = RecordingSite()
+    transfer = upload(site)
+    b = HostileB(site, transfer, path)
+    b.send("ack", SENT + 1)
+    assert transfer.ended
+    if path == "direct":
+        b_took_what_a_sent_directly(site, b)
+    why = "ended by master A: it says master B broke the protocol"
+    assert site.records[0].ended == (False, why)
+    assert site.workers[0].got[-1] == Cancel(why)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_b_records_what_a_said_of_its_operator_and_of_b_never_as_text(path: str) -> None:
+    cases: list[tuple[Any, str]] = [
+        # The operator's own stop on A (the web page's Cancel, with its own text): B hears the kind alone.
+        (lambda t: t.decoded("operator", lambda: Cancel("\x1b]0;pwned\x07 typed on the page")),
+         "ended by master A: its operator stopped it"),
+        (lambda t: [callback() for callback in t.party.disconnects],
+         "ended by master A: its operator's connection was lost"),
+        (lambda t: t.arrived("operator", Data, (b"x" * (2 * 1024 * 1024 * 4),)),
+         "ended by master A: its operator's client broke the protocol"),
+    ]
+    for act, why in cases:
+        site = RecordingSite()
+        party = Party()
+        transfer = upload(site, party)
+        b = HostileB(site, transfer, path)
+        act(transfer)
+        if path == "direct":
+            b_took_what_a_sent_directly(site, b)
+        assert site.records[0].ended == (False, why), why
+        assert site.workers[0].got[-1] == Cancel(why)
+
+
+def test_b_records_a_silent_b_found_by_a_and_never_a_hostile_as_text() -> None:
+    site = RecordingSite()
+    transfer = upload(site)
+    site.clock.advance(DEAD + 1)
+    site.routed.tick(site.clock.seconds())
+    assert transfer.ended
+    assert site.records[0].ended == (False, "ended by master A: it says master B stopped answering")
+    # A hostile A (or one of an older slaveshell) cancels with text of its own: B records that A ended it, no more.
+    for reason in ("\x1b]0;pwned\x07stopped by the operator", "master B broke the protocol: x", 7, "", None):
+        site = RecordingSite()
+        transfer = upload(site)
+        assert transfer.calls is not None
+        args = [] if reason is None else [reason]
+        site.a.call(transfer.calls.uri, [3, "cancel", *args])
+        assert site.records[0].ended == (False, "ended by master A"), reason
+        assert site.workers[0].got[-1] == Cancel("ended by master A")

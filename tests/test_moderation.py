@@ -218,6 +218,80 @@ def test_the_end_closes_every_moderators_span(moderated) -> None:
     assert not any(kind == HELD and "left" in detail for kind, _, detail in events.moderation_events)
 
 
+@pytest.fixture
+def moderated_bulk():
+    """A four-eyes session without a terminal (`buildbot-shell -T prod-1`, a login shell: its input is held), on a
+    worker that takes stdout_closed."""
+    return _bulk()
+
+
+def test_the_owners_stdout_closed_waits_for_a_moderator_as_its_input_does_and_comes_before_later_input(
+        moderated_bulk) -> None:
+    """OpenSSH's eow@openssh.com is a message of the client's channel, in order with its data, EOF and signals; it
+    makes the command's next write fail, as a signal would. Held, it reaches the worker only at the release, once,
+    before whatever the owner sends after it; the owner is told why its command goes on meanwhile."""
+    session, owner, to_owner, to_worker, clock = moderated_bulk
+    to_owner.clear()
+    session.viewer_input(owner, b"typed blind\n")
+    session.viewer_stdout_closed(owner)
+    session.viewer_stdout_closed(owner)  # a repeat changes nothing
+    session.viewer_signal(owner, signal.SIGINT)
+    assert to_worker == []  # nothing reached the worker while held
+    told = notices(to_owner)
+    assert any(b"the close of your output reaches the worker once one does" in n for n in told), told
+    assert session.live
+    session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    session.viewer_input(owner, b"after\n")
+    assert to_worker == [("stdout_closed",), ("input", b"after\n")]  # the close first, once; the held input never
+    bob2 = session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    session.remove_viewer(bob2, "left")
+    session.viewer_stdout_closed(owner)
+    assert to_worker.count(("stdout_closed",)) == 1
+
+
+def test_a_held_stdout_closed_goes_with_the_client_it_came_from_or_the_sessions_end(moderated_bulk) -> None:
+    session, owner, to_owner, to_worker, clock = moderated_bulk
+    session.viewer_stdout_closed(owner)
+    session.viewer_lost(owner)  # detached: the reader that went away was that client's
+    again = session.add_viewer(ALICE, Role.OWNER, ToViewer())
+    session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    assert to_worker == []  # the new client reads its output: nothing is closed
+    session.viewer_stdout_closed(again)
+    assert to_worker == [("stdout_closed",)]  # released now: at once
+    session2, owner2, _, to_worker2, _ = _bulk()
+    session2.viewer_stdout_closed(owner2)
+    session2.end(ExitStatus(code=0))
+    assert to_worker2 == []
+
+
+def test_without_four_eyes_or_once_released_stdout_closed_goes_at_once(moderated_bulk) -> None:
+    session, owner, to_owner, to_worker, clock = moderated_bulk
+    session.add_viewer(BOB, Role.WATCH, ToViewer(), moderator=True)
+    session.viewer_stdout_closed(owner)
+    assert to_worker == [("stdout_closed",)]
+
+
+def test_on_a_terminal_the_owners_stdout_closed_still_ends_its_own_session_while_held(moderated) -> None:
+    """A terminal session has no half-close: the owner's reader gone closes it, as before, held or not (the
+    operator may always end their own session)."""
+    session, owner, to_owner, to_worker, events, clock = moderated
+    session.stdout_closes = True
+    session.viewer_stdout_closed(owner)
+    assert to_worker == [("close",)] and not session.moderation.passes(owner)
+
+
+def _bulk() -> tuple:
+    clock = Clock()
+    session = MasterSession(OpenRequest(worker="prod-1", pty=False), ALICE, lambda s: None, clock=clock)
+    session.viewer_events = Events()
+    session.stdout_closes = True
+    to_owner: list[tuple] = []
+    to_worker: list[tuple] = []
+    owner = session.start(ToViewer(lambda *a: to_owner.append(a)), ToWorker(lambda *a: to_worker.append(a)))
+    session.hold_input(("leads",))
+    return session, owner, to_owner, to_worker, clock
+
+
 # -- the reporters' notice (master_side.holds.moderator_notices) ---------------------------------------------
 
 WANTED = ModeratorWanted("5f6645fe7bc5", "prod-1", "alice", "leads, web:leads", 1_800_000_000.0, OPENED,

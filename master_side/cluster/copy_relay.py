@@ -15,7 +15,8 @@ before anything B sends reaches the operator's client: in an upload B sends ackn
 than the operator's data and entries this end forwarded) and the outcome (a success only after the operator's
 finish), never the sender's events; in a download, its stream in order, as the request asked and within the
 window, and no acknowledgement nor a success (the client's own word). A breach, or a message out of sequence,
-ends the transfer here with a line naming B, B is told `cancel`, and it is a `routed` audit event here
+ends the transfer here with a line naming B, B is told `cancel` (with the kind of end, never this end's line:
+master_side.cluster.copy_stream.ended_by says how B records it), and it is a `routed` audit event here
 (`RoutedTransfers.copy`: which message, never its content).
 
 When B's answer offers a direct connection (master_side.cluster.direct), this end connects to B's PB port, logs
@@ -38,7 +39,19 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri, worker_uri
-from master_side.cluster.copy_stream import CopyCall, OrderedCalls, call_name, event_of, split, waiting_text
+from master_side.cluster.copy_stream import (
+    HOLDER_BROKE,
+    HOLDER_SILENT,
+    OPERATOR_BROKE,
+    OPERATOR_LOST,
+    OPERATOR_STOPPED,
+    CopyCall,
+    OrderedCalls,
+    call_name,
+    event_of,
+    split,
+    waiting_text,
+)
 from master_side.cluster.direct import COPY, CallerEnd, Send
 from master_side.cluster.link import NO_SUCH_PROCEDURE, ClusterLink, ClusterUnavailable, caller_of, error_uri
 from master_side.cluster.offers import DirectOffer
@@ -157,10 +170,10 @@ class RoutedTransfer(CallerEnd):
         try:
             event = decode()
         except ProtocolError as e:
-            self.end(f"the operator sent a bad message: {e}")
+            self.end(f"the operator sent a bad message: {e}", kind=OPERATOR_BROKE)
             return
         if isinstance(event, Data) and calls.held + len(event.chunk) > MAX_HELD:
-            self.end("the operator's client sent past its window")
+            self.end("the operator's client sent past its window", kind=OPERATOR_BROKE)
             return
         if self.upload:
             self.stream.forwarded(event)  # what B may acknowledge
@@ -168,8 +181,10 @@ class RoutedTransfer(CallerEnd):
             try:
                 self.stream.acked(event.credit)
             except ProtocolError as e:
-                self.end(f"the operator sent a bad message: {e}")
+                self.end(f"the operator sent a bad message: {e}", kind=OPERATOR_BROKE)
                 return
+        if isinstance(event, Cancel):  # the operator's own stop: B is told that kind, never the client's text
+            event = Cancel(OPERATOR_STOPPED)
         calls.send(event)
         if isinstance(event, Result):  # a download's outcome, the client's last message: done once B has it
             calls.drained = self._finish
@@ -221,7 +236,7 @@ class RoutedTransfer(CallerEnd):
         if not self.answered:
             size = len(event.chunk) if isinstance(event, Data) else 0
             if len(self._early) >= MAX_EARLY or self._early_bytes + size > MAX_EARLY_BYTES:
-                self.end("the worker's master sent too much before it answered")
+                self.end("the worker's master sent too much before it answered", kind=HOLDER_BROKE)
                 return
             self._early.append(event)
             self._early_bytes += size
@@ -307,7 +322,7 @@ class RoutedTransfer(CallerEnd):
             return
         self.on_breach(self, what)
         self.end(f"master {visible(self.master)} broke the protocol: {error}",
-                 logged=f"master {visible(self.master)} broke the protocol ({what})")
+                 logged=f"master {visible(self.master)} broke the protocol ({what})", kind=HOLDER_BROKE)
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -317,17 +332,19 @@ class RoutedTransfer(CallerEnd):
             return
         self._finish()
         if self.calls is not None and not self.calls.gone:
-            self.calls.send(Cancel("the operator's connection was lost"))
+            self.calls.send(Cancel(OPERATOR_LOST))
 
-    def end(self, why: str, logged: str | None = None) -> None:
+    def end(self, why: str, logged: str | None = None, kind: str = "") -> None:
         """The transfer is lost here (B gone, the router lost, a bad message): the operator is told why, and B,
-        if it can still hear, is told cancel. `logged`: why, for the log, when `why` may hold a path."""
+        if it can still hear, is told cancel with `kind` (one of master_side.cluster.copy_stream's: B records it as
+        this master's end, in its own words; "" says nothing more), never `why`, which holds B's and the operator's
+        text. `logged`: why, for the log, when `why` may hold a path."""
         if self.ended:
             return
         self._finish()
         calls = self.calls
         if calls is not None and not calls.gone:
-            calls.send(Cancel(why[:1000]))
+            calls.send(Cancel(kind))
         log.info("slaveshell: a transfer routed to master {master} ended: {why}", master=visible(self.master),
                  why=logged or visible(why))
         self.told_end = True
@@ -452,7 +469,7 @@ class RoutedTransfers:
         try:
             sizes = transfer.started(answer)
         except ProtocolError as e:
-            transfer.end(f"the worker's master sent a malformed answer ({e})")
+            transfer.end(f"the worker's master sent a malformed answer ({e})", kind=HOLDER_BROKE)
             raise Refused(UNAVAILABLE, f"the worker's master sent a malformed answer: {e}") from None
         transfer.undo.append(party.on_disconnect(transfer.cancel))
         if not transfer.ended:
@@ -476,6 +493,6 @@ class RoutedTransfers:
             if transfer.ended or calls is None:
                 continue
             if now - transfer.heard_at > DEAD:
-                transfer.end(f"master {visible(transfer.master)} stopped answering")
+                transfer.end(f"master {visible(transfer.master)} stopped answering", kind=HOLDER_SILENT)
             elif now - calls.sent_at >= PING:
                 calls.ping()

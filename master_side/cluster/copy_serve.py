@@ -8,7 +8,8 @@ starts through the operators' API as any other (`copier`: the `copy` right, the 
 directories, the record on this master naming `cluster:A/...`). The operator's end of the transfer
 (`RouterParty`) is A's per-transfer `out` procedure; A's messages come to this master's per-transfer `in`
 procedure and go to the transfer's relay (master_side.copying.relay), which checks each as it checks a local
-client's (order, sizes, the credit window, sha256).
+client's (order, sizes, the credit window, sha256). A's `cancel` ends it as A's doing ("ended by master A", with
+this master's wording of the kind A gave: master_side.cluster.copy_stream.ended_by), never as the operator's stop.
 
 Bounds on what a calling master can make this one hold: MAX_PER_MASTER transfers per calling master and
 MAX_SERVED in all (refused with a line and an audit event); a message out of sequence ends the transfer. A
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 
 from master_side.cluster.config import session_uri
-from master_side.cluster.copy_stream import CopyCall, OrderedCalls, event_of, split
+from master_side.cluster.copy_stream import CopyCall, OrderedCalls, ended_by, event_of, split
 from master_side.cluster.direct import COPY, DirectDoor, Send, offer_or_route
 from master_side.cluster.link import ClusterLink, caller_of, master_caller
 from master_side.cluster.offers import DIRECT, OFFER_TTL, ROUTER, DirectOffer, Offer
@@ -42,7 +43,7 @@ from master_side.cluster.stream import BAD_REQUEST, LIMIT, STOPPED, TOKEN_LENGTH
 from master_side.copying.relay import OPERATOR
 from master_side.sessions.worker_link import Undo, subscribe
 from slaveshell.plumbing.deferreds import deferred
-from slaveshell.vocabulary.copying import WINDOW, TransferEvent, TransferRequest
+from slaveshell.vocabulary.copying import WINDOW, Cancel, TransferEvent, TransferRequest
 from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.policy import ClusterIdentity, Identity
 from slaveshell.vocabulary.protocol import ProtocolError
@@ -71,6 +72,7 @@ class ServedTransfer(Protocol):
     def undo(self) -> list[Callable[[], None]]: ...
     def decoded(self, side: str, decode: Callable[[], TransferEvent]) -> None: ...
     def end(self, ok: bool, reason: str, reported_by: str | None = None) -> None: ...
+    def cancelled(self, why: str) -> None: ...
 
 
 # The operators' API's copy for another master's operator (OperatorAPI.copy_for_master): fires (the transfer,
@@ -295,12 +297,16 @@ class ServedTransfers:
             if seq != served.expected:
                 raise ProtocolError(f"message {seq} where {served.expected} was expected")
             served.expected += 1
-            if event_of(call, args) is None:
-                return  # alive
+            event = event_of(call, args)
         except ProtocolError as e:
             transfer.end(False, f"master {served.caller} sent a bad message: {e}")
             return
-        transfer.decoded(OPERATOR, lambda: event_of(call, args))  # type: ignore[arg-type,return-value]
+        if event is None:
+            return  # alive
+        if isinstance(event, Cancel):  # A ended it: recorded as A's, in this master's words for A's kind
+            transfer.cancelled(ended_by(served.caller, self.link.name, event.reason))
+            return
+        transfer.decoded(OPERATOR, lambda: event)
 
     def _closing(self, served: Served) -> None:
         """The transfer ended: its last message (the result) is sent after this, then the procedure goes."""

@@ -6,8 +6,9 @@ other's per-transfer procedure (master_side.cluster.config.session_uri), bytes a
 Every message is `[seq, call, *args]`: `seq` counts one direction's messages from 0 (a gap or a repeat ends the
 transfer), `call` is a transfer event's name (slaveshell.vocabulary.copying: entry, data, done_file, finish, abort,
 ack, result, cancel) or ALIVE, and the args are the event's, checked where they arrive as the framed door checks
-a client's. A data message holds at most copying.CHUNK bytes: far below the router's message limit (crossbar:
-16 MiB). `OrderedCalls` sends one side's messages in order with at most MAX_OUTSTANDING calls in flight.
+a client's. A's `cancel` carries one of the kinds below (OPERATOR_STOPPED ...), which B words (`ended_by`). A
+data message holds at most copying.CHUNK bytes: far below the router's message limit (crossbar: 16 MiB).
+`OrderedCalls` sends one side's messages in order with at most MAX_OUTSTANDING calls in flight.
 """
 
 from __future__ import annotations
@@ -92,6 +93,33 @@ def call_name(call: object) -> str:
     """A message's call as a log or an audit event may name it: its name when it is one of the vocabulary's,
     else "an unknown call" (never the other master's text)."""
     return call if isinstance(call, str) and (call in EVENTS or call in (ALIVE, WAITING)) else "an unknown call"
+
+
+# Why the operator's master (A) ended a routed transfer: the reason of its `cancel` to the worker's master (B), one
+# of these kinds, never free text. B records its own wording for a kind it knows (`ended_by`), and "ended by master
+# A" alone for anything else: the kind is A's word (B cannot check it), and A's text is never recorded raw there.
+OPERATOR_STOPPED = "operator-stopped"  # the operator's own stop (the web page's Cancel)
+OPERATOR_LOST = "operator-lost"  # the operator's connection went
+OPERATOR_BROKE = "operator-broke"  # the operator's client broke the protocol (a bad message, past its window)
+HOLDER_BROKE = "holder-broke"  # A found B broke the protocol (master_side.cluster.copy_relay.RoutedTransfer.broke)
+HOLDER_SILENT = "holder-silent"  # A heard nothing from B for too long
+_ENDED_BY = {
+    OPERATOR_STOPPED: "its operator stopped it",
+    OPERATOR_LOST: "its operator's connection was lost",
+    OPERATOR_BROKE: "its operator's client broke the protocol",
+    HOLDER_BROKE: "it says master {holder} broke the protocol",
+    HOLDER_SILENT: "it says master {holder} stopped answering",
+    # What an A of an earlier slaveshell sent when its operator's connection went.
+    "the operator's connection was lost": "its operator's connection was lost",
+}
+
+
+def ended_by(caller: str, holder: str, reason: object) -> str:
+    """What B records of A's `cancel` with `reason`: "ended by master A", with the wording of A's kind when it is one
+    of the kinds above (exactly), never A's text."""
+    wording = _ENDED_BY.get(reason) if isinstance(reason, str) else None
+    said = f": {wording.format(holder=visible(holder))}" if wording is not None else ""
+    return f"ended by master {visible(caller)}{said}"
 
 
 def event_of(call: object, args: tuple[object, ...]) -> TransferEvent | None:

@@ -209,7 +209,12 @@ class MasterTransfer:
     def _cancel(self, side: str, _cancel: Cancel) -> None:
         if side != OPERATOR:
             raise ProtocolError("unknown transfer call cancel")
-        self.end(False, "stopped by the operator")
+        self.cancelled("stopped by the operator")
+
+    def cancelled(self, why: str) -> None:
+        """The operator's side ended it (its cancel), `why` as this master words that: the operator's own stop, or
+        the operator's master's end of a routed transfer (master_side.cluster.copy_serve)."""
+        self.end(False, why)
 
     def _start(self, _side: str, _start: Start) -> None:
         raise ProtocolError("unknown transfer call start")

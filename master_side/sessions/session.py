@@ -185,6 +185,9 @@ class MasterSession(SessionTimers):
         # whether it was told (once: the owner's repeats go nowhere).
         self.stdout_closes = False
         self.stdout_closed_told = False
+        # The owner whose stdout_closed waits for a moderator (four eyes: it reaches the worker only when input
+        # does, at the release; `_stdout_close_released`), None when none waits.
+        self._stdout_close_held: Viewer | None = None
         # The largest input message the operators may send (slaveshell.vocabulary.flow.input_limits): a terminal's
         # stays small; a bulk stream's is larger once the worker said it takes that (`grant_windows`).
         self.input_limits = input_limits(request.pty)
@@ -306,6 +309,7 @@ class MasterSession(SessionTimers):
                                       "input released" if was_held else f"beside {others} other moderators")
         if was_held:
             self._moderation_notice(f"{viewer.identity.user} moderates this session: input reaches the worker")
+        self._stdout_close_released()
 
     def _moderator_left(self, viewer: Viewer, why: str) -> None:
         moderation = self.moderation
@@ -381,6 +385,8 @@ class MasterSession(SessionTimers):
         owner = self.owner
         assert owner is not None
         self.owner = None
+        if self._stdout_close_held is owner:
+            self._stdout_close_held = None  # the reader that went away was that client's: a new one may read
         # Nobody will acknowledge what the owner had in flight: return that credit to the worker now.
         if owner.window.in_flight and self.live:
             self._ack_worker(owner.window.in_flight)
@@ -429,21 +435,50 @@ class MasterSession(SessionTimers):
     def viewer_stdout_closed(self, viewer: Viewer) -> None:
         """Whoever read the viewer's stdout went away (`buildbot-shell -T w1 -- yes | head -1`). The owner's: the
         worker closes the command's stdout, which meets EPIPE or SIGPIPE at its next write, as through OpenSSH
-        (its eow@openssh.com); a worker that cannot, or a session on a terminal, is closed as before. Anyone else
-        leaves (nobody sees its output)."""
+        (its eow@openssh.com); a worker that cannot, or a session on a terminal, is closed as before (the operator
+        may always end their own session). Anyone else leaves (nobody sees its output).
+
+        In a four-eyes session whose input is held, the close waits for a moderator, as the owner's input does: it
+        is a message of the client's stream into the session (OpenSSH's eow is a channel request, in order with the
+        channel's data, EOF and signals), and what it does on the worker (the command's next write fails, most
+        programs end) is what a signal does, which is held. It is not dropped as a keystroke is (nothing was typed
+        blind: the reader stays gone, and the session could only stall once its output is no longer read): it
+        reaches the worker at the release, before anything sent after it, unless the session ends or its owner
+        detaches (the reader was that client's) first."""
         if not self.live:
             raise LateEvent(f"stdout closed for session {self.id} after it ended")
         if viewer is not self.owner:
             self.remove_viewer(viewer, "left (its output's reader went away)")
             return
-        if self.stdout_closed_told:
+        if self.stdout_closed_told or self._stdout_close_held is viewer:
             return
-        self.stdout_closed_told = True
         if self.request.pty or not self.stdout_closes:
+            self.stdout_closed_told = True
             self.viewer_close(viewer)
             return
+        moderation = self.moderation
+        if moderation is not None and not moderation.passes(viewer):
+            self._stdout_close_held = viewer
+            self.recorder.marker(f"stdout closed: {viewer.identity.user}'s reader of it went away (held: it "
+                                 "reaches the worker once a moderator watches)")
+            self.notice(f"{moderation.held_notice()}: the close of your output reaches the worker once one does",
+                        viewer)
+            return
+        self._close_stdout(viewer)
+
+    def _close_stdout(self, viewer: Viewer) -> None:
+        self.stdout_closed_told = True
         self.recorder.marker(f"stdout closed: {viewer.identity.user}'s reader of it went away")
         self.to_worker.stdout_closed()
+
+    def _stdout_close_released(self) -> None:
+        """A moderator watches: a stdout_closed that waited for one reaches the worker (its owner still attached)."""
+        viewer = self._stdout_close_held
+        if viewer is None or self.moderation is None or not self.moderation.passes(viewer):
+            return
+        self._stdout_close_held = None
+        if viewer is self.owner and self.live and not self.stdout_closed_told:
+            self._close_stdout(viewer)
 
     def viewer_resize(self, viewer: Viewer, cols: int, rows: int) -> None:
         # The owner's terminal sets the size; the others see it as it is.

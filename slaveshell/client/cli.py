@@ -395,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     from slaveshell.client.copy_cli import add_arguments as cp_arguments
 
     cp_arguments(cp)
-    cp.set_defaults(func=cmd_cp)
+    # Its arguments the subcommand does not know are its own usage error ("slaveshell cp: error: ..."), as every
+    # other line `slaveshell cp` prints starts so.
+    cp.set_defaults(func=cmd_cp, usage_error=cp.error)
 
     d = sub.add_parser("demo", help="a throwaway master and worker, and a shell on the worker")
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory afterwards")
@@ -411,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "usage_error", parser.error)(f"unrecognized arguments: {visible(' '.join(unknown))}")
     if hasattr(sys.stdout, "reconfigure"):
         # A table of names the locale's encoding cannot spell is shown escaped, not a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")

@@ -7,9 +7,10 @@ transfer: `slaveshell history` lists it) over the framed hop (slaveshell.client.
 files next to their destination and are renamed once complete and fsynced, so a failure, a Ctrl-C or a lost
 worker leaves nothing partial.
 
-A progress bar (prompt_toolkit's) on a terminal's standard error; nothing in a pipe. Exit status: 0 when every
-file is in place, 1 with a one-line reason otherwise (as scp), 130 after Ctrl-C (or SIGTERM, SIGHUP), 2 for bad
-arguments.
+A progress bar (prompt_toolkit's) on a terminal's standard error; nothing in a pipe. Every error and warning line
+starts with PREFIX (``slaveshell cp: ``), argparse's usage errors included, as scp's all start with ``scp: ``.
+Exit status: 0 when every file is in place, 1 with a one-line reason otherwise (as scp), 130 after Ctrl-C (or
+SIGTERM, SIGHUP), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 
 from slaveshell.client.connection import EventLoop, HopError, Link
-from slaveshell.client.copy_client import CopyClient, Interrupted, Progress, run
+from slaveshell.client.copy_client import PREFIX, CopyClient, Interrupted, Progress, run
 from slaveshell.files.receiver import Receiver
 from slaveshell.files.sender import TransferError, plan
 from slaveshell.vocabulary.copying import DOWN, UP, TransferRequest, path_text
@@ -75,11 +76,20 @@ def request_of(args: argparse.Namespace) -> TransferRequest:
 
 
 def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
+    """The copy `args` ask for, its lines on stderr; the exit status."""
+    try:
+        return _copy(args, socket_path)
+    except KeyboardInterrupt:  # before the transfer's loop takes the signals (a large tree being listed)
+        print(f"{PREFIX}interrupted", file=sys.stderr)
+        return 130
+
+
+def _copy(args: argparse.Namespace, socket_path: str) -> int:
     try:
         request = request_of(args)
         request.validate()
     except (ValueError, ProtocolError) as e:
-        print(f"slaveshell cp: {e}", file=sys.stderr)
+        print(f"{PREFIX}{visible(str(e))}", file=sys.stderr)
         return 2
     planned, receiver = None, None
     try:
@@ -94,7 +104,7 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
                 raise TransferError(f"{request.dest}: target is not a directory")
             receiver = Receiver(request.dest, request.preserve, asked=request.asked())
     except TransferError as e:
-        print(f"slaveshell: {visible(path_text(str(e)))}", file=sys.stderr)
+        print(f"{PREFIX}{visible(path_text(str(e)))}", file=sys.stderr)
         return 1
     show = not args.quiet and sys.stderr.isatty()
     title = visible(" ".join(args.paths[:-1]))[:40]
@@ -108,13 +118,13 @@ def cmd_cp(args: argparse.Namespace, socket_path: str) -> int:
     except Interrupted:
         if receiver is not None:
             receiver.abort()
-        print("slaveshell: interrupted", file=sys.stderr)
+        print(f"{PREFIX}interrupted", file=sys.stderr)
         return 130
     except HopError as e:
-        print(f"slaveshell: {visible(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
+        print(f"{PREFIX}{visible(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
         return 1
     if not ok:
-        print(f"slaveshell: {visible(path_text(reason.splitlines()[0]) if reason else 'the transfer failed')}",
+        print(f"{PREFIX}{visible(path_text(reason.splitlines()[0]) if reason else 'the transfer failed')}",
               file=sys.stderr)
         return 1
     return 0

@@ -43,6 +43,8 @@ from slaveshell.vocabulary.display import visible
 from slaveshell.vocabulary.framing import Control, FrameType, Op
 from slaveshell.vocabulary.protocol import ProtocolError, check_int
 
+# What every error and warning line of `slaveshell cp` starts with, as scp's start with "scp: ".
+PREFIX = "slaveshell cp: "
 # Seconds the client waits, after a download is in place, for the master to acknowledge its result (the audit
 # row learns it before this process goes); the files are in place either way.
 RESULT_WAIT = 10.0
@@ -133,7 +135,7 @@ class CopyClient:
             self._finish(False, error if isinstance(error, str) else "the master refused the transfer")
             return
         if reply.get("recorded") is False:
-            self.warn("slaveshell: WARNING: this transfer is NOT being recorded (the audit trail is unavailable)")
+            self.warn(f"{PREFIX}WARNING: this transfer is NOT being recorded (the audit trail is unavailable)")
         total = sum(p.entry.size for p in self.plan) if self.plan is not None else 0
         if self.request.direction == DOWN:
             try:
@@ -175,7 +177,7 @@ class CopyClient:
         elif op is Op.WAITING:  # the transfer waits before it starts (a moderator's approval)
             text = message.get("text")
             if isinstance(text, str):
-                self.warn(f"slaveshell: {visible(text[:600])}")
+                self.warn(f"{PREFIX}{visible(text[:600])}")
         elif op is Op.RESULT:  # the master's word on the outcome, whatever its reason's length
             self._result(Result.told(message.get("ok"), message.get("reason"), "the master ended the transfer"))
         elif op in framing.TRANSFER:
@@ -379,4 +381,4 @@ def _last_words(connection: hop.Connection) -> None:
         connection.sock.shutdown(socket.SHUT_WR)
 
 
-__all__ = ["CopyClient", "Interrupted", "Progress", "run"]
+__all__ = ["PREFIX", "CopyClient", "Interrupted", "Progress", "run"]

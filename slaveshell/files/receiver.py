@@ -102,11 +102,15 @@ class Receiver:
     is replaced by rename (a symlink is replaced, not written through). `asked` (the request's `Asked`) refuses
     what was not asked for; modes never keep set-uid or set-gid. `check(real_dir)` (the worker's allowed
     directories) is asked of the directory written into. Every method raises TransferError (or ProtocolError
-    from the stream's checks); the caller then calls `abort`."""
+    from the stream's checks), naming paths under `shown`, the destination as the operator gave it (default:
+    `dest`; the worker's is relative to its basedir, and the operator is not told where that is); the caller then
+    calls `abort`."""
 
     def __init__(self, dest: str, preserve: bool, check: Check | None = None,
-                 on_bytes: Callable[[int], None] | None = None, asked: Asked | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None, asked: Asked | None = None,
+                 shown: str | None = None) -> None:
         self.dest = dest
+        self.shown = dest if shown is None else shown
         self.preserve = preserve
         self.check = check
         self.on_bytes = on_bytes
@@ -116,15 +120,15 @@ class Receiver:
         # protected_symlinks allows), never resolved here.
         self.into = os.path.isdir(dest)
         if dest.endswith("/") and not self.into:
-            raise TransferError(f"{dest}: not a directory" if os.path.lexists(dest.rstrip("/")) else
-                                f"{dest}: No such file or directory")
+            raise TransferError(f"{self.shown}: not a directory" if os.path.lexists(dest.rstrip("/")) else
+                                f"{self.shown}: No such file or directory")
         parent = dest if self.into else os.path.dirname(os.path.abspath(dest))
         self.final_name = None if self.into else os.path.basename(os.path.abspath(dest))
         self.target_fd: int | None = None  # an existing file the operator named: written into at the commit
         try:
             self.parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise os_error(dest, e) from None
+            raise os_error(self.shown, e) from None
         try:
             if check is not None:
                 check(_opened_path(self.parent_fd, parent))
@@ -160,20 +164,20 @@ class Receiver:
             try:
                 existing = os.stat(name, dir_fd=self.parent_fd)
             except FileNotFoundError:
-                raise TransferError(f"{self.dest}: not writing through dangling symlink") from None
+                raise TransferError(f"{self.shown}: not writing through dangling symlink") from None
             except OSError as e:
-                raise os_error(self.dest, e) from None
+                raise os_error(self.shown, e) from None
             if stat.S_ISDIR(existing.st_mode):
                 return None  # became a directory since: the entry's kind decides (_top)
         if not stat.S_ISREG(existing.st_mode):
-            raise TransferError(f"{self.dest}: not a regular file")
+            raise TransferError(f"{self.shown}: not a regular file")
         try:
             fd = os.open(name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=self.parent_fd)
         except OSError as e:
-            raise os_error(self.dest, e) from None
+            raise os_error(self.shown, e) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TransferError(f"{self.dest}: not a regular file")
+                raise TransferError(f"{self.shown}: not a regular file")
             if check is not None:
                 check(_opened_path(fd, self.dest))
         except TransferError:
@@ -189,9 +193,9 @@ class Receiver:
         self.target_fd, self.parent_fd = None, -1
 
     def _shown(self, path: str) -> str:
-        """A received path as the operator knows it: under the destination named."""
+        """A received path as the operator knows it: under the destination as they named it."""
         top, _, rest = path.partition("/")
-        base = self.dest if not self.into else os.path.join(self.dest, top)
+        base = self.shown if not self.into else os.path.join(self.shown, top)
         return os.path.join(base, rest) if rest else base
 
     def _lstat(self, name: str) -> os.stat_result | None:
@@ -205,7 +209,7 @@ class Receiver:
     def _top(self, entry: Entry) -> None:
         name = entry.path
         if self.tops and not self.into:
-            raise TransferError(f"{self.dest}: target is not a directory")
+            raise TransferError(f"{self.shown}: target is not a directory")
         final = name if self.into else str(self.final_name)
         existing = self._lstat(final)
         shown = self._shown(name)
@@ -220,13 +224,13 @@ class Receiver:
             try:
                 os.mkdir(self.stage_name, 0o700, dir_fd=self.parent_fd)
             except OSError as e:
-                raise os_error(self.dest, e) from None
+                raise os_error(self.shown, e) from None
             try:
                 self.stage_fd = os.open(self.stage_name, _DIR, dir_fd=self.parent_fd)
             except OSError as e:
                 with contextlib.suppress(OSError):
                     os.rmdir(self.stage_name, dir_fd=self.parent_fd)
-                raise os_error(self.dest, e) from None
+                raise os_error(self.shown, e) from None
             self._dirs = _Dirs(self.stage_fd)
         return self._dirs
 

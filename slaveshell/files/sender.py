@@ -4,7 +4,8 @@ from PB.
 
 `plan` lists a sender's entries (walking trees with -r, following symlinks as scp does, each path checked by the
 caller's `check`); `Sender` turns them into events (slaveshell.vocabulary.copying) while credit allows. Errors of both
-ends are `TransferError`, one line for the operator.
+ends are `TransferError`, one line for the operator that names a path as the operator gave it (a source, and the
+names below it), never where it resolves (the worker's basedir, a symlink's target), as scp and GNU cp do.
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ def os_error(path: str, error: OSError) -> TransferError:
 class Planned:
     entry: Entry
     local: str  # the file or directory to read
+    shown: str = ""  # its path as the operator knows it (their source, then the names below it); "": `local`
+
+    @property
+    def named(self) -> str:
+        return self.shown or self.local
 
 
 def plan(sources: list[str], recursive: bool, check: Check | None = None, base: str | None = None,
          max_entries: int = MAX_ENTRIES) -> list[Planned]:
     """The entries of `sources` (relative ones under `base`), each named by its base name at the top.
-    Directories need `recursive`. Raises TransferError."""
+    Directories need `recursive`. Raises TransferError, naming the path as given (a source, and below it)."""
     out: list[Planned] = []
     tops: set[str] = set()
     for source in sources:
@@ -61,7 +67,7 @@ def plan(sources: list[str], recursive: bool, check: Check | None = None, base: 
         if name in tops:
             raise TransferError(f"{source}: two sources have the same name {name}")
         tops.add(name)
-        _walk(path, name, recursive, check, out, set(), max_entries)
+        _walk(path, source, name, recursive, check, out, set(), max_entries)
     return out
 
 
@@ -79,35 +85,36 @@ def _resolved(path: str, in_real_dir: bool) -> tuple[str, os.stat_result | None]
     return os.path.realpath(path), None
 
 
-def _walk(path: str, rel: str, recursive: bool, check: Check | None, out: list[Planned], seen: set[str],
-          max_entries: int, in_real_dir: bool = False) -> None:
+def _walk(path: str, shown: str, rel: str, recursive: bool, check: Check | None, out: list[Planned],
+          seen: set[str], max_entries: int, in_real_dir: bool = False) -> None:
+    """`path` (read), named `shown` in errors (as the operator gave it), sent as `rel`."""
     real, known = _resolved(path, in_real_dir)
     if check is not None:
         check(real)
     try:
         st = known if known is not None else os.stat(real)
     except OSError as e:
-        raise os_error(path, e) from None
+        raise os_error(shown, e) from None
     if len(out) >= max_entries:
         raise TransferError(f"more than {max_entries} entries")
     if stat.S_ISREG(st.st_mode):
-        out.append(Planned(Entry("file", rel, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime), real))
+        out.append(Planned(Entry("file", rel, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime), real, shown))
         return
     if not stat.S_ISDIR(st.st_mode):
-        raise TransferError(f"{path}: not a regular file")
+        raise TransferError(f"{shown}: not a regular file")
     if not recursive:
-        raise TransferError(f"{path}: is a directory (use -r)")
+        raise TransferError(f"{shown}: is a directory (use -r)")
     if real in seen:
-        raise TransferError(f"{path}: a symlink loop")
-    out.append(Planned(Entry("dir", rel, stat.S_IMODE(st.st_mode), 0, st.st_mtime), real))
+        raise TransferError(f"{shown}: a symlink loop")
+    out.append(Planned(Entry("dir", rel, stat.S_IMODE(st.st_mode), 0, st.st_mtime), real, shown))
     try:
         names = sorted(os.listdir(real))
     except OSError as e:
-        raise os_error(path, e) from None
+        raise os_error(shown, e) from None
     below = seen | {real}
     for name in names:
-        _walk(f"{real}/{name}" if real != "/" else f"/{name}", f"{rel}/{name}", recursive, check, out, below,
-              max_entries, in_real_dir=True)
+        _walk(f"{real}/{name}" if real != "/" else f"/{name}", f"{shown.rstrip('/')}/{name}", f"{rel}/{name}",
+              recursive, check, out, below, max_entries, in_real_dir=True)
 
 
 class Sender:
@@ -167,17 +174,17 @@ class Sender:
                 # Never waits to open (a FIFO put there since the plan: its reads then fail, not block).
                 fd = os.open(item.local, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError as e:
-                raise os_error(item.local, e) from None
+                raise os_error(item.named, e) from None
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise TransferError(f"{item.local}: not a regular file")
+                    raise TransferError(f"{item.named}: not a regular file")
                 while left > 0:
                     try:
                         chunk = os.read(fd, min(CHUNK, left))
                     except OSError as e:
-                        raise os_error(item.local, e) from None
+                        raise os_error(item.named, e) from None
                     if not chunk:
-                        raise TransferError(f"{item.local}: the file shrank while it was read")
+                        raise TransferError(f"{item.named}: the file shrank while it was read")
                     if sha is not None:
                         sha.update(chunk)
                     left -= len(chunk)

@@ -225,7 +225,7 @@ def test_a_denied_copy_does_not_happen_and_its_operator_reads_the_moderators_lin
     denied = as_user(box, LEAD, "deny", request, "--reason", "not during the freeze \x1b[31m")
     assert denied.returncode == 0 and denied.stdout.strip() == f"request {request} of root on m1 denied"
     assert client.end() == 1
-    assert (f"slaveshell: request {request} denied by moderator {LEAD}: not during the freeze \\x1b[31m"
+    assert (f"slaveshell cp: request {request} denied by moderator {LEAD}: not during the freeze \\x1b[31m"
             in client.err), client.err
     assert not os.path.exists(dest)
     trail = kinds(box, request, "denied")
@@ -281,7 +281,7 @@ def test_an_unanswered_request_expires_and_ctrl_c_withdraws_one(short_box: Sandb
     assert all(r["id"] != leaving for r in listed(box, LEAD))
     assert late.end(timeout=SHORT_WAIT + 60) == 1
     assert time.monotonic() - started >= SHORT_WAIT - 1
-    assert (f"slaveshell: request {expiring}: no moderator approved it within {SHORT_WAIT} s (the master's limit)"
+    assert (f"slaveshell cp: request {expiring}: no moderator approved it within {SHORT_WAIT} s (the master's limit)"
             in late.err), late.err
     assert not os.path.exists(dest)
     assert kinds(box, expiring, "approval-expired")[-1][2] == "root"
@@ -481,7 +481,7 @@ def test_a_copy_refused_after_its_approval_is_audited_unused(box: Sandbox, tmp_p
     assert as_user(box, LEAD, "approve", request).returncode == 0
     assert client.end() == 1
     why = f"worker m1: {dest}: outside the directories this worker allows"
-    assert client.err.strip().splitlines()[-1] == f"slaveshell: {why}", client.err
+    assert client.err.strip().splitlines()[-1] == f"slaveshell cp: {why}", client.err
     assert not os.path.exists(dest)
     trail = kinds(box, request, "approval-unused")
     assert [k for k, *_ in trail] == ["approval-asked", "approved", "approval-unused"], trail

@@ -118,6 +118,36 @@ def test_cp_up_and_down_a_file_through_a_to_a_worker_of_b(cluster: Site, tmp_pat
             assert hashlib.sha256(data).hexdigest() in f.read()
 
 
+def test_ctrl_c_of_a_routed_upload_is_recorded_on_b_as_as_end_not_as_the_operators_stop(cluster: Site,
+                                                                                          tmp_path) -> None:
+    """The operator's client on A stops mid-upload (Ctrl-C closes its connection): A tells B `cancel` with the kind
+    of end; B's row says master A ended it and why, in B's words (not "stopped by the operator"), and nothing is
+    left on b1."""
+    on_b(cluster)
+    with open(tmp_path / "huge-routed", "wb") as f:
+        f.truncate(4 * 1024**3)
+    where = os.path.join(cluster.b.worker_dir("b1"), "ctrlc-routed")
+    os.makedirs(where, exist_ok=True)
+
+    def staged() -> bool:
+        return any(n.startswith(".slaveshell-cp-") and any(files for _, _, files in os.walk(os.path.join(where, n)))
+                   for n in os.listdir(where))
+
+    proc = subprocess.Popen(cp_argv(cluster.a, str(tmp_path / "huge-routed"), f"b1:{where}/huge-routed"),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(staged, 60, 0.05), "the transfer never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "slaveshell cp: interrupted\n", err
+    row = closed_row(cluster, "b1", "huge-routed")
+    assert row["state"] == "failed"
+    assert row["end_reason"] == "failed: ended by master A: its operator's connection was lost", row
+    assert wait_until(lambda: os.listdir(where) == [], 20), os.listdir(where)
+
+
 def test_cp_r_of_a_tree_both_ways(cluster: Site, tmp_path) -> None:
     on_b(cluster)
     tree = tmp_path / "tree"
@@ -143,7 +173,7 @@ def test_bs_policy_refusal_of_cp_is_shown_on_a(cluster: Site, tmp_path) -> None:
     assert done.returncode != 0
     # B's own refusal, as docs/multi-master.md shows it.
     with open(DOC) as f:
-        documented = next(line.strip() for line in f if line.strip().startswith("slaveshell: permission denied")
+        documented = next(line.strip() for line in f if line.strip().startswith("slaveshell cp: permission denied")
                           and "may not copy" in line)
     assert done.stderr == documented.replace("cluster:A/alice", vouched()) + "\n", done.stderr
     assert not os.path.exists(os.path.join(cluster.b.worker_dir("z1"), "f"))
@@ -678,7 +708,7 @@ def test_a_hostile_b_breaking_an_uploads_protocol_ends_it_on_a_with_as_line_and_
     assert probe["joined"][0] == "B" and probe["sessions"]["out"] == ["called"], probe  # type: ignore[index]
     assert child.returncode == 1, err
     assert_no_traceback(err)
-    assert re.fullmatch(r"slaveshell: the transfer with b1 ended: master B broke the protocol: message 1000000000 "
+    assert re.fullmatch(r"slaveshell cp: the transfer with b1 ended: master B broke the protocol: message 1000000000 "
                         r"where \d+ was expected\n", err), err
     assert not os.path.exists(dest)
 

@@ -200,6 +200,66 @@ def test_allowed_dirs_refuse_paths_outside_and_symlinks_escaping(cpbox, tmp_path
     assert not os.path.exists(outside + "/x") and not (tmp_path / "s2").exists() and not (tmp_path / "wl").exists()
 
 
+def test_every_error_line_of_cp_starts_with_one_prefix_as_scps_do(cpbox, tmp_path):
+    """Whatever fails (the arguments, a local file, the master's socket, the worker, the policy), the one line
+    `slaveshell cp` prints starts with `slaveshell cp: `, as scp's all start with `scp: `; the exit codes stay."""
+    local = tmp_path / "f"
+    local.write_text("f\n")
+    missing = str(tmp_path / "missing")
+    cases = [
+        ((str(local), str(tmp_path / "g")), 2, "slaveshell cp: exactly one side must be remote (WORKER:PATH): copies "
+                                               "between workers, or local ones, are not done by slaveshell cp"),
+        (("--bogus", str(local), "cw1:x"), 2, "slaveshell cp: error: unrecognized arguments: --bogus"),
+        (("--build", "x", str(local), "cw1:x"), 2, "slaveshell cp: error: argument --build: invalid int value: 'x'"),
+        ((missing, "cw1:x"), 1, f"slaveshell cp: {missing}: No such file or directory"),
+        (("cw1:a", "cw1:b", str(local)), 1, f"slaveshell cp: {local}: target is not a directory"),
+        ((str(local), f"cw1:{cpbox.root}/outside/f"), 1,
+         f"slaveshell cp: worker cw1: {cpbox.root}/outside/f: outside the directories this worker allows"),
+        ((str(local), f"nocopy:{allowed(cpbox, 'nope')}"), 1, None),
+    ]
+    for args, status, line in cases:
+        done = cp(cpbox, *args)
+        assert done.returncode == status, (args, done.stderr)
+        assert_no_traceback(done.stderr)
+        shown = [x for x in done.stderr.splitlines() if not x.startswith(("usage:", " "))]
+        assert len(shown) == 1 and shown[0].startswith("slaveshell cp: "), (args, done.stderr)
+        assert line is None or shown[0] == line, (args, done.stderr)
+    unreachable = subprocess.run([sys.executable, "-m", "slaveshell.cli", "cp", "--socket", missing, str(local),
+                                  "cw1:x"], capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith(f"slaveshell cp: no master socket at {missing}"), unreachable.stderr
+
+
+def test_a_missing_remote_path_is_named_as_typed_never_where_it_resolves_on_the_worker(cpbox, tmp_path):
+    """A relative worker path is under the worker's basedir; what fails names it as the operator typed it (as scp
+    and GNU cp do), escaped, never the basedir or a symlink's target; an absolute one stays as typed."""
+    local = tmp_path / "f"
+    local.write_text("f\n")
+    basedir = cpbox.worker_dir("cw1")
+    os.makedirs(allowed(cpbox, "linked"), exist_ok=True)
+    if not os.path.lexists(os.path.join(basedir, "tolink")):
+        os.symlink(allowed(cpbox, "linked"), os.path.join(basedir, "tolink"))
+    if not os.path.exists(allowed(cpbox, "linked", "fifo")):
+        os.mkfifo(allowed(cpbox, "linked", "fifo"))
+    cases = [
+        ((str(local), "cw1:nodir/f"), "worker cw1: nodir/f: No such file or directory"),
+        ((str(local), "cw1:nodir/"), "worker cw1: nodir/: No such file or directory"),
+        ((str(local), "cw1:no\x1b[2Jdir/f"), "worker cw1: no\\x1b[2Jdir/f: No such file or directory"),
+        (("cw1:nodir/f", str(tmp_path / "g")), "worker cw1: nodir/f: No such file or directory"),
+        (("cw1:tolink/missing", str(tmp_path / "g")), "worker cw1: tolink/missing: No such file or directory"),
+        (("-r", "cw1:tolink", str(tmp_path)), "worker cw1: tolink/fifo: not a regular file"),
+        ((str(local), f"cw1:{allowed(cpbox, 'nodir', 'f')}"),
+         f"worker cw1: {allowed(cpbox, 'nodir', 'f')}: No such file or directory"),
+    ]
+    for args, line in cases:
+        done = cp(cpbox, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr == f"slaveshell cp: {line}\n", (args, done.stderr)
+        if not args[-1].startswith(f"cw1:{cpbox.root}"):
+            assert basedir not in done.stderr and allowed(cpbox) not in done.stderr, done.stderr
+    assert not os.path.exists(os.path.join(basedir, "nodir")) and not (tmp_path / "g").exists()
+
+
 def test_a_copy_without_the_copy_right_is_refused_and_audited(cpbox, tmp_path):
     local = tmp_path / "f"
     local.write_text("f\n")
@@ -259,7 +319,7 @@ def test_ctrl_c_mid_upload_leaves_nothing_partial_and_closes_the_row(cpbox, tmp_
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err.strip() == "slaveshell: interrupted", err
+    assert proc.returncode == 130 and err.strip() == "slaveshell cp: interrupted", err
     assert_no_traceback(err)
     assert wait_until(lambda: os.listdir(dest_dir) == [], 10), os.listdir(dest_dir)
     assert transfer_row(cpbox, "ctrlc/huge")["state"] == "failed"
@@ -341,7 +401,7 @@ def test_on_a_terminal_a_progress_bar_runs_and_ctrl_c_still_stops_the_copy(cpbox
         child.close(force=True)
     shown = child.before.decode(errors="replace")
     assert child.exitstatus == 130, shown
-    assert "slaveshell: interrupted" in shown, shown
+    assert "slaveshell cp: interrupted" in shown, shown
     assert_no_traceback(shown)
     assert wait_until(lambda: sorted(os.listdir(dest_dir)) == ["five"], 10), os.listdir(dest_dir)
 

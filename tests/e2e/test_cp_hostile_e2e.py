@@ -163,13 +163,13 @@ def test_a_download_answered_with_dotfiles_and_a_setuid_file_exits_1_and_keeps_n
     home = home_with_dotfiles(str(tmp_path / "home"))
     before = snapshot(home)
     line = one_line(cp(box, "-p", f"evil:{src / 'build.log'}", home + "/"))
-    assert line == "slaveshell: the worker sent a bad message: .bashrc: not asked for", line
+    assert line == "slaveshell cp: the worker sent a bad message: .bashrc: not asked for", line
     assert snapshot(home) == before
     row = transfer_row(box, str(src / "build.log"))
     assert row["state"] == "failed" and "not asked for" in str(row["end_reason"])
     # With -r, the same answer to a directory: only entries under the directory's own name are taken.
     line = one_line(cp(box, "-r", "-p", f"evil:{src}", home))
-    assert line == "slaveshell: the worker sent a bad message: .bashrc: not asked for", line
+    assert line == "slaveshell cp: the worker sent a bad message: .bashrc: not asked for", line
     assert snapshot(home) == before
 
 
@@ -244,7 +244,7 @@ def test_a_worker_that_stops_sending_half_way_ends_the_copy_with_exit_1_and_a_cl
     done = cp(box, f"evil:{src}", str(dest), timeout=60)
     took = time.monotonic() - started
     line = one_line(done)
-    assert line == f"slaveshell: no progress for {STALL} s: the worker evil stopped sending", line
+    assert line == f"slaveshell cp: no progress for {STALL} s: the worker evil stopped sending", line
     assert STALL <= took < STALL + 12, took
     assert os.listdir(dest) == []
     row = transfer_row(box, str(src))
@@ -260,7 +260,7 @@ def test_a_worker_sending_only_empty_chunks_does_not_reset_the_stall_clock(box, 
     done = cp(box, f"evil:{src}", str(dest), timeout=60)
     took = time.monotonic() - started
     line = one_line(done)
-    assert line == f"slaveshell: no progress for {STALL} s: the worker evil stopped sending", line
+    assert line == f"slaveshell cp: no progress for {STALL} s: the worker evil stopped sending", line
     assert STALL <= took < STALL + 12, took
     assert os.listdir(dest) == []
 
@@ -331,7 +331,7 @@ def test_a_name_not_asked_for_is_reported_escaped(box, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     line = one_line(cp(box, f"evil:{src}", str(dest)))
-    assert line == "slaveshell: the worker sent a bad message: \\x1b[2J\\x1b]0;PWNED\\x07evil: not asked for", line
+    assert line == "slaveshell cp: the worker sent a bad message: \\x1b[2J\\x1b]0;PWNED\\x07evil: not asked for", line
     assert os.listdir(dest) == []
     row = transfer_row(box, str(src))
     assert row["state"] == "failed" and "not asked for" in str(row["end_reason"])

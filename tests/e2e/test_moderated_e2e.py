@@ -23,7 +23,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import typing
 from collections.abc import Iterator
 
 import pexpect
@@ -469,6 +471,62 @@ def test_a_flood_of_input_while_held_reaches_nothing_and_costs_one_notice(box: S
     dropped = [d for k, _, d in kinds or [] if k == "held-input"]
     assert dropped and int(dropped[0].split()[0]) >= 40 * 100 * len(line) - 4096, kinds
     assert not os.path.exists(marker)
+
+
+class Lines:
+    """A stream's lines as they come, read by a thread of their own."""
+
+    def __init__(self, stream: typing.IO[bytes]) -> None:
+        self.lines: list[bytes] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, b"")), daemon=True)
+        self._thread.start()
+
+    def seen(self, text: str, timeout: float = 20) -> bool:
+        return bool(wait_until(lambda: any(text.encode() in line for line in self.lines), timeout))
+
+
+@pytest.mark.parametrize("passed", ["1", "0"], ids=["stdout-held-by-the-master", "stdout-kept-by-the-client"])
+def test_the_owners_stdout_closed_while_held_reaches_the_worker_only_once_a_moderator_watches(
+        box: Sandbox, passed: str) -> None:
+    """`buildbot-shell -T m1` (a login shell fed from a pipe: its input held) runs a loop that prints; its stdout's
+    reader goes away while the input is held. As OpenSSH's eow@openssh.com is a message of the client's channel, the
+    close waits as the input does: the loop goes on (the operator is told why), and only once a moderator watches
+    is the shell's stdout closed on the worker, where it meets SIGPIPE: the client exits 141."""
+    env = dict(os.environ, SLAVESHELL_PASS_STDIO=passed)
+    before = {s["id"] for s in sessions(box)}
+    lead = Other(LEAD, box.socket)  # forked first: it must not hold the client's pipes
+    proc = subprocess.Popen(shell_argv() + ["--socket", box.socket, "-T", "m1"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    err = Lines(proc.stderr)
+    try:
+        assert err.seen(HELD), err.lines
+        sid = wait_until(lambda: next((str(s["id"]) for s in sessions(box) if s["worker"] == "m1"
+                                       and s["id"] not in before), None), timeout=10)
+        lead.tell("watch", sid)
+        assert lead.wait_for("watch")["watch"] == "watching"
+        assert err.seen("moderates this session: input reaches the worker"), err.lines
+        proc.stdin.write(b"while :; do echo tick; sleep 0.2; done\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"tick\n"
+        lead.tell("leave")
+        lead.wait_for("left")
+        assert wait_until(lambda: next(s for s in sessions(box) if s["id"] == sid)["held"] is True, 10)
+        proc.stdout.close()  # as `| head -1` does: the next tick meets nobody
+        assert err.seen("the close of your output reaches the worker once one does"), err.lines
+        time.sleep(2)
+        assert proc.poll() is None, err.lines  # the loop goes on: nothing reached the worker
+        assert next(s for s in sessions(box) if s["id"] == sid)["held"] is True
+        lead.tell("watch", sid)
+        assert proc.wait(timeout=30) == 141, err.lines  # released: the shell's echo met SIGPIPE on the worker
+    finally:
+        lead.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    transcript = cli(box, "export", sid).stdout
+    held = transcript.index("reader of it went away (held: it reaches the worker once a moderator watches)")
+    assert held < transcript.index(f"moderator: {LEAD} (input released)", held), transcript
 
 
 def test_what_the_open_itself_would_run_waits_for_an_approval_and_runs_nothing_meanwhile(box: Sandbox) -> None:
