@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from delay_proxy import DelayProxy  # noqa: E402
 from fair import Pair, make_content, meets  # noqa: E402
+from prompt_split import parse, split  # noqa: E402
 
 
 def test_a_target_is_met_only_when_the_median_meets_it_and_the_worst_round_is_within_20_percent():
@@ -79,3 +80,32 @@ def test_the_proxy_delivers_every_byte_in_order_both_ways_under_a_rate_cap_and_j
     finally:
         proxy.stop()
         server.close()
+
+
+# `perf script` lines of one session: the worker (100) forks 200, which becomes the login shell and runs two
+# children, one of them (203) a grandchild; 300 runs the same shell but is no descendant of the worker.
+PERF_LINES = """\
+python3 100 [000] 10.000100: sched:sched_process_fork: comm=python3 pid=100 child_comm=python3 child_pid=200
+            bash   300 [001]    10.001000: sched:sched_process_exec: filename=/bin/bash pid=300 old_pid=300
+            bash   200 [000]    10.004000: sched:sched_process_exec: filename=/bin/bash pid=200 old_pid=200
+            bash   200 [000]    10.005000: sched:sched_process_fork: comm=bash pid=200 child_comm=bash child_pid=201
+              id   201 [001]    10.006000: sched:sched_process_exec: filename=/usr/bin/id pid=201 old_pid=201
+              id   201 [001]    10.007000: sched:sched_process_exit: comm=id pid=201 prio=120 group_dead=true
+            bash   200 [000]    10.008000: sched:sched_process_fork: comm=bash pid=200 child_comm=bash child_pid=202
+Web Content 202 [000] 10.009000: sched:sched_process_fork: comm=Web Content pid=202 child_comm=a b child_pid=203
+             x     203 [001]    10.020000: sched:sched_process_exit: comm=x pid=203 prio=120 group_dead=true
+             x     202 [001]    10.030000: sched:sched_process_exit: comm=x pid=202 prio=120 group_dead=true
+not an event line
+"""
+
+
+def test_a_first_prompt_is_split_at_the_servers_login_shell_and_its_last_childs_exit():
+    events = parse(PERF_LINES.splitlines())
+    assert len(events) == 10
+    got = split(events, server=100, shell="/bin/bash", start=10.0, end=10.032)
+    assert got is not None
+    assert got.processes == 3  # 201, 202 and the grandchild 203; 300 is not under the server
+    assert round(got.to_shell, 3) == 4.0 and round(got.in_shell, 3) == 26.0 and round(got.to_screen, 3) == 2.0
+    assert round(got.total, 3) == 32.0
+    assert split(events, server=999, shell="/bin/bash", start=10.0, end=10.032) is None
+    assert split(events, server=100, shell="/bin/bash", start=10.0045, end=10.032) is None  # exec before the window
