@@ -237,10 +237,10 @@ def outcome(ws: RawSocket) -> str:
 
 
 def test_pages_that_ask_for_transcript_chunks_and_never_read_are_dropped(site: Sandbox) -> None:
-    """8 sockets of alice ask for transcript chunks, 2 every 0.2 s each (within the 4 questions a socket may have in
-    progress), and never read: each is dropped once what waits
-    for it passes max_connection_buffer (audited), the master's memory stays bounded, and alice's places are
-    hers again afterwards."""
+    """8 sockets of alice ask for transcript chunks, one every 0.25 s each (well within the 4 questions a socket may
+    have in progress, even when a loaded master takes a second to answer one), and never read: each is dropped once
+    what waits for it passes max_connection_buffer (audited), the master's memory stays bounded, and alice's places
+    are hers again afterwards."""
     done = subprocess.run(shell_argv() + ["--socket", site.socket, "w1", "head -c 1500000 /dev/urandom | base64"],
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -265,27 +265,26 @@ def test_pages_that_ask_for_transcript_chunks_and_never_read_are_dropped(site: S
         sockets.append(ws)
     dropped: set[int] = set()
     peak = before
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     offset = 0
     while time.monotonic() < deadline and len(dropped) < len(sockets):
         for i, ws in enumerate(sockets):
             if i in dropped:
                 continue
             try:
-                for k in range(2):
-                    ws.send_json({"type": "transcript", "id": sid, "offset": (offset + k) % 16 * 65536})
+                ws.send_json({"type": "transcript", "id": sid, "offset": offset % 16 * 65536})
             except OSError:
                 dropped.add(i)  # the master closed it
-        offset += 2
+        offset += 1
         peak = max(peak, rss_kib(pid))
-        time.sleep(0.2)
+        time.sleep(0.25)
     growth_mib = (peak - before) / 1024
     try:
         assert len(dropped) == len(sockets), (len(dropped), growth_mib)
         assert growth_mib < 48, growth_mib
         audited = wait_until(lambda: [d for op, d in events(site, "dropped")
                                       if op == "web:alice" and "of output it did not read" in d], timeout=15)
-        assert audited, events(site, "dropped")
+        assert audited, (events(site, "dropped"), events(site, "refused"))
     finally:
         for ws in sockets:
             ws.close()
