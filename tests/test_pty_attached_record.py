@@ -94,19 +94,22 @@ def test_binary_output_is_attached_raw_and_read_back_exactly(tmp_path):
     assert b"".join(exact_output(events, "o", attachment=reader(rec.path))) == sent
     with pytest.raises(ValueError, match="need a reader"):
         b"".join(exact_output(events, "o"))
-    # The files: the transcript holds about 2.6x the binary bytes (the text shown), the attachment exactly them.
+    # The files: the transcript holds about 1.6x the binary bytes (their text, "?" for each byte >= 0x80, and
+    # JSON's escapes of the control characters), the attachment exactly them.
     bin_path = attachment_path(rec.path)
     attached = open(bin_path, "rb").read()
     assert len(attached) == sum(len(c) for c in chunks[1:-1])
-    assert os.path.getsize(rec.path) < 3 * len(attached)
+    assert os.path.getsize(rec.path) < 1.7 * len(attached)
     # Vouched for: the closing marker and the index have the attachment's sha256.
     digest = hashlib.sha256(attached).hexdigest()
     assert index.ends == [(hashlib.sha256(open(rec.path, "rb").read()).hexdigest(), digest)]
     assert [e.data for e in events if e.code == "m"] == [
         f"attachment: s1.bin, {len(attached)} bytes, sha256 {digest}", "exit: code 0"]
-    # The Latin-1 name in UTF-8 text is shown as decoded (one U+FFFD), the random bytes byte by byte.
+    # The Latin-1 name in UTF-8 text is recorded as decoded (one U+FFFD), the random bytes byte by byte ("?").
     shown = [e.data for e in events if e.code == "o"]
     assert "r\u00e9sum\u00e9 caf\ufffd.txt\r\n" in shown[-2]
+    first = list(exact_output(events, "o", attachment=reader(rec.path)))[1]  # the first binary chunk's bytes
+    assert shown[1] == "".join(chr(b) if b < 0x80 else "?" for b in first)
 
 
 def test_export_replay_and_search_get_the_exact_bytes(tmp_path):
@@ -127,6 +130,11 @@ def test_export_replay_and_search_get_the_exact_bytes(tmp_path):
     events = parse_lines(lines).events
     assert "oa" not in [e.code for e in events] and "ob" in [e.code for e in events]
     assert b"".join(exact_output(events)) == sent
+    # Players are given what they were before binary chunks were recorded with "?": U+FFFD for each byte >= 0x80.
+    shown = [e.data for e in events if e.code == "o"]
+    exact = list(exact_output(events))
+    assert shown[1] == "".join(chr(b) if b < 0x80 else "\ufffd" for b in exact[1])  # the first binary chunk
+    assert shown[-2] == exact[-2].decode("utf-8", "replace")  # the Latin-1 name
     # expand_lines (the same, in one pass) agrees.
     with open(rec.path, encoding="utf-8") as f:
         assert "".join(expand_lines(f, reader(rec.path))).encode() == exported
@@ -193,10 +201,19 @@ def test_asciinema_reads_the_file_and_shows_what_the_terminal_showed(tmp_path):
     rec.output(b"\x7fELF\x02\x01\x01\x00\xff\xfe")
     rec.output("\r\ncaf\u00e9 ".encode() * 40 + b"caf\xe9\r\n")
     rec.end(Ended())
-    played = subprocess.run([sys.executable, "-m", "asciinema", "cat", rec.path], capture_output=True,
+    # The export (what `slaveshell export` and the web page's player get) shows what the terminal showed.
+    exported = tmp_path / "export.cast"
+    exported.write_bytes(ExportReader().read(rec.path, 0, 1 << 20))
+    played = subprocess.run([sys.executable, "-m", "asciinema", "cat", str(exported)], capture_output=True,
                             stdin=subprocess.DEVNULL, timeout=60)
     assert played.returncode == 0, played.stderr
     assert played.stdout == ("$ head -c 8 core\r\n\x7fELF\x02\x01\x01\x00\ufffd\ufffd"
+                             + "\r\ncaf\u00e9 " * 40 + "caf\ufffd\r\n").encode()
+    # The file itself plays too, a binary chunk's bytes >= 0x80 as "?" in the same cells.
+    played = subprocess.run([sys.executable, "-m", "asciinema", "cat", rec.path], capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    assert played.returncode == 0, played.stderr
+    assert played.stdout == ("$ head -c 8 core\r\n\x7fELF\x02\x01\x01\x00??"
                              + "\r\ncaf\u00e9 " * 40 + "caf\ufffd\r\n").encode()
     assert json.loads(open(rec.path).read().split("\n")[3])[1] == "oa"
 

@@ -14,7 +14,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slaveshell.vocabulary.transcript import CastEncoder, Redactor, encode_event, json_string
+from slaveshell.vocabulary.transcript import (
+    CastEncoder,
+    Redactor,
+    encode_event,
+    expand_lines,
+    json_string,
+    shown_event,
+)
 
 # The JSON strings an encoder is given: the standard library's, and the master's (master_side.audit.trail).
 ENCODERS = st.sampled_from([json_string, orjson.dumps])
@@ -54,14 +61,27 @@ class RefOutput:
 _REF_NEVER = {0xC0, 0xC1, *range(0xF5, 0x100)}
 
 
-def ref_shown(data: bytes) -> str:
-    """The text a player is given for bytes that are not UTF-8: decoded with U+FFFD for each invalid sequence,
-    or, when at least one byte in 256 is one UTF-8 never holds (binary data; counted in 2 KiB at each end of a
-    longer chunk), one U+FFFD per byte >= 0x80."""
+def ref_binary(data: bytes) -> bool:
+    """At least one byte in 256 is one UTF-8 never holds (binary data; counted in 2 KiB at each end of a longer
+    chunk)."""
     sample = data if len(data) <= 4096 else data[:2048] + data[-2048:]  # both ends of a long chunk
     never = sum(1 for b in sample if b in _REF_NEVER)
-    if never and never * 256 >= len(sample):
+    return bool(never) and never * 256 >= len(sample)
+
+
+def ref_shown(data: bytes) -> str:
+    """The text a player is given for bytes that are not UTF-8: decoded with U+FFFD for each invalid sequence,
+    or, for binary data, one U+FFFD per byte >= 0x80."""
+    if ref_binary(data):
         return "".join(chr(b) if b < 0x80 else "\ufffd" for b in data)
+    return data.decode("utf-8", "replace")
+
+
+def ref_recorded(data: bytes) -> str:
+    """The text the master records for bytes that are not UTF-8 whose exact bytes are attached: `ref_shown`, but
+    for binary data "?" for each byte >= 0x80."""
+    if ref_binary(data):
+        return "".join(chr(b) if b < 0x80 else "?" for b in data)
     return data.decode("utf-8", "replace")
 
 
@@ -76,7 +96,7 @@ class RefAttaching(RefOutput):
         try:
             exact.decode("utf-8")
         except UnicodeDecodeError:
-            return [ref_dumps([round(t, 6), "o", ref_shown(exact)]).encode("utf-8")], exact
+            return [ref_dumps([round(t, 6), "o", ref_recorded(exact)]).encode("utf-8")], exact
         return [line.encode("utf-8") for line in ref_encode_event(t, "o", text)], b""
 
 
@@ -160,21 +180,44 @@ def test_output_attaching_is_what_the_reference_writes(encode, chunks, t):
     assert exact + tail_bytes == b"".join(chunks)
 
 
-def test_binary_is_shown_byte_by_byte_and_text_with_a_stray_byte_as_decoded():
+def test_binary_is_recorded_byte_by_byte_and_shown_as_before_and_text_with_a_stray_byte_as_decoded():
     encoder = CastEncoder(encode=orjson.dumps)
     binary = bytes(range(256)) * 4  # every byte UTF-8 never holds, 13 in 256
     [line], exact = encoder.output_attaching(1.0, binary)
     assert exact == binary
-    assert json.loads(line)[2] == (
-        "".join(chr(b) for b in range(128)) + "\ufffd" * 128) * 4
+    # Recorded with "?" for each byte >= 0x80 (the same cells), shown to players with U+FFFD, from the exact bytes.
+    assert json.loads(line)[2] == ("".join(chr(b) for b in range(128)) + "?" * 128) * 4
+    lines = [line.decode() + "\n", CastEncoder.exact_attached(1.0, 0, len(exact))[0] + "\n"]
+    shown, ob = expand_lines(lines, lambda offset, n: exact[offset:offset + n])
+    assert json.loads(shown) == [1.0, "o", ("".join(chr(b) for b in range(128)) + "\ufffd" * 128) * 4]
+    assert base64.b64decode(json.loads(ob)[2]) == binary
     stray = "d\u00e9j\u00e0 vu \u2018q\u2019 ".encode() * 20 + b"caf\xe9\n"  # a Latin-1 name in UTF-8 text
     [line], exact = CastEncoder(encode=orjson.dumps).output_attaching(2.0, stray)
     assert exact == stray
     assert json.loads(line)[2] == stray.decode("utf-8", "replace")
 
 
+@given(encode=ENCODERS, data=st.binary(min_size=1, max_size=9000) | _CHUNK, t=st.floats(min_value=0, max_value=1e7))
+def test_readers_show_the_text_of_the_exact_bytes_whatever_was_recorded(encode, data, t):
+    # What an `o` event with an `oa` after it is expanded to (export, the web page's replay): the text players
+    # were shown before binary chunks were recorded with "?", byte for byte, from the exact bytes.
+    [*lines], exact = CastEncoder(encode=encode).output_attaching(t, data)
+    if not exact:
+        return
+    oa = CastEncoder.exact_attached(t, 0, len(exact))[0]
+    expanded = list(expand_lines([lines[0].decode() + "\n", oa + "\n", '[9.0, "m", "x"]\n'],
+                                 lambda offset, n: exact[offset:offset + n]))
+    assert expanded[0] == ref_dumps([round(t, 6), "o", ref_shown(exact)]) + "\n"
+    assert base64.b64decode(json.loads(expanded[1])[2]) == exact
+    assert expanded[2:] == ['[9.0, "m", "x"]\n']
+    # A transcript written before ("o" with U+FFFD) expands to what it did: its own line.
+    old = ref_dumps([round(t, 6), "o", ref_shown(exact)]) + "\n"
+    assert next(expand_lines([old, oa + "\n"], lambda offset, n: exact[offset:offset + n])) == old
+
+
 def test_redaction_applies_to_the_attached_bytes_too():
     encoder = CastEncoder(Redactor([r"hunter\d+"]))
     [line], exact = encoder.output_attaching(1.0, b"\xff\xfepassword hunter42 \xc0")
     assert exact == b"\xff\xfepassword [REDACTED] \xc0"
-    assert json.loads(line)[2] == "\ufffd\ufffdpassword [REDACTED] \ufffd"
+    assert json.loads(line)[2] == "??password [REDACTED] ?"
+    assert json.loads(shown_event(1.0, exact))[2] == "\ufffd\ufffdpassword [REDACTED] \ufffd"

@@ -3,10 +3,12 @@
 A session with bulk output keeps it raw in an attachment (`<name>.bin`, master_side.audit.transcripts) and refers to
 it with `a` events; a terminal's output that is not UTF-8 keeps its exact bytes there too, named by an `oa` event
 after its `o` event. What `slaveshell export`/`replay` download (by offset, MAX_CHUNK at a time) and what
-`search` reads is the transcript with each `a` event replaced by the `o` (and `ob`) events of its bytes and each
-`oa` event by the `ob` event of its bytes (slaveshell.vocabulary.transcript.expand_lines): what the transcript
-would have held without an attachment, so clients and players that know nothing of attachments work on old and
-new transcripts alike. A transcript without an attachment is served as it is on disk, byte for byte.
+`search` reads is the transcript with each `a` event replaced by the `o` (and `ob`) events of its bytes, each
+`oa` event by the `ob` event of its bytes and the `o` event before it by the text players are shown for them
+(slaveshell.vocabulary.transcript.expand_lines; a binary chunk is recorded with "?" where players are shown
+U+FFFD: `recorded_text`): what the transcript would have held without an attachment, so clients and players
+that know nothing of attachments work on old and new transcripts alike. A transcript without an attachment is
+served as it is on disk, byte for byte.
 
 Blocking file work: call these from a thread (the audit trail does), never from the reactor.
 """
@@ -30,10 +32,13 @@ from slaveshell.vocabulary.transcript import (
     attached_code,
     expand_event,
     expand_exact,
+    is_output_line,
     iter_events,
+    may_be_attached,
     parse_header,
     parse_lines,
     read_attached,
+    shown_instead,
 )
 
 # Layouts kept in memory (one per transcript being read): a few concurrent exports.
@@ -83,7 +88,7 @@ class _Layout:
 
     def extend(self) -> None:
         end = os.path.getsize(self.path)
-        for at, unit in self._units(self.parsed, end):
+        for at, unit in self._units(self.parsed, end, hold=True):
             if not self.starts or self.size - self.starts[-1] >= CHECKPOINT:
                 self.starts.append(self.size)
                 self.lines.append(at)
@@ -110,32 +115,47 @@ class _Layout:
             self._cursor = (pos, at + len(unit))
         return bytes(out)
 
-    def _units(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    def _units(self, start: int, end: int, hold: bool = False) -> Iterator[tuple[int, bytes]]:
         """(file offset, bytes) of the whole lines in [start, end) (`start` a line's start): a run of lines
-        without an `a` or `oa` event (at most about READ_BLOCK), or one line with one."""
+        without an `a` or `oa` event (at most about READ_BLOCK), or one line with one; an `oa` line with the
+        `o` line before it (both are written at once), so that its expansion gives that event the text players
+        are shown. A run never ends with an `o` line while lines follow (the next may be its `oa`); with
+        `hold`, a last `o` line that may have an `oa` (`may_be_attached`) is left out: the `oa` may not be
+        written yet (`extend`; the two are written at once, but a reader may see part of a write)."""
         with open(self.path, "rb") as f:
             f.seek(start)
             pos, rest = start, b""
             while pos + len(rest) < end:
                 block = f.read(min(READ_BLOCK, end - pos - len(rest)))
                 if not block:
-                    return
+                    break
                 data = rest + block if rest else block
                 whole = data.rfind(b"\n") + 1
                 i = 0
                 while i < whole:
                     mark = _mark(data, i, whole)
                     if mark < 0:
-                        yield pos + i, data[i:whole]
+                        last = data.rfind(b"\n", i, whole - 1) + 1 or i
+                        cut = last if is_output_line(data, last) else whole
+                        if cut > i:
+                            yield pos + i, data[i:cut]
+                        i = cut
                         break
                     first = data.rfind(b"\n", i, mark) + 1 or i
+                    if first > i and data.startswith(_MARKS[1], mark):
+                        before = data.rfind(b"\n", i, first - 1) + 1 or i
+                        if is_output_line(data, before):
+                            first = before
                     last = data.index(b"\n", mark) + 1
                     if first > i:
                         yield pos + i, data[i:first]
                     yield pos + first, data[first:last]
                     i = last
-                rest = data[whole:]
-                pos += whole
+                rest = data[i:]
+                pos += i
+            held = rest[: rest.rfind(b"\n") + 1]
+            if held and not (hold and may_be_attached(held)):
+                yield pos, held
 
     def _piece(self, at: int, unit: bytes) -> bytes:
         """What the unit at file offset `at` is in the expanded stream: itself, or its `a` or `oa` event's
@@ -144,8 +164,10 @@ class _Layout:
             return unit
         if self._last is not None and self._last[0] == at:
             return self._last[1]
+        split = unit.find(b"\n") + 1
+        head, line = (unit[:split], unit[split:]) if split < len(unit) else (b"", unit)  # an `o` line, its `oa`
         try:
-            t, code, data = json.loads(unit)
+            t, code, data = json.loads(line)
             if code not in (ATTACHED, EXACT_ATTACHED) or not isinstance(data, str):
                 return unit
             chunk = read_attached(self.read_bin, data)
@@ -153,6 +175,9 @@ class _Layout:
                      else [expand_exact(float(t), chunk)])
         except (ValueError, TypeError):
             return unit  # an `a` line that cannot be expanded is served as it is
+        if head:
+            shown = shown_instead(head.decode("utf-8", "surrogateescape"), chunk)
+            lines.insert(0, shown[:-1])
         piece = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
         self._last = (at, piece)
         return piece

@@ -23,13 +23,18 @@ with a reader, or `expand_lines`). Each stream has its own incremental UTF-8 dec
 across reads comes out whole.
 
 A terminal's output that is not valid UTF-8 (`cat` of a binary file) is recorded with an attachment as well
-(`CastEncoder.output_attaching`): its `o` event holds the text a player shows, its exact bytes go raw to the
-attachment with an `oa` event naming them, instead of a base64 `ob` copy in the transcript (~1.3x the bytes to
-write and hash, and their JSON). The text shown is `bytes.decode("utf-8", "replace")` when such bytes are rare
-(a file name in another encoding); when they are dense (one in 256 bytes or more that UTF-8 never holds: random
-or compressed data), each byte >= 0x80 is one U+FFFD (`shown_text`), a C table lookup instead of the decoder's
-error handler per byte (~4x cheaper); a character of valid UTF-8 in such a chunk then shows as U+FFFDs.
-Transcripts written before (`ob` events) read as they always did.
+(`CastEncoder.output_attaching`): its `o` event holds its text, its exact bytes go raw to the attachment with an
+`oa` event naming them, instead of a base64 `ob` copy in the transcript (~1.3x the bytes to write and hash, and
+their JSON). The text players are shown (`shown_text`) is `bytes.decode("utf-8", "replace")` when such bytes are
+rare (a file name in another encoding); when they are dense (one in 256 bytes or more that UTF-8 never holds:
+random or compressed data), each byte >= 0x80 is one U+FFFD, a C table lookup instead of the decoder's error
+handler per byte (~4x cheaper); a character of valid UTF-8 in such a chunk then shows as U+FFFDs. The master
+records such a dense chunk's text with "?" for each byte >= 0x80 instead (`recorded_text`: the same cells; its
+JSON is one byte a byte where U+FFFD is three, made without CPython's per-character UTF-8 encoder), and readers
+give players `shown_text` of the exact bytes again: `expand_lines` (and the master's export) replaces an `o`
+event with an `oa` after it by `shown_event`, so an export, the web page's player and `slaveshell replay` show
+what they showed before; only a player reading the `.cast` file itself shows the "?". Transcripts written
+before (`ob` events, or U+FFFD in an `o` event before an `oa`) read as they always did.
 
 Bulk streams (sessions without a terminal: pipes, `-T`) are recorded raw: a JSON event per chunk would cost 1.5x
 the bytes for text and 3.7x for binary (U+FFFD plus base64); a chunk of at most BULK_INLINE bytes that is valid
@@ -218,10 +223,27 @@ def _string_line(t: float, code: str, shown: bytes) -> bytes:
     return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', shown, b"]"))
 
 
+def c_event_line(t: float, code: str, data: bytes, encode: JsonString) -> bytes:
+    """`utf8_event_line` through a C encoder (`encode`: the master's orjson, whose escapes run many bytes at a
+    time): the str of `data` as `encode` writes it, then the line breaks JSON leaves raw. 64 KiB chunks: build-log
+    text ~0.4 CPU s/GB against 1.4 for the replaces on the bytes, `ls --color` lines ~1.0 against 2.1, gcc's
+    coloured diagnostics (UTF-8 quotes) ~2.2 against 3.0."""
+    if data.isascii():
+        shown = encode(data.decode("ascii"))
+    else:
+        shown = encode(data.decode("utf-8"))
+        # Their last bytes, looked for first (as in utf8_event_line).
+        if b"\x85" in data or b"\xa8" in data or b"\xa9" in data:
+            for raw, line_break in _UTF8_LINE_BREAKS:
+                if raw in shown:
+                    shown = shown.replace(raw, line_break)
+    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', shown, b"]"))
+
+
 def utf8_event_line(t: float, code: str, data: bytes, encode: JsonString = json_string) -> bytes:
     """`encode_event(t, code, data.decode("utf-8"))[0]`, UTF-8 encoded, for valid UTF-8 `data` (`t` and `code`
     as for `ascii_event_line`): JSON's escapes on the bytes, then the line breaks JSON leaves raw; `encode`
-    instead when the chunk needs many kinds of escape."""
+    instead when the chunk needs many kinds of escape (a C encoder: `c_event_line`)."""
     kinds = _kinds(data)
     if len(kinds) > _MANY_ESCAPES:
         return _string_line(t, code, encode(data.decode("utf-8")))
@@ -243,31 +265,56 @@ _DENSE = 256
 _SAMPLE = 2048
 # ASCII as itself, every other byte as U+FFFD: a table for codecs.charmap_decode (C, one lookup a byte).
 _BYTE_SHOWN = "".join(chr(c) for c in range(128)) + "\ufffd" * 128
+# ASCII as itself, every other byte as "?": what the master records for a binary chunk (`recorded_text`).
+_BYTE_RECORDED = bytes(range(128)) + b"?" * 128
+
+
+def _dense(data: bytes) -> bool:
+    """Whether bytes UTF-8 never holds are dense in `data` (binary data), taken from both ends of a chunk longer
+    than 2 * _SAMPLE (a chunk is mostly one kind of content)."""
+    sample = data if len(data) <= 2 * _SAMPLE else data[:_SAMPLE] + data[-_SAMPLE:]
+    never = len(sample) - len(sample.translate(None, _NEVER_UTF8))
+    return bool(never) and never * _DENSE >= len(sample)
 
 
 def shown_text(data: bytes) -> tuple[str, bool]:
     """The text a player shows for bytes that are not valid UTF-8, and whether it is exactly
     `data.decode("utf-8", "replace")`: it is when bytes UTF-8 never holds are rare; when they are dense
-    (binary data), each byte >= 0x80 is one U+FFFD instead (its decoder goes through its error handler at each
-    of them: ~4x the CPU). The text then holds no line break JSON leaves raw (`_LINE_BREAKS`). The density is
-    taken from both ends of a chunk longer than 2 * _SAMPLE (a chunk is mostly one kind of content)."""
-    sample = data if len(data) <= 2 * _SAMPLE else data[:_SAMPLE] + data[-_SAMPLE:]
-    never = len(sample) - len(sample.translate(None, _NEVER_UTF8))
-    if never * _DENSE >= len(sample) and never:
+    (binary data: `_dense`), each byte >= 0x80 is one U+FFFD instead (its decoder goes through its error handler
+    at each of them: ~4x the CPU). The text then holds no line break JSON leaves raw (`_LINE_BREAKS`)."""
+    if _dense(data):
         return codecs.charmap_decode(data, "strict", _BYTE_SHOWN)[0], False
     return data.decode("utf-8", "replace"), True
 
 
+def recorded_text(data: bytes) -> tuple[str, bool]:
+    """The text of the `o` event recorded for bytes that are not valid UTF-8 whose exact bytes are attached
+    (`CastEncoder.output_attaching`): `shown_text`, but for binary data each byte >= 0x80 as "?" instead of
+    U+FFFD, in the same cells (one byte of JSON instead of three, and no UTF-8 to encode: about a fifth of
+    the CPU); readers give players `shown_text` of the exact bytes again (`shown_event`, `expand_lines`)."""
+    if _dense(data):
+        return data.translate(_BYTE_RECORDED).decode("ascii"), False
+    return data.decode("utf-8", "replace"), True
+
+
+def shown_event(t: float, exact: bytes) -> str:
+    """The `o` event a player is given for an `o` event whose exact bytes are attached (an `oa` event after
+    it): `shown_text` of those bytes, whatever text the event was recorded with (`recorded_text`)."""
+    return _dumps([round(t, 6), "o", shown_text(exact)[0]])
+
+
 def _shown_line(t: float, code: str, data: bytes, encode: JsonString) -> bytes:
-    """The event a player reads for `data`, not valid UTF-8: `shown_text` as `encode` writes it."""
-    text, decoded = shown_text(data)
+    """The event recorded for `data`, not valid UTF-8, whose exact bytes are attached: `recorded_text` as
+    `encode` writes it."""
+    text, decoded = recorded_text(data)
     if decoded:
         return _string_line(t, code, encode(text))
     return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', encode(text),
                      b"]"))
 
 
-def _bytes_event(t: float, code: str, data: bytes, encode: JsonString = json_string) -> list[bytes]:
+def _bytes_event(t: float, code: str, data: bytes, encode: JsonString = json_string,
+                 c_encoder: bool = False) -> list[bytes]:
     """`encode_event(t, code, data.decode("utf-8", "surrogateescape"))`, UTF-8 encoded, for any `data` (`t` and
     `code` as for `ascii_event_line`): no str of surrogates, no encoding back to find the exact bytes."""
     try:
@@ -275,7 +322,7 @@ def _bytes_event(t: float, code: str, data: bytes, encode: JsonString = json_str
     except UnicodeDecodeError:
         return [_string_line(t, code, encode(data.decode("utf-8", "replace"))),
                 _line(t, code + "b", base64.b64encode(data))]
-    return [utf8_event_line(t, code, data, encode)]
+    return [c_event_line(t, code, data, encode) if c_encoder else utf8_event_line(t, code, data, encode)]
 
 
 def encode_event(t: float, code: str, text: str) -> list[str]:
@@ -302,6 +349,9 @@ class CastEncoder:
         self.redact = redact or Redactor()
         self.record_input = record_input
         self.encode = encode  # the output events' text as JSON (`JsonString`)
+        # Any other than the standard library's is a C encoder (the master's orjson): it escapes text faster than
+        # replaces on the bytes do (`c_event_line`), which the standard library's does not.
+        self.c_encoder = encode is not json_string
         self._output = StreamDecoder()
         self._input = StreamDecoder()
 
@@ -317,15 +367,20 @@ class CastEncoder:
 
     def output_encoded(self, t: float, data: bytes) -> list[bytes]:
         """`output`'s lines as the transcript file holds them (UTF-8, no newline). Without redaction patterns the
-        lines are built on the bytes: escape-heavy UTF-8 costs about what ASCII does; bytes that are not UTF-8
-        cost more (a str of their U+FFFD text for `encode`, and their base64 copy: 3.7x the bytes written)."""
+        lines are built on the bytes (with a C encoder: from a str of valid UTF-8 through it, `c_event_line`):
+        escape-heavy UTF-8 costs about what ASCII does; bytes that are not UTF-8 cost more (a str of their U+FFFD
+        text for `encode`, and their base64 copy: 3.7x the bytes written)."""
         rounded = round(t, 6)
         if not data or not isinstance(rounded, float) or not math.isfinite(rounded) or self.redact.patterns:
             return [line.encode("utf-8", "surrogateescape") for line in self.output(t, data)]
         if data.isascii() and self._output.idle:
-            return [ascii_event_line(rounded, "o", data)]
+            return [self._ascii_line(rounded, data)]
         exact = self._output.take(data)
-        return _bytes_event(rounded, "o", exact, self.encode) if exact else []
+        return _bytes_event(rounded, "o", exact, self.encode, self.c_encoder) if exact else []
+
+    def _ascii_line(self, t: float, data: bytes) -> bytes:
+        """The `o` event of ASCII `data` (`t` rounded)."""
+        return c_event_line(t, "o", data, self.encode) if self.c_encoder else ascii_event_line(t, "o", data)
 
     def output_attaching(self, t: float, data: bytes) -> tuple[list[bytes], bytes]:
         """`output_encoded` for a recorder with an attachment: the lines, and the exact bytes of the last one's
@@ -341,11 +396,11 @@ class CastEncoder:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 exact = text.encode("utf-8", "surrogateescape")
-                line = _dumps([round(t, 6), "o", shown_text(exact)[0]])
+                line = _dumps([round(t, 6), "o", recorded_text(exact)[0]])
                 return [line.encode("utf-8")], exact
             return [line.encode("utf-8") for line in encode_event(t, "o", text)], b""
         if data.isascii() and self._output.idle:
-            return [ascii_event_line(rounded, "o", data)], b""
+            return [self._ascii_line(rounded, data)], b""
         exact = self._output.take(data)
         if not exact:
             return [], b""
@@ -353,6 +408,8 @@ class CastEncoder:
             exact.decode("utf-8")
         except UnicodeDecodeError:
             return [_shown_line(rounded, "o", exact, self.encode)], exact
+        if self.c_encoder:
+            return [c_event_line(rounded, "o", exact, self.encode)], b""
         return [utf8_event_line(rounded, "o", exact, self.encode)], b""
 
     @staticmethod
@@ -538,27 +595,68 @@ def expand_exact(t: float, data: bytes) -> str:
     return _dumps([round(t, 6), "ob", base64.b64encode(data).decode("ascii")])
 
 
+def is_output_line(line: str | bytes, start: int = 0) -> bool:
+    """Whether the transcript line at `start` of `line` may be an `o` event (a cheap look at its code, after its
+    time): one whose exact bytes an `oa` line after it may name."""
+    head = line[start:start + 40]
+    return (b', "o", ' in head) if isinstance(head, bytes) else (', "o", ' in head)
+
+
+def may_be_attached(line: bytes) -> bool:
+    """Whether the `o` line `line` may have been recorded from bytes that are not UTF-8 (then an `oa` line may
+    follow it): its text holds "?" or U+FFFD (`recorded_text` of such bytes always does)."""
+    return is_output_line(line) and (b"?" in line or "\ufffd".encode() in line)
+
+
 def expand_lines(lines: Iterable[str], attachment: AttachmentReader | None, exact: bool = True) -> Iterator[str]:
     """A transcript as one self-contained asciicast v2 stream, lines with their newline: each `a` event
     replaced by the events of its bytes (`expand_event`: what `slaveshell export` and search read), each `oa`
-    event by its `ob` (none with `exact` False). Without an attachment, or past its end, `a` and `oa` lines are
-    left as they are (players skip them)."""
+    event by its `ob` (none with `exact` False), the `o` event before it by the text a player shows for those
+    bytes (`shown_event`: the recorded text may be `recorded_text`'s). Without an attachment, or past its end,
+    `a` and `oa` lines are left as they are (players skip them)."""
+    held: str | None = None  # an `o` line, until the next line says whether its exact bytes are attached
     for line in lines:
         if attachment is not None and (f'"{ATTACHED}", ' in line or f'"{EXACT_ATTACHED}", ' in line):
             try:
                 t, code, data = json.loads(line)
                 if code == ATTACHED:
+                    if held is not None:
+                        yield held
+                        held = None
                     for out in expand_event(float(t), data, read_attached(attachment, data), exact):
                         yield out + "\n"
                     continue
                 if code == EXACT_ATTACHED:
                     chunk = read_attached(attachment, data)
+                    if held is not None:
+                        yield shown_instead(held, chunk)
+                        held = None
                     if exact:
                         yield expand_exact(float(t), chunk) + "\n"
                     continue
             except (ValueError, TypeError):
                 pass
+        if held is not None:
+            yield held
+            held = None
+        if attachment is not None and is_output_line(line):
+            held = line
+            continue
         yield line
+    if held is not None:
+        yield held
+
+
+def shown_instead(line: str, exact: bytes) -> str:
+    """The `o` line `line` (with its newline) as `shown_event` of the exact bytes its `oa` names; `line` itself
+    when it is not an `o` event."""
+    try:
+        t, code, _ = json.loads(line)
+        if code != "o":
+            return line
+        return shown_event(float(t), exact) + "\n"
+    except (ValueError, TypeError):
+        return line
 
 
 # No sequence's body may hold the start of a sequence of its own kind (ESC, or the 8-bit OSC U+009D, which also

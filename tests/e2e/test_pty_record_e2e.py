@@ -11,10 +11,11 @@ import random
 import subprocess
 import sys
 
+from master_side.audit.export import ExportReader
 from master_side.audit.transcripts import attachment_path
 from slaveshell.client.sandbox import Sandbox
 from slaveshell.vocabulary.transcript import exact_output, parse_lines, read_attached
-from tests.test_transcript_bytes_path import ref_dumps, ref_encode_event, ref_shown
+from tests.test_transcript_bytes_path import ref_dumps, ref_encode_event, ref_recorded, ref_shown
 
 from .conftest import shell_argv
 
@@ -65,14 +66,20 @@ def test_a_terminal_s_hostile_output_is_recorded_exactly_in_lines_a_player_reads
     assert any(e.code == "oa" for e in events) and not any(e.code == "ob" for e in events[:-3])
     # Valid UTF-8 events too (no `oa` after them), with the line breaks in them.
     assert any("\u2028" in e.data and [n.code for n in events[i + 1:i + 2]] != ["oa"] for i, e in enumerate(events))
-    # Each `o` event is what the reference encoder writes for its bytes (the text shown, when they are attached).
+    # Each `o` event is what the reference encoder writes for its bytes (the text recorded, when they are
+    # attached); in the export, the text players are shown (U+FFFD for each byte >= 0x80 of a binary chunk).
+    exported = ExportReader().read(cast, 0, 64 * len(raw)).decode("utf-8").split("\n")[:-1]
+    shown = iter(line for line in exported if '"o", ' in line[:40])
     for index, line in enumerate(lines[1:]):
         t, code, _ = json.loads(line)
         after = json.loads(lines[index + 2]) if index + 2 < len(lines) else None
         if code == "o" and after is not None and after[1] == "oa":
-            assert line == ref_dumps([t, "o", ref_shown(read_attached(read, after[2]))])
+            exact = read_attached(read, after[2])
+            assert line == ref_dumps([t, "o", ref_recorded(exact)])
+            assert next(shown) == ref_dumps([t, "o", ref_shown(exact)])
         elif code == "o" and (after is None or after[1] != "ob"):
             assert [line] == ref_encode_event(t, "o", json.loads(line)[2])
+            assert next(shown) == line
 
 
 def attachment_reader(cast):
@@ -120,7 +127,11 @@ def test_a_binary_file_cat_ed_to_the_terminal_replays_exactly_and_asciinema_read
         on_disk = parse_lines(f).events
     assert b"".join(exact_output(on_disk, attachment=attachment_reader(cast))) == got
     assert os.path.getsize(attachment_path(cast)) >= 0.99 * len(got) - 1000
-    # asciinema 2.4 reads the file as it is (it skips `oa`), and shows the text of each byte.
+    # What players are given in the export: a U+FFFD for each byte >= 0x80, as the terminal showed them.
+    exported_text = "".join(e.data for e in events if e.code == "o")
+    assert exported_text == "".join(chr(b) if b < 0x80 else "\ufffd" for b in got)
+    # asciinema 2.4 reads the file as it is (it skips `oa`), and shows the text of each byte ("?" for those >= 0x80,
+    # in the same cells).
     played = subprocess.run([sys.executable, "-m", "asciinema", "cat", cast], capture_output=True,
                             stdin=subprocess.DEVNULL, timeout=120)
     assert played.returncode == 0, played.stderr[-2000:]
