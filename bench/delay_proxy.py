@@ -16,7 +16,8 @@ As its own process (the benchmark's own loops then do not share a GIL with it):
     python3 bench/delay_proxy.py --target PORT --rtt-ms 100 --rate-mbit 50 [--jitter-ms 5] [--queue-ms 100]
 
 prints `port N` once listening; each line on its stdin `RTT_MS RATE_MBIT JITTER_MS [QUEUE_MS]` reconfigures it
-(answered `ok`); it exits when its stdin closes. `ProxyProcess` runs it so.
+(answered `ok`), `bytes` asks for the bytes it has delivered so far, over all its connections (answered
+`bytes TO_TARGET FROM_TARGET`); it exits when its stdin closes. `ProxyProcess` runs it so.
 
 What it does not model: packet loss, TCP's own congestion window (each side's TCP sees a loopback peer; the
 application's own windows, an SSH channel's or slaveshell's credits, see the whole delay), and the TCP handshake's
@@ -43,6 +44,8 @@ class DelayProxy:
                  queue_s: float | None = None) -> None:
         self.target_port = target_port
         self.port = 0
+        # Bytes delivered so far, over every connection: [to the target, from the target to the connecting side].
+        self.delivered = [0, 0]
         self._server: asyncio.Server | None = None
         self.configure(one_way_s, rate_mbit, jitter_s, queue_s)
         self._loop = asyncio.new_event_loop()
@@ -92,12 +95,12 @@ class DelayProxy:
             writer.close()
             return
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer, 0), self._pipe(up_reader, writer, 1))
         except asyncio.CancelledError:  # stop(): end quietly (asyncio reports a cancelled connection task)
             writer.close()
             up_writer.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, way: int) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         held = 0  # bytes read and not yet delivered
         room = asyncio.Event()
@@ -114,6 +117,7 @@ class DelayProxy:
                     writer.close()
                     return
                 writer.write(data)
+                self.delivered[way] += len(data)
                 await writer.drain()
                 held -= len(data)
                 if held <= HELD_MAX:
@@ -175,6 +179,16 @@ class ProxyProcess:
         if self.proc.stdout.readline().strip() != "ok":
             raise RuntimeError("the delay proxy did not take its new settings")
 
+    def delivered(self) -> tuple[int, int]:
+        """The bytes delivered so far, over all connections: to the target, and from it."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("bytes\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        if len(answer) != 3 or answer[0] != "bytes":
+            raise RuntimeError(f"the delay proxy did not say its bytes: {answer!r}")
+        return int(answer[1]), int(answer[2])
+
     def stop(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -188,6 +202,10 @@ class ProxyProcess:
 def _settings(fields: list[str]) -> tuple[float, float, float, float | None]:
     rtt, rate, jitter = (float(f) for f in fields[:3])
     return rtt / 2000, rate, jitter / 1000, float(fields[3]) / 1000 if len(fields) > 3 else None
+
+
+async def _delivered(proxy: DelayProxy) -> tuple[int, int]:
+    return proxy.delivered[0], proxy.delivered[1]
 
 
 def main() -> None:
@@ -204,11 +222,15 @@ def main() -> None:
     print(f"port {proxy.port}", flush=True)
     for line in sys.stdin:
         fields = line.split()
-        if len(fields) in (3, 4):
+        if fields == ["bytes"]:
+            # Read in the proxy's thread: its two counts from the same moment.
+            counts = asyncio.run_coroutine_threadsafe(_delivered(proxy), proxy._loop).result(10)
+            print(f"bytes {counts[0]} {counts[1]}", flush=True)
+        elif len(fields) in (3, 4):
             proxy._loop.call_soon_threadsafe(proxy.configure, *_settings(fields))
             print("ok", flush=True)
         else:
-            print("error: RTT_MS RATE_MBIT JITTER_MS [QUEUE_MS]", flush=True)
+            print("error: RTT_MS RATE_MBIT JITTER_MS [QUEUE_MS], or bytes", flush=True)
     proxy.stop()
 
 

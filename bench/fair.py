@@ -38,6 +38,8 @@ OpenSSH's client (`ssh`, or `scp` with its `ssh`) and sshd (its per-connection p
 bench/delay_proxy.py process with the same settings (rtt, --rate-mbit each way, --jitter-ms, --queue-ms); the
 operator's side of slaveshell stays local (a master near its operators, workers far away). All listed round trips
 run in the same run, on the same sandbox and sshd (the proxies are reconfigured between them).
+Under each such table, the bytes each proxy delivered per row, each way (`Side.wire`): what a session cost on the
+wire, headers, acknowledgements and deflating included.
 slaveshell's client is the `buildbot-shell` script installed beside this interpreter (not a version manager's shim
 on PATH), with its modules compiled once (bench/run.py's client_tool and cache_bytecode).
 Nothing here is a timed assertion in a test; --output writes the table to a file (nothing is written otherwise).
@@ -121,6 +123,8 @@ class Pair:
     cpu: dict[str, list[float]] = field(default_factory=dict)  # process -> CPU s/GB, one per round
     retried: list[str] = field(default_factory=list)  # measurements that failed once and were taken again
     windows: list[str] = field(default_factory=list)  # slaveshell's windows per round (`Windows`), for the notes
+    # Bytes through each system's proxy per round (`Side.wire`): system key -> [(toward the operator, the other way)].
+    wire: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def ratios(self) -> list[float]:
         return [o / s for o, s in zip(self.ours, self.ssh, strict=False) if s]
@@ -194,6 +198,16 @@ class Side:
             assert system.proc is not None
             self.servers = {"sshd": (system.proc.pid, True)}
             self.client = "ssh"
+        self.proxy: ProxyProcess | None = None  # the link's proxy, when there is one
+
+    def wire(self) -> tuple[int, int] | None:
+        """The bytes the link's proxy has delivered so far: toward the operator (the worker's output to the master;
+        sshd's to the client), and toward the remote side."""
+        if self.proxy is None:
+            return None
+        to_target, from_target = self.proxy.delivered()
+        # slaveshell's proxy is connected to by the worker (its target: the master); OpenSSH's by the client.
+        return (to_target, from_target) if self.key == "ours" else (from_target, to_target)
 
     def argv(self, command: str, tty: bool) -> list[str]:
         return self.system.argv(command, tty)
@@ -302,6 +316,13 @@ class Step:
     gb: float = 0.0  # data moved, for CPU s/GB; 0: no CPU column
 
     def once(self, side: Side) -> None:
+        before = side.wire()
+        self._once(side)
+        after = side.wire()
+        if before is not None and after is not None:
+            self.pairs[0].wire.setdefault(side.key, []).append((after[0] - before[0], after[1] - before[1]))
+
+    def _once(self, side: Side) -> None:
         if self.gb:
             values, cpu = side.metered(lambda: self.run(side)[0])
             figures = [values]
@@ -525,6 +546,15 @@ def _cpu(pair: Pair) -> str:
     return f"{part(('client', 'master', 'worker'))}; {part(('ssh', 'sshd'))}"
 
 
+def _wire(pair: Pair) -> str:
+    def side(key: str) -> str:
+        counts = pair.wire.get(key, [])
+        if not counts:
+            return "-"
+        return f"{med([c[0] for c in counts]) / 1000:.1f} / {med([c[1] for c in counts]) / 1000:.1f}"
+    return f"slaveshell {side('ours')}; OpenSSH {side('ssh')}"
+
+
 def render(pairs: list[Pair], title: str) -> str:
     lines = [title, "",
              "| row | slaveshell | OpenSSH | ratio per round: median (min-max) | target | met | "
@@ -542,6 +572,11 @@ def render(pairs: list[Pair], title: str) -> str:
     if chosen:
         lines += ["", "Windows slaveshell chose (KiB; the worker's output window, and the input the master saw in "
                   "flight):", "", *chosen]
+    wire = [f"- {p.metric}: {_wire(p)}" for p in pairs if p.wire]
+    if wire:
+        lines += ["", "Bytes through each system's proxy per round (KB toward the operator / toward the worker or "
+                  "sshd, medians; slaveshell's proxy carries the worker's link, OpenSSH's the client's connection):",
+                  "", *wire]
     met = sum(p.verdict() == "met" for p in pairs)
     judged = sum(p.limit is not None for p in pairs)
     return "\n".join(lines + ["", f"{met} of {judged} targets met (median meets it, worst round within "
@@ -656,6 +691,8 @@ def main() -> int:
             ssh.client_port = proxies[-1].port
         tools = Tools(ours.sandbox, ssh)
         sides = [Side("ours", ours, tools), Side("ssh", ssh, tools)]
+        if proxies:
+            sides[0].proxy, sides[1].proxy = proxies
         for link in links:
             if link.rtt_ms is not None:
                 for proxy in proxies:

@@ -6,6 +6,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,11 @@ def test_the_proxy_delivers_every_byte_in_order_both_ways_under_a_rate_cap_and_j
             client.sendall(payload)
             reader.join(60)
             assert bytes(received) == payload
+        # Every byte counted, each way, once delivered (fair.py's bytes on the wire per row).
+        deadline = time.monotonic() + 10
+        while proxy.delivered != [len(payload), len(payload)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proxy.delivered == [len(payload), len(payload)]
     finally:
         proxy.stop()
         server.close()

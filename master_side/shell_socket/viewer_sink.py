@@ -96,12 +96,14 @@ class WireViewerSink:
         self._control(framing.control(Op.INPUT_ACK, n=nbytes, hidden=hidden, flush=True), at_once=True)
 
     def exit(self, status: ExitStatus) -> None:
+        # To the kernel now, behind the output before it: the client ends its process at this frame, and the
+        # reactor's turn after a session's end holds its record's closing and index work.
         frame = framing.control(Op.EXIT, code=status.code, signal=status.signal, reason=status.reason)
         if self.passed is not None:
             # Only once the last byte is written to the passed stdout and the master closed its descriptors.
-            self.passed.finish(lambda: self._control(frame))
+            self.passed.finish(lambda: self._control(frame, at_once=True))
             return
-        self._control(frame)
+        self._control(frame, at_once=True)
 
     def _control(self, frame: bytes, at_once: bool = False) -> None:
         door = self.door

@@ -97,6 +97,15 @@ def test_alternated_rounds_through_the_delaying_proxy_at_a_tiny_size():
     for name in moved:  # CPU per GB beside each row that moves data, per process of both systems
         assert all(f"{process} " in rows[name] for process in ("client", "master", "worker", "ssh", "sshd")), \
             rows[name]
+    # The bytes each system's proxy carried per row, each way: a 1 MB stream toward the operator (`-T cat`), and
+    # toward the worker or sshd (piped input), at least its size on both (escapes do not deflate below 1/20).
+    wire = {line.split(": ")[0].lstrip("- "): line for line in table.split("Bytes through each system's proxy")[1]
+            .splitlines() if line.startswith("- ")}
+    for name, way in ((f"`-T cat`, escapes{at}", 0), (f"piped into `-T wc -c`, escapes{at}", 1)):
+        counts = re.fullmatch(r".*: slaveshell ([\d.]+) / ([\d.]+); OpenSSH ([\d.]+) / ([\d.]+)", wire[name])
+        assert counts, wire
+        ours, ssh = float(counts[1 + way]), float(counts[3 + way])
+        assert ours > 1024 * 1024 / 1000 / 20 and ssh > 1024 * 1024 / 1000, wire[name]
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="the web rows need /usr/bin/chromium")

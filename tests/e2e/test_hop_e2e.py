@@ -16,7 +16,8 @@ from .conftest import shell_argv
 
 SESSION_WITH_THE_MODULES_SHOWN = (
     "import sys\n"
-    "from slaveshell.shell_cli import main\n"
+    "import slaveshell.shell_cli\n"  # the console script's module, imported as the script does
+    "from slaveshell.client.shell_cli import main\n"
     "status = main(sys.argv[1:])\n"
     "print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')), file=sys.stderr)\n"
     "sys.exit(status)\n"
