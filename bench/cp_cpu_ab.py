@@ -67,6 +67,20 @@ def copy(site: ClusterSandbox, tree: str, path: str, direction: str, source: Pat
     return size / seconds / MB, a / (size / 1e9), b / (size / 1e9)
 
 
+def warm_up(site: ClusterSandbox, tree: str, source: Path, here: Path, there: Path) -> None:
+    """A first copy through A, once A's routing table has b1 (it learns it from the router a moment after the
+    start)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            copy(site, tree, "via A", "up", source, here, there)
+            return
+        except RuntimeError as e:
+            if "no worker named" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", required=True, help="two or more checkouts, comma-separated")
@@ -94,7 +108,7 @@ def main() -> int:
             site.start(together=True)
             for sub in ("here", "there"):
                 (work / f"{sub}{i}").mkdir()
-            copy(site, tree, "via A", "up", source, work / f"here{i}", work / f"there{i}")  # warm up
+            warm_up(site, tree, source, work / f"here{i}", work / f"there{i}")
         print(f"load {os.getloadavg()[0]:.1f}", flush=True)
         for r in range(args.rounds):
             for direction in ("up", "down"):

@@ -28,8 +28,8 @@ from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import ProtocolError
 
 # What the door reads at once while it carries a transfer (Twisted reads 64 KiB by default): several DATA frames,
-# which slaveshell.vocabulary.framing.Decoder cuts in one pass. (A logged-in PB peer is read as much at once:
-# slaveshell.plumbing.banana_buffer.)
+# which slaveshell.vocabulary.framing.Decoder cuts in one pass. (A logged-in PB peer is read 512 KiB at a
+# time: slaveshell.plumbing.banana_buffer.)
 TRANSFER_READ_SIZE = 1024 * 1024
 
 

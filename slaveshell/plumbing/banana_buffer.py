@@ -18,9 +18,9 @@ item completes. Memory: the gathered bytes are those Banana would have held (at 
 plus the reads it came in).
 
 On a connection whose peer has logged in (`FIT_READS`, set by slaveshell.plumbing.banana_bounds) the transport
-reads up to READ_SIZE at once instead of Twisted's 64 KiB: a reactor turn and a read take several of a transfer's
-256 KiB chunks, or a bulk stream's messages, instead of a read or more per message; a peer not logged in is read
-at the transport's own size.
+reads up to READ_SIZE at once instead of Twisted's 64 KiB: a reactor turn and a read take two of a transfer's
+256 KiB chunks, or a bulk stream's 512 KiB message, instead of two reads or more per message; a peer not logged in
+is read at the transport's own size.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ from typing import Protocol, cast
 
 from twisted.spread import banana
 
-# What a logged-in peer's connection reads at once (the framed door's TRANSFER_READ_SIZE too).
-READ_SIZE = 1024 * 1024
+# What a logged-in peer's connection reads at once: two transfer chunks, or a bulk stream's message. (1 MiB cost
+# a routed `-T` stream's master A more: its reads' buffers, held while a string is gathered, made the heap grow
+# and shrink, 50-114 thousand page faults per GB against 12 thousand; bench/README.md.)
+READ_SIZE = 512 * 1024
 # The protocol's attribute saying its reads may be large (its peer logged in: slaveshell.plumbing.banana_bounds).
 FIT_READS = "_slaveshell_fit_reads"
 # The protocol's attribute holding a string being gathered: (its bytes so far, their length, the string's length).
