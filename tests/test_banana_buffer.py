@@ -1,4 +1,5 @@
-"""slaveshell.plumbing.banana_buffer: Banana gathers a large string's reads, and decodes exactly what it did before."""
+"""slaveshell.plumbing.banana_buffer: Banana parses by offsets, gathers a string's reads, reads a logged-in peer in
+large reads, and decodes exactly what it did before."""
 
 import os
 
@@ -69,9 +70,8 @@ def wire(item: object) -> bytes:
     return banana.encode(item)
 
 
-# Strings around where gathering starts and around Banana's limit.
-SIZES = [0, 5, banana_buffer.GATHER_FROM - 1, banana_buffer.GATHER_FROM + 1, 200_000, banana.SIZE_LIMIT,
-         banana.SIZE_LIMIT + 1]
+# Strings of every size class, and around Banana's limit.
+SIZES = [0, 1, 5, 4096, 200_000, banana.SIZE_LIMIT, banana.SIZE_LIMIT + 1]
 items = st.recursive(st.sampled_from(SIZES).map(lambda n: b"s" * n) | st.integers(-(2**70), 2**70)
                      | st.floats(allow_nan=False), lambda children: st.lists(children, max_size=3), max_leaves=5)
 
@@ -111,10 +111,10 @@ class _Transport:
     bufferSize = 65536  # Twisted's FileDescriptor's
 
 
-def test_a_logged_in_peers_large_strings_are_read_whole_and_the_next_head_apart():
-    # Three transfer chunks of 256 KiB as lean calls, then a small message; each read takes what the transport's
+def test_a_logged_in_peers_reads_are_large_and_hold_several_messages():
+    # Six transfer chunks of 256 KiB as lean calls, then a small message; each read takes what the transport's
     # bufferSize says, as Twisted's doRead does.
-    chunks = [os.urandom(256 * 1024) for _ in range(3)]
+    chunks = [os.urandom(256 * 1024) for _ in range(6)]
     stream = b"".join(banana.encode([b"slaveshell", 7, b"data", chunk]) for chunk in chunks)
     stream += banana.encode([b"slaveshell", 7, b"ack", 5])
     got: list[object] = []
@@ -134,11 +134,31 @@ def test_a_logged_in_peers_large_strings_are_read_whole_and_the_next_head_apart(
         b.dataReceived(stream[pos:pos + n])
         pos += n
     assert got == [[b"slaveshell", 7, b"data", chunk] for chunk in chunks] + [[b"slaveshell", 7, b"ack", 5]]
-    # The first chunk in a read of the transport's size and one of what its string lacked; each next one in a read
-    # of its head (HEAD_READ) and one of the rest: no read holds bytes of two messages but the heads'.
-    assert reads[0] == 65536 and reads[2] == reads[4] == banana_buffer.HEAD_READ
-    assert len(reads) == 7 and sum(reads[:2]) == len(banana.encode([b"slaveshell", 7, b"data", chunks[0]]))
-    assert transport.bufferSize == 65536  # its own size again after the small message
+    # The first read at the transport's size, then READ_SIZE each: several chunks a read.
+    assert reads[0] == 65536 and set(reads[1:-1]) == {banana_buffer.READ_SIZE} >= {2 * 256 * 1024}
+    assert len(reads) == 1 + -(-(len(stream) - 65536) // banana_buffer.READ_SIZE)
+    assert transport.bufferSize == banana_buffer.READ_SIZE
+    assert not b.buffer and b.__dict__.get(banana_buffer.GATHERING) is None
+
+
+def test_a_string_split_across_reads_is_made_in_one_copy_of_whole_reads():
+    # A string gathered from three reads: each read's bytes are kept as they came (no join until it is whole).
+    assert banana_buffer.install()
+    got: list[object] = []
+    b = banana.Banana()
+    b.setPrefixLimit(64)
+    b._selectDialect(b"none")
+    b.expressionReceived = got.append  # type: ignore[method-assign]
+    chunk = os.urandom(300_000)
+    stream = banana.encode([b"data", chunk, 3])
+    b.dataReceived(stream[:100_000])
+    parts, have, need = b.__dict__[banana_buffer.GATHERING]
+    assert need == len(chunk) and have == 100_000 - stream.index(chunk) and not b.buffer
+    middle = stream[100_000:200_000]
+    b.dataReceived(middle)
+    assert b.__dict__[banana_buffer.GATHERING][0][-1] is middle  # kept, not copied
+    b.dataReceived(stream[200_000:])
+    assert got == [[b"data", chunk, 3]] and b.__dict__[banana_buffer.GATHERING] is None and not b.buffer
 
 
 def test_a_peer_not_logged_in_is_read_at_the_transports_size():

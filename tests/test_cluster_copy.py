@@ -25,6 +25,7 @@ from master_side.operators.copy_calls import CopyOperations
 from master_side.operators.terms import ErrorKind, OperatorError
 from slaveshell.vocabulary.copying import (
     CHUNK,
+    DOWN,
     UP,
     WINDOW,
     Ack,
@@ -337,6 +338,29 @@ def test_a_downloads_result_from_the_client_ends_the_transfer_on_both_sides() ->
     assert site.transfers[0].got == [Result(True, "")]
     assert transfer.ended and not site.routed.live
     assert not [uri for uri in site.router.procedures if uri.endswith(".out")]
+
+
+def test_a_sends_b_the_operators_acknowledgements_of_one_turn_as_one_and_before_its_next_message() -> None:
+    site = Site()
+    party = Party()
+    d = site.routed.copy(ALICE, TransferRequest(direction=DOWN, worker="b1", sources=("/tmp/f",), dest="f"), party)
+    transfer, _ = d.result
+    b = site.transfers[0]
+    b.party.send(Entry("file", "f", 0o644, 3 * CHUNK, 0.0))
+    for _ in range(3):
+        b.party.send(Data(b"x" * CHUNK))
+    site.clock.advance(0)
+    assert len(party.got) == 4
+    transfer.decoded("operator", lambda: Ack(1024 + CHUNK))  # the client's acks of two reads in one turn
+    transfer.decoded("operator", lambda: Ack(CHUNK))
+    assert b.got == []  # not yet: at the turn's end
+    site.clock.advance(0)
+    assert b.got == [Ack(1024 + 2 * CHUNK)]
+    transfer.decoded("operator", lambda: Ack(CHUNK))
+    transfer.decoded("operator", lambda: Result(False, "disk full"))  # its credit first, then the outcome
+    assert b.got[1:] == [Ack(CHUNK), Result(False, "disk full")]
+    site.clock.advance(0)
+    assert len(b.got) == 3 and transfer.ended
 
 
 def test_a_holds_no_more_than_a_window_of_what_b_sends_before_it_answers() -> None:

@@ -157,6 +157,10 @@ class RoutedTransfer(CallerEnd):
         # operator's acknowledgements to what B sent.
         self.upload = request.direction == UP
         self.stream = HeldStream(None if self.upload else request.asked(), WINDOW)
+        # A download's credit the operator returned during this reactor turn (the acknowledgements of one read of its
+        # client's), sent to B as one acknowledgement at the turn's end (`_send_acks`), or before the operator's next
+        # other message: one message to B, and from B to its worker, instead of one per acknowledgement.
+        self._acks = 0
 
     # -- the operator's events (the door's calls) --------------------------------------------------
 
@@ -183,6 +187,11 @@ class RoutedTransfer(CallerEnd):
             except ProtocolError as e:
                 self.end(f"the operator sent a bad message: {e}", kind=OPERATOR_BROKE)
                 return
+            if not self._acks:
+                self.reactor.callLater(0, self._send_acks)
+            self._acks += event.credit  # at most WINDOW: each was held to what B sent and was not acknowledged
+            return
+        self._send_acks()  # in order: the credit before the operator's next message
         if isinstance(event, Cancel):  # the operator's own stop: B is told that kind, never the client's text
             event = Cancel(OPERATOR_STOPPED)
         calls.send(event)
@@ -190,6 +199,12 @@ class RoutedTransfer(CallerEnd):
             calls.drained = self._finish
             calls.closing = True
             calls.pump()
+
+    def _send_acks(self) -> None:
+        """The credit the operator returned since the last acknowledgement sent, to B as one."""
+        credit, self._acks = self._acks, 0
+        if credit and not self.ended and self.calls is not None:
+            self.calls.send(Ack(credit))
 
     # -- B's events (this end's `out` procedure) ---------------------------------------------------
 

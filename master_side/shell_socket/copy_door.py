@@ -28,8 +28,8 @@ from slaveshell.vocabulary.policy import Identity
 from slaveshell.vocabulary.protocol import ProtocolError
 
 # What the door reads at once while it carries a transfer (Twisted reads 64 KiB by default): several DATA frames,
-# which slaveshell.vocabulary.framing.Decoder cuts in one pass. (Not for PB: Banana copies what it holds at every item
-# it parses, so a PB connection reading a megabyte at once spends several times longer in Banana; 64 KiB is its best.)
+# which slaveshell.vocabulary.framing.Decoder cuts in one pass. (A logged-in PB peer is read 512 KiB at a
+# time: slaveshell.plumbing.banana_buffer.)
 TRANSFER_READ_SIZE = 1024 * 1024
 
 

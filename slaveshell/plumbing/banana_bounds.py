@@ -100,7 +100,7 @@ def _held(protocol: Any) -> _Held:
 
 
 def _holds_nothing(protocol: Any) -> bool:
-    return not protocol.listStack and not protocol.buffer and not protocol.__dict__.get("_slaveshell_gathering")
+    return not protocol.listStack and not protocol.buffer and not protocol.__dict__.get(banana_buffer.GATHERING)
 
 
 def _count(protocol: Any, held: _Held, pre_login: bool) -> None:
@@ -133,7 +133,7 @@ def _refuse(protocol: Any, pre_login: bool) -> None:
     _forget(protocol)
     protocol.listStack = []
     protocol.buffer = b""
-    protocol.__dict__["_slaveshell_gathering"] = None
+    protocol.__dict__[banana_buffer.GATHERING] = None
     transport = getattr(protocol, "transport", None)
     peer: Any = getattr(transport, "getPeer", lambda: None)()
     where = f"{peer.host}:{peer.port}" if hasattr(peer, "host") and hasattr(peer, "port") else "a peer"
