@@ -236,8 +236,8 @@ def run(args: argparse.Namespace) -> str:
     # The echo and Ctrl-C rows end their clients with a signal: each session then waits, detached, for its owner
     # (ShellService's detach_grace); a second's grace keeps them from filling the worker's sessions.
     policy += ", detach_grace=1"
-    direct = {"clusters": {"B": "direct=True"}} if args.direct else {}
-    site = ClusterSandbox(str(workdir / "site"), {"A": ["a1"], "B": [WORKER]}, policies={"B": policy}, **direct)
+    site = ClusterSandbox(str(workdir / "site"), {"A": ["a1"], "B": [WORKER]}, policies={"B": policy},
+                          clusters={"B": "direct=True"} if args.direct else None)
     ssh = OpenSSH(workdir)
     payload = workdir / "payload.txt"
     with open(payload, "wb") as f:
