@@ -20,9 +20,10 @@ from slaveshell.client.shell_cli import main as client_main
 __all__ = ["main"]
 
 
-def main() -> NoReturn:
-    """`buildbot-shell`: the session, then the process ends with its status."""
-    os._exit(flushed(client_main()))
+def main(argv: list[str] | None = None) -> NoReturn:
+    """`buildbot-shell` (`argv`: its arguments, by default the process's): the session, then the process ends
+    with its status."""
+    os._exit(flushed(client_main(argv)))
 
 
 def flushed(status: int) -> int:

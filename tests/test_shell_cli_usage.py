@@ -50,7 +50,7 @@ def test_dash_v_says_the_version_as_ssh_does(capsys):
 _SCRIPT_WITH_HELD_OUTPUT = (
     "import os, sys\n"
     "import slaveshell.shell_cli as script\n"
-    "def session():\n"
+    "def session(argv=None):\n"
     "    sys.stdout.write('held by Python')\n"
     "    if sys.argv[1:] == ['full']:\n"
     "        os.dup2(os.open('/dev/full', os.O_WRONLY), 1)\n"
