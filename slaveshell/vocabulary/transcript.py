@@ -220,6 +220,11 @@ def _string_line(t: float, code: str, shown: bytes) -> bytes:
         for raw, line_break in _UTF8_LINE_BREAKS:
             if raw in shown:
                 shown = shown.replace(raw, line_break)
+    return _joined(t, code, shown)
+
+
+def _joined(t: float, code: str, shown: bytes) -> bytes:
+    """An event's line from its text as `JsonString` wrote it, its line breaks already escaped."""
     return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', shown, b"]"))
 
 
@@ -237,7 +242,7 @@ def c_event_line(t: float, code: str, data: bytes, encode: JsonString) -> bytes:
             for raw, line_break in _UTF8_LINE_BREAKS:
                 if raw in shown:
                     shown = shown.replace(raw, line_break)
-    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', shown, b"]"))
+    return _joined(t, code, shown)
 
 
 def utf8_event_line(t: float, code: str, data: bytes, encode: JsonString = json_string) -> bytes:
@@ -287,14 +292,14 @@ def shown_text(data: bytes) -> tuple[str, bool]:
     return data.decode("utf-8", "replace"), True
 
 
-def recorded_text(data: bytes) -> tuple[str, bool]:
+def recorded_text(data: bytes) -> str:
     """The text of the `o` event recorded for bytes that are not valid UTF-8 whose exact bytes are attached
     (`CastEncoder.output_attaching`): `shown_text`, but for binary data each byte >= 0x80 as "?" instead of
     U+FFFD, in the same cells (one byte of JSON instead of three, and no UTF-8 to encode: about a fifth of
     the CPU); readers give players `shown_text` of the exact bytes again (`shown_event`, `expand_lines`)."""
     if _dense(data):
-        return data.translate(_BYTE_RECORDED).decode("ascii"), False
-    return data.decode("utf-8", "replace"), True
+        return data.translate(_BYTE_RECORDED).decode("ascii")
+    return data.decode("utf-8", "replace")
 
 
 def shown_event(t: float, exact: bytes) -> str:
@@ -306,11 +311,7 @@ def shown_event(t: float, exact: bytes) -> str:
 def _shown_line(t: float, code: str, data: bytes, encode: JsonString) -> bytes:
     """The event recorded for `data`, not valid UTF-8, whose exact bytes are attached: `recorded_text` as
     `encode` writes it."""
-    text, decoded = recorded_text(data)
-    if decoded:
-        return _string_line(t, code, encode(text))
-    return b"".join((b"[", float.__repr__(t).encode("ascii"), b', "', code.encode("ascii"), b'", ', encode(text),
-                     b"]"))
+    return _string_line(t, code, encode(recorded_text(data)))  # a binary chunk's "?" text is ASCII: no scan
 
 
 def _bytes_event(t: float, code: str, data: bytes, encode: JsonString = json_string,
@@ -396,7 +397,7 @@ class CastEncoder:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 exact = text.encode("utf-8", "surrogateescape")
-                line = _dumps([round(t, 6), "o", recorded_text(exact)[0]])
+                line = _dumps([round(t, 6), "o", recorded_text(exact)])
                 return [line.encode("utf-8")], exact
             return [line.encode("utf-8") for line in encode_event(t, "o", text)], b""
         if data.isascii() and self._output.idle:
