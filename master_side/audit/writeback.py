@@ -106,18 +106,19 @@ class WriteBack:
                 self._running = False
 
     def _last(self) -> None:
-        own, self._own = self._own, None
+        own = self._own
         if own is None:
             return
         try:
-            self._drop(self._done, os.fstat(own).st_size, own)
+            self._drop(self._done, os.fstat(own).st_size)
         except OSError:
             pass
         finally:
+            self._own = None
             os.close(own)
 
-    def _drop(self, start: int, end: int, own: int | None = None) -> None:
-        own = self._own if own is None else own
+    def _drop(self, start: int, end: int) -> None:
+        own = self._own
         if self._failed or end <= start or _SYNC_FILE_RANGE is None or own is None:
             return
         try:
